@@ -1,0 +1,166 @@
+//! `BackupJob`: back up a list of AWS resources, one worker per resource.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{INSTANCE_ID_PATTERN, LocalObjectReference, REGION_PATTERN};
+
+/// Back up AWS resources. Tender launches one short-lived worker instance per
+/// resource, follows it over SQS and terminates it as soon as it is done.
+/// The spec cannot change after creation: create a new job instead.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "tender.dev",
+    version = "v1alpha1",
+    kind = "BackupJob",
+    namespaced,
+    status = "BackupJobStatus",
+    shortname = "bj",
+    category = "tender",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Workers", type_ = "integer", json_path = ".status.activeWorkers", description = "Workers running now"),
+    printcolumn(name = "Configuration", type_ = "string", json_path = ".status.workerConfiguration", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self == oldSelf", "message": "a BackupJob's spec is immutable; create a new BackupJob instead"}
+]))]
+#[serde(rename_all = "camelCase")]
+pub struct BackupJobSpec {
+    /// The WorkerConfiguration (same namespace) to launch workers with. When
+    /// unset, the only configuration of the namespace for the resources'
+    /// region is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_configuration_ref: Option<LocalObjectReference>,
+
+    /// Resources to back up; each gets its own worker.
+    #[schemars(length(min = 1, max = 100))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.all(r, self.exists_one(s, s.instanceId == r.instanceId))",
+         "message": "each resource may be listed once"}
+    ]))]
+    pub resources: Vec<BackupResource>,
+}
+
+/// One protected resource.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupResource {
+    /// ID of the EC2 instance to back up, for example `i-0123456789abcdef0`.
+    #[schemars(pattern(INSTANCE_ID_PATTERN))]
+    pub instance_id: String,
+    /// Region of the instance, for example `eu-west-1`.
+    #[schemars(pattern(REGION_PATTERN))]
+    pub region: String,
+}
+
+/// Phase of a job or of one of its workers.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Accepted; no worker launched yet.
+    #[default]
+    Pending,
+    /// A worker is being launched or is booting.
+    Provisioning,
+    /// The worker reported that it started.
+    Running,
+    /// The worker finished its work.
+    Succeeded,
+    /// The worker or the job failed; the message says why.
+    Failed,
+}
+
+impl Phase {
+    /// Succeeded and Failed never change again.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed)
+    }
+}
+
+/// What the controller observed of a BackupJob.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupJobStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Phase of the whole job, for people.
+    #[serde(default)]
+    pub phase: Phase,
+    /// Conditions: `Ready` (true once the job succeeded), `Reconciling`
+    /// while workers run, `Stalled` when the job cannot go on without a fix.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The WorkerConfiguration the workers were launched with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_configuration: Option<String>,
+    /// Workers launched and not yet terminated.
+    #[serde(default)]
+    pub active_workers: i32,
+    /// When the first worker was launched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the job finished (succeeded or failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// One entry per resource.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<WorkerStatus>,
+}
+
+/// The worker of one resource.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerStatus {
+    /// The protected resource (instance ID).
+    pub resource: String,
+    /// Phase of this worker.
+    #[serde(default)]
+    pub phase: Phase,
+    /// Attempt number, from 1.
+    pub attempt: i32,
+    /// Idempotency token of this attempt's launch: the RunInstances
+    /// ClientToken and the `tender.dev/launch-token` tag. Written before
+    /// the launch, so a restarted controller adopts the instance instead of
+    /// launching a second one.
+    pub launch_token: String,
+    /// The worker's EC2 instance ID, once launched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// Instance type the worker was launched with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+    /// Subnet the worker was launched in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_id: Option<String>,
+    /// Why that subnet was chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<String>,
+    /// When RunInstances returned the instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_time: Option<Time>,
+    /// When the worker reported that it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_time: Option<Time>,
+    /// When the worker reported that it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_time: Option<Time>,
+    /// When TerminateInstances was accepted for the worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminated_time: Option<Time>,
+    /// Last known EC2 state of the worker instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_state: Option<String>,
+    /// Progress reported by the worker, 0 to 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_percent: Option<i32>,
+    /// Last message from the worker or the controller about this worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Highest message sequence number applied; older or repeated messages
+    /// change nothing.
+    #[serde(default)]
+    pub last_sequence: i64,
+}

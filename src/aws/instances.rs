@@ -1,0 +1,300 @@
+//! Worker instances: describe the protected instance, launch a worker
+//! (idempotently), find workers by their ownership tags, terminate them.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_ec2::types::{
+    Filter, HttpTokensState, IamInstanceProfileSpecification, InstanceMetadataOptionsRequest,
+    InstanceType, ResourceType, Tag, TagSpecification,
+};
+use base64::Engine;
+
+use super::{AwsClients, AwsError, aws_error};
+use crate::names::tags;
+
+/// What a backup needs to know of the protected instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceInstance {
+    pub availability_zone: Option<String>,
+    /// Sum of the sizes of its EBS volumes.
+    pub total_ebs_gib: i64,
+}
+
+/// Everything RunInstances needs for one worker.
+#[derive(Clone, Debug)]
+pub struct WorkerLaunch {
+    pub region: String,
+    pub image_id: String,
+    pub instance_type: String,
+    pub subnet_id: String,
+    pub security_group_ids: Vec<String>,
+    pub iam_instance_profile: Option<String>,
+    /// The ClientToken; also carried as the `tender.dev/launch-token` tag.
+    pub launch_token: String,
+    pub tags: BTreeMap<String, String>,
+    /// Raw user data (the worker task); base64-encoded here.
+    pub user_data: String,
+}
+
+/// One worker instance as EC2 reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerInstance {
+    pub instance_id: String,
+    /// EC2 state name: `pending`, `running`, `shutting-down`, `terminated`, …
+    pub state: String,
+}
+
+fn is_not_found(err: &AwsError) -> bool {
+    err.code()
+        .is_some_and(|c| c.starts_with("InvalidInstanceID"))
+}
+
+fn tag_filter(key: &str, value: &str) -> Filter {
+    Filter::builder().name(format!("tag:{key}")).values(value).build()
+}
+
+fn live_states() -> Filter {
+    Filter::builder()
+        .name("instance-state-name")
+        .set_values(Some(
+            ["pending", "running", "stopping", "stopped"]
+                .map(String::from)
+                .to_vec(),
+        ))
+        .build()
+}
+
+impl AwsClients {
+    /// Describes the instance a backup protects; `None` when it does not exist.
+    pub async fn describe_source_instance(
+        &self,
+        region: &str,
+        instance_id: &str,
+    ) -> Result<Option<SourceInstance>, AwsError> {
+        let ec2 = self.ec2(region);
+        let out = match ec2.describe_instances().instance_ids(instance_id).send().await {
+            Ok(out) => out,
+            Err(e) => {
+                let e = aws_error("DescribeInstances", e);
+                return if is_not_found(&e) { Ok(None) } else { Err(e) };
+            }
+        };
+        let Some(instance) = out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .find(|i| i.instance_id() == Some(instance_id))
+        else {
+            return Ok(None);
+        };
+        let volume_ids: Vec<String> = instance
+            .block_device_mappings()
+            .iter()
+            .filter_map(|m| m.ebs().and_then(|e| e.volume_id()).map(String::from))
+            .collect();
+        let mut total_ebs_gib = 0i64;
+        if !volume_ids.is_empty() {
+            let volumes = ec2
+                .describe_volumes()
+                .set_volume_ids(Some(volume_ids))
+                .send()
+                .await
+                .map_err(|e| aws_error("DescribeVolumes", e))?;
+            total_ebs_gib = volumes
+                .volumes()
+                .iter()
+                .map(|v| i64::from(v.size().unwrap_or(0)))
+                .sum();
+        }
+        Ok(Some(SourceInstance {
+            availability_zone: instance
+                .placement()
+                .and_then(|p| p.availability_zone())
+                .map(String::from),
+            total_ebs_gib,
+        }))
+    }
+
+    /// Launches one worker. The caller has already looked for an instance
+    /// with the same launch token (see [`Self::find_worker_by_launch_token`]):
+    /// EC2 honours the ClientToken, but emulators may not.
+    pub async fn launch_worker(&self, launch: &WorkerLaunch) -> Result<WorkerInstance, AwsError> {
+        let tags: Vec<Tag> = launch
+            .tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect();
+        let tag_spec = |rt: ResourceType| {
+            TagSpecification::builder()
+                .resource_type(rt)
+                .set_tags(Some(tags.clone()))
+                .build()
+        };
+        let mut req = self
+            .ec2(&launch.region)
+            .run_instances()
+            .image_id(&launch.image_id)
+            .instance_type(InstanceType::from(launch.instance_type.as_str()))
+            .min_count(1)
+            .max_count(1)
+            .subnet_id(&launch.subnet_id)
+            .set_security_group_ids(Some(launch.security_group_ids.clone()))
+            .client_token(&launch.launch_token)
+            .tag_specifications(tag_spec(ResourceType::Instance))
+            .tag_specifications(tag_spec(ResourceType::Volume))
+            .metadata_options(
+                InstanceMetadataOptionsRequest::builder()
+                    .http_tokens(HttpTokensState::Required)
+                    .build(),
+            )
+            .user_data(base64::engine::general_purpose::STANDARD.encode(&launch.user_data));
+        if let Some(profile) = &launch.iam_instance_profile {
+            let spec = if profile.starts_with("arn:") {
+                IamInstanceProfileSpecification::builder().arn(profile)
+            } else {
+                IamInstanceProfileSpecification::builder().name(profile)
+            };
+            req = req.iam_instance_profile(spec.build());
+        }
+        let out = req.send().await.map_err(|e| aws_error("RunInstances", e))?;
+        let instance = out.instances().first().ok_or(AwsError::Service {
+            operation: "RunInstances",
+            code: "NoInstance".into(),
+            message: "RunInstances returned no instance".into(),
+        })?;
+        Ok(WorkerInstance {
+            instance_id: instance.instance_id().unwrap_or_default().to_string(),
+            state: instance
+                .state()
+                .and_then(|s| s.name())
+                .map(|n| n.as_str().to_string())
+                .unwrap_or_else(|| "pending".into()),
+        })
+    }
+
+    /// The live worker launched with `launch_token` by this cluster, if any.
+    pub async fn find_worker_by_launch_token(
+        &self,
+        region: &str,
+        cluster_id: &str,
+        launch_token: &str,
+    ) -> Result<Option<WorkerInstance>, AwsError> {
+        let found = self
+            .describe_workers(
+                region,
+                vec![
+                    tag_filter(tags::CLUSTER_ID, cluster_id),
+                    tag_filter(tags::LAUNCH_TOKEN, launch_token),
+                    live_states(),
+                ],
+            )
+            .await?;
+        Ok(found.into_iter().next())
+    }
+
+    /// Every live worker of one job launched by this cluster.
+    pub async fn find_workers_of_job(
+        &self,
+        region: &str,
+        cluster_id: &str,
+        job_uid: &str,
+    ) -> Result<Vec<WorkerInstance>, AwsError> {
+        self.describe_workers(
+            region,
+            vec![
+                tag_filter(tags::CLUSTER_ID, cluster_id),
+                tag_filter(tags::JOB_UID, job_uid),
+                live_states(),
+            ],
+        )
+        .await
+    }
+
+    async fn describe_workers(
+        &self,
+        region: &str,
+        filters: Vec<Filter>,
+    ) -> Result<Vec<WorkerInstance>, AwsError> {
+        let mut pages = self
+            .ec2(region)
+            .describe_instances()
+            .set_filters(Some(filters))
+            .into_paginator()
+            .send();
+        let mut found = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| aws_error("DescribeInstances", e))?;
+            for instance in page.reservations().iter().flat_map(|r| r.instances()) {
+                found.push(WorkerInstance {
+                    instance_id: instance.instance_id().unwrap_or_default().to_string(),
+                    state: instance
+                        .state()
+                        .and_then(|s| s.name())
+                        .map(|n| n.as_str().to_string())
+                        .unwrap_or_default(),
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    /// Terminates workers. An instance that no longer exists counts as
+    /// terminated. Returns each instance's state after the call.
+    pub async fn terminate_workers(
+        &self,
+        region: &str,
+        instance_ids: &[String],
+    ) -> Result<Vec<WorkerInstance>, AwsError> {
+        if instance_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ec2 = self.ec2(region);
+        match ec2
+            .terminate_instances()
+            .set_instance_ids(Some(instance_ids.to_vec()))
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out
+                .terminating_instances()
+                .iter()
+                .map(|c| WorkerInstance {
+                    instance_id: c.instance_id().unwrap_or_default().to_string(),
+                    state: c
+                        .current_state()
+                        .and_then(|s| s.name())
+                        .map(|n| n.as_str().to_string())
+                        .unwrap_or_else(|| "shutting-down".into()),
+                })
+                .collect()),
+            Err(e) => {
+                let e = aws_error("TerminateInstances", e);
+                if !is_not_found(&e) {
+                    return Err(e);
+                }
+                // One unknown ID fails the whole batch: go one by one so the
+                // others are still terminated.
+                let mut out = Vec::new();
+                for id in instance_ids {
+                    match ec2.terminate_instances().instance_ids(id).send().await {
+                        Ok(_) => out.push(WorkerInstance {
+                            instance_id: id.clone(),
+                            state: "shutting-down".into(),
+                        }),
+                        Err(e) => {
+                            let e = aws_error("TerminateInstances", e);
+                            if !is_not_found(&e) {
+                                return Err(e);
+                            }
+                            out.push(WorkerInstance {
+                                instance_id: id.clone(),
+                                state: "terminated".into(),
+                            });
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! The AWS layer: every AWS call Tender makes goes through here, with the
+//! SDK's adaptive retry mode (backs off on throttling) and one error type
+//! that carries a low-cardinality category. Reconcilers never hold an SDK
+//! client.
+
+pub mod instances;
+pub mod queues;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use aws_config::retry::RetryConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+
+/// Attempts per AWS call, including the first.
+const MAX_ATTEMPTS: u32 = 5;
+
+/// Shared AWS clients, one per region, built from one loaded configuration
+/// (credentials chain, `AWS_ENDPOINT_URL`, retry mode).
+#[derive(Clone)]
+pub struct AwsClients {
+    base: SdkConfig,
+    ec2: Arc<Mutex<HashMap<String, aws_sdk_ec2::Client>>>,
+    sqs: Arc<Mutex<HashMap<String, aws_sdk_sqs::Client>>>,
+}
+
+impl AwsClients {
+    /// Loads the AWS configuration from the environment, the way every AWS
+    /// tool does (env, profile, web identity for IRSA, instance metadata).
+    pub async fn from_env() -> Self {
+        let base = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(RetryConfig::adaptive().with_max_attempts(MAX_ATTEMPTS))
+            .load()
+            .await;
+        Self {
+            base,
+            ec2: Arc::default(),
+            sqs: Arc::default(),
+        }
+    }
+
+    pub(crate) fn ec2(&self, region: &str) -> aws_sdk_ec2::Client {
+        let mut clients = self.ec2.lock().unwrap_or_else(|p| p.into_inner());
+        clients
+            .entry(region.to_string())
+            .or_insert_with(|| {
+                let conf = aws_sdk_ec2::config::Builder::from(&self.base)
+                    .region(Region::new(region.to_string()))
+                    .build();
+                aws_sdk_ec2::Client::from_conf(conf)
+            })
+            .clone()
+    }
+
+    pub(crate) fn sqs(&self, region: &str) -> aws_sdk_sqs::Client {
+        let mut clients = self.sqs.lock().unwrap_or_else(|p| p.into_inner());
+        clients
+            .entry(region.to_string())
+            .or_insert_with(|| {
+                let conf = aws_sdk_sqs::config::Builder::from(&self.base)
+                    .region(Region::new(region.to_string()))
+                    .build();
+                aws_sdk_sqs::Client::from_conf(conf)
+            })
+            .clone()
+    }
+}
+
+/// A failed AWS call.
+#[derive(Debug, thiserror::Error)]
+pub enum AwsError {
+    /// AWS answered with an error code.
+    #[error("AWS {operation} failed with {code}: {message}")]
+    Service {
+        operation: &'static str,
+        code: String,
+        message: String,
+    },
+    /// The call never got an answer (network, endpoint, credentials).
+    #[error("AWS {operation} could not be sent: {detail}")]
+    Unreachable {
+        operation: &'static str,
+        detail: String,
+    },
+}
+
+impl AwsError {
+    /// The AWS error code, when AWS answered.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            AwsError::Service { code, .. } => Some(code),
+            AwsError::Unreachable { .. } => None,
+        }
+    }
+
+    /// A low-cardinality category for Event reasons and metric labels.
+    pub fn category(&self) -> &'static str {
+        match self {
+            AwsError::Service { code, .. } if is_throttling(code) => "AwsThrottled",
+            AwsError::Service { code, .. } if is_permission(code) => "AwsPermissionDenied",
+            AwsError::Service { .. } => "AwsRequestFailed",
+            AwsError::Unreachable { .. } => "AwsUnreachable",
+        }
+    }
+}
+
+fn is_throttling(code: &str) -> bool {
+    matches!(
+        code,
+        "Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "RequestThrottled"
+    )
+}
+
+fn is_permission(code: &str) -> bool {
+    matches!(
+        code,
+        "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException" | "AuthFailure"
+    )
+}
+
+/// Turns an SDK error into an [`AwsError`] for `operation`.
+pub(crate) fn aws_error<E, R>(operation: &'static str, err: SdkError<E, R>) -> AwsError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match &err {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            AwsError::Service {
+                operation,
+                code: e.code().unwrap_or("Unknown").to_string(),
+                message: e.message().unwrap_or_default().to_string(),
+            }
+        }
+        _ => AwsError::Unreachable {
+            operation,
+            detail: DisplayErrorContext(&err).to_string(),
+        },
+    }
+}

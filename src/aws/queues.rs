@@ -1,0 +1,137 @@
+//! SQS queues: one per worker configuration, created and deleted by the
+//! controller; workers send to it, the controller receives from it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, QueueAttributeName};
+
+use super::{AwsClients, AwsError, aws_error};
+
+/// One message taken from a queue; it comes back after the visibility
+/// timeout unless it is deleted with its receipt handle.
+#[derive(Clone, Debug)]
+pub struct ReceivedMessage {
+    pub body: String,
+    pub receipt_handle: String,
+}
+
+/// How long a received message stays invisible before it is delivered again.
+pub const VISIBILITY_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl AwsClients {
+    /// Creates the queue, or returns the URL of the one that already exists.
+    pub async fn ensure_queue(
+        &self,
+        region: &str,
+        name: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<String, AwsError> {
+        let out = self
+            .sqs(region)
+            .create_queue()
+            .queue_name(name)
+            .attributes(
+                QueueAttributeName::VisibilityTimeout,
+                VISIBILITY_TIMEOUT.as_secs().to_string(),
+            )
+            .attributes(QueueAttributeName::MessageRetentionPeriod, "86400")
+            .set_tags(Some(tags.clone().into_iter().collect()))
+            .send()
+            .await
+            .map_err(|e| aws_error("CreateQueue", e))?;
+        out.queue_url().map(String::from).ok_or(AwsError::Service {
+            operation: "CreateQueue",
+            code: "NoQueueUrl".into(),
+            message: "CreateQueue returned no queue URL".into(),
+        })
+    }
+
+    /// Deletes the queue; a queue that is already gone counts as deleted.
+    pub async fn delete_queue(&self, region: &str, queue_url: &str) -> Result<(), AwsError> {
+        match self.sqs(region).delete_queue().queue_url(queue_url).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = aws_error("DeleteQueue", e);
+                if e.code().is_some_and(|c| c.contains("NonExistentQueue")) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Long-polls the queue for up to `wait` and returns up to ten messages.
+    pub async fn receive_messages(
+        &self,
+        region: &str,
+        queue_url: &str,
+        wait: Duration,
+    ) -> Result<Vec<ReceivedMessage>, AwsError> {
+        let out = self
+            .sqs(region)
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(i32::try_from(wait.as_secs()).unwrap_or(20).min(20))
+            .send()
+            .await
+            .map_err(|e| aws_error("ReceiveMessage", e))?;
+        Ok(out
+            .messages()
+            .iter()
+            .filter_map(|m| {
+                Some(ReceivedMessage {
+                    body: m.body()?.to_string(),
+                    receipt_handle: m.receipt_handle()?.to_string(),
+                })
+            })
+            .collect())
+    }
+
+    /// Deletes received messages, ten per call.
+    pub async fn delete_messages(
+        &self,
+        region: &str,
+        queue_url: &str,
+        receipt_handles: &[String],
+    ) -> Result<(), AwsError> {
+        let sqs = self.sqs(region);
+        for chunk in receipt_handles.chunks(10) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, handle)| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(handle)
+                        .build()
+                        .map_err(|e| AwsError::Unreachable {
+                            operation: "DeleteMessageBatch",
+                            detail: e.to_string(),
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            sqs.delete_message_batch()
+                .queue_url(queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| aws_error("DeleteMessageBatch", e))?;
+        }
+        Ok(())
+    }
+
+    /// Sends one message (used by the worker agent).
+    pub async fn send_message(&self, region: &str, queue_url: &str, body: &str) -> Result<(), AwsError> {
+        self.sqs(region)
+            .send_message()
+            .queue_url(queue_url)
+            .message_body(body)
+            .send()
+            .await
+            .map_err(|e| aws_error("SendMessage", e))?;
+        Ok(())
+    }
+}

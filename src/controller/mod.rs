@@ -1,0 +1,278 @@
+//! The controller: one reconciler per kind, sharing one [`Context`].
+//!
+//! - `worker_configuration`: the configuration's SQS queue and its pump.
+//! - `backup_job`: launches, follows and terminates a job's workers.
+//! - `restore_job`: says plainly that restores are not run yet.
+//! - `reports`: worker messages from SQS, applied idempotently.
+
+pub mod backup_job;
+pub mod reports;
+pub mod restore_job;
+pub mod worker_configuration;
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{info, warn};
+
+use crate::api::{BackupJob, RestoreJob, WorkerConfiguration};
+use crate::aws::{AwsClients, AwsError};
+use crate::names::{CONTROLLER_NAME, FIELD_MANAGER};
+use reports::{QueuePumps, ReportStore};
+
+/// Errors of one reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API call failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    #[error("could not encode the worker task: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+    #[error("object has no {0}")]
+    MissingObjectKey(&'static str),
+}
+
+impl Error {
+    /// A low-cardinality category for Event reasons, logs and metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubernetesApiError",
+            Error::Aws(e) => e.category(),
+            Error::Encode(_) => "EncodeError",
+            Error::Finalizer(_) => "FinalizerError",
+            Error::MissingObjectKey(_) => "InvalidObject",
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> From<kube::runtime::finalizer::Error<E>> for Error {
+    fn from(e: kube::runtime::finalizer::Error<E>) -> Self {
+        Error::Finalizer(e.to_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub aws: AwsClients,
+    pub recorder: Recorder,
+    /// Tags every AWS resource this controller creates, so that two clusters
+    /// sharing an account never touch each other's workers.
+    pub cluster_id: String,
+    pub configurations: Store<WorkerConfiguration>,
+    pub jobs: Store<BackupJob>,
+    pub reports: Arc<ReportStore>,
+    pub pumps: QueuePumps,
+    /// Seconds between worker heartbeats, passed to every worker.
+    pub heartbeat_seconds: u64,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// Publishes an Event on `obj`; a failure to publish is logged, never fatal.
+    pub async fn event<K>(&self, obj: &K, type_: EventType, reason: &str, action: &str, note: String)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let ev = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(note),
+            action: action.to_string(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            warn!(error = %e, reason, "could not publish event");
+        }
+    }
+
+    /// Next requeue delay for an object that failed: exponential from 5 s to
+    /// 5 min, with jitter so that many failing objects do not retry in step.
+    fn backoff(&self, key: &str) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = failures.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        let base = Duration::from_secs(5).saturating_mul(1u32 << (*n - 1).min(6));
+        let base = base.min(Duration::from_secs(300));
+        base + jitter(base / 5)
+    }
+
+    fn reset_backoff(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+}
+
+/// A pseudo-random duration in `[0, max)`, from the clock's nanoseconds.
+pub(crate) fn jitter(max: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let max_ms = max.as_millis().max(1) as u64;
+    Duration::from_millis(u64::from(nanos) % max_ms)
+}
+
+/// Writes `status` with server-side apply under Tender's field manager.
+pub(crate) async fn apply_status<K, S>(api: &Api<K>, obj: &K, status: &S) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    S: Serialize,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Shared error policy: log, then requeue with backoff.
+fn error_policy<K: Resource>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = obj.meta().uid.clone().unwrap_or_default();
+    let delay = ctx.backoff(&key);
+    warn!(
+        name = obj.meta().name.as_deref().unwrap_or_default(),
+        namespace = obj.meta().namespace.as_deref().unwrap_or_default(),
+        category = error.category(),
+        error = %error,
+        retry_in_ms = delay.as_millis() as u64,
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+/// How the controller is run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Overrides the cluster ID (default: the UID of namespace `kube-system`).
+    pub cluster_id: Option<String>,
+    /// Watch only this namespace (default: all namespaces).
+    pub namespace: Option<String>,
+    pub heartbeat_seconds: u64,
+}
+
+fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn resolve_cluster_id(client: &Client, configured: Option<String>) -> Result<String> {
+    if let Some(id) = configured.filter(|s| !s.is_empty()) {
+        return Ok(id);
+    }
+    let ns = Api::<Namespace>::all(client.clone()).get("kube-system").await?;
+    ns.metadata.uid.ok_or(Error::MissingObjectKey("kube-system uid"))
+}
+
+/// Runs the controller until SIGTERM or Ctrl-C.
+pub async fn run(opts: Options) -> anyhow_like::Result {
+    let client = Client::try_default().await?;
+    let cluster_id = resolve_cluster_id(&client, opts.cluster_id.clone()).await?;
+    let aws = AwsClients::from_env().await;
+    let ns = opts.namespace.as_deref();
+    info!(cluster_id, namespace = ns.unwrap_or("<all>"), "starting tender controller");
+
+    let configs: Api<WorkerConfiguration> = api_for(&client, ns);
+    let jobs: Api<BackupJob> = api_for(&client, ns);
+    let restores: Api<RestoreJob> = api_for(&client, ns);
+
+    let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded::<ObjectRef<BackupJob>>();
+    let job_controller = Controller::new(jobs.clone(), watcher::Config::default());
+    let job_store = job_controller.store();
+    let config_controller = Controller::new(configs.clone(), watcher::Config::default());
+    let config_store = config_controller.store();
+
+    // A change to a configuration wakes the unfinished jobs of its namespace
+    // (one may be waiting for it).
+    let waiting_jobs = job_store.clone();
+    let job_controller = job_controller
+        .watches(configs.clone(), watcher::Config::default(), move |cfg: WorkerConfiguration| {
+            let ns = cfg.namespace().unwrap_or_default();
+            waiting_jobs
+                .state()
+                .into_iter()
+                .filter(|j| j.namespace().as_deref() == Some(ns.as_str()))
+                .filter(|j| !j.status.as_ref().is_some_and(|s| s.phase.is_finished()))
+                .map(|j| ObjectRef::from_obj(&*j))
+                .collect::<Vec<_>>()
+        })
+        .reconcile_on(trigger_rx)
+        .shutdown_on_signal();
+    // A change to a job updates its configuration's worker count.
+    let config_controller = config_controller
+        .watches(jobs.clone(), watcher::Config::default(), |job: BackupJob| {
+            let ns = job.namespace().unwrap_or_default();
+            job.status
+                .and_then(|s| s.worker_configuration)
+                .map(|name| ObjectRef::new(&name).within(&ns))
+        })
+        .shutdown_on_signal();
+
+    let reporter = Reporter {
+        controller: CONTROLLER_NAME.into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client: client.clone(),
+        aws,
+        cluster_id,
+        configurations: config_store,
+        jobs: job_store,
+        reports: Arc::new(ReportStore::default()),
+        pumps: QueuePumps::new(trigger_tx),
+        heartbeat_seconds: opts.heartbeat_seconds,
+        failures: Mutex::default(),
+    });
+
+    let jobs_done = job_controller
+        .run(backup_job::reconcile, error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+    let configs_done = config_controller
+        .run(worker_configuration::reconcile, error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+    let restores_done = Controller::new(restores, watcher::Config::default())
+        .shutdown_on_signal()
+        .run(restore_job::reconcile, error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+    futures::join!(jobs_done, configs_done, restores_done);
+    ctx.pumps.stop_all();
+    info!("tender controller stopped");
+    Ok(())
+}
+
+/// A boxed error for the binary's entry points.
+pub mod anyhow_like {
+    pub type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+}

@@ -1,0 +1,142 @@
+//! The wire format between workers and the controller: versioned JSON on
+//! the configuration's SQS queue, and the task a worker is launched with.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of [`WorkerMessage`] and [`WorkerTask`] this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// What a worker is asked to do; the controller puts it in the instance's
+/// user data, and the agent reads it at boot.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerTask {
+    pub version: u32,
+    pub operation: Operation,
+    pub namespace: String,
+    pub job_name: String,
+    pub job_uid: String,
+    /// The protected resource (an EC2 instance ID for backups).
+    pub resource: String,
+    /// Region of the protected resource.
+    pub resource_region: String,
+    pub attempt: i32,
+    /// Queue the worker reports to.
+    pub queue_url: String,
+    /// Region of the queue.
+    pub queue_region: String,
+    /// Seconds between heartbeats.
+    pub heartbeat_seconds: u64,
+}
+
+/// The operation a worker runs.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum Operation {
+    Backup,
+    Restore,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Backup => "backup",
+            Operation::Restore => "restore",
+        }
+    }
+}
+
+/// One report from a worker. Applied idempotently: the controller keeps the
+/// highest `sequence` per job, resource and attempt, and ignores the rest.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerMessage {
+    pub version: u32,
+    pub namespace: String,
+    pub job_name: String,
+    pub job_uid: String,
+    pub resource: String,
+    pub instance_id: String,
+    pub attempt: i32,
+    /// Increases by one with every message of one worker attempt, from 1.
+    pub sequence: i64,
+    #[serde(flatten)]
+    pub event: WorkerEvent,
+}
+
+/// What happened on the worker.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum WorkerEvent {
+    Started,
+    Progress { percent: i32, detail: String },
+    Heartbeat,
+    Completed { detail: String },
+    Failed { reason: String, message: String },
+}
+
+impl WorkerEvent {
+    pub fn is_final(&self) -> bool {
+        matches!(self, WorkerEvent::Completed { .. } | WorkerEvent::Failed { .. })
+    }
+}
+
+/// Why a message body was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    #[error("not a Tender worker message: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("unsupported protocol version {0} (this controller speaks {PROTOCOL_VERSION})")]
+    UnsupportedVersion(u32),
+}
+
+impl WorkerMessage {
+    /// Parses and checks a message body.
+    pub fn parse(body: &str) -> Result<Self, MessageError> {
+        let message: WorkerMessage = serde_json::from_str(body)?;
+        if message.version != PROTOCOL_VERSION {
+            return Err(MessageError::UnsupportedVersion(message.version));
+        }
+        Ok(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_with_a_type_tag() {
+        let msg = WorkerMessage {
+            version: PROTOCOL_VERSION,
+            namespace: "ns".into(),
+            job_name: "job".into(),
+            job_uid: "uid".into(),
+            resource: "i-0123456789abcdef0".into(),
+            instance_id: "i-00000000000000001".into(),
+            attempt: 1,
+            sequence: 3,
+            event: WorkerEvent::Progress {
+                percent: 50,
+                detail: "half".into(),
+            },
+        };
+        let body = serde_json::to_string(&msg).expect("serializes");
+        assert!(body.contains(r#""type":"progress""#), "{body}");
+        assert_eq!(WorkerMessage::parse(&body).expect("parses"), msg);
+    }
+
+    #[test]
+    fn refuses_garbage_and_other_versions() {
+        assert!(matches!(
+            WorkerMessage::parse("{not json"),
+            Err(MessageError::Malformed(_))
+        ));
+        let other = r#"{"version":2,"namespace":"n","jobName":"j","jobUid":"u","resource":"r",
+            "instanceId":"i","attempt":1,"sequence":1,"type":"started"}"#;
+        assert!(matches!(
+            WorkerMessage::parse(other),
+            Err(MessageError::UnsupportedVersion(2))
+        ));
+    }
+}

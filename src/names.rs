@@ -1,0 +1,39 @@
+//! Every tag key, label, finalizer name and field manager Tender uses, in one
+//! place, so that the garbage collector, the IAM policies and the docs agree.
+
+/// API group of Tender's custom resources.
+pub const API_GROUP: &str = "tender.dev";
+/// Version of Tender's custom resources.
+pub const API_VERSION: &str = "v1alpha1";
+
+/// Field manager for every server-side apply the controller makes.
+pub const FIELD_MANAGER: &str = "tender-controller";
+/// Name the controller reports Events under.
+pub const CONTROLLER_NAME: &str = "tender-controller";
+
+/// Finalizer on jobs: their workers are terminated before the job goes.
+pub const JOB_FINALIZER: &str = "tender.dev/workers";
+/// Finalizer on worker configurations: their queue is deleted, and only once
+/// no unfinished job uses the configuration.
+pub const CONFIGURATION_FINALIZER: &str = "tender.dev/queue";
+
+/// AWS tag keys that mark what Tender owns. A configuration's own tags can
+/// never override them (see `placement::worker_tags`).
+pub mod tags {
+    /// Prefix reserved for Tender's ownership tags.
+    pub const PREFIX: &str = "tender.dev/";
+    pub const MANAGED_BY: &str = "tender.dev/managed-by";
+    pub const MANAGED_BY_VALUE: &str = "tender";
+    pub const CLUSTER_ID: &str = "tender.dev/cluster-id";
+    pub const NAMESPACE: &str = "tender.dev/namespace";
+    pub const JOB_KIND: &str = "tender.dev/job-kind";
+    pub const JOB_NAME: &str = "tender.dev/job-name";
+    pub const JOB_UID: &str = "tender.dev/job-uid";
+    pub const RESOURCE: &str = "tender.dev/resource";
+    pub const ATTEMPT: &str = "tender.dev/attempt";
+    pub const LAUNCH_TOKEN: &str = "tender.dev/launch-token";
+    pub const OPERATION: &str = "tender.dev/operation";
+    pub const CONFIGURATION: &str = "tender.dev/worker-configuration";
+    /// Conventional EC2 `Name` tag, so the console shows what a worker is for.
+    pub const NAME: &str = "Name";
+}
