@@ -1,1 +1,134 @@
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use tender::aws::AwsClients;
+use tender::controller::{self, Options};
+use tender::messages::WorkerTask;
+use tender::{api, telemetry, worker};
+
+/// Tender runs short-lived EC2 worker instances for backup and restore,
+/// driven by Kubernetes custom resources.
+#[derive(Parser)]
+#[command(name = "tender", version)]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text", global = true, env = "TENDER_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller against the cluster of the current kubeconfig (or
+    /// the in-cluster service account).
+    Controller {
+        /// ID that tags every AWS resource this controller creates (default:
+        /// the UID of namespace kube-system).
+        #[arg(long, env = "TENDER_CLUSTER_ID")]
+        cluster_id: Option<String>,
+        /// Watch only this namespace (default: all namespaces).
+        #[arg(long, env = "TENDER_NAMESPACE")]
+        namespace: Option<String>,
+        /// Seconds between worker heartbeats.
+        #[arg(long, default_value_t = 30, env = "TENDER_HEARTBEAT_SECONDS")]
+        heartbeat_seconds: u64,
+    },
+    /// Print the CustomResourceDefinitions as YAML, or write one file per
+    /// CRD into a folder.
+    Crd {
+        /// Write `<name>.yaml` files into this folder instead of printing.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+    /// Run the worker agent (on a worker instance, or locally in tests).
+    Worker {
+        /// The task as JSON (what the controller puts in the user data).
+        #[arg(long, env = "TENDER_TASK", conflicts_with = "task_file")]
+        task: Option<String>,
+        /// A file holding the task as JSON.
+        #[arg(long)]
+        task_file: Option<PathBuf>,
+        /// The EC2 instance ID of this worker.
+        #[arg(long, env = "TENDER_INSTANCE_ID")]
+        instance_id: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // kube and the AWS SDK both bring rustls; pick one crypto provider for
+    // the process, or the first TLS connection panics.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    telemetry::init(matches!(cli.log_format, LogFormat::Json));
+    match cli.command {
+        Command::Crd { out_dir } => print_crds(out_dir),
+        Command::Controller { cluster_id, namespace, heartbeat_seconds } => {
+            run_async(async move {
+                controller::run(Options { cluster_id, namespace, heartbeat_seconds }).await
+            })
+        }
+        Command::Worker { task, task_file, instance_id } => run_async(async move {
+            let json = match (task, task_file) {
+                (Some(json), _) => json,
+                (None, Some(path)) => std::fs::read_to_string(&path)
+                    .map_err(|e| format!("cannot read the task file {}: {e}", path.display()))?,
+                (None, None) => return Err("give the task with --task, --task-file or TENDER_TASK".into()),
+            };
+            let task: WorkerTask = serde_json::from_str(&json).map_err(|e| format!("the task is not valid: {e}"))?;
+            let aws = AwsClients::from_env().await;
+            worker::run(aws, task, instance_id).await?;
+            Ok(())
+        }),
+    }
+}
+
+fn print_crds(out_dir: Option<PathBuf>) -> ExitCode {
+    let docs = match api::crd_documents() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: cannot render the CRDs: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for (file, yaml) in docs {
+        match &out_dir {
+            Some(dir) => {
+                if let Err(e) = std::fs::write(dir.join(&file), yaml) {
+                    eprintln!("error: cannot write {}: {e}", dir.join(&file).display());
+                    return ExitCode::FAILURE;
+                }
+            }
+            None => print!("---\n{yaml}"),
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn run_async<F>(fut: F) -> ExitCode
+where
+    F: std::future::Future<Output = controller::anyhow_like::Result>,
+{
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

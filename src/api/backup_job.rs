@@ -35,12 +35,10 @@ pub struct BackupJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_configuration_ref: Option<LocalObjectReference>,
 
-    /// Resources to back up; each gets its own worker.
+    /// Resources to back up; each gets its own worker. Each instance may be
+    /// listed once.
     #[schemars(length(min = 1, max = 100))]
-    #[schemars(extend("x-kubernetes-validations" = [
-        {"rule": "self.all(r, self.exists_one(s, s.instanceId == r.instanceId))",
-         "message": "each resource may be listed once"}
-    ]))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["instanceId"]))]
     pub resources: Vec<BackupResource>,
 }
 
@@ -49,10 +47,10 @@ pub struct BackupJobSpec {
 #[serde(rename_all = "camelCase")]
 pub struct BackupResource {
     /// ID of the EC2 instance to back up, for example `i-0123456789abcdef0`.
-    #[schemars(pattern(INSTANCE_ID_PATTERN))]
+    #[schemars(pattern(INSTANCE_ID_PATTERN), length(max = 19))]
     pub instance_id: String,
     /// Region of the instance, for example `eu-west-1`.
-    #[schemars(pattern(REGION_PATTERN))]
+    #[schemars(pattern(REGION_PATTERN), length(max = 32))]
     pub region: String,
 }
 
@@ -70,12 +68,14 @@ pub enum Phase {
     Succeeded,
     /// The worker or the job failed; the message says why.
     Failed,
+    /// Some of the job's resources succeeded, some failed (jobs only).
+    PartiallySucceeded,
 }
 
 impl Phase {
-    /// Succeeded and Failed never change again.
+    /// Succeeded, Failed and PartiallySucceeded never change again.
     pub fn is_finished(self) -> bool {
-        matches!(self, Phase::Succeeded | Phase::Failed)
+        matches!(self, Phase::Succeeded | Phase::Failed | Phase::PartiallySucceeded)
     }
 }
 
@@ -116,6 +116,8 @@ pub struct BackupJobStatus {
 pub struct WorkerStatus {
     /// The protected resource (instance ID).
     pub resource: String,
+    /// Region the worker runs in.
+    pub region: String,
     /// Phase of this worker.
     #[serde(default)]
     pub phase: Phase,

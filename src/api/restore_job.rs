@@ -42,7 +42,7 @@ pub struct RestoreJobSpec {
     #[schemars(length(min = 1, max = 512))]
     pub restore_point: String,
     /// Region to restore into, for example `eu-west-1`.
-    #[schemars(pattern(REGION_PATTERN))]
+    #[schemars(pattern(REGION_PATTERN), length(max = 32))]
     pub region: String,
     /// Minutes a file-level recovery session may stay idle before its worker
     /// is terminated (default 30).

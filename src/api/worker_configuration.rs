@@ -30,7 +30,7 @@ use super::{INSTANCE_TYPE_PATTERN, REGION_PATTERN};
 pub struct WorkerConfigurationSpec {
     /// AWS region the workers run in, for example `eu-west-1`. Jobs for
     /// resources in another region cannot use this configuration.
-    #[schemars(pattern(REGION_PATTERN))]
+    #[schemars(pattern(REGION_PATTERN), length(max = 32))]
     pub region: String,
 
     /// Subnets workers may be launched in. A worker goes to the subnet in its

@@ -83,6 +83,8 @@ pub struct Context {
     /// Seconds between worker heartbeats, passed to every worker.
     pub heartbeat_seconds: u64,
     failures: Mutex<HashMap<String, u32>>,
+    /// The status this controller last wrote to each job, by UID.
+    pub(crate) written: Mutex<HashMap<String, crate::api::BackupJobStatus>>,
 }
 
 impl Context {
@@ -254,6 +256,7 @@ pub async fn run(opts: Options) -> anyhow_like::Result {
         pumps: QueuePumps::new(trigger_tx),
         heartbeat_seconds: opts.heartbeat_seconds,
         failures: Mutex::default(),
+        written: Mutex::default(),
     });
 
     let jobs_done = job_controller

@@ -1,0 +1,11 @@
+//! Tender: a Kubernetes operator that runs short-lived EC2 worker instances
+//! for backup and restore of AWS resources.
+
+pub mod api;
+pub mod aws;
+pub mod controller;
+pub mod messages;
+pub mod names;
+pub mod placement;
+pub mod telemetry;
+pub mod worker;

@@ -1,0 +1,276 @@
+//! BackupJob end to end, against the real kube-apiserver and the moto AWS
+//! emulator: status on one side, EC2/SQS state on the other.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{REGION, TestEnv};
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, ResourceExt};
+use tender::api::{BackupJob, Phase, WorkerConfiguration};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+async fn create_configuration(env: &TestEnv, name: &str, subnet: &str, zone: &str, sg: &str) -> WorkerConfiguration {
+    let cfg: WorkerConfiguration = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tender.dev/v1alpha1",
+        "kind": "WorkerConfiguration",
+        "metadata": {"name": name},
+        "spec": {
+            "region": REGION,
+            "subnets": [{"subnetId": subnet, "availabilityZone": zone}],
+            "securityGroupIds": [sg],
+            "imageId": "ami-0fedcba9876543210",
+            "instanceTypes": {"backup": "m5.large"},
+            "tags": {"team": "storage", "cost-center": "42"}
+        }
+    }))
+    .unwrap();
+    env.api::<WorkerConfiguration>().create(&PostParams::default(), &cfg).await.unwrap()
+}
+
+async fn wait_configuration_ready(env: &TestEnv, name: &str) -> WorkerConfiguration {
+    let api: Api<WorkerConfiguration> = env.api();
+    common::eventually(TIMEOUT, || {
+        let api = api.clone();
+        async move {
+            let cfg = api.get(name).await.ok()?;
+            cfg.status.as_ref()?.queue_url.as_ref()?;
+            Some(cfg)
+        }
+    })
+    .await
+}
+
+async fn create_job(env: &TestEnv, name: &str, instance_id: &str, config: Option<&str>) -> BackupJob {
+    let mut spec = serde_json::json!({
+        "resources": [{"instanceId": instance_id, "region": REGION}]
+    });
+    if let Some(c) = config {
+        spec["workerConfigurationRef"] = serde_json::json!({"name": c});
+    }
+    let job: BackupJob = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tender.dev/v1alpha1",
+        "kind": "BackupJob",
+        "metadata": {"name": name},
+        "spec": spec
+    }))
+    .unwrap();
+    env.api::<BackupJob>().create(&PostParams::default(), &job).await.unwrap()
+}
+
+fn condition<'a>(job: &'a BackupJob, type_: &str) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    job.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+}
+
+#[tokio::test]
+async fn backup_job_launches_a_worker_follows_it_and_terminates_it() {
+    let env = TestEnv::new("happy").await;
+    let (subnet, zone) = env.default_subnet().await;
+    let sg = env.security_group().await;
+    let protected = env.protected_instance(&subnet).await;
+    create_configuration(&env, "default", &subnet, &zone, &sg).await;
+    let cfg = wait_configuration_ready(&env, "default").await;
+    let queue_url = cfg.status.unwrap().queue_url.unwrap();
+
+    let created = create_job(&env, "nightly", &protected, Some("default")).await;
+    let uid = created.uid().unwrap();
+
+    let job = env
+        .wait_job("nightly", TIMEOUT, |j| {
+            j.status.as_ref().is_some_and(|s| s.phase == Phase::Succeeded && s.active_workers == 0)
+        })
+        .await;
+
+    // The custom resource's side.
+    let status = job.status.clone().unwrap();
+    assert_eq!(status.observed_generation, job.metadata.generation);
+    assert_eq!(status.worker_configuration.as_deref(), Some("default"));
+    assert!(status.start_time.is_some() && status.completion_time.is_some());
+    let ready = condition(&job, "Ready").expect("Ready condition");
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "Succeeded"));
+    assert!(condition(&job, "Reconciling").is_none() && condition(&job, "Stalled").is_none());
+    assert!(job.finalizers().iter().any(|f| f == "tender.dev/workers"));
+    let [worker] = &status.workers[..] else { panic!("one worker expected: {status:?}") };
+    assert_eq!(worker.resource, protected);
+    assert_eq!(worker.phase, Phase::Succeeded);
+    assert_eq!(worker.attempt, 1);
+    assert_eq!(worker.instance_type.as_deref(), Some("m5.large"));
+    assert_eq!(worker.subnet_id.as_deref(), Some(subnet.as_str()));
+    assert!(worker.placement.as_deref().unwrap().contains(&zone));
+    assert_eq!(worker.progress_percent, Some(100));
+    assert!(worker.message.as_deref().unwrap().contains(&protected));
+    for (what, t) in [
+        ("launchTime", &worker.launch_time),
+        ("startedTime", &worker.started_time),
+        ("finishedTime", &worker.finished_time),
+        ("terminatedTime", &worker.terminated_time),
+    ] {
+        assert!(t.is_some(), "{what} missing: {worker:?}");
+    }
+    let instance_id = worker.instance_id.clone().unwrap();
+
+    // The emulator's side: exactly one worker for the job, terminated, tagged
+    // with its owner, launched as configured.
+    let instances = env.instances_tagged("tender.dev/job-uid", &uid).await;
+    assert_eq!(instances.len(), 1, "one worker instance for the job");
+    let instance = &instances[0];
+    assert_eq!(instance.instance_id(), Some(instance_id.as_str()));
+    assert_eq!(instance.state().unwrap().name().unwrap().as_str(), "terminated");
+    assert_eq!(instance.instance_type().unwrap().as_str(), "m5.large");
+    assert_eq!(instance.subnet_id(), Some(subnet.as_str()));
+    assert!(instance.security_groups().iter().any(|g| g.group_id() == Some(sg.as_str())));
+    let tags = TestEnv::tags(instance);
+    assert_eq!(tags["tender.dev/cluster-id"], env.cluster_id);
+    assert_eq!(tags["tender.dev/namespace"], env.namespace);
+    assert_eq!(tags["tender.dev/job-name"], "nightly");
+    assert_eq!(tags["tender.dev/job-kind"], "BackupJob");
+    assert_eq!(tags["tender.dev/resource"], protected);
+    assert_eq!(tags["tender.dev/attempt"], "1");
+    assert_eq!(tags["tender.dev/launch-token"], worker.launch_token);
+    assert_eq!(tags["team"], "storage");
+    assert_eq!(tags["cost-center"], "42");
+    let metadata = instance.metadata_options().unwrap();
+    assert_eq!(metadata.http_tokens().unwrap().as_str(), "required");
+
+    // The worker reported over the configuration's queue, and the applied
+    // messages were deleted from it.
+    let sqs = common::sqs().await;
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(&queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+        .send()
+        .await
+        .unwrap();
+    let attrs = attrs.attributes().unwrap();
+    let visible = &attrs[&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages];
+    assert_eq!(visible, "0", "every worker message was consumed");
+
+    // Events tell the story.
+    let reasons: Vec<String> = env.events().await.into_iter().map(|(r, _)| r).collect();
+    for reason in ["WorkerLaunched", "WorkerStarted", "WorkerSucceeded", "WorkerTerminated", "JobSucceeded"] {
+        assert!(reasons.iter().any(|r| r == reason), "event {reason} missing from {reasons:?}");
+    }
+
+    // The configuration counts no active worker now.
+    let cfg = wait_configuration_ready(&env, "default").await;
+    assert_eq!(cfg.status.unwrap().active_workers, 0);
+}
+
+#[tokio::test]
+async fn a_job_without_a_configuration_is_stalled_then_runs_once_one_exists() {
+    let env = TestEnv::new("noconfig").await;
+    let (subnet, zone) = env.default_subnet().await;
+    let sg = env.security_group().await;
+    let protected = env.protected_instance(&subnet).await;
+    let created = create_job(&env, "orphan", &protected, None).await;
+
+    let job = env
+        .wait_job("orphan", TIMEOUT, |j| condition(j, "Stalled").is_some_and(|c| c.status == "True"))
+        .await;
+    let stalled = condition(&job, "Stalled").unwrap();
+    assert_eq!(stalled.reason, "WorkerConfigurationNotFound");
+    assert!(stalled.message.contains(REGION), "{}", stalled.message);
+    assert_eq!(condition(&job, "Ready").unwrap().status, "False");
+    assert_eq!(job.status.as_ref().unwrap().phase, Phase::Pending);
+    let events = env.events().await;
+    assert!(events.iter().any(|(r, _)| r == "WorkerConfigurationNotFound"), "{events:?}");
+    assert!(env.instances_tagged("tender.dev/job-uid", &created.uid().unwrap()).await.is_empty());
+
+    // Creating the configuration (without a reference: found by region)
+    // lets the job run.
+    create_configuration(&env, "east", &subnet, &zone, &sg).await;
+    let job = env
+        .wait_job("orphan", TIMEOUT, |j| j.status.as_ref().is_some_and(|s| s.phase == Phase::Succeeded))
+        .await;
+    assert!(condition(&job, "Stalled").is_none());
+    assert_eq!(job.status.unwrap().worker_configuration.as_deref(), Some("east"));
+}
+
+#[tokio::test]
+async fn a_missing_source_instance_fails_the_job_without_launching() {
+    let env = TestEnv::new("nosource").await;
+    let (subnet, zone) = env.default_subnet().await;
+    let sg = env.security_group().await;
+    create_configuration(&env, "default", &subnet, &zone, &sg).await;
+    wait_configuration_ready(&env, "default").await;
+    let created = create_job(&env, "ghost", "i-00000000deadbeef0", None).await;
+
+    let job = env
+        .wait_job("ghost", TIMEOUT, |j| j.status.as_ref().is_some_and(|s| s.phase == Phase::Failed))
+        .await;
+    let stalled = condition(&job, "Stalled").expect("a failed job is Stalled");
+    assert_eq!(stalled.reason, "Failed");
+    assert!(stalled.message.contains("SourceInstanceNotFound"), "{}", stalled.message);
+    let worker = &job.status.as_ref().unwrap().workers[0];
+    assert!(worker.instance_id.is_none());
+    assert!(env.instances_tagged("tender.dev/job-uid", &created.uid().unwrap()).await.is_empty());
+    let events = env.events().await;
+    assert!(events.iter().any(|(r, _)| r == "SourceInstanceNotFound"), "{events:?}");
+}
+
+#[tokio::test]
+async fn deleting_a_running_job_terminates_its_worker_first() {
+    let env = TestEnv::new("delete").await;
+    // The worker instance never boots an agent: it stays Provisioning.
+    env.boot_workers.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (subnet, zone) = env.default_subnet().await;
+    let sg = env.security_group().await;
+    let protected = env.protected_instance(&subnet).await;
+    create_configuration(&env, "default", &subnet, &zone, &sg).await;
+    wait_configuration_ready(&env, "default").await;
+    let created = create_job(&env, "doomed", &protected, None).await;
+    let uid = created.uid().unwrap();
+
+    let job = env
+        .wait_job("doomed", TIMEOUT, |j| {
+            j.status.as_ref().is_some_and(|s| s.workers.first().is_some_and(|w| w.instance_id.is_some()))
+        })
+        .await;
+    assert_eq!(job.status.as_ref().unwrap().phase, Phase::Provisioning);
+    assert_eq!(job.status.as_ref().unwrap().active_workers, 1);
+    let instance_id = job.status.unwrap().workers[0].instance_id.clone().unwrap();
+    let running = env.instances_tagged("tender.dev/job-uid", &uid).await;
+    assert_eq!(running[0].state().unwrap().name().unwrap().as_str(), "running");
+
+    // The configuration cannot go while the job runs.
+    let configs: Api<WorkerConfiguration> = env.api();
+    configs.delete("default", &DeleteParams::default()).await.unwrap();
+    let cfg = common::eventually(TIMEOUT, || {
+        let configs = configs.clone();
+        async move {
+            let c = configs.get("default").await.ok()?;
+            (c.status.as_ref()?.phase.as_deref() == Some("Deleting")).then_some(c)
+        }
+    })
+    .await;
+    let ready = cfg.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(ready.reason, "InUse");
+    assert!(ready.message.contains("doomed"), "{}", ready.message);
+    let queue_url = cfg.status.unwrap().queue_url.unwrap();
+
+    let jobs: Api<BackupJob> = env.api();
+    jobs.delete("doomed", &DeleteParams::default()).await.unwrap();
+    common::eventually(TIMEOUT, || {
+        let jobs = jobs.clone();
+        async move { jobs.get_opt("doomed").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    let after = env.instances_tagged("tender.dev/job-uid", &uid).await;
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].instance_id(), Some(instance_id.as_str()));
+    assert_eq!(after[0].state().unwrap().name().unwrap().as_str(), "terminated");
+
+    // With the job gone, the configuration goes, and its queue with it.
+    common::eventually(TIMEOUT, || {
+        let configs = configs.clone();
+        async move { configs.get_opt("default").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    let sqs = common::sqs().await;
+    let gone = sqs.get_queue_attributes().queue_url(&queue_url).send().await;
+    assert!(gone.is_err(), "the configuration's queue was deleted");
+}

@@ -1,0 +1,376 @@
+//! Test harness: a fresh namespace on the real local API server, the real
+//! `tender` controller binary scoped to it, and a stand-in for EC2's boot:
+//! every worker instance the emulator "starts" gets the real worker agent
+//! as a local process, fed the instance's own user data.
+//!
+//! Needs the environment of `scripts/testenv up` (KUBECONFIG,
+//! AWS_ENDPOINT_URL, ...); `scripts/test` provides it.
+#![allow(dead_code, clippy::unwrap_used, clippy::panic)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::types::{Filter, InstanceAttributeName};
+use base64::Engine;
+use k8s_openapi::api::core::v1::{Event, Namespace};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, CustomResourceExt};
+use tender::api::{BackupJob, RestoreJob, WorkerConfiguration};
+
+pub const REGION: &str = "us-east-1";
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn require_env() {
+    for var in ["KUBECONFIG", "AWS_ENDPOINT_URL"] {
+        if std::env::var_os(var).is_none() {
+            panic!("{var} is not set: run the tests with scripts/test, or `eval \"$(scripts/testenv up)\"` first");
+        }
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}-{}-{n}-{:x}", std::process::id(), nanos % 0xfffff)
+}
+
+pub async fn kube_client() -> Client {
+    require_env();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    Client::try_default().await.expect("kube client from KUBECONFIG")
+}
+
+pub async fn ec2() -> aws_sdk_ec2::Client {
+    require_env();
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .load()
+        .await;
+    aws_sdk_ec2::Client::new(&conf)
+}
+
+pub async fn sqs() -> aws_sdk_sqs::Client {
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .load()
+        .await;
+    aws_sdk_sqs::Client::new(&conf)
+}
+
+/// Installs (server-side applies) the CRDs and waits until they are served.
+pub async fn install_crds(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in [WorkerConfiguration::crd(), BackupJob::crd(), RestoreJob::crd()] {
+        let name = crd.metadata.name.clone().unwrap();
+        api.patch(&name, &PatchParams::apply("tender-tests").force(), &Patch::Apply(&crd))
+            .await
+            .expect("apply CRD");
+        eventually(Duration::from_secs(30), || {
+            let api = api.clone();
+            let name = name.clone();
+            async move {
+                let crd = api.get(&name).await.ok()?;
+                let established = crd
+                    .status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                established.then_some(())
+            }
+        })
+        .await;
+    }
+}
+
+/// Polls `check` until it returns Some, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("condition not met within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// One test's world: its namespace, its controller, its cluster ID.
+pub struct TestEnv {
+    pub client: Client,
+    pub ec2: aws_sdk_ec2::Client,
+    pub namespace: String,
+    pub cluster_id: String,
+    pub log_dir: PathBuf,
+    controller: Mutex<Option<Child>>,
+    workers: Arc<Mutex<Vec<Child>>>,
+    launcher_stop: Arc<AtomicBool>,
+    /// When false, instances are left without an agent (they never report).
+    pub boot_workers: Arc<AtomicBool>,
+}
+
+impl TestEnv {
+    pub async fn new(name: &str) -> Self {
+        let client = kube_client().await;
+        install_crds(&client).await;
+        let namespace = unique(name);
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}
+        }))
+        .unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
+        let log_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-logs");
+        std::fs::create_dir_all(&log_dir).unwrap();
+        let env = Self {
+            client,
+            ec2: ec2().await,
+            cluster_id: unique("test-cluster"),
+            namespace,
+            log_dir,
+            controller: Mutex::new(None),
+            workers: Arc::default(),
+            launcher_stop: Arc::default(),
+            boot_workers: Arc::new(AtomicBool::new(true)),
+        };
+        env.start_controller();
+        env.start_launcher();
+        env
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn log_file(&self, what: &str) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_dir.join(format!("{}-{what}.log", self.namespace)))
+            .unwrap()
+    }
+
+    /// Starts the controller binary, scoped to this test's namespace.
+    pub fn start_controller(&self) {
+        let log = self.log_file("controller");
+        let child = Command::new(env!("CARGO_BIN_EXE_tender"))
+            .args(["controller", "--namespace", &self.namespace, "--cluster-id", &self.cluster_id])
+            .args(["--heartbeat-seconds", "2"])
+            .env("RUST_LOG", "info,tender=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start the controller");
+        *self.controller.lock().unwrap() = Some(child);
+    }
+
+    /// Kills the controller with SIGKILL.
+    pub fn kill_controller(&self) {
+        if let Some(mut c) = self.controller.lock().unwrap().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Plays EC2's part of booting a worker: for every running instance of
+    /// this cluster, start the worker agent with the instance's user data.
+    fn start_launcher(&self) {
+        let ec2 = self.ec2.clone();
+        let cluster_id = self.cluster_id.clone();
+        let workers = self.workers.clone();
+        let stop = self.launcher_stop.clone();
+        let boot = self.boot_workers.clone();
+        let log_dir = self.log_dir.clone();
+        let namespace = self.namespace.clone();
+        tokio::spawn(async move {
+            let mut booted: HashSet<String> = HashSet::new();
+            while !stop.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if !boot.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(out) = ec2
+                    .describe_instances()
+                    .filters(Filter::builder().name("tag:tender.dev/cluster-id").values(&cluster_id).build())
+                    .filters(Filter::builder().name("instance-state-name").values("running").build())
+                    .send()
+                    .await
+                else {
+                    continue;
+                };
+                for instance in out.reservations().iter().flat_map(|r| r.instances()) {
+                    let id = instance.instance_id().unwrap_or_default().to_string();
+                    if booted.contains(&id) {
+                        continue;
+                    }
+                    let Ok(attr) = ec2
+                        .describe_instance_attribute()
+                        .instance_id(&id)
+                        .attribute(InstanceAttributeName::UserData)
+                        .send()
+                        .await
+                    else {
+                        continue;
+                    };
+                    let Some(data) = attr.user_data().and_then(|u| u.value()) else { continue };
+                    let task = base64::engine::general_purpose::STANDARD.decode(data).unwrap();
+                    let log = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(log_dir.join(format!("{namespace}-worker-{id}.log")))
+                        .unwrap();
+                    let child = Command::new(env!("CARGO_BIN_EXE_tender"))
+                        .args(["worker", "--instance-id", &id])
+                        .env("TENDER_TASK", String::from_utf8(task).unwrap())
+                        .stdin(Stdio::null())
+                        .stdout(log.try_clone().unwrap())
+                        .stderr(log)
+                        .spawn()
+                        .expect("start a worker agent");
+                    workers.lock().unwrap().push(child);
+                    booted.insert(id);
+                }
+            }
+        });
+    }
+
+    /// A subnet of the emulator's default VPC, with its availability zone.
+    pub async fn default_subnet(&self) -> (String, String) {
+        let out = self
+            .ec2
+            .describe_subnets()
+            .filters(Filter::builder().name("default-for-az").values("true").build())
+            .send()
+            .await
+            .expect("describe subnets");
+        let s = out.subnets().first().expect("a default subnet");
+        (s.subnet_id().unwrap().to_string(), s.availability_zone().unwrap().to_string())
+    }
+
+    /// A fresh security group in the default VPC.
+    pub async fn security_group(&self) -> String {
+        let out = self
+            .ec2
+            .create_security_group()
+            .group_name(unique("tender-test"))
+            .description("tender test workers")
+            .send()
+            .await
+            .expect("create security group");
+        out.group_id().unwrap().to_string()
+    }
+
+    /// A running "protected" instance in `subnet`, the thing a backup protects.
+    pub async fn protected_instance(&self, subnet: &str) -> String {
+        let out = self
+            .ec2
+            .run_instances()
+            .image_id("ami-0123456789abcdef0")
+            .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+            .min_count(1)
+            .max_count(1)
+            .subnet_id(subnet)
+            .send()
+            .await
+            .expect("run the protected instance");
+        out.instances()[0].instance_id().unwrap().to_string()
+    }
+
+    /// Instances (any state) that carry `tag` = `value` and this cluster's ID.
+    pub async fn instances_tagged(&self, tag: &str, value: &str) -> Vec<aws_sdk_ec2::types::Instance> {
+        let out = self
+            .ec2
+            .describe_instances()
+            .filters(Filter::builder().name("tag:tender.dev/cluster-id").values(&self.cluster_id).build())
+            .filters(Filter::builder().name(format!("tag:{tag}")).values(value).build())
+            .send()
+            .await
+            .expect("describe instances");
+        out.reservations().iter().flat_map(|r| r.instances()).cloned().collect()
+    }
+
+    /// Waits until the job's status satisfies `check`.
+    pub async fn wait_job<F>(&self, name: &str, timeout: Duration, check: F) -> BackupJob
+    where
+        F: Fn(&BackupJob) -> bool,
+    {
+        let api: Api<BackupJob> = self.api();
+        let start = Instant::now();
+        loop {
+            let job = api.get(name).await.expect("get job");
+            if check(&job) {
+                return job;
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "job {name} did not reach the expected state in {timeout:?}; status: {}",
+                    serde_json::to_string_pretty(&job.status).unwrap()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Events recorded on objects of this namespace, as (reason, note).
+    pub async fn events(&self) -> Vec<(String, String)> {
+        let api: Api<k8s_openapi::api::events::v1::Event> = self.api();
+        let mut out: Vec<(String, String)> = api
+            .list(&ListParams::default())
+            .await
+            .expect("list events")
+            .items
+            .into_iter()
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect();
+        let core: Api<Event> = self.api();
+        out.extend(
+            core.list(&ListParams::default())
+                .await
+                .expect("list events")
+                .items
+                .into_iter()
+                .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default())),
+        );
+        out
+    }
+
+    /// Tags of an instance as a map.
+    pub fn tags(instance: &aws_sdk_ec2::types::Instance) -> BTreeMap<String, String> {
+        instance
+            .tags()
+            .iter()
+            .map(|t| (t.key().unwrap_or_default().to_string(), t.value().unwrap_or_default().to_string()))
+            .collect()
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        self.launcher_stop.store(true, Ordering::SeqCst);
+        self.kill_controller();
+        for mut w in self.workers.lock().unwrap().drain(..) {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! The CRDs in `crds/` are exactly what `tender crd` generates, and the API
+//! server enforces their validation.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+mod common;
+
+use kube::api::PostParams;
+use tender::api::{BackupJob, WorkerConfiguration};
+
+#[test]
+fn checked_in_crds_match_the_rust_types() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    let docs = tender::api::crd_documents().unwrap();
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    on_disk.sort();
+    let mut generated: Vec<String> = docs.iter().map(|(f, _)| f.clone()).collect();
+    generated.sort();
+    assert_eq!(on_disk, generated, "crds/ holds one file per CRD");
+    for (file, yaml) in docs {
+        let current = std::fs::read_to_string(dir.join(&file)).unwrap();
+        assert!(
+            current == yaml,
+            "crds/{file} is stale: run `cargo run -- crd --out-dir crds` and commit the result"
+        );
+    }
+}
+
+#[test]
+fn every_schema_field_has_a_description() {
+    fn walk(path: &str, schema: &serde_json::Value, missing: &mut Vec<String>) {
+        if let Some(props) = schema.get("properties").and_then(|p| p.as_object()) {
+            for (name, sub) in props {
+                let here = format!("{path}.{name}");
+                let top_level = matches!(here.as_str(), ".apiVersion" | ".kind" | ".metadata");
+                if sub.get("description").is_none() && !top_level {
+                    missing.push(here.clone());
+                }
+                walk(&here, sub, missing);
+            }
+        }
+        if let Some(items) = schema.get("items") {
+            walk(&format!("{path}[]"), items, missing);
+        }
+    }
+    for (file, yaml) in tender::api::crd_documents().unwrap() {
+        let crd: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let mut missing = Vec::new();
+        walk("", schema, &mut missing);
+        // Fields of Kubernetes' own Condition type are described upstream.
+        missing.retain(|p| !p.contains(".conditions[]."));
+        assert!(missing.is_empty(), "{file}: fields without a description: {missing:?}");
+    }
+}
+
+async fn rejected(env_ns: &str, client: &kube::Client, kind: &str, spec: serde_json::Value) -> String {
+    let obj = serde_json::json!({
+        "apiVersion": "tender.dev/v1alpha1", "kind": kind,
+        "metadata": {"name": "bad", "namespace": env_ns}, "spec": spec
+    });
+    let result = match kind {
+        "BackupJob" => {
+            let api: kube::Api<BackupJob> = kube::Api::namespaced(client.clone(), env_ns);
+            api.create(&PostParams::default(), &serde_json::from_value(obj).unwrap()).await.map(|_| ())
+        }
+        _ => {
+            let api: kube::Api<WorkerConfiguration> = kube::Api::namespaced(client.clone(), env_ns);
+            api.create(&PostParams::default(), &serde_json::from_value(obj).unwrap()).await.map(|_| ())
+        }
+    };
+    match result {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 422, "{status:?}");
+            status.message
+        }
+        other => panic!("{kind} {spec} was not rejected: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_api_server_rejects_invalid_resources_with_clear_messages() {
+    let client = common::kube_client().await;
+    common::install_crds(&client).await;
+    let ns = "default";
+    let good_cfg = serde_json::json!({
+        "region": "us-east-1", "subnets": [{"subnetId": "subnet-0123abcd"}],
+        "securityGroupIds": ["sg-0123abcd"], "imageId": "ami-0123abcd"
+    });
+    let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+        ("BackupJob", serde_json::json!({"resources": [{"instanceId": "vol-123", "region": "us-east-1"}]}), "instanceId"),
+        ("BackupJob", serde_json::json!({"resources": [{"instanceId": "i-0123abcd", "region": "mars-1"}]}), "region"),
+        ("BackupJob", serde_json::json!({"resources": []}), "resources"),
+        ("BackupJob", serde_json::json!({"resources": [
+            {"instanceId": "i-0123abcd", "region": "us-east-1"},
+            {"instanceId": "i-0123abcd", "region": "us-east-1"}]}), "Duplicate value"),
+        ("WorkerConfiguration", {
+            let mut s = good_cfg.clone(); s["tags"] = serde_json::json!({"aws:owner": "x"}); s
+        }, "must not start with 'aws:'"),
+        ("WorkerConfiguration", {
+            let mut s = good_cfg.clone(); s["tags"] = serde_json::json!({"tender.dev/job-uid": "x"}); s
+        }, "tender.dev/"),
+        ("WorkerConfiguration", {
+            let mut s = good_cfg.clone(); s["subnets"] = serde_json::json!([{"subnetId": "sn-1"}]); s
+        }, "subnetId"),
+        ("WorkerConfiguration", {
+            let mut s = good_cfg.clone(); s["instanceTypes"] = serde_json::json!({"backup": "huge"}); s
+        }, "backup"),
+        ("WorkerConfiguration", {
+            let mut s = good_cfg.clone(); s["tags"] = serde_json::json!((0..26).map(|i| (format!("k{i}"), "v")).collect::<std::collections::BTreeMap<_, _>>()); s
+        }, "tags"),
+    ];
+    for (kind, spec, expected) in cases {
+        let message = rejected(ns, &client, kind, spec.clone()).await;
+        assert!(message.contains(expected), "{kind} {spec}: message {message:?} does not mention {expected:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_backup_job_spec_is_immutable() {
+    let client = common::kube_client().await;
+    common::install_crds(&client).await;
+    let api: kube::Api<BackupJob> = kube::Api::namespaced(client.clone(), "default");
+    let name = format!("immutable-{}", std::process::id());
+    let job: BackupJob = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tender.dev/v1alpha1", "kind": "BackupJob", "metadata": {"name": name},
+        "spec": {"resources": [{"instanceId": "i-0123abcd", "region": "us-east-1"}]}
+    }))
+    .unwrap();
+    let mut created = api.create(&PostParams::default(), &job).await.unwrap();
+    created.spec.resources[0].instance_id = "i-0123abce".into();
+    let err = api.replace(&name, &PostParams::default(), &created).await.unwrap_err();
+    match err {
+        kube::Error::Api(s) => assert!(s.message.contains("immutable"), "{}", s.message),
+        other => panic!("unexpected {other:?}"),
+    }
+    // No controller runs for "default" in this test; remove the object
+    // directly (it carries no finalizer).
+    api.delete(&name, &Default::default()).await.unwrap();
+}
