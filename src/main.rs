@@ -14,7 +14,13 @@ use tender::{api, telemetry, worker};
 #[command(name = "tender", version)]
 struct Cli {
     /// Log format.
-    #[arg(long, value_enum, default_value = "text", global = true, env = "TENDER_LOG_FORMAT")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "text",
+        global = true,
+        env = "TENDER_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -71,19 +77,33 @@ fn main() -> ExitCode {
     telemetry::init(matches!(cli.log_format, LogFormat::Json));
     match cli.command {
         Command::Crd { out_dir } => print_crds(out_dir),
-        Command::Controller { cluster_id, namespace, heartbeat_seconds } => {
-            run_async(async move {
-                controller::run(Options { cluster_id, namespace, heartbeat_seconds }).await
+        Command::Controller {
+            cluster_id,
+            namespace,
+            heartbeat_seconds,
+        } => run_async(async move {
+            controller::run(Options {
+                cluster_id,
+                namespace,
+                heartbeat_seconds,
             })
-        }
-        Command::Worker { task, task_file, instance_id } => run_async(async move {
+            .await
+        }),
+        Command::Worker {
+            task,
+            task_file,
+            instance_id,
+        } => run_async(async move {
             let json = match (task, task_file) {
                 (Some(json), _) => json,
                 (None, Some(path)) => std::fs::read_to_string(&path)
                     .map_err(|e| format!("cannot read the task file {}: {e}", path.display()))?,
-                (None, None) => return Err("give the task with --task, --task-file or TENDER_TASK".into()),
+                (None, None) => {
+                    return Err("give the task with --task, --task-file or TENDER_TASK".into());
+                }
             };
-            let task: WorkerTask = serde_json::from_str(&json).map_err(|e| format!("the task is not valid: {e}"))?;
+            let task: WorkerTask =
+                serde_json::from_str(&json).map_err(|e| format!("the task is not valid: {e}"))?;
             let aws = AwsClients::from_env().await;
             worker::run(aws, task, instance_id).await?;
             Ok(())

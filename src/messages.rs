@@ -77,7 +77,10 @@ pub enum WorkerEvent {
 
 impl WorkerEvent {
     pub fn is_final(&self) -> bool {
-        matches!(self, WorkerEvent::Completed { .. } | WorkerEvent::Failed { .. })
+        matches!(
+            self,
+            WorkerEvent::Completed { .. } | WorkerEvent::Failed { .. }
+        )
     }
 }
 

@@ -33,7 +33,10 @@ pub struct SubnetChoice {
 
 /// Picks the subnet in the resource's availability zone when the
 /// configuration lists one, else the first configured subnet.
-pub fn choose_subnet(subnets: &[WorkerSubnet], resource_zone: Option<&str>) -> Option<SubnetChoice> {
+pub fn choose_subnet(
+    subnets: &[WorkerSubnet],
+    resource_zone: Option<&str>,
+) -> Option<SubnetChoice> {
     if let Some(zone) = resource_zone
         && let Some(s) = subnets
             .iter()
@@ -46,7 +49,9 @@ pub fn choose_subnet(subnets: &[WorkerSubnet], resource_zone: Option<&str>) -> O
     }
     let first = subnets.first()?;
     let reason = match resource_zone {
-        Some(zone) => format!("no configured subnet in the resource's availability zone {zone}; first configured subnet"),
+        Some(zone) => format!(
+            "no configured subnet in the resource's availability zone {zone}; first configured subnet"
+        ),
         None => "first configured subnet".to_string(),
     };
     Some(SubnetChoice {
@@ -92,7 +97,10 @@ pub struct WorkerOwner<'a> {
 
 /// The tags of a worker instance: the configuration's tags, then Tender's
 /// ownership tags, which a configuration tag can never override.
-pub fn worker_tags(owner: &WorkerOwner<'_>, configured: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+pub fn worker_tags(
+    owner: &WorkerOwner<'_>,
+    configured: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
     let mut out: BTreeMap<String, String> = configured
         .iter()
         .filter(|(k, _)| !k.starts_with(tags::PREFIX) && !k.starts_with("aws:"))
@@ -129,7 +137,13 @@ pub fn queue_name(cluster_id: &str, namespace: &str, configuration: &str) -> Str
     let hash: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
     let readable: String = format!("{namespace}-{configuration}")
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(80 - "tender--".len() - hash.len())
         .collect();
     format!("tender-{readable}-{hash}")
@@ -157,7 +171,10 @@ mod tests {
 
     #[test]
     fn subnet_in_the_resource_zone_wins() {
-        let subnets = [subnet("subnet-aaaaaaaa", Some("us-east-1a")), subnet("subnet-bbbbbbbb", Some("us-east-1b"))];
+        let subnets = [
+            subnet("subnet-aaaaaaaa", Some("us-east-1a")),
+            subnet("subnet-bbbbbbbb", Some("us-east-1b")),
+        ];
         let choice = choose_subnet(&subnets, Some("us-east-1b")).expect("a subnet");
         assert_eq!(choice.subnet_id, "subnet-bbbbbbbb");
         assert!(choice.reason.contains("us-east-1b"));
@@ -165,10 +182,17 @@ mod tests {
 
     #[test]
     fn falls_back_to_the_first_subnet_and_says_so() {
-        let subnets = [subnet("subnet-aaaaaaaa", Some("us-east-1a")), subnet("subnet-bbbbbbbb", None)];
+        let subnets = [
+            subnet("subnet-aaaaaaaa", Some("us-east-1a")),
+            subnet("subnet-bbbbbbbb", None),
+        ];
         let choice = choose_subnet(&subnets, Some("us-east-1c")).expect("a subnet");
         assert_eq!(choice.subnet_id, "subnet-aaaaaaaa");
-        assert!(choice.reason.contains("no configured subnet"), "{}", choice.reason);
+        assert!(
+            choice.reason.contains("no configured subnet"),
+            "{}",
+            choice.reason
+        );
         assert_eq!(choose_subnet(&[], Some("us-east-1a")), None);
     }
 
@@ -221,6 +245,9 @@ mod tests {
         assert_ne!(a, b);
         let long = queue_name("c1", &"n".repeat(63), &"x.y".repeat(80));
         assert!(long.len() <= 80, "{}", long.len());
-        assert!(long.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert!(
+            long.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        );
     }
 }

@@ -13,7 +13,13 @@ use tender::api::{BackupJob, Phase, WorkerConfiguration};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
-async fn create_configuration(env: &TestEnv, name: &str, subnet: &str, zone: &str, sg: &str) -> WorkerConfiguration {
+async fn create_configuration(
+    env: &TestEnv,
+    name: &str,
+    subnet: &str,
+    zone: &str,
+    sg: &str,
+) -> WorkerConfiguration {
     let cfg: WorkerConfiguration = serde_json::from_value(serde_json::json!({
         "apiVersion": "tender.dev/v1alpha1",
         "kind": "WorkerConfiguration",
@@ -28,7 +34,10 @@ async fn create_configuration(env: &TestEnv, name: &str, subnet: &str, zone: &st
         }
     }))
     .unwrap();
-    env.api::<WorkerConfiguration>().create(&PostParams::default(), &cfg).await.unwrap()
+    env.api::<WorkerConfiguration>()
+        .create(&PostParams::default(), &cfg)
+        .await
+        .unwrap()
 }
 
 async fn wait_configuration_ready(env: &TestEnv, name: &str) -> WorkerConfiguration {
@@ -44,7 +53,12 @@ async fn wait_configuration_ready(env: &TestEnv, name: &str) -> WorkerConfigurat
     .await
 }
 
-async fn create_job(env: &TestEnv, name: &str, instance_id: &str, config: Option<&str>) -> BackupJob {
+async fn create_job(
+    env: &TestEnv,
+    name: &str,
+    instance_id: &str,
+    config: Option<&str>,
+) -> BackupJob {
     let mut spec = serde_json::json!({
         "resources": [{"instanceId": instance_id, "region": REGION}]
     });
@@ -58,11 +72,21 @@ async fn create_job(env: &TestEnv, name: &str, instance_id: &str, config: Option
         "spec": spec
     }))
     .unwrap();
-    env.api::<BackupJob>().create(&PostParams::default(), &job).await.unwrap()
+    env.api::<BackupJob>()
+        .create(&PostParams::default(), &job)
+        .await
+        .unwrap()
 }
 
-fn condition<'a>(job: &'a BackupJob, type_: &str) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    job.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+fn condition<'a>(
+    job: &'a BackupJob,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    job.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
 }
 
 #[tokio::test]
@@ -80,7 +104,9 @@ async fn backup_job_launches_a_worker_follows_it_and_terminates_it() {
 
     let job = env
         .wait_job("nightly", TIMEOUT, |j| {
-            j.status.as_ref().is_some_and(|s| s.phase == Phase::Succeeded && s.active_workers == 0)
+            j.status
+                .as_ref()
+                .is_some_and(|s| s.phase == Phase::Succeeded && s.active_workers == 0)
         })
         .await;
 
@@ -90,10 +116,15 @@ async fn backup_job_launches_a_worker_follows_it_and_terminates_it() {
     assert_eq!(status.worker_configuration.as_deref(), Some("default"));
     assert!(status.start_time.is_some() && status.completion_time.is_some());
     let ready = condition(&job, "Ready").expect("Ready condition");
-    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "Succeeded"));
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "Succeeded")
+    );
     assert!(condition(&job, "Reconciling").is_none() && condition(&job, "Stalled").is_none());
     assert!(job.finalizers().iter().any(|f| f == "tender.dev/workers"));
-    let [worker] = &status.workers[..] else { panic!("one worker expected: {status:?}") };
+    let [worker] = &status.workers[..] else {
+        panic!("one worker expected: {status:?}")
+    };
     assert_eq!(worker.resource, protected);
     assert_eq!(worker.phase, Phase::Succeeded);
     assert_eq!(worker.attempt, 1);
@@ -118,10 +149,18 @@ async fn backup_job_launches_a_worker_follows_it_and_terminates_it() {
     assert_eq!(instances.len(), 1, "one worker instance for the job");
     let instance = &instances[0];
     assert_eq!(instance.instance_id(), Some(instance_id.as_str()));
-    assert_eq!(instance.state().unwrap().name().unwrap().as_str(), "terminated");
+    assert_eq!(
+        instance.state().unwrap().name().unwrap().as_str(),
+        "terminated"
+    );
     assert_eq!(instance.instance_type().unwrap().as_str(), "m5.large");
     assert_eq!(instance.subnet_id(), Some(subnet.as_str()));
-    assert!(instance.security_groups().iter().any(|g| g.group_id() == Some(sg.as_str())));
+    assert!(
+        instance
+            .security_groups()
+            .iter()
+            .any(|g| g.group_id() == Some(sg.as_str()))
+    );
     let tags = TestEnv::tags(instance);
     assert_eq!(tags["tender.dev/cluster-id"], env.cluster_id);
     assert_eq!(tags["tender.dev/namespace"], env.namespace);
@@ -151,8 +190,17 @@ async fn backup_job_launches_a_worker_follows_it_and_terminates_it() {
 
     // Events tell the story.
     let reasons: Vec<String> = env.events().await.into_iter().map(|(r, _)| r).collect();
-    for reason in ["WorkerLaunched", "WorkerStarted", "WorkerSucceeded", "WorkerTerminated", "JobSucceeded"] {
-        assert!(reasons.iter().any(|r| r == reason), "event {reason} missing from {reasons:?}");
+    for reason in [
+        "WorkerLaunched",
+        "WorkerStarted",
+        "WorkerSucceeded",
+        "WorkerTerminated",
+        "JobSucceeded",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r == reason),
+            "event {reason} missing from {reasons:?}"
+        );
     }
 
     // The configuration counts no active worker now.
@@ -169,7 +217,9 @@ async fn a_job_without_a_configuration_is_stalled_then_runs_once_one_exists() {
     let created = create_job(&env, "orphan", &protected, None).await;
 
     let job = env
-        .wait_job("orphan", TIMEOUT, |j| condition(j, "Stalled").is_some_and(|c| c.status == "True"))
+        .wait_job("orphan", TIMEOUT, |j| {
+            condition(j, "Stalled").is_some_and(|c| c.status == "True")
+        })
         .await;
     let stalled = condition(&job, "Stalled").unwrap();
     assert_eq!(stalled.reason, "WorkerConfigurationNotFound");
@@ -177,17 +227,33 @@ async fn a_job_without_a_configuration_is_stalled_then_runs_once_one_exists() {
     assert_eq!(condition(&job, "Ready").unwrap().status, "False");
     assert_eq!(job.status.as_ref().unwrap().phase, Phase::Pending);
     let events = env.events().await;
-    assert!(events.iter().any(|(r, _)| r == "WorkerConfigurationNotFound"), "{events:?}");
-    assert!(env.instances_tagged("tender.dev/job-uid", &created.uid().unwrap()).await.is_empty());
+    assert!(
+        events
+            .iter()
+            .any(|(r, _)| r == "WorkerConfigurationNotFound"),
+        "{events:?}"
+    );
+    assert!(
+        env.instances_tagged("tender.dev/job-uid", &created.uid().unwrap())
+            .await
+            .is_empty()
+    );
 
     // Creating the configuration (without a reference: found by region)
     // lets the job run.
     create_configuration(&env, "east", &subnet, &zone, &sg).await;
     let job = env
-        .wait_job("orphan", TIMEOUT, |j| j.status.as_ref().is_some_and(|s| s.phase == Phase::Succeeded))
+        .wait_job("orphan", TIMEOUT, |j| {
+            j.status
+                .as_ref()
+                .is_some_and(|s| s.phase == Phase::Succeeded)
+        })
         .await;
     assert!(condition(&job, "Stalled").is_none());
-    assert_eq!(job.status.unwrap().worker_configuration.as_deref(), Some("east"));
+    assert_eq!(
+        job.status.unwrap().worker_configuration.as_deref(),
+        Some("east")
+    );
 }
 
 #[tokio::test]
@@ -200,23 +266,37 @@ async fn a_missing_source_instance_fails_the_job_without_launching() {
     let created = create_job(&env, "ghost", "i-00000000deadbeef0", None).await;
 
     let job = env
-        .wait_job("ghost", TIMEOUT, |j| j.status.as_ref().is_some_and(|s| s.phase == Phase::Failed))
+        .wait_job("ghost", TIMEOUT, |j| {
+            j.status.as_ref().is_some_and(|s| s.phase == Phase::Failed)
+        })
         .await;
     let stalled = condition(&job, "Stalled").expect("a failed job is Stalled");
     assert_eq!(stalled.reason, "Failed");
-    assert!(stalled.message.contains("SourceInstanceNotFound"), "{}", stalled.message);
+    assert!(
+        stalled.message.contains("SourceInstanceNotFound"),
+        "{}",
+        stalled.message
+    );
     let worker = &job.status.as_ref().unwrap().workers[0];
     assert!(worker.instance_id.is_none());
-    assert!(env.instances_tagged("tender.dev/job-uid", &created.uid().unwrap()).await.is_empty());
+    assert!(
+        env.instances_tagged("tender.dev/job-uid", &created.uid().unwrap())
+            .await
+            .is_empty()
+    );
     let events = env.events().await;
-    assert!(events.iter().any(|(r, _)| r == "SourceInstanceNotFound"), "{events:?}");
+    assert!(
+        events.iter().any(|(r, _)| r == "SourceInstanceNotFound"),
+        "{events:?}"
+    );
 }
 
 #[tokio::test]
 async fn deleting_a_running_job_terminates_its_worker_first() {
     let env = TestEnv::new("delete").await;
     // The worker instance never boots an agent: it stays Provisioning.
-    env.boot_workers.store(false, std::sync::atomic::Ordering::SeqCst);
+    env.boot_workers
+        .store(false, std::sync::atomic::Ordering::SeqCst);
     let (subnet, zone) = env.default_subnet().await;
     let sg = env.security_group().await;
     let protected = env.protected_instance(&subnet).await;
@@ -227,18 +307,26 @@ async fn deleting_a_running_job_terminates_its_worker_first() {
 
     let job = env
         .wait_job("doomed", TIMEOUT, |j| {
-            j.status.as_ref().is_some_and(|s| s.workers.first().is_some_and(|w| w.instance_id.is_some()))
+            j.status
+                .as_ref()
+                .is_some_and(|s| s.workers.first().is_some_and(|w| w.instance_id.is_some()))
         })
         .await;
     assert_eq!(job.status.as_ref().unwrap().phase, Phase::Provisioning);
     assert_eq!(job.status.as_ref().unwrap().active_workers, 1);
     let instance_id = job.status.unwrap().workers[0].instance_id.clone().unwrap();
     let running = env.instances_tagged("tender.dev/job-uid", &uid).await;
-    assert_eq!(running[0].state().unwrap().name().unwrap().as_str(), "running");
+    assert_eq!(
+        running[0].state().unwrap().name().unwrap().as_str(),
+        "running"
+    );
 
     // The configuration cannot go while the job runs.
     let configs: Api<WorkerConfiguration> = env.api();
-    configs.delete("default", &DeleteParams::default()).await.unwrap();
+    configs
+        .delete("default", &DeleteParams::default())
+        .await
+        .unwrap();
     let cfg = common::eventually(TIMEOUT, || {
         let configs = configs.clone();
         async move {
@@ -247,13 +335,22 @@ async fn deleting_a_running_job_terminates_its_worker_first() {
         }
     })
     .await;
-    let ready = cfg.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    let ready = cfg
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
     assert_eq!(ready.reason, "InUse");
     assert!(ready.message.contains("doomed"), "{}", ready.message);
     let queue_url = cfg.status.unwrap().queue_url.unwrap();
 
     let jobs: Api<BackupJob> = env.api();
-    jobs.delete("doomed", &DeleteParams::default()).await.unwrap();
+    jobs.delete("doomed", &DeleteParams::default())
+        .await
+        .unwrap();
     common::eventually(TIMEOUT, || {
         let jobs = jobs.clone();
         async move { jobs.get_opt("doomed").await.ok()?.is_none().then_some(()) }
@@ -262,15 +359,29 @@ async fn deleting_a_running_job_terminates_its_worker_first() {
     let after = env.instances_tagged("tender.dev/job-uid", &uid).await;
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].instance_id(), Some(instance_id.as_str()));
-    assert_eq!(after[0].state().unwrap().name().unwrap().as_str(), "terminated");
+    assert_eq!(
+        after[0].state().unwrap().name().unwrap().as_str(),
+        "terminated"
+    );
 
     // With the job gone, the configuration goes, and its queue with it.
     common::eventually(TIMEOUT, || {
         let configs = configs.clone();
-        async move { configs.get_opt("default").await.ok()?.is_none().then_some(()) }
+        async move {
+            configs
+                .get_opt("default")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        }
     })
     .await;
     let sqs = common::sqs().await;
-    let gone = sqs.get_queue_attributes().queue_url(&queue_url).send().await;
+    let gone = sqs
+        .get_queue_attributes()
+        .queue_url(&queue_url)
+        .send()
+        .await;
     assert!(gone.is_err(), "the configuration's queue was deleted");
 }

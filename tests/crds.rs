@@ -52,11 +52,19 @@ fn every_schema_field_has_a_description() {
         walk("", schema, &mut missing);
         // Fields of Kubernetes' own Condition type are described upstream.
         missing.retain(|p| !p.contains(".conditions[]."));
-        assert!(missing.is_empty(), "{file}: fields without a description: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "{file}: fields without a description: {missing:?}"
+        );
     }
 }
 
-async fn rejected(env_ns: &str, client: &kube::Client, kind: &str, spec: serde_json::Value) -> String {
+async fn rejected(
+    env_ns: &str,
+    client: &kube::Client,
+    kind: &str,
+    spec: serde_json::Value,
+) -> String {
     let obj = serde_json::json!({
         "apiVersion": "tender.dev/v1alpha1", "kind": kind,
         "metadata": {"name": "bad", "namespace": env_ns}, "spec": spec
@@ -64,11 +72,21 @@ async fn rejected(env_ns: &str, client: &kube::Client, kind: &str, spec: serde_j
     let result = match kind {
         "BackupJob" => {
             let api: kube::Api<BackupJob> = kube::Api::namespaced(client.clone(), env_ns);
-            api.create(&PostParams::default(), &serde_json::from_value(obj).unwrap()).await.map(|_| ())
+            api.create(
+                &PostParams::default(),
+                &serde_json::from_value(obj).unwrap(),
+            )
+            .await
+            .map(|_| ())
         }
         _ => {
             let api: kube::Api<WorkerConfiguration> = kube::Api::namespaced(client.clone(), env_ns);
-            api.create(&PostParams::default(), &serde_json::from_value(obj).unwrap()).await.map(|_| ())
+            api.create(
+                &PostParams::default(),
+                &serde_json::from_value(obj).unwrap(),
+            )
+            .await
+            .map(|_| ())
         }
     };
     match result {
@@ -90,31 +108,84 @@ async fn the_api_server_rejects_invalid_resources_with_clear_messages() {
         "securityGroupIds": ["sg-0123abcd"], "imageId": "ami-0123abcd"
     });
     let cases: Vec<(&str, serde_json::Value, &str)> = vec![
-        ("BackupJob", serde_json::json!({"resources": [{"instanceId": "vol-123", "region": "us-east-1"}]}), "instanceId"),
-        ("BackupJob", serde_json::json!({"resources": [{"instanceId": "i-0123abcd", "region": "mars-1"}]}), "region"),
-        ("BackupJob", serde_json::json!({"resources": []}), "resources"),
-        ("BackupJob", serde_json::json!({"resources": [
+        (
+            "BackupJob",
+            serde_json::json!({"resources": [{"instanceId": "vol-123", "region": "us-east-1"}]}),
+            "instanceId",
+        ),
+        (
+            "BackupJob",
+            serde_json::json!({"resources": [{"instanceId": "i-0123abcd", "region": "mars-1"}]}),
+            "region",
+        ),
+        (
+            "BackupJob",
+            serde_json::json!({"resources": []}),
+            "resources",
+        ),
+        (
+            "BackupJob",
+            serde_json::json!({"resources": [
             {"instanceId": "i-0123abcd", "region": "us-east-1"},
-            {"instanceId": "i-0123abcd", "region": "us-east-1"}]}), "Duplicate value"),
-        ("WorkerConfiguration", {
-            let mut s = good_cfg.clone(); s["tags"] = serde_json::json!({"aws:owner": "x"}); s
-        }, "must not start with 'aws:'"),
-        ("WorkerConfiguration", {
-            let mut s = good_cfg.clone(); s["tags"] = serde_json::json!({"tender.dev/job-uid": "x"}); s
-        }, "tender.dev/"),
-        ("WorkerConfiguration", {
-            let mut s = good_cfg.clone(); s["subnets"] = serde_json::json!([{"subnetId": "sn-1"}]); s
-        }, "subnetId"),
-        ("WorkerConfiguration", {
-            let mut s = good_cfg.clone(); s["instanceTypes"] = serde_json::json!({"backup": "huge"}); s
-        }, "backup"),
-        ("WorkerConfiguration", {
-            let mut s = good_cfg.clone(); s["tags"] = serde_json::json!((0..26).map(|i| (format!("k{i}"), "v")).collect::<std::collections::BTreeMap<_, _>>()); s
-        }, "tags"),
+            {"instanceId": "i-0123abcd", "region": "us-east-1"}]}),
+            "Duplicate value",
+        ),
+        (
+            "WorkerConfiguration",
+            {
+                let mut s = good_cfg.clone();
+                s["tags"] = serde_json::json!({"aws:owner": "x"});
+                s
+            },
+            "must not start with 'aws:'",
+        ),
+        (
+            "WorkerConfiguration",
+            {
+                let mut s = good_cfg.clone();
+                s["tags"] = serde_json::json!({"tender.dev/job-uid": "x"});
+                s
+            },
+            "tender.dev/",
+        ),
+        (
+            "WorkerConfiguration",
+            {
+                let mut s = good_cfg.clone();
+                s["subnets"] = serde_json::json!([{"subnetId": "sn-1"}]);
+                s
+            },
+            "subnetId",
+        ),
+        (
+            "WorkerConfiguration",
+            {
+                let mut s = good_cfg.clone();
+                s["instanceTypes"] = serde_json::json!({"backup": "huge"});
+                s
+            },
+            "backup",
+        ),
+        (
+            "WorkerConfiguration",
+            {
+                let mut s = good_cfg.clone();
+                s["tags"] = serde_json::json!(
+                    (0..26)
+                        .map(|i| (format!("k{i}"), "v"))
+                        .collect::<std::collections::BTreeMap<_, _>>()
+                );
+                s
+            },
+            "tags",
+        ),
     ];
     for (kind, spec, expected) in cases {
         let message = rejected(ns, &client, kind, spec.clone()).await;
-        assert!(message.contains(expected), "{kind} {spec}: message {message:?} does not mention {expected:?}");
+        assert!(
+            message.contains(expected),
+            "{kind} {spec}: message {message:?} does not mention {expected:?}"
+        );
     }
 }
 
@@ -131,7 +202,10 @@ async fn a_backup_job_spec_is_immutable() {
     .unwrap();
     let mut created = api.create(&PostParams::default(), &job).await.unwrap();
     created.spec.resources[0].instance_id = "i-0123abce".into();
-    let err = api.replace(&name, &PostParams::default(), &created).await.unwrap_err();
+    let err = api
+        .replace(&name, &PostParams::default(), &created)
+        .await
+        .unwrap_err();
     match err {
         kube::Error::Api(s) => assert!(s.message.contains("immutable"), "{}", s.message),
         other => panic!("unexpected {other:?}"),
@@ -139,4 +213,67 @@ async fn a_backup_job_spec_is_immutable() {
     // No controller runs for "default" in this test; remove the object
     // directly (it carries no finalizer).
     api.delete(&name, &Default::default()).await.unwrap();
+}
+
+fn kubectl(args: &[&str]) -> String {
+    let out = std::process::Command::new("kubectl")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("kubectl runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[tokio::test]
+async fn kubectl_applies_crds_and_examples_and_shows_the_printer_columns() {
+    let client = common::kube_client().await;
+    let ns = format!("kubectl-{}", std::process::id());
+    kubectl(&["apply", "-f", "crds/"]);
+    kubectl(&[
+        "wait",
+        "--for",
+        "condition=Established",
+        "crd",
+        "--all",
+        "--timeout=60s",
+    ]);
+    kubectl(&["create", "namespace", &ns]);
+    kubectl(&["apply", "-n", &ns, "-f", "examples/"]);
+    // Applying the same manifests again changes nothing.
+    let again = kubectl(&["apply", "-n", &ns, "-f", "examples/"]);
+    assert!(again.lines().all(|l| l.ends_with("unchanged")), "{again}");
+
+    let jobs = kubectl(&["get", "backupjobs", "-n", &ns]);
+    let header: Vec<&str> = jobs.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "PHASE", "WORKERS", "AGE"], "{jobs}");
+    assert!(jobs.contains("web-server-nightly"));
+    let configs = kubectl(&["get", "wc", "-n", &ns]);
+    let header: Vec<&str> = configs.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "REGION", "PHASE", "WORKERS", "AGE"],
+        "{configs}"
+    );
+    let explain = kubectl(&["explain", "backupjob.spec.resources.instanceId"]);
+    assert!(
+        explain.contains("ID of the EC2 instance to back up"),
+        "{explain}"
+    );
+
+    // No controller watches this namespace: the objects carry no finalizer.
+    kubectl(&["delete", "-n", &ns, "-f", "examples/"]);
+    let api: kube::Api<BackupJob> = kube::Api::namespaced(client, &ns);
+    assert!(
+        api.list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
 }

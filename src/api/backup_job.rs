@@ -1,4 +1,7 @@
 //! `BackupJob`: back up a list of AWS resources, one worker per resource.
+// Clippy reads the `printcolumn(...)` entries of `#[kube]` as duplicated
+// attributes; they are separate columns.
+#![allow(clippy::duplicated_attributes)]
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
@@ -20,9 +23,23 @@ use super::{INSTANCE_ID_PATTERN, LocalObjectReference, REGION_PATTERN};
     shortname = "bj",
     category = "tender",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Workers", type_ = "integer", json_path = ".status.activeWorkers", description = "Workers running now"),
-    printcolumn(name = "Configuration", type_ = "string", json_path = ".status.workerConfiguration", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Workers",
+        type_ = "integer",
+        json_path = ".status.activeWorkers",
+        description = "Workers running now"
+    ),
+    printcolumn(
+        name = "Configuration",
+        type_ = "string",
+        json_path = ".status.workerConfiguration",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "self == oldSelf", "message": "a BackupJob's spec is immutable; create a new BackupJob instead"}
@@ -75,7 +92,10 @@ pub enum Phase {
 impl Phase {
     /// Succeeded, Failed and PartiallySucceeded never change again.
     pub fn is_finished(self) -> bool {
-        matches!(self, Phase::Succeeded | Phase::Failed | Phase::PartiallySucceeded)
+        matches!(
+            self,
+            Phase::Succeeded | Phase::Failed | Phase::PartiallySucceeded
+        )
     }
 }
 

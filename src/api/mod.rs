@@ -9,7 +9,9 @@ use kube::CustomResourceExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use backup_job::{BackupJob, BackupJobSpec, BackupJobStatus, BackupResource, Phase, WorkerStatus};
+pub use backup_job::{
+    BackupJob, BackupJobSpec, BackupJobStatus, BackupResource, Phase, WorkerStatus,
+};
 pub use restore_job::{RestoreJob, RestoreJobSpec, RestoreJobStatus, RestoreMode};
 pub use worker_configuration::{
     InstanceTypes, WorkerConfiguration, WorkerConfigurationSpec, WorkerConfigurationStatus,
@@ -34,11 +36,15 @@ pub struct LocalObjectReference {
 /// The CRDs as `(file name, YAML)` pairs, in the order they are applied.
 /// `crds/` holds exactly these files; a test fails when they drift.
 pub fn crd_documents() -> Result<Vec<(String, String)>, serde_yaml::Error> {
-    [WorkerConfiguration::crd(), BackupJob::crd(), RestoreJob::crd()]
-        .into_iter()
-        .map(|crd| {
-            let name = crd.metadata.name.clone().unwrap_or_default();
-            Ok((format!("{name}.yaml"), serde_yaml::to_string(&crd)?))
-        })
-        .collect()
+    [
+        WorkerConfiguration::crd(),
+        BackupJob::crd(),
+        RestoreJob::crd(),
+    ]
+    .into_iter()
+    .map(|crd| {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        Ok((format!("{name}.yaml"), serde_yaml::to_string(&crd)?))
+    })
+    .collect()
 }

@@ -1,4 +1,7 @@
 //! `RestoreJob`: restore one resource from a restore point.
+// Clippy reads the `printcolumn(...)` entries of `#[kube]` as duplicated
+// attributes; they are separate columns.
+#![allow(clippy::duplicated_attributes)]
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
@@ -21,8 +24,17 @@ use super::{LocalObjectReference, REGION_PATTERN};
     category = "tender",
     printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Workers", type_ = "integer", json_path = ".status.activeWorkers", description = "Workers running now"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Workers",
+        type_ = "integer",
+        json_path = ".status.activeWorkers",
+        description = "Workers running now"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "self == oldSelf", "message": "a RestoreJob's spec is immutable; create a new RestoreJob instead"},

@@ -1,4 +1,7 @@
 //! `WorkerConfiguration`: how workers are deployed in one AWS region.
+// Clippy reads the `printcolumn(...)` entries of `#[kube]` as duplicated
+// attributes; they are separate columns.
+#![allow(clippy::duplicated_attributes)]
 
 use std::collections::BTreeMap;
 
@@ -23,8 +26,17 @@ use super::{INSTANCE_TYPE_PATTERN, REGION_PATTERN};
     category = "tender",
     printcolumn(name = "Region", type_ = "string", json_path = ".spec.region"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Workers", type_ = "integer", json_path = ".status.activeWorkers", description = "Workers running now"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Workers",
+        type_ = "integer",
+        json_path = ".status.activeWorkers",
+        description = "Workers running now"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerConfigurationSpec {

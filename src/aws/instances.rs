@@ -50,7 +50,10 @@ fn is_not_found(err: &AwsError) -> bool {
 }
 
 fn tag_filter(key: &str, value: &str) -> Filter {
-    Filter::builder().name(format!("tag:{key}")).values(value).build()
+    Filter::builder()
+        .name(format!("tag:{key}"))
+        .values(value)
+        .build()
 }
 
 fn live_states() -> Filter {
@@ -72,7 +75,12 @@ impl AwsClients {
         instance_id: &str,
     ) -> Result<Option<SourceInstance>, AwsError> {
         let ec2 = self.ec2(region);
-        let out = match ec2.describe_instances().instance_ids(instance_id).send().await {
+        let out = match ec2
+            .describe_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+        {
             Ok(out) => out,
             Err(e) => {
                 let e = aws_error("DescribeInstances", e);

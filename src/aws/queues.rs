@@ -49,7 +49,13 @@ impl AwsClients {
 
     /// Deletes the queue; a queue that is already gone counts as deleted.
     pub async fn delete_queue(&self, region: &str, queue_url: &str) -> Result<(), AwsError> {
-        match self.sqs(region).delete_queue().queue_url(queue_url).send().await {
+        match self
+            .sqs(region)
+            .delete_queue()
+            .queue_url(queue_url)
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) => {
                 let e = aws_error("DeleteQueue", e);
@@ -124,7 +130,12 @@ impl AwsClients {
     }
 
     /// Sends one message (used by the worker agent).
-    pub async fn send_message(&self, region: &str, queue_url: &str, body: &str) -> Result<(), AwsError> {
+    pub async fn send_message(
+        &self,
+        region: &str,
+        queue_url: &str,
+        body: &str,
+    ) -> Result<(), AwsError> {
         self.sqs(region)
             .send_message()
             .queue_url(queue_url)

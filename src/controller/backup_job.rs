@@ -30,7 +30,9 @@ const STALLED_REQUEUE: Duration = Duration::from_secs(60);
 
 #[instrument(skip_all, fields(namespace = job.namespace().unwrap_or_default(), job = job.name_any()))]
 pub async fn reconcile(job: Arc<BackupJob>, ctx: Arc<Context>) -> Result<Action> {
-    let ns = job.namespace().ok_or(Error::MissingObjectKey("namespace"))?;
+    let ns = job
+        .namespace()
+        .ok_or(Error::MissingObjectKey("namespace"))?;
     let api: Api<BackupJob> = Api::namespaced(ctx.client.clone(), &ns);
     let uid = job.uid().ok_or(Error::MissingObjectKey("uid"))?;
     let action = finalizer(&api, JOB_FINALIZER, job, |event| async {
@@ -74,7 +76,12 @@ pub fn choose_configuration<'a>(
                 ),
             })?
     } else {
-        let mut regions: Vec<&str> = job.spec.resources.iter().map(|r| r.region.as_str()).collect();
+        let mut regions: Vec<&str> = job
+            .spec
+            .resources
+            .iter()
+            .map(|r| r.region.as_str())
+            .collect();
         regions.sort_unstable();
         regions.dedup();
         let [region] = regions[..] else {
@@ -117,7 +124,12 @@ pub fn choose_configuration<'a>(
             ),
         });
     }
-    if let Some(r) = job.spec.resources.iter().find(|r| r.region != chosen.spec.region) {
+    if let Some(r) = job
+        .spec
+        .resources
+        .iter()
+        .find(|r| r.region != chosen.spec.region)
+    {
         return Err(ConfigurationProblem {
             reason: "RegionMismatch",
             message: format!(
@@ -198,7 +210,10 @@ pub fn job_phase(workers: &[WorkerStatus], resources: usize) -> Phase {
         return Phase::Pending;
     }
     if workers.len() == resources && workers.iter().all(|w| w.phase.is_finished()) {
-        let succeeded = workers.iter().filter(|w| w.phase == Phase::Succeeded).count();
+        let succeeded = workers
+            .iter()
+            .filter(|w| w.phase == Phase::Succeeded)
+            .count();
         return match succeeded {
             n if n == workers.len() => Phase::Succeeded,
             0 => Phase::Failed,
@@ -215,7 +230,11 @@ pub fn job_phase(workers: &[WorkerStatus], resources: usize) -> Phase {
 }
 
 /// The conditions of a job in `phase`, with `stalled` when it waits for a fix.
-fn job_conditions(phase: Phase, stalled: Option<&ConfigurationProblem>, summary: &str) -> Vec<DesiredCondition> {
+fn job_conditions(
+    phase: Phase,
+    stalled: Option<&ConfigurationProblem>,
+    summary: &str,
+) -> Vec<DesiredCondition> {
     let phase_name = format!("{phase:?}");
     let mut out = vec![DesiredCondition::new(
         READY,
@@ -225,11 +244,21 @@ fn job_conditions(phase: Phase, stalled: Option<&ConfigurationProblem>, summary:
     )];
     if let Some(problem) = stalled {
         out[0] = DesiredCondition::new(READY, false, problem.reason, problem.message.clone());
-        out.push(DesiredCondition::new(STALLED, true, problem.reason, problem.message.clone()));
+        out.push(DesiredCondition::new(
+            STALLED,
+            true,
+            problem.reason,
+            problem.message.clone(),
+        ));
     } else if matches!(phase, Phase::Failed | Phase::PartiallySucceeded) {
         out.push(DesiredCondition::new(STALLED, true, phase_name, summary));
     } else if !phase.is_finished() {
-        out.push(DesiredCondition::new(RECONCILING, true, phase_name, summary));
+        out.push(DesiredCondition::new(
+            RECONCILING,
+            true,
+            phase_name,
+            summary,
+        ));
     }
     out
 }
@@ -239,7 +268,13 @@ fn summary(workers: &[WorkerStatus], resources: usize) -> String {
     let failed: Vec<String> = workers
         .iter()
         .filter(|w| w.phase == Phase::Failed)
-        .map(|w| format!("{}: {}", w.resource, w.message.as_deref().unwrap_or("failed")))
+        .map(|w| {
+            format!(
+                "{}: {}",
+                w.resource,
+                w.message.as_deref().unwrap_or("failed")
+            )
+        })
         .collect();
     let mut s = format!(
         "{} of {} resources succeeded, {} running, {} provisioning, {} failed",
@@ -255,7 +290,12 @@ fn summary(workers: &[WorkerStatus], resources: usize) -> String {
     s
 }
 
-fn finalize_status(job: &BackupJob, status: &mut BackupJobStatus, stalled: Option<&ConfigurationProblem>, now: Timestamp) {
+fn finalize_status(
+    job: &BackupJob,
+    status: &mut BackupJobStatus,
+    stalled: Option<&ConfigurationProblem>,
+    now: Timestamp,
+) {
     let resources = job.spec.resources.len();
     status.phase = job_phase(&status.workers, resources);
     status.active_workers = status
@@ -268,14 +308,20 @@ fn finalize_status(job: &BackupJob, status: &mut BackupJobStatus, stalled: Optio
     }
     let text = summary(&status.workers, resources);
     let desired = job_conditions(status.phase, stalled, &text);
-    status.conditions = conditions::merge(&status.conditions, &desired, job.metadata.generation, now);
+    status.conditions =
+        conditions::merge(&status.conditions, &desired, job.metadata.generation, now);
     status.observed_generation = job.metadata.generation;
 }
 
 /// Writes the job's status and remembers it: the controller is the only
 /// writer of a job's status, so what it wrote last is newer than anything
 /// its watch cache may still show.
-async fn write_status(api: &Api<BackupJob>, job: &BackupJob, status: &BackupJobStatus, ctx: &Context) -> Result<()> {
+async fn write_status(
+    api: &Api<BackupJob>,
+    job: &BackupJob,
+    status: &BackupJobStatus,
+    ctx: &Context,
+) -> Result<()> {
     apply_status(api, job, status).await?;
     if let Some(uid) = job.uid() {
         ctx.written
@@ -327,8 +373,14 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
         Err(problem) => {
             finalize_status(job, &mut status, Some(&problem), now);
             if old.as_ref() != Some(&status) {
-                ctx.event(job, EventType::Warning, problem.reason, "ResolveConfiguration", problem.message.clone())
-                    .await;
+                ctx.event(
+                    job,
+                    EventType::Warning,
+                    problem.reason,
+                    "ResolveConfiguration",
+                    problem.message.clone(),
+                )
+                .await;
                 write_status(api, job, &status, ctx).await?;
             }
             return Ok(Action::requeue(STALLED_REQUEUE));
@@ -339,14 +391,18 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
         status.worker_configuration = Some(config.name_any());
         let problem = ConfigurationProblem {
             reason: "WaitingForWorkerConfiguration",
-            message: format!("WorkerConfiguration {:?} is not ready yet (no worker queue)", config.name_any()),
+            message: format!(
+                "WorkerConfiguration {:?} is not ready yet (no worker queue)",
+                config.name_any()
+            ),
         };
         finalize_status(job, &mut status, None, now);
         let desired = vec![
             DesiredCondition::new(READY, false, problem.reason, problem.message.clone()),
             DesiredCondition::new(RECONCILING, true, problem.reason, problem.message),
         ];
-        status.conditions = conditions::merge(&status.conditions, &desired, job.metadata.generation, now);
+        status.conditions =
+            conditions::merge(&status.conditions, &desired, job.metadata.generation, now);
         write_if_changed(api, job, &old, &status, ctx).await?;
         return Ok(Action::requeue(Duration::from_secs(10)));
     };
@@ -356,7 +412,11 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
     // launch token before anything is launched.
     let mut planned = false;
     for resource in &job.spec.resources {
-        if status.workers.iter().any(|w| w.resource == resource.instance_id) {
+        if status
+            .workers
+            .iter()
+            .any(|w| w.resource == resource.instance_id)
+        {
             continue;
         }
         let attempt = 1;
@@ -367,7 +427,11 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
             launch_token: placement::launch_token(&uid, &resource.instance_id, attempt),
             ..Default::default()
         };
-        match ctx.aws.describe_source_instance(&resource.region, &resource.instance_id).await? {
+        match ctx
+            .aws
+            .describe_source_instance(&resource.region, &resource.instance_id)
+            .await?
+        {
             None => {
                 worker.phase = Phase::Failed;
                 worker.message = Some(format!(
@@ -375,12 +439,23 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
                     resource.instance_id, resource.region
                 ));
                 worker.finished_time = Some(Time(now));
-                ctx.event(job, EventType::Warning, "SourceInstanceNotFound", "PlanWorker", worker.message.clone().unwrap_or_default())
-                    .await;
+                ctx.event(
+                    job,
+                    EventType::Warning,
+                    "SourceInstanceNotFound",
+                    "PlanWorker",
+                    worker.message.clone().unwrap_or_default(),
+                )
+                .await;
             }
             Some(source) => {
-                let subnet = placement::choose_subnet(&config.spec.subnets, source.availability_zone.as_deref())
-                    .ok_or(Error::MissingObjectKey("spec.subnets of the WorkerConfiguration"))?;
+                let subnet = placement::choose_subnet(
+                    &config.spec.subnets,
+                    source.availability_zone.as_deref(),
+                )
+                .ok_or(Error::MissingObjectKey(
+                    "spec.subnets of the WorkerConfiguration",
+                ))?;
                 worker.phase = Phase::Provisioning;
                 worker.instance_type = Some(placement::backup_instance_type(
                     config.spec.instance_types.as_ref(),
@@ -408,10 +483,18 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
         }
         let region = w.region.clone();
         let token = w.launch_token.clone();
-        if let Some(found) = ctx.aws.find_worker_by_launch_token(&region, &ctx.cluster_id, &token).await? {
+        if let Some(found) = ctx
+            .aws
+            .find_worker_by_launch_token(&region, &ctx.cluster_id, &token)
+            .await?
+        {
             // Launched by an earlier reconcile whose status write this one
             // does not see (a restart, or a cache that lags the write).
-            info!(instance_id = found.instance_id, resource = w.resource, "adopting a worker launched with this token");
+            info!(
+                instance_id = found.instance_id,
+                resource = w.resource,
+                "adopting a worker launched with this token"
+            );
             ctx.event(job, EventType::Normal, "WorkerAdopted", "LaunchWorker", format!(
                 "worker {} for {} was already launched with this attempt's token; adopted it instead of launching another",
                 found.instance_id, w.resource
@@ -426,10 +509,17 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
         match ctx.aws.launch_worker(&launch).await {
             Ok(instance) => {
                 let w = &mut status.workers[i];
-                ctx.event(job, EventType::Normal, "WorkerLaunched", "LaunchWorker", format!(
-                    "launched worker {} ({}, {}) for {}",
-                    instance.instance_id, launch.instance_type, launch.subnet_id, w.resource
-                )).await;
+                ctx.event(
+                    job,
+                    EventType::Normal,
+                    "WorkerLaunched",
+                    "LaunchWorker",
+                    format!(
+                        "launched worker {} ({}, {}) for {}",
+                        instance.instance_id, launch.instance_type, launch.subnet_id, w.resource
+                    ),
+                )
+                .await;
                 w.instance_id = Some(instance.instance_id);
                 w.instance_state = Some(instance.state);
                 w.launch_time = Some(Time(now));
@@ -442,10 +532,18 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
             Err(e) => {
                 let w = &mut status.workers[i];
                 w.phase = Phase::Failed;
-                w.message = Some(format!("LaunchFailed: {e}; fix the WorkerConfiguration and create a new job"));
+                w.message = Some(format!(
+                    "LaunchFailed: {e}; fix the WorkerConfiguration and create a new job"
+                ));
                 w.finished_time = Some(Time(now));
-                ctx.event(job, EventType::Warning, "LaunchFailed", "LaunchWorker", w.message.clone().unwrap_or_default())
-                    .await;
+                ctx.event(
+                    job,
+                    EventType::Warning,
+                    "LaunchFailed",
+                    "LaunchWorker",
+                    w.message.clone().unwrap_or_default(),
+                )
+                .await;
             }
         }
     }
@@ -454,7 +552,11 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
     let pending = ctx.reports.pending(&uid);
     let mut settled: Vec<Receipt> = Vec::new();
     for (msg, receipt) in &pending {
-        let before = status.workers.iter().find(|w| w.resource == msg.resource).map(|w| w.phase);
+        let before = status
+            .workers
+            .iter()
+            .find(|w| w.resource == msg.resource)
+            .map(|w| w.phase);
         match apply_message(&mut status.workers, msg, now) {
             Applied::NotYet => continue,
             Applied::Stale => {}
@@ -474,7 +576,8 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
                         msg.resource,
                         after.message.as_deref().unwrap_or("started")
                     );
-                    ctx.event(job, type_, reason, "ApplyWorkerReport", note).await;
+                    ctx.event(job, type_, reason, "ApplyWorkerReport", note)
+                        .await;
                 }
             }
         }
@@ -497,8 +600,14 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
             Phase::PartiallySucceeded => (EventType::Warning, "JobPartiallySucceeded"),
             _ => (EventType::Warning, "JobFailed"),
         };
-        ctx.event(job, type_, reason, "FinishJob", summary(&status.workers, job.spec.resources.len()))
-            .await;
+        ctx.event(
+            job,
+            type_,
+            reason,
+            "FinishJob",
+            summary(&status.workers, job.spec.resources.len()),
+        )
+        .await;
         info!(phase = ?status.phase, namespace = ns, "job finished");
         return Ok(Action::await_change());
     }
@@ -562,11 +671,16 @@ fn worker_launch(
 }
 
 /// Terminates the instances of finished workers that are not terminated yet.
-async fn terminate_finished(job: &BackupJob, status: &mut BackupJobStatus, ctx: &Context) -> Result<()> {
+async fn terminate_finished(
+    job: &BackupJob,
+    status: &mut BackupJobStatus,
+    ctx: &Context,
+) -> Result<()> {
     let now = Timestamp::now();
     let mut by_region: Vec<(String, Vec<String>)> = Vec::new();
     for w in &status.workers {
-        if let (true, Some(id), None) = (w.phase.is_finished(), &w.instance_id, &w.terminated_time) {
+        if let (true, Some(id), None) = (w.phase.is_finished(), &w.instance_id, &w.terminated_time)
+        {
             match by_region.iter_mut().find(|(r, _)| *r == w.region) {
                 Some((_, ids)) => ids.push(id.clone()),
                 None => by_region.push((w.region.clone(), vec![id.clone()])),
@@ -584,9 +698,14 @@ async fn terminate_finished(job: &BackupJob, status: &mut BackupJobStatus, ctx: 
                 w.terminated_time = Some(Time(now));
                 w.instance_state = Some(state.state.clone());
             }
-            ctx.event(job, EventType::Normal, "WorkerTerminated", "TerminateWorker", format!(
-                "terminated worker {} ({})", state.instance_id, state.state
-            )).await;
+            ctx.event(
+                job,
+                EventType::Normal,
+                "WorkerTerminated",
+                "TerminateWorker",
+                format!("terminated worker {} ({})", state.instance_id, state.state),
+            )
+            .await;
         }
     }
     Ok(())
@@ -607,23 +726,39 @@ async fn cleanup(job: &BackupJob, ctx: &Context) -> Result<Action> {
             .filter(|w| w.region == region && w.terminated_time.is_none())
             .filter_map(|w| w.instance_id.clone())
             .collect();
-        for found in ctx.aws.find_workers_of_job(&region, &ctx.cluster_id, &uid).await? {
+        for found in ctx
+            .aws
+            .find_workers_of_job(&region, &ctx.cluster_id, &uid)
+            .await?
+        {
             if !ids.contains(&found.instance_id) {
                 ids.push(found.instance_id);
             }
         }
         if !ids.is_empty() {
             let states = ctx.aws.terminate_workers(&region, &ids).await?;
-            warn!(count = states.len(), "terminated the workers of a deleted job");
-            ctx.event(job, EventType::Normal, "WorkersTerminated", "DeleteJob", format!(
-                "terminated {} worker(s) before deleting the job: {}",
-                states.len(),
-                ids.join(", ")
-            ))
+            warn!(
+                count = states.len(),
+                "terminated the workers of a deleted job"
+            );
+            ctx.event(
+                job,
+                EventType::Normal,
+                "WorkersTerminated",
+                "DeleteJob",
+                format!(
+                    "terminated {} worker(s) before deleting the job: {}",
+                    states.len(),
+                    ids.join(", ")
+                ),
+            )
             .await;
         }
     }
-    ctx.written.lock().unwrap_or_else(|p| p.into_inner()).remove(&uid);
+    ctx.written
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&uid);
     let receipts = ctx.reports.forget(&uid);
     delete_receipts(&ctx.aws, &receipts).await;
     Ok(Action::await_change())
@@ -632,7 +767,9 @@ async fn cleanup(job: &BackupJob, ctx: &Context) -> Result<Action> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{BackupJobSpec, BackupResource, LocalObjectReference, WorkerConfigurationSpec, WorkerSubnet};
+    use crate::api::{
+        BackupJobSpec, BackupResource, LocalObjectReference, WorkerConfigurationSpec, WorkerSubnet,
+    };
 
     fn worker(resource: &str, phase: Phase) -> WorkerStatus {
         WorkerStatus {
@@ -667,22 +804,51 @@ mod tests {
     #[test]
     fn messages_apply_once_and_in_order() {
         let mut workers = vec![worker("a", Phase::Provisioning)];
-        assert_eq!(apply_message(&mut workers, &message("a", 1, WorkerEvent::Started), now()), Applied::Changed);
+        assert_eq!(
+            apply_message(&mut workers, &message("a", 1, WorkerEvent::Started), now()),
+            Applied::Changed
+        );
         assert_eq!(workers[0].phase, Phase::Running);
         // Duplicate.
-        assert_eq!(apply_message(&mut workers, &message("a", 1, WorkerEvent::Started), now()), Applied::Stale);
-        let progress = WorkerEvent::Progress { percent: 40, detail: "volume 1 of 2".into() };
-        assert_eq!(apply_message(&mut workers, &message("a", 3, progress), now()), Applied::Changed);
+        assert_eq!(
+            apply_message(&mut workers, &message("a", 1, WorkerEvent::Started), now()),
+            Applied::Stale
+        );
+        let progress = WorkerEvent::Progress {
+            percent: 40,
+            detail: "volume 1 of 2".into(),
+        };
+        assert_eq!(
+            apply_message(&mut workers, &message("a", 3, progress), now()),
+            Applied::Changed
+        );
         // Late and out of order: older than what was applied.
-        let older = WorkerEvent::Progress { percent: 10, detail: "old".into() };
-        assert_eq!(apply_message(&mut workers, &message("a", 2, older), now()), Applied::Stale);
+        let older = WorkerEvent::Progress {
+            percent: 10,
+            detail: "old".into(),
+        };
+        assert_eq!(
+            apply_message(&mut workers, &message("a", 2, older), now()),
+            Applied::Stale
+        );
         assert_eq!(workers[0].progress_percent, Some(40));
-        let done = WorkerEvent::Completed { detail: "done".into() };
-        assert_eq!(apply_message(&mut workers, &message("a", 4, done), now()), Applied::Changed);
+        let done = WorkerEvent::Completed {
+            detail: "done".into(),
+        };
+        assert_eq!(
+            apply_message(&mut workers, &message("a", 4, done), now()),
+            Applied::Changed
+        );
         assert_eq!(workers[0].phase, Phase::Succeeded);
         // Nothing changes a finished worker.
-        let fail = WorkerEvent::Failed { reason: "X".into(), message: "late".into() };
-        assert_eq!(apply_message(&mut workers, &message("a", 9, fail), now()), Applied::Stale);
+        let fail = WorkerEvent::Failed {
+            reason: "X".into(),
+            message: "late".into(),
+        };
+        assert_eq!(
+            apply_message(&mut workers, &message("a", 9, fail), now()),
+            Applied::Stale
+        );
         assert_eq!(workers[0].phase, Phase::Succeeded);
     }
 
@@ -690,81 +856,149 @@ mod tests {
     fn messages_wait_for_the_launch_record_and_ignore_other_instances() {
         let mut workers = vec![worker("a", Phase::Provisioning)];
         workers[0].instance_id = None;
-        assert_eq!(apply_message(&mut workers, &message("a", 1, WorkerEvent::Started), now()), Applied::NotYet);
+        assert_eq!(
+            apply_message(&mut workers, &message("a", 1, WorkerEvent::Started), now()),
+            Applied::NotYet
+        );
         workers[0].instance_id = Some("i-other".into());
-        assert_eq!(apply_message(&mut workers, &message("a", 1, WorkerEvent::Started), now()), Applied::Stale);
+        assert_eq!(
+            apply_message(&mut workers, &message("a", 1, WorkerEvent::Started), now()),
+            Applied::Stale
+        );
         let mut other_attempt = message("a", 1, WorkerEvent::Started);
         other_attempt.attempt = 2;
-        assert_eq!(apply_message(&mut workers, &other_attempt, now()), Applied::Stale);
+        assert_eq!(
+            apply_message(&mut workers, &other_attempt, now()),
+            Applied::Stale
+        );
     }
 
     #[test]
     fn heartbeats_do_not_write_status() {
         let mut workers = vec![worker("a", Phase::Running)];
-        assert_eq!(apply_message(&mut workers, &message("a", 5, WorkerEvent::Heartbeat), now()), Applied::Stale);
+        assert_eq!(
+            apply_message(
+                &mut workers,
+                &message("a", 5, WorkerEvent::Heartbeat),
+                now()
+            ),
+            Applied::Stale
+        );
         assert_eq!(workers[0].last_sequence, 0);
     }
 
     #[test]
     fn job_phase_from_workers() {
         assert_eq!(job_phase(&[], 1), Phase::Pending);
-        assert_eq!(job_phase(&[worker("a", Phase::Provisioning)], 1), Phase::Provisioning);
-        assert_eq!(job_phase(&[worker("a", Phase::Running), worker("b", Phase::Provisioning)], 2), Phase::Running);
-        assert_eq!(job_phase(&[worker("a", Phase::Succeeded)], 2), Phase::Pending);
-        assert_eq!(job_phase(&[worker("a", Phase::Succeeded), worker("b", Phase::Succeeded)], 2), Phase::Succeeded);
-        assert_eq!(job_phase(&[worker("a", Phase::Succeeded), worker("b", Phase::Failed)], 2), Phase::PartiallySucceeded);
+        assert_eq!(
+            job_phase(&[worker("a", Phase::Provisioning)], 1),
+            Phase::Provisioning
+        );
+        assert_eq!(
+            job_phase(
+                &[
+                    worker("a", Phase::Running),
+                    worker("b", Phase::Provisioning)
+                ],
+                2
+            ),
+            Phase::Running
+        );
+        assert_eq!(
+            job_phase(&[worker("a", Phase::Succeeded)], 2),
+            Phase::Pending
+        );
+        assert_eq!(
+            job_phase(
+                &[worker("a", Phase::Succeeded), worker("b", Phase::Succeeded)],
+                2
+            ),
+            Phase::Succeeded
+        );
+        assert_eq!(
+            job_phase(
+                &[worker("a", Phase::Succeeded), worker("b", Phase::Failed)],
+                2
+            ),
+            Phase::PartiallySucceeded
+        );
         assert_eq!(job_phase(&[worker("a", Phase::Failed)], 1), Phase::Failed);
     }
 
     fn config(name: &str, ns: &str, region: &str) -> Arc<WorkerConfiguration> {
-        let mut c = WorkerConfiguration::new(name, WorkerConfigurationSpec {
-            region: region.into(),
-            subnets: vec![WorkerSubnet { subnet_id: "subnet-aaaaaaaa".into(), availability_zone: None }],
-            security_group_ids: vec!["sg-aaaaaaaa".into()],
-            image_id: "ami-aaaaaaaa".into(),
-            iam_instance_profile: None,
-            instance_types: None,
-            tags: Default::default(),
-        });
+        let mut c = WorkerConfiguration::new(
+            name,
+            WorkerConfigurationSpec {
+                region: region.into(),
+                subnets: vec![WorkerSubnet {
+                    subnet_id: "subnet-aaaaaaaa".into(),
+                    availability_zone: None,
+                }],
+                security_group_ids: vec!["sg-aaaaaaaa".into()],
+                image_id: "ami-aaaaaaaa".into(),
+                iam_instance_profile: None,
+                instance_types: None,
+                tags: Default::default(),
+            },
+        );
         c.metadata.namespace = Some(ns.into());
         Arc::new(c)
     }
 
     fn job(reference: Option<&str>, regions: &[&str]) -> BackupJob {
-        let mut j = BackupJob::new("job", BackupJobSpec {
-            worker_configuration_ref: reference.map(|n| LocalObjectReference { name: n.into() }),
-            resources: regions
-                .iter()
-                .enumerate()
-                .map(|(i, r)| BackupResource { instance_id: format!("i-0000000{i}"), region: (*r).into() })
-                .collect(),
-        });
+        let mut j = BackupJob::new(
+            "job",
+            BackupJobSpec {
+                worker_configuration_ref: reference
+                    .map(|n| LocalObjectReference { name: n.into() }),
+                resources: regions
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| BackupResource {
+                        instance_id: format!("i-0000000{i}"),
+                        region: (*r).into(),
+                    })
+                    .collect(),
+            },
+        );
         j.metadata.namespace = Some("ns".into());
         j
     }
 
     #[test]
     fn configuration_by_reference_or_by_region() {
-        let configs = vec![config("east", "ns", "us-east-1"), config("west", "ns", "us-west-2"), config("east", "other", "us-east-1")];
+        let configs = vec![
+            config("east", "ns", "us-east-1"),
+            config("west", "ns", "us-west-2"),
+            config("east", "other", "us-east-1"),
+        ];
         let chosen = choose_configuration(&job(None, &["us-west-2"]), &configs).expect("chosen");
         assert_eq!(chosen.name_any(), "west");
-        let chosen = choose_configuration(&job(Some("east"), &["us-east-1"]), &configs).expect("chosen");
+        let chosen =
+            choose_configuration(&job(Some("east"), &["us-east-1"]), &configs).expect("chosen");
         assert_eq!(chosen.namespace().as_deref(), Some("ns"));
-        let missing = choose_configuration(&job(Some("nope"), &["us-east-1"]), &configs).expect_err("missing");
+        let missing = choose_configuration(&job(Some("nope"), &["us-east-1"]), &configs)
+            .expect_err("missing");
         assert_eq!(missing.reason, "WorkerConfigurationNotFound");
         let none = choose_configuration(&job(None, &["eu-west-1"]), &configs).expect_err("none");
         assert_eq!(none.reason, "WorkerConfigurationNotFound");
         assert!(none.message.contains("eu-west-1"));
-        let mismatch = choose_configuration(&job(Some("east"), &["us-west-2"]), &configs).expect_err("mismatch");
+        let mismatch = choose_configuration(&job(Some("east"), &["us-west-2"]), &configs)
+            .expect_err("mismatch");
         assert_eq!(mismatch.reason, "RegionMismatch");
     }
 
     #[test]
     fn two_configurations_for_one_region_are_ambiguous() {
-        let configs = vec![config("a", "ns", "us-east-1"), config("b", "ns", "us-east-1")];
-        let err = choose_configuration(&job(None, &["us-east-1"]), &configs).expect_err("ambiguous");
+        let configs = vec![
+            config("a", "ns", "us-east-1"),
+            config("b", "ns", "us-east-1"),
+        ];
+        let err =
+            choose_configuration(&job(None, &["us-east-1"]), &configs).expect_err("ambiguous");
         assert_eq!(err.reason, "WorkerConfigurationAmbiguous");
-        let err = choose_configuration(&job(None, &["us-east-1", "us-west-2"]), &configs).expect_err("ambiguous");
+        let err = choose_configuration(&job(None, &["us-east-1", "us-west-2"]), &configs)
+            .expect_err("ambiguous");
         assert_eq!(err.reason, "WorkerConfigurationAmbiguous");
     }
 

@@ -89,8 +89,14 @@ pub struct Context {
 
 impl Context {
     /// Publishes an Event on `obj`; a failure to publish is logged, never fatal.
-    pub async fn event<K>(&self, obj: &K, type_: EventType, reason: &str, action: &str, note: String)
-    where
+    pub async fn event<K>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) where
         K: Resource<DynamicType = ()>,
     {
         let ev = Event {
@@ -193,8 +199,12 @@ async fn resolve_cluster_id(client: &Client, configured: Option<String>) -> Resu
     if let Some(id) = configured.filter(|s| !s.is_empty()) {
         return Ok(id);
     }
-    let ns = Api::<Namespace>::all(client.clone()).get("kube-system").await?;
-    ns.metadata.uid.ok_or(Error::MissingObjectKey("kube-system uid"))
+    let ns = Api::<Namespace>::all(client.clone())
+        .get("kube-system")
+        .await?;
+    ns.metadata
+        .uid
+        .ok_or(Error::MissingObjectKey("kube-system uid"))
 }
 
 /// Runs the controller until SIGTERM or Ctrl-C.
@@ -203,7 +213,11 @@ pub async fn run(opts: Options) -> anyhow_like::Result {
     let cluster_id = resolve_cluster_id(&client, opts.cluster_id.clone()).await?;
     let aws = AwsClients::from_env().await;
     let ns = opts.namespace.as_deref();
-    info!(cluster_id, namespace = ns.unwrap_or("<all>"), "starting tender controller");
+    info!(
+        cluster_id,
+        namespace = ns.unwrap_or("<all>"),
+        "starting tender controller"
+    );
 
     let configs: Api<WorkerConfiguration> = api_for(&client, ns);
     let jobs: Api<BackupJob> = api_for(&client, ns);
@@ -219,26 +233,34 @@ pub async fn run(opts: Options) -> anyhow_like::Result {
     // (one may be waiting for it).
     let waiting_jobs = job_store.clone();
     let job_controller = job_controller
-        .watches(configs.clone(), watcher::Config::default(), move |cfg: WorkerConfiguration| {
-            let ns = cfg.namespace().unwrap_or_default();
-            waiting_jobs
-                .state()
-                .into_iter()
-                .filter(|j| j.namespace().as_deref() == Some(ns.as_str()))
-                .filter(|j| !j.status.as_ref().is_some_and(|s| s.phase.is_finished()))
-                .map(|j| ObjectRef::from_obj(&*j))
-                .collect::<Vec<_>>()
-        })
+        .watches(
+            configs.clone(),
+            watcher::Config::default(),
+            move |cfg: WorkerConfiguration| {
+                let ns = cfg.namespace().unwrap_or_default();
+                waiting_jobs
+                    .state()
+                    .into_iter()
+                    .filter(|j| j.namespace().as_deref() == Some(ns.as_str()))
+                    .filter(|j| !j.status.as_ref().is_some_and(|s| s.phase.is_finished()))
+                    .map(|j| ObjectRef::from_obj(&*j))
+                    .collect::<Vec<_>>()
+            },
+        )
         .reconcile_on(trigger_rx)
         .shutdown_on_signal();
     // A change to a job updates its configuration's worker count.
     let config_controller = config_controller
-        .watches(jobs.clone(), watcher::Config::default(), |job: BackupJob| {
-            let ns = job.namespace().unwrap_or_default();
-            job.status
-                .and_then(|s| s.worker_configuration)
-                .map(|name| ObjectRef::new(&name).within(&ns))
-        })
+        .watches(
+            jobs.clone(),
+            watcher::Config::default(),
+            |job: BackupJob| {
+                let ns = job.namespace().unwrap_or_default();
+                job.status
+                    .and_then(|s| s.worker_configuration)
+                    .map(|name| ObjectRef::new(&name).within(&ns))
+            },
+        )
         .shutdown_on_signal();
 
     let reporter = Reporter {

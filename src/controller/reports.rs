@@ -182,7 +182,10 @@ impl Pump {
                         }
                     }
                     if !drop.is_empty()
-                        && let Err(e) = self.aws.delete_messages(&self.region, &self.queue_url, &drop).await
+                        && let Err(e) = self
+                            .aws
+                            .delete_messages(&self.region, &self.queue_url, &drop)
+                            .await
                     {
                         warn!(queue_url = self.queue_url, error = %e, "could not delete dropped messages");
                     }
@@ -221,7 +224,11 @@ impl Pump {
             );
             return Some(receipt_handle.to_string());
         }
-        debug!(job = message.job_name, sequence = message.sequence, "worker message");
+        debug!(
+            job = message.job_name,
+            sequence = message.sequence,
+            "worker message"
+        );
         self.reports.file(
             message,
             Receipt {

@@ -16,7 +16,9 @@ use crate::api::conditions::{self, DesiredCondition, READY, STALLED};
 pub const NOT_SUPPORTED_REASON: &str = "RestoreNotSupported";
 
 pub async fn reconcile(job: Arc<RestoreJob>, ctx: Arc<Context>) -> Result<Action> {
-    let ns = job.namespace().ok_or(Error::MissingObjectKey("namespace"))?;
+    let ns = job
+        .namespace()
+        .ok_or(Error::MissingObjectKey("namespace"))?;
     let api: Api<RestoreJob> = Api::namespaced(ctx.client.clone(), &ns);
     let message = "this version of Tender does not run RestoreJobs yet; no worker was launched and nothing was restored";
     let mut status = job.status.clone().unwrap_or_default();
@@ -26,10 +28,21 @@ pub async fn reconcile(job: Arc<RestoreJob>, ctx: Arc<Context>) -> Result<Action
         DesiredCondition::new(READY, false, NOT_SUPPORTED_REASON, message),
         DesiredCondition::new(STALLED, true, NOT_SUPPORTED_REASON, message),
     ];
-    status.conditions = conditions::merge(&status.conditions, &desired, job.metadata.generation, Timestamp::now());
+    status.conditions = conditions::merge(
+        &status.conditions,
+        &desired,
+        job.metadata.generation,
+        Timestamp::now(),
+    );
     if job.status.as_ref() != Some(&status) {
-        ctx.event(&*job, EventType::Warning, NOT_SUPPORTED_REASON, "Reconcile", message.to_string())
-            .await;
+        ctx.event(
+            &*job,
+            EventType::Warning,
+            NOT_SUPPORTED_REASON,
+            "Reconcile",
+            message.to_string(),
+        )
+        .await;
         apply_status(&api, &*job, &status).await?;
     }
     Ok(Action::await_change())

@@ -24,14 +24,19 @@ const DELETION_RECHECK: Duration = Duration::from_secs(10);
 
 #[instrument(skip_all, fields(namespace = cfg.namespace().unwrap_or_default(), configuration = cfg.name_any()))]
 pub async fn reconcile(cfg: Arc<WorkerConfiguration>, ctx: Arc<Context>) -> Result<Action> {
-    let ns = cfg.namespace().ok_or(Error::MissingObjectKey("namespace"))?;
+    let ns = cfg
+        .namespace()
+        .ok_or(Error::MissingObjectKey("namespace"))?;
     let api: Api<WorkerConfiguration> = Api::namespaced(ctx.client.clone(), &ns);
     let uid = cfg.uid().ok_or(Error::MissingObjectKey("uid"))?;
     // A configuration in use stays until its jobs finish. This is decided
     // before the finalizer helper runs, because a cleanup that returns Ok
     // lets the helper remove the finalizer.
     if cfg.metadata.deletion_timestamp.is_some()
-        && cfg.finalizers().iter().any(|f| f == CONFIGURATION_FINALIZER)
+        && cfg
+            .finalizers()
+            .iter()
+            .any(|f| f == CONFIGURATION_FINALIZER)
         && let Some(action) = hold_deletion(&cfg, &api, &ctx).await?
     {
         return Ok(action);
@@ -75,9 +80,15 @@ fn jobs_using(cfg: &WorkerConfiguration, ctx: &Context) -> Vec<Arc<BackupJob>> {
 
 fn queue_tags(cfg: &WorkerConfiguration, cluster_id: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (tags::MANAGED_BY.to_string(), tags::MANAGED_BY_VALUE.to_string()),
+        (
+            tags::MANAGED_BY.to_string(),
+            tags::MANAGED_BY_VALUE.to_string(),
+        ),
         (tags::CLUSTER_ID.to_string(), cluster_id.to_string()),
-        (tags::NAMESPACE.to_string(), cfg.namespace().unwrap_or_default()),
+        (
+            tags::NAMESPACE.to_string(),
+            cfg.namespace().unwrap_or_default(),
+        ),
         (tags::CONFIGURATION.to_string(), cfg.name_any()),
     ])
 }
@@ -93,11 +104,28 @@ fn base_status(cfg: &WorkerConfiguration, ctx: &Context) -> WorkerConfigurationS
     status
 }
 
-async fn apply(cfg: &WorkerConfiguration, api: &Api<WorkerConfiguration>, ctx: &Context) -> Result<Action> {
+async fn apply(
+    cfg: &WorkerConfiguration,
+    api: &Api<WorkerConfiguration>,
+    ctx: &Context,
+) -> Result<Action> {
     let region = &cfg.spec.region;
-    let name = placement::queue_name(&ctx.cluster_id, &cfg.namespace().unwrap_or_default(), &cfg.name_any());
-    let queue_url = ctx.aws.ensure_queue(region, &name, &queue_tags(cfg, &ctx.cluster_id)).await?;
-    ctx.pumps.ensure(&ctx.aws, region, &queue_url, ctx.jobs.clone(), ctx.reports.clone());
+    let name = placement::queue_name(
+        &ctx.cluster_id,
+        &cfg.namespace().unwrap_or_default(),
+        &cfg.name_any(),
+    );
+    let queue_url = ctx
+        .aws
+        .ensure_queue(region, &name, &queue_tags(cfg, &ctx.cluster_id))
+        .await?;
+    ctx.pumps.ensure(
+        &ctx.aws,
+        region,
+        &queue_url,
+        ctx.jobs.clone(),
+        ctx.reports.clone(),
+    );
 
     let mut status = base_status(cfg, ctx);
     let created = status.queue_url.as_deref() != Some(queue_url.as_str());
@@ -109,21 +137,36 @@ async fn apply(cfg: &WorkerConfiguration, api: &Api<WorkerConfiguration>, ctx: &
         "QueueReady",
         format!("workers report to {queue_url}"),
     )];
-    status.conditions = conditions::merge(&status.conditions, &desired, cfg.metadata.generation, Timestamp::now());
+    status.conditions = conditions::merge(
+        &status.conditions,
+        &desired,
+        cfg.metadata.generation,
+        Timestamp::now(),
+    );
     if cfg.status.as_ref() != Some(&status) {
         apply_status(api, cfg, &status).await?;
     }
     if created {
         info!(queue_url, "worker queue ready");
-        ctx.event(cfg, EventType::Normal, "QueueReady", "EnsureQueue", format!("workers report to {queue_url}"))
-            .await;
+        ctx.event(
+            cfg,
+            EventType::Normal,
+            "QueueReady",
+            "EnsureQueue",
+            format!("workers report to {queue_url}"),
+        )
+        .await;
     }
     Ok(Action::await_change())
 }
 
 /// Keeps a configuration that unfinished jobs use: says so on its status
 /// and comes back later. `None` when nothing holds the deletion.
-async fn hold_deletion(cfg: &WorkerConfiguration, api: &Api<WorkerConfiguration>, ctx: &Context) -> Result<Option<Action>> {
+async fn hold_deletion(
+    cfg: &WorkerConfiguration,
+    api: &Api<WorkerConfiguration>,
+    ctx: &Context,
+) -> Result<Option<Action>> {
     let busy: Vec<String> = jobs_using(cfg, ctx)
         .iter()
         .filter(|j| !j.status.as_ref().is_some_and(|s| s.phase.is_finished()))
@@ -141,9 +184,21 @@ async fn hold_deletion(cfg: &WorkerConfiguration, api: &Api<WorkerConfiguration>
             DesiredCondition::new(READY, false, "InUse", message.clone()),
             DesiredCondition::new(RECONCILING, true, "InUse", message.clone()),
         ];
-        status.conditions = conditions::merge(&status.conditions, &desired, cfg.metadata.generation, Timestamp::now());
+        status.conditions = conditions::merge(
+            &status.conditions,
+            &desired,
+            cfg.metadata.generation,
+            Timestamp::now(),
+        );
         if cfg.status.as_ref() != Some(&status) {
-            ctx.event(cfg, EventType::Normal, "DeletionWaiting", "DeleteConfiguration", message).await;
+            ctx.event(
+                cfg,
+                EventType::Normal,
+                "DeletionWaiting",
+                "DeleteConfiguration",
+                message,
+            )
+            .await;
             apply_status(api, cfg, &status).await?;
         }
         return Ok(Some(Action::requeue(DELETION_RECHECK)));
@@ -161,7 +216,12 @@ async fn cleanup(cfg: &WorkerConfiguration, ctx: &Context) -> Result<Action> {
 }
 
 /// Puts a failed reconcile on the configuration's status and as an Event.
-async fn report_failure(cfg: &WorkerConfiguration, api: &Api<WorkerConfiguration>, ctx: &Context, e: &Error) {
+async fn report_failure(
+    cfg: &WorkerConfiguration,
+    api: &Api<WorkerConfiguration>,
+    ctx: &Context,
+    e: &Error,
+) {
     let mut status = base_status(cfg, ctx);
     status.phase = Some("NotReady".into());
     let message = format!("{e}; Tender retries with backoff");
@@ -169,9 +229,15 @@ async fn report_failure(cfg: &WorkerConfiguration, api: &Api<WorkerConfiguration
         DesiredCondition::new(READY, false, e.category(), message.clone()),
         DesiredCondition::new(STALLED, true, e.category(), message.clone()),
     ];
-    status.conditions = conditions::merge(&status.conditions, &desired, cfg.metadata.generation, Timestamp::now());
+    status.conditions = conditions::merge(
+        &status.conditions,
+        &desired,
+        cfg.metadata.generation,
+        Timestamp::now(),
+    );
     if cfg.status.as_ref() != Some(&status) {
-        ctx.event(cfg, EventType::Warning, e.category(), "Reconcile", message).await;
+        ctx.event(cfg, EventType::Warning, e.category(), "Reconcile", message)
+            .await;
         let _ = apply_status(api, cfg, &status).await;
     }
 }

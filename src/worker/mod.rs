@@ -65,8 +65,15 @@ pub async fn run(aws: AwsClients, task: WorkerTask, instance_id: String) -> Resu
         instance_id,
         sequence: AtomicI64::new(0),
     });
-    reporter.send(WorkerEvent::Started).await.map_err(AgentError::Report)?;
-    info!(job = task.job_name, resource = task.resource, "worker started");
+    reporter
+        .send(WorkerEvent::Started)
+        .await
+        .map_err(AgentError::Report)?;
+    info!(
+        job = task.job_name,
+        resource = task.resource,
+        "worker started"
+    );
 
     let beats = reporter.clone();
     let period = Duration::from_secs(task.heartbeat_seconds.max(1));
@@ -83,13 +90,18 @@ pub async fn run(aws: AwsClients, task: WorkerTask, instance_id: String) -> Resu
 
     let outcome = match task.operation {
         Operation::Backup => inspect_source(&aws, &task, &reporter).await,
-        Operation::Restore => Err(("RestoreNotSupported".to_string(), "this agent does not run restores yet".to_string())),
+        Operation::Restore => Err((
+            "RestoreNotSupported".to_string(),
+            "this agent does not run restores yet".to_string(),
+        )),
     };
     heartbeat.abort();
     match outcome {
         Ok(detail) => {
             reporter
-                .send(WorkerEvent::Completed { detail: detail.clone() })
+                .send(WorkerEvent::Completed {
+                    detail: detail.clone(),
+                })
                 .await
                 .map_err(AgentError::Report)?;
             info!(detail, "worker completed");
@@ -97,7 +109,10 @@ pub async fn run(aws: AwsClients, task: WorkerTask, instance_id: String) -> Resu
         }
         Err((reason, message)) => {
             reporter
-                .send(WorkerEvent::Failed { reason: reason.clone(), message: message.clone() })
+                .send(WorkerEvent::Failed {
+                    reason: reason.clone(),
+                    message: message.clone(),
+                })
                 .await
                 .map_err(AgentError::Report)?;
             Err(AgentError::Failed(format!("{reason}: {message}")))
@@ -105,7 +120,11 @@ pub async fn run(aws: AwsClients, task: WorkerTask, instance_id: String) -> Resu
     }
 }
 
-async fn inspect_source(aws: &AwsClients, task: &WorkerTask, reporter: &Reporter) -> Result<String, (String, String)> {
+async fn inspect_source(
+    aws: &AwsClients,
+    task: &WorkerTask,
+    reporter: &Reporter,
+) -> Result<String, (String, String)> {
     reporter
         .send(WorkerEvent::Progress {
             percent: 0,
@@ -113,16 +132,25 @@ async fn inspect_source(aws: &AwsClients, task: &WorkerTask, reporter: &Reporter
         })
         .await
         .map_err(|e| ("ReportFailed".to_string(), e.to_string()))?;
-    match aws.describe_source_instance(&task.resource_region, &task.resource).await {
+    match aws
+        .describe_source_instance(&task.resource_region, &task.resource)
+        .await
+    {
         Ok(Some(source)) => Ok(format!(
             "inspected {} ({} GiB of EBS in {}); this version moves no data",
             task.resource,
             source.total_ebs_gib,
-            source.availability_zone.as_deref().unwrap_or("an unknown zone")
+            source
+                .availability_zone
+                .as_deref()
+                .unwrap_or("an unknown zone")
         )),
         Ok(None) => Err((
             "SourceInstanceNotFound".to_string(),
-            format!("instance {} does not exist in {}", task.resource, task.resource_region),
+            format!(
+                "instance {} does not exist in {}",
+                task.resource, task.resource_region
+            ),
         )),
         Err(e) => Err((e.category().to_string(), e.to_string())),
     }

@@ -29,7 +29,9 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 fn require_env() {
     for var in ["KUBECONFIG", "AWS_ENDPOINT_URL"] {
         if std::env::var_os(var).is_none() {
-            panic!("{var} is not set: run the tests with scripts/test, or `eval \"$(scripts/testenv up)\"` first");
+            panic!(
+                "{var} is not set: run the tests with scripts/test, or `eval \"$(scripts/testenv up)\"` first"
+            );
         }
     }
 }
@@ -46,7 +48,9 @@ fn unique(prefix: &str) -> String {
 pub async fn kube_client() -> Client {
     require_env();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    Client::try_default().await.expect("kube client from KUBECONFIG")
+    Client::try_default()
+        .await
+        .expect("kube client from KUBECONFIG")
 }
 
 pub async fn ec2() -> aws_sdk_ec2::Client {
@@ -69,11 +73,19 @@ pub async fn sqs() -> aws_sdk_sqs::Client {
 /// Installs (server-side applies) the CRDs and waits until they are served.
 pub async fn install_crds(client: &Client) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in [WorkerConfiguration::crd(), BackupJob::crd(), RestoreJob::crd()] {
+    for crd in [
+        WorkerConfiguration::crd(),
+        BackupJob::crd(),
+        RestoreJob::crd(),
+    ] {
         let name = crd.metadata.name.clone().unwrap();
-        api.patch(&name, &PatchParams::apply("tender-tests").force(), &Patch::Apply(&crd))
-            .await
-            .expect("apply CRD");
+        api.patch(
+            &name,
+            &PatchParams::apply("tender-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .expect("apply CRD");
         eventually(Duration::from_secs(30), || {
             let api = api.clone();
             let name = name.clone();
@@ -173,7 +185,13 @@ impl TestEnv {
     pub fn start_controller(&self) {
         let log = self.log_file("controller");
         let child = Command::new(env!("CARGO_BIN_EXE_tender"))
-            .args(["controller", "--namespace", &self.namespace, "--cluster-id", &self.cluster_id])
+            .args([
+                "controller",
+                "--namespace",
+                &self.namespace,
+                "--cluster-id",
+                &self.cluster_id,
+            ])
             .args(["--heartbeat-seconds", "2"])
             .env("RUST_LOG", "info,tender=debug")
             .stdin(Stdio::null())
@@ -211,8 +229,18 @@ impl TestEnv {
                 }
                 let Ok(out) = ec2
                     .describe_instances()
-                    .filters(Filter::builder().name("tag:tender.dev/cluster-id").values(&cluster_id).build())
-                    .filters(Filter::builder().name("instance-state-name").values("running").build())
+                    .filters(
+                        Filter::builder()
+                            .name("tag:tender.dev/cluster-id")
+                            .values(&cluster_id)
+                            .build(),
+                    )
+                    .filters(
+                        Filter::builder()
+                            .name("instance-state-name")
+                            .values("running")
+                            .build(),
+                    )
                     .send()
                     .await
                 else {
@@ -232,8 +260,12 @@ impl TestEnv {
                     else {
                         continue;
                     };
-                    let Some(data) = attr.user_data().and_then(|u| u.value()) else { continue };
-                    let task = base64::engine::general_purpose::STANDARD.decode(data).unwrap();
+                    let Some(data) = attr.user_data().and_then(|u| u.value()) else {
+                        continue;
+                    };
+                    let task = base64::engine::general_purpose::STANDARD
+                        .decode(data)
+                        .unwrap();
                     let log = std::fs::OpenOptions::new()
                         .create(true)
                         .append(true)
@@ -259,12 +291,20 @@ impl TestEnv {
         let out = self
             .ec2
             .describe_subnets()
-            .filters(Filter::builder().name("default-for-az").values("true").build())
+            .filters(
+                Filter::builder()
+                    .name("default-for-az")
+                    .values("true")
+                    .build(),
+            )
             .send()
             .await
             .expect("describe subnets");
         let s = out.subnets().first().expect("a default subnet");
-        (s.subnet_id().unwrap().to_string(), s.availability_zone().unwrap().to_string())
+        (
+            s.subnet_id().unwrap().to_string(),
+            s.availability_zone().unwrap().to_string(),
+        )
     }
 
     /// A fresh security group in the default VPC.
@@ -297,16 +337,34 @@ impl TestEnv {
     }
 
     /// Instances (any state) that carry `tag` = `value` and this cluster's ID.
-    pub async fn instances_tagged(&self, tag: &str, value: &str) -> Vec<aws_sdk_ec2::types::Instance> {
+    pub async fn instances_tagged(
+        &self,
+        tag: &str,
+        value: &str,
+    ) -> Vec<aws_sdk_ec2::types::Instance> {
         let out = self
             .ec2
             .describe_instances()
-            .filters(Filter::builder().name("tag:tender.dev/cluster-id").values(&self.cluster_id).build())
-            .filters(Filter::builder().name(format!("tag:{tag}")).values(value).build())
+            .filters(
+                Filter::builder()
+                    .name("tag:tender.dev/cluster-id")
+                    .values(&self.cluster_id)
+                    .build(),
+            )
+            .filters(
+                Filter::builder()
+                    .name(format!("tag:{tag}"))
+                    .values(value)
+                    .build(),
+            )
             .send()
             .await
             .expect("describe instances");
-        out.reservations().iter().flat_map(|r| r.instances()).cloned().collect()
+        out.reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .cloned()
+            .collect()
     }
 
     /// Waits until the job's status satisfies `check`.
@@ -359,7 +417,12 @@ impl TestEnv {
         instance
             .tags()
             .iter()
-            .map(|t| (t.key().unwrap_or_default().to_string(), t.value().unwrap_or_default().to_string()))
+            .map(|t| {
+                (
+                    t.key().unwrap_or_default().to_string(),
+                    t.value().unwrap_or_default().to_string(),
+                )
+            })
             .collect()
     }
 }
