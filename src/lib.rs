@@ -4,6 +4,7 @@
 pub mod api;
 pub mod aws;
 pub mod controller;
+pub mod faults;
 pub mod messages;
 pub mod names;
 pub mod placement;

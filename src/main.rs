@@ -3,7 +3,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use std::time::Duration;
 use tender::aws::AwsClients;
+
+use tender::controller::garbage_collector::SweepConfig;
+use tender::controller::leader::ElectionConfig;
 use tender::controller::{self, Options};
 use tender::messages::WorkerTask;
 use tender::{api, telemetry, worker};
@@ -47,6 +51,30 @@ enum Command {
         /// Seconds between worker heartbeats.
         #[arg(long, default_value_t = 30, env = "TENDER_HEARTBEAT_SECONDS")]
         heartbeat_seconds: u64,
+        /// Address that serves /metrics, /healthz and /readyz.
+        #[arg(long, default_value = "0.0.0.0:8080", env = "TENDER_METRICS_ADDRESS")]
+        metrics_address: String,
+        /// Run only while holding the Lease, so several replicas can run.
+        #[arg(long, env = "TENDER_LEADER_ELECT")]
+        leader_elect: bool,
+        /// Namespace of the Lease (default: POD_NAMESPACE, else --namespace, else `default`).
+        #[arg(long, env = "TENDER_LEADER_ELECTION_NAMESPACE")]
+        leader_election_namespace: Option<String>,
+        /// Name of the Lease.
+        #[arg(long, default_value = "tender-controller")]
+        leader_election_lease: String,
+        /// Seconds a Lease stays valid without renewal.
+        #[arg(long, default_value_t = 15)]
+        leader_election_lease_seconds: u64,
+        /// Seconds between Lease renewals.
+        #[arg(long, default_value_t = 5)]
+        leader_election_renew_seconds: u64,
+        /// Seconds between garbage-collection sweeps.
+        #[arg(long, default_value_t = 60, env = "TENDER_SWEEP_INTERVAL_SECONDS")]
+        sweep_interval_seconds: u64,
+        /// Seconds an orphaned worker must have existed before the sweep terminates it.
+        #[arg(long, default_value_t = 120, env = "TENDER_SWEEP_GRACE_SECONDS")]
+        sweep_grace_seconds: u64,
     },
     /// Print the CustomResourceDefinitions as YAML, or write one file per
     /// CRD into a folder.
@@ -81,14 +109,39 @@ fn main() -> ExitCode {
             cluster_id,
             namespace,
             heartbeat_seconds,
-        } => run_async(async move {
-            controller::run(Options {
+            metrics_address,
+            leader_elect,
+            leader_election_namespace,
+            leader_election_lease,
+            leader_election_lease_seconds,
+            leader_election_renew_seconds,
+            sweep_interval_seconds,
+            sweep_grace_seconds,
+        } => {
+            let election = leader_elect.then(|| ElectionConfig {
+                namespace: leader_election_namespace
+                    .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                    .or_else(|| namespace.clone())
+                    .unwrap_or_else(|| "default".into()),
+                lease_name: leader_election_lease,
+                identity: std::env::var("POD_NAME")
+                    .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id())),
+                lease_duration: Duration::from_secs(leader_election_lease_seconds.max(1)),
+                renew_period: Duration::from_secs(leader_election_renew_seconds.max(1)),
+            });
+            let options = Options {
                 cluster_id,
                 namespace,
                 heartbeat_seconds,
-            })
-            .await
-        }),
+                metrics_address,
+                election,
+                sweep: SweepConfig {
+                    interval: Duration::from_secs(sweep_interval_seconds.max(1)),
+                    grace: Duration::from_secs(sweep_grace_seconds),
+                },
+            };
+            run_async(async move { controller::run(options).await })
+        }
         Command::Worker {
             task,
             task_file,
@@ -151,4 +204,10 @@ where
             ExitCode::FAILURE
         }
     }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "tender".into())
 }

@@ -6,100 +6,35 @@ mod common;
 
 use std::time::Duration;
 
-use common::{REGION, TestEnv};
-use kube::api::{DeleteParams, PostParams};
+use common::{REGION, TestEnv, condition};
+use kube::api::DeleteParams;
 use kube::{Api, ResourceExt};
 use tender::api::{BackupJob, Phase, WorkerConfiguration};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
-async fn create_configuration(
-    env: &TestEnv,
-    name: &str,
-    subnet: &str,
-    zone: &str,
-    sg: &str,
-) -> WorkerConfiguration {
-    let cfg: WorkerConfiguration = serde_json::from_value(serde_json::json!({
-        "apiVersion": "tender.dev/v1alpha1",
-        "kind": "WorkerConfiguration",
-        "metadata": {"name": name},
-        "spec": {
-            "region": REGION,
-            "subnets": [{"subnetId": subnet, "availabilityZone": zone}],
-            "securityGroupIds": [sg],
-            "imageId": "ami-0fedcba9876543210",
-            "instanceTypes": {"backup": "m5.large"},
-            "tags": {"team": "storage", "cost-center": "42"}
-        }
-    }))
-    .unwrap();
-    env.api::<WorkerConfiguration>()
-        .create(&PostParams::default(), &cfg)
-        .await
-        .unwrap()
-}
-
-async fn wait_configuration_ready(env: &TestEnv, name: &str) -> WorkerConfiguration {
-    let api: Api<WorkerConfiguration> = env.api();
-    common::eventually(TIMEOUT, || {
-        let api = api.clone();
-        async move {
-            let cfg = api.get(name).await.ok()?;
-            cfg.status.as_ref()?.queue_url.as_ref()?;
-            Some(cfg)
-        }
-    })
-    .await
-}
-
-async fn create_job(
-    env: &TestEnv,
-    name: &str,
-    instance_id: &str,
-    config: Option<&str>,
-) -> BackupJob {
-    let mut spec = serde_json::json!({
-        "resources": [{"instanceId": instance_id, "region": REGION}]
-    });
-    if let Some(c) = config {
-        spec["workerConfigurationRef"] = serde_json::json!({"name": c});
-    }
-    let job: BackupJob = serde_json::from_value(serde_json::json!({
-        "apiVersion": "tender.dev/v1alpha1",
-        "kind": "BackupJob",
-        "metadata": {"name": name},
-        "spec": spec
-    }))
-    .unwrap();
-    env.api::<BackupJob>()
-        .create(&PostParams::default(), &job)
-        .await
-        .unwrap()
-}
-
-fn condition<'a>(
-    job: &'a BackupJob,
-    type_: &str,
-) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    job.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-}
-
 #[tokio::test]
 async fn backup_job_launches_a_worker_follows_it_and_terminates_it() {
     let env = TestEnv::new("happy").await;
-    let (subnet, zone) = env.default_subnet().await;
-    let sg = env.security_group().await;
+    let net = env.network().await;
+    let (subnet, zone, sg) = (
+        net.subnet.clone(),
+        net.zone.clone(),
+        net.security_group.clone(),
+    );
     let protected = env.protected_instance(&subnet).await;
-    create_configuration(&env, "default", &subnet, &zone, &sg).await;
-    let cfg = wait_configuration_ready(&env, "default").await;
+    env.create_configuration("default", &net, serde_json::json!({}))
+        .await;
+    let cfg = env.wait_configuration_ready("default").await;
     let queue_url = cfg.status.unwrap().queue_url.unwrap();
 
-    let created = create_job(&env, "nightly", &protected, Some("default")).await;
+    let created = env
+        .create_job(
+            "nightly",
+            &protected,
+            serde_json::json!({"workerConfigurationRef": {"name": "default"}}),
+        )
+        .await;
     let uid = created.uid().unwrap();
 
     let job = env
@@ -204,17 +139,19 @@ async fn backup_job_launches_a_worker_follows_it_and_terminates_it() {
     }
 
     // The configuration counts no active worker now.
-    let cfg = wait_configuration_ready(&env, "default").await;
+    let cfg = env.wait_configuration_ready("default").await;
     assert_eq!(cfg.status.unwrap().active_workers, 0);
 }
 
 #[tokio::test]
 async fn a_job_without_a_configuration_is_stalled_then_runs_once_one_exists() {
     let env = TestEnv::new("noconfig").await;
-    let (subnet, zone) = env.default_subnet().await;
-    let sg = env.security_group().await;
+    let net = env.network().await;
+    let subnet = net.subnet.clone();
     let protected = env.protected_instance(&subnet).await;
-    let created = create_job(&env, "orphan", &protected, None).await;
+    let created = env
+        .create_job("orphan", &protected, serde_json::json!({}))
+        .await;
 
     let job = env
         .wait_job("orphan", TIMEOUT, |j| {
@@ -241,7 +178,8 @@ async fn a_job_without_a_configuration_is_stalled_then_runs_once_one_exists() {
 
     // Creating the configuration (without a reference: found by region)
     // lets the job run.
-    create_configuration(&env, "east", &subnet, &zone, &sg).await;
+    env.create_configuration("east", &net, serde_json::json!({}))
+        .await;
     let job = env
         .wait_job("orphan", TIMEOUT, |j| {
             j.status
@@ -259,11 +197,13 @@ async fn a_job_without_a_configuration_is_stalled_then_runs_once_one_exists() {
 #[tokio::test]
 async fn a_missing_source_instance_fails_the_job_without_launching() {
     let env = TestEnv::new("nosource").await;
-    let (subnet, zone) = env.default_subnet().await;
-    let sg = env.security_group().await;
-    create_configuration(&env, "default", &subnet, &zone, &sg).await;
-    wait_configuration_ready(&env, "default").await;
-    let created = create_job(&env, "ghost", "i-00000000deadbeef0", None).await;
+    let net = env.network().await;
+    env.create_configuration("default", &net, serde_json::json!({}))
+        .await;
+    env.wait_configuration_ready("default").await;
+    let created = env
+        .create_job("ghost", "i-00000000deadbeef0", serde_json::json!({}))
+        .await;
 
     let job = env
         .wait_job("ghost", TIMEOUT, |j| {
@@ -297,12 +237,15 @@ async fn deleting_a_running_job_terminates_its_worker_first() {
     // The worker instance never boots an agent: it stays Provisioning.
     env.boot_workers
         .store(false, std::sync::atomic::Ordering::SeqCst);
-    let (subnet, zone) = env.default_subnet().await;
-    let sg = env.security_group().await;
+    let net = env.network().await;
+    let subnet = net.subnet.clone();
     let protected = env.protected_instance(&subnet).await;
-    create_configuration(&env, "default", &subnet, &zone, &sg).await;
-    wait_configuration_ready(&env, "default").await;
-    let created = create_job(&env, "doomed", &protected, None).await;
+    env.create_configuration("default", &net, serde_json::json!({}))
+        .await;
+    env.wait_configuration_ready("default").await;
+    let created = env
+        .create_job("doomed", &protected, serde_json::json!({}))
+        .await;
     let uid = created.uid().unwrap();
 
     let job = env

@@ -42,7 +42,8 @@ use super::{INSTANCE_ID_PATTERN, LocalObjectReference, REGION_PATTERN};
     )
 )]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "self == oldSelf", "message": "a BackupJob's spec is immutable; create a new BackupJob instead"}
+    {"rule": "self.resources == oldSelf.resources && has(self.workerConfigurationRef) == has(oldSelf.workerConfigurationRef) && (!has(self.workerConfigurationRef) || self.workerConfigurationRef.name == oldSelf.workerConfigurationRef.name)",
+     "message": "resources and workerConfigurationRef of a BackupJob are immutable; create a new BackupJob instead"}
 ]))]
 #[serde(rename_all = "camelCase")]
 pub struct BackupJobSpec {
@@ -57,6 +58,34 @@ pub struct BackupJobSpec {
     #[schemars(length(min = 1, max = 100))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["instanceId"]))]
     pub resources: Vec<BackupResource>,
+
+    /// Retries per resource: a worker that fails or is lost is replaced by a
+    /// new attempt until this many retries are used up (default 2).
+    #[serde(default = "default_backoff_limit")]
+    #[schemars(range(min = 0, max = 20))]
+    pub backoff_limit: i32,
+
+    /// Seconds the job may run, counted from its start; then its workers are
+    /// terminated and the job fails with reason `DeadlineExceeded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub active_deadline_seconds: Option<i64>,
+
+    /// Seconds after the job finished at which Tender deletes it. Unset: the
+    /// job is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i64>,
+
+    /// While true, no worker is launched and running workers are terminated
+    /// (their attempt is not counted as a failure); set it back to false to
+    /// go on.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+fn default_backoff_limit() -> i32 {
+    2
 }
 
 /// One protected resource.
@@ -87,6 +116,8 @@ pub enum Phase {
     Failed,
     /// Some of the job's resources succeeded, some failed (jobs only).
     PartiallySucceeded,
+    /// `spec.suspend` is true: nothing runs until it is set back to false.
+    Suspended,
 }
 
 impl Phase {
@@ -178,6 +209,10 @@ pub struct WorkerStatus {
     /// Progress reported by the worker, 0 to 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_percent: Option<i32>,
+    /// CamelCase reason of the last failure of this worker, such as
+    /// `WorkerLost` or `DeadlineExceeded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Last message from the worker or the controller about this worker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -185,4 +220,8 @@ pub struct WorkerStatus {
     /// change nothing.
     #[serde(default)]
     pub last_sequence: i64,
+    /// Attempts of this resource that failed or were lost; the resource fails
+    /// once this exceeds `spec.backoffLimit`.
+    #[serde(default)]
+    pub failures: i32,
 }

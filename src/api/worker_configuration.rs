@@ -83,6 +83,17 @@ pub struct WorkerConfigurationSpec {
         {"rule": "self.all(k, size(self[k]) <= 256)", "message": "tag values must be at most 256 characters"}
     ]))]
     pub tags: BTreeMap<String, String>,
+
+    /// Seconds a worker may stay silent (no message, no heartbeat) before it
+    /// is declared lost, terminated, and retried or failed. Also bounds how
+    /// long a worker may take to boot and report that it started.
+    #[serde(default = "default_heartbeat_timeout")]
+    #[schemars(range(min = 5, max = 86400))]
+    pub heartbeat_timeout_seconds: i64,
+}
+
+fn default_heartbeat_timeout() -> i64 {
+    300
 }
 
 /// One subnet workers may use.

@@ -4,13 +4,12 @@
 use std::collections::BTreeMap;
 
 use aws_sdk_ec2::types::{
-    Filter, HttpTokensState, IamInstanceProfileSpecification, InstanceMetadataOptionsRequest,
-    InstanceType, ResourceType, Tag, TagSpecification,
+    HttpTokensState, IamInstanceProfileSpecification, InstanceMetadataOptionsRequest, InstanceType,
+    ResourceType, Tag, TagSpecification,
 };
 use base64::Engine;
 
-use super::{AwsClients, AwsError, aws_error};
-use crate::names::tags;
+use super::{AwsClients, AwsError};
 
 /// What a backup needs to know of the protected instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,24 +48,6 @@ fn is_not_found(err: &AwsError) -> bool {
         .is_some_and(|c| c.starts_with("InvalidInstanceID"))
 }
 
-fn tag_filter(key: &str, value: &str) -> Filter {
-    Filter::builder()
-        .name(format!("tag:{key}"))
-        .values(value)
-        .build()
-}
-
-fn live_states() -> Filter {
-    Filter::builder()
-        .name("instance-state-name")
-        .set_values(Some(
-            ["pending", "running", "stopping", "stopped"]
-                .map(String::from)
-                .to_vec(),
-        ))
-        .build()
-}
-
 impl AwsClients {
     /// Describes the instance a backup protects; `None` when it does not exist.
     pub async fn describe_source_instance(
@@ -75,6 +56,7 @@ impl AwsClients {
         instance_id: &str,
     ) -> Result<Option<SourceInstance>, AwsError> {
         let ec2 = self.ec2(region);
+        self.count("DescribeInstances");
         let out = match ec2
             .describe_instances()
             .instance_ids(instance_id)
@@ -83,7 +65,7 @@ impl AwsClients {
         {
             Ok(out) => out,
             Err(e) => {
-                let e = aws_error("DescribeInstances", e);
+                let e = self.error("DescribeInstances", e);
                 return if is_not_found(&e) { Ok(None) } else { Err(e) };
             }
         };
@@ -102,12 +84,13 @@ impl AwsClients {
             .collect();
         let mut total_ebs_gib = 0i64;
         if !volume_ids.is_empty() {
+            self.count("DescribeVolumes");
             let volumes = ec2
                 .describe_volumes()
                 .set_volume_ids(Some(volume_ids))
                 .send()
                 .await
-                .map_err(|e| aws_error("DescribeVolumes", e))?;
+                .map_err(|e| self.error("DescribeVolumes", e))?;
             total_ebs_gib = volumes
                 .volumes()
                 .iter()
@@ -124,8 +107,8 @@ impl AwsClients {
     }
 
     /// Launches one worker. The caller has already looked for an instance
-    /// with the same launch token (see [`Self::find_worker_by_launch_token`]):
-    /// EC2 honours the ClientToken, but emulators may not.
+    /// with the same launch token in the instance cache: EC2 honours the
+    /// ClientToken, but emulators may not.
     pub async fn launch_worker(&self, launch: &WorkerLaunch) -> Result<WorkerInstance, AwsError> {
         let tags: Vec<Tag> = launch
             .tags
@@ -164,7 +147,11 @@ impl AwsClients {
             };
             req = req.iam_instance_profile(spec.build());
         }
-        let out = req.send().await.map_err(|e| aws_error("RunInstances", e))?;
+        self.count("RunInstances");
+        let out = req
+            .send()
+            .await
+            .map_err(|e| self.error("RunInstances", e))?;
         let instance = out.instances().first().ok_or(AwsError::Service {
             operation: "RunInstances",
             code: "NoInstance".into(),
@@ -180,72 +167,6 @@ impl AwsClients {
         })
     }
 
-    /// The live worker launched with `launch_token` by this cluster, if any.
-    pub async fn find_worker_by_launch_token(
-        &self,
-        region: &str,
-        cluster_id: &str,
-        launch_token: &str,
-    ) -> Result<Option<WorkerInstance>, AwsError> {
-        let found = self
-            .describe_workers(
-                region,
-                vec![
-                    tag_filter(tags::CLUSTER_ID, cluster_id),
-                    tag_filter(tags::LAUNCH_TOKEN, launch_token),
-                    live_states(),
-                ],
-            )
-            .await?;
-        Ok(found.into_iter().next())
-    }
-
-    /// Every live worker of one job launched by this cluster.
-    pub async fn find_workers_of_job(
-        &self,
-        region: &str,
-        cluster_id: &str,
-        job_uid: &str,
-    ) -> Result<Vec<WorkerInstance>, AwsError> {
-        self.describe_workers(
-            region,
-            vec![
-                tag_filter(tags::CLUSTER_ID, cluster_id),
-                tag_filter(tags::JOB_UID, job_uid),
-                live_states(),
-            ],
-        )
-        .await
-    }
-
-    async fn describe_workers(
-        &self,
-        region: &str,
-        filters: Vec<Filter>,
-    ) -> Result<Vec<WorkerInstance>, AwsError> {
-        let mut pages = self
-            .ec2(region)
-            .describe_instances()
-            .set_filters(Some(filters))
-            .into_paginator()
-            .send();
-        let mut found = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| aws_error("DescribeInstances", e))?;
-            for instance in page.reservations().iter().flat_map(|r| r.instances()) {
-                found.push(WorkerInstance {
-                    instance_id: instance.instance_id().unwrap_or_default().to_string(),
-                    state: instance
-                        .state()
-                        .and_then(|s| s.name())
-                        .map(|n| n.as_str().to_string())
-                        .unwrap_or_default(),
-                });
-            }
-        }
-        Ok(found)
-    }
-
     /// Terminates workers. An instance that no longer exists counts as
     /// terminated. Returns each instance's state after the call.
     pub async fn terminate_workers(
@@ -257,6 +178,7 @@ impl AwsClients {
             return Ok(Vec::new());
         }
         let ec2 = self.ec2(region);
+        self.count("TerminateInstances");
         match ec2
             .terminate_instances()
             .set_instance_ids(Some(instance_ids.to_vec()))
@@ -276,7 +198,7 @@ impl AwsClients {
                 })
                 .collect()),
             Err(e) => {
-                let e = aws_error("TerminateInstances", e);
+                let e = self.error("TerminateInstances", e);
                 if !is_not_found(&e) {
                     return Err(e);
                 }
@@ -284,13 +206,14 @@ impl AwsClients {
                 // others are still terminated.
                 let mut out = Vec::new();
                 for id in instance_ids {
+                    self.count("TerminateInstances");
                     match ec2.terminate_instances().instance_ids(id).send().await {
                         Ok(_) => out.push(WorkerInstance {
                             instance_id: id.clone(),
                             state: "shutting-down".into(),
                         }),
                         Err(e) => {
-                            let e = aws_error("TerminateInstances", e);
+                            let e = self.error("TerminateInstances", e);
                             if !is_not_found(&e) {
                                 return Err(e);
                             }

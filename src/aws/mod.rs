@@ -3,6 +3,7 @@
 //! that carries a low-cardinality category. Reconcilers never hold an SDK
 //! client.
 
+pub mod instance_cache;
 pub mod instances;
 pub mod queues;
 
@@ -13,6 +14,8 @@ use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
+use crate::telemetry::Metrics;
+
 /// Attempts per AWS call, including the first.
 const MAX_ATTEMPTS: u32 = 5;
 
@@ -21,6 +24,7 @@ const MAX_ATTEMPTS: u32 = 5;
 #[derive(Clone)]
 pub struct AwsClients {
     base: SdkConfig,
+    metrics: Arc<Metrics>,
     ec2: Arc<Mutex<HashMap<String, aws_sdk_ec2::Client>>>,
     sqs: Arc<Mutex<HashMap<String, aws_sdk_sqs::Client>>>,
 }
@@ -35,9 +39,31 @@ impl AwsClients {
             .await;
         Self {
             base,
+            metrics: Arc::default(),
             ec2: Arc::default(),
             sqs: Arc::default(),
         }
+    }
+
+    /// The metrics every AWS call is counted in; the controller serves them.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Counts one call of `operation`.
+    pub(crate) fn count(&self, operation: &'static str) {
+        self.metrics.aws_call(operation);
+    }
+
+    /// Turns an SDK error into an [`AwsError`] and counts it.
+    pub(crate) fn error<E, R>(&self, operation: &'static str, err: SdkError<E, R>) -> AwsError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        let e = aws_error(operation, err);
+        self.metrics.aws_error(operation, e.category());
+        e
     }
 
     pub(crate) fn ec2(&self, region: &str) -> aws_sdk_ec2::Client {
@@ -120,7 +146,7 @@ fn is_permission(code: &str) -> bool {
 }
 
 /// Turns an SDK error into an [`AwsError`] for `operation`.
-pub(crate) fn aws_error<E, R>(operation: &'static str, err: SdkError<E, R>) -> AwsError
+fn aws_error<E, R>(operation: &'static str, err: SdkError<E, R>) -> AwsError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, QueueAttributeName};
 
-use super::{AwsClients, AwsError, aws_error};
+use super::{AwsClients, AwsError};
 
 /// One message taken from a queue; it comes back after the visibility
 /// timeout unless it is deleted with its receipt handle.
@@ -27,6 +27,7 @@ impl AwsClients {
         name: &str,
         tags: &BTreeMap<String, String>,
     ) -> Result<String, AwsError> {
+        self.count("CreateQueue");
         let out = self
             .sqs(region)
             .create_queue()
@@ -39,7 +40,7 @@ impl AwsClients {
             .set_tags(Some(tags.clone().into_iter().collect()))
             .send()
             .await
-            .map_err(|e| aws_error("CreateQueue", e))?;
+            .map_err(|e| self.error("CreateQueue", e))?;
         out.queue_url().map(String::from).ok_or(AwsError::Service {
             operation: "CreateQueue",
             code: "NoQueueUrl".into(),
@@ -49,6 +50,7 @@ impl AwsClients {
 
     /// Deletes the queue; a queue that is already gone counts as deleted.
     pub async fn delete_queue(&self, region: &str, queue_url: &str) -> Result<(), AwsError> {
+        self.count("DeleteQueue");
         match self
             .sqs(region)
             .delete_queue()
@@ -58,7 +60,7 @@ impl AwsClients {
         {
             Ok(_) => Ok(()),
             Err(e) => {
-                let e = aws_error("DeleteQueue", e);
+                let e = self.error("DeleteQueue", e);
                 if e.code().is_some_and(|c| c.contains("NonExistentQueue")) {
                     Ok(())
                 } else {
@@ -75,6 +77,7 @@ impl AwsClients {
         queue_url: &str,
         wait: Duration,
     ) -> Result<Vec<ReceivedMessage>, AwsError> {
+        self.count("ReceiveMessage");
         let out = self
             .sqs(region)
             .receive_message()
@@ -83,7 +86,7 @@ impl AwsClients {
             .wait_time_seconds(i32::try_from(wait.as_secs()).unwrap_or(20).min(20))
             .send()
             .await
-            .map_err(|e| aws_error("ReceiveMessage", e))?;
+            .map_err(|e| self.error("ReceiveMessage", e))?;
         Ok(out
             .messages()
             .iter()
@@ -119,14 +122,51 @@ impl AwsClients {
                         })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            self.count("DeleteMessageBatch");
             sqs.delete_message_batch()
                 .queue_url(queue_url)
                 .set_entries(Some(entries))
                 .send()
                 .await
-                .map_err(|e| aws_error("DeleteMessageBatch", e))?;
+                .map_err(|e| self.error("DeleteMessageBatch", e))?;
         }
         Ok(())
+    }
+
+    /// Queues whose name starts with `prefix`, with their tags.
+    pub async fn list_queues(
+        &self,
+        region: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, BTreeMap<String, String>)>, AwsError> {
+        let sqs = self.sqs(region);
+        self.count("ListQueues");
+        let mut pages = sqs
+            .list_queues()
+            .queue_name_prefix(prefix)
+            .max_results(1000)
+            .into_paginator()
+            .send();
+        let mut urls = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.error("ListQueues", e))?;
+            urls.extend(page.queue_urls().iter().cloned());
+        }
+        let mut out = Vec::with_capacity(urls.len());
+        for url in urls {
+            self.count("ListQueueTags");
+            let tags = sqs
+                .list_queue_tags()
+                .queue_url(&url)
+                .send()
+                .await
+                .map_err(|e| self.error("ListQueueTags", e))?
+                .tags()
+                .map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default();
+            out.push((url, tags));
+        }
+        Ok(out)
     }
 
     /// Sends one message (used by the worker agent).
@@ -136,13 +176,14 @@ impl AwsClients {
         queue_url: &str,
         body: &str,
     ) -> Result<(), AwsError> {
+        self.count("SendMessage");
         self.sqs(region)
             .send_message()
             .queue_url(queue_url)
             .message_body(body)
             .send()
             .await
-            .map_err(|e| aws_error("SendMessage", e))?;
+            .map_err(|e| self.error("SendMessage", e))?;
         Ok(())
     }
 }

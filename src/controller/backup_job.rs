@@ -1,32 +1,45 @@
 //! BackupJob reconciler: resolve the configuration, launch one worker per
-//! resource (crash-safe), apply the workers' messages, terminate each worker
-//! the moment it is done, and write what happened to status.
+//! resource (crash-safe), apply the workers' messages, declare silent or
+//! dead workers lost, retry within `backoffLimit`, enforce the deadline,
+//! suspend and TTL, terminate each worker the moment it is done, and write
+//! what happened to status. The decisions live in `lifecycle`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
+use super::lifecycle::{
+    self, Applied, DEADLINE_EXCEEDED, Problem, WORKER_LOST, apply_message, mark_failed,
+    next_attempt,
+};
 use super::reports::{Receipt, delete_receipts};
 use super::{Context, Error, Result, apply_status};
-use crate::api::conditions::{self, DesiredCondition, READY, RECONCILING, STALLED};
+use crate::api::conditions::{self, DesiredCondition, READY, RECONCILING};
 use crate::api::{BackupJob, BackupJobStatus, Phase, WorkerConfiguration, WorkerStatus};
+use crate::aws::instance_cache::RegionInstances;
 use crate::aws::instances::WorkerLaunch;
-use crate::messages::{Operation, PROTOCOL_VERSION, WorkerEvent, WorkerMessage, WorkerTask};
+use crate::messages::{Operation, PROTOCOL_VERSION, WorkerTask};
 use crate::names::JOB_FINALIZER;
 use crate::placement::{self, WorkerOwner};
+use crate::telemetry::{OutcomeLabels, RegionLabels, WorkerLabels};
 
 /// How often an unfinished job is looked at even when nothing happens
 /// (worker messages wake it much sooner).
 const SAFETY_REQUEUE: Duration = Duration::from_secs(300);
 /// How often a job that waits for a fix is looked at again.
 const STALLED_REQUEUE: Duration = Duration::from_secs(60);
+/// How old the shared view of instance states may be for liveness checks.
+const INSTANCE_VIEW_MAX_AGE: Duration = Duration::from_secs(5);
+/// How often deletion rechecks workers that are not terminated yet.
+const TERMINATION_RECHECK: Duration = Duration::from_secs(5);
 
 #[instrument(skip_all, fields(namespace = job.namespace().unwrap_or_default(), job = job.name_any()))]
 pub async fn reconcile(job: Arc<BackupJob>, ctx: Arc<Context>) -> Result<Action> {
@@ -35,6 +48,19 @@ pub async fn reconcile(job: Arc<BackupJob>, ctx: Arc<Context>) -> Result<Action>
         .ok_or(Error::MissingObjectKey("namespace"))?;
     let api: Api<BackupJob> = Api::namespaced(ctx.client.clone(), &ns);
     let uid = job.uid().ok_or(Error::MissingObjectKey("uid"))?;
+    ctx.metrics
+        .reconciles
+        .get_or_create(&super::kind_labels("BackupJob"))
+        .inc();
+    // The finalizer stays until every worker is confirmed terminated. This
+    // is decided before the finalizer helper runs, because a cleanup that
+    // returns Ok lets the helper remove the finalizer.
+    if job.meta().deletion_timestamp.is_some()
+        && job.finalizers().iter().any(|f| f == JOB_FINALIZER)
+        && let Some(action) = terminate_for_deletion(&job, &api, &ctx).await?
+    {
+        return Ok(action);
+    }
     let action = finalizer(&api, JOB_FINALIZER, job, |event| async {
         match event {
             FinalizerEvent::Apply(job) => apply(&job, &api, &ctx).await,
@@ -46,19 +72,12 @@ pub async fn reconcile(job: Arc<BackupJob>, ctx: Arc<Context>) -> Result<Action>
     Ok(action)
 }
 
-/// Why a job cannot use any configuration right now.
-#[derive(Debug, PartialEq, Eq)]
-pub struct ConfigurationProblem {
-    pub reason: &'static str,
-    pub message: String,
-}
-
 /// Picks the configuration a job uses: the one it names, else the only one
 /// of its namespace for its resources' region.
 pub fn choose_configuration<'a>(
     job: &BackupJob,
     candidates: &'a [Arc<WorkerConfiguration>],
-) -> Result<&'a Arc<WorkerConfiguration>, ConfigurationProblem> {
+) -> Result<&'a Arc<WorkerConfiguration>, Problem> {
     let ns = job.namespace().unwrap_or_default();
     let in_ns = || {
         candidates
@@ -68,7 +87,7 @@ pub fn choose_configuration<'a>(
     let chosen = if let Some(reference) = &job.spec.worker_configuration_ref {
         in_ns()
             .find(|c| c.name_any() == reference.name)
-            .ok_or_else(|| ConfigurationProblem {
+            .ok_or_else(|| Problem {
                 reason: "WorkerConfigurationNotFound",
                 message: format!(
                     "WorkerConfiguration {:?} does not exist in this namespace; create it or fix spec.workerConfigurationRef",
@@ -85,7 +104,7 @@ pub fn choose_configuration<'a>(
         regions.sort_unstable();
         regions.dedup();
         let [region] = regions[..] else {
-            return Err(ConfigurationProblem {
+            return Err(Problem {
                 reason: "WorkerConfigurationAmbiguous",
                 message: format!(
                     "the resources are in several regions ({}); set spec.workerConfigurationRef or split the job per region",
@@ -97,7 +116,7 @@ pub fn choose_configuration<'a>(
         match matching[..] {
             [one] => one,
             [] => {
-                return Err(ConfigurationProblem {
+                return Err(Problem {
                     reason: "WorkerConfigurationNotFound",
                     message: format!(
                         "no WorkerConfiguration for region {region} in this namespace; create one or set spec.workerConfigurationRef"
@@ -105,7 +124,7 @@ pub fn choose_configuration<'a>(
                 });
             }
             _ => {
-                return Err(ConfigurationProblem {
+                return Err(Problem {
                     reason: "WorkerConfigurationAmbiguous",
                     message: format!(
                         "{} WorkerConfigurations serve region {region} in this namespace; set spec.workerConfigurationRef",
@@ -116,7 +135,7 @@ pub fn choose_configuration<'a>(
         }
     };
     if chosen.meta().deletion_timestamp.is_some() {
-        return Err(ConfigurationProblem {
+        return Err(Problem {
             reason: "WorkerConfigurationDeleting",
             message: format!(
                 "WorkerConfiguration {:?} is being deleted; no new workers are launched with it",
@@ -130,7 +149,7 @@ pub fn choose_configuration<'a>(
         .iter()
         .find(|r| r.region != chosen.spec.region)
     {
-        return Err(ConfigurationProblem {
+        return Err(Problem {
             reason: "RegionMismatch",
             message: format!(
                 "resource {} is in {} but WorkerConfiguration {:?} launches workers in {}; use a configuration for that region",
@@ -144,160 +163,14 @@ pub fn choose_configuration<'a>(
     Ok(chosen)
 }
 
-/// What applying one message did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Applied {
-    /// The worker's status changed.
-    Changed,
-    /// Nothing to change (duplicate, older, other attempt, heartbeat).
-    Stale,
-    /// The worker is not recorded as launched yet; keep the message.
-    NotYet,
-}
-
-/// Applies one worker message to the matching worker entry. Idempotent: a
-/// message at or below `lastSequence`, or for a finished worker, changes
-/// nothing.
-pub fn apply_message(workers: &mut [WorkerStatus], msg: &WorkerMessage, now: Timestamp) -> Applied {
-    let Some(w) = workers.iter_mut().find(|w| w.resource == msg.resource) else {
-        return Applied::Stale;
-    };
-    if msg.attempt != w.attempt {
-        return Applied::Stale;
-    }
-    match &w.instance_id {
-        None => return Applied::NotYet,
-        Some(id) if *id != msg.instance_id => return Applied::Stale,
-        Some(_) => {}
-    }
-    if w.phase.is_finished() || msg.sequence <= w.last_sequence {
-        return Applied::Stale;
-    }
-    let now = Time(now);
-    match &msg.event {
-        // Liveness only: writing status per heartbeat would cost a write
-        // every few seconds per worker for nothing a person reads.
-        WorkerEvent::Heartbeat => return Applied::Stale,
-        WorkerEvent::Started => {
-            w.phase = Phase::Running;
-            w.started_time.get_or_insert(now);
-        }
-        WorkerEvent::Progress { percent, detail } => {
-            w.phase = Phase::Running;
-            w.started_time.get_or_insert(now);
-            w.progress_percent = Some((*percent).clamp(0, 100));
-            w.message = Some(detail.clone());
-        }
-        WorkerEvent::Completed { detail } => {
-            w.phase = Phase::Succeeded;
-            w.progress_percent = Some(100);
-            w.message = Some(detail.clone());
-            w.finished_time = Some(now);
-        }
-        WorkerEvent::Failed { reason, message } => {
-            w.phase = Phase::Failed;
-            w.message = Some(format!("{reason}: {message}"));
-            w.finished_time = Some(now);
-        }
-    }
-    w.last_sequence = msg.sequence;
-    Applied::Changed
-}
-
-/// The job's phase from its workers' phases.
-pub fn job_phase(workers: &[WorkerStatus], resources: usize) -> Phase {
-    if workers.is_empty() {
-        return Phase::Pending;
-    }
-    if workers.len() == resources && workers.iter().all(|w| w.phase.is_finished()) {
-        let succeeded = workers
-            .iter()
-            .filter(|w| w.phase == Phase::Succeeded)
-            .count();
-        return match succeeded {
-            n if n == workers.len() => Phase::Succeeded,
-            0 => Phase::Failed,
-            _ => Phase::PartiallySucceeded,
-        };
-    }
-    if workers.iter().any(|w| w.phase == Phase::Running) {
-        Phase::Running
-    } else if workers.iter().any(|w| w.phase == Phase::Provisioning) {
-        Phase::Provisioning
-    } else {
-        Phase::Pending
-    }
-}
-
-/// The conditions of a job in `phase`, with `stalled` when it waits for a fix.
-fn job_conditions(
-    phase: Phase,
-    stalled: Option<&ConfigurationProblem>,
-    summary: &str,
-) -> Vec<DesiredCondition> {
-    let phase_name = format!("{phase:?}");
-    let mut out = vec![DesiredCondition::new(
-        READY,
-        phase == Phase::Succeeded,
-        phase_name.clone(),
-        summary,
-    )];
-    if let Some(problem) = stalled {
-        out[0] = DesiredCondition::new(READY, false, problem.reason, problem.message.clone());
-        out.push(DesiredCondition::new(
-            STALLED,
-            true,
-            problem.reason,
-            problem.message.clone(),
-        ));
-    } else if matches!(phase, Phase::Failed | Phase::PartiallySucceeded) {
-        out.push(DesiredCondition::new(STALLED, true, phase_name, summary));
-    } else if !phase.is_finished() {
-        out.push(DesiredCondition::new(
-            RECONCILING,
-            true,
-            phase_name,
-            summary,
-        ));
-    }
-    out
-}
-
-fn summary(workers: &[WorkerStatus], resources: usize) -> String {
-    let count = |p: Phase| workers.iter().filter(|w| w.phase == p).count();
-    let failed: Vec<String> = workers
-        .iter()
-        .filter(|w| w.phase == Phase::Failed)
-        .map(|w| {
-            format!(
-                "{}: {}",
-                w.resource,
-                w.message.as_deref().unwrap_or("failed")
-            )
-        })
-        .collect();
-    let mut s = format!(
-        "{} of {} resources succeeded, {} running, {} provisioning, {} failed",
-        count(Phase::Succeeded),
-        resources,
-        count(Phase::Running),
-        count(Phase::Provisioning),
-        count(Phase::Failed)
-    );
-    if !failed.is_empty() {
-        s.push_str(&format!(" ({})", failed.join("; ")));
-    }
-    s
-}
-
 fn finalize_status(
     job: &BackupJob,
     status: &mut BackupJobStatus,
-    stalled: Option<&ConfigurationProblem>,
+    problem: Option<&Problem>,
     now: Timestamp,
 ) {
     let resources = job.spec.resources.len();
-    status.phase = job_phase(&status.workers, resources);
+    status.phase = lifecycle::job_phase(&status.workers, resources, job.spec.suspend);
     status.active_workers = status
         .workers
         .iter()
@@ -306,8 +179,8 @@ fn finalize_status(
     if status.phase.is_finished() && status.completion_time.is_none() {
         status.completion_time = Some(Time(now));
     }
-    let text = summary(&status.workers, resources);
-    let desired = job_conditions(status.phase, stalled, &text);
+    let text = lifecycle::summary(&status.workers, resources);
+    let desired = lifecycle::job_conditions(status.phase, problem, &text);
     status.conditions =
         conditions::merge(&status.conditions, &desired, job.metadata.generation, now);
     status.observed_generation = job.metadata.generation;
@@ -332,39 +205,68 @@ async fn write_status(
     Ok(())
 }
 
-async fn write_if_changed(
-    api: &Api<BackupJob>,
-    job: &BackupJob,
-    old: &Option<BackupJobStatus>,
-    new: &BackupJobStatus,
-    ctx: &Context,
-) -> Result<()> {
-    if old.as_ref() != Some(new) {
-        write_status(api, job, new, ctx).await?;
-    }
-    Ok(())
-}
-
-async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<Action> {
-    let uid = job.uid().ok_or(Error::MissingObjectKey("uid"))?;
-    let ns = job.namespace().unwrap_or_default();
-    // What this controller wrote last beats a watch cache that may lag.
-    let old = ctx
-        .written
+/// The status to start from: what this controller wrote last, else what
+/// the watch cache shows.
+fn baseline(job: &BackupJob, ctx: &Context) -> Option<BackupJobStatus> {
+    let uid = job.uid()?;
+    ctx.written
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .get(&uid)
         .cloned()
-        .or_else(|| job.status.clone());
+        .or_else(|| job.status.clone())
+}
+
+/// Publishes the Event of a worker's phase change, if it changed.
+async fn worker_event(job: &BackupJob, before: Option<Phase>, after: &WorkerStatus, ctx: &Context) {
+    if before == Some(after.phase) {
+        return;
+    }
+    let id = after.instance_id.as_deref().unwrap_or("-");
+    let detail = after.message.as_deref().unwrap_or("");
+    let (type_, reason) = match (after.phase, after.reason.as_deref()) {
+        (Phase::Failed, Some(WORKER_LOST)) => (EventType::Warning, WORKER_LOST),
+        (Phase::Failed, Some(DEADLINE_EXCEEDED)) => (EventType::Warning, DEADLINE_EXCEEDED),
+        (Phase::Failed, _) => (EventType::Warning, "WorkerFailed"),
+        (Phase::Succeeded, _) => (EventType::Normal, "WorkerSucceeded"),
+        (Phase::Running, _) => (EventType::Normal, "WorkerStarted"),
+        (Phase::Suspended, _) => (EventType::Normal, "WorkerSuspended"),
+        _ => return,
+    };
+    let note = format!(
+        "worker {id} for {} (attempt {}): {}",
+        after.resource,
+        after.attempt,
+        if detail.is_empty() { "started" } else { detail }
+    );
+    ctx.event(job, type_, reason, "FollowWorker", note).await;
+}
+
+async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<Action> {
+    let uid = job.uid().ok_or(Error::MissingObjectKey("uid"))?;
+    let old = baseline(job, ctx);
     let mut status = old.clone().unwrap_or_default();
     let now = Timestamp::now();
+    let started = Instant::now();
 
-    // A finished job only makes sure its workers are gone.
+    // A finished job only makes sure its workers are gone, then waits for
+    // its TTL.
     if status.phase.is_finished() {
         terminate_finished(job, &mut status, ctx).await?;
         finalize_status(job, &mut status, None, now);
-        write_if_changed(api, job, &old, &status, ctx).await?;
-        return Ok(Action::await_change());
+        if old.as_ref() != Some(&status) {
+            write_status(api, job, &status, ctx).await?;
+        }
+        // Whatever still arrives for a finished job is stale: consume it.
+        let stale: Vec<Receipt> = ctx
+            .reports
+            .pending(&uid)
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
+        ctx.reports.settle(&uid, &stale);
+        delete_receipts(&ctx.aws, &stale).await;
+        return expire(job, api, &status, now).await;
     }
 
     let configs = ctx.configurations.state();
@@ -386,31 +288,220 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
             return Ok(Action::requeue(STALLED_REQUEUE));
         }
     };
+    status.worker_configuration = Some(config.name_any());
     let Some(queue_url) = config.status.as_ref().and_then(|s| s.queue_url.clone()) else {
         // The configuration's queue is not there yet; its reconcile wakes us.
-        status.worker_configuration = Some(config.name_any());
-        let problem = ConfigurationProblem {
-            reason: "WaitingForWorkerConfiguration",
-            message: format!(
-                "WorkerConfiguration {:?} is not ready yet (no worker queue)",
-                config.name_any()
-            ),
-        };
+        let message = format!(
+            "WorkerConfiguration {:?} is not ready yet (no worker queue)",
+            config.name_any()
+        );
         finalize_status(job, &mut status, None, now);
         let desired = vec![
-            DesiredCondition::new(READY, false, problem.reason, problem.message.clone()),
-            DesiredCondition::new(RECONCILING, true, problem.reason, problem.message),
+            DesiredCondition::new(
+                READY,
+                false,
+                "WaitingForWorkerConfiguration",
+                message.clone(),
+            ),
+            DesiredCondition::new(RECONCILING, true, "WaitingForWorkerConfiguration", message),
         ];
         status.conditions =
             conditions::merge(&status.conditions, &desired, job.metadata.generation, now);
-        write_if_changed(api, job, &old, &status, ctx).await?;
+        if old.as_ref() != Some(&status) {
+            write_status(api, job, &status, ctx).await?;
+        }
         return Ok(Action::requeue(Duration::from_secs(10)));
     };
-    status.worker_configuration = Some(config.name_any());
 
-    // 1. Plan a worker for every resource that has none, and record its
-    // launch token before anything is launched.
-    let mut planned = false;
+    // 1. Plan a worker for every resource that has none.
+    plan_workers(job, &config, &uid, &mut status, ctx, now).await?;
+    status.start_time.get_or_insert(Time(now));
+
+    // 2. Apply what the workers reported.
+    let pending = ctx.reports.pending(&uid);
+    let mut settled: Vec<Receipt> = Vec::new();
+    for (msg, receipt) in &pending {
+        let before = status
+            .workers
+            .iter()
+            .find(|w| w.resource == msg.resource)
+            .map(|w| w.phase);
+        match apply_message(&mut status.workers, msg, now) {
+            Applied::NotYet => continue,
+            Applied::Stale => {}
+            Applied::Changed => {
+                if let Some(after) = status.workers.iter().find(|w| w.resource == msg.resource) {
+                    worker_event(job, before, after, ctx).await;
+                }
+            }
+        }
+        settled.push(receipt.clone());
+    }
+
+    // 3. Deadline, suspension, and workers that went silent or died.
+    let deadline = lifecycle::deadline_passed(
+        status.start_time.as_ref(),
+        job.spec.active_deadline_seconds,
+        now,
+    );
+    let timeout = Duration::from_secs(config.spec.heartbeat_timeout_seconds.max(1) as u64);
+    let observed = observe_instances(&status, ctx).await?;
+    for i in 0..status.workers.len() {
+        let before = status.workers[i].phase;
+        let w = &mut status.workers[i];
+        if w.phase.is_finished() {
+            continue;
+        }
+        if deadline {
+            let secs = job.spec.active_deadline_seconds.unwrap_or_default();
+            mark_failed(
+                w,
+                DEADLINE_EXCEEDED,
+                &format!("the job ran longer than activeDeadlineSeconds ({secs} s)"),
+                now,
+            );
+        } else if job.spec.suspend {
+            w.phase = Phase::Suspended;
+        } else {
+            let state = w
+                .instance_id
+                .as_ref()
+                .and_then(|id| observed.as_ref().and_then(|o| o.get(id)))
+                .map(|o| o.state.as_str());
+            let heard = lifecycle::last_heard(
+                w,
+                ctx.reports.last_heard(&uid, &w.resource, w.attempt),
+                ctx.started_at,
+            );
+            if let Some(why) = lifecycle::lost_reason(w, state, heard, timeout, now) {
+                mark_failed(w, WORKER_LOST, &why, now);
+            }
+        }
+        let after = status.workers[i].clone();
+        worker_event(job, Some(before), &after, ctx).await;
+    }
+
+    // 4. Terminate every worker that is done or suspended, at once.
+    terminate_finished(job, &mut status, ctx).await?;
+
+    // 5. Replace failed workers within the backoff limit; resume suspended ones.
+    for w in status.workers.iter_mut() {
+        let resumable = w.phase == Phase::Suspended
+            && !job.spec.suspend
+            && (w.instance_id.is_none() || w.terminated_time.is_some());
+        if !deadline && !job.spec.suspend && lifecycle::should_retry(w, job.spec.backoff_limit) {
+            let note = format!(
+                "{}; launching attempt {} ({} of {} retries used)",
+                w.message.as_deref().unwrap_or("failed"),
+                w.attempt + 1,
+                w.failures,
+                job.spec.backoff_limit
+            );
+            next_attempt(w, &uid);
+            w.message = Some(note.clone());
+            ctx.event(
+                job,
+                EventType::Normal,
+                "WorkerRetried",
+                "RetryWorker",
+                format!("{}: {note}", w.resource),
+            )
+            .await;
+        } else if resumable {
+            next_attempt(w, &uid);
+            w.message = Some("resumed".to_string());
+        }
+    }
+
+    // 6. Record launch tokens before anything is launched.
+    finalize_status(job, &mut status, None, now);
+    if old.as_ref() != Some(&status) {
+        write_status(api, job, &status, ctx).await?;
+        crate::faults::crash_point("after-token-write");
+    }
+    let recorded = status.clone();
+
+    // 7. Launch (or adopt) every planned worker that has no instance yet.
+    if !job.spec.suspend {
+        launch_workers(job, &config, &queue_url, &mut status, ctx, started).await?;
+    }
+
+    finalize_status(job, &mut status, None, Timestamp::now());
+    if status != recorded {
+        write_status(api, job, &status, ctx).await?;
+    }
+    ctx.reports.settle(&uid, &settled);
+    delete_receipts(&ctx.aws, &settled).await;
+
+    if status.phase.is_finished() {
+        finished(job, &status, ctx).await;
+        return expire(job, api, &status, Timestamp::now()).await;
+    }
+    Ok(Action::requeue(next_wakeup(
+        job, &status, timeout, ctx, &uid,
+    )))
+}
+
+/// When to look at an unfinished job again if nothing wakes it sooner:
+/// the next worker's heartbeat deadline, the job's deadline, or the
+/// safety interval.
+fn next_wakeup(
+    job: &BackupJob,
+    status: &BackupJobStatus,
+    timeout: Duration,
+    ctx: &Context,
+    uid: &str,
+) -> Duration {
+    let now = Timestamp::now();
+    let mut wake = SAFETY_REQUEUE;
+    for w in status
+        .workers
+        .iter()
+        .filter(|w| matches!(w.phase, Phase::Provisioning | Phase::Running))
+    {
+        let heard = lifecycle::last_heard(
+            w,
+            ctx.reports.last_heard(uid, &w.resource, w.attempt),
+            ctx.started_at,
+        );
+        let silent = Duration::try_from(now.duration_since(heard)).unwrap_or_default();
+        wake = wake.min(timeout.saturating_sub(silent));
+    }
+    if let (Some(start), Some(secs)) = (&status.start_time, job.spec.active_deadline_seconds) {
+        let elapsed = Duration::try_from(now.duration_since(start.0)).unwrap_or_default();
+        wake = wake.min(Duration::from_secs(secs.max(0) as u64).saturating_sub(elapsed));
+    }
+    wake.max(Duration::from_millis(500)) + super::jitter(Duration::from_millis(250))
+}
+
+/// The shared view of the region's worker instances, when any worker of
+/// this job has a live instance to check.
+async fn observe_instances(
+    status: &BackupJobStatus,
+    ctx: &Context,
+) -> Result<Option<RegionInstances>> {
+    let Some(region) = status
+        .workers
+        .iter()
+        .find(|w| w.instance_id.is_some() && w.terminated_time.is_none())
+        .map(|w| w.region.clone())
+    else {
+        return Ok(None);
+    };
+    let fresh_since = Instant::now()
+        .checked_sub(INSTANCE_VIEW_MAX_AGE)
+        .unwrap_or_else(Instant::now);
+    Ok(Some(ctx.instances.snapshot(&region, fresh_since).await?))
+}
+
+async fn plan_workers(
+    job: &BackupJob,
+    config: &WorkerConfiguration,
+    uid: &str,
+    status: &mut BackupJobStatus,
+    ctx: &Context,
+    now: Timestamp,
+) -> Result<()> {
     for resource in &job.spec.resources {
         if status
             .workers
@@ -424,7 +515,7 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
             resource: resource.instance_id.clone(),
             region: config.spec.region.clone(),
             attempt,
-            launch_token: placement::launch_token(&uid, &resource.instance_id, attempt),
+            launch_token: placement::launch_token(uid, &resource.instance_id, attempt),
             ..Default::default()
         };
         match ctx
@@ -433,18 +524,17 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
             .await?
         {
             None => {
-                worker.phase = Phase::Failed;
-                worker.message = Some(format!(
-                    "SourceInstanceNotFound: instance {} does not exist in {}; check spec.resources",
+                let message = format!(
+                    "instance {} does not exist in {}; check spec.resources",
                     resource.instance_id, resource.region
-                ));
-                worker.finished_time = Some(Time(now));
+                );
+                mark_failed(&mut worker, "SourceInstanceNotFound", &message, now);
                 ctx.event(
                     job,
                     EventType::Warning,
                     "SourceInstanceNotFound",
                     "PlanWorker",
-                    worker.message.clone().unwrap_or_default(),
+                    message,
                 )
                 .await;
             }
@@ -466,30 +556,31 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
             }
         }
         status.workers.push(worker);
-        planned = true;
     }
-    if planned {
-        status.start_time.get_or_insert(Time(now));
-        finalize_status(job, &mut status, None, now);
-        write_status(api, job, &status, ctx).await?;
-    }
-    let recorded = status.clone();
+    Ok(())
+}
 
-    // 2. Launch (or adopt) every planned worker that has no instance yet.
+async fn launch_workers(
+    job: &BackupJob,
+    config: &WorkerConfiguration,
+    queue_url: &str,
+    status: &mut BackupJobStatus,
+    ctx: &Context,
+    reconcile_started: Instant,
+) -> Result<()> {
+    let now = Timestamp::now();
     for i in 0..status.workers.len() {
         let w = &status.workers[i];
         if w.phase != Phase::Provisioning || w.instance_id.is_some() {
             continue;
         }
-        let region = w.region.clone();
-        let token = w.launch_token.clone();
-        if let Some(found) = ctx
-            .aws
-            .find_worker_by_launch_token(&region, &ctx.cluster_id, &token)
-            .await?
-        {
-            // Launched by an earlier reconcile whose status write this one
-            // does not see (a restart, or a cache that lags the write).
+        // A worker launched with this token by an earlier reconcile whose
+        // status write is lost (a crash) or not yet visible is adopted, not
+        // launched again. The view must be newer than this reconcile.
+        let view = ctx.instances.snapshot(&w.region, reconcile_started).await?;
+        if let Some(found) = view.values().find(|o| {
+            o.tags.get(crate::names::tags::LAUNCH_TOKEN) == Some(&w.launch_token) && o.is_live()
+        }) {
             info!(
                 instance_id = found.instance_id,
                 resource = w.resource,
@@ -498,16 +589,28 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
             ctx.event(job, EventType::Normal, "WorkerAdopted", "LaunchWorker", format!(
                 "worker {} for {} was already launched with this attempt's token; adopted it instead of launching another",
                 found.instance_id, w.resource
-            )).await;
+            ))
+            .await;
             let w = &mut status.workers[i];
-            w.instance_id = Some(found.instance_id);
-            w.instance_state = Some(found.state);
-            w.launch_time.get_or_insert(Time(now));
+            w.instance_id = Some(found.instance_id.clone());
+            w.instance_state = Some(found.state.clone());
+            w.launch_time = Some(Time(found.launch_time.unwrap_or(now)));
             continue;
         }
-        let launch = worker_launch(job, &config, &status.workers[i], &queue_url, ctx)?;
+        let launch = worker_launch(job, config, &status.workers[i], queue_url, ctx)?;
         match ctx.aws.launch_worker(&launch).await {
             Ok(instance) => {
+                crate::faults::crash_point("after-run-instances");
+                ctx.metrics
+                    .workers_launched
+                    .get_or_create(&WorkerLabels {
+                        region: launch.region.clone(),
+                        profile: "backup".into(),
+                    })
+                    .inc();
+                ctx.metrics
+                    .launch_latency
+                    .observe(reconcile_started.elapsed().as_secs_f64());
                 let w = &mut status.workers[i];
                 ctx.event(
                     job,
@@ -515,14 +618,18 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
                     "WorkerLaunched",
                     "LaunchWorker",
                     format!(
-                        "launched worker {} ({}, {}) for {}",
-                        instance.instance_id, launch.instance_type, launch.subnet_id, w.resource
+                        "launched worker {} ({}, {}) for {} (attempt {})",
+                        instance.instance_id,
+                        launch.instance_type,
+                        launch.subnet_id,
+                        w.resource,
+                        w.attempt
                     ),
                 )
                 .await;
                 w.instance_id = Some(instance.instance_id);
                 w.instance_state = Some(instance.state);
-                w.launch_time = Some(Time(now));
+                w.launch_time = Some(Time(Timestamp::now()));
             }
             Err(e) if matches!(e.category(), "AwsThrottled" | "AwsUnreachable") => {
                 // Worth retrying as is; the status keeps the token, so the
@@ -531,87 +638,82 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
             }
             Err(e) => {
                 let w = &mut status.workers[i];
-                w.phase = Phase::Failed;
-                w.message = Some(format!(
-                    "LaunchFailed: {e}; fix the WorkerConfiguration and create a new job"
-                ));
-                w.finished_time = Some(Time(now));
+                let message = format!("{e}; fix the WorkerConfiguration and create a new job");
+                mark_failed(w, "LaunchFailed", &message, now);
                 ctx.event(
                     job,
                     EventType::Warning,
                     "LaunchFailed",
                     "LaunchWorker",
-                    w.message.clone().unwrap_or_default(),
+                    message,
                 )
                 .await;
             }
         }
     }
+    Ok(())
+}
 
-    // 3. Apply what the workers reported.
-    let pending = ctx.reports.pending(&uid);
-    let mut settled: Vec<Receipt> = Vec::new();
-    for (msg, receipt) in &pending {
-        let before = status
-            .workers
-            .iter()
-            .find(|w| w.resource == msg.resource)
-            .map(|w| w.phase);
-        match apply_message(&mut status.workers, msg, now) {
-            Applied::NotYet => continue,
-            Applied::Stale => {}
-            Applied::Changed => {
-                let after = status.workers.iter().find(|w| w.resource == msg.resource);
-                if let Some(after) = after
-                    && Some(after.phase) != before
-                {
-                    let (type_, reason) = match after.phase {
-                        Phase::Failed => (EventType::Warning, "WorkerFailed"),
-                        Phase::Succeeded => (EventType::Normal, "WorkerSucceeded"),
-                        _ => (EventType::Normal, "WorkerStarted"),
-                    };
-                    let note = format!(
-                        "worker {} for {}: {}",
-                        msg.instance_id,
-                        msg.resource,
-                        after.message.as_deref().unwrap_or("started")
-                    );
-                    ctx.event(job, type_, reason, "ApplyWorkerReport", note)
-                        .await;
-                }
-            }
-        }
-        settled.push(receipt.clone());
+/// Events and metrics of a job that just finished.
+async fn finished(job: &BackupJob, status: &BackupJobStatus, ctx: &Context) {
+    let (type_, reason) = match status.phase {
+        Phase::Succeeded => (EventType::Normal, "JobSucceeded"),
+        Phase::PartiallySucceeded => (EventType::Warning, "JobPartiallySucceeded"),
+        _ => (EventType::Warning, "JobFailed"),
+    };
+    let outcome = OutcomeLabels {
+        outcome: format!("{:?}", status.phase),
+    };
+    ctx.metrics.jobs_finished.get_or_create(&outcome).inc();
+    if let (Some(start), Some(end)) = (&status.start_time, &status.completion_time) {
+        let secs = end.0.duration_since(start.0).as_secs_f64();
+        ctx.metrics
+            .job_duration
+            .get_or_create(&outcome)
+            .observe(secs.max(0.0));
     }
+    ctx.event(
+        job,
+        type_,
+        reason,
+        "FinishJob",
+        lifecycle::summary(&status.workers, job.spec.resources.len()),
+    )
+    .await;
+    info!(phase = ?status.phase, "job finished");
+}
 
-    // 4. Terminate every worker that is done, at once.
-    terminate_finished(job, &mut status, ctx).await?;
-
-    finalize_status(job, &mut status, None, now);
-    if status != recorded || old.as_ref() != Some(&status) {
-        write_status(api, job, &status, ctx).await?;
-    }
-    ctx.reports.settle(&uid, &settled);
-    delete_receipts(&ctx.aws, &settled).await;
-
-    if status.phase.is_finished() && old.as_ref().map(|s| s.phase) != Some(status.phase) {
-        let (type_, reason) = match status.phase {
-            Phase::Succeeded => (EventType::Normal, "JobSucceeded"),
-            Phase::PartiallySucceeded => (EventType::Warning, "JobPartiallySucceeded"),
-            _ => (EventType::Warning, "JobFailed"),
-        };
-        ctx.event(
-            job,
-            type_,
-            reason,
-            "FinishJob",
-            summary(&status.workers, job.spec.resources.len()),
-        )
-        .await;
-        info!(phase = ?status.phase, namespace = ns, "job finished");
+/// Deletes a finished job once `ttlSecondsAfterFinished` has passed, or
+/// says when to come back for it.
+async fn expire(
+    job: &BackupJob,
+    api: &Api<BackupJob>,
+    status: &BackupJobStatus,
+    now: Timestamp,
+) -> Result<Action> {
+    let (Some(ttl), Some(done)) = (job.spec.ttl_seconds_after_finished, &status.completion_time)
+    else {
         return Ok(Action::await_change());
+    };
+    let age = now.duration_since(done.0).as_secs();
+    if age < ttl {
+        return Ok(Action::requeue(Duration::from_secs(
+            (ttl - age).max(1) as u64
+        )));
     }
-    Ok(Action::requeue(SAFETY_REQUEUE))
+    info!(ttl, "deleting the finished job (ttlSecondsAfterFinished)");
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: job.uid(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match api.delete(&job.name_any(), &params).await {
+        Ok(_) => Ok(Action::await_change()),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(Action::await_change()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn worker_launch(
@@ -670,17 +772,17 @@ fn worker_launch(
     })
 }
 
-/// Terminates the instances of finished workers that are not terminated yet.
+/// Terminates the instances of workers that are finished or suspended and
+/// not terminated yet.
 async fn terminate_finished(
     job: &BackupJob,
     status: &mut BackupJobStatus,
     ctx: &Context,
 ) -> Result<()> {
-    let now = Timestamp::now();
     let mut by_region: Vec<(String, Vec<String>)> = Vec::new();
     for w in &status.workers {
-        if let (true, Some(id), None) = (w.phase.is_finished(), &w.instance_id, &w.terminated_time)
-        {
+        let done = w.phase.is_finished() || w.phase == Phase::Suspended;
+        if let (true, Some(id), None) = (done, &w.instance_id, &w.terminated_time) {
             match by_region.iter_mut().find(|(r, _)| *r == w.region) {
                 Some((_, ids)) => ids.push(id.clone()),
                 None => by_region.push((w.region.clone(), vec![id.clone()])),
@@ -689,12 +791,23 @@ async fn terminate_finished(
     }
     for (region, ids) in by_region {
         let states = ctx.aws.terminate_workers(&region, &ids).await?;
+        let now = Timestamp::now();
+        ctx.metrics
+            .workers_terminated
+            .get_or_create(&RegionLabels {
+                region: region.clone(),
+            })
+            .inc_by(states.len() as u64);
         for state in states {
             if let Some(w) = status
                 .workers
                 .iter_mut()
                 .find(|w| w.instance_id.as_deref() == Some(state.instance_id.as_str()))
             {
+                if let Some(done) = &w.finished_time {
+                    let secs = now.duration_since(done.0).as_secs_f64();
+                    ctx.metrics.termination_latency.observe(secs.max(0.0));
+                }
                 w.terminated_time = Some(Time(now));
                 w.instance_state = Some(state.state.clone());
             }
@@ -712,49 +825,102 @@ async fn terminate_finished(
 }
 
 /// Deleting a job: terminate every worker it has, including any launched
-/// but never recorded (found by the job-UID tag), then let it go.
-async fn cleanup(job: &BackupJob, ctx: &Context) -> Result<Action> {
+/// but never recorded (found by the job-UID tag in the shared view). Holds
+/// the deletion, with condition `InstanceTerminating`, until EC2 reports
+/// every one of them shutting down, terminated or gone. `None` when nothing
+/// holds the deletion any more.
+async fn terminate_for_deletion(
+    job: &BackupJob,
+    api: &Api<BackupJob>,
+    ctx: &Context,
+) -> Result<Option<Action>> {
     let uid = job.uid().ok_or(Error::MissingObjectKey("uid"))?;
-    let status = job.status.clone().unwrap_or_default();
+    let old = baseline(job, ctx);
+    let mut status = old.clone().unwrap_or_default();
     let mut regions: Vec<String> = status.workers.iter().map(|w| w.region.clone()).collect();
     regions.sort();
     regions.dedup();
+    let mut waiting: Vec<String> = Vec::new();
     for region in regions {
+        let view = ctx.instances.snapshot(&region, Instant::now()).await?;
         let mut ids: Vec<String> = status
             .workers
             .iter()
-            .filter(|w| w.region == region && w.terminated_time.is_none())
+            .filter(|w| w.region == region)
             .filter_map(|w| w.instance_id.clone())
+            .filter(|id| view.get(id).is_some_and(|o| o.is_live()))
             .collect();
-        for found in ctx
-            .aws
-            .find_workers_of_job(&region, &ctx.cluster_id, &uid)
-            .await?
-        {
-            if !ids.contains(&found.instance_id) {
-                ids.push(found.instance_id);
+        for o in view.values() {
+            if o.is_live()
+                && o.tags.get(crate::names::tags::JOB_UID) == Some(&uid)
+                && !ids.contains(&o.instance_id)
+            {
+                ids.push(o.instance_id.clone());
             }
         }
-        if !ids.is_empty() {
-            let states = ctx.aws.terminate_workers(&region, &ids).await?;
-            warn!(
-                count = states.len(),
-                "terminated the workers of a deleted job"
-            );
-            ctx.event(
-                job,
-                EventType::Normal,
-                "WorkersTerminated",
-                "DeleteJob",
-                format!(
-                    "terminated {} worker(s) before deleting the job: {}",
-                    states.len(),
-                    ids.join(", ")
-                ),
-            )
-            .await;
+        if ids.is_empty() {
+            continue;
         }
+        let states = ctx.aws.terminate_workers(&region, &ids).await?;
+        let now = Timestamp::now();
+        for s in &states {
+            if let Some(w) = status
+                .workers
+                .iter_mut()
+                .find(|w| w.instance_id.as_deref() == Some(s.instance_id.as_str()))
+            {
+                w.terminated_time.get_or_insert(Time(now));
+                w.instance_state = Some(s.state.clone());
+            }
+            if !matches!(s.state.as_str(), "shutting-down" | "terminated") {
+                waiting.push(s.instance_id.clone());
+            }
+        }
+        warn!(
+            count = states.len(),
+            "terminated the workers of a deleted job"
+        );
+        ctx.event(
+            job,
+            EventType::Normal,
+            "WorkersTerminated",
+            "DeleteJob",
+            format!(
+                "terminated {} worker(s) before deleting the job: {}",
+                states.len(),
+                ids.join(", ")
+            ),
+        )
+        .await;
     }
+    if waiting.is_empty() {
+        return Ok(None);
+    }
+    let message = format!("waiting for EC2 to terminate {}", waiting.join(", "));
+    let desired = [
+        DesiredCondition::new(
+            "InstanceTerminating",
+            true,
+            "InstanceTerminating",
+            message.clone(),
+        ),
+        DesiredCondition::new(READY, false, "InstanceTerminating", message),
+    ];
+    status.conditions = conditions::merge(
+        &status.conditions,
+        &desired,
+        job.metadata.generation,
+        Timestamp::now(),
+    );
+    if old.as_ref() != Some(&status) {
+        write_status(api, job, &status, ctx).await?;
+    }
+    Ok(Some(Action::requeue(TERMINATION_RECHECK)))
+}
+
+/// The last step of deletion, once every worker is gone: forget the job.
+async fn cleanup(job: &BackupJob, ctx: &Context) -> Result<Action> {
+    let uid = job.uid().ok_or(Error::MissingObjectKey("uid"))?;
     ctx.written
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -771,160 +937,6 @@ mod tests {
         BackupJobSpec, BackupResource, LocalObjectReference, WorkerConfigurationSpec, WorkerSubnet,
     };
 
-    fn worker(resource: &str, phase: Phase) -> WorkerStatus {
-        WorkerStatus {
-            resource: resource.into(),
-            region: "us-east-1".into(),
-            phase,
-            attempt: 1,
-            launch_token: "tok".into(),
-            instance_id: Some(format!("i-{resource}")),
-            ..Default::default()
-        }
-    }
-
-    fn message(resource: &str, sequence: i64, event: WorkerEvent) -> WorkerMessage {
-        WorkerMessage {
-            version: PROTOCOL_VERSION,
-            namespace: "ns".into(),
-            job_name: "job".into(),
-            job_uid: "uid".into(),
-            resource: resource.into(),
-            instance_id: format!("i-{resource}"),
-            attempt: 1,
-            sequence,
-            event,
-        }
-    }
-
-    fn now() -> Timestamp {
-        Timestamp::from_second(1_000).expect("valid")
-    }
-
-    #[test]
-    fn messages_apply_once_and_in_order() {
-        let mut workers = vec![worker("a", Phase::Provisioning)];
-        assert_eq!(
-            apply_message(&mut workers, &message("a", 1, WorkerEvent::Started), now()),
-            Applied::Changed
-        );
-        assert_eq!(workers[0].phase, Phase::Running);
-        // Duplicate.
-        assert_eq!(
-            apply_message(&mut workers, &message("a", 1, WorkerEvent::Started), now()),
-            Applied::Stale
-        );
-        let progress = WorkerEvent::Progress {
-            percent: 40,
-            detail: "volume 1 of 2".into(),
-        };
-        assert_eq!(
-            apply_message(&mut workers, &message("a", 3, progress), now()),
-            Applied::Changed
-        );
-        // Late and out of order: older than what was applied.
-        let older = WorkerEvent::Progress {
-            percent: 10,
-            detail: "old".into(),
-        };
-        assert_eq!(
-            apply_message(&mut workers, &message("a", 2, older), now()),
-            Applied::Stale
-        );
-        assert_eq!(workers[0].progress_percent, Some(40));
-        let done = WorkerEvent::Completed {
-            detail: "done".into(),
-        };
-        assert_eq!(
-            apply_message(&mut workers, &message("a", 4, done), now()),
-            Applied::Changed
-        );
-        assert_eq!(workers[0].phase, Phase::Succeeded);
-        // Nothing changes a finished worker.
-        let fail = WorkerEvent::Failed {
-            reason: "X".into(),
-            message: "late".into(),
-        };
-        assert_eq!(
-            apply_message(&mut workers, &message("a", 9, fail), now()),
-            Applied::Stale
-        );
-        assert_eq!(workers[0].phase, Phase::Succeeded);
-    }
-
-    #[test]
-    fn messages_wait_for_the_launch_record_and_ignore_other_instances() {
-        let mut workers = vec![worker("a", Phase::Provisioning)];
-        workers[0].instance_id = None;
-        assert_eq!(
-            apply_message(&mut workers, &message("a", 1, WorkerEvent::Started), now()),
-            Applied::NotYet
-        );
-        workers[0].instance_id = Some("i-other".into());
-        assert_eq!(
-            apply_message(&mut workers, &message("a", 1, WorkerEvent::Started), now()),
-            Applied::Stale
-        );
-        let mut other_attempt = message("a", 1, WorkerEvent::Started);
-        other_attempt.attempt = 2;
-        assert_eq!(
-            apply_message(&mut workers, &other_attempt, now()),
-            Applied::Stale
-        );
-    }
-
-    #[test]
-    fn heartbeats_do_not_write_status() {
-        let mut workers = vec![worker("a", Phase::Running)];
-        assert_eq!(
-            apply_message(
-                &mut workers,
-                &message("a", 5, WorkerEvent::Heartbeat),
-                now()
-            ),
-            Applied::Stale
-        );
-        assert_eq!(workers[0].last_sequence, 0);
-    }
-
-    #[test]
-    fn job_phase_from_workers() {
-        assert_eq!(job_phase(&[], 1), Phase::Pending);
-        assert_eq!(
-            job_phase(&[worker("a", Phase::Provisioning)], 1),
-            Phase::Provisioning
-        );
-        assert_eq!(
-            job_phase(
-                &[
-                    worker("a", Phase::Running),
-                    worker("b", Phase::Provisioning)
-                ],
-                2
-            ),
-            Phase::Running
-        );
-        assert_eq!(
-            job_phase(&[worker("a", Phase::Succeeded)], 2),
-            Phase::Pending
-        );
-        assert_eq!(
-            job_phase(
-                &[worker("a", Phase::Succeeded), worker("b", Phase::Succeeded)],
-                2
-            ),
-            Phase::Succeeded
-        );
-        assert_eq!(
-            job_phase(
-                &[worker("a", Phase::Succeeded), worker("b", Phase::Failed)],
-                2
-            ),
-            Phase::PartiallySucceeded
-        );
-        assert_eq!(job_phase(&[worker("a", Phase::Failed)], 1), Phase::Failed);
-    }
-
     fn config(name: &str, ns: &str, region: &str) -> Arc<WorkerConfiguration> {
         let mut c = WorkerConfiguration::new(
             name,
@@ -939,6 +951,7 @@ mod tests {
                 iam_instance_profile: None,
                 instance_types: None,
                 tags: Default::default(),
+                heartbeat_timeout_seconds: 300,
             },
         );
         c.metadata.namespace = Some(ns.into());
@@ -959,6 +972,10 @@ mod tests {
                         region: (*r).into(),
                     })
                     .collect(),
+                backoff_limit: 2,
+                active_deadline_seconds: None,
+                ttl_seconds_after_finished: None,
+                suspend: false,
             },
         );
         j.metadata.namespace = Some("ns".into());
@@ -1000,16 +1017,5 @@ mod tests {
         let err = choose_configuration(&job(None, &["us-east-1", "us-west-2"]), &configs)
             .expect_err("ambiguous");
         assert_eq!(err.reason, "WorkerConfigurationAmbiguous");
-    }
-
-    #[test]
-    fn failed_jobs_are_stalled_and_running_jobs_reconciling() {
-        let running = job_conditions(Phase::Running, None, "x");
-        assert!(running.iter().any(|c| c.type_ == RECONCILING && c.status));
-        let failed = job_conditions(Phase::Failed, None, "x");
-        assert!(failed.iter().any(|c| c.type_ == STALLED && c.status));
-        let done = job_conditions(Phase::Succeeded, None, "x");
-        assert_eq!(done.len(), 1);
-        assert!(done[0].status);
     }
 }

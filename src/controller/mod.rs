@@ -4,8 +4,13 @@
 //! - `backup_job`: launches, follows and terminates a job's workers.
 //! - `restore_job`: says plainly that restores are not run yet.
 //! - `reports`: worker messages from SQS, applied idempotently.
+//! - `garbage_collector`: the sweep that terminates orphaned workers.
+//! - `leader`: Lease-based leader election.
 
 pub mod backup_job;
+pub mod garbage_collector;
+pub mod leader;
+pub mod lifecycle;
 pub mod reports;
 pub mod restore_job;
 pub mod worker_configuration;
@@ -28,8 +33,11 @@ use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
 use crate::api::{BackupJob, RestoreJob, WorkerConfiguration};
+use crate::aws::instance_cache::InstanceCache;
 use crate::aws::{AwsClients, AwsError};
 use crate::names::{CONTROLLER_NAME, FIELD_MANAGER};
+use crate::telemetry::{self, KindErrorLabels, KindLabels, Metrics, Readiness};
+use k8s_openapi::jiff::Timestamp;
 use reports::{QueuePumps, ReportStore};
 
 /// Errors of one reconcile.
@@ -80,6 +88,14 @@ pub struct Context {
     pub jobs: Store<BackupJob>,
     pub reports: Arc<ReportStore>,
     pub pumps: QueuePumps,
+    /// The shared, batched view of worker instance states.
+    pub instances: InstanceCache,
+    pub metrics: Arc<Metrics>,
+    /// The namespace this controller is limited to, if any.
+    pub namespace: Option<String>,
+    /// When this process started: a worker is never declared lost for
+    /// silence that began before the controller was there to hear it.
+    pub started_at: Timestamp,
     /// Seconds between worker heartbeats, passed to every worker.
     pub heartbeat_seconds: u64,
     failures: Mutex<HashMap<String, u32>>,
@@ -160,8 +176,25 @@ where
     Ok(())
 }
 
-/// Shared error policy: log, then requeue with backoff.
-fn error_policy<K: Resource>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+pub(crate) fn kind_labels(kind: &str) -> KindLabels {
+    KindLabels {
+        kind: kind.to_string(),
+    }
+}
+
+/// Shared error policy: log, count, then requeue with backoff.
+fn error_policy<K: Resource<DynamicType = ()>>(
+    obj: Arc<K>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&KindErrorLabels {
+            kind: K::kind(&()).to_string(),
+            category: error.category().to_string(),
+        })
+        .inc();
     let key = obj.meta().uid.clone().unwrap_or_default();
     let delay = ctx.backoff(&key);
     warn!(
@@ -183,6 +216,11 @@ pub struct Options {
     /// Watch only this namespace (default: all namespaces).
     pub namespace: Option<String>,
     pub heartbeat_seconds: u64,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics_address: String,
+    /// Leader election; `None` runs without it (a single replica).
+    pub election: Option<leader::ElectionConfig>,
+    pub sweep: garbage_collector::SweepConfig,
 }
 
 fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -207,11 +245,44 @@ async fn resolve_cluster_id(client: &Client, configured: Option<String>) -> Resu
         .ok_or(Error::MissingObjectKey("kube-system uid"))
 }
 
-/// Runs the controller until SIGTERM or Ctrl-C.
+/// Runs the controller until SIGTERM or Ctrl-C, or until it loses
+/// leadership (then it exits with an error, to restart as a candidate).
 pub async fn run(opts: Options) -> anyhow_like::Result {
     let client = Client::try_default().await?;
-    let cluster_id = resolve_cluster_id(&client, opts.cluster_id.clone()).await?;
     let aws = AwsClients::from_env().await;
+    let metrics = aws.metrics();
+    let ready = Arc::new(Readiness::default());
+    let listener = tokio::net::TcpListener::bind(&opts.metrics_address)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", opts.metrics_address))?;
+    let server = tokio::spawn(telemetry::serve(listener, metrics.clone(), ready.clone()));
+
+    let (leadership, lease) = match opts.election.clone() {
+        Some(config) => {
+            let (rx, handle) = leader::LeaderElection::new(client.clone(), config)
+                .acquire()
+                .await;
+            (Some(rx), Some(handle))
+        }
+        None => (None, None),
+    };
+
+    let result = run_leader(client, aws, opts, ready, leadership).await;
+    if let Some(lease) = lease {
+        lease.release().await;
+    }
+    server.abort();
+    result
+}
+
+async fn run_leader(
+    client: Client,
+    aws: AwsClients,
+    opts: Options,
+    ready: Arc<Readiness>,
+    leadership: Option<tokio::sync::watch::Receiver<bool>>,
+) -> anyhow_like::Result {
+    let cluster_id = resolve_cluster_id(&client, opts.cluster_id.clone()).await?;
     let ns = opts.namespace.as_deref();
     info!(
         cluster_id,
@@ -270,6 +341,8 @@ pub async fn run(opts: Options) -> anyhow_like::Result {
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
+        instances: InstanceCache::new(aws.clone(), cluster_id.clone()),
+        metrics: aws.metrics(),
         aws,
         cluster_id,
         configurations: config_store,
@@ -277,10 +350,14 @@ pub async fn run(opts: Options) -> anyhow_like::Result {
         reports: Arc::new(ReportStore::default()),
         pumps: QueuePumps::new(trigger_tx),
         heartbeat_seconds: opts.heartbeat_seconds,
+        namespace: opts.namespace.clone(),
+        started_at: Timestamp::now(),
         failures: Mutex::default(),
         written: Mutex::default(),
     });
+    ready.set(true);
 
+    let sweeper = tokio::spawn(garbage_collector::run(ctx.clone(), opts.sweep));
     let jobs_done = job_controller
         .run(backup_job::reconcile, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
@@ -291,10 +368,29 @@ pub async fn run(opts: Options) -> anyhow_like::Result {
         .shutdown_on_signal()
         .run(restore_job::reconcile, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
-    futures::join!(jobs_done, configs_done, restores_done);
+    let controllers = async {
+        futures::join!(jobs_done, configs_done, restores_done);
+    };
+    let lost = async {
+        match leadership {
+            Some(mut rx) => {
+                while *rx.borrow() {
+                    if rx.changed().await.is_err() {
+                        break;
+                    }
+                }
+            }
+            None => futures::future::pending::<()>().await,
+        }
+    };
+    let outcome = tokio::select! {
+        () = controllers => Ok(()),
+        () = lost => Err("lost leadership; exiting so that a restart rejoins as a candidate".into()),
+    };
+    sweeper.abort();
     ctx.pumps.stop_all();
     info!("tender controller stopped");
-    Ok(())
+    outcome
 }
 
 /// A boxed error for the binary's entry points.

@@ -12,13 +12,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::channel::mpsc::UnboundedSender;
+use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::api::BackupJob;
 use crate::aws::AwsClients;
-use crate::messages::WorkerMessage;
+use crate::messages::{WorkerEvent, WorkerMessage};
 
 /// Where a message came from, to delete it once applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,13 +34,43 @@ struct Inbox {
     messages: Vec<(WorkerMessage, Receipt)>,
 }
 
-/// Messages received for each job (by UID) and not yet written to status.
+/// Key of one worker attempt: job UID, resource, attempt.
+type AttemptKey = (String, String, i32);
+
+/// Messages received for each job (by UID) and not yet written to status,
+/// and when each worker attempt was last heard from (heartbeats included;
+/// kept in memory only, since writing every heartbeat would be a status
+/// write every few seconds per worker).
 #[derive(Default)]
 pub struct ReportStore {
     inboxes: Mutex<HashMap<String, Inbox>>,
+    last_heard: Mutex<HashMap<AttemptKey, Timestamp>>,
 }
 
 impl ReportStore {
+    /// Records that a worker attempt was heard from now.
+    pub fn heard(&self, message: &WorkerMessage) {
+        let key = (
+            message.job_uid.clone(),
+            message.resource.clone(),
+            message.attempt,
+        );
+        self.last_heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, Timestamp::now());
+    }
+
+    /// When a worker attempt was last heard from by this process.
+    pub fn last_heard(&self, job_uid: &str, resource: &str, attempt: i32) -> Option<Timestamp> {
+        let key = (job_uid.to_string(), resource.to_string(), attempt);
+        self.last_heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .copied()
+    }
+
     pub fn file(&self, message: WorkerMessage, receipt: Receipt) {
         let mut inboxes = self.inboxes.lock().unwrap_or_else(|p| p.into_inner());
         inboxes
@@ -72,6 +103,10 @@ impl ReportStore {
 
     /// Forgets a job (deleted).
     pub fn forget(&self, job_uid: &str) -> Vec<Receipt> {
+        self.last_heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(uid, _, _), _| uid != job_uid);
         let mut inboxes = self.inboxes.lock().unwrap_or_else(|p| p.into_inner());
         inboxes
             .remove(job_uid)
@@ -201,7 +236,8 @@ impl Pump {
     }
 
     /// Files a message under its job, or returns its receipt handle when it
-    /// is to be dropped (malformed, or for a job this controller does not have).
+    /// is to be deleted now (a heartbeat, which is applied here; a malformed
+    /// message; a message for a job this controller does not have).
     fn route(&self, body: &str, receipt_handle: &str) -> Option<String> {
         let message = match WorkerMessage::parse(body) {
             Ok(m) => m,
@@ -229,6 +265,11 @@ impl Pump {
             sequence = message.sequence,
             "worker message"
         );
+        self.reports.heard(&message);
+        if message.event == WorkerEvent::Heartbeat {
+            // Liveness only: nothing to write, nothing to wake.
+            return Some(receipt_handle.to_string());
+        }
         self.reports.file(
             message,
             Receipt {

@@ -36,7 +36,13 @@ fn require_env() {
     }
 }
 
-fn unique(prefix: &str) -> String {
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+pub fn unique(prefix: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -121,6 +127,33 @@ where
     }
 }
 
+/// Where test workers go.
+pub struct Network {
+    pub subnet: String,
+    pub zone: String,
+    pub security_group: String,
+}
+
+fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
+    if let (Some(b), serde_json::Value::Object(e)) = (base.as_object_mut(), extra) {
+        for (k, v) in e {
+            b.insert(k, v);
+        }
+    }
+}
+
+/// The condition of `type_` on a job, if present.
+pub fn condition<'a>(
+    job: &'a BackupJob,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    job.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+}
+
 /// One test's world: its namespace, its controller, its cluster ID.
 pub struct TestEnv {
     pub client: Client,
@@ -128,7 +161,7 @@ pub struct TestEnv {
     pub namespace: String,
     pub cluster_id: String,
     pub log_dir: PathBuf,
-    controller: Mutex<Option<Child>>,
+    controllers: Mutex<Vec<(Child, u16)>>,
     workers: Arc<Mutex<Vec<Child>>>,
     launcher_stop: Arc<AtomicBool>,
     /// When false, instances are left without an agent (they never report).
@@ -137,6 +170,13 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub async fn new(name: &str) -> Self {
+        let env = Self::without_controller(name).await;
+        env.start_controller();
+        env
+    }
+
+    /// A test world whose controllers the test starts itself.
+    pub async fn without_controller(name: &str) -> Self {
         let client = kube_client().await;
         install_crds(&client).await;
         let namespace = unique(name);
@@ -156,12 +196,11 @@ impl TestEnv {
             cluster_id: unique("test-cluster"),
             namespace,
             log_dir,
-            controller: Mutex::new(None),
+            controllers: Mutex::new(Vec::new()),
             workers: Arc::default(),
             launcher_stop: Arc::default(),
             boot_workers: Arc::new(AtomicBool::new(true)),
         };
-        env.start_controller();
         env.start_launcher();
         env
     }
@@ -183,7 +222,14 @@ impl TestEnv {
 
     /// Starts the controller binary, scoped to this test's namespace.
     pub fn start_controller(&self) {
+        self.start_controller_with(&[], &[]);
+    }
+
+    /// Starts another controller with extra flags and environment; returns
+    /// the port of its /metrics endpoint.
+    pub fn start_controller_with(&self, args: &[&str], env: &[(&str, &str)]) -> u16 {
         let log = self.log_file("controller");
+        let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_tender"))
             .args([
                 "controller",
@@ -192,22 +238,70 @@ impl TestEnv {
                 "--cluster-id",
                 &self.cluster_id,
             ])
-            .args(["--heartbeat-seconds", "2"])
+            .args([
+                "--heartbeat-seconds",
+                "1",
+                "--metrics-address",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .args([
+                "--sweep-interval-seconds",
+                "1",
+                "--sweep-grace-seconds",
+                "2",
+            ])
+            .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info,tender=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("start the controller");
-        *self.controller.lock().unwrap() = Some(child);
+        self.controllers.lock().unwrap().push((child, port));
+        port
     }
 
-    /// Kills the controller with SIGKILL.
+    /// Kills every controller of this test with SIGKILL.
     pub fn kill_controller(&self) {
-        if let Some(mut c) = self.controller.lock().unwrap().take() {
+        for (mut c, _) in self.controllers.lock().unwrap().drain(..) {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Kills one controller (by its metrics port) with SIGKILL.
+    pub fn kill_controller_on(&self, port: u16) {
+        let mut controllers = self.controllers.lock().unwrap();
+        if let Some(i) = controllers.iter().position(|(_, p)| *p == port) {
+            let (mut c, _) = controllers.remove(i);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Exit statuses of controllers that are no longer running.
+    pub fn exited_controllers(&self) -> Vec<std::process::ExitStatus> {
+        let mut controllers = self.controllers.lock().unwrap();
+        controllers
+            .iter_mut()
+            .filter_map(|(c, _)| c.try_wait().ok().flatten())
+            .collect()
+    }
+
+    /// The Prometheus text a controller serves.
+    pub async fn metrics(&self, port: u16) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect to /metrics");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await.unwrap();
+        body
     }
 
     /// Plays EC2's part of booting a worker: for every running instance of
@@ -284,6 +378,79 @@ impl TestEnv {
                 }
             }
         });
+    }
+
+    /// A subnet, its zone and a fresh security group in the emulator.
+    pub async fn network(&self) -> Network {
+        let (subnet, zone) = self.default_subnet().await;
+        let security_group = self.security_group().await;
+        Network {
+            subnet,
+            zone,
+            security_group,
+        }
+    }
+
+    /// Creates a WorkerConfiguration for `net`; `extra` is merged into its spec.
+    pub async fn create_configuration(
+        &self,
+        name: &str,
+        net: &Network,
+        extra: serde_json::Value,
+    ) -> WorkerConfiguration {
+        let mut spec = serde_json::json!({
+            "region": REGION,
+            "subnets": [{"subnetId": net.subnet, "availabilityZone": net.zone}],
+            "securityGroupIds": [net.security_group],
+            "imageId": "ami-0fedcba9876543210",
+            "instanceTypes": {"backup": "m5.large"},
+            "tags": {"team": "storage", "cost-center": "42"}
+        });
+        merge(&mut spec, extra);
+        let cfg: WorkerConfiguration = serde_json::from_value(serde_json::json!({
+            "apiVersion": "tender.dev/v1alpha1", "kind": "WorkerConfiguration",
+            "metadata": {"name": name}, "spec": spec
+        }))
+        .unwrap();
+        self.api::<WorkerConfiguration>()
+            .create(&PostParams::default(), &cfg)
+            .await
+            .unwrap()
+    }
+
+    /// Waits until the configuration has its queue.
+    pub async fn wait_configuration_ready(&self, name: &str) -> WorkerConfiguration {
+        let api: Api<WorkerConfiguration> = self.api();
+        eventually(Duration::from_secs(60), || {
+            let api = api.clone();
+            async move {
+                let cfg = api.get(name).await.ok()?;
+                cfg.status.as_ref()?.queue_url.as_ref()?;
+                Some(cfg)
+            }
+        })
+        .await
+    }
+
+    /// Creates a BackupJob of one instance; `extra` is merged into its spec.
+    pub async fn create_job(
+        &self,
+        name: &str,
+        instance_id: &str,
+        extra: serde_json::Value,
+    ) -> BackupJob {
+        let mut spec =
+            serde_json::json!({"resources": [{"instanceId": instance_id, "region": REGION}]});
+        merge(&mut spec, extra);
+        let job: BackupJob = serde_json::from_value(serde_json::json!({
+            "apiVersion": "tender.dev/v1alpha1", "kind": "BackupJob",
+            "metadata": {"name": name}, "spec": spec
+        }))
+        .unwrap();
+        self.api::<BackupJob>()
+            .create(&PostParams::default(), &job)
+            .await
+            .unwrap()
     }
 
     /// A subnet of the emulator's default VPC, with its availability zone.

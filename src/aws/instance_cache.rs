@@ -1,0 +1,137 @@
+//! The shared view of worker instances: one paginated DescribeInstances,
+//! filtered by this cluster's ownership tag, refreshes the state of every
+//! worker in a region for all jobs at once. No reconcile describes the
+//! instances of a single job.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use aws_sdk_ec2::types::Filter;
+use k8s_openapi::jiff::Timestamp;
+
+use super::{AwsClients, AwsError};
+use crate::names::tags;
+
+/// One worker instance as the last refresh saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedInstance {
+    pub instance_id: String,
+    /// EC2 state name: `pending`, `running`, `shutting-down`, `terminated`, …
+    pub state: String,
+    pub tags: BTreeMap<String, String>,
+    pub launch_time: Option<Timestamp>,
+}
+
+impl ObservedInstance {
+    /// True while the instance costs money or could still run a worker.
+    pub fn is_live(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "pending" | "running" | "stopping" | "stopped"
+        )
+    }
+}
+
+/// Every worker instance of one region, as of one refresh.
+pub type RegionInstances = Arc<HashMap<String, ObservedInstance>>;
+
+#[derive(Default)]
+struct Slot {
+    /// When the refresh that produced `instances` started.
+    refreshed_at: Option<Instant>,
+    instances: RegionInstances,
+}
+
+/// The shared, batched cache of worker instance states.
+pub struct InstanceCache {
+    aws: AwsClients,
+    cluster_id: String,
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+    describe_calls: AtomicU64,
+}
+
+impl InstanceCache {
+    pub fn new(aws: AwsClients, cluster_id: String) -> Self {
+        Self {
+            aws,
+            cluster_id,
+            slots: Mutex::default(),
+            describe_calls: AtomicU64::new(0),
+        }
+    }
+
+    /// DescribeInstances pages fetched so far (for tests and benchmarks).
+    pub fn describe_calls(&self) -> u64 {
+        self.describe_calls.load(Ordering::Relaxed)
+    }
+
+    /// The region's worker instances as seen by a refresh that started at or
+    /// after `fresh_since`. Concurrent callers share one refresh: whoever
+    /// finds the view too old refreshes it while the others wait for it.
+    pub async fn snapshot(
+        &self,
+        region: &str,
+        fresh_since: Instant,
+    ) -> Result<RegionInstances, AwsError> {
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.entry(region.to_string()).or_default().clone()
+        };
+        let mut slot = slot.lock().await;
+        if slot.refreshed_at.is_some_and(|t| t >= fresh_since) {
+            return Ok(slot.instances.clone());
+        }
+        let started = Instant::now();
+        let instances = self.describe(region).await?;
+        slot.refreshed_at = Some(started);
+        slot.instances = Arc::new(instances);
+        Ok(slot.instances.clone())
+    }
+
+    async fn describe(&self, region: &str) -> Result<HashMap<String, ObservedInstance>, AwsError> {
+        let mut pages = self
+            .aws
+            .ec2(region)
+            .describe_instances()
+            .filters(
+                Filter::builder()
+                    .name(format!("tag:{}", tags::CLUSTER_ID))
+                    .values(&self.cluster_id)
+                    .build(),
+            )
+            .max_results(1000)
+            .into_paginator()
+            .send();
+        let mut out = HashMap::new();
+        while let Some(page) = pages.next().await {
+            self.describe_calls.fetch_add(1, Ordering::Relaxed);
+            self.aws.count("DescribeInstances");
+            let page = page.map_err(|e| self.aws.error("DescribeInstances", e))?;
+            for i in page.reservations().iter().flat_map(|r| r.instances()) {
+                let Some(id) = i.instance_id() else { continue };
+                out.insert(
+                    id.to_string(),
+                    ObservedInstance {
+                        instance_id: id.to_string(),
+                        state: i
+                            .state()
+                            .and_then(|s| s.name())
+                            .map(|n| n.as_str().to_string())
+                            .unwrap_or_default(),
+                        tags: i
+                            .tags()
+                            .iter()
+                            .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+                            .collect(),
+                        launch_time: i
+                            .launch_time()
+                            .and_then(|t| Timestamp::from_second(t.secs()).ok()),
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+}

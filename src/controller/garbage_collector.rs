@@ -1,0 +1,313 @@
+//! The garbage collector: the safety net under every other path. Each sweep
+//! refreshes the shared instance cache of every region in use, terminates
+//! worker instances of this cluster whose owner job is gone, finished, or
+//! does not know them (after a grace period), and deletes worker queues whose
+//! configuration is gone.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+use tracing::{info, warn};
+
+use super::Context;
+use crate::api::{BackupJob, BackupJobStatus};
+use crate::aws::instance_cache::ObservedInstance;
+use crate::names::tags;
+
+/// Why an instance is an orphan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OrphanReason {
+    /// No job with the instance's namespace, name and UID exists.
+    OwnerGone,
+    /// The owner job has finished; its workers should all be gone.
+    OwnerFinished,
+    /// The owner job exists but no worker of it carries this launch token.
+    UnknownToOwner,
+}
+
+impl OrphanReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrphanReason::OwnerGone => "OwnerGone",
+            OrphanReason::OwnerFinished => "OwnerFinished",
+            OrphanReason::UnknownToOwner => "UnknownToOwner",
+        }
+    }
+}
+
+/// Judges one live worker instance against what its owner job says.
+/// `owner` is the job's latest status when the job exists with the UID the
+/// instance is tagged with.
+pub fn orphan_reason(
+    instance: &ObservedInstance,
+    owner: Option<&BackupJobStatus>,
+) -> Option<OrphanReason> {
+    let Some(status) = owner else {
+        return Some(OrphanReason::OwnerGone);
+    };
+    if status.phase.is_finished() {
+        return Some(OrphanReason::OwnerFinished);
+    }
+    let token = instance.tags.get(tags::LAUNCH_TOKEN)?;
+    let known = status.workers.iter().any(|w| {
+        &w.launch_token == token
+            && w.terminated_time.is_none()
+            && w.instance_id
+                .as_deref()
+                .is_none_or(|id| id == instance.instance_id)
+    });
+    (!known).then_some(OrphanReason::UnknownToOwner)
+}
+
+/// Settings of the sweep.
+#[derive(Clone, Copy, Debug)]
+pub struct SweepConfig {
+    pub interval: Duration,
+    /// An orphan is terminated only once it is older than this, so that a
+    /// launch whose status write is still on its way is never mistaken for one.
+    pub grace: Duration,
+}
+
+/// Runs sweeps until the task is dropped.
+pub async fn run(ctx: Arc<Context>, config: SweepConfig) {
+    // Judging instances against an empty cache would find everything orphaned.
+    wait_until_ready(&ctx.jobs).await;
+    wait_until_ready(&ctx.configurations).await;
+    loop {
+        sweep(&ctx, config).await;
+        tokio::time::sleep(config.interval).await;
+    }
+}
+
+/// Waits until a store has its initial list. Polled in short rounds: the
+/// store's readiness signal wakes only the last of several waiters (the
+/// controller waits on it too), so a single long wait could sleep forever.
+async fn wait_until_ready<K>(store: &kube::runtime::reflector::Store<K>)
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    while tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready())
+        .await
+        .is_err()
+    {}
+}
+
+/// The latest known status of the job named by an instance's tags, when
+/// that job exists with the tagged UID.
+fn owner_status(ctx: &Context, instance: &ObservedInstance) -> Option<BackupJobStatus> {
+    let ns = instance.tags.get(tags::NAMESPACE)?;
+    let name = instance.tags.get(tags::JOB_NAME)?;
+    let uid = instance.tags.get(tags::JOB_UID)?;
+    let job = ctx
+        .jobs
+        .get(&ObjectRef::<BackupJob>::new(name).within(ns))?;
+    if job.uid().as_deref() != Some(uid.as_str()) {
+        return None;
+    }
+    let written = ctx
+        .written
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(uid)
+        .cloned();
+    Some(written.or_else(|| job.status.clone()).unwrap_or_default())
+}
+
+/// Regions that have configurations or workers.
+fn regions_in_use(ctx: &Context) -> BTreeSet<String> {
+    let mut regions: BTreeSet<String> = ctx
+        .configurations
+        .state()
+        .iter()
+        .map(|c| c.spec.region.clone())
+        .collect();
+    for job in ctx.jobs.state() {
+        if let Some(s) = &job.status {
+            regions.extend(s.workers.iter().map(|w| w.region.clone()));
+        }
+    }
+    regions
+}
+
+async fn sweep(ctx: &Context, config: SweepConfig) {
+    let now = Timestamp::now();
+    for region in regions_in_use(ctx) {
+        let instances = match ctx.instances.snapshot(&region, Instant::now()).await {
+            Ok(i) => i,
+            Err(e) => {
+                warn!(region, error = %e, "garbage collection: could not list worker instances");
+                continue;
+            }
+        };
+        let mut orphans: Vec<(String, OrphanReason)> = Vec::new();
+        let mut live = 0usize;
+        for instance in instances.values().filter(|i| i.is_live()) {
+            if ctx.namespace.as_deref().is_some_and(|ns| {
+                instance.tags.get(tags::NAMESPACE).map(String::as_str) != Some(ns)
+            }) {
+                continue; // another controller's namespace
+            }
+            if instance.tags.get(tags::JOB_KIND).map(String::as_str) != Some("BackupJob") {
+                continue; // not a kind this version launches
+            }
+            live += 1;
+            let Some(reason) = orphan_reason(instance, owner_status(ctx, instance).as_ref()) else {
+                continue;
+            };
+            let old_enough = instance
+                .launch_time
+                .is_none_or(|t| now.duration_since(t).as_secs() >= config.grace.as_secs() as i64);
+            if old_enough {
+                orphans.push((instance.instance_id.clone(), reason));
+            }
+        }
+        let mut by_reason: HashMap<&'static str, usize> = HashMap::new();
+        if !orphans.is_empty() {
+            let ids: Vec<String> = orphans.iter().map(|(id, _)| id.clone()).collect();
+            match ctx.aws.terminate_workers(&region, &ids).await {
+                Ok(_) => {
+                    for (id, reason) in &orphans {
+                        warn!(
+                            region,
+                            instance_id = id,
+                            reason = reason.as_str(),
+                            "terminated an orphaned worker"
+                        );
+                        *by_reason.entry(reason.as_str()).or_default() += 1;
+                    }
+                }
+                Err(e) => {
+                    warn!(region, error = %e, "garbage collection: could not terminate orphans")
+                }
+            }
+        }
+        ctx.metrics.record_sweep(&region, live, &by_reason);
+        let queues = sweep_queues(ctx, &region).await;
+        info!(
+            region,
+            workers_seen = live,
+            orphans_terminated = by_reason.values().sum::<usize>(),
+            orphans_by_reason = ?by_reason,
+            queues_deleted = queues,
+            "garbage collection sweep"
+        );
+    }
+}
+
+/// Deletes this cluster's worker queues whose configuration no longer exists.
+async fn sweep_queues(ctx: &Context, region: &str) -> usize {
+    let queues = match ctx.aws.list_queues(region, "tender-").await {
+        Ok(q) => q,
+        Err(e) => {
+            warn!(region, error = %e, "garbage collection: could not list queues");
+            return 0;
+        }
+    };
+    let mut deleted = 0;
+    for (url, queue_tags) in queues {
+        if queue_tags.get(tags::CLUSTER_ID) != Some(&ctx.cluster_id) {
+            continue;
+        }
+        let (Some(ns), Some(name)) = (
+            queue_tags.get(tags::NAMESPACE),
+            queue_tags.get(tags::CONFIGURATION),
+        ) else {
+            continue;
+        };
+        if ctx.namespace.as_deref().is_some_and(|scope| scope != ns) {
+            continue;
+        }
+        let exists = ctx
+            .configurations
+            .get(&ObjectRef::new(name).within(ns))
+            .is_some();
+        if exists {
+            continue;
+        }
+        match ctx.aws.delete_queue(region, &url).await {
+            Ok(()) => {
+                warn!(region, queue_url = url, "deleted an orphaned worker queue");
+                ctx.pumps.stop(&url);
+                deleted += 1;
+            }
+            Err(e) => {
+                warn!(region, queue_url = url, error = %e, "could not delete an orphaned queue")
+            }
+        }
+    }
+    ctx.metrics.record_queue_sweep(region, deleted);
+    deleted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Phase, WorkerStatus};
+
+    fn instance(token: &str) -> ObservedInstance {
+        ObservedInstance {
+            instance_id: "i-1".into(),
+            state: "running".into(),
+            tags: [(tags::LAUNCH_TOKEN.to_string(), token.to_string())].into(),
+            launch_time: None,
+        }
+    }
+
+    fn status(phase: Phase, token: &str, instance_id: Option<&str>) -> BackupJobStatus {
+        BackupJobStatus {
+            phase,
+            workers: vec![WorkerStatus {
+                resource: "i-src".into(),
+                launch_token: token.into(),
+                instance_id: instance_id.map(Into::into),
+                phase: Phase::Running,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_instance_without_its_job_is_an_orphan() {
+        assert_eq!(
+            orphan_reason(&instance("t"), None),
+            Some(OrphanReason::OwnerGone)
+        );
+    }
+
+    #[test]
+    fn a_finished_job_owns_no_live_worker() {
+        let s = status(Phase::Succeeded, "t", Some("i-1"));
+        assert_eq!(
+            orphan_reason(&instance("t"), Some(&s)),
+            Some(OrphanReason::OwnerFinished)
+        );
+    }
+
+    #[test]
+    fn a_worker_the_job_knows_is_kept_even_before_its_id_is_recorded() {
+        let recorded = status(Phase::Running, "t", Some("i-1"));
+        assert_eq!(orphan_reason(&instance("t"), Some(&recorded)), None);
+        let launching = status(Phase::Provisioning, "t", None);
+        assert_eq!(orphan_reason(&instance("t"), Some(&launching)), None);
+    }
+
+    #[test]
+    fn a_worker_of_an_old_attempt_or_a_duplicate_is_unknown() {
+        let s = status(Phase::Running, "t2", Some("i-2"));
+        assert_eq!(
+            orphan_reason(&instance("t1"), Some(&s)),
+            Some(OrphanReason::UnknownToOwner)
+        );
+        let duplicate = status(Phase::Running, "t", Some("i-other"));
+        assert_eq!(
+            orphan_reason(&instance("t"), Some(&duplicate)),
+            Some(OrphanReason::UnknownToOwner)
+        );
+    }
+}

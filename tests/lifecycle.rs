@@ -1,0 +1,636 @@
+//! The worker lifecycle under failure, against the real kube-apiserver and
+//! the moto AWS emulator: lost workers and retries, deadlines, TTL, a
+//! controller killed mid-launch, orphans, bad and repeated messages, and
+//! leader election. Each test checks the job's status and the emulator's
+//! EC2/SQS state.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+use common::{TestEnv, condition};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use tender::api::{BackupJob, Phase};
+use tender::messages::{PROTOCOL_VERSION, WorkerEvent, WorkerMessage};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+fn state(i: &aws_sdk_ec2::types::Instance) -> String {
+    i.state().unwrap().name().unwrap().as_str().to_string()
+}
+
+#[tokio::test]
+async fn a_lost_worker_is_retried_then_the_job_fails_at_the_backoff_limit() {
+    let env = TestEnv::new("lost").await;
+    env.boot_workers.store(false, Ordering::SeqCst); // workers never report
+    let net = env.network().await;
+    let protected = env.protected_instance(&net.subnet).await;
+    env.create_configuration(
+        "default",
+        &net,
+        serde_json::json!({"heartbeatTimeoutSeconds": 5}),
+    )
+    .await;
+    env.wait_configuration_ready("default").await;
+    let job = env
+        .create_job("silent", &protected, serde_json::json!({"backoffLimit": 1}))
+        .await;
+    let uid = job.uid().unwrap();
+
+    let job = env
+        .wait_job("silent", TIMEOUT, |j| {
+            j.status.as_ref().is_some_and(|s| s.phase == Phase::Failed)
+        })
+        .await;
+    let status = job.status.clone().unwrap();
+    let worker = &status.workers[0];
+    assert_eq!(worker.attempt, 2, "one retry: {worker:?}");
+    assert_eq!(worker.failures, 2);
+    assert_eq!(worker.reason.as_deref(), Some("WorkerLost"));
+    assert!(
+        worker
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("no message from worker"),
+        "{worker:?}"
+    );
+    assert_eq!(status.active_workers, 0);
+    assert_eq!(condition(&job, "Failed").unwrap().status, "True");
+    assert_eq!(condition(&job, "Stalled").unwrap().status, "True");
+
+    // Two attempts, two instances with distinct tokens, both terminated.
+    let instances = env.instances_tagged("tender.dev/job-uid", &uid).await;
+    assert_eq!(instances.len(), 2, "one instance per attempt");
+    let mut attempts: Vec<String> = instances
+        .iter()
+        .map(|i| TestEnv::tags(i)["tender.dev/attempt"].clone())
+        .collect();
+    attempts.sort();
+    assert_eq!(attempts, ["1", "2"]);
+    let tokens: std::collections::BTreeSet<String> = instances
+        .iter()
+        .map(|i| TestEnv::tags(i)["tender.dev/launch-token"].clone())
+        .collect();
+    assert_eq!(tokens.len(), 2, "each attempt has its own launch token");
+    assert!(instances.iter().all(|i| state(i) == "terminated"));
+
+    let reasons: Vec<String> = env.events().await.into_iter().map(|(r, _)| r).collect();
+    for reason in ["WorkerLost", "WorkerRetried", "JobFailed"] {
+        assert!(
+            reasons.iter().any(|r| r == reason),
+            "event {reason} missing: {reasons:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_active_deadline_stops_a_job_and_its_worker() {
+    let env = TestEnv::new("deadline").await;
+    env.boot_workers.store(false, Ordering::SeqCst);
+    let net = env.network().await;
+    let protected = env.protected_instance(&net.subnet).await;
+    env.create_configuration("default", &net, serde_json::json!({}))
+        .await;
+    env.wait_configuration_ready("default").await;
+    let job = env
+        .create_job(
+            "slow",
+            &protected,
+            serde_json::json!({"activeDeadlineSeconds": 3, "backoffLimit": 5}),
+        )
+        .await;
+    let uid = job.uid().unwrap();
+
+    let job = env
+        .wait_job("slow", TIMEOUT, |j| {
+            j.status.as_ref().is_some_and(|s| s.phase == Phase::Failed)
+        })
+        .await;
+    let worker = &job.status.as_ref().unwrap().workers[0];
+    assert_eq!(worker.reason.as_deref(), Some("DeadlineExceeded"));
+    assert_eq!(worker.attempt, 1, "a deadline is not retried");
+    let failed = condition(&job, "Failed").unwrap();
+    assert!(
+        failed.message.contains("activeDeadlineSeconds"),
+        "{}",
+        failed.message
+    );
+    let instances = env.instances_tagged("tender.dev/job-uid", &uid).await;
+    assert_eq!(instances.len(), 1);
+    assert_eq!(state(&instances[0]), "terminated");
+}
+
+#[tokio::test]
+async fn a_finished_job_is_deleted_after_its_ttl() {
+    let env = TestEnv::new("ttl").await;
+    let net = env.network().await;
+    let protected = env.protected_instance(&net.subnet).await;
+    env.create_configuration("default", &net, serde_json::json!({}))
+        .await;
+    env.wait_configuration_ready("default").await;
+    let job = env
+        .create_job(
+            "short-lived",
+            &protected,
+            serde_json::json!({"ttlSecondsAfterFinished": 2}),
+        )
+        .await;
+    let uid = job.uid().unwrap();
+
+    env.wait_job("short-lived", TIMEOUT, |j| {
+        j.status
+            .as_ref()
+            .is_some_and(|s| s.phase == Phase::Succeeded)
+    })
+    .await;
+    let jobs: Api<BackupJob> = env.api();
+    common::eventually(TIMEOUT, || {
+        let jobs = jobs.clone();
+        async move {
+            jobs.get_opt("short-lived")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+    let instances = env.instances_tagged("tender.dev/job-uid", &uid).await;
+    assert_eq!(instances.len(), 1);
+    assert_eq!(state(&instances[0]), "terminated");
+}
+
+#[tokio::test]
+async fn a_suspended_job_launches_nothing_until_resumed() {
+    let env = TestEnv::new("suspend").await;
+    let net = env.network().await;
+    let protected = env.protected_instance(&net.subnet).await;
+    env.create_configuration("default", &net, serde_json::json!({}))
+        .await;
+    env.wait_configuration_ready("default").await;
+    let job = env
+        .create_job("paused", &protected, serde_json::json!({"suspend": true}))
+        .await;
+    let uid = job.uid().unwrap();
+
+    let job = env
+        .wait_job("paused", TIMEOUT, |j| {
+            j.status
+                .as_ref()
+                .is_some_and(|s| s.phase == Phase::Suspended)
+        })
+        .await;
+    assert_eq!(condition(&job, "Suspended").unwrap().status, "True");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        env.instances_tagged("tender.dev/job-uid", &uid)
+            .await
+            .is_empty(),
+        "nothing launched while suspended"
+    );
+
+    let jobs: Api<BackupJob> = env.api();
+    jobs.patch(
+        "paused",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"suspend": false}})),
+    )
+    .await
+    .unwrap();
+    let job = env
+        .wait_job("paused", TIMEOUT, |j| {
+            j.status
+                .as_ref()
+                .is_some_and(|s| s.phase == Phase::Succeeded)
+        })
+        .await;
+    assert!(condition(&job, "Suspended").is_none());
+    let instances = env.instances_tagged("tender.dev/job-uid", &uid).await;
+    assert_eq!(instances.len(), 1);
+    assert_eq!(state(&instances[0]), "terminated");
+}
+
+#[tokio::test]
+async fn a_controller_killed_right_after_run_instances_adopts_the_worker_on_restart() {
+    let env = TestEnv::without_controller("crash").await;
+    let net = env.network().await;
+    let protected = env.protected_instance(&net.subnet).await;
+    // This controller aborts the moment RunInstances returns, before the
+    // instance ID reaches the job's status.
+    env.start_controller_with(&[], &[("TENDER_CRASH_AT", "after-run-instances")]);
+    env.create_configuration("default", &net, serde_json::json!({}))
+        .await;
+    env.wait_configuration_ready("default").await;
+    let job = env
+        .create_job("survivor", &protected, serde_json::json!({}))
+        .await;
+    let uid = job.uid().unwrap();
+
+    common::eventually(TIMEOUT, || async {
+        (!env.exited_controllers().is_empty()).then_some(())
+    })
+    .await;
+    let jobs: Api<BackupJob> = env.api();
+    let crashed = jobs.get("survivor").await.unwrap();
+    let worker = &crashed.status.as_ref().unwrap().workers[0];
+    assert!(
+        worker.instance_id.is_none(),
+        "the crash came before the status write: {worker:?}"
+    );
+    assert_eq!(
+        env.instances_tagged("tender.dev/job-uid", &uid).await.len(),
+        1
+    );
+
+    env.kill_controller();
+    env.start_controller();
+    let job = env
+        .wait_job("survivor", TIMEOUT, |j| {
+            j.status
+                .as_ref()
+                .is_some_and(|s| s.phase == Phase::Succeeded)
+        })
+        .await;
+    let instances = env.instances_tagged("tender.dev/job-uid", &uid).await;
+    assert_eq!(instances.len(), 1, "exactly one instance for the job");
+    assert_eq!(
+        job.status.as_ref().unwrap().workers[0]
+            .instance_id
+            .as_deref(),
+        instances[0].instance_id()
+    );
+    assert_eq!(state(&instances[0]), "terminated");
+    let reasons: Vec<String> = env.events().await.into_iter().map(|(r, _)| r).collect();
+    assert!(reasons.iter().any(|r| r == "WorkerAdopted"), "{reasons:?}");
+}
+
+#[tokio::test]
+async fn the_sweep_terminates_orphaned_workers_and_deletes_orphaned_queues() {
+    let env = TestEnv::without_controller("orphan").await;
+    let port = env.start_controller_with(&[], &[]);
+    let net = env.network().await;
+    env.create_configuration("default", &net, serde_json::json!({}))
+        .await;
+    env.wait_configuration_ready("default").await;
+
+    // A worker whose job never existed here, and one of another cluster.
+    let orphan_tags = [
+        ("tender.dev/cluster-id", env.cluster_id.as_str()),
+        ("tender.dev/namespace", env.namespace.as_str()),
+        ("tender.dev/job-kind", "BackupJob"),
+        ("tender.dev/job-name", "deleted-long-ago"),
+        ("tender.dev/job-uid", "00000000-0000-0000-0000-000000000000"),
+        ("tender.dev/launch-token", "tender-0000"),
+    ];
+    let run = |tags: Vec<(String, String)>| {
+        let ec2 = env.ec2.clone();
+        let subnet = net.subnet.clone();
+        async move {
+            let spec = TagSpecification::builder()
+                .resource_type(ResourceType::Instance)
+                .set_tags(Some(
+                    tags.into_iter()
+                        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                        .collect(),
+                ))
+                .build();
+            let out = ec2
+                .run_instances()
+                .image_id("ami-0123456789abcdef0")
+                .instance_type(aws_sdk_ec2::types::InstanceType::C5Large)
+                .min_count(1)
+                .max_count(1)
+                .subnet_id(subnet)
+                .tag_specifications(spec)
+                .send()
+                .await
+                .unwrap();
+            out.instances()[0].instance_id().unwrap().to_string()
+        }
+    };
+    let orphan = run(orphan_tags
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect())
+    .await;
+    let foreign_cluster = common::unique("other-cluster");
+    let foreign = run(orphan_tags
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                if *k == "tender.dev/cluster-id" {
+                    foreign_cluster.clone()
+                } else {
+                    v.to_string()
+                },
+            )
+        })
+        .collect())
+    .await;
+    // A queue whose configuration is gone.
+    let sqs = common::sqs().await;
+    let queue = sqs
+        .create_queue()
+        .queue_name(common::unique("tender-gone"))
+        .tags("tender.dev/cluster-id", &env.cluster_id)
+        .tags("tender.dev/namespace", &env.namespace)
+        .tags("tender.dev/worker-configuration", "gone")
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_string();
+
+    let describe = |id: String| {
+        let ec2 = env.ec2.clone();
+        async move {
+            let out = ec2
+                .describe_instances()
+                .instance_ids(id)
+                .send()
+                .await
+                .unwrap();
+            state(&out.reservations()[0].instances()[0])
+        }
+    };
+    common::eventually(TIMEOUT, || {
+        let d = describe(orphan.clone());
+        async move { (d.await == "terminated").then_some(()) }
+    })
+    .await;
+    common::eventually(TIMEOUT, || {
+        let sqs = sqs.clone();
+        let queue = queue.clone();
+        async move {
+            sqs.get_queue_attributes()
+                .queue_url(queue)
+                .send()
+                .await
+                .is_err()
+                .then_some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        describe(foreign.clone()).await,
+        "running",
+        "another cluster's worker is left alone"
+    );
+    // The configuration in use keeps its queue.
+    let cfg = env.wait_configuration_ready("default").await;
+    let live_queue = cfg.status.unwrap().queue_url.unwrap();
+    assert!(
+        sqs.get_queue_attributes()
+            .queue_url(live_queue)
+            .send()
+            .await
+            .is_ok()
+    );
+
+    let metrics = env.metrics(port).await;
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("tender_gc_orphans_terminated_total") && l.contains("OwnerGone"))
+        .unwrap_or_else(|| panic!("no orphan metric in:\n{metrics}"));
+    assert!(line.ends_with(" 1"), "{line}");
+    assert!(
+        metrics.contains("tender_gc_queues_deleted_total"),
+        "{metrics}"
+    );
+    env.ec2
+        .terminate_instances()
+        .instance_ids(foreign)
+        .send()
+        .await
+        .unwrap();
+}
+
+fn message(job: &BackupJob, sequence: i64, event: WorkerEvent) -> String {
+    let w = &job.status.as_ref().unwrap().workers[0];
+    serde_json::to_string(&WorkerMessage {
+        version: PROTOCOL_VERSION,
+        namespace: job.namespace().unwrap(),
+        job_name: job.name_any(),
+        job_uid: job.uid().unwrap(),
+        resource: w.resource.clone(),
+        instance_id: w.instance_id.clone().unwrap(),
+        attempt: w.attempt,
+        sequence,
+        event,
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn duplicate_late_and_malformed_messages_change_nothing() {
+    let env = TestEnv::new("messages").await;
+    let net = env.network().await;
+    let protected = env.protected_instance(&net.subnet).await;
+    env.create_configuration("default", &net, serde_json::json!({}))
+        .await;
+    let cfg = env.wait_configuration_ready("default").await;
+    let queue = cfg.status.unwrap().queue_url.unwrap();
+    env.create_job("steady", &protected, serde_json::json!({}))
+        .await;
+    let done = env
+        .wait_job("steady", TIMEOUT, |j| {
+            j.status
+                .as_ref()
+                .is_some_and(|s| s.phase == Phase::Succeeded)
+        })
+        .await;
+
+    let sqs = common::sqs().await;
+    let send = |body: String| {
+        let sqs = sqs.clone();
+        let queue = queue.clone();
+        async move {
+            sqs.send_message()
+                .queue_url(queue)
+                .message_body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let last = done.status.as_ref().unwrap().workers[0].last_sequence;
+    // A duplicate of the last message, an older one arriving late, a failure
+    // after success, garbage, a future protocol version, and a message for a
+    // job that does not exist.
+    send(message(
+        &done,
+        last,
+        WorkerEvent::Completed {
+            detail: "again".into(),
+        },
+    ))
+    .await;
+    send(message(
+        &done,
+        1,
+        WorkerEvent::Progress {
+            percent: 5,
+            detail: "late".into(),
+        },
+    ))
+    .await;
+    send(message(
+        &done,
+        last + 1,
+        WorkerEvent::Failed {
+            reason: "Boom".into(),
+            message: "after the fact".into(),
+        },
+    ))
+    .await;
+    send("{this is not json".into()).await;
+    send(message(&done, last + 2, WorkerEvent::Started).replace("\"version\":1", "\"version\":99"))
+        .await;
+    let mut ghost: serde_json::Value =
+        serde_json::from_str(&message(&done, 1, WorkerEvent::Started)).unwrap();
+    ghost["jobUid"] = "not-a-job".into();
+    send(ghost.to_string()).await;
+
+    // Every message is consumed, and the job is exactly as it was.
+    common::eventually(TIMEOUT, || {
+        let sqs = sqs.clone();
+        let queue = queue.clone();
+        async move {
+            let out = sqs
+                .get_queue_attributes()
+                .queue_url(queue)
+                .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+                .send()
+                .await
+                .ok()?;
+            let attrs = out.attributes()?;
+            let visible =
+                &attrs[&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages];
+            let in_flight = &attrs
+                [&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible];
+            (visible == "0" && in_flight == "0").then_some(())
+        }
+    })
+    .await;
+    let after: BackupJob = env.api().get("steady").await.unwrap();
+    assert_eq!(
+        after.status, done.status,
+        "late, repeated and bad messages changed the status"
+    );
+    assert!(
+        env.exited_controllers().is_empty(),
+        "the controller survived the bad messages"
+    );
+
+    // And it still works.
+    env.create_job("next", &protected, serde_json::json!({}))
+        .await;
+    env.wait_job("next", TIMEOUT, |j| {
+        j.status
+            .as_ref()
+            .is_some_and(|s| s.phase == Phase::Succeeded)
+    })
+    .await;
+    let log = std::fs::read_to_string(
+        env.log_dir
+            .join(format!("{}-controller.log", env.namespace)),
+    )
+    .unwrap();
+    assert!(
+        log.contains("dropping malformed worker message"),
+        "malformed message not logged"
+    );
+    assert!(log.contains("dropping worker message for a job that does not exist"));
+}
+
+#[tokio::test]
+async fn with_two_replicas_only_the_leader_acts_and_a_follower_takes_over() {
+    let env = TestEnv::without_controller("leader").await;
+    let election = [
+        "--leader-elect",
+        "--leader-election-lease-seconds",
+        "3",
+        "--leader-election-renew-seconds",
+        "1",
+    ];
+    let first = env.start_controller_with(&election, &[("POD_NAME", "replica-a")]);
+    let leases: Api<Lease> = env.api();
+    let holder = || {
+        let leases = leases.clone();
+        async move {
+            leases
+                .get_opt("tender-controller")
+                .await
+                .ok()??
+                .spec?
+                .holder_identity
+                .filter(|h| !h.is_empty())
+        }
+    };
+    common::eventually(TIMEOUT, || async {
+        (holder().await.as_deref() == Some("replica-a")).then_some(())
+    })
+    .await;
+    let second = env.start_controller_with(&election, &[("POD_NAME", "replica-b")]);
+
+    let net = env.network().await;
+    let protected = env.protected_instance(&net.subnet).await;
+    env.create_configuration("default", &net, serde_json::json!({}))
+        .await;
+    env.wait_configuration_ready("default").await;
+    let job = env
+        .create_job("led", &protected, serde_json::json!({}))
+        .await;
+    env.wait_job("led", TIMEOUT, |j| {
+        j.status
+            .as_ref()
+            .is_some_and(|s| s.phase == Phase::Succeeded)
+    })
+    .await;
+    assert_eq!(
+        env.instances_tagged("tender.dev/job-uid", &job.uid().unwrap())
+            .await
+            .len(),
+        1
+    );
+    let follower_metrics = env.metrics(second).await;
+    assert!(
+        !follower_metrics.contains("tender_workers_launched_total{"),
+        "the follower launched nothing:\n{follower_metrics}"
+    );
+    assert!(
+        env.metrics(first)
+            .await
+            .contains("tender_workers_launched_total{")
+    );
+
+    // The leader dies; the follower takes over once the lease expires.
+    env.kill_controller_on(first);
+    common::eventually(TIMEOUT, || async {
+        (holder().await.as_deref() == Some("replica-b")).then_some(())
+    })
+    .await;
+    let job = env
+        .create_job("after-failover", &protected, serde_json::json!({}))
+        .await;
+    env.wait_job("after-failover", TIMEOUT, |j| {
+        j.status
+            .as_ref()
+            .is_some_and(|s| s.phase == Phase::Succeeded)
+    })
+    .await;
+    assert_eq!(
+        env.instances_tagged("tender.dev/job-uid", &job.uid().unwrap())
+            .await
+            .len(),
+        1
+    );
+}
