@@ -69,6 +69,10 @@ enum Command {
         /// Seconds between Lease renewals.
         #[arg(long, default_value_t = 5)]
         leader_election_renew_seconds: u64,
+        /// Seconds between checks of each configuration's subnets, VPC
+        /// endpoints and instance type offerings.
+        #[arg(long, default_value_t = 300, env = "TENDER_NETWORK_RECHECK_SECONDS")]
+        network_recheck_seconds: u64,
         /// Seconds between garbage-collection sweeps.
         #[arg(long, default_value_t = 60, env = "TENDER_SWEEP_INTERVAL_SECONDS")]
         sweep_interval_seconds: u64,
@@ -117,6 +121,7 @@ fn main() -> ExitCode {
             leader_election_renew_seconds,
             sweep_interval_seconds,
             sweep_grace_seconds,
+            network_recheck_seconds,
         } => {
             let election = leader_elect.then(|| ElectionConfig {
                 namespace: leader_election_namespace
@@ -133,6 +138,7 @@ fn main() -> ExitCode {
                 cluster_id,
                 namespace,
                 heartbeat_seconds,
+                network_recheck: Duration::from_secs(network_recheck_seconds.max(1)),
                 metrics_address,
                 election,
                 sweep: SweepConfig {

@@ -29,6 +29,38 @@ pub struct WorkerTask {
     pub heartbeat_seconds: u64,
 }
 
+/// Markers around the task in a worker's user data.
+const TASK_BEGIN: &str = "cat > /run/tender/task.json <<'TENDER_TASK'\n";
+const TASK_END: &str = "\nTENDER_TASK\n";
+
+impl WorkerTask {
+    /// The user data of a worker instance: a script that writes the task
+    /// and starts the agent (which the worker AMI carries as `tender`), with
+    /// the instance ID read through IMDSv2.
+    pub fn user_data(&self) -> Result<String, serde_json::Error> {
+        let task = serde_json::to_string(self)?;
+        Ok(format!(
+            "#!/bin/sh\n\
+             # Tender worker bootstrap: run the worker agent with this task.\n\
+             set -eu\n\
+             mkdir -p /run/tender\n\
+             {TASK_BEGIN}{task}{TASK_END}\
+             IMDS=http://169.254.169.254/latest\n\
+             TOKEN=$(curl -sS -X PUT \"$IMDS/api/token\" -H 'X-aws-ec2-metadata-token-ttl-seconds: 300')\n\
+             INSTANCE_ID=$(curl -sS -H \"X-aws-ec2-metadata-token: $TOKEN\" \"$IMDS/meta-data/instance-id\")\n\
+             exec tender worker --task-file /run/tender/task.json --instance-id \"$INSTANCE_ID\"\n"
+        ))
+    }
+
+    /// The task inside a worker's user data, as [`WorkerTask::user_data`]
+    /// wrote it.
+    pub fn from_user_data(user_data: &str) -> Option<WorkerTask> {
+        let start = user_data.find(TASK_BEGIN)? + TASK_BEGIN.len();
+        let len = user_data[start..].find(TASK_END)?;
+        serde_json::from_str(&user_data[start..start + len]).ok()
+    }
+}
+
 /// The operation a worker runs.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -127,6 +159,29 @@ mod tests {
         let body = serde_json::to_string(&msg).expect("serializes");
         assert!(body.contains(r#""type":"progress""#), "{body}");
         assert_eq!(WorkerMessage::parse(&body).expect("parses"), msg);
+    }
+
+    #[test]
+    fn the_task_travels_in_a_boot_script() {
+        let task = WorkerTask {
+            version: PROTOCOL_VERSION,
+            operation: Operation::Backup,
+            namespace: "ns".into(),
+            job_name: "job".into(),
+            job_uid: "uid".into(),
+            resource: "i-0123456789abcdef0".into(),
+            resource_region: "us-east-1".into(),
+            attempt: 2,
+            queue_url: "https://sqs.us-east-1.amazonaws.com/1/q".into(),
+            queue_region: "us-east-1".into(),
+            heartbeat_seconds: 30,
+        };
+        let script = task.user_data().expect("renders");
+        assert!(script.starts_with("#!/bin/sh\n"));
+        assert!(script.contains("exec tender worker --task-file /run/tender/task.json"));
+        assert!(script.contains("X-aws-ec2-metadata-token"), "IMDSv2");
+        assert_eq!(WorkerTask::from_user_data(&script), Some(task));
+        assert_eq!(WorkerTask::from_user_data("#!/bin/sh\necho hi\n"), None);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use sha2::{Digest, Sha256};
 
 use crate::api::{InstanceTypes, WorkerSubnet};
+use crate::aws::network::{EndpointInfo, TcpRule};
 use crate::names::tags;
 
 /// Backup workers below this total EBS size get the small instance type.
@@ -24,40 +25,162 @@ pub fn launch_token(job_uid: &str, resource: &str, attempt: i32) -> String {
     format!("tender-{hex}")
 }
 
-/// The subnet a worker goes to, and why.
+/// A subnet a worker may go to, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubnetChoice {
     pub subnet_id: String,
     pub reason: String,
 }
 
-/// Picks the subnet in the resource's availability zone when the
-/// configuration lists one, else the first configured subnet.
-pub fn choose_subnet(
+/// The subnets to try for a worker, best first: those in the resource's
+/// availability zone, then the others in their configured order. The
+/// launch goes to the first one with free addresses and capacity.
+pub fn subnet_candidates(
     subnets: &[WorkerSubnet],
     resource_zone: Option<&str>,
-) -> Option<SubnetChoice> {
-    if let Some(zone) = resource_zone
-        && let Some(s) = subnets
-            .iter()
-            .find(|s| s.availability_zone.as_deref() == Some(zone))
-    {
-        return Some(SubnetChoice {
+) -> Vec<SubnetChoice> {
+    let in_zone = |s: &WorkerSubnet| {
+        resource_zone.is_some() && s.availability_zone.as_deref() == resource_zone
+    };
+    let zone = resource_zone.unwrap_or("unknown");
+    let mut out: Vec<SubnetChoice> = subnets
+        .iter()
+        .filter(|s| in_zone(s))
+        .map(|s| SubnetChoice {
             subnet_id: s.subnet_id.clone(),
             reason: format!("subnet in the resource's availability zone {zone}"),
-        });
+        })
+        .collect();
+    let none_in_zone = out.is_empty();
+    out.extend(
+        subnets
+            .iter()
+            .filter(|s| !in_zone(s))
+            .map(|s| SubnetChoice {
+                subnet_id: s.subnet_id.clone(),
+                reason: match (none_in_zone, resource_zone) {
+                    (true, Some(zone)) => format!(
+                        "no subnet in the resource's availability zone {zone}; subnet in {}",
+                        s.availability_zone.as_deref().unwrap_or("another zone")
+                    ),
+                    _ => format!(
+                        "subnet in {}",
+                        s.availability_zone.as_deref().unwrap_or("another zone")
+                    ),
+                },
+            }),
+    );
+    out
+}
+
+/// True for launch errors that another subnet may not have: no free
+/// address, no capacity for the type, or the type not offered in the zone.
+pub fn is_capacity_error(code: &str) -> bool {
+    matches!(
+        code,
+        "InsufficientInstanceCapacity"
+            | "InsufficientFreeAddressesInSubnet"
+            | "Unsupported"
+            | "InsufficientCapacity"
+    )
+}
+
+/// The rules of the security group Tender manages: inbound TCP 443 from the
+/// file-level recovery CIDRs only; outbound TCP 443 (AWS endpoints) and TCP
+/// 2049 (EFS mount targets). Ingress first, then egress; both sorted.
+pub fn managed_rules(file_level_recovery_cidrs: &[String]) -> (Vec<TcpRule>, Vec<TcpRule>) {
+    let mut ingress: Vec<TcpRule> = file_level_recovery_cidrs
+        .iter()
+        .map(|c| TcpRule {
+            port: 443,
+            cidr: c.clone(),
+        })
+        .collect();
+    ingress.sort();
+    ingress.dedup();
+    let egress = vec![
+        TcpRule {
+            port: 443,
+            cidr: "0.0.0.0/0".into(),
+        },
+        TcpRule {
+            port: 2049,
+            cidr: "0.0.0.0/0".into(),
+        },
+    ];
+    (ingress, egress)
+}
+
+/// Worker operations, for their network needs.
+pub const OPERATIONS: [&str; 4] = ["backup", "restore", "fileLevelRecovery", "indexing"];
+
+/// The interface endpoints an operation needs in private-network mode.
+pub fn required_endpoints(operation: &str) -> &'static [&'static str] {
+    match operation {
+        "backup" => &["ssm", "ec2messages", "sqs", "ebs", "s3"],
+        "indexing" => &["ssm", "ssmmessages", "sqs", "s3"],
+        _ => &["ssm", "ec2messages", "sqs", "s3"],
     }
-    let first = subnets.first()?;
-    let reason = match resource_zone {
-        Some(zone) => format!(
-            "no configured subnet in the resource's availability zone {zone}; first configured subnet"
-        ),
-        None => "first configured subnet".to_string(),
-    };
-    Some(SubnetChoice {
-        subnet_id: first.subnet_id.clone(),
-        reason,
-    })
+}
+
+/// The endpoints `operation` needs that the VPC lacks: an endpoint counts
+/// when it is an available *interface* endpoint with private DNS (an S3
+/// gateway endpoint does not count).
+pub fn missing_endpoints(region: &str, operation: &str, endpoints: &[EndpointInfo]) -> Vec<String> {
+    required_endpoints(operation)
+        .iter()
+        .filter(|service| {
+            let name = format!("com.amazonaws.{region}.{service}");
+            !endpoints.iter().any(|e| {
+                e.service_name == name
+                    && e.interface
+                    && e.available
+                    && (e.private_dns || **service == "s3")
+            })
+        })
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// Expands `{{job}}`, `{{namespace}}`, `{{operation}}` and `{{resource}}` in
+/// the configuration's tag values.
+pub fn expand_tag_values(
+    configured: &BTreeMap<String, String>,
+    owner: &WorkerOwner<'_>,
+) -> BTreeMap<String, String> {
+    configured
+        .iter()
+        .map(|(k, v)| {
+            let value = v
+                .replace("{{job}}", owner.job_name)
+                .replace("{{namespace}}", owner.namespace)
+                .replace("{{operation}}", owner.operation)
+                .replace("{{resource}}", owner.resource);
+            // A tag value is at most 256 characters, also after expansion.
+            (k.clone(), value.chars().take(256).collect())
+        })
+        .collect()
+}
+
+/// How many of a job's waiting workers may launch now under a
+/// configuration's `maxConcurrentWorkers`, and the job's place in the queue
+/// when some must wait (1 = next). `active` counts live workers of the
+/// configuration; `waiting_ahead` counts workers of older jobs still waiting.
+pub fn launch_allowance(
+    max: Option<i32>,
+    active: usize,
+    waiting_ahead: usize,
+    mine: usize,
+) -> (usize, Option<usize>) {
+    let Some(max) = max else { return (mine, None) };
+    let free = (max.max(0) as usize).saturating_sub(active);
+    let for_me = free.saturating_sub(waiting_ahead).min(mine);
+    if for_me == mine {
+        (for_me, None)
+    } else {
+        // Workers ahead that cannot start now, plus this job's first one.
+        (for_me, Some(waiting_ahead.saturating_sub(free) + 1))
+    }
 }
 
 /// Tender's default instance type for an EC2 backup worker, by the total
@@ -101,10 +224,9 @@ pub fn worker_tags(
     owner: &WorkerOwner<'_>,
     configured: &BTreeMap<String, String>,
 ) -> BTreeMap<String, String> {
-    let mut out: BTreeMap<String, String> = configured
-        .iter()
+    let mut out: BTreeMap<String, String> = expand_tag_values(configured, owner)
+        .into_iter()
         .filter(|(k, _)| !k.starts_with(tags::PREFIX) && !k.starts_with("aws:"))
-        .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     out.entry(tags::NAME.to_string()).or_insert_with(|| {
         format!(
@@ -170,30 +292,128 @@ mod tests {
     }
 
     #[test]
-    fn subnet_in_the_resource_zone_wins() {
+    fn subnets_in_the_resource_zone_come_first() {
         let subnets = [
             subnet("subnet-aaaaaaaa", Some("us-east-1a")),
             subnet("subnet-bbbbbbbb", Some("us-east-1b")),
+            subnet("subnet-cccccccc", Some("us-east-1b")),
         ];
-        let choice = choose_subnet(&subnets, Some("us-east-1b")).expect("a subnet");
-        assert_eq!(choice.subnet_id, "subnet-bbbbbbbb");
-        assert!(choice.reason.contains("us-east-1b"));
+        let order: Vec<String> = subnet_candidates(&subnets, Some("us-east-1b"))
+            .into_iter()
+            .map(|c| c.subnet_id)
+            .collect();
+        assert_eq!(
+            order,
+            ["subnet-bbbbbbbb", "subnet-cccccccc", "subnet-aaaaaaaa"]
+        );
+        let first = &subnet_candidates(&subnets, Some("us-east-1b"))[0];
+        assert!(first.reason.contains("us-east-1b"), "{}", first.reason);
     }
 
     #[test]
-    fn falls_back_to_the_first_subnet_and_says_so() {
+    fn without_a_subnet_in_the_zone_the_others_are_tried_and_the_reason_says_so() {
         let subnets = [
             subnet("subnet-aaaaaaaa", Some("us-east-1a")),
             subnet("subnet-bbbbbbbb", None),
         ];
-        let choice = choose_subnet(&subnets, Some("us-east-1c")).expect("a subnet");
-        assert_eq!(choice.subnet_id, "subnet-aaaaaaaa");
+        let candidates = subnet_candidates(&subnets, Some("us-east-1c"));
+        assert_eq!(candidates[0].subnet_id, "subnet-aaaaaaaa");
         assert!(
-            choice.reason.contains("no configured subnet"),
-            "{}",
-            choice.reason
+            candidates[0]
+                .reason
+                .contains("no subnet in the resource's availability zone us-east-1c")
         );
-        assert_eq!(choose_subnet(&[], Some("us-east-1a")), None);
+        assert_eq!(candidates.len(), 2);
+        assert!(subnet_candidates(&[], Some("us-east-1a")).is_empty());
+    }
+
+    #[test]
+    fn capacity_errors_move_on_to_the_next_subnet() {
+        assert!(is_capacity_error("InsufficientInstanceCapacity"));
+        assert!(is_capacity_error("InsufficientFreeAddressesInSubnet"));
+        assert!(!is_capacity_error("InvalidAMIID.NotFound"));
+    }
+
+    #[test]
+    fn managed_rules_are_exactly_what_workers_need() {
+        let (ingress, egress) = managed_rules(&[
+            "10.0.0.0/8".into(),
+            "192.168.1.0/24".into(),
+            "10.0.0.0/8".into(),
+        ]);
+        assert_eq!(
+            ingress,
+            [
+                TcpRule {
+                    port: 443,
+                    cidr: "10.0.0.0/8".into()
+                },
+                TcpRule {
+                    port: 443,
+                    cidr: "192.168.1.0/24".into()
+                }
+            ]
+        );
+        assert_eq!(
+            egress.iter().map(|r| r.port).collect::<Vec<_>>(),
+            [443, 2049]
+        );
+        assert!(
+            managed_rules(&[]).0.is_empty(),
+            "no inbound rule without CIDRs"
+        );
+    }
+
+    #[test]
+    fn private_network_needs_interface_endpoints_with_private_dns() {
+        let ep = |service: &str, interface: bool, dns: bool| EndpointInfo {
+            service_name: format!("com.amazonaws.us-east-1.{service}"),
+            interface,
+            private_dns: dns,
+            available: true,
+        };
+        let mut endpoints = vec![
+            ep("ssm", true, true),
+            ep("ec2messages", true, true),
+            ep("sqs", true, true),
+            ep("s3", false, false),
+        ];
+        assert_eq!(
+            missing_endpoints("us-east-1", "backup", &endpoints),
+            ["ebs", "s3"]
+        );
+        assert_eq!(
+            missing_endpoints("us-east-1", "restore", &endpoints),
+            ["s3"]
+        );
+        assert_eq!(
+            missing_endpoints("us-east-1", "indexing", &endpoints),
+            ["ssmmessages", "s3"]
+        );
+        endpoints.push(ep("ebs", true, false));
+        assert_eq!(
+            missing_endpoints("us-east-1", "backup", &endpoints),
+            ["ebs", "s3"],
+            "ebs without private DNS"
+        );
+        endpoints.push(ep("ebs", true, true));
+        endpoints.push(ep("s3", true, false));
+        assert!(missing_endpoints("us-east-1", "backup", &endpoints).is_empty());
+        assert_eq!(
+            missing_endpoints("eu-west-1", "restore", &endpoints).len(),
+            4,
+            "other region"
+        );
+    }
+
+    #[test]
+    fn the_queue_lets_older_jobs_go_first() {
+        assert_eq!(launch_allowance(None, 100, 100, 3), (3, None));
+        assert_eq!(launch_allowance(Some(4), 1, 0, 2), (2, None));
+        assert_eq!(launch_allowance(Some(4), 3, 0, 2), (1, Some(1)));
+        assert_eq!(launch_allowance(Some(4), 4, 0, 1), (0, Some(1)));
+        assert_eq!(launch_allowance(Some(4), 2, 5, 1), (0, Some(4)));
+        assert_eq!(launch_allowance(Some(2), 0, 1, 1), (1, None));
     }
 
     #[test]
@@ -209,6 +429,31 @@ mod tests {
         };
         assert_eq!(backup_instance_type(Some(&configured), 50_000), "m5.xlarge");
         assert_eq!(backup_instance_type(None, 50_000), "c5.4xlarge");
+    }
+
+    #[test]
+    fn tag_values_expand_per_worker() {
+        let owner = WorkerOwner {
+            cluster_id: "c1",
+            namespace: "prod",
+            job_kind: "BackupJob",
+            job_name: "nightly",
+            job_uid: "uid",
+            resource: "i-0123456789abcdef0",
+            attempt: 1,
+            launch_token: "tok",
+            operation: "backup",
+            configuration: "default",
+        };
+        let configured = BTreeMap::from([(
+            "purpose".to_string(),
+            "{{operation}} of {{resource}} for {{namespace}}/{{job}}".to_string(),
+        )]);
+        let t = worker_tags(&owner, &configured);
+        assert_eq!(
+            t["purpose"],
+            "backup of i-0123456789abcdef0 for prod/nightly"
+        );
     }
 
     #[test]

@@ -90,11 +90,18 @@ async fn backup_job_launches_a_worker_follows_it_and_terminates_it() {
     );
     assert_eq!(instance.instance_type().unwrap().as_str(), "m5.large");
     assert_eq!(instance.subnet_id(), Some(subnet.as_str()));
+    // The emulator reports the groups on the network interface.
+    let eni = &instance.network_interfaces()[0];
     assert!(
-        instance
-            .security_groups()
+        eni.groups()
             .iter()
-            .any(|g| g.group_id() == Some(sg.as_str()))
+            .any(|g| g.group_id() == Some(sg.as_str())),
+        "{eni:?}"
+    );
+    assert_eq!(
+        instance.public_ip_address(),
+        None,
+        "no public IP unless asked for"
     );
     let tags = TestEnv::tags(instance);
     assert_eq!(tags["tender.dev/cluster-id"], env.cluster_id);
@@ -259,6 +266,43 @@ async fn deleting_a_running_job_terminates_its_worker_first() {
     assert_eq!(job.status.as_ref().unwrap().active_workers, 1);
     let instance_id = job.status.unwrap().workers[0].instance_id.clone().unwrap();
     let running = env.instances_tagged("tender.dev/job-uid", &uid).await;
+    // The worker's root volume is encrypted and tagged like the worker, and
+    // its user data is the script that starts the agent.
+    let volumes = env
+        .ec2
+        .describe_volumes()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("attachment.instance-id")
+                .values(&instance_id)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let root = &volumes.volumes()[0];
+    assert_eq!(root.encrypted(), Some(true));
+    assert_eq!(root.size(), Some(16));
+    let user_data = env
+        .ec2
+        .describe_instance_attribute()
+        .instance_id(&instance_id)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+        .send()
+        .await
+        .unwrap();
+    let script = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        user_data.user_data().unwrap().value().unwrap(),
+    )
+    .unwrap();
+    let script = String::from_utf8(script).unwrap();
+    assert!(
+        script.starts_with("#!/bin/sh") && script.contains("exec tender worker"),
+        "{script}"
+    );
+    let task = tender::messages::WorkerTask::from_user_data(&script).unwrap();
+    assert_eq!((task.job_name.as_str(), task.attempt), ("doomed", 1));
     assert_eq!(
         running[0].state().unwrap().name().unwrap().as_str(),
         "running"

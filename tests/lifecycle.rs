@@ -611,6 +611,9 @@ async fn with_two_replicas_only_the_leader_acts_and_a_follower_takes_over() {
             .await
             .contains("tender_workers_launched_total{")
     );
+    // The standby is ready too (readiness gates rollouts and drains).
+    let ready = env.http_get(second, "/readyz").await;
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
 
     // The leader dies; the follower takes over once the lease expires.
     env.kill_controller_on(first);

@@ -150,6 +150,10 @@ pub struct BackupJobStatus {
     /// Workers launched and not yet terminated.
     #[serde(default)]
     pub active_workers: i32,
+    /// Place of this job in its configuration's queue while
+    /// `maxConcurrentWorkers` holds its workers back (1 = next).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<i32>,
     /// When the first worker was launched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
@@ -185,6 +189,9 @@ pub struct WorkerStatus {
     /// Instance type the worker was launched with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_type: Option<String>,
+    /// Availability zone of the protected resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
     /// Subnet the worker was launched in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet_id: Option<String>,

@@ -38,6 +38,10 @@ use super::{INSTANCE_TYPE_PATTERN, REGION_PATTERN};
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!(self.privateNetwork && self.assignPublicIp)",
+     "message": "privateNetwork workers get no public IP: set assignPublicIp to false"}
+]))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerConfigurationSpec {
     /// AWS region the workers run in, for example `eu-west-1`. Jobs for
@@ -45,15 +49,41 @@ pub struct WorkerConfigurationSpec {
     #[schemars(pattern(REGION_PATTERN), length(max = 32))]
     pub region: String,
 
-    /// Subnets workers may be launched in. A worker goes to the subnet in its
-    /// protected resource's availability zone when one is listed, else to the
-    /// first subnet.
-    #[schemars(length(min = 1, max = 32))]
+    /// Subnets workers may be launched in, all in one VPC. A worker goes to
+    /// a subnet in its protected resource's availability zone when one is
+    /// listed, else to another listed subnet; when a subnet has no free
+    /// address or no capacity for the instance type, the next one is tried.
+    /// Empty: the region's default VPC and its default subnets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
     pub subnets: Vec<WorkerSubnet>,
 
     /// Security groups attached to every worker (IDs such as `sg-0123abcd`).
-    #[schemars(length(min = 1, max = 5), inner(pattern(r"^sg-[0-9a-f]{8,17}$")))]
+    /// Empty: Tender manages one security group per configuration with
+    /// exactly the rules workers need (inbound TCP 443 from
+    /// `fileLevelRecoveryCidrs` only; outbound TCP 443 and TCP 2049).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5), inner(pattern(r"^sg-[0-9a-f]{8,17}$")))]
     pub security_group_ids: Vec<String>,
+
+    /// Networks (CIDRs) whose browsers may reach the file-level recovery
+    /// browser on TCP 443 of a worker, for the managed security group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 20),
+        inner(pattern(r"^([0-9]{1,3}\.){3}[0-9]{1,3}/[0-9]{1,2}$"))
+    )]
+    pub file_level_recovery_cidrs: Vec<String>,
+
+    /// Give workers a public IP address (default false).
+    #[serde(default)]
+    pub assign_public_ip: bool,
+
+    /// Private-network mode: workers get no public IP and reach AWS through
+    /// VPC interface endpoints, which Tender checks for each operation
+    /// (condition `NetworkReady`); jobs wait while one they need is missing.
+    #[serde(default)]
+    pub private_network: bool,
 
     /// AMI the workers boot, for example `ami-0123456789abcdef0`. It must
     /// start the worker agent (`tender worker`) from the instance user data.
@@ -66,6 +96,16 @@ pub struct WorkerConfigurationSpec {
     #[schemars(length(min = 1, max = 2048))]
     pub iam_instance_profile: Option<String>,
 
+    /// The workers' root volume, always encrypted.
+    #[serde(default)]
+    pub root_volume: RootVolume,
+
+    /// Workers of this configuration that may run at once; further workers
+    /// wait in a queue in job creation order. Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_concurrent_workers: Option<i32>,
+
     /// Instance type per worker profile. Unset profiles use Tender's
     /// defaults: backup sized by the protected instance's total EBS size
     /// (`c5.large` under 1 024 GiB, `c5.2xlarge` up to 16 TiB, `c5.4xlarge`
@@ -73,9 +113,11 @@ pub struct WorkerConfigurationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_types: Option<InstanceTypes>,
 
-    /// AWS tags added to every worker next to Tender's own ownership tags.
-    /// At most 25; keys up to 128 characters, values up to 256; keys may not
-    /// start with `aws:` or `tender.dev/`.
+    /// AWS tags added to every worker and its volumes next to Tender's own
+    /// ownership tags, which they can never override. At most 25; keys up to
+    /// 128 characters, values up to 256; keys may not start with `aws:` or
+    /// `tender.dev/`. Values may use `{{job}}`, `{{namespace}}`,
+    /// `{{operation}}` and `{{resource}}`, expanded per worker.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 25, "x-kubernetes-validations" = [
         {"rule": "self.all(k, size(k) >= 1 && size(k) <= 128 && !k.startsWith('aws:') && !k.startsWith('tender.dev/'))",
@@ -94,6 +136,42 @@ pub struct WorkerConfigurationSpec {
 
 fn default_heartbeat_timeout() -> i64 {
     300
+}
+
+/// The root volume of every worker.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RootVolume {
+    /// Device name of the AMI's root volume (default `/dev/xvda`).
+    #[serde(default = "default_root_device")]
+    #[schemars(pattern(r"^/dev/[a-z0-9]+$"))]
+    pub device_name: String,
+    /// Size in GiB (default 16).
+    #[serde(default = "default_root_size")]
+    #[schemars(range(min = 8, max = 1024))]
+    pub size_gib: i32,
+    /// KMS key to encrypt it with (default: the account's EBS default key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub kms_key_id: Option<String>,
+}
+
+impl Default for RootVolume {
+    fn default() -> Self {
+        Self {
+            device_name: default_root_device(),
+            size_gib: default_root_size(),
+            kms_key_id: None,
+        }
+    }
+}
+
+fn default_root_device() -> String {
+    "/dev/xvda".into()
+}
+
+fn default_root_size() -> i32 {
+    16
 }
 
 /// One subnet workers may use.
@@ -152,4 +230,18 @@ pub struct WorkerConfigurationStatus {
     /// Workers of unfinished jobs that use this configuration.
     #[serde(default)]
     pub active_workers: i32,
+    /// The VPC the workers run in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc_id: Option<String>,
+    /// The subnets workers are launched in, with their zones: the configured
+    /// ones, or the default VPC's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subnets: Vec<WorkerSubnet>,
+    /// The security group Tender manages for this configuration, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_security_group_id: Option<String>,
+    /// Operations whose VPC interface endpoints are missing (private-network
+    /// mode), with the missing endpoints.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub missing_endpoints: BTreeMap<String, Vec<String>>,
 }

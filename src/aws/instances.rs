@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 
 use aws_sdk_ec2::types::{
-    HttpTokensState, IamInstanceProfileSpecification, InstanceMetadataOptionsRequest, InstanceType,
-    ResourceType, Tag, TagSpecification,
+    BlockDeviceMapping, EbsBlockDevice, HttpTokensState, IamInstanceProfileSpecification,
+    InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification, InstanceType,
+    ResourceType, Tag, TagSpecification, VolumeType,
 };
 use base64::Engine;
 
@@ -27,11 +28,17 @@ pub struct WorkerLaunch {
     pub instance_type: String,
     pub subnet_id: String,
     pub security_group_ids: Vec<String>,
+    pub assign_public_ip: bool,
     pub iam_instance_profile: Option<String>,
+    /// Root volume: device name, size in GiB, optional KMS key; always
+    /// encrypted and deleted with the instance.
+    pub root_device_name: String,
+    pub root_size_gib: i32,
+    pub root_kms_key_id: Option<String>,
     /// The ClientToken; also carried as the `tender.dev/launch-token` tag.
     pub launch_token: String,
     pub tags: BTreeMap<String, String>,
-    /// Raw user data (the worker task); base64-encoded here.
+    /// Raw user data (the script that starts the agent); base64-encoded here.
     pub user_data: String,
 }
 
@@ -128,8 +135,29 @@ impl AwsClients {
             .instance_type(InstanceType::from(launch.instance_type.as_str()))
             .min_count(1)
             .max_count(1)
-            .subnet_id(&launch.subnet_id)
-            .set_security_group_ids(Some(launch.security_group_ids.clone()))
+            .network_interfaces(
+                InstanceNetworkInterfaceSpecification::builder()
+                    .device_index(0)
+                    .subnet_id(&launch.subnet_id)
+                    .set_groups(Some(launch.security_group_ids.clone()))
+                    .associate_public_ip_address(launch.assign_public_ip)
+                    .delete_on_termination(true)
+                    .build(),
+            )
+            .block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name(&launch.root_device_name)
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .encrypted(true)
+                            .set_kms_key_id(launch.root_kms_key_id.clone())
+                            .volume_size(launch.root_size_gib)
+                            .volume_type(VolumeType::Gp3)
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .build(),
+            )
             .client_token(&launch.launch_token)
             .tag_specifications(tag_spec(ResourceType::Instance))
             .tag_specifications(tag_spec(ResourceType::Volume))

@@ -5,6 +5,7 @@
 
 pub mod instance_cache;
 pub mod instances;
+pub mod network;
 pub mod queues;
 
 use std::collections::HashMap;

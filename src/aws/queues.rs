@@ -155,15 +155,20 @@ impl AwsClients {
         let mut out = Vec::with_capacity(urls.len());
         for url in urls {
             self.count("ListQueueTags");
-            let tags = sqs
-                .list_queue_tags()
-                .queue_url(&url)
-                .send()
-                .await
-                .map_err(|e| self.error("ListQueueTags", e))?
-                .tags()
-                .map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                .unwrap_or_default();
+            let tags = match sqs.list_queue_tags().queue_url(&url).send().await {
+                Ok(out) => out
+                    .tags()
+                    .map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                    .unwrap_or_default(),
+                Err(e) => {
+                    let e = self.error("ListQueueTags", e);
+                    // Deleted since it was listed: nothing to judge.
+                    if e.code().is_some_and(|c| c.contains("NonExistentQueue")) {
+                        continue;
+                    }
+                    return Err(e);
+                }
+            };
             out.push((url, tags));
         }
         Ok(out)

@@ -38,6 +38,9 @@ const SAFETY_REQUEUE: Duration = Duration::from_secs(300);
 const STALLED_REQUEUE: Duration = Duration::from_secs(60);
 /// How old the shared view of instance states may be for liveness checks.
 const INSTANCE_VIEW_MAX_AGE: Duration = Duration::from_secs(5);
+/// How often a worker that waits for a launch slot or for capacity is
+/// looked at again.
+const QUEUED_RECHECK: Duration = Duration::from_secs(5);
 /// How often deletion rechecks workers that are not terminated yet.
 const TERMINATION_RECHECK: Duration = Duration::from_secs(5);
 
@@ -180,7 +183,19 @@ fn finalize_status(
         status.completion_time = Some(Time(now));
     }
     let text = lifecycle::summary(&status.workers, resources);
-    let desired = lifecycle::job_conditions(status.phase, problem, &text);
+    let mut desired = lifecycle::job_conditions(status.phase, problem, &text);
+    if let (Some(position), false) = (status.queue_position, status.phase.is_finished()) {
+        let message = format!(
+            "queued at position {position} for a worker slot (maxConcurrentWorkers); {text}"
+        );
+        for c in desired
+            .iter_mut()
+            .filter(|c| c.type_ == READY || c.type_ == RECONCILING)
+        {
+            c.reason = "Queued".into();
+            c.message = message.clone();
+        }
+    }
     status.conditions =
         conditions::merge(&status.conditions, &desired, job.metadata.generation, now);
     status.observed_generation = job.metadata.generation;
@@ -289,10 +304,12 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
         }
     };
     status.worker_configuration = Some(config.name_any());
-    let Some(queue_url) = config.status.as_ref().and_then(|s| s.queue_url.clone()) else {
-        // The configuration's queue is not there yet; its reconcile wakes us.
+    let Some(queue_url) = ready_configuration(&config) else {
+        // Not ready (no queue yet, or its network or instance types are not
+        // right); its reconcile wakes this job when that changes.
+        let message = not_ready_message(&config);
         let message = format!(
-            "WorkerConfiguration {:?} is not ready yet (no worker queue)",
+            "waiting for WorkerConfiguration {:?}: {message}",
             config.name_any()
         );
         finalize_status(job, &mut status, None, now);
@@ -310,7 +327,7 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
         if old.as_ref() != Some(&status) {
             write_status(api, job, &status, ctx).await?;
         }
-        return Ok(Action::requeue(Duration::from_secs(10)));
+        return Ok(Action::requeue(Duration::from_secs(30)));
     };
 
     // 1. Plan a worker for every resource that has none.
@@ -454,6 +471,14 @@ fn next_wakeup(
 ) -> Duration {
     let now = Timestamp::now();
     let mut wake = SAFETY_REQUEUE;
+    if status
+        .workers
+        .iter()
+        .any(|w| w.phase == Phase::Provisioning && w.instance_id.is_none())
+    {
+        // Queued behind maxConcurrentWorkers, or no subnet had room.
+        wake = QUEUED_RECHECK;
+    }
     for w in status
         .workers
         .iter()
@@ -539,14 +564,20 @@ async fn plan_workers(
                 .await;
             }
             Some(source) => {
-                let subnet = placement::choose_subnet(
-                    &config.spec.subnets,
-                    source.availability_zone.as_deref(),
-                )
-                .ok_or(Error::MissingObjectKey(
-                    "spec.subnets of the WorkerConfiguration",
-                ))?;
+                let subnets = config
+                    .status
+                    .as_ref()
+                    .map(|s| s.subnets.as_slice())
+                    .unwrap_or_default();
+                let subnet =
+                    placement::subnet_candidates(subnets, source.availability_zone.as_deref())
+                        .into_iter()
+                        .next()
+                        .ok_or(Error::MissingObjectKey(
+                            "subnets in the WorkerConfiguration's status",
+                        ))?;
                 worker.phase = Phase::Provisioning;
+                worker.zone = source.availability_zone.clone();
                 worker.instance_type = Some(placement::backup_instance_type(
                     config.spec.instance_types.as_ref(),
                     source.total_ebs_gib,
@@ -560,6 +591,73 @@ async fn plan_workers(
     Ok(())
 }
 
+/// Why a configuration is not ready for backup workers, for people.
+fn not_ready_message(config: &WorkerConfiguration) -> String {
+    let Some(status) = config.status.as_ref() else {
+        return "it has not been reconciled yet".into();
+    };
+    let condition = |type_: &str| status.conditions.iter().find(|c| c.type_ == type_);
+    let ready = condition(READY).filter(|c| c.status != "True");
+    let network =
+        condition("NetworkReady").filter(|_| status.missing_endpoints.contains_key("backup"));
+    match (ready, network) {
+        (Some(c), _) | (None, Some(c)) => c.message.clone(),
+        (None, None) => "its worker queue is not there yet".into(),
+    }
+}
+
+/// A configuration's queue URL when it is ready for backup workers.
+fn ready_configuration(config: &WorkerConfiguration) -> Option<String> {
+    let status = config.status.as_ref()?;
+    let ready = conditions::is_true(&status.conditions, READY);
+    let network_ok = !status.missing_endpoints.contains_key("backup");
+    (ready && network_ok)
+        .then(|| status.queue_url.clone())
+        .flatten()
+}
+
+/// Live workers of a configuration, and workers of older unfinished jobs
+/// still waiting to launch, as this controller knows them.
+fn configuration_load(
+    ctx: &Context,
+    config: &WorkerConfiguration,
+    me: &BackupJob,
+) -> (usize, usize) {
+    let name = config.name_any();
+    let key = |j: &BackupJob| {
+        (
+            j.metadata.creation_timestamp.clone().map(|t| t.0),
+            j.name_any(),
+        )
+    };
+    let (mut active, mut waiting_ahead) = (0, 0);
+    for job in ctx.jobs.state() {
+        if job.namespace() != me.namespace() {
+            continue;
+        }
+        let Some(status) = baseline(&job, ctx) else {
+            continue;
+        };
+        if status.worker_configuration.as_deref() != Some(name.as_str()) {
+            continue;
+        }
+        active += status
+            .workers
+            .iter()
+            .filter(|w| w.instance_id.is_some() && w.terminated_time.is_none())
+            .count();
+        let older = key(&job) < key(me);
+        if older && job.uid() != me.uid() && !status.phase.is_finished() && !job.spec.suspend {
+            waiting_ahead += status
+                .workers
+                .iter()
+                .filter(|w| w.phase == Phase::Provisioning && w.instance_id.is_none())
+                .count();
+        }
+    }
+    (active, waiting_ahead)
+}
+
 async fn launch_workers(
     job: &BackupJob,
     config: &WorkerConfiguration,
@@ -568,12 +666,48 @@ async fn launch_workers(
     ctx: &Context,
     reconcile_started: Instant,
 ) -> Result<()> {
-    let now = Timestamp::now();
-    for i in 0..status.workers.len() {
-        let w = &status.workers[i];
-        if w.phase != Phase::Provisioning || w.instance_id.is_some() {
-            continue;
+    let waiting: Vec<usize> = (0..status.workers.len())
+        .filter(|&i| {
+            status.workers[i].phase == Phase::Provisioning
+                && status.workers[i].instance_id.is_none()
+        })
+        .collect();
+    if waiting.is_empty() {
+        status.queue_position = None;
+        return Ok(());
+    }
+    // One launch decision at a time per configuration, so that concurrent
+    // reconciles never exceed maxConcurrentWorkers together.
+    let lock = ctx.launch_lock(&config.uid().unwrap_or_default());
+    let _guard = lock.lock().await;
+    let (allowed, position) = match config.spec.max_concurrent_workers {
+        Some(max) => {
+            let (active, ahead) = configuration_load(ctx, config, job);
+            let mine_active = status
+                .workers
+                .iter()
+                .filter(|w| w.instance_id.is_some() && w.terminated_time.is_none())
+                .count();
+            // `active` was counted from what was last written; this job's own
+            // workers are counted from its newest state instead.
+            let others = active.saturating_sub(
+                baseline(job, ctx)
+                    .map(|s| {
+                        s.workers
+                            .iter()
+                            .filter(|w| w.instance_id.is_some() && w.terminated_time.is_none())
+                            .count()
+                    })
+                    .unwrap_or(0),
+            );
+            placement::launch_allowance(Some(max), others + mine_active, ahead, waiting.len())
         }
+        None => (waiting.len(), None),
+    };
+    status.queue_position = position.map(|p| p as i32);
+    let now = Timestamp::now();
+    for &i in waiting.iter().take(allowed) {
+        let w = &status.workers[i];
         // A worker launched with this token by an earlier reconcile whose
         // status write is lost (a crash) or not yet visible is adopted, not
         // launched again. The view must be newer than this reconcile.
@@ -597,7 +731,52 @@ async fn launch_workers(
             w.launch_time = Some(Time(found.launch_time.unwrap_or(now)));
             continue;
         }
-        let launch = worker_launch(job, config, &status.workers[i], queue_url, ctx)?;
+        launch_one(
+            job,
+            config,
+            queue_url,
+            &mut status.workers[i],
+            ctx,
+            reconcile_started,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Launches one worker, trying its subnets in order while they report no
+/// capacity or no free address; the worker's `placement` says what happened.
+async fn launch_one(
+    job: &BackupJob,
+    config: &WorkerConfiguration,
+    queue_url: &str,
+    w: &mut WorkerStatus,
+    ctx: &Context,
+    reconcile_started: Instant,
+) -> Result<()> {
+    let subnets = config
+        .status
+        .as_ref()
+        .map(|s| s.subnets.as_slice())
+        .unwrap_or_default();
+    let mut candidates = placement::subnet_candidates(subnets, w.zone.as_deref());
+    if candidates.is_empty() {
+        let message = "the WorkerConfiguration has no subnet to launch in".to_string();
+        mark_failed(w, "LaunchFailed", &message, Timestamp::now());
+        return Ok(());
+    }
+    // The planned subnet first, if it is still configured.
+    if let Some(pos) = candidates
+        .iter()
+        .position(|c| Some(&c.subnet_id) == w.subnet_id.as_ref())
+    {
+        let planned = candidates.remove(pos);
+        candidates.insert(0, planned);
+    }
+    let mut skipped: Vec<String> = Vec::new();
+    for candidate in candidates {
+        w.subnet_id = Some(candidate.subnet_id.clone());
+        let launch = worker_launch(job, config, w, queue_url, ctx)?;
         match ctx.aws.launch_worker(&launch).await {
             Ok(instance) => {
                 crate::faults::crash_point("after-run-instances");
@@ -611,7 +790,11 @@ async fn launch_workers(
                 ctx.metrics
                     .launch_latency
                     .observe(reconcile_started.elapsed().as_secs_f64());
-                let w = &mut status.workers[i];
+                w.placement = Some(if skipped.is_empty() {
+                    candidate.reason.clone()
+                } else {
+                    format!("{}; {}", skipped.join("; "), candidate.reason)
+                });
                 ctx.event(
                     job,
                     EventType::Normal,
@@ -630,6 +813,25 @@ async fn launch_workers(
                 w.instance_id = Some(instance.instance_id);
                 w.instance_state = Some(instance.state);
                 w.launch_time = Some(Time(Timestamp::now()));
+                w.message = None;
+                return Ok(());
+            }
+            Err(e) if e.code().is_some_and(placement::is_capacity_error) => {
+                let note = format!(
+                    "{} had no room for {} ({})",
+                    candidate.subnet_id,
+                    launch.instance_type,
+                    e.code().unwrap_or_default()
+                );
+                ctx.event(
+                    job,
+                    EventType::Warning,
+                    "SubnetSkipped",
+                    "LaunchWorker",
+                    format!("{}: {note}; trying the next subnet", w.resource),
+                )
+                .await;
+                skipped.push(note);
             }
             Err(e) if matches!(e.category(), "AwsThrottled" | "AwsUnreachable") => {
                 // Worth retrying as is; the status keeps the token, so the
@@ -637,9 +839,8 @@ async fn launch_workers(
                 return Err(e.into());
             }
             Err(e) => {
-                let w = &mut status.workers[i];
                 let message = format!("{e}; fix the WorkerConfiguration and create a new job");
-                mark_failed(w, "LaunchFailed", &message, now);
+                mark_failed(w, "LaunchFailed", &message, Timestamp::now());
                 ctx.event(
                     job,
                     EventType::Warning,
@@ -648,9 +849,15 @@ async fn launch_workers(
                     message,
                 )
                 .await;
+                return Ok(());
             }
         }
     }
+    // No subnet had room: stay Provisioning and try again later.
+    w.message = Some(format!(
+        "no configured subnet has room now: {}; retrying",
+        skipped.join("; ")
+    ));
     Ok(())
 }
 
@@ -716,6 +923,19 @@ async fn expire(
     }
 }
 
+/// The configured security groups, else the one Tender manages.
+fn security_groups(config: &WorkerConfiguration) -> Vec<String> {
+    if !config.spec.security_group_ids.is_empty() {
+        return config.spec.security_group_ids.clone();
+    }
+    config
+        .status
+        .as_ref()
+        .and_then(|s| s.managed_security_group_id.clone())
+        .into_iter()
+        .collect()
+}
+
 fn worker_launch(
     job: &BackupJob,
     config: &WorkerConfiguration,
@@ -764,11 +984,15 @@ fn worker_launch(
         image_id: config.spec.image_id.clone(),
         instance_type: worker.instance_type.clone().unwrap_or_default(),
         subnet_id: worker.subnet_id.clone().unwrap_or_default(),
-        security_group_ids: config.spec.security_group_ids.clone(),
+        security_group_ids: security_groups(config),
+        assign_public_ip: config.spec.assign_public_ip && !config.spec.private_network,
         iam_instance_profile: config.spec.iam_instance_profile.clone(),
+        root_device_name: config.spec.root_volume.device_name.clone(),
+        root_size_gib: config.spec.root_volume.size_gib,
+        root_kms_key_id: config.spec.root_volume.kms_key_id.clone(),
         launch_token: worker.launch_token.clone(),
         tags: placement::worker_tags(&owner, &config.spec.tags),
-        user_data: serde_json::to_string(&task)?,
+        user_data: task.user_data()?,
     })
 }
 
@@ -952,6 +1176,11 @@ mod tests {
                 instance_types: None,
                 tags: Default::default(),
                 heartbeat_timeout_seconds: 300,
+                file_level_recovery_cidrs: Vec::new(),
+                assign_public_ip: false,
+                private_network: false,
+                root_volume: Default::default(),
+                max_concurrent_workers: None,
             },
         );
         c.metadata.namespace = Some(ns.into());

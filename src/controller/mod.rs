@@ -98,7 +98,11 @@ pub struct Context {
     pub started_at: Timestamp,
     /// Seconds between worker heartbeats, passed to every worker.
     pub heartbeat_seconds: u64,
+    /// How often configurations re-check their network (see Options).
+    pub network_recheck: Duration,
     failures: Mutex<HashMap<String, u32>>,
+    /// One launch decision at a time per configuration (by UID).
+    launch_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The status this controller last wrote to each job, by UID.
     pub(crate) written: Mutex<HashMap<String, crate::api::BackupJobStatus>>,
 }
@@ -136,6 +140,15 @@ impl Context {
         let base = Duration::from_secs(5).saturating_mul(1u32 << (*n - 1).min(6));
         let base = base.min(Duration::from_secs(300));
         base + jitter(base / 5)
+    }
+
+    pub(crate) fn launch_lock(&self, config_uid: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.launch_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(config_uid.to_string())
+            .or_default()
+            .clone()
     }
 
     fn reset_backoff(&self, key: &str) {
@@ -216,6 +229,9 @@ pub struct Options {
     /// Watch only this namespace (default: all namespaces).
     pub namespace: Option<String>,
     pub heartbeat_seconds: u64,
+    /// How often configurations re-check subnets, endpoints and instance
+    /// types, which change outside Kubernetes.
+    pub network_recheck: Duration,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub metrics_address: String,
     /// Leader election; `None` runs without it (a single replica).
@@ -257,6 +273,9 @@ pub async fn run(opts: Options) -> anyhow_like::Result {
         .map_err(|e| format!("cannot listen on {}: {e}", opts.metrics_address))?;
     let server = tokio::spawn(telemetry::serve(listener, metrics.clone(), ready.clone()));
 
+    // A standby replica is healthy and ready too: readiness gates rollouts
+    // and drains, and only one replica can ever hold the lease.
+    ready.set(true);
     let (leadership, lease) = match opts.election.clone() {
         Some(config) => {
             let (rx, handle) = leader::LeaderElection::new(client.clone(), config)
@@ -267,7 +286,7 @@ pub async fn run(opts: Options) -> anyhow_like::Result {
         None => (None, None),
     };
 
-    let result = run_leader(client, aws, opts, ready, leadership).await;
+    let result = run_leader(client, aws, opts, leadership).await;
     if let Some(lease) = lease {
         lease.release().await;
     }
@@ -279,7 +298,6 @@ async fn run_leader(
     client: Client,
     aws: AwsClients,
     opts: Options,
-    ready: Arc<Readiness>,
     leadership: Option<tokio::sync::watch::Receiver<bool>>,
 ) -> anyhow_like::Result {
     let cluster_id = resolve_cluster_id(&client, opts.cluster_id.clone()).await?;
@@ -350,12 +368,13 @@ async fn run_leader(
         reports: Arc::new(ReportStore::default()),
         pumps: QueuePumps::new(trigger_tx),
         heartbeat_seconds: opts.heartbeat_seconds,
+        network_recheck: opts.network_recheck,
         namespace: opts.namespace.clone(),
         started_at: Timestamp::now(),
         failures: Mutex::default(),
         written: Mutex::default(),
+        launch_locks: Mutex::default(),
     });
-    ready.set(true);
 
     let sweeper = tokio::spawn(garbage_collector::run(ctx.clone(), opts.sweep));
     let jobs_done = job_controller

@@ -15,10 +15,14 @@ use tracing::{info, instrument};
 
 use super::{Context, Error, Result, apply_status};
 use crate::api::conditions::{self, DesiredCondition, READY, RECONCILING, STALLED};
-use crate::api::{BackupJob, WorkerConfiguration, WorkerConfigurationStatus};
+use crate::api::{BackupJob, WorkerConfiguration, WorkerConfigurationStatus, WorkerSubnet};
 use crate::names::{CONFIGURATION_FINALIZER, tags};
 use crate::placement;
 
+/// Condition: the network has what workers need.
+pub const NETWORK_READY: &str = "NetworkReady";
+/// Condition: the region offers every worker instance type.
+pub const INSTANCE_TYPES_OFFERED: &str = "InstanceTypesOffered";
 /// How often a configuration whose deletion waits for jobs is looked at.
 const DELETION_RECHECK: Duration = Duration::from_secs(10);
 
@@ -104,6 +108,12 @@ fn base_status(cfg: &WorkerConfiguration, ctx: &Context) -> WorkerConfigurationS
     status
 }
 
+/// What the network and instance checks found wrong, for `Ready`.
+struct Finding {
+    reason: &'static str,
+    message: String,
+}
+
 async fn apply(
     cfg: &WorkerConfiguration,
     api: &Api<WorkerConfiguration>,
@@ -115,10 +125,8 @@ async fn apply(
         &cfg.namespace().unwrap_or_default(),
         &cfg.name_any(),
     );
-    let queue_url = ctx
-        .aws
-        .ensure_queue(region, &name, &queue_tags(cfg, &ctx.cluster_id))
-        .await?;
+    let owner_tags = queue_tags(cfg, &ctx.cluster_id);
+    let queue_url = ctx.aws.ensure_queue(region, &name, &owner_tags).await?;
     ctx.pumps.ensure(
         &ctx.aws,
         region,
@@ -130,20 +138,213 @@ async fn apply(
     let mut status = base_status(cfg, ctx);
     let created = status.queue_url.as_deref() != Some(queue_url.as_str());
     status.queue_url = Some(queue_url.clone());
-    status.phase = Some("Ready".into());
-    let desired = [DesiredCondition::new(
-        READY,
-        true,
-        "QueueReady",
-        format!("workers report to {queue_url}"),
-    )];
+    let mut findings: Vec<Finding> = Vec::new();
+
+    // Subnets: the configured ones (all in one VPC), else the default VPC's.
+    let subnets = if cfg.spec.subnets.is_empty() {
+        ctx.aws.default_subnets(region).await?
+    } else {
+        let ids: Vec<String> = cfg
+            .spec
+            .subnets
+            .iter()
+            .map(|s| s.subnet_id.clone())
+            .collect();
+        match ctx.aws.describe_subnets(region, &ids).await {
+            Ok(found) => found,
+            Err(e) if e.code().is_some_and(|c| c.starts_with("InvalidSubnetID")) => {
+                findings.push(Finding {
+                    reason: "SubnetNotFound",
+                    message: format!("{e}; fix spec.subnets"),
+                });
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let mut vpcs: Vec<&str> = subnets.iter().map(|s| s.vpc_id.as_str()).collect();
+    vpcs.sort_unstable();
+    vpcs.dedup();
+    status.vpc_id = None;
+    match vpcs[..] {
+        [vpc] => status.vpc_id = Some(vpc.to_string()),
+        [] if findings.is_empty() => findings.push(Finding {
+            reason: "NoSubnets",
+            message: format!("{region} has no default VPC; list subnets in spec.subnets"),
+        }),
+        [] => {}
+        _ => findings.push(Finding {
+            reason: "SubnetsInSeveralVpcs",
+            message: format!(
+                "the subnets are in several VPCs ({}); list subnets of one VPC",
+                vpcs.join(", ")
+            ),
+        }),
+    }
+    status.subnets = subnets
+        .iter()
+        .map(|s| WorkerSubnet {
+            subnet_id: s.subnet_id.clone(),
+            availability_zone: Some(s.availability_zone.clone()),
+        })
+        .collect();
+
+    // Security group: the configured ones, else one Tender manages.
+    if !cfg.spec.security_group_ids.is_empty() {
+        if let Some(old) = status.managed_security_group_id.clone() {
+            // No longer needed; deleting fails while a worker still uses it.
+            if ctx.aws.delete_security_group(region, &old).await.is_ok() {
+                status.managed_security_group_id = None;
+            }
+        }
+    } else if let Some(vpc) = status.vpc_id.clone() {
+        let (ingress, egress) = placement::managed_rules(&cfg.spec.file_level_recovery_cidrs);
+        let sg_name = format!("{name}-workers");
+        let id = ctx
+            .aws
+            .ensure_security_group(region, &vpc, &sg_name, &owner_tags, &ingress, &egress)
+            .await?;
+        status.managed_security_group_id = Some(id);
+    }
+
+    // Private-network mode: the interface endpoints of each operation.
+    status.missing_endpoints.clear();
+    let network = if !cfg.spec.private_network {
+        DesiredCondition::new(
+            NETWORK_READY,
+            true,
+            "PublicNetwork",
+            if cfg.spec.assign_public_ip {
+                "workers get a public IP address"
+            } else {
+                "workers reach AWS through the subnets' routes (no public IP); privateNetwork is off, so no endpoint check"
+            },
+        )
+    } else if let Some(vpc) = status.vpc_id.clone() {
+        let endpoints = ctx.aws.vpc_endpoints(region, &vpc).await?;
+        for op in placement::OPERATIONS {
+            let missing = placement::missing_endpoints(region, op, &endpoints);
+            if !missing.is_empty() {
+                status.missing_endpoints.insert(op.to_string(), missing);
+            }
+        }
+        if status.missing_endpoints.is_empty() {
+            DesiredCondition::new(
+                NETWORK_READY,
+                true,
+                "EndpointsPresent",
+                format!("{vpc} has every interface endpoint workers need"),
+            )
+        } else {
+            let list: Vec<String> = status
+                .missing_endpoints
+                .iter()
+                .map(|(op, m)| {
+                    format!(
+                        "{op}: {}",
+                        m.iter()
+                            .map(|e| format!("com.amazonaws.{region}.{e}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })
+                .collect();
+            DesiredCondition::new(
+                NETWORK_READY,
+                false,
+                "EndpointsMissing",
+                format!(
+                    "{vpc} lacks interface endpoints with private DNS that workers need in private-network mode ({}); jobs of those operations wait",
+                    list.join("; ")
+                ),
+            )
+        }
+    } else {
+        DesiredCondition::new(
+            NETWORK_READY,
+            false,
+            "NoVpc",
+            "no VPC to check endpoints in",
+        )
+    };
+
+    // Instance types: every one a worker may get must be offered here.
+    let mut wanted: Vec<String> = configured_instance_types(cfg);
+    wanted.sort();
+    wanted.dedup();
+    let offered = ctx.aws.offered_instance_types(region, &wanted).await?;
+    let unoffered: Vec<String> = wanted
+        .into_iter()
+        .filter(|t| !offered.contains(t))
+        .collect();
+    let types = if unoffered.is_empty() {
+        DesiredCondition::new(
+            INSTANCE_TYPES_OFFERED,
+            true,
+            "Offered",
+            format!("{region} offers every worker instance type"),
+        )
+    } else {
+        let message = format!(
+            "{region} does not offer {}; choose other types in spec.instanceTypes",
+            unoffered.join(", ")
+        );
+        findings.push(Finding {
+            reason: "InstanceTypeNotOffered",
+            message: message.clone(),
+        });
+        DesiredCondition::new(
+            INSTANCE_TYPES_OFFERED,
+            false,
+            "InstanceTypeNotOffered",
+            message,
+        )
+    };
+
+    let ready = match findings.first() {
+        None => DesiredCondition::new(
+            READY,
+            true,
+            "Ready",
+            format!("workers report to {queue_url}"),
+        ),
+        Some(f) => DesiredCondition::new(READY, false, f.reason, f.message.clone()),
+    };
+    let mut desired = vec![ready, network, types];
+    if let Some(f) = findings.first() {
+        desired.push(DesiredCondition::new(
+            STALLED,
+            true,
+            f.reason,
+            f.message.clone(),
+        ));
+    }
+    status.phase = Some(
+        if findings.is_empty() {
+            "Ready"
+        } else {
+            "NotReady"
+        }
+        .into(),
+    );
     status.conditions = conditions::merge(
         &status.conditions,
         &desired,
         cfg.metadata.generation,
         Timestamp::now(),
     );
-    if cfg.status.as_ref() != Some(&status) {
+    let changed = cfg.status.as_ref() != Some(&status);
+    if changed {
+        for f in &findings {
+            ctx.event(
+                cfg,
+                EventType::Warning,
+                f.reason,
+                "Reconcile",
+                f.message.clone(),
+            )
+            .await;
+        }
         apply_status(api, cfg, &status).await?;
     }
     if created {
@@ -157,7 +358,24 @@ async fn apply(
         )
         .await;
     }
-    Ok(Action::await_change())
+    // Endpoints, subnets and offerings change outside Kubernetes: look again.
+    Ok(Action::requeue(ctx.network_recheck))
+}
+
+/// Every instance type a worker of this configuration may get: the
+/// configured profiles, and Tender's defaults for the others.
+fn configured_instance_types(cfg: &WorkerConfiguration) -> Vec<String> {
+    let t = cfg.spec.instance_types.clone().unwrap_or_default();
+    let mut out = match t.backup {
+        Some(b) => vec![b],
+        None => ["c5.large", "c5.2xlarge", "c5.4xlarge"]
+            .map(String::from)
+            .to_vec(),
+    };
+    out.push(t.restore.unwrap_or_else(|| "c5.large".into()));
+    out.push(t.file_level_recovery.unwrap_or_else(|| "t3.medium".into()));
+    out.push(t.indexing.unwrap_or_else(|| "t3.medium".into()));
+    out
 }
 
 /// Keeps a configuration that unfinished jobs use: says so on its status
@@ -207,6 +425,17 @@ async fn hold_deletion(
 }
 
 async fn cleanup(cfg: &WorkerConfiguration, ctx: &Context) -> Result<Action> {
+    if let Some(group_id) = cfg
+        .status
+        .as_ref()
+        .and_then(|s| s.managed_security_group_id.as_deref())
+    {
+        // Fails (and is retried) while a terminating worker still uses it.
+        ctx.aws
+            .delete_security_group(&cfg.spec.region, group_id)
+            .await?;
+        info!(group_id, "managed security group deleted");
+    }
     if let Some(queue_url) = cfg.status.as_ref().and_then(|s| s.queue_url.as_deref()) {
         ctx.pumps.stop(queue_url);
         ctx.aws.delete_queue(&cfg.spec.region, queue_url).await?;

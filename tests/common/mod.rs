@@ -22,6 +22,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, CustomResourceExt};
 use tender::api::{BackupJob, RestoreJob, WorkerConfiguration};
+use tender::messages::WorkerTask;
 
 pub const REGION: &str = "us-east-1";
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -250,6 +251,7 @@ impl TestEnv {
                 "--sweep-grace-seconds",
                 "2",
             ])
+            .args(["--network-recheck-seconds", "1"])
             .args(args)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info,tender=debug")
@@ -291,12 +293,17 @@ impl TestEnv {
 
     /// The Prometheus text a controller serves.
     pub async fn metrics(&self, port: u16) -> String {
+        self.http_get(port, "/metrics").await
+    }
+
+    /// The whole HTTP response of a GET on a controller's metrics port.
+    pub async fn http_get(&self, port: u16, path: &str) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("connect to /metrics");
         stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
             .await
             .unwrap();
         let mut body = String::new();
@@ -357,9 +364,14 @@ impl TestEnv {
                     let Some(data) = attr.user_data().and_then(|u| u.value()) else {
                         continue;
                     };
-                    let task = base64::engine::general_purpose::STANDARD
+                    let script = base64::engine::general_purpose::STANDARD
                         .decode(data)
                         .unwrap();
+                    let Some(task) =
+                        WorkerTask::from_user_data(&String::from_utf8(script).unwrap())
+                    else {
+                        continue;
+                    };
                     let log = std::fs::OpenOptions::new()
                         .create(true)
                         .append(true)
@@ -367,7 +379,7 @@ impl TestEnv {
                         .unwrap();
                     let child = Command::new(env!("CARGO_BIN_EXE_tender"))
                         .args(["worker", "--instance-id", &id])
-                        .env("TENDER_TASK", String::from_utf8(task).unwrap())
+                        .env("TENDER_TASK", serde_json::to_string(&task).unwrap())
                         .stdin(Stdio::null())
                         .stdout(log.try_clone().unwrap())
                         .stderr(log)

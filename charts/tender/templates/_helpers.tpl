@@ -1,0 +1,80 @@
+{{/* Chart name, overridable with nameOverride. */}}
+{{- define "tender.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name, the prefix of every resource: fullnameOverride, else the release
+name when it already contains the chart name, else <release>-<chart>.
+*/}}
+{{- define "tender.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "tender.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels that select the controller pods; never change across upgrades. */}}
+{{- define "tender.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tender.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: controller
+{{- end }}
+
+{{- define "tender.labels" -}}
+helm.sh/chart: {{ include "tender.chart" . }}
+{{ include "tender.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: tender
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "tender.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "tender.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "tender.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{/*
+What the controller may do with the objects it manages: Tender's resources,
+their status and finalizers, Events, and the Secrets of file-level recovery
+sessions. A ClusterRole for all namespaces, or a Role in watchNamespace.
+*/}}
+{{- define "tender.managedRules" -}}
+- apiGroups: ["tender.dev"]
+  resources: ["workerconfigurations", "backupjobs", "restorejobs"]
+  # delete: TTL after finished removes finished jobs.
+  verbs: ["get", "list", "watch", "patch", "update", "delete"]
+- apiGroups: ["tender.dev"]
+  resources: ["workerconfigurations/status", "backupjobs/status", "restorejobs/status"]
+  verbs: ["get", "patch", "update"]
+- apiGroups: ["tender.dev"]
+  resources: ["workerconfigurations/finalizers", "backupjobs/finalizers", "restorejobs/finalizers"]
+  verbs: ["update"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+# Session tokens of file-level recovery, next to the RestoreJob.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create", "get", "patch", "delete"]
+{{- end }}

@@ -1,0 +1,379 @@
+//! Network: subnets (configured or the default VPC's), the managed security
+//! group, VPC endpoints, and which instance types a region offers.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_ec2::types::{
+    Filter, IpPermission, IpRange, LocationType, ResourceType, Tag, TagSpecification,
+};
+
+use super::{AwsClients, AwsError};
+
+/// A subnet as EC2 describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubnetInfo {
+    pub subnet_id: String,
+    pub availability_zone: String,
+    pub vpc_id: String,
+}
+
+/// One TCP rule of a security group: port and peer CIDR.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TcpRule {
+    pub port: i32,
+    pub cidr: String,
+}
+
+/// A VPC endpoint as EC2 describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointInfo {
+    pub service_name: String,
+    pub interface: bool,
+    pub private_dns: bool,
+    pub available: bool,
+}
+
+fn filter(name: &str, values: &[&str]) -> Filter {
+    Filter::builder()
+        .name(name)
+        .set_values(Some(values.iter().map(|v| v.to_string()).collect()))
+        .build()
+}
+
+/// The rules of a group's permissions that are plain TCP-port-to-CIDR rules,
+/// and whether it has any other kind (which a managed group must not have).
+fn tcp_rules(perms: &[IpPermission]) -> (Vec<TcpRule>, bool) {
+    let mut rules = Vec::new();
+    let mut other = false;
+    for p in perms {
+        let tcp_single_port = p.ip_protocol() == Some("tcp")
+            && p.from_port().is_some()
+            && p.from_port() == p.to_port();
+        if !tcp_single_port
+            || !p.user_id_group_pairs().is_empty()
+            || !p.ipv6_ranges().is_empty()
+            || !p.prefix_list_ids().is_empty()
+        {
+            other = true;
+            continue;
+        }
+        for r in p.ip_ranges() {
+            if let Some(cidr) = r.cidr_ip() {
+                rules.push(TcpRule {
+                    port: p.from_port().unwrap_or_default(),
+                    cidr: cidr.to_string(),
+                });
+            }
+        }
+    }
+    rules.sort();
+    (rules, other)
+}
+
+fn permission(rule: &TcpRule) -> IpPermission {
+    IpPermission::builder()
+        .ip_protocol("tcp")
+        .from_port(rule.port)
+        .to_port(rule.port)
+        .ip_ranges(IpRange::builder().cidr_ip(&rule.cidr).build())
+        .build()
+}
+
+impl AwsClients {
+    /// Describes configured subnets; an unknown ID is an error naming it.
+    pub async fn describe_subnets(
+        &self,
+        region: &str,
+        ids: &[String],
+    ) -> Result<Vec<SubnetInfo>, AwsError> {
+        self.count("DescribeSubnets");
+        let out = self
+            .ec2(region)
+            .describe_subnets()
+            .set_subnet_ids(Some(ids.to_vec()))
+            .send()
+            .await
+            .map_err(|e| self.error("DescribeSubnets", e))?;
+        Ok(out
+            .subnets()
+            .iter()
+            .map(|s| SubnetInfo {
+                subnet_id: s.subnet_id().unwrap_or_default().to_string(),
+                availability_zone: s.availability_zone().unwrap_or_default().to_string(),
+                vpc_id: s.vpc_id().unwrap_or_default().to_string(),
+            })
+            .collect())
+    }
+
+    /// The default VPC's default subnets, one per availability zone; empty
+    /// when the region has no default VPC.
+    pub async fn default_subnets(&self, region: &str) -> Result<Vec<SubnetInfo>, AwsError> {
+        self.count("DescribeSubnets");
+        let out = self
+            .ec2(region)
+            .describe_subnets()
+            .filters(filter("default-for-az", &["true"]))
+            .send()
+            .await
+            .map_err(|e| self.error("DescribeSubnets", e))?;
+        let mut subnets: Vec<SubnetInfo> = out
+            .subnets()
+            .iter()
+            .map(|s| SubnetInfo {
+                subnet_id: s.subnet_id().unwrap_or_default().to_string(),
+                availability_zone: s.availability_zone().unwrap_or_default().to_string(),
+                vpc_id: s.vpc_id().unwrap_or_default().to_string(),
+            })
+            .collect();
+        subnets.sort_by(|a, b| a.availability_zone.cmp(&b.availability_zone));
+        Ok(subnets)
+    }
+
+    /// Finds the security group carrying `owner_tags` in `vpc_id`, or
+    /// creates it; then makes its rules exactly `ingress` and `egress`.
+    /// Returns its ID.
+    pub async fn ensure_security_group(
+        &self,
+        region: &str,
+        vpc_id: &str,
+        name: &str,
+        owner_tags: &BTreeMap<String, String>,
+        ingress: &[TcpRule],
+        egress: &[TcpRule],
+    ) -> Result<String, AwsError> {
+        let ec2 = self.ec2(region);
+        let mut filters = vec![filter("vpc-id", &[vpc_id])];
+        for (k, v) in owner_tags {
+            filters.push(filter(&format!("tag:{k}"), &[v.as_str()]));
+        }
+        self.count("DescribeSecurityGroups");
+        let found = ec2
+            .describe_security_groups()
+            .set_filters(Some(filters))
+            .send()
+            .await
+            .map_err(|e| self.error("DescribeSecurityGroups", e))?;
+        let (group_id, current_in, current_out) = match found.security_groups().first() {
+            Some(g) => (
+                g.group_id().unwrap_or_default().to_string(),
+                g.ip_permissions().to_vec(),
+                g.ip_permissions_egress().to_vec(),
+            ),
+            None => {
+                self.count("CreateSecurityGroup");
+                let tags: Vec<Tag> = owner_tags
+                    .iter()
+                    .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                    .chain(std::iter::once(
+                        Tag::builder().key("Name").value(name).build(),
+                    ))
+                    .collect();
+                let created = ec2
+                    .create_security_group()
+                    .group_name(name)
+                    .description("Tender workers: HTTPS for file-level recovery, HTTPS and NFS out")
+                    .vpc_id(vpc_id)
+                    .tag_specifications(
+                        TagSpecification::builder()
+                            .resource_type(ResourceType::SecurityGroup)
+                            .set_tags(Some(tags))
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .map_err(|e| self.error("CreateSecurityGroup", e))?;
+                let id = created.group_id().unwrap_or_default().to_string();
+                self.count("DescribeSecurityGroups");
+                let described = ec2
+                    .describe_security_groups()
+                    .group_ids(&id)
+                    .send()
+                    .await
+                    .map_err(|e| self.error("DescribeSecurityGroups", e))?;
+                let g = described.security_groups().first();
+                (
+                    id,
+                    g.map(|g| g.ip_permissions().to_vec()).unwrap_or_default(),
+                    g.map(|g| g.ip_permissions_egress().to_vec())
+                        .unwrap_or_default(),
+                )
+            }
+        };
+        self.sync_rules(region, &group_id, &current_in, ingress, true)
+            .await?;
+        self.sync_rules(region, &group_id, &current_out, egress, false)
+            .await?;
+        Ok(group_id)
+    }
+
+    /// Makes one direction of a group's rules exactly `desired`: anything
+    /// else (including the default allow-all egress) is revoked.
+    async fn sync_rules(
+        &self,
+        region: &str,
+        group_id: &str,
+        current: &[IpPermission],
+        desired: &[TcpRule],
+        ingress: bool,
+    ) -> Result<(), AwsError> {
+        let ec2 = self.ec2(region);
+        let (have, has_other) = tcp_rules(current);
+        let stale: Vec<IpPermission> = if has_other {
+            current.to_vec()
+        } else {
+            have.iter()
+                .filter(|r| !desired.contains(r))
+                .map(permission)
+                .collect()
+        };
+        let missing: Vec<IpPermission> = desired
+            .iter()
+            .filter(|r| has_other || !have.contains(r))
+            .map(permission)
+            .collect();
+        if !stale.is_empty() {
+            if ingress {
+                self.count("RevokeSecurityGroupIngress");
+                ec2.revoke_security_group_ingress()
+                    .group_id(group_id)
+                    .set_ip_permissions(Some(stale))
+                    .send()
+                    .await
+                    .map_err(|e| self.error("RevokeSecurityGroupIngress", e))?;
+            } else {
+                self.count("RevokeSecurityGroupEgress");
+                ec2.revoke_security_group_egress()
+                    .group_id(group_id)
+                    .set_ip_permissions(Some(stale))
+                    .send()
+                    .await
+                    .map_err(|e| self.error("RevokeSecurityGroupEgress", e))?;
+            }
+        }
+        if !missing.is_empty() {
+            if ingress {
+                self.count("AuthorizeSecurityGroupIngress");
+                ec2.authorize_security_group_ingress()
+                    .group_id(group_id)
+                    .set_ip_permissions(Some(missing))
+                    .send()
+                    .await
+                    .map_err(|e| self.error("AuthorizeSecurityGroupIngress", e))?;
+            } else {
+                self.count("AuthorizeSecurityGroupEgress");
+                ec2.authorize_security_group_egress()
+                    .group_id(group_id)
+                    .set_ip_permissions(Some(missing))
+                    .send()
+                    .await
+                    .map_err(|e| self.error("AuthorizeSecurityGroupEgress", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The TCP rules of a security group, ingress then egress (for tests
+    /// and status).
+    pub async fn security_group_rules(
+        &self,
+        region: &str,
+        group_id: &str,
+    ) -> Result<(Vec<TcpRule>, Vec<TcpRule>), AwsError> {
+        self.count("DescribeSecurityGroups");
+        let out = self
+            .ec2(region)
+            .describe_security_groups()
+            .group_ids(group_id)
+            .send()
+            .await
+            .map_err(|e| self.error("DescribeSecurityGroups", e))?;
+        let g = out.security_groups().first();
+        Ok((
+            tcp_rules(g.map(|g| g.ip_permissions()).unwrap_or_default()).0,
+            tcp_rules(g.map(|g| g.ip_permissions_egress()).unwrap_or_default()).0,
+        ))
+    }
+
+    /// Deletes a security group; one that is already gone counts as deleted.
+    pub async fn delete_security_group(
+        &self,
+        region: &str,
+        group_id: &str,
+    ) -> Result<(), AwsError> {
+        self.count("DeleteSecurityGroup");
+        match self
+            .ec2(region)
+            .delete_security_group()
+            .group_id(group_id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = self.error("DeleteSecurityGroup", e);
+                if e.code().is_some_and(|c| c.starts_with("InvalidGroup")) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// The VPC endpoints of a VPC.
+    pub async fn vpc_endpoints(
+        &self,
+        region: &str,
+        vpc_id: &str,
+    ) -> Result<Vec<EndpointInfo>, AwsError> {
+        self.count("DescribeVpcEndpoints");
+        let out = self
+            .ec2(region)
+            .describe_vpc_endpoints()
+            .filters(filter("vpc-id", &[vpc_id]))
+            .send()
+            .await
+            .map_err(|e| self.error("DescribeVpcEndpoints", e))?;
+        Ok(out
+            .vpc_endpoints()
+            .iter()
+            .map(|e| EndpointInfo {
+                service_name: e.service_name().unwrap_or_default().to_string(),
+                interface: e.vpc_endpoint_type().map(|t| t.as_str()) == Some("Interface"),
+                private_dns: e.private_dns_enabled().unwrap_or(false),
+                available: !matches!(
+                    e.state()
+                        .map(|s| s.as_str().to_ascii_lowercase())
+                        .as_deref(),
+                    Some("deleted" | "deleting" | "failed" | "rejected" | "expired")
+                ),
+            })
+            .collect())
+    }
+
+    /// Which of `types` the region offers.
+    pub async fn offered_instance_types(
+        &self,
+        region: &str,
+        types: &[String],
+    ) -> Result<Vec<String>, AwsError> {
+        if types.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.count("DescribeInstanceTypeOfferings");
+        let values: Vec<&str> = types.iter().map(String::as_str).collect();
+        let out = self
+            .ec2(region)
+            .describe_instance_type_offerings()
+            .location_type(LocationType::Region)
+            .filters(filter("instance-type", &values))
+            .send()
+            .await
+            .map_err(|e| self.error("DescribeInstanceTypeOfferings", e))?;
+        Ok(out
+            .instance_type_offerings()
+            .iter()
+            .filter_map(|o| o.instance_type().map(|t| t.as_str().to_string()))
+            .collect())
+    }
+}

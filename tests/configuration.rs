@@ -1,0 +1,531 @@
+//! WorkerConfiguration against the real kube-apiserver and the moto AWS
+//! emulator: subnet choice and the default-VPC fallback, the managed
+//! security group's exact rules, public IPs, private-network endpoint checks,
+//! instance type offerings, tag variables and the concurrency limit.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{Filter, VpcEndpointType};
+use common::{Network, REGION, TestEnv, condition};
+use kube::api::DeleteParams;
+use kube::{Api, ResourceExt};
+use tender::api::{Phase, WorkerConfiguration};
+use tender::aws::network::TcpRule;
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+fn config_condition(cfg: &WorkerConfiguration, type_: &str) -> Option<(String, String, String)> {
+    cfg.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+async fn wait_config<F>(env: &TestEnv, name: &str, check: F) -> WorkerConfiguration
+where
+    F: Fn(&WorkerConfiguration) -> bool,
+{
+    let api: Api<WorkerConfiguration> = env.api();
+    let start = std::time::Instant::now();
+    loop {
+        if let Ok(cfg) = api.get(name).await
+            && check(&cfg)
+        {
+            return cfg;
+        }
+        if start.elapsed() > TIMEOUT {
+            let cfg = api.get(name).await.ok();
+            panic!(
+                "configuration {name} not as expected: {:?}",
+                cfg.and_then(|c| c.status)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Protected instance in a given default subnet (by zone letter index).
+async fn default_subnets(env: &TestEnv) -> Vec<(String, String, String)> {
+    let out = env
+        .ec2
+        .describe_subnets()
+        .filters(
+            Filter::builder()
+                .name("default-for-az")
+                .values("true")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let mut v: Vec<(String, String, String)> = out
+        .subnets()
+        .iter()
+        .map(|s| {
+            (
+                s.subnet_id().unwrap().to_string(),
+                s.availability_zone().unwrap().to_string(),
+                s.vpc_id().unwrap().to_string(),
+            )
+        })
+        .collect();
+    v.sort_by(|a, b| a.1.cmp(&b.1));
+    v
+}
+
+#[tokio::test]
+async fn without_subnets_or_groups_workers_use_the_default_vpc_and_a_managed_group() {
+    let env = TestEnv::new("defaultvpc").await;
+    let defaults = default_subnets(&env).await;
+    let (zone_b_subnet, zone_b, vpc) = defaults[1].clone();
+    let protected = env.protected_instance(&zone_b_subnet).await;
+    let cfg: WorkerConfiguration = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tender.dev/v1alpha1", "kind": "WorkerConfiguration",
+        "metadata": {"name": "auto"},
+        "spec": {
+            "region": REGION, "imageId": "ami-0fedcba9876543210",
+            "fileLevelRecoveryCidrs": ["10.20.0.0/16"],
+            "tags": {"purpose": "{{operation}} of {{resource}} for {{namespace}}/{{job}}"}
+        }
+    }))
+    .unwrap();
+    env.api::<WorkerConfiguration>()
+        .create(&Default::default(), &cfg)
+        .await
+        .unwrap();
+    let cfg = wait_config(&env, "auto", |c| {
+        c.status.as_ref().is_some_and(|s| {
+            s.managed_security_group_id.is_some() && s.phase.as_deref() == Some("Ready")
+        })
+    })
+    .await;
+    let status = cfg.status.clone().unwrap();
+    assert_eq!(status.vpc_id.as_deref(), Some(vpc.as_str()));
+    assert_eq!(status.subnets.len(), defaults.len(), "every default subnet");
+    let group = status.managed_security_group_id.clone().unwrap();
+    assert_eq!(config_condition(&cfg, "NetworkReady").unwrap().0, "True");
+    assert_eq!(
+        config_condition(&cfg, "InstanceTypesOffered").unwrap().0,
+        "True"
+    );
+
+    // Exactly the rules workers need, nothing else (not even EC2's default
+    // allow-all egress).
+    let aws = tender::aws::AwsClients::from_env().await;
+    let rule = |port: i32, cidr: &str| TcpRule {
+        port,
+        cidr: cidr.into(),
+    };
+    let (ingress, egress) = aws.security_group_rules(REGION, &group).await.unwrap();
+    assert_eq!(ingress, [rule(443, "10.20.0.0/16")]);
+    assert_eq!(egress, [rule(443, "0.0.0.0/0"), rule(2049, "0.0.0.0/0")]);
+    let described = env
+        .ec2
+        .describe_security_groups()
+        .group_ids(&group)
+        .send()
+        .await
+        .unwrap();
+    let sg = &described.security_groups()[0];
+    assert_eq!(sg.ip_permissions_egress().len(), 2, "{sg:?}");
+    assert_eq!(sg.vpc_id(), Some(vpc.as_str()));
+
+    // The worker goes to the default subnet of the resource's zone.
+    env.create_job("nightly", &protected, serde_json::json!({}))
+        .await;
+    let job = env
+        .wait_job("nightly", TIMEOUT, |j| {
+            j.status
+                .as_ref()
+                .is_some_and(|s| s.phase == Phase::Succeeded)
+        })
+        .await;
+    let worker = &job.status.as_ref().unwrap().workers[0];
+    assert_eq!(worker.subnet_id.as_deref(), Some(zone_b_subnet.as_str()));
+    assert!(
+        worker.placement.as_deref().unwrap().contains(&zone_b),
+        "{worker:?}"
+    );
+    let instance = &env
+        .instances_tagged("tender.dev/job-uid", &job.uid().unwrap())
+        .await[0];
+    assert_eq!(instance.subnet_id(), Some(zone_b_subnet.as_str()));
+    assert!(
+        instance.network_interfaces()[0]
+            .groups()
+            .iter()
+            .any(|g| g.group_id() == Some(group.as_str()))
+    );
+    let tags = TestEnv::tags(instance);
+    assert_eq!(
+        tags["purpose"],
+        format!("backup of {protected} for {}/nightly", env.namespace)
+    );
+
+    // Changing the CIDRs changes the rules in place.
+    let api: Api<WorkerConfiguration> = env.api();
+    api.patch(
+        "auto",
+        &Default::default(),
+        &kube::api::Patch::Merge(
+            serde_json::json!({"spec": {"fileLevelRecoveryCidrs": ["192.168.7.0/24"]}}),
+        ),
+    )
+    .await
+    .unwrap();
+    common::eventually(TIMEOUT, || {
+        let aws = aws.clone();
+        let group = group.clone();
+        async move {
+            let (ingress, _) = aws.security_group_rules(REGION, &group).await.ok()?;
+            (ingress
+                == [TcpRule {
+                    port: 443,
+                    cidr: "192.168.7.0/24".into(),
+                }])
+            .then_some(())
+        }
+    })
+    .await;
+
+    // Deleting the configuration deletes the group it managed.
+    api.delete("auto", &DeleteParams::default()).await.unwrap();
+    common::eventually(TIMEOUT, || {
+        let ec2 = env.ec2.clone();
+        let group = group.clone();
+        async move {
+            ec2.describe_security_groups()
+                .group_ids(group)
+                .send()
+                .await
+                .is_err()
+                .then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn public_ips_only_when_asked_for() {
+    let env = TestEnv::new("publicip").await;
+    let net = env.network().await;
+    env.boot_workers.store(false, Ordering::SeqCst);
+    let protected = env.protected_instance(&net.subnet).await;
+    env.create_configuration("public", &net, serde_json::json!({"assignPublicIp": true}))
+        .await;
+    env.wait_configuration_ready("public").await;
+    let job = env
+        .create_job(
+            "exposed",
+            &protected,
+            serde_json::json!({"workerConfigurationRef": {"name": "public"}}),
+        )
+        .await;
+    let uid = job.uid().unwrap();
+    let instance = common::eventually(TIMEOUT, || {
+        let env = &env;
+        let uid = uid.clone();
+        async move {
+            env.instances_tagged("tender.dev/job-uid", &uid)
+                .await
+                .into_iter()
+                .next()
+        }
+    })
+    .await;
+    assert!(
+        instance.public_ip_address().is_some(),
+        "assignPublicIp gives a public IP"
+    );
+}
+
+#[tokio::test]
+async fn private_network_mode_reports_each_missing_endpoint_and_jobs_wait_for_it() {
+    let env = TestEnv::new("private").await;
+    // A VPC of this test's own, so its endpoints are its own.
+    let vpc = env
+        .ec2
+        .create_vpc()
+        .cidr_block("10.77.0.0/16")
+        .send()
+        .await
+        .unwrap();
+    let vpc_id = vpc.vpc().unwrap().vpc_id().unwrap().to_string();
+    let zone = format!("{REGION}a");
+    let subnet = env
+        .ec2
+        .create_subnet()
+        .vpc_id(&vpc_id)
+        .cidr_block("10.77.1.0/24")
+        .availability_zone(&zone)
+        .send()
+        .await
+        .unwrap();
+    let subnet_id = subnet.subnet().unwrap().subnet_id().unwrap().to_string();
+    let sg = env
+        .ec2
+        .create_security_group()
+        .group_name(common::unique("private"))
+        .description("private workers")
+        .vpc_id(&vpc_id)
+        .send()
+        .await
+        .unwrap()
+        .group_id()
+        .unwrap()
+        .to_string();
+    let endpoint = |service: &str, kind: VpcEndpointType, dns: bool| {
+        let ec2 = env.ec2.clone();
+        let vpc_id = vpc_id.clone();
+        let subnet_id = subnet_id.clone();
+        let service = format!("com.amazonaws.{REGION}.{service}");
+        async move {
+            let mut req = ec2
+                .create_vpc_endpoint()
+                .vpc_id(vpc_id)
+                .service_name(service)
+                .vpc_endpoint_type(kind.clone());
+            if kind == VpcEndpointType::Interface {
+                req = req.subnet_ids(subnet_id).private_dns_enabled(dns);
+            }
+            req.send().await.unwrap();
+        }
+    };
+    for service in ["ssm", "ec2messages", "sqs"] {
+        endpoint(service, VpcEndpointType::Interface, true).await;
+    }
+    // A gateway endpoint for S3 is not enough in this mode, and an ebs
+    // endpoint without private DNS does not count.
+    endpoint("s3", VpcEndpointType::Gateway, false).await;
+    endpoint("ebs", VpcEndpointType::Interface, false).await;
+
+    let net = Network {
+        subnet: subnet_id.clone(),
+        zone: zone.clone(),
+        security_group: sg,
+    };
+    env.create_configuration("private", &net, serde_json::json!({"privateNetwork": true}))
+        .await;
+    let cfg = wait_config(&env, "private", |c| {
+        config_condition(c, "NetworkReady").is_some_and(|c| c.0 == "False")
+    })
+    .await;
+    let (_, reason, message) = config_condition(&cfg, "NetworkReady").unwrap();
+    assert_eq!(reason, "EndpointsMissing");
+    assert!(
+        message.contains(&format!(
+            "backup: com.amazonaws.{REGION}.ebs, com.amazonaws.{REGION}.s3"
+        )),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("indexing: com.amazonaws.{REGION}.ssmmessages")),
+        "{message}"
+    );
+    let missing = &cfg.status.as_ref().unwrap().missing_endpoints;
+    assert_eq!(missing["backup"], ["ebs", "s3"]);
+    assert_eq!(missing["restore"], ["s3"]);
+
+    let protected = env.protected_instance(&subnet_id).await;
+    let job = env
+        .create_job("waits", &protected, serde_json::json!({}))
+        .await;
+    let waiting = env
+        .wait_job("waits", TIMEOUT, |j| {
+            condition(j, "Reconciling").is_some_and(|c| c.reason == "WaitingForWorkerConfiguration")
+        })
+        .await;
+    assert!(
+        condition(&waiting, "Reconciling")
+            .unwrap()
+            .message
+            .contains("ebs"),
+        "{:?}",
+        waiting.status
+    );
+    assert!(
+        env.instances_tagged("tender.dev/job-uid", &job.uid().unwrap())
+            .await
+            .is_empty(),
+        "no worker that could not work"
+    );
+
+    // Adding what is missing lets the job run; indexing still lacks its
+    // endpoint, so the network stays not ready for indexing alone.
+    endpoint("ebs", VpcEndpointType::Interface, true).await;
+    endpoint("s3", VpcEndpointType::Interface, false).await;
+    let cfg = wait_config(&env, "private", |c| {
+        c.status
+            .as_ref()
+            .is_some_and(|s| !s.missing_endpoints.contains_key("backup"))
+    })
+    .await;
+    let missing = &cfg.status.as_ref().unwrap().missing_endpoints;
+    assert_eq!(missing.keys().collect::<Vec<_>>(), ["indexing"]);
+    let (status, _, message) = config_condition(&cfg, "NetworkReady").unwrap();
+    assert_eq!(status, "False");
+    assert!(
+        message.contains("ssmmessages") && !message.contains("ebs"),
+        "{message}"
+    );
+    let job = env
+        .wait_job("waits", TIMEOUT, |j| {
+            j.status
+                .as_ref()
+                .is_some_and(|s| s.phase == Phase::Succeeded)
+        })
+        .await;
+    let instance = &env
+        .instances_tagged("tender.dev/job-uid", &job.uid().unwrap())
+        .await[0];
+    assert_eq!(
+        instance.public_ip_address(),
+        None,
+        "no public IP in private-network mode"
+    );
+}
+
+#[tokio::test]
+async fn an_instance_type_the_region_does_not_offer_is_reported_not_launched() {
+    let env = TestEnv::new("types").await;
+    let net = env.network().await;
+    let protected = env.protected_instance(&net.subnet).await;
+    env.create_configuration(
+        "odd",
+        &net,
+        serde_json::json!({"instanceTypes": {"backup": "zz9.large"}}),
+    )
+    .await;
+    let cfg = wait_config(&env, "odd", |c| {
+        config_condition(c, "InstanceTypesOffered").is_some_and(|c| c.0 == "False")
+    })
+    .await;
+    let (_, reason, message) = config_condition(&cfg, "Ready").unwrap();
+    assert_eq!(reason, "InstanceTypeNotOffered");
+    assert!(
+        message.contains("zz9.large") && message.contains(REGION),
+        "{message}"
+    );
+    let job = env
+        .create_job("blocked", &protected, serde_json::json!({}))
+        .await;
+    let waiting = env
+        .wait_job("blocked", TIMEOUT, |j| {
+            condition(j, "Reconciling").is_some_and(|c| c.reason == "WaitingForWorkerConfiguration")
+        })
+        .await;
+    assert!(
+        condition(&waiting, "Reconciling")
+            .unwrap()
+            .message
+            .contains("zz9.large")
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        env.instances_tagged("tender.dev/job-uid", &job.uid().unwrap())
+            .await
+            .is_empty()
+    );
+    let reasons: Vec<String> = env.events().await.into_iter().map(|(r, _)| r).collect();
+    assert!(
+        reasons.iter().any(|r| r == "InstanceTypeNotOffered"),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test]
+async fn max_concurrent_workers_queues_jobs_in_creation_order() {
+    let env = TestEnv::new("queue").await;
+    env.boot_workers.store(false, Ordering::SeqCst);
+    let net = env.network().await;
+    let protected = env.protected_instance(&net.subnet).await;
+    env.create_configuration(
+        "one-at-a-time",
+        &net,
+        serde_json::json!({"maxConcurrentWorkers": 1}),
+    )
+    .await;
+    env.wait_configuration_ready("one-at-a-time").await;
+    let first = env
+        .create_job("first", &protected, serde_json::json!({}))
+        .await;
+    env.wait_job("first", TIMEOUT, |j| {
+        j.status.as_ref().is_some_and(|s| s.active_workers == 1)
+    })
+    .await;
+    let second = env
+        .create_job("second", &protected, serde_json::json!({}))
+        .await;
+    let third = env
+        .create_job("third", &protected, serde_json::json!({}))
+        .await;
+
+    let second_status = env
+        .wait_job("second", TIMEOUT, |j| {
+            j.status
+                .as_ref()
+                .is_some_and(|s| s.queue_position == Some(1))
+        })
+        .await;
+    let queued = condition(&second_status, "Reconciling").unwrap();
+    assert_eq!(queued.reason, "Queued");
+    assert!(queued.message.contains("position 1"), "{}", queued.message);
+    env.wait_job("third", TIMEOUT, |j| {
+        j.status
+            .as_ref()
+            .is_some_and(|s| s.queue_position == Some(2))
+    })
+    .await;
+    let live = |uid: String| {
+        let env = &env;
+        async move {
+            env.instances_tagged("tender.dev/job-uid", &uid)
+                .await
+                .into_iter()
+                .filter(|i| i.state().unwrap().name().unwrap().as_str() == "running")
+                .count()
+        }
+    };
+    assert_eq!(live(first.uid().unwrap()).await, 1);
+    assert_eq!(
+        live(second.uid().unwrap()).await + live(third.uid().unwrap()).await,
+        0,
+        "the limit holds"
+    );
+
+    // Workers now boot and finish; the queue drains in order, one at a time.
+    env.boot_workers.store(true, Ordering::SeqCst);
+    for name in ["first", "second", "third"] {
+        let job = env
+            .wait_job(name, TIMEOUT, |j| {
+                j.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == Phase::Succeeded)
+            })
+            .await;
+        assert_eq!(job.status.unwrap().queue_position, None);
+    }
+    let start = |name: &str| {
+        let jobs: Api<tender::api::BackupJob> = env.api();
+        let name = name.to_string();
+        async move {
+            jobs.get(&name).await.unwrap().status.unwrap().workers[0]
+                .launch_time
+                .clone()
+                .unwrap()
+                .0
+        }
+    };
+    let (a, b, c) = (
+        start("first").await,
+        start("second").await,
+        start("third").await,
+    );
+    assert!(a <= b && b <= c, "launched in creation order: {a} {b} {c}");
+}
