@@ -186,6 +186,11 @@ pub struct WorkerStatus {
     /// The worker's EC2 instance ID, once launched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<String>,
+    /// The role the worker was launched through (unset: the controller's own
+    /// credentials); it is also used to terminate the worker, whatever the
+    /// configuration says by then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<super::AccountAccess>,
     /// Instance type the worker was launched with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_type: Option<String>,

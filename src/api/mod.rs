@@ -14,8 +14,8 @@ pub use backup_job::{
 };
 pub use restore_job::{RestoreJob, RestoreJobSpec, RestoreJobStatus, RestoreMode};
 pub use worker_configuration::{
-    InstanceTypes, RootVolume, WorkerConfiguration, WorkerConfigurationSpec,
-    WorkerConfigurationStatus, WorkerSubnet,
+    AccountAccess, InstanceTypes, RootVolume, WorkerAccount, WorkerConfiguration,
+    WorkerConfigurationSpec, WorkerConfigurationStatus, WorkerSubnet,
 };
 
 /// AWS region names such as `us-east-1` or `us-gov-west-1`.

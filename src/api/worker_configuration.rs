@@ -40,7 +40,9 @@ use super::{INSTANCE_TYPE_PATTERN, REGION_PATTERN};
 )]
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "!(self.privateNetwork && self.assignPublicIp)",
-     "message": "privateNetwork workers get no public IP: set assignPublicIp to false"}
+     "message": "privateNetwork workers get no public IP: set assignPublicIp to false"},
+    {"rule": "has(self.imageId) != has(self.imageSsmParameter)",
+     "message": "set exactly one of imageId and imageSsmParameter"}
 ]))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerConfigurationSpec {
@@ -85,10 +87,35 @@ pub struct WorkerConfigurationSpec {
     #[serde(default)]
     pub private_network: bool,
 
+    /// Which account workers run in: `backup` (default; the account given
+    /// by `backupAccount`, else the controller's own) or `production` (the
+    /// protected resources' account, `productionAccount`).
+    #[serde(default)]
+    pub account: WorkerAccount,
+
+    /// How Tender reaches the backup account; unset: its own credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_account: Option<AccountAccess>,
+
+    /// How Tender reaches the protected resources' account (to read them,
+    /// and to run workers there with `account: production`); unset: its
+    /// own credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub production_account: Option<AccountAccess>,
+
     /// AMI the workers boot, for example `ami-0123456789abcdef0`. It must
     /// start the worker agent (`tender worker`) from the instance user data.
+    /// Set this or `imageSsmParameter`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(r"^ami-[0-9a-f]{8,17}$"))]
-    pub image_id: String,
+    pub image_id: Option<String>,
+
+    /// SSM parameter that holds the AMI ID, such as a public parameter
+    /// `/aws/service/...`; resolved on every check and shown in
+    /// `status.imageId`. Set this or `imageId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^/[A-Za-z0-9_./-]+$"), length(max = 2048))]
+    pub image_ssm_parameter: Option<String>,
 
     /// IAM instance profile (name or ARN) that gives workers access to SQS,
     /// EBS and the backup repository.
@@ -138,6 +165,35 @@ fn default_heartbeat_timeout() -> i64 {
     300
 }
 
+/// Which account workers run in.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum WorkerAccount {
+    /// The backup account.
+    #[default]
+    Backup,
+    /// The protected resource's (production) account.
+    Production,
+}
+
+/// How Tender reaches an AWS account: by assuming a role in it.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountAccess {
+    /// ARN of the role to assume, for example
+    /// `arn:aws:iam::111122223333:role/tender-workers`. The session name
+    /// names the configuration or the job it acts for.
+    #[schemars(
+        pattern(r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]+$"),
+        length(max = 2048)
+    )]
+    pub role_arn: String,
+    /// External ID the role's trust policy requires, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 1224))]
+    pub external_id: Option<String>,
+}
+
 /// The root volume of every worker.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -154,6 +210,16 @@ pub struct RootVolume {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048))]
     pub kms_key_id: Option<String>,
+}
+
+impl WorkerConfigurationSpec {
+    /// How Tender reaches the account workers run in.
+    pub fn worker_access(&self) -> Option<&AccountAccess> {
+        match self.account {
+            WorkerAccount::Backup => self.backup_account.as_ref(),
+            WorkerAccount::Production => self.production_account.as_ref(),
+        }
+    }
 }
 
 impl Default for RootVolume {
@@ -230,6 +296,13 @@ pub struct WorkerConfigurationStatus {
     /// Workers of unfinished jobs that use this configuration.
     #[serde(default)]
     pub active_workers: i32,
+    /// The AMI workers boot: `spec.imageId`, or what `spec.imageSsmParameter`
+    /// resolved to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// The AWS account workers run in (from STS GetCallerIdentity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
     /// The VPC the workers run in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vpc_id: Option<String>,

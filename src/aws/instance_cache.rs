@@ -44,18 +44,17 @@ struct Slot {
     instances: RegionInstances,
 }
 
-/// The shared, batched cache of worker instance states.
+/// The shared, batched cache of worker instance states, per account and
+/// region.
 pub struct InstanceCache {
-    aws: AwsClients,
     cluster_id: String,
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
     describe_calls: AtomicU64,
 }
 
 impl InstanceCache {
-    pub fn new(aws: AwsClients, cluster_id: String) -> Self {
+    pub fn new(cluster_id: String) -> Self {
         Self {
-            aws,
             cluster_id,
             slots: Mutex::default(),
             describe_calls: AtomicU64::new(0),
@@ -67,32 +66,41 @@ impl InstanceCache {
         self.describe_calls.load(Ordering::Relaxed)
     }
 
-    /// The region's worker instances as seen by a refresh that started at or
+    /// The worker instances of one account (the one `aws` acts in, named by
+    /// `account_key`) and region, as seen by a refresh that started at or
     /// after `fresh_since`. Concurrent callers share one refresh: whoever
     /// finds the view too old refreshes it while the others wait for it.
     pub async fn snapshot(
         &self,
+        aws: &AwsClients,
+        account_key: &str,
         region: &str,
         fresh_since: Instant,
     ) -> Result<RegionInstances, AwsError> {
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            slots.entry(region.to_string()).or_default().clone()
+            slots
+                .entry(format!("{account_key}|{region}"))
+                .or_default()
+                .clone()
         };
         let mut slot = slot.lock().await;
         if slot.refreshed_at.is_some_and(|t| t >= fresh_since) {
             return Ok(slot.instances.clone());
         }
         let started = Instant::now();
-        let instances = self.describe(region).await?;
+        let instances = self.describe(aws, region).await?;
         slot.refreshed_at = Some(started);
         slot.instances = Arc::new(instances);
         Ok(slot.instances.clone())
     }
 
-    async fn describe(&self, region: &str) -> Result<HashMap<String, ObservedInstance>, AwsError> {
-        let mut pages = self
-            .aws
+    async fn describe(
+        &self,
+        aws: &AwsClients,
+        region: &str,
+    ) -> Result<HashMap<String, ObservedInstance>, AwsError> {
+        let mut pages = aws
             .ec2(region)
             .describe_instances()
             .filters(
@@ -107,8 +115,8 @@ impl InstanceCache {
         let mut out = HashMap::new();
         while let Some(page) = pages.next().await {
             self.describe_calls.fetch_add(1, Ordering::Relaxed);
-            self.aws.count("DescribeInstances");
-            let page = page.map_err(|e| self.aws.error("DescribeInstances", e))?;
+            aws.count("DescribeInstances");
+            let page = page.map_err(|e| aws.error("DescribeInstances", e))?;
             for i in page.reservations().iter().flat_map(|r| r.instances()) {
                 let Some(id) = i.instance_id() else { continue };
                 out.insert(

@@ -3,6 +3,7 @@
 //! that carries a low-cardinality category. Reconcilers never hold an SDK
 //! client.
 
+pub mod accounts;
 pub mod instance_cache;
 pub mod instances;
 pub mod network;
@@ -26,6 +27,8 @@ const MAX_ATTEMPTS: u32 = 5;
 pub struct AwsClients {
     base: SdkConfig,
     metrics: Arc<Metrics>,
+    /// Clients for assumed roles, by access (see `accounts`).
+    scopes: Arc<Mutex<HashMap<accounts::Access, AwsClients>>>,
     ec2: Arc<Mutex<HashMap<String, aws_sdk_ec2::Client>>>,
     sqs: Arc<Mutex<HashMap<String, aws_sdk_sqs::Client>>>,
 }
@@ -41,6 +44,7 @@ impl AwsClients {
         Self {
             base,
             metrics: Arc::default(),
+            scopes: Arc::default(),
             ec2: Arc::default(),
             sqs: Arc::default(),
         }

@@ -23,7 +23,10 @@ use super::lifecycle::{
 use super::reports::{Receipt, delete_receipts};
 use super::{Context, Error, Result, apply_status};
 use crate::api::conditions::{self, DesiredCondition, READY, RECONCILING};
-use crate::api::{BackupJob, BackupJobStatus, Phase, WorkerConfiguration, WorkerStatus};
+use crate::api::{
+    AccountAccess, BackupJob, BackupJobStatus, Phase, WorkerConfiguration, WorkerStatus,
+};
+use crate::aws::accounts::Access;
 use crate::aws::instance_cache::RegionInstances;
 use crate::aws::instances::WorkerLaunch;
 use crate::messages::{Operation, PROTOCOL_VERSION, WorkerTask};
@@ -362,7 +365,7 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
         now,
     );
     let timeout = Duration::from_secs(config.spec.heartbeat_timeout_seconds.max(1) as u64);
-    let observed = observe_instances(&status, ctx).await?;
+    let observed = observe_instances(job, &status, ctx).await?;
     for i in 0..status.workers.len() {
         let before = status.workers[i].phase;
         let w = &mut status.workers[i];
@@ -502,21 +505,36 @@ fn next_wakeup(
 /// The shared view of the region's worker instances, when any worker of
 /// this job has a live instance to check.
 async fn observe_instances(
+    job: &BackupJob,
     status: &BackupJobStatus,
     ctx: &Context,
 ) -> Result<Option<RegionInstances>> {
-    let Some(region) = status
+    let Some(w) = status
         .workers
         .iter()
         .find(|w| w.instance_id.is_some() && w.terminated_time.is_none())
-        .map(|w| w.region.clone())
     else {
         return Ok(None);
     };
     let fresh_since = Instant::now()
         .checked_sub(INSTANCE_VIEW_MAX_AGE)
         .unwrap_or_else(Instant::now);
-    Ok(Some(ctx.instances.snapshot(&region, fresh_since).await?))
+    let access = job_access(job, w.access.as_ref());
+    let aws = ctx.aws.scoped(&access).await;
+    Ok(Some(
+        ctx.instances
+            .snapshot(&aws, access.account_key(), &w.region, fresh_since)
+            .await?,
+    ))
+}
+
+/// How a job's calls reach an account: `role` (if any), in a session named
+/// after the job.
+fn job_access(job: &BackupJob, role: Option<&AccountAccess>) -> Access {
+    Access::new(
+        role,
+        &[&job.namespace().unwrap_or_default(), &job.name_any()],
+    )
 }
 
 async fn plan_workers(
@@ -543,8 +561,11 @@ async fn plan_workers(
             launch_token: placement::launch_token(uid, &resource.instance_id, attempt),
             ..Default::default()
         };
-        match ctx
+        let production = ctx
             .aws
+            .scoped(&job_access(job, config.spec.production_account.as_ref()))
+            .await;
+        match production
             .describe_source_instance(&resource.region, &resource.instance_id)
             .await?
         {
@@ -578,6 +599,7 @@ async fn plan_workers(
                         ))?;
                 worker.phase = Phase::Provisioning;
                 worker.zone = source.availability_zone.clone();
+                worker.access = config.spec.worker_access().cloned();
                 worker.instance_type = Some(placement::backup_instance_type(
                     config.spec.instance_types.as_ref(),
                     source.total_ebs_gib,
@@ -711,7 +733,12 @@ async fn launch_workers(
         // A worker launched with this token by an earlier reconcile whose
         // status write is lost (a crash) or not yet visible is adopted, not
         // launched again. The view must be newer than this reconcile.
-        let view = ctx.instances.snapshot(&w.region, reconcile_started).await?;
+        let access = job_access(job, w.access.as_ref());
+        let aws = ctx.aws.scoped(&access).await;
+        let view = ctx
+            .instances
+            .snapshot(&aws, access.account_key(), &w.region, reconcile_started)
+            .await?;
         if let Some(found) = view.values().find(|o| {
             o.tags.get(crate::names::tags::LAUNCH_TOKEN) == Some(&w.launch_token) && o.is_live()
         }) {
@@ -773,11 +800,14 @@ async fn launch_one(
         let planned = candidates.remove(pos);
         candidates.insert(0, planned);
     }
+    // The worker is launched, and later terminated, through the role
+    // recorded when it was planned.
+    let aws = ctx.aws.scoped(&job_access(job, w.access.as_ref())).await;
     let mut skipped: Vec<String> = Vec::new();
     for candidate in candidates {
         w.subnet_id = Some(candidate.subnet_id.clone());
         let launch = worker_launch(job, config, w, queue_url, ctx)?;
-        match ctx.aws.launch_worker(&launch).await {
+        match aws.launch_worker(&launch).await {
             Ok(instance) => {
                 crate::faults::crash_point("after-run-instances");
                 ctx.metrics
@@ -981,7 +1011,13 @@ fn worker_launch(
     };
     Ok(WorkerLaunch {
         region: config.spec.region.clone(),
-        image_id: config.spec.image_id.clone(),
+        image_id: config
+            .status
+            .as_ref()
+            .and_then(|s| s.image_id.clone())
+            .ok_or(Error::MissingObjectKey(
+                "status.imageId of the WorkerConfiguration",
+            ))?,
         instance_type: worker.instance_type.clone().unwrap_or_default(),
         subnet_id: worker.subnet_id.clone().unwrap_or_default(),
         security_group_ids: security_groups(config),
@@ -996,6 +1032,22 @@ fn worker_launch(
     })
 }
 
+/// Instance IDs of workers grouped by the region and role they run under.
+fn group_by_account(
+    workers: &[&WorkerStatus],
+) -> Vec<((String, Option<AccountAccess>), Vec<String>)> {
+    let mut groups: Vec<((String, Option<AccountAccess>), Vec<String>)> = Vec::new();
+    for w in workers {
+        let Some(id) = &w.instance_id else { continue };
+        let key = (w.region.clone(), w.access.clone());
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, ids)) => ids.push(id.clone()),
+            None => groups.push((key, vec![id.clone()])),
+        }
+    }
+    groups
+}
+
 /// Terminates the instances of workers that are finished or suspended and
 /// not terminated yet.
 async fn terminate_finished(
@@ -1003,18 +1055,16 @@ async fn terminate_finished(
     status: &mut BackupJobStatus,
     ctx: &Context,
 ) -> Result<()> {
-    let mut by_region: Vec<(String, Vec<String>)> = Vec::new();
-    for w in &status.workers {
-        let done = w.phase.is_finished() || w.phase == Phase::Suspended;
-        if let (true, Some(id), None) = (done, &w.instance_id, &w.terminated_time) {
-            match by_region.iter_mut().find(|(r, _)| *r == w.region) {
-                Some((_, ids)) => ids.push(id.clone()),
-                None => by_region.push((w.region.clone(), vec![id.clone()])),
-            }
-        }
-    }
-    for (region, ids) in by_region {
-        let states = ctx.aws.terminate_workers(&region, &ids).await?;
+    let done: Vec<&WorkerStatus> = status
+        .workers
+        .iter()
+        .filter(|w| w.phase.is_finished() || w.phase == Phase::Suspended)
+        .filter(|w| w.instance_id.is_some() && w.terminated_time.is_none())
+        .collect();
+    let groups = group_by_account(&done);
+    for ((region, role), ids) in groups {
+        let aws = ctx.aws.scoped(&job_access(job, role.as_ref())).await;
+        let states = aws.terminate_workers(&region, &ids).await?;
         let now = Timestamp::now();
         ctx.metrics
             .workers_terminated
@@ -1061,16 +1111,25 @@ async fn terminate_for_deletion(
     let uid = job.uid().ok_or(Error::MissingObjectKey("uid"))?;
     let old = baseline(job, ctx);
     let mut status = old.clone().unwrap_or_default();
-    let mut regions: Vec<String> = status.workers.iter().map(|w| w.region.clone()).collect();
-    regions.sort();
-    regions.dedup();
+    let mut accounts: Vec<(String, Option<AccountAccess>)> = Vec::new();
+    for w in &status.workers {
+        let key = (w.region.clone(), w.access.clone());
+        if !accounts.contains(&key) {
+            accounts.push(key);
+        }
+    }
     let mut waiting: Vec<String> = Vec::new();
-    for region in regions {
-        let view = ctx.instances.snapshot(&region, Instant::now()).await?;
+    for (region, role) in accounts {
+        let access = job_access(job, role.as_ref());
+        let aws = ctx.aws.scoped(&access).await;
+        let view = ctx
+            .instances
+            .snapshot(&aws, access.account_key(), &region, Instant::now())
+            .await?;
         let mut ids: Vec<String> = status
             .workers
             .iter()
-            .filter(|w| w.region == region)
+            .filter(|w| w.region == region && w.access == role)
             .filter_map(|w| w.instance_id.clone())
             .filter(|id| view.get(id).is_some_and(|o| o.is_live()))
             .collect();
@@ -1085,7 +1144,7 @@ async fn terminate_for_deletion(
         if ids.is_empty() {
             continue;
         }
-        let states = ctx.aws.terminate_workers(&region, &ids).await?;
+        let states = aws.terminate_workers(&region, &ids).await?;
         let now = Timestamp::now();
         for s in &states {
             if let Some(w) = status
@@ -1151,6 +1210,7 @@ async fn cleanup(job: &BackupJob, ctx: &Context) -> Result<Action> {
         .remove(&uid);
     let receipts = ctx.reports.forget(&uid);
     delete_receipts(&ctx.aws, &receipts).await;
+    ctx.aws.forget_session(&job_access(job, None).session_name);
     Ok(Action::await_change())
 }
 
@@ -1171,7 +1231,11 @@ mod tests {
                     availability_zone: None,
                 }],
                 security_group_ids: vec!["sg-aaaaaaaa".into()],
-                image_id: "ami-aaaaaaaa".into(),
+                image_id: Some("ami-aaaaaaaa".into()),
+                image_ssm_parameter: None,
+                account: Default::default(),
+                backup_account: None,
+                production_account: None,
                 iam_instance_profile: None,
                 instance_types: None,
                 tags: Default::default(),

@@ -4,7 +4,7 @@
 //! does not know them (after a grace period), and deletes worker queues whose
 //! configuration is gone.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,9 @@ use kube::runtime::reflector::ObjectRef;
 use tracing::{info, warn};
 
 use super::Context;
-use crate::api::{BackupJob, BackupJobStatus};
+use crate::api::{AccountAccess, BackupJob, BackupJobStatus};
+use crate::aws::AwsClients;
+use crate::aws::accounts::Access;
 use crate::aws::instance_cache::ObservedInstance;
 use crate::names::tags;
 
@@ -118,26 +120,37 @@ fn owner_status(ctx: &Context, instance: &ObservedInstance) -> Option<BackupJobS
     Some(written.or_else(|| job.status.clone()).unwrap_or_default())
 }
 
-/// Regions that have configurations or workers.
-fn regions_in_use(ctx: &Context) -> BTreeSet<String> {
-    let mut regions: BTreeSet<String> = ctx
-        .configurations
-        .state()
-        .iter()
-        .map(|c| c.spec.region.clone())
-        .collect();
+/// The regions and accounts that have configurations or workers.
+fn accounts_in_use(ctx: &Context) -> Vec<(String, Option<AccountAccess>)> {
+    let mut out: Vec<(String, Option<AccountAccess>)> = Vec::new();
+    let mut add = |key: (String, Option<AccountAccess>)| {
+        if !out.contains(&key) {
+            out.push(key);
+        }
+    };
+    for c in ctx.configurations.state() {
+        add((c.spec.region.clone(), c.spec.worker_access().cloned()));
+    }
     for job in ctx.jobs.state() {
         if let Some(s) = &job.status {
-            regions.extend(s.workers.iter().map(|w| w.region.clone()));
+            for w in &s.workers {
+                add((w.region.clone(), w.access.clone()));
+            }
         }
     }
-    regions
+    out
 }
 
 async fn sweep(ctx: &Context, config: SweepConfig) {
     let now = Timestamp::now();
-    for region in regions_in_use(ctx) {
-        let instances = match ctx.instances.snapshot(&region, Instant::now()).await {
+    for (region, role) in accounts_in_use(ctx) {
+        let access = Access::new(role.as_ref(), &["garbage-collector"]);
+        let aws = ctx.aws.scoped(&access).await;
+        let instances = match ctx
+            .instances
+            .snapshot(&aws, access.account_key(), &region, Instant::now())
+            .await
+        {
             Ok(i) => i,
             Err(e) => {
                 warn!(region, error = %e, "garbage collection: could not list worker instances");
@@ -169,7 +182,7 @@ async fn sweep(ctx: &Context, config: SweepConfig) {
         let mut by_reason: HashMap<&'static str, usize> = HashMap::new();
         if !orphans.is_empty() {
             let ids: Vec<String> = orphans.iter().map(|(id, _)| id.clone()).collect();
-            match ctx.aws.terminate_workers(&region, &ids).await {
+            match aws.terminate_workers(&region, &ids).await {
                 Ok(_) => {
                     for (id, reason) in &orphans {
                         warn!(
@@ -187,7 +200,7 @@ async fn sweep(ctx: &Context, config: SweepConfig) {
             }
         }
         ctx.metrics.record_sweep(&region, live, &by_reason);
-        let queues = sweep_queues(ctx, &region).await;
+        let queues = sweep_queues(ctx, &aws, &region).await;
         info!(
             region,
             workers_seen = live,
@@ -200,8 +213,8 @@ async fn sweep(ctx: &Context, config: SweepConfig) {
 }
 
 /// Deletes this cluster's worker queues whose configuration no longer exists.
-async fn sweep_queues(ctx: &Context, region: &str) -> usize {
-    let queues = match ctx.aws.list_queues(region, "tender-").await {
+async fn sweep_queues(ctx: &Context, aws: &AwsClients, region: &str) -> usize {
+    let queues = match aws.list_queues(region, "tender-").await {
         Ok(q) => q,
         Err(e) => {
             warn!(region, error = %e, "garbage collection: could not list queues");
@@ -229,7 +242,7 @@ async fn sweep_queues(ctx: &Context, region: &str) -> usize {
         if exists {
             continue;
         }
-        match ctx.aws.delete_queue(region, &url).await {
+        match aws.delete_queue(region, &url).await {
             Ok(()) => {
                 warn!(region, queue_url = url, "deleted an orphaned worker queue");
                 ctx.pumps.stop(&url);

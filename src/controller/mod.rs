@@ -359,7 +359,7 @@ async fn run_leader(
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
-        instances: InstanceCache::new(aws.clone(), cluster_id.clone()),
+        instances: InstanceCache::new(cluster_id.clone()),
         metrics: aws.metrics(),
         aws,
         cluster_id,

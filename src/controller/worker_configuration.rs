@@ -15,10 +15,17 @@ use tracing::{info, instrument};
 
 use super::{Context, Error, Result, apply_status};
 use crate::api::conditions::{self, DesiredCondition, READY, RECONCILING, STALLED};
-use crate::api::{BackupJob, WorkerConfiguration, WorkerConfigurationStatus, WorkerSubnet};
+use crate::api::{
+    AccountAccess, BackupJob, WorkerAccount, WorkerConfiguration, WorkerConfigurationStatus,
+    WorkerSubnet,
+};
+use crate::aws::AwsClients;
+use crate::aws::accounts::Access;
 use crate::names::{CONFIGURATION_FINALIZER, tags};
 use crate::placement;
 
+/// Condition: Tender can act in the accounts the configuration names.
+pub const CREDENTIALS_READY: &str = "CredentialsReady";
 /// Condition: the network has what workers need.
 pub const NETWORK_READY: &str = "NetworkReady";
 /// Condition: the region offers every worker instance type.
@@ -120,15 +127,51 @@ async fn apply(
     ctx: &Context,
 ) -> Result<Action> {
     let region = &cfg.spec.region;
-    let name = placement::queue_name(
-        &ctx.cluster_id,
-        &cfg.namespace().unwrap_or_default(),
-        &cfg.name_any(),
-    );
+    let ns = cfg.namespace().unwrap_or_default();
+    let name = placement::queue_name(&ctx.cluster_id, &ns, &cfg.name_any());
     let owner_tags = queue_tags(cfg, &ctx.cluster_id);
-    let queue_url = ctx.aws.ensure_queue(region, &name, &owner_tags).await?;
+
+    // Credentials first: every other call goes through them.
+    let aws = ctx.aws.scoped(&configuration_access(cfg)).await;
+    let credentials = match check_credentials(cfg, &aws, ctx).await {
+        Ok(c) => c,
+        Err((account_id, message)) => {
+            let mut status = base_status(cfg, ctx);
+            status.phase = Some("NotReady".into());
+            status.account_id = account_id;
+            let desired = [
+                DesiredCondition::new(READY, false, "CredentialsNotReady", message.clone()),
+                DesiredCondition::new(
+                    CREDENTIALS_READY,
+                    false,
+                    "CannotAssumeRole",
+                    message.clone(),
+                ),
+                DesiredCondition::new(STALLED, true, "CredentialsNotReady", message.clone()),
+            ];
+            status.conditions = conditions::merge(
+                &status.conditions,
+                &desired,
+                cfg.metadata.generation,
+                Timestamp::now(),
+            );
+            if cfg.status.as_ref() != Some(&status) {
+                ctx.event(
+                    cfg,
+                    EventType::Warning,
+                    "CannotAssumeRole",
+                    "CheckCredentials",
+                    message,
+                )
+                .await;
+                apply_status(api, cfg, &status).await?;
+            }
+            return Ok(Action::requeue(ctx.network_recheck));
+        }
+    };
+    let queue_url = aws.ensure_queue(region, &name, &owner_tags).await?;
     ctx.pumps.ensure(
-        &ctx.aws,
+        &aws,
         region,
         &queue_url,
         ctx.jobs.clone(),
@@ -139,10 +182,36 @@ async fn apply(
     let created = status.queue_url.as_deref() != Some(queue_url.as_str());
     status.queue_url = Some(queue_url.clone());
     let mut findings: Vec<Finding> = Vec::new();
+    status.account_id = Some(credentials.account_id.clone());
+
+    // The AMI: given, or resolved from its SSM parameter.
+    status.image_id = match (&cfg.spec.image_id, &cfg.spec.image_ssm_parameter) {
+        (Some(id), _) => Some(id.clone()),
+        (None, Some(parameter)) => match aws.ssm_parameter(region, parameter).await {
+            Ok(id) if id.starts_with("ami-") => Some(id),
+            Ok(other) => {
+                findings.push(Finding {
+                    reason: "ImageNotResolved",
+                    message: format!("SSM parameter {parameter} holds {other:?}, not an AMI ID; fix spec.imageSsmParameter"),
+                });
+                None
+            }
+            Err(e) => {
+                findings.push(Finding {
+                    reason: "ImageNotResolved",
+                    message: format!(
+                        "cannot read SSM parameter {parameter}: {e}; fix spec.imageSsmParameter"
+                    ),
+                });
+                None
+            }
+        },
+        (None, None) => None,
+    };
 
     // Subnets: the configured ones (all in one VPC), else the default VPC's.
     let subnets = if cfg.spec.subnets.is_empty() {
-        ctx.aws.default_subnets(region).await?
+        aws.default_subnets(region).await?
     } else {
         let ids: Vec<String> = cfg
             .spec
@@ -150,7 +219,7 @@ async fn apply(
             .iter()
             .map(|s| s.subnet_id.clone())
             .collect();
-        match ctx.aws.describe_subnets(region, &ids).await {
+        match aws.describe_subnets(region, &ids).await {
             Ok(found) => found,
             Err(e) if e.code().is_some_and(|c| c.starts_with("InvalidSubnetID")) => {
                 findings.push(Finding {
@@ -193,15 +262,14 @@ async fn apply(
     if !cfg.spec.security_group_ids.is_empty() {
         if let Some(old) = status.managed_security_group_id.clone() {
             // No longer needed; deleting fails while a worker still uses it.
-            if ctx.aws.delete_security_group(region, &old).await.is_ok() {
+            if aws.delete_security_group(region, &old).await.is_ok() {
                 status.managed_security_group_id = None;
             }
         }
     } else if let Some(vpc) = status.vpc_id.clone() {
         let (ingress, egress) = placement::managed_rules(&cfg.spec.file_level_recovery_cidrs);
         let sg_name = format!("{name}-workers");
-        let id = ctx
-            .aws
+        let id = aws
             .ensure_security_group(region, &vpc, &sg_name, &owner_tags, &ingress, &egress)
             .await?;
         status.managed_security_group_id = Some(id);
@@ -221,7 +289,7 @@ async fn apply(
             },
         )
     } else if let Some(vpc) = status.vpc_id.clone() {
-        let endpoints = ctx.aws.vpc_endpoints(region, &vpc).await?;
+        let endpoints = aws.vpc_endpoints(region, &vpc).await?;
         for op in placement::OPERATIONS {
             let missing = placement::missing_endpoints(region, op, &endpoints);
             if !missing.is_empty() {
@@ -272,7 +340,7 @@ async fn apply(
     let mut wanted: Vec<String> = configured_instance_types(cfg);
     wanted.sort();
     wanted.dedup();
-    let offered = ctx.aws.offered_instance_types(region, &wanted).await?;
+    let offered = aws.offered_instance_types(region, &wanted).await?;
     let unoffered: Vec<String> = wanted
         .into_iter()
         .filter(|t| !offered.contains(t))
@@ -310,7 +378,7 @@ async fn apply(
         ),
         Some(f) => DesiredCondition::new(READY, false, f.reason, f.message.clone()),
     };
-    let mut desired = vec![ready, network, types];
+    let mut desired = vec![ready, network, types, credentials.condition];
     if let Some(f) = findings.first() {
         desired.push(DesiredCondition::new(
             STALLED,
@@ -360,6 +428,77 @@ async fn apply(
     }
     // Endpoints, subnets and offerings change outside Kubernetes: look again.
     Ok(Action::requeue(ctx.network_recheck))
+}
+
+/// How a configuration's own calls (queue, network, instance cache) reach
+/// the account its workers run in: a session named after it.
+fn configuration_access(cfg: &WorkerConfiguration) -> Access {
+    Access::new(
+        cfg.spec.worker_access(),
+        &[&cfg.namespace().unwrap_or_default(), &cfg.name_any()],
+    )
+}
+
+/// What the credentials check found.
+struct Credentials {
+    account_id: String,
+    condition: DesiredCondition,
+}
+
+/// Checks that Tender can act in the workers' account and, when one is
+/// configured, read the production account. `Err` carries the account (if
+/// known) and a message that says what to fix.
+async fn check_credentials(
+    cfg: &WorkerConfiguration,
+    aws: &AwsClients,
+    ctx: &Context,
+) -> std::result::Result<Credentials, (Option<String>, String)> {
+    let region = &cfg.spec.region;
+    let describe = |role: Option<&AccountAccess>| match role {
+        Some(r) => format!("role {}", r.role_arn),
+        None => "the controller's own credentials".to_string(),
+    };
+    let workers = aws.caller_identity(region).await.map_err(|e| {
+        (
+            None,
+            format!(
+                "cannot act in the workers' account through {}: {e}; check the role's trust policy (and external ID) and the controller's permissions",
+                describe(cfg.spec.worker_access())
+            ),
+        )
+    })?;
+    let mut message = format!(
+        "workers run in account {} ({})",
+        workers.account, workers.arn
+    );
+    if cfg.spec.account == WorkerAccount::Backup
+        && let Some(role) = &cfg.spec.production_account
+    {
+        let production = ctx
+            .aws
+            .scoped(&Access::new(
+                Some(role),
+                &[&cfg.namespace().unwrap_or_default(), &cfg.name_any()],
+            ))
+            .await;
+        let identity = production.caller_identity(region).await.map_err(|e| {
+            (
+                Some(workers.account.clone()),
+                format!(
+                    "cannot read the production account through role {}: {e}; check its trust policy (and external ID)",
+                    role.role_arn
+                ),
+            )
+        })?;
+        message.push_str(&format!(
+            "; protected resources are read in account {}",
+            identity.account
+        ));
+    }
+    Ok(Credentials {
+        account_id: workers.account,
+        condition: DesiredCondition::new(CREDENTIALS_READY, true, "CredentialsReady", message),
+    })
 }
 
 /// Every instance type a worker of this configuration may get: the
@@ -425,20 +564,20 @@ async fn hold_deletion(
 }
 
 async fn cleanup(cfg: &WorkerConfiguration, ctx: &Context) -> Result<Action> {
+    let aws = ctx.aws.scoped(&configuration_access(cfg)).await;
     if let Some(group_id) = cfg
         .status
         .as_ref()
         .and_then(|s| s.managed_security_group_id.as_deref())
     {
         // Fails (and is retried) while a terminating worker still uses it.
-        ctx.aws
-            .delete_security_group(&cfg.spec.region, group_id)
+        aws.delete_security_group(&cfg.spec.region, group_id)
             .await?;
         info!(group_id, "managed security group deleted");
     }
     if let Some(queue_url) = cfg.status.as_ref().and_then(|s| s.queue_url.as_deref()) {
         ctx.pumps.stop(queue_url);
-        ctx.aws.delete_queue(&cfg.spec.region, queue_url).await?;
+        aws.delete_queue(&cfg.spec.region, queue_url).await?;
         info!(queue_url, "worker queue deleted");
     }
     Ok(Action::await_change())
