@@ -27,6 +27,10 @@ pub struct WorkerTask {
     pub queue_region: String,
     /// Seconds between heartbeats.
     pub heartbeat_seconds: u64,
+    /// Role the worker assumes to read the protected resource when it runs
+    /// in another account (the backup account reading production).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_access: Option<crate::api::AccountAccess>,
 }
 
 /// Markers around the task in a worker's user data.
@@ -175,6 +179,7 @@ mod tests {
             queue_url: "https://sqs.us-east-1.amazonaws.com/1/q".into(),
             queue_region: "us-east-1".into(),
             heartbeat_seconds: 30,
+            source_access: None,
         };
         let script = task.user_data().expect("renders");
         assert!(script.starts_with("#!/bin/sh\n"));

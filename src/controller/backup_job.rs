@@ -24,7 +24,8 @@ use super::reports::{Receipt, delete_receipts};
 use super::{Context, Error, Result, apply_status};
 use crate::api::conditions::{self, DesiredCondition, READY, RECONCILING};
 use crate::api::{
-    AccountAccess, BackupJob, BackupJobStatus, Phase, WorkerConfiguration, WorkerStatus,
+    AccountAccess, BackupJob, BackupJobStatus, Phase, WorkerAccount, WorkerConfiguration,
+    WorkerStatus,
 };
 use crate::aws::accounts::Access;
 use crate::aws::instance_cache::RegionInstances;
@@ -1008,6 +1009,11 @@ fn worker_launch(
         queue_url: queue_url.to_string(),
         queue_region: config.spec.region.clone(),
         heartbeat_seconds: ctx.heartbeat_seconds,
+        // A worker in the backup account reads production through its role.
+        source_access: match config.spec.account {
+            WorkerAccount::Backup => config.spec.production_account.clone(),
+            WorkerAccount::Production => None,
+        },
     };
     Ok(WorkerLaunch {
         region: config.spec.region.clone(),

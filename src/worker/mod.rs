@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
+use crate::aws::accounts::Access;
 use crate::aws::{AwsClients, AwsError};
 use crate::messages::{Operation, PROTOCOL_VERSION, WorkerEvent, WorkerMessage, WorkerTask};
 
@@ -132,7 +133,15 @@ async fn inspect_source(
         })
         .await
         .map_err(|e| ("ReportFailed".to_string(), e.to_string()))?;
-    match aws
+    // A worker in the backup account reads production through its role.
+    let source = match &task.source_access {
+        Some(role) => {
+            let access = Access::new(Some(role), &[&task.namespace, &task.job_name, "worker"]);
+            aws.scoped(&access).await
+        }
+        None => aws.clone(),
+    };
+    match source
         .describe_source_instance(&task.resource_region, &task.resource)
         .await
     {

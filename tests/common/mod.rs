@@ -128,6 +128,14 @@ where
     }
 }
 
+/// An emulated account whose workers the launcher boots, with the
+/// credentials its agents get (none: the environment's).
+#[derive(Clone)]
+struct Account {
+    ec2: aws_sdk_ec2::Client,
+    credentials: Option<(String, String, String)>,
+}
+
 /// Where test workers go.
 pub struct Network {
     pub subnet: String,
@@ -165,6 +173,8 @@ pub struct TestEnv {
     controllers: Mutex<Vec<(Child, u16)>>,
     workers: Arc<Mutex<Vec<Child>>>,
     launcher_stop: Arc<AtomicBool>,
+    /// Accounts whose workers the launcher boots.
+    accounts: Arc<Mutex<Vec<Account>>>,
     /// When false, instances are left without an agent (they never report).
     pub boot_workers: Arc<AtomicBool>,
 }
@@ -200,8 +210,13 @@ impl TestEnv {
             controllers: Mutex::new(Vec::new()),
             workers: Arc::default(),
             launcher_stop: Arc::default(),
+            accounts: Arc::default(),
             boot_workers: Arc::new(AtomicBool::new(true)),
         };
+        env.accounts.lock().unwrap().push(Account {
+            ec2: env.ec2.clone(),
+            credentials: None,
+        });
         env.start_launcher();
         env
     }
@@ -314,7 +329,7 @@ impl TestEnv {
     /// Plays EC2's part of booting a worker: for every running instance of
     /// this cluster, start the worker agent with the instance's user data.
     fn start_launcher(&self) {
-        let ec2 = self.ec2.clone();
+        let accounts = self.accounts.clone();
         let cluster_id = self.cluster_id.clone();
         let workers = self.workers.clone();
         let stop = self.launcher_stop.clone();
@@ -328,68 +343,121 @@ impl TestEnv {
                 if !boot.load(Ordering::SeqCst) {
                     continue;
                 }
-                let Ok(out) = ec2
-                    .describe_instances()
-                    .filters(
-                        Filter::builder()
-                            .name("tag:tender.dev/cluster-id")
-                            .values(&cluster_id)
-                            .build(),
-                    )
-                    .filters(
-                        Filter::builder()
-                            .name("instance-state-name")
-                            .values("running")
-                            .build(),
-                    )
-                    .send()
-                    .await
-                else {
-                    continue;
-                };
-                for instance in out.reservations().iter().flat_map(|r| r.instances()) {
-                    let id = instance.instance_id().unwrap_or_default().to_string();
-                    if booted.contains(&id) {
-                        continue;
-                    }
-                    let Ok(attr) = ec2
-                        .describe_instance_attribute()
-                        .instance_id(&id)
-                        .attribute(InstanceAttributeName::UserData)
+                let known: Vec<Account> = accounts.lock().unwrap().clone();
+                for account in known {
+                    let ec2 = &account.ec2;
+                    let Ok(out) = ec2
+                        .describe_instances()
+                        .filters(
+                            Filter::builder()
+                                .name("tag:tender.dev/cluster-id")
+                                .values(&cluster_id)
+                                .build(),
+                        )
+                        .filters(
+                            Filter::builder()
+                                .name("instance-state-name")
+                                .values("running")
+                                .build(),
+                        )
                         .send()
                         .await
                     else {
                         continue;
                     };
-                    let Some(data) = attr.user_data().and_then(|u| u.value()) else {
-                        continue;
-                    };
-                    let script = base64::engine::general_purpose::STANDARD
-                        .decode(data)
-                        .unwrap();
-                    let Some(task) =
-                        WorkerTask::from_user_data(&String::from_utf8(script).unwrap())
-                    else {
-                        continue;
-                    };
-                    let log = std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(log_dir.join(format!("{namespace}-worker-{id}.log")))
-                        .unwrap();
-                    let child = Command::new(env!("CARGO_BIN_EXE_tender"))
-                        .args(["worker", "--instance-id", &id])
-                        .env("TENDER_TASK", serde_json::to_string(&task).unwrap())
-                        .stdin(Stdio::null())
-                        .stdout(log.try_clone().unwrap())
-                        .stderr(log)
-                        .spawn()
-                        .expect("start a worker agent");
-                    workers.lock().unwrap().push(child);
-                    booted.insert(id);
+                    for instance in out.reservations().iter().flat_map(|r| r.instances()) {
+                        let id = instance.instance_id().unwrap_or_default().to_string();
+                        if booted.contains(&id) {
+                            continue;
+                        }
+                        let Ok(attr) = ec2
+                            .describe_instance_attribute()
+                            .instance_id(&id)
+                            .attribute(InstanceAttributeName::UserData)
+                            .send()
+                            .await
+                        else {
+                            continue;
+                        };
+                        let Some(data) = attr.user_data().and_then(|u| u.value()) else {
+                            continue;
+                        };
+                        let script = base64::engine::general_purpose::STANDARD
+                            .decode(data)
+                            .unwrap();
+                        let Some(task) =
+                            WorkerTask::from_user_data(&String::from_utf8(script).unwrap())
+                        else {
+                            continue;
+                        };
+                        let log = std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(log_dir.join(format!("{namespace}-worker-{id}.log")))
+                            .unwrap();
+                        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tender"));
+                        cmd.args(["worker", "--instance-id", &id])
+                            .env("TENDER_TASK", serde_json::to_string(&task).unwrap())
+                            .stdin(Stdio::null())
+                            .stdout(log.try_clone().unwrap())
+                            .stderr(log);
+                        // The agent acts as its instance's account, as an
+                        // instance profile would make it.
+                        if let Some((key, secret, token)) = &account.credentials {
+                            cmd.env("AWS_ACCESS_KEY_ID", key)
+                                .env("AWS_SECRET_ACCESS_KEY", secret)
+                                .env("AWS_SESSION_TOKEN", token);
+                        }
+                        workers
+                            .lock()
+                            .unwrap()
+                            .push(cmd.spawn().expect("start a worker agent"));
+                        booted.insert(id);
+                    }
                 }
             }
         });
+    }
+
+    /// Assumes a role in another (emulated) account, and boots the workers
+    /// launched there too. Returns EC2 and SQS clients that act in it.
+    pub async fn assume(&self, role_arn: &str) -> (aws_sdk_ec2::Client, aws_sdk_sqs::Client) {
+        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(REGION))
+            .load()
+            .await;
+        let out = aws_sdk_sts::Client::new(&conf)
+            .assume_role()
+            .role_arn(role_arn)
+            .role_session_name("tender-tests")
+            .send()
+            .await
+            .expect("assume role in the emulator");
+        let c = out.credentials().unwrap();
+        let (key, secret, token) = (
+            c.access_key_id().to_string(),
+            c.secret_access_key().to_string(),
+            c.session_token().to_string(),
+        );
+        let creds = aws_credential_types::Credentials::new(
+            &key,
+            &secret,
+            Some(token.clone()),
+            None,
+            "tests",
+        );
+        let scoped = conf
+            .to_builder()
+            .credentials_provider(
+                aws_credential_types::provider::SharedCredentialsProvider::new(creds),
+            )
+            .build();
+        let ec2 = aws_sdk_ec2::Client::new(&scoped);
+        self.accounts.lock().unwrap().push(Account {
+            ec2: ec2.clone(),
+            credentials: Some((key, secret, token)),
+        });
+        (ec2, aws_sdk_sqs::Client::new(&scoped))
     }
 
     /// A subnet, its zone and a fresh security group in the emulator.

@@ -1,0 +1,253 @@
+//! Account placement through STS AssumeRole, against the real kube-apiserver
+//! and the moto AWS emulator (which keeps one state per account and
+//! answers AssumeRole with credentials for the role's account), and the AMI
+//! from an SSM parameter.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{Filter, InstanceType};
+use common::{REGION, TestEnv, condition};
+use kube::{Api, ResourceExt};
+use tender::api::{Phase, WorkerConfiguration};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+async fn wait_ready(env: &TestEnv, name: &str) -> WorkerConfiguration {
+    let api: Api<WorkerConfiguration> = env.api();
+    common::eventually(TIMEOUT, || {
+        let api = api.clone();
+        async move {
+            let cfg = api.get(name).await.ok()?;
+            (cfg.status.as_ref()?.phase.as_deref() == Some("Ready")).then_some(cfg)
+        }
+    })
+    .await
+}
+
+fn credentials_condition(cfg: &WorkerConfiguration) -> (String, String) {
+    let c = cfg
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "CredentialsReady")
+        .unwrap();
+    (c.status.clone(), c.message.clone())
+}
+
+async fn default_subnet(ec2: &aws_sdk_ec2::Client) -> String {
+    let out = ec2
+        .describe_subnets()
+        .filters(
+            Filter::builder()
+                .name("default-for-az")
+                .values("true")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    out.subnets()[0].subnet_id().unwrap().to_string()
+}
+
+async fn run_instance(ec2: &aws_sdk_ec2::Client, subnet: &str) -> String {
+    let out = ec2
+        .run_instances()
+        .image_id("ami-0123456789abcdef0")
+        .instance_type(InstanceType::T3Micro)
+        .min_count(1)
+        .max_count(1)
+        .subnet_id(subnet)
+        .send()
+        .await
+        .unwrap();
+    out.instances()[0].instance_id().unwrap().to_string()
+}
+
+async fn workers_in(ec2: &aws_sdk_ec2::Client, job_uid: &str) -> Vec<aws_sdk_ec2::types::Instance> {
+    let out = ec2
+        .describe_instances()
+        .filters(
+            Filter::builder()
+                .name("tag:tender.dev/job-uid")
+                .values(job_uid)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    out.reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn workers_run_in_the_production_account_through_its_role() {
+    let env = TestEnv::new("prodacct").await;
+    let account = format!("2{:011}", std::process::id());
+    let role = format!("arn:aws:iam::{account}:role/tender-production");
+    let (prod_ec2, _) = env.assume(&role).await;
+    let subnet = default_subnet(&prod_ec2).await;
+    let protected = run_instance(&prod_ec2, &subnet).await;
+
+    let cfg: WorkerConfiguration = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tender.dev/v1alpha1", "kind": "WorkerConfiguration",
+        "metadata": {"name": "prod"},
+        "spec": {
+            "region": REGION, "account": "production",
+            "productionAccount": {"roleArn": role, "externalId": "tender-test-external-id"},
+            "imageId": "ami-0fedcba9876543210"
+        }
+    }))
+    .unwrap();
+    env.api::<WorkerConfiguration>()
+        .create(&Default::default(), &cfg)
+        .await
+        .unwrap();
+    let cfg = wait_ready(&env, "prod").await;
+    let status = cfg.status.clone().unwrap();
+    assert_eq!(status.account_id.as_deref(), Some(account.as_str()));
+    let (ok, message) = credentials_condition(&cfg);
+    assert_eq!(ok, "True");
+    assert!(
+        message.contains(&account) && message.contains("tender-production"),
+        "{message}"
+    );
+    // The queue and the managed security group live in that account too.
+    assert!(
+        status.queue_url.as_deref().unwrap().contains(&account),
+        "{status:?}"
+    );
+    let group = status.managed_security_group_id.clone().unwrap();
+    assert!(
+        prod_ec2
+            .describe_security_groups()
+            .group_ids(&group)
+            .send()
+            .await
+            .is_ok()
+    );
+    assert!(
+        env.ec2
+            .describe_security_groups()
+            .group_ids(&group)
+            .send()
+            .await
+            .is_err()
+    );
+
+    let job = env
+        .create_job("nightly", &protected, serde_json::json!({}))
+        .await;
+    let uid = job.uid().unwrap();
+    let job = env
+        .wait_job("nightly", TIMEOUT, |j| {
+            j.status
+                .as_ref()
+                .is_some_and(|s| s.phase == Phase::Succeeded)
+        })
+        .await;
+    let worker = &job.status.as_ref().unwrap().workers[0];
+    assert_eq!(
+        worker.access.as_ref().unwrap().role_arn,
+        role,
+        "the worker records its role"
+    );
+
+    let there = workers_in(&prod_ec2, &uid).await;
+    assert_eq!(there.len(), 1, "the worker ran in the production account");
+    assert_eq!(
+        there[0].state().unwrap().name().unwrap().as_str(),
+        "terminated"
+    );
+    assert!(
+        workers_in(&env.ec2, &uid).await.is_empty(),
+        "and not in the controller's own"
+    );
+}
+
+#[tokio::test]
+async fn backup_account_workers_read_production_through_its_role() {
+    let env = TestEnv::new("backupacct").await;
+    let pid = std::process::id();
+    let backup_account = format!("3{pid:011}");
+    let production_account = format!("4{pid:011}");
+    let backup_role = format!("arn:aws:iam::{backup_account}:role/tender-workers");
+    let production_role = format!("arn:aws:iam::{production_account}:role/tender-reader");
+    let (backup_ec2, _) = env.assume(&backup_role).await;
+    let (prod_ec2, _) = env.assume(&production_role).await;
+    let protected = run_instance(&prod_ec2, &default_subnet(&prod_ec2).await).await;
+
+    let cfg: WorkerConfiguration = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tender.dev/v1alpha1", "kind": "WorkerConfiguration",
+        "metadata": {"name": "backup"},
+        "spec": {
+            "region": REGION,
+            "backupAccount": {"roleArn": backup_role},
+            "productionAccount": {"roleArn": production_role},
+            "imageSsmParameter": "/aws/service/ami-amazon-linux-latest/amzn2-ami-hvm-x86_64-gp2"
+        }
+    }))
+    .unwrap();
+    env.api::<WorkerConfiguration>()
+        .create(&Default::default(), &cfg)
+        .await
+        .unwrap();
+    let cfg = wait_ready(&env, "backup").await;
+    let status = cfg.status.clone().unwrap();
+    assert_eq!(status.account_id.as_deref(), Some(backup_account.as_str()));
+    let (_, message) = credentials_condition(&cfg);
+    assert!(
+        message.contains(&production_account),
+        "the production role is checked too: {message}"
+    );
+    // The AMI came from the SSM parameter.
+    let ssm_ami = {
+        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(REGION))
+            .load()
+            .await;
+        aws_sdk_ssm::Client::new(&conf)
+            .get_parameter()
+            .name("/aws/service/ami-amazon-linux-latest/amzn2-ami-hvm-x86_64-gp2")
+            .send()
+            .await
+            .unwrap()
+            .parameter()
+            .unwrap()
+            .value()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(status.image_id.as_deref(), Some(ssm_ami.as_str()));
+
+    let job = env
+        .create_job("cross", &protected, serde_json::json!({}))
+        .await;
+    let uid = job.uid().unwrap();
+    let job = env
+        .wait_job("cross", TIMEOUT, |j| {
+            j.status
+                .as_ref()
+                .is_some_and(|s| s.phase == Phase::Succeeded)
+        })
+        .await;
+    assert!(condition(&job, "Complete").is_some());
+    // The worker inspected the production instance from the backup account.
+    let worker = &job.status.as_ref().unwrap().workers[0];
+    assert!(
+        worker.message.as_deref().unwrap().contains(&protected),
+        "{worker:?}"
+    );
+    let there = workers_in(&backup_ec2, &uid).await;
+    assert_eq!(there.len(), 1, "the worker ran in the backup account");
+    assert_eq!(there[0].image_id(), Some(ssm_ami.as_str()));
+    assert!(workers_in(&prod_ec2, &uid).await.is_empty());
+    assert!(workers_in(&env.ec2, &uid).await.is_empty());
+}
