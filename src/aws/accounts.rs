@@ -62,6 +62,10 @@ pub fn session_name(parts: &[&str]) -> String {
         .collect()
 }
 
+/// A region and the role (if any) that reaches the account: where a group
+/// of workers lives.
+pub type RegionAccount = (String, Option<AccountAccess>);
+
 /// Who the calls of an access act as.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CallerIdentity {

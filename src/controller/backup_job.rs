@@ -27,7 +27,7 @@ use crate::api::{
     AccountAccess, BackupJob, BackupJobStatus, Phase, WorkerAccount, WorkerConfiguration,
     WorkerStatus,
 };
-use crate::aws::accounts::Access;
+use crate::aws::accounts::{Access, RegionAccount};
 use crate::aws::instance_cache::RegionInstances;
 use crate::aws::instances::WorkerLaunch;
 use crate::messages::{Operation, PROTOCOL_VERSION, WorkerTask};
@@ -1039,10 +1039,8 @@ fn worker_launch(
 }
 
 /// Instance IDs of workers grouped by the region and role they run under.
-fn group_by_account(
-    workers: &[&WorkerStatus],
-) -> Vec<((String, Option<AccountAccess>), Vec<String>)> {
-    let mut groups: Vec<((String, Option<AccountAccess>), Vec<String>)> = Vec::new();
+fn group_by_account(workers: &[&WorkerStatus]) -> Vec<(RegionAccount, Vec<String>)> {
+    let mut groups: Vec<(RegionAccount, Vec<String>)> = Vec::new();
     for w in workers {
         let Some(id) = &w.instance_id else { continue };
         let key = (w.region.clone(), w.access.clone());
@@ -1117,7 +1115,7 @@ async fn terminate_for_deletion(
     let uid = job.uid().ok_or(Error::MissingObjectKey("uid"))?;
     let old = baseline(job, ctx);
     let mut status = old.clone().unwrap_or_default();
-    let mut accounts: Vec<(String, Option<AccountAccess>)> = Vec::new();
+    let mut accounts: Vec<RegionAccount> = Vec::new();
     for w in &status.workers {
         let key = (w.region.clone(), w.access.clone());
         if !accounts.contains(&key) {

@@ -14,9 +14,9 @@ use kube::runtime::reflector::ObjectRef;
 use tracing::{info, warn};
 
 use super::Context;
-use crate::api::{AccountAccess, BackupJob, BackupJobStatus};
+use crate::api::{BackupJob, BackupJobStatus};
 use crate::aws::AwsClients;
-use crate::aws::accounts::Access;
+use crate::aws::accounts::{Access, RegionAccount};
 use crate::aws::instance_cache::ObservedInstance;
 use crate::names::tags;
 
@@ -121,9 +121,9 @@ fn owner_status(ctx: &Context, instance: &ObservedInstance) -> Option<BackupJobS
 }
 
 /// The regions and accounts that have configurations or workers.
-fn accounts_in_use(ctx: &Context) -> Vec<(String, Option<AccountAccess>)> {
-    let mut out: Vec<(String, Option<AccountAccess>)> = Vec::new();
-    let mut add = |key: (String, Option<AccountAccess>)| {
+fn accounts_in_use(ctx: &Context) -> Vec<RegionAccount> {
+    let mut out: Vec<RegionAccount> = Vec::new();
+    let mut add = |key: RegionAccount| {
         if !out.contains(&key) {
             out.push(key);
         }
