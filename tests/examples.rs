@@ -1,0 +1,163 @@
+//! Every manifest in examples/ is applied to the real API server with
+//! kubectl and reconciled by the controller, against the moto emulator.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::TestEnv;
+use kube::Api;
+use tender::api::{BackupJob, Phase, RestoreJob, WorkerConfiguration};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+fn kubectl_apply(namespace: &str, manifest: &str) {
+    let mut child = Command::new("kubectl")
+        .args(["apply", "-n", namespace, "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(manifest.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
+}
+
+fn condition<'a>(
+    conditions: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+#[tokio::test]
+async fn the_examples_apply_and_reach_their_states() {
+    let env = TestEnv::new("examples").await;
+    let net = env.network().await;
+    let protected = env.protected_instance(&net.subnet).await;
+    // The examples' placeholder IDs, replaced by the emulator's.
+    let localize = |text: String| {
+        text.replace("subnet-0123456789abcdef0", &net.subnet)
+            .replace("us-east-1a", &net.zone)
+            .replace("sg-0123456789abcdef0", &net.security_group)
+            .replace("i-0123456789abcdef0", &protected)
+    };
+    for file in [
+        "examples/worker-configuration.yaml",
+        "examples/backup-job.yaml",
+        "examples/restore-job-full.yaml",
+        "examples/restore-job-volume.yaml",
+        "examples/restore-job-file-level.yaml",
+    ] {
+        kubectl_apply(&env.namespace, &localize(read(file)));
+    }
+    // The other configurations name accounts, parameters and subnets that
+    // do not exist here: the controller must say so plainly.
+    kubectl_apply(
+        &env.namespace,
+        &read("examples/more/worker-configuration-cross-account.yaml"),
+    );
+    kubectl_apply(
+        &env.namespace,
+        &read("examples/more/worker-configuration-private.yaml"),
+    );
+
+    let job = env
+        .wait_job("web-server-nightly", TIMEOUT, |j| {
+            j.status
+                .as_ref()
+                .is_some_and(|s| s.phase == Phase::Succeeded)
+        })
+        .await;
+    let instances = env
+        .instances_tagged("tender.dev/job-uid", job.metadata.uid.as_deref().unwrap())
+        .await;
+    assert_eq!(instances.len(), 1);
+    assert_eq!(
+        instances[0].state().unwrap().name().unwrap().as_str(),
+        "terminated"
+    );
+
+    let configs: Api<WorkerConfiguration> = env.api();
+    let config_condition = |name: &'static str, type_: &'static str| {
+        let configs = configs.clone();
+        async move {
+            let c = configs.get(name).await.ok()?;
+            let cond = condition(&c.status?.conditions, type_)?.clone();
+            Some(cond)
+        }
+    };
+    let ready = common::eventually(TIMEOUT, || async {
+        config_condition("us-east-1", "Ready")
+            .await
+            .filter(|c| c.status == "True")
+    })
+    .await;
+    assert!(
+        ready.message.contains("workers report to"),
+        "{}",
+        ready.message
+    );
+    let cross = common::eventually(TIMEOUT, || async {
+        config_condition("central-backup", "Ready")
+            .await
+            .filter(|c| c.status == "False")
+    })
+    .await;
+    assert_eq!(cross.reason, "ImageNotResolved");
+    assert!(
+        cross.message.contains("/tender/worker-ami"),
+        "{}",
+        cross.message
+    );
+    let private = common::eventually(TIMEOUT, || async {
+        config_condition("private", "Ready")
+            .await
+            .filter(|c| c.status == "False")
+    })
+    .await;
+    assert_eq!(private.reason, "SubnetNotFound");
+    assert!(
+        private.message.contains("spec.subnets"),
+        "{}",
+        private.message
+    );
+
+    let restores: Api<RestoreJob> = env.api();
+    for name in [
+        "web-server-full-restore",
+        "web-server-volume-restore",
+        "web-server-files",
+    ] {
+        let stalled = common::eventually(TIMEOUT, || {
+            let restores = restores.clone();
+            async move {
+                let r = restores.get(name).await.ok()?;
+                let c = condition(&r.status?.conditions, "Stalled")?.clone();
+                Some(c)
+            }
+        })
+        .await;
+        assert_eq!(stalled.reason, "RestoreNotSupported", "{name}");
+    }
+    let jobs: Api<BackupJob> = env.api();
+    assert_eq!(jobs.list(&Default::default()).await.unwrap().items.len(), 1);
+}
