@@ -95,6 +95,7 @@ pub struct Metrics {
     pub aws_calls: Family<OperationLabels, Counter>,
     pub aws_errors: Family<OperationErrorLabels, Counter>,
     pub reconciles: Family<KindLabels, Counter>,
+    pub status_writes: Family<KindLabels, Counter>,
     pub reconcile_errors: Family<KindErrorLabels, Counter>,
     pub gc_orphans_terminated: Family<SweepLabels, Counter>,
     pub gc_queues_deleted: Family<RegionLabels, Counter>,
@@ -115,6 +116,7 @@ impl Default for Metrics {
             aws_calls: Family::default(),
             aws_errors: Family::default(),
             reconciles: Family::default(),
+            status_writes: Family::default(),
             reconcile_errors: Family::default(),
             gc_orphans_terminated: Family::default(),
             gc_queues_deleted: Family::default(),
@@ -167,6 +169,11 @@ impl Default for Metrics {
             m.aws_errors.clone(),
         );
         r.register("reconciles", "Reconciles, by kind", m.reconciles.clone());
+        r.register(
+            "status_writes",
+            "Status writes to the API server, by kind",
+            m.status_writes.clone(),
+        );
         r.register(
             "reconcile_errors",
             "Failed reconciles, by kind and category",

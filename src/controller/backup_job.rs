@@ -214,7 +214,7 @@ async fn write_status(
     status: &BackupJobStatus,
     ctx: &Context,
 ) -> Result<()> {
-    apply_status(api, job, status).await?;
+    apply_status(api, job, status, &ctx.metrics).await?;
     if let Some(uid) = job.uid() {
         ctx.written
             .lock()

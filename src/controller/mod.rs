@@ -53,6 +53,8 @@ pub enum Error {
     Finalizer(String),
     #[error("object has no {0}")]
     MissingObjectKey(&'static str),
+    #[error("{0} timed out")]
+    Timeout(&'static str),
 }
 
 impl Error {
@@ -64,6 +66,7 @@ impl Error {
             Error::Encode(_) => "EncodeError",
             Error::Finalizer(_) => "FinalizerError",
             Error::MissingObjectKey(_) => "InvalidObject",
+            Error::Timeout(_) => "Timeout",
         }
     }
 }
@@ -170,7 +173,12 @@ pub(crate) fn jitter(max: Duration) -> Duration {
 }
 
 /// Writes `status` with server-side apply under Tender's field manager.
-pub(crate) async fn apply_status<K, S>(api: &Api<K>, obj: &K, status: &S) -> Result<()>
+pub(crate) async fn apply_status<K, S>(
+    api: &Api<K>,
+    obj: &K,
+    status: &S,
+    metrics: &Metrics,
+) -> Result<()>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
     S: Serialize,
@@ -180,14 +188,26 @@ where
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(patch),
+    metrics
+        .status_writes
+        .get_or_create(&kind_labels(&K::kind(&())))
+        .inc();
+    // A hung API server must not hold a reconcile (and the object) forever.
+    tokio::time::timeout(
+        STATUS_WRITE_TIMEOUT,
+        api.patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(patch),
+        ),
     )
-    .await?;
+    .await
+    .map_err(|_| Error::Timeout("status write"))??;
     Ok(())
 }
+
+/// How long one status write may take.
+const STATUS_WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub(crate) fn kind_labels(kind: &str) -> KindLabels {
     KindLabels {

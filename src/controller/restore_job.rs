@@ -20,6 +20,10 @@ pub async fn reconcile(job: Arc<RestoreJob>, ctx: Arc<Context>) -> Result<Action
         .namespace()
         .ok_or(Error::MissingObjectKey("namespace"))?;
     let api: Api<RestoreJob> = Api::namespaced(ctx.client.clone(), &ns);
+    ctx.metrics
+        .reconciles
+        .get_or_create(&super::kind_labels("RestoreJob"))
+        .inc();
     let message = "this version of Tender does not run RestoreJobs yet; no worker was launched and nothing was restored";
     let mut status = job.status.clone().unwrap_or_default();
     status.observed_generation = job.metadata.generation;
@@ -43,7 +47,7 @@ pub async fn reconcile(job: Arc<RestoreJob>, ctx: Arc<Context>) -> Result<Action
             message.to_string(),
         )
         .await;
-        apply_status(&api, &*job, &status).await?;
+        apply_status(&api, &*job, &status, &ctx.metrics).await?;
     }
     Ok(Action::await_change())
 }

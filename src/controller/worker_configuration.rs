@@ -40,6 +40,10 @@ pub async fn reconcile(cfg: Arc<WorkerConfiguration>, ctx: Arc<Context>) -> Resu
         .ok_or(Error::MissingObjectKey("namespace"))?;
     let api: Api<WorkerConfiguration> = Api::namespaced(ctx.client.clone(), &ns);
     let uid = cfg.uid().ok_or(Error::MissingObjectKey("uid"))?;
+    ctx.metrics
+        .reconciles
+        .get_or_create(&super::kind_labels("WorkerConfiguration"))
+        .inc();
     // A configuration in use stays until its jobs finish. This is decided
     // before the finalizer helper runs, because a cleanup that returns Ok
     // lets the helper remove the finalizer.
@@ -164,7 +168,7 @@ async fn apply(
                     message,
                 )
                 .await;
-                apply_status(api, cfg, &status).await?;
+                apply_status(api, cfg, &status, &ctx.metrics).await?;
             }
             return Ok(Action::requeue(ctx.network_recheck));
         }
@@ -413,7 +417,7 @@ async fn apply(
             )
             .await;
         }
-        apply_status(api, cfg, &status).await?;
+        apply_status(api, cfg, &status, &ctx.metrics).await?;
     }
     if created {
         info!(queue_url, "worker queue ready");
@@ -556,7 +560,7 @@ async fn hold_deletion(
                 message,
             )
             .await;
-            apply_status(api, cfg, &status).await?;
+            apply_status(api, cfg, &status, &ctx.metrics).await?;
         }
         return Ok(Some(Action::requeue(DELETION_RECHECK)));
     }
@@ -606,6 +610,6 @@ async fn report_failure(
     if cfg.status.as_ref() != Some(&status) {
         ctx.event(cfg, EventType::Warning, e.category(), "Reconcile", message)
             .await;
-        let _ = apply_status(api, cfg, &status).await;
+        let _ = apply_status(api, cfg, &status, &ctx.metrics).await;
     }
 }
