@@ -85,6 +85,16 @@ pub fn is_capacity_error(code: &str) -> bool {
     )
 }
 
+/// True for launch errors that mean the configuration's network changed
+/// under it (a subnet or security group deleted): worth retrying once the
+/// configuration has been checked again, not a reason to fail the job.
+pub fn is_stale_network_error(code: &str) -> bool {
+    matches!(
+        code,
+        "InvalidSubnetID.NotFound" | "InvalidGroup.NotFound" | "InvalidSecurityGroupID.NotFound"
+    )
+}
+
 /// The rules of the security group Tender manages: inbound TCP 443 from the
 /// file-level recovery CIDRs only; outbound TCP 443 (AWS endpoints) and TCP
 /// 2049 (EFS mount targets). Ingress first, then egress; both sorted.

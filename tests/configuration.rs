@@ -529,3 +529,45 @@ async fn max_concurrent_workers_queues_jobs_in_creation_order() {
     );
     assert!(a <= b && b <= c, "launched in creation order: {a} {b} {c}");
 }
+
+#[tokio::test]
+async fn a_configuration_deleted_while_its_job_runs_goes_once_the_job_finishes() {
+    let env = TestEnv::new("cfgdelete").await;
+    env.boot_workers.store(false, Ordering::SeqCst);
+    let net = env.network().await;
+    let protected = env.protected_instance(&net.subnet).await;
+    env.create_configuration("leaving", &net, serde_json::json!({}))
+        .await;
+    env.wait_configuration_ready("leaving").await;
+    env.create_job("running", &protected, serde_json::json!({}))
+        .await;
+    env.wait_job("running", TIMEOUT, |j| {
+        j.status.as_ref().is_some_and(|s| s.active_workers == 1)
+    })
+    .await;
+    let api: Api<WorkerConfiguration> = env.api();
+    api.delete("leaving", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_config(&env, "leaving", |c| {
+        c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Deleting")
+    })
+    .await;
+
+    // The running worker is still followed to its end, then the
+    // configuration goes.
+    env.boot_workers.store(true, Ordering::SeqCst);
+    let job = env
+        .wait_job("running", TIMEOUT, |j| {
+            j.status
+                .as_ref()
+                .is_some_and(|s| s.phase == Phase::Succeeded)
+        })
+        .await;
+    assert_eq!(job.status.unwrap().active_workers, 0);
+    common::eventually(TIMEOUT, || {
+        let api = api.clone();
+        async move { api.get_opt("leaving").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+}

@@ -45,6 +45,10 @@ const INSTANCE_VIEW_MAX_AGE: Duration = Duration::from_secs(5);
 /// How often a worker that waits for a launch slot or for capacity is
 /// looked at again.
 const QUEUED_RECHECK: Duration = Duration::from_secs(5);
+/// How long after a start the controller waits for messages that were in
+/// flight before it judges workers by their instance state.
+const REDELIVERY_WINDOW: Duration =
+    Duration::from_secs(crate::aws::queues::VISIBILITY_TIMEOUT.as_secs() + 5);
 /// How often deletion rechecks workers that are not terminated yet.
 const TERMINATION_RECHECK: Duration = Duration::from_secs(5);
 
@@ -289,9 +293,19 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
     }
 
     let configs = ctx.configurations.state();
-    let config = match choose_configuration(job, &configs) {
-        Ok(c) => c.clone(),
-        Err(problem) => {
+    // A job that already has workers keeps following them with the
+    // configuration it started with, even while that one is being deleted
+    // or is not ready: only new launches wait (`blocked`).
+    let started_with = status.worker_configuration.as_ref().and_then(|name| {
+        configs
+            .iter()
+            .find(|c| c.name_any() == *name && c.namespace() == job.namespace())
+            .cloned()
+    });
+    let (config, mut blocked) = match (choose_configuration(job, &configs), started_with) {
+        (Ok(c), _) => (c.clone(), None),
+        (Err(problem), Some(c)) if !status.workers.is_empty() => (c, Some(problem)),
+        (Err(problem), _) => {
             finalize_status(job, &mut status, Some(&problem), now);
             if old.as_ref() != Some(&status) {
                 ctx.event(
@@ -308,23 +322,24 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
         }
     };
     status.worker_configuration = Some(config.name_any());
-    let Some(queue_url) = ready_configuration(&config) else {
+    let queue_url = ready_configuration(&config);
+    if queue_url.is_none() && blocked.is_none() {
         // Not ready (no queue yet, or its network or instance types are not
         // right); its reconcile wakes this job when that changes.
-        let message = not_ready_message(&config);
-        let message = format!(
-            "waiting for WorkerConfiguration {:?}: {message}",
-            config.name_any()
-        );
+        blocked = Some(Problem {
+            reason: "WaitingForWorkerConfiguration",
+            message: format!(
+                "waiting for WorkerConfiguration {:?}: {}",
+                config.name_any(),
+                not_ready_message(&config)
+            ),
+        });
+    }
+    if let (Some(problem), true) = (&blocked, status.workers.is_empty()) {
         finalize_status(job, &mut status, None, now);
         let desired = vec![
-            DesiredCondition::new(
-                READY,
-                false,
-                "WaitingForWorkerConfiguration",
-                message.clone(),
-            ),
-            DesiredCondition::new(RECONCILING, true, "WaitingForWorkerConfiguration", message),
+            DesiredCondition::new(READY, false, problem.reason, problem.message.clone()),
+            DesiredCondition::new(RECONCILING, true, problem.reason, problem.message.clone()),
         ];
         status.conditions =
             conditions::merge(&status.conditions, &desired, job.metadata.generation, now);
@@ -332,10 +347,12 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
             write_status(api, job, &status, ctx).await?;
         }
         return Ok(Action::requeue(Duration::from_secs(30)));
-    };
+    }
 
     // 1. Plan a worker for every resource that has none.
-    plan_workers(job, &config, &uid, &mut status, ctx, now).await?;
+    if blocked.is_none() {
+        plan_workers(job, &config, &uid, &mut status, ctx, now).await?;
+    }
     status.start_time.get_or_insert(Time(now));
 
     // 2. Apply what the workers reported.
@@ -367,6 +384,9 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
     );
     let timeout = Duration::from_secs(config.spec.heartbeat_timeout_seconds.max(1) as u64);
     let observed = observe_instances(job, &status, ctx).await?;
+    let redelivery_settled = Duration::try_from(now.duration_since(ctx.started_at))
+        .unwrap_or_default()
+        >= REDELIVERY_WINDOW;
     for i in 0..status.workers.len() {
         let before = status.workers[i].phase;
         let w = &mut status.workers[i];
@@ -389,6 +409,11 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
                 .as_ref()
                 .and_then(|id| observed.as_ref().and_then(|o| o.get(id)))
                 .map(|o| o.state.as_str());
+            // Right after a restart, messages that were in flight come back
+            // only after the visibility timeout: a finished worker's
+            // instance may already be terminated while its "completed" is
+            // still on its way. Judge by instance state only after that.
+            let state = state.filter(|_| redelivery_settled);
             let heard = lifecycle::last_heard(
                 w,
                 ctx.reports.last_heard(&uid, &w.resource, w.attempt),
@@ -443,13 +468,49 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
     let recorded = status.clone();
 
     // 7. Launch (or adopt) every planned worker that has no instance yet.
-    if !job.spec.suspend {
-        launch_workers(job, &config, &queue_url, &mut status, ctx, started).await?;
+    match (&blocked, &queue_url) {
+        (None, Some(queue_url)) if !job.spec.suspend => {
+            launch_workers(job, &config, queue_url, &mut status, ctx, started).await?;
+        }
+        (Some(problem), _) if problem.reason == "WorkerConfigurationDeleting" => {
+            // Nothing will ever launch it: the configuration is going away.
+            for w in status
+                .workers
+                .iter_mut()
+                .filter(|w| w.phase == Phase::Provisioning && w.instance_id.is_none())
+            {
+                mark_failed(
+                    w,
+                    "WorkerConfigurationDeleted",
+                    &problem.message,
+                    Timestamp::now(),
+                );
+            }
+        }
+        _ => {}
     }
 
     finalize_status(job, &mut status, None, Timestamp::now());
+    let waiting_to_launch = status
+        .workers
+        .iter()
+        .any(|w| w.phase == Phase::Provisioning && w.instance_id.is_none());
+    if let (Some(problem), true, false) = (&blocked, waiting_to_launch, status.phase.is_finished())
+    {
+        let desired = [
+            DesiredCondition::new(READY, false, problem.reason, problem.message.clone()),
+            DesiredCondition::new(RECONCILING, true, problem.reason, problem.message.clone()),
+        ];
+        status.conditions = conditions::merge(
+            &status.conditions,
+            &desired,
+            job.metadata.generation,
+            Timestamp::now(),
+        );
+    }
     if status != recorded {
         write_status(api, job, &status, ctx).await?;
+        crate::faults::crash_point("after-status-write");
     }
     ctx.reports.settle(&uid, &settled);
     delete_receipts(&ctx.aws, &settled).await;
@@ -495,6 +556,15 @@ fn next_wakeup(
         );
         let silent = Duration::try_from(now.duration_since(heard)).unwrap_or_default();
         wake = wake.min(timeout.saturating_sub(silent));
+    }
+    let since_start = Duration::try_from(now.duration_since(ctx.started_at)).unwrap_or_default();
+    if since_start < REDELIVERY_WINDOW
+        && status
+            .workers
+            .iter()
+            .any(|w| w.instance_id.is_some() && w.terminated_time.is_none())
+    {
+        wake = wake.min(REDELIVERY_WINDOW - since_start);
     }
     if let (Some(start), Some(secs)) = (&status.start_time, job.spec.active_deadline_seconds) {
         let elapsed = Duration::try_from(now.duration_since(start.0)).unwrap_or_default();
@@ -864,6 +934,22 @@ async fn launch_one(
                 .await;
                 skipped.push(note);
             }
+            Err(e) if e.code().is_some_and(placement::is_stale_network_error) => {
+                // The subnet or group went away under the configuration; its
+                // next check picks what exists now. Try again then.
+                w.message = Some(format!(
+                    "{e}; waiting for the WorkerConfiguration's network to be checked again"
+                ));
+                ctx.event(
+                    job,
+                    EventType::Warning,
+                    "NetworkChanged",
+                    "LaunchWorker",
+                    w.message.clone().unwrap_or_default(),
+                )
+                .await;
+                return Ok(());
+            }
             Err(e) if matches!(e.category(), "AwsThrottled" | "AwsUnreachable") => {
                 // Worth retrying as is; the status keeps the token, so the
                 // retry cannot launch twice.
@@ -1067,8 +1153,30 @@ async fn terminate_finished(
         .collect();
     let groups = group_by_account(&done);
     for ((region, role), ids) in groups {
-        let aws = ctx.aws.scoped(&job_access(job, role.as_ref())).await;
-        let states = aws.terminate_workers(&region, &ids).await?;
+        let access = job_access(job, role.as_ref());
+        let aws = ctx.aws.scoped(&access).await;
+        // Instances the shared view already shows going or gone (terminated
+        // before a restart, say) are recorded, not terminated again.
+        let fresh_since = Instant::now()
+            .checked_sub(INSTANCE_VIEW_MAX_AGE)
+            .unwrap_or_else(Instant::now);
+        let view = ctx
+            .instances
+            .snapshot(&aws, access.account_key(), &region, fresh_since)
+            .await?;
+        let (gone, ids): (Vec<String>, Vec<String>) = ids.into_iter().partition(|id| {
+            view.get(id)
+                .is_some_and(|o| matches!(o.state.as_str(), "shutting-down" | "terminated"))
+        });
+        let mut states = aws.terminate_workers(&region, &ids).await?;
+        crate::faults::crash_point("after-terminate-instances");
+        states.extend(gone.into_iter().filter_map(|id| {
+            view.get(&id)
+                .map(|o| crate::aws::instances::WorkerInstance {
+                    instance_id: id.clone(),
+                    state: o.state.clone(),
+                })
+        }));
         let now = Timestamp::now();
         ctx.metrics
             .workers_terminated

@@ -18,6 +18,7 @@ const PERMANENT_REASONS: &[&str] = &[
     "DeadlineExceeded",
     "LaunchFailed",
     "RestoreNotSupported",
+    "WorkerConfigurationDeleted",
 ];
 
 /// Reason of a worker that went silent or whose instance died.
