@@ -40,18 +40,7 @@ fn credentials_condition(cfg: &WorkerConfiguration) -> (String, String) {
 }
 
 async fn default_subnet(ec2: &aws_sdk_ec2::Client) -> String {
-    let out = ec2
-        .describe_subnets()
-        .filters(
-            Filter::builder()
-                .name("default-for-az")
-                .values("true")
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    out.subnets()[0].subnet_id().unwrap().to_string()
+    common::default_subnets(ec2).await.remove(0).0
 }
 
 async fn run_instance(ec2: &aws_sdk_ec2::Client, subnet: &str) -> String {

@@ -9,7 +9,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{Filter, VpcEndpointType};
+use aws_sdk_ec2::types::VpcEndpointType;
 use common::{Network, REGION, TestEnv, condition};
 use kube::api::DeleteParams;
 use kube::{Api, ResourceExt};
@@ -50,39 +50,10 @@ where
     }
 }
 
-/// Protected instance in a given default subnet (by zone letter index).
-async fn default_subnets(env: &TestEnv) -> Vec<(String, String, String)> {
-    let out = env
-        .ec2
-        .describe_subnets()
-        .filters(
-            Filter::builder()
-                .name("default-for-az")
-                .values("true")
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    let mut v: Vec<(String, String, String)> = out
-        .subnets()
-        .iter()
-        .map(|s| {
-            (
-                s.subnet_id().unwrap().to_string(),
-                s.availability_zone().unwrap().to_string(),
-                s.vpc_id().unwrap().to_string(),
-            )
-        })
-        .collect();
-    v.sort_by(|a, b| a.1.cmp(&b.1));
-    v
-}
-
 #[tokio::test]
 async fn without_subnets_or_groups_workers_use_the_default_vpc_and_a_managed_group() {
     let env = TestEnv::new("defaultvpc").await;
-    let defaults = default_subnets(&env).await;
+    let defaults = common::default_subnets(&env.ec2).await;
     let (zone_b_subnet, zone_b, vpc) = defaults[1].clone();
     let protected = env.protected_instance(&zone_b_subnet).await;
     let cfg: WorkerConfiguration = serde_json::from_value(serde_json::json!({

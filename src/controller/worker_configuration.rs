@@ -141,7 +141,6 @@ async fn apply(
         Ok(c) => c,
         Err((account_id, message)) => {
             let mut status = base_status(cfg, ctx);
-            status.phase = Some("NotReady".into());
             status.account_id = account_id;
             let desired = [
                 DesiredCondition::new(READY, false, "CredentialsNotReady", message.clone()),
@@ -153,23 +152,13 @@ async fn apply(
                 ),
                 DesiredCondition::new(STALLED, true, "CredentialsNotReady", message.clone()),
             ];
-            status.conditions = conditions::merge(
-                &status.conditions,
-                &desired,
-                cfg.metadata.generation,
-                Timestamp::now(),
+            let event = (
+                EventType::Warning,
+                "CannotAssumeRole",
+                "CheckCredentials",
+                message,
             );
-            if cfg.status.as_ref() != Some(&status) {
-                ctx.event(
-                    cfg,
-                    EventType::Warning,
-                    "CannotAssumeRole",
-                    "CheckCredentials",
-                    message,
-                )
-                .await;
-                apply_status(api, cfg, &status, &ctx.metrics).await?;
-            }
+            write_with_event(cfg, api, ctx, status, "NotReady", &desired, event).await?;
             return Ok(Action::requeue(ctx.network_recheck));
         }
     };
@@ -539,29 +528,26 @@ async fn hold_deletion(
             busy.len(),
             busy.join(", ")
         );
-        let mut status = base_status(cfg, ctx);
-        status.phase = Some("Deleting".into());
         let desired = [
             DesiredCondition::new(READY, false, "InUse", message.clone()),
             DesiredCondition::new(RECONCILING, true, "InUse", message.clone()),
         ];
-        status.conditions = conditions::merge(
-            &status.conditions,
-            &desired,
-            cfg.metadata.generation,
-            Timestamp::now(),
+        let event = (
+            EventType::Normal,
+            "DeletionWaiting",
+            "DeleteConfiguration",
+            message,
         );
-        if cfg.status.as_ref() != Some(&status) {
-            ctx.event(
-                cfg,
-                EventType::Normal,
-                "DeletionWaiting",
-                "DeleteConfiguration",
-                message,
-            )
-            .await;
-            apply_status(api, cfg, &status, &ctx.metrics).await?;
-        }
+        write_with_event(
+            cfg,
+            api,
+            ctx,
+            base_status(cfg, ctx),
+            "Deleting",
+            &desired,
+            event,
+        )
+        .await?;
         return Ok(Some(Action::requeue(DELETION_RECHECK)));
     }
     Ok(None)
@@ -588,28 +574,52 @@ async fn cleanup(cfg: &WorkerConfiguration, ctx: &Context) -> Result<Action> {
 }
 
 /// Puts a failed reconcile on the configuration's status and as an Event.
+/// Writes a configuration's status with `phase` and `desired` conditions,
+/// and publishes `event` (type, reason, action, note), when anything changed.
+async fn write_with_event(
+    cfg: &WorkerConfiguration,
+    api: &Api<WorkerConfiguration>,
+    ctx: &Context,
+    mut status: WorkerConfigurationStatus,
+    phase: &str,
+    desired: &[DesiredCondition],
+    event: (EventType, &str, &str, String),
+) -> Result<()> {
+    status.phase = Some(phase.into());
+    status.conditions = conditions::merge(
+        &status.conditions,
+        desired,
+        cfg.metadata.generation,
+        Timestamp::now(),
+    );
+    if cfg.status.as_ref() != Some(&status) {
+        let (type_, reason, action, note) = event;
+        ctx.event(cfg, type_, reason, action, note).await;
+        apply_status(api, cfg, &status, &ctx.metrics).await?;
+    }
+    Ok(())
+}
+
 async fn report_failure(
     cfg: &WorkerConfiguration,
     api: &Api<WorkerConfiguration>,
     ctx: &Context,
     e: &Error,
 ) {
-    let mut status = base_status(cfg, ctx);
-    status.phase = Some("NotReady".into());
     let message = format!("{e}; Tender retries with backoff");
     let desired = [
         DesiredCondition::new(READY, false, e.category(), message.clone()),
         DesiredCondition::new(STALLED, true, e.category(), message.clone()),
     ];
-    status.conditions = conditions::merge(
-        &status.conditions,
+    let event = (EventType::Warning, e.category(), "Reconcile", message);
+    let _ = write_with_event(
+        cfg,
+        api,
+        ctx,
+        base_status(cfg, ctx),
+        "NotReady",
         &desired,
-        cfg.metadata.generation,
-        Timestamp::now(),
-    );
-    if cfg.status.as_ref() != Some(&status) {
-        ctx.event(cfg, EventType::Warning, e.category(), "Reconcile", message)
-            .await;
-        let _ = apply_status(api, cfg, &status, &ctx.metrics).await;
-    }
+        event,
+    )
+    .await;
 }

@@ -151,6 +151,35 @@ fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
     }
 }
 
+/// The default VPC's default subnets of the account `ec2` acts in, as
+/// (subnet, zone, VPC), by zone.
+pub async fn default_subnets(ec2: &aws_sdk_ec2::Client) -> Vec<(String, String, String)> {
+    let out = ec2
+        .describe_subnets()
+        .filters(
+            Filter::builder()
+                .name("default-for-az")
+                .values("true")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("describe subnets");
+    let mut v: Vec<(String, String, String)> = out
+        .subnets()
+        .iter()
+        .map(|s| {
+            (
+                s.subnet_id().unwrap().to_string(),
+                s.availability_zone().unwrap().to_string(),
+                s.vpc_id().unwrap().to_string(),
+            )
+        })
+        .collect();
+    v.sort_by(|a, b| a.1.cmp(&b.1));
+    v
+}
+
 /// The condition of `type_` on a job, if present.
 pub fn condition<'a>(
     job: &'a BackupJob,
@@ -535,23 +564,8 @@ impl TestEnv {
 
     /// A subnet of the emulator's default VPC, with its availability zone.
     pub async fn default_subnet(&self) -> (String, String) {
-        let out = self
-            .ec2
-            .describe_subnets()
-            .filters(
-                Filter::builder()
-                    .name("default-for-az")
-                    .values("true")
-                    .build(),
-            )
-            .send()
-            .await
-            .expect("describe subnets");
-        let s = out.subnets().first().expect("a default subnet");
-        (
-            s.subnet_id().unwrap().to_string(),
-            s.availability_zone().unwrap().to_string(),
-        )
+        let (subnet, zone, _) = default_subnets(&self.ec2).await.remove(0);
+        (subnet, zone)
     }
 
     /// A fresh security group in the default VPC.
