@@ -737,9 +737,17 @@ async fn fault_injection_suite() {
     api_server_restart(&mut tally).await;
     aws_emulator_restart(&mut tally).await;
     bad_input(&mut tally).await;
-    println!(
+    let summary = format!(
         "fault-injection summary: {} cases run, {} faults injected, {} leaked instances, 0 lost restore points (this version makes no restore points)",
         tally.cases, tally.faults, tally.leaked
     );
+    println!("{summary}");
+    // scripts/test prints it after the run (cargo hides a passing test's output).
+    std::fs::write(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("fault-injection-summary.txt"),
+        format!("{summary}\n"),
+    )
+    .unwrap();
+
     assert_eq!(tally.leaked, 0, "leaked worker instances");
 }
