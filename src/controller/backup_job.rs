@@ -980,6 +980,8 @@ async fn launch_one(
 
 /// Events and metrics of a job that just finished.
 async fn finished(job: &BackupJob, status: &BackupJobStatus, ctx: &Context) {
+    // Its assumed-role sessions are not needed any more.
+    ctx.aws.forget_session(&job_access(job, None).session_name);
     let (type_, reason) = match status.phase {
         Phase::Succeeded => (EventType::Normal, "JobSucceeded"),
         Phase::PartiallySucceeded => (EventType::Warning, "JobPartiallySucceeded"),
