@@ -769,10 +769,17 @@ async fn launch_workers(
         status.queue_position = None;
         return Ok(());
     }
-    // One launch decision at a time per configuration, so that concurrent
-    // reconciles never exceed maxConcurrentWorkers together.
-    let lock = ctx.launch_lock(&config.uid().unwrap_or_default());
-    let _guard = lock.lock().await;
+    // With maxConcurrentWorkers, one launch decision at a time per
+    // configuration, so that concurrent reconciles never exceed it together.
+    // Without a limit, jobs launch in parallel.
+    let lock = config
+        .spec
+        .max_concurrent_workers
+        .map(|_| ctx.launch_lock(&config.uid().unwrap_or_default()));
+    let _guard = match &lock {
+        Some(lock) => Some(lock.lock().await),
+        None => None,
+    };
     let (allowed, position) = match config.spec.max_concurrent_workers {
         Some(max) => {
             let (active, ahead) = configuration_load(ctx, config, job);

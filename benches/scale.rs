@@ -1,0 +1,1811 @@
+//! Scale benchmark: N single-resource BackupJobs created at once against the
+//! real local API server and the AWS emulator, with the real worker agent
+//! (`tender::worker::run`, in-process) answering for every instance the
+//! controller launches; then the floor: a minimal program that launches and
+//! terminates the same N instances and makes the same number of status
+//! writes, and nothing else. Prints Tender's time over the floor's.
+//!
+//! ```sh
+//! scripts/bench              # N = 100 and 1000
+//! scripts/bench 5000         # N = 5000 only (slow: the emulator degrades)
+//! ```
+//!
+//! `cargo bench --bench scale -- [N ...]` works too, in an environment from
+//! `eval "$(scripts/testenv up)"`, after `cargo build --release --bin tender`
+//! and `kubectl apply --server-side -f crds/`. `BENCH_CONCURRENCY` (default
+//! 32) bounds job creation, the floor's pipelines and the running agents.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_ec2::types::{
+    BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, InstanceAttributeName,
+    InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification, InstanceType,
+    ResourceType, Tag, TagSpecification, VolumeType,
+};
+use base64::Engine;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use tender::api::{BackupJob, BackupJobStatus, Phase, WorkerConfiguration};
+use tender::aws::AwsClients;
+use tender::messages::WorkerTask;
+use tender::names::tags;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
+
+const REGION: &str = "us-east-1";
+/// Protected instances the jobs share (a backup only reads its source).
+const PROTECTED: usize = 8;
+const IMAGE_ID: &str = "ami-0123456789abcdef0";
+/// Tag on the protected instances this process creates.
+const BENCH_TAG: &str = "tender-bench";
+/// The controller's heartbeat period; longer than any job here.
+const HEARTBEAT_SECONDS: &str = "30";
+/// How old the controller's shared instance view may be (INSTANCE_VIEW_MAX_AGE).
+const VIEW_MAX_AGE_SECONDS: f64 = 5.0;
+/// AWS operations that are not EC2.
+const NOT_EC2: &[&str] = &[
+    "CreateQueue",
+    "DeleteQueue",
+    "ReceiveMessage",
+    "SendMessage",
+    "DeleteMessageBatch",
+    "ListQueues",
+    "ListQueueTags",
+    "GetCallerIdentity",
+    "AssumeRole",
+    "GetParameter",
+];
+
+fn concurrency() -> usize {
+    std::env::var("BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&c| c > 0)
+        .unwrap_or(32)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this
+    // binary without it, and a benchmark is not a test: do nothing then.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // Every argument other than `--bench` is a job count.
+    let mut sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .map(|a| {
+            a.replace(['_', ' '], "")
+                .parse()
+                .unwrap_or_else(|_| panic!("not a job count: {a:?}"))
+        })
+        .collect();
+    if sizes.is_empty() {
+        sizes = vec![100, 1000];
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(bench(sizes));
+}
+
+// ---------------------------------------------------------------- the world
+
+/// What every run shares: clients; the network and the protected instances
+/// of the current run.
+struct World {
+    client: Client,
+    ec2: aws_sdk_ec2::Client,
+    sqs: aws_sdk_sqs::Client,
+    bin: PathBuf,
+    log_dir: PathBuf,
+    subnet: String,
+    zone: String,
+    security_group: String,
+    protected: Vec<String>,
+    /// Distinguishes this process's namespaces and cluster IDs.
+    tag: String,
+    /// Empty the emulator before every run (BENCH_RESET_EMULATOR=1: only
+    /// for an emulator nobody else uses, as `scripts/bench` sets up).
+    reset: bool,
+    /// Untag finished jobs' instances during the run (see `forget_finished`;
+    /// BENCH_KEEP_TERMINATED=1 turns it off).
+    forget_terminated: bool,
+}
+
+fn require_env() {
+    for var in ["KUBECONFIG", "AWS_ENDPOINT_URL"] {
+        if std::env::var_os(var).is_none() {
+            panic!(
+                "{var} is not set: run scripts/bench, or `eval \"$(scripts/testenv env)\"` first"
+            );
+        }
+    }
+}
+
+async fn world() -> World {
+    require_env();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let bin = std::env::var_os("TENDER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/release/tender"));
+    if !bin.exists() {
+        panic!(
+            "{} does not exist: cargo build --release --bin tender",
+            bin.display()
+        );
+    }
+    let log_dir = root.join("target/bench-logs");
+    std::fs::create_dir_all(&log_dir).unwrap();
+    let client = Client::try_default().await.expect("kube client");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in ["backupjobs.tender.dev", "workerconfigurations.tender.dev"] {
+        let crd = crds.get(name).await.unwrap_or_else(|e| {
+            panic!("CRD {name} is missing ({e}): kubectl apply --server-side -f crds/")
+        });
+        let established = crd
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        assert!(established, "CRD {name} is not established");
+    }
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .load()
+        .await;
+    let ec2 = aws_sdk_ec2::Client::new(&conf);
+    let sqs = aws_sdk_sqs::Client::new(&conf);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let tag = format!("{:x}", (nanos ^ u128::from(std::process::id())) % 0xff_ffff);
+
+    World {
+        client,
+        ec2,
+        sqs,
+        bin,
+        log_dir,
+        subnet: String::new(),
+        zone: String::new(),
+        security_group: String::new(),
+        protected: Vec::new(),
+        tag,
+        reset: std::env::var("BENCH_RESET_EMULATOR").is_ok_and(|v| v == "1"),
+        forget_terminated: !std::env::var("BENCH_KEEP_TERMINATED").is_ok_and(|v| v == "1"),
+    }
+}
+
+impl World {
+    /// Before each run: empty the emulator (when allowed) or drop what the
+    /// last run left, then a security group and the protected instances.
+    async fn prepare(&mut self) {
+        if self.reset {
+            reset_emulator().await;
+        } else if !self.protected.is_empty() {
+            self.cleanup().await;
+        }
+        let subnets = self
+            .ec2
+            .describe_subnets()
+            .filters(
+                Filter::builder()
+                    .name("default-for-az")
+                    .values("true")
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("describe subnets");
+        let s = subnets.subnets().first().expect("a default subnet");
+        self.subnet = s.subnet_id().unwrap().to_string();
+        self.zone = s.availability_zone().unwrap().to_string();
+        let suffix = format!(
+            "{:x}",
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .subsec_nanos()
+        );
+        self.security_group = self
+            .ec2
+            .create_security_group()
+            .group_name(format!("tender-bench-{}-{suffix}", self.tag))
+            .description("tender scale benchmark workers")
+            .send()
+            .await
+            .expect("create security group")
+            .group_id()
+            .unwrap()
+            .to_string();
+        let out = self
+            .ec2
+            .run_instances()
+            .image_id(IMAGE_ID)
+            .instance_type(InstanceType::T3Micro)
+            .min_count(PROTECTED as i32)
+            .max_count(PROTECTED as i32)
+            .subnet_id(&self.subnet)
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Instance)
+                    .tags(Tag::builder().key(BENCH_TAG).value(&self.tag).build())
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("run the protected instances");
+        self.protected = out
+            .instances()
+            .iter()
+            .map(|i| i.instance_id().unwrap().to_string())
+            .collect();
+    }
+
+    async fn create_namespace(&self, name: &str) {
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
+        }))
+        .unwrap();
+        Api::<Namespace>::all(self.client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
+    }
+
+    fn job(&self, i: usize) -> BackupJob {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "tender.dev/v1alpha1", "kind": "BackupJob",
+            "metadata": {"name": job_name(i)},
+            "spec": {"resources": [{
+                "instanceId": self.protected[i % self.protected.len()],
+                "region": REGION,
+            }]}
+        }))
+        .unwrap()
+    }
+
+    /// Instances (any state) and tags in the emulator, all owners: context
+    /// for the emulator's speed, which degrades with both.
+    async fn moto_size(&self) -> (usize, usize) {
+        // DescribeInstanceStatus: no tags in the answer, cheap for the emulator.
+        let mut pages = self
+            .ec2
+            .describe_instance_status()
+            .include_all_instances(true)
+            .max_results(1000)
+            .into_paginator()
+            .send();
+        let mut instances = 0;
+        while let Some(page) = pages.next().await {
+            let Ok(page) = page else { break };
+            instances += page.instance_statuses().len();
+        }
+        let mut tag_count = 0;
+        let mut token: Option<String> = None;
+        loop {
+            let Ok(out) = self
+                .ec2
+                .describe_tags()
+                .set_next_token(token.clone())
+                .send()
+                .await
+            else {
+                break;
+            };
+            tag_count += out.tags().len();
+            token = out.next_token().map(String::from);
+            if token.is_none() {
+                break;
+            }
+        }
+        (instances, tag_count)
+    }
+
+    /// Live instances carrying `cluster_id`.
+    async fn live_instances(&self, cluster_id: &str) -> Vec<String> {
+        let mut pages = self
+            .ec2
+            .describe_instances()
+            .filters(
+                Filter::builder()
+                    .name("tag:tender.dev/cluster-id")
+                    .values(cluster_id)
+                    .build(),
+            )
+            .filters(
+                Filter::builder()
+                    .name("instance-state-name")
+                    .values("pending")
+                    .values("running")
+                    .values("stopping")
+                    .values("stopped")
+                    .build(),
+            )
+            .max_results(1000)
+            .into_paginator()
+            .send();
+        let mut ids = Vec::new();
+        while let Some(page) = pages.next().await {
+            let Ok(page) = page else { break };
+            for i in page.reservations().iter().flat_map(|r| r.instances()) {
+                ids.push(i.instance_id().unwrap_or_default().to_string());
+            }
+        }
+        ids
+    }
+
+    /// Terminates whatever of `cluster_id` is still live; returns how many.
+    async fn terminate_leftovers(&self, cluster_id: &str) -> usize {
+        let ids = self.live_instances(cluster_id).await;
+        for chunk in ids.chunks(500) {
+            let _ = self
+                .ec2
+                .terminate_instances()
+                .set_instance_ids(Some(chunk.to_vec()))
+                .send()
+                .await;
+        }
+        ids.len()
+    }
+
+    /// Deletes the tags of every resource tagged with `key` = `value`.
+    async fn forget_tags(&self, key: &str, value: &str) -> usize {
+        forget_tagged(&self.ec2, key, &[value.to_string()]).await
+    }
+
+    /// Removes the finalizers of a namespace's jobs and configurations (no
+    /// controller runs any more), deletes them and the namespace.
+    async fn clear_namespace(&self, ns: &str) {
+        let strip = serde_json::json!({"metadata": {"finalizers": null}});
+        let jobs: Api<BackupJob> = Api::namespaced(self.client.clone(), ns);
+        if let Ok(list) = jobs.list_metadata(&ListParams::default()).await {
+            let with: Vec<String> = list
+                .items
+                .iter()
+                .filter(|j| !j.finalizers().is_empty())
+                .map(|j| j.name_any())
+                .collect();
+            futures::stream::iter(with)
+                .map(|name| {
+                    let jobs = jobs.clone();
+                    let strip = strip.clone();
+                    async move {
+                        let _ = jobs
+                            .patch(&name, &PatchParams::default(), &Patch::Merge(&strip))
+                            .await;
+                    }
+                })
+                .buffer_unordered(concurrency())
+                .collect::<Vec<_>>()
+                .await;
+        }
+        let _ = jobs
+            .delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await;
+        let configs: Api<WorkerConfiguration> = Api::namespaced(self.client.clone(), ns);
+        if let Ok(list) = configs.list_metadata(&ListParams::default()).await {
+            for c in list.items {
+                let _ = configs
+                    .patch(
+                        &c.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(&strip),
+                    )
+                    .await;
+            }
+        }
+        let _ = configs
+            .delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await;
+        // Stays Terminating here: no namespace controller runs.
+        let _ = Api::<Namespace>::all(self.client.clone())
+            .delete(ns, &DeleteParams::default())
+            .await;
+    }
+
+    async fn cleanup(&self) {
+        let _ = self
+            .ec2
+            .terminate_instances()
+            .set_instance_ids(Some(self.protected.clone()))
+            .send()
+            .await;
+        self.forget_tags(BENCH_TAG, &self.tag).await;
+        // Fails while the emulator still counts terminated workers in it.
+        let _ = self
+            .ec2
+            .delete_security_group()
+            .group_id(&self.security_group)
+            .send()
+            .await;
+    }
+}
+
+/// Deletes the tags of every resource (instances, volumes) tagged with
+/// `key` = one of `values`. The emulator keeps terminated instances and
+/// their tags forever, and evaluates a tag filter, and renders each instance
+/// it returns, by scanning all the tags it holds: without this, each run
+/// slows the emulator down for every later run and every other user.
+async fn forget_tagged(ec2: &aws_sdk_ec2::Client, key: &str, values: &[String]) -> usize {
+    let mut resources: Vec<String> = Vec::new();
+    for chunk in values.chunks(50) {
+        let mut token: Option<String> = None;
+        loop {
+            let Ok(out) = ec2
+                .describe_tags()
+                .filters(Filter::builder().name("key").values(key).build())
+                .filters(
+                    Filter::builder()
+                        .name("value")
+                        .set_values(Some(chunk.to_vec()))
+                        .build(),
+                )
+                .set_next_token(token.clone())
+                .send()
+                .await
+            else {
+                break;
+            };
+            resources.extend(
+                out.tags()
+                    .iter()
+                    .filter_map(|t| t.resource_id().map(String::from)),
+            );
+            token = out.next_token().map(String::from);
+            if token.is_none() {
+                break;
+            }
+        }
+    }
+    resources.sort();
+    resources.dedup();
+    let Some(first) = resources.first() else {
+        return 0;
+    };
+    let mut keys: Vec<String> = [
+        tags::MANAGED_BY,
+        tags::CLUSTER_ID,
+        tags::NAMESPACE,
+        tags::JOB_KIND,
+        tags::JOB_NAME,
+        tags::JOB_UID,
+        tags::RESOURCE,
+        tags::ATTEMPT,
+        tags::LAUNCH_TOKEN,
+        tags::OPERATION,
+        tags::CONFIGURATION,
+        tags::NAME,
+        BENCH_TAG,
+    ]
+    .iter()
+    .map(|k| k.to_string())
+    .collect();
+    if let Ok(out) = ec2
+        .describe_tags()
+        .filters(Filter::builder().name("resource-id").values(first).build())
+        .send()
+        .await
+    {
+        keys.extend(out.tags().iter().filter_map(|t| t.key().map(String::from)));
+    }
+    keys.sort();
+    keys.dedup();
+    let tag_list: Vec<Tag> = keys.iter().map(|k| Tag::builder().key(k).build()).collect();
+    for chunk in resources.chunks(200) {
+        let _ = ec2
+            .delete_tags()
+            .set_resources(Some(chunk.to_vec()))
+            .set_tags(Some(tag_list.clone()))
+            .send()
+            .await;
+    }
+    resources.len()
+}
+
+/// Plays AWS dropping terminated instances from DescribeInstances (AWS does
+/// after about an hour; moto never does): once a job is seen done, with its
+/// worker terminated, its instance and volume lose their tags and so leave
+/// the controller's tag-filtered view. Without it, the emulator's cost per
+/// DescribeInstances grows with (instances x tags) of every job run so far,
+/// and past about 500 finished jobs the emulator does little else.
+async fn forget_finished(
+    ec2: aws_sdk_ec2::Client,
+    tracker: Arc<Tracker>,
+    stop: Arc<AtomicBool>,
+) -> usize {
+    let mut forgotten = 0;
+    loop {
+        let stopping = stop.load(Ordering::SeqCst);
+        let uids: Vec<String> = std::mem::take(&mut *tracker.finished_uids.lock().unwrap());
+        if !uids.is_empty() {
+            forgotten += forget_tagged(&ec2, tags::JOB_UID, &uids).await;
+        }
+        if stopping {
+            return forgotten;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Empties the emulator (moto's reset API).
+async fn reset_emulator() {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    let host = endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut stream = tokio::net::TcpStream::connect(host.as_str())
+        .await
+        .expect("connect to the emulator");
+    stream
+        .write_all(
+            format!("POST /moto-api/reset HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "moto reset: {answer}");
+}
+
+fn job_name(i: usize) -> String {
+    format!("job-{i:05}")
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+// ------------------------------------------------------------ measurements
+
+/// A Prometheus text exposition, by series (`name{labels}`).
+#[derive(Clone, Default)]
+struct Prom(Vec<(String, BTreeMap<String, String>, f64)>);
+
+impl Prom {
+    fn parse(text: &str) -> Self {
+        let mut out = Vec::new();
+        for line in text.lines() {
+            if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let mut map = BTreeMap::new();
+            for pair in labels.split("\",") {
+                if let Some((k, v)) = pair.split_once("=\"") {
+                    map.insert(k.trim().to_string(), v.trim_end_matches('"').to_string());
+                }
+            }
+            out.push((name.to_string(), map, value));
+        }
+        Prom(out)
+    }
+
+    /// The sum of every series of `name`.
+    fn sum(&self, name: &str) -> f64 {
+        self.0
+            .iter()
+            .filter(|(n, _, _)| n == name)
+            .map(|(_, _, v)| v)
+            .sum()
+    }
+
+    /// Values of `name` by the value of `label`.
+    fn by(&self, name: &str, label: &str) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        for (n, labels, v) in &self.0 {
+            if n == name
+                && let Some(l) = labels.get(label)
+            {
+                *out.entry(l.clone()).or_insert(0.0) += v;
+            }
+        }
+        out
+    }
+
+    /// `self - before`, series by series.
+    fn minus(&self, before: &Prom) -> Prom {
+        Prom(
+            self.0
+                .iter()
+                .map(|(n, l, v)| {
+                    let old = before
+                        .0
+                        .iter()
+                        .find(|(bn, bl, _)| bn == n && bl == l)
+                        .map(|(_, _, v)| *v)
+                        .unwrap_or(0.0);
+                    (n.clone(), l.clone(), v - old)
+                })
+                .collect(),
+        )
+    }
+
+    /// The upper bound of the histogram bucket holding quantile `q`.
+    fn quantile(&self, histogram: &str, q: f64) -> Option<f64> {
+        let count = self.sum(&format!("{histogram}_count"));
+        if count <= 0.0 {
+            return None;
+        }
+        let mut buckets: Vec<(f64, f64)> = self
+            .0
+            .iter()
+            .filter(|(n, _, _)| *n == format!("{histogram}_bucket"))
+            .filter_map(|(_, l, v)| Some((l.get("le")?.parse::<f64>().ok()?, *v)))
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        buckets
+            .into_iter()
+            .find(|(_, cum)| *cum >= q * count)
+            .map(|(le, _)| le)
+    }
+}
+
+async fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.ok()?;
+    Some(body.split_once("\r\n\r\n")?.1.to_string())
+}
+
+async fn metrics(port: u16) -> Prom {
+    Prom::parse(&http_get(port, "/metrics").await.unwrap_or_default())
+}
+
+/// CPU seconds (user + system) of a process.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Fields 14 and 15 of stat; the list starts at field 3.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// A line of /proc/PID/status in KiB (VmHWM, VmRSS).
+fn proc_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn percentile(values: &[f64], p: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    Some(v[rank - 1])
+}
+
+// ------------------------------------------------------------ the job watch
+
+/// What the watch saw of one job.
+#[derive(Default)]
+struct Track {
+    /// Writes to the object (creation included), one watch event each.
+    writes: u32,
+    /// When a worker's instance ID first showed in status (RunInstances
+    /// returned and the controller wrote it).
+    launched: Option<Instant>,
+    /// When the job was first seen finished with its workers terminated.
+    done: Option<Instant>,
+    status: Option<BackupJobStatus>,
+}
+
+#[derive(Default)]
+struct Tracker {
+    jobs: Mutex<HashMap<String, Track>>,
+    done: AtomicUsize,
+    restarts: AtomicU64,
+    errors: AtomicU64,
+    /// UIDs of jobs seen done, not yet handed to `forget_finished`.
+    finished_uids: Mutex<Vec<String>>,
+}
+
+impl Tracker {
+    fn observe(&self, job: &BackupJob, counted: bool) {
+        let now = Instant::now();
+        let mut jobs = self.jobs.lock().unwrap();
+        let t = jobs.entry(job.name_any()).or_default();
+        if counted {
+            t.writes += 1;
+        }
+        let Some(status) = job.status.as_ref() else {
+            return;
+        };
+        if t.launched.is_none() && status.workers.iter().any(|w| w.instance_id.is_some()) {
+            t.launched = Some(now);
+        }
+        let terminated = status
+            .workers
+            .iter()
+            .all(|w| w.instance_id.is_none() || w.terminated_time.is_some());
+        if t.done.is_none() && status.phase.is_finished() && terminated {
+            t.done = Some(now);
+            self.done.fetch_add(1, Ordering::SeqCst);
+            if let Some(uid) = job.uid() {
+                self.finished_uids.lock().unwrap().push(uid);
+            }
+        }
+        t.status = Some(status.clone());
+    }
+}
+
+async fn watch_jobs(api: Api<BackupJob>, tracker: Arc<Tracker>) {
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let mut initial = true;
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Apply(job)) => tracker.observe(&job, true),
+            Ok(watcher::Event::InitApply(job)) => tracker.observe(&job, false),
+            Ok(watcher::Event::Init) => {
+                if !initial {
+                    tracker.restarts.fetch_add(1, Ordering::SeqCst);
+                }
+                initial = false;
+            }
+            Ok(_) => {}
+            Err(_) => {
+                tracker.errors.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------- the booter
+
+/// Plays EC2's part of booting workers: every running instance of the
+/// cluster gets the real worker agent, in-process, fed its own user data.
+struct Booter {
+    stop: AtomicBool,
+    polls: AtomicU64,
+    started: AtomicU64,
+    finished: AtomicU64,
+    failed: AtomicU64,
+    /// When each job's worker sent its final message (by job name).
+    final_sent: Mutex<HashMap<String, Instant>>,
+}
+
+/// IDs of the running instances in the emulator. DescribeInstanceStatus,
+/// not DescribeInstances: the emulator renders every instance's tags by
+/// scanning all the tags it holds, which would make this harness's polling
+/// cost the emulator more than the controller's own calls.
+async fn running_instances(ec2: &aws_sdk_ec2::Client) -> Option<Vec<String>> {
+    let mut pages = ec2
+        .describe_instance_status()
+        .max_results(1000)
+        .into_paginator()
+        .send();
+    let mut ids = Vec::new();
+    while let Some(page) = pages.next().await {
+        let page = page.ok()?;
+        ids.extend(
+            page.instance_statuses()
+                .iter()
+                .filter_map(|s| s.instance_id().map(String::from)),
+        );
+    }
+    Some(ids)
+}
+
+async fn boot_workers(
+    booter: Arc<Booter>,
+    ec2: aws_sdk_ec2::Client,
+    agents: AwsClients,
+    namespace: String,
+    mut seen: HashSet<String>,
+) {
+    let slots = Arc::new(Semaphore::new(concurrency()));
+    while !booter.stop.load(Ordering::SeqCst) {
+        booter.polls.fetch_add(1, Ordering::Relaxed);
+        let found: Vec<String> = running_instances(&ec2)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|id| !seen.contains(id))
+            .collect();
+        for id in found {
+            seen.insert(id.clone());
+            let (booter, ec2, agents, slots, namespace) = (
+                booter.clone(),
+                ec2.clone(),
+                agents.clone(),
+                slots.clone(),
+                namespace.clone(),
+            );
+            tokio::spawn(async move {
+                let _slot = slots.acquire_owned().await.unwrap();
+                let attr = ec2
+                    .describe_instance_attribute()
+                    .instance_id(&id)
+                    .attribute(InstanceAttributeName::UserData)
+                    .send()
+                    .await;
+                let task = attr.ok().and_then(|a| {
+                    let data = a.user_data()?.value()?;
+                    let script = base64::engine::general_purpose::STANDARD
+                        .decode(data)
+                        .ok()?;
+                    WorkerTask::from_user_data(&String::from_utf8(script).ok()?)
+                });
+                // Someone else's instance: not a worker of this run.
+                let Some(task) = task.filter(|t| t.namespace == namespace) else {
+                    return;
+                };
+                booter.started.fetch_add(1, Ordering::SeqCst);
+                let job = task.job_name.clone();
+                let outcome = tender::worker::run(agents, task, id).await;
+                booter
+                    .final_sent
+                    .lock()
+                    .unwrap()
+                    .insert(job, Instant::now());
+                if outcome.is_ok() {
+                    booter.finished.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    booter.failed.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Times a trivial emulator call twice a second until stopped: how long any
+/// call waits in the (single-process) emulator's queue.
+fn probe_emulator(
+    ec2: aws_sdk_ec2::Client,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<f64>> {
+    tokio::spawn(async move {
+        let mut samples = Vec::new();
+        while !stop.load(Ordering::SeqCst) {
+            let t = Instant::now();
+            if ec2.describe_regions().send().await.is_ok() {
+                samples.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        samples
+    })
+}
+
+// ------------------------------------------------------------- Tender's run
+
+struct TenderResult {
+    n: usize,
+    completed: bool,
+    wall: f64,
+    done: usize,
+    failed: usize,
+    moto_before: (usize, usize),
+    /// Creation (POST returned) → instance ID in status, ms (watch).
+    launch_ms: Vec<f64>,
+    /// Worker's final message sent → terminatedTime in status, ms (watch).
+    terminate_ms: Vec<f64>,
+    /// The same from the status timestamps (1 s resolution), ms.
+    launch_status_ms: Vec<f64>,
+    terminate_status_ms: Vec<f64>,
+    /// Counter deltas over the run.
+    delta: Prom,
+    agent_calls: BTreeMap<String, f64>,
+    object_writes: u64,
+    event_writes: u64,
+    cpu_run: f64,
+    cpu_total: f64,
+    hwm_kib: u64,
+    /// Seconds to create every job.
+    create_secs: f64,
+    /// Latencies of a trivial emulator call during the run, ms.
+    probe_ms: Vec<f64>,
+    /// Resources whose tags `forget_finished` deleted during the run.
+    forgotten: usize,
+    /// Seconds from the first to the last instance ID seen in status.
+    launch_window: f64,
+    booter_polls: u64,
+    agents_failed: u64,
+    watch_restarts: u64,
+    leftovers: usize,
+}
+
+fn epoch_ms(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+        * 1000.0
+}
+
+fn time_ms(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> f64 {
+    t.0.as_millisecond() as f64
+}
+
+async fn tender_run(w: &World, n: usize) -> TenderResult {
+    let ns = format!("bench-tender-{}-{n}", w.tag);
+    let cluster_id = format!("bench-{}-{n}", w.tag);
+    let moto_before = w.moto_size().await;
+    w.create_namespace(&ns).await;
+    let port = free_port();
+    let log_path = w.log_dir.join(format!("{ns}-controller.log"));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child: Child = Command::new(&w.bin)
+        .args([
+            "controller",
+            "--namespace",
+            &ns,
+            "--cluster-id",
+            &cluster_id,
+        ])
+        .args(["--metrics-address", &format!("127.0.0.1:{port}")])
+        .args(["--heartbeat-seconds", HEARTBEAT_SECONDS])
+        .args(["--sweep-interval-seconds", "60"])
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_RUST_LOG").unwrap_or("info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start the controller");
+    let pid = child.id();
+    let started = Instant::now();
+    while http_get(port, "/healthz").await.is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the controller did not serve /healthz; see {}",
+            log_path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The configuration, ready with its queue.
+    let configs: Api<WorkerConfiguration> = Api::namespaced(w.client.clone(), &ns);
+    let cfg: WorkerConfiguration = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tender.dev/v1alpha1", "kind": "WorkerConfiguration",
+        "metadata": {"name": "bench"},
+        "spec": {
+            "region": REGION,
+            "subnets": [{"subnetId": w.subnet, "availabilityZone": w.zone}],
+            "securityGroupIds": [w.security_group],
+            "imageId": IMAGE_ID,
+            "instanceTypes": {"backup": "m5.large"},
+        }
+    }))
+    .unwrap();
+    configs
+        .create(&PostParams::default(), &cfg)
+        .await
+        .expect("create the configuration");
+    let queue_url = loop {
+        let cfg = configs.get("bench").await.unwrap();
+        let ready = cfg.status.as_ref().and_then(|s| {
+            let ok = s
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            s.queue_url.clone().filter(|_| ok)
+        });
+        if let Some(url) = ready {
+            break url;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the configuration did not become Ready: {:?}",
+            cfg.status
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    let jobs: Api<BackupJob> = Api::namespaced(w.client.clone(), &ns);
+    let tracker = Arc::new(Tracker::default());
+    let watch = tokio::spawn(watch_jobs(jobs.clone(), tracker.clone()));
+    let booter = Arc::new(Booter {
+        stop: AtomicBool::new(false),
+        polls: AtomicU64::new(0),
+        started: AtomicU64::new(0),
+        finished: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        final_sent: Mutex::default(),
+    });
+    let agents = AwsClients::from_env().await;
+    // Whatever runs already is not a worker of this run.
+    let before_run: HashSet<String> = running_instances(&w.ec2)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let boot = tokio::spawn(boot_workers(
+        booter.clone(),
+        w.ec2.clone(),
+        agents.clone(),
+        ns.clone(),
+        before_run,
+    ));
+    let forget_stop = Arc::new(AtomicBool::new(false));
+    let forgetter = w.forget_terminated.then(|| {
+        tokio::spawn(forget_finished(
+            w.ec2.clone(),
+            tracker.clone(),
+            forget_stop.clone(),
+        ))
+    });
+    // Let the watch list the (empty) namespace first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let before = metrics(port).await;
+    let cpu_before = cpu_seconds(pid);
+    let probe_stop = Arc::new(AtomicBool::new(false));
+    let probe = probe_emulator(w.ec2.clone(), probe_stop.clone());
+    let t0 = Instant::now();
+    let created: Vec<(String, Instant, SystemTime)> = futures::stream::iter(0..n)
+        .map(|i| {
+            let jobs = jobs.clone();
+            let job = w.job(i);
+            async move {
+                jobs.create(&PostParams::default(), &job)
+                    .await
+                    .expect("create a job");
+                (job_name(i), Instant::now(), SystemTime::now())
+            }
+        })
+        .buffer_unordered(concurrency())
+        .collect()
+        .await;
+    let created_all = t0.elapsed().as_secs_f64();
+    eprintln!("  tender N={n}: {n} jobs created in {created_all:.1} s; waiting for them");
+
+    let timeout = Duration::from_secs(
+        std::env::var("BENCH_TIMEOUT_SECONDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300 + n as u64),
+    );
+    let mut last_report = Instant::now();
+    let completed = loop {
+        let done = tracker.done.load(Ordering::SeqCst);
+        if done >= n {
+            break true;
+        }
+        if t0.elapsed() > timeout {
+            eprintln!("  tender N={n}: timed out with {done}/{n} jobs done");
+            break false;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            eprintln!(
+                "  tender N={n}: the controller exited ({status}); see {}",
+                log_path.display()
+            );
+            break false;
+        }
+        if last_report.elapsed() > Duration::from_secs(15) {
+            eprintln!(
+                "  tender N={n}: {:.0} s, {done}/{n} done, {} agents started",
+                t0.elapsed().as_secs_f64(),
+                booter.started.load(Ordering::SeqCst)
+            );
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let end_seen = Instant::now();
+    probe_stop.store(true, Ordering::SeqCst);
+    let probe_ms = probe.await.unwrap_or_default();
+    let after = metrics(port).await;
+    let cpu_total = cpu_seconds(pid);
+    let hwm_kib = proc_kib(pid, "VmHWM");
+
+    booter.stop.store(true, Ordering::SeqCst);
+    let _ = boot.await;
+    forget_stop.store(true, Ordering::SeqCst);
+    let forgotten = match forgetter {
+        Some(task) => task.await.unwrap_or(0),
+        None => 0,
+    };
+    let settle = Instant::now();
+    while booter.finished.load(Ordering::SeqCst) + booter.failed.load(Ordering::SeqCst)
+        < booter.started.load(Ordering::SeqCst)
+        && settle.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    watch.abort();
+
+    // Events the controller recorded on the jobs (a repeat is a patch).
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(w.client.clone(), &ns);
+    let event_writes: u64 = events
+        .list(&ListParams::default())
+        .await
+        .map(|l| {
+            l.items
+                .iter()
+                .filter(|e| {
+                    e.regarding
+                        .as_ref()
+                        .is_some_and(|r| r.kind.as_deref() == Some("BackupJob"))
+                })
+                .map(|e| e.series.as_ref().map_or(1, |s| s.count.max(1)) as u64)
+                .sum()
+        })
+        .unwrap_or(0);
+
+    // Stop the controller: SIGTERM, then SIGKILL.
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let stopping = Instant::now();
+    while child.try_wait().ok().flatten().is_none() {
+        if stopping.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let final_sent = booter.final_sent.lock().unwrap().clone();
+    let track = std::mem::take(&mut *tracker.jobs.lock().unwrap());
+    let (mut launch_ms, mut terminate_ms) = (Vec::new(), Vec::new());
+    let (mut launch_status_ms, mut terminate_status_ms) = (Vec::new(), Vec::new());
+    let mut last_done = t0;
+    let launched: Vec<Instant> = track.values().filter_map(|t| t.launched).collect();
+    let launch_window = match (launched.iter().min(), launched.iter().max()) {
+        (Some(a), Some(b)) => b.duration_since(*a).as_secs_f64(),
+        _ => 0.0,
+    };
+    let (mut done, mut failed, mut object_writes) = (0, 0, 0u64);
+    for (name, at, wall) in &created {
+        let Some(t) = track.get(name) else { continue };
+        object_writes += u64::from(t.writes);
+        if let Some(l) = t.launched {
+            launch_ms.push(l.saturating_duration_since(*at).as_secs_f64() * 1000.0);
+        }
+        if let (Some(d), Some(sent)) = (t.done, final_sent.get(name)) {
+            terminate_ms.push(d.saturating_duration_since(*sent).as_secs_f64() * 1000.0);
+        }
+        if let Some(d) = t.done {
+            done += 1;
+            last_done = last_done.max(d);
+        }
+        let Some(status) = &t.status else { continue };
+        if status.phase != Phase::Succeeded {
+            failed += 1;
+        }
+        if let Some(worker) = status.workers.first() {
+            if let Some(l) = &worker.launch_time {
+                launch_status_ms.push((time_ms(l) - epoch_ms(*wall)).max(0.0));
+            }
+            if let (Some(f), Some(x)) = (&worker.finished_time, &worker.terminated_time) {
+                terminate_status_ms.push((time_ms(x) - time_ms(f)).max(0.0));
+            }
+        }
+    }
+    let wall = if completed {
+        last_done.duration_since(t0).as_secs_f64()
+    } else {
+        end_seen.duration_since(t0).as_secs_f64()
+    };
+
+    w.clear_namespace(&ns).await;
+    let _ = w.sqs.delete_queue().queue_url(&queue_url).send().await;
+    let leftovers = w.terminate_leftovers(&cluster_id).await;
+    w.forget_tags(tags::CLUSTER_ID, &cluster_id).await;
+    TenderResult {
+        n,
+        completed,
+        wall,
+        done,
+        failed,
+        moto_before,
+        launch_ms,
+        terminate_ms,
+        launch_status_ms,
+        terminate_status_ms,
+        delta: after.minus(&before),
+        agent_calls: Prom::parse(&agents.metrics().encode())
+            .by("tender_aws_calls_total", "operation"),
+        object_writes,
+        event_writes,
+        cpu_run: cpu_total - cpu_before,
+        cpu_total,
+        hwm_kib,
+        create_secs: created_all,
+        probe_ms,
+        forgotten,
+        launch_window,
+        booter_polls: booter.polls.load(Ordering::SeqCst),
+        agents_failed: booter.failed.load(Ordering::SeqCst),
+        watch_restarts: tracker.restarts.load(Ordering::SeqCst),
+        leftovers,
+    }
+}
+
+// ---------------------------------------------------------------- the floor
+
+struct FloorResult {
+    wall: f64,
+    probe_ms: Vec<f64>,
+    writes_per_job: usize,
+    errors: usize,
+    leftovers: usize,
+}
+
+/// The floor: for every job, create it, RunInstances (tagged like a
+/// worker), `writes` server-side-apply status writes, TerminateInstances.
+/// Creation runs ahead at the bench's concurrency, as in Tender's run; the
+/// per-job work runs at the same concurrency.
+async fn floor_run(w: &World, n: usize, writes: usize) -> FloorResult {
+    let ns = format!("bench-floor-{}-{n}", w.tag);
+    let cluster_id = format!("bench-floor-{}-{n}", w.tag);
+    w.create_namespace(&ns).await;
+    let jobs: Api<BackupJob> = Api::namespaced(w.client.clone(), &ns);
+    let (tx, rx) = futures::channel::mpsc::unbounded::<(String, String)>();
+    let user_data = base64::engine::general_purpose::STANDARD.encode("#!/bin/sh\n".repeat(80));
+    let probe_stop = Arc::new(AtomicBool::new(false));
+    let probe = probe_emulator(w.ec2.clone(), probe_stop.clone());
+    let t0 = Instant::now();
+    let creator = {
+        let jobs = jobs.clone();
+        let items: Vec<BackupJob> = (0..n).map(|i| w.job(i)).collect();
+        async move {
+            futures::stream::iter(items)
+                .map(|job| {
+                    let jobs = jobs.clone();
+                    let tx = tx.clone();
+                    async move {
+                        let made = jobs.create(&PostParams::default(), &job).await.unwrap();
+                        let _ = tx.unbounded_send((made.name_any(), made.uid().unwrap()));
+                    }
+                })
+                .buffer_unordered(concurrency())
+                .collect::<Vec<_>>()
+                .await;
+            drop(tx);
+        }
+    };
+    let worker = rx
+        .map(|(name, uid)| {
+            let jobs = jobs.clone();
+            let ec2 = w.ec2.clone();
+            let (cluster_id, ns, user_data) = (cluster_id.clone(), ns.clone(), user_data.clone());
+            let (subnet, sg) = (w.subnet.clone(), w.security_group.clone());
+            async move {
+                let token = format!("{uid}-1");
+                let owner_tags: Vec<Tag> = [
+                    (tags::MANAGED_BY, "tender-bench-floor"),
+                    (tags::CLUSTER_ID, cluster_id.as_str()),
+                    (tags::NAMESPACE, ns.as_str()),
+                    (tags::JOB_KIND, "BackupJob"),
+                    (tags::JOB_NAME, name.as_str()),
+                    (tags::JOB_UID, uid.as_str()),
+                    (tags::ATTEMPT, "1"),
+                    (tags::LAUNCH_TOKEN, token.as_str()),
+                    (tags::NAME, name.as_str()),
+                ]
+                .iter()
+                .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
+                .collect();
+                let spec = |rt: ResourceType| {
+                    TagSpecification::builder()
+                        .resource_type(rt)
+                        .set_tags(Some(owner_tags.clone()))
+                        .build()
+                };
+                let out = ec2
+                    .run_instances()
+                    .image_id(IMAGE_ID)
+                    .instance_type(InstanceType::M5Large)
+                    .min_count(1)
+                    .max_count(1)
+                    .network_interfaces(
+                        InstanceNetworkInterfaceSpecification::builder()
+                            .device_index(0)
+                            .subnet_id(&subnet)
+                            .groups(&sg)
+                            .associate_public_ip_address(false)
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .block_device_mappings(
+                        BlockDeviceMapping::builder()
+                            .device_name("/dev/xvda")
+                            .ebs(
+                                EbsBlockDevice::builder()
+                                    .encrypted(true)
+                                    .volume_size(20)
+                                    .volume_type(VolumeType::Gp3)
+                                    .delete_on_termination(true)
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                    .client_token(&token)
+                    .tag_specifications(spec(ResourceType::Instance))
+                    .tag_specifications(spec(ResourceType::Volume))
+                    .metadata_options(
+                        InstanceMetadataOptionsRequest::builder()
+                            .http_tokens(HttpTokensState::Required)
+                            .build(),
+                    )
+                    .user_data(user_data)
+                    .send()
+                    .await
+                    .map_err(|e| format!("RunInstances: {e:?}"))?;
+                let id = out.instances()[0].instance_id().unwrap().to_string();
+                for step in 1..=writes {
+                    let phase = if step == writes {
+                        "Succeeded"
+                    } else if step == 1 {
+                        "Provisioning"
+                    } else {
+                        "Running"
+                    };
+                    let patch = serde_json::json!({
+                        "apiVersion": "tender.dev/v1alpha1", "kind": "BackupJob",
+                        "status": {"phase": phase, "workers": [{
+                            "resource": "i-floor", "region": REGION, "attempt": 1,
+                            "launchToken": token, "instanceId": id, "phase": phase,
+                            "lastSequence": step,
+                        }]}
+                    });
+                    jobs.patch_status(
+                        &name,
+                        &PatchParams::apply("tender-bench-floor").force(),
+                        &Patch::Apply(&patch),
+                    )
+                    .await
+                    .map_err(|e| format!("status write: {e}"))?;
+                }
+                ec2.terminate_instances()
+                    .instance_ids(&id)
+                    .send()
+                    .await
+                    .map_err(|e| format!("TerminateInstances: {e:?}"))?;
+                Ok::<(), String>(())
+            }
+        })
+        .buffer_unordered(concurrency())
+        .collect::<Vec<_>>();
+    let ((), results) = futures::join!(creator, worker);
+    let wall = t0.elapsed().as_secs_f64();
+    probe_stop.store(true, Ordering::SeqCst);
+    let probe_ms = probe.await.unwrap_or_default();
+    let errors: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    if let Some(e) = errors.first() {
+        eprintln!("  floor N={n}: {} errors, first: {e}", errors.len());
+    }
+    let leftovers = w.terminate_leftovers(&cluster_id).await;
+    w.forget_tags(tags::CLUSTER_ID, &cluster_id).await;
+    w.clear_namespace(&ns).await;
+    FloorResult {
+        wall,
+        probe_ms,
+        writes_per_job: writes,
+        errors: errors.len(),
+        leftovers,
+    }
+}
+
+// ------------------------------------------------------------------ report
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!(
+        "{cpus} CPUs ({model}), {:.1} GiB memory; controller, kube-apiserver, etcd, moto and this bench share them",
+        mem_kib as f64 / 1024.0 / 1024.0
+    )
+}
+
+fn fmt_ms(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.0}"))
+}
+
+fn fmt_pair(values: &[f64]) -> String {
+    format!(
+        "{} / {}",
+        fmt_ms(percentile(values, 0.50)),
+        fmt_ms(percentile(values, 0.99))
+    )
+}
+
+fn fmt_secs(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| {
+        if v.is_infinite() {
+            "> 1638".into()
+        } else {
+            format!("{:.0}", v * 1000.0)
+        }
+    })
+}
+
+/// `a 1, b 2` of the non-zero values, or `0`.
+fn list(values: &BTreeMap<String, f64>) -> String {
+    let items: Vec<String> = values
+        .iter()
+        .filter(|(_, v)| **v > 0.0)
+        .map(|(k, v)| format!("{k} {v:.0}"))
+        .collect();
+    if items.is_empty() {
+        "0".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+fn print_table(results: &[(TenderResult, Option<FloorResult>)]) {
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    let mut row = |label: &str, f: &dyn Fn(&TenderResult, Option<&FloorResult>) -> String| {
+        rows.push((
+            label.to_string(),
+            results.iter().map(|(t, fl)| f(t, fl.as_ref())).collect(),
+        ));
+    };
+    let per = |t: &TenderResult, v: f64| v / t.n as f64;
+    row("jobs done / created", &|t, _| {
+        let mark = if t.completed { "" } else { " (TIMEOUT)" };
+        format!("{} / {}{mark}", t.done, t.n)
+    });
+    row("jobs not Succeeded (unfinished included)", &|t, _| {
+        t.failed.to_string()
+    });
+    row(
+        "emulator instances / tags at start (all owners)",
+        &|t, _| format!("{} / {}", t.moto_before.0, t.moto_before.1),
+    );
+    row("**Tender wall (s)**", &|t, _| format!("{:.1}", t.wall));
+    row("**jobs/s end to end**", &|t, _| {
+        format!("{:.1}", t.done as f64 / t.wall)
+    });
+    row("**floor wall (s)**", &|_, f| {
+        f.map_or("-".into(), |f| format!("{:.1}", f.wall))
+    });
+    row("floor jobs/s", &|t, f| {
+        f.map_or("-".into(), |f| format!("{:.1}", t.n as f64 / f.wall))
+    });
+    row("**ratio Tender / floor** (target ≤ 1.25)", &|t, f| {
+        f.map_or("-".into(), |f| format!("{:.2}", t.wall / f.wall))
+    });
+    row("all jobs created in (s)", &|t, _| {
+        format!("{:.1}", t.create_secs)
+    });
+    row(
+        "emulator probe (DescribeRegions) p50 / p99 ms: Tender run; floor run",
+        &|t, f| {
+            format!(
+                "{}; {}",
+                fmt_pair(&t.probe_ms),
+                f.map_or("-".into(), |f| fmt_pair(&f.probe_ms))
+            )
+        },
+    );
+    row(
+        "launch window: first → last worker launched (s); launches/s",
+        &|t, _| {
+            format!(
+                "{:.1}; {:.1}",
+                t.launch_window,
+                t.n as f64 / t.launch_window.max(0.001)
+            )
+        },
+    );
+    row(
+        "launch latency p50 / p99 (ms): created → instance ID in status (watch)",
+        &|t, _| fmt_pair(&t.launch_ms),
+    );
+    row("  same from status.launchTime (1 s resolution)", &|t, _| {
+        fmt_pair(&t.launch_status_ms)
+    });
+    row(
+        "  controller histogram p50 / p99 (planned → RunInstances; bucket bound, ms)",
+        &|t, _| {
+            format!(
+                "≤ {} / ≤ {}",
+                fmt_secs(t.delta.quantile("tender_worker_launch_seconds", 0.5)),
+                fmt_secs(t.delta.quantile("tender_worker_launch_seconds", 0.99))
+            )
+        },
+    );
+    row(
+        "terminate latency p50 / p99 (ms): worker's final message sent → terminatedTime in status (watch)",
+        &|t, _| fmt_pair(&t.terminate_ms),
+    );
+    row(
+        "  same from finishedTime → terminatedTime (1 s resolution)",
+        &|t, _| fmt_pair(&t.terminate_status_ms),
+    );
+    row(
+        "  controller histogram p50 / p99 (finished → TerminateInstances; bucket bound, ms)",
+        &|t, _| {
+            format!(
+                "≤ {} / ≤ {}",
+                fmt_secs(t.delta.quantile("tender_worker_termination_seconds", 0.5)),
+                fmt_secs(t.delta.quantile("tender_worker_termination_seconds", 0.99))
+            )
+        },
+    );
+    let mut ops: Vec<String> = results
+        .iter()
+        .flat_map(|(t, _)| t.delta.by("tender_aws_calls_total", "operation"))
+        .filter(|(_, v)| *v > 0.0)
+        .map(|(k, _)| k)
+        .collect();
+    ops.sort();
+    ops.dedup();
+    for op in &ops {
+        row(&format!("controller AWS calls/job: {op}"), &|t, _| {
+            let v = t
+                .delta
+                .by("tender_aws_calls_total", "operation")
+                .get(op)
+                .copied()
+                .unwrap_or(0.0);
+            format!("{:.2}", per(t, v))
+        });
+    }
+    row("controller AWS calls/job: all", &|t, _| {
+        format!("{:.2}", per(t, t.delta.sum("tender_aws_calls_total")))
+    });
+    row("controller AWS errors by operation", &|t, _| {
+        list(&t.delta.by("tender_aws_errors_total", "operation"))
+    });
+    row("controller AWS errors by category", &|t, _| {
+        list(&t.delta.by("tender_aws_errors_total", "category"))
+    });
+    let calls = |t: &TenderResult, op: &str| {
+        t.delta
+            .by("tender_aws_calls_total", "operation")
+            .get(op)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    row(
+        "DescribeInstances total = source lookups + shared-view pages",
+        &|t, _| {
+            let total = calls(t, "DescribeInstances");
+            let source = calls(t, "DescribeVolumes");
+            format!("{total:.0} = {source:.0} + {:.0}", total - source)
+        },
+    );
+    row("  shared-view pages per job", &|t, _| {
+        let total = calls(t, "DescribeInstances");
+        let source = calls(t, "DescribeVolumes");
+        format!("{:.2}", per(t, total - source))
+    });
+    row(
+        "  shared-view pages per 5 s view window (\"per poll\"; ideal ≈ 1 per 1000 instances)",
+        &|t, _| {
+            let total = calls(t, "DescribeInstances");
+            let source = calls(t, "DescribeVolumes");
+            let windows = (t.wall / VIEW_MAX_AGE_SECONDS).max(1.0);
+            format!("{:.1} ({:.1} windows)", (total - source) / windows, windows)
+        },
+    );
+    row("**mutating EC2 calls/job** (target ≤ 2)", &|t, _| {
+        let v: f64 = t
+            .delta
+            .by("tender_aws_calls_total", "operation")
+            .iter()
+            .filter(|(op, _)| !NOT_EC2.contains(&op.as_str()) && !op.starts_with("Describe"))
+            .map(|(_, v)| v)
+            .sum();
+        format!("{:.2}", per(t, v))
+    });
+    row("**status writes/job** BackupJob (target ≤ 6)", &|t, _| {
+        let v = t
+            .delta
+            .by("tender_status_writes_total", "kind")
+            .get("BackupJob")
+            .copied()
+            .unwrap_or(0.0);
+        format!("{:.2}", per(t, v))
+    });
+    row("  WorkerConfiguration status writes/job", &|t, _| {
+        let v = t
+            .delta
+            .by("tender_status_writes_total", "kind")
+            .get("WorkerConfiguration")
+            .copied()
+            .unwrap_or(0.0);
+        format!("{:.3}", per(t, v))
+    });
+    row(
+        "API-server writes/job: job object (create + changes, watch) + Events",
+        &|t, _| {
+            format!(
+                "{:.2} + {:.2} = {:.2}",
+                per(t, t.object_writes as f64),
+                per(t, t.event_writes as f64),
+                per(t, (t.object_writes + t.event_writes) as f64)
+            )
+        },
+    );
+    row("floor API-server writes/job (create + status)", &|_, f| {
+        f.map_or("-".into(), |f| format!("{}", 1 + f.writes_per_job))
+    });
+    row("reconciles/job: BackupJob", &|t, _| {
+        let v = t
+            .delta
+            .by("tender_reconciles_total", "kind")
+            .get("BackupJob")
+            .copied()
+            .unwrap_or(0.0);
+        format!("{:.2}", per(t, v))
+    });
+    row("reconciles/job: WorkerConfiguration", &|t, _| {
+        let v = t
+            .delta
+            .by("tender_reconciles_total", "kind")
+            .get("WorkerConfiguration")
+            .copied()
+            .unwrap_or(0.0);
+        format!("{:.2}", per(t, v))
+    });
+    row("reconcile errors by category", &|t, _| {
+        list(&t.delta.by("tender_reconcile_errors_total", "category"))
+    });
+    row("controller peak RSS (MiB)", &|t, _| {
+        format!("{:.1}", t.hwm_kib as f64 / 1024.0)
+    });
+    row("controller CPU s during the run (whole life)", &|t, _| {
+        format!("{:.1} ({:.1})", t.cpu_run, t.cpu_total)
+    });
+    row("agent AWS calls/job (in-process workers)", &|t, _| {
+        t.agent_calls
+            .iter()
+            .map(|(op, v)| format!("{op} {:.2}", per(t, *v)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    row(
+        "harness boot polls (DescribeInstanceStatus, not the controller's)",
+        &|t, _| t.booter_polls.to_string(),
+    );
+    row(
+        "finished workers' resources untagged by the harness",
+        &|t, _| t.forgotten.to_string(),
+    );
+    row(
+        "agents failed / watch restarts / leftovers terminated",
+        &|t, f| {
+            format!(
+                "{} / {} / {}+{}",
+                t.agents_failed,
+                t.watch_restarts,
+                t.leftovers,
+                f.map_or(0, |f| f.leftovers)
+            )
+        },
+    );
+    row("floor errors", &|_, f| {
+        f.map_or("-".into(), |f| f.errors.to_string())
+    });
+
+    let header: Vec<String> = results
+        .iter()
+        .map(|(t, _)| format!("N = {}", t.n))
+        .collect();
+    println!("| | {} |", header.join(" | "));
+    println!("|---|{}", "---|".repeat(header.len()));
+    for (label, values) in rows {
+        println!("| {label} | {} |", values.join(" | "));
+    }
+}
+
+async fn bench(sizes: Vec<usize>) {
+    println!("# Tender scale benchmark");
+    println!();
+    println!("machine: {}", machine());
+    let mut w = world().await;
+    println!(
+        "sizes: {sizes:?}; concurrency {} (job creation, floor pipelines, running agents); {PROTECTED} protected instances shared by the jobs; controller {}; logs in {}",
+        concurrency(),
+        w.bin.display(),
+        w.log_dir.display()
+    );
+    println!(
+        "emulator: {}",
+        if w.reset {
+            "emptied (moto reset) before every run: each run starts from the same empty state"
+        } else {
+            "shared, not reset (BENCH_RESET_EMULATOR unset): earlier instances slow it down, see its size per run"
+        }
+    );
+    println!(
+        "terminated workers: {}",
+        if w.forget_terminated {
+            "untagged once their job is seen done, as AWS drops terminated instances from DescribeInstances (moto never does, and its tag filter costs instances x tags; BENCH_KEEP_TERMINATED=1 keeps them)"
+        } else {
+            "kept tagged (BENCH_KEEP_TERMINATED=1): the controller's view keeps every finished worker, and moto slows down quadratically"
+        }
+    );
+    println!();
+    let mut results = Vec::new();
+    for &n in &sizes {
+        eprintln!("== N = {n}: Tender");
+        w.prepare().await;
+        let t = tender_run(&w, n).await;
+        eprintln!(
+            "  tender N={n}: {:.1} s for {}/{} jobs",
+            t.wall, t.done, t.n
+        );
+        let writes = t
+            .delta
+            .by("tender_status_writes_total", "kind")
+            .get("BackupJob")
+            .copied()
+            .unwrap_or(0.0);
+        let k = ((writes / n as f64).ceil() as usize).max(1);
+        eprintln!("== N = {n}: floor ({k} status writes per job)");
+        w.prepare().await;
+        let f = floor_run(&w, n, k).await;
+        eprintln!("  floor N={n}: {:.1} s", f.wall);
+        results.push((t, Some(f)));
+    }
+    w.cleanup().await;
+    println!();
+    print_table(&results);
+    println!();
+    println!(
+        "Latencies are measured by this process (one clock): creation is when the job's POST returned; the watch sees each status write within milliseconds. \
+         Source lookups are the controller's per-job DescribeInstances of the protected instance (one DescribeVolumes each); shared-view pages are the rest."
+    );
+}
