@@ -6,6 +6,7 @@ pub mod aws;
 pub mod controller;
 pub mod faults;
 pub mod messages;
+pub mod mover;
 pub mod names;
 pub mod placement;
 pub mod telemetry;

@@ -107,6 +107,8 @@ impl AwsClients {
             scopes: Arc::default(),
             ec2: Arc::default(),
             sqs: Arc::default(),
+            ebs: Arc::default(),
+            s3: Arc::default(),
         };
         self.scopes
             .lock()

@@ -4,10 +4,12 @@
 //! client.
 
 pub mod accounts;
+pub mod ebs;
 pub mod instance_cache;
 pub mod instances;
 pub mod network;
 pub mod queues;
+pub mod repository;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +33,8 @@ pub struct AwsClients {
     scopes: Arc<Mutex<HashMap<accounts::Access, AwsClients>>>,
     ec2: Arc<Mutex<HashMap<String, aws_sdk_ec2::Client>>>,
     sqs: Arc<Mutex<HashMap<String, aws_sdk_sqs::Client>>>,
+    ebs: Arc<Mutex<HashMap<String, aws_sdk_ebs::Client>>>,
+    s3: Arc<Mutex<HashMap<String, aws_sdk_s3::Client>>>,
 }
 
 impl AwsClients {
@@ -47,6 +51,8 @@ impl AwsClients {
             scopes: Arc::default(),
             ec2: Arc::default(),
             sqs: Arc::default(),
+            ebs: Arc::default(),
+            s3: Arc::default(),
         }
     }
 
@@ -80,6 +86,35 @@ impl AwsClients {
                     .region(Region::new(region.to_string()))
                     .build();
                 aws_sdk_ec2::Client::from_conf(conf)
+            })
+            .clone()
+    }
+
+    pub(crate) fn ebs(&self, region: &str) -> aws_sdk_ebs::Client {
+        let mut clients = self.ebs.lock().unwrap_or_else(|p| p.into_inner());
+        clients
+            .entry(region.to_string())
+            .or_insert_with(|| {
+                let conf = aws_sdk_ebs::config::Builder::from(&self.base)
+                    .region(Region::new(region.to_string()))
+                    .build();
+                aws_sdk_ebs::Client::from_conf(conf)
+            })
+            .clone()
+    }
+
+    pub(crate) fn s3(&self, region: &str) -> aws_sdk_s3::Client {
+        let mut clients = self.s3.lock().unwrap_or_else(|p| p.into_inner());
+        clients
+            .entry(region.to_string())
+            .or_insert_with(|| {
+                // An endpoint override (a VPC endpoint, a local emulator)
+                // serves buckets by path, not by host name.
+                let conf = aws_sdk_s3::config::Builder::from(&self.base)
+                    .region(Region::new(region.to_string()))
+                    .force_path_style(self.base.endpoint_url().is_some())
+                    .build();
+                aws_sdk_s3::Client::from_conf(conf)
             })
             .clone()
     }

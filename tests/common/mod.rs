@@ -24,6 +24,8 @@ use kube::{Api, Client, CustomResourceExt};
 use tender::api::{BackupJob, RestoreJob, WorkerConfiguration};
 use tender::messages::WorkerTask;
 
+pub mod disks;
+
 pub const REGION: &str = "us-east-1";
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 

@@ -1,0 +1,289 @@
+//! EBS snapshots, read and written block by block through the EBS direct
+//! APIs (the data mover's source and target), plus the EC2 calls around
+//! them: describing a snapshot, and making a volume from a restored one.
+
+use aws_sdk_ebs::primitives::ByteStream;
+use aws_sdk_ebs::types::{ChecksumAlgorithm, Tag};
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+use super::{AwsClients, AwsError};
+
+/// Size of every EBS snapshot block: the EBS direct APIs read and write
+/// whole 512 KiB blocks.
+pub const BLOCK_SIZE: usize = 512 * 1024;
+
+/// The blocks a snapshot holds (blocks never written are not listed and
+/// read as zeros), with the tokens that read them.
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotBlocks {
+    pub volume_size_gib: i64,
+    /// `(block index, block token)`, by index.
+    pub blocks: Vec<(i32, String)>,
+}
+
+/// A block that differs between two snapshots; `token` reads it from the
+/// second one, and is `None` when the second snapshot no longer has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangedBlock {
+    pub index: i32,
+    pub token: Option<String>,
+}
+
+/// An EC2 snapshot, as DescribeSnapshots reports it.
+#[derive(Clone, Debug)]
+pub struct SnapshotInfo {
+    pub snapshot_id: String,
+    pub state: String,
+    pub volume_size_gib: i64,
+}
+
+fn missing(operation: &'static str, what: &str) -> AwsError {
+    AwsError::Service {
+        operation,
+        code: "IncompleteResponse".into(),
+        message: format!("{operation} returned no {what}"),
+    }
+}
+
+impl AwsClients {
+    /// Every written block of a snapshot (all pages).
+    pub async fn list_snapshot_blocks(
+        &self,
+        region: &str,
+        snapshot_id: &str,
+    ) -> Result<SnapshotBlocks, AwsError> {
+        let ebs = self.ebs(region);
+        let mut out = SnapshotBlocks::default();
+        let mut next: Option<String> = None;
+        loop {
+            self.count("ListSnapshotBlocks");
+            let page = ebs
+                .list_snapshot_blocks()
+                .snapshot_id(snapshot_id)
+                .set_next_token(next.take())
+                .max_results(10_000)
+                .send()
+                .await
+                .map_err(|e| self.error("ListSnapshotBlocks", e))?;
+            out.volume_size_gib = page.volume_size().unwrap_or(out.volume_size_gib);
+            out.blocks.extend(page.blocks().iter().filter_map(|b| {
+                Some((b.block_index()?, b.block_token().unwrap_or_default().to_string()))
+            }));
+            match page.next_token() {
+                Some(t) if !t.is_empty() => next = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        out.blocks.sort_by_key(|(i, _)| *i);
+        out.blocks.dedup_by_key(|(i, _)| *i);
+        Ok(out)
+    }
+
+    /// The blocks that differ between `first` and `second` (all pages).
+    pub async fn list_changed_blocks(
+        &self,
+        region: &str,
+        first: &str,
+        second: &str,
+    ) -> Result<Vec<ChangedBlock>, AwsError> {
+        let ebs = self.ebs(region);
+        let mut out = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            self.count("ListChangedBlocks");
+            let page = ebs
+                .list_changed_blocks()
+                .first_snapshot_id(first)
+                .second_snapshot_id(second)
+                .set_next_token(next.take())
+                .max_results(10_000)
+                .send()
+                .await
+                .map_err(|e| self.error("ListChangedBlocks", e))?;
+            out.extend(page.changed_blocks().iter().filter_map(|b| {
+                Some(ChangedBlock {
+                    index: b.block_index()?,
+                    token: b.second_block_token().map(String::from),
+                })
+            }));
+            match page.next_token() {
+                Some(t) if !t.is_empty() => next = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// The data of one block.
+    pub async fn get_snapshot_block(
+        &self,
+        region: &str,
+        snapshot_id: &str,
+        index: i32,
+        token: &str,
+    ) -> Result<Vec<u8>, AwsError> {
+        self.count("GetSnapshotBlock");
+        let out = self
+            .ebs(region)
+            .get_snapshot_block()
+            .snapshot_id(snapshot_id)
+            .block_index(index)
+            .block_token(token)
+            .send()
+            .await
+            .map_err(|e| self.error("GetSnapshotBlock", e))?;
+        let data = out
+            .block_data
+            .collect()
+            .await
+            .map_err(|e| AwsError::Unreachable {
+                operation: "GetSnapshotBlock",
+                detail: e.to_string(),
+            })?;
+        Ok(data.into_bytes().to_vec())
+    }
+
+    /// Starts a new, empty snapshot of `volume_size_gib`; `client_token`
+    /// makes a retried start return the same snapshot.
+    pub async fn start_snapshot(
+        &self,
+        region: &str,
+        volume_size_gib: i64,
+        description: &str,
+        tags: &[(String, String)],
+        client_token: &str,
+    ) -> Result<String, AwsError> {
+        self.count("StartSnapshot");
+        let tags: Vec<Tag> = tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect();
+        let out = self
+            .ebs(region)
+            .start_snapshot()
+            .volume_size(volume_size_gib)
+            .description(description)
+            .set_tags(Some(tags))
+            .client_token(client_token)
+            .send()
+            .await
+            .map_err(|e| self.error("StartSnapshot", e))?;
+        out.snapshot_id()
+            .map(String::from)
+            .ok_or_else(|| missing("StartSnapshot", "snapshot ID"))
+    }
+
+    /// Writes one whole block, with its SHA-256 so that EBS checks it.
+    pub async fn put_snapshot_block(
+        &self,
+        region: &str,
+        snapshot_id: &str,
+        index: i32,
+        data: Vec<u8>,
+    ) -> Result<(), AwsError> {
+        self.count("PutSnapshotBlock");
+        let checksum = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&data));
+        let len = i32::try_from(data.len()).unwrap_or(i32::MAX);
+        self.ebs(region)
+            .put_snapshot_block()
+            .snapshot_id(snapshot_id)
+            .block_index(index)
+            .data_length(len)
+            .checksum(checksum)
+            .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
+            .block_data(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| self.error("PutSnapshotBlock", e))?;
+        Ok(())
+    }
+
+    /// Seals a snapshot written with [`AwsClients::put_snapshot_block`].
+    pub async fn complete_snapshot(
+        &self,
+        region: &str,
+        snapshot_id: &str,
+        changed_blocks: i32,
+    ) -> Result<(), AwsError> {
+        self.count("CompleteSnapshot");
+        self.ebs(region)
+            .complete_snapshot()
+            .snapshot_id(snapshot_id)
+            .changed_blocks_count(changed_blocks)
+            .send()
+            .await
+            .map_err(|e| self.error("CompleteSnapshot", e))?;
+        Ok(())
+    }
+
+    /// One snapshot; `None` when it does not exist.
+    pub async fn describe_snapshot(
+        &self,
+        region: &str,
+        snapshot_id: &str,
+    ) -> Result<Option<SnapshotInfo>, AwsError> {
+        self.count("DescribeSnapshots");
+        let out = match self
+            .ec2(region)
+            .describe_snapshots()
+            .snapshot_ids(snapshot_id)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                let e = self.error("DescribeSnapshots", e);
+                return if e.code().is_some_and(|c| c.starts_with("InvalidSnapshot")) {
+                    Ok(None)
+                } else {
+                    Err(e)
+                };
+            }
+        };
+        Ok(out.snapshots().first().map(|s| SnapshotInfo {
+            snapshot_id: s.snapshot_id().unwrap_or(snapshot_id).to_string(),
+            state: s
+                .state()
+                .map(|st| st.as_str().to_string())
+                .unwrap_or_default(),
+            volume_size_gib: i64::from(s.volume_size().unwrap_or(0)),
+        }))
+    }
+
+    /// Creates a volume from a snapshot in `zone`, tagged; returns its ID.
+    pub async fn create_volume_from_snapshot(
+        &self,
+        region: &str,
+        snapshot_id: &str,
+        zone: &str,
+        tags: &[(String, String)],
+        client_token: &str,
+    ) -> Result<String, AwsError> {
+        use aws_sdk_ec2::types::{ResourceType, Tag as Ec2Tag, TagSpecification, VolumeType};
+        self.count("CreateVolume");
+        let spec = TagSpecification::builder()
+            .resource_type(ResourceType::Volume)
+            .set_tags(Some(
+                tags.iter()
+                    .map(|(k, v)| Ec2Tag::builder().key(k).value(v).build())
+                    .collect(),
+            ))
+            .build();
+        let out = self
+            .ec2(region)
+            .create_volume()
+            .snapshot_id(snapshot_id)
+            .availability_zone(zone)
+            .volume_type(VolumeType::Gp3)
+            .encrypted(true)
+            .tag_specifications(spec)
+            .client_token(client_token)
+            .send()
+            .await
+            .map_err(|e| self.error("CreateVolume", e))?;
+        out.volume_id()
+            .map(String::from)
+            .ok_or_else(|| missing("CreateVolume", "volume ID"))
+    }
+}

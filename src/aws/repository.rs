@@ -1,0 +1,121 @@
+//! The backup repository: objects in an S3 bucket under a prefix (content-
+//! addressed chunks and restore-point manifests; see `crate::mover`).
+
+use aws_sdk_s3::primitives::ByteStream;
+
+use super::{AwsClients, AwsError};
+
+fn is_missing(e: &AwsError) -> bool {
+    e.code()
+        .is_some_and(|c| matches!(c, "NoSuchKey" | "NotFound" | "404"))
+}
+
+impl AwsClients {
+    /// Whether an object exists.
+    pub async fn object_exists(
+        &self,
+        region: &str,
+        bucket: &str,
+        key: &str,
+    ) -> Result<bool, AwsError> {
+        self.count("HeadObject");
+        match self
+            .s3(region)
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                let e = self.error("HeadObject", e);
+                if is_missing(&e) { Ok(false) } else { Err(e) }
+            }
+        }
+    }
+
+    /// Writes an object.
+    pub async fn put_object(
+        &self,
+        region: &str,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<(), AwsError> {
+        self.count("PutObject");
+        self.s3(region)
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| self.error("PutObject", e))?;
+        Ok(())
+    }
+
+    /// Reads an object; `None` when there is no such key.
+    pub async fn get_object(
+        &self,
+        region: &str,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, AwsError> {
+        self.count("GetObject");
+        let out = match self
+            .s3(region)
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                let e = self.error("GetObject", e);
+                return if is_missing(&e) { Ok(None) } else { Err(e) };
+            }
+        };
+        let data = out.body.collect().await.map_err(|e| AwsError::Unreachable {
+            operation: "GetObject",
+            detail: e.to_string(),
+        })?;
+        Ok(Some(data.into_bytes().to_vec()))
+    }
+
+    /// Every key under `prefix` (all pages).
+    pub async fn list_keys(
+        &self,
+        region: &str,
+        bucket: &str,
+        prefix: &str,
+    ) -> Result<Vec<String>, AwsError> {
+        let s3 = self.s3(region);
+        let mut keys = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            self.count("ListObjectsV2");
+            let page = s3
+                .list_objects_v2()
+                .bucket(bucket)
+                .prefix(prefix)
+                .set_continuation_token(next.take())
+                .send()
+                .await
+                .map_err(|e| self.error("ListObjectsV2", e))?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(String::from)),
+            );
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => next = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        Ok(keys)
+    }
+}

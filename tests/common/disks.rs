@@ -1,0 +1,194 @@
+//! Disks for data tests: real ext4 images made by `mkfs.ext4 -d`, written
+//! into EBS snapshots and read back through the EBS direct APIs, and S3
+//! buckets for repositories.
+#![allow(dead_code, clippy::unwrap_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tender::aws::AwsClients;
+use tender::aws::ebs::BLOCK_SIZE;
+
+use super::{REGION, unique};
+
+/// An ext4 filesystem image: its bytes, and the file it was built in.
+pub struct Ext4Image {
+    pub bytes: Vec<u8>,
+    pub path: PathBuf,
+}
+
+impl Ext4Image {
+    /// Builds an image of `size_mib` holding `files` (path, contents), with
+    /// 4 KiB filesystem blocks.
+    pub fn build(files: &[(&str, Vec<u8>)], size_mib: u32) -> Self {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique("ext4"));
+        let root = dir.join("root");
+        for (path, data) in files {
+            let at = root.join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+            std::fs::write(at, data).unwrap();
+        }
+        let path = dir.join("disk.img");
+        let status = Command::new(mkfs())
+            .args(["-q", "-F", "-b", "4096", "-E", "root_owner=0:0", "-d"])
+            .arg(&root)
+            .arg(&path)
+            .arg(format!("{size_mib}M"))
+            .status()
+            .expect("run mkfs.ext4 (Debian package e2fsprogs)");
+        assert!(status.success(), "mkfs.ext4 failed");
+        Self {
+            bytes: std::fs::read(&path).unwrap(),
+            path,
+        }
+    }
+
+    /// Byte offsets of the filesystem blocks of `file`, from debugfs.
+    pub fn file_offsets(&self, file: &str) -> Vec<u64> {
+        let out = Command::new(debugfs())
+            .args(["-R", &format!("blocks {file}")])
+            .arg(&self.path)
+            .output()
+            .expect("run debugfs");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|b| b.parse::<u64>().ok())
+            .map(|b| b * 4096)
+            .collect()
+    }
+
+    /// Overwrites bytes in place (the file's data blocks stay where they are).
+    pub fn overwrite(&mut self, offset: u64, data: &[u8]) {
+        let at = offset as usize;
+        self.bytes[at..at + data.len()].copy_from_slice(data);
+        std::fs::write(&self.path, &self.bytes).unwrap();
+    }
+}
+
+fn tool(name: &str) -> String {
+    for dir in ["/usr/sbin", "/sbin", "/usr/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p.display().to_string();
+        }
+    }
+    name.to_string()
+}
+
+fn mkfs() -> String {
+    tool("mkfs.ext4")
+}
+
+fn debugfs() -> String {
+    tool("debugfs")
+}
+
+/// The image's 512 KiB blocks that hold data, by index.
+pub fn data_blocks(image: &[u8]) -> BTreeMap<i32, &[u8]> {
+    image
+        .chunks(BLOCK_SIZE)
+        .enumerate()
+        .filter(|(_, b)| b.iter().any(|x| *x != 0))
+        .map(|(i, b)| (i as i32, b))
+        .collect()
+}
+
+/// Writes `image` into a new EBS snapshot of `size_gib` (blocks of zeros
+/// are not written, as for any sparse disk) and returns its ID.
+pub async fn write_snapshot(aws: &AwsClients, image: &[u8], size_gib: i64) -> String {
+    let token = unique("snap");
+    let id = aws
+        .start_snapshot(REGION, size_gib, "test disk", &[], &token)
+        .await
+        .unwrap();
+    let blocks = data_blocks(image);
+    for (index, data) in &blocks {
+        let mut data = data.to_vec();
+        data.resize(BLOCK_SIZE, 0);
+        aws.put_snapshot_block(REGION, &id, *index, data)
+            .await
+            .unwrap();
+    }
+    aws.complete_snapshot(REGION, &id, blocks.len() as i32)
+        .await
+        .unwrap();
+    id
+}
+
+/// A snapshot's contents, read through the EBS direct APIs, as `len` bytes
+/// (blocks not written read as zeros). Panics when the snapshot holds data
+/// beyond `len`.
+pub async fn read_snapshot(aws: &AwsClients, snapshot_id: &str, len: usize) -> Vec<u8> {
+    let listing = aws.list_snapshot_blocks(REGION, snapshot_id).await.unwrap();
+    let mut out = vec![0u8; len];
+    for (index, token) in listing.blocks {
+        let data = aws
+            .get_snapshot_block(REGION, snapshot_id, index, &token)
+            .await
+            .unwrap();
+        let at = index as usize * BLOCK_SIZE;
+        if at >= len {
+            assert!(
+                data.iter().all(|b| *b == 0),
+                "block {index} holds data past the image"
+            );
+            continue;
+        }
+        let end = (at + data.len()).min(len);
+        out[at..end].copy_from_slice(&data[..end - at]);
+    }
+    out
+}
+
+pub async fn s3() -> aws_sdk_s3::Client {
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .load()
+        .await;
+    let conf = aws_sdk_s3::config::Builder::from(&conf)
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// A new, empty bucket.
+pub async fn create_bucket(s3: &aws_sdk_s3::Client) -> String {
+    let name = unique("tender-repo").to_lowercase();
+    s3.create_bucket().bucket(&name).send().await.unwrap();
+    name
+}
+
+/// Keys under `prefix`.
+pub async fn keys(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut next = None;
+    loop {
+        let page = s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_continuation_token(next)
+            .send()
+            .await
+            .unwrap();
+        keys.extend(page.contents().iter().filter_map(|o| o.key().map(String::from)));
+        next = page.next_continuation_token().map(String::from);
+        if next.is_none() {
+            return keys;
+        }
+    }
+}
+
+/// EBS snapshots this account owns.
+pub async fn own_snapshots(ec2: &aws_sdk_ec2::Client) -> Vec<String> {
+    ec2.describe_snapshots()
+        .owner_ids("self")
+        .send()
+        .await
+        .unwrap()
+        .snapshots()
+        .iter()
+        .filter_map(|s| s.snapshot_id().map(String::from))
+        .collect()
+}
