@@ -31,6 +31,16 @@ pub struct WorkerTask {
     /// in another account (the backup account reading production).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_access: Option<crate::api::AccountAccess>,
+    /// The repository a backup writes to or a restore reads from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<crate::mover::manifest::RepositoryLocation>,
+    /// For a restore: the restore point to restore (`<job>/<resource>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_point: Option<String>,
+    /// For a restore: the device of the volume to restore (default: the
+    /// restore point's first volume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 /// Markers around the task in a worker's user data.
@@ -105,10 +115,37 @@ pub struct WorkerMessage {
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum WorkerEvent {
     Started,
-    Progress { percent: i32, detail: String },
+    Progress {
+        percent: i32,
+        detail: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bytes: Option<ByteProgress>,
+    },
     Heartbeat,
-    Completed { detail: String },
-    Failed { reason: String, message: String },
+    Completed {
+        detail: String,
+        /// The restore point a backup wrote.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        restore_point: Option<String>,
+        /// The snapshot a restore wrote.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        snapshot_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bytes: Option<ByteProgress>,
+    },
+    Failed {
+        reason: String,
+        message: String,
+    },
+}
+
+/// Bytes moved so far, of the total, and the recent rate.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ByteProgress {
+    pub done: u64,
+    pub total: u64,
+    pub per_second: u64,
 }
 
 impl WorkerEvent {
@@ -158,6 +195,11 @@ mod tests {
             event: WorkerEvent::Progress {
                 percent: 50,
                 detail: "half".into(),
+                bytes: Some(ByteProgress {
+                    done: 1,
+                    total: 2,
+                    per_second: 1,
+                }),
             },
         };
         let body = serde_json::to_string(&msg).expect("serializes");
@@ -180,6 +222,13 @@ mod tests {
             queue_region: "us-east-1".into(),
             heartbeat_seconds: 30,
             source_access: None,
+            repository: Some(crate::mover::manifest::RepositoryLocation::new(
+                "bucket",
+                "prefix",
+                "us-east-1",
+            )),
+            restore_point: None,
+            device: None,
         };
         let script = task.user_data().expect("renders");
         assert!(script.starts_with("#!/bin/sh\n"));

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{Filter, InstanceType};
+use aws_sdk_ec2::types::Filter;
 use common::{REGION, TestEnv, condition};
 use kube::{Api, ResourceExt};
 use tender::api::{Phase, WorkerConfiguration};
@@ -39,24 +39,6 @@ fn credentials_condition(cfg: &WorkerConfiguration) -> (String, String) {
     (c.status.clone(), c.message.clone())
 }
 
-async fn default_subnet(ec2: &aws_sdk_ec2::Client) -> String {
-    common::default_subnets(ec2).await.remove(0).0
-}
-
-async fn run_instance(ec2: &aws_sdk_ec2::Client, subnet: &str) -> String {
-    let out = ec2
-        .run_instances()
-        .image_id("ami-0123456789abcdef0")
-        .instance_type(InstanceType::T3Micro)
-        .min_count(1)
-        .max_count(1)
-        .subnet_id(subnet)
-        .send()
-        .await
-        .unwrap();
-    out.instances()[0].instance_id().unwrap().to_string()
-}
-
 async fn workers_in(ec2: &aws_sdk_ec2::Client, job_uid: &str) -> Vec<aws_sdk_ec2::types::Instance> {
     let out = ec2
         .describe_instances()
@@ -82,8 +64,9 @@ async fn workers_run_in_the_production_account_through_its_role() {
     let account = format!("2{:011}", std::process::id());
     let role = format!("arn:aws:iam::{account}:role/tender-production");
     let (prod_ec2, _) = env.assume(&role).await;
-    let subnet = default_subnet(&prod_ec2).await;
-    let protected = run_instance(&prod_ec2, &subnet).await;
+    // A disk and a repository bucket in production, where the workers run.
+    let protected = env.protected_disk_in(&env.aws_as(Some(&role)).await).await;
+    let bucket = env.bucket_in(&role).await;
 
     let cfg: WorkerConfiguration = serde_json::from_value(serde_json::json!({
         "apiVersion": "tender.dev/v1alpha1", "kind": "WorkerConfiguration",
@@ -132,7 +115,11 @@ async fn workers_run_in_the_production_account_through_its_role() {
     );
 
     let job = env
-        .create_job("nightly", &protected, serde_json::json!({}))
+        .create_job(
+            "nightly",
+            &protected,
+            serde_json::json!({"repository": {"bucket": bucket}}),
+        )
         .await;
     let uid = job.uid().unwrap();
     let job = env
@@ -171,7 +158,12 @@ async fn backup_account_workers_read_production_through_its_role() {
     let production_role = format!("arn:aws:iam::{production_account}:role/tender-reader");
     let (backup_ec2, _) = env.assume(&backup_role).await;
     let (prod_ec2, _) = env.assume(&production_role).await;
-    let protected = run_instance(&prod_ec2, &default_subnet(&prod_ec2).await).await;
+    // The disk is in production; the repository in the backup account,
+    // where the workers run.
+    let protected = env
+        .protected_disk_in(&env.aws_as(Some(&production_role)).await)
+        .await;
+    let bucket = env.bucket_in(&backup_role).await;
 
     let cfg: WorkerConfiguration = serde_json::from_value(serde_json::json!({
         "apiVersion": "tender.dev/v1alpha1", "kind": "WorkerConfiguration",
@@ -217,7 +209,11 @@ async fn backup_account_workers_read_production_through_its_role() {
     assert_eq!(status.image_id.as_deref(), Some(ssm_ami.as_str()));
 
     let job = env
-        .create_job("cross", &protected, serde_json::json!({}))
+        .create_job(
+            "cross",
+            &protected,
+            serde_json::json!({"repository": {"bucket": bucket}}),
+        )
         .await;
     let uid = job.uid().unwrap();
     let job = env
@@ -228,12 +224,23 @@ async fn backup_account_workers_read_production_through_its_role() {
         })
         .await;
     assert!(condition(&job, "Complete").is_some());
-    // The worker inspected the production instance from the backup account.
+    // The worker read the production snapshot from the backup account and
+    // wrote its restore point there.
     let worker = &job.status.as_ref().unwrap().workers[0];
-    assert!(
-        worker.message.as_deref().unwrap().contains(&protected),
+    let point = format!("cross/{protected}");
+    assert_eq!(
+        worker.restore_point.as_deref(),
+        Some(point.as_str()),
         "{worker:?}"
     );
+    let manifest = tender::mover::load_manifest(
+        &env.aws_as(Some(&backup_role)).await,
+        &tender::mover::manifest::RepositoryLocation::new(&bucket, "", REGION),
+        &point,
+    )
+    .await
+    .unwrap();
+    assert!(manifest.stats.blocks_read > 0, "{manifest:?}");
     let there = workers_in(&backup_ec2, &uid).await;
     assert_eq!(there.len(), 1, "the worker ran in the backup account");
     assert_eq!(there[0].image_id(), Some(ssm_ami.as_str()));

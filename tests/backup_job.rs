@@ -22,7 +22,7 @@ async fn backup_job_launches_a_worker_follows_it_and_terminates_it() {
         net.zone.clone(),
         net.security_group.clone(),
     );
-    let protected = env.protected_instance(&subnet).await;
+    let protected = env.protected_disk().await;
     env.create_configuration("default", &net, serde_json::json!({}))
         .await;
     let cfg = env.wait_configuration_ready("default").await;
@@ -154,8 +154,7 @@ async fn backup_job_launches_a_worker_follows_it_and_terminates_it() {
 async fn a_job_without_a_configuration_is_stalled_then_runs_once_one_exists() {
     let env = TestEnv::new("noconfig").await;
     let net = env.network().await;
-    let subnet = net.subnet.clone();
-    let protected = env.protected_instance(&subnet).await;
+    let protected = env.protected_disk().await;
     let created = env
         .create_job("orphan", &protected, serde_json::json!({}))
         .await;
@@ -245,8 +244,7 @@ async fn deleting_a_running_job_terminates_its_worker_first() {
     env.boot_workers
         .store(false, std::sync::atomic::Ordering::SeqCst);
     let net = env.network().await;
-    let subnet = net.subnet.clone();
-    let protected = env.protected_instance(&subnet).await;
+    let protected = env.protected_disk().await;
     env.create_configuration("default", &net, serde_json::json!({}))
         .await;
     env.wait_configuration_ready("default").await;

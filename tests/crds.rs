@@ -67,11 +67,12 @@ async fn a_backup_job_spec_is_immutable() {
     let name = format!("immutable-{}", std::process::id());
     let job: BackupJob = serde_json::from_value(serde_json::json!({
         "apiVersion": "tender.dev/v1alpha1", "kind": "BackupJob", "metadata": {"name": name},
-        "spec": {"resources": [{"instanceId": "i-0123abcd", "region": "us-east-1"}]}
+        "spec": {"resources": [{"instanceId": "i-0123abcd", "region": "us-east-1"}],
+                 "repository": {"bucket": "acme-backups"}}
     }))
     .unwrap();
     let mut created = api.create(&PostParams::default(), &job).await.unwrap();
-    created.spec.resources[0].instance_id = "i-0123abce".into();
+    created.spec.resources[0].instance_id = Some("i-0123abce".into());
     let err = api
         .replace(&name, &PostParams::default(), &created)
         .await

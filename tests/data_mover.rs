@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use common::REGION;
 use common::disks::{self, Ext4Image};
 use tender::aws::AwsClients;
+use tender::messages::{Operation, PROTOCOL_VERSION, WorkerEvent, WorkerMessage, WorkerTask};
 use tender::mover::manifest::RepositoryLocation;
 use tender::mover::{self, BackupRequest, MoverError, Progress, RestoreTarget, SourceVolume};
 
@@ -104,7 +105,10 @@ async fn full_and_incremental_backups_restore_byte_for_byte() {
     let first_snapshot = disks::write_snapshot(&aws, &original, 1).await;
     let blocks = disks::data_blocks(&original);
     let unique_blocks: HashSet<&[u8]> = blocks.values().copied().collect();
-    assert!(unique_blocks.len() < blocks.len(), "the image has duplicate blocks");
+    assert!(
+        unique_blocks.len() < blocks.len(),
+        "the image has duplicate blocks"
+    );
 
     let full = backup(&aws, &loc, "nightly-1", &first_snapshot).await;
     assert_eq!(full.parent, None);
@@ -147,7 +151,10 @@ async fn full_and_incremental_backups_restore_byte_for_byte() {
     );
 
     // Both restore points come back byte for byte.
-    for (id, expected) in [("nightly-1/disk-1", &original), ("nightly-2/disk-1", &changed)] {
+    for (id, expected) in [
+        ("nightly-1/disk-1", &original),
+        ("nightly-2/disk-1", &changed),
+    ] {
         let restored = restore(&aws, &loc, id).await.unwrap();
         let bytes = disks::read_snapshot(&aws, &restored, expected.len()).await;
         assert!(bytes == *expected, "{id} restored with different bytes");
@@ -218,4 +225,136 @@ async fn another_jobs_restore_point_is_never_overwritten() {
     .await
     .unwrap_err();
     assert_eq!(e.reason(), "RestorePointExists");
+}
+
+/// Every message on a queue, parsed, in sequence order.
+async fn drain(sqs: &aws_sdk_sqs::Client, queue: &str) -> Vec<WorkerMessage> {
+    let mut out = Vec::new();
+    loop {
+        let got = sqs
+            .receive_message()
+            .queue_url(queue)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .unwrap();
+        if got.messages().is_empty() {
+            break;
+        }
+        for m in got.messages() {
+            out.push(WorkerMessage::parse(m.body().unwrap()).unwrap());
+            sqs.delete_message()
+                .queue_url(queue)
+                .receipt_handle(m.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    out.sort_by_key(|m| m.sequence);
+    out
+}
+
+#[tokio::test]
+async fn the_agent_restores_a_restore_point_into_a_snapshot_and_reports_it() {
+    let _ = common::kube_client().await;
+    let aws = AwsClients::from_env().await;
+    let s3 = disks::s3().await;
+    let ec2 = common::ec2().await;
+    let sqs = common::sqs().await;
+    let bucket = disks::create_bucket(&s3).await;
+    let loc = RepositoryLocation::new(&bucket, "", REGION);
+    let image = Ext4Image::build(
+        &[
+            ("srv/data.bin", random_bytes(1 << 20, 3)),
+            ("motd", b"hi\n".to_vec()),
+        ],
+        8,
+    );
+    let snapshot = disks::write_snapshot(&aws, &image.bytes, 1).await;
+    backup(&aws, &loc, "weekly", &snapshot).await;
+    let queue = sqs
+        .create_queue()
+        .queue_name(common::unique("restore-agent"))
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_string();
+    let task = |attempt: i32| WorkerTask {
+        version: PROTOCOL_VERSION,
+        operation: Operation::Restore,
+        namespace: "ns".into(),
+        job_name: "restore-weekly".into(),
+        job_uid: common::unique("uid"),
+        resource: "weekly/disk-1".into(),
+        resource_region: REGION.into(),
+        attempt,
+        queue_url: queue.clone(),
+        queue_region: REGION.into(),
+        heartbeat_seconds: 1,
+        source_access: None,
+        repository: Some(loc.clone()),
+        restore_point: Some("weekly/disk-1".into()),
+        device: None,
+    };
+
+    tender::worker::run(aws.clone(), task(1), "i-00000000000000001".into())
+        .await
+        .unwrap();
+    let messages = drain(&sqs, &queue).await;
+    assert!(matches!(messages[0].event, WorkerEvent::Started));
+    let Some(WorkerEvent::Completed {
+        snapshot_id: Some(restored),
+        restore_point,
+        bytes: Some(bytes),
+        ..
+    }) = messages.last().map(|m| m.event.clone())
+    else {
+        panic!("no completion with a snapshot: {messages:?}");
+    };
+    assert_eq!(restore_point.as_deref(), Some("weekly/disk-1"));
+    assert_eq!(bytes.done, bytes.total);
+    let back = disks::read_snapshot(&aws, &restored, image.bytes.len()).await;
+    assert!(back == image.bytes, "the restored snapshot differs");
+    let tags: Vec<(String, String)> = ec2
+        .describe_snapshots()
+        .snapshot_ids(&restored)
+        .send()
+        .await
+        .unwrap()
+        .snapshots()[0]
+        .tags()
+        .iter()
+        .map(|t| (t.key().unwrap().into(), t.value().unwrap().into()))
+        .collect();
+    assert!(
+        tags.contains(&("tender.dev/job-name".into(), "restore-weekly".into())),
+        "{tags:?}"
+    );
+
+    // A corrupt chunk: the agent reports which, and writes no snapshot.
+    let victim = disks::keys(&s3, &bucket, "chunks/").await[0].clone();
+    s3.put_object()
+        .bucket(&bucket)
+        .key(&victim)
+        .body(b"garbage".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    let before = disks::own_snapshots(&ec2).await.len();
+    let e = tender::worker::run(aws.clone(), task(2), "i-00000000000000002".into())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("ChunkCorrupt"), "{e}");
+    let messages = drain(&sqs, &queue).await;
+    match messages.last().map(|m| &m.event) {
+        Some(WorkerEvent::Failed { reason, message }) => {
+            assert_eq!(reason, "ChunkCorrupt");
+            assert!(message.contains(&victim), "{message}");
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    assert_eq!(disks::own_snapshots(&ec2).await.len(), before);
 }

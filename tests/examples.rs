@@ -52,17 +52,22 @@ fn condition<'a>(
 async fn the_examples_apply_and_reach_their_states() {
     let env = TestEnv::new("examples").await;
     let net = env.network().await;
-    let protected = env.protected_instance(&net.subnet).await;
-    // The examples' placeholder IDs, replaced by the emulator's.
+    let protected = env.protected_disk().await;
+    let bucket = env.bucket().await;
+    // The examples' placeholder IDs, replaced by the emulator's. The
+    // instance stays a placeholder: the emulator cannot serve the blocks of
+    // an instance's snapshots, so that example must fail, and say why.
     let localize = |text: String| {
         text.replace("subnet-0123456789abcdef0", &net.subnet)
             .replace("us-east-1a", &net.zone)
             .replace("sg-0123456789abcdef0", &net.security_group)
-            .replace("i-0123456789abcdef0", &protected)
+            .replace("snap-0123456789abcdef0", &protected)
+            .replace("acme-backups", &bucket)
     };
     for file in [
         "examples/worker-configuration.yaml",
         "examples/backup-job.yaml",
+        "examples/more/backup-job-snapshot.yaml",
         "examples/restore-job-full.yaml",
         "examples/restore-job-volume.yaml",
         "examples/restore-job-file-level.yaml",
@@ -80,13 +85,31 @@ async fn the_examples_apply_and_reach_their_states() {
         &read("examples/more/worker-configuration-private.yaml"),
     );
 
-    let job = env
+    let missing = env
         .wait_job("web-server-nightly", TIMEOUT, |j| {
+            j.status.as_ref().is_some_and(|s| s.phase == Phase::Failed)
+        })
+        .await;
+    assert_eq!(
+        missing.status.as_ref().unwrap().workers[0]
+            .reason
+            .as_deref(),
+        Some("SourceInstanceNotFound")
+    );
+    let job = env
+        .wait_job("data-volume-weekly", TIMEOUT, |j| {
             j.status
                 .as_ref()
                 .is_some_and(|s| s.phase == Phase::Succeeded)
         })
         .await;
+    let point = format!("data-volume-weekly/{protected}");
+    assert_eq!(
+        job.status.as_ref().unwrap().workers[0]
+            .restore_point
+            .as_deref(),
+        Some(point.as_str())
+    );
     let instances = env
         .instances_tagged("tender.dev/job-uid", job.metadata.uid.as_deref().unwrap())
         .await;
@@ -159,5 +182,5 @@ async fn the_examples_apply_and_reach_their_states() {
         assert_eq!(stalled.reason, "RestoreNotSupported", "{name}");
     }
     let jobs: Api<BackupJob> = env.api();
-    assert_eq!(jobs.list(&Default::default()).await.unwrap().items.len(), 1);
+    assert_eq!(jobs.list(&Default::default()).await.unwrap().items.len(), 2);
 }

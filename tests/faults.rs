@@ -32,6 +32,9 @@ struct Tally {
     cases: usize,
     faults: usize,
     leaked: usize,
+    /// Restore points of succeeded resources checked, and those missing.
+    restore_points: usize,
+    lost: usize,
 }
 
 fn finished(j: &BackupJob) -> bool {
@@ -77,8 +80,30 @@ async fn check_no_leaks(env: &TestEnv, jobs: &[&str], tally: &mut Tally) {
     }
     tally.leaked += live.len();
     let api: Api<BackupJob> = env.api();
+    let aws = tender::aws::AwsClients::from_env().await;
     for name in jobs {
         let job = api.get(name).await.unwrap();
+        // Every resource that succeeded has its restore point, readable.
+        let repository = job.spec.repository.location(REGION);
+        for w in &job.status.as_ref().unwrap().workers {
+            if w.phase != Phase::Succeeded {
+                continue;
+            }
+            tally.restore_points += 1;
+            let found = match &w.restore_point {
+                Some(id) => tender::mover::load_manifest(&aws, &repository, id)
+                    .await
+                    .is_ok(),
+                None => false,
+            };
+            if !found {
+                eprintln!(
+                    "{name}: restore point {:?} of {} is lost",
+                    w.restore_point, w.resource
+                );
+                tally.lost += 1;
+            }
+        }
         let attempts: i32 = job
             .status
             .as_ref()
@@ -111,7 +136,7 @@ fn testenv(args: &[&str]) {
 async fn crash_at(point: &str, tally: &mut Tally) {
     let env = TestEnv::without_controller("crash").await;
     let net = env.network().await;
-    let protected = env.protected_instance(&net.subnet).await;
+    let protected = env.protected_disk().await;
     env.start_controller_with(&[], &[("TENDER_CRASH_AT", point)]);
     env.create_configuration("default", &net, serde_json::json!({}))
         .await;
@@ -143,7 +168,7 @@ async fn api_server_restart(tally: &mut Tally) {
     let env = TestEnv::new("apirestart").await;
     env.boot_workers.store(false, Ordering::SeqCst);
     let net = env.network().await;
-    let protected = env.protected_instance(&net.subnet).await;
+    let protected = env.protected_disk().await;
     env.create_configuration("default", &net, serde_json::json!({}))
         .await;
     env.wait_configuration_ready("default").await;
@@ -170,8 +195,7 @@ async fn api_server_restart(tally: &mut Tally) {
 async fn aws_emulator_restart(tally: &mut Tally) {
     let env = TestEnv::new("awsrestart").await;
     env.boot_workers.store(false, Ordering::SeqCst);
-    let net = env.network().await;
-    let protected = env.protected_instance(&net.subnet).await;
+    let protected = env.protected_disk().await;
     // Default VPC and a managed group: both exist again after the restart,
     // under new IDs, and the configuration follows them.
     let cfg: WorkerConfiguration = serde_json::from_value(serde_json::json!({
@@ -192,8 +216,8 @@ async fn aws_emulator_restart(tally: &mut Tally) {
     })
     .await;
     // Everything in AWS is gone: the worker, the queue, the protected
-    // instance. The worker is lost and retried; the retry's agent finds no
-    // source and fails for good.
+    // snapshot, the repository. The worker is lost and retried; the retry's
+    // agent finds no source and fails for good.
     testenv(&["restart", "moto"]);
     tally.faults += 1;
     env.boot_workers.store(true, Ordering::SeqCst);
@@ -207,7 +231,7 @@ async fn aws_emulator_restart(tally: &mut Tally) {
     );
     assert_eq!(
         worker.reason.as_deref(),
-        Some("SourceInstanceNotFound"),
+        Some("SourceSnapshotNotFound"),
         "{worker:?}"
     );
     check_no_leaks(&env, &["job"], tally).await;
@@ -334,7 +358,7 @@ async fn throttled_aws(tally: &mut Tally) {
     let endpoint = format!("http://127.0.0.1:{port}");
     env.start_controller_with(&[], &[("AWS_ENDPOINT_URL", endpoint.as_str())]);
     let net = env.network().await;
-    let protected = env.protected_instance(&net.subnet).await;
+    let protected = env.protected_disk().await;
     env.create_configuration("default", &net, serde_json::json!({}))
         .await;
     env.wait_configuration_ready("default").await;
@@ -367,7 +391,7 @@ async fn late_message_after_retry(tally: &mut Tally) {
     let env = TestEnv::new("late").await;
     env.boot_workers.store(false, Ordering::SeqCst);
     let net = env.network().await;
-    let protected = env.protected_instance(&net.subnet).await;
+    let protected = env.protected_disk().await;
     env.create_configuration(
         "default",
         &net,
@@ -409,6 +433,9 @@ async fn late_message_after_retry(tally: &mut Tally) {
         sequence: 99,
         event: WorkerEvent::Completed {
             detail: "too late".into(),
+            restore_point: Some("job/too-late".into()),
+            snapshot_id: None,
+            bytes: None,
         },
     };
     common::sqs()
@@ -457,8 +484,10 @@ async fn bad_input(tally: &mut Tally) {
         s.as_object_mut().unwrap().remove(key);
         s
     };
-    let job =
-        serde_json::json!({"resources": [{"instanceId": "i-0123abcd", "region": "us-east-1"}]});
+    let job = serde_json::json!({
+        "resources": [{"instanceId": "i-0123abcd", "region": "us-east-1"}],
+        "repository": {"bucket": "acme-backups"}
+    });
     let resources =
         |id: &str, region: &str| serde_json::json!([{"instanceId": id, "region": region}]);
     let many: Vec<serde_json::Value> = (0..101)
@@ -521,7 +550,44 @@ async fn bad_input(tally: &mut Tally) {
                 {"instanceId": "i-0123abcd", "region": "us-east-1"},
                 {"instanceId": "i-0123abcd", "region": "us-east-1"}]),
             ),
-            "Duplicate value",
+            "each resource may be listed once",
+        ),
+        (
+            "BackupJob",
+            with(
+                &job,
+                "resources",
+                serde_json::json!([{"instanceId": "i-0123abcd", "snapshotId": "snap-0123abcd", "region": "us-east-1"}]),
+            ),
+            "exactly one of instanceId and snapshotId",
+        ),
+        (
+            "BackupJob",
+            with(
+                &job,
+                "resources",
+                serde_json::json!([{"snapshotId": "snap-xyz", "region": "us-east-1"}]),
+            ),
+            "snapshotId",
+        ),
+        ("BackupJob", without(&job, "repository"), "repository"),
+        (
+            "BackupJob",
+            with(
+                &job,
+                "repository",
+                serde_json::json!({"bucket": "Not_A_Bucket"}),
+            ),
+            "bucket",
+        ),
+        (
+            "BackupJob",
+            with(
+                &job,
+                "repository",
+                serde_json::json!({"bucket": "acme", "prefix": "../escape"}),
+            ),
+            "prefix",
         ),
         (
             "BackupJob",
@@ -738,8 +804,8 @@ async fn fault_injection_suite() {
     aws_emulator_restart(&mut tally).await;
     bad_input(&mut tally).await;
     let summary = format!(
-        "fault-injection summary: {} cases run, {} faults injected, {} leaked instances, 0 lost restore points (this version makes no restore points)",
-        tally.cases, tally.faults, tally.leaked
+        "fault-injection summary: {} cases run, {} faults injected, {} leaked instances, {} lost restore points (of {} checked)",
+        tally.cases, tally.faults, tally.leaked, tally.lost, tally.restore_points
     );
     println!("{summary}");
     // scripts/test prints it after the run (cargo hides a passing test's output).
@@ -750,4 +816,6 @@ async fn fault_injection_suite() {
     .unwrap();
 
     assert_eq!(tally.leaked, 0, "leaked worker instances");
+    assert_eq!(tally.lost, 0, "lost restore points");
+    assert!(tally.restore_points > 0, "the suite checked restore points");
 }

@@ -481,7 +481,7 @@ async fn a_backup_job_is_progressing_while_provisioning_then_healthy_once_succee
     // Worker instances boot no agent for now: the job stays Provisioning.
     env.boot_workers.store(false, Ordering::SeqCst);
     let net = env.network().await;
-    let protected = env.protected_instance(&net.subnet).await;
+    let protected = env.protected_disk().await;
     env.create_configuration("default", &net, json!({})).await;
     env.wait_configuration_ready("default").await;
     env.create_job("nightly", &protected, json!({})).await;
@@ -513,7 +513,7 @@ async fn a_backup_job_is_progressing_while_provisioning_then_healthy_once_succee
 async fn failed_and_partially_succeeded_jobs_are_degraded_and_stalled() {
     let env = TestEnv::new("gitops-failed").await;
     let net = env.network().await;
-    let protected = env.protected_instance(&net.subnet).await;
+    let protected = env.protected_disk().await;
     env.create_configuration("default", &net, json!({})).await;
     env.wait_configuration_ready("default").await;
 
@@ -522,7 +522,7 @@ async fn failed_and_partially_succeeded_jobs_are_degraded_and_stalled() {
         "half",
         &protected,
         json!({"resources": [
-            {"instanceId": protected, "region": REGION},
+            {"snapshotId": protected, "region": REGION},
             {"instanceId": MISSING_INSTANCE, "region": REGION},
         ]}),
     )
@@ -548,7 +548,7 @@ async fn failed_and_partially_succeeded_jobs_are_degraded_and_stalled() {
 async fn a_suspended_job_is_suspended_then_healthy_once_resumed() {
     let env = TestEnv::new("gitops-suspend").await;
     let net = env.network().await;
-    let protected = env.protected_instance(&net.subnet).await;
+    let protected = env.protected_disk().await;
     env.create_configuration("default", &net, json!({})).await;
     env.wait_configuration_ready("default").await;
     env.create_job("paused", &protected, json!({"suspend": true}))
@@ -607,7 +607,7 @@ async fn a_restore_job_is_degraded_and_stalled_because_restores_are_not_supporte
 async fn a_configuration_whose_deletion_waits_for_a_job_is_progressing() {
     let env = TestEnv::new("gitops-deleting").await;
     let net = env.network().await;
-    let protected = env.protected_instance(&net.subnet).await;
+    let protected = env.protected_disk().await;
     env.create_configuration("default", &net, json!({})).await;
     env.wait_configuration_ready("default").await;
     // A suspended job is unfinished: it holds its configuration.
@@ -670,7 +670,7 @@ fn keys(fields: &Value) -> BTreeSet<&str> {
 async fn applying_the_same_manifests_twice_changes_nothing_and_the_controller_never_writes_spec() {
     let env = TestEnv::new("gitops-apply").await;
     let net = env.network().await;
-    let protected = env.protected_instance(&net.subnet).await;
+    let protected = env.protected_disk().await;
     let config = json!({
         "apiVersion": "tender.dev/v1alpha1", "kind": "WorkerConfiguration",
         "metadata": {"name": "default"},
@@ -688,7 +688,8 @@ async fn applying_the_same_manifests_twice_changes_nothing_and_the_controller_ne
         "metadata": {"name": "nightly"},
         "spec": {
             "workerConfigurationRef": {"name": "default"},
-            "resources": [{"instanceId": protected, "region": REGION}]
+            "resources": [{"snapshotId": protected, "region": REGION}],
+            "repository": {"bucket": env.bucket().await, "prefix": "gitops/"}
         }
     });
     let manifests = format!(

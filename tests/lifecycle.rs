@@ -29,7 +29,7 @@ async fn a_lost_worker_is_retried_then_the_job_fails_at_the_backoff_limit() {
     let env = TestEnv::new("lost").await;
     env.boot_workers.store(false, Ordering::SeqCst); // workers never report
     let net = env.network().await;
-    let protected = env.protected_instance(&net.subnet).await;
+    let protected = env.protected_disk().await;
     env.create_configuration(
         "default",
         &net,
@@ -94,7 +94,7 @@ async fn the_active_deadline_stops_a_job_and_its_worker() {
     let env = TestEnv::new("deadline").await;
     env.boot_workers.store(false, Ordering::SeqCst);
     let net = env.network().await;
-    let protected = env.protected_instance(&net.subnet).await;
+    let protected = env.protected_disk().await;
     env.create_configuration("default", &net, serde_json::json!({}))
         .await;
     env.wait_configuration_ready("default").await;
@@ -130,7 +130,7 @@ async fn the_active_deadline_stops_a_job_and_its_worker() {
 async fn a_finished_job_is_deleted_after_its_ttl() {
     let env = TestEnv::new("ttl").await;
     let net = env.network().await;
-    let protected = env.protected_instance(&net.subnet).await;
+    let protected = env.protected_disk().await;
     env.create_configuration("default", &net, serde_json::json!({}))
         .await;
     env.wait_configuration_ready("default").await;
@@ -170,7 +170,7 @@ async fn a_finished_job_is_deleted_after_its_ttl() {
 async fn a_suspended_job_launches_nothing_until_resumed() {
     let env = TestEnv::new("suspend").await;
     let net = env.network().await;
-    let protected = env.protected_instance(&net.subnet).await;
+    let protected = env.protected_disk().await;
     env.create_configuration("default", &net, serde_json::json!({}))
         .await;
     env.wait_configuration_ready("default").await;
@@ -220,7 +220,7 @@ async fn a_suspended_job_launches_nothing_until_resumed() {
 async fn a_controller_killed_right_after_run_instances_adopts_the_worker_on_restart() {
     let env = TestEnv::without_controller("crash").await;
     let net = env.network().await;
-    let protected = env.protected_instance(&net.subnet).await;
+    let protected = env.protected_disk().await;
     // This controller aborts the moment RunInstances returns, before the
     // instance ID reaches the job's status.
     env.start_controller_with(&[], &[("TENDER_CRASH_AT", "after-run-instances")]);
@@ -433,7 +433,7 @@ fn message(job: &BackupJob, sequence: i64, event: WorkerEvent) -> String {
 async fn duplicate_late_and_malformed_messages_change_nothing() {
     let env = TestEnv::new("messages").await;
     let net = env.network().await;
-    let protected = env.protected_instance(&net.subnet).await;
+    let protected = env.protected_disk().await;
     env.create_configuration("default", &net, serde_json::json!({}))
         .await;
     let cfg = env.wait_configuration_ready("default").await;
@@ -470,6 +470,9 @@ async fn duplicate_late_and_malformed_messages_change_nothing() {
         last,
         WorkerEvent::Completed {
             detail: "again".into(),
+            restore_point: Some("other/point".into()),
+            snapshot_id: None,
+            bytes: None,
         },
     ))
     .await;
@@ -479,6 +482,7 @@ async fn duplicate_late_and_malformed_messages_change_nothing() {
         WorkerEvent::Progress {
             percent: 5,
             detail: "late".into(),
+            bytes: None,
         },
     ))
     .await;
@@ -582,7 +586,7 @@ async fn with_two_replicas_only_the_leader_acts_and_a_follower_takes_over() {
     let second = env.start_controller_with(&election, &[("POD_NAME", "replica-b")]);
 
     let net = env.network().await;
-    let protected = env.protected_instance(&net.subnet).await;
+    let protected = env.protected_disk().await;
     env.create_configuration("default", &net, serde_json::json!({}))
         .await;
     env.wait_configuration_ready("default").await;

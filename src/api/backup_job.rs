@@ -8,7 +8,9 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{INSTANCE_ID_PATTERN, LocalObjectReference, REGION_PATTERN};
+use super::{
+    INSTANCE_ID_PATTERN, LocalObjectReference, REGION_PATTERN, Repository, SNAPSHOT_ID_PATTERN,
+};
 
 /// Back up AWS resources. Tender launches one short-lived worker instance per
 /// resource, follows it over SQS and terminates it as soon as it is done.
@@ -42,8 +44,10 @@ use super::{INSTANCE_ID_PATTERN, LocalObjectReference, REGION_PATTERN};
     )
 )]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "self.resources == oldSelf.resources && has(self.workerConfigurationRef) == has(oldSelf.workerConfigurationRef) && (!has(self.workerConfigurationRef) || self.workerConfigurationRef.name == oldSelf.workerConfigurationRef.name)",
-     "message": "resources and workerConfigurationRef of a BackupJob are immutable; create a new BackupJob instead"}
+    {"rule": "self.resources == oldSelf.resources && self.repository == oldSelf.repository && has(self.workerConfigurationRef) == has(oldSelf.workerConfigurationRef) && (!has(self.workerConfigurationRef) || self.workerConfigurationRef.name == oldSelf.workerConfigurationRef.name)",
+     "message": "resources, repository and workerConfigurationRef of a BackupJob are immutable; create a new BackupJob instead"},
+    {"rule": "self.resources.all(r, self.resources.filter(o, (has(o.instanceId) && has(r.instanceId) && o.instanceId == r.instanceId) || (has(o.snapshotId) && has(r.snapshotId) && o.snapshotId == r.snapshotId)).size() == 1)",
+     "message": "each resource may be listed once"}
 ]))]
 #[serde(rename_all = "camelCase")]
 pub struct BackupJobSpec {
@@ -53,11 +57,16 @@ pub struct BackupJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_configuration_ref: Option<LocalObjectReference>,
 
-    /// Resources to back up; each gets its own worker. Each instance may be
-    /// listed once.
+    /// Resources to back up; each gets its own worker and its own restore
+    /// point. Each resource may be listed once.
     #[schemars(length(min = 1, max = 100))]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["instanceId"]))]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub resources: Vec<BackupResource>,
+
+    /// The S3 repository the restore points go to. A resource's newest
+    /// restore point there is the parent of its next backup, which then
+    /// reads and stores only the blocks that changed.
+    pub repository: Repository,
 
     /// Retries per resource: a worker that fails or is lost is replaced by a
     /// new attempt until this many retries are used up (default 2).
@@ -88,16 +97,37 @@ fn default_backoff_limit() -> i32 {
     2
 }
 
-/// One protected resource.
+/// One protected resource: an EC2 instance (all its EBS volumes, snapshotted
+/// together) or an existing EBS snapshot.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.instanceId) != has(self.snapshotId)",
+     "message": "set exactly one of instanceId and snapshotId"}
+]))]
 #[serde(rename_all = "camelCase")]
 pub struct BackupResource {
     /// ID of the EC2 instance to back up, for example `i-0123456789abcdef0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(INSTANCE_ID_PATTERN), length(max = 19))]
-    pub instance_id: String,
-    /// Region of the instance, for example `eu-west-1`.
+    pub instance_id: Option<String>,
+    /// ID of an EBS snapshot to copy into the repository, for example
+    /// `snap-0123456789abcdef0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(SNAPSHOT_ID_PATTERN), length(max = 22))]
+    pub snapshot_id: Option<String>,
+    /// Region of the resource, for example `eu-west-1`.
     #[schemars(pattern(REGION_PATTERN), length(max = 32))]
     pub region: String,
+}
+
+impl BackupResource {
+    /// The resource's ID, whichever kind it is.
+    pub fn id(&self) -> &str {
+        self.instance_id
+            .as_deref()
+            .or(self.snapshot_id.as_deref())
+            .unwrap_or_default()
+    }
 }
 
 /// Phase of a job or of one of its workers.
@@ -221,6 +251,19 @@ pub struct WorkerStatus {
     /// Progress reported by the worker, 0 to 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_percent: Option<i32>,
+    /// Bytes the worker has moved so far, of `bytesTotal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_done: Option<i64>,
+    /// Bytes the worker has to move (known once it has listed the blocks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_total: Option<i64>,
+    /// Recent throughput in bytes per second, as the worker measured it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_second: Option<i64>,
+    /// The restore point this worker wrote (`<job>/<resource>`), the value
+    /// a RestoreJob's `restorePoint` takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_point: Option<String>,
     /// CamelCase reason of the last failure of this worker, such as
     /// `WorkerLost` or `DeadlineExceeded`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

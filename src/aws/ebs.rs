@@ -1,6 +1,6 @@
 //! EBS snapshots, read and written block by block through the EBS direct
 //! APIs (the data mover's source and target), plus the EC2 calls around
-//! them: describing a snapshot, and making a volume from a restored one.
+//! them: snapshotting an instance, describing and deleting snapshots.
 
 use aws_sdk_ebs::primitives::ByteStream;
 use aws_sdk_ebs::types::{ChecksumAlgorithm, Tag};
@@ -36,6 +36,7 @@ pub struct SnapshotInfo {
     pub snapshot_id: String,
     pub state: String,
     pub volume_size_gib: i64,
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 fn missing(operation: &'static str, what: &str) -> AwsError {
@@ -47,6 +48,76 @@ fn missing(operation: &'static str, what: &str) -> AwsError {
 }
 
 impl AwsClients {
+    /// Snapshots every EBS volume of an instance at one point in time
+    /// (crash-consistent across its volumes), tagged; returns
+    /// `(snapshot ID, volume ID)` pairs.
+    pub async fn snapshot_instance(
+        &self,
+        region: &str,
+        instance_id: &str,
+        description: &str,
+        tags: &[(String, String)],
+    ) -> Result<Vec<(String, String)>, AwsError> {
+        use aws_sdk_ec2::types::{
+            InstanceSpecification, ResourceType, Tag as Ec2Tag, TagSpecification,
+        };
+        self.count("CreateSnapshots");
+        let spec = TagSpecification::builder()
+            .resource_type(ResourceType::Snapshot)
+            .set_tags(Some(
+                tags.iter()
+                    .map(|(k, v)| Ec2Tag::builder().key(k).value(v).build())
+                    .collect(),
+            ))
+            .build();
+        let out = self
+            .ec2(region)
+            .create_snapshots()
+            .instance_specification(
+                InstanceSpecification::builder()
+                    .instance_id(instance_id)
+                    .exclude_boot_volume(false)
+                    .build(),
+            )
+            .description(description)
+            .tag_specifications(spec)
+            .send()
+            .await
+            .map_err(|e| self.error("CreateSnapshots", e))?;
+        Ok(out
+            .snapshots()
+            .iter()
+            .filter_map(|s| {
+                Some((
+                    s.snapshot_id()?.to_string(),
+                    s.volume_id().unwrap_or_default().to_string(),
+                ))
+            })
+            .collect())
+    }
+
+    /// Deletes a snapshot; one already gone counts as deleted.
+    pub async fn delete_snapshot(&self, region: &str, snapshot_id: &str) -> Result<(), AwsError> {
+        self.count("DeleteSnapshot");
+        match self
+            .ec2(region)
+            .delete_snapshot()
+            .snapshot_id(snapshot_id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = self.error("DeleteSnapshot", e);
+                if e.code().is_some_and(|c| c.starts_with("InvalidSnapshot")) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
     /// Every written block of a snapshot (all pages).
     pub async fn list_snapshot_blocks(
         &self,
@@ -68,7 +139,10 @@ impl AwsClients {
                 .map_err(|e| self.error("ListSnapshotBlocks", e))?;
             out.volume_size_gib = page.volume_size().unwrap_or(out.volume_size_gib);
             out.blocks.extend(page.blocks().iter().filter_map(|b| {
-                Some((b.block_index()?, b.block_token().unwrap_or_default().to_string()))
+                Some((
+                    b.block_index()?,
+                    b.block_token().unwrap_or_default().to_string(),
+                ))
             }));
             match page.next_token() {
                 Some(t) if !t.is_empty() => next = Some(t.to_string()),
@@ -248,42 +322,11 @@ impl AwsClients {
                 .map(|st| st.as_str().to_string())
                 .unwrap_or_default(),
             volume_size_gib: i64::from(s.volume_size().unwrap_or(0)),
+            tags: s
+                .tags()
+                .iter()
+                .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+                .collect(),
         }))
-    }
-
-    /// Creates a volume from a snapshot in `zone`, tagged; returns its ID.
-    pub async fn create_volume_from_snapshot(
-        &self,
-        region: &str,
-        snapshot_id: &str,
-        zone: &str,
-        tags: &[(String, String)],
-        client_token: &str,
-    ) -> Result<String, AwsError> {
-        use aws_sdk_ec2::types::{ResourceType, Tag as Ec2Tag, TagSpecification, VolumeType};
-        self.count("CreateVolume");
-        let spec = TagSpecification::builder()
-            .resource_type(ResourceType::Volume)
-            .set_tags(Some(
-                tags.iter()
-                    .map(|(k, v)| Ec2Tag::builder().key(k).value(v).build())
-                    .collect(),
-            ))
-            .build();
-        let out = self
-            .ec2(region)
-            .create_volume()
-            .snapshot_id(snapshot_id)
-            .availability_zone(zone)
-            .volume_type(VolumeType::Gp3)
-            .encrypted(true)
-            .tag_specifications(spec)
-            .client_token(client_token)
-            .send()
-            .await
-            .map_err(|e| self.error("CreateVolume", e))?;
-        out.volume_id()
-            .map(String::from)
-            .ok_or_else(|| missing("CreateVolume", "volume ID"))
     }
 }

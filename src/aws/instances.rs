@@ -18,6 +18,8 @@ pub struct SourceInstance {
     pub availability_zone: Option<String>,
     /// Sum of the sizes of its EBS volumes.
     pub total_ebs_gib: i64,
+    /// Its EBS volumes: `(device name, volume ID)`.
+    pub volumes: Vec<(String, String)>,
 }
 
 /// Everything RunInstances needs for one worker.
@@ -84,11 +86,18 @@ impl AwsClients {
         else {
             return Ok(None);
         };
-        let volume_ids: Vec<String> = instance
+        let volumes: Vec<(String, String)> = instance
             .block_device_mappings()
             .iter()
-            .filter_map(|m| m.ebs().and_then(|e| e.volume_id()).map(String::from))
+            .filter_map(|m| {
+                let id = m.ebs().and_then(|e| e.volume_id())?;
+                Some((
+                    m.device_name().unwrap_or_default().to_string(),
+                    id.to_string(),
+                ))
+            })
             .collect();
+        let volume_ids: Vec<String> = volumes.iter().map(|(_, v)| v.clone()).collect();
         let mut total_ebs_gib = 0i64;
         if !volume_ids.is_empty() {
             self.count("DescribeVolumes");
@@ -110,6 +119,7 @@ impl AwsClients {
                 .and_then(|p| p.availability_zone())
                 .map(String::from),
             total_ebs_gib,
+            volumes,
         }))
     }
 

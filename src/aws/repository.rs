@@ -79,43 +79,14 @@ impl AwsClients {
                 return if is_missing(&e) { Ok(None) } else { Err(e) };
             }
         };
-        let data = out.body.collect().await.map_err(|e| AwsError::Unreachable {
-            operation: "GetObject",
-            detail: e.to_string(),
-        })?;
+        let data = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| AwsError::Unreachable {
+                operation: "GetObject",
+                detail: e.to_string(),
+            })?;
         Ok(Some(data.into_bytes().to_vec()))
-    }
-
-    /// Every key under `prefix` (all pages).
-    pub async fn list_keys(
-        &self,
-        region: &str,
-        bucket: &str,
-        prefix: &str,
-    ) -> Result<Vec<String>, AwsError> {
-        let s3 = self.s3(region);
-        let mut keys = Vec::new();
-        let mut next: Option<String> = None;
-        loop {
-            self.count("ListObjectsV2");
-            let page = s3
-                .list_objects_v2()
-                .bucket(bucket)
-                .prefix(prefix)
-                .set_continuation_token(next.take())
-                .send()
-                .await
-                .map_err(|e| self.error("ListObjectsV2", e))?;
-            keys.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|o| o.key().map(String::from)),
-            );
-            match page.next_continuation_token() {
-                Some(t) if page.is_truncated() == Some(true) => next = Some(t.to_string()),
-                _ => break,
-            }
-        }
-        Ok(keys)
     }
 }

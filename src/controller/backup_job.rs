@@ -164,7 +164,7 @@ pub fn choose_configuration<'a>(
             reason: "RegionMismatch",
             message: format!(
                 "resource {} is in {} but WorkerConfiguration {:?} launches workers in {}; use a configuration for that region",
-                r.instance_id,
+                r.id(),
                 r.region,
                 chosen.name_any(),
                 chosen.spec.region
@@ -617,63 +617,67 @@ async fn plan_workers(
     now: Timestamp,
 ) -> Result<()> {
     for resource in &job.spec.resources {
-        if status
-            .workers
-            .iter()
-            .any(|w| w.resource == resource.instance_id)
-        {
+        if status.workers.iter().any(|w| w.resource == resource.id()) {
             continue;
         }
         let attempt = 1;
         let mut worker = WorkerStatus {
-            resource: resource.instance_id.clone(),
+            resource: resource.id().to_string(),
             region: config.spec.region.clone(),
             attempt,
-            launch_token: placement::launch_token(uid, &resource.instance_id, attempt),
+            launch_token: placement::launch_token(uid, resource.id(), attempt),
             ..Default::default()
         };
         let production = ctx
             .aws
             .scoped(&job_access(job, config.spec.production_account.as_ref()))
             .await;
-        match production
-            .describe_source_instance(&resource.region, &resource.instance_id)
-            .await?
-        {
-            None => {
+        // Where the source is and how big: an instance's zone and volumes,
+        // or a snapshot (regional: any zone will do).
+        let source = match (&resource.instance_id, &resource.snapshot_id) {
+            (Some(id), _) => production
+                .describe_source_instance(&resource.region, id)
+                .await?
+                .map(|s| (s.availability_zone, s.total_ebs_gib))
+                .ok_or(("SourceInstanceNotFound", "instance")),
+            (None, Some(id)) => match production.describe_snapshot(&resource.region, id).await? {
+                Some(s) if s.state == "error" => {
+                    Err(("SourceSnapshotFailed", "completed snapshot"))
+                }
+                Some(s) => Ok((None, s.volume_size_gib)),
+                None => Err(("SourceSnapshotNotFound", "snapshot")),
+            },
+            (None, None) => Err(("SourceNotFound", "resource")),
+        };
+        match source {
+            Err((reason, what)) => {
                 let message = format!(
-                    "instance {} does not exist in {}; check spec.resources",
-                    resource.instance_id, resource.region
+                    "{what} {} does not exist in {}; check spec.resources",
+                    resource.id(),
+                    resource.region
                 );
-                mark_failed(&mut worker, "SourceInstanceNotFound", &message, now);
-                ctx.event(
-                    job,
-                    EventType::Warning,
-                    "SourceInstanceNotFound",
-                    "PlanWorker",
-                    message,
-                )
-                .await;
+                mark_failed(&mut worker, reason, &message, now);
+                ctx.event(job, EventType::Warning, reason, "PlanWorker", message)
+                    .await;
             }
-            Some(source) => {
+            Ok((availability_zone, total_ebs_gib)) => {
                 let subnets = config
                     .status
                     .as_ref()
                     .map(|s| s.subnets.as_slice())
                     .unwrap_or_default();
-                let subnet =
-                    placement::subnet_candidates(subnets, source.availability_zone.as_deref())
-                        .into_iter()
-                        .next()
-                        .ok_or(Error::MissingObjectKey(
-                            "subnets in the WorkerConfiguration's status",
-                        ))?;
+                let subnet = placement::subnet_candidates(subnets, availability_zone.as_deref())
+                    .into_iter()
+                    .next()
+                    .ok_or(Error::MissingObjectKey(
+                        "subnets in the WorkerConfiguration's status",
+                    ))?;
                 worker.phase = Phase::Provisioning;
-                worker.zone = source.availability_zone.clone();
+                worker.zone = availability_zone.clone();
                 worker.access = config.spec.worker_access().cloned();
                 worker.instance_type = Some(placement::backup_instance_type(
                     config.spec.instance_types.as_ref(),
-                    source.total_ebs_gib,
+                    total_ebs_gib,
                 ));
                 worker.subnet_id = Some(subnet.subnet_id);
                 worker.placement = Some(subnet.reason);
@@ -1077,7 +1081,7 @@ fn worker_launch(
         .spec
         .resources
         .iter()
-        .find(|r| r.instance_id == worker.resource)
+        .find(|r| r.id() == worker.resource)
         .map(|r| r.region.clone())
         .unwrap_or_else(|| worker.region.clone());
     let owner = WorkerOwner {
@@ -1109,6 +1113,9 @@ fn worker_launch(
             WorkerAccount::Backup => config.spec.production_account.clone(),
             WorkerAccount::Production => None,
         },
+        repository: Some(job.spec.repository.location(&config.spec.region)),
+        restore_point: None,
+        device: None,
     };
     Ok(WorkerLaunch {
         region: config.spec.region.clone(),
@@ -1382,10 +1389,16 @@ mod tests {
                     .iter()
                     .enumerate()
                     .map(|(i, r)| BackupResource {
-                        instance_id: format!("i-0000000{i}"),
+                        instance_id: Some(format!("i-0000000{i}")),
+                        snapshot_id: None,
                         region: (*r).into(),
                     })
                     .collect(),
+                repository: crate::api::Repository {
+                    bucket: "backups".into(),
+                    prefix: String::new(),
+                    region: None,
+                },
                 backoff_limit: 2,
                 active_deadline_seconds: None,
                 ttl_seconds_after_finished: None,

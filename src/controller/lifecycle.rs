@@ -15,6 +15,15 @@ use crate::placement;
 /// Failure reasons that retrying cannot fix.
 const PERMANENT_REASONS: &[&str] = &[
     "SourceInstanceNotFound",
+    "SourceSnapshotNotFound",
+    "SourceSnapshotFailed",
+    "SourceNotFound",
+    "RestorePointExists",
+    "RestorePointNotFound",
+    "ChunkMissing",
+    "ChunkCorrupt",
+    "ManifestInvalid",
+    "RepositoryNotFound",
     "DeadlineExceeded",
     "LaunchFailed",
     "RestoreNotSupported",
@@ -81,18 +90,40 @@ pub fn apply_message(workers: &mut [WorkerStatus], msg: &WorkerMessage, now: Tim
             w.phase = Phase::Running;
             w.started_time.get_or_insert(at);
         }
-        WorkerEvent::Progress { percent, detail } => {
+        WorkerEvent::Progress {
+            percent,
+            detail,
+            bytes,
+        } => {
             w.phase = Phase::Running;
             w.started_time.get_or_insert(at);
             w.progress_percent = Some((*percent).clamp(0, 100));
             w.message = Some(detail.clone());
+            if let Some(b) = bytes {
+                w.bytes_done = Some(b.done as i64);
+                w.bytes_total = Some(b.total as i64);
+                w.bytes_per_second = Some(b.per_second as i64);
+            }
         }
-        WorkerEvent::Completed { detail } => {
+        WorkerEvent::Completed {
+            detail,
+            restore_point,
+            bytes,
+            ..
+        } => {
             w.phase = Phase::Succeeded;
             w.reason = None;
             w.progress_percent = Some(100);
             w.message = Some(detail.clone());
             w.finished_time = Some(at);
+            if restore_point.is_some() {
+                w.restore_point = restore_point.clone();
+            }
+            if let Some(b) = bytes {
+                w.bytes_done = Some(b.done as i64);
+                w.bytes_total = Some(b.total as i64);
+                w.bytes_per_second = Some(b.per_second as i64);
+            }
         }
         WorkerEvent::Failed { reason, message } => mark_failed(w, reason, message, now),
     }
@@ -340,6 +371,11 @@ mod tests {
         let progress = WorkerEvent::Progress {
             percent: 40,
             detail: "volume 1 of 2".into(),
+            bytes: Some(crate::messages::ByteProgress {
+                done: 40,
+                total: 100,
+                per_second: 20,
+            }),
         };
         assert_eq!(
             apply_message(&mut workers, &message("a", 3, progress), at(3)),
@@ -348,20 +384,33 @@ mod tests {
         let older = WorkerEvent::Progress {
             percent: 10,
             detail: "old".into(),
+            bytes: None,
         };
         assert_eq!(
             apply_message(&mut workers, &message("a", 2, older), at(4)),
             Applied::Stale
         );
         assert_eq!(workers[0].progress_percent, Some(40));
+        assert_eq!(
+            (
+                workers[0].bytes_done,
+                workers[0].bytes_total,
+                workers[0].bytes_per_second
+            ),
+            (Some(40), Some(100), Some(20))
+        );
         let done = WorkerEvent::Completed {
             detail: "done".into(),
+            restore_point: Some("job/i-1".into()),
+            snapshot_id: None,
+            bytes: None,
         };
         assert_eq!(
             apply_message(&mut workers, &message("a", 4, done), at(5)),
             Applied::Changed
         );
         assert_eq!(workers[0].phase, Phase::Succeeded);
+        assert_eq!(workers[0].restore_point.as_deref(), Some("job/i-1"));
         let fail = WorkerEvent::Failed {
             reason: "X".into(),
             message: "late".into(),

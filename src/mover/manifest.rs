@@ -266,7 +266,10 @@ mod tests {
             repo.manifest_key("nightly/i-1"),
             "backups/prod/restore-points/nightly/i-1.json"
         );
-        assert_eq!(RepositoryLocation::new("b", "", "r").chunks_prefix(), "chunks/");
+        assert_eq!(
+            RepositoryLocation::new("b", "", "r").chunks_prefix(),
+            "chunks/"
+        );
     }
 
     #[test]

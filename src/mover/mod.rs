@@ -37,13 +37,17 @@ const ZSTD_LEVEL: i32 = 3;
 pub enum MoverError {
     #[error("{0}")]
     Aws(#[from] AwsError),
-    #[error("chunk {key} (blocks {blocks:?}) is missing from the repository; restore point {restore_point} cannot be restored")]
+    #[error(
+        "chunk {key} (blocks {blocks:?}) is missing from the repository; restore point {restore_point} cannot be restored"
+    )]
     ChunkMissing {
         restore_point: String,
         key: String,
         blocks: Vec<i32>,
     },
-    #[error("chunk {key} (blocks {blocks:?}) is corrupt: {detail}; restore point {restore_point} cannot be restored")]
+    #[error(
+        "chunk {key} (blocks {blocks:?}) is corrupt: {detail}; restore point {restore_point} cannot be restored"
+    )]
     ChunkCorrupt {
         restore_point: String,
         key: String,
@@ -58,7 +62,9 @@ pub enum MoverError {
     },
     #[error("the manifest {key} cannot be read: {detail}")]
     ManifestInvalid { key: String, detail: String },
-    #[error("restore point {id} already exists, written by another BackupJob (UID {other_uid}); give the job another name")]
+    #[error(
+        "restore point {id} already exists, written by another BackupJob (UID {other_uid}); give the job another name"
+    )]
     RestorePointExists { id: String, other_uid: String },
     #[error("snapshot {snapshot_id} block {index} is {length} bytes, more than an EBS block")]
     OversizedBlock {
@@ -200,7 +206,10 @@ async fn latest(
 
 /// Backs up `request.volumes` into one restore point and returns its
 /// manifest (already stored, and made the resource's latest).
-pub async fn backup(request: BackupRequest<'_>, progress: &Progress) -> Result<Manifest, MoverError> {
+pub async fn backup(
+    request: BackupRequest<'_>,
+    progress: &Progress,
+) -> Result<Manifest, MoverError> {
     let id = manifest::restore_point_id(request.job_name, request.resource);
     let loc = request.location;
     let repo = request.repository;
@@ -307,7 +316,9 @@ pub async fn backup(request: BackupRequest<'_>, progress: &Progress) -> Result<M
                     let length = data.len() as u32;
                     let (hash, packed, zero) = seal(data).await?;
                     lock(&stats).blocks_read += 1;
-                    progress.done.fetch_add(BLOCK_SIZE as u64, Ordering::Relaxed);
+                    progress
+                        .done
+                        .fetch_add(BLOCK_SIZE as u64, Ordering::Relaxed);
                     if zero {
                         lock(&stats).zero_blocks += 1;
                         return Ok(None);
@@ -459,13 +470,16 @@ pub async fn verify(
         .iter()
         .map(|b| (b.chunk.as_str(), u64::from(b.length)))
         .collect();
-    futures::stream::iter(users.keys())
+    // Owned items: a stream of borrowed ones makes the future unspawnable
+    // (rustc cannot prove it for every lifetime).
+    let hashes: Vec<String> = users.keys().cloned().collect();
+    futures::stream::iter(hashes)
         .map(|hash| {
             let users = &users;
             let lengths = &lengths;
             async move {
-                fetch_chunk(aws, loc, manifest, hash, users).await?;
-                let n = users.get(hash).map_or(0, |u| u.len() as u64);
+                fetch_chunk(aws, loc, manifest, &hash, users).await?;
+                let n = users.get(&hash).map_or(0, |u| u.len() as u64);
                 progress.done.fetch_add(
                     n * lengths.get(hash.as_str()).copied().unwrap_or(0),
                     Ordering::Relaxed,
@@ -515,7 +529,7 @@ pub async fn restore_volume(
         )
         .await?;
     let users = manifest::chunk_users(std::slice::from_ref(volume));
-    futures::stream::iter(&volume.blocks)
+    futures::stream::iter(volume.blocks.clone())
         .map(|block| {
             let users = &users;
             let snapshot_id = &snapshot_id;

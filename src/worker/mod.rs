@@ -1,20 +1,30 @@
 //! The worker agent (`tender worker`): runs on a worker instance, reads its
-//! task, reports over SQS (started, progress, heartbeats, completed or
-//! failed) and does the work.
+//! task, reports over SQS (started, progress with bytes and throughput at
+//! every heartbeat, completed or failed) and moves the data.
 //!
-//! This version inspects the protected instance (its volumes and their
-//! size) and reports; it does not move data yet, and its completion message
-//! says so.
+//! A backup of an instance snapshots all its volumes at once (CreateSnapshots)
+//! and waits for the snapshots here, on the worker, rather than in the
+//! controller: the wait can take minutes to hours, the worker is running and
+//! heartbeating anyway, and the controller stays free of per-job polling.
+//! A backup of a snapshot reads it as it is. Either way the data mover
+//! (`crate::mover`) writes one restore point to the job's repository.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+use std::time::Instant;
+
 use tracing::{info, warn};
 
 use crate::aws::accounts::Access;
 use crate::aws::{AwsClients, AwsError};
-use crate::messages::{Operation, PROTOCOL_VERSION, WorkerEvent, WorkerMessage, WorkerTask};
+use crate::messages::{
+    ByteProgress, Operation, PROTOCOL_VERSION, WorkerEvent, WorkerMessage, WorkerTask,
+};
+use crate::mover::manifest::{Manifest, RepositoryLocation};
+use crate::mover::{self, BackupRequest, MoverError, Progress, SourceVolume};
+use crate::names::tags;
 
 /// Why the agent stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -76,36 +86,63 @@ pub async fn run(aws: AwsClients, task: WorkerTask, instance_id: String) -> Resu
         "worker started"
     );
 
+    let progress = Arc::new(Progress::default());
     let beats = reporter.clone();
+    let watched = progress.clone();
     let period = Duration::from_secs(task.heartbeat_seconds.max(1));
+    // One message per period: progress while bytes are moving, else a
+    // heartbeat; either tells the controller the worker is alive.
     let heartbeat = tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
         tick.tick().await;
+        let mut last = (0u64, Instant::now());
         loop {
             tick.tick().await;
-            if let Err(e) = beats.send(WorkerEvent::Heartbeat).await {
-                warn!(error = %e, "heartbeat not sent");
+            let (done, total) = watched.snapshot();
+            let event = if total > 0 && done != last.0 {
+                let per_second = rate(done - last.0, last.1.elapsed());
+                last = (done, Instant::now());
+                WorkerEvent::Progress {
+                    percent: percent(done, total),
+                    detail: format!("{} of {} moved", mib(done), mib(total)),
+                    bytes: Some(ByteProgress {
+                        done,
+                        total,
+                        per_second,
+                    }),
+                }
+            } else {
+                WorkerEvent::Heartbeat
+            };
+            if let Err(e) = beats.send(event).await {
+                warn!(error = %e, "progress or heartbeat not sent");
             }
         }
     });
 
+    let started = Instant::now();
     let outcome = match task.operation {
-        Operation::Backup => inspect_source(&aws, &task, &reporter).await,
-        Operation::Restore => Err((
-            "RestoreNotSupported".to_string(),
-            "this agent does not run restores yet".to_string(),
-        )),
+        Operation::Backup => backup(&aws, &task, &progress).await,
+        Operation::Restore => restore(&aws, &task, &progress).await,
     };
     heartbeat.abort();
     match outcome {
-        Ok(detail) => {
+        Ok(done) => {
+            let (moved, total) = progress.snapshot();
             reporter
                 .send(WorkerEvent::Completed {
-                    detail: detail.clone(),
+                    detail: done.detail.clone(),
+                    restore_point: done.restore_point.clone(),
+                    snapshot_id: done.snapshot_id.clone(),
+                    bytes: Some(ByteProgress {
+                        done: moved,
+                        total,
+                        per_second: rate(moved, started.elapsed()),
+                    }),
                 })
                 .await
                 .map_err(AgentError::Report)?;
-            info!(detail, "worker completed");
+            info!(detail = done.detail, "worker completed");
             Ok(())
         }
         Err((reason, message)) => {
@@ -121,18 +158,62 @@ pub async fn run(aws: AwsClients, task: WorkerTask, instance_id: String) -> Resu
     }
 }
 
-async fn inspect_source(
-    aws: &AwsClients,
-    task: &WorkerTask,
-    reporter: &Reporter,
-) -> Result<String, (String, String)> {
-    reporter
-        .send(WorkerEvent::Progress {
-            percent: 0,
-            detail: format!("inspecting {}", task.resource),
-        })
-        .await
-        .map_err(|e| ("ReportFailed".to_string(), e.to_string()))?;
+fn rate(bytes: u64, over: Duration) -> u64 {
+    let secs = over.as_secs_f64();
+    if secs <= 0.0 {
+        0
+    } else {
+        (bytes as f64 / secs) as u64
+    }
+}
+
+fn percent(done: u64, total: u64) -> i32 {
+    (done.min(total) * 100)
+        .checked_div(total)
+        .map_or(0, |p| p as i32)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// What a finished operation reports.
+struct Done {
+    detail: String,
+    restore_point: Option<String>,
+    snapshot_id: Option<String>,
+}
+
+type Failure = (String, String);
+
+fn failure(reason: &str, message: impl Into<String>) -> Failure {
+    (reason.to_string(), message.into())
+}
+
+/// A mover error as a reason and a message that says what to fix.
+fn mover_failure(e: MoverError, repository: &RepositoryLocation) -> Failure {
+    match &e {
+        MoverError::Aws(a) if a.code() == Some("NoSuchBucket") => failure(
+            "RepositoryNotFound",
+            format!(
+                "bucket {} does not exist in {}; create it or fix spec.repository",
+                repository.bucket, repository.region
+            ),
+        ),
+        _ => failure(e.reason(), e.to_string()),
+    }
+}
+
+/// How often the worker looks at the snapshots it is waiting for.
+const SNAPSHOT_POLL: Duration = Duration::from_secs(5);
+
+async fn backup(aws: &AwsClients, task: &WorkerTask, progress: &Progress) -> Result<Done, Failure> {
+    let Some(repository) = &task.repository else {
+        return Err(failure(
+            "RepositoryMissing",
+            "the task names no repository; the controller that launched this worker is older than the agent",
+        ));
+    };
     // A worker in the backup account reads production through its role.
     let source = match &task.source_access {
         Some(role) => {
@@ -141,26 +222,273 @@ async fn inspect_source(
         }
         None => aws.clone(),
     };
-    match source
-        .describe_source_instance(&task.resource_region, &task.resource)
-        .await
-    {
-        Ok(Some(source)) => Ok(format!(
-            "inspected {} ({} GiB of EBS in {}); this version moves no data",
-            task.resource,
-            source.total_ebs_gib,
-            source
-                .availability_zone
+    let region = task.resource_region.as_str();
+    let from_instance = task.resource.starts_with("i-");
+    let volumes = if from_instance {
+        snapshot_instance(&source, task).await?
+    } else {
+        wait_for_snapshot(&source, region, &task.resource).await?;
+        vec![SourceVolume {
+            snapshot_id: task.resource.clone(),
+            device: None,
+            volume_id: None,
+        }]
+    };
+    let manifest = mover::backup(
+        BackupRequest {
+            source: &source,
+            repository: aws,
+            location: repository,
+            region,
+            resource: &task.resource,
+            job_name: &task.job_name,
+            job_uid: &task.job_uid,
+            volumes: &volumes,
+        },
+        progress,
+    )
+    .await
+    .map_err(|e| mover_failure(e, repository))?;
+    if from_instance {
+        forget_parent_snapshots(&source, region, &manifest, task).await;
+    }
+    let s = &manifest.stats;
+    Ok(Done {
+        detail: format!(
+            "restore point {}: {} of data, {} blocks read, {} reused from {}, {} chunks uploaded ({}), {} already stored",
+            manifest.id,
+            mib(s.bytes_total),
+            s.blocks_read,
+            s.blocks_reused,
+            manifest
+                .parent
                 .as_deref()
-                .unwrap_or("an unknown zone")
-        )),
-        Ok(None) => Err((
-            "SourceInstanceNotFound".to_string(),
+                .unwrap_or("no parent (full backup)"),
+            s.chunks_uploaded,
+            mib(s.bytes_uploaded),
+            s.chunks_deduplicated
+        ),
+        restore_point: Some(manifest.id.clone()),
+        snapshot_id: None,
+    })
+}
+
+/// Restores one volume of a restore point into a new EBS snapshot, in the
+/// region and account this worker runs in; the controller makes the volume
+/// or instance from it.
+async fn restore(
+    aws: &AwsClients,
+    task: &WorkerTask,
+    progress: &Progress,
+) -> Result<Done, Failure> {
+    let (Some(repository), Some(id)) = (&task.repository, &task.restore_point) else {
+        return Err(failure(
+            "RestorePointMissing",
+            "the task names no repository or restore point",
+        ));
+    };
+    let manifest = mover::load_manifest(aws, repository, id)
+        .await
+        .map_err(|e| mover_failure(e, repository))?;
+    let volume = match &task.device {
+        Some(device) => manifest
+            .volumes
+            .iter()
+            .find(|v| v.device.as_deref() == Some(device.as_str())),
+        None => manifest.volumes.first(),
+    };
+    let Some(volume) = volume else {
+        let devices: Vec<&str> = manifest
+            .volumes
+            .iter()
+            .filter_map(|v| v.device.as_deref())
+            .collect();
+        return Err(failure(
+            "VolumeNotInRestorePoint",
             format!(
-                "instance {} does not exist in {}",
-                task.resource, task.resource_region
+                "restore point {id} has no volume {}; it has {devices:?}",
+                task.device.as_deref().unwrap_or("at all")
             ),
-        )),
-        Err(e) => Err((e.category().to_string(), e.to_string())),
+        ));
+    };
+    let tags = vec![
+        (
+            tags::MANAGED_BY.to_string(),
+            tags::MANAGED_BY_VALUE.to_string(),
+        ),
+        (tags::JOB_UID.to_string(), task.job_uid.clone()),
+        (tags::JOB_NAME.to_string(), task.job_name.clone()),
+        (tags::RESOURCE.to_string(), manifest.resource.clone()),
+    ];
+    let description = format!("Tender restore {} of {id}", task.job_name);
+    // One snapshot per job and attempt, even if StartSnapshot is retried.
+    let token = format!("{}-{}", task.job_uid, task.attempt);
+    let snapshot_id = mover::restore_volume(
+        aws,
+        repository,
+        &manifest,
+        volume,
+        mover::RestoreTarget {
+            aws,
+            region: &task.resource_region,
+            description: &description,
+            tags: &tags,
+            client_token: &token,
+        },
+        progress,
+    )
+    .await
+    .map_err(|e| mover_failure(e, repository))?;
+    Ok(Done {
+        detail: format!(
+            "restored {} of {id} ({} of data, {} GiB volume) into snapshot {snapshot_id}",
+            volume.device.as_deref().unwrap_or("the volume"),
+            mib(volume.bytes()),
+            volume.size_gib
+        ),
+        restore_point: Some(id.clone()),
+        snapshot_id: Some(snapshot_id),
+    })
+}
+
+/// Waits until a snapshot someone else took is complete.
+async fn wait_for_snapshot(
+    source: &AwsClients,
+    region: &str,
+    snapshot_id: &str,
+) -> Result<(), Failure> {
+    loop {
+        match source
+            .describe_snapshot(region, snapshot_id)
+            .await
+            .map_err(|e| failure(e.category(), e.to_string()))?
+        {
+            Some(s) if s.state == "completed" => return Ok(()),
+            Some(s) if s.state == "error" => {
+                return Err(failure(
+                    "SourceSnapshotFailed",
+                    format!("snapshot {snapshot_id} is in state error; take a new one"),
+                ));
+            }
+            Some(_) => tokio::time::sleep(SNAPSHOT_POLL).await,
+            None => {
+                return Err(failure(
+                    "SourceSnapshotNotFound",
+                    format!("snapshot {snapshot_id} does not exist in {region}"),
+                ));
+            }
+        }
+    }
+}
+
+/// Snapshots the instance's volumes and waits until they are complete.
+async fn snapshot_instance(
+    source: &AwsClients,
+    task: &WorkerTask,
+) -> Result<Vec<SourceVolume>, Failure> {
+    let region = task.resource_region.as_str();
+    let aws_failure = |e: crate::aws::AwsError| failure(e.category(), e.to_string());
+    let Some(instance) = source
+        .describe_source_instance(region, &task.resource)
+        .await
+        .map_err(aws_failure)?
+    else {
+        return Err(failure(
+            "SourceInstanceNotFound",
+            format!("instance {} does not exist in {region}", task.resource),
+        ));
+    };
+    let tags = vec![
+        (
+            tags::MANAGED_BY.to_string(),
+            tags::MANAGED_BY_VALUE.to_string(),
+        ),
+        (tags::JOB_UID.to_string(), task.job_uid.clone()),
+        (tags::JOB_NAME.to_string(), task.job_name.clone()),
+        (tags::RESOURCE.to_string(), task.resource.clone()),
+    ];
+    let description = format!("Tender backup {} of {}", task.job_name, task.resource);
+    let made = source
+        .snapshot_instance(region, &task.resource, &description, &tags)
+        .await
+        .map_err(aws_failure)?;
+    let mut volumes = Vec::new();
+    for (snapshot_id, volume_id) in made {
+        loop {
+            match source
+                .describe_snapshot(region, &snapshot_id)
+                .await
+                .map_err(aws_failure)?
+            {
+                Some(s) if s.state == "completed" => break,
+                Some(s) if s.state == "error" => {
+                    return Err(failure(
+                        "SnapshotFailed",
+                        format!("EBS could not snapshot {volume_id} ({snapshot_id})"),
+                    ));
+                }
+                Some(_) => tokio::time::sleep(SNAPSHOT_POLL).await,
+                None => {
+                    return Err(failure(
+                        "SnapshotFailed",
+                        format!("snapshot {snapshot_id} of {volume_id} disappeared"),
+                    ));
+                }
+            }
+        }
+        let device = instance
+            .volumes
+            .iter()
+            .find(|(_, v)| *v == volume_id)
+            .map(|(d, _)| d.clone());
+        volumes.push(SourceVolume {
+            snapshot_id,
+            device,
+            volume_id: Some(volume_id),
+        });
+    }
+    Ok(volumes)
+}
+
+/// Deletes the snapshots Tender took for the parent restore point: the new
+/// ones are the base of the next incremental now. Snapshots anyone else
+/// made are never touched. A failure only costs storage, so it is logged.
+async fn forget_parent_snapshots(
+    source: &AwsClients,
+    region: &str,
+    manifest: &Manifest,
+    task: &WorkerTask,
+) {
+    let Some(parent) = &manifest.parent else {
+        return;
+    };
+    let Some(repository) = &task.repository else {
+        return;
+    };
+    let Ok(parent) = mover::load_manifest(source, repository, parent).await else {
+        return;
+    };
+    let current: Vec<&str> = manifest
+        .volumes
+        .iter()
+        .map(|v| v.snapshot_id.as_str())
+        .collect();
+    for volume in &parent.volumes {
+        if current.contains(&volume.snapshot_id.as_str()) {
+            continue;
+        }
+        match source.describe_snapshot(region, &volume.snapshot_id).await {
+            Ok(Some(s))
+                if s.tags.get(tags::MANAGED_BY).map(String::as_str)
+                    == Some(tags::MANAGED_BY_VALUE)
+                    && s.tags.get(tags::RESOURCE) == Some(&task.resource) =>
+            {
+                if let Err(e) = source.delete_snapshot(region, &volume.snapshot_id).await {
+                    warn!(error = %e, snapshot = volume.snapshot_id, "could not delete the parent's snapshot");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "could not look at the parent's snapshot"),
+        }
     }
 }

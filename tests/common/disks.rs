@@ -172,7 +172,11 @@ pub async fn keys(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Vec<St
             .send()
             .await
             .unwrap();
-        keys.extend(page.contents().iter().filter_map(|o| o.key().map(String::from)));
+        keys.extend(
+            page.contents()
+                .iter()
+                .filter_map(|o| o.key().map(String::from)),
+        );
         next = page.next_continuation_token().map(String::from);
         if next.is_none() {
             return keys;

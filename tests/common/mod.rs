@@ -208,6 +208,7 @@ pub struct TestEnv {
     accounts: Arc<Mutex<Vec<Account>>>,
     /// When false, instances are left without an agent (they never report).
     pub boot_workers: Arc<AtomicBool>,
+    bucket: Mutex<Option<String>>,
 }
 
 impl TestEnv {
@@ -243,6 +244,7 @@ impl TestEnv {
             launcher_stop: Arc::default(),
             accounts: Arc::default(),
             boot_workers: Arc::new(AtomicBool::new(true)),
+            bucket: Mutex::new(None),
         };
         env.accounts.lock().unwrap().push(Account {
             ec2: env.ec2.clone(),
@@ -450,6 +452,49 @@ impl TestEnv {
         });
     }
 
+    /// Tender's own AWS clients acting through `role_arn` (the default
+    /// account's without one): for writing protected disks in an account.
+    pub async fn aws_as(&self, role_arn: Option<&str>) -> tender::aws::AwsClients {
+        let aws = tender::aws::AwsClients::from_env().await;
+        let role = role_arn.map(|arn| tender::api::AccountAccess {
+            role_arn: arn.to_string(),
+            external_id: None,
+        });
+        aws.scoped(&tender::aws::accounts::Access::new(
+            role.as_ref(),
+            &["tests"],
+        ))
+        .await
+    }
+
+    /// A bucket in the account of `role_arn`, for workers that run there.
+    pub async fn bucket_in(&self, role_arn: &str) -> String {
+        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(REGION))
+            .load()
+            .await;
+        let out = aws_sdk_sts::Client::new(&conf)
+            .assume_role()
+            .role_arn(role_arn)
+            .role_session_name("tender-tests")
+            .send()
+            .await
+            .expect("assume role in the emulator");
+        let c = out.credentials().unwrap();
+        let creds = aws_credential_types::Credentials::new(
+            c.access_key_id(),
+            c.secret_access_key(),
+            Some(c.session_token().to_string()),
+            None,
+            "tests",
+        );
+        let scoped = aws_sdk_s3::config::Builder::from(&conf)
+            .credentials_provider(creds)
+            .force_path_style(true)
+            .build();
+        disks::create_bucket(&aws_sdk_s3::Client::from_conf(scoped)).await
+    }
+
     /// Assumes a role in another (emulated) account, and boots the workers
     /// launched there too. Returns EC2 and SQS clients that act in it.
     pub async fn assume(&self, role_arn: &str) -> (aws_sdk_ec2::Client, aws_sdk_sqs::Client) {
@@ -544,14 +589,24 @@ impl TestEnv {
     }
 
     /// Creates a BackupJob of one instance; `extra` is merged into its spec.
+    /// A BackupJob of one resource (an instance, or a snapshot when the ID
+    /// starts with `snap-`) into this test's bucket; `extra` is merged into
+    /// the spec.
     pub async fn create_job(
         &self,
         name: &str,
-        instance_id: &str,
+        resource_id: &str,
         extra: serde_json::Value,
     ) -> BackupJob {
-        let mut spec =
-            serde_json::json!({"resources": [{"instanceId": instance_id, "region": REGION}]});
+        let key = if resource_id.starts_with("snap-") {
+            "snapshotId"
+        } else {
+            "instanceId"
+        };
+        let mut spec = serde_json::json!({
+            "resources": [{key: resource_id, "region": REGION}],
+            "repository": {"bucket": self.bucket().await},
+        });
         merge(&mut spec, extra);
         let job: BackupJob = serde_json::from_value(serde_json::json!({
             "apiVersion": "tender.dev/v1alpha1", "kind": "BackupJob",
@@ -581,6 +636,32 @@ impl TestEnv {
             .await
             .expect("create security group");
         out.group_id().unwrap().to_string()
+    }
+
+    /// This test's repository bucket (created on first use).
+    pub async fn bucket(&self) -> String {
+        if let Some(b) = self.bucket.lock().unwrap().clone() {
+            return b;
+        }
+        let b = disks::create_bucket(&disks::s3().await).await;
+        self.bucket.lock().unwrap().get_or_insert(b).clone()
+    }
+
+    /// A protected disk: an EBS snapshot holding a small ext4 filesystem,
+    /// written through the EBS direct APIs in the account of `aws` (the
+    /// emulator keeps block data only for snapshots written that way).
+    pub async fn protected_disk_in(&self, aws: &tender::aws::AwsClients) -> String {
+        let image = disks::Ext4Image::build(
+            &[("etc/hostname", format!("{}\n", self.namespace).into_bytes())],
+            8,
+        );
+        disks::write_snapshot(aws, &image.bytes, 1).await
+    }
+
+    /// [`TestEnv::protected_disk_in`] the default account.
+    pub async fn protected_disk(&self) -> String {
+        self.protected_disk_in(&tender::aws::AwsClients::from_env().await)
+            .await
     }
 
     /// A running "protected" instance in `subnet`, the thing a backup protects.
