@@ -41,6 +41,9 @@ pub struct WorkerTask {
     /// restore point's first volume).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// For a restore: every volume of the restore point (a whole instance).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all_volumes: bool,
 }
 
 /// Markers around the task in a worker's user data.
@@ -127,9 +130,12 @@ pub enum WorkerEvent {
         /// The restore point a backup wrote.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         restore_point: Option<String>,
-        /// The snapshot a restore wrote.
+        /// The snapshot a restore wrote (the first, when it wrote several).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         snapshot_id: Option<String>,
+        /// Every snapshot a restore wrote, by device.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        snapshots: Vec<crate::api::RestoredSnapshot>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         bytes: Option<ByteProgress>,
     },
@@ -229,6 +235,7 @@ mod tests {
             )),
             restore_point: None,
             device: None,
+            all_volumes: false,
         };
         let script = task.user_data().expect("renders");
         assert!(script.starts_with("#!/bin/sh\n"));

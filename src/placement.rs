@@ -195,6 +195,9 @@ pub fn launch_allowance(
 
 /// Tender's default instance type for an EC2 backup worker, by the total
 /// EBS size of the protected instance.
+/// Instance type of restore workers unless the configuration says otherwise.
+pub const DEFAULT_RESTORE_INSTANCE_TYPE: &str = "c5.large";
+
 pub fn default_backup_instance_type(total_ebs_gib: i64) -> &'static str {
     if total_ebs_gib < SMALL_BACKUP_LIMIT_GIB {
         "c5.large"

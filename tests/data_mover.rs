@@ -298,6 +298,7 @@ async fn the_agent_restores_a_restore_point_into_a_snapshot_and_reports_it() {
         repository: Some(loc.clone()),
         restore_point: Some("weekly/disk-1".into()),
         device: None,
+        all_volumes: false,
     };
 
     tender::worker::run(aws.clone(), task(1), "i-00000000000000001".into())

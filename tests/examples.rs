@@ -68,8 +68,6 @@ async fn the_examples_apply_and_reach_their_states() {
         "examples/worker-configuration.yaml",
         "examples/backup-job.yaml",
         "examples/more/backup-job-snapshot.yaml",
-        "examples/restore-job-full.yaml",
-        "examples/restore-job-volume.yaml",
         "examples/restore-job-file-level.yaml",
     ] {
         kubectl_apply(&env.namespace, &localize(read(file)));
@@ -164,12 +162,38 @@ async fn the_examples_apply_and_reach_their_states() {
         private.message
     );
 
-    let restores: Api<RestoreJob> = env.api();
-    for name in [
-        "web-server-full-restore",
-        "web-server-volume-restore",
-        "web-server-files",
+    // The volume and full examples, pointed at the restore point the
+    // snapshot example wrote: a new volume in the example's zone, and a new
+    // instance.
+    for file in [
+        "examples/restore-job-volume.yaml",
+        "examples/restore-job-full.yaml",
     ] {
+        kubectl_apply(
+            &env.namespace,
+            &localize(read(file)).replace("web-server-nightly/i-0123456789abcdef0", &point),
+        );
+    }
+    for name in ["web-server-volume-restore", "web-server-full-restore"] {
+        let restored = env
+            .wait_restore(name, TIMEOUT, |j| {
+                j.status.as_ref().is_some_and(|s| s.phase.is_finished())
+            })
+            .await;
+        let worker = &restored.status.as_ref().unwrap().workers[0];
+        assert_eq!(
+            restored.status.as_ref().unwrap().phase,
+            Phase::Succeeded,
+            "{name}: {worker:?}"
+        );
+        assert!(
+            worker.restored_volume_id.is_some() || worker.restored_instance_id.is_some(),
+            "{name}: {worker:?}"
+        );
+    }
+
+    let restores: Api<RestoreJob> = env.api();
+    for name in ["web-server-files"] {
         let stalled = common::eventually(TIMEOUT, || {
             let restores = restores.clone();
             async move {
@@ -179,7 +203,7 @@ async fn the_examples_apply_and_reach_their_states() {
             }
         })
         .await;
-        assert_eq!(stalled.reason, "RestoreNotSupported", "{name}");
+        assert_eq!(stalled.reason, "RestoreModeNotSupported", "{name}");
     }
     let jobs: Api<BackupJob> = env.api();
     assert_eq!(jobs.list(&Default::default()).await.unwrap().items.len(), 2);

@@ -435,6 +435,7 @@ async fn late_message_after_retry(tally: &mut Tally) {
             detail: "too late".into(),
             restore_point: Some("job/too-late".into()),
             snapshot_id: None,
+            snapshots: Vec::new(),
             bytes: None,
         },
     };
@@ -493,8 +494,10 @@ async fn bad_input(tally: &mut Tally) {
     let many: Vec<serde_json::Value> = (0..101)
         .map(|i| serde_json::json!({"instanceId": format!("i-{:08x}", i), "region": "us-east-1"}))
         .collect();
-    let restore =
-        serde_json::json!({"mode": "full", "restorePoint": "rp-1", "region": "us-east-1"});
+    let restore = serde_json::json!({
+        "mode": "volume", "restorePoint": "nightly/i-0123abcd", "region": "us-east-1",
+        "repository": {"bucket": "acme-backups"}
+    });
     let cases: Vec<(&str, serde_json::Value, &str)> = vec![
         (
             "BackupJob",
@@ -756,6 +759,31 @@ async fn bad_input(tally: &mut Tally) {
             "RestoreJob",
             with(&restore, "restorePoint", serde_json::json!("")),
             "restorePoint",
+        ),
+        (
+            "RestoreJob",
+            with(
+                &restore,
+                "restorePoint",
+                serde_json::json!("no-resource-part"),
+            ),
+            "restorePoint",
+        ),
+        ("RestoreJob", without(&restore, "repository"), "repository"),
+        (
+            "RestoreJob",
+            with(&restore, "mode", serde_json::json!("full")),
+            "mode full needs instanceType",
+        ),
+        (
+            "RestoreJob",
+            with(&restore, "instanceType", serde_json::json!("m5.large")),
+            "instanceType and securityGroupIds apply only to mode full",
+        ),
+        (
+            "RestoreJob",
+            with(&restore, "backoffLimit", serde_json::json!(99)),
+            "backoffLimit",
         ),
     ];
     assert!(cases.len() >= 30, "{} cases", cases.len());

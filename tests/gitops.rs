@@ -581,12 +581,13 @@ async fn a_suspended_job_is_suspended_then_healthy_once_resumed() {
 }
 
 #[tokio::test]
-async fn a_restore_job_is_degraded_and_stalled_because_restores_are_not_supported() {
+async fn a_restore_job_of_a_mode_this_version_cannot_run_is_degraded_and_stalled() {
     let env = TestEnv::new("gitops-restore").await;
     let restore: RestoreJob = serde_json::from_value(json!({
         "apiVersion": "tender.dev/v1alpha1", "kind": "RestoreJob",
         "metadata": {"name": "bring-back"},
-        "spec": {"mode": "full", "restorePoint": "rp-0123", "region": REGION}
+        "spec": {"mode": "fileLevel", "restorePoint": "nightly/i-0123abcd", "region": REGION,
+                 "repository": {"bucket": "acme-backups"}}
     }))
     .unwrap();
     env.api::<RestoreJob>()
@@ -595,11 +596,11 @@ async fn a_restore_job_is_degraded_and_stalled_because_restores_are_not_supporte
         .unwrap();
 
     let job = wait_live::<RestoreJob, _>(&env, "bring-back", |o| at(o, "Failed")).await;
-    assert_argocd(&job, "Degraded", "RestoreNotSupported: ");
+    assert_argocd(&job, "Degraded", "RestoreModeNotSupported: ");
     assert_kstatus(&job, "Failed");
     assert_eq!(
         condition(&job, "Stalled").unwrap()["reason"],
-        "RestoreNotSupported"
+        "RestoreModeNotSupported"
     );
 }
 

@@ -472,6 +472,7 @@ async fn duplicate_late_and_malformed_messages_change_nothing() {
             detail: "again".into(),
             restore_point: Some("other/point".into()),
             snapshot_id: None,
+            snapshots: Vec::new(),
             bytes: None,
         },
     ))

@@ -130,6 +130,16 @@ impl BackupResource {
     }
 }
 
+/// A snapshot a restore wrote, and the device it belongs on.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoredSnapshot {
+    /// Device name, for example `/dev/xvda`.
+    pub device: String,
+    /// The snapshot's ID.
+    pub snapshot_id: String,
+}
+
 /// Phase of a job or of one of its workers.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum Phase {
@@ -261,9 +271,24 @@ pub struct WorkerStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_per_second: Option<i64>,
     /// The restore point this worker wrote (`<job>/<resource>`), the value
-    /// a RestoreJob's `restorePoint` takes.
+    /// a RestoreJob's `restorePoint` takes; for a restore, the one it read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_point: Option<String>,
+    /// The EBS snapshot a restore worker wrote the restored blocks into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_snapshot_id: Option<String>,
+    /// The EBS volume Tender created from that snapshot (mode `volume`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_volume_id: Option<String>,
+    /// Every snapshot a restore worker wrote, by device (mode `full`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restored_snapshots: Vec<RestoredSnapshot>,
+    /// The AMI Tender registered from those snapshots (mode `full`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_image_id: Option<String>,
+    /// The instance Tender launched from that AMI (mode `full`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_instance_id: Option<String>,
     /// CamelCase reason of the last failure of this worker, such as
     /// `WorkerLost` or `DeadlineExceeded`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -10,7 +10,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use backup_job::{
-    BackupJob, BackupJobSpec, BackupJobStatus, BackupResource, Phase, WorkerStatus,
+    BackupJob, BackupJobSpec, BackupJobStatus, BackupResource, Phase, RestoredSnapshot,
+    WorkerStatus,
 };
 pub use restore_job::{RestoreJob, RestoreJobSpec, RestoreJobStatus, RestoreMode};
 pub use worker_configuration::{

@@ -3,12 +3,14 @@
 // attributes; they are separate columns.
 #![allow(clippy::duplicated_attributes)]
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{LocalObjectReference, REGION_PATTERN};
+use super::{INSTANCE_TYPE_PATTERN, LocalObjectReference, REGION_PATTERN, Repository};
+
+/// `<BackupJob name>/<resource ID>`.
+pub const RESTORE_POINT_PATTERN: &str = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-z0-9-]+$";
 
 /// Restore one resource (a whole instance, a volume, or files) from a
 /// restore point. `fileLevel` mode keeps a worker serving the file-level
@@ -20,6 +22,11 @@ use super::{LocalObjectReference, REGION_PATTERN};
     kind = "RestoreJob",
     namespaced,
     status = "RestoreJobStatus",
+    printcolumn(
+        name = "RestorePoint",
+        type_ = "string",
+        json_path = ".spec.restorePoint"
+    ),
     shortname = "rj",
     category = "tender",
     printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
@@ -39,7 +46,11 @@ use super::{LocalObjectReference, REGION_PATTERN};
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "self == oldSelf", "message": "a RestoreJob's spec is immutable; create a new RestoreJob instead"},
     {"rule": "self.mode == 'fileLevel' || !has(self.idleTimeoutMinutes)",
-     "message": "idleTimeoutMinutes applies only to mode fileLevel"}
+     "message": "idleTimeoutMinutes applies only to mode fileLevel"},
+    {"rule": "self.mode == 'full' || (!has(self.instanceType) && !has(self.securityGroupIds))",
+     "message": "instanceType and securityGroupIds apply only to mode full"},
+    {"rule": "self.mode != 'full' || has(self.instanceType)",
+     "message": "mode full needs instanceType: the type of the restored instance"}
 ]))]
 #[serde(rename_all = "camelCase")]
 pub struct RestoreJobSpec {
@@ -50,17 +61,59 @@ pub struct RestoreJobSpec {
     /// What to restore: `full` (a new instance), `volume`, or `fileLevel`
     /// (browse and download files).
     pub mode: RestoreMode,
-    /// The restore point to restore from, as recorded by a BackupJob.
-    #[schemars(length(min = 1, max = 512))]
+    /// The restore point to restore from, `<BackupJob name>/<resource ID>`,
+    /// as a BackupJob records it in `status.workers[].restorePoint`.
+    #[schemars(length(min = 1, max = 512), pattern(RESTORE_POINT_PATTERN))]
     pub restore_point: String,
+    /// The repository that holds the restore point.
+    pub repository: Repository,
     /// Region to restore into, for example `eu-west-1`.
     #[schemars(pattern(REGION_PATTERN), length(max = 32))]
     pub region: String,
+    /// Availability zone of the restored volume (mode `volume`; default:
+    /// the zone of the configuration's first subnet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub availability_zone: Option<String>,
+    /// Device name of the volume to restore, for restore points of
+    /// instances with several volumes (mode `volume`; default: the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub device: Option<String>,
+    /// Instance type of the restored instance (mode `full`), for example
+    /// `m5.large`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(INSTANCE_TYPE_PATTERN), length(max = 32))]
+    pub instance_type: Option<String>,
+    /// Security groups of the restored instance (mode `full`; default: the
+    /// VPC's default group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 5))]
+    pub security_group_ids: Option<Vec<String>>,
+    /// Retries: a worker that fails or is lost is replaced by a new attempt
+    /// until this many retries are used up (default 2).
+    #[serde(default = "default_backoff_limit")]
+    #[schemars(range(min = 0, max = 20))]
+    pub backoff_limit: i32,
+    /// Seconds the job may run; then its worker is terminated and the job
+    /// fails with reason `DeadlineExceeded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub active_deadline_seconds: Option<i64>,
+    /// Seconds after the job finished at which Tender deletes it (the
+    /// restored volume stays).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i64>,
     /// Minutes a file-level recovery session may stay idle before its worker
     /// is terminated (default 30).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1440))]
     pub idle_timeout_minutes: Option<i32>,
+}
+
+fn default_backoff_limit() -> i32 {
+    2
 }
 
 /// What a RestoreJob restores.
@@ -75,23 +128,6 @@ pub enum RestoreMode {
     FileLevel,
 }
 
-/// What the controller observed of a RestoreJob.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RestoreJobStatus {
-    /// The `metadata.generation` this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// Phase of the job, for people.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
-    /// Conditions: `Ready`, and `Reconciling` or `Stalled` while they apply.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<Condition>,
-    /// Workers launched and not yet terminated.
-    #[serde(default)]
-    pub active_workers: i32,
-    /// When the job finished.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completion_time: Option<Time>,
-}
+/// What the controller observed of a RestoreJob: the same shape as a
+/// BackupJob's, with one worker whose entry also names what it restored.
+pub type RestoreJobStatus = super::BackupJobStatus;

@@ -329,4 +329,40 @@ impl AwsClients {
                 .collect(),
         }))
     }
+
+    /// Creates a gp3 volume from a snapshot in `zone`, tagged at creation;
+    /// `client_token` makes a retried call return the same volume.
+    pub async fn create_volume_from_snapshot(
+        &self,
+        region: &str,
+        snapshot_id: &str,
+        zone: &str,
+        tags: &[(String, String)],
+        client_token: &str,
+    ) -> Result<String, AwsError> {
+        use aws_sdk_ec2::types::{ResourceType, Tag as Ec2Tag, TagSpecification, VolumeType};
+        self.count("CreateVolume");
+        let spec = TagSpecification::builder()
+            .resource_type(ResourceType::Volume)
+            .set_tags(Some(
+                tags.iter()
+                    .map(|(k, v)| Ec2Tag::builder().key(k).value(v).build())
+                    .collect(),
+            ))
+            .build();
+        let out = self
+            .ec2(region)
+            .create_volume()
+            .snapshot_id(snapshot_id)
+            .availability_zone(zone)
+            .volume_type(VolumeType::Gp3)
+            .tag_specifications(spec)
+            .client_token(client_token)
+            .send()
+            .await
+            .map_err(|e| self.error("CreateVolume", e))?;
+        out.volume_id()
+            .map(String::from)
+            .ok_or_else(|| missing("CreateVolume", "volume ID"))
+    }
 }

@@ -22,6 +22,18 @@ pub struct SourceInstance {
     pub volumes: Vec<(String, String)>,
 }
 
+/// Everything RunInstances needs for the instance a full restore launches.
+#[derive(Clone, Copy, Debug)]
+pub struct RestoredInstanceLaunch<'a> {
+    pub region: &'a str,
+    pub image_id: &'a str,
+    pub instance_type: &'a str,
+    pub subnet_id: &'a str,
+    pub security_group_ids: &'a [String],
+    pub tags: &'a [(String, String)],
+    pub client_token: &'a str,
+}
+
 /// Everything RunInstances needs for one worker.
 #[derive(Clone, Debug)]
 pub struct WorkerLaunch {
@@ -58,6 +70,156 @@ fn is_not_found(err: &AwsError) -> bool {
 }
 
 impl AwsClients {
+    /// Registers an AMI whose volumes are the given snapshots (device,
+    /// snapshot), the first one the root device.
+    pub async fn register_restored_image(
+        &self,
+        region: &str,
+        name: &str,
+        description: &str,
+        snapshots: &[(String, String)],
+    ) -> Result<String, AwsError> {
+        let Some((root, _)) = snapshots.first() else {
+            return Err(AwsError::Service {
+                operation: "RegisterImage",
+                code: "NoSnapshots".into(),
+                message: "an image needs at least one snapshot".into(),
+            });
+        };
+        let mappings: Vec<BlockDeviceMapping> = snapshots
+            .iter()
+            .map(|(device, snapshot)| {
+                BlockDeviceMapping::builder()
+                    .device_name(device)
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .snapshot_id(snapshot)
+                            .volume_type(VolumeType::Gp3)
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .build()
+            })
+            .collect();
+        self.count("RegisterImage");
+        let out = match self
+            .ec2(region)
+            .register_image()
+            .name(name)
+            .description(description)
+            .root_device_name(root)
+            .set_block_device_mappings(Some(mappings))
+            .virtualization_type("hvm")
+            .ena_support(true)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                let e = self.error("RegisterImage", e);
+                // Registered by an earlier try whose answer was lost: adopt it.
+                if e.code() == Some("InvalidAMIName.Duplicate")
+                    && let Some(id) = self.image_named(region, name).await?
+                {
+                    return Ok(id);
+                }
+                return Err(e);
+            }
+        };
+        out.image_id().map(String::from).ok_or(AwsError::Service {
+            operation: "RegisterImage",
+            code: "NoImage".into(),
+            message: "RegisterImage returned no image ID".into(),
+        })
+    }
+
+    /// This account's image named `name`, if any.
+    async fn image_named(&self, region: &str, name: &str) -> Result<Option<String>, AwsError> {
+        self.count("DescribeImages");
+        let out = self
+            .ec2(region)
+            .describe_images()
+            .owners("self")
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("name")
+                    .values(name)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| self.error("DescribeImages", e))?;
+        Ok(out
+            .images()
+            .first()
+            .and_then(|i| i.image_id())
+            .map(String::from))
+    }
+
+    /// Launches the instance a full restore brings back: from `image_id`,
+    /// in `subnet_id`, tagged at launch (never with this cluster's ID: it is
+    /// the user's instance, not a worker, and no sweep may take it).
+    pub async fn launch_restored_instance(
+        &self,
+        launch: &RestoredInstanceLaunch<'_>,
+    ) -> Result<String, AwsError> {
+        let RestoredInstanceLaunch {
+            region,
+            image_id,
+            instance_type,
+            subnet_id,
+            security_group_ids,
+            tags,
+            client_token,
+        } = *launch;
+        let tags: Vec<Tag> = tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect();
+        let tag_spec = |rt: ResourceType| {
+            TagSpecification::builder()
+                .resource_type(rt)
+                .set_tags(Some(tags.clone()))
+                .build()
+        };
+        let mut interface = InstanceNetworkInterfaceSpecification::builder()
+            .device_index(0)
+            .subnet_id(subnet_id)
+            .delete_on_termination(true);
+        if !security_group_ids.is_empty() {
+            interface = interface.set_groups(Some(security_group_ids.to_vec()));
+        }
+        self.count("RunInstances");
+        let out = self
+            .ec2(region)
+            .run_instances()
+            .image_id(image_id)
+            .instance_type(InstanceType::from(instance_type))
+            .min_count(1)
+            .max_count(1)
+            .network_interfaces(interface.build())
+            .client_token(client_token)
+            .tag_specifications(tag_spec(ResourceType::Instance))
+            .tag_specifications(tag_spec(ResourceType::Volume))
+            .metadata_options(
+                InstanceMetadataOptionsRequest::builder()
+                    .http_tokens(HttpTokensState::Required)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| self.error("RunInstances", e))?;
+        out.instances()
+            .first()
+            .and_then(|i| i.instance_id())
+            .map(String::from)
+            .ok_or(AwsError::Service {
+                operation: "RunInstances",
+                code: "NoInstance".into(),
+                message: "RunInstances returned no instance".into(),
+            })
+    }
+
     /// Describes the instance a backup protects; `None` when it does not exist.
     pub async fn describe_source_instance(
         &self,

@@ -16,6 +16,7 @@ use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
+use super::jobs::{TargetKind, WorkerJob};
 use super::lifecycle::{
     self, Applied, DEADLINE_EXCEEDED, Problem, WORKER_LOST, apply_message, mark_failed,
     next_attempt,
@@ -24,7 +25,7 @@ use super::reports::{Receipt, delete_receipts};
 use super::{Context, Error, Result, apply_status};
 use crate::api::conditions::{self, DesiredCondition, READY, RECONCILING};
 use crate::api::{
-    AccountAccess, BackupJob, BackupJobStatus, Phase, WorkerAccount, WorkerConfiguration,
+    AccountAccess, BackupJobStatus, Phase, RestoreMode, WorkerAccount, WorkerConfiguration,
     WorkerStatus,
 };
 use crate::aws::accounts::{Access, RegionAccount};
@@ -53,29 +54,29 @@ const REDELIVERY_WINDOW: Duration =
 const TERMINATION_RECHECK: Duration = Duration::from_secs(5);
 
 #[instrument(skip_all, fields(namespace = job.namespace().unwrap_or_default(), job = job.name_any()))]
-pub async fn reconcile(job: Arc<BackupJob>, ctx: Arc<Context>) -> Result<Action> {
+pub async fn reconcile<K: WorkerJob>(job: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
     let ns = job
         .namespace()
         .ok_or(Error::MissingObjectKey("namespace"))?;
-    let api: Api<BackupJob> = Api::namespaced(ctx.client.clone(), &ns);
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
     let uid = job.uid().ok_or(Error::MissingObjectKey("uid"))?;
     ctx.metrics
         .reconciles
-        .get_or_create(&super::kind_labels("BackupJob"))
+        .get_or_create(&super::kind_labels(K::KIND))
         .inc();
     // The finalizer stays until every worker is confirmed terminated. This
     // is decided before the finalizer helper runs, because a cleanup that
     // returns Ok lets the helper remove the finalizer.
     if job.meta().deletion_timestamp.is_some()
         && job.finalizers().iter().any(|f| f == JOB_FINALIZER)
-        && let Some(action) = terminate_for_deletion(&job, &api, &ctx).await?
+        && let Some(action) = terminate_for_deletion(&*job, &api, &ctx).await?
     {
         return Ok(action);
     }
     let action = finalizer(&api, JOB_FINALIZER, job, |event| async {
         match event {
-            FinalizerEvent::Apply(job) => apply(&job, &api, &ctx).await,
-            FinalizerEvent::Cleanup(job) => cleanup(&job, &ctx).await,
+            FinalizerEvent::Apply(job) => apply(&*job, &api, &ctx).await,
+            FinalizerEvent::Cleanup(job) => cleanup(&*job, &ctx).await,
         }
     })
     .await?;
@@ -85,8 +86,8 @@ pub async fn reconcile(job: Arc<BackupJob>, ctx: Arc<Context>) -> Result<Action>
 
 /// Picks the configuration a job uses: the one it names, else the only one
 /// of its namespace for its resources' region.
-pub fn choose_configuration<'a>(
-    job: &BackupJob,
+pub fn choose_configuration<'a, K: WorkerJob>(
+    job: &K,
     candidates: &'a [Arc<WorkerConfiguration>],
 ) -> Result<&'a Arc<WorkerConfiguration>, Problem> {
     let ns = job.namespace().unwrap_or_default();
@@ -95,7 +96,7 @@ pub fn choose_configuration<'a>(
             .iter()
             .filter(move |c| c.namespace().as_deref() == Some(ns.as_str()))
     };
-    let chosen = if let Some(reference) = &job.spec.worker_configuration_ref {
+    let chosen = if let Some(reference) = &job.configuration_ref() {
         in_ns()
             .find(|c| c.name_any() == reference.name)
             .ok_or_else(|| Problem {
@@ -106,12 +107,8 @@ pub fn choose_configuration<'a>(
                 ),
             })?
     } else {
-        let mut regions: Vec<&str> = job
-            .spec
-            .resources
-            .iter()
-            .map(|r| r.region.as_str())
-            .collect();
+        let targets = job.targets();
+        let mut regions: Vec<&str> = targets.iter().map(|r| r.region.as_str()).collect();
         regions.sort_unstable();
         regions.dedup();
         let [region] = regions[..] else {
@@ -155,16 +152,15 @@ pub fn choose_configuration<'a>(
         });
     }
     if let Some(r) = job
-        .spec
-        .resources
-        .iter()
+        .targets()
+        .into_iter()
         .find(|r| r.region != chosen.spec.region)
     {
         return Err(Problem {
             reason: "RegionMismatch",
             message: format!(
                 "resource {} is in {} but WorkerConfiguration {:?} launches workers in {}; use a configuration for that region",
-                r.id(),
+                r.id,
                 r.region,
                 chosen.name_any(),
                 chosen.spec.region
@@ -174,14 +170,14 @@ pub fn choose_configuration<'a>(
     Ok(chosen)
 }
 
-fn finalize_status(
-    job: &BackupJob,
+fn finalize_status<K: WorkerJob>(
+    job: &K,
     status: &mut BackupJobStatus,
     problem: Option<&Problem>,
     now: Timestamp,
 ) {
-    let resources = job.spec.resources.len();
-    status.phase = lifecycle::job_phase(&status.workers, resources, job.spec.suspend);
+    let resources = job.targets().len();
+    status.phase = lifecycle::job_phase(&status.workers, resources, job.suspended());
     status.active_workers = status
         .workers
         .iter()
@@ -204,17 +200,16 @@ fn finalize_status(
             c.message = message.clone();
         }
     }
-    status.conditions =
-        conditions::merge(&status.conditions, &desired, job.metadata.generation, now);
-    status.observed_generation = job.metadata.generation;
+    status.conditions = conditions::merge(&status.conditions, &desired, job.meta().generation, now);
+    status.observed_generation = job.meta().generation;
 }
 
 /// Writes the job's status and remembers it: the controller is the only
 /// writer of a job's status, so what it wrote last is newer than anything
 /// its watch cache may still show.
-async fn write_status(
-    api: &Api<BackupJob>,
-    job: &BackupJob,
+async fn write_status<K: WorkerJob>(
+    api: &Api<K>,
+    job: &K,
     status: &BackupJobStatus,
     ctx: &Context,
 ) -> Result<()> {
@@ -230,18 +225,23 @@ async fn write_status(
 
 /// The status to start from: what this controller wrote last, else what
 /// the watch cache shows.
-fn baseline(job: &BackupJob, ctx: &Context) -> Option<BackupJobStatus> {
+fn baseline<K: WorkerJob>(job: &K, ctx: &Context) -> Option<BackupJobStatus> {
     let uid = job.uid()?;
     ctx.written
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .get(&uid)
         .cloned()
-        .or_else(|| job.status.clone())
+        .or_else(|| job.job_status().cloned())
 }
 
 /// Publishes the Event of a worker's phase change, if it changed.
-async fn worker_event(job: &BackupJob, before: Option<Phase>, after: &WorkerStatus, ctx: &Context) {
+async fn worker_event<K: WorkerJob>(
+    job: &K,
+    before: Option<Phase>,
+    after: &WorkerStatus,
+    ctx: &Context,
+) {
     if before == Some(after.phase) {
         return;
     }
@@ -265,7 +265,7 @@ async fn worker_event(job: &BackupJob, before: Option<Phase>, after: &WorkerStat
     ctx.event(job, type_, reason, "FollowWorker", note).await;
 }
 
-async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<Action> {
+async fn apply<K: WorkerJob>(job: &K, api: &Api<K>, ctx: &Context) -> Result<Action> {
     let uid = job.uid().ok_or(Error::MissingObjectKey("uid"))?;
     let old = baseline(job, ctx);
     let mut status = old.clone().unwrap_or_default();
@@ -342,7 +342,7 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
             DesiredCondition::new(RECONCILING, true, problem.reason, problem.message.clone()),
         ];
         status.conditions =
-            conditions::merge(&status.conditions, &desired, job.metadata.generation, now);
+            conditions::merge(&status.conditions, &desired, job.meta().generation, now);
         if old.as_ref() != Some(&status) {
             write_status(api, job, &status, ctx).await?;
         }
@@ -376,10 +376,18 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
         settled.push(receipt.clone());
     }
 
+    // 2b. A volume restore ends with the volume, made from the snapshot the
+    // worker wrote, in the worker's account.
+    match job.restore_mode() {
+        Some(RestoreMode::Volume) => restore_volumes(job, &config, &mut status, ctx, now).await?,
+        Some(RestoreMode::Full) => restore_instances(job, &mut status, ctx, now).await?,
+        _ => {}
+    }
+
     // 3. Deadline, suspension, and workers that went silent or died.
     let deadline = lifecycle::deadline_passed(
         status.start_time.as_ref(),
-        job.spec.active_deadline_seconds,
+        job.active_deadline_seconds(),
         now,
     );
     let timeout = Duration::from_secs(config.spec.heartbeat_timeout_seconds.max(1) as u64);
@@ -394,14 +402,14 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
             continue;
         }
         if deadline {
-            let secs = job.spec.active_deadline_seconds.unwrap_or_default();
+            let secs = job.active_deadline_seconds().unwrap_or_default();
             mark_failed(
                 w,
                 DEADLINE_EXCEEDED,
                 &format!("the job ran longer than activeDeadlineSeconds ({secs} s)"),
                 now,
             );
-        } else if job.spec.suspend {
+        } else if job.suspended() {
             w.phase = Phase::Suspended;
         } else {
             let state = w
@@ -433,15 +441,15 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
     // 5. Replace failed workers within the backoff limit; resume suspended ones.
     for w in status.workers.iter_mut() {
         let resumable = w.phase == Phase::Suspended
-            && !job.spec.suspend
+            && !job.suspended()
             && (w.instance_id.is_none() || w.terminated_time.is_some());
-        if !deadline && !job.spec.suspend && lifecycle::should_retry(w, job.spec.backoff_limit) {
+        if !deadline && !job.suspended() && lifecycle::should_retry(w, job.backoff_limit()) {
             let note = format!(
                 "{}; launching attempt {} ({} of {} retries used)",
                 w.message.as_deref().unwrap_or("failed"),
                 w.attempt + 1,
                 w.failures,
-                job.spec.backoff_limit
+                job.backoff_limit()
             );
             next_attempt(w, &uid);
             w.message = Some(note.clone());
@@ -469,7 +477,7 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
 
     // 7. Launch (or adopt) every planned worker that has no instance yet.
     match (&blocked, &queue_url) {
-        (None, Some(queue_url)) if !job.spec.suspend => {
+        (None, Some(queue_url)) if !job.suspended() => {
             launch_workers(job, &config, queue_url, &mut status, ctx, started).await?;
         }
         (Some(problem), _) if problem.reason == "WorkerConfigurationDeleting" => {
@@ -504,7 +512,7 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
         status.conditions = conditions::merge(
             &status.conditions,
             &desired,
-            job.metadata.generation,
+            job.meta().generation,
             Timestamp::now(),
         );
     }
@@ -524,11 +532,204 @@ async fn apply(job: &BackupJob, api: &Api<BackupJob>, ctx: &Context) -> Result<A
     )))
 }
 
+/// Creates the volume of every succeeded restore worker that has none yet.
+async fn restore_volumes<K: WorkerJob>(
+    job: &K,
+    config: &WorkerConfiguration,
+    status: &mut BackupJobStatus,
+    ctx: &Context,
+    now: Timestamp,
+) -> Result<()> {
+    for w in status.workers.iter_mut() {
+        if w.phase != Phase::Succeeded || w.restored_volume_id.is_some() {
+            continue;
+        }
+        let Some(snapshot) = w.restored_snapshot_id.clone() else {
+            let message = "the worker finished without naming the snapshot it restored into";
+            mark_failed(w, "VolumeCreateFailed", message, now);
+            continue;
+        };
+        let subnet_zone = config.status.as_ref().and_then(|s| {
+            s.subnets
+                .iter()
+                .find(|n| Some(&n.subnet_id) == w.subnet_id.as_ref())
+                .and_then(|n| n.availability_zone.clone())
+        });
+        let Some(zone) = job.zone().map(String::from).or(subnet_zone) else {
+            let message = "no availability zone for the volume: set spec.availabilityZone";
+            mark_failed(w, "VolumeCreateFailed", message, now);
+            continue;
+        };
+        let aws = ctx.aws.scoped(&job_access(job, w.access.as_ref())).await;
+        // Tender never deletes a restored volume.
+        let tags = restored_tags(job, w);
+        match aws
+            .create_volume_from_snapshot(&w.region, &snapshot, &zone, &tags, &w.launch_token)
+            .await
+        {
+            Ok(volume) => {
+                ctx.event(
+                    job,
+                    EventType::Normal,
+                    "VolumeRestored",
+                    "RestoreVolume",
+                    format!(
+                        "created volume {volume} in {zone} from snapshot {snapshot} ({})",
+                        w.resource
+                    ),
+                )
+                .await;
+                w.message = Some(format!(
+                    "restored {} into volume {volume} ({zone}) from snapshot {snapshot}",
+                    w.resource
+                ));
+                w.restored_volume_id = Some(volume);
+            }
+            Err(e) if matches!(e.category(), "AwsThrottled" | "AwsUnreachable") => {
+                return Err(e.into());
+            }
+            Err(e) => {
+                let message = format!(
+                    "{e}; the restored snapshot {snapshot} is kept: create the volume from it by hand, or fix the cause and create a new RestoreJob"
+                );
+                mark_failed(w, "VolumeCreateFailed", &message, now);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Tags of what a restore creates for the user (a volume, an instance): it
+/// carries Tender's tag (the policies let Tender create only what does) but
+/// never this cluster's ID, so no sweep ever takes it.
+fn restored_tags<K: WorkerJob>(job: &K, w: &WorkerStatus) -> Vec<(String, String)> {
+    use crate::names::tags;
+    vec![
+        (
+            tags::MANAGED_BY.to_string(),
+            tags::MANAGED_BY_VALUE.to_string(),
+        ),
+        (tags::NAME.to_string(), format!("restore of {}", w.resource)),
+        (
+            tags::NAMESPACE.to_string(),
+            job.namespace().unwrap_or_default(),
+        ),
+        (tags::JOB_KIND.to_string(), K::KIND.to_string()),
+        (tags::JOB_NAME.to_string(), job.name_any()),
+        (tags::JOB_UID.to_string(), job.uid().unwrap_or_default()),
+        (tags::RESOURCE.to_string(), w.resource.clone()),
+    ]
+}
+
+/// A full restore ends with an instance: an AMI registered from the
+/// snapshots the worker wrote, and an instance launched from it in the
+/// worker's subnet, in the worker's account.
+async fn restore_instances<K: WorkerJob>(
+    job: &K,
+    status: &mut BackupJobStatus,
+    ctx: &Context,
+    now: Timestamp,
+) -> Result<()> {
+    for w in status.workers.iter_mut() {
+        if w.phase != Phase::Succeeded || w.restored_instance_id.is_some() {
+            continue;
+        }
+        if w.restored_snapshots.is_empty() {
+            let message = "the worker finished without naming the snapshots it restored into";
+            mark_failed(w, "InstanceRestoreFailed", message, now);
+            continue;
+        }
+        let (Some(instance_type), Some(subnet)) =
+            (job.restored_instance_type(), w.subnet_id.clone())
+        else {
+            mark_failed(
+                w,
+                "InstanceRestoreFailed",
+                "no instanceType or subnet for the restored instance",
+                now,
+            );
+            continue;
+        };
+        let aws = ctx.aws.scoped(&job_access(job, w.access.as_ref())).await;
+        let snapshots: Vec<(String, String)> = w
+            .restored_snapshots
+            .iter()
+            .map(|s| (s.device.clone(), s.snapshot_id.clone()))
+            .collect();
+        let uid = job.uid().unwrap_or_default();
+        let outcome = async {
+            let image = match &w.restored_image_id {
+                Some(image) => image.clone(),
+                None => {
+                    let name = format!(
+                        "tender-restore-{}-{}",
+                        job.name_any(),
+                        &uid[..uid.len().min(8)]
+                    );
+                    let description = format!("Tender restore of {}", w.resource);
+                    aws.register_restored_image(&w.region, &name, &description, &snapshots)
+                        .await?
+                }
+            };
+            w.restored_image_id = Some(image.clone());
+            let groups = job.restored_security_groups();
+            let tags = restored_tags(job, w);
+            let token = format!("{}-restored", w.launch_token);
+            let instance = aws
+                .launch_restored_instance(&crate::aws::instances::RestoredInstanceLaunch {
+                    region: &w.region,
+                    image_id: &image,
+                    instance_type,
+                    subnet_id: &subnet,
+                    security_group_ids: &groups,
+                    tags: &tags,
+                    client_token: &token,
+                })
+                .await?;
+            Ok::<(String, String), crate::aws::AwsError>((image, instance))
+        }
+        .await;
+        match outcome {
+            Ok((image, instance)) => {
+                let note = format!(
+                    "restored {} as instance {instance} ({instance_type}, {subnet}) from image {image}",
+                    w.resource
+                );
+                ctx.event(
+                    job,
+                    EventType::Normal,
+                    "InstanceRestored",
+                    "RestoreInstance",
+                    note.clone(),
+                )
+                .await;
+                w.message = Some(note);
+                w.restored_instance_id = Some(instance);
+            }
+            Err(e) if matches!(e.category(), "AwsThrottled" | "AwsUnreachable") => {
+                return Err(e.into());
+            }
+            Err(e) => {
+                let message = format!(
+                    "{e}; the restored snapshots are kept ({}): fix the cause and create a new RestoreJob",
+                    snapshots
+                        .iter()
+                        .map(|(d, s)| format!("{d} {s}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                mark_failed(w, "InstanceRestoreFailed", &message, now);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// When to look at an unfinished job again if nothing wakes it sooner:
 /// the next worker's heartbeat deadline, the job's deadline, or the
 /// safety interval.
-fn next_wakeup(
-    job: &BackupJob,
+fn next_wakeup<K: WorkerJob>(
+    job: &K,
     status: &BackupJobStatus,
     timeout: Duration,
     ctx: &Context,
@@ -566,7 +767,7 @@ fn next_wakeup(
     {
         wake = wake.min(REDELIVERY_WINDOW - since_start);
     }
-    if let (Some(start), Some(secs)) = (&status.start_time, job.spec.active_deadline_seconds) {
+    if let (Some(start), Some(secs)) = (&status.start_time, job.active_deadline_seconds()) {
         let elapsed = Duration::try_from(now.duration_since(start.0)).unwrap_or_default();
         wake = wake.min(Duration::from_secs(secs.max(0) as u64).saturating_sub(elapsed));
     }
@@ -575,8 +776,8 @@ fn next_wakeup(
 
 /// The shared view of the region's worker instances, when any worker of
 /// this job has a live instance to check.
-async fn observe_instances(
-    job: &BackupJob,
+async fn observe_instances<K: WorkerJob>(
+    job: &K,
     status: &BackupJobStatus,
     ctx: &Context,
 ) -> Result<Option<RegionInstances>> {
@@ -601,31 +802,31 @@ async fn observe_instances(
 
 /// How a job's calls reach an account: `role` (if any), in a session named
 /// after the job.
-fn job_access(job: &BackupJob, role: Option<&AccountAccess>) -> Access {
+fn job_access<K: WorkerJob>(job: &K, role: Option<&AccountAccess>) -> Access {
     Access::new(
         role,
         &[&job.namespace().unwrap_or_default(), &job.name_any()],
     )
 }
 
-async fn plan_workers(
-    job: &BackupJob,
+async fn plan_workers<K: WorkerJob>(
+    job: &K,
     config: &WorkerConfiguration,
     uid: &str,
     status: &mut BackupJobStatus,
     ctx: &Context,
     now: Timestamp,
 ) -> Result<()> {
-    for resource in &job.spec.resources {
-        if status.workers.iter().any(|w| w.resource == resource.id()) {
+    for resource in job.targets() {
+        if status.workers.iter().any(|w| w.resource == resource.id) {
             continue;
         }
         let attempt = 1;
         let mut worker = WorkerStatus {
-            resource: resource.id().to_string(),
+            resource: resource.id.clone(),
             region: config.spec.region.clone(),
             attempt,
-            launch_token: placement::launch_token(uid, resource.id(), attempt),
+            launch_token: placement::launch_token(uid, &resource.id, attempt),
             ..Default::default()
         };
         let production = ctx
@@ -633,28 +834,34 @@ async fn plan_workers(
             .scoped(&job_access(job, config.spec.production_account.as_ref()))
             .await;
         // Where the source is and how big: an instance's zone and volumes,
-        // or a snapshot (regional: any zone will do).
-        let source = match (&resource.instance_id, &resource.snapshot_id) {
-            (Some(id), _) => production
-                .describe_source_instance(&resource.region, id)
+        // or a snapshot (regional: any zone will do). A restore point is in
+        // the repository, which only the worker reads: its worker goes to
+        // the zone the restored volume needs.
+        let source = match resource.kind {
+            TargetKind::Instance => production
+                .describe_source_instance(&resource.region, &resource.id)
                 .await?
                 .map(|s| (s.availability_zone, s.total_ebs_gib))
                 .ok_or(("SourceInstanceNotFound", "instance")),
-            (None, Some(id)) => match production.describe_snapshot(&resource.region, id).await? {
-                Some(s) if s.state == "error" => {
-                    Err(("SourceSnapshotFailed", "completed snapshot"))
+            TargetKind::Snapshot => {
+                match production
+                    .describe_snapshot(&resource.region, &resource.id)
+                    .await?
+                {
+                    Some(s) if s.state == "error" => {
+                        Err(("SourceSnapshotFailed", "completed snapshot"))
+                    }
+                    Some(s) => Ok((None, s.volume_size_gib)),
+                    None => Err(("SourceSnapshotNotFound", "snapshot")),
                 }
-                Some(s) => Ok((None, s.volume_size_gib)),
-                None => Err(("SourceSnapshotNotFound", "snapshot")),
-            },
-            (None, None) => Err(("SourceNotFound", "resource")),
+            }
+            TargetKind::RestorePoint => Ok((job.zone().map(String::from), 0)),
         };
         match source {
             Err((reason, what)) => {
                 let message = format!(
                     "{what} {} does not exist in {}; check spec.resources",
-                    resource.id(),
-                    resource.region
+                    resource.id, resource.region
                 );
                 mark_failed(&mut worker, reason, &message, now);
                 ctx.event(job, EventType::Warning, reason, "PlanWorker", message)
@@ -675,10 +882,13 @@ async fn plan_workers(
                 worker.phase = Phase::Provisioning;
                 worker.zone = availability_zone.clone();
                 worker.access = config.spec.worker_access().cloned();
-                worker.instance_type = Some(placement::backup_instance_type(
-                    config.spec.instance_types.as_ref(),
-                    total_ebs_gib,
-                ));
+                let types = config.spec.instance_types.as_ref();
+                worker.instance_type = Some(match K::OPERATION {
+                    Operation::Backup => placement::backup_instance_type(types, total_ebs_gib),
+                    Operation::Restore => types
+                        .and_then(|t| t.restore.clone())
+                        .unwrap_or_else(|| placement::DEFAULT_RESTORE_INSTANCE_TYPE.to_string()),
+                });
                 worker.subnet_id = Some(subnet.subnet_id);
                 worker.placement = Some(subnet.reason);
             }
@@ -715,24 +925,30 @@ fn ready_configuration(config: &WorkerConfiguration) -> Option<String> {
 
 /// Live workers of a configuration, and workers of older unfinished jobs
 /// still waiting to launch, as this controller knows them.
-fn configuration_load(
+fn configuration_load<K: WorkerJob>(
     ctx: &Context,
     config: &WorkerConfiguration,
-    me: &BackupJob,
+    me: &K,
 ) -> (usize, usize) {
     let name = config.name_any();
-    let key = |j: &BackupJob| {
-        (
-            j.metadata.creation_timestamp.clone().map(|t| t.0),
-            j.name_any(),
-        )
-    };
+    let me_key = (
+        me.meta().creation_timestamp.clone().map(|t| t.0),
+        me.name_any(),
+    );
     let (mut active, mut waiting_ahead) = (0, 0);
-    for job in ctx.jobs.state() {
-        if job.namespace() != me.namespace() {
+    // Backups and restores share the configuration's workers.
+    let jobs: Vec<JobView> = ctx
+        .jobs
+        .state()
+        .iter()
+        .map(|j| JobView::of(&**j, ctx))
+        .chain(ctx.restores.state().iter().map(|j| JobView::of(&**j, ctx)))
+        .collect();
+    for job in jobs {
+        if job.namespace != me.namespace() {
             continue;
         }
-        let Some(status) = baseline(&job, ctx) else {
+        let Some(status) = job.status else {
             continue;
         };
         if status.worker_configuration.as_deref() != Some(name.as_str()) {
@@ -743,8 +959,8 @@ fn configuration_load(
             .iter()
             .filter(|w| w.instance_id.is_some() && w.terminated_time.is_none())
             .count();
-        let older = key(&job) < key(me);
-        if older && job.uid() != me.uid() && !status.phase.is_finished() && !job.spec.suspend {
+        let older = job.key < me_key;
+        if older && job.uid != me.uid() && !status.phase.is_finished() && !job.suspended {
             waiting_ahead += status
                 .workers
                 .iter()
@@ -755,8 +971,32 @@ fn configuration_load(
     (active, waiting_ahead)
 }
 
-async fn launch_workers(
-    job: &BackupJob,
+/// What `configuration_load` needs of a job of any kind.
+struct JobView {
+    namespace: Option<String>,
+    key: (Option<Timestamp>, String),
+    uid: Option<String>,
+    status: Option<BackupJobStatus>,
+    suspended: bool,
+}
+
+impl JobView {
+    fn of<K: WorkerJob>(job: &K, ctx: &Context) -> Self {
+        Self {
+            namespace: job.namespace(),
+            key: (
+                job.meta().creation_timestamp.clone().map(|t| t.0),
+                job.name_any(),
+            ),
+            uid: job.uid(),
+            status: baseline(job, ctx),
+            suspended: job.suspended(),
+        }
+    }
+}
+
+async fn launch_workers<K: WorkerJob>(
+    job: &K,
     config: &WorkerConfiguration,
     queue_url: &str,
     status: &mut BackupJobStatus,
@@ -855,8 +1095,8 @@ async fn launch_workers(
 
 /// Launches one worker, trying its subnets in order while they report no
 /// capacity or no free address; the worker's `placement` says what happened.
-async fn launch_one(
-    job: &BackupJob,
+async fn launch_one<K: WorkerJob>(
+    job: &K,
     config: &WorkerConfiguration,
     queue_url: &str,
     w: &mut WorkerStatus,
@@ -990,7 +1230,7 @@ async fn launch_one(
 }
 
 /// Events and metrics of a job that just finished.
-async fn finished(job: &BackupJob, status: &BackupJobStatus, ctx: &Context) {
+async fn finished<K: WorkerJob>(job: &K, status: &BackupJobStatus, ctx: &Context) {
     // Its assumed-role sessions are not needed any more.
     ctx.aws.forget_session(&job_access(job, None).session_name);
     let (type_, reason) = match status.phase {
@@ -1014,7 +1254,7 @@ async fn finished(job: &BackupJob, status: &BackupJobStatus, ctx: &Context) {
         type_,
         reason,
         "FinishJob",
-        lifecycle::summary(&status.workers, job.spec.resources.len()),
+        lifecycle::summary(&status.workers, job.targets().len()),
     )
     .await;
     info!(phase = ?status.phase, "job finished");
@@ -1022,13 +1262,13 @@ async fn finished(job: &BackupJob, status: &BackupJobStatus, ctx: &Context) {
 
 /// Deletes a finished job once `ttlSecondsAfterFinished` has passed, or
 /// says when to come back for it.
-async fn expire(
-    job: &BackupJob,
-    api: &Api<BackupJob>,
+async fn expire<K: WorkerJob>(
+    job: &K,
+    api: &Api<K>,
     status: &BackupJobStatus,
     now: Timestamp,
 ) -> Result<Action> {
-    let (Some(ttl), Some(done)) = (job.spec.ttl_seconds_after_finished, &status.completion_time)
+    let (Some(ttl), Some(done)) = (job.ttl_seconds_after_finished(), &status.completion_time)
     else {
         return Ok(Action::await_change());
     };
@@ -1066,8 +1306,8 @@ fn security_groups(config: &WorkerConfiguration) -> Vec<String> {
         .collect()
 }
 
-fn worker_launch(
-    job: &BackupJob,
+fn worker_launch<K: WorkerJob>(
+    job: &K,
     config: &WorkerConfiguration,
     worker: &WorkerStatus,
     queue_url: &str,
@@ -1078,27 +1318,26 @@ fn worker_launch(
     let job_name = job.name_any();
     let config_name = config.name_any();
     let resource_region = job
-        .spec
-        .resources
-        .iter()
-        .find(|r| r.id() == worker.resource)
-        .map(|r| r.region.clone())
+        .targets()
+        .into_iter()
+        .find(|r| r.id == worker.resource)
+        .map(|r| r.region)
         .unwrap_or_else(|| worker.region.clone());
     let owner = WorkerOwner {
         cluster_id: &ctx.cluster_id,
         namespace: &ns,
-        job_kind: "BackupJob",
+        job_kind: K::KIND,
         job_name: &job_name,
         job_uid: &uid,
         resource: &worker.resource,
         attempt: worker.attempt,
         launch_token: &worker.launch_token,
-        operation: Operation::Backup.as_str(),
+        operation: K::OPERATION.as_str(),
         configuration: &config_name,
     };
     let task = WorkerTask {
         version: PROTOCOL_VERSION,
-        operation: Operation::Backup,
+        operation: K::OPERATION,
         namespace: ns.clone(),
         job_name: job_name.clone(),
         job_uid: uid.clone(),
@@ -1113,9 +1352,10 @@ fn worker_launch(
             WorkerAccount::Backup => config.spec.production_account.clone(),
             WorkerAccount::Production => None,
         },
-        repository: Some(job.spec.repository.location(&config.spec.region)),
-        restore_point: None,
-        device: None,
+        repository: Some(job.repository().location(&config.spec.region)),
+        restore_point: (K::OPERATION == Operation::Restore).then(|| worker.resource.clone()),
+        device: job.device().map(String::from),
+        all_volumes: job.restore_mode() == Some(RestoreMode::Full),
     };
     Ok(WorkerLaunch {
         region: config.spec.region.clone(),
@@ -1156,8 +1396,8 @@ fn group_by_account(workers: &[&WorkerStatus]) -> Vec<(RegionAccount, Vec<String
 
 /// Terminates the instances of workers that are finished or suspended and
 /// not terminated yet.
-async fn terminate_finished(
-    job: &BackupJob,
+async fn terminate_finished<K: WorkerJob>(
+    job: &K,
     status: &mut BackupJobStatus,
     ctx: &Context,
 ) -> Result<()> {
@@ -1231,9 +1471,9 @@ async fn terminate_finished(
 /// the deletion, with condition `InstanceTerminating`, until EC2 reports
 /// every one of them shutting down, terminated or gone. `None` when nothing
 /// holds the deletion any more.
-async fn terminate_for_deletion(
-    job: &BackupJob,
-    api: &Api<BackupJob>,
+async fn terminate_for_deletion<K: WorkerJob>(
+    job: &K,
+    api: &Api<K>,
     ctx: &Context,
 ) -> Result<Option<Action>> {
     let uid = job.uid().ok_or(Error::MissingObjectKey("uid"))?;
@@ -1320,7 +1560,7 @@ async fn terminate_for_deletion(
     status.conditions = conditions::merge(
         &status.conditions,
         &desired,
-        job.metadata.generation,
+        job.meta().generation,
         Timestamp::now(),
     );
     if old.as_ref() != Some(&status) {
@@ -1330,7 +1570,7 @@ async fn terminate_for_deletion(
 }
 
 /// The last step of deletion, once every worker is gone: forget the job.
-async fn cleanup(job: &BackupJob, ctx: &Context) -> Result<Action> {
+async fn cleanup<K: WorkerJob>(job: &K, ctx: &Context) -> Result<Action> {
     let uid = job.uid().ok_or(Error::MissingObjectKey("uid"))?;
     ctx.written
         .lock()
@@ -1346,7 +1586,8 @@ async fn cleanup(job: &BackupJob, ctx: &Context) -> Result<Action> {
 mod tests {
     use super::*;
     use crate::api::{
-        BackupJobSpec, BackupResource, LocalObjectReference, WorkerConfigurationSpec, WorkerSubnet,
+        BackupJob, BackupJobSpec, BackupResource, LocalObjectReference, WorkerConfigurationSpec,
+        WorkerSubnet,
     };
 
     fn config(name: &str, ns: &str, region: &str) -> Arc<WorkerConfiguration> {

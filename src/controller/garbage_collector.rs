@@ -14,7 +14,7 @@ use kube::runtime::reflector::ObjectRef;
 use tracing::{info, warn};
 
 use super::Context;
-use crate::api::{BackupJob, BackupJobStatus};
+use crate::api::{BackupJob, BackupJobStatus, RestoreJob};
 use crate::aws::AwsClients;
 use crate::aws::accounts::{Access, RegionAccount};
 use crate::aws::instance_cache::ObservedInstance;
@@ -105,10 +105,21 @@ fn owner_status(ctx: &Context, instance: &ObservedInstance) -> Option<BackupJobS
     let ns = instance.tags.get(tags::NAMESPACE)?;
     let name = instance.tags.get(tags::JOB_NAME)?;
     let uid = instance.tags.get(tags::JOB_UID)?;
-    let job = ctx
-        .jobs
-        .get(&ObjectRef::<BackupJob>::new(name).within(ns))?;
-    if job.uid().as_deref() != Some(uid.as_str()) {
+    let (job_uid, status) = match instance.tags.get(tags::JOB_KIND).map(String::as_str) {
+        Some("RestoreJob") => {
+            let job = ctx
+                .restores
+                .get(&ObjectRef::<RestoreJob>::new(name).within(ns))?;
+            (job.uid(), job.status.clone())
+        }
+        _ => {
+            let job = ctx
+                .jobs
+                .get(&ObjectRef::<BackupJob>::new(name).within(ns))?;
+            (job.uid(), job.status.clone())
+        }
+    };
+    if job_uid.as_deref() != Some(uid.as_str()) {
         return None;
     }
     let written = ctx
@@ -117,7 +128,7 @@ fn owner_status(ctx: &Context, instance: &ObservedInstance) -> Option<BackupJobS
         .unwrap_or_else(|p| p.into_inner())
         .get(uid)
         .cloned();
-    Some(written.or_else(|| job.status.clone()).unwrap_or_default())
+    Some(written.or(status).unwrap_or_default())
 }
 
 /// The regions and accounts that have configurations or workers.
@@ -165,7 +176,10 @@ async fn sweep(ctx: &Context, config: SweepConfig) {
             }) {
                 continue; // another controller's namespace
             }
-            if instance.tags.get(tags::JOB_KIND).map(String::as_str) != Some("BackupJob") {
+            if !matches!(
+                instance.tags.get(tags::JOB_KIND).map(String::as_str),
+                Some("BackupJob" | "RestoreJob")
+            ) {
                 continue; // not a kind this version launches
             }
             live += 1;

@@ -24,6 +24,10 @@ const PERMANENT_REASONS: &[&str] = &[
     "ChunkCorrupt",
     "ManifestInvalid",
     "RepositoryNotFound",
+    "RestorePointMissing",
+    "VolumeNotInRestorePoint",
+    "VolumeCreateFailed",
+    "InstanceRestoreFailed",
     "DeadlineExceeded",
     "LaunchFailed",
     "RestoreNotSupported",
@@ -108,9 +112,16 @@ pub fn apply_message(workers: &mut [WorkerStatus], msg: &WorkerMessage, now: Tim
         WorkerEvent::Completed {
             detail,
             restore_point,
+            snapshot_id,
+            snapshots,
             bytes,
-            ..
         } => {
+            if snapshot_id.is_some() {
+                w.restored_snapshot_id = snapshot_id.clone();
+            }
+            if !snapshots.is_empty() {
+                w.restored_snapshots = snapshots.clone();
+            }
             w.phase = Phase::Succeeded;
             w.reason = None;
             w.progress_percent = Some(100);
@@ -403,6 +414,7 @@ mod tests {
             detail: "done".into(),
             restore_point: Some("job/i-1".into()),
             snapshot_id: None,
+            snapshots: Vec::new(),
             bytes: None,
         };
         assert_eq!(

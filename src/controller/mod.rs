@@ -2,13 +2,15 @@
 //!
 //! - `worker_configuration`: the configuration's SQS queue and its pump.
 //! - `backup_job`: launches, follows and terminates a job's workers.
-//! - `restore_job`: says plainly that restores are not run yet.
+//! - `restore_job`: RestoreJobs, on `backup_job`'s lifecycle (see `jobs`),
+//!   plus what only a restore does: the volume from the restored snapshot.
 //! - `reports`: worker messages from SQS, applied idempotently.
 //! - `garbage_collector`: the sweep that terminates orphaned workers.
 //! - `leader`: Lease-based leader election.
 
 pub mod backup_job;
 pub mod garbage_collector;
+pub mod jobs;
 pub mod leader;
 pub mod lifecycle;
 pub mod reports;
@@ -89,6 +91,7 @@ pub struct Context {
     pub cluster_id: String,
     pub configurations: Store<WorkerConfiguration>,
     pub jobs: Store<BackupJob>,
+    pub restores: Store<RestoreJob>,
     pub reports: Arc<ReportStore>,
     pub pumps: QueuePumps,
     /// The shared, batched view of worker instance states.
@@ -333,8 +336,11 @@ async fn run_leader(
     let restores: Api<RestoreJob> = api_for(&client, ns);
 
     let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded::<ObjectRef<BackupJob>>();
+    let (restore_tx, restore_rx) = futures::channel::mpsc::unbounded::<ObjectRef<RestoreJob>>();
     let job_controller = Controller::new(jobs.clone(), watcher::Config::default());
     let job_store = job_controller.store();
+    let restore_controller = Controller::new(restores.clone(), watcher::Config::default());
+    let restore_store = restore_controller.store();
     let config_controller = Controller::new(configs.clone(), watcher::Config::default());
     let config_store = config_controller.store();
 
@@ -358,12 +364,40 @@ async fn run_leader(
         )
         .reconcile_on(trigger_rx)
         .shutdown_on_signal();
+    let waiting_restores = restore_store.clone();
+    let restore_controller = restore_controller
+        .watches(
+            configs.clone(),
+            watcher::Config::default(),
+            move |cfg: WorkerConfiguration| {
+                let ns = cfg.namespace().unwrap_or_default();
+                waiting_restores
+                    .state()
+                    .into_iter()
+                    .filter(|j| j.namespace().as_deref() == Some(ns.as_str()))
+                    .filter(|j| !j.status.as_ref().is_some_and(|s| s.phase.is_finished()))
+                    .map(|j| ObjectRef::from_obj(&*j))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .reconcile_on(restore_rx)
+        .shutdown_on_signal();
     // A change to a job updates its configuration's worker count.
     let config_controller = config_controller
         .watches(
             jobs.clone(),
             watcher::Config::default(),
             |job: BackupJob| {
+                let ns = job.namespace().unwrap_or_default();
+                job.status
+                    .and_then(|s| s.worker_configuration)
+                    .map(|name| ObjectRef::new(&name).within(&ns))
+            },
+        )
+        .watches(
+            restores.clone(),
+            watcher::Config::default(),
+            |job: RestoreJob| {
                 let ns = job.namespace().unwrap_or_default();
                 job.status
                     .and_then(|s| s.worker_configuration)
@@ -385,8 +419,12 @@ async fn run_leader(
         cluster_id,
         configurations: config_store,
         jobs: job_store,
+        restores: restore_store,
         reports: Arc::new(ReportStore::default()),
-        pumps: QueuePumps::new(trigger_tx),
+        pumps: QueuePumps::new(reports::Triggers {
+            backups: trigger_tx,
+            restores: restore_tx,
+        }),
         heartbeat_seconds: opts.heartbeat_seconds,
         network_recheck: opts.network_recheck,
         namespace: opts.namespace.clone(),
@@ -398,13 +436,16 @@ async fn run_leader(
 
     let sweeper = tokio::spawn(garbage_collector::run(ctx.clone(), opts.sweep));
     let jobs_done = job_controller
-        .run(backup_job::reconcile, error_policy, ctx.clone())
+        .run(
+            backup_job::reconcile::<BackupJob>,
+            error_policy,
+            ctx.clone(),
+        )
         .for_each(|_| futures::future::ready(()));
     let configs_done = config_controller
         .run(worker_configuration::reconcile, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
-    let restores_done = Controller::new(restores, watcher::Config::default())
-        .shutdown_on_signal()
+    let restores_done = restore_controller
         .run(restore_job::reconcile, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
     let controllers = async {

@@ -17,7 +17,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::api::BackupJob;
+use crate::api::{BackupJob, RestoreJob};
 use crate::aws::AwsClients;
 use crate::messages::{WorkerEvent, WorkerMessage};
 
@@ -135,17 +135,31 @@ pub async fn delete_receipts(aws: &AwsClients, receipts: &[Receipt]) {
 /// The running pumps, one per queue URL.
 pub struct QueuePumps {
     tasks: Mutex<HashMap<String, JoinHandle<()>>>,
-    trigger: UnboundedSender<ObjectRef<BackupJob>>,
+    triggers: Triggers,
+}
+
+/// The jobs messages can be for.
+#[derive(Clone)]
+pub struct JobStores {
+    pub backups: Store<BackupJob>,
+    pub restores: Store<RestoreJob>,
+}
+
+/// Wake a job's reconcile, by kind.
+#[derive(Clone)]
+pub struct Triggers {
+    pub backups: UnboundedSender<ObjectRef<BackupJob>>,
+    pub restores: UnboundedSender<ObjectRef<RestoreJob>>,
 }
 
 /// Long-poll wait of one ReceiveMessage call.
 const RECEIVE_WAIT: Duration = Duration::from_secs(5);
 
 impl QueuePumps {
-    pub fn new(trigger: UnboundedSender<ObjectRef<BackupJob>>) -> Self {
+    pub fn new(triggers: Triggers) -> Self {
         Self {
             tasks: Mutex::default(),
-            trigger,
+            triggers,
         }
     }
 
@@ -155,7 +169,7 @@ impl QueuePumps {
         aws: &AwsClients,
         region: &str,
         queue_url: &str,
-        jobs: Store<BackupJob>,
+        jobs: JobStores,
         reports: Arc<ReportStore>,
     ) {
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
@@ -169,7 +183,7 @@ impl QueuePumps {
             queue_url: queue_url.to_string(),
             jobs,
             reports,
-            trigger: self.trigger.clone(),
+            triggers: self.triggers.clone(),
         };
         tasks.insert(queue_url.to_string(), tokio::spawn(pump.run()));
     }
@@ -194,9 +208,9 @@ struct Pump {
     aws: AwsClients,
     region: String,
     queue_url: String,
-    jobs: Store<BackupJob>,
+    jobs: JobStores,
     reports: Arc<ReportStore>,
-    trigger: UnboundedSender<ObjectRef<BackupJob>>,
+    triggers: Triggers,
 }
 
 impl Pump {
@@ -246,12 +260,20 @@ impl Pump {
                 return Some(receipt_handle.to_string());
             }
         };
-        let key = ObjectRef::new(&message.job_name).within(&message.namespace);
-        let known = self
+        let uid = Some(message.job_uid.as_str());
+        let backup = ObjectRef::<BackupJob>::new(&message.job_name).within(&message.namespace);
+        let restore = ObjectRef::<RestoreJob>::new(&message.job_name).within(&message.namespace);
+        let is_backup = self
             .jobs
-            .get(&key)
-            .is_some_and(|job| job.metadata.uid.as_deref() == Some(message.job_uid.as_str()));
-        if !known {
+            .backups
+            .get(&backup)
+            .is_some_and(|job| job.metadata.uid.as_deref() == uid);
+        let is_restore = self
+            .jobs
+            .restores
+            .get(&restore)
+            .is_some_and(|job| job.metadata.uid.as_deref() == uid);
+        if !is_backup && !is_restore {
             warn!(
                 namespace = message.namespace,
                 job = message.job_name,
@@ -278,7 +300,11 @@ impl Pump {
                 receipt_handle: receipt_handle.to_string(),
             },
         );
-        let _ = self.trigger.unbounded_send(key);
+        if is_backup {
+            let _ = self.triggers.backups.unbounded_send(backup);
+        } else {
+            let _ = self.triggers.restores.unbounded_send(restore);
+        }
         None
     }
 }

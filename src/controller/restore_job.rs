@@ -1,6 +1,9 @@
-//! RestoreJob reconciler. This version does not run restores yet (the data
-//! mover and the restore lifecycle are later work), so it says so on the
-//! job's status instead of leaving it silently Pending.
+//! RestoreJob reconciler: a RestoreJob runs on the BackupJob lifecycle
+//! (`backup_job::reconcile`, through `jobs::WorkerJob`): one worker, which
+//! verifies every chunk of the restore point and writes the blocks into a
+//! new EBS snapshot. Mode `volume` then gets its volume here, created from
+//! that snapshot. Modes this version cannot run yet (`full`, `fileLevel`)
+//! are refused plainly instead of launching a worker that would pretend.
 
 use std::sync::Arc;
 
@@ -10,12 +13,15 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 
 use super::{Context, Error, Result, apply_status};
-use crate::api::RestoreJob;
 use crate::api::conditions::{self, DesiredCondition, READY, STALLED};
+use crate::api::{Phase, RestoreJob, RestoreMode};
 
-pub const NOT_SUPPORTED_REASON: &str = "RestoreNotSupported";
+pub const NOT_SUPPORTED_REASON: &str = "RestoreModeNotSupported";
 
 pub async fn reconcile(job: Arc<RestoreJob>, ctx: Arc<Context>) -> Result<Action> {
+    if matches!(job.spec.mode, RestoreMode::Volume | RestoreMode::Full) {
+        return super::backup_job::reconcile(job, ctx).await;
+    }
     let ns = job
         .namespace()
         .ok_or(Error::MissingObjectKey("namespace"))?;
@@ -24,13 +30,16 @@ pub async fn reconcile(job: Arc<RestoreJob>, ctx: Arc<Context>) -> Result<Action
         .reconciles
         .get_or_create(&super::kind_labels("RestoreJob"))
         .inc();
-    let message = "this version of Tender does not run RestoreJobs yet; no worker was launched and nothing was restored";
+    let message = format!(
+        "this version of Tender restores modes volume and full, not {:?}; no worker was launched and nothing was restored",
+        job.spec.mode
+    );
     let mut status = job.status.clone().unwrap_or_default();
     status.observed_generation = job.metadata.generation;
-    status.phase = Some("Failed".into());
+    status.phase = Phase::Failed;
     let desired = [
-        DesiredCondition::new(READY, false, NOT_SUPPORTED_REASON, message),
-        DesiredCondition::new(STALLED, true, NOT_SUPPORTED_REASON, message),
+        DesiredCondition::new(READY, false, NOT_SUPPORTED_REASON, message.clone()),
+        DesiredCondition::new(STALLED, true, NOT_SUPPORTED_REASON, message.clone()),
     ];
     status.conditions = conditions::merge(
         &status.conditions,
@@ -44,7 +53,7 @@ pub async fn reconcile(job: Arc<RestoreJob>, ctx: Arc<Context>) -> Result<Action
             EventType::Warning,
             NOT_SUPPORTED_REASON,
             "Reconcile",
-            message.to_string(),
+            message,
         )
         .await;
         apply_status(&api, &*job, &status, &ctx.metrics).await?;

@@ -16,7 +16,7 @@ use tracing::{info, instrument};
 use super::{Context, Error, Result, apply_status};
 use crate::api::conditions::{self, DesiredCondition, READY, RECONCILING, STALLED};
 use crate::api::{
-    AccountAccess, BackupJob, WorkerAccount, WorkerConfiguration, WorkerConfigurationStatus,
+    AccountAccess, BackupJobStatus, WorkerAccount, WorkerConfiguration, WorkerConfigurationStatus,
     WorkerSubnet,
 };
 use crate::aws::AwsClients;
@@ -77,20 +77,33 @@ pub async fn reconcile(cfg: Arc<WorkerConfiguration>, ctx: Arc<Context>) -> Resu
 }
 
 /// Jobs of this configuration's namespace that use it.
-fn jobs_using(cfg: &WorkerConfiguration, ctx: &Context) -> Vec<Arc<BackupJob>> {
+/// Jobs (backups and restores) of this configuration's namespace that use
+/// it: `(kind/name, status)`.
+fn jobs_using(cfg: &WorkerConfiguration, ctx: &Context) -> Vec<(String, BackupJobStatus)> {
     let ns = cfg.namespace();
     let name = cfg.name_any();
-    ctx.jobs
-        .state()
-        .into_iter()
-        .filter(|j| j.namespace() == ns)
-        .filter(|j| {
-            j.status
-                .as_ref()
-                .and_then(|s| s.worker_configuration.as_deref())
-                == Some(name.as_str())
-        })
-        .collect()
+    let uses = |job_ns: Option<String>, status: Option<&BackupJobStatus>| {
+        job_ns == ns
+            && status.and_then(|s| s.worker_configuration.as_deref()) == Some(name.as_str())
+    };
+    let mut out: Vec<(String, BackupJobStatus)> = Vec::new();
+    for j in ctx.jobs.state() {
+        if uses(j.namespace(), j.status.as_ref()) {
+            out.push((
+                format!("BackupJob/{}", j.name_any()),
+                j.status.clone().unwrap_or_default(),
+            ));
+        }
+    }
+    for j in ctx.restores.state() {
+        if uses(j.namespace(), j.status.as_ref()) {
+            out.push((
+                format!("RestoreJob/{}", j.name_any()),
+                j.status.clone().unwrap_or_default(),
+            ));
+        }
+    }
+    out
 }
 
 fn queue_tags(cfg: &WorkerConfiguration, cluster_id: &str) -> BTreeMap<String, String> {
@@ -113,8 +126,7 @@ fn base_status(cfg: &WorkerConfiguration, ctx: &Context) -> WorkerConfigurationS
     status.observed_generation = cfg.metadata.generation;
     status.active_workers = jobs_using(cfg, ctx)
         .iter()
-        .filter_map(|j| j.status.as_ref())
-        .map(|s| s.active_workers)
+        .map(|(_, s)| s.active_workers)
         .sum();
     status
 }
@@ -167,7 +179,10 @@ async fn apply(
         &aws,
         region,
         &queue_url,
-        ctx.jobs.clone(),
+        super::reports::JobStores {
+            backups: ctx.jobs.clone(),
+            restores: ctx.restores.clone(),
+        },
         ctx.reports.clone(),
     );
 
@@ -518,9 +533,9 @@ async fn hold_deletion(
     ctx: &Context,
 ) -> Result<Option<Action>> {
     let busy: Vec<String> = jobs_using(cfg, ctx)
-        .iter()
-        .filter(|j| !j.status.as_ref().is_some_and(|s| s.phase.is_finished()))
-        .map(|j| j.name_any())
+        .into_iter()
+        .filter(|(_, s)| !s.phase.is_finished())
+        .map(|(name, _)| name)
         .collect();
     if !busy.is_empty() {
         let message = format!(

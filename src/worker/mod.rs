@@ -17,12 +17,16 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
+use crate::api::RestoredSnapshot;
 use crate::aws::accounts::Access;
 use crate::aws::{AwsClients, AwsError};
 use crate::messages::{
     ByteProgress, Operation, PROTOCOL_VERSION, WorkerEvent, WorkerMessage, WorkerTask,
 };
-use crate::mover::manifest::{Manifest, RepositoryLocation};
+use crate::mover::manifest::{Manifest, RepositoryLocation, VolumeImage};
+
+/// Device of a restored volume whose restore point names none (a snapshot's).
+pub const ROOT_DEVICE: &str = "/dev/xvda";
 use crate::mover::{self, BackupRequest, MoverError, Progress, SourceVolume};
 use crate::names::tags;
 
@@ -133,7 +137,8 @@ pub async fn run(aws: AwsClients, task: WorkerTask, instance_id: String) -> Resu
                 .send(WorkerEvent::Completed {
                     detail: done.detail.clone(),
                     restore_point: done.restore_point.clone(),
-                    snapshot_id: done.snapshot_id.clone(),
+                    snapshot_id: done.snapshots.first().map(|s| s.snapshot_id.clone()),
+                    snapshots: done.snapshots.clone(),
                     bytes: Some(ByteProgress {
                         done: moved,
                         total,
@@ -181,7 +186,7 @@ fn mib(bytes: u64) -> String {
 struct Done {
     detail: String,
     restore_point: Option<String>,
-    snapshot_id: Option<String>,
+    snapshots: Vec<RestoredSnapshot>,
 }
 
 type Failure = (String, String);
@@ -269,7 +274,7 @@ async fn backup(aws: &AwsClients, task: &WorkerTask, progress: &Progress) -> Res
             s.chunks_deduplicated
         ),
         restore_point: Some(manifest.id.clone()),
-        snapshot_id: None,
+        snapshots: Vec::new(),
     })
 }
 
@@ -290,14 +295,17 @@ async fn restore(
     let manifest = mover::load_manifest(aws, repository, id)
         .await
         .map_err(|e| mover_failure(e, repository))?;
-    let volume = match &task.device {
-        Some(device) => manifest
+    let volumes: Vec<&VolumeImage> = match (&task.device, task.all_volumes) {
+        (_, true) => manifest.volumes.iter().collect(),
+        (Some(device), false) => manifest
             .volumes
             .iter()
-            .find(|v| v.device.as_deref() == Some(device.as_str())),
-        None => manifest.volumes.first(),
+            .filter(|v| v.device.as_deref() == Some(device.as_str()))
+            .take(1)
+            .collect(),
+        (None, false) => manifest.volumes.iter().take(1).collect(),
     };
-    let Some(volume) = volume else {
+    if volumes.is_empty() {
         let devices: Vec<&str> = manifest
             .volumes
             .iter()
@@ -322,32 +330,49 @@ async fn restore(
     ];
     let description = format!("Tender restore {} of {id}", task.job_name);
     // One snapshot per job and attempt, even if StartSnapshot is retried.
-    let token = format!("{}-{}", task.job_uid, task.attempt);
-    let snapshot_id = mover::restore_volume(
-        aws,
-        repository,
-        &manifest,
-        volume,
-        mover::RestoreTarget {
+    let mut snapshots = Vec::new();
+    for (i, volume) in volumes.iter().enumerate() {
+        // One snapshot per job, attempt and volume, even if StartSnapshot
+        // is retried.
+        let token = format!("{}-{}-{i}", task.job_uid, task.attempt);
+        let snapshot_id = mover::restore_volume(
             aws,
-            region: &task.resource_region,
-            description: &description,
-            tags: &tags,
-            client_token: &token,
-        },
-        progress,
-    )
-    .await
-    .map_err(|e| mover_failure(e, repository))?;
+            repository,
+            &manifest,
+            volume,
+            mover::RestoreTarget {
+                aws,
+                region: &task.resource_region,
+                description: &description,
+                tags: &tags,
+                client_token: &token,
+            },
+            progress,
+        )
+        .await
+        .map_err(|e| mover_failure(e, repository))?;
+        snapshots.push(RestoredSnapshot {
+            // A snapshot's restore point has no device: it is the boot disk.
+            device: volume
+                .device
+                .clone()
+                .unwrap_or_else(|| ROOT_DEVICE.to_string()),
+            snapshot_id,
+        });
+    }
+    let written: Vec<String> = snapshots
+        .iter()
+        .map(|s| format!("{} → {}", s.device, s.snapshot_id))
+        .collect();
     Ok(Done {
         detail: format!(
-            "restored {} of {id} ({} of data, {} GiB volume) into snapshot {snapshot_id}",
-            volume.device.as_deref().unwrap_or("the volume"),
-            mib(volume.bytes()),
-            volume.size_gib
+            "restored {} volume(s) of {id} ({} of data): {}",
+            volumes.len(),
+            mib(volumes.iter().map(|v| v.bytes()).sum()),
+            written.join(", ")
         ),
         restore_point: Some(id.clone()),
-        snapshot_id: Some(snapshot_id),
+        snapshots,
     })
 }
 

@@ -733,6 +733,53 @@ impl TestEnv {
         }
     }
 
+    /// Waits until the RestoreJob `name` passes `check`.
+    pub async fn wait_restore<F>(&self, name: &str, timeout: Duration, check: F) -> RestoreJob
+    where
+        F: Fn(&RestoreJob) -> bool,
+    {
+        let api: Api<RestoreJob> = self.api();
+        let start = Instant::now();
+        loop {
+            let job = api.get(name).await.expect("get restore job");
+            if check(&job) {
+                return job;
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "restore job {name} did not reach the expected state in {timeout:?}; status: {}",
+                    serde_json::to_string_pretty(&job.status).unwrap()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Creates a RestoreJob from this test's bucket; `extra` is merged into
+    /// its spec.
+    pub async fn create_restore(
+        &self,
+        name: &str,
+        mode: &str,
+        restore_point: &str,
+        extra: serde_json::Value,
+    ) -> RestoreJob {
+        let mut spec = serde_json::json!({
+            "mode": mode, "restorePoint": restore_point, "region": REGION,
+            "repository": {"bucket": self.bucket().await},
+        });
+        merge(&mut spec, extra);
+        let job: RestoreJob = serde_json::from_value(serde_json::json!({
+            "apiVersion": "tender.dev/v1alpha1", "kind": "RestoreJob",
+            "metadata": {"name": name}, "spec": spec
+        }))
+        .unwrap();
+        self.api::<RestoreJob>()
+            .create(&PostParams::default(), &job)
+            .await
+            .unwrap()
+    }
+
     /// Events recorded on objects of this namespace, as (reason, note).
     pub async fn events(&self) -> Vec<(String, String)> {
         let api: Api<k8s_openapi::api::events::v1::Event> = self.api();

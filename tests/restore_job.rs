@@ -1,0 +1,246 @@
+//! RestoreJobs on the BackupJob lifecycle: a restore point written by a
+//! BackupJob comes back as a new EBS volume, byte for byte, with its worker
+//! terminated; a restore point that does not exist fails the job plainly.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestEnv;
+use common::disks::{self, Ext4Image};
+use kube::ResourceExt;
+use tender::api::Phase;
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+#[tokio::test]
+async fn a_volume_restore_brings_the_backed_up_disk_back_as_a_new_volume() {
+    let env = TestEnv::new("restore").await;
+    let net = env.network().await;
+    env.create_configuration("default", &net, serde_json::json!({}))
+        .await;
+    env.wait_configuration_ready("default").await;
+    let aws = tender::aws::AwsClients::from_env().await;
+    let image = Ext4Image::build(
+        &[
+            ("home/alice/notes.txt", b"remember the milk\n".to_vec()),
+            (
+                "var/lib/data.bin",
+                (0..700_000u32).map(|i| (i * 7) as u8).collect(),
+            ),
+        ],
+        16,
+    );
+    let disk = disks::write_snapshot(&aws, &image.bytes, 1).await;
+
+    env.create_job("nightly", &disk, serde_json::json!({}))
+        .await;
+    let backup = env
+        .wait_job("nightly", TIMEOUT, |j| {
+            j.status.as_ref().is_some_and(|s| s.phase.is_finished())
+        })
+        .await;
+    let point = backup.status.as_ref().unwrap().workers[0]
+        .restore_point
+        .clone()
+        .expect("the backup recorded its restore point");
+    assert_eq!(point, format!("nightly/{disk}"));
+
+    let restore = env
+        .create_restore(
+            "bring-back",
+            "volume",
+            &point,
+            serde_json::json!({"availabilityZone": net.zone}),
+        )
+        .await;
+    let done = env
+        .wait_restore("bring-back", TIMEOUT, |j| {
+            j.status.as_ref().is_some_and(|s| s.phase.is_finished())
+        })
+        .await;
+    let status = done.status.clone().unwrap();
+    assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
+    assert_eq!(status.active_workers, 0);
+    let worker = &status.workers[0];
+    assert_eq!(worker.resource, point);
+    assert!(worker.terminated_time.is_some(), "{worker:?}");
+    let snapshot = worker.restored_snapshot_id.clone().unwrap();
+    let volume = worker.restored_volume_id.clone().unwrap();
+    assert!(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Complete" && c.status == "True"),
+        "{status:?}"
+    );
+
+    // EC2: the worker is terminated, the volume exists where asked, made
+    // from the restored snapshot, which holds the disk's bytes.
+    let workers = env
+        .instances_tagged("tender.dev/job-uid", &restore.uid().unwrap())
+        .await;
+    assert_eq!(workers.len(), 1);
+    assert_eq!(
+        workers[0].state().unwrap().name().unwrap().as_str(),
+        "terminated"
+    );
+    let described = env
+        .ec2
+        .describe_volumes()
+        .volume_ids(&volume)
+        .send()
+        .await
+        .unwrap();
+    let v = &described.volumes()[0];
+    assert_eq!(v.snapshot_id(), Some(snapshot.as_str()));
+    assert_eq!(v.availability_zone(), Some(net.zone.as_str()));
+    let bytes = disks::read_snapshot(&aws, &snapshot, image.bytes.len()).await;
+    assert!(bytes == image.bytes, "the restored disk differs");
+    let events = env.events().await;
+    assert!(
+        events
+            .iter()
+            .any(|(r, n)| r == "VolumeRestored" && n.contains(&volume)),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_restore_point_that_does_not_exist_fails_the_restore_and_creates_nothing() {
+    let env = TestEnv::new("restore-missing").await;
+    let net = env.network().await;
+    env.create_configuration("default", &net, serde_json::json!({}))
+        .await;
+    env.wait_configuration_ready("default").await;
+    let restore = env
+        .create_restore(
+            "ghost",
+            "volume",
+            "never-ran/snap-0123456789abcdef0",
+            serde_json::json!({"backoffLimit": 0}),
+        )
+        .await;
+    let done = env
+        .wait_restore("ghost", TIMEOUT, |j| {
+            j.status.as_ref().is_some_and(|s| s.phase.is_finished())
+        })
+        .await;
+    let status = done.status.clone().unwrap();
+    assert_eq!(status.phase, Phase::Failed);
+    let worker = &status.workers[0];
+    assert_eq!(
+        worker.reason.as_deref(),
+        Some("RestorePointNotFound"),
+        "{worker:?}"
+    );
+    assert!(
+        worker
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("never-ran/snap-0123456789abcdef0"),
+        "{worker:?}"
+    );
+    assert!(worker.restored_volume_id.is_none());
+    let workers = env
+        .instances_tagged("tender.dev/job-uid", &restore.uid().unwrap())
+        .await;
+    assert_eq!(workers.len(), 1);
+    assert_eq!(
+        workers[0].state().unwrap().name().unwrap().as_str(),
+        "terminated"
+    );
+    let volumes = env
+        .ec2
+        .describe_volumes()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:tender.dev/job-uid")
+                .values(restore.uid().unwrap())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(volumes.volumes().is_empty());
+}
+
+#[tokio::test]
+async fn a_full_restore_launches_an_instance_from_the_restored_disk() {
+    let env = TestEnv::new("restore-full").await;
+    let net = env.network().await;
+    env.create_configuration("default", &net, serde_json::json!({}))
+        .await;
+    env.wait_configuration_ready("default").await;
+    let aws = tender::aws::AwsClients::from_env().await;
+    let image = Ext4Image::build(&[("etc/hostname", b"web-1\n".to_vec())], 8);
+    let disk = disks::write_snapshot(&aws, &image.bytes, 1).await;
+    env.create_job("boot-disk", &disk, serde_json::json!({}))
+        .await;
+    env.wait_job("boot-disk", TIMEOUT, |j| {
+        j.status
+            .as_ref()
+            .is_some_and(|s| s.phase == Phase::Succeeded)
+    })
+    .await;
+
+    let restore = env
+        .create_restore(
+            "rebuild",
+            "full",
+            &format!("boot-disk/{disk}"),
+            serde_json::json!({"instanceType": "t3.small"}),
+        )
+        .await;
+    let done = env
+        .wait_restore("rebuild", TIMEOUT, |j| {
+            j.status.as_ref().is_some_and(|s| s.phase.is_finished())
+        })
+        .await;
+    let status = done.status.clone().unwrap();
+    assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
+    let worker = &status.workers[0];
+    let restored = worker.restored_instance_id.clone().unwrap();
+    let ami = worker.restored_image_id.clone().unwrap();
+    assert_eq!(worker.restored_snapshots.len(), 1, "{worker:?}");
+    assert_eq!(worker.restored_snapshots[0].device, "/dev/xvda");
+    let snapshot = worker.restored_snapshots[0].snapshot_id.clone();
+    let bytes = disks::read_snapshot(&aws, &snapshot, image.bytes.len()).await;
+    assert!(bytes == image.bytes, "the restored disk differs");
+
+    // EC2: the restored instance runs from the registered image, with the
+    // asked type, in the worker's subnet; the worker is terminated; and
+    // the sweep (every second here) leaves the restored instance alone.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let out = env
+        .ec2
+        .describe_instances()
+        .instance_ids(&restored)
+        .send()
+        .await
+        .unwrap();
+    let instance = &out.reservations()[0].instances()[0];
+    assert_eq!(instance.image_id(), Some(ami.as_str()));
+    assert_eq!(instance.instance_type().unwrap().as_str(), "t3.small");
+    assert_eq!(instance.subnet_id(), worker.subnet_id.as_deref());
+    assert_eq!(
+        instance.state().unwrap().name().unwrap().as_str(),
+        "running"
+    );
+    let tags = TestEnv::tags(instance);
+    assert_eq!(tags["tender.dev/job-name"], "rebuild");
+    assert!(!tags.contains_key("tender.dev/cluster-id"), "{tags:?}");
+    let workers = env
+        .instances_tagged("tender.dev/job-uid", &restore.uid().unwrap())
+        .await;
+    let worker_instance = workers
+        .iter()
+        .find(|i| i.instance_id() != Some(restored.as_str()))
+        .unwrap();
+    assert_eq!(
+        worker_instance.state().unwrap().name().unwrap().as_str(),
+        "terminated"
+    );
+}
