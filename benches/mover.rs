@@ -202,6 +202,7 @@ async fn bench(mib: usize) {
         restore_point: (operation == Operation::Restore).then(|| format!("bench/{source}")),
         device: None,
         all_volumes: false,
+        file_level: None,
     };
     let (backup_time, backup_rss) = run_agent(&bin, &task(Operation::Backup, 1));
     let manifest = tender::mover::load_manifest(&aws, &repository, &format!("bench/{source}"))

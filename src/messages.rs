@@ -44,6 +44,31 @@ pub struct WorkerTask {
     /// For a restore: every volume of the restore point (a whole instance).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub all_volumes: bool,
+    /// For a file-level recovery session: how to serve it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_level: Option<FileLevelTask>,
+}
+
+/// How a worker serves a file-level recovery session.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FileLevelTask {
+    /// TCP port of the HTTPS server (443).
+    pub port: u16,
+    /// SHA-256 (hex) of the session token; the token itself stays in the
+    /// Secret next to the RestoreJob, never in user data.
+    pub token_sha256: String,
+    /// The session ends after this many seconds without a request.
+    pub idle_timeout_seconds: u64,
+}
+
+/// Where a file-level recovery session is, and how to trust it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionInfo {
+    pub url: String,
+    pub certificate_sha256: String,
+    pub public_key_sha256: String,
 }
 
 /// Markers around the task in a worker's user data.
@@ -123,6 +148,9 @@ pub enum WorkerEvent {
         detail: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         bytes: Option<ByteProgress>,
+        /// A file-level recovery session that is up.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<SessionInfo>,
     },
     Heartbeat,
     Completed {
@@ -206,6 +234,7 @@ mod tests {
                     total: 2,
                     per_second: 1,
                 }),
+                session: None,
             },
         };
         let body = serde_json::to_string(&msg).expect("serializes");
@@ -236,6 +265,7 @@ mod tests {
             restore_point: None,
             device: None,
             all_volumes: false,
+            file_level: None,
         };
         let script = task.user_data().expect("renders");
         assert!(script.starts_with("#!/bin/sh\n"));

@@ -197,6 +197,8 @@ pub fn launch_allowance(
 /// EBS size of the protected instance.
 /// Instance type of restore workers unless the configuration says otherwise.
 pub const DEFAULT_RESTORE_INSTANCE_TYPE: &str = "c5.large";
+/// Instance type of file-level recovery workers unless configured.
+pub const DEFAULT_FILE_LEVEL_INSTANCE_TYPE: &str = "t3.medium";
 
 pub fn default_backup_instance_type(total_ebs_gib: i64) -> &'static str {
     if total_ebs_gib < SMALL_BACKUP_LIMIT_GIB {

@@ -299,6 +299,7 @@ async fn the_agent_restores_a_restore_point_into_a_snapshot_and_reports_it() {
         restore_point: Some("weekly/disk-1".into()),
         device: None,
         all_volumes: false,
+        file_level: None,
     };
 
     tender::worker::run(aws.clone(), task(1), "i-00000000000000001".into())

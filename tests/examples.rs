@@ -68,7 +68,6 @@ async fn the_examples_apply_and_reach_their_states() {
         "examples/worker-configuration.yaml",
         "examples/backup-job.yaml",
         "examples/more/backup-job-snapshot.yaml",
-        "examples/restore-job-file-level.yaml",
     ] {
         kubectl_apply(&env.namespace, &localize(read(file)));
     }
@@ -192,19 +191,50 @@ async fn the_examples_apply_and_reach_their_states() {
         );
     }
 
-    let restores: Api<RestoreJob> = env.api();
-    for name in ["web-server-files"] {
-        let stalled = common::eventually(TIMEOUT, || {
-            let restores = restores.clone();
-            async move {
-                let r = restores.get(name).await.ok()?;
-                let c = condition(&r.status?.conditions, "Stalled")?.clone();
-                Some(c)
-            }
+    // The file-level example: a session comes up; deleting the job ends it
+    // (its finalizer terminates the worker).
+    kubectl_apply(
+        &env.namespace,
+        &localize(read("examples/restore-job-file-level.yaml"))
+            .replace("web-server-nightly/i-0123456789abcdef0", &point),
+    );
+    let session = env
+        .wait_restore("web-server-files", TIMEOUT, |j| {
+            j.status
+                .as_ref()
+                .and_then(|s| s.workers.first())
+                .is_some_and(|w| w.browser_url.is_some() && w.certificate_sha256.is_some())
         })
         .await;
-        assert_eq!(stalled.reason, "RestoreModeNotSupported", "{name}");
-    }
+    let restores: Api<RestoreJob> = env.api();
+    restores
+        .delete("web-server-files", &Default::default())
+        .await
+        .unwrap();
+    common::eventually(TIMEOUT, || {
+        let restores = restores.clone();
+        async move {
+            restores
+                .get_opt("web-server-files")
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+    let workers = env
+        .instances_tagged(
+            "tender.dev/job-uid",
+            session.metadata.uid.as_deref().unwrap(),
+        )
+        .await;
+    assert_eq!(workers.len(), 1);
+    assert_eq!(
+        workers[0].state().unwrap().name().unwrap().as_str(),
+        "terminated"
+    );
     let jobs: Api<BackupJob> = env.api();
     assert_eq!(jobs.list(&Default::default()).await.unwrap().items.len(), 2);
 }

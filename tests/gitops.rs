@@ -29,7 +29,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{REGION, TestEnv};
-use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::{Api, CustomResourceExt};
 use serde_json::{Value, json};
 use tender::api::{BackupJob, RestoreJob, WorkerConfiguration};
@@ -581,27 +581,27 @@ async fn a_suspended_job_is_suspended_then_healthy_once_resumed() {
 }
 
 #[tokio::test]
-async fn a_restore_job_of_a_mode_this_version_cannot_run_is_degraded_and_stalled() {
+async fn a_restore_job_whose_restore_point_is_missing_is_degraded_and_stalled() {
     let env = TestEnv::new("gitops-restore").await;
-    let restore: RestoreJob = serde_json::from_value(json!({
-        "apiVersion": "tender.dev/v1alpha1", "kind": "RestoreJob",
-        "metadata": {"name": "bring-back"},
-        "spec": {"mode": "fileLevel", "restorePoint": "nightly/i-0123abcd", "region": REGION,
-                 "repository": {"bucket": "acme-backups"}}
-    }))
-    .unwrap();
-    env.api::<RestoreJob>()
-        .create(&PostParams::default(), &restore)
-        .await
-        .unwrap();
+    let net = env.network().await;
+    env.create_configuration("default", &net, json!({})).await;
+    env.wait_configuration_ready("default").await;
+    env.create_restore(
+        "bring-back",
+        "volume",
+        "nightly/i-0123abcd",
+        json!({"backoffLimit": 0}),
+    )
+    .await;
 
-    let job = wait_live::<RestoreJob, _>(&env, "bring-back", |o| at(o, "Failed")).await;
-    assert_argocd(&job, "Degraded", "RestoreModeNotSupported: ");
+    let job = wait_live::<RestoreJob, _>(&env, "bring-back", |o| {
+        at(o, "Failed") && o["status"]["activeWorkers"] == 0
+    })
+    .await;
+    assert_argocd(&job, "Degraded", "RestorePointNotFound");
     assert_kstatus(&job, "Failed");
-    assert_eq!(
-        condition(&job, "Stalled").unwrap()["reason"],
-        "RestoreModeNotSupported"
-    );
+    assert_eq!(condition_status(&job, "Failed"), Some("True"));
+    assert!(condition(&job, "Reconciling").is_none());
 }
 
 #[tokio::test]

@@ -484,6 +484,7 @@ async fn duplicate_late_and_malformed_messages_change_nothing() {
             percent: 5,
             detail: "late".into(),
             bytes: None,
+            session: None,
         },
     ))
     .await;

@@ -244,3 +244,95 @@ async fn a_full_restore_launches_an_instance_from_the_restored_disk() {
         "terminated"
     );
 }
+
+#[tokio::test]
+async fn backup_jobs_full_then_incremental_and_restore_jobs_bring_each_back() {
+    let env = TestEnv::new("restore-incr").await;
+    let net = env.network().await;
+    env.create_configuration("default", &net, serde_json::json!({}))
+        .await;
+    env.wait_configuration_ready("default").await;
+    let aws = tender::aws::AwsClients::from_env().await;
+    let s3 = disks::s3().await;
+    let bucket = env.bucket().await;
+    let random = |len: usize, seed: u64| -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    };
+    let mut image = Ext4Image::build(&[("data/big.bin", random(2 << 20, 5))], 16);
+    let first = image.bytes.clone();
+    let first_disk = disks::write_snapshot(&aws, &first, 1).await;
+    env.create_job("monday", &first_disk, serde_json::json!({}))
+        .await;
+    let monday = env
+        .wait_job("monday", TIMEOUT, |j| {
+            j.status.as_ref().is_some_and(|s| s.phase.is_finished())
+        })
+        .await;
+    assert_eq!(monday.status.as_ref().unwrap().phase, Phase::Succeeded);
+    let chunks_monday = disks::keys(&s3, &bucket, "chunks/").await.len();
+    let blocks = disks::data_blocks(&first);
+    let unique: std::collections::HashSet<&[u8]> = blocks.values().copied().collect();
+    assert_eq!(chunks_monday, unique.len());
+
+    // Tuesday: one file changed in place; the disk is snapshotted again.
+    let offsets = image.file_offsets("/data/big.bin");
+    image.overwrite(offsets[10], &random(50_000, 77));
+    let second = image.bytes.clone();
+    let second_disk = disks::write_snapshot(&aws, &second, 1).await;
+    let changed = disks::data_blocks(&second)
+        .into_iter()
+        .filter(|(i, b)| blocks.get(i) != Some(b))
+        .count();
+    assert!(changed >= 1);
+    // The same resource as Monday's: its restore point is the parent.
+    env.create_job(
+        "tuesday",
+        &second_disk,
+        serde_json::json!({"resources": [{"snapshotId": second_disk, "region": common::REGION}]}),
+    )
+    .await;
+    let tuesday = env
+        .wait_job("tuesday", TIMEOUT, |j| {
+            j.status.as_ref().is_some_and(|s| s.phase.is_finished())
+        })
+        .await;
+    assert_eq!(tuesday.status.as_ref().unwrap().phase, Phase::Succeeded);
+    let chunks_tuesday = disks::keys(&s3, &bucket, "chunks/").await.len();
+    // A different snapshot is a different resource: a full backup whose
+    // unchanged blocks deduplicate, so only the changed chunks are new.
+    assert_eq!(chunks_tuesday, chunks_monday + changed);
+
+    for (name, point, expected) in [
+        ("back-monday", format!("monday/{first_disk}"), &first),
+        ("back-tuesday", format!("tuesday/{second_disk}"), &second),
+    ] {
+        env.create_restore(name, "volume", &point, serde_json::json!({}))
+            .await;
+        let done = env
+            .wait_restore(name, TIMEOUT, |j| {
+                j.status.as_ref().is_some_and(|s| s.phase.is_finished())
+            })
+            .await;
+        let w = &done.status.as_ref().unwrap().workers[0];
+        assert_eq!(
+            done.status.as_ref().unwrap().phase,
+            Phase::Succeeded,
+            "{w:?}"
+        );
+        let bytes = disks::read_snapshot(
+            &aws,
+            w.restored_snapshot_id.as_ref().unwrap(),
+            expected.len(),
+        )
+        .await;
+        assert!(bytes == *expected, "{name} restored different bytes");
+    }
+}

@@ -289,6 +289,20 @@ pub struct WorkerStatus {
     /// The instance Tender launched from that AMI (mode `full`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_instance_id: Option<String>,
+    /// Where the file-level recovery browser is (mode `fileLevel`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub browser_url: Option<String>,
+    /// SHA-256 fingerprint of the browser's self-signed certificate (DER,
+    /// `AB:CD:…`): check it against what your browser shows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_sha256: Option<String>,
+    /// SHA-256 of the certificate's public key, base64, for pinning
+    /// (`curl --pinnedpubkey sha256//…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_sha256: Option<String>,
+    /// The Secret (same namespace) whose `token` opens the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_secret: Option<String>,
     /// CamelCase reason of the last failure of this worker, such as
     /// `WorkerLost` or `DeadlineExceeded`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -31,10 +31,11 @@ use crate::api::{
 use crate::aws::accounts::{Access, RegionAccount};
 use crate::aws::instance_cache::RegionInstances;
 use crate::aws::instances::WorkerLaunch;
-use crate::messages::{Operation, PROTOCOL_VERSION, WorkerTask};
+use crate::messages::{FileLevelTask, Operation, PROTOCOL_VERSION, WorkerTask};
 use crate::names::JOB_FINALIZER;
 use crate::placement::{self, WorkerOwner};
 use crate::telemetry::{OutcomeLabels, RegionLabels, WorkerLabels};
+use sha2::Digest;
 
 /// How often an unfinished job is looked at even when nothing happens
 /// (worker messages wake it much sooner).
@@ -885,6 +886,13 @@ async fn plan_workers<K: WorkerJob>(
                 let types = config.spec.instance_types.as_ref();
                 worker.instance_type = Some(match K::OPERATION {
                     Operation::Backup => placement::backup_instance_type(types, total_ebs_gib),
+                    Operation::Restore if job.restore_mode() == Some(RestoreMode::FileLevel) => {
+                        types
+                            .and_then(|t| t.file_level_recovery.clone())
+                            .unwrap_or_else(|| {
+                                placement::DEFAULT_FILE_LEVEL_INSTANCE_TYPE.to_string()
+                            })
+                    }
                     Operation::Restore => types
                         .and_then(|t| t.restore.clone())
                         .unwrap_or_else(|| placement::DEFAULT_RESTORE_INSTANCE_TYPE.to_string()),
@@ -1080,6 +1088,13 @@ async fn launch_workers<K: WorkerJob>(
             w.launch_time = Some(Time(found.launch_time.unwrap_or(now)));
             continue;
         }
+        let session = match job.restore_mode() {
+            Some(RestoreMode::FileLevel) => Some(ensure_session(job, ctx).await?),
+            _ => None,
+        };
+        if let Some((secret, _)) = &session {
+            status.workers[i].session_secret = Some(secret.clone());
+        }
         launch_one(
             job,
             config,
@@ -1087,10 +1102,92 @@ async fn launch_workers<K: WorkerJob>(
             &mut status.workers[i],
             ctx,
             reconcile_started,
+            session.map(|(_, task)| task),
         )
         .await?;
     }
     Ok(())
+}
+
+/// The Secret with a file-level recovery session's token (created once per
+/// job, owned by it so that it goes with it) and what the worker needs of
+/// it: the token's SHA-256, never the token.
+async fn ensure_session<K: WorkerJob>(job: &K, ctx: &Context) -> Result<(String, FileLevelTask)> {
+    use k8s_openapi::api::core::v1::Secret;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    let ns = job
+        .namespace()
+        .ok_or(Error::MissingObjectKey("namespace"))?;
+    let uid = job.uid().ok_or(Error::MissingObjectKey("uid"))?;
+    let job_name = job.name_any();
+    let name = format!(
+        "{}-session-{}",
+        &job_name[..job_name.len().min(230)],
+        &uid[..uid.len().min(8)]
+    );
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let token = match secrets.get_opt(&name).await? {
+        Some(found) => found
+            .data
+            .as_ref()
+            .and_then(|d| d.get("token"))
+            .map(|t| String::from_utf8_lossy(&t.0).into_owned())
+            .ok_or(Error::MissingObjectKey("token in the session Secret"))?,
+        None => {
+            let token = random_token()?;
+            let secret = Secret {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: Some(ns.clone()),
+                    labels: Some(
+                        [(crate::names::tags::JOB_NAME.to_string(), job_name.clone())].into(),
+                    ),
+                    owner_references: Some(vec![OwnerReference {
+                        api_version: K::api_version(&()).to_string(),
+                        kind: K::kind(&()).to_string(),
+                        name: job_name.clone(),
+                        uid: uid.clone(),
+                        controller: Some(true),
+                        block_owner_deletion: None,
+                    }]),
+                    ..Default::default()
+                },
+                string_data: Some([("token".to_string(), token.clone())].into()),
+                type_: Some("Opaque".into()),
+                ..Default::default()
+            };
+            match secrets.create(&Default::default(), &secret).await {
+                Ok(_) => token,
+                // Created by a reconcile that raced this one: use its token.
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    return Box::pin(ensure_session(job, ctx)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    let token_sha256 = sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((
+        name,
+        FileLevelTask {
+            port: 443,
+            token_sha256,
+            idle_timeout_seconds: job.idle_timeout_minutes().max(1) as u64 * 60,
+        },
+    ))
+}
+
+/// 32 random bytes, hex.
+fn random_token() -> Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|_| Error::MissingObjectKey("randomness from /dev/urandom"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Launches one worker, trying its subnets in order while they report no
@@ -1102,6 +1199,7 @@ async fn launch_one<K: WorkerJob>(
     w: &mut WorkerStatus,
     ctx: &Context,
     reconcile_started: Instant,
+    session: Option<FileLevelTask>,
 ) -> Result<()> {
     let subnets = config
         .status
@@ -1128,7 +1226,7 @@ async fn launch_one<K: WorkerJob>(
     let mut skipped: Vec<String> = Vec::new();
     for candidate in candidates {
         w.subnet_id = Some(candidate.subnet_id.clone());
-        let launch = worker_launch(job, config, w, queue_url, ctx)?;
+        let launch = worker_launch(job, config, w, queue_url, ctx, session.clone())?;
         match aws.launch_worker(&launch).await {
             Ok(instance) => {
                 crate::faults::crash_point("after-run-instances");
@@ -1312,6 +1410,7 @@ fn worker_launch<K: WorkerJob>(
     worker: &WorkerStatus,
     queue_url: &str,
     ctx: &Context,
+    file_level: Option<FileLevelTask>,
 ) -> Result<WorkerLaunch> {
     let ns = job.namespace().unwrap_or_default();
     let uid = job.uid().unwrap_or_default();
@@ -1356,6 +1455,7 @@ fn worker_launch<K: WorkerJob>(
         restore_point: (K::OPERATION == Operation::Restore).then(|| worker.resource.clone()),
         device: job.device().map(String::from),
         all_volumes: job.restore_mode() == Some(RestoreMode::Full),
+        file_level,
     };
     Ok(WorkerLaunch {
         region: config.spec.region.clone(),

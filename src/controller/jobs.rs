@@ -73,6 +73,10 @@ pub trait WorkerJob:
     fn restored_security_groups(&self) -> Vec<String> {
         Vec::new()
     }
+    /// For a file-level recovery session: minutes it may stay idle.
+    fn idle_timeout_minutes(&self) -> i32 {
+        30
+    }
 }
 
 impl WorkerJob for BackupJob {
@@ -163,5 +167,8 @@ impl WorkerJob for RestoreJob {
     }
     fn restored_security_groups(&self) -> Vec<String> {
         self.spec.security_group_ids.clone().unwrap_or_default()
+    }
+    fn idle_timeout_minutes(&self) -> i32 {
+        self.spec.idle_timeout_minutes.unwrap_or(30)
     }
 }

@@ -98,7 +98,13 @@ pub fn apply_message(workers: &mut [WorkerStatus], msg: &WorkerMessage, now: Tim
             percent,
             detail,
             bytes,
+            session,
         } => {
+            if let Some(s) = session {
+                w.browser_url = Some(s.url.clone());
+                w.certificate_sha256 = Some(s.certificate_sha256.clone());
+                w.public_key_sha256 = Some(s.public_key_sha256.clone());
+            }
             w.phase = Phase::Running;
             w.started_time.get_or_insert(at);
             w.progress_percent = Some((*percent).clamp(0, 100));
@@ -387,6 +393,7 @@ mod tests {
                 total: 100,
                 per_second: 20,
             }),
+            session: None,
         };
         assert_eq!(
             apply_message(&mut workers, &message("a", 3, progress), at(3)),
@@ -396,6 +403,7 @@ mod tests {
             percent: 10,
             detail: "old".into(),
             bytes: None,
+            session: None,
         };
         assert_eq!(
             apply_message(&mut workers, &message("a", 2, older), at(4)),

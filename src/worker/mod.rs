@@ -9,6 +9,8 @@
 //! A backup of a snapshot reads it as it is. Either way the data mover
 //! (`crate::mover`) writes one restore point to the job's repository.
 
+pub mod browser;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -21,7 +23,7 @@ use crate::api::RestoredSnapshot;
 use crate::aws::accounts::Access;
 use crate::aws::{AwsClients, AwsError};
 use crate::messages::{
-    ByteProgress, Operation, PROTOCOL_VERSION, WorkerEvent, WorkerMessage, WorkerTask,
+    ByteProgress, Operation, PROTOCOL_VERSION, SessionInfo, WorkerEvent, WorkerMessage, WorkerTask,
 };
 use crate::mover::manifest::{Manifest, RepositoryLocation, VolumeImage};
 
@@ -114,6 +116,7 @@ pub async fn run(aws: AwsClients, task: WorkerTask, instance_id: String) -> Resu
                         total,
                         per_second,
                     }),
+                    session: None,
                 }
             } else {
                 WorkerEvent::Heartbeat
@@ -127,6 +130,7 @@ pub async fn run(aws: AwsClients, task: WorkerTask, instance_id: String) -> Resu
     let started = Instant::now();
     let outcome = match task.operation {
         Operation::Backup => backup(&aws, &task, &progress).await,
+        Operation::Restore if task.file_level.is_some() => file_level(&aws, &task, &reporter).await,
         Operation::Restore => restore(&aws, &task, &progress).await,
     };
     heartbeat.abort();
@@ -276,6 +280,140 @@ async fn backup(aws: &AwsClients, task: &WorkerTask, progress: &Progress) -> Res
         restore_point: Some(manifest.id.clone()),
         snapshots: Vec::new(),
     })
+}
+
+/// Serves the file-level recovery browser over a restore point's volume
+/// until the session has been idle for its timeout.
+async fn file_level(
+    aws: &AwsClients,
+    task: &WorkerTask,
+    reporter: &Reporter,
+) -> Result<Done, Failure> {
+    let (Some(repository), Some(id), Some(session)) =
+        (&task.repository, &task.restore_point, &task.file_level)
+    else {
+        return Err(failure(
+            "RestorePointMissing",
+            "the task names no repository, restore point or session",
+        ));
+    };
+    let manifest = mover::load_manifest(aws, repository, id)
+        .await
+        .map_err(|e| mover_failure(e, repository))?;
+    let volume = match &task.device {
+        Some(device) => manifest
+            .volumes
+            .iter()
+            .find(|v| v.device.as_deref() == Some(device.as_str())),
+        None => manifest.volumes.first(),
+    };
+    let Some(volume) = volume else {
+        return Err(failure(
+            "VolumeNotInRestorePoint",
+            format!(
+                "restore point {id} has no volume {}",
+                task.device.as_deref().unwrap_or("at all")
+            ),
+        ));
+    };
+    let disk = browser::RepositoryDisk::new(aws.clone(), repository.clone(), volume);
+    browser::check_filesystem(&disk)
+        .await
+        .map_err(|e| failure("FilesystemUnreadable", e))?;
+    // On EC2: port 443 on every interface, reached at the instance's
+    // address. A local agent (tests, the demo) is told where to listen and
+    // what to advertise.
+    let listen = std::env::var("TENDER_BROWSER_ADDRESS")
+        .unwrap_or_else(|_| format!("0.0.0.0:{}", session.port));
+    let host = match std::env::var("TENDER_ADVERTISE_HOST") {
+        Ok(h) => h,
+        Err(_) => imds_address().await.ok_or_else(|| {
+            failure(
+                "SessionFailed",
+                "could not read this instance's address from the instance metadata service",
+            )
+        })?,
+    };
+    let idle = Duration::from_secs(session.idle_timeout_seconds.max(1));
+    let ran = browser::serve(
+        disk,
+        browser::SessionConfig {
+            listen,
+            advertise_host: host,
+            token_sha256: session.token_sha256.clone(),
+            idle_timeout: idle,
+        },
+        |s| async move {
+            let event = WorkerEvent::Progress {
+                percent: 100,
+                detail: format!("file-level recovery session of {id} is up at {}", s.url),
+                bytes: None,
+                session: Some(SessionInfo {
+                    url: s.url,
+                    certificate_sha256: s.certificate_sha256,
+                    public_key_sha256: s.public_key_sha256,
+                }),
+            };
+            if let Err(e) = reporter.send(event).await {
+                warn!(error = %e, "could not report the session");
+            }
+        },
+    )
+    .await
+    .map_err(|e| failure("SessionFailed", e))?;
+    Ok(Done {
+        detail: format!(
+            "file-level recovery session of {id} ended after {} s idle ({} s in all)",
+            idle.as_secs(),
+            ran.as_secs()
+        ),
+        restore_point: Some(id.clone()),
+        snapshots: Vec::new(),
+    })
+}
+
+/// This instance's public address, else its private one, from IMDSv2.
+async fn imds_address() -> Option<String> {
+    let token = imds("PUT", "/latest/api/token", None).await?;
+    for path in [
+        "/latest/meta-data/public-ipv4",
+        "/latest/meta-data/local-ipv4",
+    ] {
+        if let Some(ip) = imds("GET", path, Some(&token))
+            .await
+            .filter(|s| !s.is_empty())
+        {
+            return Some(ip);
+        }
+    }
+    None
+}
+
+/// One IMDS request; the body of a 200 answer.
+async fn imds(method: &str, path: &str, token: Option<&str>) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect("169.254.169.254:80")
+            .await
+            .ok()?;
+        let auth = match token {
+            Some(t) => format!("X-aws-ec2-metadata-token: {t}\r\n"),
+            None => "X-aws-ec2-metadata-token-ttl-seconds: 300\r\n".to_string(),
+        };
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 169.254.169.254\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.ok()?;
+        let (head, body) = answer.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200")
+            .then(|| body.trim().to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(2), exchange)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Restores one volume of a restore point into a new EBS snapshot, in the

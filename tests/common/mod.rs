@@ -431,6 +431,11 @@ impl TestEnv {
                         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tender"));
                         cmd.args(["worker", "--instance-id", &id])
                             .env("TENDER_TASK", serde_json::to_string(&task).unwrap())
+                            // A file-level recovery session listens on a
+                            // free loopback port, not on 443 of every
+                            // interface as on EC2.
+                            .env("TENDER_BROWSER_ADDRESS", "127.0.0.1:0")
+                            .env("TENDER_ADVERTISE_HOST", "127.0.0.1")
                             .stdin(Stdio::null())
                             .stdout(log.try_clone().unwrap())
                             .stderr(log);

@@ -1,0 +1,250 @@
+//! The file-level recovery browser, end to end: a BackupJob's restore point
+//! of a real ext4 disk, a RestoreJob in mode fileLevel, and headless
+//! Chromium (Debian's `chromium`) that accepts the session's self-signed
+//! certificate by its key's pin, browses to a file and downloads it; the
+//! served certificate's SHA-256 is the one in the RestoreJob's status; a
+//! request without the session token is refused; the session ends once idle
+//! and its worker is terminated.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine;
+use common::TestEnv;
+use common::disks::{self, Ext4Image};
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use sha2::{Digest, Sha256};
+use tender::api::{Phase, RestoreJob};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn chromium() -> String {
+    for p in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
+        if std::path::Path::new(p).exists() {
+            return p.to_string();
+        }
+    }
+    panic!("Chromium is not installed: scripts/testenv install installs Debian's chromium")
+}
+
+#[tokio::test]
+async fn a_browser_downloads_a_file_from_a_file_level_recovery_session() {
+    let env = TestEnv::new("filelevel").await;
+    let net = env.network().await;
+    env.create_configuration("default", &net, serde_json::json!({}))
+        .await;
+    env.wait_configuration_ready("default").await;
+    let aws = tender::aws::AwsClients::from_env().await;
+    let report = random_bytes(300_000, 11);
+    let todo = b"water the plants\nbackup the backups\n".to_vec();
+    let image = Ext4Image::build(
+        &[
+            ("docs/report.bin", report.clone()),
+            ("docs/notes/todo.txt", todo.clone()),
+            ("hello.txt", b"hi\n".to_vec()),
+        ],
+        16,
+    );
+    let disk = disks::write_snapshot(&aws, &image.bytes, 1).await;
+    env.create_job("nightly", &disk, serde_json::json!({}))
+        .await;
+    env.wait_job("nightly", TIMEOUT, |j| {
+        j.status
+            .as_ref()
+            .is_some_and(|s| s.phase == Phase::Succeeded)
+    })
+    .await;
+
+    let restore = env
+        .create_restore(
+            "browse",
+            "fileLevel",
+            &format!("nightly/{disk}"),
+            serde_json::json!({"idleTimeoutMinutes": 1}),
+        )
+        .await;
+    let up = env
+        .wait_restore("browse", TIMEOUT, |j| {
+            j.status
+                .as_ref()
+                .and_then(|s| s.workers.first())
+                .is_some_and(|w| w.browser_url.is_some())
+        })
+        .await;
+    let worker = up.status.as_ref().unwrap().workers[0].clone();
+    assert_eq!(worker.phase, Phase::Running, "{worker:?}");
+    let url = worker.browser_url.clone().unwrap();
+    let fingerprint = worker.certificate_sha256.clone().unwrap();
+    let pin = worker.public_key_sha256.clone().unwrap();
+    let secret: kube::Api<Secret> = env.api();
+    let secret = secret
+        .get(worker.session_secret.as_deref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        secret.owner_references()[0].uid,
+        restore.uid().unwrap(),
+        "the Secret goes with its RestoreJob"
+    );
+    let token = String::from_utf8(secret.data.as_ref().unwrap()["token"].0.clone()).unwrap();
+
+    // Without the token: refused.
+    let code = curl(&[
+        "-k",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("{url}browse/"),
+    ]);
+    assert_eq!(code, "401");
+    let code = curl(&[
+        "-k",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("{url}browse/?token=not-the-token"),
+    ]);
+    assert_eq!(code, "401");
+
+    // The certificate served is the one the status names.
+    let certs = curl(&["-k", "-o", "/dev/null", "-w", "%{certs}", &url]);
+    let pem: String = certs
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END CERTIFICATE"))
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(pem.trim())
+        .expect("curl printed the certificate");
+    let served: Vec<String> = Sha256::digest(&der)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    assert_eq!(served.join(":"), fingerprint);
+
+    // Search and a folder archive, with the token, pinned by the key.
+    let pinned = format!("sha256//{pin}");
+    let found = curl(&[
+        "-k",
+        "--pinnedpubkey",
+        &pinned,
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        &format!("{url}search?q=TODO"),
+    ]);
+    assert!(found.contains("/docs/notes/todo.txt"), "{found}");
+    let tar = Command::new("curl")
+        .args(["-sSk", "--pinnedpubkey", &pinned, "-H"])
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg(format!("{url}archive/docs"))
+        .output()
+        .unwrap()
+        .stdout;
+    let listing = Command::new("tar")
+        .args(["-t", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(&tar)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let names = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        names.contains("docs/notes/todo.txt") && names.contains("docs/report.bin"),
+        "{names}"
+    );
+
+    // Chromium: the pin accepts the certificate; browse, then download.
+    let work =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(common::unique("chromium"));
+    let downloads = work.join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let steps = serde_json::json!([
+        {"navigate": format!("{url}?token={token}")},
+        {"click": "a[href='/browse/docs']"},
+        {"download": "a[href='/file/docs/report.bin']"},
+    ]);
+    let driver = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/drive.py");
+    let out = Command::new("python3")
+        .arg(driver)
+        .arg(steps.to_string())
+        .arg(chromium())
+        .arg(&pin)
+        .arg(&downloads)
+        .arg(work.join("profile"))
+        .output()
+        .expect("run the Chromium driver");
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "driver output is not JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(seen.get("error").is_none(), "{seen}");
+    let pages = seen["pages"].as_array().unwrap();
+    assert!(pages[0].as_str().unwrap().contains("docs/"), "{seen}");
+    assert!(pages[1].as_str().unwrap().contains("report.bin"), "{seen}");
+    let file = seen["downloads"][0].as_str().unwrap();
+    assert_eq!(
+        std::fs::read(file).unwrap(),
+        report,
+        "the downloaded file differs"
+    );
+
+    // Left alone, the session ends after its idle minute; the worker goes.
+    let done = env
+        .wait_restore("browse", Duration::from_secs(150), |j: &RestoreJob| {
+            j.status.as_ref().is_some_and(|s| s.phase.is_finished())
+        })
+        .await;
+    let status = done.status.clone().unwrap();
+    assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
+    assert!(
+        status.workers[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("idle"),
+        "{status:?}"
+    );
+    let workers = env
+        .instances_tagged("tender.dev/job-uid", &restore.uid().unwrap())
+        .await;
+    assert_eq!(workers.len(), 1);
+    assert_eq!(
+        workers[0].state().unwrap().name().unwrap().as_str(),
+        "terminated"
+    );
+}
