@@ -60,6 +60,9 @@ pub struct FileLevelTask {
     pub token_sha256: String,
     /// The session ends after this many seconds without a request.
     pub idle_timeout_seconds: u64,
+    /// Where "Restore selected" copies files, if the job allows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_to: Option<crate::mover::manifest::RepositoryLocation>,
 }
 
 /// Where a file-level recovery session is, and how to trust it.

@@ -1,7 +1,8 @@
 //! The file-level recovery browser, end to end: a BackupJob's restore point
 //! of a real ext4 disk, a RestoreJob in mode fileLevel, and headless
 //! Chromium (Debian's `chromium`) that accepts the session's self-signed
-//! certificate by its key's pin, browses to a file and downloads it; the
+//! certificate by its key's pin, browses to a file and downloads it, and
+//! restores a selected folder to the S3 location the job allows; the
 //! served certificate's SHA-256 is the one in the RestoreJob's status; a
 //! request without the session token is refused; the session ends once idle
 //! and its worker is terminated.
@@ -85,7 +86,10 @@ async fn a_browser_downloads_a_file_from_a_file_level_recovery_session() {
             "browse",
             "fileLevel",
             &format!("nightly/{disk}"),
-            serde_json::json!({"idleTimeoutMinutes": 1}),
+            serde_json::json!({
+                "idleTimeoutMinutes": 1,
+                "restoreFilesTo": {"bucket": env.bucket().await, "prefix": "restored/"},
+            }),
         )
         .await;
     let up = env
@@ -194,6 +198,8 @@ async fn a_browser_downloads_a_file_from_a_file_level_recovery_session() {
         {"navigate": format!("{url}?token={token}")},
         {"click": "a[href='/browse/docs']"},
         {"download": "a[href='/file/docs/report.bin']"},
+        {"check": "input[value='/docs/notes']"},
+        {"click": "form[action='/restore'] button"},
     ]);
     let driver = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/drive.py");
     let out = Command::new("python3")
@@ -222,6 +228,26 @@ async fn a_browser_downloads_a_file_from_a_file_level_recovery_session() {
         report,
         "the downloaded file differs"
     );
+    // "Restore selected": the folder's files, under their paths, in the
+    // location the job allows.
+    assert!(
+        pages[2].as_str().unwrap().contains("1 file(s) restored"),
+        "{seen}"
+    );
+    let s3 = disks::s3().await;
+    let restored = s3
+        .get_object()
+        .bucket(env.bucket().await)
+        .key("restored/docs/notes/todo.txt")
+        .send()
+        .await
+        .expect("the selected folder's file was restored")
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
+    assert_eq!(restored.to_vec(), todo);
 
     // Left alone, the session ends after its idle minute; the worker goes.
     let done = env

@@ -50,7 +50,9 @@ pub const RESTORE_POINT_PATTERN: &str = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-z0-
     {"rule": "self.mode == 'full' || (!has(self.instanceType) && !has(self.securityGroupIds))",
      "message": "instanceType and securityGroupIds apply only to mode full"},
     {"rule": "self.mode != 'full' || has(self.instanceType)",
-     "message": "mode full needs instanceType: the type of the restored instance"}
+     "message": "mode full needs instanceType: the type of the restored instance"},
+    {"rule": "self.mode == 'fileLevel' || !has(self.restoreFilesTo)",
+     "message": "restoreFilesTo applies only to mode fileLevel"}
 ]))]
 #[serde(rename_all = "camelCase")]
 pub struct RestoreJobSpec {
@@ -105,6 +107,12 @@ pub struct RestoreJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub ttl_seconds_after_finished: Option<i64>,
+    /// Where the file-level recovery browser's "Restore selected" copies
+    /// files and folders (mode `fileLevel`): an S3 bucket and prefix, under
+    /// which each file keeps its path. Unset: the browser offers downloads
+    /// only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_files_to: Option<Repository>,
     /// Minutes a file-level recovery session may stay idle before its worker
     /// is terminated (default 30).
     #[serde(default, skip_serializing_if = "Option::is_none")]

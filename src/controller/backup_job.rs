@@ -1176,6 +1176,11 @@ async fn ensure_session<K: WorkerJob>(job: &K, ctx: &Context) -> Result<(String,
             port: 443,
             token_sha256,
             idle_timeout_seconds: job.idle_timeout_minutes().max(1) as u64 * 60,
+            // The bucket's region defaults to the region restored into.
+            restore_to: job.restore_files_to().map(|r| {
+                let region = job.targets().first().map(|t| t.region.clone());
+                r.location(region.as_deref().unwrap_or_default())
+            }),
         },
     ))
 }

@@ -77,6 +77,10 @@ pub trait WorkerJob:
     fn idle_timeout_minutes(&self) -> i32 {
         30
     }
+    /// For a file-level recovery session: where selected files may go.
+    fn restore_files_to(&self) -> Option<&Repository> {
+        None
+    }
 }
 
 impl WorkerJob for BackupJob {
@@ -170,5 +174,8 @@ impl WorkerJob for RestoreJob {
     }
     fn idle_timeout_minutes(&self) -> i32 {
         self.spec.idle_timeout_minutes.unwrap_or(30)
+    }
+    fn restore_files_to(&self) -> Option<&Repository> {
+        self.spec.restore_files_to.as_ref()
     }
 }

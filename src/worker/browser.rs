@@ -192,6 +192,8 @@ pub struct SessionConfig {
     pub advertise_host: String,
     pub token_sha256: String,
     pub idle_timeout: Duration,
+    /// Where "Restore selected" copies files; `None`: downloads only.
+    pub restore_to: Option<RepositoryLocation>,
 }
 
 /// Serves the session until it has been idle for its timeout; calls
@@ -254,6 +256,7 @@ where
 
     let last_use = Arc::new(Mutex::new(Instant::now()));
     let token_sha256 = Arc::new(config.token_sha256.to_ascii_lowercase());
+    let restore_to = Arc::new(config.restore_to.clone());
     loop {
         let idle = last_use.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
         let Some(left) = config.idle_timeout.checked_sub(idle) else {
@@ -275,20 +278,35 @@ where
         let disk = disk.clone();
         let last_use = last_use.clone();
         let token_sha256 = token_sha256.clone();
+        let restore_to = restore_to.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(accepted, acceptor, disk, &token_sha256, &last_use).await {
+            let shared = Shared {
+                disk,
+                restore_to,
+                last_use,
+            };
+            if let Err(e) = connection(accepted, acceptor, &shared, &token_sha256).await {
                 warn!(error = e, "request failed");
             }
         });
     }
 }
 
+/// What every request of a session shares.
+struct Shared {
+    disk: RepositoryDisk,
+    restore_to: Arc<Option<RepositoryLocation>>,
+    last_use: Arc<Mutex<Instant>>,
+}
+
+/// The largest form body accepted (a list of selected paths).
+const MAX_BODY: usize = 1 << 20;
+
 async fn connection(
     stream: TcpStream,
     acceptor: tokio_rustls::TlsAcceptor,
-    disk: RepositoryDisk,
+    shared: &Shared,
     token_sha256: &str,
-    last_use: &Mutex<Instant>,
 ) -> Result<(), String> {
     let mut tls = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
         .await
@@ -309,15 +327,41 @@ async fn connection(
             return respond(&mut tls, text(431, "request head too large")).await;
         }
     }
-    let request = Request::parse(&String::from_utf8_lossy(&head))
+    let split = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(head.len(), |p| p + 4);
+    let mut request = Request::parse(&String::from_utf8_lossy(&head[..split]))
         .ok_or_else(|| "malformed request".to_string())?;
-    let response = if request.method != "GET" && request.method != "HEAD" {
-        text(405, "only GET is served here")
+    if request.method == "POST" {
+        let length: usize = request
+            .header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if length > MAX_BODY {
+            return respond(&mut tls, text(413, "too many selected paths")).await;
+        }
+        let mut body = head[split..].to_vec();
+        while body.len() < length {
+            let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+                .await
+                .map_err(|_| "request body timed out".to_string())?
+                .map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&buf[..n]);
+        }
+        body.truncate(length);
+        request.form = parse_form(&String::from_utf8_lossy(&body));
+    }
+    let response = if !matches!(request.method.as_str(), "GET" | "HEAD" | "POST") {
+        text(405, "only GET and POST are served here")
     } else {
         match request.token() {
             Some((token, from_query)) if token_matches(&token, token_sha256) => {
-                *last_use.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-                let mut response = route(&request, disk).await;
+                *shared.last_use.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+                let mut response = route(&request, shared).await;
                 if from_query {
                     // Later links carry the token in a cookie, not the URL.
                     response.headers.push((
@@ -365,6 +409,21 @@ struct Request {
     path: String,
     query: Vec<(String, String)>,
     headers: Vec<(String, String)>,
+    /// A POSTed form's fields.
+    form: Vec<(String, String)>,
+}
+
+fn parse_form(s: &str) -> Vec<(String, String)> {
+    s.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (
+                percent_decode(&k.replace('+', " ")),
+                percent_decode(&v.replace('+', " ")),
+            )
+        })
+        .collect()
 }
 
 impl Request {
@@ -382,15 +441,9 @@ impl Request {
         Some(Request {
             method,
             path: percent_decode(path),
-            query: query
-                .split('&')
-                .filter(|p| !p.is_empty())
-                .map(|p| {
-                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                    (percent_decode(k), percent_decode(&v.replace('+', " ")))
-                })
-                .collect(),
+            query: parse_form(query),
             headers,
+            form: Vec::new(),
         })
     }
 
@@ -504,6 +557,7 @@ fn reason(status: u16) -> &'static str {
         302 => "Found",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         413 => "Content Too Large",
@@ -535,9 +589,18 @@ async fn respond<S: tokio::io::AsyncWrite + Unpin>(
 
 // ---------------------------------------------------------------- pages
 
-async fn route(request: &Request, disk: RepositoryDisk) -> Response {
+async fn route(request: &Request, shared: &Shared) -> Response {
     let path = request.path.clone();
     let query = request.query("q").map(String::from);
+    let disk = shared.disk.clone();
+    let restore_to = (*shared.restore_to).clone();
+    let method = request.method.clone();
+    let selected: Vec<String> = request
+        .form
+        .iter()
+        .filter(|(k, _)| k == "path")
+        .map(|(_, v)| normalize(v))
+        .collect();
     tokio::task::spawn_blocking(move || {
         let fs = match open(&disk) {
             Ok(fs) => fs,
@@ -550,8 +613,17 @@ async fn route(request: &Request, disk: RepositoryDisk) -> Response {
                 body: Vec::new(),
             };
         }
+        if path == "/restore" && method == "POST" {
+            return match &restore_to {
+                Some(target) => restore_selected(&fs, &disk, target, &selected),
+                None => text(
+                    403,
+                    "this RestoreJob allows downloads only: set spec.restoreFilesTo to restore files to S3",
+                ),
+            };
+        }
         if let Some(p) = path.strip_prefix("/browse") {
-            return browse(&fs, &normalize(p));
+            return browse(&fs, &normalize(p), restore_to.as_ref());
         }
         if let Some(p) = path.strip_prefix("/file") {
             return download(&fs, &normalize(p));
@@ -610,7 +682,7 @@ fn entries(fs: &Ext4, dir: &str) -> Result<Vec<(String, Metadata)>, String> {
     Ok(out)
 }
 
-fn browse(fs: &Ext4, dir: &str) -> Response {
+fn browse(fs: &Ext4, dir: &str, restore_to: Option<&RepositoryLocation>) -> Response {
     let list = match entries(fs, dir) {
         Ok(l) => l,
         Err(e) => return not_found(dir, e),
@@ -624,9 +696,17 @@ fn browse(fs: &Ext4, dir: &str) -> Response {
         ));
     }
     body.push_str(&format!(
-        "<p><a class=\"archive\" href=\"/archive{}\">Download this folder (.tar)</a></p><table>",
+        "<p><a class=\"archive\" href=\"/archive{}\">Download this folder (.tar)</a></p>",
         percent_encode_path(dir)
     ));
+    if let Some(target) = restore_to {
+        body.push_str(&format!(
+            "<form method=\"post\" action=\"/restore\"><p><button type=\"submit\">Restore selected to s3://{}/{}</button></p>",
+            html_escape(&target.bucket),
+            html_escape(&target.prefix)
+        ));
+    }
+    body.push_str("<table>");
     for (name, meta) in list {
         let path = join(dir, &name);
         let (href, kind, size) = if meta.is_dir() {
@@ -642,13 +722,24 @@ fn browse(fs: &Ext4, dir: &str) -> Response {
                 format!("{} bytes", meta.len()),
             )
         };
+        let select = if restore_to.is_some() {
+            format!(
+                "<input type=\"checkbox\" name=\"path\" value=\"{}\">",
+                html_escape(&path)
+            )
+        } else {
+            String::new()
+        };
         body.push_str(&format!(
-            "<tr class=\"{kind}\"><td><a href=\"{href}\">{}{}</a></td><td>{size}</td></tr>",
+            "<tr class=\"{kind}\"><td>{select}</td><td><a href=\"{href}\">{}{}</a></td><td>{size}</td></tr>",
             html_escape(&name),
             if kind == "dir" { "/" } else { "" }
         ));
     }
     body.push_str("</table>");
+    if restore_to.is_some() {
+        body.push_str("</form>");
+    }
     html(&format!("Restore point: {dir}"), &body)
 }
 
@@ -724,6 +815,77 @@ fn archive(fs: &Ext4, dir: &str) -> Response {
         ],
         body: tar.finish(),
     }
+}
+
+/// Copies the selected files (folders: every regular file in them) to the
+/// allowed S3 location, each under its path in the filesystem.
+fn restore_selected(
+    fs: &Ext4,
+    disk: &RepositoryDisk,
+    target: &RepositoryLocation,
+    selected: &[String],
+) -> Response {
+    if selected.is_empty() {
+        return text(400, "select at least one file or folder");
+    }
+    let mut files: Vec<String> = Vec::new();
+    let mut todo: Vec<String> = selected.to_vec();
+    while let Some(path) = todo.pop() {
+        let meta = match fs.metadata(path.as_str()) {
+            Ok(m) => m,
+            Err(e) => return not_found(&path, e),
+        };
+        if meta.is_dir() {
+            match entries(fs, &path) {
+                Ok(list) => todo.extend(list.into_iter().map(|(n, _)| join(&path, &n))),
+                Err(e) => return not_found(&path, e),
+            }
+        } else if meta.file_type().is_regular_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    files.dedup();
+    let inner = &disk.inner;
+    let mut done = Vec::new();
+    for path in &files {
+        let data = match fs.read(path.as_str()) {
+            Ok(d) => d,
+            Err(e) => return not_found(path, e),
+        };
+        let key = format!("{}{}", target.prefix, path.trim_start_matches('/'));
+        let put = inner.runtime.block_on(inner.aws.put_object(
+            &target.region,
+            &target.bucket,
+            &key,
+            data,
+            "application/octet-stream",
+        ));
+        if let Err(e) = put {
+            return text(
+                500,
+                &format!(
+                    "restored {} of {} files; {path} failed: {e}",
+                    done.len(),
+                    files.len()
+                ),
+            );
+        }
+        done.push(format!("s3://{}/{key}", target.bucket));
+    }
+    info!(
+        files = done.len(),
+        bucket = target.bucket,
+        "restored selected files"
+    );
+    let list: String = done
+        .iter()
+        .map(|d| format!("<li>{}</li>", html_escape(d)))
+        .collect();
+    html(
+        "Restored",
+        &format!("<p>{} file(s) restored:</p><ul>{list}</ul>", done.len()),
+    )
 }
 
 fn search(fs: &Ext4, q: &str) -> Response {

@@ -342,6 +342,7 @@ async fn file_level(
             advertise_host: host,
             token_sha256: session.token_sha256.clone(),
             idle_timeout: idle,
+            restore_to: session.restore_to.clone(),
         },
         |s| async move {
             let event = WorkerEvent::Progress {

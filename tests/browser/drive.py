@@ -6,9 +6,10 @@ object with what each step saw.
 
 usage: drive.py STEPS_JSON CHROMIUM SPKI_PIN DOWNLOAD_DIR PROFILE_DIR
 
-Steps: {"navigate": url} | {"click": css} | {"download": css}
-After navigate and click, the page's text is recorded; after download, the
-downloaded file's path.
+Steps: {"navigate": url} | {"click": css} | {"check": css} | {"download": css}
+After navigate and click (which must load a page), the page's text is
+recorded; after download, the downloaded file's path. check ticks a
+checkbox.
 """
 import json
 import os
@@ -110,6 +111,9 @@ try:
                  session)
             wait_event("Page.loadEventFired", session)
             out["pages"].append(page_text(session))
+        elif "check" in step:
+            call("Runtime.evaluate",
+                 {"expression": f"document.querySelector({json.dumps(step['check'])}).checked = true"}, session)
         elif "download" in step:
             call("Runtime.evaluate",
                  {"expression": f"document.querySelector({json.dumps(step['download'])}).click()"}, session)
