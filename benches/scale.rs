@@ -46,7 +46,7 @@ const REGION: &str = "us-east-1";
 /// Protected instances the jobs share (a backup only reads its source).
 const PROTECTED: usize = 8;
 const IMAGE_ID: &str = "ami-0123456789abcdef0";
-/// Tag on the protected instances this process creates.
+/// Tag on what this process creates.
 const BENCH_TAG: &str = "tender-bench";
 /// The controller's heartbeat period; longer than any job here.
 const HEARTBEAT_SECONDS: &str = "30";
@@ -103,7 +103,7 @@ fn main() {
 
 // ---------------------------------------------------------------- the world
 
-/// What every run shares: clients; the network and the protected instances
+/// What every run shares: clients; the network, the protected snapshots and the repository
 /// of the current run.
 struct World {
     client: Client,
@@ -115,6 +115,8 @@ struct World {
     zone: String,
     security_group: String,
     protected: Vec<String>,
+    /// The repository bucket of the current run.
+    bucket: String,
     /// Distinguishes this process's namespaces and cluster IDs.
     tag: String,
     /// Empty the emulator before every run (BENCH_RESET_EMULATOR=1: only
@@ -185,6 +187,7 @@ async fn world() -> World {
         zone: String::new(),
         security_group: String::new(),
         protected: Vec::new(),
+        bucket: String::new(),
         tag,
         reset: std::env::var("BENCH_RESET_EMULATOR").is_ok_and(|v| v == "1"),
         forget_terminated: !std::env::var("BENCH_KEEP_TERMINATED").is_ok_and(|v| v == "1"),
@@ -193,7 +196,7 @@ async fn world() -> World {
 
 impl World {
     /// Before each run: empty the emulator (when allowed) or drop what the
-    /// last run left, then a security group and the protected instances.
+    /// last run left, then a security group, the protected snapshots and a bucket.
     async fn prepare(&mut self) {
         if self.reset {
             reset_emulator().await;
@@ -233,28 +236,43 @@ impl World {
             .group_id()
             .unwrap()
             .to_string();
-        let out = self
-            .ec2
-            .run_instances()
-            .image_id(IMAGE_ID)
-            .instance_type(InstanceType::T3Micro)
-            .min_count(PROTECTED as i32)
-            .max_count(PROTECTED as i32)
-            .subnet_id(&self.subnet)
-            .tag_specifications(
-                TagSpecification::builder()
-                    .resource_type(ResourceType::Instance)
-                    .tags(Tag::builder().key(BENCH_TAG).value(&self.tag).build())
-                    .build(),
-            )
+        // The protected disks: EBS snapshots of one 512 KiB block each,
+        // written through the EBS direct APIs (the emulator serves blocks only
+        // of those), and a fresh repository bucket per run.
+        let aws = AwsClients::from_env().await;
+        self.protected.clear();
+        for i in 0..PROTECTED {
+            let token = format!("bench-{}-{suffix}-{i}", self.tag);
+            let id = aws
+                .start_snapshot(REGION, 1, "tender bench disk", &[], &token)
+                .await
+                .expect("start a protected snapshot");
+            let block: Vec<u8> = (0..tender::aws::ebs::BLOCK_SIZE)
+                .map(|b| ((b * 31 + i * 7) % 251) as u8)
+                .collect();
+            aws.put_snapshot_block(REGION, &id, 0, block)
+                .await
+                .expect("write its block");
+            aws.complete_snapshot(REGION, &id, 1)
+                .await
+                .expect("complete it");
+            self.protected.push(id);
+        }
+        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(REGION))
+            .load()
+            .await;
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&conf)
+                .force_path_style(true)
+                .build(),
+        );
+        self.bucket = format!("tender-bench-{}-{suffix}", self.tag).to_lowercase();
+        s3.create_bucket()
+            .bucket(&self.bucket)
             .send()
             .await
-            .expect("run the protected instances");
-        self.protected = out
-            .instances()
-            .iter()
-            .map(|i| i.instance_id().unwrap().to_string())
-            .collect();
+            .expect("create the repository bucket");
     }
 
     async fn create_namespace(&self, name: &str) {
@@ -272,10 +290,13 @@ impl World {
         serde_json::from_value(serde_json::json!({
             "apiVersion": "tender.dev/v1alpha1", "kind": "BackupJob",
             "metadata": {"name": job_name(i)},
-            "spec": {"resources": [{
-                "instanceId": self.protected[i % self.protected.len()],
-                "region": REGION,
-            }]}
+            "spec": {
+                "resources": [{
+                    "snapshotId": self.protected[i % self.protected.len()],
+                    "region": REGION,
+                }],
+                "repository": {"bucket": self.bucket},
+            }
         }))
         .unwrap()
     }
@@ -420,12 +441,9 @@ impl World {
     }
 
     async fn cleanup(&self) {
-        let _ = self
-            .ec2
-            .terminate_instances()
-            .set_instance_ids(Some(self.protected.clone()))
-            .send()
-            .await;
+        for id in &self.protected {
+            let _ = self.ec2.delete_snapshot().snapshot_id(id).send().await;
+        }
         self.forget_tags(BENCH_TAG, &self.tag).await;
         // Fails while the emulator still counts terminated workers in it.
         let _ = self
@@ -1756,7 +1774,7 @@ async fn bench(sizes: Vec<usize>) {
     println!("machine: {}", machine());
     let mut w = world().await;
     println!(
-        "sizes: {sizes:?}; concurrency {} (job creation, floor pipelines, running agents); {PROTECTED} protected instances shared by the jobs; controller {}; logs in {}",
+        "sizes: {sizes:?}; concurrency {} (job creation, floor pipelines, running agents); {PROTECTED} protected EBS snapshots shared by the jobs (one 512 KiB block each, backed up for real by the agents); controller {}; logs in {}",
         concurrency(),
         w.bin.display(),
         w.log_dir.display()
@@ -1806,6 +1824,6 @@ async fn bench(sizes: Vec<usize>) {
     println!();
     println!(
         "Latencies are measured by this process (one clock): creation is when the job's POST returned; the watch sees each status write within milliseconds. \
-         Source lookups are the controller's per-job DescribeInstances of the protected instance (one DescribeVolumes each); shared-view pages are the rest."
+         The controller looks up each job's source with DescribeSnapshots, so every DescribeInstances is a page of the shared view."
     );
 }
