@@ -17,6 +17,10 @@ pub const JOB_FINALIZER: &str = "tender.dev/workers";
 /// no unfinished job uses the configuration.
 pub const CONFIGURATION_FINALIZER: &str = "tender.dev/queue";
 
+/// Annotation that ends a file-level recovery session now (value `true`):
+/// `kubectl annotate restorejob NAME tender.dev/finish-session=true`.
+pub const FINISH_SESSION_ANNOTATION: &str = "tender.dev/finish-session";
+
 /// AWS tag keys that mark what Tender owns. A configuration's own tags can
 /// never override them (see `placement::worker_tags`).
 pub mod tags {

@@ -191,8 +191,8 @@ async fn the_examples_apply_and_reach_their_states() {
         );
     }
 
-    // The file-level example: a session comes up; deleting the job ends it
-    // (its finalizer terminates the worker).
+    // The file-level example: a session comes up; marking it finished ends
+    // it (the worker is terminated, the job Succeeded); then the job goes.
     kubectl_apply(
         &env.namespace,
         &localize(read("examples/restore-job-file-level.yaml"))
@@ -207,6 +207,33 @@ async fn the_examples_apply_and_reach_their_states() {
         })
         .await;
     let restores: Api<RestoreJob> = env.api();
+    restores
+        .patch(
+            "web-server-files",
+            &Default::default(),
+            &kube::api::Patch::Merge(serde_json::json!({
+                "metadata": {"annotations": {"tender.dev/finish-session": "true"}}
+            })),
+        )
+        .await
+        .unwrap();
+    let ended = env
+        .wait_restore("web-server-files", TIMEOUT, |j| {
+            j.status
+                .as_ref()
+                .is_some_and(|s| s.phase.is_finished() && s.active_workers == 0)
+        })
+        .await;
+    let status = ended.status.as_ref().unwrap();
+    assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
+    assert!(
+        status.workers[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("tender.dev/finish-session"),
+        "{status:?}"
+    );
     restores
         .delete("web-server-files", &Default::default())
         .await

@@ -385,6 +385,20 @@ async fn apply<K: WorkerJob>(job: &K, api: &Api<K>, ctx: &Context) -> Result<Act
         _ => {}
     }
 
+    // 2c. A file-level session the user marked finished ends now: its
+    // worker counts as done and is terminated below.
+    if job.finish_requested() {
+        for w in status.workers.iter_mut().filter(|w| !w.phase.is_finished()) {
+            w.phase = Phase::Succeeded;
+            w.reason = None;
+            w.finished_time = Some(Time(now));
+            w.message = Some(format!(
+                "session ended: the job was annotated {}=true",
+                crate::names::FINISH_SESSION_ANNOTATION
+            ));
+        }
+    }
+
     // 3. Deadline, suspension, and workers that went silent or died.
     let deadline = lifecycle::deadline_passed(
         status.start_time.as_ref(),

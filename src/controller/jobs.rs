@@ -5,7 +5,7 @@
 use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
-use kube::Resource;
+use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -80,6 +80,11 @@ pub trait WorkerJob:
     /// For a file-level recovery session: where selected files may go.
     fn restore_files_to(&self) -> Option<&Repository> {
         None
+    }
+    /// For a file-level recovery session: whether the user marked it
+    /// finished (annotation `tender.dev/finish-session=true`).
+    fn finish_requested(&self) -> bool {
+        false
     }
 }
 
@@ -177,5 +182,12 @@ impl WorkerJob for RestoreJob {
     }
     fn restore_files_to(&self) -> Option<&Repository> {
         self.spec.restore_files_to.as_ref()
+    }
+    fn finish_requested(&self) -> bool {
+        self.spec.mode == RestoreMode::FileLevel
+            && self
+                .annotations()
+                .get(crate::names::FINISH_SESSION_ANNOTATION)
+                .is_some_and(|v| v == "true")
     }
 }
