@@ -44,10 +44,12 @@ use super::{
     )
 )]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "self.resources == oldSelf.resources && self.repository == oldSelf.repository && has(self.workerConfigurationRef) == has(oldSelf.workerConfigurationRef) && (!has(self.workerConfigurationRef) || self.workerConfigurationRef.name == oldSelf.workerConfigurationRef.name)",
+    {"rule": "self.resources == oldSelf.resources && has(self.repository) == has(oldSelf.repository) && (!has(self.repository) || self.repository == oldSelf.repository) && has(self.workerConfigurationRef) == has(oldSelf.workerConfigurationRef) && (!has(self.workerConfigurationRef) || self.workerConfigurationRef.name == oldSelf.workerConfigurationRef.name)",
      "message": "resources, repository and workerConfigurationRef of a BackupJob are immutable; create a new BackupJob instead"},
     {"rule": "self.resources.all(r, self.resources.filter(o, (has(o.instanceId) && has(r.instanceId) && o.instanceId == r.instanceId) || (has(o.snapshotId) && has(r.snapshotId) && o.snapshotId == r.snapshotId)).size() == 1)",
-     "message": "each resource may be listed once"}
+     "message": "each resource may be listed once"},
+    {"rule": "has(self.repository)",
+     "message": "spec.repository is required: the S3 bucket (and prefix) the restore points go to"}
 ]))]
 #[serde(rename_all = "camelCase")]
 pub struct BackupJobSpec {
@@ -63,10 +65,14 @@ pub struct BackupJobSpec {
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub resources: Vec<BackupResource>,
 
-    /// The S3 repository the restore points go to. A resource's newest
-    /// restore point there is the parent of its next backup, which then
-    /// reads and stores only the blocks that changed.
-    pub repository: Repository,
+    /// The S3 repository the restore points go to (required). A resource's
+    /// newest restore point there is the parent of its next backup, which
+    /// then reads and stores only the blocks that changed.
+    // Optional in Rust only: jobs stored by a Tender that had no repository
+    // must still load (and then stall with a clear reason) instead of
+    // breaking the watch of every job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<Repository>,
 
     /// Retries per resource: a worker that fails or is lost is replaced by a
     /// new attempt until this many retries are used up (default 2).

@@ -52,7 +52,9 @@ pub const RESTORE_POINT_PATTERN: &str = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-z0-
     {"rule": "self.mode != 'full' || has(self.instanceType)",
      "message": "mode full needs instanceType: the type of the restored instance"},
     {"rule": "self.mode == 'fileLevel' || !has(self.restoreFilesTo)",
-     "message": "restoreFilesTo applies only to mode fileLevel"}
+     "message": "restoreFilesTo applies only to mode fileLevel"},
+    {"rule": "has(self.repository)",
+     "message": "spec.repository is required: the S3 bucket (and prefix) that holds the restore point"}
 ]))]
 #[serde(rename_all = "camelCase")]
 pub struct RestoreJobSpec {
@@ -67,8 +69,10 @@ pub struct RestoreJobSpec {
     /// as a BackupJob records it in `status.workers[].restorePoint`.
     #[schemars(length(min = 1, max = 512), pattern(RESTORE_POINT_PATTERN))]
     pub restore_point: String,
-    /// The repository that holds the restore point.
-    pub repository: Repository,
+    /// The repository that holds the restore point (required).
+    // Optional in Rust only, as BackupJobSpec::repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<Repository>,
     /// Region to restore into, for example `eu-west-1`.
     #[schemars(pattern(REGION_PATTERN), length(max = 32))]
     pub region: String,

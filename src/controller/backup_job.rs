@@ -91,6 +91,15 @@ pub fn choose_configuration<'a, K: WorkerJob>(
     job: &K,
     candidates: &'a [Arc<WorkerConfiguration>],
 ) -> Result<&'a Arc<WorkerConfiguration>, Problem> {
+    if job.repository().is_none() {
+        return Err(Problem {
+            reason: "RepositoryMissing",
+            message: format!(
+                "this {} has no spec.repository (it was created before Tender required one); create it again with a repository",
+                K::KIND
+            ),
+        });
+    }
     let ns = job.namespace().unwrap_or_default();
     let in_ns = || {
         candidates
@@ -1470,7 +1479,7 @@ fn worker_launch<K: WorkerJob>(
             WorkerAccount::Backup => config.spec.production_account.clone(),
             WorkerAccount::Production => None,
         },
-        repository: Some(job.repository().location(&config.spec.region)),
+        repository: job.repository().map(|r| r.location(&config.spec.region)),
         restore_point: (K::OPERATION == Operation::Restore).then(|| worker.resource.clone()),
         device: job.device().map(String::from),
         all_volumes: job.restore_mode() == Some(RestoreMode::Full),
@@ -1754,11 +1763,11 @@ mod tests {
                         region: (*r).into(),
                     })
                     .collect(),
-                repository: crate::api::Repository {
+                repository: Some(crate::api::Repository {
                     bucket: "backups".into(),
                     prefix: String::new(),
                     region: None,
-                },
+                }),
                 backoff_limit: 2,
                 active_deadline_seconds: None,
                 ttl_seconds_after_finished: None,
@@ -1767,6 +1776,21 @@ mod tests {
         );
         j.metadata.namespace = Some("ns".into());
         j
+    }
+
+    #[test]
+    fn a_job_stored_before_repositories_loads_and_stalls_with_a_reason() {
+        // What an older Tender stored: no spec.repository.
+        let stored = serde_json::json!({
+            "apiVersion": "tender.dev/v1alpha1", "kind": "BackupJob",
+            "metadata": {"name": "old", "namespace": "ns"},
+            "spec": {"resources": [{"instanceId": "i-00000001", "region": "us-east-1"}]}
+        });
+        let job: BackupJob = serde_json::from_value(stored).expect("it still loads");
+        let configs = vec![config("east", "ns", "us-east-1")];
+        let problem = choose_configuration(&job, &configs).expect_err("no repository");
+        assert_eq!(problem.reason, "RepositoryMissing");
+        assert!(problem.message.contains("spec.repository"));
     }
 
     #[test]

@@ -52,7 +52,8 @@ pub trait WorkerJob:
     fn active_deadline_seconds(&self) -> Option<i64>;
     fn ttl_seconds_after_finished(&self) -> Option<i64>;
     fn suspended(&self) -> bool;
-    fn repository(&self) -> &Repository;
+    /// Required by the schema; `None` only for objects stored before it was.
+    fn repository(&self) -> Option<&Repository>;
     fn job_status(&self) -> Option<&BackupJobStatus>;
     /// For a restore: its mode.
     fn restore_mode(&self) -> Option<RestoreMode> {
@@ -122,8 +123,8 @@ impl WorkerJob for BackupJob {
     fn suspended(&self) -> bool {
         self.spec.suspend
     }
-    fn repository(&self) -> &Repository {
-        &self.spec.repository
+    fn repository(&self) -> Option<&Repository> {
+        self.spec.repository.as_ref()
     }
     fn job_status(&self) -> Option<&BackupJobStatus> {
         self.status.as_ref()
@@ -156,8 +157,8 @@ impl WorkerJob for RestoreJob {
     fn suspended(&self) -> bool {
         false
     }
-    fn repository(&self) -> &Repository {
-        &self.spec.repository
+    fn repository(&self) -> Option<&Repository> {
+        self.spec.repository.as_ref()
     }
     fn job_status(&self) -> Option<&BackupJobStatus> {
         self.status.as_ref()

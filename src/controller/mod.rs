@@ -463,15 +463,51 @@ async fn run_leader(
             None => futures::future::pending::<()>().await,
         }
     };
+    // SIGTERM (or Ctrl-C): each controller stops taking new work on its own
+    // (shutdown_on_signal); in-flight reconciles get SHUTDOWN_GRACE to
+    // finish, and then the process stops whatever still waits, so that a
+    // Deployment rollout or a terminal never hangs on it.
+    let stop_requested = async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    };
+    tokio::pin!(controllers);
     let outcome = tokio::select! {
-        () = controllers => Ok(()),
+        () = &mut controllers => Ok(()),
         () = lost => Err("lost leadership; exiting so that a restart rejoins as a candidate".into()),
+        () = stop_requested => {
+            info!("stop requested; letting in-flight reconciles finish");
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut controllers).await.is_err() {
+                warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "the controllers did not stop within the grace period; stopping anyway");
+            }
+            Ok(())
+        }
     };
     sweeper.abort();
     ctx.pumps.stop_all();
     info!("tender controller stopped");
     outcome
 }
+
+/// How long in-flight reconciles may run after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// A boxed error for the binary's entry points.
 pub mod anyhow_like {
