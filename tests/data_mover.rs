@@ -42,6 +42,7 @@ async fn backup(
             location: loc,
             region: REGION,
             resource: "disk-1",
+            lineage: "disk-1",
             job_name: job,
             job_uid: &format!("uid-{job}"),
             volumes: &[SourceVolume {
@@ -212,6 +213,7 @@ async fn another_jobs_restore_point_is_never_overwritten() {
             location: &loc,
             region: REGION,
             resource: "disk-1",
+            lineage: "disk-1",
             job_name: "same-name",
             job_uid: "a-different-uid",
             volumes: &[SourceVolume {

@@ -36,6 +36,9 @@ pub struct SnapshotInfo {
     pub snapshot_id: String,
     pub state: String,
     pub volume_size_gib: i64,
+    /// The volume it was taken of; `None` when EBS does not know it (a
+    /// copied snapshot names `vol-ffffffff`).
+    pub volume_id: Option<String>,
     pub tags: std::collections::BTreeMap<String, String>,
 }
 
@@ -322,6 +325,10 @@ impl AwsClients {
                 .map(|st| st.as_str().to_string())
                 .unwrap_or_default(),
             volume_size_gib: i64::from(s.volume_size().unwrap_or(0)),
+            volume_id: s
+                .volume_id()
+                .filter(|v| *v != "vol-ffffffff")
+                .map(String::from),
             tags: s
                 .tags()
                 .iter()

@@ -122,6 +122,10 @@ pub struct BackupRequest<'a> {
     pub location: &'a RepositoryLocation,
     pub region: &'a str,
     pub resource: &'a str,
+    /// What successive backups of the same data share, which picks the
+    /// parent: the instance ID, or for a snapshot the volume it was taken
+    /// of (so that daily snapshots of one volume chain incrementally).
+    pub lineage: &'a str,
     pub job_name: &'a str,
     pub job_uid: &'a str,
     pub volumes: &'a [SourceVolume],
@@ -226,7 +230,7 @@ pub async fn backup(
             other_uid: existing.job_uid,
         });
     }
-    let parent = latest(repo, loc, request.region, request.resource).await?;
+    let parent = latest(repo, loc, request.region, request.lineage).await?;
 
     // Plan every volume first, so the total is known before the first read.
     let mut plans = Vec::new();
@@ -404,7 +408,7 @@ pub async fn backup(
     repo.put_object(
         &loc.region,
         &loc.bucket,
-        &loc.latest_key(request.region, request.resource),
+        &loc.latest_key(request.region, request.lineage),
         pointer,
         "application/json",
     )

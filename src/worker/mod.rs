@@ -233,10 +233,13 @@ async fn backup(aws: &AwsClients, task: &WorkerTask, progress: &Progress) -> Res
     };
     let region = task.resource_region.as_str();
     let from_instance = task.resource.starts_with("i-");
+    let mut lineage = task.resource.clone();
     let volumes = if from_instance {
         snapshot_instance(&source, task).await?
     } else {
-        wait_for_snapshot(&source, region, &task.resource).await?;
+        lineage = wait_for_snapshot(&source, region, &task.resource)
+            .await?
+            .unwrap_or_else(|| task.resource.clone());
         vec![SourceVolume {
             snapshot_id: task.resource.clone(),
             device: None,
@@ -252,6 +255,7 @@ async fn backup(aws: &AwsClients, task: &WorkerTask, progress: &Progress) -> Res
             resource: &task.resource,
             job_name: &task.job_name,
             job_uid: &task.job_uid,
+            lineage: &lineage,
             volumes: &volumes,
         },
         progress,
@@ -515,19 +519,20 @@ async fn restore(
     })
 }
 
-/// Waits until a snapshot someone else took is complete.
+/// Waits until a snapshot someone else took is complete; returns the
+/// volume it was taken of, when EBS knows it.
 async fn wait_for_snapshot(
     source: &AwsClients,
     region: &str,
     snapshot_id: &str,
-) -> Result<(), Failure> {
+) -> Result<Option<String>, Failure> {
     loop {
         match source
             .describe_snapshot(region, snapshot_id)
             .await
             .map_err(|e| failure(e.category(), e.to_string()))?
         {
-            Some(s) if s.state == "completed" => return Ok(()),
+            Some(s) if s.state == "completed" => return Ok(s.volume_id),
             Some(s) if s.state == "error" => {
                 return Err(failure(
                     "SourceSnapshotFailed",
