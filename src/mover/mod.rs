@@ -520,7 +520,8 @@ pub async fn restore_volume(
     target: RestoreTarget<'_>,
     progress: &Progress,
 ) -> Result<String, MoverError> {
-    progress.total.store(2 * volume.bytes(), Ordering::Relaxed);
+    // Added, not set: a full restore moves several volumes with one Progress.
+    progress.total.fetch_add(2 * volume.bytes(), Ordering::Relaxed);
     verify(repo, loc, manifest, volume, progress).await?;
     let snapshot_id = target
         .aws
