@@ -60,10 +60,12 @@ async fn backup(
     m
 }
 
+/// Restores `id`'s first volume into a snapshot tagged `test-restore=marker`.
 async fn restore(
     aws: &AwsClients,
     loc: &RepositoryLocation,
     id: &str,
+    marker: &str,
 ) -> Result<String, MoverError> {
     let m = mover::load_manifest(aws, loc, id).await?;
     mover::restore_volume(
@@ -75,7 +77,7 @@ async fn restore(
             aws,
             region: REGION,
             description: "restored by a test",
-            tags: &[],
+            tags: &[("test-restore".to_string(), marker.to_string())],
             client_token: &common::unique("restore"),
         },
         &Progress::default(),
@@ -156,7 +158,9 @@ async fn full_and_incremental_backups_restore_byte_for_byte() {
         ("nightly-1/disk-1", &original),
         ("nightly-2/disk-1", &changed),
     ] {
-        let restored = restore(&aws, &loc, id).await.unwrap();
+        let restored = restore(&aws, &loc, id, &common::unique("restore"))
+            .await
+            .unwrap();
         let bytes = disks::read_snapshot(&aws, &restored, expected.len()).await;
         assert!(bytes == *expected, "{id} restored with different bytes");
     }
@@ -170,8 +174,8 @@ async fn full_and_incremental_backups_restore_byte_for_byte() {
         .send()
         .await
         .unwrap();
-    let before = disks::own_snapshots(&ec2).await.len();
-    match restore(&aws, &loc, "nightly-1/disk-1").await {
+    let failed = common::unique("failed-restore");
+    match restore(&aws, &loc, "nightly-1/disk-1", &failed).await {
         Err(MoverError::ChunkCorrupt { key, .. }) => assert_eq!(key, victim),
         other => panic!("expected ChunkCorrupt, got {other:?}"),
     }
@@ -182,17 +186,22 @@ async fn full_and_incremental_backups_restore_byte_for_byte() {
         .send()
         .await
         .unwrap();
-    let e = restore(&aws, &loc, "nightly-1/disk-1").await.unwrap_err();
+    let e = restore(&aws, &loc, "nightly-1/disk-1", &failed)
+        .await
+        .unwrap_err();
     assert!(matches!(e, MoverError::ChunkMissing { ref key, .. } if *key == victim));
     assert!(e.to_string().contains(&victim), "{e}");
-    assert_eq!(
-        disks::own_snapshots(&ec2).await.len(),
-        before,
+    assert!(
+        disks::snapshots_tagged(&ec2, "test-restore", &failed)
+            .await
+            .is_empty(),
         "a failed restore starts no snapshot"
     );
 
     // A restore point that is not there.
-    let e = restore(&aws, &loc, "nightly-9/disk-1").await.unwrap_err();
+    let e = restore(&aws, &loc, "nightly-9/disk-1", &common::unique("restore"))
+        .await
+        .unwrap_err();
     assert_eq!(e.reason(), "RestorePointNotFound");
 }
 
@@ -347,8 +356,9 @@ async fn the_agent_restores_a_restore_point_into_a_snapshot_and_reports_it() {
         .send()
         .await
         .unwrap();
-    let before = disks::own_snapshots(&ec2).await.len();
-    let e = tender::worker::run(aws.clone(), task(2), "i-00000000000000002".into())
+    let failing = task(2);
+    let failing_uid = failing.job_uid.clone();
+    let e = tender::worker::run(aws.clone(), failing, "i-00000000000000002".into())
         .await
         .unwrap_err();
     assert!(e.to_string().contains("ChunkCorrupt"), "{e}");
@@ -360,5 +370,11 @@ async fn the_agent_restores_a_restore_point_into_a_snapshot_and_reports_it() {
         }
         other => panic!("expected a failure, got {other:?}"),
     }
-    assert_eq!(disks::own_snapshots(&ec2).await.len(), before);
+    // The agent tags what it writes with the job's UID: nothing for attempt 2.
+    assert!(
+        disks::snapshots_tagged(&ec2, "tender.dev/job-uid", &failing_uid)
+            .await
+            .is_empty(),
+        "a failed restore starts no snapshot"
+    );
 }

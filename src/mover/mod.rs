@@ -521,7 +521,9 @@ pub async fn restore_volume(
     progress: &Progress,
 ) -> Result<String, MoverError> {
     // Added, not set: a full restore moves several volumes with one Progress.
-    progress.total.fetch_add(2 * volume.bytes(), Ordering::Relaxed);
+    progress
+        .total
+        .fetch_add(2 * volume.bytes(), Ordering::Relaxed);
     verify(repo, loc, manifest, volume, progress).await?;
     let snapshot_id = target
         .aws

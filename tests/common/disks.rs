@@ -184,6 +184,26 @@ pub async fn keys(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Vec<St
     }
 }
 
+/// EBS snapshots of this account tagged `key=value` (tests run in
+/// parallel: count only your own).
+pub async fn snapshots_tagged(ec2: &aws_sdk_ec2::Client, key: &str, value: &str) -> Vec<String> {
+    ec2.describe_snapshots()
+        .owner_ids("self")
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name(format!("tag:{key}"))
+                .values(value)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .snapshots()
+        .iter()
+        .filter_map(|s| s.snapshot_id().map(String::from))
+        .collect()
+}
+
 /// EBS snapshots this account owns.
 pub async fn own_snapshots(ec2: &aws_sdk_ec2::Client) -> Vec<String> {
     ec2.describe_snapshots()
