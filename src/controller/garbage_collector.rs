@@ -79,6 +79,8 @@ pub async fn run(ctx: Arc<Context>, config: SweepConfig) {
     // Judging instances against an empty cache would find everything orphaned.
     wait_until_ready(&ctx.jobs).await;
     wait_until_ready(&ctx.configurations).await;
+    // Restore workers are owned by RestoreJobs: never judge them blind.
+    wait_until_ready(&ctx.restores).await;
     loop {
         sweep(&ctx, config).await;
         tokio::time::sleep(config.interval).await;
@@ -88,7 +90,7 @@ pub async fn run(ctx: Arc<Context>, config: SweepConfig) {
 /// Waits until a store has its initial list. Polled in short rounds: the
 /// store's readiness signal wakes only the last of several waiters (the
 /// controller waits on it too), so a single long wait could sleep forever.
-async fn wait_until_ready<K>(store: &kube::runtime::reflector::Store<K>)
+pub(crate) async fn wait_until_ready<K>(store: &kube::runtime::reflector::Store<K>)
 where
     K: kube::Resource + Clone + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,

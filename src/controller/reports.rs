@@ -215,6 +215,10 @@ struct Pump {
 
 impl Pump {
     async fn run(self) {
+        // A message for a job this controller has not listed yet would be
+        // dropped as a stranger's: receive only once both kinds are listed.
+        super::garbage_collector::wait_until_ready(&self.jobs.backups).await;
+        super::garbage_collector::wait_until_ready(&self.jobs.restores).await;
         let mut failures = 0u32;
         loop {
             match self
