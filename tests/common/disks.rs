@@ -30,6 +30,10 @@ impl Ext4Image {
             std::fs::write(at, data).unwrap();
         }
         let path = dir.join("disk.img");
+        // An existing file of the right size: mkfs.ext4 then says nothing.
+        std::fs::File::create(&path)
+            .and_then(|f| f.set_len(u64::from(size_mib) << 20))
+            .unwrap();
         let status = Command::new(mkfs())
             .args(["-q", "-F", "-b", "4096", "-E", "root_owner=0:0", "-d"])
             .arg(&root)
