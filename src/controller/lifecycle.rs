@@ -30,7 +30,6 @@ const PERMANENT_REASONS: &[&str] = &[
     "InstanceRestoreFailed",
     "DeadlineExceeded",
     "LaunchFailed",
-    "RestoreNotSupported",
     "WorkerConfigurationDeleted",
 ];
 
