@@ -122,6 +122,12 @@ async fn without_subnets_or_groups_workers_use_the_default_vpc_and_a_managed_gro
             j.status.as_ref().is_some_and(|s| s.phase.is_finished())
         })
         .await;
+    // The failed backup left none of the snapshots it took of the instance.
+    assert!(
+        common::disks::snapshots_tagged(&env.ec2, "tender.dev/job-uid", &job.uid().unwrap())
+            .await
+            .is_empty()
+    );
     let worker = &job.status.as_ref().unwrap().workers[0];
     assert_eq!(worker.subnet_id.as_deref(), Some(zone_b_subnet.as_str()));
     assert!(

@@ -351,16 +351,7 @@ async fn run_leader(
         .watches(
             configs.clone(),
             watcher::Config::default(),
-            move |cfg: WorkerConfiguration| {
-                let ns = cfg.namespace().unwrap_or_default();
-                waiting_jobs
-                    .state()
-                    .into_iter()
-                    .filter(|j| j.namespace().as_deref() == Some(ns.as_str()))
-                    .filter(|j| !j.status.as_ref().is_some_and(|s| s.phase.is_finished()))
-                    .map(|j| ObjectRef::from_obj(&*j))
-                    .collect::<Vec<_>>()
-            },
+            move |cfg: WorkerConfiguration| unfinished_in(&waiting_jobs, &cfg),
         )
         .reconcile_on(trigger_rx)
         .shutdown_on_signal();
@@ -369,16 +360,7 @@ async fn run_leader(
         .watches(
             configs.clone(),
             watcher::Config::default(),
-            move |cfg: WorkerConfiguration| {
-                let ns = cfg.namespace().unwrap_or_default();
-                waiting_restores
-                    .state()
-                    .into_iter()
-                    .filter(|j| j.namespace().as_deref() == Some(ns.as_str()))
-                    .filter(|j| !j.status.as_ref().is_some_and(|s| s.phase.is_finished()))
-                    .map(|j| ObjectRef::from_obj(&*j))
-                    .collect::<Vec<_>>()
-            },
+            move |cfg: WorkerConfiguration| unfinished_in(&waiting_restores, &cfg),
         )
         .reconcile_on(restore_rx)
         .shutdown_on_signal();
@@ -504,6 +486,22 @@ async fn run_leader(
     ctx.pumps.stop_all();
     info!("tender controller stopped");
     outcome
+}
+
+/// The unfinished jobs of a configuration's namespace (one may be waiting
+/// for it).
+fn unfinished_in<K: jobs::WorkerJob>(
+    store: &Store<K>,
+    cfg: &WorkerConfiguration,
+) -> Vec<ObjectRef<K>> {
+    let ns = cfg.namespace();
+    store
+        .state()
+        .into_iter()
+        .filter(|j| j.namespace() == ns)
+        .filter(|j| !j.job_status().is_some_and(|s| s.phase.is_finished()))
+        .map(|j| ObjectRef::from_obj(&*j))
+        .collect()
 }
 
 /// How long in-flight reconciles may run after SIGTERM.

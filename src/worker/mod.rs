@@ -260,8 +260,23 @@ async fn backup(aws: &AwsClients, task: &WorkerTask, progress: &Progress) -> Res
         },
         progress,
     )
-    .await
-    .map_err(|e| mover_failure(e, repository))?;
+    .await;
+    let manifest = match manifest {
+        Ok(m) => m,
+        Err(e) => {
+            // The snapshots taken for a backup that failed are no restore
+            // point's base: they would only cost money. (A retry takes new
+            // ones.)
+            if from_instance {
+                for v in &volumes {
+                    if let Err(e) = source.delete_snapshot(region, &v.snapshot_id).await {
+                        warn!(error = %e, snapshot = v.snapshot_id, "could not delete the failed backup's snapshot");
+                    }
+                }
+            }
+            return Err(mover_failure(e, repository));
+        }
+    };
     if from_instance {
         forget_parent_snapshots(&source, region, &manifest, task).await;
     }

@@ -721,7 +721,27 @@ impl TestEnv {
     where
         F: Fn(&BackupJob) -> bool,
     {
-        let api: Api<BackupJob> = self.api();
+        self.wait_for(name, timeout, check, |j| &j.status).await
+    }
+
+    /// Waits until the RestoreJob `name` passes `check`.
+    pub async fn wait_restore<F>(&self, name: &str, timeout: Duration, check: F) -> RestoreJob
+    where
+        F: Fn(&RestoreJob) -> bool,
+    {
+        self.wait_for(name, timeout, check, |j| &j.status).await
+    }
+
+    async fn wait_for<K, F, S>(&self, name: &str, timeout: Duration, check: F, status: S) -> K
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        F: Fn(&K) -> bool,
+        S: Fn(&K) -> &Option<tender::api::BackupJobStatus>,
+    {
+        let api: Api<K> = self.api();
         let start = Instant::now();
         loop {
             let job = api.get(name).await.expect("get job");
@@ -730,30 +750,9 @@ impl TestEnv {
             }
             if start.elapsed() > timeout {
                 panic!(
-                    "job {name} did not reach the expected state in {timeout:?}; status: {}",
-                    serde_json::to_string_pretty(&job.status).unwrap()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-
-    /// Waits until the RestoreJob `name` passes `check`.
-    pub async fn wait_restore<F>(&self, name: &str, timeout: Duration, check: F) -> RestoreJob
-    where
-        F: Fn(&RestoreJob) -> bool,
-    {
-        let api: Api<RestoreJob> = self.api();
-        let start = Instant::now();
-        loop {
-            let job = api.get(name).await.expect("get restore job");
-            if check(&job) {
-                return job;
-            }
-            if start.elapsed() > timeout {
-                panic!(
-                    "restore job {name} did not reach the expected state in {timeout:?}; status: {}",
-                    serde_json::to_string_pretty(&job.status).unwrap()
+                    "{} {name} did not reach the expected state in {timeout:?}; status: {}",
+                    K::kind(&()),
+                    serde_json::to_string_pretty(status(&job)).unwrap()
                 );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
