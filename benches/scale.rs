@@ -13,7 +13,8 @@
 //! `cargo bench --bench scale -- [N ...]` works too, in an environment from
 //! `eval "$(scripts/testenv up)"`, after `cargo build --release --bin tender`
 //! and `kubectl apply --server-side -f crds/`. `BENCH_CONCURRENCY` (default
-//! 32) bounds job creation, the floor's pipelines and the running agents.
+//! 32) bounds job creation and the floor's pipelines; `BENCH_AGENTS` (default:
+//! all) the agents running at once.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -562,8 +563,27 @@ async fn forget_finished(
 }
 
 /// Empties the emulator (moto's reset API).
+/// Every emulator process of the environment: the main one, and those of
+/// services that run apart (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL_SQS).
+fn emulator_endpoints() -> Vec<String> {
+    let mut out = vec![std::env::var("AWS_ENDPOINT_URL").unwrap()];
+    for service in ["S3", "SQS"] {
+        if let Ok(url) = std::env::var(format!("AWS_ENDPOINT_URL_{service}"))
+            && !out.contains(&url)
+        {
+            out.push(url);
+        }
+    }
+    out
+}
+
 async fn reset_emulator() {
-    let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    for endpoint in emulator_endpoints() {
+        reset_one(&endpoint).await;
+    }
+}
+
+async fn reset_one(endpoint: &str) {
     let host = endpoint
         .trim_start_matches("http://")
         .trim_end_matches('/')
@@ -763,6 +783,9 @@ struct Tracker {
     errors: AtomicU64,
     /// UIDs of jobs seen done, not yet handed to `forget_finished`.
     finished_uids: Mutex<Vec<String>>,
+    /// Worker instances seen in status, each handed to the booter once.
+    instances_seen: Mutex<HashSet<String>>,
+    boot: Mutex<Option<futures::channel::mpsc::UnboundedSender<String>>>,
 }
 
 impl Tracker {
@@ -779,6 +802,16 @@ impl Tracker {
         if t.launched.is_none() && status.workers.iter().any(|w| w.instance_id.is_some()) {
             t.launched = Some(now);
         }
+        // A new worker instance (a first attempt or a retry) boots.
+        let mut seen = self.instances_seen.lock().unwrap();
+        for id in status.workers.iter().filter_map(|w| w.instance_id.as_ref()) {
+            if seen.insert(id.clone())
+                && let Some(boot) = self.boot.lock().unwrap().as_ref()
+            {
+                let _ = boot.unbounded_send(id.clone());
+            }
+        }
+        drop(seen);
         let terminated = status
             .workers
             .iter()
@@ -819,11 +852,14 @@ async fn watch_jobs(api: Api<BackupJob>, tracker: Arc<Tracker>) {
 
 // ------------------------------------------------------------- the booter
 
-/// Plays EC2's part of booting workers: every running instance of the
-/// cluster gets the real worker agent, in-process, fed its own user data.
+/// Plays EC2's part of booting workers: every worker instance the
+/// controller writes into a job's status boots the real worker agent,
+/// in-process, fed its own user data (DescribeInstanceAttribute: what EC2
+/// hands the instance at boot). The instance IDs come from the job watch,
+/// not from polling the emulator: on AWS, booting costs the API nothing,
+/// and a harness that listed every instance a few times a second would
+/// cost the emulator more than the controller's own calls.
 struct Booter {
-    stop: AtomicBool,
-    polls: AtomicU64,
     started: AtomicU64,
     finished: AtomicU64,
     failed: AtomicU64,
@@ -831,26 +867,14 @@ struct Booter {
     final_sent: Mutex<HashMap<String, Instant>>,
 }
 
-/// IDs of the running instances in the emulator. DescribeInstanceStatus,
-/// not DescribeInstances: the emulator renders every instance's tags by
-/// scanning all the tags it holds, which would make this harness's polling
-/// cost the emulator more than the controller's own calls.
-async fn running_instances(ec2: &aws_sdk_ec2::Client) -> Option<Vec<String>> {
-    let mut pages = ec2
-        .describe_instance_status()
-        .max_results(1000)
-        .into_paginator()
-        .send();
-    let mut ids = Vec::new();
-    while let Some(page) = pages.next().await {
-        let page = page.ok()?;
-        ids.extend(
-            page.instance_statuses()
-                .iter()
-                .filter_map(|s| s.instance_id().map(String::from)),
-        );
-    }
-    Some(ids)
+/// Agents running at once (BENCH_AGENTS, default: every worker; the machine
+/// plays all of them).
+fn agent_slots(n: usize) -> usize {
+    std::env::var("BENCH_AGENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&c| c > 0)
+        .unwrap_or(n.max(1))
 }
 
 async fn boot_workers(
@@ -858,61 +882,51 @@ async fn boot_workers(
     ec2: aws_sdk_ec2::Client,
     agents: AwsClients,
     namespace: String,
-    mut seen: HashSet<String>,
+    slots: usize,
+    mut instances: futures::channel::mpsc::UnboundedReceiver<String>,
 ) {
-    let slots = Arc::new(Semaphore::new(concurrency()));
-    while !booter.stop.load(Ordering::SeqCst) {
-        booter.polls.fetch_add(1, Ordering::Relaxed);
-        let found: Vec<String> = running_instances(&ec2)
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|id| !seen.contains(id))
-            .collect();
-        for id in found {
-            seen.insert(id.clone());
-            let (booter, ec2, agents, slots, namespace) = (
-                booter.clone(),
-                ec2.clone(),
-                agents.clone(),
-                slots.clone(),
-                namespace.clone(),
-            );
-            tokio::spawn(async move {
-                let _slot = slots.acquire_owned().await.unwrap();
-                let attr = ec2
-                    .describe_instance_attribute()
-                    .instance_id(&id)
-                    .attribute(InstanceAttributeName::UserData)
-                    .send()
-                    .await;
-                let task = attr.ok().and_then(|a| {
-                    let data = a.user_data()?.value()?;
-                    let script = base64::engine::general_purpose::STANDARD
-                        .decode(data)
-                        .ok()?;
-                    WorkerTask::from_user_data(&String::from_utf8(script).ok()?)
-                });
-                // Someone else's instance: not a worker of this run.
-                let Some(task) = task.filter(|t| t.namespace == namespace) else {
-                    return;
-                };
-                booter.started.fetch_add(1, Ordering::SeqCst);
-                let job = task.job_name.clone();
-                let outcome = tender::worker::run(agents, task, id).await;
-                booter
-                    .final_sent
-                    .lock()
-                    .unwrap()
-                    .insert(job, Instant::now());
-                if outcome.is_ok() {
-                    booter.finished.fetch_add(1, Ordering::SeqCst);
-                } else {
-                    booter.failed.fetch_add(1, Ordering::SeqCst);
-                }
+    let slots = Arc::new(Semaphore::new(slots));
+    while let Some(id) = instances.next().await {
+        let (booter, ec2, agents, slots, namespace) = (
+            booter.clone(),
+            ec2.clone(),
+            agents.clone(),
+            slots.clone(),
+            namespace.clone(),
+        );
+        tokio::spawn(async move {
+            let _slot = slots.acquire_owned().await.unwrap();
+            let attr = ec2
+                .describe_instance_attribute()
+                .instance_id(&id)
+                .attribute(InstanceAttributeName::UserData)
+                .send()
+                .await;
+            let task = attr.ok().and_then(|a| {
+                let data = a.user_data()?.value()?;
+                let script = base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .ok()?;
+                WorkerTask::from_user_data(&String::from_utf8(script).ok()?)
             });
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+            let Some(task) = task.filter(|t| t.namespace == namespace) else {
+                booter.failed.fetch_add(1, Ordering::SeqCst);
+                return;
+            };
+            booter.started.fetch_add(1, Ordering::SeqCst);
+            let job = task.job_name.clone();
+            let outcome = tender::worker::run(agents, task, id).await;
+            booter
+                .final_sent
+                .lock()
+                .unwrap()
+                .insert(job, Instant::now());
+            if outcome.is_ok() {
+                booter.finished.fetch_add(1, Ordering::SeqCst);
+            } else {
+                booter.failed.fetch_add(1, Ordering::SeqCst);
+            }
+        });
     }
 }
 
@@ -967,7 +981,8 @@ struct TenderResult {
     forgotten: usize,
     /// Seconds from the first to the last instance ID seen in status.
     launch_window: f64,
-    booter_polls: u64,
+    agents_started: u64,
+    agent_slots: usize,
     agents_failed: u64,
     watch_restarts: u64,
     leftovers: usize,
@@ -1065,26 +1080,21 @@ async fn tender_run(w: &World, n: usize) -> TenderResult {
     let tracker = Arc::new(Tracker::default());
     let watch = tokio::spawn(watch_jobs(jobs.clone(), tracker.clone()));
     let booter = Arc::new(Booter {
-        stop: AtomicBool::new(false),
-        polls: AtomicU64::new(0),
         started: AtomicU64::new(0),
         finished: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         final_sent: Mutex::default(),
     });
     let agents = AwsClients::from_env().await;
-    // Whatever runs already is not a worker of this run.
-    let before_run: HashSet<String> = running_instances(&w.ec2)
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
+    let (boot_tx, boot_rx) = futures::channel::mpsc::unbounded();
+    *tracker.boot.lock().unwrap() = Some(boot_tx);
     let boot = tokio::spawn(boot_workers(
         booter.clone(),
         w.ec2.clone(),
         agents.clone(),
         ns.clone(),
-        before_run,
+        agent_slots(n),
+        boot_rx,
     ));
     let forget_stop = Arc::new(AtomicBool::new(false));
     let forgetter = w.forget_terminated.then(|| {
@@ -1159,7 +1169,8 @@ async fn tender_run(w: &World, n: usize) -> TenderResult {
     let cpu_total = cpu_seconds(pid);
     let hwm_kib = proc_kib(pid, "VmHWM");
 
-    booter.stop.store(true, Ordering::SeqCst);
+    // No more boots: the channel closes, the booter returns.
+    tracker.boot.lock().unwrap().take();
     let _ = boot.await;
     forget_stop.store(true, Ordering::SeqCst);
     let forgotten = match forgetter {
@@ -1277,7 +1288,8 @@ async fn tender_run(w: &World, n: usize) -> TenderResult {
         probe_ms,
         forgotten,
         launch_window,
-        booter_polls: booter.polls.load(Ordering::SeqCst),
+        agents_started: booter.started.load(Ordering::SeqCst),
+        agent_slots: agent_slots(n),
         agents_failed: booter.failed.load(Ordering::SeqCst),
         watch_restarts: tracker.restarts.load(Ordering::SeqCst),
         leftovers,
@@ -1734,8 +1746,8 @@ fn print_table(results: &[(TenderResult, Option<FloorResult>)]) {
             .join(", ")
     });
     row(
-        "harness boot polls (DescribeInstanceStatus, not the controller's)",
-        &|t, _| t.booter_polls.to_string(),
+        "agents booted (harness: one DescribeInstanceAttribute each, for the user data); at once at most",
+        &|t, _| format!("{}; {}", t.agents_started, t.agent_slots),
     );
     row(
         "finished workers' resources untagged by the harness",
@@ -1774,13 +1786,20 @@ async fn bench(sizes: Vec<usize>) {
     println!("machine: {}", machine());
     let mut w = world().await;
     println!(
-        "sizes: {sizes:?}; concurrency {} (job creation, floor pipelines, running agents); {PROTECTED} protected EBS snapshots shared by the jobs (one 512 KiB block each, backed up for real by the agents); controller {}; logs in {}",
+        "sizes: {sizes:?}; concurrency {} (job creation, floor pipelines); agents: every worker boots one; {PROTECTED} protected EBS snapshots shared by the jobs (one 512 KiB block each, backed up for real by the agents); controller {}; logs in {}",
         concurrency(),
         w.bin.display(),
         w.log_dir.display()
     );
+    let endpoints = emulator_endpoints();
     println!(
-        "emulator: {}",
+        "emulator: {} moto process(es): {}{}",
+        endpoints.len(),
+        if endpoints.len() > 1 {
+            "EC2 and EBS on one (they share snapshots), S3 and SQS each on its own, as AWS serves each service apart; "
+        } else {
+            "every service on one; "
+        },
         if w.reset {
             "emptied (moto reset) before every run: each run starts from the same empty state"
         } else {

@@ -109,6 +109,7 @@ impl AwsClients {
             sqs: Arc::default(),
             ebs: Arc::default(),
             s3: Arc::default(),
+            batches: Arc::default(),
         };
         self.scopes
             .lock()

@@ -4,6 +4,8 @@
 
 use aws_sdk_ebs::primitives::ByteStream;
 use aws_sdk_ebs::types::{ChecksumAlgorithm, Tag};
+use std::collections::HashMap;
+
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
@@ -294,47 +296,71 @@ impl AwsClients {
         Ok(())
     }
 
-    /// One snapshot; `None` when it does not exist.
+    /// One snapshot; `None` when it does not exist (or this account may
+    /// not see it). Concurrent lookups in one region share a call.
     pub async fn describe_snapshot(
         &self,
         region: &str,
         snapshot_id: &str,
     ) -> Result<Option<SnapshotInfo>, AwsError> {
-        self.count("DescribeSnapshots");
-        let out = match self
+        let (clients, target) = (self.clone(), region.to_string());
+        self.batches
+            .snapshots
+            .call(region, snapshot_id.to_string(), move |ids| {
+                let (clients, region) = (clients.clone(), target.clone());
+                async move { clients.describe_snapshots_now(&region, ids).await }
+            })
+            .await
+    }
+
+    /// Snapshots by ID, in one paginated call. A filter, not `SnapshotIds`:
+    /// one unknown ID would fail the whole call.
+    async fn describe_snapshots_now(
+        &self,
+        region: &str,
+        snapshot_ids: Vec<String>,
+    ) -> Result<HashMap<String, SnapshotInfo>, AwsError> {
+        use aws_sdk_ec2::types::Filter;
+        let mut found = HashMap::new();
+        let mut pages = self
             .ec2(region)
             .describe_snapshots()
-            .snapshot_ids(snapshot_id)
-            .send()
-            .await
-        {
-            Ok(out) => out,
-            Err(e) => {
-                let e = self.error("DescribeSnapshots", e);
-                return if e.code().is_some_and(|c| c.starts_with("InvalidSnapshot")) {
-                    Ok(None)
-                } else {
-                    Err(e)
-                };
+            .filters(
+                Filter::builder()
+                    .name("snapshot-id")
+                    .set_values(Some(snapshot_ids))
+                    .build(),
+            )
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            self.count("DescribeSnapshots");
+            let page = page.map_err(|e| self.error("DescribeSnapshots", e))?;
+            for s in page.snapshots() {
+                let Some(id) = s.snapshot_id() else { continue };
+                found.insert(
+                    id.to_string(),
+                    SnapshotInfo {
+                        snapshot_id: id.to_string(),
+                        state: s
+                            .state()
+                            .map(|st| st.as_str().to_string())
+                            .unwrap_or_default(),
+                        volume_size_gib: i64::from(s.volume_size().unwrap_or(0)),
+                        volume_id: s
+                            .volume_id()
+                            .filter(|v| *v != "vol-ffffffff")
+                            .map(String::from),
+                        tags: s
+                            .tags()
+                            .iter()
+                            .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+                            .collect(),
+                    },
+                );
             }
-        };
-        Ok(out.snapshots().first().map(|s| SnapshotInfo {
-            snapshot_id: s.snapshot_id().unwrap_or(snapshot_id).to_string(),
-            state: s
-                .state()
-                .map(|st| st.as_str().to_string())
-                .unwrap_or_default(),
-            volume_size_gib: i64::from(s.volume_size().unwrap_or(0)),
-            volume_id: s
-                .volume_id()
-                .filter(|v| *v != "vol-ffffffff")
-                .map(String::from),
-            tags: s
-                .tags()
-                .iter()
-                .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
-                .collect(),
-        }))
+        }
+        Ok(found)
     }
 
     /// Creates a gp3 volume from a snapshot in `zone`, tagged at creation;

@@ -1,10 +1,10 @@
 //! Worker instances: describe the protected instance, launch a worker
 //! (idempotently), find workers by their ownership tags, terminate them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, HttpTokensState, IamInstanceProfileSpecification,
+    BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
     InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification, InstanceType,
     ResourceType, Tag, TagSpecification, VolumeType,
 };
@@ -63,6 +63,9 @@ pub struct WorkerInstance {
     /// EC2 state name: `pending`, `running`, `shutting-down`, `terminated`, …
     pub state: String,
 }
+
+/// Values one EC2 filter takes at most.
+const BATCH_FILTER_VALUES: usize = 200;
 
 fn is_not_found(err: &AwsError) -> bool {
     err.code()
@@ -220,69 +223,108 @@ impl AwsClients {
             })
     }
 
-    /// Describes the instance a backup protects; `None` when it does not exist.
+    /// Describes the instance a backup protects; `None` when it does not
+    /// exist. Concurrent lookups in one region share a call.
     pub async fn describe_source_instance(
         &self,
         region: &str,
         instance_id: &str,
     ) -> Result<Option<SourceInstance>, AwsError> {
-        let ec2 = self.ec2(region);
-        self.count("DescribeInstances");
-        let out = match ec2
-            .describe_instances()
-            .instance_ids(instance_id)
-            .send()
-            .await
-        {
-            Ok(out) => out,
-            Err(e) => {
-                let e = self.error("DescribeInstances", e);
-                return if is_not_found(&e) { Ok(None) } else { Err(e) };
-            }
-        };
-        let Some(instance) = out
-            .reservations()
-            .iter()
-            .flat_map(|r| r.instances())
-            .find(|i| i.instance_id() == Some(instance_id))
-        else {
-            return Ok(None);
-        };
-        let volumes: Vec<(String, String)> = instance
-            .block_device_mappings()
-            .iter()
-            .filter_map(|m| {
-                let id = m.ebs().and_then(|e| e.volume_id())?;
-                Some((
-                    m.device_name().unwrap_or_default().to_string(),
-                    id.to_string(),
-                ))
+        let (clients, target) = (self.clone(), region.to_string());
+        self.batches
+            .sources
+            .call(region, instance_id.to_string(), move |ids| {
+                let (clients, region) = (clients.clone(), target.clone());
+                async move { clients.describe_source_instances_now(&region, ids).await }
             })
+            .await
+    }
+
+    /// Instances by ID with the total size of their EBS volumes: one
+    /// DescribeInstances and one DescribeVolumes (paginated), by filter, so
+    /// an unknown ID fails nothing but its own lookup.
+    async fn describe_source_instances_now(
+        &self,
+        region: &str,
+        instance_ids: Vec<String>,
+    ) -> Result<HashMap<String, SourceInstance>, AwsError> {
+        let ec2 = self.ec2(region);
+        let mut found = HashMap::new();
+        let mut pages = ec2
+            .describe_instances()
+            .filters(
+                Filter::builder()
+                    .name("instance-id")
+                    .set_values(Some(instance_ids))
+                    .build(),
+            )
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            self.count("DescribeInstances");
+            let page = page.map_err(|e| self.error("DescribeInstances", e))?;
+            for instance in page.reservations().iter().flat_map(|r| r.instances()) {
+                let Some(id) = instance.instance_id() else {
+                    continue;
+                };
+                let volumes: Vec<(String, String)> = instance
+                    .block_device_mappings()
+                    .iter()
+                    .filter_map(|m| {
+                        let volume = m.ebs().and_then(|e| e.volume_id())?;
+                        Some((
+                            m.device_name().unwrap_or_default().to_string(),
+                            volume.to_string(),
+                        ))
+                    })
+                    .collect();
+                found.insert(
+                    id.to_string(),
+                    SourceInstance {
+                        availability_zone: instance
+                            .placement()
+                            .and_then(|p| p.availability_zone())
+                            .map(String::from),
+                        total_ebs_gib: 0,
+                        volumes,
+                    },
+                );
+            }
+        }
+        let volume_ids: Vec<String> = found
+            .values()
+            .flat_map(|s| s.volumes.iter().map(|(_, v)| v.clone()))
             .collect();
-        let volume_ids: Vec<String> = volumes.iter().map(|(_, v)| v.clone()).collect();
-        let mut total_ebs_gib = 0i64;
-        if !volume_ids.is_empty() {
-            self.count("DescribeVolumes");
-            let volumes = ec2
+        let mut sizes: HashMap<String, i64> = HashMap::new();
+        for chunk in volume_ids.chunks(BATCH_FILTER_VALUES) {
+            let mut pages = ec2
                 .describe_volumes()
-                .set_volume_ids(Some(volume_ids))
-                .send()
-                .await
-                .map_err(|e| self.error("DescribeVolumes", e))?;
-            total_ebs_gib = volumes
-                .volumes()
+                .filters(
+                    Filter::builder()
+                        .name("volume-id")
+                        .set_values(Some(chunk.to_vec()))
+                        .build(),
+                )
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                self.count("DescribeVolumes");
+                let page = page.map_err(|e| self.error("DescribeVolumes", e))?;
+                for v in page.volumes() {
+                    if let Some(id) = v.volume_id() {
+                        sizes.insert(id.to_string(), i64::from(v.size().unwrap_or(0)));
+                    }
+                }
+            }
+        }
+        for source in found.values_mut() {
+            source.total_ebs_gib = source
+                .volumes
                 .iter()
-                .map(|v| i64::from(v.size().unwrap_or(0)))
+                .filter_map(|(_, v)| sizes.get(v))
                 .sum();
         }
-        Ok(Some(SourceInstance {
-            availability_zone: instance
-                .placement()
-                .and_then(|p| p.availability_zone())
-                .map(String::from),
-            total_ebs_gib,
-            volumes,
-        }))
+        Ok(found)
     }
 
     /// Launches one worker. The caller has already looked for an instance
@@ -369,7 +411,43 @@ impl AwsClients {
 
     /// Terminates workers. An instance that no longer exists counts as
     /// terminated. Returns each instance's state after the call.
+    /// Terminations asked for at the same time in one region (jobs that end
+    /// together) share a call.
     pub async fn terminate_workers(
+        &self,
+        region: &str,
+        instance_ids: &[String],
+    ) -> Result<Vec<WorkerInstance>, AwsError> {
+        let calls = instance_ids.iter().map(|id| {
+            let (clients, target) = (self.clone(), region.to_string());
+            self.batches
+                .terminations
+                .call(region, id.clone(), move |ids| {
+                    let (clients, region) = (clients.clone(), target.clone());
+                    async move {
+                        let states = clients.terminate_now(&region, &ids).await?;
+                        Ok(states
+                            .into_iter()
+                            .map(|s| (s.instance_id.clone(), s))
+                            .collect())
+                    }
+                })
+        });
+        let answers = futures::future::try_join_all(calls).await?;
+        Ok(instance_ids
+            .iter()
+            .zip(answers)
+            .map(|(id, state)| {
+                // Not in TerminateInstances' answer: not an instance (any more).
+                state.unwrap_or_else(|| WorkerInstance {
+                    instance_id: id.clone(),
+                    state: "terminated".into(),
+                })
+            })
+            .collect())
+    }
+
+    async fn terminate_now(
         &self,
         region: &str,
         instance_ids: &[String],

@@ -4,6 +4,7 @@
 //! client.
 
 pub mod accounts;
+pub mod batch;
 pub mod ebs;
 pub mod instance_cache;
 pub mod instances;
@@ -35,6 +36,28 @@ pub struct AwsClients {
     sqs: Arc<Mutex<HashMap<String, aws_sdk_sqs::Client>>>,
     ebs: Arc<Mutex<HashMap<String, aws_sdk_ebs::Client>>>,
     s3: Arc<Mutex<HashMap<String, aws_sdk_s3::Client>>>,
+    /// Calls that concurrent callers of this scope share.
+    batches: Arc<Batches>,
+}
+
+/// The batched calls (see `batch`), per scope: only callers with the same
+/// credentials share a call.
+pub(crate) struct Batches {
+    snapshots: batch::Batcher<String, ebs::SnapshotInfo>,
+    sources: batch::Batcher<String, instances::SourceInstance>,
+    terminations: batch::Batcher<String, instances::WorkerInstance>,
+    deletions: batch::Batcher<String, ()>,
+}
+
+impl Default for Batches {
+    fn default() -> Self {
+        Self {
+            snapshots: batch::Batcher::new("DescribeSnapshots", 200),
+            sources: batch::Batcher::new("DescribeInstances", 200),
+            terminations: batch::Batcher::new("TerminateInstances", 200),
+            deletions: batch::Batcher::new("DeleteMessageBatch", 10),
+        }
+    }
 }
 
 impl AwsClients {
@@ -53,6 +76,7 @@ impl AwsClients {
             sqs: Arc::default(),
             ebs: Arc::default(),
             s3: Arc::default(),
+            batches: Arc::default(),
         }
     }
 
@@ -134,7 +158,7 @@ impl AwsClients {
 }
 
 /// A failed AWS call.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum AwsError {
     /// AWS answered with an error code.
     #[error("AWS {operation} failed with {code}: {message}")]

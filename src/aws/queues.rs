@@ -99,8 +99,37 @@ impl AwsClients {
             .collect())
     }
 
-    /// Deletes received messages, ten per call.
+    /// Deletes received messages, ten per call. Deletions asked for at the
+    /// same time on one queue (messages of several jobs applied together)
+    /// share a call.
     pub async fn delete_messages(
+        &self,
+        region: &str,
+        queue_url: &str,
+        receipt_handles: &[String],
+    ) -> Result<(), AwsError> {
+        let target = format!("{region} {queue_url}");
+        let calls = receipt_handles.iter().map(|handle| {
+            let (clients, region, queue_url) =
+                (self.clone(), region.to_string(), queue_url.to_string());
+            self.batches
+                .deletions
+                .call(&target, handle.clone(), move |handles| {
+                    let (clients, region, queue_url) =
+                        (clients.clone(), region.clone(), queue_url.clone());
+                    async move {
+                        clients
+                            .delete_messages_now(&region, &queue_url, &handles)
+                            .await?;
+                        Ok(handles.into_iter().map(|h| (h, ())).collect())
+                    }
+                })
+        });
+        futures::future::try_join_all(calls).await?;
+        Ok(())
+    }
+
+    async fn delete_messages_now(
         &self,
         region: &str,
         queue_url: &str,
