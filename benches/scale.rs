@@ -740,6 +740,51 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// CPU seconds used so far by each process of the environment (by the pid
+/// files `scripts/testenv` keeps: moto, etcd, kube-apiserver) and by this
+/// one (the in-process agents, the floor, the watch).
+fn env_cpu() -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    if let Some(dir) = std::env::var_os("TENDER_TESTENV")
+        && let Ok(entries) = std::fs::read_dir(dir)
+    {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "pid")
+                && let (Some(name), Ok(pid)) = (
+                    path.file_stem().and_then(|n| n.to_str()),
+                    std::fs::read_to_string(&path),
+                )
+                && let Ok(pid) = pid.trim().parse::<u32>()
+            {
+                out.insert(name.to_string(), cpu_seconds(pid));
+            }
+        }
+    }
+    out.insert("bench".into(), cpu_seconds(std::process::id()));
+    out
+}
+
+fn cpu_delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .collect()
+}
+
+/// "moto 3.1, etcd 0.4, …; total 9.3 of 12.6" (CPU seconds the run used,
+/// and what the machine had in its wall time).
+fn fmt_cpu(cpu: &BTreeMap<String, f64>, wall: f64) -> String {
+    let total: f64 = cpu.values().sum();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let parts: Vec<String> = cpu.iter().map(|(k, v)| format!("{k} {v:.1}")).collect();
+    format!(
+        "{}; total {total:.1} of {:.1}",
+        parts.join(", "),
+        wall * cores
+    )
+}
+
 /// A line of /proc/PID/status in KiB (VmHWM, VmRSS).
 fn proc_kib(pid: u32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -977,6 +1022,8 @@ struct TenderResult {
     create_secs: f64,
     /// Latencies of a trivial emulator call during the run, ms.
     probe_ms: Vec<f64>,
+    /// CPU seconds of each process during the run (controller excluded).
+    env_cpu: BTreeMap<String, f64>,
     /// Resources whose tags `forget_finished` deleted during the run.
     forgotten: usize,
     /// Seconds from the first to the last instance ID seen in status.
@@ -1111,6 +1158,7 @@ async fn tender_run(w: &World, n: usize) -> TenderResult {
     let cpu_before = cpu_seconds(pid);
     let probe_stop = Arc::new(AtomicBool::new(false));
     let probe = probe_emulator(w.ec2.clone(), probe_stop.clone());
+    let cpu_start = env_cpu();
     let t0 = Instant::now();
     let created: Vec<(String, Instant, SystemTime)> = futures::stream::iter(0..n)
         .map(|i| {
@@ -1163,6 +1211,7 @@ async fn tender_run(w: &World, n: usize) -> TenderResult {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let end_seen = Instant::now();
+    let cpu_used = cpu_delta(&cpu_start, &env_cpu());
     probe_stop.store(true, Ordering::SeqCst);
     let probe_ms = probe.await.unwrap_or_default();
     let after = metrics(port).await;
@@ -1286,6 +1335,7 @@ async fn tender_run(w: &World, n: usize) -> TenderResult {
         hwm_kib,
         create_secs: created_all,
         probe_ms,
+        env_cpu: cpu_used,
         forgotten,
         launch_window,
         agents_started: booter.started.load(Ordering::SeqCst),
@@ -1301,6 +1351,7 @@ async fn tender_run(w: &World, n: usize) -> TenderResult {
 struct FloorResult {
     wall: f64,
     probe_ms: Vec<f64>,
+    env_cpu: BTreeMap<String, f64>,
     writes_per_job: usize,
     errors: usize,
     leftovers: usize,
@@ -1319,6 +1370,7 @@ async fn floor_run(w: &World, n: usize, writes: usize) -> FloorResult {
     let user_data = base64::engine::general_purpose::STANDARD.encode("#!/bin/sh\n".repeat(80));
     let probe_stop = Arc::new(AtomicBool::new(false));
     let probe = probe_emulator(w.ec2.clone(), probe_stop.clone());
+    let cpu_start = env_cpu();
     let t0 = Instant::now();
     let creator = {
         let jobs = jobs.clone();
@@ -1444,6 +1496,7 @@ async fn floor_run(w: &World, n: usize, writes: usize) -> FloorResult {
         .collect::<Vec<_>>();
     let ((), results) = futures::join!(creator, worker);
     let wall = t0.elapsed().as_secs_f64();
+    let cpu_used = cpu_delta(&cpu_start, &env_cpu());
     probe_stop.store(true, Ordering::SeqCst);
     let probe_ms = probe.await.unwrap_or_default();
     let errors: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
@@ -1456,6 +1509,7 @@ async fn floor_run(w: &World, n: usize, writes: usize) -> FloorResult {
     FloorResult {
         wall,
         probe_ms,
+        env_cpu: cpu_used,
         writes_per_job: writes,
         errors: errors.len(),
         leftovers,
@@ -1556,6 +1610,13 @@ fn print_table(results: &[(TenderResult, Option<FloorResult>)]) {
     });
     row("all jobs created in (s)", &|t, _| {
         format!("{:.1}", t.create_secs)
+    });
+    row(
+        "CPU seconds by process, Tender run (controller below)",
+        &|t, _| fmt_cpu(&t.env_cpu, t.wall),
+    );
+    row("CPU seconds by process, floor run", &|_, f| {
+        f.map_or("-".into(), |f| fmt_cpu(&f.env_cpu, f.wall))
     });
     row(
         "emulator probe (DescribeRegions) p50 / p99 ms: Tender run; floor run",
