@@ -44,6 +44,11 @@ pub struct SnapshotInfo {
     pub tags: std::collections::BTreeMap<String, String>,
 }
 
+/// An unknown or malformed snapshot ID.
+fn is_snapshot_not_found(e: &AwsError) -> bool {
+    e.code().is_some_and(|c| c.starts_with("InvalidSnapshot"))
+}
+
 fn missing(operation: &'static str, what: &str) -> AwsError {
     AwsError::Service {
         operation,
@@ -313,54 +318,72 @@ impl AwsClients {
             .await
     }
 
-    /// Snapshots by ID, in one paginated call. A filter, not `SnapshotIds`:
-    /// one unknown ID would fail the whole call.
+    /// Snapshots by ID: one call for all of them. One unknown ID fails
+    /// such a call as a whole; then each is asked for alone, so the others
+    /// are still found.
     async fn describe_snapshots_now(
         &self,
         region: &str,
         snapshot_ids: Vec<String>,
     ) -> Result<HashMap<String, SnapshotInfo>, AwsError> {
-        use aws_sdk_ec2::types::Filter;
-        let mut found = HashMap::new();
-        let mut pages = self
+        match self.describe_snapshots_by_id(region, &snapshot_ids).await {
+            Err(e) if is_snapshot_not_found(&e) && snapshot_ids.len() > 1 => {
+                let mut found = HashMap::new();
+                for id in &snapshot_ids {
+                    match self
+                        .describe_snapshots_by_id(region, std::slice::from_ref(id))
+                        .await
+                    {
+                        Ok(one) => found.extend(one),
+                        Err(e) if is_snapshot_not_found(&e) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(found)
+            }
+            Err(e) if is_snapshot_not_found(&e) => Ok(HashMap::new()),
+            other => other,
+        }
+    }
+
+    async fn describe_snapshots_by_id(
+        &self,
+        region: &str,
+        snapshot_ids: &[String],
+    ) -> Result<HashMap<String, SnapshotInfo>, AwsError> {
+        self.count("DescribeSnapshots");
+        let out = self
             .ec2(region)
             .describe_snapshots()
-            .filters(
-                Filter::builder()
-                    .name("snapshot-id")
-                    .set_values(Some(snapshot_ids))
-                    .build(),
-            )
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            self.count("DescribeSnapshots");
-            let page = page.map_err(|e| self.error("DescribeSnapshots", e))?;
-            for s in page.snapshots() {
-                let Some(id) = s.snapshot_id() else { continue };
-                found.insert(
-                    id.to_string(),
-                    SnapshotInfo {
-                        snapshot_id: id.to_string(),
-                        state: s
-                            .state()
-                            .map(|st| st.as_str().to_string())
-                            .unwrap_or_default(),
-                        volume_size_gib: i64::from(s.volume_size().unwrap_or(0)),
-                        volume_id: s
-                            .volume_id()
-                            .filter(|v| *v != "vol-ffffffff")
-                            .map(String::from),
-                        tags: s
-                            .tags()
-                            .iter()
-                            .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
-                            .collect(),
-                    },
-                );
-            }
-        }
-        Ok(found)
+            .set_snapshot_ids(Some(snapshot_ids.to_vec()))
+            .send()
+            .await
+            .map_err(|e| self.error("DescribeSnapshots", e))?;
+        Ok(out
+            .snapshots()
+            .iter()
+            .filter_map(|s| {
+                let id = s.snapshot_id()?.to_string();
+                let info = SnapshotInfo {
+                    snapshot_id: id.clone(),
+                    state: s
+                        .state()
+                        .map(|st| st.as_str().to_string())
+                        .unwrap_or_default(),
+                    volume_size_gib: i64::from(s.volume_size().unwrap_or(0)),
+                    volume_id: s
+                        .volume_id()
+                        .filter(|v| *v != "vol-ffffffff")
+                        .map(String::from),
+                    tags: s
+                        .tags()
+                        .iter()
+                        .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+                        .collect(),
+                };
+                Some((id, info))
+            })
+            .collect())
     }
 
     /// Creates a gp3 volume from a snapshot in `zone`, tagged at creation;

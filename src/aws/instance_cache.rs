@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::Filter;
 use k8s_openapi::jiff::Timestamp;
@@ -41,8 +41,21 @@ pub type RegionInstances = Arc<HashMap<String, ObservedInstance>>;
 struct Slot {
     /// When the refresh that produced `instances` started.
     refreshed_at: Option<Instant>,
+    /// How long that refresh took.
+    took: Duration,
     instances: RegionInstances,
 }
+
+/// How old a view [`InstanceCache::recent`] may serve: this, or
+/// [`BUSY_SHARE`] times as long as the last refresh took, whichever is
+/// longer.
+pub const RECENT: Duration = Duration::from_secs(5);
+
+/// Refreshes for [`InstanceCache::recent`] take at most one part in this
+/// many of the time, however slow DescribeInstances gets (thousands of
+/// workers, a throttled or overloaded endpoint): the view's age adapts
+/// instead of the controller calling back to back.
+pub const BUSY_SHARE: u32 = 5;
 
 /// The shared, batched cache of worker instance states, per account and
 /// region.
@@ -77,6 +90,36 @@ impl InstanceCache {
         region: &str,
         fresh_since: Instant,
     ) -> Result<RegionInstances, AwsError> {
+        self.view(aws, account_key, region, |_| fresh_since).await
+    }
+
+    /// A recent view, for judging workers by their instance state: no older
+    /// than [`RECENT`], or than [`BUSY_SHARE`] times the last refresh's
+    /// duration when refreshes are slow. Heartbeats, not this view, are
+    /// what notices a silent worker first; this view notices instances
+    /// stopped or terminated by someone else.
+    pub async fn recent(
+        &self,
+        aws: &AwsClients,
+        account_key: &str,
+        region: &str,
+    ) -> Result<RegionInstances, AwsError> {
+        self.view(aws, account_key, region, |slot| {
+            let max_age = RECENT.max(slot.took * BUSY_SHARE);
+            Instant::now()
+                .checked_sub(max_age)
+                .unwrap_or_else(Instant::now)
+        })
+        .await
+    }
+
+    async fn view(
+        &self,
+        aws: &AwsClients,
+        account_key: &str,
+        region: &str,
+        fresh_since: impl FnOnce(&Slot) -> Instant,
+    ) -> Result<RegionInstances, AwsError> {
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             slots
@@ -85,12 +128,14 @@ impl InstanceCache {
                 .clone()
         };
         let mut slot = slot.lock().await;
+        let fresh_since = fresh_since(&slot);
         if slot.refreshed_at.is_some_and(|t| t >= fresh_since) {
             return Ok(slot.instances.clone());
         }
         let started = Instant::now();
         let instances = self.describe(aws, region).await?;
         slot.refreshed_at = Some(started);
+        slot.took = started.elapsed();
         slot.instances = Arc::new(instances);
         Ok(slot.instances.clone())
     }

@@ -241,23 +241,80 @@ impl AwsClients {
     }
 
     /// Instances by ID with the total size of their EBS volumes: one
-    /// DescribeInstances and one DescribeVolumes (paginated), by filter, so
-    /// an unknown ID fails nothing but its own lookup.
+    /// DescribeInstances for all of them (one unknown ID fails it as a
+    /// whole; then each is asked for alone) and one DescribeVolumes.
     async fn describe_source_instances_now(
         &self,
         region: &str,
         instance_ids: Vec<String>,
     ) -> Result<HashMap<String, SourceInstance>, AwsError> {
-        let ec2 = self.ec2(region);
+        let mut found = match self.describe_instances_by_id(region, &instance_ids).await {
+            Err(e) if is_not_found(&e) && instance_ids.len() > 1 => {
+                let mut found = HashMap::new();
+                for id in &instance_ids {
+                    match self
+                        .describe_instances_by_id(region, std::slice::from_ref(id))
+                        .await
+                    {
+                        Ok(one) => found.extend(one),
+                        Err(e) if is_not_found(&e) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                found
+            }
+            Err(e) if is_not_found(&e) => HashMap::new(),
+            other => other?,
+        };
+        let volume_ids: Vec<String> = found
+            .values()
+            .flat_map(|s| s.volumes.iter().map(|(_, v)| v.clone()))
+            .collect();
+        // By filter: a volume detached since is just not counted.
+        let mut sizes: HashMap<String, i64> = HashMap::new();
+        for chunk in volume_ids.chunks(BATCH_FILTER_VALUES) {
+            let mut pages = self
+                .ec2(region)
+                .describe_volumes()
+                .filters(
+                    Filter::builder()
+                        .name("volume-id")
+                        .set_values(Some(chunk.to_vec()))
+                        .build(),
+                )
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                self.count("DescribeVolumes");
+                let page = page.map_err(|e| self.error("DescribeVolumes", e))?;
+                for v in page.volumes() {
+                    if let Some(id) = v.volume_id() {
+                        sizes.insert(id.to_string(), i64::from(v.size().unwrap_or(0)));
+                    }
+                }
+            }
+        }
+        for source in found.values_mut() {
+            source.total_ebs_gib = source
+                .volumes
+                .iter()
+                .filter_map(|(_, v)| sizes.get(v))
+                .sum();
+        }
+        Ok(found)
+    }
+
+    /// The instances of `instance_ids`, their volumes not yet sized.
+    async fn describe_instances_by_id(
+        &self,
+        region: &str,
+        instance_ids: &[String],
+    ) -> Result<HashMap<String, SourceInstance>, AwsError> {
         let mut found = HashMap::new();
-        let mut pages = ec2
+        let mut pages = self
+            .ec2(region)
             .describe_instances()
-            .filters(
-                Filter::builder()
-                    .name("instance-id")
-                    .set_values(Some(instance_ids))
-                    .build(),
-            )
+            .set_instance_ids(Some(instance_ids.to_vec()))
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
@@ -290,39 +347,6 @@ impl AwsClients {
                     },
                 );
             }
-        }
-        let volume_ids: Vec<String> = found
-            .values()
-            .flat_map(|s| s.volumes.iter().map(|(_, v)| v.clone()))
-            .collect();
-        let mut sizes: HashMap<String, i64> = HashMap::new();
-        for chunk in volume_ids.chunks(BATCH_FILTER_VALUES) {
-            let mut pages = ec2
-                .describe_volumes()
-                .filters(
-                    Filter::builder()
-                        .name("volume-id")
-                        .set_values(Some(chunk.to_vec()))
-                        .build(),
-                )
-                .into_paginator()
-                .send();
-            while let Some(page) = pages.next().await {
-                self.count("DescribeVolumes");
-                let page = page.map_err(|e| self.error("DescribeVolumes", e))?;
-                for v in page.volumes() {
-                    if let Some(id) = v.volume_id() {
-                        sizes.insert(id.to_string(), i64::from(v.size().unwrap_or(0)));
-                    }
-                }
-            }
-        }
-        for source in found.values_mut() {
-            source.total_ebs_gib = source
-                .volumes
-                .iter()
-                .filter_map(|(_, v)| sizes.get(v))
-                .sum();
         }
         Ok(found)
     }

@@ -4,6 +4,7 @@
 //! suspend and TTL, terminate each worker the moment it is done, and write
 //! what happened to status. The decisions live in `lifecycle`.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Api, Resource, ResourceExt};
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use super::jobs::{TargetKind, WorkerJob};
 use super::lifecycle::{
@@ -42,8 +43,6 @@ use sha2::Digest;
 const SAFETY_REQUEUE: Duration = Duration::from_secs(300);
 /// How often a job that waits for a fix is looked at again.
 const STALLED_REQUEUE: Duration = Duration::from_secs(60);
-/// How old the shared view of instance states may be for liveness checks.
-const INSTANCE_VIEW_MAX_AGE: Duration = Duration::from_secs(5);
 /// How often a worker that waits for a launch slot or for capacity is
 /// looked at again.
 const QUEUED_RECHECK: Duration = Duration::from_secs(5);
@@ -74,13 +73,20 @@ pub async fn reconcile<K: WorkerJob>(job: Arc<K>, ctx: Arc<Context>) -> Result<A
     {
         return Ok(action);
     }
-    let action = finalizer(&api, JOB_FINALIZER, job, |event| async {
+    let action = match finalizer(&api, JOB_FINALIZER, job, |event| async {
         match event {
             FinalizerEvent::Apply(job) => apply(&*job, &api, &ctx).await,
             FinalizerEvent::Cleanup(job) => cleanup(&*job, &ctx).await,
         }
     })
-    .await?;
+    .await
+    {
+        Err(e) if super::stale_finalizer_patch(&e) => {
+            debug!(error = %e, "finalizer patch met a newer object; retrying on it");
+            return Ok(Action::requeue(super::STALE_OBJECT_RETRY));
+        }
+        other => other?,
+    };
     ctx.reset_backoff(&uid);
     Ok(action)
 }
@@ -281,6 +287,12 @@ async fn apply<K: WorkerJob>(job: &K, api: &Api<K>, ctx: &Context) -> Result<Act
     let mut status = old.clone().unwrap_or_default();
     let now = Timestamp::now();
     let started = Instant::now();
+    // Launch tokens recorded before this reconcile (see `launch_workers`).
+    let recorded_tokens: HashSet<String> = old
+        .iter()
+        .flat_map(|s| s.workers.iter())
+        .map(|w| w.launch_token.clone())
+        .collect();
 
     // A finished job only makes sure its workers are gone, then waits for
     // its TTL.
@@ -502,7 +514,16 @@ async fn apply<K: WorkerJob>(job: &K, api: &Api<K>, ctx: &Context) -> Result<Act
     // 7. Launch (or adopt) every planned worker that has no instance yet.
     match (&blocked, &queue_url) {
         (None, Some(queue_url)) if !job.suspended() => {
-            launch_workers(job, &config, queue_url, &mut status, ctx, started).await?;
+            launch_workers(
+                job,
+                &config,
+                queue_url,
+                &mut status,
+                ctx,
+                started,
+                &recorded_tokens,
+            )
+            .await?;
         }
         (Some(problem), _) if problem.reason == "WorkerConfigurationDeleting" => {
             // Nothing will ever launch it: the configuration is going away.
@@ -812,14 +833,11 @@ async fn observe_instances<K: WorkerJob>(
     else {
         return Ok(None);
     };
-    let fresh_since = Instant::now()
-        .checked_sub(INSTANCE_VIEW_MAX_AGE)
-        .unwrap_or_else(Instant::now);
     let access = job_access(job, w.access.as_ref());
     let aws = ctx.aws.scoped(&access).await;
     Ok(Some(
         ctx.instances
-            .snapshot(&aws, access.account_key(), &w.region, fresh_since)
+            .recent(&aws, access.account_key(), &w.region)
             .await?,
     ))
 }
@@ -1033,6 +1051,7 @@ async fn launch_workers<K: WorkerJob>(
     status: &mut BackupJobStatus,
     ctx: &Context,
     reconcile_started: Instant,
+    recorded_tokens: &HashSet<String>,
 ) -> Result<()> {
     let waiting: Vec<usize> = (0..status.workers.len())
         .filter(|&i| {
@@ -1085,13 +1104,21 @@ async fn launch_workers<K: WorkerJob>(
         let w = &status.workers[i];
         // A worker launched with this token by an earlier reconcile whose
         // status write is lost (a crash) or not yet visible is adopted, not
-        // launched again. The view must be newer than this reconcile.
+        // launched again. The view must be newer than this reconcile. A
+        // token this reconcile recorded first (not in the status it started
+        // from, which holds this process's own last write) was never
+        // launched with: no view is needed, and a wave of new jobs does not
+        // wait for one (EC2's ClientToken covers the rest).
         let access = job_access(job, w.access.as_ref());
         let aws = ctx.aws.scoped(&access).await;
-        let view = ctx
-            .instances
-            .snapshot(&aws, access.account_key(), &w.region, reconcile_started)
-            .await?;
+        let recorded_before = recorded_tokens.contains(w.launch_token.as_str());
+        let view = if recorded_before {
+            ctx.instances
+                .snapshot(&aws, access.account_key(), &w.region, reconcile_started)
+                .await?
+        } else {
+            RegionInstances::default()
+        };
         if let Some(found) = view.values().find(|o| {
             o.tags.get(crate::names::tags::LAUNCH_TOKEN) == Some(&w.launch_token) && o.is_live()
         }) {
@@ -1541,12 +1568,9 @@ async fn terminate_finished<K: WorkerJob>(
         let aws = ctx.aws.scoped(&access).await;
         // Instances the shared view already shows going or gone (terminated
         // before a restart, say) are recorded, not terminated again.
-        let fresh_since = Instant::now()
-            .checked_sub(INSTANCE_VIEW_MAX_AGE)
-            .unwrap_or_else(Instant::now);
         let view = ctx
             .instances
-            .snapshot(&aws, access.account_key(), &region, fresh_since)
+            .recent(&aws, access.account_key(), &region)
             .await?;
         let (gone, ids): (Vec<String>, Vec<String>) = ids.into_iter().partition(|id| {
             view.get(id)

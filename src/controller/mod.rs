@@ -81,6 +81,27 @@ impl<E: std::error::Error + 'static> From<kube::runtime::finalizer::Error<E>> fo
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// How soon a reconcile whose finalizer patch met a newer object runs again
+/// (the watch event of that object usually comes first).
+pub(crate) const STALE_OBJECT_RETRY: Duration = Duration::from_secs(1);
+
+/// True when the finalizer helper's patch was refused because the object
+/// changed after the watch cache saw it: the JSON patch's `test` fails
+/// (422), or the write conflicts (409). It happens when a reconcile runs
+/// on a cached object that does not show the finalizer this controller
+/// added a moment ago. Not a failure worth a backoff: the watch brings the
+/// current object, and another reconcile with it.
+pub(crate) fn stale_finalizer_patch<E: std::error::Error + 'static>(
+    e: &kube::runtime::finalizer::Error<E>,
+) -> bool {
+    use kube::runtime::finalizer::Error as F;
+    matches!(
+        e,
+        F::AddFinalizer(kube::Error::Api(ae)) | F::RemoveFinalizer(kube::Error::Api(ae))
+            if ae.code == 422 || ae.code == 409
+    )
+}
+
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
@@ -345,22 +366,24 @@ async fn run_leader(
     let config_store = config_controller.store();
 
     // A change to a configuration wakes the unfinished jobs of its namespace
-    // (one may be waiting for it).
+    // (one may be waiting for it), when it is a change jobs care about.
     let waiting_jobs = job_store.clone();
+    let backup_changes = ConfigChanges::default();
     let job_controller = job_controller
         .watches(
             configs.clone(),
             watcher::Config::default(),
-            move |cfg: WorkerConfiguration| unfinished_in(&waiting_jobs, &cfg),
+            move |cfg: WorkerConfiguration| backup_changes.wake(&waiting_jobs, &cfg),
         )
         .reconcile_on(trigger_rx)
         .shutdown_on_signal();
     let waiting_restores = restore_store.clone();
+    let restore_changes = ConfigChanges::default();
     let restore_controller = restore_controller
         .watches(
             configs.clone(),
             watcher::Config::default(),
-            move |cfg: WorkerConfiguration| unfinished_in(&waiting_restores, &cfg),
+            move |cfg: WorkerConfiguration| restore_changes.wake(&waiting_restores, &cfg),
         )
         .reconcile_on(restore_rx)
         .shutdown_on_signal();
@@ -488,6 +511,78 @@ async fn run_leader(
     outcome
 }
 
+/// Which jobs a configuration's change wakes. Its `activeWorkers` changes
+/// with every worker that starts or ends, and no job but those queued for a
+/// launch slot reads it: waking every unfinished job of the namespace for
+/// it would cost a reconcile per job per change (with a thousand jobs
+/// running, a thousand reconciles each time a worker ends). So: every
+/// unfinished job when anything else changed (spec, deletion, finalizers,
+/// status) or when the configuration is first seen; the queued ones when
+/// the worker count dropped under a `maxConcurrentWorkers` limit; none
+/// otherwise.
+#[derive(Default)]
+struct ConfigChanges {
+    /// Per configuration UID: the fingerprint of what jobs read, and the
+    /// active worker count, as last seen.
+    seen: Mutex<HashMap<String, (u64, i32)>>,
+}
+
+impl ConfigChanges {
+    fn wake<K: jobs::WorkerJob>(
+        &self,
+        store: &Store<K>,
+        cfg: &WorkerConfiguration,
+    ) -> Vec<ObjectRef<K>> {
+        let active = cfg.status.as_ref().map_or(0, |s| s.active_workers);
+        let fingerprint = config_fingerprint(cfg);
+        let previous = self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(cfg.uid().unwrap_or_default(), (fingerprint, active));
+        match previous {
+            Some((before, _)) if before != fingerprint => unfinished_in(store, cfg),
+            None => unfinished_in(store, cfg),
+            Some((_, before)) if active < before && cfg.spec.max_concurrent_workers.is_some() => {
+                queued_in(store, cfg)
+            }
+            Some(_) => Vec::new(),
+        }
+    }
+}
+
+/// A hash of what jobs read of a configuration: all of it but the active
+/// worker count.
+fn config_fingerprint(cfg: &WorkerConfiguration) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut status = cfg.status.clone();
+    if let Some(s) = status.as_mut() {
+        s.active_workers = 0;
+    }
+    let mut hasher = std::hash::DefaultHasher::new();
+    serde_json::to_string(&(
+        &cfg.metadata.generation,
+        &cfg.metadata.deletion_timestamp,
+        &cfg.metadata.finalizers,
+        &status,
+    ))
+    .unwrap_or_default()
+    .hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The jobs of a configuration's namespace waiting for a launch slot.
+fn queued_in<K: jobs::WorkerJob>(store: &Store<K>, cfg: &WorkerConfiguration) -> Vec<ObjectRef<K>> {
+    let ns = cfg.namespace();
+    store
+        .state()
+        .into_iter()
+        .filter(|j| j.namespace() == ns)
+        .filter(|j| j.job_status().is_some_and(|s| s.queue_position.is_some()))
+        .map(|j| ObjectRef::from_obj(&*j))
+        .collect()
+}
+
 /// The unfinished jobs of a configuration's namespace (one may be waiting
 /// for it).
 fn unfinished_in<K: jobs::WorkerJob>(
@@ -510,4 +605,83 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// A boxed error for the binary's entry points.
 pub mod anyhow_like {
     pub type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::runtime::reflector;
+
+    use super::*;
+
+    fn config(active: i32, max: Option<i32>, ready: &str) -> WorkerConfiguration {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "tender.dev/v1alpha1", "kind": "WorkerConfiguration",
+            "metadata": {"name": "workers", "namespace": "ns", "uid": "cfg-1", "generation": 1},
+            "spec": {"region": "us-east-1", "imageId": "ami-0123456789abcdef0", "maxConcurrentWorkers": max},
+            "status": {
+                "activeWorkers": active,
+                "conditions": [{"type": "Ready", "status": ready, "reason": "R", "message": "",
+                                "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+            },
+        }))
+        .expect("a configuration")
+    }
+
+    /// Jobs `running` (no queue position) and `queued` (position 1), both
+    /// unfinished, and `done` (Succeeded).
+    fn jobs() -> Store<BackupJob> {
+        let (reader, mut writer) = reflector::store::<BackupJob>();
+        for (name, status) in [
+            ("running", serde_json::json!({"phase": "Running"})),
+            (
+                "queued",
+                serde_json::json!({"phase": "Provisioning", "queuePosition": 1}),
+            ),
+            ("done", serde_json::json!({"phase": "Succeeded"})),
+        ] {
+            let job: BackupJob = serde_json::from_value(serde_json::json!({
+                "apiVersion": "tender.dev/v1alpha1", "kind": "BackupJob",
+                "metadata": {"name": name, "namespace": "ns", "uid": name},
+                "spec": {"resources": [{"instanceId": "i-0123456789abcdef0", "region": "us-east-1"}],
+                         "repository": {"bucket": "backups"}},
+                "status": status,
+            }))
+            .expect("a job");
+            writer.apply_watcher_event(&watcher::Event::Apply(job));
+        }
+        reader
+    }
+
+    fn names(refs: Vec<ObjectRef<BackupJob>>) -> Vec<String> {
+        let mut names: Vec<String> = refs.into_iter().map(|r| r.name).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_configuration_wakes_only_the_jobs_its_change_concerns() {
+        let store = jobs();
+        let changes = ConfigChanges::default();
+        // First sight (a controller start): every unfinished job.
+        assert_eq!(
+            names(changes.wake(&store, &config(3, Some(3), "True"))),
+            ["queued", "running"]
+        );
+        // Only the worker count went up: nobody.
+        assert!(changes.wake(&store, &config(4, Some(3), "True")).is_empty());
+        // It went down under a limit: the jobs waiting for a slot.
+        assert_eq!(
+            names(changes.wake(&store, &config(2, Some(3), "True"))),
+            ["queued"]
+        );
+        // Anything else changed (here Ready): every unfinished job.
+        assert_eq!(
+            names(changes.wake(&store, &config(2, Some(3), "False"))),
+            ["queued", "running"]
+        );
+        // Without a limit a falling count wakes nobody.
+        let unlimited = ConfigChanges::default();
+        unlimited.wake(&store, &config(5, None, "True"));
+        assert!(unlimited.wake(&store, &config(1, None, "True")).is_empty());
+    }
 }

@@ -11,7 +11,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Api, ResourceExt};
-use tracing::{info, instrument};
+use tracing::{debug, info, instrument};
 
 use super::{Context, Error, Result, apply_status};
 use crate::api::conditions::{self, DesiredCondition, READY, RECONCILING, STALLED};
@@ -67,6 +67,10 @@ pub async fn reconcile(cfg: Arc<WorkerConfiguration>, ctx: Arc<Context>) -> Resu
         Ok(action) => {
             ctx.reset_backoff(&uid);
             Ok(action)
+        }
+        Err(e) if super::stale_finalizer_patch(&e) => {
+            debug!(error = %e, "finalizer patch met a newer object; retrying on it");
+            Ok(Action::requeue(super::STALE_OBJECT_RETRY))
         }
         Err(e) => {
             let e = Error::from(e);
