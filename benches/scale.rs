@@ -124,7 +124,7 @@ struct World {
     /// for an emulator nobody else uses, as `scripts/bench` sets up).
     reset: bool,
     /// Untag finished jobs' instances during the run (see `forget_finished`;
-    /// BENCH_KEEP_TERMINATED=1 turns it off).
+    /// only with BENCH_FORGET_TERMINATED=1).
     forget_terminated: bool,
 }
 
@@ -191,7 +191,7 @@ async fn world() -> World {
         bucket: String::new(),
         tag,
         reset: std::env::var("BENCH_RESET_EMULATOR").is_ok_and(|v| v == "1"),
-        forget_terminated: !std::env::var("BENCH_KEEP_TERMINATED").is_ok_and(|v| v == "1"),
+        forget_terminated: std::env::var("BENCH_FORGET_TERMINATED").is_ok_and(|v| v == "1"),
     }
 }
 
@@ -540,9 +540,11 @@ async fn forget_tagged(ec2: &aws_sdk_ec2::Client, key: &str, values: &[String]) 
 /// Plays AWS dropping terminated instances from DescribeInstances (AWS does
 /// after about an hour; moto never does): once a job is seen done, with its
 /// worker terminated, its instance and volume lose their tags and so leave
-/// the controller's tag-filtered view. Without it, the emulator's cost per
-/// DescribeInstances grows with (instances x tags) of every job run so far,
-/// and past about 500 finished jobs the emulator does little else.
+/// the controller's tag-filtered view. Off by default: the controller no
+/// longer refreshes its view often enough for the emulator's cost per
+/// DescribeInstances, which grows with (instances x tags), to dominate, and
+/// the untagging itself (DescribeTags and DeleteTags) loads the emulator
+/// during the timed run, which the floor's run does not pay.
 async fn forget_finished(
     ec2: aws_sdk_ec2::Client,
     tracker: Arc<Tracker>,
@@ -1519,6 +1521,79 @@ async fn floor_run(w: &World, n: usize, writes: usize) -> FloorResult {
     }
 }
 
+// ------------------------------------------------------- the agents alone
+
+struct AgentsResult {
+    wall: f64,
+    failed: usize,
+    env_cpu: BTreeMap<String, f64>,
+}
+
+/// The agents' share of the work, measured alone: the same N backups by
+/// the same agent code (`tender::worker::run`, the same snapshots, a fresh
+/// repository, all at once), each fed the task the controller would have
+/// given it, reporting to a queue nobody reads. No controller, no API
+/// server, no instances. On this machine every process shares two cores,
+/// so Tender's run pays for this work on top of the floor's.
+async fn agents_run(w: &World, n: usize) -> AgentsResult {
+    let queue_url = w
+        .sqs
+        .create_queue()
+        .queue_name(format!("tender-bench-agents-{}-{n}", w.tag))
+        .send()
+        .await
+        .expect("create the agents' queue")
+        .queue_url()
+        .unwrap()
+        .to_string();
+    let agents = AwsClients::from_env().await;
+    let tasks: Vec<WorkerTask> = (0..n)
+        .map(|i| WorkerTask {
+            version: tender::messages::PROTOCOL_VERSION,
+            operation: tender::messages::Operation::Backup,
+            namespace: format!("bench-agents-{}-{n}", w.tag),
+            job_name: job_name(i),
+            job_uid: format!("agents-{}-{n}-{i}", w.tag),
+            resource: w.protected[i % w.protected.len()].clone(),
+            resource_region: REGION.into(),
+            attempt: 1,
+            queue_url: queue_url.clone(),
+            queue_region: REGION.into(),
+            heartbeat_seconds: HEARTBEAT_SECONDS.parse().unwrap(),
+            source_access: None,
+            repository: Some(tender::mover::manifest::RepositoryLocation::new(
+                &w.bucket, "", REGION,
+            )),
+            restore_point: None,
+            device: None,
+            all_volumes: false,
+            file_level: None,
+        })
+        .collect();
+    let cpu_start = env_cpu();
+    let t0 = Instant::now();
+    let outcomes: Vec<bool> = futures::stream::iter(tasks.into_iter().enumerate())
+        .map(|(i, task)| {
+            let agents = agents.clone();
+            async move {
+                tender::worker::run(agents, task, format!("i-{i:017x}"))
+                    .await
+                    .is_ok()
+            }
+        })
+        .buffer_unordered(agent_slots(n))
+        .collect()
+        .await;
+    let wall = t0.elapsed().as_secs_f64();
+    let env_cpu = cpu_delta(&cpu_start, &env_cpu());
+    let _ = w.sqs.delete_queue().queue_url(&queue_url).send().await;
+    AgentsResult {
+        wall,
+        failed: outcomes.iter().filter(|ok| !**ok).count(),
+        env_cpu,
+    }
+}
+
 // ------------------------------------------------------------------ report
 
 fn machine() -> String {
@@ -1578,52 +1653,82 @@ fn list(values: &BTreeMap<String, f64>) -> String {
     }
 }
 
-fn print_table(results: &[(TenderResult, Option<FloorResult>)]) {
+type Run = (TenderResult, Option<FloorResult>, Option<AgentsResult>);
+
+fn print_table(results: &[Run]) {
     let mut rows: Vec<(String, Vec<String>)> = Vec::new();
-    let mut row = |label: &str, f: &dyn Fn(&TenderResult, Option<&FloorResult>) -> String| {
+    type Cell<'a> =
+        &'a dyn Fn(&TenderResult, Option<&FloorResult>, Option<&AgentsResult>) -> String;
+    let mut row = |label: &str, f: Cell| {
         rows.push((
             label.to_string(),
-            results.iter().map(|(t, fl)| f(t, fl.as_ref())).collect(),
+            results
+                .iter()
+                .map(|(t, fl, a)| f(t, fl.as_ref(), a.as_ref()))
+                .collect(),
         ));
     };
     let per = |t: &TenderResult, v: f64| v / t.n as f64;
-    row("jobs done / created", &|t, _| {
+    row("jobs done / created", &|t, _, _| {
         let mark = if t.completed { "" } else { " (TIMEOUT)" };
         format!("{} / {}{mark}", t.done, t.n)
     });
-    row("jobs not Succeeded (unfinished included)", &|t, _| {
+    row("jobs not Succeeded (unfinished included)", &|t, _, _| {
         t.failed.to_string()
     });
     row(
         "emulator instances / tags at start (all owners)",
-        &|t, _| format!("{} / {}", t.moto_before.0, t.moto_before.1),
+        &|t, _, _| format!("{} / {}", t.moto_before.0, t.moto_before.1),
     );
-    row("**Tender wall (s)**", &|t, _| format!("{:.1}", t.wall));
-    row("**jobs/s end to end**", &|t, _| {
+    row("**Tender wall (s)**", &|t, _, _| format!("{:.1}", t.wall));
+    row("**jobs/s end to end**", &|t, _, _| {
         format!("{:.1}", t.done as f64 / t.wall)
     });
-    row("**floor wall (s)**", &|_, f| {
+    row("**floor wall (s)**", &|_, f, _| {
         f.map_or("-".into(), |f| format!("{:.1}", f.wall))
     });
-    row("floor jobs/s", &|t, f| {
+    row("floor jobs/s", &|t, f, _| {
         f.map_or("-".into(), |f| format!("{:.1}", t.n as f64 / f.wall))
     });
-    row("**ratio Tender / floor** (target ≤ 1.25)", &|t, f| {
+    row("**ratio Tender / floor** (target ≤ 1.25)", &|t, f, _| {
         f.map_or("-".into(), |f| format!("{:.2}", t.wall / f.wall))
     });
-    row("all jobs created in (s)", &|t, _| {
+    row(
+        "agents alone: the same backups, no controller (s)",
+        &|_, _, a| {
+            a.map_or("-".into(), |a| {
+                let failed = if a.failed > 0 {
+                    format!(" ({} failed)", a.failed)
+                } else {
+                    String::new()
+                };
+                format!("{:.1}{failed}", a.wall)
+            })
+        },
+    );
+    row(
+        "ratio Tender / (floor + agents alone): what orchestration adds",
+        &|t, f, a| match (f, a) {
+            (Some(f), Some(a)) => format!("{:.2}", t.wall / (f.wall + a.wall)),
+            _ => "-".into(),
+        },
+    );
+    row("all jobs created in (s)", &|t, _, _| {
         format!("{:.1}", t.create_secs)
     });
     row(
         "CPU seconds by process, Tender run (controller below)",
-        &|t, _| fmt_cpu(&t.env_cpu, t.wall),
+        &|t, _, _| fmt_cpu(&t.env_cpu, t.wall),
     );
-    row("CPU seconds by process, floor run", &|_, f| {
+    row("CPU seconds by process, floor run", &|_, f, _| {
         f.map_or("-".into(), |f| fmt_cpu(&f.env_cpu, f.wall))
+    });
+    row("CPU seconds by process, agents alone", &|_, _, a| {
+        a.map_or("-".into(), |a| fmt_cpu(&a.env_cpu, a.wall))
     });
     row(
         "emulator probe (DescribeRegions) p50 / p99 ms: Tender run; floor run",
-        &|t, f| {
+        &|t, f, _| {
             format!(
                 "{}; {}",
                 fmt_pair(&t.probe_ms),
@@ -1633,7 +1738,7 @@ fn print_table(results: &[(TenderResult, Option<FloorResult>)]) {
     );
     row(
         "launch window: first → last worker launched (s); launches/s",
-        &|t, _| {
+        &|t, _, _| {
             format!(
                 "{:.1}; {:.1}",
                 t.launch_window,
@@ -1643,14 +1748,15 @@ fn print_table(results: &[(TenderResult, Option<FloorResult>)]) {
     );
     row(
         "launch latency p50 / p99 (ms): created → instance ID in status (watch)",
-        &|t, _| fmt_pair(&t.launch_ms),
+        &|t, _, _| fmt_pair(&t.launch_ms),
     );
-    row("  same from status.launchTime (1 s resolution)", &|t, _| {
-        fmt_pair(&t.launch_status_ms)
-    });
+    row(
+        "  same from status.launchTime (1 s resolution)",
+        &|t, _, _| fmt_pair(&t.launch_status_ms),
+    );
     row(
         "  controller histogram p50 / p99 (planned → RunInstances; bucket bound, ms)",
-        &|t, _| {
+        &|t, _, _| {
             format!(
                 "≤ {} / ≤ {}",
                 fmt_secs(t.delta.quantile("tender_worker_launch_seconds", 0.5)),
@@ -1660,15 +1766,15 @@ fn print_table(results: &[(TenderResult, Option<FloorResult>)]) {
     );
     row(
         "terminate latency p50 / p99 (ms): worker's final message sent → terminatedTime in status (watch)",
-        &|t, _| fmt_pair(&t.terminate_ms),
+        &|t, _, _| fmt_pair(&t.terminate_ms),
     );
     row(
         "  same from finishedTime → terminatedTime (1 s resolution)",
-        &|t, _| fmt_pair(&t.terminate_status_ms),
+        &|t, _, _| fmt_pair(&t.terminate_status_ms),
     );
     row(
         "  controller histogram p50 / p99 (finished → TerminateInstances; bucket bound, ms)",
-        &|t, _| {
+        &|t, _, _| {
             format!(
                 "≤ {} / ≤ {}",
                 fmt_secs(t.delta.quantile("tender_worker_termination_seconds", 0.5)),
@@ -1678,14 +1784,14 @@ fn print_table(results: &[(TenderResult, Option<FloorResult>)]) {
     );
     let mut ops: Vec<String> = results
         .iter()
-        .flat_map(|(t, _)| t.delta.by("tender_aws_calls_total", "operation"))
+        .flat_map(|(t, _, _)| t.delta.by("tender_aws_calls_total", "operation"))
         .filter(|(_, v)| *v > 0.0)
         .map(|(k, _)| k)
         .collect();
     ops.sort();
     ops.dedup();
     for op in &ops {
-        row(&format!("controller AWS calls/job: {op}"), &|t, _| {
+        row(&format!("controller AWS calls/job: {op}"), &|t, _, _| {
             let v = t
                 .delta
                 .by("tender_aws_calls_total", "operation")
@@ -1695,13 +1801,13 @@ fn print_table(results: &[(TenderResult, Option<FloorResult>)]) {
             format!("{:.2}", per(t, v))
         });
     }
-    row("controller AWS calls/job: all", &|t, _| {
+    row("controller AWS calls/job: all", &|t, _, _| {
         format!("{:.2}", per(t, t.delta.sum("tender_aws_calls_total")))
     });
-    row("controller AWS errors by operation", &|t, _| {
+    row("controller AWS errors by operation", &|t, _, _| {
         list(&t.delta.by("tender_aws_errors_total", "operation"))
     });
-    row("controller AWS errors by category", &|t, _| {
+    row("controller AWS errors by category", &|t, _, _| {
         list(&t.delta.by("tender_aws_errors_total", "category"))
     });
     let calls = |t: &TenderResult, op: &str| {
@@ -1713,27 +1819,27 @@ fn print_table(results: &[(TenderResult, Option<FloorResult>)]) {
     };
     row(
         "DescribeInstances total = source lookups + shared-view pages",
-        &|t, _| {
+        &|t, _, _| {
             let total = calls(t, "DescribeInstances");
             let source = calls(t, "DescribeVolumes");
             format!("{total:.0} = {source:.0} + {:.0}", total - source)
         },
     );
-    row("  shared-view pages per job", &|t, _| {
+    row("  shared-view pages per job", &|t, _, _| {
         let total = calls(t, "DescribeInstances");
         let source = calls(t, "DescribeVolumes");
         format!("{:.2}", per(t, total - source))
     });
     row(
         "  shared-view pages per 5 s view window (\"per poll\"; ideal ≈ 1 per 1000 instances)",
-        &|t, _| {
+        &|t, _, _| {
             let total = calls(t, "DescribeInstances");
             let source = calls(t, "DescribeVolumes");
             let windows = (t.wall / VIEW_MAX_AGE_SECONDS).max(1.0);
             format!("{:.1} ({:.1} windows)", (total - source) / windows, windows)
         },
     );
-    row("**mutating EC2 calls/job** (target ≤ 2)", &|t, _| {
+    row("**mutating EC2 calls/job** (target ≤ 2)", &|t, _, _| {
         let v: f64 = t
             .delta
             .by("tender_aws_calls_total", "operation")
@@ -1743,16 +1849,19 @@ fn print_table(results: &[(TenderResult, Option<FloorResult>)]) {
             .sum();
         format!("{:.2}", per(t, v))
     });
-    row("**status writes/job** BackupJob (target ≤ 6)", &|t, _| {
-        let v = t
-            .delta
-            .by("tender_status_writes_total", "kind")
-            .get("BackupJob")
-            .copied()
-            .unwrap_or(0.0);
-        format!("{:.2}", per(t, v))
-    });
-    row("  WorkerConfiguration status writes/job", &|t, _| {
+    row(
+        "**status writes/job** BackupJob (target ≤ 6)",
+        &|t, _, _| {
+            let v = t
+                .delta
+                .by("tender_status_writes_total", "kind")
+                .get("BackupJob")
+                .copied()
+                .unwrap_or(0.0);
+            format!("{:.2}", per(t, v))
+        },
+    );
+    row("  WorkerConfiguration status writes/job", &|t, _, _| {
         let v = t
             .delta
             .by("tender_status_writes_total", "kind")
@@ -1763,7 +1872,7 @@ fn print_table(results: &[(TenderResult, Option<FloorResult>)]) {
     });
     row(
         "API-server writes/job: job object (create + changes, watch) + Events",
-        &|t, _| {
+        &|t, _, _| {
             format!(
                 "{:.2} + {:.2} = {:.2}",
                 per(t, t.object_writes as f64),
@@ -1772,10 +1881,11 @@ fn print_table(results: &[(TenderResult, Option<FloorResult>)]) {
             )
         },
     );
-    row("floor API-server writes/job (create + status)", &|_, f| {
-        f.map_or("-".into(), |f| format!("{}", 1 + f.writes_per_job))
-    });
-    row("reconciles/job: BackupJob", &|t, _| {
+    row(
+        "floor API-server writes/job (create + status)",
+        &|_, f, _| f.map_or("-".into(), |f| format!("{}", 1 + f.writes_per_job)),
+    );
+    row("reconciles/job: BackupJob", &|t, _, _| {
         let v = t
             .delta
             .by("tender_reconciles_total", "kind")
@@ -1784,7 +1894,7 @@ fn print_table(results: &[(TenderResult, Option<FloorResult>)]) {
             .unwrap_or(0.0);
         format!("{:.2}", per(t, v))
     });
-    row("reconciles/job: WorkerConfiguration", &|t, _| {
+    row("reconciles/job: WorkerConfiguration", &|t, _, _| {
         let v = t
             .delta
             .by("tender_reconciles_total", "kind")
@@ -1793,16 +1903,17 @@ fn print_table(results: &[(TenderResult, Option<FloorResult>)]) {
             .unwrap_or(0.0);
         format!("{:.2}", per(t, v))
     });
-    row("reconcile errors by category", &|t, _| {
+    row("reconcile errors by category", &|t, _, _| {
         list(&t.delta.by("tender_reconcile_errors_total", "category"))
     });
-    row("controller peak RSS (MiB)", &|t, _| {
+    row("controller peak RSS (MiB)", &|t, _, _| {
         format!("{:.1}", t.hwm_kib as f64 / 1024.0)
     });
-    row("controller CPU s during the run (whole life)", &|t, _| {
-        format!("{:.1} ({:.1})", t.cpu_run, t.cpu_total)
-    });
-    row("agent AWS calls/job (in-process workers)", &|t, _| {
+    row(
+        "controller CPU s during the run (whole life)",
+        &|t, _, _| format!("{:.1} ({:.1})", t.cpu_run, t.cpu_total),
+    );
+    row("agent AWS calls/job (in-process workers)", &|t, _, _| {
         t.agent_calls
             .iter()
             .map(|(op, v)| format!("{op} {:.2}", per(t, *v)))
@@ -1811,15 +1922,15 @@ fn print_table(results: &[(TenderResult, Option<FloorResult>)]) {
     });
     row(
         "agents booted (harness: one DescribeInstanceAttribute each, for the user data); at once at most",
-        &|t, _| format!("{}; {}", t.agents_started, t.agent_slots),
+        &|t, _, _| format!("{}; {}", t.agents_started, t.agent_slots),
     );
     row(
         "finished workers' resources untagged by the harness",
-        &|t, _| t.forgotten.to_string(),
+        &|t, _, _| t.forgotten.to_string(),
     );
     row(
         "agents failed / watch restarts / leftovers terminated",
-        &|t, f| {
+        &|t, f, _| {
             format!(
                 "{} / {} / {}+{}",
                 t.agents_failed,
@@ -1829,13 +1940,13 @@ fn print_table(results: &[(TenderResult, Option<FloorResult>)]) {
             )
         },
     );
-    row("floor errors", &|_, f| {
+    row("floor errors", &|_, f, _| {
         f.map_or("-".into(), |f| f.errors.to_string())
     });
 
     let header: Vec<String> = results
         .iter()
-        .map(|(t, _)| format!("N = {}", t.n))
+        .map(|(t, _, _)| format!("N = {}", t.n))
         .collect();
     println!("| | {} |", header.join(" | "));
     println!("|---|{}", "---|".repeat(header.len()));
@@ -1873,9 +1984,9 @@ async fn bench(sizes: Vec<usize>) {
     println!(
         "terminated workers: {}",
         if w.forget_terminated {
-            "untagged once their job is seen done, as AWS drops terminated instances from DescribeInstances (moto never does, and its tag filter costs instances x tags; BENCH_KEEP_TERMINATED=1 keeps them)"
+            "untagged once their job is seen done (BENCH_FORGET_TERMINATED=1), as AWS drops terminated instances from DescribeInstances after about an hour (moto never does, and its tag filter costs instances x tags); the untagging loads the emulator during the run"
         } else {
-            "kept tagged (BENCH_KEEP_TERMINATED=1): the controller's view keeps every finished worker, and moto slows down quadratically"
+            "kept, as on AWS for an hour after termination (BENCH_FORGET_TERMINATED=1 untags them once their job is done)"
         }
     );
     println!();
@@ -1899,7 +2010,11 @@ async fn bench(sizes: Vec<usize>) {
         w.prepare().await;
         let f = floor_run(&w, n, k).await;
         eprintln!("  floor N={n}: {:.1} s", f.wall);
-        results.push((t, Some(f)));
+        eprintln!("== N = {n}: the agents alone");
+        w.prepare().await;
+        let a = agents_run(&w, n).await;
+        eprintln!("  agents alone N={n}: {:.1} s", a.wall);
+        results.push((t, Some(f), Some(a)));
     }
     w.cleanup().await;
     println!();
