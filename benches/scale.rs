@@ -1532,9 +1532,11 @@ struct AgentsResult {
 /// The agents' share of the work, measured alone: the same N backups by
 /// the same agent code (`tender::worker::run`, the same snapshots, a fresh
 /// repository, all at once), each fed the task the controller would have
-/// given it, reporting to a queue nobody reads. No controller, no API
-/// server, no instances. On this machine every process shares two cores,
-/// so Tender's run pays for this work on top of the floor's.
+/// given it, reporting to a queue that a minimal consumer drains (receive
+/// ten, delete them: the emulator's SendMessage slows down with every
+/// message left in the queue). No controller, no API server, no instances.
+/// On this machine every process shares two cores, so Tender's run pays
+/// for this work on top of the floor's.
 async fn agents_run(w: &World, n: usize) -> AgentsResult {
     let queue_url = w
         .sqs
@@ -1570,6 +1572,44 @@ async fn agents_run(w: &World, n: usize) -> AgentsResult {
             file_level: None,
         })
         .collect();
+    let drain_stop = Arc::new(AtomicBool::new(false));
+    let drain = {
+        let (sqs, stop, url) = (w.sqs.clone(), drain_stop.clone(), queue_url.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let Ok(out) = sqs
+                    .receive_message()
+                    .queue_url(&url)
+                    .max_number_of_messages(10)
+                    .wait_time_seconds(1)
+                    .send()
+                    .await
+                else {
+                    continue;
+                };
+                let entries: Vec<aws_sdk_sqs::types::DeleteMessageBatchRequestEntry> = out
+                    .messages()
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, m)| {
+                        aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .receipt_handle(m.receipt_handle()?)
+                            .build()
+                            .ok()
+                    })
+                    .collect();
+                if !entries.is_empty() {
+                    let _ = sqs
+                        .delete_message_batch()
+                        .queue_url(&url)
+                        .set_entries(Some(entries))
+                        .send()
+                        .await;
+                }
+            }
+        })
+    };
     let cpu_start = env_cpu();
     let t0 = Instant::now();
     let outcomes: Vec<bool> = futures::stream::iter(tasks.into_iter().enumerate())
@@ -1586,6 +1626,8 @@ async fn agents_run(w: &World, n: usize) -> AgentsResult {
         .await;
     let wall = t0.elapsed().as_secs_f64();
     let env_cpu = cpu_delta(&cpu_start, &env_cpu());
+    drain_stop.store(true, Ordering::SeqCst);
+    let _ = drain.await;
     let _ = w.sqs.delete_queue().queue_url(&queue_url).send().await;
     AgentsResult {
         wall,
