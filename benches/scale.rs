@@ -946,13 +946,25 @@ async fn boot_workers(
         );
         tokio::spawn(async move {
             let _slot = slots.acquire_owned().await.unwrap();
-            let attr = ec2
-                .describe_instance_attribute()
-                .instance_id(&id)
-                .attribute(InstanceAttributeName::UserData)
-                .send()
-                .await;
-            let task = attr.ok().and_then(|a| {
+            // EC2 always hands an instance its user data: an emulator
+            // overloaded enough to fail the call is asked again.
+            let mut attr = None;
+            for _ in 0..30 {
+                match ec2
+                    .describe_instance_attribute()
+                    .instance_id(&id)
+                    .attribute(InstanceAttributeName::UserData)
+                    .send()
+                    .await
+                {
+                    Ok(a) => {
+                        attr = Some(a);
+                        break;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                }
+            }
+            let task = attr.and_then(|a| {
                 let data = a.user_data()?.value()?;
                 let script = base64::engine::general_purpose::STANDARD
                     .decode(data)
