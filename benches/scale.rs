@@ -3,7 +3,10 @@
 //! (`tender::worker::run`, in-process) answering for every instance the
 //! controller launches; then the floor: a minimal program that launches and
 //! terminates the same N instances and makes the same number of status
-//! writes, and nothing else. Prints Tender's time over the floor's.
+//! writes, and nothing else; then the agents alone: the same N backups by
+//! the same agent code, without a controller. Prints Tender's time over the
+//! floor's, and over the sum of both baselines, with the CPU seconds every
+//! process used in each run.
 //!
 //! ```sh
 //! scripts/bench              # N = 100 and 1000
@@ -66,6 +69,17 @@ const NOT_EC2: &[&str] = &[
     "AssumeRole",
     "GetParameter",
 ];
+
+/// How long a Tender run or the agents' run may take (BENCH_TIMEOUT_SECONDS,
+/// default 300 s + 1 s per job).
+fn run_timeout(n: usize) -> Duration {
+    Duration::from_secs(
+        std::env::var("BENCH_TIMEOUT_SECONDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300 + n as u64),
+    )
+}
 
 fn concurrency() -> usize {
     std::env::var("BENCH_CONCURRENCY")
@@ -1194,12 +1208,7 @@ async fn tender_run(w: &World, n: usize) -> TenderResult {
     let created_all = t0.elapsed().as_secs_f64();
     eprintln!("  tender N={n}: {n} jobs created in {created_all:.1} s; waiting for them");
 
-    let timeout = Duration::from_secs(
-        std::env::var("BENCH_TIMEOUT_SECONDS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(300 + n as u64),
-    );
+    let timeout = run_timeout(n);
     let mut last_report = Instant::now();
     let completed = loop {
         let done = tracker.done.load(Ordering::SeqCst);
@@ -1537,6 +1546,8 @@ async fn floor_run(w: &World, n: usize, writes: usize) -> FloorResult {
 
 struct AgentsResult {
     wall: f64,
+    /// Backups that ended (well or not) before the timeout.
+    ended: usize,
     failed: usize,
     env_cpu: BTreeMap<String, f64>,
 }
@@ -1624,25 +1635,31 @@ async fn agents_run(w: &World, n: usize) -> AgentsResult {
     };
     let cpu_start = env_cpu();
     let t0 = Instant::now();
-    let outcomes: Vec<bool> = futures::stream::iter(tasks.into_iter().enumerate())
+    let outcomes: Arc<Mutex<Vec<bool>>> = Arc::default();
+    let all = futures::stream::iter(tasks.into_iter().enumerate())
         .map(|(i, task)| {
-            let agents = agents.clone();
+            let (agents, outcomes) = (agents.clone(), outcomes.clone());
             async move {
-                tender::worker::run(agents, task, format!("i-{i:017x}"))
+                let ok = tender::worker::run(agents, task, format!("i-{i:017x}"))
                     .await
-                    .is_ok()
+                    .is_ok();
+                outcomes.lock().unwrap().push(ok);
             }
         })
         .buffer_unordered(agent_slots(n))
-        .collect()
-        .await;
+        .collect::<Vec<()>>();
+    if tokio::time::timeout(run_timeout(n), all).await.is_err() {
+        eprintln!("  agents alone N={n}: timed out");
+    }
     let wall = t0.elapsed().as_secs_f64();
+    let outcomes = outcomes.lock().unwrap().clone();
     let env_cpu = cpu_delta(&cpu_start, &env_cpu());
     drain_stop.store(true, Ordering::SeqCst);
     let _ = drain.await;
     let _ = w.sqs.delete_queue().queue_url(&queue_url).send().await;
     AgentsResult {
         wall,
+        ended: outcomes.len(),
         failed: outcomes.iter().filter(|ok| !**ok).count(),
         env_cpu,
     }
@@ -1749,14 +1766,19 @@ fn print_table(results: &[Run]) {
     });
     row(
         "agents alone: the same backups, no controller (s)",
-        &|_, _, a| {
+        &|t, _, a| {
             a.map_or("-".into(), |a| {
                 let failed = if a.failed > 0 {
                     format!(" ({} failed)", a.failed)
                 } else {
                     String::new()
                 };
-                format!("{:.1}{failed}", a.wall)
+                let ended = if a.ended < t.n {
+                    format!(" (TIMEOUT: {} of {} ended)", a.ended, t.n)
+                } else {
+                    String::new()
+                };
+                format!("{:.1}{failed}{ended}", a.wall)
             })
         },
     );

@@ -105,6 +105,36 @@ where
     }
 }
 
+/// Asks for all `ids` in one call; when AWS refuses such a call as a whole
+/// because one ID is unknown or malformed (`not_found`), asks for each
+/// alone, so that the others are still found. Unknown IDs are absent from
+/// the answer.
+pub async fn all_or_each<O, F, Fut>(
+    ids: &[String],
+    not_found: fn(&AwsError) -> bool,
+    call: F,
+) -> Result<HashMap<String, O>, AwsError>
+where
+    F: Fn(Vec<String>) -> Fut,
+    Fut: Future<Output = Result<HashMap<String, O>, AwsError>>,
+{
+    match call(ids.to_vec()).await {
+        Err(e) if not_found(&e) && ids.len() > 1 => {
+            let mut found = HashMap::new();
+            for id in ids {
+                match call(vec![id.clone()]).await {
+                    Ok(one) => found.extend(one),
+                    Err(e) if not_found(&e) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(found)
+        }
+        Err(e) if not_found(&e) => Ok(HashMap::new()),
+        other => other,
+    }
+}
+
 fn chunks<W>(mut all: Vec<W>, max: usize) -> Vec<Vec<W>> {
     let mut out = Vec::new();
     while all.len() > max {
@@ -148,6 +178,55 @@ mod tests {
                 .map(|i| (i, i * 2))
                 .collect()))
         }
+    }
+
+    fn not_found(e: &AwsError) -> bool {
+        e.code() == Some("InvalidSnapshot.NotFound")
+    }
+
+    #[tokio::test]
+    async fn one_unknown_id_fails_only_itself() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        // AWS's way: one unknown ID fails the whole call.
+        let describe = |ids: Vec<String>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if ids.iter().any(|i| i.starts_with("snap-gone")) {
+                    return Err(AwsError::Service {
+                        operation: "DescribeSnapshots",
+                        code: "InvalidSnapshot.NotFound".into(),
+                        message: "gone".into(),
+                    });
+                }
+                Ok(ids.into_iter().map(|i| (i.clone(), i.len())).collect())
+            }
+        };
+        let ids: Vec<String> = ["snap-a", "snap-gone", "snap-bb"].map(String::from).into();
+        let found = all_or_each(&ids, not_found, describe)
+            .await
+            .expect("the others are found");
+        assert_eq!(found.len(), 2);
+        assert_eq!(found.get("snap-bb"), Some(&7));
+        assert_eq!(calls.load(Ordering::SeqCst), 4, "all at once, then each");
+        // All known: one call.
+        calls.store(0, Ordering::SeqCst);
+        let known: Vec<String> = ["snap-a", "snap-bb"].map(String::from).into();
+        all_or_each(&known, not_found, describe)
+            .await
+            .expect("found");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // Any other error is the caller's.
+        let throttled = |_: Vec<String>| async {
+            Err::<HashMap<String, usize>, _>(AwsError::Service {
+                operation: "DescribeSnapshots",
+                code: "RequestLimitExceeded".into(),
+                message: "slow down".into(),
+            })
+        };
+        let e = all_or_each(&known, not_found, throttled)
+            .await
+            .expect_err("fails");
+        assert_eq!(e.code(), Some("RequestLimitExceeded"));
     }
 
     #[tokio::test]

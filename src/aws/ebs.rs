@@ -326,24 +326,10 @@ impl AwsClients {
         region: &str,
         snapshot_ids: Vec<String>,
     ) -> Result<HashMap<String, SnapshotInfo>, AwsError> {
-        match self.describe_snapshots_by_id(region, &snapshot_ids).await {
-            Err(e) if is_snapshot_not_found(&e) && snapshot_ids.len() > 1 => {
-                let mut found = HashMap::new();
-                for id in &snapshot_ids {
-                    match self
-                        .describe_snapshots_by_id(region, std::slice::from_ref(id))
-                        .await
-                    {
-                        Ok(one) => found.extend(one),
-                        Err(e) if is_snapshot_not_found(&e) => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                Ok(found)
-            }
-            Err(e) if is_snapshot_not_found(&e) => Ok(HashMap::new()),
-            other => other,
-        }
+        super::batch::all_or_each(&snapshot_ids, is_snapshot_not_found, |ids| async move {
+            self.describe_snapshots_by_id(region, &ids).await
+        })
+        .await
     }
 
     async fn describe_snapshots_by_id(

@@ -57,6 +57,12 @@ pub const RECENT: Duration = Duration::from_secs(5);
 /// instead of the controller calling back to back.
 pub const BUSY_SHARE: u32 = 5;
 
+/// How old a view [`InstanceCache::recent`] serves, when the last refresh
+/// took `took`.
+fn recent_max_age(took: Duration) -> Duration {
+    RECENT.max(took * BUSY_SHARE)
+}
+
 /// The shared, batched cache of worker instance states, per account and
 /// region.
 pub struct InstanceCache {
@@ -105,9 +111,8 @@ impl InstanceCache {
         region: &str,
     ) -> Result<RegionInstances, AwsError> {
         self.view(aws, account_key, region, |slot| {
-            let max_age = RECENT.max(slot.took * BUSY_SHARE);
             Instant::now()
-                .checked_sub(max_age)
+                .checked_sub(recent_max_age(slot.took))
                 .unwrap_or_else(Instant::now)
         })
         .await
@@ -186,5 +191,22 @@ impl InstanceCache {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_refresh_makes_the_recent_view_older_not_more_frequent() {
+        // Fast refreshes: a view at most 5 s old.
+        assert_eq!(recent_max_age(Duration::from_millis(30)), RECENT);
+        // A refresh that took 4 s (thousands of instances, a throttled
+        // endpoint) is not repeated for 20 s: at most a fifth of the time.
+        assert_eq!(
+            recent_max_age(Duration::from_secs(4)),
+            Duration::from_secs(20)
+        );
     }
 }

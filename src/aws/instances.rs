@@ -248,24 +248,10 @@ impl AwsClients {
         region: &str,
         instance_ids: Vec<String>,
     ) -> Result<HashMap<String, SourceInstance>, AwsError> {
-        let mut found = match self.describe_instances_by_id(region, &instance_ids).await {
-            Err(e) if is_not_found(&e) && instance_ids.len() > 1 => {
-                let mut found = HashMap::new();
-                for id in &instance_ids {
-                    match self
-                        .describe_instances_by_id(region, std::slice::from_ref(id))
-                        .await
-                    {
-                        Ok(one) => found.extend(one),
-                        Err(e) if is_not_found(&e) => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                found
-            }
-            Err(e) if is_not_found(&e) => HashMap::new(),
-            other => other?,
-        };
+        let mut found = super::batch::all_or_each(&instance_ids, is_not_found, |ids| async move {
+            self.describe_instances_by_id(region, &ids).await
+        })
+        .await?;
         let volume_ids: Vec<String> = found
             .values()
             .flat_map(|s| s.volumes.iter().map(|(_, v)| v.clone()))
