@@ -73,9 +73,16 @@ impl Error {
     }
 }
 
-impl<E: std::error::Error + 'static> From<kube::runtime::finalizer::Error<E>> for Error {
-    fn from(e: kube::runtime::finalizer::Error<E>) -> Self {
-        Error::Finalizer(e.to_string())
+impl From<kube::runtime::finalizer::Error<Error>> for Error {
+    /// A reconcile's own failure keeps its category (an AWS error stays an
+    /// AWS error in metrics, logs and conditions); only the finalizer
+    /// patches' failures are `FinalizerError`.
+    fn from(e: kube::runtime::finalizer::Error<Error>) -> Self {
+        use kube::runtime::finalizer::Error as F;
+        match e {
+            F::ApplyFailed(inner) | F::CleanupFailed(inner) => inner,
+            other => Error::Finalizer(other.to_string()),
+        }
     }
 }
 
@@ -656,6 +663,18 @@ mod tests {
         let mut names: Vec<String> = refs.into_iter().map(|r| r.name).collect();
         names.sort();
         names
+    }
+
+    #[test]
+    fn a_failure_inside_the_finalizer_keeps_its_category() {
+        let inner = Error::Aws(crate::aws::AwsError::Unreachable {
+            operation: "RunInstances",
+            detail: "timed out".into(),
+        });
+        let e = Error::from(kube::runtime::finalizer::Error::ApplyFailed(inner));
+        assert_eq!(e.category(), "AwsUnreachable");
+        let patch = Error::from(kube::runtime::finalizer::Error::<Error>::UnnamedObject);
+        assert_eq!(patch.category(), "FinalizerError");
     }
 
     #[test]
