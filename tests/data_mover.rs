@@ -15,19 +15,6 @@ use tender::messages::{Operation, PROTOCOL_VERSION, WorkerEvent, WorkerMessage, 
 use tender::mover::manifest::RepositoryLocation;
 use tender::mover::{self, BackupRequest, MoverError, Progress, RestoreTarget, SourceVolume};
 
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    // xorshift: incompressible and reproducible.
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 async fn backup(
     aws: &AwsClients,
     loc: &RepositoryLocation,
@@ -98,7 +85,7 @@ async fn full_and_incremental_backups_restore_byte_for_byte() {
     // (stored once) and a small text file.
     let mut image = Ext4Image::build(
         &[
-            ("docs/report.bin", random_bytes(3 << 20, 7)),
+            ("docs/report.bin", disks::random_bytes(3 << 20, 7)),
             ("docs/zeros-and-ones.bin", vec![0x11; 2 << 20]),
             ("hello.txt", b"hello from tender\n".to_vec()),
         ],
@@ -129,7 +116,7 @@ async fn full_and_incremental_backups_restore_byte_for_byte() {
     // Change part of one file in place: only the EBS blocks under it change.
     let offsets = image.file_offsets("/docs/report.bin");
     assert!(!offsets.is_empty(), "debugfs found the file's blocks");
-    image.overwrite(offsets[40], &random_bytes(100_000, 99));
+    image.overwrite(offsets[40], &disks::random_bytes(100_000, 99));
     let changed = image.bytes.clone();
     let second_snapshot = disks::write_snapshot(&aws, &changed, 1).await;
     let changed_blocks: Vec<i32> = disks::data_blocks(&changed)
@@ -277,7 +264,7 @@ async fn the_agent_restores_a_restore_point_into_a_snapshot_and_reports_it() {
     let loc = RepositoryLocation::new(&bucket, "", REGION);
     let image = Ext4Image::build(
         &[
-            ("srv/data.bin", random_bytes(1 << 20, 3)),
+            ("srv/data.bin", disks::random_bytes(1 << 20, 3)),
             ("motd", b"hi\n".to_vec()),
         ],
         8,

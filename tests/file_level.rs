@@ -23,18 +23,6 @@ use tender::api::{Phase, RestoreJob};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 fn curl(args: &[&str]) -> String {
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "20"])
@@ -61,7 +49,7 @@ async fn a_browser_downloads_a_file_from_a_file_level_recovery_session() {
         .await;
     env.wait_configuration_ready("default").await;
     let aws = tender::aws::AwsClients::from_env().await;
-    let report = random_bytes(300_000, 11);
+    let report = disks::random_bytes(300_000, 11);
     let todo = b"water the plants\nbackup the backups\n".to_vec();
     let image = Ext4Image::build(
         &[
@@ -72,14 +60,7 @@ async fn a_browser_downloads_a_file_from_a_file_level_recovery_session() {
         16,
     );
     let disk = disks::write_snapshot(&aws, &image.bytes, 1).await;
-    env.create_job("nightly", &disk, serde_json::json!({}))
-        .await;
-    env.wait_job("nightly", TIMEOUT, |j| {
-        j.status
-            .as_ref()
-            .is_some_and(|s| s.phase == Phase::Succeeded)
-    })
-    .await;
+    env.back_up("nightly", &disk, TIMEOUT).await;
 
     let restore = env
         .create_restore(

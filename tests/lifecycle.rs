@@ -438,15 +438,7 @@ async fn duplicate_late_and_malformed_messages_change_nothing() {
         .await;
     let cfg = env.wait_configuration_ready("default").await;
     let queue = cfg.status.unwrap().queue_url.unwrap();
-    env.create_job("steady", &protected, serde_json::json!({}))
-        .await;
-    let done = env
-        .wait_job("steady", TIMEOUT, |j| {
-            j.status
-                .as_ref()
-                .is_some_and(|s| s.phase == Phase::Succeeded)
-        })
-        .await;
+    let done = env.back_up("steady", &protected, TIMEOUT).await;
 
     let sqs = common::sqs().await;
     let send = |body: String| {
@@ -537,14 +529,7 @@ async fn duplicate_late_and_malformed_messages_change_nothing() {
     );
 
     // And it still works.
-    env.create_job("next", &protected, serde_json::json!({}))
-        .await;
-    env.wait_job("next", TIMEOUT, |j| {
-        j.status
-            .as_ref()
-            .is_some_and(|s| s.phase == Phase::Succeeded)
-    })
-    .await;
+    env.back_up("next", &protected, TIMEOUT).await;
     let log = std::fs::read_to_string(
         env.log_dir
             .join(format!("{}-controller.log", env.namespace)),

@@ -177,14 +177,7 @@ async fn a_full_restore_launches_an_instance_from_the_restored_disk() {
     let aws = tender::aws::AwsClients::from_env().await;
     let image = Ext4Image::build(&[("etc/hostname", b"web-1\n".to_vec())], 8);
     let disk = disks::write_snapshot(&aws, &image.bytes, 1).await;
-    env.create_job("boot-disk", &disk, serde_json::json!({}))
-        .await;
-    env.wait_job("boot-disk", TIMEOUT, |j| {
-        j.status
-            .as_ref()
-            .is_some_and(|s| s.phase == Phase::Succeeded)
-    })
-    .await;
+    env.back_up("boot-disk", &disk, TIMEOUT).await;
 
     let restore = env
         .create_restore(
@@ -255,18 +248,7 @@ async fn backup_jobs_full_then_incremental_and_restore_jobs_bring_each_back() {
     let aws = tender::aws::AwsClients::from_env().await;
     let s3 = disks::s3().await;
     let bucket = env.bucket().await;
-    let random = |len: usize, seed: u64| -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
-    };
-    let mut image = Ext4Image::build(&[("data/big.bin", random(2 << 20, 5))], 16);
+    let mut image = Ext4Image::build(&[("data/big.bin", disks::random_bytes(2 << 20, 5))], 16);
     let first = image.bytes.clone();
     let first_disk = disks::write_snapshot(&aws, &first, 1).await;
     env.create_job("monday", &first_disk, serde_json::json!({}))
@@ -284,7 +266,7 @@ async fn backup_jobs_full_then_incremental_and_restore_jobs_bring_each_back() {
 
     // Tuesday: one file changed in place; the disk is snapshotted again.
     let offsets = image.file_offsets("/data/big.bin");
-    image.overwrite(offsets[10], &random(50_000, 77));
+    image.overwrite(offsets[10], &disks::random_bytes(50_000, 77));
     let second = image.bytes.clone();
     let second_disk = disks::write_snapshot(&aws, &second, 1).await;
     let changed = disks::data_blocks(&second)

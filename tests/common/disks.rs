@@ -88,6 +88,19 @@ fn debugfs() -> String {
     tool("debugfs")
 }
 
+/// Reproducible bytes that do not compress (xorshift).
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 /// The image's 512 KiB blocks that hold data, by index.
 pub fn data_blocks(image: &[u8]) -> BTreeMap<i32, &[u8]> {
     image

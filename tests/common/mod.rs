@@ -717,6 +717,18 @@ impl TestEnv {
     }
 
     /// Waits until the job's status satisfies `check`.
+    /// Creates a BackupJob of `resource_id` and waits until it succeeded.
+    pub async fn back_up(&self, name: &str, resource_id: &str, timeout: Duration) -> BackupJob {
+        self.create_job(name, resource_id, serde_json::json!({}))
+            .await;
+        self.wait_job(name, timeout, |j| {
+            j.status
+                .as_ref()
+                .is_some_and(|s| s.phase == tender::api::Phase::Succeeded)
+        })
+        .await
+    }
+
     pub async fn wait_job<F>(&self, name: &str, timeout: Duration, check: F) -> BackupJob
     where
         F: Fn(&BackupJob) -> bool,
