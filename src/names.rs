@@ -8,6 +8,9 @@ pub const API_VERSION: &str = "v1alpha1";
 
 /// Field manager for every server-side apply the controller makes.
 pub const FIELD_MANAGER: &str = "tender-controller";
+/// Field manager of the configurations' `status.activeWorkers`, written
+/// apart from the rest of their status (see `controller::worker_count`).
+pub const WORKER_COUNT_FIELD_MANAGER: &str = "tender-worker-count";
 /// Name the controller reports Events under.
 pub const CONTROLLER_NAME: &str = "tender-controller";
 

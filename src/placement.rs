@@ -7,8 +7,23 @@ use std::collections::BTreeMap;
 use sha2::{Digest, Sha256};
 
 use crate::api::{InstanceTypes, WorkerSubnet};
-use crate::aws::network::{EndpointInfo, TcpRule};
 use crate::names::tags;
+
+/// One TCP rule of a security group: port and peer CIDR.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TcpRule {
+    pub port: i32,
+    pub cidr: String,
+}
+
+/// A VPC endpoint as EC2 describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointInfo {
+    pub service_name: String,
+    pub interface: bool,
+    pub private_dns: bool,
+    pub available: bool,
+}
 
 /// Backup workers below this total EBS size get the small instance type.
 pub const SMALL_BACKUP_LIMIT_GIB: i64 = 1024;

@@ -96,6 +96,8 @@ pub struct Metrics {
     pub aws_errors: Family<OperationErrorLabels, Counter>,
     pub reconciles: Family<KindLabels, Counter>,
     pub status_writes: Family<KindLabels, Counter>,
+    /// Job entries launch admission read (see `controller::index`).
+    pub admission_entries_read: Counter,
     pub reconcile_errors: Family<KindErrorLabels, Counter>,
     pub gc_orphans_terminated: Family<SweepLabels, Counter>,
     pub gc_queues_deleted: Family<RegionLabels, Counter>,
@@ -117,6 +119,7 @@ impl Default for Metrics {
             aws_errors: Family::default(),
             reconciles: Family::default(),
             status_writes: Family::default(),
+            admission_entries_read: Counter::default(),
             reconcile_errors: Family::default(),
             gc_orphans_terminated: Family::default(),
             gc_queues_deleted: Family::default(),
@@ -173,6 +176,11 @@ impl Default for Metrics {
             "status_writes",
             "Status writes to the API server, by kind",
             m.status_writes.clone(),
+        );
+        r.register(
+            "admission_entries_read",
+            "Job entries read by launch admission under maxConcurrentWorkers",
+            m.admission_entries_read.clone(),
         );
         r.register(
             "reconcile_errors",

@@ -84,7 +84,10 @@ async fn check_no_leaks(env: &TestEnv, jobs: &[&str], tally: &mut Tally) {
     for name in jobs {
         let job = api.get(name).await.unwrap();
         // Every resource that succeeded has its restore point, readable.
-        let repository = job.spec.repository.as_ref().unwrap().location(REGION);
+        let repository = tender::mover::manifest::RepositoryLocation::of(
+            job.spec.repository.as_ref().unwrap(),
+            REGION,
+        );
         for w in &job.status.as_ref().unwrap().workers {
             if w.phase != Phase::Succeeded {
                 continue;

@@ -217,6 +217,10 @@ async fn a_suspended_job_launches_nothing_until_resumed() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "fault-injection"),
+    ignore = "crash points need --features fault-injection"
+)]
 async fn a_controller_killed_right_after_run_instances_adopts_the_worker_on_restart() {
     let env = TestEnv::without_controller("crash").await;
     let net = env.network().await;

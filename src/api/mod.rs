@@ -2,6 +2,7 @@
 
 pub mod backup_job;
 pub mod conditions;
+pub mod job;
 pub mod restore_job;
 pub mod worker_configuration;
 
@@ -10,10 +11,13 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use backup_job::{
-    BackupJob, BackupJobSpec, BackupJobStatus, BackupResource, Phase, RestoredSnapshot,
-    WorkerStatus,
+    BackupJob, BackupJobSpec, BackupJobStatus, BackupResource, BackupWorkerStatus,
 };
-pub use restore_job::{RestoreJob, RestoreJobSpec, RestoreJobStatus, RestoreMode};
+pub use job::{JobStatus, JobWorker, Phase, WorkerStatus};
+pub use restore_job::{
+    RestoreJob, RestoreJobSpec, RestoreJobStatus, RestoreMode, RestoreWorkerStatus,
+    RestoredSnapshot,
+};
 pub use worker_configuration::{
     AccountAccess, InstanceTypes, RootVolume, WorkerAccount, WorkerConfiguration,
     WorkerConfigurationSpec, WorkerConfigurationStatus, WorkerSubnet,
@@ -53,17 +57,6 @@ pub struct Repository {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(REGION_PATTERN), length(max = 32))]
     pub region: Option<String>,
-}
-
-impl Repository {
-    /// Where the repository is, with `default_region` for an unset region.
-    pub fn location(&self, default_region: &str) -> crate::mover::manifest::RepositoryLocation {
-        crate::mover::manifest::RepositoryLocation::new(
-            &self.bucket,
-            &self.prefix,
-            self.region.as_deref().unwrap_or(default_region),
-        )
-    }
 }
 
 /// A reference to an object in the same namespace.

@@ -140,6 +140,57 @@ pub enum RestoreMode {
     FileLevel,
 }
 
-/// What the controller observed of a RestoreJob: the same shape as a
-/// BackupJob's, with one worker whose entry also names what it restored.
-pub type RestoreJobStatus = super::BackupJobStatus;
+/// What the controller observed of a RestoreJob: one worker, whose entry
+/// also names what the restore created.
+pub type RestoreJobStatus = super::JobStatus<RestoreWorkerStatus>;
+
+/// The worker of a RestoreJob, and what the restore created.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreWorkerStatus {
+    #[serde(flatten)]
+    pub worker: super::WorkerStatus,
+    /// The EBS snapshot the worker wrote the restored blocks into (mode
+    /// `volume`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_snapshot_id: Option<String>,
+    /// The EBS volume Tender created from that snapshot (mode `volume`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_volume_id: Option<String>,
+    /// Every snapshot the worker wrote, by device (mode `full`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restored_snapshots: Vec<RestoredSnapshot>,
+    /// The AMI Tender registered from those snapshots (mode `full`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_image_id: Option<String>,
+    /// The instance Tender launched from that AMI (mode `full`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_instance_id: Option<String>,
+    /// Where the file-level recovery browser is (mode `fileLevel`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub browser_url: Option<String>,
+    /// SHA-256 fingerprint of the browser's self-signed certificate (DER,
+    /// `AB:CD:…`): check it against what your browser shows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_sha256: Option<String>,
+    /// SHA-256 of the certificate's public key, base64, for pinning
+    /// (`curl --pinnedpubkey sha256//…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_sha256: Option<String>,
+    /// The Secret (same namespace) whose `token` opens the session (mode
+    /// `fileLevel`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_secret: Option<String>,
+}
+
+super::job::job_worker!(RestoreWorkerStatus);
+
+/// A snapshot a restore wrote, and the device it belongs on.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoredSnapshot {
+    /// Device name, for example `/dev/xvda`.
+    pub device: String,
+    /// The snapshot's ID.
+    pub snapshot_id: String,
+}

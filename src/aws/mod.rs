@@ -184,6 +184,16 @@ impl AwsError {
         }
     }
 
+    /// True when the same call may well succeed if tried again as it is
+    /// (throttled, or no answer): retried with backoff, not reported as a
+    /// failure of the job.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            AwsError::Service { code, .. } => is_throttling(code),
+            AwsError::Unreachable { .. } => true,
+        }
+    }
+
     /// A low-cardinality category for Event reasons and metric labels.
     pub fn category(&self) -> &'static str {
         match self {

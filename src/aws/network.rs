@@ -1,6 +1,7 @@
 //! Network: subnets (configured or the default VPC's), the managed security
 //! group, VPC endpoints, and which instance types a region offers.
 
+pub use crate::placement::{EndpointInfo, TcpRule};
 use std::collections::BTreeMap;
 
 use aws_sdk_ec2::types::{
@@ -15,22 +16,6 @@ pub struct SubnetInfo {
     pub subnet_id: String,
     pub availability_zone: String,
     pub vpc_id: String,
-}
-
-/// One TCP rule of a security group: port and peer CIDR.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct TcpRule {
-    pub port: i32,
-    pub cidr: String,
-}
-
-/// A VPC endpoint as EC2 describes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EndpointInfo {
-    pub service_name: String,
-    pub interface: bool,
-    pub private_dns: bool,
-    pub available: bool,
 }
 
 fn filter(name: &str, values: &[&str]) -> Filter {

@@ -14,7 +14,13 @@ use kube::runtime::reflector::ObjectRef;
 use tracing::{info, warn};
 
 use super::Context;
-use crate::api::{BackupJob, BackupJobStatus, RestoreJob};
+use std::ops::Deref;
+
+use kube::runtime::reflector::Store;
+
+use super::job::kind::WorkerJob;
+use super::job::status::baseline;
+use crate::api::{BackupJob, BackupWorkerStatus, JobStatus, RestoreJob, WorkerStatus};
 use crate::aws::AwsClients;
 use crate::aws::accounts::{Access, RegionAccount};
 use crate::aws::instance_cache::ObservedInstance;
@@ -44,9 +50,9 @@ impl OrphanReason {
 /// Judges one live worker instance against what its owner job says.
 /// `owner` is the job's latest status when the job exists with the UID the
 /// instance is tagged with.
-pub fn orphan_reason(
+pub fn orphan_reason<W: Deref<Target = WorkerStatus>>(
     instance: &ObservedInstance,
-    owner: Option<&BackupJobStatus>,
+    owner: Option<&JobStatus<W>>,
 ) -> Option<OrphanReason> {
     let Some(status) = owner else {
         return Some(OrphanReason::OwnerGone);
@@ -101,36 +107,37 @@ where
     {}
 }
 
-/// The latest known status of the job named by an instance's tags, when
-/// that job exists with the tagged UID.
-fn owner_status(ctx: &Context, instance: &ObservedInstance) -> Option<BackupJobStatus> {
-    let ns = instance.tags.get(tags::NAMESPACE)?;
-    let name = instance.tags.get(tags::JOB_NAME)?;
-    let uid = instance.tags.get(tags::JOB_UID)?;
-    let (job_uid, status) = match instance.tags.get(tags::JOB_KIND).map(String::as_str) {
-        Some("RestoreJob") => {
-            let job = ctx
-                .restores
-                .get(&ObjectRef::<RestoreJob>::new(name).within(ns))?;
-            (job.uid(), job.status.clone())
-        }
-        _ => {
-            let job = ctx
-                .jobs
-                .get(&ObjectRef::<BackupJob>::new(name).within(ns))?;
-            (job.uid(), job.status.clone())
-        }
+/// Judges an instance against the latest known status of the job its tags
+/// name, when that job exists with the tagged UID.
+fn judge(ctx: &Context, instance: &ObservedInstance) -> Option<OrphanReason> {
+    let (Some(ns), Some(name), Some(uid)) = (
+        instance.tags.get(tags::NAMESPACE),
+        instance.tags.get(tags::JOB_NAME),
+        instance.tags.get(tags::JOB_UID),
+    ) else {
+        return orphan_reason::<BackupWorkerStatus>(instance, None);
     };
-    if job_uid.as_deref() != Some(uid.as_str()) {
-        return None;
+    match instance.tags.get(tags::JOB_KIND).map(String::as_str) {
+        Some(RestoreJob::KIND) => {
+            judge_by::<RestoreJob>(ctx, &ctx.restores, instance, ns, name, uid)
+        }
+        _ => judge_by::<BackupJob>(ctx, &ctx.jobs, instance, ns, name, uid),
     }
-    let written = ctx
-        .written
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(uid)
-        .cloned();
-    Some(written.or(status).unwrap_or_default())
+}
+
+fn judge_by<K: WorkerJob>(
+    ctx: &Context,
+    store: &Store<K>,
+    instance: &ObservedInstance,
+    ns: &str,
+    name: &str,
+    uid: &str,
+) -> Option<OrphanReason> {
+    let status = store
+        .get(&ObjectRef::<K>::new(name).within(ns))
+        .filter(|job| job.uid().as_deref() == Some(uid))
+        .map(|job| baseline(&*job, ctx).unwrap_or_default());
+    orphan_reason(instance, status.as_ref())
 }
 
 /// The regions and accounts that have configurations or workers.
@@ -185,7 +192,7 @@ async fn sweep(ctx: &Context, config: SweepConfig) {
                 continue; // not a kind this version launches
             }
             live += 1;
-            let Some(reason) = orphan_reason(instance, owner_status(ctx, instance).as_ref()) else {
+            let Some(reason) = judge(ctx, instance) else {
                 continue;
             };
             let old_enough = instance
@@ -276,7 +283,7 @@ async fn sweep_queues(ctx: &Context, aws: &AwsClients, region: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{Phase, WorkerStatus};
+    use crate::api::{BackupJobStatus, JobWorker, Phase};
 
     fn instance(token: &str) -> ObservedInstance {
         ObservedInstance {
@@ -290,13 +297,13 @@ mod tests {
     fn status(phase: Phase, token: &str, instance_id: Option<&str>) -> BackupJobStatus {
         BackupJobStatus {
             phase,
-            workers: vec![WorkerStatus {
+            workers: vec![BackupWorkerStatus::new(WorkerStatus {
                 resource: "i-src".into(),
                 launch_token: token.into(),
                 instance_id: instance_id.map(Into::into),
                 phase: Phase::Running,
                 ..Default::default()
-            }],
+            })],
             ..Default::default()
         }
     }
@@ -304,7 +311,7 @@ mod tests {
     #[test]
     fn an_instance_without_its_job_is_an_orphan() {
         assert_eq!(
-            orphan_reason(&instance("t"), None),
+            orphan_reason::<BackupWorkerStatus>(&instance("t"), None),
             Some(OrphanReason::OwnerGone)
         );
     }

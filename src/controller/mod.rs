@@ -1,21 +1,25 @@
 //! The controller: one reconciler per kind, sharing one [`Context`].
 //!
-//! - `worker_configuration`: the configuration's SQS queue and its pump.
-//! - `backup_job`: launches, follows and terminates a job's workers.
-//! - `restore_job`: RestoreJobs, on `backup_job`'s lifecycle (see `jobs`),
-//!   plus what only a restore does: the volume from the restored snapshot.
-//! - `reports`: worker messages from SQS, applied idempotently.
+//! - `job`: the lifecycle both job kinds run (plan, launch, follow,
+//!   terminate, retry, status); its pure decisions are in `job::core`.
+//! - `backup_job`, `restore_job`: what only that kind does on it.
+//! - `worker_configuration`: the configuration's checks, its SQS queue and
+//!   its pump; `worker_count` writes its `activeWorkers`.
+//! - `index`: what the controller knows of every job's workers, by
+//!   configuration (admission, worker counts, deletion holds).
+//! - `reports`: worker messages from SQS, filed for their jobs.
 //! - `garbage_collector`: the sweep that terminates orphaned workers.
 //! - `leader`: Lease-based leader election.
 
 pub mod backup_job;
 pub mod garbage_collector;
-pub mod jobs;
+pub mod index;
+pub mod job;
 pub mod leader;
-pub mod lifecycle;
 pub mod reports;
 pub mod restore_job;
 pub mod worker_configuration;
+mod worker_count;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -23,22 +27,27 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
+use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector;
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::utils::{Predicate, WatchStreamExt, predicates};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
-use crate::api::{BackupJob, RestoreJob, WorkerConfiguration};
+use crate::api::{BackupJob, BackupJobStatus, RestoreJob, RestoreJobStatus, WorkerConfiguration};
 use crate::aws::instance_cache::InstanceCache;
 use crate::aws::{AwsClients, AwsError};
 use crate::names::{CONTROLLER_NAME, FIELD_MANAGER};
 use crate::telemetry::{self, KindErrorLabels, KindLabels, Metrics, Readiness};
+use index::WorkerIndex;
+use job::status::Written;
 use k8s_openapi::jiff::Timestamp;
 use reports::{QueuePumps, ReportStore};
 
@@ -138,7 +147,10 @@ pub struct Context {
     /// One launch decision at a time per configuration (by UID).
     launch_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The status this controller last wrote to each job, by UID.
-    pub(crate) written: Mutex<HashMap<String, crate::api::BackupJobStatus>>,
+    pub(crate) written_backups: Written<BackupJobStatus>,
+    pub(crate) written_restores: Written<RestoreJobStatus>,
+    /// What the controller knows of every job's workers.
+    pub workers: Arc<WorkerIndex>,
 }
 
 impl Context {
@@ -358,65 +370,27 @@ async fn run_leader(
         namespace = ns.unwrap_or("<all>"),
         "starting tender controller"
     );
-
     let configs: Api<WorkerConfiguration> = api_for(&client, ns);
-    let jobs: Api<BackupJob> = api_for(&client, ns);
-    let restores: Api<RestoreJob> = api_for(&client, ns);
-
+    let workers = Arc::new(WorkerIndex::default());
     let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded::<ObjectRef<BackupJob>>();
     let (restore_tx, restore_rx) = futures::channel::mpsc::unbounded::<ObjectRef<RestoreJob>>();
-    let job_controller = Controller::new(jobs.clone(), watcher::Config::default());
-    let job_store = job_controller.store();
-    let restore_controller = Controller::new(restores.clone(), watcher::Config::default());
-    let restore_store = restore_controller.store();
-    let config_controller = Controller::new(configs.clone(), watcher::Config::default());
-    let config_store = config_controller.store();
-
-    // A change to a configuration wakes the unfinished jobs of its namespace
-    // (one may be waiting for it), when it is a change jobs care about.
-    let waiting_jobs = job_store.clone();
-    let backup_changes = ConfigChanges::default();
-    let job_controller = job_controller
-        .watches(
-            configs.clone(),
-            watcher::Config::default(),
-            move |cfg: WorkerConfiguration| backup_changes.wake(&waiting_jobs, &cfg),
-        )
-        .reconcile_on(trigger_rx)
-        .shutdown_on_signal();
-    let waiting_restores = restore_store.clone();
-    let restore_changes = ConfigChanges::default();
-    let restore_controller = restore_controller
-        .watches(
-            configs.clone(),
-            watcher::Config::default(),
-            move |cfg: WorkerConfiguration| restore_changes.wake(&waiting_restores, &cfg),
-        )
-        .reconcile_on(restore_rx)
-        .shutdown_on_signal();
-    // A change to a job updates its configuration's worker count.
-    let config_controller = config_controller
-        .watches(
-            jobs.clone(),
-            watcher::Config::default(),
-            |job: BackupJob| {
-                let ns = job.namespace().unwrap_or_default();
-                job.status
-                    .and_then(|s| s.worker_configuration)
-                    .map(|name| ObjectRef::new(&name).within(&ns))
-            },
-        )
-        .watches(
-            restores.clone(),
-            watcher::Config::default(),
-            |job: RestoreJob| {
-                let ns = job.namespace().unwrap_or_default();
-                job.status
-                    .and_then(|s| s.worker_configuration)
-                    .map(|name| ObjectRef::new(&name).within(&ns))
-            },
-        )
-        .shutdown_on_signal();
+    let (backups, job_store) = job_controller(api_for(&client, ns), &configs, &workers, trigger_rx);
+    let (restores, restore_store) =
+        job_controller(api_for(&client, ns), &configs, &workers, restore_rx);
+    // A configuration reconciles on its own changes (spec, deletion,
+    // finalizers) and its recheck timer, not on its status: the worker
+    // count is written apart (`worker_count`) and needs no AWS check.
+    let (config_writer_store, config_writer) = reflector::store();
+    let config_stream = watcher(configs.clone(), watcher::Config::default())
+        .default_backoff()
+        .reflect(config_writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation.combine(predicates::finalizers),
+            Default::default(),
+        );
+    let config_controller =
+        Controller::for_stream(config_stream, config_writer_store.clone()).shutdown_on_signal();
 
     let reporter = Reporter {
         controller: CONTROLLER_NAME.into(),
@@ -429,7 +403,7 @@ async fn run_leader(
         metrics: aws.metrics(),
         aws,
         cluster_id,
-        configurations: config_store,
+        configurations: config_writer_store,
         jobs: job_store,
         restores: restore_store,
         reports: Arc::new(ReportStore::default()),
@@ -442,27 +416,82 @@ async fn run_leader(
         namespace: opts.namespace.clone(),
         started_at: Timestamp::now(),
         failures: Mutex::default(),
-        written: Mutex::default(),
+        written_backups: Written::default(),
+        written_restores: Written::default(),
+        workers,
         launch_locks: Mutex::default(),
     });
 
     let sweeper = tokio::spawn(garbage_collector::run(ctx.clone(), opts.sweep));
-    let jobs_done = job_controller
-        .run(
-            backup_job::reconcile::<BackupJob>,
-            error_policy,
-            ctx.clone(),
-        )
+    let counter = tokio::spawn(worker_count::run(ctx.clone()));
+    let jobs_done = backups
+        .run(backup_job::reconcile, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
     let configs_done = config_controller
         .run(worker_configuration::reconcile, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
-    let restores_done = restore_controller
+    let restores_done = restores
         .run(restore_job::reconcile, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
     let controllers = async {
         futures::join!(jobs_done, configs_done, restores_done);
     };
+    let outcome = until_stopped(controllers, leadership).await;
+    sweeper.abort();
+    counter.abort();
+    ctx.pumps.stop_all();
+    info!("tender controller stopped");
+    outcome
+}
+
+/// The controller of one job kind: its watch feeds the worker index and
+/// the store, a configuration's change wakes the jobs it concerns, and
+/// worker messages wake their job (`reconcile_on`).
+fn job_controller<K: job::kind::WorkerJob>(
+    api: Api<K>,
+    configs: &Api<WorkerConfiguration>,
+    workers: &Arc<WorkerIndex>,
+    messages: futures::channel::mpsc::UnboundedReceiver<ObjectRef<K>>,
+) -> (Controller<K>, Store<K>) {
+    let (store, writer) = reflector::store();
+    let index = workers.clone();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .inspect_ok(move |event| match event {
+            watcher::Event::Apply(job) | watcher::Event::InitApply(job) => {
+                job::admission::record_watched(&index, job);
+            }
+            watcher::Event::Delete(job) => {
+                if let Some(uid) = job.uid() {
+                    index.forget(&uid);
+                }
+            }
+            watcher::Event::Init | watcher::Event::InitDone => {}
+        })
+        .touched_objects();
+    let waiting = store.clone();
+    let changes = ConfigChanges::default();
+    let controller = Controller::for_stream(stream, store.clone())
+        .watches(
+            configs.clone(),
+            watcher::Config::default(),
+            move |cfg: WorkerConfiguration| changes.wake(&waiting, &cfg),
+        )
+        .reconcile_on(messages)
+        .shutdown_on_signal();
+    (controller, store)
+}
+
+/// Runs `controllers` until they end, leadership is lost, or SIGTERM (or
+/// Ctrl-C): then each controller stops taking new work on its own
+/// (shutdown_on_signal); in-flight reconciles get SHUTDOWN_GRACE to
+/// finish, and then the process stops whatever still waits, so that a
+/// Deployment rollout or a terminal never hangs on it.
+async fn until_stopped(
+    controllers: impl std::future::Future<Output = ()>,
+    leadership: Option<tokio::sync::watch::Receiver<bool>>,
+) -> anyhow_like::Result {
     let lost = async {
         match leadership {
             Some(mut rx) => {
@@ -475,47 +504,41 @@ async fn run_leader(
             None => futures::future::pending::<()>().await,
         }
     };
-    // SIGTERM (or Ctrl-C): each controller stops taking new work on its own
-    // (shutdown_on_signal); in-flight reconciles get SHUTDOWN_GRACE to
-    // finish, and then the process stops whatever still waits, so that a
-    // Deployment rollout or a terminal never hangs on it.
-    let stop_requested = async {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = tokio::signal::ctrl_c() => {}
-                    }
-                }
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    };
     tokio::pin!(controllers);
-    let outcome = tokio::select! {
+    tokio::select! {
         () = &mut controllers => Ok(()),
         () = lost => Err("lost leadership; exiting so that a restart rejoins as a candidate".into()),
-        () = stop_requested => {
+        () = stop_requested() => {
             info!("stop requested; letting in-flight reconciles finish");
             if tokio::time::timeout(SHUTDOWN_GRACE, &mut controllers).await.is_err() {
                 warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "the controllers did not stop within the grace period; stopping anyway");
             }
             Ok(())
         }
-    };
-    sweeper.abort();
-    ctx.pumps.stop_all();
-    info!("tender controller stopped");
-    outcome
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn stop_requested() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Which jobs a configuration's change wakes. Its `activeWorkers` changes
@@ -535,7 +558,7 @@ struct ConfigChanges {
 }
 
 impl ConfigChanges {
-    fn wake<K: jobs::WorkerJob>(
+    fn wake<K: job::kind::WorkerJob>(
         &self,
         store: &Store<K>,
         cfg: &WorkerConfiguration,
@@ -579,7 +602,10 @@ fn config_fingerprint(cfg: &WorkerConfiguration) -> u64 {
 }
 
 /// The jobs of a configuration's namespace waiting for a launch slot.
-fn queued_in<K: jobs::WorkerJob>(store: &Store<K>, cfg: &WorkerConfiguration) -> Vec<ObjectRef<K>> {
+fn queued_in<K: job::kind::WorkerJob>(
+    store: &Store<K>,
+    cfg: &WorkerConfiguration,
+) -> Vec<ObjectRef<K>> {
     let ns = cfg.namespace();
     store
         .state()
@@ -592,7 +618,7 @@ fn queued_in<K: jobs::WorkerJob>(store: &Store<K>, cfg: &WorkerConfiguration) ->
 
 /// The unfinished jobs of a configuration's namespace (one may be waiting
 /// for it).
-fn unfinished_in<K: jobs::WorkerJob>(
+fn unfinished_in<K: job::kind::WorkerJob>(
     store: &Store<K>,
     cfg: &WorkerConfiguration,
 ) -> Vec<ObjectRef<K>> {

@@ -1,18 +1,449 @@
-//! RestoreJob reconciler: a RestoreJob runs on the BackupJob lifecycle
-//! (`backup_job::reconcile`, through `jobs::WorkerJob`): finalizer,
-//! crash-safe launch, messages, heartbeats, retries, deadline, TTL. What
-//! only a restore does lives there too, behind `WorkerJob::restore_mode`:
-//! the volume (mode `volume`) or the AMI and instance (mode `full`) made
-//! from the snapshots the worker wrote, and the session Secret of a
-//! file-level recovery browser (mode `fileLevel`).
+//! RestoreJob: what only a restore does on the shared job lifecycle
+//! (`controller::job`): the volume (mode `volume`) or the AMI and instance
+//! (mode `full`) made from the snapshots the worker wrote, and the session
+//! Secret and end of a file-level recovery browser (mode `fileLevel`).
 
 use std::sync::Arc;
 
+use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, Resource, ResourceExt};
+use sha2::Digest;
 
-use super::{Context, Result};
-use crate::api::RestoreJob;
+use super::job::core::mark_failed;
+use super::job::kind::{Located, NotLocated, Target, TaskDetails, WorkerJob};
+use super::job::{self, job_access};
+use super::{Context, Error, Result};
+use crate::api::{
+    InstanceTypes, LocalObjectReference, Phase, Repository, RestoreJob, RestoreJobStatus,
+    RestoreMode, RestoreWorkerStatus, WorkerConfiguration, WorkerStatus,
+};
+use crate::messages::{FileLevelTask, Operation, WorkerEvent};
+use crate::mover::manifest::RepositoryLocation;
+use crate::placement;
 
 pub async fn reconcile(job: Arc<RestoreJob>, ctx: Arc<Context>) -> Result<Action> {
-    super::backup_job::reconcile(job, ctx).await
+    job::reconcile(job, ctx).await
+}
+
+impl WorkerJob for RestoreJob {
+    const KIND: &'static str = "RestoreJob";
+    const OPERATION: Operation = Operation::Restore;
+    type Worker = RestoreWorkerStatus;
+
+    fn configuration_ref(&self) -> Option<&LocalObjectReference> {
+        self.spec.worker_configuration_ref.as_ref()
+    }
+    fn targets(&self) -> Vec<Target> {
+        vec![Target {
+            id: self.spec.restore_point.clone(),
+            region: self.spec.region.clone(),
+        }]
+    }
+    fn backoff_limit(&self) -> i32 {
+        self.spec.backoff_limit
+    }
+    fn active_deadline_seconds(&self) -> Option<i64> {
+        self.spec.active_deadline_seconds
+    }
+    fn ttl_seconds_after_finished(&self) -> Option<i64> {
+        self.spec.ttl_seconds_after_finished
+    }
+    fn suspended(&self) -> bool {
+        false
+    }
+    fn repository(&self) -> Option<&Repository> {
+        self.spec.repository.as_ref()
+    }
+    fn job_status(&self) -> Option<&RestoreJobStatus> {
+        self.status.as_ref()
+    }
+    fn written(ctx: &Context) -> &job::status::Written<RestoreJobStatus> {
+        &ctx.written_restores
+    }
+
+    /// A restore point is in the repository, which only the worker reads:
+    /// its worker goes to the zone the restored volume needs.
+    async fn locate(
+        &self,
+        _target: &Target,
+        _config: &WorkerConfiguration,
+        _ctx: &Context,
+    ) -> Result<Result<Located, NotLocated>> {
+        Ok(Ok(Located {
+            zone: self.spec.availability_zone.clone(),
+            size_gib: 0,
+        }))
+    }
+
+    fn instance_type(&self, types: Option<&InstanceTypes>, _located: &Located) -> String {
+        if self.spec.mode == RestoreMode::FileLevel {
+            types
+                .and_then(|t| t.file_level_recovery.clone())
+                .unwrap_or_else(|| placement::DEFAULT_FILE_LEVEL_INSTANCE_TYPE.to_string())
+        } else {
+            types
+                .and_then(|t| t.restore.clone())
+                .unwrap_or_else(|| placement::DEFAULT_RESTORE_INSTANCE_TYPE.to_string())
+        }
+    }
+
+    fn record(worker: &mut RestoreWorkerStatus, event: &WorkerEvent) {
+        match event {
+            WorkerEvent::Progress {
+                session: Some(s), ..
+            } => {
+                worker.browser_url = Some(s.url.clone());
+                worker.certificate_sha256 = Some(s.certificate_sha256.clone());
+                worker.public_key_sha256 = Some(s.public_key_sha256.clone());
+            }
+            WorkerEvent::Completed {
+                snapshot_id,
+                snapshots,
+                ..
+            } => {
+                if snapshot_id.is_some() {
+                    worker.restored_snapshot_id = snapshot_id.clone();
+                }
+                if !snapshots.is_empty() {
+                    worker.restored_snapshots = snapshots.clone();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn follow_up(
+        &self,
+        config: &WorkerConfiguration,
+        status: &mut RestoreJobStatus,
+        ctx: &Context,
+        now: Timestamp,
+    ) -> Result<()> {
+        match self.spec.mode {
+            RestoreMode::Volume => restore_volumes(self, config, status, ctx, now).await?,
+            RestoreMode::Full => restore_instances(self, status, ctx, now).await?,
+            RestoreMode::FileLevel => end_finished_session(self, status, now),
+        }
+        Ok(())
+    }
+
+    async fn task_details(
+        &self,
+        worker: &mut RestoreWorkerStatus,
+        _config: &WorkerConfiguration,
+        ctx: &Context,
+    ) -> Result<TaskDetails> {
+        let file_level = match self.spec.mode {
+            RestoreMode::FileLevel => {
+                let (secret, task) = ensure_session(self, ctx).await?;
+                worker.session_secret = Some(secret);
+                Some(task)
+            }
+            _ => None,
+        };
+        Ok(TaskDetails {
+            restore_point: Some(worker.resource.clone()),
+            device: self.spec.device.clone(),
+            all_volumes: self.spec.mode == RestoreMode::Full,
+            file_level,
+        })
+    }
+}
+
+/// A file-level session the user marked finished (annotation
+/// `tender.dev/finish-session=true`) ends now: its worker counts as done
+/// and is terminated.
+fn end_finished_session(job: &RestoreJob, status: &mut RestoreJobStatus, now: Timestamp) {
+    let requested = job
+        .annotations()
+        .get(crate::names::FINISH_SESSION_ANNOTATION)
+        .is_some_and(|v| v == "true");
+    if !requested {
+        return;
+    }
+    for w in status.workers.iter_mut().filter(|w| !w.phase.is_finished()) {
+        w.phase = Phase::Succeeded;
+        w.reason = None;
+        w.finished_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
+        w.message = Some(format!(
+            "session ended: the job was annotated {}=true",
+            crate::names::FINISH_SESSION_ANNOTATION
+        ));
+    }
+}
+
+/// Creates the volume of every succeeded restore worker that has none yet.
+async fn restore_volumes(
+    job: &RestoreJob,
+    config: &WorkerConfiguration,
+    status: &mut RestoreJobStatus,
+    ctx: &Context,
+    now: Timestamp,
+) -> Result<()> {
+    for w in status.workers.iter_mut() {
+        if w.phase != Phase::Succeeded || w.restored_volume_id.is_some() {
+            continue;
+        }
+        let Some(snapshot) = w.restored_snapshot_id.clone() else {
+            let message = "the worker finished without naming the snapshot it restored into";
+            mark_failed(w, "VolumeCreateFailed", message, now);
+            continue;
+        };
+        let subnet_zone = config.status.as_ref().and_then(|s| {
+            s.subnets
+                .iter()
+                .find(|n| Some(&n.subnet_id) == w.subnet_id.as_ref())
+                .and_then(|n| n.availability_zone.clone())
+        });
+        let Some(zone) = job.spec.availability_zone.clone().or(subnet_zone) else {
+            let message = "no availability zone for the volume: set spec.availabilityZone";
+            mark_failed(w, "VolumeCreateFailed", message, now);
+            continue;
+        };
+        let aws = ctx.aws.scoped(&job_access(job, w.access.as_ref())).await;
+        // Tender never deletes a restored volume.
+        let tags = restored_tags(job, w);
+        match aws
+            .create_volume_from_snapshot(&w.region, &snapshot, &zone, &tags, &w.launch_token)
+            .await
+        {
+            Ok(volume) => {
+                ctx.event(
+                    job,
+                    EventType::Normal,
+                    "VolumeRestored",
+                    "RestoreVolume",
+                    format!(
+                        "created volume {volume} in {zone} from snapshot {snapshot} ({})",
+                        w.resource
+                    ),
+                )
+                .await;
+                w.message = Some(format!(
+                    "restored {} into volume {volume} ({zone}) from snapshot {snapshot}",
+                    w.resource
+                ));
+                w.restored_volume_id = Some(volume);
+            }
+            Err(e) if e.is_transient() => {
+                return Err(e.into());
+            }
+            Err(e) => {
+                let message = format!(
+                    "{e}; the restored snapshot {snapshot} is kept: create the volume from it by hand, or fix the cause and create a new RestoreJob"
+                );
+                mark_failed(w, "VolumeCreateFailed", &message, now);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Tags of what a restore creates for the user (a volume, an instance): it
+/// carries Tender's tag (the policies let Tender create only what does) but
+/// never this cluster's ID, so no sweep ever takes it.
+fn restored_tags(job: &RestoreJob, w: &WorkerStatus) -> Vec<(String, String)> {
+    use crate::names::tags;
+    vec![
+        (
+            tags::MANAGED_BY.to_string(),
+            tags::MANAGED_BY_VALUE.to_string(),
+        ),
+        (tags::NAME.to_string(), format!("restore of {}", w.resource)),
+        (
+            tags::NAMESPACE.to_string(),
+            job.namespace().unwrap_or_default(),
+        ),
+        (tags::JOB_KIND.to_string(), RestoreJob::KIND.to_string()),
+        (tags::JOB_NAME.to_string(), job.name_any()),
+        (tags::JOB_UID.to_string(), job.uid().unwrap_or_default()),
+        (tags::RESOURCE.to_string(), w.resource.clone()),
+    ]
+}
+
+/// A full restore ends with an instance: an AMI registered from the
+/// snapshots the worker wrote, and an instance launched from it in the
+/// worker's subnet, in the worker's account.
+async fn restore_instances(
+    job: &RestoreJob,
+    status: &mut RestoreJobStatus,
+    ctx: &Context,
+    now: Timestamp,
+) -> Result<()> {
+    for w in status.workers.iter_mut() {
+        if w.phase != Phase::Succeeded || w.restored_instance_id.is_some() {
+            continue;
+        }
+        if w.restored_snapshots.is_empty() {
+            let message = "the worker finished without naming the snapshots it restored into";
+            mark_failed(w, "InstanceRestoreFailed", message, now);
+            continue;
+        }
+        let (Some(instance_type), Some(subnet)) =
+            (job.spec.instance_type.as_deref(), w.subnet_id.clone())
+        else {
+            mark_failed(
+                w,
+                "InstanceRestoreFailed",
+                "no instanceType or subnet for the restored instance",
+                now,
+            );
+            continue;
+        };
+        let aws = ctx.aws.scoped(&job_access(job, w.access.as_ref())).await;
+        let snapshots: Vec<(String, String)> = w
+            .restored_snapshots
+            .iter()
+            .map(|s| (s.device.clone(), s.snapshot_id.clone()))
+            .collect();
+        let uid = job.uid().unwrap_or_default();
+        let outcome = async {
+            let image = match &w.restored_image_id {
+                Some(image) => image.clone(),
+                None => {
+                    let name = format!(
+                        "tender-restore-{}-{}",
+                        job.name_any(),
+                        &uid[..uid.len().min(8)]
+                    );
+                    let description = format!("Tender restore of {}", w.resource);
+                    aws.register_restored_image(&w.region, &name, &description, &snapshots)
+                        .await?
+                }
+            };
+            w.restored_image_id = Some(image.clone());
+            let groups = job.spec.security_group_ids.clone().unwrap_or_default();
+            let tags = restored_tags(job, w);
+            let token = format!("{}-restored", w.launch_token);
+            let instance = aws
+                .launch_restored_instance(&crate::aws::instances::RestoredInstanceLaunch {
+                    region: &w.region,
+                    image_id: &image,
+                    instance_type,
+                    subnet_id: &subnet,
+                    security_group_ids: &groups,
+                    tags: &tags,
+                    client_token: &token,
+                })
+                .await?;
+            Ok::<(String, String), crate::aws::AwsError>((image, instance))
+        }
+        .await;
+        match outcome {
+            Ok((image, instance)) => {
+                let note = format!(
+                    "restored {} as instance {instance} ({instance_type}, {subnet}) from image {image}",
+                    w.resource
+                );
+                ctx.event(
+                    job,
+                    EventType::Normal,
+                    "InstanceRestored",
+                    "RestoreInstance",
+                    note.clone(),
+                )
+                .await;
+                w.message = Some(note);
+                w.restored_instance_id = Some(instance);
+            }
+            Err(e) if e.is_transient() => {
+                return Err(e.into());
+            }
+            Err(e) => {
+                let message = format!(
+                    "{e}; the restored snapshots are kept ({}): fix the cause and create a new RestoreJob",
+                    snapshots
+                        .iter()
+                        .map(|(d, s)| format!("{d} {s}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                mark_failed(w, "InstanceRestoreFailed", &message, now);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The Secret with a file-level recovery session's token (created once per
+/// job, owned by it so that it goes with it) and what the worker needs of
+/// it: the token's SHA-256, never the token.
+async fn ensure_session(job: &RestoreJob, ctx: &Context) -> Result<(String, FileLevelTask)> {
+    use k8s_openapi::api::core::v1::Secret;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    let ns = job
+        .namespace()
+        .ok_or(Error::MissingObjectKey("namespace"))?;
+    let uid = job.uid().ok_or(Error::MissingObjectKey("uid"))?;
+    let job_name = job.name_any();
+    let name = format!(
+        "{}-session-{}",
+        &job_name[..job_name.len().min(230)],
+        &uid[..uid.len().min(8)]
+    );
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let token = match secrets.get_opt(&name).await? {
+        Some(found) => found
+            .data
+            .as_ref()
+            .and_then(|d| d.get("token"))
+            .map(|t| String::from_utf8_lossy(&t.0).into_owned())
+            .ok_or(Error::MissingObjectKey("token in the session Secret"))?,
+        None => {
+            let token = random_token()?;
+            let secret = Secret {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: Some(ns.clone()),
+                    labels: Some(
+                        [(crate::names::tags::JOB_NAME.to_string(), job_name.clone())].into(),
+                    ),
+                    owner_references: Some(vec![OwnerReference {
+                        api_version: RestoreJob::api_version(&()).to_string(),
+                        kind: RestoreJob::kind(&()).to_string(),
+                        name: job_name.clone(),
+                        uid: uid.clone(),
+                        controller: Some(true),
+                        block_owner_deletion: None,
+                    }]),
+                    ..Default::default()
+                },
+                string_data: Some([("token".to_string(), token.clone())].into()),
+                type_: Some("Opaque".into()),
+                ..Default::default()
+            };
+            match secrets.create(&Default::default(), &secret).await {
+                Ok(_) => token,
+                // Created by a reconcile that raced this one: use its token.
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    return Box::pin(ensure_session(job, ctx)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    let token_sha256 = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+    Ok((
+        name,
+        FileLevelTask {
+            port: 443,
+            token_sha256,
+            idle_timeout_seconds: job.spec.idle_timeout_minutes.unwrap_or(30).max(1) as u64 * 60,
+            // The bucket's region defaults to the region restored into.
+            restore_to: job
+                .spec
+                .restore_files_to
+                .as_ref()
+                .map(|r| RepositoryLocation::of(r, &job.spec.region)),
+        },
+    ))
+}
+
+/// 32 random bytes, hex.
+fn random_token() -> Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|_| Error::MissingObjectKey("randomness from the OS"))?;
+    Ok(hex::encode(bytes))
 }

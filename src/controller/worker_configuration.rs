@@ -1,6 +1,8 @@
-//! WorkerConfiguration reconciler: owns the configuration's SQS queue and
-//! its pump, counts the workers that use it, and holds its deletion until
-//! no unfinished job needs it.
+//! WorkerConfiguration reconciler: checks what the configuration names
+//! (credentials, image, subnets, security group, endpoints, instance
+//! types), owns its SQS queue and its pump, and holds its deletion until no
+//! unfinished job needs it (asking the worker index). It runs on its own
+//! changes and its recheck timer; the worker count is `worker_count`'s.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,11 +15,11 @@ use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Api, ResourceExt};
 use tracing::{debug, info, instrument};
 
+use super::index::ConfigKey;
 use super::{Context, Error, Result, apply_status};
 use crate::api::conditions::{self, DesiredCondition, READY, RECONCILING, STALLED};
 use crate::api::{
-    AccountAccess, BackupJobStatus, WorkerAccount, WorkerConfiguration, WorkerConfigurationStatus,
-    WorkerSubnet,
+    AccountAccess, WorkerAccount, WorkerConfiguration, WorkerConfigurationStatus, WorkerSubnet,
 };
 use crate::aws::AwsClients;
 use crate::aws::accounts::Access;
@@ -80,34 +82,9 @@ pub async fn reconcile(cfg: Arc<WorkerConfiguration>, ctx: Arc<Context>) -> Resu
     }
 }
 
-/// Jobs of this configuration's namespace that use it.
-/// Jobs (backups and restores) of this configuration's namespace that use
-/// it: `(kind/name, status)`.
-fn jobs_using(cfg: &WorkerConfiguration, ctx: &Context) -> Vec<(String, BackupJobStatus)> {
-    let ns = cfg.namespace();
-    let name = cfg.name_any();
-    let uses = |job_ns: Option<String>, status: Option<&BackupJobStatus>| {
-        job_ns == ns
-            && status.and_then(|s| s.worker_configuration.as_deref()) == Some(name.as_str())
-    };
-    let mut out: Vec<(String, BackupJobStatus)> = Vec::new();
-    for j in ctx.jobs.state() {
-        if uses(j.namespace(), j.status.as_ref()) {
-            out.push((
-                format!("BackupJob/{}", j.name_any()),
-                j.status.clone().unwrap_or_default(),
-            ));
-        }
-    }
-    for j in ctx.restores.state() {
-        if uses(j.namespace(), j.status.as_ref()) {
-            out.push((
-                format!("RestoreJob/{}", j.name_any()),
-                j.status.clone().unwrap_or_default(),
-            ));
-        }
-    }
-    out
+/// The configuration's key in the worker index.
+fn config_key(cfg: &WorkerConfiguration) -> ConfigKey {
+    (cfg.namespace().unwrap_or_default(), cfg.name_any())
 }
 
 fn queue_tags(cfg: &WorkerConfiguration, cluster_id: &str) -> BTreeMap<String, String> {
@@ -128,10 +105,7 @@ fn queue_tags(cfg: &WorkerConfiguration, cluster_id: &str) -> BTreeMap<String, S
 fn base_status(cfg: &WorkerConfiguration, ctx: &Context) -> WorkerConfigurationStatus {
     let mut status = cfg.status.clone().unwrap_or_default();
     status.observed_generation = cfg.metadata.generation;
-    status.active_workers = jobs_using(cfg, ctx)
-        .iter()
-        .map(|(_, s)| s.active_workers)
-        .sum();
+    status.active_workers = ctx.workers.active(&config_key(cfg)) as i32;
     status
 }
 
@@ -156,26 +130,7 @@ async fn apply(
     let credentials = match check_credentials(cfg, &aws, ctx).await {
         Ok(c) => c,
         Err((account_id, message)) => {
-            let mut status = base_status(cfg, ctx);
-            status.account_id = account_id;
-            let desired = [
-                DesiredCondition::new(READY, false, "CredentialsNotReady", message.clone()),
-                DesiredCondition::new(
-                    CREDENTIALS_READY,
-                    false,
-                    "CannotAssumeRole",
-                    message.clone(),
-                ),
-                DesiredCondition::new(STALLED, true, "CredentialsNotReady", message.clone()),
-            ];
-            let event = (
-                EventType::Warning,
-                "CannotAssumeRole",
-                "CheckCredentials",
-                message,
-            );
-            write_with_event(cfg, api, ctx, status, "NotReady", &desired, event).await?;
-            return Ok(Action::requeue(ctx.network_recheck));
+            return credentials_not_ready(cfg, api, ctx, account_id, message).await;
         }
     };
     let queue_url = aws.ensure_queue(region, &name, &owner_tags).await?;
@@ -195,9 +150,67 @@ async fn apply(
     status.queue_url = Some(queue_url.clone());
     let mut findings: Vec<Finding> = Vec::new();
     status.account_id = Some(credentials.account_id.clone());
+    status.image_id = resolve_image(cfg, &aws, &mut findings).await;
+    check_subnets(cfg, &aws, &mut status, &mut findings).await?;
+    ensure_security_group(cfg, &aws, &mut status, &name, &owner_tags).await?;
+    let network = check_endpoints(cfg, &aws, &mut status).await?;
+    let types = check_instance_types(cfg, &aws, &mut findings).await?;
+    let desired = vec![network, types, credentials.condition];
+    conclude(cfg, api, ctx, status, findings, desired, &queue_url).await?;
+    if created {
+        info!(queue_url, "worker queue ready");
+        ctx.event(
+            cfg,
+            EventType::Normal,
+            "QueueReady",
+            "EnsureQueue",
+            format!("workers report to {queue_url}"),
+        )
+        .await;
+    }
+    // Endpoints, subnets and offerings change outside Kubernetes: look again.
+    Ok(Action::requeue(ctx.network_recheck))
+}
 
-    // The AMI: given, or resolved from its SSM parameter.
-    status.image_id = match (&cfg.spec.image_id, &cfg.spec.image_ssm_parameter) {
+/// Says on the status, and in an Event, that the configuration's accounts
+/// cannot be reached; looks again later.
+async fn credentials_not_ready(
+    cfg: &WorkerConfiguration,
+    api: &Api<WorkerConfiguration>,
+    ctx: &Context,
+    account_id: Option<String>,
+    message: String,
+) -> Result<Action> {
+    let mut status = base_status(cfg, ctx);
+    status.account_id = account_id;
+    let desired = [
+        DesiredCondition::new(READY, false, "CredentialsNotReady", message.clone()),
+        DesiredCondition::new(
+            CREDENTIALS_READY,
+            false,
+            "CannotAssumeRole",
+            message.clone(),
+        ),
+        DesiredCondition::new(STALLED, true, "CredentialsNotReady", message.clone()),
+    ];
+    let event = (
+        EventType::Warning,
+        "CannotAssumeRole",
+        "CheckCredentials",
+        message,
+    );
+    write_with_event(cfg, api, ctx, status, "NotReady", &desired, event).await?;
+    Ok(Action::requeue(ctx.network_recheck))
+}
+
+/// The AMI: given, or resolved from its SSM parameter.
+async fn resolve_image(
+    cfg: &WorkerConfiguration,
+    aws: &AwsClients,
+    findings: &mut Vec<Finding>,
+) -> Option<String> {
+    let region = &cfg.spec.region;
+    match (&cfg.spec.image_id, &cfg.spec.image_ssm_parameter) {
         (Some(id), _) => Some(id.clone()),
         (None, Some(parameter)) => match aws.ssm_parameter(region, parameter).await {
             Ok(id) if id.starts_with("ami-") => Some(id),
@@ -219,9 +232,17 @@ async fn apply(
             }
         },
         (None, None) => None,
-    };
+    }
+}
 
-    // Subnets: the configured ones (all in one VPC), else the default VPC's.
+/// Subnets: the configured ones (all in one VPC), else the default VPC's.
+async fn check_subnets(
+    cfg: &WorkerConfiguration,
+    aws: &AwsClients,
+    status: &mut WorkerConfigurationStatus,
+    findings: &mut Vec<Finding>,
+) -> Result<()> {
+    let region = &cfg.spec.region;
     let subnets = if cfg.spec.subnets.is_empty() {
         aws.default_subnets(region).await?
     } else {
@@ -269,8 +290,18 @@ async fn apply(
             availability_zone: Some(s.availability_zone.clone()),
         })
         .collect();
+    Ok(())
+}
 
-    // Security group: the configured ones, else one Tender manages.
+/// Security group: the configured ones, else one Tender manages.
+async fn ensure_security_group(
+    cfg: &WorkerConfiguration,
+    aws: &AwsClients,
+    status: &mut WorkerConfigurationStatus,
+    name: &str,
+    owner_tags: &BTreeMap<String, String>,
+) -> Result<()> {
+    let region = &cfg.spec.region;
     if !cfg.spec.security_group_ids.is_empty() {
         if let Some(old) = status.managed_security_group_id.clone() {
             // No longer needed; deleting fails while a worker still uses it.
@@ -282,14 +313,22 @@ async fn apply(
         let (ingress, egress) = placement::managed_rules(&cfg.spec.file_level_recovery_cidrs);
         let sg_name = format!("{name}-workers");
         let id = aws
-            .ensure_security_group(region, &vpc, &sg_name, &owner_tags, &ingress, &egress)
+            .ensure_security_group(region, &vpc, &sg_name, owner_tags, &ingress, &egress)
             .await?;
         status.managed_security_group_id = Some(id);
     }
+    Ok(())
+}
 
-    // Private-network mode: the interface endpoints of each operation.
+/// Private-network mode: the interface endpoints of each operation.
+async fn check_endpoints(
+    cfg: &WorkerConfiguration,
+    aws: &AwsClients,
+    status: &mut WorkerConfigurationStatus,
+) -> Result<DesiredCondition> {
+    let region = &cfg.spec.region;
     status.missing_endpoints.clear();
-    let network = if !cfg.spec.private_network {
+    Ok(if !cfg.spec.private_network {
         DesiredCondition::new(
             NETWORK_READY,
             true,
@@ -346,9 +385,16 @@ async fn apply(
             "NoVpc",
             "no VPC to check endpoints in",
         )
-    };
+    })
+}
 
-    // Instance types: every one a worker may get must be offered here.
+/// Instance types: every one a worker may get must be offered here.
+async fn check_instance_types(
+    cfg: &WorkerConfiguration,
+    aws: &AwsClients,
+    findings: &mut Vec<Finding>,
+) -> Result<DesiredCondition> {
+    let region = &cfg.spec.region;
     let mut wanted: Vec<String> = configured_instance_types(cfg);
     wanted.sort();
     wanted.dedup();
@@ -357,7 +403,7 @@ async fn apply(
         .into_iter()
         .filter(|t| !offered.contains(t))
         .collect();
-    let types = if unoffered.is_empty() {
+    Ok(if unoffered.is_empty() {
         DesiredCondition::new(
             INSTANCE_TYPES_OFFERED,
             true,
@@ -379,8 +425,20 @@ async fn apply(
             "InstanceTypeNotOffered",
             message,
         )
-    };
+    })
+}
 
+/// `Ready` from the findings; writes the status (and the findings' Events)
+/// when anything changed.
+async fn conclude(
+    cfg: &WorkerConfiguration,
+    api: &Api<WorkerConfiguration>,
+    ctx: &Context,
+    mut status: WorkerConfigurationStatus,
+    findings: Vec<Finding>,
+    checks: Vec<DesiredCondition>,
+    queue_url: &str,
+) -> Result<()> {
     let ready = match findings.first() {
         None => DesiredCondition::new(
             READY,
@@ -390,7 +448,8 @@ async fn apply(
         ),
         Some(f) => DesiredCondition::new(READY, false, f.reason, f.message.clone()),
     };
-    let mut desired = vec![ready, network, types, credentials.condition];
+    let mut desired = vec![ready];
+    desired.extend(checks);
     if let Some(f) = findings.first() {
         desired.push(DesiredCondition::new(
             STALLED,
@@ -427,19 +486,7 @@ async fn apply(
         }
         apply_status(api, cfg, &status, &ctx.metrics).await?;
     }
-    if created {
-        info!(queue_url, "worker queue ready");
-        ctx.event(
-            cfg,
-            EventType::Normal,
-            "QueueReady",
-            "EnsureQueue",
-            format!("workers report to {queue_url}"),
-        )
-        .await;
-    }
-    // Endpoints, subnets and offerings change outside Kubernetes: look again.
-    Ok(Action::requeue(ctx.network_recheck))
+    Ok(())
 }
 
 /// How a configuration's own calls (queue, network, instance cache) reach
@@ -536,11 +583,7 @@ async fn hold_deletion(
     api: &Api<WorkerConfiguration>,
     ctx: &Context,
 ) -> Result<Option<Action>> {
-    let busy: Vec<String> = jobs_using(cfg, ctx)
-        .into_iter()
-        .filter(|(_, s)| !s.phase.is_finished())
-        .map(|(name, _)| name)
-        .collect();
+    let busy = ctx.workers.unfinished(&config_key(cfg));
     if !busy.is_empty() {
         let message = format!(
             "deletion waits for {} unfinished job(s) that use this configuration: {}",

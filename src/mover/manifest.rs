@@ -40,6 +40,16 @@ impl RepositoryLocation {
         }
     }
 
+    /// Where a job's `repository` is, with `default_region` for an unset
+    /// region.
+    pub fn of(repository: &crate::api::Repository, default_region: &str) -> Self {
+        Self::new(
+            &repository.bucket,
+            &repository.prefix,
+            repository.region.as_deref().unwrap_or(default_region),
+        )
+    }
+
     /// The object that stores the chunk whose data hashes to `hash`.
     pub fn chunk_key(&self, hash: &str) -> String {
         let fan = hash.get(..2).unwrap_or("00");

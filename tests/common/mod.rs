@@ -744,14 +744,15 @@ impl TestEnv {
         self.wait_for(name, timeout, check, |j| &j.status).await
     }
 
-    async fn wait_for<K, F, S>(&self, name: &str, timeout: Duration, check: F, status: S) -> K
+    async fn wait_for<K, F, S, T>(&self, name: &str, timeout: Duration, check: F, status: S) -> K
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
             + Clone
             + serde::de::DeserializeOwned
             + std::fmt::Debug,
         F: Fn(&K) -> bool,
-        S: Fn(&K) -> &Option<tender::api::BackupJobStatus>,
+        S: Fn(&K) -> &Option<T>,
+        T: serde::Serialize,
     {
         let api: Api<K> = self.api();
         let start = Instant::now();

@@ -1,0 +1,125 @@
+//! What a job kind tells the shared lifecycle: its spec's common fields,
+//! and the steps only it takes. `backup_job` and `restore_job` implement
+//! [`WorkerJob`]; the lifecycle in this module runs either.
+
+use std::fmt::Debug;
+use std::future::Future;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::jiff::Timestamp;
+use kube::Resource;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::status::Written;
+use crate::api::{
+    InstanceTypes, JobStatus, JobWorker, LocalObjectReference, Repository, WorkerConfiguration,
+};
+use crate::controller::{Context, Result};
+use crate::messages::{FileLevelTask, Operation, WorkerEvent};
+
+/// One thing a job runs a worker for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// What `status.workers[].resource` says: an instance, a snapshot, or a
+    /// restore point.
+    pub id: String,
+    pub region: String,
+}
+
+/// Where a target is and how large, as planning needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Located {
+    /// The availability zone the worker should run in, if it matters.
+    pub zone: Option<String>,
+    /// GiB of data the worker moves (0 when unknown).
+    pub size_gib: i64,
+}
+
+/// Why a target cannot be planned: a CamelCase reason and what is missing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotLocated {
+    pub reason: &'static str,
+    /// What was looked for, for the message ("instance", "snapshot").
+    pub what: &'static str,
+}
+
+/// What the task of a worker says beyond the shared fields.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaskDetails {
+    pub restore_point: Option<String>,
+    pub device: Option<String>,
+    pub all_volumes: bool,
+    pub file_level: Option<FileLevelTask>,
+}
+
+/// A job kind the lifecycle runs.
+pub trait WorkerJob:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    /// The kind, as in `tender.dev/job-kind` tags and metric labels.
+    const KIND: &'static str;
+    const OPERATION: Operation;
+    /// This kind's entry in `status.workers`.
+    type Worker: JobWorker;
+
+    fn configuration_ref(&self) -> Option<&LocalObjectReference>;
+    fn targets(&self) -> Vec<Target>;
+    fn backoff_limit(&self) -> i32;
+    fn active_deadline_seconds(&self) -> Option<i64>;
+    fn ttl_seconds_after_finished(&self) -> Option<i64>;
+    fn suspended(&self) -> bool;
+    /// Required by the schema; `None` only for objects stored before it was.
+    fn repository(&self) -> Option<&Repository>;
+    fn job_status(&self) -> Option<&JobStatus<Self::Worker>>;
+    /// The statuses this controller wrote to jobs of this kind.
+    fn written(ctx: &Context) -> &Written<JobStatus<Self::Worker>>;
+
+    /// Where `target` is and how large (a lookup in the production
+    /// account), or why it cannot be worked on. `Err` is a failed lookup,
+    /// worth retrying.
+    fn locate(
+        &self,
+        target: &Target,
+        config: &WorkerConfiguration,
+        ctx: &Context,
+    ) -> impl Future<Output = Result<Result<Located, NotLocated>>> + Send;
+
+    /// The worker's instance type, from the configuration's profiles or
+    /// this kind's default.
+    fn instance_type(&self, types: Option<&InstanceTypes>, located: &Located) -> String;
+
+    /// Records what a worker's message says that only this kind keeps (a
+    /// restore point, restored snapshots, a browser session), once the
+    /// message was applied.
+    fn record(worker: &mut Self::Worker, event: &WorkerEvent);
+
+    /// This kind's own steps once the workers' messages are applied (a
+    /// restore's volume or instance, the end of a session), before workers
+    /// are judged and terminated.
+    fn follow_up(
+        &self,
+        _config: &WorkerConfiguration,
+        _status: &mut JobStatus<Self::Worker>,
+        _ctx: &Context,
+        _now: Timestamp,
+    ) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
+
+    /// What this worker's task says beyond the shared fields, prepared
+    /// right before its launch (a session Secret, say).
+    fn task_details(
+        &self,
+        worker: &mut Self::Worker,
+        config: &WorkerConfiguration,
+        ctx: &Context,
+    ) -> impl Future<Output = Result<TaskDetails>> + Send;
+}
