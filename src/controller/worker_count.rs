@@ -11,7 +11,7 @@ use futures::StreamExt;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
-use tracing::debug;
+use tracing::warn;
 
 use super::Context;
 use super::index::ConfigKey;
@@ -37,21 +37,20 @@ pub async fn run(ctx: Arc<Context>) {
     }
 }
 
-/// Patches one configuration's count when it differs from what the cache
-/// shows. A failure is logged: the next change or the configuration's own
-/// reconcile writes it again.
+/// Patches one configuration's count. A failure is logged: the next change
+/// or the configuration's own reconcile writes it again.
 async fn write_count(ctx: &Context, (ns, name): &ConfigKey) {
-    let Some(cfg) = ctx.configurations.get(&ObjectRef::new(name).within(ns)) else {
-        return;
-    };
-    let active = ctx.workers.active(&(ns.clone(), name.clone())) as i32;
-    if cfg
-        .status
-        .as_ref()
-        .is_some_and(|s| s.active_workers == active)
+    // Written even when the cache shows the same value: the cache may be
+    // behind a write of the configuration's own reconcile, and a count left
+    // wrong until the next change would lie for hours.
+    if ctx
+        .configurations
+        .get(&ObjectRef::new(name).within(ns))
+        .is_none()
     {
         return;
     }
+    let active = ctx.workers.active(&(ns.clone(), name.clone())) as i32;
     let api: Api<WorkerConfiguration> = Api::namespaced(ctx.client.clone(), ns);
     let patch = serde_json::json!({"status": {"activeWorkers": active}});
     let params = PatchParams {
@@ -63,6 +62,6 @@ async fn write_count(ctx: &Context, (ns, name): &ConfigKey) {
         .get_or_create(&super::kind_labels("WorkerConfiguration"))
         .inc();
     if let Err(e) = api.patch_status(name, &params, &Patch::Merge(patch)).await {
-        debug!(namespace = ns, configuration = name, error = %e, "could not write the worker count");
+        warn!(namespace = ns, configuration = name, error = %e, "could not write the worker count");
     }
 }
