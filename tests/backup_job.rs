@@ -145,9 +145,19 @@ async fn backup_job_launches_a_worker_follows_it_and_terminates_it() {
         );
     }
 
-    // The configuration counts no active worker now.
-    let cfg = env.wait_configuration_ready("default").await;
-    assert_eq!(cfg.status.unwrap().active_workers, 0);
+    // The configuration counts no active worker now (its count is written
+    // apart from the job's status, a moment later).
+    let api: Api<WorkerConfiguration> = env.api();
+    let count = common::eventually(Duration::from_secs(10), || {
+        let api = api.clone();
+        async move {
+            let cfg = api.get("default").await.ok()?;
+            let active = cfg.status?.active_workers;
+            (active == 0).then_some(active)
+        }
+    })
+    .await;
+    assert_eq!(count, 0);
 }
 
 #[tokio::test]
