@@ -145,7 +145,9 @@ impl WorkerIndex {
     pub fn forget(&self, uid: &str) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((old, _)) = inner.jobs.remove(uid) {
-            let changed = inner.subtract(uid, &old);
+            let before = inner.counts(&[&old]);
+            inner.subtract(&old);
+            let changed = inner.changed_counts(before);
             drop(inner);
             self.tell(changed);
         }
@@ -169,11 +171,15 @@ impl WorkerIndex {
         if previous.as_ref() == Some(&(entry.clone(), source)) {
             return;
         }
-        let mut changed = previous
-            .map(|(old, _)| inner.subtract(uid, &old))
-            .unwrap_or_default();
+        let before = match &previous {
+            Some((old, _)) => inner.counts(&[old, &entry]),
+            None => inner.counts(&[&entry]),
+        };
+        if let Some((old, _)) = &previous {
+            inner.subtract(old);
+        }
         if let Some(key) = entry.configuration.clone() {
-            let load = inner.configs.entry(key.clone()).or_default();
+            let load = inner.configs.entry(key).or_default();
             load.active += entry.active;
             if entry.queued() > 0 {
                 load.queued.insert(entry.order.clone(), entry.queued());
@@ -181,17 +187,14 @@ impl WorkerIndex {
             if !entry.finished {
                 load.unfinished.insert(entry.display.clone());
             }
-            if entry.active > 0 {
-                changed.push(key);
-            }
         }
+        let changed = inner.changed_counts(before);
         inner.jobs.insert(uid.to_string(), (entry, source));
         drop(inner);
         self.tell(changed);
     }
 
-    fn tell(&self, mut changed: Vec<ConfigKey>) {
-        changed.dedup();
+    fn tell(&self, changed: Vec<ConfigKey>) {
         if let Some(tx) = self
             .counts
             .lock()
@@ -251,14 +254,34 @@ impl WorkerIndex {
 }
 
 impl Inner {
-    /// Takes a job's old entry out of its configuration's sums; returns the
-    /// configuration when its active count changed.
-    fn subtract(&mut self, _uid: &str, old: &JobEntry) -> Vec<ConfigKey> {
+    /// The active counts of the configurations these entries use.
+    fn counts(&self, entries: &[&JobEntry]) -> Vec<(ConfigKey, usize)> {
+        let mut out: Vec<(ConfigKey, usize)> = Vec::new();
+        for key in entries.iter().filter_map(|e| e.configuration.as_ref()) {
+            if !out.iter().any(|(k, _)| k == key) {
+                let active = self.configs.get(key).map_or(0, |l| l.active);
+                out.push((key.clone(), active));
+            }
+        }
+        out
+    }
+
+    /// The configurations whose active count is not what `before` says.
+    fn changed_counts(&self, before: Vec<(ConfigKey, usize)>) -> Vec<ConfigKey> {
+        before
+            .into_iter()
+            .filter(|(key, n)| self.configs.get(key).map_or(0, |l| l.active) != *n)
+            .map(|(key, _)| key)
+            .collect()
+    }
+
+    /// Takes a job's old entry out of its configuration's sums.
+    fn subtract(&mut self, old: &JobEntry) {
         let Some(key) = &old.configuration else {
-            return Vec::new();
+            return;
         };
         let Some(load) = self.configs.get_mut(key) else {
-            return Vec::new();
+            return;
         };
         load.active = load.active.saturating_sub(old.active);
         load.queued.remove(&old.order);
@@ -266,11 +289,6 @@ impl Inner {
         let empty = load.active == 0 && load.queued.is_empty() && load.unfinished.is_empty();
         if empty {
             self.configs.remove(key);
-        }
-        if old.active > 0 {
-            vec![key.clone()]
-        } else {
-            Vec::new()
         }
     }
 }
@@ -367,8 +385,25 @@ mod tests {
             told += 1;
         }
         assert_eq!(told, 4, "each change of an active count is announced");
+        // The same count again (a progress update, say) is not.
+        index.observe_written(
+            "a",
+            JobEntry {
+                waiting: 0,
+                ..entry("a", 1, 0, 0)
+            },
+        );
+        let mut progressed = entry("c", 3, 1, 0);
+        index.observe_written("c", progressed.clone());
+        assert!(rx.try_recv().is_ok(), "c's first worker is counted");
+        progressed.finished = false;
+        progressed.waiting = 1;
+        index.observe_written("c", progressed);
+        assert!(rx.try_recv().is_err(), "c's count did not change");
+        index.forget("c");
+        assert!(rx.try_recv().is_ok());
         // A change that leaves every count alone is not.
-        index.observe_written("c", entry("c", 3, 0, 1));
+        index.observe_written("d", entry("d", 4, 0, 1));
         assert!(rx.try_recv().is_err());
     }
 }
