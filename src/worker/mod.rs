@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use std::time::Instant;
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::RestoredSnapshot;
 use crate::aws::accounts::Access;
@@ -213,6 +213,9 @@ fn mover_failure(e: MoverError, repository: &RepositoryLocation) -> Failure {
     }
 }
 
+/// How long the worker asks the instance metadata service for its address.
+const IMDS_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How often the worker looks at the snapshots it is waiting for.
 const SNAPSHOT_POLL: Duration = Duration::from_secs(5);
 
@@ -346,12 +349,14 @@ async fn file_level(
         .unwrap_or_else(|_| format!("0.0.0.0:{}", session.port));
     let host = match std::env::var("TENDER_ADVERTISE_HOST") {
         Ok(h) => h,
-        Err(_) => imds_address().await.ok_or_else(|| {
-            failure(
-                "SessionFailed",
-                "could not read this instance's address from the instance metadata service",
-            )
-        })?,
+        Err(_) => imds_address(&aws_config::imds::Client::builder().build())
+            .await
+            .ok_or_else(|| {
+                failure(
+                    "SessionFailed",
+                    "could not read this instance's address from the instance metadata service",
+                )
+            })?,
     };
     let idle = Duration::from_secs(session.idle_timeout_seconds.max(1));
     let ran = browser::serve(
@@ -392,45 +397,26 @@ async fn file_level(
     })
 }
 
-/// This instance's public address, else its private one, from IMDSv2.
-async fn imds_address() -> Option<String> {
-    let token = imds("PUT", "/latest/api/token", None).await?;
-    for path in [
-        "/latest/meta-data/public-ipv4",
-        "/latest/meta-data/local-ipv4",
-    ] {
-        if let Some(ip) = imds("GET", path, Some(&token))
-            .await
-            .filter(|s| !s.is_empty())
-        {
-            return Some(ip);
+/// This instance's public address, else its private one, from IMDSv2
+/// (`AWS_EC2_METADATA_SERVICE_ENDPOINT` points it elsewhere).
+async fn imds_address(imds: &aws_config::imds::Client) -> Option<String> {
+    let lookup = async {
+        for path in [
+            "/latest/meta-data/public-ipv4",
+            "/latest/meta-data/local-ipv4",
+        ] {
+            match imds.get(path).await {
+                Ok(ip) if !ip.as_ref().trim().is_empty() => {
+                    return Some(ip.as_ref().trim().to_string());
+                }
+                Ok(_) => {}
+                // No public address is a 404: try the private one.
+                Err(e) => debug!(path, error = %e, "no answer from the instance metadata service"),
+            }
         }
-    }
-    None
-}
-
-/// One IMDS request; the body of a 200 answer.
-async fn imds(method: &str, path: &str, token: Option<&str>) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect("169.254.169.254:80")
-            .await
-            .ok()?;
-        let auth = match token {
-            Some(t) => format!("X-aws-ec2-metadata-token: {t}\r\n"),
-            None => "X-aws-ec2-metadata-token-ttl-seconds: 300\r\n".to_string(),
-        };
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 169.254.169.254\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).await.ok()?;
-        let (head, body) = answer.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.1 200")
-            .then(|| body.trim().to_string())
+        None
     };
-    tokio::time::timeout(Duration::from_secs(2), exchange)
+    tokio::time::timeout(IMDS_TIMEOUT, lookup)
         .await
         .ok()
         .flatten()
@@ -674,5 +660,53 @@ async fn forget_parent_snapshots(
             Ok(_) => {}
             Err(e) => warn!(error = %e, "could not look at the parent's snapshot"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::{get, put};
+
+    use super::*;
+
+    /// An instance metadata service with no public address: IMDSv2's token
+    /// first, then the private address.
+    #[tokio::test]
+    async fn the_address_comes_from_imdsv2_and_falls_back_to_the_private_one() {
+        let app = axum::Router::new()
+            .route(
+                "/latest/api/token",
+                put(|| async {
+                    (
+                        [("x-aws-ec2-metadata-token-ttl-seconds", "300")],
+                        "session-token",
+                    )
+                }),
+            )
+            .route(
+                "/latest/meta-data/public-ipv4",
+                get(|| async { StatusCode::NOT_FOUND }),
+            )
+            .route(
+                "/latest/meta-data/local-ipv4",
+                get(|headers: HeaderMap| async move {
+                    match headers.get("x-aws-ec2-metadata-token") {
+                        Some(t) if t == "session-token" => (StatusCode::OK, "10.0.0.5"),
+                        _ => (StatusCode::UNAUTHORIZED, ""),
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(crate::telemetry::serve_router(listener, app));
+        let imds = aws_config::imds::Client::builder()
+            .endpoint(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .build();
+        assert_eq!(imds_address(&imds).await.as_deref(), Some("10.0.0.5"));
+        server.abort();
     }
 }
