@@ -131,6 +131,16 @@ impl Default for Metrics {
             gc_queues_deleted: Family::default(),
             gc_sweeps: Family::default(),
         };
+        m.register_worker_metrics();
+        m.register_operation_metrics();
+        m
+    }
+}
+
+impl Metrics {
+    /// Workers and jobs.
+    fn register_worker_metrics(&mut self) {
+        let m = self;
         let r = &mut m.registry;
         r.register(
             "workers_launched",
@@ -167,6 +177,12 @@ impl Default for Metrics {
             "Job durations, by outcome",
             m.job_duration.clone(),
         );
+    }
+
+    /// AWS calls, reconciles and garbage collection.
+    fn register_operation_metrics(&mut self) {
+        let m = self;
+        let r = &mut m.registry;
         r.register(
             "aws_calls",
             "AWS API calls, by operation",
@@ -203,7 +219,6 @@ impl Default for Metrics {
             "Garbage-collection sweeps",
             m.gc_sweeps.clone(),
         );
-        m
     }
 }
 
