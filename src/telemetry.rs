@@ -16,7 +16,16 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 use tracing_subscriber::EnvFilter;
@@ -125,6 +134,16 @@ impl Default for Metrics {
             gc_queues_deleted: Family::default(),
             gc_sweeps: Family::default(),
         };
+        m.register_worker_metrics();
+        m.register_operation_metrics();
+        m
+    }
+}
+
+impl Metrics {
+    /// Workers and jobs.
+    fn register_worker_metrics(&mut self) {
+        let m = self;
         let r = &mut m.registry;
         r.register(
             "workers_launched",
@@ -161,6 +180,12 @@ impl Default for Metrics {
             "Job durations, by outcome",
             m.job_duration.clone(),
         );
+    }
+
+    /// AWS calls, reconciles and garbage collection.
+    fn register_operation_metrics(&mut self) {
+        let m = self;
+        let r = &mut m.registry;
         r.register(
             "aws_calls",
             "AWS API calls, by operation",
@@ -202,7 +227,6 @@ impl Default for Metrics {
             "Garbage-collection sweeps",
             m.gc_sweeps.clone(),
         );
-        m
     }
 }
 
@@ -271,52 +295,151 @@ impl Readiness {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until dropped.
-/// A deliberately small HTTP/1.1 responder: these three GETs are all it
-/// answers.
+/// Prometheus' text exposition format.
+const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// How long a client has to send its request's head.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `/metrics`, `/healthz` and `/readyz`; anything else is 404.
+pub fn router(metrics: Arc<Metrics>, ready: Arc<Readiness>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || async move { ([(CONTENT_TYPE, METRICS_CONTENT_TYPE)], metrics.encode()) }),
+        )
+        .route("/healthz", get(|| async { plain(StatusCode::OK, "ok\n") }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                if ready.get() {
+                    plain(StatusCode::OK, "ok\n")
+                } else {
+                    plain(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                }
+            }),
+        )
+        .fallback(|| async { plain(StatusCode::NOT_FOUND, "not found\n") })
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response {
+    (status, [(CONTENT_TYPE, "text/plain")], body).into_response()
+}
+
+/// Serves [`router`] on `listener` until dropped, one request per
+/// connection.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<Readiness>) {
     info!(address = ?listener.local_addr().ok(), "serving /metrics, /healthz, /readyz");
+    serve_router(listener, router(metrics, ready)).await;
+}
+
+/// Serves `app` over plain HTTP/1.1 on `listener` until dropped, one
+/// request per connection (clients may read an answer to its end).
+pub(crate) async fn serve_router(listener: TcpListener, app: Router) {
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
+        let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let metrics = metrics.clone();
-        let ready = ready.clone();
+        let service = TowerToHyperService::new(app.clone());
         tokio::spawn(async move {
-            // Read until the end of the request head, however it is split.
-            let mut buf = Vec::with_capacity(1024);
-            let mut chunk = [0u8; 1024];
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
-                match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-                    Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-            let request = String::from_utf8_lossy(&buf);
-            let path = request.split_whitespace().nth(1).unwrap_or("/");
-            let (code, content_type, body) = match path {
-                "/metrics" => (
-                    "200 OK",
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    metrics.encode(),
-                ),
-                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-                "/readyz" if ready.get() => ("200 OK", "text/plain", "ok\n".to_string()),
-                "/readyz" => (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "not ready\n".to_string(),
-                ),
-                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
-            };
-            let response = format!(
-                "HTTP/1.1 {code}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            if let Err(e) = stream.write_all(response.as_bytes()).await {
-                debug!(error = %e, "metrics client went away");
+            let served = http1::Builder::new()
+                .keep_alive(false)
+                .timer(TokioTimer::new())
+                .header_read_timeout(REQUEST_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                debug!(error = %e, "HTTP client went away");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn get(app: &Router, path: &str) -> (StatusCode, String, String) {
+        let response = app
+            .clone()
+            .oneshot(axum::http::Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let content_type = response.headers()[CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (
+            status,
+            content_type,
+            String::from_utf8_lossy(&body).into_owned(),
+        )
+    }
+
+    #[tokio::test]
+    async fn metrics_health_and_readiness() {
+        let metrics = Arc::new(Metrics::default());
+        metrics.aws_call("RunInstances");
+        let ready = Arc::new(Readiness::default());
+        let app = router(metrics, ready.clone());
+        let (status, content_type, body) = get(&app, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(content_type, METRICS_CONTENT_TYPE);
+        assert!(
+            body.contains("tender_aws_calls_total{operation=\"RunInstances\"} 1"),
+            "{body}"
+        );
+        assert_eq!(
+            get(&app, "/healthz").await,
+            (StatusCode::OK, "text/plain".into(), "ok\n".into())
+        );
+        assert_eq!(
+            get(&app, "/readyz").await,
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain".into(),
+                "not ready\n".into()
+            )
+        );
+        ready.set(true);
+        assert_eq!(get(&app, "/readyz").await.0, StatusCode::OK);
+        assert_eq!(get(&app, "/nope").await.0, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_reads_to_the_end_gets_the_whole_answer() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(serve(
+            listener,
+            Arc::new(Metrics::default()),
+            Arc::new(Readiness::default()),
+        ));
+        // As the integration tests ask: HTTP/1.1 without "Connection:
+        // close", read until the server closes.
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\nok\n"), "{answer}");
+        server.abort();
     }
 }

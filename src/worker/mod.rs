@@ -10,6 +10,7 @@
 //! (`crate::mover`) writes one restore point to the job's repository.
 
 pub mod browser;
+mod file_level;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -23,7 +24,7 @@ use crate::api::RestoredSnapshot;
 use crate::aws::accounts::Access;
 use crate::aws::{AwsClients, AwsError};
 use crate::messages::{
-    ByteProgress, Operation, PROTOCOL_VERSION, SessionInfo, WorkerEvent, WorkerMessage, WorkerTask,
+    ByteProgress, Operation, PROTOCOL_VERSION, WorkerEvent, WorkerMessage, WorkerTask,
 };
 use crate::mover::manifest::{Manifest, RepositoryLocation, VolumeImage};
 
@@ -93,44 +94,15 @@ pub async fn run(aws: AwsClients, task: WorkerTask, instance_id: String) -> Resu
     );
 
     let progress = Arc::new(Progress::default());
-    let beats = reporter.clone();
-    let watched = progress.clone();
     let period = Duration::from_secs(task.heartbeat_seconds.max(1));
-    // One message per period: progress while bytes are moving, else a
-    // heartbeat; either tells the controller the worker is alive.
-    let heartbeat = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(period);
-        tick.tick().await;
-        let mut last = (0u64, Instant::now());
-        loop {
-            tick.tick().await;
-            let (done, total) = watched.snapshot();
-            let event = if total > 0 && done != last.0 {
-                let per_second = rate(done - last.0, last.1.elapsed());
-                last = (done, Instant::now());
-                WorkerEvent::Progress {
-                    percent: percent(done, total),
-                    detail: format!("{} of {} moved", mib(done), mib(total)),
-                    bytes: Some(ByteProgress {
-                        done,
-                        total,
-                        per_second,
-                    }),
-                    session: None,
-                }
-            } else {
-                WorkerEvent::Heartbeat
-            };
-            if let Err(e) = beats.send(event).await {
-                warn!(error = %e, "progress or heartbeat not sent");
-            }
-        }
-    });
+    let heartbeat = tokio::spawn(heartbeat(reporter.clone(), progress.clone(), period));
 
     let started = Instant::now();
     let outcome = match task.operation {
         Operation::Backup => backup(&aws, &task, &progress).await,
-        Operation::Restore if task.file_level.is_some() => file_level(&aws, &task, &reporter).await,
+        Operation::Restore if task.file_level.is_some() => {
+            file_level::serve(&aws, &task, &reporter).await
+        }
         Operation::Restore => restore(&aws, &task, &progress).await,
     };
     heartbeat.abort();
@@ -163,6 +135,38 @@ pub async fn run(aws: AwsClients, task: WorkerTask, instance_id: String) -> Resu
                 .await
                 .map_err(AgentError::Report)?;
             Err(AgentError::Failed(format!("{reason}: {message}")))
+        }
+    }
+}
+
+/// One message per period: progress while bytes are moving, else a
+/// heartbeat; either tells the controller the worker is alive. Runs until
+/// aborted.
+async fn heartbeat(beats: Arc<Reporter>, watched: Arc<Progress>, period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.tick().await;
+    let mut last = (0u64, Instant::now());
+    loop {
+        tick.tick().await;
+        let (done, total) = watched.snapshot();
+        let event = if total > 0 && done != last.0 {
+            let per_second = rate(done - last.0, last.1.elapsed());
+            last = (done, Instant::now());
+            WorkerEvent::Progress {
+                percent: percent(done, total),
+                detail: format!("{} of {} moved", mib(done), mib(total)),
+                bytes: Some(ByteProgress {
+                    done,
+                    total,
+                    per_second,
+                }),
+                session: None,
+            }
+        } else {
+            WorkerEvent::Heartbeat
+        };
+        if let Err(e) = beats.send(event).await {
+            warn!(error = %e, "progress or heartbeat not sent");
         }
     }
 }
@@ -280,160 +284,30 @@ async fn backup(aws: &AwsClients, task: &WorkerTask, progress: &Progress) -> Res
     if from_instance {
         forget_parent_snapshots(&source, region, &manifest, task).await;
     }
-    let s = &manifest.stats;
     Ok(Done {
-        detail: format!(
-            "restore point {}: {} of data, {} blocks read, {} reused from {}, {} chunks uploaded ({}), {} already stored",
-            manifest.id,
-            mib(s.bytes_total),
-            s.blocks_read,
-            s.blocks_reused,
-            manifest
-                .parent
-                .as_deref()
-                .unwrap_or("no parent (full backup)"),
-            s.chunks_uploaded,
-            mib(s.bytes_uploaded),
-            s.chunks_deduplicated
-        ),
+        detail: backup_detail(&manifest),
         restore_point: Some(manifest.id.clone()),
         snapshots: Vec::new(),
     })
 }
 
-/// Serves the file-level recovery browser over a restore point's volume
-/// until the session has been idle for its timeout.
-async fn file_level(
-    aws: &AwsClients,
-    task: &WorkerTask,
-    reporter: &Reporter,
-) -> Result<Done, Failure> {
-    let (Some(repository), Some(id), Some(session)) =
-        (&task.repository, &task.restore_point, &task.file_level)
-    else {
-        return Err(failure(
-            "RestorePointMissing",
-            "the task names no repository, restore point or session",
-        ));
-    };
-    let manifest = mover::load_manifest(aws, repository, id)
-        .await
-        .map_err(|e| mover_failure(e, repository))?;
-    let volume = match &task.device {
-        Some(device) => manifest
-            .volumes
-            .iter()
-            .find(|v| v.device.as_deref() == Some(device.as_str())),
-        None => manifest.volumes.first(),
-    };
-    let Some(volume) = volume else {
-        return Err(failure(
-            "VolumeNotInRestorePoint",
-            format!(
-                "restore point {id} has no volume {}",
-                task.device.as_deref().unwrap_or("at all")
-            ),
-        ));
-    };
-    let disk = browser::RepositoryDisk::new(aws.clone(), repository.clone(), volume);
-    browser::check_filesystem(&disk)
-        .await
-        .map_err(|e| failure("FilesystemUnreadable", e))?;
-    // On EC2: port 443 on every interface, reached at the instance's
-    // address. A local agent (tests, the demo) is told where to listen and
-    // what to advertise.
-    let listen = std::env::var("TENDER_BROWSER_ADDRESS")
-        .unwrap_or_else(|_| format!("0.0.0.0:{}", session.port));
-    let host = match std::env::var("TENDER_ADVERTISE_HOST") {
-        Ok(h) => h,
-        Err(_) => imds_address().await.ok_or_else(|| {
-            failure(
-                "SessionFailed",
-                "could not read this instance's address from the instance metadata service",
-            )
-        })?,
-    };
-    let idle = Duration::from_secs(session.idle_timeout_seconds.max(1));
-    let ran = browser::serve(
-        disk,
-        browser::SessionConfig {
-            listen,
-            advertise_host: host,
-            token_sha256: session.token_sha256.clone(),
-            idle_timeout: idle,
-            restore_to: session.restore_to.clone(),
-        },
-        |s| async move {
-            let event = WorkerEvent::Progress {
-                percent: 100,
-                detail: format!("file-level recovery session of {id} is up at {}", s.url),
-                bytes: None,
-                session: Some(SessionInfo {
-                    url: s.url,
-                    certificate_sha256: s.certificate_sha256,
-                    public_key_sha256: s.public_key_sha256,
-                }),
-            };
-            if let Err(e) = reporter.send(event).await {
-                warn!(error = %e, "could not report the session");
-            }
-        },
+/// What a backup did, for the job's status.
+fn backup_detail(manifest: &Manifest) -> String {
+    let s = &manifest.stats;
+    format!(
+        "restore point {}: {} of data, {} blocks read, {} reused from {}, {} chunks uploaded ({}), {} already stored",
+        manifest.id,
+        mib(s.bytes_total),
+        s.blocks_read,
+        s.blocks_reused,
+        manifest
+            .parent
+            .as_deref()
+            .unwrap_or("no parent (full backup)"),
+        s.chunks_uploaded,
+        mib(s.bytes_uploaded),
+        s.chunks_deduplicated
     )
-    .await
-    .map_err(|e| failure("SessionFailed", e))?;
-    Ok(Done {
-        detail: format!(
-            "file-level recovery session of {id} ended after {} s idle ({} s in all)",
-            idle.as_secs(),
-            ran.as_secs()
-        ),
-        restore_point: Some(id.clone()),
-        snapshots: Vec::new(),
-    })
-}
-
-/// This instance's public address, else its private one, from IMDSv2.
-async fn imds_address() -> Option<String> {
-    let token = imds("PUT", "/latest/api/token", None).await?;
-    for path in [
-        "/latest/meta-data/public-ipv4",
-        "/latest/meta-data/local-ipv4",
-    ] {
-        if let Some(ip) = imds("GET", path, Some(&token))
-            .await
-            .filter(|s| !s.is_empty())
-        {
-            return Some(ip);
-        }
-    }
-    None
-}
-
-/// One IMDS request; the body of a 200 answer.
-async fn imds(method: &str, path: &str, token: Option<&str>) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect("169.254.169.254:80")
-            .await
-            .ok()?;
-        let auth = match token {
-            Some(t) => format!("X-aws-ec2-metadata-token: {t}\r\n"),
-            None => "X-aws-ec2-metadata-token-ttl-seconds: 300\r\n".to_string(),
-        };
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 169.254.169.254\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).await.ok()?;
-        let (head, body) = answer.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.1 200")
-            .then(|| body.trim().to_string())
-    };
-    tokio::time::timeout(Duration::from_secs(2), exchange)
-        .await
-        .ok()
-        .flatten()
 }
 
 /// Restores one volume of a restore point into a new EBS snapshot, in the
@@ -453,30 +327,7 @@ async fn restore(
     let manifest = mover::load_manifest(aws, repository, id)
         .await
         .map_err(|e| mover_failure(e, repository))?;
-    let volumes: Vec<&VolumeImage> = match (&task.device, task.all_volumes) {
-        (_, true) => manifest.volumes.iter().collect(),
-        (Some(device), false) => manifest
-            .volumes
-            .iter()
-            .filter(|v| v.device.as_deref() == Some(device.as_str()))
-            .take(1)
-            .collect(),
-        (None, false) => manifest.volumes.iter().take(1).collect(),
-    };
-    if volumes.is_empty() {
-        let devices: Vec<&str> = manifest
-            .volumes
-            .iter()
-            .filter_map(|v| v.device.as_deref())
-            .collect();
-        return Err(failure(
-            "VolumeNotInRestorePoint",
-            format!(
-                "restore point {id} has no volume {}; it has {devices:?}",
-                task.device.as_deref().unwrap_or("at all")
-            ),
-        ));
-    };
+    let volumes = volumes_to_restore(&manifest, task, id)?;
     let tags = vec![
         (
             tags::MANAGED_BY.to_string(),
@@ -532,6 +383,40 @@ async fn restore(
         restore_point: Some(id.clone()),
         snapshots,
     })
+}
+
+/// The volumes a restore writes: all of them, the one the task names, or
+/// the first.
+fn volumes_to_restore<'a>(
+    manifest: &'a Manifest,
+    task: &WorkerTask,
+    id: &str,
+) -> Result<Vec<&'a VolumeImage>, Failure> {
+    let volumes: Vec<&VolumeImage> = match (&task.device, task.all_volumes) {
+        (_, true) => manifest.volumes.iter().collect(),
+        (Some(device), false) => manifest
+            .volumes
+            .iter()
+            .filter(|v| v.device.as_deref() == Some(device.as_str()))
+            .take(1)
+            .collect(),
+        (None, false) => manifest.volumes.iter().take(1).collect(),
+    };
+    if volumes.is_empty() {
+        let devices: Vec<&str> = manifest
+            .volumes
+            .iter()
+            .filter_map(|v| v.device.as_deref())
+            .collect();
+        return Err(failure(
+            "VolumeNotInRestorePoint",
+            format!(
+                "restore point {id} has no volume {}; it has {devices:?}",
+                task.device.as_deref().unwrap_or("at all")
+            ),
+        ));
+    }
+    Ok(volumes)
 }
 
 /// Waits until a snapshot someone else took is complete; returns the

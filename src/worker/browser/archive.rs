@@ -1,0 +1,176 @@
+//! A folder as a tar archive, written with the `tar` crate as it is read.
+//!
+//! Entries carry their path under the folder's name (GNU long-name entries
+//! when a path does not fit the header), permissions masked to `0o777`
+//! (no set-user-ID, set-group-ID or sticky bits), owner and group 0 with
+//! no names, and no modification time. Regular files and folders only:
+//! symbolic links and devices are left out.
+
+use std::io::{self, Write};
+
+use ext4_view::Ext4;
+use tar::{EntryType, Header};
+
+use super::disk::{entries, join};
+
+/// Permissions every folder gets in the archive.
+const FOLDER_MODE: u32 = 0o755;
+
+/// Writes `dir` as a tar archive into `out`, its entries under `base/`.
+/// On an error nothing more is written, not even the end-of-archive
+/// marker, so a cut-off archive never looks complete.
+pub(super) fn write_folder(fs: &Ext4, dir: &str, base: &str, out: impl Write) -> io::Result<()> {
+    let mut tar = tar::Builder::new(Fuse { out, blown: false });
+    let walked = walk(&mut tar, fs, dir, base);
+    if walked.is_err() {
+        tar.get_mut().blown = true;
+    }
+    walked?;
+    tar.into_inner()?.out.flush()
+}
+
+fn walk<W: Write>(tar: &mut tar::Builder<W>, fs: &Ext4, dir: &str, base: &str) -> io::Result<()> {
+    let mut todo = vec![(dir.to_string(), base.to_string())];
+    while let Some((path, name)) = todo.pop() {
+        let list = entries(fs, &path).map_err(|e| io::Error::other(format!("{path}: {e}")))?;
+        let mut folder = header(EntryType::Directory, FOLDER_MODE, 0);
+        tar.append_data(&mut folder, format!("{name}/"), io::empty())?;
+        for (child, meta) in list {
+            let child_path = join(&path, &child);
+            let child_name = format!("{name}/{child}");
+            if meta.is_dir() {
+                todo.push((child_path, child_name));
+            } else if meta.file_type().is_regular_file() {
+                let file = fs
+                    .open(child_path.as_str())
+                    .map_err(|e| io::Error::other(format!("{child_path}: {e}")))?;
+                let mut h = header(EntryType::Regular, u32::from(meta.mode()), meta.len());
+                tar.append_data(&mut h, &child_name, file)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A header with nothing of the owner in it.
+fn header(kind: EntryType, mode: u32, size: u64) -> Header {
+    let mut h = Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode & 0o777);
+    h.set_size(size);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h
+}
+
+/// Passes writes through until blown; then refuses them, so that
+/// `tar::Builder`'s drop cannot finish a failed archive.
+struct Fuse<W> {
+    out: W,
+    blown: bool,
+}
+
+impl<W: Write> Write for Fuse<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.blown {
+            return Err(io::Error::other("the archive failed"));
+        }
+        self.out.write(data)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.blown {
+            return Err(io::Error::other("the archive failed"));
+        }
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use std::io::Read;
+
+    use super::super::disk::Volume;
+    use super::super::disk::testing::image;
+    use super::*;
+
+    /// (path, mode, uid, gid, user name, group name, contents) of every
+    /// entry, as `tar::Archive` reads them back.
+    type Entry = (String, u32, u64, u64, String, String, Vec<u8>);
+
+    fn read_back(archive: &[u8]) -> Vec<Entry> {
+        let mut out = Vec::new();
+        for entry in tar::Archive::new(archive).entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().display().to_string();
+            let h = entry.header().clone();
+            let name =
+                |n: Option<&[u8]>| String::from_utf8_lossy(n.unwrap_or_default()).into_owned();
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).unwrap();
+            out.push((
+                path,
+                h.mode().unwrap(),
+                h.uid().unwrap(),
+                h.gid().unwrap(),
+                name(h.username_bytes()),
+                name(h.groupname_bytes()),
+                data,
+            ));
+        }
+        out
+    }
+
+    #[test]
+    fn long_names_round_trip_and_modes_are_masked() {
+        let deep = format!("{}/{}", "d".repeat(120), "f".repeat(200));
+        let long = format!("docs/{deep}/{}.txt", "n".repeat(240));
+        let fs = image(&[
+            ("docs/run.sh", b"#!/bin/sh\n", 0o4755),
+            ("docs/shared", b"", 0o1777),
+            (long.as_str(), b"far down", 0o640),
+            ("elsewhere.txt", b"not in the folder", 0o644),
+        ])
+        .open()
+        .unwrap();
+        let mut archive = Vec::new();
+        write_folder(&fs, "/docs", "docs", &mut archive).unwrap();
+        let entries = read_back(&archive);
+        let find = |p: &str| {
+            entries
+                .iter()
+                .find(|e| e.0.trim_end_matches('/') == p)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{p} not in {:?}",
+                        entries.iter().map(|e| &e.0).collect::<Vec<_>>()
+                    )
+                })
+                .clone()
+        };
+        let far = find(&long);
+        assert!(far.0.len() > 255);
+        assert_eq!(far.6, b"far down");
+        assert_eq!(far.1, 0o640);
+        assert_eq!(find("docs/run.sh").1, 0o755, "set-user-ID is masked off");
+        assert_eq!(find("docs/shared").1, 0o777, "sticky is masked off");
+        assert_eq!(find("docs").1, FOLDER_MODE);
+        assert_eq!(find(&format!("docs/{}", "d".repeat(120))).1, FOLDER_MODE);
+        for e in &entries {
+            assert_eq!((e.2, e.3), (0, 0), "{}: no owner", e.0);
+            assert_eq!((e.4.as_str(), e.5.as_str()), ("", ""), "{}: no names", e.0);
+        }
+        assert!(!entries.iter().any(|e| e.0.contains("elsewhere")));
+    }
+
+    #[test]
+    fn a_failed_archive_is_not_finished() {
+        let fs = image(&[("a/b.txt", b"b", 0o644)]).open().unwrap();
+        let mut archive = Vec::new();
+        assert!(write_folder(&fs, "/nope", "nope", &mut archive).is_err());
+        assert!(archive.is_empty(), "no end-of-archive marker");
+    }
+}

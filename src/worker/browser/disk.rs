@@ -1,0 +1,362 @@
+//! Disk access: the restore point's volume as a byte device read from the
+//! repository's chunks, the ext2/3/4 filesystem on it, and the paths
+//! people ask for in it.
+//!
+//! `ext4_view::Ext4` is not `Send`: every use opens it on the blocking
+//! thread that does the work (the chunk cache makes opening cheap).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use ext4_view::{Ext4, Ext4Read, Metadata};
+use sha2::{Digest, Sha256};
+
+use crate::aws::AwsClients;
+use crate::aws::ebs::BLOCK_SIZE;
+use crate::mover::manifest::{RepositoryLocation, VolumeImage};
+
+/// Decompressed chunks kept in memory (512 KiB each).
+const CACHE_CHUNKS: usize = 64;
+
+/// Something a session can open the filesystem of: the restore point's
+/// volume, or an image in memory in tests.
+pub(super) trait Volume: Send + Sync + 'static {
+    /// Opens the filesystem. Blocking: every read may wait on S3.
+    fn open(&self) -> Result<Ext4, String>;
+}
+
+/// The restore point's volume as a byte device: blocks come from the
+/// repository's chunks, verified against their names, cached.
+#[derive(Clone)]
+pub struct RepositoryDisk {
+    inner: Arc<DiskInner>,
+}
+
+struct DiskInner {
+    aws: AwsClients,
+    location: RepositoryLocation,
+    /// Block index → chunk hash.
+    blocks: BTreeMap<i32, String>,
+    size: u64,
+    cache: Mutex<VecDeque<(i32, Arc<Vec<u8>>)>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl RepositoryDisk {
+    pub fn new(aws: AwsClients, location: RepositoryLocation, volume: &VolumeImage) -> Self {
+        Self {
+            inner: Arc::new(DiskInner {
+                aws,
+                location,
+                blocks: volume
+                    .blocks
+                    .iter()
+                    .map(|b| (b.index, b.chunk.clone()))
+                    .collect(),
+                size: volume.size_gib.max(0) as u64 * (1 << 30),
+                cache: Mutex::new(VecDeque::new()),
+                runtime: tokio::runtime::Handle::current(),
+            }),
+        }
+    }
+
+    /// The clients the disk reads with (restores write with them too).
+    pub(super) fn aws(&self) -> &AwsClients {
+        &self.inner.aws
+    }
+
+    /// One whole block (zeros where the restore point has none). Runs on a
+    /// blocking thread: it waits for S3 through the runtime.
+    fn block(&self, index: i32) -> Result<Arc<Vec<u8>>, String> {
+        let inner = &self.inner;
+        {
+            let cache = inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, data)) = cache.iter().find(|(i, _)| *i == index) {
+                return Ok(data.clone());
+            }
+        }
+        let data = match inner.blocks.get(&index) {
+            None => vec![0u8; BLOCK_SIZE],
+            Some(hash) => self.fetch_chunk(hash)?,
+        };
+        let data = Arc::new(data);
+        let mut cache = inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.push_back((index, data.clone()));
+        while cache.len() > CACHE_CHUNKS {
+            cache.pop_front();
+        }
+        Ok(data)
+    }
+
+    /// A chunk from the repository, decompressed, checked against its
+    /// name and padded to a whole block.
+    fn fetch_chunk(&self, hash: &str) -> Result<Vec<u8>, String> {
+        let inner = &self.inner;
+        let key = inner.location.chunk_key(hash);
+        let packed = inner
+            .runtime
+            .block_on(
+                inner
+                    .aws
+                    .get_object(&inner.location.region, &inner.location.bucket, &key),
+            )
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("chunk {key} is missing from the repository"))?;
+        let mut data = zstd::bulk::decompress(&packed, BLOCK_SIZE)
+            .map_err(|e| format!("chunk {key} is corrupt: {e}"))?;
+        let actual = hex::encode(Sha256::digest(&data));
+        if actual != *hash {
+            return Err(format!(
+                "chunk {key} is corrupt: its data hashes to {actual}"
+            ));
+        }
+        data.resize(BLOCK_SIZE, 0);
+        Ok(data)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct DiskError(String);
+
+impl Ext4Read for RepositoryDisk {
+    fn read(
+        &mut self,
+        start_byte: u64,
+        dst: &mut [u8],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
+        let end = start_byte + dst.len() as u64;
+        if end > self.inner.size {
+            return Err(Box::new(DiskError(format!(
+                "read past the end of the volume ({end} > {})",
+                self.inner.size
+            ))));
+        }
+        let mut done = 0usize;
+        while done < dst.len() {
+            let at = start_byte + done as u64;
+            let index = (at / BLOCK_SIZE as u64) as i32;
+            let offset = (at % BLOCK_SIZE as u64) as usize;
+            let block = self.block(index).map_err(|e| Box::new(DiskError(e)))?;
+            let n = (BLOCK_SIZE - offset).min(dst.len() - done);
+            dst[done..done + n].copy_from_slice(&block[offset..offset + n]);
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+impl Volume for RepositoryDisk {
+    fn open(&self) -> Result<Ext4, String> {
+        Ext4::load(Box::new(self.clone())).map_err(|e| {
+            format!("the restore point's volume is not a readable ext2/3/4 filesystem: {e}")
+        })
+    }
+}
+
+/// Checks, before the session starts, that the volume holds a filesystem.
+pub async fn check_filesystem(disk: &RepositoryDisk) -> Result<(), String> {
+    let disk = disk.clone();
+    tokio::task::spawn_blocking(move || disk.open().map(|_| ()))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+/// An absolute path without `.`/`..` components or a trailing slash: what
+/// a request may name, never above the root.
+pub(super) fn normalize(p: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// `dir`/`name`.
+pub(super) fn join(dir: &str, name: &str) -> String {
+    if dir == "/" {
+        format!("/{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// The last component of `path`, fit for a `Content-Disposition` file
+/// name (`root` for `/`).
+pub(super) fn file_name(path: &str) -> String {
+    let name = path.rsplit('/').next().unwrap_or("download");
+    let name: String = name
+        .chars()
+        .map(|c| if c == '"' || c.is_control() { '_' } else { c })
+        .collect();
+    if name.is_empty() { "root".into() } else { name }
+}
+
+/// A folder's entries without `.` and `..`: folders first, then by name.
+pub(super) fn entries(fs: &Ext4, dir: &str) -> Result<Vec<(String, Metadata)>, String> {
+    let mut out = Vec::new();
+    for entry in fs.read_dir(dir).map_err(|e| e.to_string())? {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let name = entry.file_name().display().to_string();
+        if name == "." || name == ".." {
+            continue;
+        }
+        let meta = entry.metadata().map_err(|e| e.to_string())?;
+        out.push((name, meta));
+    }
+    out.sort_by(|a, b| (!a.1.is_dir(), &a.0).cmp(&(!b.1.is_dir(), &b.0)));
+    Ok(out)
+}
+
+/// Search stops after this many entries or results.
+const SEARCH_SCAN_LIMIT: usize = 200_000;
+const SEARCH_RESULTS: usize = 500;
+
+/// Paths (and whether each is a folder) whose name contains `needle`,
+/// ignoring case, sorted; bounded by the limits above.
+pub(super) fn search(fs: &Ext4, needle: &str) -> Vec<(String, bool)> {
+    let needle = needle.to_lowercase();
+    let mut found = Vec::new();
+    let mut scanned = 0usize;
+    let mut todo = vec!["/".to_string()];
+    while let Some(dir) = todo.pop() {
+        let Ok(list) = entries(fs, &dir) else {
+            continue;
+        };
+        for (name, meta) in list {
+            scanned += 1;
+            let path = join(&dir, &name);
+            if name.to_lowercase().contains(&needle) {
+                found.push((path.clone(), meta.is_dir()));
+            }
+            if meta.is_dir() {
+                todo.push(path);
+            }
+        }
+        if scanned >= SEARCH_SCAN_LIMIT || found.len() >= SEARCH_RESULTS {
+            break;
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Every regular file under the selected paths (a folder stands for all
+/// the files in it), sorted, each once.
+pub(super) fn files_under(fs: &Ext4, selected: &[String]) -> Result<Vec<String>, String> {
+    let mut files: Vec<String> = Vec::new();
+    let mut todo: Vec<String> = selected.to_vec();
+    while let Some(path) = todo.pop() {
+        let meta = fs
+            .metadata(path.as_str())
+            .map_err(|e| format!("{path}: {e}"))?;
+        if meta.is_dir() {
+            let list = entries(fs, &path).map_err(|e| format!("{path}: {e}"))?;
+            todo.extend(list.into_iter().map(|(n, _)| join(&path, &n)));
+        } else if meta.file_type().is_regular_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+#[cfg(test)]
+pub(super) mod testing {
+    //! Real ext4 images for the browser's tests, made by `mkfs.ext4 -d`
+    //! (Debian package e2fsprogs), held in memory.
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+    use std::process::Command;
+
+    use ext4_view::Ext4;
+
+    use super::Volume;
+
+    /// An ext4 image in memory.
+    pub struct Image(pub Vec<u8>);
+
+    impl Volume for Image {
+        fn open(&self) -> Result<Ext4, String> {
+            Ext4::load(Box::new(self.0.clone())).map_err(|e| e.to_string())
+        }
+    }
+
+    /// An image holding `files` (path, contents, mode).
+    pub fn image(files: &[(&str, &[u8], u32)]) -> Image {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("tender-browser-{}-{n}", std::process::id()));
+        let root = dir.join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        for (path, data, mode) in files {
+            let at = root.join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+            std::fs::write(&at, data).unwrap();
+            std::fs::set_permissions(&at, std::fs::Permissions::from_mode(*mode)).unwrap();
+        }
+        let img = dir.join("disk.img");
+        std::fs::File::create(&img)
+            .and_then(|f| f.set_len(4 << 20))
+            .unwrap();
+        let mkfs = ["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("mkfs.ext4");
+        let status = Command::new(mkfs)
+            .args(["-q", "-F", "-b", "4096", "-O", "^has_journal"])
+            .args(["-E", "root_owner=0:0", "-d"])
+            .arg(&root)
+            .arg(&img)
+            .arg("4M")
+            .status()
+            .expect("run mkfs.ext4 (Debian package e2fsprogs)");
+        assert!(status.success(), "mkfs.ext4 failed");
+        let bytes = std::fs::read(&img).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        Image(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::testing::image;
+    use super::*;
+
+    #[test]
+    fn paths_cannot_escape_the_root() {
+        assert_eq!(normalize("/../../etc/./passwd/"), "/etc/passwd");
+        assert_eq!(normalize(""), "/");
+        assert_eq!(join("/", "a"), "/a");
+        assert_eq!(join("/a", "b"), "/a/b");
+        assert_eq!(file_name("/"), "root");
+        assert_eq!(file_name("/a/say \"hi\""), "say _hi_");
+    }
+
+    #[test]
+    fn search_and_selection_walk_the_tree() {
+        let fs = image(&[
+            ("docs/notes/todo.txt", b"x", 0o644),
+            ("docs/report.bin", b"y", 0o644),
+            ("hello.txt", b"hi", 0o644),
+        ])
+        .open()
+        .unwrap();
+        let found = search(&fs, "TODO");
+        assert_eq!(found, vec![("/docs/notes/todo.txt".to_string(), false)]);
+        let files = files_under(&fs, &["/docs".into(), "/docs/report.bin".into()]).unwrap();
+        assert_eq!(files, vec!["/docs/notes/todo.txt", "/docs/report.bin"]);
+        assert!(files_under(&fs, &["/nope".into()]).is_err());
+    }
+}

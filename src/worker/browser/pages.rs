@@ -1,0 +1,255 @@
+//! The pages people see: HTML from the templates in `templates/browser/`
+//! (askama; every value is HTML-escaped unless a template says otherwise,
+//! and none does), and plain-text answers.
+
+use askama::Template;
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{Html, IntoResponse, Response};
+use ext4_view::Metadata;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+use super::disk::{join, normalize};
+use crate::mover::manifest::RepositoryLocation;
+
+/// What stays as it is in a path inside a link; everything else is
+/// percent-encoded.
+const PATH_IN_LINK: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'/')
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// `path` as it goes into a link.
+pub(super) fn link_path(path: &str) -> String {
+    utf8_percent_encode(path, PATH_IN_LINK).to_string()
+}
+
+/// A plain-text answer (errors, refusals).
+pub(super) fn text(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        [(CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{message}\n"),
+    )
+        .into_response()
+}
+
+/// What went wrong, as a plain-text answer with its status.
+#[derive(Debug)]
+pub(super) struct Problem {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl Problem {
+    pub(super) fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        text(self.status, &self.message)
+    }
+}
+
+fn html(page: &impl Template) -> Response {
+    match page.render() {
+        Ok(page) => Html(page).into_response(),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("could not render the page: {e}"),
+        ),
+    }
+}
+
+/// A folder's entry as its row shows it.
+struct Row {
+    name: String,
+    path: String,
+    href: String,
+    kind: &'static str,
+    is_dir: bool,
+    size: String,
+}
+
+#[derive(Template)]
+#[template(path = "browser/browse.html")]
+struct BrowsePage<'a> {
+    title: String,
+    up: Option<String>,
+    archive: String,
+    restore_to: Option<&'a RepositoryLocation>,
+    entries: Vec<Row>,
+}
+
+/// A folder: its entries, links to go up and to download it, and, when
+/// the job allows restores, a checkbox per entry.
+pub(super) fn browse(
+    dir: &str,
+    list: &[(String, Metadata)],
+    restore_to: Option<&RepositoryLocation>,
+) -> Response {
+    let entries = list
+        .iter()
+        .map(|(name, meta)| {
+            let path = join(dir, name);
+            let is_dir = meta.is_dir();
+            Row {
+                href: format!(
+                    "/{}{}",
+                    if is_dir { "browse" } else { "file" },
+                    link_path(&path)
+                ),
+                name: name.clone(),
+                path,
+                kind: if is_dir { "dir" } else { "file" },
+                is_dir,
+                size: if is_dir {
+                    String::new()
+                } else {
+                    format!("{} bytes", meta.len())
+                },
+            }
+        })
+        .collect();
+    html(&BrowsePage {
+        title: format!("Restore point: {dir}"),
+        up: (dir != "/").then(|| link_path(&normalize(&format!("{dir}/..")))),
+        archive: link_path(dir),
+        restore_to,
+        entries,
+    })
+}
+
+/// A search result.
+struct Found {
+    path: String,
+    href: String,
+}
+
+#[derive(Template)]
+#[template(path = "browser/search.html")]
+struct SearchPage<'a> {
+    title: String,
+    query: &'a str,
+    results: Vec<Found>,
+}
+
+/// What a search found: (path, whether it is a folder).
+pub(super) fn search(query: &str, found: Vec<(String, bool)>) -> Response {
+    let results = found
+        .into_iter()
+        .map(|(path, is_dir)| Found {
+            href: format!(
+                "/{}{}",
+                if is_dir { "browse" } else { "file" },
+                link_path(&path)
+            ),
+            path,
+        })
+        .collect();
+    html(&SearchPage {
+        title: format!("Search: {query}"),
+        query,
+        results,
+    })
+}
+
+#[derive(Template)]
+#[template(path = "browser/restored.html")]
+struct RestoredPage<'a> {
+    title: &'a str,
+    restored: &'a [String],
+}
+
+/// The objects "Restore selected" wrote (`s3://bucket/key`).
+pub(super) fn restored(restored: &[String]) -> Response {
+    html(&RestoredPage {
+        title: "Restored",
+        restored,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::super::disk::testing::image;
+    use super::super::disk::{Volume, entries};
+    use super::*;
+
+    async fn body(response: Response) -> String {
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn links_are_percent_encoded() {
+        assert_eq!(link_path("/a b/ü"), "/a%20b/%C3%BC");
+        assert_eq!(link_path("/x-y_z.~/\"<q>&"), "/x-y_z.~/%22%3Cq%3E%26");
+    }
+
+    #[tokio::test]
+    async fn a_folder_page_has_the_links_people_and_tests_follow() {
+        let fs = image(&[
+            ("docs/notes/todo.txt", b"x", 0o644),
+            ("docs/report.bin", b"abc", 0o644),
+            ("docs/<b>&\"odd\".txt", b"", 0o644),
+        ])
+        .open()
+        .unwrap();
+        let list = entries(&fs, "/docs").unwrap();
+        let target = RepositoryLocation::new("bucket", "restored/", "us-east-1");
+        let page = body(browse("/docs", &list, Some(&target))).await;
+        for expected in [
+            "<title>Restore point: /docs</title>",
+            "<a class=\"up\" href=\"/browse/\">",
+            "<a class=\"archive\" href=\"/archive/docs\">",
+            "<form method=\"post\" action=\"/restore\"><p><button type=\"submit\">Restore selected to s3://bucket/restored/</button>",
+            "<tr class=\"dir\"><td><input type=\"checkbox\" name=\"path\" value=\"/docs/notes\"></td><td><a href=\"/browse/docs/notes\">notes/</a></td><td></td></tr>",
+            "<a href=\"/file/docs/report.bin\">report.bin</a></td><td>3 bytes</td>",
+            // Names are escaped in text and attributes, encoded in links.
+            "value=\"/docs/&#60;b&#62;&#38;&#34;odd&#34;.txt\"",
+            "href=\"/file/docs/%3Cb%3E%26%22odd%22.txt\">&#60;b&#62;&#38;&#34;odd&#34;.txt</a>",
+            "</table></form>",
+        ] {
+            assert!(page.contains(expected), "{expected} not in {page}");
+        }
+        let page = body(browse("/", &entries(&fs, "/").unwrap(), None)).await;
+        assert!(!page.contains("class=\"up\""), "{page}");
+        assert!(!page.contains("<form method=\"post\""), "{page}");
+        assert!(!page.contains("checkbox"), "{page}");
+    }
+
+    #[tokio::test]
+    async fn search_and_restore_pages_escape_what_people_typed() {
+        let page = body(search(
+            "<script>",
+            vec![("/a/<script>.txt".into(), false), ("/d".into(), true)],
+        ))
+        .await;
+        assert!(!page.contains("<script>"), "{page}");
+        assert!(
+            page.contains("2 match(es) for “&#60;script&#62;”"),
+            "{page}"
+        );
+        assert!(
+            page.contains("<li><a href=\"/browse/d\">/d</a></li>"),
+            "{page}"
+        );
+        let page = body(restored(&["s3://b/restored/docs/notes/todo.txt".into()])).await;
+        assert!(page.contains("1 file(s) restored"), "{page}");
+        assert!(
+            page.contains("<li>s3://b/restored/docs/notes/todo.txt</li>"),
+            "{page}"
+        );
+    }
+}
