@@ -36,8 +36,7 @@ pub const MEDIUM_BACKUP_LIMIT_GIB: i64 = 16 * 1024;
 /// restarted controller finds what it launched.
 pub fn launch_token(job_uid: &str, resource: &str, attempt: i32) -> String {
     let digest = Sha256::digest(format!("{job_uid}/{resource}/{attempt}").as_bytes());
-    let hex: String = digest.iter().take(20).map(|b| format!("{b:02x}")).collect();
-    format!("tender-{hex}")
+    format!("tender-{}", hex::encode(&digest[..20]))
 }
 
 /// A subnet a worker may go to, and why.
@@ -286,7 +285,7 @@ pub fn worker_tags(
 /// namespace and name, within SQS's 80 characters of `[A-Za-z0-9_-]`.
 pub fn queue_name(cluster_id: &str, namespace: &str, configuration: &str) -> String {
     let digest = Sha256::digest(format!("{cluster_id}/{namespace}/{configuration}").as_bytes());
-    let hash: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    let hash = hex::encode(&digest[..6]);
     let readable: String = format!("{namespace}-{configuration}")
         .chars()
         .map(|c| {

@@ -991,9 +991,6 @@ fn aws_sdk_is_used_only_in_src_aws() {
             continue;
         }
         let code = code_only(&std::fs::read_to_string(&path).unwrap());
-        // The instance metadata service is no AWS API: IAM does not govern
-        // it, so the worker may ask it for its address directly.
-        let code = code.replace("aws_config::imds::", "");
         for sdk in [
             "aws_sdk_",
             "aws_config",

@@ -8,6 +8,7 @@ pub mod batch;
 pub mod ebs;
 pub mod instance_cache;
 pub mod instances;
+pub mod metadata;
 pub mod network;
 pub mod queues;
 pub mod repository;

@@ -132,12 +132,7 @@ pub struct BackupRequest<'a> {
 }
 
 fn sha256_hex(data: &[u8]) -> String {
-    let digest = Sha256::digest(data);
-    let mut out = String::with_capacity(64);
-    for b in digest {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    hex::encode(Sha256::digest(data))
 }
 
 /// Hash and compress a block off the async threads.

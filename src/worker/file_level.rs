@@ -3,15 +3,12 @@
 
 use std::time::Duration;
 
-use tracing::{debug, warn};
+use tracing::warn;
 
 use super::{Done, Failure, Reporter, browser, failure, mover_failure};
 use crate::aws::AwsClients;
 use crate::messages::{SessionInfo, WorkerEvent, WorkerTask};
 use crate::mover::{self, manifest::Manifest, manifest::VolumeImage};
-
-/// How long the worker asks the instance metadata service for its address.
-const IMDS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the file-level recovery browser over a restore point's volume
 /// until the session has been idle for its timeout.
@@ -43,7 +40,7 @@ pub(super) async fn serve(
         .unwrap_or_else(|_| format!("0.0.0.0:{}", session.port));
     let host = match std::env::var("TENDER_ADVERTISE_HOST") {
         Ok(h) => h,
-        Err(_) => imds_address(&aws_config::imds::Client::builder().build())
+        Err(_) => crate::aws::metadata::instance_address(None)
             .await
             .ok_or_else(|| {
                 failure(
@@ -112,78 +109,5 @@ async fn report_session(reporter: &Reporter, id: &str, s: browser::Session) {
     };
     if let Err(e) = reporter.send(event).await {
         warn!(error = %e, "could not report the session");
-    }
-}
-
-/// This instance's public address, else its private one, from IMDSv2
-/// (`AWS_EC2_METADATA_SERVICE_ENDPOINT` points it elsewhere).
-async fn imds_address(imds: &aws_config::imds::Client) -> Option<String> {
-    let lookup = async {
-        for path in [
-            "/latest/meta-data/public-ipv4",
-            "/latest/meta-data/local-ipv4",
-        ] {
-            match imds.get(path).await {
-                Ok(ip) if !ip.as_ref().trim().is_empty() => {
-                    return Some(ip.as_ref().trim().to_string());
-                }
-                Ok(_) => {}
-                // No public address is a 404: try the private one.
-                Err(e) => debug!(path, error = %e, "no answer from the instance metadata service"),
-            }
-        }
-        None
-    };
-    tokio::time::timeout(IMDS_TIMEOUT, lookup)
-        .await
-        .ok()
-        .flatten()
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use axum::http::{HeaderMap, StatusCode};
-    use axum::routing::{get, put};
-
-    use super::*;
-
-    /// An instance metadata service with no public address: IMDSv2's token
-    /// first, then the private address.
-    #[tokio::test]
-    async fn the_address_comes_from_imdsv2_and_falls_back_to_the_private_one() {
-        let app = axum::Router::new()
-            .route(
-                "/latest/api/token",
-                put(|| async {
-                    (
-                        [("x-aws-ec2-metadata-token-ttl-seconds", "300")],
-                        "session-token",
-                    )
-                }),
-            )
-            .route(
-                "/latest/meta-data/public-ipv4",
-                get(|| async { StatusCode::NOT_FOUND }),
-            )
-            .route(
-                "/latest/meta-data/local-ipv4",
-                get(|headers: HeaderMap| async move {
-                    match headers.get("x-aws-ec2-metadata-token") {
-                        Some(t) if t == "session-token" => (StatusCode::OK, "10.0.0.5"),
-                        _ => (StatusCode::UNAUTHORIZED, ""),
-                    }
-                }),
-            );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let server = tokio::spawn(crate::telemetry::serve_router(listener, app));
-        let imds = aws_config::imds::Client::builder()
-            .endpoint(format!("http://127.0.0.1:{port}"))
-            .unwrap()
-            .build();
-        assert_eq!(imds_address(&imds).await.as_deref(), Some("10.0.0.5"));
-        server.abort();
     }
 }
