@@ -1240,15 +1240,18 @@ fn the_controller_runs_with_nothing_but_the_charts_permissions() {
     });
     assert_eq!(http_status(port, "/healthz"), Some(200));
     assert_eq!(http_status(port, "/metrics"), Some(200));
+    // A standby replica is ready too, so the Lease may come a moment after
+    // /readyz does.
     let lease_holder = || {
-        let lease: Value = serde_json::from_str(&run_ok(
+        let out = run(
             kubectl().args(["get", "lease", LEASE, "-n", &ns, "-o", "json"]),
             None,
-        ))
-        .unwrap();
+        );
+        let lease: Value = serde_json::from_str(&out.stdout).ok()?;
         lease["spec"]["holderIdentity"].as_str().map(str::to_string)
     };
-    assert_eq!(lease_holder(), Some(pod_name.clone()));
+    let holder = eventually("the Lease is held", 30, &log, lease_holder);
+    assert_eq!(holder, pod_name);
 
     // A WorkerConfiguration, reconciled end to end: finalizer, SQS queue,
     // status, Event.

@@ -18,6 +18,7 @@ pub mod job;
 pub mod leader;
 pub mod reports;
 pub mod restore_job;
+mod wake;
 pub mod worker_configuration;
 mod worker_count;
 
@@ -392,35 +393,22 @@ async fn run_leader(
     let config_controller =
         Controller::for_stream(config_stream, config_writer_store.clone()).shutdown_on_signal();
 
-    let reporter = Reporter {
-        controller: CONTROLLER_NAME.into(),
-        instance: std::env::var("POD_NAME").ok(),
-    };
-    let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
-        client: client.clone(),
-        instances: InstanceCache::new(cluster_id.clone()),
-        metrics: aws.metrics(),
+    let ctx = Arc::new(Context::new(
+        client,
         aws,
         cluster_id,
-        configurations: config_writer_store,
-        jobs: job_store,
-        restores: restore_store,
-        reports: Arc::new(ReportStore::default()),
-        pumps: QueuePumps::new(reports::Triggers {
+        Stores {
+            configurations: config_writer_store,
+            jobs: job_store,
+            restores: restore_store,
+        },
+        reports::Triggers {
             backups: trigger_tx,
             restores: restore_tx,
-        }),
-        heartbeat_seconds: opts.heartbeat_seconds,
-        network_recheck: opts.network_recheck,
-        namespace: opts.namespace.clone(),
-        started_at: Timestamp::now(),
-        failures: Mutex::default(),
-        written_backups: Written::default(),
-        written_restores: Written::default(),
+        },
         workers,
-        launch_locks: Mutex::default(),
-    });
+        &opts,
+    ));
 
     let sweeper = tokio::spawn(garbage_collector::run(ctx.clone(), opts.sweep));
     let counter = tokio::spawn(worker_count::run(ctx.clone()));
@@ -442,6 +430,52 @@ async fn run_leader(
     ctx.pumps.stop_all();
     info!("tender controller stopped");
     outcome
+}
+
+/// The stores of the three watched kinds.
+struct Stores {
+    configurations: Store<WorkerConfiguration>,
+    jobs: Store<BackupJob>,
+    restores: Store<RestoreJob>,
+}
+
+impl Context {
+    fn new(
+        client: Client,
+        aws: AwsClients,
+        cluster_id: String,
+        stores: Stores,
+        triggers: reports::Triggers,
+        workers: Arc<WorkerIndex>,
+        opts: &Options,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: CONTROLLER_NAME.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            instances: InstanceCache::new(cluster_id.clone()),
+            metrics: aws.metrics(),
+            aws,
+            cluster_id,
+            configurations: stores.configurations,
+            jobs: stores.jobs,
+            restores: stores.restores,
+            reports: Arc::new(ReportStore::default()),
+            pumps: QueuePumps::new(triggers),
+            heartbeat_seconds: opts.heartbeat_seconds,
+            network_recheck: opts.network_recheck,
+            namespace: opts.namespace.clone(),
+            started_at: Timestamp::now(),
+            failures: Mutex::default(),
+            written_backups: Written::default(),
+            written_restores: Written::default(),
+            workers,
+            launch_locks: Mutex::default(),
+        }
+    }
 }
 
 /// The controller of one job kind: its watch feeds the worker index and
@@ -471,7 +505,7 @@ fn job_controller<K: job::kind::WorkerJob>(
         })
         .touched_objects();
     let waiting = store.clone();
-    let changes = ConfigChanges::default();
+    let changes = wake::ConfigChanges::default();
     let controller = Controller::for_stream(stream, store.clone())
         .watches(
             configs.clone(),
@@ -541,97 +575,6 @@ async fn stop_requested() {
     }
 }
 
-/// Which jobs a configuration's change wakes. Its `activeWorkers` changes
-/// with every worker that starts or ends, and no job but those queued for a
-/// launch slot reads it: waking every unfinished job of the namespace for
-/// it would cost a reconcile per job per change (with a thousand jobs
-/// running, a thousand reconciles each time a worker ends). So: every
-/// unfinished job when anything else changed (spec, deletion, finalizers,
-/// status) or when the configuration is first seen; the queued ones when
-/// the worker count dropped under a `maxConcurrentWorkers` limit; none
-/// otherwise.
-#[derive(Default)]
-struct ConfigChanges {
-    /// Per configuration UID: the fingerprint of what jobs read, and the
-    /// active worker count, as last seen.
-    seen: Mutex<HashMap<String, (u64, i32)>>,
-}
-
-impl ConfigChanges {
-    fn wake<K: job::kind::WorkerJob>(
-        &self,
-        store: &Store<K>,
-        cfg: &WorkerConfiguration,
-    ) -> Vec<ObjectRef<K>> {
-        let active = cfg.status.as_ref().map_or(0, |s| s.active_workers);
-        let fingerprint = config_fingerprint(cfg);
-        let previous = self
-            .seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(cfg.uid().unwrap_or_default(), (fingerprint, active));
-        match previous {
-            Some((before, _)) if before != fingerprint => unfinished_in(store, cfg),
-            None => unfinished_in(store, cfg),
-            Some((_, before)) if active < before && cfg.spec.max_concurrent_workers.is_some() => {
-                queued_in(store, cfg)
-            }
-            Some(_) => Vec::new(),
-        }
-    }
-}
-
-/// A hash of what jobs read of a configuration: all of it but the active
-/// worker count.
-fn config_fingerprint(cfg: &WorkerConfiguration) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut status = cfg.status.clone();
-    if let Some(s) = status.as_mut() {
-        s.active_workers = 0;
-    }
-    let mut hasher = std::hash::DefaultHasher::new();
-    serde_json::to_string(&(
-        &cfg.metadata.generation,
-        &cfg.metadata.deletion_timestamp,
-        &cfg.metadata.finalizers,
-        &status,
-    ))
-    .unwrap_or_default()
-    .hash(&mut hasher);
-    hasher.finish()
-}
-
-/// The jobs of a configuration's namespace waiting for a launch slot.
-fn queued_in<K: job::kind::WorkerJob>(
-    store: &Store<K>,
-    cfg: &WorkerConfiguration,
-) -> Vec<ObjectRef<K>> {
-    let ns = cfg.namespace();
-    store
-        .state()
-        .into_iter()
-        .filter(|j| j.namespace() == ns)
-        .filter(|j| j.job_status().is_some_and(|s| s.queue_position.is_some()))
-        .map(|j| ObjectRef::from_obj(&*j))
-        .collect()
-}
-
-/// The unfinished jobs of a configuration's namespace (one may be waiting
-/// for it).
-fn unfinished_in<K: job::kind::WorkerJob>(
-    store: &Store<K>,
-    cfg: &WorkerConfiguration,
-) -> Vec<ObjectRef<K>> {
-    let ns = cfg.namespace();
-    store
-        .state()
-        .into_iter()
-        .filter(|j| j.namespace() == ns)
-        .filter(|j| !j.job_status().is_some_and(|s| s.phase.is_finished()))
-        .map(|j| ObjectRef::from_obj(&*j))
-        .collect()
-}
-
 /// How long in-flight reconciles may run after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -642,54 +585,7 @@ pub mod anyhow_like {
 
 #[cfg(test)]
 mod tests {
-    use kube::runtime::reflector;
-
     use super::*;
-
-    fn config(active: i32, max: Option<i32>, ready: &str) -> WorkerConfiguration {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "tender.dev/v1alpha1", "kind": "WorkerConfiguration",
-            "metadata": {"name": "workers", "namespace": "ns", "uid": "cfg-1", "generation": 1},
-            "spec": {"region": "us-east-1", "imageId": "ami-0123456789abcdef0", "maxConcurrentWorkers": max},
-            "status": {
-                "activeWorkers": active,
-                "conditions": [{"type": "Ready", "status": ready, "reason": "R", "message": "",
-                                "lastTransitionTime": "2026-01-01T00:00:00Z"}],
-            },
-        }))
-        .expect("a configuration")
-    }
-
-    /// Jobs `running` (no queue position) and `queued` (position 1), both
-    /// unfinished, and `done` (Succeeded).
-    fn jobs() -> Store<BackupJob> {
-        let (reader, mut writer) = reflector::store::<BackupJob>();
-        for (name, status) in [
-            ("running", serde_json::json!({"phase": "Running"})),
-            (
-                "queued",
-                serde_json::json!({"phase": "Provisioning", "queuePosition": 1}),
-            ),
-            ("done", serde_json::json!({"phase": "Succeeded"})),
-        ] {
-            let job: BackupJob = serde_json::from_value(serde_json::json!({
-                "apiVersion": "tender.dev/v1alpha1", "kind": "BackupJob",
-                "metadata": {"name": name, "namespace": "ns", "uid": name},
-                "spec": {"resources": [{"instanceId": "i-0123456789abcdef0", "region": "us-east-1"}],
-                         "repository": {"bucket": "backups"}},
-                "status": status,
-            }))
-            .expect("a job");
-            writer.apply_watcher_event(&watcher::Event::Apply(job));
-        }
-        reader
-    }
-
-    fn names(refs: Vec<ObjectRef<BackupJob>>) -> Vec<String> {
-        let mut names: Vec<String> = refs.into_iter().map(|r| r.name).collect();
-        names.sort();
-        names
-    }
 
     #[test]
     fn a_failure_inside_the_finalizer_keeps_its_category() {
@@ -701,32 +597,5 @@ mod tests {
         assert_eq!(e.category(), "AwsUnreachable");
         let patch = Error::from(kube::runtime::finalizer::Error::<Error>::UnnamedObject);
         assert_eq!(patch.category(), "FinalizerError");
-    }
-
-    #[test]
-    fn a_configuration_wakes_only_the_jobs_its_change_concerns() {
-        let store = jobs();
-        let changes = ConfigChanges::default();
-        // First sight (a controller start): every unfinished job.
-        assert_eq!(
-            names(changes.wake(&store, &config(3, Some(3), "True"))),
-            ["queued", "running"]
-        );
-        // Only the worker count went up: nobody.
-        assert!(changes.wake(&store, &config(4, Some(3), "True")).is_empty());
-        // It went down under a limit: the jobs waiting for a slot.
-        assert_eq!(
-            names(changes.wake(&store, &config(2, Some(3), "True"))),
-            ["queued"]
-        );
-        // Anything else changed (here Ready): every unfinished job.
-        assert_eq!(
-            names(changes.wake(&store, &config(2, Some(3), "False"))),
-            ["queued", "running"]
-        );
-        // Without a limit a falling count wakes nobody.
-        let unlimited = ConfigChanges::default();
-        unlimited.wake(&store, &config(5, None, "True"));
-        assert!(unlimited.wake(&store, &config(1, None, "True")).is_empty());
     }
 }

@@ -284,54 +284,11 @@ async fn restore_instances(
         let (Some(instance_type), Some(subnet)) =
             (job.spec.instance_type.as_deref(), w.subnet_id.clone())
         else {
-            mark_failed(
-                w,
-                "InstanceRestoreFailed",
-                "no instanceType or subnet for the restored instance",
-                now,
-            );
+            let message = "no instanceType or subnet for the restored instance";
+            mark_failed(w, "InstanceRestoreFailed", message, now);
             continue;
         };
-        let aws = ctx.aws.scoped(&job_access(job, w.access.as_ref())).await;
-        let snapshots: Vec<(String, String)> = w
-            .restored_snapshots
-            .iter()
-            .map(|s| (s.device.clone(), s.snapshot_id.clone()))
-            .collect();
-        let uid = job.uid().unwrap_or_default();
-        let outcome = async {
-            let image = match &w.restored_image_id {
-                Some(image) => image.clone(),
-                None => {
-                    let name = format!(
-                        "tender-restore-{}-{}",
-                        job.name_any(),
-                        &uid[..uid.len().min(8)]
-                    );
-                    let description = format!("Tender restore of {}", w.resource);
-                    aws.register_restored_image(&w.region, &name, &description, &snapshots)
-                        .await?
-                }
-            };
-            w.restored_image_id = Some(image.clone());
-            let groups = job.spec.security_group_ids.clone().unwrap_or_default();
-            let tags = restored_tags(job, w);
-            let token = format!("{}-restored", w.launch_token);
-            let instance = aws
-                .launch_restored_instance(&crate::aws::instances::RestoredInstanceLaunch {
-                    region: &w.region,
-                    image_id: &image,
-                    instance_type,
-                    subnet_id: &subnet,
-                    security_group_ids: &groups,
-                    tags: &tags,
-                    client_token: &token,
-                })
-                .await?;
-            Ok::<(String, String), crate::aws::AwsError>((image, instance))
-        }
-        .await;
-        match outcome {
+        match launch_restored(job, w, instance_type, &subnet, ctx).await {
             Ok((image, instance)) => {
                 let note = format!(
                     "restored {} as instance {instance} ({instance_type}, {subnet}) from image {image}",
@@ -348,23 +305,70 @@ async fn restore_instances(
                 w.message = Some(note);
                 w.restored_instance_id = Some(instance);
             }
-            Err(e) if e.is_transient() => {
-                return Err(e.into());
-            }
+            Err(e) if e.is_transient() => return Err(e.into()),
             Err(e) => {
+                let kept: Vec<String> = w
+                    .restored_snapshots
+                    .iter()
+                    .map(|s| format!("{} {}", s.device, s.snapshot_id))
+                    .collect();
                 let message = format!(
                     "{e}; the restored snapshots are kept ({}): fix the cause and create a new RestoreJob",
-                    snapshots
-                        .iter()
-                        .map(|(d, s)| format!("{d} {s}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    kept.join(", ")
                 );
                 mark_failed(w, "InstanceRestoreFailed", &message, now);
             }
         }
     }
     Ok(())
+}
+
+/// Registers an AMI from the worker's restored snapshots (adopting one an
+/// earlier try registered) and launches the restored instance from it, in
+/// the worker's account and subnet: `(image, instance)`.
+async fn launch_restored(
+    job: &RestoreJob,
+    w: &mut RestoreWorkerStatus,
+    instance_type: &str,
+    subnet: &str,
+    ctx: &Context,
+) -> Result<(String, String), crate::aws::AwsError> {
+    let aws = ctx.aws.scoped(&job_access(job, w.access.as_ref())).await;
+    let snapshots: Vec<(String, String)> = w
+        .restored_snapshots
+        .iter()
+        .map(|s| (s.device.clone(), s.snapshot_id.clone()))
+        .collect();
+    let image = match &w.restored_image_id {
+        Some(image) => image.clone(),
+        None => {
+            let uid = job.uid().unwrap_or_default();
+            let name = format!(
+                "tender-restore-{}-{}",
+                job.name_any(),
+                &uid[..uid.len().min(8)]
+            );
+            let description = format!("Tender restore of {}", w.resource);
+            aws.register_restored_image(&w.region, &name, &description, &snapshots)
+                .await?
+        }
+    };
+    w.restored_image_id = Some(image.clone());
+    let groups = job.spec.security_group_ids.clone().unwrap_or_default();
+    let tags = restored_tags(job, w);
+    let token = format!("{}-restored", w.launch_token);
+    let instance = aws
+        .launch_restored_instance(&crate::aws::instances::RestoredInstanceLaunch {
+            region: &w.region,
+            image_id: &image,
+            instance_type,
+            subnet_id: subnet,
+            security_group_ids: &groups,
+            tags: &tags,
+            client_token: &token,
+        })
+        .await?;
+    Ok((image, instance))
 }
 
 /// The Secret with a file-level recovery session's token (created once per

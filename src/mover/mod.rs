@@ -15,7 +15,7 @@ pub mod manifest;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
@@ -210,31 +210,114 @@ pub async fn backup(
     progress: &Progress,
 ) -> Result<Manifest, MoverError> {
     let id = manifest::restore_point_id(request.job_name, request.resource);
+    check_not_taken(&request, &id).await?;
+    let parent = latest(
+        request.repository,
+        request.location,
+        request.region,
+        request.lineage,
+    )
+    .await?;
+    // Plan every volume first, so the total is known before the first read.
+    let plans = plan_volumes(&request, parent.as_ref()).await?;
+    let total: u64 = plans
+        .iter()
+        .flat_map(|p| p.blocks.iter())
+        .map(|s| match s {
+            BlockSource::Read { .. } => BLOCK_SIZE as u64,
+            BlockSource::Reuse(b) => u64::from(b.length),
+        })
+        .sum();
+    progress.total.store(total, Ordering::Relaxed);
+
+    let copy = BlockCopy {
+        request: &request,
+        progress,
+        known: Mutex::new(
+            parent
+                .iter()
+                .flat_map(|p| p.volumes.iter())
+                .flat_map(|v| v.blocks.iter().map(|b| b.chunk.clone()))
+                .collect(),
+        ),
+        stats: Mutex::new(BackupStats::default()),
+    };
+    let mut volumes = Vec::new();
+    for plan in plans {
+        let snapshot_id = plan.volume.snapshot_id.as_str();
+        let blocks: Vec<Option<BlockRef>> = futures::stream::iter(plan.blocks)
+            .map(|source| copy.block(snapshot_id, source))
+            .buffer_unordered(CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut blocks: Vec<BlockRef> = blocks.into_iter().flatten().collect();
+        blocks.sort_by_key(|b| b.index);
+        volumes.push(VolumeImage {
+            device: plan.volume.device.clone(),
+            volume_id: plan.volume.volume_id.clone(),
+            snapshot_id: plan.volume.snapshot_id.clone(),
+            size_gib: plan.size_gib,
+            block_size: BLOCK_SIZE as u32,
+            blocks,
+        });
+    }
+    let mut stats = lock(&copy.stats).clone();
+    stats.bytes_total = volumes.iter().map(VolumeImage::bytes).sum();
+    let manifest = Manifest {
+        version: manifest::MANIFEST_VERSION,
+        id: id.clone(),
+        resource: request.resource.to_string(),
+        region: request.region.to_string(),
+        job_name: request.job_name.to_string(),
+        job_uid: request.job_uid.to_string(),
+        created_at: k8s_openapi::jiff::Timestamp::now().to_string(),
+        parent: parent.map(|p| p.id),
+        volumes,
+        stats,
+    };
+    write_manifest(&request, &manifest).await?;
+    Ok(manifest)
+}
+
+/// A retried attempt of the same job overwrites its own restore point;
+/// another job's is never overwritten.
+async fn check_not_taken(request: &BackupRequest<'_>, id: &str) -> Result<(), MoverError> {
     let loc = request.location;
-    let repo = request.repository;
-    // A retried attempt of the same job overwrites its own restore point;
-    // another job's is never overwritten.
-    if let Some(text) = repo
-        .get_object(&loc.region, &loc.bucket, &loc.manifest_key(&id))
+    if let Some(text) = request
+        .repository
+        .get_object(&loc.region, &loc.bucket, &loc.manifest_key(id))
         .await?
         && let Ok(existing) = manifest::parse_manifest(&text)
         && existing.job_uid != request.job_uid
     {
         return Err(MoverError::RestorePointExists {
-            id,
+            id: id.to_string(),
             other_uid: existing.job_uid,
         });
     }
-    let parent = latest(repo, loc, request.region, request.lineage).await?;
+    Ok(())
+}
 
-    // Plan every volume first, so the total is known before the first read.
+/// One volume's plan: which blocks to read, which to reuse.
+struct VolumePlan {
+    volume: SourceVolume,
+    size_gib: i64,
+    blocks: Vec<BlockSource>,
+}
+
+/// Lists each volume's blocks and, against the parent's image of the same
+/// volume, what changed since.
+async fn plan_volumes(
+    request: &BackupRequest<'_>,
+    parent: Option<&Manifest>,
+) -> Result<Vec<VolumePlan>, MoverError> {
     let mut plans = Vec::new();
     for volume in request.volumes {
         let listing = request
             .source
             .list_snapshot_blocks(request.region, &volume.snapshot_id)
             .await?;
-        let parent_image = parent.as_ref().and_then(|p| {
+        let parent_image = parent.and_then(|p| {
             p.volumes.iter().find(|v| {
                 (v.device.is_some() && v.device == volume.device)
                     || (v.volume_id.is_some() && v.volume_id == volume.volume_id)
@@ -260,144 +343,120 @@ pub async fn backup(
             Some(_) => Some(Vec::new()),
             None => None,
         };
-        let plan = manifest::plan_blocks(&listing, parent_image, changed.as_deref());
-        plans.push((volume.clone(), listing.volume_size_gib, plan));
-    }
-    let total: u64 = plans
-        .iter()
-        .flat_map(|(_, _, plan)| plan.iter())
-        .map(|s| match s {
-            BlockSource::Read { .. } => BLOCK_SIZE as u64,
-            BlockSource::Reuse(b) => u64::from(b.length),
-        })
-        .sum();
-    progress.total.store(total, Ordering::Relaxed);
-
-    // Chunks known to be stored: the parent's, then each one uploaded or
-    // found. A chunk being uploaded is claimed, so it is uploaded once.
-    let known: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(
-        parent
-            .iter()
-            .flat_map(|p| p.volumes.iter())
-            .flat_map(|v| v.blocks.iter().map(|b| b.chunk.clone()))
-            .collect(),
-    ));
-    let stats = Arc::new(Mutex::new(BackupStats::default()));
-    let mut volumes = Vec::new();
-    for (volume, size_gib, plan) in plans {
-        let blocks: Vec<Option<BlockRef>> = futures::stream::iter(plan)
-            .map(|source| {
-                let known = known.clone();
-                let stats = stats.clone();
-                let snapshot_id = volume.snapshot_id.clone();
-                async move {
-                    let (index, token) = match source {
-                        BlockSource::Reuse(block) => {
-                            progress
-                                .done
-                                .fetch_add(u64::from(block.length), Ordering::Relaxed);
-                            lock(&stats).blocks_reused += 1;
-                            return Ok(Some(block));
-                        }
-                        BlockSource::Read { index, token } => (index, token),
-                    };
-                    let data = request
-                        .source
-                        .get_snapshot_block(request.region, &snapshot_id, index, &token)
-                        .await?;
-                    if data.len() > BLOCK_SIZE {
-                        return Err(MoverError::OversizedBlock {
-                            snapshot_id,
-                            index,
-                            length: data.len(),
-                        });
-                    }
-                    let length = data.len() as u32;
-                    let (hash, packed, zero) = seal(data).await?;
-                    lock(&stats).blocks_read += 1;
-                    progress
-                        .done
-                        .fetch_add(BLOCK_SIZE as u64, Ordering::Relaxed);
-                    if zero {
-                        lock(&stats).zero_blocks += 1;
-                        return Ok(None);
-                    }
-                    let claimed = lock(&known).insert(hash.clone());
-                    if claimed {
-                        let key = loc.chunk_key(&hash);
-                        if repo.object_exists(&loc.region, &loc.bucket, &key).await? {
-                            lock(&stats).chunks_deduplicated += 1;
-                        } else {
-                            let size = packed.len() as u64;
-                            let put = repo
-                                .put_object(
-                                    &loc.region,
-                                    &loc.bucket,
-                                    &key,
-                                    packed,
-                                    "application/zstd",
-                                )
-                                .await;
-                            if let Err(e) = put {
-                                // Let a later block (or attempt) upload it.
-                                lock(&known).remove(&hash);
-                                return Err(e.into());
-                            }
-                            let mut s = lock(&stats);
-                            s.chunks_uploaded += 1;
-                            s.bytes_uploaded += size;
-                        }
-                    } else {
-                        lock(&stats).chunks_deduplicated += 1;
-                    }
-                    Ok(Some(BlockRef {
-                        index,
-                        chunk: hash,
-                        length,
-                    }))
-                }
-            })
-            .buffer_unordered(CONCURRENCY)
-            .try_collect()
-            .await?;
-        let mut blocks: Vec<BlockRef> = blocks.into_iter().flatten().collect();
-        blocks.sort_by_key(|b| b.index);
-        volumes.push(VolumeImage {
-            device: volume.device.clone(),
-            volume_id: volume.volume_id.clone(),
-            snapshot_id: volume.snapshot_id.clone(),
-            size_gib,
-            block_size: BLOCK_SIZE as u32,
-            blocks,
+        plans.push(VolumePlan {
+            volume: volume.clone(),
+            size_gib: listing.volume_size_gib,
+            blocks: manifest::plan_blocks(&listing, parent_image, changed.as_deref()),
         });
     }
-    let mut stats = lock(&stats).clone();
-    stats.bytes_total = volumes.iter().map(VolumeImage::bytes).sum();
-    let manifest = Manifest {
-        version: manifest::MANIFEST_VERSION,
-        id: id.clone(),
-        resource: request.resource.to_string(),
-        region: request.region.to_string(),
-        job_name: request.job_name.to_string(),
-        job_uid: request.job_uid.to_string(),
-        created_at: k8s_openapi::jiff::Timestamp::now().to_string(),
-        parent: parent.map(|p| p.id),
-        volumes,
-        stats,
-    };
-    let text = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
-    // The manifest goes last: a restore point exists only once every chunk
-    // it names is stored.
+    Ok(plans)
+}
+
+/// What the blocks of one backup share while they are copied.
+struct BlockCopy<'r, 'a> {
+    request: &'r BackupRequest<'a>,
+    progress: &'r Progress,
+    /// Chunks known to be stored: the parent's, then each one uploaded or
+    /// found. A chunk being uploaded is claimed, so it is uploaded once.
+    known: Mutex<HashSet<String>>,
+    stats: Mutex<BackupStats>,
+}
+
+impl BlockCopy<'_, '_> {
+    /// Copies one block into the repository (or reuses the parent's);
+    /// `None` for a block of zeros, which is not stored.
+    async fn block(
+        &self,
+        snapshot_id: &str,
+        source: BlockSource,
+    ) -> Result<Option<BlockRef>, MoverError> {
+        let (index, token) = match source {
+            BlockSource::Reuse(block) => {
+                self.progress
+                    .done
+                    .fetch_add(u64::from(block.length), Ordering::Relaxed);
+                lock(&self.stats).blocks_reused += 1;
+                return Ok(Some(block));
+            }
+            BlockSource::Read { index, token } => (index, token),
+        };
+        let request = self.request;
+        let data = request
+            .source
+            .get_snapshot_block(request.region, snapshot_id, index, &token)
+            .await?;
+        if data.len() > BLOCK_SIZE {
+            return Err(MoverError::OversizedBlock {
+                snapshot_id: snapshot_id.to_string(),
+                index,
+                length: data.len(),
+            });
+        }
+        let length = data.len() as u32;
+        let (hash, packed, zero) = seal(data).await?;
+        lock(&self.stats).blocks_read += 1;
+        self.progress
+            .done
+            .fetch_add(BLOCK_SIZE as u64, Ordering::Relaxed);
+        if zero {
+            lock(&self.stats).zero_blocks += 1;
+            return Ok(None);
+        }
+        self.store_chunk(&hash, packed).await?;
+        Ok(Some(BlockRef {
+            index,
+            chunk: hash,
+            length,
+        }))
+    }
+
+    /// Stores a chunk unless the repository has it already.
+    async fn store_chunk(&self, hash: &str, packed: Vec<u8>) -> Result<(), MoverError> {
+        let claimed = lock(&self.known).insert(hash.to_string());
+        if !claimed {
+            lock(&self.stats).chunks_deduplicated += 1;
+            return Ok(());
+        }
+        let (loc, repo) = (self.request.location, self.request.repository);
+        let key = loc.chunk_key(hash);
+        if repo.object_exists(&loc.region, &loc.bucket, &key).await? {
+            lock(&self.stats).chunks_deduplicated += 1;
+            return Ok(());
+        }
+        let size = packed.len() as u64;
+        let put = repo
+            .put_object(&loc.region, &loc.bucket, &key, packed, "application/zstd")
+            .await;
+        if let Err(e) = put {
+            // Let a later block (or attempt) upload it.
+            lock(&self.known).remove(hash);
+            return Err(e.into());
+        }
+        let mut s = lock(&self.stats);
+        s.chunks_uploaded += 1;
+        s.bytes_uploaded += size;
+        Ok(())
+    }
+}
+
+/// The manifest goes last: a restore point exists only once every chunk it
+/// names is stored. Then it becomes the resource's latest.
+async fn write_manifest(
+    request: &BackupRequest<'_>,
+    manifest: &Manifest,
+) -> Result<(), MoverError> {
+    let (loc, repo) = (request.location, request.repository);
+    let text = serde_json::to_vec_pretty(manifest).unwrap_or_default();
     repo.put_object(
         &loc.region,
         &loc.bucket,
-        &loc.manifest_key(&id),
+        &loc.manifest_key(&manifest.id),
         text,
         "application/json",
     )
     .await?;
     let pointer = serde_json::to_vec(&LatestPointer {
-        restore_point: id.clone(),
+        restore_point: manifest.id.clone(),
     })
     .unwrap_or_default();
     repo.put_object(
@@ -408,7 +467,7 @@ pub async fn backup(
         "application/json",
     )
     .await?;
-    Ok(manifest)
+    Ok(())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

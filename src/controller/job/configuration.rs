@@ -44,40 +44,7 @@ pub fn choose_configuration<'a, K: WorkerJob>(
                 ),
             })?
     } else {
-        let targets = job.targets();
-        let mut regions: Vec<&str> = targets.iter().map(|r| r.region.as_str()).collect();
-        regions.sort_unstable();
-        regions.dedup();
-        let [region] = regions[..] else {
-            return Err(Problem {
-                reason: "WorkerConfigurationAmbiguous",
-                message: format!(
-                    "the resources are in several regions ({}); set spec.workerConfigurationRef or split the job per region",
-                    regions.join(", ")
-                ),
-            });
-        };
-        let matching: Vec<_> = in_ns().filter(|c| c.spec.region == region).collect();
-        match matching[..] {
-            [one] => one,
-            [] => {
-                return Err(Problem {
-                    reason: "WorkerConfigurationNotFound",
-                    message: format!(
-                        "no WorkerConfiguration for region {region} in this namespace; create one or set spec.workerConfigurationRef"
-                    ),
-                });
-            }
-            _ => {
-                return Err(Problem {
-                    reason: "WorkerConfigurationAmbiguous",
-                    message: format!(
-                        "{} WorkerConfigurations serve region {region} in this namespace; set spec.workerConfigurationRef",
-                        matching.len()
-                    ),
-                });
-            }
-        }
+        only_one_for_region(job, in_ns().collect())?
     };
     if chosen.meta().deletion_timestamp.is_some() {
         return Err(Problem {
@@ -105,6 +72,46 @@ pub fn choose_configuration<'a, K: WorkerJob>(
         });
     }
     Ok(chosen)
+}
+
+/// The only configuration of the job's namespace for its resources' region.
+fn only_one_for_region<'a, K: WorkerJob>(
+    job: &K,
+    in_namespace: Vec<&'a Arc<WorkerConfiguration>>,
+) -> Result<&'a Arc<WorkerConfiguration>, Problem> {
+    let targets = job.targets();
+    let mut regions: Vec<&str> = targets.iter().map(|r| r.region.as_str()).collect();
+    regions.sort_unstable();
+    regions.dedup();
+    let [region] = regions[..] else {
+        return Err(Problem {
+            reason: "WorkerConfigurationAmbiguous",
+            message: format!(
+                "the resources are in several regions ({}); set spec.workerConfigurationRef or split the job per region",
+                regions.join(", ")
+            ),
+        });
+    };
+    let matching: Vec<_> = in_namespace
+        .into_iter()
+        .filter(|c| c.spec.region == region)
+        .collect();
+    match matching[..] {
+        [one] => Ok(one),
+        [] => Err(Problem {
+            reason: "WorkerConfigurationNotFound",
+            message: format!(
+                "no WorkerConfiguration for region {region} in this namespace; create one or set spec.workerConfigurationRef"
+            ),
+        }),
+        _ => Err(Problem {
+            reason: "WorkerConfigurationAmbiguous",
+            message: format!(
+                "{} WorkerConfigurations serve region {region} in this namespace; set spec.workerConfigurationRef",
+                matching.len()
+            ),
+        }),
+    }
 }
 
 /// Why a configuration is not ready for backup workers, for people.

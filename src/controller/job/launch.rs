@@ -286,26 +286,7 @@ async fn try_subnet<K: WorkerJob>(
     let e = match launch.aws.launch_worker(&spec).await {
         Ok(instance) => {
             crate::faults::crash_point("after-run-instances");
-            let labels = WorkerLabels {
-                region: spec.region.clone(),
-                profile: "backup".into(),
-            };
-            ctx.metrics.workers_launched.get_or_create(&labels).inc();
-            ctx.metrics
-                .launch_latency
-                .observe(launch.reconcile_started.elapsed().as_secs_f64());
-            let note = format!(
-                "launched worker {} ({}, {}) for {} (attempt {})",
-                instance.instance_id, spec.instance_type, spec.subnet_id, w.resource, w.attempt
-            );
-            ctx.event(
-                job,
-                EventType::Normal,
-                "WorkerLaunched",
-                "LaunchWorker",
-                note,
-            )
-            .await;
+            record_launch(job, &spec, w, &instance, launch, ctx).await;
             return Ok(SubnetOutcome::Launched(instance));
         }
         Err(e) => e,
@@ -359,6 +340,37 @@ async fn try_subnet<K: WorkerJob>(
     )
     .await;
     Ok(SubnetOutcome::Stop)
+}
+
+/// Metrics and the Event of a worker just launched.
+async fn record_launch<K: WorkerJob>(
+    job: &K,
+    spec: &WorkerLaunch,
+    w: &WorkerStatus,
+    instance: &WorkerInstance,
+    launch: &Launch<'_>,
+    ctx: &Context,
+) {
+    let labels = WorkerLabels {
+        region: spec.region.clone(),
+        profile: "backup".into(),
+    };
+    ctx.metrics.workers_launched.get_or_create(&labels).inc();
+    ctx.metrics
+        .launch_latency
+        .observe(launch.reconcile_started.elapsed().as_secs_f64());
+    let note = format!(
+        "launched worker {} ({}, {}) for {} (attempt {})",
+        instance.instance_id, spec.instance_type, spec.subnet_id, w.resource, w.attempt
+    );
+    ctx.event(
+        job,
+        EventType::Normal,
+        "WorkerLaunched",
+        "LaunchWorker",
+        note,
+    )
+    .await;
 }
 
 /// The configured security groups, else the one Tender manages.

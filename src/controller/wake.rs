@@ -1,0 +1,175 @@
+//! Which jobs a WorkerConfiguration's change wakes (see [`ConfigChanges`]).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store};
+
+use super::job::kind::WorkerJob;
+use crate::api::WorkerConfiguration;
+
+/// Which jobs a configuration's change wakes. Its `activeWorkers` changes
+/// with every worker that starts or ends, and no job but those queued for a
+/// launch slot reads it: waking every unfinished job of the namespace for
+/// it would cost a reconcile per job per change (with a thousand jobs
+/// running, a thousand reconciles each time a worker ends). So: every
+/// unfinished job when anything else changed (spec, deletion, finalizers,
+/// status) or when the configuration is first seen; the queued ones when
+/// the worker count dropped under a `maxConcurrentWorkers` limit; none
+/// otherwise.
+#[derive(Default)]
+pub struct ConfigChanges {
+    /// Per configuration UID: the fingerprint of what jobs read, and the
+    /// active worker count, as last seen.
+    seen: Mutex<HashMap<String, (u64, i32)>>,
+}
+
+impl ConfigChanges {
+    pub fn wake<K: WorkerJob>(
+        &self,
+        store: &Store<K>,
+        cfg: &WorkerConfiguration,
+    ) -> Vec<ObjectRef<K>> {
+        let active = cfg.status.as_ref().map_or(0, |s| s.active_workers);
+        let fingerprint = config_fingerprint(cfg);
+        let previous = self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(cfg.uid().unwrap_or_default(), (fingerprint, active));
+        match previous {
+            Some((before, _)) if before != fingerprint => unfinished_in(store, cfg),
+            None => unfinished_in(store, cfg),
+            Some((_, before)) if active < before && cfg.spec.max_concurrent_workers.is_some() => {
+                queued_in(store, cfg)
+            }
+            Some(_) => Vec::new(),
+        }
+    }
+}
+
+/// A hash of what jobs read of a configuration: all of it but the active
+/// worker count.
+fn config_fingerprint(cfg: &WorkerConfiguration) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut status = cfg.status.clone();
+    if let Some(s) = status.as_mut() {
+        s.active_workers = 0;
+    }
+    let mut hasher = std::hash::DefaultHasher::new();
+    serde_json::to_string(&(
+        &cfg.metadata.generation,
+        &cfg.metadata.deletion_timestamp,
+        &cfg.metadata.finalizers,
+        &status,
+    ))
+    .unwrap_or_default()
+    .hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The jobs of a configuration's namespace waiting for a launch slot.
+fn queued_in<K: WorkerJob>(store: &Store<K>, cfg: &WorkerConfiguration) -> Vec<ObjectRef<K>> {
+    let ns = cfg.namespace();
+    store
+        .state()
+        .into_iter()
+        .filter(|j| j.namespace() == ns)
+        .filter(|j| j.job_status().is_some_and(|s| s.queue_position.is_some()))
+        .map(|j| ObjectRef::from_obj(&*j))
+        .collect()
+}
+
+/// The unfinished jobs of a configuration's namespace (one may be waiting
+/// for it).
+fn unfinished_in<K: WorkerJob>(store: &Store<K>, cfg: &WorkerConfiguration) -> Vec<ObjectRef<K>> {
+    let ns = cfg.namespace();
+    store
+        .state()
+        .into_iter()
+        .filter(|j| j.namespace() == ns)
+        .filter(|j| !j.job_status().is_some_and(|s| s.phase.is_finished()))
+        .map(|j| ObjectRef::from_obj(&*j))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::runtime::{reflector, watcher};
+
+    use super::*;
+    use crate::api::BackupJob;
+
+    fn config(active: i32, max: Option<i32>, ready: &str) -> WorkerConfiguration {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "tender.dev/v1alpha1", "kind": "WorkerConfiguration",
+            "metadata": {"name": "workers", "namespace": "ns", "uid": "cfg-1", "generation": 1},
+            "spec": {"region": "us-east-1", "imageId": "ami-0123456789abcdef0", "maxConcurrentWorkers": max},
+            "status": {
+                "activeWorkers": active,
+                "conditions": [{"type": "Ready", "status": ready, "reason": "R", "message": "",
+                                "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+            },
+        }))
+        .expect("a configuration")
+    }
+
+    /// Jobs `running` (no queue position) and `queued` (position 1), both
+    /// unfinished, and `done` (Succeeded).
+    fn jobs() -> Store<BackupJob> {
+        let (reader, mut writer) = reflector::store::<BackupJob>();
+        for (name, status) in [
+            ("running", serde_json::json!({"phase": "Running"})),
+            (
+                "queued",
+                serde_json::json!({"phase": "Provisioning", "queuePosition": 1}),
+            ),
+            ("done", serde_json::json!({"phase": "Succeeded"})),
+        ] {
+            let job: BackupJob = serde_json::from_value(serde_json::json!({
+                "apiVersion": "tender.dev/v1alpha1", "kind": "BackupJob",
+                "metadata": {"name": name, "namespace": "ns", "uid": name},
+                "spec": {"resources": [{"instanceId": "i-0123456789abcdef0", "region": "us-east-1"}],
+                         "repository": {"bucket": "backups"}},
+                "status": status,
+            }))
+            .expect("a job");
+            writer.apply_watcher_event(&watcher::Event::Apply(job));
+        }
+        reader
+    }
+
+    fn names(refs: Vec<ObjectRef<BackupJob>>) -> Vec<String> {
+        let mut names: Vec<String> = refs.into_iter().map(|r| r.name).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_configuration_wakes_only_the_jobs_its_change_concerns() {
+        let store = jobs();
+        let changes = ConfigChanges::default();
+        // First sight (a controller start): every unfinished job.
+        assert_eq!(
+            names(changes.wake(&store, &config(3, Some(3), "True"))),
+            ["queued", "running"]
+        );
+        // Only the worker count went up: nobody.
+        assert!(changes.wake(&store, &config(4, Some(3), "True")).is_empty());
+        // It went down under a limit: the jobs waiting for a slot.
+        assert_eq!(
+            names(changes.wake(&store, &config(2, Some(3), "True"))),
+            ["queued"]
+        );
+        // Anything else changed (here Ready): every unfinished job.
+        assert_eq!(
+            names(changes.wake(&store, &config(2, Some(3), "False"))),
+            ["queued", "running"]
+        );
+        // Without a limit a falling count wakes nobody.
+        let unlimited = ConfigChanges::default();
+        unlimited.wake(&store, &config(5, None, "True"));
+        assert!(unlimited.wake(&store, &config(1, None, "True")).is_empty());
+    }
+}
