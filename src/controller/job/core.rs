@@ -5,7 +5,7 @@
 //! the reconciler observes, calls these, and carries out what they decide;
 //! unit tests call them directly.
 
-use std::ops::Deref;
+use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -514,6 +514,135 @@ pub fn next_wakeup<W: Deref<Target = WorkerStatus>>(
         wake = wake.min(Duration::from_secs(secs.max(0) as u64).saturating_sub(elapsed));
     }
     wake.max(Duration::from_millis(500))
+}
+
+/// An Event the reconciler publishes for a decision of the core.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub action: &'static str,
+    pub note: String,
+}
+
+/// The Event of a worker's phase change, when it changed to a phase people
+/// follow.
+pub fn phase_notice(before: Option<Phase>, after: &WorkerStatus) -> Option<Notice> {
+    if before == Some(after.phase) {
+        return None;
+    }
+    let (warning, reason) = match (after.phase, after.reason.as_deref()) {
+        (Phase::Failed, Some(WORKER_LOST)) => (true, WORKER_LOST),
+        (Phase::Failed, Some(DEADLINE_EXCEEDED)) => (true, DEADLINE_EXCEEDED),
+        (Phase::Failed, _) => (true, "WorkerFailed"),
+        (Phase::Succeeded, _) => (false, "WorkerSucceeded"),
+        (Phase::Running, _) => (false, "WorkerStarted"),
+        (Phase::Suspended, _) => (false, "WorkerSuspended"),
+        _ => return None,
+    };
+    let detail = after.message.as_deref().unwrap_or("");
+    let note = format!(
+        "worker {} for {} (attempt {}): {}",
+        after.instance_id.as_deref().unwrap_or("-"),
+        after.resource,
+        after.attempt,
+        if detail.is_empty() { "started" } else { detail }
+    );
+    Some(Notice {
+        warning,
+        reason,
+        action: "FollowWorker",
+        note,
+    })
+}
+
+/// What applying a job's filed messages did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct MessagesApplied {
+    /// Positions of the messages that are done with (applied, or stale):
+    /// delete them once the status is written. The others wait for their
+    /// worker's launch to be recorded.
+    pub settled: Vec<usize>,
+    pub notices: Vec<Notice>,
+}
+
+/// Applies a job's filed messages, oldest first, to the worker of each
+/// one's resource; `record` keeps what only the job's kind keeps of a
+/// message that changed its worker.
+pub fn apply_messages<W: DerefMut<Target = WorkerStatus>>(
+    workers: &mut [W],
+    messages: &[&WorkerMessage],
+    now: Timestamp,
+    record: impl Fn(&mut W, &WorkerEvent),
+) -> MessagesApplied {
+    let mut out = MessagesApplied::default();
+    for (i, msg) in messages.iter().enumerate() {
+        let Some(w) = workers.iter_mut().find(|w| w.resource == msg.resource) else {
+            out.settled.push(i);
+            continue;
+        };
+        let before = w.phase;
+        match apply_message(w, msg, now) {
+            Applied::NotYet => continue,
+            Applied::Stale => {}
+            Applied::Changed => {
+                record(w, &msg.event);
+                out.notices.extend(phase_notice(Some(before), w));
+            }
+        }
+        out.settled.push(i);
+    }
+    out
+}
+
+/// Judges every worker (see [`judge_worker`]); `liveness` says what was
+/// observed of each. Returns the Events of the phases that changed.
+pub fn judge_workers<'o, W: DerefMut<Target = WorkerStatus>>(
+    workers: &mut [W],
+    facts: &JobFacts,
+    liveness: impl Fn(&WorkerStatus) -> Liveness<'o>,
+    timeout: Duration,
+    now: Timestamp,
+) -> Vec<Notice> {
+    let mut notices = Vec::new();
+    for w in workers.iter_mut() {
+        let before = w.phase;
+        let observed = liveness(w);
+        judge_worker(w, facts, observed, timeout, now);
+        notices.extend(phase_notice(Some(before), w));
+    }
+    notices
+}
+
+/// Replaces failed workers within the backoff limit and resumes suspended
+/// ones: a new attempt with a new launch token. Returns the Events of the
+/// retries.
+pub fn retry_workers<W: DerefMut<Target = WorkerStatus>>(
+    workers: &mut [W],
+    facts: &JobFacts,
+    job_uid: &str,
+) -> Vec<Notice> {
+    let mut notices = Vec::new();
+    for w in workers.iter_mut() {
+        match next_attempt_for(w, facts) {
+            NextAttempt::Stay => {}
+            NextAttempt::Resume => {
+                next_attempt(w, job_uid);
+                w.message = Some("resumed".to_string());
+            }
+            NextAttempt::Retry { note } => {
+                next_attempt(w, job_uid);
+                notices.push(Notice {
+                    warning: false,
+                    reason: "WorkerRetried",
+                    action: "RetryWorker",
+                    note: format!("{}: {note}", w.resource),
+                });
+                w.message = Some(note);
+            }
+        }
+    }
+    notices
 }
 
 #[cfg(test)]

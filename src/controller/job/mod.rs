@@ -9,7 +9,6 @@
 //! - `configuration`: which WorkerConfiguration, and whether it is ready.
 //! - `launch`: planning and launching workers; `admission`: how many may
 //!   launch under `maxConcurrentWorkers`.
-//! - `messages`: worker reports applied to status.
 //! - `termination`: terminating workers, and a deleted job's hold.
 //! - `status`: reading and writing status; the end of a finished job.
 
@@ -18,7 +17,6 @@ pub mod configuration;
 pub mod core;
 pub mod kind;
 mod launch;
-mod messages;
 pub mod status;
 mod termination;
 
@@ -35,14 +33,15 @@ use kube::{Api, ResourceExt};
 use tracing::{debug, instrument};
 
 use self::configuration::{CONFIGURATION_DELETING, choose_configuration};
-use self::core::{JobFacts, Liveness, NextAttempt, Problem, mark_failed};
+use self::core::{JobFacts, Liveness, Problem, mark_failed};
 use self::kind::WorkerJob;
 use self::status::{baseline, write_status};
 use super::reports::{Receipt, delete_receipts};
 use super::{Context, Error, Result};
-use crate::api::{AccountAccess, JobStatus, WorkerConfiguration};
+use crate::api::{AccountAccess, JobStatus, WorkerConfiguration, WorkerStatus};
 use crate::aws::accounts::Access;
 use crate::aws::instance_cache::RegionInstances;
+use crate::messages::WorkerMessage;
 use crate::names::JOB_FINALIZER;
 
 pub use self::kind::{Located, NotLocated, Target, TaskDetails};
@@ -166,7 +165,7 @@ async fn apply<K: WorkerJob>(job: &K, api: &Api<K>, ctx: &Context) -> Result<Act
         launch::plan_workers(job, &resolved.config, &pass.uid, &mut status, ctx, now).await?;
     }
     status.start_time.get_or_insert(Time(now));
-    let settled = messages::apply_pending(job, &pass.uid, &mut status, ctx, now).await;
+    let settled = apply_messages(&pass, &mut status, now).await;
     job.follow_up(&resolved.config, &mut status, ctx, now)
         .await?;
     let timeout = Duration::from_secs(resolved.config.spec.heartbeat_timeout_seconds.max(1) as u64);
@@ -278,9 +277,27 @@ async fn resolve<K: WorkerJob>(
     }))
 }
 
+/// Applies the messages the queue pumps filed for the job (see
+/// `controller::reports`); returns the receipts to delete from SQS once the
+/// status is written.
+async fn apply_messages<K: WorkerJob>(
+    pass: &Pass<'_, K>,
+    status: &mut JobStatus<K::Worker>,
+    now: Timestamp,
+) -> Vec<Receipt> {
+    let pending = pass.ctx.reports.pending(&pass.uid);
+    let messages: Vec<&WorkerMessage> = pending.iter().map(|(m, _)| m).collect();
+    let applied = core::apply_messages(&mut status.workers, &messages, now, K::record);
+    publish(pass, applied.notices).await;
+    applied
+        .settled
+        .into_iter()
+        .map(|i| pending[i].1.clone())
+        .collect()
+}
+
 /// The deadline, suspension, and workers that went silent or whose
-/// instance died (from the shared instance view), with an Event for each
-/// worker whose phase changed.
+/// instance died (from the shared instance view).
 async fn judge_workers<K: WorkerJob>(
     pass: &Pass<'_, K>,
     status: &mut JobStatus<K::Worker>,
@@ -295,56 +312,39 @@ async fn judge_workers<K: WorkerJob>(
     // already be terminated while its "completed" is still on its way.
     // Judge by instance state only after that.
     let redelivery_settled = since_start(ctx, now) >= REDELIVERY_WINDOW;
-    for w in status.workers.iter_mut() {
-        let before = w.phase;
-        let instance_state = w
+    let liveness = |w: &WorkerStatus| Liveness {
+        instance_state: w
             .instance_id
             .as_ref()
             .and_then(|id| observed.as_ref().and_then(|o| o.get(id)))
             .map(|o| o.state.as_str())
-            .filter(|_| redelivery_settled);
-        let heard = heard(ctx, &pass.uid, w);
-        core::judge_worker(
-            w,
-            &facts,
-            Liveness {
-                instance_state,
-                heard,
-            },
-            timeout,
-            now,
-        );
-        messages::worker_event(job, Some(before), w, ctx).await;
-    }
+            .filter(|_| redelivery_settled),
+        heard: heard(ctx, &pass.uid, w),
+    };
+    let notices = core::judge_workers(&mut status.workers, &facts, liveness, timeout, now);
+    publish(pass, notices).await;
     Ok(())
 }
 
 /// Replaces failed workers within the backoff limit and resumes suspended
-/// ones: a new attempt with a new launch token.
+/// ones.
 async fn retry_workers<K: WorkerJob>(pass: &Pass<'_, K>, status: &mut JobStatus<K::Worker>) {
     let facts = facts(pass.job, status, Timestamp::now());
-    for w in status.workers.iter_mut() {
-        match core::next_attempt_for(w, &facts) {
-            NextAttempt::Stay => {}
-            NextAttempt::Resume => {
-                core::next_attempt(w, &pass.uid);
-                w.message = Some("resumed".to_string());
-            }
-            NextAttempt::Retry { note } => {
-                core::next_attempt(w, &pass.uid);
-                w.message = Some(note.clone());
-                let event = format!("{}: {note}", w.resource);
-                pass.ctx
-                    .event(
-                        pass.job,
-                        EventType::Normal,
-                        "WorkerRetried",
-                        "RetryWorker",
-                        event,
-                    )
-                    .await;
-            }
-        }
+    let notices = core::retry_workers(&mut status.workers, &facts, &pass.uid);
+    publish(pass, notices).await;
+}
+
+/// Publishes the core's Events on the job.
+async fn publish<K: WorkerJob>(pass: &Pass<'_, K>, notices: Vec<core::Notice>) {
+    for n in notices {
+        let type_ = if n.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        pass.ctx
+            .event(pass.job, type_, n.reason, n.action, n.note)
+            .await;
     }
 }
 
@@ -411,7 +411,7 @@ fn since_start(ctx: &Context, now: Timestamp) -> Duration {
 }
 
 /// When a worker was last heard from (see `core::last_heard`).
-fn heard(ctx: &Context, uid: &str, w: &crate::api::WorkerStatus) -> Timestamp {
+fn heard(ctx: &Context, uid: &str, w: &WorkerStatus) -> Timestamp {
     core::last_heard(
         w,
         ctx.reports.last_heard(uid, &w.resource, w.attempt),

@@ -5,17 +5,16 @@ use crate::api::{BackupJob, BackupWorkerStatus, JobWorker};
 use crate::controller::job::kind::WorkerJob;
 use crate::messages::PROTOCOL_VERSION;
 
-/// Applies a message to the worker of its resource, as the reconciler
-/// does (`job::messages`), with the backup's own fields.
+/// Applies one message as the reconciler does ([`apply_messages`], with the
+/// backup's own fields) and says what became of it.
 fn apply(workers: &mut [BackupWorkerStatus], msg: &WorkerMessage, now: Timestamp) -> Applied {
-    let Some(w) = workers.iter_mut().find(|w| w.resource == msg.resource) else {
-        return Applied::Stale;
-    };
-    let applied = apply_message(w, msg, now);
-    if applied == Applied::Changed {
-        BackupJob::record(w, &msg.event);
+    let before = workers.to_vec();
+    let out = apply_messages(workers, &[msg], now, BackupJob::record);
+    match (out.settled.is_empty(), before.as_slice() == workers) {
+        (true, _) => Applied::NotYet,
+        (false, true) => Applied::Stale,
+        (false, false) => Applied::Changed,
     }
-    applied
 }
 
 fn worker(resource: &str, phase: Phase) -> BackupWorkerStatus {
@@ -641,4 +640,108 @@ fn wake_up_table() {
         wake(&status(vec![running()], None), None, 0, 600),
         Duration::from_millis(500)
     );
+}
+
+#[test]
+fn filed_messages_settle_unless_their_worker_is_not_launched_yet() {
+    let mut launching = worker("b", Phase::Provisioning);
+    launching.instance_id = None;
+    let mut workers = vec![worker("a", Phase::Provisioning), launching];
+    let started = message("a", 1, WorkerEvent::Started);
+    let duplicate = message("a", 1, WorkerEvent::Started);
+    let late = message("a", 0, WorkerEvent::Started);
+    let early = message("b", 1, WorkerEvent::Started);
+    let stranger = message("c", 1, WorkerEvent::Started);
+    let out = apply_messages(
+        &mut workers,
+        &[&started, &duplicate, &late, &early, &stranger],
+        at(1),
+        BackupJob::record,
+    );
+    // b's message waits for b's launch to be recorded; the rest are done.
+    assert_eq!(out.settled, [0, 1, 2, 4]);
+    assert_eq!(workers[0].phase, Phase::Running);
+    assert_eq!(workers[1].phase, Phase::Provisioning);
+    // One Event, for the one change.
+    assert_eq!(out.notices.len(), 1);
+    assert_eq!(out.notices[0].reason, "WorkerStarted");
+    assert_eq!(out.notices[0].note, "worker i-a for a (attempt 1): started");
+}
+
+#[test]
+fn phase_changes_make_events_table() {
+    let failed = |reason: &str| {
+        let mut w = worker("a", Phase::Failed);
+        w.reason = Some(reason.into());
+        w.message = Some(format!("{reason}: why"));
+        w
+    };
+    /// Phase before, worker after, and the Event wanted: (warning, reason).
+    type Case = (
+        Option<Phase>,
+        BackupWorkerStatus,
+        Option<(bool, &'static str)>,
+    );
+    let cases: [Case; 8] = [
+        (
+            Some(Phase::Running),
+            failed(WORKER_LOST),
+            Some((true, WORKER_LOST)),
+        ),
+        (
+            Some(Phase::Running),
+            failed(DEADLINE_EXCEEDED),
+            Some((true, DEADLINE_EXCEEDED)),
+        ),
+        (
+            Some(Phase::Running),
+            failed("ChunkMissing"),
+            Some((true, "WorkerFailed")),
+        ),
+        (
+            Some(Phase::Running),
+            worker("a", Phase::Succeeded),
+            Some((false, "WorkerSucceeded")),
+        ),
+        (
+            Some(Phase::Provisioning),
+            worker("a", Phase::Running),
+            Some((false, "WorkerStarted")),
+        ),
+        (
+            Some(Phase::Running),
+            worker("a", Phase::Suspended),
+            Some((false, "WorkerSuspended")),
+        ),
+        (Some(Phase::Running), worker("a", Phase::Running), None),
+        (None, worker("a", Phase::Provisioning), None),
+    ];
+    for (before, after, want) in cases {
+        let got = phase_notice(before, &after).map(|n| (n.warning, n.reason));
+        assert_eq!(got, want, "{before:?} -> {:?}", after.phase);
+    }
+}
+
+#[test]
+fn retries_come_with_an_event_and_a_new_token() {
+    let mut lost = worker("a", Phase::Failed);
+    lost.reason = Some(WORKER_LOST.into());
+    lost.message = Some("WorkerLost: silent".into());
+    lost.failures = 1;
+    lost.terminated_time = Some(Time(at(5)));
+    let mut workers = vec![lost, worker("b", Phase::Running)];
+    let notices = retry_workers(&mut workers, &facts(false, false, 2), "uid");
+    assert_eq!(notices.len(), 1);
+    assert_eq!(notices[0].reason, "WorkerRetried");
+    assert_eq!(
+        notices[0].note,
+        "a: WorkerLost: silent; launching attempt 2 (1 of 2 retries used)"
+    );
+    assert_eq!(workers[0].attempt, 2);
+    assert_eq!(
+        workers[0].launch_token,
+        placement::launch_token("uid", "a", 2)
+    );
+    assert!(workers[0].is_waiting_to_launch());
+    assert_eq!(workers[1].phase, Phase::Running);
 }
