@@ -73,33 +73,15 @@ pub struct BackupJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<Repository>,
 
-    /// Retries per resource: a worker that fails or is lost is replaced by a
-    /// new attempt until this many retries are used up (default 2).
-    #[serde(default = "default_backoff_limit")]
-    #[schemars(range(min = 0, max = 20))]
-    pub backoff_limit: i32,
-
-    /// Seconds the job may run, counted from its start; then its workers are
-    /// terminated and the job fails with reason `DeadlineExceeded`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
-    pub active_deadline_seconds: Option<i64>,
-
-    /// Seconds after the job finished at which Tender deletes it. Unset: the
-    /// job is kept.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
-    pub ttl_seconds_after_finished: Option<i64>,
+    /// Retries, deadline and TTL, as a `batch/v1` Job has them.
+    #[serde(flatten)]
+    pub limits: super::JobLimits,
 
     /// While true, no worker is launched and running workers are terminated
     /// (their attempt is not counted as a failure); set it back to false to
     /// go on.
     #[serde(default)]
     pub suspend: bool,
-}
-
-fn default_backoff_limit() -> i32 {
-    2
 }
 
 /// One protected resource: an EC2 instance (all its EBS volumes, snapshotted

@@ -40,6 +40,42 @@ impl Phase {
     }
 }
 
+/// How often and how long a job may try, and when it goes once finished:
+/// the fields `batch/v1` Job has, shared by every job kind.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobLimits {
+    /// Retries per resource: a worker that fails or is lost is replaced by a
+    /// new attempt until this many retries are used up (default 2).
+    #[serde(default = "default_backoff_limit")]
+    #[schemars(range(min = 0, max = 20))]
+    pub backoff_limit: i32,
+    /// Seconds the job may run, counted from its start; then its workers are
+    /// terminated and the job fails with reason `DeadlineExceeded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub active_deadline_seconds: Option<i64>,
+    /// Seconds after the job finished at which Tender deletes it (what a
+    /// restore created stays). Unset: the job is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i64>,
+}
+
+impl Default for JobLimits {
+    fn default() -> Self {
+        Self {
+            backoff_limit: default_backoff_limit(),
+            active_deadline_seconds: None,
+            ttl_seconds_after_finished: None,
+        }
+    }
+}
+
+fn default_backoff_limit() -> i32 {
+    2
+}
+
 /// A worker entry of one job kind: the shared [`WorkerStatus`] plus that
 /// kind's own fields.
 pub trait JobWorker:

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub use backup_job::{
     BackupJob, BackupJobSpec, BackupJobStatus, BackupResource, BackupWorkerStatus,
 };
-pub use job::{JobStatus, JobWorker, Phase, WorkerStatus};
+pub use job::{JobLimits, JobStatus, JobWorker, Phase, WorkerStatus};
 pub use restore_job::{
     RestoreJob, RestoreJobSpec, RestoreJobStatus, RestoreMode, RestoreWorkerStatus,
     RestoredSnapshot,

@@ -96,21 +96,9 @@ pub struct RestoreJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 5))]
     pub security_group_ids: Option<Vec<String>>,
-    /// Retries: a worker that fails or is lost is replaced by a new attempt
-    /// until this many retries are used up (default 2).
-    #[serde(default = "default_backoff_limit")]
-    #[schemars(range(min = 0, max = 20))]
-    pub backoff_limit: i32,
-    /// Seconds the job may run; then its worker is terminated and the job
-    /// fails with reason `DeadlineExceeded`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
-    pub active_deadline_seconds: Option<i64>,
-    /// Seconds after the job finished at which Tender deletes it (the
-    /// restored volume stays).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
-    pub ttl_seconds_after_finished: Option<i64>,
+    /// Retries, deadline and TTL, as a `batch/v1` Job has them.
+    #[serde(flatten)]
+    pub limits: super::JobLimits,
     /// Where the file-level recovery browser's "Restore selected" copies
     /// files and folders (mode `fileLevel`): an S3 bucket and prefix, under
     /// which each file keeps its path. Unset: the browser offers downloads
@@ -122,10 +110,6 @@ pub struct RestoreJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1440))]
     pub idle_timeout_minutes: Option<i32>,
-}
-
-fn default_backoff_limit() -> i32 {
-    2
 }
 
 /// What a RestoreJob restores.

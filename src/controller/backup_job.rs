@@ -10,7 +10,7 @@ use super::job::kind::{Located, NotLocated, Target, TaskDetails, WorkerJob};
 use super::job::{self, job_access};
 use super::{Context, Result};
 use crate::api::{
-    BackupJob, BackupJobStatus, BackupWorkerStatus, InstanceTypes, LocalObjectReference,
+    BackupJob, BackupJobStatus, BackupWorkerStatus, InstanceTypes, JobLimits, LocalObjectReference,
     Repository, WorkerConfiguration,
 };
 use crate::messages::{Operation, WorkerEvent};
@@ -38,14 +38,8 @@ impl WorkerJob for BackupJob {
             })
             .collect()
     }
-    fn backoff_limit(&self) -> i32 {
-        self.spec.backoff_limit
-    }
-    fn active_deadline_seconds(&self) -> Option<i64> {
-        self.spec.active_deadline_seconds
-    }
-    fn ttl_seconds_after_finished(&self) -> Option<i64> {
-        self.spec.ttl_seconds_after_finished
+    fn limits(&self) -> &JobLimits {
+        &self.spec.limits
     }
     fn suspended(&self) -> bool {
         self.spec.suspend

@@ -16,8 +16,8 @@ use super::job::kind::{Located, NotLocated, Target, TaskDetails, WorkerJob};
 use super::job::{self, job_access};
 use super::{Context, Error, Result};
 use crate::api::{
-    InstanceTypes, LocalObjectReference, Phase, Repository, RestoreJob, RestoreJobStatus,
-    RestoreMode, RestoreWorkerStatus, WorkerConfiguration, WorkerStatus,
+    InstanceTypes, JobLimits, LocalObjectReference, Phase, Repository, RestoreJob,
+    RestoreJobStatus, RestoreMode, RestoreWorkerStatus, WorkerConfiguration, WorkerStatus,
 };
 use crate::messages::{FileLevelTask, Operation, WorkerEvent};
 use crate::mover::manifest::RepositoryLocation;
@@ -41,14 +41,8 @@ impl WorkerJob for RestoreJob {
             region: self.spec.region.clone(),
         }]
     }
-    fn backoff_limit(&self) -> i32 {
-        self.spec.backoff_limit
-    }
-    fn active_deadline_seconds(&self) -> Option<i64> {
-        self.spec.active_deadline_seconds
-    }
-    fn ttl_seconds_after_finished(&self) -> Option<i64> {
-        self.spec.ttl_seconds_after_finished
+    fn limits(&self) -> &JobLimits {
+        &self.spec.limits
     }
     fn suspended(&self) -> bool {
         false

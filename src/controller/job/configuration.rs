@@ -197,9 +197,7 @@ mod tests {
                     prefix: String::new(),
                     region: None,
                 }),
-                backoff_limit: 2,
-                active_deadline_seconds: None,
-                ttl_seconds_after_finished: None,
+                limits: Default::default(),
                 suspend: false,
             },
         );

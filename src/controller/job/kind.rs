@@ -13,7 +13,8 @@ use serde::de::DeserializeOwned;
 
 use super::status::Written;
 use crate::api::{
-    InstanceTypes, JobStatus, JobWorker, LocalObjectReference, Repository, WorkerConfiguration,
+    InstanceTypes, JobLimits, JobStatus, JobWorker, LocalObjectReference, Repository,
+    WorkerConfiguration,
 };
 use crate::controller::{Context, Result};
 use crate::messages::{FileLevelTask, Operation, WorkerEvent};
@@ -72,9 +73,8 @@ pub trait WorkerJob:
 
     fn configuration_ref(&self) -> Option<&LocalObjectReference>;
     fn targets(&self) -> Vec<Target>;
-    fn backoff_limit(&self) -> i32;
-    fn active_deadline_seconds(&self) -> Option<i64>;
-    fn ttl_seconds_after_finished(&self) -> Option<i64>;
+    /// Retries, deadline and TTL.
+    fn limits(&self) -> &JobLimits;
     fn suspended(&self) -> bool;
     /// Required by the schema; `None` only for objects stored before it was.
     fn repository(&self) -> Option<&Repository>;

@@ -399,9 +399,9 @@ async fn launch_or_hold<K: WorkerJob>(
 fn facts<K: WorkerJob>(job: &K, status: &JobStatus<K::Worker>, now: Timestamp) -> JobFacts {
     JobFacts::of(
         status,
-        job.active_deadline_seconds(),
+        job.limits().active_deadline_seconds,
         job.suspended(),
-        job.backoff_limit(),
+        job.limits().backoff_limit,
         now,
     )
 }
@@ -428,7 +428,7 @@ fn next_wakeup<K: WorkerJob>(
     let inputs = core::WakeInputs {
         status,
         heartbeat_timeout: timeout,
-        deadline_seconds: pass.job.active_deadline_seconds(),
+        deadline_seconds: pass.job.limits().active_deadline_seconds,
         redelivery_left: REDELIVERY_WINDOW.saturating_sub(since_start(pass.ctx, now)),
         now,
     };

@@ -108,8 +108,10 @@ pub async fn expire<K: WorkerJob>(
     status: &JobStatus<K::Worker>,
     now: Timestamp,
 ) -> Result<Action> {
-    let (Some(ttl), Some(done)) = (job.ttl_seconds_after_finished(), &status.completion_time)
-    else {
+    let (Some(ttl), Some(done)) = (
+        job.limits().ttl_seconds_after_finished,
+        &status.completion_time,
+    ) else {
         return Ok(Action::await_change());
     };
     let age = now.duration_since(done.0).as_secs();
