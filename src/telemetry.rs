@@ -356,7 +356,6 @@ pub(crate) async fn serve_router(listener: TcpListener, app: Router) {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use axum::body::Body;
     use tower::ServiceExt;

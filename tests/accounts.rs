@@ -2,7 +2,6 @@
 //! and the moto AWS emulator (which keeps one state per account and
 //! answers AssumeRole with credentials for the role's account), and the AMI
 //! from an SSM parameter.
-#![allow(clippy::unwrap_used, clippy::panic)]
 
 mod common;
 
@@ -31,11 +30,11 @@ fn credentials_condition(cfg: &WorkerConfiguration) -> (String, String) {
     let c = cfg
         .status
         .as_ref()
-        .unwrap()
+        .expect("the configuration has a status")
         .conditions
         .iter()
         .find(|c| c.type_ == "CredentialsReady")
-        .unwrap();
+        .expect("a CredentialsReady condition");
     (c.status.clone(), c.message.clone())
 }
 
@@ -50,7 +49,7 @@ async fn workers_in(ec2: &aws_sdk_ec2::Client, job_uid: &str) -> Vec<aws_sdk_ec2
         )
         .send()
         .await
-        .unwrap();
+        .expect("describe instances");
     out.reservations()
         .iter()
         .flat_map(|r| r.instances())
@@ -123,11 +122,7 @@ async fn workers_run_in_the_production_account_through_its_role() {
         .await;
     let uid = job.uid().unwrap();
     let job = env
-        .wait_job("nightly", TIMEOUT, |j| {
-            j.status
-                .as_ref()
-                .is_some_and(|s| s.phase == Phase::Succeeded)
-        })
+        .wait_job_phase("nightly", TIMEOUT, Phase::Succeeded)
         .await;
     let worker = &job.status.as_ref().unwrap().workers[0];
     assert_eq!(
@@ -138,10 +133,7 @@ async fn workers_run_in_the_production_account_through_its_role() {
 
     let there = workers_in(&prod_ec2, &uid).await;
     assert_eq!(there.len(), 1, "the worker ran in the production account");
-    assert_eq!(
-        there[0].state().unwrap().name().unwrap().as_str(),
-        "terminated"
-    );
+    assert_eq!(common::state(&there[0]), "terminated");
     assert!(
         workers_in(&env.ec2, &uid).await.is_empty(),
         "and not in the controller's own"
@@ -216,13 +208,7 @@ async fn backup_account_workers_read_production_through_its_role() {
         )
         .await;
     let uid = job.uid().unwrap();
-    let job = env
-        .wait_job("cross", TIMEOUT, |j| {
-            j.status
-                .as_ref()
-                .is_some_and(|s| s.phase == Phase::Succeeded)
-        })
-        .await;
+    let job = env.wait_job_phase("cross", TIMEOUT, Phase::Succeeded).await;
     assert!(condition(&job, "Complete").is_some());
     // The worker read the production snapshot from the backup account and
     // wrote its restore point there.

@@ -1,6 +1,5 @@
 //! BackupJob end to end, against the real kube-apiserver and the moto AWS
 //! emulator: status on one side, EC2/SQS state on the other.
-#![allow(clippy::unwrap_used, clippy::panic)]
 
 mod common;
 
@@ -80,14 +79,11 @@ async fn backup_job_launches_a_worker_follows_it_and_terminates_it() {
 
     // The emulator's side: exactly one worker for the job, terminated, tagged
     // with its owner, launched as configured.
-    let instances = env.instances_tagged("tender.dev/job-uid", &uid).await;
+    let instances = env.workers_of(&uid).await;
     assert_eq!(instances.len(), 1, "one worker instance for the job");
     let instance = &instances[0];
     assert_eq!(instance.instance_id(), Some(instance_id.as_str()));
-    assert_eq!(
-        instance.state().unwrap().name().unwrap().as_str(),
-        "terminated"
-    );
+    assert_eq!(common::state(instance), "terminated");
     assert_eq!(instance.instance_type().unwrap().as_str(), "m5.large");
     assert_eq!(instance.subnet_id(), Some(subnet.as_str()));
     // The emulator reports the groups on the network interface.
@@ -186,22 +182,14 @@ async fn a_job_without_a_configuration_is_stalled_then_runs_once_one_exists() {
             .any(|(r, _)| r == "WorkerConfigurationNotFound"),
         "{events:?}"
     );
-    assert!(
-        env.instances_tagged("tender.dev/job-uid", &created.uid().unwrap())
-            .await
-            .is_empty()
-    );
+    assert!(env.workers_of(&created.uid().unwrap()).await.is_empty());
 
     // Creating the configuration (without a reference: found by region)
     // lets the job run.
     env.create_configuration("east", &net, serde_json::json!({}))
         .await;
     let job = env
-        .wait_job("orphan", TIMEOUT, |j| {
-            j.status
-                .as_ref()
-                .is_some_and(|s| s.phase == Phase::Succeeded)
-        })
+        .wait_job_phase("orphan", TIMEOUT, Phase::Succeeded)
         .await;
     assert!(condition(&job, "Stalled").is_none());
     assert_eq!(
@@ -213,19 +201,12 @@ async fn a_job_without_a_configuration_is_stalled_then_runs_once_one_exists() {
 #[tokio::test]
 async fn a_missing_source_instance_fails_the_job_without_launching() {
     let env = TestEnv::new("nosource").await;
-    let net = env.network().await;
-    env.create_configuration("default", &net, serde_json::json!({}))
-        .await;
-    env.wait_configuration_ready("default").await;
+    env.default_configuration().await;
     let created = env
         .create_job("ghost", "i-00000000deadbeef0", serde_json::json!({}))
         .await;
 
-    let job = env
-        .wait_job("ghost", TIMEOUT, |j| {
-            j.status.as_ref().is_some_and(|s| s.phase == Phase::Failed)
-        })
-        .await;
+    let job = env.wait_job_phase("ghost", TIMEOUT, Phase::Failed).await;
     let stalled = condition(&job, "Stalled").expect("a failed job is Stalled");
     assert_eq!(stalled.reason, "Failed");
     assert!(
@@ -235,11 +216,7 @@ async fn a_missing_source_instance_fails_the_job_without_launching() {
     );
     let worker = &job.status.as_ref().unwrap().workers[0];
     assert!(worker.instance_id.is_none());
-    assert!(
-        env.instances_tagged("tender.dev/job-uid", &created.uid().unwrap())
-            .await
-            .is_empty()
-    );
+    assert!(env.workers_of(&created.uid().unwrap()).await.is_empty());
     let events = env.events().await;
     assert!(
         events.iter().any(|(r, _)| r == "SourceInstanceNotFound"),
@@ -253,11 +230,8 @@ async fn deleting_a_running_job_terminates_its_worker_first() {
     // The worker instance never boots an agent: it stays Provisioning.
     env.boot_workers
         .store(false, std::sync::atomic::Ordering::SeqCst);
-    let net = env.network().await;
+    env.default_configuration().await;
     let protected = env.protected_disk().await;
-    env.create_configuration("default", &net, serde_json::json!({}))
-        .await;
-    env.wait_configuration_ready("default").await;
     let created = env
         .create_job("doomed", &protected, serde_json::json!({}))
         .await;
@@ -273,7 +247,7 @@ async fn deleting_a_running_job_terminates_its_worker_first() {
     assert_eq!(job.status.as_ref().unwrap().phase, Phase::Provisioning);
     assert_eq!(job.status.as_ref().unwrap().active_workers, 1);
     let instance_id = job.status.unwrap().workers[0].instance_id.clone().unwrap();
-    let running = env.instances_tagged("tender.dev/job-uid", &uid).await;
+    let running = env.workers_of(&uid).await;
     // The worker's root volume is encrypted and tagged like the worker, and
     // its user data is the script that starts the agent.
     let volumes = env
@@ -311,10 +285,7 @@ async fn deleting_a_running_job_terminates_its_worker_first() {
     );
     let task = tender::messages::WorkerTask::from_user_data(&script).unwrap();
     assert_eq!((task.job_name.as_str(), task.attempt), ("doomed", 1));
-    assert_eq!(
-        running[0].state().unwrap().name().unwrap().as_str(),
-        "running"
-    );
+    assert_eq!(common::state(&running[0]), "running");
 
     // The configuration cannot go while the job runs.
     let configs: Api<WorkerConfiguration> = env.api();
@@ -351,13 +322,10 @@ async fn deleting_a_running_job_terminates_its_worker_first() {
         async move { jobs.get_opt("doomed").await.ok()?.is_none().then_some(()) }
     })
     .await;
-    let after = env.instances_tagged("tender.dev/job-uid", &uid).await;
+    let after = env.workers_of(&uid).await;
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].instance_id(), Some(instance_id.as_str()));
-    assert_eq!(
-        after[0].state().unwrap().name().unwrap().as_str(),
-        "terminated"
-    );
+    assert_eq!(common::state(&after[0]), "terminated");
 
     // With the job gone, the configuration goes, and its queue with it.
     common::eventually(TIMEOUT, || {

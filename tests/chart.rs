@@ -12,14 +12,18 @@
 //! runs and tests in parallel do not collide; the namespaces stay
 //! Terminating afterwards (the local API server runs no namespace
 //! controller).
+// Its helpers (not only its #[test]s, which clippy.toml covers) unwrap and panic.
 #![allow(clippy::unwrap_used, clippy::panic)]
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 
+use common::commands::{Output, helm, kubectl, repo, run, run_ok};
+use common::{free_port, unique};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -29,100 +33,8 @@ const LEASE: &str = "tender-controller";
 /// Labels only Helm puts on objects; the kustomize base has the others.
 const HELM_ONLY_LABELS: [&str; 2] = ["helm.sh/chart", "app.kubernetes.io/managed-by"];
 
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn chart() -> PathBuf {
     repo().join("charts/tender")
-}
-
-/// A name no other test or run uses: `<prefix>-<pid>-<n>-<hex>`.
-fn unique(prefix: &str) -> String {
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{prefix}-{}-{n}-{:x}", std::process::id(), nanos % 0xfffff)
-}
-
-/// `$HELM`, else `helm-<HELM_VERSION>` in the test environment's cache.
-fn helm() -> PathBuf {
-    if let Some(path) = std::env::var_os("HELM") {
-        return PathBuf::from(path);
-    }
-    let versions = std::fs::read_to_string(repo().join("scripts/versions.env")).unwrap();
-    let version = versions
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("HELM_VERSION="))
-        .expect("HELM_VERSION in scripts/versions.env")
-        .trim_matches(|c| c == '"' || c == '\'');
-    let cache = std::env::var_os("TENDER_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/tender"));
-    let path = cache.join("bin").join(format!("helm-{version}"));
-    assert!(
-        path.is_file(),
-        "{} is missing: run `scripts/testenv install` (or set HELM)",
-        path.display()
-    );
-    path
-}
-
-fn kubectl() -> Command {
-    if std::env::var_os("KUBECONFIG").is_none() {
-        panic!(
-            "KUBECONFIG is not set: run the tests with scripts/test, or `eval \"$(scripts/testenv up)\"` first"
-        );
-    }
-    Command::new("kubectl")
-}
-
-struct Output {
-    success: bool,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(cmd: &mut Command, stdin: Option<&str>) -> Output {
-    let mut child = cmd
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    Output {
-        success: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// Runs the command and returns its stdout; panics, with its output, when it fails.
-fn run_ok(cmd: &mut Command, stdin: Option<&str>) -> String {
-    let out = run(cmd, stdin);
-    assert!(
-        out.success,
-        "{cmd:?} failed:\n{}\n{}",
-        out.stdout, out.stderr
-    );
-    out.stdout
 }
 
 /// The documents of a multi-document YAML stream, as JSON, without empty ones.
@@ -173,7 +85,11 @@ fn helm_template(release: &str, namespace: &str, set: &[&str]) -> Output {
 
 fn render(release: &str, namespace: &str, set: &[&str]) -> Vec<Value> {
     let out = helm_template(release, namespace, set);
-    assert!(out.success, "helm template {set:?} failed:\n{}", out.stderr);
+    assert!(
+        out.success(),
+        "helm template {set:?} failed:\n{}",
+        out.stderr
+    );
     parse_documents(&out.stdout)
 }
 
@@ -288,7 +204,7 @@ impl Installed {
                 None,
             );
             assert!(
-                !out.success && out.stderr.contains("NotFound"),
+                !out.success() && out.stderr.contains("NotFound"),
                 "{} {} is still there after delete: {}{}",
                 kind(obj),
                 name(obj),
@@ -566,7 +482,7 @@ fn values_schema_rejects_wrong_values() {
     ];
     for (set, path) in rejected {
         let out = helm_template("schema", "default", &[set]);
-        assert!(!out.success, "--set {set} was accepted");
+        assert!(!out.success(), "--set {set} was accepted");
         assert!(
             out.stderr.contains("schema") && out.stderr.contains(path),
             "--set {set} failed, but not on the schema at {path}:\n{}",
@@ -844,7 +760,7 @@ fn pdb_and_service_monitor_render_when_enabled() {
         ],
     );
     assert!(
-        !out.success && out.stderr.contains("needs metrics.service.enabled"),
+        !out.success() && out.stderr.contains("needs metrics.service.enabled"),
         "{}",
         out.stderr
     );
@@ -1044,15 +960,6 @@ fn kustomize_base_is_the_charts_defaults_and_applies() {
     sa.assert_permissions(&[check("get", "namespaces/kube-system", None, true)]);
     sa.assert_permissions(&leader_election_checks(&ns, &elsewhere));
     installed.uninstall();
-}
-
-/// A free port on loopback, for the controller's metrics address.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `GET path` on loopback; the status code, or None when nothing answers.
@@ -1283,7 +1190,7 @@ fn the_controller_runs_with_nothing_but_the_charts_permissions() {
             ]),
             None,
         );
-        out.success
+        out.success()
             .then(|| serde_json::from_str(&out.stdout).unwrap())
     };
     let reconciled = eventually("the WorkerConfiguration is reconciled", 60, &log, || {

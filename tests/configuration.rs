@@ -2,7 +2,6 @@
 //! emulator: subnet choice and the default-VPC fallback, the managed
 //! security group's exact rules, public IPs, private-network endpoint checks,
 //! instance type offerings, tag variables and the concurrency limit.
-#![allow(clippy::unwrap_used, clippy::panic)]
 
 mod common;
 
@@ -39,13 +38,11 @@ where
         {
             return cfg;
         }
-        if start.elapsed() > TIMEOUT {
-            let cfg = api.get(name).await.ok();
-            panic!(
-                "configuration {name} not as expected: {:?}",
-                cfg.and_then(|c| c.status)
-            );
-        }
+        assert!(
+            start.elapsed() <= TIMEOUT,
+            "configuration {name} not as expected: {:?}",
+            api.get(name).await.ok().and_then(|c| c.status)
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -117,11 +114,7 @@ async fn without_subnets_or_groups_workers_use_the_default_vpc_and_a_managed_gro
         serde_json::json!({"backoffLimit": 0}),
     )
     .await;
-    let job = env
-        .wait_job("nightly", TIMEOUT, |j| {
-            j.status.as_ref().is_some_and(|s| s.phase.is_finished())
-        })
-        .await;
+    let job = env.wait_job_finished("nightly", TIMEOUT).await;
     // The failed backup left none of the snapshots it took of the instance.
     assert!(
         common::disks::snapshots_tagged(&env.ec2, "tender.dev/job-uid", &job.uid().unwrap())
@@ -134,9 +127,7 @@ async fn without_subnets_or_groups_workers_use_the_default_vpc_and_a_managed_gro
         worker.placement.as_deref().unwrap().contains(&zone_b),
         "{worker:?}"
     );
-    let instance = &env
-        .instances_tagged("tender.dev/job-uid", &job.uid().unwrap())
-        .await[0];
+    let instance = &env.workers_of(&job.uid().unwrap()).await[0];
     assert_eq!(instance.subnet_id(), Some(zone_b_subnet.as_str()));
     assert!(
         instance.network_interfaces()[0]
@@ -213,12 +204,7 @@ async fn public_ips_only_when_asked_for() {
     let instance = common::eventually(TIMEOUT, || {
         let env = &env;
         let uid = uid.clone();
-        async move {
-            env.instances_tagged("tender.dev/job-uid", &uid)
-                .await
-                .into_iter()
-                .next()
-        }
+        async move { env.workers_of(&uid).await.into_iter().next() }
     })
     .await;
     assert!(
@@ -332,9 +318,7 @@ async fn private_network_mode_reports_each_missing_endpoint_and_jobs_wait_for_it
         waiting.status
     );
     assert!(
-        env.instances_tagged("tender.dev/job-uid", &job.uid().unwrap())
-            .await
-            .is_empty(),
+        env.workers_of(&job.uid().unwrap()).await.is_empty(),
         "no worker that could not work"
     );
 
@@ -356,16 +340,8 @@ async fn private_network_mode_reports_each_missing_endpoint_and_jobs_wait_for_it
         message.contains("ssmmessages") && !message.contains("ebs"),
         "{message}"
     );
-    let job = env
-        .wait_job("waits", TIMEOUT, |j| {
-            j.status
-                .as_ref()
-                .is_some_and(|s| s.phase == Phase::Succeeded)
-        })
-        .await;
-    let instance = &env
-        .instances_tagged("tender.dev/job-uid", &job.uid().unwrap())
-        .await[0];
+    let job = env.wait_job_phase("waits", TIMEOUT, Phase::Succeeded).await;
+    let instance = &env.workers_of(&job.uid().unwrap()).await[0];
     assert_eq!(
         instance.public_ip_address(),
         None,
@@ -409,11 +385,7 @@ async fn an_instance_type_the_region_does_not_offer_is_reported_not_launched() {
             .contains("zz9.large")
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(
-        env.instances_tagged("tender.dev/job-uid", &job.uid().unwrap())
-            .await
-            .is_empty()
-    );
+    assert!(env.workers_of(&job.uid().unwrap()).await.is_empty());
     let reasons: Vec<String> = env.events().await.into_iter().map(|(r, _)| r).collect();
     assert!(
         reasons.iter().any(|r| r == "InstanceTypeNotOffered"),
@@ -467,7 +439,7 @@ async fn max_concurrent_workers_queues_jobs_in_creation_order() {
     let live = |uid: String| {
         let env = &env;
         async move {
-            env.instances_tagged("tender.dev/job-uid", &uid)
+            env.workers_of(&uid)
                 .await
                 .into_iter()
                 .filter(|i| i.state().unwrap().name().unwrap().as_str() == "running")
@@ -484,13 +456,7 @@ async fn max_concurrent_workers_queues_jobs_in_creation_order() {
     // Workers now boot and finish; the queue drains in order, one at a time.
     env.boot_workers.store(true, Ordering::SeqCst);
     for name in ["first", "second", "third"] {
-        let job = env
-            .wait_job(name, TIMEOUT, |j| {
-                j.status
-                    .as_ref()
-                    .is_some_and(|s| s.phase == Phase::Succeeded)
-            })
-            .await;
+        let job = env.wait_job_phase(name, TIMEOUT, Phase::Succeeded).await;
         assert_eq!(job.status.unwrap().queue_position, None);
     }
     let start = |name: &str| {
@@ -540,11 +506,7 @@ async fn a_configuration_deleted_while_its_job_runs_goes_once_the_job_finishes()
     // configuration goes.
     env.boot_workers.store(true, Ordering::SeqCst);
     let job = env
-        .wait_job("running", TIMEOUT, |j| {
-            j.status
-                .as_ref()
-                .is_some_and(|s| s.phase == Phase::Succeeded)
-        })
+        .wait_job_phase("running", TIMEOUT, Phase::Succeeded)
         .await;
     assert_eq!(job.status.unwrap().active_workers, 0);
     common::eventually(TIMEOUT, || {

@@ -1,6 +1,5 @@
 //! The CRDs in `crds/` are exactly what `tender crd` generates, and the API
 //! server enforces their validation.
-#![allow(clippy::unwrap_used, clippy::panic)]
 
 mod common;
 

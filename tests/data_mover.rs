@@ -2,7 +2,6 @@
 //! ext4 image in an EBS snapshot, backed up, changed, backed up again
 //! incrementally, and both restore points restored byte for byte; a
 //! missing or corrupt chunk fails the restore before anything is written.
-#![allow(clippy::unwrap_used, clippy::panic)]
 
 mod common;
 
@@ -41,7 +40,7 @@ async fn backup(
         &progress,
     )
     .await
-    .unwrap();
+    .expect("the backup succeeds");
     let (done, total) = progress.snapshot();
     assert_eq!(done, total, "progress ends at its total");
     m
@@ -235,18 +234,19 @@ async fn drain(sqs: &aws_sdk_sqs::Client, queue: &str) -> Vec<WorkerMessage> {
             .max_number_of_messages(10)
             .send()
             .await
-            .unwrap();
+            .expect("receive messages");
         if got.messages().is_empty() {
             break;
         }
         for m in got.messages() {
-            out.push(WorkerMessage::parse(m.body().unwrap()).unwrap());
+            let body = m.body().expect("a message has a body");
+            out.push(WorkerMessage::parse(body).expect("a worker message"));
             sqs.delete_message()
                 .queue_url(queue)
-                .receipt_handle(m.receipt_handle().unwrap())
+                .receipt_handle(m.receipt_handle().expect("a receipt handle"))
                 .send()
                 .await
-                .unwrap();
+                .expect("delete the message");
         }
     }
     out.sort_by_key(|m| m.sequence);

@@ -1,44 +1,22 @@
 //! Every manifest in examples/ is applied to the real API server with
 //! kubectl and reconciled by the controller, against the moto emulator.
-#![allow(clippy::unwrap_used, clippy::panic)]
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::TestEnv;
+use common::commands::{kubectl, read, run_ok};
 use kube::Api;
 use tender::api::{BackupJob, Phase, RestoreJob, WorkerConfiguration};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
 fn kubectl_apply(namespace: &str, manifest: &str) {
-    let mut child = Command::new("kubectl")
-        .args(["apply", "-n", namespace, "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(manifest.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl apply failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        kubectl().args(["apply", "-n", namespace, "-f", "-"]),
+        Some(manifest),
     );
-}
-
-fn read(path: &str) -> String {
-    std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
 }
 
 fn condition<'a>(
@@ -83,9 +61,7 @@ async fn the_examples_apply_and_reach_their_states() {
     );
 
     let missing = env
-        .wait_job("web-server-nightly", TIMEOUT, |j| {
-            j.status.as_ref().is_some_and(|s| s.phase == Phase::Failed)
-        })
+        .wait_job_phase("web-server-nightly", TIMEOUT, Phase::Failed)
         .await;
     assert_eq!(
         missing.status.as_ref().unwrap().workers[0]
@@ -94,11 +70,7 @@ async fn the_examples_apply_and_reach_their_states() {
         Some("SourceInstanceNotFound")
     );
     let job = env
-        .wait_job("data-volume-weekly", TIMEOUT, |j| {
-            j.status
-                .as_ref()
-                .is_some_and(|s| s.phase == Phase::Succeeded)
-        })
+        .wait_job_phase("data-volume-weekly", TIMEOUT, Phase::Succeeded)
         .await;
     let point = format!("data-volume-weekly/{protected}");
     assert_eq!(
@@ -107,14 +79,9 @@ async fn the_examples_apply_and_reach_their_states() {
             .as_deref(),
         Some(point.as_str())
     );
-    let instances = env
-        .instances_tagged("tender.dev/job-uid", job.metadata.uid.as_deref().unwrap())
-        .await;
+    let instances = env.workers_of(job.metadata.uid.as_deref().unwrap()).await;
     assert_eq!(instances.len(), 1);
-    assert_eq!(
-        instances[0].state().unwrap().name().unwrap().as_str(),
-        "terminated"
-    );
+    assert_eq!(common::state(&instances[0]), "terminated");
 
     let configs: Api<WorkerConfiguration> = env.api();
     let config_condition = |name: &'static str, type_: &'static str| {
@@ -174,11 +141,7 @@ async fn the_examples_apply_and_reach_their_states() {
         );
     }
     for name in ["web-server-volume-restore", "web-server-full-restore"] {
-        let restored = env
-            .wait_restore(name, TIMEOUT, |j| {
-                j.status.as_ref().is_some_and(|s| s.phase.is_finished())
-            })
-            .await;
+        let restored = env.wait_restore_finished(name, TIMEOUT).await;
         let worker = &restored.status.as_ref().unwrap().workers[0];
         assert_eq!(
             restored.status.as_ref().unwrap().phase,
@@ -258,10 +221,7 @@ async fn the_examples_apply_and_reach_their_states() {
         )
         .await;
     assert_eq!(workers.len(), 1);
-    assert_eq!(
-        workers[0].state().unwrap().name().unwrap().as_str(),
-        "terminated"
-    );
+    assert_eq!(common::state(&workers[0]), "terminated");
     let jobs: Api<BackupJob> = env.api();
     assert_eq!(jobs.list(&Default::default()).await.unwrap().items.len(), 2);
 }

@@ -8,6 +8,7 @@
 //! The cases run one after another in one test: two of them restart shared
 //! services, which no other test may see (cargo runs test binaries one at a
 //! time).
+// Its helpers (not only its #[test]s, which clippy.toml covers) unwrap and panic.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 mod common;
@@ -115,10 +116,7 @@ async fn check_no_leaks(env: &TestEnv, jobs: &[&str], tally: &mut Tally) {
             .iter()
             .map(|w| w.attempt)
             .sum();
-        let launched = env
-            .instances_tagged("tender.dev/job-uid", &job.uid().unwrap())
-            .await
-            .len() as i32;
+        let launched = env.workers_of(&job.uid().unwrap()).await.len() as i32;
         assert!(
             launched <= attempts,
             "{name}: {launched} instances for {attempts} attempts"
@@ -160,9 +158,7 @@ async fn crash_at(point: &str, tally: &mut Tally) {
         "crash at {point}: {:?}",
         job.status
     );
-    let instances = env
-        .instances_tagged("tender.dev/job-uid", &job.uid().unwrap())
-        .await;
+    let instances = env.workers_of(&job.uid().unwrap()).await;
     assert_eq!(instances.len(), 1, "crash at {point}: exactly one worker");
     check_no_leaks(&env, &["job"], tally).await;
 }
@@ -170,11 +166,8 @@ async fn crash_at(point: &str, tally: &mut Tally) {
 async fn api_server_restart(tally: &mut Tally) {
     let env = TestEnv::new("apirestart").await;
     env.boot_workers.store(false, Ordering::SeqCst);
-    let net = env.network().await;
+    env.default_configuration().await;
     let protected = env.protected_disk().await;
-    env.create_configuration("default", &net, serde_json::json!({}))
-        .await;
-    env.wait_configuration_ready("default").await;
     let names = ["a", "b", "c"];
     for n in names {
         env.create_job(n, &protected, serde_json::json!({})).await;
@@ -360,11 +353,8 @@ async fn throttled_aws(tally: &mut Tally) {
     let port = fault_proxy(upstream, 4, injected.clone()).await;
     let endpoint = format!("http://127.0.0.1:{port}");
     env.start_controller_with(&[], &[("AWS_ENDPOINT_URL", endpoint.as_str())]);
-    let net = env.network().await;
+    env.default_configuration().await;
     let protected = env.protected_disk().await;
-    env.create_configuration("default", &net, serde_json::json!({}))
-        .await;
-    env.wait_configuration_ready("default").await;
     let names = ["t1", "t2", "t3", "t4"];
     for n in names {
         env.create_job(n, &protected, serde_json::json!({})).await;

@@ -6,7 +6,6 @@
 //! served certificate's SHA-256 is the one in the RestoreJob's status; a
 //! request without the session token is refused; the session ends once idle
 //! and its worker is terminated.
-#![allow(clippy::unwrap_used, clippy::panic)]
 
 mod common;
 
@@ -33,21 +32,17 @@ fn curl(args: &[&str]) -> String {
 }
 
 fn chromium() -> String {
-    for p in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
-        if std::path::Path::new(p).exists() {
-            return p.to_string();
-        }
-    }
-    panic!("Chromium is not installed: scripts/testenv install installs Debian's chromium")
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("Chromium is not installed: scripts/testenv install installs Debian's chromium")
+        .to_string()
 }
 
 #[tokio::test]
 async fn a_browser_downloads_a_file_from_a_file_level_recovery_session() {
     let env = TestEnv::new("filelevel").await;
-    let net = env.network().await;
-    env.create_configuration("default", &net, serde_json::json!({}))
-        .await;
-    env.wait_configuration_ready("default").await;
+    env.default_configuration().await;
     let aws = tender::aws::AwsClients::from_env().await;
     let report = disks::random_bytes(300_000, 11);
     let todo = b"water the plants\nbackup the backups\n".to_vec();
@@ -246,12 +241,7 @@ async fn a_browser_downloads_a_file_from_a_file_level_recovery_session() {
             .contains("idle"),
         "{status:?}"
     );
-    let workers = env
-        .instances_tagged("tender.dev/job-uid", &restore.uid().unwrap())
-        .await;
+    let workers = env.workers_of(&restore.uid().unwrap()).await;
     assert_eq!(workers.len(), 1);
-    assert_eq!(
-        workers[0].state().unwrap().name().unwrap().as_str(),
-        "terminated"
-    );
+    assert_eq!(common::state(&workers[0]), "terminated");
 }

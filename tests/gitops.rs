@@ -7,27 +7,28 @@
 //!   gitops/argocd-cm.yaml installs) runs on the live object's JSON in a
 //!   Lua interpreter, as Argo CD runs it, and must say Progressing,
 //!   Healthy, Degraded or Suspended;
-//! - Flux's view: the kstatus rules (observedGeneration, Reconciling,
-//!   Stalled, Ready) hold on the same object;
+//! - Flux's view: kstatus itself (sigs.k8s.io/cli-utils `status.Compute`,
+//!   through scripts/kstatus) computes the same object's status;
 //!
 //! and manifests applied twice with `kubectl apply --server-side` change
 //! nothing the second time, because the controller never writes spec.
 //!
-//! Needs the environment of `scripts/testenv up`, `kubectl`, and Lua 5.4 or
-//! 5.3 with the cjson module on PATH (`scripts/testenv install` installs
-//! Debian's lua5.4 and lua-cjson).
+//! Needs the environment of `scripts/testenv up`, `kubectl`, the kstatus
+//! tool and Lua 5.4 or 5.3 with the cjson module on PATH (`scripts/testenv
+//! install` builds the one and installs Debian's lua5.4 and lua-cjson).
+// Its helpers (not only its #[test]s, which clippy.toml covers) unwrap and panic.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use common::commands::{self, Output, kstatus, repo, run};
 use common::{REGION, TestEnv};
 use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::{Api, CustomResourceExt};
@@ -40,10 +41,6 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 const GITOPS_MANAGER: &str = "tender-gitops-tests";
 /// A source instance that does not exist: its backup fails at once.
 const MISSING_INSTANCE: &str = "i-00000000deadbeef0";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 // ---------------------------------------------------------------------------
 // Argo CD: the Lua health check, run the way Argo CD runs it.
@@ -133,30 +130,19 @@ struct Health {
 }
 
 fn argocd_health(obj: &Value) -> Health {
-    let mut child = Command::new(lua())
-        .args(["-e", LUA_HARNESS])
-        .env(
+    let out = run(
+        Command::new(lua()).args(["-e", LUA_HARNESS]).env(
             "TENDER_HEALTH_SCRIPT",
             repo().join("gitops/argocd-health.lua"),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start Lua");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(obj.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the health check failed on {obj}:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        ),
+        Some(&obj.to_string()),
     );
-    let hs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        out.success(),
+        "the health check failed on {obj}:\n{}",
+        out.stderr
+    );
+    let hs: Value = serde_json::from_str(&out.stdout).expect("the health check's JSON");
     let health = Health {
         status: hs["status"].as_str().unwrap_or_default().to_string(),
         message: hs["message"].as_str().unwrap_or_default().to_string(),
@@ -185,7 +171,7 @@ fn assert_argocd(obj: &Value, status: &str, message: &str) {
 }
 
 // ---------------------------------------------------------------------------
-// Flux: the kstatus rules.
+// Flux: kstatus' verdict, and the conditions it reads.
 
 fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
     obj["status"]["conditions"]
@@ -196,35 +182,6 @@ fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
 
 fn condition_status<'a>(obj: &'a Value, type_: &str) -> Option<&'a str> {
     condition(obj, type_)?["status"].as_str()
-}
-
-/// The status kstatus computes for a custom resource (sigs.k8s.io/cli-utils
-/// pkg/kstatus/status `Compute`, which Flux uses): deletion, then the
-/// observed generation, then Reconciling and Stalled, then Ready; a
-/// resource without any of them is Current.
-fn kstatus(obj: &Value) -> &'static str {
-    if obj["metadata"]["deletionTimestamp"].is_string() {
-        return "Terminating";
-    }
-    if let (Some(generation), Some(observed)) = (
-        obj["metadata"]["generation"].as_i64(),
-        obj["status"]["observedGeneration"].as_i64(),
-    ) && generation != observed
-    {
-        return "InProgress";
-    }
-    for c in obj["status"]["conditions"].as_array().into_iter().flatten() {
-        match (c["type"].as_str(), c["status"].as_str()) {
-            (Some("Reconciling"), Some("True")) => return "InProgress",
-            (Some("Stalled"), Some("True")) => return "Failed",
-            _ => {}
-        }
-    }
-    match condition_status(obj, "Ready") {
-        Some("True") => "Current",
-        Some(_) => "InProgress",
-        None => "Current",
-    }
 }
 
 /// The controller has seen the object's latest spec: status and every
@@ -254,11 +211,11 @@ fn assert_reconciled(obj: &Value) {
 fn assert_kstatus(obj: &Value, expected: &str) {
     assert_reconciled(obj);
     let what = format!("{} {}", obj["kind"], obj["metadata"]["name"]);
+    let verdict = kstatus(obj);
     assert_eq!(
-        kstatus(obj),
-        expected,
-        "kstatus of {what}: {}",
-        obj["status"]
+        verdict.status, expected,
+        "kstatus of {what} ({}): {}",
+        verdict.message, obj["status"]
     );
     let is_true = |t: &str| condition_status(obj, t) == Some("True");
     let ready = condition_status(obj, "Ready");
@@ -348,38 +305,9 @@ fn at(obj: &Value, wanted: &str) -> bool {
 // ---------------------------------------------------------------------------
 // kubectl.
 
-struct Output {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
+/// `kubectl ARGS`, with `stdin` as its input.
 fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new("kubectl")
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl on PATH");
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    Output {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    run(commands::kubectl().args(args), stdin)
 }
 
 /// `kubectl apply --server-side` of `file`; returns the applied objects.
@@ -447,7 +375,7 @@ async fn a_worker_configuration_is_progressing_until_reconciled_then_healthy_or_
     assert_eq!((generation(&cfg), observed(&cfg)), (2, Some(1)));
     assert_argocd(&cfg, "Progressing", "to observe generation 2 (observed 1)");
     assert_eq!(
-        kstatus(&cfg),
+        kstatus(&cfg).status,
         "InProgress",
         "a new generation is in progress"
     );
@@ -480,10 +408,8 @@ async fn a_backup_job_is_progressing_while_provisioning_then_healthy_once_succee
     let env = TestEnv::new("gitops-job").await;
     // Worker instances boot no agent for now: the job stays Provisioning.
     env.boot_workers.store(false, Ordering::SeqCst);
-    let net = env.network().await;
+    env.default_configuration().await;
     let protected = env.protected_disk().await;
-    env.create_configuration("default", &net, json!({})).await;
-    env.wait_configuration_ready("default").await;
     env.create_job("nightly", &protected, json!({})).await;
 
     let job = wait_live::<BackupJob, _>(&env, "nightly", |o| at(o, "Provisioning")).await;
@@ -512,10 +438,8 @@ async fn a_backup_job_is_progressing_while_provisioning_then_healthy_once_succee
 #[tokio::test]
 async fn failed_and_partially_succeeded_jobs_are_degraded_and_stalled() {
     let env = TestEnv::new("gitops-failed").await;
-    let net = env.network().await;
+    env.default_configuration().await;
     let protected = env.protected_disk().await;
-    env.create_configuration("default", &net, json!({})).await;
-    env.wait_configuration_ready("default").await;
 
     env.create_job("ghost", MISSING_INSTANCE, json!({})).await;
     env.create_job(
@@ -547,10 +471,8 @@ async fn failed_and_partially_succeeded_jobs_are_degraded_and_stalled() {
 #[tokio::test]
 async fn a_suspended_job_is_suspended_then_healthy_once_resumed() {
     let env = TestEnv::new("gitops-suspend").await;
-    let net = env.network().await;
+    env.default_configuration().await;
     let protected = env.protected_disk().await;
-    env.create_configuration("default", &net, json!({})).await;
-    env.wait_configuration_ready("default").await;
     env.create_job("paused", &protected, json!({"suspend": true}))
         .await;
 
@@ -583,9 +505,7 @@ async fn a_suspended_job_is_suspended_then_healthy_once_resumed() {
 #[tokio::test]
 async fn a_restore_job_whose_restore_point_is_missing_is_degraded_and_stalled() {
     let env = TestEnv::new("gitops-restore").await;
-    let net = env.network().await;
-    env.create_configuration("default", &net, json!({})).await;
-    env.wait_configuration_ready("default").await;
+    env.default_configuration().await;
     env.create_restore(
         "bring-back",
         "volume",
@@ -607,10 +527,8 @@ async fn a_restore_job_whose_restore_point_is_missing_is_degraded_and_stalled() 
 #[tokio::test]
 async fn a_configuration_whose_deletion_waits_for_a_job_is_progressing() {
     let env = TestEnv::new("gitops-deleting").await;
-    let net = env.network().await;
+    env.default_configuration().await;
     let protected = env.protected_disk().await;
-    env.create_configuration("default", &net, json!({})).await;
-    env.wait_configuration_ready("default").await;
     // A suspended job is unfinished: it holds its configuration.
     env.create_job("held", &protected, json!({"suspend": true}))
         .await;
@@ -624,7 +542,7 @@ async fn a_configuration_whose_deletion_waits_for_a_job_is_progressing() {
     let cfg = wait_live::<WorkerConfiguration, _>(&env, "default", |o| at(o, "Deleting")).await;
     assert_argocd(&cfg, "Progressing", "InUse: ");
     assert_argocd(&cfg, "Progressing", "held");
-    assert_eq!(kstatus(&cfg), "Terminating");
+    assert_eq!(kstatus(&cfg).status, "Terminating");
     assert_reconciled(&cfg);
     assert_eq!(condition_status(&cfg, "Reconciling"), Some("True"));
     assert_eq!(condition_status(&cfg, "Ready"), Some("False"));

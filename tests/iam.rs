@@ -13,6 +13,7 @@
 //! are derived from the request too: tags at creation (`ec2:CreateTags` with
 //! `ec2:CreateAction`, `sqs:TagQueue`), an instance profile
 //! (`iam:PassRole`), an STS `AssumeRoleProvider` (`sts:AssumeRole`).
+// Its helpers (not only its #[test]s, which clippy.toml covers) unwrap and panic.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -3,7 +3,6 @@
 //! controller killed mid-launch, orphans, bad and repeated messages, and
 //! leader election. Each test checks the job's status and the emulator's
 //! EC2/SQS state.
-#![allow(clippy::unwrap_used, clippy::panic)]
 
 mod common;
 
@@ -19,10 +18,6 @@ use tender::api::{BackupJob, Phase};
 use tender::messages::{PROTOCOL_VERSION, WorkerEvent, WorkerMessage};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
-
-fn state(i: &aws_sdk_ec2::types::Instance) -> String {
-    i.state().unwrap().name().unwrap().as_str().to_string()
-}
 
 #[tokio::test]
 async fn a_lost_worker_is_retried_then_the_job_fails_at_the_backoff_limit() {
@@ -42,11 +37,7 @@ async fn a_lost_worker_is_retried_then_the_job_fails_at_the_backoff_limit() {
         .await;
     let uid = job.uid().unwrap();
 
-    let job = env
-        .wait_job("silent", TIMEOUT, |j| {
-            j.status.as_ref().is_some_and(|s| s.phase == Phase::Failed)
-        })
-        .await;
+    let job = env.wait_job_phase("silent", TIMEOUT, Phase::Failed).await;
     let status = job.status.clone().unwrap();
     let worker = &status.workers[0];
     assert_eq!(worker.attempt, 2, "one retry: {worker:?}");
@@ -65,7 +56,7 @@ async fn a_lost_worker_is_retried_then_the_job_fails_at_the_backoff_limit() {
     assert_eq!(condition(&job, "Stalled").unwrap().status, "True");
 
     // Two attempts, two instances with distinct tokens, both terminated.
-    let instances = env.instances_tagged("tender.dev/job-uid", &uid).await;
+    let instances = env.workers_of(&uid).await;
     assert_eq!(instances.len(), 2, "one instance per attempt");
     let mut attempts: Vec<String> = instances
         .iter()
@@ -78,7 +69,7 @@ async fn a_lost_worker_is_retried_then_the_job_fails_at_the_backoff_limit() {
         .map(|i| TestEnv::tags(i)["tender.dev/launch-token"].clone())
         .collect();
     assert_eq!(tokens.len(), 2, "each attempt has its own launch token");
-    assert!(instances.iter().all(|i| state(i) == "terminated"));
+    assert!(instances.iter().all(|i| common::state(i) == "terminated"));
 
     let reasons: Vec<String> = env.events().await.into_iter().map(|(r, _)| r).collect();
     for reason in ["WorkerLost", "WorkerRetried", "JobFailed"] {
@@ -93,11 +84,8 @@ async fn a_lost_worker_is_retried_then_the_job_fails_at_the_backoff_limit() {
 async fn the_active_deadline_stops_a_job_and_its_worker() {
     let env = TestEnv::new("deadline").await;
     env.boot_workers.store(false, Ordering::SeqCst);
-    let net = env.network().await;
+    env.default_configuration().await;
     let protected = env.protected_disk().await;
-    env.create_configuration("default", &net, serde_json::json!({}))
-        .await;
-    env.wait_configuration_ready("default").await;
     let job = env
         .create_job(
             "slow",
@@ -107,11 +95,7 @@ async fn the_active_deadline_stops_a_job_and_its_worker() {
         .await;
     let uid = job.uid().unwrap();
 
-    let job = env
-        .wait_job("slow", TIMEOUT, |j| {
-            j.status.as_ref().is_some_and(|s| s.phase == Phase::Failed)
-        })
-        .await;
+    let job = env.wait_job_phase("slow", TIMEOUT, Phase::Failed).await;
     let worker = &job.status.as_ref().unwrap().workers[0];
     assert_eq!(worker.reason.as_deref(), Some("DeadlineExceeded"));
     assert_eq!(worker.attempt, 1, "a deadline is not retried");
@@ -121,19 +105,16 @@ async fn the_active_deadline_stops_a_job_and_its_worker() {
         "{}",
         failed.message
     );
-    let instances = env.instances_tagged("tender.dev/job-uid", &uid).await;
+    let instances = env.workers_of(&uid).await;
     assert_eq!(instances.len(), 1);
-    assert_eq!(state(&instances[0]), "terminated");
+    assert_eq!(common::state(&instances[0]), "terminated");
 }
 
 #[tokio::test]
 async fn a_finished_job_is_deleted_after_its_ttl() {
     let env = TestEnv::new("ttl").await;
-    let net = env.network().await;
+    env.default_configuration().await;
     let protected = env.protected_disk().await;
-    env.create_configuration("default", &net, serde_json::json!({}))
-        .await;
-    env.wait_configuration_ready("default").await;
     let job = env
         .create_job(
             "short-lived",
@@ -143,12 +124,8 @@ async fn a_finished_job_is_deleted_after_its_ttl() {
         .await;
     let uid = job.uid().unwrap();
 
-    env.wait_job("short-lived", TIMEOUT, |j| {
-        j.status
-            .as_ref()
-            .is_some_and(|s| s.phase == Phase::Succeeded)
-    })
-    .await;
+    env.wait_job_phase("short-lived", TIMEOUT, Phase::Succeeded)
+        .await;
     let jobs: Api<BackupJob> = env.api();
     common::eventually(TIMEOUT, || {
         let jobs = jobs.clone();
@@ -161,37 +138,28 @@ async fn a_finished_job_is_deleted_after_its_ttl() {
         }
     })
     .await;
-    let instances = env.instances_tagged("tender.dev/job-uid", &uid).await;
+    let instances = env.workers_of(&uid).await;
     assert_eq!(instances.len(), 1);
-    assert_eq!(state(&instances[0]), "terminated");
+    assert_eq!(common::state(&instances[0]), "terminated");
 }
 
 #[tokio::test]
 async fn a_suspended_job_launches_nothing_until_resumed() {
     let env = TestEnv::new("suspend").await;
-    let net = env.network().await;
+    env.default_configuration().await;
     let protected = env.protected_disk().await;
-    env.create_configuration("default", &net, serde_json::json!({}))
-        .await;
-    env.wait_configuration_ready("default").await;
     let job = env
         .create_job("paused", &protected, serde_json::json!({"suspend": true}))
         .await;
     let uid = job.uid().unwrap();
 
     let job = env
-        .wait_job("paused", TIMEOUT, |j| {
-            j.status
-                .as_ref()
-                .is_some_and(|s| s.phase == Phase::Suspended)
-        })
+        .wait_job_phase("paused", TIMEOUT, Phase::Suspended)
         .await;
     assert_eq!(condition(&job, "Suspended").unwrap().status, "True");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
-        env.instances_tagged("tender.dev/job-uid", &uid)
-            .await
-            .is_empty(),
+        env.workers_of(&uid).await.is_empty(),
         "nothing launched while suspended"
     );
 
@@ -204,16 +172,12 @@ async fn a_suspended_job_launches_nothing_until_resumed() {
     .await
     .unwrap();
     let job = env
-        .wait_job("paused", TIMEOUT, |j| {
-            j.status
-                .as_ref()
-                .is_some_and(|s| s.phase == Phase::Succeeded)
-        })
+        .wait_job_phase("paused", TIMEOUT, Phase::Succeeded)
         .await;
     assert!(condition(&job, "Suspended").is_none());
-    let instances = env.instances_tagged("tender.dev/job-uid", &uid).await;
+    let instances = env.workers_of(&uid).await;
     assert_eq!(instances.len(), 1);
-    assert_eq!(state(&instances[0]), "terminated");
+    assert_eq!(common::state(&instances[0]), "terminated");
 }
 
 #[tokio::test]
@@ -247,21 +211,14 @@ async fn a_controller_killed_right_after_run_instances_adopts_the_worker_on_rest
         worker.instance_id.is_none(),
         "the crash came before the status write: {worker:?}"
     );
-    assert_eq!(
-        env.instances_tagged("tender.dev/job-uid", &uid).await.len(),
-        1
-    );
+    assert_eq!(env.workers_of(&uid).await.len(), 1);
 
     env.kill_controller();
     env.start_controller();
     let job = env
-        .wait_job("survivor", TIMEOUT, |j| {
-            j.status
-                .as_ref()
-                .is_some_and(|s| s.phase == Phase::Succeeded)
-        })
+        .wait_job_phase("survivor", TIMEOUT, Phase::Succeeded)
         .await;
-    let instances = env.instances_tagged("tender.dev/job-uid", &uid).await;
+    let instances = env.workers_of(&uid).await;
     assert_eq!(instances.len(), 1, "exactly one instance for the job");
     assert_eq!(
         job.status.as_ref().unwrap().workers[0]
@@ -269,7 +226,7 @@ async fn a_controller_killed_right_after_run_instances_adopts_the_worker_on_rest
             .as_deref(),
         instances[0].instance_id()
     );
-    assert_eq!(state(&instances[0]), "terminated");
+    assert_eq!(common::state(&instances[0]), "terminated");
     let reasons: Vec<String> = env.events().await.into_iter().map(|(r, _)| r).collect();
     assert!(reasons.iter().any(|r| r == "WorkerAdopted"), "{reasons:?}");
 }
@@ -278,10 +235,7 @@ async fn a_controller_killed_right_after_run_instances_adopts_the_worker_on_rest
 async fn the_sweep_terminates_orphaned_workers_and_deletes_orphaned_queues() {
     let env = TestEnv::without_controller("orphan").await;
     let port = env.start_controller_with(&[], &[]);
-    let net = env.network().await;
-    env.create_configuration("default", &net, serde_json::json!({}))
-        .await;
-    env.wait_configuration_ready("default").await;
+    let net = env.default_configuration().await.net;
 
     // A worker whose job never existed here, and one of another cluster.
     let orphan_tags = [
@@ -362,7 +316,7 @@ async fn the_sweep_terminates_orphaned_workers_and_deletes_orphaned_queues() {
                 .send()
                 .await
                 .unwrap();
-            state(&out.reservations()[0].instances()[0])
+            common::state(&out.reservations()[0].instances()[0])
         }
     };
     common::eventually(TIMEOUT, || {
@@ -423,31 +377,28 @@ async fn the_sweep_terminates_orphaned_workers_and_deletes_orphaned_queues() {
         .unwrap();
 }
 
+/// A message of the job's first worker, as its agent would send it.
 fn message(job: &BackupJob, sequence: i64, event: WorkerEvent) -> String {
-    let w = &job.status.as_ref().unwrap().workers[0];
+    let w = &job.status.as_ref().expect("the job has a status").workers[0];
     serde_json::to_string(&WorkerMessage {
         version: PROTOCOL_VERSION,
-        namespace: job.namespace().unwrap(),
+        namespace: job.namespace().expect("a namespaced job"),
         job_name: job.name_any(),
-        job_uid: job.uid().unwrap(),
+        job_uid: job.uid().expect("a created job has a UID"),
         resource: w.resource.clone(),
-        instance_id: w.instance_id.clone().unwrap(),
+        instance_id: w.instance_id.clone().expect("the worker was launched"),
         attempt: w.attempt,
         sequence,
         event,
     })
-    .unwrap()
+    .expect("a message serializes")
 }
 
 #[tokio::test]
 async fn duplicate_late_and_malformed_messages_change_nothing() {
     let env = TestEnv::new("messages").await;
-    let net = env.network().await;
+    let queue = env.default_configuration().await.queue_url();
     let protected = env.protected_disk().await;
-    env.create_configuration("default", &net, serde_json::json!({}))
-        .await;
-    let cfg = env.wait_configuration_ready("default").await;
-    let queue = cfg.status.unwrap().queue_url.unwrap();
     let done = env.back_up("steady", &protected, TIMEOUT).await;
 
     let sqs = common::sqs().await;
@@ -582,26 +533,13 @@ async fn with_two_replicas_only_the_leader_acts_and_a_follower_takes_over() {
     .await;
     let second = env.start_controller_with(&election, &[("POD_NAME", "replica-b")]);
 
-    let net = env.network().await;
+    env.default_configuration().await;
     let protected = env.protected_disk().await;
-    env.create_configuration("default", &net, serde_json::json!({}))
-        .await;
-    env.wait_configuration_ready("default").await;
     let job = env
         .create_job("led", &protected, serde_json::json!({}))
         .await;
-    env.wait_job("led", TIMEOUT, |j| {
-        j.status
-            .as_ref()
-            .is_some_and(|s| s.phase == Phase::Succeeded)
-    })
-    .await;
-    assert_eq!(
-        env.instances_tagged("tender.dev/job-uid", &job.uid().unwrap())
-            .await
-            .len(),
-        1
-    );
+    env.wait_job_phase("led", TIMEOUT, Phase::Succeeded).await;
+    assert_eq!(env.workers_of(&job.uid().unwrap()).await.len(), 1);
     let follower_metrics = env.metrics(second).await;
     assert!(
         !follower_metrics.contains("tender_workers_launched_total{"),
@@ -625,16 +563,7 @@ async fn with_two_replicas_only_the_leader_acts_and_a_follower_takes_over() {
     let job = env
         .create_job("after-failover", &protected, serde_json::json!({}))
         .await;
-    env.wait_job("after-failover", TIMEOUT, |j| {
-        j.status
-            .as_ref()
-            .is_some_and(|s| s.phase == Phase::Succeeded)
-    })
-    .await;
-    assert_eq!(
-        env.instances_tagged("tender.dev/job-uid", &job.uid().unwrap())
-            .await
-            .len(),
-        1
-    );
+    env.wait_job_phase("after-failover", TIMEOUT, Phase::Succeeded)
+        .await;
+    assert_eq!(env.workers_of(&job.uid().unwrap()).await.len(), 1);
 }

@@ -1,7 +1,6 @@
 //! RestoreJobs on the BackupJob lifecycle: a restore point written by a
 //! BackupJob comes back as a new EBS volume, byte for byte, with its worker
 //! terminated; a restore point that does not exist fails the job plainly.
-#![allow(clippy::unwrap_used, clippy::panic)]
 
 mod common;
 
@@ -17,10 +16,7 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 #[tokio::test]
 async fn a_volume_restore_brings_the_backed_up_disk_back_as_a_new_volume() {
     let env = TestEnv::new("restore").await;
-    let net = env.network().await;
-    env.create_configuration("default", &net, serde_json::json!({}))
-        .await;
-    env.wait_configuration_ready("default").await;
+    let net = env.default_configuration().await.net;
     let aws = tender::aws::AwsClients::from_env().await;
     let image = Ext4Image::build(
         &[
@@ -36,11 +32,7 @@ async fn a_volume_restore_brings_the_backed_up_disk_back_as_a_new_volume() {
 
     env.create_job("nightly", &disk, serde_json::json!({}))
         .await;
-    let backup = env
-        .wait_job("nightly", TIMEOUT, |j| {
-            j.status.as_ref().is_some_and(|s| s.phase.is_finished())
-        })
-        .await;
+    let backup = env.wait_job_finished("nightly", TIMEOUT).await;
     let point = backup.status.as_ref().unwrap().workers[0]
         .restore_point
         .clone()
@@ -55,11 +47,7 @@ async fn a_volume_restore_brings_the_backed_up_disk_back_as_a_new_volume() {
             serde_json::json!({"availabilityZone": net.zone}),
         )
         .await;
-    let done = env
-        .wait_restore("bring-back", TIMEOUT, |j| {
-            j.status.as_ref().is_some_and(|s| s.phase.is_finished())
-        })
-        .await;
+    let done = env.wait_restore_finished("bring-back", TIMEOUT).await;
     let status = done.status.clone().unwrap();
     assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
     assert_eq!(status.active_workers, 0);
@@ -78,14 +66,9 @@ async fn a_volume_restore_brings_the_backed_up_disk_back_as_a_new_volume() {
 
     // EC2: the worker is terminated, the volume exists where asked, made
     // from the restored snapshot, which holds the disk's bytes.
-    let workers = env
-        .instances_tagged("tender.dev/job-uid", &restore.uid().unwrap())
-        .await;
+    let workers = env.workers_of(&restore.uid().unwrap()).await;
     assert_eq!(workers.len(), 1);
-    assert_eq!(
-        workers[0].state().unwrap().name().unwrap().as_str(),
-        "terminated"
-    );
+    assert_eq!(common::state(&workers[0]), "terminated");
     let described = env
         .ec2
         .describe_volumes()
@@ -110,10 +93,7 @@ async fn a_volume_restore_brings_the_backed_up_disk_back_as_a_new_volume() {
 #[tokio::test]
 async fn a_restore_point_that_does_not_exist_fails_the_restore_and_creates_nothing() {
     let env = TestEnv::new("restore-missing").await;
-    let net = env.network().await;
-    env.create_configuration("default", &net, serde_json::json!({}))
-        .await;
-    env.wait_configuration_ready("default").await;
+    env.default_configuration().await;
     let restore = env
         .create_restore(
             "ghost",
@@ -122,11 +102,7 @@ async fn a_restore_point_that_does_not_exist_fails_the_restore_and_creates_nothi
             serde_json::json!({"backoffLimit": 0}),
         )
         .await;
-    let done = env
-        .wait_restore("ghost", TIMEOUT, |j| {
-            j.status.as_ref().is_some_and(|s| s.phase.is_finished())
-        })
-        .await;
+    let done = env.wait_restore_finished("ghost", TIMEOUT).await;
     let status = done.status.clone().unwrap();
     assert_eq!(status.phase, Phase::Failed);
     let worker = &status.workers[0];
@@ -144,14 +120,9 @@ async fn a_restore_point_that_does_not_exist_fails_the_restore_and_creates_nothi
         "{worker:?}"
     );
     assert!(worker.restored_volume_id.is_none());
-    let workers = env
-        .instances_tagged("tender.dev/job-uid", &restore.uid().unwrap())
-        .await;
+    let workers = env.workers_of(&restore.uid().unwrap()).await;
     assert_eq!(workers.len(), 1);
-    assert_eq!(
-        workers[0].state().unwrap().name().unwrap().as_str(),
-        "terminated"
-    );
+    assert_eq!(common::state(&workers[0]), "terminated");
     let volumes = env
         .ec2
         .describe_volumes()
@@ -170,10 +141,7 @@ async fn a_restore_point_that_does_not_exist_fails_the_restore_and_creates_nothi
 #[tokio::test]
 async fn a_full_restore_launches_an_instance_from_the_restored_disk() {
     let env = TestEnv::new("restore-full").await;
-    let net = env.network().await;
-    env.create_configuration("default", &net, serde_json::json!({}))
-        .await;
-    env.wait_configuration_ready("default").await;
+    env.default_configuration().await;
     let aws = tender::aws::AwsClients::from_env().await;
     let image = Ext4Image::build(&[("etc/hostname", b"web-1\n".to_vec())], 8);
     let disk = disks::write_snapshot(&aws, &image.bytes, 1).await;
@@ -187,11 +155,7 @@ async fn a_full_restore_launches_an_instance_from_the_restored_disk() {
             serde_json::json!({"instanceType": "t3.small"}),
         )
         .await;
-    let done = env
-        .wait_restore("rebuild", TIMEOUT, |j| {
-            j.status.as_ref().is_some_and(|s| s.phase.is_finished())
-        })
-        .await;
+    let done = env.wait_restore_finished("rebuild", TIMEOUT).await;
     let status = done.status.clone().unwrap();
     assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
     let worker = &status.workers[0];
@@ -218,33 +182,22 @@ async fn a_full_restore_launches_an_instance_from_the_restored_disk() {
     assert_eq!(instance.image_id(), Some(ami.as_str()));
     assert_eq!(instance.instance_type().unwrap().as_str(), "t3.small");
     assert_eq!(instance.subnet_id(), worker.subnet_id.as_deref());
-    assert_eq!(
-        instance.state().unwrap().name().unwrap().as_str(),
-        "running"
-    );
+    assert_eq!(common::state(instance), "running");
     let tags = TestEnv::tags(instance);
     assert_eq!(tags["tender.dev/job-name"], "rebuild");
     assert!(!tags.contains_key("tender.dev/cluster-id"), "{tags:?}");
-    let workers = env
-        .instances_tagged("tender.dev/job-uid", &restore.uid().unwrap())
-        .await;
+    let workers = env.workers_of(&restore.uid().unwrap()).await;
     let worker_instance = workers
         .iter()
         .find(|i| i.instance_id() != Some(restored.as_str()))
         .unwrap();
-    assert_eq!(
-        worker_instance.state().unwrap().name().unwrap().as_str(),
-        "terminated"
-    );
+    assert_eq!(common::state(worker_instance), "terminated");
 }
 
 #[tokio::test]
 async fn backup_jobs_full_then_incremental_and_restore_jobs_bring_each_back() {
     let env = TestEnv::new("restore-incr").await;
-    let net = env.network().await;
-    env.create_configuration("default", &net, serde_json::json!({}))
-        .await;
-    env.wait_configuration_ready("default").await;
+    env.default_configuration().await;
     let aws = tender::aws::AwsClients::from_env().await;
     let s3 = disks::s3().await;
     let bucket = env.bucket().await;
@@ -253,11 +206,7 @@ async fn backup_jobs_full_then_incremental_and_restore_jobs_bring_each_back() {
     let first_disk = disks::write_snapshot(&aws, &first, 1).await;
     env.create_job("monday", &first_disk, serde_json::json!({}))
         .await;
-    let monday = env
-        .wait_job("monday", TIMEOUT, |j| {
-            j.status.as_ref().is_some_and(|s| s.phase.is_finished())
-        })
-        .await;
+    let monday = env.wait_job_finished("monday", TIMEOUT).await;
     assert_eq!(monday.status.as_ref().unwrap().phase, Phase::Succeeded);
     let chunks_monday = disks::keys(&s3, &bucket, "chunks/").await.len();
     let blocks = disks::data_blocks(&first);
@@ -281,11 +230,7 @@ async fn backup_jobs_full_then_incremental_and_restore_jobs_bring_each_back() {
         serde_json::json!({"resources": [{"snapshotId": second_disk, "region": common::REGION}]}),
     )
     .await;
-    let tuesday = env
-        .wait_job("tuesday", TIMEOUT, |j| {
-            j.status.as_ref().is_some_and(|s| s.phase.is_finished())
-        })
-        .await;
+    let tuesday = env.wait_job_finished("tuesday", TIMEOUT).await;
     assert_eq!(tuesday.status.as_ref().unwrap().phase, Phase::Succeeded);
     let chunks_tuesday = disks::keys(&s3, &bucket, "chunks/").await.len();
     // A different snapshot is a different resource: a full backup whose
@@ -298,11 +243,7 @@ async fn backup_jobs_full_then_incremental_and_restore_jobs_bring_each_back() {
     ] {
         env.create_restore(name, "volume", &point, serde_json::json!({}))
             .await;
-        let done = env
-            .wait_restore(name, TIMEOUT, |j| {
-                j.status.as_ref().is_some_and(|s| s.phase.is_finished())
-            })
-            .await;
+        let done = env.wait_restore_finished(name, TIMEOUT).await;
         let w = &done.status.as_ref().unwrap().workers[0];
         assert_eq!(
             done.status.as_ref().unwrap().phase,

@@ -1,7 +1,6 @@
 //! Disks for data tests: real ext4 images made by `mkfs.ext4 -d`, written
 //! into EBS snapshots and read back through the EBS direct APIs, and S3
 //! buckets for repositories.
-#![allow(dead_code, clippy::unwrap_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

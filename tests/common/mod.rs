@@ -21,9 +21,10 @@ use k8s_openapi::api::core::v1::{Event, Namespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, CustomResourceExt};
-use tender::api::{BackupJob, RestoreJob, WorkerConfiguration};
+use tender::api::{BackupJob, Phase, RestoreJob, WorkerConfiguration};
 use tender::messages::WorkerTask;
 
+pub mod commands;
 pub mod disks;
 
 pub const REGION: &str = "us-east-1";
@@ -143,6 +144,34 @@ pub struct Network {
     pub subnet: String,
     pub zone: String,
     pub security_group: String,
+}
+
+/// A network and a WorkerConfiguration for it that has its queue: what a
+/// job needs before it can launch a worker.
+pub struct Configured {
+    pub net: Network,
+    pub configuration: WorkerConfiguration,
+}
+
+impl Configured {
+    /// The configuration's SQS queue.
+    pub fn queue_url(&self) -> String {
+        self.configuration
+            .status
+            .as_ref()
+            .and_then(|s| s.queue_url.clone())
+            .expect("a ready configuration has its queue")
+    }
+}
+
+/// The name of an instance's state (`running`, `terminated`, ...).
+pub fn state(instance: &aws_sdk_ec2::types::Instance) -> String {
+    instance
+        .state()
+        .and_then(|s| s.name())
+        .expect("an instance has a state")
+        .as_str()
+        .to_string()
 }
 
 fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
@@ -579,6 +608,21 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// A network, and the WorkerConfiguration `name` for it (`extra` merged
+    /// into its spec), waited for until it has its queue.
+    pub async fn configured(&self, name: &str, extra: serde_json::Value) -> Configured {
+        let net = self.network().await;
+        self.create_configuration(name, &net, extra).await;
+        let configuration = self.wait_configuration_ready(name).await;
+        Configured { net, configuration }
+    }
+
+    /// [`TestEnv::configured`] with the configuration most tests use:
+    /// `default`, nothing added to its spec.
+    pub async fn default_configuration(&self) -> Configured {
+        self.configured("default", serde_json::json!({})).await
+    }
+
     /// Waits until the configuration has its queue.
     pub async fn wait_configuration_ready(&self, name: &str) -> WorkerConfiguration {
         let api: Api<WorkerConfiguration> = self.api();
@@ -716,7 +760,6 @@ impl TestEnv {
             .collect()
     }
 
-    /// Waits until the job's status satisfies `check`.
     /// Creates a BackupJob of `resource_id` and waits until it succeeded.
     pub async fn back_up(&self, name: &str, resource_id: &str, timeout: Duration) -> BackupJob {
         self.create_job(name, resource_id, serde_json::json!({}))
@@ -729,11 +772,58 @@ impl TestEnv {
         .await
     }
 
+    /// Waits until the BackupJob `name` passes `check`.
     pub async fn wait_job<F>(&self, name: &str, timeout: Duration, check: F) -> BackupJob
     where
         F: Fn(&BackupJob) -> bool,
     {
         self.wait_for(name, timeout, check, |j| &j.status).await
+    }
+
+    /// Waits until the BackupJob `name` is in `phase`.
+    pub async fn wait_job_phase(&self, name: &str, timeout: Duration, phase: Phase) -> BackupJob {
+        self.wait_job(name, timeout, |j| {
+            j.status.as_ref().is_some_and(|s| s.phase == phase)
+        })
+        .await
+    }
+
+    /// Waits until the BackupJob `name` has finished, whichever way.
+    pub async fn wait_job_finished(&self, name: &str, timeout: Duration) -> BackupJob {
+        self.wait_job(name, timeout, |j| {
+            j.status.as_ref().is_some_and(|s| s.phase.is_finished())
+        })
+        .await
+    }
+
+    /// Waits until the RestoreJob `name` has finished, whichever way.
+    pub async fn wait_restore_finished(&self, name: &str, timeout: Duration) -> RestoreJob {
+        self.wait_restore(name, timeout, |j| {
+            j.status.as_ref().is_some_and(|s| s.phase.is_finished())
+        })
+        .await
+    }
+
+    /// Waits until the object `name` is gone from the API server.
+    pub async fn wait_deleted<K>(&self, name: &str, timeout: Duration)
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = self.api();
+        eventually(timeout, || {
+            let api = api.clone();
+            async move { api.get_opt(name).await.ok()?.is_none().then_some(()) }
+        })
+        .await;
+    }
+
+    /// The workers of the job whose UID is `job_uid`, in any state.
+    pub async fn workers_of(&self, job_uid: &str) -> Vec<aws_sdk_ec2::types::Instance> {
+        self.instances_tagged(tender::names::tags::JOB_UID, job_uid)
+            .await
     }
 
     /// Waits until the RestoreJob `name` passes `check`.

@@ -89,7 +89,6 @@ impl<W: Write> Write for Fuse<W> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::panic)]
 
     use std::io::Read;
 

@@ -272,7 +272,6 @@ pub(super) fn files_under(fs: &Ext4, selected: &[String]) -> Result<Vec<String>,
 pub(super) mod testing {
     //! Real ext4 images for the browser's tests, made by `mkfs.ext4 -d`
     //! (Debian package e2fsprogs), held in memory.
-    #![allow(clippy::unwrap_used, clippy::panic)]
 
     use std::os::unix::fs::PermissionsExt;
     use std::path::Path;
@@ -329,7 +328,6 @@ pub(super) mod testing {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::testing::image;
     use super::*;

@@ -178,7 +178,6 @@ pub(super) fn restored(restored: &[String]) -> Response {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::super::disk::testing::image;
     use super::super::disk::{Volume, entries};

@@ -351,7 +351,6 @@ async fn copy_to_s3(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use axum::body::Body;
     use sha2::{Digest, Sha256};
