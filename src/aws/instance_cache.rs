@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_ec2::types::Filter;
 use k8s_openapi::jiff::Timestamp;
 
-use super::{AwsClients, AwsError};
+use super::{AwsClients, AwsError, AwsOperation};
 use crate::names::tags;
 
 /// One worker instance as the last refresh saw it.
@@ -163,10 +163,14 @@ impl InstanceCache {
             .into_paginator()
             .send();
         let mut out = HashMap::new();
-        while let Some(page) = pages.next().await {
-            self.describe_calls.fetch_add(1, Ordering::Relaxed);
-            aws.count("DescribeInstances");
-            let page = page.map_err(|e| aws.error("DescribeInstances", e))?;
+        loop {
+            let page = aws
+                .page(AwsOperation::DescribeInstances, pages.next())
+                .await;
+            if !matches!(page, Ok(None)) {
+                self.describe_calls.fetch_add(1, Ordering::Relaxed);
+            }
+            let Some(page) = page? else { break };
             for i in page.reservations().iter().flat_map(|r| r.instances()) {
                 let Some(id) = i.instance_id() else { continue };
                 out.insert(
