@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_ec2::types::Filter;
 use k8s_openapi::jiff::Timestamp;
 
+use super::instance_state::InstanceState;
 use super::{AwsClients, AwsError, AwsOperation};
 use crate::names::tags;
 
@@ -18,8 +19,7 @@ use crate::names::tags;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObservedInstance {
     pub instance_id: String,
-    /// EC2 state name: `pending`, `running`, `shutting-down`, `terminated`, …
-    pub state: String,
+    pub state: InstanceState,
     pub tags: BTreeMap<String, String>,
     pub launch_time: Option<Timestamp>,
 }
@@ -27,10 +27,7 @@ pub struct ObservedInstance {
 impl ObservedInstance {
     /// True while the instance costs money or could still run a worker.
     pub fn is_live(&self) -> bool {
-        matches!(
-            self.state.as_str(),
-            "pending" | "running" | "stopping" | "stopped"
-        )
+        self.state.is_live()
     }
 }
 
@@ -177,11 +174,9 @@ impl InstanceCache {
                     id.to_string(),
                     ObservedInstance {
                         instance_id: id.to_string(),
-                        state: i
-                            .state()
-                            .and_then(|s| s.name())
-                            .map(|n| n.as_str().to_string())
-                            .unwrap_or_default(),
+                        state: InstanceState::from(
+                            i.state().and_then(|s| s.name()).map_or("", |n| n.as_str()),
+                        ),
                         tags: i
                             .tags()
                             .iter()

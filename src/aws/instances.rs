@@ -10,6 +10,7 @@ use aws_sdk_ec2::types::{
 };
 use base64::Engine;
 
+use super::instance_state::InstanceState;
 use super::{AwsClients, AwsError, AwsOperation};
 
 /// What a backup needs to know of the protected instance.
@@ -60,8 +61,7 @@ pub struct WorkerLaunch {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerInstance {
     pub instance_id: String,
-    /// EC2 state name: `pending`, `running`, `shutting-down`, `terminated`, …
-    pub state: String,
+    pub state: InstanceState,
 }
 
 /// Values one EC2 filter takes at most.
@@ -408,8 +408,7 @@ impl AwsClients {
             state: instance
                 .state()
                 .and_then(|s| s.name())
-                .map(|n| n.as_str().to_string())
-                .unwrap_or_else(|| "pending".into()),
+                .map_or(InstanceState::Pending, InstanceState::from),
         })
     }
 
@@ -445,7 +444,7 @@ impl AwsClients {
                 // Not in TerminateInstances' answer: not an instance (any more).
                 state.unwrap_or_else(|| WorkerInstance {
                     instance_id: id.clone(),
-                    state: "terminated".into(),
+                    state: InstanceState::Terminated,
                 })
             })
             .collect())
@@ -474,8 +473,7 @@ impl AwsClients {
                     state: c
                         .current_state()
                         .and_then(|s| s.name())
-                        .map(|n| n.as_str().to_string())
-                        .unwrap_or_else(|| "shutting-down".into()),
+                        .map_or(InstanceState::ShuttingDown, InstanceState::from),
                 })
                 .collect()),
             Err(e) if !is_not_found(&e) => Err(e),
@@ -488,12 +486,12 @@ impl AwsClients {
                     match self.call(op, terminate).await {
                         Ok(_) => out.push(WorkerInstance {
                             instance_id: id.clone(),
-                            state: "shutting-down".into(),
+                            state: InstanceState::ShuttingDown,
                         }),
                         Err(e) if !is_not_found(&e) => return Err(e),
                         Err(_) => out.push(WorkerInstance {
                             instance_id: id.clone(),
-                            state: "terminated".into(),
+                            state: InstanceState::Terminated,
                         }),
                     }
                 }

@@ -7,6 +7,7 @@ pub mod accounts;
 pub mod batch;
 pub mod ebs;
 pub mod instance_cache;
+pub mod instance_state;
 pub mod instances;
 pub mod metadata;
 pub mod network;

@@ -13,6 +13,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::api::conditions::{self, DesiredCondition, READY, RECONCILING, STALLED};
 use crate::api::{JobStatus, Phase, WorkerStatus};
+use crate::aws::instance_state::InstanceState;
 use crate::messages::{WorkerEvent, WorkerMessage};
 use crate::placement;
 
@@ -163,11 +164,8 @@ pub fn lost_reason(
     if !active {
         return None;
     }
-    if let Some(state) = observed_state
-        && matches!(
-            state,
-            "shutting-down" | "terminated" | "stopping" | "stopped"
-        )
+    if let Some(state) = observed_state.map(InstanceState::from)
+        && (state.is_going() || state.is_stopped())
     {
         return Some(format!(
             "worker instance {} is {state}",

@@ -196,7 +196,7 @@ async fn adopt<K: WorkerJob>(
     )
     .await;
     w.instance_id = Some(found.instance_id.clone());
-    w.instance_state = Some(found.state.clone());
+    w.instance_state = Some(found.state.to_string());
     w.launch_time = Some(Time(found.launch_time.unwrap_or_else(Timestamp::now)));
     true
 }
@@ -258,7 +258,7 @@ async fn launch_one<K: WorkerJob>(
                     format!("{}; {}", skipped.join("; "), candidate.reason)
                 });
                 w.instance_id = Some(instance.instance_id);
-                w.instance_state = Some(instance.state);
+                w.instance_state = Some(instance.state.to_string());
                 w.launch_time = Some(Time(Timestamp::now()));
                 w.message = None;
                 return Ok(());

@@ -63,10 +63,9 @@ pub async fn terminate_finished<K: WorkerJob>(
             .instances
             .recent(&aws, access.account_key(), &region)
             .await?;
-        let (gone, ids): (Vec<String>, Vec<String>) = ids.into_iter().partition(|id| {
-            view.get(id)
-                .is_some_and(|o| matches!(o.state.as_str(), "shutting-down" | "terminated"))
-        });
+        let (gone, ids): (Vec<String>, Vec<String>) = ids
+            .into_iter()
+            .partition(|id| view.get(id).is_some_and(|o| o.state.is_going()));
         let mut states = aws.terminate_workers(&region, &ids).await?;
         crate::faults::crash_point("after-terminate-instances");
         states.extend(gone.into_iter().filter_map(|id| {
@@ -94,7 +93,7 @@ pub async fn terminate_finished<K: WorkerJob>(
                     ctx.metrics.termination_latency.observe(secs.max(0.0));
                 }
                 w.terminated_time = Some(Time(now));
-                w.instance_state = Some(state.state.clone());
+                w.instance_state = Some(state.state.to_string());
             }
             ctx.event(
                 job,
@@ -202,9 +201,9 @@ async fn terminate_all_in<K: WorkerJob>(
             .find(|w| w.instance_id.as_deref() == Some(s.instance_id.as_str()))
         {
             w.terminated_time.get_or_insert(Time(now));
-            w.instance_state = Some(s.state.clone());
+            w.instance_state = Some(s.state.to_string());
         }
-        if !matches!(s.state.as_str(), "shutting-down" | "terminated") {
+        if !s.state.is_going() {
             waiting.push(s.instance_id.clone());
         }
     }
