@@ -23,6 +23,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
+use crate::reasons::FailureReason;
 use crate::telemetry::Metrics;
 
 pub use self::operation::AwsOperation;
@@ -275,6 +276,18 @@ impl AwsError {
             AwsError::Unreachable { .. } => "AwsUnreachable",
         }
     }
+
+    /// The category as the reason of a worker that failed with this error.
+    pub fn failure_reason(&self) -> FailureReason {
+        match self {
+            AwsError::Service { code, .. } if is_throttling(code) => FailureReason::AwsThrottled,
+            AwsError::Service { code, .. } if is_permission(code) => {
+                FailureReason::AwsPermissionDenied
+            }
+            AwsError::Service { .. } => FailureReason::AwsRequestFailed,
+            AwsError::Unreachable { .. } => FailureReason::AwsUnreachable,
+        }
+    }
 }
 
 fn is_throttling(code: &str) -> bool {
@@ -310,5 +323,30 @@ where
             operation,
             detail: DisplayErrorContext(&err).to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_reason_is_the_error_category() {
+        let service = |code: &str| AwsError::Service {
+            operation: AwsOperation::RunInstances.name(),
+            code: code.into(),
+            message: String::new(),
+        };
+        for e in [
+            service("RequestLimitExceeded"),
+            service("UnauthorizedOperation"),
+            service("InvalidParameterValue"),
+            AwsError::Unreachable {
+                operation: AwsOperation::RunInstances.name(),
+                detail: String::new(),
+            },
+        ] {
+            assert_eq!(e.failure_reason().as_str(), e.category());
+        }
     }
 }

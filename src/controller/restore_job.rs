@@ -22,6 +22,7 @@ use crate::api::{
 use crate::messages::{FileLevelTask, Operation, WorkerEvent};
 use crate::mover::manifest::RepositoryLocation;
 use crate::placement;
+use crate::reasons::FailureReason;
 
 pub async fn reconcile(job: Arc<RestoreJob>, ctx: Arc<Context>) -> Result<Action> {
     job::reconcile(job, ctx).await
@@ -188,7 +189,7 @@ async fn restore_volumes(
         }
         let Some(snapshot) = w.restored_snapshot_id.clone() else {
             let message = "the worker finished without naming the snapshot it restored into";
-            mark_failed(w, "VolumeCreateFailed", message, now);
+            mark_failed(w, FailureReason::VolumeCreateFailed, message, now);
             continue;
         };
         let subnet_zone = config.status.as_ref().and_then(|s| {
@@ -199,7 +200,7 @@ async fn restore_volumes(
         });
         let Some(zone) = job.spec.availability_zone.clone().or(subnet_zone) else {
             let message = "no availability zone for the volume: set spec.availabilityZone";
-            mark_failed(w, "VolumeCreateFailed", message, now);
+            mark_failed(w, FailureReason::VolumeCreateFailed, message, now);
             continue;
         };
         let aws = ctx.aws.scoped(&job_access(job, w.access.as_ref())).await;
@@ -234,7 +235,7 @@ async fn restore_volumes(
                 let message = format!(
                     "{e}; the restored snapshot {snapshot} is kept: create the volume from it by hand, or fix the cause and create a new RestoreJob"
                 );
-                mark_failed(w, "VolumeCreateFailed", &message, now);
+                mark_failed(w, FailureReason::VolumeCreateFailed, &message, now);
             }
         }
     }
@@ -278,7 +279,7 @@ async fn restore_instances(
         }
         if w.restored_snapshots.is_empty() {
             let message = "the worker finished without naming the snapshots it restored into";
-            mark_failed(w, "InstanceRestoreFailed", message, now);
+            mark_failed(w, FailureReason::InstanceRestoreFailed, message, now);
             continue;
         }
         let (Some(instance_type), Some(subnet)) =
@@ -286,7 +287,7 @@ async fn restore_instances(
         else {
             mark_failed(
                 w,
-                "InstanceRestoreFailed",
+                FailureReason::InstanceRestoreFailed,
                 "no instanceType or subnet for the restored instance",
                 now,
             );
@@ -360,7 +361,7 @@ async fn restore_instances(
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
-                mark_failed(w, "InstanceRestoreFailed", &message, now);
+                mark_failed(w, FailureReason::InstanceRestoreFailed, &message, now);
             }
         }
     }

@@ -16,46 +16,27 @@ use crate::api::{JobStatus, Phase, WorkerStatus};
 use crate::aws::instance_state::InstanceState;
 use crate::messages::{WorkerEvent, WorkerMessage};
 use crate::placement;
-
-/// Failure reasons that retrying cannot fix.
-const PERMANENT_REASONS: &[&str] = &[
-    "SourceInstanceNotFound",
-    "SourceSnapshotNotFound",
-    "SourceSnapshotFailed",
-    "SourceNotFound",
-    "RestorePointExists",
-    "RestorePointNotFound",
-    "ChunkMissing",
-    "ChunkCorrupt",
-    "ManifestInvalid",
-    "RepositoryNotFound",
-    "RestorePointMissing",
-    "VolumeNotInRestorePoint",
-    "VolumeCreateFailed",
-    "InstanceRestoreFailed",
-    "DeadlineExceeded",
-    "LaunchFailed",
-    "WorkerConfigurationDeleted",
-];
+use crate::reasons::{BlockedReason, FailureReason};
 
 /// Reason of a worker that went silent or whose instance died.
-pub const WORKER_LOST: &str = "WorkerLost";
+pub const WORKER_LOST: &str = FailureReason::WorkerLost.as_str();
 /// Reason of workers stopped by `activeDeadlineSeconds`.
-pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
-
-/// True when a failure with `reason` is worth another attempt.
-pub fn is_retriable(reason: &str) -> bool {
-    !PERMANENT_REASONS.contains(&reason)
-}
+pub const DEADLINE_EXCEEDED: &str = FailureReason::DeadlineExceeded.as_str();
 
 /// Marks a worker failed with a CamelCase reason and a message for people;
 /// a retriable failure counts against `backoffLimit`.
-pub fn mark_failed(w: &mut WorkerStatus, reason: &str, message: &str, now: Timestamp) {
+pub fn mark_failed(
+    w: &mut WorkerStatus,
+    reason: impl Into<FailureReason>,
+    message: &str,
+    now: Timestamp,
+) {
+    let reason = reason.into();
     w.phase = Phase::Failed;
     w.reason = Some(reason.to_string());
     w.message = Some(format!("{reason}: {message}"));
     w.finished_time = Some(Time(now));
-    if is_retriable(reason) {
+    if !reason.is_permanent() {
         w.failures += 1;
     }
 }
@@ -187,7 +168,9 @@ pub fn lost_reason(
 /// worth retrying, the retries are not used up, and its instance is gone.
 pub fn should_retry(w: &WorkerStatus, backoff_limit: i32) -> bool {
     w.phase == Phase::Failed
-        && w.reason.as_deref().is_some_and(is_retriable)
+        && w.reason
+            .as_deref()
+            .is_some_and(|r| !FailureReason::parse(r).is_permanent())
         && w.failures <= backoff_limit
         && (w.instance_id.is_none() || w.terminated_time.is_some())
 }
@@ -253,7 +236,7 @@ pub fn job_phase<W: Deref<Target = WorkerStatus>>(
 /// Why a job cannot go on without a fix.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Problem {
-    pub reason: &'static str,
+    pub reason: BlockedReason,
     pub message: String,
 }
 
@@ -267,8 +250,8 @@ pub fn job_conditions(
     let phase_name = format!("{phase:?}");
     if let Some(p) = problem {
         return vec![
-            DesiredCondition::new(READY, false, p.reason, p.message.clone()),
-            DesiredCondition::new(STALLED, true, p.reason, p.message.clone()),
+            DesiredCondition::new(READY, false, p.reason.as_str(), p.message.clone()),
+            DesiredCondition::new(STALLED, true, p.reason.as_str(), p.message.clone()),
         ];
     }
     match phase {
@@ -372,12 +355,12 @@ pub fn judge_worker(
     if facts.deadline_passed {
         let secs = facts.deadline_seconds.unwrap_or_default();
         let message = format!("the job ran longer than activeDeadlineSeconds ({secs} s)");
-        mark_failed(w, DEADLINE_EXCEEDED, &message, now);
+        mark_failed(w, FailureReason::DeadlineExceeded, &message, now);
     } else if facts.suspended {
         w.phase = Phase::Suspended;
     } else if let Some(why) = lost_reason(w, liveness.instance_state, liveness.heard, timeout, now)
     {
-        mark_failed(w, WORKER_LOST, &why, now);
+        mark_failed(w, FailureReason::WorkerLost, &why, now);
     }
 }
 
@@ -458,8 +441,18 @@ pub fn hold_launches<W>(
     now: Timestamp,
 ) {
     let desired = [
-        DesiredCondition::new(READY, false, problem.reason, problem.message.clone()),
-        DesiredCondition::new(RECONCILING, true, problem.reason, problem.message.clone()),
+        DesiredCondition::new(
+            READY,
+            false,
+            problem.reason.as_str(),
+            problem.message.clone(),
+        ),
+        DesiredCondition::new(
+            RECONCILING,
+            true,
+            problem.reason.as_str(),
+            problem.message.clone(),
+        ),
     ];
     status.conditions = conditions::merge(&status.conditions, &desired, generation, now);
 }
@@ -835,7 +828,7 @@ mod tests {
         let done = job_conditions(Phase::Succeeded, None, "x");
         assert!(has(&done, READY) && has(&done, "Complete") && !has(&done, RECONCILING));
         let problem = Problem {
-            reason: "WorkerConfigurationNotFound",
+            reason: BlockedReason::WorkerConfigurationNotFound,
             message: "m".into(),
         };
         let stalled = job_conditions(Phase::Pending, Some(&problem), "x");

@@ -25,6 +25,7 @@ use crate::controller::{Context, Error, Result};
 use crate::messages::{PROTOCOL_VERSION, WorkerTask};
 use crate::mover::manifest::RepositoryLocation;
 use crate::placement::{self, WorkerOwner};
+use crate::reasons::FailureReason;
 use crate::telemetry::WorkerLabels;
 
 /// Plans a worker for every resource of the job that has none: where its
@@ -55,11 +56,11 @@ pub async fn plan_workers<K: WorkerJob>(
                     "{} {} does not exist in {}; check spec.resources",
                     missing.what, target.id, target.region
                 );
-                mark_failed(&mut worker, missing.reason, &message, now);
+                mark_failed(&mut worker, &missing.reason, &message, now);
                 ctx.event(
                     job,
                     EventType::Warning,
-                    missing.reason,
+                    missing.reason.as_str(),
                     "PlanWorker",
                     message,
                 )
@@ -236,7 +237,7 @@ async fn launch_one<K: WorkerJob>(
     let mut candidates = placement::subnet_candidates(subnets, w.zone.as_deref());
     if candidates.is_empty() {
         let message = "the WorkerConfiguration has no subnet to launch in".to_string();
-        mark_failed(w, "LaunchFailed", &message, Timestamp::now());
+        mark_failed(w, FailureReason::LaunchFailed, &message, Timestamp::now());
         return Ok(());
     }
     // The planned subnet first, if it is still configured.
@@ -349,7 +350,7 @@ async fn try_subnet<K: WorkerJob>(
         return Err(e.into());
     }
     let message = format!("{e}; fix the WorkerConfiguration and create a new job");
-    mark_failed(w, "LaunchFailed", &message, Timestamp::now());
+    mark_failed(w, FailureReason::LaunchFailed, &message, Timestamp::now());
     ctx.event(
         job,
         EventType::Warning,
