@@ -19,6 +19,7 @@ use crate::api::{
     InstanceTypes, LocalObjectReference, Phase, Repository, RestoreJob, RestoreJobStatus,
     RestoreMode, RestoreWorkerStatus, WorkerConfiguration, WorkerStatus,
 };
+use crate::controller::events;
 use crate::messages::{FileLevelTask, Operation, WorkerEvent};
 use crate::mover::manifest::RepositoryLocation;
 use crate::placement;
@@ -214,7 +215,7 @@ async fn restore_volumes(
                 ctx.event(
                     job,
                     EventType::Normal,
-                    "VolumeRestored",
+                    events::VOLUME_RESTORED,
                     "RestoreVolume",
                     format!(
                         "created volume {volume} in {zone} from snapshot {snapshot} ({})",
@@ -341,7 +342,7 @@ async fn restore_instances(
                 ctx.event(
                     job,
                     EventType::Normal,
-                    "InstanceRestored",
+                    events::INSTANCE_RESTORED,
                     "RestoreInstance",
                     note.clone(),
                 )

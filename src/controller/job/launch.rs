@@ -21,6 +21,7 @@ use crate::api::{JobStatus, JobWorker, Phase, WorkerAccount, WorkerConfiguration
 use crate::aws::AwsClients;
 use crate::aws::instance_cache::RegionInstances;
 use crate::aws::instances::{WorkerInstance, WorkerLaunch};
+use crate::controller::events;
 use crate::controller::{Context, Error, Result};
 use crate::messages::{PROTOCOL_VERSION, WorkerTask};
 use crate::mover::manifest::RepositoryLocation;
@@ -191,7 +192,7 @@ async fn adopt<K: WorkerJob>(
     ctx.event(
         job,
         EventType::Normal,
-        "WorkerAdopted",
+        events::WORKER_ADOPTED,
         "LaunchWorker",
         note,
     )
@@ -302,7 +303,7 @@ async fn try_subnet<K: WorkerJob>(
             ctx.event(
                 job,
                 EventType::Normal,
-                "WorkerLaunched",
+                events::WORKER_LAUNCHED,
                 "LaunchWorker",
                 note,
             )
@@ -321,7 +322,7 @@ async fn try_subnet<K: WorkerJob>(
         ctx.event(
             job,
             EventType::Warning,
-            "SubnetSkipped",
+            events::SUBNET_SKIPPED,
             "LaunchWorker",
             message,
         )
@@ -337,7 +338,7 @@ async fn try_subnet<K: WorkerJob>(
         ctx.event(
             job,
             EventType::Warning,
-            "NetworkChanged",
+            events::NETWORK_CHANGED,
             "LaunchWorker",
             message,
         )
@@ -354,7 +355,7 @@ async fn try_subnet<K: WorkerJob>(
     ctx.event(
         job,
         EventType::Warning,
-        "LaunchFailed",
+        events::LAUNCH_FAILED,
         "LaunchWorker",
         message,
     )

@@ -5,11 +5,13 @@
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::EventType;
 
-use super::core::{self, Applied, DEADLINE_EXCEEDED, WORKER_LOST};
+use super::core::{self, Applied};
 use super::kind::WorkerJob;
 use crate::api::{JobStatus, Phase, WorkerStatus};
 use crate::controller::Context;
+use crate::controller::events;
 use crate::controller::reports::Receipt;
+use crate::reasons::FailureReason;
 
 /// Applies every message filed for the job that can be applied now, and
 /// returns the receipts of those to delete from SQS once the status is
@@ -58,13 +60,16 @@ pub async fn worker_event<K: WorkerJob>(
     }
     let id = after.instance_id.as_deref().unwrap_or("-");
     let detail = after.message.as_deref().unwrap_or("");
-    let (type_, reason) = match (after.phase, after.reason.as_deref()) {
-        (Phase::Failed, Some(WORKER_LOST)) => (EventType::Warning, WORKER_LOST),
-        (Phase::Failed, Some(DEADLINE_EXCEEDED)) => (EventType::Warning, DEADLINE_EXCEEDED),
-        (Phase::Failed, _) => (EventType::Warning, "WorkerFailed"),
-        (Phase::Succeeded, _) => (EventType::Normal, "WorkerSucceeded"),
-        (Phase::Running, _) => (EventType::Normal, "WorkerStarted"),
-        (Phase::Suspended, _) => (EventType::Normal, "WorkerSuspended"),
+    let failure = after.reason.as_deref().map(FailureReason::parse);
+    let (type_, reason) = match (after.phase, &failure) {
+        (
+            Phase::Failed,
+            Some(r @ (FailureReason::WorkerLost | FailureReason::DeadlineExceeded)),
+        ) => (EventType::Warning, r.as_str()),
+        (Phase::Failed, _) => (EventType::Warning, events::WORKER_FAILED),
+        (Phase::Succeeded, _) => (EventType::Normal, events::WORKER_SUCCEEDED),
+        (Phase::Running, _) => (EventType::Normal, events::WORKER_STARTED),
+        (Phase::Suspended, _) => (EventType::Normal, events::WORKER_SUSPENDED),
         _ => return,
     };
     let note = format!(

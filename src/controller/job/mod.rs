@@ -43,6 +43,7 @@ use super::{Context, Error, Result};
 use crate::api::{AccountAccess, JobStatus, WorkerConfiguration};
 use crate::aws::accounts::Access;
 use crate::aws::instance_cache::RegionInstances;
+use crate::controller::events;
 use crate::names::JOB_FINALIZER;
 use crate::reasons::{BlockedReason, FailureReason};
 
@@ -339,7 +340,7 @@ async fn retry_workers<K: WorkerJob>(pass: &Pass<'_, K>, status: &mut JobStatus<
                     .event(
                         pass.job,
                         EventType::Normal,
-                        "WorkerRetried",
+                        events::WORKER_RETRIED,
                         "RetryWorker",
                         event,
                     )

@@ -18,6 +18,7 @@ use super::status::{baseline, write_status};
 use crate::api::conditions::{self, DesiredCondition, READY};
 use crate::api::{JobStatus, Phase, WorkerStatus};
 use crate::aws::accounts::RegionAccount;
+use crate::controller::events;
 use crate::controller::reports::delete_receipts;
 use crate::controller::{Context, Error, Result};
 use crate::telemetry::RegionLabels;
@@ -98,7 +99,7 @@ pub async fn terminate_finished<K: WorkerJob>(
             ctx.event(
                 job,
                 EventType::Normal,
-                "WorkerTerminated",
+                events::WORKER_TERMINATED,
                 "TerminateWorker",
                 format!("terminated worker {} ({})", state.instance_id, state.state),
             )
@@ -219,7 +220,7 @@ async fn terminate_all_in<K: WorkerJob>(
     ctx.event(
         job,
         EventType::Normal,
-        "WorkersTerminated",
+        events::WORKERS_TERMINATED,
         "DeleteJob",
         note,
     )
