@@ -9,5 +9,6 @@ pub mod messages;
 pub mod mover;
 pub mod names;
 pub mod placement;
+pub mod reasons;
 pub mod telemetry;
 pub mod worker;

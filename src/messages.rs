@@ -171,7 +171,7 @@ pub enum WorkerEvent {
         bytes: Option<ByteProgress>,
     },
     Failed {
-        reason: String,
+        reason: crate::reasons::FailureReason,
         message: String,
     },
 }

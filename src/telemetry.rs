@@ -86,6 +86,11 @@ pub struct SweepLabels {
     pub reason: String,
 }
 
+fn aws_call_histogram() -> Histogram {
+    // 5 ms to about 40 s.
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
 fn seconds_histogram() -> Histogram {
     // 0.05 s to about 30 min.
     Histogram::new(exponential_buckets(0.05, 2.0, 16))
@@ -103,6 +108,7 @@ pub struct Metrics {
     pub job_duration: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
     pub aws_calls: Family<OperationLabels, Counter>,
     pub aws_errors: Family<OperationErrorLabels, Counter>,
+    pub aws_call_seconds: Family<OperationLabels, Histogram, fn() -> Histogram>,
     pub reconciles: Family<KindLabels, Counter>,
     pub status_writes: Family<KindLabels, Counter>,
     /// Job entries launch admission read (see `controller::index`).
@@ -126,6 +132,7 @@ impl Default for Metrics {
             job_duration: Family::new_with_constructor(seconds_histogram),
             aws_calls: Family::default(),
             aws_errors: Family::default(),
+            aws_call_seconds: Family::new_with_constructor(aws_call_histogram),
             reconciles: Family::default(),
             status_writes: Family::default(),
             admission_entries_read: Counter::default(),
@@ -196,6 +203,11 @@ impl Metrics {
             "Failed AWS API calls, by operation and category",
             m.aws_errors.clone(),
         );
+        r.register(
+            "aws_call_seconds",
+            "Seconds an AWS API call took (with the SDK's retries), by operation",
+            m.aws_call_seconds.clone(),
+        );
         r.register("reconciles", "Reconciles, by kind", m.reconciles.clone());
         r.register(
             "status_writes",
@@ -237,6 +249,14 @@ impl Metrics {
                 operation: operation.to_string(),
             })
             .inc();
+    }
+
+    pub fn aws_call_took(&self, operation: &str, took: Duration) {
+        self.aws_call_seconds
+            .get_or_create(&OperationLabels {
+                operation: operation.to_string(),
+            })
+            .observe(took.as_secs_f64());
     }
 
     pub fn aws_error(&self, operation: &str, category: &str) {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use aws_config::sts::AssumeRoleProvider;
 use aws_credential_types::provider::SharedCredentialsProvider;
 
-use super::{AwsClients, AwsError};
+use super::{AwsClients, AwsError, AwsOperation};
 use crate::api::AccountAccess;
 
 /// How to reach an account: a role (and external ID) to assume, with a
@@ -130,15 +130,12 @@ impl AwsClients {
     /// The account and identity these clients act as; fails with a clear
     /// error when the role cannot be assumed.
     pub async fn caller_identity(&self, region: &str) -> Result<CallerIdentity, AwsError> {
-        self.count("GetCallerIdentity");
-        let conf = aws_sdk_sts::config::Builder::from(&self.base)
-            .region(aws_config::Region::new(region.to_string()))
-            .build();
-        let out = aws_sdk_sts::Client::from_conf(conf)
-            .get_caller_identity()
-            .send()
-            .await
-            .map_err(|e| self.error("GetCallerIdentity", e))?;
+        let out = self
+            .call(
+                AwsOperation::GetCallerIdentity,
+                self.sts(region).get_caller_identity().send(),
+            )
+            .await?;
         Ok(CallerIdentity {
             account: out.account().unwrap_or_default().to_string(),
             arn: out.arn().unwrap_or_default().to_string(),
@@ -147,21 +144,15 @@ impl AwsClients {
 
     /// The value of an SSM parameter (an AMI ID for `imageSsmParameter`).
     pub async fn ssm_parameter(&self, region: &str, name: &str) -> Result<String, AwsError> {
-        self.count("GetParameter");
-        let conf = aws_sdk_ssm::config::Builder::from(&self.base)
-            .region(aws_config::Region::new(region.to_string()))
-            .build();
-        let out = aws_sdk_ssm::Client::from_conf(conf)
-            .get_parameter()
-            .name(name)
-            .send()
-            .await
-            .map_err(|e| self.error("GetParameter", e))?;
+        let op = AwsOperation::GetParameter;
+        let out = self
+            .call(op, self.ssm(region).get_parameter().name(name).send())
+            .await?;
         out.parameter()
             .and_then(|p| p.value())
             .map(String::from)
             .ok_or(AwsError::Service {
-                operation: "GetParameter",
+                operation: op.name(),
                 code: "NoValue".into(),
                 message: format!("parameter {name} has no value"),
             })

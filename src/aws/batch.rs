@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::AwsError;
+use super::{AwsError, AwsOperation};
 
 /// How long the first caller of a batch waits for others to join it.
 pub const WINDOW: Duration = Duration::from_millis(15);
@@ -23,7 +23,7 @@ type Pending<T, O> = HashMap<String, Vec<Waiter<T, O>>>;
 /// Batches of items of type `T` (an ID, a receipt handle) by target, each
 /// answered with an `O` per item found.
 pub struct Batcher<T, O> {
-    operation: &'static str,
+    operation: AwsOperation,
     /// Items one call takes at most; a larger batch is split.
     max: usize,
     pending: Arc<Mutex<Pending<T, O>>>,
@@ -34,7 +34,7 @@ where
     T: Clone + Eq + Hash + Send + 'static,
     O: Clone + Send + 'static,
 {
-    pub fn new(operation: &'static str, max: usize) -> Self {
+    pub fn new(operation: AwsOperation, max: usize) -> Self {
         Self {
             operation,
             max: max.max(1),
@@ -81,7 +81,7 @@ where
         }
         rx.await.unwrap_or_else(|_| {
             Err(AwsError::Unreachable {
-                operation: self.operation,
+                operation: self.operation.name(),
                 detail: "the batched call was abandoned".into(),
             })
         })
@@ -231,7 +231,10 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_callers_share_one_call_and_get_their_own_answers() {
-        let batcher = Arc::new(Batcher::<u32, u32>::new("Test", 100));
+        let batcher = Arc::new(Batcher::<u32, u32>::new(
+            AwsOperation::DescribeSnapshots,
+            100,
+        ));
         let calls: Calls = Arc::default();
         let answers = futures::future::join_all((0..10).map(|i| {
             let (batcher, calls) = (batcher.clone(), calls.clone());
@@ -251,7 +254,7 @@ mod tests {
 
     #[tokio::test]
     async fn targets_do_not_mix_and_large_batches_are_split() {
-        let batcher = Arc::new(Batcher::<u32, u32>::new("Test", 4));
+        let batcher = Arc::new(Batcher::<u32, u32>::new(AwsOperation::DescribeSnapshots, 4));
         let calls: Calls = Arc::default();
         futures::future::join_all((0..10).map(|i| {
             let (batcher, calls) = (batcher.clone(), calls.clone());
@@ -267,7 +270,10 @@ mod tests {
 
     #[tokio::test]
     async fn the_same_item_is_asked_for_once() {
-        let batcher = Arc::new(Batcher::<u32, u32>::new("Test", 100));
+        let batcher = Arc::new(Batcher::<u32, u32>::new(
+            AwsOperation::DescribeSnapshots,
+            100,
+        ));
         let calls: Calls = Arc::default();
         let answers = futures::future::join_all((0..3).map(|_| {
             let (batcher, calls) = (batcher.clone(), calls.clone());
@@ -280,7 +286,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_call_fails_every_caller_and_the_next_batch_starts_afresh() {
-        let batcher = Arc::new(Batcher::<u32, u32>::new("Test", 100));
+        let batcher = Arc::new(Batcher::<u32, u32>::new(
+            AwsOperation::DescribeSnapshots,
+            100,
+        ));
         let failing = |_: Vec<u32>| {
             futures::future::ready(Err::<HashMap<u32, u32>, _>(AwsError::Service {
                 operation: "Test",
@@ -308,7 +317,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_caller_that_gives_up_strands_nobody() {
-        let batcher = Arc::new(Batcher::<u32, u32>::new("Test", 100));
+        let batcher = Arc::new(Batcher::<u32, u32>::new(
+            AwsOperation::DescribeSnapshots,
+            100,
+        ));
         let runs = Arc::new(AtomicUsize::new(0));
         let slow = {
             let runs = runs.clone();

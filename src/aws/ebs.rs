@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
-use super::{AwsClients, AwsError};
+use super::{AwsClients, AwsError, AwsOperation};
 
 /// Size of every EBS snapshot block: the EBS direct APIs read and write
 /// whole 512 KiB blocks.
@@ -49,9 +49,9 @@ fn is_snapshot_not_found(e: &AwsError) -> bool {
     e.code().is_some_and(|c| c.starts_with("InvalidSnapshot"))
 }
 
-fn missing(operation: &'static str, what: &str) -> AwsError {
+fn missing(operation: AwsOperation, what: &str) -> AwsError {
     AwsError::Service {
-        operation,
+        operation: operation.name(),
         code: "IncompleteResponse".into(),
         message: format!("{operation} returned no {what}"),
     }
@@ -71,7 +71,6 @@ impl AwsClients {
         use aws_sdk_ec2::types::{
             InstanceSpecification, ResourceType, Tag as Ec2Tag, TagSpecification,
         };
-        self.count("CreateSnapshots");
         let spec = TagSpecification::builder()
             .resource_type(ResourceType::Snapshot)
             .set_tags(Some(
@@ -80,7 +79,7 @@ impl AwsClients {
                     .collect(),
             ))
             .build();
-        let out = self
+        let create = self
             .ec2(region)
             .create_snapshots()
             .instance_specification(
@@ -91,9 +90,8 @@ impl AwsClients {
             )
             .description(description)
             .tag_specifications(spec)
-            .send()
-            .await
-            .map_err(|e| self.error("CreateSnapshots", e))?;
+            .send();
+        let out = self.call(AwsOperation::CreateSnapshots, create).await?;
         Ok(out
             .snapshots()
             .iter()
@@ -108,23 +106,15 @@ impl AwsClients {
 
     /// Deletes a snapshot; one already gone counts as deleted.
     pub async fn delete_snapshot(&self, region: &str, snapshot_id: &str) -> Result<(), AwsError> {
-        self.count("DeleteSnapshot");
-        match self
+        let delete = self
             .ec2(region)
             .delete_snapshot()
             .snapshot_id(snapshot_id)
-            .send()
-            .await
-        {
+            .send();
+        match self.call(AwsOperation::DeleteSnapshot, delete).await {
             Ok(_) => Ok(()),
-            Err(e) => {
-                let e = self.error("DeleteSnapshot", e);
-                if e.code().is_some_and(|c| c.starts_with("InvalidSnapshot")) {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            }
+            Err(e) if is_snapshot_not_found(&e) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -138,15 +128,13 @@ impl AwsClients {
         let mut out = SnapshotBlocks::default();
         let mut next: Option<String> = None;
         loop {
-            self.count("ListSnapshotBlocks");
-            let page = ebs
+            let list = ebs
                 .list_snapshot_blocks()
                 .snapshot_id(snapshot_id)
                 .set_next_token(next.take())
                 .max_results(10_000)
-                .send()
-                .await
-                .map_err(|e| self.error("ListSnapshotBlocks", e))?;
+                .send();
+            let page = self.call(AwsOperation::ListSnapshotBlocks, list).await?;
             out.volume_size_gib = page.volume_size().unwrap_or(out.volume_size_gib);
             out.blocks.extend(page.blocks().iter().filter_map(|b| {
                 Some((
@@ -175,16 +163,14 @@ impl AwsClients {
         let mut out = Vec::new();
         let mut next: Option<String> = None;
         loop {
-            self.count("ListChangedBlocks");
-            let page = ebs
+            let list = ebs
                 .list_changed_blocks()
                 .first_snapshot_id(first)
                 .second_snapshot_id(second)
                 .set_next_token(next.take())
                 .max_results(10_000)
-                .send()
-                .await
-                .map_err(|e| self.error("ListChangedBlocks", e))?;
+                .send();
+            let page = self.call(AwsOperation::ListChangedBlocks, list).await?;
             out.extend(page.changed_blocks().iter().filter_map(|b| {
                 Some(ChangedBlock {
                     index: b.block_index()?,
@@ -207,22 +193,21 @@ impl AwsClients {
         index: i32,
         token: &str,
     ) -> Result<Vec<u8>, AwsError> {
-        self.count("GetSnapshotBlock");
-        let out = self
+        let op = AwsOperation::GetSnapshotBlock;
+        let get = self
             .ebs(region)
             .get_snapshot_block()
             .snapshot_id(snapshot_id)
             .block_index(index)
             .block_token(token)
-            .send()
-            .await
-            .map_err(|e| self.error("GetSnapshotBlock", e))?;
+            .send();
+        let out = self.call(op, get).await?;
         let data = out
             .block_data
             .collect()
             .await
             .map_err(|e| AwsError::Unreachable {
-                operation: "GetSnapshotBlock",
+                operation: op.name(),
                 detail: e.to_string(),
             })?;
         Ok(data.into_bytes().to_vec())
@@ -238,24 +223,23 @@ impl AwsClients {
         tags: &[(String, String)],
         client_token: &str,
     ) -> Result<String, AwsError> {
-        self.count("StartSnapshot");
         let tags: Vec<Tag> = tags
             .iter()
             .map(|(k, v)| Tag::builder().key(k).value(v).build())
             .collect();
-        let out = self
+        let start = self
             .ebs(region)
             .start_snapshot()
             .volume_size(volume_size_gib)
             .description(description)
             .set_tags(Some(tags))
             .client_token(client_token)
-            .send()
-            .await
-            .map_err(|e| self.error("StartSnapshot", e))?;
+            .send();
+        let op = AwsOperation::StartSnapshot;
+        let out = self.call(op, start).await?;
         out.snapshot_id()
             .map(String::from)
-            .ok_or_else(|| missing("StartSnapshot", "snapshot ID"))
+            .ok_or_else(|| missing(op, "snapshot ID"))
     }
 
     /// Writes one whole block, with its SHA-256 so that EBS checks it.
@@ -266,10 +250,10 @@ impl AwsClients {
         index: i32,
         data: Vec<u8>,
     ) -> Result<(), AwsError> {
-        self.count("PutSnapshotBlock");
         let checksum = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&data));
         let len = i32::try_from(data.len()).unwrap_or(i32::MAX);
-        self.ebs(region)
+        let put = self
+            .ebs(region)
             .put_snapshot_block()
             .snapshot_id(snapshot_id)
             .block_index(index)
@@ -277,9 +261,8 @@ impl AwsClients {
             .checksum(checksum)
             .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
             .block_data(ByteStream::from(data))
-            .send()
-            .await
-            .map_err(|e| self.error("PutSnapshotBlock", e))?;
+            .send();
+        self.call(AwsOperation::PutSnapshotBlock, put).await?;
         Ok(())
     }
 
@@ -290,14 +273,13 @@ impl AwsClients {
         snapshot_id: &str,
         changed_blocks: i32,
     ) -> Result<(), AwsError> {
-        self.count("CompleteSnapshot");
-        self.ebs(region)
+        let complete = self
+            .ebs(region)
             .complete_snapshot()
             .snapshot_id(snapshot_id)
             .changed_blocks_count(changed_blocks)
-            .send()
-            .await
-            .map_err(|e| self.error("CompleteSnapshot", e))?;
+            .send();
+        self.call(AwsOperation::CompleteSnapshot, complete).await?;
         Ok(())
     }
 
@@ -337,14 +319,12 @@ impl AwsClients {
         region: &str,
         snapshot_ids: &[String],
     ) -> Result<HashMap<String, SnapshotInfo>, AwsError> {
-        self.count("DescribeSnapshots");
-        let out = self
+        let describe = self
             .ec2(region)
             .describe_snapshots()
             .set_snapshot_ids(Some(snapshot_ids.to_vec()))
-            .send()
-            .await
-            .map_err(|e| self.error("DescribeSnapshots", e))?;
+            .send();
+        let out = self.call(AwsOperation::DescribeSnapshots, describe).await?;
         Ok(out
             .snapshots()
             .iter()
@@ -383,7 +363,6 @@ impl AwsClients {
         client_token: &str,
     ) -> Result<String, AwsError> {
         use aws_sdk_ec2::types::{ResourceType, Tag as Ec2Tag, TagSpecification, VolumeType};
-        self.count("CreateVolume");
         let spec = TagSpecification::builder()
             .resource_type(ResourceType::Volume)
             .set_tags(Some(
@@ -392,7 +371,7 @@ impl AwsClients {
                     .collect(),
             ))
             .build();
-        let out = self
+        let create = self
             .ec2(region)
             .create_volume()
             .snapshot_id(snapshot_id)
@@ -400,11 +379,11 @@ impl AwsClients {
             .volume_type(VolumeType::Gp3)
             .tag_specifications(spec)
             .client_token(client_token)
-            .send()
-            .await
-            .map_err(|e| self.error("CreateVolume", e))?;
+            .send();
+        let op = AwsOperation::CreateVolume;
+        let out = self.call(op, create).await?;
         out.volume_id()
             .map(String::from)
-            .ok_or_else(|| missing("CreateVolume", "volume ID"))
+            .ok_or_else(|| missing(op, "volume ID"))
     }
 }

@@ -11,15 +11,15 @@ use std::time::{Duration, Instant};
 use aws_sdk_ec2::types::Filter;
 use k8s_openapi::jiff::Timestamp;
 
-use super::{AwsClients, AwsError};
+use super::instance_state::InstanceState;
+use super::{AwsClients, AwsError, AwsOperation};
 use crate::names::tags;
 
 /// One worker instance as the last refresh saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObservedInstance {
     pub instance_id: String,
-    /// EC2 state name: `pending`, `running`, `shutting-down`, `terminated`, …
-    pub state: String,
+    pub state: InstanceState,
     pub tags: BTreeMap<String, String>,
     pub launch_time: Option<Timestamp>,
 }
@@ -27,10 +27,7 @@ pub struct ObservedInstance {
 impl ObservedInstance {
     /// True while the instance costs money or could still run a worker.
     pub fn is_live(&self) -> bool {
-        matches!(
-            self.state.as_str(),
-            "pending" | "running" | "stopping" | "stopped"
-        )
+        self.state.is_live()
     }
 }
 
@@ -163,21 +160,23 @@ impl InstanceCache {
             .into_paginator()
             .send();
         let mut out = HashMap::new();
-        while let Some(page) = pages.next().await {
-            self.describe_calls.fetch_add(1, Ordering::Relaxed);
-            aws.count("DescribeInstances");
-            let page = page.map_err(|e| aws.error("DescribeInstances", e))?;
+        loop {
+            let page = aws
+                .page(AwsOperation::DescribeInstances, pages.next())
+                .await;
+            if !matches!(page, Ok(None)) {
+                self.describe_calls.fetch_add(1, Ordering::Relaxed);
+            }
+            let Some(page) = page? else { break };
             for i in page.reservations().iter().flat_map(|r| r.instances()) {
                 let Some(id) = i.instance_id() else { continue };
                 out.insert(
                     id.to_string(),
                     ObservedInstance {
                         instance_id: id.to_string(),
-                        state: i
-                            .state()
-                            .and_then(|s| s.name())
-                            .map(|n| n.as_str().to_string())
-                            .unwrap_or_default(),
+                        state: InstanceState::from(
+                            i.state().and_then(|s| s.name()).map_or("", |n| n.as_str()),
+                        ),
                         tags: i
                             .tags()
                             .iter()

@@ -10,7 +10,8 @@ use aws_sdk_ec2::types::{
 };
 use base64::Engine;
 
-use super::{AwsClients, AwsError};
+use super::instance_state::InstanceState;
+use super::{AwsClients, AwsError, AwsOperation};
 
 /// What a backup needs to know of the protected instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,8 +61,7 @@ pub struct WorkerLaunch {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerInstance {
     pub instance_id: String,
-    /// EC2 state name: `pending`, `running`, `shutting-down`, `terminated`, …
-    pub state: String,
+    pub state: InstanceState,
 }
 
 /// Values one EC2 filter takes at most.
@@ -82,9 +82,10 @@ impl AwsClients {
         description: &str,
         snapshots: &[(String, String)],
     ) -> Result<String, AwsError> {
+        let op = AwsOperation::RegisterImage;
         let Some((root, _)) = snapshots.first() else {
             return Err(AwsError::Service {
-                operation: "RegisterImage",
+                operation: op.name(),
                 code: "NoSnapshots".into(),
                 message: "an image needs at least one snapshot".into(),
             });
@@ -104,8 +105,7 @@ impl AwsClients {
                     .build()
             })
             .collect();
-        self.count("RegisterImage");
-        let out = match self
+        let register = self
             .ec2(region)
             .register_image()
             .name(name)
@@ -114,12 +114,10 @@ impl AwsClients {
             .set_block_device_mappings(Some(mappings))
             .virtualization_type("hvm")
             .ena_support(true)
-            .send()
-            .await
-        {
+            .send();
+        let out = match self.call(op, register).await {
             Ok(out) => out,
             Err(e) => {
-                let e = self.error("RegisterImage", e);
                 // Registered by an earlier try whose answer was lost: adopt it.
                 if e.code() == Some("InvalidAMIName.Duplicate")
                     && let Some(id) = self.image_named(region, name).await?
@@ -130,7 +128,7 @@ impl AwsClients {
             }
         };
         out.image_id().map(String::from).ok_or(AwsError::Service {
-            operation: "RegisterImage",
+            operation: op.name(),
             code: "NoImage".into(),
             message: "RegisterImage returned no image ID".into(),
         })
@@ -138,8 +136,7 @@ impl AwsClients {
 
     /// This account's image named `name`, if any.
     async fn image_named(&self, region: &str, name: &str) -> Result<Option<String>, AwsError> {
-        self.count("DescribeImages");
-        let out = self
+        let describe = self
             .ec2(region)
             .describe_images()
             .owners("self")
@@ -149,9 +146,8 @@ impl AwsClients {
                     .values(name)
                     .build(),
             )
-            .send()
-            .await
-            .map_err(|e| self.error("DescribeImages", e))?;
+            .send();
+        let out = self.call(AwsOperation::DescribeImages, describe).await?;
         Ok(out
             .images()
             .first()
@@ -192,8 +188,7 @@ impl AwsClients {
         if !security_group_ids.is_empty() {
             interface = interface.set_groups(Some(security_group_ids.to_vec()));
         }
-        self.count("RunInstances");
-        let out = self
+        let run = self
             .ec2(region)
             .run_instances()
             .image_id(image_id)
@@ -209,15 +204,15 @@ impl AwsClients {
                     .http_tokens(HttpTokensState::Required)
                     .build(),
             )
-            .send()
-            .await
-            .map_err(|e| self.error("RunInstances", e))?;
+            .send();
+        let op = AwsOperation::RunInstances;
+        let out = self.call(op, run).await?;
         out.instances()
             .first()
             .and_then(|i| i.instance_id())
             .map(String::from)
             .ok_or(AwsError::Service {
-                operation: "RunInstances",
+                operation: op.name(),
                 code: "NoInstance".into(),
                 message: "RunInstances returned no instance".into(),
             })
@@ -270,9 +265,10 @@ impl AwsClients {
                 )
                 .into_paginator()
                 .send();
-            while let Some(page) = pages.next().await {
-                self.count("DescribeVolumes");
-                let page = page.map_err(|e| self.error("DescribeVolumes", e))?;
+            while let Some(page) = self
+                .page(AwsOperation::DescribeVolumes, pages.next())
+                .await?
+            {
                 for v in page.volumes() {
                     if let Some(id) = v.volume_id() {
                         sizes.insert(id.to_string(), i64::from(v.size().unwrap_or(0)));
@@ -303,9 +299,10 @@ impl AwsClients {
             .set_instance_ids(Some(instance_ids.to_vec()))
             .into_paginator()
             .send();
-        while let Some(page) = pages.next().await {
-            self.count("DescribeInstances");
-            let page = page.map_err(|e| self.error("DescribeInstances", e))?;
+        while let Some(page) = self
+            .page(AwsOperation::DescribeInstances, pages.next())
+            .await?
+        {
             for instance in page.reservations().iter().flat_map(|r| r.instances()) {
                 let Some(id) = instance.instance_id() else {
                     continue;
@@ -399,13 +396,10 @@ impl AwsClients {
             };
             req = req.iam_instance_profile(spec.build());
         }
-        self.count("RunInstances");
-        let out = req
-            .send()
-            .await
-            .map_err(|e| self.error("RunInstances", e))?;
+        let op = AwsOperation::RunInstances;
+        let out = self.call(op, req.send()).await?;
         let instance = out.instances().first().ok_or(AwsError::Service {
-            operation: "RunInstances",
+            operation: op.name(),
             code: "NoInstance".into(),
             message: "RunInstances returned no instance".into(),
         })?;
@@ -414,8 +408,7 @@ impl AwsClients {
             state: instance
                 .state()
                 .and_then(|s| s.name())
-                .map(|n| n.as_str().to_string())
-                .unwrap_or_else(|| "pending".into()),
+                .map_or(InstanceState::Pending, InstanceState::from),
         })
     }
 
@@ -451,7 +444,7 @@ impl AwsClients {
                 // Not in TerminateInstances' answer: not an instance (any more).
                 state.unwrap_or_else(|| WorkerInstance {
                     instance_id: id.clone(),
-                    state: "terminated".into(),
+                    state: InstanceState::Terminated,
                 })
             })
             .collect())
@@ -466,13 +459,12 @@ impl AwsClients {
             return Ok(Vec::new());
         }
         let ec2 = self.ec2(region);
-        self.count("TerminateInstances");
-        match ec2
+        let op = AwsOperation::TerminateInstances;
+        let terminate = ec2
             .terminate_instances()
             .set_instance_ids(Some(instance_ids.to_vec()))
-            .send()
-            .await
-        {
+            .send();
+        match self.call(op, terminate).await {
             Ok(out) => Ok(out
                 .terminating_instances()
                 .iter()
@@ -481,35 +473,26 @@ impl AwsClients {
                     state: c
                         .current_state()
                         .and_then(|s| s.name())
-                        .map(|n| n.as_str().to_string())
-                        .unwrap_or_else(|| "shutting-down".into()),
+                        .map_or(InstanceState::ShuttingDown, InstanceState::from),
                 })
                 .collect()),
-            Err(e) => {
-                let e = self.error("TerminateInstances", e);
-                if !is_not_found(&e) {
-                    return Err(e);
-                }
+            Err(e) if !is_not_found(&e) => Err(e),
+            Err(_) => {
                 // One unknown ID fails the whole batch: go one by one so the
                 // others are still terminated.
                 let mut out = Vec::new();
                 for id in instance_ids {
-                    self.count("TerminateInstances");
-                    match ec2.terminate_instances().instance_ids(id).send().await {
+                    let terminate = ec2.terminate_instances().instance_ids(id).send();
+                    match self.call(op, terminate).await {
                         Ok(_) => out.push(WorkerInstance {
                             instance_id: id.clone(),
-                            state: "shutting-down".into(),
+                            state: InstanceState::ShuttingDown,
                         }),
-                        Err(e) => {
-                            let e = self.error("TerminateInstances", e);
-                            if !is_not_found(&e) {
-                                return Err(e);
-                            }
-                            out.push(WorkerInstance {
-                                instance_id: id.clone(),
-                                state: "terminated".into(),
-                            });
-                        }
+                        Err(e) if !is_not_found(&e) => return Err(e),
+                        Err(_) => out.push(WorkerInstance {
+                            instance_id: id.clone(),
+                            state: InstanceState::Terminated,
+                        }),
                     }
                 }
                 Ok(out)

@@ -7,20 +7,26 @@ pub mod accounts;
 pub mod batch;
 pub mod ebs;
 pub mod instance_cache;
+pub mod instance_state;
 pub mod instances;
 pub mod metadata;
 pub mod network;
+pub mod operation;
 pub mod queues;
 pub mod repository;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
+use crate::reasons::FailureReason;
 use crate::telemetry::Metrics;
+
+pub use self::operation::AwsOperation;
 
 /// Attempts per AWS call, including the first.
 const MAX_ATTEMPTS: u32 = 5;
@@ -53,10 +59,10 @@ pub(crate) struct Batches {
 impl Default for Batches {
     fn default() -> Self {
         Self {
-            snapshots: batch::Batcher::new("DescribeSnapshots", 200),
-            sources: batch::Batcher::new("DescribeInstances", 200),
-            terminations: batch::Batcher::new("TerminateInstances", 200),
-            deletions: batch::Batcher::new("DeleteMessageBatch", 10),
+            snapshots: batch::Batcher::new(AwsOperation::DescribeSnapshots, 200),
+            sources: batch::Batcher::new(AwsOperation::DescribeInstances, 200),
+            terminations: batch::Batcher::new(AwsOperation::TerminateInstances, 200),
+            deletions: batch::Batcher::new(AwsOperation::DeleteMessageBatch, 10),
         }
     }
 }
@@ -86,20 +92,51 @@ impl AwsClients {
         self.metrics.clone()
     }
 
-    /// Counts one call of `operation`.
-    pub(crate) fn count(&self, operation: &'static str) {
-        self.metrics.aws_call(operation);
-    }
-
-    /// Turns an SDK error into an [`AwsError`] and counts it.
-    pub(crate) fn error<E, R>(&self, operation: &'static str, err: SdkError<E, R>) -> AwsError
+    /// Makes one AWS call: counts it, times it and turns its error into an
+    /// [`AwsError`] (counted by category). Every SDK call goes through here
+    /// (or [`AwsClients::page`]), naming its operation once.
+    pub(crate) async fn call<T, E, R>(
+        &self,
+        op: AwsOperation,
+        request: impl Future<Output = Result<T, SdkError<E, R>>>,
+    ) -> Result<T, AwsError>
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
         R: std::fmt::Debug,
     {
-        let e = aws_error(operation, err);
-        self.metrics.aws_error(operation, e.category());
-        e
+        self.metrics.aws_call(op.name());
+        let started = Instant::now();
+        let outcome = request.await;
+        self.metrics.aws_call_took(op.name(), started.elapsed());
+        outcome.map_err(|e| {
+            let e = aws_error(op.name(), e);
+            self.metrics.aws_error(op.name(), e.category());
+            e
+        })
+    }
+
+    /// The next page of a paginated call (`pages.next()`), as
+    /// [`AwsClients::call`] makes a call: each page is one call.
+    pub(crate) async fn page<T, E, R>(
+        &self,
+        op: AwsOperation,
+        next: impl Future<Output = Option<Result<T, SdkError<E, R>>>>,
+    ) -> Result<Option<T>, AwsError>
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        let started = Instant::now();
+        let Some(outcome) = next.await else {
+            return Ok(None);
+        };
+        self.metrics.aws_call(op.name());
+        self.metrics.aws_call_took(op.name(), started.elapsed());
+        outcome.map(Some).map_err(|e| {
+            let e = aws_error(op.name(), e);
+            self.metrics.aws_error(op.name(), e.category());
+            e
+        })
     }
 
     pub(crate) fn ec2(&self, region: &str) -> aws_sdk_ec2::Client {
@@ -107,9 +144,10 @@ impl AwsClients {
         clients
             .entry(region.to_string())
             .or_insert_with(|| {
-                let conf = aws_sdk_ec2::config::Builder::from(&self.base)
-                    .region(Region::new(region.to_string()))
-                    .build();
+                let mut conf = aws_sdk_ec2::config::Builder::from(&self.base)
+                    .region(Region::new(region.to_string()));
+                conf.set_interceptors(interceptors());
+                let conf = conf.build();
                 aws_sdk_ec2::Client::from_conf(conf)
             })
             .clone()
@@ -120,9 +158,10 @@ impl AwsClients {
         clients
             .entry(region.to_string())
             .or_insert_with(|| {
-                let conf = aws_sdk_ebs::config::Builder::from(&self.base)
-                    .region(Region::new(region.to_string()))
-                    .build();
+                let mut conf = aws_sdk_ebs::config::Builder::from(&self.base)
+                    .region(Region::new(region.to_string()));
+                conf.set_interceptors(interceptors());
+                let conf = conf.build();
                 aws_sdk_ebs::Client::from_conf(conf)
             })
             .clone()
@@ -135,10 +174,11 @@ impl AwsClients {
             .or_insert_with(|| {
                 // An endpoint override (a VPC endpoint, a local emulator)
                 // serves buckets by path, not by host name.
-                let conf = aws_sdk_s3::config::Builder::from(&self.base)
+                let mut conf = aws_sdk_s3::config::Builder::from(&self.base)
                     .region(Region::new(region.to_string()))
-                    .force_path_style(self.base.endpoint_url().is_some())
-                    .build();
+                    .force_path_style(self.base.endpoint_url().is_some());
+                conf.set_interceptors(interceptors());
+                let conf = conf.build();
                 aws_sdk_s3::Client::from_conf(conf)
             })
             .clone()
@@ -149,12 +189,44 @@ impl AwsClients {
         clients
             .entry(region.to_string())
             .or_insert_with(|| {
-                let conf = aws_sdk_sqs::config::Builder::from(&self.base)
-                    .region(Region::new(region.to_string()))
-                    .build();
+                let mut conf = aws_sdk_sqs::config::Builder::from(&self.base)
+                    .region(Region::new(region.to_string()));
+                conf.set_interceptors(interceptors());
+                let conf = conf.build();
                 aws_sdk_sqs::Client::from_conf(conf)
             })
             .clone()
+    }
+
+    /// An STS client (built for each use: the controller rarely asks).
+    pub(crate) fn sts(&self, region: &str) -> aws_sdk_sts::Client {
+        let mut conf =
+            aws_sdk_sts::config::Builder::from(&self.base).region(Region::new(region.to_string()));
+        conf.set_interceptors(interceptors());
+        aws_sdk_sts::Client::from_conf(conf.build())
+    }
+
+    /// An SSM client (built for each use: the controller rarely asks).
+    pub(crate) fn ssm(&self, region: &str) -> aws_sdk_ssm::Client {
+        let mut conf =
+            aws_sdk_ssm::config::Builder::from(&self.base).region(Region::new(region.to_string()));
+        conf.set_interceptors(interceptors());
+        aws_sdk_ssm::Client::from_conf(conf.build())
+    }
+}
+
+/// The interceptors of every client: in test builds, one that fails calls
+/// of operations missing from [`AwsOperation`].
+fn interceptors() -> Vec<aws_sdk_ec2::config::SharedInterceptor> {
+    #[cfg(any(test, feature = "fault-injection"))]
+    {
+        vec![aws_sdk_ec2::config::SharedInterceptor::new(
+            operation::KnownOperations,
+        )]
+    }
+    #[cfg(not(any(test, feature = "fault-injection")))]
+    {
+        Vec::new()
     }
 }
 
@@ -204,6 +276,18 @@ impl AwsError {
             AwsError::Unreachable { .. } => "AwsUnreachable",
         }
     }
+
+    /// The category as the reason of a worker that failed with this error.
+    pub fn failure_reason(&self) -> FailureReason {
+        match self {
+            AwsError::Service { code, .. } if is_throttling(code) => FailureReason::AwsThrottled,
+            AwsError::Service { code, .. } if is_permission(code) => {
+                FailureReason::AwsPermissionDenied
+            }
+            AwsError::Service { .. } => FailureReason::AwsRequestFailed,
+            AwsError::Unreachable { .. } => FailureReason::AwsUnreachable,
+        }
+    }
 }
 
 fn is_throttling(code: &str) -> bool {
@@ -239,5 +323,30 @@ where
             operation,
             detail: DisplayErrorContext(&err).to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_reason_is_the_error_category() {
+        let service = |code: &str| AwsError::Service {
+            operation: AwsOperation::RunInstances.name(),
+            code: code.into(),
+            message: String::new(),
+        };
+        for e in [
+            service("RequestLimitExceeded"),
+            service("UnauthorizedOperation"),
+            service("InvalidParameterValue"),
+            AwsError::Unreachable {
+                operation: AwsOperation::RunInstances.name(),
+                detail: String::new(),
+            },
+        ] {
+            assert_eq!(e.failure_reason().as_str(), e.category());
+        }
     }
 }

@@ -8,7 +8,7 @@ use aws_sdk_ec2::types::{
     Filter, IpPermission, IpRange, LocationType, ResourceType, Tag, TagSpecification,
 };
 
-use super::{AwsClients, AwsError};
+use super::{AwsClients, AwsError, AwsOperation};
 
 /// A subnet as EC2 describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,14 +71,12 @@ impl AwsClients {
         region: &str,
         ids: &[String],
     ) -> Result<Vec<SubnetInfo>, AwsError> {
-        self.count("DescribeSubnets");
-        let out = self
+        let describe = self
             .ec2(region)
             .describe_subnets()
             .set_subnet_ids(Some(ids.to_vec()))
-            .send()
-            .await
-            .map_err(|e| self.error("DescribeSubnets", e))?;
+            .send();
+        let out = self.call(AwsOperation::DescribeSubnets, describe).await?;
         Ok(out
             .subnets()
             .iter()
@@ -93,14 +91,12 @@ impl AwsClients {
     /// The default VPC's default subnets, one per availability zone; empty
     /// when the region has no default VPC.
     pub async fn default_subnets(&self, region: &str) -> Result<Vec<SubnetInfo>, AwsError> {
-        self.count("DescribeSubnets");
-        let out = self
+        let describe = self
             .ec2(region)
             .describe_subnets()
             .filters(filter("default-for-az", &["true"]))
-            .send()
-            .await
-            .map_err(|e| self.error("DescribeSubnets", e))?;
+            .send();
+        let out = self.call(AwsOperation::DescribeSubnets, describe).await?;
         let mut subnets: Vec<SubnetInfo> = out
             .subnets()
             .iter()
@@ -131,13 +127,13 @@ impl AwsClients {
         for (k, v) in owner_tags {
             filters.push(filter(&format!("tag:{k}"), &[v.as_str()]));
         }
-        self.count("DescribeSecurityGroups");
-        let found = ec2
+        let describe = ec2
             .describe_security_groups()
             .set_filters(Some(filters))
-            .send()
-            .await
-            .map_err(|e| self.error("DescribeSecurityGroups", e))?;
+            .send();
+        let found = self
+            .call(AwsOperation::DescribeSecurityGroups, describe)
+            .await?;
         let (group_id, current_in, current_out) = match found.security_groups().first() {
             Some(g) => (
                 g.group_id().unwrap_or_default().to_string(),
@@ -145,7 +141,6 @@ impl AwsClients {
                 g.ip_permissions_egress().to_vec(),
             ),
             None => {
-                self.count("CreateSecurityGroup");
                 let tags: Vec<Tag> = owner_tags
                     .iter()
                     .map(|(k, v)| Tag::builder().key(k).value(v).build())
@@ -153,7 +148,7 @@ impl AwsClients {
                         Tag::builder().key("Name").value(name).build(),
                     ))
                     .collect();
-                let created = ec2
+                let create = ec2
                     .create_security_group()
                     .group_name(name)
                     .description("Tender workers: HTTPS for file-level recovery, HTTPS and NFS out")
@@ -164,17 +159,13 @@ impl AwsClients {
                             .set_tags(Some(tags))
                             .build(),
                     )
-                    .send()
-                    .await
-                    .map_err(|e| self.error("CreateSecurityGroup", e))?;
+                    .send();
+                let created = self.call(AwsOperation::CreateSecurityGroup, create).await?;
                 let id = created.group_id().unwrap_or_default().to_string();
-                self.count("DescribeSecurityGroups");
-                let described = ec2
-                    .describe_security_groups()
-                    .group_ids(&id)
-                    .send()
-                    .await
-                    .map_err(|e| self.error("DescribeSecurityGroups", e))?;
+                let describe = ec2.describe_security_groups().group_ids(&id).send();
+                let described = self
+                    .call(AwsOperation::DescribeSecurityGroups, describe)
+                    .await?;
                 let g = described.security_groups().first();
                 (
                     id,
@@ -218,40 +209,40 @@ impl AwsClients {
             .collect();
         if !stale.is_empty() {
             if ingress {
-                self.count("RevokeSecurityGroupIngress");
-                ec2.revoke_security_group_ingress()
+                let revoke = ec2
+                    .revoke_security_group_ingress()
                     .group_id(group_id)
                     .set_ip_permissions(Some(stale))
-                    .send()
-                    .await
-                    .map_err(|e| self.error("RevokeSecurityGroupIngress", e))?;
+                    .send();
+                self.call(AwsOperation::RevokeSecurityGroupIngress, revoke)
+                    .await?;
             } else {
-                self.count("RevokeSecurityGroupEgress");
-                ec2.revoke_security_group_egress()
+                let revoke = ec2
+                    .revoke_security_group_egress()
                     .group_id(group_id)
                     .set_ip_permissions(Some(stale))
-                    .send()
-                    .await
-                    .map_err(|e| self.error("RevokeSecurityGroupEgress", e))?;
+                    .send();
+                self.call(AwsOperation::RevokeSecurityGroupEgress, revoke)
+                    .await?;
             }
         }
         if !missing.is_empty() {
             if ingress {
-                self.count("AuthorizeSecurityGroupIngress");
-                ec2.authorize_security_group_ingress()
+                let authorize = ec2
+                    .authorize_security_group_ingress()
                     .group_id(group_id)
                     .set_ip_permissions(Some(missing))
-                    .send()
-                    .await
-                    .map_err(|e| self.error("AuthorizeSecurityGroupIngress", e))?;
+                    .send();
+                self.call(AwsOperation::AuthorizeSecurityGroupIngress, authorize)
+                    .await?;
             } else {
-                self.count("AuthorizeSecurityGroupEgress");
-                ec2.authorize_security_group_egress()
+                let authorize = ec2
+                    .authorize_security_group_egress()
                     .group_id(group_id)
                     .set_ip_permissions(Some(missing))
-                    .send()
-                    .await
-                    .map_err(|e| self.error("AuthorizeSecurityGroupEgress", e))?;
+                    .send();
+                self.call(AwsOperation::AuthorizeSecurityGroupEgress, authorize)
+                    .await?;
             }
         }
         Ok(())
@@ -264,14 +255,14 @@ impl AwsClients {
         region: &str,
         group_id: &str,
     ) -> Result<(Vec<TcpRule>, Vec<TcpRule>), AwsError> {
-        self.count("DescribeSecurityGroups");
-        let out = self
+        let describe = self
             .ec2(region)
             .describe_security_groups()
             .group_ids(group_id)
-            .send()
-            .await
-            .map_err(|e| self.error("DescribeSecurityGroups", e))?;
+            .send();
+        let out = self
+            .call(AwsOperation::DescribeSecurityGroups, describe)
+            .await?;
         let g = out.security_groups().first();
         Ok((
             tcp_rules(g.map(|g| g.ip_permissions()).unwrap_or_default()).0,
@@ -285,23 +276,15 @@ impl AwsClients {
         region: &str,
         group_id: &str,
     ) -> Result<(), AwsError> {
-        self.count("DeleteSecurityGroup");
-        match self
+        let delete = self
             .ec2(region)
             .delete_security_group()
             .group_id(group_id)
-            .send()
-            .await
-        {
+            .send();
+        match self.call(AwsOperation::DeleteSecurityGroup, delete).await {
             Ok(_) => Ok(()),
-            Err(e) => {
-                let e = self.error("DeleteSecurityGroup", e);
-                if e.code().is_some_and(|c| c.starts_with("InvalidGroup")) {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            }
+            Err(e) if e.code().is_some_and(|c| c.starts_with("InvalidGroup")) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -311,14 +294,14 @@ impl AwsClients {
         region: &str,
         vpc_id: &str,
     ) -> Result<Vec<EndpointInfo>, AwsError> {
-        self.count("DescribeVpcEndpoints");
-        let out = self
+        let describe = self
             .ec2(region)
             .describe_vpc_endpoints()
             .filters(filter("vpc-id", &[vpc_id]))
-            .send()
-            .await
-            .map_err(|e| self.error("DescribeVpcEndpoints", e))?;
+            .send();
+        let out = self
+            .call(AwsOperation::DescribeVpcEndpoints, describe)
+            .await?;
         Ok(out
             .vpc_endpoints()
             .iter()
@@ -345,16 +328,16 @@ impl AwsClients {
         if types.is_empty() {
             return Ok(Vec::new());
         }
-        self.count("DescribeInstanceTypeOfferings");
         let values: Vec<&str> = types.iter().map(String::as_str).collect();
-        let out = self
+        let describe = self
             .ec2(region)
             .describe_instance_type_offerings()
             .location_type(LocationType::Region)
             .filters(filter("instance-type", &values))
-            .send()
-            .await
-            .map_err(|e| self.error("DescribeInstanceTypeOfferings", e))?;
+            .send();
+        let out = self
+            .call(AwsOperation::DescribeInstanceTypeOfferings, describe)
+            .await?;
         Ok(out
             .instance_type_offerings()
             .iter()

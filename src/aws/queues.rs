@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, QueueAttributeName};
 
-use super::{AwsClients, AwsError};
+use super::{AwsClients, AwsError, AwsOperation};
 
 /// One message taken from a queue; it comes back after the visibility
 /// timeout unless it is deleted with its receipt handle.
@@ -19,6 +19,11 @@ pub struct ReceivedMessage {
 /// How long a received message stays invisible before it is delivered again.
 pub const VISIBILITY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A queue that does not exist (any more).
+fn is_gone(e: &AwsError) -> bool {
+    e.code().is_some_and(|c| c.contains("NonExistentQueue"))
+}
+
 impl AwsClients {
     /// Creates the queue, or returns the URL of the one that already exists.
     pub async fn ensure_queue(
@@ -27,8 +32,8 @@ impl AwsClients {
         name: &str,
         tags: &BTreeMap<String, String>,
     ) -> Result<String, AwsError> {
-        self.count("CreateQueue");
-        let out = self
+        let op = AwsOperation::CreateQueue;
+        let create = self
             .sqs(region)
             .create_queue()
             .queue_name(name)
@@ -38,11 +43,10 @@ impl AwsClients {
             )
             .attributes(QueueAttributeName::MessageRetentionPeriod, "86400")
             .set_tags(Some(tags.clone().into_iter().collect()))
-            .send()
-            .await
-            .map_err(|e| self.error("CreateQueue", e))?;
+            .send();
+        let out = self.call(op, create).await?;
         out.queue_url().map(String::from).ok_or(AwsError::Service {
-            operation: "CreateQueue",
+            operation: op.name(),
             code: "NoQueueUrl".into(),
             message: "CreateQueue returned no queue URL".into(),
         })
@@ -50,23 +54,11 @@ impl AwsClients {
 
     /// Deletes the queue; a queue that is already gone counts as deleted.
     pub async fn delete_queue(&self, region: &str, queue_url: &str) -> Result<(), AwsError> {
-        self.count("DeleteQueue");
-        match self
-            .sqs(region)
-            .delete_queue()
-            .queue_url(queue_url)
-            .send()
-            .await
-        {
+        let delete = self.sqs(region).delete_queue().queue_url(queue_url).send();
+        match self.call(AwsOperation::DeleteQueue, delete).await {
             Ok(_) => Ok(()),
-            Err(e) => {
-                let e = self.error("DeleteQueue", e);
-                if e.code().is_some_and(|c| c.contains("NonExistentQueue")) {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            }
+            Err(e) if is_gone(&e) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -77,16 +69,14 @@ impl AwsClients {
         queue_url: &str,
         wait: Duration,
     ) -> Result<Vec<ReceivedMessage>, AwsError> {
-        self.count("ReceiveMessage");
-        let out = self
+        let receive = self
             .sqs(region)
             .receive_message()
             .queue_url(queue_url)
             .max_number_of_messages(10)
             .wait_time_seconds(i32::try_from(wait.as_secs()).unwrap_or(20).min(20))
-            .send()
-            .await
-            .map_err(|e| self.error("ReceiveMessage", e))?;
+            .send();
+        let out = self.call(AwsOperation::ReceiveMessage, receive).await?;
         Ok(out
             .messages()
             .iter()
@@ -136,6 +126,7 @@ impl AwsClients {
         receipt_handles: &[String],
     ) -> Result<(), AwsError> {
         let sqs = self.sqs(region);
+        let op = AwsOperation::DeleteMessageBatch;
         for chunk in receipt_handles.chunks(10) {
             let entries = chunk
                 .iter()
@@ -146,18 +137,17 @@ impl AwsClients {
                         .receipt_handle(handle)
                         .build()
                         .map_err(|e| AwsError::Unreachable {
-                            operation: "DeleteMessageBatch",
+                            operation: op.name(),
                             detail: e.to_string(),
                         })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            self.count("DeleteMessageBatch");
-            sqs.delete_message_batch()
+            let delete = sqs
+                .delete_message_batch()
                 .queue_url(queue_url)
                 .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|e| self.error("DeleteMessageBatch", e))?;
+                .send();
+            self.call(op, delete).await?;
         }
         Ok(())
     }
@@ -169,7 +159,6 @@ impl AwsClients {
         prefix: &str,
     ) -> Result<Vec<(String, BTreeMap<String, String>)>, AwsError> {
         let sqs = self.sqs(region);
-        self.count("ListQueues");
         let mut pages = sqs
             .list_queues()
             .queue_name_prefix(prefix)
@@ -177,26 +166,20 @@ impl AwsClients {
             .into_paginator()
             .send();
         let mut urls = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.error("ListQueues", e))?;
+        while let Some(page) = self.page(AwsOperation::ListQueues, pages.next()).await? {
             urls.extend(page.queue_urls().iter().cloned());
         }
         let mut out = Vec::with_capacity(urls.len());
         for url in urls {
-            self.count("ListQueueTags");
-            let tags = match sqs.list_queue_tags().queue_url(&url).send().await {
+            let list = sqs.list_queue_tags().queue_url(&url).send();
+            let tags = match self.call(AwsOperation::ListQueueTags, list).await {
                 Ok(out) => out
                     .tags()
                     .map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
                     .unwrap_or_default(),
-                Err(e) => {
-                    let e = self.error("ListQueueTags", e);
-                    // Deleted since it was listed: nothing to judge.
-                    if e.code().is_some_and(|c| c.contains("NonExistentQueue")) {
-                        continue;
-                    }
-                    return Err(e);
-                }
+                // Deleted since it was listed: nothing to judge.
+                Err(e) if is_gone(&e) => continue,
+                Err(e) => return Err(e),
             };
             out.push((url, tags));
         }
@@ -210,14 +193,13 @@ impl AwsClients {
         queue_url: &str,
         body: &str,
     ) -> Result<(), AwsError> {
-        self.count("SendMessage");
-        self.sqs(region)
+        let send = self
+            .sqs(region)
             .send_message()
             .queue_url(queue_url)
             .message_body(body)
-            .send()
-            .await
-            .map_err(|e| self.error("SendMessage", e))?;
+            .send();
+        self.call(AwsOperation::SendMessage, send).await?;
         Ok(())
     }
 }

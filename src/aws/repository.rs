@@ -3,7 +3,7 @@
 
 use aws_sdk_s3::primitives::ByteStream;
 
-use super::{AwsClients, AwsError};
+use super::{AwsClients, AwsError, AwsOperation};
 
 fn is_missing(e: &AwsError) -> bool {
     e.code()
@@ -18,20 +18,11 @@ impl AwsClients {
         bucket: &str,
         key: &str,
     ) -> Result<bool, AwsError> {
-        self.count("HeadObject");
-        match self
-            .s3(region)
-            .head_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-        {
+        let head = self.s3(region).head_object().bucket(bucket).key(key).send();
+        match self.call(AwsOperation::HeadObject, head).await {
             Ok(_) => Ok(true),
-            Err(e) => {
-                let e = self.error("HeadObject", e);
-                if is_missing(&e) { Ok(false) } else { Err(e) }
-            }
+            Err(e) if is_missing(&e) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
@@ -44,16 +35,15 @@ impl AwsClients {
         body: Vec<u8>,
         content_type: &str,
     ) -> Result<(), AwsError> {
-        self.count("PutObject");
-        self.s3(region)
+        let put = self
+            .s3(region)
             .put_object()
             .bucket(bucket)
             .key(key)
             .content_type(content_type)
             .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(|e| self.error("PutObject", e))?;
+            .send();
+        self.call(AwsOperation::PutObject, put).await?;
         Ok(())
     }
 
@@ -64,27 +54,19 @@ impl AwsClients {
         bucket: &str,
         key: &str,
     ) -> Result<Option<Vec<u8>>, AwsError> {
-        self.count("GetObject");
-        let out = match self
-            .s3(region)
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-        {
+        let op = AwsOperation::GetObject;
+        let get = self.s3(region).get_object().bucket(bucket).key(key).send();
+        let out = match self.call(op, get).await {
             Ok(out) => out,
-            Err(e) => {
-                let e = self.error("GetObject", e);
-                return if is_missing(&e) { Ok(None) } else { Err(e) };
-            }
+            Err(e) if is_missing(&e) => return Ok(None),
+            Err(e) => return Err(e),
         };
         let data = out
             .body
             .collect()
             .await
             .map_err(|e| AwsError::Unreachable {
-                operation: "GetObject",
+                operation: op.name(),
                 detail: e.to_string(),
             })?;
         Ok(Some(data.into_bytes().to_vec()))

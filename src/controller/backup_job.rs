@@ -15,6 +15,7 @@ use crate::api::{
 };
 use crate::messages::{Operation, WorkerEvent};
 use crate::placement;
+use crate::reasons::FailureReason;
 
 pub async fn reconcile(job: Arc<BackupJob>, ctx: Arc<Context>) -> Result<Action> {
     job::reconcile(job, ctx).await
@@ -79,7 +80,7 @@ impl WorkerJob for BackupJob {
                     size_gib: s.total_ebs_gib,
                 })
                 .ok_or(NotLocated {
-                    reason: "SourceInstanceNotFound",
+                    reason: FailureReason::SourceInstanceNotFound,
                     what: "instance",
                 }));
         }
@@ -88,7 +89,7 @@ impl WorkerJob for BackupJob {
             .await?;
         Ok(match found {
             Some(s) if s.state == "error" => Err(NotLocated {
-                reason: "SourceSnapshotFailed",
+                reason: FailureReason::SourceSnapshotFailed,
                 what: "completed snapshot",
             }),
             Some(s) => Ok(Located {
@@ -96,7 +97,7 @@ impl WorkerJob for BackupJob {
                 size_gib: s.volume_size_gib,
             }),
             None => Err(NotLocated {
-                reason: "SourceSnapshotNotFound",
+                reason: FailureReason::SourceSnapshotNotFound,
                 what: "snapshot",
             }),
         })

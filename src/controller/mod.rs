@@ -12,6 +12,7 @@
 //! - `leader`: Lease-based leader election.
 
 pub mod backup_job;
+pub mod events;
 pub mod garbage_collector;
 pub mod index;
 pub mod job;

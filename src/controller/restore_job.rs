@@ -19,9 +19,11 @@ use crate::api::{
     InstanceTypes, JobLimits, LocalObjectReference, Phase, Repository, RestoreJob,
     RestoreJobStatus, RestoreMode, RestoreWorkerStatus, WorkerConfiguration, WorkerStatus,
 };
+use crate::controller::events;
 use crate::messages::{FileLevelTask, Operation, WorkerEvent};
 use crate::mover::manifest::RepositoryLocation;
 use crate::placement;
+use crate::reasons::FailureReason;
 
 pub async fn reconcile(job: Arc<RestoreJob>, ctx: Arc<Context>) -> Result<Action> {
     job::reconcile(job, ctx).await
@@ -182,7 +184,7 @@ async fn restore_volumes(
         }
         let Some(snapshot) = w.restored_snapshot_id.clone() else {
             let message = "the worker finished without naming the snapshot it restored into";
-            mark_failed(w, "VolumeCreateFailed", message, now);
+            mark_failed(w, FailureReason::VolumeCreateFailed, message, now);
             continue;
         };
         let subnet_zone = config.status.as_ref().and_then(|s| {
@@ -193,7 +195,7 @@ async fn restore_volumes(
         });
         let Some(zone) = job.spec.availability_zone.clone().or(subnet_zone) else {
             let message = "no availability zone for the volume: set spec.availabilityZone";
-            mark_failed(w, "VolumeCreateFailed", message, now);
+            mark_failed(w, FailureReason::VolumeCreateFailed, message, now);
             continue;
         };
         let aws = ctx.aws.scoped(&job_access(job, w.access.as_ref())).await;
@@ -207,7 +209,7 @@ async fn restore_volumes(
                 ctx.event(
                     job,
                     EventType::Normal,
-                    "VolumeRestored",
+                    events::VOLUME_RESTORED,
                     "RestoreVolume",
                     format!(
                         "created volume {volume} in {zone} from snapshot {snapshot} ({})",
@@ -228,7 +230,7 @@ async fn restore_volumes(
                 let message = format!(
                     "{e}; the restored snapshot {snapshot} is kept: create the volume from it by hand, or fix the cause and create a new RestoreJob"
                 );
-                mark_failed(w, "VolumeCreateFailed", &message, now);
+                mark_failed(w, FailureReason::VolumeCreateFailed, &message, now);
             }
         }
     }
@@ -272,14 +274,14 @@ async fn restore_instances(
         }
         if w.restored_snapshots.is_empty() {
             let message = "the worker finished without naming the snapshots it restored into";
-            mark_failed(w, "InstanceRestoreFailed", message, now);
+            mark_failed(w, FailureReason::InstanceRestoreFailed, message, now);
             continue;
         }
         let (Some(instance_type), Some(subnet)) =
             (job.spec.instance_type.as_deref(), w.subnet_id.clone())
         else {
             let message = "no instanceType or subnet for the restored instance";
-            mark_failed(w, "InstanceRestoreFailed", message, now);
+            mark_failed(w, FailureReason::InstanceRestoreFailed, message, now);
             continue;
         };
         match launch_restored(job, w, instance_type, &subnet, ctx).await {
@@ -291,7 +293,7 @@ async fn restore_instances(
                 ctx.event(
                     job,
                     EventType::Normal,
-                    "InstanceRestored",
+                    events::INSTANCE_RESTORED,
                     "RestoreInstance",
                     note.clone(),
                 )
@@ -310,7 +312,7 @@ async fn restore_instances(
                     "{e}; the restored snapshots are kept ({}): fix the cause and create a new RestoreJob",
                     kept.join(", ")
                 );
-                mark_failed(w, "InstanceRestoreFailed", &message, now);
+                mark_failed(w, FailureReason::InstanceRestoreFailed, &message, now);
             }
         }
     }

@@ -23,6 +23,7 @@ use crate::api::{
 };
 use crate::aws::AwsClients;
 use crate::aws::accounts::Access;
+use crate::controller::events;
 use crate::names::{CONFIGURATION_FINALIZER, tags};
 use crate::placement;
 
@@ -162,7 +163,7 @@ async fn apply(
         ctx.event(
             cfg,
             EventType::Normal,
-            "QueueReady",
+            events::QUEUE_READY,
             "EnsureQueue",
             format!("workers report to {queue_url}"),
         )
@@ -188,14 +189,14 @@ async fn credentials_not_ready(
         DesiredCondition::new(
             CREDENTIALS_READY,
             false,
-            "CannotAssumeRole",
+            events::CANNOT_ASSUME_ROLE,
             message.clone(),
         ),
         DesiredCondition::new(STALLED, true, "CredentialsNotReady", message.clone()),
     ];
     let event = (
         EventType::Warning,
-        "CannotAssumeRole",
+        events::CANNOT_ASSUME_ROLE,
         "CheckCredentials",
         message,
     );
@@ -216,14 +217,14 @@ async fn resolve_image(
             Ok(id) if id.starts_with("ami-") => Some(id),
             Ok(other) => {
                 findings.push(Finding {
-                    reason: "ImageNotResolved",
+                    reason: events::IMAGE_NOT_RESOLVED,
                     message: format!("SSM parameter {parameter} holds {other:?}, not an AMI ID; fix spec.imageSsmParameter"),
                 });
                 None
             }
             Err(e) => {
                 findings.push(Finding {
-                    reason: "ImageNotResolved",
+                    reason: events::IMAGE_NOT_RESOLVED,
                     message: format!(
                         "cannot read SSM parameter {parameter}: {e}; fix spec.imageSsmParameter"
                     ),
@@ -256,7 +257,7 @@ async fn check_subnets(
             Ok(found) => found,
             Err(e) if e.code().is_some_and(|c| c.starts_with("InvalidSubnetID")) => {
                 findings.push(Finding {
-                    reason: "SubnetNotFound",
+                    reason: events::SUBNET_NOT_FOUND,
                     message: format!("{e}; fix spec.subnets"),
                 });
                 Vec::new()
@@ -271,12 +272,12 @@ async fn check_subnets(
     match vpcs[..] {
         [vpc] => status.vpc_id = Some(vpc.to_string()),
         [] if findings.is_empty() => findings.push(Finding {
-            reason: "NoSubnets",
+            reason: events::NO_SUBNETS,
             message: format!("{region} has no default VPC; list subnets in spec.subnets"),
         }),
         [] => {}
         _ => findings.push(Finding {
-            reason: "SubnetsInSeveralVpcs",
+            reason: events::SUBNETS_IN_SEVERAL_VPCS,
             message: format!(
                 "the subnets are in several VPCs ({}); list subnets of one VPC",
                 vpcs.join(", ")
@@ -416,13 +417,13 @@ async fn check_instance_types(
             unoffered.join(", ")
         );
         findings.push(Finding {
-            reason: "InstanceTypeNotOffered",
+            reason: events::INSTANCE_TYPE_NOT_OFFERED,
             message: message.clone(),
         });
         DesiredCondition::new(
             INSTANCE_TYPES_OFFERED,
             false,
-            "InstanceTypeNotOffered",
+            events::INSTANCE_TYPE_NOT_OFFERED,
             message,
         )
     })
@@ -596,7 +597,7 @@ async fn hold_deletion(
         ];
         let event = (
             EventType::Normal,
-            "DeletionWaiting",
+            events::DELETION_WAITING,
             "DeleteConfiguration",
             message,
         );

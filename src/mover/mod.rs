@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::aws::ebs::BLOCK_SIZE;
 use crate::aws::{AwsClients, AwsError};
+use crate::reasons::FailureReason;
 use manifest::{
     BackupStats, BlockRef, BlockSource, LatestPointer, Manifest, RepositoryLocation, VolumeImage,
 };
@@ -76,15 +77,15 @@ pub enum MoverError {
 
 impl MoverError {
     /// A stable CamelCase reason.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> FailureReason {
         match self {
-            MoverError::Aws(e) => e.category(),
-            MoverError::ChunkMissing { .. } => "ChunkMissing",
-            MoverError::ChunkCorrupt { .. } => "ChunkCorrupt",
-            MoverError::RestorePointNotFound { .. } => "RestorePointNotFound",
-            MoverError::ManifestInvalid { .. } => "ManifestInvalid",
-            MoverError::RestorePointExists { .. } => "RestorePointExists",
-            MoverError::OversizedBlock { .. } => "SnapshotUnreadable",
+            MoverError::Aws(e) => e.failure_reason(),
+            MoverError::ChunkMissing { .. } => FailureReason::ChunkMissing,
+            MoverError::ChunkCorrupt { .. } => FailureReason::ChunkCorrupt,
+            MoverError::RestorePointNotFound { .. } => FailureReason::RestorePointNotFound,
+            MoverError::ManifestInvalid { .. } => FailureReason::ManifestInvalid,
+            MoverError::RestorePointExists { .. } => FailureReason::RestorePointExists,
+            MoverError::OversizedBlock { .. } => FailureReason::SnapshotUnreadable,
         }
     }
 }

@@ -9,6 +9,7 @@ use super::{Done, Failure, Reporter, browser, failure, mover_failure};
 use crate::aws::AwsClients;
 use crate::messages::{SessionInfo, WorkerEvent, WorkerTask};
 use crate::mover::{self, manifest::Manifest, manifest::VolumeImage};
+use crate::reasons::FailureReason;
 
 /// Serves the file-level recovery browser over a restore point's volume
 /// until the session has been idle for its timeout.
@@ -21,7 +22,7 @@ pub(super) async fn serve(
         (&task.repository, &task.restore_point, &task.file_level)
     else {
         return Err(failure(
-            "RestorePointMissing",
+            FailureReason::RestorePointMissing,
             "the task names no repository, restore point or session",
         ));
     };
@@ -32,7 +33,7 @@ pub(super) async fn serve(
     let disk = browser::RepositoryDisk::new(aws.clone(), repository.clone(), volume);
     browser::check_filesystem(&disk)
         .await
-        .map_err(|e| failure("FilesystemUnreadable", e))?;
+        .map_err(|e| failure(FailureReason::FilesystemUnreadable, e))?;
     // On EC2: port 443 on every interface, reached at the instance's
     // address. A local agent (tests, the demo) is told where to listen and
     // what to advertise.
@@ -44,7 +45,7 @@ pub(super) async fn serve(
             .await
             .ok_or_else(|| {
                 failure(
-                    "SessionFailed",
+                    FailureReason::SessionFailed,
                     "could not read this instance's address from the instance metadata service",
                 )
             })?,
@@ -59,7 +60,7 @@ pub(super) async fn serve(
     };
     let ran = browser::serve(disk, config, |s| report_session(reporter, id, s))
         .await
-        .map_err(|e| failure("SessionFailed", e))?;
+        .map_err(|e| failure(FailureReason::SessionFailed, e))?;
     Ok(Done {
         detail: format!(
             "file-level recovery session of {id} ended after {} s idle ({} s in all)",
@@ -86,7 +87,7 @@ fn volume_to_browse<'a>(
     };
     volume.ok_or_else(|| {
         failure(
-            "VolumeNotInRestorePoint",
+            FailureReason::VolumeNotInRestorePoint,
             format!(
                 "restore point {id} has no volume {}",
                 device.unwrap_or("at all")

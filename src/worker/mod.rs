@@ -32,6 +32,7 @@ use crate::mover::manifest::{Manifest, RepositoryLocation, VolumeImage};
 pub const ROOT_DEVICE: &str = "/dev/xvda";
 use crate::mover::{self, BackupRequest, MoverError, Progress, SourceVolume};
 use crate::names::tags;
+use crate::reasons::FailureReason;
 
 /// Why the agent stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -197,17 +198,17 @@ struct Done {
     snapshots: Vec<RestoredSnapshot>,
 }
 
-type Failure = (String, String);
+type Failure = (FailureReason, String);
 
-fn failure(reason: &str, message: impl Into<String>) -> Failure {
-    (reason.to_string(), message.into())
+fn failure(reason: FailureReason, message: impl Into<String>) -> Failure {
+    (reason, message.into())
 }
 
 /// A mover error as a reason and a message that says what to fix.
 fn mover_failure(e: MoverError, repository: &RepositoryLocation) -> Failure {
     match &e {
         MoverError::Aws(a) if a.code() == Some("NoSuchBucket") => failure(
-            "RepositoryNotFound",
+            FailureReason::RepositoryNotFound,
             format!(
                 "bucket {} does not exist in {}; create it or fix spec.repository",
                 repository.bucket, repository.region
@@ -223,7 +224,7 @@ const SNAPSHOT_POLL: Duration = Duration::from_secs(5);
 async fn backup(aws: &AwsClients, task: &WorkerTask, progress: &Progress) -> Result<Done, Failure> {
     let Some(repository) = &task.repository else {
         return Err(failure(
-            "RepositoryMissing",
+            FailureReason::RepositoryMissing,
             "the task names no repository; the controller that launched this worker is older than the agent",
         ));
     };
@@ -320,7 +321,7 @@ async fn restore(
 ) -> Result<Done, Failure> {
     let (Some(repository), Some(id)) = (&task.repository, &task.restore_point) else {
         return Err(failure(
-            "RestorePointMissing",
+            FailureReason::RestorePointMissing,
             "the task names no repository or restore point",
         ));
     };
@@ -409,7 +410,7 @@ fn volumes_to_restore<'a>(
             .filter_map(|v| v.device.as_deref())
             .collect();
         return Err(failure(
-            "VolumeNotInRestorePoint",
+            FailureReason::VolumeNotInRestorePoint,
             format!(
                 "restore point {id} has no volume {}; it has {devices:?}",
                 task.device.as_deref().unwrap_or("at all")
@@ -430,19 +431,19 @@ async fn wait_for_snapshot(
         match source
             .describe_snapshot(region, snapshot_id)
             .await
-            .map_err(|e| failure(e.category(), e.to_string()))?
+            .map_err(|e| failure(e.failure_reason(), e.to_string()))?
         {
             Some(s) if s.state == "completed" => return Ok(s.volume_id),
             Some(s) if s.state == "error" => {
                 return Err(failure(
-                    "SourceSnapshotFailed",
+                    FailureReason::SourceSnapshotFailed,
                     format!("snapshot {snapshot_id} is in state error; take a new one"),
                 ));
             }
             Some(_) => tokio::time::sleep(SNAPSHOT_POLL).await,
             None => {
                 return Err(failure(
-                    "SourceSnapshotNotFound",
+                    FailureReason::SourceSnapshotNotFound,
                     format!("snapshot {snapshot_id} does not exist in {region}"),
                 ));
             }
@@ -456,14 +457,14 @@ async fn snapshot_instance(
     task: &WorkerTask,
 ) -> Result<Vec<SourceVolume>, Failure> {
     let region = task.resource_region.as_str();
-    let aws_failure = |e: crate::aws::AwsError| failure(e.category(), e.to_string());
+    let aws_failure = |e: crate::aws::AwsError| failure(e.failure_reason(), e.to_string());
     let Some(instance) = source
         .describe_source_instance(region, &task.resource)
         .await
         .map_err(aws_failure)?
     else {
         return Err(failure(
-            "SourceInstanceNotFound",
+            FailureReason::SourceInstanceNotFound,
             format!("instance {} does not exist in {region}", task.resource),
         ));
     };
@@ -492,14 +493,14 @@ async fn snapshot_instance(
                 Some(s) if s.state == "completed" => break,
                 Some(s) if s.state == "error" => {
                     return Err(failure(
-                        "SnapshotFailed",
+                        FailureReason::SnapshotFailed,
                         format!("EBS could not snapshot {volume_id} ({snapshot_id})"),
                     ));
                 }
                 Some(_) => tokio::time::sleep(SNAPSHOT_POLL).await,
                 None => {
                     return Err(failure(
-                        "SnapshotFailed",
+                        FailureReason::SnapshotFailed,
                         format!("snapshot {snapshot_id} of {volume_id} disappeared"),
                     ));
                 }

@@ -8,9 +8,7 @@ use super::core::Problem;
 use super::kind::WorkerJob;
 use crate::api::WorkerConfiguration;
 use crate::api::conditions::{self, READY};
-
-/// Reason of a job whose configuration is being deleted.
-pub const CONFIGURATION_DELETING: &str = "WorkerConfigurationDeleting";
+use crate::reasons::BlockedReason;
 
 /// Picks the configuration a job uses: the one it names, else the only one
 /// of its namespace for its resources' region.
@@ -20,7 +18,7 @@ pub fn choose_configuration<'a, K: WorkerJob>(
 ) -> Result<&'a Arc<WorkerConfiguration>, Problem> {
     if job.repository().is_none() {
         return Err(Problem {
-            reason: "RepositoryMissing",
+            reason: BlockedReason::RepositoryMissing,
             message: format!(
                 "this {} has no spec.repository (it was created before Tender required one); create it again with a repository",
                 K::KIND
@@ -37,7 +35,7 @@ pub fn choose_configuration<'a, K: WorkerJob>(
         in_ns()
             .find(|c| c.name_any() == reference.name)
             .ok_or_else(|| Problem {
-                reason: "WorkerConfigurationNotFound",
+                reason: BlockedReason::WorkerConfigurationNotFound,
                 message: format!(
                     "WorkerConfiguration {:?} does not exist in this namespace; create it or fix spec.workerConfigurationRef",
                     reference.name
@@ -48,7 +46,7 @@ pub fn choose_configuration<'a, K: WorkerJob>(
     };
     if chosen.meta().deletion_timestamp.is_some() {
         return Err(Problem {
-            reason: CONFIGURATION_DELETING,
+            reason: BlockedReason::WorkerConfigurationDeleting,
             message: format!(
                 "WorkerConfiguration {:?} is being deleted; no new workers are launched with it",
                 chosen.name_any()
@@ -61,7 +59,7 @@ pub fn choose_configuration<'a, K: WorkerJob>(
         .find(|r| r.region != chosen.spec.region)
     {
         return Err(Problem {
-            reason: "RegionMismatch",
+            reason: BlockedReason::RegionMismatch,
             message: format!(
                 "resource {} is in {} but WorkerConfiguration {:?} launches workers in {}; use a configuration for that region",
                 r.id,
@@ -85,7 +83,7 @@ fn only_one_for_region<'a, K: WorkerJob>(
     regions.dedup();
     let [region] = regions[..] else {
         return Err(Problem {
-            reason: "WorkerConfigurationAmbiguous",
+            reason: BlockedReason::WorkerConfigurationAmbiguous,
             message: format!(
                 "the resources are in several regions ({}); set spec.workerConfigurationRef or split the job per region",
                 regions.join(", ")
@@ -99,13 +97,13 @@ fn only_one_for_region<'a, K: WorkerJob>(
     match matching[..] {
         [one] => Ok(one),
         [] => Err(Problem {
-            reason: "WorkerConfigurationNotFound",
+            reason: BlockedReason::WorkerConfigurationNotFound,
             message: format!(
                 "no WorkerConfiguration for region {region} in this namespace; create one or set spec.workerConfigurationRef"
             ),
         }),
         _ => Err(Problem {
-            reason: "WorkerConfigurationAmbiguous",
+            reason: BlockedReason::WorkerConfigurationAmbiguous,
             message: format!(
                 "{} WorkerConfigurations serve region {region} in this namespace; set spec.workerConfigurationRef",
                 matching.len()

@@ -13,48 +13,31 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::api::conditions::{self, DesiredCondition, READY, RECONCILING, STALLED};
 use crate::api::{JobStatus, Phase, WorkerStatus};
+use crate::aws::instance_state::InstanceState;
+use crate::controller::events;
 use crate::messages::{WorkerEvent, WorkerMessage};
 use crate::placement;
-
-/// Failure reasons that retrying cannot fix.
-const PERMANENT_REASONS: &[&str] = &[
-    "SourceInstanceNotFound",
-    "SourceSnapshotNotFound",
-    "SourceSnapshotFailed",
-    "SourceNotFound",
-    "RestorePointExists",
-    "RestorePointNotFound",
-    "ChunkMissing",
-    "ChunkCorrupt",
-    "ManifestInvalid",
-    "RepositoryNotFound",
-    "RestorePointMissing",
-    "VolumeNotInRestorePoint",
-    "VolumeCreateFailed",
-    "InstanceRestoreFailed",
-    "DeadlineExceeded",
-    "LaunchFailed",
-    "WorkerConfigurationDeleted",
-];
+use crate::reasons::{BlockedReason, FailureReason};
 
 /// Reason of a worker that went silent or whose instance died.
-pub const WORKER_LOST: &str = "WorkerLost";
+pub const WORKER_LOST: &str = FailureReason::WorkerLost.as_str();
 /// Reason of workers stopped by `activeDeadlineSeconds`.
-pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
-
-/// True when a failure with `reason` is worth another attempt.
-pub fn is_retriable(reason: &str) -> bool {
-    !PERMANENT_REASONS.contains(&reason)
-}
+pub const DEADLINE_EXCEEDED: &str = FailureReason::DeadlineExceeded.as_str();
 
 /// Marks a worker failed with a CamelCase reason and a message for people;
 /// a retriable failure counts against `backoffLimit`.
-pub fn mark_failed(w: &mut WorkerStatus, reason: &str, message: &str, now: Timestamp) {
+pub fn mark_failed(
+    w: &mut WorkerStatus,
+    reason: impl Into<FailureReason>,
+    message: &str,
+    now: Timestamp,
+) {
+    let reason = reason.into();
     w.phase = Phase::Failed;
     w.reason = Some(reason.to_string());
     w.message = Some(format!("{reason}: {message}"));
     w.finished_time = Some(Time(now));
-    if is_retriable(reason) {
+    if !reason.is_permanent() {
         w.failures += 1;
     }
 }
@@ -163,11 +146,8 @@ pub fn lost_reason(
     if !active {
         return None;
     }
-    if let Some(state) = observed_state
-        && matches!(
-            state,
-            "shutting-down" | "terminated" | "stopping" | "stopped"
-        )
+    if let Some(state) = observed_state.map(InstanceState::from)
+        && (state.is_going() || state.is_stopped())
     {
         return Some(format!(
             "worker instance {} is {state}",
@@ -189,7 +169,9 @@ pub fn lost_reason(
 /// worth retrying, the retries are not used up, and its instance is gone.
 pub fn should_retry(w: &WorkerStatus, backoff_limit: i32) -> bool {
     w.phase == Phase::Failed
-        && w.reason.as_deref().is_some_and(is_retriable)
+        && w.reason
+            .as_deref()
+            .is_some_and(|r| !FailureReason::parse(r).is_permanent())
         && w.failures <= backoff_limit
         && (w.instance_id.is_none() || w.terminated_time.is_some())
 }
@@ -255,7 +237,7 @@ pub fn job_phase<W: Deref<Target = WorkerStatus>>(
 /// Why a job cannot go on without a fix.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Problem {
-    pub reason: &'static str,
+    pub reason: BlockedReason,
     pub message: String,
 }
 
@@ -269,8 +251,8 @@ pub fn job_conditions(
     let phase_name = format!("{phase:?}");
     if let Some(p) = problem {
         return vec![
-            DesiredCondition::new(READY, false, p.reason, p.message.clone()),
-            DesiredCondition::new(STALLED, true, p.reason, p.message.clone()),
+            DesiredCondition::new(READY, false, p.reason.as_str(), p.message.clone()),
+            DesiredCondition::new(STALLED, true, p.reason.as_str(), p.message.clone()),
         ];
     }
     match phase {
@@ -374,12 +356,12 @@ pub fn judge_worker(
     if facts.deadline_passed {
         let secs = facts.deadline_seconds.unwrap_or_default();
         let message = format!("the job ran longer than activeDeadlineSeconds ({secs} s)");
-        mark_failed(w, DEADLINE_EXCEEDED, &message, now);
+        mark_failed(w, FailureReason::DeadlineExceeded, &message, now);
     } else if facts.suspended {
         w.phase = Phase::Suspended;
     } else if let Some(why) = lost_reason(w, liveness.instance_state, liveness.heard, timeout, now)
     {
-        mark_failed(w, WORKER_LOST, &why, now);
+        mark_failed(w, FailureReason::WorkerLost, &why, now);
     }
 }
 
@@ -460,8 +442,18 @@ pub fn hold_launches<W>(
     now: Timestamp,
 ) {
     let desired = [
-        DesiredCondition::new(READY, false, problem.reason, problem.message.clone()),
-        DesiredCondition::new(RECONCILING, true, problem.reason, problem.message.clone()),
+        DesiredCondition::new(
+            READY,
+            false,
+            problem.reason.as_str(),
+            problem.message.clone(),
+        ),
+        DesiredCondition::new(
+            RECONCILING,
+            true,
+            problem.reason.as_str(),
+            problem.message.clone(),
+        ),
     ];
     status.conditions = conditions::merge(&status.conditions, &desired, generation, now);
 }
@@ -534,10 +526,10 @@ pub fn phase_notice(before: Option<Phase>, after: &WorkerStatus) -> Option<Notic
     let (warning, reason) = match (after.phase, after.reason.as_deref()) {
         (Phase::Failed, Some(WORKER_LOST)) => (true, WORKER_LOST),
         (Phase::Failed, Some(DEADLINE_EXCEEDED)) => (true, DEADLINE_EXCEEDED),
-        (Phase::Failed, _) => (true, "WorkerFailed"),
-        (Phase::Succeeded, _) => (false, "WorkerSucceeded"),
-        (Phase::Running, _) => (false, "WorkerStarted"),
-        (Phase::Suspended, _) => (false, "WorkerSuspended"),
+        (Phase::Failed, _) => (true, events::WORKER_FAILED),
+        (Phase::Succeeded, _) => (false, events::WORKER_SUCCEEDED),
+        (Phase::Running, _) => (false, events::WORKER_STARTED),
+        (Phase::Suspended, _) => (false, events::WORKER_SUSPENDED),
         _ => return None,
     };
     let detail = after.message.as_deref().unwrap_or("");
@@ -634,7 +626,7 @@ pub fn retry_workers<W: DerefMut<Target = WorkerStatus>>(
                 next_attempt(w, job_uid);
                 notices.push(Notice {
                     warning: false,
-                    reason: "WorkerRetried",
+                    reason: events::WORKER_RETRIED,
                     action: "RetryWorker",
                     note: format!("{}: {note}", w.resource),
                 });

@@ -18,6 +18,7 @@ use crate::api::{
 };
 use crate::controller::{Context, Result};
 use crate::messages::{FileLevelTask, Operation, WorkerEvent};
+use crate::reasons::FailureReason;
 
 /// One thing a job runs a worker for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,9 +39,9 @@ pub struct Located {
 }
 
 /// Why a target cannot be planned: a CamelCase reason and what is missing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NotLocated {
-    pub reason: &'static str,
+    pub reason: FailureReason,
     /// What was looked for, for the message ("instance", "snapshot").
     pub what: &'static str,
 }

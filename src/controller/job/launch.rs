@@ -21,10 +21,12 @@ use crate::api::{JobStatus, JobWorker, Phase, WorkerAccount, WorkerConfiguration
 use crate::aws::AwsClients;
 use crate::aws::instance_cache::RegionInstances;
 use crate::aws::instances::{WorkerInstance, WorkerLaunch};
+use crate::controller::events;
 use crate::controller::{Context, Error, Result};
 use crate::messages::{PROTOCOL_VERSION, WorkerTask};
 use crate::mover::manifest::RepositoryLocation;
 use crate::placement::{self, WorkerOwner};
+use crate::reasons::FailureReason;
 use crate::telemetry::WorkerLabels;
 
 /// Plans a worker for every resource of the job that has none: where its
@@ -55,11 +57,11 @@ pub async fn plan_workers<K: WorkerJob>(
                     "{} {} does not exist in {}; check spec.resources",
                     missing.what, target.id, target.region
                 );
-                mark_failed(&mut worker, missing.reason, &message, now);
+                mark_failed(&mut worker, &missing.reason, &message, now);
                 ctx.event(
                     job,
                     EventType::Warning,
-                    missing.reason,
+                    missing.reason.as_str(),
                     "PlanWorker",
                     message,
                 )
@@ -190,13 +192,13 @@ async fn adopt<K: WorkerJob>(
     ctx.event(
         job,
         EventType::Normal,
-        "WorkerAdopted",
+        events::WORKER_ADOPTED,
         "LaunchWorker",
         note,
     )
     .await;
     w.instance_id = Some(found.instance_id.clone());
-    w.instance_state = Some(found.state.clone());
+    w.instance_state = Some(found.state.to_string());
     w.launch_time = Some(Time(found.launch_time.unwrap_or_else(Timestamp::now)));
     true
 }
@@ -236,7 +238,7 @@ async fn launch_one<K: WorkerJob>(
     let mut candidates = placement::subnet_candidates(subnets, w.zone.as_deref());
     if candidates.is_empty() {
         let message = "the WorkerConfiguration has no subnet to launch in".to_string();
-        mark_failed(w, "LaunchFailed", &message, Timestamp::now());
+        mark_failed(w, FailureReason::LaunchFailed, &message, Timestamp::now());
         return Ok(());
     }
     // The planned subnet first, if it is still configured.
@@ -258,7 +260,7 @@ async fn launch_one<K: WorkerJob>(
                     format!("{}; {}", skipped.join("; "), candidate.reason)
                 });
                 w.instance_id = Some(instance.instance_id);
-                w.instance_state = Some(instance.state);
+                w.instance_state = Some(instance.state.to_string());
                 w.launch_time = Some(Time(Timestamp::now()));
                 w.message = None;
                 return Ok(());
@@ -301,7 +303,7 @@ async fn try_subnet<K: WorkerJob>(
         ctx.event(
             job,
             EventType::Warning,
-            "SubnetSkipped",
+            events::SUBNET_SKIPPED,
             "LaunchWorker",
             message,
         )
@@ -317,7 +319,7 @@ async fn try_subnet<K: WorkerJob>(
         ctx.event(
             job,
             EventType::Warning,
-            "NetworkChanged",
+            events::NETWORK_CHANGED,
             "LaunchWorker",
             message,
         )
@@ -330,11 +332,11 @@ async fn try_subnet<K: WorkerJob>(
         return Err(e.into());
     }
     let message = format!("{e}; fix the WorkerConfiguration and create a new job");
-    mark_failed(w, "LaunchFailed", &message, Timestamp::now());
+    mark_failed(w, FailureReason::LaunchFailed, &message, Timestamp::now());
     ctx.event(
         job,
         EventType::Warning,
-        "LaunchFailed",
+        events::LAUNCH_FAILED,
         "LaunchWorker",
         message,
     )
@@ -366,7 +368,7 @@ async fn record_launch<K: WorkerJob>(
     ctx.event(
         job,
         EventType::Normal,
-        "WorkerLaunched",
+        events::WORKER_LAUNCHED,
         "LaunchWorker",
         note,
     )

@@ -32,7 +32,7 @@ use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Api, ResourceExt};
 use tracing::{debug, instrument};
 
-use self::configuration::{CONFIGURATION_DELETING, choose_configuration};
+use self::configuration::choose_configuration;
 use self::core::{JobFacts, Liveness, Problem, mark_failed};
 use self::kind::WorkerJob;
 use self::status::{baseline, write_status};
@@ -43,6 +43,7 @@ use crate::aws::accounts::Access;
 use crate::aws::instance_cache::RegionInstances;
 use crate::messages::WorkerMessage;
 use crate::names::JOB_FINALIZER;
+use crate::reasons::{BlockedReason, FailureReason};
 
 pub use self::kind::{Located, NotLocated, Target, TaskDetails};
 
@@ -240,7 +241,7 @@ async fn resolve<K: WorkerJob>(
                 ctx.event(
                     job,
                     EventType::Warning,
-                    problem.reason,
+                    problem.reason.as_str(),
                     "ResolveConfiguration",
                     note,
                 )
@@ -256,7 +257,7 @@ async fn resolve<K: WorkerJob>(
         // Not ready (no queue yet, or its network or instance types are not
         // right); its reconcile wakes this job when that changes.
         blocked = Some(Problem {
-            reason: "WaitingForWorkerConfiguration",
+            reason: BlockedReason::WaitingForWorkerConfiguration,
             message: format!(
                 "waiting for WorkerConfiguration {:?}: {}",
                 config.name_any(),
@@ -376,14 +377,19 @@ async fn launch_or_hold<K: WorkerJob>(
             )
             .await?;
         }
-        (Some(problem), _) if problem.reason == CONFIGURATION_DELETING => {
+        (Some(problem), _) if problem.reason == BlockedReason::WorkerConfigurationDeleting => {
             for w in status
                 .workers
                 .iter_mut()
                 .filter(|w| w.is_waiting_to_launch())
             {
                 let now = Timestamp::now();
-                mark_failed(w, "WorkerConfigurationDeleted", &problem.message, now);
+                mark_failed(
+                    w,
+                    FailureReason::WorkerConfigurationDeleted,
+                    &problem.message,
+                    now,
+                );
             }
         }
         _ => {}

@@ -15,6 +15,7 @@ use tracing::info;
 use super::core;
 use super::kind::WorkerJob;
 use crate::api::{JobStatus, Phase};
+use crate::controller::events;
 use crate::controller::{Context, Result, apply_status};
 use crate::telemetry::OutcomeLabels;
 
@@ -80,9 +81,9 @@ pub async fn finished<K: WorkerJob>(job: &K, status: &JobStatus<K::Worker>, ctx:
     ctx.aws
         .forget_session(&super::job_access(job, None).session_name);
     let (type_, reason) = match status.phase {
-        Phase::Succeeded => (EventType::Normal, "JobSucceeded"),
-        Phase::PartiallySucceeded => (EventType::Warning, "JobPartiallySucceeded"),
-        _ => (EventType::Warning, "JobFailed"),
+        Phase::Succeeded => (EventType::Normal, events::JOB_SUCCEEDED),
+        Phase::PartiallySucceeded => (EventType::Warning, events::JOB_PARTIALLY_SUCCEEDED),
+        _ => (EventType::Warning, events::JOB_FAILED),
     };
     let outcome = OutcomeLabels {
         outcome: format!("{:?}", status.phase),

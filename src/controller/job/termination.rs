@@ -18,6 +18,7 @@ use super::status::{baseline, write_status};
 use crate::api::conditions::{self, DesiredCondition, READY};
 use crate::api::{JobStatus, Phase, WorkerStatus};
 use crate::aws::accounts::RegionAccount;
+use crate::controller::events;
 use crate::controller::reports::delete_receipts;
 use crate::controller::{Context, Error, Result};
 use crate::telemetry::RegionLabels;
@@ -63,10 +64,9 @@ pub async fn terminate_finished<K: WorkerJob>(
             .instances
             .recent(&aws, access.account_key(), &region)
             .await?;
-        let (gone, ids): (Vec<String>, Vec<String>) = ids.into_iter().partition(|id| {
-            view.get(id)
-                .is_some_and(|o| matches!(o.state.as_str(), "shutting-down" | "terminated"))
-        });
+        let (gone, ids): (Vec<String>, Vec<String>) = ids
+            .into_iter()
+            .partition(|id| view.get(id).is_some_and(|o| o.state.is_going()));
         let mut states = aws.terminate_workers(&region, &ids).await?;
         crate::faults::crash_point("after-terminate-instances");
         states.extend(gone.into_iter().filter_map(|id| {
@@ -94,12 +94,12 @@ pub async fn terminate_finished<K: WorkerJob>(
                     ctx.metrics.termination_latency.observe(secs.max(0.0));
                 }
                 w.terminated_time = Some(Time(now));
-                w.instance_state = Some(state.state.clone());
+                w.instance_state = Some(state.state.to_string());
             }
             ctx.event(
                 job,
                 EventType::Normal,
-                "WorkerTerminated",
+                events::WORKER_TERMINATED,
                 "TerminateWorker",
                 format!("terminated worker {} ({})", state.instance_id, state.state),
             )
@@ -202,9 +202,9 @@ async fn terminate_all_in<K: WorkerJob>(
             .find(|w| w.instance_id.as_deref() == Some(s.instance_id.as_str()))
         {
             w.terminated_time.get_or_insert(Time(now));
-            w.instance_state = Some(s.state.clone());
+            w.instance_state = Some(s.state.to_string());
         }
-        if !matches!(s.state.as_str(), "shutting-down" | "terminated") {
+        if !s.state.is_going() {
             waiting.push(s.instance_id.clone());
         }
     }
@@ -220,7 +220,7 @@ async fn terminate_all_in<K: WorkerJob>(
     ctx.event(
         job,
         EventType::Normal,
-        "WorkersTerminated",
+        events::WORKERS_TERMINATED,
         "DeleteJob",
         note,
     )

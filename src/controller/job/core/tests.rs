@@ -318,7 +318,7 @@ fn conditions_follow_kstatus_and_batch_jobs() {
     let done = job_conditions(Phase::Succeeded, None, "x");
     assert!(has(&done, READY) && has(&done, "Complete") && !has(&done, RECONCILING));
     let problem = Problem {
-        reason: "WorkerConfigurationNotFound",
+        reason: crate::reasons::BlockedReason::WorkerConfigurationNotFound,
         message: "m".into(),
     };
     let stalled = job_conditions(Phase::Pending, Some(&problem), "x");

@@ -1,0 +1,334 @@
+//! Every AWS operation Tender calls, with the IAM permissions it needs and
+//! the role that calls it. `tests/iam.rs` checks the policies in `iam/`
+//! against this list; in test builds an SDK interceptor
+//! ([`KnownOperations`]) fails any call of an operation missing from it, so
+//! no call escapes the check.
+
+use std::fmt;
+
+/// An AWS service Tender calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AwsService {
+    Ec2,
+    Ebs,
+    S3,
+    Sqs,
+    Sts,
+    Ssm,
+}
+
+impl AwsService {
+    /// The IAM action prefix (`ec2`, `sqs`, …).
+    pub const fn iam_prefix(self) -> &'static str {
+        match self {
+            AwsService::Ec2 => "ec2",
+            AwsService::Ebs => "ebs",
+            AwsService::S3 => "s3",
+            AwsService::Sqs => "sqs",
+            AwsService::Sts => "sts",
+            AwsService::Ssm => "ssm",
+        }
+    }
+
+    /// The service name the SDK records with each call (`EC2`, `SQS`, …).
+    pub const fn sdk_name(self) -> &'static str {
+        match self {
+            AwsService::Ec2 => "EC2",
+            AwsService::Ebs => "EBS",
+            AwsService::S3 => "S3",
+            AwsService::Sqs => "SQS",
+            AwsService::Sts => "STS",
+            AwsService::Ssm => "SSM",
+        }
+    }
+}
+
+/// Which of Tender's roles makes a call: the controller, the worker agent
+/// (with the data mover), or both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    Controller,
+    Worker,
+    Both,
+}
+
+impl Caller {
+    pub fn includes_controller(self) -> bool {
+        matches!(self, Caller::Controller | Caller::Both)
+    }
+
+    pub fn includes_worker(self) -> bool {
+        matches!(self, Caller::Worker | Caller::Both)
+    }
+}
+
+macro_rules! operations {
+    ($($op:ident => $service:ident, $caller:ident;)*) => {
+        /// An AWS API operation Tender calls.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum AwsOperation {
+            $($op,)*
+        }
+
+        impl AwsOperation {
+            /// Every operation, for the IAM checks.
+            pub const ALL: &'static [AwsOperation] = &[$(AwsOperation::$op,)*];
+
+            /// The SDK operation name (`RunInstances`); also the `operation`
+            /// label of the AWS metrics.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(AwsOperation::$op => stringify!($op),)*
+                }
+            }
+
+            pub const fn service(self) -> AwsService {
+                match self {
+                    $(AwsOperation::$op => AwsService::$service,)*
+                }
+            }
+
+            /// Which role calls it, and so which policy must grant it.
+            pub const fn caller(self) -> Caller {
+                match self {
+                    $(AwsOperation::$op => Caller::$caller,)*
+                }
+            }
+        }
+    };
+}
+
+operations! {
+    // EC2: worker instances and the restored instance.
+    RunInstances => Ec2, Controller;
+    TerminateInstances => Ec2, Controller;
+    DescribeInstances => Ec2, Both;
+    DescribeVolumes => Ec2, Both;
+    DescribeImages => Ec2, Controller;
+    RegisterImage => Ec2, Controller;
+    // EC2: network.
+    DescribeSubnets => Ec2, Controller;
+    DescribeSecurityGroups => Ec2, Controller;
+    CreateSecurityGroup => Ec2, Controller;
+    DeleteSecurityGroup => Ec2, Controller;
+    AuthorizeSecurityGroupIngress => Ec2, Controller;
+    AuthorizeSecurityGroupEgress => Ec2, Controller;
+    RevokeSecurityGroupIngress => Ec2, Controller;
+    RevokeSecurityGroupEgress => Ec2, Controller;
+    DescribeVpcEndpoints => Ec2, Controller;
+    DescribeInstanceTypeOfferings => Ec2, Controller;
+    // EC2: snapshots and volumes.
+    CreateSnapshots => Ec2, Worker;
+    DeleteSnapshot => Ec2, Worker;
+    DescribeSnapshots => Ec2, Both;
+    CreateVolume => Ec2, Controller;
+    // EBS direct APIs: the data mover.
+    ListSnapshotBlocks => Ebs, Worker;
+    ListChangedBlocks => Ebs, Worker;
+    GetSnapshotBlock => Ebs, Worker;
+    StartSnapshot => Ebs, Worker;
+    PutSnapshotBlock => Ebs, Worker;
+    CompleteSnapshot => Ebs, Worker;
+    // S3: the repository.
+    HeadObject => S3, Worker;
+    GetObject => S3, Worker;
+    PutObject => S3, Worker;
+    // SQS: worker reports.
+    CreateQueue => Sqs, Controller;
+    DeleteQueue => Sqs, Controller;
+    ReceiveMessage => Sqs, Controller;
+    DeleteMessageBatch => Sqs, Controller;
+    ListQueues => Sqs, Controller;
+    ListQueueTags => Sqs, Controller;
+    SendMessage => Sqs, Worker;
+    // STS and SSM. AssumeRole is called by the SDK's AssumeRoleProvider
+    // (see `accounts`), not through `AwsClients::call`.
+    AssumeRole => Sts, Both;
+    GetCallerIdentity => Sts, Controller;
+    GetParameter => Ssm, Controller;
+}
+
+impl AwsOperation {
+    /// The IAM action that authorizes the call. SQS authorizes a batch with
+    /// the single-message action; S3 authorizes HEAD with `s3:GetObject`.
+    /// (`sts:GetCallerIdentity` is always allowed; the policy names it all
+    /// the same.)
+    pub fn iam_action(self) -> String {
+        let action = match self {
+            AwsOperation::DeleteMessageBatch => "DeleteMessage",
+            AwsOperation::HeadObject => "GetObject",
+            op => op.name(),
+        };
+        format!("{}:{action}", self.service().iam_prefix())
+    }
+
+    /// EC2 resource types (as ARNs name them) the request tags at creation:
+    /// EC2 then also authorizes `ec2:CreateTags` with `ec2:CreateAction`
+    /// set to this operation.
+    pub const fn tags_at_creation(self) -> &'static [&'static str] {
+        match self {
+            AwsOperation::RunInstances => &["instance", "volume"],
+            AwsOperation::CreateSecurityGroup => &["security-group"],
+            AwsOperation::CreateSnapshots => &["snapshot"],
+            AwsOperation::CreateVolume => &["volume"],
+            _ => &[],
+        }
+    }
+
+    /// Actions the request needs besides [`AwsOperation::iam_action`]:
+    /// `ec2:CreateTags` for tags at creation, `iam:PassRole` for a worker's
+    /// instance profile, `sqs:TagQueue` for a queue's tags.
+    pub fn also_needs(self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if !self.tags_at_creation().is_empty() {
+            out.push("ec2:CreateTags");
+        }
+        match self {
+            AwsOperation::RunInstances => out.push("iam:PassRole"),
+            AwsOperation::CreateQueue => out.push("sqs:TagQueue"),
+            _ => {}
+        }
+        out
+    }
+
+    /// The operation the SDK names `service`/`name` (as in its
+    /// `Metadata`), if Tender calls it.
+    pub fn find(service: &str, name: &str) -> Option<AwsOperation> {
+        AwsOperation::ALL
+            .iter()
+            .copied()
+            .find(|op| op.name() == name && op.service().sdk_name().eq_ignore_ascii_case(service))
+    }
+}
+
+impl fmt::Display for AwsOperation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Test builds: an SDK interceptor that fails every call of an operation
+/// that is not an [`AwsOperation`], so that no call escapes the IAM checks.
+#[cfg(any(test, feature = "fault-injection"))]
+pub use strict::KnownOperations;
+
+#[cfg(any(test, feature = "fault-injection"))]
+mod strict {
+    use aws_sdk_ec2::config::interceptors::BeforeSerializationInterceptorContextRef;
+    use aws_sdk_ec2::config::{ConfigBag, Intercept, RuntimeComponents};
+    use aws_sdk_ec2::error::BoxError;
+    use aws_smithy_runtime_api::client::orchestrator::Metadata;
+
+    use super::AwsOperation;
+
+    /// Fails calls of operations missing from [`AwsOperation`].
+    #[derive(Debug, Default)]
+    pub struct KnownOperations;
+
+    /// A call of an operation missing from [`AwsOperation`].
+    #[derive(Debug, thiserror::Error)]
+    #[error(
+        "{service} {operation} is not an AwsOperation: add it to src/aws/operation.rs (and its \
+         permission to iam/) before calling it"
+    )]
+    pub struct UnknownOperation {
+        pub service: String,
+        pub operation: String,
+    }
+
+    impl Intercept for KnownOperations {
+        fn name(&self) -> &'static str {
+            "KnownOperations"
+        }
+
+        // Not `read_before_execution`: a client's interceptors run it before
+        // the operation's configuration (and so its `Metadata`) is loaded.
+        fn read_before_serialization(
+            &self,
+            _context: &BeforeSerializationInterceptorContextRef<'_>,
+            _components: &RuntimeComponents,
+            cfg: &mut ConfigBag,
+        ) -> Result<(), BoxError> {
+            let Some(meta) = cfg.load::<Metadata>() else {
+                return Err("the SDK recorded no operation metadata for this call".into());
+            };
+            match AwsOperation::find(meta.service(), meta.name()) {
+                Some(_) => Ok(()),
+                None => {
+                    let e = UnknownOperation {
+                        service: meta.service().to_string(),
+                        operation: meta.name().to_string(),
+                    };
+                    tracing::error!(error = %e, "AWS call refused");
+                    Err(e.into())
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_actions() {
+        assert_eq!(AwsOperation::RunInstances.name(), "RunInstances");
+        assert_eq!(AwsOperation::RunInstances.iam_action(), "ec2:RunInstances");
+        assert_eq!(
+            AwsOperation::DeleteMessageBatch.iam_action(),
+            "sqs:DeleteMessage"
+        );
+        assert_eq!(AwsOperation::HeadObject.iam_action(), "s3:GetObject");
+        assert_eq!(
+            AwsOperation::GetSnapshotBlock.iam_action(),
+            "ebs:GetSnapshotBlock"
+        );
+        assert_eq!(
+            AwsOperation::find("EC2", "TerminateInstances"),
+            Some(AwsOperation::TerminateInstances)
+        );
+        assert_eq!(AwsOperation::find("SQS", "TerminateInstances"), None);
+        assert_eq!(AwsOperation::find("EC2", "DescribeVpcs"), None);
+    }
+
+    /// A client as `AwsClients` builds them, pointed at a closed port.
+    fn ec2_client() -> aws_sdk_ec2::Client {
+        use aws_config::retry::RetryConfig;
+        use aws_config::{BehaviorVersion, Region};
+        let mut conf = aws_sdk_ec2::config::Builder::new()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+                "AKIDEXAMPLE",
+                "secret",
+                None,
+                None,
+                "test",
+            ))
+            .endpoint_url("http://127.0.0.1:1")
+            .retry_config(RetryConfig::disabled());
+        conf.set_interceptors(super::super::interceptors());
+        aws_sdk_ec2::Client::from_conf(conf.build())
+    }
+
+    #[tokio::test]
+    async fn test_builds_refuse_operations_missing_from_the_enum() {
+        use aws_sdk_ec2::error::DisplayErrorContext;
+        let ec2 = ec2_client();
+        let refused = ec2.describe_vpcs().send().await.expect_err("refused");
+        let refused = DisplayErrorContext(&refused).to_string();
+        assert!(
+            refused.contains("EC2 DescribeVpcs is not an AwsOperation"),
+            "{refused}"
+        );
+        // A known operation gets past the interceptor (and fails to connect).
+        let unreachable = ec2
+            .describe_subnets()
+            .send()
+            .await
+            .expect_err("no endpoint");
+        let unreachable = DisplayErrorContext(&unreachable).to_string();
+        assert!(!unreachable.contains("AwsOperation"), "{unreachable}");
+    }
+}

@@ -1,0 +1,203 @@
+//! The stable CamelCase reasons that reach a job's status: why a worker
+//! failed (set by the worker agent or by the controller) and why a job
+//! cannot launch workers. Statuses and worker messages carry them as
+//! strings; code compares them as these types.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+macro_rules! failure_reasons {
+    (
+        permanent: [$($(#[$pm:meta])* $permanent:ident,)*]
+        retriable: [$($(#[$rm:meta])* $retriable:ident,)*]
+    ) => {
+        /// Why a worker failed. A failure whose reason is not
+        /// [permanent](FailureReason::is_permanent) counts against
+        /// `backoffLimit` and is retried.
+        #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+        pub enum FailureReason {
+            $($(#[$pm])* $permanent,)*
+            $($(#[$rm])* $retriable,)*
+            /// A reason this build does not know (from a newer worker);
+            /// retried.
+            Unknown(String),
+        }
+
+        impl FailureReason {
+            /// The CamelCase reason, as statuses and messages carry it.
+            pub const fn as_str(&self) -> &str {
+                match self {
+                    $(FailureReason::$permanent => stringify!($permanent),)*
+                    $(FailureReason::$retriable => stringify!($retriable),)*
+                    FailureReason::Unknown(reason) => reason.as_str(),
+                }
+            }
+
+            /// True when retrying cannot fix the failure.
+            pub fn is_permanent(&self) -> bool {
+                matches!(self, $(FailureReason::$permanent)|*)
+            }
+
+            /// The reason named `reason`; [`FailureReason::Unknown`] when this
+            /// build does not know it.
+            pub fn parse(reason: &str) -> Self {
+                match reason {
+                    $(stringify!($permanent) => FailureReason::$permanent,)*
+                    $(stringify!($retriable) => FailureReason::$retriable,)*
+                    other => FailureReason::Unknown(other.to_string()),
+                }
+            }
+        }
+    };
+}
+
+failure_reasons! {
+    permanent: [
+        // What the job names does not exist, or is broken.
+        SourceInstanceNotFound,
+        SourceSnapshotNotFound,
+        SourceSnapshotFailed,
+        RepositoryNotFound,
+        RestorePointExists,
+        RestorePointNotFound,
+        RestorePointMissing,
+        VolumeNotInRestorePoint,
+        ChunkMissing,
+        ChunkCorrupt,
+        ManifestInvalid,
+        // Set by the controller.
+        VolumeCreateFailed,
+        InstanceRestoreFailed,
+        DeadlineExceeded,
+        LaunchFailed,
+        WorkerConfigurationDeleted,
+    ]
+    retriable: [
+        /// The worker went silent, or its instance stopped or died.
+        WorkerLost,
+        RepositoryMissing,
+        SnapshotFailed,
+        SnapshotUnreadable,
+        FilesystemUnreadable,
+        SessionFailed,
+        // AWS errors, by category (see `AwsError::category`).
+        AwsThrottled,
+        AwsPermissionDenied,
+        AwsRequestFailed,
+        AwsUnreachable,
+    ]
+}
+
+impl From<&str> for FailureReason {
+    fn from(reason: &str) -> Self {
+        FailureReason::parse(reason)
+    }
+}
+
+impl From<&FailureReason> for FailureReason {
+    fn from(reason: &FailureReason) -> Self {
+        reason.clone()
+    }
+}
+
+impl fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for FailureReason {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for FailureReason {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl Serialize for FailureReason {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for FailureReason {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(FailureReason::parse(&String::deserialize(deserializer)?))
+    }
+}
+
+/// Why a job cannot launch workers until something is fixed (its `Ready`
+/// and `Stalled` conditions' reason).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BlockedReason {
+    RepositoryMissing,
+    WorkerConfigurationNotFound,
+    WorkerConfigurationAmbiguous,
+    /// Its configuration is being deleted: workers waiting to launch fail
+    /// with [`FailureReason::WorkerConfigurationDeleted`].
+    WorkerConfigurationDeleting,
+    RegionMismatch,
+    WaitingForWorkerConfiguration,
+}
+
+impl BlockedReason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BlockedReason::RepositoryMissing => "RepositoryMissing",
+            BlockedReason::WorkerConfigurationNotFound => "WorkerConfigurationNotFound",
+            BlockedReason::WorkerConfigurationAmbiguous => "WorkerConfigurationAmbiguous",
+            BlockedReason::WorkerConfigurationDeleting => "WorkerConfigurationDeleting",
+            BlockedReason::RegionMismatch => "RegionMismatch",
+            BlockedReason::WaitingForWorkerConfiguration => "WaitingForWorkerConfiguration",
+        }
+    }
+}
+
+impl fmt::Display for BlockedReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for BlockedReason {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_keep_their_wire_names() {
+        for reason in [
+            "WorkerLost",
+            "ChunkCorrupt",
+            "AwsThrottled",
+            "FromANewerWorker",
+        ] {
+            assert_eq!(FailureReason::parse(reason).as_str(), reason);
+        }
+        assert_eq!(
+            FailureReason::parse("FromANewerWorker"),
+            FailureReason::Unknown("FromANewerWorker".into())
+        );
+        let json = serde_json::to_string(&FailureReason::DeadlineExceeded).unwrap_or_default();
+        assert_eq!(json, "\"DeadlineExceeded\"");
+    }
+
+    #[test]
+    fn only_what_a_retry_cannot_fix_is_permanent() {
+        assert!(FailureReason::SourceInstanceNotFound.is_permanent());
+        assert!(FailureReason::LaunchFailed.is_permanent());
+        assert!(!FailureReason::WorkerLost.is_permanent());
+        assert!(!FailureReason::AwsThrottled.is_permanent());
+        assert!(!FailureReason::parse("FromANewerWorker").is_permanent());
+    }
+}
