@@ -68,17 +68,11 @@ impl AwsClients {
         description: &str,
         tags: &[(String, String)],
     ) -> Result<Vec<(String, String)>, AwsError> {
-        use aws_sdk_ec2::types::{
-            InstanceSpecification, ResourceType, Tag as Ec2Tag, TagSpecification,
-        };
-        let spec = TagSpecification::builder()
-            .resource_type(ResourceType::Snapshot)
-            .set_tags(Some(
-                tags.iter()
-                    .map(|(k, v)| Ec2Tag::builder().key(k).value(v).build())
-                    .collect(),
-            ))
-            .build();
+        use aws_sdk_ec2::types::{InstanceSpecification, ResourceType};
+        let spec = super::tag_specification(
+            ResourceType::Snapshot,
+            super::ec2_tags(tags.iter().map(|(k, v)| (k, v))),
+        );
         let create = self
             .ec2(region)
             .create_snapshots()
@@ -362,15 +356,11 @@ impl AwsClients {
         tags: &[(String, String)],
         client_token: &str,
     ) -> Result<String, AwsError> {
-        use aws_sdk_ec2::types::{ResourceType, Tag as Ec2Tag, TagSpecification, VolumeType};
-        let spec = TagSpecification::builder()
-            .resource_type(ResourceType::Volume)
-            .set_tags(Some(
-                tags.iter()
-                    .map(|(k, v)| Ec2Tag::builder().key(k).value(v).build())
-                    .collect(),
-            ))
-            .build();
+        use aws_sdk_ec2::types::{ResourceType, VolumeType};
+        let spec = super::tag_specification(
+            ResourceType::Volume,
+            super::ec2_tags(tags.iter().map(|(k, v)| (k, v))),
+        );
         let create = self
             .ec2(region)
             .create_volume()

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
     InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification, InstanceType,
-    ResourceType, Tag, TagSpecification, VolumeType,
+    ResourceType, VolumeType,
 };
 use base64::Engine;
 
@@ -171,16 +171,8 @@ impl AwsClients {
             tags,
             client_token,
         } = *launch;
-        let tags: Vec<Tag> = tags
-            .iter()
-            .map(|(k, v)| Tag::builder().key(k).value(v).build())
-            .collect();
-        let tag_spec = |rt: ResourceType| {
-            TagSpecification::builder()
-                .resource_type(rt)
-                .set_tags(Some(tags.clone()))
-                .build()
-        };
+        let tags = super::ec2_tags(tags.iter().map(|(k, v)| (k, v)));
+        let tag_spec = |rt: ResourceType| super::tag_specification(rt, tags.clone());
         let mut interface = InstanceNetworkInterfaceSpecification::builder()
             .device_index(0)
             .subnet_id(subnet_id)
@@ -338,17 +330,8 @@ impl AwsClients {
     /// with the same launch token in the instance cache: EC2 honours the
     /// ClientToken, but emulators may not.
     pub async fn launch_worker(&self, launch: &WorkerLaunch) -> Result<WorkerInstance, AwsError> {
-        let tags: Vec<Tag> = launch
-            .tags
-            .iter()
-            .map(|(k, v)| Tag::builder().key(k).value(v).build())
-            .collect();
-        let tag_spec = |rt: ResourceType| {
-            TagSpecification::builder()
-                .resource_type(rt)
-                .set_tags(Some(tags.clone()))
-                .build()
-        };
+        let tags = super::ec2_tags(&launch.tags);
+        let tag_spec = |rt: ResourceType| super::tag_specification(rt, tags.clone());
         let mut req = self
             .ec2(&launch.region)
             .run_instances()

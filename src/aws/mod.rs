@@ -290,6 +290,26 @@ impl AwsError {
     }
 }
 
+/// EC2 tags for a request, from key-value pairs.
+pub(crate) fn ec2_tags<'a>(
+    tags: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Vec<aws_sdk_ec2::types::Tag> {
+    tags.into_iter()
+        .map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build())
+        .collect()
+}
+
+/// Tags a resource of type `resource` gets at creation.
+pub(crate) fn tag_specification(
+    resource: aws_sdk_ec2::types::ResourceType,
+    tags: Vec<aws_sdk_ec2::types::Tag>,
+) -> aws_sdk_ec2::types::TagSpecification {
+    aws_sdk_ec2::types::TagSpecification::builder()
+        .resource_type(resource)
+        .set_tags(Some(tags))
+        .build()
+}
+
 fn is_throttling(code: &str) -> bool {
     matches!(
         code,

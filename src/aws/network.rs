@@ -4,9 +4,7 @@
 pub use crate::placement::{EndpointInfo, TcpRule};
 use std::collections::BTreeMap;
 
-use aws_sdk_ec2::types::{
-    Filter, IpPermission, IpRange, LocationType, ResourceType, Tag, TagSpecification,
-};
+use aws_sdk_ec2::types::{Filter, IpPermission, IpRange, LocationType, ResourceType, Tag};
 
 use super::{AwsClients, AwsError, AwsOperation};
 
@@ -141,24 +139,14 @@ impl AwsClients {
                 g.ip_permissions_egress().to_vec(),
             ),
             None => {
-                let tags: Vec<Tag> = owner_tags
-                    .iter()
-                    .map(|(k, v)| Tag::builder().key(k).value(v).build())
-                    .chain(std::iter::once(
-                        Tag::builder().key("Name").value(name).build(),
-                    ))
-                    .collect();
+                let mut tags = super::ec2_tags(owner_tags);
+                tags.push(Tag::builder().key("Name").value(name).build());
                 let create = ec2
                     .create_security_group()
                     .group_name(name)
                     .description("Tender workers: HTTPS for file-level recovery, HTTPS and NFS out")
                     .vpc_id(vpc_id)
-                    .tag_specifications(
-                        TagSpecification::builder()
-                            .resource_type(ResourceType::SecurityGroup)
-                            .set_tags(Some(tags))
-                            .build(),
-                    )
+                    .tag_specifications(super::tag_specification(ResourceType::SecurityGroup, tags))
                     .send();
                 let created = self.call(AwsOperation::CreateSecurityGroup, create).await?;
                 let id = created.group_id().unwrap_or_default().to_string();

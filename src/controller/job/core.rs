@@ -638,4 +638,6 @@ pub fn retry_workers<W: DerefMut<Target = WorkerStatus>>(
 }
 
 #[cfg(test)]
+mod table_tests;
+#[cfg(test)]
 mod tests;
