@@ -2,8 +2,6 @@
 //! its own credentials or by STS AssumeRole. Assumed credentials are cached
 //! per role and session and refreshed by the SDK before they expire.
 
-use std::sync::Arc;
-
 use aws_config::sts::AssumeRoleProvider;
 use aws_credential_types::provider::SharedCredentialsProvider;
 
@@ -101,16 +99,7 @@ impl AwsClients {
             .to_builder()
             .credentials_provider(SharedCredentialsProvider::new(provider))
             .build();
-        let scoped = AwsClients {
-            base,
-            metrics: self.metrics.clone(),
-            scopes: Arc::default(),
-            ec2: Arc::default(),
-            sqs: Arc::default(),
-            ebs: Arc::default(),
-            s3: Arc::default(),
-            batches: Arc::default(),
-        };
+        let scoped = AwsClients::with(base, self.metrics.clone());
         self.scopes
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -75,9 +75,14 @@ impl AwsClients {
             .retry_config(RetryConfig::adaptive().with_max_attempts(MAX_ATTEMPTS))
             .load()
             .await;
+        Self::with(base, Arc::default())
+    }
+
+    /// Clients from `base`, counted in `metrics`, with no client built yet.
+    fn with(base: SdkConfig, metrics: Arc<Metrics>) -> Self {
         Self {
             base,
-            metrics: Arc::default(),
+            metrics,
             scopes: Arc::default(),
             ec2: Arc::default(),
             sqs: Arc::default(),
