@@ -637,6 +637,28 @@ pub fn retry_workers<W: DerefMut<Target = WorkerStatus>>(
     notices
 }
 
+/// Condition of a deleted job whose workers EC2 does not report as going.
+pub const INSTANCE_TERMINATING: &str = "InstanceTerminating";
+
+/// Whether a deleted job's finalizer stays: while any of its instances
+/// (`still_running`) is not yet shutting down or terminated, with the
+/// conditions that say so.
+pub fn deletion_hold(still_running: &[String]) -> Option<Vec<DesiredCondition>> {
+    if still_running.is_empty() {
+        return None;
+    }
+    let message = format!("waiting for EC2 to terminate {}", still_running.join(", "));
+    Some(vec![
+        DesiredCondition::new(
+            INSTANCE_TERMINATING,
+            true,
+            INSTANCE_TERMINATING,
+            message.clone(),
+        ),
+        DesiredCondition::new(READY, false, INSTANCE_TERMINATING, message),
+    ])
+}
+
 #[cfg(test)]
 mod table_tests;
 #[cfg(test)]

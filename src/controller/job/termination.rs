@@ -15,7 +15,7 @@ use tracing::warn;
 use super::job_access;
 use super::kind::WorkerJob;
 use super::status::{baseline, write_status};
-use crate::api::conditions::{self, DesiredCondition, READY};
+use crate::api::conditions;
 use crate::api::{JobStatus, Phase, WorkerStatus};
 use crate::aws::accounts::RegionAccount;
 use crate::controller::events;
@@ -134,19 +134,9 @@ pub async fn terminate_for_deletion<K: WorkerJob>(
         let access = job_access(job, role.as_ref());
         waiting.extend(terminate_all_in(job, &uid, &mut status, &region, &access, ctx).await?);
     }
-    if waiting.is_empty() {
+    let Some(desired) = super::core::deletion_hold(&waiting) else {
         return Ok(None);
-    }
-    let message = format!("waiting for EC2 to terminate {}", waiting.join(", "));
-    let desired = [
-        DesiredCondition::new(
-            "InstanceTerminating",
-            true,
-            "InstanceTerminating",
-            message.clone(),
-        ),
-        DesiredCondition::new(READY, false, "InstanceTerminating", message),
-    ];
+    };
     status.conditions = conditions::merge(
         &status.conditions,
         &desired,

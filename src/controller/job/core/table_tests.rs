@@ -427,3 +427,17 @@ fn retries_come_with_an_event_and_a_new_token() {
     assert!(workers[0].is_waiting_to_launch());
     assert_eq!(workers[1].phase, Phase::Running);
 }
+
+#[test]
+fn a_deleted_job_is_held_while_an_instance_is_not_going() {
+    assert_eq!(deletion_hold(&[]), None);
+    let held = deletion_hold(&["i-1".into(), "i-2".into()]).expect("held");
+    let terminating = held
+        .iter()
+        .find(|c| c.type_ == INSTANCE_TERMINATING)
+        .expect("InstanceTerminating");
+    assert!(terminating.status);
+    assert_eq!(terminating.message, "waiting for EC2 to terminate i-1, i-2");
+    let ready = held.iter().find(|c| c.type_ == READY).expect("Ready");
+    assert!(!ready.status);
+}
