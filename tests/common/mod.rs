@@ -7,7 +7,7 @@
 //! AWS_ENDPOINT_URL, ...); `scripts/test` provides it.
 #![allow(dead_code, clippy::unwrap_used, clippy::panic)]
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -15,17 +15,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_ec2::types::{Filter, InstanceAttributeName};
-use base64::Engine;
+use aws_sdk_ec2::types::Filter;
 use k8s_openapi::api::core::v1::{Event, Namespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, CustomResourceExt};
 use tender::api::{BackupJob, Phase, RestoreJob, WorkerConfiguration};
-use tender::messages::WorkerTask;
 
 pub mod commands;
 pub mod disks;
+pub mod workers;
+
+use workers::Account;
 
 pub const REGION: &str = "us-east-1";
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -129,14 +130,6 @@ where
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-}
-
-/// An emulated account whose workers the launcher boots, with the
-/// credentials its agents get (none: the environment's).
-#[derive(Clone)]
-struct Account {
-    ec2: aws_sdk_ec2::Client,
-    credentials: Option<(String, String, String)>,
 }
 
 /// Where test workers go.
@@ -391,99 +384,16 @@ impl TestEnv {
     /// Plays EC2's part of booting a worker: for every running instance of
     /// this cluster, start the worker agent with the instance's user data.
     fn start_launcher(&self) {
-        let accounts = self.accounts.clone();
-        let cluster_id = self.cluster_id.clone();
-        let workers = self.workers.clone();
-        let stop = self.launcher_stop.clone();
-        let boot = self.boot_workers.clone();
-        let log_dir = self.log_dir.clone();
-        let namespace = self.namespace.clone();
-        tokio::spawn(async move {
-            let mut booted: HashSet<String> = HashSet::new();
-            while !stop.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                if !boot.load(Ordering::SeqCst) {
-                    continue;
-                }
-                let known: Vec<Account> = accounts.lock().unwrap().clone();
-                for account in known {
-                    let ec2 = &account.ec2;
-                    let Ok(out) = ec2
-                        .describe_instances()
-                        .filters(
-                            Filter::builder()
-                                .name("tag:tender.dev/cluster-id")
-                                .values(&cluster_id)
-                                .build(),
-                        )
-                        .filters(
-                            Filter::builder()
-                                .name("instance-state-name")
-                                .values("running")
-                                .build(),
-                        )
-                        .send()
-                        .await
-                    else {
-                        continue;
-                    };
-                    for instance in out.reservations().iter().flat_map(|r| r.instances()) {
-                        let id = instance.instance_id().unwrap_or_default().to_string();
-                        if booted.contains(&id) {
-                            continue;
-                        }
-                        let Ok(attr) = ec2
-                            .describe_instance_attribute()
-                            .instance_id(&id)
-                            .attribute(InstanceAttributeName::UserData)
-                            .send()
-                            .await
-                        else {
-                            continue;
-                        };
-                        let Some(data) = attr.user_data().and_then(|u| u.value()) else {
-                            continue;
-                        };
-                        let script = base64::engine::general_purpose::STANDARD
-                            .decode(data)
-                            .unwrap();
-                        let Some(task) =
-                            WorkerTask::from_user_data(&String::from_utf8(script).unwrap())
-                        else {
-                            continue;
-                        };
-                        let log = std::fs::OpenOptions::new()
-                            .create(true)
-                            .append(true)
-                            .open(log_dir.join(format!("{namespace}-worker-{id}.log")))
-                            .unwrap();
-                        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tender"));
-                        cmd.args(["worker", "--instance-id", &id])
-                            .env("TENDER_TASK", serde_json::to_string(&task).unwrap())
-                            // A file-level recovery session listens on a
-                            // free loopback port, not on 443 of every
-                            // interface as on EC2.
-                            .env("TENDER_BROWSER_ADDRESS", "127.0.0.1:0")
-                            .env("TENDER_ADVERTISE_HOST", "127.0.0.1")
-                            .stdin(Stdio::null())
-                            .stdout(log.try_clone().unwrap())
-                            .stderr(log);
-                        // The agent acts as its instance's account, as an
-                        // instance profile would make it.
-                        if let Some((key, secret, token)) = &account.credentials {
-                            cmd.env("AWS_ACCESS_KEY_ID", key)
-                                .env("AWS_SECRET_ACCESS_KEY", secret)
-                                .env("AWS_SESSION_TOKEN", token);
-                        }
-                        workers
-                            .lock()
-                            .unwrap()
-                            .push(cmd.spawn().expect("start a worker agent"));
-                        booted.insert(id);
-                    }
-                }
-            }
-        });
+        workers::Launcher {
+            accounts: self.accounts.clone(),
+            cluster_id: self.cluster_id.clone(),
+            workers: self.workers.clone(),
+            stop: self.launcher_stop.clone(),
+            boot: self.boot_workers.clone(),
+            log_dir: self.log_dir.clone(),
+            namespace: self.namespace.clone(),
+        }
+        .start();
     }
 
     /// Tender's own AWS clients acting through `role_arn` (the default
