@@ -195,42 +195,45 @@ impl AwsClients {
             .filter(|r| has_other || !have.contains(r))
             .map(permission)
             .collect();
+        // The four calls differ only in their builder: one shape for all.
+        macro_rules! send_rules {
+            ($builder:ident, $operation:ident, $rules:expr) => {{
+                let send = ec2
+                    .$builder()
+                    .group_id(group_id)
+                    .set_ip_permissions(Some($rules))
+                    .send();
+                self.call(AwsOperation::$operation, send).await?;
+            }};
+        }
         if !stale.is_empty() {
             if ingress {
-                let revoke = ec2
-                    .revoke_security_group_ingress()
-                    .group_id(group_id)
-                    .set_ip_permissions(Some(stale))
-                    .send();
-                self.call(AwsOperation::RevokeSecurityGroupIngress, revoke)
-                    .await?;
+                send_rules!(
+                    revoke_security_group_ingress,
+                    RevokeSecurityGroupIngress,
+                    stale
+                );
             } else {
-                let revoke = ec2
-                    .revoke_security_group_egress()
-                    .group_id(group_id)
-                    .set_ip_permissions(Some(stale))
-                    .send();
-                self.call(AwsOperation::RevokeSecurityGroupEgress, revoke)
-                    .await?;
+                send_rules!(
+                    revoke_security_group_egress,
+                    RevokeSecurityGroupEgress,
+                    stale
+                );
             }
         }
         if !missing.is_empty() {
             if ingress {
-                let authorize = ec2
-                    .authorize_security_group_ingress()
-                    .group_id(group_id)
-                    .set_ip_permissions(Some(missing))
-                    .send();
-                self.call(AwsOperation::AuthorizeSecurityGroupIngress, authorize)
-                    .await?;
+                send_rules!(
+                    authorize_security_group_ingress,
+                    AuthorizeSecurityGroupIngress,
+                    missing
+                );
             } else {
-                let authorize = ec2
-                    .authorize_security_group_egress()
-                    .group_id(group_id)
-                    .set_ip_permissions(Some(missing))
-                    .send();
-                self.call(AwsOperation::AuthorizeSecurityGroupEgress, authorize)
-                    .await?;
+                send_rules!(
+                    authorize_security_group_egress,
+                    AuthorizeSecurityGroupEgress,
+                    missing
+                );
             }
         }
         Ok(())
