@@ -48,6 +48,11 @@ enum Command {
         /// Watch only this namespace (default: all namespaces).
         #[arg(long, env = "TENDER_NAMESPACE")]
         namespace: Option<String>,
+        /// Manage only the WorkerConfigurations and BackupRepositories whose
+        /// labels match this selector, such as `tender.dev/install=canary`
+        /// (default: all), to run a second Tender beside the first.
+        #[arg(long, env = "TENDER_CLASS_SELECTOR")]
+        class_selector: Option<String>,
         /// Seconds between worker heartbeats.
         #[arg(long, default_value_t = 30, env = "TENDER_HEARTBEAT_SECONDS")]
         heartbeat_seconds: u64,
@@ -112,6 +117,7 @@ fn main() -> ExitCode {
         Command::Controller {
             cluster_id,
             namespace,
+            class_selector,
             heartbeat_seconds,
             metrics_address,
             leader_elect,
@@ -137,6 +143,7 @@ fn main() -> ExitCode {
             let options = Options {
                 cluster_id,
                 namespace,
+                class_selector,
                 heartbeat_seconds,
                 network_recheck: Duration::from_secs(network_recheck_seconds.max(1)),
                 metrics_address,

@@ -283,10 +283,10 @@ pub fn worker_tags(
 
 /// Name of the SQS queue of one configuration: unique per cluster,
 /// namespace and name, within SQS's 80 characters of `[A-Za-z0-9_-]`.
-pub fn queue_name(cluster_id: &str, namespace: &str, configuration: &str) -> String {
-    let digest = Sha256::digest(format!("{cluster_id}/{namespace}/{configuration}").as_bytes());
+pub fn queue_name(cluster_id: &str, configuration: &str) -> String {
+    let digest = Sha256::digest(format!("{cluster_id}/{configuration}").as_bytes());
     let hash = hex::encode(&digest[..6]);
-    let readable: String = format!("{namespace}-{configuration}")
+    let readable: String = configuration
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' {
@@ -514,10 +514,11 @@ mod tests {
 
     #[test]
     fn queue_names_are_valid_and_unique() {
-        let a = queue_name("c1", "team-a", "default");
-        let b = queue_name("c1", "team-b", "default");
+        let a = queue_name("c1", "team-a");
+        let b = queue_name("c1", "team-b");
         assert_ne!(a, b);
-        let long = queue_name("c1", &"n".repeat(63), &"x.y".repeat(80));
+        assert_ne!(queue_name("c2", "team-a"), a);
+        let long = queue_name("c1", &"x.y".repeat(100));
         assert!(long.len() <= 80, "{}", long.len());
         assert!(
             long.chars()

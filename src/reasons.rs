@@ -58,6 +58,8 @@ failure_reasons! {
         SourceInstanceNotFound,
         SourceSnapshotNotFound,
         SourceSnapshotFailed,
+        /// The source is not one the configuration's `allowedSources` admits.
+        SourceNotAllowed,
         RepositoryNotFound,
         RestorePointExists,
         RestorePointNotFound,
@@ -143,6 +145,9 @@ pub enum BlockedReason {
     WorkerConfigurationDeleting,
     RegionMismatch,
     WaitingForWorkerConfiguration,
+    /// The configuration or repository does not admit the job's namespace.
+    NamespaceNotAdmitted,
+    BackupRepositoryNotFound,
 }
 
 impl BlockedReason {
@@ -154,6 +159,8 @@ impl BlockedReason {
             BlockedReason::WorkerConfigurationDeleting => "WorkerConfigurationDeleting",
             BlockedReason::RegionMismatch => "RegionMismatch",
             BlockedReason::WaitingForWorkerConfiguration => "WaitingForWorkerConfiguration",
+            BlockedReason::NamespaceNotAdmitted => "NamespaceNotAdmitted",
+            BlockedReason::BackupRepositoryNotFound => "BackupRepositoryNotFound",
         }
     }
 }

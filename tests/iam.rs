@@ -743,7 +743,7 @@ fn only_reads_apply_to_every_resource() {
 
 #[test]
 fn queue_permissions_cover_tender_queues_only() {
-    let name = tender::placement::queue_name("cluster-uid", "team-a", "us-east-1");
+    let name = tender::placement::queue_name("cluster-uid", "us-east-1");
     let tender_queue = format!("arn:aws:sqs:{REGION}:{ACCOUNT}:{name}");
     let other_queue = format!("arn:aws:sqs:{REGION}:{ACCOUNT}:orders");
     for policy in [controller_policy(), worker_policy()] {

@@ -7,9 +7,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{
-    INSTANCE_ID_PATTERN, LocalObjectReference, REGION_PATTERN, Repository, SNAPSHOT_ID_PATTERN,
-};
+use super::{INSTANCE_ID_PATTERN, LocalObjectReference, REGION_PATTERN, SNAPSHOT_ID_PATTERN};
 
 /// Back up AWS resources. Tender launches one short-lived worker instance per
 /// resource, follows it over SQS and terminates it as soon as it is done.
@@ -43,18 +41,18 @@ use super::{
     )
 )]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "self.resources == oldSelf.resources && has(self.repository) == has(oldSelf.repository) && (!has(self.repository) || self.repository == oldSelf.repository) && has(self.workerConfigurationRef) == has(oldSelf.workerConfigurationRef) && (!has(self.workerConfigurationRef) || self.workerConfigurationRef.name == oldSelf.workerConfigurationRef.name)",
-     "message": "resources, repository and workerConfigurationRef of a BackupJob are immutable; create a new BackupJob instead"},
+    {"rule": "self.resources == oldSelf.resources && has(self.repositoryRef) == has(oldSelf.repositoryRef) && (!has(self.repositoryRef) || self.repositoryRef.name == oldSelf.repositoryRef.name) && has(self.workerConfigurationRef) == has(oldSelf.workerConfigurationRef) && (!has(self.workerConfigurationRef) || self.workerConfigurationRef.name == oldSelf.workerConfigurationRef.name)",
+     "message": "resources, repositoryRef and workerConfigurationRef of a BackupJob are immutable; create a new BackupJob instead"},
     {"rule": "self.resources.all(r, self.resources.filter(o, (has(o.instanceId) && has(r.instanceId) && o.instanceId == r.instanceId) || (has(o.snapshotId) && has(r.snapshotId) && o.snapshotId == r.snapshotId)).size() == 1)",
      "message": "each resource may be listed once"},
-    {"rule": "has(self.repository)",
-     "message": "spec.repository is required: the S3 bucket (and prefix) the restore points go to"}
+    {"rule": "has(self.repositoryRef)",
+     "message": "spec.repositoryRef is required: the BackupRepository the restore points go to"}
 ]))]
 #[serde(rename_all = "camelCase")]
 pub struct BackupJobSpec {
-    /// The WorkerConfiguration (same namespace) to launch workers with. When
-    /// unset, the only configuration of the namespace for the resources'
-    /// region is used.
+    /// The WorkerConfiguration to launch workers with. When unset, the one
+    /// annotated `tender.dev/is-default-configuration: "true"` for the
+    /// resources' region. Either way it must admit this namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_configuration_ref: Option<LocalObjectReference>,
 
@@ -64,14 +62,15 @@ pub struct BackupJobSpec {
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub resources: Vec<BackupResource>,
 
-    /// The S3 repository the restore points go to (required). A resource's
-    /// newest restore point there is the parent of its next backup, which
-    /// then reads and stores only the blocks that changed.
-    // Optional in Rust only: jobs stored by a Tender that had no repository
-    // must still load (and then stall with a clear reason) instead of
-    // breaking the watch of every job.
+    /// The BackupRepository the restore points go to (required; it must
+    /// admit this namespace). A resource's newest restore point there is
+    /// the parent of its next backup, which then reads and stores only the
+    /// blocks that changed.
+    // Optional in Rust only: jobs stored by an older Tender (with an inline
+    // `repository`) must still load (and then stall with a clear reason)
+    // instead of breaking the watch of every job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub repository: Option<Repository>,
+    pub repository_ref: Option<LocalObjectReference>,
 
     /// Retries, deadline and TTL, as a `batch/v1` Job has them.
     #[serde(flatten)]

@@ -1,6 +1,7 @@
 //! Tender's custom resources, API group `tender.dev`, version `v1alpha1`.
 
 pub mod backup_job;
+pub mod backup_repository;
 pub mod conditions;
 pub mod job;
 pub mod restore_job;
@@ -13,14 +14,19 @@ use serde::{Deserialize, Serialize};
 pub use backup_job::{
     BackupJob, BackupJobSpec, BackupJobStatus, BackupResource, BackupWorkerStatus,
 };
+pub use backup_repository::{
+    BackupRepository, BackupRepositorySpec, BackupRepositoryStatus, EncryptionKind,
+    RepositoryEncryption,
+};
 pub use job::{JobLimits, JobStatus, JobWorker, Phase, WorkerStatus};
 pub use restore_job::{
-    RestoreJob, RestoreJobSpec, RestoreJobStatus, RestoreMode, RestoreWorkerStatus,
+    RestoreFilesTo, RestoreJob, RestoreJobSpec, RestoreJobStatus, RestoreMode, RestoreWorkerStatus,
     RestoredSnapshot,
 };
 pub use worker_configuration::{
-    AccountAccess, InstanceTypes, RootVolume, WorkerAccount, WorkerConfiguration,
-    WorkerConfigurationSpec, WorkerConfigurationStatus, WorkerSubnet,
+    AccountAccess, AllowedSources, DEFAULT_CONFIGURATION_ANNOTATION, InstanceTypes, RootVolume,
+    WorkerAccount, WorkerConfiguration, WorkerConfigurationSpec, WorkerConfigurationStatus,
+    WorkerSubnet,
 };
 
 /// AWS region names such as `us-east-1` or `us-gov-west-1`.
@@ -33,33 +39,13 @@ pub const SNAPSHOT_ID_PATTERN: &str = r"^snap-[0-9a-f]{8,17}$";
 pub const BUCKET_PATTERN: &str = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$";
 /// Key prefixes inside a bucket: no leading slash, no `..`, printable.
 pub const PREFIX_PATTERN: &str = r"^[A-Za-z0-9!_.*'()/-]*$";
+/// AWS account IDs: twelve digits.
+pub const ACCOUNT_ID_PATTERN: &str = r"^[0-9]{12}$";
 /// EC2 instance type names such as `c5.large` or `m7i-flex.xlarge`.
 pub const INSTANCE_TYPE_PATTERN: &str = r"^[a-z][a-z0-9-]*\.[a-z0-9]+$";
 
-/// The backup repository: restore points and their chunks live in an S3
-/// bucket under a prefix. Several jobs (and clusters) may share one; a
-/// chunk is stored once whoever wrote it first.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-#[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "!has(self.prefix) || (!self.prefix.contains('..') && !self.prefix.startsWith('/'))",
-     "message": "repository prefix may not contain '..' or start with '/'"}
-]))]
-#[serde(rename_all = "camelCase")]
-pub struct Repository {
-    /// Name of the S3 bucket, for example `acme-backups`.
-    #[schemars(pattern(BUCKET_PATTERN), length(min = 3, max = 63))]
-    pub bucket: String,
-    /// Key prefix inside the bucket, for example `prod/` (default: none).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    #[schemars(pattern(PREFIX_PATTERN), length(max = 256))]
-    pub prefix: String,
-    /// Region of the bucket (default: the WorkerConfiguration's region).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(REGION_PATTERN), length(max = 32))]
-    pub region: Option<String>,
-}
-
-/// A reference to an object in the same namespace.
+/// A reference to an object by name: in the job's namespace, or a
+/// cluster-scoped one (WorkerConfiguration, BackupRepository).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct LocalObjectReference {
     /// Name of the object.
@@ -72,6 +58,7 @@ pub struct LocalObjectReference {
 pub fn crd_documents() -> Result<Vec<(String, String)>, serde_yaml::Error> {
     [
         WorkerConfiguration::crd(),
+        BackupRepository::crd(),
         BackupJob::crd(),
         RestoreJob::crd(),
     ]

@@ -7,7 +7,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{INSTANCE_TYPE_PATTERN, LocalObjectReference, REGION_PATTERN, Repository};
+use super::{INSTANCE_TYPE_PATTERN, LocalObjectReference, PREFIX_PATTERN, REGION_PATTERN};
 
 /// `<BackupJob name>/<resource ID>`.
 pub const RESTORE_POINT_PATTERN: &str = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-z0-9-]+$";
@@ -53,13 +53,14 @@ pub const RESTORE_POINT_PATTERN: &str = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-z0-
      "message": "mode full needs instanceType: the type of the restored instance"},
     {"rule": "self.mode == 'fileLevel' || !has(self.restoreFilesTo)",
      "message": "restoreFilesTo applies only to mode fileLevel"},
-    {"rule": "has(self.repository)",
-     "message": "spec.repository is required: the S3 bucket (and prefix) that holds the restore point"}
+    {"rule": "has(self.repositoryRef)",
+     "message": "spec.repositoryRef is required: the BackupRepository that holds the restore point"}
 ]))]
 #[serde(rename_all = "camelCase")]
 pub struct RestoreJobSpec {
-    /// The WorkerConfiguration (same namespace) to launch the worker with.
-    /// When unset, the only configuration of the namespace for `region` is used.
+    /// The WorkerConfiguration to launch the worker with. When unset, the
+    /// one annotated `tender.dev/is-default-configuration: "true"` for
+    /// `region`. Either way it must admit this namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_configuration_ref: Option<LocalObjectReference>,
     /// What to restore: `full` (a new instance), `volume`, or `fileLevel`
@@ -69,10 +70,12 @@ pub struct RestoreJobSpec {
     /// as a BackupJob records it in `status.workers[].restorePoint`.
     #[schemars(length(min = 1, max = 512), pattern(RESTORE_POINT_PATTERN))]
     pub restore_point: String,
-    /// The repository that holds the restore point (required).
-    // Optional in Rust only, as BackupJobSpec::repository.
+    /// The BackupRepository that holds the restore point (required; it must
+    /// admit this namespace). Only restore points that jobs of this
+    /// namespace wrote can be restored.
+    // Optional in Rust only, as BackupJobSpec::repository_ref.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub repository: Option<Repository>,
+    pub repository_ref: Option<LocalObjectReference>,
     /// Region to restore into, for example `eu-west-1`.
     #[schemars(pattern(REGION_PATTERN), length(max = 32))]
     pub region: String,
@@ -100,16 +103,33 @@ pub struct RestoreJobSpec {
     #[serde(flatten)]
     pub limits: super::JobLimits,
     /// Where the file-level recovery browser's "Restore selected" copies
-    /// files and folders (mode `fileLevel`): an S3 bucket and prefix, under
-    /// which each file keeps its path. Unset: the browser offers downloads
-    /// only.
+    /// files and folders (mode `fileLevel`): a BackupRepository this
+    /// namespace is admitted to. Unset: the browser offers downloads only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restore_files_to: Option<Repository>,
+    pub restore_files_to: Option<RestoreFilesTo>,
     /// Minutes a file-level recovery session may stay idle before its worker
     /// is terminated (default 30).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1440))]
     pub idle_timeout_minutes: Option<i32>,
+}
+
+/// Where "Restore selected" copies files: under
+/// `<repository prefix>_restored/<namespace>/<RestoreJob>/<prefix>`, apart
+/// from every namespace's restore points (no namespace name starts with
+/// `_`), each file keeping its path.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreFilesTo {
+    /// The BackupRepository to copy into.
+    pub repository_ref: LocalObjectReference,
+    /// A further prefix under this job's folder (default: none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(pattern(PREFIX_PATTERN), length(max = 256))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "!self.contains('..') && !self.startsWith('/')", "message": "prefix may not contain '..' or start with '/'"}
+    ]))]
+    pub prefix: String,
 }
 
 /// What a RestoreJob restores.

@@ -5,22 +5,24 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{INSTANCE_TYPE_PATTERN, REGION_PATTERN};
+use super::{ACCOUNT_ID_PATTERN, INSTANCE_TYPE_PATTERN, REGION_PATTERN};
 
-/// How Tender deploys worker instances in one AWS region. Jobs name a
-/// configuration, or use the only one of their namespace for their region.
-/// Editing it changes only the workers launched afterwards.
+/// How Tender deploys worker instances in one AWS region, declared by an
+/// admin (cluster-scoped, like a StorageClass): the accounts and roles, the
+/// network, the AMI and instance profiles, and which namespaces' jobs may
+/// use it and which sources they may name. Jobs name a configuration, or
+/// use the one annotated as their region's default. Editing it changes only
+/// the workers launched afterwards.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "tender.dev",
     version = "v1alpha1",
     kind = "WorkerConfiguration",
-    namespaced,
     status = "WorkerConfigurationStatus",
     shortname = "wc",
     category = "tender",
@@ -46,6 +48,16 @@ use super::{INSTANCE_TYPE_PATTERN, REGION_PATTERN};
 ]))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerConfigurationSpec {
+    /// Namespaces whose jobs may use this configuration, by their labels.
+    /// `{}` admits every namespace; unset admits none. A job in another
+    /// namespace that names it stalls with reason `NamespaceNotAdmitted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+
+    /// Which protected resources jobs that use this configuration may name.
+    #[serde(default)]
+    pub allowed_sources: AllowedSources,
+
     /// AWS region the workers run in, for example `eu-west-1`. Jobs for
     /// resources in another region cannot use this configuration.
     #[schemars(pattern(REGION_PATTERN), length(max = 32))]
@@ -159,6 +171,39 @@ pub struct WorkerConfigurationSpec {
     #[serde(default = "default_heartbeat_timeout")]
     #[schemars(range(min = 5, max = 86400))]
     pub heartbeat_timeout_seconds: i64,
+}
+
+/// The annotation that marks a configuration as its region's default, for
+/// jobs that name none (value `"true"`), as StorageClass does.
+pub const DEFAULT_CONFIGURATION_ANNOTATION: &str = "tender.dev/is-default-configuration";
+
+/// Which protected resources jobs may name: a namespace backs up, restores
+/// or browses only what the admin gave it.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowedSources {
+    /// AWS accounts (12 digits) whose EBS snapshots jobs may name. Empty:
+    /// only the account Tender reads sources in (`productionAccount`'s, else
+    /// its own). Instances are always those of that account.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50), inner(pattern(ACCOUNT_ID_PATTERN)))]
+    pub accounts: Vec<String>,
+    /// Tags every source (instance or snapshot) must carry, with these
+    /// values. Empty: any source of an allowed account.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 10))]
+    pub tags: BTreeMap<String, String>,
+}
+
+impl AllowedSources {
+    /// Whether a source's tags carry every required tag; `Err` names the
+    /// first one missing or different.
+    pub fn admits_tags(&self, tags: &BTreeMap<String, String>) -> Result<(), String> {
+        match self.tags.iter().find(|(k, v)| tags.get(*k) != Some(*v)) {
+            None => Ok(()),
+            Some((k, v)) => Err(format!("{k}={v}")),
+        }
+    }
 }
 
 fn default_heartbeat_timeout() -> i64 {

@@ -133,7 +133,11 @@ operations! {
     // S3: the repository.
     HeadObject => S3, Worker;
     GetObject => S3, Worker;
-    PutObject => S3, Worker;
+    PutObject => S3, Both;
+    // S3: the controller checks a BackupRepository and counts what it holds.
+    HeadBucket => S3, Controller;
+    ListObjectsV2 => S3, Controller;
+    DeleteObject => S3, Controller;
     // SQS: worker reports.
     CreateQueue => Sqs, Controller;
     DeleteQueue => Sqs, Controller;
@@ -158,6 +162,7 @@ impl AwsOperation {
         let action = match self {
             AwsOperation::DeleteMessageBatch => "DeleteMessage",
             AwsOperation::HeadObject => "GetObject",
+            AwsOperation::HeadBucket | AwsOperation::ListObjectsV2 => "ListBucket",
             op => op.name(),
         };
         format!("{}:{action}", self.service().iam_prefix())

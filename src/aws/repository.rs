@@ -85,3 +85,102 @@ impl Repository<'_> {
         super::read_body(op, out.body).await.map(Some)
     }
 }
+
+/// A bucket as the controller checks it: its name and region, and the
+/// account that must own it.
+#[derive(Clone, Copy, Debug)]
+pub struct Bucket<'a> {
+    pub region: &'a str,
+    pub name: &'a str,
+    pub expected_owner: &'a str,
+}
+
+/// What a prefix of a bucket holds: every object's key and size summed,
+/// and the keys that `keep` selects.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    pub objects: u64,
+    pub bytes: u64,
+    pub kept: Vec<String>,
+}
+
+impl Repository<'_> {
+    /// Whether the bucket exists, answers, and is owned by the expected
+    /// account (S3 answers 403 for a bucket of another owner).
+    pub async fn head_bucket(&self, bucket: Bucket<'_>) -> Result<(), AwsError> {
+        let head = self
+            .aws
+            .s3(bucket.region)
+            .head_bucket()
+            .bucket(bucket.name)
+            .expected_bucket_owner(bucket.expected_owner)
+            .send();
+        self.aws.call(AwsOperation::HeadBucket, head).await?;
+        Ok(())
+    }
+
+    /// Writes and deletes a small object at `key`, to show that the bucket
+    /// takes writes with these credentials.
+    pub async fn probe_write(
+        &self,
+        bucket: Bucket<'_>,
+        key: &str,
+        kms_key_id: Option<&str>,
+    ) -> Result<(), AwsError> {
+        let s3 = self.aws.s3(bucket.region);
+        let mut put = s3
+            .put_object()
+            .bucket(bucket.name)
+            .key(key)
+            .expected_bucket_owner(bucket.expected_owner)
+            .body(ByteStream::from_static(b"tender write probe\n"));
+        put = match kms_key_id {
+            Some(k) => put
+                .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
+                .ssekms_key_id(k),
+            None => put.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256),
+        };
+        self.aws.call(AwsOperation::PutObject, put.send()).await?;
+        let delete = s3
+            .delete_object()
+            .bucket(bucket.name)
+            .key(key)
+            .expected_bucket_owner(bucket.expected_owner)
+            .send();
+        self.aws.call(AwsOperation::DeleteObject, delete).await?;
+        Ok(())
+    }
+
+    /// Lists every object under `prefix` (one call per 1 000 objects).
+    pub async fn list_prefix(
+        &self,
+        bucket: Bucket<'_>,
+        prefix: &str,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Listing, AwsError> {
+        let mut pages = self
+            .aws
+            .s3(bucket.region)
+            .list_objects_v2()
+            .bucket(bucket.name)
+            .prefix(prefix)
+            .expected_bucket_owner(bucket.expected_owner)
+            .into_paginator()
+            .send();
+        let mut listing = Listing::default();
+        while let Some(page) = self
+            .aws
+            .page(AwsOperation::ListObjectsV2, pages.next())
+            .await?
+        {
+            for object in page.contents() {
+                listing.objects += 1;
+                listing.bytes += object.size().unwrap_or(0).max(0) as u64;
+                if let Some(key) = object.key().filter(|k| keep(k)) {
+                    listing.kept.push(key.to_string());
+                }
+            }
+        }
+        Ok(listing)
+    }
+}

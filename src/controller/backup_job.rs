@@ -11,7 +11,7 @@ use super::job::{self, job_access};
 use super::{Context, Result};
 use crate::api::{
     BackupJob, BackupJobStatus, BackupWorkerStatus, InstanceTypes, JobLimits, LocalObjectReference,
-    Repository, WorkerConfiguration,
+    WorkerConfiguration,
 };
 use crate::messages::{Operation, WorkerEvent};
 use crate::placement;
@@ -45,8 +45,8 @@ impl WorkerJob for BackupJob {
     fn suspended(&self) -> bool {
         self.spec.suspend
     }
-    fn repository(&self) -> Option<&Repository> {
-        self.spec.repository.as_ref()
+    fn repository_ref(&self) -> Option<&LocalObjectReference> {
+        self.spec.repository_ref.as_ref()
     }
     fn job_status(&self) -> Option<&BackupJobStatus> {
         self.status.as_ref()

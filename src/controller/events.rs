@@ -29,6 +29,11 @@ pub const INSTANCE_RESTORED: &str = "InstanceRestored";
 
 // Worker configurations.
 pub const QUEUE_READY: &str = "QueueReady";
+
+// BackupRepository.
+pub const BUCKET_UNREACHABLE: &str = "BucketUnreachable";
+pub const BUCKET_NOT_WRITABLE: &str = "BucketNotWritable";
+
 pub const CANNOT_ASSUME_ROLE: &str = "CannotAssumeRole";
 pub const DELETION_WAITING: &str = "DeletionWaiting";
 pub const IMAGE_NOT_RESOLVED: &str = "ImageNotResolved";

@@ -249,19 +249,10 @@ async fn sweep_queues(ctx: &Context, aws: &AwsClients, region: &str) -> usize {
         if queue_tags.get(tags::CLUSTER_ID) != Some(&ctx.cluster_id) {
             continue;
         }
-        let (Some(ns), Some(name)) = (
-            queue_tags.get(tags::NAMESPACE),
-            queue_tags.get(tags::CONFIGURATION),
-        ) else {
+        let Some(name) = queue_tags.get(tags::CONFIGURATION) else {
             continue;
         };
-        if ctx.namespace.as_deref().is_some_and(|scope| scope != ns) {
-            continue;
-        }
-        let exists = ctx
-            .configurations
-            .get(&ObjectRef::new(name).within(ns))
-            .is_some();
+        let exists = ctx.configurations.get(&ObjectRef::new(name)).is_some();
         if exists {
             continue;
         }

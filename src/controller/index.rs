@@ -16,8 +16,8 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::api::{JobStatus, WorkerStatus};
 
-/// A configuration: namespace and name.
-pub type ConfigKey = (String, String);
+/// A configuration (cluster-scoped): its name.
+pub type ConfigKey = String;
 
 /// Where a job stands in its configuration's launch queue: creation time,
 /// then name, then UID (so that two jobs never tie).
@@ -46,9 +46,7 @@ impl JobEntry {
     ) -> Self {
         let workers = status.map(|s| s.workers.as_slice()).unwrap_or_default();
         Self {
-            configuration: status
-                .and_then(|s| s.worker_configuration.clone())
-                .map(|name| (identity.namespace.clone(), name)),
+            configuration: status.and_then(|s| s.worker_configuration.clone()),
             active: workers.iter().filter(|w| w.is_active()).count(),
             waiting: workers.iter().filter(|w| w.is_waiting_to_launch()).count(),
             finished: status.is_some_and(|s| s.phase.is_finished()),
@@ -298,7 +296,7 @@ mod tests {
     use super::*;
 
     fn key() -> ConfigKey {
-        ("ns".into(), "workers".into())
+        "workers".into()
     }
 
     fn entry(name: &str, created: i64, active: usize, waiting: usize) -> JobEntry {

@@ -12,6 +12,7 @@
 //! - `leader`: Lease-based leader election.
 
 pub mod backup_job;
+pub mod backup_repository;
 pub mod events;
 pub mod garbage_collector;
 pub mod index;
@@ -43,7 +44,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
-use crate::api::{BackupJob, BackupJobStatus, RestoreJob, RestoreJobStatus, WorkerConfiguration};
+use crate::api::{
+    BackupJob, BackupJobStatus, BackupRepository, RestoreJob, RestoreJobStatus, WorkerConfiguration,
+};
 use crate::aws::instance_cache::InstanceCache;
 use crate::aws::{AwsClients, AwsError};
 use crate::names::{CONTROLLER_NAME, FIELD_MANAGER};
@@ -129,6 +132,9 @@ pub struct Context {
     /// sharing an account never touch each other's workers.
     pub cluster_id: String,
     pub configurations: Store<WorkerConfiguration>,
+    pub repositories: Store<BackupRepository>,
+    /// The namespaces jobs run in, for the classes' `namespaceSelector`.
+    pub namespaces: Store<Namespace>,
     pub jobs: Store<BackupJob>,
     pub restores: Store<RestoreJob>,
     pub reports: Arc<ReportStore>,
@@ -291,8 +297,11 @@ fn error_policy<K: Resource<DynamicType = ()>>(
 pub struct Options {
     /// Overrides the cluster ID (default: the UID of namespace `kube-system`).
     pub cluster_id: Option<String>,
-    /// Watch only this namespace (default: all namespaces).
+    /// Watch only this namespace's jobs (default: all namespaces).
     pub namespace: Option<String>,
+    /// Manage only the WorkerConfigurations and BackupRepositories whose
+    /// labels match this selector (default: all).
+    pub class_selector: Option<String>,
     pub heartbeat_seconds: u64,
     /// How often configurations re-check subnets, endpoints and instance
     /// types, which change outside Kubernetes.
@@ -372,18 +381,30 @@ async fn run_leader(
         namespace = ns.unwrap_or("<all>"),
         "starting tender controller"
     );
-    let configs: Api<WorkerConfiguration> = api_for(&client, ns);
+    let configs: Api<WorkerConfiguration> = Api::all(client.clone());
+    let classes = class_watch(opts.class_selector.as_deref());
     let workers = Arc::new(WorkerIndex::default());
     let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded::<ObjectRef<BackupJob>>();
     let (restore_tx, restore_rx) = futures::channel::mpsc::unbounded::<ObjectRef<RestoreJob>>();
-    let (backups, job_store) = job_controller(api_for(&client, ns), &configs, &workers, trigger_rx);
-    let (restores, restore_store) =
-        job_controller(api_for(&client, ns), &configs, &workers, restore_rx);
+    let (backups, job_store) = job_controller(
+        api_for(&client, ns),
+        &configs,
+        &classes,
+        &workers,
+        trigger_rx,
+    );
+    let (restores, restore_store) = job_controller(
+        api_for(&client, ns),
+        &configs,
+        &classes,
+        &workers,
+        restore_rx,
+    );
     // A configuration reconciles on its own changes (spec, deletion,
     // finalizers) and its recheck timer, not on its status: the worker
     // count is written apart (`worker_count`) and needs no AWS check.
     let (config_writer_store, config_writer) = reflector::store();
-    let config_stream = watcher(configs.clone(), watcher::Config::default())
+    let config_stream = watcher(configs.clone(), classes.clone())
         .default_backoff()
         .reflect(config_writer)
         .applied_objects()
@@ -393,6 +414,33 @@ async fn run_leader(
         );
     let config_controller =
         Controller::for_stream(config_stream, config_writer_store.clone()).shutdown_on_signal();
+    // A repository reconciles on its own changes and its recheck timer,
+    // not on the status it writes.
+    let (repository_store, repository_writer) = reflector::store();
+    let repository_stream = watcher(Api::<BackupRepository>::all(client.clone()), classes)
+        .default_backoff()
+        .reflect(repository_writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    let repositories =
+        Controller::for_stream(repository_stream, repository_store.clone()).shutdown_on_signal();
+    // Jobs read their namespace's labels (the classes' namespaceSelector):
+    // the watch is complete before any job reconciles.
+    let (namespace_store, namespace_writer) = reflector::store();
+    let namespace_watch = match ns {
+        Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
+        None => watcher::Config::default(),
+    };
+    let namespace_watcher = tokio::spawn(
+        watcher(Api::<Namespace>::all(client.clone()), namespace_watch)
+            .default_backoff()
+            .reflect(namespace_writer)
+            .for_each(|_| futures::future::ready(())),
+    );
+    namespace_store
+        .wait_until_ready()
+        .await
+        .map_err(|e| format!("the namespace watch did not start: {e}"))?;
 
     let ctx = Arc::new(Context::new(
         client,
@@ -400,6 +448,8 @@ async fn run_leader(
         cluster_id,
         Stores {
             configurations: config_writer_store,
+            repositories: repository_store,
+            namespaces: namespace_store,
             jobs: job_store,
             restores: restore_store,
         },
@@ -422,20 +472,26 @@ async fn run_leader(
     let restores_done = restores
         .run(restore_job::reconcile, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
+    let repositories_done = repositories
+        .run(backup_repository::reconcile, error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
     let controllers = async {
-        futures::join!(jobs_done, configs_done, restores_done);
+        futures::join!(jobs_done, configs_done, restores_done, repositories_done);
     };
     let outcome = until_stopped(controllers, leadership).await;
     sweeper.abort();
     counter.abort();
+    namespace_watcher.abort();
     ctx.pumps.stop_all();
     info!("tender controller stopped");
     outcome
 }
 
-/// The stores of the three watched kinds.
+/// The stores of the watched kinds.
 struct Stores {
     configurations: Store<WorkerConfiguration>,
+    repositories: Store<BackupRepository>,
+    namespaces: Store<Namespace>,
     jobs: Store<BackupJob>,
     restores: Store<RestoreJob>,
 }
@@ -462,6 +518,8 @@ impl Context {
             aws,
             cluster_id,
             configurations: stores.configurations,
+            repositories: stores.repositories,
+            namespaces: stores.namespaces,
             jobs: stores.jobs,
             restores: stores.restores,
             reports: Arc::new(ReportStore::default()),
@@ -485,6 +543,7 @@ impl Context {
 fn job_controller<K: job::kind::WorkerJob>(
     api: Api<K>,
     configs: &Api<WorkerConfiguration>,
+    classes: &watcher::Config,
     workers: &Arc<WorkerIndex>,
     messages: futures::channel::mpsc::UnboundedReceiver<ObjectRef<K>>,
 ) -> (Controller<K>, Store<K>) {
@@ -510,12 +569,21 @@ fn job_controller<K: job::kind::WorkerJob>(
     let controller = Controller::for_stream(stream, store.clone())
         .watches(
             configs.clone(),
-            watcher::Config::default(),
+            classes.clone(),
             move |cfg: WorkerConfiguration| changes.wake(&waiting, &cfg),
         )
         .reconcile_on(messages)
         .shutdown_on_signal();
     (controller, store)
+}
+
+/// The watch of the cluster-scoped classes (WorkerConfiguration,
+/// BackupRepository) this controller manages.
+fn class_watch(selector: Option<&str>) -> watcher::Config {
+    match selector.filter(|s| !s.is_empty()) {
+        Some(s) => watcher::Config::default().labels(s),
+        None => watcher::Config::default(),
+    }
 }
 
 /// Runs `controllers` until they end, leadership is lost, or SIGTERM (or

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use sha2::Digest;
 
@@ -16,8 +17,8 @@ use super::job::kind::{Located, NotLocated, Target, TaskDetails, WorkerJob};
 use super::job::{self, job_access};
 use super::{Context, Error, Result};
 use crate::api::{
-    InstanceTypes, JobLimits, LocalObjectReference, Phase, Repository, RestoreJob,
-    RestoreJobStatus, RestoreMode, RestoreWorkerStatus, WorkerConfiguration, WorkerStatus,
+    InstanceTypes, JobLimits, LocalObjectReference, Phase, RestoreJob, RestoreJobStatus,
+    RestoreMode, RestoreWorkerStatus, WorkerConfiguration, WorkerStatus,
 };
 use crate::controller::events;
 use crate::messages::{FileLevelTask, Operation, WorkerEvent};
@@ -49,8 +50,15 @@ impl WorkerJob for RestoreJob {
     fn suspended(&self) -> bool {
         false
     }
-    fn repository(&self) -> Option<&Repository> {
-        self.spec.repository.as_ref()
+    fn repository_ref(&self) -> Option<&LocalObjectReference> {
+        self.spec.repository_ref.as_ref()
+    }
+    fn other_repository_refs(&self) -> Vec<&LocalObjectReference> {
+        self.spec
+            .restore_files_to
+            .iter()
+            .map(|r| &r.repository_ref)
+            .collect()
     }
     fn job_status(&self) -> Option<&RestoreJobStatus> {
         self.status.as_ref()
@@ -434,14 +442,30 @@ async fn ensure_session(job: &RestoreJob, ctx: &Context) -> Result<(String, File
             port: 443,
             token_sha256,
             idle_timeout_seconds: job.spec.idle_timeout_minutes.unwrap_or(30).max(1) as u64 * 60,
-            // The bucket's region defaults to the region restored into.
-            restore_to: job
-                .spec
-                .restore_files_to
-                .as_ref()
-                .map(|r| RepositoryLocation::of(r, &job.spec.region)),
+            restore_to: restored_files_location(job, ctx)?,
         },
     ))
+}
+
+/// Where "Restore selected" copies files, when the job says so: its own
+/// folder of the `restoreFilesTo` repository (whose admission of the
+/// namespace the lifecycle checked before launching).
+fn restored_files_location(job: &RestoreJob, ctx: &Context) -> Result<Option<RepositoryLocation>> {
+    let Some(to) = &job.spec.restore_files_to else {
+        return Ok(None);
+    };
+    let repository = ctx
+        .repositories
+        .get(&ObjectRef::new(&to.repository_ref.name))
+        .ok_or(Error::MissingObjectKey(
+            "the BackupRepository of spec.restoreFilesTo",
+        ))?;
+    Ok(Some(RepositoryLocation::restored_files(
+        &repository.spec,
+        &job.namespace().unwrap_or_default(),
+        &job.name_any(),
+        &to.prefix,
+    )))
 }
 
 /// 32 random bytes, hex.

@@ -69,26 +69,31 @@ fn config_fingerprint(cfg: &WorkerConfiguration) -> u64 {
     hasher.finish()
 }
 
-/// The jobs of a configuration's namespace waiting for a launch slot.
+/// Whether a job uses `cfg`, or has no configuration yet (and may be
+/// waiting for this one).
+fn may_use<K: WorkerJob>(job: &K, cfg: &WorkerConfiguration) -> bool {
+    job.job_status()
+        .and_then(|s| s.worker_configuration.as_deref())
+        .is_none_or(|name| name == cfg.name_any())
+}
+
+/// The jobs of a configuration waiting for a launch slot.
 fn queued_in<K: WorkerJob>(store: &Store<K>, cfg: &WorkerConfiguration) -> Vec<ObjectRef<K>> {
-    let ns = cfg.namespace();
     store
         .state()
         .into_iter()
-        .filter(|j| j.namespace() == ns)
+        .filter(|j| may_use(&**j, cfg))
         .filter(|j| j.job_status().is_some_and(|s| s.queue_position.is_some()))
         .map(|j| ObjectRef::from_obj(&*j))
         .collect()
 }
 
-/// The unfinished jobs of a configuration's namespace (one may be waiting
-/// for it).
+/// The unfinished jobs that use a configuration or may be waiting for it.
 fn unfinished_in<K: WorkerJob>(store: &Store<K>, cfg: &WorkerConfiguration) -> Vec<ObjectRef<K>> {
-    let ns = cfg.namespace();
     store
         .state()
         .into_iter()
-        .filter(|j| j.namespace() == ns)
+        .filter(|j| may_use(&**j, cfg))
         .filter(|j| !j.job_status().is_some_and(|s| s.phase.is_finished()))
         .map(|j| ObjectRef::from_obj(&*j))
         .collect()

@@ -38,12 +38,9 @@ pub const INSTANCE_TYPES_OFFERED: &str = "InstanceTypesOffered";
 /// How often a configuration whose deletion waits for jobs is looked at.
 const DELETION_RECHECK: Duration = Duration::from_secs(10);
 
-#[instrument(skip_all, fields(namespace = cfg.namespace().unwrap_or_default(), configuration = cfg.name_any()))]
+#[instrument(skip_all, fields(configuration = cfg.name_any()))]
 pub async fn reconcile(cfg: Arc<WorkerConfiguration>, ctx: Arc<Context>) -> Result<Action> {
-    let ns = cfg
-        .namespace()
-        .ok_or(Error::MissingObjectKey("namespace"))?;
-    let api: Api<WorkerConfiguration> = Api::namespaced(ctx.client.clone(), &ns);
+    let api: Api<WorkerConfiguration> = Api::all(ctx.client.clone());
     let uid = cfg.uid().ok_or(Error::MissingObjectKey("uid"))?;
     ctx.metrics
         .reconciles
@@ -87,7 +84,7 @@ pub async fn reconcile(cfg: Arc<WorkerConfiguration>, ctx: Arc<Context>) -> Resu
 
 /// The configuration's key in the worker index.
 fn config_key(cfg: &WorkerConfiguration) -> ConfigKey {
-    (cfg.namespace().unwrap_or_default(), cfg.name_any())
+    cfg.name_any()
 }
 
 fn queue_tags(cfg: &WorkerConfiguration, cluster_id: &str) -> BTreeMap<String, String> {
@@ -97,10 +94,6 @@ fn queue_tags(cfg: &WorkerConfiguration, cluster_id: &str) -> BTreeMap<String, S
             tags::MANAGED_BY_VALUE.to_string(),
         ),
         (tags::CLUSTER_ID.to_string(), cluster_id.to_string()),
-        (
-            tags::NAMESPACE.to_string(),
-            cfg.namespace().unwrap_or_default(),
-        ),
         (tags::CONFIGURATION.to_string(), cfg.name_any()),
     ])
 }
@@ -124,8 +117,7 @@ async fn apply(
     ctx: &Context,
 ) -> Result<Action> {
     let region = &cfg.spec.region;
-    let ns = cfg.namespace().unwrap_or_default();
-    let name = placement::queue_name(&ctx.cluster_id, &ns, &cfg.name_any());
+    let name = placement::queue_name(&ctx.cluster_id, &cfg.name_any());
     let owner_tags = queue_tags(cfg, &ctx.cluster_id);
 
     // Credentials first: every other call goes through them.
@@ -498,10 +490,7 @@ async fn conclude(
 /// How a configuration's own calls (queue, network, instance cache) reach
 /// the account its workers run in: a session named after it.
 fn configuration_access(cfg: &WorkerConfiguration) -> Access {
-    Access::new(
-        cfg.spec.worker_access(),
-        &[&cfg.namespace().unwrap_or_default(), &cfg.name_any()],
-    )
+    Access::new(cfg.spec.worker_access(), &[&cfg.name_any()])
 }
 
 /// What the credentials check found.
@@ -541,10 +530,7 @@ async fn check_credentials(
     {
         let production = ctx
             .aws
-            .scoped(&Access::new(
-                Some(role),
-                &[&cfg.namespace().unwrap_or_default(), &cfg.name_any()],
-            ))
+            .scoped(&Access::new(Some(role), &[&cfg.name_any()]))
             .await;
         let identity = production.caller_identity(region).await.map_err(|e| {
             (

@@ -39,19 +39,15 @@ pub async fn run(ctx: Arc<Context>) {
 
 /// Patches one configuration's count. A failure is logged: the next change
 /// or the configuration's own reconcile writes it again.
-async fn write_count(ctx: &Context, (ns, name): &ConfigKey) {
+async fn write_count(ctx: &Context, name: &ConfigKey) {
     // Written even when the cache shows the same value: the cache may be
     // behind a write of the configuration's own reconcile, and a count left
     // wrong until the next change would lie for hours.
-    if ctx
-        .configurations
-        .get(&ObjectRef::new(name).within(ns))
-        .is_none()
-    {
+    if ctx.configurations.get(&ObjectRef::new(name)).is_none() {
         return;
     }
-    let active = ctx.workers.active(&(ns.clone(), name.clone())) as i32;
-    let api: Api<WorkerConfiguration> = Api::namespaced(ctx.client.clone(), ns);
+    let active = ctx.workers.active(name) as i32;
+    let api: Api<WorkerConfiguration> = Api::all(ctx.client.clone());
     let patch = serde_json::json!({"status": {"activeWorkers": active}});
     let params = PatchParams {
         field_manager: Some(WORKER_COUNT_FIELD_MANAGER.into()),
@@ -62,6 +58,6 @@ async fn write_count(ctx: &Context, (ns, name): &ConfigKey) {
         .get_or_create(&super::kind_labels("WorkerConfiguration"))
         .inc();
     if let Err(e) = api.patch_status(name, &params, &Patch::Merge(patch)).await {
-        warn!(namespace = ns, configuration = name, error = %e, "could not write the worker count");
+        warn!(configuration = name, error = %e, "could not write the worker count");
     }
 }

@@ -24,6 +24,13 @@ pub struct RepositoryLocation {
     /// Key prefix, empty or ending in `/`.
     pub prefix: String,
     pub region: String,
+    /// The account that must own the bucket (`ExpectedBucketOwner` on every
+    /// call); `None` only for locations made by hand (tests, tools).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_owner: Option<String>,
+    /// SSE-KMS with this key; `None`: SSE-S3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<String>,
 }
 
 impl RepositoryLocation {
@@ -37,17 +44,49 @@ impl RepositoryLocation {
                 format!("{prefix}/")
             },
             region: region.to_string(),
+            expected_owner: None,
+            kms_key_id: None,
         }
     }
 
-    /// Where a job's `repository` is, with `default_region` for an unset
-    /// region.
-    pub fn of(repository: &crate::api::Repository, default_region: &str) -> Self {
+    /// Where one namespace's restore points (and their chunks) live in a
+    /// repository: under `<prefix><namespace>/`, so that namespaces never
+    /// read, overwrite or collide with each other's.
+    pub fn of(repository: &crate::api::BackupRepositorySpec, namespace: &str) -> Self {
         Self::new(
             &repository.bucket,
-            &repository.prefix,
-            repository.region.as_deref().unwrap_or(default_region),
+            &format!("{}/{namespace}", repository.prefix.trim_end_matches('/')),
+            &repository.region,
         )
+        .owned_by(repository)
+    }
+
+    /// Where a file-level session copies the files it restores: under
+    /// `<prefix>_restored/<namespace>/<job>/<extra>`, apart from every
+    /// namespace's restore points (no namespace name starts with `_`).
+    pub fn restored_files(
+        repository: &crate::api::BackupRepositorySpec,
+        namespace: &str,
+        job: &str,
+        extra: &str,
+    ) -> Self {
+        let base = repository.prefix.trim_end_matches('/');
+        let extra = extra.trim_matches('/');
+        Self::new(
+            &repository.bucket,
+            &format!("{base}/_restored/{namespace}/{job}/{extra}"),
+            &repository.region,
+        )
+        .owned_by(repository)
+    }
+
+    fn owned_by(mut self, repository: &crate::api::BackupRepositorySpec) -> Self {
+        self.expected_owner = Some(repository.expected_bucket_owner.clone());
+        self.kms_key_id = match repository.encryption.kind {
+            crate::api::EncryptionKind::SseKms => repository.encryption.kms_key_id.clone(),
+            crate::api::EncryptionKind::SseS3 => None,
+        };
+        self
     }
 
     /// The object that stores the chunk whose data hashes to `hash`.

@@ -22,7 +22,12 @@ pub fn queue_order<K: WorkerJob>(job: &K) -> QueueOrder {
 fn identity<K: WorkerJob>(job: &K) -> JobIdentity {
     JobIdentity {
         namespace: job.namespace().unwrap_or_default(),
-        display: format!("{}/{}", K::KIND, job.name_any()),
+        display: format!(
+            "{} {}/{}",
+            K::KIND,
+            job.namespace().unwrap_or_default(),
+            job.name_any()
+        ),
         order: queue_order(job),
         suspended: job.suspended(),
     }
@@ -55,7 +60,7 @@ pub fn allowance<K: WorkerJob>(
     let Some(max) = config.spec.max_concurrent_workers else {
         return (waiting, None);
     };
-    let key = (config.namespace().unwrap_or_default(), config.name_any());
+    let key = config.name_any();
     let load = ctx
         .workers
         .load(&key, &job.uid().unwrap_or_default(), &queue_order(job));

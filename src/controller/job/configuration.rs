@@ -1,49 +1,78 @@
-//! Which WorkerConfiguration a job uses, and whether it is ready to launch.
+//! Which WorkerConfiguration and BackupRepository a job uses, whether they
+//! admit its namespace, and whether the configuration is ready to launch.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::core::{Selector, SelectorExt};
 use kube::{Resource, ResourceExt};
 
 use super::core::Problem;
 use super::kind::WorkerJob;
-use crate::api::WorkerConfiguration;
 use crate::api::conditions::{self, READY};
+use crate::api::{
+    BackupRepository, DEFAULT_CONFIGURATION_ANNOTATION, LocalObjectReference, WorkerConfiguration,
+};
 use crate::reasons::BlockedReason;
 
-/// Picks the configuration a job uses: the one it names, else the only one
-/// of its namespace for its resources' region.
+/// Whether a class's `namespaceSelector` admits a namespace with these
+/// labels: unset admits none, `{}` every one. `Err` says why not.
+pub fn admits(
+    selector: Option<&LabelSelector>,
+    labels: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    let Some(selector) = selector else {
+        return Err("its spec.namespaceSelector is unset, which admits no namespace".into());
+    };
+    match Selector::try_from(selector.clone()) {
+        Ok(s) if s.matches(labels) => Ok(()),
+        Ok(_) => Err("its spec.namespaceSelector does not match this namespace's labels".into()),
+        Err(e) => Err(format!("its spec.namespaceSelector is invalid ({e})")),
+    }
+}
+
+fn not_admitted(kind: &str, name: &str, why: String) -> Problem {
+    Problem {
+        reason: BlockedReason::NamespaceNotAdmitted,
+        message: format!(
+            "{kind} {name:?} does not admit this namespace: {why}; ask an admin to admit it or use another {kind}"
+        ),
+    }
+}
+
+/// Picks the configuration a job uses: the one it names, else its region's
+/// default; either way one that admits the job's namespace (`labels`).
 pub fn choose_configuration<'a, K: WorkerJob>(
     job: &K,
     candidates: &'a [Arc<WorkerConfiguration>],
+    labels: &BTreeMap<String, String>,
 ) -> Result<&'a Arc<WorkerConfiguration>, Problem> {
-    if job.repository().is_none() {
+    if job.repository_ref().is_none() {
         return Err(Problem {
             reason: BlockedReason::RepositoryMissing,
             message: format!(
-                "this {} has no spec.repository (it was created before Tender required one); create it again with a repository",
+                "this {} has no spec.repositoryRef (it was created before Tender had BackupRepositories); create it again naming a BackupRepository",
                 K::KIND
             ),
         });
     }
-    let ns = job.namespace().unwrap_or_default();
-    let in_ns = || {
+    let chosen = if let Some(reference) = &job.configuration_ref() {
         candidates
             .iter()
-            .filter(move |c| c.namespace().as_deref() == Some(ns.as_str()))
-    };
-    let chosen = if let Some(reference) = &job.configuration_ref() {
-        in_ns()
             .find(|c| c.name_any() == reference.name)
             .ok_or_else(|| Problem {
                 reason: BlockedReason::WorkerConfigurationNotFound,
                 message: format!(
-                    "WorkerConfiguration {:?} does not exist in this namespace; create it or fix spec.workerConfigurationRef",
+                    "WorkerConfiguration {:?} does not exist; create it or fix spec.workerConfigurationRef",
                     reference.name
                 ),
             })?
     } else {
-        only_one_for_region(job, in_ns().collect())?
+        region_default(job, candidates)?
     };
+    admits(chosen.spec.namespace_selector.as_ref(), labels)
+        .map_err(|why| not_admitted("WorkerConfiguration", &chosen.name_any(), why))?;
     if chosen.meta().deletion_timestamp.is_some() {
         return Err(Problem {
             reason: BlockedReason::WorkerConfigurationDeleting,
@@ -72,10 +101,31 @@ pub fn choose_configuration<'a, K: WorkerJob>(
     Ok(chosen)
 }
 
-/// The only configuration of the job's namespace for its resources' region.
-fn only_one_for_region<'a, K: WorkerJob>(
+/// The BackupRepository `reference` names, if it admits the namespace.
+pub fn choose_repository<'a>(
+    reference: &LocalObjectReference,
+    candidates: &'a [Arc<BackupRepository>],
+    labels: &BTreeMap<String, String>,
+) -> Result<&'a Arc<BackupRepository>, Problem> {
+    let chosen = candidates
+        .iter()
+        .find(|r| r.name_any() == reference.name)
+        .ok_or_else(|| Problem {
+            reason: BlockedReason::BackupRepositoryNotFound,
+            message: format!(
+                "BackupRepository {:?} does not exist; ask an admin to create it or fix the reference",
+                reference.name
+            ),
+        })?;
+    admits(chosen.spec.namespace_selector.as_ref(), labels)
+        .map_err(|why| not_admitted("BackupRepository", &chosen.name_any(), why))?;
+    Ok(chosen)
+}
+
+/// The configuration annotated as the default for the job's region.
+fn region_default<'a, K: WorkerJob>(
     job: &K,
-    in_namespace: Vec<&'a Arc<WorkerConfiguration>>,
+    candidates: &'a [Arc<WorkerConfiguration>],
 ) -> Result<&'a Arc<WorkerConfiguration>, Problem> {
     let targets = job.targets();
     let mut regions: Vec<&str> = targets.iter().map(|r| r.region.as_str()).collect();
@@ -90,22 +140,27 @@ fn only_one_for_region<'a, K: WorkerJob>(
             ),
         });
     };
-    let matching: Vec<_> = in_namespace
-        .into_iter()
+    let matching: Vec<_> = candidates
+        .iter()
         .filter(|c| c.spec.region == region)
+        .filter(|c| {
+            c.annotations()
+                .get(DEFAULT_CONFIGURATION_ANNOTATION)
+                .is_some_and(|v| v == "true")
+        })
         .collect();
     match matching[..] {
         [one] => Ok(one),
         [] => Err(Problem {
             reason: BlockedReason::WorkerConfigurationNotFound,
             message: format!(
-                "no WorkerConfiguration for region {region} in this namespace; create one or set spec.workerConfigurationRef"
+                "no WorkerConfiguration is the default for region {region}; set spec.workerConfigurationRef, or ask an admin to annotate one {DEFAULT_CONFIGURATION_ANNOTATION}: \"true\""
             ),
         }),
         _ => Err(Problem {
             reason: BlockedReason::WorkerConfigurationAmbiguous,
             message: format!(
-                "{} WorkerConfigurations serve region {region} in this namespace; set spec.workerConfigurationRef",
+                "{} WorkerConfigurations are annotated as the default for region {region}; set spec.workerConfigurationRef",
                 matching.len()
             ),
         }),
@@ -141,38 +196,45 @@ pub fn ready_configuration(config: &WorkerConfiguration) -> Option<String> {
 mod tests {
     use super::*;
     use crate::api::{
-        BackupJob, BackupJobSpec, BackupResource, LocalObjectReference, WorkerConfigurationSpec,
-        WorkerSubnet,
+        BackupJob, BackupJobSpec, BackupRepositorySpec, BackupResource, WorkerConfigurationSpec,
     };
 
-    fn config(name: &str, ns: &str, region: &str) -> Arc<WorkerConfiguration> {
-        let mut c = WorkerConfiguration::new(
-            name,
-            WorkerConfigurationSpec {
-                region: region.into(),
-                subnets: vec![WorkerSubnet {
-                    subnet_id: "subnet-aaaaaaaa".into(),
-                    availability_zone: None,
-                }],
-                security_group_ids: vec!["sg-aaaaaaaa".into()],
-                image_id: Some("ami-aaaaaaaa".into()),
-                image_ssm_parameter: None,
-                account: Default::default(),
-                backup_account: None,
-                production_account: None,
-                iam_instance_profile: None,
-                instance_types: None,
-                tags: Default::default(),
-                heartbeat_timeout_seconds: 300,
-                file_level_recovery_cidrs: Vec::new(),
-                assign_public_ip: false,
-                private_network: false,
-                root_volume: Default::default(),
-                max_concurrent_workers: None,
-            },
-        );
-        c.metadata.namespace = Some(ns.into());
+    fn selector(labels: &[(&str, &str)]) -> Option<LabelSelector> {
+        Some(LabelSelector {
+            match_labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        })
+    }
+
+    fn config(name: &str, region: &str, default: bool) -> Arc<WorkerConfiguration> {
+        let spec: WorkerConfigurationSpec = serde_json::from_value(serde_json::json!({
+            "region": region,
+            "imageId": "ami-aaaaaaaa",
+            "namespaceSelector": {"matchLabels": {"team": "a"}},
+        }))
+        .expect("spec");
+        let mut c = WorkerConfiguration::new(name, spec);
+        if default {
+            c.metadata.annotations = Some(BTreeMap::from([(
+                DEFAULT_CONFIGURATION_ANNOTATION.to_string(),
+                "true".to_string(),
+            )]));
+        }
         Arc::new(c)
+    }
+
+    fn repository(name: &str, admits: Option<LabelSelector>) -> Arc<BackupRepository> {
+        let mut spec: BackupRepositorySpec = serde_json::from_value(serde_json::json!({
+            "bucket": "backups", "region": "us-east-1", "expectedBucketOwner": "123456789012",
+        }))
+        .expect("spec");
+        spec.namespace_selector = admits;
+        Arc::new(BackupRepository::new(name, spec))
     }
 
     fn job(reference: Option<&str>, regions: &[&str]) -> BackupJob {
@@ -190,10 +252,8 @@ mod tests {
                         region: (*r).into(),
                     })
                     .collect(),
-                repository: Some(crate::api::Repository {
-                    bucket: "backups".into(),
-                    prefix: String::new(),
-                    region: None,
+                repository_ref: Some(LocalObjectReference {
+                    name: "backups".into(),
                 }),
                 limits: Default::default(),
                 suspend: false,
@@ -203,55 +263,139 @@ mod tests {
         j
     }
 
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
     #[test]
     fn a_job_stored_before_repositories_loads_and_stalls_with_a_reason() {
-        // What an older Tender stored: no spec.repository.
+        // What an older Tender stored: an inline spec.repository.
         let stored = serde_json::json!({
             "apiVersion": "tender.dev/v1alpha1", "kind": "BackupJob",
             "metadata": {"name": "old", "namespace": "ns"},
-            "spec": {"resources": [{"instanceId": "i-00000001", "region": "us-east-1"}]}
+            "spec": {"resources": [{"instanceId": "i-00000001", "region": "us-east-1"}],
+                     "repository": {"bucket": "backups"}}
         });
         let job: BackupJob = serde_json::from_value(stored).expect("it still loads");
-        let configs = vec![config("east", "ns", "us-east-1")];
-        let problem = choose_configuration(&job, &configs).expect_err("no repository");
+        let configs = vec![config("east", "us-east-1", true)];
+        let problem = choose_configuration(&job, &configs, &labels(&[("team", "a")]))
+            .expect_err("no repository");
         assert_eq!(problem.reason, "RepositoryMissing");
-        assert!(problem.message.contains("spec.repository"));
+        assert!(problem.message.contains("spec.repositoryRef"));
+    }
+
+    /// (reference, regions, namespace labels, expected name or reason)
+    type Case<'a> = (Option<&'a str>, &'a [&'a str], &'a BTreeMap<String, String>, &'a str);
+
+    #[test]
+    fn configuration_by_reference_or_by_region_default() {
+        let configs = vec![
+            config("east", "us-east-1", true),
+            config("east-big", "us-east-1", false),
+            config("west", "us-west-2", true),
+        ];
+        let team_a = labels(&[("team", "a")]);
+        let cases: [Case; 8] = [
+            (None, &["us-west-2"], &team_a, "west"),
+            (None, &["us-east-1"], &team_a, "east"),
+            (Some("east-big"), &["us-east-1"], &team_a, "east-big"),
+            (
+                Some("nope"),
+                &["us-east-1"],
+                &team_a,
+                "WorkerConfigurationNotFound",
+            ),
+            (None, &["eu-west-1"], &team_a, "WorkerConfigurationNotFound"),
+            (Some("east"), &["us-west-2"], &team_a, "RegionMismatch"),
+            (
+                None,
+                &["us-east-1", "us-west-2"],
+                &team_a,
+                "WorkerConfigurationAmbiguous",
+            ),
+            (
+                None,
+                &["us-east-1"],
+                &labels(&[("team", "b")]),
+                "NamespaceNotAdmitted",
+            ),
+        ];
+        for (reference, regions, ns_labels, want) in cases {
+            let got = match choose_configuration(&job(reference, regions), &configs, ns_labels) {
+                Ok(c) => c.name_any(),
+                Err(p) => p.reason.as_str().to_string(),
+            };
+            assert_eq!(got, want, "{reference:?} {regions:?}");
+        }
     }
 
     #[test]
-    fn configuration_by_reference_or_by_region() {
+    fn two_defaults_for_one_region_are_ambiguous() {
         let configs = vec![
-            config("east", "ns", "us-east-1"),
-            config("west", "ns", "us-west-2"),
-            config("east", "other", "us-east-1"),
+            config("a", "us-east-1", true),
+            config("b", "us-east-1", true),
         ];
-        let chosen = choose_configuration(&job(None, &["us-west-2"]), &configs).expect("chosen");
-        assert_eq!(chosen.name_any(), "west");
-        let chosen =
-            choose_configuration(&job(Some("east"), &["us-east-1"]), &configs).expect("chosen");
-        assert_eq!(chosen.namespace().as_deref(), Some("ns"));
-        let missing = choose_configuration(&job(Some("nope"), &["us-east-1"]), &configs)
-            .expect_err("missing");
-        assert_eq!(missing.reason, "WorkerConfigurationNotFound");
-        let none = choose_configuration(&job(None, &["eu-west-1"]), &configs).expect_err("none");
-        assert_eq!(none.reason, "WorkerConfigurationNotFound");
-        assert!(none.message.contains("eu-west-1"));
-        let mismatch = choose_configuration(&job(Some("east"), &["us-west-2"]), &configs)
-            .expect_err("mismatch");
-        assert_eq!(mismatch.reason, "RegionMismatch");
+        let err = choose_configuration(
+            &job(None, &["us-east-1"]),
+            &configs,
+            &labels(&[("team", "a")]),
+        )
+        .expect_err("ambiguous");
+        assert_eq!(err.reason, "WorkerConfigurationAmbiguous");
     }
 
     #[test]
-    fn two_configurations_for_one_region_are_ambiguous() {
-        let configs = vec![
-            config("a", "ns", "us-east-1"),
-            config("b", "ns", "us-east-1"),
+    fn namespace_selectors_admit_only_whom_they_select() {
+        let team_a = labels(&[("team", "a")]);
+        let invalid = LabelSelector {
+            match_expressions: Some(vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
+                    key: "team".into(),
+                    operator: "Sometimes".into(),
+                    values: None,
+                },
+            ]),
+            ..Default::default()
+        };
+        let cases = [
+            (None, false, "unset"),
+            (Some(LabelSelector::default()), true, ""),
+            (selector(&[("team", "a")]), true, ""),
+            (selector(&[("team", "b")]), false, "does not match"),
+            (Some(invalid), false, "invalid"),
         ];
-        let err =
-            choose_configuration(&job(None, &["us-east-1"]), &configs).expect_err("ambiguous");
-        assert_eq!(err.reason, "WorkerConfigurationAmbiguous");
-        let err = choose_configuration(&job(None, &["us-east-1", "us-west-2"]), &configs)
-            .expect_err("ambiguous");
-        assert_eq!(err.reason, "WorkerConfigurationAmbiguous");
+        for (sel, admitted, why) in cases {
+            let got = admits(sel.as_ref(), &team_a);
+            assert_eq!(got.is_ok(), admitted, "{sel:?}");
+            if let Err(message) = got {
+                assert!(message.contains(why), "{message}");
+            }
+        }
+    }
+
+    #[test]
+    fn repositories_must_exist_and_admit_the_namespace() {
+        let repos = vec![
+            repository("backups", selector(&[("team", "a")])),
+            repository("closed", None),
+        ];
+        let team_a = labels(&[("team", "a")]);
+        let by = |name: &str| LocalObjectReference { name: name.into() };
+        assert!(choose_repository(&by("backups"), &repos, &team_a).is_ok());
+        let err = choose_repository(&by("backups"), &repos, &labels(&[("team", "b")]))
+            .expect_err("other team");
+        assert_eq!(err.reason, "NamespaceNotAdmitted");
+        assert!(
+            err.message.contains("BackupRepository \"backups\""),
+            "{}",
+            err.message
+        );
+        let err = choose_repository(&by("closed"), &repos, &team_a).expect_err("admits none");
+        assert_eq!(err.reason, "NamespaceNotAdmitted");
+        let err = choose_repository(&by("gone"), &repos, &team_a).expect_err("missing");
+        assert_eq!(err.reason, "BackupRepositoryNotFound");
     }
 }

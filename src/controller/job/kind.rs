@@ -13,8 +13,7 @@ use serde::de::DeserializeOwned;
 
 use super::status::Written;
 use crate::api::{
-    InstanceTypes, JobLimits, JobStatus, JobWorker, LocalObjectReference, Repository,
-    WorkerConfiguration,
+    InstanceTypes, JobLimits, JobStatus, JobWorker, LocalObjectReference, WorkerConfiguration,
 };
 use crate::controller::{Context, Result};
 use crate::messages::{FileLevelTask, Operation, WorkerEvent};
@@ -77,8 +76,14 @@ pub trait WorkerJob:
     /// Retries, deadline and TTL.
     fn limits(&self) -> &JobLimits;
     fn suspended(&self) -> bool;
-    /// Required by the schema; `None` only for objects stored before it was.
-    fn repository(&self) -> Option<&Repository>;
+    /// The BackupRepository it reads or writes. Required by the schema;
+    /// `None` only for objects stored before it was.
+    fn repository_ref(&self) -> Option<&LocalObjectReference>;
+    /// Further repositories it writes to (a restore's `restoreFilesTo`),
+    /// which must admit its namespace too.
+    fn other_repository_refs(&self) -> Vec<&LocalObjectReference> {
+        Vec::new()
+    }
     fn job_status(&self) -> Option<&JobStatus<Self::Worker>>;
     /// The statuses this controller wrote to jobs of this kind.
     fn written(ctx: &Context) -> &Written<JobStatus<Self::Worker>>;

@@ -100,7 +100,7 @@ pub async fn plan_workers<K: WorkerJob>(
 pub async fn launch_workers<K: WorkerJob>(
     job: &K,
     config: &WorkerConfiguration,
-    queue_url: &str,
+    (queue_url, repository): (&str, &RepositoryLocation),
     status: &mut JobStatus<K::Worker>,
     ctx: &Context,
     reconcile_started: Instant,
@@ -155,6 +155,7 @@ pub async fn launch_workers<K: WorkerJob>(
         let launch = Launch {
             config,
             queue_url,
+            repository,
             aws: &aws,
             reconcile_started,
             details,
@@ -207,6 +208,7 @@ async fn adopt<K: WorkerJob>(
 struct Launch<'a> {
     config: &'a WorkerConfiguration,
     queue_url: &'a str,
+    repository: &'a RepositoryLocation,
     aws: &'a AwsClients,
     reconcile_started: Instant,
     details: TaskDetails,
@@ -437,9 +439,7 @@ fn worker_launch<K: WorkerJob>(
             WorkerAccount::Backup => config.spec.production_account.clone(),
             WorkerAccount::Production => None,
         },
-        repository: job
-            .repository()
-            .map(|r| RepositoryLocation::of(r, &config.spec.region)),
+        repository: Some(launch.repository.clone()),
         restore_point: details.restore_point,
         device: details.device,
         all_volumes: details.all_volumes,

@@ -20,7 +20,7 @@ mod launch;
 pub mod status;
 mod termination;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,19 +29,21 @@ use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use tracing::{debug, instrument};
 
-use self::configuration::choose_configuration;
+use self::configuration::{choose_configuration, choose_repository};
 use self::core::{JobFacts, Liveness, Problem, mark_failed};
 use self::kind::WorkerJob;
 use self::status::{baseline, write_status};
 use super::reports::{Receipt, delete_receipts};
 use super::{Context, Error, Result};
-use crate::api::{AccountAccess, JobStatus, WorkerConfiguration, WorkerStatus};
+use crate::api::{AccountAccess, BackupRepository, JobStatus, WorkerConfiguration, WorkerStatus};
 use crate::aws::accounts::Access;
 use crate::aws::instance_cache::RegionInstances;
 use crate::messages::WorkerMessage;
+use crate::mover::manifest::RepositoryLocation;
 use crate::names::JOB_FINALIZER;
 use crate::reasons::{BlockedReason, FailureReason};
 
@@ -137,6 +139,8 @@ impl<K: WorkerJob> Pass<'_, K> {
 /// The configuration a job works with, once resolved.
 struct Resolved {
     config: Arc<WorkerConfiguration>,
+    /// Where its restore points are; `None` while launches are blocked.
+    repository: Option<RepositoryLocation>,
     queue_url: Option<String>,
     /// Why new launches wait (existing workers are followed regardless).
     blocked: Option<Problem>,
@@ -225,15 +229,19 @@ async fn resolve<K: WorkerJob>(
 ) -> Result<Result<Resolved, Action>> {
     let (job, ctx) = (pass.job, pass.ctx);
     let configs = ctx.configurations.state();
-    let started_with = status.worker_configuration.as_ref().and_then(|name| {
-        configs
-            .iter()
-            .find(|c| c.name_any() == *name && c.namespace() == job.namespace())
-            .cloned()
+    let started_with = status
+        .worker_configuration
+        .as_ref()
+        .and_then(|name| configs.iter().find(|c| c.name_any() == *name).cloned());
+    let labels = namespace_labels(ctx, job);
+    let repositories = ctx.repositories.state();
+    let chosen = choose_configuration(job, &configs, &labels).and_then(|c| {
+        let repository = job_repository(job, &repositories, &labels)?;
+        Ok((c.clone(), repository))
     });
-    let (config, mut blocked) = match (choose_configuration(job, &configs), started_with) {
-        (Ok(c), _) => (c.clone(), None),
-        (Err(problem), Some(c)) if !status.workers.is_empty() => (c, Some(problem)),
+    let (config, repository, mut blocked) = match (chosen, started_with) {
+        (Ok((c, r)), _) => (c, Some(r), None),
+        (Err(problem), Some(c)) if !status.workers.is_empty() => (c, None, Some(problem)),
         (Err(problem), _) => {
             pass.finalize(status, Some(&problem));
             if pass.old.as_ref() != Some(status) {
@@ -273,9 +281,41 @@ async fn resolve<K: WorkerJob>(
     }
     Ok(Ok(Resolved {
         config,
+        repository,
         queue_url,
         blocked,
     }))
+}
+
+/// The labels of the job's namespace, for the classes' `namespaceSelector`
+/// (the namespace watch is complete before any job reconciles).
+fn namespace_labels<K: WorkerJob>(ctx: &Context, job: &K) -> BTreeMap<String, String> {
+    let ns = job.namespace().unwrap_or_default();
+    ctx.namespaces
+        .get(&ObjectRef::new(&ns))
+        .map(|n| n.labels().clone())
+        .unwrap_or_default()
+}
+
+/// Where the job's restore points are, once every repository it names
+/// admits its namespace.
+fn job_repository<K: WorkerJob>(
+    job: &K,
+    repositories: &[Arc<BackupRepository>],
+    labels: &BTreeMap<String, String>,
+) -> std::result::Result<RepositoryLocation, Problem> {
+    for other in job.other_repository_refs() {
+        choose_repository(other, repositories, labels)?;
+    }
+    let reference = job.repository_ref().ok_or_else(|| Problem {
+        reason: BlockedReason::RepositoryMissing,
+        message: "spec.repositoryRef is missing".into(),
+    })?;
+    let chosen = choose_repository(reference, repositories, labels)?;
+    Ok(RepositoryLocation::of(
+        &chosen.spec,
+        &job.namespace().unwrap_or_default(),
+    ))
 }
 
 /// Applies the messages the queue pumps filed for the job (see
@@ -366,10 +406,13 @@ async fn launch_or_hold<K: WorkerJob>(
     match (&resolved.blocked, &resolved.queue_url) {
         (None, Some(queue_url)) if !job.suspended() => {
             let config = &resolved.config;
+            let Some(repository) = &resolved.repository else {
+                return Err(Error::MissingObjectKey("the job's BackupRepository"));
+            };
             launch::launch_workers(
                 job,
                 config,
-                queue_url,
+                (queue_url, repository),
                 status,
                 ctx,
                 pass.started,
