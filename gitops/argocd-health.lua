@@ -1,6 +1,6 @@
 -- Argo CD health check for Tender's custom resources (tender.dev/v1alpha1):
--- WorkerConfiguration, BackupJob and RestoreJob. One script serves all three
--- kinds; argocd-cm.yaml embeds it under each kind's
+-- WorkerConfiguration, BackupRepository, BackupJob and RestoreJob. One script
+-- serves all four kinds; argocd-cm.yaml embeds it under each kind's
 -- resource.customizations.health.tender.dev_<Kind> key.
 --
 -- Argo CD runs it with the live object in the global `obj`, in gopher-lua

@@ -45,6 +45,9 @@ pub struct SnapshotInfo {
     /// copied snapshot names `vol-ffffffff`).
     pub volume_id: Option<String>,
     pub tags: std::collections::BTreeMap<String, String>,
+    /// The account that owns it (a snapshot shared with this account, or
+    /// public, is owned by another).
+    pub owner_id: Option<String>,
 }
 
 /// An unknown or malformed snapshot ID.
@@ -363,6 +366,7 @@ impl Snapshots<'_> {
                         .iter()
                         .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
                         .collect(),
+                    owner_id: s.owner_id().map(String::from),
                 };
                 Some((id, info))
             })

@@ -26,6 +26,8 @@ pub struct SourceInstance {
     pub total_ebs_gib: i64,
     /// Its EBS volumes: `(device name, volume ID)`.
     pub volumes: Vec<(String, String)>,
+    /// Its tags, for a configuration's `allowedSources`.
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 /// Everything RunInstances needs for the instance a full restore launches.
@@ -357,6 +359,11 @@ impl Instances<'_> {
                             .map(String::from),
                         total_ebs_gib: 0,
                         volumes,
+                        tags: instance
+                            .tags()
+                            .iter()
+                            .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+                            .collect(),
                     },
                 );
             }

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
 use super::job::kind::{Located, NotLocated, Target, TaskDetails, WorkerJob};
@@ -19,6 +20,25 @@ use crate::reasons::FailureReason;
 
 pub async fn reconcile(job: Arc<BackupJob>, ctx: Arc<Context>) -> Result<Action> {
     job::reconcile(job, ctx).await
+}
+
+/// The account Tender reads sources in: the production role's, else its
+/// own.
+async fn reading_account(
+    config: &WorkerConfiguration,
+    production: &crate::aws::AwsClients,
+    region: &str,
+) -> Result<String> {
+    let from_role = config
+        .spec
+        .production_account
+        .as_ref()
+        .and_then(|a| a.role_arn.split(':').nth(4))
+        .filter(|a| !a.is_empty());
+    match from_role {
+        Some(account) => Ok(account.to_string()),
+        None => Ok(production.caller_identity(region).await?.account),
+    }
 }
 
 impl WorkerJob for BackupJob {
@@ -65,44 +85,83 @@ impl WorkerJob for BackupJob {
     ) -> Result<Result<Located, NotLocated>> {
         let access = job_access(self, config.spec.production_account.as_ref());
         let production = ctx.aws.scoped(&access).await;
+        let allowed = &config.spec.allowed_sources;
+        let (id, region) = (&target.id, &target.region);
+        let refused = |what: &str, why: String| NotLocated {
+            reason: FailureReason::SourceNotAllowed,
+            message: format!(
+                "{what} {id} is not a source WorkerConfiguration {:?} admits: {why}; ask an admin to change its spec.allowedSources, or use another configuration",
+                config.name_any()
+            ),
+        };
         let is_instance = self
             .spec
             .resources
             .iter()
-            .any(|r| r.instance_id.as_deref() == Some(target.id.as_str()));
+            .any(|r| r.instance_id.as_deref() == Some(id.as_str()));
         if is_instance {
-            let found = production
+            let Some(found) = production
                 .instances()
-                .describe_source_instance(&target.region, &target.id)
-                .await?;
-            return Ok(found
-                .map(|s| Located {
-                    zone: s.availability_zone,
-                    size_gib: s.total_ebs_gib,
-                })
-                .ok_or(NotLocated {
+                .describe_source_instance(region, id)
+                .await?
+            else {
+                return Ok(Err(NotLocated {
                     reason: FailureReason::SourceInstanceNotFound,
-                    what: "instance",
+                    message: format!(
+                        "instance {id} does not exist in {region}; check spec.resources"
+                    ),
                 }));
+            };
+            if let Err(tag) = allowed.admits_tags(&found.tags) {
+                return Ok(Err(refused(
+                    "instance",
+                    format!("it does not carry tag {tag}"),
+                )));
+            }
+            return Ok(Ok(Located {
+                zone: found.availability_zone,
+                size_gib: found.total_ebs_gib,
+            }));
         }
-        let found = production
-            .snapshots()
-            .describe_snapshot(&target.region, &target.id)
-            .await?;
-        Ok(match found {
-            Some(s) if s.state == "error" => Err(NotLocated {
-                reason: FailureReason::SourceSnapshotFailed,
-                what: "completed snapshot",
-            }),
-            Some(s) => Ok(Located {
-                zone: None,
-                size_gib: s.volume_size_gib,
-            }),
-            None => Err(NotLocated {
+        let Some(found) = production.snapshots().describe_snapshot(region, id).await? else {
+            return Ok(Err(NotLocated {
                 reason: FailureReason::SourceSnapshotNotFound,
-                what: "snapshot",
-            }),
-        })
+                message: format!("snapshot {id} does not exist in {region}; check spec.resources"),
+            }));
+        };
+        if found.state == "error" {
+            return Ok(Err(NotLocated {
+                reason: FailureReason::SourceSnapshotFailed,
+                message: format!(
+                    "snapshot {id} in {region} is in state error: EBS could not complete it"
+                ),
+            }));
+        }
+        let owner = found.owner_id.clone().unwrap_or_default();
+        let owners_allowed = if allowed.accounts.is_empty() {
+            vec![reading_account(config, &production, region).await?]
+        } else {
+            allowed.accounts.clone()
+        };
+        if !owners_allowed.contains(&owner) {
+            return Ok(Err(refused(
+                "snapshot",
+                format!(
+                    "it is owned by account {owner:?}, not by {}",
+                    owners_allowed.join(", ")
+                ),
+            )));
+        }
+        if let Err(tag) = allowed.admits_tags(&found.tags) {
+            return Ok(Err(refused(
+                "snapshot",
+                format!("it does not carry tag {tag}"),
+            )));
+        }
+        Ok(Ok(Located {
+            zone: None,
+            size_gib: found.volume_size_gib,
+        }))
     }
 
     fn instance_type(&self, types: Option<&InstanceTypes>, located: &Located) -> String {

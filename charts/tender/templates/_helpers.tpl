@@ -57,24 +57,33 @@ their status and finalizers, Events, and the Secrets of file-level recovery
 sessions. A ClusterRole for all namespaces, or a Role in watchNamespace.
 */}}
 {{- define "tender.managedRules" -}}
+# Jobs: watched, finalizers patched; delete: TTL after finished removes
+# finished jobs.
 - apiGroups: ["tender.dev"]
-  resources: ["workerconfigurations", "backupjobs", "restorejobs"]
-  # delete: TTL after finished removes finished jobs.
-  verbs: ["get", "list", "watch", "patch", "update", "delete"]
+  resources: ["backupjobs", "restorejobs"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
 - apiGroups: ["tender.dev"]
-  resources: ["workerconfigurations/status", "backupjobs/status", "restorejobs/status"]
-  verbs: ["get", "patch", "update"]
-- apiGroups: ["tender.dev"]
-  resources: ["workerconfigurations/finalizers", "backupjobs/finalizers", "restorejobs/finalizers"]
-  verbs: ["update"]
+  resources: ["backupjobs/status", "restorejobs/status"]
+  verbs: ["patch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
-- apiGroups: [""]
-  resources: ["events"]
-  verbs: ["create", "patch"]
-# Session tokens of file-level recovery, next to the RestoreJob.
+# Session tokens of file-level recovery, next to the RestoreJob (removed
+# with it through their owner reference).
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["create", "get", "patch", "delete"]
+  verbs: ["create", "get"]
+{{- end }}
+
+{{- /*
+The cluster-scoped classes an admin declares: watched, finalizers patched,
+status written. Events on them go to namespace default.
+*/}}
+{{- define "tender.classRules" -}}
+- apiGroups: ["tender.dev"]
+  resources: ["workerconfigurations", "backuprepositories"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["tender.dev"]
+  resources: ["workerconfigurations/status", "backuprepositories/status"]
+  verbs: ["patch"]
 {{- end }}

@@ -41,8 +41,8 @@ pub struct Located {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NotLocated {
     pub reason: FailureReason,
-    /// What was looked for, for the message ("instance", "snapshot").
-    pub what: &'static str,
+    /// For people: what is wrong and what to fix.
+    pub message: String,
 }
 
 /// What the task of a worker says beyond the shared fields.

@@ -53,10 +53,7 @@ pub async fn plan_workers<K: WorkerJob>(
         };
         match job.locate(&target, config, ctx).await? {
             Err(missing) => {
-                let message = format!(
-                    "{} {} does not exist in {}; check spec.resources",
-                    missing.what, target.id, target.region
-                );
+                let message = missing.message;
                 mark_failed(&mut worker, &missing.reason, &message, now);
                 ctx.event(
                     job,
