@@ -56,8 +56,10 @@ enum Command {
         /// Seconds between worker heartbeats.
         #[arg(long, default_value_t = 30, env = "TENDER_HEARTBEAT_SECONDS")]
         heartbeat_seconds: u64,
-        /// Address that serves /metrics, /healthz and /readyz.
-        #[arg(long, default_value = "0.0.0.0:8080", env = "TENDER_METRICS_ADDRESS")]
+        /// Address that serves /metrics, /healthz and /readyz (no
+        /// authentication: loopback unless you choose otherwise; the chart
+        /// listens on the pod's address for its Service and probes).
+        #[arg(long, default_value = "127.0.0.1:8080", env = "TENDER_METRICS_ADDRESS")]
         metrics_address: String,
         /// Run only while holding the Lease, so several replicas can run.
         #[arg(long, env = "TENDER_LEADER_ELECT")]

@@ -110,8 +110,8 @@ pub fn is_stale_network_error(code: &str) -> bool {
 }
 
 /// The rules of the security group Tender manages: inbound TCP 443 from the
-/// file-level recovery CIDRs only; outbound TCP 443 (AWS endpoints) and TCP
-/// 2049 (EFS mount targets). Ingress first, then egress; both sorted.
+/// file-level recovery CIDRs only; outbound TCP 443 (AWS endpoints) only.
+/// Ingress first, then egress; both sorted.
 pub fn managed_rules(file_level_recovery_cidrs: &[String]) -> (Vec<TcpRule>, Vec<TcpRule>) {
     let mut ingress: Vec<TcpRule> = file_level_recovery_cidrs
         .iter()
@@ -122,16 +122,10 @@ pub fn managed_rules(file_level_recovery_cidrs: &[String]) -> (Vec<TcpRule>, Vec
         .collect();
     ingress.sort();
     ingress.dedup();
-    let egress = vec![
-        TcpRule {
-            port: 443,
-            cidr: "0.0.0.0/0".into(),
-        },
-        TcpRule {
-            port: 2049,
-            cidr: "0.0.0.0/0".into(),
-        },
-    ];
+    let egress = vec![TcpRule {
+        port: 443,
+        cidr: "0.0.0.0/0".into(),
+    }];
     (ingress, egress)
 }
 
@@ -383,10 +377,7 @@ mod tests {
                 }
             ]
         );
-        assert_eq!(
-            egress.iter().map(|r| r.port).collect::<Vec<_>>(),
-            [443, 2049]
-        );
+        assert_eq!(egress.iter().map(|r| r.port).collect::<Vec<_>>(), [443]);
         assert!(
             managed_rules(&[]).0.is_empty(),
             "no inbound rule without CIDRs"

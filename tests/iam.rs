@@ -223,6 +223,15 @@ impl Statement {
     fn requires(&self, key: &str, value: &str) -> bool {
         self.string_equals(key).is_some_and(|v| v == [value])
     }
+
+    /// True when the statement only applies when tag `key` is present
+    /// (`Null` `key` = `false`).
+    fn requires_present(&self, key: &str) -> bool {
+        self.condition
+            .get("Null")
+            .and_then(|n| n.get(key))
+            .is_some_and(|v| v == "false")
+    }
 }
 
 impl Policy {
@@ -596,6 +605,26 @@ fn controller_changes_and_deletes_only_tender_tagged_resources() {
             !policy.granting(action).is_empty(),
             "iam/controller-policy.json does not grant {action}"
         );
+    }
+}
+
+/// A restored instance carries `tender.dev/managed-by` but never the
+/// cluster ID nor a launch token: the controller's role can terminate
+/// workers only, never what a restore gave back to the user.
+#[test]
+fn controller_terminates_workers_only() {
+    let policy = controller_policy();
+    let statements = policy.granting("ec2:TerminateInstances");
+    assert!(!statements.is_empty());
+    for s in statements {
+        for key in [tags::CLUSTER_ID, tags::LAUNCH_TOKEN] {
+            let key = format!("aws:ResourceTag/{key}");
+            assert!(
+                s.requires_present(&key),
+                "iam/controller-policy.json {}: ec2:TerminateInstances must require {key} (Null = false)",
+                s.sid
+            );
+        }
     }
 }
 

@@ -17,7 +17,10 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{ACCOUNT_ID_PATTERN, AccountAccess, BUCKET_PATTERN, PREFIX_PATTERN, REGION_PATTERN};
+use super::{
+    ACCOUNT_ID_PATTERN, AccountAccess, BUCKET_PATTERN, KMS_KEY_PATTERN, PREFIX_PATTERN,
+    REGION_PATTERN,
+};
 
 /// An S3 bucket (and prefix) that holds restore points, and the namespaces
 /// whose jobs may write and read them.
@@ -94,7 +97,7 @@ pub struct RepositoryEncryption {
     /// The KMS key (ID, ARN or alias ARN) for `SSE-KMS`. Workers need
     /// `kms:GenerateDataKey` and `kms:Decrypt` on it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 2048))]
+    #[schemars(pattern(KMS_KEY_PATTERN), length(max = 2048))]
     pub kms_key_id: Option<String>,
 }
 

@@ -39,6 +39,16 @@ pub const SNAPSHOT_ID_PATTERN: &str = r"^snap-[0-9a-f]{8,17}$";
 pub const BUCKET_PATTERN: &str = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$";
 /// Key prefixes inside a bucket: no leading slash, no `..`, printable.
 pub const PREFIX_PATTERN: &str = r"^[A-Za-z0-9!_.*'()/-]*$";
+/// Availability zones such as `eu-west-1a`.
+pub const ZONE_PATTERN: &str = r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]{1,2}[a-z]$";
+/// Security group IDs such as `sg-0123456789abcdef0`.
+pub const SECURITY_GROUP_PATTERN: &str = r"^sg-([0-9a-f]{8}|[0-9a-f]{17})$";
+/// Linux device names of EBS volumes such as `/dev/xvda`, `/dev/sda1` or
+/// `/dev/sdf`.
+pub const DEVICE_PATTERN: &str =
+    r"^/dev/(sd[a-z]{1,2}[0-9]{0,2}|xvd[a-z]{1,2}[0-9]{0,2}|nvme[0-9]{1,2}n1)$";
+/// A KMS key: its ID, its ARN, an alias, or an alias ARN.
+pub const KMS_KEY_PATTERN: &str = r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32}|alias/[A-Za-z0-9/_-]{1,250}|arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:(key/[0-9a-f-]{36}|key/mrk-[0-9a-f]{32}|alias/[A-Za-z0-9/_-]{1,250}))$";
 /// AWS account IDs: twelve digits.
 pub const ACCOUNT_ID_PATTERN: &str = r"^[0-9]{12}$";
 /// EC2 instance type names such as `c5.large` or `m7i-flex.xlarge`.

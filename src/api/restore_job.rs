@@ -7,7 +7,10 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{INSTANCE_TYPE_PATTERN, LocalObjectReference, PREFIX_PATTERN, REGION_PATTERN};
+use super::{
+    DEVICE_PATTERN, INSTANCE_TYPE_PATTERN, LocalObjectReference, PREFIX_PATTERN, REGION_PATTERN,
+    SECURITY_GROUP_PATTERN, ZONE_PATTERN,
+};
 
 /// `<BackupJob name>/<resource ID>`.
 pub const RESTORE_POINT_PATTERN: &str = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-z0-9-]+$";
@@ -82,12 +85,12 @@ pub struct RestoreJobSpec {
     /// Availability zone of the restored volume (mode `volume`; default:
     /// the zone of the configuration's first subnet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32))]
+    #[schemars(pattern(ZONE_PATTERN), length(max = 32))]
     pub availability_zone: Option<String>,
     /// Device name of the volume to restore, for restore points of
     /// instances with several volumes (mode `volume`; default: the first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32))]
+    #[schemars(pattern(DEVICE_PATTERN), length(max = 32))]
     pub device: Option<String>,
     /// Instance type of the restored instance (mode `full`), for example
     /// `m5.large`.
@@ -97,7 +100,7 @@ pub struct RestoreJobSpec {
     /// Security groups of the restored instance (mode `full`; default: the
     /// VPC's default group).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 5))]
+    #[schemars(length(min = 1, max = 5), inner(pattern(SECURITY_GROUP_PATTERN)))]
     pub security_group_ids: Option<Vec<String>>,
     /// Retries, deadline and TTL, as a `batch/v1` Job has them.
     #[serde(flatten)]

@@ -10,7 +10,10 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{ACCOUNT_ID_PATTERN, INSTANCE_TYPE_PATTERN, REGION_PATTERN};
+use super::{
+    ACCOUNT_ID_PATTERN, DEVICE_PATTERN, INSTANCE_TYPE_PATTERN, KMS_KEY_PATTERN, REGION_PATTERN,
+    SECURITY_GROUP_PATTERN, ZONE_PATTERN,
+};
 
 /// How Tender deploys worker instances in one AWS region, declared by an
 /// admin (cluster-scoped, like a StorageClass): the accounts and roles, the
@@ -75,9 +78,9 @@ pub struct WorkerConfigurationSpec {
     /// Security groups attached to every worker (IDs such as `sg-0123abcd`).
     /// Empty: Tender manages one security group per configuration with
     /// exactly the rules workers need (inbound TCP 443 from
-    /// `fileLevelRecoveryCidrs` only; outbound TCP 443 and TCP 2049).
+    /// `fileLevelRecoveryCidrs` only; outbound TCP 443 only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 5), inner(pattern(r"^sg-[0-9a-f]{8,17}$")))]
+    #[schemars(length(max = 5), inner(pattern(SECURITY_GROUP_PATTERN)))]
     pub security_group_ids: Vec<String>,
 
     /// Networks (CIDRs) whose browsers may reach the file-level recovery
@@ -85,8 +88,16 @@ pub struct WorkerConfigurationSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 20),
-        inner(pattern(r"^([0-9]{1,3}\.){3}[0-9]{1,3}/[0-9]{1,2}$"))
+        inner(pattern(r"^([0-9]{1,3}\.){3}[0-9]{1,3}/[0-9]{1,2}$"), length(max = 18))
     )]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.all(c, isCIDR(c) && cidr(c).ip().family() == 4)",
+         "message": "fileLevelRecoveryCidrs must be IPv4 CIDRs such as 10.0.0.0/8 (each octet 0-255, prefix length 0-32)"},
+        {"rule": "self.all(c, !isCIDR(c) || cidr(c).prefixLength() >= 8)",
+         "message": "fileLevelRecoveryCidrs may not open the browser to more than a /8 (0.0.0.0/0 is the whole internet): list the networks your users browse from"},
+        {"rule": "self.all(c, !isCIDR(c) || cidr(c).masked() == cidr(c))",
+         "message": "fileLevelRecoveryCidrs must name networks, not hosts with a prefix: use the network address (10.1.0.0/16, not 10.1.2.3/16)"}
+    ]))]
     pub file_level_recovery_cidrs: Vec<String>,
 
     /// Give workers a public IP address (default false).
@@ -132,7 +143,10 @@ pub struct WorkerConfigurationSpec {
     /// IAM instance profile (name or ARN) that gives workers access to SQS,
     /// EBS and the backup repository.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 2048))]
+    #[schemars(
+        pattern(r"^(arn:aws[a-z-]*:iam::[0-9]{12}:instance-profile/([A-Za-z0-9+=,.@_-]+/)*)?[A-Za-z0-9+=,.@_-]{1,128}$"),
+        length(max = 2048)
+    )]
     pub iam_instance_profile: Option<String>,
 
     /// The workers' root volume, always encrypted.
@@ -191,7 +205,10 @@ pub struct AllowedSources {
     /// Tags every source (instance or snapshot) must carry, with these
     /// values. Empty: any source of an allowed account.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 10))]
+    #[schemars(extend("maxProperties" = 10, "x-kubernetes-validations" = [
+        {"rule": "self.all(k, size(k) >= 1 && size(k) <= 128 && size(self[k]) <= 256)",
+         "message": "tag keys must be 1-128 characters and values at most 256"}
+    ]))]
     pub tags: BTreeMap<String, String>,
 }
 
@@ -235,7 +252,7 @@ pub struct AccountAccess {
     pub role_arn: String,
     /// External ID the role's trust policy requires, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 2, max = 1224))]
+    #[schemars(pattern(r"^[A-Za-z0-9+=,.@:/_-]+$"), length(min = 2, max = 1224))]
     pub external_id: Option<String>,
 }
 
@@ -245,7 +262,7 @@ pub struct AccountAccess {
 pub struct RootVolume {
     /// Device name of the AMI's root volume (default `/dev/xvda`).
     #[serde(default = "default_root_device")]
-    #[schemars(pattern(r"^/dev/[a-z0-9]+$"))]
+    #[schemars(pattern(DEVICE_PATTERN), length(max = 32))]
     pub device_name: String,
     /// Size in GiB (default 16).
     #[serde(default = "default_root_size")]
@@ -253,7 +270,7 @@ pub struct RootVolume {
     pub size_gib: i32,
     /// KMS key to encrypt it with (default: the account's EBS default key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 2048))]
+    #[schemars(pattern(KMS_KEY_PATTERN), length(max = 2048))]
     pub kms_key_id: Option<String>,
 }
 
@@ -295,7 +312,7 @@ pub struct WorkerSubnet {
     /// Availability zone of the subnet, for example `eu-west-1a`. Workers
     /// for resources in this zone are placed here first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(r"^[a-z]{2}(-gov)?-[a-z]+-[0-9][a-z]$"))]
+    #[schemars(pattern(ZONE_PATTERN))]
     pub availability_zone: Option<String>,
 }
 

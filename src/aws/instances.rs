@@ -383,6 +383,14 @@ impl Instances<'_> {
                 &launch.instance_type,
                 tags,
             )
+            // Only the worker's own processes reach its metadata (its
+            // credentials): one hop, no container or forwarded packet.
+            .metadata_options(
+                InstanceMetadataOptionsRequest::builder()
+                    .http_tokens(HttpTokensState::Required)
+                    .http_put_response_hop_limit(1)
+                    .build(),
+            )
             .network_interfaces(
                 InstanceNetworkInterfaceSpecification::builder()
                     .device_index(0)
