@@ -15,11 +15,13 @@ use tender::api::{Phase, WorkerConfiguration};
 const TIMEOUT: Duration = Duration::from_secs(90);
 
 async fn wait_ready(env: &TestEnv, name: &str) -> WorkerConfiguration {
-    let api: Api<WorkerConfiguration> = env.api();
+    let api: Api<WorkerConfiguration> = env.cluster_api();
+    let name = env.cluster_name(name);
     common::eventually(TIMEOUT, || {
         let api = api.clone();
+        let name = name.clone();
         async move {
-            let cfg = api.get(name).await.ok()?;
+            let cfg = api.get(&name).await.ok()?;
             (cfg.status.as_ref()?.phase.as_deref() == Some("Ready")).then_some(cfg)
         }
     })
@@ -66,21 +68,22 @@ async fn workers_run_in_the_production_account_through_its_role() {
     // A disk and a repository bucket in production, where the workers run.
     let protected = env.protected_disk_in(&env.aws_as(Some(&role)).await).await;
     let bucket = env.bucket_in(&role).await;
+    env.create_repository(
+        "prod",
+        &bucket,
+        serde_json::json!({"expectedBucketOwner": account, "access": {"roleArn": role}}),
+    )
+    .await;
 
-    let cfg: WorkerConfiguration = serde_json::from_value(serde_json::json!({
-        "apiVersion": "tender.dev/v1alpha1", "kind": "WorkerConfiguration",
-        "metadata": {"name": "prod"},
-        "spec": {
+    env.create_configuration_spec(
+        "prod",
+        serde_json::json!({
             "region": REGION, "account": "production",
             "productionAccount": {"roleArn": role, "externalId": "tender-test-external-id"},
             "imageId": "ami-0fedcba9876543210"
-        }
-    }))
-    .unwrap();
-    env.api::<WorkerConfiguration>()
-        .create(&Default::default(), &cfg)
-        .await
-        .unwrap();
+        }),
+    )
+    .await;
     let cfg = wait_ready(&env, "prod").await;
     let status = cfg.status.clone().unwrap();
     assert_eq!(status.account_id.as_deref(), Some(account.as_str()));
@@ -117,7 +120,7 @@ async fn workers_run_in_the_production_account_through_its_role() {
         .create_job(
             "nightly",
             &protected,
-            serde_json::json!({"repository": {"bucket": bucket}}),
+            serde_json::json!({"repositoryRef": {"name": "prod"}}),
         )
         .await;
     let uid = job.uid().unwrap();
@@ -156,22 +159,26 @@ async fn backup_account_workers_read_production_through_its_role() {
         .protected_disk_in(&env.aws_as(Some(&production_role)).await)
         .await;
     let bucket = env.bucket_in(&backup_role).await;
+    env.create_repository(
+        "backup",
+        &bucket,
+        serde_json::json!({
+            "expectedBucketOwner": backup_account,
+            "access": {"roleArn": backup_role},
+        }),
+    )
+    .await;
 
-    let cfg: WorkerConfiguration = serde_json::from_value(serde_json::json!({
-        "apiVersion": "tender.dev/v1alpha1", "kind": "WorkerConfiguration",
-        "metadata": {"name": "backup"},
-        "spec": {
+    env.create_configuration_spec(
+        "backup",
+        serde_json::json!({
             "region": REGION,
             "backupAccount": {"roleArn": backup_role},
             "productionAccount": {"roleArn": production_role},
             "imageSsmParameter": "/aws/service/ami-amazon-linux-latest/amzn2-ami-hvm-x86_64-gp2"
-        }
-    }))
-    .unwrap();
-    env.api::<WorkerConfiguration>()
-        .create(&Default::default(), &cfg)
-        .await
-        .unwrap();
+        }),
+    )
+    .await;
     let cfg = wait_ready(&env, "backup").await;
     let status = cfg.status.clone().unwrap();
     assert_eq!(status.account_id.as_deref(), Some(backup_account.as_str()));
@@ -204,7 +211,7 @@ async fn backup_account_workers_read_production_through_its_role() {
         .create_job(
             "cross",
             &protected,
-            serde_json::json!({"repository": {"bucket": bucket}}),
+            serde_json::json!({"repositoryRef": {"name": "backup"}}),
         )
         .await;
     let uid = job.uid().unwrap();
@@ -219,9 +226,10 @@ async fn backup_account_workers_read_production_through_its_role() {
         Some(point.as_str()),
         "{worker:?}"
     );
+    // Under the namespace's own prefix of the repository.
     let manifest = tender::mover::load_manifest(
         &env.aws_as(Some(&backup_role)).await,
-        &tender::mover::manifest::RepositoryLocation::new(&bucket, "", REGION),
+        &tender::mover::manifest::RepositoryLocation::new(&bucket, &env.namespace, REGION),
         &point,
     )
     .await

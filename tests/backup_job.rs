@@ -47,7 +47,10 @@ async fn backup_job_launches_a_worker_follows_it_and_terminates_it() {
     // The custom resource's side.
     let status = job.status.clone().unwrap();
     assert_eq!(status.observed_generation, job.metadata.generation);
-    assert_eq!(status.worker_configuration.as_deref(), Some("default"));
+    assert_eq!(
+        status.worker_configuration,
+        Some(env.cluster_name("default"))
+    );
     assert!(status.start_time.is_some() && status.completion_time.is_some());
     let ready = condition(&job, "Ready").expect("Ready condition");
     assert_eq!(
@@ -143,11 +146,13 @@ async fn backup_job_launches_a_worker_follows_it_and_terminates_it() {
 
     // The configuration counts no active worker now (its count is written
     // apart from the job's status, a moment later).
-    let api: Api<WorkerConfiguration> = env.api();
+    let api: Api<WorkerConfiguration> = env.cluster_api();
+    let default = env.cluster_name("default");
     let count = common::eventually(Duration::from_secs(10), || {
         let api = api.clone();
+        let default = default.clone();
         async move {
-            let cfg = api.get("default").await.ok()?;
+            let cfg = api.get(&default).await.ok()?;
             let active = cfg.status?.active_workers;
             (active == 0).then_some(active)
         }
@@ -184,8 +189,8 @@ async fn a_job_without_a_configuration_is_stalled_then_runs_once_one_exists() {
     );
     assert!(env.workers_of(&created.uid().unwrap()).await.is_empty());
 
-    // Creating the configuration (without a reference: found by region)
-    // lets the job run.
+    // Creating the configuration (without a reference: found as its
+    // region's default) lets the job run.
     env.create_configuration("east", &net, serde_json::json!({}))
         .await;
     let job = env
@@ -193,8 +198,8 @@ async fn a_job_without_a_configuration_is_stalled_then_runs_once_one_exists() {
         .await;
     assert!(condition(&job, "Stalled").is_none());
     assert_eq!(
-        job.status.unwrap().worker_configuration.as_deref(),
-        Some("east")
+        job.status.unwrap().worker_configuration,
+        Some(env.cluster_name("east"))
     );
 }
 
@@ -288,15 +293,17 @@ async fn deleting_a_running_job_terminates_its_worker_first() {
     assert_eq!(common::state(&running[0]), "running");
 
     // The configuration cannot go while the job runs.
-    let configs: Api<WorkerConfiguration> = env.api();
+    let configs: Api<WorkerConfiguration> = env.cluster_api();
+    let default = env.cluster_name("default");
     configs
-        .delete("default", &DeleteParams::default())
+        .delete(&default, &DeleteParams::default())
         .await
         .unwrap();
     let cfg = common::eventually(TIMEOUT, || {
         let configs = configs.clone();
+        let default = default.clone();
         async move {
-            let c = configs.get("default").await.ok()?;
+            let c = configs.get(&default).await.ok()?;
             (c.status.as_ref()?.phase.as_deref() == Some("Deleting")).then_some(c)
         }
     })
@@ -310,7 +317,8 @@ async fn deleting_a_running_job_terminates_its_worker_first() {
         .find(|c| c.type_ == "Ready")
         .unwrap();
     assert_eq!(ready.reason, "InUse");
-    assert!(ready.message.contains("doomed"), "{}", ready.message);
+    let doomed = format!("BackupJob {}/doomed", env.namespace);
+    assert!(ready.message.contains(&doomed), "{}", ready.message);
     let queue_url = cfg.status.unwrap().queue_url.unwrap();
 
     let jobs: Api<BackupJob> = env.api();
@@ -330,9 +338,10 @@ async fn deleting_a_running_job_terminates_its_worker_first() {
     // With the job gone, the configuration goes, and its queue with it.
     common::eventually(TIMEOUT, || {
         let configs = configs.clone();
+        let default = default.clone();
         async move {
             configs
-                .get_opt("default")
+                .get_opt(&default)
                 .await
                 .ok()?
                 .is_none()

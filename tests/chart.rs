@@ -333,36 +333,64 @@ impl Sa<'_> {
 }
 
 /// What the controller does in a namespace where it manages jobs (all
-/// `allowed` or all denied), and what it never does there.
+/// `allowed` or all denied), and what it never does there: only the verbs
+/// its code uses (it patches, finalizers included, and never updates).
 fn managed_namespace_checks(ns: &str, allowed: bool) -> Vec<Check> {
     let ns = Some(ns);
     let mut checks = Vec::new();
-    for res in [
-        "workerconfigurations.tender.dev",
-        "backupjobs.tender.dev",
-        "restorejobs.tender.dev",
-    ] {
-        for verb in ["get", "list", "watch", "patch", "update", "delete"] {
+    for res in ["backupjobs.tender.dev", "restorejobs.tender.dev"] {
+        // delete: a finished job's TTL.
+        for verb in ["get", "list", "watch", "patch", "delete"] {
             checks.push(check(verb, res, ns, allowed));
         }
-        for verb in ["get", "patch", "update"] {
-            checks.push(check(verb, res, ns, allowed).on("status"));
+        checks.push(check("patch", res, ns, allowed).on("status"));
+        for verb in ["update", "create"] {
+            // The controller never creates its users' resources.
+            checks.push(check(verb, res, ns, false));
         }
-        checks.push(check("update", res, ns, allowed).on("finalizers"));
-        // The controller never creates its users' resources.
-        checks.push(check("create", res, ns, false));
+        checks.push(check("update", res, ns, false).on("status"));
+        checks.push(check("update", res, ns, false).on("finalizers"));
     }
-    for res in ["events", "events.events.k8s.io"] {
-        checks.push(check("create", res, ns, allowed));
-        checks.push(check("patch", res, ns, allowed));
-    }
-    for verb in ["create", "get", "patch", "delete"] {
+    checks.push(check("create", "events.events.k8s.io", ns, allowed));
+    checks.push(check("patch", "events.events.k8s.io", ns, allowed));
+    // Its Events are events.k8s.io/v1 ones; it writes no core/v1 Event.
+    checks.push(check("create", "events", ns, false));
+    // A file-level session's token Secret: created once, read after.
+    for verb in ["create", "get"] {
         checks.push(check(verb, "secrets", ns, allowed));
     }
-    // Reading every Secret is not something the controller needs.
-    checks.push(check("list", "secrets", ns, false));
-    checks.push(check("watch", "secrets", ns, false));
+    // Reading every Secret, or changing one, is not something it needs.
+    for verb in ["list", "watch", "patch", "delete"] {
+        checks.push(check(verb, "secrets", ns, false));
+    }
     checks.push(check("create", "pods", ns, false));
+    checks
+}
+
+/// What the controller does with the cluster-scoped classes an admin
+/// declares (WorkerConfiguration, BackupRepository): watches them, patches
+/// their finalizers and writes their status; it never creates, replaces
+/// or deletes one. Events on them go to namespace `default`.
+fn class_checks() -> Vec<Check> {
+    let mut checks = Vec::new();
+    for res in [
+        "workerconfigurations.tender.dev",
+        "backuprepositories.tender.dev",
+    ] {
+        for verb in ["get", "list", "watch", "patch"] {
+            checks.push(check(verb, res, None, true));
+        }
+        checks.push(check("patch", res, None, true).on("status"));
+        for verb in ["create", "update", "delete"] {
+            checks.push(check(verb, res, None, false));
+        }
+    }
+    checks.push(check(
+        "create",
+        "events.events.k8s.io",
+        Some("default"),
+        true,
+    ));
     checks
 }
 
@@ -419,7 +447,7 @@ fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 #[test]
 fn chart_and_kustomize_crds_are_the_repositorys_crds() {
     let expected = files(&repo().join("crds"));
-    assert_eq!(expected.len(), 3, "crds/ holds the three CRDs");
+    assert_eq!(expected.len(), 4, "crds/ holds the four CRDs");
     for copy in ["charts/tender/crds", "deploy/crds"] {
         let actual = files(&repo().join(copy));
         assert_eq!(
@@ -611,17 +639,22 @@ fn default_values_apply_and_grant_the_controller_what_it_needs() {
     }
     assert_eq!(service["spec"]["ports"][0]["targetPort"], "metrics");
 
-    // RBAC, as the real authorizer sees it: jobs in any namespace.
+    // RBAC, as the real authorizer sees it: jobs in any namespace, the
+    // classes, and the labels of every namespace (the classes'
+    // namespaceSelector).
     let sa = Sa {
         namespace: &ns,
         name: &full,
     };
     sa.assert_permissions(&managed_namespace_checks(&elsewhere, true));
     sa.assert_permissions(&managed_namespace_checks(&ns, true));
+    sa.assert_permissions(&class_checks());
     sa.assert_permissions(&[
         check("get", "namespaces/kube-system", None, true),
         check("get", "namespaces/default", None, false),
-        check("list", "namespaces", None, false),
+        check("list", "namespaces", None, true),
+        check("watch", "namespaces", None, true),
+        check("patch", "namespaces", None, false),
         check("create", "deployments.apps", Some(&ns), false),
     ]);
     sa.assert_permissions(&leader_election_checks(&ns, &elsewhere));
@@ -652,21 +685,23 @@ fn watch_namespace_grants_access_there_only() {
             find(&objects, "RoleBinding", &full)["metadata"]["namespace"],
             watched.as_str()
         );
-        // Cluster-wide, at most reading kube-system's UID.
+        // Cluster-wide: the classes (cluster-scoped), the labels of the
+        // watched namespace only, and at most kube-system's UID.
         let cluster_roles: Vec<&Value> = objects
             .iter()
             .filter(|o| kind(o) == "ClusterRole")
             .collect();
+        assert_eq!(cluster_roles.len(), 1);
+        assert!(objects.iter().any(|o| kind(o) == "ClusterRoleBinding"));
+        let mut rules = vec![
+            json!({"apiGroups": ["tender.dev"], "resources": ["workerconfigurations", "backuprepositories"], "verbs": ["get", "list", "watch", "patch"]}),
+            json!({"apiGroups": ["tender.dev"], "resources": ["workerconfigurations/status", "backuprepositories/status"], "verbs": ["patch"]}),
+            json!({"apiGroups": [""], "resources": ["namespaces"], "resourceNames": [watched], "verbs": ["get", "list", "watch"]}),
+        ];
         if kube_system {
-            assert_eq!(cluster_roles.len(), 1);
-            assert_eq!(
-                cluster_roles[0]["rules"],
-                json!([{"apiGroups": [""], "resources": ["namespaces"], "resourceNames": ["kube-system"], "verbs": ["get"]}])
-            );
-        } else {
-            assert!(cluster_roles.is_empty(), "no ClusterRole with a clusterId");
-            assert!(!objects.iter().any(|o| kind(o) == "ClusterRoleBinding"));
+            rules.push(json!({"apiGroups": [""], "resources": ["namespaces"], "resourceNames": ["kube-system"], "verbs": ["get"]}));
         }
+        assert_eq!(cluster_roles[0]["rules"], json!(rules));
         let container = deployment_container(find(&objects, "Deployment", &full));
         assert_eq!(
             env_value(container, "TENDER_NAMESPACE").unwrap()["value"],
@@ -685,9 +720,12 @@ fn watch_namespace_grants_access_there_only() {
         sa.assert_permissions(&managed_namespace_checks(&watched, true));
         sa.assert_permissions(&managed_namespace_checks(&other, false));
         sa.assert_permissions(&managed_namespace_checks(&ns, false));
+        sa.assert_permissions(&class_checks());
         sa.assert_permissions(&[
             check("get", "namespaces/kube-system", None, kube_system),
             check("get", "namespaces/default", None, false),
+            check("get", &format!("namespaces/{watched}"), None, true),
+            check("get", &format!("namespaces/{other}"), None, false),
         ]);
         sa.assert_permissions(&leader_election_checks(&ns, &watched));
         installed.uninstall();
@@ -938,7 +976,7 @@ fn kustomize_base_is_the_charts_defaults_and_applies() {
     let (crds, objects): (Vec<Value>, Vec<Value>) = objects
         .into_iter()
         .partition(|o| kind(o) == "CustomResourceDefinition");
-    assert_eq!(crds.len(), 3);
+    assert_eq!(crds.len(), 4);
     // The CRDs are shared with the other tests: validated, not replaced.
     server_side_apply(&crds, true);
 
@@ -957,6 +995,7 @@ fn kustomize_base_is_the_charts_defaults_and_applies() {
         name: &full,
     };
     sa.assert_permissions(&managed_namespace_checks(&elsewhere, true));
+    sa.assert_permissions(&class_checks());
     sa.assert_permissions(&[check("get", "namespaces/kube-system", None, true)]);
     sa.assert_permissions(&leader_election_checks(&ns, &elsewhere));
     installed.uninstall();
@@ -1053,14 +1092,17 @@ fn the_controller_runs_with_nothing_but_the_charts_permissions() {
     let aws_region = std::env::var("AWS_REGION").expect("AWS_REGION from scripts/testenv");
     let aws_endpoint =
         std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL from scripts/testenv");
-    // Scoped to its own namespace and cluster ID, so that it touches
-    // nothing of the other tests (and its sweep no AWS resource of theirs).
+    // Scoped to its own namespace, classes (by their label, as the other
+    // tests' are) and cluster ID, so that it touches nothing of the other
+    // tests (and its sweep no AWS resource of theirs).
+    let class_label = format!("tender.dev/test={watched}");
     let objects = render(
         &release,
         &ns,
         &[
             &format!("watchNamespace={watched}"),
             &format!("clusterId={cluster_id}"),
+            &format!("classSelector={class_label}"),
             &format!("aws.region={aws_region}"),
             &format!("aws.endpointUrl={aws_endpoint}"),
         ],
@@ -1074,7 +1116,7 @@ fn the_controller_runs_with_nothing_but_the_charts_permissions() {
         Command::new(env!("CARGO_BIN_EXE_tender")).arg("crd"),
         None,
     ));
-    assert_eq!(crds.len(), 3);
+    assert_eq!(crds.len(), 4);
     server_side_apply(&crds, false);
     for crd in &crds {
         run_ok(
@@ -1160,12 +1202,13 @@ fn the_controller_runs_with_nothing_but_the_charts_permissions() {
     let holder = eventually("the Lease is held", 30, &log, lease_holder);
     assert_eq!(holder, pod_name);
 
-    // A WorkerConfiguration, reconciled end to end: finalizer, SQS queue,
-    // status, Event.
+    // A WorkerConfiguration (cluster-scoped, of this test by its name and
+    // label), reconciled end to end: finalizer, SQS queue, status, Event.
+    let config_name = format!("{watched}-chart-test");
     let config = json!({
         "apiVersion": "tender.dev/v1alpha1",
         "kind": "WorkerConfiguration",
-        "metadata": {"name": "chart-test", "namespace": watched},
+        "metadata": {"name": config_name, "labels": {"tender.dev/test": watched}},
         "spec": {
             "region": aws_region,
             "subnets": [{"subnetId": "subnet-0123456789abcdef0", "availabilityZone": format!("{aws_region}a")}],
@@ -1179,15 +1222,7 @@ fn the_controller_runs_with_nothing_but_the_charts_permissions() {
     );
     let get_config = || -> Option<Value> {
         let out = run(
-            kubectl().args([
-                "get",
-                "workerconfiguration",
-                "chart-test",
-                "-n",
-                &watched,
-                "-o",
-                "json",
-            ]),
+            kubectl().args(["get", "workerconfiguration", &config_name, "-o", "json"]),
             None,
         );
         out.success()
@@ -1207,9 +1242,10 @@ fn the_controller_runs_with_nothing_but_the_charts_permissions() {
             .is_empty(),
         "the controller holds a finalizer: {reconciled}"
     );
+    // Events on a cluster-scoped object go to namespace default.
     eventually("the QueueReady Event", 30, &log, || {
         let events: Value = serde_json::from_str(&run_ok(
-            kubectl().args(["get", "events.events.k8s.io", "-n", &watched, "-o", "json"]),
+            kubectl().args(["get", "events.events.k8s.io", "-n", "default", "-o", "json"]),
             None,
         ))
         .unwrap();
@@ -1217,7 +1253,7 @@ fn the_controller_runs_with_nothing_but_the_charts_permissions() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|e| e["reason"] == "QueueReady" && e["regarding"]["name"] == "chart-test")
+            .any(|e| e["reason"] == "QueueReady" && e["regarding"]["name"] == config_name)
             .then_some(())
     });
 
@@ -1226,9 +1262,7 @@ fn the_controller_runs_with_nothing_but_the_charts_permissions() {
         kubectl().args([
             "delete",
             "workerconfiguration",
-            "chart-test",
-            "-n",
-            &watched,
+            &config_name,
             "--wait=false",
         ]),
         None,

@@ -30,10 +30,11 @@ async fn wait_config<F>(env: &TestEnv, name: &str, check: F) -> WorkerConfigurat
 where
     F: Fn(&WorkerConfiguration) -> bool,
 {
-    let api: Api<WorkerConfiguration> = env.api();
+    let api: Api<WorkerConfiguration> = env.cluster_api();
+    let name = env.cluster_name(name);
     let start = std::time::Instant::now();
     loop {
-        if let Ok(cfg) = api.get(name).await
+        if let Ok(cfg) = api.get(&name).await
             && check(&cfg)
         {
             return cfg;
@@ -41,7 +42,7 @@ where
         assert!(
             start.elapsed() <= TIMEOUT,
             "configuration {name} not as expected: {:?}",
-            api.get(name).await.ok().and_then(|c| c.status)
+            api.get(&name).await.ok().and_then(|c| c.status)
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -53,20 +54,15 @@ async fn without_subnets_or_groups_workers_use_the_default_vpc_and_a_managed_gro
     let defaults = common::default_subnets(&env.ec2).await;
     let (zone_b_subnet, zone_b, vpc) = defaults[1].clone();
     let protected = env.protected_instance(&zone_b_subnet).await;
-    let cfg: WorkerConfiguration = serde_json::from_value(serde_json::json!({
-        "apiVersion": "tender.dev/v1alpha1", "kind": "WorkerConfiguration",
-        "metadata": {"name": "auto"},
-        "spec": {
+    env.create_configuration_spec(
+        "auto",
+        serde_json::json!({
             "region": REGION, "imageId": "ami-0fedcba9876543210",
             "fileLevelRecoveryCidrs": ["10.20.0.0/16"],
             "tags": {"purpose": "{{operation}} of {{resource}} for {{namespace}}/{{job}}"}
-        }
-    }))
-    .unwrap();
-    env.api::<WorkerConfiguration>()
-        .create(&Default::default(), &cfg)
-        .await
-        .unwrap();
+        }),
+    )
+    .await;
     let cfg = wait_config(&env, "auto", |c| {
         c.status.as_ref().is_some_and(|s| {
             s.managed_security_group_id.is_some() && s.phase.as_deref() == Some("Ready")
@@ -96,7 +92,7 @@ async fn without_subnets_or_groups_workers_use_the_default_vpc_and_a_managed_gro
         .await
         .unwrap();
     assert_eq!(ingress, [rule(443, "10.20.0.0/16")]);
-    assert_eq!(egress, [rule(443, "0.0.0.0/0"), rule(2049, "0.0.0.0/0")]);
+    assert_eq!(egress, [rule(443, "0.0.0.0/0")]);
     let described = env
         .ec2
         .describe_security_groups()
@@ -105,7 +101,7 @@ async fn without_subnets_or_groups_workers_use_the_default_vpc_and_a_managed_gro
         .await
         .unwrap();
     let sg = &described.security_groups()[0];
-    assert_eq!(sg.ip_permissions_egress().len(), 2, "{sg:?}");
+    assert_eq!(sg.ip_permissions_egress().len(), 1, "{sg:?}");
     assert_eq!(sg.vpc_id(), Some(vpc.as_str()));
 
     // The worker goes to the default subnet of the resource's zone. (The
@@ -146,9 +142,10 @@ async fn without_subnets_or_groups_workers_use_the_default_vpc_and_a_managed_gro
     );
 
     // Changing the CIDRs changes the rules in place.
-    let api: Api<WorkerConfiguration> = env.api();
+    let api: Api<WorkerConfiguration> = env.cluster_api();
+    let auto = env.cluster_name("auto");
     api.patch(
-        "auto",
+        &auto,
         &Default::default(),
         &kube::api::Patch::Merge(
             serde_json::json!({"spec": {"fileLevelRecoveryCidrs": ["192.168.7.0/24"]}}),
@@ -176,7 +173,7 @@ async fn without_subnets_or_groups_workers_use_the_default_vpc_and_a_managed_gro
     .await;
 
     // Deleting the configuration deletes the group it managed.
-    api.delete("auto", &DeleteParams::default()).await.unwrap();
+    api.delete(&auto, &DeleteParams::default()).await.unwrap();
     common::eventually(TIMEOUT, || {
         let ec2 = env.ec2.clone();
         let group = group.clone();
@@ -501,8 +498,9 @@ async fn a_configuration_deleted_while_its_job_runs_goes_once_the_job_finishes()
         j.status.as_ref().is_some_and(|s| s.active_workers == 1)
     })
     .await;
-    let api: Api<WorkerConfiguration> = env.api();
-    api.delete("leaving", &DeleteParams::default())
+    let api: Api<WorkerConfiguration> = env.cluster_api();
+    let leaving = env.cluster_name("leaving");
+    api.delete(&leaving, &DeleteParams::default())
         .await
         .unwrap();
     wait_config(&env, "leaving", |c| {
@@ -519,7 +517,8 @@ async fn a_configuration_deleted_while_its_job_runs_goes_once_the_job_finishes()
     assert_eq!(job.status.unwrap().active_workers, 0);
     common::eventually(TIMEOUT, || {
         let api = api.clone();
-        async move { api.get_opt("leaving").await.ok()?.is_none().then_some(()) }
+        let leaving = leaving.clone();
+        async move { api.get_opt(&leaving).await.ok()?.is_none().then_some(()) }
     })
     .await;
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use kube::api::PostParams;
-use tender::api::BackupJob;
+use tender::api::{BackupJob, BackupRepository};
 
 #[test]
 fn checked_in_crds_match_the_rust_types() {
@@ -67,21 +67,68 @@ async fn a_backup_job_spec_is_immutable() {
     let job: BackupJob = serde_json::from_value(serde_json::json!({
         "apiVersion": "tender.dev/v1alpha1", "kind": "BackupJob", "metadata": {"name": name},
         "spec": {"resources": [{"instanceId": "i-0123abcd", "region": "us-east-1"}],
-                 "repository": {"bucket": "acme-backups"}}
+                 "repositoryRef": {"name": "acme-backups"}}
     }))
     .unwrap();
-    let mut created = api.create(&PostParams::default(), &job).await.unwrap();
-    created.spec.resources[0].instance_id = Some("i-0123abce".into());
-    let err = api
-        .replace(&name, &PostParams::default(), &created)
-        .await
-        .unwrap_err();
-    match err {
-        kube::Error::Api(s) => assert!(s.message.contains("immutable"), "{}", s.message),
-        other => panic!("unexpected {other:?}"),
+    let created = api.create(&PostParams::default(), &job).await.unwrap();
+    let mut other_resource = created.clone();
+    other_resource.spec.resources[0].instance_id = Some("i-0123abce".into());
+    let mut other_repository = created.clone();
+    other_repository.spec.repository_ref = Some(tender::api::LocalObjectReference {
+        name: "elsewhere".into(),
+    });
+    for changed in [other_resource, other_repository] {
+        let err = api
+            .replace(&name, &PostParams::default(), &changed)
+            .await
+            .unwrap_err();
+        match err {
+            kube::Error::Api(s) => assert!(s.message.contains("immutable"), "{}", s.message),
+            other => panic!("unexpected {other:?}"),
+        }
     }
     // No controller runs for "default" in this test; remove the object
     // directly (it carries no finalizer).
+    api.delete(&name, &Default::default()).await.unwrap();
+}
+
+#[tokio::test]
+async fn where_a_backup_repository_keeps_restore_points_is_immutable() {
+    let client = common::kube_client().await;
+    common::install_crds(&client).await;
+    // Cluster-scoped, and labelled for no test's controller: nothing
+    // reconciles it.
+    let api: kube::Api<BackupRepository> = kube::Api::all(client.clone());
+    let name = common::unique("immutable-repo");
+    let repo: BackupRepository = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tender.dev/v1alpha1", "kind": "BackupRepository", "metadata": {"name": name},
+        "spec": {"bucket": "acme-backups", "prefix": "prod/", "region": "us-east-1",
+                 "expectedBucketOwner": "123456789012"}
+    }))
+    .unwrap();
+    let created = api.create(&PostParams::default(), &repo).await.unwrap();
+    let changes: [fn(&mut BackupRepository); 3] = [
+        |r| r.spec.bucket = "other-backups".into(),
+        |r| r.spec.prefix = "staging/".into(),
+        |r| r.spec.region = "eu-west-1".into(),
+    ];
+    for change in changes {
+        let mut changed = created.clone();
+        change(&mut changed);
+        match api.replace(&name, &PostParams::default(), &changed).await {
+            Err(kube::Error::Api(s)) => {
+                assert!(s.message.contains("immutable"), "{}", s.message)
+            }
+            other => panic!("{:?} was accepted: {other:?}", changed.spec),
+        }
+    }
+    // Who may use it, and how it is checked, may change.
+    let mut admitted = created.clone();
+    admitted.spec.namespace_selector = Some(Default::default());
+    admitted.spec.expected_bucket_owner = "210987654321".into();
+    api.replace(&name, &PostParams::default(), &admitted)
+        .await
+        .unwrap();
     api.delete(&name, &Default::default()).await.unwrap();
 }
 

@@ -5,17 +5,60 @@ mod common;
 
 use std::time::Duration;
 
-use common::TestEnv;
+use serde::Deserialize;
+
 use common::commands::{kubectl, read, run_ok};
+use common::{TEST_LABEL, TestEnv};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde_json::Value;
 use tender::api::{BackupJob, Phase, RestoreJob, WorkerConfiguration};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
-fn kubectl_apply(namespace: &str, manifest: &str) {
+/// Applies `manifest` made this test's: its WorkerConfigurations and
+/// BackupRepositories (cluster-scoped) get this test's names and label, so
+/// that its controller manages them and no other test sees them; its jobs
+/// name them so. The namespace gets the labels the objects'
+/// `namespaceSelector`s ask for, as a team's namespace would.
+async fn kubectl_apply(env: &TestEnv, manifest: &str) {
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(manifest) {
+        let mut doc = Value::deserialize(doc).expect("a YAML document");
+        if doc.is_null() {
+            continue;
+        }
+        match doc["kind"].as_str().unwrap_or_default() {
+            "WorkerConfiguration" | "BackupRepository" => {
+                let name = doc["metadata"]["name"]
+                    .as_str()
+                    .expect("a name")
+                    .to_string();
+                doc["metadata"]["name"] = env.cluster_name(&name).into();
+                doc["metadata"]["labels"][TEST_LABEL] = env.namespace.clone().into();
+                let wanted = doc["spec"]["namespaceSelector"]["matchLabels"].clone();
+                if wanted.is_object() {
+                    Api::<Namespace>::all(env.client.clone())
+                        .patch(
+                            &env.namespace,
+                            &PatchParams::default(),
+                            &Patch::Merge(serde_json::json!({"metadata": {"labels": wanted}})),
+                        )
+                        .await
+                        .expect("label the namespace");
+                }
+            }
+            "BackupJob" | "RestoreJob" => {
+                doc["spec"] = env.with_cluster_names(doc["spec"].take());
+            }
+            _ => {}
+        }
+        docs.push(serde_yaml::to_string(&doc).expect("YAML"));
+    }
     run_ok(
-        kubectl().args(["apply", "-n", namespace, "-f", "-"]),
-        Some(manifest),
+        kubectl().args(["apply", "-n", &env.namespace, "-f", "-"]),
+        Some(&docs.join("---\n")),
     );
 }
 
@@ -31,6 +74,19 @@ async fn the_examples_apply_and_reach_their_states() {
     let env = TestEnv::new("examples").await;
     let net = env.network().await;
     let protected = env.protected_disk().await;
+    // The example configuration admits only sources tagged backup=true.
+    env.ec2
+        .create_tags()
+        .resources(&protected)
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key("backup")
+                .value("true")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
     let bucket = env.bucket().await;
     // The examples' placeholder IDs, replaced by the emulator's. The
     // instance stays a placeholder: the emulator cannot serve the blocks of
@@ -41,24 +97,30 @@ async fn the_examples_apply_and_reach_their_states() {
             .replace("sg-0123456789abcdef0", &net.security_group)
             .replace("snap-0123456789abcdef0", &protected)
             .replace("acme-backups", &bucket)
+            // The example repository's bucket owner, here the emulator's
+            // own account.
+            .replace("111122223333", common::EMULATOR_ACCOUNT)
     };
     for file in [
+        "examples/backup-repository.yaml",
         "examples/worker-configuration.yaml",
         "examples/backup-job.yaml",
         "examples/more/backup-job-snapshot.yaml",
     ] {
-        kubectl_apply(&env.namespace, &localize(read(file)));
+        kubectl_apply(&env, &localize(read(file))).await;
     }
     // The other configurations name accounts, parameters and subnets that
     // do not exist here: the controller must say so plainly.
     kubectl_apply(
-        &env.namespace,
+        &env,
         &read("examples/more/worker-configuration-cross-account.yaml"),
-    );
+    )
+    .await;
     kubectl_apply(
-        &env.namespace,
+        &env,
         &read("examples/more/worker-configuration-private.yaml"),
-    );
+    )
+    .await;
 
     let missing = env
         .wait_job_phase("web-server-nightly", TIMEOUT, Phase::Failed)
@@ -82,12 +144,25 @@ async fn the_examples_apply_and_reach_their_states() {
     let instances = env.workers_of(job.metadata.uid.as_deref().unwrap()).await;
     assert_eq!(instances.len(), 1);
     assert_eq!(common::state(&instances[0]), "terminated");
+    // The repository answers, and counts the restore point.
+    let repository = env
+        .wait_repository(&bucket, TIMEOUT, |r| {
+            r.status
+                .as_ref()
+                .is_some_and(|s| s.phase.as_deref() == Some("Ready") && s.restore_points == 1)
+        })
+        .await;
+    assert_eq!(
+        repository.status.unwrap().restore_points_by_namespace,
+        [(env.namespace.clone(), 1)].into()
+    );
 
-    let configs: Api<WorkerConfiguration> = env.api();
+    let configs: Api<WorkerConfiguration> = env.cluster_api();
     let config_condition = |name: &'static str, type_: &'static str| {
         let configs = configs.clone();
+        let name = env.cluster_name(name);
         async move {
-            let c = configs.get(name).await.ok()?;
+            let c = configs.get(&name).await.ok()?;
             let cond = condition(&c.status?.conditions, type_)?.clone();
             Some(cond)
         }
@@ -136,9 +211,10 @@ async fn the_examples_apply_and_reach_their_states() {
         "examples/restore-job-full.yaml",
     ] {
         kubectl_apply(
-            &env.namespace,
+            &env,
             &localize(read(file)).replace("web-server-nightly/i-0123456789abcdef0", &point),
-        );
+        )
+        .await;
     }
     for name in ["web-server-volume-restore", "web-server-full-restore"] {
         let restored = env.wait_restore_finished(name, TIMEOUT).await;
@@ -157,10 +233,11 @@ async fn the_examples_apply_and_reach_their_states() {
     // The file-level example: a session comes up; marking it finished ends
     // it (the worker is terminated, the job Succeeded); then the job goes.
     kubectl_apply(
-        &env.namespace,
+        &env,
         &localize(read("examples/restore-job-file-level.yaml"))
             .replace("web-server-nightly/i-0123456789abcdef0", &point),
-    );
+    )
+    .await;
     let session = env
         .wait_restore("web-server-files", TIMEOUT, |j| {
             j.status

@@ -21,7 +21,7 @@ use aws_sdk_ec2::types::Filter;
 use common::{REGION, TestEnv};
 use kube::api::{ApiResource, DynamicObject, PostParams};
 use kube::{Api, ResourceExt};
-use tender::api::{BackupJob, Phase, RestoreJob, WorkerConfiguration};
+use tender::api::{BackupJob, BackupRepository, Phase, RestoreJob, WorkerConfiguration};
 use tender::messages::{PROTOCOL_VERSION, WorkerEvent, WorkerMessage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -84,11 +84,15 @@ async fn check_no_leaks(env: &TestEnv, jobs: &[&str], tally: &mut Tally) {
     let aws = tender::aws::AwsClients::from_env().await;
     for name in jobs {
         let job = api.get(name).await.unwrap();
-        // Every resource that succeeded has its restore point, readable.
-        let repository = tender::mover::manifest::RepositoryLocation::of(
-            job.spec.repository.as_ref().unwrap(),
-            REGION,
-        );
+        // Every resource that succeeded has its restore point, readable, in
+        // the namespace's part of the repository.
+        let repo: BackupRepository = env
+            .cluster_api()
+            .get(&job.spec.repository_ref.as_ref().unwrap().name)
+            .await
+            .unwrap();
+        let repository =
+            tender::mover::manifest::RepositoryLocation::of(&repo.spec, &env.namespace);
         for w in &job.status.as_ref().unwrap().workers {
             if w.phase != Phase::Succeeded {
                 continue;
@@ -194,16 +198,11 @@ async fn aws_emulator_restart(tally: &mut Tally) {
     let protected = env.protected_disk().await;
     // Default VPC and a managed group: both exist again after the restart,
     // under new IDs, and the configuration follows them.
-    let cfg: WorkerConfiguration = serde_json::from_value(serde_json::json!({
-        "apiVersion": "tender.dev/v1alpha1", "kind": "WorkerConfiguration",
-        "metadata": {"name": "default"},
-        "spec": {"region": REGION, "imageId": "ami-0fedcba9876543210", "heartbeatTimeoutSeconds": 5}
-    }))
-    .unwrap();
-    env.api::<WorkerConfiguration>()
-        .create(&PostParams::default(), &cfg)
-        .await
-        .unwrap();
+    env.create_configuration_spec(
+        "default",
+        serde_json::json!({"region": REGION, "imageId": "ami-0fedcba9876543210", "heartbeatTimeoutSeconds": 5}),
+    )
+    .await;
     env.wait_configuration_ready("default").await;
     env.create_job("job", &protected, serde_json::json!({"backoffLimit": 3}))
         .await;
@@ -480,7 +479,10 @@ async fn bad_input(tally: &mut Tally) {
     };
     let job = serde_json::json!({
         "resources": [{"instanceId": "i-0123abcd", "region": "us-east-1"}],
-        "repository": {"bucket": "acme-backups"}
+        "repositoryRef": {"name": "acme-backups"}
+    });
+    let repository = serde_json::json!({
+        "bucket": "acme-backups", "region": "us-east-1", "expectedBucketOwner": "123456789012"
     });
     let resources =
         |id: &str, region: &str| serde_json::json!([{"instanceId": id, "region": region}]);
@@ -489,7 +491,7 @@ async fn bad_input(tally: &mut Tally) {
         .collect();
     let restore = serde_json::json!({
         "mode": "volume", "restorePoint": "nightly/i-0123abcd", "region": "us-east-1",
-        "repository": {"bucket": "acme-backups"}
+        "repositoryRef": {"name": "acme-backups"}
     });
     let cases: Vec<(&str, serde_json::Value, &str)> = vec![
         (
@@ -566,24 +568,67 @@ async fn bad_input(tally: &mut Tally) {
             ),
             "snapshotId",
         ),
-        ("BackupJob", without(&job, "repository"), "repository"),
         (
             "BackupJob",
-            with(
-                &job,
-                "repository",
-                serde_json::json!({"bucket": "Not_A_Bucket"}),
-            ),
-            "bucket",
+            without(&job, "repositoryRef"),
+            "spec.repositoryRef is required",
         ),
         (
             "BackupJob",
-            with(
-                &job,
-                "repository",
-                serde_json::json!({"bucket": "acme", "prefix": "../escape"}),
-            ),
+            with(&job, "repositoryRef", serde_json::json!({"name": ""})),
+            "repositoryRef.name",
+        ),
+        (
+            "BackupRepository",
+            with(&repository, "bucket", serde_json::json!("Not_A_Bucket")),
+            "bucket",
+        ),
+        (
+            "BackupRepository",
+            with(&repository, "prefix", serde_json::json!("../escape")),
             "prefix",
+        ),
+        ("BackupRepository", without(&repository, "region"), "region"),
+        (
+            "BackupRepository",
+            with(
+                &repository,
+                "expectedBucketOwner",
+                serde_json::json!("12345"),
+            ),
+            "expectedBucketOwner",
+        ),
+        (
+            "BackupRepository",
+            without(&repository, "expectedBucketOwner"),
+            "expectedBucketOwner",
+        ),
+        (
+            "BackupRepository",
+            with(
+                &repository,
+                "encryption",
+                serde_json::json!({"type": "SSE-KMS"}),
+            ),
+            "SSE-KMS needs kmsKeyId",
+        ),
+        (
+            "BackupRepository",
+            with(
+                &repository,
+                "encryption",
+                serde_json::json!({"type": "SSE-S3", "kmsKeyId": "alias/backups"}),
+            ),
+            "kmsKeyId applies only to type SSE-KMS",
+        ),
+        (
+            "BackupRepository",
+            with(
+                &repository,
+                "encryption",
+                serde_json::json!({"type": "AES"}),
+            ),
+            "encryption.type",
         ),
         (
             "BackupJob",
@@ -739,6 +784,24 @@ async fn bad_input(tally: &mut Tally) {
             "roleArn",
         ),
         (
+            "WorkerConfiguration",
+            with(
+                &cfg,
+                "allowedSources",
+                serde_json::json!({"accounts": ["prod"]}),
+            ),
+            "allowedSources.accounts",
+        ),
+        (
+            "WorkerConfiguration",
+            with(
+                &cfg,
+                "namespaceSelector",
+                serde_json::json!({"matchLabels": "team-a"}),
+            ),
+            "namespaceSelector",
+        ),
+        (
             "RestoreJob",
             with(&restore, "mode", serde_json::json!("partial")),
             "mode",
@@ -762,7 +825,38 @@ async fn bad_input(tally: &mut Tally) {
             ),
             "restorePoint",
         ),
-        ("RestoreJob", without(&restore, "repository"), "repository"),
+        (
+            "RestoreJob",
+            without(&restore, "repositoryRef"),
+            "spec.repositoryRef is required",
+        ),
+        (
+            "RestoreJob",
+            with(
+                &with(&restore, "mode", serde_json::json!("fileLevel")),
+                "restoreFilesTo",
+                serde_json::json!({"repositoryRef": {"name": "acme-backups"}, "prefix": "../up"}),
+            ),
+            "prefix",
+        ),
+        (
+            "RestoreJob",
+            with(
+                &with(&restore, "mode", serde_json::json!("fileLevel")),
+                "restoreFilesTo",
+                serde_json::json!({"bucket": "acme-backups"}),
+            ),
+            "restoreFilesTo.repositoryRef",
+        ),
+        (
+            "RestoreJob",
+            with(
+                &restore,
+                "restoreFilesTo",
+                serde_json::json!({"repositoryRef": {"name": "acme-backups"}}),
+            ),
+            "restoreFilesTo applies only to mode fileLevel",
+        ),
         (
             "RestoreJob",
             with(&restore, "mode", serde_json::json!("full")),
@@ -781,16 +875,28 @@ async fn bad_input(tally: &mut Tally) {
     ];
     assert!(cases.len() >= 30, "{} cases", cases.len());
     for (kind, spec, expected) in &cases {
+        // WorkerConfigurations and BackupRepositories are cluster-scoped.
+        let (resource, namespaced) = match *kind {
+            "BackupJob" => (ApiResource::erase::<BackupJob>(&()), true),
+            "RestoreJob" => (ApiResource::erase::<RestoreJob>(&()), true),
+            "BackupRepository" => (ApiResource::erase::<BackupRepository>(&()), false),
+            _ => (ApiResource::erase::<WorkerConfiguration>(&()), false),
+        };
+        let (metadata, api): (_, Api<DynamicObject>) = if namespaced {
+            (
+                serde_json::json!({"name": "invalid", "namespace": "default"}),
+                Api::namespaced_with(client.clone(), "default", &resource),
+            )
+        } else {
+            (
+                serde_json::json!({"name": "invalid"}),
+                Api::all_with(client.clone(), &resource),
+            )
+        };
         let obj = serde_json::json!({
             "apiVersion": "tender.dev/v1alpha1", "kind": kind,
-            "metadata": {"name": "invalid", "namespace": "default"}, "spec": spec
+            "metadata": metadata, "spec": spec
         });
-        let resource = match *kind {
-            "BackupJob" => ApiResource::erase::<BackupJob>(&()),
-            "RestoreJob" => ApiResource::erase::<RestoreJob>(&()),
-            _ => ApiResource::erase::<WorkerConfiguration>(&()),
-        };
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &resource);
         let object: DynamicObject = serde_json::from_value(obj).unwrap();
         match api.create(&PostParams::default(), &object).await {
             Err(kube::Error::Api(status)) => {

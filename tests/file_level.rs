@@ -64,7 +64,7 @@ async fn a_browser_downloads_a_file_from_a_file_level_recovery_session() {
             &format!("nightly/{disk}"),
             serde_json::json!({
                 "idleTimeoutMinutes": 1,
-                "restoreFilesTo": {"bucket": env.bucket().await, "prefix": "restored/"},
+                "restoreFilesTo": {"repositoryRef": {"name": env.repository().await}, "prefix": "restored/"},
             }),
         )
         .await;
@@ -205,7 +205,8 @@ async fn a_browser_downloads_a_file_from_a_file_level_recovery_session() {
         "the downloaded file differs"
     );
     // "Restore selected": the folder's files, under their paths, in the
-    // location the job allows.
+    // location the job allows: its own folder of the repository, apart from
+    // every namespace's restore points.
     assert!(
         pages[2].as_str().unwrap().contains("1 file(s) restored"),
         "{seen}"
@@ -214,7 +215,10 @@ async fn a_browser_downloads_a_file_from_a_file_level_recovery_session() {
     let restored = s3
         .get_object()
         .bucket(env.bucket().await)
-        .key("restored/docs/notes/todo.txt")
+        .key(format!(
+            "_restored/{}/browse/restored/docs/notes/todo.txt",
+            env.namespace
+        ))
         .send()
         .await
         .expect("the selected folder's file was restored")

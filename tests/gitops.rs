@@ -33,7 +33,7 @@ use common::{REGION, TestEnv};
 use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::{Api, CustomResourceExt};
 use serde_json::{Value, json};
-use tender::api::{BackupJob, RestoreJob, WorkerConfiguration};
+use tender::api::{BackupJob, BackupRepository, RestoreJob, WorkerConfiguration};
 use tender::names::FIELD_MANAGER as CONTROLLER_MANAGER;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -241,23 +241,42 @@ fn assert_kstatus(obj: &Value, expected: &str) {
 // ---------------------------------------------------------------------------
 // Live objects, as JSON.
 
+/// Whether objects of `K` are cluster-scoped (and so named
+/// [`TestEnv::cluster_name`]).
+fn cluster_scoped<K>() -> bool
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    matches!(
+        K::kind(&()).as_ref(),
+        "WorkerConfiguration" | "BackupRepository"
+    )
+}
+
 fn dynamic_api<K>(env: &TestEnv) -> Api<DynamicObject>
 where
     K: kube::Resource<DynamicType = ()>,
 {
-    Api::namespaced_with(
-        env.client.clone(),
-        &env.namespace,
-        &ApiResource::erase::<K>(&()),
-    )
+    let resource = ApiResource::erase::<K>(&());
+    if cluster_scoped::<K>() {
+        Api::all_with(env.client.clone(), &resource)
+    } else {
+        Api::namespaced_with(env.client.clone(), &env.namespace, &resource)
+    }
 }
 
-/// The live object as the API server serves it.
+/// The live object `name` (logical, for a cluster-scoped kind) as the API
+/// server serves it.
 async fn live<K>(env: &TestEnv, name: &str) -> Value
 where
     K: kube::Resource<DynamicType = ()>,
 {
-    let obj = dynamic_api::<K>(env).get(name).await.expect("get object");
+    let name = if cluster_scoped::<K>() {
+        env.cluster_name(name)
+    } else {
+        name.to_string()
+    };
+    let obj = dynamic_api::<K>(env).get(&name).await.expect("get object");
     serde_json::to_value(obj).unwrap()
 }
 
@@ -365,10 +384,11 @@ async fn a_worker_configuration_is_progressing_until_reconciled_then_healthy_or_
     // A spec change the controller has not seen yet: generation 2, status
     // still of generation 1.
     env.kill_controller();
-    let configs: Api<WorkerConfiguration> = env.api();
+    let configs: Api<WorkerConfiguration> = env.cluster_api();
+    let default = env.cluster_name("default");
     let set_type = |t: &str| Patch::Merge(json!({"spec": {"instanceTypes": {"backup": t}}}));
     configs
-        .patch("default", &PatchParams::default(), &set_type("zz9.large"))
+        .patch(&default, &PatchParams::default(), &set_type("zz9.large"))
         .await
         .unwrap();
     let cfg = live::<WorkerConfiguration>(&env, "default").await;
@@ -393,7 +413,7 @@ async fn a_worker_configuration_is_progressing_until_reconciled_then_healthy_or_
 
     // Fixed in Git, applied again: Ready at generation 3.
     configs
-        .patch("default", &PatchParams::default(), &set_type("m5.large"))
+        .patch(&default, &PatchParams::default(), &set_type("m5.large"))
         .await
         .unwrap();
     let cfg = wait_live::<WorkerConfiguration, _>(&env, "default", |o| at(o, "Ready")).await;
@@ -534,9 +554,10 @@ async fn a_configuration_whose_deletion_waits_for_a_job_is_progressing() {
         .await;
     wait_live::<BackupJob, _>(&env, "held", |o| at(o, "Suspended")).await;
 
-    let configs: Api<WorkerConfiguration> = env.api();
+    let configs: Api<WorkerConfiguration> = env.cluster_api();
+    let default = env.cluster_name("default");
     configs
-        .delete("default", &DeleteParams::default())
+        .delete(&default, &DeleteParams::default())
         .await
         .unwrap();
     let cfg = wait_live::<WorkerConfiguration, _>(&env, "default", |o| at(o, "Deleting")).await;
@@ -554,9 +575,10 @@ async fn a_configuration_whose_deletion_waits_for_a_job_is_progressing() {
         .unwrap();
     common::eventually(TIMEOUT, || {
         let configs = configs.clone();
+        let default = default.clone();
         async move {
             configs
-                .get_opt("default")
+                .get_opt(&default)
                 .await
                 .ok()?
                 .is_none()
@@ -590,10 +612,14 @@ async fn applying_the_same_manifests_twice_changes_nothing_and_the_controller_ne
     let env = TestEnv::new("gitops-apply").await;
     let net = env.network().await;
     let protected = env.protected_disk().await;
+    // The admin's cluster-scoped configuration and repository (this
+    // test's, by name and label), and a team's job that uses them.
+    let labels = json!({common::TEST_LABEL: env.namespace});
     let config = json!({
         "apiVersion": "tender.dev/v1alpha1", "kind": "WorkerConfiguration",
-        "metadata": {"name": "default"},
+        "metadata": {"name": env.cluster_name("default"), "labels": labels},
         "spec": {
+            "namespaceSelector": env.admits_this_namespace(),
             "region": REGION,
             "subnets": [{"subnetId": net.subnet, "availabilityZone": net.zone}],
             "securityGroupIds": [net.security_group],
@@ -602,30 +628,43 @@ async fn applying_the_same_manifests_twice_changes_nothing_and_the_controller_ne
             "tags": {"team": "storage"}
         }
     });
+    let repository = json!({
+        "apiVersion": "tender.dev/v1alpha1", "kind": "BackupRepository",
+        "metadata": {"name": env.cluster_name("gitops"), "labels": labels},
+        "spec": {
+            "namespaceSelector": env.admits_this_namespace(),
+            "bucket": env.bucket().await,
+            "prefix": "gitops/",
+            "region": REGION,
+            "expectedBucketOwner": common::EMULATOR_ACCOUNT
+        }
+    });
     let job = json!({
         "apiVersion": "tender.dev/v1alpha1", "kind": "BackupJob",
         "metadata": {"name": "nightly"},
         "spec": {
-            "workerConfigurationRef": {"name": "default"},
+            "workerConfigurationRef": {"name": env.cluster_name("default")},
             "resources": [{"snapshotId": protected, "region": REGION}],
-            "repository": {"bucket": env.bucket().await, "prefix": "gitops/"}
+            "repositoryRef": {"name": env.cluster_name("gitops")}
         }
     });
-    let manifests = format!(
-        "{}---\n{}",
-        serde_yaml::to_string(&config).unwrap(),
-        serde_yaml::to_string(&job).unwrap()
-    );
+    let manifests = [&config, &repository, &job]
+        .map(|m| serde_yaml::to_string(m).unwrap())
+        .join("---\n");
     let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("{}-manifests.yaml", env.namespace));
     std::fs::write(&file, &manifests).unwrap();
 
-    // The first apply creates both; the controller runs the job to its end.
+    // The first apply creates all three; the controller runs the job to its
+    // end.
     let first = apply(&env.namespace, &file);
-    assert_eq!(first.len(), 2);
+    assert_eq!(first.len(), 3);
     let cfg = wait_live::<WorkerConfiguration, _>(&env, "default", |o| at(o, "Ready")).await;
     assert_argocd(&cfg, "Healthy", "Ready");
     assert_kstatus(&cfg, "Current");
+    let repo = wait_live::<BackupRepository, _>(&env, "gitops", |o| at(o, "Ready")).await;
+    assert_argocd(&repo, "Healthy", "is reachable");
+    assert_kstatus(&repo, "Current");
     let done = wait_live::<BackupJob, _>(&env, "nightly", |o| {
         at(o, "Succeeded") && o["status"]["activeWorkers"] == 0
     })
@@ -633,7 +672,19 @@ async fn applying_the_same_manifests_twice_changes_nothing_and_the_controller_ne
     assert_argocd(&done, "Healthy", "Succeeded");
     assert_kstatus(&done, "Current");
 
+    // The repository counts the restore point, under the namespace's
+    // part of its prefix.
+    let repo =
+        wait_live::<BackupRepository, _>(&env, "gitops", |o| o["status"]["restorePoints"] == 1)
+            .await;
+    assert_eq!(
+        repo["status"]["restorePointsByNamespace"],
+        json!({&env.namespace: 1})
+    );
+
     // Let the controller finish writing (the resource versions hold still).
+    // The repository's status is rewritten at every check (its
+    // lastCheckedTime): it is compared below by its spec and generation.
     let versions = || async {
         let c = live::<WorkerConfiguration>(&env, "default").await;
         let j = live::<BackupJob>(&env, "nightly").await;
@@ -649,32 +700,44 @@ async fn applying_the_same_manifests_twice_changes_nothing_and_the_controller_ne
     })
     .await;
 
-    // Nothing to change: no diff, and the second apply writes nothing.
-    let diff = kubectl(
-        &[
-            "diff",
-            "--server-side",
-            "--field-manager",
-            GITOPS_MANAGER,
-            "--namespace",
-            &env.namespace,
-            "--filename",
-            file.to_str().unwrap(),
-        ],
-        None,
-    );
+    // Nothing to change: no diff, and the second apply writes nothing. (The
+    // repository's status is rewritten at each check: a diff taken across
+    // one such write shows it, so a diff is taken again; one of the spec
+    // would show every time.)
+    let diff = || {
+        kubectl(
+            &[
+                "diff",
+                "--server-side",
+                "--field-manager",
+                GITOPS_MANAGER,
+                "--namespace",
+                &env.namespace,
+                "--filename",
+                file.to_str().unwrap(),
+            ],
+            None,
+        )
+    };
+    let mut diffed = diff();
+    for _ in 0..2 {
+        if diffed.code == Some(0) {
+            break;
+        }
+        diffed = diff();
+    }
     assert_eq!(
-        diff.code,
+        diffed.code,
         Some(0),
         "kubectl diff found a difference:\n{}{}",
-        diff.stdout,
-        diff.stderr
+        diffed.stdout,
+        diffed.stderr
     );
-    assert!(diff.stdout.is_empty(), "{}", diff.stdout);
+    assert!(diffed.stdout.is_empty(), "{}", diffed.stdout);
     let second = apply(&env.namespace, &file);
     let applied_versions = (
         second[0]["metadata"]["resourceVersion"].clone(),
-        second[1]["metadata"]["resourceVersion"].clone(),
+        second[2]["metadata"]["resourceVersion"].clone(),
     );
     assert_eq!(
         applied_versions, settled,
@@ -684,6 +747,7 @@ async fn applying_the_same_manifests_twice_changes_nothing_and_the_controller_ne
 
     for (obj, manifest) in [
         (live::<WorkerConfiguration>(&env, "default").await, &config),
+        (live::<BackupRepository>(&env, "gitops").await, &repository),
         (live::<BackupJob>(&env, "nightly").await, &job),
     ] {
         let what = format!("{} {}", obj["kind"], obj["metadata"]["name"]);
@@ -722,20 +786,24 @@ async fn applying_the_same_manifests_twice_changes_nothing_and_the_controller_ne
                 );
             }
         }
-        // And the finalizer is in place.
-        let finalizer = if obj["kind"] == "BackupJob" {
-            "tender.dev/workers"
-        } else {
-            "tender.dev/queue"
+        // And the finalizer is in place (a repository has none: its
+        // restore points outlive it).
+        let finalizer = match obj["kind"].as_str() {
+            Some("BackupJob") => Some("tender.dev/workers"),
+            Some("WorkerConfiguration") => Some("tender.dev/queue"),
+            _ => None,
         };
-        assert!(
-            obj["metadata"]["finalizers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|f| f == finalizer),
-            "{what}"
-        );
+        match finalizer {
+            Some(finalizer) => assert!(
+                obj["metadata"]["finalizers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|f| f == finalizer),
+                "{what}"
+            ),
+            None => assert!(obj["metadata"]["finalizers"].is_null(), "{what}"),
+        }
     }
 }
 
@@ -755,6 +823,7 @@ async fn the_argocd_config_map_carries_the_health_check_for_every_kind() {
     // One key per kind of the API, named as Argo CD looks it up.
     let expected: BTreeSet<String> = [
         WorkerConfiguration::crd(),
+        BackupRepository::crd(),
         BackupJob::crd(),
         RestoreJob::crd(),
     ]

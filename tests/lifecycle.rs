@@ -298,8 +298,7 @@ async fn the_sweep_terminates_orphaned_workers_and_deletes_orphaned_queues() {
         .create_queue()
         .queue_name(common::unique("tender-gone"))
         .tags("tender.dev/cluster-id", &env.cluster_id)
-        .tags("tender.dev/namespace", &env.namespace)
-        .tags("tender.dev/worker-configuration", "gone")
+        .tags("tender.dev/worker-configuration", env.cluster_name("gone"))
         .send()
         .await
         .unwrap()

@@ -201,6 +201,8 @@ async fn backup_jobs_full_then_incremental_and_restore_jobs_bring_each_back() {
     let aws = tender::aws::AwsClients::from_env().await;
     let s3 = disks::s3().await;
     let bucket = env.bucket().await;
+    // The namespace's own chunks, under its prefix of the repository.
+    let chunks = format!("{}/chunks/", env.namespace);
     let mut image = Ext4Image::build(&[("data/big.bin", disks::random_bytes(2 << 20, 5))], 16);
     let first = image.bytes.clone();
     let first_disk = disks::write_snapshot(&aws, &first, 1).await;
@@ -208,7 +210,7 @@ async fn backup_jobs_full_then_incremental_and_restore_jobs_bring_each_back() {
         .await;
     let monday = env.wait_job_finished("monday", TIMEOUT).await;
     assert_eq!(monday.status.as_ref().unwrap().phase, Phase::Succeeded);
-    let chunks_monday = disks::keys(&s3, &bucket, "chunks/").await.len();
+    let chunks_monday = disks::keys(&s3, &bucket, &chunks).await.len();
     let blocks = disks::data_blocks(&first);
     let unique: std::collections::HashSet<&[u8]> = blocks.values().copied().collect();
     assert_eq!(chunks_monday, unique.len());
@@ -232,7 +234,7 @@ async fn backup_jobs_full_then_incremental_and_restore_jobs_bring_each_back() {
     .await;
     let tuesday = env.wait_job_finished("tuesday", TIMEOUT).await;
     assert_eq!(tuesday.status.as_ref().unwrap().phase, Phase::Succeeded);
-    let chunks_tuesday = disks::keys(&s3, &bucket, "chunks/").await.len();
+    let chunks_tuesday = disks::keys(&s3, &bucket, &chunks).await.len();
     // A different snapshot is a different resource: a full backup whose
     // unchanged blocks deduplicate, so only the changed chunks are new.
     assert_eq!(chunks_tuesday, chunks_monday + changed);

@@ -2,6 +2,8 @@
 //! enforces: a table of invalid manifests, each refused by the real
 //! kube-apiserver with a message that names what is wrong, and the valid
 //! ones next to them accepted (server-side dry run: nothing is stored).
+// Its helpers (not only its #[test]s, which clippy.toml covers) unwrap and panic.
+#![allow(clippy::unwrap_used, clippy::panic)]
 
 mod common;
 
@@ -258,7 +260,11 @@ fn invalid_manifests() -> Vec<Case> {
             json!({"prefix": "../other-team"}),
             "prefix may not contain '..'",
         ),
-        case("BackupRepository", json!({"prefix": "/abs"}), "start with '/'"),
+        case(
+            "BackupRepository",
+            json!({"prefix": "/abs"}),
+            "start with '/'",
+        ),
         case(
             "BackupRepository",
             json!({"encryption": {"type": "SSE-KMS"}}),

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
-use tender::api::{BackupJob, WorkerConfiguration};
+use tender::api::{BackupJob, BackupRepository, WorkerConfiguration};
 use tender::aws::AwsClients;
 
 use crate::{BENCH_TAG, PROTECTED, REGION, concurrency, emulator};
@@ -51,7 +51,11 @@ fn require_env() {
 /// Fails unless the CRDs are installed and established.
 async fn require_crds(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for name in ["backupjobs.tender.dev", "workerconfigurations.tender.dev"] {
+    for name in [
+        "backupjobs.tender.dev",
+        "workerconfigurations.tender.dev",
+        "backuprepositories.tender.dev",
+    ] {
         let crd = crds.get(name).await.unwrap_or_else(|e| {
             panic!("CRD {name} is missing ({e}): kubectl apply --server-side -f crds/")
         });
@@ -104,6 +108,12 @@ pub async fn world() -> World {
 pub fn job_name(i: usize) -> String {
     format!("job-{i:05}")
 }
+
+/// The label that makes a run's namespace, configuration and repository
+/// its own: the run's controller manages only the classes that carry it
+/// (`--class-selector`), whose `namespaceSelector` admits the namespace
+/// that carries it. Its value is the run's namespace.
+pub const RUN_LABEL: &str = "tender.dev/bench-run";
 
 impl World {
     /// Before each run: empty the emulator (when allowed) or drop what the
@@ -199,7 +209,8 @@ impl World {
 
     pub async fn create_namespace(&self, name: &str) {
         let ns: Namespace = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": {RUN_LABEL: name}}
         }))
         .unwrap();
         Api::<Namespace>::all(self.client.clone())
@@ -208,7 +219,28 @@ impl World {
             .expect("create namespace");
     }
 
-    pub fn job(&self, i: usize) -> BackupJob {
+    /// Creates the run's BackupRepository (named after its namespace `ns`)
+    /// for the run's bucket.
+    pub async fn create_repository(&self, ns: &str) {
+        let repo: BackupRepository = serde_json::from_value(serde_json::json!({
+            "apiVersion": "tender.dev/v1alpha1", "kind": "BackupRepository",
+            "metadata": {"name": ns, "labels": {RUN_LABEL: ns}},
+            "spec": {
+                "bucket": self.bucket,
+                "region": REGION,
+                "expectedBucketOwner": "123456789012",
+                "namespaceSelector": {"matchLabels": {RUN_LABEL: ns}},
+            }
+        }))
+        .unwrap();
+        Api::<BackupRepository>::all(self.client.clone())
+            .create(&PostParams::default(), &repo)
+            .await
+            .expect("create the repository");
+    }
+
+    /// Job `i` of the run in namespace `ns`, into the run's repository.
+    pub fn job(&self, i: usize, ns: &str) -> BackupJob {
         serde_json::from_value(serde_json::json!({
             "apiVersion": "tender.dev/v1alpha1", "kind": "BackupJob",
             "metadata": {"name": job_name(i)},
@@ -217,7 +249,7 @@ impl World {
                     "snapshotId": self.protected[i % self.protected.len()],
                     "region": REGION,
                 }],
-                "repository": {"bucket": self.bucket},
+                "repositoryRef": {"name": ns},
             }
         }))
         .unwrap()
@@ -312,8 +344,9 @@ impl World {
         emulator::forget_tagged(&self.ec2, key, &[value.to_string()]).await
     }
 
-    /// Removes the finalizers of a namespace's jobs and configurations (no
-    /// controller runs any more), deletes them and the namespace.
+    /// Removes the finalizers of a namespace's jobs and of the run's
+    /// configuration (no controller runs any more), deletes them, the run's
+    /// repository and the namespace.
     pub async fn clear_namespace(&self, ns: &str) {
         let strip = serde_json::json!({"metadata": {"finalizers": null}});
         let jobs: Api<BackupJob> = Api::namespaced(self.client.clone(), ns);
@@ -341,8 +374,10 @@ impl World {
         let _ = jobs
             .delete_collection(&DeleteParams::default(), &ListParams::default())
             .await;
-        let configs: Api<WorkerConfiguration> = Api::namespaced(self.client.clone(), ns);
-        if let Ok(list) = configs.list_metadata(&ListParams::default()).await {
+        // The run's classes are cluster-scoped, and carry its label.
+        let of_run = ListParams::default().labels(&format!("{RUN_LABEL}={ns}"));
+        let configs: Api<WorkerConfiguration> = Api::all(self.client.clone());
+        if let Ok(list) = configs.list_metadata(&of_run).await {
             for c in list.items {
                 let _ = configs
                     .patch(
@@ -354,7 +389,10 @@ impl World {
             }
         }
         let _ = configs
-            .delete_collection(&DeleteParams::default(), &ListParams::default())
+            .delete_collection(&DeleteParams::default(), &of_run)
+            .await;
+        let _ = Api::<BackupRepository>::all(self.client.clone())
+            .delete_collection(&DeleteParams::default(), &of_run)
             .await;
         // Stays Terminating here: no namespace controller runs.
         let _ = Api::<Namespace>::all(self.client.clone())

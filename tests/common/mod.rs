@@ -3,6 +3,14 @@
 //! every worker instance the emulator "starts" gets the real worker agent
 //! as a local process, fed the instance's own user data.
 //!
+//! WorkerConfigurations and BackupRepositories are cluster-scoped, and the
+//! tests run in parallel against one API server: each test's are its own by
+//! name (`<namespace>-<logical name>`, [`TestEnv::cluster_name`]) and by the
+//! label `tender.dev/test=<namespace>`, which its controller's
+//! `--class-selector` selects and which its namespace carries for their
+//! `namespaceSelector`. Nothing deletes a test's objects afterwards (nor its
+//! namespace): no other controller selects them.
+//!
 //! Needs the environment of `scripts/testenv up` (KUBECONFIG,
 //! AWS_ENDPOINT_URL, ...); `scripts/test` provides it.
 #![allow(dead_code, clippy::unwrap_used, clippy::panic)]
@@ -11,7 +19,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +28,10 @@ use k8s_openapi::api::core::v1::{Event, Namespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, CustomResourceExt};
-use tender::api::{BackupJob, Phase, RestoreJob, WorkerConfiguration};
+use tender::api::{
+    BackupJob, BackupRepository, DEFAULT_CONFIGURATION_ANNOTATION, Phase, RestoreJob,
+    WorkerConfiguration,
+};
 
 pub mod commands;
 pub mod disks;
@@ -29,6 +40,11 @@ pub mod workers;
 use workers::Account;
 
 pub const REGION: &str = "us-east-1";
+/// The label that makes cluster-scoped objects (and namespaces) a test's:
+/// its value is the test's namespace.
+pub const TEST_LABEL: &str = "tender.dev/test";
+/// The account the emulator acts in without an assumed role.
+pub const EMULATOR_ACCOUNT: &str = "123456789012";
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn require_env() {
@@ -86,6 +102,7 @@ pub async fn install_crds(client: &Client) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in [
         WorkerConfiguration::crd(),
+        BackupRepository::crd(),
         BackupJob::crd(),
         RestoreJob::crd(),
     ] {
@@ -231,6 +248,10 @@ pub struct TestEnv {
     /// When false, instances are left without an agent (they never report).
     pub boot_workers: Arc<AtomicBool>,
     bucket: Mutex<Option<String>>,
+    /// The BackupRepository of [`TestEnv::bucket`] (created on first use).
+    repository: tokio::sync::OnceCell<String>,
+    /// WorkerConfigurations created so far: the first is its region's default.
+    configurations: AtomicUsize,
 }
 
 impl TestEnv {
@@ -246,7 +267,8 @@ impl TestEnv {
         install_crds(&client).await;
         let namespace = unique(name);
         let ns: Namespace = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": namespace, "labels": {TEST_LABEL: namespace}}
         }))
         .unwrap();
         Api::<Namespace>::all(client.clone())
@@ -267,6 +289,8 @@ impl TestEnv {
             accounts: Arc::default(),
             boot_workers: Arc::new(AtomicBool::new(true)),
             bucket: Mutex::new(None),
+            repository: tokio::sync::OnceCell::new(),
+            configurations: AtomicUsize::new(0),
         };
         env.accounts.lock().unwrap().push(Account {
             ec2: env.ec2.clone(),
@@ -283,6 +307,37 @@ impl TestEnv {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
+    /// An Api of a cluster-scoped kind (WorkerConfiguration,
+    /// BackupRepository); their names are [`TestEnv::cluster_name`]s.
+    pub fn cluster_api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope, DynamicType = ()>,
+    {
+        Api::all(self.client.clone())
+    }
+
+    /// The cluster-wide name of this test's cluster-scoped object `logical`
+    /// (`<namespace>-<logical>`); a name that already is one stays as it is.
+    pub fn cluster_name(&self, logical: &str) -> String {
+        let prefix = format!("{}-", self.namespace);
+        if logical.starts_with(&prefix) {
+            logical.to_string()
+        } else {
+            format!("{prefix}{logical}")
+        }
+    }
+
+    /// The label selector of this test's cluster-scoped objects, which its
+    /// controllers manage (`--class-selector`).
+    pub fn class_selector(&self) -> String {
+        format!("{TEST_LABEL}={}", self.namespace)
+    }
+
+    /// A `namespaceSelector` that admits this test's namespace only.
+    pub fn admits_this_namespace(&self) -> serde_json::Value {
+        serde_json::json!({"matchLabels": {TEST_LABEL: self.namespace}})
+    }
+
     fn log_file(&self, what: &str) -> std::fs::File {
         std::fs::OpenOptions::new()
             .create(true)
@@ -297,10 +352,18 @@ impl TestEnv {
     }
 
     /// Starts another controller with extra flags and environment; returns
-    /// the port of its /metrics endpoint.
+    /// the port of its /metrics endpoint. It manages this test's
+    /// configurations and repositories ([`TestEnv::class_selector`]) unless
+    /// `args` has a `--class-selector` of its own.
     pub fn start_controller_with(&self, args: &[&str], env: &[(&str, &str)]) -> u16 {
         let log = self.log_file("controller");
         let port = free_port();
+        let class_selector = self.class_selector();
+        let classes: &[&str] = if args.contains(&"--class-selector") {
+            &[]
+        } else {
+            &["--class-selector", &class_selector]
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_tender"))
             .args([
                 "controller",
@@ -309,6 +372,7 @@ impl TestEnv {
                 "--cluster-id",
                 &self.cluster_id,
             ])
+            .args(classes)
             .args([
                 "--heartbeat-seconds",
                 "1",
@@ -507,15 +571,137 @@ impl TestEnv {
             "tags": {"team": "storage", "cost-center": "42"}
         });
         merge(&mut spec, extra);
+        self.create_configuration_spec(name, spec).await
+    }
+
+    /// Creates this test's WorkerConfiguration `name` (logical: it is named
+    /// [`TestEnv::cluster_name`]) with `spec` as given, labelled for this
+    /// test's controllers and admitting this test's namespace unless `spec`
+    /// has a `namespaceSelector`. The first one a test creates is annotated
+    /// as its region's default.
+    pub async fn create_configuration_spec(
+        &self,
+        name: &str,
+        mut spec: serde_json::Value,
+    ) -> WorkerConfiguration {
+        if spec.get("namespaceSelector").is_none() {
+            spec["namespaceSelector"] = self.admits_this_namespace();
+        }
+        let first = self.configurations.fetch_add(1, Ordering::SeqCst) == 0;
+        let annotations = if first {
+            serde_json::json!({DEFAULT_CONFIGURATION_ANNOTATION: "true"})
+        } else {
+            serde_json::json!({})
+        };
         let cfg: WorkerConfiguration = serde_json::from_value(serde_json::json!({
             "apiVersion": "tender.dev/v1alpha1", "kind": "WorkerConfiguration",
-            "metadata": {"name": name}, "spec": spec
+            "metadata": {
+                "name": self.cluster_name(name),
+                "labels": {TEST_LABEL: self.namespace},
+                "annotations": annotations,
+            },
+            "spec": spec
         }))
         .unwrap();
-        self.api::<WorkerConfiguration>()
+        self.cluster_api::<WorkerConfiguration>()
             .create(&PostParams::default(), &cfg)
             .await
             .unwrap()
+    }
+
+    /// Creates this test's BackupRepository `name` (logical, as for
+    /// configurations) for `bucket` of the emulator's own account, admitting
+    /// this test's namespace; `extra` is merged into its spec.
+    pub async fn create_repository(
+        &self,
+        name: &str,
+        bucket: &str,
+        extra: serde_json::Value,
+    ) -> BackupRepository {
+        let mut spec = serde_json::json!({
+            "bucket": bucket,
+            "region": REGION,
+            "expectedBucketOwner": EMULATOR_ACCOUNT,
+            "namespaceSelector": self.admits_this_namespace(),
+        });
+        merge(&mut spec, extra);
+        let repo: BackupRepository = serde_json::from_value(serde_json::json!({
+            "apiVersion": "tender.dev/v1alpha1", "kind": "BackupRepository",
+            "metadata": {"name": self.cluster_name(name), "labels": {TEST_LABEL: self.namespace}},
+            "spec": spec
+        }))
+        .unwrap();
+        self.cluster_api::<BackupRepository>()
+            .create(&PostParams::default(), &repo)
+            .await
+            .unwrap()
+    }
+
+    /// The (cluster) name of this test's BackupRepository for
+    /// [`TestEnv::bucket`], created on first use: the repository of
+    /// [`TestEnv::create_job`] and [`TestEnv::create_restore`].
+    pub async fn repository(&self) -> String {
+        self.repository
+            .get_or_init(|| async {
+                let bucket = self.bucket().await;
+                self.create_repository("repo", &bucket, serde_json::json!({}))
+                    .await
+                    .metadata
+                    .name
+                    .unwrap()
+            })
+            .await
+            .clone()
+    }
+
+    /// Waits until this test's BackupRepository `name` passes `check`.
+    pub async fn wait_repository<F>(
+        &self,
+        name: &str,
+        timeout: Duration,
+        check: F,
+    ) -> BackupRepository
+    where
+        F: Fn(&BackupRepository) -> bool,
+    {
+        let api: Api<BackupRepository> = self.cluster_api();
+        let name = self.cluster_name(name);
+        let start = Instant::now();
+        loop {
+            let repo = api.get(&name).await.expect("get the BackupRepository");
+            if check(&repo) {
+                return repo;
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "BackupRepository {name} did not reach the expected state in {timeout:?}; status: {}",
+                    serde_json::to_string_pretty(&repo.status).unwrap()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// `extra` of a job's spec with the names of its references
+    /// (`workerConfigurationRef`, `repositoryRef`,
+    /// `restoreFilesTo.repositoryRef`) made [`TestEnv::cluster_name`]s.
+    pub fn with_cluster_names(&self, mut extra: serde_json::Value) -> serde_json::Value {
+        for path in [
+            &["workerConfigurationRef", "name"][..],
+            &["repositoryRef", "name"],
+            &["restoreFilesTo", "repositoryRef", "name"],
+        ] {
+            let mut at = Some(&mut extra);
+            for key in path {
+                at = at.and_then(|v| v.get_mut(*key));
+            }
+            if let Some(v) = at
+                && let Some(name) = v.as_str()
+            {
+                *v = self.cluster_name(name).into();
+            }
+        }
+        extra
     }
 
     /// A network, and the WorkerConfiguration `name` for it (`extra` merged
@@ -535,11 +721,13 @@ impl TestEnv {
 
     /// Waits until the configuration has its queue.
     pub async fn wait_configuration_ready(&self, name: &str) -> WorkerConfiguration {
-        let api: Api<WorkerConfiguration> = self.api();
+        let api: Api<WorkerConfiguration> = self.cluster_api();
+        let name = self.cluster_name(name);
         eventually(Duration::from_secs(60), || {
             let api = api.clone();
+            let name = name.clone();
             async move {
-                let cfg = api.get(name).await.ok()?;
+                let cfg = api.get(&name).await.ok()?;
                 cfg.status.as_ref()?.queue_url.as_ref()?;
                 Some(cfg)
             }
@@ -547,10 +735,10 @@ impl TestEnv {
         .await
     }
 
-    /// Creates a BackupJob of one instance; `extra` is merged into its spec.
     /// A BackupJob of one resource (an instance, or a snapshot when the ID
-    /// starts with `snap-`) into this test's bucket; `extra` is merged into
-    /// the spec.
+    /// starts with `snap-`) into this test's repository; `extra` is merged
+    /// into the spec, the names it references being logical ones
+    /// ([`TestEnv::cluster_name`]).
     pub async fn create_job(
         &self,
         name: &str,
@@ -562,11 +750,19 @@ impl TestEnv {
         } else {
             "instanceId"
         };
+        let extra = self.with_cluster_names(extra);
         let mut spec = serde_json::json!({
             "resources": [{key: resource_id, "region": REGION}],
-            "repository": {"bucket": self.bucket().await},
         });
+        if extra.get("repositoryRef").is_none() {
+            spec["repositoryRef"] = serde_json::json!({"name": self.repository().await});
+        }
         merge(&mut spec, extra);
+        self.create_job_spec(name, spec).await
+    }
+
+    /// Creates the BackupJob `name` with `spec` exactly as given.
+    pub async fn create_job_spec(&self, name: &str, spec: serde_json::Value) -> BackupJob {
         let job: BackupJob = serde_json::from_value(serde_json::json!({
             "apiVersion": "tender.dev/v1alpha1", "kind": "BackupJob",
             "metadata": {"name": name}, "spec": spec
@@ -772,8 +968,8 @@ impl TestEnv {
         }
     }
 
-    /// Creates a RestoreJob from this test's bucket; `extra` is merged into
-    /// its spec.
+    /// Creates a RestoreJob from this test's repository; `extra` is merged
+    /// into its spec, the names it references being logical ones.
     pub async fn create_restore(
         &self,
         name: &str,
@@ -781,11 +977,19 @@ impl TestEnv {
         restore_point: &str,
         extra: serde_json::Value,
     ) -> RestoreJob {
+        let extra = self.with_cluster_names(extra);
         let mut spec = serde_json::json!({
             "mode": mode, "restorePoint": restore_point, "region": REGION,
-            "repository": {"bucket": self.bucket().await},
         });
+        if extra.get("repositoryRef").is_none() {
+            spec["repositoryRef"] = serde_json::json!({"name": self.repository().await});
+        }
         merge(&mut spec, extra);
+        self.create_restore_spec(name, spec).await
+    }
+
+    /// Creates the RestoreJob `name` with `spec` exactly as given.
+    pub async fn create_restore_spec(&self, name: &str, spec: serde_json::Value) -> RestoreJob {
         let job: RestoreJob = serde_json::from_value(serde_json::json!({
             "apiVersion": "tender.dev/v1alpha1", "kind": "RestoreJob",
             "metadata": {"name": name}, "spec": spec
@@ -797,26 +1001,38 @@ impl TestEnv {
             .unwrap()
     }
 
-    /// Events recorded on objects of this namespace, as (reason, note).
+    /// Events recorded on objects of this namespace, and on this test's
+    /// cluster-scoped objects (whose events go to namespace `default`), as
+    /// (reason, note).
     pub async fn events(&self) -> Vec<(String, String)> {
-        let api: Api<k8s_openapi::api::events::v1::Event> = self.api();
-        let mut out: Vec<(String, String)> = api
-            .list(&ListParams::default())
-            .await
-            .expect("list events")
-            .items
-            .into_iter()
-            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
-            .collect();
-        let core: Api<Event> = self.api();
-        out.extend(
-            core.list(&ListParams::default())
-                .await
-                .expect("list events")
-                .items
-                .into_iter()
-                .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default())),
-        );
+        let ours = format!("{}-", self.namespace);
+        let mut out = Vec::new();
+        for ns in [self.namespace.as_str(), "default"] {
+            let about_ours = |name: Option<String>| {
+                ns == self.namespace || name.is_some_and(|n| n.starts_with(&ours))
+            };
+            let api: Api<k8s_openapi::api::events::v1::Event> =
+                Api::namespaced(self.client.clone(), ns);
+            out.extend(
+                api.list(&ListParams::default())
+                    .await
+                    .expect("list events")
+                    .items
+                    .into_iter()
+                    .filter(|e| about_ours(e.regarding.as_ref().and_then(|r| r.name.clone())))
+                    .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default())),
+            );
+            let core: Api<Event> = Api::namespaced(self.client.clone(), ns);
+            out.extend(
+                core.list(&ListParams::default())
+                    .await
+                    .expect("list events")
+                    .items
+                    .into_iter()
+                    .filter(|e| about_ours(e.involved_object.name.clone()))
+                    .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default())),
+            );
+        }
         out
     }
 

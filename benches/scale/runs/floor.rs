@@ -70,7 +70,8 @@ pub async fn floor_run(w: &World, n: usize, writes: usize) -> FloorResult {
     let probe = emulator::probe(w.ec2.clone(), probe_stop.clone());
     let cpu_start = env_cpu();
     let t0 = Instant::now();
-    let items: Vec<BackupJob> = (0..n).map(|i| w.job(i)).collect();
+    // No controller runs: the repository the jobs name need not exist.
+    let items: Vec<BackupJob> = (0..n).map(|i| w.job(i, &ns)).collect();
     let creator = async move {
         futures::stream::iter(items)
             .map(|job| {

@@ -20,7 +20,7 @@ use crate::boot::{Booter, agent_slots, boot_workers};
 use crate::metrics::{self, Prom};
 use crate::system::{cpu_delta, cpu_seconds, env_cpu, proc_kib};
 use crate::watch::{Track, Tracker, forget_finished, watch_jobs};
-use crate::world::{World, job_name};
+use crate::world::{RUN_LABEL, World, job_name};
 use crate::{HEARTBEAT_SECONDS, IMAGE_ID, REGION, concurrency, emulator, run_timeout};
 
 /// The controller binary a run starts, and how.
@@ -141,6 +141,7 @@ impl Running {
         let log = std::fs::File::create(&log_path).unwrap();
         let child: Child = Command::new(&controller.bin)
             .args(["controller", "--namespace", ns, "--cluster-id", cluster_id])
+            .args(["--class-selector", &format!("{RUN_LABEL}={ns}")])
             .args(["--metrics-address", &format!("127.0.0.1:{port}")])
             .args(["--heartbeat-seconds", HEARTBEAT_SECONDS])
             .args(["--sweep-interval-seconds", "60"])
@@ -194,16 +195,19 @@ fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-/// Creates the configuration `bench` and waits until it is Ready with its
-/// queue; returns the queue's URL.
+/// Creates the run's configuration (named after its namespace `ns`, the
+/// default of its region) and repository, and waits until the
+/// configuration is Ready with its queue; returns the queue's URL.
 async fn create_configuration(
     w: &World,
     ns: &str,
     controller: &Running,
     max_concurrent_workers: Option<usize>,
 ) -> String {
-    let configs: Api<WorkerConfiguration> = Api::namespaced(w.client.clone(), ns);
+    w.create_repository(ns).await;
+    let configs: Api<WorkerConfiguration> = Api::all(w.client.clone());
     let mut spec = serde_json::json!({
+        "namespaceSelector": {"matchLabels": {RUN_LABEL: ns}},
         "region": REGION,
         "subnets": [{"subnetId": w.subnet, "availabilityZone": w.zone}],
         "securityGroupIds": [w.security_group],
@@ -215,7 +219,11 @@ async fn create_configuration(
     }
     let cfg: WorkerConfiguration = serde_json::from_value(serde_json::json!({
         "apiVersion": "tender.dev/v1alpha1", "kind": "WorkerConfiguration",
-        "metadata": {"name": "bench"},
+        "metadata": {
+            "name": ns,
+            "labels": {RUN_LABEL: ns},
+            "annotations": {tender::api::DEFAULT_CONFIGURATION_ANNOTATION: "true"},
+        },
         "spec": spec,
     }))
     .unwrap();
@@ -224,7 +232,7 @@ async fn create_configuration(
         .await
         .expect("create the configuration");
     loop {
-        let cfg = configs.get("bench").await.unwrap();
+        let cfg = configs.get(ns).await.unwrap();
         let ready = cfg.status.as_ref().and_then(|s| {
             let ok = s
                 .conditions
@@ -322,10 +330,11 @@ async fn create_jobs(
     jobs: &Api<BackupJob>,
     n: usize,
 ) -> Vec<(String, Instant, SystemTime)> {
+    let ns = jobs.namespace().expect("the jobs' namespace").to_string();
     futures::stream::iter(0..n)
         .map(|i| {
             let jobs = jobs.clone();
-            let job = w.job(i);
+            let job = w.job(i, &ns);
             async move {
                 jobs.create(&PostParams::default(), &job)
                     .await

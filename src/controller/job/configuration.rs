@@ -288,7 +288,12 @@ mod tests {
     }
 
     /// (reference, regions, namespace labels, expected name or reason)
-    type Case<'a> = (Option<&'a str>, &'a [&'a str], &'a BTreeMap<String, String>, &'a str);
+    type Case<'a> = (
+        Option<&'a str>,
+        &'a [&'a str],
+        &'a BTreeMap<String, String>,
+        &'a str,
+    );
 
     #[test]
     fn configuration_by_reference_or_by_region_default() {
