@@ -382,20 +382,21 @@ async fn run_leader(
         "starting tender controller"
     );
     let configs: Api<WorkerConfiguration> = Api::all(client.clone());
+    let repository_api: Api<BackupRepository> = Api::all(client.clone());
     let classes = class_watch(opts.class_selector.as_deref());
     let workers = Arc::new(WorkerIndex::default());
     let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded::<ObjectRef<BackupJob>>();
     let (restore_tx, restore_rx) = futures::channel::mpsc::unbounded::<ObjectRef<RestoreJob>>();
     let (backups, job_store) = job_controller(
         api_for(&client, ns),
-        &configs,
+        (&configs, &repository_api),
         &classes,
         &workers,
         trigger_rx,
     );
     let (restores, restore_store) = job_controller(
         api_for(&client, ns),
-        &configs,
+        (&configs, &repository_api),
         &classes,
         &workers,
         restore_rx,
@@ -417,7 +418,7 @@ async fn run_leader(
     // A repository reconciles on its own changes and its recheck timer,
     // not on the status it writes.
     let (repository_store, repository_writer) = reflector::store();
-    let repository_stream = watcher(Api::<BackupRepository>::all(client.clone()), classes)
+    let repository_stream = watcher(repository_api, classes)
         .default_backoff()
         .reflect(repository_writer)
         .applied_objects()
@@ -538,11 +539,11 @@ impl Context {
 }
 
 /// The controller of one job kind: its watch feeds the worker index and
-/// the store, a configuration's change wakes the jobs it concerns, and
-/// worker messages wake their job (`reconcile_on`).
+/// the store, a configuration's or repository's change wakes the jobs it
+/// concerns, and worker messages wake their job (`reconcile_on`).
 fn job_controller<K: job::kind::WorkerJob>(
     api: Api<K>,
-    configs: &Api<WorkerConfiguration>,
+    (configs, repositories): (&Api<WorkerConfiguration>, &Api<BackupRepository>),
     classes: &watcher::Config,
     workers: &Arc<WorkerIndex>,
     messages: futures::channel::mpsc::UnboundedReceiver<ObjectRef<K>>,
@@ -566,11 +567,18 @@ fn job_controller<K: job::kind::WorkerJob>(
         .touched_objects();
     let waiting = store.clone();
     let changes = wake::ConfigChanges::default();
+    let naming = store.clone();
+    let repository_changes = wake::RepositoryChanges::default();
     let controller = Controller::for_stream(stream, store.clone())
         .watches(
             configs.clone(),
             classes.clone(),
             move |cfg: WorkerConfiguration| changes.wake(&waiting, &cfg),
+        )
+        .watches(
+            repositories.clone(),
+            classes.clone(),
+            move |repo: BackupRepository| repository_changes.wake(&naming, &repo),
         )
         .reconcile_on(messages)
         .shutdown_on_signal();

@@ -1,4 +1,5 @@
-//! Which jobs a WorkerConfiguration's change wakes (see [`ConfigChanges`]).
+//! Which jobs a WorkerConfiguration's change wakes (see [`ConfigChanges`]),
+//! and a BackupRepository's (see [`RepositoryChanges`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -7,7 +8,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::job::kind::WorkerJob;
-use crate::api::WorkerConfiguration;
+use crate::api::{BackupRepository, WorkerConfiguration};
 
 /// Which jobs a configuration's change wakes. Its `activeWorkers` changes
 /// with every worker that starts or ends, and no job but those queued for a
@@ -46,6 +47,58 @@ impl ConfigChanges {
             }
             Some(_) => Vec::new(),
         }
+    }
+}
+
+/// Which jobs a repository's change wakes: the unfinished ones that name it,
+/// when it is first seen (created, or a controller start), when its spec
+/// changed (its `namespaceSelector` may admit them now), and when its
+/// reconciler has seen that spec (`status.observedGeneration`): jobs read
+/// the repository from the store that reconciler's watch fills, which may
+/// lag behind this watch; by the time its status says so, it holds that
+/// spec. Jobs read nothing else of its status, which is rewritten at every
+/// check: that wakes nobody.
+#[derive(Default)]
+pub struct RepositoryChanges {
+    /// Per repository UID: its generation and observed generation, as last
+    /// seen.
+    seen: Mutex<HashMap<String, Generations>>,
+}
+
+/// `metadata.generation` and `status.observedGeneration`.
+type Generations = (Option<i64>, Option<i64>);
+
+impl RepositoryChanges {
+    pub fn wake<K: WorkerJob>(
+        &self,
+        store: &Store<K>,
+        repo: &BackupRepository,
+    ) -> Vec<ObjectRef<K>> {
+        let generations = (
+            repo.metadata.generation,
+            repo.status.as_ref().and_then(|s| s.observed_generation),
+        );
+        let previous = self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(repo.uid().unwrap_or_default(), generations);
+        if previous == Some(generations) {
+            return Vec::new();
+        }
+        let name = repo.name_any();
+        store
+            .state()
+            .into_iter()
+            .filter(|j| {
+                j.repository_ref()
+                    .into_iter()
+                    .chain(j.other_repository_refs())
+                    .any(|r| r.name == name)
+            })
+            .filter(|j| !j.job_status().is_some_and(|s| s.phase.is_finished()))
+            .map(|j| ObjectRef::from_obj(&*j))
+            .collect()
     }
 }
 
@@ -136,7 +189,7 @@ mod tests {
                 "apiVersion": "tender.dev/v1alpha1", "kind": "BackupJob",
                 "metadata": {"name": name, "namespace": "ns", "uid": name},
                 "spec": {"resources": [{"instanceId": "i-0123456789abcdef0", "region": "us-east-1"}],
-                         "repository": {"bucket": "backups"}},
+                         "repositoryRef": {"name": "backups"}},
                 "status": status,
             }))
             .expect("a job");
@@ -176,5 +229,52 @@ mod tests {
         let unlimited = ConfigChanges::default();
         unlimited.wake(&store, &config(5, None, "True"));
         assert!(unlimited.wake(&store, &config(1, None, "True")).is_empty());
+    }
+
+    fn repository(name: &str, generation: i64, restore_points: i64) -> BackupRepository {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "tender.dev/v1alpha1", "kind": "BackupRepository",
+            "metadata": {"name": name, "uid": name, "generation": generation},
+            "spec": {"bucket": "backups", "region": "us-east-1", "expectedBucketOwner": "123456789012"},
+            "status": {"restorePoints": restore_points, "observedGeneration": 1},
+        }))
+        .expect("a repository")
+    }
+
+    #[test]
+    fn a_repository_wakes_the_unfinished_jobs_that_name_it_when_its_spec_changes() {
+        let store = jobs();
+        let changes = RepositoryChanges::default();
+        // First sight (created, or a controller start).
+        let mut created = repository("backups", 1, 0);
+        created.status = None;
+        assert_eq!(names(changes.wake(&store, &created)), ["queued", "running"]);
+        // Its reconciler saw it.
+        assert_eq!(
+            names(changes.wake(&store, &repository("backups", 1, 0))),
+            ["queued", "running"]
+        );
+        // Its status, rewritten at every check: nobody.
+        assert!(
+            changes
+                .wake(&store, &repository("backups", 1, 7))
+                .is_empty()
+        );
+        // Its spec (say, whom it admits).
+        assert_eq!(
+            names(changes.wake(&store, &repository("backups", 2, 7))),
+            ["queued", "running"]
+        );
+        assert!(
+            changes
+                .wake(&store, &repository("backups", 2, 8))
+                .is_empty()
+        );
+        // A repository no job names.
+        assert!(
+            changes
+                .wake(&store, &repository("elsewhere", 1, 0))
+                .is_empty()
+        );
     }
 }
