@@ -727,6 +727,14 @@ fn watch_namespace_grants_access_there_only() {
             check("get", &format!("namespaces/{watched}"), None, true),
             check("get", &format!("namespaces/{other}"), None, false),
         ]);
+        // Events on the cluster-scoped classes land in namespace default:
+        // creating them there, and nothing else.
+        sa.assert_permissions(&[
+            check("create", "events.events.k8s.io", Some("default"), true),
+            check("patch", "events.events.k8s.io", Some("default"), true),
+            check("create", "secrets", Some("default"), false),
+            check("list", "backupjobs.tender.dev", Some("default"), false),
+        ]);
         sa.assert_permissions(&leader_election_checks(&ns, &watched));
         installed.uninstall();
     }
