@@ -42,6 +42,8 @@ pub struct SnapshotInfo {
     /// copied snapshot names `vol-ffffffff`).
     pub volume_id: Option<String>,
     pub tags: std::collections::BTreeMap<String, String>,
+    /// The account that owns it.
+    pub owner_id: Option<String>,
 }
 
 /// An unknown or malformed snapshot ID.
@@ -340,6 +342,7 @@ impl AwsClients {
                         .iter()
                         .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
                         .collect(),
+                    owner_id: s.owner_id().map(String::from),
                 };
                 Some((id, info))
             })
