@@ -147,7 +147,8 @@ pub async fn restrict(
         in_workers_account: workers,
         own: &own,
     });
-    aws.set_queue_policy(region, queue_url, &policy.to_string())
+    aws.queues()
+        .set_queue_policy(region, queue_url, &policy.to_string())
         .await?;
     Ok(())
 }

@@ -217,6 +217,7 @@ async fn restore_volumes(
         // Tender never deletes a restored volume.
         let tags = restored_tags(job, w);
         match aws
+            .snapshots()
             .create_volume_from_snapshot(&w.region, &snapshot, &zone, &tags, &w.launch_token)
             .await
         {
@@ -267,7 +268,7 @@ async fn snapshots_are_own(
     let uid = job.uid().unwrap_or_default();
     let account = workers_account(w, config);
     for id in snapshot_ids {
-        let found = aws.describe_snapshot(&w.region, id).await?;
+        let found = aws.snapshots().describe_snapshot(&w.region, id).await?;
         let Some(problem) = snapshot_problem(id, found.as_ref(), &uid, account.as_deref()) else {
             continue;
         };
@@ -448,7 +449,8 @@ async fn launch_restored(
                 &uid[..uid.len().min(8)]
             );
             let description = format!("Tender restore of {}", w.resource);
-            aws.register_restored_image(&w.region, &name, &description, &snapshots)
+            aws.instances()
+                .register_restored_image(&w.region, &name, &description, &snapshots)
                 .await?
         }
     };
@@ -457,6 +459,7 @@ async fn launch_restored(
     let tags = restored_tags(job, w);
     let token = format!("{}-restored", w.launch_token);
     let instance = aws
+        .instances()
         .launch_restored_instance(&crate::aws::instances::RestoredInstanceLaunch {
             region: &w.region,
             image_id: &image,

@@ -51,7 +51,7 @@ pub async fn terminate_finished<K: WorkerJob>(
         let (gone, ids): (Vec<String>, Vec<String>) = ids
             .into_iter()
             .partition(|id| view.get(id).is_some_and(|o| o.state.is_going()));
-        let mut states = aws.terminate_workers(&region, &ids).await?;
+        let mut states = aws.instances().terminate_workers(&region, &ids).await?;
         crate::faults::crash_point("after-terminate-instances");
         states.extend(gone.into_iter().filter_map(|id| {
             view.get(&id)
@@ -166,7 +166,7 @@ async fn terminate_all_in<K: WorkerJob>(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let states = aws.terminate_workers(region, &ids).await?;
+    let states = aws.instances().terminate_workers(region, &ids).await?;
     let now = Timestamp::now();
     let mut waiting = Vec::new();
     for s in &states {
