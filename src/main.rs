@@ -86,6 +86,17 @@ enum Command {
         /// Seconds an orphaned worker must have existed before the sweep terminates it.
         #[arg(long, default_value_t = 120, env = "TENDER_SWEEP_GRACE_SECONDS")]
         sweep_grace_seconds: u64,
+        /// Accept a worker message only when SQS names the worker instance
+        /// itself as its sender (SenderId `<role ID>:<instance ID>`). Set it
+        /// to false only against an AWS emulator, which names one fixed
+        /// sender for every message.
+        #[arg(long, env = "TENDER_REQUIRE_WORKER_SENDER", default_value_t = true, action = clap::ArgAction::Set)]
+        require_worker_sender: bool,
+        /// Hosts (comma-separated) a file-level recovery session URL may
+        /// name besides the worker instance's own addresses, for agents that
+        /// run outside EC2 (tests, the demo: 127.0.0.1). Leave empty on AWS.
+        #[arg(long, env = "TENDER_TRUSTED_BROWSER_HOSTS", value_delimiter = ',')]
+        trusted_browser_hosts: Vec<String>,
     },
     /// Print the CustomResourceDefinitions as YAML, or write one file per
     /// CRD into a folder.
@@ -130,6 +141,8 @@ fn main() -> ExitCode {
             sweep_interval_seconds,
             sweep_grace_seconds,
             network_recheck_seconds,
+            require_worker_sender,
+            trusted_browser_hosts,
         } => {
             let election = leader_elect.then(|| ElectionConfig {
                 namespace: leader_election_namespace
@@ -154,6 +167,8 @@ fn main() -> ExitCode {
                     interval: Duration::from_secs(sweep_interval_seconds.max(1)),
                     grace: Duration::from_secs(sweep_grace_seconds),
                 },
+                require_worker_sender,
+                trusted_browser_hosts,
             };
             run_async(async move { controller::run(options).await })
         }

@@ -194,6 +194,27 @@ impl WorkerEvent {
     }
 }
 
+/// How large a worker message and its fields may be. The controller
+/// refuses a message over any bound ([`MessageError::TooLarge`],
+/// [`MessageError::Oversized`]) rather than cut it: what it says could not
+/// be trusted whole. The agent cuts its own free text to [`TEXT_BYTES`]
+/// before sending ([`WorkerEvent::within_bounds`]), so only a broken or
+/// forged worker goes over.
+pub mod bounds {
+    /// A whole message body.
+    pub const BODY_BYTES: usize = 64 * 1024;
+    /// Free text: a `detail`, a failure `message`.
+    pub const TEXT_BYTES: usize = 4 * 1024;
+    /// A browser session's URL.
+    pub const URL_BYTES: usize = 2048;
+    /// Every ID and name: namespace, job name and UID, resource (a restore
+    /// point is up to 512), instance and snapshot IDs, devices, reasons,
+    /// certificate fingerprints.
+    pub const ID_BYTES: usize = 512;
+    /// Snapshots one restore names.
+    pub const SNAPSHOTS: usize = 128;
+}
+
 /// Why a message body was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum MessageError {
@@ -201,16 +222,105 @@ pub enum MessageError {
     Malformed(#[from] serde_json::Error),
     #[error("unsupported protocol version {0} (this controller speaks {PROTOCOL_VERSION})")]
     UnsupportedVersion(u32),
+    #[error("message of {0} bytes is over the bound of {bound} bytes", bound = bounds::BODY_BYTES)]
+    TooLarge(usize),
+    #[error("{field} holds {size} (bytes or entries), over its bound of {bound}")]
+    Oversized {
+        field: &'static str,
+        size: usize,
+        bound: usize,
+    },
 }
 
 impl WorkerMessage {
-    /// Parses and checks a message body.
+    /// Parses and checks a message body: its size, its version, and the
+    /// bounds of every field.
     pub fn parse(body: &str) -> Result<Self, MessageError> {
+        if body.len() > bounds::BODY_BYTES {
+            return Err(MessageError::TooLarge(body.len()));
+        }
         let message: WorkerMessage = serde_json::from_str(body)?;
         if message.version != PROTOCOL_VERSION {
             return Err(MessageError::UnsupportedVersion(message.version));
         }
+        message.check_bounds()?;
         Ok(message)
+    }
+
+    /// Every field within its bound (see [`bounds`]).
+    pub fn check_bounds(&self) -> Result<(), MessageError> {
+        use bounds::{ID_BYTES, SNAPSHOTS, TEXT_BYTES, URL_BYTES};
+        let mut fields: Vec<(&'static str, usize, usize)> = vec![
+            ("namespace", self.namespace.len(), ID_BYTES),
+            ("jobName", self.job_name.len(), ID_BYTES),
+            ("jobUid", self.job_uid.len(), ID_BYTES),
+            ("resource", self.resource.len(), ID_BYTES),
+            ("instanceId", self.instance_id.len(), ID_BYTES),
+        ];
+        match &self.event {
+            WorkerEvent::Started | WorkerEvent::Heartbeat => {}
+            WorkerEvent::Progress {
+                detail, session, ..
+            } => {
+                fields.push(("detail", detail.len(), TEXT_BYTES));
+                if let Some(s) = session {
+                    fields.push(("session.url", s.url.len(), URL_BYTES));
+                    let pins = [&s.certificate_sha256, &s.public_key_sha256];
+                    fields.extend(pins.map(|p| ("session pin", p.len(), ID_BYTES)));
+                }
+            }
+            WorkerEvent::Completed {
+                detail,
+                restore_point,
+                snapshot_id,
+                snapshots,
+                ..
+            } => {
+                fields.push(("detail", detail.len(), TEXT_BYTES));
+                let point = restore_point.as_ref().map_or(0, String::len);
+                fields.push(("restorePoint", point, ID_BYTES));
+                let id = snapshot_id.as_ref().map_or(0, String::len);
+                fields.push(("snapshotId", id, ID_BYTES));
+                fields.push(("snapshots", snapshots.len(), SNAPSHOTS));
+                for s in snapshots {
+                    fields.push(("snapshots[].device", s.device.len(), ID_BYTES));
+                    fields.push(("snapshots[].snapshotId", s.snapshot_id.len(), ID_BYTES));
+                }
+            }
+            WorkerEvent::Failed { reason, message } => {
+                fields.push(("reason", reason.as_str().len(), ID_BYTES));
+                fields.push(("message", message.len(), TEXT_BYTES));
+            }
+        }
+        match fields.into_iter().find(|(_, size, bound)| size > bound) {
+            Some((field, size, bound)) => Err(MessageError::Oversized { field, size, bound }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl WorkerEvent {
+    /// This event with its free text cut to [`bounds::TEXT_BYTES`] (at a
+    /// character boundary, ending in `…`): what the agent sends.
+    pub fn within_bounds(mut self) -> Self {
+        match &mut self {
+            WorkerEvent::Progress { detail, .. } | WorkerEvent::Completed { detail, .. } => {
+                cut(detail)
+            }
+            WorkerEvent::Failed { message, .. } => cut(message),
+            WorkerEvent::Started | WorkerEvent::Heartbeat => {}
+        }
+        self
+    }
+}
+
+/// Cuts `text` to [`bounds::TEXT_BYTES`], marking the cut with `…`.
+fn cut(text: &mut String) {
+    const MARK: char = '…';
+    if text.len() > bounds::TEXT_BYTES {
+        let end = text.floor_char_boundary(bounds::TEXT_BYTES - MARK.len_utf8());
+        text.truncate(end);
+        text.push(MARK);
     }
 }
 
@@ -218,9 +328,9 @@ impl WorkerMessage {
 mod tests {
     use super::*;
 
-    #[test]
-    fn round_trips_with_a_type_tag() {
-        let msg = WorkerMessage {
+    /// A message of one worker, with `event`.
+    fn message(event: WorkerEvent) -> WorkerMessage {
+        WorkerMessage {
             version: PROTOCOL_VERSION,
             namespace: "ns".into(),
             job_name: "job".into(),
@@ -229,17 +339,22 @@ mod tests {
             instance_id: "i-00000000000000001".into(),
             attempt: 1,
             sequence: 3,
-            event: WorkerEvent::Progress {
-                percent: 50,
-                detail: "half".into(),
-                bytes: Some(ByteProgress {
-                    done: 1,
-                    total: 2,
-                    per_second: 1,
-                }),
-                session: None,
-            },
-        };
+            event,
+        }
+    }
+
+    #[test]
+    fn round_trips_with_a_type_tag() {
+        let msg = message(WorkerEvent::Progress {
+            percent: 50,
+            detail: "half".into(),
+            bytes: Some(ByteProgress {
+                done: 1,
+                total: 2,
+                per_second: 1,
+            }),
+            session: None,
+        });
         let body = serde_json::to_string(&msg).expect("serializes");
         assert!(body.contains(r#""type":"progress""#), "{body}");
         assert_eq!(WorkerMessage::parse(&body).expect("parses"), msg);
@@ -276,6 +391,73 @@ mod tests {
         assert!(script.contains("X-aws-ec2-metadata-token"), "IMDSv2");
         assert_eq!(WorkerTask::from_user_data(&script), Some(task));
         assert_eq!(WorkerTask::from_user_data("#!/bin/sh\necho hi\n"), None);
+    }
+
+    fn completed(detail: String) -> WorkerMessage {
+        message(WorkerEvent::Completed {
+            detail,
+            restore_point: Some("job/i-0123456789abcdef0".into()),
+            snapshot_id: None,
+            snapshots: Vec::new(),
+            bytes: None,
+        })
+    }
+
+    #[test]
+    fn a_message_over_a_bound_is_refused_whole() {
+        let at_bound = completed("d".repeat(bounds::TEXT_BYTES));
+        let body = serde_json::to_string(&at_bound).unwrap();
+        assert_eq!(WorkerMessage::parse(&body).unwrap(), at_bound);
+
+        let over = serde_json::to_string(&completed("d".repeat(bounds::TEXT_BYTES + 1))).unwrap();
+        assert!(matches!(
+            WorkerMessage::parse(&over),
+            Err(MessageError::Oversized { field: "detail", size, bound })
+                if size == bounds::TEXT_BYTES + 1 && bound == bounds::TEXT_BYTES
+        ));
+        // A body over the whole bound is not even parsed.
+        let huge = serde_json::to_string(&completed("d".repeat(1024 * 1024))).unwrap();
+        assert!(matches!(
+            WorkerMessage::parse(&huge),
+            Err(MessageError::TooLarge(n)) if n > 1024 * 1024
+        ));
+        let mut many = completed("ok".into());
+        if let WorkerEvent::Completed { snapshots, .. } = &mut many.event {
+            *snapshots = vec![crate::api::RestoredSnapshot::default(); bounds::SNAPSHOTS + 1];
+        }
+        assert!(matches!(
+            many.check_bounds(),
+            Err(MessageError::Oversized {
+                field: "snapshots",
+                ..
+            })
+        ));
+        let mut long_id = completed("ok".into());
+        long_id.instance_id = "i".repeat(bounds::ID_BYTES + 1);
+        assert!(long_id.check_bounds().is_err());
+    }
+
+    #[test]
+    fn the_agent_cuts_its_free_text_to_the_bound() {
+        // Multi-byte characters across the cut stay whole.
+        let long = "é".repeat(bounds::TEXT_BYTES);
+        let WorkerEvent::Failed { message, .. } = (WorkerEvent::Failed {
+            reason: crate::reasons::FailureReason::SnapshotFailed,
+            message: long,
+        })
+        .within_bounds() else {
+            unreachable!()
+        };
+        assert!(message.len() <= bounds::TEXT_BYTES, "{}", message.len());
+        assert!(message.ends_with('…'));
+        let short = WorkerEvent::Started.within_bounds();
+        assert_eq!(short, WorkerEvent::Started);
+        let cut = completed("x".repeat(10 * bounds::TEXT_BYTES));
+        let cut = WorkerMessage {
+            event: cut.event.within_bounds(),
+            ..cut
+        };
+        assert!(cut.check_bounds().is_ok());
     }
 
     #[test]

@@ -71,6 +71,9 @@ failure_reasons! {
         // Set by the controller.
         VolumeCreateFailed,
         InstanceRestoreFailed,
+        /// A restore worker named a snapshot that is not its own (not in
+        /// the workers' account, or without the job's UID tag).
+        SnapshotNotOwned,
         DeadlineExceeded,
         LaunchFailed,
         WorkerConfigurationDeleted,

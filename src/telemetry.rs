@@ -81,6 +81,11 @@ pub struct KindErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SweepLabels {
     pub region: String,
     pub reason: String,
@@ -105,6 +110,8 @@ pub struct Metrics {
     pub launch_latency: Histogram,
     pub termination_latency: Histogram,
     pub jobs_finished: Family<OutcomeLabels, Counter>,
+    /// Worker messages dropped unapplied, by `Refusal` reason.
+    pub messages_refused: Family<ReasonLabels, Counter>,
     pub job_duration: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
     pub aws_calls: Family<OperationLabels, Counter>,
     pub aws_errors: Family<OperationErrorLabels, Counter>,
@@ -129,6 +136,7 @@ impl Default for Metrics {
             launch_latency: seconds_histogram(),
             termination_latency: seconds_histogram(),
             jobs_finished: Family::default(),
+            messages_refused: Family::default(),
             job_duration: Family::new_with_constructor(seconds_histogram),
             aws_calls: Family::default(),
             aws_errors: Family::default(),
@@ -181,6 +189,11 @@ impl Metrics {
             "jobs_finished",
             "Jobs finished, by outcome",
             m.jobs_finished.clone(),
+        );
+        r.register(
+            "worker_messages_refused",
+            "Worker messages dropped without being applied, by reason",
+            m.messages_refused.clone(),
         );
         r.register(
             "job_duration_seconds",
@@ -282,6 +295,15 @@ impl Metrics {
                 })
                 .inc_by(*n as u64);
         }
+    }
+
+    /// Counts a worker message dropped unapplied.
+    pub fn message_refused(&self, reason: &str) {
+        self.messages_refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     pub fn record_queue_sweep(&self, region: &str, deleted: usize) {

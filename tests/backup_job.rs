@@ -3,12 +3,16 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{REGION, TestEnv, condition};
+use aws_sdk_sqs::types::QueueAttributeName;
+use common::{REGION, TestEnv, condition, launched, reports};
 use kube::api::DeleteParams;
 use kube::{Api, ResourceExt};
+use serde_json::json;
 use tender::api::{BackupJob, Phase, WorkerConfiguration};
+use tender::messages::WorkerEvent;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -356,4 +360,185 @@ async fn deleting_a_running_job_terminates_its_worker_first() {
         .send()
         .await;
     assert!(gone.is_err(), "the configuration's queue was deleted");
+}
+
+fn completed(restore_point: &str) -> WorkerEvent {
+    WorkerEvent::Completed {
+        detail: "backed up".into(),
+        restore_point: Some(restore_point.into()),
+        snapshot_id: None,
+        snapshots: Vec::new(),
+        bytes: None,
+    }
+}
+
+/// A message counts only from the queue of its job's configuration: a
+/// `completed` forged onto another configuration's queue (one its forger
+/// may send to) is dropped, logged and counted, and changes nothing.
+#[tokio::test]
+async fn a_completion_forged_on_another_configurations_queue_is_not_applied() {
+    let (env, port) = TestEnv::with_silent_workers("wrong-queue").await;
+    let victim = env.configured("victim", json!({})).await.queue_url();
+    let other = env.configured("other", json!({})).await.queue_url();
+    let protected = env.protected_disk().await;
+    let using_victim = json!({"workerConfigurationRef": {"name": "victim"}});
+    env.create_job("nightly", &protected, using_victim).await;
+    let job = env
+        .wait_job("nightly", TIMEOUT, |j| launched(&j.status))
+        .await;
+    let w = job.status.as_ref().unwrap().workers[0].worker.clone();
+    reports::send(&victim, reports::message(&job, &w, 1, WorkerEvent::Started)).await;
+    env.wait_job_phase("nightly", TIMEOUT, Phase::Running).await;
+
+    let point = format!("nightly/{protected}");
+    reports::send(&other, reports::message(&job, &w, 2, completed(&point))).await;
+    env.wait_refused(port, "WrongQueue", 1).await;
+    reports::wait_drained(&other).await;
+
+    let after: BackupJob = env.api().get("nightly").await.unwrap();
+    let status = after.status.unwrap();
+    assert_eq!(status.phase, Phase::Running, "{status:?}");
+    let worker = &status.workers[0];
+    assert_eq!(
+        (
+            worker.phase,
+            worker.last_sequence,
+            worker.restore_point.as_deref()
+        ),
+        (Phase::Running, 1, None),
+        "{worker:?}"
+    );
+    let log = std::fs::read_to_string(
+        env.log_dir
+            .join(format!("{}-controller.log", env.namespace)),
+    )
+    .unwrap();
+    assert!(log.contains("came on another configuration's queue"));
+}
+
+/// Forgeries on the right queue that the sender check would stop in AWS
+/// (the emulator names one sender for all): a sequence number no worker
+/// can have reached (which would make every later real message look
+/// stale), a detail of about 1 MiB (as much as SQS carries), and a
+/// restore point the attempt does not write. Each is refused, and the real
+/// worker, booted afterwards, still reports from sequence 1 and succeeds.
+#[tokio::test]
+async fn forged_sequences_details_and_restore_points_are_refused_and_the_worker_still_counts() {
+    let (env, port) = TestEnv::with_silent_workers("forged").await;
+    let queue = env.default_configuration().await.queue_url();
+    let protected = env.protected_disk().await;
+    env.create_job("nightly", &protected, json!({})).await;
+    let job = env
+        .wait_job("nightly", TIMEOUT, |j| launched(&j.status))
+        .await;
+    let w = job.status.as_ref().unwrap().workers[0].worker.clone();
+
+    let silencer = WorkerEvent::Progress {
+        percent: 1,
+        detail: "every later message is stale".into(),
+        bytes: None,
+        session: None,
+    };
+    let huge = WorkerEvent::Progress {
+        percent: 2,
+        detail: "x".repeat(1024 * 1024 - 1024),
+        bytes: None,
+        session: None,
+    };
+    reports::send(&queue, reports::message(&job, &w, i64::MAX, silencer)).await;
+    reports::send(&queue, reports::message(&job, &w, 2, huge)).await;
+    let elsewhere = completed("nightly/i-0fedcba9876543210");
+    reports::send(&queue, reports::message(&job, &w, 3, elsewhere)).await;
+    for reason in ["SequenceJump", "Oversized", "WrongRestorePoint"] {
+        env.wait_refused(port, reason, 1).await;
+    }
+    reports::wait_drained(&queue).await;
+    let held: BackupJob = env.api().get("nightly").await.unwrap();
+    let worker = &held.status.unwrap().workers[0];
+    assert_eq!(
+        (
+            worker.phase,
+            worker.last_sequence,
+            worker.restore_point.as_deref()
+        ),
+        (Phase::Provisioning, 0, None),
+        "{worker:?}"
+    );
+
+    env.boot_workers.store(true, Ordering::SeqCst);
+    let done = env
+        .wait_job_finished("nightly", TIMEOUT)
+        .await
+        .status
+        .unwrap();
+    assert_eq!(done.phase, Phase::Succeeded, "{done:?}");
+    let worker = &done.workers[0];
+    assert_eq!(
+        worker.restore_point.as_deref(),
+        Some(format!("nightly/{protected}").as_str())
+    );
+    assert!(worker.last_sequence < 100, "{worker:?}");
+}
+
+/// The queue's policy, read back from SQS (the emulator stores it but does
+/// not enforce it): only EC2 instance credentials of the workers' account
+/// may send, only the controller may receive and delete.
+#[tokio::test]
+async fn the_queue_lets_only_worker_instances_send_and_only_the_controller_receive() {
+    let env = TestEnv::new("queue-policy").await;
+    let queue = env.default_configuration().await.queue_url();
+    let me = env
+        .aws_as(None)
+        .await
+        .caller_identity(REGION)
+        .await
+        .unwrap();
+    let (account, user_id) = (me.account.as_str(), me.user_id.as_str());
+    let out = common::sqs()
+        .await
+        .get_queue_attributes()
+        .queue_url(&queue)
+        .attribute_names(QueueAttributeName::Policy)
+        .send()
+        .await
+        .unwrap();
+    let text = &out.attributes().unwrap()[&QueueAttributeName::Policy];
+    let policy: serde_json::Value = serde_json::from_str(text).unwrap();
+    let name = queue.rsplit('/').next().unwrap();
+    let arn = format!("arn:aws:sqs:{REGION}:{account}:{name}");
+    let statement = |sid: &str| {
+        tender::controller::queue_access::statement(&policy, sid)
+            .unwrap_or_else(|| panic!("no {sid} in {policy:#}"))
+            .clone()
+    };
+    let only_instances = statement("OnlyInstanceCredentialsSend");
+    assert_eq!(
+        (&only_instances["Effect"], &only_instances["Action"]),
+        (&json!("Deny"), &json!("sqs:SendMessage"))
+    );
+    assert_eq!(only_instances["Resource"], arn.as_str());
+    assert_eq!(
+        only_instances["Condition"]["Null"]["ec2:SourceInstanceARN"],
+        "true"
+    );
+    let only_workers = statement("OnlyWorkerInstancesSend");
+    assert_eq!(
+        only_workers["Condition"]["ArnNotLike"]["ec2:SourceInstanceARN"],
+        format!("arn:aws:ec2:{REGION}:{account}:instance/*").as_str()
+    );
+    let only_controller = statement("OnlyTheControllerReceives");
+    assert_eq!(only_controller["Effect"], "Deny");
+    assert_eq!(only_controller["Principal"], "*");
+    let actions = only_controller["Action"].as_array().unwrap();
+    for action in ["sqs:ReceiveMessage", "sqs:DeleteMessage"] {
+        assert!(actions.contains(&json!(action)), "{actions:?}");
+    }
+    let controller = match user_id.split_once(':') {
+        Some((role, _)) => format!("{role}:*"),
+        None => user_id.to_string(),
+    };
+    assert_eq!(
+        only_controller["Condition"]["StringNotLike"]["aws:userid"],
+        json!([controller])
+    );
 }

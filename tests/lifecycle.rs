@@ -10,12 +10,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
-use common::{TestEnv, condition};
+use common::{TestEnv, condition, reports};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use tender::api::{BackupJob, Phase};
-use tender::messages::{PROTOCOL_VERSION, WorkerEvent, WorkerMessage};
+use tender::messages::WorkerEvent;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -379,18 +379,7 @@ async fn the_sweep_terminates_orphaned_workers_and_deletes_orphaned_queues() {
 /// A message of the job's first worker, as its agent would send it.
 fn message(job: &BackupJob, sequence: i64, event: WorkerEvent) -> String {
     let w = &job.status.as_ref().expect("the job has a status").workers[0];
-    serde_json::to_string(&WorkerMessage {
-        version: PROTOCOL_VERSION,
-        namespace: job.namespace().expect("a namespaced job"),
-        job_name: job.name_any(),
-        job_uid: job.uid().expect("a created job has a UID"),
-        resource: w.resource.clone(),
-        instance_id: w.instance_id.clone().expect("the worker was launched"),
-        attempt: w.attempt,
-        sequence,
-        event,
-    })
-    .expect("a message serializes")
+    reports::message(job, w, sequence, event)
 }
 
 #[tokio::test]
@@ -400,19 +389,7 @@ async fn duplicate_late_and_malformed_messages_change_nothing() {
     let protected = env.protected_disk().await;
     let done = env.back_up("steady", &protected, TIMEOUT).await;
 
-    let sqs = common::sqs().await;
-    let send = |body: String| {
-        let sqs = sqs.clone();
-        let queue = queue.clone();
-        async move {
-            sqs.send_message()
-                .queue_url(queue)
-                .message_body(body)
-                .send()
-                .await
-                .unwrap()
-        }
-    };
+    let send = |body: String| reports::send(&queue, body);
     let last = done.status.as_ref().unwrap().workers[0].last_sequence;
     // A duplicate of the last message, an older one arriving late, a failure
     // after success, garbage, a future protocol version, and a message for a
@@ -458,26 +435,7 @@ async fn duplicate_late_and_malformed_messages_change_nothing() {
     send(ghost.to_string()).await;
 
     // Every message is consumed, and the job is exactly as it was.
-    common::eventually(TIMEOUT, || {
-        let sqs = sqs.clone();
-        let queue = queue.clone();
-        async move {
-            let out = sqs
-                .get_queue_attributes()
-                .queue_url(queue)
-                .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
-                .send()
-                .await
-                .ok()?;
-            let attrs = out.attributes()?;
-            let visible =
-                &attrs[&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages];
-            let in_flight = &attrs
-                [&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible];
-            (visible == "0" && in_flight == "0").then_some(())
-        }
-    })
-    .await;
+    reports::wait_drained(&queue).await;
     let after: BackupJob = env.api().get("steady").await.unwrap();
     assert_eq!(
         after.status, done.status,

@@ -1,15 +1,21 @@
 //! RestoreJobs on the BackupJob lifecycle: a restore point written by a
 //! BackupJob comes back as a new EBS volume, byte for byte, with its worker
-//! terminated; a restore point that does not exist fails the job plainly.
+//! terminated; a restore point that does not exist fails the job plainly;
+//! forged worker reports make nothing from a snapshot the job did not
+//! write, and show no browser session but the worker's own.
 
 mod common;
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::TestEnv;
+use aws_sdk_ec2::types::Filter;
 use common::disks::{self, Ext4Image};
+use common::{TestEnv, launched, reports};
 use kube::ResourceExt;
-use tender::api::Phase;
+use serde_json::json;
+use tender::api::{Phase, RestoreJob, RestoredSnapshot};
+use tender::messages::{SessionInfo, WorkerEvent};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -260,4 +266,169 @@ async fn backup_jobs_full_then_incremental_and_restore_jobs_bring_each_back() {
         .await;
         assert!(bytes == *expected, "{name} restored different bytes");
     }
+}
+
+/// A `completed` forged for a restore's worker names a snapshot the job
+/// did not write (someone else's, which the controller may well read):
+/// nothing is made from it, neither a volume nor an image, and the restore
+/// fails for good with `SnapshotNotOwned`.
+#[tokio::test]
+async fn a_completion_naming_a_snapshot_the_job_did_not_write_creates_nothing() {
+    let env = TestEnv::new("forged-restore").await;
+    env.boot_workers.store(false, Ordering::SeqCst);
+    let configured = env.default_configuration().await;
+    let queue = configured.queue_url();
+    let foreign = env.protected_disk().await;
+    let point = "nightly/snap-0123456789abcdef0";
+    let modes = [
+        (
+            "as-volume",
+            "volume",
+            json!({"availabilityZone": configured.net.zone}),
+        ),
+        ("as-instance", "full", json!({"instanceType": "t3.micro"})),
+    ];
+    for (name, mode, extra) in modes {
+        let created = env.create_restore(name, mode, point, extra).await;
+        let job = env
+            .wait_restore(name, TIMEOUT, |j| launched(&j.status))
+            .await;
+        let w = job.status.as_ref().unwrap().workers[0].worker.clone();
+        let forged = WorkerEvent::Completed {
+            detail: "restored".into(),
+            restore_point: Some(point.into()),
+            snapshot_id: Some(foreign.clone()),
+            snapshots: vec![RestoredSnapshot {
+                device: "/dev/xvda".into(),
+                snapshot_id: foreign.clone(),
+            }],
+            bytes: None,
+        };
+        reports::send(&queue, reports::message(&job, &w, 1, WorkerEvent::Started)).await;
+        reports::send(&queue, reports::message(&job, &w, 2, forged)).await;
+
+        let done = env.wait_restore_finished(name, TIMEOUT).await;
+        let status = done.status.unwrap();
+        assert_eq!(status.phase, Phase::Failed, "{mode}: {status:?}");
+        let worker = &status.workers[0];
+        assert_eq!(
+            worker.reason.as_deref(),
+            Some("SnapshotNotOwned"),
+            "{worker:?}"
+        );
+        let message = worker.message.as_deref().unwrap();
+        assert!(
+            message.contains(&foreign) && message.contains("tender.dev/job-uid"),
+            "{message}"
+        );
+        assert!(worker.restored_volume_id.is_none() && worker.restored_image_id.is_none());
+
+        // EC2: no volume from the snapshot or for the job, no image.
+        let uid = created.uid().unwrap();
+        let from_snapshot = Filter::builder()
+            .name("snapshot-id")
+            .values(&foreign)
+            .build();
+        let for_job = Filter::builder()
+            .name("tag:tender.dev/job-uid")
+            .values(&uid)
+            .build();
+        for filter in [from_snapshot, for_job] {
+            let volumes = env
+                .ec2
+                .describe_volumes()
+                .filters(filter)
+                .send()
+                .await
+                .unwrap();
+            assert!(volumes.volumes().is_empty(), "{mode}: {volumes:?}");
+        }
+        let images = env
+            .ec2
+            .describe_images()
+            .owners("self")
+            .filters(
+                Filter::builder()
+                    .name("name")
+                    .values(format!("tender-restore-{name}-*"))
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(images.images().is_empty(), "{mode}: {images:?}");
+    }
+    // One Event per job (listed through both Event APIs).
+    let events = env.events().await;
+    let refusals: std::collections::BTreeSet<&String> = events
+        .iter()
+        .filter(|(r, n)| r == "SnapshotNotOwned" && n.contains(&foreign))
+        .map(|(_, n)| n)
+        .collect();
+    assert_eq!(refusals.len(), 2, "{events:?}");
+}
+
+/// A `progress` forged for a file-level restore announces a browser
+/// session at another host (with its own certificate pins), so that the
+/// user would hand the session token to the forger: it is refused, and
+/// only a session at the worker's own address, as EC2 reports it, counts.
+#[tokio::test]
+async fn a_session_announced_at_a_foreign_host_is_not_recorded() {
+    let (env, port) = TestEnv::with_silent_workers("forged-session").await;
+    let queue = env.default_configuration().await.queue_url();
+    let point = "nightly/snap-0123456789abcdef0";
+    env.create_restore("browse", "fileLevel", point, json!({}))
+        .await;
+    let job = env
+        .wait_restore("browse", TIMEOUT, |j| launched(&j.status))
+        .await;
+    let w = job.status.as_ref().unwrap().workers[0].worker.clone();
+    let session = |url: &str, pin: &str| WorkerEvent::Progress {
+        percent: 100,
+        detail: format!("session is up at {url}"),
+        bytes: None,
+        session: Some(SessionInfo {
+            url: url.into(),
+            certificate_sha256: pin.into(),
+            public_key_sha256: pin.into(),
+        }),
+    };
+    reports::send(&queue, reports::message(&job, &w, 1, WorkerEvent::Started)).await;
+    let forged = session("https://203.0.113.7/", "FORGED");
+    reports::send(&queue, reports::message(&job, &w, 2, forged)).await;
+    env.wait_refused(port, "ForeignBrowserHost", 1).await;
+    reports::wait_drained(&queue).await;
+    let held: RestoreJob = env.api().get("browse").await.unwrap();
+    let worker = &held.status.unwrap().workers[0];
+    assert_eq!(worker.phase, Phase::Running);
+    assert!(
+        worker.browser_url.is_none() && worker.certificate_sha256.is_none(),
+        "{worker:?}"
+    );
+
+    // The worker's private address, as EC2 reports it.
+    let instance = w.instance_id.clone().unwrap();
+    let described = env
+        .ec2
+        .describe_instances()
+        .instance_ids(&instance)
+        .send()
+        .await
+        .unwrap();
+    let address = described.reservations()[0].instances()[0]
+        .private_ip_address()
+        .unwrap()
+        .to_string();
+    let own = format!("https://{address}/");
+    reports::send(&queue, reports::message(&job, &w, 3, session(&own, "REAL"))).await;
+    let shown = env
+        .wait_restore("browse", TIMEOUT, |j| {
+            j.status
+                .as_ref()
+                .is_some_and(|s| s.workers[0].browser_url.is_some())
+        })
+        .await;
+    let worker = &shown.status.unwrap().workers[0];
+    assert_eq!(worker.browser_url.as_deref(), Some(own.as_str()));
+    assert_eq!(worker.certificate_sha256.as_deref(), Some("REAL"));
 }

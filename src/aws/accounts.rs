@@ -72,6 +72,9 @@ pub type RegionAccount = (String, Option<AccountAccess>);
 pub struct CallerIdentity {
     pub account: String,
     pub arn: String,
+    /// The unique ID of the principal: `AROA…:<session>` for a role
+    /// session, `AIDA…` for an IAM user (the `aws:userid` policy key).
+    pub user_id: String,
 }
 
 impl AwsClients {
@@ -131,6 +134,7 @@ impl AwsClients {
         Ok(CallerIdentity {
             account: out.account().unwrap_or_default().to_string(),
             arn: out.arn().unwrap_or_default().to_string(),
+            user_id: out.user_id().unwrap_or_default().to_string(),
         })
     }
 }

@@ -23,6 +23,9 @@ pub struct ObservedInstance {
     pub state: InstanceState,
     pub tags: BTreeMap<String, String>,
     pub launch_time: Option<Timestamp>,
+    /// Its IP addresses and DNS names (private and public, IPv6), where a
+    /// file-level session it serves may be.
+    pub addresses: Vec<String>,
 }
 
 impl ObservedInstance {
@@ -186,12 +189,34 @@ impl InstanceCache {
                         launch_time: i
                             .launch_time()
                             .and_then(|t| Timestamp::from_second(t.secs()).ok()),
+                        addresses: addresses(i),
                     },
                 );
             }
         }
         Ok(out)
     }
+}
+
+/// The addresses EC2 reports for an instance.
+fn addresses(i: &aws_sdk_ec2::types::Instance) -> Vec<String> {
+    let ipv6 = i
+        .network_interfaces()
+        .iter()
+        .flat_map(|n| n.ipv6_addresses())
+        .filter_map(|a| a.ipv6_address());
+    [
+        i.private_ip_address(),
+        i.public_ip_address(),
+        i.private_dns_name(),
+        i.public_dns_name(),
+    ]
+    .into_iter()
+    .flatten()
+    .chain(ipv6)
+    .filter(|a| !a.is_empty())
+    .map(String::from)
+    .collect()
 }
 
 #[cfg(test)]

@@ -145,6 +145,7 @@ operations! {
     DeleteMessageBatch => Sqs, Controller;
     ListQueues => Sqs, Controller;
     ListQueueTags => Sqs, Controller;
+    SetQueueAttributes => Sqs, Controller;
     SendMessage => Sqs, Worker;
     // STS and SSM. AssumeRole is called by the SDK's AssumeRoleProvider
     // (see `accounts`), not through `AwsClients::call`.

@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, QueueAttributeName};
+use aws_sdk_sqs::types::{
+    DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName,
+};
 
 use super::{AwsClients, AwsError, AwsOperation};
 
@@ -16,6 +18,9 @@ use super::{AwsClients, AwsError, AwsOperation};
 pub struct ReceivedMessage {
     pub body: String,
     pub receipt_handle: String,
+    /// Who sent it, as SQS authenticated the sender: for instance-profile
+    /// credentials `<role unique ID>:<instance ID>`.
+    pub sender_id: Option<String>,
 }
 
 /// How long a received message stays invisible before it is delivered again.
@@ -90,6 +95,7 @@ impl Queues<'_> {
             .queue_url(queue_url)
             .max_number_of_messages(10)
             .wait_time_seconds(i32::try_from(wait.as_secs()).unwrap_or(20).min(20))
+            .message_system_attribute_names(MessageSystemAttributeName::SenderId)
             .send();
         let out = self.aws.call(AwsOperation::ReceiveMessage, receive).await?;
         Ok(out
@@ -99,9 +105,29 @@ impl Queues<'_> {
                 Some(ReceivedMessage {
                     body: m.body()?.to_string(),
                     receipt_handle: m.receipt_handle()?.to_string(),
+                    sender_id: m
+                        .attributes()
+                        .and_then(|a| a.get(&MessageSystemAttributeName::SenderId))
+                        .cloned(),
                 })
             })
             .collect())
+    }
+
+    /// Sets the queue's access policy (a JSON policy document).
+    pub async fn set_queue_policy(
+        &self,
+        region: &str,
+        queue_url: &str,
+        policy: &str,
+    ) -> Result<(), AwsError> {
+        let set = self.aws.sqs(region).set_queue_attributes();
+        let set = set.queue_url(queue_url);
+        let set = set.attributes(QueueAttributeName::Policy, policy).send();
+        self.aws
+            .call(AwsOperation::SetQueueAttributes, set)
+            .await
+            .map(|_| ())
     }
 
     /// Deletes received messages, ten per call. Deletions asked for at the

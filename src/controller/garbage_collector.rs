@@ -282,6 +282,7 @@ mod tests {
             state: "running".into(),
             tags: [(tags::LAUNCH_TOKEN.to_string(), token.to_string())].into(),
             launch_time: None,
+            addresses: Vec::new(),
         }
     }
 

@@ -7,7 +7,8 @@
 //!   its pump; `worker_count` writes its `activeWorkers`.
 //! - `index`: what the controller knows of every job's workers, by
 //!   configuration (admission, worker counts, deletion holds).
-//! - `reports`: worker messages from SQS, filed for their jobs.
+//! - `reports`: worker messages from SQS, filed for their jobs;
+//!   `queue_access`: who may send to and receive from a queue.
 //! - `garbage_collector`: the sweep that terminates orphaned workers.
 //! - `leader`: Lease-based leader election.
 
@@ -18,6 +19,7 @@ pub mod garbage_collector;
 pub mod index;
 pub mod job;
 pub mod leader;
+pub mod queue_access;
 pub mod reports;
 pub mod restore_job;
 mod wake;
@@ -151,6 +153,9 @@ pub struct Context {
     pub heartbeat_seconds: u64,
     /// How often configurations re-check their network (see Options).
     pub network_recheck: Duration,
+    /// Hosts a file-level session may be at besides its worker's own
+    /// addresses (see Options).
+    pub trusted_browser_hosts: Vec<String>,
     failures: Mutex<HashMap<String, u32>>,
     /// One launch decision at a time per configuration (by UID).
     launch_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -311,6 +316,14 @@ pub struct Options {
     /// Leader election; `None` runs without it (a single replica).
     pub election: Option<leader::ElectionConfig>,
     pub sweep: garbage_collector::SweepConfig,
+    /// Accept a worker message only when SQS names the worker instance as
+    /// its sender (`SenderId` `<role ID>:<instance ID>`). Off only against
+    /// an emulator, which names one fixed sender.
+    pub require_worker_sender: bool,
+    /// Hosts a file-level session URL may name besides the worker
+    /// instance's own addresses: agents that run outside EC2 (tests, the
+    /// demo). Empty in production.
+    pub trusted_browser_hosts: Vec<String>,
 }
 
 fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -524,7 +537,8 @@ impl Context {
             jobs: stores.jobs,
             restores: stores.restores,
             reports: Arc::new(ReportStore::default()),
-            pumps: QueuePumps::new(triggers),
+            pumps: QueuePumps::new(triggers, opts.require_worker_sender),
+            trusted_browser_hosts: opts.trusted_browser_hosts.clone(),
             heartbeat_seconds: opts.heartbeat_seconds,
             network_recheck: opts.network_recheck,
             namespace: opts.namespace.clone(),

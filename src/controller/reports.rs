@@ -17,8 +17,11 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::index::ConfigKey;
+use super::job::core::binding::{self, Refusal};
 use crate::api::{BackupJob, RestoreJob};
 use crate::aws::AwsClients;
+use crate::aws::queues::ReceivedMessage;
 use crate::messages::{WorkerEvent, WorkerMessage};
 
 /// Where a message came from, to delete it once applied.
@@ -140,6 +143,9 @@ pub async fn delete_receipts(aws: &AwsClients, receipts: &[Receipt]) {
 pub struct QueuePumps {
     tasks: Mutex<HashMap<String, JoinHandle<()>>>,
     triggers: Triggers,
+    /// Accept a message only when SQS names its worker instance as the
+    /// sender (`--require-worker-sender`).
+    require_sender: bool,
 }
 
 /// The jobs messages can be for.
@@ -160,19 +166,20 @@ pub struct Triggers {
 const RECEIVE_WAIT: Duration = Duration::from_secs(5);
 
 impl QueuePumps {
-    pub fn new(triggers: Triggers) -> Self {
+    pub fn new(triggers: Triggers, require_sender: bool) -> Self {
         Self {
             tasks: Mutex::default(),
             triggers,
+            require_sender,
         }
     }
 
-    /// Starts the pump of a queue unless it runs already.
+    /// Starts the pump of a configuration's queue unless it runs already.
     pub fn ensure(
         &self,
         aws: &AwsClients,
-        region: &str,
-        queue_url: &str,
+        (region, queue_url): (&str, &str),
+        configuration: ConfigKey,
         jobs: JobStores,
         reports: Arc<ReportStore>,
     ) {
@@ -185,6 +192,8 @@ impl QueuePumps {
             aws: aws.clone(),
             region: region.to_string(),
             queue_url: queue_url.to_string(),
+            configuration,
+            require_sender: self.require_sender,
             jobs,
             reports,
             triggers: self.triggers.clone(),
@@ -212,9 +221,18 @@ struct Pump {
     aws: AwsClients,
     region: String,
     queue_url: String,
+    /// The configuration whose queue this is.
+    configuration: ConfigKey,
+    require_sender: bool,
     jobs: JobStores,
     reports: Arc<ReportStore>,
     triggers: Triggers,
+}
+
+/// The job a message is for.
+enum JobRef {
+    Backup(ObjectRef<BackupJob>),
+    Restore(ObjectRef<RestoreJob>),
 }
 
 impl Pump {
@@ -233,12 +251,7 @@ impl Pump {
             {
                 Ok(messages) => {
                     failures = 0;
-                    let mut drop = Vec::new();
-                    for m in messages {
-                        if let Some(handle) = self.route(&m.body, &m.receipt_handle) {
-                            drop.push(handle);
-                        }
-                    }
+                    let drop: Vec<String> = messages.iter().filter_map(|m| self.route(m)).collect();
                     if !drop.is_empty()
                         && let Err(e) = self
                             .aws
@@ -260,38 +273,17 @@ impl Pump {
     }
 
     /// Files a message under its job, or returns its receipt handle when it
-    /// is to be deleted now (a heartbeat, which is applied here; a malformed
-    /// message; a message for a job this controller does not have).
-    fn route(&self, body: &str, receipt_handle: &str) -> Option<String> {
-        let message = match WorkerMessage::parse(body) {
-            Ok(m) => m,
-            Err(e) => {
-                warn!(queue_url = self.queue_url, error = %e, "dropping malformed worker message");
-                return Some(receipt_handle.to_string());
+    /// is to be deleted now: a heartbeat, which is applied here, or a
+    /// message refused (counted by reason).
+    fn route(&self, received: &ReceivedMessage) -> Option<String> {
+        let drop = Some(received.receipt_handle.clone());
+        let (message, job) = match self.admit(received) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                self.aws.metrics().message_refused(refusal.as_str());
+                return drop;
             }
         };
-        let uid = Some(message.job_uid.as_str());
-        let backup = ObjectRef::<BackupJob>::new(&message.job_name).within(&message.namespace);
-        let restore = ObjectRef::<RestoreJob>::new(&message.job_name).within(&message.namespace);
-        let is_backup = self
-            .jobs
-            .backups
-            .get(&backup)
-            .is_some_and(|job| job.metadata.uid.as_deref() == uid);
-        let is_restore = self
-            .jobs
-            .restores
-            .get(&restore)
-            .is_some_and(|job| job.metadata.uid.as_deref() == uid);
-        if !is_backup && !is_restore {
-            warn!(
-                namespace = message.namespace,
-                job = message.job_name,
-                job_uid = message.job_uid,
-                "dropping worker message for a job that does not exist"
-            );
-            return Some(receipt_handle.to_string());
-        }
         debug!(
             job = message.job_name,
             sequence = message.sequence,
@@ -300,21 +292,102 @@ impl Pump {
         self.reports.heard(&message);
         if message.event == WorkerEvent::Heartbeat {
             // Liveness only: nothing to write, nothing to wake.
-            return Some(receipt_handle.to_string());
+            return drop;
         }
         self.reports.file(
             message,
             Receipt {
                 region: self.region.clone(),
                 queue_url: self.queue_url.clone(),
-                receipt_handle: receipt_handle.to_string(),
+                receipt_handle: received.receipt_handle.clone(),
             },
         );
-        if is_backup {
-            let _ = self.triggers.backups.unbounded_send(backup);
-        } else {
-            let _ = self.triggers.restores.unbounded_send(restore);
+        match job {
+            JobRef::Backup(r) => {
+                let _ = self.triggers.backups.unbounded_send(r);
+            }
+            JobRef::Restore(r) => {
+                let _ = self.triggers.restores.unbounded_send(r);
+            }
         }
         None
+    }
+
+    /// The message and the job it is for, or why it is dropped (logged
+    /// here): it does not parse or is over a bound, its job does not exist,
+    /// its job's status names another configuration, or SQS does not name
+    /// its worker instance as the sender. What only the job's worker entry
+    /// can tell is checked when the job reconciles (`core::binding`).
+    fn admit(&self, received: &ReceivedMessage) -> Result<(WorkerMessage, JobRef), Refusal> {
+        let message = WorkerMessage::parse(&received.body).map_err(|e| {
+            let refusal = Refusal::of_parse_error(&e);
+            match refusal {
+                Refusal::Oversized => {
+                    warn!(queue_url = self.queue_url, error = %e, "dropping oversized worker message")
+                }
+                _ => warn!(queue_url = self.queue_url, error = %e, "dropping malformed worker message"),
+            }
+            refusal
+        })?;
+        let Some((job, configuration)) = self.job_of(&message) else {
+            warn!(
+                namespace = message.namespace,
+                job = message.job_name,
+                job_uid = message.job_uid,
+                "dropping worker message for a job that does not exist"
+            );
+            return Err(Refusal::UnknownJob);
+        };
+        // The job's configuration must be this queue's.
+        if let Some(name) = configuration
+            && name != self.configuration
+        {
+            warn!(
+                queue_url = self.queue_url,
+                job = message.job_name,
+                "dropping worker message that came on another configuration's queue"
+            );
+            return Err(Refusal::WrongQueue);
+        }
+        let sender = received.sender_id.as_deref();
+        if self.require_sender
+            && let Some(refusal) = binding::sender_refusal(sender, &message.instance_id)
+        {
+            warn!(
+                queue_url = self.queue_url,
+                job = message.job_name,
+                instance_id = message.instance_id,
+                sender = sender.unwrap_or("<none>"),
+                %refusal,
+                "dropping worker message that its worker instance did not send"
+            );
+            return Err(refusal);
+        }
+        Ok((message, job))
+    }
+
+    /// The job a message names (namespace, name and UID must match), and
+    /// the configuration its status names.
+    fn job_of(&self, message: &WorkerMessage) -> Option<(JobRef, Option<String>)> {
+        let uid = Some(message.job_uid.as_str());
+        let backup = ObjectRef::<BackupJob>::new(&message.job_name).within(&message.namespace);
+        if let Some(job) = self.jobs.backups.get(&backup)
+            && job.metadata.uid.as_deref() == uid
+        {
+            let configuration = job
+                .status
+                .as_ref()
+                .and_then(|s| s.worker_configuration.clone());
+            return Some((JobRef::Backup(backup), configuration));
+        }
+        let restore = ObjectRef::<RestoreJob>::new(&message.job_name).within(&message.namespace);
+        let job = self.jobs.restores.get(&restore)?;
+        (job.metadata.uid.as_deref() == uid).then(|| {
+            let configuration = job
+                .status
+                .as_ref()
+                .and_then(|s| s.worker_configuration.clone());
+            (JobRef::Restore(restore), configuration)
+        })
     }
 }

@@ -20,9 +20,12 @@ use crate::api::{
     InstanceTypes, JobLimits, LocalObjectReference, Phase, RestoreJob, RestoreJobStatus,
     RestoreMode, RestoreWorkerStatus, WorkerConfiguration, WorkerStatus,
 };
+use crate::aws::ebs::SnapshotInfo;
+use crate::aws::{AwsClients, AwsError};
 use crate::controller::events;
 use crate::messages::{FileLevelTask, Operation, WorkerEvent};
 use crate::mover::manifest::RepositoryLocation;
+use crate::names::tags;
 use crate::placement;
 use crate::reasons::FailureReason;
 
@@ -127,7 +130,7 @@ impl WorkerJob for RestoreJob {
     ) -> Result<()> {
         match self.spec.mode {
             RestoreMode::Volume => restore_volumes(self, config, status, ctx, now).await?,
-            RestoreMode::Full => restore_instances(self, status, ctx, now).await?,
+            RestoreMode::Full => restore_instances(self, config, status, ctx, now).await?,
             RestoreMode::FileLevel => end_finished_session(self, status, now),
         }
         Ok(())
@@ -207,6 +210,18 @@ async fn restore_volumes(
             continue;
         };
         let aws = ctx.aws.scoped(&job_access(job, w.access.as_ref())).await;
+        if !snapshots_are_own(
+            job,
+            config,
+            w,
+            &aws,
+            std::slice::from_ref(&snapshot),
+            (ctx, now),
+        )
+        .await?
+        {
+            continue;
+        }
         // Tender never deletes a restored volume.
         let tags = restored_tags(job, w);
         match aws
@@ -246,11 +261,87 @@ async fn restore_volumes(
     Ok(())
 }
 
+/// Whether the snapshots a worker named are its own, before anything is
+/// made from them: a forged `completed` could name any snapshot the
+/// controller may read, of any account. When one is not, the worker fails
+/// for good (`SnapshotNotOwned`, with an Event) and nothing is created.
+async fn snapshots_are_own(
+    job: &RestoreJob,
+    config: &WorkerConfiguration,
+    w: &mut RestoreWorkerStatus,
+    aws: &AwsClients,
+    snapshot_ids: &[String],
+    (ctx, now): (&Context, Timestamp),
+) -> Result<bool, AwsError> {
+    let uid = job.uid().unwrap_or_default();
+    let account = workers_account(w, config);
+    for id in snapshot_ids {
+        let found = aws.snapshots().describe_snapshot(&w.region, id).await?;
+        let Some(problem) = snapshot_problem(id, found.as_ref(), &uid, account.as_deref()) else {
+            continue;
+        };
+        let message =
+            format!("{problem}; the worker's report is not trusted and nothing was made from it");
+        let reason = FailureReason::SnapshotNotOwned;
+        let note = format!("{}: {message}", w.resource);
+        ctx.event(
+            job,
+            EventType::Warning,
+            reason.as_str(),
+            "CheckRestoredSnapshots",
+            note,
+        )
+        .await;
+        mark_failed(w, reason, &message, now);
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// The account a worker ran in: its role's, else the configuration's
+/// (the controller's own credentials).
+fn workers_account(w: &WorkerStatus, config: &WorkerConfiguration) -> Option<String> {
+    match &w.access {
+        Some(role) => role.role_arn.split(':').nth(4).map(String::from),
+        None => config.status.as_ref().and_then(|s| s.account_id.clone()),
+    }
+}
+
+/// What is wrong with a snapshot a restore worker named, if anything: it
+/// must exist, be owned by the workers' `account`, and carry this job's
+/// UID tag, as the worker tags every snapshot it writes.
+pub fn snapshot_problem(
+    snapshot_id: &str,
+    found: Option<&SnapshotInfo>,
+    job_uid: &str,
+    account: Option<&str>,
+) -> Option<String> {
+    let Some(snapshot) = found else {
+        return Some(format!(
+            "snapshot {snapshot_id} does not exist in the workers' account"
+        ));
+    };
+    let owner = snapshot.owner_id.as_deref();
+    if account.is_none() || owner != account {
+        return Some(format!(
+            "snapshot {snapshot_id} is owned by account {}, not by the workers' account {}",
+            owner.unwrap_or("?"),
+            account.unwrap_or("?")
+        ));
+    }
+    let tagged = snapshot.tags.get(tags::JOB_UID).map(String::as_str);
+    (tagged != Some(job_uid)).then(|| {
+        format!(
+            "snapshot {snapshot_id} does not carry this job's tag {}={job_uid}",
+            tags::JOB_UID
+        )
+    })
+}
+
 /// Tags of what a restore creates for the user (a volume, an instance): it
 /// carries Tender's tag (the policies let Tender create only what does) but
 /// never this cluster's ID, so no sweep ever takes it.
 fn restored_tags(job: &RestoreJob, w: &WorkerStatus) -> Vec<(String, String)> {
-    use crate::names::tags;
     vec![
         (
             tags::MANAGED_BY.to_string(),
@@ -273,6 +364,7 @@ fn restored_tags(job: &RestoreJob, w: &WorkerStatus) -> Vec<(String, String)> {
 /// worker's subnet, in the worker's account.
 async fn restore_instances(
     job: &RestoreJob,
+    config: &WorkerConfiguration,
     status: &mut RestoreJobStatus,
     ctx: &Context,
     now: Timestamp,
@@ -293,6 +385,17 @@ async fn restore_instances(
             mark_failed(w, FailureReason::InstanceRestoreFailed, message, now);
             continue;
         };
+        if w.restored_image_id.is_none() {
+            let aws = ctx.aws.scoped(&job_access(job, w.access.as_ref())).await;
+            let ids: Vec<String> = w
+                .restored_snapshots
+                .iter()
+                .map(|s| s.snapshot_id.clone())
+                .collect();
+            if !snapshots_are_own(job, config, w, &aws, &ids, (ctx, now)).await? {
+                continue;
+            }
+        }
         match launch_restored(job, w, instance_type, &subnet, ctx).await {
             Ok((image, instance)) => {
                 let note = format!(
@@ -473,4 +576,93 @@ fn random_token() -> Result<String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|_| Error::MissingObjectKey("randomness from the OS"))?;
     Ok(hex::encode(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(owner: &str, job_uid: Option<&str>) -> SnapshotInfo {
+        SnapshotInfo {
+            snapshot_id: "snap-0123456789abcdef0".into(),
+            state: "completed".into(),
+            volume_size_gib: 8,
+            volume_id: None,
+            tags: job_uid
+                .map(|u| (tags::JOB_UID.to_string(), u.to_string()))
+                .into_iter()
+                .collect(),
+            owner_id: Some(owner.into()),
+        }
+    }
+
+    #[test]
+    fn only_the_workers_own_snapshots_are_restored() {
+        const ACCOUNT: &str = "111122223333";
+        const UID: &str = "5f0c7a1e-job";
+        let id = "snap-0123456789abcdef0";
+        let own = snapshot(ACCOUNT, Some(UID));
+        let cases = [
+            ("its own", Some(own.clone()), Some(ACCOUNT), None),
+            ("missing", None, Some(ACCOUNT), Some("does not exist")),
+            (
+                "another account's",
+                Some(snapshot("444455556666", Some(UID))),
+                Some(ACCOUNT),
+                Some("owned by account 444455556666"),
+            ),
+            (
+                "untagged",
+                Some(snapshot(ACCOUNT, None)),
+                Some(ACCOUNT),
+                Some("does not carry this job's tag"),
+            ),
+            (
+                "another job's",
+                Some(snapshot(ACCOUNT, Some("other-job"))),
+                Some(ACCOUNT),
+                Some("does not carry this job's tag"),
+            ),
+            (
+                "no known account",
+                Some(own),
+                None,
+                Some("not by the workers' account ?"),
+            ),
+        ];
+        for (name, found, account, want) in cases {
+            let got = snapshot_problem(id, found.as_ref(), UID, account);
+            match (got, want) {
+                (None, None) => {}
+                (Some(problem), Some(want)) => assert!(problem.contains(want), "{name}: {problem}"),
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_workers_account_is_their_roles() {
+        let mut config: WorkerConfiguration = serde_json::from_value(serde_json::json!({
+            "apiVersion": "tender.dev/v1alpha1", "kind": "WorkerConfiguration",
+            "metadata": {"name": "c"}, "spec": {"region": "us-east-1", "imageId": "ami-01234567"},
+            "status": {"accountId": "111122223333"}
+        }))
+        .unwrap();
+        let mut w = WorkerStatus::default();
+        assert_eq!(
+            workers_account(&w, &config).as_deref(),
+            Some("111122223333")
+        );
+        w.access = Some(crate::api::AccountAccess {
+            role_arn: "arn:aws:iam::444455556666:role/tender-backup".into(),
+            external_id: None,
+        });
+        assert_eq!(
+            workers_account(&w, &config).as_deref(),
+            Some("444455556666")
+        );
+        config.status = None;
+        w.access = None;
+        assert_eq!(workers_account(&w, &config), None);
+    }
 }

@@ -22,7 +22,7 @@ use crate::api::{
     AccountAccess, WorkerAccount, WorkerConfiguration, WorkerConfigurationStatus, WorkerSubnet,
 };
 use crate::aws::AwsClients;
-use crate::aws::accounts::Access;
+use crate::aws::accounts::{Access, CallerIdentity};
 use crate::aws::instances::Instances;
 use crate::aws::network::Network;
 use crate::controller::events;
@@ -132,10 +132,12 @@ async fn apply(
         .queues()
         .ensure_queue(region, &name, &owner_tags)
         .await?;
+    let identity = (&credentials.identity, cfg.spec.worker_access().is_some());
+    super::queue_access::restrict(ctx, &aws, identity, (region, &name, &queue_url)).await?;
     ctx.pumps.ensure(
         &aws,
-        region,
-        &queue_url,
+        (region, &queue_url),
+        config_key(cfg),
         super::reports::JobStores {
             backups: ctx.jobs.clone(),
             restores: ctx.restores.clone(),
@@ -496,6 +498,7 @@ fn configuration_access(cfg: &WorkerConfiguration) -> Access {
 /// What the credentials check found.
 struct Credentials {
     account_id: String,
+    identity: CallerIdentity,
     condition: DesiredCondition,
 }
 
@@ -547,7 +550,8 @@ async fn check_credentials(
         ));
     }
     Ok(Credentials {
-        account_id: workers.account,
+        account_id: workers.account.clone(),
+        identity: workers,
         condition: DesiredCondition::new(CREDENTIALS_READY, true, "CredentialsReady", message),
     })
 }

@@ -64,7 +64,7 @@ impl Reporter {
             instance_id: self.instance_id.clone(),
             attempt: self.task.attempt,
             sequence: self.sequence.fetch_add(1, Ordering::SeqCst) + 1,
-            event,
+            event: event.within_bounds(),
         };
         let body = serde_json::to_string(&message).unwrap_or_default();
         self.aws

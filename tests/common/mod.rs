@@ -35,6 +35,7 @@ use tender::api::{
 
 pub mod commands;
 pub mod disks;
+pub mod reports;
 pub mod workers;
 
 use workers::Account;
@@ -172,6 +173,15 @@ impl Configured {
             .and_then(|s| s.queue_url.clone())
             .expect("a ready configuration has its queue")
     }
+}
+
+/// Whether a job's first worker has been launched.
+pub fn launched<W: std::ops::Deref<Target = tender::api::WorkerStatus>>(
+    status: &Option<tender::api::JobStatus<W>>,
+) -> bool {
+    status
+        .as_ref()
+        .is_some_and(|s| s.workers.first().is_some_and(|w| w.instance_id.is_some()))
 }
 
 /// The name of an instance's state (`running`, `terminated`, ...).
@@ -387,6 +397,11 @@ impl TestEnv {
             ])
             .args(["--network-recheck-seconds", "1"])
             .args(args)
+            // The emulator names one fixed SenderId for every message, and
+            // its agents serve file-level sessions on loopback, not at the
+            // instance's address: both checks stay on in production.
+            .env("TENDER_REQUIRE_WORKER_SENDER", "false")
+            .env("TENDER_TRUSTED_BROWSER_HOSTS", "127.0.0.1")
             .envs(env.iter().copied())
             .env("RUST_LOG", "info,tender=debug")
             .stdin(Stdio::null())

@@ -145,6 +145,8 @@ impl Running {
             .args(["--metrics-address", &format!("127.0.0.1:{port}")])
             .args(["--heartbeat-seconds", HEARTBEAT_SECONDS])
             .args(["--sweep-interval-seconds", "60"])
+            // The emulator names one fixed SenderId for every message.
+            .env("TENDER_REQUIRE_WORKER_SENDER", "false")
             .env(
                 "RUST_LOG",
                 std::env::var("BENCH_RUST_LOG").unwrap_or("info".into()),

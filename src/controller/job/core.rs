@@ -660,6 +660,7 @@ pub fn deletion_hold(still_running: &[String]) -> Option<Vec<DesiredCondition>> 
     ])
 }
 
+pub mod binding;
 mod effects;
 
 pub use self::effects::{Termination, terminations};

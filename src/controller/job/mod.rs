@@ -9,6 +9,7 @@
 //! - `configuration`: which WorkerConfiguration, and whether it is ready.
 //! - `launch`: planning and launching workers; `admission`: how many may
 //!   launch under `maxConcurrentWorkers`.
+//! - `messages`: the workers' messages, checked, then applied.
 //! - `termination`: terminating workers, and a deleted job's hold.
 //! - `status`: reading and writing status; the end of a finished job.
 
@@ -17,6 +18,7 @@ pub mod configuration;
 pub mod core;
 pub mod kind;
 mod launch;
+mod messages;
 pub mod status;
 mod termination;
 
@@ -42,7 +44,6 @@ use super::{Context, Error, Result};
 use crate::api::{AccountAccess, BackupRepository, JobStatus, WorkerConfiguration, WorkerStatus};
 use crate::aws::accounts::Access;
 use crate::aws::instance_cache::RegionInstances;
-use crate::messages::WorkerMessage;
 use crate::mover::manifest::RepositoryLocation;
 use crate::names::JOB_FINALIZER;
 use crate::reasons::{BlockedReason, FailureReason};
@@ -170,7 +171,7 @@ async fn apply<K: WorkerJob>(job: &K, api: &Api<K>, ctx: &Context) -> Result<Act
         launch::plan_workers(job, &resolved.config, &pass.uid, &mut status, ctx, now).await?;
     }
     status.start_time.get_or_insert(Time(now));
-    let settled = apply_messages(&pass, &mut status, now).await;
+    let settled = messages::apply_messages(&pass, &resolved.config, &mut status, now).await?;
     job.follow_up(&resolved.config, &mut status, ctx, now)
         .await?;
     let timeout = Duration::from_secs(resolved.config.spec.heartbeat_timeout_seconds.max(1) as u64);
@@ -316,25 +317,6 @@ fn job_repository<K: WorkerJob>(
         &chosen.spec,
         &job.namespace().unwrap_or_default(),
     ))
-}
-
-/// Applies the messages the queue pumps filed for the job (see
-/// `controller::reports`); returns the receipts to delete from SQS once the
-/// status is written.
-async fn apply_messages<K: WorkerJob>(
-    pass: &Pass<'_, K>,
-    status: &mut JobStatus<K::Worker>,
-    now: Timestamp,
-) -> Vec<Receipt> {
-    let pending = pass.ctx.reports.pending(&pass.uid);
-    let messages: Vec<&WorkerMessage> = pending.iter().map(|(m, _)| m).collect();
-    let applied = core::apply_messages(&mut status.workers, &messages, now, K::record);
-    publish(pass, applied.notices).await;
-    applied
-        .settled
-        .into_iter()
-        .map(|i| pending[i].1.clone())
-        .collect()
 }
 
 /// The deadline, suspension, and workers that went silent or whose
