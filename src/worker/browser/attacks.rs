@@ -427,7 +427,7 @@ async fn a_form_posted_from_another_site_is_refused() {
     let reply = exchange(
         &server,
         &post("https://evil.example".into()),
-        b"path=%2Fa",
+        b"path=%2Fab",
         false,
     )
     .await;

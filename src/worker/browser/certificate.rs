@@ -89,24 +89,40 @@ pub(super) fn colon_hex(bytes: &[u8]) -> String {
 pub(super) mod testing {
     //! The validity a certificate states, read back from its DER.
 
-    /// (notBefore, notAfter) in seconds since 1970: the first two UTCTime
-    /// values in the certificate, which are its validity (names are other
-    /// string types; rcgen writes UTCTime for years before 2050).
+    /// (notBefore, notAfter) in seconds since 1970: the first two times
+    /// in the certificate (UTCTime, or GeneralizedTime from 2050), which
+    /// are its validity (names are other string types).
     pub fn validity(der: &[u8]) -> (i64, i64) {
-        let times: Vec<i64> = der
-            .windows(15)
-            .filter(|w| w[0] == 0x17 && w[1] == 13 && w[14] == b'Z')
-            .map(|w| utc_time(&w[2..14]))
-            .take(2)
-            .collect();
+        let mut times = Vec::new();
+        for at in 0..der.len() {
+            let digits = match der[at..] {
+                [0x17, 13, ..] if der.len() > at + 14 && der[at + 14] == b'Z' => {
+                    let yy = &der[at + 2..at + 4];
+                    let century: &[u8] = if yy < b"50".as_slice() { b"20" } else { b"19" };
+                    [century, &der[at + 2..at + 14]].concat()
+                }
+                [0x18, 15, ..] if der.len() > at + 16 && der[at + 16] == b'Z' => {
+                    der[at + 2..at + 16].to_vec()
+                }
+                _ => continue,
+            };
+            times.push(seconds(&digits));
+            if times.len() == 2 {
+                break;
+            }
+        }
         (times[0], times[1])
     }
 
-    /// `YYMMDDHHMMSS` as seconds since 1970.
-    fn utc_time(digits: &[u8]) -> i64 {
-        let n = |i: usize| i64::from((digits[i] - b'0') * 10 + (digits[i + 1] - b'0'));
-        let y = if n(0) >= 50 { 1900 + n(0) } else { 2000 + n(0) };
-        let (m, d) = (n(2), n(4));
+    /// `YYYYMMDDHHMMSS` as seconds since 1970.
+    fn seconds(digits: &[u8]) -> i64 {
+        let n = |from: usize, to: usize| -> i64 {
+            std::str::from_utf8(&digits[from..to])
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let (y, m, d) = (n(0, 4), n(4, 6), n(6, 8));
         // Days from civil (Howard Hinnant's algorithm).
         let y = if m <= 2 { y - 1 } else { y };
         let era = y.div_euclid(400);
@@ -114,15 +130,19 @@ pub(super) mod testing {
         let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
         let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
         let days = era * 146_097 + doe - 719_468;
-        days * 86_400 + n(6) * 3600 + n(8) * 60 + n(10)
+        days * 86_400 + n(8, 10) * 3600 + n(10, 12) * 60 + n(12, 14)
     }
 
     #[test]
-    fn utc_times_count_from_1970() {
-        assert_eq!(utc_time(b"700101000000"), 0);
-        assert_eq!(utc_time(b"691231235959"), -1);
-        assert_eq!(utc_time(b"000101000000"), 946_684_800);
-        assert_eq!(utc_time(b"240229123456"), 1_709_210_096);
+    fn times_count_from_1970() {
+        assert_eq!(seconds(b"19700101000000"), 0);
+        assert_eq!(seconds(b"19691231235959"), -1);
+        assert_eq!(seconds(b"20000101000000"), 946_684_800);
+        assert_eq!(seconds(b"20240229123456"), 1_709_210_096);
+        assert_eq!(seconds(b"40960101000000"), 67_090_118_400);
+        // rcgen's default validity, which the session's certificate had.
+        let default = rcgen::generate_simple_self_signed(vec!["x".into()]).unwrap();
+        assert_eq!(validity(default.cert.der()), (157_766_400, 67_090_118_400));
     }
 }
 
