@@ -114,29 +114,29 @@ async fn read_form(request: Request) -> Result<Request, Response> {
     }
 }
 
-/// Whether a POST comes from this session's own pages: a browser names
-/// the page's origin (`Origin`) and whether it is this site
-/// (`Sec-Fetch-Site`); a client that names neither is no browser, so no
-/// other site can have made it send the request.
+/// Whether a POST comes from this session's own pages. A browser says
+/// whether the page that sent it is this origin (`Sec-Fetch-Site`, which
+/// no page can set) and names that origin (`Origin`; but `null` from our
+/// pages, whose `Referrer-Policy` is `no-referrer`); either must say this
+/// origin. A client that says neither is no browser, so no other site can
+/// have made it send the request.
 fn same_origin(headers: &HeaderMap) -> bool {
     let fetch_site = headers
         .get(HeaderName::from_static("sec-fetch-site"))
         .map(|v| v.as_bytes());
-    if fetch_site.is_some_and(|site| site != b"same-origin" && site != b"none") {
-        return false;
-    }
-    let Some(origin) = headers.get(ORIGIN) else {
-        return true;
-    };
-    let host = headers.get(HOST).and_then(|h| h.to_str().ok());
-    match (origin.to_str().ok(), host) {
-        (Some(origin), Some(host)) => {
+    let origin = headers.get(ORIGIN).map(|v| v.to_str().unwrap_or("null"));
+    match (fetch_site, origin) {
+        (Some(site), _) if site != b"same-origin" => false,
+        (Some(_), Some("null") | None) => true,
+        (_, Some(origin)) => {
+            let host = headers.get(HOST).and_then(|h| h.to_str().ok());
             let default_port = |h: &str| h.strip_suffix(":443").unwrap_or(h).to_ascii_lowercase();
             origin
                 .strip_prefix("https://")
-                .is_some_and(|o| default_port(o) == default_port(host))
+                .zip(host)
+                .is_some_and(|(o, h)| default_port(o) == default_port(h))
         }
-        _ => false,
+        (None, None) => true,
     }
 }
 
@@ -278,12 +278,30 @@ mod tests {
                 true,
             ),
             (vec![host, ("sec-fetch-site", "same-origin")], true),
+            // Chromium, from a page whose Referrer-Policy is no-referrer.
+            (
+                vec![host, ("origin", "null"), ("sec-fetch-site", "same-origin")],
+                true,
+            ),
             (vec![host, ("origin", "https://evil.example")], false),
             (vec![host, ("origin", "http://10.0.0.5")], false),
             (vec![host, ("origin", "null")], false),
             (vec![("origin", "https://10.0.0.5")], false),
             (vec![host, ("sec-fetch-site", "cross-site")], false),
             (vec![host, ("sec-fetch-site", "same-site")], false),
+            (vec![host, ("sec-fetch-site", "none")], false),
+            (
+                vec![host, ("origin", "null"), ("sec-fetch-site", "cross-site")],
+                false,
+            ),
+            (
+                vec![
+                    host,
+                    ("origin", "https://evil.example"),
+                    ("sec-fetch-site", "same-origin"),
+                ],
+                false,
+            ),
         ] {
             assert_eq!(same_origin(&headers(&pairs)), same, "{pairs:?}");
         }
