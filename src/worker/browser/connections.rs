@@ -165,51 +165,50 @@ mod tests {
         }
     }
 
+    /// Opens a connection whose task waits forever holding its slot.
+    fn open_idle(
+        connections: &Connections,
+        tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+    ) -> (Admission, Option<Admit>) {
+        let mut admit = None;
+        let decision = connections.open(|slot| {
+            admit = Some(slot.admitter());
+            let task = tokio::spawn(async move {
+                let _slot = slot;
+                std::future::pending::<()>().await
+            });
+            let handle = task.abort_handle();
+            tasks.push(task);
+            handle
+        });
+        (decision, admit)
+    }
+
     #[tokio::test]
     async fn slots_move_from_pending_to_admitted_and_are_given_back() {
         let connections = Connections::default();
-        let (admit_tx, admit_rx) = std::sync::mpsc::channel();
         let mut tasks = Vec::new();
+        let mut admits = Vec::new();
         for _ in 0..MAX_PENDING {
-            let decision = connections.open(|slot| {
-                admit_tx.send(slot.admitter()).unwrap();
-                let task = tokio::spawn(async move {
-                    let _slot = slot;
-                    std::future::pending::<()>().await
-                });
-                let handle = task.abort_handle();
-                tasks.push(task);
-                handle
-            });
+            let (decision, admit) = open_idle(&connections, &mut tasks);
             assert_eq!(decision, Admission::Accept);
+            admits.push(admit.unwrap());
         }
         assert_eq!(connections.counts(), (MAX_PENDING, 0));
-        let first = admit_rx.recv().unwrap();
-        let second = admit_rx.recv().unwrap();
-        first.admit();
-        first.admit();
+        admits[0].admit();
+        admits[0].admit();
         assert_eq!(connections.counts(), (MAX_PENDING - 1, 1));
 
         // Two more: the first closes nothing (a slot is free), the second
         // closes the oldest pending connection, the second one opened.
         for expected in [Admission::Accept, Admission::AcceptClosingOldest] {
-            let decision = connections.open(|slot| {
-                let task = tokio::spawn(async move {
-                    let _slot = slot;
-                    std::future::pending::<()>().await
-                });
-                let handle = task.abort_handle();
-                tasks.push(task);
-                handle
-            });
-            assert_eq!(decision, expected);
+            assert_eq!(open_idle(&connections, &mut tasks).0, expected);
         }
         assert!(tasks.remove(1).await.unwrap_err().is_cancelled());
-        second.admit(); // closed already: admits nothing
+        admits[1].admit(); // closed already: admits nothing
         assert_eq!(connections.counts(), (MAX_PENDING, 1));
         // The admitted one ends: its slot is given back.
         tasks.remove(0).abort();
-        tokio::task::yield_now().await;
         while connections.counts().1 == 1 {
             tokio::task::yield_now().await;
         }
