@@ -129,6 +129,7 @@ async fn bench(mib: usize) {
     // The volume, written once (not measured).
     let t = Instant::now();
     let source = aws
+        .snapshots()
         .start_snapshot(REGION, size_gib, "bench volume", &[], &format!("src-{tag}"))
         .await
         .unwrap();
@@ -137,7 +138,8 @@ async fn bench(mib: usize) {
             let aws = aws.clone();
             let source = source.clone();
             async move {
-                aws.put_snapshot_block(REGION, &source, i as i32, block(i))
+                aws.snapshots()
+                    .put_snapshot_block(REGION, &source, i as i32, block(i))
                     .await
                     .unwrap()
             }
@@ -145,7 +147,8 @@ async fn bench(mib: usize) {
         .buffer_unordered(concurrency)
         .collect::<Vec<()>>()
         .await;
-    aws.complete_snapshot(REGION, &source, blocks as i32)
+    aws.snapshots()
+        .complete_snapshot(REGION, &source, blocks as i32)
         .await
         .unwrap();
     eprintln!(
@@ -154,14 +157,19 @@ async fn bench(mib: usize) {
     );
 
     // Floor for backup: read every block, nothing else.
-    let listing = aws.list_snapshot_blocks(REGION, &source).await.unwrap();
+    let listing = aws
+        .snapshots()
+        .list_snapshot_blocks(REGION, &source)
+        .await
+        .unwrap();
     let t = Instant::now();
     futures::stream::iter(listing.blocks.clone())
         .map(|(i, token)| {
             let aws = aws.clone();
             let source = source.clone();
             async move {
-                aws.get_snapshot_block(REGION, &source, i, &token)
+                aws.snapshots()
+                    .get_snapshot_block(REGION, &source, i, &token)
                     .await
                     .unwrap()
                     .len()
@@ -211,6 +219,7 @@ async fn bench(mib: usize) {
 
     // Floor for restore: write every block into a new snapshot, nothing else.
     let target = aws
+        .snapshots()
         .start_snapshot(REGION, size_gib, "bench floor", &[], &format!("dst-{tag}"))
         .await
         .unwrap();
@@ -221,7 +230,8 @@ async fn bench(mib: usize) {
             let target = target.clone();
             let data = block(i);
             async move {
-                aws.put_snapshot_block(REGION, &target, i as i32, data)
+                aws.snapshots()
+                    .put_snapshot_block(REGION, &target, i as i32, data)
                     .await
                     .unwrap()
             }
@@ -229,7 +239,8 @@ async fn bench(mib: usize) {
         .buffer_unordered(concurrency)
         .collect::<Vec<()>>()
         .await;
-    aws.complete_snapshot(REGION, &target, blocks as i32)
+    aws.snapshots()
+        .complete_snapshot(REGION, &target, blocks as i32)
         .await
         .unwrap();
     let write_floor = t.elapsed();

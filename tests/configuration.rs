@@ -90,7 +90,11 @@ async fn without_subnets_or_groups_workers_use_the_default_vpc_and_a_managed_gro
         port,
         cidr: cidr.into(),
     };
-    let (ingress, egress) = aws.security_group_rules(REGION, &group).await.unwrap();
+    let (ingress, egress) = aws
+        .network()
+        .security_group_rules(REGION, &group)
+        .await
+        .unwrap();
     assert_eq!(ingress, [rule(443, "10.20.0.0/16")]);
     assert_eq!(egress, [rule(443, "0.0.0.0/0"), rule(2049, "0.0.0.0/0")]);
     let described = env
@@ -156,7 +160,11 @@ async fn without_subnets_or_groups_workers_use_the_default_vpc_and_a_managed_gro
         let aws = aws.clone();
         let group = group.clone();
         async move {
-            let (ingress, _) = aws.security_group_rules(REGION, &group).await.ok()?;
+            let (ingress, _) = aws
+                .network()
+                .security_group_rules(REGION, &group)
+                .await
+                .ok()?;
             (ingress
                 == [TcpRule {
                     port: 443,

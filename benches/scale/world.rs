@@ -177,16 +177,19 @@ impl World {
         for i in 0..PROTECTED {
             let token = format!("bench-{}-{suffix}-{i}", self.tag);
             let id = aws
+                .snapshots()
                 .start_snapshot(REGION, 1, "tender bench disk", &[], &token)
                 .await
                 .expect("start a protected snapshot");
             let block: Vec<u8> = (0..tender::aws::ebs::BLOCK_SIZE)
                 .map(|b| ((b * 31 + i * 7) % 251) as u8)
                 .collect();
-            aws.put_snapshot_block(REGION, &id, 0, block)
+            aws.snapshots()
+                .put_snapshot_block(REGION, &id, 0, block)
                 .await
                 .expect("write its block");
-            aws.complete_snapshot(REGION, &id, 1)
+            aws.snapshots()
+                .complete_snapshot(REGION, &id, 1)
                 .await
                 .expect("complete it");
             protected.push(id);

@@ -1,6 +1,9 @@
-//! Accounts: the controller reaches the backup and production accounts with
-//! its own credentials or by STS AssumeRole. Assumed credentials are cached
-//! per role and session and refreshed by the SDK before they expire.
+//! Accounts: [`AwsClients`] scoped to an STS role, and who it acts as.
+//!
+//! The controller reaches the backup and production accounts with its own
+//! credentials or by STS AssumeRole ([`AwsClients::scoped`]); assumed
+//! credentials are cached per role and session and refreshed by the SDK
+//! before they expire.
 
 use aws_config::sts::AssumeRoleProvider;
 use aws_credential_types::provider::SharedCredentialsProvider;
@@ -129,22 +132,6 @@ impl AwsClients {
             account: out.account().unwrap_or_default().to_string(),
             arn: out.arn().unwrap_or_default().to_string(),
         })
-    }
-
-    /// The value of an SSM parameter (an AMI ID for `imageSsmParameter`).
-    pub async fn ssm_parameter(&self, region: &str, name: &str) -> Result<String, AwsError> {
-        let op = AwsOperation::GetParameter;
-        let out = self
-            .call(op, self.ssm(region).get_parameter().name(name).send())
-            .await?;
-        out.parameter()
-            .and_then(|p| p.value())
-            .map(String::from)
-            .ok_or(AwsError::Service {
-                operation: op.name(),
-                code: "NoValue".into(),
-                message: format!("parameter {name} has no value"),
-            })
     }
 }
 

@@ -1,9 +1,11 @@
-//! Coalescing of concurrent AWS calls: callers that want the same kind of
-//! call against the same target (a region, a queue) within a short window
-//! share one request, the way Karpenter batches its EC2 calls. A hundred
-//! jobs created at once then cost one DescribeSnapshots, not a hundred, and
-//! their workers' terminations and message deletions go out together. A lone
-//! caller waits one window (milliseconds) longer than it would alone.
+//! Batched calls: concurrent callers of one kind of call share a request.
+//!
+//! Callers that want the same kind of call against the same target (a
+//! region, a queue) within a short window share one request, the way
+//! Karpenter batches its EC2 calls. A hundred jobs created at once then
+//! cost one DescribeSnapshots, not a hundred, and their workers'
+//! terminations and message deletions go out together. A lone caller waits
+//! one window (milliseconds) longer than it would alone.
 
 use std::collections::HashMap;
 use std::hash::Hash;

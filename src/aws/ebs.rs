@@ -1,6 +1,9 @@
-//! EBS snapshots, read and written block by block through the EBS direct
-//! APIs (the data mover's source and target), plus the EC2 calls around
-//! them: snapshotting an instance, describing and deleting snapshots.
+//! [`Snapshots`]: EBS snapshots, their blocks, and volumes made from them.
+//!
+//! Snapshots are read and written block by block through the EBS direct
+//! APIs (the data mover's source and target); the EC2 calls around them
+//! snapshot an instance, describe and delete snapshots and create a volume
+//! from one.
 
 use aws_sdk_ebs::primitives::ByteStream;
 use aws_sdk_ebs::types::{ChecksumAlgorithm, Tag};
@@ -57,7 +60,14 @@ fn missing(operation: AwsOperation, what: &str) -> AwsError {
     }
 }
 
-impl AwsClients {
+/// EBS snapshots, their blocks and the volumes made of them
+/// ([`AwsClients::snapshots`]).
+#[derive(Clone, Copy)]
+pub struct Snapshots<'a> {
+    pub(super) aws: &'a AwsClients,
+}
+
+impl Snapshots<'_> {
     /// Snapshots every EBS volume of an instance at one point in time
     /// (crash-consistent across its volumes), tagged; returns
     /// `(snapshot ID, volume ID)` pairs.
@@ -74,6 +84,7 @@ impl AwsClients {
             super::ec2_tags(tags.iter().map(|(k, v)| (k, v))),
         );
         let create = self
+            .aws
             .ec2(region)
             .create_snapshots()
             .instance_specification(
@@ -85,7 +96,7 @@ impl AwsClients {
             .description(description)
             .tag_specifications(spec)
             .send();
-        let out = self.call(AwsOperation::CreateSnapshots, create).await?;
+        let out = self.aws.call(AwsOperation::CreateSnapshots, create).await?;
         Ok(out
             .snapshots()
             .iter()
@@ -101,11 +112,12 @@ impl AwsClients {
     /// Deletes a snapshot; one already gone counts as deleted.
     pub async fn delete_snapshot(&self, region: &str, snapshot_id: &str) -> Result<(), AwsError> {
         let delete = self
+            .aws
             .ec2(region)
             .delete_snapshot()
             .snapshot_id(snapshot_id)
             .send();
-        match self.call(AwsOperation::DeleteSnapshot, delete).await {
+        match self.aws.call(AwsOperation::DeleteSnapshot, delete).await {
             Ok(_) => Ok(()),
             Err(e) if is_snapshot_not_found(&e) => Ok(()),
             Err(e) => Err(e),
@@ -118,7 +130,7 @@ impl AwsClients {
         region: &str,
         snapshot_id: &str,
     ) -> Result<SnapshotBlocks, AwsError> {
-        let ebs = self.ebs(region);
+        let ebs = self.aws.ebs(region);
         let mut out = SnapshotBlocks::default();
         let mut next: Option<String> = None;
         loop {
@@ -128,7 +140,10 @@ impl AwsClients {
                 .set_next_token(next.take())
                 .max_results(10_000)
                 .send();
-            let page = self.call(AwsOperation::ListSnapshotBlocks, list).await?;
+            let page = self
+                .aws
+                .call(AwsOperation::ListSnapshotBlocks, list)
+                .await?;
             out.volume_size_gib = page.volume_size().unwrap_or(out.volume_size_gib);
             out.blocks.extend(page.blocks().iter().filter_map(|b| {
                 Some((
@@ -153,7 +168,7 @@ impl AwsClients {
         first: &str,
         second: &str,
     ) -> Result<Vec<ChangedBlock>, AwsError> {
-        let ebs = self.ebs(region);
+        let ebs = self.aws.ebs(region);
         let mut out = Vec::new();
         let mut next: Option<String> = None;
         loop {
@@ -164,7 +179,7 @@ impl AwsClients {
                 .set_next_token(next.take())
                 .max_results(10_000)
                 .send();
-            let page = self.call(AwsOperation::ListChangedBlocks, list).await?;
+            let page = self.aws.call(AwsOperation::ListChangedBlocks, list).await?;
             out.extend(page.changed_blocks().iter().filter_map(|b| {
                 Some(ChangedBlock {
                     index: b.block_index()?,
@@ -189,22 +204,15 @@ impl AwsClients {
     ) -> Result<Vec<u8>, AwsError> {
         let op = AwsOperation::GetSnapshotBlock;
         let get = self
+            .aws
             .ebs(region)
             .get_snapshot_block()
             .snapshot_id(snapshot_id)
             .block_index(index)
             .block_token(token)
             .send();
-        let out = self.call(op, get).await?;
-        let data = out
-            .block_data
-            .collect()
-            .await
-            .map_err(|e| AwsError::Unreachable {
-                operation: op.name(),
-                detail: e.to_string(),
-            })?;
-        Ok(data.into_bytes().to_vec())
+        let out = self.aws.call(op, get).await?;
+        super::read_body(op, out.block_data).await
     }
 
     /// Starts a new, empty snapshot of `volume_size_gib`; `client_token`
@@ -222,6 +230,7 @@ impl AwsClients {
             .map(|(k, v)| Tag::builder().key(k).value(v).build())
             .collect();
         let start = self
+            .aws
             .ebs(region)
             .start_snapshot()
             .volume_size(volume_size_gib)
@@ -230,7 +239,7 @@ impl AwsClients {
             .client_token(client_token)
             .send();
         let op = AwsOperation::StartSnapshot;
-        let out = self.call(op, start).await?;
+        let out = self.aws.call(op, start).await?;
         out.snapshot_id()
             .map(String::from)
             .ok_or_else(|| missing(op, "snapshot ID"))
@@ -247,6 +256,7 @@ impl AwsClients {
         let checksum = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&data));
         let len = i32::try_from(data.len()).unwrap_or(i32::MAX);
         let put = self
+            .aws
             .ebs(region)
             .put_snapshot_block()
             .snapshot_id(snapshot_id)
@@ -256,11 +266,11 @@ impl AwsClients {
             .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
             .block_data(ByteStream::from(data))
             .send();
-        self.call(AwsOperation::PutSnapshotBlock, put).await?;
+        self.aws.call(AwsOperation::PutSnapshotBlock, put).await?;
         Ok(())
     }
 
-    /// Seals a snapshot written with [`AwsClients::put_snapshot_block`].
+    /// Seals a snapshot written with [`Snapshots::put_snapshot_block`].
     pub async fn complete_snapshot(
         &self,
         region: &str,
@@ -268,12 +278,15 @@ impl AwsClients {
         changed_blocks: i32,
     ) -> Result<(), AwsError> {
         let complete = self
+            .aws
             .ebs(region)
             .complete_snapshot()
             .snapshot_id(snapshot_id)
             .changed_blocks_count(changed_blocks)
             .send();
-        self.call(AwsOperation::CompleteSnapshot, complete).await?;
+        self.aws
+            .call(AwsOperation::CompleteSnapshot, complete)
+            .await?;
         Ok(())
     }
 
@@ -284,12 +297,18 @@ impl AwsClients {
         region: &str,
         snapshot_id: &str,
     ) -> Result<Option<SnapshotInfo>, AwsError> {
-        let (clients, target) = (self.clone(), region.to_string());
-        self.batches
+        let (clients, target) = (self.aws.clone(), region.to_string());
+        self.aws
+            .batches
             .snapshots
             .call(region, snapshot_id.to_string(), move |ids| {
                 let (clients, region) = (clients.clone(), target.clone());
-                async move { clients.describe_snapshots_now(&region, ids).await }
+                async move {
+                    clients
+                        .snapshots()
+                        .describe_snapshots_now(&region, ids)
+                        .await
+                }
             })
             .await
     }
@@ -314,11 +333,15 @@ impl AwsClients {
         snapshot_ids: &[String],
     ) -> Result<HashMap<String, SnapshotInfo>, AwsError> {
         let describe = self
+            .aws
             .ec2(region)
             .describe_snapshots()
             .set_snapshot_ids(Some(snapshot_ids.to_vec()))
             .send();
-        let out = self.call(AwsOperation::DescribeSnapshots, describe).await?;
+        let out = self
+            .aws
+            .call(AwsOperation::DescribeSnapshots, describe)
+            .await?;
         Ok(out
             .snapshots()
             .iter()
@@ -362,6 +385,7 @@ impl AwsClients {
             super::ec2_tags(tags.iter().map(|(k, v)| (k, v))),
         );
         let create = self
+            .aws
             .ec2(region)
             .create_volume()
             .snapshot_id(snapshot_id)
@@ -371,7 +395,7 @@ impl AwsClients {
             .client_token(client_token)
             .send();
         let op = AwsOperation::CreateVolume;
-        let out = self.call(op, create).await?;
+        let out = self.aws.call(op, create).await?;
         out.volume_id()
             .map(String::from)
             .ok_or_else(|| missing(op, "volume ID"))

@@ -1,7 +1,8 @@
-//! The shared view of worker instances: one paginated DescribeInstances,
-//! filtered by this cluster's ownership tag, refreshes the state of every
-//! worker in a region for all jobs at once. No reconcile describes the
-//! instances of a single job.
+//! The shared view of worker instances: one DescribeInstances per region.
+//!
+//! One paginated DescribeInstances, filtered by this cluster's ownership
+//! tag, refreshes the state of every worker in a region for all jobs at
+//! once. No reconcile describes the instances of a single job.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,5 +1,7 @@
-//! An EC2 instance's state, as DescribeInstances and TerminateInstances
-//! report it. Statuses keep its EC2 name (`instanceState`).
+//! [`InstanceState`]: an EC2 instance's state, as EC2 reports it.
+//!
+//! As DescribeInstances and TerminateInstances report it; statuses keep its
+//! EC2 name (`instanceState`).
 
 use std::fmt;
 

@@ -1,12 +1,17 @@
-//! Worker instances: describe the protected instance, launch a worker
-//! (idempotently), find workers by their ownership tags, terminate them.
+//! [`Instances`]: worker and restored instances, and the images they run.
+//!
+//! Describes the protected instance, launches a worker (idempotently) and
+//! terminates workers; registers a full restore's image and launches its
+//! instance; reads the AMI ID an SSM parameter names.
 
 use std::collections::{BTreeMap, HashMap};
 
+use aws_sdk_ec2::operation::run_instances::RunInstancesOutput;
+use aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder;
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
-    InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification, InstanceType,
-    ResourceType, VolumeType,
+    Instance, InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification, InstanceType,
+    ResourceType, Tag, VolumeType,
 };
 use base64::Engine;
 
@@ -72,7 +77,27 @@ fn is_not_found(err: &AwsError) -> bool {
         .is_some_and(|c| c.starts_with("InvalidInstanceID"))
 }
 
-impl AwsClients {
+/// The instance a RunInstances call launched.
+fn launched(out: &RunInstancesOutput) -> Result<&Instance, AwsError> {
+    out.instances().first().ok_or_else(no_instance)
+}
+
+fn no_instance() -> AwsError {
+    AwsError::Service {
+        operation: AwsOperation::RunInstances.name(),
+        code: "NoInstance".into(),
+        message: "RunInstances returned no instance".into(),
+    }
+}
+
+/// Worker instances, restored instances and the images they start from
+/// ([`AwsClients::instances`]).
+#[derive(Clone, Copy)]
+pub struct Instances<'a> {
+    pub(super) aws: &'a AwsClients,
+}
+
+impl Instances<'_> {
     /// Registers an AMI whose volumes are the given snapshots (device,
     /// snapshot), the first one the root device.
     pub async fn register_restored_image(
@@ -106,6 +131,7 @@ impl AwsClients {
             })
             .collect();
         let register = self
+            .aws
             .ec2(region)
             .register_image()
             .name(name)
@@ -115,7 +141,7 @@ impl AwsClients {
             .virtualization_type("hvm")
             .ena_support(true)
             .send();
-        let out = match self.call(op, register).await {
+        let out = match self.aws.call(op, register).await {
             Ok(out) => out,
             Err(e) => {
                 // Registered by an earlier try whose answer was lost: adopt it.
@@ -137,6 +163,7 @@ impl AwsClients {
     /// This account's image named `name`, if any.
     async fn image_named(&self, region: &str, name: &str) -> Result<Option<String>, AwsError> {
         let describe = self
+            .aws
             .ec2(region)
             .describe_images()
             .owners("self")
@@ -147,12 +174,32 @@ impl AwsClients {
                     .build(),
             )
             .send();
-        let out = self.call(AwsOperation::DescribeImages, describe).await?;
+        let out = self
+            .aws
+            .call(AwsOperation::DescribeImages, describe)
+            .await?;
         Ok(out
             .images()
             .first()
             .and_then(|i| i.image_id())
             .map(String::from))
+    }
+
+    /// The value of an SSM parameter (an AMI ID for `imageSsmParameter`).
+    pub async fn ssm_parameter(&self, region: &str, name: &str) -> Result<String, AwsError> {
+        let op = AwsOperation::GetParameter;
+        let out = self
+            .aws
+            .call(op, self.aws.ssm(region).get_parameter().name(name).send())
+            .await?;
+        out.parameter()
+            .and_then(|p| p.value())
+            .map(String::from)
+            .ok_or(AwsError::Service {
+                operation: op.name(),
+                code: "NoValue".into(),
+                message: format!("parameter {name} has no value"),
+            })
     }
 
     /// Launches the instance a full restore brings back: from `image_id`,
@@ -171,8 +218,6 @@ impl AwsClients {
             tags,
             client_token,
         } = *launch;
-        let tags = super::ec2_tags(tags.iter().map(|(k, v)| (k, v)));
-        let tag_spec = |rt: ResourceType| super::tag_specification(rt, tags.clone());
         let mut interface = InstanceNetworkInterfaceSpecification::builder()
             .device_index(0)
             .subnet_id(subnet_id)
@@ -180,34 +225,17 @@ impl AwsClients {
         if !security_group_ids.is_empty() {
             interface = interface.set_groups(Some(security_group_ids.to_vec()));
         }
+        let tags = super::ec2_tags(tags.iter().map(|(k, v)| (k, v)));
         let run = self
-            .ec2(region)
-            .run_instances()
-            .image_id(image_id)
-            .instance_type(InstanceType::from(instance_type))
-            .min_count(1)
-            .max_count(1)
+            .run_one(region, image_id, instance_type, tags)
             .network_interfaces(interface.build())
             .client_token(client_token)
-            .tag_specifications(tag_spec(ResourceType::Instance))
-            .tag_specifications(tag_spec(ResourceType::Volume))
-            .metadata_options(
-                InstanceMetadataOptionsRequest::builder()
-                    .http_tokens(HttpTokensState::Required)
-                    .build(),
-            )
             .send();
-        let op = AwsOperation::RunInstances;
-        let out = self.call(op, run).await?;
-        out.instances()
-            .first()
-            .and_then(|i| i.instance_id())
+        let out = self.aws.call(AwsOperation::RunInstances, run).await?;
+        launched(&out)?
+            .instance_id()
             .map(String::from)
-            .ok_or(AwsError::Service {
-                operation: op.name(),
-                code: "NoInstance".into(),
-                message: "RunInstances returned no instance".into(),
-            })
+            .ok_or_else(no_instance)
     }
 
     /// Describes the instance a backup protects; `None` when it does not
@@ -217,12 +245,18 @@ impl AwsClients {
         region: &str,
         instance_id: &str,
     ) -> Result<Option<SourceInstance>, AwsError> {
-        let (clients, target) = (self.clone(), region.to_string());
-        self.batches
+        let (clients, target) = (self.aws.clone(), region.to_string());
+        self.aws
+            .batches
             .sources
             .call(region, instance_id.to_string(), move |ids| {
                 let (clients, region) = (clients.clone(), target.clone());
-                async move { clients.describe_source_instances_now(&region, ids).await }
+                async move {
+                    clients
+                        .instances()
+                        .describe_source_instances_now(&region, ids)
+                        .await
+                }
             })
             .await
     }
@@ -247,6 +281,7 @@ impl AwsClients {
         let mut sizes: HashMap<String, i64> = HashMap::new();
         for chunk in volume_ids.chunks(BATCH_FILTER_VALUES) {
             let mut pages = self
+                .aws
                 .ec2(region)
                 .describe_volumes()
                 .filters(
@@ -258,6 +293,7 @@ impl AwsClients {
                 .into_paginator()
                 .send();
             while let Some(page) = self
+                .aws
                 .page(AwsOperation::DescribeVolumes, pages.next())
                 .await?
             {
@@ -286,12 +322,14 @@ impl AwsClients {
     ) -> Result<HashMap<String, SourceInstance>, AwsError> {
         let mut found = HashMap::new();
         let mut pages = self
+            .aws
             .ec2(region)
             .describe_instances()
             .set_instance_ids(Some(instance_ids.to_vec()))
             .into_paginator()
             .send();
         while let Some(page) = self
+            .aws
             .page(AwsOperation::DescribeInstances, pages.next())
             .await?
         {
@@ -331,14 +369,13 @@ impl AwsClients {
     /// ClientToken, but emulators may not.
     pub async fn launch_worker(&self, launch: &WorkerLaunch) -> Result<WorkerInstance, AwsError> {
         let tags = super::ec2_tags(&launch.tags);
-        let tag_spec = |rt: ResourceType| super::tag_specification(rt, tags.clone());
         let mut req = self
-            .ec2(&launch.region)
-            .run_instances()
-            .image_id(&launch.image_id)
-            .instance_type(InstanceType::from(launch.instance_type.as_str()))
-            .min_count(1)
-            .max_count(1)
+            .run_one(
+                &launch.region,
+                &launch.image_id,
+                &launch.instance_type,
+                tags,
+            )
             .network_interfaces(
                 InstanceNetworkInterfaceSpecification::builder()
                     .device_index(0)
@@ -363,13 +400,6 @@ impl AwsClients {
                     .build(),
             )
             .client_token(&launch.launch_token)
-            .tag_specifications(tag_spec(ResourceType::Instance))
-            .tag_specifications(tag_spec(ResourceType::Volume))
-            .metadata_options(
-                InstanceMetadataOptionsRequest::builder()
-                    .http_tokens(HttpTokensState::Required)
-                    .build(),
-            )
             .user_data(base64::engine::general_purpose::STANDARD.encode(&launch.user_data));
         if let Some(profile) = &launch.iam_instance_profile {
             let spec = if profile.starts_with("arn:") {
@@ -379,13 +409,11 @@ impl AwsClients {
             };
             req = req.iam_instance_profile(spec.build());
         }
-        let op = AwsOperation::RunInstances;
-        let out = self.call(op, req.send()).await?;
-        let instance = out.instances().first().ok_or(AwsError::Service {
-            operation: op.name(),
-            code: "NoInstance".into(),
-            message: "RunInstances returned no instance".into(),
-        })?;
+        let out = self
+            .aws
+            .call(AwsOperation::RunInstances, req.send())
+            .await?;
+        let instance = launched(&out)?;
         Ok(WorkerInstance {
             instance_id: instance.instance_id().unwrap_or_default().to_string(),
             state: instance
@@ -393,6 +421,33 @@ impl AwsClients {
                 .and_then(|s| s.name())
                 .map_or(InstanceState::Pending, InstanceState::from),
         })
+    }
+
+    /// A RunInstances request for one instance of `image_id`, with IMDSv2
+    /// required and `tags` on the instance and its volumes from launch: what
+    /// a worker and a restored instance have in common.
+    fn run_one(
+        &self,
+        region: &str,
+        image_id: &str,
+        instance_type: &str,
+        tags: Vec<Tag>,
+    ) -> RunInstancesFluentBuilder {
+        let tag_spec = |rt: ResourceType| super::tag_specification(rt, tags.clone());
+        self.aws
+            .ec2(region)
+            .run_instances()
+            .image_id(image_id)
+            .instance_type(InstanceType::from(instance_type))
+            .min_count(1)
+            .max_count(1)
+            .tag_specifications(tag_spec(ResourceType::Instance))
+            .tag_specifications(tag_spec(ResourceType::Volume))
+            .metadata_options(
+                InstanceMetadataOptionsRequest::builder()
+                    .http_tokens(HttpTokensState::Required)
+                    .build(),
+            )
     }
 
     /// Terminates workers. An instance that no longer exists counts as
@@ -405,13 +460,14 @@ impl AwsClients {
         instance_ids: &[String],
     ) -> Result<Vec<WorkerInstance>, AwsError> {
         let calls = instance_ids.iter().map(|id| {
-            let (clients, target) = (self.clone(), region.to_string());
-            self.batches
+            let (clients, target) = (self.aws.clone(), region.to_string());
+            self.aws
+                .batches
                 .terminations
                 .call(region, id.clone(), move |ids| {
                     let (clients, region) = (clients.clone(), target.clone());
                     async move {
-                        let states = clients.terminate_now(&region, &ids).await?;
+                        let states = clients.instances().terminate_now(&region, &ids).await?;
                         Ok(states
                             .into_iter()
                             .map(|s| (s.instance_id.clone(), s))
@@ -441,13 +497,13 @@ impl AwsClients {
         if instance_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let ec2 = self.ec2(region);
+        let ec2 = self.aws.ec2(region);
         let op = AwsOperation::TerminateInstances;
         let terminate = ec2
             .terminate_instances()
             .set_instance_ids(Some(instance_ids.to_vec()))
             .send();
-        match self.call(op, terminate).await {
+        match self.aws.call(op, terminate).await {
             Ok(out) => Ok(out
                 .terminating_instances()
                 .iter()
@@ -466,7 +522,7 @@ impl AwsClients {
                 let mut out = Vec::new();
                 for id in instance_ids {
                     let terminate = ec2.terminate_instances().instance_ids(id).send();
-                    match self.call(op, terminate).await {
+                    match self.aws.call(op, terminate).await {
                         Ok(_) => out.push(WorkerInstance {
                             instance_id: id.clone(),
                             state: InstanceState::ShuttingDown,

@@ -1,5 +1,6 @@
-//! The instance metadata service (IMDSv2), as a worker asks it for its own
-//! address. No IAM action governs it.
+//! IMDSv2: a worker's own address, from the instance metadata service.
+//!
+//! No IAM action governs it.
 
 use std::time::Duration;
 

@@ -1,7 +1,15 @@
-//! The AWS layer: every AWS call Tender makes goes through here, with the
-//! SDK's adaptive retry mode (backs off on throttling) and one error type
-//! that carries a low-cardinality category. Reconcilers never hold an SDK
-//! client.
+//! The AWS layer: [`AwsClients`] and one provider per concern on it.
+//!
+//! Every AWS call Tender makes goes through here, with the SDK's adaptive
+//! retry mode (backs off on throttling) and one error type that carries a
+//! low-cardinality category. Reconcilers never hold an SDK client.
+//!
+//! [`AwsClients`] owns construction, scoping (`accounts`), the client
+//! caches, the metrics, the call wrapper and the batched calls; the calls
+//! themselves belong to the providers, each borrowing it:
+//! [`AwsClients::instances`], [`AwsClients::network`],
+//! [`AwsClients::queues`], [`AwsClients::snapshots`] and
+//! [`AwsClients::repository`].
 
 pub mod accounts;
 pub mod batch;
@@ -95,6 +103,31 @@ impl AwsClients {
     /// The metrics every AWS call is counted in; the controller serves them.
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
+    }
+
+    /// Worker instances, restored instances and the images they start from.
+    pub fn instances(&self) -> instances::Instances<'_> {
+        instances::Instances { aws: self }
+    }
+
+    /// Subnets, security groups, VPC endpoints and offered instance types.
+    pub fn network(&self) -> network::Network<'_> {
+        network::Network { aws: self }
+    }
+
+    /// The SQS queues that carry worker reports.
+    pub fn queues(&self) -> queues::Queues<'_> {
+        queues::Queues { aws: self }
+    }
+
+    /// EBS snapshots and volumes, and their blocks (the EBS direct APIs).
+    pub fn snapshots(&self) -> ebs::Snapshots<'_> {
+        ebs::Snapshots { aws: self }
+    }
+
+    /// The backup repository's objects in S3.
+    pub fn repository(&self) -> repository::Repository<'_> {
+        repository::Repository { aws: self }
     }
 
     /// Makes one AWS call: counts it, times it and turns its error into an
@@ -293,6 +326,19 @@ impl AwsError {
             AwsError::Unreachable { .. } => FailureReason::AwsUnreachable,
         }
     }
+}
+
+/// The whole body of `op`'s answer (an S3 object, an EBS block); a body
+/// cut short counts as no answer.
+pub(crate) async fn read_body(
+    op: AwsOperation,
+    body: aws_sdk_s3::primitives::ByteStream,
+) -> Result<Vec<u8>, AwsError> {
+    let data = body.collect().await.map_err(|e| AwsError::Unreachable {
+        operation: op.name(),
+        detail: e.to_string(),
+    })?;
+    Ok(data.into_bytes().to_vec())
 }
 
 /// EC2 tags for a request, from key-value pairs.

@@ -1,9 +1,12 @@
-//! Network: subnets (configured or the default VPC's), the managed security
-//! group, VPC endpoints, and which instance types a region offers.
+//! [`Network`]: subnets, security groups, VPC endpoints, instance types.
+//!
+//! Subnets are the configured ones or the default VPC's; the security group
+//! is the one Tender manages; instance types are those the region offers.
 
 pub use crate::placement::{EndpointInfo, TcpRule};
 use std::collections::BTreeMap;
 
+use aws_sdk_ec2::operation::describe_subnets::builders::DescribeSubnetsFluentBuilder;
 use aws_sdk_ec2::types::{Filter, IpPermission, IpRange, LocationType, ResourceType, Tag};
 
 use super::{AwsClients, AwsError, AwsOperation};
@@ -62,19 +65,44 @@ fn permission(rule: &TcpRule) -> IpPermission {
         .build()
 }
 
-impl AwsClients {
+/// Where workers run and what they may reach ([`AwsClients::network`]).
+#[derive(Clone, Copy)]
+pub struct Network<'a> {
+    pub(super) aws: &'a AwsClients,
+}
+
+impl Network<'_> {
     /// Describes configured subnets; an unknown ID is an error naming it.
     pub async fn describe_subnets(
         &self,
         region: &str,
         ids: &[String],
     ) -> Result<Vec<SubnetInfo>, AwsError> {
-        let describe = self
-            .ec2(region)
-            .describe_subnets()
-            .set_subnet_ids(Some(ids.to_vec()))
-            .send();
-        let out = self.call(AwsOperation::DescribeSubnets, describe).await?;
+        let describe = self.aws.ec2(region).describe_subnets();
+        self.subnets(describe.set_subnet_ids(Some(ids.to_vec())))
+            .await
+    }
+
+    /// The default VPC's default subnets, one per availability zone; empty
+    /// when the region has no default VPC.
+    pub async fn default_subnets(&self, region: &str) -> Result<Vec<SubnetInfo>, AwsError> {
+        let describe = self.aws.ec2(region).describe_subnets();
+        let mut subnets = self
+            .subnets(describe.filters(filter("default-for-az", &["true"])))
+            .await?;
+        subnets.sort_by(|a, b| a.availability_zone.cmp(&b.availability_zone));
+        Ok(subnets)
+    }
+
+    /// The subnets a DescribeSubnets request finds.
+    async fn subnets(
+        &self,
+        describe: DescribeSubnetsFluentBuilder,
+    ) -> Result<Vec<SubnetInfo>, AwsError> {
+        let out = self
+            .aws
+            .call(AwsOperation::DescribeSubnets, describe.send())
+            .await?;
         Ok(out
             .subnets()
             .iter()
@@ -84,28 +112,6 @@ impl AwsClients {
                 vpc_id: s.vpc_id().unwrap_or_default().to_string(),
             })
             .collect())
-    }
-
-    /// The default VPC's default subnets, one per availability zone; empty
-    /// when the region has no default VPC.
-    pub async fn default_subnets(&self, region: &str) -> Result<Vec<SubnetInfo>, AwsError> {
-        let describe = self
-            .ec2(region)
-            .describe_subnets()
-            .filters(filter("default-for-az", &["true"]))
-            .send();
-        let out = self.call(AwsOperation::DescribeSubnets, describe).await?;
-        let mut subnets: Vec<SubnetInfo> = out
-            .subnets()
-            .iter()
-            .map(|s| SubnetInfo {
-                subnet_id: s.subnet_id().unwrap_or_default().to_string(),
-                availability_zone: s.availability_zone().unwrap_or_default().to_string(),
-                vpc_id: s.vpc_id().unwrap_or_default().to_string(),
-            })
-            .collect();
-        subnets.sort_by(|a, b| a.availability_zone.cmp(&b.availability_zone));
-        Ok(subnets)
     }
 
     /// Finds the security group carrying `owner_tags` in `vpc_id`, or
@@ -120,7 +126,7 @@ impl AwsClients {
         ingress: &[TcpRule],
         egress: &[TcpRule],
     ) -> Result<String, AwsError> {
-        let ec2 = self.ec2(region);
+        let ec2 = self.aws.ec2(region);
         let mut filters = vec![filter("vpc-id", &[vpc_id])];
         for (k, v) in owner_tags {
             filters.push(filter(&format!("tag:{k}"), &[v.as_str()]));
@@ -130,6 +136,7 @@ impl AwsClients {
             .set_filters(Some(filters))
             .send();
         let found = self
+            .aws
             .call(AwsOperation::DescribeSecurityGroups, describe)
             .await?;
         let (group_id, current_in, current_out) = match found.security_groups().first() {
@@ -148,10 +155,14 @@ impl AwsClients {
                     .vpc_id(vpc_id)
                     .tag_specifications(super::tag_specification(ResourceType::SecurityGroup, tags))
                     .send();
-                let created = self.call(AwsOperation::CreateSecurityGroup, create).await?;
+                let created = self
+                    .aws
+                    .call(AwsOperation::CreateSecurityGroup, create)
+                    .await?;
                 let id = created.group_id().unwrap_or_default().to_string();
                 let describe = ec2.describe_security_groups().group_ids(&id).send();
                 let described = self
+                    .aws
                     .call(AwsOperation::DescribeSecurityGroups, describe)
                     .await?;
                 let g = described.security_groups().first();
@@ -180,7 +191,7 @@ impl AwsClients {
         desired: &[TcpRule],
         ingress: bool,
     ) -> Result<(), AwsError> {
-        let ec2 = self.ec2(region);
+        let ec2 = self.aws.ec2(region);
         let (have, has_other) = tcp_rules(current);
         let stale: Vec<IpPermission> = if has_other {
             current.to_vec()
@@ -203,7 +214,7 @@ impl AwsClients {
                     .group_id(group_id)
                     .set_ip_permissions(Some($rules))
                     .send();
-                self.call(AwsOperation::$operation, send).await?;
+                self.aws.call(AwsOperation::$operation, send).await?;
             }};
         }
         if !stale.is_empty() {
@@ -247,11 +258,13 @@ impl AwsClients {
         group_id: &str,
     ) -> Result<(Vec<TcpRule>, Vec<TcpRule>), AwsError> {
         let describe = self
+            .aws
             .ec2(region)
             .describe_security_groups()
             .group_ids(group_id)
             .send();
         let out = self
+            .aws
             .call(AwsOperation::DescribeSecurityGroups, describe)
             .await?;
         let g = out.security_groups().first();
@@ -268,11 +281,16 @@ impl AwsClients {
         group_id: &str,
     ) -> Result<(), AwsError> {
         let delete = self
+            .aws
             .ec2(region)
             .delete_security_group()
             .group_id(group_id)
             .send();
-        match self.call(AwsOperation::DeleteSecurityGroup, delete).await {
+        match self
+            .aws
+            .call(AwsOperation::DeleteSecurityGroup, delete)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if e.code().is_some_and(|c| c.starts_with("InvalidGroup")) => Ok(()),
             Err(e) => Err(e),
@@ -286,11 +304,13 @@ impl AwsClients {
         vpc_id: &str,
     ) -> Result<Vec<EndpointInfo>, AwsError> {
         let describe = self
+            .aws
             .ec2(region)
             .describe_vpc_endpoints()
             .filters(filter("vpc-id", &[vpc_id]))
             .send();
         let out = self
+            .aws
             .call(AwsOperation::DescribeVpcEndpoints, describe)
             .await?;
         Ok(out
@@ -321,12 +341,14 @@ impl AwsClients {
         }
         let values: Vec<&str> = types.iter().map(String::as_str).collect();
         let describe = self
+            .aws
             .ec2(region)
             .describe_instance_type_offerings()
             .location_type(LocationType::Region)
             .filters(filter("instance-type", &values))
             .send();
         let out = self
+            .aws
             .call(AwsOperation::DescribeInstanceTypeOfferings, describe)
             .await?;
         Ok(out

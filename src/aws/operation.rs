@@ -1,8 +1,9 @@
-//! Every AWS operation Tender calls, with the IAM permissions it needs and
-//! the role that calls it. `tests/iam.rs` checks the policies in `iam/`
-//! against this list; in test builds an SDK interceptor
-//! ([`KnownOperations`]) fails any call of an operation missing from it, so
-//! no call escapes the check.
+//! [`AwsOperation`]: every AWS operation Tender calls, and its IAM needs.
+//!
+//! Each with the IAM permissions it needs and the role that calls it.
+//! `tests/iam.rs` checks the policies in `iam/` against this list; in test
+//! builds an SDK interceptor ([`KnownOperations`]) fails any call of an
+//! operation missing from it, so no call escapes the check.
 
 use std::fmt;
 

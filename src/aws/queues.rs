@@ -1,4 +1,6 @@
-//! SQS queues: one per worker configuration, created and deleted by the
+//! [`Queues`]: the SQS queues that carry worker reports to the controller.
+//!
+//! One queue per worker configuration, created and deleted by the
 //! controller; workers send to it, the controller receives from it.
 
 use std::collections::BTreeMap;
@@ -24,7 +26,13 @@ fn is_gone(e: &AwsError) -> bool {
     e.code().is_some_and(|c| c.contains("NonExistentQueue"))
 }
 
-impl AwsClients {
+/// The queues that carry worker reports ([`AwsClients::queues`]).
+#[derive(Clone, Copy)]
+pub struct Queues<'a> {
+    pub(super) aws: &'a AwsClients,
+}
+
+impl Queues<'_> {
     /// Creates the queue, or returns the URL of the one that already exists.
     pub async fn ensure_queue(
         &self,
@@ -34,6 +42,7 @@ impl AwsClients {
     ) -> Result<String, AwsError> {
         let op = AwsOperation::CreateQueue;
         let create = self
+            .aws
             .sqs(region)
             .create_queue()
             .queue_name(name)
@@ -44,7 +53,7 @@ impl AwsClients {
             .attributes(QueueAttributeName::MessageRetentionPeriod, "86400")
             .set_tags(Some(tags.clone().into_iter().collect()))
             .send();
-        let out = self.call(op, create).await?;
+        let out = self.aws.call(op, create).await?;
         out.queue_url().map(String::from).ok_or(AwsError::Service {
             operation: op.name(),
             code: "NoQueueUrl".into(),
@@ -54,8 +63,13 @@ impl AwsClients {
 
     /// Deletes the queue; a queue that is already gone counts as deleted.
     pub async fn delete_queue(&self, region: &str, queue_url: &str) -> Result<(), AwsError> {
-        let delete = self.sqs(region).delete_queue().queue_url(queue_url).send();
-        match self.call(AwsOperation::DeleteQueue, delete).await {
+        let delete = self
+            .aws
+            .sqs(region)
+            .delete_queue()
+            .queue_url(queue_url)
+            .send();
+        match self.aws.call(AwsOperation::DeleteQueue, delete).await {
             Ok(_) => Ok(()),
             Err(e) if is_gone(&e) => Ok(()),
             Err(e) => Err(e),
@@ -70,13 +84,14 @@ impl AwsClients {
         wait: Duration,
     ) -> Result<Vec<ReceivedMessage>, AwsError> {
         let receive = self
+            .aws
             .sqs(region)
             .receive_message()
             .queue_url(queue_url)
             .max_number_of_messages(10)
             .wait_time_seconds(i32::try_from(wait.as_secs()).unwrap_or(20).min(20))
             .send();
-        let out = self.call(AwsOperation::ReceiveMessage, receive).await?;
+        let out = self.aws.call(AwsOperation::ReceiveMessage, receive).await?;
         Ok(out
             .messages()
             .iter()
@@ -101,14 +116,16 @@ impl AwsClients {
         let target = format!("{region} {queue_url}");
         let calls = receipt_handles.iter().map(|handle| {
             let (clients, region, queue_url) =
-                (self.clone(), region.to_string(), queue_url.to_string());
-            self.batches
+                (self.aws.clone(), region.to_string(), queue_url.to_string());
+            self.aws
+                .batches
                 .deletions
                 .call(&target, handle.clone(), move |handles| {
                     let (clients, region, queue_url) =
                         (clients.clone(), region.clone(), queue_url.clone());
                     async move {
                         clients
+                            .queues()
                             .delete_messages_now(&region, &queue_url, &handles)
                             .await?;
                         Ok(handles.into_iter().map(|h| (h, ())).collect())
@@ -125,7 +142,7 @@ impl AwsClients {
         queue_url: &str,
         receipt_handles: &[String],
     ) -> Result<(), AwsError> {
-        let sqs = self.sqs(region);
+        let sqs = self.aws.sqs(region);
         let op = AwsOperation::DeleteMessageBatch;
         for chunk in receipt_handles.chunks(10) {
             let entries = chunk
@@ -147,7 +164,7 @@ impl AwsClients {
                 .queue_url(queue_url)
                 .set_entries(Some(entries))
                 .send();
-            self.call(op, delete).await?;
+            self.aws.call(op, delete).await?;
         }
         Ok(())
     }
@@ -158,7 +175,7 @@ impl AwsClients {
         region: &str,
         prefix: &str,
     ) -> Result<Vec<(String, BTreeMap<String, String>)>, AwsError> {
-        let sqs = self.sqs(region);
+        let sqs = self.aws.sqs(region);
         let mut pages = sqs
             .list_queues()
             .queue_name_prefix(prefix)
@@ -166,13 +183,17 @@ impl AwsClients {
             .into_paginator()
             .send();
         let mut urls = Vec::new();
-        while let Some(page) = self.page(AwsOperation::ListQueues, pages.next()).await? {
+        while let Some(page) = self
+            .aws
+            .page(AwsOperation::ListQueues, pages.next())
+            .await?
+        {
             urls.extend(page.queue_urls().iter().cloned());
         }
         let mut out = Vec::with_capacity(urls.len());
         for url in urls {
             let list = sqs.list_queue_tags().queue_url(&url).send();
-            let tags = match self.call(AwsOperation::ListQueueTags, list).await {
+            let tags = match self.aws.call(AwsOperation::ListQueueTags, list).await {
                 Ok(out) => out
                     .tags()
                     .map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
@@ -194,12 +215,13 @@ impl AwsClients {
         body: &str,
     ) -> Result<(), AwsError> {
         let send = self
+            .aws
             .sqs(region)
             .send_message()
             .queue_url(queue_url)
             .message_body(body)
             .send();
-        self.call(AwsOperation::SendMessage, send).await?;
+        self.aws.call(AwsOperation::SendMessage, send).await?;
         Ok(())
     }
 }

@@ -1,5 +1,7 @@
-//! The backup repository: objects in an S3 bucket under a prefix (content-
-//! addressed chunks and restore-point manifests; see `crate::mover`).
+//! [`Repository`]: the backup repository's objects in S3.
+//!
+//! Objects in a bucket under a prefix: content-addressed chunks and
+//! restore-point manifests (see `crate::mover`).
 
 use aws_sdk_s3::primitives::ByteStream;
 
@@ -10,7 +12,13 @@ fn is_missing(e: &AwsError) -> bool {
         .is_some_and(|c| matches!(c, "NoSuchKey" | "NotFound" | "404"))
 }
 
-impl AwsClients {
+/// The backup repository's objects ([`AwsClients::repository`]).
+#[derive(Clone, Copy)]
+pub struct Repository<'a> {
+    pub(super) aws: &'a AwsClients,
+}
+
+impl Repository<'_> {
     /// Whether an object exists.
     pub async fn object_exists(
         &self,
@@ -18,8 +26,14 @@ impl AwsClients {
         bucket: &str,
         key: &str,
     ) -> Result<bool, AwsError> {
-        let head = self.s3(region).head_object().bucket(bucket).key(key).send();
-        match self.call(AwsOperation::HeadObject, head).await {
+        let head = self
+            .aws
+            .s3(region)
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send();
+        match self.aws.call(AwsOperation::HeadObject, head).await {
             Ok(_) => Ok(true),
             Err(e) if is_missing(&e) => Ok(false),
             Err(e) => Err(e),
@@ -36,6 +50,7 @@ impl AwsClients {
         content_type: &str,
     ) -> Result<(), AwsError> {
         let put = self
+            .aws
             .s3(region)
             .put_object()
             .bucket(bucket)
@@ -43,7 +58,7 @@ impl AwsClients {
             .content_type(content_type)
             .body(ByteStream::from(body))
             .send();
-        self.call(AwsOperation::PutObject, put).await?;
+        self.aws.call(AwsOperation::PutObject, put).await?;
         Ok(())
     }
 
@@ -55,20 +70,18 @@ impl AwsClients {
         key: &str,
     ) -> Result<Option<Vec<u8>>, AwsError> {
         let op = AwsOperation::GetObject;
-        let get = self.s3(region).get_object().bucket(bucket).key(key).send();
-        let out = match self.call(op, get).await {
+        let get = self
+            .aws
+            .s3(region)
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send();
+        let out = match self.aws.call(op, get).await {
             Ok(out) => out,
             Err(e) if is_missing(&e) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let data = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| AwsError::Unreachable {
-                operation: op.name(),
-                detail: e.to_string(),
-            })?;
-        Ok(Some(data.into_bytes().to_vec()))
+        super::read_body(op, out.body).await.map(Some)
     }
 }

@@ -72,6 +72,7 @@ impl WorkerJob for BackupJob {
             .any(|r| r.instance_id.as_deref() == Some(target.id.as_str()));
         if is_instance {
             let found = production
+                .instances()
                 .describe_source_instance(&target.region, &target.id)
                 .await?;
             return Ok(found
@@ -85,6 +86,7 @@ impl WorkerJob for BackupJob {
                 }));
         }
         let found = production
+            .snapshots()
             .describe_snapshot(&target.region, &target.id)
             .await?;
         Ok(match found {

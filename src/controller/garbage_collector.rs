@@ -205,7 +205,7 @@ async fn sweep(ctx: &Context, config: SweepConfig) {
         let mut by_reason: HashMap<&'static str, usize> = HashMap::new();
         if !orphans.is_empty() {
             let ids: Vec<String> = orphans.iter().map(|(id, _)| id.clone()).collect();
-            match aws.terminate_workers(&region, &ids).await {
+            match aws.instances().terminate_workers(&region, &ids).await {
                 Ok(_) => {
                     for (id, reason) in &orphans {
                         warn!(
@@ -237,7 +237,7 @@ async fn sweep(ctx: &Context, config: SweepConfig) {
 
 /// Deletes this cluster's worker queues whose configuration no longer exists.
 async fn sweep_queues(ctx: &Context, aws: &AwsClients, region: &str) -> usize {
-    let queues = match aws.list_queues(region, "tender-").await {
+    let queues = match aws.queues().list_queues(region, "tender-").await {
         Ok(q) => q,
         Err(e) => {
             warn!(region, error = %e, "garbage collection: could not list queues");
@@ -265,7 +265,7 @@ async fn sweep_queues(ctx: &Context, aws: &AwsClients, region: &str) -> usize {
         if exists {
             continue;
         }
-        match aws.delete_queue(region, &url).await {
+        match aws.queues().delete_queue(region, &url).await {
             Ok(()) => {
                 warn!(region, queue_url = url, "deleted an orphaned worker queue");
                 ctx.pumps.stop(&url);

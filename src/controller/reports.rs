@@ -126,7 +126,11 @@ pub async fn delete_receipts(aws: &AwsClients, receipts: &[Receipt]) {
             .push(r.receipt_handle.clone());
     }
     for ((region, queue_url), handles) in by_queue {
-        if let Err(e) = aws.delete_messages(region, queue_url, &handles).await {
+        if let Err(e) = aws
+            .queues()
+            .delete_messages(region, queue_url, &handles)
+            .await
+        {
             warn!(queue_url, error = %e, "could not delete applied messages; they will be redelivered and ignored");
         }
     }
@@ -223,6 +227,7 @@ impl Pump {
         loop {
             match self
                 .aws
+                .queues()
                 .receive_messages(&self.region, &self.queue_url, RECEIVE_WAIT)
                 .await
             {
@@ -237,6 +242,7 @@ impl Pump {
                     if !drop.is_empty()
                         && let Err(e) = self
                             .aws
+                            .queues()
                             .delete_messages(&self.region, &self.queue_url, &drop)
                             .await
                     {

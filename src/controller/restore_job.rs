@@ -202,6 +202,7 @@ async fn restore_volumes(
         // Tender never deletes a restored volume.
         let tags = restored_tags(job, w);
         match aws
+            .snapshots()
             .create_volume_from_snapshot(&w.region, &snapshot, &zone, &tags, &w.launch_token)
             .await
         {
@@ -345,7 +346,8 @@ async fn launch_restored(
                 &uid[..uid.len().min(8)]
             );
             let description = format!("Tender restore of {}", w.resource);
-            aws.register_restored_image(&w.region, &name, &description, &snapshots)
+            aws.instances()
+                .register_restored_image(&w.region, &name, &description, &snapshots)
                 .await?
         }
     };
@@ -354,6 +356,7 @@ async fn launch_restored(
     let tags = restored_tags(job, w);
     let token = format!("{}-restored", w.launch_token);
     let instance = aws
+        .instances()
         .launch_restored_instance(&crate::aws::instances::RestoredInstanceLaunch {
             region: &w.region,
             image_id: &image,

@@ -23,6 +23,8 @@ use crate::api::{
 };
 use crate::aws::AwsClients;
 use crate::aws::accounts::Access;
+use crate::aws::instances::Instances;
+use crate::aws::network::Network;
 use crate::controller::events;
 use crate::names::{CONFIGURATION_FINALIZER, tags};
 use crate::placement;
@@ -134,7 +136,10 @@ async fn apply(
             return credentials_not_ready(cfg, api, ctx, account_id, message).await;
         }
     };
-    let queue_url = aws.ensure_queue(region, &name, &owner_tags).await?;
+    let queue_url = aws
+        .queues()
+        .ensure_queue(region, &name, &owner_tags)
+        .await?;
     ctx.pumps.ensure(
         &aws,
         region,
@@ -151,11 +156,11 @@ async fn apply(
     status.queue_url = Some(queue_url.clone());
     let mut findings: Vec<Finding> = Vec::new();
     status.account_id = Some(credentials.account_id.clone());
-    status.image_id = resolve_image(cfg, &aws, &mut findings).await;
-    check_subnets(cfg, &aws, &mut status, &mut findings).await?;
-    ensure_security_group(cfg, &aws, &mut status, &name, &owner_tags).await?;
-    let network = check_endpoints(cfg, &aws, &mut status).await?;
-    let types = check_instance_types(cfg, &aws, &mut findings).await?;
+    status.image_id = resolve_image(cfg, aws.instances(), &mut findings).await;
+    check_subnets(cfg, aws.network(), &mut status, &mut findings).await?;
+    ensure_security_group(cfg, aws.network(), &mut status, &name, &owner_tags).await?;
+    let network = check_endpoints(cfg, aws.network(), &mut status).await?;
+    let types = check_instance_types(cfg, aws.network(), &mut findings).await?;
     let desired = vec![network, types, credentials.condition];
     conclude(cfg, api, ctx, status, findings, desired, &queue_url).await?;
     if created {
@@ -207,13 +212,13 @@ async fn credentials_not_ready(
 /// The AMI: given, or resolved from its SSM parameter.
 async fn resolve_image(
     cfg: &WorkerConfiguration,
-    aws: &AwsClients,
+    instances: Instances<'_>,
     findings: &mut Vec<Finding>,
 ) -> Option<String> {
     let region = &cfg.spec.region;
     match (&cfg.spec.image_id, &cfg.spec.image_ssm_parameter) {
         (Some(id), _) => Some(id.clone()),
-        (None, Some(parameter)) => match aws.ssm_parameter(region, parameter).await {
+        (None, Some(parameter)) => match instances.ssm_parameter(region, parameter).await {
             Ok(id) if id.starts_with("ami-") => Some(id),
             Ok(other) => {
                 findings.push(Finding {
@@ -239,13 +244,13 @@ async fn resolve_image(
 /// Subnets: the configured ones (all in one VPC), else the default VPC's.
 async fn check_subnets(
     cfg: &WorkerConfiguration,
-    aws: &AwsClients,
+    network: Network<'_>,
     status: &mut WorkerConfigurationStatus,
     findings: &mut Vec<Finding>,
 ) -> Result<()> {
     let region = &cfg.spec.region;
     let subnets = if cfg.spec.subnets.is_empty() {
-        aws.default_subnets(region).await?
+        network.default_subnets(region).await?
     } else {
         let ids: Vec<String> = cfg
             .spec
@@ -253,7 +258,7 @@ async fn check_subnets(
             .iter()
             .map(|s| s.subnet_id.clone())
             .collect();
-        match aws.describe_subnets(region, &ids).await {
+        match network.describe_subnets(region, &ids).await {
             Ok(found) => found,
             Err(e) if e.code().is_some_and(|c| c.starts_with("InvalidSubnetID")) => {
                 findings.push(Finding {
@@ -297,7 +302,7 @@ async fn check_subnets(
 /// Security group: the configured ones, else one Tender manages.
 async fn ensure_security_group(
     cfg: &WorkerConfiguration,
-    aws: &AwsClients,
+    network: Network<'_>,
     status: &mut WorkerConfigurationStatus,
     name: &str,
     owner_tags: &BTreeMap<String, String>,
@@ -306,14 +311,14 @@ async fn ensure_security_group(
     if !cfg.spec.security_group_ids.is_empty() {
         if let Some(old) = status.managed_security_group_id.clone() {
             // No longer needed; deleting fails while a worker still uses it.
-            if aws.delete_security_group(region, &old).await.is_ok() {
+            if network.delete_security_group(region, &old).await.is_ok() {
                 status.managed_security_group_id = None;
             }
         }
     } else if let Some(vpc) = status.vpc_id.clone() {
         let (ingress, egress) = placement::managed_rules(&cfg.spec.file_level_recovery_cidrs);
         let sg_name = format!("{name}-workers");
-        let id = aws
+        let id = network
             .ensure_security_group(region, &vpc, &sg_name, owner_tags, &ingress, &egress)
             .await?;
         status.managed_security_group_id = Some(id);
@@ -324,7 +329,7 @@ async fn ensure_security_group(
 /// Private-network mode: the interface endpoints of each operation.
 async fn check_endpoints(
     cfg: &WorkerConfiguration,
-    aws: &AwsClients,
+    network: Network<'_>,
     status: &mut WorkerConfigurationStatus,
 ) -> Result<DesiredCondition> {
     let region = &cfg.spec.region;
@@ -341,7 +346,7 @@ async fn check_endpoints(
             },
         )
     } else if let Some(vpc) = status.vpc_id.clone() {
-        let endpoints = aws.vpc_endpoints(region, &vpc).await?;
+        let endpoints = network.vpc_endpoints(region, &vpc).await?;
         for op in placement::OPERATIONS {
             let missing = placement::missing_endpoints(region, op, &endpoints);
             if !missing.is_empty() {
@@ -392,14 +397,14 @@ async fn check_endpoints(
 /// Instance types: every one a worker may get must be offered here.
 async fn check_instance_types(
     cfg: &WorkerConfiguration,
-    aws: &AwsClients,
+    network: Network<'_>,
     findings: &mut Vec<Finding>,
 ) -> Result<DesiredCondition> {
     let region = &cfg.spec.region;
     let mut wanted: Vec<String> = configured_instance_types(cfg);
     wanted.sort();
     wanted.dedup();
-    let offered = aws.offered_instance_types(region, &wanted).await?;
+    let offered = network.offered_instance_types(region, &wanted).await?;
     let unoffered: Vec<String> = wanted
         .into_iter()
         .filter(|t| !offered.contains(t))
@@ -624,13 +629,16 @@ async fn cleanup(cfg: &WorkerConfiguration, ctx: &Context) -> Result<Action> {
         .and_then(|s| s.managed_security_group_id.as_deref())
     {
         // Fails (and is retried) while a terminating worker still uses it.
-        aws.delete_security_group(&cfg.spec.region, group_id)
+        aws.network()
+            .delete_security_group(&cfg.spec.region, group_id)
             .await?;
         info!(group_id, "managed security group deleted");
     }
     if let Some(queue_url) = cfg.status.as_ref().and_then(|s| s.queue_url.as_deref()) {
         ctx.pumps.stop(queue_url);
-        aws.delete_queue(&cfg.spec.region, queue_url).await?;
+        aws.queues()
+            .delete_queue(&cfg.spec.region, queue_url)
+            .await?;
         info!(queue_url, "worker queue deleted");
     }
     Ok(Action::await_change())

@@ -163,6 +163,7 @@ pub async fn load_manifest(
 ) -> Result<Manifest, MoverError> {
     let key = location.manifest_key(id);
     let Some(text) = aws
+        .repository()
         .get_object(&location.region, &location.bucket, &key)
         .await?
     else {
@@ -185,6 +186,7 @@ async fn latest(
 ) -> Result<Option<Manifest>, MoverError> {
     let key = location.latest_key(region, resource);
     let Some(text) = aws
+        .repository()
         .get_object(&location.region, &location.bucket, &key)
         .await?
     else {
@@ -286,6 +288,7 @@ async fn check_not_taken(request: &BackupRequest<'_>, id: &str) -> Result<(), Mo
     let loc = request.location;
     if let Some(text) = request
         .repository
+        .repository()
         .get_object(&loc.region, &loc.bucket, &loc.manifest_key(id))
         .await?
         && let Ok(existing) = manifest::parse_manifest(&text)
@@ -316,6 +319,7 @@ async fn plan_volumes(
     for volume in request.volumes {
         let listing = request
             .source
+            .snapshots()
             .list_snapshot_blocks(request.region, &volume.snapshot_id)
             .await?;
         let parent_image = parent.and_then(|p| {
@@ -329,6 +333,7 @@ async fn plan_volumes(
             Some(p) if p.snapshot_id != volume.snapshot_id => {
                 match request
                     .source
+                    .snapshots()
                     .list_changed_blocks(request.region, &p.snapshot_id, &volume.snapshot_id)
                     .await
                 {
@@ -384,6 +389,7 @@ impl BlockCopy<'_, '_> {
         let request = self.request;
         let data = request
             .source
+            .snapshots()
             .get_snapshot_block(request.region, snapshot_id, index, &token)
             .await?;
         if data.len() > BLOCK_SIZE {
@@ -420,12 +426,17 @@ impl BlockCopy<'_, '_> {
         }
         let (loc, repo) = (self.request.location, self.request.repository);
         let key = loc.chunk_key(hash);
-        if repo.object_exists(&loc.region, &loc.bucket, &key).await? {
+        if repo
+            .repository()
+            .object_exists(&loc.region, &loc.bucket, &key)
+            .await?
+        {
             lock(&self.stats).chunks_deduplicated += 1;
             return Ok(());
         }
         let size = packed.len() as u64;
         let put = repo
+            .repository()
             .put_object(&loc.region, &loc.bucket, &key, packed, "application/zstd")
             .await;
         if let Err(e) = put {
@@ -448,26 +459,28 @@ async fn write_manifest(
 ) -> Result<(), MoverError> {
     let (loc, repo) = (request.location, request.repository);
     let text = serde_json::to_vec_pretty(manifest).unwrap_or_default();
-    repo.put_object(
-        &loc.region,
-        &loc.bucket,
-        &loc.manifest_key(&manifest.id),
-        text,
-        "application/json",
-    )
-    .await?;
+    repo.repository()
+        .put_object(
+            &loc.region,
+            &loc.bucket,
+            &loc.manifest_key(&manifest.id),
+            text,
+            "application/json",
+        )
+        .await?;
     let pointer = serde_json::to_vec(&LatestPointer {
         restore_point: manifest.id.clone(),
     })
     .unwrap_or_default();
-    repo.put_object(
-        &loc.region,
-        &loc.bucket,
-        &loc.latest_key(request.region, request.lineage),
-        pointer,
-        "application/json",
-    )
-    .await?;
+    repo.repository()
+        .put_object(
+            &loc.region,
+            &loc.bucket,
+            &loc.latest_key(request.region, request.lineage),
+            pointer,
+            "application/json",
+        )
+        .await?;
     Ok(())
 }
 
@@ -485,7 +498,11 @@ async fn fetch_chunk(
 ) -> Result<Vec<u8>, MoverError> {
     let key = loc.chunk_key(hash);
     let blocks = || users.get(hash).cloned().unwrap_or_default();
-    let Some(packed) = aws.get_object(&loc.region, &loc.bucket, &key).await? else {
+    let Some(packed) = aws
+        .repository()
+        .get_object(&loc.region, &loc.bucket, &key)
+        .await?
+    else {
         return Err(MoverError::ChunkMissing {
             restore_point: manifest.id.clone(),
             key,
@@ -582,6 +599,7 @@ pub async fn restore_volume(
     verify(repo, loc, manifest, volume, progress).await?;
     let snapshot_id = target
         .aws
+        .snapshots()
         .start_snapshot(
             target.region,
             volume.size_gib,
@@ -601,6 +619,7 @@ pub async fn restore_volume(
                 data.resize(BLOCK_SIZE, 0);
                 target
                     .aws
+                    .snapshots()
                     .put_snapshot_block(target.region, snapshot_id, block.index, data)
                     .await?;
                 progress
@@ -615,6 +634,7 @@ pub async fn restore_volume(
     let written = i32::try_from(volume.blocks.len()).unwrap_or(i32::MAX);
     target
         .aws
+        .snapshots()
         .complete_snapshot(target.region, &snapshot_id, written)
         .await?;
     Ok(snapshot_id)

@@ -68,6 +68,7 @@ impl Reporter {
         };
         let body = serde_json::to_string(&message).unwrap_or_default();
         self.aws
+            .queues()
             .send_message(&self.task.queue_region, &self.task.queue_url, &body)
             .await
     }
@@ -274,7 +275,11 @@ async fn backup(aws: &AwsClients, task: &WorkerTask, progress: &Progress) -> Res
             // ones.)
             if from_instance {
                 for v in &volumes {
-                    if let Err(e) = source.delete_snapshot(region, &v.snapshot_id).await {
+                    if let Err(e) = source
+                        .snapshots()
+                        .delete_snapshot(region, &v.snapshot_id)
+                        .await
+                    {
                         warn!(error = %e, snapshot = v.snapshot_id, "could not delete the failed backup's snapshot");
                     }
                 }
@@ -429,6 +434,7 @@ async fn wait_for_snapshot(
 ) -> Result<Option<String>, Failure> {
     loop {
         match source
+            .snapshots()
             .describe_snapshot(region, snapshot_id)
             .await
             .map_err(|e| failure(e.failure_reason(), e.to_string()))?
@@ -459,6 +465,7 @@ async fn snapshot_instance(
     let region = task.resource_region.as_str();
     let aws_failure = |e: crate::aws::AwsError| failure(e.failure_reason(), e.to_string());
     let Some(instance) = source
+        .instances()
         .describe_source_instance(region, &task.resource)
         .await
         .map_err(aws_failure)?
@@ -479,6 +486,7 @@ async fn snapshot_instance(
     ];
     let description = format!("Tender backup {} of {}", task.job_name, task.resource);
     let made = source
+        .snapshots()
         .snapshot_instance(region, &task.resource, &description, &tags)
         .await
         .map_err(aws_failure)?;
@@ -486,6 +494,7 @@ async fn snapshot_instance(
     for (snapshot_id, volume_id) in made {
         loop {
             match source
+                .snapshots()
                 .describe_snapshot(region, &snapshot_id)
                 .await
                 .map_err(aws_failure)?
@@ -547,13 +556,21 @@ async fn forget_parent_snapshots(
         if current.contains(&volume.snapshot_id.as_str()) {
             continue;
         }
-        match source.describe_snapshot(region, &volume.snapshot_id).await {
+        match source
+            .snapshots()
+            .describe_snapshot(region, &volume.snapshot_id)
+            .await
+        {
             Ok(Some(s))
                 if s.tags.get(tags::MANAGED_BY).map(String::as_str)
                     == Some(tags::MANAGED_BY_VALUE)
                     && s.tags.get(tags::RESOURCE) == Some(&task.resource) =>
             {
-                if let Err(e) = source.delete_snapshot(region, &volume.snapshot_id).await {
+                if let Err(e) = source
+                    .snapshots()
+                    .delete_snapshot(region, &volume.snapshot_id)
+                    .await
+                {
                     warn!(error = %e, snapshot = volume.snapshot_id, "could not delete the parent's snapshot");
                 }
             }

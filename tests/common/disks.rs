@@ -115,6 +115,7 @@ pub fn data_blocks(image: &[u8]) -> BTreeMap<i32, &[u8]> {
 pub async fn write_snapshot(aws: &AwsClients, image: &[u8], size_gib: i64) -> String {
     let token = unique("snap");
     let id = aws
+        .snapshots()
         .start_snapshot(REGION, size_gib, "test disk", &[], &token)
         .await
         .unwrap();
@@ -122,11 +123,13 @@ pub async fn write_snapshot(aws: &AwsClients, image: &[u8], size_gib: i64) -> St
     for (index, data) in &blocks {
         let mut data = data.to_vec();
         data.resize(BLOCK_SIZE, 0);
-        aws.put_snapshot_block(REGION, &id, *index, data)
+        aws.snapshots()
+            .put_snapshot_block(REGION, &id, *index, data)
             .await
             .unwrap();
     }
-    aws.complete_snapshot(REGION, &id, blocks.len() as i32)
+    aws.snapshots()
+        .complete_snapshot(REGION, &id, blocks.len() as i32)
         .await
         .unwrap();
     id
@@ -136,10 +139,15 @@ pub async fn write_snapshot(aws: &AwsClients, image: &[u8], size_gib: i64) -> St
 /// (blocks not written read as zeros). Panics when the snapshot holds data
 /// beyond `len`.
 pub async fn read_snapshot(aws: &AwsClients, snapshot_id: &str, len: usize) -> Vec<u8> {
-    let listing = aws.list_snapshot_blocks(REGION, snapshot_id).await.unwrap();
+    let listing = aws
+        .snapshots()
+        .list_snapshot_blocks(REGION, snapshot_id)
+        .await
+        .unwrap();
     let mut out = vec![0u8; len];
     for (index, token) in listing.blocks {
         let data = aws
+            .snapshots()
             .get_snapshot_block(REGION, snapshot_id, index, &token)
             .await
             .unwrap();

@@ -2,8 +2,9 @@
 //! status and what was observed (messages, instance states, time). Applying
 //! messages, declaring a worker lost, the deadline, suspension, retries,
 //! the job's phase and conditions, and when to look again. No I/O here:
-//! the reconciler observes, calls these, and carries out what they decide;
-//! unit tests call them directly.
+//! the reconciler observes, calls these, and carries out what they decide
+//! (the Events as [`Notice`]s, the terminations as [`Termination`]s); unit
+//! tests call them directly.
 
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
@@ -658,6 +659,10 @@ pub fn deletion_hold(still_running: &[String]) -> Option<Vec<DesiredCondition>> 
         DesiredCondition::new(READY, false, INSTANCE_TERMINATING, message),
     ])
 }
+
+mod effects;
+
+pub use self::effects::{Termination, terminations};
 
 #[cfg(test)]
 mod table_tests;

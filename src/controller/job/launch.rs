@@ -285,7 +285,7 @@ async fn try_subnet<K: WorkerJob>(
     ctx: &Context,
 ) -> Result<SubnetOutcome> {
     let spec = worker_launch(job, launch, w, ctx)?;
-    let e = match launch.aws.launch_worker(&spec).await {
+    let e = match launch.aws.instances().launch_worker(&spec).await {
         Ok(instance) => {
             crate::faults::crash_point("after-run-instances");
             record_launch(job, &spec, w, &instance, launch, ctx).await;

@@ -12,11 +12,12 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use tracing::warn;
 
+use super::core::{Termination, terminations};
 use super::job_access;
 use super::kind::WorkerJob;
 use super::status::{baseline, write_status};
+use crate::api::JobStatus;
 use crate::api::conditions;
-use crate::api::{JobStatus, Phase, WorkerStatus};
 use crate::aws::accounts::RegionAccount;
 use crate::controller::events;
 use crate::controller::reports::delete_receipts;
@@ -26,20 +27,6 @@ use crate::telemetry::RegionLabels;
 /// How often deletion rechecks workers that are not terminated yet.
 const TERMINATION_RECHECK: Duration = Duration::from_secs(5);
 
-/// Instance IDs of workers grouped by the region and role they run under.
-fn group_by_account(workers: &[&WorkerStatus]) -> Vec<(RegionAccount, Vec<String>)> {
-    let mut groups: Vec<(RegionAccount, Vec<String>)> = Vec::new();
-    for w in workers {
-        let Some(id) = &w.instance_id else { continue };
-        let key = (w.region.clone(), w.access.clone());
-        match groups.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, ids)) => ids.push(id.clone()),
-            None => groups.push((key, vec![id.clone()])),
-        }
-    }
-    groups
-}
-
 /// Terminates the instances of workers that are finished or suspended and
 /// not terminated yet.
 pub async fn terminate_finished<K: WorkerJob>(
@@ -47,15 +34,12 @@ pub async fn terminate_finished<K: WorkerJob>(
     status: &mut JobStatus<K::Worker>,
     ctx: &Context,
 ) -> Result<()> {
-    let done: Vec<&WorkerStatus> = status
-        .workers
-        .iter()
-        .filter(|w| w.phase.is_finished() || w.phase == Phase::Suspended)
-        .filter(|w| w.is_active())
-        .map(|w| &**w)
-        .collect();
-    let groups = group_by_account(&done);
-    for ((region, role), ids) in groups {
+    for Termination {
+        region,
+        access: role,
+        instance_ids: ids,
+    } in terminations(&status.workers)
+    {
         let access = job_access(job, role.as_ref());
         let aws = ctx.aws.scoped(&access).await;
         // Instances the shared view already shows going or gone (terminated
@@ -67,7 +51,7 @@ pub async fn terminate_finished<K: WorkerJob>(
         let (gone, ids): (Vec<String>, Vec<String>) = ids
             .into_iter()
             .partition(|id| view.get(id).is_some_and(|o| o.state.is_going()));
-        let mut states = aws.terminate_workers(&region, &ids).await?;
+        let mut states = aws.instances().terminate_workers(&region, &ids).await?;
         crate::faults::crash_point("after-terminate-instances");
         states.extend(gone.into_iter().filter_map(|id| {
             view.get(&id)
@@ -182,7 +166,7 @@ async fn terminate_all_in<K: WorkerJob>(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let states = aws.terminate_workers(region, &ids).await?;
+    let states = aws.instances().terminate_workers(region, &ids).await?;
     let now = Timestamp::now();
     let mut waiting = Vec::new();
     for s in &states {

@@ -86,6 +86,7 @@ async fn copy_to_s3(
         let key = format!("{}{}", location.prefix, path.trim_start_matches('/'));
         let put = target
             .aws
+            .repository()
             .put_object(
                 &location.region,
                 &location.bucket,
