@@ -545,6 +545,11 @@ async fn ensure_session(job: &RestoreJob, ctx: &Context) -> Result<(String, File
             port: 443,
             token_sha256,
             idle_timeout_seconds: job.spec.idle_timeout_minutes.unwrap_or(30).max(1) as u64 * 60,
+            max_life_seconds: job
+                .spec
+                .limits
+                .active_deadline_seconds
+                .and_then(|s| u64::try_from(s).ok()),
             restore_to: restored_files_location(job, ctx)?,
         },
     ))

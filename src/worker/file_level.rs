@@ -51,21 +51,26 @@ pub(super) async fn serve(
             })?,
     };
     let idle = Duration::from_secs(session.idle_timeout_seconds.max(1));
+    let max_life = browser::session_life(session.max_life_seconds);
     let config = browser::SessionConfig {
         listen,
         advertise_host: host,
         token_sha256: session.token_sha256.clone(),
         idle_timeout: idle,
+        max_life,
         restore_to: session.restore_to.clone(),
     };
-    let ran = browser::serve(disk, config, |s| report_session(reporter, id, s))
+    let ended = browser::serve(disk, config, |s| report_session(reporter, id, s))
         .await
         .map_err(|e| failure(FailureReason::SessionFailed, e))?;
+    let why = match ended.by {
+        browser::EndedBy::Idle => format!("after {} s idle", idle.as_secs()),
+        browser::EndedBy::MaxLife => format!("at its maximum life of {} s", max_life.as_secs()),
+    };
     Ok(Done {
         detail: format!(
-            "file-level recovery session of {id} ended after {} s idle ({} s in all)",
-            idle.as_secs(),
-            ran.as_secs()
+            "file-level recovery session of {id} ended {why} ({} s in all)",
+            ended.ran.as_secs()
         ),
         restore_point: Some(id.clone()),
         snapshots: Vec::new(),

@@ -1,9 +1,12 @@
-//! A folder as a tar archive, written with the `tar` crate as it is read.
+//! A folder as a tar archive, written with the `tar` crate as it is read,
+//! from the [`Selection`] walked (and bounded) before the answer started.
 //!
 //! Entries carry their path under the folder's name (GNU long-name entries
 //! when a path does not fit the header), permissions masked to `0o777`
 //! (no set-user-ID, set-group-ID or sticky bits), owner and group 0 with
-//! no names, and no modification time. Regular files and folders only:
+//! no names (the owner on the restored disk is never carried: whoever
+//! extracts the archive owns what it holds, unless root asks for the
+//! archive's owner, and gets root's own), and no modification time. Regular files and folders only:
 //! symbolic links and devices are left out.
 
 use std::io::{self, Write};
@@ -11,41 +14,43 @@ use std::io::{self, Write};
 use ext4_view::Ext4;
 use tar::{EntryType, Header};
 
-use super::disk::{entries, join};
+use super::selection::Selection;
 
 /// Permissions every folder gets in the archive.
 const FOLDER_MODE: u32 = 0o755;
 
-/// Writes `dir` as a tar archive into `out`, its entries under `base/`.
-/// On an error nothing more is written, not even the end-of-archive
-/// marker, so a cut-off archive never looks complete.
-pub(super) fn write_folder(fs: &Ext4, dir: &str, base: &str, out: impl Write) -> io::Result<()> {
+/// Writes `selection` as a tar archive into `out`. On an error nothing
+/// more is written, not even the end-of-archive marker, so a cut-off
+/// archive never looks complete.
+pub(super) fn write(fs: &Ext4, selection: &Selection, out: impl Write) -> io::Result<()> {
     let mut tar = tar::Builder::new(Fuse { out, blown: false });
-    let walked = walk(&mut tar, fs, dir, base);
-    if walked.is_err() {
+    let written = append_all(&mut tar, fs, selection);
+    if written.is_err() {
         tar.get_mut().blown = true;
     }
-    walked?;
+    written?;
     tar.into_inner()?.out.flush()
 }
 
-fn walk<W: Write>(tar: &mut tar::Builder<W>, fs: &Ext4, dir: &str, base: &str) -> io::Result<()> {
-    let mut todo = vec![(dir.to_string(), base.to_string())];
-    while let Some((path, name)) = todo.pop() {
-        let list = entries(fs, &path).map_err(|e| io::Error::other(format!("{path}: {e}")))?;
-        let mut folder = header(EntryType::Directory, FOLDER_MODE, 0);
-        tar.append_data(&mut folder, format!("{name}/"), io::empty())?;
-        for (child, meta) in list {
-            let child_path = join(&path, &child);
-            let child_name = format!("{name}/{child}");
-            if meta.is_dir() {
-                todo.push((child_path, child_name));
-            } else if meta.file_type().is_regular_file() {
-                let file = fs
-                    .open(child_path.as_str())
-                    .map_err(|e| io::Error::other(format!("{child_path}: {e}")))?;
-                let mut h = header(EntryType::Regular, u32::from(meta.mode()), meta.len());
-                tar.append_data(&mut h, &child_name, file)?;
+fn append_all<W: Write>(
+    tar: &mut tar::Builder<W>,
+    fs: &Ext4,
+    selection: &Selection,
+) -> io::Result<()> {
+    for entry in &selection.entries {
+        match entry.file {
+            None => {
+                let mut folder = header(EntryType::Directory, FOLDER_MODE, 0);
+                tar.append_data(&mut folder, format!("{}/", entry.name), io::empty())?;
+            }
+            Some(file) => {
+                let data = fs
+                    .open(entry.path.as_str())
+                    .map_err(|e| io::Error::other(format!("{}: {e}", entry.path)))?;
+                let mut h = header(EntryType::Regular, file.mode, file.size);
+                // Exactly the size the header promised, even if the file
+                // says otherwise now.
+                tar.append_data(&mut h, &entry.name, io::Read::take(data, file.size))?;
             }
         }
     }
@@ -94,7 +99,14 @@ mod tests {
 
     use super::super::disk::Volume;
     use super::super::disk::testing::image;
+    use super::super::selection::{ARCHIVE, select};
     use super::*;
+
+    fn write_folder(fs: &Ext4, dir: &str, base: &str, out: &mut Vec<u8>) -> io::Result<()> {
+        let selection = select(fs, &[(dir.into(), base.into())], &ARCHIVE)
+            .map_err(|e| io::Error::other(format!("{e:?}")))?;
+        write(fs, &selection, out)
+    }
 
     /// (path, mode, uid, gid, user name, group name, contents) of every
     /// entry, as `tar::Archive` reads them back.
@@ -167,9 +179,32 @@ mod tests {
 
     #[test]
     fn a_failed_archive_is_not_finished() {
+        use super::super::selection::{Entry, FileInfo};
         let fs = image(&[("a/b.txt", b"b", 0o644)]).open().unwrap();
+        let gone = Selection {
+            entries: vec![
+                Entry {
+                    path: "/a".into(),
+                    name: "a".into(),
+                    file: None,
+                },
+                Entry {
+                    path: "/a/gone.txt".into(),
+                    name: "a/gone.txt".into(),
+                    file: Some(FileInfo {
+                        size: 1,
+                        mode: 0o644,
+                    }),
+                },
+            ],
+            bytes: 1,
+        };
         let mut archive = Vec::new();
-        assert!(write_folder(&fs, "/nope", "nope", &mut archive).is_err());
-        assert!(archive.is_empty(), "no end-of-archive marker");
+        assert!(write(&fs, &gone, &mut archive).is_err());
+        assert_eq!(
+            archive.len(),
+            512,
+            "the folder's header, no end-of-archive marker"
+        );
     }
 }

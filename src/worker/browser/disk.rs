@@ -247,27 +247,6 @@ pub(super) fn search(fs: &Ext4, needle: &str) -> Vec<(String, bool)> {
     found
 }
 
-/// Every regular file under the selected paths (a folder stands for all
-/// the files in it), sorted, each once.
-pub(super) fn files_under(fs: &Ext4, selected: &[String]) -> Result<Vec<String>, String> {
-    let mut files: Vec<String> = Vec::new();
-    let mut todo: Vec<String> = selected.to_vec();
-    while let Some(path) = todo.pop() {
-        let meta = fs
-            .metadata(path.as_str())
-            .map_err(|e| format!("{path}: {e}"))?;
-        if meta.is_dir() {
-            let list = entries(fs, &path).map_err(|e| format!("{path}: {e}"))?;
-            todo.extend(list.into_iter().map(|(n, _)| join(&path, &n)));
-        } else if meta.file_type().is_regular_file() {
-            files.push(path);
-        }
-    }
-    files.sort();
-    files.dedup();
-    Ok(files)
-}
-
 #[cfg(test)]
 pub(super) mod testing {
     //! Real ext4 images for the browser's tests, made by `mkfs.ext4 -d`
@@ -292,6 +271,12 @@ pub(super) mod testing {
 
     /// An image holding `files` (path, contents, mode).
     pub fn image(files: &[(&str, &[u8], u32)]) -> Image {
+        image_owned(files, None)
+    }
+
+    /// [`image`], its files owned by `owner` (uid, gid) when this process
+    /// may give them away (as root), else by whoever runs the tests.
+    pub fn image_owned(files: &[(&str, &[u8], u32)], owner: Option<(u32, u32)>) -> Image {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("tender-browser-{}-{n}", std::process::id()));
@@ -301,6 +286,10 @@ pub(super) mod testing {
             let at = root.join(path.trim_start_matches('/'));
             std::fs::create_dir_all(at.parent().unwrap()).unwrap();
             std::fs::write(&at, data).unwrap();
+            if let Some((uid, gid)) = owner {
+                let _ = std::os::unix::fs::chown(&at, Some(uid), Some(gid));
+            }
+            // After chown, which clears set-user-ID.
             std::fs::set_permissions(&at, std::fs::Permissions::from_mode(*mode)).unwrap();
         }
         let img = dir.join("disk.img");
@@ -343,7 +332,7 @@ mod tests {
     }
 
     #[test]
-    fn search_and_selection_walk_the_tree() {
+    fn search_walks_the_tree() {
         let fs = image(&[
             ("docs/notes/todo.txt", b"x", 0o644),
             ("docs/report.bin", b"y", 0o644),
@@ -353,8 +342,5 @@ mod tests {
         .unwrap();
         let found = search(&fs, "TODO");
         assert_eq!(found, vec![("/docs/notes/todo.txt".to_string(), false)]);
-        let files = files_under(&fs, &["/docs".into(), "/docs/report.bin".into()]).unwrap();
-        assert_eq!(files, vec!["/docs/notes/todo.txt", "/docs/report.bin"]);
-        assert!(files_under(&fs, &["/nope".into()]).is_err());
     }
 }

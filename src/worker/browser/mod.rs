@@ -8,17 +8,35 @@
 //! timeout.
 //!
 //! - `disk`: the volume read from the repository, the filesystem on it
-//! - `session`: certificate, TLS, token, the accept loop and idle timeout
-//! - `routes`: the HTTP interface (axum)
+//! - `session`: TLS, token, the accept loop, idle timeout and maximum life
+//! - `certificate`: the session's certificate, valid for its life only
+//! - `connections`: how many connections, and which yet to show the token
+//! - `guard`: token, cookie, origin and body checks; headers on every answer
+//! - `routes`: the HTTP interface (axum); `restore`: "Restore selected"
+//! - `selection`: what a request selects, within limits
 //! - `pages`: HTML templates and plain-text answers
 //! - `archive`: a folder as a tar archive; `stream`: bodies written as read
+//!
+//! Defences (issue #13): at most `connections::MAX_CONNECTIONS` connections,
+//! of which `MAX_PENDING` without the token (the oldest make room for new
+//! ones); one deadline for the TLS handshake and a request's head; the
+//! token checked before a body is read; bodies, archives and restores
+//! bounded; downloads streamed.
 
 mod archive;
+#[cfg(test)]
+mod attacks;
+mod certificate;
+mod connections;
 mod disk;
+mod guard;
 mod pages;
+mod restore;
 mod routes;
+mod selection;
 mod session;
 mod stream;
 
+pub use certificate::{MAX_SESSION_LIFE, session_life};
 pub use disk::{RepositoryDisk, check_filesystem};
-pub use session::{Session, SessionConfig, serve};
+pub use session::{Ended, EndedBy, Session, SessionConfig, serve};

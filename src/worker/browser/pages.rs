@@ -1,6 +1,6 @@
 //! The pages people see: HTML from the templates in `templates/browser/`
 //! (askama; every value is HTML-escaped unless a template says otherwise,
-//! and none does), and plain-text answers.
+//! and none does), their stylesheet, and plain-text answers.
 
 use askama::Template;
 use axum::http::StatusCode;
@@ -24,6 +24,16 @@ const PATH_IN_LINK: &AsciiSet = &NON_ALPHANUMERIC
 /// `path` as it goes into a link.
 pub(super) fn link_path(path: &str) -> String {
     utf8_percent_encode(path, PATH_IN_LINK).to_string()
+}
+
+/// The pages' stylesheet: a file of its own, as the Content-Security-Policy
+/// allows no inline style.
+pub(super) async fn stylesheet() -> Response {
+    (
+        [(CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("../../../templates/browser/style.css"),
+    )
+        .into_response()
 }
 
 /// A plain-text answer (errors, refusals).

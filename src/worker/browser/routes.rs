@@ -8,38 +8,33 @@
 //! | `GET /file/<file>` | the file, as an attachment |
 //! | `GET /archive/<folder>` | the folder as a `.tar` attachment |
 //! | `POST /restore` (form fields `path`) | copies them to the job's S3 location |
+//! | `GET /style.css` | the pages' stylesheet |
 //!
-//! Every request needs the session token: `?token=` (which also sets the
-//! `tender_session` cookie, so later links need not carry it), an
-//! `Authorization: Bearer` header, or that cookie.
+//! Every request first passes [`guard`]: the session token, before any
+//! body is read.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Form, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
 use axum::http::header::{
-    CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HeaderMap,
-    HeaderValue, LOCATION, SET_COOKIE, STRICT_TRANSPORT_SECURITY, X_CONTENT_TYPE_OPTIONS,
+    CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, LOCATION,
 };
-use axum::http::{Method, StatusCode, Uri};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ext4_view::Ext4;
-use tokio::sync::mpsc;
-use tracing::info;
 
 use super::disk::{self, Volume, file_name, normalize};
+use super::guard::{MAX_BODY, guard};
 use super::pages::{self, Problem};
+use super::restore::restore;
+use super::selection::{self, Refusal, select};
 use super::session::{Activity, SessionToken};
 use super::{archive, stream};
 use crate::aws::AwsClients;
 use crate::mover::manifest::RepositoryLocation;
-
-const COOKIE_NAME: &str = "tender_session";
-/// The largest form accepted (a list of selected paths).
-const MAX_FORM: usize = 1 << 20;
-const NEEDS_TOKEN: &str = "this file-level recovery session needs its token: open the URL with ?token=<token from the RestoreJob's session Secret>";
 
 /// What every request of a session shares.
 #[derive(Clone)]
@@ -72,73 +67,16 @@ pub(super) fn router(browser: Browser) -> Router {
         .route("/archive/{*path}", get(archive))
         .route("/search", get(search))
         .route("/restore", post(restore))
+        .route("/style.css", get(pages::stylesheet))
         .fallback(|| async { pages::text(StatusCode::NOT_FOUND, "no such page") })
-        .layer(DefaultBodyLimit::max(MAX_FORM))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        // Outermost: nothing runs, and no body is read, before it.
         .layer(middleware::from_fn_with_state(browser.clone(), guard))
         .with_state(browser)
 }
 
-/// Refuses requests without the session token; marks the session used;
-/// adds the headers every answer carries.
-async fn guard(State(browser): State<Browser>, request: Request, next: Next) -> Response {
-    let mut response = if !matches!(*request.method(), Method::GET | Method::HEAD | Method::POST) {
-        pages::text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "only GET and POST are served here",
-        )
-    } else {
-        match presented_token(request.uri(), request.headers()) {
-            Some((token, in_query)) if browser.token.accepts(&token) => {
-                browser.activity.touch();
-                let mut response = next.run(request).await;
-                // Later links carry the token in a cookie, not the URL.
-                let cookie =
-                    format!("{COOKIE_NAME}={token}; Path=/; Secure; HttpOnly; SameSite=Strict");
-                if in_query && let Ok(cookie) = HeaderValue::from_str(&cookie) {
-                    response.headers_mut().append(SET_COOKIE, cookie);
-                }
-                response
-            }
-            _ => pages::text(StatusCode::UNAUTHORIZED, NEEDS_TOKEN),
-        }
-    };
-    let headers = response.headers_mut();
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(
-        STRICT_TRANSPORT_SECURITY,
-        HeaderValue::from_static("max-age=300"),
-    );
-    response
-}
-
-/// The token a request carries, and whether it came in the query string.
-fn presented_token(uri: &Uri, headers: &HeaderMap) -> Option<(String, bool)> {
-    let query = Query::<Vec<(String, String)>>::try_from_uri(uri)
-        .map(|q| q.0)
-        .unwrap_or_default();
-    if let Some((_, token)) = query.into_iter().find(|(k, _)| k == "token") {
-        return Some((token, true));
-    }
-    if let Some(token) = headers
-        .get_all(axum::http::header::AUTHORIZATION)
-        .iter()
-        .find_map(|v| v.to_str().ok()?.strip_prefix("Bearer "))
-    {
-        return Some((token.trim().to_string(), false));
-    }
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|c| c.split(';'))
-        .filter_map(|p| p.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE_NAME)
-        .map(|(_, v)| (v.to_string(), false))
-}
-
 /// Runs `job` on the filesystem, on a blocking thread.
-async fn on_fs<T: Send + 'static>(
+pub(super) async fn on_fs<T: Send + 'static>(
     volume: &Arc<dyn Volume>,
     job: impl FnOnce(&Ext4) -> Result<T, Problem> + Send + 'static,
 ) -> Result<T, Problem> {
@@ -148,8 +86,17 @@ async fn on_fs<T: Send + 'static>(
         .map_err(|e| server_error(e.to_string()))?
 }
 
-fn server_error(message: String) -> Problem {
+pub(super) fn server_error(message: String) -> Problem {
     Problem::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+}
+
+/// A selection refused: 404 for a path that is not there, 413 for one
+/// that holds too much.
+pub(super) fn refused(refusal: Refusal) -> Problem {
+    match refusal {
+        Refusal::NotFound(m) => Problem::new(StatusCode::NOT_FOUND, m),
+        Refusal::TooMuch(m) => Problem::new(StatusCode::PAYLOAD_TOO_LARGE, m),
+    }
 }
 
 fn not_found(path: &str, e: impl std::fmt::Display) -> Problem {
@@ -162,7 +109,7 @@ fn attachment(name: &str) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
 }
 
-type Answer = Result<Response, Problem>;
+pub(super) type Answer = Result<Response, Problem>;
 
 async fn browse_root(State(browser): State<Browser>) -> Answer {
     browse_folder(browser, "/".into()).await
@@ -238,15 +185,18 @@ async fn archive(State(browser): State<Browser>, Path(path): Path<String>) -> An
 async fn archive_folder(browser: Browser, dir: String) -> Answer {
     let base = file_name(&dir);
     let volume = browser.volume.clone();
-    let name = base.clone();
+    let root = (dir, base.clone());
     let ((), body) = stream::blocking_body(
         browser.activity.clone(),
         move || {
             let fs = volume.open().map_err(server_error)?;
-            disk::entries(&fs, &dir).map_err(|e| not_found(&dir, e))?;
-            Ok(((), (fs, dir)))
+            if !fs.metadata(root.0.as_str()).is_ok_and(|m| m.is_dir()) {
+                return Err(not_found(&root.0, "not a folder"));
+            }
+            let selection = select(&fs, &[root], &selection::ARCHIVE).map_err(refused)?;
+            Ok(((), (fs, selection)))
         },
-        move |(fs, dir), out| archive::write_folder(&fs, &dir, &name, out),
+        |(fs, selection), out| archive::write(&fs, &selection, out),
     )
     .await?;
     let headers = [
@@ -256,104 +206,14 @@ async fn archive_folder(browser: Browser, dir: String) -> Answer {
     Ok((headers, body).into_response())
 }
 
-/// Copies the selected files (folders: every regular file in them) to the
-/// allowed S3 location, each under its path in the filesystem.
-async fn restore(
-    State(browser): State<Browser>,
-    Form(fields): Form<Vec<(String, String)>>,
-) -> Answer {
-    let Some(target) = browser.restore_to.clone() else {
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "this RestoreJob allows downloads only: set spec.restoreFilesTo to restore files to S3",
-        ));
-    };
-    let selected: Vec<String> = fields
-        .into_iter()
-        .filter(|(k, _)| k == "path")
-        .map(|(_, v)| normalize(&v))
-        .collect();
-    if selected.is_empty() {
-        return Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "select at least one file or folder",
-        ));
-    }
-    let files = on_fs(&browser.volume, move |fs| {
-        disk::files_under(fs, &selected).map_err(|e| Problem::new(StatusCode::NOT_FOUND, e))
-    })
-    .await?;
-    let done = copy_to_s3(&browser.volume, &target, files).await?;
-    info!(
-        files = done.len(),
-        bucket = target.location.bucket,
-        "restored selected files"
-    );
-    Ok(pages::restored(&done))
-}
-
-/// Reads the files one after the other on a blocking thread while the
-/// previous one is uploaded; returns the objects written.
-async fn copy_to_s3(
-    volume: &Arc<dyn Volume>,
-    target: &RestoreTarget,
-    files: Vec<String>,
-) -> Result<Vec<String>, Problem> {
-    let total = files.len();
-    let (tx, mut rx) = mpsc::channel::<Result<(String, Vec<u8>), Problem>>(1);
-    let volume = volume.clone();
-    tokio::task::spawn_blocking(move || {
-        let fs = match volume.open() {
-            Ok(fs) => fs,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(server_error(e)));
-                return;
-            }
-        };
-        for path in files {
-            let read = fs.read(path.as_str()).map_err(|e| not_found(&path, e));
-            if tx.blocking_send(read.map(|data| (path, data))).is_err() {
-                return;
-            }
-        }
-    });
-    let location = &target.location;
-    let mut done = Vec::new();
-    while let Some(read) = rx.recv().await {
-        let (path, data) = read?;
-        let key = format!("{}{}", location.prefix, path.trim_start_matches('/'));
-        let put = target
-            .aws
-            .repository()
-            .put_object(
-                &location.region,
-                &location.bucket,
-                &key,
-                data,
-                "application/octet-stream",
-            )
-            .await;
-        if let Err(e) = put {
-            return Err(server_error(format!(
-                "restored {} of {total} files; {path} failed: {e}",
-                done.len()
-            )));
-        }
-        done.push(format!("s3://{}/{key}", location.bucket));
-    }
-    if done.len() < total {
-        return Err(server_error(format!(
-            "restored {} of {total} files; reading the next one stopped",
-            done.len()
-        )));
-    }
-    Ok(done)
-}
-
 #[cfg(test)]
 mod tests {
 
     use axum::body::Body;
+    use axum::http::header::{
+        CACHE_CONTROL, CONTENT_SECURITY_POLICY, REFERRER_POLICY, SET_COOKIE,
+        STRICT_TRANSPORT_SECURITY, X_CONTENT_TYPE_OPTIONS,
+    };
     use sha2::{Digest, Sha256};
     use tower::ServiceExt;
 
@@ -396,24 +256,6 @@ mod tests {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
-    #[test]
-    fn the_token_comes_from_the_query_a_bearer_header_or_the_cookie() {
-        let none = HeaderMap::new();
-        let uri: Uri = "/browse/?token=abc%2Bd".parse().unwrap();
-        assert_eq!(presented_token(&uri, &none), Some(("abc+d".into(), true)));
-        let mut cookie = HeaderMap::new();
-        cookie.insert(COOKIE, HeaderValue::from_static("a=b; tender_session=xyz"));
-        let root: Uri = "/".parse().unwrap();
-        assert_eq!(presented_token(&root, &cookie), Some(("xyz".into(), false)));
-        let mut bearer = HeaderMap::new();
-        bearer.insert(
-            axum::http::header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer t1 "),
-        );
-        assert_eq!(presented_token(&root, &bearer), Some(("t1".into(), false)));
-        assert_eq!(presented_token(&root, &none), None);
-    }
-
     #[tokio::test]
     async fn requests_without_the_token_are_refused() {
         let app = app();
@@ -433,29 +275,84 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_token_in_the_url_becomes_a_cookie() {
+    async fn the_token_in_the_url_becomes_a_cookie_and_leaves_the_url() {
         let app = app();
-        let response = call(&app, "GET", &format!("/?token={TOKEN}"), None).await;
-        assert_eq!(response.status(), StatusCode::FOUND);
-        assert_eq!(response.headers()[LOCATION], "/browse/");
+        let response = call(&app, "GET", &format!("/browse/docs?token={TOKEN}"), None).await;
+        assert_eq!(response.status(), StatusCode::SEE_OTHER);
+        assert_eq!(response.headers()[LOCATION], "/browse/docs");
         assert_eq!(
             response.headers()[SET_COOKIE],
-            format!("tender_session={TOKEN}; Path=/; Secure; HttpOnly; SameSite=Strict").as_str()
+            format!("__Host-tender_session={TOKEN}; Path=/; Secure; HttpOnly; SameSite=Strict")
+                .as_str()
         );
-        let request = axum::http::Request::get("/browse/docs")
-            .header("cookie", format!("tender_session={TOKEN}"))
-            .body(Body::empty())
+        let with_cookie = |uri: &str| {
+            axum::http::Request::get(uri)
+                .header("cookie", format!("__Host-tender_session={TOKEN}"))
+                .body(Body::empty())
+                .unwrap()
+        };
+        let response = app.clone().oneshot(with_cookie("/")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::FOUND);
+        assert_eq!(response.headers()[LOCATION], "/browse/");
+        let response = app
+            .clone()
+            .oneshot(with_cookie("/browse/docs"))
+            .await
             .unwrap();
-        let response = app.oneshot(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         assert!(response.headers().get(SET_COOKIE).is_none());
         assert_eq!(response.headers()[X_CONTENT_TYPE_OPTIONS], "nosniff");
         assert_eq!(response.headers()[STRICT_TRANSPORT_SECURITY], "max-age=300");
+        assert_eq!(response.headers()[REFERRER_POLICY], "no-referrer");
+        let csp = response.headers()[CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap();
         assert!(
-            text_of(response)
-                .await
-                .contains("href=\"/file/docs/report.bin\"")
+            csp.starts_with("default-src 'none'; style-src 'self';"),
+            "{csp}"
         );
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        let page = text_of(response).await;
+        assert!(page.contains("href=\"/file/docs/report.bin\""), "{page}");
+        assert!(
+            page.contains("<link rel=\"stylesheet\" href=\"/style.css\">"),
+            "{page}"
+        );
+        assert!(
+            !page.contains("<style") && !page.contains("<script"),
+            "{page}"
+        );
+        let response = app.oneshot(with_cookie("/style.css")).await.unwrap();
+        assert_eq!(response.headers()[CONTENT_TYPE], "text/css; charset=utf-8");
+    }
+
+    #[tokio::test]
+    async fn forms_from_elsewhere_or_too_large_are_refused_unread() {
+        let post = |origin: &str, length: usize| {
+            axum::http::Request::post("/restore")
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .header("host", "10.0.0.5")
+                .header("origin", origin)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("content-length", length)
+                .body(Body::from("path=%2Fdocs"))
+                .unwrap()
+        };
+        let response = app()
+            .oneshot(post("https://evil.example", 12))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert!(text_of(response).await.contains("another site"));
+        let response = app()
+            .oneshot(post("https://10.0.0.5", 1 << 30))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        // From the session's own page: on to the handler.
+        let response = app().oneshot(post("https://10.0.0.5", 12)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert!(text_of(response).await.contains("downloads only"));
     }
 
     #[tokio::test]
@@ -547,16 +444,5 @@ mod tests {
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         let response = call(&app, "GET", "/elsewhere", Some(TOKEN)).await;
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    }
-
-    #[tokio::test]
-    async fn restoring_needs_a_location() {
-        let request = axum::http::Request::post("/restore")
-            .header("authorization", format!("Bearer {TOKEN}"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(Body::from("path=%2Fdocs"))
-            .unwrap();
-        let response = app().oneshot(request).await.unwrap();
-        assert_eq!(response.status(), StatusCode::FORBIDDEN);
     }
 }

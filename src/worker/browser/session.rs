@@ -1,12 +1,13 @@
-//! The session: its certificate and TLS, the token every request must
-//! carry, and the accept loop that ends once no request came for the idle
-//! timeout.
+//! The session: TLS, the token every request must carry, and the accept
+//! loop, which bounds the connections it holds and how long a client may
+//! take to send a request's head, and ends once no request came for the
+//! idle timeout or at the session's maximum life.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -15,14 +16,18 @@ use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
-use super::disk::RepositoryDisk;
+use super::certificate::SessionCertificate;
+use super::connections::{Admission, Connections, Slot};
+use super::disk::{RepositoryDisk, Volume};
 use super::routes::{self, Browser, RestoreTarget};
 use crate::mover::manifest::RepositoryLocation;
 
-/// How long a client has for the TLS handshake and for a request's head.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client has from connecting to the end of its request's head
+/// (TLS handshake included).
+pub(super) const HEAD_DEADLINE: Duration = Duration::from_secs(10);
 /// How long requests still running when the session ends may take.
 const GRACE: Duration = Duration::from_secs(10);
 
@@ -45,6 +50,9 @@ pub struct SessionConfig {
     pub advertise_host: String,
     pub token_sha256: String,
     pub idle_timeout: Duration,
+    /// The session ends after this long whatever happens; its certificate
+    /// is valid no longer ([`super::session_life`]).
+    pub max_life: Duration,
     /// Where "Restore selected" copies files; `None`: downloads only.
     pub restore_to: Option<RepositoryLocation>,
 }
@@ -92,56 +100,6 @@ impl Activity {
     }
 }
 
-/// The session's self-signed certificate, made when it starts.
-struct SessionCertificate {
-    cert_der: Vec<u8>,
-    key_der: Vec<u8>,
-    /// SHA-256 of the certificate, `AB:CD:…`.
-    sha256: String,
-    /// SHA-256 of its SubjectPublicKeyInfo, base64.
-    public_key_sha256: String,
-}
-
-impl SessionCertificate {
-    fn generate(advertise_host: &str) -> Result<Self, String> {
-        let names = vec![advertise_host.to_string(), "localhost".to_string()];
-        let certified = rcgen::generate_simple_self_signed(names)
-            .map_err(|e| format!("could not make the session certificate: {e}"))?;
-        let cert_der = certified.cert.der().to_vec();
-        let public_key = rcgen::PublicKeyData::subject_public_key_info(&certified.signing_key);
-        Ok(Self {
-            sha256: colon_hex(&Sha256::digest(&cert_der)),
-            public_key_sha256: base64::engine::general_purpose::STANDARD
-                .encode(Sha256::digest(&public_key)),
-            key_der: certified.signing_key.serialize_der(),
-            cert_der,
-        })
-    }
-
-    fn acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, String> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![self.cert_der.clone().into()],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(self.key_der.clone().into()),
-            )
-            .map_err(|e| format!("could not use the session certificate: {e}"))?;
-        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
-    }
-}
-
-/// `AB:CD:…`, as certificate fingerprints are written.
-fn colon_hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| hex::encode_upper([*b]))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 /// The URL people open: `https://host/`, with the port unless it is 443.
 fn session_url(advertise_host: &str, port: u16) -> String {
     let host = if advertise_host.contains(':') {
@@ -156,19 +114,53 @@ fn session_url(advertise_host: &str, port: u16) -> String {
     }
 }
 
-/// Serves the session until it has been idle for its timeout; calls
-/// `ready` once it listens. Returns how long it ran.
+/// Why a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndedBy {
+    /// No request came for the idle timeout.
+    Idle,
+    /// It reached its maximum life (and its certificate's end).
+    MaxLife,
+}
+
+/// How a session ended, and after how long.
+#[derive(Clone, Copy, Debug)]
+pub struct Ended {
+    pub by: EndedBy,
+    pub ran: Duration,
+}
+
+/// Serves the session until it has been idle for its timeout or reaches
+/// its maximum life; calls `ready` once it listens.
 pub async fn serve<F, Fut>(
     disk: RepositoryDisk,
     config: SessionConfig,
     ready: F,
-) -> Result<Duration, String>
+) -> Result<Ended, String>
+where
+    F: FnOnce(Session) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let restore_to = config.restore_to.clone().map(|location| RestoreTarget {
+        aws: disk.aws().clone(),
+        location,
+    });
+    serve_volume(Arc::new(disk), restore_to.map(Arc::new), config, ready).await
+}
+
+/// [`serve`] over any volume (tests serve an image in memory).
+pub(super) async fn serve_volume<F, Fut>(
+    volume: Arc<dyn Volume>,
+    restore_to: Option<Arc<RestoreTarget>>,
+    config: SessionConfig,
+    ready: F,
+) -> Result<Ended, String>
 where
     F: FnOnce(Session) -> Fut,
     Fut: Future<Output = ()>,
 {
     let started = Instant::now();
-    let certificate = SessionCertificate::generate(&config.advertise_host)?;
+    let certificate = SessionCertificate::generate(&config.advertise_host, config.max_life)?;
     let acceptor = certificate.acceptor()?;
     let listener = TcpListener::bind(&config.listen)
         .await
@@ -178,6 +170,7 @@ where
     info!(
         url,
         certificate_sha256 = certificate.sha256,
+        max_life_s = config.max_life.as_secs(),
         "file-level recovery session is up"
     );
     ready(Session {
@@ -188,40 +181,62 @@ where
     .await;
 
     let activity = Activity::new();
-    let restore_to = config.restore_to.map(|location| RestoreTarget {
-        aws: disk.aws().clone(),
-        location,
-    });
     let app = routes::router(Browser {
-        volume: Arc::new(disk),
-        restore_to: restore_to.map(Arc::new),
+        volume,
+        restore_to,
         token: Arc::new(SessionToken::from_sha256_hex(&config.token_sha256)),
         activity: activity.clone(),
     });
-    accept_until_idle(listener, acceptor, app, &activity, config.idle_timeout).await;
-    Ok(started.elapsed())
+    let lifetime = Lifetime {
+        activity,
+        idle_timeout: config.idle_timeout,
+        ends_at: started + config.max_life,
+    };
+    let by = accept_until_done(listener, acceptor, app, &lifetime).await;
+    Ok(Ended {
+        by,
+        ran: started.elapsed(),
+    })
 }
 
-/// Accepts connections until no request came for `idle_timeout`, then lets
-/// the requests still running finish (for at most `GRACE`).
-async fn accept_until_idle(
+/// When the session ends: after its idle timeout, or at its maximum life.
+struct Lifetime {
+    activity: Activity,
+    idle_timeout: Duration,
+    ends_at: Instant,
+}
+
+impl Lifetime {
+    /// How long the session may still wait for a connection; `Err`: it
+    /// ends now, and why.
+    fn left(&self) -> Result<Duration, EndedBy> {
+        let idle = self.activity.idle();
+        let idle_left = self.idle_timeout.checked_sub(idle).ok_or(EndedBy::Idle)?;
+        let life_left = self.ends_at.saturating_duration_since(Instant::now());
+        if life_left.is_zero() {
+            return Err(EndedBy::MaxLife);
+        }
+        Ok(idle_left.min(life_left))
+    }
+}
+
+/// Accepts connections (within the limits of [`Connections`]) until the
+/// session ends, then lets the requests still running finish (for at most
+/// `GRACE`).
+async fn accept_until_done(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     app: axum::Router,
-    activity: &Activity,
-    idle_timeout: Duration,
-) {
+    lifetime: &Lifetime,
+) -> EndedBy {
     let (end, ended) = watch::channel(false);
-    let mut connections = JoinSet::new();
-    loop {
-        while connections.try_join_next().is_some() {}
-        let idle = activity.idle();
-        let Some(left) = idle_timeout.checked_sub(idle) else {
-            info!(
-                idle_s = idle.as_secs(),
-                "file-level recovery session idle; ending it"
-            );
-            break;
+    let open = Connections::default();
+    let mut tasks = JoinSet::new();
+    let by = loop {
+        while tasks.try_join_next().is_some() {}
+        let left = match lifetime.left() {
+            Ok(left) => left,
+            Err(by) => break by,
         };
         let stream = match tokio::time::timeout(left, listener.accept()).await {
             Err(_) => continue,
@@ -231,33 +246,37 @@ async fn accept_until_idle(
             }
             Ok(Ok((stream, _))) => stream,
         };
-        connections.spawn(connection(
-            stream,
-            acceptor.clone(),
-            app.clone(),
-            ended.clone(),
-        ));
-    }
+        let decision = open.open(|slot| {
+            let serve = connection(stream, acceptor.clone(), app.clone(), slot, ended.clone());
+            tasks.spawn(serve)
+        });
+        if decision != Admission::Accept {
+            debug!(?decision, "connection limit reached");
+        }
+    };
+    info!(?by, "file-level recovery session ending");
     drop(listener);
     let _ = end.send(true);
-    let finished = tokio::time::timeout(GRACE, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
+    let finished =
+        tokio::time::timeout(GRACE, async { while tasks.join_next().await.is_some() {} }).await;
     if finished.is_err() {
         warn!("requests still running when the session ended were cut off");
     }
+    by
 }
 
 /// One connection: the TLS handshake, then HTTP/1.1, one request per
-/// connection, ended gracefully when the session ends.
+/// connection, ended gracefully when the session ends. The handshake and
+/// the request's head share one deadline, however slowly bytes come.
 async fn connection(
     stream: TcpStream,
     acceptor: tokio_rustls::TlsAcceptor,
     app: axum::Router,
+    slot: Slot,
     mut ended: watch::Receiver<bool>,
 ) {
-    let tls = match tokio::time::timeout(CLIENT_TIMEOUT, acceptor.accept(stream)).await {
+    let deadline = tokio::time::Instant::now() + HEAD_DEADLINE;
+    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             debug!(error = %e, "TLS handshake failed");
@@ -268,10 +287,19 @@ async fn connection(
             return;
         }
     };
+    // Requests carry what admits their connection once they show the token.
+    let admit = slot.admitter();
+    let app = app.map_request(move |mut request: axum::http::Request<Incoming>| {
+        request.extensions_mut().insert(admit.clone());
+        request
+    });
+    let head_left = deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .max(Duration::from_millis(1));
     let served = http1::Builder::new()
         .keep_alive(false)
         .timer(TokioTimer::new())
-        .header_read_timeout(CLIENT_TIMEOUT)
+        .header_read_timeout(head_left)
         .serve_connection(TokioIo::new(tls), TowerToHyperService::new(app));
     tokio::pin!(served);
     let result = tokio::select! {
@@ -282,8 +310,9 @@ async fn connection(
         }
     };
     if let Err(e) = result {
-        warn!(error = %e, "request failed");
+        debug!(error = %e, "connection ended with an error");
     }
+    drop(slot);
 }
 
 #[cfg(test)]
@@ -307,17 +336,9 @@ mod tests {
     }
 
     #[test]
-    fn fingerprints_and_urls_are_written_as_people_expect() {
-        assert_eq!(colon_hex(&[0xab, 0x01, 0xff]), "AB:01:FF");
+    fn urls_are_written_as_people_expect() {
         assert_eq!(session_url("10.0.0.5", 443), "https://10.0.0.5/");
         assert_eq!(session_url("127.0.0.1", 8443), "https://127.0.0.1:8443/");
         assert_eq!(session_url("::1", 8443), "https://[::1]:8443/");
-    }
-
-    #[test]
-    fn the_certificate_names_its_host_and_serves_tls() {
-        let certificate = SessionCertificate::generate("10.0.0.5").unwrap();
-        assert_eq!(certificate.sha256.len(), 32 * 3 - 1);
-        assert!(certificate.acceptor().is_ok());
     }
 }
