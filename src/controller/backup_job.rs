@@ -14,6 +14,7 @@ use crate::api::{
     BackupJob, BackupJobStatus, BackupWorkerStatus, InstanceTypes, JobLimits, LocalObjectReference,
     WorkerConfiguration,
 };
+use crate::aws::AwsClients;
 use crate::messages::{Operation, WorkerEvent};
 use crate::placement;
 use crate::reasons::FailureReason;
@@ -22,11 +23,96 @@ pub async fn reconcile(job: Arc<BackupJob>, ctx: Arc<Context>) -> Result<Action>
     job::reconcile(job, ctx).await
 }
 
+/// A source the configuration's `allowedSources` does not admit.
+fn refused(config: &WorkerConfiguration, what: &str, id: &str, why: String) -> NotLocated {
+    NotLocated {
+        reason: FailureReason::SourceNotAllowed,
+        message: format!(
+            "{what} {id} is not a source WorkerConfiguration {:?} admits: {why}; ask an admin to change its spec.allowedSources, or use another configuration",
+            config.name_any()
+        ),
+    }
+}
+
+/// An instance's zone and total EBS size, if it exists and carries the
+/// tags the configuration requires.
+async fn locate_instance(
+    config: &WorkerConfiguration,
+    production: &AwsClients,
+    target: &Target,
+) -> Result<Result<Located, NotLocated>> {
+    let (id, region) = (&target.id, &target.region);
+    let Some(found) = production
+        .instances()
+        .describe_source_instance(region, id)
+        .await?
+    else {
+        return Ok(Err(NotLocated {
+            reason: FailureReason::SourceInstanceNotFound,
+            message: format!("instance {id} does not exist in {region}; check spec.resources"),
+        }));
+    };
+    if let Err(tag) = config.spec.allowed_sources.admits_tags(&found.tags) {
+        let why = format!("it does not carry tag {tag}");
+        return Ok(Err(refused(config, "instance", id, why)));
+    }
+    Ok(Ok(Located {
+        zone: found.availability_zone,
+        size_gib: found.total_ebs_gib,
+    }))
+}
+
+/// A snapshot's size (regional: any zone will do), if it is complete, owned
+/// by an account the configuration allows, and carries the tags it requires.
+async fn locate_snapshot(
+    config: &WorkerConfiguration,
+    production: &AwsClients,
+    target: &Target,
+) -> Result<Result<Located, NotLocated>> {
+    let (id, region) = (&target.id, &target.region);
+    let allowed = &config.spec.allowed_sources;
+    let Some(found) = production.snapshots().describe_snapshot(region, id).await? else {
+        return Ok(Err(NotLocated {
+            reason: FailureReason::SourceSnapshotNotFound,
+            message: format!("snapshot {id} does not exist in {region}; check spec.resources"),
+        }));
+    };
+    if found.state == "error" {
+        return Ok(Err(NotLocated {
+            reason: FailureReason::SourceSnapshotFailed,
+            message: format!(
+                "snapshot {id} in {region} is in state error: EBS could not complete it"
+            ),
+        }));
+    }
+    let owner = found.owner_id.clone().unwrap_or_default();
+    let owners_allowed = if allowed.accounts.is_empty() {
+        vec![reading_account(config, production, region).await?]
+    } else {
+        allowed.accounts.clone()
+    };
+    if !owners_allowed.contains(&owner) {
+        let why = format!(
+            "it is owned by account {owner:?}, not by {}",
+            owners_allowed.join(", ")
+        );
+        return Ok(Err(refused(config, "snapshot", id, why)));
+    }
+    if let Err(tag) = allowed.admits_tags(&found.tags) {
+        let why = format!("it does not carry tag {tag}");
+        return Ok(Err(refused(config, "snapshot", id, why)));
+    }
+    Ok(Ok(Located {
+        zone: None,
+        size_gib: found.volume_size_gib,
+    }))
+}
+
 /// The account Tender reads sources in: the production role's, else its
 /// own.
 async fn reading_account(
     config: &WorkerConfiguration,
-    production: &crate::aws::AwsClients,
+    production: &AwsClients,
     region: &str,
 ) -> Result<String> {
     let from_role = config
@@ -85,83 +171,16 @@ impl WorkerJob for BackupJob {
     ) -> Result<Result<Located, NotLocated>> {
         let access = job_access(self, config.spec.production_account.as_ref());
         let production = ctx.aws.scoped(&access).await;
-        let allowed = &config.spec.allowed_sources;
-        let (id, region) = (&target.id, &target.region);
-        let refused = |what: &str, why: String| NotLocated {
-            reason: FailureReason::SourceNotAllowed,
-            message: format!(
-                "{what} {id} is not a source WorkerConfiguration {:?} admits: {why}; ask an admin to change its spec.allowedSources, or use another configuration",
-                config.name_any()
-            ),
-        };
         let is_instance = self
             .spec
             .resources
             .iter()
-            .any(|r| r.instance_id.as_deref() == Some(id.as_str()));
+            .any(|r| r.instance_id.as_deref() == Some(target.id.as_str()));
         if is_instance {
-            let Some(found) = production
-                .instances()
-                .describe_source_instance(region, id)
-                .await?
-            else {
-                return Ok(Err(NotLocated {
-                    reason: FailureReason::SourceInstanceNotFound,
-                    message: format!(
-                        "instance {id} does not exist in {region}; check spec.resources"
-                    ),
-                }));
-            };
-            if let Err(tag) = allowed.admits_tags(&found.tags) {
-                return Ok(Err(refused(
-                    "instance",
-                    format!("it does not carry tag {tag}"),
-                )));
-            }
-            return Ok(Ok(Located {
-                zone: found.availability_zone,
-                size_gib: found.total_ebs_gib,
-            }));
-        }
-        let Some(found) = production.snapshots().describe_snapshot(region, id).await? else {
-            return Ok(Err(NotLocated {
-                reason: FailureReason::SourceSnapshotNotFound,
-                message: format!("snapshot {id} does not exist in {region}; check spec.resources"),
-            }));
-        };
-        if found.state == "error" {
-            return Ok(Err(NotLocated {
-                reason: FailureReason::SourceSnapshotFailed,
-                message: format!(
-                    "snapshot {id} in {region} is in state error: EBS could not complete it"
-                ),
-            }));
-        }
-        let owner = found.owner_id.clone().unwrap_or_default();
-        let owners_allowed = if allowed.accounts.is_empty() {
-            vec![reading_account(config, &production, region).await?]
+            locate_instance(config, &production, target).await
         } else {
-            allowed.accounts.clone()
-        };
-        if !owners_allowed.contains(&owner) {
-            return Ok(Err(refused(
-                "snapshot",
-                format!(
-                    "it is owned by account {owner:?}, not by {}",
-                    owners_allowed.join(", ")
-                ),
-            )));
+            locate_snapshot(config, &production, target).await
         }
-        if let Err(tag) = allowed.admits_tags(&found.tags) {
-            return Ok(Err(refused(
-                "snapshot",
-                format!("it does not carry tag {tag}"),
-            )));
-        }
-        Ok(Ok(Located {
-            zone: None,
-            size_gib: found.volume_size_gib,
-        }))
     }
 
     fn instance_type(&self, types: Option<&InstanceTypes>, located: &Located) -> String {

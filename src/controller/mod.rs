@@ -22,6 +22,7 @@ pub mod leader;
 pub mod queue_access;
 pub mod reports;
 pub mod restore_job;
+mod run;
 mod wake;
 pub mod worker_configuration;
 mod worker_count;
@@ -31,28 +32,23 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::StreamExt;
-use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector;
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::utils::{Predicate, WatchStreamExt, predicates};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::api::{
     BackupJob, BackupJobStatus, BackupRepository, RestoreJob, RestoreJobStatus, WorkerConfiguration,
 };
 use crate::aws::instance_cache::InstanceCache;
 use crate::aws::{AwsClients, AwsError};
-use crate::names::{CONTROLLER_NAME, FIELD_MANAGER};
-use crate::telemetry::{self, KindErrorLabels, KindLabels, Metrics, Readiness};
+use crate::names::FIELD_MANAGER;
+use crate::telemetry::{KindErrorLabels, KindLabels, Metrics};
 use index::WorkerIndex;
 use job::status::Written;
 use k8s_openapi::jiff::Timestamp;
@@ -326,348 +322,7 @@ pub struct Options {
     pub trusted_browser_hosts: Vec<String>,
 }
 
-fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
-async fn resolve_cluster_id(client: &Client, configured: Option<String>) -> Result<String> {
-    if let Some(id) = configured.filter(|s| !s.is_empty()) {
-        return Ok(id);
-    }
-    let ns = Api::<Namespace>::all(client.clone())
-        .get("kube-system")
-        .await?;
-    ns.metadata
-        .uid
-        .ok_or(Error::MissingObjectKey("kube-system uid"))
-}
-
-/// Runs the controller until SIGTERM or Ctrl-C, or until it loses
-/// leadership (then it exits with an error, to restart as a candidate).
-pub async fn run(opts: Options) -> anyhow_like::Result {
-    let client = Client::try_default().await?;
-    let aws = AwsClients::from_env().await;
-    let metrics = aws.metrics();
-    let ready = Arc::new(Readiness::default());
-    let listener = tokio::net::TcpListener::bind(&opts.metrics_address)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", opts.metrics_address))?;
-    let server = tokio::spawn(telemetry::serve(listener, metrics.clone(), ready.clone()));
-
-    // A standby replica is healthy and ready too: readiness gates rollouts
-    // and drains, and only one replica can ever hold the lease.
-    ready.set(true);
-    let (leadership, lease) = match opts.election.clone() {
-        Some(config) => {
-            let (rx, handle) = leader::LeaderElection::new(client.clone(), config)
-                .acquire()
-                .await;
-            (Some(rx), Some(handle))
-        }
-        None => (None, None),
-    };
-
-    let result = run_leader(client, aws, opts, leadership).await;
-    if let Some(lease) = lease {
-        lease.release().await;
-    }
-    server.abort();
-    result
-}
-
-async fn run_leader(
-    client: Client,
-    aws: AwsClients,
-    opts: Options,
-    leadership: Option<tokio::sync::watch::Receiver<bool>>,
-) -> anyhow_like::Result {
-    let cluster_id = resolve_cluster_id(&client, opts.cluster_id.clone()).await?;
-    let ns = opts.namespace.as_deref();
-    info!(
-        cluster_id,
-        namespace = ns.unwrap_or("<all>"),
-        "starting tender controller"
-    );
-    let configs: Api<WorkerConfiguration> = Api::all(client.clone());
-    let repository_api: Api<BackupRepository> = Api::all(client.clone());
-    let classes = class_watch(opts.class_selector.as_deref());
-    let workers = Arc::new(WorkerIndex::default());
-    let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded::<ObjectRef<BackupJob>>();
-    let (restore_tx, restore_rx) = futures::channel::mpsc::unbounded::<ObjectRef<RestoreJob>>();
-    let (backups, job_store) = job_controller(
-        api_for(&client, ns),
-        (&configs, &repository_api),
-        &classes,
-        &workers,
-        trigger_rx,
-    );
-    let (restores, restore_store) = job_controller(
-        api_for(&client, ns),
-        (&configs, &repository_api),
-        &classes,
-        &workers,
-        restore_rx,
-    );
-    // A configuration reconciles on its own changes (spec, deletion,
-    // finalizers) and its recheck timer, not on its status: the worker
-    // count is written apart (`worker_count`) and needs no AWS check.
-    let (config_writer_store, config_writer) = reflector::store();
-    let config_stream = watcher(configs.clone(), classes.clone())
-        .default_backoff()
-        .reflect(config_writer)
-        .applied_objects()
-        .predicate_filter(
-            predicates::generation.combine(predicates::finalizers),
-            Default::default(),
-        );
-    let config_controller =
-        Controller::for_stream(config_stream, config_writer_store.clone()).shutdown_on_signal();
-    // A repository reconciles on its own changes and its recheck timer,
-    // not on the status it writes.
-    let (repository_store, repository_writer) = reflector::store();
-    let repository_stream = watcher(repository_api, classes)
-        .default_backoff()
-        .reflect(repository_writer)
-        .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
-    let repositories =
-        Controller::for_stream(repository_stream, repository_store.clone()).shutdown_on_signal();
-    // Jobs read their namespace's labels (the classes' namespaceSelector):
-    // the watch is complete before any job reconciles.
-    let (namespace_store, namespace_writer) = reflector::store();
-    let namespace_watch = match ns {
-        Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
-        None => watcher::Config::default(),
-    };
-    let namespace_watcher = tokio::spawn(
-        watcher(Api::<Namespace>::all(client.clone()), namespace_watch)
-            .default_backoff()
-            .reflect(namespace_writer)
-            .for_each(|_| futures::future::ready(())),
-    );
-    namespace_store
-        .wait_until_ready()
-        .await
-        .map_err(|e| format!("the namespace watch did not start: {e}"))?;
-
-    let ctx = Arc::new(Context::new(
-        client,
-        aws,
-        cluster_id,
-        Stores {
-            configurations: config_writer_store,
-            repositories: repository_store,
-            namespaces: namespace_store,
-            jobs: job_store,
-            restores: restore_store,
-        },
-        reports::Triggers {
-            backups: trigger_tx,
-            restores: restore_tx,
-        },
-        workers,
-        &opts,
-    ));
-
-    let sweeper = tokio::spawn(garbage_collector::run(ctx.clone(), opts.sweep));
-    let counter = tokio::spawn(worker_count::run(ctx.clone()));
-    let jobs_done = backups
-        .run(backup_job::reconcile, error_policy, ctx.clone())
-        .for_each(|_| futures::future::ready(()));
-    let configs_done = config_controller
-        .run(worker_configuration::reconcile, error_policy, ctx.clone())
-        .for_each(|_| futures::future::ready(()));
-    let restores_done = restores
-        .run(restore_job::reconcile, error_policy, ctx.clone())
-        .for_each(|_| futures::future::ready(()));
-    let repositories_done = repositories
-        .run(backup_repository::reconcile, error_policy, ctx.clone())
-        .for_each(|_| futures::future::ready(()));
-    let controllers = async {
-        futures::join!(jobs_done, configs_done, restores_done, repositories_done);
-    };
-    let outcome = until_stopped(controllers, leadership).await;
-    sweeper.abort();
-    counter.abort();
-    namespace_watcher.abort();
-    ctx.pumps.stop_all();
-    info!("tender controller stopped");
-    outcome
-}
-
-/// The stores of the watched kinds.
-struct Stores {
-    configurations: Store<WorkerConfiguration>,
-    repositories: Store<BackupRepository>,
-    namespaces: Store<Namespace>,
-    jobs: Store<BackupJob>,
-    restores: Store<RestoreJob>,
-}
-
-impl Context {
-    fn new(
-        client: Client,
-        aws: AwsClients,
-        cluster_id: String,
-        stores: Stores,
-        triggers: reports::Triggers,
-        workers: Arc<WorkerIndex>,
-        opts: &Options,
-    ) -> Self {
-        let reporter = Reporter {
-            controller: CONTROLLER_NAME.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
-        Context {
-            recorder: Recorder::new(client.clone(), reporter),
-            client,
-            instances: InstanceCache::new(cluster_id.clone()),
-            metrics: aws.metrics(),
-            aws,
-            cluster_id,
-            configurations: stores.configurations,
-            repositories: stores.repositories,
-            namespaces: stores.namespaces,
-            jobs: stores.jobs,
-            restores: stores.restores,
-            reports: Arc::new(ReportStore::default()),
-            pumps: QueuePumps::new(triggers, opts.require_worker_sender),
-            trusted_browser_hosts: opts.trusted_browser_hosts.clone(),
-            heartbeat_seconds: opts.heartbeat_seconds,
-            network_recheck: opts.network_recheck,
-            namespace: opts.namespace.clone(),
-            started_at: Timestamp::now(),
-            failures: Mutex::default(),
-            written_backups: Written::default(),
-            written_restores: Written::default(),
-            workers,
-            launch_locks: Mutex::default(),
-        }
-    }
-}
-
-/// The controller of one job kind: its watch feeds the worker index and
-/// the store, a configuration's or repository's change wakes the jobs it
-/// concerns, and worker messages wake their job (`reconcile_on`).
-fn job_controller<K: job::kind::WorkerJob>(
-    api: Api<K>,
-    (configs, repositories): (&Api<WorkerConfiguration>, &Api<BackupRepository>),
-    classes: &watcher::Config,
-    workers: &Arc<WorkerIndex>,
-    messages: futures::channel::mpsc::UnboundedReceiver<ObjectRef<K>>,
-) -> (Controller<K>, Store<K>) {
-    let (store, writer) = reflector::store();
-    let index = workers.clone();
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .inspect_ok(move |event| match event {
-            watcher::Event::Apply(job) | watcher::Event::InitApply(job) => {
-                job::admission::record_watched(&index, job);
-            }
-            watcher::Event::Delete(job) => {
-                if let Some(uid) = job.uid() {
-                    index.forget(&uid);
-                }
-            }
-            watcher::Event::Init | watcher::Event::InitDone => {}
-        })
-        .touched_objects();
-    let waiting = store.clone();
-    let changes = wake::ConfigChanges::default();
-    let naming = store.clone();
-    let repository_changes = wake::RepositoryChanges::default();
-    let controller = Controller::for_stream(stream, store.clone())
-        .watches(
-            configs.clone(),
-            classes.clone(),
-            move |cfg: WorkerConfiguration| changes.wake(&waiting, &cfg),
-        )
-        .watches(
-            repositories.clone(),
-            classes.clone(),
-            move |repo: BackupRepository| repository_changes.wake(&naming, &repo),
-        )
-        .reconcile_on(messages)
-        .shutdown_on_signal();
-    (controller, store)
-}
-
-/// The watch of the cluster-scoped classes (WorkerConfiguration,
-/// BackupRepository) this controller manages.
-fn class_watch(selector: Option<&str>) -> watcher::Config {
-    match selector.filter(|s| !s.is_empty()) {
-        Some(s) => watcher::Config::default().labels(s),
-        None => watcher::Config::default(),
-    }
-}
-
-/// Runs `controllers` until they end, leadership is lost, or SIGTERM (or
-/// Ctrl-C): then each controller stops taking new work on its own
-/// (shutdown_on_signal); in-flight reconciles get SHUTDOWN_GRACE to
-/// finish, and then the process stops whatever still waits, so that a
-/// Deployment rollout or a terminal never hangs on it.
-async fn until_stopped(
-    controllers: impl std::future::Future<Output = ()>,
-    leadership: Option<tokio::sync::watch::Receiver<bool>>,
-) -> anyhow_like::Result {
-    let lost = async {
-        match leadership {
-            Some(mut rx) => {
-                while *rx.borrow() {
-                    if rx.changed().await.is_err() {
-                        break;
-                    }
-                }
-            }
-            None => futures::future::pending::<()>().await,
-        }
-    };
-    tokio::pin!(controllers);
-    tokio::select! {
-        () = &mut controllers => Ok(()),
-        () = lost => Err("lost leadership; exiting so that a restart rejoins as a candidate".into()),
-        () = stop_requested() => {
-            info!("stop requested; letting in-flight reconciles finish");
-            if tokio::time::timeout(SHUTDOWN_GRACE, &mut controllers).await.is_err() {
-                warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "the controllers did not stop within the grace period; stopping anyway");
-            }
-            Ok(())
-        }
-    }
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-async fn stop_requested() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-/// How long in-flight reconciles may run after SIGTERM.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub use run::run;
 
 /// A boxed error for the binary's entry points.
 pub mod anyhow_like {
