@@ -14,7 +14,7 @@ use crate::api::{
     BackupJob, BackupJobStatus, BackupWorkerStatus, InstanceTypes, JobLimits, LocalObjectReference,
     WorkerConfiguration,
 };
-use crate::messages::{Operation, WorkerEvent};
+use crate::messages::{Operation, WorkerEvent, WorkerProfile};
 use crate::placement;
 use crate::reasons::FailureReason;
 
@@ -48,6 +48,9 @@ impl WorkerJob for BackupJob {
 
     fn configuration_ref(&self) -> Option<&LocalObjectReference> {
         self.spec.worker_configuration_ref.as_ref()
+    }
+    fn profile(&self) -> WorkerProfile {
+        WorkerProfile::Backup
     }
     fn targets(&self) -> Vec<Target> {
         self.spec
