@@ -205,6 +205,7 @@ async fn bench(mib: usize) {
         queue_url: queue.clone(),
         queue_region: REGION.into(),
         heartbeat_seconds: 2,
+        cluster_id: None,
         source_access: None,
         repository: Some(repository.clone()),
         restore_point: (operation == Operation::Restore).then(|| format!("bench/{source}")),

@@ -27,6 +27,12 @@ pub struct WorkerTask {
     pub queue_region: String,
     /// Seconds between heartbeats.
     pub heartbeat_seconds: u64,
+    /// The controller's cluster ID, tagged (`tender.dev/cluster-id`) on
+    /// the snapshots the worker creates so that IAM conditions and sweeps
+    /// can tell this cluster's snapshots apart; `None` from older
+    /// controllers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
     /// Role the worker assumes to read the protected resource when it runs
     /// in another account (the backup account reading production).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -79,6 +85,37 @@ pub struct SessionInfo {
     pub public_key_sha256: String,
 }
 
+/// A backup task for unit tests.
+#[cfg(test)]
+impl WorkerTask {
+    pub(crate) fn sample() -> WorkerTask {
+        WorkerTask {
+            version: PROTOCOL_VERSION,
+            operation: Operation::Backup,
+            namespace: "ns".into(),
+            job_name: "job".into(),
+            job_uid: "uid".into(),
+            resource: "i-0123456789abcdef0".into(),
+            resource_region: "us-east-1".into(),
+            attempt: 2,
+            queue_url: "https://sqs.us-east-1.amazonaws.com/1/q".into(),
+            queue_region: "us-east-1".into(),
+            heartbeat_seconds: 30,
+            cluster_id: Some("cluster".into()),
+            source_access: None,
+            repository: Some(crate::mover::manifest::RepositoryLocation::new(
+                "bucket",
+                "prefix",
+                "us-east-1",
+            )),
+            restore_point: None,
+            device: None,
+            all_volumes: false,
+            file_level: None,
+        }
+    }
+}
+
 /// Markers around the task in a worker's user data.
 const TASK_BEGIN: &str = "cat > /run/tender/task.json <<'TENDER_TASK'\n";
 const TASK_END: &str = "\nTENDER_TASK\n";
@@ -112,6 +149,15 @@ const WORKER_UNIT: &str = "[Unit]\n\
      RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX\n";
 
 impl WorkerTask {
+    /// What this task does, and so which permissions its worker needs.
+    pub fn profile(&self) -> WorkerProfile {
+        match self.operation {
+            Operation::Backup => WorkerProfile::Backup,
+            Operation::Restore if self.file_level.is_some() => WorkerProfile::FileLevel,
+            Operation::Restore => WorkerProfile::Restore,
+        }
+    }
+
     /// The user data of a worker instance: a script that writes the task,
     /// reads the instance ID through IMDSv2, and starts the agent (which
     /// the worker AMI carries as `tender`) as the systemd service
@@ -160,6 +206,36 @@ impl Operation {
         match self {
             Operation::Backup => "backup",
             Operation::Restore => "restore",
+        }
+    }
+}
+
+/// What a worker does as far as its AWS permissions go: each has its own
+/// instance profile (`WorkerConfiguration.spec.instanceProfiles`) and its
+/// own policy in `iam/`. A file-level recovery session is a restore
+/// ([`Operation::Restore`] with a [`FileLevelTask`]) that touches no EBS
+/// snapshot and writes only restored files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WorkerProfile {
+    Backup,
+    Restore,
+    FileLevel,
+}
+
+impl WorkerProfile {
+    pub const ALL: [WorkerProfile; 3] = [
+        WorkerProfile::Backup,
+        WorkerProfile::Restore,
+        WorkerProfile::FileLevel,
+    ];
+
+    /// As in the `profile` metric label and the `instanceProfiles` keys'
+    /// documentation.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            WorkerProfile::Backup => "backup",
+            WorkerProfile::Restore => "restore",
+            WorkerProfile::FileLevel => "fileLevel",
         }
     }
 }
@@ -403,29 +479,7 @@ mod tests {
 
     #[test]
     fn the_task_travels_in_a_boot_script() {
-        let task = WorkerTask {
-            version: PROTOCOL_VERSION,
-            operation: Operation::Backup,
-            namespace: "ns".into(),
-            job_name: "job".into(),
-            job_uid: "uid".into(),
-            resource: "i-0123456789abcdef0".into(),
-            resource_region: "us-east-1".into(),
-            attempt: 2,
-            queue_url: "https://sqs.us-east-1.amazonaws.com/1/q".into(),
-            queue_region: "us-east-1".into(),
-            heartbeat_seconds: 30,
-            source_access: None,
-            repository: Some(crate::mover::manifest::RepositoryLocation::new(
-                "bucket",
-                "prefix",
-                "us-east-1",
-            )),
-            restore_point: None,
-            device: None,
-            all_volumes: false,
-            file_level: None,
-        };
+        let task = WorkerTask::sample();
         let script = task.user_data().expect("renders");
         assert!(script.starts_with("#!/bin/sh\n"));
         assert!(script.contains(
@@ -446,8 +500,27 @@ mod tests {
         }
         assert!(script.ends_with("\nexec systemctl start tender-worker.service\n"));
         assert!(script.contains("X-aws-ec2-metadata-token"), "IMDSv2");
-        assert_eq!(WorkerTask::from_user_data(&script), Some(task));
+        assert_eq!(WorkerTask::from_user_data(&script), Some(task.clone()));
         assert_eq!(WorkerTask::from_user_data("#!/bin/sh\necho hi\n"), None);
+
+        // What it does picks the worker's permissions.
+        assert_eq!(task.profile(), WorkerProfile::Backup);
+        let restore = WorkerTask {
+            operation: Operation::Restore,
+            ..task
+        };
+        assert_eq!(restore.profile(), WorkerProfile::Restore);
+        let file_level = WorkerTask {
+            file_level: Some(FileLevelTask {
+                port: 443,
+                token_sha256: "00".into(),
+                idle_timeout_seconds: 60,
+                max_life_seconds: None,
+                restore_to: None,
+            }),
+            ..restore
+        };
+        assert_eq!(file_level.profile(), WorkerProfile::FileLevel);
     }
 
     fn completed(detail: String) -> WorkerMessage {

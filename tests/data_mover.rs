@@ -292,6 +292,7 @@ async fn the_agent_restores_a_restore_point_into_a_snapshot_and_reports_it() {
         queue_url: queue.clone(),
         queue_region: REGION.into(),
         heartbeat_seconds: 1,
+        cluster_id: None,
         source_access: None,
         repository: Some(loc.clone()),
         restore_point: Some("weekly/disk-1".into()),

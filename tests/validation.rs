@@ -185,6 +185,16 @@ fn invalid_manifests() -> Vec<Case> {
         ),
         case(
             "WorkerConfiguration",
+            json!({"instanceProfiles": {"fileLevelRecovery": "bad profile!"}}),
+            "spec.instanceProfiles.fileLevelRecovery",
+        ),
+        case(
+            "WorkerConfiguration",
+            json!({"instanceProfiles": {"backup": "arn:aws:iam::123:instance-profile/x"}}),
+            "spec.instanceProfiles.backup",
+        ),
+        case(
+            "WorkerConfiguration",
             json!({"rootVolume": {"sizeGib": 4}}),
             "sizeGib",
         ),
@@ -394,6 +404,14 @@ fn valid_manifests() -> Vec<(&'static str, Value)> {
         (
             "WorkerConfiguration",
             json!({"iamInstanceProfile": "arn:aws:iam::123456789012:instance-profile/tender/worker"}),
+        ),
+        (
+            "WorkerConfiguration",
+            json!({"instanceProfiles": {
+                "backup": "tender-worker-backup",
+                "restore": "arn:aws:iam::123456789012:instance-profile/tender/restore",
+                "fileLevelRecovery": "tender-worker-file-level"
+            }}),
         ),
         (
             "WorkerConfiguration",

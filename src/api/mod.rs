@@ -24,9 +24,9 @@ pub use restore_job::{
     RestoredSnapshot,
 };
 pub use worker_configuration::{
-    AccountAccess, AllowedSources, DEFAULT_CONFIGURATION_ANNOTATION, InstanceTypes, RootVolume,
-    WorkerAccount, WorkerConfiguration, WorkerConfigurationSpec, WorkerConfigurationStatus,
-    WorkerSubnet,
+    AccountAccess, AllowedSources, DEFAULT_CONFIGURATION_ANNOTATION, InstanceProfiles,
+    InstanceTypes, RootVolume, WorkerAccount, WorkerConfiguration, WorkerConfigurationSpec,
+    WorkerConfigurationStatus, WorkerSubnet,
 };
 
 /// AWS region names such as `us-east-1` or `us-gov-west-1`.
@@ -53,6 +53,9 @@ pub const KMS_KEY_PATTERN: &str = r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-
 pub const ACCOUNT_ID_PATTERN: &str = r"^[0-9]{12}$";
 /// EC2 instance type names such as `c5.large` or `m7i-flex.xlarge`.
 pub const INSTANCE_TYPE_PATTERN: &str = r"^[a-z][a-z0-9-]*\.[a-z0-9]+$";
+/// IAM instance profiles: a name such as `tender-worker-backup`, or an ARN
+/// such as `arn:aws:iam::111122223333:instance-profile/tender/backup`.
+pub const INSTANCE_PROFILE_PATTERN: &str = r"^(arn:aws[a-z-]*:iam::[0-9]{12}:instance-profile/([A-Za-z0-9+=,.@_-]+/)*)?[A-Za-z0-9+=,.@_-]{1,128}$";
 
 /// A reference to an object by name: in the job's namespace, or a
 /// cluster-scoped one (WorkerConfiguration, BackupRepository).

@@ -11,9 +11,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ACCOUNT_ID_PATTERN, DEVICE_PATTERN, INSTANCE_TYPE_PATTERN, KMS_KEY_PATTERN, REGION_PATTERN,
-    SECURITY_GROUP_PATTERN, ZONE_PATTERN,
+    ACCOUNT_ID_PATTERN, DEVICE_PATTERN, INSTANCE_PROFILE_PATTERN, INSTANCE_TYPE_PATTERN,
+    KMS_KEY_PATTERN, REGION_PATTERN, SECURITY_GROUP_PATTERN, ZONE_PATTERN,
 };
+use crate::messages::WorkerProfile;
 
 /// How Tender deploys worker instances in one AWS region, declared by an
 /// admin (cluster-scoped, like a StorageClass): the accounts and roles, the
@@ -140,14 +141,20 @@ pub struct WorkerConfigurationSpec {
     #[schemars(pattern(r"^/[A-Za-z0-9_./-]+$"), length(max = 2048))]
     pub image_ssm_parameter: Option<String>,
 
-    /// IAM instance profile (name or ARN) that gives workers access to SQS,
-    /// EBS and the backup repository.
+    /// IAM instance profile (name or ARN) of the workers whose operation
+    /// `instanceProfiles` leaves unset. One profile shared by every
+    /// operation is the least safe choice: its role must hold the union of
+    /// their permissions, so a file-level recovery worker (reachable from
+    /// the network) could then take and delete snapshots and overwrite
+    /// restore points. Prefer `instanceProfiles`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        pattern(r"^(arn:aws[a-z-]*:iam::[0-9]{12}:instance-profile/([A-Za-z0-9+=,.@_-]+/)*)?[A-Za-z0-9+=,.@_-]{1,128}$"),
-        length(max = 2048)
-    )]
+    #[schemars(pattern(INSTANCE_PROFILE_PATTERN), length(max = 2048))]
     pub iam_instance_profile: Option<String>,
+
+    /// IAM instance profile (name or ARN) per worker operation, each with
+    /// only the permissions of that operation (`iam/worker-*-policy.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_profiles: Option<InstanceProfiles>,
 
     /// The workers' root volume, always encrypted.
     #[serde(default)]
@@ -282,6 +289,15 @@ impl WorkerConfigurationSpec {
             WorkerAccount::Production => self.production_account.as_ref(),
         }
     }
+
+    /// The instance profile workers of `profile` are launched with: the
+    /// operation's own from `instanceProfiles`, else `iamInstanceProfile`.
+    pub fn instance_profile(&self, profile: WorkerProfile) -> Option<&str> {
+        self.instance_profiles
+            .as_ref()
+            .and_then(|p| p.get(profile))
+            .or(self.iam_instance_profile.as_deref())
+    }
 }
 
 impl Default for RootVolume {
@@ -338,6 +354,40 @@ pub struct InstanceTypes {
     pub indexing: Option<String>,
 }
 
+/// IAM instance profile (name or ARN) per worker operation; an unset one
+/// falls back to `iamInstanceProfile`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceProfiles {
+    /// Backup workers: snapshot the protected instance, read its snapshots'
+    /// blocks, write the repository (`iam/worker-backup-policy.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(INSTANCE_PROFILE_PATTERN), length(max = 2048))]
+    pub backup: Option<String>,
+    /// Restore workers: read the repository, write new snapshots
+    /// (`iam/worker-restore-policy.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(INSTANCE_PROFILE_PATTERN), length(max = 2048))]
+    pub restore: Option<String>,
+    /// File-level recovery workers: read the repository, write restored
+    /// files under its `_restored/` prefix, no EBS at all
+    /// (`iam/worker-file-level-policy.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(INSTANCE_PROFILE_PATTERN), length(max = 2048))]
+    pub file_level_recovery: Option<String>,
+}
+
+impl InstanceProfiles {
+    /// The profile set for `profile`, if any.
+    pub fn get(&self, profile: WorkerProfile) -> Option<&str> {
+        match profile {
+            WorkerProfile::Backup => self.backup.as_deref(),
+            WorkerProfile::Restore => self.restore.as_deref(),
+            WorkerProfile::FileLevel => self.file_level_recovery.as_deref(),
+        }
+    }
+}
+
 /// What the controller observed of a configuration.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -379,4 +429,50 @@ pub struct WorkerConfigurationStatus {
     /// mode), with the missing endpoints.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub missing_endpoints: BTreeMap<String, Vec<String>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(shared: Option<&str>, profiles: Option<InstanceProfiles>) -> WorkerConfigurationSpec {
+        let mut spec: WorkerConfigurationSpec =
+            serde_json::from_value(serde_json::json!({"region": "us-east-1"}))
+                .expect("minimal spec");
+        spec.iam_instance_profile = shared.map(String::from);
+        spec.instance_profiles = profiles;
+        spec
+    }
+
+    #[test]
+    fn each_operation_gets_its_own_profile_else_the_shared_one() {
+        let own = InstanceProfiles {
+            backup: Some("tender-worker-backup".into()),
+            restore: None,
+            file_level_recovery: Some("arn:aws:iam::111122223333:instance-profile/flr".into()),
+        };
+        let s = spec(Some("tender-worker"), Some(own.clone()));
+        assert_eq!(
+            s.instance_profile(WorkerProfile::Backup),
+            Some("tender-worker-backup")
+        );
+        assert_eq!(
+            s.instance_profile(WorkerProfile::Restore),
+            Some("tender-worker")
+        );
+        assert_eq!(
+            s.instance_profile(WorkerProfile::FileLevel),
+            Some("arn:aws:iam::111122223333:instance-profile/flr")
+        );
+        let none = spec(None, Some(own));
+        assert_eq!(none.instance_profile(WorkerProfile::Restore), None);
+        let shared = spec(Some("tender-worker"), None);
+        for p in WorkerProfile::ALL {
+            assert_eq!(shared.instance_profile(p), Some("tender-worker"));
+        }
+        assert_eq!(
+            spec(None, None).instance_profile(WorkerProfile::Backup),
+            None
+        );
+    }
 }

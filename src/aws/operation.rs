@@ -1,11 +1,14 @@
 //! [`AwsOperation`]: every AWS operation Tender calls, and its IAM needs.
 //!
-//! Each with the IAM permissions it needs and the role that calls it.
-//! `tests/iam.rs` checks the policies in `iam/` against this list; in test
-//! builds an SDK interceptor ([`KnownOperations`]) fails any call of an
-//! operation missing from it, so no call escapes the check.
+//! Each with the IAM permissions it needs, the role that calls it and, for
+//! the worker's, which worker profiles (backup, restore, file-level
+//! recovery) call it. `tests/iam.rs` checks the policies in `iam/` against
+//! this list; in test builds an SDK interceptor ([`KnownOperations`]) fails
+//! any call of an operation missing from it, so no call escapes the check.
 
 use std::fmt;
+
+use crate::messages::WorkerProfile;
 
 /// An AWS service Tender calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -63,8 +66,10 @@ impl Caller {
     }
 }
 
+/// `Operation => Service, Caller [worker profiles];` — the profiles (which
+/// worker operations call it) are given exactly when the worker calls it.
 macro_rules! operations {
-    ($($op:ident => $service:ident, $caller:ident;)*) => {
+    ($($op:ident => $service:ident, $caller:ident $([$($profile:ident),+])?;)*) => {
         /// An AWS API operation Tender calls.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum AwsOperation {
@@ -95,6 +100,15 @@ macro_rules! operations {
                     $(AwsOperation::$op => Caller::$caller,)*
                 }
             }
+
+            /// The worker profiles that call it, and so whose policies
+            /// (`iam/worker-<profile>-policy.json`) must grant it; empty
+            /// when only the controller calls it.
+            pub const fn worker_profiles(self) -> &'static [WorkerProfile] {
+                match self {
+                    $(AwsOperation::$op => &[$($(WorkerProfile::$profile,)+)?],)*
+                }
+            }
         }
     };
 }
@@ -103,8 +117,8 @@ operations! {
     // EC2: worker instances and the restored instance.
     RunInstances => Ec2, Controller;
     TerminateInstances => Ec2, Controller;
-    DescribeInstances => Ec2, Both;
-    DescribeVolumes => Ec2, Both;
+    DescribeInstances => Ec2, Both [Backup];
+    DescribeVolumes => Ec2, Both [Backup];
     DescribeImages => Ec2, Controller;
     RegisterImage => Ec2, Controller;
     // EC2: network.
@@ -118,22 +132,23 @@ operations! {
     RevokeSecurityGroupEgress => Ec2, Controller;
     DescribeVpcEndpoints => Ec2, Controller;
     DescribeInstanceTypeOfferings => Ec2, Controller;
-    // EC2: snapshots and volumes.
-    CreateSnapshots => Ec2, Worker;
-    DeleteSnapshot => Ec2, Worker;
-    DescribeSnapshots => Ec2, Both;
+    // EC2: snapshots and volumes. A backup worker in the backup account
+    // makes the snapshot calls with the production role it assumes.
+    CreateSnapshots => Ec2, Worker [Backup];
+    DeleteSnapshot => Ec2, Worker [Backup];
+    DescribeSnapshots => Ec2, Both [Backup];
     CreateVolume => Ec2, Controller;
     // EBS direct APIs: the data mover.
-    ListSnapshotBlocks => Ebs, Worker;
-    ListChangedBlocks => Ebs, Worker;
-    GetSnapshotBlock => Ebs, Worker;
-    StartSnapshot => Ebs, Worker;
-    PutSnapshotBlock => Ebs, Worker;
-    CompleteSnapshot => Ebs, Worker;
+    ListSnapshotBlocks => Ebs, Worker [Backup];
+    ListChangedBlocks => Ebs, Worker [Backup];
+    GetSnapshotBlock => Ebs, Worker [Backup];
+    StartSnapshot => Ebs, Worker [Restore];
+    PutSnapshotBlock => Ebs, Worker [Restore];
+    CompleteSnapshot => Ebs, Worker [Restore];
     // S3: the repository.
-    HeadObject => S3, Worker;
-    GetObject => S3, Worker;
-    PutObject => S3, Both;
+    HeadObject => S3, Worker [Backup];
+    GetObject => S3, Worker [Backup, Restore, FileLevel];
+    PutObject => S3, Both [Backup, FileLevel];
     // S3: the controller checks a BackupRepository and counts what it holds.
     HeadBucket => S3, Controller;
     ListObjectsV2 => S3, Controller;
@@ -146,10 +161,10 @@ operations! {
     ListQueues => Sqs, Controller;
     ListQueueTags => Sqs, Controller;
     SetQueueAttributes => Sqs, Controller;
-    SendMessage => Sqs, Worker;
+    SendMessage => Sqs, Worker [Backup, Restore, FileLevel];
     // STS and SSM. AssumeRole is called by the SDK's AssumeRoleProvider
     // (see `accounts`), not through `AwsClients::call`.
-    AssumeRole => Sts, Both;
+    AssumeRole => Sts, Both [Backup];
     GetCallerIdentity => Sts, Controller;
     GetParameter => Ssm, Controller;
 }
@@ -178,13 +193,30 @@ impl AwsOperation {
             AwsOperation::CreateSecurityGroup => &["security-group"],
             AwsOperation::CreateSnapshots => &["snapshot"],
             AwsOperation::CreateVolume => &["volume"],
+            // The EBS direct APIs tag a new snapshot through EC2 as well.
+            AwsOperation::StartSnapshot => &["snapshot"],
             _ => &[],
+        }
+    }
+
+    /// The `ec2:CreateAction` EC2 sets when it authorizes the tags this
+    /// request sets at creation: the operation's name for EC2's own
+    /// requests. `None` for the EBS direct APIs' StartSnapshot, whose tags
+    /// need `ec2:CreateTags` too but for which AWS documents no
+    /// `ec2:CreateAction` value (so a policy cannot rely on one).
+    pub fn create_action(self) -> Option<&'static str> {
+        match self.service() {
+            AwsService::Ec2 if !self.tags_at_creation().is_empty() => Some(self.name()),
+            _ => None,
         }
     }
 
     /// Actions the request needs besides [`AwsOperation::iam_action`]:
     /// `ec2:CreateTags` for tags at creation, `iam:PassRole` for a worker's
-    /// instance profile, `sqs:TagQueue` for a queue's tags.
+    /// instance profile, `sqs:TagQueue` for a queue's tags, and
+    /// `s3:ListBucket` for reads of keys that may be missing: without it S3
+    /// answers a missing key with 403, which the code cannot tell from a
+    /// denial, instead of the 404 it reads as "absent".
     pub fn also_needs(self) -> Vec<&'static str> {
         let mut out = Vec::new();
         if !self.tags_at_creation().is_empty() {
@@ -193,6 +225,7 @@ impl AwsOperation {
         match self {
             AwsOperation::RunInstances => out.push("iam:PassRole"),
             AwsOperation::CreateQueue => out.push("sqs:TagQueue"),
+            AwsOperation::GetObject | AwsOperation::HeadObject => out.push("s3:ListBucket"),
             _ => {}
         }
         out
@@ -297,6 +330,41 @@ mod tests {
         );
         assert_eq!(AwsOperation::find("SQS", "TerminateInstances"), None);
         assert_eq!(AwsOperation::find("EC2", "DescribeVpcs"), None);
+    }
+
+    #[test]
+    fn worker_profiles_are_named_exactly_for_worker_calls() {
+        for &op in AwsOperation::ALL {
+            assert_eq!(
+                op.caller().includes_worker(),
+                !op.worker_profiles().is_empty(),
+                "{op:?}: a worker call names the profiles that make it, a controller call none"
+            );
+        }
+        assert_eq!(
+            AwsOperation::SendMessage.worker_profiles(),
+            WorkerProfile::ALL.as_slice()
+        );
+        assert_eq!(
+            AwsOperation::PutObject.worker_profiles(),
+            [WorkerProfile::Backup, WorkerProfile::FileLevel].as_slice()
+        );
+        assert!(AwsOperation::RunInstances.worker_profiles().is_empty());
+    }
+
+    #[test]
+    fn tags_at_creation_name_their_create_action_where_aws_sets_one() {
+        assert_eq!(
+            AwsOperation::CreateSnapshots.create_action(),
+            Some("CreateSnapshots")
+        );
+        assert_eq!(AwsOperation::StartSnapshot.create_action(), None);
+        assert_eq!(
+            AwsOperation::StartSnapshot.also_needs(),
+            vec!["ec2:CreateTags"]
+        );
+        assert_eq!(AwsOperation::DescribeInstances.create_action(), None);
+        assert_eq!(AwsOperation::HeadObject.also_needs(), vec!["s3:ListBucket"]);
     }
 
     /// A client as `AwsClients` builds them, pointed at a closed port.

@@ -15,7 +15,7 @@ use crate::api::{
     WorkerConfiguration,
 };
 use crate::aws::AwsClients;
-use crate::messages::{Operation, WorkerEvent};
+use crate::messages::{Operation, WorkerEvent, WorkerProfile};
 use crate::placement;
 use crate::reasons::FailureReason;
 
@@ -134,6 +134,9 @@ impl WorkerJob for BackupJob {
 
     fn configuration_ref(&self) -> Option<&LocalObjectReference> {
         self.spec.worker_configuration_ref.as_ref()
+    }
+    fn profile(&self) -> WorkerProfile {
+        WorkerProfile::Backup
     }
     fn targets(&self) -> Vec<Target> {
         self.spec

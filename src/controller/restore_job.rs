@@ -23,7 +23,7 @@ use crate::api::{
 use crate::aws::ebs::SnapshotInfo;
 use crate::aws::{AwsClients, AwsError};
 use crate::controller::events;
-use crate::messages::{FileLevelTask, Operation, WorkerEvent};
+use crate::messages::{FileLevelTask, Operation, WorkerEvent, WorkerProfile};
 use crate::mover::manifest::RepositoryLocation;
 use crate::names::tags;
 use crate::placement;
@@ -40,6 +40,14 @@ impl WorkerJob for RestoreJob {
 
     fn configuration_ref(&self) -> Option<&LocalObjectReference> {
         self.spec.worker_configuration_ref.as_ref()
+    }
+    /// A file-level session reads the repository and writes restored
+    /// files only; the other modes write snapshots.
+    fn profile(&self) -> WorkerProfile {
+        match self.spec.mode {
+            RestoreMode::FileLevel => WorkerProfile::FileLevel,
+            RestoreMode::Volume | RestoreMode::Full => WorkerProfile::Restore,
+        }
     }
     fn targets(&self) -> Vec<Target> {
         vec![Target {

@@ -24,7 +24,7 @@ use crate::api::RestoredSnapshot;
 use crate::aws::accounts::Access;
 use crate::aws::{AwsClients, AwsError};
 use crate::messages::{
-    ByteProgress, Operation, PROTOCOL_VERSION, WorkerEvent, WorkerMessage, WorkerTask,
+    ByteProgress, PROTOCOL_VERSION, WorkerEvent, WorkerMessage, WorkerProfile, WorkerTask,
 };
 use crate::mover::manifest::{Manifest, RepositoryLocation, VolumeImage};
 
@@ -100,12 +100,10 @@ pub async fn run(aws: AwsClients, task: WorkerTask, instance_id: String) -> Resu
     let heartbeat = tokio::spawn(heartbeat(reporter.clone(), progress.clone(), period));
 
     let started = Instant::now();
-    let outcome = match task.operation {
-        Operation::Backup => backup(&aws, &task, &progress).await,
-        Operation::Restore if task.file_level.is_some() => {
-            file_level::serve(&aws, &task, &reporter).await
-        }
-        Operation::Restore => restore(&aws, &task, &progress).await,
+    let outcome = match task.profile() {
+        WorkerProfile::Backup => backup(&aws, &task, &progress).await,
+        WorkerProfile::FileLevel => file_level::serve(&aws, &task, &reporter).await,
+        WorkerProfile::Restore => restore(&aws, &task, &progress).await,
     };
     heartbeat.abort();
     match outcome {
@@ -288,7 +286,7 @@ async fn backup(aws: &AwsClients, task: &WorkerTask, progress: &Progress) -> Res
         }
     };
     if from_instance {
-        forget_parent_snapshots(&source, region, &manifest, task).await;
+        forget_parent_snapshots((aws, &source), region, &manifest, task).await;
     }
     Ok(Done {
         detail: backup_detail(&manifest),
@@ -334,15 +332,7 @@ async fn restore(
         .await
         .map_err(|e| mover_failure(e, repository))?;
     let volumes = volumes_to_restore(&manifest, task, id)?;
-    let tags = vec![
-        (
-            tags::MANAGED_BY.to_string(),
-            tags::MANAGED_BY_VALUE.to_string(),
-        ),
-        (tags::JOB_UID.to_string(), task.job_uid.clone()),
-        (tags::JOB_NAME.to_string(), task.job_name.clone()),
-        (tags::RESOURCE.to_string(), manifest.resource.clone()),
-    ];
+    let tags = snapshot_tags(task, &manifest.resource);
     let description = format!("Tender restore {} of {id}", task.job_name);
     // One snapshot per job and attempt, even if StartSnapshot is retried.
     let mut snapshots = Vec::new();
@@ -425,6 +415,26 @@ fn volumes_to_restore<'a>(
     Ok(volumes)
 }
 
+/// The tags of every snapshot a worker creates (at creation: the IAM
+/// policies let workers delete or write only snapshots tagged
+/// `tender.dev/managed-by=tender`), naming the job, the resource the data
+/// is of and, from current controllers, the cluster.
+fn snapshot_tags(task: &WorkerTask, resource: &str) -> Vec<(String, String)> {
+    let mut out = vec![
+        (
+            tags::MANAGED_BY.to_string(),
+            tags::MANAGED_BY_VALUE.to_string(),
+        ),
+        (tags::JOB_UID.to_string(), task.job_uid.clone()),
+        (tags::JOB_NAME.to_string(), task.job_name.clone()),
+        (tags::RESOURCE.to_string(), resource.to_string()),
+    ];
+    if let Some(cluster) = &task.cluster_id {
+        out.push((tags::CLUSTER_ID.to_string(), cluster.clone()));
+    }
+    out
+}
+
 /// Waits until a snapshot someone else took is complete; returns the
 /// volume it was taken of, when EBS knows it.
 async fn wait_for_snapshot(
@@ -475,15 +485,7 @@ async fn snapshot_instance(
             format!("instance {} does not exist in {region}", task.resource),
         ));
     };
-    let tags = vec![
-        (
-            tags::MANAGED_BY.to_string(),
-            tags::MANAGED_BY_VALUE.to_string(),
-        ),
-        (tags::JOB_UID.to_string(), task.job_uid.clone()),
-        (tags::JOB_NAME.to_string(), task.job_name.clone()),
-        (tags::RESOURCE.to_string(), task.resource.clone()),
-    ];
+    let tags = snapshot_tags(task, &task.resource);
     let description = format!("Tender backup {} of {}", task.job_name, task.resource);
     let made = source
         .snapshots()
@@ -532,8 +534,10 @@ async fn snapshot_instance(
 /// Deletes the snapshots Tender took for the parent restore point: the new
 /// ones are the base of the next incremental now. Snapshots anyone else
 /// made are never touched. A failure only costs storage, so it is logged.
+/// The parent's manifest is read with the repository's clients, the
+/// snapshots handled with the source's (a production role's, maybe).
 async fn forget_parent_snapshots(
-    source: &AwsClients,
+    (repository_clients, source): (&AwsClients, &AwsClients),
     region: &str,
     manifest: &Manifest,
     task: &WorkerTask,
@@ -544,8 +548,12 @@ async fn forget_parent_snapshots(
     let Some(repository) = &task.repository else {
         return;
     };
-    let Ok(parent) = mover::load_manifest(source, repository, parent).await else {
-        return;
+    let parent = match mover::load_manifest(repository_clients, repository, parent).await {
+        Ok(parent) => parent,
+        Err(e) => {
+            warn!(error = %e, "could not read the parent restore point; its snapshots stay");
+            return;
+        }
     };
     let current: Vec<&str> = manifest
         .volumes
@@ -577,5 +585,32 @@ async fn forget_parent_snapshots(
             Ok(_) => {}
             Err(e) => warn!(error = %e, "could not look at the parent's snapshot"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The restore policy lets StartSnapshot tag with Tender's keys only
+    /// (`iam/worker-restore-policy.json`), and the snapshot's own policies
+    /// key on `managed-by`.
+    #[test]
+    fn snapshots_carry_only_tenders_tags_and_its_ownership() {
+        let task = WorkerTask::sample();
+        let tags = snapshot_tags(&task, "i-0123456789abcdef0");
+        assert!(
+            tags.iter().all(|(k, _)| k.starts_with(tags::PREFIX)),
+            "{tags:?}"
+        );
+        assert!(tags.contains(&(tags::MANAGED_BY.into(), tags::MANAGED_BY_VALUE.into())));
+        assert!(tags.contains(&(tags::CLUSTER_ID.into(), "cluster".into())));
+        assert!(tags.contains(&(tags::RESOURCE.into(), "i-0123456789abcdef0".into())));
+        let older = WorkerTask {
+            cluster_id: None,
+            ..task
+        };
+        let tags = snapshot_tags(&older, "i-0123456789abcdef0");
+        assert!(!tags.iter().any(|(k, _)| k == tags::CLUSTER_ID));
     }
 }

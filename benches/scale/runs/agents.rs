@@ -92,6 +92,7 @@ fn task(w: &World, n: usize, i: usize, queue_url: &str) -> WorkerTask {
         queue_url: queue_url.to_string(),
         queue_region: REGION.into(),
         heartbeat_seconds: HEARTBEAT_SECONDS.parse().unwrap(),
+        cluster_id: None,
         source_access: None,
         repository: Some(tender::mover::manifest::RepositoryLocation::new(
             &w.bucket, "", REGION,

@@ -16,7 +16,7 @@ use crate::api::{
     InstanceTypes, JobLimits, JobStatus, JobWorker, LocalObjectReference, WorkerConfiguration,
 };
 use crate::controller::{Context, Result};
-use crate::messages::{FileLevelTask, Operation, WorkerEvent};
+use crate::messages::{FileLevelTask, Operation, WorkerEvent, WorkerProfile};
 use crate::reasons::FailureReason;
 
 /// One thing a job runs a worker for.
@@ -72,6 +72,8 @@ pub trait WorkerJob:
     type Worker: JobWorker;
 
     fn configuration_ref(&self) -> Option<&LocalObjectReference>;
+    /// What its workers do, which picks their instance profile.
+    fn profile(&self) -> WorkerProfile;
     fn targets(&self) -> Vec<Target>;
     /// Retries, deadline and TTL.
     fn limits(&self) -> &JobLimits;

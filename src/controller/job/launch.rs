@@ -354,7 +354,7 @@ async fn record_launch<K: WorkerJob>(
 ) {
     let labels = WorkerLabels {
         region: spec.region.clone(),
-        profile: "backup".into(),
+        profile: job.profile().as_str().into(),
     };
     ctx.metrics.workers_launched.get_or_create(&labels).inc();
     ctx.metrics
@@ -431,6 +431,7 @@ fn worker_launch<K: WorkerJob>(
         queue_url: launch.queue_url.to_string(),
         queue_region: config.spec.region.clone(),
         heartbeat_seconds: ctx.heartbeat_seconds,
+        cluster_id: Some(ctx.cluster_id.clone()),
         // A worker in the backup account reads production through its role.
         source_access: match config.spec.account {
             WorkerAccount::Backup => config.spec.production_account.clone(),
@@ -455,7 +456,11 @@ fn worker_launch<K: WorkerJob>(
         subnet_id: worker.subnet_id.clone().unwrap_or_default(),
         security_group_ids: security_groups(config),
         assign_public_ip: config.spec.assign_public_ip && !config.spec.private_network,
-        iam_instance_profile: config.spec.iam_instance_profile.clone(),
+        // Each operation's own profile, with only its permissions.
+        iam_instance_profile: config
+            .spec
+            .instance_profile(job.profile())
+            .map(String::from),
         root_device_name: config.spec.root_volume.device_name.clone(),
         root_size_gib: config.spec.root_volume.size_gib,
         root_kms_key_id: config.spec.root_volume.kms_key_id.clone(),
