@@ -797,6 +797,34 @@ fn queue_permissions_cover_tender_queues_only() {
 }
 
 #[test]
+fn the_integrity_key_is_named_not_every_key() {
+    let policy = worker_policy();
+    for action in ["kms:GenerateMac", "kms:VerifyMac"] {
+        let grants = policy.granting(action);
+        assert!(
+            !grants.is_empty(),
+            "iam/worker-policy.json does not grant {action}"
+        );
+        for s in grants {
+            assert!(
+                s.resources
+                    .iter()
+                    .all(|r| r.contains(":key/") && !r.ends_with("key/*")),
+                "iam/worker-policy.json {}: {action} on {:?}: name the integrity key, not every key",
+                s.sid,
+                s.resources
+            );
+            assert!(
+                s.requires("kms:MacAlgorithm", tender::mover::integrity::ALGORITHM),
+                "iam/worker-policy.json {}: {action} must require kms:MacAlgorithm {}",
+                s.sid,
+                tender::mover::integrity::ALGORITHM
+            );
+        }
+    }
+}
+
+#[test]
 fn globs_match_as_iam_does() {
     assert!(glob(
         "arn:aws:sqs:*:*:tender-*",

@@ -16,6 +16,7 @@ pub enum AwsService {
     Sqs,
     Sts,
     Ssm,
+    Kms,
 }
 
 impl AwsService {
@@ -28,6 +29,7 @@ impl AwsService {
             AwsService::Sqs => "sqs",
             AwsService::Sts => "sts",
             AwsService::Ssm => "ssm",
+            AwsService::Kms => "kms",
         }
     }
 
@@ -40,6 +42,7 @@ impl AwsService {
             AwsService::Sqs => "SQS",
             AwsService::Sts => "STS",
             AwsService::Ssm => "SSM",
+            AwsService::Kms => "KMS",
         }
     }
 }
@@ -138,6 +141,10 @@ operations! {
     HeadBucket => S3, Controller;
     ListObjectsV2 => S3, Controller;
     DeleteObject => S3, Controller;
+    // KMS: the repository's integrity key authenticates manifests and
+    // `latest` pointers.
+    GenerateMac => Kms, Worker;
+    VerifyMac => Kms, Worker;
     // SQS: worker reports.
     CreateQueue => Sqs, Controller;
     DeleteQueue => Sqs, Controller;
