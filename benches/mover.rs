@@ -10,6 +10,10 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::panic)]
 
+// The tests' KMS keys: the repository's integrity key.
+#[path = "../tests/common/keys.rs"]
+mod keys;
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -192,7 +196,9 @@ async fn bench(mib: usize) {
         .queue_url()
         .unwrap()
         .to_string();
-    let repository = RepositoryLocation::new(&bucket, "bench/", REGION);
+    // The repository's integrity key: the agent MACs what it writes.
+    let key = keys::hmac_key(&conf).await;
+    let repository = RepositoryLocation::new(&bucket, "bench/", REGION).with_mac_key(&key);
     let task = |operation, attempt| WorkerTask {
         version: PROTOCOL_VERSION,
         operation,

@@ -132,12 +132,13 @@ pub fn managed_rules(file_level_recovery_cidrs: &[String]) -> (Vec<TcpRule>, Vec
 /// Worker operations, for their network needs.
 pub const OPERATIONS: [&str; 4] = ["backup", "restore", "fileLevelRecovery", "indexing"];
 
-/// The interface endpoints an operation needs in private-network mode.
+/// The interface endpoints an operation needs in private-network mode
+/// (KMS for every one: each writes or reads authenticated manifests).
 pub fn required_endpoints(operation: &str) -> &'static [&'static str] {
     match operation {
-        "backup" => &["ssm", "ec2messages", "sqs", "ebs", "s3"],
-        "indexing" => &["ssm", "ssmmessages", "sqs", "s3"],
-        _ => &["ssm", "ec2messages", "sqs", "s3"],
+        "backup" => &["ssm", "ec2messages", "sqs", "ebs", "s3", "kms"],
+        "indexing" => &["ssm", "ssmmessages", "sqs", "s3", "kms"],
+        _ => &["ssm", "ec2messages", "sqs", "s3", "kms"],
     }
 }
 
@@ -396,6 +397,7 @@ mod tests {
             ep("ssm", true, true),
             ep("ec2messages", true, true),
             ep("sqs", true, true),
+            ep("kms", true, true),
             ep("s3", false, false),
         ];
         assert_eq!(
@@ -421,7 +423,7 @@ mod tests {
         assert!(missing_endpoints("us-east-1", "backup", &endpoints).is_empty());
         assert_eq!(
             missing_endpoints("eu-west-1", "restore", &endpoints).len(),
-            4,
+            5,
             "other region"
         );
     }

@@ -68,6 +68,9 @@ failure_reasons! {
         ChunkMissing,
         ChunkCorrupt,
         ManifestInvalid,
+        /// A manifest does not verify with the repository's integrity key
+        /// (changed, replaced, moved, or written without the key).
+        RestorePointUnverified,
         // Set by the controller.
         VolumeCreateFailed,
         InstanceRestoreFailed,
@@ -151,6 +154,9 @@ pub enum BlockedReason {
     /// The configuration or repository does not admit the job's namespace.
     NamespaceNotAdmitted,
     BackupRepositoryNotFound,
+    /// The repository names no integrity key (it was stored before
+    /// `spec.integrity` existed): nothing is written or read unauthenticated.
+    RepositoryIntegrityMissing,
 }
 
 impl BlockedReason {
@@ -164,6 +170,7 @@ impl BlockedReason {
             BlockedReason::WaitingForWorkerConfiguration => "WaitingForWorkerConfiguration",
             BlockedReason::NamespaceNotAdmitted => "NamespaceNotAdmitted",
             BlockedReason::BackupRepositoryNotFound => "BackupRepositoryNotFound",
+            BlockedReason::RepositoryIntegrityMissing => "RepositoryIntegrityMissing",
         }
     }
 }

@@ -159,15 +159,16 @@ async fn backup_account_workers_read_production_through_its_role() {
         .protected_disk_in(&env.aws_as(Some(&production_role)).await)
         .await;
     let bucket = env.bucket_in(&backup_role).await;
-    env.create_repository(
-        "backup",
-        &bucket,
-        serde_json::json!({
-            "expectedBucketOwner": backup_account,
-            "access": {"roleArn": backup_role},
-        }),
-    )
-    .await;
+    let repository = env
+        .create_repository(
+            "backup",
+            &bucket,
+            serde_json::json!({
+                "expectedBucketOwner": backup_account,
+                "access": {"roleArn": backup_role},
+            }),
+        )
+        .await;
 
     env.create_configuration_spec(
         "backup",
@@ -226,14 +227,15 @@ async fn backup_account_workers_read_production_through_its_role() {
         Some(point.as_str()),
         "{worker:?}"
     );
-    // Under the namespace's own prefix of the repository.
-    let manifest = tender::mover::load_manifest(
-        &env.aws_as(Some(&backup_role)).await,
-        &tender::mover::manifest::RepositoryLocation::new(&bucket, &env.namespace, REGION),
-        &point,
-    )
-    .await
-    .unwrap();
+    // Under the namespace's own prefix of the repository, authenticated by
+    // the repository's key in the backup account.
+    let location =
+        tender::mover::manifest::RepositoryLocation::of(&repository.spec, &env.namespace);
+    assert_eq!(location.prefix, format!("{}/", env.namespace));
+    let manifest =
+        tender::mover::load_manifest(&env.aws_as(Some(&backup_role)).await, &location, &point)
+            .await
+            .unwrap();
     assert!(manifest.stats.blocks_read > 0, "{manifest:?}");
     let there = workers_in(&backup_ec2, &uid).await;
     assert_eq!(there.len(), 1, "the worker ran in the backup account");

@@ -270,7 +270,7 @@ async fn private_network_mode_reports_each_missing_endpoint_and_jobs_wait_for_it
             req.send().await.unwrap();
         }
     };
-    for service in ["ssm", "ec2messages", "sqs"] {
+    for service in ["ssm", "ec2messages", "sqs", "kms"] {
         endpoint(service, VpcEndpointType::Interface, true).await;
     }
     // A gateway endpoint for S3 is not enough in this mode, and an ebs

@@ -103,7 +103,8 @@ async fn where_a_backup_repository_keeps_restore_points_is_immutable() {
     let repo: BackupRepository = serde_json::from_value(serde_json::json!({
         "apiVersion": "tender.dev/v1alpha1", "kind": "BackupRepository", "metadata": {"name": name},
         "spec": {"bucket": "acme-backups", "prefix": "prod/", "region": "us-east-1",
-                 "expectedBucketOwner": "123456789012"}
+                 "expectedBucketOwner": "123456789012",
+                 "integrity": {"macKeyId": "alias/tender-integrity"}}
     }))
     .unwrap();
     let created = api.create(&PostParams::default(), &repo).await.unwrap();

@@ -12,7 +12,7 @@ use common::disks::{self, Ext4Image};
 use tender::aws::AwsClients;
 use tender::messages::{Operation, PROTOCOL_VERSION, WorkerEvent, WorkerMessage, WorkerTask};
 use tender::mover::manifest::RepositoryLocation;
-use tender::mover::{self, BackupRequest, MoverError, Progress, RestoreTarget, SourceVolume};
+use tender::mover::{self, MoverError, Progress, RestoreTarget};
 
 async fn backup(
     aws: &AwsClients,
@@ -21,26 +21,12 @@ async fn backup(
     snapshot_id: &str,
 ) -> tender::mover::manifest::Manifest {
     let progress = Progress::default();
-    let m = mover::backup(
-        BackupRequest {
-            source: aws,
-            repository: aws,
-            location: loc,
-            region: REGION,
-            resource: "disk-1",
-            lineage: "disk-1",
-            job_name: job,
-            job_uid: &format!("uid-{job}"),
-            volumes: &[SourceVolume {
-                snapshot_id: snapshot_id.to_string(),
-                device: None,
-                volume_id: None,
-            }],
-        },
-        &progress,
-    )
-    .await
-    .expect("the backup succeeds");
+    let uid = format!("uid-{job}");
+    let volumes = disks::snapshot_volume(snapshot_id);
+    let request = disks::backup_request(aws, loc, (job, &uid), &volumes);
+    let m = mover::backup(request, &progress)
+        .await
+        .expect("the backup succeeds");
     let (done, total) = progress.snapshot();
     assert_eq!(done, total, "progress ends at its total");
     m
@@ -78,7 +64,8 @@ async fn full_and_incremental_backups_restore_byte_for_byte() {
     let s3 = disks::s3().await;
     let ec2 = common::ec2().await;
     let bucket = disks::create_bucket(&s3).await;
-    let loc = RepositoryLocation::new(&bucket, "team-a/", REGION);
+    let loc = RepositoryLocation::new(&bucket, "team-a/", REGION)
+        .with_mac_key(&common::hmac_key(None).await);
 
     // A filesystem with incompressible data, a file of identical blocks
     // (stored once) and a small text file.
@@ -197,30 +184,16 @@ async fn another_jobs_restore_point_is_never_overwritten() {
     let aws = AwsClients::from_env().await;
     let s3 = disks::s3().await;
     let bucket = disks::create_bucket(&s3).await;
-    let loc = RepositoryLocation::new(&bucket, "", REGION);
+    let loc =
+        RepositoryLocation::new(&bucket, "", REGION).with_mac_key(&common::hmac_key(None).await);
     let image = Ext4Image::build(&[("a.txt", b"a".to_vec())], 8);
     let snapshot = disks::write_snapshot(&aws, &image.bytes, 1).await;
     backup(&aws, &loc, "same-name", &snapshot).await;
-    let e = mover::backup(
-        BackupRequest {
-            source: &aws,
-            repository: &aws,
-            location: &loc,
-            region: REGION,
-            resource: "disk-1",
-            lineage: "disk-1",
-            job_name: "same-name",
-            job_uid: "a-different-uid",
-            volumes: &[SourceVolume {
-                snapshot_id: snapshot.clone(),
-                device: None,
-                volume_id: None,
-            }],
-        },
-        &Progress::default(),
-    )
-    .await
-    .unwrap_err();
+    let volumes = disks::snapshot_volume(&snapshot);
+    let request = disks::backup_request(&aws, &loc, ("same-name", "a-different-uid"), &volumes);
+    let e = mover::backup(request, &Progress::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.reason(), "RestorePointExists");
 }
 
@@ -261,7 +234,8 @@ async fn the_agent_restores_a_restore_point_into_a_snapshot_and_reports_it() {
     let ec2 = common::ec2().await;
     let sqs = common::sqs().await;
     let bucket = disks::create_bucket(&s3).await;
-    let loc = RepositoryLocation::new(&bucket, "", REGION);
+    let loc =
+        RepositoryLocation::new(&bucket, "", REGION).with_mac_key(&common::hmac_key(None).await);
     let image = Ext4Image::build(
         &[
             ("srv/data.bin", disks::random_bytes(1 << 20, 3)),

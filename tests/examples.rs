@@ -88,6 +88,8 @@ async fn the_examples_apply_and_reach_their_states() {
         .await
         .unwrap();
     let bucket = env.bucket().await;
+    let mac_key = common::hmac_key(None).await;
+    let mac_key_id = mac_key.rsplit('/').next().unwrap().to_string();
     // The examples' placeholder IDs, replaced by the emulator's. The
     // instance stays a placeholder: the emulator cannot serve the blocks of
     // an instance's snapshots, so that example must fail, and say why.
@@ -97,6 +99,7 @@ async fn the_examples_apply_and_reach_their_states() {
             .replace("sg-0123456789abcdef0", &net.security_group)
             .replace("snap-0123456789abcdef0", &protected)
             .replace("acme-backups", &bucket)
+            .replace("0987dcba-09fe-87dc-65ba-ab0987654321", &mac_key_id)
             // The example repository's bucket owner, here the emulator's
             // own account.
             .replace("111122223333", common::EMULATOR_ACCOUNT)

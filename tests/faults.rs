@@ -482,7 +482,8 @@ async fn bad_input(tally: &mut Tally) {
         "repositoryRef": {"name": "acme-backups"}
     });
     let repository = serde_json::json!({
-        "bucket": "acme-backups", "region": "us-east-1", "expectedBucketOwner": "123456789012"
+        "bucket": "acme-backups", "region": "us-east-1", "expectedBucketOwner": "123456789012",
+        "integrity": {"macKeyId": "alias/tender-integrity"}
     });
     let resources =
         |id: &str, region: &str| serde_json::json!([{"instanceId": id, "region": region}]);

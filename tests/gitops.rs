@@ -636,7 +636,8 @@ async fn applying_the_same_manifests_twice_changes_nothing_and_the_controller_ne
             "bucket": env.bucket().await,
             "prefix": "gitops/",
             "region": REGION,
-            "expectedBucketOwner": common::EMULATOR_ACCOUNT
+            "expectedBucketOwner": common::EMULATOR_ACCOUNT,
+            "integrity": {"macKeyId": common::hmac_key(None).await}
         }
     });
     let job = json!({

@@ -275,6 +275,7 @@ async fn two_namespaces_share_a_repository_without_colliding() {
         "spec": {
             "bucket": bucket, "prefix": "teams/", "region": REGION,
             "expectedBucketOwner": common::EMULATOR_ACCOUNT,
+            "integrity": {"macKeyId": common::hmac_key(None).await},
             "namespaceSelector": {"matchExpressions": [{
                 "key": TEST_LABEL, "operator": "In", "values": [a.namespace, b.namespace]
             }]}

@@ -39,6 +39,7 @@ fn valid_spec(kind: &str) -> Value {
             "bucket": "acme-backups",
             "region": "us-east-1",
             "expectedBucketOwner": "123456789012",
+            "integrity": {"macKeyId": "arn:aws:kms:us-east-1:123456789012:key/0987dcba-09fe-87dc-65ba-ab0987654321"},
         }),
         "BackupJob" => json!({
             "resources": [{"instanceId": "i-0123456789abcdef0", "region": "us-east-1"}],
@@ -299,6 +300,22 @@ fn invalid_manifests() -> Vec<Case> {
             "BackupRepository",
             json!({"region": "mars-1"}),
             "spec.region",
+        ),
+        // Every restore point is authenticated: no repository without a key.
+        case(
+            "BackupRepository",
+            json!({"integrity": null}),
+            "integrity.macKeyId is required: a KMS key with KeySpec HMAC_256",
+        ),
+        case(
+            "BackupRepository",
+            json!({"integrity": {"macKeyId": null}}),
+            "spec.integrity.macKeyId",
+        ),
+        case(
+            "BackupRepository",
+            json!({"integrity": {"macKeyId": "my key"}}),
+            "spec.integrity.macKeyId",
         ),
         // BackupJob
         case(

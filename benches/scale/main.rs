@@ -40,6 +40,9 @@ mod world;
 #[allow(dead_code)]
 #[path = "../../tests/common/workers.rs"]
 mod workers;
+// The tests' KMS keys: the run's repository integrity key.
+#[path = "../../tests/common/keys.rs"]
+mod keys;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -28,6 +28,8 @@ pub struct World {
     pub protected: Vec<String>,
     /// The repository bucket of the current run.
     pub bucket: String,
+    /// The repository's integrity key (a KMS HMAC key) of the current run.
+    pub mac_key: String,
     /// Distinguishes this process's namespaces and cluster IDs.
     pub tag: String,
     /// Empty the emulator before every run (BENCH_RESET_EMULATOR=1: only
@@ -99,6 +101,7 @@ pub async fn world() -> World {
         security_group: String::new(),
         protected: Vec::new(),
         bucket: String::new(),
+        mac_key: String::new(),
         tag,
         reset: std::env::var("BENCH_RESET_EMULATOR").is_ok_and(|v| v == "1"),
         forget_terminated: std::env::var("BENCH_FORGET_TERMINATED").is_ok_and(|v| v == "1"),
@@ -156,6 +159,7 @@ impl World {
             .send()
             .await
             .expect("create the repository bucket");
+        self.mac_key = crate::keys::hmac_key(&conf).await;
     }
 
     /// A default subnet and its zone.
@@ -229,6 +233,7 @@ impl World {
                 "bucket": self.bucket,
                 "region": REGION,
                 "expectedBucketOwner": "123456789012",
+                "integrity": {"macKeyId": self.mac_key},
                 "namespaceSelector": {"matchLabels": {RUN_LABEL: ns}},
             }
         }))

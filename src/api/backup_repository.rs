@@ -5,7 +5,8 @@
 //! and which namespaces' jobs may use it. Jobs name it in
 //! `spec.repositoryRef`; each namespace's restore points (and chunks) live
 //! under `<prefix><namespace>/`, so namespaces never see, overwrite or
-//! collide with each other's.
+//! collide with each other's. Every manifest and `latest` pointer in it is
+//! authenticated with the KMS HMAC key `spec.integrity.macKeyId`.
 // Clippy reads the `printcolumn(...)` entries of `#[kube]` as duplicated
 // attributes; they are separate columns.
 #![allow(clippy::duplicated_attributes)]
@@ -52,6 +53,8 @@ use super::{
      "message": "encryption.kmsKeyId applies only to type SSE-KMS"},
     {"rule": "self.encryption.type != 'SSE-KMS' || has(self.encryption.kmsKeyId)",
      "message": "encryption type SSE-KMS needs kmsKeyId: the KMS key that encrypts the objects"},
+    {"rule": "has(self.integrity)",
+     "message": "integrity.macKeyId is required: a KMS key with KeySpec HMAC_256 and KeyUsage GENERATE_VERIFY_MAC that authenticates every manifest and latest pointer (aws kms create-key --key-spec HMAC_256 --key-usage GENERATE_VERIFY_MAC)"},
     {"rule": "self.bucket == oldSelf.bucket && self.prefix == oldSelf.prefix && self.region == oldSelf.region",
      "message": "bucket, prefix and region are immutable: restore points stay where they were written; create another BackupRepository instead"}
 ]))]
@@ -76,6 +79,15 @@ pub struct BackupRepositorySpec {
     /// How the objects are encrypted at rest (default SSE-S3).
     #[serde(default)]
     pub encryption: RepositoryEncryption,
+    /// The key that authenticates restore points. Required: there is no
+    /// unauthenticated mode to fall back to, so a repository without it is
+    /// refused by the API server with a message that says how to make one.
+    /// (It is optional in the structural schema only so that this rule,
+    /// not a bare "Required value", is what an admin reads; a repository
+    /// stored before the field existed is `NotReady` and its jobs wait
+    /// with `RepositoryIntegrityMissing`.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integrity: Option<RepositoryIntegrity>,
     /// Namespaces whose jobs may use this repository, by their labels.
     /// `{}` admits every namespace; unset admits none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,6 +111,21 @@ pub struct RepositoryEncryption {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(KMS_KEY_PATTERN), length(max = 2048))]
     pub kms_key_id: Option<String>,
+}
+
+/// How manifests and `latest` pointers are authenticated.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryIntegrity {
+    /// The KMS HMAC key (KeySpec `HMAC_256`, KeyUsage `GENERATE_VERIFY_MAC`;
+    /// ID, ARN or alias ARN; an ARN names its region, otherwise the
+    /// bucket's region is used). Workers call `kms:GenerateMac` when they
+    /// write a manifest or `latest` pointer and `kms:VerifyMac` before they
+    /// trust one. It outlives the cluster: keep it (and never schedule its
+    /// deletion) for as long as its restore points must be restorable,
+    /// since they verify only with the key that wrote them.
+    #[schemars(pattern(KMS_KEY_PATTERN), length(max = 2048))]
+    pub mac_key_id: String,
 }
 
 /// Which server-side encryption S3 applies.

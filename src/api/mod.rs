@@ -16,7 +16,7 @@ pub use backup_job::{
 };
 pub use backup_repository::{
     BackupRepository, BackupRepositorySpec, BackupRepositoryStatus, EncryptionKind,
-    RepositoryEncryption,
+    RepositoryEncryption, RepositoryIntegrity,
 };
 pub use job::{JobLimits, JobStatus, JobWorker, Phase, WorkerStatus};
 pub use restore_job::{

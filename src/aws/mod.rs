@@ -8,8 +8,8 @@
 //! caches, the metrics, the call wrapper and the batched calls; the calls
 //! themselves belong to the providers, each borrowing it:
 //! [`AwsClients::instances`], [`AwsClients::network`],
-//! [`AwsClients::queues`], [`AwsClients::snapshots`] and
-//! [`AwsClients::repository`].
+//! [`AwsClients::queues`], [`AwsClients::snapshots`],
+//! [`AwsClients::repository`] and [`AwsClients::macs`].
 
 pub mod accounts;
 pub mod batch;
@@ -17,6 +17,7 @@ pub mod ebs;
 pub mod instance_cache;
 pub mod instance_state;
 pub mod instances;
+pub mod kms;
 pub mod metadata;
 pub mod network;
 pub mod operation;
@@ -38,6 +39,20 @@ pub use self::operation::AwsOperation;
 
 /// Attempts per AWS call, including the first.
 const MAX_ATTEMPTS: u32 = 5;
+
+/// A method that builds a client of SDK `$sdk` for a region each time it is
+/// called, from the shared configuration and with [`interceptors`].
+macro_rules! client_per_use {
+    ($(#[$doc:meta])* $name:ident, $sdk:ident) => {
+        $(#[$doc])*
+        pub(crate) fn $name(&self, region: &str) -> $sdk::Client {
+            let mut conf =
+                $sdk::config::Builder::from(&self.base).region(Region::new(region.to_string()));
+            conf.set_interceptors(interceptors());
+            $sdk::Client::from_conf(conf.build())
+        }
+    };
+}
 
 /// Shared AWS clients, one per region, built from one loaded configuration
 /// (credentials chain, `AWS_ENDPOINT_URL`, retry mode).
@@ -128,6 +143,11 @@ impl AwsClients {
     /// The backup repository's objects in S3.
     pub fn repository(&self) -> repository::Repository<'_> {
         repository::Repository { aws: self }
+    }
+
+    /// HMACs by the repository's integrity key, in KMS.
+    pub fn macs(&self) -> kms::Macs<'_> {
+        kms::Macs { aws: self }
     }
 
     /// Makes one AWS call: counts it, times it and turns its error into an
@@ -236,21 +256,21 @@ impl AwsClients {
             .clone()
     }
 
-    /// An STS client (built for each use: the controller rarely asks).
-    pub(crate) fn sts(&self, region: &str) -> aws_sdk_sts::Client {
-        let mut conf =
-            aws_sdk_sts::config::Builder::from(&self.base).region(Region::new(region.to_string()));
-        conf.set_interceptors(interceptors());
-        aws_sdk_sts::Client::from_conf(conf.build())
-    }
-
-    /// An SSM client (built for each use: the controller rarely asks).
-    pub(crate) fn ssm(&self, region: &str) -> aws_sdk_ssm::Client {
-        let mut conf =
-            aws_sdk_ssm::config::Builder::from(&self.base).region(Region::new(region.to_string()));
-        conf.set_interceptors(interceptors());
-        aws_sdk_ssm::Client::from_conf(conf.build())
-    }
+    client_per_use!(
+        /// An STS client (built for each use: the controller rarely asks).
+        sts,
+        aws_sdk_sts
+    );
+    client_per_use!(
+        /// An SSM client (built for each use: the controller rarely asks).
+        ssm,
+        aws_sdk_ssm
+    );
+    client_per_use!(
+        /// A KMS client (built for each use: a task makes a few MAC calls).
+        kms,
+        aws_sdk_kms
+    );
 }
 
 /// The interceptors of every client: in test builds, one that fails calls

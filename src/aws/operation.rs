@@ -19,6 +19,7 @@ pub enum AwsService {
     Sqs,
     Sts,
     Ssm,
+    Kms,
 }
 
 impl AwsService {
@@ -31,6 +32,7 @@ impl AwsService {
             AwsService::Sqs => "sqs",
             AwsService::Sts => "sts",
             AwsService::Ssm => "ssm",
+            AwsService::Kms => "kms",
         }
     }
 
@@ -43,6 +45,7 @@ impl AwsService {
             AwsService::Sqs => "SQS",
             AwsService::Sts => "STS",
             AwsService::Ssm => "SSM",
+            AwsService::Kms => "KMS",
         }
     }
 }
@@ -153,6 +156,10 @@ operations! {
     HeadBucket => S3, Controller;
     ListObjectsV2 => S3, Controller;
     DeleteObject => S3, Controller;
+    // KMS: the repository's integrity key authenticates manifests and
+    // `latest` pointers.
+    GenerateMac => Kms, Worker [Backup];
+    VerifyMac => Kms, Worker [Backup, Restore, FileLevel];
     // SQS: worker reports.
     CreateQueue => Sqs, Controller;
     DeleteQueue => Sqs, Controller;

@@ -1,15 +1,44 @@
 //! [`Repository`]: the backup repository's objects in S3.
 //!
 //! Objects in a bucket under a prefix: content-addressed chunks and
-//! restore-point manifests (see `crate::mover`).
+//! restore-point manifests (see `crate::mover`). Every call names the
+//! account that must own the bucket (`ExpectedBucketOwner`), and every
+//! write asks for server-side encryption, with the repository's KMS key
+//! when it has one.
 
+use aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder;
 use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::ServerSideEncryption;
 
 use super::{AwsClients, AwsError, AwsOperation};
+use crate::mover::manifest::RepositoryLocation;
+
+/// S3's answer to a conditional PUT (`If-None-Match: *`) whose key exists.
+const PRECONDITION_FAILED: &str = "PreconditionFailed";
 
 fn is_missing(e: &AwsError) -> bool {
     e.code()
         .is_some_and(|c| matches!(c, "NoSuchKey" | "NotFound" | "404"))
+}
+
+/// SSE-KMS with `kms_key_id`, else SSE-S3: asked for on every write, so
+/// that no object depends on the bucket's default encryption.
+fn encrypted(put: PutObjectFluentBuilder, kms_key_id: Option<&str>) -> PutObjectFluentBuilder {
+    match kms_key_id {
+        Some(k) => put
+            .server_side_encryption(ServerSideEncryption::AwsKms)
+            .ssekms_key_id(k),
+        None => put.server_side_encryption(ServerSideEncryption::Aes256),
+    }
+}
+
+/// What a PUT that must not overwrite found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Created {
+    /// The object is written.
+    Written,
+    /// The key already held an object, which is left as it was.
+    AlreadyExists,
 }
 
 /// The backup repository's objects ([`AwsClients::repository`]).
@@ -19,19 +48,19 @@ pub struct Repository<'a> {
 }
 
 impl Repository<'_> {
-    /// Whether an object exists.
+    /// Whether the object `key` of `loc` exists.
     pub async fn object_exists(
         &self,
-        region: &str,
-        bucket: &str,
+        loc: &RepositoryLocation,
         key: &str,
     ) -> Result<bool, AwsError> {
         let head = self
             .aws
-            .s3(region)
+            .s3(&loc.region)
             .head_object()
-            .bucket(bucket)
+            .bucket(&loc.bucket)
             .key(key)
+            .set_expected_bucket_owner(loc.expected_owner.clone())
             .send();
         match self.aws.call(AwsOperation::HeadObject, head).await {
             Ok(_) => Ok(true),
@@ -40,42 +69,73 @@ impl Repository<'_> {
         }
     }
 
-    /// Writes an object.
+    /// Writes the object `key` of `loc`, replacing any.
     pub async fn put_object(
         &self,
-        region: &str,
-        bucket: &str,
+        loc: &RepositoryLocation,
         key: &str,
         body: Vec<u8>,
         content_type: &str,
     ) -> Result<(), AwsError> {
-        let put = self
-            .aws
-            .s3(region)
-            .put_object()
-            .bucket(bucket)
-            .key(key)
-            .content_type(content_type)
-            .body(ByteStream::from(body))
-            .send();
+        let put = self.put(loc, key, body, content_type).send();
         self.aws.call(AwsOperation::PutObject, put).await?;
         Ok(())
     }
 
-    /// Reads an object; `None` when there is no such key.
+    /// Writes the object `key` of `loc` only if the key holds none
+    /// (`If-None-Match: *`): S3 decides, so of two writers racing for one
+    /// key exactly one writes.
+    pub async fn create_object(
+        &self,
+        loc: &RepositoryLocation,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<Created, AwsError> {
+        let put = self
+            .put(loc, key, body, content_type)
+            .if_none_match("*")
+            .send();
+        match self.aws.call(AwsOperation::PutObject, put).await {
+            Ok(_) => Ok(Created::Written),
+            Err(e) if e.code() == Some(PRECONDITION_FAILED) => Ok(Created::AlreadyExists),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn put(
+        &self,
+        loc: &RepositoryLocation,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> PutObjectFluentBuilder {
+        let put = self
+            .aws
+            .s3(&loc.region)
+            .put_object()
+            .bucket(&loc.bucket)
+            .key(key)
+            .set_expected_bucket_owner(loc.expected_owner.clone())
+            .content_type(content_type)
+            .body(ByteStream::from(body));
+        encrypted(put, loc.kms_key_id.as_deref())
+    }
+
+    /// Reads the object `key` of `loc`; `None` when there is no such key.
     pub async fn get_object(
         &self,
-        region: &str,
-        bucket: &str,
+        loc: &RepositoryLocation,
         key: &str,
     ) -> Result<Option<Vec<u8>>, AwsError> {
         let op = AwsOperation::GetObject;
         let get = self
             .aws
-            .s3(region)
+            .s3(&loc.region)
             .get_object()
-            .bucket(bucket)
+            .bucket(&loc.bucket)
             .key(key)
+            .set_expected_bucket_owner(loc.expected_owner.clone())
             .send();
         let out = match self.aws.call(op, get).await {
             Ok(out) => out,
@@ -128,19 +188,14 @@ impl Repository<'_> {
         kms_key_id: Option<&str>,
     ) -> Result<(), AwsError> {
         let s3 = self.aws.s3(bucket.region);
-        let mut put = s3
+        let put = s3
             .put_object()
             .bucket(bucket.name)
             .key(key)
             .expected_bucket_owner(bucket.expected_owner)
             .body(ByteStream::from_static(b"tender write probe\n"));
-        put = match kms_key_id {
-            Some(k) => put
-                .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
-                .ssekms_key_id(k),
-            None => put.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256),
-        };
-        self.aws.call(AwsOperation::PutObject, put.send()).await?;
+        let put = encrypted(put, kms_key_id).send();
+        self.aws.call(AwsOperation::PutObject, put).await?;
         let delete = s3
             .delete_object()
             .bucket(bucket.name)
@@ -182,5 +237,170 @@ impl Repository<'_> {
             }
         }
         Ok(listing)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use aws_config::retry::RetryConfig;
+    use aws_config::{BehaviorVersion, Region, SdkConfig};
+    use aws_credential_types::Credentials;
+    use aws_credential_types::provider::SharedCredentialsProvider;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    const KEY: &str = "arn:aws:kms:us-east-1:111122223333:key/0987dcba-09fe-87dc-65ba-ab0987654321";
+
+    /// An S3 stand-in on loopback that answers each request in turn with
+    /// one of `answers` (status line and body) and returns the heads of
+    /// the requests it got, lowercased.
+    async fn s3_answering(
+        answers: Vec<(&'static str, &'static str)>,
+    ) -> (String, tokio::task::JoinHandle<Vec<String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let url = format!("http://{}", listener.local_addr().expect("an address"));
+        let served = tokio::spawn(async move {
+            let mut heads = Vec::new();
+            for (status, body) in answers {
+                let (mut conn, _) = listener.accept().await.expect("a request");
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                let head_end = loop {
+                    let n = conn.read(&mut buf).await.expect("read the request");
+                    got.extend_from_slice(&buf[..n]);
+                    if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while got.len() < head_end + length {
+                    let n = conn.read(&mut buf).await.expect("read the body");
+                    got.extend_from_slice(&buf[..n]);
+                }
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                conn.write_all(answer.as_bytes()).await.expect("answer");
+                heads.push(head);
+            }
+            heads
+        });
+        (url, served)
+    }
+
+    fn clients(url: &str) -> AwsClients {
+        let base = SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(url)
+            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+                "AKIDEXAMPLE",
+                "secret",
+                None,
+                None,
+                "test",
+            )))
+            .retry_config(RetryConfig::disabled())
+            .build();
+        AwsClients::with(base, Arc::default())
+    }
+
+    fn header<'h>(head: &'h str, name: &str) -> Option<&'h str> {
+        head.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .map(str::trim)
+    }
+
+    #[tokio::test]
+    async fn every_call_names_the_bucket_owner_and_every_write_asks_for_encryption() {
+        let exists = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>PreconditionFailed</Code><Message>At least one of the pre-conditions you specified did not hold</Message></Error>";
+        let (url, served) = s3_answering(vec![
+            ("412 Precondition Failed", exists),
+            ("200 OK", ""),
+            ("200 OK", "stored"),
+            ("200 OK", ""),
+        ])
+        .await;
+        let aws = clients(&url);
+        let repo = aws.repository();
+        let mut loc = RepositoryLocation::new("acme-backups", "prod/team-a/", "us-east-1");
+        loc.expected_owner = Some("111122223333".into());
+        loc.kms_key_id = Some(KEY.into());
+        let created = repo
+            .create_object(
+                &loc,
+                "prod/team-a/m.json",
+                b"{}".to_vec(),
+                "application/json",
+            )
+            .await;
+        assert_eq!(created.ok(), Some(Created::AlreadyExists));
+        let s3_managed = RepositoryLocation {
+            kms_key_id: None,
+            ..loc.clone()
+        };
+        repo.put_object(
+            &s3_managed,
+            "prod/team-a/c",
+            b"chunk".to_vec(),
+            "application/zstd",
+        )
+        .await
+        .expect("written");
+        let read = repo
+            .get_object(&loc, "prod/team-a/m.json")
+            .await
+            .expect("read");
+        assert_eq!(read.as_deref(), Some(&b"stored"[..]));
+        assert!(
+            repo.object_exists(&loc, "prod/team-a/c")
+                .await
+                .expect("head")
+        );
+
+        let heads = served.await.expect("the stand-in ran");
+        for head in &heads {
+            assert_eq!(
+                header(head, "x-amz-expected-bucket-owner"),
+                Some("111122223333"),
+                "{head}"
+            );
+        }
+        let (conditional, plain) = (&heads[0], &heads[1]);
+        assert!(
+            conditional.starts_with("put /acme-backups/prod/team-a/m.json"),
+            "{conditional}"
+        );
+        assert_eq!(header(conditional, "if-none-match"), Some("*"));
+        assert_eq!(
+            header(conditional, "x-amz-server-side-encryption"),
+            Some("aws:kms")
+        );
+        assert_eq!(
+            header(conditional, "x-amz-server-side-encryption-aws-kms-key-id"),
+            Some(KEY.to_lowercase().as_str())
+        );
+        assert_eq!(
+            header(plain, "if-none-match"),
+            None,
+            "chunks may be written again"
+        );
+        assert_eq!(
+            header(plain, "x-amz-server-side-encryption"),
+            Some("aes256")
+        );
+        assert!(heads[2].starts_with("get ") && heads[3].starts_with("head "));
     }
 }

@@ -103,6 +103,12 @@ async fn check(
     cluster_id: &str,
 ) -> std::result::Result<Listing, Finding> {
     let spec = &repo.spec;
+    if spec.integrity.is_none() {
+        return Err(Finding {
+            reason: events::INTEGRITY_KEY_MISSING,
+            message: "spec.integrity.macKeyId is not set: restore points cannot be authenticated, so jobs wait; set it to a KMS key with KeySpec HMAC_256 and KeyUsage GENERATE_VERIFY_MAC".into(),
+        });
+    }
     let bucket = Bucket {
         region: &spec.region,
         name: &spec.bucket,

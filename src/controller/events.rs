@@ -33,6 +33,7 @@ pub const QUEUE_READY: &str = "QueueReady";
 // BackupRepository.
 pub const BUCKET_UNREACHABLE: &str = "BucketUnreachable";
 pub const BUCKET_NOT_WRITABLE: &str = "BucketNotWritable";
+pub const INTEGRITY_KEY_MISSING: &str = "IntegrityKeyMissing";
 
 pub const CANNOT_ASSUME_ROLE: &str = "CannotAssumeRole";
 pub const DELETION_WAITING: &str = "DeletionWaiting";

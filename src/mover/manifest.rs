@@ -6,6 +6,9 @@
 //! <prefix>restore-points/<job>/<resource>.json   a Manifest
 //! <prefix>latest/<region>/<resource>.json        a LatestPointer (the parent of the next backup)
 //! ```
+//!
+//! Manifests and pointers are stored authenticated (see `super::integrity`);
+//! chunks need no MAC, their name is the hash of their data.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -31,6 +34,15 @@ pub struct RepositoryLocation {
     /// SSE-KMS with this key; `None`: SSE-S3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kms_key_id: Option<String>,
+    /// The KMS HMAC key that authenticates manifests and `latest` pointers
+    /// (the repository's `spec.integrity.macKeyId`). Without one the mover
+    /// neither writes nor trusts any: there is no unauthenticated mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_key_id: Option<String>,
+    /// The namespace whose part of the repository this is; manifests and
+    /// pointers carry it, and one of another namespace is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 impl RepositoryLocation {
@@ -46,19 +58,31 @@ impl RepositoryLocation {
             region: region.to_string(),
             expected_owner: None,
             kms_key_id: None,
+            mac_key_id: None,
+            namespace: None,
         }
+    }
+
+    /// The same location, its manifests and pointers authenticated by the
+    /// KMS HMAC key `key_id`.
+    pub fn with_mac_key(mut self, key_id: &str) -> Self {
+        self.mac_key_id = Some(key_id.to_string());
+        self
     }
 
     /// Where one namespace's restore points (and their chunks) live in a
     /// repository: under `<prefix><namespace>/`, so that namespaces never
     /// read, overwrite or collide with each other's.
     pub fn of(repository: &crate::api::BackupRepositorySpec, namespace: &str) -> Self {
-        Self::new(
+        let mut location = Self::new(
             &repository.bucket,
             &format!("{}/{namespace}", repository.prefix.trim_end_matches('/')),
             &repository.region,
         )
-        .owned_by(repository)
+        .owned_by(repository);
+        location.mac_key_id = repository.integrity.as_ref().map(|i| i.mac_key_id.clone());
+        location.namespace = Some(namespace.to_string());
+        location
     }
 
     /// Where a file-level session copies the files it restores: under
@@ -127,6 +151,8 @@ pub struct Manifest {
     /// The protected resource (an instance or snapshot ID).
     pub resource: String,
     pub region: String,
+    /// The namespace of the BackupJob that wrote it.
+    pub namespace: String,
     /// The BackupJob that wrote it (name and UID).
     pub job_name: String,
     pub job_uid: String,
@@ -135,8 +161,31 @@ pub struct Manifest {
     /// The restore point this one was taken incrementally from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
+    /// Why the resource's latest restore point was not the parent: its
+    /// `latest` pointer or manifest did not verify, so this backup is a
+    /// full one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_refused: Option<String>,
     pub volumes: Vec<VolumeImage>,
     pub stats: BackupStats,
+}
+
+impl Manifest {
+    /// Whether this is the manifest of restore point `id` of `namespace`
+    /// (when the reader knows its namespace): a genuine manifest copied to
+    /// another key, or into another namespace's part, is not.
+    pub fn placed(&self, id: &str, namespace: Option<&str>) -> Result<(), String> {
+        if self.id != id {
+            return Err(format!("it is the manifest of restore point {}", self.id));
+        }
+        match namespace {
+            Some(ns) if ns != self.namespace => Err(format!(
+                "it is a restore point of namespace {:?}",
+                self.namespace
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// One volume of a restore point.
@@ -194,11 +243,37 @@ pub struct BackupStats {
     pub bytes_total: u64,
 }
 
-/// Points at the newest restore point of a resource in a repository.
+/// Points at the newest restore point of a resource in a repository. It
+/// names whose pointer it is, so that one copied to another key (another
+/// lineage, region or namespace) is refused even though its MAC verifies.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct LatestPointer {
     pub restore_point: String,
+    pub namespace: String,
+    pub region: String,
+    pub lineage: String,
+}
+
+impl LatestPointer {
+    /// Whether this is the pointer of `lineage` in `region` (and of
+    /// `namespace`, when the reader knows it).
+    pub fn placed(
+        &self,
+        namespace: Option<&str>,
+        region: &str,
+        lineage: &str,
+    ) -> Result<(), String> {
+        let namespace_ok = namespace.is_none_or(|ns| ns == self.namespace);
+        if namespace_ok && self.region == region && self.lineage == lineage {
+            Ok(())
+        } else {
+            Err(format!(
+                "it is the latest pointer of {} in {} (namespace {:?})",
+                self.lineage, self.region, self.namespace
+            ))
+        }
+    }
 }
 
 /// Where one block of a new backup comes from.
@@ -360,10 +435,12 @@ mod tests {
             id: "j/r".into(),
             resource: "r".into(),
             region: "us-east-1".into(),
+            namespace: "ns".into(),
             job_name: "j".into(),
             job_uid: "u".into(),
             created_at: "2026-01-01T00:00:00Z".into(),
             parent: None,
+            parent_refused: None,
             volumes: vec![image(vec![block(0, 'a')])],
             stats: BackupStats::default(),
         };
@@ -372,6 +449,52 @@ mod tests {
         let ok = Manifest { version: 1, ..m };
         let text = serde_json::to_vec(&ok).unwrap_or_default();
         assert_eq!(parse_manifest(&text), Ok(ok));
+    }
+
+    #[test]
+    fn a_document_copied_to_another_place_is_refused() {
+        let m = Manifest {
+            version: 1,
+            id: "nightly/i-1".into(),
+            resource: "i-1".into(),
+            region: "us-east-1".into(),
+            namespace: "team-a".into(),
+            job_name: "nightly".into(),
+            job_uid: "u".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            parent: None,
+            parent_refused: None,
+            volumes: vec![],
+            stats: BackupStats::default(),
+        };
+        assert_eq!(m.placed("nightly/i-1", Some("team-a")), Ok(()));
+        assert_eq!(m.placed("nightly/i-1", None), Ok(()));
+        assert!(
+            m.placed("weekly/i-1", Some("team-a"))
+                .is_err_and(|e| e.contains("nightly/i-1"))
+        );
+        assert!(
+            m.placed("nightly/i-1", Some("team-b"))
+                .is_err_and(|e| e.contains("team-a"))
+        );
+        let p = LatestPointer {
+            restore_point: "nightly/i-1".into(),
+            namespace: "team-a".into(),
+            region: "us-east-1".into(),
+            lineage: "i-1".into(),
+        };
+        assert_eq!(p.placed(Some("team-a"), "us-east-1", "i-1"), Ok(()));
+        assert_eq!(p.placed(None, "us-east-1", "i-1"), Ok(()));
+        for (ns, region, lineage) in [
+            (Some("team-b"), "us-east-1", "i-1"),
+            (Some("team-a"), "eu-west-1", "i-1"),
+            (Some("team-a"), "us-east-1", "i-2"),
+        ] {
+            assert!(
+                p.placed(ns, region, lineage).is_err(),
+                "{ns:?} {region} {lineage}"
+            );
+        }
     }
 
     #[test]

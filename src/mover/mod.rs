@@ -10,10 +10,18 @@
 //! unless all of them are there and intact; then it writes the blocks into
 //! a new snapshot. Reads, uploads and writes run [`CONCURRENCY`] at a time,
 //! so memory stays near `CONCURRENCY` blocks whatever the volume's size.
+//!
+//! Manifests and `latest` pointers are authenticated with the repository's
+//! KMS HMAC key (`integrity`): a manifest that does not verify is never
+//! restored from, and a `latest` pointer (or the manifest it names) that
+//! does not verify is never built on. A manifest is written only where
+//! none is (`If-None-Match: *`), so no restore point is ever replaced.
 
+pub mod integrity;
 pub mod manifest;
+mod restore;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -21,11 +29,13 @@ use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
 use crate::aws::ebs::BLOCK_SIZE;
+use crate::aws::repository::Created;
 use crate::aws::{AwsClients, AwsError};
 use crate::reasons::FailureReason;
 use manifest::{
     BackupStats, BlockRef, BlockSource, LatestPointer, Manifest, RepositoryLocation, VolumeImage,
 };
+pub use restore::{RestoreTarget, restore_volume, verify};
 
 /// Blocks in flight at once (each holds up to 512 KiB, plus its compressed copy).
 pub const CONCURRENCY: usize = 16;
@@ -64,6 +74,14 @@ pub enum MoverError {
     #[error("the manifest {key} cannot be read: {detail}")]
     ManifestInvalid { key: String, detail: String },
     #[error(
+        "{key} does not verify with the repository's integrity key: {detail}. It was changed, replaced or written without that key, so Tender will not use it; restore another restore point, and find out who else can write to the bucket"
+    )]
+    Unverified { key: String, detail: String },
+    #[error(
+        "the task's repository names no integrity key (spec.integrity.macKeyId), and nothing is written or read unauthenticated; the controller that launched this worker is older than the agent"
+    )]
+    NoIntegrityKey,
+    #[error(
         "restore point {id} already exists, written by another BackupJob (UID {other_uid}); give the job another name"
     )]
     RestorePointExists { id: String, other_uid: String },
@@ -84,6 +102,8 @@ impl MoverError {
             MoverError::ChunkCorrupt { .. } => FailureReason::ChunkCorrupt,
             MoverError::RestorePointNotFound { .. } => FailureReason::RestorePointNotFound,
             MoverError::ManifestInvalid { .. } => FailureReason::ManifestInvalid,
+            MoverError::Unverified { .. } => FailureReason::RestorePointUnverified,
+            MoverError::NoIntegrityKey => FailureReason::RepositoryMissing,
             MoverError::RestorePointExists { .. } => FailureReason::RestorePointExists,
             MoverError::OversizedBlock { .. } => FailureReason::SnapshotUnreadable,
         }
@@ -132,7 +152,7 @@ pub struct BackupRequest<'a> {
     pub volumes: &'a [SourceVolume],
 }
 
-fn sha256_hex(data: &[u8]) -> String {
+pub(crate) fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
@@ -155,74 +175,128 @@ async fn seal(data: Vec<u8>) -> Result<(String, Vec<u8>, bool), AwsError> {
     })
 }
 
-/// Reads the restore point `id`'s manifest.
+/// Reads the restore point `id`'s manifest, once it verifies with the
+/// repository's integrity key and names itself `id` of this namespace.
 pub async fn load_manifest(
     aws: &AwsClients,
     location: &RepositoryLocation,
     id: &str,
 ) -> Result<Manifest, MoverError> {
     let key = location.manifest_key(id);
-    let Some(text) = aws
-        .repository()
-        .get_object(&location.region, &location.bucket, &key)
-        .await?
-    else {
+    let Some(stored) = aws.repository().get_object(location, &key).await? else {
         return Err(MoverError::RestorePointNotFound {
             id: id.to_string(),
             bucket: location.bucket.clone(),
             key,
         });
     };
-    manifest::parse_manifest(&text).map_err(|detail| MoverError::ManifestInvalid { key, detail })
+    let text = integrity::verified(aws, location, &key, &stored).await?;
+    let manifest =
+        manifest::parse_manifest(&text).map_err(|detail| MoverError::ManifestInvalid {
+            key: key.clone(),
+            detail,
+        })?;
+    manifest
+        .placed(id, location.namespace.as_deref())
+        .map_err(|detail| MoverError::Unverified { key, detail })?;
+    Ok(manifest)
 }
 
-/// The newest restore point of `resource` in the repository, if any and
-/// readable; a broken pointer means a full backup, never a failed one.
-async fn latest(
+/// What the next backup builds on.
+#[derive(Default)]
+struct Parent {
+    manifest: Option<Manifest>,
+    /// Why the newest restore point was not trusted, when it was not.
+    refused: Option<String>,
+}
+
+/// The newest restore point of `lineage`, if there is one that can be
+/// trusted. A pointer or manifest that does not verify is not used at all
+/// (not even its list of chunks): the backup becomes a full one, which an
+/// altered pointer cannot make wrong, and the manifest says why. Refusing
+/// the backup instead would stop protection and gain nothing: whoever can
+/// alter the pointer can delete it, which also means a full backup.
+async fn parent(
     aws: &AwsClients,
     location: &RepositoryLocation,
     region: &str,
-    resource: &str,
-) -> Result<Option<Manifest>, MoverError> {
-    let key = location.latest_key(region, resource);
-    let Some(text) = aws
-        .repository()
-        .get_object(&location.region, &location.bucket, &key)
-        .await?
-    else {
-        return Ok(None);
+    lineage: &str,
+) -> Result<Parent, MoverError> {
+    let key = location.latest_key(region, lineage);
+    let Some(stored) = aws.repository().get_object(location, &key).await? else {
+        return Ok(Parent::default());
     };
-    let Ok(pointer) = serde_json::from_slice::<LatestPointer>(&text) else {
-        tracing::warn!(key, "unreadable latest pointer; taking a full backup");
-        return Ok(None);
+    let found = async {
+        let text = integrity::verified(aws, location, &key, &stored).await?;
+        let pointer: LatestPointer =
+            serde_json::from_slice(&text).map_err(|e| MoverError::ManifestInvalid {
+                key: key.clone(),
+                detail: e.to_string(),
+            })?;
+        pointer
+            .placed(location.namespace.as_deref(), region, lineage)
+            .map_err(|detail| MoverError::Unverified {
+                key: key.clone(),
+                detail,
+            })?;
+        load_manifest(aws, location, &pointer.restore_point).await
     };
-    match load_manifest(aws, location, &pointer.restore_point).await {
-        Ok(m) => Ok(Some(m)),
-        Err(MoverError::Aws(e)) => Err(e.into()),
+    match found.await {
+        Ok(manifest) => Ok(Parent {
+            manifest: Some(manifest),
+            refused: None,
+        }),
+        Err(e @ (MoverError::Aws(_) | MoverError::NoIntegrityKey)) => Err(e),
+        Err(e @ MoverError::Unverified { .. }) => {
+            tracing::warn!(error = %e, "the latest restore point does not verify; taking a full backup");
+            Ok(Parent {
+                manifest: None,
+                refused: Some(e.to_string()),
+            })
+        }
         Err(e) => {
             tracing::warn!(error = %e, "parent restore point unusable; taking a full backup");
-            Ok(None)
+            Ok(Parent::default())
         }
     }
 }
 
 /// Backs up `request.volumes` into one restore point and returns its
-/// manifest (already stored, and made the resource's latest).
+/// manifest (already stored, and made the resource's latest). A retried
+/// attempt whose earlier attempt stored the restore point returns that one.
 pub async fn backup(
     request: BackupRequest<'_>,
     progress: &Progress,
 ) -> Result<Manifest, MoverError> {
     let id = manifest::restore_point_id(request.job_name, request.resource);
-    check_not_taken(&request, &id).await?;
-    let parent = latest(
+    let manifest = match stored_by_this_job(&request, &id).await? {
+        Some(done) => done,
+        None => {
+            let manifest = copy(&request, id, progress).await?;
+            store_manifest(&request, manifest).await?
+        }
+    };
+    point_latest(&request, &manifest).await?;
+    Ok(manifest)
+}
+
+/// Copies the volumes' blocks into the repository (only what changed since
+/// the trusted parent) and returns the manifest that maps them.
+async fn copy(
+    request: &BackupRequest<'_>,
+    id: String,
+    progress: &Progress,
+) -> Result<Manifest, MoverError> {
+    let parent = parent(
         request.repository,
         request.location,
         request.region,
         request.lineage,
     )
     .await?;
+    let base = parent.manifest.as_ref();
     // Plan every volume first, so the total is known before the first read.
-    let plans = plan_volumes(&request, parent.as_ref()).await?;
+    let plans = plan_volumes(request, base).await?;
     let total: u64 = plans
         .iter()
         .flat_map(|p| p.blocks.iter())
@@ -234,11 +308,10 @@ pub async fn backup(
     progress.total.store(total, Ordering::Relaxed);
 
     let copy = BlockCopy {
-        request: &request,
+        request,
         progress,
         known: Mutex::new(
-            parent
-                .iter()
+            base.iter()
                 .flat_map(|p| p.volumes.iter())
                 .flat_map(|v| v.blocks.iter().map(|b| b.chunk.clone()))
                 .collect(),
@@ -266,40 +339,43 @@ pub async fn backup(
     }
     let mut stats = lock(&copy.stats).clone();
     stats.bytes_total = volumes.iter().map(VolumeImage::bytes).sum();
-    let manifest = Manifest {
+    Ok(Manifest {
         version: manifest::MANIFEST_VERSION,
-        id: id.clone(),
+        id,
         resource: request.resource.to_string(),
         region: request.region.to_string(),
+        namespace: request.location.namespace.clone().unwrap_or_default(),
         job_name: request.job_name.to_string(),
         job_uid: request.job_uid.to_string(),
         created_at: k8s_openapi::jiff::Timestamp::now().to_string(),
-        parent: parent.map(|p| p.id),
+        parent: parent.manifest.map(|p| p.id),
+        parent_refused: parent.refused,
         volumes,
         stats,
-    };
-    write_manifest(&request, &manifest).await?;
-    Ok(manifest)
+    })
 }
 
-/// A retried attempt of the same job overwrites its own restore point;
-/// another job's is never overwritten.
-async fn check_not_taken(request: &BackupRequest<'_>, id: &str) -> Result<(), MoverError> {
-    let loc = request.location;
-    if let Some(text) = request
-        .repository
-        .repository()
-        .get_object(&loc.region, &loc.bucket, &loc.manifest_key(id))
-        .await?
-        && let Ok(existing) = manifest::parse_manifest(&text)
-        && existing.job_uid != request.job_uid
-    {
-        return Err(MoverError::RestorePointExists {
-            id: id.to_string(),
-            other_uid: existing.job_uid,
-        });
+/// The restore point `id` as stored already: this job's own (an earlier
+/// attempt's, or this attempt's PUT that S3 stored before an error) is the
+/// restore point; another job's, or one that does not verify, is never
+/// replaced.
+async fn stored_by_this_job(
+    request: &BackupRequest<'_>,
+    id: &str,
+) -> Result<Option<Manifest>, MoverError> {
+    let exists = |other_uid: String| MoverError::RestorePointExists {
+        id: id.to_string(),
+        other_uid,
+    };
+    match load_manifest(request.repository, request.location, id).await {
+        Ok(m) if m.job_uid == request.job_uid => Ok(Some(m)),
+        Ok(m) => Err(exists(m.job_uid)),
+        Err(MoverError::RestorePointNotFound { .. }) => Ok(None),
+        Err(e @ (MoverError::Aws(_) | MoverError::NoIntegrityKey)) => Err(e),
+        Err(e) => Err(exists(format!(
+            "unknown: the stored manifest is unusable: {e}"
+        ))),
     }
-    Ok(())
 }
 
 /// One volume's plan: which blocks to read, which to reuse.
@@ -426,18 +502,14 @@ impl BlockCopy<'_, '_> {
         }
         let (loc, repo) = (self.request.location, self.request.repository);
         let key = loc.chunk_key(hash);
-        if repo
-            .repository()
-            .object_exists(&loc.region, &loc.bucket, &key)
-            .await?
-        {
+        if repo.repository().object_exists(loc, &key).await? {
             lock(&self.stats).chunks_deduplicated += 1;
             return Ok(());
         }
         let size = packed.len() as u64;
         let put = repo
             .repository()
-            .put_object(&loc.region, &loc.bucket, &key, packed, "application/zstd")
+            .put_object(loc, &key, packed, "application/zstd")
             .await;
         if let Err(e) = put {
             // Let a later block (or attempt) upload it.
@@ -452,32 +524,51 @@ impl BlockCopy<'_, '_> {
 }
 
 /// The manifest goes last: a restore point exists only once every chunk it
-/// names is stored. Then it becomes the resource's latest.
-async fn write_manifest(
+/// names is stored. It is written only where none is (`If-None-Match: *`):
+/// of two writers racing for one ID, S3 lets exactly one write, and the
+/// other finds the winner's manifest. Returns the manifest that is stored.
+async fn store_manifest(
     request: &BackupRequest<'_>,
-    manifest: &Manifest,
-) -> Result<(), MoverError> {
+    manifest: Manifest,
+) -> Result<Manifest, MoverError> {
     let (loc, repo) = (request.location, request.repository);
-    let text = serde_json::to_vec_pretty(manifest).unwrap_or_default();
-    repo.repository()
-        .put_object(
-            &loc.region,
-            &loc.bucket,
-            &loc.manifest_key(&manifest.id),
-            text,
-            "application/json",
-        )
-        .await?;
-    let pointer = serde_json::to_vec(&LatestPointer {
+    let text = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+    let sealed = integrity::authenticate(repo, loc, &text).await?;
+    let key = loc.manifest_key(&manifest.id);
+    match repo
+        .repository()
+        .create_object(loc, &key, sealed, "application/json")
+        .await?
+    {
+        Created::Written => Ok(manifest),
+        Created::AlreadyExists => {
+            stored_by_this_job(request, &manifest.id)
+                .await?
+                .ok_or_else(|| MoverError::RestorePointExists {
+                    id: manifest.id.clone(),
+                    other_uid: "unknown: it was deleted while this job wrote".into(),
+                })
+        }
+    }
+}
+
+/// Makes the restore point the latest of its lineage: the parent of the
+/// next backup.
+async fn point_latest(request: &BackupRequest<'_>, manifest: &Manifest) -> Result<(), MoverError> {
+    let (loc, repo) = (request.location, request.repository);
+    let pointer = LatestPointer {
         restore_point: manifest.id.clone(),
-    })
-    .unwrap_or_default();
+        namespace: loc.namespace.clone().unwrap_or_default(),
+        region: request.region.to_string(),
+        lineage: request.lineage.to_string(),
+    };
+    let text = serde_json::to_vec(&pointer).unwrap_or_default();
+    let sealed = integrity::authenticate(repo, loc, &text).await?;
     repo.repository()
         .put_object(
-            &loc.region,
-            &loc.bucket,
+            loc,
             &loc.latest_key(request.region, request.lineage),
-            pointer,
+            sealed,
             "application/json",
         )
         .await?;
@@ -486,156 +577,4 @@ async fn write_manifest(
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Fetches one chunk and checks it against its name.
-async fn fetch_chunk(
-    aws: &AwsClients,
-    loc: &RepositoryLocation,
-    manifest: &Manifest,
-    hash: &str,
-    users: &BTreeMap<String, Vec<i32>>,
-) -> Result<Vec<u8>, MoverError> {
-    let key = loc.chunk_key(hash);
-    let blocks = || users.get(hash).cloned().unwrap_or_default();
-    let Some(packed) = aws
-        .repository()
-        .get_object(&loc.region, &loc.bucket, &key)
-        .await?
-    else {
-        return Err(MoverError::ChunkMissing {
-            restore_point: manifest.id.clone(),
-            key,
-            blocks: blocks(),
-        });
-    };
-    let expected = hash.to_string();
-    let checked = tokio::task::spawn_blocking(move || {
-        let data = zstd::bulk::decompress(&packed, BLOCK_SIZE).map_err(|e| e.to_string())?;
-        let actual = sha256_hex(&data);
-        if actual == expected {
-            Ok(data)
-        } else {
-            Err(format!("its data hashes to {actual}"))
-        }
-    })
-    .await
-    .map_err(|e| AwsError::Unreachable {
-        operation: "VerifyChunk",
-        detail: e.to_string(),
-    })?;
-    checked.map_err(|detail| MoverError::ChunkCorrupt {
-        restore_point: manifest.id.clone(),
-        key,
-        blocks: blocks(),
-        detail,
-    })
-}
-
-/// Checks that every chunk of `volume` is in the repository and intact.
-pub async fn verify(
-    aws: &AwsClients,
-    loc: &RepositoryLocation,
-    manifest: &Manifest,
-    volume: &VolumeImage,
-    progress: &Progress,
-) -> Result<(), MoverError> {
-    let users = manifest::chunk_users(std::slice::from_ref(volume));
-    let lengths: BTreeMap<&str, u64> = volume
-        .blocks
-        .iter()
-        .map(|b| (b.chunk.as_str(), u64::from(b.length)))
-        .collect();
-    // Owned items: a stream of borrowed ones makes the future unspawnable
-    // (rustc cannot prove it for every lifetime).
-    let hashes: Vec<String> = users.keys().cloned().collect();
-    futures::stream::iter(hashes)
-        .map(|hash| {
-            let users = &users;
-            let lengths = &lengths;
-            async move {
-                fetch_chunk(aws, loc, manifest, &hash, users).await?;
-                let n = users.get(&hash).map_or(0, |u| u.len() as u64);
-                progress.done.fetch_add(
-                    n * lengths.get(hash.as_str()).copied().unwrap_or(0),
-                    Ordering::Relaxed,
-                );
-                Ok::<(), MoverError>(())
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .try_collect::<Vec<()>>()
-        .await?;
-    Ok(())
-}
-
-/// Where and how a restored snapshot is written.
-pub struct RestoreTarget<'a> {
-    /// Clients of the account the snapshot is written in.
-    pub aws: &'a AwsClients,
-    pub region: &'a str,
-    pub description: &'a str,
-    pub tags: &'a [(String, String)],
-    /// Makes a retried StartSnapshot return the same snapshot.
-    pub client_token: &'a str,
-}
-
-/// Restores one volume of a restore point into a new snapshot and returns
-/// its ID. Every chunk is verified first; when one is missing or corrupt,
-/// nothing is written. Progress counts the verification and the writes
-/// (twice the volume's bytes).
-pub async fn restore_volume(
-    repo: &AwsClients,
-    loc: &RepositoryLocation,
-    manifest: &Manifest,
-    volume: &VolumeImage,
-    target: RestoreTarget<'_>,
-    progress: &Progress,
-) -> Result<String, MoverError> {
-    // Added, not set: a full restore moves several volumes with one Progress.
-    progress
-        .total
-        .fetch_add(2 * volume.bytes(), Ordering::Relaxed);
-    verify(repo, loc, manifest, volume, progress).await?;
-    let snapshot_id = target
-        .aws
-        .snapshots()
-        .start_snapshot(
-            target.region,
-            volume.size_gib,
-            target.description,
-            target.tags,
-            target.client_token,
-        )
-        .await?;
-    let users = manifest::chunk_users(std::slice::from_ref(volume));
-    futures::stream::iter(volume.blocks.clone())
-        .map(|block| {
-            let users = &users;
-            let snapshot_id = &snapshot_id;
-            async move {
-                let mut data = fetch_chunk(repo, loc, manifest, &block.chunk, users).await?;
-                // EBS writes whole blocks; a short one ends in zeros.
-                data.resize(BLOCK_SIZE, 0);
-                target
-                    .aws
-                    .snapshots()
-                    .put_snapshot_block(target.region, snapshot_id, block.index, data)
-                    .await?;
-                progress
-                    .done
-                    .fetch_add(u64::from(block.length), Ordering::Relaxed);
-                Ok::<(), MoverError>(())
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .try_collect::<Vec<()>>()
-        .await?;
-    let written = i32::try_from(volume.blocks.len()).unwrap_or(i32::MAX);
-    target
-        .aws
-        .snapshots()
-        .complete_snapshot(target.region, &snapshot_id, written)
-        .await?;
-    Ok(snapshot_id)
 }

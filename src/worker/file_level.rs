@@ -26,6 +26,8 @@ pub(super) async fn serve(
             "the task names no repository, restore point or session",
         ));
     };
+    // Verified as a restore's is: a manifest that does not verify with the
+    // repository's integrity key is never browsed (RestorePointUnverified).
     let manifest = mover::load_manifest(aws, repository, id)
         .await
         .map_err(|e| mover_failure(e, repository))?;

@@ -265,26 +265,28 @@ async fn backup(aws: &AwsClients, task: &WorkerTask, progress: &Progress) -> Res
         progress,
     )
     .await;
-    let manifest = match manifest {
-        Ok(m) => m,
-        Err(e) => {
-            // The snapshots taken for a backup that failed are no restore
-            // point's base: they would only cost money. (A retry takes new
-            // ones.)
-            if from_instance {
-                for v in &volumes {
-                    if let Err(e) = source
-                        .snapshots()
-                        .delete_snapshot(region, &v.snapshot_id)
-                        .await
-                    {
-                        warn!(error = %e, snapshot = v.snapshot_id, "could not delete the failed backup's snapshot");
-                    }
-                }
-            }
-            return Err(mover_failure(e, repository));
-        }
+    // The snapshots taken for a backup that failed, or that found its
+    // restore point stored by an earlier attempt, are no restore point's
+    // base: they would only cost money. (A retry takes new ones.)
+    let used: Vec<&str> = match &manifest {
+        Ok(m) => m.volumes.iter().map(|v| v.snapshot_id.as_str()).collect(),
+        Err(_) => Vec::new(),
     };
+    if from_instance {
+        for v in volumes
+            .iter()
+            .filter(|v| !used.contains(&v.snapshot_id.as_str()))
+        {
+            if let Err(e) = source
+                .snapshots()
+                .delete_snapshot(region, &v.snapshot_id)
+                .await
+            {
+                warn!(error = %e, snapshot = v.snapshot_id, "could not delete a snapshot no restore point uses");
+            }
+        }
+    }
+    let manifest = manifest.map_err(|e| mover_failure(e, repository))?;
     if from_instance {
         forget_parent_snapshots((aws, &source), region, &manifest, task).await;
     }
@@ -298,8 +300,14 @@ async fn backup(aws: &AwsClients, task: &WorkerTask, progress: &Progress) -> Res
 /// What a backup did, for the job's status.
 fn backup_detail(manifest: &Manifest) -> String {
     let s = &manifest.stats;
+    let refused = match &manifest.parent_refused {
+        Some(why) => format!(
+            " (warning: the latest restore point was not trusted, so this is a full backup: {why})"
+        ),
+        None => String::new(),
+    };
     format!(
-        "restore point {}: {} of data, {} blocks read, {} reused from {}, {} chunks uploaded ({}), {} already stored",
+        "restore point {}: {} of data, {} blocks read, {} reused from {}, {} chunks uploaded ({}), {} already stored{refused}",
         manifest.id,
         mib(s.bytes_total),
         s.blocks_read,

@@ -8,6 +8,9 @@ use std::process::Command;
 
 use tender::aws::AwsClients;
 use tender::aws::ebs::BLOCK_SIZE;
+use tender::mover::BackupRequest;
+use tender::mover::SourceVolume;
+use tender::mover::manifest::RepositoryLocation;
 
 use super::{REGION, unique};
 
@@ -239,4 +242,35 @@ pub async fn own_snapshots(ec2: &aws_sdk_ec2::Client) -> Vec<String> {
         .iter()
         .filter_map(|s| s.snapshot_id().map(String::from))
         .collect()
+}
+
+/// A backup by the job `(name, UID)` of `volumes` into `loc`, as the
+/// resource (and lineage) `disk-1`; `aws` reads the snapshots and writes
+/// the repository.
+pub fn backup_request<'a>(
+    aws: &'a AwsClients,
+    loc: &'a RepositoryLocation,
+    (job_name, job_uid): (&'a str, &'a str),
+    volumes: &'a [SourceVolume],
+) -> BackupRequest<'a> {
+    BackupRequest {
+        source: aws,
+        repository: aws,
+        location: loc,
+        region: REGION,
+        resource: "disk-1",
+        lineage: "disk-1",
+        job_name,
+        job_uid,
+        volumes,
+    }
+}
+
+/// The one volume of a snapshot that came from no instance.
+pub fn snapshot_volume(snapshot_id: &str) -> [SourceVolume; 1] {
+    [SourceVolume {
+        snapshot_id: snapshot_id.to_string(),
+        device: None,
+        volume_id: None,
+    }]
 }

@@ -35,6 +35,7 @@ use tender::api::{
 
 pub mod commands;
 pub mod disks;
+pub mod keys;
 pub mod reports;
 pub mod workers;
 
@@ -96,6 +97,53 @@ pub async fn sqs() -> aws_sdk_sqs::Client {
         .load()
         .await;
     aws_sdk_sqs::Client::new(&conf)
+}
+
+/// The emulator's configuration, acting through `role_arn` when given.
+pub async fn config_as(role_arn: Option<&str>) -> aws_config::SdkConfig {
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .load()
+        .await;
+    match role_arn {
+        Some(role_arn) => with_credentials(&conf, &assumed(&conf, role_arn).await),
+        None => conf,
+    }
+}
+
+/// A session of `role_arn` in the emulator: key, secret and token.
+async fn assumed(conf: &aws_config::SdkConfig, role_arn: &str) -> (String, String, String) {
+    let out = aws_sdk_sts::Client::new(conf)
+        .assume_role()
+        .role_arn(role_arn)
+        .role_session_name("tender-tests")
+        .send()
+        .await
+        .expect("assume role in the emulator");
+    let c = out.credentials().unwrap();
+    (
+        c.access_key_id().to_string(),
+        c.secret_access_key().to_string(),
+        c.session_token().to_string(),
+    )
+}
+
+/// `conf` acting with the session `(key, secret, token)`.
+fn with_credentials(
+    conf: &aws_config::SdkConfig,
+    (key, secret, token): &(String, String, String),
+) -> aws_config::SdkConfig {
+    let creds =
+        aws_credential_types::Credentials::new(key, secret, Some(token.clone()), None, "tests");
+    conf.to_builder()
+        .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(creds))
+        .build()
+}
+
+/// A new KMS HMAC key (the integrity key of a BackupRepository) in the
+/// account of `role_arn` (the emulator's own without one); its ARN.
+pub async fn hmac_key(role_arn: Option<&str>) -> String {
+    keys::hmac_key(&config_as(role_arn).await).await
 }
 
 /// Installs (server-side applies) the CRDs and waits until they are served.
@@ -492,27 +540,8 @@ impl TestEnv {
 
     /// A bucket in the account of `role_arn`, for workers that run there.
     pub async fn bucket_in(&self, role_arn: &str) -> String {
-        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(REGION))
-            .load()
-            .await;
-        let out = aws_sdk_sts::Client::new(&conf)
-            .assume_role()
-            .role_arn(role_arn)
-            .role_session_name("tender-tests")
-            .send()
-            .await
-            .expect("assume role in the emulator");
-        let c = out.credentials().unwrap();
-        let creds = aws_credential_types::Credentials::new(
-            c.access_key_id(),
-            c.secret_access_key(),
-            Some(c.session_token().to_string()),
-            None,
-            "tests",
-        );
+        let conf = config_as(Some(role_arn)).await;
         let scoped = aws_sdk_s3::config::Builder::from(&conf)
-            .credentials_provider(creds)
             .force_path_style(true)
             .build();
         disks::create_bucket(&aws_sdk_s3::Client::from_conf(scoped)).await
@@ -521,40 +550,13 @@ impl TestEnv {
     /// Assumes a role in another (emulated) account, and boots the workers
     /// launched there too. Returns EC2 and SQS clients that act in it.
     pub async fn assume(&self, role_arn: &str) -> (aws_sdk_ec2::Client, aws_sdk_sqs::Client) {
-        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(REGION))
-            .load()
-            .await;
-        let out = aws_sdk_sts::Client::new(&conf)
-            .assume_role()
-            .role_arn(role_arn)
-            .role_session_name("tender-tests")
-            .send()
-            .await
-            .expect("assume role in the emulator");
-        let c = out.credentials().unwrap();
-        let (key, secret, token) = (
-            c.access_key_id().to_string(),
-            c.secret_access_key().to_string(),
-            c.session_token().to_string(),
-        );
-        let creds = aws_credential_types::Credentials::new(
-            &key,
-            &secret,
-            Some(token.clone()),
-            None,
-            "tests",
-        );
-        let scoped = conf
-            .to_builder()
-            .credentials_provider(
-                aws_credential_types::provider::SharedCredentialsProvider::new(creds),
-            )
-            .build();
+        let conf = config_as(None).await;
+        let session = assumed(&conf, role_arn).await;
+        let scoped = with_credentials(&conf, &session);
         let ec2 = aws_sdk_ec2::Client::new(&scoped);
         self.accounts.lock().unwrap().push(Account {
             ec2: ec2.clone(),
-            credentials: Some((key, secret, token)),
+            credentials: Some(session),
         });
         (ec2, aws_sdk_sqs::Client::new(&scoped))
     }
@@ -626,7 +628,9 @@ impl TestEnv {
 
     /// Creates this test's BackupRepository `name` (logical, as for
     /// configurations) for `bucket` of the emulator's own account, admitting
-    /// this test's namespace; `extra` is merged into its spec.
+    /// this test's namespace; `extra` is merged into its spec. Unless
+    /// `extra` names one, its integrity key is a new HMAC key of the account
+    /// its `access` role acts in (the workers', which MAC with it).
     pub async fn create_repository(
         &self,
         name: &str,
@@ -639,6 +643,10 @@ impl TestEnv {
             "expectedBucketOwner": EMULATOR_ACCOUNT,
             "namespaceSelector": self.admits_this_namespace(),
         });
+        if extra.get("integrity").is_none() {
+            let role = extra.pointer("/access/roleArn").and_then(|r| r.as_str());
+            spec["integrity"] = serde_json::json!({"macKeyId": hmac_key(role).await});
+        }
         merge(&mut spec, extra);
         let repo: BackupRepository = serde_json::from_value(serde_json::json!({
             "apiVersion": "tender.dev/v1alpha1", "kind": "BackupRepository",

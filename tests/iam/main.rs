@@ -576,6 +576,48 @@ fn queue_permissions_cover_tender_queues_only() {
     }
 }
 
+/// Every worker policy that grants a MAC action names the integrity key
+/// (not every key) and only with the algorithm the code uses.
+#[test]
+fn the_integrity_key_is_named_not_every_key() {
+    for profile in WorkerProfile::ALL {
+        let policy = workers::policy(profile);
+        for action in ["kms:GenerateMac", "kms:VerifyMac"] {
+            for s in policy.granting(action) {
+                assert!(
+                    s.resources
+                        .iter()
+                        .all(|r| r.contains(":key/") && !r.ends_with("key/*")),
+                    "{} {}: {action} on {:?}: name the integrity key, not every key",
+                    policy.file,
+                    s.sid,
+                    s.resources
+                );
+                assert!(
+                    s.requires("kms:MacAlgorithm", tender::mover::integrity::ALGORITHM),
+                    "{} {}: {action} must require kms:MacAlgorithm {}",
+                    policy.file,
+                    s.sid,
+                    tender::mover::integrity::ALGORITHM
+                );
+            }
+        }
+        // Only a backup writes restore points: only it makes MACs.
+        let makes_macs = !policy.granting("kms:GenerateMac").is_empty();
+        assert_eq!(
+            makes_macs,
+            profile == WorkerProfile::Backup,
+            "{}: kms:GenerateMac",
+            policy.file
+        );
+        assert!(
+            !policy.granting("kms:VerifyMac").is_empty(),
+            "{}: every worker reads restore points, so needs kms:VerifyMac",
+            policy.file
+        );
+    }
+}
+
 #[test]
 fn globs_match_as_iam_does() {
     assert!(glob(

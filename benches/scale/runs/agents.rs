@@ -94,9 +94,10 @@ fn task(w: &World, n: usize, i: usize, queue_url: &str) -> WorkerTask {
         heartbeat_seconds: HEARTBEAT_SECONDS.parse().unwrap(),
         cluster_id: None,
         source_access: None,
-        repository: Some(tender::mover::manifest::RepositoryLocation::new(
-            &w.bucket, "", REGION,
-        )),
+        repository: Some(
+            tender::mover::manifest::RepositoryLocation::new(&w.bucket, "", REGION)
+                .with_mac_key(&w.mac_key),
+        ),
         restore_point: None,
         device: None,
         all_volumes: false,

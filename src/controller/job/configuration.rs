@@ -119,6 +119,15 @@ pub fn choose_repository<'a>(
         })?;
     admits(chosen.spec.namespace_selector.as_ref(), labels)
         .map_err(|why| not_admitted("BackupRepository", &chosen.name_any(), why))?;
+    if chosen.spec.integrity.is_none() {
+        return Err(Problem {
+            reason: BlockedReason::RepositoryIntegrityMissing,
+            message: format!(
+                "BackupRepository {:?} has no spec.integrity.macKeyId, so its restore points could not be authenticated; ask an admin to set it (a KMS HMAC_256 key)",
+                chosen.name_any()
+            ),
+        });
+    }
     Ok(chosen)
 }
 
@@ -231,6 +240,7 @@ mod tests {
     fn repository(name: &str, admits: Option<LabelSelector>) -> Arc<BackupRepository> {
         let mut spec: BackupRepositorySpec = serde_json::from_value(serde_json::json!({
             "bucket": "backups", "region": "us-east-1", "expectedBucketOwner": "123456789012",
+            "integrity": {"macKeyId": "alias/tender-integrity"},
         }))
         .expect("spec");
         spec.namespace_selector = admits;
@@ -402,5 +412,16 @@ mod tests {
         assert_eq!(err.reason, "NamespaceNotAdmitted");
         let err = choose_repository(&by("gone"), &repos, &team_a).expect_err("missing");
         assert_eq!(err.reason, "BackupRepositoryNotFound");
+        // Stored before spec.integrity existed: used by no job.
+        let mut unkeyed = (*repository("unkeyed", selector(&[("team", "a")]))).clone();
+        unkeyed.spec.integrity = None;
+        match choose_repository(&by("unkeyed"), &[Arc::new(unkeyed)], &team_a) {
+            Err(p) => assert!(
+                p.reason == BlockedReason::RepositoryIntegrityMissing
+                    && p.message.contains("spec.integrity.macKeyId"),
+                "{p:?}"
+            ),
+            Ok(_) => panic!("a repository without an integrity key was chosen"),
+        }
     }
 }

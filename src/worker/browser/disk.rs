@@ -95,11 +95,7 @@ impl RepositoryDisk {
         let key = inner.location.chunk_key(hash);
         let packed = inner
             .runtime
-            .block_on(inner.aws.repository().get_object(
-                &inner.location.region,
-                &inner.location.bucket,
-                &key,
-            ))
+            .block_on(inner.aws.repository().get_object(&inner.location, &key))
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("chunk {key} is missing from the repository"))?;
         let mut data = zstd::bulk::decompress(&packed, BLOCK_SIZE)

@@ -87,13 +87,7 @@ async fn copy_to_s3(
         let put = target
             .aws
             .repository()
-            .put_object(
-                &location.region,
-                &location.bucket,
-                &key,
-                data,
-                "application/octet-stream",
-            )
+            .put_object(location, &key, data, "application/octet-stream")
             .await;
         if let Err(e) = put {
             return Err(server_error(format!(
