@@ -128,6 +128,16 @@ pub struct RepositoryIntegrity {
     pub mac_key_id: String,
 }
 
+impl RepositoryEncryption {
+    /// The KMS key S3 encrypts with; `None` for SSE-S3.
+    pub fn kms_key(&self) -> Option<&str> {
+        match self.kind {
+            EncryptionKind::SseKms => self.kms_key_id.as_deref(),
+            EncryptionKind::SseS3 => None,
+        }
+    }
+}
+
 /// Which server-side encryption S3 applies.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum EncryptionKind {

@@ -126,10 +126,7 @@ async fn check(
             ),
         })?;
     let probe = format!("{}.tender-probe/{cluster_id}", base.prefix);
-    let kms = match spec.encryption.kind {
-        crate::api::EncryptionKind::SseKms => spec.encryption.kms_key_id.as_deref(),
-        crate::api::EncryptionKind::SseS3 => None,
-    };
+    let kms = spec.encryption.kms_key();
     aws.repository()
         .probe_write(bucket, &probe, kms)
         .await

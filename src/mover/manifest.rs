@@ -106,10 +106,7 @@ impl RepositoryLocation {
 
     fn owned_by(mut self, repository: &crate::api::BackupRepositorySpec) -> Self {
         self.expected_owner = Some(repository.expected_bucket_owner.clone());
-        self.kms_key_id = match repository.encryption.kind {
-            crate::api::EncryptionKind::SseKms => repository.encryption.kms_key_id.clone(),
-            crate::api::EncryptionKind::SseS3 => None,
-        };
+        self.kms_key_id = repository.encryption.kms_key().map(String::from);
         self
     }
 
