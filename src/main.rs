@@ -241,3 +241,29 @@ fn hostname() -> String {
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "tender".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `/metrics` answers without authentication: by default only on
+    /// loopback, and the worker sender check is on.
+    #[test]
+    fn the_controller_defaults_are_the_safe_ones() {
+        // The defaults, as the parser gives them with none of these set.
+        for var in ["TENDER_METRICS_ADDRESS", "TENDER_REQUIRE_WORKER_SENDER"] {
+            assert!(std::env::var_os(var).is_none(), "{var} is set");
+        }
+        let cli = Cli::try_parse_from(["tender", "controller"]).expect("parses");
+        let Command::Controller {
+            metrics_address,
+            require_worker_sender,
+            ..
+        } = cli.command
+        else {
+            panic!("not the controller command");
+        };
+        assert_eq!(metrics_address, "127.0.0.1:8080");
+        assert!(require_worker_sender);
+    }
+}
