@@ -227,6 +227,10 @@ where
     (controller, store)
 }
 
+/// How long the namespace watch may take to list before the controller
+/// gives up with a message.
+const NAMESPACE_WATCH_START: Duration = Duration::from_secs(60);
+
 /// The namespaces jobs run in (all, or `only`), for the classes'
 /// `namespaceSelector`: returns once the watch has listed them, so that no
 /// job is judged against labels not seen yet.
@@ -245,11 +249,20 @@ async fn watch_namespaces(
             .reflect(writer)
             .for_each(|_| futures::future::ready(())),
     );
-    store
-        .wait_until_ready()
-        .await
-        .map_err(|e| format!("the namespace watch did not start: {e}"))?;
-    Ok((store, task))
+    // A watch that cannot list (RBAC from an older chart, say) retries
+    // forever: say what is missing instead of waiting without a word.
+    match tokio::time::timeout(NAMESPACE_WATCH_START, store.wait_until_ready()).await {
+        Ok(Ok(())) => Ok((store, task)),
+        Ok(Err(e)) => Err(format!("the namespace watch did not start: {e}").into()),
+        Err(_) => {
+            task.abort();
+            Err(format!(
+                "could not list namespaces within {} s: the controller reads their labels for the classes' namespaceSelector; grant it list and watch on namespaces (the chart's ClusterRole does)",
+                NAMESPACE_WATCH_START.as_secs()
+            )
+            .into())
+        }
+    }
 }
 
 /// The stores of the watched kinds.
