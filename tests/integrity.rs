@@ -144,6 +144,37 @@ async fn a_tampered_manifest_is_never_restored_nor_browsed() {
     }
 }
 
+/// Someone who can write the bucket plants junk under the names of blocks
+/// they expect (a public AMI's, say) before any backup wrote them: the
+/// backup does not take them for stored chunks, and the restore point
+/// restores.
+#[tokio::test]
+async fn chunks_planted_before_the_first_backup_are_not_taken_for_stored() {
+    use sha2::Digest;
+    let image = Ext4Image::build(&[("etc/motd", b"planted\n".to_vec())], 8);
+    let (env, _aws, s3, disk) = world("planted-chunks", &image).await;
+    let loc = location(&env).await;
+    let blocks = disks::data_blocks(&image.bytes);
+    assert!(!blocks.is_empty());
+    for block in blocks.values() {
+        let name = hex::encode(sha2::Sha256::digest(block));
+        s3.put_object()
+            .bucket(&loc.bucket)
+            .key(loc.chunk_key(&name))
+            .body(b"not the block".to_vec().into())
+            .send()
+            .await
+            .unwrap();
+    }
+    env.back_up("nightly", &disk, TIMEOUT).await;
+    let point = format!("nightly/{disk}");
+    env.create_restore("bring-back", "volume", &point, serde_json::json!({}))
+        .await;
+    let done = env.wait_restore_finished("bring-back", TIMEOUT).await;
+    let status = done.status.unwrap();
+    assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
+}
+
 #[tokio::test]
 async fn a_tampered_latest_pointer_is_not_built_on() {
     let image = Ext4Image::build(&[("data.bin", disks::random_bytes(1 << 20, 9))], 8);

@@ -156,6 +156,19 @@ pub(crate) fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
+/// A stored chunk's block, when its bytes decompress to data that hashes to
+/// `expected` (its name); else what is wrong. Blocking: call it off the
+/// async threads.
+pub(crate) fn check_chunk(packed: &[u8], expected: &str) -> Result<Vec<u8>, String> {
+    let data = zstd::bulk::decompress(packed, BLOCK_SIZE).map_err(|e| e.to_string())?;
+    let actual = sha256_hex(&data);
+    if actual == expected {
+        Ok(data)
+    } else {
+        Err(format!("its data hashes to {actual}"))
+    }
+}
+
 /// Hash and compress a block off the async threads.
 async fn seal(data: Vec<u8>) -> Result<(String, Vec<u8>, bool), AwsError> {
     tokio::task::spawn_blocking(move || {
@@ -502,9 +515,31 @@ impl BlockCopy<'_, '_> {
         }
         let (loc, repo) = (self.request.location, self.request.repository);
         let key = loc.chunk_key(hash);
-        if repo.repository().object_exists(loc, &key).await? {
-            lock(&self.stats).chunks_deduplicated += 1;
-            return Ok(());
+        // A chunk the verified parent does not name is trusted only once
+        // its bytes hash to its name: someone who can write the bucket (but
+        // not MAC a manifest) could have planted junk under the name of a
+        // block they expect (a public AMI's, say) before any backup wrote it.
+        if let Some(stored) = repo.repository().get_object(loc, &key).await? {
+            let expected = hash.to_string();
+            let intact = tokio::task::spawn_blocking(move || check_chunk(&stored, &expected))
+                .await
+                .map_err(|e| AwsError::Unreachable {
+                    operation: "VerifyChunk",
+                    detail: e.to_string(),
+                })?;
+            match intact {
+                Ok(_) => {
+                    lock(&self.stats).chunks_deduplicated += 1;
+                    return Ok(());
+                }
+                Err(detail) => {
+                    tracing::warn!(
+                        key,
+                        detail,
+                        "a stored chunk does not match its name; writing it again"
+                    );
+                }
+            }
         }
         let size = packed.len() as u64;
         let put = repo

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use futures::{StreamExt, TryStreamExt};
 
 use super::manifest::{self, Manifest, RepositoryLocation, VolumeImage};
-use super::{CONCURRENCY, MoverError, Progress, sha256_hex};
+use super::{CONCURRENCY, MoverError, Progress, check_chunk};
 use crate::aws::ebs::BLOCK_SIZE;
 use crate::aws::{AwsClients, AwsError};
 
@@ -29,20 +29,12 @@ async fn fetch_chunk(
         });
     };
     let expected = hash.to_string();
-    let checked = tokio::task::spawn_blocking(move || {
-        let data = zstd::bulk::decompress(&packed, BLOCK_SIZE).map_err(|e| e.to_string())?;
-        let actual = sha256_hex(&data);
-        if actual == expected {
-            Ok(data)
-        } else {
-            Err(format!("its data hashes to {actual}"))
-        }
-    })
-    .await
-    .map_err(|e| AwsError::Unreachable {
-        operation: "VerifyChunk",
-        detail: e.to_string(),
-    })?;
+    let checked = tokio::task::spawn_blocking(move || check_chunk(&packed, &expected))
+        .await
+        .map_err(|e| AwsError::Unreachable {
+            operation: "VerifyChunk",
+            detail: e.to_string(),
+        })?;
     checked.map_err(|detail| MoverError::ChunkCorrupt {
         restore_point: manifest.id.clone(),
         key,
