@@ -175,6 +175,38 @@ async fn chunks_planted_before_the_first_backup_are_not_taken_for_stored() {
     assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
 }
 
+/// A document planted where a job will write its restore point is named
+/// for what it is: tampering (`RestorePointUnverified`, with its key), not
+/// another job's restore point.
+#[tokio::test]
+async fn a_planted_manifest_is_reported_as_tampering() {
+    let image = Ext4Image::build(&[("etc/motd", b"mine\n".to_vec())], 8);
+    let (env, _aws, s3, disk) = world("planted-manifest", &image).await;
+    let loc = location(&env).await;
+    let key = loc.manifest_key(&format!("nightly/{disk}"));
+    s3.put_object()
+        .bucket(&loc.bucket)
+        .key(&key)
+        .body(b"{}".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    env.create_job("nightly", &disk, serde_json::json!({}))
+        .await;
+    let done = env.wait_job_finished("nightly", TIMEOUT).await;
+    let status = done.status.unwrap();
+    let worker = &status.workers[0];
+    assert_eq!(
+        worker.reason.as_deref(),
+        Some("RestorePointUnverified"),
+        "{worker:?}"
+    );
+    assert!(
+        worker.message.as_deref().unwrap_or_default().contains(&key),
+        "{worker:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_tampered_latest_pointer_is_not_built_on() {
     let image = Ext4Image::build(&[("data.bin", disks::random_bytes(1 << 20, 9))], 8);

@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::index::ConfigKey;
 use super::job::core::binding::{self, Refusal};
+use super::job::kind::WorkerJob;
 use crate::api::{BackupJob, RestoreJob};
 use crate::aws::AwsClients;
 use crate::aws::queues::ReceivedMessage;
@@ -329,7 +330,7 @@ impl Pump {
             }
             refusal
         })?;
-        let Some((job, configuration)) = self.job_of(&message) else {
+        let Some((job, configuration, worker)) = self.job_of(&message) else {
             warn!(
                 namespace = message.namespace,
                 job = message.job_name,
@@ -349,6 +350,18 @@ impl Pump {
             );
             return Err(Refusal::WrongQueue);
         }
+        if let Some(refusal) = worker {
+            warn!(
+                queue_url = self.queue_url,
+                job = message.job_name,
+                resource = message.resource,
+                attempt = message.attempt,
+                instance_id = message.instance_id,
+                %refusal,
+                "dropping worker message that does not speak for one of its job's workers"
+            );
+            return Err(refusal);
+        }
         let sender = received.sender_id.as_deref();
         if self.require_sender
             && let Some(refusal) = binding::sender_refusal(sender, &message.instance_id)
@@ -366,28 +379,39 @@ impl Pump {
         Ok((message, job))
     }
 
-    /// The job a message names (namespace, name and UID must match), and
-    /// the configuration its status names.
-    fn job_of(&self, message: &WorkerMessage) -> Option<(JobRef, Option<String>)> {
+    /// The job a message names (namespace, name and UID must match), the
+    /// configuration its status names, and why the message may not speak
+    /// for the worker it names, if so.
+    fn job_of(&self, message: &WorkerMessage) -> Option<(JobRef, Option<String>, Option<Refusal>)> {
         let uid = Some(message.job_uid.as_str());
         let backup = ObjectRef::<BackupJob>::new(&message.job_name).within(&message.namespace);
         if let Some(job) = self.jobs.backups.get(&backup)
             && job.metadata.uid.as_deref() == uid
         {
-            let configuration = job
-                .status
-                .as_ref()
-                .and_then(|s| s.worker_configuration.clone());
-            return Some((JobRef::Backup(backup), configuration));
+            let (configuration, worker) = binding_of(&*job, message);
+            return Some((JobRef::Backup(backup), configuration, worker));
         }
         let restore = ObjectRef::<RestoreJob>::new(&message.job_name).within(&message.namespace);
         let job = self.jobs.restores.get(&restore)?;
         (job.metadata.uid.as_deref() == uid).then(|| {
-            let configuration = job
-                .status
-                .as_ref()
-                .and_then(|s| s.worker_configuration.clone());
-            (JobRef::Restore(restore), configuration)
+            let (configuration, worker) = binding_of(&*job, message);
+            (JobRef::Restore(restore), configuration, worker)
         })
     }
+}
+
+/// The configuration a job's status names, and whether `message` may speak
+/// for the worker it names (see `binding::worker_refusal`).
+fn binding_of<K: WorkerJob>(job: &K, message: &WorkerMessage) -> (Option<String>, Option<Refusal>) {
+    let status = job.job_status();
+    let recorded = status.and_then(|s| s.workers.iter().find(|w| w.resource == message.resource));
+    let known = binding::KnownWorker {
+        resource_is_the_jobs: job.targets().iter().any(|t| t.id == message.resource),
+        first_attempts: job.limits().backoff_limit.max(0) + 1,
+        recorded: recorded.map(|w| (w.attempt, w.instance_id.as_deref())),
+    };
+    (
+        status.and_then(|s| s.worker_configuration.clone()),
+        binding::worker_refusal(known, message),
+    )
 }

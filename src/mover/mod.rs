@@ -384,7 +384,11 @@ async fn stored_by_this_job(
         Ok(m) if m.job_uid == request.job_uid => Ok(Some(m)),
         Ok(m) => Err(exists(m.job_uid)),
         Err(MoverError::RestorePointNotFound { .. }) => Ok(None),
-        Err(e @ (MoverError::Aws(_) | MoverError::NoIntegrityKey)) => Err(e),
+        // A document there that does not verify is tampering, and says so
+        // (naming the key), rather than passing for another job's.
+        Err(
+            e @ (MoverError::Aws(_) | MoverError::NoIntegrityKey | MoverError::Unverified { .. }),
+        ) => Err(e),
         Err(e) => Err(exists(format!(
             "unknown: the stored manifest is unusable: {e}"
         ))),

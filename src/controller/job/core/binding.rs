@@ -36,6 +36,11 @@ pub enum Refusal {
     WrongRestorePoint,
     /// A browser session at a host that is not the worker's own address.
     ForeignBrowserHost,
+    /// For a resource the job does not have, or an attempt it cannot have
+    /// launched yet.
+    UnknownWorker,
+    /// For a worker attempt whose recorded instance is another one.
+    ForeignInstance,
 }
 
 impl Refusal {
@@ -50,6 +55,8 @@ impl Refusal {
             Refusal::SequenceJump => "SequenceJump",
             Refusal::WrongRestorePoint => "WrongRestorePoint",
             Refusal::ForeignBrowserHost => "ForeignBrowserHost",
+            Refusal::UnknownWorker => "UnknownWorker",
+            Refusal::ForeignInstance => "ForeignInstance",
         }
     }
 
@@ -72,6 +79,40 @@ impl fmt::Display for Refusal {
 /// configuration's queue is `expected` (unknown: none may).
 pub fn queue_refusal(arrived_on: &str, expected: Option<&str>) -> Option<Refusal> {
     (expected != Some(arrived_on)).then_some(Refusal::WrongQueue)
+}
+
+/// What the job knows of the worker a message speaks for.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KnownWorker<'a> {
+    /// Whether the message's resource is one of the job's.
+    pub resource_is_the_jobs: bool,
+    /// The attempts the backoff limit allows before any is recorded.
+    pub first_attempts: i32,
+    /// The job's recorded worker of that resource: its attempt, and its
+    /// instance once known.
+    pub recorded: Option<(i32, Option<&'a str>)>,
+}
+
+/// Whether a message may speak for the worker it names, before it counts
+/// even as a heartbeat: its resource must be the job's and its attempt one
+/// the job can have launched (so that a worker cannot grow the
+/// controller's memory with made-up workers), and once the job's status
+/// names that attempt's instance, it must come from that instance (so that
+/// one worker cannot keep another job's hung worker alive).
+pub fn worker_refusal(known: KnownWorker<'_>, message: &WorkerMessage) -> Option<Refusal> {
+    // One attempt past the recorded one: a retry's record may lag.
+    let max_attempt = known
+        .recorded
+        .map_or(known.first_attempts, |(attempt, _)| attempt + 1);
+    if !known.resource_is_the_jobs || message.attempt < 1 || message.attempt > max_attempt {
+        return Some(Refusal::UnknownWorker);
+    }
+    match known.recorded {
+        Some((attempt, Some(id))) if attempt == message.attempt && id != message.instance_id => {
+            Some(Refusal::ForeignInstance)
+        }
+        _ => None,
+    }
 }
 
 /// Whether SQS's `SenderId` is the worker instance `instance_id` itself.

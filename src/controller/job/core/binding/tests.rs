@@ -366,3 +366,87 @@ fn parse_errors_are_malformed_or_oversized() {
     assert_eq!(Refusal::of_parse_error(&garbage), Refusal::Malformed);
     assert_eq!(Refusal::SequenceJump.to_string(), "SequenceJump");
 }
+
+#[test]
+fn a_message_speaks_only_for_a_worker_its_job_can_have() {
+    let worker = |attempt: i32, instance: Option<&'static str>| KnownWorker {
+        resource_is_the_jobs: true,
+        first_attempts: 7,
+        recorded: Some((attempt, instance)),
+    };
+    let from = |attempt: i32, instance: &str| {
+        let mut m = message(1, WorkerEvent::Heartbeat);
+        m.attempt = attempt;
+        m.instance_id = instance.into();
+        m
+    };
+    let me = "i-0aaaaaaaaaaaaaaaa";
+    let unrecorded = KnownWorker {
+        resource_is_the_jobs: true,
+        first_attempts: 7,
+        recorded: None,
+    };
+    let cases: [(&str, KnownWorker<'_>, WorkerMessage, Option<Refusal>); 10] = [
+        ("no worker recorded yet", unrecorded, from(1, me), None),
+        (
+            "an attempt the backoff limit allows",
+            unrecorded,
+            from(7, me),
+            None,
+        ),
+        (
+            "beyond the backoff limit",
+            unrecorded,
+            from(8, me),
+            Some(Refusal::UnknownWorker),
+        ),
+        (
+            "its recorded instance",
+            worker(2, Some(me)),
+            from(2, me),
+            None,
+        ),
+        (
+            "before its instance is recorded",
+            worker(2, None),
+            from(2, me),
+            None,
+        ),
+        (
+            "the next attempt, while its record lags",
+            worker(2, Some("i-0bbbbbbbbbbbbbbbb")),
+            from(3, me),
+            None,
+        ),
+        (
+            "another instance for a recorded attempt",
+            worker(2, Some("i-0bbbbbbbbbbbbbbbb")),
+            from(2, me),
+            Some(Refusal::ForeignInstance),
+        ),
+        (
+            "an attempt the job cannot have launched",
+            worker(2, None),
+            from(9, me),
+            Some(Refusal::UnknownWorker),
+        ),
+        (
+            "attempt zero",
+            worker(2, None),
+            from(0, me),
+            Some(Refusal::UnknownWorker),
+        ),
+        (
+            "a resource the job does not have",
+            KnownWorker {
+                resource_is_the_jobs: false,
+                ..worker(2, None)
+            },
+            from(2, me),
+            Some(Refusal::UnknownWorker),
+        ),
+    ];
+    for (name, known, message, want) in cases {
+        assert_eq!(worker_refusal(known, &message), want, "{name}");
+    }
+}
