@@ -60,6 +60,9 @@ failure_reasons! {
         SourceSnapshotFailed,
         /// The source is not one the configuration's `allowedSources` admits.
         SourceNotAllowed,
+        /// A full restore names a security group its configuration's
+        /// `restoreSecurityGroupIds` does not list.
+        SecurityGroupNotAllowed,
         RepositoryNotFound,
         RestorePointExists,
         RestorePointNotFound,

@@ -306,11 +306,22 @@ impl Sa<'_> {
         }
     }
 
-    /// Asserts every check, listing all that fail.
+    /// Asserts every check, listing all that fail. The API server's RBAC
+    /// authorizer learns of new Roles and bindings from a watch, a moment
+    /// after they are created: a check is asked again for up to 10 s
+    /// before it counts as wrong.
     fn assert_permissions(&self, checks: &[Check]) {
-        let wrong: Vec<String> = checks
-            .iter()
-            .filter(|c| self.can(c) != c.allowed)
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut pending: Vec<&Check> = checks.iter().collect();
+        loop {
+            pending.retain(|c| self.can(c) != c.allowed);
+            if pending.is_empty() || std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        let wrong: Vec<String> = pending
+            .into_iter()
             .map(|c| {
                 format!(
                     "{} {}{} in {}: expected {}",

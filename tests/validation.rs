@@ -121,6 +121,11 @@ fn invalid_manifests() -> Vec<Case> {
         ),
         case(
             "WorkerConfiguration",
+            json!({"restoreSecurityGroupIds": ["default"]}),
+            "spec.restoreSecurityGroupIds",
+        ),
+        case(
+            "WorkerConfiguration",
             json!({"securityGroupIds": ["sg-0123456789abcdef"]}),
             "spec.securityGroupIds",
         ),

@@ -84,6 +84,15 @@ pub struct WorkerConfigurationSpec {
     #[schemars(length(max = 5), inner(pattern(SECURITY_GROUP_PATTERN)))]
     pub security_group_ids: Vec<String>,
 
+    /// Security groups a full restore may attach to the instance it
+    /// launches in these subnets: a RestoreJob's `securityGroupIds` must all
+    /// be listed here, or its worker fails with `SecurityGroupNotAllowed`
+    /// before anything is launched. Empty: restored instances get the VPC's
+    /// default group only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50), inner(pattern(SECURITY_GROUP_PATTERN)))]
+    pub restore_security_group_ids: Vec<String>,
+
     /// Networks (CIDRs) whose browsers may reach the file-level recovery
     /// browser on TCP 443 of a worker, for the managed security group.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -83,9 +83,19 @@ impl WorkerJob for RestoreJob {
     async fn locate(
         &self,
         _target: &Target,
-        _config: &WorkerConfiguration,
+        config: &WorkerConfiguration,
         _ctx: &Context,
     ) -> Result<Result<Located, NotLocated>> {
+        let requested = self.spec.security_group_ids.as_deref().unwrap_or_default();
+        if let Some(group) = group_not_allowed(requested, &config.spec.restore_security_group_ids) {
+            return Ok(Err(NotLocated {
+                reason: FailureReason::SecurityGroupNotAllowed,
+                message: format!(
+                    "security group {group} is not one WorkerConfiguration {:?} lets restores attach (spec.restoreSecurityGroupIds); ask an admin to add it, or leave spec.securityGroupIds unset for the VPC's default group",
+                    config.name_any()
+                ),
+            }));
+        }
         Ok(Ok(Located {
             zone: self.spec.availability_zone.clone(),
             size_gib: 0,
@@ -584,6 +594,16 @@ fn restored_files_location(job: &RestoreJob, ctx: &Context) -> Result<Option<Rep
     )))
 }
 
+/// The first of a restore's requested security groups that the admin's
+/// list does not hold: a namespace user must not attach any group of the
+/// VPC to an instance they can log into.
+fn group_not_allowed<'a>(requested: &'a [String], allowed: &[String]) -> Option<&'a str> {
+    requested
+        .iter()
+        .find(|g| !allowed.contains(g))
+        .map(String::as_str)
+}
+
 /// 32 random bytes, hex.
 fn random_token() -> Result<String> {
     let mut bytes = [0u8; 32];
@@ -592,90 +612,4 @@ fn random_token() -> Result<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn snapshot(owner: &str, job_uid: Option<&str>) -> SnapshotInfo {
-        SnapshotInfo {
-            snapshot_id: "snap-0123456789abcdef0".into(),
-            state: "completed".into(),
-            volume_size_gib: 8,
-            volume_id: None,
-            tags: job_uid
-                .map(|u| (tags::JOB_UID.to_string(), u.to_string()))
-                .into_iter()
-                .collect(),
-            owner_id: Some(owner.into()),
-        }
-    }
-
-    #[test]
-    fn only_the_workers_own_snapshots_are_restored() {
-        const ACCOUNT: &str = "111122223333";
-        const UID: &str = "5f0c7a1e-job";
-        let id = "snap-0123456789abcdef0";
-        let own = snapshot(ACCOUNT, Some(UID));
-        let cases = [
-            ("its own", Some(own.clone()), Some(ACCOUNT), None),
-            ("missing", None, Some(ACCOUNT), Some("does not exist")),
-            (
-                "another account's",
-                Some(snapshot("444455556666", Some(UID))),
-                Some(ACCOUNT),
-                Some("owned by account 444455556666"),
-            ),
-            (
-                "untagged",
-                Some(snapshot(ACCOUNT, None)),
-                Some(ACCOUNT),
-                Some("does not carry this job's tag"),
-            ),
-            (
-                "another job's",
-                Some(snapshot(ACCOUNT, Some("other-job"))),
-                Some(ACCOUNT),
-                Some("does not carry this job's tag"),
-            ),
-            (
-                "no known account",
-                Some(own),
-                None,
-                Some("not by the workers' account ?"),
-            ),
-        ];
-        for (name, found, account, want) in cases {
-            let got = snapshot_problem(id, found.as_ref(), UID, account);
-            match (got, want) {
-                (None, None) => {}
-                (Some(problem), Some(want)) => assert!(problem.contains(want), "{name}: {problem}"),
-                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn the_workers_account_is_their_roles() {
-        let mut config: WorkerConfiguration = serde_json::from_value(serde_json::json!({
-            "apiVersion": "tender.dev/v1alpha1", "kind": "WorkerConfiguration",
-            "metadata": {"name": "c"}, "spec": {"region": "us-east-1", "imageId": "ami-01234567"},
-            "status": {"accountId": "111122223333"}
-        }))
-        .unwrap();
-        let mut w = WorkerStatus::default();
-        assert_eq!(
-            workers_account(&w, &config).as_deref(),
-            Some("111122223333")
-        );
-        w.access = Some(crate::api::AccountAccess {
-            role_arn: "arn:aws:iam::444455556666:role/tender-backup".into(),
-            external_id: None,
-        });
-        assert_eq!(
-            workers_account(&w, &config).as_deref(),
-            Some("444455556666")
-        );
-        config.status = None;
-        w.access = None;
-        assert_eq!(workers_account(&w, &config), None);
-    }
-}
+mod tests;
