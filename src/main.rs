@@ -80,6 +80,10 @@ enum Command {
         /// endpoints and instance type offerings.
         #[arg(long, default_value_t = 300, env = "TENDER_NETWORK_RECHECK_SECONDS")]
         network_recheck_seconds: u64,
+        /// Seconds between counts of each BackupRepository's restore points
+        /// and bytes (a listing: one S3 call per 1 000 objects).
+        #[arg(long, default_value_t = 3600, env = "TENDER_REPOSITORY_COUNT_SECONDS")]
+        repository_count_seconds: u64,
         /// Seconds between garbage-collection sweeps.
         #[arg(long, default_value_t = 60, env = "TENDER_SWEEP_INTERVAL_SECONDS")]
         sweep_interval_seconds: u64,
@@ -141,6 +145,7 @@ fn main() -> ExitCode {
             sweep_interval_seconds,
             sweep_grace_seconds,
             network_recheck_seconds,
+            repository_count_seconds,
             require_worker_sender,
             trusted_browser_hosts,
         } => {
@@ -161,6 +166,7 @@ fn main() -> ExitCode {
                 class_selector,
                 heartbeat_seconds,
                 network_recheck: Duration::from_secs(network_recheck_seconds.max(1)),
+                repository_count: Duration::from_secs(repository_count_seconds.max(1)),
                 metrics_address,
                 election,
                 sweep: SweepConfig {

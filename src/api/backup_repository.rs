@@ -173,7 +173,8 @@ pub struct BackupRepositoryStatus {
     /// Bytes stored under the prefix (chunks and manifests).
     #[serde(default)]
     pub stored_bytes: i64,
-    /// When the counts were taken.
+    /// When the counts were taken (at most hourly, and at once after a
+    /// change of the spec).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_checked_time: Option<Time>,
 }

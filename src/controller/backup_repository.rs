@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
@@ -42,9 +42,19 @@ pub async fn reconcile(repo: Arc<BackupRepository>, ctx: Arc<Context>) -> Result
     let before = repo.status.clone().unwrap_or_default();
     let mut status = before.clone();
     status.observed_generation = repo.metadata.generation;
-    let (phase, desired) = match check(&aws, &repo, &ctx.cluster_id).await {
+    let interval = SignedDuration::try_from(ctx.repository_count).unwrap_or(SignedDuration::MAX);
+    let recount = counts_are_due(
+        &before,
+        repo.metadata.generation,
+        Timestamp::now(),
+        interval,
+    );
+    let (phase, desired) = match check(&aws, &repo, &ctx.cluster_id, recount).await {
         Ok(listing) => {
-            count(&mut status, &repo, &listing);
+            if let Some(listing) = listing {
+                count(&mut status, &repo, &listing);
+                status.last_checked_time = Some(Time(Timestamp::now()));
+            }
             let message = format!(
                 "s3://{}/{} is reachable, owned by {} and writable; it holds {} restore points",
                 repo.spec.bucket,
@@ -90,18 +100,38 @@ pub async fn reconcile(repo: Arc<BackupRepository>, ctx: Arc<Context>) -> Result
         ctx.event(&*repo, type_, &reason, "CheckRepository", note)
             .await;
     }
-    status.last_checked_time = Some(Time(Timestamp::now()));
-    apply_status(&api, &*repo, &status, &ctx.metrics).await?;
-    Ok(Action::requeue(ctx.network_recheck))
+    if status != before {
+        apply_status(&api, &*repo, &status, &ctx.metrics).await?;
+    }
+    Ok(Action::requeue(
+        ctx.network_recheck.min(ctx.repository_count),
+    ))
+}
+
+/// Whether to list the repository again: never counted, counted for an
+/// older spec, or counted `interval` ago or more. A listing costs one call
+/// per 1 000 objects, which a large repository should not pay at every
+/// reachability check (`--repository-count-seconds`, an hour by default).
+fn counts_are_due(
+    before: &BackupRepositoryStatus,
+    generation: Option<i64>,
+    now: Timestamp,
+    interval: SignedDuration,
+) -> bool {
+    match &before.last_checked_time {
+        Some(t) if before.observed_generation == generation => now.duration_since(t.0) >= interval,
+        _ => true,
+    }
 }
 
 /// Whether the bucket answers for its expected owner and takes a write;
-/// then what it holds under the prefix.
+/// then, when `recount`, what it holds under the prefix.
 async fn check(
     aws: &AwsClients,
     repo: &BackupRepository,
     cluster_id: &str,
-) -> std::result::Result<Listing, Finding> {
+    recount: bool,
+) -> std::result::Result<Option<Listing>, Finding> {
     let spec = &repo.spec;
     if spec.integrity.is_none() {
         return Err(Finding {
@@ -137,6 +167,9 @@ async fn check(
                 spec.bucket, base.prefix
             ),
         })?;
+    if !recount {
+        return Ok(None);
+    }
     let prefix = base.prefix.clone();
     aws.repository()
         .list_prefix(bucket, &base.prefix, |key| {
@@ -150,6 +183,7 @@ async fn check(
                 spec.bucket, base.prefix
             ),
         })
+        .map(Some)
 }
 
 /// The namespace whose restore point manifest `key` is
@@ -182,6 +216,35 @@ fn count(status: &mut BackupRepositoryStatus, repo: &BackupRepository, listing: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_are_taken_at_first_on_a_new_spec_and_hourly() {
+        let at = |secs: i64| Timestamp::from_second(1_700_000_000 + secs).expect("time");
+        let counted = |secs: i64, generation: i64| BackupRepositoryStatus {
+            observed_generation: Some(generation),
+            last_checked_time: Some(Time(at(secs))),
+            ..Default::default()
+        };
+        let cases = [
+            (
+                "never counted",
+                BackupRepositoryStatus::default(),
+                Some(1),
+                true,
+            ),
+            ("counted a minute ago", counted(0, 1), Some(1), false),
+            ("counted an hour ago", counted(-3600, 1), Some(1), true),
+            ("counted for an older spec", counted(0, 1), Some(2), true),
+        ];
+        for (name, before, generation, due) in cases {
+            let hour = SignedDuration::from_hours(1);
+            assert_eq!(
+                counts_are_due(&before, generation, at(60), hour),
+                due,
+                "{name}"
+            );
+        }
+    }
 
     #[test]
     fn only_manifests_under_a_namespace_count_as_restore_points() {

@@ -149,6 +149,8 @@ pub struct Context {
     pub heartbeat_seconds: u64,
     /// How often configurations re-check their network (see Options).
     pub network_recheck: Duration,
+    /// How often repositories are counted (see Options).
+    pub repository_count: Duration,
     /// Hosts a file-level session may be at besides its worker's own
     /// addresses (see Options).
     pub trusted_browser_hosts: Vec<String>,
@@ -307,6 +309,8 @@ pub struct Options {
     /// How often configurations re-check subnets, endpoints and instance
     /// types, which change outside Kubernetes.
     pub network_recheck: Duration,
+    /// How often a BackupRepository's restore points and bytes are counted.
+    pub repository_count: Duration,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub metrics_address: String,
     /// Leader election; `None` runs without it (a single replica).

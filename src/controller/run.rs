@@ -305,6 +305,7 @@ impl Context {
             trusted_browser_hosts: opts.trusted_browser_hosts.clone(),
             heartbeat_seconds: opts.heartbeat_seconds,
             network_recheck: opts.network_recheck,
+            repository_count: opts.repository_count,
             namespace: opts.namespace.clone(),
             started_at: Timestamp::now(),
             failures: Mutex::default(),

@@ -444,6 +444,7 @@ impl TestEnv {
                 "2",
             ])
             .args(["--network-recheck-seconds", "1"])
+            .args(["--repository-count-seconds", "1"])
             .args(args)
             // The emulator names one fixed SenderId for every message, and
             // its agents serve file-level sessions on loopback, not at the
