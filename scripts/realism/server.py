@@ -1,0 +1,196 @@
+"""Tender's test world: the moto AWS emulator, made as strict as AWS.
+
+    python scripts/realism/server.py -H 127.0.0.1 -p PORT
+
+Serves moto's every service on one port, like `moto_server`, with AWS's
+documented behaviours that moto lacks patched into its models (ec2.py,
+ebs.py) or applied to requests here:
+
+- EC2 Describe calls by id answer NotFound for a short while after the
+  resource was created ("Eventual consistency in the Amazon EC2 API", EC2
+  API Reference);
+- S3 answers a GET or HEAD of a missing key with 403 AccessDenied unless
+  the caller may s3:ListBucket the bucket (access.py);
+- the EBS direct APIs are throttled at their quotas and refuse to read a
+  snapshot that is not completed (ebs.py).
+
+GET /realism/ answers the settings in force and counters of what the layer
+did (refusals, throttles), so tests can check that the world is strict.
+Settings come from the environment (world.Settings). README.md, "Test
+environment", lists what this world reproduces and what it cannot.
+"""
+
+import argparse
+import io
+import json
+import os
+import signal
+import sys
+from urllib.parse import parse_qs
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from moto.moto_server.werkzeug_app import (  # noqa: E402
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import run_simple  # noqa: E402
+
+import access  # noqa: E402
+import ebs  # noqa: E402
+import ec2  # noqa: E402
+from world import Settings, World  # noqa: E402
+
+# Describe action -> (id parameter, error code, message format).
+_DESCRIBE_BY_ID = {
+    "DescribeInstances": ("InstanceId", "InvalidInstanceID.NotFound", "The instance ID '{}' does not exist"),
+    "DescribeSnapshots": ("SnapshotId", "InvalidSnapshot.NotFound", "The snapshot '{}' does not exist."),
+    "DescribeVolumes": ("VolumeId", "InvalidVolume.NotFound", "The volume '{}' does not exist."),
+    "DescribeImages": ("ImageId", "InvalidAMIID.NotFound", "The image id '[{}]' does not exist"),
+    "DescribeSecurityGroups": ("GroupId", "InvalidGroup.NotFound", "The security group '{}' does not exist"),
+}
+
+
+def _headers(environ):
+    out = {}
+    for k, v in environ.items():
+        if k.startswith("HTTP_"):
+            out[k[5:].replace("_", "-").title()] = v
+    if environ.get("CONTENT_TYPE"):
+        out["Content-Type"] = environ["CONTENT_TYPE"]
+    return out
+
+
+def _ec2_error(code, message):
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message>"
+        "</Error></Errors><RequestID>realism</RequestID></Response>"
+    ).encode()
+    return 400, [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))], body
+
+
+def _s3_denied(head):
+    body = b"" if head else (
+        b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+        b"<Message>Access Denied</Message><RequestId>realism</RequestId></Error>"
+    )
+    headers = [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))]
+    return 403, headers, body
+
+
+def _status_line(code):
+    return {400: "400 Bad Request", 403: "403 Forbidden", 404: "404 Not Found", 200: "200 OK"}.get(
+        code, f"{code} Error"
+    )
+
+
+class Realism:
+    def __init__(self, app, world):
+        self.app = app
+        self.world = world
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO", "").startswith("/realism"):
+            return self._control(start_response)
+        self.world.advance()
+        headers = _headers(environ)
+        region, service = access.credential_scope(headers)
+        method = environ.get("REQUEST_METHOD", "GET")
+        answer = None
+        if service == "ec2" and method == "POST":
+            answer = self._ec2(environ)
+        elif service == "ebs":
+            query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+            refusal = ebs.check(method, environ.get("PATH_INFO", ""), access.account_of(headers), region, query)
+            if refusal is not None:
+                answer = ebs.refusal_response(refusal)
+        elif service == "s3" and method in ("GET", "HEAD"):
+            return self._s3(environ, start_response, headers, method == "HEAD")
+        if answer is not None:
+            status, hdrs, body = answer
+            start_response(_status_line(status), hdrs)
+            return [body]
+        return self.app(environ, start_response)
+
+    def _ec2(self, environ):
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        params = parse_qs(body.decode("utf-8", "replace"))
+        action = (params.get("Action") or [""])[0]
+        known = _DESCRIBE_BY_ID.get(action)
+        if not known:
+            return None
+        name, code, message = known
+        for key, values in params.items():
+            if key.startswith(name + ".") and key[len(name) + 1:].isdigit():
+                for rid in values:
+                    if self.world.fresh(rid):
+                        self.world.count(f"not-found:{action}")
+                        return _ec2_error(code, message.format(rid))
+        return None
+
+    def _s3(self, environ, start_response, headers, head):
+        parts = environ.get("PATH_INFO", "").lstrip("/").split("/", 1)
+        if len(parts) < 2 or not parts[1]:
+            return self.app(environ, start_response)
+        bucket = parts[0]
+        captured = {}
+
+        def capture(status, hdrs, exc_info=None):
+            captured["status"], captured["headers"] = status, hdrs
+            return lambda _data: None
+
+        body = b"".join(self.app(environ, capture))
+        status = captured.get("status", "500")
+        missing_key = status.startswith("404") and (
+            b"<Code>NoSuchKey</Code>" in body or (head and _bucket_exists(bucket))
+        )
+        if missing_key and not access.may_list_bucket(headers, bucket):
+            self.world.count("s3:403-for-missing-key")
+            code, hdrs, body = _s3_denied(head)
+            start_response(_status_line(code), hdrs)
+            return [body]
+        start_response(status, captured.get("headers", []))
+        return [body]
+
+    def _control(self, start_response):
+        with self.world.lock:
+            body = json.dumps(
+                {"settings": self.world.settings.as_dict(), "counters": dict(self.world.counters)}
+            ).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+
+def _bucket_exists(name):
+    from moto.s3.models import s3_backends
+
+    for _account, partitions in list(s3_backends.items()):
+        backend = partitions.get("aws") if hasattr(partitions, "get") else None
+        if backend is not None and name in backend.buckets:
+            return True
+    return False
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("-H", "--host", default="127.0.0.1")
+    parser.add_argument("-p", "--port", type=int, default=5000)
+    args = parser.parse_args()
+    os.environ.setdefault("MOTO_PORT", str(args.port))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+    world = World(Settings())
+    ec2.install(world)
+    ebs.install(world)
+    world.start_ticker()
+    app = Realism(DomainDispatcherApplication(create_backend_app), world)
+    print(f"realism: serving moto on {args.host}:{args.port} with {world.settings.as_dict()}", flush=True)
+    run_simple(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
+
+
+if __name__ == "__main__":
+    main()
