@@ -60,7 +60,12 @@ def policies_of(headers):
         return None
     except KeyError:
         return None
-    return [IAMPolicy(p)._policy_json for p in principal.collect_policies()]
+    try:
+        return [IAMPolicy(p)._policy_json for p in principal.collect_policies()]
+    except Exception:
+        # A session of a role the emulator never had (moto's AssumeRole
+        # does not check that the role exists): nothing to evaluate.
+        return None
 
 
 def _action_matches(statement, action):
@@ -83,13 +88,18 @@ def _resource_matches(statement, resource):
     return any(fnmatch.fnmatchcase(resource, p) for p in pats)
 
 
-def _conditions_hold(statement, context):
+def _conditions_hold(statement, context, absent):
+    """Whether a statement's conditions hold. Keys in `context` are checked;
+    keys in `absent` are known to be missing from the request (the
+    condition fails unless it is ...IfExists); any other key is one the
+    test world cannot know, and is taken to hold (actions are enforced here,
+    conditions are proven by tests/iam)."""
     for operator, block in (statement.get("Condition") or {}).items():
         for key, expected in block.items():
             if key not in context:
-                if operator.endswith("IfExists"):
-                    continue
-                return False
+                if key in absent and not operator.endswith("IfExists"):
+                    return False
+                continue
             expected = [expected] if isinstance(expected, str) else expected
             actual = context[key]
             op = operator.replace("IfExists", "")
@@ -102,17 +112,23 @@ def _conditions_hold(statement, context):
     return True
 
 
-def allowed(policies, action, resource, context=None):
-    """Whether identity `policies` allow `action` on `resource`."""
+def allowed(policies, action, resource, context=None, absent=()):
+    """Whether identity `policies` allow `action` on `resource` (None: any
+    resource, when the test world cannot name the one a request acts on)."""
     context = context or {}
     allow = False
     for doc in policies:
         statements = doc.get("Statement", [])
         statements = [statements] if isinstance(statements, dict) else statements
         for st in statements:
-            if not (_action_matches(st, action) and _resource_matches(st, resource)):
+            if not _action_matches(st, action):
                 continue
-            if not _conditions_hold(st, context):
+            if resource is not None and not _resource_matches(st, resource):
+                continue
+            if resource is None and st.get("Effect") == "Deny" and st.get("Condition"):
+                # A conditional Deny on an unknown resource: cannot tell.
+                continue
+            if not _conditions_hold(st, context, absent):
                 continue
             if st.get("Effect") == "Deny":
                 return False
@@ -120,9 +136,72 @@ def allowed(policies, action, resource, context=None):
     return allow
 
 
+def bucket_owner(bucket):
+    from moto.s3.models import s3_backends
+
+    for account, partitions in list(s3_backends.items()):
+        backend = partitions.get("aws") if hasattr(partitions, "get") else None
+        if backend is not None and bucket in backend.buckets:
+            return account
+    return None
+
+
 def may_list_bucket(headers, bucket):
     """Whether the caller of a request may list `bucket` (see module doc)."""
     policies = policies_of(headers)
     if policies is None:
         return True
-    return allowed(policies, "s3:ListBucket", f"arn:aws:s3:::{bucket}")
+    context = {"s3:ResourceAccount": bucket_owner(bucket) or ""}
+    return allowed(
+        policies, "s3:ListBucket", f"arn:aws:s3:::{bucket}", context, absent={"s3:prefix"}
+    )
+
+
+def _s3_context(response, resource):
+    """The S3 condition keys the test world knows for a request."""
+    bucket = resource.split(":::", 1)[-1].split("/", 1)[0]
+    context = {"s3:ResourceAccount": bucket_owner(bucket) or ""}
+    prefix = response.querystring.get("prefix")
+    if prefix:
+        context["s3:prefix"] = prefix[0] if isinstance(prefix, list) else prefix
+    elif response.data.get("Action") == "ListBucket":
+        context["s3:prefix"] = ""
+    return context
+
+
+def install(world):
+    """Enforces the actions of IAM identities' policies (users and assumed
+    roles the emulator knows); the environment's own key stays an
+    administrator. moto's own enforcement (INITIAL_NO_AUTH_ACTION_COUNT)
+    would need every caller to be an IAM identity and matches every
+    non-S3 request against the resource `*`; here S3 requests are matched
+    against their bucket and key, every other request on its action."""
+    from moto.core.authorization import ActionAuthenticatorMixin
+
+    def authorize(self, iam_request_cls, resource="*"):
+        headers = dict(self.headers)
+        policies = policies_of(headers)
+        if policies is None:
+            return
+        _region, service = credential_scope(headers)
+        action = self._get_action()
+        name = f"{service}:{action}"
+        if name == "sts:GetCallerIdentity":
+            return
+        if service == "s3":
+            ok = allowed(policies, name, resource, _s3_context(self, resource))
+        else:
+            ok = allowed(policies, name, None)
+        if ok:
+            return
+        world.count(f"denied:{name}")
+        print(f"realism: denied {name} on {resource} to {access_key(headers)}", flush=True)
+        if service == "s3":
+            from moto.s3.exceptions import S3AccessDeniedError
+
+            raise S3AccessDeniedError()
+        from moto.core.exceptions import AccessDeniedError
+
+        raise AccessDeniedError(user_arn=access_key(headers), action=name)
+
+    ActionAuthenticatorMixin._authenticate_and_authorize_action = authorize

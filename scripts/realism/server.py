@@ -186,6 +186,7 @@ def main():
     world = World(Settings())
     ec2.install(world)
     ebs.install(world)
+    access.install(world)
     world.start_ticker()
     app = Realism(DomainDispatcherApplication(create_backend_app), world)
     print(f"realism: serving moto on {args.host}:{args.port} with {world.settings.as_dict()}", flush=True)
