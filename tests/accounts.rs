@@ -136,7 +136,7 @@ async fn workers_run_in_the_production_account_through_its_role() {
 
     let there = workers_in(&prod_ec2, &uid).await;
     assert_eq!(there.len(), 1, "the worker ran in the production account");
-    assert_eq!(common::state(&there[0]), "terminated");
+    common::assert_terminating(&there[0]);
     assert!(
         workers_in(&env.ec2, &uid).await.is_empty(),
         "and not in the controller's own"

@@ -146,7 +146,7 @@ async fn the_examples_apply_and_reach_their_states() {
     );
     let instances = env.workers_of(job.metadata.uid.as_deref().unwrap()).await;
     assert_eq!(instances.len(), 1);
-    assert_eq!(common::state(&instances[0]), "terminated");
+    common::assert_terminating(&instances[0]);
     // The repository answers, and counts the restore point.
     let repository = env
         .wait_repository(&bucket, TIMEOUT, |r| {
@@ -301,7 +301,7 @@ async fn the_examples_apply_and_reach_their_states() {
         )
         .await;
     assert_eq!(workers.len(), 1);
-    assert_eq!(common::state(&workers[0]), "terminated");
+    common::assert_terminating(&workers[0]);
     let jobs: Api<BackupJob> = env.api();
     assert_eq!(jobs.list(&Default::default()).await.unwrap().items.len(), 2);
 }

@@ -247,5 +247,5 @@ async fn a_browser_downloads_a_file_from_a_file_level_recovery_session() {
     );
     let workers = env.workers_of(&restore.uid().unwrap()).await;
     assert_eq!(workers.len(), 1);
-    assert_eq!(common::state(&workers[0]), "terminated");
+    common::assert_terminating(&workers[0]);
 }

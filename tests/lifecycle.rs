@@ -69,7 +69,7 @@ async fn a_lost_worker_is_retried_then_the_job_fails_at_the_backoff_limit() {
         .map(|i| TestEnv::tags(i)["tender.dev/launch-token"].clone())
         .collect();
     assert_eq!(tokens.len(), 2, "each attempt has its own launch token");
-    assert!(instances.iter().all(|i| common::state(i) == "terminated"));
+    instances.iter().for_each(common::assert_terminating);
 
     let reasons: Vec<String> = env.events().await.into_iter().map(|(r, _)| r).collect();
     for reason in ["WorkerLost", "WorkerRetried", "JobFailed"] {
@@ -107,7 +107,7 @@ async fn the_active_deadline_stops_a_job_and_its_worker() {
     );
     let instances = env.workers_of(&uid).await;
     assert_eq!(instances.len(), 1);
-    assert_eq!(common::state(&instances[0]), "terminated");
+    common::assert_terminating(&instances[0]);
 }
 
 #[tokio::test]
@@ -140,7 +140,7 @@ async fn a_finished_job_is_deleted_after_its_ttl() {
     .await;
     let instances = env.workers_of(&uid).await;
     assert_eq!(instances.len(), 1);
-    assert_eq!(common::state(&instances[0]), "terminated");
+    common::assert_terminating(&instances[0]);
 }
 
 #[tokio::test]
@@ -177,7 +177,7 @@ async fn a_suspended_job_launches_nothing_until_resumed() {
     assert!(condition(&job, "Suspended").is_none());
     let instances = env.workers_of(&uid).await;
     assert_eq!(instances.len(), 1);
-    assert_eq!(common::state(&instances[0]), "terminated");
+    common::assert_terminating(&instances[0]);
 }
 
 #[tokio::test]
@@ -226,7 +226,7 @@ async fn a_controller_killed_right_after_run_instances_adopts_the_worker_on_rest
             .as_deref(),
         instances[0].instance_id()
     );
-    assert_eq!(common::state(&instances[0]), "terminated");
+    common::assert_terminating(&instances[0]);
     let reasons: Vec<String> = env.events().await.into_iter().map(|(r, _)| r).collect();
     assert!(reasons.iter().any(|r| r == "WorkerAdopted"), "{reasons:?}");
 }

@@ -74,7 +74,7 @@ async fn a_volume_restore_brings_the_backed_up_disk_back_as_a_new_volume() {
     // from the restored snapshot, which holds the disk's bytes.
     let workers = env.workers_of(&restore.uid().unwrap()).await;
     assert_eq!(workers.len(), 1);
-    assert_eq!(common::state(&workers[0]), "terminated");
+    common::assert_terminating(&workers[0]);
     let described = env
         .ec2
         .describe_volumes()
@@ -128,7 +128,7 @@ async fn a_restore_point_that_does_not_exist_fails_the_restore_and_creates_nothi
     assert!(worker.restored_volume_id.is_none());
     let workers = env.workers_of(&restore.uid().unwrap()).await;
     assert_eq!(workers.len(), 1);
-    assert_eq!(common::state(&workers[0]), "terminated");
+    common::assert_terminating(&workers[0]);
     let volumes = env
         .ec2
         .describe_volumes()
@@ -197,7 +197,7 @@ async fn a_full_restore_launches_an_instance_from_the_restored_disk() {
         .iter()
         .find(|i| i.instance_id() != Some(restored.as_str()))
         .unwrap();
-    assert_eq!(common::state(worker_instance), "terminated");
+    common::assert_terminating(worker_instance);
 }
 
 #[tokio::test]

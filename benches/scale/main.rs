@@ -40,6 +40,10 @@ mod world;
 #[allow(dead_code)]
 #[path = "../../tests/common/workers.rs"]
 mod workers;
+// The realism layer's plumbing the tests' launcher uses.
+#[allow(dead_code)]
+#[path = "../../tests/common/realism.rs"]
+mod realism;
 // The tests' KMS keys: the run's repository integrity key.
 #[path = "../../tests/common/keys.rs"]
 mod keys;

@@ -9,11 +9,11 @@ error." (S3 API Reference, GetObject and HeadObject, "Permissions"). This
 module answers that question for the caller of a request.
 
 The evaluation is AWS's for identity policies (an explicit Deny wins, else
-some Allow must match action and resource). A statement with a Condition
-counts only when every condition key is in the request context; the
-implicit ListBucket check of a GET or HEAD carries no `s3:prefix`, so a
-ListBucket grant narrowed by `s3:prefix` does not turn 403 into 404 here.
-That is the stricter reading: a grant that works here works on AWS.
+some Allow must match action and resource). The implicit ListBucket check
+of a GET or HEAD is made with `s3:prefix` set to the requested key, so a
+grant narrowed by `s3:prefix` answers 404 for missing keys it covers and
+403 for the others: what ceph's S3 compatibility suite checks against S3
+(`test_head_object_404_with_policy_prefix`, ceph/s3-tests).
 """
 
 import fnmatch
@@ -146,15 +146,14 @@ def bucket_owner(bucket):
     return None
 
 
-def may_list_bucket(headers, bucket):
-    """Whether the caller of a request may list `bucket` (see module doc)."""
+def may_list_bucket(headers, bucket, key):
+    """Whether the caller of a GET or HEAD of `key` may list `bucket` for
+    it (see module doc)."""
     policies = policies_of(headers)
     if policies is None:
         return True
-    context = {"s3:ResourceAccount": bucket_owner(bucket) or ""}
-    return allowed(
-        policies, "s3:ListBucket", f"arn:aws:s3:::{bucket}", context, absent={"s3:prefix"}
-    )
+    context = {"s3:ResourceAccount": bucket_owner(bucket) or "", "s3:prefix": key}
+    return allowed(policies, "s3:ListBucket", f"arn:aws:s3:::{bucket}", context)
 
 
 def _s3_context(response, resource):

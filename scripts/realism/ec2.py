@@ -50,8 +50,11 @@ def _patch_instances():
             snapshot_id = (m.get("Ebs") or {}).get("SnapshotId")
             if snapshot_id:
                 _require_completed(self, snapshot_id)
+        profile = _instance_profile(self, kwargs)
         reservation = run(self, image_id, count, user_data, security_group_names, **kwargs)
         for instance in reservation.instances:
+            if profile is not None:
+                instance.iam_instance_profile = {"Arn": profile.arn, "Id": profile.id}
             _set_state(instance, "pending", 0)
             _world.created(instance.id)
             _world.later(
@@ -77,6 +80,25 @@ def _patch_instances():
 
     EC2Backend.run_instances = run_instances
     EC2Backend.terminate_instances = terminate_instances
+
+
+def _instance_profile(backend, kwargs):
+    """The instance profile RunInstances names (moto drops it), which must
+    exist: EC2 answers InvalidParameterValue for one IAM does not have."""
+    name = kwargs.get("iam_instance_profile_name")
+    arn = kwargs.get("iam_instance_profile_arn")
+    if not name and not arn:
+        return None
+    from moto.iam.models import iam_backends
+
+    for p in iam_backends[backend.account_id]["aws"].get_instance_profiles():
+        if (arn and p.arn == arn) or (name and p.name == name):
+            return p
+    raise EC2ClientError(
+        "InvalidParameterValue",
+        f"Value ({name or arn}) for parameter iamInstanceProfile.{'name' if name else 'arn'} "
+        "is invalid. Invalid IAM Instance Profile name",
+    )
 
 
 def _check_architecture(image, instance_type):

@@ -16,6 +16,8 @@ ebs.py) or applied to requests here:
 
 GET /realism/ answers the settings in force and counters of what the layer
 did (refusals, throttles), so tests can check that the world is strict.
+POST /realism/roles and GET /realism/instance-credentials/<id> are the
+tests' IAM plumbing (identities.py).
 Settings come from the environment (world.Settings). README.md, "Test
 environment", lists what this world reproduces and what it cannot.
 """
@@ -26,7 +28,7 @@ import json
 import os
 import signal
 import sys
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,6 +42,7 @@ from werkzeug.serving import run_simple  # noqa: E402
 import access  # noqa: E402
 import ebs  # noqa: E402
 import ec2  # noqa: E402
+import identities  # noqa: E402
 from world import Settings, World  # noqa: E402
 
 # Describe action -> (id parameter, error code, message format).
@@ -93,9 +96,10 @@ class Realism:
 
     def __call__(self, environ, start_response):
         if environ.get("PATH_INFO", "").startswith("/realism"):
-            return self._control(start_response)
+            return self._control(environ, start_response)
         self.world.advance()
         headers = _headers(environ)
+        identities.set_caller(headers)
         region, service = access.credential_scope(headers)
         method = environ.get("REQUEST_METHOD", "GET")
         answer = None
@@ -148,7 +152,8 @@ class Realism:
         missing_key = status.startswith("404") and (
             b"<Code>NoSuchKey</Code>" in body or (head and _bucket_exists(bucket))
         )
-        if missing_key and not access.may_list_bucket(headers, bucket):
+        key = unquote(parts[1])
+        if missing_key and not access.may_list_bucket(headers, bucket, key):
             self.world.count("s3:403-for-missing-key")
             code, hdrs, body = _s3_denied(head)
             start_response(_status_line(code), hdrs)
@@ -156,13 +161,40 @@ class Realism:
         start_response(status, captured.get("headers", []))
         return [body]
 
-    def _control(self, start_response):
+    def _control(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        try:
+            if path.startswith("/realism/roles") and environ.get("REQUEST_METHOD") == "POST":
+                length = int(environ.get("CONTENT_LENGTH") or 0)
+                spec = json.loads(environ["wsgi.input"].read(length) or b"{}")
+                answer = identities.ensure_role(
+                    spec.get("account", "123456789012"), spec["name"], spec["policy"]
+                )
+                return _json(start_response, "200 OK", answer)
+            if path.startswith("/realism/instance-credentials/"):
+                query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+                creds = identities.instance_credentials(
+                    query.get("account", "123456789012"),
+                    query.get("region", "us-east-1"),
+                    path.rsplit("/", 1)[1],
+                )
+                if creds is None:
+                    return _json(start_response, "404 Not Found", {"error": "no instance profile"})
+                return _json(start_response, "200 OK", creds)
+        except Exception as e:  # a test's mistake: say it
+            return _json(start_response, "400 Bad Request", {"error": repr(e)})
         with self.world.lock:
             body = json.dumps(
                 {"settings": self.world.settings.as_dict(), "counters": dict(self.world.counters)}
             ).encode()
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
         return [body]
+
+
+def _json(start_response, status, value):
+    body = json.dumps(value).encode()
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
 
 
 def _bucket_exists(name):
@@ -187,6 +219,7 @@ def main():
     ec2.install(world)
     ebs.install(world)
     access.install(world)
+    identities.install(world)
     world.start_ticker()
     app = Realism(DomainDispatcherApplication(create_backend_app), world)
     print(f"realism: serving moto on {args.host}:{args.port} with {world.settings.as_dict()}", flush=True)

@@ -69,6 +69,9 @@ pub enum Error {
     MissingObjectKey(&'static str),
     #[error("{0} timed out")]
     Timeout(&'static str),
+    /// A source EC2 does not show yet (eventual consistency); retried.
+    #[error("{0} (not visible yet; retrying)")]
+    NotVisibleYet(String),
 }
 
 impl Error {
@@ -81,6 +84,7 @@ impl Error {
             Error::Finalizer(_) => "FinalizerError",
             Error::MissingObjectKey(_) => "InvalidObject",
             Error::Timeout(_) => "Timeout",
+            Error::NotVisibleYet(_) => "NotVisibleYet",
         }
     }
 }

@@ -135,13 +135,37 @@ pub async fn write_snapshot(aws: &AwsClients, image: &[u8], size_gib: i64) -> St
         .complete_snapshot(REGION, &id, blocks.len() as i32)
         .await
         .unwrap();
+    wait_completed(aws, &id).await;
     id
+}
+
+/// Waits until EC2 says snapshot `id` is `completed`, as a user does before
+/// using a snapshot: CompleteSnapshot answers `pending`, and a snapshot
+/// just made may not be described at all for a moment.
+pub async fn wait_completed(aws: &AwsClients, id: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        let found = aws.snapshots().describe_snapshot(REGION, id).await;
+        if let Ok(Some(s)) = &found {
+            assert_ne!(s.state, "error", "snapshot {id} failed");
+            if s.state == "completed" {
+                return;
+            }
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "snapshot {id} is not completed after 60 s: {found:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// A snapshot's contents, read through the EBS direct APIs, as `len` bytes
 /// (blocks not written read as zeros). Panics when the snapshot holds data
 /// beyond `len`.
 pub async fn read_snapshot(aws: &AwsClients, snapshot_id: &str, len: usize) -> Vec<u8> {
+    // The EBS direct APIs read completed snapshots only.
+    wait_completed(aws, snapshot_id).await;
     let listing = aws
         .snapshots()
         .list_snapshot_blocks(REGION, snapshot_id)

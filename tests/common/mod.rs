@@ -36,6 +36,7 @@ use tender::api::{
 pub mod commands;
 pub mod disks;
 pub mod keys;
+pub mod realism;
 pub mod reports;
 pub mod workers;
 
@@ -140,6 +141,20 @@ fn with_credentials(
         .build()
 }
 
+/// In the realism layer's world, a role for the controller of test
+/// `namespace` holding the shipped controller policy (iam/), and a
+/// session of it: the controller acts with exactly those permissions.
+async fn controller_session(namespace: &str) -> Option<(String, String, String)> {
+    if !realism::enabled() {
+        return None;
+    }
+    let name = format!("tender-{namespace}-controller");
+    realism::ensure_role(&name, &realism::controller_policy()).await;
+    let conf = config_as(None).await;
+    let arn = format!("arn:aws:iam::{EMULATOR_ACCOUNT}:role/{name}");
+    Some(assumed(&conf, &arn).await)
+}
+
 /// A new KMS HMAC key (the integrity key of a BackupRepository) in the
 /// account of `role_arn` (the emulator's own without one); its ARN.
 pub async fn hmac_key(role_arn: Option<&str>) -> String {
@@ -242,6 +257,18 @@ pub fn state(instance: &aws_sdk_ec2::types::Instance) -> String {
         .to_string()
 }
 
+/// Asserts that `instance` was told to terminate: EC2 answers
+/// TerminateInstances with `shutting-down`, and reaches `terminated` later
+/// (the test world plays that delay, as AWS does).
+pub fn assert_terminating(instance: &aws_sdk_ec2::types::Instance) {
+    let state = state(instance);
+    assert!(
+        state == "shutting-down" || state == "terminated",
+        "instance {:?} is {state}, not shutting-down or terminated",
+        instance.instance_id()
+    );
+}
+
 fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
     if let (Some(b), serde_json::Value::Object(e)) = (base.as_object_mut(), extra) {
         for (k, v) in e {
@@ -310,6 +337,12 @@ pub struct TestEnv {
     repository: tokio::sync::OnceCell<String>,
     /// WorkerConfigurations created so far: the first is its region's default.
     configurations: AtomicUsize,
+    /// This test's worker roles and instance profiles (created on first use).
+    worker_roles: tokio::sync::OnceCell<serde_json::Value>,
+    /// A session of this test's controller role, which holds the shipped
+    /// controller policy (in the realism layer's world; else None: the
+    /// environment's own key).
+    controller_credentials: Option<(String, String, String)>,
 }
 
 impl TestEnv {
@@ -335,6 +368,7 @@ impl TestEnv {
             .expect("create namespace");
         let log_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-logs");
         std::fs::create_dir_all(&log_dir).unwrap();
+        let controller_credentials = controller_session(&namespace).await;
         let env = Self {
             client,
             ec2: ec2().await,
@@ -349,6 +383,8 @@ impl TestEnv {
             bucket: Mutex::new(None),
             repository: tokio::sync::OnceCell::new(),
             configurations: AtomicUsize::new(0),
+            worker_roles: tokio::sync::OnceCell::new(),
+            controller_credentials,
         };
         env.accounts.lock().unwrap().push(Account {
             ec2: env.ec2.clone(),
@@ -453,6 +489,7 @@ impl TestEnv {
             .env("TENDER_TRUSTED_BROWSER_HOSTS", "127.0.0.1")
             .envs(env.iter().copied())
             .env("RUST_LOG", "info,tender=debug")
+            .envs(self.controller_environment())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -460,6 +497,19 @@ impl TestEnv {
             .expect("start the controller");
         self.controllers.lock().unwrap().push((child, port));
         port
+    }
+
+    /// The credentials a controller of this test acts with: a session of
+    /// its role bound to the shipped controller policy, when there is one.
+    pub fn controller_environment(&self) -> Vec<(&'static str, String)> {
+        match &self.controller_credentials {
+            Some((key, secret, token)) => vec![
+                ("AWS_ACCESS_KEY_ID", key.clone()),
+                ("AWS_SECRET_ACCESS_KEY", secret.clone()),
+                ("AWS_SESSION_TOKEN", token.clone()),
+            ],
+            None => Vec::new(),
+        }
     }
 
     /// Kills every controller of this test with SIGKILL.
@@ -605,6 +655,18 @@ impl TestEnv {
         if spec.get("namespaceSelector").is_none() {
             spec["namespaceSelector"] = self.admits_this_namespace();
         }
+        // Workers that run in another account need profiles there; those
+        // tests act in that account with its role instead.
+        let elsewhere =
+            spec.get("backupAccount").is_some() || spec.get("productionAccount").is_some();
+        if !elsewhere
+            && spec.get("iamInstanceProfile").is_none()
+            && spec.get("instanceProfiles").is_none()
+        {
+            if let Some(profiles) = self.worker_profiles().await {
+                spec["instanceProfiles"] = profiles;
+            }
+        }
         let first = self.configurations.fetch_add(1, Ordering::SeqCst) == 0;
         let annotations = if first {
             serde_json::json!({DEFAULT_CONFIGURATION_ANNOTATION: "true"})
@@ -625,6 +687,33 @@ impl TestEnv {
             .create(&PostParams::default(), &cfg)
             .await
             .unwrap()
+    }
+
+    /// This test's instance profiles for each worker operation (the
+    /// `instanceProfiles` of a configuration), whose roles hold the shipped
+    /// worker policies: in the realism layer's world, workers act with
+    /// exactly those permissions. None without the layer.
+    pub async fn worker_profiles(&self) -> Option<serde_json::Value> {
+        if !realism::enabled() {
+            return None;
+        }
+        let profiles = self
+            .worker_roles
+            .get_or_init(|| async {
+                let mut names = serde_json::Map::new();
+                for (field, policy) in [
+                    ("backup", "backup"),
+                    ("restore", "restore"),
+                    ("fileLevelRecovery", "file-level"),
+                ] {
+                    let name = format!("tender-{}-{policy}", self.namespace);
+                    realism::ensure_role(&name, &realism::worker_policy(policy)).await;
+                    names.insert(field.to_string(), name.into());
+                }
+                serde_json::Value::Object(names)
+            })
+            .await;
+        Some(profiles.clone())
     }
 
     /// Creates this test's BackupRepository `name` (logical, as for

@@ -115,14 +115,32 @@ impl Launcher {
             let Ok(Some(task)) = user_data_task(ec2, &id).await else {
                 continue;
             };
-            let agent = self.spawn_agent(account, &id, &task);
+            let profile = match &account.credentials {
+                // EC2 gives an instance its profile's role session.
+                None => {
+                    super::realism::instance_credentials(
+                        super::realism::ACCOUNT,
+                        super::realism::REGION,
+                        &id,
+                    )
+                    .await
+                }
+                Some(_) => None,
+            };
+            let agent = self.spawn_agent(account, &id, &task, profile);
             self.workers.lock().unwrap().push(agent);
             booted.insert(id);
         }
     }
 
     /// Starts the worker agent of instance `id` as a process.
-    fn spawn_agent(&self, account: &Account, id: &str, task: &WorkerTask) -> Child {
+    fn spawn_agent(
+        &self,
+        account: &Account,
+        id: &str,
+        task: &WorkerTask,
+        profile: Option<(String, String, String)>,
+    ) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -141,9 +159,9 @@ impl Launcher {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        // The agent acts as its instance's account, as an instance profile
-        // would make it.
-        if let Some((key, secret, token)) = &account.credentials {
+        // The agent acts with its instance profile's credentials; in
+        // another account (without a profile there), as that account.
+        if let Some((key, secret, token)) = profile.as_ref().or(account.credentials.as_ref()) {
             cmd.env("AWS_ACCESS_KEY_ID", key)
                 .env("AWS_SECRET_ACCESS_KEY", secret)
                 .env("AWS_SESSION_TOKEN", token);

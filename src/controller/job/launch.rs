@@ -52,6 +52,11 @@ pub async fn plan_workers<K: WorkerJob>(
             ..Default::default()
         };
         match job.locate(&target, config, ctx).await? {
+            Err(missing) if not_visible_yet(job, &missing.reason, now) => {
+                // EC2 is eventually consistent: a snapshot or instance
+                // created a moment before the job may not be described yet.
+                return Err(Error::NotVisibleYet(missing.message));
+            }
             Err(missing) => {
                 let message = missing.message;
                 mark_failed(&mut worker, &missing.reason, &message, now);
@@ -88,6 +93,26 @@ pub async fn plan_workers<K: WorkerJob>(
         status.workers.push(K::Worker::new(worker));
     }
     Ok(())
+}
+
+/// How long after a job's creation a source EC2 says does not exist is
+/// taken for one it does not show yet. "Eventual consistency in the Amazon
+/// EC2 API" (EC2 API Reference): a resource just created may not be
+/// returned by Describe calls at once; a job made together with its
+/// snapshot (a pipeline, GitOps) must not fail for that.
+pub const SOURCE_VISIBILITY_GRACE_SECONDS: i64 = 60;
+
+/// Whether `reason` (a source not found) may only mean "not visible yet":
+/// the job is younger than [`SOURCE_VISIBILITY_GRACE_SECONDS`].
+fn not_visible_yet<K: WorkerJob>(job: &K, reason: &FailureReason, now: Timestamp) -> bool {
+    let not_found = matches!(
+        reason,
+        FailureReason::SourceInstanceNotFound | FailureReason::SourceSnapshotNotFound
+    );
+    let created = job.meta().creation_timestamp.as_ref().map(|t| t.0);
+    not_found
+        && created
+            .is_some_and(|c| now.duration_since(c).as_secs() < SOURCE_VISIBILITY_GRACE_SECONDS)
 }
 
 /// Launches (or adopts) every planned worker that has no instance yet, as

@@ -1,0 +1,121 @@
+//! The test world's realism layer (`scripts/realism`): whether it is on,
+//! what it counted, and its IAM plumbing: worker roles bound to the shipped
+//! policies, and the credentials EC2 would hand an instance through its
+//! profile.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The emulator's own account and the tests' region.
+pub const ACCOUNT: &str = "123456789012";
+pub const REGION: &str = "us-east-1";
+
+/// Whether the environment runs the realism layer (`scripts/testenv` says
+/// so in `TENDER_REALISM`).
+pub fn enabled() -> bool {
+    std::env::var("TENDER_REALISM").is_ok_and(|v| v != "0")
+}
+
+fn endpoint() -> String {
+    let url = std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL");
+    url.trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// One HTTP/1.1 request to the layer's control API: (status, body).
+async fn call(method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let host = endpoint();
+    let mut stream = tokio::net::TcpStream::connect(&host)
+        .await
+        .expect("connect to the realism layer");
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// What the layer did so far (`GET /realism/`): its settings and counters
+/// such as `s3:403-for-missing-key` or `not-found:DescribeSnapshots`.
+pub async fn status() -> serde_json::Value {
+    let (code, body) = call("GET", "/realism/", None).await;
+    assert_eq!(code, 200, "realism status: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// A counter of [`status`] (0 when the layer never counted it).
+pub async fn counter(name: &str) -> u64 {
+    status().await["counters"][name].as_u64().unwrap_or(0)
+}
+
+/// Creates (or updates) role `name` of the emulator's account with
+/// `policy` inline and an instance profile of the same name holding it, as
+/// an administrator would for Tender's workers.
+pub async fn ensure_role(name: &str, policy: &serde_json::Value) {
+    let spec = serde_json::json!({"name": name, "policy": policy.to_string()});
+    let (code, body) = call("POST", "/realism/roles", Some(&spec.to_string())).await;
+    assert_eq!(code, 200, "create role {name}: {body}");
+}
+
+/// The credentials EC2 gives instance `id` of `account` through its
+/// instance profile (a session of the profile's role named after the
+/// instance), or None when it has no profile.
+pub async fn instance_credentials(
+    account: &str,
+    region: &str,
+    id: &str,
+) -> Option<(String, String, String)> {
+    let path = format!("/realism/instance-credentials/{id}?account={account}&region={region}");
+    let (code, body) = call("GET", &path, None).await;
+    if code != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    Some((
+        v["AccessKeyId"].as_str()?.to_string(),
+        v["SecretAccessKey"].as_str()?.to_string(),
+        v["Token"].as_str()?.to_string(),
+    ))
+}
+
+/// The shipped worker policy `file` (iam/) for the test world: the
+/// repository's bucket and prefix are any (tests use many buckets; the key
+/// layout under them stays enforced), its account is the emulator's.
+pub fn worker_policy(file: &str) -> serde_json::Value {
+    let text = match file {
+        "backup" => include_str!("../../iam/worker-backup-policy.json"),
+        "restore" => include_str!("../../iam/worker-restore-policy.json"),
+        "file-level" => include_str!("../../iam/worker-file-level-policy.json"),
+        other => panic!("no worker policy {other}"),
+    };
+    fill(text)
+}
+
+/// The shipped controller policy (iam/) for the test world, placeholders
+/// filled as for [`worker_policy`].
+pub fn controller_policy() -> serde_json::Value {
+    fill(include_str!("../../iam/controller-policy.json"))
+}
+
+fn fill(text: &str) -> serde_json::Value {
+    let text = text
+        .replace("REPOSITORY_BUCKET", "*")
+        .replace("REPOSITORY_PREFIX", "")
+        .replace("REPOSITORY_ACCOUNT", ACCOUNT)
+        .replace("INTEGRITY_KEY_ID", "*");
+    serde_json::from_str(&text).expect("a shipped policy is JSON")
+}
