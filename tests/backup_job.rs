@@ -488,13 +488,8 @@ async fn forged_sequences_details_and_restore_points_are_refused_and_the_worker_
 async fn the_queue_lets_only_worker_instances_send_and_only_the_controller_receive() {
     let env = TestEnv::new("queue-policy").await;
     let queue = env.default_configuration().await.queue_url();
-    let me = env
-        .aws_as(None)
-        .await
-        .caller_identity(REGION)
-        .await
-        .unwrap();
-    let (account, user_id) = (me.account.as_str(), me.user_id.as_str());
+    let (account, user_id) = env.controller_identity().await;
+    let (account, user_id) = (account.as_str(), user_id.as_str());
     let out = common::sqs()
         .await
         .get_queue_attributes()

@@ -157,15 +157,26 @@ def may_list_bucket(headers, bucket, key):
 
 
 def _s3_context(response, resource):
-    """The S3 condition keys the test world knows for a request."""
+    """The S3 condition keys the test world knows for a request, and those
+    it knows the request lacks."""
     bucket = resource.split(":::", 1)[-1].split("/", 1)[0]
     context = {"s3:ResourceAccount": bucket_owner(bucket) or ""}
     prefix = response.querystring.get("prefix")
-    if prefix:
+    if prefix is not None:
         context["s3:prefix"] = prefix[0] if isinstance(prefix, list) else prefix
-    elif response.data.get("Action") == "ListBucket":
-        context["s3:prefix"] = ""
-    return context
+    return context, {"s3:prefix"}
+
+
+# API operations authorized by another action ("Actions, resources, and
+# condition keys" of each service): a batch by its single action, S3's
+# HeadBucket by s3:ListBucket.
+_AUTHORIZED_AS = {
+    "sqs:DeleteMessageBatch": "sqs:DeleteMessage",
+    "sqs:SendMessageBatch": "sqs:SendMessage",
+    "sqs:ChangeMessageVisibilityBatch": "sqs:ChangeMessageVisibility",
+    "s3:HeadBucket": "s3:ListBucket",
+    "s3:SelectObject": "s3:GetObject",
+}
 
 
 def install(world):
@@ -185,10 +196,12 @@ def install(world):
         _region, service = credential_scope(headers)
         action = self._get_action()
         name = f"{service}:{action}"
+        name = _AUTHORIZED_AS.get(name, name)
         if name == "sts:GetCallerIdentity":
             return
         if service == "s3":
-            ok = allowed(policies, name, resource, _s3_context(self, resource))
+            context, absent = _s3_context(self, resource)
+            ok = allowed(policies, name, resource, context, absent)
         else:
             ok = allowed(policies, name, None)
         if ok:

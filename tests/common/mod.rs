@@ -512,6 +512,25 @@ impl TestEnv {
         }
     }
 
+    /// Who this test's controllers are to AWS: (account, user ID), as STS
+    /// GetCallerIdentity tells it with their credentials.
+    pub async fn controller_identity(&self) -> (String, String) {
+        let conf = config_as(None).await;
+        let conf = match &self.controller_credentials {
+            Some(session) => with_credentials(&conf, session),
+            None => conf,
+        };
+        let me = aws_sdk_sts::Client::new(&conf)
+            .get_caller_identity()
+            .send()
+            .await
+            .expect("GetCallerIdentity");
+        (
+            me.account().unwrap_or_default().to_string(),
+            me.user_id().unwrap_or_default().to_string(),
+        )
+    }
+
     /// Kills every controller of this test with SIGKILL.
     pub fn kill_controller(&self) {
         for (mut c, _) in self.controllers.lock().unwrap().drain(..) {
