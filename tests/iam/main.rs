@@ -15,6 +15,7 @@
 
 mod policy;
 mod repository;
+mod missing_keys;
 mod workers;
 
 use std::collections::{BTreeMap, BTreeSet};
