@@ -456,9 +456,17 @@ mod tests {
         assert_eq!(repo.get_object(&loc, key).await.ok(), Some(None));
         assert_eq!(repo.object_exists(&loc, key).await.ok(), Some(false));
         let got = repo.get_object(&loc, key).await.err();
-        let head = repo.object_exists(&loc, "prod/team-a/chunks/ab/abcd").await.err();
+        let head = repo
+            .object_exists(&loc, "prod/team-a/chunks/ab/abcd")
+            .await
+            .err();
         let put = repo
-            .put_object(&loc, "prod/team-a/chunks/ab/abcd", b"x".to_vec(), "application/zstd")
+            .put_object(
+                &loc,
+                "prod/team-a/chunks/ab/abcd",
+                b"x".to_vec(),
+                "application/zstd",
+            )
             .await
             .err();
         served.await.expect("the stand-in ran");

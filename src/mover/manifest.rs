@@ -238,6 +238,14 @@ pub struct BackupStats {
     pub chunks_deduplicated: u64,
     /// Logical bytes of the restore point.
     pub bytes_total: u64,
+    /// Blocks whose read or upload the mover had to try again (after the
+    /// SDK's own retries), and that then went through.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub blocks_retried: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Points at the newest restore point of a resource in a repository. It

@@ -13,9 +13,9 @@
 // Its helpers (not only its #[test]s, which clippy.toml covers) unwrap and panic.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
+mod missing_keys;
 mod policy;
 mod repository;
-mod missing_keys;
 mod workers;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -61,7 +61,11 @@ fn every_key_a_worker_may_find_missing_is_a_404_and_only_those() {
             }
             // A listing of the whole bucket (no prefix) is not granted, nor
             // one outside the repository's prefix.
-            assert!(!list(None, owner), "{}: ListBucket without a prefix", policy.file);
+            assert!(
+                !list(None, owner),
+                "{}: ListBucket without a prefix",
+                policy.file
+            );
             if !sample.prefix.is_empty() {
                 assert!(
                     !list(Some("staging/team-a/chunks/ab/abab"), owner),
@@ -87,9 +91,15 @@ fn conditions_are_evaluated_by_iam_rules() {
         })
     };
     let owner = sample.spec.expected_bucket_owner.as_str();
-    assert!(allows(&[("s3:prefix", "prod/x"), ("s3:ResourceAccount", owner)]));
+    assert!(allows(&[
+        ("s3:prefix", "prod/x"),
+        ("s3:ResourceAccount", owner)
+    ]));
     // Each condition key must be present and match: AND across keys.
     assert!(!allows(&[("s3:prefix", "prod/x")]));
     assert!(!allows(&[("s3:ResourceAccount", owner)]));
-    assert!(!allows(&[("s3:prefix", "produce/x"), ("s3:ResourceAccount", owner)]));
+    assert!(!allows(&[
+        ("s3:prefix", "produce/x"),
+        ("s3:ResourceAccount", owner)
+    ]));
 }

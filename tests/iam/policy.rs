@@ -318,11 +318,13 @@ impl Statement {
                         "StringEqualsIgnoreCase" => any(&|w, g| w.eq_ignore_ascii_case(g)),
                         "StringLike" => any(&|w, g| glob(w, g)),
                         "ArnLike" | "ArnEquals" => any(&|w, g| glob(w, g)),
-                        "ForAllValues:StringLike" => got
-                            .iter()
-                            .all(|g| wanted.iter().any(|w| glob(w, g))),
-                        "Null" => wanted == ["true"] && got.is_empty()
-                            || wanted == ["false"] && !got.is_empty(),
+                        "ForAllValues:StringLike" => {
+                            got.iter().all(|g| wanted.iter().any(|w| glob(w, g)))
+                        }
+                        "Null" => {
+                            wanted == ["true"] && got.is_empty()
+                                || wanted == ["false"] && !got.is_empty()
+                        }
                         _ => false,
                     }
                 })
@@ -340,7 +342,14 @@ impl Policy {
                 && s.covers(request.resource)
                 && s.conditions_hold(request.context)
         };
-        self.statements.iter().filter(|s| s.allow).any(|s| matches(&s))
-            && !self.statements.iter().filter(|s| !s.allow).any(|s| matches(&s))
+        self.statements
+            .iter()
+            .filter(|s| s.allow)
+            .any(|s| matches(&s))
+            && !self
+                .statements
+                .iter()
+                .filter(|s| !s.allow)
+                .any(|s| matches(&s))
     }
 }
