@@ -37,6 +37,7 @@ pub mod commands;
 pub mod disks;
 pub mod keys;
 pub mod reports;
+pub mod throttle;
 pub mod workers;
 
 use workers::Account;
