@@ -135,13 +135,35 @@ pub async fn write_snapshot(aws: &AwsClients, image: &[u8], size_gib: i64) -> St
         .complete_snapshot(REGION, &id, blocks.len() as i32)
         .await
         .unwrap();
+    wait_completed(aws, &id).await;
     id
+}
+
+/// Waits until EBS reports the snapshot `completed` (it stays `pending` a
+/// while after CompleteSnapshot, and the EBS direct APIs read completed
+/// snapshots only).
+pub async fn wait_completed(aws: &AwsClients, snapshot_id: &str) {
+    for _ in 0..600 {
+        let state = aws
+            .snapshots()
+            .describe_snapshot(REGION, snapshot_id)
+            .await
+            .ok()
+            .flatten()
+            .map(|s| s.state);
+        if state.as_deref() == Some("completed") {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    panic!("snapshot {snapshot_id} is not completed after 2 minutes");
 }
 
 /// A snapshot's contents, read through the EBS direct APIs, as `len` bytes
 /// (blocks not written read as zeros). Panics when the snapshot holds data
 /// beyond `len`.
 pub async fn read_snapshot(aws: &AwsClients, snapshot_id: &str, len: usize) -> Vec<u8> {
+    wait_completed(aws, snapshot_id).await;
     let listing = aws
         .snapshots()
         .list_snapshot_blocks(REGION, snapshot_id)
