@@ -473,3 +473,85 @@ async fn a_retried_backup_uploads_only_what_the_failed_attempt_did_not() {
         retried.stats.chunks_uploaded
     );
 }
+
+/// A snapshot encrypted with a customer key is backed up with its key
+/// recorded, and restored encrypted with that same key; a manifest from
+/// before the record (no encryption in it) restores as it always did.
+#[tokio::test]
+async fn an_encrypted_source_is_restored_encrypted_with_its_key() {
+    let _ = common::kube_client().await; // checks the environment
+    let aws = AwsClients::from_env().await;
+    let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let key = aws_sdk_kms::Client::new(&conf)
+        .create_key()
+        .description("tender test EBS key")
+        .send()
+        .await
+        .unwrap()
+        .key_metadata()
+        .and_then(|m| m.arn())
+        .unwrap()
+        .to_string();
+    let ec2 = common::ec2().await;
+    let s3 = disks::s3().await;
+    let bucket = disks::create_bucket(&s3).await;
+    let loc = RepositoryLocation::new(&bucket, "team-e/", REGION)
+        .with_mac_key(&common::hmac_key(None).await);
+    let image = Ext4Image::build(&[("secret.txt", b"only with the key\n".to_vec())], 8);
+    let snapshot = disks::write_encrypted_snapshot(&aws, &image.bytes, 1, Some(&key)).await;
+
+    let manifest = backup(&aws, &loc, "encrypted-1", &snapshot).await;
+    assert_eq!(
+        manifest.volumes[0].encryption,
+        Some(tender::mover::manifest::VolumeEncryption {
+            kms_key_arn: Some(key.clone())
+        }),
+        "the source's encryption is recorded"
+    );
+    // EC2 may not know a snapshot for a moment after it is made.
+    let describe = |id: String| {
+        let ec2 = ec2.clone();
+        async move {
+            for _ in 0..50 {
+                if let Ok(out) = ec2.describe_snapshots().snapshot_ids(&id).send().await {
+                    let s = out.snapshots()[0].clone();
+                    return (
+                        s.encrypted().unwrap_or(false),
+                        s.kms_key_id().map(String::from),
+                    );
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            panic!("EC2 does not know snapshot {id}");
+        }
+    };
+    let restored = restore(&aws, &loc, "encrypted-1/disk-1", "encrypted")
+        .await
+        .unwrap();
+    assert_eq!(describe(restored.clone()).await, (true, Some(key.clone())));
+    assert_eq!(
+        disks::read_snapshot(&aws, &restored, image.bytes.len()).await,
+        image.bytes
+    );
+
+    // A manifest written before encryption was recorded.
+    let mut old = manifest.clone();
+    old.volumes[0].encryption = None;
+    let plain = mover::restore_volume(
+        &aws,
+        &loc,
+        &old,
+        &old.volumes[0],
+        RestoreTarget {
+            aws: &aws,
+            region: REGION,
+            description: "restored from an old manifest",
+            tags: &[],
+            client_token: &common::unique("restore"),
+        },
+        &Progress::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(describe(plain).await, (false, None));
+}

@@ -353,6 +353,7 @@ async fn copy(
             size_gib: plan.size_gib,
             block_size: BLOCK_SIZE as u32,
             blocks,
+            encryption: plan.encryption,
         });
     }
     let mut stats = lock(&copy.stats).clone();
@@ -405,6 +406,8 @@ struct VolumePlan {
     volume: SourceVolume,
     size_gib: i64,
     blocks: Vec<BlockSource>,
+    /// Recorded so that a restore is encrypted like the source.
+    encryption: Option<manifest::VolumeEncryption>,
 }
 
 /// Lists each volume's blocks and, against the parent's image of the same
@@ -447,7 +450,13 @@ async fn plan_volumes(
             Some(_) => Some(Vec::new()),
             None => None,
         };
+        let encryption = request
+            .source
+            .snapshots()
+            .snapshot_encryption(request.region, &volume.snapshot_id)
+            .await?;
         plans.push(VolumePlan {
+            encryption,
             volume: volume.clone(),
             size_gib: listing.volume_size_gib,
             blocks: manifest::plan_blocks(&listing, parent_image, changed.as_deref()),

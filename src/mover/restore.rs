@@ -122,15 +122,18 @@ pub async fn restore_volume(
         .total
         .fetch_add(2 * volume.bytes(), Ordering::Relaxed);
     verify(repo, loc, manifest, volume, progress).await?;
+    // Encrypted like the source (with its key where that key can be used).
+    let encryption = manifest::restore_encryption(volume, target.region);
     let snapshot_id = target
         .aws
         .snapshots()
-        .start_snapshot(
+        .start_snapshot_encrypted(
             target.region,
             volume.size_gib,
             target.description,
             target.tags,
             target.client_token,
+            encryption.as_ref(),
         )
         .await?;
     // Within an attempt, a block that fails is written again on its own,
