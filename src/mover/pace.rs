@@ -1,20 +1,24 @@
 //! How the mover keeps one block's trouble from failing a whole attempt,
 //! and stays within the EBS direct APIs' quotas.
 //!
-//! AWS's quotas for the EBS direct APIs (Amazon EBS endpoints and quotas,
-//! <https://docs.aws.amazon.com/general/latest/gr/ebs-service.html>, and
-//! Quotas for Amazon EBS,
-//! <https://docs.aws.amazon.com/ebs/latest/userguide/ebs-resource-quotas.html>;
-//! defaults per account and Region, most adjustable in Service Quotas):
+//! AWS's quotas for the EBS direct APIs, per account and Region ("Quotas
+//! for Amazon EBS",
+//! <https://docs.aws.amazon.com/ebs/latest/userguide/ebs-resource-quotas.html>,
+//! and "Amazon EBS endpoints and quotas",
+//! <https://docs.aws.amazon.com/general/latest/gr/ebs-service.html>).
+//! CompleteSnapshot, 10 per second per account, not adjustable, was read
+//! there; the other rows are as issue #14 and the test world
+//! (`scripts/realism/world.py`) cite them, and a given account may have
+//! others (Service Quotas console):
 //!
 //! | request | quota |
 //! |---|---|
 //! | GetSnapshotBlock | 1 000 per second per snapshot; 5 000 per second per account |
 //! | PutSnapshotBlock | 1 000 per second per snapshot; 5 000 per second per account |
 //! | ListSnapshotBlocks, ListChangedBlocks | 50 per second per account each |
-//! | StartSnapshot | 25 per second per account |
-//! | CompleteSnapshot | 10 per second per account (not adjustable) |
-//! | pending snapshots (started, not completed) | 100 per account |
+//! | StartSnapshot | 10 per second per account |
+//! | CompleteSnapshot | 10 per second per account |
+//! | pending snapshots | a number per account |
 //!
 //! One mover reads or writes one snapshot at a time, [`super::CONCURRENCY`]
 //! blocks in flight, and never starts more than [`BLOCKS_PER_SECOND`]
