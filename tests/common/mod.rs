@@ -549,6 +549,13 @@ impl TestEnv {
         disks::create_bucket(&aws_sdk_s3::Client::from_conf(scoped)).await
     }
 
+    /// Boots the workers of this test's own account with these
+    /// credentials (access key, secret, session token or empty) instead of
+    /// the environment's.
+    pub fn set_worker_credentials(&self, credentials: (String, String, String)) {
+        self.accounts.lock().unwrap()[0].credentials = Some(credentials);
+    }
+
     /// Assumes a role in another (emulated) account, and boots the workers
     /// launched there too. Returns EC2 and SQS clients that act in it.
     pub async fn assume(&self, role_arn: &str) -> (aws_sdk_ec2::Client, aws_sdk_sqs::Client) {
