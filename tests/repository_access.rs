@@ -3,6 +3,8 @@
 //! plays that rule). The job must fail at once, by name, saying what to
 //! grant, not retry nor take the 403 for "absent".
 
+#![allow(clippy::unwrap_used, clippy::panic)]
+
 mod common;
 
 use std::time::Duration;
@@ -65,7 +67,12 @@ async fn a_worker_without_list_bucket_fails_by_name_with_what_to_grant() {
         "a permission a retry cannot fix is not retried"
     );
     let message = worker.message.clone().unwrap();
-    for needed in ["s3:GetObject", "s3:ListBucket", "s3:prefix", "/restore-points/first/"] {
+    for needed in [
+        "s3:GetObject",
+        "s3:ListBucket",
+        "s3:prefix",
+        "/restore-points/first/",
+    ] {
         assert!(message.contains(needed), "{needed} not in {message}");
     }
     let failed = status

@@ -384,7 +384,16 @@ mod tests {
         assert_eq!(AwsOperation::StartSnapshot.create_action(), None);
         assert_eq!(
             AwsOperation::StartSnapshot.also_needs(),
-            vec!["ec2:CreateTags"]
+            vec![
+                "ec2:CreateTags",
+                "kms:GenerateDataKeyWithoutPlaintext",
+                "kms:CreateGrant",
+                "kms:DescribeKey"
+            ]
+        );
+        assert_eq!(
+            AwsOperation::GetSnapshotBlock.also_needs(),
+            vec!["kms:Decrypt"]
         );
         assert_eq!(AwsOperation::DescribeInstances.create_action(), None);
         assert_eq!(AwsOperation::HeadObject.also_needs(), vec!["s3:ListBucket"]);
