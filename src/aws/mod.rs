@@ -319,7 +319,7 @@ pub enum AwsError {
     /// a key that does not exist, too, when the caller lacks `s3:ListBucket`
     /// on the bucket for that key (see `repository`), so both are named.
     #[error(
-        "S3 {operation} of s3://{bucket}/{key} was denied (403 {code}): the worker's role needs {action} on arn:aws:s3:::{bucket}/{key}, and s3:ListBucket on arn:aws:s3:::{bucket} with an s3:prefix condition covering {key} (without it S3 answers 403 for a key that does not exist yet); see iam/README.md"
+        "S3 {operation} of s3://{bucket}/{key} was denied (403 {code}): the worker's role needs {action} on arn:aws:s3:::{bucket}/{key}, and s3:ListBucket on arn:aws:s3:::{bucket} with an s3:prefix condition covering {key} (without it S3 answers 403 for a key that does not exist yet); S3 also answers 403 when the bucket is not owned by the repository's expectedBucketOwner. See iam/README.md"
     )]
     RepositoryAccessDenied {
         operation: &'static str,
