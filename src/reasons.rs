@@ -64,6 +64,10 @@ failure_reasons! {
         /// `restoreSecurityGroupIds` does not list.
         SecurityGroupNotAllowed,
         RepositoryNotFound,
+        /// S3 answered 403 for a key of the repository: the worker's role
+        /// lacks the object action, or `s3:ListBucket` for the key's prefix
+        /// (without which a missing key is a 403, not a 404).
+        RepositoryAccessDenied,
         RestorePointExists,
         RestorePointNotFound,
         RestorePointMissing,
@@ -216,6 +220,7 @@ mod tests {
     fn only_what_a_retry_cannot_fix_is_permanent() {
         assert!(FailureReason::SourceInstanceNotFound.is_permanent());
         assert!(FailureReason::LaunchFailed.is_permanent());
+        assert!(FailureReason::RepositoryAccessDenied.is_permanent());
         assert!(!FailureReason::WorkerLost.is_permanent());
         assert!(!FailureReason::AwsThrottled.is_permanent());
         assert!(!FailureReason::parse("FromANewerWorker").is_permanent());

@@ -576,3 +576,66 @@ async fn with_the_sender_check_on_only_the_workers_own_messages_count() {
         1
     );
 }
+
+/// A worker whose role cannot `s3:ListBucket` the repository meets S3's
+/// answer for a key that does not exist yet: 403, not 404 (the test world
+/// plays that rule). The job fails at once, by name, saying what to grant;
+/// it is not retried, and the 403 is not taken for "absent".
+#[tokio::test]
+async fn a_worker_without_list_bucket_fails_by_name_with_what_to_grant() {
+    if !common::realism::enabled() {
+        eprintln!("skipped: the environment runs plain moto (TENDER_REALISM=0)");
+        return;
+    }
+    let env = TestEnv::new("no-list-bucket").await;
+    // The workers' role may do everything but s3:ListBucket.
+    let role = common::unique("no-list");
+    let policy = json!({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "NotAction": "s3:ListBucket", "Resource": "*"}]
+    });
+    common::realism::ensure_role(&role, &policy).await;
+    env.configured("default", json!({"instanceProfiles": {"backup": role}}))
+        .await;
+    let disk = env.protected_disk().await;
+
+    env.create_job("first", &disk, json!({})).await;
+    let job = env
+        .wait_job_finished("first", Duration::from_secs(120))
+        .await;
+    let status = job.status.unwrap();
+    assert_eq!(status.phase, Phase::Failed);
+    let worker = &status.workers[0];
+    assert_eq!(worker.reason.as_deref(), Some("RepositoryAccessDenied"));
+    assert_eq!(
+        worker.attempt, 1,
+        "a permission a retry cannot fix is not retried"
+    );
+    let message = worker.message.clone().unwrap();
+    for needed in [
+        "s3:GetObject",
+        "s3:ListBucket",
+        "s3:prefix",
+        "/restore-points/first/",
+    ] {
+        assert!(message.contains(needed), "{needed} not in {message}");
+    }
+    let failed = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Failed")
+        .expect("a Failed condition");
+    assert!(
+        failed.message.contains("RepositoryAccessDenied"),
+        "{}",
+        failed.message
+    );
+    let events = env.events().await;
+    assert!(
+        events
+            .iter()
+            .any(|(reason, note)| reason == "RepositoryAccessDenied"
+                || note.contains("RepositoryAccessDenied")),
+        "{events:?}"
+    );
+}

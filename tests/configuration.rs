@@ -447,7 +447,10 @@ async fn max_concurrent_workers_queues_jobs_in_creation_order() {
             env.workers_of(&uid)
                 .await
                 .into_iter()
-                .filter(|i| i.state().unwrap().name().unwrap().as_str() == "running")
+                .filter(|i| {
+                    let state = i.state().unwrap().name().unwrap().as_str().to_string();
+                    state == "pending" || state == "running"
+                })
                 .count()
         }
     };

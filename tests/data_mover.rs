@@ -6,6 +6,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 
 use common::REGION;
 use common::disks::{self, Ext4Image};
@@ -339,4 +340,218 @@ async fn the_agent_restores_a_restore_point_into_a_snapshot_and_reports_it() {
             .is_empty(),
         "a failed restore starts no snapshot"
     );
+}
+
+/// EBS throttles every third block (per snapshot, five times in a row:
+/// more than the SDK's own attempts): each such block is retried on its
+/// own and the backup and the restore go through, byte for byte, with no
+/// block read or written twice.
+#[tokio::test]
+async fn throttled_blocks_are_retried_alone_and_nothing_is_moved_twice() {
+    let _ = common::kube_client().await; // checks the environment
+    let aws = AwsClients::from_env().await;
+    let throttle = common::throttle::start(3, 5).await;
+    let throttled_aws = AwsClients::from_env_with_endpoint(&throttle.endpoint).await;
+    let s3 = disks::s3().await;
+    let bucket = disks::create_bucket(&s3).await;
+    let loc = RepositoryLocation::new(&bucket, "team-t/", REGION)
+        .with_mac_key(&common::hmac_key(None).await);
+    let image = Ext4Image::build(&[("data.bin", disks::random_bytes(4 << 20, 11))], 16);
+    let snapshot = disks::write_snapshot(&aws, &image.bytes, 1).await;
+    let blocks = disks::data_blocks(&image.bytes);
+    let throttled = blocks.keys().filter(|i| *i % 3 == 0).count();
+    assert!(throttled > 0 && throttled < blocks.len());
+
+    let progress = Progress::default();
+    let volumes = disks::snapshot_volume(&snapshot);
+    let request = disks::backup_request(&throttled_aws, &loc, ("throttled-1", "uid-t1"), &volumes);
+    let manifest = mover::backup(request, &progress)
+        .await
+        .expect("the backup goes through the throttling");
+    let retried = |p: &Progress| p.retried.blocks.load(Ordering::Relaxed) as usize;
+    assert_eq!(manifest.stats.blocks_retried as usize, throttled);
+    assert_eq!(retried(&progress), throttled);
+    let tally = &throttle.tally;
+    assert_eq!(
+        tally.gets_forwarded.load(Ordering::SeqCst),
+        blocks.len(),
+        "each block is read once"
+    );
+
+    let progress = Progress::default();
+    let restored = mover::restore_volume(
+        &throttled_aws,
+        &loc,
+        &manifest,
+        &manifest.volumes[0],
+        RestoreTarget {
+            aws: &throttled_aws,
+            region: REGION,
+            description: "restored through throttling",
+            tags: &[],
+            client_token: &common::unique("restore"),
+        },
+        &progress,
+    )
+    .await
+    .expect("the restore goes through the throttling");
+    assert_eq!(retried(&progress), throttled);
+    assert_eq!(
+        tally.puts_forwarded.load(Ordering::SeqCst),
+        blocks.len(),
+        "each block is written once"
+    );
+    assert_eq!(
+        tally.throttled.load(Ordering::SeqCst),
+        2 * throttled * 5,
+        "every injected throttle was met"
+    );
+    assert_eq!(
+        disks::read_snapshot(&aws, &restored, image.bytes.len()).await,
+        image.bytes
+    );
+    println!(
+        "throttling: {} of {} blocks throttled 5 times each way, {} retried by the mover in the backup and {} in the restore",
+        throttled,
+        blocks.len(),
+        manifest.stats.blocks_retried,
+        retried(&progress)
+    );
+}
+
+/// A backup attempt that fails half way (one block EBS will not serve)
+/// leaves the chunks it uploaded; the retried attempt reads the blocks
+/// again but uploads only the chunks not stored yet.
+#[tokio::test]
+async fn a_retried_backup_uploads_only_what_the_failed_attempt_did_not() {
+    let _ = common::kube_client().await; // checks the environment
+    let aws = AwsClients::from_env().await;
+    let throttle = common::throttle::start(i32::MAX, 0).await;
+    let faulty_aws = AwsClients::from_env_with_endpoint(&throttle.endpoint).await;
+    let s3 = disks::s3().await;
+    let bucket = disks::create_bucket(&s3).await;
+    let loc = RepositoryLocation::new(&bucket, "team-r/", REGION)
+        .with_mac_key(&common::hmac_key(None).await);
+    let image = Ext4Image::build(&[("data.bin", disks::random_bytes(24 << 20, 13))], 40);
+    let snapshot = disks::write_snapshot(&aws, &image.bytes, 1).await;
+    let blocks = disks::data_blocks(&image.bytes);
+    let unique: HashSet<&[u8]> = blocks.values().copied().collect();
+    // A block three quarters in: the blocks before it are done by then.
+    let broken = *blocks.keys().nth(blocks.len() * 3 / 4).unwrap();
+    throttle.tally.broken.lock().unwrap().insert(broken);
+
+    let volumes = disks::snapshot_volume(&snapshot);
+    let attempt = || disks::backup_request(&faulty_aws, &loc, ("resumed-1", "uid-r1"), &volumes);
+    let failed = mover::backup(attempt(), &Progress::default()).await;
+    assert!(failed.is_err(), "block {broken} cannot be read");
+    // Uploads in flight when the attempt stopped are settled by now.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let stored = disks::keys(&s3, &bucket, "team-r/chunks/").await.len();
+    assert!(
+        stored > 0 && stored < unique.len(),
+        "{stored} of {}",
+        unique.len()
+    );
+
+    throttle.tally.broken.lock().unwrap().clear();
+    let retried = mover::backup(attempt(), &Progress::default())
+        .await
+        .expect("the retried attempt succeeds");
+    assert_eq!(retried.stats.blocks_read as usize, blocks.len());
+    assert_eq!(
+        retried.stats.chunks_uploaded as usize,
+        unique.len() - stored,
+        "only the chunks the failed attempt did not store are uploaded"
+    );
+    assert_eq!(
+        disks::keys(&s3, &bucket, "team-r/chunks/").await.len(),
+        unique.len()
+    );
+    println!(
+        "resume: the failed attempt stored {stored} of {} chunks; the retry uploaded {} and found the rest stored",
+        unique.len(),
+        retried.stats.chunks_uploaded
+    );
+}
+
+/// A snapshot encrypted with a customer key is backed up with its key
+/// recorded, and restored encrypted with that same key; a manifest from
+/// before the record (no encryption in it) restores as it always did.
+#[tokio::test]
+async fn an_encrypted_source_is_restored_encrypted_with_its_key() {
+    let _ = common::kube_client().await; // checks the environment
+    let aws = AwsClients::from_env().await;
+    let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let key = aws_sdk_kms::Client::new(&conf)
+        .create_key()
+        .description("tender test EBS key")
+        .send()
+        .await
+        .unwrap()
+        .key_metadata()
+        .and_then(|m| m.arn())
+        .unwrap()
+        .to_string();
+    let ec2 = common::ec2().await;
+    let s3 = disks::s3().await;
+    let bucket = disks::create_bucket(&s3).await;
+    let loc = RepositoryLocation::new(&bucket, "team-e/", REGION)
+        .with_mac_key(&common::hmac_key(None).await);
+    let image = Ext4Image::build(&[("secret.txt", b"only with the key\n".to_vec())], 8);
+    let snapshot = disks::write_encrypted_snapshot(&aws, &image.bytes, 1, Some(&key)).await;
+
+    let manifest = backup(&aws, &loc, "encrypted-1", &snapshot).await;
+    assert_eq!(
+        manifest.volumes[0].encryption,
+        Some(tender::mover::manifest::VolumeEncryption {
+            kms_key_arn: Some(key.clone())
+        }),
+        "the source's encryption is recorded"
+    );
+    // EC2 may not know a snapshot for a moment after it is made.
+    let describe = |id: String| {
+        let ec2 = ec2.clone();
+        async move {
+            for _ in 0..50 {
+                if let Ok(out) = ec2.describe_snapshots().snapshot_ids(&id).send().await {
+                    let s = out.snapshots()[0].clone();
+                    return (
+                        s.encrypted().unwrap_or(false),
+                        s.kms_key_id().map(String::from),
+                    );
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            panic!("EC2 does not know snapshot {id}");
+        }
+    };
+    let restored = restore(&aws, &loc, "encrypted-1/disk-1", "encrypted")
+        .await
+        .unwrap();
+    assert_eq!(describe(restored.clone()).await, (true, Some(key.clone())));
+    assert_eq!(
+        disks::read_snapshot(&aws, &restored, image.bytes.len()).await,
+        image.bytes
+    );
+
+    // A manifest written before encryption was recorded.
+    let mut old = manifest.clone();
+    old.volumes[0].encryption = None;
+    let plain = mover::restore_volume(
+        &aws,
+        &loc,
+        &old,
+        &old.volumes[0],
+        RestoreTarget {
+            aws: &aws,
+            region: REGION,
+            description: "restored from an old manifest",
+            tags: &[],
+            client_token: &common::unique("restore"),
+        },
+        &Progress::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(describe(plain).await, (false, None));
 }

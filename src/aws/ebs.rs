@@ -13,6 +13,7 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 
 use super::{AwsClients, AwsError, AwsOperation};
+use crate::mover::manifest::VolumeEncryption;
 
 /// Size of every EBS snapshot block: the EBS direct APIs read and write
 /// whole 512 KiB blocks.
@@ -228,6 +229,35 @@ impl Snapshots<'_> {
         tags: &[(String, String)],
         client_token: &str,
     ) -> Result<String, AwsError> {
+        self.start_snapshot_encrypted(
+            region,
+            volume_size_gib,
+            description,
+            tags,
+            client_token,
+            None,
+        )
+        .await
+    }
+
+    /// [`Snapshots::start_snapshot`], encrypted when `encryption` is set:
+    /// `Encrypted` and, when it names one, `KmsKeyArn`. Without a parent
+    /// snapshot, EBS encrypts the new snapshot with that key, or with the
+    /// account's default EBS key when none is named; without `Encrypted`
+    /// the snapshot is encrypted only if the account has EBS encryption by
+    /// default on ("Encryption outcomes" for StartSnapshot,
+    /// <https://docs.aws.amazon.com/ebs/latest/userguide/ebsapis-using-encryption.html>).
+    /// The caller needs the key's KMS permissions through EBS (see
+    /// iam/README.md, "Encrypted snapshots").
+    pub async fn start_snapshot_encrypted(
+        &self,
+        region: &str,
+        volume_size_gib: i64,
+        description: &str,
+        tags: &[(String, String)],
+        client_token: &str,
+        encryption: Option<&VolumeEncryption>,
+    ) -> Result<String, AwsError> {
         let tags: Vec<Tag> = tags
             .iter()
             .map(|(k, v)| Tag::builder().key(k).value(v).build())
@@ -240,6 +270,8 @@ impl Snapshots<'_> {
             .description(description)
             .set_tags(Some(tags))
             .client_token(client_token)
+            .set_encrypted(encryption.map(|_| true))
+            .set_kms_key_arn(encryption.and_then(|e| e.kms_key_arn.clone()))
             .send();
         let op = AwsOperation::StartSnapshot;
         let out = self.aws.call(op, start).await?;
@@ -291,6 +323,34 @@ impl Snapshots<'_> {
             .call(AwsOperation::CompleteSnapshot, complete)
             .await?;
         Ok(())
+    }
+
+    /// How a snapshot is encrypted (DescribeSnapshots' `Encrypted` and
+    /// `KmsKeyId`, the key's ARN); `None` when it is not.
+    pub async fn snapshot_encryption(
+        &self,
+        region: &str,
+        snapshot_id: &str,
+    ) -> Result<Option<VolumeEncryption>, AwsError> {
+        let op = AwsOperation::DescribeSnapshots;
+        let describe = self
+            .aws
+            .ec2(region)
+            .describe_snapshots()
+            .snapshot_ids(snapshot_id)
+            .send();
+        let out = self.aws.call(op, describe).await?;
+        let snapshot = out
+            .snapshots()
+            .iter()
+            .find(|s| s.snapshot_id() == Some(snapshot_id))
+            .ok_or_else(|| missing(op, "snapshot"))?;
+        Ok(snapshot
+            .encrypted()
+            .unwrap_or(false)
+            .then(|| VolumeEncryption {
+                kms_key_arn: snapshot.kms_key_id().map(String::from),
+            }))
     }
 
     /// One snapshot; `None` when it does not exist (or this account may

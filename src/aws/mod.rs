@@ -101,6 +101,17 @@ impl AwsClients {
         Self::with(base, Arc::default())
     }
 
+    /// As [`AwsClients::from_env`], with every service at `endpoint` (a
+    /// proxy in front of the emulator, in tests).
+    pub async fn from_env_with_endpoint(endpoint: &str) -> Self {
+        let base = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(RetryConfig::adaptive().with_max_attempts(MAX_ATTEMPTS))
+            .endpoint_url(endpoint)
+            .load()
+            .await;
+        Self::with(base, Arc::default())
+    }
+
     /// Clients from `base`, counted in `metrics`, with no client built yet.
     fn with(base: SdkConfig, metrics: Arc<Metrics>) -> Self {
         Self {
@@ -160,7 +171,7 @@ impl AwsClients {
     ) -> Result<T, AwsError>
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
+        R: std::fmt::Debug + HttpStatus,
     {
         self.metrics.aws_call(op.name());
         let started = Instant::now();
@@ -182,7 +193,7 @@ impl AwsClients {
     ) -> Result<Option<T>, AwsError>
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
+        R: std::fmt::Debug + HttpStatus,
     {
         let started = Instant::now();
         let Some(outcome) = next.await else {
@@ -304,13 +315,29 @@ pub enum AwsError {
         operation: &'static str,
         detail: String,
     },
+    /// S3 refused a key of the backup repository (403). S3 answers 403 for
+    /// a key that does not exist, too, when the caller lacks `s3:ListBucket`
+    /// on the bucket for that key (see `repository`), so both are named.
+    #[error(
+        "S3 {operation} of s3://{bucket}/{key} was denied (403 {code}): the worker's role needs {action} on arn:aws:s3:::{bucket}/{key}, and s3:ListBucket on arn:aws:s3:::{bucket} with an s3:prefix condition covering {key} (without it S3 answers 403 for a key that does not exist yet); S3 also answers 403 when the bucket is not owned by the repository's expectedBucketOwner. See iam/README.md"
+    )]
+    RepositoryAccessDenied {
+        operation: &'static str,
+        code: String,
+        bucket: String,
+        key: String,
+        /// The IAM action the call needs (`s3:GetObject`, `s3:PutObject`).
+        action: &'static str,
+    },
 }
 
 impl AwsError {
     /// The AWS error code, when AWS answered.
     pub fn code(&self) -> Option<&str> {
         match self {
-            AwsError::Service { code, .. } => Some(code),
+            AwsError::Service { code, .. } | AwsError::RepositoryAccessDenied { code, .. } => {
+                Some(code)
+            }
             AwsError::Unreachable { .. } => None,
         }
     }
@@ -322,6 +349,7 @@ impl AwsError {
         match self {
             AwsError::Service { code, .. } => is_throttling(code),
             AwsError::Unreachable { .. } => true,
+            AwsError::RepositoryAccessDenied { .. } => false,
         }
     }
 
@@ -332,6 +360,7 @@ impl AwsError {
             AwsError::Service { code, .. } if is_permission(code) => "AwsPermissionDenied",
             AwsError::Service { .. } => "AwsRequestFailed",
             AwsError::Unreachable { .. } => "AwsUnreachable",
+            AwsError::RepositoryAccessDenied { .. } => "AwsPermissionDenied",
         }
     }
 
@@ -344,6 +373,7 @@ impl AwsError {
             }
             AwsError::Service { .. } => FailureReason::AwsRequestFailed,
             AwsError::Unreachable { .. } => FailureReason::AwsUnreachable,
+            AwsError::RepositoryAccessDenied { .. } => FailureReason::RepositoryAccessDenied,
         }
     }
 }
@@ -381,10 +411,24 @@ pub(crate) fn tag_specification(
         .build()
 }
 
+/// Throttling, as each service names it: EC2 `RequestLimitExceeded`, the
+/// EBS direct APIs `RequestThrottledException` (and
+/// `ConcurrentLimitExceededException` for too many requests at once), S3
+/// `SlowDown` (503), and a bare 429 or 503 without a code ([`aws_error`]
+/// names those `Http429`/`Http503`).
 fn is_throttling(code: &str) -> bool {
     matches!(
         code,
-        "Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "RequestThrottled"
+        "Throttling"
+            | "ThrottlingException"
+            | "RequestLimitExceeded"
+            | "RequestThrottled"
+            | "RequestThrottledException"
+            | "ConcurrentLimitExceededException"
+            | "TooManyRequestsException"
+            | "SlowDown"
+            | "Http429"
+            | "Http503"
     )
 }
 
@@ -395,18 +439,35 @@ fn is_permission(code: &str) -> bool {
     )
 }
 
-/// Turns an SDK error into an [`AwsError`] for `operation`.
+/// The HTTP status of a raw response, for errors that carry no code.
+pub(crate) trait HttpStatus {
+    fn http_status(&self) -> u16;
+}
+
+impl HttpStatus for aws_smithy_runtime_api::http::Response {
+    fn http_status(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+/// Turns an SDK error into an [`AwsError`] for `operation`. An answer
+/// without an error code (S3 answers a HEAD with no body) is named by its
+/// status: `Http403`, `Http503`.
 fn aws_error<E, R>(operation: &'static str, err: SdkError<E, R>) -> AwsError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
+    R: std::fmt::Debug + HttpStatus,
 {
     match &err {
         SdkError::ServiceError(service) => {
             let e = service.err();
+            let code = match e.code() {
+                Some(code) => code.to_string(),
+                None => format!("Http{}", service.raw().http_status()),
+            };
             AwsError::Service {
                 operation,
-                code: e.code().unwrap_or("Unknown").to_string(),
+                code,
                 message: e.message().unwrap_or_default().to_string(),
             }
         }

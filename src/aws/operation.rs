@@ -223,7 +223,8 @@ impl AwsOperation {
     /// instance profile, `sqs:TagQueue` for a queue's tags, and
     /// `s3:ListBucket` for reads of keys that may be missing: without it S3
     /// answers a missing key with 403, which the code cannot tell from a
-    /// denial, instead of the 404 it reads as "absent".
+    /// denial, instead of the 404 it reads as "absent"; and the KMS
+    /// actions EBS performs for the caller on an encrypted snapshot.
     pub fn also_needs(self) -> Vec<&'static str> {
         let mut out = Vec::new();
         if !self.tags_at_creation().is_empty() {
@@ -233,6 +234,21 @@ impl AwsOperation {
             AwsOperation::RunInstances => out.push("iam:PassRole"),
             AwsOperation::CreateQueue => out.push("sqs:TagQueue"),
             AwsOperation::GetObject | AwsOperation::HeadObject => out.push("s3:ListBucket"),
+            // An encrypted snapshot's blocks: EBS uses its KMS key on the
+            // caller's behalf ("To access an encrypted snapshot, the user
+            // must have access to the KMS key used to encrypt the snapshot,
+            // and to the AWS KMS decrypt action", EBS direct APIs FAQ;
+            // "Permissions to use AWS KMS keys" in
+            // <https://docs.aws.amazon.com/ebs/latest/userguide/ebsapi-permissions.html>).
+            AwsOperation::GetSnapshotBlock | AwsOperation::PutSnapshotBlock => {
+                out.push("kms:Decrypt");
+            }
+            // A new encrypted snapshot: EBS makes its data key and a grant.
+            AwsOperation::StartSnapshot => out.extend([
+                "kms:GenerateDataKeyWithoutPlaintext",
+                "kms:CreateGrant",
+                "kms:DescribeKey",
+            ]),
             _ => {}
         }
         out
@@ -368,7 +384,16 @@ mod tests {
         assert_eq!(AwsOperation::StartSnapshot.create_action(), None);
         assert_eq!(
             AwsOperation::StartSnapshot.also_needs(),
-            vec!["ec2:CreateTags"]
+            vec![
+                "ec2:CreateTags",
+                "kms:GenerateDataKeyWithoutPlaintext",
+                "kms:CreateGrant",
+                "kms:DescribeKey"
+            ]
+        );
+        assert_eq!(
+            AwsOperation::GetSnapshotBlock.also_needs(),
+            vec!["kms:Decrypt"]
         );
         assert_eq!(AwsOperation::DescribeInstances.create_action(), None);
         assert_eq!(AwsOperation::HeadObject.also_needs(), vec!["s3:ListBucket"]);

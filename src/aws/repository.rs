@@ -16,9 +16,35 @@ use crate::mover::manifest::RepositoryLocation;
 /// S3's answer to a conditional PUT (`If-None-Match: *`) whose key exists.
 const PRECONDITION_FAILED: &str = "PreconditionFailed";
 
+/// A key that does not exist: S3 says so (404 `NoSuchKey`, or a HEAD's
+/// bare 404) only to a caller allowed `s3:ListBucket` for that key. To any
+/// other it answers 403 AccessDenied, exactly as for a key it may not read
+/// (GetObject and HeadObject, "Permissions":
+/// <https://docs.aws.amazon.com/AmazonS3/latest/API/API_HeadObject.html>),
+/// so a 403 is never taken for "absent": it would turn a missing
+/// permission into a full backup, or a restore point into "not found".
 fn is_missing(e: &AwsError) -> bool {
     e.code()
-        .is_some_and(|c| matches!(c, "NoSuchKey" | "NotFound" | "404"))
+        .is_some_and(|c| matches!(c, "NoSuchKey" | "NotFound" | "Http404"))
+}
+
+/// S3's 403 on a repository key, as the named error that says what to
+/// grant; any other error as it is.
+fn denied(e: AwsError, loc: &RepositoryLocation, key: &str, action: &'static str) -> AwsError {
+    match &e {
+        AwsError::Service {
+            operation, code, ..
+        } if matches!(code.as_str(), "AccessDenied" | "Http403" | "Forbidden") => {
+            AwsError::RepositoryAccessDenied {
+                operation,
+                code: code.clone(),
+                bucket: loc.bucket.clone(),
+                key: key.to_string(),
+                action,
+            }
+        }
+        _ => e,
+    }
 }
 
 /// SSE-KMS with `kms_key_id`, else SSE-S3: asked for on every write, so
@@ -65,7 +91,7 @@ impl Repository<'_> {
         match self.aws.call(AwsOperation::HeadObject, head).await {
             Ok(_) => Ok(true),
             Err(e) if is_missing(&e) => Ok(false),
-            Err(e) => Err(e),
+            Err(e) => Err(denied(e, loc, key, "s3:GetObject")),
         }
     }
 
@@ -78,7 +104,10 @@ impl Repository<'_> {
         content_type: &str,
     ) -> Result<(), AwsError> {
         let put = self.put(loc, key, body, content_type).send();
-        self.aws.call(AwsOperation::PutObject, put).await?;
+        self.aws
+            .call(AwsOperation::PutObject, put)
+            .await
+            .map_err(|e| denied(e, loc, key, "s3:PutObject"))?;
         Ok(())
     }
 
@@ -99,7 +128,7 @@ impl Repository<'_> {
         match self.aws.call(AwsOperation::PutObject, put).await {
             Ok(_) => Ok(Created::Written),
             Err(e) if e.code() == Some(PRECONDITION_FAILED) => Ok(Created::AlreadyExists),
-            Err(e) => Err(e),
+            Err(e) => Err(denied(e, loc, key, "s3:PutObject")),
         }
     }
 
@@ -140,7 +169,7 @@ impl Repository<'_> {
         let out = match self.aws.call(op, get).await {
             Ok(out) => out,
             Err(e) if is_missing(&e) => return Ok(None),
-            Err(e) => return Err(e),
+            Err(e) => return Err(denied(e, loc, key, "s3:GetObject")),
         };
         super::read_body(op, out.body).await.map(Some)
     }
@@ -252,6 +281,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+    use crate::reasons::FailureReason;
 
     const KEY: &str = "arn:aws:kms:us-east-1:111122223333:key/0987dcba-09fe-87dc-65ba-ab0987654321";
 
@@ -402,5 +432,62 @@ mod tests {
             Some("aes256")
         );
         assert!(heads[2].starts_with("get ") && heads[3].starts_with("head "));
+    }
+
+    /// A missing key is "absent" only when S3 says 404; its 403 (what a
+    /// caller without `s3:ListBucket` gets for a missing key, and anyone for
+    /// a key it may not read) is the named error, never "absent".
+    #[tokio::test]
+    async fn only_a_404_is_absent_and_a_403_names_what_to_grant() {
+        let no_such_key = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message></Error>";
+        let denied_body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
+        let (url, served) = s3_answering(vec![
+            ("404 Not Found", no_such_key),
+            ("404 Not Found", ""),
+            ("403 Forbidden", denied_body),
+            ("403 Forbidden", ""),
+            ("403 Forbidden", denied_body),
+        ])
+        .await;
+        let aws = clients(&url);
+        let repo = aws.repository();
+        let loc = RepositoryLocation::new("acme-backups", "prod/team-a/", "us-east-1");
+        let key = "prod/team-a/latest/us-east-1/snap-1.json";
+        assert_eq!(repo.get_object(&loc, key).await.ok(), Some(None));
+        assert_eq!(repo.object_exists(&loc, key).await.ok(), Some(false));
+        let got = repo.get_object(&loc, key).await.err();
+        let head = repo
+            .object_exists(&loc, "prod/team-a/chunks/ab/abcd")
+            .await
+            .err();
+        let put = repo
+            .put_object(
+                &loc,
+                "prod/team-a/chunks/ab/abcd",
+                b"x".to_vec(),
+                "application/zstd",
+            )
+            .await
+            .err();
+        served.await.expect("the stand-in ran");
+        for (e, action, key) in [
+            (got, "s3:GetObject", key),
+            (head, "s3:GetObject", "prod/team-a/chunks/ab/abcd"),
+            (put, "s3:PutObject", "prod/team-a/chunks/ab/abcd"),
+        ] {
+            let e = e.expect("a 403 is an error");
+            assert_eq!(e.failure_reason(), FailureReason::RepositoryAccessDenied);
+            assert!(e.failure_reason().is_permanent());
+            assert!(!e.is_transient());
+            let message = e.to_string();
+            for needed in [
+                action,
+                "s3:ListBucket",
+                "arn:aws:s3:::acme-backups",
+                &format!("arn:aws:s3:::acme-backups/{key}"),
+            ] {
+                assert!(message.contains(needed), "{needed} not in {message}");
+            }
+        }
     }
 }

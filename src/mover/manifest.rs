@@ -201,6 +201,44 @@ pub struct VolumeImage {
     pub block_size: u32,
     /// Blocks with data, by index; a block that is absent reads as zeros.
     pub blocks: Vec<BlockRef>,
+    /// How the snapshot that was read is encrypted; `None` when it is not
+    /// (or, in a manifest written before this field, not recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<VolumeEncryption>,
+}
+
+/// An encrypted snapshot's key, as DescribeSnapshots names it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeEncryption {
+    /// The KMS key's ARN (`KmsKeyId`); `None` when EBS did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_arn: Option<String>,
+}
+
+/// How a restore in `region` encrypts the snapshot it writes for `volume`:
+/// like the source, with the source's key when that key can be used there
+/// (a KMS key lives in one Region: an ARN of `region`), else under the
+/// target account's default EBS key (`Encrypted` without `KmsKeyArn`).
+/// `None` (no `Encrypted` at all) for a source that was not encrypted, or
+/// whose manifest predates the record; EBS encryption by default, when the
+/// account has it on, still encrypts the snapshot.
+pub fn restore_encryption(volume: &VolumeImage, region: &str) -> Option<VolumeEncryption> {
+    let source = volume.encryption.as_ref()?;
+    let usable = source
+        .kms_key_arn
+        .as_deref()
+        .filter(|arn| kms_key_region(arn) == Some(region));
+    Some(VolumeEncryption {
+        kms_key_arn: usable.map(String::from),
+    })
+}
+
+/// The Region of a KMS key ARN (`arn:<partition>:kms:<region>:<account>:key/<id>`).
+fn kms_key_region(arn: &str) -> Option<&str> {
+    let mut parts = arn.splitn(6, ':');
+    let (scheme, _, service, region) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    (scheme == "arn" && service == "kms" && !region.is_empty()).then_some(region)
 }
 
 impl VolumeImage {
@@ -238,6 +276,14 @@ pub struct BackupStats {
     pub chunks_deduplicated: u64,
     /// Logical bytes of the restore point.
     pub bytes_total: u64,
+    /// Blocks whose read or upload the mover had to try again (after the
+    /// SDK's own retries), and that then went through.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub blocks_retried: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Points at the newest restore point of a resource in a repository. It
@@ -361,6 +407,7 @@ mod tests {
 
     fn image(blocks: Vec<BlockRef>) -> VolumeImage {
         VolumeImage {
+            encryption: None,
             device: None,
             volume_id: None,
             snapshot_id: "snap-1".into(),
@@ -499,5 +546,65 @@ mod tests {
         let users = chunk_users(&[image(vec![block(0, 'a'), block(7, 'a'), block(2, 'c')])]);
         assert_eq!(users["a".repeat(64).as_str()], vec![0, 7]);
         assert_eq!(users.len(), 2);
+    }
+
+    /// A manifest written before encryption was recorded still reads (as
+    /// "not recorded"); one that records it keeps it through a round trip.
+    #[test]
+    fn encryption_is_recorded_and_old_manifests_still_read() {
+        let old = format!(
+            r#"{{"version":1,"id":"j/snap-1","resource":"snap-1","region":"eu-west-1","namespace":"a","jobName":"j","jobUid":"u","createdAt":"2026-01-01T00:00:00Z",
+               "volumes":[{{"snapshotId":"snap-1","sizeGib":8,"blockSize":524288,"blocks":[{{"index":0,"chunk":"{}","length":4}}]}}],
+               "stats":{{"blocksRead":1,"blocksReused":0,"zeroBlocks":0,"chunksUploaded":1,"bytesUploaded":4,"chunksDeduplicated":0,"bytesTotal":4}}}}"#,
+            "a".repeat(64)
+        );
+        let mut m = parse_manifest(old.as_bytes()).expect("an old manifest reads");
+        assert_eq!(m.volumes[0].encryption, None);
+        assert_eq!(m.stats.blocks_retried, 0);
+        let key = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+        m.volumes[0].encryption = Some(VolumeEncryption {
+            kms_key_arn: Some(key.into()),
+        });
+        let text = serde_json::to_vec(&m).expect("serializes");
+        assert!(
+            String::from_utf8_lossy(&text)
+                .contains(r#""encryption":{"kmsKeyArn":"arn:aws:kms:eu-west-1"#)
+        );
+        assert_eq!(parse_manifest(&text).expect("reads back"), m);
+    }
+
+    #[test]
+    fn a_restore_is_encrypted_like_its_source_with_its_key_where_it_can_be_used() {
+        let key = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+        let with = |encryption: Option<VolumeEncryption>| VolumeImage {
+            encryption,
+            ..image(Vec::new())
+        };
+        let keyed = |k: Option<&str>| {
+            Some(VolumeEncryption {
+                kms_key_arn: k.map(String::from),
+            })
+        };
+        // Not encrypted (or not recorded): no Encrypted at all.
+        assert_eq!(restore_encryption(&with(None), "eu-west-1"), None);
+        // The source's key, in its own Region.
+        assert_eq!(
+            restore_encryption(&with(keyed(Some(key))), "eu-west-1"),
+            keyed(Some(key))
+        );
+        // Another Region cannot use it: encrypted with the default key there.
+        assert_eq!(
+            restore_encryption(&with(keyed(Some(key))), "us-east-1"),
+            keyed(None)
+        );
+        // A key EBS named by something else than an ARN, or not at all.
+        assert_eq!(
+            restore_encryption(&with(keyed(Some("alias/aws/ebs"))), "eu-west-1"),
+            keyed(None)
+        );
+        assert_eq!(
+            restore_encryption(&with(keyed(None)), "eu-west-1"),
+            keyed(None)
+        );
     }
 }

@@ -19,6 +19,7 @@
 
 pub mod integrity;
 pub mod manifest;
+pub mod pace;
 mod restore;
 
 use std::collections::HashSet;
@@ -35,6 +36,7 @@ use crate::reasons::FailureReason;
 use manifest::{
     BackupStats, BlockRef, BlockSource, LatestPointer, Manifest, RepositoryLocation, VolumeImage,
 };
+use pace::{BLOCK_RETRIES, BLOCKS_PER_SECOND, Pace, retry_block};
 pub use restore::{RestoreTarget, restore_volume, verify};
 
 /// Blocks in flight at once (each holds up to 512 KiB, plus its compressed copy).
@@ -115,6 +117,8 @@ impl MoverError {
 pub struct Progress {
     pub done: AtomicU64,
     pub total: AtomicU64,
+    /// Blocks that needed a retry by the mover, and its retries.
+    pub retried: pace::Retries,
 }
 
 impl Progress {
@@ -323,6 +327,7 @@ async fn copy(
     let copy = BlockCopy {
         request,
         progress,
+        pace: Pace::new(BLOCKS_PER_SECOND),
         known: Mutex::new(
             base.iter()
                 .flat_map(|p| p.volumes.iter())
@@ -348,6 +353,7 @@ async fn copy(
             size_gib: plan.size_gib,
             block_size: BLOCK_SIZE as u32,
             blocks,
+            encryption: plan.encryption,
         });
     }
     let mut stats = lock(&copy.stats).clone();
@@ -400,6 +406,8 @@ struct VolumePlan {
     volume: SourceVolume,
     size_gib: i64,
     blocks: Vec<BlockSource>,
+    /// Recorded so that a restore is encrypted like the source.
+    encryption: Option<manifest::VolumeEncryption>,
 }
 
 /// Lists each volume's blocks and, against the parent's image of the same
@@ -442,7 +450,13 @@ async fn plan_volumes(
             Some(_) => Some(Vec::new()),
             None => None,
         };
+        let encryption = request
+            .source
+            .snapshots()
+            .snapshot_encryption(request.region, &volume.snapshot_id)
+            .await?;
         plans.push(VolumePlan {
+            encryption,
             volume: volume.clone(),
             size_gib: listing.volume_size_gib,
             blocks: manifest::plan_blocks(&listing, parent_image, changed.as_deref()),
@@ -455,6 +469,8 @@ async fn plan_volumes(
 struct BlockCopy<'r, 'a> {
     request: &'r BackupRequest<'a>,
     progress: &'r Progress,
+    /// Spaces GetSnapshotBlock requests under the per-snapshot quota.
+    pace: Pace,
     /// Chunks known to be stored: the parent's, then each one uploaded or
     /// found. A chunk being uploaded is claimed, so it is uploaded once.
     known: Mutex<HashSet<String>>,
@@ -480,11 +496,22 @@ impl BlockCopy<'_, '_> {
             BlockSource::Read { index, token } => (index, token),
         };
         let request = self.request;
-        let data = request
-            .source
-            .snapshots()
-            .get_snapshot_block(request.region, snapshot_id, index, &token)
-            .await?;
+        // A block is tried again on its own (throttling, a server error)
+        // before it fails the attempt; what the others did is kept.
+        let (data, mut retried) = retry_block(
+            &BLOCK_RETRIES,
+            &self.progress.retried,
+            || format!("{snapshot_id} block {index}"),
+            || async {
+                self.pace.wait().await;
+                let snapshots = request.source.snapshots();
+                let data = snapshots
+                    .get_snapshot_block(request.region, snapshot_id, index, &token)
+                    .await?;
+                Ok(data)
+            },
+        )
+        .await?;
         if data.len() > BLOCK_SIZE {
             return Err(MoverError::OversizedBlock {
                 snapshot_id: snapshot_id.to_string(),
@@ -498,11 +525,17 @@ impl BlockCopy<'_, '_> {
         self.progress
             .done
             .fetch_add(BLOCK_SIZE as u64, Ordering::Relaxed);
+        if !zero {
+            retried |= self.store_chunk(&hash, packed).await?;
+        }
+        if retried {
+            self.progress.retried.blocks.fetch_add(1, Ordering::Relaxed);
+            lock(&self.stats).blocks_retried += 1;
+        }
         if zero {
             lock(&self.stats).zero_blocks += 1;
             return Ok(None);
         }
-        self.store_chunk(&hash, packed).await?;
         Ok(Some(BlockRef {
             index,
             chunk: hash,
@@ -510,20 +543,38 @@ impl BlockCopy<'_, '_> {
         }))
     }
 
-    /// Stores a chunk unless the repository has it already.
-    async fn store_chunk(&self, hash: &str, packed: Vec<u8>) -> Result<(), MoverError> {
+    /// Stores a chunk unless the repository has it already (a chunk an
+    /// earlier attempt stored, too: a retried backup re-reads its blocks
+    /// but uploads only what is not there). Returns whether a call needed
+    /// a retry.
+    async fn store_chunk(&self, hash: &str, packed: Vec<u8>) -> Result<bool, MoverError> {
         let claimed = lock(&self.known).insert(hash.to_string());
         if !claimed {
             lock(&self.stats).chunks_deduplicated += 1;
-            return Ok(());
+            return Ok(false);
         }
         let (loc, repo) = (self.request.location, self.request.repository);
         let key = loc.chunk_key(hash);
+        let retries = &self.progress.retried;
         // A chunk the verified parent does not name is trusted only once
         // its bytes hash to its name: someone who can write the bucket (but
         // not MAC a manifest) could have planted junk under the name of a
         // block they expect (a public AMI's, say) before any backup wrote it.
-        if let Some(stored) = repo.repository().get_object(loc, &key).await? {
+        let found = retry_block(
+            &BLOCK_RETRIES,
+            retries,
+            || key.clone(),
+            || async { Ok(repo.repository().get_object(loc, &key).await?) },
+        )
+        .await;
+        let (stored, mut retried) = match found {
+            Ok(found) => found,
+            Err(e) => {
+                lock(&self.known).remove(hash);
+                return Err(e);
+            }
+        };
+        if let Some(stored) = stored {
             let expected = hash.to_string();
             let intact = tokio::task::spawn_blocking(move || check_chunk(&stored, &expected))
                 .await
@@ -534,7 +585,7 @@ impl BlockCopy<'_, '_> {
             match intact {
                 Ok(_) => {
                     lock(&self.stats).chunks_deduplicated += 1;
-                    return Ok(());
+                    return Ok(retried);
                 }
                 Err(detail) => {
                     tracing::warn!(
@@ -546,19 +597,33 @@ impl BlockCopy<'_, '_> {
             }
         }
         let size = packed.len() as u64;
-        let put = repo
-            .repository()
-            .put_object(loc, &key, packed, "application/zstd")
-            .await;
-        if let Err(e) = put {
-            // Let a later block (or attempt) upload it.
-            lock(&self.known).remove(hash);
-            return Err(e.into());
+        let put = retry_block(
+            &BLOCK_RETRIES,
+            retries,
+            || key.clone(),
+            || {
+                let packed = packed.clone();
+                async {
+                    repo.repository()
+                        .put_object(loc, &key, packed, "application/zstd")
+                        .await?;
+                    Ok(())
+                }
+            },
+        )
+        .await;
+        match put {
+            Ok(((), r)) => retried |= r,
+            Err(e) => {
+                // Let a later block (or attempt) upload it.
+                lock(&self.known).remove(hash);
+                return Err(e);
+            }
         }
         let mut s = lock(&self.stats);
         s.chunks_uploaded += 1;
         s.bytes_uploaded += size;
-        Ok(())
+        Ok(retried)
     }
 }
 

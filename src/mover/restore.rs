@@ -7,21 +7,30 @@ use std::sync::atomic::Ordering;
 use futures::{StreamExt, TryStreamExt};
 
 use super::manifest::{self, Manifest, RepositoryLocation, VolumeImage};
+use super::pace::{BLOCK_RETRIES, BLOCKS_PER_SECOND, Pace, retry_block};
 use super::{CONCURRENCY, MoverError, Progress, check_chunk};
 use crate::aws::ebs::BLOCK_SIZE;
 use crate::aws::{AwsClients, AwsError};
 
-/// Fetches one chunk and checks it against its name.
+/// Fetches one chunk (tried again on its own when throttled) and checks
+/// it against its name; also says whether the fetch needed a retry.
 async fn fetch_chunk(
     aws: &AwsClients,
     loc: &RepositoryLocation,
-    manifest: &Manifest,
+    (manifest, progress): (&Manifest, &Progress),
     hash: &str,
     users: &BTreeMap<String, Vec<i32>>,
-) -> Result<Vec<u8>, MoverError> {
+) -> Result<(Vec<u8>, bool), MoverError> {
     let key = loc.chunk_key(hash);
     let blocks = || users.get(hash).cloned().unwrap_or_default();
-    let Some(packed) = aws.repository().get_object(loc, &key).await? else {
+    let (found, retried) = retry_block(
+        &BLOCK_RETRIES,
+        &progress.retried,
+        || key.clone(),
+        || async { Ok(aws.repository().get_object(loc, &key).await?) },
+    )
+    .await?;
+    let Some(packed) = found else {
         return Err(MoverError::ChunkMissing {
             restore_point: manifest.id.clone(),
             key,
@@ -35,12 +44,13 @@ async fn fetch_chunk(
             operation: "VerifyChunk",
             detail: e.to_string(),
         })?;
-    checked.map_err(|detail| MoverError::ChunkCorrupt {
+    let data = checked.map_err(|detail| MoverError::ChunkCorrupt {
         restore_point: manifest.id.clone(),
         key,
         blocks: blocks(),
         detail,
-    })
+    })?;
+    Ok((data, retried))
 }
 
 /// Checks that every chunk of `volume` is in the repository and intact.
@@ -65,7 +75,11 @@ pub async fn verify(
             let users = &users;
             let lengths = &lengths;
             async move {
-                fetch_chunk(aws, loc, manifest, &hash, users).await?;
+                let (_, retried) =
+                    fetch_chunk(aws, loc, (manifest, progress), &hash, users).await?;
+                if retried {
+                    progress.retried.blocks.fetch_add(1, Ordering::Relaxed);
+                }
                 let n = users.get(&hash).map_or(0, |u| u.len() as u64);
                 progress.done.fetch_add(
                     n * lengths.get(hash.as_str()).copied().unwrap_or(0),
@@ -108,31 +122,61 @@ pub async fn restore_volume(
         .total
         .fetch_add(2 * volume.bytes(), Ordering::Relaxed);
     verify(repo, loc, manifest, volume, progress).await?;
+    // Encrypted like the source (with its key where that key can be used).
+    let encryption = manifest::restore_encryption(volume, target.region);
     let snapshot_id = target
         .aws
         .snapshots()
-        .start_snapshot(
+        .start_snapshot_encrypted(
             target.region,
             volume.size_gib,
             target.description,
             target.tags,
             target.client_token,
+            encryption.as_ref(),
         )
         .await?;
+    // Within an attempt, a block that fails is written again on its own,
+    // into the same pending snapshot, and the blocks written stay written.
+    // A *new* attempt (another worker, after this one failed or was lost)
+    // starts a new snapshot and writes every block: the EBS direct APIs
+    // cannot list the blocks of a snapshot that is still pending ("Can a
+    // snapshot be accessed using the EBS direct APIs if it has a pending
+    // status? No", <https://docs.aws.amazon.com/ebs/latest/userguide/ebsapi-faq.html>),
+    // so nothing tells the new worker which blocks the old one wrote, and
+    // a restore worker can write no record of them (its role has no
+    // s3:PutObject, by design). The old attempt's snapshot stays pending,
+    // tagged with the job, for the sweep.
     let users = manifest::chunk_users(std::slice::from_ref(volume));
+    let pace = Pace::new(BLOCKS_PER_SECOND);
     futures::stream::iter(volume.blocks.clone())
         .map(|block| {
             let users = &users;
             let snapshot_id = &snapshot_id;
+            let pace = &pace;
             async move {
-                let mut data = fetch_chunk(repo, loc, manifest, &block.chunk, users).await?;
+                let (mut data, fetched_again) =
+                    fetch_chunk(repo, loc, (manifest, progress), &block.chunk, users).await?;
                 // EBS writes whole blocks; a short one ends in zeros.
                 data.resize(BLOCK_SIZE, 0);
-                target
-                    .aws
-                    .snapshots()
-                    .put_snapshot_block(target.region, snapshot_id, block.index, data)
+                let what = || format!("{snapshot_id} block {}", block.index);
+                let ((), written_again) =
+                    retry_block(&BLOCK_RETRIES, &progress.retried, what, || {
+                        let data = data.clone();
+                        async move {
+                            pace.wait().await;
+                            target
+                                .aws
+                                .snapshots()
+                                .put_snapshot_block(target.region, snapshot_id, block.index, data)
+                                .await?;
+                            Ok(())
+                        }
+                    })
                     .await?;
+                if fetched_again || written_again {
+                    progress.retried.blocks.fetch_add(1, Ordering::Relaxed);
+                }
                 progress
                     .done
                     .fetch_add(u64::from(block.length), Ordering::Relaxed);

@@ -306,8 +306,12 @@ fn backup_detail(manifest: &Manifest) -> String {
         ),
         None => String::new(),
     };
+    let retried = match s.blocks_retried {
+        0 => String::new(),
+        n => format!(", {n} blocks retried after throttling or a server error"),
+    };
     format!(
-        "restore point {}: {} of data, {} blocks read, {} reused from {}, {} chunks uploaded ({}), {} already stored{refused}",
+        "restore point {}: {} of data, {} blocks read, {} reused from {}, {} chunks uploaded ({}), {} already stored{retried}{refused}",
         manifest.id,
         mib(s.bytes_total),
         s.blocks_read,
@@ -377,9 +381,13 @@ async fn restore(
         .iter()
         .map(|s| format!("{} → {}", s.device, s.snapshot_id))
         .collect();
+    let retried = match progress.retried.blocks.load(Ordering::Relaxed) {
+        0 => String::new(),
+        n => format!("; {n} blocks retried after throttling or a server error"),
+    };
     Ok(Done {
         detail: format!(
-            "restored {} volume(s) of {id} ({} of data): {}",
+            "restored {} volume(s) of {id} ({} of data): {}{retried}",
             volumes.len(),
             mib(volumes.iter().map(|v| v.bytes()).sum()),
             written.join(", ")

@@ -116,10 +116,30 @@ pub fn data_blocks(image: &[u8]) -> BTreeMap<i32, &[u8]> {
 /// Writes `image` into a new EBS snapshot of `size_gib` (blocks of zeros
 /// are not written, as for any sparse disk) and returns its ID.
 pub async fn write_snapshot(aws: &AwsClients, image: &[u8], size_gib: i64) -> String {
+    write_encrypted_snapshot(aws, image, size_gib, None).await
+}
+
+/// [`write_snapshot`], encrypted with the KMS key `key` when one is given.
+pub async fn write_encrypted_snapshot(
+    aws: &AwsClients,
+    image: &[u8],
+    size_gib: i64,
+    key: Option<&str>,
+) -> String {
     let token = unique("snap");
+    let encryption = key.map(|k| tender::mover::manifest::VolumeEncryption {
+        kms_key_arn: Some(k.to_string()),
+    });
     let id = aws
         .snapshots()
-        .start_snapshot(REGION, size_gib, "test disk", &[], &token)
+        .start_snapshot_encrypted(
+            REGION,
+            size_gib,
+            "test disk",
+            &[],
+            &token,
+            encryption.as_ref(),
+        )
         .await
         .unwrap();
     let blocks = data_blocks(image);

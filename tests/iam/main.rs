@@ -13,6 +13,8 @@
 // Its helpers (not only its #[test]s, which clippy.toml covers) unwrap and panic.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
+mod ebs_keys;
+mod missing_keys;
 mod policy;
 mod repository;
 mod workers;

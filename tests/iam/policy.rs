@@ -277,3 +277,79 @@ impl Policy {
                 .any(|s| matching(&s))
     }
 }
+
+/// One request as IAM sees it: the action, the resource and the request's
+/// context keys (a key may carry several values, as `aws:TagKeys` does).
+pub struct Request<'a> {
+    pub action: &'a str,
+    pub resource: &'a str,
+    pub context: &'a [(&'a str, &'a str)],
+}
+
+impl Statement {
+    /// Whether every condition of the statement holds for `context`, by
+    /// the IAM evaluation rules for the operators the policies use
+    /// (<https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_condition_operators.html>):
+    /// operators AND together, and so do keys; a key's values OR; a
+    /// positive operator on a key the request lacks does not hold;
+    /// `ForAllValues:` holds when every value of the request's key matches
+    /// (and when it has none); `Bool` compares `true`/`false`; `Null`
+    /// `false` requires the key, `true` its absence. An operator this
+    /// evaluator does not know fails the check, so a policy cannot pass by
+    /// using one.
+    pub fn conditions_hold(&self, context: &[(&str, &str)]) -> bool {
+        let values = |key: &str| -> Vec<&str> {
+            context
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(key))
+                .map(|(_, v)| *v)
+                .collect()
+        };
+        self.condition.iter().all(|(op, keys)| {
+            keys.as_object().is_some_and(|keys| {
+                keys.iter().all(|(key, wanted)| {
+                    let wanted = strings(wanted, "", &self.sid, key);
+                    let got = values(key);
+                    let any = |m: &dyn Fn(&str, &str) -> bool| {
+                        got.iter().any(|g| wanted.iter().any(|w| m(w, g)))
+                    };
+                    match op.as_str() {
+                        "StringEquals" | "Bool" => any(&|w, g| w == g),
+                        "StringEqualsIgnoreCase" => any(&|w, g| w.eq_ignore_ascii_case(g)),
+                        "StringLike" => any(&|w, g| glob(w, g)),
+                        "ArnLike" | "ArnEquals" => any(&|w, g| glob(w, g)),
+                        "ForAllValues:StringLike" => {
+                            got.iter().all(|g| wanted.iter().any(|w| glob(w, g)))
+                        }
+                        "Null" => {
+                            wanted == ["true"] && got.is_empty()
+                                || wanted == ["false"] && !got.is_empty()
+                        }
+                        _ => false,
+                    }
+                })
+            })
+        })
+    }
+}
+
+impl Policy {
+    /// Whether the policy allows `request`: an Allow whose action,
+    /// resource and conditions match, and no Deny that matches.
+    pub fn allows(&self, request: &Request) -> bool {
+        let matches = |s: &&Statement| {
+            s.grants(request.action)
+                && s.covers(request.resource)
+                && s.conditions_hold(request.context)
+        };
+        self.statements
+            .iter()
+            .filter(|s| s.allow)
+            .any(|s| matches(&s))
+            && !self
+                .statements
+                .iter()
+                .filter(|s| !s.allow)
+                .any(|s| matches(&s))
+    }
+}
