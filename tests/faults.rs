@@ -215,6 +215,11 @@ async fn aws_emulator_restart(tally: &mut Tally) {
     // agent finds no source and fails for good.
     testenv(&["restart", "moto"]);
     tally.faults += 1;
+    // The admin puts the workers' roles back (IAM was lost too); the
+    // controller's own session is unknown now, and acts as the account.
+    if common::realism::enabled() {
+        env.create_worker_roles().await;
+    }
     env.boot_workers.store(true, Ordering::SeqCst);
     let job = env.wait_job("job", TIMEOUT, finished).await;
     let status = job.status.clone().unwrap();

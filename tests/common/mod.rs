@@ -719,21 +719,25 @@ impl TestEnv {
         }
         let profiles = self
             .worker_roles
-            .get_or_init(|| async {
-                let mut names = serde_json::Map::new();
-                for (field, policy) in [
-                    ("backup", "backup"),
-                    ("restore", "restore"),
-                    ("fileLevelRecovery", "file-level"),
-                ] {
-                    let name = format!("tender-{}-{policy}", self.namespace);
-                    realism::ensure_role(&name, &realism::worker_policy(policy)).await;
-                    names.insert(field.to_string(), name.into());
-                }
-                serde_json::Value::Object(names)
-            })
+            .get_or_init(|| self.create_worker_roles())
             .await;
         Some(profiles.clone())
+    }
+
+    /// Creates (again: after the emulator lost everything) this test's
+    /// worker roles and their instance profiles; their names by operation.
+    pub async fn create_worker_roles(&self) -> serde_json::Value {
+        let mut names = serde_json::Map::new();
+        for (field, policy) in [
+            ("backup", "backup"),
+            ("restore", "restore"),
+            ("fileLevelRecovery", "file-level"),
+        ] {
+            let name = format!("tender-{}-{policy}", self.namespace);
+            realism::ensure_role(&name, &realism::worker_policy(policy)).await;
+            names.insert(field.to_string(), name.into());
+        }
+        serde_json::Value::Object(names)
     }
 
     /// Creates this test's BackupRepository `name` (logical, as for
