@@ -308,15 +308,7 @@ async fn the_sweep_terminates_orphaned_workers_and_deletes_orphaned_queues() {
 
     let describe = |id: String| {
         let ec2 = env.ec2.clone();
-        async move {
-            let out = ec2
-                .describe_instances()
-                .instance_ids(id)
-                .send()
-                .await
-                .unwrap();
-            common::state(&out.reservations()[0].instances()[0])
-        }
+        async move { common::state(&common::describe_instance(&ec2, &id).await) }
     };
     common::eventually(TIMEOUT, || {
         let d = describe(orphan.clone());

@@ -408,17 +408,8 @@ async fn a_session_announced_at_a_foreign_host_is_not_recorded() {
 
     // The worker's private address, as EC2 reports it.
     let instance = w.instance_id.clone().unwrap();
-    let described = env
-        .ec2
-        .describe_instances()
-        .instance_ids(&instance)
-        .send()
-        .await
-        .unwrap();
-    let address = described.reservations()[0].instances()[0]
-        .private_ip_address()
-        .unwrap()
-        .to_string();
+    let described = common::describe_instance(&env.ec2, &instance).await;
+    let address = described.private_ip_address().unwrap().to_string();
     let own = format!("https://{address}/");
     reports::send(&queue, reports::message(&job, &w, 3, session(&own, "REAL"))).await;
     let shown = env
@@ -448,10 +439,7 @@ async fn an_instance_backup_moves_its_volumes_data_and_restores_it_byte_for_byte
     let env = TestEnv::new("instance-data").await;
     let net = env.default_configuration().await.net;
     let aws = tender::aws::AwsClients::from_env().await;
-    let image = Ext4Image::build(
-        &[("srv/data.bin", disks::random_bytes(600_000, 14))],
-        16,
-    );
+    let image = Ext4Image::build(&[("srv/data.bin", disks::random_bytes(600_000, 14))], 16);
     let seed = disks::write_snapshot(&aws, &image.bytes, 1).await;
     let data_volume = aws_sdk_ec2::types::BlockDeviceMapping::builder()
         .device_name("/dev/sdf")

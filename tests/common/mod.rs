@@ -258,6 +258,25 @@ pub fn state(instance: &aws_sdk_ec2::types::Instance) -> String {
         .to_string()
 }
 
+/// Instance `id` as DescribeInstances tells it, asked again while EC2 does
+/// not know it yet (eventual consistency right after RunInstances).
+pub async fn describe_instance(
+    ec2: &aws_sdk_ec2::Client,
+    id: &str,
+) -> aws_sdk_ec2::types::Instance {
+    let start = Instant::now();
+    loop {
+        match ec2.describe_instances().instance_ids(id).send().await {
+            Ok(out) => return out.reservations()[0].instances()[0].clone(),
+            Err(e) if start.elapsed() < Duration::from_secs(10) => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("describe instance {id}: {e:?}"),
+        }
+    }
+}
+
 /// Asserts that `instance` was told to terminate: EC2 answers
 /// TerminateInstances with `shutting-down`, and reaches `terminated` later
 /// (the test world plays that delay, as AWS does).
@@ -679,13 +698,15 @@ impl TestEnv {
         // tests act in that account with its role instead.
         let elsewhere =
             spec.get("backupAccount").is_some() || spec.get("productionAccount").is_some();
-        if !elsewhere
-            && spec.get("iamInstanceProfile").is_none()
-            && spec.get("instanceProfiles").is_none()
-        {
-            if let Some(profiles) = self.worker_profiles().await {
-                spec["instanceProfiles"] = profiles;
-            }
+        let unnamed =
+            spec.get("iamInstanceProfile").is_none() && spec.get("instanceProfiles").is_none();
+        let profiles = if !elsewhere && unnamed {
+            self.worker_profiles().await
+        } else {
+            None
+        };
+        if let Some(profiles) = profiles {
+            spec["instanceProfiles"] = profiles;
         }
         let first = self.configurations.fetch_add(1, Ordering::SeqCst) == 0;
         let annotations = if first {
