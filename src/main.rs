@@ -90,6 +90,24 @@ enum Command {
         /// Seconds an orphaned worker must have existed before the sweep terminates it.
         #[arg(long, default_value_t = 120, env = "TENDER_SWEEP_GRACE_SECONDS")]
         sweep_grace_seconds: u64,
+        /// Seconds an orphaned intermediate snapshot (what a restore wrote
+        /// on the way, tagged `tender.dev/intermediate`) must have existed,
+        /// and been owned by no job, before the sweep deletes it.
+        #[arg(
+            long,
+            default_value_t = 3600,
+            env = "TENDER_INTERMEDIATE_GRACE_SECONDS"
+        )]
+        intermediate_grace_seconds: u64,
+        /// Seconds a restore waits, after its worker completed, for EBS to
+        /// seal the restored snapshots (and for its AMI to become
+        /// available) before it fails with RestoredSnapshotTimedOut.
+        #[arg(
+            long,
+            default_value_t = 21600,
+            env = "TENDER_RESTORED_SNAPSHOT_TIMEOUT_SECONDS"
+        )]
+        restored_snapshot_timeout_seconds: u64,
         /// Accept a worker message only when SQS names the worker instance
         /// itself as its sender (SenderId `<role ID>:<instance ID>`). Set it
         /// to false only against an AWS emulator, which names one fixed
@@ -144,6 +162,8 @@ fn main() -> ExitCode {
             leader_election_renew_seconds,
             sweep_interval_seconds,
             sweep_grace_seconds,
+            intermediate_grace_seconds,
+            restored_snapshot_timeout_seconds,
             network_recheck_seconds,
             repository_count_seconds,
             require_worker_sender,
@@ -172,7 +192,11 @@ fn main() -> ExitCode {
                 sweep: SweepConfig {
                     interval: Duration::from_secs(sweep_interval_seconds.max(1)),
                     grace: Duration::from_secs(sweep_grace_seconds),
+                    intermediate_grace: Duration::from_secs(intermediate_grace_seconds),
                 },
+                restored_snapshot_timeout: Duration::from_secs(
+                    restored_snapshot_timeout_seconds.max(1),
+                ),
                 require_worker_sender,
                 trusted_browser_hosts,
             };

@@ -39,7 +39,12 @@ pub struct ChangedBlock {
 #[derive(Clone, Debug)]
 pub struct SnapshotInfo {
     pub snapshot_id: String,
+    /// `pending`, `completed`, `error` (or `recoverable`, `recovering`).
     pub state: String,
+    /// EBS's progress while `pending`, for example `45%`.
+    pub progress: Option<String>,
+    /// Why it is in state `error`, when EBS says.
+    pub state_message: Option<String>,
     pub volume_size_gib: i64,
     /// The volume it was taken of; `None` when EBS does not know it (a
     /// copied snapshot names `vol-ffffffff`).
@@ -356,6 +361,8 @@ impl Snapshots<'_> {
                         .state()
                         .map(|st| st.as_str().to_string())
                         .unwrap_or_default(),
+                    progress: s.progress().map(String::from),
+                    state_message: s.state_message().map(String::from),
                     volume_size_gib: i64::from(s.volume_size().unwrap_or(0)),
                     volume_id: s
                         .volume_id()

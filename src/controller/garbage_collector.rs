@@ -78,6 +78,9 @@ pub struct SweepConfig {
     /// An orphan is terminated only once it is older than this, so that a
     /// launch whose status write is still on its way is never mistaken for one.
     pub grace: Duration,
+    /// An intermediate snapshot no job owns is deleted only once it is
+    /// older than this.
+    pub intermediate_grace: Duration,
 }
 
 /// Runs sweeps until the task is dropped.
