@@ -206,6 +206,38 @@ impl Instances<'_> {
         }
     }
 
+    /// Every snapshot that backs one of this account's images (a full
+    /// restore's AMI, or anyone's): never to be deleted from under it. (All
+    /// images are listed: the `block-device-mapping.snapshot-id` filter is
+    /// not served everywhere.)
+    pub async fn snapshots_in_images(
+        &self,
+        region: &str,
+    ) -> Result<std::collections::HashSet<String>, AwsError> {
+        let mut pages = self
+            .aws
+            .ec2(region)
+            .describe_images()
+            .owners("self")
+            .into_paginator()
+            .send();
+        let mut used = std::collections::HashSet::new();
+        while let Some(page) = self
+            .aws
+            .page(AwsOperation::DescribeImages, pages.next())
+            .await?
+        {
+            used.extend(
+                page.images()
+                    .iter()
+                    .flat_map(|i| i.block_device_mappings())
+                    .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()))
+                    .map(String::from),
+            );
+        }
+        Ok(used)
+    }
+
     /// This account's image named `name`, if any.
     async fn image_named(&self, region: &str, name: &str) -> Result<Option<String>, AwsError> {
         let describe = self

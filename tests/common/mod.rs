@@ -38,6 +38,7 @@ pub mod disks;
 pub mod keys;
 pub mod realism;
 pub mod reports;
+pub mod strict;
 pub mod workers;
 
 use workers::Account;

@@ -15,6 +15,7 @@ fn snapshot(owner: &str, job_uid: Option<&str>) -> SnapshotInfo {
             .into_iter()
             .collect(),
         owner_id: Some(owner.into()),
+        start_time: None,
     }
 }
 

@@ -289,6 +289,7 @@ mod tests {
             volume_id: None,
             tags: Default::default(),
             owner_id: None,
+            start_time: None,
         }
     }
 
