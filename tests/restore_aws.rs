@@ -7,6 +7,8 @@
 //! image whose root is the recorded root device. And the sweep deletes what
 //! failed restores left behind, and nothing else.
 
+#![allow(clippy::unwrap_used, clippy::panic)]
+
 mod common;
 
 use std::time::Duration;

@@ -48,6 +48,33 @@ pub fn recheck_after(since_created: Duration) -> Duration {
     })
 }
 
+/// How long a call made right after a create is retried in place while
+/// EC2 does not know the new resource yet; past it the error goes to the
+/// caller (a reconcile, retried with backoff).
+pub const IN_PLACE_WAIT: Duration = Duration::from_secs(30);
+
+/// Runs `call` until it stops failing with an error `not_found` accepts,
+/// for at most [`IN_PLACE_WAIT`] after `created` (when the resource was
+/// created), waiting as [`recheck_after`] says between tries.
+pub async fn retry_while_unknown<T, F, Fut>(
+    created: std::time::Instant,
+    not_found: impl Fn(&super::AwsError) -> bool,
+    mut call: F,
+) -> Result<T, super::AwsError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, super::AwsError>>,
+{
+    loop {
+        match call().await {
+            Err(e) if not_found(&e) && created.elapsed() < IN_PLACE_WAIT => {
+                tokio::time::sleep(recheck_after(created.elapsed())).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,5 +99,45 @@ mod tests {
             recheck_after(Duration::from_secs(86_400)),
             Duration::from_secs(60)
         );
+    }
+
+    fn unknown() -> crate::aws::AwsError {
+        crate::aws::AwsError::Service {
+            operation: "DescribeSecurityGroups",
+            code: "InvalidGroup.NotFound".into(),
+            message: "The security group 'sg-1' does not exist".into(),
+        }
+    }
+
+    fn is_unknown(e: &crate::aws::AwsError) -> bool {
+        e.code() == Some("InvalidGroup.NotFound")
+    }
+
+    #[tokio::test]
+    async fn a_call_right_after_a_create_is_retried_until_ec2_knows_it() {
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let out = retry_while_unknown(std::time::Instant::now(), is_unknown, || async {
+            match tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 => Err(unknown()),
+                n => Ok(n),
+            }
+        })
+        .await;
+        assert!(matches!(out, Ok(1)), "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn long_after_a_create_not_found_means_gone() {
+        let long_ago = std::time::Instant::now()
+            .checked_sub(IN_PLACE_WAIT)
+            .unwrap_or_else(std::time::Instant::now);
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let out: Result<(), _> = retry_while_unknown(long_ago, is_unknown, || async {
+            tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(unknown())
+        })
+        .await;
+        assert!(out.is_err());
+        assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }
