@@ -583,6 +583,20 @@ mod tests {
         let mut long_id = completed("ok".into());
         long_id.instance_id = "i".repeat(bounds::ID_BYTES + 1);
         assert!(long_id.check_bounds().is_err());
+        let mut odd_machine = completed("ok".into());
+        if let WorkerEvent::Completed { machine, .. } = &mut odd_machine.event {
+            *machine = Some(crate::api::MachineImage {
+                architecture: "a".repeat(bounds::ID_BYTES + 1),
+                ..Default::default()
+            });
+        }
+        assert!(matches!(
+            odd_machine.check_bounds(),
+            Err(MessageError::Oversized {
+                field: "machine.architecture",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -545,4 +545,32 @@ mod tests {
         let tags = snapshot_tags(&older, "i-0123456789abcdef0");
         assert!(!tags.iter().any(|(k, _)| k == tags::CLUSTER_ID));
     }
+
+    /// A restore's snapshots are marked as made on the way, and name their
+    /// job fully, so that the sweep can tell whose they are; the restore
+    /// policy lets StartSnapshot tag with Tender's keys only.
+    #[test]
+    fn a_restores_snapshots_are_intermediate_and_name_their_job() {
+        let task = WorkerTask::sample();
+        let tags = restore_snapshot_tags(&task, "i-0123456789abcdef0");
+        assert!(
+            tags.iter().all(|(k, _)| k.starts_with(tags::PREFIX)),
+            "{tags:?}"
+        );
+        for (key, value) in [
+            (tags::INTERMEDIATE, tags::INTERMEDIATE_VALUE),
+            (tags::JOB_KIND, "RestoreJob"),
+            (tags::NAMESPACE, task.namespace.as_str()),
+            (tags::JOB_UID, task.job_uid.as_str()),
+            (tags::CLUSTER_ID, "cluster"),
+        ] {
+            assert!(
+                tags.contains(&(key.to_string(), value.to_string())),
+                "{key}: {tags:?}"
+            );
+        }
+        // A backup's snapshots (a restore point's base) never are.
+        let backup = snapshot_tags(&task, "i-0123456789abcdef0");
+        assert!(!backup.iter().any(|(k, _)| k == tags::INTERMEDIATE));
+    }
 }
