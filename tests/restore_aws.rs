@@ -2,9 +2,10 @@
 //! stricter EC2 in front of the emulator (`common::strict`): a restored
 //! snapshot is unknown for a moment, then `pending` while EBS seals it, and
 //! CreateVolume and RegisterImage refuse it until then; the job waits,
-//! shows the progress, and fails plainly when the wait runs out. A full
-//! restore of a Graviton (arm64) UEFI instance registers an arm64 UEFI
-//! image whose root is the recorded root device. And the sweep deletes what
+//! shows the progress, and fails plainly when the wait runs out. A Graviton
+//! (arm64) UEFI instance, backed up and fully restored in the test world
+//! (the realism layer), comes back as an arm64 UEFI image whose root is the
+//! recorded root device. And the sweep deletes what
 //! failed restores left behind, and nothing else.
 
 #![allow(clippy::unwrap_used, clippy::panic)]
@@ -13,20 +14,21 @@ mod common;
 
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{Filter, InstanceType, ResourceType, Tag, TagSpecification};
+use aws_sdk_ec2::types::{
+    ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter, InstanceType,
+    ResourceType, Tag, TagSpecification,
+};
+use common::TestEnv;
 use common::disks::{self, Ext4Image};
 use common::strict::{StrictEc2, strict_ec2};
-use common::{REGION, TestEnv};
 use kube::ResourceExt;
 use serde_json::json;
 use tender::api::{BackupRepository, MachineImage, Phase, RestoreJob};
 use tender::aws::AwsClients;
+use tender::mover;
 use tender::mover::manifest::RepositoryLocation;
-use tender::mover::{self, BackupRequest, Progress, SourceVolume};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
-/// moto's arm64 (Graviton) Amazon Linux image.
-const ARM64_AMI: &str = "ami-0e9271c829888680e";
 
 /// A test world whose controller talks to EC2 through the stricter proxy
 /// (restored snapshots hidden for `hidden`, then pending for `pending`).
@@ -107,13 +109,8 @@ async fn a_volume_restore_waits_until_ebs_has_sealed_its_snapshot() {
     let creates = strict.requests("CreateVolume");
     assert_eq!(creates.len(), 1, "{creates:?}");
     assert_eq!(creates[0]["SnapshotId"], snapshot);
-    let described = env
-        .ec2
-        .describe_volumes()
-        .volume_ids(&volume)
-        .send()
-        .await
-        .unwrap();
+    // EC2 may not describe a volume made a moment ago: ask until it does.
+    let described = eventually(|| env.ec2.describe_volumes().volume_ids(&volume).send()).await;
     assert_eq!(
         described.volumes()[0].snapshot_id(),
         Some(snapshot.as_str())
@@ -187,14 +184,44 @@ async fn location(env: &TestEnv) -> RepositoryLocation {
 
 #[tokio::test]
 async fn a_graviton_uefi_instance_comes_back_as_an_arm64_uefi_image() {
-    let timing = (Duration::from_secs(1), Duration::from_secs(3));
-    let (env, strict) = strict_world("restore-graviton", timing, &[]).await;
+    let env = TestEnv::new("restore-graviton").await;
     let configured = env.default_configuration().await;
     let aws = AwsClients::from_env().await;
+    // A Graviton instance booting UEFI from an image whose data volume is
+    // listed before its root volume.
+    let root = Ext4Image::build(&[("etc/hostname", b"graviton-1\n".to_vec())], 8);
+    let data = Ext4Image::build(&[("srv/data.txt", b"payload\n".to_vec())], 8);
+    let root_disk = disks::write_snapshot(&aws, &root.bytes, 1).await;
+    let data_disk = disks::write_snapshot(&aws, &data.bytes, 1).await;
+    let mapping = |device: &str, snapshot: &str| {
+        BlockDeviceMapping::builder()
+            .device_name(device)
+            .ebs(EbsBlockDevice::builder().snapshot_id(snapshot).build())
+            .build()
+    };
+    let source_image = env
+        .ec2
+        .register_image()
+        .name(format!("graviton-{}", env.namespace))
+        .architecture(ArchitectureValues::Arm64)
+        .boot_mode(BootModeValues::Uefi)
+        .ena_support(true)
+        .virtualization_type("hvm")
+        .root_device_name("/dev/xvda")
+        .block_device_mappings(mapping("/dev/sdf", &data_disk))
+        .block_device_mappings(mapping("/dev/xvda", &root_disk))
+        .send()
+        .await
+        .unwrap()
+        .image_id()
+        .unwrap()
+        .to_string();
+    let available = |state: Option<&str>| state == Some("available");
+    wait_image(&env, &source_image, available).await;
     let run = env
         .ec2
         .run_instances()
-        .image_id(ARM64_AMI)
+        .image_id(&source_image)
         .instance_type(InstanceType::T4gSmall)
         .min_count(1)
         .max_count(1)
@@ -204,64 +231,28 @@ async fn a_graviton_uefi_instance_comes_back_as_an_arm64_uefi_image() {
         .unwrap();
     let instance = run.instances()[0].instance_id().unwrap().to_string();
 
-    // What the backup worker records of it, from DescribeInstances.
-    let source = aws
-        .instances()
-        .describe_source_instance(REGION, &instance)
-        .await
-        .unwrap()
+    // The backup records the machine from DescribeInstances.
+    let backup = env.back_up("graviton-nightly", &instance, TIMEOUT).await;
+    let point = backup.status.as_ref().unwrap().workers[0]
+        .restore_point
+        .clone()
         .unwrap();
-    assert_eq!(source.machine.architecture, "arm64");
-    assert_eq!(source.machine.virtualization_type, "hvm");
-    assert_eq!(source.machine.root_device_name, "/dev/xvda");
-    // moto's instances report neither a boot mode nor ENA; a UEFI-only
-    // Graviton instance reports `bootMode`/`currentInstanceBootMode` uefi
-    // and `enaSupport` true (the mapping is unit-tested in aws::images).
-    let machine = MachineImage {
-        boot_mode: Some("uefi".into()),
-        ena_support: true,
-        ..source.machine.clone()
-    };
+    let manifest = mover::load_manifest(&aws, &location(&env).await, &point)
+        .await
+        .unwrap();
+    let machine = manifest.machine.clone().expect("the machine is recorded");
+    assert_eq!(
+        machine,
+        MachineImage {
+            architecture: "arm64".into(),
+            boot_mode: Some("uefi".into()),
+            ena_support: true,
+            sriov_net_support: machine.sriov_net_support.clone(),
+            virtualization_type: "hvm".into(),
+            root_device_name: "/dev/xvda".into(),
+        }
+    );
 
-    // Its restore point: a data volume listed before the root one, as
-    // CreateSnapshots may list them.
-    let root = Ext4Image::build(&[("etc/hostname", b"graviton-1\n".to_vec())], 8);
-    let data = Ext4Image::build(&[("srv/data.txt", b"payload\n".to_vec())], 8);
-    let root_disk = disks::write_snapshot(&aws, &root.bytes, 1).await;
-    let data_disk = disks::write_snapshot(&aws, &data.bytes, 1).await;
-    let volumes = [
-        SourceVolume {
-            snapshot_id: data_disk,
-            device: Some("/dev/sdf".into()),
-            volume_id: None,
-        },
-        SourceVolume {
-            snapshot_id: root_disk,
-            device: Some("/dev/xvda".into()),
-            volume_id: None,
-        },
-    ];
-    let loc = location(&env).await;
-    let written = mover::backup(
-        BackupRequest {
-            source: &aws,
-            repository: &aws,
-            location: &loc,
-            region: REGION,
-            resource: &instance,
-            lineage: &instance,
-            job_name: "graviton-nightly",
-            job_uid: "uid-graviton-nightly",
-            volumes: &volumes,
-            machine: Some(&machine),
-        },
-        &Progress::default(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(written.machine.as_ref(), Some(&machine));
-
-    let point = format!("graviton-nightly/{instance}");
     env.create_restore(
         "rebuild",
         "full",
@@ -289,24 +280,8 @@ async fn a_graviton_uefi_instance_comes_back_as_an_arm64_uefi_image() {
     let bytes = disks::read_snapshot(&aws, &restored_root, root.bytes.len()).await;
     assert!(bytes == root.bytes, "the restored root disk differs");
 
-    // The image was registered as the machine it came from: moto keeps none
-    // of these, so they are read from the request itself.
-    let registered = strict.requests("RegisterImage");
-    assert_eq!(registered.len(), 1, "{registered:?}");
-    let r = &registered[0];
-    assert_eq!(r["Architecture"], "arm64");
-    assert_eq!(r["BootMode"], "uefi");
-    assert_eq!(r["EnaSupport"], "true");
-    assert_eq!(r["VirtualizationType"], "hvm");
-    assert_eq!(r["RootDeviceName"], "/dev/xvda");
-    assert_eq!(r["BlockDeviceMapping.1.DeviceName"], "/dev/xvda");
-    assert_eq!(r["BlockDeviceMapping.1.Ebs.SnapshotId"], restored_root);
-    assert_eq!(r["BlockDeviceMapping.2.DeviceName"], "/dev/sdf");
-    if let Some(sriov) = &machine.sriov_net_support {
-        assert_eq!(&r["SriovNetSupport"], sriov);
-    }
-    // What DescribeImages shows of it here (name and state), and the
-    // restored instance runs from it.
+    // EC2: the image is an arm64 UEFI image with ENA, booting from the
+    // restored root volume on the recorded root device.
     let images = env
         .ec2
         .describe_images()
@@ -314,26 +289,75 @@ async fn a_graviton_uefi_instance_comes_back_as_an_arm64_uefi_image() {
         .send()
         .await
         .unwrap();
-    let described = &images.images()[0];
+    let registered = &images.images()[0];
+    assert_eq!(registered.architecture(), Some(&ArchitectureValues::Arm64));
+    assert_eq!(registered.boot_mode(), Some(&BootModeValues::Uefi));
+    assert_eq!(registered.ena_support(), Some(true));
+    assert_eq!(registered.root_device_name(), Some("/dev/xvda"));
+    let mapped: Vec<(String, String)> = registered
+        .block_device_mappings()
+        .iter()
+        .map(|m| {
+            let snapshot = m.ebs().and_then(|e| e.snapshot_id()).unwrap_or_default();
+            (
+                m.device_name().unwrap_or_default().to_string(),
+                snapshot.to_string(),
+            )
+        })
+        .collect();
     assert!(
-        described
-            .name()
-            .unwrap()
-            .starts_with("tender-restore-rebuild-"),
-        "{described:?}"
+        mapped.contains(&("/dev/xvda".to_string(), restored_root.clone())),
+        "{mapped:?}"
     );
-    assert_eq!(described.state().unwrap().as_str(), "available");
+    assert!(mapped.iter().any(|(d, _)| d == "/dev/sdf"), "{mapped:?}");
     let restored = worker.restored_instance_id.clone().unwrap();
-    let out = env
-        .ec2
-        .describe_instances()
-        .instance_ids(&restored)
-        .send()
-        .await
-        .unwrap();
+    let out = eventually(|| env.ec2.describe_instances().instance_ids(&restored).send()).await;
     let launched = &out.reservations()[0].instances()[0];
     assert_eq!(launched.image_id(), Some(image.as_str()));
     assert_eq!(launched.instance_type().unwrap().as_str(), "t4g.small");
+    assert_eq!(launched.architecture(), Some(&ArchitectureValues::Arm64));
+}
+
+/// The answer of a Describe call by ID, asked again while EC2 does not
+/// know the resource yet (eventual consistency), for up to ten seconds.
+async fn eventually<T, E, F, Fut>(call: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Debug,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match call().await {
+            Ok(out) => return out,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+}
+
+/// Waits until DescribeImages says `image`'s state passes `check`.
+async fn wait_image(env: &TestEnv, image: &str, check: impl Fn(Option<&str>) -> bool) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let out = env.ec2.describe_images().image_ids(image).send().await;
+        let state = out.ok().and_then(|o| {
+            o.images()
+                .first()
+                .and_then(|i| i.state().map(|s| s.as_str().to_string()))
+        });
+        if check(state.as_deref()) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "image {image}: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// A snapshot in moto's account tagged `tags` (a planted leftover, or not).
