@@ -682,10 +682,9 @@ impl TestEnv {
         if !elsewhere
             && spec.get("iamInstanceProfile").is_none()
             && spec.get("instanceProfiles").is_none()
+            && let Some(profiles) = self.worker_profiles().await
         {
-            if let Some(profiles) = self.worker_profiles().await {
-                spec["instanceProfiles"] = profiles;
-            }
+            spec["instanceProfiles"] = profiles;
         }
         let first = self.configurations.fetch_add(1, Ordering::SeqCst) == 0;
         let annotations = if first {
