@@ -18,9 +18,9 @@ use aws_sdk_ec2::types::{
     ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter, InstanceType,
     ResourceType, Tag, TagSpecification,
 };
-use common::TestEnv;
 use common::disks::{self, Ext4Image};
 use common::strict::{StrictEc2, strict_ec2};
+use common::{TestEnv, described};
 use kube::ResourceExt;
 use serde_json::json;
 use tender::api::{BackupRepository, MachineImage, Phase, RestoreJob};
@@ -110,7 +110,7 @@ async fn a_volume_restore_waits_until_ebs_has_sealed_its_snapshot() {
     assert_eq!(creates.len(), 1, "{creates:?}");
     assert_eq!(creates[0]["SnapshotId"], snapshot);
     // EC2 may not describe a volume made a moment ago: ask until it does.
-    let described = eventually(|| env.ec2.describe_volumes().volume_ids(&volume).send()).await;
+    let described = described(|| env.ec2.describe_volumes().volume_ids(&volume).send()).await;
     assert_eq!(
         described.volumes()[0].snapshot_id(),
         Some(snapshot.as_str())
@@ -311,32 +311,11 @@ async fn a_graviton_uefi_instance_comes_back_as_an_arm64_uefi_image() {
     );
     assert!(mapped.iter().any(|(d, _)| d == "/dev/sdf"), "{mapped:?}");
     let restored = worker.restored_instance_id.clone().unwrap();
-    let out = eventually(|| env.ec2.describe_instances().instance_ids(&restored).send()).await;
+    let out = described(|| env.ec2.describe_instances().instance_ids(&restored).send()).await;
     let launched = &out.reservations()[0].instances()[0];
     assert_eq!(launched.image_id(), Some(image.as_str()));
     assert_eq!(launched.instance_type().unwrap().as_str(), "t4g.small");
     assert_eq!(launched.architecture(), Some(&ArchitectureValues::Arm64));
-}
-
-/// The answer of a Describe call by ID, asked again while EC2 does not
-/// know the resource yet (eventual consistency), for up to ten seconds.
-async fn eventually<T, E, F, Fut>(call: F) -> T
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-    E: std::fmt::Debug,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match call().await {
-            Ok(out) => return out,
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(e) => panic!("{e:?}"),
-        }
-    }
 }
 
 /// Waits until DescribeImages says `image`'s state passes `check`.

@@ -75,13 +75,9 @@ async fn a_volume_restore_brings_the_backed_up_disk_back_as_a_new_volume() {
     let workers = env.workers_of(&restore.uid().unwrap()).await;
     assert_eq!(workers.len(), 1);
     common::assert_terminating(&workers[0]);
-    let described = env
-        .ec2
-        .describe_volumes()
-        .volume_ids(&volume)
-        .send()
-        .await
-        .unwrap();
+    // EC2 may not describe a volume made a moment ago: ask until it does.
+    let described =
+        common::described(|| env.ec2.describe_volumes().volume_ids(&volume).send()).await;
     let v = &described.volumes()[0];
     assert_eq!(v.snapshot_id(), Some(snapshot.as_str()));
     assert_eq!(v.availability_zone(), Some(net.zone.as_str()));
@@ -409,13 +405,8 @@ async fn a_session_announced_at_a_foreign_host_is_not_recorded() {
 
     // The worker's private address, as EC2 reports it.
     let instance = w.instance_id.clone().unwrap();
-    let described = env
-        .ec2
-        .describe_instances()
-        .instance_ids(&instance)
-        .send()
-        .await
-        .unwrap();
+    let described =
+        common::described(|| env.ec2.describe_instances().instance_ids(&instance).send()).await;
     let address = described.reservations()[0].instances()[0]
         .private_ip_address()
         .unwrap()

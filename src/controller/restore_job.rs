@@ -378,6 +378,15 @@ async fn restore_instances(
             }
             Err(RestoreStepError::Aws(e)) if e.is_transient() => return Err(e.into()),
             Err(RestoreStepError::Failed(reason, message)) => {
+                let note = format!("{}: {message}", w.resource);
+                ctx.event(
+                    job,
+                    EventType::Warning,
+                    reason.as_str(),
+                    "WaitForImage",
+                    note,
+                )
+                .await;
                 mark_failed(w, reason, &message, now);
             }
             Err(e) => {
@@ -418,10 +427,11 @@ async fn launch_restored(
                 .iter()
                 .map(|s| (s.device.clone(), s.snapshot_id.clone()))
                 .collect();
-            let machine = w
-                .restored_machine
-                .clone()
-                .unwrap_or_else(|| fallback_machine(&snapshots));
+            let machine = w.restored_machine.clone().unwrap_or_else(|| {
+                // An older agent reports none: as for an older manifest.
+                let devices = snapshots.iter().map(|(d, _)| Some(d.as_str()));
+                crate::mover::manifest::fallback_machine(devices)
+            });
             let plan = crate::aws::images::plan_image(&machine, &snapshots)
                 .map_err(RestoreStepError::Refused)?;
             let uid = job.uid().unwrap_or_default();
@@ -484,37 +494,6 @@ enum RestoreStepError {
     Refused(String),
     #[error("{1}")]
     Failed(FailureReason, String),
-}
-
-/// The machine of a worker that reported none (an older agent): as
-/// `Manifest::machine_or_fallback` decides for a manifest without one.
-fn fallback_machine(snapshots: &[(String, String)]) -> crate::api::MachineImage {
-    let manifest = crate::mover::manifest::Manifest {
-        version: crate::mover::manifest::MANIFEST_VERSION,
-        id: String::new(),
-        resource: String::new(),
-        region: String::new(),
-        namespace: String::new(),
-        job_name: String::new(),
-        job_uid: String::new(),
-        created_at: String::new(),
-        parent: None,
-        parent_refused: None,
-        volumes: snapshots
-            .iter()
-            .map(|(device, snapshot)| crate::mover::manifest::VolumeImage {
-                device: Some(device.clone()),
-                volume_id: None,
-                snapshot_id: snapshot.clone(),
-                size_gib: 0,
-                block_size: 0,
-                blocks: Vec::new(),
-            })
-            .collect(),
-        stats: Default::default(),
-        machine: None,
-    };
-    manifest.machine_or_fallback()
 }
 
 /// Whether a worker that succeeded still waits for its job's result: a

@@ -187,26 +187,9 @@ impl Manifest {
     /// what nearly every current EC2 instance is, where RegisterImage's own
     /// default (i386) never is.
     pub fn machine_or_fallback(&self) -> crate::api::MachineImage {
-        if let Some(machine) = &self.machine {
-            return machine.clone();
-        }
-        let devices: Vec<&str> = self
-            .volumes
-            .iter()
-            .map(|v| v.device.as_deref().unwrap_or(SNAPSHOT_DEVICE))
-            .collect();
-        let root = ["/dev/xvda", "/dev/sda1"]
-            .into_iter()
-            .find(|d| devices.contains(d))
-            .or(devices.first().copied())
-            .unwrap_or(SNAPSHOT_DEVICE);
-        crate::api::MachineImage {
-            architecture: "x86_64".into(),
-            boot_mode: None,
-            ena_support: true,
-            sriov_net_support: None,
-            virtualization_type: "hvm".into(),
-            root_device_name: root.to_string(),
+        match &self.machine {
+            Some(machine) => machine.clone(),
+            None => fallback_machine(self.volumes.iter().map(|v| v.device.as_deref())),
         }
     }
 
@@ -224,6 +207,28 @@ impl Manifest {
             )),
             _ => Ok(()),
         }
+    }
+}
+
+/// The machine of a restore point that recorded none, from its volumes'
+/// devices (`None`: a snapshot's, restored on [`SNAPSHOT_DEVICE`]): see
+/// [`Manifest::machine_or_fallback`].
+pub fn fallback_machine<'a>(
+    devices: impl Iterator<Item = Option<&'a str>>,
+) -> crate::api::MachineImage {
+    let devices: Vec<&str> = devices.map(|d| d.unwrap_or(SNAPSHOT_DEVICE)).collect();
+    let root = ["/dev/xvda", "/dev/sda1"]
+        .into_iter()
+        .find(|d| devices.contains(d))
+        .or(devices.first().copied())
+        .unwrap_or(SNAPSHOT_DEVICE);
+    crate::api::MachineImage {
+        architecture: "x86_64".into(),
+        boot_mode: None,
+        ena_support: true,
+        sriov_net_support: None,
+        virtualization_type: "hvm".into(),
+        root_device_name: root.to_string(),
     }
 }
 

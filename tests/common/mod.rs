@@ -307,6 +307,26 @@ pub async fn default_subnets(ec2: &aws_sdk_ec2::Client) -> Vec<(String, String, 
     v
 }
 
+/// The answer of a Describe call by ID, asked again while EC2 does not
+/// know the resource yet (eventual consistency), for up to ten seconds.
+pub async fn described<T, E, F, Fut>(call: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Debug,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match call().await {
+            Ok(out) => return out,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+}
+
 /// The condition of `type_` on a job, if present.
 pub fn condition<'a>(
     job: &'a BackupJob,

@@ -70,6 +70,7 @@ pub(super) async fn snapshots_usable(
             return Ok(false);
         }
         Readiness::Failed { reason, message } => {
+            w.snapshot_progress = None;
             let note = format!("{}: {message}", w.resource);
             ctx.event(
                 job,
