@@ -84,12 +84,17 @@ enum Command {
         /// and bytes (a listing: one S3 call per 1 000 objects).
         #[arg(long, default_value_t = 3600, env = "TENDER_REPOSITORY_COUNT_SECONDS")]
         repository_count_seconds: u64,
-        /// Seconds between garbage-collection sweeps.
-        #[arg(long, default_value_t = 60, env = "TENDER_SWEEP_INTERVAL_SECONDS")]
-        sweep_interval_seconds: u64,
-        /// Seconds an orphaned worker must have existed before the sweep terminates it.
-        #[arg(long, default_value_t = 120, env = "TENDER_SWEEP_GRACE_SECONDS")]
-        sweep_grace_seconds: u64,
+        #[command(flatten)]
+        sweep: SweepFlags,
+        /// Seconds a restore waits, after its worker completed, for EBS to
+        /// seal the restored snapshots (and for its AMI to become
+        /// available) before it fails with RestoredSnapshotTimedOut.
+        #[arg(
+            long,
+            default_value_t = 21600,
+            env = "TENDER_RESTORED_SNAPSHOT_TIMEOUT_SECONDS"
+        )]
+        restored_snapshot_timeout_seconds: u64,
         /// Accept a worker message only when SQS names the worker instance
         /// itself as its sender (SenderId `<role ID>:<instance ID>`). Set it
         /// to false only against an AWS emulator, which names one fixed
@@ -123,6 +128,36 @@ enum Command {
     },
 }
 
+/// The garbage collector's flags.
+#[derive(clap::Args, Debug)]
+struct SweepFlags {
+    /// Seconds between garbage-collection sweeps.
+    #[arg(long, default_value_t = 60, env = "TENDER_SWEEP_INTERVAL_SECONDS")]
+    sweep_interval_seconds: u64,
+    /// Seconds an orphaned worker must have existed before the sweep terminates it.
+    #[arg(long, default_value_t = 120, env = "TENDER_SWEEP_GRACE_SECONDS")]
+    sweep_grace_seconds: u64,
+    /// Seconds an orphaned intermediate snapshot (what a restore wrote
+    /// on the way, tagged `tender.dev/intermediate`) must have existed,
+    /// and been owned by no job, before the sweep deletes it.
+    #[arg(
+        long,
+        default_value_t = 3600,
+        env = "TENDER_INTERMEDIATE_GRACE_SECONDS"
+    )]
+    intermediate_grace_seconds: u64,
+}
+
+impl SweepFlags {
+    fn config(&self) -> SweepConfig {
+        SweepConfig {
+            interval: Duration::from_secs(self.sweep_interval_seconds.max(1)),
+            grace: Duration::from_secs(self.sweep_grace_seconds),
+            intermediate_grace: Duration::from_secs(self.intermediate_grace_seconds),
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // kube and the AWS SDK both bring rustls; pick one crypto provider for
@@ -142,8 +177,8 @@ fn main() -> ExitCode {
             leader_election_lease,
             leader_election_lease_seconds,
             leader_election_renew_seconds,
-            sweep_interval_seconds,
-            sweep_grace_seconds,
+            sweep,
+            restored_snapshot_timeout_seconds,
             network_recheck_seconds,
             repository_count_seconds,
             require_worker_sender,
@@ -169,10 +204,10 @@ fn main() -> ExitCode {
                 repository_count: Duration::from_secs(repository_count_seconds.max(1)),
                 metrics_address,
                 election,
-                sweep: SweepConfig {
-                    interval: Duration::from_secs(sweep_interval_seconds.max(1)),
-                    grace: Duration::from_secs(sweep_grace_seconds),
-                },
+                sweep: sweep.config(),
+                restored_snapshot_timeout: Duration::from_secs(
+                    restored_snapshot_timeout_seconds.max(1),
+                ),
                 require_worker_sender,
                 trusted_browser_hosts,
             };

@@ -284,6 +284,11 @@ pub enum WorkerEvent {
         /// Every snapshot a restore wrote, by device.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         snapshots: Vec<crate::api::RestoredSnapshot>,
+        /// What a full restore's image is registered as, from the restore
+        /// point (absent from older workers: the controller then falls back
+        /// as `Manifest::machine_or_fallback` does).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        machine: Option<crate::api::MachineImage>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         bytes: Option<ByteProgress>,
     },
@@ -391,9 +396,21 @@ impl WorkerMessage {
                 restore_point,
                 snapshot_id,
                 snapshots,
+                machine,
                 ..
             } => {
                 fields.push(("detail", detail.len(), TEXT_BYTES));
+                if let Some(m) = machine {
+                    fields.push(("machine.architecture", m.architecture.len(), ID_BYTES));
+                    let boot = m.boot_mode.as_ref().map_or(0, String::len);
+                    fields.push(("machine.bootMode", boot, ID_BYTES));
+                    let sriov = m.sriov_net_support.as_ref().map_or(0, String::len);
+                    fields.push(("machine.sriovNetSupport", sriov, ID_BYTES));
+                    let virt = m.virtualization_type.len();
+                    fields.push(("machine.virtualizationType", virt, ID_BYTES));
+                    let root = m.root_device_name.len();
+                    fields.push(("machine.rootDeviceName", root, ID_BYTES));
+                }
                 let point = restore_point.as_ref().map_or(0, String::len);
                 fields.push(("restorePoint", point, ID_BYTES));
                 let id = snapshot_id.as_ref().map_or(0, String::len);
@@ -530,6 +547,7 @@ mod tests {
             snapshot_id: None,
             snapshots: Vec::new(),
             bytes: None,
+            machine: None,
         })
     }
 
@@ -565,6 +583,20 @@ mod tests {
         let mut long_id = completed("ok".into());
         long_id.instance_id = "i".repeat(bounds::ID_BYTES + 1);
         assert!(long_id.check_bounds().is_err());
+        let mut odd_machine = completed("ok".into());
+        if let WorkerEvent::Completed { machine, .. } = &mut odd_machine.event {
+            *machine = Some(crate::api::MachineImage {
+                architecture: "a".repeat(bounds::ID_BYTES + 1),
+                ..Default::default()
+            });
+        }
+        assert!(matches!(
+            odd_machine.check_bounds(),
+            Err(MessageError::Oversized {
+                field: "machine.architecture",
+                ..
+            })
+        ));
     }
 
     #[test]

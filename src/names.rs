@@ -41,6 +41,11 @@ pub mod tags {
     pub const LAUNCH_TOKEN: &str = "tender.dev/launch-token";
     pub const OPERATION: &str = "tender.dev/operation";
     pub const CONFIGURATION: &str = "tender.dev/worker-configuration";
+    /// Marks what a worker or the controller made on the way to a result
+    /// (a restore's snapshots): the garbage collector deletes it once no
+    /// job owns it. What a restore hands to the user never carries it.
+    pub const INTERMEDIATE: &str = "tender.dev/intermediate";
+    pub const INTERMEDIATE_VALUE: &str = "true";
     /// Conventional EC2 `Name` tag, so the console shows what a worker is for.
     pub const NAME: &str = "Name";
 }

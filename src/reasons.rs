@@ -84,6 +84,12 @@ failure_reasons! {
         /// A restore worker named a snapshot that is not its own (not in
         /// the workers' account, or without the job's UID tag).
         SnapshotNotOwned,
+        /// EBS put a restored snapshot (or the AMI registered from them)
+        /// in state `error`/`failed` while sealing it.
+        RestoredSnapshotFailed,
+        /// A restored snapshot (or the AMI) was still not usable when the
+        /// controller's `--restored-snapshot-timeout-seconds` ran out.
+        RestoredSnapshotTimedOut,
         DeadlineExceeded,
         LaunchFailed,
         WorkerConfigurationDeleted,

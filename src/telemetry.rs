@@ -123,6 +123,8 @@ pub struct Metrics {
     pub reconcile_errors: Family<KindErrorLabels, Counter>,
     pub gc_orphans_terminated: Family<SweepLabels, Counter>,
     pub gc_queues_deleted: Family<RegionLabels, Counter>,
+    /// Restores' leftover intermediate snapshots deleted.
+    pub gc_intermediates_deleted: Family<RegionLabels, Counter>,
     pub gc_sweeps: Family<RegionLabels, Counter>,
 }
 
@@ -147,6 +149,7 @@ impl Default for Metrics {
             reconcile_errors: Family::default(),
             gc_orphans_terminated: Family::default(),
             gc_queues_deleted: Family::default(),
+            gc_intermediates_deleted: Family::default(),
             gc_sweeps: Family::default(),
         };
         m.register_worker_metrics();
@@ -248,6 +251,11 @@ impl Metrics {
             m.gc_queues_deleted.clone(),
         );
         r.register(
+            "gc_intermediates_deleted",
+            "Leftover intermediate snapshots of restores deleted",
+            m.gc_intermediates_deleted.clone(),
+        );
+        r.register(
             "gc_sweeps",
             "Garbage-collection sweeps",
             m.gc_sweeps.clone(),
@@ -304,6 +312,14 @@ impl Metrics {
                 reason: reason.to_string(),
             })
             .inc();
+    }
+
+    pub fn record_intermediate_sweep(&self, region: &str, deleted: usize) {
+        self.gc_intermediates_deleted
+            .get_or_create(&RegionLabels {
+                region: region.to_string(),
+            })
+            .inc_by(deleted as u64);
     }
 
     pub fn record_queue_sweep(&self, region: &str, deleted: usize) {

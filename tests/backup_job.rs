@@ -370,6 +370,7 @@ fn completed(restore_point: &str) -> WorkerEvent {
         snapshot_id: None,
         snapshots: Vec::new(),
         bytes: None,
+        machine: None,
     }
 }
 

@@ -434,6 +434,7 @@ async fn late_message_after_retry(tally: &mut Tally) {
             snapshot_id: None,
             snapshots: Vec::new(),
             bytes: None,
+            machine: None,
         },
     };
     common::sqs()

@@ -395,6 +395,7 @@ async fn duplicate_late_and_malformed_messages_change_nothing() {
             snapshot_id: None,
             snapshots: Vec::new(),
             bytes: None,
+            machine: None,
         },
     ))
     .await;

@@ -75,13 +75,9 @@ async fn a_volume_restore_brings_the_backed_up_disk_back_as_a_new_volume() {
     let workers = env.workers_of(&restore.uid().unwrap()).await;
     assert_eq!(workers.len(), 1);
     common::assert_terminating(&workers[0]);
-    let described = env
-        .ec2
-        .describe_volumes()
-        .volume_ids(&volume)
-        .send()
-        .await
-        .unwrap();
+    // EC2 may not describe a volume made a moment ago: ask until it does.
+    let described =
+        common::described(|| env.ec2.describe_volumes().volume_ids(&volume).send()).await;
     let v = &described.volumes()[0];
     assert_eq!(v.snapshot_id(), Some(snapshot.as_str()));
     assert_eq!(v.availability_zone(), Some(net.zone.as_str()));
@@ -303,6 +299,7 @@ async fn a_completion_naming_a_snapshot_the_job_did_not_write_creates_nothing() 
                 snapshot_id: foreign.clone(),
             }],
             bytes: None,
+            machine: None,
         };
         reports::send(&queue, reports::message(&job, &w, 1, WorkerEvent::Started)).await;
         reports::send(&queue, reports::message(&job, &w, 2, forged)).await;

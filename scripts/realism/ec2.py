@@ -53,6 +53,14 @@ def _patch_instances():
         profile = _instance_profile(self, kwargs)
         reservation = run(self, image_id, count, user_data, security_group_names, **kwargs)
         for instance in reservation.instances:
+            if image is not None:
+                # DescribeInstances reports the image's boot mode, the mode
+                # the instance booted in, and ENA support (moto: none).
+                instance.boot_mode = getattr(image, "boot_mode", None)
+                instance.current_instance_boot_mode = (
+                    "uefi" if instance.boot_mode in ("uefi", "uefi-preferred") else "legacy-bios"
+                )
+                instance.ena_support = bool(getattr(image, "ena_support", False))
             if profile is not None:
                 instance.iam_instance_profile = {"Arn": profile.arn, "Id": profile.id}
             _set_state(instance, "pending", 0)

@@ -20,8 +20,8 @@ pub use backup_repository::{
 };
 pub use job::{JobLimits, JobStatus, JobWorker, Phase, WorkerStatus};
 pub use restore_job::{
-    RestoreFilesTo, RestoreJob, RestoreJobSpec, RestoreJobStatus, RestoreMode, RestoreWorkerStatus,
-    RestoredSnapshot,
+    MachineImage, RestoreFilesTo, RestoreJob, RestoreJobSpec, RestoreJobStatus, RestoreMode,
+    RestoreWorkerStatus, RestoredSnapshot,
 };
 pub use worker_configuration::{
     AccountAccess, AllowedSources, DEFAULT_CONFIGURATION_ANNOTATION, InstanceProfiles,

@@ -167,6 +167,15 @@ pub struct RestoreWorkerStatus {
     /// Every snapshot the worker wrote, by device (mode `full`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub restored_snapshots: Vec<RestoredSnapshot>,
+    /// What the restore point recorded of the backed-up instance (mode
+    /// `full`): the AMI is registered with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_machine: Option<MachineImage>,
+    /// While EBS is still sealing the restored snapshots (state `pending`
+    /// after the worker's CompleteSnapshot), the progress of the slowest,
+    /// for example `45%`; no volume or AMI can be made from them before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_progress: Option<String>,
     /// The AMI Tender registered from those snapshots (mode `full`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_image_id: Option<String>,
@@ -200,4 +209,28 @@ pub struct RestoredSnapshot {
     pub device: String,
     /// The snapshot's ID.
     pub snapshot_id: String,
+}
+
+/// What an instance's AMI must say for the instance to boot again from
+/// its restored volumes, as DescribeInstances reported it when the backup
+/// was taken (RegisterImage's parameters of the same names).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineImage {
+    /// `x86_64`, `arm64` (Graviton), `i386`, `x86_64_mac` or `arm64_mac`.
+    pub architecture: String,
+    /// `uefi`, `legacy-bios` or `uefi-preferred`; unset: the instance
+    /// type's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_mode: Option<String>,
+    /// Whether the instance had ENA (enhanced networking) enabled.
+    #[serde(default)]
+    pub ena_support: bool,
+    /// `simple` when the instance had Intel 82599 VF networking enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sriov_net_support: Option<String>,
+    /// `hvm` or `paravirtual`.
+    pub virtualization_type: String,
+    /// The device the instance boots from, for example `/dev/xvda`.
+    pub root_device_name: String,
 }

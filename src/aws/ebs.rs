@@ -40,7 +40,12 @@ pub struct ChangedBlock {
 #[derive(Clone, Debug)]
 pub struct SnapshotInfo {
     pub snapshot_id: String,
+    /// `pending`, `completed`, `error` (or `recoverable`, `recovering`).
     pub state: String,
+    /// EBS's progress while `pending`, for example `45%`.
+    pub progress: Option<String>,
+    /// Why it is in state `error`, when EBS says.
+    pub state_message: Option<String>,
     pub volume_size_gib: i64,
     /// The volume it was taken of; `None` when EBS does not know it (a
     /// copied snapshot names `vol-ffffffff`).
@@ -49,6 +54,8 @@ pub struct SnapshotInfo {
     /// The account that owns it (a snapshot shared with this account, or
     /// public, is owned by another).
     pub owner_id: Option<String>,
+    /// When it was started.
+    pub start_time: Option<k8s_openapi::jiff::Timestamp>,
 }
 
 /// An unknown or malformed snapshot ID.
@@ -409,30 +416,76 @@ impl Snapshots<'_> {
             .snapshots()
             .iter()
             .filter_map(|s| {
-                let id = s.snapshot_id()?.to_string();
-                let info = SnapshotInfo {
-                    snapshot_id: id.clone(),
-                    state: s
-                        .state()
-                        .map(|st| st.as_str().to_string())
-                        .unwrap_or_default(),
-                    volume_size_gib: i64::from(s.volume_size().unwrap_or(0)),
-                    volume_id: s
-                        .volume_id()
-                        .filter(|v| *v != "vol-ffffffff")
-                        .map(String::from),
-                    tags: s
-                        .tags()
-                        .iter()
-                        .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
-                        .collect(),
-                    owner_id: s.owner_id().map(String::from),
-                };
-                Some((id, info))
+                let info = snapshot_info(s)?;
+                Some((info.snapshot_id.clone(), info))
             })
             .collect())
     }
 
+    /// This account's snapshots that carry every tag of `tags` (all pages):
+    /// what the garbage collector looks at.
+    pub async fn snapshots_tagged(
+        &self,
+        region: &str,
+        tags: &[(&str, &str)],
+    ) -> Result<Vec<SnapshotInfo>, AwsError> {
+        let filters = tags
+            .iter()
+            .map(|(k, v)| {
+                aws_sdk_ec2::types::Filter::builder()
+                    .name(format!("tag:{k}"))
+                    .values(*v)
+                    .build()
+            })
+            .collect();
+        let mut pages = self
+            .aws
+            .ec2(region)
+            .describe_snapshots()
+            .owner_ids("self")
+            .set_filters(Some(filters))
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = self
+            .aws
+            .page(AwsOperation::DescribeSnapshots, pages.next())
+            .await?
+        {
+            out.extend(page.snapshots().iter().filter_map(snapshot_info));
+        }
+        Ok(out)
+    }
+}
+
+/// A snapshot as DescribeSnapshots describes it.
+fn snapshot_info(s: &aws_sdk_ec2::types::Snapshot) -> Option<SnapshotInfo> {
+    Some(SnapshotInfo {
+        snapshot_id: s.snapshot_id()?.to_string(),
+        state: s
+            .state()
+            .map(|st| st.as_str().to_string())
+            .unwrap_or_default(),
+        progress: s.progress().map(String::from),
+        state_message: s.state_message().map(String::from),
+        volume_size_gib: i64::from(s.volume_size().unwrap_or(0)),
+        volume_id: s
+            .volume_id()
+            .filter(|v| *v != "vol-ffffffff")
+            .map(String::from),
+        tags: s
+            .tags()
+            .iter()
+            .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+            .collect(),
+        owner_id: s.owner_id().map(String::from),
+        start_time: s
+            .start_time()
+            .and_then(|t| k8s_openapi::jiff::Timestamp::from_second(t.secs()).ok()),
+    })
+}
+
+impl Snapshots<'_> {
     /// Creates a gp3 volume from a snapshot in `zone`, tagged at creation;
     /// `client_token` makes a retried call return the same volume.
     pub async fn create_volume_from_snapshot(

@@ -28,6 +28,9 @@ pub struct SourceInstance {
     pub volumes: Vec<(String, String)>,
     /// Its tags, for a configuration's `allowedSources`.
     pub tags: std::collections::BTreeMap<String, String>,
+    /// Its machine (architecture, boot mode, root device…), which a full
+    /// restore registers its image as.
+    pub machine: crate::api::MachineImage,
 }
 
 /// Everything RunInstances needs for the instance a full restore launches.
@@ -100,93 +103,6 @@ pub struct Instances<'a> {
 }
 
 impl Instances<'_> {
-    /// Registers an AMI whose volumes are the given snapshots (device,
-    /// snapshot), the first one the root device.
-    pub async fn register_restored_image(
-        &self,
-        region: &str,
-        name: &str,
-        description: &str,
-        snapshots: &[(String, String)],
-    ) -> Result<String, AwsError> {
-        let op = AwsOperation::RegisterImage;
-        let Some((root, _)) = snapshots.first() else {
-            return Err(AwsError::Service {
-                operation: op.name(),
-                code: "NoSnapshots".into(),
-                message: "an image needs at least one snapshot".into(),
-            });
-        };
-        let mappings: Vec<BlockDeviceMapping> = snapshots
-            .iter()
-            .map(|(device, snapshot)| {
-                BlockDeviceMapping::builder()
-                    .device_name(device)
-                    .ebs(
-                        EbsBlockDevice::builder()
-                            .snapshot_id(snapshot)
-                            .volume_type(VolumeType::Gp3)
-                            .delete_on_termination(true)
-                            .build(),
-                    )
-                    .build()
-            })
-            .collect();
-        let register = self
-            .aws
-            .ec2(region)
-            .register_image()
-            .name(name)
-            .description(description)
-            .root_device_name(root)
-            .set_block_device_mappings(Some(mappings))
-            .virtualization_type("hvm")
-            .ena_support(true)
-            .send();
-        let out = match self.aws.call(op, register).await {
-            Ok(out) => out,
-            Err(e) => {
-                // Registered by an earlier try whose answer was lost: adopt it.
-                if e.code() == Some("InvalidAMIName.Duplicate")
-                    && let Some(id) = self.image_named(region, name).await?
-                {
-                    return Ok(id);
-                }
-                return Err(e);
-            }
-        };
-        out.image_id().map(String::from).ok_or(AwsError::Service {
-            operation: op.name(),
-            code: "NoImage".into(),
-            message: "RegisterImage returned no image ID".into(),
-        })
-    }
-
-    /// This account's image named `name`, if any.
-    async fn image_named(&self, region: &str, name: &str) -> Result<Option<String>, AwsError> {
-        let describe = self
-            .aws
-            .ec2(region)
-            .describe_images()
-            .owners("self")
-            .filters(
-                aws_sdk_ec2::types::Filter::builder()
-                    .name("name")
-                    .values(name)
-                    .build(),
-            )
-            .send();
-        let out = self
-            .aws
-            .call(AwsOperation::DescribeImages, describe)
-            .await?;
-        Ok(out
-            .images()
-            .first()
-            .and_then(|i| i.image_id())
-            .map(String::from))
-    }
-
     /// The value of an SSM parameter (an AMI ID for `imageSsmParameter`).
     pub async fn ssm_parameter(&self, region: &str, name: &str) -> Result<String, AwsError> {
         let op = AwsOperation::GetParameter;
@@ -364,6 +280,7 @@ impl Instances<'_> {
                             .iter()
                             .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
                             .collect(),
+                        machine: super::images::machine_of(instance),
                     },
                 );
             }

@@ -13,7 +13,9 @@
 
 pub mod accounts;
 pub mod batch;
+pub mod consistency;
 pub mod ebs;
+pub mod images;
 pub mod instance_cache;
 pub mod instance_state;
 pub mod instances;

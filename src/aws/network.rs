@@ -71,6 +71,11 @@ pub struct Network<'a> {
     pub(super) aws: &'a AwsClients,
 }
 
+/// EC2 does not know the group (`InvalidGroup.NotFound`).
+fn is_group_unknown(e: &AwsError) -> bool {
+    e.code() == Some("InvalidGroup.NotFound")
+}
+
 impl Network<'_> {
     /// Describes configured subnets; an unknown ID is an error naming it.
     pub async fn describe_subnets(
@@ -139,6 +144,12 @@ impl Network<'_> {
             .aws
             .call(AwsOperation::DescribeSecurityGroups, describe)
             .await?;
+        // When the group was created here: calls right after are retried
+        // while EC2 does not know it yet. (An existing group: never.)
+        let long_ago = std::time::Instant::now()
+            .checked_sub(super::consistency::IN_PLACE_WAIT)
+            .unwrap_or_else(std::time::Instant::now);
+        let mut made = long_ago;
         let (group_id, current_in, current_out) = match found.security_groups().first() {
             Some(g) => (
                 g.group_id().unwrap_or_default().to_string(),
@@ -160,10 +171,15 @@ impl Network<'_> {
                     .call(AwsOperation::CreateSecurityGroup, create)
                     .await?;
                 let id = created.group_id().unwrap_or_default().to_string();
-                let describe = ec2.describe_security_groups().group_ids(&id).send();
-                let described = self
-                    .aws
-                    .call(AwsOperation::DescribeSecurityGroups, describe)
+                // A group just created may be unknown for a while (EC2 is
+                // eventually consistent, see `consistency`): retried in place.
+                made = std::time::Instant::now();
+                let described =
+                    super::consistency::retry_while_unknown(made, is_group_unknown, || {
+                        let describe = ec2.describe_security_groups().group_ids(&id).send();
+                        self.aws
+                            .call(AwsOperation::DescribeSecurityGroups, describe)
+                    })
                     .await?;
                 let g = described.security_groups().first();
                 (
@@ -174,10 +190,14 @@ impl Network<'_> {
                 )
             }
         };
-        self.sync_rules(region, &group_id, &current_in, ingress, true)
-            .await?;
-        self.sync_rules(region, &group_id, &current_out, egress, false)
-            .await?;
+        super::consistency::retry_while_unknown(made, is_group_unknown, || {
+            self.sync_rules(region, &group_id, &current_in, ingress, true)
+        })
+        .await?;
+        super::consistency::retry_while_unknown(made, is_group_unknown, || {
+            self.sync_rules(region, &group_id, &current_out, egress, false)
+        })
+        .await?;
         Ok(group_id)
     }
 

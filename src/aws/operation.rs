@@ -138,7 +138,8 @@ operations! {
     // EC2: snapshots and volumes. A backup worker in the backup account
     // makes the snapshot calls with the production role it assumes.
     CreateSnapshots => Ec2, Worker [Backup];
-    DeleteSnapshot => Ec2, Worker [Backup];
+    // The controller's sweep deletes restores' intermediate snapshots.
+    DeleteSnapshot => Ec2, Both [Backup];
     DescribeSnapshots => Ec2, Both [Backup];
     CreateVolume => Ec2, Controller;
     // EBS direct APIs: the data mover.
@@ -200,6 +201,7 @@ impl AwsOperation {
             AwsOperation::CreateSecurityGroup => &["security-group"],
             AwsOperation::CreateSnapshots => &["snapshot"],
             AwsOperation::CreateVolume => &["volume"],
+            AwsOperation::RegisterImage => &["image"],
             // The EBS direct APIs tag a new snapshot through EC2 as well.
             AwsOperation::StartSnapshot => &["snapshot"],
             _ => &[],

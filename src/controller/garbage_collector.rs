@@ -1,8 +1,11 @@
 //! The garbage collector: the safety net under every other path. Each sweep
 //! refreshes the shared instance cache of every region in use, terminates
 //! worker instances of this cluster whose owner job is gone, finished, or
-//! does not know them (after a grace period), and deletes worker queues whose
-//! configuration is gone.
+//! does not know them (after a grace period), deletes worker queues whose
+//! configuration is gone, and deletes restores' intermediate snapshots that
+//! no job owns any more (`intermediates`).
+
+mod intermediates;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -78,6 +81,9 @@ pub struct SweepConfig {
     /// An orphan is terminated only once it is older than this, so that a
     /// launch whose status write is still on its way is never mistaken for one.
     pub grace: Duration,
+    /// An intermediate snapshot no job owns is deleted only once it is
+    /// older than this.
+    pub intermediate_grace: Duration,
 }
 
 /// Runs sweeps until the task is dropped.
@@ -224,12 +230,17 @@ async fn sweep(ctx: &Context, config: SweepConfig) {
         }
         ctx.metrics.record_sweep(&region, live, &by_reason);
         let queues = sweep_queues(ctx, &aws, &region).await;
+        let intermediates =
+            intermediates::sweep(ctx, &aws, &region, config.intermediate_grace).await;
+        ctx.metrics
+            .record_intermediate_sweep(&region, intermediates);
         info!(
             region,
             workers_seen = live,
             orphans_terminated = by_reason.values().sum::<usize>(),
             orphans_by_reason = ?by_reason,
             queues_deleted = queues,
+            intermediates_deleted = intermediates,
             "garbage collection sweep"
         );
     }

@@ -158,6 +158,9 @@ pub struct Context {
     /// Hosts a file-level session may be at besides its worker's own
     /// addresses (see Options).
     pub trusted_browser_hosts: Vec<String>,
+    /// How long a restore waits for EBS to seal its snapshots and for its
+    /// AMI to become available (see Options).
+    pub restored_snapshot_timeout: Duration,
     failures: Mutex<HashMap<String, u32>>,
     /// One launch decision at a time per configuration (by UID).
     launch_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -328,6 +331,10 @@ pub struct Options {
     /// instance's own addresses: agents that run outside EC2 (tests, the
     /// demo). Empty in production.
     pub trusted_browser_hosts: Vec<String>,
+    /// How long after its worker completed a restore may wait for its
+    /// snapshots to be `completed` (and its AMI `available`) before it
+    /// fails with `RestoredSnapshotTimedOut`.
+    pub restored_snapshot_timeout: Duration,
 }
 
 pub use run::run;

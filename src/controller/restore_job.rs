@@ -13,15 +13,14 @@ use kube::{Api, Resource, ResourceExt};
 use sha2::Digest;
 
 use super::job::core::mark_failed;
-use super::job::kind::{Located, NotLocated, Target, TaskDetails, WorkerJob};
+use super::job::kind::{Located, NotLocated, Settling, Target, TaskDetails, WorkerJob};
 use super::job::{self, job_access};
 use super::{Context, Error, Result};
 use crate::api::{
     InstanceTypes, JobLimits, LocalObjectReference, Phase, RestoreJob, RestoreJobStatus,
     RestoreMode, RestoreWorkerStatus, WorkerConfiguration, WorkerStatus,
 };
-use crate::aws::ebs::SnapshotInfo;
-use crate::aws::{AwsClients, AwsError};
+use crate::aws::AwsError;
 use crate::controller::events;
 use crate::messages::{FileLevelTask, Operation, WorkerEvent, WorkerProfile};
 use crate::mover::manifest::RepositoryLocation;
@@ -126,8 +125,12 @@ impl WorkerJob for RestoreJob {
             WorkerEvent::Completed {
                 snapshot_id,
                 snapshots,
+                machine,
                 ..
             } => {
+                if machine.is_some() {
+                    worker.restored_machine = machine.clone();
+                }
                 if snapshot_id.is_some() {
                     worker.restored_snapshot_id = snapshot_id.clone();
                 }
@@ -152,6 +155,32 @@ impl WorkerJob for RestoreJob {
             RestoreMode::FileLevel => end_finished_session(self, status, now),
         }
         Ok(())
+    }
+
+    /// A volume or full restore whose worker succeeded is not done until
+    /// its volume or instance exists (EBS may still be sealing the
+    /// snapshots, or the AMI still be pending).
+    fn settling(&self, status: &RestoreJobStatus) -> Option<Settling> {
+        let now = Timestamp::now();
+        let waiting: Vec<&RestoreWorkerStatus> = status
+            .workers
+            .iter()
+            .filter(|w| w.phase == Phase::Succeeded && result_pending(self.spec.mode, w))
+            .collect();
+        let first = waiting.first()?;
+        let note = first
+            .message
+            .clone()
+            .unwrap_or_else(|| "making the restored volume or instance".into());
+        let since = waiting
+            .iter()
+            .map(|w| since_completed(w, now))
+            .min()
+            .unwrap_or_default();
+        Some(Settling {
+            note,
+            recheck: crate::aws::consistency::recheck_after(since),
+        })
     }
 
     async fn task_details(
@@ -228,16 +257,8 @@ async fn restore_volumes(
             continue;
         };
         let aws = ctx.aws.scoped(&job_access(job, w.access.as_ref())).await;
-        if !snapshots_are_own(
-            job,
-            config,
-            w,
-            &aws,
-            std::slice::from_ref(&snapshot),
-            (ctx, now),
-        )
-        .await?
-        {
+        let ids = std::slice::from_ref(&snapshot);
+        if !usable::snapshots_usable(job, config, w, &aws, ids, (ctx, now)).await? {
             continue;
         }
         // Tender never deletes a restored volume.
@@ -277,83 +298,6 @@ async fn restore_volumes(
         }
     }
     Ok(())
-}
-
-/// Whether the snapshots a worker named are its own, before anything is
-/// made from them: a forged `completed` could name any snapshot the
-/// controller may read, of any account. When one is not, the worker fails
-/// for good (`SnapshotNotOwned`, with an Event) and nothing is created.
-async fn snapshots_are_own(
-    job: &RestoreJob,
-    config: &WorkerConfiguration,
-    w: &mut RestoreWorkerStatus,
-    aws: &AwsClients,
-    snapshot_ids: &[String],
-    (ctx, now): (&Context, Timestamp),
-) -> Result<bool, AwsError> {
-    let uid = job.uid().unwrap_or_default();
-    let account = workers_account(w, config);
-    for id in snapshot_ids {
-        let found = aws.snapshots().describe_snapshot(&w.region, id).await?;
-        let Some(problem) = snapshot_problem(id, found.as_ref(), &uid, account.as_deref()) else {
-            continue;
-        };
-        let message =
-            format!("{problem}; the worker's report is not trusted and nothing was made from it");
-        let reason = FailureReason::SnapshotNotOwned;
-        let note = format!("{}: {message}", w.resource);
-        ctx.event(
-            job,
-            EventType::Warning,
-            reason.as_str(),
-            "CheckRestoredSnapshots",
-            note,
-        )
-        .await;
-        mark_failed(w, reason, &message, now);
-        return Ok(false);
-    }
-    Ok(true)
-}
-
-/// The account a worker ran in: its role's, else the configuration's
-/// (the controller's own credentials).
-fn workers_account(w: &WorkerStatus, config: &WorkerConfiguration) -> Option<String> {
-    match &w.access {
-        Some(role) => role.role_arn.split(':').nth(4).map(String::from),
-        None => config.status.as_ref().and_then(|s| s.account_id.clone()),
-    }
-}
-
-/// What is wrong with a snapshot a restore worker named, if anything: it
-/// must exist, be owned by the workers' `account`, and carry this job's
-/// UID tag, as the worker tags every snapshot it writes.
-pub fn snapshot_problem(
-    snapshot_id: &str,
-    found: Option<&SnapshotInfo>,
-    job_uid: &str,
-    account: Option<&str>,
-) -> Option<String> {
-    let Some(snapshot) = found else {
-        return Some(format!(
-            "snapshot {snapshot_id} does not exist in the workers' account"
-        ));
-    };
-    let owner = snapshot.owner_id.as_deref();
-    if account.is_none() || owner != account {
-        return Some(format!(
-            "snapshot {snapshot_id} is owned by account {}, not by the workers' account {}",
-            owner.unwrap_or("?"),
-            account.unwrap_or("?")
-        ));
-    }
-    let tagged = snapshot.tags.get(tags::JOB_UID).map(String::as_str);
-    (tagged != Some(job_uid)).then(|| {
-        format!(
-            "snapshot {snapshot_id} does not carry this job's tag {}={job_uid}",
-            tags::JOB_UID
-        )
-    })
 }
 
 /// Tags of what a restore creates for the user (a volume, an instance): it
@@ -410,12 +354,13 @@ async fn restore_instances(
                 .iter()
                 .map(|s| s.snapshot_id.clone())
                 .collect();
-            if !snapshots_are_own(job, config, w, &aws, &ids, (ctx, now)).await? {
+            if !usable::snapshots_usable(job, config, w, &aws, &ids, (ctx, now)).await? {
                 continue;
             }
         }
-        match launch_restored(job, w, instance_type, &subnet, ctx).await {
-            Ok((image, instance)) => {
+        match launch_restored(job, w, instance_type, &subnet, (ctx, now)).await {
+            Ok(None) => {} // the image is not available yet
+            Ok(Some((image, instance))) => {
                 let note = format!(
                     "restored {} as instance {instance} ({instance_type}, {subnet}) from image {image}",
                     w.resource
@@ -431,7 +376,19 @@ async fn restore_instances(
                 w.message = Some(note);
                 w.restored_instance_id = Some(instance);
             }
-            Err(e) if e.is_transient() => return Err(e.into()),
+            Err(RestoreStepError::Aws(e)) if e.is_transient() => return Err(e.into()),
+            Err(RestoreStepError::Failed(reason, message)) => {
+                let note = format!("{}: {message}", w.resource);
+                ctx.event(
+                    job,
+                    EventType::Warning,
+                    reason.as_str(),
+                    "WaitForImage",
+                    note,
+                )
+                .await;
+                mark_failed(w, reason, &message, now);
+            }
             Err(e) => {
                 let kept: Vec<String> = w
                     .restored_snapshots
@@ -449,25 +406,34 @@ async fn restore_instances(
     Ok(())
 }
 
-/// Registers an AMI from the worker's restored snapshots (adopting one an
-/// earlier try registered) and launches the restored instance from it, in
-/// the worker's account and subnet: `(image, instance)`.
+/// Registers an AMI from the worker's restored snapshots as the machine
+/// the restore point recorded (adopting one an earlier try registered),
+/// waits until it is available, and launches the restored instance from
+/// it, in the worker's account and subnet: `(image, instance)`, or `None`
+/// while the image is not available yet.
 async fn launch_restored(
     job: &RestoreJob,
     w: &mut RestoreWorkerStatus,
     instance_type: &str,
     subnet: &str,
-    ctx: &Context,
-) -> Result<(String, String), crate::aws::AwsError> {
+    (ctx, now): (&Context, Timestamp),
+) -> Result<Option<(String, String)>, RestoreStepError> {
     let aws = ctx.aws.scoped(&job_access(job, w.access.as_ref())).await;
-    let snapshots: Vec<(String, String)> = w
-        .restored_snapshots
-        .iter()
-        .map(|s| (s.device.clone(), s.snapshot_id.clone()))
-        .collect();
     let image = match &w.restored_image_id {
         Some(image) => image.clone(),
         None => {
+            let snapshots: Vec<(String, String)> = w
+                .restored_snapshots
+                .iter()
+                .map(|s| (s.device.clone(), s.snapshot_id.clone()))
+                .collect();
+            let machine = w.restored_machine.clone().unwrap_or_else(|| {
+                // An older agent reports none: as for an older manifest.
+                let devices = snapshots.iter().map(|(d, _)| Some(d.as_str()));
+                crate::mover::manifest::fallback_machine(devices)
+            });
+            let plan = crate::aws::images::plan_image(&machine, &snapshots)
+                .map_err(RestoreStepError::Refused)?;
             let uid = job.uid().unwrap_or_default();
             let name = format!(
                 "tender-restore-{}-{}",
@@ -475,12 +441,30 @@ async fn launch_restored(
                 &uid[..uid.len().min(8)]
             );
             let description = format!("Tender restore of {}", w.resource);
+            let tags = restored_tags(job, w);
             aws.instances()
-                .register_restored_image(&w.region, &name, &description, &snapshots)
+                .register_restored_image(&w.region, (&name, &description), &plan, &tags)
                 .await?
         }
     };
     w.restored_image_id = Some(image.clone());
+    let state = aws.instances().image_state(&w.region, &image).await?;
+    let since = since_completed(w, now);
+    match usable::image_readiness(
+        &image,
+        state.as_deref(),
+        since,
+        ctx.restored_snapshot_timeout,
+    ) {
+        usable::Readiness::Ready => {}
+        usable::Readiness::Waiting { message, .. } => {
+            w.message = Some(message);
+            return Ok(None);
+        }
+        usable::Readiness::Failed { reason, message } => {
+            return Err(RestoreStepError::Failed(reason, message));
+        }
+    }
     let groups = job.spec.security_group_ids.clone().unwrap_or_default();
     let tags = restored_tags(job, w);
     let token = format!("{}-restored", w.launch_token);
@@ -496,7 +480,39 @@ async fn launch_restored(
             client_token: &token,
         })
         .await?;
-    Ok((image, instance))
+    Ok(Some((image, instance)))
+}
+
+/// Why a full restore's image or instance could not be made.
+#[derive(Debug, thiserror::Error)]
+enum RestoreStepError {
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+    /// The recorded machine and the restored snapshots make no bootable
+    /// image.
+    #[error("{0}")]
+    Refused(String),
+    #[error("{1}")]
+    Failed(FailureReason, String),
+}
+
+/// Whether a worker that succeeded still waits for its job's result: a
+/// volume (mode `volume`) or an instance (mode `full`).
+fn result_pending(mode: RestoreMode, w: &RestoreWorkerStatus) -> bool {
+    match mode {
+        RestoreMode::Volume => w.restored_volume_id.is_none(),
+        RestoreMode::Full => w.restored_instance_id.is_none(),
+        RestoreMode::FileLevel => false,
+    }
+}
+
+/// How long ago the worker reported its snapshots written (zero when it is
+/// not recorded).
+fn since_completed(w: &WorkerStatus, now: Timestamp) -> std::time::Duration {
+    w.finished_time
+        .as_ref()
+        .and_then(|t| std::time::Duration::try_from(now.duration_since(t.0)).ok())
+        .unwrap_or_default()
 }
 
 /// The Secret with a file-level recovery session's token (created once per
@@ -610,6 +626,9 @@ fn random_token() -> Result<String> {
     getrandom::fill(&mut bytes).map_err(|_| Error::MissingObjectKey("randomness from the OS"))?;
     Ok(hex::encode(bytes))
 }
+
+mod usable;
+pub use usable::snapshot_problem;
 
 #[cfg(test)]
 mod tests;

@@ -303,6 +303,7 @@ impl Context {
             reports: Arc::new(ReportStore::default()),
             pumps: QueuePumps::new(triggers, opts.require_worker_sender),
             trusted_browser_hosts: opts.trusted_browser_hosts.clone(),
+            restored_snapshot_timeout: opts.restored_snapshot_timeout,
             heartbeat_seconds: opts.heartbeat_seconds,
             network_recheck: opts.network_recheck,
             repository_count: opts.repository_count,

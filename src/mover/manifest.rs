@@ -19,6 +19,10 @@ use crate::aws::ebs::{ChangedBlock, SnapshotBlocks};
 /// Version of the manifest format this build writes and reads.
 pub const MANIFEST_VERSION: u32 = 1;
 
+/// The device of a volume whose restore point names none (a snapshot's):
+/// restored as the boot disk.
+pub const SNAPSHOT_DEVICE: &str = "/dev/xvda";
+
 /// Where a repository lives.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -165,9 +169,30 @@ pub struct Manifest {
     pub parent_refused: Option<String>,
     pub volumes: Vec<VolumeImage>,
     pub stats: BackupStats,
+    /// What the backed-up instance's AMI said (architecture, boot mode,
+    /// root device…), recorded from DescribeInstances at backup time so that
+    /// a full restore registers an image that boots. `None` in a snapshot's
+    /// restore point and in manifests written before it was recorded: see
+    /// [`Manifest::machine_or_fallback`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<crate::api::MachineImage>,
 }
 
 impl Manifest {
+    /// The machine to register a full restore's image as: the recorded
+    /// one, else (a snapshot's restore point, or one written before Tender
+    /// recorded it) a 64-bit x86 HVM machine with ENA, the instance type's
+    /// default boot mode, and as root device `/dev/xvda`, else `/dev/sda1`,
+    /// else the first volume's device, whichever the restore point has:
+    /// what nearly every current EC2 instance is, where RegisterImage's own
+    /// default (i386) never is.
+    pub fn machine_or_fallback(&self) -> crate::api::MachineImage {
+        match &self.machine {
+            Some(machine) => machine.clone(),
+            None => fallback_machine(self.volumes.iter().map(|v| v.device.as_deref())),
+        }
+    }
+
     /// Whether this is the manifest of restore point `id` of `namespace`
     /// (when the reader knows its namespace): a genuine manifest copied to
     /// another key, or into another namespace's part, is not.
@@ -182,6 +207,28 @@ impl Manifest {
             )),
             _ => Ok(()),
         }
+    }
+}
+
+/// The machine of a restore point that recorded none, from its volumes'
+/// devices (`None`: a snapshot's, restored on [`SNAPSHOT_DEVICE`]): see
+/// [`Manifest::machine_or_fallback`].
+pub fn fallback_machine<'a>(
+    devices: impl Iterator<Item = Option<&'a str>>,
+) -> crate::api::MachineImage {
+    let devices: Vec<&str> = devices.map(|d| d.unwrap_or(SNAPSHOT_DEVICE)).collect();
+    let root = ["/dev/xvda", "/dev/sda1"]
+        .into_iter()
+        .find(|d| devices.contains(d))
+        .or(devices.first().copied())
+        .unwrap_or(SNAPSHOT_DEVICE);
+    crate::api::MachineImage {
+        architecture: "x86_64".into(),
+        boot_mode: None,
+        ena_support: true,
+        sriov_net_support: None,
+        virtualization_type: "hvm".into(),
+        root_device_name: root.to_string(),
     }
 }
 
@@ -487,6 +534,7 @@ mod tests {
             parent_refused: None,
             volumes: vec![image(vec![block(0, 'a')])],
             stats: BackupStats::default(),
+            machine: None,
         };
         let text = serde_json::to_vec(&m).unwrap_or_default();
         assert!(matches!(parse_manifest(&text), Err(e) if e.contains("version 2")));
@@ -510,6 +558,7 @@ mod tests {
             parent_refused: None,
             volumes: vec![],
             stats: BackupStats::default(),
+            machine: None,
         };
         assert_eq!(m.placed("nightly/i-1", Some("team-a")), Ok(()));
         assert_eq!(m.placed("nightly/i-1", None), Ok(()));
@@ -606,5 +655,77 @@ mod tests {
             restore_encryption(&with(keyed(None)), "eu-west-1"),
             keyed(None)
         );
+    }
+
+    fn instance_manifest(devices: &[&str]) -> Manifest {
+        Manifest {
+            version: 1,
+            id: "nightly/i-1".into(),
+            resource: "i-1".into(),
+            region: "us-east-1".into(),
+            namespace: "team-a".into(),
+            job_name: "nightly".into(),
+            job_uid: "u".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            parent: None,
+            parent_refused: None,
+            volumes: devices
+                .iter()
+                .map(|d| VolumeImage {
+                    device: Some(d.to_string()),
+                    ..image(vec![])
+                })
+                .collect(),
+            stats: BackupStats::default(),
+            machine: None,
+        }
+    }
+
+    #[test]
+    fn a_manifest_written_before_machines_were_recorded_still_reads() {
+        let mut old =
+            serde_json::to_value(instance_manifest(&["/dev/sdf", "/dev/sda1"])).unwrap_or_default();
+        assert!(old.get("machine").is_none(), "{old}");
+        old["version"] = 1.into();
+        let text = serde_json::to_vec(&old).unwrap_or_default();
+        let read = parse_manifest(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(read.machine, None);
+        // The documented fallback: x86_64 HVM with ENA, the root device the
+        // restore point has (not the first volume).
+        let m = read.machine_or_fallback();
+        assert_eq!(m.architecture, "x86_64");
+        assert_eq!(m.virtualization_type, "hvm");
+        assert!(m.ena_support);
+        assert_eq!(m.boot_mode, None);
+        assert_eq!(m.root_device_name, "/dev/sda1");
+        let other = instance_manifest(&["/dev/sdb", "/dev/sdc"]).machine_or_fallback();
+        assert_eq!(other.root_device_name, "/dev/sdb");
+        let snapshot = Manifest {
+            volumes: vec![image(vec![])],
+            ..instance_manifest(&[])
+        };
+        assert_eq!(snapshot.machine_or_fallback().root_device_name, "/dev/xvda");
+    }
+
+    #[test]
+    fn a_recorded_machine_is_kept_and_wins_over_the_fallback() {
+        let machine = crate::api::MachineImage {
+            architecture: "arm64".into(),
+            boot_mode: Some("uefi".into()),
+            ena_support: true,
+            sriov_net_support: None,
+            virtualization_type: "hvm".into(),
+            root_device_name: "/dev/sda1".into(),
+        };
+        let m = Manifest {
+            machine: Some(machine.clone()),
+            ..instance_manifest(&["/dev/xvda", "/dev/sda1"])
+        };
+        let text = serde_json::to_vec(&m).unwrap_or_default();
+        assert_eq!(
+            parse_manifest(&text).map(|m| m.machine),
+            Ok(Some(machine.clone()))
+        );
+        assert_eq!(m.machine_or_fallback(), machine);
     }
 }

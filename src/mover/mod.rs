@@ -154,6 +154,9 @@ pub struct BackupRequest<'a> {
     pub job_name: &'a str,
     pub job_uid: &'a str,
     pub volumes: &'a [SourceVolume],
+    /// What the source instance's AMI said, recorded in the manifest for a
+    /// full restore; `None` for a snapshot.
+    pub machine: Option<&'a crate::api::MachineImage>,
 }
 
 pub(crate) fn sha256_hex(data: &[u8]) -> String {
@@ -371,6 +374,7 @@ async fn copy(
         parent_refused: parent.refused,
         volumes,
         stats,
+        machine: request.machine.cloned(),
     })
 }
 

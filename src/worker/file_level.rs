@@ -76,6 +76,7 @@ pub(super) async fn serve(
         ),
         restore_point: Some(id.clone()),
         snapshots: Vec::new(),
+        machine: None,
     })
 }
 

@@ -11,6 +11,7 @@
 
 pub mod browser;
 mod file_level;
+mod snapshots;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -29,7 +30,7 @@ use crate::messages::{
 use crate::mover::manifest::{Manifest, RepositoryLocation, VolumeImage};
 
 /// Device of a restored volume whose restore point names none (a snapshot's).
-pub const ROOT_DEVICE: &str = "/dev/xvda";
+pub const ROOT_DEVICE: &str = crate::mover::manifest::SNAPSHOT_DEVICE;
 use crate::mover::{self, BackupRequest, MoverError, Progress, SourceVolume};
 use crate::names::tags;
 use crate::reasons::FailureReason;
@@ -115,6 +116,7 @@ pub async fn run(aws: AwsClients, task: WorkerTask, instance_id: String) -> Resu
                     restore_point: done.restore_point.clone(),
                     snapshot_id: done.snapshots.first().map(|s| s.snapshot_id.clone()),
                     snapshots: done.snapshots.clone(),
+                    machine: done.machine.clone(),
                     bytes: Some(ByteProgress {
                         done: moved,
                         total,
@@ -195,6 +197,8 @@ struct Done {
     detail: String,
     restore_point: Option<String>,
     snapshots: Vec<RestoredSnapshot>,
+    /// The machine a full restore's image is registered as.
+    machine: Option<crate::api::MachineImage>,
 }
 
 type Failure = (FailureReason, String);
@@ -217,9 +221,6 @@ fn mover_failure(e: MoverError, repository: &RepositoryLocation) -> Failure {
     }
 }
 
-/// How often the worker looks at the snapshots it is waiting for.
-const SNAPSHOT_POLL: Duration = Duration::from_secs(5);
-
 async fn backup(aws: &AwsClients, task: &WorkerTask, progress: &Progress) -> Result<Done, Failure> {
     let Some(repository) = &task.repository else {
         return Err(failure(
@@ -238,17 +239,19 @@ async fn backup(aws: &AwsClients, task: &WorkerTask, progress: &Progress) -> Res
     let region = task.resource_region.as_str();
     let from_instance = task.resource.starts_with("i-");
     let mut lineage = task.resource.clone();
-    let volumes = if from_instance {
-        snapshot_instance(&source, task).await?
+    let (volumes, machine) = if from_instance {
+        let taken = snapshots::snapshot_instance(&source, task).await?;
+        (taken.volumes, Some(taken.machine))
     } else {
-        lineage = wait_for_snapshot(&source, region, &task.resource)
+        lineage = snapshots::wait_for_snapshot(&source, region, &task.resource)
             .await?
             .unwrap_or_else(|| task.resource.clone());
-        vec![SourceVolume {
+        let volume = SourceVolume {
             snapshot_id: task.resource.clone(),
             device: None,
             volume_id: None,
-        }]
+        };
+        (vec![volume], None)
     };
     let manifest = mover::backup(
         BackupRequest {
@@ -261,6 +264,7 @@ async fn backup(aws: &AwsClients, task: &WorkerTask, progress: &Progress) -> Res
             job_uid: &task.job_uid,
             lineage: &lineage,
             volumes: &volumes,
+            machine: machine.as_ref(),
         },
         progress,
     )
@@ -294,6 +298,7 @@ async fn backup(aws: &AwsClients, task: &WorkerTask, progress: &Progress) -> Res
         detail: backup_detail(&manifest),
         restore_point: Some(manifest.id.clone()),
         snapshots: Vec::new(),
+        machine: None,
     })
 }
 
@@ -344,7 +349,7 @@ async fn restore(
         .await
         .map_err(|e| mover_failure(e, repository))?;
     let volumes = volumes_to_restore(&manifest, task, id)?;
-    let tags = snapshot_tags(task, &manifest.resource);
+    let tags = restore_snapshot_tags(task, &manifest.resource);
     let description = format!("Tender restore {} of {id}", task.job_name);
     // One snapshot per job and attempt, even if StartSnapshot is retried.
     let mut snapshots = Vec::new();
@@ -394,6 +399,7 @@ async fn restore(
         ),
         restore_point: Some(id.clone()),
         snapshots,
+        machine: task.all_volumes.then(|| manifest.machine_or_fallback()),
     })
 }
 
@@ -449,102 +455,6 @@ fn snapshot_tags(task: &WorkerTask, resource: &str) -> Vec<(String, String)> {
         out.push((tags::CLUSTER_ID.to_string(), cluster.clone()));
     }
     out
-}
-
-/// Waits until a snapshot someone else took is complete; returns the
-/// volume it was taken of, when EBS knows it.
-async fn wait_for_snapshot(
-    source: &AwsClients,
-    region: &str,
-    snapshot_id: &str,
-) -> Result<Option<String>, Failure> {
-    loop {
-        match source
-            .snapshots()
-            .describe_snapshot(region, snapshot_id)
-            .await
-            .map_err(|e| failure(e.failure_reason(), e.to_string()))?
-        {
-            Some(s) if s.state == "completed" => return Ok(s.volume_id),
-            Some(s) if s.state == "error" => {
-                return Err(failure(
-                    FailureReason::SourceSnapshotFailed,
-                    format!("snapshot {snapshot_id} is in state error; take a new one"),
-                ));
-            }
-            Some(_) => tokio::time::sleep(SNAPSHOT_POLL).await,
-            None => {
-                return Err(failure(
-                    FailureReason::SourceSnapshotNotFound,
-                    format!("snapshot {snapshot_id} does not exist in {region}"),
-                ));
-            }
-        }
-    }
-}
-
-/// Snapshots the instance's volumes and waits until they are complete.
-async fn snapshot_instance(
-    source: &AwsClients,
-    task: &WorkerTask,
-) -> Result<Vec<SourceVolume>, Failure> {
-    let region = task.resource_region.as_str();
-    let aws_failure = |e: crate::aws::AwsError| failure(e.failure_reason(), e.to_string());
-    let Some(instance) = source
-        .instances()
-        .describe_source_instance(region, &task.resource)
-        .await
-        .map_err(aws_failure)?
-    else {
-        return Err(failure(
-            FailureReason::SourceInstanceNotFound,
-            format!("instance {} does not exist in {region}", task.resource),
-        ));
-    };
-    let tags = snapshot_tags(task, &task.resource);
-    let description = format!("Tender backup {} of {}", task.job_name, task.resource);
-    let made = source
-        .snapshots()
-        .snapshot_instance(region, &task.resource, &description, &tags)
-        .await
-        .map_err(aws_failure)?;
-    let mut volumes = Vec::new();
-    for (snapshot_id, volume_id) in made {
-        loop {
-            match source
-                .snapshots()
-                .describe_snapshot(region, &snapshot_id)
-                .await
-                .map_err(aws_failure)?
-            {
-                Some(s) if s.state == "completed" => break,
-                Some(s) if s.state == "error" => {
-                    return Err(failure(
-                        FailureReason::SnapshotFailed,
-                        format!("EBS could not snapshot {volume_id} ({snapshot_id})"),
-                    ));
-                }
-                Some(_) => tokio::time::sleep(SNAPSHOT_POLL).await,
-                None => {
-                    return Err(failure(
-                        FailureReason::SnapshotFailed,
-                        format!("snapshot {snapshot_id} of {volume_id} disappeared"),
-                    ));
-                }
-            }
-        }
-        let device = instance
-            .volumes
-            .iter()
-            .find(|(_, v)| *v == volume_id)
-            .map(|(d, _)| d.clone());
-        volumes.push(SourceVolume {
-            snapshot_id,
-            device,
-            volume_id: Some(volume_id),
-        });
-    }
-    Ok(volumes)
 }
 
 /// Deletes the snapshots Tender took for the parent restore point: the new
@@ -604,6 +514,20 @@ async fn forget_parent_snapshots(
     }
 }
 
+/// The tags of a snapshot a restore writes: a worker's, plus what marks
+/// it as made on the way (`tender.dev/intermediate`) and names its job, so
+/// that the garbage collector can delete it once no job owns it.
+fn restore_snapshot_tags(task: &WorkerTask, resource: &str) -> Vec<(String, String)> {
+    let mut out = snapshot_tags(task, resource);
+    out.push((tags::NAMESPACE.to_string(), task.namespace.clone()));
+    out.push((tags::JOB_KIND.to_string(), "RestoreJob".to_string()));
+    out.push((
+        tags::INTERMEDIATE.to_string(),
+        tags::INTERMEDIATE_VALUE.to_string(),
+    ));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -628,5 +552,33 @@ mod tests {
         };
         let tags = snapshot_tags(&older, "i-0123456789abcdef0");
         assert!(!tags.iter().any(|(k, _)| k == tags::CLUSTER_ID));
+    }
+
+    /// A restore's snapshots are marked as made on the way, and name their
+    /// job fully, so that the sweep can tell whose they are; the restore
+    /// policy lets StartSnapshot tag with Tender's keys only.
+    #[test]
+    fn a_restores_snapshots_are_intermediate_and_name_their_job() {
+        let task = WorkerTask::sample();
+        let tags = restore_snapshot_tags(&task, "i-0123456789abcdef0");
+        assert!(
+            tags.iter().all(|(k, _)| k.starts_with(tags::PREFIX)),
+            "{tags:?}"
+        );
+        for (key, value) in [
+            (tags::INTERMEDIATE, tags::INTERMEDIATE_VALUE),
+            (tags::JOB_KIND, "RestoreJob"),
+            (tags::NAMESPACE, task.namespace.as_str()),
+            (tags::JOB_UID, task.job_uid.as_str()),
+            (tags::CLUSTER_ID, "cluster"),
+        ] {
+            assert!(
+                tags.contains(&(key.to_string(), value.to_string())),
+                "{key}: {tags:?}"
+            );
+        }
+        // A backup's snapshots (a restore point's base) never are.
+        let backup = snapshot_tags(&task, "i-0123456789abcdef0");
+        assert!(!backup.iter().any(|(k, _)| k == tags::INTERMEDIATE));
     }
 }

@@ -307,6 +307,7 @@ pub fn backup_request<'a>(
         job_name,
         job_uid,
         volumes,
+        machine: None,
     }
 }
 

@@ -38,6 +38,7 @@ pub mod disks;
 pub mod keys;
 pub mod realism;
 pub mod reports;
+pub mod strict;
 pub mod throttle;
 pub mod workers;
 
@@ -324,6 +325,26 @@ pub async fn default_subnets(ec2: &aws_sdk_ec2::Client) -> Vec<(String, String, 
         .collect();
     v.sort_by(|a, b| a.1.cmp(&b.1));
     v
+}
+
+/// The answer of a Describe call by ID, asked again while EC2 does not
+/// know the resource yet (eventual consistency), for up to ten seconds.
+pub async fn described<T, E, F, Fut>(call: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Debug,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match call().await {
+            Ok(out) => return out,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
 }
 
 /// The condition of `type_` on a job, if present.

@@ -40,7 +40,15 @@ fn managed_by_request_tag() -> String {
 }
 
 fn ec2_arn(resource_type: &str) -> String {
-    format!("arn:aws:ec2:{REGION}:{ACCOUNT}:{resource_type}/{resource_type}-0123456789abcdef0")
+    // Images and snapshots are named without an account
+    // (`arn:aws:ec2:REGION::image/ami-…`), as the Service Authorization
+    // Reference lists them.
+    let account = if matches!(resource_type, "image" | "snapshot") {
+        ""
+    } else {
+        ACCOUNT
+    };
+    format!("arn:aws:ec2:{REGION}:{account}:{resource_type}/{resource_type}-0123456789abcdef0")
 }
 
 // ---------------------------------------------------------------------------
@@ -356,6 +364,38 @@ fn controller_terminates_workers_only() {
                 s.sid
             );
         }
+    }
+}
+
+/// The sweep deletes a restore's intermediate snapshots; the controller's
+/// role can delete no other snapshot: not a restore point's (no
+/// `tender.dev/intermediate` tag), not another cluster's or a user's
+/// (no cluster ID), not what a restore handed over.
+#[test]
+fn controller_deletes_only_intermediate_snapshots() {
+    let policy = controller_policy();
+    let statements = policy.granting("ec2:DeleteSnapshot");
+    assert!(!statements.is_empty(), "the sweep needs ec2:DeleteSnapshot");
+    for s in statements {
+        let intermediate = format!("aws:ResourceTag/{}", tags::INTERMEDIATE);
+        assert!(
+            s.requires(&intermediate, tags::INTERMEDIATE_VALUE),
+            "iam/controller-policy.json {}: ec2:DeleteSnapshot must require {intermediate} = {}",
+            s.sid,
+            tags::INTERMEDIATE_VALUE
+        );
+        let cluster = format!("aws:ResourceTag/{}", tags::CLUSTER_ID);
+        assert!(
+            s.requires_present(&cluster),
+            "iam/controller-policy.json {}: ec2:DeleteSnapshot must require {cluster} (Null = false)",
+            s.sid
+        );
+    }
+    for action in ["ec2:DeleteVolume", "ec2:DeregisterImage"] {
+        assert!(
+            policy.granting(action).is_empty(),
+            "iam/controller-policy.json grants {action}, which Tender never needs"
+        );
     }
 }
 

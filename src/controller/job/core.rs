@@ -405,18 +405,25 @@ pub fn next_attempt_for(w: &WorkerStatus, facts: &JobFacts) -> NextAttempt {
 /// the generation they describe.
 pub fn finalize_status<W: Deref<Target = WorkerStatus>>(
     status: &mut JobStatus<W>,
-    resources: usize,
-    suspended: bool,
+    (resources, suspended, settling): (usize, bool, Option<&str>),
     problem: Option<&Problem>,
     generation: Option<i64>,
     now: Timestamp,
 ) {
     status.phase = job_phase(&status.workers, resources, suspended);
+    // The kind's own steps after its workers (a restore's volume) are not
+    // done: the job is not finished yet.
+    if settling.is_some() && status.phase.is_finished() {
+        status.phase = Phase::Running;
+    }
     status.active_workers = status.workers.iter().filter(|w| w.is_active()).count() as i32;
     if status.phase.is_finished() && status.completion_time.is_none() {
         status.completion_time = Some(Time(now));
     }
-    let text = summary(&status.workers, resources);
+    let mut text = summary(&status.workers, resources);
+    if let Some(note) = settling {
+        text.push_str(&format!("; {note}"));
+    }
     let mut desired = job_conditions(status.phase, problem, &text);
     if let (Some(position), false) = (status.queue_position, status.phase.is_finished()) {
         let message = format!(

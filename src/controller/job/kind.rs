@@ -54,6 +54,15 @@ pub struct TaskDetails {
     pub file_level: Option<FileLevelTask>,
 }
 
+/// What a finished worker's job still waits for (see
+/// [`WorkerJob::settling`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settling {
+    /// For people, in the job's conditions.
+    pub note: String,
+    pub recheck: std::time::Duration,
+}
+
 /// A job kind the lifecycle runs.
 pub trait WorkerJob:
     Resource<DynamicType = (), Scope = NamespaceResourceScope>
@@ -120,6 +129,14 @@ pub trait WorkerJob:
         _now: Timestamp,
     ) -> impl Future<Output = Result<()>> + Send {
         async { Ok(()) }
+    }
+
+    /// Whether this kind's own steps still wait on something after its
+    /// workers finished (a restore whose snapshots EBS is still sealing):
+    /// the job stays unfinished meanwhile, and is looked at again after
+    /// `recheck`.
+    fn settling(&self, _status: &JobStatus<Self::Worker>) -> Option<Settling> {
+        None
     }
 
     /// What this worker's task says beyond the shared fields, prepared

@@ -113,10 +113,14 @@ impl<K: WorkerJob> Pass<'_, K> {
     }
 
     fn finalize(&self, status: &mut JobStatus<K::Worker>, problem: Option<&Problem>) {
+        let settling = self.job.settling(status).map(|s| s.note);
         core::finalize_status(
             status,
-            self.job.targets().len(),
-            self.job.suspended(),
+            (
+                self.job.targets().len(),
+                self.job.suspended(),
+                settling.as_deref(),
+            ),
             problem,
             self.generation(),
             Timestamp::now(),
@@ -196,7 +200,11 @@ async fn apply<K: WorkerJob>(job: &K, api: &Api<K>, ctx: &Context) -> Result<Act
         status::finished(job, &status, ctx).await;
         return status::expire(job, api, &status, Timestamp::now()).await;
     }
-    Ok(Action::requeue(next_wakeup(&pass, &status, timeout)))
+    let mut wake = next_wakeup(&pass, &status, timeout);
+    if let Some(settling) = job.settling(&status) {
+        wake = wake.min(settling.recheck);
+    }
+    Ok(Action::requeue(wake))
 }
 
 /// A finished job only makes sure its workers are gone, drops whatever

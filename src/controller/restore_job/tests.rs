@@ -1,9 +1,13 @@
+use super::usable::workers_account;
 use super::*;
+use crate::aws::ebs::SnapshotInfo;
 
 fn snapshot(owner: &str, job_uid: Option<&str>) -> SnapshotInfo {
     SnapshotInfo {
         snapshot_id: "snap-0123456789abcdef0".into(),
         state: "completed".into(),
+        progress: Some("100%".into()),
+        state_message: None,
         volume_size_gib: 8,
         volume_id: None,
         tags: job_uid
@@ -11,6 +15,7 @@ fn snapshot(owner: &str, job_uid: Option<&str>) -> SnapshotInfo {
             .into_iter()
             .collect(),
         owner_id: Some(owner.into()),
+        start_time: None,
     }
 }
 

@@ -231,7 +231,7 @@ fn finalized_status_counts_and_queues() {
         ..Default::default()
     };
     status.workers[1].instance_id = None;
-    finalize_status(&mut status, 2, false, None, Some(4), at(10));
+    finalize_status(&mut status, (2, false, None), None, Some(4), at(10));
     assert_eq!(status.phase, Phase::Running);
     assert_eq!(status.active_workers, 1);
     assert_eq!(status.observed_generation, Some(4));
@@ -251,8 +251,8 @@ fn finalized_status_counts_and_queues() {
         w.phase = Phase::Succeeded;
         w.terminated_time = Some(Time(at(11)));
     }
-    finalize_status(&mut status, 2, false, None, Some(4), at(12));
-    finalize_status(&mut status, 2, false, None, Some(4), at(99));
+    finalize_status(&mut status, (2, false, None), None, Some(4), at(12));
+    finalize_status(&mut status, (2, false, None), None, Some(4), at(99));
     assert_eq!(status.phase, Phase::Succeeded);
     assert_eq!(status.active_workers, 0);
     assert_eq!(status.completion_time, Some(Time(at(12))));
@@ -440,4 +440,30 @@ fn a_deleted_job_is_held_while_an_instance_is_not_going() {
     assert_eq!(terminating.message, "waiting for EC2 to terminate i-1, i-2");
     let ready = held.iter().find(|c| c.type_ == READY).expect("Ready");
     assert!(!ready.status);
+}
+
+#[test]
+fn a_job_whose_kind_still_settles_is_not_finished() {
+    let mut status: JobStatus<BackupWorkerStatus> = JobStatus {
+        workers: vec![worker("a", Phase::Succeeded)],
+        ..Default::default()
+    };
+    let note = "waiting for EBS to seal restored snapshot snap-1 (45%) before using it";
+    finalize_status(&mut status, (1, false, Some(note)), None, Some(1), at(10));
+    assert_eq!(status.phase, Phase::Running);
+    assert_eq!(status.completion_time, None);
+    let reconciling = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == RECONCILING)
+        .expect("Reconciling");
+    assert!(
+        reconciling.message.contains("(45%)"),
+        "{}",
+        reconciling.message
+    );
+    // Settled: finished now, and only now.
+    finalize_status(&mut status, (1, false, None), None, Some(1), at(20));
+    assert_eq!(status.phase, Phase::Succeeded);
+    assert_eq!(status.completion_time, Some(Time(at(20))));
 }

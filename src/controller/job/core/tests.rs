@@ -99,6 +99,7 @@ fn messages_apply_once_and_in_order() {
         snapshot_id: None,
         snapshots: Vec::new(),
         bytes: None,
+        machine: None,
     };
     assert_eq!(
         apply(&mut workers, &message("a", 4, done), at(5)),

@@ -88,6 +88,7 @@ fn completed(restore_point: Option<&str>) -> WorkerEvent {
         snapshot_id: None,
         snapshots: Vec::new(),
         bytes: None,
+        machine: None,
     }
 }
 
