@@ -9,6 +9,7 @@ pub mod messages;
 pub mod mover;
 pub mod names;
 pub mod placement;
+pub mod reachability;
 pub mod reasons;
 pub mod telemetry;
 pub mod worker;

@@ -126,6 +126,12 @@ impl AwsClients {
         }
     }
 
+    /// The region of the loaded configuration (`AWS_REGION`, the profile),
+    /// if it names one.
+    pub fn home_region(&self) -> Option<String> {
+        self.base.region().map(|r| r.to_string())
+    }
+
     /// The metrics every AWS call is counted in; the controller serves them.
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()

@@ -261,7 +261,7 @@ async fn resolve<K: WorkerJob>(
         }
     };
     status.worker_configuration = Some(config.name_any());
-    let queue_url = configuration::ready_configuration(&config);
+    let queue_url = configuration::ready_configuration(&config, job.profile());
     if queue_url.is_none() && blocked.is_none() {
         // Not ready (no queue yet, or its network or instance types are not
         // right); its reconcile wakes this job when that changes.
@@ -270,7 +270,7 @@ async fn resolve<K: WorkerJob>(
             message: format!(
                 "waiting for WorkerConfiguration {:?}: {}",
                 config.name_any(),
-                configuration::not_ready_message(&config)
+                configuration::not_ready_message(&config, job.profile())
             ),
         });
     }
@@ -344,9 +344,50 @@ async fn judge_workers<K: WorkerJob>(
             .filter(|_| redelivery_settled),
         heard: heard(ctx, &pass.uid, w),
     };
+    let unfinished: Vec<bool> = status
+        .workers
+        .iter()
+        .map(|w| !w.phase.is_finished())
+        .collect();
     let notices = core::judge_workers(&mut status.workers, &facts, liveness, timeout, now);
     publish(pass, notices).await;
+    if let Some(config) = status.worker_configuration.as_deref() {
+        for (w, was_unfinished) in status.workers.iter().zip(unfinished) {
+            if w.last_sequence > 0 && !w.phase.is_finished() {
+                ctx.reach.heard(config);
+            } else if was_unfinished && never_reached_aws(w, liveness(w).instance_state) {
+                ctx.reach
+                    .lost_unheard(config, unreached_note(job, w, timeout));
+            }
+        }
+    }
     Ok(())
+}
+
+/// A worker lost to silence before its first message, its instance still
+/// up: it never reached SQS.
+fn never_reached_aws(w: &WorkerStatus, instance_state: Option<&str>) -> bool {
+    let instance_went = instance_state
+        .map(crate::aws::instance_state::InstanceState::from)
+        .is_some_and(|s| s.is_going() || s.is_stopped());
+    w.phase == crate::api::Phase::Failed
+        && w.reason.as_deref() == Some(core::WORKER_LOST)
+        && w.last_sequence == 0
+        && !instance_went
+}
+
+/// What a worker lost before its first message says about the network.
+fn unreached_note<K: WorkerJob>(job: &K, w: &WorkerStatus, timeout: Duration) -> String {
+    format!(
+        "worker {} of {} {}/{} in {} never reported within heartbeatTimeoutSeconds ({} s): it most likely could not reach SQS in {}; check that subnet's way to AWS (public IP and internet gateway, NAT gateway, or VPC endpoints) and outbound TCP 443 in its security groups",
+        w.instance_id.as_deref().unwrap_or("?"),
+        K::KIND,
+        job.namespace().unwrap_or_default(),
+        job.name_any(),
+        w.subnet_id.as_deref().unwrap_or("its subnet"),
+        timeout.as_secs(),
+        w.region
+    )
 }
 
 /// Replaces failed workers within the backoff limit and resumes suspended
