@@ -4,6 +4,7 @@
 pub mod api;
 pub mod aws;
 pub mod controller;
+pub mod doctor;
 pub mod faults;
 pub mod messages;
 pub mod mover;

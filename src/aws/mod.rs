@@ -11,6 +11,7 @@
 //! [`AwsClients::queues`], [`AwsClients::snapshots`],
 //! [`AwsClients::repository`] and [`AwsClients::macs`].
 
+pub mod account_checks;
 pub mod accounts;
 pub mod batch;
 pub mod ebs;
@@ -162,6 +163,11 @@ impl AwsClients {
         repository::Repository { aws: self }
     }
 
+    /// What `tender doctor` asks of an account and nothing else does.
+    pub fn account_checks(&self) -> account_checks::AccountChecks<'_> {
+        account_checks::AccountChecks { aws: self }
+    }
+
     /// HMACs by the repository's integrity key, in KMS.
     pub fn macs(&self) -> kms::Macs<'_> {
         kms::Macs { aws: self }
@@ -282,6 +288,11 @@ impl AwsClients {
         /// An SSM client (built for each use: the controller rarely asks).
         ssm,
         aws_sdk_ssm
+    );
+    client_per_use!(
+        /// An IAM client (`tender doctor` only).
+        iam,
+        aws_sdk_iam
     );
     client_per_use!(
         /// A KMS client (built for each use: a task makes a few MAC calls).

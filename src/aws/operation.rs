@@ -21,6 +21,7 @@ pub enum AwsService {
     Sts,
     Ssm,
     Kms,
+    Iam,
 }
 
 impl AwsService {
@@ -34,6 +35,7 @@ impl AwsService {
             AwsService::Sts => "sts",
             AwsService::Ssm => "ssm",
             AwsService::Kms => "kms",
+            AwsService::Iam => "iam",
         }
     }
 
@@ -47,6 +49,7 @@ impl AwsService {
             AwsService::Sts => "STS",
             AwsService::Ssm => "SSM",
             AwsService::Kms => "KMS",
+            AwsService::Iam => "IAM",
         }
     }
 
@@ -59,12 +62,14 @@ impl AwsService {
 }
 
 /// Which of Tender's roles makes a call: the controller, the worker agent
-/// (with the data mover), or both.
+/// (with the data mover), or both; or the person who runs `tender doctor`
+/// with their own credentials (in no shipped policy).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Caller {
     Controller,
     Worker,
     Both,
+    Operator,
 }
 
 impl Caller {
@@ -184,6 +189,10 @@ operations! {
     AssumeRole => Sts, Both [Backup];
     GetCallerIdentity => Sts, Controller;
     GetParameter => Ssm, Controller;
+    // `tender doctor`, run by a person with their own credentials.
+    GetBucketVersioning => S3, Operator;
+    GetBucketEncryption => S3, Operator;
+    SimulatePrincipalPolicy => Iam, Operator;
 }
 
 impl AwsOperation {
