@@ -108,8 +108,17 @@ pub async fn run(
     report
 }
 
-/// A failed call's line: what failed, and that it could not be checked.
+/// A failed call's line: what failed, and that it could not be checked; an
+/// endpoint that does not answer the call as AWS does (an emulator) is
+/// said so, not failed.
 fn call_failed(report: &mut Report, subject: &str, e: &AwsError) {
+    if is_unsupported(e) {
+        return report.add(
+            Verdict::Warn,
+            subject,
+            format!("not checkable here: this endpoint does not answer as AWS does ({e})"),
+        );
+    }
     report.add(Verdict::Fail, subject, format!("{e}; cannot check further"));
 }
 
