@@ -1215,6 +1215,25 @@ impl TestEnv {
         self.create_restore_spec(name, spec).await
     }
 
+    /// Puts a placeholder at the manifest key of restore point `point` in
+    /// this namespace's part of the test repository, for tests whose
+    /// workers are played by the test (the controller checks that the
+    /// restore point is there before it launches a worker; the worker would
+    /// find the placeholder unreadable).
+    pub async fn plant_restore_point(&self, point: &str) {
+        self.repository().await;
+        let bucket = self.bucket().await;
+        disks::s3()
+            .await
+            .put_object()
+            .bucket(bucket)
+            .key(format!("{}/restore-points/{point}.json", self.namespace))
+            .body(b"{}".to_vec().into())
+            .send()
+            .await
+            .expect("plant a restore point");
+    }
+
     /// Creates the RestoreJob `name` with `spec` exactly as given.
     pub async fn create_restore_spec(&self, name: &str, spec: serde_json::Value) -> RestoreJob {
         let job: RestoreJob = serde_json::from_value(serde_json::json!({
