@@ -667,3 +667,52 @@ async fn missing_groups_unknown_regions_and_closed_subnets_are_named() {
     );
     assert_eq!(config_condition(&cfg, "Ready").unwrap().1, "NoRouteToAws");
 }
+
+/// A worker lost before its first message never reached AWS: the
+/// configuration's `NetworkReady` says so, naming the worker and its
+/// subnet, until a worker of it is heard from again.
+#[tokio::test]
+async fn a_worker_lost_before_its_first_message_marks_the_network_not_ready() {
+    let env = TestEnv::new("unreached").await;
+    let net = env.network().await;
+    env.boot_workers.store(false, Ordering::SeqCst);
+    env.create_configuration(
+        "silent",
+        &net,
+        serde_json::json!({"heartbeatTimeoutSeconds": 5}),
+    )
+    .await;
+    env.wait_configuration_ready("silent").await;
+    let protected = env.protected_disk().await;
+    env.create_job("lost", &protected, serde_json::json!({"backoffLimit": 0}))
+        .await;
+    let job = env.wait_job_phase("lost", TIMEOUT, Phase::Failed).await;
+    let worker = &job.status.as_ref().unwrap().workers[0];
+    assert_eq!(worker.reason.as_deref(), Some("WorkerLost"), "{worker:?}");
+    let instance = worker.instance_id.clone().unwrap();
+    let cfg = wait_config(&env, "silent", |c| {
+        config_condition(c, "NetworkReady").is_some_and(|c| c.0 == "False")
+    })
+    .await;
+    let (_, reason, message) = config_condition(&cfg, "NetworkReady").unwrap();
+    assert_eq!(reason, "WorkersUnreachable");
+    assert!(
+        message.contains(&instance) && message.contains(&net.subnet) && message.contains("SQS"),
+        "{message}"
+    );
+
+    // A worker that reports clears it.
+    env.boot_workers.store(true, Ordering::SeqCst);
+    let protected = env.protected_disk().await;
+    env.create_job("heard", &protected, serde_json::json!({}))
+        .await;
+    env.wait_job_phase("heard", TIMEOUT, Phase::Succeeded).await;
+    let cfg = wait_config(&env, "silent", |c| {
+        config_condition(c, "NetworkReady").is_some_and(|c| c.0 == "True")
+    })
+    .await;
+    assert_eq!(
+        config_condition(&cfg, "NetworkReady").unwrap().1,
+        "RoutesToAws"
+    );
+}
