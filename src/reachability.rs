@@ -210,7 +210,7 @@ mod tests {
         );
         // A gateway endpoint of a service AWS offers only as an interface
         // does not count; nor does another region's endpoint.
-        let fake_gateway = vec![ep("sqs", false, false, &["rtb-1"])];
+        let fake_gateway = [ep("sqs", false, false, &["rtb-1"])];
         assert!(!endpoint_serves(
             &fake_gateway[0],
             "us-east-1",

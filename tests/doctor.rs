@@ -24,11 +24,13 @@ fn doctor(configuration: &str, repository: &str) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// The report's line about `subject` (empty when there is none, which
+/// every assertion on it then fails, showing the report).
 fn line<'a>(report: &'a str, subject: &str) -> &'a str {
     report
         .lines()
         .find(|l| l.contains(subject))
-        .unwrap_or_else(|| panic!("no line for {subject}:\n{report}"))
+        .unwrap_or_default()
 }
 
 #[tokio::test]

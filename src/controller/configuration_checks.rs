@@ -59,8 +59,12 @@ pub fn region_finding(
                 "{region} is an opt-in region this account has not enabled; enable it (Account settings, AWS Regions) or choose another spec.region"
             ),
         ),
+        // No permission to ask, a throttled or failing service, or another
+        // region that does not answer: nothing is known about this one.
         Err(e)
-            if e.category() == "AwsPermissionDenied" || e.is_transient() && e.code().is_some() =>
+            if e.category() == "AwsPermissionDenied"
+                || e.code().is_some_and(is_server_side)
+                || asked_in != region =>
         {
             return None;
         }
@@ -77,6 +81,20 @@ pub fn region_finding(
         ),
     };
     Some(Finding { reason, message })
+}
+
+/// Error codes of a service that is there but failing or busy for now.
+fn is_server_side(code: &str) -> bool {
+    matches!(
+        code,
+        "InternalError"
+            | "InternalFailure"
+            | "ServiceUnavailable"
+            | "Unavailable"
+            | "RequestLimitExceeded"
+            | "Throttling"
+            | "ThrottlingException"
+    )
 }
 
 /// What kept a call from being answered, for people: a name that does not
@@ -139,6 +157,7 @@ pub fn security_group_finding(
     }
     let elsewhere: Vec<String> = found
         .iter()
+        .filter(|(g, _)| wanted.contains(g))
         .filter(|(_, vpc)| vpc_id.is_some_and(|v| v != vpc.as_str()))
         .map(|(g, vpc)| format!("{g} ({vpc})"))
         .collect();
@@ -435,4 +454,109 @@ pub fn configured_instance_types(cfg: &WorkerConfiguration) -> Vec<String> {
     out.push(t.file_level_recovery.unwrap_or_else(|| "t3.medium".into()));
     out.push(t.indexing.unwrap_or_else(|| "t3.medium".into()));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unreachable(detail: &str) -> AwsError {
+        AwsError::Unreachable {
+            operation: "DescribeRegions",
+            detail: detail.into(),
+        }
+    }
+
+    #[test]
+    fn a_region_that_is_not_there_is_named() {
+        let f = region_finding("xx-nowhere-1", "us-east-1", Ok(RegionState::Unknown)).unwrap();
+        assert_eq!(f.reason, "RegionNotFound");
+        assert!(f.message.contains("\"xx-nowhere-1\"") && f.message.contains("spec.region"));
+        let f = region_finding("ap-east-2", "us-east-1", Ok(RegionState::NotEnabled)).unwrap();
+        assert_eq!(f.reason, "RegionNotEnabled");
+        assert!(region_finding("us-east-1", "us-east-1", Ok(RegionState::Enabled)).is_none());
+        let denied = AwsError::Service {
+            operation: "DescribeRegions",
+            code: "UnauthorizedOperation".into(),
+            message: String::new(),
+        };
+        assert!(
+            region_finding("us-east-1", "us-east-1", Err(denied)).is_none(),
+            "no permission to ask: nothing speaks against the region"
+        );
+        let failing = AwsError::Service {
+            operation: "DescribeRegions",
+            code: "InternalError".into(),
+            message: String::new(),
+        };
+        assert!(region_finding("us-east-1", "us-east-1", Err(failing)).is_none());
+        assert!(
+            region_finding("eu-west-1", "us-east-1", Err(unreachable("dns error"))).is_none(),
+            "the home region's trouble says nothing of this one"
+        );
+        let f = region_finding("xx-nowhere-1", "xx-nowhere-1", Err(unreachable(
+            "dispatch failure: io error: client error (Connect): dns error: failed to lookup address information: Name or service not known",
+        )))
+        .unwrap();
+        assert_eq!(f.reason, "RegionUnreachable");
+        assert!(f.message.contains("does not resolve"), "{}", f.message);
+    }
+
+    #[test]
+    fn unreachable_endpoints_say_why() {
+        assert!(
+            unreachable_cause("tcp connect error: Connection refused (os error 111)")
+                .contains("refused")
+        );
+        assert!(unreachable_cause("operation timed out").contains("in time"));
+        assert_eq!(unreachable_cause("something else"), "something else");
+    }
+
+    /// What the SDK really says when a region's endpoint does not resolve
+    /// (`.invalid` never does, RFC 2606), as the check classifies it.
+    #[tokio::test]
+    async fn a_name_that_does_not_resolve_is_classified_as_such() {
+        use aws_config::retry::RetryConfig;
+        use aws_config::{BehaviorVersion, Region};
+        let conf = aws_sdk_ec2::config::Builder::new()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("xx-nowhere-1"))
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+                "AKIDEXAMPLE",
+                "secret",
+                None,
+                None,
+                "test",
+            ))
+            .endpoint_url("https://ec2.xx-nowhere-1.tender-test.invalid")
+            .retry_config(RetryConfig::disabled())
+            .build();
+        let err = aws_sdk_ec2::Client::from_conf(conf)
+            .describe_regions()
+            .send()
+            .await
+            .expect_err("no such host");
+        let detail = aws_sdk_ec2::error::DisplayErrorContext(&err).to_string();
+        assert!(
+            unreachable_cause(&detail).contains("does not resolve"),
+            "{detail}"
+        );
+    }
+
+    #[test]
+    fn missing_security_groups_are_named() {
+        let wanted = vec!["sg-1".to_string(), "sg-2".to_string(), "sg-3".to_string()];
+        let found = BTreeMap::from([("sg-2".to_string(), "vpc-1".to_string())]);
+        let f = security_group_finding("us-east-1", &wanted, &found, Some("vpc-1")).unwrap();
+        assert_eq!(f.reason, "SecurityGroupNotFound");
+        assert!(f.message.contains("sg-1, sg-3"), "{}", f.message);
+        let found = BTreeMap::from([
+            ("sg-1".to_string(), "vpc-1".to_string()),
+            ("sg-2".to_string(), "vpc-2".to_string()),
+        ]);
+        let wanted = &wanted[..2];
+        let f = security_group_finding("us-east-1", wanted, &found, Some("vpc-1")).unwrap();
+        assert!(f.message.contains("sg-2 (vpc-2)"), "{}", f.message);
+        assert!(security_group_finding("us-east-1", &wanted[..1], &found, Some("vpc-1")).is_none());
+    }
 }

@@ -116,14 +116,7 @@ async fn apply(
     // The region first: in one that does not exist every call fails, and
     // should say so by name.
     if let Some(f) = check_region(cfg, &ctx.aws).await {
-        let desired = [
-            DesiredCondition::new(READY, false, f.reason, f.message.clone()),
-            DesiredCondition::new(STALLED, true, f.reason, f.message.clone()),
-        ];
-        let event = (EventType::Warning, f.reason, "CheckRegion", f.message);
-        let status = base_status(cfg, ctx);
-        write_with_event(cfg, api, ctx, status, "NotReady", &desired, event).await?;
-        return Ok(Action::requeue(ctx.network_recheck));
+        return region_not_ready(cfg, api, ctx, f).await;
     }
     // Credentials next: every other call goes through them.
     let aws = ctx.aws.scoped(&configuration_access(cfg)).await;
@@ -178,6 +171,24 @@ async fn apply(
         .await;
     }
     // Endpoints, subnets and offerings change outside Kubernetes: look again.
+    Ok(Action::requeue(ctx.network_recheck))
+}
+
+/// Says on the status, and in an Event, that the configuration's region
+/// does not exist or cannot be reached; looks again later.
+async fn region_not_ready(
+    cfg: &WorkerConfiguration,
+    api: &Api<WorkerConfiguration>,
+    ctx: &Context,
+    f: Finding,
+) -> Result<Action> {
+    let desired = [
+        DesiredCondition::new(READY, false, f.reason, f.message.clone()),
+        DesiredCondition::new(STALLED, true, f.reason, f.message.clone()),
+    ];
+    let event = (EventType::Warning, f.reason, "CheckRegion", f.message);
+    let status = base_status(cfg, ctx);
+    write_with_event(cfg, api, ctx, status, "NotReady", &desired, event).await?;
     Ok(Action::requeue(ctx.network_recheck))
 }
 
