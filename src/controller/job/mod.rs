@@ -39,6 +39,7 @@ use self::configuration::{choose_configuration, choose_repository};
 use self::core::{JobFacts, Liveness, Problem, mark_failed};
 use self::kind::WorkerJob;
 use self::status::{baseline, write_status};
+use super::reach;
 use super::reports::{Receipt, delete_receipts};
 use super::{Context, Error, Result};
 use crate::api::{AccountAccess, BackupRepository, JobStatus, WorkerConfiguration, WorkerStatus};
@@ -352,42 +353,24 @@ async fn judge_workers<K: WorkerJob>(
     let notices = core::judge_workers(&mut status.workers, &facts, liveness, timeout, now);
     publish(pass, notices).await;
     if let Some(config) = status.worker_configuration.as_deref() {
+        let of = format!(
+            "{} {}/{}",
+            K::KIND,
+            job.namespace().unwrap_or_default(),
+            job.name_any()
+        );
         for (w, was_unfinished) in status.workers.iter().zip(unfinished) {
             if w.last_sequence > 0 && !w.phase.is_finished() {
                 ctx.reach.heard(config);
-            } else if was_unfinished && never_reached_aws(w, liveness(w).instance_state) {
+            } else if was_unfinished && reach::never_reached_aws(w, liveness(w).instance_state) {
                 ctx.reach
-                    .lost_unheard(config, unreached_note(job, w, timeout));
+                    .lost_unheard(config, reach::unreached_note(&of, w, timeout));
+            } else if let Some(note) = reach::reported_unreachable(&of, w, now) {
+                ctx.reach.lost_unheard(config, note);
             }
         }
     }
     Ok(())
-}
-
-/// A worker lost to silence before its first message, its instance still
-/// up: it never reached SQS.
-fn never_reached_aws(w: &WorkerStatus, instance_state: Option<&str>) -> bool {
-    let instance_went = instance_state
-        .map(crate::aws::instance_state::InstanceState::from)
-        .is_some_and(|s| s.is_going() || s.is_stopped());
-    w.phase == crate::api::Phase::Failed
-        && w.reason.as_deref() == Some(core::WORKER_LOST)
-        && w.last_sequence == 0
-        && !instance_went
-}
-
-/// What a worker lost before its first message says about the network.
-fn unreached_note<K: WorkerJob>(job: &K, w: &WorkerStatus, timeout: Duration) -> String {
-    format!(
-        "worker {} of {} {}/{} in {} never reported within heartbeatTimeoutSeconds ({} s): it most likely could not reach SQS in {}; check that subnet's way to AWS (public IP and internet gateway, NAT gateway, or VPC endpoints) and outbound TCP 443 in its security groups",
-        w.instance_id.as_deref().unwrap_or("?"),
-        K::KIND,
-        job.namespace().unwrap_or_default(),
-        job.name_any(),
-        w.subnet_id.as_deref().unwrap_or("its subnet"),
-        timeout.as_secs(),
-        w.region
-    )
 }
 
 /// Replaces failed workers within the backoff limit and resumes suspended
