@@ -284,8 +284,8 @@ async fn repository(aws: &AwsClients, repo: &BackupRepository, report: &mut Repo
         ),
         Err(e) => {
             let fix = match e.code() {
-                Some("NotFound" | "NoSuchBucket" | "404") => "create it, or fix spec.bucket",
-                Some("AccessDenied" | "403" | "Forbidden") => {
+                Some("NotFound" | "NoSuchBucket" | "Http404") => "create it, or fix spec.bucket",
+                Some("AccessDenied" | "Http403" | "Forbidden") => {
                     "it belongs to another account than spec.expectedBucketOwner, or s3:ListBucket is not granted"
                 }
                 _ => "check spec.bucket and spec.region",
@@ -393,14 +393,21 @@ pub fn principal_of(arn: &str) -> String {
 /// Whether an error means the service has no such call (an emulator).
 fn is_unsupported(e: &AwsError) -> bool {
     match e {
+        // An answer the SDK could not read as AWS's (named by its HTTP
+        // status: a 200 it could not parse, a 5xx page) or a call the
+        // endpoint does not know.
         AwsError::Service { code, .. } => {
             matches!(
                 code.as_str(),
                 "Unknown" | "NotImplemented" | "InvalidAction" | "UnknownOperationException"
-            )
+            ) || code
+                .strip_prefix("Http")
+                .and_then(|s| s.parse::<u16>().ok())
+                .is_some_and(|s| !(300..500).contains(&s))
         }
+        // The SDK could not read the answer at all.
         AwsError::Unreachable { detail, .. } => {
-            detail.contains("500") || detail.contains("unhandled")
+            detail.contains("unhandled") || detail.contains("response")
         }
     }
 }

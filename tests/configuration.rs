@@ -658,7 +658,10 @@ async fn missing_groups_unknown_regions_and_closed_subnets_are_named() {
     assert_eq!(reason, "RegionNotFound", "{message}");
     assert!(message.contains("xx-nowhere-1"), "{message}");
 
-    let cfg = wait_config(&env, "closed", not_ready).await;
+    let cfg = wait_config(&env, "closed", |c| {
+        config_condition(c, "NetworkReady").is_some_and(|r| r.0 == "False")
+    })
+    .await;
     let (_, reason, message) = config_condition(&cfg, "NetworkReady").unwrap();
     assert_eq!(reason, "NoRouteToAws", "{message}");
     assert!(

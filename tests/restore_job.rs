@@ -494,17 +494,15 @@ async fn an_instance_backup_moves_its_volumes_data_and_restores_it_byte_for_byte
 async fn restores_that_could_not_succeed_launch_no_worker() {
     let env = TestEnv::new("restore-preflight").await;
     env.default_configuration().await;
-    let aws = tender::aws::AwsClients::from_env().await;
-    let image = Ext4Image::build(&[("etc/hostname", b"db-1\n".to_vec())], 8);
-    let disk = disks::write_snapshot(&aws, &image.bytes, 1).await;
-    env.back_up("nightly", &disk, TIMEOUT).await;
-    let point = format!("nightly/{disk}");
+    // Only the restore point's presence matters before a launch.
+    let point = "nightly/snap-0123456789abcdef0";
+    env.plant_restore_point(point).await;
 
     let odd = env
         .create_restore(
             "odd-type",
             "full",
-            &point,
+            point,
             json!({"instanceType": "zz9.large", "backoffLimit": 0}),
         )
         .await;
@@ -514,7 +512,7 @@ async fn restores_that_could_not_succeed_launch_no_worker() {
         .create_restore(
             "nowhere",
             "fileLevel",
-            &point,
+            point,
             json!({"restoreFilesTo": {"repositoryRef": {"name": "nobucket"}}, "backoffLimit": 0}),
         )
         .await;

@@ -452,7 +452,11 @@ fn is_throttling(code: &str) -> bool {
 fn is_permission(code: &str) -> bool {
     matches!(
         code,
-        "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException" | "AuthFailure"
+        "UnauthorizedOperation"
+            | "AccessDenied"
+            | "AccessDeniedException"
+            | "AuthFailure"
+            | "Http403"
     )
 }
 
@@ -498,6 +502,53 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A HEAD answered 403 or 404 has no body, so no error code: the error
+    /// is named by the status, as S3's missing and forbidden buckets are.
+    #[tokio::test]
+    async fn an_answer_without_a_code_is_named_by_its_status() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // S3 models HeadBucket's 404 as `NotFound`; its 403 has no model.
+        for (status, code) in [("403 Forbidden", "Http403"), ("404 Not Found", "NotFound")] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let port = listener.local_addr().expect("addr").port();
+            let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+            tokio::spawn(async move {
+                while let Ok((mut conn, _)) = listener.accept().await {
+                    let mut buf = [0u8; 4096];
+                    let _ = conn.read(&mut buf).await;
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                }
+            });
+            let base = aws_config::SdkConfig::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(Region::new("us-east-1"))
+                .endpoint_url(format!("http://127.0.0.1:{port}"))
+                .credentials_provider(
+                    aws_credential_types::provider::SharedCredentialsProvider::new(
+                        aws_credential_types::Credentials::new(
+                            "AKID", "secret", None, None, "test",
+                        ),
+                    ),
+                )
+                .retry_config(RetryConfig::disabled())
+                .build();
+            let aws = AwsClients::with(base, Arc::default());
+            let bucket = repository::Bucket {
+                region: "us-east-1",
+                name: "b",
+                expected_owner: "111122223333",
+            };
+            let e = aws
+                .repository()
+                .head_bucket(bucket)
+                .await
+                .expect_err("refused");
+            assert_eq!(e.code(), Some(code), "{e}");
+        }
+    }
 
     #[test]
     fn a_failure_reason_is_the_error_category() {

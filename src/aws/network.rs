@@ -176,11 +176,7 @@ impl Network<'_> {
                     .call(AwsOperation::CreateSecurityGroup, create)
                     .await?;
                 let id = created.group_id().unwrap_or_default().to_string();
-                let describe = ec2.describe_security_groups().group_ids(&id).send();
-                let described = self
-                    .aws
-                    .call(AwsOperation::DescribeSecurityGroups, describe)
-                    .await?;
+                let described = self.describe_new_group(region, &id).await?;
                 let g = described.security_groups().first();
                 (
                     id,
@@ -195,6 +191,42 @@ impl Network<'_> {
         self.sync_rules(region, &group_id, &current_out, egress, false)
             .await?;
         Ok(group_id)
+    }
+
+    /// Describes a group just created. EC2 is eventually consistent: a
+    /// Describe by ID may answer `InvalidGroup.NotFound` for a while after
+    /// the create, which here means "not yet", for up to ten seconds.
+    /// <https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html>
+    async fn describe_new_group(
+        &self,
+        region: &str,
+        id: &str,
+    ) -> Result<
+        aws_sdk_ec2::operation::describe_security_groups::DescribeSecurityGroupsOutput,
+        AwsError,
+    > {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let describe = self
+                .aws
+                .ec2(region)
+                .describe_security_groups()
+                .group_ids(id)
+                .send();
+            match self
+                .aws
+                .call(AwsOperation::DescribeSecurityGroups, describe)
+                .await
+            {
+                Err(e)
+                    if e.code() == Some("InvalidGroup.NotFound")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Makes one direction of a group's rules exactly `desired`: anything

@@ -130,18 +130,27 @@ async fn restore_target(job: &RestoreJob, ctx: &Context) -> Result<Option<NotLoc
         Err(e) if is_missing_bucket(&e) => Ok(Some(NotLocated {
             reason: FailureReason::RestoreTargetMissing,
             message: format!(
-                "bucket {} of BackupRepository {:?} (spec.restoreFilesTo) does not exist; ask an admin to create it or restore files to another repository",
+                "bucket {} of BackupRepository {:?} (spec.restoreFilesTo) does not exist, or is not account {}'s, or the controller may not list it ({e}); ask an admin to fix that repository (its Ready condition says more) or restore files to another one",
                 repo.spec.bucket,
-                repo.name_any()
+                repo.name_any(),
+                repo.spec.expected_bucket_owner
             ),
         })),
         Err(e) => not_checkable(e),
     }
 }
 
-/// HeadBucket's answer for a bucket that is not there.
+/// HeadBucket's answer for a bucket that is not there, or not there for
+/// us: S3 answers 404 for a missing bucket, and 403 for one of another
+/// owner than `ExpectedBucketOwner` or that the caller may not list (which
+/// the BackupRepository's own check already needs); HeadBucket has no body,
+/// so the answer has only its status code.
+/// <https://docs.aws.amazon.com/AmazonS3/latest/API/API_HeadBucket.html>
 fn is_missing_bucket(e: &AwsError) -> bool {
-    matches!(e.code(), Some("NotFound" | "NoSuchBucket" | "404"))
+    matches!(
+        e.code(),
+        Some("NotFound" | "NoSuchBucket" | "Http404" | "Forbidden" | "AccessDenied" | "Http403")
+    )
 }
 
 /// A check whose call failed: a transient failure is retried; any other
