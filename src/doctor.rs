@@ -409,6 +409,7 @@ fn is_unsupported(e: &AwsError) -> bool {
         AwsError::Unreachable { detail, .. } => {
             detail.contains("unhandled") || detail.contains("response")
         }
+        AwsError::RepositoryAccessDenied { .. } => false,
     }
 }
 
