@@ -408,6 +408,22 @@ pub(crate) async fn read_body(
     Ok(data.into_bytes().to_vec())
 }
 
+/// What kept a call from being answered, for people: a name that does not
+/// resolve, a refused or timed-out connection, or the SDK's own words.
+pub fn unreachable_cause(detail: &str) -> String {
+    let lower = detail.to_ascii_lowercase();
+    if lower.contains("dns error") || lower.contains("failed to lookup address") {
+        "the endpoint's name does not resolve (a region that does not exist has no endpoints)"
+            .into()
+    } else if lower.contains("connection refused") || lower.contains("tcp connect error") {
+        "the connection to the endpoint was refused".into()
+    } else if lower.contains("timeout") || lower.contains("timed out") {
+        "the endpoint did not answer in time".into()
+    } else {
+        detail.to_string()
+    }
+}
+
 /// EC2 tags for a request, from key-value pairs.
 pub(crate) fn ec2_tags<'a>(
     tags: impl IntoIterator<Item = (&'a String, &'a String)>,
@@ -502,6 +518,37 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the SDK really says when a region's endpoint does not resolve
+    /// (`.invalid` never does, RFC 2606), as the check classifies it.
+    #[tokio::test]
+    async fn a_name_that_does_not_resolve_is_classified_as_such() {
+        use aws_config::retry::RetryConfig;
+        use aws_config::{BehaviorVersion, Region};
+        let conf = aws_sdk_ec2::config::Builder::new()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("xx-nowhere-1"))
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+                "AKIDEXAMPLE",
+                "secret",
+                None,
+                None,
+                "test",
+            ))
+            .endpoint_url("https://ec2.xx-nowhere-1.tender-test.invalid")
+            .retry_config(RetryConfig::disabled())
+            .build();
+        let err = aws_sdk_ec2::Client::from_conf(conf)
+            .describe_regions()
+            .send()
+            .await
+            .expect_err("no such host");
+        let detail = aws_sdk_ec2::error::DisplayErrorContext(&err).to_string();
+        assert!(
+            crate::aws::unreachable_cause(&detail).contains("does not resolve"),
+            "{detail}"
+        );
+    }
 
     /// A HEAD answered 403 or 404 has no body, so no error code: the error
     /// is named by the status, as S3's missing and forbidden buckets are.

@@ -72,7 +72,7 @@ pub fn region_finding(
             events::REGION_UNREACHABLE,
             format!(
                 "cannot reach AWS in {region}: {}; check spec.region and the controller's network (DNS, egress, proxy)",
-                unreachable_cause(&detail)
+                crate::aws::unreachable_cause(&detail)
             ),
         ),
         Err(e) => (
@@ -95,22 +95,6 @@ fn is_server_side(code: &str) -> bool {
             | "Throttling"
             | "ThrottlingException"
     )
-}
-
-/// What kept a call from being answered, for people: a name that does not
-/// resolve, a refused or timed-out connection, or the SDK's own words.
-pub fn unreachable_cause(detail: &str) -> String {
-    let lower = detail.to_ascii_lowercase();
-    if lower.contains("dns error") || lower.contains("failed to lookup address") {
-        "the endpoint's name does not resolve (a region that does not exist has no endpoints)"
-            .into()
-    } else if lower.contains("connection refused") || lower.contains("tcp connect error") {
-        "the connection to the endpoint was refused".into()
-    } else if lower.contains("timeout") || lower.contains("timed out") {
-        "the endpoint did not answer in time".into()
-    } else {
-        detail.to_string()
-    }
 }
 
 /// The configured security groups must exist, in the workers' VPC.
@@ -504,43 +488,13 @@ mod tests {
 
     #[test]
     fn unreachable_endpoints_say_why() {
+        use crate::aws::unreachable_cause;
         assert!(
             unreachable_cause("tcp connect error: Connection refused (os error 111)")
                 .contains("refused")
         );
         assert!(unreachable_cause("operation timed out").contains("in time"));
         assert_eq!(unreachable_cause("something else"), "something else");
-    }
-
-    /// What the SDK really says when a region's endpoint does not resolve
-    /// (`.invalid` never does, RFC 2606), as the check classifies it.
-    #[tokio::test]
-    async fn a_name_that_does_not_resolve_is_classified_as_such() {
-        use aws_config::retry::RetryConfig;
-        use aws_config::{BehaviorVersion, Region};
-        let conf = aws_sdk_ec2::config::Builder::new()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("xx-nowhere-1"))
-            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-                "AKIDEXAMPLE",
-                "secret",
-                None,
-                None,
-                "test",
-            ))
-            .endpoint_url("https://ec2.xx-nowhere-1.tender-test.invalid")
-            .retry_config(RetryConfig::disabled())
-            .build();
-        let err = aws_sdk_ec2::Client::from_conf(conf)
-            .describe_regions()
-            .send()
-            .await
-            .expect_err("no such host");
-        let detail = aws_sdk_ec2::error::DisplayErrorContext(&err).to_string();
-        assert!(
-            unreachable_cause(&detail).contains("does not resolve"),
-            "{detail}"
-        );
     }
 
     #[test]
