@@ -485,6 +485,7 @@ async fn an_instance_backup_moves_its_volumes_data_and_restores_it_byte_for_byte
     let snapshot = status.workers[0].restored_snapshot_id.clone().unwrap();
     let bytes = disks::read_snapshot(&aws, &snapshot, image.bytes.len()).await;
     assert!(bytes == image.bytes, "the restored data volume differs");
+}
 
 /// What a restore can know before its launch is checked before it: a type
 /// the zone does not offer for the restored instance, and a bucket to
