@@ -4,11 +4,13 @@
 pub mod api;
 pub mod aws;
 pub mod controller;
+pub mod doctor;
 pub mod faults;
 pub mod messages;
 pub mod mover;
 pub mod names;
 pub mod placement;
+pub mod reachability;
 pub mod reasons;
 pub mod telemetry;
 pub mod worker;

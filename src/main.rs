@@ -114,6 +114,20 @@ enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// Check an AWS account before the first job, the way a user would:
+    /// credentials, region, roles, subnets and their routes, security
+    /// groups, the AMI, instance types, the repository buckets, and what the
+    /// policies allow. Reads the WorkerConfigurations and BackupRepositories
+    /// from the cluster of the current kubeconfig; prints one line per check
+    /// and exits non-zero when one fails.
+    Doctor {
+        /// Check only these WorkerConfigurations (default: all).
+        #[arg(long = "configuration")]
+        configurations: Vec<String>,
+        /// Check only these BackupRepositories (default: all).
+        #[arg(long = "repository")]
+        repositories: Vec<String>,
+    },
     /// Run the worker agent (on a worker instance, or locally in tests).
     Worker {
         /// The task as JSON (what the controller puts in the user data).
@@ -213,6 +227,10 @@ fn main() -> ExitCode {
             };
             run_async(async move { controller::run(options).await })
         }
+        Command::Doctor {
+            configurations,
+            repositories,
+        } => doctor(configurations, repositories),
         Command::Worker {
             task,
             task_file,
@@ -233,6 +251,73 @@ fn main() -> ExitCode {
             Ok(())
         }),
     }
+}
+
+fn doctor(configurations: Vec<String>, repositories: Vec<String>) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let (configs, repos) = match read_classes(&configurations, &repositories).await {
+            Ok(found) => found,
+            Err(e) => {
+                eprintln!("fail cluster: {e}; point KUBECONFIG at the cluster Tender runs in");
+                return ExitCode::FAILURE;
+            }
+        };
+        let aws = AwsClients::from_env().await;
+        let report = tender::doctor::run(&aws, &configs, &repos).await;
+        for check in &report.checks {
+            println!("{check}");
+        }
+        if report.failed() {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        }
+    })
+}
+
+/// The WorkerConfigurations and BackupRepositories to check: those named,
+/// else all; a name that does not exist is an error.
+async fn read_classes(
+    configurations: &[String],
+    repositories: &[String],
+) -> Result<(Vec<api::WorkerConfiguration>, Vec<api::BackupRepository>), String> {
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("cannot reach the cluster: {e}"))?;
+    let configs: kube::Api<api::WorkerConfiguration> = kube::Api::all(client.clone());
+    let repos: kube::Api<api::BackupRepository> = kube::Api::all(client);
+    Ok((
+        pick(&configs, configurations).await?,
+        pick(&repos, repositories).await?,
+    ))
+}
+
+async fn pick<K>(api: &kube::Api<K>, names: &[String]) -> Result<Vec<K>, String>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if names.is_empty() {
+        let all = api
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        return Ok(all.items);
+    }
+    let mut out = Vec::new();
+    for name in names {
+        match api.get_opt(name).await.map_err(|e| e.to_string())? {
+            Some(found) => out.push(found),
+            None => return Err(format!("{name} does not exist")),
+        }
+    }
+    Ok(out)
 }
 
 fn print_crds(out_dir: Option<PathBuf>) -> ExitCode {

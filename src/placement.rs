@@ -23,6 +23,8 @@ pub struct EndpointInfo {
     pub interface: bool,
     pub private_dns: bool,
     pub available: bool,
+    /// The route tables a gateway endpoint is attached to.
+    pub route_table_ids: Vec<String>,
 }
 
 /// Backup workers below this total EBS size get the small instance type.
@@ -127,38 +129,6 @@ pub fn managed_rules(file_level_recovery_cidrs: &[String]) -> (Vec<TcpRule>, Vec
         cidr: "0.0.0.0/0".into(),
     }];
     (ingress, egress)
-}
-
-/// Worker operations, for their network needs.
-pub const OPERATIONS: [&str; 4] = ["backup", "restore", "fileLevelRecovery", "indexing"];
-
-/// The interface endpoints an operation needs in private-network mode
-/// (KMS for every one: each writes or reads authenticated manifests).
-pub fn required_endpoints(operation: &str) -> &'static [&'static str] {
-    match operation {
-        "backup" => &["ssm", "ec2messages", "sqs", "ebs", "s3", "kms"],
-        "indexing" => &["ssm", "ssmmessages", "sqs", "s3", "kms"],
-        _ => &["ssm", "ec2messages", "sqs", "s3", "kms"],
-    }
-}
-
-/// The endpoints `operation` needs that the VPC lacks: an endpoint counts
-/// when it is an available *interface* endpoint with private DNS (an S3
-/// gateway endpoint does not count).
-pub fn missing_endpoints(region: &str, operation: &str, endpoints: &[EndpointInfo]) -> Vec<String> {
-    required_endpoints(operation)
-        .iter()
-        .filter(|service| {
-            let name = format!("com.amazonaws.{region}.{service}");
-            !endpoints.iter().any(|e| {
-                e.service_name == name
-                    && e.interface
-                    && e.available
-                    && (e.private_dns || **service == "s3")
-            })
-        })
-        .map(|s| s.to_string())
-        .collect()
 }
 
 /// Expands `{{job}}`, `{{namespace}}`, `{{operation}}` and `{{resource}}` in
@@ -382,49 +352,6 @@ mod tests {
         assert!(
             managed_rules(&[]).0.is_empty(),
             "no inbound rule without CIDRs"
-        );
-    }
-
-    #[test]
-    fn private_network_needs_interface_endpoints_with_private_dns() {
-        let ep = |service: &str, interface: bool, dns: bool| EndpointInfo {
-            service_name: format!("com.amazonaws.us-east-1.{service}"),
-            interface,
-            private_dns: dns,
-            available: true,
-        };
-        let mut endpoints = vec![
-            ep("ssm", true, true),
-            ep("ec2messages", true, true),
-            ep("sqs", true, true),
-            ep("kms", true, true),
-            ep("s3", false, false),
-        ];
-        assert_eq!(
-            missing_endpoints("us-east-1", "backup", &endpoints),
-            ["ebs", "s3"]
-        );
-        assert_eq!(
-            missing_endpoints("us-east-1", "restore", &endpoints),
-            ["s3"]
-        );
-        assert_eq!(
-            missing_endpoints("us-east-1", "indexing", &endpoints),
-            ["ssmmessages", "s3"]
-        );
-        endpoints.push(ep("ebs", true, false));
-        assert_eq!(
-            missing_endpoints("us-east-1", "backup", &endpoints),
-            ["ebs", "s3"],
-            "ebs without private DNS"
-        );
-        endpoints.push(ep("ebs", true, true));
-        endpoints.push(ep("s3", true, false));
-        assert!(missing_endpoints("us-east-1", "backup", &endpoints).is_empty());
-        assert_eq!(
-            missing_endpoints("eu-west-1", "restore", &endpoints).len(),
-            5,
-            "other region"
         );
     }
 

@@ -63,6 +63,10 @@ failure_reasons! {
         /// A full restore names a security group its configuration's
         /// `restoreSecurityGroupIds` does not list.
         SecurityGroupNotAllowed,
+        /// The availability zone does not offer the restored instance's type.
+        InstanceTypeNotOffered,
+        /// The bucket a file-level session would restore files to is not there.
+        RestoreTargetMissing,
         RepositoryNotFound,
         /// S3 answered 403 for a key of the repository: the worker's role
         /// lacks the object action, or `s3:ListBucket` for the key's prefix

@@ -129,6 +129,15 @@ async fn without_subnets_or_groups_workers_use_the_default_vpc_and_a_managed_gro
     );
     let instance = &env.workers_of(&job.uid().unwrap()).await[0];
     assert_eq!(instance.subnet_id(), Some(zone_b_subnet.as_str()));
+    // A default subnet gives its workers a public IP, as EC2 does: the
+    // default VPC's only way out is its internet gateway.
+    assert!(
+        status.public_ip_subnets.contains(&zone_b_subnet),
+        "{status:?}"
+    );
+    let (_, reason, message) = config_condition(&cfg, "NetworkReady").unwrap();
+    assert_eq!(reason, "RoutesToAws");
+    assert!(message.contains("internet gateway igw-"), "{message}");
     assert!(
         instance.network_interfaces()[0]
             .groups()
@@ -216,6 +225,52 @@ async fn public_ips_only_when_asked_for() {
         instance.public_ip_address().is_some(),
         "assignPublicIp gives a public IP"
     );
+
+    // Unset, a worker gets one as its subnet does by default (a default
+    // subnet: yes).
+    env.create_configuration("subnet-default", &net, serde_json::json!({}))
+        .await;
+    env.wait_configuration_ready("subnet-default").await;
+    let protected = env.protected_disk().await;
+    let job = env
+        .create_job(
+            "ip-default",
+            &protected,
+            serde_json::json!({"workerConfigurationRef": {"name": "subnet-default"}}),
+        )
+        .await;
+    let uid = job.uid().unwrap();
+    let instance = common::eventually(TIMEOUT, || {
+        let env = &env;
+        let uid = uid.clone();
+        async move { env.workers_of(&uid).await.into_iter().next() }
+    })
+    .await;
+    assert!(instance.public_ip_address().is_some(), "{instance:?}");
+
+    // Set to false in a subnet whose only way out is an internet gateway:
+    // no worker could reach AWS, so none is launched, and the job says why.
+    env.create_configuration("none", &net, serde_json::json!({"assignPublicIp": false}))
+        .await;
+    let protected = env.protected_disk().await;
+    let job = env
+        .create_job(
+            "ip-none",
+            &protected,
+            serde_json::json!({"workerConfigurationRef": {"name": "none"}}),
+        )
+        .await;
+    let waiting = env
+        .wait_job("ip-none", TIMEOUT, |j| {
+            condition(j, "Ready").is_some_and(|c| c.reason == "WaitingForWorkerConfiguration")
+        })
+        .await;
+    let message = condition(&waiting, "Ready").unwrap().message.clone();
+    assert!(
+        message.contains("no public IP") && message.contains(&net.subnet),
+        "{message}"
+    );
+    assert!(env.workers_of(&job.uid().unwrap()).await.is_empty());
 }
 
 #[tokio::test]
@@ -270,7 +325,7 @@ async fn private_network_mode_reports_each_missing_endpoint_and_jobs_wait_for_it
             req.send().await.unwrap();
         }
     };
-    for service in ["ssm", "ec2messages", "sqs", "kms"] {
+    for service in ["sqs", "kms"] {
         endpoint(service, VpcEndpointType::Interface, true).await;
     }
     // A gateway endpoint for S3 is not enough in this mode, and an ebs
@@ -293,17 +348,16 @@ async fn private_network_mode_reports_each_missing_endpoint_and_jobs_wait_for_it
     assert_eq!(reason, "EndpointsMissing");
     assert!(
         message.contains(&format!(
-            "backup: com.amazonaws.{REGION}.ebs, com.amazonaws.{REGION}.s3"
+            "backup: com.amazonaws.{REGION}.ec2, com.amazonaws.{REGION}.ebs, com.amazonaws.{REGION}.s3, com.amazonaws.{REGION}.sts"
         )),
         "{message}"
     );
-    assert!(
-        message.contains(&format!("indexing: com.amazonaws.{REGION}.ssmmessages")),
-        "{message}"
-    );
     let missing = &cfg.status.as_ref().unwrap().missing_endpoints;
-    assert_eq!(missing["backup"], ["ebs", "s3"]);
-    assert_eq!(missing["restore"], ["s3"]);
+    // What each profile's workers call (src/aws/operation.rs): restore
+    // needs ebs too; none needs ssm or ec2messages.
+    assert_eq!(missing["backup"], ["ec2", "ebs", "s3", "sts"]);
+    assert_eq!(missing["restore"], ["ebs", "s3"]);
+    assert_eq!(missing["fileLevel"], ["s3"]);
 
     let protected = env.protected_disk().await;
     let job = env
@@ -327,24 +381,44 @@ async fn private_network_mode_reports_each_missing_endpoint_and_jobs_wait_for_it
         "no worker that could not work"
     );
 
-    // Adding what is missing lets the job run; indexing still lacks its
-    // endpoint, so the network stays not ready for indexing alone.
+    // Adding what is missing lets the job run: an S3 gateway endpoint on
+    // the subnet's route table counts.
     endpoint("ebs", VpcEndpointType::Interface, true).await;
-    endpoint("s3", VpcEndpointType::Interface, false).await;
+    endpoint("ec2", VpcEndpointType::Interface, true).await;
+    endpoint("sts", VpcEndpointType::Interface, true).await;
+    let main_table = env
+        .ec2
+        .describe_route_tables()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("vpc-id")
+                .values(&vpc_id)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .route_tables()[0]
+        .route_table_id()
+        .unwrap()
+        .to_string();
+    env.ec2
+        .create_vpc_endpoint()
+        .vpc_id(&vpc_id)
+        .service_name(format!("com.amazonaws.{REGION}.s3"))
+        .vpc_endpoint_type(VpcEndpointType::Gateway)
+        .route_table_ids(main_table)
+        .send()
+        .await
+        .unwrap();
     let cfg = wait_config(&env, "private", |c| {
         c.status
             .as_ref()
-            .is_some_and(|s| !s.missing_endpoints.contains_key("backup"))
+            .is_some_and(|s| s.missing_endpoints.is_empty())
+            && config_condition(c, "NetworkReady").is_some_and(|c| c.0 == "True")
     })
     .await;
-    let missing = &cfg.status.as_ref().unwrap().missing_endpoints;
-    assert_eq!(missing.keys().collect::<Vec<_>>(), ["indexing"]);
-    let (status, _, message) = config_condition(&cfg, "NetworkReady").unwrap();
-    assert_eq!(status, "False");
-    assert!(
-        message.contains("ssmmessages") && !message.contains("ebs"),
-        "{message}"
-    );
+    assert!(cfg.status.as_ref().unwrap().missing_endpoints.is_empty());
     let job = env.wait_job_phase("waits", TIMEOUT, Phase::Succeeded).await;
     let instance = &env.workers_of(&job.uid().unwrap()).await[0];
     assert_eq!(
@@ -524,4 +598,124 @@ async fn a_configuration_deleted_while_its_job_runs_goes_once_the_job_finishes()
         async move { api.get_opt(&leaving).await.ok()?.is_none().then_some(()) }
     })
     .await;
+}
+
+/// What can be known before a launch is checked by the configuration: a
+/// security group that does not exist, a region AWS does not have, a VPC
+/// with no way out. Each is `Ready=False` with a reason that names it.
+#[tokio::test]
+async fn missing_groups_unknown_regions_and_closed_subnets_are_named() {
+    let env = TestEnv::new("preflight").await;
+    let net = env.network().await;
+    let ghost = "sg-0123456789abcdef0";
+    env.create_configuration(
+        "ghost-group",
+        &net,
+        serde_json::json!({"securityGroupIds": [ghost]}),
+    )
+    .await;
+    env.create_configuration_spec(
+        "nowhere",
+        serde_json::json!({"region": "xx-nowhere-1", "imageId": "ami-0fedcba9876543210"}),
+    )
+    .await;
+    // A VPC of its own with no internet gateway, NAT or endpoint.
+    let vpc = env
+        .ec2
+        .create_vpc()
+        .cidr_block("10.78.0.0/16")
+        .send()
+        .await
+        .unwrap();
+    let vpc_id = vpc.vpc().unwrap().vpc_id().unwrap().to_string();
+    let subnet = env
+        .ec2
+        .create_subnet()
+        .vpc_id(&vpc_id)
+        .cidr_block("10.78.1.0/24")
+        .availability_zone(format!("{REGION}a"))
+        .send()
+        .await
+        .unwrap();
+    let closed = subnet.subnet().unwrap().subnet_id().unwrap().to_string();
+    env.create_configuration_spec(
+        "closed",
+        serde_json::json!({"region": REGION, "imageId": "ami-0fedcba9876543210",
+            "subnets": [{"subnetId": closed}], "assignPublicIp": true}),
+    )
+    .await;
+
+    let not_ready = |c: &WorkerConfiguration| {
+        config_condition(c, "Ready").is_some_and(|r| r.0 == "False" && r.1 != "NotReconciled")
+    };
+    let cfg = wait_config(&env, "ghost-group", not_ready).await;
+    let (_, reason, message) = config_condition(&cfg, "Ready").unwrap();
+    assert_eq!(reason, "SecurityGroupNotFound");
+    assert!(message.contains(ghost), "{message}");
+
+    let cfg = wait_config(&env, "nowhere", not_ready).await;
+    let (_, reason, message) = config_condition(&cfg, "Ready").unwrap();
+    assert_eq!(reason, "RegionNotFound", "{message}");
+    assert!(message.contains("xx-nowhere-1"), "{message}");
+
+    let cfg = wait_config(&env, "closed", |c| {
+        config_condition(c, "NetworkReady").is_some_and(|r| r.0 == "False")
+    })
+    .await;
+    let (_, reason, message) = config_condition(&cfg, "NetworkReady").unwrap();
+    assert_eq!(reason, "NoRouteToAws", "{message}");
+    assert!(
+        message.contains(&closed) && message.contains("no default route"),
+        "{message}"
+    );
+    assert_eq!(config_condition(&cfg, "Ready").unwrap().1, "NoRouteToAws");
+}
+
+/// A worker lost before its first message never reached AWS: the
+/// configuration's `NetworkReady` says so, naming the worker and its
+/// subnet, until a worker of it is heard from again.
+#[tokio::test]
+async fn a_worker_lost_before_its_first_message_marks_the_network_not_ready() {
+    let env = TestEnv::new("unreached").await;
+    let net = env.network().await;
+    env.boot_workers.store(false, Ordering::SeqCst);
+    env.create_configuration(
+        "silent",
+        &net,
+        serde_json::json!({"heartbeatTimeoutSeconds": 5}),
+    )
+    .await;
+    env.wait_configuration_ready("silent").await;
+    let protected = env.protected_disk().await;
+    env.create_job("lost", &protected, serde_json::json!({"backoffLimit": 0}))
+        .await;
+    let job = env.wait_job_phase("lost", TIMEOUT, Phase::Failed).await;
+    let worker = &job.status.as_ref().unwrap().workers[0];
+    assert_eq!(worker.reason.as_deref(), Some("WorkerLost"), "{worker:?}");
+    let instance = worker.instance_id.clone().unwrap();
+    let cfg = wait_config(&env, "silent", |c| {
+        config_condition(c, "NetworkReady").is_some_and(|c| c.0 == "False")
+    })
+    .await;
+    let (_, reason, message) = config_condition(&cfg, "NetworkReady").unwrap();
+    assert_eq!(reason, "WorkersUnreachable");
+    assert!(
+        message.contains(&instance) && message.contains(&net.subnet) && message.contains("SQS"),
+        "{message}"
+    );
+
+    // A worker that reports clears it.
+    env.boot_workers.store(true, Ordering::SeqCst);
+    let protected = env.protected_disk().await;
+    env.create_job("heard", &protected, serde_json::json!({}))
+        .await;
+    env.wait_job_phase("heard", TIMEOUT, Phase::Succeeded).await;
+    let cfg = wait_config(&env, "silent", |c| {
+        config_condition(c, "NetworkReady").is_some_and(|c| c.0 == "True")
+    })
+    .await;
+    assert_eq!(
+        config_condition(&cfg, "NetworkReady").unwrap().1,
+        "RoutesToAws"
+    );
 }

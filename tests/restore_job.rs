@@ -122,9 +122,9 @@ async fn a_restore_point_that_does_not_exist_fails_the_restore_and_creates_nothi
         "{worker:?}"
     );
     assert!(worker.restored_volume_id.is_none());
+    // Checked before the launch: no worker was paid for.
     let workers = env.workers_of(&restore.uid().unwrap()).await;
-    assert_eq!(workers.len(), 1);
-    common::assert_terminating(&workers[0]);
+    assert!(workers.is_empty(), "no worker launched: {workers:?}");
     let volumes = env
         .ec2
         .describe_volumes()
@@ -276,6 +276,7 @@ async fn a_completion_naming_a_snapshot_the_job_did_not_write_creates_nothing() 
     let queue = configured.queue_url();
     let foreign = env.protected_disk().await;
     let point = "nightly/snap-0123456789abcdef0";
+    env.plant_restore_point(point).await;
     let modes = [
         (
             "as-volume",
@@ -374,6 +375,7 @@ async fn a_session_announced_at_a_foreign_host_is_not_recorded() {
     let (env, port) = TestEnv::with_silent_workers("forged-session").await;
     let queue = env.default_configuration().await.queue_url();
     let point = "nightly/snap-0123456789abcdef0";
+    env.plant_restore_point(point).await;
     env.create_restore("browse", "fileLevel", point, json!({}))
         .await;
     let job = env
@@ -480,4 +482,67 @@ async fn an_instance_backup_moves_its_volumes_data_and_restores_it_byte_for_byte
     let snapshot = status.workers[0].restored_snapshot_id.clone().unwrap();
     let bytes = disks::read_snapshot(&aws, &snapshot, image.bytes.len()).await;
     assert!(bytes == image.bytes, "the restored data volume differs");
+}
+
+/// What a restore can know before its launch is checked before it: a type
+/// the zone does not offer for the restored instance, and a bucket to
+/// restore files to that does not exist, each fail the job with a reason
+/// and an Event, and no worker is launched (and paid for).
+#[tokio::test]
+async fn restores_that_could_not_succeed_launch_no_worker() {
+    let env = TestEnv::new("restore-preflight").await;
+    env.default_configuration().await;
+    // Only the restore point's presence matters before a launch.
+    let point = "nightly/snap-0123456789abcdef0";
+    env.plant_restore_point(point).await;
+
+    let odd = env
+        .create_restore(
+            "odd-type",
+            "full",
+            point,
+            json!({"instanceType": "zz9.large", "backoffLimit": 0}),
+        )
+        .await;
+    env.create_repository("nobucket", "tender-no-such-bucket-preflight", json!({}))
+        .await;
+    let nowhere = env
+        .create_restore(
+            "nowhere",
+            "fileLevel",
+            point,
+            json!({"restoreFilesTo": {"repositoryRef": {"name": "nobucket"}}, "backoffLimit": 0}),
+        )
+        .await;
+    for (job, name, reason, names) in [
+        (&odd, "odd-type", "InstanceTypeNotOffered", "zz9.large"),
+        (
+            &nowhere,
+            "nowhere",
+            "RestoreTargetMissing",
+            "tender-no-such-bucket-preflight",
+        ),
+    ] {
+        let done = env.wait_restore_finished(name, TIMEOUT).await;
+        let status = done.status.clone().unwrap();
+        assert_eq!(status.phase, Phase::Failed, "{status:?}");
+        let worker = &status.workers[0];
+        assert_eq!(worker.reason.as_deref(), Some(reason), "{worker:?}");
+        assert!(
+            worker.message.as_deref().unwrap().contains(names),
+            "{worker:?}"
+        );
+        assert!(
+            env.events()
+                .await
+                .iter()
+                .any(|(r, note)| r == reason && note.contains(names)),
+            "an Event names {names}"
+        );
+        let workers = env.workers_of(&job.uid().unwrap()).await;
+        assert!(
+            workers.is_empty(),
+            "{name}: no worker launched: {workers:?}"
+        );
+    }
 }

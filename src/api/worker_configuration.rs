@@ -45,7 +45,7 @@ use crate::messages::WorkerProfile;
     )
 )]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "!(self.privateNetwork && self.assignPublicIp)",
+    {"rule": "!(self.privateNetwork && has(self.assignPublicIp) && self.assignPublicIp)",
      "message": "privateNetwork workers get no public IP: set assignPublicIp to false"},
     {"rule": "has(self.imageId) != has(self.imageSsmParameter)",
      "message": "set exactly one of imageId and imageSsmParameter"}
@@ -110,9 +110,15 @@ pub struct WorkerConfigurationSpec {
     ]))]
     pub file_level_recovery_cidrs: Vec<String>,
 
-    /// Give workers a public IP address (default false).
-    #[serde(default)]
-    pub assign_public_ip: bool,
+    /// Give workers a public IP address (`true`) or not (`false`). Unset:
+    /// as each subnet does by default (its `MapPublicIpOnLaunch`, which is
+    /// on in the default VPC's subnets: there workers reach AWS through the
+    /// VPC's internet gateway). Never in private-network mode. Tender checks
+    /// that each subnet's workers have a way to AWS (a public IP and an
+    /// internet gateway, a NAT gateway, or VPC endpoints; condition
+    /// `NetworkReady`, `status.routesToAws`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assign_public_ip: Option<bool>,
 
     /// Private-network mode: workers get no public IP and reach AWS through
     /// VPC interface endpoints, which Tender checks for each operation
@@ -434,10 +440,20 @@ pub struct WorkerConfigurationStatus {
     /// The security group Tender manages for this configuration, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub managed_security_group_id: Option<String>,
-    /// Operations whose VPC interface endpoints are missing (private-network
-    /// mode), with the missing endpoints.
+    /// Worker profiles (`backup`, `restore`, `fileLevel`) whose VPC
+    /// endpoints are missing in private-network mode, with the missing
+    /// endpoints (`ec2`, `ebs`, `s3`, `sqs`, `sts`, `kms`: the services
+    /// that profile's workers call). Jobs of a listed profile wait.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub missing_endpoints: BTreeMap<String, Vec<String>>,
+    /// Subnets whose workers get a public IP (`spec.assignPublicIp`, else
+    /// the subnet's own default).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub public_ip_subnets: Vec<String>,
+    /// How each subnet's workers reach AWS, as the controller read its
+    /// route table and the VPC's endpoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes_to_aws: Vec<String>,
 }
 
 #[cfg(test)]

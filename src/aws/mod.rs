@@ -11,6 +11,7 @@
 //! [`AwsClients::queues`], [`AwsClients::snapshots`],
 //! [`AwsClients::repository`] and [`AwsClients::macs`].
 
+pub mod account_checks;
 pub mod accounts;
 pub mod batch;
 pub mod consistency;
@@ -128,6 +129,12 @@ impl AwsClients {
         }
     }
 
+    /// The region of the loaded configuration (`AWS_REGION`, the profile),
+    /// if it names one.
+    pub fn home_region(&self) -> Option<String> {
+        self.base.region().map(|r| r.to_string())
+    }
+
     /// The metrics every AWS call is counted in; the controller serves them.
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
@@ -156,6 +163,11 @@ impl AwsClients {
     /// The backup repository's objects in S3.
     pub fn repository(&self) -> repository::Repository<'_> {
         repository::Repository { aws: self }
+    }
+
+    /// What `tender doctor` asks of an account and nothing else does.
+    pub fn account_checks(&self) -> account_checks::AccountChecks<'_> {
+        account_checks::AccountChecks { aws: self }
     }
 
     /// HMACs by the repository's integrity key, in KMS.
@@ -280,6 +292,11 @@ impl AwsClients {
         aws_sdk_ssm
     );
     client_per_use!(
+        /// An IAM client (`tender doctor` only).
+        iam,
+        aws_sdk_iam
+    );
+    client_per_use!(
         /// A KMS client (built for each use: a task makes a few MAC calls).
         kms,
         aws_sdk_kms
@@ -393,6 +410,22 @@ pub(crate) async fn read_body(
     Ok(data.into_bytes().to_vec())
 }
 
+/// What kept a call from being answered, for people: a name that does not
+/// resolve, a refused or timed-out connection, or the SDK's own words.
+pub fn unreachable_cause(detail: &str) -> String {
+    let lower = detail.to_ascii_lowercase();
+    if lower.contains("dns error") || lower.contains("failed to lookup address") {
+        "the endpoint's name does not resolve (a region that does not exist has no endpoints)"
+            .into()
+    } else if lower.contains("connection refused") || lower.contains("tcp connect error") {
+        "the connection to the endpoint was refused".into()
+    } else if lower.contains("timeout") || lower.contains("timed out") {
+        "the endpoint did not answer in time".into()
+    } else {
+        detail.to_string()
+    }
+}
+
 /// EC2 tags for a request, from key-value pairs.
 pub(crate) fn ec2_tags<'a>(
     tags: impl IntoIterator<Item = (&'a String, &'a String)>,
@@ -437,7 +470,11 @@ fn is_throttling(code: &str) -> bool {
 fn is_permission(code: &str) -> bool {
     matches!(
         code,
-        "UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException" | "AuthFailure"
+        "UnauthorizedOperation"
+            | "AccessDenied"
+            | "AccessDeniedException"
+            | "AuthFailure"
+            | "Http403"
     )
 }
 
@@ -483,6 +520,84 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the SDK really says when a region's endpoint does not resolve
+    /// (`.invalid` never does, RFC 2606), as the check classifies it.
+    #[tokio::test]
+    async fn a_name_that_does_not_resolve_is_classified_as_such() {
+        use aws_config::retry::RetryConfig;
+        use aws_config::{BehaviorVersion, Region};
+        let conf = aws_sdk_ec2::config::Builder::new()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("xx-nowhere-1"))
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+                "AKIDEXAMPLE",
+                "secret",
+                None,
+                None,
+                "test",
+            ))
+            .endpoint_url("https://ec2.xx-nowhere-1.tender-test.invalid")
+            .retry_config(RetryConfig::disabled())
+            .build();
+        let err = aws_sdk_ec2::Client::from_conf(conf)
+            .describe_regions()
+            .send()
+            .await
+            .expect_err("no such host");
+        let detail = aws_sdk_ec2::error::DisplayErrorContext(&err).to_string();
+        assert!(
+            crate::aws::unreachable_cause(&detail).contains("does not resolve"),
+            "{detail}"
+        );
+    }
+
+    /// A HEAD answered 403 or 404 has no body, so no error code: the error
+    /// is named by the status, as S3's missing and forbidden buckets are.
+    #[tokio::test]
+    async fn an_answer_without_a_code_is_named_by_its_status() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // S3 models HeadBucket's 404 as `NotFound`; its 403 has no model.
+        for (status, code) in [("403 Forbidden", "Http403"), ("404 Not Found", "NotFound")] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let port = listener.local_addr().expect("addr").port();
+            let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+            tokio::spawn(async move {
+                while let Ok((mut conn, _)) = listener.accept().await {
+                    let mut buf = [0u8; 4096];
+                    let _ = conn.read(&mut buf).await;
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                }
+            });
+            let base = aws_config::SdkConfig::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(Region::new("us-east-1"))
+                .endpoint_url(format!("http://127.0.0.1:{port}"))
+                .credentials_provider(
+                    aws_credential_types::provider::SharedCredentialsProvider::new(
+                        aws_credential_types::Credentials::new(
+                            "AKID", "secret", None, None, "test",
+                        ),
+                    ),
+                )
+                .retry_config(RetryConfig::disabled())
+                .build();
+            let aws = AwsClients::with(base, Arc::default());
+            let bucket = repository::Bucket {
+                region: "us-east-1",
+                name: "b",
+                expected_owner: "111122223333",
+            };
+            let e = aws
+                .repository()
+                .head_bucket(bucket)
+                .await
+                .expect_err("refused");
+            assert_eq!(e.code(), Some(code), "{e}");
+        }
+    }
 
     #[test]
     fn a_failure_reason_is_the_error_category() {

@@ -4,6 +4,7 @@
 //! is the one Tender manages; instance types are those the region offers.
 
 pub use crate::placement::{EndpointInfo, TcpRule};
+pub use crate::reachability::RouteTableInfo;
 use std::collections::BTreeMap;
 
 use aws_sdk_ec2::operation::describe_subnets::builders::DescribeSubnetsFluentBuilder;
@@ -17,6 +18,20 @@ pub struct SubnetInfo {
     pub subnet_id: String,
     pub availability_zone: String,
     pub vpc_id: String,
+    /// Whether EC2 gives instances launched here a public IP unless told
+    /// otherwise (on in a default VPC's default subnets).
+    pub map_public_ip_on_launch: bool,
+}
+
+/// Whether a region exists and this account may use it, as EC2's
+/// DescribeRegions says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegionState {
+    Enabled,
+    /// An opt-in region this account has not enabled.
+    NotEnabled,
+    /// AWS lists no such region.
+    Unknown,
 }
 
 fn filter(name: &str, values: &[&str]) -> Filter {
@@ -115,6 +130,7 @@ impl Network<'_> {
                 subnet_id: s.subnet_id().unwrap_or_default().to_string(),
                 availability_zone: s.availability_zone().unwrap_or_default().to_string(),
                 vpc_id: s.vpc_id().unwrap_or_default().to_string(),
+                map_public_ip_on_launch: s.map_public_ip_on_launch().unwrap_or(false),
             })
             .collect())
     }
@@ -339,6 +355,7 @@ impl Network<'_> {
             .map(|e| EndpointInfo {
                 service_name: e.service_name().unwrap_or_default().to_string(),
                 interface: e.vpc_endpoint_type().map(|t| t.as_str()) == Some("Interface"),
+                route_table_ids: e.route_table_ids().to_vec(),
                 private_dns: e.private_dns_enabled().unwrap_or(false),
                 available: !matches!(
                     e.state()
@@ -347,6 +364,145 @@ impl Network<'_> {
                     Some("deleted" | "deleting" | "failed" | "rejected" | "expired")
                 ),
             })
+            .collect())
+    }
+
+    /// The route tables of a VPC: which subnets each serves, and where its
+    /// default route goes.
+    pub async fn route_tables(
+        &self,
+        region: &str,
+        vpc_id: &str,
+    ) -> Result<Vec<RouteTableInfo>, AwsError> {
+        let describe = self
+            .aws
+            .ec2(region)
+            .describe_route_tables()
+            .filters(filter("vpc-id", &[vpc_id]))
+            .send();
+        let out = self
+            .aws
+            .call(AwsOperation::DescribeRouteTables, describe)
+            .await?;
+        Ok(out
+            .route_tables()
+            .iter()
+            .map(|t| RouteTableInfo {
+                route_table_id: t.route_table_id().unwrap_or_default().to_string(),
+                subnet_ids: t
+                    .associations()
+                    .iter()
+                    .filter_map(|a| a.subnet_id().map(String::from))
+                    .collect(),
+                main: t.associations().iter().any(|a| a.main() == Some(true)),
+                default_target: t
+                    .routes()
+                    .iter()
+                    .filter(|r| r.destination_cidr_block() == Some("0.0.0.0/0"))
+                    // A blackhole route (its target deleted) leads nowhere.
+                    .filter(|r| r.state().map(|s| s.as_str()) != Some("blackhole"))
+                    .find_map(|r| {
+                        r.nat_gateway_id()
+                            .or(r.gateway_id())
+                            .or(r.transit_gateway_id())
+                            .or(r.network_interface_id())
+                            .or(r.instance_id())
+                            .or(r.vpc_peering_connection_id())
+                            .map(String::from)
+                    }),
+            })
+            .collect())
+    }
+
+    /// The VPC of each of the security groups `ids` that exists; a group
+    /// missing from the answer does not exist (in this region and account).
+    pub async fn security_group_vpcs(
+        &self,
+        region: &str,
+        ids: &[String],
+    ) -> Result<BTreeMap<String, String>, AwsError> {
+        let values: Vec<&str> = ids.iter().map(String::as_str).collect();
+        // A filter, not GroupIds: GroupIds fails the whole call on the first
+        // unknown group and names only that one.
+        let describe = self
+            .aws
+            .ec2(region)
+            .describe_security_groups()
+            .filters(filter("group-id", &values))
+            .send();
+        let out = self
+            .aws
+            .call(AwsOperation::DescribeSecurityGroups, describe)
+            .await?;
+        Ok(out
+            .security_groups()
+            .iter()
+            .filter_map(|g| {
+                Some((
+                    g.group_id()?.to_string(),
+                    g.vpc_id().unwrap_or_default().to_string(),
+                ))
+            })
+            .collect())
+    }
+
+    /// Whether `region` exists and is enabled for the account, asked of
+    /// EC2 in `asked_in` (a region known to answer). DescribeRegions with
+    /// `AllRegions` lists disabled opt-in regions too, with their
+    /// `OptInStatus`.
+    /// <https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DescribeRegions.html>
+    pub async fn region_state(
+        &self,
+        asked_in: &str,
+        region: &str,
+    ) -> Result<RegionState, AwsError> {
+        let describe = self
+            .aws
+            .ec2(asked_in)
+            .describe_regions()
+            .all_regions(true)
+            .send();
+        let out = self
+            .aws
+            .call(AwsOperation::DescribeRegions, describe)
+            .await?;
+        Ok(
+            match out
+                .regions()
+                .iter()
+                .find(|r| r.region_name() == Some(region))
+            {
+                None => RegionState::Unknown,
+                Some(r) if r.opt_in_status() == Some("not-opted-in") => RegionState::NotEnabled,
+                Some(_) => RegionState::Enabled,
+            },
+        )
+    }
+
+    /// Which of `types` the availability zone `zone` offers.
+    pub async fn offered_in_zone(
+        &self,
+        region: &str,
+        zone: &str,
+        types: &[String],
+    ) -> Result<Vec<String>, AwsError> {
+        let values: Vec<&str> = types.iter().map(String::as_str).collect();
+        let describe = self
+            .aws
+            .ec2(region)
+            .describe_instance_type_offerings()
+            .location_type(LocationType::AvailabilityZone)
+            .filters(filter("location", &[zone]))
+            .filters(filter("instance-type", &values))
+            .send();
+        let out = self
+            .aws
+            .call(AwsOperation::DescribeInstanceTypeOfferings, describe)
+            .await?;
+        Ok(out
+            .instance_type_offerings()
+            .iter()
+            .filter_map(|o| o.instance_type().map(|t| t.as_str().to_string()))
             .collect())
     }
 

@@ -7,6 +7,7 @@
 //! any call of an operation missing from it, so no call escapes the check.
 
 use std::fmt;
+use std::sync::OnceLock;
 
 use crate::messages::WorkerProfile;
 
@@ -20,6 +21,7 @@ pub enum AwsService {
     Sts,
     Ssm,
     Kms,
+    Iam,
 }
 
 impl AwsService {
@@ -33,6 +35,7 @@ impl AwsService {
             AwsService::Sts => "sts",
             AwsService::Ssm => "ssm",
             AwsService::Kms => "kms",
+            AwsService::Iam => "iam",
         }
     }
 
@@ -46,17 +49,27 @@ impl AwsService {
             AwsService::Sts => "STS",
             AwsService::Ssm => "SSM",
             AwsService::Kms => "KMS",
+            AwsService::Iam => "IAM",
         }
+    }
+
+    /// The last part of the service's VPC endpoint name
+    /// (`com.amazonaws.<region>.<name>`), which a worker in private-network
+    /// mode needs to call it.
+    pub const fn endpoint_name(self) -> &'static str {
+        self.iam_prefix()
     }
 }
 
 /// Which of Tender's roles makes a call: the controller, the worker agent
-/// (with the data mover), or both.
+/// (with the data mover), or both; or the person who runs `tender doctor`
+/// with their own credentials (in no shipped policy).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Caller {
     Controller,
     Worker,
     Both,
+    Operator,
 }
 
 impl Caller {
@@ -135,6 +148,8 @@ operations! {
     RevokeSecurityGroupEgress => Ec2, Controller;
     DescribeVpcEndpoints => Ec2, Controller;
     DescribeInstanceTypeOfferings => Ec2, Controller;
+    DescribeRouteTables => Ec2, Controller;
+    DescribeRegions => Ec2, Controller;
     // EC2: snapshots and volumes. A backup worker in the backup account
     // makes the snapshot calls with the production role it assumes.
     CreateSnapshots => Ec2, Worker [Backup];
@@ -175,6 +190,10 @@ operations! {
     AssumeRole => Sts, Both [Backup];
     GetCallerIdentity => Sts, Controller;
     GetParameter => Ssm, Controller;
+    // `tender doctor`, run by a person with their own credentials.
+    GetBucketVersioning => S3, Operator;
+    GetBucketEncryption => S3, Operator;
+    SimulatePrincipalPolicy => Iam, Operator;
 }
 
 impl AwsOperation {
@@ -266,6 +285,34 @@ impl AwsOperation {
     }
 }
 
+/// The worker profile this process works as, once the worker agent said so
+/// ([`declare_worker_profile`]). Test builds then refuse every call that
+/// [`AwsOperation::worker_profiles`] does not give to that profile, so the
+/// table the worker policies and the private-network endpoint lists derive
+/// from is checked against the calls each kind of worker really makes.
+static WORKER_PROFILE: OnceLock<WorkerProfile> = OnceLock::new();
+
+/// Says which worker profile this process works as (the worker agent, once
+/// it has read its task). Only the first declaration counts.
+pub fn declare_worker_profile(profile: WorkerProfile) {
+    let _ = WORKER_PROFILE.set(profile);
+}
+
+/// Whether a worker of `profile` may call `op` according to the table:
+/// `Err` says what to add where.
+pub fn worker_may_call(op: AwsOperation, profile: WorkerProfile) -> Result<(), String> {
+    if op.worker_profiles().contains(&profile) {
+        return Ok(());
+    }
+    Err(format!(
+        "a {} worker called {} {op}, which src/aws/operation.rs does not list for that profile: \
+         add it there (the worker policy in iam/ and the private-network endpoint list follow \
+         from that table)",
+        profile.as_str(),
+        op.service().sdk_name()
+    ))
+}
+
 impl fmt::Display for AwsOperation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -318,7 +365,13 @@ mod strict {
                 return Err("the SDK recorded no operation metadata for this call".into());
             };
             match AwsOperation::find(meta.service(), meta.name()) {
-                Some(_) => Ok(()),
+                Some(op) => match super::WORKER_PROFILE.get() {
+                    Some(&profile) => super::worker_may_call(op, profile).map_err(|e| {
+                        tracing::error!(error = %e, "AWS call refused");
+                        e.into()
+                    }),
+                    None => Ok(()),
+                },
                 None => {
                     let e = UnknownOperation {
                         service: meta.service().to_string(),
@@ -399,6 +452,18 @@ mod tests {
         );
         assert_eq!(AwsOperation::DescribeInstances.create_action(), None);
         assert_eq!(AwsOperation::HeadObject.also_needs(), vec!["s3:ListBucket"]);
+    }
+
+    #[test]
+    fn a_worker_may_make_only_the_calls_its_profile_lists() {
+        assert!(worker_may_call(AwsOperation::StartSnapshot, WorkerProfile::Restore).is_ok());
+        let refused = worker_may_call(AwsOperation::CreateSnapshots, WorkerProfile::FileLevel)
+            .expect_err("a file-level worker takes no snapshot");
+        assert!(
+            refused.contains("fileLevel worker called EC2 CreateSnapshots"),
+            "{refused}"
+        );
+        assert!(worker_may_call(AwsOperation::RunInstances, WorkerProfile::Backup).is_err());
     }
 
     /// A client as `AwsClients` builds them, pointed at a closed port.

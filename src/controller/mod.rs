@@ -14,12 +14,14 @@
 
 pub mod backup_job;
 pub mod backup_repository;
+pub mod configuration_checks;
 pub mod events;
 pub mod garbage_collector;
 pub mod index;
 pub mod job;
 pub mod leader;
 pub mod queue_access;
+pub mod reach;
 pub mod reports;
 pub mod restore_job;
 mod run;
@@ -169,6 +171,8 @@ pub struct Context {
     pub(crate) written_restores: Written<RestoreJobStatus>,
     /// What the controller knows of every job's workers.
     pub workers: Arc<WorkerIndex>,
+    /// Workers that never reached AWS, per configuration.
+    pub reach: reach::WorkerReach,
 }
 
 impl Context {

@@ -77,13 +77,14 @@ impl WorkerJob for RestoreJob {
         &ctx.written_restores
     }
 
-    /// A restore point is in the repository, which only the worker reads:
-    /// its worker goes to the zone the restored volume needs.
+    /// Checks what can be known before a launch (`preflight`): the
+    /// restore point, the restored instance's type, the target bucket. Its
+    /// worker goes to the zone the restored volume needs.
     async fn locate(
         &self,
         _target: &Target,
         config: &WorkerConfiguration,
-        _ctx: &Context,
+        ctx: &Context,
     ) -> Result<Result<Located, NotLocated>> {
         let requested = self.spec.security_group_ids.as_deref().unwrap_or_default();
         if let Some(group) = group_not_allowed(requested, &config.spec.restore_security_group_ids) {
@@ -94,6 +95,9 @@ impl WorkerJob for RestoreJob {
                     config.name_any()
                 ),
             }));
+        }
+        if let Some(problem) = preflight::check(self, config, ctx).await? {
+            return Ok(Err(problem));
         }
         Ok(Ok(Located {
             zone: self.spec.availability_zone.clone(),
@@ -630,5 +634,6 @@ fn random_token() -> Result<String> {
 mod usable;
 pub use usable::snapshot_problem;
 
+mod preflight;
 #[cfg(test)]
 mod tests;

@@ -127,6 +127,8 @@ async fn run_leader(
         &classes,
         predicates::generation.combine(predicates::finalizers),
     );
+    let (reach_tx, reach_rx) = futures::channel::mpsc::unbounded();
+    let config_controller = config_controller.reconcile_on(reach_rx);
     let (repositories, repository_store) =
         class_controller(repository_api, &classes, predicates::generation);
     let (namespace_store, namespace_watcher) = watch_namespaces(&client, ns).await?;
@@ -146,7 +148,7 @@ async fn run_leader(
             backups: trigger_tx,
             restores: restore_tx,
         },
-        workers,
+        (workers, reach_tx),
         &opts,
     ));
 
@@ -281,7 +283,10 @@ impl Context {
         cluster_id: String,
         stores: Stores,
         triggers: reports::Triggers,
-        workers: Arc<WorkerIndex>,
+        (workers, reach): (
+            Arc<WorkerIndex>,
+            futures::channel::mpsc::UnboundedSender<ObjectRef<WorkerConfiguration>>,
+        ),
         opts: &Options,
     ) -> Self {
         let reporter = Reporter {
@@ -313,6 +318,7 @@ impl Context {
             written_backups: Written::default(),
             written_restores: Written::default(),
             workers,
+            reach: super::reach::WorkerReach::new(reach),
             launch_locks: Mutex::default(),
         }
     }

@@ -18,23 +18,22 @@ use tracing::{debug, info, instrument};
 use super::index::ConfigKey;
 use super::{Context, Error, Result, apply_status};
 use crate::api::conditions::{self, DesiredCondition, READY, RECONCILING, STALLED};
-use crate::api::{
-    AccountAccess, WorkerAccount, WorkerConfiguration, WorkerConfigurationStatus, WorkerSubnet,
-};
+use crate::api::{AccountAccess, WorkerAccount, WorkerConfiguration, WorkerConfigurationStatus};
 use crate::aws::AwsClients;
 use crate::aws::accounts::{Access, CallerIdentity};
-use crate::aws::instances::Instances;
 use crate::aws::network::Network;
 use crate::controller::events;
 use crate::names::{CONFIGURATION_FINALIZER, tags};
 use crate::placement;
 
+use super::configuration_checks::{
+    Finding, check_instance_types, check_network, check_region, check_security_groups,
+    check_subnets, resolve_image,
+};
+pub use super::configuration_checks::{INSTANCE_TYPES_OFFERED, NETWORK_READY};
+
 /// Condition: Tender can act in the accounts the configuration names.
 pub const CREDENTIALS_READY: &str = "CredentialsReady";
-/// Condition: the network has what workers need.
-pub const NETWORK_READY: &str = "NetworkReady";
-/// Condition: the region offers every worker instance type.
-pub const INSTANCE_TYPES_OFFERED: &str = "InstanceTypesOffered";
 /// How often a configuration whose deletion waits for jobs is looked at.
 const DELETION_RECHECK: Duration = Duration::from_secs(10);
 
@@ -105,12 +104,6 @@ fn base_status(cfg: &WorkerConfiguration, ctx: &Context) -> WorkerConfigurationS
     status
 }
 
-/// What the network and instance checks found wrong, for `Ready`.
-struct Finding {
-    reason: &'static str,
-    message: String,
-}
-
 async fn apply(
     cfg: &WorkerConfiguration,
     api: &Api<WorkerConfiguration>,
@@ -120,7 +113,12 @@ async fn apply(
     let name = placement::queue_name(&ctx.cluster_id, &cfg.name_any());
     let owner_tags = queue_tags(cfg, &ctx.cluster_id);
 
-    // Credentials first: every other call goes through them.
+    // The region first: in one that does not exist every call fails, and
+    // should say so by name.
+    if let Some(f) = check_region(cfg, &ctx.aws).await {
+        return region_not_ready(cfg, api, ctx, f).await;
+    }
+    // Credentials next: every other call goes through them.
     let aws = ctx.aws.scoped(&configuration_access(cfg)).await;
     let credentials = match check_credentials(cfg, &aws, ctx).await {
         Ok(c) => c,
@@ -151,9 +149,13 @@ async fn apply(
     let mut findings: Vec<Finding> = Vec::new();
     status.account_id = Some(credentials.account_id.clone());
     status.image_id = resolve_image(cfg, aws.instances(), &mut findings).await;
-    check_subnets(cfg, aws.network(), &mut status, &mut findings).await?;
+    let subnets = check_subnets(cfg, aws.network(), &mut status, &mut findings).await?;
+    let vpc = status.vpc_id.clone();
+    check_security_groups(cfg, aws.network(), vpc.as_deref(), &mut findings).await?;
     ensure_security_group(cfg, aws.network(), &mut status, &name, &owner_tags).await?;
-    let network = check_endpoints(cfg, aws.network(), &mut status).await?;
+    let unreachable = ctx.reach.note(&config_key(cfg));
+    let network = (&mut status, subnets.as_slice());
+    let network = check_network(cfg, aws.network(), network, &mut findings, unreachable).await?;
     let types = check_instance_types(cfg, aws.network(), &mut findings).await?;
     let desired = vec![network, types, credentials.condition];
     conclude(cfg, api, ctx, status, findings, desired, &queue_url).await?;
@@ -169,6 +171,24 @@ async fn apply(
         .await;
     }
     // Endpoints, subnets and offerings change outside Kubernetes: look again.
+    Ok(Action::requeue(ctx.network_recheck))
+}
+
+/// Says on the status, and in an Event, that the configuration's region
+/// does not exist or cannot be reached; looks again later.
+async fn region_not_ready(
+    cfg: &WorkerConfiguration,
+    api: &Api<WorkerConfiguration>,
+    ctx: &Context,
+    f: Finding,
+) -> Result<Action> {
+    let desired = [
+        DesiredCondition::new(READY, false, f.reason, f.message.clone()),
+        DesiredCondition::new(STALLED, true, f.reason, f.message.clone()),
+    ];
+    let event = (EventType::Warning, f.reason, "CheckRegion", f.message);
+    let status = base_status(cfg, ctx);
+    write_with_event(cfg, api, ctx, status, "NotReady", &desired, event).await?;
     Ok(Action::requeue(ctx.network_recheck))
 }
 
@@ -203,96 +223,6 @@ async fn credentials_not_ready(
     Ok(Action::requeue(ctx.network_recheck))
 }
 
-/// The AMI: given, or resolved from its SSM parameter.
-async fn resolve_image(
-    cfg: &WorkerConfiguration,
-    instances: Instances<'_>,
-    findings: &mut Vec<Finding>,
-) -> Option<String> {
-    let region = &cfg.spec.region;
-    match (&cfg.spec.image_id, &cfg.spec.image_ssm_parameter) {
-        (Some(id), _) => Some(id.clone()),
-        (None, Some(parameter)) => match instances.ssm_parameter(region, parameter).await {
-            Ok(id) if id.starts_with("ami-") => Some(id),
-            Ok(other) => {
-                findings.push(Finding {
-                    reason: events::IMAGE_NOT_RESOLVED,
-                    message: format!("SSM parameter {parameter} holds {other:?}, not an AMI ID; fix spec.imageSsmParameter"),
-                });
-                None
-            }
-            Err(e) => {
-                findings.push(Finding {
-                    reason: events::IMAGE_NOT_RESOLVED,
-                    message: format!(
-                        "cannot read SSM parameter {parameter}: {e}; fix spec.imageSsmParameter"
-                    ),
-                });
-                None
-            }
-        },
-        (None, None) => None,
-    }
-}
-
-/// Subnets: the configured ones (all in one VPC), else the default VPC's.
-async fn check_subnets(
-    cfg: &WorkerConfiguration,
-    network: Network<'_>,
-    status: &mut WorkerConfigurationStatus,
-    findings: &mut Vec<Finding>,
-) -> Result<()> {
-    let region = &cfg.spec.region;
-    let subnets = if cfg.spec.subnets.is_empty() {
-        network.default_subnets(region).await?
-    } else {
-        let ids: Vec<String> = cfg
-            .spec
-            .subnets
-            .iter()
-            .map(|s| s.subnet_id.clone())
-            .collect();
-        match network.describe_subnets(region, &ids).await {
-            Ok(found) => found,
-            Err(e) if e.code().is_some_and(|c| c.starts_with("InvalidSubnetID")) => {
-                findings.push(Finding {
-                    reason: events::SUBNET_NOT_FOUND,
-                    message: format!("{e}; fix spec.subnets"),
-                });
-                Vec::new()
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
-    let mut vpcs: Vec<&str> = subnets.iter().map(|s| s.vpc_id.as_str()).collect();
-    vpcs.sort_unstable();
-    vpcs.dedup();
-    status.vpc_id = None;
-    match vpcs[..] {
-        [vpc] => status.vpc_id = Some(vpc.to_string()),
-        [] if findings.is_empty() => findings.push(Finding {
-            reason: events::NO_SUBNETS,
-            message: format!("{region} has no default VPC; list subnets in spec.subnets"),
-        }),
-        [] => {}
-        _ => findings.push(Finding {
-            reason: events::SUBNETS_IN_SEVERAL_VPCS,
-            message: format!(
-                "the subnets are in several VPCs ({}); list subnets of one VPC",
-                vpcs.join(", ")
-            ),
-        }),
-    }
-    status.subnets = subnets
-        .iter()
-        .map(|s| WorkerSubnet {
-            subnet_id: s.subnet_id.clone(),
-            availability_zone: Some(s.availability_zone.clone()),
-        })
-        .collect();
-    Ok(())
-}
-
 /// Security group: the configured ones, else one Tender manages.
 async fn ensure_security_group(
     cfg: &WorkerConfiguration,
@@ -318,114 +248,6 @@ async fn ensure_security_group(
         status.managed_security_group_id = Some(id);
     }
     Ok(())
-}
-
-/// Private-network mode: the interface endpoints of each operation.
-async fn check_endpoints(
-    cfg: &WorkerConfiguration,
-    network: Network<'_>,
-    status: &mut WorkerConfigurationStatus,
-) -> Result<DesiredCondition> {
-    let region = &cfg.spec.region;
-    status.missing_endpoints.clear();
-    Ok(if !cfg.spec.private_network {
-        DesiredCondition::new(
-            NETWORK_READY,
-            true,
-            "PublicNetwork",
-            if cfg.spec.assign_public_ip {
-                "workers get a public IP address"
-            } else {
-                "workers reach AWS through the subnets' routes (no public IP); privateNetwork is off, so no endpoint check"
-            },
-        )
-    } else if let Some(vpc) = status.vpc_id.clone() {
-        let endpoints = network.vpc_endpoints(region, &vpc).await?;
-        for op in placement::OPERATIONS {
-            let missing = placement::missing_endpoints(region, op, &endpoints);
-            if !missing.is_empty() {
-                status.missing_endpoints.insert(op.to_string(), missing);
-            }
-        }
-        if status.missing_endpoints.is_empty() {
-            DesiredCondition::new(
-                NETWORK_READY,
-                true,
-                "EndpointsPresent",
-                format!("{vpc} has every interface endpoint workers need"),
-            )
-        } else {
-            let list: Vec<String> = status
-                .missing_endpoints
-                .iter()
-                .map(|(op, m)| {
-                    format!(
-                        "{op}: {}",
-                        m.iter()
-                            .map(|e| format!("com.amazonaws.{region}.{e}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                })
-                .collect();
-            DesiredCondition::new(
-                NETWORK_READY,
-                false,
-                "EndpointsMissing",
-                format!(
-                    "{vpc} lacks interface endpoints with private DNS that workers need in private-network mode ({}); jobs of those operations wait",
-                    list.join("; ")
-                ),
-            )
-        }
-    } else {
-        DesiredCondition::new(
-            NETWORK_READY,
-            false,
-            "NoVpc",
-            "no VPC to check endpoints in",
-        )
-    })
-}
-
-/// Instance types: every one a worker may get must be offered here.
-async fn check_instance_types(
-    cfg: &WorkerConfiguration,
-    network: Network<'_>,
-    findings: &mut Vec<Finding>,
-) -> Result<DesiredCondition> {
-    let region = &cfg.spec.region;
-    let mut wanted: Vec<String> = configured_instance_types(cfg);
-    wanted.sort();
-    wanted.dedup();
-    let offered = network.offered_instance_types(region, &wanted).await?;
-    let unoffered: Vec<String> = wanted
-        .into_iter()
-        .filter(|t| !offered.contains(t))
-        .collect();
-    Ok(if unoffered.is_empty() {
-        DesiredCondition::new(
-            INSTANCE_TYPES_OFFERED,
-            true,
-            "Offered",
-            format!("{region} offers every worker instance type"),
-        )
-    } else {
-        let message = format!(
-            "{region} does not offer {}; choose other types in spec.instanceTypes",
-            unoffered.join(", ")
-        );
-        findings.push(Finding {
-            reason: events::INSTANCE_TYPE_NOT_OFFERED,
-            message: message.clone(),
-        });
-        DesiredCondition::new(
-            INSTANCE_TYPES_OFFERED,
-            false,
-            events::INSTANCE_TYPE_NOT_OFFERED,
-            message,
-        )
-    })
 }
 
 /// `Ready` from the findings; writes the status (and the findings' Events)
@@ -554,22 +376,6 @@ async fn check_credentials(
         identity: workers,
         condition: DesiredCondition::new(CREDENTIALS_READY, true, "CredentialsReady", message),
     })
-}
-
-/// Every instance type a worker of this configuration may get: the
-/// configured profiles, and Tender's defaults for the others.
-fn configured_instance_types(cfg: &WorkerConfiguration) -> Vec<String> {
-    let t = cfg.spec.instance_types.clone().unwrap_or_default();
-    let mut out = match t.backup {
-        Some(b) => vec![b],
-        None => ["c5.large", "c5.2xlarge", "c5.4xlarge"]
-            .map(String::from)
-            .to_vec(),
-    };
-    out.push(t.restore.unwrap_or_else(|| "c5.large".into()));
-    out.push(t.file_level_recovery.unwrap_or_else(|| "t3.medium".into()));
-    out.push(t.indexing.unwrap_or_else(|| "t3.medium".into()));
-    out
 }
 
 /// Keeps a configuration that unfinished jobs use: says so on its status

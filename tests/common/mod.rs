@@ -300,6 +300,73 @@ fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
 
 /// The default VPC's default subnets of the account `ec2` acts in, as
 /// (subnet, zone, VPC), by zone.
+/// Gives the account's default VPC what AWS gives every default VPC and the
+/// emulator does not: an internet gateway and a default route to it in the
+/// main route table (so that workers with a public IP have a way out, as
+/// Tender checks). Idempotent; tests running at once may race, and a lost
+/// race leaves the other's gateway in place.
+pub async fn default_vpc_internet_gateway(ec2: &aws_sdk_ec2::Client) {
+    let vpcs = ec2
+        .describe_vpcs()
+        .filters(Filter::builder().name("is-default").values("true").build())
+        .send()
+        .await
+        .expect("describe vpcs");
+    let Some(vpc) = vpcs.vpcs().first().and_then(|v| v.vpc_id()) else {
+        return;
+    };
+    let tables = ec2
+        .describe_route_tables()
+        .filters(Filter::builder().name("vpc-id").values(vpc).build())
+        .filters(
+            Filter::builder()
+                .name("association.main")
+                .values("true")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("describe route tables");
+    let Some(main) = tables.route_tables().first() else {
+        return;
+    };
+    if main
+        .routes()
+        .iter()
+        .any(|r| r.destination_cidr_block() == Some("0.0.0.0/0"))
+    {
+        return;
+    }
+    let table = main.route_table_id().unwrap_or_default().to_string();
+    let igw = ec2
+        .create_internet_gateway()
+        .send()
+        .await
+        .expect("create internet gateway");
+    let igw = igw
+        .internet_gateway()
+        .and_then(|g| g.internet_gateway_id())
+        .unwrap_or_default()
+        .to_string();
+    if ec2
+        .attach_internet_gateway()
+        .internet_gateway_id(&igw)
+        .vpc_id(vpc)
+        .send()
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let _ = ec2
+        .create_route()
+        .route_table_id(table)
+        .destination_cidr_block("0.0.0.0/0")
+        .gateway_id(igw)
+        .send()
+        .await;
+}
+
 pub async fn default_subnets(ec2: &aws_sdk_ec2::Client) -> Vec<(String, String, String)> {
     let out = ec2
         .describe_subnets()
@@ -427,6 +494,7 @@ impl TestEnv {
             worker_roles: tokio::sync::OnceCell::new(),
             controller_credentials,
         };
+        default_vpc_internet_gateway(&env.ec2).await;
         env.accounts.lock().unwrap().push(Account {
             ec2: env.ec2.clone(),
             credentials: None,
@@ -665,6 +733,7 @@ impl TestEnv {
         let session = assumed(&conf, role_arn).await;
         let scoped = with_credentials(&conf, &session);
         let ec2 = aws_sdk_ec2::Client::new(&scoped);
+        default_vpc_internet_gateway(&ec2).await;
         self.accounts.lock().unwrap().push(Account {
             ec2: ec2.clone(),
             credentials: Some(session),
@@ -1165,6 +1234,25 @@ impl TestEnv {
         }
         merge(&mut spec, extra);
         self.create_restore_spec(name, spec).await
+    }
+
+    /// Puts a placeholder at the manifest key of restore point `point` in
+    /// this namespace's part of the test repository, for tests whose
+    /// workers are played by the test (the controller checks that the
+    /// restore point is there before it launches a worker; the worker would
+    /// find the placeholder unreadable).
+    pub async fn plant_restore_point(&self, point: &str) {
+        self.repository().await;
+        let bucket = self.bucket().await;
+        disks::s3()
+            .await
+            .put_object()
+            .bucket(bucket)
+            .key(format!("{}/restore-points/{point}.json", self.namespace))
+            .body(b"{}".to_vec().into())
+            .send()
+            .await
+            .expect("plant a restore point");
     }
 
     /// Creates the RestoreJob `name` with `spec` exactly as given.

@@ -14,6 +14,7 @@ use crate::api::conditions::{self, READY};
 use crate::api::{
     BackupRepository, DEFAULT_CONFIGURATION_ANNOTATION, LocalObjectReference, WorkerConfiguration,
 };
+use crate::messages::WorkerProfile;
 use crate::reasons::BlockedReason;
 
 /// Whether a class's `namespaceSelector` admits a namespace with these
@@ -176,26 +177,27 @@ fn region_default<'a, K: WorkerJob>(
     }
 }
 
-/// Why a configuration is not ready for backup workers, for people.
-pub fn not_ready_message(config: &WorkerConfiguration) -> String {
+/// Why a configuration is not ready for workers of `profile`, for people.
+pub fn not_ready_message(config: &WorkerConfiguration, profile: WorkerProfile) -> String {
     let Some(status) = config.status.as_ref() else {
         return "it has not been reconciled yet".into();
     };
     let condition = |type_: &str| status.conditions.iter().find(|c| c.type_ == type_);
     let ready = condition(READY).filter(|c| c.status != "True");
-    let network =
-        condition("NetworkReady").filter(|_| status.missing_endpoints.contains_key("backup"));
+    let network = condition("NetworkReady")
+        .filter(|_| status.missing_endpoints.contains_key(profile.as_str()));
     match (ready, network) {
         (Some(c), _) | (None, Some(c)) => c.message.clone(),
         (None, None) => "its worker queue is not there yet".into(),
     }
 }
 
-/// A configuration's queue URL when it is ready for backup workers.
-pub fn ready_configuration(config: &WorkerConfiguration) -> Option<String> {
+/// A configuration's queue URL when it is ready for workers of `profile`:
+/// `Ready`, and in private-network mode every endpoint they call there.
+pub fn ready_configuration(config: &WorkerConfiguration, profile: WorkerProfile) -> Option<String> {
     let status = config.status.as_ref()?;
     let ready = conditions::is_true(&status.conditions, READY);
-    let network_ok = !status.missing_endpoints.contains_key("backup");
+    let network_ok = !status.missing_endpoints.contains_key(profile.as_str());
     (ready && network_ok)
         .then(|| status.queue_url.clone())
         .flatten()

@@ -480,7 +480,7 @@ fn worker_launch<K: WorkerJob>(
         instance_type: worker.instance_type.clone().unwrap_or_default(),
         subnet_id: worker.subnet_id.clone().unwrap_or_default(),
         security_group_ids: security_groups(config),
-        assign_public_ip: config.spec.assign_public_ip && !config.spec.private_network,
+        assign_public_ip: public_ip(config, worker.subnet_id.as_deref()),
         // Each operation's own profile, with only its permissions.
         iam_instance_profile: config
             .spec
@@ -493,4 +493,20 @@ fn worker_launch<K: WorkerJob>(
         tags: placement::worker_tags(&owner, &config.spec.tags),
         user_data: task.user_data()?,
     })
+}
+
+/// Whether a worker in `subnet` gets a public IP: as the configuration says,
+/// else as its check found the subnet does by default
+/// (`status.publicIpSubnets`).
+fn public_ip(config: &WorkerConfiguration, subnet: Option<&str>) -> bool {
+    let subnet_maps = config.status.as_ref().is_some_and(|s| {
+        s.public_ip_subnets
+            .iter()
+            .any(|p| Some(p.as_str()) == subnet)
+    });
+    crate::reachability::public_ip(
+        config.spec.assign_public_ip,
+        config.spec.private_network,
+        subnet_maps,
+    )
 }

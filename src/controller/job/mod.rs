@@ -39,6 +39,7 @@ use self::configuration::{choose_configuration, choose_repository};
 use self::core::{JobFacts, Liveness, Problem, mark_failed};
 use self::kind::WorkerJob;
 use self::status::{baseline, write_status};
+use super::reach;
 use super::reports::{Receipt, delete_receipts};
 use super::{Context, Error, Result};
 use crate::api::{AccountAccess, BackupRepository, JobStatus, WorkerConfiguration, WorkerStatus};
@@ -269,7 +270,7 @@ async fn resolve<K: WorkerJob>(
         }
     };
     status.worker_configuration = Some(config.name_any());
-    let queue_url = configuration::ready_configuration(&config);
+    let queue_url = configuration::ready_configuration(&config, job.profile());
     if queue_url.is_none() && blocked.is_none() {
         // Not ready (no queue yet, or its network or instance types are not
         // right); its reconcile wakes this job when that changes.
@@ -278,7 +279,7 @@ async fn resolve<K: WorkerJob>(
             message: format!(
                 "waiting for WorkerConfiguration {:?}: {}",
                 config.name_any(),
-                configuration::not_ready_message(&config)
+                configuration::not_ready_message(&config, job.profile())
             ),
         });
     }
@@ -352,8 +353,31 @@ async fn judge_workers<K: WorkerJob>(
             .filter(|_| redelivery_settled),
         heard: heard(ctx, &pass.uid, w),
     };
+    let unfinished: Vec<bool> = status
+        .workers
+        .iter()
+        .map(|w| !w.phase.is_finished())
+        .collect();
     let notices = core::judge_workers(&mut status.workers, &facts, liveness, timeout, now);
     publish(pass, notices).await;
+    if let Some(config) = status.worker_configuration.as_deref() {
+        let of = format!(
+            "{} {}/{}",
+            K::KIND,
+            job.namespace().unwrap_or_default(),
+            job.name_any()
+        );
+        for (w, was_unfinished) in status.workers.iter().zip(unfinished) {
+            if w.last_sequence > 0 && !w.phase.is_finished() {
+                ctx.reach.heard(config);
+            } else if was_unfinished && reach::never_reached_aws(w, liveness(w).instance_state) {
+                ctx.reach
+                    .lost_unheard(config, reach::unreached_note(&of, w, timeout));
+            } else if let Some(note) = reach::reported_unreachable(&of, w, now) {
+                ctx.reach.lost_unheard(config, note);
+            }
+        }
+    }
     Ok(())
 }
 
