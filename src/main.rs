@@ -247,6 +247,10 @@ fn main() -> ExitCode {
             let task: WorkerTask =
                 serde_json::from_str(&json).map_err(|e| format!("the task is not valid: {e}"))?;
             let aws = AwsClients::from_env().await;
+            // The agent process works as one profile: test builds refuse
+            // any call the operation table does not give it (declared here,
+            // not in `worker::run`, which tests also call in-process).
+            tender::aws::operation::declare_worker_profile(task.profile());
             worker::run(aws, task, instance_id).await?;
             Ok(())
         }),

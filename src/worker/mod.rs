@@ -80,7 +80,6 @@ pub async fn run(aws: AwsClients, task: WorkerTask, instance_id: String) -> Resu
     if task.version != PROTOCOL_VERSION {
         return Err(AgentError::UnsupportedTask(task.version));
     }
-    crate::aws::operation::declare_worker_profile(task.profile());
     let reporter = Arc::new(Reporter {
         aws: aws.clone(),
         task: task.clone(),
