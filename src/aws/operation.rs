@@ -206,6 +206,7 @@ impl AwsOperation {
             AwsOperation::DeleteMessageBatch => "DeleteMessage",
             AwsOperation::HeadObject => "GetObject",
             AwsOperation::HeadBucket | AwsOperation::ListObjectsV2 => "ListBucket",
+            AwsOperation::GetBucketEncryption => "GetEncryptionConfiguration",
             op => op.name(),
         };
         format!("{}:{action}", self.service().iam_prefix())
@@ -398,6 +399,10 @@ mod tests {
             "sqs:DeleteMessage"
         );
         assert_eq!(AwsOperation::HeadObject.iam_action(), "s3:GetObject");
+        assert_eq!(
+            AwsOperation::GetBucketEncryption.iam_action(),
+            "s3:GetEncryptionConfiguration"
+        );
         assert_eq!(
             AwsOperation::GetSnapshotBlock.iam_action(),
             "ebs:GetSnapshotBlock"
