@@ -434,7 +434,7 @@ async fn launch_restored(
             let machine = w.restored_machine.clone().unwrap_or_else(|| {
                 // An older agent reports none: as for an older manifest.
                 let devices = snapshots.iter().map(|(d, _)| Some(d.as_str()));
-                crate::mover::manifest::fallback_machine(devices)
+                crate::mover::machine::fallback_machine(devices)
             });
             let plan = crate::aws::images::plan_image(&machine, &snapshots)
                 .map_err(RestoreStepError::Refused)?;

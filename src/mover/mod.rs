@@ -18,6 +18,7 @@
 //! none is (`If-None-Match: *`), so no restore point is ever replaced.
 
 pub mod integrity;
+pub mod machine;
 pub mod manifest;
 pub mod pace;
 mod restore;
