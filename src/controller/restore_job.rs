@@ -381,33 +381,42 @@ async fn restore_instances(
                 w.restored_instance_id = Some(instance);
             }
             Err(RestoreStepError::Aws(e)) if e.is_transient() => return Err(e.into()),
-            Err(RestoreStepError::Failed(reason, message)) => {
-                let note = format!("{}: {message}", w.resource);
-                ctx.event(
-                    job,
-                    EventType::Warning,
-                    reason.as_str(),
-                    "WaitForImage",
-                    note,
-                )
-                .await;
-                mark_failed(w, reason, &message, now);
-            }
-            Err(e) => {
-                let kept: Vec<String> = w
-                    .restored_snapshots
-                    .iter()
-                    .map(|s| format!("{} {}", s.device, s.snapshot_id))
-                    .collect();
-                let message = format!(
-                    "{e}; the restored snapshots are kept ({}): fix the cause and create a new RestoreJob",
-                    kept.join(", ")
-                );
-                mark_failed(w, FailureReason::InstanceRestoreFailed, &message, now);
-            }
+            Err(e) => instance_not_restored(job, w, e, (ctx, now)).await,
         }
     }
     Ok(())
+}
+
+/// Fails a full restore's worker for good, saying why and what is kept.
+async fn instance_not_restored(
+    job: &RestoreJob,
+    w: &mut RestoreWorkerStatus,
+    error: RestoreStepError,
+    (ctx, now): (&Context, Timestamp),
+) {
+    if let RestoreStepError::Failed(reason, message) = error {
+        let note = format!("{}: {message}", w.resource);
+        ctx.event(
+            job,
+            EventType::Warning,
+            reason.as_str(),
+            "WaitForImage",
+            note,
+        )
+        .await;
+        mark_failed(w, reason, &message, now);
+        return;
+    }
+    let kept: Vec<String> = w
+        .restored_snapshots
+        .iter()
+        .map(|s| format!("{} {}", s.device, s.snapshot_id))
+        .collect();
+    let message = format!(
+        "{error}; the restored snapshots are kept ({}): fix the cause and create a new RestoreJob",
+        kept.join(", ")
+    );
+    mark_failed(w, FailureReason::InstanceRestoreFailed, &message, now);
 }
 
 /// Registers an AMI from the worker's restored snapshots as the machine
