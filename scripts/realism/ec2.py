@@ -16,6 +16,7 @@
   whose architectures do not include the image's.
 - Volumes created from a snapshot keep its encryption; snapshots keep their
   volume's key.
+- A default VPC has an internet gateway and a default route to it.
 """
 
 from moto.ec2.exceptions import EC2ClientError
@@ -288,6 +289,26 @@ def _patch_security_groups():
     EC2Backend.create_security_group = create_security_group
 
 
+def _patch_default_vpc():
+    """A default VPC comes with an internet gateway and a 0.0.0.0/0 route to
+    it in its main route table ("Default VPCs", Amazon VPC User Guide);
+    moto's has neither, and Tender checks that workers have a way out."""
+    create = EC2Backend.create_default_vpc
+
+    def create_default_vpc(self):
+        vpc = create(self)
+        igw = self.create_internet_gateway()
+        self.attach_internet_gateway(igw.id, vpc.id)
+        main = self.describe_route_tables(
+            filters={"vpc-id": [vpc.id], "association.main": ["true"]}
+        )
+        if main:
+            self.create_route(main[0].id, "0.0.0.0/0", gateway_id=igw.id)
+        return vpc
+
+    EC2Backend.create_default_vpc = create_default_vpc
+
+
 def install(world):
     global _world
     _world = world
@@ -296,3 +317,4 @@ def install(world):
     _patch_volumes()
     _patch_images()
     _patch_security_groups()
+    _patch_default_vpc()

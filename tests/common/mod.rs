@@ -300,11 +300,13 @@ fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
 
 /// The default VPC's default subnets of the account `ec2` acts in, as
 /// (subnet, zone, VPC), by zone.
-/// Gives the account's default VPC what AWS gives every default VPC and the
-/// emulator does not: an internet gateway and a default route to it in the
+/// Gives the account's default VPC what AWS gives every default VPC and
+/// plain moto does not: an internet gateway and a default route to it in the
 /// main route table (so that workers with a public IP have a way out, as
-/// Tender checks). Idempotent; tests running at once may race, and a lost
-/// race leaves the other's gateway in place.
+/// Tender checks). The realism layer's default VPCs have them already (also
+/// after an emulator restart), and then this does nothing. Idempotent;
+/// tests running at once may race, and a lost race leaves the other's
+/// gateway in place.
 pub async fn default_vpc_internet_gateway(ec2: &aws_sdk_ec2::Client) {
     let vpcs = ec2
         .describe_vpcs()
