@@ -125,8 +125,11 @@ def allowed(policies, action, resource, context=None, absent=()):
                 continue
             if resource is not None and not _resource_matches(st, resource):
                 continue
-            if resource is None and st.get("Effect") == "Deny" and st.get("Condition"):
-                # A conditional Deny on an unknown resource: cannot tell.
+            if resource is None and st.get("Effect") == "Deny" and (
+                st.get("Condition") or st.get("Resource", "*") != "*" or "NotResource" in st
+            ):
+                # A Deny scoped by condition or resource, on a request whose
+                # resource the test world cannot name: cannot tell.
                 continue
             if not _conditions_hold(st, context, absent):
                 continue
