@@ -973,7 +973,9 @@ impl TestEnv {
     pub async fn wait_configuration_ready(&self, name: &str) -> WorkerConfiguration {
         let api: Api<WorkerConfiguration> = self.cluster_api();
         let name = self.cluster_name(name);
-        eventually(Duration::from_secs(60), || {
+        // Generous: behind the fault suite's throttling proxy the SDK's
+        // adaptive retry slows every call of the configuration's checks.
+        eventually(Duration::from_secs(180), || {
             let api = api.clone();
             let name = name.clone();
             async move {
