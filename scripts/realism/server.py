@@ -182,6 +182,7 @@ class Realism:
                     return _json(start_response, "404 Not Found", {"error": "no instance profile"})
                 return _json(start_response, "200 OK", creds)
         except Exception as e:  # a test's mistake: say it
+            print(f"realism: control request {path} failed: {e!r}", flush=True)
             return _json(start_response, "400 Bad Request", {"error": repr(e)})
         with self.world.lock:
             body = json.dumps(

@@ -25,18 +25,21 @@ fn endpoint() -> String {
 /// One HTTP/1.1 request to the layer's control API: (status, body).
 async fn call(method: &str, path: &str, body: Option<&str>) -> (u16, String) {
     let host = endpoint();
-    let mut stream = tokio::net::TcpStream::connect(&host)
-        .await
-        .expect("connect to the realism layer");
+    let Ok(mut stream) = tokio::net::TcpStream::connect(&host).await else {
+        return (0, String::new());
+    };
     let body = body.unwrap_or("");
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(request.as_bytes()).await.unwrap();
     let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
+    if stream.write_all(request.as_bytes()).await.is_err()
+        || stream.read_to_string(&mut answer).await.is_err()
+    {
+        return (0, String::new());
+    }
     let status = answer
         .split_whitespace()
         .nth(1)

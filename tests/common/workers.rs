@@ -127,6 +127,16 @@ impl Launcher {
                 }
                 Some(_) => None,
             };
+            // An instance with a profile never runs as the environment's
+            // administrator: without its session yet, it is booted at a
+            // later poll.
+            if profile.is_none()
+                && account.credentials.is_none()
+                && instance.iam_instance_profile().is_some()
+                && super::realism::enabled()
+            {
+                continue;
+            }
             let agent = self.spawn_agent(account, &id, &task, profile);
             self.workers.lock().unwrap().push(agent);
             booted.insert(id);
