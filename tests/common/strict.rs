@@ -13,6 +13,7 @@
 //! so a test can check what RegisterImage was asked (moto stores neither
 //! its architecture nor its boot mode nor its mappings).
 
+use super::proxy::read_request as read_message;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -220,37 +221,6 @@ fn split(message: &[u8]) -> (String, &[u8]) {
         String::from_utf8_lossy(&message[..end]).to_string(),
         message.get(end + 4..).unwrap_or_default(),
     )
-}
-
-/// Reads one HTTP request (head and Content-Length body).
-async fn read_message(stream: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap_or(0))
-                })
-                .unwrap_or(0);
-            while buf.len() < end + 4 + len {
-                let n = stream.read(&mut chunk).await.ok()?;
-                if n == 0 {
-                    return None;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            return Some(buf);
-        }
-    }
 }
 
 /// The request with `Connection: close`, so the upstream ends the response.
