@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
-use crate::api::{InstanceTypes, WorkerSubnet};
+use crate::api::{Architecture, InstanceTypes, WorkerSubnet};
 use crate::names::tags;
 
 /// One TCP rule of a security group: port and peer CIDR.
@@ -172,29 +172,70 @@ pub fn launch_allowance(
     }
 }
 
-/// Tender's default instance type for an EC2 backup worker, by the total
-/// EBS size of the protected instance.
-/// Instance type of restore workers unless the configuration says otherwise.
-pub const DEFAULT_RESTORE_INSTANCE_TYPE: &str = "c5.large";
-/// Instance type of file-level recovery workers unless configured.
-pub const DEFAULT_FILE_LEVEL_INSTANCE_TYPE: &str = "t3.medium";
+/// Tender's default instance types for workers of one architecture: the
+/// same sizes of the compute-optimized family for backups and restores
+/// (`c5`, on Graviton `c7g`) and of the burstable one for file-level
+/// recovery and indexing (`t3`, on Graviton `t4g`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DefaultTypes {
+    compute: &'static str,
+    burstable: &'static str,
+}
 
-pub fn default_backup_instance_type(total_ebs_gib: i64) -> &'static str {
-    if total_ebs_gib < SMALL_BACKUP_LIMIT_GIB {
-        "c5.large"
-    } else if total_ebs_gib <= MEDIUM_BACKUP_LIMIT_GIB {
-        "c5.2xlarge"
-    } else {
-        "c5.4xlarge"
+impl DefaultTypes {
+    pub const fn of(arch: Architecture) -> Self {
+        match arch {
+            Architecture::X86_64 => Self {
+                compute: "c5",
+                burstable: "t3",
+            },
+            Architecture::Arm64 => Self {
+                compute: "c7g",
+                burstable: "t4g",
+            },
+        }
+    }
+
+    /// A backup worker's, by the total EBS size of the protected instance.
+    pub fn backup(self, total_ebs_gib: i64) -> String {
+        let size = if total_ebs_gib < SMALL_BACKUP_LIMIT_GIB {
+            "large"
+        } else if total_ebs_gib <= MEDIUM_BACKUP_LIMIT_GIB {
+            "2xlarge"
+        } else {
+            "4xlarge"
+        };
+        format!("{}.{size}", self.compute)
+    }
+
+    /// Every size a backup worker may get.
+    pub fn backup_sizes(self) -> [String; 3] {
+        ["large", "2xlarge", "4xlarge"].map(|s| format!("{}.{s}", self.compute))
+    }
+
+    pub fn restore(self) -> String {
+        format!("{}.large", self.compute)
+    }
+
+    pub fn file_level(self) -> String {
+        format!("{}.medium", self.burstable)
+    }
+
+    pub fn indexing(self) -> String {
+        format!("{}.medium", self.burstable)
     }
 }
 
 /// The instance type of a backup worker: the configuration's backup
-/// profile when set, else the size-based default.
-pub fn backup_instance_type(configured: Option<&InstanceTypes>, total_ebs_gib: i64) -> String {
+/// profile when set, else the size-based default of its architecture.
+pub fn backup_instance_type(
+    configured: Option<&InstanceTypes>,
+    arch: Architecture,
+    total_ebs_gib: i64,
+) -> String {
     configured
         .and_then(|t| t.backup.clone())
-        .unwrap_or_else(|| default_backup_instance_type(total_ebs_gib).to_string())
+        .unwrap_or_else(|| DefaultTypes::of(arch).backup(total_ebs_gib))
 }
 
 /// Who owns a worker; becomes Tender's ownership tags.
@@ -367,6 +408,8 @@ mod tests {
 
     #[test]
     fn backup_instance_type_follows_the_size_table() {
+        let x86 = DefaultTypes::of(Architecture::X86_64);
+        let default_backup_instance_type = |gib| x86.backup(gib);
         assert_eq!(default_backup_instance_type(8), "c5.large");
         assert_eq!(default_backup_instance_type(1023), "c5.large");
         assert_eq!(default_backup_instance_type(1024), "c5.2xlarge");
@@ -376,8 +419,17 @@ mod tests {
             backup: Some("m5.xlarge".into()),
             ..Default::default()
         };
-        assert_eq!(backup_instance_type(Some(&configured), 50_000), "m5.xlarge");
-        assert_eq!(backup_instance_type(None, 50_000), "c5.4xlarge");
+        let x86 = Architecture::X86_64;
+        assert_eq!(backup_instance_type(Some(&configured), x86, 50_000), "m5.xlarge");
+        assert_eq!(backup_instance_type(None, x86, 50_000), "c5.4xlarge");
+        assert_eq!(
+            backup_instance_type(None, Architecture::Arm64, 50_000),
+            "c7g.4xlarge"
+        );
+        let graviton = DefaultTypes::of(Architecture::Arm64);
+        assert_eq!(graviton.backup(8), "c7g.large");
+        assert_eq!(graviton.restore(), "c7g.large");
+        assert_eq!(graviton.file_level(), "t4g.medium");
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub use restore_job::{
     RestoreWorkerStatus, RestoredSnapshot,
 };
 pub use worker_configuration::{
-    AccountAccess, AllowedSources, DEFAULT_CONFIGURATION_ANNOTATION, InstanceProfiles,
+    AccountAccess, AllowedSources, Architecture, DEFAULT_CONFIGURATION_ANNOTATION, InstanceProfiles,
     InstanceTypes, RootVolume, WorkerAccount, WorkerConfiguration, WorkerConfigurationSpec,
     WorkerConfigurationStatus, WorkerSubnet,
 };

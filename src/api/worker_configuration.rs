@@ -47,8 +47,8 @@ use crate::messages::WorkerProfile;
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "!(self.privateNetwork && has(self.assignPublicIp) && self.assignPublicIp)",
      "message": "privateNetwork workers get no public IP: set assignPublicIp to false"},
-    {"rule": "has(self.imageId) != has(self.imageSsmParameter)",
-     "message": "set exactly one of imageId and imageSsmParameter"}
+    {"rule": "!(has(self.imageId) && has(self.imageSsmParameter))",
+     "message": "set at most one of imageId and imageSsmParameter (neither: the region's current Amazon Linux 2023)"}
 ]))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerConfigurationSpec {
@@ -142,16 +142,30 @@ pub struct WorkerConfigurationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub production_account: Option<AccountAccess>,
 
-    /// AMI the workers boot, for example `ami-0123456789abcdef0`. It must
-    /// start the worker agent (`tender worker`) from the instance user data.
-    /// Set this or `imageSsmParameter`.
+    /// CPU architecture of the workers: `x86_64` (default) or `arm64`
+    /// (Graviton). It picks the default image, the agent Tender delivers
+    /// and the default instance types (`c5`/`t3`, or `c7g`/`t4g`); every
+    /// instance type a worker may get must be offered in the region and
+    /// be of this architecture (condition `InstanceTypesOffered`).
+    #[serde(default)]
+    pub architecture: Architecture,
+
+    /// AMI the workers boot, for example `ami-0123456789abcdef0`. Unset,
+    /// with `imageSsmParameter` unset too: the region's current Amazon
+    /// Linux 2023 for `architecture`, from AWS's public SSM parameter
+    /// `/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-<arch>`.
+    /// Any image with a shell, `curl`, `sha256sum`, `gzip` and cloud-init
+    /// (or another runner of user data) works: the user data downloads the
+    /// worker agent that Tender publishes, checks its SHA-256 and starts it;
+    /// an image that already carries `tender` at the controller's version
+    /// skips the download.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(r"^ami-[0-9a-f]{8,17}$"))]
     pub image_id: Option<String>,
 
     /// SSM parameter that holds the AMI ID, such as a public parameter
     /// `/aws/service/...`; resolved on every check and shown in
-    /// `status.imageId`. Set this or `imageId`.
+    /// `status.imageId`. At most one of this and `imageId`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(r"^/[A-Za-z0-9_./-]+$"), length(max = 2048))]
     pub image_ssm_parameter: Option<String>,
@@ -184,7 +198,7 @@ pub struct WorkerConfigurationSpec {
     /// Instance type per worker profile. Unset profiles use Tender's
     /// defaults: backup sized by the protected instance's total EBS size
     /// (`c5.large` under 1 024 GiB, `c5.2xlarge` up to 16 TiB, `c5.4xlarge`
-    /// above).
+    /// above; on arm64 the same sizes of `c7g`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_types: Option<InstanceTypes>,
 
@@ -201,12 +215,59 @@ pub struct WorkerConfigurationSpec {
     ]))]
     pub tags: BTreeMap<String, String>,
 
-    /// Seconds a worker may stay silent (no message, no heartbeat) before it
-    /// is declared lost, terminated, and retried or failed. Also bounds how
-    /// long a worker may take to boot and report that it started.
+    /// Seconds a worker that has started may stay silent (no message, no
+    /// heartbeat) before it is declared lost (`WorkerLost`), terminated,
+    /// and retried or failed.
     #[serde(default = "default_heartbeat_timeout")]
     #[schemars(range(min = 5, max = 86400))]
     pub heartbeat_timeout_seconds: i64,
+
+    /// Seconds from a worker's launch to its `started` message (the
+    /// instance boots, the user data downloads and checks the agent, the
+    /// agent starts). A worker that takes longer fails with reason
+    /// `WorkerBootTimeout` and the last lines of its console output (EC2
+    /// GetConsoleOutput), is terminated, and is retried or failed.
+    #[serde(default = "default_boot_timeout")]
+    #[schemars(range(min = 10, max = 3600))]
+    pub boot_timeout_seconds: i64,
+}
+
+/// CPU architecture of worker instances, as EC2 names it.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Architecture {
+    /// 64-bit x86 (Intel, AMD).
+    #[default]
+    #[serde(rename = "x86_64")]
+    X86_64,
+    /// 64-bit Arm (AWS Graviton).
+    #[serde(rename = "arm64")]
+    Arm64,
+}
+
+impl Architecture {
+    pub const ALL: [Architecture; 2] = [Architecture::X86_64, Architecture::Arm64];
+
+    /// As EC2 and the SSM parameter names spell it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Architecture::X86_64 => "x86_64",
+            Architecture::Arm64 => "arm64",
+        }
+    }
+
+    /// AWS's public SSM parameter of the current Amazon Linux 2023 image.
+    pub fn default_image_parameter(self) -> String {
+        format!(
+            "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{}",
+            self.as_str()
+        )
+    }
+}
+
+impl std::fmt::Display for Architecture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The annotation that marks a configuration as its region's default, for
@@ -247,6 +308,10 @@ impl AllowedSources {
 
 fn default_heartbeat_timeout() -> i64 {
     300
+}
+
+fn default_boot_timeout() -> i64 {
+    180
 }
 
 /// Which account workers run in.
@@ -355,15 +420,18 @@ pub struct InstanceTypes {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(INSTANCE_TYPE_PATTERN))]
     pub backup: Option<String>,
-    /// Instance type of restore workers (default `c5.large`).
+    /// Instance type of restore workers (default `c5.large`, on arm64
+    /// `c7g.large`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(INSTANCE_TYPE_PATTERN))]
     pub restore: Option<String>,
-    /// Instance type of file-level recovery workers (default `t3.medium`).
+    /// Instance type of file-level recovery workers (default `t3.medium`,
+    /// on arm64 `t4g.medium`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(INSTANCE_TYPE_PATTERN))]
     pub file_level_recovery: Option<String>,
-    /// Instance type of indexing workers (default `t3.medium`).
+    /// Instance type of indexing workers (default `t3.medium`, on arm64
+    /// `t4g.medium`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(INSTANCE_TYPE_PATTERN))]
     pub indexing: Option<String>,

@@ -11,8 +11,8 @@ use super::job::kind::{Located, NotLocated, Target, TaskDetails, WorkerJob};
 use super::job::{self, job_access};
 use super::{Context, Result};
 use crate::api::{
-    BackupJob, BackupJobStatus, BackupWorkerStatus, InstanceTypes, JobLimits, LocalObjectReference,
-    WorkerConfiguration,
+    BackupJob, BackupJobStatus, BackupWorkerStatus, JobLimits, LocalObjectReference,
+    WorkerConfiguration, WorkerConfigurationSpec,
 };
 use crate::aws::AwsClients;
 use crate::messages::{Operation, WorkerEvent, WorkerProfile};
@@ -186,8 +186,12 @@ impl WorkerJob for BackupJob {
         }
     }
 
-    fn instance_type(&self, types: Option<&InstanceTypes>, located: &Located) -> String {
-        placement::backup_instance_type(types, located.size_gib)
+    fn instance_type(&self, spec: &WorkerConfigurationSpec, located: &Located) -> String {
+        placement::backup_instance_type(
+            spec.instance_types.as_ref(),
+            spec.architecture,
+            located.size_gib,
+        )
     }
 
     fn record(worker: &mut BackupWorkerStatus, event: &WorkerEvent) {

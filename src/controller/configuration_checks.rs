@@ -14,6 +14,7 @@ use crate::aws::{AwsClients, AwsError};
 use crate::controller::Result;
 use crate::controller::events;
 use crate::messages::WorkerProfile;
+use crate::placement::DefaultTypes;
 use crate::reachability;
 
 /// Condition: the network has what workers need.
@@ -155,35 +156,44 @@ pub fn security_group_finding(
     })
 }
 
-/// The AMI: given, or resolved from its SSM parameter.
+/// The AMI: given, or resolved from its SSM parameter, else from AWS's
+/// public parameter of the current Amazon Linux 2023 for the workers'
+/// architecture.
 pub async fn resolve_image(
     cfg: &WorkerConfiguration,
     instances: Instances<'_>,
     findings: &mut Vec<Finding>,
 ) -> Option<String> {
     let region = &cfg.spec.region;
-    match (&cfg.spec.image_id, &cfg.spec.image_ssm_parameter) {
-        (Some(id), _) => Some(id.clone()),
-        (None, Some(parameter)) => match instances.ssm_parameter(region, parameter).await {
+    let default_parameter = cfg.spec.architecture.default_image_parameter();
+    let parameter = match (&cfg.spec.image_id, &cfg.spec.image_ssm_parameter) {
+        (Some(id), _) => return Some(id.clone()),
+        (None, Some(parameter)) => parameter,
+        (None, None) => &default_parameter,
+    };
+    let what = if cfg.spec.image_ssm_parameter.is_some() {
+        "fix spec.imageSsmParameter"
+    } else {
+        "Tender reads AWS's public Amazon Linux 2023 parameter there: allow ssm:GetParameter on arn:aws:ssm:*::parameter/aws/service/* to the controller, or set spec.imageId"
+    };
+    {
+        match instances.ssm_parameter(region, parameter).await {
             Ok(id) if id.starts_with("ami-") => Some(id),
             Ok(other) => {
                 findings.push(Finding {
                     reason: events::IMAGE_NOT_RESOLVED,
-                    message: format!("SSM parameter {parameter} holds {other:?}, not an AMI ID; fix spec.imageSsmParameter"),
+                    message: format!("SSM parameter {parameter} holds {other:?}, not an AMI ID; {what}"),
                 });
                 None
             }
             Err(e) => {
                 findings.push(Finding {
                     reason: events::IMAGE_NOT_RESOLVED,
-                    message: format!(
-                        "cannot read SSM parameter {parameter}: {e}; fix spec.imageSsmParameter"
-                    ),
+                    message: format!("cannot read SSM parameter {parameter}: {e}; {what}"),
                 });
                 None
             }
-        },
-        (None, None) => None,
+        }
     }
 }
 
@@ -428,15 +438,14 @@ pub async fn check_instance_types(
 /// configured profiles, and Tender's defaults for the others.
 pub fn configured_instance_types(cfg: &WorkerConfiguration) -> Vec<String> {
     let t = cfg.spec.instance_types.clone().unwrap_or_default();
+    let defaults = DefaultTypes::of(cfg.spec.architecture);
     let mut out = match t.backup {
         Some(b) => vec![b],
-        None => ["c5.large", "c5.2xlarge", "c5.4xlarge"]
-            .map(String::from)
-            .to_vec(),
+        None => defaults.backup_sizes().to_vec(),
     };
-    out.push(t.restore.unwrap_or_else(|| "c5.large".into()));
-    out.push(t.file_level_recovery.unwrap_or_else(|| "t3.medium".into()));
-    out.push(t.indexing.unwrap_or_else(|| "t3.medium".into()));
+    out.push(t.restore.unwrap_or_else(|| defaults.restore()));
+    out.push(t.file_level_recovery.unwrap_or_else(|| defaults.file_level()));
+    out.push(t.indexing.unwrap_or_else(|| defaults.indexing()));
     out
 }
 

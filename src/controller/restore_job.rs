@@ -17,7 +17,7 @@ use super::job::kind::{Located, NotLocated, Settling, Target, TaskDetails, Worke
 use super::job::{self, job_access};
 use super::{Context, Error, Result};
 use crate::api::{
-    InstanceTypes, JobLimits, LocalObjectReference, Phase, RestoreJob, RestoreJobStatus,
+    JobLimits, LocalObjectReference, WorkerConfigurationSpec, Phase, RestoreJob, RestoreJobStatus,
     RestoreMode, RestoreWorkerStatus, WorkerConfiguration, WorkerStatus,
 };
 use crate::aws::AwsError;
@@ -105,15 +105,17 @@ impl WorkerJob for RestoreJob {
         }))
     }
 
-    fn instance_type(&self, types: Option<&InstanceTypes>, _located: &Located) -> String {
+    fn instance_type(&self, spec: &WorkerConfigurationSpec, _located: &Located) -> String {
+        let types = spec.instance_types.as_ref();
+        let defaults = placement::DefaultTypes::of(spec.architecture);
         if self.spec.mode == RestoreMode::FileLevel {
             types
                 .and_then(|t| t.file_level_recovery.clone())
-                .unwrap_or_else(|| placement::DEFAULT_FILE_LEVEL_INSTANCE_TYPE.to_string())
+                .unwrap_or_else(|| defaults.file_level())
         } else {
             types
                 .and_then(|t| t.restore.clone())
-                .unwrap_or_else(|| placement::DEFAULT_RESTORE_INSTANCE_TYPE.to_string())
+                .unwrap_or_else(|| defaults.restore())
         }
     }
 

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 
 use super::status::Written;
 use crate::api::{
-    InstanceTypes, JobLimits, JobStatus, JobWorker, LocalObjectReference, WorkerConfiguration,
+    JobLimits, JobStatus, JobWorker, LocalObjectReference, WorkerConfigurationSpec, WorkerConfiguration,
 };
 use crate::controller::{Context, Result};
 use crate::messages::{FileLevelTask, Operation, WorkerEvent, WorkerProfile};
@@ -111,7 +111,7 @@ pub trait WorkerJob:
 
     /// The worker's instance type, from the configuration's profiles or
     /// this kind's default.
-    fn instance_type(&self, types: Option<&InstanceTypes>, located: &Located) -> String;
+    fn instance_type(&self, spec: &WorkerConfigurationSpec, located: &Located) -> String;
 
     /// Records what a worker's message says that only this kind keeps (a
     /// restore point, restored snapshots, a browser session), once the

@@ -84,7 +84,7 @@ pub async fn plan_workers<K: WorkerJob>(
                 worker.phase = Phase::Provisioning;
                 worker.access = config.spec.worker_access().cloned();
                 worker.instance_type =
-                    Some(job.instance_type(config.spec.instance_types.as_ref(), &located));
+                    Some(job.instance_type(&config.spec, &located));
                 worker.zone = located.zone;
                 worker.subnet_id = Some(subnet.subnet_id);
                 worker.placement = Some(subnet.reason);
