@@ -17,7 +17,11 @@
 - Volumes created from a snapshot keep its encryption; snapshots keep their
   volume's key.
 - A default VPC has an internet gateway and a default route to it.
+- GetConsoleOutput answers what the instance wrote to its console (the test
+  booter records it), not moto's fixed boot log.
 """
+
+import os
 
 from moto.ec2.exceptions import EC2ClientError
 from moto.ec2.models import EC2Backend
@@ -309,9 +313,44 @@ def _patch_default_vpc():
     EC2Backend.create_default_vpc = create_default_vpc
 
 
+# Where the test booter records each instance's console (the user data's
+# output): `<dir>/<instance-id>`. Set by server.py from --console-dir.
+CONSOLE_DIR = None
+# GetConsoleOutput returns at most the last 64 KB ("GetConsoleOutput", EC2
+# API Reference).
+CONSOLE_LIMIT = 64 * 1024
+
+
+def _patch_console_output():
+    """GetConsoleOutput answers what the instance wrote to its console, as
+    the test booter recorded it, and no output before it wrote any (AWS:
+    the output is posted shortly after boot; until then `Output` is
+    absent). moto's own answer is a fixed Linux boot log."""
+    from moto.ec2.responses import general
+    from moto.core.responses import ActionResult
+    from moto.core.utils import utcnow
+
+    def get_console_output(self):
+        instance_id = self._get_param("InstanceId")
+        instance = self.ec2_backend.get_instance(instance_id)
+        result = {"InstanceId": instance.id, "Timestamp": utcnow()}
+        path = os.path.join(CONSOLE_DIR or "", instance.id)
+        if CONSOLE_DIR and os.path.exists(path):
+            with open(path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - CONSOLE_LIMIT))
+                text = f.read().decode("utf-8", "replace")
+            result["Output"] = general.Base64EncodedString.from_raw_string(text)
+        _world.count("console-output")
+        return ActionResult(result)
+
+    general.General.get_console_output = get_console_output
+
+
 def install(world):
     global _world
     _world = world
+    _patch_console_output()
     _patch_instances()
     _patch_snapshots()
     _patch_volumes()

@@ -12,7 +12,11 @@ ebs.py) or applied to requests here:
 - S3 answers a GET or HEAD of a missing key with 403 AccessDenied unless
   the caller may s3:ListBucket the bucket (access.py);
 - the EBS direct APIs are throttled at their quotas and refuse to read a
-  snapshot that is not completed (ebs.py).
+  snapshot that is not completed (ebs.py);
+- a presigned URL acts as its signer (IAM is evaluated for the identity in
+  its X-Amz-Credential) and is refused once X-Amz-Expires has passed
+  (403 "Request has expired", S3 User Guide, "Sharing objects with
+  presigned URLs").
 
 GET /realism/ answers the settings in force and counters of what the layer
 did (refusals, throttles), so tests can check that the world is strict.
@@ -23,6 +27,7 @@ environment", lists what this world reproduces and what it cannot.
 """
 
 import argparse
+import datetime
 import io
 import json
 import os
@@ -83,6 +88,31 @@ def _s3_denied(head):
     return 403, headers, body
 
 
+def _presigned(environ):
+    """For a request signed in its query (a presigned URL): the signer's
+    credential becomes a header the layer's IAM evaluation reads (moto
+    itself only reads the Authorization header), and an expired URL gets
+    S3's answer, which is returned."""
+    query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+    credential = query.get("X-Amz-Credential")
+    if not credential or environ.get("HTTP_AUTHORIZATION"):
+        return None
+    environ["HTTP_X_REALISM_PRESIGNED_CREDENTIAL"] = credential
+    try:
+        signed = datetime.datetime.strptime(query["X-Amz-Date"], "%Y%m%dT%H%M%SZ")
+        expires = int(query["X-Amz-Expires"])
+    except (KeyError, ValueError):
+        return None
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    if now <= signed + datetime.timedelta(seconds=expires):
+        return None
+    body = (
+        b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+        b"<Message>Request has expired</Message><RequestId>realism</RequestId></Error>"
+    )
+    return 403, [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))], body
+
+
 def _status_line(code):
     return {400: "400 Bad Request", 403: "403 Forbidden", 404: "404 Not Found", 200: "200 OK"}.get(
         code, f"{code} Error"
@@ -98,6 +128,11 @@ class Realism:
         if environ.get("PATH_INFO", "").startswith("/realism"):
             return self._control(environ, start_response)
         self.world.advance()
+        expired = _presigned(environ)
+        if expired is not None:
+            self.world.count("s3:presigned-expired")
+            start_response(_status_line(403), expired[1])
+            return [expired[2]]
         headers = _headers(environ)
         identities.set_caller(headers)
         region, service = access.credential_scope(headers)
@@ -212,7 +247,9 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("-H", "--host", default="127.0.0.1")
     parser.add_argument("-p", "--port", type=int, default=5000)
+    parser.add_argument("--console-dir", help="where the test booter records instances' consoles")
     args = parser.parse_args()
+    ec2.CONSOLE_DIR = args.console_dir
     os.environ.setdefault("MOTO_PORT", str(args.port))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
