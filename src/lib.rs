@@ -13,4 +13,5 @@ pub mod placement;
 pub mod reachability;
 pub mod reasons;
 pub mod telemetry;
+pub mod user_data;
 pub mod worker;

@@ -106,6 +106,12 @@ enum Command {
         /// run outside EC2 (tests, the demo: 127.0.0.1). Leave empty on AWS.
         #[arg(long, env = "TENDER_TRUSTED_BROWSER_HOSTS", value_delimiter = ',')]
         trusted_browser_hosts: Vec<String>,
+        /// Directory of the worker agents the controller publishes to the
+        /// repository and workers download at boot
+        /// (`tender-worker-x86_64.gz`, `tender-worker-arm64.gz`; the
+        /// controller image carries both).
+        #[arg(long, env = "TENDER_AGENTS_DIR", default_value = "/usr/lib/tender/agents")]
+        agents_dir: std::path::PathBuf,
     },
     /// Print the CustomResourceDefinitions as YAML, or write one file per
     /// CRD into a folder.
@@ -197,6 +203,7 @@ fn main() -> ExitCode {
             repository_count_seconds,
             require_worker_sender,
             trusted_browser_hosts,
+            agents_dir,
         } => {
             let election = leader_elect.then(|| ElectionConfig {
                 namespace: leader_election_namespace
@@ -224,6 +231,7 @@ fn main() -> ExitCode {
                 ),
                 require_worker_sender,
                 trusted_browser_hosts,
+                agents_dir,
             };
             run_async(async move { controller::run(options).await })
         }

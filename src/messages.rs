@@ -116,38 +116,6 @@ impl WorkerTask {
     }
 }
 
-/// Markers around the task in a worker's user data.
-const TASK_BEGIN: &str = "cat > /run/tender/task.json <<'TENDER_TASK'\n";
-const TASK_END: &str = "\nTENDER_TASK\n";
-
-/// The systemd unit the agent runs in (`$INSTANCE_ID` is filled in by the
-/// user data's shell): an unprivileged user of its own (`DynamicUser`)
-/// whose one capability is binding port 443 (the file-level browser). The
-/// agent needs no more: it reads disks through the EBS direct APIs and
-/// restore points from S3, never a block device, so it gets none
-/// (`PrivateDevices`); the task (root's, mode 0600) reaches it as a
-/// systemd credential.
-const WORKER_UNIT: &str = "[Unit]\n\
-     Description=Tender worker agent\n\
-     Wants=network-online.target\n\
-     After=network-online.target\n\
-     [Service]\n\
-     Type=exec\n\
-     ExecStart=tender worker --task-file %d/task --instance-id ${INSTANCE_ID}\n\
-     LoadCredential=task:/run/tender/task.json\n\
-     DynamicUser=yes\n\
-     AmbientCapabilities=CAP_NET_BIND_SERVICE\n\
-     CapabilityBoundingSet=CAP_NET_BIND_SERVICE\n\
-     NoNewPrivileges=yes\n\
-     UMask=0077\n\
-     PrivateDevices=yes\n\
-     ProtectSystem=strict\n\
-     ProtectHome=yes\n\
-     ProtectKernelTunables=yes\n\
-     ProtectKernelModules=yes\n\
-     ProtectControlGroups=yes\n\
-     RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX\n";
-
 impl WorkerTask {
     /// What this task does, and so which permissions its worker needs.
     pub fn profile(&self) -> WorkerProfile {
@@ -158,38 +126,17 @@ impl WorkerTask {
         }
     }
 
-    /// The user data of a worker instance: a script that writes the task,
-    /// reads the instance ID through IMDSv2, and starts the agent (which
-    /// the worker AMI carries as `tender`) as the systemd service
-    /// [`WORKER_UNIT`], unprivileged.
-    pub fn user_data(&self) -> Result<String, serde_json::Error> {
-        let task = serde_json::to_string(self)?;
-        Ok(format!(
-            "#!/bin/sh\n\
-             # Tender worker bootstrap: run the worker agent with this task,\n\
-             # as an unprivileged user that may bind port 443 and nothing more.\n\
-             set -eu\n\
-             umask 077\n\
-             mkdir -p /run/tender\n\
-             {TASK_BEGIN}{task}{TASK_END}\
-             IMDS=http://169.254.169.254/latest\n\
-             TOKEN=$(curl -sS -X PUT \"$IMDS/api/token\" -H 'X-aws-ec2-metadata-token-ttl-seconds: 300')\n\
-             INSTANCE_ID=$(curl -sS -H \"X-aws-ec2-metadata-token: $TOKEN\" \"$IMDS/meta-data/instance-id\")\n\
-             case \"$INSTANCE_ID\" in i-[0-9a-f]*) ;; *) echo \"not an instance ID: $INSTANCE_ID\" >&2; exit 1 ;; esac\n\
-             cat > /run/systemd/system/tender-worker.service <<TENDER_UNIT\n\
-             {WORKER_UNIT}\
-             TENDER_UNIT\n\
-             systemctl daemon-reload\n\
-             exec systemctl start tender-worker.service\n"
-        ))
+    /// The user data of a worker with this task (see [`crate::user_data`]).
+    pub fn user_data(
+        &self,
+        agent: Option<&crate::user_data::AgentDownload>,
+    ) -> Result<String, crate::user_data::UserDataError> {
+        crate::user_data::render(self, agent)
     }
 
-    /// The task inside a worker's user data, as [`WorkerTask::user_data`]
-    /// wrote it.
+    /// The task inside a worker's user data.
     pub fn from_user_data(user_data: &str) -> Option<WorkerTask> {
-        let start = user_data.find(TASK_BEGIN)? + TASK_BEGIN.len();
-        let len = user_data[start..].find(TASK_END)?;
-        serde_json::from_str(&user_data[start..start + len]).ok()
+        crate::user_data::task_of(user_data)
     }
 }
 
@@ -495,31 +442,8 @@ mod tests {
     }
 
     #[test]
-    fn the_task_travels_in_a_boot_script() {
+    fn what_a_task_does_picks_its_permissions() {
         let task = WorkerTask::sample();
-        let script = task.user_data().expect("renders");
-        assert!(script.starts_with("#!/bin/sh\n"));
-        assert!(script.contains(
-            "\nExecStart=tender worker --task-file %d/task --instance-id ${INSTANCE_ID}\n"
-        ));
-        assert!(script.contains("\nLoadCredential=task:/run/tender/task.json\n"));
-        for unprivileged in [
-            "DynamicUser=yes",
-            "AmbientCapabilities=CAP_NET_BIND_SERVICE",
-            "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
-            "NoNewPrivileges=yes",
-            "PrivateDevices=yes",
-        ] {
-            assert!(
-                script.contains(&format!("\n{unprivileged}\n")),
-                "{unprivileged}"
-            );
-        }
-        assert!(script.ends_with("\nexec systemctl start tender-worker.service\n"));
-        assert!(script.contains("X-aws-ec2-metadata-token"), "IMDSv2");
-        assert_eq!(WorkerTask::from_user_data(&script), Some(task.clone()));
-        assert_eq!(WorkerTask::from_user_data("#!/bin/sh\necho hi\n"), None);
-
         // What it does picks the worker's permissions.
         assert_eq!(task.profile(), WorkerProfile::Backup);
         let restore = WorkerTask {

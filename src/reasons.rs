@@ -101,6 +101,9 @@ failure_reasons! {
     retriable: [
         /// The worker went silent, or its instance stopped or died.
         WorkerLost,
+        /// The worker did not send `started` within `bootTimeoutSeconds`;
+        /// the message ends with its console output.
+        WorkerBootTimeout,
         RepositoryMissing,
         SnapshotFailed,
         SnapshotUnreadable,
@@ -174,6 +177,10 @@ pub enum BlockedReason {
     /// The repository names no integrity key (it was stored before
     /// `spec.integrity` existed): nothing is written or read unauthenticated.
     RepositoryIntegrityMissing,
+    /// The worker agent cannot be delivered: it cannot be published to the
+    /// repository, or this controller carries none for the workers'
+    /// architecture and their image has none either.
+    AgentUnavailable,
 }
 
 impl BlockedReason {
@@ -188,6 +195,7 @@ impl BlockedReason {
             BlockedReason::NamespaceNotAdmitted => "NamespaceNotAdmitted",
             BlockedReason::BackupRepositoryNotFound => "BackupRepositoryNotFound",
             BlockedReason::RepositoryIntegrityMissing => "RepositoryIntegrityMissing",
+            BlockedReason::AgentUnavailable => "AgentUnavailable",
         }
     }
 }

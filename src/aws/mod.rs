@@ -12,6 +12,7 @@
 //! [`AwsClients::repository`] and [`AwsClients::macs`].
 
 pub mod account_checks;
+pub mod agent_objects;
 pub mod accounts;
 pub mod batch;
 pub mod consistency;

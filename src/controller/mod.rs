@@ -12,6 +12,7 @@
 //! - `garbage_collector`: the sweep that terminates orphaned workers.
 //! - `leader`: Lease-based leader election.
 
+pub mod agents;
 pub mod backup_job;
 pub mod backup_repository;
 pub mod configuration_checks;
@@ -74,6 +75,9 @@ pub enum Error {
     /// A source EC2 does not show yet (eventual consistency); retried.
     #[error("{0} (not visible yet; retrying)")]
     NotVisibleYet(String),
+    /// A worker's user data cannot be made (its size, its agent URL).
+    #[error("cannot make the worker's user data: {0}")]
+    UserData(#[from] crate::user_data::UserDataError),
 }
 
 impl Error {
@@ -87,6 +91,7 @@ impl Error {
             Error::MissingObjectKey(_) => "InvalidObject",
             Error::Timeout(_) => "Timeout",
             Error::NotVisibleYet(_) => "NotVisibleYet",
+            Error::UserData(_) => "UserDataInvalid",
         }
     }
 }
@@ -163,6 +168,8 @@ pub struct Context {
     /// How long a restore waits for EBS to seal its snapshots and for its
     /// AMI to become available (see Options).
     pub restored_snapshot_timeout: Duration,
+    /// The worker agents this controller delivers to workers' user data.
+    pub agents: Arc<agents::AgentStore>,
     failures: Mutex<HashMap<String, u32>>,
     /// One launch decision at a time per configuration (by UID).
     launch_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -339,6 +346,8 @@ pub struct Options {
     /// snapshots to be `completed` (and its AMI `available`) before it
     /// fails with `RestoredSnapshotTimedOut`.
     pub restored_snapshot_timeout: Duration,
+    /// Where the worker agents are (`tender-worker-<arch>.gz`).
+    pub agents_dir: std::path::PathBuf,
 }
 
 pub use run::run;

@@ -56,6 +56,12 @@ async fn resolve_cluster_id(client: &Client, configured: Option<String>) -> Resu
 /// Runs the controller until SIGTERM or Ctrl-C, or until it loses
 /// leadership (then it exits with an error, to restart as a candidate).
 pub async fn run(opts: Options) -> anyhow_like::Result {
+    let agents = super::agents::AgentStore::load(&opts.agents_dir).map_err(|e| {
+        format!(
+            "cannot read the worker agents in {}: {e}",
+            opts.agents_dir.display()
+        )
+    })?;
     let client = Client::try_default().await?;
     let aws = AwsClients::from_env().await;
     let metrics = aws.metrics();
@@ -78,7 +84,7 @@ pub async fn run(opts: Options) -> anyhow_like::Result {
         None => (None, None),
     };
 
-    let result = run_leader(client, aws, opts, leadership).await;
+    let result = run_leader(client, aws, opts, Arc::new(agents), leadership).await;
     if let Some(lease) = lease {
         lease.release().await;
     }
@@ -90,6 +96,7 @@ async fn run_leader(
     client: Client,
     aws: AwsClients,
     opts: Options,
+    agents: Arc<super::agents::AgentStore>,
     leadership: Option<tokio::sync::watch::Receiver<bool>>,
 ) -> anyhow_like::Result {
     let cluster_id = resolve_cluster_id(&client, opts.cluster_id.clone()).await?;
@@ -150,6 +157,7 @@ async fn run_leader(
         },
         (workers, reach_tx),
         &opts,
+        agents,
     ));
 
     let controllers = Controllers {
@@ -288,6 +296,7 @@ impl Context {
             futures::channel::mpsc::UnboundedSender<ObjectRef<WorkerConfiguration>>,
         ),
         opts: &Options,
+        agents: Arc<super::agents::AgentStore>,
     ) -> Self {
         let reporter = Reporter {
             controller: CONTROLLER_NAME.into(),
@@ -309,6 +318,7 @@ impl Context {
             pumps: QueuePumps::new(triggers, opts.require_worker_sender),
             trusted_browser_hosts: opts.trusted_browser_hosts.clone(),
             restored_snapshot_timeout: opts.restored_snapshot_timeout,
+            agents: agents.clone(),
             heartbeat_seconds: opts.heartbeat_seconds,
             network_recheck: opts.network_recheck,
             repository_count: opts.repository_count,

@@ -108,7 +108,7 @@ impl RepositoryLocation {
         .owned_by(repository)
     }
 
-    fn owned_by(mut self, repository: &crate::api::BackupRepositorySpec) -> Self {
+    pub fn owned_by(mut self, repository: &crate::api::BackupRepositorySpec) -> Self {
         self.expected_owner = Some(repository.expected_bucket_owner.clone());
         self.kms_key_id = repository.encryption.kms_key().map(String::from);
         self

@@ -466,6 +466,14 @@ pub fn hold_launches<W>(
     status.conditions = conditions::merge(&status.conditions, &desired, generation, now);
 }
 
+/// Whether launches are already held for `problem` (its reason and message
+/// are the `Ready` condition's): its Event was published then.
+pub fn held_for<W>(status: &JobStatus<W>, problem: &Problem) -> bool {
+    status.conditions.iter().any(|c| {
+        c.type_ == READY && c.reason == problem.reason.as_str() && c.message == problem.message
+    })
+}
+
 /// How often an unfinished job is looked at even when nothing happens
 /// (worker messages wake it much sooner).
 pub const SAFETY_REQUEUE: Duration = Duration::from_secs(300);

@@ -14,7 +14,8 @@ use kube::runtime::events::EventType;
 use tracing::info;
 
 use super::admission;
-use super::core::mark_failed;
+use super::core::{Problem, mark_failed};
+use crate::controller::agents::{self, AgentDownload, AgentSource};
 use super::job_access;
 use super::kind::{TaskDetails, WorkerJob};
 use crate::api::{JobStatus, JobWorker, Phase, WorkerAccount, WorkerConfiguration, WorkerStatus};
@@ -122,18 +123,18 @@ fn not_visible_yet<K: WorkerJob>(job: &K, reason: &FailureReason, now: Timestamp
 pub async fn launch_workers<K: WorkerJob>(
     job: &K,
     config: &WorkerConfiguration,
-    (queue_url, repository): (&str, &RepositoryLocation),
+    (queue_url, repository, source): (&str, &RepositoryLocation, &AgentSource),
     status: &mut JobStatus<K::Worker>,
     ctx: &Context,
     reconcile_started: Instant,
     recorded_tokens: &HashSet<String>,
-) -> Result<()> {
+) -> Result<Option<Problem>> {
     let waiting: Vec<usize> = (0..status.workers.len())
         .filter(|&i| status.workers[i].is_waiting_to_launch())
         .collect();
     if waiting.is_empty() {
         status.queue_position = None;
-        return Ok(());
+        return Ok(None);
     }
     // With maxConcurrentWorkers, one launch decision at a time per
     // configuration, so that concurrent reconciles never exceed it together.
@@ -148,6 +149,16 @@ pub async fn launch_workers<K: WorkerJob>(
     };
     let (allowed, position) = admission::allowance(ctx, config, job, status, waiting.len());
     status.queue_position = position.map(|p| p as i32);
+    // The agent the workers download at boot, published before the first
+    // of them is launched.
+    let agent = if allowed > 0 {
+        match agents::for_launch(ctx, config, source).await {
+            Ok(agent) => agent,
+            Err(problem) => return Ok(Some(problem)),
+        }
+    } else {
+        None
+    };
     for &i in waiting.iter().take(allowed) {
         let worker = &mut status.workers[i];
         let access = job_access(job, worker.access.as_ref());
@@ -178,6 +189,7 @@ pub async fn launch_workers<K: WorkerJob>(
             config,
             queue_url,
             repository,
+            agent: agent.as_ref(),
             aws: &aws,
             reconcile_started,
             details,
@@ -187,7 +199,7 @@ pub async fn launch_workers<K: WorkerJob>(
     // Count what was launched before the lock is released: the next
     // decision must see it even before this job's status is written.
     admission::record_written(ctx, job, status);
-    Ok(())
+    Ok(None)
 }
 
 /// Adopts a live instance launched with the worker's token, if the view
@@ -231,6 +243,8 @@ struct Launch<'a> {
     config: &'a WorkerConfiguration,
     queue_url: &'a str,
     repository: &'a RepositoryLocation,
+    /// Where the worker downloads its agent; `None`: its image carries it.
+    agent: Option<&'a AgentDownload>,
     aws: &'a AwsClients,
     reconcile_started: Instant,
     details: TaskDetails,
@@ -308,7 +322,16 @@ async fn try_subnet<K: WorkerJob>(
     w: &mut WorkerStatus,
     ctx: &Context,
 ) -> Result<SubnetOutcome> {
-    let spec = worker_launch(job, launch, w, ctx)?;
+    let spec = match worker_launch(job, launch, w, ctx) {
+        Ok(spec) => spec,
+        // Never launchable as it is (its task is too large for EC2's user
+        // data): fail the worker rather than the reconcile, forever.
+        Err(Error::UserData(e)) => {
+            mark_failed(w, FailureReason::LaunchFailed, &e.to_string(), Timestamp::now());
+            return Ok(SubnetOutcome::Stop);
+        }
+        Err(e) => return Err(e),
+    };
     let e = match launch.aws.instances().launch_worker(&spec).await {
         Ok(instance) => {
             crate::faults::crash_point("after-run-instances");
@@ -491,7 +514,7 @@ fn worker_launch<K: WorkerJob>(
         root_kms_key_id: config.spec.root_volume.kms_key_id.clone(),
         launch_token: worker.launch_token.clone(),
         tags: placement::worker_tags(&owner, &config.spec.tags),
-        user_data: task.user_data()?,
+        user_data: task.user_data(launch.agent)?,
     })
 }
 

@@ -39,6 +39,7 @@ use self::configuration::{choose_configuration, choose_repository};
 use self::core::{JobFacts, Liveness, Problem, mark_failed};
 use self::kind::WorkerJob;
 use self::status::{baseline, write_status};
+use super::agents::AgentSource;
 use super::reach;
 use super::reports::{Receipt, delete_receipts};
 use super::{Context, Error, Result};
@@ -145,8 +146,9 @@ impl<K: WorkerJob> Pass<'_, K> {
 /// The configuration a job works with, once resolved.
 struct Resolved {
     config: Arc<WorkerConfiguration>,
-    /// Where its restore points are; `None` while launches are blocked.
-    repository: Option<RepositoryLocation>,
+    /// Where its restore points are, and the repository its workers'
+    /// agent is published to; `None` while launches are blocked.
+    repository: Option<(RepositoryLocation, AgentSource)>,
     queue_url: Option<String>,
     /// Why new launches wait (existing workers are followed regardless).
     blocked: Option<Problem>,
@@ -313,7 +315,7 @@ fn job_repository<K: WorkerJob>(
     job: &K,
     repositories: &[Arc<BackupRepository>],
     labels: &BTreeMap<String, String>,
-) -> std::result::Result<RepositoryLocation, Problem> {
+) -> std::result::Result<(RepositoryLocation, AgentSource), Problem> {
     for other in job.other_repository_refs() {
         choose_repository(other, repositories, labels)?;
     }
@@ -322,9 +324,15 @@ fn job_repository<K: WorkerJob>(
         message: "spec.repositoryRef is missing".into(),
     })?;
     let chosen = choose_repository(reference, repositories, labels)?;
-    Ok(RepositoryLocation::of(
-        &chosen.spec,
-        &job.namespace().unwrap_or_default(),
+    let spec = &chosen.spec;
+    let source = AgentSource {
+        name: chosen.name_any(),
+        location: RepositoryLocation::new(&spec.bucket, &spec.prefix, &spec.region).owned_by(spec),
+        access: spec.access.clone(),
+    };
+    Ok((
+        RepositoryLocation::of(spec, &job.namespace().unwrap_or_default()),
+        source,
     ))
 }
 
@@ -417,16 +425,17 @@ async fn launch_or_hold<K: WorkerJob>(
         .flat_map(|s| s.workers.iter())
         .map(|w| w.launch_token.clone())
         .collect();
+    let mut agent_problem = None;
     match (&resolved.blocked, &resolved.queue_url) {
         (None, Some(queue_url)) if !job.suspended() => {
             let config = &resolved.config;
-            let Some(repository) = &resolved.repository else {
+            let Some((repository, source)) = &resolved.repository else {
                 return Err(Error::MissingObjectKey("the job's BackupRepository"));
             };
-            launch::launch_workers(
+            agent_problem = launch::launch_workers(
                 job,
                 config,
-                (queue_url, repository),
+                (queue_url, repository, source),
                 status,
                 ctx,
                 pass.started,
@@ -453,7 +462,15 @@ async fn launch_or_hold<K: WorkerJob>(
     }
     pass.finalize(status, None);
     let waiting = status.workers.iter().any(|w| w.is_waiting_to_launch());
-    if let (Some(problem), true, false) = (&resolved.blocked, waiting, status.phase.is_finished()) {
+    let blocked = resolved.blocked.as_ref().or(agent_problem.as_ref());
+    if let (Some(problem), true, false) = (blocked, waiting, status.phase.is_finished()) {
+        if let Some(problem) = &agent_problem
+            && !core::held_for(status, problem)
+        {
+            let note = problem.message.clone();
+            ctx.event(job, EventType::Warning, problem.reason.as_str(), "DeliverAgent", note)
+                .await;
+        }
         core::hold_launches(status, problem, pass.generation(), Timestamp::now());
     }
     Ok(())

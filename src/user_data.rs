@@ -1,0 +1,245 @@
+//! A worker instance's user data: the shell script that cloud-init runs
+//! once at first boot on a stock image. It writes the worker's task, reads
+//! the instance ID through IMDSv2, fetches the worker agent through the
+//! presigned URL the controller made (unless the image already carries
+//! `tender` at the controller's version), refuses it unless its SHA-256 is
+//! the one given, and starts it unprivileged: as a systemd service with a
+//! dynamic user where the image has systemd, else as UID 65532 through
+//! `setpriv`. Everything it prints goes to the instance's console, which the
+//! controller reads (GetConsoleOutput) when a worker does not start in
+//! time. The README's "What the user data does" walks through it.
+
+use crate::messages::WorkerTask;
+
+/// EC2's limit on user data, before base64 ("Work with instance user data",
+/// EC2 User Guide).
+pub const USER_DATA_LIMIT: usize = 16 * 1024;
+
+/// Markers around the task in a worker's user data.
+pub(crate) const TASK_BEGIN: &str = "cat > /run/tender/task.json <<'TENDER_TASK'\n";
+pub(crate) const TASK_END: &str = "\nTENDER_TASK\n";
+
+/// Where a worker gets its agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentDownload {
+    /// A presigned GET URL of the compressed agent (gzip).
+    pub url: String,
+    /// SHA-256 of what the URL serves, hex.
+    pub sha256: String,
+}
+
+/// The systemd unit the agent runs in (`$AGENT` and `$INSTANCE_ID` are
+/// filled in by the script's shell): an unprivileged user of its own
+/// (`DynamicUser`) whose one capability is binding port 443 (the
+/// file-level browser). The agent needs no more: it reads disks through
+/// the EBS direct APIs and restore points from S3, never a block device, so
+/// it gets none (`PrivateDevices`); the task (root's, mode 0600) reaches it
+/// as a systemd credential. Its logs go to the journal.
+const WORKER_UNIT: &str = "[Unit]
+Description=Tender worker agent
+Wants=network-online.target
+After=network-online.target
+[Service]
+Type=exec
+ExecStart=${AGENT} worker --task-file %d/task --instance-id ${INSTANCE_ID}
+LoadCredential=task:/run/tender/task.json
+DynamicUser=yes
+AmbientCapabilities=CAP_NET_BIND_SERVICE
+CapabilityBoundingSet=CAP_NET_BIND_SERVICE
+NoNewPrivileges=yes
+UMask=0077
+PrivateDevices=yes
+ProtectSystem=strict
+ProtectHome=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectControlGroups=yes
+RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
+";
+
+/// The script; `@TASK@`, `@VERSION@`, `@SHA256@`, `@URL@` and `@UNIT@` are
+/// filled in by [`render`].
+const SCRIPT: &str = r#"#!/bin/sh
+# Tender worker bootstrap, run once at first boot. It fetches the worker
+# agent, checks its SHA-256 and runs it with this task as an unprivileged
+# user whose one capability is binding port 443. What it prints is the
+# instance's console output, which Tender shows when a worker does not
+# start in time.
+set -eu
+umask 077
+say() { echo "tender-boot: $*"; }
+fail() { echo "tender-boot: error: $*"; exit 1; }
+mkdir -p /run/tender
+@TASK@# The instance ID, through IMDSv2 (AWS_EC2_METADATA_SERVICE_ENDPOINT
+# overrides the address, as it does for the AWS SDKs).
+IMDS=${AWS_EC2_METADATA_SERVICE_ENDPOINT:-http://169.254.169.254}
+IMDS=${IMDS%/}
+TOKEN=$(curl -fsS --retry 5 --retry-connrefused --max-time 10 -X PUT "$IMDS/latest/api/token" -H 'X-aws-ec2-metadata-token-ttl-seconds: 300') || fail "cannot reach the instance metadata service at $IMDS"
+INSTANCE_ID=$(curl -fsS --retry 5 --max-time 10 -H "X-aws-ec2-metadata-token: $TOKEN" "$IMDS/latest/meta-data/instance-id") || fail "cannot read the instance ID from $IMDS"
+case "$INSTANCE_ID" in i-[0-9a-f]*) ;; *) fail "not an instance ID: $INSTANCE_ID" ;; esac
+say "instance $INSTANCE_ID, task for tender @VERSION@"
+VERSION='@VERSION@'
+SHA256='@SHA256@'
+URL='@URL@'
+if command -v tender >/dev/null 2>&1 && [ "$(tender --version 2>/dev/null)" = "tender $VERSION" ]; then
+  AGENT=$(command -v tender)
+  say "the image carries tender $VERSION ($AGENT): no download"
+elif [ -z "$URL" ]; then
+  fail "this image has no tender $VERSION and the controller has no $(uname -m) agent to download: set the WorkerConfiguration's architecture, or use an image that carries tender $VERSION"
+else
+  mkdir -p -m 0755 /var/lib/tender
+  say "downloading the worker agent (SHA-256 $SHA256)"
+  curl -fsS --retry 5 --retry-connrefused --connect-timeout 10 --max-time 600 -o /var/lib/tender/agent.gz "$URL" || fail "cannot download the worker agent from ${URL%%\?*} (curl exit $?): check that the workers' subnets route to S3 (internet gateway, NAT gateway or S3 VPC endpoint) and that the URL has not expired"
+  GOT=$(sha256sum /var/lib/tender/agent.gz | cut -d' ' -f1)
+  if [ "$GOT" != "$SHA256" ]; then
+    rm -f /var/lib/tender/agent.gz
+    fail "digest mismatch: the downloaded agent's SHA-256 is $GOT, expected $SHA256; refusing to run it"
+  fi
+  say "SHA-256 verified: $(wc -c </var/lib/tender/agent.gz) bytes"
+  gzip -dc /var/lib/tender/agent.gz >/var/lib/tender/tender.new || fail "cannot unpack the worker agent"
+  rm -f /var/lib/tender/agent.gz
+  chmod 0755 /var/lib/tender/tender.new
+  mv /var/lib/tender/tender.new /var/lib/tender/tender
+  AGENT=/var/lib/tender/tender
+fi
+RUNS=$("$AGENT" --version 2>&1) || fail "the worker agent does not run on this image ($(uname -m)): $RUNS"
+say "starting $RUNS"
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+  cat >/run/systemd/system/tender-worker.service <<TENDER_UNIT
+@UNIT@TENDER_UNIT
+  systemctl daemon-reload
+  systemctl start tender-worker.service || fail "the tender-worker service did not start: journalctl -u tender-worker"
+  say "started tender-worker.service (its logs: journalctl -u tender-worker)"
+else
+  say "no systemd: running the agent as UID 65532 with CAP_NET_BIND_SERVICE only"
+  chown 65532:65532 /run/tender/task.json
+  exec setpriv --reuid=65532 --regid=65532 --clear-groups --inh-caps=-all,+net_bind_service --ambient-caps=-all,+net_bind_service --bounding-set=-all,+net_bind_service --no-new-privs "$AGENT" worker --task-file /run/tender/task.json --instance-id "$INSTANCE_ID"
+fi
+"#;
+
+/// Why a user data could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum UserDataError {
+    #[error("cannot serialize the worker task: {0}")]
+    Task(#[from] serde_json::Error),
+    #[error("the agent URL or digest would break the user data script")]
+    UnsafeDownload,
+    #[error("the user data is {0} bytes, more than EC2's 16 KiB")]
+    TooLarge(usize),
+}
+
+/// The user data of a worker with this task: it downloads the agent from
+/// `agent`, or (without one) runs the image's own `tender`.
+pub fn render(task: &WorkerTask, agent: Option<&AgentDownload>) -> Result<String, UserDataError> {
+    let json = serde_json::to_string(task)?;
+    let (url, sha256) = agent.map_or(("", ""), |a| (a.url.as_str(), a.sha256.as_str()));
+    // Both go between single quotes: a presigned URL is percent-encoded and
+    // a digest is hex, but nothing is assumed.
+    let safe = |s: &str| !s.contains(['\'', '\n', '\r', '\\']);
+    if !safe(url) || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(UserDataError::UnsafeDownload);
+    }
+    // The task last: nothing in it is taken for a placeholder.
+    let script = SCRIPT
+        .replace("@VERSION@", env!("CARGO_PKG_VERSION"))
+        .replace("@SHA256@", sha256)
+        .replace("@URL@", url)
+        .replace("@UNIT@", WORKER_UNIT)
+        .replace("@TASK@", &format!("{TASK_BEGIN}{json}{TASK_END}"));
+    if script.len() > USER_DATA_LIMIT {
+        return Err(UserDataError::TooLarge(script.len()));
+    }
+    Ok(script)
+}
+
+/// The task inside a worker's user data, as [`render`] wrote it.
+pub fn task_of(user_data: &str) -> Option<WorkerTask> {
+    let start = user_data.find(TASK_BEGIN)? + TASK_BEGIN.len();
+    let len = user_data[start..].find(TASK_END)?;
+    serde_json::from_str(&user_data[start..start + len]).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn download() -> AgentDownload {
+        AgentDownload {
+            url: "https://bucket.s3.us-east-1.amazonaws.com/p/.tender-agents/sha256/ab.gz?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=00".into(),
+            sha256: "ab".repeat(32),
+        }
+    }
+
+    #[test]
+    fn the_script_downloads_checks_and_starts_the_agent_unprivileged() {
+        let task = WorkerTask::sample();
+        let script = render(&task, Some(&download())).unwrap();
+        assert!(script.starts_with("#!/bin/sh\n"));
+        assert!(script.contains(&format!("\nSHA256='{}'\n", "ab".repeat(32))));
+        assert!(script.contains("\nURL='https://bucket.s3.us-east-1.amazonaws.com/"));
+        assert!(script.contains("[ \"$GOT\" != \"$SHA256\" ]"), "digest check");
+        assert!(
+            script.contains("\nExecStart=${AGENT} worker --task-file %d/task --instance-id ${INSTANCE_ID}\n")
+        );
+        for unprivileged in [
+            "DynamicUser=yes",
+            "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+            "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+            "NoNewPrivileges=yes",
+            "PrivateDevices=yes",
+            "LoadCredential=task:/run/tender/task.json",
+        ] {
+            assert!(
+                script.contains(&format!("\n{unprivileged}\n")),
+                "{unprivileged}"
+            );
+        }
+        assert!(script.contains("--bounding-set=-all,+net_bind_service --no-new-privs"));
+        assert!(script.contains("X-aws-ec2-metadata-token"), "IMDSv2");
+        assert!(!script.contains('@'), "every placeholder is filled in");
+        assert_eq!(task_of(&script), Some(task.clone()));
+        assert_eq!(task_of("#!/bin/sh\necho hi\n"), None);
+        // Without an agent to download, the image's own tender runs.
+        let own = render(&task, None).unwrap();
+        assert!(own.contains("\nURL=''\n"));
+        assert_eq!(task_of(&own), Some(task));
+    }
+
+    #[test]
+    fn nothing_can_break_out_of_the_quotes_and_the_size_is_checked() {
+        let task = WorkerTask::sample();
+        let mut bad = download();
+        bad.url.push_str("'; rm -rf / #");
+        assert!(matches!(
+            render(&task, Some(&bad)),
+            Err(UserDataError::UnsafeDownload)
+        ));
+        let mut bad = download();
+        bad.sha256 = "$(reboot)".into();
+        assert!(matches!(
+            render(&task, Some(&bad)),
+            Err(UserDataError::UnsafeDownload)
+        ));
+        let mut big = download();
+        big.url.push_str(&"a".repeat(USER_DATA_LIMIT));
+        assert!(matches!(
+            render(&task, Some(&big)),
+            Err(UserDataError::TooLarge(_))
+        ));
+    }
+
+    /// The script is valid POSIX shell (`sh -n`), with and without an
+    /// agent to download.
+    #[test]
+    fn the_script_parses() {
+        let task = WorkerTask::sample();
+        for agent in [Some(download()), None] {
+            let script = render(&task, agent.as_ref()).unwrap();
+            let out = std::process::Command::new("sh")
+                .args(["-n", "-c", &script])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
