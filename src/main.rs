@@ -110,7 +110,11 @@ enum Command {
         /// repository and workers download at boot
         /// (`tender-worker-x86_64.gz`, `tender-worker-arm64.gz`; the
         /// controller image carries both).
-        #[arg(long, env = "TENDER_AGENTS_DIR", default_value = "/usr/lib/tender/agents")]
+        #[arg(
+            long,
+            env = "TENDER_AGENTS_DIR",
+            default_value = "/usr/lib/tender/agents"
+        )]
         agents_dir: std::path::PathBuf,
     },
     /// Print the CustomResourceDefinitions as YAML, or write one file per

@@ -420,7 +420,10 @@ mod tests {
             ..Default::default()
         };
         let x86 = Architecture::X86_64;
-        assert_eq!(backup_instance_type(Some(&configured), x86, 50_000), "m5.xlarge");
+        assert_eq!(
+            backup_instance_type(Some(&configured), x86, 50_000),
+            "m5.xlarge"
+        );
         assert_eq!(backup_instance_type(None, x86, 50_000), "c5.4xlarge");
         assert_eq!(
             backup_instance_type(None, Architecture::Arm64, 50_000),

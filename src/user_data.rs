@@ -177,10 +177,13 @@ mod tests {
         assert!(script.starts_with("#!/bin/sh\n"));
         assert!(script.contains(&format!("\nSHA256='{}'\n", "ab".repeat(32))));
         assert!(script.contains("\nURL='https://bucket.s3.us-east-1.amazonaws.com/"));
-        assert!(script.contains("[ \"$GOT\" != \"$SHA256\" ]"), "digest check");
         assert!(
-            script.contains("\nExecStart=${AGENT} worker --task-file %d/task --instance-id ${INSTANCE_ID}\n")
+            script.contains("[ \"$GOT\" != \"$SHA256\" ]"),
+            "digest check"
         );
+        assert!(script.contains(
+            "\nExecStart=${AGENT} worker --task-file %d/task --instance-id ${INSTANCE_ID}\n"
+        ));
         for unprivileged in [
             "DynamicUser=yes",
             "AmbientCapabilities=CAP_NET_BIND_SERVICE",
@@ -239,7 +242,11 @@ mod tests {
                 .args(["-n", "-c", &script])
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
 }

@@ -24,9 +24,9 @@ pub use restore_job::{
     RestoreWorkerStatus, RestoredSnapshot,
 };
 pub use worker_configuration::{
-    AccountAccess, AllowedSources, Architecture, DEFAULT_CONFIGURATION_ANNOTATION, InstanceProfiles,
-    InstanceTypes, RootVolume, WorkerAccount, WorkerConfiguration, WorkerConfigurationSpec,
-    WorkerConfigurationStatus, WorkerSubnet,
+    AccountAccess, AllowedSources, Architecture, DEFAULT_CONFIGURATION_ANNOTATION,
+    InstanceProfiles, InstanceTypes, RootVolume, WorkerAccount, WorkerConfiguration,
+    WorkerConfigurationSpec, WorkerConfigurationStatus, WorkerSubnet,
 };
 
 /// AWS region names such as `us-east-1` or `us-gov-west-1`.

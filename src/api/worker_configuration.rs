@@ -234,7 +234,18 @@ pub struct WorkerConfigurationSpec {
 
 /// CPU architecture of worker instances, as EC2 names it.
 #[derive(
-    Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+    Deserialize,
+    Serialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    JsonSchema,
 )]
 pub enum Architecture {
     /// 64-bit x86 (Intel, AMD).

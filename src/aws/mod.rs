@@ -12,10 +12,11 @@
 //! [`AwsClients::repository`] and [`AwsClients::macs`].
 
 pub mod account_checks;
-pub mod agent_objects;
 pub mod accounts;
+pub mod agent_objects;
 pub mod batch;
 pub mod consistency;
+pub mod console;
 pub mod ebs;
 pub mod images;
 pub mod instance_cache;

@@ -133,6 +133,8 @@ operations! {
     // EC2: worker instances and the restored instance.
     RunInstances => Ec2, Controller;
     TerminateInstances => Ec2, Controller;
+    // What a worker that did not start printed (its user data's output).
+    GetConsoleOutput => Ec2, Controller;
     DescribeInstances => Ec2, Both [Backup];
     DescribeVolumes => Ec2, Both [Backup];
     DescribeImages => Ec2, Controller;
@@ -165,8 +167,10 @@ operations! {
     PutSnapshotBlock => Ebs, Worker [Restore];
     CompleteSnapshot => Ebs, Worker [Restore];
     // S3: the repository.
-    HeadObject => S3, Worker [Backup];
-    GetObject => S3, Worker [Backup, Restore, FileLevel];
+    // The controller publishes the worker agent (HeadObject, PutObject)
+    // and presigns its GetObject for the workers' user data.
+    HeadObject => S3, Both [Backup];
+    GetObject => S3, Both [Backup, Restore, FileLevel];
     PutObject => S3, Both [Backup, FileLevel];
     // S3: the controller checks a BackupRepository and counts what it holds.
     HeadBucket => S3, Controller;

@@ -135,7 +135,10 @@ impl AgentStore {
             let expected = artifact.sha256_b64();
             let held = repo.object_sha256(repository, &key).await?;
             if held.as_deref() != Some(expected.as_str()) {
-                info!(bucket = repository.bucket, key, "publishing the {arch} worker agent");
+                info!(
+                    bucket = repository.bucket,
+                    key, "publishing the {arch} worker agent"
+                );
                 repo.put_file(repository, &key, &artifact.path, &expected)
                     .await?;
             }
@@ -247,7 +250,10 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_eq!(x86.size, 3);
-        assert_eq!(x86.sha256_b64(), "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=");
+        assert_eq!(
+            x86.sha256_b64(),
+            "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0="
+        );
         assert!(store.artifact(Architecture::Arm64).is_none());
         assert_eq!(
             x86.key("team-a/"),

@@ -182,7 +182,9 @@ pub async fn resolve_image(
             Ok(other) => {
                 findings.push(Finding {
                     reason: events::IMAGE_NOT_RESOLVED,
-                    message: format!("SSM parameter {parameter} holds {other:?}, not an AMI ID; {what}"),
+                    message: format!(
+                        "SSM parameter {parameter} holds {other:?}, not an AMI ID; {what}"
+                    ),
                 });
                 None
             }
@@ -444,7 +446,10 @@ pub fn configured_instance_types(cfg: &WorkerConfiguration) -> Vec<String> {
         None => defaults.backup_sizes().to_vec(),
     };
     out.push(t.restore.unwrap_or_else(|| defaults.restore()));
-    out.push(t.file_level_recovery.unwrap_or_else(|| defaults.file_level()));
+    out.push(
+        t.file_level_recovery
+            .unwrap_or_else(|| defaults.file_level()),
+    );
     out.push(t.indexing.unwrap_or_else(|| defaults.indexing()));
     out
 }

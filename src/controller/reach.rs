@@ -62,17 +62,23 @@ pub fn never_reached_aws(w: &WorkerStatus, instance_state: Option<&str>) -> bool
     let instance_went = instance_state
         .map(InstanceState::from)
         .is_some_and(|s| s.is_going() || s.is_stopped());
-    w.phase == Phase::Failed
-        && w.reason.as_deref() == Some(FailureReason::WorkerLost.as_str())
-        && w.last_sequence == 0
-        && !instance_went
+    let silent = match w.reason.as_deref().map(FailureReason::parse) {
+        Some(FailureReason::WorkerLost) => true,
+        // Not a network problem when its console says the agent was refused
+        // or could not run (see `user_data`).
+        Some(FailureReason::WorkerBootTimeout) => !w.message.as_deref().is_some_and(|m| {
+            m.contains("digest mismatch") || m.contains("does not run on this image")
+        }),
+        _ => false,
+    };
+    w.phase == Phase::Failed && silent && w.last_sequence == 0 && !instance_went
 }
 
 /// What a worker of `job` (`<kind> <namespace>/<name>`) lost before its
 /// first message says about the network.
 pub fn unreached_note(job: &str, w: &WorkerStatus, timeout: Duration) -> String {
     format!(
-        "worker {} of {job} in {} never reported within heartbeatTimeoutSeconds ({} s): it most likely could not reach SQS in {}; check that subnet's way to AWS (public IP and internet gateway, NAT gateway, or VPC endpoints) and outbound TCP 443 in its security groups",
+        "worker {} of {job} in {} never reported within bootTimeoutSeconds ({} s): it most likely could not reach S3 or SQS in {}; check that subnet's way to AWS (public IP and internet gateway, NAT gateway, or VPC endpoints) and outbound TCP 443 in its security groups",
         w.instance_id.as_deref().unwrap_or("?"),
         w.subnet_id.as_deref().unwrap_or("its subnet"),
         timeout.as_secs(),

@@ -17,8 +17,8 @@ use super::job::kind::{Located, NotLocated, Settling, Target, TaskDetails, Worke
 use super::job::{self, job_access};
 use super::{Context, Error, Result};
 use crate::api::{
-    JobLimits, LocalObjectReference, WorkerConfigurationSpec, Phase, RestoreJob, RestoreJobStatus,
-    RestoreMode, RestoreWorkerStatus, WorkerConfiguration, WorkerStatus,
+    JobLimits, LocalObjectReference, Phase, RestoreJob, RestoreJobStatus, RestoreMode,
+    RestoreWorkerStatus, WorkerConfiguration, WorkerConfigurationSpec, WorkerStatus,
 };
 use crate::aws::AwsError;
 use crate::controller::events;

@@ -22,6 +22,8 @@ use crate::reasons::{BlockedReason, FailureReason};
 
 /// Reason of a worker that went silent or whose instance died.
 pub const WORKER_LOST: &str = FailureReason::WorkerLost.as_str();
+/// Reason of a worker that did not report that it started in time.
+pub const WORKER_BOOT_TIMEOUT: &str = FailureReason::WorkerBootTimeout.as_str();
 /// Reason of workers stopped by `activeDeadlineSeconds`.
 pub const DEADLINE_EXCEEDED: &str = FailureReason::DeadlineExceeded.as_str();
 
@@ -132,36 +134,91 @@ pub fn last_heard(
     .unwrap_or(process_start)
 }
 
-/// Why an active worker is lost, if it is: its instance is gone or stopped,
-/// or it has been silent for longer than `timeout`.
+/// How long a worker may take: to send `started` after its launch
+/// (`bootTimeoutSeconds`), and to stay silent once started
+/// (`heartbeatTimeoutSeconds`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub boot: Duration,
+    pub heartbeat: Duration,
+}
+
+impl From<Duration> for Timeouts {
+    /// The same limit for both.
+    fn from(d: Duration) -> Self {
+        Self {
+            boot: d,
+            heartbeat: d,
+        }
+    }
+}
+
+impl Timeouts {
+    /// The limit that applies to `w` now: the boot timeout until it has
+    /// reported that it started.
+    pub fn of(&self, w: &WorkerStatus) -> Duration {
+        if is_booting(w) {
+            self.boot
+        } else {
+            self.heartbeat
+        }
+    }
+}
+
+/// A launched worker that has not reported anything yet.
+fn is_booting(w: &WorkerStatus) -> bool {
+    w.phase == Phase::Provisioning && w.started_time.is_none() && w.last_sequence == 0
+}
+
+/// Why an active worker is lost, if it is: its instance is gone or stopped
+/// (`WorkerLost`), it has not started within the boot timeout
+/// (`WorkerBootTimeout`), or it has been silent for longer than the
+/// heartbeat timeout (`WorkerLost`).
 pub fn lost_reason(
     w: &WorkerStatus,
     observed_state: Option<&str>,
     last_heard: Timestamp,
-    timeout: Duration,
+    timeouts: impl Into<Timeouts>,
     now: Timestamp,
-) -> Option<String> {
+) -> Option<(FailureReason, String)> {
     let active = matches!(w.phase, Phase::Provisioning | Phase::Running)
         && w.instance_id.is_some()
         && w.terminated_time.is_none();
     if !active {
         return None;
     }
+    let id = w.instance_id.as_deref().unwrap_or_default();
     if let Some(state) = observed_state.map(InstanceState::from)
         && (state.is_going() || state.is_stopped())
     {
-        return Some(format!(
-            "worker instance {} is {state}",
-            w.instance_id.as_deref().unwrap_or_default()
+        return Some((
+            FailureReason::WorkerLost,
+            format!("worker instance {id} is {state}"),
         ));
     }
+    let timeouts = timeouts.into();
+    let limit = timeouts.of(w);
     let silent = now.duration_since(last_heard);
-    (silent >= SignedDuration::try_from(timeout).unwrap_or(SignedDuration::MAX)).then(|| {
-        format!(
-            "no message from worker {} for {} s (heartbeatTimeoutSeconds is {})",
-            w.instance_id.as_deref().unwrap_or_default(),
-            silent.as_secs(),
-            timeout.as_secs()
+    if silent < SignedDuration::try_from(limit).unwrap_or(SignedDuration::MAX) {
+        return None;
+    }
+    Some(if is_booting(w) {
+        (
+            FailureReason::WorkerBootTimeout,
+            format!(
+                "worker {id} did not report that it started within {} s of its launch (bootTimeoutSeconds is {})",
+                silent.as_secs(),
+                limit.as_secs()
+            ),
+        )
+    } else {
+        (
+            FailureReason::WorkerLost,
+            format!(
+                "no message from worker {id} for {} s (heartbeatTimeoutSeconds is {})",
+                silent.as_secs(),
+                limit.as_secs()
+            ),
         )
     })
 }
@@ -348,7 +405,7 @@ pub fn judge_worker(
     w: &mut WorkerStatus,
     facts: &JobFacts,
     liveness: Liveness<'_>,
-    timeout: Duration,
+    timeouts: impl Into<Timeouts>,
     now: Timestamp,
 ) {
     if w.phase.is_finished() {
@@ -360,9 +417,10 @@ pub fn judge_worker(
         mark_failed(w, FailureReason::DeadlineExceeded, &message, now);
     } else if facts.suspended {
         w.phase = Phase::Suspended;
-    } else if let Some(why) = lost_reason(w, liveness.instance_state, liveness.heard, timeout, now)
+    } else if let Some((reason, why)) =
+        lost_reason(w, liveness.instance_state, liveness.heard, timeouts, now)
     {
-        mark_failed(w, FailureReason::WorkerLost, &why, now);
+        mark_failed(w, reason, &why, now);
     }
 }
 
@@ -484,7 +542,7 @@ pub const QUEUED_RECHECK: Duration = Duration::from_secs(5);
 /// What the next wake-up of an unfinished job depends on.
 pub struct WakeInputs<'a, W> {
     pub status: &'a JobStatus<W>,
-    pub heartbeat_timeout: Duration,
+    pub timeouts: Timeouts,
     pub deadline_seconds: Option<i64>,
     /// Time left until messages in flight before a restart are redelivered
     /// (zero once they have been).
@@ -512,7 +570,7 @@ pub fn next_wakeup<W: Deref<Target = WorkerStatus>>(
         .filter(|w| matches!(w.phase, Phase::Provisioning | Phase::Running))
     {
         let silent = Duration::try_from(inputs.now.duration_since(heard(w))).unwrap_or_default();
-        wake = wake.min(inputs.heartbeat_timeout.saturating_sub(silent));
+        wake = wake.min(inputs.timeouts.of(w).saturating_sub(silent));
     }
     if !inputs.redelivery_left.is_zero() && status.workers.iter().any(|w| w.is_active()) {
         wake = wake.min(inputs.redelivery_left);
@@ -541,6 +599,7 @@ pub fn phase_notice(before: Option<Phase>, after: &WorkerStatus) -> Option<Notic
     }
     let (warning, reason) = match (after.phase, after.reason.as_deref()) {
         (Phase::Failed, Some(WORKER_LOST)) => (true, WORKER_LOST),
+        (Phase::Failed, Some(WORKER_BOOT_TIMEOUT)) => (true, WORKER_BOOT_TIMEOUT),
         (Phase::Failed, Some(DEADLINE_EXCEEDED)) => (true, DEADLINE_EXCEEDED),
         (Phase::Failed, _) => (true, events::WORKER_FAILED),
         (Phase::Succeeded, _) => (false, events::WORKER_SUCCEEDED),
@@ -609,14 +668,15 @@ pub fn judge_workers<'o, W: DerefMut<Target = WorkerStatus>>(
     workers: &mut [W],
     facts: &JobFacts,
     liveness: impl Fn(&WorkerStatus) -> Liveness<'o>,
-    timeout: Duration,
+    timeouts: impl Into<Timeouts>,
     now: Timestamp,
 ) -> Vec<Notice> {
+    let timeouts = timeouts.into();
     let mut notices = Vec::new();
     for w in workers.iter_mut() {
         let before = w.phase;
         let observed = liveness(w);
-        judge_worker(w, facts, observed, timeout, now);
+        judge_worker(w, facts, observed, timeouts, now);
         notices.extend(phase_notice(Some(before), w));
     }
     notices

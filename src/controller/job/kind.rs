@@ -13,7 +13,8 @@ use serde::de::DeserializeOwned;
 
 use super::status::Written;
 use crate::api::{
-    JobLimits, JobStatus, JobWorker, LocalObjectReference, WorkerConfigurationSpec, WorkerConfiguration,
+    JobLimits, JobStatus, JobWorker, LocalObjectReference, WorkerConfiguration,
+    WorkerConfigurationSpec,
 };
 use crate::controller::{Context, Result};
 use crate::messages::{FileLevelTask, Operation, WorkerEvent, WorkerProfile};

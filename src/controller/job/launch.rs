@@ -15,13 +15,13 @@ use tracing::info;
 
 use super::admission;
 use super::core::{Problem, mark_failed};
-use crate::controller::agents::{self, AgentDownload, AgentSource};
 use super::job_access;
 use super::kind::{TaskDetails, WorkerJob};
 use crate::api::{JobStatus, JobWorker, Phase, WorkerAccount, WorkerConfiguration, WorkerStatus};
 use crate::aws::AwsClients;
 use crate::aws::instance_cache::RegionInstances;
 use crate::aws::instances::{WorkerInstance, WorkerLaunch};
+use crate::controller::agents::{self, AgentDownload, AgentSource};
 use crate::controller::events;
 use crate::controller::{Context, Error, Result};
 use crate::messages::{PROTOCOL_VERSION, WorkerTask};
@@ -84,8 +84,7 @@ pub async fn plan_workers<K: WorkerJob>(
                     ))?;
                 worker.phase = Phase::Provisioning;
                 worker.access = config.spec.worker_access().cloned();
-                worker.instance_type =
-                    Some(job.instance_type(&config.spec, &located));
+                worker.instance_type = Some(job.instance_type(&config.spec, &located));
                 worker.zone = located.zone;
                 worker.subnet_id = Some(subnet.subnet_id);
                 worker.placement = Some(subnet.reason);
@@ -327,7 +326,12 @@ async fn try_subnet<K: WorkerJob>(
         // Never launchable as it is (its task is too large for EC2's user
         // data): fail the worker rather than the reconcile, forever.
         Err(Error::UserData(e)) => {
-            mark_failed(w, FailureReason::LaunchFailed, &e.to_string(), Timestamp::now());
+            mark_failed(
+                w,
+                FailureReason::LaunchFailed,
+                &e.to_string(),
+                Timestamp::now(),
+            );
             return Ok(SubnetOutcome::Stop);
         }
         Err(e) => return Err(e),

@@ -36,14 +36,16 @@ use kube::{Api, ResourceExt};
 use tracing::{debug, instrument};
 
 use self::configuration::{choose_configuration, choose_repository};
-use self::core::{JobFacts, Liveness, Problem, mark_failed};
+use self::core::{JobFacts, Liveness, Problem, Timeouts, mark_failed};
 use self::kind::WorkerJob;
 use self::status::{baseline, write_status};
 use super::agents::AgentSource;
 use super::reach;
 use super::reports::{Receipt, delete_receipts};
 use super::{Context, Error, Result};
-use crate::api::{AccountAccess, BackupRepository, JobStatus, WorkerConfiguration, WorkerStatus};
+use crate::api::{
+    AccountAccess, BackupRepository, JobStatus, Phase, WorkerConfiguration, WorkerStatus,
+};
 use crate::aws::accounts::Access;
 use crate::aws::instance_cache::RegionInstances;
 use crate::mover::manifest::RepositoryLocation;
@@ -181,7 +183,11 @@ async fn apply<K: WorkerJob>(job: &K, api: &Api<K>, ctx: &Context) -> Result<Act
     let settled = messages::apply_messages(&pass, &resolved.config, &mut status, now).await?;
     job.follow_up(&resolved.config, &mut status, ctx, now)
         .await?;
-    let timeout = Duration::from_secs(resolved.config.spec.heartbeat_timeout_seconds.max(1) as u64);
+    let spec = &resolved.config.spec;
+    let timeout = Timeouts {
+        boot: Duration::from_secs(spec.boot_timeout_seconds.max(1) as u64),
+        heartbeat: Duration::from_secs(spec.heartbeat_timeout_seconds.max(1) as u64),
+    };
     judge_workers(&pass, &mut status, timeout).await?;
     termination::terminate_finished(job, &mut status, ctx).await?;
     retry_workers(&pass, &mut status).await;
@@ -341,7 +347,7 @@ fn job_repository<K: WorkerJob>(
 async fn judge_workers<K: WorkerJob>(
     pass: &Pass<'_, K>,
     status: &mut JobStatus<K::Worker>,
-    timeout: Duration,
+    timeout: Timeouts,
 ) -> Result<()> {
     let (job, ctx) = (pass.job, pass.ctx);
     let now = Timestamp::now();
@@ -361,12 +367,21 @@ async fn judge_workers<K: WorkerJob>(
             .filter(|_| redelivery_settled),
         heard: heard(ctx, &pass.uid, w),
     };
-    let unfinished: Vec<bool> = status
-        .workers
-        .iter()
-        .map(|w| !w.phase.is_finished())
-        .collect();
-    let notices = core::judge_workers(&mut status.workers, &facts, liveness, timeout, now);
+    let before: Vec<Phase> = status.workers.iter().map(|w| w.phase).collect();
+    let unfinished: Vec<bool> = before.iter().map(|p| !p.is_finished()).collect();
+    // The Events are made here, once a worker that did not boot carries its
+    // console in its message.
+    let _ = core::judge_workers(&mut status.workers, &facts, liveness, timeout, now);
+    let mut notices = Vec::new();
+    for (w, &was) in status.workers.iter_mut().zip(&before) {
+        if was != Phase::Failed
+            && w.phase == Phase::Failed
+            && w.reason.as_deref() == Some(FailureReason::WorkerBootTimeout.as_str())
+        {
+            boot_console(job, w, ctx).await;
+        }
+        notices.extend(core::phase_notice(Some(was), w));
+    }
     publish(pass, notices).await;
     if let Some(config) = status.worker_configuration.as_deref() {
         let of = format!(
@@ -380,13 +395,35 @@ async fn judge_workers<K: WorkerJob>(
                 ctx.reach.heard(config);
             } else if was_unfinished && reach::never_reached_aws(w, liveness(w).instance_state) {
                 ctx.reach
-                    .lost_unheard(config, reach::unreached_note(&of, w, timeout));
+                    .lost_unheard(config, reach::unreached_note(&of, w, timeout.boot));
             } else if let Some(note) = reach::reported_unreachable(&of, w, now) {
                 ctx.reach.lost_unheard(config, note);
             }
         }
     }
     Ok(())
+}
+
+/// Adds the last lines of a worker's console to the message of a worker
+/// that did not boot in time (what its user data printed: a digest
+/// mismatch, no route to S3, ...), and has the agent's publication checked
+/// again before the next launch.
+async fn boot_console<K: WorkerJob>(job: &K, w: &mut WorkerStatus, ctx: &Context) {
+    ctx.agents.forget();
+    let Some(id) = w.instance_id.clone() else {
+        return;
+    };
+    let access = job_access(job, w.access.as_ref());
+    let aws = ctx.aws.scoped(&access).await;
+    let console = match aws.instances().console_output(&w.region, &id).await {
+        Ok(Some(text)) if !crate::aws::console::tail(&text).is_empty() => {
+            format!("its console ends: {}", crate::aws::console::tail(&text))
+        }
+        Ok(_) => "it has no console output yet".to_string(),
+        Err(e) => format!("its console output could not be read: {e}"),
+    };
+    let message = w.message.take().unwrap_or_default();
+    w.message = Some(format!("{message}; {console}"));
 }
 
 /// Replaces failed workers within the backoff limit and resumes suspended
@@ -468,8 +505,14 @@ async fn launch_or_hold<K: WorkerJob>(
             && !core::held_for(status, problem)
         {
             let note = problem.message.clone();
-            ctx.event(job, EventType::Warning, problem.reason.as_str(), "DeliverAgent", note)
-                .await;
+            ctx.event(
+                job,
+                EventType::Warning,
+                problem.reason.as_str(),
+                "DeliverAgent",
+                note,
+            )
+            .await;
         }
         core::hold_launches(status, problem, pass.generation(), Timestamp::now());
     }
@@ -502,12 +545,12 @@ fn heard(ctx: &Context, uid: &str, w: &WorkerStatus) -> Timestamp {
 fn next_wakeup<K: WorkerJob>(
     pass: &Pass<'_, K>,
     status: &JobStatus<K::Worker>,
-    timeout: Duration,
+    timeout: Timeouts,
 ) -> Duration {
     let now = Timestamp::now();
     let inputs = core::WakeInputs {
         status,
-        heartbeat_timeout: timeout,
+        timeouts: timeout,
         deadline_seconds: pass.job.limits().active_deadline_seconds,
         redelivery_left: REDELIVERY_WINDOW.saturating_sub(since_start(pass.ctx, now)),
         now,

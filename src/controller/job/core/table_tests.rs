@@ -285,7 +285,7 @@ fn wake_up_table() {
             next_wakeup(
                 &WakeInputs {
                     status: s,
-                    heartbeat_timeout: Duration::from_secs(300),
+                    timeouts: Duration::from_secs(300).into(),
                     deadline_seconds: deadline,
                     redelivery_left: Duration::from_secs(redelivery),
                     now: at(1000),

@@ -185,7 +185,8 @@ fn a_silent_worker_is_lost_after_the_timeout_and_not_before() {
         lost_reason(&w, Some("running"), heard, timeout, at(129)),
         None
     );
-    let why = lost_reason(&w, Some("running"), heard, timeout, at(130)).expect("lost");
+    let (reason, why) = lost_reason(&w, Some("running"), heard, timeout, at(130)).expect("lost");
+    assert_eq!(reason, FailureReason::WorkerLost);
     assert!(why.contains("no message"), "{why}");
     // A heartbeat heard in memory resets the clock.
     let heard = last_heard(&w, Some(at(125)), at(0));
@@ -199,6 +200,43 @@ fn a_silent_worker_is_lost_after_the_timeout_and_not_before() {
 }
 
 #[test]
+fn a_worker_that_does_not_start_in_time_failed_to_boot() {
+    let mut w = worker("a", Phase::Provisioning);
+    w.launch_time = Some(Time(at(100)));
+    let timeouts = Timeouts {
+        boot: Duration::from_secs(60),
+        heartbeat: Duration::from_secs(600),
+    };
+    let heard = last_heard(&w, None, at(0));
+    assert_eq!(
+        lost_reason(&w, Some("running"), heard, timeouts, at(159)),
+        None
+    );
+    let (reason, why) = lost_reason(&w, Some("running"), heard, timeouts, at(160)).expect("lost");
+    assert_eq!(reason, FailureReason::WorkerBootTimeout);
+    assert!(
+        why.contains("did not report that it started within 60 s"),
+        "{why}"
+    );
+    assert!(why.contains("bootTimeoutSeconds is 60"), "{why}");
+    // Once it has started, the heartbeat timeout applies.
+    w.phase = Phase::Running;
+    w.started_time = Some(Time(at(110)));
+    assert_eq!(
+        lost_reason(&w, Some("running"), at(110), timeouts, at(700)),
+        None
+    );
+    let (reason, _) = lost_reason(&w, Some("running"), at(110), timeouts, at(710)).expect("lost");
+    assert_eq!(reason, FailureReason::WorkerLost);
+    // The wake-up follows the boot timeout while it boots.
+    assert_eq!(
+        timeouts.of(&worker("b", Phase::Provisioning)),
+        Duration::from_secs(60)
+    );
+    assert_eq!(timeouts.of(&w), Duration::from_secs(600));
+}
+
+#[test]
 fn a_worker_whose_instance_died_is_lost_at_once() {
     let w = worker("a", Phase::Running);
     let why = lost_reason(
@@ -209,7 +247,8 @@ fn a_worker_whose_instance_died_is_lost_at_once() {
         at(101),
     )
     .expect("lost");
-    assert!(why.contains("terminated"), "{why}");
+    assert_eq!(why.0, FailureReason::WorkerLost);
+    assert!(why.1.contains("terminated"), "{}", why.1);
     let finished = worker("b", Phase::Succeeded);
     assert_eq!(
         lost_reason(
