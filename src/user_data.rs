@@ -112,7 +112,7 @@ if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
   say "started tender-worker.service (its logs: journalctl -u tender-worker)"
 else
   say "no systemd: running the agent as UID 65532 with CAP_NET_BIND_SERVICE only"
-  chown 65532:65532 /run/tender/task.json
+  chown 65532:65532 /run/tender /run/tender/task.json
   exec setpriv --reuid=65532 --regid=65532 --clear-groups --inh-caps=-all,+net_bind_service --ambient-caps=-all,+net_bind_service --bounding-set=-all,+net_bind_service --no-new-privs "$AGENT" worker --task-file /run/tender/task.json --instance-id "$INSTANCE_ID"
 fi
 "#;

@@ -443,6 +443,9 @@ pub struct TestEnv {
     accounts: Arc<Mutex<Vec<Account>>>,
     /// When false, instances are left without an agent (they never report).
     pub boot_workers: Arc<AtomicBool>,
+    /// When false, worker instances boot without a network (see
+    /// [`workers::Launcher::online`]).
+    pub workers_online: Arc<AtomicBool>,
     bucket: Mutex<Option<String>>,
     /// The BackupRepository of [`TestEnv::bucket`] (created on first use).
     repository: tokio::sync::OnceCell<String>,
@@ -491,6 +494,7 @@ impl TestEnv {
             launcher_stop: Arc::default(),
             accounts: Arc::default(),
             boot_workers: Arc::new(AtomicBool::new(true)),
+            workers_online: Arc::new(AtomicBool::new(true)),
             bucket: Mutex::new(None),
             repository: tokio::sync::OnceCell::new(),
             configurations: AtomicUsize::new(0),
@@ -599,6 +603,8 @@ impl TestEnv {
             // instance's address: both checks stay on in production.
             .env("TENDER_REQUIRE_WORKER_SENDER", "false")
             .env("TENDER_TRUSTED_BROWSER_HOSTS", "127.0.0.1")
+            // The agent the workers download: this test build of tender.
+            .env("TENDER_AGENTS_DIR", workers::agents_dir())
             .envs(env.iter().copied())
             .env("RUST_LOG", "info,tender=debug")
             .envs(self.controller_environment())
@@ -699,6 +705,7 @@ impl TestEnv {
             workers: self.workers.clone(),
             stop: self.launcher_stop.clone(),
             boot: self.boot_workers.clone(),
+            online: self.workers_online.clone(),
             log_dir: self.log_dir.clone(),
             namespace: self.namespace.clone(),
         }
