@@ -89,7 +89,7 @@ elif [ -z "$URL" ]; then
 else
   mkdir -p -m 0755 /var/lib/tender
   say "downloading the worker agent (SHA-256 $SHA256)"
-  curl -fsS --retry 5 --retry-connrefused --connect-timeout 10 --max-time 600 -o /var/lib/tender/agent.gz "$URL" || fail "cannot download the worker agent from ${URL%%\?*} (curl exit $?): check that the workers' subnets route to S3 (internet gateway, NAT gateway or S3 VPC endpoint) and that the URL has not expired"
+  curl -fsS --retry 3 --retry-connrefused --connect-timeout 10 --max-time 600 -o /var/lib/tender/agent.gz "$URL" || fail "cannot download the worker agent from ${URL%%\?*} (curl exit $?): check that the workers' subnets route to S3 (internet gateway, NAT gateway or S3 VPC endpoint) and that the URL has not expired"
   GOT=$(sha256sum /var/lib/tender/agent.gz | cut -d' ' -f1)
   if [ "$GOT" != "$SHA256" ]; then
     rm -f /var/lib/tender/agent.gz

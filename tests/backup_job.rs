@@ -289,7 +289,9 @@ async fn deleting_a_running_job_terminates_its_worker_first() {
     .unwrap();
     let script = String::from_utf8(script).unwrap();
     assert!(
-        script.starts_with("#!/bin/sh") && script.contains("ExecStart=tender worker"),
+        script.starts_with("#!/bin/sh")
+            && script.contains("ExecStart=${AGENT} worker")
+            && script.contains("\nURL='http"),
         "{script}"
     );
     let task = tender::messages::WorkerTask::from_user_data(&script).unwrap();

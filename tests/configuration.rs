@@ -684,7 +684,7 @@ async fn a_worker_lost_before_its_first_message_marks_the_network_not_ready() {
     env.create_configuration(
         "silent",
         &net,
-        serde_json::json!({"heartbeatTimeoutSeconds": 5}),
+        serde_json::json!({"heartbeatTimeoutSeconds": 5, "bootTimeoutSeconds": 10}),
     )
     .await;
     env.wait_configuration_ready("silent").await;
@@ -693,7 +693,11 @@ async fn a_worker_lost_before_its_first_message_marks_the_network_not_ready() {
         .await;
     let job = env.wait_job_phase("lost", TIMEOUT, Phase::Failed).await;
     let worker = &job.status.as_ref().unwrap().workers[0];
-    assert_eq!(worker.reason.as_deref(), Some("WorkerLost"), "{worker:?}");
+    assert_eq!(
+        worker.reason.as_deref(),
+        Some("WorkerBootTimeout"),
+        "{worker:?}"
+    );
     let instance = worker.instance_id.clone().unwrap();
     let cfg = wait_config(&env, "silent", |c| {
         config_condition(c, "NetworkReady").is_some_and(|c| c.0 == "False")

@@ -201,7 +201,7 @@ async fn aws_emulator_restart(tally: &mut Tally) {
     // under new IDs, and the configuration follows them.
     env.create_configuration_spec(
         "default",
-        serde_json::json!({"region": REGION, "imageId": "ami-0fedcba9876543210", "heartbeatTimeoutSeconds": 5}),
+        serde_json::json!({"region": REGION, "imageId": "ami-0fedcba9876543210", "heartbeatTimeoutSeconds": 5, "bootTimeoutSeconds": 10}),
     )
     .await;
     env.wait_configuration_ready("default").await;
@@ -362,7 +362,7 @@ async fn late_message_after_retry(tally: &mut Tally) {
     env.create_configuration(
         "default",
         &net,
-        serde_json::json!({"heartbeatTimeoutSeconds": 5}),
+        serde_json::json!({"heartbeatTimeoutSeconds": 5, "bootTimeoutSeconds": 10}),
     )
     .await;
     let cfg = env.wait_configuration_ready("default").await;

@@ -28,7 +28,7 @@ async fn a_lost_worker_is_retried_then_the_job_fails_at_the_backoff_limit() {
     env.create_configuration(
         "default",
         &net,
-        serde_json::json!({"heartbeatTimeoutSeconds": 5}),
+        serde_json::json!({"heartbeatTimeoutSeconds": 5, "bootTimeoutSeconds": 10}),
     )
     .await;
     env.wait_configuration_ready("default").await;
@@ -42,13 +42,14 @@ async fn a_lost_worker_is_retried_then_the_job_fails_at_the_backoff_limit() {
     let worker = &status.workers[0];
     assert_eq!(worker.attempt, 2, "one retry: {worker:?}");
     assert_eq!(worker.failures, 2);
-    assert_eq!(worker.reason.as_deref(), Some("WorkerLost"));
+    // It never started: the boot timeout, with what its console says
+    // (nothing: no user data ran).
+    assert_eq!(worker.reason.as_deref(), Some("WorkerBootTimeout"));
+    let message = worker.message.as_deref().unwrap();
     assert!(
-        worker
-            .message
-            .as_deref()
-            .unwrap()
-            .contains("no message from worker"),
+        message.contains("did not report that it started within")
+            && message.contains("bootTimeoutSeconds is 10")
+            && message.contains("it has no console output yet"),
         "{worker:?}"
     );
     assert_eq!(status.active_workers, 0);
@@ -72,7 +73,7 @@ async fn a_lost_worker_is_retried_then_the_job_fails_at_the_backoff_limit() {
     instances.iter().for_each(common::assert_terminating);
 
     let reasons: Vec<String> = env.events().await.into_iter().map(|(r, _)| r).collect();
-    for reason in ["WorkerLost", "WorkerRetried", "JobFailed"] {
+    for reason in ["WorkerBootTimeout", "WorkerRetried", "JobFailed"] {
         assert!(
             reasons.iter().any(|r| r == reason),
             "event {reason} missing: {reasons:?}"

@@ -87,12 +87,17 @@ fn invalid_manifests() -> Vec<Case> {
         case(
             "WorkerConfiguration",
             json!({"imageSsmParameter": "/aws/ami"}),
-            "exactly one of imageId and imageSsmParameter",
+            "set at most one of imageId and imageSsmParameter",
         ),
         case(
             "WorkerConfiguration",
-            json!({"imageId": null}),
-            "exactly one of imageId and imageSsmParameter",
+            json!({"architecture": "aarch64"}),
+            "spec.architecture",
+        ),
+        case(
+            "WorkerConfiguration",
+            json!({"bootTimeoutSeconds": 5}),
+            "spec.bootTimeoutSeconds",
         ),
         case(
             "WorkerConfiguration",

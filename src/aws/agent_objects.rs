@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{ChecksumMode, ServerSideEncryption};
+use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode, ServerSideEncryption};
 
 use super::repository::Repository;
 use super::{AwsError, AwsOperation};
@@ -66,6 +66,10 @@ impl Repository<'_> {
             .key(key)
             .set_expected_bucket_owner(loc.expected_owner.clone())
             .content_type("application/gzip")
+            // The value, and the algorithm it is of: S3 checks it and keeps
+            // it either way; an implementation that reads the algorithm
+            // from `x-amz-sdk-checksum-algorithm` (moto) then keeps it too.
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
             .checksum_sha256(sha256_b64)
             .server_side_encryption(ServerSideEncryption::Aes256)
             .body(body)

@@ -223,7 +223,14 @@ impl Launcher {
             user_data = user_data.display(),
         );
         let mut cmd = Command::new("unshare");
-        cmd.args(["--mount", "--propagation", "private", "--pid", "--fork", "--kill-child"]);
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--pid",
+            "--fork",
+            "--kill-child",
+        ]);
         if !online {
             cmd.arg("--net");
         }
@@ -237,7 +244,10 @@ impl Launcher {
             .env("TENDER_METADATA_MOCK", metadata_mock())
             .env("TENDER_BROWSER_ADDRESS", "127.0.0.1:0")
             .env("TENDER_ADVERTISE_HOST", "127.0.0.1")
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            );
         for (k, v) in std::env::vars() {
             if k.starts_with("AWS_ENDPOINT_URL") || k.starts_with("TENDER_FAULT") {
                 cmd.env(k, v);
@@ -273,8 +283,8 @@ fn metadata_config(id: &str, credentials: Option<&(String, String, String)>) -> 
         "placement-region": super::realism::REGION,
     });
     if let Some((key, secret, token)) = credentials {
-        let expires = k8s_openapi::jiff::Timestamp::now()
-            + k8s_openapi::jiff::SignedDuration::from_hours(6);
+        let expires =
+            k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_hours(6);
         values["iam-security-credentials-role"] = "tender-worker".into();
         values["iam-security-credentials"] = serde_json::json!({
             "Code": "Success",
