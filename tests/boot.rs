@@ -6,6 +6,8 @@
 //! from AWS's metadata mock, the agent through its presigned URL from the
 //! emulator's S3.
 
+#![allow(clippy::unwrap_used, clippy::panic)]
+
 mod common;
 
 use std::sync::atomic::Ordering;

@@ -156,8 +156,7 @@ async fn run_leader(
             restores: restore_tx,
         },
         (workers, reach_tx),
-        &opts,
-        agents,
+        (&opts, agents),
     ));
 
     let controllers = Controllers {
@@ -295,8 +294,7 @@ impl Context {
             Arc<WorkerIndex>,
             futures::channel::mpsc::UnboundedSender<ObjectRef<WorkerConfiguration>>,
         ),
-        opts: &Options,
-        agents: Arc<super::agents::AgentStore>,
+        (opts, agents): (&Options, Arc<super::agents::AgentStore>),
     ) -> Self {
         let reporter = Reporter {
             controller: CONTROLLER_NAME.into(),
