@@ -238,8 +238,8 @@ async fn network(aws: &AwsClients, cfg: &WorkerConfiguration, name: &str, report
     }
 }
 
-/// The AMI must exist, be available, and be built for x86_64, the
-/// architecture of every default worker instance type.
+/// The AMI must exist, be available, and be built for the configuration's
+/// `architecture`, which its default worker instance types are.
 async fn ami(
     aws: &AwsClients,
     cfg: &WorkerConfiguration,
@@ -251,10 +251,16 @@ async fn ami(
     match aws.account_checks().image(&cfg.spec.region, image).await {
         Ok(None) => report.add(Verdict::Fail, subject, format!("{image} does not exist in {}; fix spec.imageId", cfg.spec.region)),
         Ok(Some(i)) if i.state != "available" => report.add(Verdict::Fail, subject, format!("{image} is {}, not available", i.state)),
-        Ok(Some(i)) if i.architecture != "x86_64" => report.add(
-            Verdict::Warn,
+        Ok(Some(i)) if i.architecture != cfg.spec.architecture.as_str() => report.add(
+            Verdict::Fail,
             subject,
-            format!("{image} is {}; the default worker instance types (c5, t3) are x86_64: set spec.instanceTypes to types of that architecture", i.architecture),
+            format!(
+                "{image} is {}, and the configuration's architecture is {}: EC2 would refuse every launch; set spec.architecture to {} or use an image of {}",
+                i.architecture,
+                cfg.spec.architecture,
+                i.architecture,
+                cfg.spec.architecture
+            ),
         ),
         Ok(Some(i)) => report.add(Verdict::Ok, subject, format!("{image} available, {}", i.architecture)),
         Err(e) => call_failed(report, &subject, &e),
