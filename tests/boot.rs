@@ -333,4 +333,32 @@ async fn arm64_workers_get_graviton_and_wait_for_an_agent_of_their_own() {
         events.iter().any(|(r, _)| r == "AgentUnavailable"),
         "{events:?}"
     );
+
+    // An x86_64 type on an arm64 configuration is named before any launch.
+    env.create_configuration(
+        "mixed",
+        &net,
+        serde_json::json!({"architecture": "arm64", "instanceTypes": {"backup": "m5.large"}}),
+    )
+    .await;
+    let api: kube::Api<WorkerConfiguration> = env.cluster_api();
+    let name = env.cluster_name("mixed");
+    let offered = common::eventually(TIMEOUT, || {
+        let (api, name) = (api.clone(), name.clone());
+        async move {
+            let cfg = api.get(&name).await.ok()?;
+            cfg.status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "InstanceTypesOffered" && c.status == "False")
+        }
+    })
+    .await;
+    assert_eq!(offered.reason, "InstanceTypeWrongArchitecture");
+    assert!(
+        offered.message.contains("m5.large (")
+            && offered.message.contains("cannot run arm64 images"),
+        "{}",
+        offered.message
+    );
 }

@@ -533,4 +533,43 @@ impl Network<'_> {
             .filter_map(|o| o.instance_type().map(|t| t.as_str().to_string()))
             .collect())
     }
+
+    /// The architectures each of `types` supports (`x86_64`, `arm64`, ...),
+    /// as DescribeInstanceTypes reports them (`ProcessorInfo`).
+    pub async fn instance_type_architectures(
+        &self,
+        region: &str,
+        types: &[String],
+    ) -> Result<BTreeMap<String, Vec<String>>, AwsError> {
+        let mut out = BTreeMap::new();
+        // At most 100 types per call (DescribeInstanceTypes, EC2 API Reference).
+        for batch in types.chunks(100) {
+            let describe = self
+                .aws
+                .ec2(region)
+                .describe_instance_types()
+                .set_instance_types(Some(batch.iter().map(|t| t.as_str().into()).collect()))
+                .send();
+            let answer = self
+                .aws
+                .call(AwsOperation::DescribeInstanceTypes, describe)
+                .await?;
+            for t in answer.instance_types() {
+                let Some(name) = t.instance_type() else {
+                    continue;
+                };
+                let archs = t
+                    .processor_info()
+                    .map(|p| {
+                        p.supported_architectures()
+                            .iter()
+                            .map(|a| a.as_str().to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.insert(name.as_str().to_string(), archs);
+            }
+        }
+        Ok(out)
+    }
 }

@@ -150,6 +150,7 @@ operations! {
     RevokeSecurityGroupEgress => Ec2, Controller;
     DescribeVpcEndpoints => Ec2, Controller;
     DescribeInstanceTypeOfferings => Ec2, Controller;
+    DescribeInstanceTypes => Ec2, Controller;
     DescribeRouteTables => Ec2, Controller;
     DescribeRegions => Ec2, Controller;
     // EC2: snapshots and volumes. A backup worker in the backup account

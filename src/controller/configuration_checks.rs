@@ -408,9 +408,39 @@ pub async fn check_instance_types(
     wanted.dedup();
     let offered = network.offered_instance_types(region, &wanted).await?;
     let unoffered: Vec<String> = wanted
-        .into_iter()
+        .iter()
         .filter(|t| !offered.contains(t))
+        .cloned()
         .collect();
+    let arch = cfg.spec.architecture;
+    let architectures = network
+        .instance_type_architectures(region, &offered)
+        .await?;
+    let other_arch: Vec<String> = offered
+        .iter()
+        .filter(|t| {
+            architectures
+                .get(*t)
+                .is_some_and(|a| !a.iter().any(|a| a == arch.as_str()))
+        })
+        .map(|t| format!("{t} ({})", architectures[t].join(", ")))
+        .collect();
+    if unoffered.is_empty() && !other_arch.is_empty() {
+        let message = format!(
+            "{} cannot run {arch} images; set spec.instanceTypes to {arch} types, or spec.architecture to theirs",
+            other_arch.join(", ")
+        );
+        findings.push(Finding {
+            reason: events::INSTANCE_TYPE_WRONG_ARCHITECTURE,
+            message: message.clone(),
+        });
+        return Ok(DesiredCondition::new(
+            INSTANCE_TYPES_OFFERED,
+            false,
+            events::INSTANCE_TYPE_WRONG_ARCHITECTURE,
+            message,
+        ));
+    }
     Ok(if unoffered.is_empty() {
         DesiredCondition::new(
             INSTANCE_TYPES_OFFERED,

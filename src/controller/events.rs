@@ -42,6 +42,8 @@ pub const SUBNET_NOT_FOUND: &str = "SubnetNotFound";
 pub const NO_SUBNETS: &str = "NoSubnets";
 pub const SUBNETS_IN_SEVERAL_VPCS: &str = "SubnetsInSeveralVpcs";
 pub const INSTANCE_TYPE_NOT_OFFERED: &str = "InstanceTypeNotOffered";
+/// Configured instance types that cannot run the configuration's architecture.
+pub const INSTANCE_TYPE_WRONG_ARCHITECTURE: &str = "InstanceTypeWrongArchitecture";
 pub const SECURITY_GROUP_NOT_FOUND: &str = "SecurityGroupNotFound";
 pub const NO_ROUTE_TO_AWS: &str = "NoRouteToAws";
 pub const WORKERS_UNREACHABLE: &str = "WorkersUnreachable";

@@ -249,7 +249,7 @@ impl Launcher {
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             );
         for (k, v) in std::env::vars() {
-            if k.starts_with("AWS_ENDPOINT_URL") || k.starts_with("TENDER_FAULT") {
+            if k.starts_with("AWS_ENDPOINT_URL") {
                 cmd.env(k, v);
             }
         }
