@@ -328,6 +328,13 @@ async fn arm64_workers_get_graviton_and_wait_for_an_agent_of_their_own() {
     assert_eq!(worker.instance_id, None);
     assert_eq!(worker.instance_type.as_deref(), Some("c7g.large"));
     assert!(env.workers_of(&job.uid().unwrap()).await.is_empty());
+    // Held, not busy: the status is not rewritten while nothing changes.
+    let api: kube::Api<tender::api::BackupJob> = env.api();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = api.get(&job.name_any()).await.unwrap().resource_version();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = api.get(&job.name_any()).await.unwrap().resource_version();
+    assert_eq!(before, after, "the held job's status keeps changing");
     let events = env.events().await;
     assert!(
         events.iter().any(|(r, _)| r == "AgentUnavailable"),

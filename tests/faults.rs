@@ -221,6 +221,15 @@ async fn aws_emulator_restart(tally: &mut Tally) {
     if common::realism::enabled() {
         env.create_worker_roles().await;
     }
+    // And the repository's bucket, empty: the agent the workers download
+    // is published there again once a worker fails to boot without it.
+    common::disks::s3()
+        .await
+        .create_bucket()
+        .bucket(env.bucket().await)
+        .send()
+        .await
+        .unwrap();
     env.boot_workers.store(true, Ordering::SeqCst);
     let job = env.wait_job("job", TIMEOUT, finished).await;
     let status = job.status.clone().unwrap();

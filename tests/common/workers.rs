@@ -310,10 +310,15 @@ fn free_port() -> u16 {
 /// The agents directory the tests' controllers publish from: this test
 /// build of `tender` for this machine's architecture, stripped and
 /// compressed as `scripts/build-agents` packs a release (gzip, no name or
-/// time). Made once per build.
+/// time), made once per build; or `TENDER_TEST_AGENTS_DIR`, to boot the
+/// workers with other agents (the static release ones of
+/// `scripts/build-agents`).
 pub fn agents_dir() -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
+        if let Ok(dir) = std::env::var("TENDER_TEST_AGENTS_DIR") {
+            return PathBuf::from(dir);
+        }
         let bin = PathBuf::from(env!("CARGO_BIN_EXE_tender"));
         let meta = std::fs::metadata(&bin).unwrap();
         let modified = meta

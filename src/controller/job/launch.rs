@@ -14,14 +14,14 @@ use kube::runtime::events::EventType;
 use tracing::info;
 
 use super::admission;
-use super::core::{Problem, mark_failed};
+use super::core::mark_failed;
 use super::job_access;
 use super::kind::{TaskDetails, WorkerJob};
 use crate::api::{JobStatus, JobWorker, Phase, WorkerAccount, WorkerConfiguration, WorkerStatus};
 use crate::aws::AwsClients;
 use crate::aws::instance_cache::RegionInstances;
 use crate::aws::instances::{WorkerInstance, WorkerLaunch};
-use crate::controller::agents::{self, AgentDownload, AgentSource};
+use crate::controller::agents::AgentDownload;
 use crate::controller::events;
 use crate::controller::{Context, Error, Result};
 use crate::messages::{PROTOCOL_VERSION, WorkerTask};
@@ -122,18 +122,18 @@ fn not_visible_yet<K: WorkerJob>(job: &K, reason: &FailureReason, now: Timestamp
 pub async fn launch_workers<K: WorkerJob>(
     job: &K,
     config: &WorkerConfiguration,
-    (queue_url, repository, source): (&str, &RepositoryLocation, &AgentSource),
+    (queue_url, repository, agent): (&str, &RepositoryLocation, Option<&AgentDownload>),
     status: &mut JobStatus<K::Worker>,
     ctx: &Context,
     reconcile_started: Instant,
     recorded_tokens: &HashSet<String>,
-) -> Result<Option<Problem>> {
+) -> Result<()> {
     let waiting: Vec<usize> = (0..status.workers.len())
         .filter(|&i| status.workers[i].is_waiting_to_launch())
         .collect();
     if waiting.is_empty() {
         status.queue_position = None;
-        return Ok(None);
+        return Ok(());
     }
     // With maxConcurrentWorkers, one launch decision at a time per
     // configuration, so that concurrent reconciles never exceed it together.
@@ -148,16 +148,6 @@ pub async fn launch_workers<K: WorkerJob>(
     };
     let (allowed, position) = admission::allowance(ctx, config, job, status, waiting.len());
     status.queue_position = position.map(|p| p as i32);
-    // The agent the workers download at boot, published before the first
-    // of them is launched.
-    let agent = if allowed > 0 {
-        match agents::for_launch(ctx, config, source).await {
-            Ok(agent) => agent,
-            Err(problem) => return Ok(Some(problem)),
-        }
-    } else {
-        None
-    };
     for &i in waiting.iter().take(allowed) {
         let worker = &mut status.workers[i];
         let access = job_access(job, worker.access.as_ref());
@@ -188,7 +178,7 @@ pub async fn launch_workers<K: WorkerJob>(
             config,
             queue_url,
             repository,
-            agent: agent.as_ref(),
+            agent,
             aws: &aws,
             reconcile_started,
             details,
@@ -198,7 +188,7 @@ pub async fn launch_workers<K: WorkerJob>(
     // Count what was launched before the lock is released: the next
     // decision must see it even before this job's status is written.
     admission::record_written(ctx, job, status);
-    Ok(None)
+    Ok(())
 }
 
 /// Adopts a live instance launched with the worker's token, if the view

@@ -39,7 +39,7 @@ use self::configuration::{choose_configuration, choose_repository};
 use self::core::{JobFacts, Liveness, Problem, Timeouts, mark_failed};
 use self::kind::WorkerJob;
 use self::status::{baseline, write_status};
-use super::agents::AgentSource;
+use super::agents::{self, AgentDownload, AgentSource};
 use super::reach;
 use super::reports::{Receipt, delete_receipts};
 use super::{Context, Error, Result};
@@ -171,7 +171,7 @@ async fn apply<K: WorkerJob>(job: &K, api: &Api<K>, ctx: &Context) -> Result<Act
     if status.phase.is_finished() {
         return follow_finished(&pass, status).await;
     }
-    let resolved = match resolve(&pass, &mut status).await? {
+    let mut resolved = match resolve(&pass, &mut status).await? {
         Ok(resolved) => resolved,
         Err(action) => return Ok(action),
     };
@@ -191,14 +191,16 @@ async fn apply<K: WorkerJob>(job: &K, api: &Api<K>, ctx: &Context) -> Result<Act
     judge_workers(&pass, &mut status, timeout).await?;
     termination::terminate_finished(job, &mut status, ctx).await?;
     retry_workers(&pass, &mut status).await;
+    // After the retries: they launch too.
+    let agent = deliver_agent(&pass, &mut resolved, &status).await;
 
     // Launch tokens are recorded before anything is launched.
-    pass.finalize(&mut status, None);
+    finalize_holding(&pass, &mut status, resolved.blocked.as_ref());
     if pass.write_if_changed(&status, pass.old.as_ref()).await? {
         crate::faults::crash_point("after-token-write");
     }
     let recorded = status.clone();
-    launch_or_hold(&pass, &resolved, &mut status).await?;
+    launch_or_hold(&pass, &resolved, agent.as_ref(), &mut status).await?;
     if pass.write_if_changed(&status, Some(&recorded)).await? {
         crate::faults::crash_point("after-status-write");
     }
@@ -453,6 +455,7 @@ async fn publish<K: WorkerJob>(pass: &Pass<'_, K>, notices: Vec<core::Notice>) {
 async fn launch_or_hold<K: WorkerJob>(
     pass: &Pass<'_, K>,
     resolved: &Resolved,
+    agent: Option<&AgentDownload>,
     status: &mut JobStatus<K::Worker>,
 ) -> Result<()> {
     let (job, ctx) = (pass.job, pass.ctx);
@@ -462,17 +465,16 @@ async fn launch_or_hold<K: WorkerJob>(
         .flat_map(|s| s.workers.iter())
         .map(|w| w.launch_token.clone())
         .collect();
-    let mut agent_problem = None;
     match (&resolved.blocked, &resolved.queue_url) {
         (None, Some(queue_url)) if !job.suspended() => {
             let config = &resolved.config;
-            let Some((repository, source)) = &resolved.repository else {
+            let Some((repository, _)) = &resolved.repository else {
                 return Err(Error::MissingObjectKey("the job's BackupRepository"));
             };
-            agent_problem = launch::launch_workers(
+            launch::launch_workers(
                 job,
                 config,
-                (queue_url, repository, source),
+                (queue_url, repository, agent),
                 status,
                 ctx,
                 pass.started,
@@ -497,26 +499,53 @@ async fn launch_or_hold<K: WorkerJob>(
         }
         _ => {}
     }
+    finalize_holding(pass, status, resolved.blocked.as_ref());
+    Ok(())
+}
+
+/// The job-level fields, and the hold on launches while `blocked` keeps
+/// workers waiting: applied the same way at every write, so a held job's
+/// conditions never flap between writes.
+fn finalize_holding<K: WorkerJob>(
+    pass: &Pass<'_, K>,
+    status: &mut JobStatus<K::Worker>,
+    blocked: Option<&Problem>,
+) {
     pass.finalize(status, None);
     let waiting = status.workers.iter().any(|w| w.is_waiting_to_launch());
-    let blocked = resolved.blocked.as_ref().or(agent_problem.as_ref());
     if let (Some(problem), true, false) = (blocked, waiting, status.phase.is_finished()) {
-        if let Some(problem) = &agent_problem
-            && !core::held_for(status, problem)
-        {
-            let note = problem.message.clone();
-            ctx.event(
-                job,
-                EventType::Warning,
-                problem.reason.as_str(),
-                "DeliverAgent",
-                note,
-            )
-            .await;
-        }
         core::hold_launches(status, problem, pass.generation(), Timestamp::now());
     }
-    Ok(())
+}
+
+/// The agent download for the workers this reconcile may launch, the
+/// agent published first if need be (see `agents`); when it cannot be
+/// delivered, launches are held for that reason (with an Event the first
+/// time).
+async fn deliver_agent<K: WorkerJob>(
+    pass: &Pass<'_, K>,
+    resolved: &mut Resolved,
+    status: &JobStatus<K::Worker>,
+) -> Option<AgentDownload> {
+    let waiting = status.workers.iter().any(|w| w.is_waiting_to_launch());
+    if resolved.blocked.is_some() || !waiting || pass.job.suspended() {
+        return None;
+    }
+    let (_, source) = resolved.repository.as_ref()?;
+    match agents::for_launch(pass.ctx, &resolved.config, source).await {
+        Ok(agent) => agent,
+        Err(problem) => {
+            if !core::held_for(status, &problem) {
+                let note = problem.message.clone();
+                let reason = problem.reason.as_str();
+                pass.ctx
+                    .event(pass.job, EventType::Warning, reason, "DeliverAgent", note)
+                    .await;
+            }
+            resolved.blocked = Some(problem);
+            None
+        }
+    }
 }
 
 fn facts<K: WorkerJob>(job: &K, status: &JobStatus<K::Worker>, now: Timestamp) -> JobFacts {
