@@ -700,8 +700,8 @@ async fn bad_input(tally: &mut Tally) {
         ),
         (
             "WorkerConfiguration",
-            without(&cfg, "imageId"),
-            "exactly one of imageId and imageSsmParameter",
+            with(&cfg, "bootTimeoutSeconds", serde_json::json!(0)),
+            "bootTimeoutSeconds",
         ),
         (
             "WorkerConfiguration",
@@ -710,7 +710,7 @@ async fn bad_input(tally: &mut Tally) {
                 "imageSsmParameter",
                 serde_json::json!("/aws/service/ami"),
             ),
-            "exactly one of imageId and imageSsmParameter",
+            "at most one of imageId and imageSsmParameter",
         ),
         (
             "WorkerConfiguration",
