@@ -213,10 +213,12 @@ impl Launcher {
              mount -t tmpfs -o mode=0755 tmpfs /var/lib\n\
              {lo}\
              \"$TENDER_METADATA_MOCK\" -c {metadata} -I -n 127.0.0.1 -p {port} >{dir}/metadata.log 2>&1 &\n\
+             MOCK=$!\n\
              for i in $(seq 50); do curl -s -o /dev/null http://127.0.0.1:{port}/ && break; sleep 0.1; done\n\
              export AWS_EC2_METADATA_SERVICE_ENDPOINT=http://127.0.0.1:{port}\n\
-             sh {user_data}\n\
-             wait\n",
+             rc=0; sh {user_data} || rc=$?\n\
+             kill $MOCK\n\
+             exit $rc\n",
             lo = if online { "" } else { "ip link set lo up\n" },
             metadata = metadata.display(),
             dir = dir.display(),
