@@ -133,8 +133,13 @@ async fn backup_job_launches_a_worker_follows_it_and_terminates_it() {
     let visible = &attrs[&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages];
     assert_eq!(visible, "0", "every worker message was consumed");
 
-    // Events tell the story.
-    let reasons: Vec<String> = env.events().await.into_iter().map(|(r, _)| r).collect();
+    // Events tell the story (the job's own is published just after its
+    // status is written).
+    let reasons: Vec<String> = common::eventually(Duration::from_secs(10), || async {
+        let reasons: Vec<String> = env.events().await.into_iter().map(|(r, _)| r).collect();
+        reasons.iter().any(|r| r == "JobSucceeded").then_some(reasons)
+    })
+    .await;
     for reason in [
         "WorkerLaunched",
         "WorkerStarted",
