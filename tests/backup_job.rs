@@ -137,7 +137,10 @@ async fn backup_job_launches_a_worker_follows_it_and_terminates_it() {
     // status is written).
     let reasons: Vec<String> = common::eventually(Duration::from_secs(10), || async {
         let reasons: Vec<String> = env.events().await.into_iter().map(|(r, _)| r).collect();
-        reasons.iter().any(|r| r == "JobSucceeded").then_some(reasons)
+        reasons
+            .iter()
+            .any(|r| r == "JobSucceeded")
+            .then_some(reasons)
     })
     .await;
     for reason in [
