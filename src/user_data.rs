@@ -231,6 +231,40 @@ mod tests {
         ));
     }
 
+    /// The unit the script writes is one systemd accepts as it is, every
+    /// directive known (`systemd-analyze verify`, which only warns about an
+    /// unknown key: any output fails). Amazon Linux 2023 runs systemd 252,
+    /// as Debian 12 does.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn systemd_accepts_the_unit() {
+        let script = render(&WorkerTask::sample(), Some(&download())).unwrap();
+        let start = script.find("<<TENDER_UNIT\n").unwrap() + "<<TENDER_UNIT\n".len();
+        let len = script[start..].find("TENDER_UNIT\n").unwrap();
+        let unit = script[start..start + len]
+            .replace("${AGENT}", "/bin/true")
+            .replace("${INSTANCE_ID}", "i-0123456789abcdef0");
+        let dir = std::env::temp_dir().join(format!("tender-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tender-worker.service");
+        std::fs::write(&path, &unit).unwrap();
+        let out = std::process::Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&path)
+            .output()
+            .expect("systemd-analyze (Debian's systemd package) checks the worker unit");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && said.trim().is_empty(),
+            "{said}\n{unit}"
+        );
+    }
+
     /// The script is valid POSIX shell (`sh -n`), with and without an
     /// agent to download.
     #[test]
