@@ -9,7 +9,7 @@ use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode, ServerSideEncryption};
 
-use super::repository::Repository;
+use super::repository::{Repository, is_missing};
 use super::{AwsError, AwsOperation};
 use crate::mover::manifest::RepositoryLocation;
 
@@ -35,7 +35,7 @@ impl Repository<'_> {
             .send();
         match self.aws.call(AwsOperation::HeadObject, head).await {
             Ok(out) => Ok(out.checksum_sha256().map(String::from)),
-            Err(e) if matches!(e.code(), Some("NoSuchKey" | "NotFound" | "Http404")) => Ok(None),
+            Err(e) if is_missing(&e) => Ok(None),
             Err(e) => Err(e),
         }
     }

@@ -23,7 +23,7 @@ const PRECONDITION_FAILED: &str = "PreconditionFailed";
 /// <https://docs.aws.amazon.com/AmazonS3/latest/API/API_HeadObject.html>),
 /// so a 403 is never taken for "absent": it would turn a missing
 /// permission into a full backup, or a restore point into "not found".
-fn is_missing(e: &AwsError) -> bool {
+pub(super) fn is_missing(e: &AwsError) -> bool {
     e.code()
         .is_some_and(|c| matches!(c, "NoSuchKey" | "NotFound" | "Http404"))
 }

@@ -552,26 +552,6 @@ pub fn apply_messages<W: DerefMut<Target = WorkerStatus>>(
     out
 }
 
-/// Judges every worker (see [`judge_worker`]); `liveness` says what was
-/// observed of each. Returns the Events of the phases that changed.
-pub fn judge_workers<'o, W: DerefMut<Target = WorkerStatus>>(
-    workers: &mut [W],
-    facts: &JobFacts,
-    liveness: impl Fn(&WorkerStatus) -> Liveness<'o>,
-    timeouts: impl Into<Timeouts>,
-    now: Timestamp,
-) -> Vec<Notice> {
-    let timeouts = timeouts.into();
-    let mut notices = Vec::new();
-    for w in workers.iter_mut() {
-        let before = w.phase;
-        let observed = liveness(w);
-        judge_worker(w, facts, observed, timeouts, now);
-        notices.extend(phase_notice(Some(before), w));
-    }
-    notices
-}
-
 /// Replaces failed workers within the backoff limit and resumes suspended
 /// ones: a new attempt with a new launch token. Returns the Events of the
 /// retries.

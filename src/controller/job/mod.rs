@@ -371,11 +371,12 @@ async fn judge_workers<K: WorkerJob>(
     };
     let before: Vec<Phase> = status.workers.iter().map(|w| w.phase).collect();
     let unfinished: Vec<bool> = before.iter().map(|p| !p.is_finished()).collect();
-    // The Events are made here, once a worker that did not boot carries its
+    // Each Event is made once a worker that did not boot carries its
     // console in its message.
-    let _ = core::judge_workers(&mut status.workers, &facts, liveness, timeout, now);
     let mut notices = Vec::new();
     for (w, &was) in status.workers.iter_mut().zip(&before) {
+        let observed = liveness(w);
+        core::judge_worker(w, &facts, observed, timeout, now);
         if was != Phase::Failed
             && w.phase == Phase::Failed
             && w.reason.as_deref() == Some(FailureReason::WorkerBootTimeout.as_str())
