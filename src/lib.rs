@@ -10,6 +10,7 @@ pub mod messages;
 pub mod mover;
 pub mod names;
 pub mod placement;
+pub mod policy;
 pub mod reachability;
 pub mod reasons;
 pub mod telemetry;
