@@ -20,6 +20,13 @@ pub const JOB_FINALIZER: &str = "tender.dev/workers";
 /// no unfinished job uses the configuration.
 pub const CONFIGURATION_FINALIZER: &str = "tender.dev/queue";
 
+/// The label on a BackupJob a BackupPolicy created: the policy's name.
+pub const POLICY_LABEL: &str = "tender.dev/policy";
+
+/// The annotation on a BackupJob a BackupPolicy created: the run's
+/// scheduled time (RFC 3339).
+pub const SCHEDULED_TIME_ANNOTATION: &str = "tender.dev/scheduled-time";
+
 /// Annotation that ends a file-level recovery session now (value `true`):
 /// `kubectl annotate restorejob NAME tender.dev/finish-session=true`.
 pub const FINISH_SESSION_ANNOTATION: &str = "tender.dev/finish-session";

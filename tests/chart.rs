@@ -355,12 +355,27 @@ fn managed_namespace_checks(ns: &str, allowed: bool) -> Vec<Check> {
             checks.push(check(verb, res, ns, allowed));
         }
         checks.push(check("patch", res, ns, allowed).on("status"));
-        for verb in ["update", "create"] {
-            // The controller never creates its users' resources.
-            checks.push(check(verb, res, ns, false));
-        }
+        // The controller never creates its users' resources; only a
+        // BackupPolicy's runs (BackupJobs).
+        checks.push(check("update", res, ns, false));
+        checks.push(check(
+            "create",
+            res,
+            ns,
+            allowed && res == "backupjobs.tender.dev",
+        ));
         checks.push(check("update", res, ns, false).on("status"));
         checks.push(check("update", res, ns, false).on("finalizers"));
+    }
+    let policies = "backuppolicies.tender.dev";
+    for verb in ["get", "list", "watch"] {
+        checks.push(check(verb, policies, ns, allowed));
+    }
+    checks.push(check("patch", policies, ns, allowed).on("status"));
+    checks.push(check("update", policies, ns, allowed).on("finalizers"));
+    // A policy is its users': the controller never changes nor deletes it.
+    for verb in ["create", "update", "patch", "delete"] {
+        checks.push(check(verb, policies, ns, false));
     }
     checks.push(check("create", "events.events.k8s.io", ns, allowed));
     checks.push(check("patch", "events.events.k8s.io", ns, allowed));

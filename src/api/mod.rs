@@ -1,6 +1,7 @@
 //! Tender's custom resources, API group `tender.dev`, version `v1alpha1`.
 
 pub mod backup_job;
+pub mod backup_policy;
 pub mod backup_repository;
 pub mod conditions;
 pub mod job;
@@ -13,6 +14,10 @@ use serde::{Deserialize, Serialize};
 
 pub use backup_job::{
     BackupJob, BackupJobSpec, BackupJobStatus, BackupResource, BackupWorkerStatus,
+};
+pub use backup_policy::{
+    BackupPolicy, BackupPolicySpec, BackupPolicyStatus, InstanceSelector, MissingResource,
+    PolicyJobLimits, PolicyResource, ProtectedResource,
 };
 pub use backup_repository::{
     BackupRepository, BackupRepositorySpec, BackupRepositoryStatus, EncryptionKind,
@@ -74,6 +79,7 @@ pub fn crd_documents() -> Result<Vec<(String, String)>, serde_yaml::Error> {
         BackupRepository::crd(),
         BackupJob::crd(),
         RestoreJob::crd(),
+        BackupPolicy::crd(),
     ]
     .into_iter()
     .map(|crd| {

@@ -179,6 +179,71 @@ impl Instances<'_> {
             .await
     }
 
+    /// The instances a policy protects in `region`: those of `ids` and
+    /// those carrying every tag of any of `selectors` (EC2 filter values:
+    /// `*` and `?` are wildcards), not terminated nor shutting down. By
+    /// filter, so an ID that does not exist is just not found (no
+    /// `InvalidInstanceID.NotFound` for the whole call). Returns the IDs
+    /// found, sorted.
+    pub async fn find_protected_instances(
+        &self,
+        region: &str,
+        ids: &[String],
+        selectors: &[std::collections::BTreeMap<String, String>],
+    ) -> Result<Vec<String>, AwsError> {
+        let alive = Filter::builder()
+            .name("instance-state-name")
+            .set_values(Some(
+                ["pending", "running", "stopping", "stopped"]
+                    .map(String::from)
+                    .to_vec(),
+            ))
+            .build();
+        let mut queries: Vec<Vec<Filter>> = ids
+            .chunks(BATCH_FILTER_VALUES)
+            .map(|chunk| {
+                vec![
+                    alive.clone(),
+                    Filter::builder()
+                        .name("instance-id")
+                        .set_values(Some(chunk.to_vec()))
+                        .build(),
+                ]
+            })
+            .collect();
+        for tags in selectors {
+            let mut filters = vec![alive.clone()];
+            filters.extend(
+                tags.iter()
+                    .map(|(k, v)| Filter::builder().name(format!("tag:{k}")).values(v).build()),
+            );
+            queries.push(filters);
+        }
+        let mut found = std::collections::BTreeSet::new();
+        for filters in queries {
+            let mut pages = self
+                .aws
+                .ec2(region)
+                .describe_instances()
+                .set_filters(Some(filters))
+                .into_paginator()
+                .send();
+            while let Some(page) = self
+                .aws
+                .page(AwsOperation::DescribeInstances, pages.next())
+                .await?
+            {
+                found.extend(
+                    page.reservations()
+                        .iter()
+                        .flat_map(|r| r.instances())
+                        .filter_map(|i| i.instance_id().map(String::from)),
+                );
+            }
+        }
+        Ok(found.into_iter().collect())
+    }
+
     /// Instances by ID with the total size of their EBS volumes: one
     /// DescribeInstances for all of them (one unknown ID fails it as a
     /// whole; then each is asked for alone) and one DescribeVolumes.

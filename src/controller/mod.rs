@@ -14,6 +14,7 @@
 
 pub mod agents;
 pub mod backup_job;
+pub mod backup_policy;
 pub mod backup_repository;
 pub mod configuration_checks;
 pub mod events;

@@ -22,10 +22,11 @@ use super::index::WorkerIndex;
 use super::job::status::Written;
 use super::reports::{self, QueuePumps, ReportStore};
 use super::{
-    Context, Error, Options, Result, anyhow_like, backup_job, backup_repository, error_policy,
-    garbage_collector, job, leader, restore_job, wake, worker_configuration, worker_count,
+    Context, Error, Options, Result, anyhow_like, backup_job, backup_policy, backup_repository,
+    error_policy, garbage_collector, job, leader, restore_job, wake, worker_configuration,
+    worker_count,
 };
-use crate::api::{BackupJob, BackupRepository, RestoreJob, WorkerConfiguration};
+use crate::api::{BackupJob, BackupPolicy, BackupRepository, RestoreJob, WorkerConfiguration};
 use crate::aws::AwsClients;
 use crate::aws::instance_cache::InstanceCache;
 use crate::names::CONTROLLER_NAME;
@@ -140,6 +141,7 @@ async fn run_leader(
         class_controller(repository_api, &classes, predicates::generation);
     let (namespace_store, namespace_watcher) = watch_namespaces(&client, ns).await?;
 
+    let policies = policy_controller(&client, ns);
     let ctx = Arc::new(Context::new(
         client,
         aws,
@@ -164,18 +166,35 @@ async fn run_leader(
         restores,
         configurations: config_controller,
         repositories,
+        policies,
     };
     let outcome = run_all(ctx, controllers, opts.sweep, leadership).await;
     namespace_watcher.abort();
     outcome
 }
 
-/// The controllers of the four kinds.
+/// The controllers of the five kinds.
 struct Controllers {
     backups: Controller<BackupJob>,
     restores: Controller<RestoreJob>,
     configurations: Controller<WorkerConfiguration>,
     repositories: Controller<BackupRepository>,
+    policies: Controller<BackupPolicy>,
+}
+
+/// The policies' controller: a policy reconciles on its own changes, on
+/// its jobs' (those it owns, by their label), and at its next run's time.
+fn policy_controller(client: &Client, ns: Option<&str>) -> Controller<BackupPolicy> {
+    let jobs: Api<BackupJob> = api_for(client, ns);
+    Controller::new(
+        api_for::<BackupPolicy>(client, ns),
+        watcher::Config::default(),
+    )
+    .owns(
+        jobs,
+        watcher::Config::default().labels(crate::names::POLICY_LABEL),
+    )
+    .shutdown_on_signal()
 }
 
 /// Runs the controllers, the sweeper and the worker count until they stop
@@ -204,8 +223,18 @@ async fn run_all(
         .repositories
         .run(backup_repository::reconcile, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
+    let policies_done = c
+        .policies
+        .run(backup_policy::reconcile, error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
     let controllers = async {
-        futures::join!(jobs_done, configs_done, restores_done, repositories_done);
+        futures::join!(
+            jobs_done,
+            configs_done,
+            restores_done,
+            repositories_done,
+            policies_done
+        );
     };
     let outcome = until_stopped(controllers, leadership).await;
     sweeper.abort();

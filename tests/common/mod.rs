@@ -172,6 +172,7 @@ pub async fn install_crds(client: &Client) {
         BackupRepository::crd(),
         BackupJob::crd(),
         RestoreJob::crd(),
+        tender::api::BackupPolicy::crd(),
     ] {
         let name = crd.metadata.name.clone().unwrap();
         api.patch(
@@ -415,6 +416,14 @@ where
             Err(e) => panic!("{e:?}"),
         }
     }
+}
+
+/// The condition of `type_` in a list of conditions, if present.
+pub fn condition_of<'a>(
+    conditions: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
 }
 
 /// The condition of `type_` on a job, if present.

@@ -62,8 +62,21 @@ sessions. A ClusterRole for all namespaces, or a Role in watchNamespace.
 - apiGroups: ["tender.dev"]
   resources: ["backupjobs", "restorejobs"]
   verbs: ["get", "list", "watch", "patch", "delete"]
+# A BackupPolicy's runs: the controller creates their BackupJobs.
 - apiGroups: ["tender.dev"]
-  resources: ["backupjobs/status", "restorejobs/status"]
+  resources: ["backupjobs"]
+  verbs: ["create"]
+- apiGroups: ["tender.dev"]
+  resources: ["backuppolicies"]
+  verbs: ["get", "list", "watch"]
+# The runs' owner references block the policy's deletion until they are
+# gone (the OwnerReferencesPermissionEnforcement admission plugin asks
+# for this).
+- apiGroups: ["tender.dev"]
+  resources: ["backuppolicies/finalizers"]
+  verbs: ["update"]
+- apiGroups: ["tender.dev"]
+  resources: ["backupjobs/status", "restorejobs/status", "backuppolicies/status"]
   verbs: ["patch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]

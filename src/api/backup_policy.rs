@@ -1,0 +1,263 @@
+//! `BackupPolicy`: which resources are protected, when, where to, and how
+//! long their restore points are kept. Each scheduled run creates one
+//! BackupJob owned by the policy.
+// Clippy reads the `printcolumn(...)` entries of `#[kube]` as duplicated
+// attributes; they are separate columns.
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{INSTANCE_ID_PATTERN, LocalObjectReference, REGION_PATTERN};
+pub use crate::policy::retention::Retention;
+pub use crate::policy::runs::ConcurrencyPolicy;
+
+/// Back up a set of EC2 instances on a schedule, and keep their restore
+/// points as long as `retention` says. Like a CronJob: each run creates a
+/// BackupJob (named `<policy>-<scheduled minute>`, owned by the policy), so
+/// a policy's name is at most 52 characters, as a CronJob's.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "tender.dev",
+    version = "v1alpha1",
+    kind = "BackupPolicy",
+    namespaced,
+    status = "BackupPolicyStatus",
+    shortname = "bpol",
+    category = "tender",
+    printcolumn(name = "Schedule", type_ = "string", json_path = ".spec.schedule"),
+    printcolumn(name = "TimeZone", type_ = "string", json_path = ".spec.timeZone"),
+    printcolumn(name = "Suspend", type_ = "boolean", json_path = ".spec.suspend"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Resources",
+        type_ = "integer",
+        json_path = ".status.protectedResources",
+        description = "Resources the last run backed up"
+    ),
+    printcolumn(
+        name = "LastSchedule",
+        type_ = "date",
+        json_path = ".status.lastScheduleTime"
+    ),
+    printcolumn(
+        name = "LastSuccess",
+        type_ = "date",
+        json_path = ".status.lastSuccessfulTime",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Next",
+        type_ = "string",
+        json_path = ".status.nextScheduleTime",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.resources) || has(self.instanceSelectors)",
+     "message": "name what to protect: spec.resources, spec.instanceSelectors, or both"}
+]))]
+#[serde(rename_all = "camelCase")]
+pub struct BackupPolicySpec {
+    /// When to back up, in cron syntax as a CronJob has it (`minute hour
+    /// day-of-month month day-of-week`, or `@daily`, `@hourly`, …),
+    /// interpreted in `timeZone`.
+    #[schemars(length(min = 1, max = 128))]
+    pub schedule: String,
+    /// The IANA time zone of `schedule` and of retention's calendar (days,
+    /// weeks…), for example `Europe/Berlin` (default `UTC`). The zone
+    /// database is compiled into Tender; nothing is read from the host.
+    #[serde(default = "utc", skip_serializing_if = "is_utc")]
+    #[schemars(length(min = 1, max = 64))]
+    pub time_zone: String,
+    /// Seconds after its scheduled time within which a run may still start
+    /// (after a controller outage, or while `Forbid` held it); a run later
+    /// than that is skipped and reported. Unset: no deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub starting_deadline_seconds: Option<i64>,
+    /// What a run does while the previous one is still active: `Forbid`
+    /// (default: it waits, and is skipped if the deadline passes),
+    /// `Allow`, or `Replace` (the active run's BackupJob is deleted).
+    #[serde(default)]
+    pub concurrency_policy: ConcurrencyPolicy,
+    /// While true, no run starts (active runs go on).
+    #[serde(default)]
+    pub suspend: bool,
+    /// The region of every resource of this policy, for example
+    /// `eu-west-1`. One policy per region: its workers and configuration
+    /// are regional too.
+    #[schemars(pattern(REGION_PATTERN), length(max = 32))]
+    pub region: String,
+    /// Instances protected by ID. One that no longer exists is reported in
+    /// `status.missingResources` and left out of the run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub resources: Vec<PolicyResource>,
+    /// Instances protected by their tags, looked up at every run: an
+    /// instance tagged after the policy was made is protected from the next
+    /// run on. Instances that match any selector are protected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub instance_selectors: Vec<InstanceSelector>,
+    /// The BackupRepository the restore points go to (it must admit this
+    /// namespace).
+    pub repository_ref: LocalObjectReference,
+    /// The WorkerConfiguration the runs' workers are launched with; unset:
+    /// the default configuration of `region`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_configuration_ref: Option<LocalObjectReference>,
+    /// How long restore points are kept (restic's rules, per resource, in
+    /// `timeZone`). Unset: every restore point is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
+    /// Retries and deadline of each run's BackupJob.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_limits: Option<PolicyJobLimits>,
+    /// Finished runs that succeeded to keep (default 3); older ones'
+    /// BackupJobs are deleted (their restore points stay).
+    #[serde(default = "three")]
+    #[schemars(range(min = 0, max = 100))]
+    pub successful_jobs_history_limit: i32,
+    /// Finished runs that failed to keep (default 1).
+    #[serde(default = "one")]
+    #[schemars(range(min = 0, max = 100))]
+    pub failed_jobs_history_limit: i32,
+}
+
+fn utc() -> String {
+    "UTC".into()
+}
+fn is_utc(zone: &str) -> bool {
+    zone == "UTC"
+}
+fn three() -> i32 {
+    3
+}
+fn one() -> i32 {
+    1
+}
+
+/// An instance protected by ID.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyResource {
+    /// ID of the EC2 instance, for example `i-0123456789abcdef0`.
+    #[schemars(pattern(INSTANCE_ID_PATTERN), length(max = 19))]
+    pub instance_id: String,
+}
+
+/// EC2 instances by tags.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceSelector {
+    /// Tags an instance must all carry, as `key: value`; a value may use
+    /// EC2's filter wildcards (`*` any characters, `?` one), so `"*"`
+    /// matches any value. Terminated instances never match.
+    #[schemars(length(min = 1, max = 10))]
+    pub match_tags: BTreeMap<String, String>,
+}
+
+/// Retries and deadline of each run's BackupJob.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyJobLimits {
+    /// Retries per resource (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 20))]
+    pub backoff_limit: Option<i32>,
+    /// Seconds a run may take before its workers are terminated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub active_deadline_seconds: Option<i64>,
+}
+
+/// What the controller observed of a policy.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupPolicyStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Scheduled`, `Running` (a run is active), `Suspended` or `Invalid`,
+    /// for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// `Ready` (the policy is valid and its runs start), `Stalled` (it is
+    /// invalid; the message says what to fix), `RunsMissed` (runs that
+    /// never started, and why), `ResourcesMissing` (protected instances
+    /// that no longer exist).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The scheduled time of the last run started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<Time>,
+    /// The same, in the policy's time zone (RFC 9557, with the zone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time_local: Option<String>,
+    /// The next scheduled run (UTC, RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_schedule_time: Option<Time>,
+    /// The same, in the policy's time zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_schedule_time_local: Option<String>,
+    /// When the last run that succeeded for every resource finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_time: Option<Time>,
+    /// The BackupJobs of runs still active.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub active: Vec<String>,
+    /// Runs that were due but never started, since the policy was made.
+    #[serde(default)]
+    pub missed_runs: i64,
+    /// Resources the last run backed up.
+    #[serde(default)]
+    pub protected_resources: i32,
+    /// Per protected resource, its newest restore point.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<ProtectedResource>,
+    /// Resources named by ID that no longer exist, and instances a selector
+    /// matched before but not any more (gone, or untagged).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_resources: Vec<MissingResource>,
+}
+
+/// One protected resource and its newest restore point.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProtectedResource {
+    /// The instance ID.
+    pub id: String,
+    /// `resources` or `instanceSelectors`.
+    pub source: String,
+    /// Its newest restore point made by this policy (`<job>/<resource>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest_restore_point: Option<String>,
+    /// When that restore point's run finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest_restore_point_time: Option<Time>,
+    /// Its age when the status was last written, such as `3h` or `12m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age: Option<String>,
+}
+
+/// A resource the policy protected that it cannot find any more.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MissingResource {
+    /// The instance ID.
+    pub id: String,
+    /// Why: not found, terminated, or no longer matching a selector.
+    pub reason: String,
+    /// When the policy first noticed.
+    pub since: Time,
+}

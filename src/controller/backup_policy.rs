@@ -1,0 +1,714 @@
+//! BackupPolicy: start each scheduled run as a BackupJob owned by the
+//! policy (CronJob's rules, `crate::policy::runs`), look up the resources
+//! it protects at every run, prune finished runs past the history limits,
+//! and write what happened to the policy's status.
+//!
+//! A run's job is named after its scheduled minute and the policy's
+//! `lastScheduleTime` moves only once that job exists: a controller that
+//! restarts (or reads a stale cache) finds the job already there and never
+//! starts a run twice; one that was down during a run's minute starts it
+//! when it comes back, within `startingDeadlineSeconds`.
+
+mod history;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use kube::api::{DeleteParams, ObjectMeta, PostParams, PropagationPolicy};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, Resource, ResourceExt};
+use tracing::{info, instrument};
+
+use super::{Context, Error, Result, apply_status};
+use crate::api::conditions::{self, DesiredCondition, READY, STALLED};
+use crate::api::{
+    BackupJob, BackupJobSpec, BackupPolicy, BackupPolicyStatus, BackupResource, JobLimits,
+    WorkerConfiguration,
+};
+use crate::aws::accounts::Access;
+use crate::names::{POLICY_LABEL, SCHEDULED_TIME_ANNOTATION};
+use crate::policy::retention::Rules;
+use crate::policy::runs::{self, Decision, Observed, Skipped};
+use crate::policy::schedule::Schedule;
+
+/// Event reasons of policies.
+pub mod reasons {
+    pub const RUN_STARTED: &str = "RunStarted";
+    pub const RUN_SKIPPED: &str = "RunSkipped";
+    pub const RUNS_MISSED: &str = "RunsMissed";
+    pub const RUN_REPLACED: &str = "RunReplaced";
+    pub const NO_RESOURCES: &str = "NoResources";
+    pub const RESOURCES_MISSING: &str = "ResourcesMissing";
+    pub const INVALID_POLICY: &str = "InvalidPolicy";
+    pub const NO_CONFIGURATION: &str = "WorkerConfigurationNotFound";
+    pub const TOO_MANY_RESOURCES: &str = "TooManyResources";
+}
+
+/// The most resources one BackupJob takes (its `spec.resources` limit).
+const MAX_RESOURCES: usize = 100;
+
+/// The condition types only policies have.
+pub const RUNS_MISSED: &str = "RunsMissed";
+pub const RESOURCES_MISSING: &str = "ResourcesMissing";
+
+/// The longest a policy waits between reconciles (its resources' ages).
+const REFRESH: Duration = Duration::from_secs(300);
+
+/// A policy's spec, checked.
+struct Parsed {
+    schedule: Schedule,
+    zone: TimeZone,
+}
+
+/// The longest policy name: its jobs are `<policy>-<minute>` (CronJob's
+/// limit too).
+const MAX_NAME: usize = 52;
+
+fn parse(policy: &BackupPolicy) -> std::result::Result<Parsed, String> {
+    let name = policy.name_any();
+    if name.len() > MAX_NAME {
+        return Err(format!(
+            "the name {name:?} is longer than {MAX_NAME} characters: each run's BackupJob is named <policy>-<scheduled minute>; create the policy with a shorter name"
+        ));
+    }
+    let schedule = Schedule::parse(&policy.spec.schedule)
+        .map_err(|e| format!("spec.schedule {:?}: {e}", policy.spec.schedule))?;
+    let zone = TimeZone::get(&policy.spec.time_zone).map_err(|_| {
+        format!(
+            "spec.timeZone {:?} is not an IANA time zone (such as Europe/Berlin or America/New_York)",
+            policy.spec.time_zone
+        )
+    })?;
+    if let Some(retention) = &policy.spec.retention {
+        Rules::of(retention)?;
+    }
+    Ok(Parsed { schedule, zone })
+}
+
+#[instrument(skip_all, fields(policy = policy.name_any()))]
+pub async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.metrics
+        .reconciles
+        .get_or_create(&super::kind_labels("BackupPolicy"))
+        .inc();
+    let ns = policy
+        .namespace()
+        .ok_or(Error::MissingObjectKey("namespace"))?;
+    let api: Api<BackupPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    let before = policy.status.clone().unwrap_or_default();
+    let mut status = before.clone();
+    status.observed_generation = policy.metadata.generation;
+    let now = Timestamp::now();
+    let parsed = match parse(&policy) {
+        Ok(p) => p,
+        Err(message) => {
+            status.phase = Some("Invalid".into());
+            status.conditions = conditions::merge(
+                &status.conditions,
+                &[
+                    DesiredCondition::new(READY, false, reasons::INVALID_POLICY, &message),
+                    DesiredCondition::new(STALLED, true, reasons::INVALID_POLICY, &message),
+                ],
+                policy.metadata.generation,
+                now,
+            );
+            if status != before {
+                ctx.event(
+                    &*policy,
+                    EventType::Warning,
+                    reasons::INVALID_POLICY,
+                    "Validate",
+                    message,
+                )
+                .await;
+                apply_status(&api, &*policy, &status, &ctx.metrics).await?;
+            }
+            return Ok(Action::await_change());
+        }
+    };
+    let jobs = own_jobs(&ctx, &policy, &ns);
+    let job_refs: Vec<&BackupJob> = jobs.iter().map(Arc::as_ref).collect();
+    let runs = history::runs(
+        &job_refs,
+        policy.spec.successful_jobs_history_limit,
+        policy.spec.failed_jobs_history_limit,
+    );
+    let decision = runs::decide(&Observed {
+        schedule: &parsed.schedule,
+        zone: &parsed.zone,
+        created: policy
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .unwrap_or(now),
+        last_scheduled: before.last_schedule_time.as_ref().map(|t| t.0),
+        starting_deadline_seconds: policy.spec.starting_deadline_seconds,
+        concurrency: policy.spec.concurrency_policy,
+        suspend: policy.spec.suspend,
+        active: &runs.active,
+        now,
+    });
+    let mut active = runs.active.clone();
+    let mut run_conditions = Vec::new();
+    carry_out(
+        &ctx,
+        &policy,
+        &parsed,
+        &decision,
+        &mut status,
+        &mut active,
+        &mut run_conditions,
+    )
+    .await?;
+    let jobs_api: Api<BackupJob> = Api::namespaced(ctx.client.clone(), &ns);
+    for name in &runs.prune {
+        delete_job(&jobs_api, name).await?;
+    }
+    write_status(
+        &policy,
+        &parsed,
+        (&decision, &runs, active),
+        run_conditions,
+        &mut status,
+        now,
+    );
+    if status != before {
+        apply_status(&api, &*policy, &status, &ctx.metrics).await?;
+    }
+    Ok(Action::requeue(requeue_after(
+        decision.next,
+        Timestamp::now(),
+    )))
+}
+
+/// How long until the next run is due (capped at [`REFRESH`]); a timer
+/// never fires early, so the run starts within a moment of its minute.
+fn requeue_after(next: Option<Timestamp>, now: Timestamp) -> Duration {
+    next.and_then(|n| Duration::try_from(n.duration_since(now)).ok())
+        .unwrap_or(REFRESH)
+        .min(REFRESH)
+        .max(Duration::from_millis(100))
+}
+
+/// The policy's own BackupJobs, from the shared job cache.
+fn own_jobs(ctx: &Context, policy: &BackupPolicy, ns: &str) -> Vec<Arc<BackupJob>> {
+    let uid = policy.uid();
+    ctx.jobs
+        .state()
+        .into_iter()
+        .filter(|j| j.namespace().as_deref() == Some(ns))
+        .filter(|j| j.labels().get(POLICY_LABEL) == Some(&policy.name_any()))
+        .filter(|j| {
+            j.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == uid.as_ref())
+        })
+        .collect()
+}
+
+async fn delete_job(api: &Api<BackupJob>, name: &str) -> Result<()> {
+    let params = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..Default::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Does what `decision` says: ends replaced runs, starts the due one (its
+/// resources looked up now), and says what was skipped.
+async fn carry_out(
+    ctx: &Context,
+    policy: &BackupPolicy,
+    parsed: &Parsed,
+    decision: &Decision,
+    status: &mut BackupPolicyStatus,
+    active: &mut Vec<String>,
+    run_conditions: &mut Vec<DesiredCondition>,
+) -> Result<()> {
+    let ns = policy.namespace().unwrap_or_default();
+    let jobs_api: Api<BackupJob> = Api::namespaced(ctx.client.clone(), &ns);
+    if let Some((due, why)) = &decision.skipped {
+        let local = due.to_zoned(parsed.zone.clone());
+        let message = match why {
+            Skipped::StillActive { active } => format!(
+                "the run of {local} waits: run {active} is still active and concurrencyPolicy is Forbid; it starts when that one ends{}",
+                deadline_note(policy)
+            ),
+            Skipped::MissedDeadline => format!(
+                "the run of {local} was not started within startingDeadlineSeconds ({}s) of its time",
+                policy.spec.starting_deadline_seconds.unwrap_or_default()
+            ),
+        };
+        run_conditions.push(DesiredCondition::new(
+            RUNS_MISSED,
+            true,
+            reasons::RUN_SKIPPED,
+            &message,
+        ));
+        if !skip_already_said(status, &message) {
+            ctx.event(
+                policy,
+                EventType::Warning,
+                reasons::RUN_SKIPPED,
+                "Schedule",
+                message,
+            )
+            .await;
+        }
+    }
+    let Some(due) = decision.start else {
+        return Ok(());
+    };
+    for name in &decision.replace {
+        delete_job(&jobs_api, name).await?;
+        active.retain(|a| a != name);
+        let note =
+            format!("run {name} was deleted to start the run of {due} (concurrencyPolicy Replace)");
+        ctx.event(
+            policy,
+            EventType::Normal,
+            reasons::RUN_REPLACED,
+            "Schedule",
+            note,
+        )
+        .await;
+    }
+    let found = match find_resources(ctx, policy).await {
+        Ok(found) => found,
+        Err(Found::NoConfiguration(message)) => {
+            run_conditions.push(DesiredCondition::new(
+                RUNS_MISSED,
+                true,
+                reasons::NO_CONFIGURATION,
+                &message,
+            ));
+            ctx.event(
+                policy,
+                EventType::Warning,
+                reasons::NO_CONFIGURATION,
+                "Schedule",
+                message,
+            )
+            .await;
+            return Ok(());
+        }
+        Err(Found::Failed(e)) => return Err(e),
+    };
+    record_missing(ctx, policy, status, &found).await;
+    let name = runs::job_name(&policy.name_any(), due);
+    status.missed_runs = status.missed_runs.saturating_add(decision.missed as i64);
+    if decision.missed > 0 {
+        let message = format!(
+            "{} run(s) before the one of {} never started (controller down, or a run held by Forbid); only the newest is started (CronJob's rule)",
+            decision.missed,
+            due.to_zoned(parsed.zone.clone())
+        );
+        run_conditions.push(DesiredCondition::new(
+            RUNS_MISSED,
+            true,
+            reasons::RUNS_MISSED,
+            &message,
+        ));
+        ctx.event(
+            policy,
+            EventType::Warning,
+            reasons::RUNS_MISSED,
+            "Schedule",
+            message,
+        )
+        .await;
+    }
+    status.last_schedule_time = Some(Time(due));
+    status.last_schedule_time_local = Some(due.to_zoned(parsed.zone.clone()).to_string());
+    if found.ids.is_empty() {
+        let message = format!(
+            "the run of {} found nothing to back up: no instance of spec.resources exists and no instance in {} matches spec.instanceSelectors",
+            due.to_zoned(parsed.zone.clone()),
+            policy.spec.region
+        );
+        run_conditions.push(DesiredCondition::new(
+            RUNS_MISSED,
+            true,
+            reasons::NO_RESOURCES,
+            &message,
+        ));
+        ctx.event(
+            policy,
+            EventType::Warning,
+            reasons::NO_RESOURCES,
+            "Schedule",
+            message,
+        )
+        .await;
+        return Ok(());
+    }
+    status.protected_resources = found.ids.len().min(MAX_RESOURCES) as i32;
+    if found.ids.len() > MAX_RESOURCES {
+        let left_out = &found.ids[MAX_RESOURCES..];
+        let message = format!(
+            "{} instances are protected but a run backs up at most {MAX_RESOURCES}; left out of the run of {}: {}; split the policy (narrower instanceSelectors)",
+            found.ids.len(),
+            due.to_zoned(parsed.zone.clone()),
+            left_out.join(", ")
+        );
+        run_conditions.push(DesiredCondition::new(
+            RUNS_MISSED,
+            true,
+            reasons::TOO_MANY_RESOURCES,
+            &message,
+        ));
+        ctx.event(
+            policy,
+            EventType::Warning,
+            reasons::TOO_MANY_RESOURCES,
+            "Schedule",
+            message,
+        )
+        .await;
+    }
+    let job = job_for(policy, &name, due, &found.ids)?;
+    match jobs_api.create(&PostParams::default(), &job).await {
+        Ok(_) => {
+            info!(job = name, resources = found.ids.len(), "run started");
+            let note = format!(
+                "BackupJob {name} backs up {} instance(s) for the run of {}",
+                found.ids.len(),
+                due.to_zoned(parsed.zone.clone())
+            );
+            ctx.event(
+                policy,
+                EventType::Normal,
+                reasons::RUN_STARTED,
+                "Schedule",
+                note,
+            )
+            .await;
+        }
+        // Made already: by this controller before a restart, or seen late
+        // in a stale cache. The run counts once.
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+    if !active.contains(&name) {
+        active.push(name);
+    }
+    status.resources = history::protected_resources(
+        &status.resources,
+        &found.sources,
+        &BTreeMap::new(),
+        Timestamp::now(),
+    );
+    Ok(())
+}
+
+fn deadline_note(policy: &BackupPolicy) -> String {
+    match policy.spec.starting_deadline_seconds {
+        Some(s) => format!(" (if within startingDeadlineSeconds, {s}s)"),
+        None => String::new(),
+    }
+}
+
+/// Whether the status says this skip already (an Event per skip, not per
+/// reconcile).
+fn skip_already_said(status: &BackupPolicyStatus, message: &str) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == RUNS_MISSED && c.message == message)
+}
+
+/// The resources a run protects, found now.
+struct FoundResources {
+    /// Instance IDs to back up, sorted.
+    ids: Vec<String>,
+    /// Each with where it came from.
+    sources: BTreeMap<String, &'static str>,
+    /// IDs named in spec.resources.
+    named: Vec<String>,
+}
+
+enum Found {
+    NoConfiguration(String),
+    Failed(Error),
+}
+
+/// Looks the policy's instances up in its region, with the production
+/// account access of the configuration its jobs will use.
+async fn find_resources(ctx: &Context, policy: &BackupPolicy) -> Result<FoundResources, Found> {
+    let config = configuration_of(ctx, policy).map_err(Found::NoConfiguration)?;
+    let access = Access::new(
+        config.spec.production_account.as_ref(),
+        &[&policy.namespace().unwrap_or_default(), &policy.name_any()],
+    );
+    let aws = ctx.aws.scoped(&access).await;
+    let named: Vec<String> = policy
+        .spec
+        .resources
+        .iter()
+        .map(|r| r.instance_id.clone())
+        .collect();
+    let found_named = aws
+        .instances()
+        .find_protected_instances(&policy.spec.region, &named, &[])
+        .await
+        .map_err(|e| Found::Failed(e.into()))?;
+    let selectors: Vec<BTreeMap<String, String>> = policy
+        .spec
+        .instance_selectors
+        .iter()
+        .map(|s| s.match_tags.clone())
+        .collect();
+    let selected = if selectors.is_empty() {
+        Vec::new()
+    } else {
+        aws.instances()
+            .find_protected_instances(&policy.spec.region, &[], &selectors)
+            .await
+            .map_err(|e| Found::Failed(e.into()))?
+    };
+    let mut sources = BTreeMap::new();
+    for id in selected {
+        sources.insert(id, history::SELECTED);
+    }
+    for id in found_named {
+        sources.insert(id, history::NAMED);
+    }
+    Ok(FoundResources {
+        ids: sources.keys().cloned().collect(),
+        sources,
+        named,
+    })
+}
+
+/// The configuration the policy's jobs will use: the one it names, else
+/// the default of its region.
+fn configuration_of(
+    ctx: &Context,
+    policy: &BackupPolicy,
+) -> Result<Arc<WorkerConfiguration>, String> {
+    let all = ctx.configurations.state();
+    match &policy.spec.worker_configuration_ref {
+        Some(r) => all.into_iter().find(|c| c.name_any() == r.name).ok_or_else(|| {
+            format!(
+                "WorkerConfiguration {:?} does not exist; create it or fix spec.workerConfigurationRef",
+                r.name
+            )
+        }),
+        None => all
+            .into_iter()
+            .find(|c| {
+                c.spec.region == policy.spec.region
+                    && c.annotations()
+                        .get(crate::api::DEFAULT_CONFIGURATION_ANNOTATION)
+                        .is_some_and(|v| v == "true")
+            })
+            .ok_or_else(|| {
+                format!(
+                    "no WorkerConfiguration is the default for {} (annotation {}=\"true\"); name one in spec.workerConfigurationRef",
+                    policy.spec.region,
+                    crate::api::DEFAULT_CONFIGURATION_ANNOTATION
+                )
+            }),
+    }
+}
+
+/// Records the resources a run could not find, with an Event when the
+/// list changes.
+async fn record_missing(
+    ctx: &Context,
+    policy: &BackupPolicy,
+    status: &mut BackupPolicyStatus,
+    found: &FoundResources,
+) {
+    let ids: BTreeSet<String> = found.ids.iter().cloned().collect();
+    let missing = history::missing_resources(
+        &status.missing_resources,
+        &status.resources,
+        &found.named,
+        &ids,
+        Timestamp::now(),
+    );
+    let changed = missing
+        .iter()
+        .map(|m| &m.id)
+        .ne(status.missing_resources.iter().map(|m| &m.id));
+    if changed && !missing.is_empty() {
+        let list: Vec<String> = missing
+            .iter()
+            .map(|m| format!("{} ({})", m.id, m.reason))
+            .collect();
+        ctx.event(
+            policy,
+            EventType::Warning,
+            reasons::RESOURCES_MISSING,
+            "Schedule",
+            format!(
+                "protected instances not found in {}: {}",
+                policy.spec.region,
+                list.join("; ")
+            ),
+        )
+        .await;
+    }
+    // A missing resource stays in `resources` with its newest restore
+    // point: it is still restorable, only no longer backed up.
+    status.missing_resources = missing;
+}
+
+/// The BackupJob of one run.
+fn job_for(policy: &BackupPolicy, name: &str, due: Timestamp, ids: &[String]) -> Result<BackupJob> {
+    let owner = OwnerReference {
+        api_version: BackupPolicy::api_version(&()).to_string(),
+        kind: BackupPolicy::kind(&()).to_string(),
+        name: policy.name_any(),
+        uid: policy.uid().ok_or(Error::MissingObjectKey("uid"))?,
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+    let limits = policy.spec.job_limits.clone().unwrap_or_default();
+    let defaults = JobLimits::default();
+    Ok(BackupJob {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: policy.namespace(),
+            labels: Some(BTreeMap::from([(
+                POLICY_LABEL.to_string(),
+                policy.name_any(),
+            )])),
+            annotations: Some(BTreeMap::from([(
+                SCHEDULED_TIME_ANNOTATION.to_string(),
+                due.to_string(),
+            )])),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        spec: BackupJobSpec {
+            worker_configuration_ref: policy.spec.worker_configuration_ref.clone(),
+            resources: ids
+                .iter()
+                .take(MAX_RESOURCES)
+                .map(|id| BackupResource {
+                    instance_id: Some(id.clone()),
+                    snapshot_id: None,
+                    region: policy.spec.region.clone(),
+                })
+                .collect(),
+            repository_ref: Some(policy.spec.repository_ref.clone()),
+            limits: JobLimits {
+                backoff_limit: limits.backoff_limit.unwrap_or(defaults.backoff_limit),
+                active_deadline_seconds: limits.active_deadline_seconds,
+                ttl_seconds_after_finished: None,
+            },
+            suspend: false,
+        },
+        status: None,
+    })
+}
+
+/// Fills the status from the runs and the decision.
+fn write_status(
+    policy: &BackupPolicy,
+    parsed: &Parsed,
+    (decision, runs, active): (&Decision, &history::Runs, Vec<String>),
+    run_conditions: Vec<DesiredCondition>,
+    status: &mut BackupPolicyStatus,
+    now: Timestamp,
+) {
+    status.active = active;
+    if let Some(t) = runs.last_successful
+        && status
+            .last_successful_time
+            .as_ref()
+            .is_none_or(|old| old.0 < t)
+    {
+        status.last_successful_time = Some(Time(t));
+    }
+    status.next_schedule_time = decision.next.map(Time);
+    status.next_schedule_time_local = decision
+        .next
+        .map(|t| t.to_zoned(parsed.zone.clone()).to_string());
+    let sources: BTreeMap<String, &'static str> = BTreeMap::new();
+    status.resources = history::protected_resources(&status.resources, &sources, &runs.newest, now);
+    status.phase = Some(
+        if policy.spec.suspend {
+            "Suspended"
+        } else if !status.active.is_empty() {
+            "Running"
+        } else {
+            "Scheduled"
+        }
+        .into(),
+    );
+    let next = decision
+        .next
+        .map(|t| t.to_zoned(parsed.zone.clone()).to_string())
+        .unwrap_or_else(|| "never (the schedule names no time in the next five years)".into());
+    let ready = if policy.spec.suspend {
+        DesiredCondition::new(
+            READY,
+            true,
+            "Suspended",
+            "the policy is suspended: no run starts until spec.suspend is false",
+        )
+    } else {
+        DesiredCondition::new(READY, true, "Scheduled", format!("next run {next}"))
+    };
+    let mut desired = vec![
+        ready,
+        DesiredCondition::new(STALLED, false, "Valid", String::new()),
+    ];
+    // A skip or miss stays said until a run starts on time.
+    match run_conditions.into_iter().next() {
+        Some(c) => desired.push(c),
+        None if decision.start.is_some() => {}
+        None => {
+            if let Some(c) = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == RUNS_MISSED && c.status == "True")
+            {
+                desired.push(DesiredCondition::new(
+                    RUNS_MISSED,
+                    true,
+                    c.reason.clone(),
+                    c.message.clone(),
+                ));
+            }
+        }
+    }
+    if !status.missing_resources.is_empty() {
+        let ids: Vec<&str> = status
+            .missing_resources
+            .iter()
+            .map(|m| m.id.as_str())
+            .collect();
+        desired.push(DesiredCondition::new(
+            RESOURCES_MISSING,
+            true,
+            reasons::RESOURCES_MISSING,
+            format!(
+                "not found at the last run: {} (see status.missingResources)",
+                ids.join(", ")
+            ),
+        ));
+    }
+    status.conditions = conditions::merge(
+        &status.conditions,
+        &desired,
+        policy.metadata.generation,
+        now,
+    );
+}
+
+#[cfg(test)]
+mod tests;

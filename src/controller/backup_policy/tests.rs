@@ -1,0 +1,93 @@
+use super::*;
+use crate::api::{BackupPolicySpec, LocalObjectReference, PolicyResource};
+
+fn policy(schedule: &str, zone: &str) -> BackupPolicy {
+    let mut p = BackupPolicy::new(
+        "nightly",
+        BackupPolicySpec {
+            schedule: schedule.into(),
+            time_zone: zone.into(),
+            starting_deadline_seconds: None,
+            concurrency_policy: Default::default(),
+            suspend: false,
+            region: "eu-west-1".into(),
+            resources: vec![PolicyResource {
+                instance_id: "i-0123456789abcdef0".into(),
+            }],
+            instance_selectors: Vec::new(),
+            repository_ref: LocalObjectReference {
+                name: "main".into(),
+            },
+            worker_configuration_ref: None,
+            retention: None,
+            job_limits: None,
+            successful_jobs_history_limit: 3,
+            failed_jobs_history_limit: 1,
+        },
+    );
+    p.metadata.namespace = Some("team".into());
+    p.metadata.uid = Some("uid-1".into());
+    p
+}
+
+#[test]
+fn invalid_schedules_zones_and_retention_say_which_field() {
+    assert!(parse(&policy("0 2 * * *", "Europe/Berlin")).is_ok());
+    let e = parse(&policy("0 25 * * *", "UTC")).err().expect("invalid");
+    assert!(e.contains("spec.schedule") && e.contains("hour 25"), "{e}");
+    let e = parse(&policy("@daily", "Mars/Olympus"))
+        .err()
+        .expect("invalid");
+    assert!(e.contains("spec.timeZone") && e.contains("IANA"), "{e}");
+    let mut p = policy("@daily", "UTC");
+    p.spec.retention = Some(crate::api::backup_policy::Retention {
+        keep_within: Some("1w".into()),
+        ..Default::default()
+    });
+    let e = parse(&p).err().expect("invalid");
+    assert!(e.contains("keepWithin"), "{e}");
+}
+
+#[test]
+fn a_run_is_a_backup_job_owned_by_the_policy_and_named_after_its_minute() {
+    let p = policy("* * * * *", "UTC");
+    let due: Timestamp = "2026-12-01T10:00:00Z".parse().expect("ts");
+    let name = runs::job_name("nightly", due);
+    let job = job_for(&p, &name, due, &["i-0123456789abcdef0".into()]).expect("job");
+    assert_eq!(job.name_any(), name);
+    assert_eq!(
+        job.labels().get(POLICY_LABEL).map(String::as_str),
+        Some("nightly")
+    );
+    assert_eq!(
+        job.annotations()
+            .get(SCHEDULED_TIME_ANNOTATION)
+            .map(String::as_str),
+        Some("2026-12-01T10:00:00Z")
+    );
+    let owner = &job.owner_references()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str()),
+        ("BackupPolicy", "uid-1")
+    );
+    assert_eq!(owner.controller, Some(true));
+    assert_eq!(job.spec.resources[0].region, "eu-west-1");
+    assert_eq!(
+        job.spec.repository_ref.as_ref().map(|r| r.name.as_str()),
+        Some("main")
+    );
+    assert_eq!(
+        job.spec.limits.ttl_seconds_after_finished, None,
+        "history limits prune, not a TTL"
+    );
+}
+
+#[test]
+fn the_next_run_is_awaited_to_its_minute_but_never_longer_than_the_refresh() {
+    let now: Timestamp = "2026-12-01T10:00:20Z".parse().expect("ts");
+    let next: Timestamp = "2026-12-01T10:01:00Z".parse().expect("ts");
+    assert_eq!(requeue_after(Some(next), now), Duration::from_secs(40));
+    let far: Timestamp = "2026-12-02T10:01:00Z".parse().expect("ts");
+    assert_eq!(requeue_after(Some(far), now), REFRESH);
+    assert_eq!(requeue_after(None, now), REFRESH);
+}
