@@ -1,6 +1,6 @@
 -- Argo CD health check for Tender's custom resources (tender.dev/v1alpha1):
--- WorkerConfiguration, BackupRepository, BackupJob and RestoreJob. One script
--- serves all four kinds; argocd-cm.yaml embeds it under each kind's
+-- WorkerConfiguration, BackupRepository, BackupJob, RestoreJob and
+-- BackupPolicy. One script serves all five kinds; argocd-cm.yaml embeds it under each kind's
 -- resource.customizations.health.tender.dev_<Kind> key.
 --
 -- Argo CD runs it with the live object in the global `obj`, in gopher-lua
@@ -11,7 +11,7 @@
 -- Reconciling, Stalled, as kstatus reads them) and the phase:
 --   Progressing  no status yet, or status.observedGeneration < generation
 --   Degraded     Stalled=True, or phase Failed / PartiallySucceeded
---   Suspended    phase Suspended (a BackupJob with spec.suspend: true)
+--   Suspended    phase Suspended (a job or policy with spec.suspend: true)
 --   Healthy      Ready=True (a BackupJob: phase Succeeded)
 --   Progressing  anything else (waiting, launching, running, deleting)
 local hs = {}

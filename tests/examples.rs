@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::Value;
-use tender::api::{BackupJob, Phase, RestoreJob, WorkerConfiguration};
+use tender::api::{BackupJob, BackupPolicy, Phase, RestoreJob, WorkerConfiguration};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -49,7 +49,7 @@ async fn kubectl_apply(env: &TestEnv, manifest: &str) {
                         .expect("label the namespace");
                 }
             }
-            "BackupJob" | "RestoreJob" => {
+            "BackupJob" | "RestoreJob" | "BackupPolicy" => {
                 doc["spec"] = env.with_cluster_names(doc["spec"].take());
             }
             _ => {}
@@ -109,6 +109,7 @@ async fn the_examples_apply_and_reach_their_states() {
         "examples/worker-configuration.yaml",
         "examples/backup-job.yaml",
         "examples/more/backup-job-snapshot.yaml",
+        "examples/backup-policy.yaml",
     ] {
         kubectl_apply(&env, &localize(read(file))).await;
     }
@@ -159,6 +160,23 @@ async fn the_examples_apply_and_reach_their_states() {
         repository.status.unwrap().restore_points_by_namespace,
         [(env.namespace.clone(), 1)].into()
     );
+
+    // The policy is valid and says when it runs next, in Berlin and in UTC.
+    let policy = common::eventually(TIMEOUT, || async {
+        let p = env.api::<BackupPolicy>().get("nightly").await.ok()?;
+        let s = p.status.clone()?;
+        let ready = condition(&s.conditions, "Ready")?.clone();
+        (ready.status == "True").then_some((s, ready))
+    })
+    .await;
+    let (status, ready) = policy;
+    let local = status.next_schedule_time_local.expect("next run, local");
+    assert!(
+        local.contains("T02:30:00") && local.contains("[Europe/Berlin]"),
+        "{local}"
+    );
+    assert!(status.next_schedule_time.is_some());
+    assert!(ready.message.contains(&local), "{}", ready.message);
 
     let configs: Api<WorkerConfiguration> = env.cluster_api();
     let config_condition = |name: &'static str, type_: &'static str| {

@@ -33,7 +33,7 @@ use common::{REGION, TestEnv};
 use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::{Api, CustomResourceExt};
 use serde_json::{Value, json};
-use tender::api::{BackupJob, BackupRepository, RestoreJob, WorkerConfiguration};
+use tender::api::{BackupJob, BackupPolicy, BackupRepository, RestoreJob, WorkerConfiguration};
 use tender::names::FIELD_MANAGER as CONTROLLER_MANAGER;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -545,6 +545,50 @@ async fn a_restore_job_whose_restore_point_is_missing_is_degraded_and_stalled() 
 }
 
 #[tokio::test]
+async fn a_policy_is_degraded_while_invalid_then_healthy_and_suspended() {
+    let env = TestEnv::new("gitops-policy").await;
+    let policy: BackupPolicy = serde_json::from_value(json!({
+        "apiVersion": "tender.dev/v1alpha1", "kind": "BackupPolicy",
+        "metadata": {"name": "nightly"},
+        "spec": env.with_cluster_names(json!({
+            "schedule": "30 2 * * *", "timeZone": "Europe/Berlni",
+            "region": common::REGION,
+            "resources": [{"instanceId": "i-0123456789abcdef0"}],
+            "repositoryRef": {"name": "main"},
+        })),
+    }))
+    .unwrap();
+    let policies: Api<BackupPolicy> = env.api();
+    policies.create(&Default::default(), &policy).await.unwrap();
+    let obj = wait_live::<BackupPolicy, _>(&env, "nightly", |o| at(o, "Invalid")).await;
+    assert_argocd(
+        &obj,
+        "Degraded",
+        "InvalidPolicy: spec.timeZone \"Europe/Berlni\"",
+    );
+    assert_kstatus(&obj, "Failed");
+
+    let fix = Patch::Merge(json!({"spec": {"timeZone": "Europe/Berlin"}}));
+    policies
+        .patch("nightly", &PatchParams::default(), &fix)
+        .await
+        .unwrap();
+    let obj = wait_live::<BackupPolicy, _>(&env, "nightly", |o| at(o, "Scheduled")).await;
+    assert_argocd(&obj, "Healthy", "Scheduled: next run ");
+    assert_argocd(&obj, "Healthy", "[Europe/Berlin]");
+    assert_kstatus(&obj, "Current");
+    assert_reconciled(&obj);
+
+    let suspend = Patch::Merge(json!({"spec": {"suspend": true}}));
+    policies
+        .patch("nightly", &PatchParams::default(), &suspend)
+        .await
+        .unwrap();
+    let obj = wait_live::<BackupPolicy, _>(&env, "nightly", |o| at(o, "Suspended")).await;
+    assert_argocd(&obj, "Suspended", "Suspended: the policy is suspended");
+}
+
+#[tokio::test]
 async fn a_configuration_whose_deletion_waits_for_a_job_is_progressing() {
     let env = TestEnv::new("gitops-deleting").await;
     env.default_configuration().await;
@@ -827,6 +871,7 @@ async fn the_argocd_config_map_carries_the_health_check_for_every_kind() {
         BackupRepository::crd(),
         BackupJob::crd(),
         RestoreJob::crd(),
+        BackupPolicy::crd(),
     ]
     .iter()
     .map(|crd| {

@@ -1,6 +1,7 @@
-//! `BackupPolicy`: which resources are protected, when, where to, and how
-//! long their restore points are kept. Each scheduled run creates one
-//! BackupJob owned by the policy.
+//! `BackupPolicy`: which resources are protected, when, and where to. Each
+//! scheduled run creates one BackupJob owned by the policy. (How long
+//! restore points are kept, `retention`, comes with the retention runs on
+//! workers: `crate::policy::retention` already decides it.)
 // Clippy reads the `printcolumn(...)` entries of `#[kube]` as duplicated
 // attributes; they are separate columns.
 #![allow(clippy::duplicated_attributes)]
@@ -13,11 +14,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{INSTANCE_ID_PATTERN, LocalObjectReference, REGION_PATTERN};
-pub use crate::policy::retention::Retention;
 pub use crate::policy::runs::ConcurrencyPolicy;
 
-/// Back up a set of EC2 instances on a schedule, and keep their restore
-/// points as long as `retention` says. Like a CronJob: each run creates a
+/// Back up a set of EC2 instances on a schedule. Like a CronJob: each run creates a
 /// BackupJob (named `<policy>-<scheduled minute>`, owned by the policy), so
 /// a policy's name is at most 52 characters, as a CronJob's.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -116,10 +115,6 @@ pub struct BackupPolicySpec {
     /// the default configuration of `region`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_configuration_ref: Option<LocalObjectReference>,
-    /// How long restore points are kept (restic's rules, per resource, in
-    /// `timeZone`). Unset: every restore point is kept.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retention: Option<Retention>,
     /// Retries and deadline of each run's BackupJob.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_limits: Option<PolicyJobLimits>,

@@ -32,7 +32,6 @@ use crate::api::{
 };
 use crate::aws::accounts::Access;
 use crate::names::{POLICY_LABEL, SCHEDULED_TIME_ANNOTATION};
-use crate::policy::retention::Rules;
 use crate::policy::runs::{self, Decision, Observed, Skipped};
 use crate::policy::schedule::Schedule;
 
@@ -84,9 +83,6 @@ fn parse(policy: &BackupPolicy) -> std::result::Result<Parsed, String> {
             policy.spec.time_zone
         )
     })?;
-    if let Some(retention) = &policy.spec.retention {
-        Rules::of(retention)?;
-    }
     Ok(Parsed { schedule, zone })
 }
 

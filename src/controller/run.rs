@@ -1,5 +1,5 @@
 //! Starting the controller: the watches and their stores, the controllers
-//! of the four kinds, leader election, and a graceful stop.
+//! of the five kinds, leader election, and a graceful stop.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -19,7 +19,6 @@ fn policy(schedule: &str, zone: &str) -> BackupPolicy {
                 name: "main".into(),
             },
             worker_configuration_ref: None,
-            retention: None,
             job_limits: None,
             successful_jobs_history_limit: 3,
             failed_jobs_history_limit: 1,
@@ -31,7 +30,7 @@ fn policy(schedule: &str, zone: &str) -> BackupPolicy {
 }
 
 #[test]
-fn invalid_schedules_zones_and_retention_say_which_field() {
+fn invalid_schedules_zones_and_names_say_what_to_fix() {
     assert!(parse(&policy("0 2 * * *", "Europe/Berlin")).is_ok());
     let e = parse(&policy("0 25 * * *", "UTC")).err().expect("invalid");
     assert!(e.contains("spec.schedule") && e.contains("hour 25"), "{e}");
@@ -40,12 +39,9 @@ fn invalid_schedules_zones_and_retention_say_which_field() {
         .expect("invalid");
     assert!(e.contains("spec.timeZone") && e.contains("IANA"), "{e}");
     let mut p = policy("@daily", "UTC");
-    p.spec.retention = Some(crate::api::backup_policy::Retention {
-        keep_within: Some("1w".into()),
-        ..Default::default()
-    });
+    p.metadata.name = Some("p".repeat(53));
     let e = parse(&p).err().expect("invalid");
-    assert!(e.contains("keepWithin"), "{e}");
+    assert!(e.contains("longer than 52"), "{e}");
 }
 
 #[test]
