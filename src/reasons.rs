@@ -109,6 +109,9 @@ failure_reasons! {
         SnapshotUnreadable,
         FilesystemUnreadable,
         SessionFailed,
+        /// The worker's local disk failed (full, or unwritable) while
+        /// garbage collection spilled chunk hashes to it.
+        WorkerDiskFailed,
         // AWS errors, by category (see `AwsError::category`).
         AwsThrottled,
         AwsPermissionDenied,

@@ -173,9 +173,10 @@ operations! {
     HeadObject => S3, Both [Backup];
     GetObject => S3, Both [Backup, Restore, FileLevel];
     PutObject => S3, Both [Backup, FileLevel];
-    // S3: the controller checks a BackupRepository and counts what it holds.
+    // S3: the controller checks a BackupRepository and counts what it
+    // holds; a backup lists garbage collection's condemned-chunk lists.
     HeadBucket => S3, Controller;
-    ListObjectsV2 => S3, Controller;
+    ListObjectsV2 => S3, Both [Backup];
     DeleteObject => S3, Controller;
     // KMS: the repository's integrity key authenticates manifests and
     // `latest` pointers.

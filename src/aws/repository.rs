@@ -151,6 +151,44 @@ impl Repository<'_> {
         encrypted(put, loc.kms_key_id.as_deref())
     }
 
+    /// Up to 1 000 objects under `prefix` after `start_after`, in key
+    /// order: `(key, size, LastModified)`.
+    pub async fn list_page(
+        &self,
+        loc: &RepositoryLocation,
+        prefix: &str,
+        start_after: Option<&str>,
+    ) -> Result<Vec<(String, u64, jiff::Timestamp)>, AwsError> {
+        let list = self
+            .aws
+            .s3(&loc.region)
+            .list_objects_v2()
+            .bucket(&loc.bucket)
+            .prefix(prefix)
+            .set_start_after(start_after.map(String::from))
+            .set_expected_bucket_owner(loc.expected_owner.clone())
+            .send();
+        let out = self
+            .aws
+            .call(AwsOperation::ListObjectsV2, list)
+            .await
+            .map_err(|e| denied(e, loc, prefix, "s3:ListBucket"))?;
+        Ok(out
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                let modified = o.last_modified()?;
+                let at =
+                    jiff::Timestamp::new(modified.secs(), modified.subsec_nanos() as i32).ok()?;
+                Some((
+                    o.key()?.to_string(),
+                    o.size().unwrap_or(0).max(0) as u64,
+                    at,
+                ))
+            })
+            .collect())
+    }
+
     /// Reads the object `key` of `loc`; `None` when there is no such key.
     pub async fn get_object(
         &self,

@@ -130,6 +130,16 @@ impl RepositoryLocation {
         format!("{}restore-points/{id}.json", self.prefix)
     }
 
+    /// Prefix of every manifest.
+    pub fn restore_points_prefix(&self) -> String {
+        format!("{}restore-points/", self.prefix)
+    }
+
+    /// Prefix of garbage collection's condemned-chunk lists.
+    pub fn condemned_prefix(&self) -> String {
+        format!("{}condemned/", self.prefix)
+    }
+
     /// The pointer to the newest restore point of a resource.
     pub fn latest_key(&self, region: &str, resource: &str) -> String {
         format!("{}latest/{region}/{resource}.json", self.prefix)
@@ -364,6 +374,7 @@ pub fn plan_blocks(
     current: &SnapshotBlocks,
     parent: Option<&VolumeImage>,
     changed: Option<&[ChangedBlock]>,
+    condemned: &HashSet<String>,
 ) -> Vec<BlockSource> {
     let (Some(parent), Some(changed)) = (parent, changed) else {
         return current
@@ -381,7 +392,11 @@ pub fn plan_blocks(
         .blocks
         .iter()
         .map(|(index, token)| match previous.get(index) {
-            Some(block) if !changed.contains(index) => BlockSource::Reuse((*block).clone()),
+            // A chunk garbage collection condemned is read and written
+            // again, so that its collection leaves it (`super::gc`).
+            Some(block) if !changed.contains(index) && !condemned.contains(&block.chunk) => {
+                BlockSource::Reuse((*block).clone())
+            }
             _ => BlockSource::Read {
                 index: *index,
                 token: token.clone(),
@@ -468,8 +483,25 @@ mod tests {
     }
 
     #[test]
+    fn an_unchanged_block_whose_chunk_is_condemned_is_read_again() {
+        let parent = image(vec![block(0, 'a'), block(1, 'b')]);
+        let condemned: HashSet<String> = [block(1, 'b').chunk].into();
+        let plan = plan_blocks(&listing(&[0, 1]), Some(&parent), Some(&[]), &condemned);
+        assert_eq!(
+            plan,
+            vec![
+                BlockSource::Reuse(block(0, 'a')),
+                BlockSource::Read {
+                    index: 1,
+                    token: "t1".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
     fn without_a_parent_every_block_is_read() {
-        let plan = plan_blocks(&listing(&[0, 3]), None, None);
+        let plan = plan_blocks(&listing(&[0, 3]), None, None, &HashSet::new());
         assert_eq!(plan.len(), 2);
         assert!(plan.iter().all(|p| matches!(p, BlockSource::Read { .. })));
     }
@@ -482,7 +514,12 @@ mod tests {
             token: Some("x".into()),
         }];
         // Block 5 is new; the change list (as moto's) does not name it.
-        let plan = plan_blocks(&listing(&[0, 1, 5]), Some(&parent), Some(&changed));
+        let plan = plan_blocks(
+            &listing(&[0, 1, 5]),
+            Some(&parent),
+            Some(&changed),
+            &HashSet::new(),
+        );
         assert_eq!(
             plan,
             vec![

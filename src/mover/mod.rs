@@ -17,11 +17,14 @@
 //! does not verify is never built on. A manifest is written only where
 //! none is (`If-None-Match: *`), so no restore point is ever replaced.
 
+mod chunks;
+pub mod gc;
 pub mod integrity;
 pub mod machine;
 pub mod manifest;
 pub mod pace;
 mod restore;
+pub mod store;
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -34,10 +37,11 @@ use crate::aws::ebs::BLOCK_SIZE;
 use crate::aws::repository::Created;
 use crate::aws::{AwsClients, AwsError};
 use crate::reasons::FailureReason;
+use chunks::BlockCopy;
 use manifest::{
     BackupStats, BlockRef, BlockSource, LatestPointer, Manifest, RepositoryLocation, VolumeImage,
 };
-use pace::{BLOCK_RETRIES, BLOCKS_PER_SECOND, Pace, retry_block};
+use pace::{BLOCKS_PER_SECOND, Pace};
 pub use restore::{RestoreTarget, restore_volume, verify};
 
 /// Blocks in flight at once (each holds up to 512 KiB, plus its compressed copy).
@@ -88,6 +92,10 @@ pub enum MoverError {
         "restore point {id} already exists, written by another BackupJob (UID {other_uid}); give the job another name"
     )]
     RestorePointExists { id: String, other_uid: String },
+    /// The worker's local disk, where garbage collection spills chunk
+    /// hashes.
+    #[error("the worker's local disk: {0}")]
+    Spill(String),
     #[error("snapshot {snapshot_id} block {index} is {length} bytes, more than an EBS block")]
     OversizedBlock {
         snapshot_id: String,
@@ -109,6 +117,7 @@ impl MoverError {
             MoverError::NoIntegrityKey => FailureReason::RepositoryMissing,
             MoverError::RestorePointExists { .. } => FailureReason::RestorePointExists,
             MoverError::OversizedBlock { .. } => FailureReason::SnapshotUnreadable,
+            MoverError::Spill(_) => FailureReason::WorkerDiskFailed,
         }
     }
 }
@@ -316,8 +325,14 @@ async fn copy(
     )
     .await?;
     let base = parent.manifest.as_ref();
+    // Chunks garbage collection condemned: needed ones are written again.
+    let store = store::S3Store {
+        aws: request.repository,
+        location: request.location,
+    };
+    let condemned = gc::load_condemned(&store, request.location).await?;
     // Plan every volume first, so the total is known before the first read.
-    let plans = plan_volumes(request, base).await?;
+    let plans = plan_volumes(request, base, &condemned).await?;
     let total: u64 = plans
         .iter()
         .flat_map(|p| p.blocks.iter())
@@ -336,8 +351,10 @@ async fn copy(
             base.iter()
                 .flat_map(|p| p.volumes.iter())
                 .flat_map(|v| v.blocks.iter().map(|b| b.chunk.clone()))
+                .filter(|c| !condemned.contains(c))
                 .collect(),
         ),
+        condemned,
         stats: Mutex::new(BackupStats::default()),
     };
     let mut volumes = Vec::new();
@@ -420,6 +437,7 @@ struct VolumePlan {
 async fn plan_volumes(
     request: &BackupRequest<'_>,
     parent: Option<&Manifest>,
+    condemned: &HashSet<String>,
 ) -> Result<Vec<VolumePlan>, MoverError> {
     let mut plans = Vec::new();
     for volume in request.volumes {
@@ -464,172 +482,10 @@ async fn plan_volumes(
             encryption,
             volume: volume.clone(),
             size_gib: listing.volume_size_gib,
-            blocks: manifest::plan_blocks(&listing, parent_image, changed.as_deref()),
+            blocks: manifest::plan_blocks(&listing, parent_image, changed.as_deref(), condemned),
         });
     }
     Ok(plans)
-}
-
-/// What the blocks of one backup share while they are copied.
-struct BlockCopy<'r, 'a> {
-    request: &'r BackupRequest<'a>,
-    progress: &'r Progress,
-    /// Spaces GetSnapshotBlock requests under the per-snapshot quota.
-    pace: Pace,
-    /// Chunks known to be stored: the parent's, then each one uploaded or
-    /// found. A chunk being uploaded is claimed, so it is uploaded once.
-    known: Mutex<HashSet<String>>,
-    stats: Mutex<BackupStats>,
-}
-
-impl BlockCopy<'_, '_> {
-    /// Copies one block into the repository (or reuses the parent's);
-    /// `None` for a block of zeros, which is not stored.
-    async fn block(
-        &self,
-        snapshot_id: &str,
-        source: BlockSource,
-    ) -> Result<Option<BlockRef>, MoverError> {
-        let (index, token) = match source {
-            BlockSource::Reuse(block) => {
-                self.progress
-                    .done
-                    .fetch_add(u64::from(block.length), Ordering::Relaxed);
-                lock(&self.stats).blocks_reused += 1;
-                return Ok(Some(block));
-            }
-            BlockSource::Read { index, token } => (index, token),
-        };
-        let request = self.request;
-        // A block is tried again on its own (throttling, a server error)
-        // before it fails the attempt; what the others did is kept.
-        let (data, mut retried) = retry_block(
-            &BLOCK_RETRIES,
-            &self.progress.retried,
-            || format!("{snapshot_id} block {index}"),
-            || async {
-                self.pace.wait().await;
-                let snapshots = request.source.snapshots();
-                let data = snapshots
-                    .get_snapshot_block(request.region, snapshot_id, index, &token)
-                    .await?;
-                Ok(data)
-            },
-        )
-        .await?;
-        if data.len() > BLOCK_SIZE {
-            return Err(MoverError::OversizedBlock {
-                snapshot_id: snapshot_id.to_string(),
-                index,
-                length: data.len(),
-            });
-        }
-        let length = data.len() as u32;
-        let (hash, packed, zero) = seal(data).await?;
-        lock(&self.stats).blocks_read += 1;
-        self.progress
-            .done
-            .fetch_add(BLOCK_SIZE as u64, Ordering::Relaxed);
-        if !zero {
-            retried |= self.store_chunk(&hash, packed).await?;
-        }
-        if retried {
-            self.progress.retried.blocks.fetch_add(1, Ordering::Relaxed);
-            lock(&self.stats).blocks_retried += 1;
-        }
-        if zero {
-            lock(&self.stats).zero_blocks += 1;
-            return Ok(None);
-        }
-        Ok(Some(BlockRef {
-            index,
-            chunk: hash,
-            length,
-        }))
-    }
-
-    /// Stores a chunk unless the repository has it already (a chunk an
-    /// earlier attempt stored, too: a retried backup re-reads its blocks
-    /// but uploads only what is not there). Returns whether a call needed
-    /// a retry.
-    async fn store_chunk(&self, hash: &str, packed: Vec<u8>) -> Result<bool, MoverError> {
-        let claimed = lock(&self.known).insert(hash.to_string());
-        if !claimed {
-            lock(&self.stats).chunks_deduplicated += 1;
-            return Ok(false);
-        }
-        let (loc, repo) = (self.request.location, self.request.repository);
-        let key = loc.chunk_key(hash);
-        let retries = &self.progress.retried;
-        // A chunk the verified parent does not name is trusted only once
-        // its bytes hash to its name: someone who can write the bucket (but
-        // not MAC a manifest) could have planted junk under the name of a
-        // block they expect (a public AMI's, say) before any backup wrote it.
-        let found = retry_block(
-            &BLOCK_RETRIES,
-            retries,
-            || key.clone(),
-            || async { Ok(repo.repository().get_object(loc, &key).await?) },
-        )
-        .await;
-        let (stored, mut retried) = match found {
-            Ok(found) => found,
-            Err(e) => {
-                lock(&self.known).remove(hash);
-                return Err(e);
-            }
-        };
-        if let Some(stored) = stored {
-            let expected = hash.to_string();
-            let intact = tokio::task::spawn_blocking(move || check_chunk(&stored, &expected))
-                .await
-                .map_err(|e| AwsError::Unreachable {
-                    operation: "VerifyChunk",
-                    detail: e.to_string(),
-                })?;
-            match intact {
-                Ok(_) => {
-                    lock(&self.stats).chunks_deduplicated += 1;
-                    return Ok(retried);
-                }
-                Err(detail) => {
-                    tracing::warn!(
-                        key,
-                        detail,
-                        "a stored chunk does not match its name; writing it again"
-                    );
-                }
-            }
-        }
-        let size = packed.len() as u64;
-        let put = retry_block(
-            &BLOCK_RETRIES,
-            retries,
-            || key.clone(),
-            || {
-                let packed = packed.clone();
-                async {
-                    repo.repository()
-                        .put_object(loc, &key, packed, "application/zstd")
-                        .await?;
-                    Ok(())
-                }
-            },
-        )
-        .await;
-        match put {
-            Ok(((), r)) => retried |= r,
-            Err(e) => {
-                // Let a later block (or attempt) upload it.
-                lock(&self.known).remove(hash);
-                return Err(e);
-            }
-        }
-        let mut s = lock(&self.stats);
-        s.chunks_uploaded += 1;
-        s.bytes_uploaded += size;
-        Ok(retried)
-    }
 }
 
 /// The manifest goes last: a restore point exists only once every chunk it

@@ -1,0 +1,565 @@
+//! Garbage collection of a repository's chunks, in two phases, so that a
+//! backup running at the same time never loses a chunk (restic's and
+//! Proxmox Backup Server's way):
+//!
+//! 1. **Condemn.** A run first writes a marker (`condemned/<run>/marker`);
+//!    its store time `T` is the run's time. Every chunk no manifest
+//!    references is listed in `condemned/<run>/<fan>.json`. A backup reads
+//!    these lists when it starts ([`load_condemned`]) and writes again any
+//!    condemned chunk it needs (it does not reuse it from its parent, and
+//!    uploads it even though it exists), which moves the chunk's
+//!    `LastModified` past `T`.
+//! 2. **Delete**, in a later run, at least `grace` after `T` (longer than
+//!    any backup may run): a condemned chunk is deleted only if no
+//!    manifest references it now and it was not written since `T`. Then
+//!    the run's lists go.
+//!
+//! A backup that started before the lists existed finishes within the
+//! grace period, so its manifest is there (and references what it used)
+//! when the delete phase looks; one that started after them wrote again
+//! what it needs. Either way no live restore point loses a chunk.
+//!
+//! **Memory** is bounded whatever the repository's size: manifests are
+//! streamed one at a time, and every chunk hash they reference (and every
+//! condemned one) is spilled to a local file per fan-out prefix (the first
+//! byte of the hash, 256 of them: `chunks/<h[0..2]>/`). Each prefix is then
+//! collected alone: its referenced and condemned hashes are read, sorted
+//! (32 bytes each), and compared with a listing of that prefix, a page at a
+//! time. So memory holds about 1/256 of the referenced hashes plus one
+//! manifest and one listing page: ~4 000 hashes (128 KiB) per million
+//! chunks, 12.5 MiB at a hundred million.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use super::MoverError;
+use super::manifest::{self, RepositoryLocation};
+use super::store::{Object, PAGE, ReadStore, Store, for_each_object};
+
+/// Version of the condemned lists this build writes and reads.
+const LIST_VERSION: u32 = 1;
+
+/// The least grace period: longer than any job's deadline should be.
+pub const MIN_GRACE: SignedDuration = SignedDuration::from_hours(24);
+
+/// One fan-out prefix's list of condemned chunks.
+#[derive(Serialize, Deserialize, Debug, PartialEq, Eq)]
+struct CondemnedList {
+    version: u32,
+    run: String,
+    chunks: Vec<String>,
+}
+
+/// What one collection run does.
+#[derive(Clone, Debug)]
+pub struct Collection {
+    /// How long a chunk stays condemned before it may be deleted.
+    pub grace: SignedDuration,
+    /// Where the spill files go (the worker's local disk).
+    pub spill_dir: PathBuf,
+    /// This run's ID (sortable: time first).
+    pub run: String,
+}
+
+/// What a collection run found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Collected {
+    /// Manifests read (live restore points).
+    pub manifests: u64,
+    /// The blocks' bytes those restore points describe (before
+    /// deduplication and compression).
+    pub logical_bytes: u64,
+    /// Chunks stored, and their bytes, before this run deleted any.
+    pub chunks: u64,
+    pub chunk_bytes: u64,
+    /// Chunks some restore point references.
+    pub live_chunks: u64,
+    pub live_bytes: u64,
+    /// Chunks deleted by this run, and their bytes.
+    pub deleted_chunks: u64,
+    pub deleted_bytes: u64,
+    /// Chunks condemned (now or before) and not deleted yet: what the next
+    /// runs will reclaim, and from when.
+    pub pending_chunks: u64,
+    pub pending_bytes: u64,
+    pub reclaimable_at: Option<Timestamp>,
+    /// Condemned chunks kept because a backup wrote them again since.
+    pub rewritten_chunks: u64,
+    /// Earlier runs' lists that were done with and removed.
+    pub lists_removed: u64,
+}
+
+/// The condemned chunks a backup starting now must write again when it
+/// needs them.
+pub async fn load_condemned<S: ReadStore>(
+    store: &S,
+    location: &RepositoryLocation,
+) -> Result<HashSet<String>, MoverError> {
+    let mut keys = Vec::new();
+    for_each_object(store, &location.condemned_prefix(), |o| {
+        if o.key.ends_with(".json") {
+            keys.push(o.key);
+        }
+    })
+    .await?;
+    let mut condemned = HashSet::new();
+    for key in keys {
+        if let Some(list) = read_list(store, &key).await? {
+            condemned.extend(list.chunks);
+        }
+    }
+    Ok(condemned)
+}
+
+async fn read_list<S: ReadStore>(
+    store: &S,
+    key: &str,
+) -> Result<Option<CondemnedList>, MoverError> {
+    let Some(body) = store.get(key).await? else {
+        return Ok(None);
+    };
+    let list: CondemnedList =
+        serde_json::from_slice(&body).map_err(|e| MoverError::ManifestInvalid {
+            key: key.to_string(),
+            detail: format!("not a condemned-chunk list: {e}"),
+        })?;
+    if list.version != LIST_VERSION {
+        return Err(MoverError::ManifestInvalid {
+            key: key.to_string(),
+            detail: format!(
+                "condemned-chunk list version {} (this build reads {LIST_VERSION})",
+                list.version
+            ),
+        });
+    }
+    Ok(Some(list))
+}
+
+/// An earlier run's lists.
+#[derive(Debug, Default)]
+struct EarlierRun {
+    time: Option<Timestamp>,
+    keys: Vec<String>,
+}
+
+/// Runs one collection: the delete phase for earlier runs' lists that are
+/// ripe, then the condemn phase for chunks nothing references.
+pub async fn collect<S: Store>(
+    store: &S,
+    location: &RepositoryLocation,
+    c: &Collection,
+) -> Result<Collected, MoverError> {
+    let marker = format!("{}{}/marker", location.condemned_prefix(), c.run);
+    let now = store.put(&marker, c.run.clone().into_bytes()).await?;
+    let mut report = Collected::default();
+    let mut spill = Spill::create(&c.spill_dir)?;
+    reference_set(store, location, &mut spill, &mut report).await?;
+    let runs = earlier_runs(store, location, &c.run).await?;
+    let ripe: Vec<bool> = runs
+        .values()
+        .map(|r| r.time.is_some_and(|t| t + c.grace <= now))
+        .collect();
+    let times: Vec<Option<Timestamp>> = runs.values().map(|r| r.time).collect();
+    for (i, run) in runs.values().enumerate() {
+        for key in run.keys.iter().filter(|k| k.ends_with(".json")) {
+            if let Some(list) = read_list(store, key).await? {
+                for chunk in &list.chunks {
+                    if let Some(hash) = parse_hash(chunk) {
+                        spill.push(Tag::Condemned(i as u32), &hash)?;
+                    }
+                }
+            }
+        }
+    }
+    spill.finish()?;
+    let judge = Judge {
+        ripe: &ripe,
+        times: &times,
+        now,
+        grace: c.grace,
+    };
+    let mut own_lists = 0;
+    for fan in 0..=255u8 {
+        own_lists +=
+            u32::from(collect_fan(store, location, c, fan, &spill, &judge, &mut report).await?);
+    }
+    // Every ripe run's chunks are dealt with: its lists go.
+    for (run, is_ripe) in runs.values().zip(&ripe) {
+        if *is_ripe {
+            delete_keys(store, &run.keys).await?;
+            report.lists_removed += 1;
+        }
+    }
+    if own_lists == 0 {
+        store.delete(std::slice::from_ref(&marker)).await?;
+    }
+    spill.remove();
+    Ok(report)
+}
+
+/// Streams every manifest into the spill, one at a time. A manifest that
+/// cannot be read stops the collection: its chunks would look unused.
+async fn reference_set<S: Store>(
+    store: &S,
+    location: &RepositoryLocation,
+    spill: &mut Spill,
+    report: &mut Collected,
+) -> Result<(), MoverError> {
+    let prefix = location.restore_points_prefix();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.list_page(&prefix, after.as_deref()).await?;
+        let full = page.len() == PAGE;
+        after = page.last().map(|o| o.key.clone());
+        for object in page.into_iter().filter(|o| o.key.ends_with(".json")) {
+            let Some(stored) = store.get(&object.key).await? else {
+                continue; // deleted since the listing
+            };
+            let manifest = read_manifest(&object.key, &stored)?;
+            report.manifests += 1;
+            report.logical_bytes += manifest.stats.bytes_total;
+            for block in manifest.volumes.iter().flat_map(|v| v.blocks.iter()) {
+                let hash = parse_hash(&block.chunk).ok_or_else(|| MoverError::ManifestInvalid {
+                    key: object.key.clone(),
+                    detail: format!("chunk name {:?} is not a SHA-256", block.chunk),
+                })?;
+                spill.push(Tag::Referenced, &hash)?;
+            }
+        }
+        if !full {
+            return Ok(());
+        }
+    }
+}
+
+/// A stored manifest's content, authenticated or not: for the reference
+/// set a forged manifest can only keep chunks alive, never lose one, so
+/// the MAC is not checked here (retention checks it before it deletes a
+/// restore point).
+fn read_manifest(key: &str, stored: &[u8]) -> Result<manifest::Manifest, MoverError> {
+    let payload = super::integrity::unseal(stored)
+        .map(|s| s.payload)
+        .unwrap_or_else(|_| stored.to_vec());
+    manifest::parse_manifest(&payload).map_err(|detail| MoverError::ManifestInvalid {
+        key: key.to_string(),
+        detail: format!("{detail}; garbage collection stops rather than lose its chunks"),
+    })
+}
+
+/// Earlier runs' lists, by run ID, with each run's time: its marker's,
+/// else (a run whose marker went first, while it was being removed) its
+/// newest list's, which is later, so ripeness is only delayed.
+async fn earlier_runs<S: Store>(
+    store: &S,
+    location: &RepositoryLocation,
+    own: &str,
+) -> Result<BTreeMap<String, EarlierRun>, MoverError> {
+    let prefix = location.condemned_prefix();
+    let mut runs: BTreeMap<String, EarlierRun> = BTreeMap::new();
+    let mut newest: BTreeMap<String, Timestamp> = BTreeMap::new();
+    for_each_object(store, &prefix, |o: Object| {
+        let Some((run, name)) = o.key[prefix.len()..].split_once('/') else {
+            return;
+        };
+        if run == own {
+            return;
+        }
+        let (run, is_marker) = (run.to_string(), name == "marker");
+        if is_marker {
+            runs.entry(run.clone()).or_default().time = Some(o.modified);
+        } else {
+            let n = newest.entry(run.clone()).or_insert(o.modified);
+            *n = (*n).max(o.modified);
+        }
+        runs.entry(run).or_default().keys.push(o.key);
+    })
+    .await?;
+    for (id, run) in runs.iter_mut() {
+        if run.time.is_none() {
+            run.time = newest.get(id).copied();
+        }
+    }
+    Ok(runs)
+}
+
+/// Decides each chunk of a fan-out prefix.
+struct Judge<'a> {
+    ripe: &'a [bool],
+    times: &'a [Option<Timestamp>],
+    now: Timestamp,
+    grace: SignedDuration,
+}
+
+/// What becomes of one stored chunk.
+#[derive(Debug, PartialEq, Eq)]
+enum Fate {
+    Live,
+    Delete,
+    /// Condemned by an earlier run, not ripe yet (until when).
+    Pending(Timestamp),
+    /// Condemned by a ripe run but written since: condemned again.
+    Rewritten,
+    /// Newly unreferenced: condemned by this run.
+    Condemn,
+}
+
+impl Judge<'_> {
+    fn fate(&self, referenced: bool, condemned_by: &[u32], modified: Timestamp) -> Fate {
+        if referenced {
+            return Fate::Live;
+        }
+        let mut rewritten = false;
+        let mut pending: Option<Timestamp> = None;
+        for run in condemned_by.iter().map(|r| *r as usize) {
+            let time = self.times.get(run).copied().flatten();
+            if self.ripe.get(run) == Some(&true) {
+                match time {
+                    Some(t) if modified < t => return Fate::Delete,
+                    _ => rewritten = true,
+                }
+            } else {
+                let until = time.map_or(self.now + self.grace, |t| t + self.grace);
+                pending = Some(pending.map_or(until, |p: Timestamp| p.min(until)));
+            }
+        }
+        match (pending, rewritten) {
+            (Some(until), _) => Fate::Pending(until),
+            (None, true) => Fate::Rewritten,
+            (None, false) => Fate::Condemn,
+        }
+    }
+}
+
+/// Collects one fan-out prefix: reads its spilled hashes, lists its
+/// chunks, deletes the ripe ones, and writes this run's list for it.
+/// Returns whether it wrote one.
+async fn collect_fan<S: Store>(
+    store: &S,
+    location: &RepositoryLocation,
+    c: &Collection,
+    fan: u8,
+    spill: &Spill,
+    judge: &Judge<'_>,
+    report: &mut Collected,
+) -> Result<bool, MoverError> {
+    let (referenced, condemned) = spill.read(fan)?;
+    let prefix = format!("{}{fan:02x}/", location.chunks_prefix());
+    let mut doomed: Vec<String> = Vec::new();
+    let mut newly: Vec<String> = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.list_page(&prefix, after.as_deref()).await?;
+        let full = page.len() == PAGE;
+        after = page.last().map(|o| o.key.clone());
+        for object in page {
+            let name = &object.key[prefix.len()..];
+            let Some(hash) = parse_hash(name) else {
+                continue; // not a chunk
+            };
+            report.chunks += 1;
+            report.chunk_bytes += object.size;
+            let is_referenced = referenced.binary_search(&hash).is_ok();
+            let start = condemned.partition_point(|(h, _)| *h < hash);
+            let by: Vec<u32> = condemned[start..]
+                .iter()
+                .take_while(|(h, _)| *h == hash)
+                .map(|(_, run)| *run)
+                .collect();
+            match judge.fate(is_referenced, &by, object.modified) {
+                Fate::Live => {
+                    report.live_chunks += 1;
+                    report.live_bytes += object.size;
+                }
+                Fate::Delete => {
+                    report.deleted_chunks += 1;
+                    report.deleted_bytes += object.size;
+                    doomed.push(object.key);
+                }
+                Fate::Pending(until) => pend(report, object.size, until),
+                fate @ (Fate::Rewritten | Fate::Condemn) => {
+                    if fate == Fate::Rewritten {
+                        report.rewritten_chunks += 1;
+                    }
+                    pend(report, object.size, judge.now + c.grace);
+                    newly.push(name.to_string());
+                }
+            }
+            if doomed.len() == PAGE {
+                store.delete(&doomed).await?;
+                doomed.clear();
+            }
+        }
+        if !full {
+            break;
+        }
+    }
+    if !doomed.is_empty() {
+        store.delete(&doomed).await?;
+    }
+    if newly.is_empty() {
+        return Ok(false);
+    }
+    {
+        let list = CondemnedList {
+            version: LIST_VERSION,
+            run: c.run.clone(),
+            chunks: newly,
+        };
+        let key = format!("{}{}/{fan:02x}.json", location.condemned_prefix(), c.run);
+        let body = serde_json::to_vec(&list).map_err(|e| MoverError::ManifestInvalid {
+            key: key.clone(),
+            detail: e.to_string(),
+        })?;
+        store.put(&key, body).await?;
+    }
+    Ok(true)
+}
+
+fn pend(report: &mut Collected, size: u64, until: Timestamp) {
+    report.pending_chunks += 1;
+    report.pending_bytes += size;
+    report.reclaimable_at = Some(report.reclaimable_at.map_or(until, |t| t.min(until)));
+}
+
+async fn delete_keys<S: Store>(store: &S, keys: &[String]) -> Result<(), MoverError> {
+    for batch in keys.chunks(PAGE) {
+        store.delete(batch).await?;
+    }
+    Ok(())
+}
+
+/// A chunk's name as its 32 bytes.
+pub fn parse_hash(name: &str) -> Option<[u8; 32]> {
+    let mut hash = [0u8; 32];
+    (name.len() == 64)
+        .then(|| hex::decode_to_slice(name, &mut hash).ok())
+        .flatten()
+        .map(|()| hash)
+}
+
+/// What a spilled record says of a hash.
+#[derive(Clone, Copy)]
+enum Tag {
+    Referenced,
+    /// Condemned by the earlier run of this index.
+    Condemned(u32),
+}
+
+/// One prefix's referenced hashes, and its condemned ones with their run.
+type FanHashes = (Vec<[u8; 32]>, Vec<([u8; 32], u32)>);
+
+/// Records are 37 bytes: a tag (0 referenced, 1 condemned), the hash, and
+/// the condemning run's index.
+const RECORD: usize = 37;
+
+/// The spill files, one per fan-out prefix.
+struct Spill {
+    dir: PathBuf,
+    writers: Vec<Option<BufWriter<File>>>,
+}
+
+fn io_error(what: &str, path: &Path, e: std::io::Error) -> MoverError {
+    MoverError::Spill(format!("{what} {}: {e}", path.display()))
+}
+
+impl Spill {
+    fn create(parent: &Path) -> Result<Self, MoverError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = parent.join(format!("tender-gc-{}-{n}", std::process::id()));
+        // A spill left by a crashed run of this process is stale.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| io_error("cannot create", &dir, e))?;
+        Ok(Self {
+            dir,
+            writers: (0..256).map(|_| None).collect(),
+        })
+    }
+
+    fn path(&self, fan: u8) -> PathBuf {
+        self.dir.join(format!("{fan:02x}"))
+    }
+
+    fn push(&mut self, tag: Tag, hash: &[u8; 32]) -> Result<(), MoverError> {
+        let fan = hash[0];
+        let path = self.path(fan);
+        let slot = &mut self.writers[fan as usize];
+        if slot.is_none() {
+            let file = File::create(&path).map_err(|e| io_error("cannot create", &path, e))?;
+            *slot = Some(BufWriter::with_capacity(8 * 1024, file));
+        }
+        let mut record = [0u8; RECORD];
+        let run = match tag {
+            Tag::Referenced => 0,
+            Tag::Condemned(run) => {
+                record[0] = 1;
+                run
+            }
+        };
+        record[1..33].copy_from_slice(hash);
+        record[33..].copy_from_slice(&run.to_le_bytes());
+        if let Some(w) = slot.as_mut() {
+            w.write_all(&record)
+                .map_err(|e| io_error("cannot write", &path, e))?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), MoverError> {
+        for (fan, slot) in self.writers.iter_mut().enumerate() {
+            if let Some(mut w) = slot.take() {
+                let path = self.dir.join(format!("{fan:02x}"));
+                w.flush().map_err(|e| io_error("cannot write", &path, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One prefix's referenced hashes (sorted, distinct) and condemned
+    /// ones with their run (sorted).
+    fn read(&self, fan: u8) -> Result<FanHashes, MoverError> {
+        let path = self.path(fan);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+            Err(e) => return Err(io_error("cannot read", &path, e)),
+        };
+        let mut reader = BufReader::with_capacity(64 * 1024, file);
+        let (mut referenced, mut condemned) = (Vec::new(), Vec::new());
+        let mut record = [0u8; RECORD];
+        loop {
+            match reader.read_exact(&mut record) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(io_error("cannot read", &path, e)),
+            }
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(&record[1..33]);
+            if record[0] == 0 {
+                referenced.push(hash);
+            } else {
+                let mut run = [0u8; 4];
+                run.copy_from_slice(&record[33..]);
+                condemned.push((hash, u32::from_le_bytes(run)));
+            }
+        }
+        referenced.sort_unstable();
+        referenced.dedup();
+        condemned.sort_unstable();
+        condemned.dedup();
+        Ok((referenced, condemned))
+    }
+
+    fn remove(self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests;
