@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 
-use super::manifest::{BackupStats, BlockRef, BlockSource};
+use super::manifest::{self, BackupStats, BlockRef, BlockSource};
 use super::pace::{BLOCK_RETRIES, Pace, retry_block};
 use super::{BackupRequest, MoverError, Progress, check_chunk, lock, seal};
 use crate::aws::AwsError;
@@ -24,6 +24,8 @@ pub(super) struct BlockCopy<'r, 'a> {
     /// Chunks garbage collection condemned: written even when stored, so
     /// that their `LastModified` says a backup needs them.
     pub(super) condemned: HashSet<String>,
+    /// What makes this backup's rescue names its own.
+    pub(super) rescue_tag: String,
     pub(super) stats: Mutex<BackupStats>,
 }
 
@@ -75,8 +77,10 @@ impl BlockCopy<'_, '_> {
         self.progress
             .done
             .fetch_add(BLOCK_SIZE as u64, Ordering::Relaxed);
+        let mut chunk = hash;
         if !zero {
-            retried |= self.store_chunk(&hash, packed).await?;
+            let (name, r) = self.store_chunk(&chunk, packed).await?;
+            (chunk, retried) = (name, retried | r);
         }
         if retried {
             self.progress.retried.blocks.fetch_add(1, Ordering::Relaxed);
@@ -88,27 +92,33 @@ impl BlockCopy<'_, '_> {
         }
         Ok(Some(BlockRef {
             index,
-            chunk: hash,
+            chunk,
             length,
         }))
     }
 
     /// Stores a chunk unless the repository has it already (a chunk an
     /// earlier attempt stored, too: a retried backup re-reads its blocks
-    /// but uploads only what is not there). Returns whether a call needed
-    /// a retry.
-    async fn store_chunk(&self, hash: &str, packed: Vec<u8>) -> Result<bool, MoverError> {
-        let claimed = lock(&self.known).insert(hash.to_string());
+    /// but uploads only what is not there). Returns the name it is stored
+    /// under (its hash, or a rescue name when garbage collection condemned
+    /// it: `manifest::rescue_name`) and whether a call needed a retry.
+    async fn store_chunk(&self, hash: &str, packed: Vec<u8>) -> Result<(String, bool), MoverError> {
+        let name = manifest::rescue_name(hash, &self.rescue_tag, &self.condemned);
+        let claimed = lock(&self.known).insert(name.clone());
         if !claimed {
             lock(&self.stats).chunks_deduplicated += 1;
-            return Ok(false);
+            return Ok((name, false));
         }
+        let retried = self.store_named(&name, packed).await?;
+        Ok((name, retried))
+    }
+
+    /// Stores the chunk `name` unless it is stored, intact, already.
+    async fn store_named(&self, name: &str, packed: Vec<u8>) -> Result<bool, MoverError> {
+        let hash = name;
         let (loc, repo) = (self.request.location, self.request.repository);
         let key = loc.chunk_key(hash);
         let retries = &self.progress.retried;
-        if self.condemned.contains(hash) {
-            return self.upload_chunk(hash, &key, packed).await;
-        }
         // A chunk the verified parent does not name is trusted only once
         // its bytes hash to its name: someone who can write the bucket (but
         // not MAC a manifest) could have planted junk under the name of a

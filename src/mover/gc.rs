@@ -3,21 +3,26 @@
 //! Proxmox Backup Server's way):
 //!
 //! 1. **Condemn.** A run first writes a marker (`condemned/<run>/marker`);
-//!    its store time `T` is the run's time. Every chunk no manifest
+//!    its store time `T` is when the run began. Every chunk no manifest
 //!    references is listed in `condemned/<run>/<fan>.json`. A backup reads
-//!    these lists when it starts ([`load_condemned`]) and writes again any
-//!    condemned chunk it needs (it does not reuse it from its parent, and
-//!    uploads it even though it exists), which moves the chunk's
-//!    `LastModified` past `T`.
-//! 2. **Delete**, in a later run, at least `grace` after `T` (longer than
-//!    any backup may run): a condemned chunk is deleted only if no
-//!    manifest references it now and it was not written since `T`. Then
-//!    the run's lists go.
+//!    these lists when it starts ([`load_condemned`]) and never depends on
+//!    a condemned name: it does not reuse such a chunk from its parent, and
+//!    when it needs that data it stores it under a *rescue name*
+//!    (`<sha256>~<tag>`, `manifest::rescue_name`) that no collection has
+//!    listed, so no delete can ever race with its write.
+//! 2. **Delete**, in a later run, once `grace` (longer than any backup may
+//!    run) has passed since the list was written: a condemned chunk is
+//!    deleted only if no manifest references it now and it was not written
+//!    since `T`. Then the list goes.
 //!
-//! A backup that started before the lists existed finishes within the
+//! A backup that started before a list was written finishes within the
 //! grace period, so its manifest is there (and references what it used)
-//! when the delete phase looks; one that started after them wrote again
-//! what it needs. Either way no live restore point loses a chunk.
+//! when the delete phase looks; one that started after it never relies on
+//! what the list names. Either way no live restore point loses a chunk.
+//! (The randomized test `tests/gc_interleaved.rs` found the two races this
+//! rules out: a grace period counted from the run's start instead of the
+//! list's, and a backup writing a condemned chunk again between the
+//! collector's listing and its delete.)
 //!
 //! **Memory** is bounded whatever the repository's size: manifests are
 //! streamed one at a time, and every chunk hash they reference (and every
@@ -124,28 +129,43 @@ async fn read_list<S: ReadStore>(
     let Some(body) = store.get(key).await? else {
         return Ok(None);
     };
-    let list: CondemnedList =
-        serde_json::from_slice(&body).map_err(|e| MoverError::ManifestInvalid {
+    parse_list(&body)
+        .map(Some)
+        .map_err(|detail| MoverError::ManifestInvalid {
             key: key.to_string(),
-            detail: format!("not a condemned-chunk list: {e}"),
-        })?;
-    if list.version != LIST_VERSION {
-        return Err(MoverError::ManifestInvalid {
-            key: key.to_string(),
-            detail: format!(
-                "condemned-chunk list version {} (this build reads {LIST_VERSION})",
-                list.version
-            ),
-        });
-    }
-    Ok(Some(list))
+            detail,
+        })
 }
 
-/// An earlier run's lists.
-#[derive(Debug, Default)]
-struct EarlierRun {
-    time: Option<Timestamp>,
-    keys: Vec<String>,
+fn parse_list(body: &[u8]) -> Result<CondemnedList, String> {
+    let list: CondemnedList =
+        serde_json::from_slice(body).map_err(|e| format!("not a condemned-chunk list: {e}"))?;
+    if list.version != LIST_VERSION {
+        return Err(format!(
+            "condemned-chunk list version {} (this build reads {LIST_VERSION})",
+            list.version
+        ));
+    }
+    Ok(list)
+}
+
+/// The chunks one stored condemned list names (what [`load_condemned`]
+/// reads of each list).
+pub fn condemned_chunks(body: &[u8]) -> Result<Vec<String>, String> {
+    parse_list(body).map(|l| l.chunks)
+}
+
+/// An earlier run's list of one fan-out prefix.
+#[derive(Debug)]
+struct EarlierList {
+    key: String,
+    /// When its run began (its marker's time): a chunk written since may be
+    /// needed by a backup that run could not see. `None` (the marker is
+    /// gone): its chunks are never deleted on its word, only condemned again.
+    scanned: Option<Timestamp>,
+    /// When the list itself was written: backups that start later see it,
+    /// so it is ripe a grace period after this.
+    visible: Timestamp,
 }
 
 /// Runs one collection: the delete phase for earlier runs' lists that are
@@ -160,42 +180,57 @@ pub async fn collect<S: Store>(
     let mut report = Collected::default();
     let mut spill = Spill::create(&c.spill_dir)?;
     reference_set(store, location, &mut spill, &mut report).await?;
-    let runs = earlier_runs(store, location, &c.run).await?;
-    let ripe: Vec<bool> = runs
-        .values()
-        .map(|r| r.time.is_some_and(|t| t + c.grace <= now))
-        .collect();
-    let times: Vec<Option<Timestamp>> = runs.values().map(|r| r.time).collect();
-    for (i, run) in runs.values().enumerate() {
-        for key in run.keys.iter().filter(|k| k.ends_with(".json")) {
-            if let Some(list) = read_list(store, key).await? {
-                for chunk in &list.chunks {
-                    if let Some(hash) = parse_hash(chunk) {
-                        spill.push(Tag::Condemned(i as u32), &hash)?;
-                    }
+    let (lists, markers) = earlier_lists(store, location, &c.run).await?;
+    for (i, list) in lists.iter().enumerate() {
+        if let Some(found) = read_list(store, &list.key).await? {
+            for chunk in &found.chunks {
+                if let Some(hash) = chunk_identity(chunk) {
+                    spill.push(Tag::Condemned(i as u32), &hash)?;
                 }
             }
         }
     }
     spill.finish()?;
     let judge = Judge {
-        ripe: &ripe,
-        times: &times,
+        lists: lists
+            .iter()
+            .map(|l| ListTimes {
+                scanned: l.scanned,
+                ripe_at: l.visible + c.grace,
+            })
+            .collect(),
         now,
-        grace: c.grace,
     };
     let mut own_lists = 0;
     for fan in 0..=255u8 {
         own_lists +=
             u32::from(collect_fan(store, location, c, fan, &spill, &judge, &mut report).await?);
     }
-    // Every ripe run's chunks are dealt with: its lists go.
-    for (run, is_ripe) in runs.values().zip(&ripe) {
-        if *is_ripe {
-            delete_keys(store, &run.keys).await?;
-            report.lists_removed += 1;
-        }
-    }
+    // Every ripe list's chunks are dealt with: the list goes, and so does
+    // the marker of a run with no list left.
+    let ripe: Vec<String> = lists
+        .iter()
+        .filter(|l| l.visible + c.grace <= now)
+        .map(|l| l.key.clone())
+        .collect();
+    delete_keys(store, &ripe).await?;
+    report.lists_removed = ripe.len() as u64;
+    let left: HashSet<&str> = lists
+        .iter()
+        .filter(|l| l.visible + c.grace > now)
+        .filter_map(|l| l.key.rsplit_once('/').map(|(run, _)| run))
+        .collect();
+    let spent: Vec<String> = markers
+        .into_iter()
+        .filter(|(key, time)| {
+            *time + c.grace <= now
+                && !key
+                    .rsplit_once('/')
+                    .is_some_and(|(run, _)| left.contains(run))
+        })
+        .map(|(key, _)| key)
+        .collect();
+    delete_keys(store, &spent).await?;
     if own_lists == 0 {
         store.delete(std::slice::from_ref(&marker)).await?;
     }
@@ -225,10 +260,11 @@ async fn reference_set<S: Store>(
             report.manifests += 1;
             report.logical_bytes += manifest.stats.bytes_total;
             for block in manifest.volumes.iter().flat_map(|v| v.blocks.iter()) {
-                let hash = parse_hash(&block.chunk).ok_or_else(|| MoverError::ManifestInvalid {
-                    key: object.key.clone(),
-                    detail: format!("chunk name {:?} is not a SHA-256", block.chunk),
-                })?;
+                let hash =
+                    chunk_identity(&block.chunk).ok_or_else(|| MoverError::ManifestInvalid {
+                        key: object.key.clone(),
+                        detail: format!("chunk name {:?} is not a SHA-256", block.chunk),
+                    })?;
                 spill.push(Tag::Referenced, &hash)?;
             }
         }
@@ -252,17 +288,16 @@ fn read_manifest(key: &str, stored: &[u8]) -> Result<manifest::Manifest, MoverEr
     })
 }
 
-/// Earlier runs' lists, by run ID, with each run's time: its marker's,
-/// else (a run whose marker went first, while it was being removed) its
-/// newest list's, which is later, so ripeness is only delayed.
-async fn earlier_runs<S: Store>(
+/// Earlier runs' lists, each with its run's marker time, and the markers
+/// (key, time).
+async fn earlier_lists<S: Store>(
     store: &S,
     location: &RepositoryLocation,
     own: &str,
-) -> Result<BTreeMap<String, EarlierRun>, MoverError> {
+) -> Result<(Vec<EarlierList>, Vec<(String, Timestamp)>), MoverError> {
     let prefix = location.condemned_prefix();
-    let mut runs: BTreeMap<String, EarlierRun> = BTreeMap::new();
-    let mut newest: BTreeMap<String, Timestamp> = BTreeMap::new();
+    let mut markers: BTreeMap<String, (String, Timestamp)> = BTreeMap::new();
+    let mut lists = Vec::new();
     for_each_object(store, &prefix, |o: Object| {
         let Some((run, name)) = o.key[prefix.len()..].split_once('/') else {
             return;
@@ -270,30 +305,34 @@ async fn earlier_runs<S: Store>(
         if run == own {
             return;
         }
-        let (run, is_marker) = (run.to_string(), name == "marker");
-        if is_marker {
-            runs.entry(run.clone()).or_default().time = Some(o.modified);
-        } else {
-            let n = newest.entry(run.clone()).or_insert(o.modified);
-            *n = (*n).max(o.modified);
+        if name == "marker" {
+            markers.insert(run.to_string(), (o.key, o.modified));
+        } else if name.ends_with(".json") {
+            lists.push((run.to_string(), o.key, o.modified));
         }
-        runs.entry(run).or_default().keys.push(o.key);
     })
     .await?;
-    for (id, run) in runs.iter_mut() {
-        if run.time.is_none() {
-            run.time = newest.get(id).copied();
-        }
-    }
-    Ok(runs)
+    let lists = lists
+        .into_iter()
+        .map(|(run, key, visible)| EarlierList {
+            scanned: markers.get(&run).map(|(_, t)| *t),
+            key,
+            visible,
+        })
+        .collect();
+    Ok((lists, markers.into_values().collect()))
+}
+
+/// An earlier list's times, as the judge reads them.
+struct ListTimes {
+    scanned: Option<Timestamp>,
+    ripe_at: Timestamp,
 }
 
 /// Decides each chunk of a fan-out prefix.
-struct Judge<'a> {
-    ripe: &'a [bool],
-    times: &'a [Option<Timestamp>],
+struct Judge {
+    lists: Vec<ListTimes>,
     now: Timestamp,
-    grace: SignedDuration,
 }
 
 /// What becomes of one stored chunk.
@@ -309,23 +348,24 @@ enum Fate {
     Condemn,
 }
 
-impl Judge<'_> {
+impl Judge {
     fn fate(&self, referenced: bool, condemned_by: &[u32], modified: Timestamp) -> Fate {
         if referenced {
             return Fate::Live;
         }
         let mut rewritten = false;
         let mut pending: Option<Timestamp> = None;
-        for run in condemned_by.iter().map(|r| *r as usize) {
-            let time = self.times.get(run).copied().flatten();
-            if self.ripe.get(run) == Some(&true) {
-                match time {
+        for list in condemned_by
+            .iter()
+            .filter_map(|i| self.lists.get(*i as usize))
+        {
+            if list.ripe_at <= self.now {
+                match list.scanned {
                     Some(t) if modified < t => return Fate::Delete,
                     _ => rewritten = true,
                 }
             } else {
-                let until = time.map_or(self.now + self.grace, |t| t + self.grace);
-                pending = Some(pending.map_or(until, |p: Timestamp| p.min(until)));
+                pending = Some(pending.map_or(list.ripe_at, |p: Timestamp| p.min(list.ripe_at)));
             }
         }
         match (pending, rewritten) {
@@ -345,7 +385,7 @@ async fn collect_fan<S: Store>(
     c: &Collection,
     fan: u8,
     spill: &Spill,
-    judge: &Judge<'_>,
+    judge: &Judge,
     report: &mut Collected,
 ) -> Result<bool, MoverError> {
     let (referenced, condemned) = spill.read(fan)?;
@@ -359,7 +399,7 @@ async fn collect_fan<S: Store>(
         after = page.last().map(|o| o.key.clone());
         for object in page {
             let name = &object.key[prefix.len()..];
-            let Some(hash) = parse_hash(name) else {
+            let Some(hash) = chunk_identity(name) else {
                 continue; // not a chunk
             };
             report.chunks += 1;
@@ -434,13 +474,23 @@ async fn delete_keys<S: Store>(store: &S, keys: &[String]) -> Result<(), MoverEr
     Ok(())
 }
 
-/// A chunk's name as its 32 bytes.
-pub fn parse_hash(name: &str) -> Option<[u8; 32]> {
-    let mut hash = [0u8; 32];
-    (name.len() == 64)
-        .then(|| hex::decode_to_slice(name, &mut hash).ok())
-        .flatten()
-        .map(|()| hash)
+/// A chunk's name as the 32 bytes the collector compares: its SHA-256 for
+/// a plain name; for a rescue name (`<sha256>~<tag>`, see
+/// `manifest::rescue_name`) the digest's first byte (so it falls in the same
+/// fan-out prefix) and 31 bytes of the name's own SHA-256.
+pub fn chunk_identity(name: &str) -> Option<[u8; 32]> {
+    if !manifest::is_chunk_name(name) {
+        return None;
+    }
+    let digest = manifest::chunk_digest(name);
+    let mut id = [0u8; 32];
+    hex::decode_to_slice(digest, &mut id).ok()?;
+    if digest.len() < name.len() {
+        use sha2::Digest;
+        let whole = sha2::Sha256::digest(name.as_bytes());
+        id[1..].copy_from_slice(&whole[1..]);
+    }
+    Some(id)
 }
 
 /// What a spilled record says of a hash.

@@ -5,6 +5,8 @@
 //! <prefix>chunks/<h[0..2]>/<h>             zstd(block data), h = SHA-256 of the data
 //! <prefix>restore-points/<job>/<resource>.json   a Manifest
 //! <prefix>latest/<region>/<resource>.json        a LatestPointer (the parent of the next backup)
+//! <prefix>condemned/<run>/marker                 a garbage collection run's time (its LastModified)
+//! <prefix>condemned/<run>/<h[0..2]>.json         chunks that run found unreferenced (`super::gc`)
 //! ```
 //!
 //! Manifests and pointers are stored authenticated (see `super::integrity`);
@@ -144,6 +146,52 @@ impl RepositoryLocation {
     pub fn latest_key(&self, region: &str, resource: &str) -> String {
         format!("{}latest/{region}/{resource}.json", self.prefix)
     }
+}
+
+/// The SHA-256 of a chunk's data, from its name: the name itself, or what
+/// precedes `~` in a rescue name.
+pub fn chunk_digest(name: &str) -> &str {
+    name.split_once('~').map_or(name, |(digest, _)| digest)
+}
+
+/// Whether `name` is a chunk's name: 64 lowercase hex digits (the SHA-256
+/// of its data), optionally followed by `~` and a tag of 1 to 32 lowercase
+/// letters, digits and `-` (a rescue name). Nothing else ever becomes part
+/// of a key.
+pub fn is_chunk_name(name: &str) -> bool {
+    let digest = chunk_digest(name);
+    let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    let tag_ok = match name.get(digest.len()..) {
+        Some("") => true,
+        Some(rest) => {
+            let tag = &rest[1..];
+            (1..=32).contains(&tag.len())
+                && tag
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase() || b == b'-')
+        }
+        None => false,
+    };
+    digest.len() == 64 && digest.bytes().all(hex) && tag_ok
+}
+
+/// The name a backup stores a chunk of data `hash` under: `hash`, unless
+/// garbage collection condemned it (`condemned`); then a name no collection
+/// ever listed, `hash~<tag>` (or `hash~<tag>-2`, …, if that one is
+/// condemned too). A backup never writes a condemned name, so the delete
+/// phase can never remove a chunk a backup wrote after it looked
+/// (`super::gc`); restores check the data against the digest part.
+pub fn rescue_name(hash: &str, tag: &str, condemned: &HashSet<String>) -> String {
+    if !condemned.contains(hash) {
+        return hash.to_string();
+    }
+    (1..)
+        .map(|n| match n {
+            1 => format!("{hash}~{tag}"),
+            n => format!("{hash}~{tag}-{n}"),
+        })
+        .find(|name| !condemned.contains(name))
+        .unwrap_or_else(|| hash.to_string())
 }
 
 /// The ID of the restore point a job writes for one resource.
@@ -428,7 +476,7 @@ pub fn parse_manifest(text: &[u8]) -> Result<Manifest, String> {
         ));
     }
     for v in &manifest.volumes {
-        if v.blocks.iter().any(|b| b.chunk.len() != 64) {
+        if v.blocks.iter().any(|b| !is_chunk_name(&b.chunk)) {
             return Err(format!("volume {} names a malformed chunk", v.snapshot_id));
         }
     }
@@ -480,6 +528,33 @@ mod tests {
             RepositoryLocation::new("b", "", "r").chunks_prefix(),
             "chunks/"
         );
+    }
+
+    #[test]
+    fn condemned_chunks_get_rescue_names_and_only_chunk_names_are_valid() {
+        let h = "ab".repeat(32);
+        let none = HashSet::new();
+        assert_eq!(rescue_name(&h, "t1", &none), h);
+        let condemned: HashSet<String> = [h.clone()].into();
+        let rescued = rescue_name(&h, "t1", &condemned);
+        assert_eq!(rescued, format!("{h}~t1"));
+        assert_eq!(chunk_digest(&rescued), h);
+        let both: HashSet<String> = [h.clone(), format!("{h}~t1")].into();
+        assert_eq!(rescue_name(&h, "t1", &both), format!("{h}~t1-2"));
+        for good in [h.clone(), rescued, format!("{h}~t1-2")] {
+            assert!(is_chunk_name(&good), "{good}");
+        }
+        for bad in [
+            "ab".repeat(31),
+            format!("{h}~"),
+            format!("{h}~../x"),
+            format!("{h}~A"),
+            format!("{h}x"),
+            "AB".repeat(32),
+            format!("{h}~{}", "a".repeat(33)),
+        ] {
+            assert!(!is_chunk_name(&bad), "{bad}");
+        }
     }
 
     #[test]

@@ -179,7 +179,7 @@ pub(crate) fn sha256_hex(data: &[u8]) -> String {
 pub(crate) fn check_chunk(packed: &[u8], expected: &str) -> Result<Vec<u8>, String> {
     let data = zstd::bulk::decompress(packed, BLOCK_SIZE).map_err(|e| e.to_string())?;
     let actual = sha256_hex(&data);
-    if actual == expected {
+    if actual == manifest::chunk_digest(expected) {
         Ok(data)
     } else {
         Err(format!("its data hashes to {actual}"))
@@ -355,6 +355,7 @@ async fn copy(
                 .collect(),
         ),
         condemned,
+        rescue_tag: hex::encode(&Sha256::digest(request.job_uid.as_bytes())[..6]),
         stats: Mutex::new(BackupStats::default()),
     };
     let mut volumes = Vec::new();

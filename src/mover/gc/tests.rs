@@ -194,14 +194,37 @@ async fn an_unreadable_manifest_stops_the_collection_before_anything_is_deleted(
 fn fates_follow_the_two_phase_rules() {
     let t = |s: i64| Timestamp::from_second(s).expect("ts");
     let judge = Judge {
-        ripe: &[true, false],
-        times: &[Some(t(100)), Some(t(5000))],
+        lists: vec![
+            // Ripe: scanned at 100, visible at 200, ripe at 3800.
+            ListTimes {
+                scanned: Some(t(100)),
+                ripe_at: t(3800),
+            },
+            // Not ripe until 8600.
+            ListTimes {
+                scanned: Some(t(4900)),
+                ripe_at: t(8600),
+            },
+            // Ripe, but its run's marker is gone.
+            ListTimes {
+                scanned: None,
+                ripe_at: t(3800),
+            },
+        ],
         now: t(6000),
-        grace: SignedDuration::from_secs(3600),
     };
     assert_eq!(judge.fate(true, &[0], t(50)), Fate::Live);
     assert_eq!(judge.fate(false, &[0], t(50)), Fate::Delete);
-    assert_eq!(judge.fate(false, &[0], t(150)), Fate::Rewritten);
+    assert_eq!(
+        judge.fate(false, &[0], t(150)),
+        Fate::Rewritten,
+        "written since the scan"
+    );
     assert_eq!(judge.fate(false, &[1], t(50)), Fate::Pending(t(8600)));
+    assert_eq!(
+        judge.fate(false, &[2], t(50)),
+        Fate::Rewritten,
+        "no marker: never deleted"
+    );
     assert_eq!(judge.fate(false, &[], t(50)), Fate::Condemn);
 }

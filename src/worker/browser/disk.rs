@@ -101,7 +101,7 @@ impl RepositoryDisk {
         let mut data = zstd::bulk::decompress(&packed, BLOCK_SIZE)
             .map_err(|e| format!("chunk {key} is corrupt: {e}"))?;
         let actual = hex::encode(Sha256::digest(&data));
-        if actual != *hash {
+        if actual != crate::mover::manifest::chunk_digest(hash) {
             return Err(format!(
                 "chunk {key} is corrupt: its data hashes to {actual}"
             ));
