@@ -152,13 +152,15 @@ impl Repository<'_> {
     }
 
     /// Up to 1 000 objects under `prefix` after `start_after`, in key
-    /// order: `(key, size, LastModified)`.
+    /// order: `(key, size, LastModified)`, and whether more follow (S3's
+    /// `IsTruncated`: a page may hold fewer keys while more follow). An
+    /// object listed without a key or a time is an error, never skipped.
     pub async fn list_page(
         &self,
         loc: &RepositoryLocation,
         prefix: &str,
         start_after: Option<&str>,
-    ) -> Result<Vec<(String, u64, jiff::Timestamp)>, AwsError> {
+    ) -> Result<(Vec<(String, u64, jiff::Timestamp)>, bool), AwsError> {
         let list = self
             .aws
             .s3(&loc.region)
@@ -173,20 +175,21 @@ impl Repository<'_> {
             .call(AwsOperation::ListObjectsV2, list)
             .await
             .map_err(|e| denied(e, loc, prefix, "s3:ListBucket"))?;
-        Ok(out
-            .contents()
-            .iter()
-            .filter_map(|o| {
-                let modified = o.last_modified()?;
-                let at =
-                    jiff::Timestamp::new(modified.secs(), modified.subsec_nanos() as i32).ok()?;
-                Some((
-                    o.key()?.to_string(),
-                    o.size().unwrap_or(0).max(0) as u64,
-                    at,
-                ))
-            })
-            .collect())
+        let incomplete = |what: &str| AwsError::Unreachable {
+            operation: "ListObjectsV2",
+            detail: format!("S3 listed an object under {prefix} without {what}"),
+        };
+        let mut objects = Vec::new();
+        for o in out.contents() {
+            let key = o.key().ok_or_else(|| incomplete("a key"))?;
+            let modified = o
+                .last_modified()
+                .ok_or_else(|| incomplete("a LastModified"))?;
+            let at = jiff::Timestamp::new(modified.secs(), modified.subsec_nanos() as i32)
+                .map_err(|_| incomplete("a valid LastModified"))?;
+            objects.push((key.to_string(), o.size().unwrap_or(0).max(0) as u64, at));
+        }
+        Ok((objects, out.is_truncated().unwrap_or(false)))
     }
 
     /// Reads the object `key` of `loc`; `None` when there is no such key.

@@ -24,15 +24,20 @@
 //! list's, and a backup writing a condemned chunk again between the
 //! collector's listing and its delete.)
 //!
-//! **Memory** is bounded whatever the repository's size: manifests are
-//! streamed one at a time, and every chunk hash they reference (and every
-//! condemned one) is spilled to a local file per fan-out prefix (the first
-//! byte of the hash, 256 of them: `chunks/<h[0..2]>/`). Each prefix is then
-//! collected alone: its referenced and condemned hashes are read, sorted
-//! (32 bytes each), and compared with a listing of that prefix, a page at a
-//! time. So memory holds about 1/256 of the referenced hashes plus one
-//! manifest and one listing page: ~4 000 hashes (128 KiB) per million
-//! chunks, 12.5 MiB at a hundred million.
+//! **Memory** does not grow with the number of restore points: manifests
+//! are streamed one at a time, and every chunk hash they reference (and
+//! every condemned one) is spilled to a local file per fan-out prefix (the
+//! first byte of the hash, 256 of them: `chunks/<h[0..2]>/`), through a
+//! buffer of 4 096 distinct records per prefix (32 MiB in all), so the many
+//! restore points of one volume spill a shared chunk about once. Each
+//! prefix is then collected alone: its distinct referenced and condemned
+//! hashes are read (32 bytes each, in a hash set, then sorted) and compared
+//! with a listing of that prefix, a page at a time. So memory is the
+//! buffers, one manifest, one listing page, and 1/256 of the distinct
+//! chunks: ~4 000 hashes (about 300 KiB with the set's overhead) per
+//! million chunks, about 30 MiB at a hundred million. One manifest is
+//! held whole: a 16 TiB volume's (33 million blocks) is gigabytes, a limit
+//! of the manifest format rather than of the collector.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
@@ -196,7 +201,7 @@ pub async fn collect<S: Store>(
             .iter()
             .map(|l| ListTimes {
                 scanned: l.scanned,
-                ripe_at: l.visible + c.grace,
+                ripe_at: ripe_at(l.visible, c.grace),
             })
             .collect(),
         now,
@@ -210,14 +215,14 @@ pub async fn collect<S: Store>(
     // the marker of a run with no list left.
     let ripe: Vec<String> = lists
         .iter()
-        .filter(|l| l.visible + c.grace <= now)
+        .filter(|l| ripe_at(l.visible, c.grace) <= now)
         .map(|l| l.key.clone())
         .collect();
     delete_keys(store, &ripe).await?;
     report.lists_removed = ripe.len() as u64;
     let left: HashSet<&str> = lists
         .iter()
-        .filter(|l| l.visible + c.grace > now)
+        .filter(|l| ripe_at(l.visible, c.grace) > now)
         .filter_map(|l| l.key.rsplit_once('/').map(|(run, _)| run))
         .collect();
     let spent: Vec<String> = markers
@@ -238,6 +243,14 @@ pub async fn collect<S: Store>(
     Ok(report)
 }
 
+/// When a list written at `visible` (its S3 `LastModified`) is ripe: a
+/// grace period later, plus 1 % of it (14 minutes at 24 h), because
+/// `LastModified` has a one-second precision and is not the very moment a
+/// listing starts to show the object.
+fn ripe_at(visible: Timestamp, grace: SignedDuration) -> Timestamp {
+    visible + grace + grace / 100
+}
+
 /// Streams every manifest into the spill, one at a time. A manifest that
 /// cannot be read stops the collection: its chunks would look unused.
 async fn reference_set<S: Store>(
@@ -250,9 +263,13 @@ async fn reference_set<S: Store>(
     let mut after: Option<String> = None;
     loop {
         let page = store.list_page(&prefix, after.as_deref()).await?;
-        let full = page.len() == PAGE;
-        after = page.last().map(|o| o.key.clone());
-        for object in page.into_iter().filter(|o| o.key.ends_with(".json")) {
+        let more = page.truncated;
+        after = page.objects.last().map(|o| o.key.clone()).or(after);
+        for object in page
+            .objects
+            .into_iter()
+            .filter(|o| o.key.ends_with(".json"))
+        {
             let Some(stored) = store.get(&object.key).await? else {
                 continue; // deleted since the listing
             };
@@ -268,7 +285,7 @@ async fn reference_set<S: Store>(
                 spill.push(Tag::Referenced, &hash)?;
             }
         }
-        if !full {
+        if !more {
             return Ok(());
         }
     }
@@ -395,9 +412,9 @@ async fn collect_fan<S: Store>(
     let mut after: Option<String> = None;
     loop {
         let page = store.list_page(&prefix, after.as_deref()).await?;
-        let full = page.len() == PAGE;
-        after = page.last().map(|o| o.key.clone());
-        for object in page {
+        let more = page.truncated;
+        after = page.objects.last().map(|o| o.key.clone()).or(after);
+        for object in page.objects {
             let name = &object.key[prefix.len()..];
             let Some(hash) = chunk_identity(name) else {
                 continue; // not a chunk
@@ -435,7 +452,7 @@ async fn collect_fan<S: Store>(
                 doomed.clear();
             }
         }
-        if !full {
+        if !more {
             break;
         }
     }
@@ -504,15 +521,21 @@ enum Tag {
 /// One prefix's referenced hashes, and its condemned ones with their run.
 type FanHashes = (Vec<[u8; 32]>, Vec<([u8; 32], u32)>);
 
-/// Records are 37 bytes: a tag (0 referenced, 1 condemned), the hash, and
-/// the condemning run's index.
-const RECORD: usize = 37;
+/// Records are 36 bytes: the hash, and the index of the list that condemns
+/// it (`u32::MAX`: referenced by a manifest).
+const RECORD: usize = 36;
 
 /// The spill files, one per fan-out prefix.
 struct Spill {
     dir: PathBuf,
     writers: Vec<Option<BufWriter<File>>>,
+    /// Records not written yet, per prefix, so that the many restore points
+    /// of one volume (which share most chunks) spill each chunk about once.
+    pending: Vec<HashSet<([u8; 32], u32)>>,
 }
+
+/// Records held per prefix before they are written (32 MiB for all 256).
+const PENDING: usize = 4096;
 
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> MoverError {
     MoverError::Spill(format!("{what} {}: {e}", path.display()))
@@ -520,15 +543,16 @@ fn io_error(what: &str, path: &Path, e: std::io::Error) -> MoverError {
 
 impl Spill {
     fn create(parent: &Path) -> Result<Self, MoverError> {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = parent.join(format!("tender-gc-{}-{n}", std::process::id()));
-        // A spill left by a crashed run of this process is stale.
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| io_error("cannot create", &dir, e))?;
+        // A directory of its own, never one that exists (another run's,
+        // even in another container sharing the disk).
+        let mut random = [0u8; 8];
+        getrandom::fill(&mut random).map_err(|e| MoverError::Spill(e.to_string()))?;
+        let dir = parent.join(format!("tender-gc-{}", hex::encode(random)));
+        std::fs::create_dir(&dir).map_err(|e| io_error("cannot create", &dir, e))?;
         Ok(Self {
             dir,
             writers: (0..256).map(|_| None).collect(),
+            pending: (0..256).map(|_| HashSet::new()).collect(),
         })
     }
 
@@ -537,24 +561,33 @@ impl Spill {
     }
 
     fn push(&mut self, tag: Tag, hash: &[u8; 32]) -> Result<(), MoverError> {
-        let fan = hash[0];
-        let path = self.path(fan);
-        let slot = &mut self.writers[fan as usize];
+        let run = match tag {
+            Tag::Referenced => u32::MAX,
+            Tag::Condemned(run) => run,
+        };
+        let fan = hash[0] as usize;
+        self.pending[fan].insert((*hash, run));
+        if self.pending[fan].len() >= PENDING {
+            self.flush(fan)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a prefix's pending records.
+    fn flush(&mut self, fan: usize) -> Result<(), MoverError> {
+        let path = self.path(fan as u8);
+        let slot = &mut self.writers[fan];
         if slot.is_none() {
             let file = File::create(&path).map_err(|e| io_error("cannot create", &path, e))?;
             *slot = Some(BufWriter::with_capacity(8 * 1024, file));
         }
-        let mut record = [0u8; RECORD];
-        let run = match tag {
-            Tag::Referenced => 0,
-            Tag::Condemned(run) => {
-                record[0] = 1;
-                run
-            }
+        let Some(w) = slot.as_mut() else {
+            return Ok(());
         };
-        record[1..33].copy_from_slice(hash);
-        record[33..].copy_from_slice(&run.to_le_bytes());
-        if let Some(w) = slot.as_mut() {
+        for (hash, run) in self.pending[fan].drain() {
+            let mut record = [0u8; RECORD];
+            record[..32].copy_from_slice(&hash);
+            record[32..].copy_from_slice(&run.to_le_bytes());
             w.write_all(&record)
                 .map_err(|e| io_error("cannot write", &path, e))?;
         }
@@ -562,9 +595,12 @@ impl Spill {
     }
 
     fn finish(&mut self) -> Result<(), MoverError> {
-        for (fan, slot) in self.writers.iter_mut().enumerate() {
-            if let Some(mut w) = slot.take() {
-                let path = self.dir.join(format!("{fan:02x}"));
+        for fan in 0..256 {
+            if !self.pending[fan].is_empty() {
+                self.flush(fan)?;
+            }
+            if let Some(mut w) = self.writers[fan].take() {
+                let path = self.path(fan as u8);
                 w.flush().map_err(|e| io_error("cannot write", &path, e))?;
             }
         }
@@ -580,29 +616,39 @@ impl Spill {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
             Err(e) => return Err(io_error("cannot read", &path, e)),
         };
-        let mut reader = BufReader::with_capacity(64 * 1024, file);
-        let (mut referenced, mut condemned) = (Vec::new(), Vec::new());
-        let mut record = [0u8; RECORD];
-        loop {
-            match reader.read_exact(&mut record) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                Err(e) => return Err(io_error("cannot read", &path, e)),
-            }
-            let mut hash = [0u8; 32];
-            hash.copy_from_slice(&record[1..33]);
-            if record[0] == 0 {
-                referenced.push(hash);
-            } else {
-                let mut run = [0u8; 4];
-                run.copy_from_slice(&record[33..]);
-                condemned.push((hash, u32::from_le_bytes(run)));
-            }
+        let length = file
+            .metadata()
+            .map_err(|e| io_error("cannot read", &path, e))?
+            .len();
+        if length % RECORD as u64 != 0 {
+            return Err(MoverError::Spill(format!(
+                "{} holds {length} bytes, not whole {RECORD}-byte records",
+                path.display()
+            )));
         }
+        // Distinct records only: memory is the prefix's distinct chunks,
+        // however many restore points reference each.
+        let mut referenced = HashSet::new();
+        let mut condemned = HashSet::new();
+        let mut reader = BufReader::with_capacity(64 * 1024, file);
+        let mut record = [0u8; RECORD];
+        for _ in 0..length / RECORD as u64 {
+            reader
+                .read_exact(&mut record)
+                .map_err(|e| io_error("cannot read", &path, e))?;
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(&record[..32]);
+            let mut run = [0u8; 4];
+            run.copy_from_slice(&record[32..]);
+            match u32::from_le_bytes(run) {
+                u32::MAX => referenced.insert(hash),
+                run => condemned.insert((hash, run)),
+            };
+        }
+        let mut referenced: Vec<[u8; 32]> = referenced.into_iter().collect();
+        let mut condemned: Vec<([u8; 32], u32)> = condemned.into_iter().collect();
         referenced.sort_unstable();
-        referenced.dedup();
         condemned.sort_unstable();
-        condemned.dedup();
         Ok((referenced, condemned))
     }
 

@@ -22,19 +22,27 @@ pub struct Object {
     pub modified: Timestamp,
 }
 
-/// Keys per listing page, as S3's ListObjectsV2 gives them.
+/// Keys per listing page at most, as S3's ListObjectsV2 gives them.
 pub const PAGE: usize = 1000;
+
+/// One page of a listing. S3 may return fewer keys than asked while more
+/// follow: only `truncated` says whether the listing goes on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Page {
+    pub objects: Vec<Object>,
+    pub truncated: bool,
+}
 
 /// What a backup reads of the repository's bookkeeping (the condemned
 /// lists).
 pub trait ReadStore: Send + Sync {
     /// Up to [`PAGE`] objects under `prefix` whose key is after
-    /// `start_after`, in key order.
+    /// `start_after`, in key order, and whether more follow.
     fn list_page(
         &self,
         prefix: &str,
         start_after: Option<&str>,
-    ) -> impl Future<Output = Result<Vec<Object>, MoverError>> + Send;
+    ) -> impl Future<Output = Result<Page, MoverError>> + Send;
     /// The object `key`; `None` when there is none.
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>, MoverError>> + Send;
 }
@@ -61,12 +69,11 @@ pub async fn for_each_object<S: ReadStore>(
     let mut after: Option<String> = None;
     loop {
         let page = store.list_page(prefix, after.as_deref()).await?;
-        let full = page.len() == PAGE;
-        after = page.last().map(|o| o.key.clone());
-        for object in page {
+        after = page.objects.last().map(|o| o.key.clone()).or(after);
+        for object in page.objects {
             f(object);
         }
-        if !full {
+        if !page.truncated {
             return Ok(());
         }
     }
@@ -88,6 +95,9 @@ pub struct MemoryStore {
 pub struct MemoryInner {
     pub objects: BTreeMap<String, Stored>,
     pub clock: i64,
+    /// When not 0, listing pages hold fewer keys (between 1 and this),
+    /// as S3's may.
+    pub short_pages: usize,
 }
 
 /// One object: its bytes (or only its size, for generated chunks) and
@@ -146,27 +156,33 @@ impl MemoryStore {
 }
 
 impl ReadStore for MemoryStore {
-    async fn list_page(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-    ) -> Result<Vec<Object>, MoverError> {
+    async fn list_page(&self, prefix: &str, start_after: Option<&str>) -> Result<Page, MoverError> {
         let inner = self.step();
         let from = match start_after {
             Some(after) if after >= prefix => std::ops::Bound::Excluded(after.to_string()),
             _ => std::ops::Bound::Included(prefix.to_string()),
         };
-        Ok(inner
+        // Like S3, a page may hold fewer keys than the most while more
+        // follow (`short_pages`).
+        let limit = match inner.short_pages {
+            0 => PAGE,
+            n => (inner.clock as usize % n).max(1),
+        };
+        let mut keys = inner
             .objects
             .range((from, std::ops::Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .take(PAGE)
+            .take_while(|(k, _)| k.starts_with(prefix));
+        let objects: Vec<Object> = keys
+            .by_ref()
+            .take(limit)
             .map(|(k, v)| Object {
                 key: k.clone(),
                 size: v.size,
                 modified: Timestamp::from_millisecond(v.modified).unwrap_or(Timestamp::UNIX_EPOCH),
             })
-            .collect())
+            .collect();
+        let truncated = keys.next().is_some();
+        Ok(Page { objects, truncated })
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, MoverError> {
@@ -201,23 +217,23 @@ pub struct S3Store<'a> {
 }
 
 impl ReadStore for S3Store<'_> {
-    async fn list_page(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-    ) -> Result<Vec<Object>, MoverError> {
-        Ok(self
+    async fn list_page(&self, prefix: &str, start_after: Option<&str>) -> Result<Page, MoverError> {
+        let (objects, truncated) = self
             .aws
             .repository()
             .list_page(self.location, prefix, start_after)
-            .await?
-            .into_iter()
-            .map(|(key, size, modified)| Object {
-                key,
-                size,
-                modified,
-            })
-            .collect())
+            .await?;
+        Ok(Page {
+            objects: objects
+                .into_iter()
+                .map(|(key, size, modified)| Object {
+                    key,
+                    size,
+                    modified,
+                })
+                .collect(),
+            truncated,
+        })
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, MoverError> {
