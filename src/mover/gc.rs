@@ -28,7 +28,7 @@
 //! are streamed one at a time, and every chunk hash they reference (and
 //! every condemned one) is spilled to a local file per fan-out prefix (the
 //! first byte of the hash, 256 of them: `chunks/<h[0..2]>/`), through a
-//! buffer of 4 096 distinct records per prefix (32 MiB in all), so the many
+//! buffer of 512 distinct records per prefix (about 10 MiB in all), so the many
 //! restore points of one volume spill a shared chunk about once. Each
 //! prefix is then collected alone: its distinct referenced and condemned
 //! hashes are read (32 bytes each, in a hash set, then sorted) and compared
@@ -534,8 +534,9 @@ struct Spill {
     pending: Vec<HashSet<([u8; 32], u32)>>,
 }
 
-/// Records held per prefix before they are written (32 MiB for all 256).
-const PENDING: usize = 4096;
+/// Records held per prefix before they are written: 131 072 in all, about
+/// 10 MiB with the sets' overhead.
+const PENDING: usize = 512;
 
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> MoverError {
     MoverError::Spill(format!("{what} {}: {e}", path.display()))
