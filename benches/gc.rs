@@ -90,6 +90,7 @@ fn manifest(id: &str, chunks: Vec<String>) -> Vec<u8> {
         }],
         stats: BackupStats::default(),
         machine: None,
+        policy: None,
     };
     serde_json::to_vec(&m).unwrap()
 }

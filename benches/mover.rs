@@ -218,6 +218,8 @@ async fn bench(mib: usize) {
         device: None,
         all_volumes: false,
         file_level: None,
+        policy: None,
+        retention: None,
     };
     let (backup_time, backup_rss) = run_agent(&bin, &task(Operation::Backup, 1));
     let manifest = tender::mover::load_manifest(&aws, &repository, &format!("bench/{source}"))

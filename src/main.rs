@@ -36,6 +36,8 @@ enum LogFormat {
     Json,
 }
 
+// Parsed once, at startup: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller against the cluster of the current kubeconfig (or
@@ -84,6 +86,12 @@ enum Command {
         /// and bytes (a listing: one S3 call per 1 000 objects).
         #[arg(long, default_value_t = 3600, env = "TENDER_REPOSITORY_COUNT_SECONDS")]
         repository_count_seconds: u64,
+        /// Seconds a chunk that retention found unreferenced stays before
+        /// it may be deleted: longer than any backup may run (backups that
+        /// run longer fail rather than risk a chunk). At least 86400 (a
+        /// day); only test builds (feature `fault-injection`) take less.
+        #[arg(long, default_value_t = 86_400, env = "TENDER_GC_GRACE_SECONDS")]
+        gc_grace_seconds: u64,
         #[command(flatten)]
         sweep: SweepFlags,
         /// Seconds a restore waits, after its worker completed, for EBS to
@@ -205,6 +213,7 @@ fn main() -> ExitCode {
             restored_snapshot_timeout_seconds,
             network_recheck_seconds,
             repository_count_seconds,
+            gc_grace_seconds,
             require_worker_sender,
             trusted_browser_hosts,
             agents_dir,
@@ -227,6 +236,7 @@ fn main() -> ExitCode {
                 heartbeat_seconds,
                 network_recheck: Duration::from_secs(network_recheck_seconds.max(1)),
                 repository_count: Duration::from_secs(repository_count_seconds.max(1)),
+                gc_grace: controller::gc_grace(gc_grace_seconds),
                 metrics_address,
                 election,
                 sweep: sweep.config(),

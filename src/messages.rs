@@ -53,6 +53,30 @@ pub struct WorkerTask {
     /// For a file-level recovery session: how to serve it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file_level: Option<FileLevelTask>,
+    /// For a backup made by a BackupPolicy: the policy, recorded in the
+    /// restore point so that the policy's retention rules apply to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// For a retention run: what to expire and how to collect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionTask>,
+}
+
+/// What a retention worker does in its repository's namespace part.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionTask {
+    /// The policy whose restore points the rules apply to; `None` expires
+    /// nothing and only collects chunks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// The policy's rules (its `spec.retention`).
+    #[serde(default)]
+    pub rules: crate::policy::retention::Retention,
+    /// IANA zone the calendar rules (daily, weekly…) count in.
+    pub time_zone: String,
+    /// Seconds a condemned chunk waits before it may be deleted.
+    pub grace_seconds: u64,
 }
 
 /// How a worker serves a file-level recovery session.
@@ -112,6 +136,8 @@ impl WorkerTask {
             device: None,
             all_volumes: false,
             file_level: None,
+            policy: None,
+            retention: None,
         }
     }
 }
@@ -123,6 +149,7 @@ impl WorkerTask {
             Operation::Backup => WorkerProfile::Backup,
             Operation::Restore if self.file_level.is_some() => WorkerProfile::FileLevel,
             Operation::Restore => WorkerProfile::Restore,
+            Operation::Retention => WorkerProfile::Retention,
         }
     }
 
@@ -146,6 +173,7 @@ impl WorkerTask {
 pub enum Operation {
     Backup,
     Restore,
+    Retention,
 }
 
 impl Operation {
@@ -153,6 +181,7 @@ impl Operation {
         match self {
             Operation::Backup => "backup",
             Operation::Restore => "restore",
+            Operation::Retention => "retention",
         }
     }
 }
@@ -167,13 +196,15 @@ pub enum WorkerProfile {
     Backup,
     Restore,
     FileLevel,
+    Retention,
 }
 
 impl WorkerProfile {
-    pub const ALL: [WorkerProfile; 3] = [
+    pub const ALL: [WorkerProfile; 4] = [
         WorkerProfile::Backup,
         WorkerProfile::Restore,
         WorkerProfile::FileLevel,
+        WorkerProfile::Retention,
     ];
 
     /// As in the `profile` metric label and the `instanceProfiles` keys'
@@ -183,6 +214,7 @@ impl WorkerProfile {
             WorkerProfile::Backup => "backup",
             WorkerProfile::Restore => "restore",
             WorkerProfile::FileLevel => "fileLevel",
+            WorkerProfile::Retention => "retention",
         }
     }
 }
@@ -238,6 +270,9 @@ pub enum WorkerEvent {
         machine: Option<crate::api::MachineImage>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         bytes: Option<ByteProgress>,
+        /// What a retention run expired and collected.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retention: Option<Box<crate::api::RetentionOutcome>>,
     },
     Failed {
         reason: crate::reasons::FailureReason,
@@ -344,6 +379,7 @@ impl WorkerMessage {
                 snapshot_id,
                 snapshots,
                 machine,
+                retention,
                 ..
             } => {
                 fields.push(("detail", detail.len(), TEXT_BYTES));
@@ -366,6 +402,13 @@ impl WorkerMessage {
                 for s in snapshots {
                     fields.push(("snapshots[].device", s.device.len(), ID_BYTES));
                     fields.push(("snapshots[].snapshotId", s.snapshot_id.len(), ID_BYTES));
+                }
+                if let Some(r) = retention {
+                    let ids = crate::api::retention_job::OUTCOME_IDS;
+                    fields.push(("retention.expired", r.expired.len(), ids));
+                    for id in &r.expired {
+                        fields.push(("retention.expired[]", id.len(), ID_BYTES));
+                    }
                 }
             }
             WorkerEvent::Failed { reason, message } => {
@@ -472,6 +515,7 @@ mod tests {
             snapshots: Vec::new(),
             bytes: None,
             machine: None,
+            retention: None,
         })
     }
 

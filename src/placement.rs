@@ -182,6 +182,11 @@ pub struct DefaultTypes {
     burstable: &'static str,
 }
 
+/// Chunks up to which a retention worker is a `large` (about 5 TiB of
+/// unique data at 512 KiB a chunk), and then an `xlarge`.
+pub const RETENTION_LARGE_CHUNKS: u64 = 10_000_000;
+pub const RETENTION_XLARGE_CHUNKS: u64 = 100_000_000;
+
 impl DefaultTypes {
     pub const fn of(arch: Architecture) -> Self {
         match arch {
@@ -215,6 +220,20 @@ impl DefaultTypes {
 
     pub fn restore(self) -> String {
         format!("{}.large", self.compute)
+    }
+
+    /// A retention worker's, by the chunks the namespace part held at the
+    /// last run (listing and comparing them is what takes the time; memory
+    /// stays bounded whatever the count, see `mover::gc`).
+    pub fn retention(self, chunks: u64) -> String {
+        let size = if chunks <= RETENTION_LARGE_CHUNKS {
+            "large"
+        } else if chunks <= RETENTION_XLARGE_CHUNKS {
+            "xlarge"
+        } else {
+            "2xlarge"
+        };
+        format!("{}.{size}", self.compute)
     }
 
     pub fn file_level(self) -> String {

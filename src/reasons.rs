@@ -82,6 +82,10 @@ failure_reasons! {
         /// A manifest does not verify with the repository's integrity key
         /// (changed, replaced, moved, or written without the key).
         RestorePointUnverified,
+        /// A retention task's rules or time zone are not valid.
+        RetentionInvalid,
+        /// A RetentionJob's region is not its repository's.
+        RepositoryRegionMismatch,
         // Set by the controller.
         VolumeCreateFailed,
         InstanceRestoreFailed,

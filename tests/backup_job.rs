@@ -381,6 +381,7 @@ fn completed(restore_point: &str) -> WorkerEvent {
         snapshots: Vec::new(),
         bytes: None,
         machine: None,
+        retention: None,
     }
 }
 

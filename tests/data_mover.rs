@@ -274,6 +274,8 @@ async fn the_agent_restores_a_restore_point_into_a_snapshot_and_reports_it() {
         device: None,
         all_volumes: false,
         file_level: None,
+        policy: None,
+        retention: None,
     };
 
     tender::worker::run(aws.clone(), task(1), "i-00000000000000001".into())

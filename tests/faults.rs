@@ -414,6 +414,7 @@ async fn late_message_after_retry(tally: &mut Tally) {
             snapshots: Vec::new(),
             bytes: None,
             machine: None,
+            retention: None,
         },
     };
     common::sqs()

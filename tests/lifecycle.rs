@@ -397,6 +397,7 @@ async fn duplicate_late_and_malformed_messages_change_nothing() {
             snapshots: Vec::new(),
             bytes: None,
             machine: None,
+            retention: None,
         },
     ))
     .await;

@@ -1,7 +1,6 @@
-//! `BackupPolicy`: which resources are protected, when, and where to. Each
-//! scheduled run creates one BackupJob owned by the policy. (How long
-//! restore points are kept, `retention`, comes with the retention runs on
-//! workers: `crate::policy::retention` already decides it.)
+//! `BackupPolicy`: which resources are protected, when, where to, and for
+//! how long. Each scheduled run creates one BackupJob owned by the policy;
+//! with `retention`, each retention run creates one RetentionJob.
 // Clippy reads the `printcolumn(...)` entries of `#[kube]` as duplicated
 // attributes; they are separate columns.
 #![allow(clippy::duplicated_attributes)]
@@ -127,6 +126,30 @@ pub struct BackupPolicySpec {
     #[serde(default = "one")]
     #[schemars(range(min = 0, max = 100))]
     pub failed_jobs_history_limit: i32,
+    /// How long this policy's restore points are kept. Unset: for ever
+    /// (nothing of this policy is ever expired).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<PolicyRetention>,
+}
+
+/// How long a policy's restore points are kept, and when retention runs.
+/// The rules are restic's `forget` rules, applied per resource: a restore
+/// point any rule keeps is kept, and a resource's newest restore point is
+/// never expired, whatever the rules say.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyRetention {
+    #[serde(flatten)]
+    pub rules: crate::policy::retention::Retention,
+    /// When retention runs (a RetentionJob, on a worker in the
+    /// repository's region), in cron syntax, in `timeZone` (default
+    /// `@daily`). Each run deletes the expired restore points' manifests,
+    /// deletes the chunks condemned by an earlier run at least a grace
+    /// period ago (the controller's `--gc-grace-seconds`, a day) that are
+    /// still unreferenced, and condemns the chunks nothing references now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub schedule: Option<String>,
 }
 
 fn utc() -> String {
@@ -224,6 +247,36 @@ pub struct BackupPolicyStatus {
     /// matched before but not any more (gone, or untagged).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing_resources: Vec<MissingResource>,
+    /// The scheduled time of the last retention run started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_retention_schedule_time: Option<Time>,
+    /// The next retention run (UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_retention_time: Option<Time>,
+    /// The RetentionJob running now, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_retention: Option<String>,
+    /// The last retention run that finished, and what it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_retention: Option<LastRetention>,
+}
+
+/// A finished retention run.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastRetention {
+    /// The RetentionJob.
+    pub job: String,
+    /// `Succeeded` or `Failed`.
+    pub phase: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// What it expired and collected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<super::RetentionOutcome>,
 }
 
 /// One protected resource and its newest restore point.

@@ -6,6 +6,7 @@ pub mod backup_repository;
 pub mod conditions;
 pub mod job;
 pub mod restore_job;
+pub mod retention_job;
 pub mod worker_configuration;
 
 use kube::CustomResourceExt;
@@ -16,8 +17,8 @@ pub use backup_job::{
     BackupJob, BackupJobSpec, BackupJobStatus, BackupResource, BackupWorkerStatus,
 };
 pub use backup_policy::{
-    BackupPolicy, BackupPolicySpec, BackupPolicyStatus, InstanceSelector, MissingResource,
-    PolicyJobLimits, PolicyResource, ProtectedResource,
+    BackupPolicy, BackupPolicySpec, BackupPolicyStatus, InstanceSelector, LastRetention,
+    MissingResource, PolicyJobLimits, PolicyResource, PolicyRetention, ProtectedResource,
 };
 pub use backup_repository::{
     BackupRepository, BackupRepositorySpec, BackupRepositoryStatus, EncryptionKind,
@@ -27,6 +28,9 @@ pub use job::{JobLimits, JobStatus, JobWorker, Phase, WorkerStatus};
 pub use restore_job::{
     MachineImage, RestoreFilesTo, RestoreJob, RestoreJobSpec, RestoreJobStatus, RestoreMode,
     RestoreWorkerStatus, RestoredSnapshot,
+};
+pub use retention_job::{
+    RetentionJob, RetentionJobSpec, RetentionJobStatus, RetentionOutcome, RetentionWorkerStatus,
 };
 pub use worker_configuration::{
     AccountAccess, AllowedSources, Architecture, DEFAULT_CONFIGURATION_ANNOTATION,
@@ -80,6 +84,7 @@ pub fn crd_documents() -> Result<Vec<(String, String)>, serde_yaml::Error> {
         BackupJob::crd(),
         RestoreJob::crd(),
         BackupPolicy::crd(),
+        RetentionJob::crd(),
     ]
     .into_iter()
     .map(|crd| {

@@ -448,6 +448,13 @@ pub struct InstanceTypes {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(INSTANCE_TYPE_PATTERN))]
     pub indexing: Option<String>,
+    /// Instance type of retention workers. Default by the chunks the
+    /// repository's namespace part held at the last run: `c5.large` up to
+    /// 10 million, `c5.xlarge` up to 100 million, `c5.2xlarge` above (on
+    /// arm64 `c7g`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(INSTANCE_TYPE_PATTERN))]
+    pub retention: Option<String>,
 }
 
 /// IAM instance profile (name or ARN) per worker operation; an unset one
@@ -471,6 +478,12 @@ pub struct InstanceProfiles {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(INSTANCE_PROFILE_PATTERN), length(max = 2048))]
     pub file_level_recovery: Option<String>,
+    /// Retention workers: list, read and delete in the repository's
+    /// namespace parts, no EBS and no EC2 at all
+    /// (`iam/worker-retention-policy.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(INSTANCE_PROFILE_PATTERN), length(max = 2048))]
+    pub retention: Option<String>,
 }
 
 impl InstanceProfiles {
@@ -480,6 +493,7 @@ impl InstanceProfiles {
             WorkerProfile::Backup => self.backup.as_deref(),
             WorkerProfile::Restore => self.restore.as_deref(),
             WorkerProfile::FileLevel => self.file_level_recovery.as_deref(),
+            WorkerProfile::Retention => self.retention.as_deref(),
         }
     }
 }
@@ -556,6 +570,7 @@ mod tests {
             backup: Some("tender-worker-backup".into()),
             restore: None,
             file_level_recovery: Some("arn:aws:iam::111122223333:instance-profile/flr".into()),
+            retention: Some("tender-worker-retention".into()),
         };
         let s = spec(Some("tender-worker"), Some(own.clone()));
         assert_eq!(
@@ -569,6 +584,10 @@ mod tests {
         assert_eq!(
             s.instance_profile(WorkerProfile::FileLevel),
             Some("arn:aws:iam::111122223333:instance-profile/flr")
+        );
+        assert_eq!(
+            s.instance_profile(WorkerProfile::Retention),
+            Some("tender-worker-retention")
         );
         let none = spec(None, Some(own));
         assert_eq!(none.instance_profile(WorkerProfile::Restore), None);

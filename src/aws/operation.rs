@@ -170,18 +170,21 @@ operations! {
     // S3: the repository.
     // The controller publishes the worker agent (HeadObject, PutObject)
     // and presigns its GetObject for the workers' user data.
-    HeadObject => S3, Both [Backup];
-    GetObject => S3, Both [Backup, Restore, FileLevel];
-    PutObject => S3, Both [Backup, FileLevel];
+    HeadObject => S3, Both [Backup, Retention];
+    GetObject => S3, Both [Backup, Restore, FileLevel, Retention];
+    PutObject => S3, Both [Backup, FileLevel, Retention];
     // S3: the controller checks a BackupRepository and counts what it
-    // holds; a backup lists garbage collection's condemned-chunk lists.
+    // holds; a backup lists garbage collection's condemned-chunk lists; a
+    // retention run lists restore points and chunks and deletes what
+    // expired (DeleteObjects is authorized as s3:DeleteObject per key).
     HeadBucket => S3, Controller;
-    ListObjectsV2 => S3, Both [Backup];
+    ListObjectsV2 => S3, Both [Backup, Retention];
     DeleteObject => S3, Controller;
+    DeleteObjects => S3, Worker [Retention];
     // KMS: the repository's integrity key authenticates manifests and
     // `latest` pointers.
     GenerateMac => Kms, Worker [Backup];
-    VerifyMac => Kms, Worker [Backup, Restore, FileLevel];
+    VerifyMac => Kms, Worker [Backup, Restore, FileLevel, Retention];
     // SQS: worker reports.
     CreateQueue => Sqs, Controller;
     DeleteQueue => Sqs, Controller;
@@ -190,7 +193,7 @@ operations! {
     ListQueues => Sqs, Controller;
     ListQueueTags => Sqs, Controller;
     SetQueueAttributes => Sqs, Controller;
-    SendMessage => Sqs, Worker [Backup, Restore, FileLevel];
+    SendMessage => Sqs, Worker [Backup, Restore, FileLevel, Retention];
     // STS and SSM. AssumeRole is called by the SDK's AssumeRoleProvider
     // (see `accounts`), not through `AwsClients::call`.
     AssumeRole => Sts, Both [Backup];
@@ -210,6 +213,7 @@ impl AwsOperation {
     pub fn iam_action(self) -> String {
         let action = match self {
             AwsOperation::DeleteMessageBatch => "DeleteMessage",
+            AwsOperation::DeleteObjects => "DeleteObject",
             AwsOperation::HeadObject => "GetObject",
             AwsOperation::HeadBucket | AwsOperation::ListObjectsV2 => "ListBucket",
             AwsOperation::GetBucketEncryption => "GetEncryptionConfiguration",

@@ -214,6 +214,97 @@ impl Repository<'_> {
         };
         super::read_body(op, out.body).await.map(Some)
     }
+
+    /// When S3 last wrote `key` (its `LastModified`, to the second); `None`
+    /// when there is no such key.
+    pub async fn last_modified(
+        &self,
+        loc: &RepositoryLocation,
+        key: &str,
+    ) -> Result<Option<jiff::Timestamp>, AwsError> {
+        let head = self
+            .aws
+            .s3(&loc.region)
+            .head_object()
+            .bucket(&loc.bucket)
+            .key(key)
+            .set_expected_bucket_owner(loc.expected_owner.clone())
+            .send();
+        let out = match self.aws.call(AwsOperation::HeadObject, head).await {
+            Ok(out) => out,
+            Err(e) if is_missing(&e) => return Ok(None),
+            Err(e) => return Err(denied(e, loc, key, "s3:GetObject")),
+        };
+        let at = out.last_modified().and_then(|m| {
+            jiff::Timestamp::new(m.secs(), m.subsec_nanos() as i32).ok()
+        });
+        at.map(Some).ok_or_else(|| AwsError::Unreachable {
+            operation: "HeadObject",
+            detail: format!("S3 answered for {key} without a valid LastModified"),
+        })
+    }
+
+    /// Deletes up to 1 000 keys with one DeleteObjects call, in quiet mode
+    /// (S3 then names only the keys it could not delete). A key that does
+    /// not exist counts as deleted, as S3 has it. Any key S3 could not
+    /// delete (S3 checks `s3:DeleteObject` key by key and answers 200 with
+    /// per-key errors) makes the call an error that names it.
+    pub async fn delete_objects(
+        &self,
+        loc: &RepositoryLocation,
+        keys: &[String],
+    ) -> Result<(), AwsError> {
+        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let invalid = |e: aws_sdk_s3::error::BuildError| AwsError::Unreachable {
+            operation: "DeleteObjects",
+            detail: e.to_string(),
+        };
+        let objects = keys
+            .iter()
+            .map(|k| ObjectIdentifier::builder().key(k).build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?;
+        let delete = Delete::builder()
+            .set_objects(Some(objects))
+            .quiet(true)
+            .build()
+            .map_err(invalid)?;
+        let call = self
+            .aws
+            .s3(&loc.region)
+            .delete_objects()
+            .bucket(&loc.bucket)
+            .set_expected_bucket_owner(loc.expected_owner.clone())
+            .delete(delete)
+            .send();
+        let first = keys.first().map(String::as_str).unwrap_or_default();
+        let out = self
+            .aws
+            .call(AwsOperation::DeleteObjects, call)
+            .await
+            .map_err(|e| denied(e, loc, first, "s3:DeleteObject"))?;
+        match out.errors().first() {
+            None => Ok(()),
+            Some(failed) => {
+                let code = failed.code().unwrap_or("Unknown").to_string();
+                let key = failed.key().unwrap_or_default().to_string();
+                let error = AwsError::Service {
+                    operation: "DeleteObjects",
+                    code,
+                    message: format!(
+                        "{} of {} keys were not deleted, {key} first: {}",
+                        out.errors().len(),
+                        keys.len(),
+                        failed.message().unwrap_or_default()
+                    ),
+                };
+                Err(denied(error, loc, &key, "s3:DeleteObject"))
+            }
+        }
+    }
 }
 
 /// A bucket as the controller checks it: its name and region, and the

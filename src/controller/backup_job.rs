@@ -204,12 +204,17 @@ impl WorkerJob for BackupJob {
         }
     }
 
+    /// The policy that made the job, from its label: its restore point
+    /// then falls under the policy's retention rules.
     async fn task_details(
         &self,
         _worker: &mut BackupWorkerStatus,
         _config: &WorkerConfiguration,
         _ctx: &Context,
     ) -> Result<TaskDetails> {
-        Ok(TaskDetails::default())
+        Ok(TaskDetails {
+            policy: self.labels().get(crate::names::POLICY_LABEL).cloned(),
+            ..TaskDetails::default()
+        })
     }
 }

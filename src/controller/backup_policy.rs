@@ -10,8 +10,12 @@
 //! when it comes back, within `startingDeadlineSeconds`.
 
 mod history;
+mod resources;
+mod retention;
 
-use std::collections::{BTreeMap, BTreeSet};
+use resources::{Found, find_resources, record_missing};
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,9 +32,7 @@ use super::{Context, Error, Result, apply_status};
 use crate::api::conditions::{self, DesiredCondition, READY, STALLED};
 use crate::api::{
     BackupJob, BackupJobSpec, BackupPolicy, BackupPolicyStatus, BackupResource, JobLimits,
-    WorkerConfiguration,
 };
-use crate::aws::accounts::Access;
 use crate::names::{POLICY_LABEL, SCHEDULED_TIME_ANNOTATION};
 use crate::policy::runs::{self, Decision, Observed, Skipped};
 use crate::policy::schedule::Schedule;
@@ -62,6 +64,7 @@ const REFRESH: Duration = Duration::from_secs(300);
 struct Parsed {
     schedule: Schedule,
     zone: TimeZone,
+    retention: Option<retention::Parsed>,
 }
 
 /// The longest policy name: its jobs are `<policy>-<minute>` (CronJob's
@@ -83,7 +86,12 @@ fn parse(policy: &BackupPolicy) -> std::result::Result<Parsed, String> {
             policy.spec.time_zone
         )
     })?;
-    Ok(Parsed { schedule, zone })
+    let retention = retention::parse(policy)?;
+    Ok(Parsed {
+        schedule,
+        zone,
+        retention,
+    })
 }
 
 #[instrument(skip_all, fields(policy = policy.name_any()))]
@@ -166,21 +174,31 @@ pub async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<A
     for name in &runs.prune {
         delete_job(&jobs_api, name).await?;
     }
+    let (next_retention, retention_condition) = retention::reconcile(
+        &ctx,
+        &policy,
+        parsed.retention.as_ref(),
+        &parsed.zone,
+        &mut status,
+        now,
+    )
+    .await?;
     write_status(
         &policy,
         &parsed,
         (&decision, &runs, active),
-        run_conditions,
+        (run_conditions, retention_condition),
         &mut status,
         now,
     );
     if status != before {
         apply_status(&api, &*policy, &status, &ctx.metrics).await?;
     }
-    Ok(Action::requeue(requeue_after(
-        decision.next,
-        Timestamp::now(),
-    )))
+    let next = match (decision.next, next_retention) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    Ok(Action::requeue(requeue_after(next, Timestamp::now())))
 }
 
 /// How long until the next run is due (capped at [`REFRESH`]); a timer
@@ -423,144 +441,6 @@ fn skip_already_said(status: &BackupPolicyStatus, message: &str) -> bool {
         .any(|c| c.type_ == RUNS_MISSED && c.message == message)
 }
 
-/// The resources a run protects, found now.
-struct FoundResources {
-    /// Instance IDs to back up, sorted.
-    ids: Vec<String>,
-    /// Each with where it came from.
-    sources: BTreeMap<String, &'static str>,
-    /// IDs named in spec.resources.
-    named: Vec<String>,
-}
-
-enum Found {
-    NoConfiguration(String),
-    Failed(Error),
-}
-
-/// Looks the policy's instances up in its region, with the production
-/// account access of the configuration its jobs will use.
-async fn find_resources(ctx: &Context, policy: &BackupPolicy) -> Result<FoundResources, Found> {
-    let config = configuration_of(ctx, policy).map_err(Found::NoConfiguration)?;
-    let access = Access::new(
-        config.spec.production_account.as_ref(),
-        &[&policy.namespace().unwrap_or_default(), &policy.name_any()],
-    );
-    let aws = ctx.aws.scoped(&access).await;
-    let named: Vec<String> = policy
-        .spec
-        .resources
-        .iter()
-        .map(|r| r.instance_id.clone())
-        .collect();
-    let found_named = aws
-        .instances()
-        .find_protected_instances(&policy.spec.region, &named, &[])
-        .await
-        .map_err(|e| Found::Failed(e.into()))?;
-    let selectors: Vec<BTreeMap<String, String>> = policy
-        .spec
-        .instance_selectors
-        .iter()
-        .map(|s| s.match_tags.clone())
-        .collect();
-    let selected = if selectors.is_empty() {
-        Vec::new()
-    } else {
-        aws.instances()
-            .find_protected_instances(&policy.spec.region, &[], &selectors)
-            .await
-            .map_err(|e| Found::Failed(e.into()))?
-    };
-    let mut sources = BTreeMap::new();
-    for id in selected {
-        sources.insert(id, history::SELECTED);
-    }
-    for id in found_named {
-        sources.insert(id, history::NAMED);
-    }
-    Ok(FoundResources {
-        ids: sources.keys().cloned().collect(),
-        sources,
-        named,
-    })
-}
-
-/// The configuration the policy's jobs will use: the one it names, else
-/// the default of its region.
-fn configuration_of(
-    ctx: &Context,
-    policy: &BackupPolicy,
-) -> Result<Arc<WorkerConfiguration>, String> {
-    let all = ctx.configurations.state();
-    match &policy.spec.worker_configuration_ref {
-        Some(r) => all.into_iter().find(|c| c.name_any() == r.name).ok_or_else(|| {
-            format!(
-                "WorkerConfiguration {:?} does not exist; create it or fix spec.workerConfigurationRef",
-                r.name
-            )
-        }),
-        None => all
-            .into_iter()
-            .find(|c| {
-                c.spec.region == policy.spec.region
-                    && c.annotations()
-                        .get(crate::api::DEFAULT_CONFIGURATION_ANNOTATION)
-                        .is_some_and(|v| v == "true")
-            })
-            .ok_or_else(|| {
-                format!(
-                    "no WorkerConfiguration is the default for {} (annotation {}=\"true\"); name one in spec.workerConfigurationRef",
-                    policy.spec.region,
-                    crate::api::DEFAULT_CONFIGURATION_ANNOTATION
-                )
-            }),
-    }
-}
-
-/// Records the resources a run could not find, with an Event when the
-/// list changes.
-async fn record_missing(
-    ctx: &Context,
-    policy: &BackupPolicy,
-    status: &mut BackupPolicyStatus,
-    found: &FoundResources,
-) {
-    let ids: BTreeSet<String> = found.ids.iter().cloned().collect();
-    let missing = history::missing_resources(
-        &status.missing_resources,
-        &status.resources,
-        &found.named,
-        &ids,
-        Timestamp::now(),
-    );
-    let changed = missing
-        .iter()
-        .map(|m| &m.id)
-        .ne(status.missing_resources.iter().map(|m| &m.id));
-    if changed && !missing.is_empty() {
-        let list: Vec<String> = missing
-            .iter()
-            .map(|m| format!("{} ({})", m.id, m.reason))
-            .collect();
-        ctx.event(
-            policy,
-            EventType::Warning,
-            reasons::RESOURCES_MISSING,
-            "Schedule",
-            format!(
-                "protected instances not found in {}: {}",
-                policy.spec.region,
-                list.join("; ")
-            ),
-        )
-        .await;
-    }
-    // A missing resource stays in `resources` with its newest restore
-    // point: it is still restorable, only no longer backed up.
-    status.missing_resources = missing;
-}
-
 /// The BackupJob of one run.
 fn job_for(policy: &BackupPolicy, name: &str, due: Timestamp, ids: &[String]) -> Result<BackupJob> {
     let owner = OwnerReference {
@@ -616,7 +496,7 @@ fn write_status(
     policy: &BackupPolicy,
     parsed: &Parsed,
     (decision, runs, active): (&Decision, &history::Runs, Vec<String>),
-    run_conditions: Vec<DesiredCondition>,
+    (run_conditions, retention_condition): (Vec<DesiredCondition>, Option<DesiredCondition>),
     status: &mut BackupPolicyStatus,
     now: Timestamp,
 ) {
@@ -682,6 +562,7 @@ fn write_status(
             }
         }
     }
+    desired.extend(retention_condition);
     if !status.missing_resources.is_empty() {
         let ids: Vec<&str> = status
             .missing_resources

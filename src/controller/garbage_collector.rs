@@ -23,7 +23,9 @@ use kube::runtime::reflector::Store;
 
 use super::job::kind::WorkerJob;
 use super::job::status::baseline;
-use crate::api::{BackupJob, BackupWorkerStatus, JobStatus, RestoreJob, WorkerStatus};
+use crate::api::{
+    BackupJob, BackupWorkerStatus, JobStatus, RestoreJob, RetentionJob, WorkerStatus,
+};
 use crate::aws::AwsClients;
 use crate::aws::accounts::{Access, RegionAccount};
 use crate::aws::instance_cache::ObservedInstance;
@@ -93,6 +95,7 @@ pub async fn run(ctx: Arc<Context>, config: SweepConfig) {
     wait_until_ready(&ctx.configurations).await;
     // Restore workers are owned by RestoreJobs: never judge them blind.
     wait_until_ready(&ctx.restores).await;
+    wait_until_ready(&ctx.retentions).await;
     loop {
         sweep(&ctx, config).await;
         tokio::time::sleep(config.interval).await;
@@ -126,6 +129,9 @@ fn judge(ctx: &Context, instance: &ObservedInstance) -> Option<OrphanReason> {
     match instance.tags.get(tags::JOB_KIND).map(String::as_str) {
         Some(RestoreJob::KIND) => {
             judge_by::<RestoreJob>(ctx, &ctx.restores, instance, ns, name, uid)
+        }
+        Some(RetentionJob::KIND) => {
+            judge_by::<RetentionJob>(ctx, &ctx.retentions, instance, ns, name, uid)
         }
         _ => judge_by::<BackupJob>(ctx, &ctx.jobs, instance, ns, name, uid),
     }
@@ -193,7 +199,7 @@ async fn sweep(ctx: &Context, config: SweepConfig) {
             }
             if !matches!(
                 instance.tags.get(tags::JOB_KIND).map(String::as_str),
-                Some("BackupJob" | "RestoreJob")
+                Some("BackupJob" | "RestoreJob" | "RetentionJob")
             ) {
                 continue; // not a kind this version launches
             }

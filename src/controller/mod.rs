@@ -26,6 +26,7 @@ pub mod queue_access;
 pub mod reach;
 pub mod reports;
 pub mod restore_job;
+pub mod retention_job;
 mod run;
 mod wake;
 pub mod worker_configuration;
@@ -47,7 +48,8 @@ use serde::de::DeserializeOwned;
 use tracing::warn;
 
 use crate::api::{
-    BackupJob, BackupJobStatus, BackupRepository, RestoreJob, RestoreJobStatus, WorkerConfiguration,
+    BackupJob, BackupJobStatus, BackupRepository, RestoreJob, RestoreJobStatus, RetentionJob,
+    RetentionJobStatus, WorkerConfiguration,
 };
 use crate::aws::instance_cache::InstanceCache;
 use crate::aws::{AwsClients, AwsError};
@@ -147,6 +149,7 @@ pub struct Context {
     pub namespaces: Store<Namespace>,
     pub jobs: Store<BackupJob>,
     pub restores: Store<RestoreJob>,
+    pub retentions: Store<RetentionJob>,
     pub reports: Arc<ReportStore>,
     pub pumps: QueuePumps,
     /// The shared, batched view of worker instance states.
@@ -163,6 +166,8 @@ pub struct Context {
     pub network_recheck: Duration,
     /// How often repositories are counted (see Options).
     pub repository_count: Duration,
+    /// Garbage collection's grace period (see Options).
+    pub gc_grace: Duration,
     /// Hosts a file-level session may be at besides its worker's own
     /// addresses (see Options).
     pub trusted_browser_hosts: Vec<String>,
@@ -177,6 +182,7 @@ pub struct Context {
     /// The status this controller last wrote to each job, by UID.
     pub(crate) written_backups: Written<BackupJobStatus>,
     pub(crate) written_restores: Written<RestoreJobStatus>,
+    pub(crate) written_retentions: Written<RetentionJobStatus>,
     /// What the controller knows of every job's workers.
     pub workers: Arc<WorkerIndex>,
     /// Workers that never reached AWS, per configuration.
@@ -330,6 +336,9 @@ pub struct Options {
     pub network_recheck: Duration,
     /// How often a BackupRepository's restore points and bytes are counted.
     pub repository_count: Duration,
+    /// How long retention leaves a condemned chunk before it may delete it
+    /// (see [`gc_grace`]).
+    pub gc_grace: Duration,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub metrics_address: String,
     /// Leader election; `None` runs without it (a single replica).
@@ -352,6 +361,23 @@ pub struct Options {
 }
 
 pub use run::run;
+
+/// The grace period of garbage collection from `--gc-grace-seconds`: at
+/// least a day (`mover::gc::MIN_GRACE`), except in test builds, whose
+/// tests shorten it.
+pub fn gc_grace(seconds: u64) -> Duration {
+    let least = crate::mover::gc::MIN_GRACE.as_secs().unsigned_abs();
+    if cfg!(feature = "fault-injection") || seconds >= least {
+        Duration::from_secs(seconds.max(1))
+    } else {
+        tracing::warn!(
+            seconds,
+            least,
+            "--gc-grace-seconds is below a day; using a day, the least a production build takes"
+        );
+        Duration::from_secs(least)
+    }
+}
 
 /// A boxed error for the binary's entry points.
 pub mod anyhow_like {

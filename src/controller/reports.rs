@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 use super::index::ConfigKey;
 use super::job::core::binding::{self, Refusal};
 use super::job::kind::WorkerJob;
-use crate::api::{BackupJob, RestoreJob};
+use crate::api::{BackupJob, RestoreJob, RetentionJob};
 use crate::aws::AwsClients;
 use crate::aws::queues::ReceivedMessage;
 use crate::messages::{WorkerEvent, WorkerMessage};
@@ -154,6 +154,7 @@ pub struct QueuePumps {
 pub struct JobStores {
     pub backups: Store<BackupJob>,
     pub restores: Store<RestoreJob>,
+    pub retentions: Store<RetentionJob>,
 }
 
 /// Wake a job's reconcile, by kind.
@@ -161,6 +162,7 @@ pub struct JobStores {
 pub struct Triggers {
     pub backups: UnboundedSender<ObjectRef<BackupJob>>,
     pub restores: UnboundedSender<ObjectRef<RestoreJob>>,
+    pub retentions: UnboundedSender<ObjectRef<RetentionJob>>,
 }
 
 /// Long-poll wait of one ReceiveMessage call.
@@ -234,6 +236,7 @@ struct Pump {
 enum JobRef {
     Backup(ObjectRef<BackupJob>),
     Restore(ObjectRef<RestoreJob>),
+    Retention(ObjectRef<RetentionJob>),
 }
 
 impl Pump {
@@ -242,6 +245,7 @@ impl Pump {
         // dropped as a stranger's: receive only once both kinds are listed.
         super::garbage_collector::wait_until_ready(&self.jobs.backups).await;
         super::garbage_collector::wait_until_ready(&self.jobs.restores).await;
+        super::garbage_collector::wait_until_ready(&self.jobs.retentions).await;
         let mut failures = 0u32;
         loop {
             match self
@@ -309,6 +313,9 @@ impl Pump {
             }
             JobRef::Restore(r) => {
                 let _ = self.triggers.restores.unbounded_send(r);
+            }
+            JobRef::Retention(r) => {
+                let _ = self.triggers.retentions.unbounded_send(r);
             }
         }
         None
@@ -392,10 +399,18 @@ impl Pump {
             return Some((JobRef::Backup(backup), configuration, worker));
         }
         let restore = ObjectRef::<RestoreJob>::new(&message.job_name).within(&message.namespace);
-        let job = self.jobs.restores.get(&restore)?;
+        if let Some(job) = self.jobs.restores.get(&restore)
+            && job.metadata.uid.as_deref() == uid
+        {
+            let (configuration, worker) = binding_of(&*job, message);
+            return Some((JobRef::Restore(restore), configuration, worker));
+        }
+        let retention =
+            ObjectRef::<RetentionJob>::new(&message.job_name).within(&message.namespace);
+        let job = self.jobs.retentions.get(&retention)?;
         (job.metadata.uid.as_deref() == uid).then(|| {
             let (configuration, worker) = binding_of(&*job, message);
-            (JobRef::Restore(restore), configuration, worker)
+            (JobRef::Retention(retention), configuration, worker)
         })
     }
 }

@@ -208,6 +208,7 @@ impl WorkerJob for RestoreJob {
             device: self.spec.device.clone(),
             all_volumes: self.spec.mode == RestoreMode::Full,
             file_level,
+            ..TaskDetails::default()
         })
     }
 }

@@ -23,10 +23,12 @@ use super::job::status::Written;
 use super::reports::{self, QueuePumps, ReportStore};
 use super::{
     Context, Error, Options, Result, anyhow_like, backup_job, backup_policy, backup_repository,
-    error_policy, garbage_collector, job, leader, restore_job, wake, worker_configuration,
+    error_policy, garbage_collector, job, leader, restore_job, retention_job, wake, worker_configuration,
     worker_count,
 };
-use crate::api::{BackupJob, BackupPolicy, BackupRepository, RestoreJob, WorkerConfiguration};
+use crate::api::{
+    BackupJob, BackupPolicy, BackupRepository, RestoreJob, RetentionJob, WorkerConfiguration,
+};
 use crate::aws::AwsClients;
 use crate::aws::instance_cache::InstanceCache;
 use crate::names::CONTROLLER_NAME;
@@ -113,6 +115,8 @@ async fn run_leader(
     let workers = Arc::new(WorkerIndex::default());
     let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded::<ObjectRef<BackupJob>>();
     let (restore_tx, restore_rx) = futures::channel::mpsc::unbounded::<ObjectRef<RestoreJob>>();
+    let (retention_tx, retention_rx) =
+        futures::channel::mpsc::unbounded::<ObjectRef<RetentionJob>>();
     let (backups, job_store) = job_controller(
         api_for(&client, ns),
         (&configs, &repository_api),
@@ -126,6 +130,13 @@ async fn run_leader(
         &classes,
         &workers,
         restore_rx,
+    );
+    let (retentions, retention_store) = job_controller(
+        api_for(&client, ns),
+        (&configs, &repository_api),
+        &classes,
+        &workers,
+        retention_rx,
     );
     // A configuration reconciles on its own changes (spec, deletion,
     // finalizers) and its recheck timer, not on its status: the worker
@@ -152,10 +163,12 @@ async fn run_leader(
             namespaces: namespace_store,
             jobs: job_store,
             restores: restore_store,
+            retentions: retention_store,
         },
         reports::Triggers {
             backups: trigger_tx,
             restores: restore_tx,
+            retentions: retention_tx,
         },
         (workers, reach_tx),
         (&opts, agents),
@@ -164,6 +177,7 @@ async fn run_leader(
     let controllers = Controllers {
         backups,
         restores,
+        retentions,
         configurations: config_controller,
         repositories,
         policies,
@@ -173,25 +187,32 @@ async fn run_leader(
     outcome
 }
 
-/// The controllers of the five kinds.
+/// The controllers of the six kinds.
 struct Controllers {
     backups: Controller<BackupJob>,
     restores: Controller<RestoreJob>,
+    retentions: Controller<RetentionJob>,
     configurations: Controller<WorkerConfiguration>,
     repositories: Controller<BackupRepository>,
     policies: Controller<BackupPolicy>,
 }
 
 /// The policies' controller: a policy reconciles on its own changes, on
-/// its jobs' (those it owns, by their label), and at its next run's time.
+/// its jobs' and retention runs' (those it owns, by their label), and at
+/// its next run's time.
 fn policy_controller(client: &Client, ns: Option<&str>) -> Controller<BackupPolicy> {
     let jobs: Api<BackupJob> = api_for(client, ns);
+    let retentions: Api<RetentionJob> = api_for(client, ns);
     Controller::new(
         api_for::<BackupPolicy>(client, ns),
         watcher::Config::default(),
     )
     .owns(
         jobs,
+        watcher::Config::default().labels(crate::names::POLICY_LABEL),
+    )
+    .owns(
+        retentions,
         watcher::Config::default().labels(crate::names::POLICY_LABEL),
     )
     .shutdown_on_signal()
@@ -219,6 +240,10 @@ async fn run_all(
         .restores
         .run(restore_job::reconcile, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
+    let retentions_done = c
+        .retentions
+        .run(retention_job::reconcile, error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
     let repositories_done = c
         .repositories
         .run(backup_repository::reconcile, error_policy, ctx.clone())
@@ -232,6 +257,7 @@ async fn run_all(
             jobs_done,
             configs_done,
             restores_done,
+            retentions_done,
             repositories_done,
             policies_done
         );
@@ -310,6 +336,7 @@ struct Stores {
     namespaces: Store<Namespace>,
     jobs: Store<BackupJob>,
     restores: Store<RestoreJob>,
+    retentions: Store<RetentionJob>,
 }
 
 impl Context {
@@ -341,6 +368,7 @@ impl Context {
             namespaces: stores.namespaces,
             jobs: stores.jobs,
             restores: stores.restores,
+            retentions: stores.retentions,
             reports: Arc::new(ReportStore::default()),
             pumps: QueuePumps::new(triggers, opts.require_worker_sender),
             trusted_browser_hosts: opts.trusted_browser_hosts.clone(),
@@ -349,11 +377,13 @@ impl Context {
             heartbeat_seconds: opts.heartbeat_seconds,
             network_recheck: opts.network_recheck,
             repository_count: opts.repository_count,
+            gc_grace: opts.gc_grace,
             namespace: opts.namespace.clone(),
             started_at: Timestamp::now(),
             failures: Mutex::default(),
             written_backups: Written::default(),
             written_restores: Written::default(),
+            written_retentions: Written::default(),
             workers,
             reach: super::reach::WorkerReach::new(reach),
             launch_locks: Mutex::default(),

@@ -139,6 +139,7 @@ async fn apply(
         super::reports::JobStores {
             backups: ctx.jobs.clone(),
             restores: ctx.restores.clone(),
+            retentions: ctx.retentions.clone(),
         },
         ctx.reports.clone(),
     );

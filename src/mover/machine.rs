@@ -65,6 +65,7 @@ mod tests {
                 .collect(),
             stats: BackupStats::default(),
             machine: None,
+            policy: None,
         }
     }
 

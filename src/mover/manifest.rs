@@ -234,6 +234,10 @@ pub struct Manifest {
     /// [`Manifest::machine_or_fallback`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine: Option<crate::api::MachineImage>,
+    /// The BackupPolicy whose run wrote it, whose retention rules then
+    /// apply to it; `None` for a BackupJob made by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 impl Manifest {
@@ -627,6 +631,7 @@ mod tests {
             volumes: vec![image(vec![block(0, 'a')])],
             stats: BackupStats::default(),
             machine: None,
+            policy: None,
         };
         let text = serde_json::to_vec(&m).unwrap_or_default();
         assert!(matches!(parse_manifest(&text), Err(e) if e.contains("version 2")));
@@ -651,6 +656,7 @@ mod tests {
             volumes: vec![],
             stats: BackupStats::default(),
             machine: None,
+            policy: None,
         };
         assert_eq!(m.placed("nightly/i-1", Some("team-a")), Ok(()));
         assert_eq!(m.placed("nightly/i-1", None), Ok(()));

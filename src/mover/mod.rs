@@ -24,6 +24,7 @@ pub mod machine;
 pub mod manifest;
 pub mod pace;
 mod restore;
+pub mod retention;
 pub mod store;
 
 use std::collections::HashSet;
@@ -92,6 +93,9 @@ pub enum MoverError {
         "restore point {id} already exists, written by another BackupJob (UID {other_uid}); give the job another name"
     )]
     RestorePointExists { id: String, other_uid: String },
+    /// A retention task that cannot be carried out as given.
+    #[error("the retention task is not valid: {0}")]
+    InvalidTask(String),
     /// The worker's local disk, where garbage collection spills chunk
     /// hashes.
     #[error("the worker's local disk: {0}")]
@@ -118,6 +122,7 @@ impl MoverError {
             MoverError::RestorePointExists { .. } => FailureReason::RestorePointExists,
             MoverError::OversizedBlock { .. } => FailureReason::SnapshotUnreadable,
             MoverError::Spill(_) => FailureReason::WorkerDiskFailed,
+            MoverError::InvalidTask(_) => FailureReason::RetentionInvalid,
         }
     }
 }
@@ -167,6 +172,15 @@ pub struct BackupRequest<'a> {
     /// What the source instance's AMI said, recorded in the manifest for a
     /// full restore; `None` for a snapshot.
     pub machine: Option<&'a crate::api::MachineImage>,
+    /// The BackupPolicy the backup runs for, if any.
+    pub policy: Option<&'a str>,
+}
+
+/// Sixteen random hex digits, for names no other writer picks.
+pub(crate) fn random_tag() -> String {
+    let mut random = [0u8; 8];
+    let _ = getrandom::fill(&mut random);
+    hex::encode(random)
 }
 
 pub(crate) fn sha256_hex(data: &[u8]) -> String {
@@ -394,6 +408,7 @@ async fn copy(
         volumes,
         stats,
         machine: request.machine.cloned(),
+        policy: request.policy.map(String::from),
     })
 }
 

@@ -240,3 +240,32 @@ impl ReadStore for S3Store<'_> {
         Ok(self.aws.repository().get_object(self.location, key).await?)
     }
 }
+
+/// The repository in S3, as a retention run collects it: a write's time is
+/// S3's `LastModified` of what it wrote (read back with a HEAD, since a
+/// PUT's answer carries none), and deletes go a thousand keys a call.
+impl Store for S3Store<'_> {
+    async fn put(&self, key: &str, body: Vec<u8>) -> Result<Timestamp, MoverError> {
+        let repository = self.aws.repository();
+        repository
+            .put_object(self.location, key, body, "application/json")
+            .await?;
+        repository
+            .last_modified(self.location, key)
+            .await?
+            .ok_or_else(|| {
+                MoverError::Aws(crate::aws::AwsError::Unreachable {
+                    operation: "HeadObject",
+                    detail: format!("S3 does not find {key}, which it has just written"),
+                })
+            })
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<(), MoverError> {
+        Ok(self
+            .aws
+            .repository()
+            .delete_objects(self.location, keys)
+            .await?)
+    }
+}

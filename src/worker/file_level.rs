@@ -77,6 +77,7 @@ pub(super) async fn serve(
         restore_point: Some(id.clone()),
         snapshots: Vec::new(),
         machine: None,
+        retention: None,
     })
 }
 

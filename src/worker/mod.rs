@@ -105,6 +105,7 @@ pub async fn run(aws: AwsClients, task: WorkerTask, instance_id: String) -> Resu
         WorkerProfile::Backup => backup(&aws, &task, &progress).await,
         WorkerProfile::FileLevel => file_level::serve(&aws, &task, &reporter).await,
         WorkerProfile::Restore => restore(&aws, &task, &progress).await,
+        WorkerProfile::Retention => retention(&aws, &task).await,
     };
     heartbeat.abort();
     match outcome {
@@ -117,6 +118,7 @@ pub async fn run(aws: AwsClients, task: WorkerTask, instance_id: String) -> Resu
                     snapshot_id: done.snapshots.first().map(|s| s.snapshot_id.clone()),
                     snapshots: done.snapshots.clone(),
                     machine: done.machine.clone(),
+                    retention: done.retention.clone().map(Box::new),
                     bytes: Some(ByteProgress {
                         done: moved,
                         total,
@@ -199,6 +201,7 @@ struct Done {
     snapshots: Vec<RestoredSnapshot>,
     /// The machine a full restore's image is registered as.
     machine: Option<crate::api::MachineImage>,
+    retention: Option<crate::api::RetentionOutcome>,
 }
 
 type Failure = (FailureReason, String);
@@ -265,6 +268,7 @@ async fn backup(aws: &AwsClients, task: &WorkerTask, progress: &Progress) -> Res
             lineage: &lineage,
             volumes: &volumes,
             machine: machine.as_ref(),
+            policy: task.policy.as_deref(),
         },
         progress,
     )
@@ -299,6 +303,52 @@ async fn backup(aws: &AwsClients, task: &WorkerTask, progress: &Progress) -> Res
         restore_point: Some(manifest.id.clone()),
         snapshots: Vec::new(),
         machine: None,
+        retention: None,
+    })
+}
+
+/// Expires the policy's restore points and collects the namespace part's
+/// chunks, spilling hashes to the worker's temporary directory.
+async fn retention(aws: &AwsClients, task: &WorkerTask) -> Result<Done, Failure> {
+    let (Some(repository), Some(retention)) = (&task.repository, &task.retention) else {
+        return Err(failure(
+            FailureReason::RepositoryMissing,
+            "the task names no repository or no retention rules; the controller that launched this worker is older than the agent",
+        ));
+    };
+    let now = jiff::Timestamp::now();
+    let (outcome, expiry) = mover::retention::run(
+        aws,
+        repository,
+        retention,
+        &std::env::temp_dir(),
+        now,
+    )
+    .await
+    .map_err(|e| mover_failure(e, repository))?;
+    let mut detail = format!(
+        "expired {} restore point(s), kept {}; {} restore point(s) left; deleted {} chunk(s) ({}), {} chunk(s) ({}) waiting for their grace period",
+        outcome.expired_restore_points,
+        outcome.kept_restore_points,
+        outcome.restore_points,
+        outcome.deleted_chunks,
+        mib(outcome.deleted_bytes),
+        outcome.pending_chunks,
+        mib(outcome.pending_bytes),
+    );
+    if !expiry.skipped.is_empty() {
+        detail.push_str(&format!(
+            "; {} restore point(s) left alone because they do not verify, {} first",
+            expiry.skipped.len(),
+            expiry.skipped[0]
+        ));
+    }
+    Ok(Done {
+        detail,
+        restore_point: None,
+        snapshots: Vec::new(),
+        machine: None,
+        retention: Some(outcome),
     })
 }
 
@@ -400,6 +450,7 @@ async fn restore(
         restore_point: Some(id.clone()),
         snapshots,
         machine: task.all_volumes.then(|| manifest.machine_or_fallback()),
+        retention: None,
     })
 }
 

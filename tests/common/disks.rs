@@ -308,6 +308,7 @@ pub fn backup_request<'a>(
         job_uid,
         volumes,
         machine: None,
+        policy: None,
     }
 }
 

@@ -23,6 +23,9 @@ fn read_maybe_missing(profile: WorkerProfile, k: &Keys) -> Vec<&String> {
         WorkerProfile::Backup => vec![&k.manifest, &k.latest, &k.chunk],
         // The restore point, and each chunk (a missing one is ChunkMissing).
         WorkerProfile::Restore | WorkerProfile::FileLevel => vec![&k.manifest, &k.chunk],
+        // A restore point deleted since the listing, a condemned list's
+        // marker just written (its LastModified).
+        WorkerProfile::Retention => vec![&k.manifest, &k.marker],
     }
 }
 

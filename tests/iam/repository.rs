@@ -58,6 +58,8 @@ pub struct Keys {
     pub manifest: String,
     pub latest: String,
     pub restored: String,
+    /// A garbage collection run's marker.
+    pub marker: String,
 }
 
 pub fn keys(sample: &Sample) -> Keys {
@@ -68,5 +70,6 @@ pub fn keys(sample: &Sample) -> Keys {
         manifest: ns.manifest_key("weekly/i-0123456789abcdef0"),
         latest: ns.latest_key(REGION, "i-0123456789abcdef0"),
         restored: format!("{}passwd", restored.prefix),
+        marker: format!("{}20261201T000000Z-0123/marker", ns.condemned_prefix()),
     }
 }

@@ -15,6 +15,7 @@ pub fn file(profile: WorkerProfile) -> &'static str {
         WorkerProfile::Backup => "worker-backup-policy.json",
         WorkerProfile::Restore => "worker-restore-policy.json",
         WorkerProfile::FileLevel => "worker-file-level-policy.json",
+        WorkerProfile::Retention => "worker-retention-policy.json",
     }
 }
 

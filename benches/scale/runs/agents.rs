@@ -102,6 +102,8 @@ fn task(w: &World, n: usize, i: usize, queue_url: &str) -> WorkerTask {
         device: None,
         all_volumes: false,
         file_level: None,
+        policy: None,
+        retention: None,
     }
 }
 

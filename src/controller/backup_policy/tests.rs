@@ -22,6 +22,7 @@ fn policy(schedule: &str, zone: &str) -> BackupPolicy {
             job_limits: None,
             successful_jobs_history_limit: 3,
             failed_jobs_history_limit: 1,
+            retention: None,
         },
     );
     p.metadata.namespace = Some("team".into());

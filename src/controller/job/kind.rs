@@ -17,7 +17,7 @@ use crate::api::{
     WorkerConfigurationSpec,
 };
 use crate::controller::{Context, Result};
-use crate::messages::{FileLevelTask, Operation, WorkerEvent, WorkerProfile};
+use crate::messages::{FileLevelTask, Operation, RetentionTask, WorkerEvent, WorkerProfile};
 use crate::reasons::FailureReason;
 
 /// One thing a job runs a worker for.
@@ -53,6 +53,9 @@ pub struct TaskDetails {
     pub device: Option<String>,
     pub all_volumes: bool,
     pub file_level: Option<FileLevelTask>,
+    /// The BackupPolicy a backup runs for (recorded in its restore point).
+    pub policy: Option<String>,
+    pub retention: Option<RetentionTask>,
 }
 
 /// What a finished worker's job still waits for (see

@@ -484,6 +484,8 @@ fn worker_launch<K: WorkerJob>(
         device: details.device,
         all_volumes: details.all_volumes,
         file_level: details.file_level,
+        policy: details.policy,
+        retention: details.retention,
     };
     Ok(WorkerLaunch {
         region: config.spec.region.clone(),

@@ -167,6 +167,10 @@ pub fn restore_point_refusal(
     let expected = match operation {
         Operation::Backup => restore_point_id(job_name, resource),
         Operation::Restore => resource.to_string(),
+        // A retention run writes no restore point and names none.
+        Operation::Retention => {
+            return restore_point.as_ref().map(|_| Refusal::WrongRestorePoint);
+        }
     };
     match (operation, restore_point) {
         (_, Some(point)) if *point != expected => Some(Refusal::WrongRestorePoint),

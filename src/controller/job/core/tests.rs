@@ -100,6 +100,7 @@ fn messages_apply_once_and_in_order() {
         snapshots: Vec::new(),
         bytes: None,
         machine: None,
+        retention: None,
     };
     assert_eq!(
         apply(&mut workers, &message("a", 4, done), at(5)),

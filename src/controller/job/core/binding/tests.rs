@@ -89,12 +89,13 @@ fn completed(restore_point: Option<&str>) -> WorkerEvent {
         snapshots: Vec::new(),
         bytes: None,
         machine: None,
+        retention: None,
     }
 }
 
 #[test]
 fn a_completion_names_the_restore_point_of_this_attempt() {
-    use Operation::{Backup, Restore};
+    use Operation::{Backup, Restore, Retention};
     let point = "nightly/i-0123456789abcdef0";
     let cases = [
         ("backup, its own", Backup, Some(point), None),
@@ -124,11 +125,20 @@ fn a_completion_names_the_restore_point_of_this_attempt() {
             Some(Refusal::WrongRestorePoint),
         ),
         ("restore, none", Restore, None, None),
+        // A retention run writes no restore point: naming one is forged.
+        ("retention, none", Retention, None, None),
+        (
+            "retention, one",
+            Retention,
+            Some(point),
+            Some(Refusal::WrongRestorePoint),
+        ),
     ];
     for (name, operation, named, want) in cases {
         let resource = match operation {
             Backup => INSTANCE,
             Restore => point,
+            Retention => "main",
         };
         let got = restore_point_refusal(operation, "nightly", resource, &completed(named));
         assert_eq!(got, want, "{name}");

@@ -1,0 +1,298 @@
+//! A policy's retention runs: one RetentionJob per scheduled time of
+//! `spec.retention.schedule` (CronJob's rules, `Forbid`), named like the
+//! policy's backup runs and owned by it. Runs of policies that share a
+//! repository in one namespace never overlap: a run waits while another
+//! policy's run on the same repository is active (collections of one
+//! namespace part are serialized, so that one's view of the chunks is
+//! never another's half-done work).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use kube::api::{DeleteParams, ObjectMeta, PostParams, PropagationPolicy};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+use tracing::info;
+
+use crate::api::conditions::DesiredCondition;
+use crate::api::{
+    BackupPolicy, BackupPolicyStatus, JobLimits, LastRetention, Phase, RetentionJob,
+    RetentionJobSpec,
+};
+use crate::controller::retention_job::EXPECTED_CHUNKS_ANNOTATION;
+use crate::controller::{Context, Error, Result};
+use crate::names::{POLICY_LABEL, SCHEDULED_TIME_ANNOTATION};
+use crate::policy::runs::{self, ConcurrencyPolicy, Observed};
+use crate::policy::schedule::Schedule;
+
+/// The condition a policy has while its last retention run failed.
+pub const RETENTION_FAILED: &str = "RetentionFailed";
+
+/// Retention's schedule when the policy names none.
+pub const DEFAULT_SCHEDULE: &str = "@daily";
+
+/// Finished retention runs a policy keeps (the newest; older ones'
+/// RetentionJobs are deleted).
+const HISTORY: usize = 3;
+
+/// The retention schedule and rules of a policy, checked.
+pub struct Parsed {
+    pub schedule: Schedule,
+}
+
+/// Checks `spec.retention`; `None` when the policy has none.
+pub fn parse(policy: &BackupPolicy) -> std::result::Result<Option<Parsed>, String> {
+    let Some(retention) = &policy.spec.retention else {
+        return Ok(None);
+    };
+    crate::policy::retention::Rules::of(&retention.rules)
+        .map_err(|e| format!("spec.retention: {e}"))?;
+    let text = retention.schedule.as_deref().unwrap_or(DEFAULT_SCHEDULE);
+    let schedule =
+        Schedule::parse(text).map_err(|e| format!("spec.retention.schedule {text:?}: {e}"))?;
+    Ok(Some(Parsed { schedule }))
+}
+
+/// Starts the due retention run, prunes old ones and records the last one
+/// in `status`. Returns when the next run is due, and the condition to
+/// show.
+pub async fn reconcile(
+    ctx: &Context,
+    policy: &BackupPolicy,
+    parsed: Option<&Parsed>,
+    zone: &TimeZone,
+    status: &mut BackupPolicyStatus,
+    now: Timestamp,
+) -> Result<(Option<Timestamp>, Option<DesiredCondition>)> {
+    let ns = policy.namespace().unwrap_or_default();
+    let api: Api<RetentionJob> = Api::namespaced(ctx.client.clone(), &ns);
+    let own = own_runs(ctx, policy, &ns);
+    let (active, finished): (Vec<_>, Vec<_>) = own.iter().partition(|j| !phase(j).is_finished());
+    let mut finished: Vec<&Arc<RetentionJob>> = finished;
+    finished.sort_by_key(|j| std::cmp::Reverse(completed_at(j)));
+    for old in finished.iter().skip(HISTORY) {
+        delete(&api, &old.name_any()).await?;
+    }
+    if let Some(last) = finished.first() {
+        status.last_retention = Some(last_retention(last));
+    }
+    let Some(parsed) = parsed else {
+        status.active_retention = active.first().map(|j| j.name_any());
+        status.next_retention_time = None;
+        return Ok((None, None));
+    };
+    let mut active: Vec<String> = active.iter().map(|j| j.name_any()).collect();
+    let decision = runs::decide(&Observed {
+        schedule: &parsed.schedule,
+        zone,
+        created: policy
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .unwrap_or(now),
+        last_scheduled: status.last_retention_schedule_time.as_ref().map(|t| t.0),
+        starting_deadline_seconds: None,
+        concurrency: ConcurrencyPolicy::Forbid,
+        suspend: policy.spec.suspend,
+        active: &active,
+        now,
+    });
+    if let Some(due) = decision.start {
+        if let Some(other) = busy_repository(ctx, policy, &ns) {
+            info!(
+                other,
+                "retention run waits for another policy's run on the same repository"
+            );
+        } else {
+            let name = runs::job_name(&policy.name_any(), due);
+            let job = job_for(ctx, policy, &name, due, status)?;
+            match api.create(&PostParams::default(), &job).await {
+                Ok(_) => {
+                    ctx.event(
+                        policy,
+                        EventType::Normal,
+                        "RetentionStarted",
+                        "Retention",
+                        format!(
+                            "RetentionJob {name} expires restore points and collects chunks for the run of {}",
+                            due.to_zoned(zone.clone())
+                        ),
+                    )
+                    .await;
+                }
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+            status.last_retention_schedule_time = Some(Time(due));
+            if !active.contains(&name) {
+                active.push(name);
+            }
+        }
+    }
+    status.active_retention = active.first().cloned();
+    status.next_retention_time = decision.next.map(Time);
+    let condition = match &status.last_retention {
+        Some(last) if last.phase == "Failed" => Some(DesiredCondition::new(
+            RETENTION_FAILED,
+            true,
+            "RetentionRunFailed",
+            format!(
+                "retention run {} failed: {}; restore points stay until a run succeeds",
+                last.job,
+                last.message.as_deref().unwrap_or("see the RetentionJob")
+            ),
+        )),
+        _ => Some(DesiredCondition::new(
+            RETENTION_FAILED,
+            false,
+            "RetentionRunsSucceed",
+            String::new(),
+        )),
+    };
+    Ok((decision.next, condition))
+}
+
+fn phase(job: &RetentionJob) -> Phase {
+    job.status.as_ref().map(|s| s.phase).unwrap_or_default()
+}
+
+fn completed_at(job: &RetentionJob) -> Timestamp {
+    job.status
+        .as_ref()
+        .and_then(|s| s.completion_time.as_ref())
+        .map(|t| t.0)
+        .unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// The policy's own RetentionJobs, from the shared cache.
+fn own_runs(ctx: &Context, policy: &BackupPolicy, ns: &str) -> Vec<Arc<RetentionJob>> {
+    let uid = policy.uid();
+    ctx.retentions
+        .state()
+        .into_iter()
+        .filter(|j| j.namespace().as_deref() == Some(ns))
+        .filter(|j| j.labels().get(POLICY_LABEL) == Some(&policy.name_any()))
+        .filter(|j| {
+            j.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == uid.as_ref())
+        })
+        .collect()
+}
+
+/// An active RetentionJob of another owner on the same repository in this
+/// namespace, if any.
+fn busy_repository(ctx: &Context, policy: &BackupPolicy, ns: &str) -> Option<String> {
+    let own = policy.name_any();
+    ctx.retentions
+        .state()
+        .into_iter()
+        .filter(|j| j.namespace().as_deref() == Some(ns))
+        .filter(|j| j.labels().get(POLICY_LABEL) != Some(&own))
+        .filter(|j| !phase(j).is_finished())
+        .find(|j| {
+            j.spec.repository_ref.as_ref().map(|r| &r.name)
+                == Some(&policy.spec.repository_ref.name)
+        })
+        .map(|j| j.name_any())
+}
+
+fn last_retention(job: &RetentionJob) -> LastRetention {
+    let status = job.status.clone().unwrap_or_default();
+    let worker = status.workers.first();
+    let message = (status.phase != Phase::Succeeded)
+        .then(|| worker.and_then(|w| w.message.clone()))
+        .flatten();
+    LastRetention {
+        job: job.name_any(),
+        phase: format!("{:?}", status.phase),
+        completion_time: status.completion_time.clone(),
+        message,
+        outcome: worker.and_then(|w| w.outcome.clone()),
+    }
+}
+
+async fn delete(api: &Api<RetentionJob>, name: &str) -> Result<()> {
+    let params = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..Default::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The RetentionJob of one run: the policy's rules and zone, in the
+/// repository's region, sized by the chunks the last run counted.
+fn job_for(
+    ctx: &Context,
+    policy: &BackupPolicy,
+    name: &str,
+    due: Timestamp,
+    status: &BackupPolicyStatus,
+) -> Result<RetentionJob> {
+    let owner = OwnerReference {
+        api_version: BackupPolicy::api_version(&()).to_string(),
+        kind: BackupPolicy::kind(&()).to_string(),
+        name: policy.name_any(),
+        uid: policy.uid().ok_or(Error::MissingObjectKey("uid"))?,
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+    let region = ctx
+        .repositories
+        .get(&ObjectRef::new(&policy.spec.repository_ref.name))
+        .map(|r| r.spec.region.clone())
+        .unwrap_or_else(|| policy.spec.region.clone());
+    // The policy's configuration when it is in the repository's region,
+    // else that region's default one: the worker runs next to the data.
+    let configuration = policy.spec.worker_configuration_ref.clone().filter(|r| {
+        ctx.configurations
+            .get(&ObjectRef::new(&r.name))
+            .is_none_or(|c| c.spec.region == region)
+    });
+    let mut annotations = BTreeMap::from([(SCHEDULED_TIME_ANNOTATION.to_string(), due.to_string())]);
+    if let Some(outcome) = status.last_retention.as_ref().and_then(|l| l.outcome.as_ref()) {
+        annotations.insert(
+            EXPECTED_CHUNKS_ANNOTATION.to_string(),
+            outcome.stored_chunks.to_string(),
+        );
+    }
+    let rules = policy
+        .spec
+        .retention
+        .as_ref()
+        .map(|r| r.rules.clone())
+        .unwrap_or_default();
+    Ok(RetentionJob {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: policy.namespace(),
+            labels: Some(BTreeMap::from([(
+                POLICY_LABEL.to_string(),
+                policy.name_any(),
+            )])),
+            annotations: Some(annotations),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        spec: RetentionJobSpec {
+            repository_ref: Some(policy.spec.repository_ref.clone()),
+            region,
+            worker_configuration_ref: configuration,
+            policy: Some(policy.name_any()),
+            retention: rules,
+            time_zone: Some(policy.spec.time_zone.clone()),
+            limits: JobLimits::default(),
+            suspend: false,
+        },
+        status: None,
+    })
+}
