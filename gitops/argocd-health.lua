@@ -1,6 +1,7 @@
 -- Argo CD health check for Tender's custom resources (tender.dev/v1alpha1):
--- WorkerConfiguration, BackupRepository, BackupJob, RestoreJob and
--- BackupPolicy. One script serves all five kinds; argocd-cm.yaml embeds it under each kind's
+-- WorkerConfiguration, BackupRepository, BackupJob, RestoreJob,
+-- BackupPolicy and RetentionJob. One script serves all six kinds;
+-- argocd-cm.yaml embeds it under each kind's
 -- resource.customizations.health.tender.dev_<Kind> key.
 --
 -- Argo CD runs it with the live object in the global `obj`, in gopher-lua

@@ -349,20 +349,24 @@ impl Sa<'_> {
 fn managed_namespace_checks(ns: &str, allowed: bool) -> Vec<Check> {
     let ns = Some(ns);
     let mut checks = Vec::new();
-    for res in ["backupjobs.tender.dev", "restorejobs.tender.dev"] {
+    for res in [
+        "backupjobs.tender.dev",
+        "restorejobs.tender.dev",
+        "retentionjobs.tender.dev",
+    ] {
         // delete: a finished job's TTL.
         for verb in ["get", "list", "watch", "patch", "delete"] {
             checks.push(check(verb, res, ns, allowed));
         }
         checks.push(check("patch", res, ns, allowed).on("status"));
         // The controller never creates its users' resources; only a
-        // BackupPolicy's runs (BackupJobs).
+        // BackupPolicy's runs (BackupJobs and RetentionJobs).
         checks.push(check("update", res, ns, false));
         checks.push(check(
             "create",
             res,
             ns,
-            allowed && res == "backupjobs.tender.dev",
+            allowed && res != "restorejobs.tender.dev",
         ));
         checks.push(check("update", res, ns, false).on("status"));
         checks.push(check("update", res, ns, false).on("finalizers"));
@@ -473,7 +477,7 @@ fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 #[test]
 fn chart_and_kustomize_crds_are_the_repositorys_crds() {
     let expected = files(&repo().join("crds"));
-    assert_eq!(expected.len(), 5, "crds/ holds the five CRDs");
+    assert_eq!(expected.len(), 6, "crds/ holds the six CRDs");
     for copy in ["charts/tender/crds", "deploy/crds"] {
         let actual = files(&repo().join(copy));
         assert_eq!(
@@ -1010,7 +1014,7 @@ fn kustomize_base_is_the_charts_defaults_and_applies() {
     let (crds, objects): (Vec<Value>, Vec<Value>) = objects
         .into_iter()
         .partition(|o| kind(o) == "CustomResourceDefinition");
-    assert_eq!(crds.len(), 5);
+    assert_eq!(crds.len(), 6);
     // The CRDs are shared with the other tests: validated, not replaced.
     server_side_apply(&crds, true);
 
@@ -1150,7 +1154,7 @@ fn the_controller_runs_with_nothing_but_the_charts_permissions() {
         Command::new(env!("CARGO_BIN_EXE_tender")).arg("crd"),
         None,
     ));
-    assert_eq!(crds.len(), 5);
+    assert_eq!(crds.len(), 6);
     server_side_apply(&crds, false);
     for crd in &crds {
         run_ok(

@@ -33,7 +33,9 @@ use common::{REGION, TestEnv};
 use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::{Api, CustomResourceExt};
 use serde_json::{Value, json};
-use tender::api::{BackupJob, BackupPolicy, BackupRepository, RestoreJob, WorkerConfiguration};
+use tender::api::{
+    BackupJob, BackupPolicy, BackupRepository, RestoreJob, RetentionJob, WorkerConfiguration,
+};
 use tender::names::FIELD_MANAGER as CONTROLLER_MANAGER;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -872,6 +874,7 @@ async fn the_argocd_config_map_carries_the_health_check_for_every_kind() {
         BackupJob::crd(),
         RestoreJob::crd(),
         BackupPolicy::crd(),
+        RetentionJob::crd(),
     ]
     .iter()
     .map(|crd| {

@@ -211,6 +211,9 @@ def install(world):
         name = _AUTHORIZED_AS.get(name, name)
         if name == "sts:GetCallerIdentity":
             return
+        if service == "s3" and _is_delete_objects(self, resource):
+            # Authorized key by key (`delete_objects` below), as S3 does.
+            return
         if service == "s3":
             context, absent = _s3_context(self, resource)
             ok = allowed(policies, name, resource, context, absent)
@@ -229,3 +232,72 @@ def install(world):
         raise AccessDeniedError(user_arn=access_key(headers), action=name)
 
     ActionAuthenticatorMixin._authenticate_and_authorize_action = authorize
+    _install_delete_objects(world)
+
+
+def _is_delete_objects(response, resource):
+    """A DeleteObjects request (POST /<bucket>?delete), which moto
+    authorizes as s3:DeleteObject on the bucket."""
+    return (
+        "/" not in resource.split(":::", 1)[-1]
+        and "delete" in getattr(response, "querystring", {})
+        and response._get_action() == "DeleteObject"
+    )
+
+
+def _install_delete_objects(world):
+    """DeleteObjects as S3 authorizes it: s3:DeleteObject is checked for
+    each key, the request itself needs nothing more, and a key the caller
+    may not delete is answered in the 200 response's Errors as
+    AccessDenied while the others are deleted ("DeleteObjects",
+    "Permissions", S3 API Reference). moto checks only the bucket policy
+    per key, so identity policies are applied here."""
+    from xml.sax.saxutils import escape
+
+    import xmltodict
+    from moto.s3.responses import S3Response
+
+    original = S3Response._bucket_response_delete_keys
+
+    def delete_keys(self, bucket_name, authenticated=True):
+        policies = policies_of(dict(self.headers))
+        if policies is None or not authenticated:
+            return original(self, bucket_name, authenticated)
+        body = xmltodict.parse(self.body, strip_whitespace=False)
+        objects = body["Delete"].get("Object", [])
+        if not isinstance(objects, list):
+            objects = [objects]
+        context = {"s3:ResourceAccount": bucket_owner(bucket_name) or ""}
+        denied = [
+            o["Key"]
+            for o in objects
+            if not allowed(
+                policies, "s3:DeleteObject", f"arn:aws:s3:::{bucket_name}/{o['Key']}", context
+            )
+        ]
+        if not denied:
+            return original(self, bucket_name, authenticated)
+        for key in denied:
+            world.count("denied:s3:DeleteObject")
+            print(f"realism: denied s3:DeleteObject on {bucket_name}/{key}", flush=True)
+        kept = [o for o in objects if o["Key"] not in denied]
+        if not kept:
+            # Every key denied: moto's unauthenticated path answers each
+            # with AccessDenied.
+            return original(self, bucket_name, False)
+        body["Delete"]["Object"] = kept
+        self.body = xmltodict.unparse(body).encode()
+        status, headers, text = original(self, bucket_name, authenticated)
+        errors = "".join(
+            f"<Error><Key>{escape(k)}</Key><Code>AccessDenied</Code>"
+            f"<Message>Access Denied</Message></Error>"
+            for k in denied
+        )
+        if isinstance(text, bytes):
+            text = text.decode()
+        text = text.replace("</DeleteResult>", errors + "</DeleteResult>", 1)
+        if isinstance(headers, dict):
+            headers = {k: v for k, v in headers.items() if k.lower() != "content-length"}
+        return status, headers, text
+
+    S3Response._bucket_response_delete_keys = delete_keys

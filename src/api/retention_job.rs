@@ -135,19 +135,23 @@ pub struct RetentionOutcome {
     pub restore_points: u64,
     /// What they describe, before deduplication and compression.
     pub logical_bytes: u64,
-    /// Chunks stored before the run deleted any, and their bytes.
+    /// Chunks stored before the run deleted any.
     pub stored_chunks: u64,
+    /// Their bytes (compressed, as S3 bills them).
     pub stored_bytes: u64,
-    /// Chunks some restore point references, and their bytes.
+    /// Chunks some restore point references.
     pub live_chunks: u64,
+    /// Their bytes.
     pub live_bytes: u64,
-    /// Chunks this run deleted, and their bytes.
+    /// Chunks this run deleted.
     pub deleted_chunks: u64,
+    /// Their bytes: the space this run gave back.
     pub deleted_bytes: u64,
-    /// Chunks condemned and waiting for their grace period, their bytes,
-    /// and when the first of them may go.
+    /// Chunks condemned and waiting for their grace period.
     pub pending_chunks: u64,
+    /// Their bytes: what a later run will give back.
     pub pending_bytes: u64,
+    /// When the first of them may go.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reclaimable_at: Option<Time>,
     /// Condemned chunks kept because a backup wrote them again.

@@ -440,7 +440,17 @@ mod tests {
         );
         assert_eq!(
             AwsOperation::PutObject.worker_profiles(),
-            [WorkerProfile::Backup, WorkerProfile::FileLevel].as_slice()
+            [
+                WorkerProfile::Backup,
+                WorkerProfile::FileLevel,
+                WorkerProfile::Retention
+            ]
+            .as_slice()
+        );
+        // Only a retention run deletes from the repository.
+        assert_eq!(
+            AwsOperation::DeleteObjects.worker_profiles(),
+            [WorkerProfile::Retention].as_slice()
         );
         assert!(AwsOperation::RunInstances.worker_profiles().is_empty());
     }

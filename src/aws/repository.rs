@@ -235,9 +235,9 @@ impl Repository<'_> {
             Err(e) if is_missing(&e) => return Ok(None),
             Err(e) => return Err(denied(e, loc, key, "s3:GetObject")),
         };
-        let at = out.last_modified().and_then(|m| {
-            jiff::Timestamp::new(m.secs(), m.subsec_nanos() as i32).ok()
-        });
+        let at = out
+            .last_modified()
+            .and_then(|m| jiff::Timestamp::new(m.secs(), m.subsec_nanos() as i32).ok());
         at.map(Some).ok_or_else(|| AwsError::Unreachable {
             operation: "HeadObject",
             detail: format!("S3 answered for {key} without a valid LastModified"),

@@ -9,8 +9,8 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 
-use super::job::kind::{Located, NotLocated, Target, TaskDetails, WorkerJob};
 use super::job;
+use super::job::kind::{Located, NotLocated, Target, TaskDetails, WorkerJob};
 use super::{Context, Result};
 use crate::api::{
     JobLimits, LocalObjectReference, RetentionJob, RetentionJobStatus, RetentionWorkerStatus,

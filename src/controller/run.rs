@@ -23,8 +23,8 @@ use super::job::status::Written;
 use super::reports::{self, QueuePumps, ReportStore};
 use super::{
     Context, Error, Options, Result, anyhow_like, backup_job, backup_policy, backup_repository,
-    error_policy, garbage_collector, job, leader, restore_job, retention_job, wake, worker_configuration,
-    worker_count,
+    error_policy, garbage_collector, job, leader, restore_job, retention_job, wake,
+    worker_configuration, worker_count,
 };
 use crate::api::{
     BackupJob, BackupPolicy, BackupRepository, RestoreJob, RetentionJob, WorkerConfiguration,

@@ -61,11 +61,7 @@ pub async fn run(
     for batch in keys.chunks(super::store::PAGE) {
         aws.repository().delete_objects(location, batch).await?;
     }
-    let run = format!(
-        "{}-{}",
-        now.strftime("%Y%m%dT%H%M%SZ"),
-        super::random_tag()
-    );
+    let run = format!("{}-{}", now.strftime("%Y%m%dT%H%M%SZ"), super::random_tag());
     let collected = gc::collect(
         &store,
         location,
@@ -132,12 +128,11 @@ async fn expire(
         };
         let found = async {
             let text = integrity::verified(aws, location, &key, &stored).await?;
-            let m = manifest::parse_manifest(&text).map_err(|detail| {
-                MoverError::ManifestInvalid {
+            let m =
+                manifest::parse_manifest(&text).map_err(|detail| MoverError::ManifestInvalid {
                     key: key.clone(),
                     detail,
-                }
-            })?;
+                })?;
             m.placed(&id, location.namespace.as_deref())
                 .map_err(|detail| MoverError::Unverified {
                     key: key.clone(),

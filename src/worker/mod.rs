@@ -317,15 +317,10 @@ async fn retention(aws: &AwsClients, task: &WorkerTask) -> Result<Done, Failure>
         ));
     };
     let now = jiff::Timestamp::now();
-    let (outcome, expiry) = mover::retention::run(
-        aws,
-        repository,
-        retention,
-        &std::env::temp_dir(),
-        now,
-    )
-    .await
-    .map_err(|e| mover_failure(e, repository))?;
+    let (outcome, expiry) =
+        mover::retention::run(aws, repository, retention, &std::env::temp_dir(), now)
+            .await
+            .map_err(|e| mover_failure(e, repository))?;
     let mut detail = format!(
         "expired {} restore point(s), kept {}; {} restore point(s) left; deleted {} chunk(s) ({}), {} chunk(s) ({}) waiting for their grace period",
         outcome.expired_restore_points,

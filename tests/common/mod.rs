@@ -173,6 +173,7 @@ pub async fn install_crds(client: &Client) {
         BackupJob::crd(),
         RestoreJob::crd(),
         tender::api::BackupPolicy::crd(),
+        tender::api::RetentionJob::crd(),
     ] {
         let name = crd.metadata.name.clone().unwrap();
         api.patch(
@@ -863,6 +864,7 @@ impl TestEnv {
             ("backup", "backup"),
             ("restore", "restore"),
             ("fileLevelRecovery", "file-level"),
+            ("retention", "retention"),
         ] {
             let name = format!("tender-{}-{policy}", self.namespace);
             realism::ensure_role(&name, &realism::worker_policy(policy)).await;

@@ -273,8 +273,29 @@ fn each_operation_reaches_exactly_its_keys() {
         for profile in WorkerProfile::ALL {
             let policy = sample.load(file(profile));
             let may = |action: &str, key: &str| policy.may(action, &sample.object(key));
-            for key in [&k.chunk, &k.manifest] {
-                assert!(may("s3:GetObject", key), "{}: read {key}", policy.file);
+            assert!(may("s3:GetObject", &k.manifest), "{}", policy.file);
+            // A retention run lists chunks but never reads one.
+            assert_eq!(
+                may("s3:GetObject", &k.chunk),
+                profile != Retention,
+                "{}: read {}",
+                policy.file,
+                k.chunk
+            );
+            // Only a retention run deletes: expired restore points, chunks,
+            // its lists; never a resource's `latest` pointer.
+            for key in [&k.chunk, &k.manifest, &k.marker] {
+                assert_eq!(
+                    may("s3:DeleteObject", key),
+                    profile == Retention,
+                    "{}: delete {key}",
+                    policy.file
+                );
+            }
+            assert!(!may("s3:DeleteObject", &k.latest), "{}", policy.file);
+            if profile == Retention {
+                assert!(may("s3:PutObject", &k.marker), "{}", policy.file);
+                assert!(may("s3:GetObject", &k.marker), "{}", policy.file);
             }
             let writes_restore_points = profile == Backup;
             for key in restore_points {
@@ -326,6 +347,7 @@ fn a_missing_key_is_a_404_for_every_key_a_worker_reads() {
             let policy = sample.load(file(profile));
             let reads: Vec<&String> = match profile {
                 WorkerProfile::Backup => vec![&k.chunk, &k.manifest, &k.latest],
+                WorkerProfile::Retention => vec![&k.manifest, &k.marker],
                 _ => vec![&k.chunk, &k.manifest],
             };
             let listing: Vec<&Statement> = policy

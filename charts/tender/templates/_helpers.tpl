@@ -60,11 +60,12 @@ sessions. A ClusterRole for all namespaces, or a Role in watchNamespace.
 # Jobs: watched, finalizers patched; delete: TTL after finished removes
 # finished jobs.
 - apiGroups: ["tender.dev"]
-  resources: ["backupjobs", "restorejobs"]
+  resources: ["backupjobs", "restorejobs", "retentionjobs"]
   verbs: ["get", "list", "watch", "patch", "delete"]
-# A BackupPolicy's runs: the controller creates their BackupJobs.
+# A BackupPolicy's runs: the controller creates their BackupJobs and
+# RetentionJobs.
 - apiGroups: ["tender.dev"]
-  resources: ["backupjobs"]
+  resources: ["backupjobs", "retentionjobs"]
   verbs: ["create"]
 - apiGroups: ["tender.dev"]
   resources: ["backuppolicies"]
@@ -76,7 +77,7 @@ sessions. A ClusterRole for all namespaces, or a Role in watchNamespace.
   resources: ["backuppolicies/finalizers"]
   verbs: ["update"]
 - apiGroups: ["tender.dev"]
-  resources: ["backupjobs/status", "restorejobs/status", "backuppolicies/status"]
+  resources: ["backupjobs/status", "restorejobs/status", "retentionjobs/status", "backuppolicies/status"]
   verbs: ["patch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]

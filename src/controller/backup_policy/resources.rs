@@ -30,7 +30,10 @@ pub(super) enum Found {
 
 /// Looks the policy's instances up in its region, with the production
 /// account access of the configuration its jobs will use.
-pub(super) async fn find_resources(ctx: &Context, policy: &BackupPolicy) -> Result<FoundResources, Found> {
+pub(super) async fn find_resources(
+    ctx: &Context,
+    policy: &BackupPolicy,
+) -> Result<FoundResources, Found> {
     let config = configuration_of(ctx, policy).map_err(Found::NoConfiguration)?;
     let access = Access::new(
         config.spec.production_account.as_ref(),

@@ -258,8 +258,13 @@ fn job_for(
             .get(&ObjectRef::new(&r.name))
             .is_none_or(|c| c.spec.region == region)
     });
-    let mut annotations = BTreeMap::from([(SCHEDULED_TIME_ANNOTATION.to_string(), due.to_string())]);
-    if let Some(outcome) = status.last_retention.as_ref().and_then(|l| l.outcome.as_ref()) {
+    let mut annotations =
+        BTreeMap::from([(SCHEDULED_TIME_ANNOTATION.to_string(), due.to_string())]);
+    if let Some(outcome) = status
+        .last_retention
+        .as_ref()
+        .and_then(|l| l.outcome.as_ref())
+    {
         annotations.insert(
             EXPECTED_CHUNKS_ANNOTATION.to_string(),
             outcome.stored_chunks.to_string(),
