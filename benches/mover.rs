@@ -219,6 +219,7 @@ async fn bench(mib: usize) {
         all_volumes: false,
         file_level: None,
         policy: None,
+        gc_grace_seconds: None,
         retention: None,
     };
     let (backup_time, backup_rss) = run_agent(&bin, &task(Operation::Backup, 1));

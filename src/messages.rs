@@ -57,6 +57,10 @@ pub struct WorkerTask {
     /// restore point so that the policy's retention rules apply to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// Garbage collection's grace period, in seconds: a backup that copies
+    /// for longer stores no restore point. `None` from older controllers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gc_grace_seconds: Option<u64>,
     /// For a retention run: what to expire and how to collect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<RetentionTask>,
@@ -137,6 +141,7 @@ impl WorkerTask {
             all_volumes: false,
             file_level: None,
             policy: None,
+            gc_grace_seconds: None,
             retention: None,
         }
     }

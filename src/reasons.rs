@@ -116,6 +116,9 @@ failure_reasons! {
         /// The worker's local disk failed (full, or unwritable) while
         /// garbage collection spilled chunk hashes to it.
         WorkerDiskFailed,
+        /// A backup copied for longer than garbage collection's grace
+        /// period and stored no restore point (a retry starts over).
+        BackupOutlivedGracePeriod,
         // AWS errors, by category (see `AwsError::category`).
         AwsThrottled,
         AwsPermissionDenied,

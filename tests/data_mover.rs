@@ -275,6 +275,7 @@ async fn the_agent_restores_a_restore_point_into_a_snapshot_and_reports_it() {
         all_volumes: false,
         file_level: None,
         policy: None,
+        gc_grace_seconds: None,
         retention: None,
     };
 

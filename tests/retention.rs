@@ -340,3 +340,34 @@ async fn a_backup_that_needs_condemned_chunks_restores_after_they_are_deleted() 
     disks::wait_completed(&aws, &restored).await;
     assert_eq!(disks::read_snapshot(&aws, &restored, x.len()).await, x);
 }
+
+/// A backup that copied for longer than the grace period stores no restore
+/// point: a chunk it reused could have been deleted while it ran.
+#[tokio::test]
+async fn a_backup_longer_than_the_grace_period_stores_no_restore_point() {
+    let _ = common::kube_client().await; // checks the environment
+    let aws = AwsClients::from_env().await;
+    let s3 = disks::s3().await;
+    let bucket = disks::create_bucket(&s3).await;
+    let loc = RepositoryLocation::new(&bucket, "team-a/", REGION)
+        .with_mac_key(&common::hmac_key(None).await);
+    let snapshot = disks::write_snapshot(&aws, &image(&[17]), 1).await;
+    let volumes = disks::snapshot_volume(&snapshot);
+    let request = |grace| BackupRequest {
+        grace: Some(grace),
+        ..disks::backup_request(&aws, &loc, ("slow", "uid-slow"), &volumes)
+    };
+    let e = mover::backup(request(Duration::ZERO), &Progress::default())
+        .await
+        .expect_err("a backup longer than the grace period fails");
+    assert_eq!(e.reason(), "BackupOutlivedGracePeriod", "{e}");
+    assert!(restore_points(&s3, &loc).await.is_empty());
+    // Within it, the retry stores its restore point.
+    mover::backup(request(Duration::from_secs(3600)), &Progress::default())
+        .await
+        .expect("a backup within the grace period succeeds");
+    assert_eq!(
+        restore_points(&s3, &loc).await,
+        BTreeSet::from(["slow/disk-1".to_string()])
+    );
+}

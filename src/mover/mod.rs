@@ -93,6 +93,10 @@ pub enum MoverError {
         "restore point {id} already exists, written by another BackupJob (UID {other_uid}); give the job another name"
     )]
     RestorePointExists { id: String, other_uid: String },
+    #[error(
+        "the backup copied for {ran} s, longer than garbage collection's grace period ({grace} s): a chunk it reused may have been deleted meanwhile, so it stores no restore point; the retry starts over. Raise the controller's --gc-grace-seconds above the longest backup"
+    )]
+    OutlivedGrace { ran: u64, grace: u64 },
     /// A retention task that cannot be carried out as given.
     #[error("the retention task is not valid: {0}")]
     InvalidTask(String),
@@ -123,6 +127,7 @@ impl MoverError {
             MoverError::OversizedBlock { .. } => FailureReason::SnapshotUnreadable,
             MoverError::Spill(_) => FailureReason::WorkerDiskFailed,
             MoverError::InvalidTask(_) => FailureReason::RetentionInvalid,
+            MoverError::OutlivedGrace { .. } => FailureReason::BackupOutlivedGracePeriod,
         }
     }
 }
@@ -174,6 +179,9 @@ pub struct BackupRequest<'a> {
     pub machine: Option<&'a crate::api::MachineImage>,
     /// The BackupPolicy the backup runs for, if any.
     pub policy: Option<&'a str>,
+    /// Garbage collection's grace period: a backup that copied for longer
+    /// stores no restore point (see [`MoverError::OutlivedGrace`]).
+    pub grace: Option<std::time::Duration>,
 }
 
 /// Sixteen random hex digits, for names no other writer picks.
@@ -316,7 +324,20 @@ pub async fn backup(
     let manifest = match stored_by_this_job(&request, &id).await? {
         Some(done) => done,
         None => {
+            let started = std::time::Instant::now();
             let manifest = copy(&request, id, progress).await?;
+            // Garbage collection deletes a chunk condemned after this
+            // backup read the condemned lists only a grace period after
+            // the list was written: a backup still running then could
+            // store a manifest that names a deleted chunk.
+            if let Some(grace) = request.grace
+                && started.elapsed() >= grace
+            {
+                return Err(MoverError::OutlivedGrace {
+                    ran: started.elapsed().as_secs(),
+                    grace: grace.as_secs(),
+                });
+            }
             store_manifest(&request, manifest).await?
         }
     };

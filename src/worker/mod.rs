@@ -269,6 +269,7 @@ async fn backup(aws: &AwsClients, task: &WorkerTask, progress: &Progress) -> Res
             volumes: &volumes,
             machine: machine.as_ref(),
             policy: task.policy.as_deref(),
+            grace: task.gc_grace_seconds.map(std::time::Duration::from_secs),
         },
         progress,
     )

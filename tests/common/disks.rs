@@ -309,6 +309,7 @@ pub fn backup_request<'a>(
         volumes,
         machine: None,
         policy: None,
+        grace: None,
     }
 }
 

@@ -103,6 +103,7 @@ fn task(w: &World, n: usize, i: usize, queue_url: &str) -> WorkerTask {
         all_volumes: false,
         file_level: None,
         policy: None,
+        gc_grace_seconds: None,
         retention: None,
     }
 }

@@ -485,6 +485,7 @@ fn worker_launch<K: WorkerJob>(
         all_volumes: details.all_volumes,
         file_level: details.file_level,
         policy: details.policy,
+        gc_grace_seconds: Some(ctx.gc_grace.as_secs()),
         retention: details.retention,
     };
     Ok(WorkerLaunch {
