@@ -381,6 +381,13 @@ fn managed_namespace_checks(ns: &str, allowed: bool) -> Vec<Check> {
     for verb in ["create", "update", "patch", "delete"] {
         checks.push(check(verb, policies, ns, false));
     }
+    // The catalog: made and removed by the controller, never changed.
+    for verb in ["list", "create", "delete"] {
+        checks.push(check(verb, "restorepoints.tender.dev", ns, allowed));
+    }
+    for verb in ["update", "patch"] {
+        checks.push(check(verb, "restorepoints.tender.dev", ns, false));
+    }
     checks.push(check("create", "events.events.k8s.io", ns, allowed));
     checks.push(check("patch", "events.events.k8s.io", ns, allowed));
     // Its Events are events.k8s.io/v1 ones; it writes no core/v1 Event.
@@ -477,7 +484,7 @@ fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 #[test]
 fn chart_and_kustomize_crds_are_the_repositorys_crds() {
     let expected = files(&repo().join("crds"));
-    assert_eq!(expected.len(), 6, "crds/ holds the six CRDs");
+    assert_eq!(expected.len(), 7, "crds/ holds the seven CRDs");
     for copy in ["charts/tender/crds", "deploy/crds"] {
         let actual = files(&repo().join(copy));
         assert_eq!(
@@ -1014,7 +1021,7 @@ fn kustomize_base_is_the_charts_defaults_and_applies() {
     let (crds, objects): (Vec<Value>, Vec<Value>) = objects
         .into_iter()
         .partition(|o| kind(o) == "CustomResourceDefinition");
-    assert_eq!(crds.len(), 6);
+    assert_eq!(crds.len(), 7);
     // The CRDs are shared with the other tests: validated, not replaced.
     server_side_apply(&crds, true);
 
@@ -1154,7 +1161,7 @@ fn the_controller_runs_with_nothing_but_the_charts_permissions() {
         Command::new(env!("CARGO_BIN_EXE_tender")).arg("crd"),
         None,
     ));
-    assert_eq!(crds.len(), 6);
+    assert_eq!(crds.len(), 7);
     server_side_apply(&crds, false);
     for crd in &crds {
         run_ok(

@@ -6,6 +6,7 @@ pub mod backup_repository;
 pub mod conditions;
 pub mod job;
 pub mod restore_job;
+pub mod restore_point;
 pub mod retention_job;
 pub mod worker_configuration;
 
@@ -29,6 +30,7 @@ pub use restore_job::{
     MachineImage, RestoreFilesTo, RestoreJob, RestoreJobSpec, RestoreJobStatus, RestoreMode,
     RestoreWorkerStatus, RestoredSnapshot,
 };
+pub use restore_point::{RestorePoint, RestorePointSpec};
 pub use retention_job::{
     RetentionJob, RetentionJobSpec, RetentionJobStatus, RetentionOutcome, RetentionWorkerStatus,
 };
@@ -85,6 +87,7 @@ pub fn crd_documents() -> Result<Vec<(String, String)>, serde_yaml::Error> {
         RestoreJob::crd(),
         BackupPolicy::crd(),
         RetentionJob::crd(),
+        RestorePoint::crd(),
     ]
     .into_iter()
     .map(|crd| {

@@ -184,7 +184,8 @@ operations! {
     // KMS: the repository's integrity key authenticates manifests and
     // `latest` pointers.
     GenerateMac => Kms, Worker [Backup];
-    VerifyMac => Kms, Worker [Backup, Restore, FileLevel, Retention];
+    // The controller verifies the manifests it lists as RestorePoints.
+    VerifyMac => Kms, Both [Backup, Restore, FileLevel, Retention];
     // SQS: worker reports.
     CreateQueue => Sqs, Controller;
     DeleteQueue => Sqs, Controller;

@@ -23,6 +23,8 @@ use crate::aws::repository::{Bucket, Listing};
 use crate::controller::events;
 use crate::mover::manifest::RepositoryLocation;
 
+mod catalog;
+
 /// What the check found wrong, for `Ready`.
 #[derive(Debug, PartialEq, Eq)]
 struct Finding {
@@ -54,6 +56,7 @@ pub async fn reconcile(repo: Arc<BackupRepository>, ctx: Arc<Context>) -> Result
             if let Some(listing) = listing {
                 count(&mut status, &repo, &listing);
                 status.last_checked_time = Some(Time(Timestamp::now()));
+                catalog(&ctx, &aws, &repo, &listing).await;
             }
             let message = format!(
                 "s3://{}/{} is reachable, owned by {} and writable; it holds {} restore points",
@@ -184,6 +187,44 @@ async fn check(
             ),
         })
         .map(Some)
+}
+
+/// Keeps the RestorePoint objects in line with the listing; a failure is
+/// logged and tried again at the next count (the bucket itself is fine).
+async fn catalog(ctx: &Context, aws: &AwsClients, repo: &BackupRepository, listing: &Listing) {
+    let prefix =
+        RepositoryLocation::new(&repo.spec.bucket, &repo.spec.prefix, &repo.spec.region).prefix;
+    let mut ids: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for key in &listing.kept {
+        if let Some(ns) = restore_point_namespace(&prefix, key) {
+            let start = prefix.len() + ns.len() + "/restore-points/".len();
+            let id = &key[start..key.len() - ".json".len()];
+            ids.entry(ns.to_string())
+                .or_default()
+                .insert(id.to_string());
+        }
+    }
+    match catalog::sync(ctx, aws, repo, &ids).await {
+        Ok(synced) if !synced.unverified.is_empty() => {
+            let note = format!(
+                "{} restore point(s) do not verify with the repository's integrity key and are not listed as RestorePoints (nor restorable): {}; find out who else writes to the bucket",
+                synced.unverified.len(),
+                synced.unverified.join(", ")
+            );
+            ctx.event(
+                repo,
+                EventType::Warning,
+                "RestorePointUnverified",
+                "Catalog",
+                note,
+            )
+            .await;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "the restore-point catalog is behind; trying again at the next count")
+        }
+    }
 }
 
 /// The namespace whose restore point manifest `key` is

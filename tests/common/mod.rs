@@ -174,6 +174,7 @@ pub async fn install_crds(client: &Client) {
         RestoreJob::crd(),
         tender::api::BackupPolicy::crd(),
         tender::api::RetentionJob::crd(),
+        tender::api::RestorePoint::crd(),
     ] {
         let name = crd.metadata.name.clone().unwrap();
         api.patch(

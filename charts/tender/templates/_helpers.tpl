@@ -79,6 +79,12 @@ sessions. A ClusterRole for all namespaces, or a Role in watchNamespace.
 - apiGroups: ["tender.dev"]
   resources: ["backupjobs/status", "restorejobs/status", "retentionjobs/status", "backuppolicies/status"]
   verbs: ["patch"]
+# The restore-point catalog: the controller makes one RestorePoint per
+# restore point it lists and deletes those whose manifest is gone (never
+# data: a RestorePoint is a view).
+- apiGroups: ["tender.dev"]
+  resources: ["restorepoints"]
+  verbs: ["list", "create", "delete"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

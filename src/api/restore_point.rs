@@ -1,0 +1,131 @@
+//! `RestorePoint`: the catalog of what can be restored. The controller
+//! lists the restore points of each BackupRepository's namespace parts and
+//! keeps one read-only object per restore point in its namespace, made
+//! from its manifest (read only once its MAC verifies): `kubectl get
+//! restorepoints` answers "what can I restore?", and a new cluster pointed
+//! at an existing repository sees every restore point made before.
+//!
+//! The object is a view, never the data: deleting it deletes nothing (the
+//! next listing makes it again while its manifest is there), and it goes
+//! when its manifest does (a retention run expired it).
+// Clippy reads the `printcolumn(...)` entries of `#[kube]` as duplicated
+// attributes; they are separate columns.
+#![allow(clippy::duplicated_attributes)]
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::LocalObjectReference;
+
+/// Label on a RestorePoint: the BackupRepository that holds it.
+pub const REPOSITORY_LABEL: &str = "tender.dev/repository";
+
+/// One restore point of a repository, as its manifest says. Written by the
+/// controller only; its spec never changes.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "tender.dev",
+    version = "v1alpha1",
+    kind = "RestorePoint",
+    namespaced,
+    shortname = "rp",
+    category = "tender",
+    printcolumn(name = "Resource", type_ = "string", json_path = ".spec.resource"),
+    printcolumn(name = "Region", type_ = "string", json_path = ".spec.region"),
+    printcolumn(name = "Created", type_ = "date", json_path = ".spec.createdAt"),
+    printcolumn(
+        name = "Size",
+        type_ = "integer",
+        json_path = ".spec.logicalBytes",
+        description = "Bytes of the volumes' blocks it describes"
+    ),
+    printcolumn(name = "Policy", type_ = "string", json_path = ".spec.policy"),
+    printcolumn(
+        name = "Repository",
+        type_ = "string",
+        json_path = ".spec.repositoryRef.name",
+        priority = 1
+    ),
+    printcolumn(name = "Id", type_ = "string", json_path = ".spec.id", priority = 1)
+)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self == oldSelf", "message": "a RestorePoint is a view of its manifest and never changes"}
+]))]
+#[serde(rename_all = "camelCase")]
+pub struct RestorePointSpec {
+    /// The BackupRepository that holds it.
+    pub repository_ref: LocalObjectReference,
+    /// Its ID, `<BackupJob>/<resource>`: what a RestoreJob's
+    /// `restorePoint` takes.
+    #[schemars(length(max = 512))]
+    pub id: String,
+    /// The protected resource (an EC2 instance or EBS snapshot ID).
+    #[schemars(length(max = 64))]
+    pub resource: String,
+    /// The resource's region.
+    #[schemars(length(max = 32))]
+    pub region: String,
+    /// When the backup that made it finished copying.
+    pub created_at: Time,
+    /// The BackupJob that made it.
+    #[schemars(length(max = 253))]
+    pub job_name: String,
+    /// The BackupPolicy whose run made it, whose retention rules expire it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub policy: Option<String>,
+    /// The restore point it was taken incrementally from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub parent: Option<String>,
+    /// Its volumes.
+    pub volumes: i32,
+    /// Bytes of the volumes' blocks it describes (before deduplication and
+    /// compression).
+    pub logical_bytes: i64,
+    /// Bytes its backup stored new (compressed); the rest it shares.
+    pub stored_bytes: i64,
+}
+
+/// The name of the RestorePoint object of restore point `<job>/<resource>`
+/// (`<job>.<resource>`: a resource ID holds no dot), if it is a valid
+/// object name.
+pub fn object_name(id: &str) -> Option<String> {
+    let (job, resource) = id.split_once('/')?;
+    let name = format!("{job}.{resource}");
+    let valid = name.len() <= 253
+        && !resource.is_empty()
+        && resource
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric());
+    valid.then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restore_points_object_is_named_after_its_job_and_resource() {
+        assert_eq!(
+            object_name("nightly-29400000/i-0123456789abcdef0").as_deref(),
+            Some("nightly-29400000.i-0123456789abcdef0")
+        );
+        assert_eq!(object_name("a.b/snap-1").as_deref(), Some("a.b.snap-1"));
+        for bad in [
+            "no-slash",
+            "job/",
+            "Job/i-1",
+            "job/i_1",
+            &format!("{}/i-1", "a".repeat(260)),
+        ] {
+            assert_eq!(object_name(bad), None, "{bad}");
+        }
+    }
+}
