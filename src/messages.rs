@@ -81,6 +81,14 @@ pub struct RetentionTask {
     pub time_zone: String,
     /// Seconds a condemned chunk waits before it may be deleted.
     pub grace_seconds: u64,
+    /// Restore points to delete on purpose (their RestorePoint objects
+    /// were annotated `tender.dev/delete`), unless held.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delete: Vec<String>,
+    /// Restore points unfinished RestoreJobs read: kept whatever the rules
+    /// say.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_use: Vec<String>,
 }
 
 /// How a worker serves a file-level recovery session.

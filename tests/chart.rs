@@ -388,6 +388,7 @@ fn managed_namespace_checks(ns: &str, allowed: bool) -> Vec<Check> {
     for verb in ["update", "patch"] {
         checks.push(check(verb, "restorepoints.tender.dev", ns, false));
     }
+    checks.push(check("patch", "restorepoints.tender.dev", ns, allowed).on("status"));
     checks.push(check("create", "events.events.k8s.io", ns, allowed));
     checks.push(check("patch", "events.events.k8s.io", ns, allowed));
     // Its Events are events.k8s.io/v1 ones; it writes no core/v1 Event.

@@ -341,33 +341,90 @@ async fn a_backup_that_needs_condemned_chunks_restores_after_they_are_deleted() 
     assert_eq!(disks::read_snapshot(&aws, &restored, x.len()).await, x);
 }
 
-/// A backup that copied for longer than the grace period stores no restore
-/// point: a chunk it reused could have been deleted while it ran.
+/// Whether a backup may store its manifest, judged against the condemned
+/// lists in S3 as a backup reads them: a list it read at its start never
+/// stops it, one written since stops it once ripe (its own grace period,
+/// recorded in the list, or the fallback when it records none).
 #[tokio::test]
-async fn a_backup_longer_than_the_grace_period_stores_no_restore_point() {
+async fn a_backup_stores_no_manifest_once_a_list_written_while_it_ran_is_ripe() {
+    use jiff::{SignedDuration, Timestamp};
     let _ = common::kube_client().await; // checks the environment
     let aws = AwsClients::from_env().await;
     let s3 = disks::s3().await;
     let bucket = disks::create_bucket(&s3).await;
     let loc = RepositoryLocation::new(&bucket, "team-a/", REGION)
         .with_mac_key(&common::hmac_key(None).await);
-    let snapshot = disks::write_snapshot(&aws, &image(&[17]), 1).await;
-    let volumes = disks::snapshot_volume(&snapshot);
-    let request = |grace| BackupRequest {
-        grace: Some(grace),
-        ..disks::backup_request(&aws, &loc, ("slow", "uid-slow"), &volumes)
+    let store = tender::mover::store::S3Store {
+        aws: &aws,
+        location: &loc,
     };
-    let e = mover::backup(request(Duration::ZERO), &Progress::default())
-        .await
-        .expect_err("a backup longer than the grace period fails");
-    assert_eq!(e.reason(), "BackupOutlivedGracePeriod", "{e}");
-    assert!(restore_points(&s3, &loc).await.is_empty());
-    // Within it, the retry stores its restore point.
-    mover::backup(request(Duration::from_secs(3600)), &Progress::default())
-        .await
-        .expect("a backup within the grace period succeeds");
+    let put = |run: &str, grace: Option<u64>| {
+        let mut list = json!({"version": 1, "run": run, "chunks": []});
+        if let Some(g) = grace {
+            list["grace_seconds"] = g.into();
+        }
+        let key = format!("{}{run}/00.json", loc.condemned_prefix());
+        let s3 = s3.clone();
+        let bucket = bucket.clone();
+        async move {
+            s3.put_object()
+                .bucket(bucket)
+                .key(&key)
+                .body(list.to_string().into_bytes().into())
+                .send()
+                .await
+                .expect("put a list");
+            key
+        }
+    };
+    let day = SignedDuration::from_hours(24);
+    let check = |started: Timestamp, now: Timestamp| {
+        tender::mover::gc::outlived_by(&store, &loc, started, now, day)
+    };
+    // A list there before the backup started: read at the start, never
+    // a reason to stop, however old it gets.
+    put("before", Some(0)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let started = Timestamp::now();
+    let later = started + SignedDuration::from_hours(1000);
+    assert_eq!(check(started, later).await.expect("check"), None);
+    // One written while the backup ran, not ripe yet: the next collection
+    // will see the manifest.
+    let slow = put("slow", Some(3600)).await;
+    let now = Timestamp::now();
+    assert_eq!(check(started, now).await.expect("check"), None);
+    // Ripe: a chunk the backup reused may be gone.
+    let an_hour_on = now + SignedDuration::from_secs(3600);
     assert_eq!(
-        restore_points(&s3, &loc).await,
-        BTreeSet::from(["slow/disk-1".to_string()])
+        check(started, an_hour_on).await.expect("check"),
+        Some(slow.clone())
     );
+    // A list that records no grace period is judged by the fallback (a
+    // day): not ripe after an hour, ripe after two days.
+    s3.delete_object()
+        .bucket(&bucket)
+        .key(&slow)
+        .send()
+        .await
+        .expect("delete a list");
+    let bare = put("bare", None).await;
+    let now = Timestamp::now();
+    assert_eq!(check(started, an_hour_on).await.expect("check"), None);
+    let two_days = now + SignedDuration::from_hours(48);
+    assert_eq!(check(started, two_days).await.expect("check"), Some(bare));
+    // Without any list, nothing stops a backup, however long it ran.
+    let empty = RepositoryLocation::new(&bucket, "team-b/", REGION);
+    let none = tender::mover::gc::outlived_by(
+        &tender::mover::store::S3Store {
+            aws: &aws,
+            location: &empty,
+        },
+        &empty,
+        started,
+        later,
+        day,
+    )
+    .await
+    .expect("check");
+    assert_eq!(none, None);
 }

@@ -22,6 +22,26 @@ use super::LocalObjectReference;
 /// Label on a RestorePoint: the BackupRepository that holds it.
 pub const REPOSITORY_LABEL: &str = "tender.dev/repository";
 
+/// Annotation on a RestorePoint: `"true"` holds it against expiry and
+/// deletion (recorded in the repository as `holds/<id>`, so every cluster
+/// sees it), `"false"` releases a hold (whoever placed it); absent, the
+/// repository's record stands.
+pub const HOLD_ANNOTATION: &str = "tender.dev/hold";
+
+/// Annotation on a RestorePoint: `"true"` asks the next retention run on
+/// its repository in this namespace to delete it (unless it is held).
+pub const DELETE_ANNOTATION: &str = "tender.dev/delete";
+
+/// What the repository says of a restore point besides its manifest.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestorePointStatus {
+    /// A hold is recorded for it in the repository: no retention run
+    /// expires or deletes it.
+    #[serde(default)]
+    pub held: bool,
+}
+
 /// One restore point of a repository, as its manifest says. Written by the
 /// controller only; its spec never changes.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -30,6 +50,7 @@ pub const REPOSITORY_LABEL: &str = "tender.dev/repository";
     version = "v1alpha1",
     kind = "RestorePoint",
     namespaced,
+    status = "RestorePointStatus",
     shortname = "rp",
     category = "tender",
     printcolumn(name = "Resource", type_ = "string", json_path = ".spec.resource"),
@@ -42,6 +63,7 @@ pub const REPOSITORY_LABEL: &str = "tender.dev/repository";
         description = "Bytes of the volumes' blocks it describes"
     ),
     printcolumn(name = "Policy", type_ = "string", json_path = ".spec.policy"),
+    printcolumn(name = "Held", type_ = "boolean", json_path = ".status.held"),
     printcolumn(
         name = "Repository",
         type_ = "string",

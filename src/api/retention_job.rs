@@ -84,6 +84,15 @@ pub struct RetentionJobSpec {
     #[serde(default)]
     pub retention: Retention,
 
+    /// Restore points to delete on purpose (`<job>/<resource>`), whatever
+    /// the rules say, unless held; a policy fills it from its namespace's
+    /// RestorePoints annotated `tender.dev/delete: "true"`. At most 100 a
+    /// run (the rest go in the next).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub delete_restore_points: Vec<String>,
+
     /// IANA time zone the calendar rules (hourly, daily, weekly…) count
     /// in, for example `Europe/Berlin` (default UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]

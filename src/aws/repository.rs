@@ -215,6 +215,23 @@ impl Repository<'_> {
         super::read_body(op, out.body).await.map(Some)
     }
 
+    /// Deletes the object `key` of `loc` (a missing one is no error).
+    pub async fn delete_object(&self, loc: &RepositoryLocation, key: &str) -> Result<(), AwsError> {
+        let delete = self
+            .aws
+            .s3(&loc.region)
+            .delete_object()
+            .bucket(&loc.bucket)
+            .key(key)
+            .set_expected_bucket_owner(loc.expected_owner.clone())
+            .send();
+        self.aws
+            .call(AwsOperation::DeleteObject, delete)
+            .await
+            .map_err(|e| denied(e, loc, key, "s3:DeleteObject"))?;
+        Ok(())
+    }
+
     /// When S3 last wrote `key` (its `LastModified`, to the second); `None`
     /// when there is no such key.
     pub async fn last_modified(

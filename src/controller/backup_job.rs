@@ -127,6 +127,23 @@ async fn reading_account(
     }
 }
 
+/// The BackupPolicy that made `job`: its label names it and the policy is
+/// its controlling owner, as a policy's runs are. A label alone (anyone who
+/// may create a BackupJob can set one) puts no restore point under a
+/// policy's retention rules.
+fn made_by_policy(job: &BackupJob) -> Option<String> {
+    let label = job.labels().get(crate::names::POLICY_LABEL)?;
+    job.owner_references()
+        .iter()
+        .any(|o| {
+            o.controller == Some(true)
+                && o.kind == "BackupPolicy"
+                && o.api_version == "tender.dev/v1alpha1"
+                && &o.name == label
+        })
+        .then(|| label.clone())
+}
+
 impl WorkerJob for BackupJob {
     const KIND: &'static str = "BackupJob";
     const OPERATION: Operation = Operation::Backup;
@@ -204,8 +221,8 @@ impl WorkerJob for BackupJob {
         }
     }
 
-    /// The policy that made the job, from its label: its restore point
-    /// then falls under the policy's retention rules.
+    /// The policy that made the job: its restore point then falls under
+    /// the policy's retention rules.
     async fn task_details(
         &self,
         _worker: &mut BackupWorkerStatus,
@@ -213,8 +230,67 @@ impl WorkerJob for BackupJob {
         _ctx: &Context,
     ) -> Result<TaskDetails> {
         Ok(TaskDetails {
-            policy: self.labels().get(crate::names::POLICY_LABEL).cloned(),
+            policy: made_by_policy(self),
             ..TaskDetails::default()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    use super::*;
+
+    #[test]
+    fn only_a_policys_own_run_is_the_policys() {
+        let job = |label: Option<&str>, owner: Option<(&str, &str, bool)>| {
+            let mut j: BackupJob = serde_json::from_value(serde_json::json!({
+                "apiVersion": "tender.dev/v1alpha1", "kind": "BackupJob",
+                "metadata": {"name": "nightly-29400000"},
+                "spec": {"resources": [{"instanceId": "i-0123456789abcdef0", "region": "eu-west-1"}],
+                         "repositoryRef": {"name": "main"}}
+            }))
+            .expect("a job");
+            if let Some(l) = label {
+                j.labels_mut()
+                    .insert(crate::names::POLICY_LABEL.into(), l.into());
+            }
+            if let Some((kind, name, controller)) = owner {
+                j.metadata.owner_references = Some(vec![OwnerReference {
+                    api_version: "tender.dev/v1alpha1".into(),
+                    kind: kind.into(),
+                    name: name.into(),
+                    uid: "uid".into(),
+                    controller: Some(controller),
+                    block_owner_deletion: None,
+                }]);
+            }
+            j
+        };
+        let own = Some(("BackupPolicy", "nightly", true));
+        let cases = [
+            (
+                "the policy's run",
+                job(Some("nightly"), own),
+                Some("nightly"),
+            ),
+            ("a label alone", job(Some("nightly"), None), None),
+            ("another policy's owner", job(Some("weekly"), own), None),
+            (
+                "not the controller",
+                job(Some("nightly"), Some(("BackupPolicy", "nightly", false))),
+                None,
+            ),
+            (
+                "another kind",
+                job(Some("nightly"), Some(("CronJob", "nightly", true))),
+                None,
+            ),
+            ("an owner without the label", job(None, own), None),
+        ];
+        for (name, j, want) in cases {
+            assert_eq!(made_by_policy(&j).as_deref(), want, "{name}");
+        }
     }
 }

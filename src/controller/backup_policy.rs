@@ -64,7 +64,8 @@ const REFRESH: Duration = Duration::from_secs(300);
 struct Parsed {
     schedule: Schedule,
     zone: TimeZone,
-    retention: Option<retention::Parsed>,
+    /// `Err`: what is wrong with `spec.retention` (backups go on).
+    retention: std::result::Result<Option<retention::Parsed>, String>,
 }
 
 /// The longest policy name: its jobs are `<policy>-<minute>` (CronJob's
@@ -86,7 +87,7 @@ fn parse(policy: &BackupPolicy) -> std::result::Result<Parsed, String> {
             policy.spec.time_zone
         )
     })?;
-    let retention = retention::parse(policy)?;
+    let retention = retention::parse(policy);
     Ok(Parsed {
         schedule,
         zone,
@@ -177,7 +178,11 @@ pub async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<A
     let (next_retention, retention_condition) = retention::reconcile(
         &ctx,
         &policy,
-        parsed.retention.as_ref(),
+        parsed
+            .retention
+            .as_ref()
+            .map(Option::as_ref)
+            .map_err(String::as_str),
         &parsed.zone,
         &mut status,
         now,

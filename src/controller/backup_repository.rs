@@ -176,7 +176,7 @@ async fn check(
     let prefix = base.prefix.clone();
     aws.repository()
         .list_prefix(bucket, &base.prefix, |key| {
-            restore_point_namespace(&prefix, key).is_some()
+            restore_point_namespace(&prefix, key).is_some() || hold_of(&prefix, key).is_some()
         })
         .await
         .map_err(|e| Finding {
@@ -195,6 +195,7 @@ async fn catalog(ctx: &Context, aws: &AwsClients, repo: &BackupRepository, listi
     let prefix =
         RepositoryLocation::new(&repo.spec.bucket, &repo.spec.prefix, &repo.spec.region).prefix;
     let mut ids: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    let mut holds: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
     for key in &listing.kept {
         if let Some(ns) = restore_point_namespace(&prefix, key) {
             let start = prefix.len() + ns.len() + "/restore-points/".len();
@@ -202,9 +203,14 @@ async fn catalog(ctx: &Context, aws: &AwsClients, repo: &BackupRepository, listi
             ids.entry(ns.to_string())
                 .or_default()
                 .insert(id.to_string());
+        } else if let Some((ns, id)) = hold_of(&prefix, key) {
+            holds
+                .entry(ns.to_string())
+                .or_default()
+                .insert(id.to_string());
         }
     }
-    match catalog::sync(ctx, aws, repo, &ids).await {
+    match catalog::sync(ctx, aws, repo, (&ids, &holds)).await {
         Ok(synced) if !synced.unverified.is_empty() => {
             let note = format!(
                 "{} restore point(s) do not verify with the repository's integrity key and are not listed as RestorePoints (nor restorable): {}; find out who else writes to the bucket",
@@ -225,6 +231,14 @@ async fn catalog(ctx: &Context, aws: &AwsClients, repo: &BackupRepository, listi
             tracing::warn!(error = %e, "the restore-point catalog is behind; trying again at the next count")
         }
     }
+}
+
+/// The namespace and restore point of a hold's key
+/// (`<prefix><namespace>/holds/<job>/<resource>`).
+fn hold_of<'k>(prefix: &str, key: &'k str) -> Option<(&'k str, &'k str)> {
+    let (namespace, rest) = key.strip_prefix(prefix)?.split_once('/')?;
+    let id = rest.strip_prefix("holds/")?;
+    (!namespace.is_empty() && id.contains('/')).then_some((namespace, id))
 }
 
 /// The namespace whose restore point manifest `key` is

@@ -28,6 +28,29 @@ pub async fn reconcile(job: Arc<RetentionJob>, ctx: Arc<Context>) -> Result<Acti
     job::reconcile(job, ctx).await
 }
 
+impl RetentionJob {
+    /// The restore points unfinished RestoreJobs of this namespace read
+    /// from this repository: no run expires one while it is read.
+    fn restore_points_in_use(&self, ctx: &Context) -> Vec<String> {
+        let repository = self.spec.repository_ref.as_ref().map(|r| &r.name);
+        let mut ids: Vec<String> = ctx
+            .restores
+            .state()
+            .iter()
+            .filter(|r| r.namespace() == self.namespace())
+            .filter(|r| r.spec.repository_ref.as_ref().map(|r| &r.name) == repository)
+            .filter(|r| !r.status.as_ref().is_some_and(|s| s.phase.is_finished()))
+            .map(|r| r.spec.restore_point.clone())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        // All of them, never a few: were they too many for user data
+        // (16 KiB, some 300 IDs), the launch fails with UserData and says
+        // so rather than expire a restore point being read.
+        ids
+    }
+}
+
 impl WorkerJob for RetentionJob {
     const KIND: &'static str = "RetentionJob";
     const OPERATION: Operation = Operation::Retention;
@@ -144,6 +167,8 @@ impl WorkerJob for RetentionJob {
                 rules: self.spec.retention.clone(),
                 time_zone: self.spec.time_zone.clone().unwrap_or_else(|| "UTC".into()),
                 grace_seconds: ctx.gc_grace.as_secs(),
+                delete: self.spec.delete_restore_points.clone(),
+                in_use: self.restore_points_in_use(ctx),
             }),
             ..TaskDetails::default()
         })

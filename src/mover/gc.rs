@@ -63,6 +63,10 @@ struct CondemnedList {
     version: u32,
     run: String,
     chunks: Vec<String>,
+    /// The grace period its run was made with: it is ripe no sooner, and
+    /// a backup judges by it whether it ran past it (see [`outlived_by`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    grace_seconds: Option<u64>,
 }
 
 /// What one collection run does.
@@ -171,6 +175,9 @@ struct EarlierList {
     /// When the list itself was written: backups that start later see it,
     /// so it is ripe a grace period after this.
     visible: Timestamp,
+    /// That grace period: this run's, or the list's own when longer (a
+    /// grace period lowered since never ripens a list sooner).
+    grace: SignedDuration,
 }
 
 /// Runs one collection: the delete phase for earlier runs' lists that are
@@ -185,9 +192,13 @@ pub async fn collect<S: Store>(
     let mut report = Collected::default();
     let mut spill = Spill::create(&c.spill_dir)?;
     reference_set(store, location, &mut spill, &mut report).await?;
-    let (lists, markers) = earlier_lists(store, location, &c.run).await?;
-    for (i, list) in lists.iter().enumerate() {
+    let (mut lists, markers) = earlier_lists(store, location, &c.run, c.grace).await?;
+    for (i, list) in lists.iter_mut().enumerate() {
         if let Some(found) = read_list(store, &list.key).await? {
+            let own = found
+                .grace_seconds
+                .map(|s| SignedDuration::from_secs(i64::try_from(s).unwrap_or(i64::MAX)));
+            list.grace = list.grace.max(own.unwrap_or(list.grace));
             for chunk in &found.chunks {
                 if let Some(hash) = chunk_identity(chunk) {
                     spill.push(Tag::Condemned(i as u32), &hash)?;
@@ -201,7 +212,7 @@ pub async fn collect<S: Store>(
             .iter()
             .map(|l| ListTimes {
                 scanned: l.scanned,
-                ripe_at: ripe_at(l.visible, c.grace),
+                ripe_at: ripe_at(l.visible, l.grace),
             })
             .collect(),
         now,
@@ -215,14 +226,14 @@ pub async fn collect<S: Store>(
     // the marker of a run with no list left.
     let ripe: Vec<String> = lists
         .iter()
-        .filter(|l| ripe_at(l.visible, c.grace) <= now)
+        .filter(|l| ripe_at(l.visible, l.grace) <= now)
         .map(|l| l.key.clone())
         .collect();
     delete_keys(store, &ripe).await?;
     report.lists_removed = ripe.len() as u64;
     let left: HashSet<&str> = lists
         .iter()
-        .filter(|l| ripe_at(l.visible, c.grace) > now)
+        .filter(|l| ripe_at(l.visible, l.grace) > now)
         .filter_map(|l| l.key.rsplit_once('/').map(|(run, _)| run))
         .collect();
     let spent: Vec<String> = markers
@@ -249,6 +260,56 @@ pub async fn collect<S: Store>(
 /// listing starts to show the object.
 fn ripe_at(visible: Timestamp, grace: SignedDuration) -> Timestamp {
     visible + grace + grace / 100
+}
+
+/// Whether a backup that read the condemned lists at `started` may not
+/// store its manifest at `now`: a list it may not have read (written since
+/// `started`, give or take 1 % of its grace period for the clocks) is ripe
+/// by then, or within that 1 %, so a chunk the backup reused on the word
+/// of its parent may be deleted. A list read at the start is no danger (the
+/// backup never relied on what it names), nor one not ripe yet (the next
+/// collection sees the manifest, which references what it used).
+pub fn outlives(
+    visible: Timestamp,
+    grace: SignedDuration,
+    started: Timestamp,
+    now: Timestamp,
+) -> bool {
+    let margin = grace / 100;
+    visible + margin >= started && now + margin >= visible + grace
+}
+
+/// The first condemned list that makes a backup started at `started`
+/// outlive its grace period now (see [`outlives`]); `fallback` is the
+/// grace period of a list that records none.
+pub async fn outlived_by<S: ReadStore>(
+    store: &S,
+    location: &RepositoryLocation,
+    started: Timestamp,
+    now: Timestamp,
+    fallback: SignedDuration,
+) -> Result<Option<String>, MoverError> {
+    let mut recent = Vec::new();
+    for_each_object(store, &location.condemned_prefix(), |o: Object| {
+        // A list older than a week before the start was read at the start
+        // (unless its grace is over 700 days): the rest are read and judged.
+        if o.key.ends_with(".json") && o.modified + SignedDuration::from_hours(24 * 7) >= started {
+            recent.push((o.key, o.modified));
+        }
+    })
+    .await?;
+    for (key, visible) in recent {
+        let Some(list) = read_list(store, &key).await? else {
+            continue;
+        };
+        let grace = list.grace_seconds.map_or(fallback, |s| {
+            SignedDuration::from_secs(i64::try_from(s).unwrap_or(i64::MAX))
+        });
+        if outlives(visible, grace, started, now) {
+            return Ok(Some(key));
+        }
+    }
+    Ok(None)
 }
 
 /// Streams every manifest into the spill, one at a time. A manifest that
@@ -311,6 +372,7 @@ async fn earlier_lists<S: Store>(
     store: &S,
     location: &RepositoryLocation,
     own: &str,
+    grace: SignedDuration,
 ) -> Result<(Vec<EarlierList>, Vec<(String, Timestamp)>), MoverError> {
     let prefix = location.condemned_prefix();
     let mut markers: BTreeMap<String, (String, Timestamp)> = BTreeMap::new();
@@ -335,6 +397,7 @@ async fn earlier_lists<S: Store>(
             scanned: markers.get(&run).map(|(_, t)| *t),
             key,
             visible,
+            grace,
         })
         .collect();
     Ok((lists, markers.into_values().collect()))
@@ -467,6 +530,7 @@ async fn collect_fan<S: Store>(
             version: LIST_VERSION,
             run: c.run.clone(),
             chunks: newly,
+            grace_seconds: Some(c.grace.as_secs().unsigned_abs()),
         };
         let key = format!("{}{}/{fan:02x}.json", location.condemned_prefix(), c.run);
         let body = serde_json::to_vec(&list).map_err(|e| MoverError::ManifestInvalid {

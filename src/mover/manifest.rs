@@ -137,6 +137,17 @@ impl RepositoryLocation {
         format!("{}restore-points/", self.prefix)
     }
 
+    /// Prefix of the holds placed on restore points.
+    pub fn holds_prefix(&self) -> String {
+        format!("{}holds/", self.prefix)
+    }
+
+    /// The hold of restore point `id`: while it exists, no retention run
+    /// expires or deletes it.
+    pub fn hold_key(&self, id: &str) -> String {
+        format!("{}{id}", self.holds_prefix())
+    }
+
     /// Prefix of garbage collection's condemned-chunk lists.
     pub fn condemned_prefix(&self) -> String {
         format!("{}condemned/", self.prefix)

@@ -94,9 +94,9 @@ pub enum MoverError {
     )]
     RestorePointExists { id: String, other_uid: String },
     #[error(
-        "the backup copied for {ran} s, longer than garbage collection's grace period ({grace} s): a chunk it reused may have been deleted meanwhile, so it stores no restore point; the retry starts over. Raise the controller's --gc-grace-seconds above the longest backup"
+        "the backup copied for {ran} s, past the grace period of garbage collection's list {list}, written while it ran: a chunk it reused may be deleted, so it stores no restore point; the retry starts over. Raise the controller's --gc-grace-seconds above the longest backup"
     )]
-    OutlivedGrace { ran: u64, grace: u64 },
+    OutlivedGrace { list: String, ran: i64 },
     /// A retention task that cannot be carried out as given.
     #[error("the retention task is not valid: {0}")]
     InvalidTask(String),
@@ -179,8 +179,10 @@ pub struct BackupRequest<'a> {
     pub machine: Option<&'a crate::api::MachineImage>,
     /// The BackupPolicy the backup runs for, if any.
     pub policy: Option<&'a str>,
-    /// Garbage collection's grace period: a backup that copied for longer
-    /// stores no restore point (see [`MoverError::OutlivedGrace`]).
+    /// Garbage collection's grace period, for its lists that record none
+    /// (default a day): a backup that copied past the grace period of a
+    /// list written meanwhile stores no restore point (see
+    /// [`MoverError::OutlivedGrace`]).
     pub grace: Option<std::time::Duration>,
 }
 
@@ -324,18 +326,27 @@ pub async fn backup(
     let manifest = match stored_by_this_job(&request, &id).await? {
         Some(done) => done,
         None => {
-            let started = std::time::Instant::now();
+            let started = jiff::Timestamp::now();
             let manifest = copy(&request, id, progress).await?;
             // Garbage collection deletes a chunk condemned after this
-            // backup read the condemned lists only a grace period after
-            // the list was written: a backup still running then could
-            // store a manifest that names a deleted chunk.
-            if let Some(grace) = request.grace
-                && started.elapsed() >= grace
+            // backup read the condemned lists a grace period after the
+            // list was written: a backup still running then must not
+            // store a manifest that may name a deleted chunk.
+            let store = store::S3Store {
+                aws: request.repository,
+                location: request.location,
+            };
+            let fallback = request
+                .grace
+                .and_then(|g| jiff::SignedDuration::try_from(g).ok())
+                .unwrap_or(gc::MIN_GRACE);
+            let now = jiff::Timestamp::now();
+            if let Some(list) =
+                gc::outlived_by(&store, request.location, started, now, fallback).await?
             {
                 return Err(MoverError::OutlivedGrace {
-                    ran: started.elapsed().as_secs(),
-                    grace: grace.as_secs(),
+                    list,
+                    ran: now.duration_since(started).as_secs(),
                 });
             }
             store_manifest(&request, manifest).await?

@@ -12,7 +12,7 @@
 //! Memory: one small candidate (ID, resource, time) per restore point of
 //! the policy, besides what the collector holds (see `gc`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use jiff::tz::TimeZone;
@@ -37,6 +37,9 @@ pub struct Expiry {
     pub kept: u64,
     /// Manifests that did not verify or parse, left alone.
     pub skipped: Vec<String>,
+    /// Restore points asked to be deleted that are held (or read by a
+    /// restore), kept.
+    pub held_back: Vec<String>,
 }
 
 /// Runs one retention task against the repository at `location`.
@@ -49,9 +52,10 @@ pub async fn run(
 ) -> Result<(RetentionOutcome, Expiry), MoverError> {
     let grace = SignedDuration::from_secs(i64::try_from(task.grace_seconds).unwrap_or(i64::MAX));
     let store = S3Store { aws, location };
-    let expiry = match &task.policy {
-        Some(policy) => expire(aws, location, task, policy, now).await?,
-        None => Expiry::default(),
+    let expiry = if task.policy.is_some() || !task.delete.is_empty() {
+        expire(aws, location, task, now).await?
+    } else {
+        Expiry::default()
     };
     let keys: Vec<String> = expiry
         .expired
@@ -99,20 +103,26 @@ fn to_k8s(t: Timestamp) -> k8s_openapi::jiff::Timestamp {
         .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
 }
 
-/// The policy's restore points the rules no longer keep.
+/// The policy's restore points the rules no longer keep, and those asked
+/// for by name; never a held one, nor one a restore reads.
 async fn expire(
     aws: &AwsClients,
     location: &RepositoryLocation,
     task: &RetentionTask,
-    policy: &str,
     now: Timestamp,
 ) -> Result<Expiry, MoverError> {
     let rules = Rules::of(&task.rules).map_err(|detail| MoverError::InvalidTask(detail.clone()))?;
     let zone = TimeZone::get(&task.time_zone)
         .map_err(|e| MoverError::InvalidTask(format!("time zone {:?}: {e}", task.time_zone)))?;
+    let store = S3Store { aws, location };
+    let holds_prefix = location.holds_prefix();
+    let mut held: BTreeSet<String> = task.in_use.iter().cloned().collect();
+    for_each_object(&store, &holds_prefix, |o: Object| {
+        held.insert(o.key[holds_prefix.len()..].to_string());
+    })
+    .await?;
     let prefix = location.restore_points_prefix();
     let mut keys = Vec::new();
-    let store = S3Store { aws, location };
     for_each_object(&store, &prefix, |o: Object| {
         if o.key.ends_with(".json") {
             keys.push(o.key);
@@ -156,16 +166,24 @@ async fn expire(
                 continue;
             }
         };
-        if m.policy.as_deref() != Some(policy) {
+        if task.delete.contains(&id) {
+            if held.contains(&id) {
+                expiry.held_back.push(id.clone());
+            } else {
+                expiry.expired.push(id.clone());
+                continue;
+            }
+        }
+        if task.policy.is_none() || m.policy != task.policy {
             continue;
         }
         by_resource
             .entry(format!("{}/{}", m.region, m.resource))
             .or_default()
             .push(Candidate {
+                held: held.contains(&id),
                 id,
                 created,
-                held: false,
             });
     }
     for verdicts in apply_per_resource(&rules, &zone, by_resource, now).into_values() {

@@ -332,6 +332,13 @@ async fn retention(aws: &AwsClients, task: &WorkerTask) -> Result<Done, Failure>
         outcome.pending_chunks,
         mib(outcome.pending_bytes),
     );
+    if !expiry.held_back.is_empty() {
+        detail.push_str(&format!(
+            "; {} restore point(s) asked to be deleted are held or being restored and stay, {} first",
+            expiry.held_back.len(),
+            expiry.held_back[0]
+        ));
+    }
     if !expiry.skipped.is_empty() {
         detail.push_str(&format!(
             "; {} restore point(s) left alone because they do not verify, {} first",

@@ -85,6 +85,10 @@ sessions. A ClusterRole for all namespaces, or a Role in watchNamespace.
 - apiGroups: ["tender.dev"]
   resources: ["restorepoints"]
   verbs: ["list", "create", "delete"]
+# Whether the repository records a hold on it.
+- apiGroups: ["tender.dev"]
+  resources: ["restorepoints/status"]
+  verbs: ["patch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

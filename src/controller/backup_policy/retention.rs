@@ -12,15 +12,16 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
-use kube::api::{DeleteParams, ObjectMeta, PostParams, PropagationPolicy};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams, PropagationPolicy};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use tracing::info;
 
 use crate::api::conditions::DesiredCondition;
+use crate::api::restore_point::{DELETE_ANNOTATION, REPOSITORY_LABEL};
 use crate::api::{
-    BackupPolicy, BackupPolicyStatus, JobLimits, LastRetention, Phase, RetentionJob,
+    BackupPolicy, BackupPolicyStatus, JobLimits, LastRetention, Phase, RestorePoint, RetentionJob,
     RetentionJobSpec,
 };
 use crate::controller::retention_job::EXPECTED_CHUNKS_ANNOTATION;
@@ -63,7 +64,7 @@ pub fn parse(policy: &BackupPolicy) -> std::result::Result<Option<Parsed>, Strin
 pub async fn reconcile(
     ctx: &Context,
     policy: &BackupPolicy,
-    parsed: Option<&Parsed>,
+    parsed: std::result::Result<Option<&Parsed>, &str>,
     zone: &TimeZone,
     status: &mut BackupPolicyStatus,
     now: Timestamp,
@@ -80,10 +81,25 @@ pub async fn reconcile(
     if let Some(last) = finished.first() {
         status.last_retention = Some(last_retention(last));
     }
-    let Some(parsed) = parsed else {
-        status.active_retention = active.first().map(|j| j.name_any());
-        status.next_retention_time = None;
-        return Ok((None, None));
+    let parsed = match parsed {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => {
+            status.active_retention = active.first().map(|j| j.name_any());
+            status.next_retention_time = None;
+            return Ok((None, None));
+        }
+        // Backups go on; only retention waits for the fix.
+        Err(message) => {
+            status.active_retention = active.first().map(|j| j.name_any());
+            status.next_retention_time = None;
+            let condition = DesiredCondition::new(
+                RETENTION_FAILED,
+                true,
+                "InvalidRetention",
+                format!("{message}; no retention run starts until it is fixed (backups go on)"),
+            );
+            return Ok((None, Some(condition)));
+        }
     };
     let mut active: Vec<String> = active.iter().map(|j| j.name_any()).collect();
     let decision = runs::decide(&Observed {
@@ -110,7 +126,8 @@ pub async fn reconcile(
             );
         } else {
             let name = runs::job_name(&policy.name_any(), due);
-            let job = job_for(ctx, policy, &name, due, status)?;
+            let mut job = job_for(ctx, policy, &name, due, status)?;
+            job.spec.delete_restore_points = asked_to_delete(ctx, policy, &ns).await?;
             match api.create(&PostParams::default(), &job).await {
                 Ok(_) => {
                     ctx.event(
@@ -156,6 +173,28 @@ pub async fn reconcile(
     };
     Ok((decision.next, condition))
 }
+
+/// Restore points of the policy's repository in this namespace whose
+/// RestorePoint is annotated `tender.dev/delete: "true"` (the first 100).
+async fn asked_to_delete(ctx: &Context, policy: &BackupPolicy, ns: &str) -> Result<Vec<String>> {
+    let api: Api<RestorePoint> = Api::namespaced(ctx.client.clone(), ns);
+    let selector = format!("{REPOSITORY_LABEL}={}", policy.spec.repository_ref.name);
+    let mut ids: Vec<String> = api
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| p.annotations().get(DELETE_ANNOTATION).map(String::as_str) == Some("true"))
+        .map(|p| p.spec.id)
+        .collect();
+    ids.sort();
+    ids.truncate(MAX_DELETIONS);
+    Ok(ids)
+}
+
+/// Restore points one run deletes by request at most (the rest go in the
+/// next run): the task travels in the worker's user data (16 KiB).
+const MAX_DELETIONS: usize = 100;
 
 fn phase(job: &RetentionJob) -> Phase {
     job.status.as_ref().map(|s| s.phase).unwrap_or_default()
@@ -295,6 +334,7 @@ fn job_for(
             policy: Some(policy.name_any()),
             retention: rules,
             time_zone: Some(policy.spec.time_zone.clone()),
+            delete_restore_points: Vec::new(),
             limits: JobLimits::default(),
             suspend: false,
         },

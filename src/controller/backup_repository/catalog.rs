@@ -11,11 +11,13 @@ use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Api, Resource, ResourceExt};
 use tracing::warn;
 
-use crate::api::restore_point::{REPOSITORY_LABEL, object_name};
+use crate::api::restore_point::{
+    HOLD_ANNOTATION, REPOSITORY_LABEL, RestorePointStatus, object_name,
+};
 use crate::api::{BackupRepository, LocalObjectReference, RestorePoint, RestorePointSpec};
 use crate::aws::AwsClients;
 use crate::controller::job::configuration::admits;
-use crate::controller::{Context, Result};
+use crate::controller::{Context, Result, apply_status};
 use crate::mover::manifest::{Manifest, RepositoryLocation};
 use crate::mover::{self, MoverError};
 
@@ -23,6 +25,9 @@ use crate::mover::{self, MoverError};
 /// new restore points is caught up over a few counts, never in one long
 /// reconcile.
 const NEW_PER_PASS: usize = 200;
+
+/// Restore point IDs by namespace.
+pub type ByNamespace = BTreeMap<String, BTreeSet<String>>;
 
 /// What one catalog pass did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -41,7 +46,7 @@ pub async fn sync(
     ctx: &Context,
     aws: &AwsClients,
     repo: &BackupRepository,
-    ids: &BTreeMap<String, BTreeSet<String>>,
+    (ids, holds): (&ByNamespace, &ByNamespace),
 ) -> Result<Synced> {
     let mut synced = Synced::default();
     let mut budget = NEW_PER_PASS;
@@ -64,6 +69,15 @@ pub async fn sync(
             }
         }
         let location = RepositoryLocation::of(&repo.spec, &ns);
+        let held = holds.get(&ns).unwrap_or(&none);
+        for point in existing
+            .items
+            .iter()
+            .filter(|p| listed.contains(&p.spec.id))
+        {
+            let recorded = held.contains(&point.spec.id);
+            sync_hold(ctx, aws, (&api, &location), point, recorded).await?;
+        }
         for id in listed.iter().filter(|id| !known.contains(id.as_str())) {
             let Some(name) = object_name(id) else {
                 warn!(
@@ -98,13 +112,67 @@ pub async fn sync(
             };
             let object = object_of(repo, &ns, &name, &manifest);
             match api.create(&PostParams::default(), &object).await {
-                Ok(_) => synced.created += 1,
+                Ok(created) => {
+                    synced.created += 1;
+                    let recorded = held.contains(id);
+                    sync_hold(ctx, aws, (&api, &location), &created, recorded).await?;
+                }
                 Err(kube::Error::Api(e)) if e.code == 409 => {}
                 Err(e) => return Err(e.into()),
             }
         }
     }
     Ok(synced)
+}
+
+/// Carries out what the object's hold annotation asks (`"true"` records a
+/// hold in the repository, `"false"` removes it; absent leaves the
+/// repository's record as it is, another cluster's included) and shows
+/// the repository's record in `status.held`.
+async fn sync_hold(
+    ctx: &Context,
+    aws: &AwsClients,
+    (api, location): (&Api<RestorePoint>, &RepositoryLocation),
+    point: &RestorePoint,
+    recorded: bool,
+) -> Result<()> {
+    let key = location.hold_key(&point.spec.id);
+    let held = match point.annotations().get(HOLD_ANNOTATION).map(String::as_str) {
+        Some("true") => {
+            if !recorded {
+                let body = serde_json::json!({
+                    "restorePoint": point.spec.id,
+                    "heldBy": format!(
+                        "RestorePoint {}/{}",
+                        point.namespace().unwrap_or_default(),
+                        point.name_any()
+                    ),
+                    "cluster": ctx.cluster_id,
+                });
+                aws.repository()
+                    .put_object(
+                        location,
+                        &key,
+                        body.to_string().into_bytes(),
+                        "application/json",
+                    )
+                    .await?;
+            }
+            true
+        }
+        Some("false") => {
+            if recorded {
+                aws.repository().delete_object(location, &key).await?;
+            }
+            false
+        }
+        _ => recorded,
+    };
+    if point.status.as_ref().map(|s| s.held) != Some(held) {
+        let status = RestorePointStatus { held };
+        apply_status(api, point, &status, &ctx.metrics).await?;
+    }
+    Ok(())
 }
 
 /// Namespaces whose part this controller catalogs: they exist, are in its
@@ -151,6 +219,7 @@ fn object_of(repo: &BackupRepository, ns: &str, name: &str, m: &Manifest) -> Res
             owner_references: owner.map(|o| vec![o]),
             ..Default::default()
         },
+        status: None,
         spec: RestorePointSpec {
             repository_ref: LocalObjectReference {
                 name: repo.name_any(),

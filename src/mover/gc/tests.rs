@@ -229,3 +229,46 @@ fn fates_follow_the_two_phase_rules() {
     );
     assert_eq!(judge.fate(false, &[], t(50)), Fate::Condemn);
 }
+
+#[test]
+fn a_backup_outlives_only_a_list_written_while_it_ran_once_that_list_is_ripe() {
+    let t = |s: i64| Timestamp::from_second(1_800_000_000 + s).expect("time");
+    let grace = SignedDuration::from_secs(10_000);
+    // (visible, started, now, outlives): the margin is 1 % of the grace
+    // period (100 s).
+    let cases = [
+        (
+            "read at the start, long ago",
+            t(-50_000),
+            t(0),
+            t(90_000),
+            false,
+        ),
+        (
+            "read at the start, 100 s before",
+            t(-101),
+            t(0),
+            t(90_000),
+            false,
+        ),
+        (
+            "within the clock margin of the start",
+            t(-99),
+            t(0),
+            t(9_901),
+            true,
+        ),
+        (
+            "written while it ran, not ripe",
+            t(500),
+            t(0),
+            t(10_399),
+            false,
+        ),
+        ("ripe within the margin", t(500), t(0), t(10_400), true),
+        ("ripe", t(500), t(0), t(20_000), true),
+    ];
+    for (name, visible, started, now, want) in cases {
+        assert_eq!(outlives(visible, grace, started, now), want, "{name}");
+    }
+}
