@@ -160,3 +160,106 @@ async fn a_fresh_controller_lists_what_an_existing_repository_holds() {
     let left = wait_catalog(&env, &repository, |c| !c.contains_key("nightly-1.disk-1")).await;
     assert_eq!(left.len(), 2);
 }
+
+/// A hold placed through a RestorePoint is recorded in the repository and
+/// keeps the restore point from expiry; a deletion asked for by
+/// annotation is carried out by the next retention run; a hold released
+/// is removed from the repository.
+#[tokio::test]
+async fn holds_keep_restore_points_and_deletions_reach_the_next_retention_run() {
+    use kube::api::{Patch, PatchParams, PostParams};
+    use serde_json::json;
+    use tender::api::{BackupPolicy, RetentionJob};
+
+    let env = TestEnv::without_controller("catalog-holds").await;
+    env.start_controller_with(&["--gc-grace-seconds", "20"], &[]);
+    env.default_configuration().await;
+    let repository = env.repository().await;
+    let repo: BackupRepository = env
+        .cluster_api()
+        .get(&repository)
+        .await
+        .expect("the repository");
+    let loc = RepositoryLocation::of(&repo.spec, &env.namespace);
+    let aws = AwsClients::from_env().await;
+    let s3 = disks::s3().await;
+    for (run, seed) in [("run-1", 21), ("run-2", 23), ("run-3", 25)] {
+        back_up(&aws, &loc, (run, "disk-1"), Some("keep-one"), seed).await;
+    }
+    back_up(&aws, &loc, ("manual", "disk-2"), None, 27).await;
+    wait_catalog(&env, &repository, |c| c.len() == 4).await;
+
+    let points = env.api::<RestorePoint>();
+    let annotate = |name: &'static str, key: &'static str, value: &'static str| {
+        let points = points.clone();
+        async move {
+            let patch = json!({"metadata": {"annotations": {key: value}}});
+            points
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .expect("annotate the RestorePoint");
+        }
+    };
+    annotate("run-1.disk-1", "tender.dev/hold", "true").await;
+    annotate("manual.disk-2", "tender.dev/delete", "true").await;
+    let hold_key = loc.hold_key("run-1/disk-1");
+    wait_catalog(&env, &repository, |c| {
+        c["run-1.disk-1"].status.as_ref().is_some_and(|s| s.held)
+    })
+    .await;
+    assert!(
+        disks::keys(&s3, &loc.bucket, &hold_key).await.contains(&hold_key),
+        "the hold is recorded in the repository"
+    );
+
+    let policy: BackupPolicy = serde_json::from_value(json!({
+        "apiVersion": "tender.dev/v1alpha1", "kind": "BackupPolicy",
+        "metadata": {"name": "keep-one"},
+        "spec": {
+            "schedule": "0 0 1 1 *",
+            "region": REGION,
+            "resources": [{"instanceId": "i-0123456789abcdef0"}],
+            "repositoryRef": {"name": repository},
+            "retention": {"keepLast": 1, "schedule": "* * * * *"},
+        }
+    }))
+    .expect("a policy");
+    env.api::<BackupPolicy>()
+        .create(&PostParams::default(), &policy)
+        .await
+        .expect("create the policy");
+    let run = eventually(Duration::from_secs(150), || async {
+        let jobs = env
+            .api::<RetentionJob>()
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items;
+        let job = jobs.into_iter().next()?;
+        job.status
+            .as_ref()
+            .is_some_and(|s| s.phase.is_finished())
+            .then_some(job)
+    })
+    .await;
+    assert_eq!(run.spec.delete_restore_points, ["manual/disk-2"]);
+    let status = run.status.expect("status");
+    assert_eq!(status.phase, tender::api::Phase::Succeeded, "{status:?}");
+    let outcome = status.workers[0].outcome.clone().expect("outcome");
+    let mut expired = outcome.expired.clone();
+    expired.sort();
+    // run-1 is held: keepLast 1 keeps run-3, expires run-2 only; the
+    // manual one goes because it was asked for.
+    assert_eq!(expired, ["manual/disk-2", "run-2/disk-1"]);
+    let left = wait_catalog(&env, &repository, |c| c.len() == 2).await;
+    let names: Vec<&str> = left.keys().map(String::as_str).collect();
+    assert_eq!(names, ["run-1.disk-1", "run-3.disk-1"]);
+
+    // Released: the repository forgets the hold.
+    annotate("run-1.disk-1", "tender.dev/hold", "false").await;
+    wait_catalog(&env, &repository, |c| {
+        c["run-1.disk-1"].status.as_ref().is_some_and(|s| !s.held)
+    })
+    .await;
+    assert!(disks::keys(&s3, &loc.bucket, &hold_key).await.is_empty());
+}
