@@ -34,7 +34,10 @@ pub struct AgentDownload {
 /// file-level browser). The agent needs no more: it reads disks through
 /// the EBS direct APIs and restore points from S3, never a block device, so
 /// it gets none (`PrivateDevices`); the task (root's, mode 0600) reaches it
-/// as a systemd credential. Its logs go to the journal.
+/// as a systemd credential. Its logs go to the journal. Garbage
+/// collection spills chunk hashes to its cache directory
+/// (`/var/cache/tender-worker`, on the root volume), not to `/tmp`, which
+/// is memory on many images (a tmpfs on Amazon Linux 2023).
 const WORKER_UNIT: &str = "[Unit]
 Description=Tender worker agent
 Wants=network-online.target
@@ -55,6 +58,7 @@ ProtectKernelTunables=yes
 ProtectKernelModules=yes
 ProtectControlGroups=yes
 RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
+CacheDirectory=tender-worker
 ";
 
 /// The script; `@TASK@`, `@VERSION@`, `@SHA256@`, `@URL@` and `@UNIT@` are
@@ -191,6 +195,7 @@ mod tests {
             "NoNewPrivileges=yes",
             "PrivateDevices=yes",
             "LoadCredential=task:/run/tender/task.json",
+            "CacheDirectory=tender-worker",
         ] {
             assert!(
                 script.contains(&format!("\n{unprivileged}\n")),

@@ -208,7 +208,9 @@ async fn holds_keep_restore_points_and_deletions_reach_the_next_retention_run() 
     })
     .await;
     assert!(
-        disks::keys(&s3, &loc.bucket, &hold_key).await.contains(&hold_key),
+        disks::keys(&s3, &loc.bucket, &hold_key)
+            .await
+            .contains(&hold_key),
         "the hold is recorded in the repository"
     );
 

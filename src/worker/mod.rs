@@ -318,10 +318,14 @@ async fn retention(aws: &AwsClients, task: &WorkerTask) -> Result<Done, Failure>
         ));
     };
     let now = jiff::Timestamp::now();
-    let (outcome, expiry) =
-        mover::retention::run(aws, repository, retention, &std::env::temp_dir(), now)
-            .await
-            .map_err(|e| mover_failure(e, repository))?;
+    // The unit's cache directory, on the root volume (systemd names it);
+    // /tmp is memory on many images.
+    let spill = std::env::var_os("CACHE_DIRECTORY")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let (outcome, expiry) = mover::retention::run(aws, repository, retention, &spill, now)
+        .await
+        .map_err(|e| mover_failure(e, repository))?;
     let mut detail = format!(
         "expired {} restore point(s), kept {}; {} restore point(s) left; deleted {} chunk(s) ({}), {} chunk(s) ({}) waiting for their grace period",
         outcome.expired_restore_points,
