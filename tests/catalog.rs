@@ -230,6 +230,24 @@ async fn holds_keep_restore_points_and_deletions_reach_the_next_retention_run() 
         .create(&PostParams::default(), &policy)
         .await
         .expect("create the policy");
+    // Before its first run, the policy says what the run will delete
+    // (unless the run came first: the minute may be that near).
+    let preview = eventually(TIMEOUT, || async {
+        let p = env.api::<BackupPolicy>().get("keep-one").await.ok()?;
+        p.status?.retention_preview
+    })
+    .await;
+    let started = !env
+        .api::<RetentionJob>()
+        .list(&ListParams::default())
+        .await
+        .expect("list RetentionJobs")
+        .items
+        .is_empty();
+    if !started {
+        assert_eq!(preview.expires, ["manual/disk-2", "run-2/disk-1"]);
+        assert_eq!(preview.restore_points, 3);
+    }
     let run = eventually(Duration::from_secs(150), || async {
         let jobs = env
             .api::<RetentionJob>()
@@ -256,6 +274,13 @@ async fn holds_keep_restore_points_and_deletions_reach_the_next_retention_run() 
     let left = wait_catalog(&env, &repository, |c| c.len() == 2).await;
     let names: Vec<&str> = left.keys().map(String::as_str).collect();
     assert_eq!(names, ["run-1.disk-1", "run-3.disk-1"]);
+    // Nothing more to expire: run-1 is held, run-3 is the newest.
+    eventually(TIMEOUT, || async {
+        let p = env.api::<BackupPolicy>().get("keep-one").await.ok()?;
+        let preview = p.status?.retention_preview?;
+        (preview.restore_points == 2 && preview.expires_count == 0).then_some(())
+    })
+    .await;
 
     // Released: the repository forgets the hold.
     annotate("run-1.disk-1", "tender.dev/hold", "false").await;

@@ -259,6 +259,27 @@ pub struct BackupPolicyStatus {
     /// The last retention run that finished, and what it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_retention: Option<LastRetention>,
+    /// What the next retention run will expire, by the rules as they are
+    /// now (a change of `retention` shows here before any run acts on it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_preview: Option<RetentionPreview>,
+}
+
+/// What the next retention run will expire.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionPreview {
+    /// The time the rules were applied at (the next run's).
+    pub at: Time,
+    /// The policy's restore points in the catalog (RestorePoints).
+    pub restore_points: i64,
+    /// How many the run will delete: the policy's expired by the rules,
+    /// and any of the repository's in this namespace asked for with
+    /// `tender.dev/delete` (never a held one).
+    pub expires_count: i64,
+    /// The first 20 of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expires: Vec<String>,
 }
 
 /// A finished retention run.

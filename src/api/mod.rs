@@ -20,6 +20,7 @@ pub use backup_job::{
 pub use backup_policy::{
     BackupPolicy, BackupPolicySpec, BackupPolicyStatus, InstanceSelector, LastRetention,
     MissingResource, PolicyJobLimits, PolicyResource, PolicyRetention, ProtectedResource,
+    RetentionPreview,
 };
 pub use backup_repository::{
     BackupRepository, BackupRepositorySpec, BackupRepositoryStatus, EncryptionKind,

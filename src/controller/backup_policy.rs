@@ -10,6 +10,7 @@
 //! when it comes back, within `startingDeadlineSeconds`.
 
 mod history;
+mod preview;
 mod resources;
 mod retention;
 

@@ -86,6 +86,7 @@ pub async fn reconcile(
         Ok(None) => {
             status.active_retention = active.first().map(|j| j.name_any());
             status.next_retention_time = None;
+            status.retention_preview = None;
             return Ok((None, None));
         }
         // Backups go on; only retention waits for the fix.
@@ -153,6 +154,8 @@ pub async fn reconcile(
     }
     status.active_retention = active.first().cloned();
     status.next_retention_time = decision.next.map(Time);
+    let at = decision.next.unwrap_or(now);
+    status.retention_preview = super::preview::preview(ctx, policy, zone, at).await?;
     let condition = match &status.last_retention {
         Some(last) if last.phase == "Failed" => Some(DesiredCondition::new(
             RETENTION_FAILED,

@@ -88,3 +88,59 @@ fn the_next_run_is_awaited_to_its_minute_but_never_longer_than_the_refresh() {
     assert_eq!(requeue_after(Some(far), now), REFRESH);
     assert_eq!(requeue_after(None, now), REFRESH);
 }
+
+#[test]
+fn the_preview_names_what_the_next_run_expires() {
+    use crate::api::restore_point::{DELETE_ANNOTATION, RestorePointStatus};
+    use crate::api::{RestorePoint, RestorePointSpec};
+    use crate::policy::retention::{Retention, Rules};
+    let point = |job: &str, minute: i64, policy: Option<&str>| {
+        let id = format!("{job}/i-1");
+        let mut p = RestorePoint::new(
+            &format!("{job}.i-1"),
+            RestorePointSpec {
+                repository_ref: LocalObjectReference {
+                    name: "main".into(),
+                },
+                id,
+                resource: "i-1".into(),
+                region: "eu-west-1".into(),
+                created_at: Time(Timestamp::from_second(1_800_000_000 + minute * 60).expect("t")),
+                job_name: job.into(),
+                policy: policy.map(String::from),
+                parent: None,
+                volumes: 1,
+                logical_bytes: 0,
+                stored_bytes: 0,
+            },
+        );
+        if let Some(name) = policy {
+            p.labels_mut().insert(POLICY_LABEL.into(), name.into());
+        }
+        p
+    };
+    let mut held = point("a", 1, Some("nightly"));
+    held.status = Some(RestorePointStatus { held: true });
+    let mut asked = point("manual", 0, None);
+    asked
+        .annotations_mut()
+        .insert(DELETE_ANNOTATION.into(), "true".into());
+    let points = [
+        held,
+        point("b", 2, Some("nightly")),
+        point("c", 3, Some("nightly")),
+        point("other", 4, Some("weekly")),
+        asked,
+    ];
+    let rules = Rules::of(&Retention {
+        keep_last: Some(1),
+        ..Retention::default()
+    })
+    .expect("rules");
+    let at = Timestamp::from_second(1_800_010_000).expect("t");
+    let p = preview::expiring(&rules, &TimeZone::UTC, ("nightly", &points), at);
+    // keepLast 1 keeps c; a is held; b expires; another policy's point is
+    // not this policy's to expire; the one asked for goes.
+    assert_eq!(p.expires, ["b/i-1", "manual/i-1"]);
+    assert_eq!((p.expires_count, p.restore_points), (2, 3));
+}
