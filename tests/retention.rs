@@ -254,6 +254,28 @@ async fn keep_last_two_leaves_the_two_newest_and_exactly_their_chunks() {
     assert_eq!(last.phase, "Succeeded");
     assert_eq!(last.outcome.map(|o| o.deleted_chunks), Some(2));
     assert!(status.next_retention_time.is_some());
+
+    // The repository tells the truth about space: what its restore points
+    // describe, what they reference, nothing left to reclaim.
+    let run = format!("{}/{}", env.namespace, runs[1].name_any());
+    let repo = env
+        .wait_repository("repo", TIMEOUT, |r| {
+            r.status
+                .as_ref()
+                .and_then(|s| s.space.as_ref())
+                .is_some_and(|s| s.last_retention.as_deref() == Some(run.as_str()))
+        })
+        .await;
+    let space = repo.status.and_then(|s| s.space).expect("space");
+    // Three restore points of three blocks and one of one, in 6 chunks.
+    assert_eq!(space.logical_bytes, 10 * BLOCK as i64, "{space:?}");
+    assert_eq!(space.deduplication_ratio.as_deref(), Some("1.67"));
+    assert!(space.compression_ratio.is_some(), "{space:?}");
+    assert_eq!(
+        space.last_retention_deleted_bytes,
+        second.deleted_bytes as i64
+    );
+    assert_eq!((space.reclaimable_bytes, space.reclaimable_at), (0, None));
 }
 
 #[tokio::test]

@@ -177,4 +177,43 @@ pub struct BackupRepositoryStatus {
     /// change of the spec).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_checked_time: Option<Time>,
+    /// What the retention runs found, each namespace as of its last
+    /// successful run (absent until one ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub space: Option<RepositorySpace>,
+}
+
+/// The repository's space, from its retention runs.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositorySpace {
+    /// Bytes the live restore points describe (before deduplication and
+    /// compression).
+    pub logical_bytes: i64,
+    /// Bytes of the chunks they reference, as stored (compressed).
+    pub live_bytes: i64,
+    /// Logical bytes per byte of unique data (`logicalBytes` over the live
+    /// chunks' uncompressed size), such as `"4.20"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deduplication_ratio: Option<String>,
+    /// Unique data per stored byte, such as `"1.85"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression_ratio: Option<String>,
+    /// Bytes of condemned chunks a later retention run will delete.
+    pub reclaimable_bytes: i64,
+    /// When the first of them may go (each namespace's next retention run
+    /// after this deletes them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reclaimable_at: Option<Time>,
+    /// The last retention run on the repository
+    /// (`<namespace>/<RetentionJob>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_retention: Option<String>,
+    /// When it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_retention_time: Option<Time>,
+    /// Restore points it expired.
+    pub last_retention_expired: i64,
+    /// Bytes it deleted.
+    pub last_retention_deleted_bytes: i64,
 }

@@ -24,7 +24,7 @@ pub use backup_policy::{
 };
 pub use backup_repository::{
     BackupRepository, BackupRepositorySpec, BackupRepositoryStatus, EncryptionKind,
-    RepositoryEncryption, RepositoryIntegrity,
+    RepositoryEncryption, RepositoryIntegrity, RepositorySpace,
 };
 pub use job::{JobLimits, JobStatus, JobWorker, Phase, WorkerStatus};
 pub use restore_job::{

@@ -24,6 +24,7 @@ use crate::controller::events;
 use crate::mover::manifest::RepositoryLocation;
 
 mod catalog;
+mod space;
 
 /// What the check found wrong, for `Ready`.
 #[derive(Debug, PartialEq, Eq)]
@@ -81,6 +82,9 @@ pub async fn reconcile(repo: Arc<BackupRepository>, ctx: Arc<Context>) -> Result
             ],
         ),
     };
+    let runs = ctx.retentions.state();
+    let runs: Vec<&crate::api::RetentionJob> = runs.iter().map(|j| j.as_ref()).collect();
+    status.space = space::space(&repo.name_any(), &runs);
     status.phase = Some(phase.into());
     status.conditions = conditions::merge(
         &status.conditions,
