@@ -103,6 +103,7 @@ async fn a_fresh_controller_lists_what_an_existing_repository_holds() {
     copied.expect("copy a manifest");
 
     env.start_controller();
+    env.default_configuration().await;
     let found = wait_catalog(&env, &repository, |c| c.len() >= 3).await;
     let names: Vec<&str> = found.keys().map(String::as_str).collect();
     assert_eq!(
@@ -121,6 +122,21 @@ async fn a_fresh_controller_lists_what_an_existing_repository_holds() {
     assert_eq!((second.volumes, second.logical_bytes), (1, 512 * 1024));
     assert!(second.stored_bytes > 0, "{second:?}");
     assert_eq!(found["manual.disk-2"].spec.policy, None);
+
+    // A RestoreJob names a RestorePoint by its object's name.
+    env.create_restore(
+        "from-catalog",
+        "volume",
+        "nightly-2.disk-1",
+        serde_json::json!({}),
+    )
+    .await;
+    let restored = env
+        .wait_restore_finished("from-catalog", Duration::from_secs(120))
+        .await;
+    let status = restored.status.expect("status");
+    assert_eq!(status.phase, tender::api::Phase::Succeeded, "{status:?}");
+    assert_eq!(status.workers[0].resource, "nightly-2/disk-1");
     // The repository's Event names it.
     eventually(TIMEOUT, || async {
         env.events()

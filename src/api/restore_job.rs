@@ -12,8 +12,9 @@ use super::{
     SECURITY_GROUP_PATTERN, ZONE_PATTERN,
 };
 
-/// `<BackupJob name>/<resource ID>`.
-pub const RESTORE_POINT_PATTERN: &str = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-z0-9-]+$";
+/// `<BackupJob name>/<resource ID>`, or the name of its RestorePoint
+/// object, `<BackupJob name>.<resource ID>`.
+pub const RESTORE_POINT_PATTERN: &str = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?[/.][a-z0-9-]+$";
 
 /// Restore one resource (a whole instance, a volume, or files) from a
 /// restore point. `fileLevel` mode keeps a worker serving the file-level
@@ -69,8 +70,10 @@ pub struct RestoreJobSpec {
     /// What to restore: `full` (a new instance), `volume`, or `fileLevel`
     /// (browse and download files).
     pub mode: RestoreMode,
-    /// The restore point to restore from, `<BackupJob name>/<resource ID>`,
-    /// as a BackupJob records it in `status.workers[].restorePoint`.
+    /// The restore point to restore from: `<BackupJob name>/<resource ID>`,
+    /// as a BackupJob records it in `status.workers[].restorePoint`, or the
+    /// name of its RestorePoint (`<BackupJob name>.<resource ID>`, as
+    /// `kubectl get restorepoints` lists it).
     #[schemars(length(min = 1, max = 512), pattern(RESTORE_POINT_PATTERN))]
     pub restore_point: String,
     /// The BackupRepository that holds the restore point (required; it must
@@ -115,6 +118,27 @@ pub struct RestoreJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1440))]
     pub idle_timeout_minutes: Option<i32>,
+}
+
+impl RestoreJobSpec {
+    /// The restore point's ID (`<job>/<resource>`), however `restorePoint`
+    /// names it: a RestorePoint's name is `<job>.<resource>`, and a
+    /// resource ID holds no dot.
+    pub fn restore_point_id(&self) -> String {
+        restore_point_id(&self.restore_point)
+    }
+}
+
+/// The ID `<job>/<resource>` of a restore point named by its ID or by its
+/// RestorePoint's name.
+pub fn restore_point_id(named: &str) -> String {
+    if named.contains('/') {
+        return named.to_string();
+    }
+    match named.rsplit_once('.') {
+        Some((job, resource)) => format!("{job}/{resource}"),
+        None => named.to_string(),
+    }
 }
 
 /// Where "Restore selected" copies files: under
@@ -233,4 +257,21 @@ pub struct MachineImage {
     pub virtualization_type: String,
     /// The device the instance boots from, for example `/dev/xvda`.
     pub root_device_name: String,
+}
+
+#[cfg(test)]
+mod restore_point_tests {
+    use super::restore_point_id;
+
+    #[test]
+    fn a_restore_point_is_named_by_its_id_or_its_restore_points_name() {
+        for (named, id) in [
+            ("nightly/i-0123456789abcdef0", "nightly/i-0123456789abcdef0"),
+            ("nightly.i-0123456789abcdef0", "nightly/i-0123456789abcdef0"),
+            ("a.b.snap-1", "a.b/snap-1"),
+            ("a.b/snap-1", "a.b/snap-1"),
+        ] {
+            assert_eq!(restore_point_id(named), id, "{named}");
+        }
+    }
 }

@@ -50,7 +50,7 @@ impl WorkerJob for RestoreJob {
     }
     fn targets(&self) -> Vec<Target> {
         vec![Target {
-            id: self.spec.restore_point.clone(),
+            id: self.spec.restore_point_id(),
             region: self.spec.region.clone(),
         }]
     }

@@ -40,7 +40,7 @@ impl RetentionJob {
             .filter(|r| r.namespace() == self.namespace())
             .filter(|r| r.spec.repository_ref.as_ref().map(|r| &r.name) == repository)
             .filter(|r| !r.status.as_ref().is_some_and(|s| s.phase.is_finished()))
-            .map(|r| r.spec.restore_point.clone())
+            .map(|r| r.spec.restore_point_id())
             .collect();
         ids.sort();
         ids.dedup();

@@ -57,7 +57,7 @@ async fn restore_point(job: &RestoreJob, ctx: &Context) -> Result<Option<NotLoca
         return Ok(None);
     };
     let location = RepositoryLocation::of(&repo.spec, &job.namespace().unwrap_or_default());
-    let key = location.manifest_key(&job.spec.restore_point);
+    let key = location.manifest_key(&job.spec.restore_point_id());
     let access = Access::new(repo.spec.access.as_ref(), &["repository", &repo.name_any()]);
     let aws = ctx.aws.scoped(&access).await;
     let listing = aws
@@ -69,7 +69,7 @@ async fn restore_point(job: &RestoreJob, ctx: &Context) -> Result<Option<NotLoca
             reason: FailureReason::RestorePointNotFound,
             message: format!(
                 "restore point {} is not in BackupRepository {:?} (no s3://{}/{key}); pick one that `kubectl get restorepoints` lists",
-                job.spec.restore_point,
+                job.spec.restore_point_id(),
                 repo.name_any(),
                 repo.spec.bucket
             ),
