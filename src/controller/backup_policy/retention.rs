@@ -1,10 +1,12 @@
 //! A policy's retention runs: one RetentionJob per scheduled time of
 //! `spec.retention.schedule` (CronJob's rules, `Forbid`), named like the
-//! policy's backup runs and owned by it. Runs of policies that share a
-//! repository in one namespace never overlap: a run waits while another
-//! policy's run on the same repository is active (collections of one
-//! namespace part are serialized, so that one's view of the chunks is
-//! never another's half-done work).
+//! policy's backup runs and owned by it. A run waits while another
+//! policy's run on the same repository in this namespace is active, as
+//! this controller's cache shows it, and the policy says so. That keeps
+//! runs apart where it can; it is not a lock (two policies reconciled at
+//! the same moment, or a RetentionJob made by hand, may still overlap),
+//! and nothing relies on it: each collection is safe on its own against
+//! any other and against backups (`mover::gc`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -119,12 +121,17 @@ pub async fn reconcile(
         active: &active,
         now,
     });
+    let mut waiting = None;
     if let Some(due) = decision.start {
         if let Some(other) = busy_repository(ctx, policy, &ns) {
             info!(
                 other,
                 "retention run waits for another policy's run on the same repository"
             );
+            waiting = Some(format!(
+                "the retention run of {} waits for RetentionJob {other} (another policy's) on the same repository to finish",
+                due.to_zoned(zone.clone())
+            ));
         } else {
             let name = runs::job_name(&policy.name_any(), due);
             let mut job = job_for(ctx, policy, &name, due, status)?;
@@ -167,12 +174,17 @@ pub async fn reconcile(
                 last.message.as_deref().unwrap_or("see the RetentionJob")
             ),
         )),
-        _ => Some(DesiredCondition::new(
-            RETENTION_FAILED,
-            false,
-            "RetentionRunsSucceed",
-            String::new(),
-        )),
+        _ => Some(match waiting {
+            Some(message) => {
+                DesiredCondition::new(RETENTION_FAILED, false, "WaitingForAnotherRun", message)
+            }
+            None => DesiredCondition::new(
+                RETENTION_FAILED,
+                false,
+                "RetentionRunsSucceed",
+                String::new(),
+            ),
+        }),
     };
     Ok((decision.next, condition))
 }
