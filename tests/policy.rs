@@ -118,6 +118,23 @@ async fn a_policy_runs_every_minute_on_time_and_a_restart_loses_and_doubles_no_r
     let status = done.status.clone().expect("status");
     assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
     assert_eq!(status.workers[0].resource, protected);
+    // Its restore point records the policy (the job's controlling owner),
+    // so the policy's retention rules apply to it.
+    let repo: tender::api::BackupRepository = env
+        .cluster_api()
+        .get(&env.repository().await)
+        .await
+        .expect("the repository");
+    let loc = tender::mover::manifest::RepositoryLocation::of(&repo.spec, &env.namespace);
+    let point = status.workers[0]
+        .restore_point
+        .clone()
+        .expect("a restore point");
+    let aws = tender::aws::AwsClients::from_env().await;
+    let manifest = tender::mover::load_manifest(&aws, &loc, &point)
+        .await
+        .expect("the restore point's manifest");
+    assert_eq!(manifest.policy.as_deref(), Some("every-minute"));
     let worker_id = status.workers[0]
         .instance_id
         .clone()

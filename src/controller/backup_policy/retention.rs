@@ -122,15 +122,32 @@ pub async fn reconcile(
         now,
     });
     let mut waiting = None;
+    let repository = ctx
+        .repositories
+        .get(&ObjectRef::new(&policy.spec.repository_ref.name));
     if let Some(due) = decision.start {
-        if let Some(other) = busy_repository(ctx, policy, &ns) {
+        if repository.is_none() {
+            // Its region is where the worker runs: without it the run
+            // could only fail; it starts once the repository is there.
+            waiting = Some((
+                "RepositoryNotFound",
+                format!(
+                    "the retention run of {} waits: BackupRepository {:?} does not exist; create it or fix spec.repositoryRef",
+                    due.to_zoned(zone.clone()),
+                    policy.spec.repository_ref.name
+                ),
+            ));
+        } else if let Some(other) = busy_repository(ctx, policy, &ns) {
             info!(
                 other,
                 "retention run waits for another policy's run on the same repository"
             );
-            waiting = Some(format!(
-                "the retention run of {} waits for RetentionJob {other} (another policy's) on the same repository to finish",
-                due.to_zoned(zone.clone())
+            waiting = Some((
+                "WaitingForAnotherRun",
+                format!(
+                    "the retention run of {} waits for RetentionJob {other} (another policy's) on the same repository to finish",
+                    due.to_zoned(zone.clone())
+                ),
             ));
         } else {
             let name = runs::job_name(&policy.name_any(), due);
@@ -175,8 +192,8 @@ pub async fn reconcile(
             ),
         )),
         _ => Some(match waiting {
-            Some(message) => {
-                DesiredCondition::new(RETENTION_FAILED, false, "WaitingForAnotherRun", message)
+            Some((reason, message)) => {
+                DesiredCondition::new(RETENTION_FAILED, false, reason, message)
             }
             None => DesiredCondition::new(
                 RETENTION_FAILED,
@@ -304,7 +321,7 @@ fn job_for(
         .repositories
         .get(&ObjectRef::new(&policy.spec.repository_ref.name))
         .map(|r| r.spec.region.clone())
-        .unwrap_or_else(|| policy.spec.region.clone());
+        .ok_or(Error::MissingObjectKey("the policy's BackupRepository"))?;
     // The policy's configuration when it is in the repository's region,
     // else that region's default one: the worker runs next to the data.
     let configuration = policy.spec.worker_configuration_ref.clone().filter(|r| {
