@@ -102,6 +102,13 @@ pub async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<A
         .reconciles
         .get_or_create(&super::kind_labels("BackupPolicy"))
         .inc();
+    // A controller that has just started decides nothing on caches it has
+    // not listed yet: a run due now would find no configuration (and be
+    // reported missed), and jobs or retention runs would look absent.
+    super::garbage_collector::wait_until_ready(&ctx.configurations).await;
+    super::garbage_collector::wait_until_ready(&ctx.repositories).await;
+    super::garbage_collector::wait_until_ready(&ctx.jobs).await;
+    super::garbage_collector::wait_until_ready(&ctx.retentions).await;
     let ns = policy
         .namespace()
         .ok_or(Error::MissingObjectKey("namespace"))?;
