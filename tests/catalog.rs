@@ -17,31 +17,21 @@ use kube::api::{DeleteParams, ListParams};
 use tender::api::restore_point::REPOSITORY_LABEL;
 use tender::api::{BackupRepository, RestorePoint};
 use tender::aws::AwsClients;
+use tender::mover;
 use tender::mover::manifest::RepositoryLocation;
-use tender::mover::{self, BackupRequest, Progress};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
+/// A restore point of one 512 KiB block of data made from `seed`.
 async fn back_up(
     aws: &AwsClients,
     loc: &RepositoryLocation,
-    (job, resource): (&str, &str),
+    point: (&str, &str),
     policy: Option<&str>,
     seed: u64,
 ) {
     let data = disks::random_bytes(512 * 1024, seed);
-    let snapshot = disks::write_snapshot(aws, &data, 1).await;
-    let volumes = disks::snapshot_volume(&snapshot);
-    let uid = format!("uid-{job}");
-    let request = BackupRequest {
-        resource,
-        lineage: resource,
-        policy,
-        ..disks::backup_request(aws, loc, (job, &uid), &volumes)
-    };
-    mover::backup(request, &Progress::default())
-        .await
-        .expect("the backup succeeds");
+    disks::back_up_as(aws, loc, point, policy, &data).await;
 }
 
 /// The catalog of the test's repository in its namespace, by name.

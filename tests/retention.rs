@@ -24,7 +24,7 @@ use serde_json::json;
 use tender::api::{BackupRepository, Phase, RetentionJob};
 use tender::aws::AwsClients;
 use tender::mover::manifest::RepositoryLocation;
-use tender::mover::{self, BackupRequest, Progress, RestoreTarget};
+use tender::mover::{self, Progress, RestoreTarget};
 use tender::names::POLICY_LABEL;
 
 /// The controller's grace period in these tests (a day in production).
@@ -53,29 +53,6 @@ fn image(seeds: &[u64]) -> Vec<u8> {
         .iter()
         .flat_map(|s| disks::random_bytes(BLOCK, *s))
         .collect()
-}
-
-/// Backs `data` up as `job`'s restore point of `resource`, made by
-/// `policy` (`None`: a BackupJob made by hand).
-async fn back_up(
-    aws: &AwsClients,
-    loc: &RepositoryLocation,
-    (job, resource): (&str, &str),
-    policy: Option<&str>,
-    data: &[u8],
-) -> mover::manifest::Manifest {
-    let snapshot = disks::write_snapshot(aws, data, 1).await;
-    let volumes = disks::snapshot_volume(&snapshot);
-    let uid = format!("uid-{job}");
-    let request = BackupRequest {
-        resource,
-        lineage: resource,
-        policy,
-        ..disks::backup_request(aws, loc, (job, &uid), &volumes)
-    };
-    mover::backup(request, &Progress::default())
-        .await
-        .expect("the backup succeeds")
 }
 
 /// The chunk objects of the namespace part, by name.
@@ -168,15 +145,15 @@ async fn keep_last_two_leaves_the_two_newest_and_exactly_their_chunks() {
     let (env, aws, loc) = world("retention-keep-two").await;
     let s3 = disks::s3().await;
     // By hand, outside the policy: never expired by its rules.
-    back_up(&aws, &loc, ("manual", "disk-1"), None, &image(&[1, 3, 91])).await;
+    disks::back_up_as(&aws, &loc, ("manual", "disk-1"), None, &image(&[1, 3, 91])).await;
     // Four runs of disk-1: two blocks shared by all, one of each run's own.
     for run in 0..4u64 {
         let data = image(&[1, 3, 101 + 2 * run]);
         let job = format!("run-{run}");
-        back_up(&aws, &loc, (&job, "disk-1"), Some("keep-two"), &data).await;
+        disks::back_up_as(&aws, &loc, (&job, "disk-1"), Some("keep-two"), &data).await;
     }
     // One run of disk-2: its only restore point is its newest.
-    back_up(
+    disks::back_up_as(
         &aws,
         &loc,
         ("run-0", "disk-2"),
@@ -283,8 +260,8 @@ async fn a_backup_that_needs_condemned_chunks_restores_after_they_are_deleted() 
     let (env, aws, loc) = world("retention-rescue").await;
     let s3 = disks::s3().await;
     let x = image(&[7, 11]);
-    back_up(&aws, &loc, ("old", "disk-1"), Some("keep-one"), &x).await;
-    back_up(
+    disks::back_up_as(&aws, &loc, ("old", "disk-1"), Some("keep-one"), &x).await;
+    disks::back_up_as(
         &aws,
         &loc,
         ("new", "disk-1"),
@@ -319,7 +296,7 @@ async fn a_backup_that_needs_condemned_chunks_restores_after_they_are_deleted() 
 
     // A backup now needs x's data again: it writes it under rescue names,
     // never relying on a condemned chunk.
-    let again = back_up(&aws, &loc, ("again", "disk-1"), Some("keep-one"), &x).await;
+    let again = disks::back_up_as(&aws, &loc, ("again", "disk-1"), Some("keep-one"), &x).await;
     let names: Vec<&str> = again.volumes[0]
         .blocks
         .iter()

@@ -181,7 +181,7 @@ pub async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<A
     .await?;
     let jobs_api: Api<BackupJob> = Api::namespaced(ctx.client.clone(), &ns);
     for name in &runs.prune {
-        delete_job(&jobs_api, name).await?;
+        delete_run(&jobs_api, name).await?;
     }
     let (next_retention, retention_condition) = retention::reconcile(
         &ctx,
@@ -223,12 +223,12 @@ fn requeue_after(next: Option<Timestamp>, now: Timestamp) -> Duration {
         .max(Duration::from_millis(100))
 }
 
-/// The policy's own BackupJobs, from the shared job cache.
-fn own_jobs(ctx: &Context, policy: &BackupPolicy, ns: &str) -> Vec<Arc<BackupJob>> {
+/// The policy's own objects of a kind (its runs' BackupJobs or
+/// RetentionJobs) in `all`, from a shared cache: its label and its UID as
+/// owner.
+fn owned<K: Resource>(policy: &BackupPolicy, ns: &str, all: Vec<Arc<K>>) -> Vec<Arc<K>> {
     let uid = policy.uid();
-    ctx.jobs
-        .state()
-        .into_iter()
+    all.into_iter()
         .filter(|j| j.namespace().as_deref() == Some(ns))
         .filter(|j| j.labels().get(POLICY_LABEL) == Some(&policy.name_any()))
         .filter(|j| {
@@ -239,7 +239,17 @@ fn own_jobs(ctx: &Context, policy: &BackupPolicy, ns: &str) -> Vec<Arc<BackupJob
         .collect()
 }
 
-async fn delete_job(api: &Api<BackupJob>, name: &str) -> Result<()> {
+/// The policy's own BackupJobs, from the shared job cache.
+fn own_jobs(ctx: &Context, policy: &BackupPolicy, ns: &str) -> Vec<Arc<BackupJob>> {
+    owned(policy, ns, ctx.jobs.state())
+}
+
+/// Deletes one of the policy's runs (gone already is fine); its workers
+/// go through the run's own finalizer.
+async fn delete_run<K>(api: &Api<K>, name: &str) -> Result<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     let params = DeleteParams {
         propagation_policy: Some(PropagationPolicy::Background),
         ..Default::default()
@@ -297,7 +307,7 @@ async fn carry_out(
         return Ok(());
     };
     for name in &decision.replace {
-        delete_job(&jobs_api, name).await?;
+        delete_run(&jobs_api, name).await?;
         active.retain(|a| a != name);
         let note =
             format!("run {name} was deleted to start the run of {due} (concurrencyPolicy Replace)");

@@ -313,6 +313,30 @@ pub fn backup_request<'a>(
     }
 }
 
+/// Backs `data` (a fresh EBS snapshot of it) up as `job`'s restore point
+/// of `resource`, made by the BackupPolicy `policy` (`None`: a BackupJob
+/// made by hand), with the data mover a backup worker runs.
+pub async fn back_up_as(
+    aws: &AwsClients,
+    loc: &RepositoryLocation,
+    (job, resource): (&str, &str),
+    policy: Option<&str>,
+    data: &[u8],
+) -> tender::mover::manifest::Manifest {
+    let snapshot = write_snapshot(aws, data, 1).await;
+    let volumes = snapshot_volume(&snapshot);
+    let uid = format!("uid-{job}");
+    let request = BackupRequest {
+        resource,
+        lineage: resource,
+        policy,
+        ..backup_request(aws, loc, (job, &uid), &volumes)
+    };
+    tender::mover::backup(request, &tender::mover::Progress::default())
+        .await
+        .expect("the backup succeeds")
+}
+
 /// The one volume of a snapshot that came from no instance.
 pub fn snapshot_volume(snapshot_id: &str) -> [SourceVolume; 1] {
     [SourceVolume {

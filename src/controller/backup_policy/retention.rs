@@ -14,7 +14,7 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
-use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams, PropagationPolicy};
+use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
@@ -78,7 +78,7 @@ pub async fn reconcile(
     let mut finished: Vec<&Arc<RetentionJob>> = finished;
     finished.sort_by_key(|j| std::cmp::Reverse(completed_at(j)));
     for old in finished.iter().skip(HISTORY) {
-        delete(&api, &old.name_any()).await?;
+        super::delete_run(&api, &old.name_any()).await?;
     }
     if let Some(last) = finished.first() {
         status.last_retention = Some(last_retention(last));
@@ -242,18 +242,7 @@ fn completed_at(job: &RetentionJob) -> Timestamp {
 
 /// The policy's own RetentionJobs, from the shared cache.
 fn own_runs(ctx: &Context, policy: &BackupPolicy, ns: &str) -> Vec<Arc<RetentionJob>> {
-    let uid = policy.uid();
-    ctx.retentions
-        .state()
-        .into_iter()
-        .filter(|j| j.namespace().as_deref() == Some(ns))
-        .filter(|j| j.labels().get(POLICY_LABEL) == Some(&policy.name_any()))
-        .filter(|j| {
-            j.owner_references()
-                .iter()
-                .any(|o| Some(&o.uid) == uid.as_ref())
-        })
-        .collect()
+    super::owned(policy, ns, ctx.retentions.state())
 }
 
 /// An active RetentionJob of another owner on the same repository in this
@@ -285,18 +274,6 @@ fn last_retention(job: &RetentionJob) -> LastRetention {
         completion_time: status.completion_time.clone(),
         message,
         outcome: worker.and_then(|w| w.outcome.clone()),
-    }
-}
-
-async fn delete(api: &Api<RetentionJob>, name: &str) -> Result<()> {
-    let params = DeleteParams {
-        propagation_policy: Some(PropagationPolicy::Background),
-        ..Default::default()
-    };
-    match api.delete(name, &params).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
     }
 }
 
