@@ -1,6 +1,7 @@
 -- Argo CD health check for Tender's custom resources (tender.dev/v1alpha1):
 -- WorkerConfiguration, BackupRepository, BackupJob, RestoreJob,
--- BackupPolicy and RetentionJob. One script serves all six kinds;
+-- BackupPolicy, RetentionJob and VerificationJob. One script serves all
+-- seven kinds;
 -- argocd-cm.yaml embeds it under each kind's
 -- resource.customizations.health.tender.dev_<Kind> key.
 --

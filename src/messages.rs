@@ -163,6 +163,7 @@ impl WorkerTask {
             Operation::Restore if self.file_level.is_some() => WorkerProfile::FileLevel,
             Operation::Restore => WorkerProfile::Restore,
             Operation::Retention => WorkerProfile::Retention,
+            Operation::Verification => WorkerProfile::Verification,
         }
     }
 
@@ -187,6 +188,7 @@ pub enum Operation {
     Backup,
     Restore,
     Retention,
+    Verification,
 }
 
 impl Operation {
@@ -195,6 +197,7 @@ impl Operation {
             Operation::Backup => "backup",
             Operation::Restore => "restore",
             Operation::Retention => "retention",
+            Operation::Verification => "verification",
         }
     }
 }
@@ -210,14 +213,16 @@ pub enum WorkerProfile {
     Restore,
     FileLevel,
     Retention,
+    Verification,
 }
 
 impl WorkerProfile {
-    pub const ALL: [WorkerProfile; 4] = [
+    pub const ALL: [WorkerProfile; 5] = [
         WorkerProfile::Backup,
         WorkerProfile::Restore,
         WorkerProfile::FileLevel,
         WorkerProfile::Retention,
+        WorkerProfile::Verification,
     ];
 
     /// As in the `profile` metric label and the `instanceProfiles` keys'
@@ -228,6 +233,7 @@ impl WorkerProfile {
             WorkerProfile::Restore => "restore",
             WorkerProfile::FileLevel => "fileLevel",
             WorkerProfile::Retention => "retention",
+            WorkerProfile::Verification => "verification",
         }
     }
 }
@@ -286,10 +292,16 @@ pub enum WorkerEvent {
         /// What a retention run expired and collected.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retention: Option<Box<crate::api::RetentionOutcome>>,
+        /// What a verification found (every chunk intact).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        verification: Option<Box<crate::api::VerificationOutcome>>,
     },
     Failed {
         reason: crate::reasons::FailureReason,
         message: String,
+        /// What a verification found when the restore point is damaged.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        verification: Option<Box<crate::api::VerificationOutcome>>,
     },
 }
 
@@ -393,6 +405,7 @@ impl WorkerMessage {
                 snapshots,
                 machine,
                 retention,
+                verification,
                 ..
             } => {
                 fields.push(("detail", detail.len(), TEXT_BYTES));
@@ -423,16 +436,45 @@ impl WorkerMessage {
                         fields.push(("retention.expired[]", id.len(), ID_BYTES));
                     }
                 }
+                verification_fields(verification.as_deref(), &mut fields);
             }
-            WorkerEvent::Failed { reason, message } => {
+            WorkerEvent::Failed {
+                reason,
+                message,
+                verification,
+            } => {
                 fields.push(("reason", reason.as_str().len(), ID_BYTES));
                 fields.push(("message", message.len(), TEXT_BYTES));
+                verification_fields(verification.as_deref(), &mut fields);
             }
         }
         match fields.into_iter().find(|(_, size, bound)| size > bound) {
             Some((field, size, bound)) => Err(MessageError::Oversized { field, size, bound }),
             None => Ok(()),
         }
+    }
+}
+
+/// The bounds of a verification outcome's fields.
+fn verification_fields(
+    outcome: Option<&crate::api::VerificationOutcome>,
+    fields: &mut Vec<(&'static str, usize, usize)>,
+) {
+    use bounds::{ID_BYTES, SNAPSHOTS};
+    let Some(v) = outcome else { return };
+    let keys = crate::api::verification_job::OUTCOME_KEYS;
+    fields.push(("verification.restorePoint", v.restore_point.len(), ID_BYTES));
+    fields.push(("verification.damagedKeys", v.damaged_keys.len(), keys));
+    for key in &v.damaged_keys {
+        fields.push(("verification.damagedKeys[]", key.len(), ID_BYTES));
+    }
+    fields.push((
+        "verification.damagedVolumes",
+        v.damaged_volumes.len(),
+        SNAPSHOTS,
+    ));
+    for device in &v.damaged_volumes {
+        fields.push(("verification.damagedVolumes[]", device.len(), ID_BYTES));
     }
 }
 
@@ -529,6 +571,7 @@ mod tests {
             bytes: None,
             machine: None,
             retention: None,
+            verification: None,
         })
     }
 
@@ -587,6 +630,7 @@ mod tests {
         let WorkerEvent::Failed { message, .. } = (WorkerEvent::Failed {
             reason: crate::reasons::FailureReason::SnapshotFailed,
             message: long,
+            verification: None,
         })
         .within_bounds() else {
             unreachable!()

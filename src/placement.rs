@@ -236,6 +236,12 @@ impl DefaultTypes {
         format!("{}.{size}", self.compute)
     }
 
+    /// A verification worker's: reading and hashing chunks is bound by
+    /// the network, which a `large` has enough of (up to 10 Gbit/s).
+    pub fn verification(self) -> String {
+        format!("{}.large", self.compute)
+    }
+
     pub fn file_level(self) -> String {
         format!("{}.medium", self.burstable)
     }

@@ -382,6 +382,7 @@ fn completed(restore_point: &str) -> WorkerEvent {
         bytes: None,
         machine: None,
         retention: None,
+        verification: None,
     }
 }
 

@@ -353,6 +353,7 @@ fn managed_namespace_checks(ns: &str, allowed: bool) -> Vec<Check> {
         "backupjobs.tender.dev",
         "restorejobs.tender.dev",
         "retentionjobs.tender.dev",
+        "verificationjobs.tender.dev",
     ] {
         // delete: a finished job's TTL.
         for verb in ["get", "list", "watch", "patch", "delete"] {
@@ -360,7 +361,8 @@ fn managed_namespace_checks(ns: &str, allowed: bool) -> Vec<Check> {
         }
         checks.push(check("patch", res, ns, allowed).on("status"));
         // The controller never creates its users' resources; only a
-        // BackupPolicy's runs (BackupJobs and RetentionJobs).
+        // BackupPolicy's runs (BackupJobs, RetentionJobs and
+        // VerificationJobs).
         checks.push(check("update", res, ns, false));
         checks.push(check(
             "create",
@@ -381,8 +383,9 @@ fn managed_namespace_checks(ns: &str, allowed: bool) -> Vec<Check> {
     for verb in ["create", "update", "patch", "delete"] {
         checks.push(check(verb, policies, ns, false));
     }
-    // The catalog: made and removed by the controller, never changed.
-    for verb in ["list", "create", "delete"] {
+    // The catalog: made and removed by the controller, never changed (a
+    // verification reads one to record its result in its status).
+    for verb in ["get", "list", "create", "delete"] {
         checks.push(check(verb, "restorepoints.tender.dev", ns, allowed));
     }
     for verb in ["update", "patch"] {

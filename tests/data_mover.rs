@@ -330,7 +330,9 @@ async fn the_agent_restores_a_restore_point_into_a_snapshot_and_reports_it() {
     assert!(e.to_string().contains("ChunkCorrupt"), "{e}");
     let messages = drain(&sqs, &queue).await;
     match messages.last().map(|m| &m.event) {
-        Some(WorkerEvent::Failed { reason, message }) => {
+        Some(WorkerEvent::Failed {
+            reason, message, ..
+        }) => {
             assert_eq!(reason, "ChunkCorrupt");
             assert!(message.contains(&victim), "{message}");
         }

@@ -415,6 +415,7 @@ async fn late_message_after_retry(tally: &mut Tally) {
             bytes: None,
             machine: None,
             retention: None,
+            verification: None,
         },
     };
     common::sqs()

@@ -875,6 +875,7 @@ async fn the_argocd_config_map_carries_the_health_check_for_every_kind() {
         RestoreJob::crd(),
         BackupPolicy::crd(),
         RetentionJob::crd(),
+        tender::api::VerificationJob::crd(),
     ]
     .iter()
     .map(|crd| {

@@ -398,6 +398,7 @@ async fn duplicate_late_and_malformed_messages_change_nothing() {
             bytes: None,
             machine: None,
             retention: None,
+            verification: None,
         },
     ))
     .await;
@@ -418,6 +419,7 @@ async fn duplicate_late_and_malformed_messages_change_nothing() {
         WorkerEvent::Failed {
             reason: "Boom".into(),
             message: "after the fact".into(),
+            verification: None,
         },
     ))
     .await;

@@ -302,6 +302,7 @@ async fn a_completion_naming_a_snapshot_the_job_did_not_write_creates_nothing() 
             bytes: None,
             machine: None,
             retention: None,
+            verification: None,
         };
         reports::send(&queue, reports::message(&job, &w, 1, WorkerEvent::Started)).await;
         reports::send(&queue, reports::message(&job, &w, 2, forged)).await;

@@ -8,6 +8,7 @@ pub mod job;
 pub mod restore_job;
 pub mod restore_point;
 pub mod retention_job;
+pub mod verification_job;
 pub mod worker_configuration;
 
 use kube::CustomResourceExt;
@@ -34,6 +35,10 @@ pub use restore_job::{
 pub use restore_point::{RestorePoint, RestorePointSpec};
 pub use retention_job::{
     RetentionJob, RetentionJobSpec, RetentionJobStatus, RetentionOutcome, RetentionWorkerStatus,
+};
+pub use verification_job::{
+    VerificationJob, VerificationJobSpec, VerificationJobStatus, VerificationOutcome,
+    VerificationResult, VerificationWorkerStatus,
 };
 pub use worker_configuration::{
     AccountAccess, AllowedSources, Architecture, DEFAULT_CONFIGURATION_ANNOTATION,
@@ -89,6 +94,7 @@ pub fn crd_documents() -> Result<Vec<(String, String)>, serde_yaml::Error> {
         BackupPolicy::crd(),
         RetentionJob::crd(),
         RestorePoint::crd(),
+        VerificationJob::crd(),
     ]
     .into_iter()
     .map(|crd| {

@@ -40,6 +40,27 @@ pub struct RestorePointStatus {
     /// expires or deletes it.
     #[serde(default)]
     pub held: bool,
+    /// The last time a VerificationJob read it back, and what it found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verification: Option<LastVerification>,
+}
+
+/// One verification of a restore point.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastVerification {
+    /// When the worker finished reading.
+    pub time: Time,
+    /// The VerificationJob.
+    #[schemars(length(max = 253))]
+    pub job: String,
+    pub result: super::VerificationResult,
+    /// Distinct chunks read and found intact, of those referenced.
+    pub intact_chunks: u64,
+    pub chunks: u64,
+    /// What was wrong, when something was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// One restore point of a repository, as its manifest says. Written by the
@@ -64,6 +85,12 @@ pub struct RestorePointStatus {
     ),
     printcolumn(name = "Policy", type_ = "string", json_path = ".spec.policy"),
     printcolumn(name = "Held", type_ = "boolean", json_path = ".status.held"),
+    printcolumn(
+        name = "Verified",
+        type_ = "string",
+        json_path = ".status.lastVerification.result",
+        description = "What the last verification found"
+    ),
     printcolumn(
         name = "Repository",
         type_ = "string",

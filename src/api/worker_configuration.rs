@@ -455,6 +455,11 @@ pub struct InstanceTypes {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(INSTANCE_TYPE_PATTERN))]
     pub retention: Option<String>,
+    /// Instance type of verification workers (default `c5.large`, on
+    /// arm64 `c7g.large`): they read and hash, at the network's pace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(INSTANCE_TYPE_PATTERN))]
+    pub verification: Option<String>,
 }
 
 /// IAM instance profile (name or ARN) per worker operation; an unset one
@@ -484,6 +489,11 @@ pub struct InstanceProfiles {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(INSTANCE_PROFILE_PATTERN), length(max = 2048))]
     pub retention: Option<String>,
+    /// Verification workers: read the repository's manifests and chunks,
+    /// nothing else (`iam/worker-verification-policy.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(INSTANCE_PROFILE_PATTERN), length(max = 2048))]
+    pub verification: Option<String>,
 }
 
 impl InstanceProfiles {
@@ -494,6 +504,7 @@ impl InstanceProfiles {
             WorkerProfile::Restore => self.restore.as_deref(),
             WorkerProfile::FileLevel => self.file_level_recovery.as_deref(),
             WorkerProfile::Retention => self.retention.as_deref(),
+            WorkerProfile::Verification => self.verification.as_deref(),
         }
     }
 }
@@ -571,6 +582,7 @@ mod tests {
             restore: None,
             file_level_recovery: Some("arn:aws:iam::111122223333:instance-profile/flr".into()),
             retention: Some("tender-worker-retention".into()),
+            verification: None,
         };
         let s = spec(Some("tender-worker"), Some(own.clone()));
         assert_eq!(

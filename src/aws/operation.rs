@@ -171,7 +171,7 @@ operations! {
     // The controller publishes the worker agent (HeadObject, PutObject)
     // and presigns its GetObject for the workers' user data.
     HeadObject => S3, Both [Backup, Retention];
-    GetObject => S3, Both [Backup, Restore, FileLevel, Retention];
+    GetObject => S3, Both [Backup, Restore, FileLevel, Retention, Verification];
     PutObject => S3, Both [Backup, FileLevel, Retention];
     // S3: the controller checks a BackupRepository and counts what it
     // holds; a backup lists garbage collection's condemned-chunk lists; a
@@ -185,7 +185,7 @@ operations! {
     // `latest` pointers.
     GenerateMac => Kms, Worker [Backup];
     // The controller verifies the manifests it lists as RestorePoints.
-    VerifyMac => Kms, Both [Backup, Restore, FileLevel, Retention];
+    VerifyMac => Kms, Both [Backup, Restore, FileLevel, Retention, Verification];
     // SQS: worker reports.
     CreateQueue => Sqs, Controller;
     DeleteQueue => Sqs, Controller;
@@ -194,7 +194,7 @@ operations! {
     ListQueues => Sqs, Controller;
     ListQueueTags => Sqs, Controller;
     SetQueueAttributes => Sqs, Controller;
-    SendMessage => Sqs, Worker [Backup, Restore, FileLevel, Retention];
+    SendMessage => Sqs, Worker [Backup, Restore, FileLevel, Retention, Verification];
     // STS and SSM. AssumeRole is called by the SDK's AssumeRoleProvider
     // (see `accounts`), not through `AwsClients::call`.
     AssumeRole => Sts, Both [Backup];

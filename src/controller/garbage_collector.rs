@@ -24,7 +24,8 @@ use kube::runtime::reflector::Store;
 use super::job::kind::WorkerJob;
 use super::job::status::baseline;
 use crate::api::{
-    BackupJob, BackupWorkerStatus, JobStatus, RestoreJob, RetentionJob, WorkerStatus,
+    BackupJob, BackupWorkerStatus, JobStatus, RestoreJob, RetentionJob, VerificationJob,
+    WorkerStatus,
 };
 use crate::aws::AwsClients;
 use crate::aws::accounts::{Access, RegionAccount};
@@ -96,6 +97,7 @@ pub async fn run(ctx: Arc<Context>, config: SweepConfig) {
     // Restore workers are owned by RestoreJobs: never judge them blind.
     wait_until_ready(&ctx.restores).await;
     wait_until_ready(&ctx.retentions).await;
+    wait_until_ready(&ctx.verifications).await;
     loop {
         sweep(&ctx, config).await;
         tokio::time::sleep(config.interval).await;
@@ -132,6 +134,9 @@ fn judge(ctx: &Context, instance: &ObservedInstance) -> Option<OrphanReason> {
         }
         Some(RetentionJob::KIND) => {
             judge_by::<RetentionJob>(ctx, &ctx.retentions, instance, ns, name, uid)
+        }
+        Some(VerificationJob::KIND) => {
+            judge_by::<VerificationJob>(ctx, &ctx.verifications, instance, ns, name, uid)
         }
         _ => judge_by::<BackupJob>(ctx, &ctx.jobs, instance, ns, name, uid),
     }
@@ -199,7 +204,7 @@ async fn sweep(ctx: &Context, config: SweepConfig) {
             }
             if !matches!(
                 instance.tags.get(tags::JOB_KIND).map(String::as_str),
-                Some("BackupJob" | "RestoreJob" | "RetentionJob")
+                Some("BackupJob" | "RestoreJob" | "RetentionJob" | "VerificationJob")
             ) {
                 continue; // not a kind this version launches
             }

@@ -28,6 +28,7 @@ pub mod reports;
 pub mod restore_job;
 pub mod retention_job;
 mod run;
+pub mod verification_job;
 mod wake;
 pub mod worker_configuration;
 mod worker_count;
@@ -49,7 +50,7 @@ use tracing::warn;
 
 use crate::api::{
     BackupJob, BackupJobStatus, BackupRepository, RestoreJob, RestoreJobStatus, RetentionJob,
-    RetentionJobStatus, WorkerConfiguration,
+    RetentionJobStatus, VerificationJob, VerificationJobStatus, WorkerConfiguration,
 };
 use crate::aws::instance_cache::InstanceCache;
 use crate::aws::{AwsClients, AwsError};
@@ -150,6 +151,7 @@ pub struct Context {
     pub jobs: Store<BackupJob>,
     pub restores: Store<RestoreJob>,
     pub retentions: Store<RetentionJob>,
+    pub verifications: Store<VerificationJob>,
     pub reports: Arc<ReportStore>,
     pub pumps: QueuePumps,
     /// The shared, batched view of worker instance states.
@@ -183,6 +185,7 @@ pub struct Context {
     pub(crate) written_backups: Written<BackupJobStatus>,
     pub(crate) written_restores: Written<RestoreJobStatus>,
     pub(crate) written_retentions: Written<RetentionJobStatus>,
+    pub(crate) written_verifications: Written<VerificationJobStatus>,
     /// What the controller knows of every job's workers.
     pub workers: Arc<WorkerIndex>,
     /// Workers that never reached AWS, per configuration.

@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 use super::index::ConfigKey;
 use super::job::core::binding::{self, Refusal};
 use super::job::kind::WorkerJob;
-use crate::api::{BackupJob, RestoreJob, RetentionJob};
+use crate::api::{BackupJob, RestoreJob, RetentionJob, VerificationJob};
 use crate::aws::AwsClients;
 use crate::aws::queues::ReceivedMessage;
 use crate::messages::{WorkerEvent, WorkerMessage};
@@ -155,6 +155,7 @@ pub struct JobStores {
     pub backups: Store<BackupJob>,
     pub restores: Store<RestoreJob>,
     pub retentions: Store<RetentionJob>,
+    pub verifications: Store<VerificationJob>,
 }
 
 /// Wake a job's reconcile, by kind.
@@ -163,6 +164,7 @@ pub struct Triggers {
     pub backups: UnboundedSender<ObjectRef<BackupJob>>,
     pub restores: UnboundedSender<ObjectRef<RestoreJob>>,
     pub retentions: UnboundedSender<ObjectRef<RetentionJob>>,
+    pub verifications: UnboundedSender<ObjectRef<VerificationJob>>,
 }
 
 /// Long-poll wait of one ReceiveMessage call.
@@ -237,6 +239,7 @@ enum JobRef {
     Backup(ObjectRef<BackupJob>),
     Restore(ObjectRef<RestoreJob>),
     Retention(ObjectRef<RetentionJob>),
+    Verification(ObjectRef<VerificationJob>),
 }
 
 impl Pump {
@@ -246,6 +249,7 @@ impl Pump {
         super::garbage_collector::wait_until_ready(&self.jobs.backups).await;
         super::garbage_collector::wait_until_ready(&self.jobs.restores).await;
         super::garbage_collector::wait_until_ready(&self.jobs.retentions).await;
+        super::garbage_collector::wait_until_ready(&self.jobs.verifications).await;
         let mut failures = 0u32;
         loop {
             match self
@@ -316,6 +320,9 @@ impl Pump {
             }
             JobRef::Retention(r) => {
                 let _ = self.triggers.retentions.unbounded_send(r);
+            }
+            JobRef::Verification(r) => {
+                let _ = self.triggers.verifications.unbounded_send(r);
             }
         }
         None
@@ -407,10 +414,18 @@ impl Pump {
         }
         let retention =
             ObjectRef::<RetentionJob>::new(&message.job_name).within(&message.namespace);
-        let job = self.jobs.retentions.get(&retention)?;
+        if let Some(job) = self.jobs.retentions.get(&retention)
+            && job.metadata.uid.as_deref() == uid
+        {
+            let (configuration, worker) = binding_of(&*job, message);
+            return Some((JobRef::Retention(retention), configuration, worker));
+        }
+        let verification =
+            ObjectRef::<VerificationJob>::new(&message.job_name).within(&message.namespace);
+        let job = self.jobs.verifications.get(&verification)?;
         (job.metadata.uid.as_deref() == uid).then(|| {
             let (configuration, worker) = binding_of(&*job, message);
-            (JobRef::Retention(retention), configuration, worker)
+            (JobRef::Verification(verification), configuration, worker)
         })
     }
 }

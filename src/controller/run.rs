@@ -23,11 +23,12 @@ use super::job::status::Written;
 use super::reports::{self, QueuePumps, ReportStore};
 use super::{
     Context, Error, Options, Result, anyhow_like, backup_job, backup_policy, backup_repository,
-    error_policy, garbage_collector, job, leader, restore_job, retention_job, wake,
-    worker_configuration, worker_count,
+    error_policy, garbage_collector, job, leader, restore_job, retention_job, verification_job,
+    wake, worker_configuration, worker_count,
 };
 use crate::api::{
-    BackupJob, BackupPolicy, BackupRepository, RestoreJob, RetentionJob, WorkerConfiguration,
+    BackupJob, BackupPolicy, BackupRepository, RestoreJob, RetentionJob, VerificationJob,
+    WorkerConfiguration,
 };
 use crate::aws::AwsClients;
 use crate::aws::instance_cache::InstanceCache;
@@ -117,6 +118,8 @@ async fn run_leader(
     let (restore_tx, restore_rx) = futures::channel::mpsc::unbounded::<ObjectRef<RestoreJob>>();
     let (retention_tx, retention_rx) =
         futures::channel::mpsc::unbounded::<ObjectRef<RetentionJob>>();
+    let (verification_tx, verification_rx) =
+        futures::channel::mpsc::unbounded::<ObjectRef<VerificationJob>>();
     let (backups, job_store) = job_controller(
         api_for(&client, ns),
         (&configs, &repository_api),
@@ -137,6 +140,13 @@ async fn run_leader(
         &classes,
         &workers,
         retention_rx,
+    );
+    let (verifications, verification_store) = job_controller(
+        api_for(&client, ns),
+        (&configs, &repository_api),
+        &classes,
+        &workers,
+        verification_rx,
     );
     // A configuration reconciles on its own changes (spec, deletion,
     // finalizers) and its recheck timer, not on its status: the worker
@@ -164,11 +174,13 @@ async fn run_leader(
             jobs: job_store,
             restores: restore_store,
             retentions: retention_store,
+            verifications: verification_store,
         },
         reports::Triggers {
             backups: trigger_tx,
             restores: restore_tx,
             retentions: retention_tx,
+            verifications: verification_tx,
         },
         (workers, reach_tx),
         (&opts, agents),
@@ -178,6 +190,7 @@ async fn run_leader(
         backups,
         restores,
         retentions,
+        verifications,
         configurations: config_controller,
         repositories,
         policies,
@@ -187,22 +200,24 @@ async fn run_leader(
     outcome
 }
 
-/// The controllers of the six kinds.
+/// The controllers of the seven kinds.
 struct Controllers {
     backups: Controller<BackupJob>,
     restores: Controller<RestoreJob>,
     retentions: Controller<RetentionJob>,
+    verifications: Controller<VerificationJob>,
     configurations: Controller<WorkerConfiguration>,
     repositories: Controller<BackupRepository>,
     policies: Controller<BackupPolicy>,
 }
 
 /// The policies' controller: a policy reconciles on its own changes, on
-/// its jobs' and retention runs' (those it owns, by their label), and at
-/// its next run's time.
+/// its jobs', retention runs' and verification runs' (those it owns, by
+/// their label), and at its next run's time.
 fn policy_controller(client: &Client, ns: Option<&str>) -> Controller<BackupPolicy> {
     let jobs: Api<BackupJob> = api_for(client, ns);
     let retentions: Api<RetentionJob> = api_for(client, ns);
+    let verifications: Api<VerificationJob> = api_for(client, ns);
     Controller::new(
         api_for::<BackupPolicy>(client, ns),
         watcher::Config::default(),
@@ -213,6 +228,10 @@ fn policy_controller(client: &Client, ns: Option<&str>) -> Controller<BackupPoli
     )
     .owns(
         retentions,
+        watcher::Config::default().labels(crate::names::POLICY_LABEL),
+    )
+    .owns(
+        verifications,
         watcher::Config::default().labels(crate::names::POLICY_LABEL),
     )
     .shutdown_on_signal()
@@ -244,6 +263,10 @@ async fn run_all(
         .retentions
         .run(retention_job::reconcile, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
+    let verifications_done = c
+        .verifications
+        .run(verification_job::reconcile, error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
     let repositories_done = c
         .repositories
         .run(backup_repository::reconcile, error_policy, ctx.clone())
@@ -258,6 +281,7 @@ async fn run_all(
             configs_done,
             restores_done,
             retentions_done,
+            verifications_done,
             repositories_done,
             policies_done
         );
@@ -337,6 +361,7 @@ struct Stores {
     jobs: Store<BackupJob>,
     restores: Store<RestoreJob>,
     retentions: Store<RetentionJob>,
+    verifications: Store<VerificationJob>,
 }
 
 impl Context {
@@ -369,6 +394,7 @@ impl Context {
             jobs: stores.jobs,
             restores: stores.restores,
             retentions: stores.retentions,
+            verifications: stores.verifications,
             reports: Arc::new(ReportStore::default()),
             pumps: QueuePumps::new(triggers, opts.require_worker_sender),
             trusted_browser_hosts: opts.trusted_browser_hosts.clone(),
@@ -384,6 +410,7 @@ impl Context {
             written_backups: Written::default(),
             written_restores: Written::default(),
             written_retentions: Written::default(),
+            written_verifications: Written::default(),
             workers,
             reach: super::reach::WorkerReach::new(reach),
             launch_locks: Mutex::default(),

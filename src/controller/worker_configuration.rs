@@ -140,6 +140,7 @@ async fn apply(
             backups: ctx.jobs.clone(),
             restores: ctx.restores.clone(),
             retentions: ctx.retentions.clone(),
+            verifications: ctx.verifications.clone(),
         },
         ctx.reports.clone(),
     );

@@ -26,6 +26,7 @@ pub mod pace;
 mod restore;
 pub mod retention;
 pub mod store;
+pub mod verify;
 
 use std::collections::HashSet;
 use std::sync::Mutex;

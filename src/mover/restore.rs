@@ -14,7 +14,7 @@ use crate::aws::{AwsClients, AwsError};
 
 /// Fetches one chunk (tried again on its own when throttled) and checks
 /// it against its name; also says whether the fetch needed a retry.
-async fn fetch_chunk(
+pub(super) async fn fetch_chunk(
     aws: &AwsClients,
     loc: &RepositoryLocation,
     (manifest, progress): (&Manifest, &Progress),

@@ -78,6 +78,7 @@ pub(super) async fn serve(
         snapshots: Vec::new(),
         machine: None,
         retention: None,
+        verification: None,
     })
 }
 

@@ -12,6 +12,7 @@
 pub mod browser;
 mod file_level;
 mod snapshots;
+mod verification;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -106,9 +107,28 @@ pub async fn run(aws: AwsClients, task: WorkerTask, instance_id: String) -> Resu
         WorkerProfile::FileLevel => file_level::serve(&aws, &task, &reporter).await,
         WorkerProfile::Restore => restore(&aws, &task, &progress).await,
         WorkerProfile::Retention => retention(&aws, &task).await,
+        WorkerProfile::Verification => verification::run(&aws, &task, &progress).await,
     };
     heartbeat.abort();
     match outcome {
+        // A restore point found damaged fails the verification, with what
+        // was found.
+        Ok(Done {
+            verification: Some(found),
+            detail,
+            ..
+        }) if found.result != crate::api::VerificationResult::Verified => {
+            let reason = verification::reason(&found);
+            reporter
+                .send(WorkerEvent::Failed {
+                    reason: reason.clone(),
+                    message: detail.clone(),
+                    verification: Some(Box::new(found)),
+                })
+                .await
+                .map_err(AgentError::Report)?;
+            Err(AgentError::Failed(format!("{reason}: {detail}")))
+        }
         Ok(done) => {
             let (moved, total) = progress.snapshot();
             reporter
@@ -119,6 +139,7 @@ pub async fn run(aws: AwsClients, task: WorkerTask, instance_id: String) -> Resu
                     snapshots: done.snapshots.clone(),
                     machine: done.machine.clone(),
                     retention: done.retention.clone().map(Box::new),
+                    verification: done.verification.clone().map(Box::new),
                     bytes: Some(ByteProgress {
                         done: moved,
                         total,
@@ -135,6 +156,7 @@ pub async fn run(aws: AwsClients, task: WorkerTask, instance_id: String) -> Resu
                 .send(WorkerEvent::Failed {
                     reason: reason.clone(),
                     message: message.clone(),
+                    verification: None,
                 })
                 .await
                 .map_err(AgentError::Report)?;
@@ -202,6 +224,7 @@ struct Done {
     /// The machine a full restore's image is registered as.
     machine: Option<crate::api::MachineImage>,
     retention: Option<crate::api::RetentionOutcome>,
+    verification: Option<crate::api::VerificationOutcome>,
 }
 
 type Failure = (FailureReason, String);
@@ -305,6 +328,7 @@ async fn backup(aws: &AwsClients, task: &WorkerTask, progress: &Progress) -> Res
         snapshots: Vec::new(),
         machine: None,
         retention: None,
+        verification: None,
     })
 }
 
@@ -356,6 +380,7 @@ async fn retention(aws: &AwsClients, task: &WorkerTask) -> Result<Done, Failure>
         snapshots: Vec::new(),
         machine: None,
         retention: Some(outcome),
+        verification: None,
     })
 }
 
@@ -458,6 +483,7 @@ async fn restore(
         snapshots,
         machine: task.all_volumes.then(|| manifest.machine_or_fallback()),
         retention: None,
+        verification: None,
     })
 }
 

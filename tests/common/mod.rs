@@ -175,6 +175,7 @@ pub async fn install_crds(client: &Client) {
         tender::api::BackupPolicy::crd(),
         tender::api::RetentionJob::crd(),
         tender::api::RestorePoint::crd(),
+        tender::api::VerificationJob::crd(),
     ] {
         let name = crd.metadata.name.clone().unwrap();
         api.patch(
@@ -866,6 +867,7 @@ impl TestEnv {
             ("restore", "restore"),
             ("fileLevelRecovery", "file-level"),
             ("retention", "retention"),
+            ("verification", "verification"),
         ] {
             let name = format!("tender-{}-{policy}", self.namespace);
             realism::ensure_role(&name, &realism::worker_policy(policy)).await;

@@ -104,6 +104,7 @@ pub fn worker_policy(file: &str) -> serde_json::Value {
         "restore" => include_str!("../../iam/worker-restore-policy.json"),
         "file-level" => include_str!("../../iam/worker-file-level-policy.json"),
         "retention" => include_str!("../../iam/worker-retention-policy.json"),
+        "verification" => include_str!("../../iam/worker-verification-policy.json"),
         other => panic!("no worker policy {other}"),
     };
     fill(text)

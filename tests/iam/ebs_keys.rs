@@ -43,7 +43,9 @@ fn ebs_uses_the_snapshot_keys_only_through_ebs_or_ec2() {
                     "kms:GenerateDataKeyWithoutPlaintext"
                 ]
             ),
-            WorkerProfile::FileLevel | WorkerProfile::Retention => assert!(actions.is_empty()),
+            WorkerProfile::FileLevel | WorkerProfile::Retention | WorkerProfile::Verification => {
+                assert!(actions.is_empty())
+            }
         }
         for action in actions {
             let asks = |context: &[(&str, &str)]| {

@@ -21,8 +21,11 @@ fn read_maybe_missing(profile: WorkerProfile, k: &Keys) -> Vec<&String> {
         // Its own manifest (a retried attempt's?), the parent's pointer,
         // each chunk before uploading it.
         WorkerProfile::Backup => vec![&k.manifest, &k.latest, &k.chunk],
-        // The restore point, and each chunk (a missing one is ChunkMissing).
-        WorkerProfile::Restore | WorkerProfile::FileLevel => vec![&k.manifest, &k.chunk],
+        // The restore point, and each chunk (a missing one is ChunkMissing;
+        // a verification counts it).
+        WorkerProfile::Restore | WorkerProfile::FileLevel | WorkerProfile::Verification => {
+            vec![&k.manifest, &k.chunk]
+        }
         // A restore point deleted since the listing, a condemned list's
         // marker just written (its LastModified).
         WorkerProfile::Retention => vec![&k.manifest, &k.marker],

@@ -16,6 +16,7 @@ pub fn file(profile: WorkerProfile) -> &'static str {
         WorkerProfile::Restore => "worker-restore-policy.json",
         WorkerProfile::FileLevel => "worker-file-level-policy.json",
         WorkerProfile::Retention => "worker-retention-policy.json",
+        WorkerProfile::Verification => "worker-verification-policy.json",
     }
 }
 

@@ -60,12 +60,12 @@ sessions. A ClusterRole for all namespaces, or a Role in watchNamespace.
 # Jobs: watched, finalizers patched; delete: TTL after finished removes
 # finished jobs.
 - apiGroups: ["tender.dev"]
-  resources: ["backupjobs", "restorejobs", "retentionjobs"]
+  resources: ["backupjobs", "restorejobs", "retentionjobs", "verificationjobs"]
   verbs: ["get", "list", "watch", "patch", "delete"]
 # A BackupPolicy's runs: the controller creates their BackupJobs and
-# RetentionJobs.
+# RetentionJobs and VerificationJobs.
 - apiGroups: ["tender.dev"]
-  resources: ["backupjobs", "retentionjobs"]
+  resources: ["backupjobs", "retentionjobs", "verificationjobs"]
   verbs: ["create"]
 - apiGroups: ["tender.dev"]
   resources: ["backuppolicies"]
@@ -77,14 +77,15 @@ sessions. A ClusterRole for all namespaces, or a Role in watchNamespace.
   resources: ["backuppolicies/finalizers"]
   verbs: ["update"]
 - apiGroups: ["tender.dev"]
-  resources: ["backupjobs/status", "restorejobs/status", "retentionjobs/status", "backuppolicies/status"]
+  resources: ["backupjobs/status", "restorejobs/status", "retentionjobs/status", "verificationjobs/status", "backuppolicies/status"]
   verbs: ["patch"]
 # The restore-point catalog: the controller makes one RestorePoint per
 # restore point it lists and deletes those whose manifest is gone (never
-# data: a RestorePoint is a view).
+# data: a RestorePoint is a view); a verification reads the one it
+# records its result on.
 - apiGroups: ["tender.dev"]
   resources: ["restorepoints"]
-  verbs: ["list", "create", "delete"]
+  verbs: ["get", "list", "create", "delete"]
 # Whether the repository records a hold on it.
 - apiGroups: ["tender.dev"]
   resources: ["restorepoints/status"]

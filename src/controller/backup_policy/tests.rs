@@ -120,7 +120,10 @@ fn the_preview_names_what_the_next_run_expires() {
         p
     };
     let mut held = point("a", 1, Some("nightly"));
-    held.status = Some(RestorePointStatus { held: true });
+    held.status = Some(RestorePointStatus {
+        held: true,
+        last_verification: None,
+    });
     let mut asked = point("manual", 0, None);
     asked
         .annotations_mut()

@@ -169,7 +169,12 @@ async fn sync_hold(
         _ => recorded,
     };
     if point.status.as_ref().map(|s| s.held) != Some(held) {
-        let status = RestorePointStatus { held };
+        // Only `held`: `lastVerification` is another writer's (a merge
+        // patch), which this apply leaves alone.
+        let status = RestorePointStatus {
+            held,
+            last_verification: None,
+        };
         apply_status(api, point, &status, &ctx.metrics).await?;
     }
     Ok(())

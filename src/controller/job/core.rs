@@ -107,7 +107,9 @@ pub fn apply_message(w: &mut WorkerStatus, msg: &WorkerMessage, now: Timestamp) 
                 w.bytes_per_second = Some(b.per_second as i64);
             }
         }
-        WorkerEvent::Failed { reason, message } => mark_failed(w, reason, message, now),
+        WorkerEvent::Failed {
+            reason, message, ..
+        } => mark_failed(w, reason, message, now),
     }
     w.last_sequence = msg.sequence;
     Applied::Changed

@@ -161,12 +161,24 @@ pub fn restore_point_refusal(
     resource: &str,
     event: &WorkerEvent,
 ) -> Option<Refusal> {
+    // A verification names what it read, and only a verification does.
+    let verified = match event {
+        WorkerEvent::Completed { verification, .. } | WorkerEvent::Failed { verification, .. } => {
+            verification.as_deref()
+        }
+        _ => None,
+    };
+    if let Some(v) = verified
+        && (operation != Operation::Verification || v.restore_point != resource)
+    {
+        return Some(Refusal::WrongRestorePoint);
+    }
     let WorkerEvent::Completed { restore_point, .. } = event else {
         return None;
     };
     let expected = match operation {
         Operation::Backup => restore_point_id(job_name, resource),
-        Operation::Restore => resource.to_string(),
+        Operation::Restore | Operation::Verification => resource.to_string(),
         // A retention run writes no restore point and names none.
         Operation::Retention => {
             return restore_point.as_ref().map(|_| Refusal::WrongRestorePoint);

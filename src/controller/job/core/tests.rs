@@ -101,6 +101,7 @@ fn messages_apply_once_and_in_order() {
         bytes: None,
         machine: None,
         retention: None,
+        verification: None,
     };
     assert_eq!(
         apply(&mut workers, &message("a", 4, done), at(5)),
@@ -111,6 +112,7 @@ fn messages_apply_once_and_in_order() {
     let fail = WorkerEvent::Failed {
         reason: "X".into(),
         message: "late".into(),
+        verification: None,
     };
     assert_eq!(
         apply(&mut workers, &message("a", 9, fail), at(6)),
@@ -158,6 +160,7 @@ fn reported_failures_count_unless_permanent() {
     let fail = WorkerEvent::Failed {
         reason: "S3Unavailable".into(),
         message: "503".into(),
+        verification: None,
     };
     apply(&mut workers, &message("a", 2, fail), at(1));
     assert_eq!((workers[0].phase, workers[0].failures), (Phase::Failed, 1));
@@ -165,6 +168,7 @@ fn reported_failures_count_unless_permanent() {
     let fail = WorkerEvent::Failed {
         reason: "SourceInstanceNotFound".into(),
         message: "gone".into(),
+        verification: None,
     };
     apply(&mut workers, &message("b", 2, fail), at(1));
     assert_eq!(workers[0].failures, 0);

@@ -90,12 +90,13 @@ fn completed(restore_point: Option<&str>) -> WorkerEvent {
         bytes: None,
         machine: None,
         retention: None,
+        verification: None,
     }
 }
 
 #[test]
 fn a_completion_names_the_restore_point_of_this_attempt() {
-    use Operation::{Backup, Restore, Retention};
+    use Operation::{Backup, Restore, Retention, Verification};
     let point = "nightly/i-0123456789abcdef0";
     let cases = [
         ("backup, its own", Backup, Some(point), None),
@@ -139,6 +140,7 @@ fn a_completion_names_the_restore_point_of_this_attempt() {
             Backup => INSTANCE,
             Restore => point,
             Retention => "main",
+            Verification => point,
         };
         let got = restore_point_refusal(operation, "nightly", resource, &completed(named));
         assert_eq!(got, want, "{name}");
@@ -147,6 +149,35 @@ fn a_completion_names_the_restore_point_of_this_attempt() {
     assert_eq!(
         restore_point_refusal(Backup, "nightly", INSTANCE, &progress),
         None
+    );
+}
+
+#[test]
+fn a_verification_speaks_only_of_the_restore_point_its_worker_reads() {
+    let point = "nightly/i-0123456789abcdef0";
+    let found = |id: &str| {
+        Some(Box::new(crate::api::VerificationOutcome {
+            restore_point: id.into(),
+            ..Default::default()
+        }))
+    };
+    let failed = |id: &str| WorkerEvent::Failed {
+        reason: crate::reasons::FailureReason::ChunkCorrupt,
+        message: "damaged".into(),
+        verification: found(id),
+    };
+    let own = restore_point_refusal(Operation::Verification, "v", point, &failed(point));
+    assert_eq!(own, None);
+    // Another restore point's result would land on the wrong RestorePoint.
+    let other = failed("nightly/i-0fffffffffffffff0");
+    assert_eq!(
+        restore_point_refusal(Operation::Verification, "v", point, &other),
+        Some(Refusal::WrongRestorePoint)
+    );
+    // No other kind of worker reports a verification.
+    assert_eq!(
+        restore_point_refusal(Operation::Restore, "v", point, &failed(point)),
+        Some(Refusal::WrongRestorePoint)
     );
 }
 
