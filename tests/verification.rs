@@ -1,0 +1,285 @@
+//! Verification against the real kube-apiserver and the moto AWS emulator
+//! (with the realism layer's IAM, where a verification worker runs with
+//! exactly `iam/worker-verification-policy.json`): a VerificationJob reads
+//! each restore point back on a worker of its own; an intact one is
+//! `Verified`, one with a chunk overwritten or deleted behind Tender's back
+//! fails with `ChunkCorrupt` or `ChunkMissing` and says which chunk and
+//! volume; the result lands on each RestorePoint (and survives the
+//! catalog's next write of it), a damaged one gets a Warning Event, and
+//! every worker instance is terminated.
+
+mod common;
+
+use std::time::Duration;
+
+use common::disks;
+use common::{TestEnv, eventually};
+use kube::api::{Patch, PatchParams};
+use tender::api::{
+    BackupRepository, Phase, RestorePoint, VerificationJob, VerificationResult,
+    VerificationWorkerStatus,
+};
+use tender::aws::AwsClients;
+use tender::mover;
+use tender::mover::manifest::RepositoryLocation;
+
+const TIMEOUT: Duration = Duration::from_secs(150);
+const BLOCK: usize = 512 * 1024;
+
+/// Restore point `(job, resource)` of four distinct 512 KiB blocks made
+/// from `seed`.
+async fn back_up(aws: &AwsClients, loc: &RepositoryLocation, point: (&str, &str), seed: u64) {
+    let data = disks::random_bytes(4 * BLOCK, seed);
+    disks::back_up_as(aws, loc, point, None, &data).await;
+}
+
+/// The chunk keys of restore point `id`, in block order, and the snapshot
+/// its one volume was read from (what names a volume without a device).
+async fn chunk_keys(aws: &AwsClients, loc: &RepositoryLocation, id: &str) -> (Vec<String>, String) {
+    let m = mover::load_manifest(aws, loc, id).await.expect("manifest");
+    let volume = &m.volumes[0];
+    let keys = volume
+        .blocks
+        .iter()
+        .map(|b| loc.chunk_key(&b.chunk))
+        .collect();
+    (keys, volume.snapshot_id.clone())
+}
+
+async fn restore_point(env: &TestEnv, name: &str) -> RestorePoint {
+    eventually(TIMEOUT, || async {
+        env.api::<RestorePoint>().get(name).await.ok()
+    })
+    .await
+}
+
+fn worker<'a>(job: &'a VerificationJob, id: &str) -> &'a VerificationWorkerStatus {
+    let status = job.status.as_ref().expect("status");
+    status
+        .workers
+        .iter()
+        .find(|w| w.resource == id)
+        .expect("a worker per restore point")
+}
+
+#[tokio::test]
+async fn a_verification_reads_every_chunk_back_and_says_what_is_damaged() {
+    let env = TestEnv::new("verification").await;
+    env.default_configuration().await;
+    let repository = env.repository().await;
+    let repo: BackupRepository = env
+        .cluster_api()
+        .get(&repository)
+        .await
+        .expect("the repository");
+    let loc = RepositoryLocation::of(&repo.spec, &env.namespace);
+    let aws = AwsClients::from_env().await;
+    let s3 = disks::s3().await;
+    back_up(&aws, &loc, ("daily-1", "disk-1"), 21).await;
+    back_up(&aws, &loc, ("daily-1", "disk-2"), 41).await;
+    back_up(&aws, &loc, ("daily-1", "disk-3"), 61).await;
+    for name in ["daily-1.disk-1", "daily-1.disk-2", "daily-1.disk-3"] {
+        restore_point(&env, name).await;
+    }
+    // Behind Tender's back: one chunk of disk-2 overwritten with other
+    // data, one chunk of disk-3 deleted.
+    let (keys, snapshot) = chunk_keys(&aws, &loc, "daily-1/disk-2").await;
+    let corrupt = keys[1].clone();
+    let put = s3
+        .put_object()
+        .bucket(&loc.bucket)
+        .key(&corrupt)
+        .body(
+            zstd::bulk::compress(&disks::random_bytes(BLOCK, 99), 3)
+                .unwrap()
+                .into(),
+        )
+        .send()
+        .await;
+    put.expect("overwrite a chunk");
+    let missing = chunk_keys(&aws, &loc, "daily-1/disk-3").await.0[2].clone();
+    let deleted = s3
+        .delete_object()
+        .bucket(&loc.bucket)
+        .key(&missing)
+        .send()
+        .await;
+    deleted.expect("delete a chunk");
+
+    // Named either way: by ID or by RestorePoint name.
+    let job: VerificationJob = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tender.dev/v1alpha1", "kind": "VerificationJob",
+        "metadata": {"name": "check"},
+        "spec": {
+            "repositoryRef": {"name": repository},
+            "region": common::REGION,
+            "restorePoints": ["daily-1/disk-1", "daily-1.disk-2", "daily-1/disk-3"],
+            "backoffLimit": 2,
+        },
+    }))
+    .unwrap();
+    env.api::<VerificationJob>()
+        .create(&Default::default(), &job)
+        .await
+        .expect("create the VerificationJob");
+    let job = eventually(TIMEOUT, || async {
+        let job = env.api::<VerificationJob>().get("check").await.ok()?;
+        job.status
+            .as_ref()
+            .is_some_and(|s| s.phase.is_finished())
+            .then_some(job)
+    })
+    .await;
+    let status = job.status.clone().unwrap();
+    assert_eq!(status.phase, Phase::PartiallySucceeded, "{status:?}");
+
+    // The intact one.
+    let intact = worker(&job, "daily-1/disk-1");
+    assert_eq!(intact.phase, Phase::Succeeded, "{intact:?}");
+    let found = intact.outcome.clone().expect("an outcome");
+    assert_eq!(found.result, VerificationResult::Verified);
+    assert_eq!((found.chunks, found.intact_chunks), (4, 4));
+    assert_eq!(found.logical_bytes, 4 * BLOCK as u64);
+
+    // The overwritten chunk: found, named, and not retried (reading it
+    // again cannot mend it).
+    let bad = worker(&job, "daily-1/disk-2");
+    assert_eq!(bad.phase, Phase::Failed, "{bad:?}");
+    assert_eq!(bad.reason.as_deref(), Some("ChunkCorrupt"));
+    assert_eq!(bad.attempt, 1, "{bad:?}");
+    let found = bad.outcome.clone().expect("an outcome");
+    assert_eq!(found.result, VerificationResult::Damaged);
+    assert_eq!(
+        (
+            found.intact_chunks,
+            found.corrupt_chunks,
+            found.missing_chunks
+        ),
+        (3, 1, 0)
+    );
+    assert_eq!(found.damaged_keys, std::slice::from_ref(&corrupt));
+    assert_eq!(found.damaged_volumes, [snapshot]);
+    assert!(
+        bad.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains(&corrupt)
+    );
+
+    let gone = worker(&job, "daily-1/disk-3");
+    assert_eq!(gone.reason.as_deref(), Some("ChunkMissing"), "{gone:?}");
+    let found = gone.outcome.clone().expect("an outcome");
+    assert_eq!(
+        (
+            found.intact_chunks,
+            found.corrupt_chunks,
+            found.missing_chunks
+        ),
+        (3, 0, 1)
+    );
+    assert_eq!(found.damaged_keys, std::slice::from_ref(&missing));
+
+    // The EC2 side: one worker per restore point, each terminated.
+    for w in &status.workers {
+        let instance = w.instance_id.clone().expect("a worker was launched");
+        let described = common::describe_instance(&env.ec2, &instance).await;
+        common::assert_terminating(&described);
+        assert_eq!(
+            TestEnv::tags(&described)
+                .get("tender.dev/job-kind")
+                .map(String::as_str),
+            Some("VerificationJob")
+        );
+    }
+
+    // The catalog side: each RestorePoint says what its last check found.
+    let verified = |name: &'static str| {
+        let env = &env;
+        async move {
+            eventually(TIMEOUT, || async {
+                let p = env.api::<RestorePoint>().get(name).await.ok()?;
+                p.status?.last_verification
+            })
+            .await
+        }
+    };
+    let first = verified("daily-1.disk-1").await;
+    assert_eq!(first.result, VerificationResult::Verified);
+    assert_eq!((first.job.as_str(), first.chunks), ("check", 4));
+    let second = verified("daily-1.disk-2").await;
+    assert_eq!(second.result, VerificationResult::Damaged);
+    assert!(second.message.unwrap_or_default().contains(&corrupt));
+    assert_eq!(
+        verified("daily-1.disk-3").await.result,
+        VerificationResult::Damaged
+    );
+    eventually(TIMEOUT, || async {
+        env.events()
+            .await
+            .iter()
+            .any(|(reason, note)| reason == "RestorePointDamaged" && note.contains(&missing))
+            .then_some(())
+    })
+    .await;
+
+    // The catalog writes `held` by server-side apply; the verification's
+    // field stays when it does.
+    let hold = serde_json::json!({"metadata": {"annotations": {"tender.dev/hold": "true"}}});
+    env.api::<RestorePoint>()
+        .patch(
+            "daily-1.disk-1",
+            &PatchParams::default(),
+            &Patch::Merge(&hold),
+        )
+        .await
+        .expect("hold the restore point");
+    let held = eventually(TIMEOUT, || async {
+        let p = env.api::<RestorePoint>().get("daily-1.disk-1").await.ok()?;
+        p.status.filter(|s| s.held)
+    })
+    .await;
+    assert_eq!(
+        held.last_verification.map(|v| v.result),
+        Some(VerificationResult::Verified)
+    );
+}
+
+#[tokio::test]
+async fn a_verification_of_a_restore_point_that_is_not_there_fails_and_says_so() {
+    let env = TestEnv::new("verification-missing").await;
+    env.default_configuration().await;
+    let repository = env.repository().await;
+    let job: VerificationJob = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tender.dev/v1alpha1", "kind": "VerificationJob",
+        "metadata": {"name": "nothing"},
+        "spec": {
+            "repositoryRef": {"name": repository},
+            "region": common::REGION,
+            "restorePoints": ["never-1/disk-9"],
+        },
+    }))
+    .unwrap();
+    env.api::<VerificationJob>()
+        .create(&Default::default(), &job)
+        .await
+        .expect("create the VerificationJob");
+    let job = eventually(TIMEOUT, || async {
+        let job = env.api::<VerificationJob>().get("nothing").await.ok()?;
+        job.status
+            .as_ref()
+            .is_some_and(|s| s.phase.is_finished())
+            .then_some(job)
+    })
+    .await;
+    let w = worker(&job, "never-1/disk-9");
+    assert_eq!(w.phase, Phase::Failed, "{w:?}");
+    assert_eq!(w.reason.as_deref(), Some("RestorePointNotFound"));
+    assert!(
+        w.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("never-1/disk-9")
+    );
+    let instance = w.instance_id.clone().expect("a worker was launched");
+    common::assert_terminating(&common::describe_instance(&env.ec2, &instance).await);
+}
