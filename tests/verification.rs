@@ -14,14 +14,16 @@ use std::time::Duration;
 
 use common::disks;
 use common::{TestEnv, eventually};
-use kube::api::{Patch, PatchParams};
+use kube::ResourceExt;
+use kube::api::{ListParams, Patch, PatchParams};
 use tender::api::{
-    BackupRepository, Phase, RestorePoint, VerificationJob, VerificationResult,
+    BackupPolicy, BackupRepository, Phase, RestorePoint, VerificationJob, VerificationResult,
     VerificationWorkerStatus,
 };
 use tender::aws::AwsClients;
 use tender::mover;
 use tender::mover::manifest::RepositoryLocation;
+use tender::names::POLICY_LABEL;
 
 const TIMEOUT: Duration = Duration::from_secs(150);
 const BLOCK: usize = 512 * 1024;
@@ -282,4 +284,118 @@ async fn a_verification_of_a_restore_point_that_is_not_there_fails_and_says_so()
     );
     let instance = w.instance_id.clone().expect("a worker was launched");
     common::assert_terminating(&common::describe_instance(&env.ec2, &instance).await);
+}
+
+#[tokio::test]
+async fn a_policy_verifies_the_newest_restore_point_of_each_resource_on_its_schedule() {
+    let env = TestEnv::new("verification-policy").await;
+    env.default_configuration().await;
+    let repository = env.repository().await;
+    let repo: BackupRepository = env
+        .cluster_api()
+        .get(&repository)
+        .await
+        .expect("the repository");
+    let loc = RepositoryLocation::of(&repo.spec, &env.namespace);
+    let aws = AwsClients::from_env().await;
+    let s3 = disks::s3().await;
+    let policy_run = |job: &'static str, resource: &'static str, seed: u64| {
+        let (aws, loc) = (&aws, &loc);
+        async move {
+            let data = disks::random_bytes(2 * BLOCK, seed);
+            disks::back_up_as(aws, loc, (job, resource), Some("weekly"), &data).await;
+        }
+    };
+    policy_run("weekly-1", "disk-1", 121).await;
+    policy_run("weekly-2", "disk-1", 141).await;
+    policy_run("weekly-2", "disk-2", 161).await;
+    // Another policy's, and one made by hand: not this policy's to check.
+    let data = disks::random_bytes(BLOCK, 181);
+    disks::back_up_as(&aws, &loc, ("other-1", "disk-3"), Some("other"), &data).await;
+    disks::back_up_as(&aws, &loc, ("manual", "disk-1"), None, &data).await;
+    for name in ["weekly-2.disk-1", "weekly-2.disk-2", "manual.disk-1"] {
+        restore_point(&env, name).await;
+    }
+    // disk-2's newest restore point loses a chunk.
+    let (keys, _) = chunk_keys(&aws, &loc, "weekly-2/disk-2").await;
+    let deleted = s3
+        .delete_object()
+        .bucket(&loc.bucket)
+        .key(&keys[0])
+        .send()
+        .await;
+    deleted.expect("delete a chunk");
+
+    let spec = env.with_cluster_names(serde_json::json!({
+        // Backups never run in the test; verification every minute.
+        "schedule": "0 0 1 1 *",
+        "region": common::REGION,
+        "resources": [{"instanceId": "i-0123456789abcdef0"}],
+        "repositoryRef": {"name": repository},
+        "verification": {"schedule": "* * * * *"},
+    }));
+    let policy: BackupPolicy = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tender.dev/v1alpha1", "kind": "BackupPolicy",
+        "metadata": {"name": "weekly"}, "spec": spec
+    }))
+    .unwrap();
+    env.api::<BackupPolicy>()
+        .create(&Default::default(), &policy)
+        .await
+        .expect("create the policy");
+
+    let run = eventually(TIMEOUT, || async {
+        let runs = env
+            .api::<VerificationJob>()
+            .list(&ListParams::default().labels(&format!("{POLICY_LABEL}=weekly")))
+            .await
+            .ok()?;
+        runs.items.into_iter().next()
+    })
+    .await;
+    let mut named: Vec<String> = run.spec.restore_points.iter().map(|p| p.id()).collect();
+    named.sort();
+    assert_eq!(named, ["weekly-2/disk-1", "weekly-2/disk-2"]);
+    assert_eq!(run.spec.policy.as_deref(), Some("weekly"));
+    assert_eq!(run.spec.region, common::REGION);
+
+    // The policy's status says what the run found, and that a restore
+    // point of it is damaged.
+    let policy = eventually(Duration::from_secs(240), || async {
+        let p = env.api::<BackupPolicy>().get("weekly").await.ok()?;
+        p.status
+            .as_ref()
+            .and_then(|s| s.last_verification.as_ref())
+            .is_some_and(|l| l.job == run.name_any())
+            .then_some(p)
+    })
+    .await;
+    let status = policy.status.expect("status");
+    let last = status.last_verification.clone().expect("last verification");
+    assert_eq!((last.verified, last.failed), (1, 1), "{last:?}");
+    assert_eq!(last.damaged, ["weekly-2/disk-2"]);
+    assert_eq!(last.phase, "PartiallySucceeded");
+    let condition = common::condition_of(&status.conditions, "VerificationFailed")
+        .expect("a VerificationFailed condition");
+    assert_eq!(condition.status, "True", "{condition:?}");
+    assert_eq!(condition.reason, "RestorePointDamaged");
+    assert!(
+        condition.message.contains("weekly-2/disk-2") && condition.message.contains(&keys[0]),
+        "{}",
+        condition.message
+    );
+    assert!(status.next_verification_time.is_some());
+    let verified = eventually(TIMEOUT, || async {
+        let p = env
+            .api::<RestorePoint>()
+            .get("weekly-2.disk-1")
+            .await
+            .ok()?;
+        p.status?.last_verification
+    })
+    .await;
+    assert_eq!(
+        (verified.result, verified.job),
+        (VerificationResult::Verified, run.name_any())
+    );
 }

@@ -130,6 +130,24 @@ pub struct BackupPolicySpec {
     /// (nothing of this policy is ever expired).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<PolicyRetention>,
+    /// Whether and when this policy's newest restore points are read back
+    /// and checked (VerificationJobs). Unset: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<PolicyVerification>,
+}
+
+/// When a policy's restore points are verified: at each time of
+/// `schedule`, a VerificationJob reads back the newest restore point of
+/// each of the policy's resources, as the catalog lists them (at most 50 a
+/// run, those verified longest ago first), every chunk checked against its
+/// digest on a worker in the repository's region.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyVerification {
+    /// In cron syntax, in `timeZone` (default `@weekly`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub schedule: Option<String>,
 }
 
 /// How long a policy's restore points are kept, and when retention runs.
@@ -263,6 +281,41 @@ pub struct BackupPolicyStatus {
     /// now (a change of `retention` shows here before any run acts on it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_preview: Option<RetentionPreview>,
+    /// The scheduled time of the last verification run started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verification_schedule_time: Option<Time>,
+    /// The next verification run (UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_verification_time: Option<Time>,
+    /// The VerificationJob running now, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_verification: Option<String>,
+    /// The last verification run that finished, and what it found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verification: Option<LastVerificationRun>,
+}
+
+/// A finished verification run.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastVerificationRun {
+    /// The VerificationJob.
+    pub job: String,
+    /// `Succeeded` (every restore point verified), `PartiallySucceeded` or
+    /// `Failed`.
+    pub phase: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// Restore points found intact.
+    pub verified: i32,
+    /// Restore points found damaged, or that could not be read (the first
+    /// 10 named in `damaged`).
+    pub failed: i32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub damaged: Vec<String>,
+    /// What the first failure said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// What the next retention run will expire.

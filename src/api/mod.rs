@@ -20,8 +20,8 @@ pub use backup_job::{
 };
 pub use backup_policy::{
     BackupPolicy, BackupPolicySpec, BackupPolicyStatus, InstanceSelector, LastRetention,
-    MissingResource, PolicyJobLimits, PolicyResource, PolicyRetention, ProtectedResource,
-    RetentionPreview,
+    LastVerificationRun, MissingResource, PolicyJobLimits, PolicyResource, PolicyRetention,
+    PolicyVerification, ProtectedResource, RetentionPreview,
 };
 pub use backup_repository::{
     BackupRepository, BackupRepositorySpec, BackupRepositoryStatus, EncryptionKind,

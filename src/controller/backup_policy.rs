@@ -13,6 +13,7 @@ mod history;
 mod preview;
 mod resources;
 mod retention;
+mod verification;
 
 use resources::{Found, find_resources, record_missing};
 
@@ -26,13 +27,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::api::{DeleteParams, ObjectMeta, PostParams, PropagationPolicy};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use tracing::{info, instrument};
 
 use super::{Context, Error, Result, apply_status};
 use crate::api::conditions::{self, DesiredCondition, READY, STALLED};
 use crate::api::{
-    BackupJob, BackupJobSpec, BackupPolicy, BackupPolicyStatus, BackupResource, JobLimits,
+    BackupJob, BackupJobSpec, BackupPolicy, BackupPolicyStatus, BackupResource, JobLimits, Phase,
 };
 use crate::names::{POLICY_LABEL, SCHEDULED_TIME_ANNOTATION};
 use crate::policy::runs::{self, Decision, Observed, Skipped};
@@ -109,6 +111,7 @@ pub async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<A
     super::garbage_collector::wait_until_ready(&ctx.repositories).await;
     super::garbage_collector::wait_until_ready(&ctx.jobs).await;
     super::garbage_collector::wait_until_ready(&ctx.retentions).await;
+    super::garbage_collector::wait_until_ready(&ctx.verifications).await;
     let ns = policy
         .namespace()
         .ok_or(Error::MissingObjectKey("namespace"))?;
@@ -196,21 +199,29 @@ pub async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<A
         now,
     )
     .await?;
+    let (next_verification, verification_condition) =
+        verification::reconcile(&ctx, &policy, &parsed.zone, &mut status, now).await?;
     write_status(
         &policy,
         &parsed,
         (&decision, &runs, active),
-        (run_conditions, retention_condition),
+        (
+            run_conditions,
+            retention_condition
+                .into_iter()
+                .chain(verification_condition)
+                .collect(),
+        ),
         &mut status,
         now,
     );
     if status != before {
         apply_status(&api, &*policy, &status, &ctx.metrics).await?;
     }
-    let next = match (decision.next, next_retention) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+    let next = [decision.next, next_retention, next_verification]
+        .into_iter()
+        .flatten()
+        .min();
     Ok(Action::requeue(requeue_after(next, Timestamp::now())))
 }
 
@@ -242,6 +253,77 @@ fn owned<K: Resource>(policy: &BackupPolicy, ns: &str, all: Vec<Arc<K>>) -> Vec<
 /// The policy's own BackupJobs, from the shared job cache.
 fn own_jobs(ctx: &Context, policy: &BackupPolicy, ns: &str) -> Vec<Arc<BackupJob>> {
     owned(policy, ns, ctx.jobs.state())
+}
+
+/// A policy's runs of one kind split into the active ones and the newest
+/// finished one; finished ones beyond the newest `history` are deleted.
+/// `phase` says a run's phase and when it completed.
+async fn keep_history<K>(
+    api: &Api<K>,
+    own: &[Arc<K>],
+    history: usize,
+    phase: impl Fn(&K) -> (Phase, Timestamp),
+) -> Result<(Vec<Arc<K>>, Option<Arc<K>>)>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let (active, mut finished): (Vec<_>, Vec<_>) =
+        own.iter().cloned().partition(|j| !phase(j).0.is_finished());
+    finished.sort_by_key(|j| std::cmp::Reverse(phase(j).1));
+    for old in finished.iter().skip(history) {
+        delete_run(api, &old.name_any()).await?;
+    }
+    Ok((active, finished.into_iter().next()))
+}
+
+/// The region of the policy's repository, if it exists: where its
+/// retention and verification workers run.
+fn repository_region(ctx: &Context, policy: &BackupPolicy) -> Option<String> {
+    ctx.repositories
+        .get(&ObjectRef::new(&policy.spec.repository_ref.name))
+        .map(|r| r.spec.region.clone())
+}
+
+/// The WorkerConfiguration a run next to the repository uses: the
+/// policy's when it is in `region`, else (`None`) that region's default.
+fn configuration_in(
+    ctx: &Context,
+    policy: &BackupPolicy,
+    region: &str,
+) -> Option<crate::api::LocalObjectReference> {
+    policy.spec.worker_configuration_ref.clone().filter(|r| {
+        ctx.configurations
+            .get(&ObjectRef::new(&r.name))
+            .is_none_or(|c| c.spec.region == region)
+    })
+}
+
+/// The metadata of one of the policy's runs (of any kind): its name, the
+/// policy's label, the run's scheduled time, and the policy as its
+/// controlling owner.
+fn run_metadata(policy: &BackupPolicy, name: &str, due: Timestamp) -> Result<ObjectMeta> {
+    let owner = OwnerReference {
+        api_version: BackupPolicy::api_version(&()).to_string(),
+        kind: BackupPolicy::kind(&()).to_string(),
+        name: policy.name_any(),
+        uid: policy.uid().ok_or(Error::MissingObjectKey("uid"))?,
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+    Ok(ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: policy.namespace(),
+        labels: Some(BTreeMap::from([(
+            POLICY_LABEL.to_string(),
+            policy.name_any(),
+        )])),
+        annotations: Some(BTreeMap::from([(
+            SCHEDULED_TIME_ANNOTATION.to_string(),
+            due.to_string(),
+        )])),
+        owner_references: Some(vec![owner]),
+        ..Default::default()
+    })
 }
 
 /// Deletes one of the policy's runs (gone already is fine); its workers
@@ -466,31 +548,10 @@ fn skip_already_said(status: &BackupPolicyStatus, message: &str) -> bool {
 
 /// The BackupJob of one run.
 fn job_for(policy: &BackupPolicy, name: &str, due: Timestamp, ids: &[String]) -> Result<BackupJob> {
-    let owner = OwnerReference {
-        api_version: BackupPolicy::api_version(&()).to_string(),
-        kind: BackupPolicy::kind(&()).to_string(),
-        name: policy.name_any(),
-        uid: policy.uid().ok_or(Error::MissingObjectKey("uid"))?,
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    };
     let limits = policy.spec.job_limits.clone().unwrap_or_default();
     let defaults = JobLimits::default();
     Ok(BackupJob {
-        metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            namespace: policy.namespace(),
-            labels: Some(BTreeMap::from([(
-                POLICY_LABEL.to_string(),
-                policy.name_any(),
-            )])),
-            annotations: Some(BTreeMap::from([(
-                SCHEDULED_TIME_ANNOTATION.to_string(),
-                due.to_string(),
-            )])),
-            owner_references: Some(vec![owner]),
-            ..Default::default()
-        },
+        metadata: run_metadata(policy, name, due)?,
         spec: BackupJobSpec {
             worker_configuration_ref: policy.spec.worker_configuration_ref.clone(),
             resources: ids
@@ -519,7 +580,7 @@ fn write_status(
     policy: &BackupPolicy,
     parsed: &Parsed,
     (decision, runs, active): (&Decision, &history::Runs, Vec<String>),
-    (run_conditions, retention_condition): (Vec<DesiredCondition>, Option<DesiredCondition>),
+    (run_conditions, upkeep_conditions): (Vec<DesiredCondition>, Vec<DesiredCondition>),
     status: &mut BackupPolicyStatus,
     now: Timestamp,
 ) {
@@ -585,7 +646,7 @@ fn write_status(
             }
         }
     }
-    desired.extend(retention_condition);
+    desired.extend(upkeep_conditions);
     if !status.missing_resources.is_empty() {
         let ids: Vec<&str> = status
             .missing_resources

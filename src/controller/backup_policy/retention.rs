@@ -8,16 +8,12 @@
 //! and nothing relies on it: each collection is safe on its own against
 //! any other and against backups (`mover::gc`).
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
-use kube::api::{ListParams, ObjectMeta, PostParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{ListParams, PostParams};
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 use tracing::info;
 
 use crate::api::conditions::DesiredCondition;
@@ -27,8 +23,8 @@ use crate::api::{
     RetentionJobSpec,
 };
 use crate::controller::retention_job::EXPECTED_CHUNKS_ANNOTATION;
-use crate::controller::{Context, Error, Result};
-use crate::names::{POLICY_LABEL, SCHEDULED_TIME_ANNOTATION};
+use crate::controller::{Context, Result};
+use crate::names::POLICY_LABEL;
 use crate::policy::runs::{self, ConcurrencyPolicy, Observed};
 use crate::policy::schedule::Schedule;
 
@@ -73,15 +69,11 @@ pub async fn reconcile(
 ) -> Result<(Option<Timestamp>, Option<DesiredCondition>)> {
     let ns = policy.namespace().unwrap_or_default();
     let api: Api<RetentionJob> = Api::namespaced(ctx.client.clone(), &ns);
-    let own = own_runs(ctx, policy, &ns);
-    let (active, finished): (Vec<_>, Vec<_>) = own.iter().partition(|j| !phase(j).is_finished());
-    let mut finished: Vec<&Arc<RetentionJob>> = finished;
-    finished.sort_by_key(|j| std::cmp::Reverse(completed_at(j)));
-    for old in finished.iter().skip(HISTORY) {
-        super::delete_run(&api, &old.name_any()).await?;
-    }
-    if let Some(last) = finished.first() {
-        status.last_retention = Some(last_retention(last));
+    let own = super::owned(policy, &ns, ctx.retentions.state());
+    let (active, last) =
+        super::keep_history(&api, &own, HISTORY, |j| (phase(j), completed_at(j))).await?;
+    if let Some(last) = last {
+        status.last_retention = Some(last_retention(&last));
     }
     let parsed = match parsed {
         Ok(Some(parsed)) => parsed,
@@ -122,11 +114,9 @@ pub async fn reconcile(
         now,
     });
     let mut waiting = None;
-    let repository = ctx
-        .repositories
-        .get(&ObjectRef::new(&policy.spec.repository_ref.name));
+    let region = super::repository_region(ctx, policy);
     if let Some(due) = decision.start {
-        if repository.is_none() {
+        if region.is_none() {
             // Its region is where the worker runs: without it the run
             // could only fail; it starts once the repository is there.
             waiting = Some((
@@ -151,7 +141,8 @@ pub async fn reconcile(
             ));
         } else {
             let name = runs::job_name(&policy.name_any(), due);
-            let mut job = job_for(ctx, policy, &name, due, status)?;
+            let region = region.unwrap_or_default();
+            let mut job = job_for(ctx, policy, (&name, due), region, status)?;
             job.spec.delete_restore_points = asked_to_delete(ctx, policy, &ns).await?;
             match api.create(&PostParams::default(), &job).await {
                 Ok(_) => {
@@ -240,11 +231,6 @@ fn completed_at(job: &RetentionJob) -> Timestamp {
         .unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
-/// The policy's own RetentionJobs, from the shared cache.
-fn own_runs(ctx: &Context, policy: &BackupPolicy, ns: &str) -> Vec<Arc<RetentionJob>> {
-    super::owned(policy, ns, ctx.retentions.state())
-}
-
 /// An active RetentionJob of another owner on the same repository in this
 /// namespace, if any.
 fn busy_repository(ctx: &Context, policy: &BackupPolicy, ns: &str) -> Option<String> {
@@ -282,38 +268,17 @@ fn last_retention(job: &RetentionJob) -> LastRetention {
 fn job_for(
     ctx: &Context,
     policy: &BackupPolicy,
-    name: &str,
-    due: Timestamp,
+    (name, due): (&str, Timestamp),
+    region: String,
     status: &BackupPolicyStatus,
 ) -> Result<RetentionJob> {
-    let owner = OwnerReference {
-        api_version: BackupPolicy::api_version(&()).to_string(),
-        kind: BackupPolicy::kind(&()).to_string(),
-        name: policy.name_any(),
-        uid: policy.uid().ok_or(Error::MissingObjectKey("uid"))?,
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    };
-    let region = ctx
-        .repositories
-        .get(&ObjectRef::new(&policy.spec.repository_ref.name))
-        .map(|r| r.spec.region.clone())
-        .ok_or(Error::MissingObjectKey("the policy's BackupRepository"))?;
-    // The policy's configuration when it is in the repository's region,
-    // else that region's default one: the worker runs next to the data.
-    let configuration = policy.spec.worker_configuration_ref.clone().filter(|r| {
-        ctx.configurations
-            .get(&ObjectRef::new(&r.name))
-            .is_none_or(|c| c.spec.region == region)
-    });
-    let mut annotations =
-        BTreeMap::from([(SCHEDULED_TIME_ANNOTATION.to_string(), due.to_string())]);
+    let mut metadata = super::run_metadata(policy, name, due)?;
     if let Some(outcome) = status
         .last_retention
         .as_ref()
         .and_then(|l| l.outcome.as_ref())
     {
-        annotations.insert(
+        metadata.annotations.get_or_insert_default().insert(
             EXPECTED_CHUNKS_ANNOTATION.to_string(),
             outcome.stored_chunks.to_string(),
         );
@@ -325,21 +290,12 @@ fn job_for(
         .map(|r| r.rules.clone())
         .unwrap_or_default();
     Ok(RetentionJob {
-        metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            namespace: policy.namespace(),
-            labels: Some(BTreeMap::from([(
-                POLICY_LABEL.to_string(),
-                policy.name_any(),
-            )])),
-            annotations: Some(annotations),
-            owner_references: Some(vec![owner]),
-            ..Default::default()
-        },
+        metadata,
         spec: RetentionJobSpec {
             repository_ref: Some(policy.spec.repository_ref.clone()),
+            // The worker runs next to the data.
+            worker_configuration_ref: super::configuration_in(ctx, policy, &region),
             region,
-            worker_configuration_ref: configuration,
             policy: Some(policy.name_any()),
             retention: rules,
             time_zone: Some(policy.spec.time_zone.clone()),

@@ -23,6 +23,7 @@ fn policy(schedule: &str, zone: &str) -> BackupPolicy {
             successful_jobs_history_limit: 3,
             failed_jobs_history_limit: 1,
             retention: None,
+            verification: None,
         },
     );
     p.metadata.namespace = Some("team".into());
