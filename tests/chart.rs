@@ -488,7 +488,7 @@ fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 #[test]
 fn chart_and_kustomize_crds_are_the_repositorys_crds() {
     let expected = files(&repo().join("crds"));
-    assert_eq!(expected.len(), 7, "crds/ holds the seven CRDs");
+    assert_eq!(expected.len(), 8, "crds/ holds the eight CRDs");
     for copy in ["charts/tender/crds", "deploy/crds"] {
         let actual = files(&repo().join(copy));
         assert_eq!(
@@ -1025,7 +1025,7 @@ fn kustomize_base_is_the_charts_defaults_and_applies() {
     let (crds, objects): (Vec<Value>, Vec<Value>) = objects
         .into_iter()
         .partition(|o| kind(o) == "CustomResourceDefinition");
-    assert_eq!(crds.len(), 7);
+    assert_eq!(crds.len(), 8);
     // The CRDs are shared with the other tests: validated, not replaced.
     server_side_apply(&crds, true);
 
@@ -1165,7 +1165,7 @@ fn the_controller_runs_with_nothing_but_the_charts_permissions() {
         Command::new(env!("CARGO_BIN_EXE_tender")).arg("crd"),
         None,
     ));
-    assert_eq!(crds.len(), 7);
+    assert_eq!(crds.len(), 8);
     server_side_apply(&crds, false);
     for crd in &crds {
         run_ok(

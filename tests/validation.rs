@@ -51,6 +51,11 @@ fn valid_spec(kind: &str) -> Value {
             "repositoryRef": {"name": "acme-backups"},
             "region": "us-east-1",
         }),
+        "VerificationJob" => json!({
+            "restorePoints": ["nightly/i-0123456789abcdef0"],
+            "repositoryRef": {"name": "acme-backups"},
+            "region": "us-east-1",
+        }),
         other => panic!("no valid spec for {other}"),
     }
 }
@@ -417,6 +422,33 @@ fn invalid_manifests() -> Vec<Case> {
             json!({"repositoryRef": null}),
             "spec.repositoryRef is required",
         ),
+        // VerificationJob
+        case(
+            "VerificationJob",
+            json!({"restorePoints": []}),
+            "spec.restorePoints",
+        ),
+        case(
+            "VerificationJob",
+            json!({"restorePoints": ["../../etc"]}),
+            "spec.restorePoints",
+        ),
+        case(
+            "VerificationJob",
+            json!({"restorePoints": (0..51).map(|i| format!("nightly/i-{i:017x}")).collect::<Vec<_>>()}),
+            "spec.restorePoints",
+        ),
+        case(
+            "VerificationJob",
+            json!({"restorePoints": ["a/i-1", "a/i-1"]}),
+            "spec.restorePoints",
+        ),
+        case("VerificationJob", json!({"region": "mars"}), "spec.region"),
+        case(
+            "VerificationJob",
+            json!({"repositoryRef": null}),
+            "spec.repositoryRef is required",
+        ),
     ]
 }
 
@@ -471,6 +503,10 @@ fn valid_manifests() -> Vec<(&'static str, Value)> {
         (
             "RestoreJob",
             json!({"mode": "fileLevel", "idleTimeoutMinutes": 10, "restoreFilesTo": {"repositoryRef": {"name": "acme-backups"}, "prefix": "incident-42/"}}),
+        ),
+        (
+            "VerificationJob",
+            json!({"restorePoints": ["nightly.i-0123456789abcdef0", "nightly/snap-0123456789abcdef0"], "backoffLimit": 0}),
         ),
     ]
 }

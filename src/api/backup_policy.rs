@@ -308,9 +308,9 @@ pub struct LastVerificationRun {
     pub completion_time: Option<Time>,
     /// Restore points found intact.
     pub verified: i32,
-    /// Restore points found damaged, or that could not be read (the first
-    /// 10 named in `damaged`).
+    /// Restore points found damaged, or that could not be read.
     pub failed: i32,
+    /// The first 10 of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub damaged: Vec<String>,
     /// What the first failure said.

@@ -55,8 +55,9 @@ pub struct LastVerification {
     #[schemars(length(max = 253))]
     pub job: String,
     pub result: super::VerificationResult,
-    /// Distinct chunks read and found intact, of those referenced.
+    /// Distinct chunks read and found intact.
     pub intact_chunks: u64,
+    /// Distinct chunks the restore point references.
     pub chunks: u64,
     /// What was wrong, when something was.
     #[serde(default, skip_serializing_if = "Option::is_none")]

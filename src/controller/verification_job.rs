@@ -152,8 +152,16 @@ impl WorkerJob for VerificationJob {
                     .then(|| worker.message.clone())
                     .flatten(),
             };
-            catalog(self, ctx, &verification, &found.restore_point).await?;
-            worker.cataloged = true;
+            // Never holds the job up: its workers are judged and
+            // terminated after this, and the job keeps the outcome anyway.
+            match catalog(self, ctx, &verification, &found.restore_point).await {
+                Ok(()) => worker.cataloged = true,
+                Err(e) => warn!(
+                    error = %e,
+                    restore_point = found.restore_point,
+                    "could not record the verification on its RestorePoint; trying again at the next reconcile"
+                ),
+            }
         }
         Ok(())
     }

@@ -494,6 +494,22 @@ fn controller_creates_only_tender_tagged_resources() {
             s.sid
         );
     }
+    // Every worker's role, as iam/README.md names them after their
+    // policy files, can be passed: a profile left out fails every launch
+    // of its workers on AWS (moto does not check PassRole).
+    for profile in tender::messages::WorkerProfile::ALL {
+        let file = workers::file(profile);
+        let role = file
+            .trim_end_matches("-policy.json")
+            .replace("worker-", "tender-worker-");
+        let arn = format!("arn:aws:iam::111122223333:role/{role}");
+        let passed = policy.allows(&policy::Request {
+            action: "iam:PassRole",
+            resource: &arn,
+            context: &[("iam:PassedToService", "ec2.amazonaws.com")],
+        });
+        assert!(passed, "iam/controller-policy.json cannot pass {arn}");
+    }
 }
 
 /// The controller checks a BackupRepository (HeadBucket, a probe object it
