@@ -187,6 +187,11 @@ pub struct DefaultTypes {
 pub const RETENTION_LARGE_CHUNKS: u64 = 10_000_000;
 pub const RETENTION_XLARGE_CHUNKS: u64 = 100_000_000;
 
+/// Logical GiB up to which a verification worker is a `large` (4 GiB of
+/// memory), and then an `xlarge` (8 GiB).
+pub const VERIFICATION_LARGE_GIB: i64 = 4 * 1024;
+pub const VERIFICATION_XLARGE_GIB: i64 = 12 * 1024;
+
 impl DefaultTypes {
     pub const fn of(arch: Architecture) -> Self {
         match arch {
@@ -218,6 +223,11 @@ impl DefaultTypes {
         ["large", "2xlarge", "4xlarge"].map(|s| format!("{}.{s}", self.compute))
     }
 
+    /// Every size a retention or verification worker may get.
+    pub fn upkeep_sizes(self) -> [String; 3] {
+        ["large", "xlarge", "2xlarge"].map(|s| format!("{}.{s}", self.compute))
+    }
+
     pub fn restore(self) -> String {
         format!("{}.large", self.compute)
     }
@@ -236,10 +246,19 @@ impl DefaultTypes {
         format!("{}.{size}", self.compute)
     }
 
-    /// A verification worker's: reading and hashing chunks is bound by
-    /// the network, which a `large` has enough of (up to 10 Gbit/s).
-    pub fn verification(self) -> String {
-        format!("{}.large", self.compute)
+    /// A verification worker's, by the restore point's logical size (0:
+    /// unknown): reading and hashing go at the network's pace, which a
+    /// `large` has enough of; what grows is the memory of its chunk list
+    /// (about 250 bytes a 512 KiB block, so some 500 MiB a TiB).
+    pub fn verification(self, logical_gib: i64) -> String {
+        let size = if logical_gib <= VERIFICATION_LARGE_GIB {
+            "large"
+        } else if logical_gib <= VERIFICATION_XLARGE_GIB {
+            "xlarge"
+        } else {
+            "2xlarge"
+        };
+        format!("{}.{size}", self.compute)
     }
 
     pub fn file_level(self) -> String {

@@ -345,6 +345,31 @@ async fn the_agent_restores_a_restore_point_into_a_snapshot_and_reports_it() {
             .is_empty(),
         "a failed restore starts no snapshot"
     );
+
+    // A huge object planted under a chunk's name is not read into memory:
+    // it is a corrupt chunk, and said so.
+    s3.put_object()
+        .bucket(&bucket)
+        .key(&victim)
+        .body(vec![7u8; 8 << 20].into())
+        .send()
+        .await
+        .unwrap();
+    let e = tender::worker::run(aws.clone(), task(3), "i-00000000000000003".into())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("ChunkCorrupt"), "{e}");
+    let messages = drain(&sqs, &queue).await;
+    match messages.last().map(|m| &m.event) {
+        Some(WorkerEvent::Failed { message, .. }) => {
+            assert!(message.contains(&victim), "{message}");
+            assert!(
+                message.contains("more than a compressed block can be"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
 }
 
 /// EBS throttles every third block (per snapshot, five times in a row:

@@ -87,6 +87,18 @@ async fn a_verification_reads_every_chunk_back_and_says_what_is_damaged() {
     // data, one chunk of disk-3 deleted.
     let (keys, snapshot) = chunk_keys(&aws, &loc, "daily-1/disk-2").await;
     let corrupt = keys[1].clone();
+    let original = s3
+        .get_object()
+        .bucket(&loc.bucket)
+        .key(&corrupt)
+        .send()
+        .await
+        .expect("the chunk")
+        .body
+        .collect()
+        .await
+        .expect("its bytes")
+        .into_bytes();
     let put = s3
         .put_object()
         .bucket(&loc.bucket)
@@ -244,6 +256,41 @@ async fn a_verification_reads_every_chunk_back_and_says_what_is_damaged() {
         held.last_verification.map(|v| v.result),
         Some(VerificationResult::Verified)
     );
+
+    // The chunk put back, a new verification finds disk-2 intact, and its
+    // RestorePoint keeps nothing of the damage reported before.
+    let put = s3
+        .put_object()
+        .bucket(&loc.bucket)
+        .key(&corrupt)
+        .body(original.into())
+        .send()
+        .await;
+    put.expect("put the chunk back");
+    let again: VerificationJob = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tender.dev/v1alpha1", "kind": "VerificationJob",
+        "metadata": {"name": "check-again"},
+        "spec": {
+            "repositoryRef": {"name": repository},
+            "region": common::REGION,
+            "restorePoints": ["daily-1.disk-2"],
+        },
+    }))
+    .unwrap();
+    env.api::<VerificationJob>()
+        .create(&Default::default(), &again)
+        .await
+        .expect("create the second VerificationJob");
+    let mended = eventually(TIMEOUT, || async {
+        let p = env.api::<RestorePoint>().get("daily-1.disk-2").await.ok()?;
+        p.status?
+            .last_verification
+            .filter(|v| v.job == "check-again")
+    })
+    .await;
+    assert_eq!(mended.result, VerificationResult::Verified);
+    assert_eq!((mended.intact_chunks, mended.chunks), (4, 4));
+    assert_eq!(mended.message, None, "{mended:?}");
 }
 
 #[tokio::test]
@@ -372,8 +419,12 @@ async fn a_policy_verifies_the_newest_restore_point_of_each_resource_on_its_sche
     .await;
     let status = policy.status.expect("status");
     let last = status.last_verification.clone().expect("last verification");
-    assert_eq!((last.verified, last.failed), (1, 1), "{last:?}");
-    assert_eq!(last.damaged, ["weekly-2/disk-2"]);
+    assert_eq!(
+        (last.verified, last.damaged, last.unchecked),
+        (1, 1, 0),
+        "{last:?}"
+    );
+    assert_eq!(last.damaged_restore_points, ["weekly-2/disk-2"]);
     assert_eq!(last.phase, "PartiallySucceeded");
     let condition = common::condition_of(&status.conditions, "VerificationFailed")
         .expect("a VerificationFailed condition");

@@ -308,12 +308,16 @@ pub struct LastVerificationRun {
     pub completion_time: Option<Time>,
     /// Restore points found intact.
     pub verified: i32,
-    /// Restore points found damaged, or that could not be read.
-    pub failed: i32,
+    /// Restore points found damaged: a chunk missing or corrupt, or a
+    /// manifest that does not verify.
+    pub damaged: i32,
     /// The first 10 of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub damaged: Vec<String>,
-    /// What the first failure said.
+    pub damaged_restore_points: Vec<String>,
+    /// Restore points the run could not check (the worker failed for
+    /// another reason: access, throttling, a lost worker, the deadline).
+    pub unchecked: i32,
+    /// What the first damaged (else unchecked) one's worker said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }

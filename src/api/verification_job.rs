@@ -165,7 +165,8 @@ pub struct VerificationOutcome {
     pub missing_chunks: u64,
     /// Chunks that do not decompress or do not match their digest.
     pub corrupt_chunks: u64,
-    /// Bytes of the volumes' blocks the chunks hold.
+    /// Bytes of data the distinct chunks hold (uncompressed; a block
+    /// several volumes or blocks share counts once).
     pub logical_bytes: u64,
     /// The first keys missing or corrupt (at most 10).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -455,8 +455,9 @@ pub struct InstanceTypes {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(INSTANCE_TYPE_PATTERN))]
     pub retention: Option<String>,
-    /// Instance type of verification workers (default `c5.large`, on
-    /// arm64 `c7g.large`): they read and hash, at the network's pace.
+    /// Instance type of verification workers. Default by the restore
+    /// point's logical size: `c5.large` up to 4 TiB, `c5.xlarge` up to
+    /// 12 TiB, `c5.2xlarge` above (on arm64 `c7g`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(INSTANCE_TYPE_PATTERN))]
     pub verification: Option<String>,

@@ -67,6 +67,23 @@ pub enum Created {
     AlreadyExists,
 }
 
+/// The most a stored chunk can be: one EBS block compressed by zstd at its
+/// worst (zstd's bound is the input plus 1/256 of it plus a few hundred
+/// bytes), with room to spare.
+pub const MAX_PACKED_CHUNK: usize = crate::aws::ebs::BLOCK_SIZE + crate::aws::ebs::BLOCK_SIZE / 64;
+
+/// A chunk object as read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Chunk {
+    /// There is no such key.
+    Missing,
+    /// Larger than any chunk can be (its size, or the bytes read before
+    /// it was given up): not read further.
+    Oversized(u64),
+    /// Its stored (compressed) bytes.
+    Packed(Vec<u8>),
+}
+
 /// The backup repository's objects ([`AwsClients::repository`]).
 #[derive(Clone, Copy)]
 pub struct Repository<'a> {
@@ -213,6 +230,44 @@ impl Repository<'_> {
             Err(e) => return Err(denied(e, loc, key, "s3:GetObject")),
         };
         super::read_body(op, out.body).await.map(Some)
+    }
+
+    /// Reads the chunk object `key` of `loc`, at most
+    /// [`MAX_PACKED_CHUNK`] bytes of it: whoever can write the bucket could
+    /// put gigabytes under a chunk's name, and a worker holding 16 chunks
+    /// at a time must not run out of memory on that (it is a corrupt chunk,
+    /// and said so).
+    pub async fn get_chunk(&self, loc: &RepositoryLocation, key: &str) -> Result<Chunk, AwsError> {
+        let op = AwsOperation::GetObject;
+        let get = self
+            .aws
+            .s3(&loc.region)
+            .get_object()
+            .bucket(&loc.bucket)
+            .key(key)
+            .set_expected_bucket_owner(loc.expected_owner.clone())
+            .send();
+        let mut out = match self.aws.call(op, get).await {
+            Ok(out) => out,
+            Err(e) if is_missing(&e) => return Ok(Chunk::Missing),
+            Err(e) => return Err(denied(e, loc, key, "s3:GetObject")),
+        };
+        let declared = out.content_length.unwrap_or(0).max(0) as u64;
+        if declared > MAX_PACKED_CHUNK as u64 {
+            return Ok(Chunk::Oversized(declared));
+        }
+        let mut packed = Vec::with_capacity(declared as usize);
+        while let Some(piece) = out.body.next().await {
+            let piece = piece.map_err(|e| AwsError::Unreachable {
+                operation: op.name(),
+                detail: e.to_string(),
+            })?;
+            if packed.len() + piece.len() > MAX_PACKED_CHUNK {
+                return Ok(Chunk::Oversized((packed.len() + piece.len()) as u64));
+            }
+            packed.extend_from_slice(&piece);
+        }
+        Ok(Chunk::Packed(packed))
     }
 
     /// Deletes the object `key` of `loc` (a missing one is no error).

@@ -481,6 +481,16 @@ pub fn configured_instance_types(cfg: &WorkerConfiguration) -> Vec<String> {
             .unwrap_or_else(|| defaults.file_level()),
     );
     out.push(t.indexing.unwrap_or_else(|| defaults.indexing()));
+    // Retention and verification workers: the configured type, or every
+    // size Tender may pick for them.
+    for configured in [t.retention, t.verification] {
+        match configured {
+            Some(c) => out.push(c),
+            None => out.extend(defaults.upkeep_sizes()),
+        }
+    }
+    out.sort();
+    out.dedup();
     out
 }
 

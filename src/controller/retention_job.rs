@@ -29,8 +29,9 @@ pub async fn reconcile(job: Arc<RetentionJob>, ctx: Arc<Context>) -> Result<Acti
 }
 
 impl RetentionJob {
-    /// The restore points unfinished RestoreJobs of this namespace read
-    /// from this repository: no run expires one while it is read.
+    /// The restore points unfinished RestoreJobs and VerificationJobs of
+    /// this namespace read from this repository: no run expires one while
+    /// it is read.
     fn restore_points_in_use(&self, ctx: &Context) -> Vec<String> {
         let repository = self.spec.repository_ref.as_ref().map(|r| &r.name);
         let mut ids: Vec<String> = ctx
@@ -42,6 +43,17 @@ impl RetentionJob {
             .filter(|r| !r.status.as_ref().is_some_and(|s| s.phase.is_finished()))
             .map(|r| r.spec.restore_point_id())
             .collect();
+        // And those unfinished verifications read: expiring one mid-read
+        // would report it missing.
+        ids.extend(
+            ctx.verifications
+                .state()
+                .iter()
+                .filter(|v| v.namespace() == self.namespace())
+                .filter(|v| v.spec.repository_ref.as_ref().map(|r| &r.name) == repository)
+                .filter(|v| !v.status.as_ref().is_some_and(|s| s.phase.is_finished()))
+                .flat_map(|v| v.spec.restore_points.iter().map(|p| p.id())),
+        );
         ids.sort();
         ids.dedup();
         // All of them, never a few: were they too many for user data

@@ -16,7 +16,7 @@ use kube::{Api, ResourceExt};
 use tracing::warn;
 
 use super::job;
-use super::job::kind::{Located, NotLocated, Target, TaskDetails, WorkerJob};
+use super::job::kind::{Located, NotLocated, Settling, Target, TaskDetails, WorkerJob};
 use super::{Context, Result};
 use crate::api::restore_point::{LastVerification, object_name};
 use crate::api::{
@@ -75,7 +75,7 @@ impl WorkerJob for VerificationJob {
     /// repository's.
     async fn locate(
         &self,
-        _target: &Target,
+        target: &Target,
         _config: &WorkerConfiguration,
         ctx: &Context,
     ) -> Result<Result<Located, NotLocated>> {
@@ -95,17 +95,29 @@ impl WorkerJob for VerificationJob {
                 ),
             }));
         }
+        // Its size, from the catalog when it has it, sizes the worker.
+        let ns = self.namespace().unwrap_or_default();
+        let api: Api<RestorePoint> = Api::namespaced(ctx.client.clone(), &ns);
+        let listed = match object_name(&target.id) {
+            Some(name) => api.get_opt(&name).await?,
+            None => None,
+        };
+        let size_gib = listed.map_or(0, |p| {
+            (p.spec.logical_bytes.max(0) as u64).div_ceil(1 << 30) as i64
+        });
         Ok(Ok(Located {
             zone: None,
-            size_gib: 0,
+            size_gib,
         }))
     }
 
-    fn instance_type(&self, spec: &WorkerConfigurationSpec, _located: &Located) -> String {
+    fn instance_type(&self, spec: &WorkerConfigurationSpec, located: &Located) -> String {
         spec.instance_types
             .as_ref()
             .and_then(|t| t.verification.clone())
-            .unwrap_or_else(|| placement::DefaultTypes::of(spec.architecture).verification())
+            .unwrap_or_else(|| {
+                placement::DefaultTypes::of(spec.architecture).verification(located.size_gib)
+            })
     }
 
     fn record(worker: &mut VerificationWorkerStatus, event: &WorkerEvent) {
@@ -152,18 +164,51 @@ impl WorkerJob for VerificationJob {
                     .then(|| worker.message.clone())
                     .flatten(),
             };
-            // Never holds the job up: its workers are judged and
-            // terminated after this, and the job keeps the outcome anyway.
+            // A failed write is tried again while the job settles (see
+            // `settling`), never an error that would hold the job's other
+            // steps up; the job keeps the outcome whatever happens.
             match catalog(self, ctx, &verification, &found.restore_point).await {
                 Ok(()) => worker.cataloged = true,
-                Err(e) => warn!(
-                    error = %e,
-                    restore_point = found.restore_point,
-                    "could not record the verification on its RestorePoint; trying again at the next reconcile"
-                ),
+                Err(e) => {
+                    warn!(
+                        error = %e,
+                        restore_point = found.restore_point,
+                        "could not record the verification on its RestorePoint"
+                    );
+                    if !patient(worker, now) {
+                        let note = format!(
+                            "the outcome for {} stays on this job only: its RestorePoint could not be updated ({e}); check the controller's permission to patch restorepoints/status",
+                            found.restore_point
+                        );
+                        ctx.event(
+                            self,
+                            EventType::Warning,
+                            "RestorePointNotUpdated",
+                            "Verify",
+                            note,
+                        )
+                        .await;
+                    }
+                }
             }
         }
         Ok(())
+    }
+
+    /// The job stays unfinished while an outcome is not on its
+    /// RestorePoint yet, for at most [`CATALOG_PATIENCE`].
+    fn settling(&self, status: &JobStatus<VerificationWorkerStatus>) -> Option<Settling> {
+        let now = Timestamp::now();
+        let waiting = status.workers.iter().find(|w| {
+            w.outcome.is_some() && !w.cataloged && w.phase.is_finished() && patient(w, now)
+        })?;
+        Some(Settling {
+            note: format!(
+                "recording the verification of {} on its RestorePoint",
+                waiting.resource
+            ),
+            recheck: std::time::Duration::from_secs(5),
+        })
     }
 
     async fn task_details(
@@ -177,6 +222,17 @@ impl WorkerJob for VerificationJob {
             ..TaskDetails::default()
         })
     }
+}
+
+/// How long a job waits, once a worker finished, for its outcome to be
+/// written on the RestorePoint.
+const CATALOG_PATIENCE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Whether the job still waits for `worker`'s outcome to be cataloged.
+fn patient(worker: &VerificationWorkerStatus, now: Timestamp) -> bool {
+    let finished = worker.finished_time.as_ref().map_or(now, |t| t.0);
+    std::time::Duration::try_from(now.duration_since(finished))
+        .is_ok_and(|waited| waited < CATALOG_PATIENCE)
 }
 
 /// Records `verification` on restore point `id`'s RestorePoint, if the
@@ -211,9 +267,23 @@ async fn catalog(
     {
         return Ok(());
     }
+    // An older verification (a retried job's) never replaces a newer one.
+    let newer = point
+        .status
+        .as_ref()
+        .and_then(|s| s.last_verification.as_ref())
+        .is_some_and(|v| v.time.0 > verification.time.0);
+    if newer {
+        return Ok(());
+    }
     // A merge patch, not an apply: `held` is the catalog's, applied by
-    // it, and neither writer may drop the other's field.
-    let patch = serde_json::json!({"status": {"lastVerification": verification}});
+    // it, and neither writer may drop the other's field. Every field is
+    // sent, `null` included, so none of an earlier verification remains.
+    let mut value = serde_json::to_value(verification).unwrap_or_default();
+    if let Some(fields) = value.as_object_mut() {
+        fields.entry("message").or_insert(serde_json::Value::Null);
+    }
+    let patch = serde_json::json!({"status": {"lastVerification": value}});
     api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     if verification.result != VerificationResult::Verified {

@@ -11,6 +11,7 @@ use super::pace::{BLOCK_RETRIES, Pace, retry_block};
 use super::{BackupRequest, MoverError, Progress, check_chunk, lock, seal};
 use crate::aws::AwsError;
 use crate::aws::ebs::BLOCK_SIZE;
+use crate::aws::repository::Chunk;
 
 /// What the blocks of one backup share while they are copied.
 pub(super) struct BlockCopy<'r, 'a> {
@@ -127,7 +128,7 @@ impl BlockCopy<'_, '_> {
             &BLOCK_RETRIES,
             retries,
             || key.clone(),
-            || async { Ok(repo.repository().get_object(loc, &key).await?) },
+            || async { Ok(repo.repository().get_chunk(loc, &key).await?) },
         )
         .await;
         let (stored, retried) = match found {
@@ -137,14 +138,24 @@ impl BlockCopy<'_, '_> {
                 return Err(e);
             }
         };
+        let stored = match stored {
+            Chunk::Missing => None,
+            Chunk::Packed(stored) => Some(Ok(stored)),
+            Chunk::Oversized(size) => Some(Err(format!(
+                "it is {size} bytes, more than a compressed block can be"
+            ))),
+        };
         if let Some(stored) = stored {
             let expected = hash.to_string();
-            let intact = tokio::task::spawn_blocking(move || check_chunk(&stored, &expected))
-                .await
-                .map_err(|e| AwsError::Unreachable {
-                    operation: "VerifyChunk",
-                    detail: e.to_string(),
-                })?;
+            let intact = match stored {
+                Ok(stored) => tokio::task::spawn_blocking(move || check_chunk(&stored, &expected))
+                    .await
+                    .map_err(|e| AwsError::Unreachable {
+                        operation: "VerifyChunk",
+                        detail: e.to_string(),
+                    })?,
+                Err(detail) => Err(detail),
+            };
             match intact {
                 Ok(_) => {
                     lock(&self.stats).chunks_deduplicated += 1;

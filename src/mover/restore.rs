@@ -10,6 +10,7 @@ use super::manifest::{self, Manifest, RepositoryLocation, VolumeImage};
 use super::pace::{BLOCK_RETRIES, BLOCKS_PER_SECOND, Pace, retry_block};
 use super::{CONCURRENCY, MoverError, Progress, check_chunk};
 use crate::aws::ebs::BLOCK_SIZE;
+use crate::aws::repository::Chunk;
 use crate::aws::{AwsClients, AwsError};
 
 /// Fetches one chunk (tried again on its own when throttled) and checks
@@ -27,15 +28,26 @@ pub(super) async fn fetch_chunk(
         &BLOCK_RETRIES,
         &progress.retried,
         || key.clone(),
-        || async { Ok(aws.repository().get_object(loc, &key).await?) },
+        || async { Ok(aws.repository().get_chunk(loc, &key).await?) },
     )
     .await?;
-    let Some(packed) = found else {
-        return Err(MoverError::ChunkMissing {
-            restore_point: manifest.id.clone(),
-            key,
-            blocks: blocks(),
-        });
+    let packed = match found {
+        Chunk::Packed(packed) => packed,
+        Chunk::Missing => {
+            return Err(MoverError::ChunkMissing {
+                restore_point: manifest.id.clone(),
+                key,
+                blocks: blocks(),
+            });
+        }
+        Chunk::Oversized(size) => {
+            return Err(MoverError::ChunkCorrupt {
+                restore_point: manifest.id.clone(),
+                key,
+                blocks: blocks(),
+                detail: format!("it is {size} bytes, more than a compressed block can be"),
+            });
+        }
     };
     let expected = hash.to_string();
     let checked = tokio::task::spawn_blocking(move || check_chunk(&packed, &expected))

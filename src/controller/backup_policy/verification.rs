@@ -19,7 +19,7 @@ use crate::api::restore_point::REPOSITORY_LABEL;
 use crate::api::verification_job::{MAX_RESTORE_POINTS, VerifiedRestorePoint};
 use crate::api::{
     BackupPolicy, BackupPolicyStatus, JobLimits, LastVerificationRun, Phase, RestorePoint,
-    VerificationJob, VerificationJobSpec,
+    VerificationJob, VerificationJobSpec, VerificationResult,
 };
 use crate::controller::{Context, Result};
 use crate::policy::runs::{self, ConcurrencyPolicy, Observed};
@@ -159,15 +159,26 @@ pub async fn reconcile(
     status.active_verification = active.first().cloned();
     status.next_verification_time = decision.next.map(Time);
     let condition = match &status.last_verification {
-        Some(last) if last.failed > 0 => DesiredCondition::new(
+        Some(last) if last.damaged > 0 => DesiredCondition::new(
             VERIFICATION_FAILED,
             true,
             "RestorePointDamaged",
             format!(
-                "verification run {} could not verify {} restore point(s) ({}): {}; restore from another restore point of those resources, and find out what changed the repository",
+                "verification run {} found {} restore point(s) damaged ({}): {}; restore from another restore point of those resources, take a new backup, and find out what changed the repository",
                 last.job,
-                last.failed,
-                last.damaged.join(", "),
+                last.damaged,
+                last.damaged_restore_points.join(", "),
+                last.message.as_deref().unwrap_or("see the VerificationJob")
+            ),
+        ),
+        Some(last) if last.unchecked > 0 => DesiredCondition::new(
+            VERIFICATION_FAILED,
+            true,
+            "VerificationRunFailed",
+            format!(
+                "verification run {} could not check {} restore point(s): {}; nothing is known to be damaged, and the next run tries again",
+                last.job,
+                last.unchecked,
                 last.message.as_deref().unwrap_or("see the VerificationJob")
             ),
         ),
@@ -208,7 +219,17 @@ async fn newest_restore_points(
     let api: Api<RestorePoint> = Api::namespaced(ctx.client.clone(), ns);
     let selector = format!("{REPOSITORY_LABEL}={}", policy.spec.repository_ref.name);
     let own = Some(policy.name_any());
+    let verified_at = |p: &RestorePoint| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.last_verification.as_ref())
+            .map(|v| v.time.0)
+    };
     let mut newest: BTreeMap<(String, String), RestorePoint> = BTreeMap::new();
+    // When any restore point of each resource was last read back: a
+    // resource checked longest ago (or never) goes first, so that with
+    // more than 50 resources each run takes others.
+    let mut checked: BTreeMap<(String, String), Timestamp> = BTreeMap::new();
     for point in api
         .list(&ListParams::default().labels(&selector))
         .await?
@@ -218,6 +239,10 @@ async fn newest_restore_points(
             continue;
         }
         let key = (point.spec.region.clone(), point.spec.resource.clone());
+        if let Some(at) = verified_at(&point) {
+            let last = checked.entry(key.clone()).or_insert(at);
+            *last = (*last).max(at);
+        }
         // The catalog's times are whole seconds: a tie goes to the later
         // ID (policy runs are named by their minute).
         let order = |p: &RestorePoint| (p.spec.created_at.0, p.spec.id.clone());
@@ -225,40 +250,52 @@ async fn newest_restore_points(
             newest.insert(key, point);
         }
     }
-    let mut points: Vec<RestorePoint> = newest.into_values().collect();
-    let verified_at = |p: &RestorePoint| {
-        p.status
-            .as_ref()
-            .and_then(|s| s.last_verification.as_ref())
-            .map(|v| v.time.0)
-    };
-    points.sort_by_key(|p| (verified_at(p), p.spec.id.clone()));
+    let mut points: Vec<(Option<Timestamp>, String)> = newest
+        .into_iter()
+        .map(|(key, p)| (checked.get(&key).copied(), p.spec.id))
+        .collect();
+    points.sort();
     Ok(points
         .into_iter()
         .take(MAX_RESTORE_POINTS)
-        .map(|p| VerifiedRestorePoint(p.spec.id))
+        .map(|(_, id)| VerifiedRestorePoint(id))
         .collect())
 }
 
 fn last_run(job: &VerificationJob) -> LastVerificationRun {
     let status = job.status.clone().unwrap_or_default();
-    let failed: Vec<_> = status
+    let found = |w: &&crate::api::VerificationWorkerStatus| w.outcome.as_ref().map(|o| o.result);
+    let verified = status
         .workers
         .iter()
-        .filter(|w| w.phase != Phase::Succeeded)
+        .filter(|w| w.phase == Phase::Succeeded && found(w) == Some(VerificationResult::Verified))
+        .count();
+    let damaged: Vec<_> = status
+        .workers
+        .iter()
+        .filter(|w| found(w).is_some_and(|r| r != VerificationResult::Verified))
+        .collect();
+    let unchecked: Vec<_> = status
+        .workers
+        .iter()
+        .filter(|w| w.phase != Phase::Succeeded && w.outcome.is_none())
         .collect();
     LastVerificationRun {
         job: job.name_any(),
         phase: format!("{:?}", status.phase),
         completion_time: status.completion_time.clone(),
-        verified: (status.workers.len() - failed.len()) as i32,
-        failed: failed.len() as i32,
-        damaged: failed
+        verified: verified as i32,
+        damaged: damaged.len() as i32,
+        damaged_restore_points: damaged
             .iter()
             .take(NAMED)
             .map(|w| w.resource.clone())
             .collect(),
-        message: failed.first().and_then(|w| w.message.clone()),
+        unchecked: unchecked.len() as i32,
+        message: damaged
+            .first()
+            .or(unchecked.first())
+            .and_then(|w| w.message.clone()),
     }
 }
 

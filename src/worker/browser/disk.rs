@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::aws::AwsClients;
 use crate::aws::ebs::BLOCK_SIZE;
+use crate::aws::repository::Chunk;
 use crate::mover::manifest::{RepositoryLocation, VolumeImage};
 
 /// Decompressed chunks kept in memory (512 KiB each).
@@ -93,11 +94,19 @@ impl RepositoryDisk {
     fn fetch_chunk(&self, hash: &str) -> Result<Vec<u8>, String> {
         let inner = &self.inner;
         let key = inner.location.chunk_key(hash);
-        let packed = inner
+        let found = inner
             .runtime
-            .block_on(inner.aws.repository().get_object(&inner.location, &key))
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("chunk {key} is missing from the repository"))?;
+            .block_on(inner.aws.repository().get_chunk(&inner.location, &key))
+            .map_err(|e| e.to_string())?;
+        let packed = match found {
+            Chunk::Packed(packed) => packed,
+            Chunk::Missing => return Err(format!("chunk {key} is missing from the repository")),
+            Chunk::Oversized(size) => {
+                return Err(format!(
+                    "chunk {key} is corrupt: it is {size} bytes, more than a compressed block can be"
+                ));
+            }
+        };
         let mut data = zstd::bulk::decompress(&packed, BLOCK_SIZE)
             .map_err(|e| format!("chunk {key} is corrupt: {e}"))?;
         let actual = hex::encode(Sha256::digest(&data));

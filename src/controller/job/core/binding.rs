@@ -34,6 +34,10 @@ pub enum Refusal {
     SequenceJump,
     /// A completion that names another restore point than this attempt's.
     WrongRestorePoint,
+    /// A verification's outcome that contradicts itself or its event (a
+    /// completion without one, a damaged one reported as a success, counts
+    /// that do not add up).
+    InconsistentOutcome,
     /// A browser session at a host that is not the worker's own address.
     ForeignBrowserHost,
     /// For a resource the job does not have, or an attempt it cannot have
@@ -54,6 +58,7 @@ impl Refusal {
             Refusal::ForeignSender => "ForeignSender",
             Refusal::SequenceJump => "SequenceJump",
             Refusal::WrongRestorePoint => "WrongRestorePoint",
+            Refusal::InconsistentOutcome => "InconsistentOutcome",
             Refusal::ForeignBrowserHost => "ForeignBrowserHost",
             Refusal::UnknownWorker => "UnknownWorker",
             Refusal::ForeignInstance => "ForeignInstance",
@@ -173,6 +178,11 @@ pub fn restore_point_refusal(
     {
         return Some(Refusal::WrongRestorePoint);
     }
+    if operation == Operation::Verification
+        && let Some(refusal) = outcome_refusal(event, verified)
+    {
+        return Some(refusal);
+    }
     let WorkerEvent::Completed { restore_point, .. } = event else {
         return None;
     };
@@ -189,6 +199,35 @@ pub fn restore_point_refusal(
         (Operation::Backup, None) => Some(Refusal::WrongRestorePoint),
         _ => None,
     }
+}
+
+/// Whether a verification worker's final message holds together: a
+/// completion carries an outcome that found everything intact, a failure
+/// that carries one found damage, and its counts add up. What a lying
+/// worker could still claim is bounded by its own restore point (checked
+/// above).
+fn outcome_refusal(
+    event: &WorkerEvent,
+    found: Option<&crate::api::VerificationOutcome>,
+) -> Option<Refusal> {
+    use crate::api::VerificationResult::{Damaged, Unverified, Verified};
+    let consistent = |v: &crate::api::VerificationOutcome| match v.result {
+        Verified => v.intact_chunks == v.chunks && v.missing_chunks + v.corrupt_chunks == 0,
+        Damaged => {
+            v.missing_chunks + v.corrupt_chunks > 0
+                && v.intact_chunks
+                    .checked_add(v.missing_chunks + v.corrupt_chunks)
+                    == Some(v.chunks)
+        }
+        Unverified => v.chunks == 0,
+    };
+    let ok = match (event, found) {
+        (WorkerEvent::Completed { .. }, Some(v)) => v.result == Verified && consistent(v),
+        (WorkerEvent::Completed { .. }, None) => false,
+        (WorkerEvent::Failed { .. }, Some(v)) => v.result != Verified && consistent(v),
+        _ => true,
+    };
+    (!ok).then_some(Refusal::InconsistentOutcome)
 }
 
 /// Whether a browser session is at one of the worker instance's own

@@ -158,12 +158,13 @@ fn a_verification_speaks_only_of_the_restore_point_its_worker_reads() {
     let found = |id: &str| {
         Some(Box::new(crate::api::VerificationOutcome {
             restore_point: id.into(),
+            result: crate::api::VerificationResult::Unverified,
             ..Default::default()
         }))
     };
     let failed = |id: &str| WorkerEvent::Failed {
-        reason: crate::reasons::FailureReason::ChunkCorrupt,
-        message: "damaged".into(),
+        reason: crate::reasons::FailureReason::RestorePointUnverified,
+        message: "does not verify".into(),
         verification: found(id),
     };
     let own = restore_point_refusal(Operation::Verification, "v", point, &failed(point));
@@ -174,6 +175,49 @@ fn a_verification_speaks_only_of_the_restore_point_its_worker_reads() {
         restore_point_refusal(Operation::Verification, "v", point, &other),
         Some(Refusal::WrongRestorePoint)
     );
+    // A damaged restore point is not a success, and counts add up.
+    let damaged = crate::api::VerificationOutcome {
+        restore_point: point.into(),
+        result: crate::api::VerificationResult::Damaged,
+        chunks: 4,
+        intact_chunks: 3,
+        corrupt_chunks: 1,
+        ..Default::default()
+    };
+    let as_failure = WorkerEvent::Failed {
+        reason: crate::reasons::FailureReason::ChunkCorrupt,
+        message: "damaged".into(),
+        verification: Some(Box::new(damaged.clone())),
+    };
+    let check =
+        |event: &WorkerEvent| restore_point_refusal(Operation::Verification, "v", point, event);
+    assert_eq!(check(&as_failure), None);
+    let mut as_success = completed(Some(point));
+    if let WorkerEvent::Completed { verification, .. } = &mut as_success {
+        *verification = Some(Box::new(damaged.clone()));
+    }
+    assert_eq!(check(&as_success), Some(Refusal::InconsistentOutcome));
+    let uneven = WorkerEvent::Failed {
+        reason: crate::reasons::FailureReason::ChunkCorrupt,
+        message: "damaged".into(),
+        verification: Some(Box::new(crate::api::VerificationOutcome {
+            intact_chunks: 4,
+            ..damaged
+        })),
+    };
+    assert_eq!(check(&uneven), Some(Refusal::InconsistentOutcome));
+    // A verification that completes says what it read.
+    assert_eq!(
+        check(&completed(Some(point))),
+        Some(Refusal::InconsistentOutcome)
+    );
+    // A failure with nothing read (access denied, say) is a failure.
+    let denied = WorkerEvent::Failed {
+        reason: crate::reasons::FailureReason::RepositoryAccessDenied,
+        message: "403".into(),
+        verification: None,
+    };
+    assert_eq!(check(&denied), None);
     // No other kind of worker reports a verification.
     assert_eq!(
         restore_point_refusal(Operation::Restore, "v", point, &failed(point)),
