@@ -1,6 +1,6 @@
 //! Disk access: the restore point's volume as a byte device read from the
-//! repository's chunks, the ext2/3/4 filesystem on it, and the paths
-//! people ask for in it.
+//! repository's chunks, its partitions (`super::partitions`), the ext2/3/4
+//! filesystem on one of them, and the paths people ask for in it.
 //!
 //! `ext4_view::Ext4` is not `Send`: every use opens it on the blocking
 //! thread that does the work (the chunk cache makes opening cheap).
@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use ext4_view::{Ext4, Ext4Read, Metadata};
 use sha2::{Digest, Sha256};
 
+use super::partitions::{self, Partition, ReadAt, Scheme};
 use crate::aws::AwsClients;
 use crate::aws::ebs::BLOCK_SIZE;
 use crate::aws::repository::Chunk;
@@ -124,39 +125,138 @@ impl RepositoryDisk {
 #[error("{0}")]
 struct DiskError(String);
 
-impl Ext4Read for RepositoryDisk {
-    fn read(
-        &mut self,
-        start_byte: u64,
-        dst: &mut [u8],
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
-        let end = start_byte + dst.len() as u64;
+impl ReadAt for RepositoryDisk {
+    fn read_at(&self, start_byte: u64, dst: &mut [u8]) -> Result<(), String> {
+        let end = start_byte.saturating_add(dst.len() as u64);
         if end > self.inner.size {
-            return Err(Box::new(DiskError(format!(
+            return Err(format!(
                 "read past the end of the volume ({end} > {})",
                 self.inner.size
-            ))));
+            ));
         }
         let mut done = 0usize;
         while done < dst.len() {
             let at = start_byte + done as u64;
             let index = (at / BLOCK_SIZE as u64) as i32;
             let offset = (at % BLOCK_SIZE as u64) as usize;
-            let block = self.block(index).map_err(|e| Box::new(DiskError(e)))?;
+            let block = self.block(index)?;
             let n = (BLOCK_SIZE - offset).min(dst.len() - done);
             dst[done..done + n].copy_from_slice(&block[offset..offset + n]);
             done += n;
         }
         Ok(())
     }
+
+    fn size(&self) -> u64 {
+        self.inner.size
+    }
 }
 
 impl Volume for RepositoryDisk {
     fn open(&self) -> Result<Ext4, String> {
-        Ext4::load(Box::new(self.clone())).map_err(|e| {
-            format!("the restore point's volume is not a readable ext2/3/4 filesystem: {e}")
-        })
+        open_ext4(self)
     }
+}
+
+/// One partition of a volume as a byte device of its own.
+struct Slice<D> {
+    disk: D,
+    start: u64,
+    size: u64,
+}
+
+impl<D: ReadAt + 'static> Ext4Read for Slice<D> {
+    fn read(
+        &mut self,
+        start_byte: u64,
+        dst: &mut [u8],
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
+        let end = start_byte.saturating_add(dst.len() as u64);
+        if end > self.size {
+            return Err(Box::new(DiskError(format!(
+                "read past the end of the partition ({end} > {})",
+                self.size
+            ))));
+        }
+        self.disk
+            .read_at(self.start + start_byte, dst)
+            .map_err(|e| Box::new(DiskError(e)) as Box<dyn std::error::Error + Send + Sync>)
+    }
+}
+
+/// What a partition holds, by the magic numbers at the start of the
+/// filesystems an EC2 volume has.
+pub(super) fn filesystem_of(disk: &dyn ReadAt, p: &Partition) -> &'static str {
+    let mut head = vec![0u8; 4096.min(p.size) as usize];
+    if disk.read_at(p.start, &mut head).is_err() {
+        return "unreadable";
+    }
+    let at = |offset: usize, magic: &[u8]| head.get(offset..offset + magic.len()) == Some(magic);
+    if at(1080, &[0x53, 0xEF]) {
+        "ext2/3/4"
+    } else if at(0, b"XFSB") {
+        "XFS"
+    } else if at(3, b"NTFS    ") {
+        "NTFS"
+    } else if at(82, b"FAT32   ") || at(54, b"FAT12   ") || at(54, b"FAT16   ") {
+        "FAT"
+    } else if at(3, b"EXFAT   ") {
+        "exFAT"
+    } else if at(512, b"LABELONE") || at(24, b"LVM2 001") {
+        "LVM physical volume"
+    } else if at(4086, b"SWAPSPACE2") {
+        "Linux swap"
+    } else if head.iter().all(|b| *b == 0) {
+        "no filesystem"
+    } else {
+        "unknown"
+    }
+}
+
+/// The ext2/3/4 filesystem of a volume: the whole volume's, or that of its
+/// largest ext partition (a Linux root volume's root). When there is none,
+/// an error that names each partition and what it holds.
+pub(super) fn open_ext4<D: ReadAt + Clone + 'static>(disk: &D) -> Result<Ext4, String> {
+    let layout = partitions::read(disk)
+        .map_err(|e| format!("the restore point's volume cannot be read: {e}"))?;
+    let found: Vec<(&Partition, &'static str)> = layout
+        .partitions
+        .iter()
+        .map(|p| (p, filesystem_of(disk, p)))
+        .collect();
+    let ext = found
+        .iter()
+        .filter(|(_, fs)| *fs == "ext2/3/4")
+        .max_by_key(|(p, _)| p.size);
+    let Some((p, _)) = ext else {
+        let what: Vec<String> = found
+            .iter()
+            .map(|(p, fs)| match layout.scheme {
+                Scheme::Whole => format!("the whole volume holds {fs}"),
+                _ => format!(
+                    "partition {} ({}, {} MiB) holds {fs}",
+                    p.number,
+                    p.kind,
+                    p.size >> 20
+                ),
+            })
+            .collect();
+        return Err(format!(
+            "the restore point's volume holds no ext2/3/4 filesystem, the only kind file-level recovery reads so far: {}",
+            what.join("; ")
+        ));
+    };
+    let slice = Slice {
+        disk: disk.clone(),
+        start: p.start,
+        size: p.size,
+    };
+    Ext4::load(Box::new(slice)).map_err(|e| {
+        format!(
+            "partition {} of the restore point's volume is not a readable ext2/3/4 filesystem: {e}",
+            p.number
+        )
+    })
 }
 
 /// Checks, before the session starts, that the volume holds a filesystem.
@@ -334,6 +434,43 @@ mod tests {
         assert_eq!(join("/a", "b"), "/a/b");
         assert_eq!(file_name("/"), "root");
         assert_eq!(file_name("/a/say \"hi\""), "say _hi_");
+    }
+
+    #[test]
+    fn the_ext4_partition_of_a_partitioned_volume_is_found() {
+        use super::super::partitions::tests::{EFI, Image as Disk, LINUX, gpt_disk};
+        let fs = image(&[("etc/hostname", b"web-1\n", 0o644)]);
+        // An Ubuntu-like layout: EFI first, the ext4 root after it.
+        let mut d = gpt_disk(
+            16 << 20,
+            &[(EFI, 2048, 4095, "EFI"), (LINUX, 8192, 16383, "root")],
+        );
+        d[8192 * 512..8192 * 512 + fs.0.len()].copy_from_slice(&fs.0);
+        let found = open_ext4(&Disk(d)).expect("the root partition's filesystem");
+        assert_eq!(found.read("/etc/hostname").unwrap(), b"web-1\n");
+    }
+
+    #[test]
+    fn a_volume_without_ext4_says_what_each_partition_holds() {
+        use super::super::partitions::tests::{EFI, Image as Disk, LINUX, gpt_disk};
+        let mut d = gpt_disk(
+            16 << 20,
+            &[(EFI, 2048, 4095, "EFI"), (LINUX, 8192, 16383, "root")],
+        );
+        d[2048 * 512 + 82..2048 * 512 + 90].copy_from_slice(b"FAT32   ");
+        d[8192 * 512..8192 * 512 + 4].copy_from_slice(b"XFSB");
+        let Err(e) = open_ext4(&Disk(d)) else {
+            panic!("no ext4 anywhere, yet one was opened");
+        };
+        assert!(
+            e.contains("partition 1 (EFI system, 1 MiB) holds FAT")
+                && e.contains("partition 2 (Linux filesystem, 4 MiB) holds XFS"),
+            "{e}"
+        );
+        let Err(e) = open_ext4(&Disk(vec![0u8; 1 << 20])) else {
+            panic!("an empty volume opened");
+        };
+        assert!(e.contains("the whole volume holds no filesystem"), "{e}");
     }
 
     #[test]

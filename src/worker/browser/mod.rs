@@ -31,6 +31,7 @@ mod connections;
 mod disk;
 mod guard;
 mod pages;
+pub mod partitions;
 mod restore;
 mod routes;
 mod selection;
