@@ -6,7 +6,7 @@
 //! thread that does the work (the chunk cache makes opening cheap).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use ext4_view::{Ext4, Ext4Read, Metadata};
 use sha2::{Digest, Sha256};
@@ -42,6 +42,8 @@ struct DiskInner {
     size: u64,
     cache: Mutex<VecDeque<(i32, Arc<Vec<u8>>)>>,
     runtime: tokio::runtime::Handle,
+    /// The partition that holds its ext2/3/4 filesystem, once found.
+    ext4: OnceLock<Partition>,
 }
 
 impl RepositoryDisk {
@@ -58,6 +60,7 @@ impl RepositoryDisk {
                 size: volume.size_gib.max(0) as u64 * (1 << 30),
                 cache: Mutex::new(VecDeque::new()),
                 runtime: tokio::runtime::Handle::current(),
+                ext4: OnceLock::new(),
             }),
         }
     }
@@ -153,8 +156,20 @@ impl ReadAt for RepositoryDisk {
 }
 
 impl Volume for RepositoryDisk {
+    /// Its partition is found once (a session opens the filesystem at
+    /// every request); a failure to find it (a read that failed) is not
+    /// kept, so the next request looks again.
     fn open(&self) -> Result<Ext4, String> {
-        open_ext4(self)
+        let known = self.inner.ext4.get().cloned();
+        let p = match known {
+            Some(p) => p,
+            None => {
+                let p = find_ext4(self)?;
+                let _ = self.inner.ext4.set(p.clone());
+                p
+            }
+        };
+        load_ext4(self, &p)
     }
 }
 
@@ -216,7 +231,14 @@ pub(super) fn filesystem_of(disk: &dyn ReadAt, p: &Partition) -> &'static str {
 /// The ext2/3/4 filesystem of a volume: the whole volume's, or that of its
 /// largest ext partition (a Linux root volume's root). When there is none,
 /// an error that names each partition and what it holds.
+#[cfg(test)]
 pub(super) fn open_ext4<D: ReadAt + Clone + 'static>(disk: &D) -> Result<Ext4, String> {
+    load_ext4(disk, &find_ext4(disk)?)
+}
+
+/// Where the volume's ext2/3/4 filesystem is: its partition (number,
+/// first byte, size), or why there is none.
+fn find_ext4(disk: &dyn ReadAt) -> Result<Partition, String> {
     let layout = partitions::read(disk)
         .map_err(|e| format!("the restore point's volume cannot be read: {e}"))?;
     let found: Vec<(&Partition, &'static str)> = layout
@@ -246,6 +268,11 @@ pub(super) fn open_ext4<D: ReadAt + Clone + 'static>(disk: &D) -> Result<Ext4, S
             what.join("; ")
         ));
     };
+    Ok((*p).clone())
+}
+
+/// The ext2/3/4 filesystem on partition `p` of `disk`.
+fn load_ext4<D: ReadAt + Clone + 'static>(disk: &D, p: &Partition) -> Result<Ext4, String> {
     let slice = Slice {
         disk: disk.clone(),
         start: p.start,
