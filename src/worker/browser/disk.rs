@@ -200,12 +200,17 @@ impl<D: ReadAt + 'static> Ext4Read for Slice<D> {
 }
 
 /// What a partition holds, by the magic numbers at the start of the
-/// filesystems an EC2 volume has.
-pub(super) fn filesystem_of(disk: &dyn ReadAt, p: &Partition) -> &'static str {
+/// filesystems an EC2 volume has; `Err` when its start cannot be read (a
+/// chunk missing, S3 failing).
+pub(super) fn filesystem_of(disk: &dyn ReadAt, p: &Partition) -> Result<&'static str, String> {
     let mut head = vec![0u8; 4096.min(p.size) as usize];
-    if disk.read_at(p.start, &mut head).is_err() {
-        return "unreadable";
-    }
+    disk.read_at(p.start, &mut head)?;
+    Ok(filesystem_in(&head))
+}
+
+/// The filesystem whose magic numbers `head` (a partition's first 4 KiB)
+/// holds.
+fn filesystem_in(head: &[u8]) -> &'static str {
     let at = |offset: usize, magic: &[u8]| head.get(offset..offset + magic.len()) == Some(magic);
     if at(1080, &[0x53, 0xEF]) {
         "ext2/3/4"
@@ -241,11 +246,16 @@ pub(super) fn open_ext4<D: ReadAt + Clone + 'static>(disk: &D) -> Result<Ext4, S
 fn find_ext4(disk: &dyn ReadAt) -> Result<Partition, String> {
     let layout = partitions::read(disk)
         .map_err(|e| format!("the restore point's volume cannot be read: {e}"))?;
-    let found: Vec<(&Partition, &'static str)> = layout
-        .partitions
-        .iter()
-        .map(|p| (p, filesystem_of(disk, p)))
-        .collect();
+    let mut found: Vec<(&Partition, &'static str)> = Vec::new();
+    for p in &layout.partitions {
+        let fs = filesystem_of(disk, p).map_err(|e| {
+            format!(
+                "partition {} of the restore point's volume cannot be read: {e}",
+                p.number
+            )
+        })?;
+        found.push((p, fs));
+    }
     let ext = found
         .iter()
         .filter(|(_, fs)| *fs == "ext2/3/4")
@@ -498,6 +508,37 @@ mod tests {
             panic!("an empty volume opened");
         };
         assert!(e.contains("the whole volume holds no filesystem"), "{e}");
+    }
+
+    #[test]
+    fn a_partition_that_cannot_be_read_is_said_so_not_called_empty() {
+        use super::super::partitions::tests::{EFI, Image as Disk, LINUX, gpt_disk};
+        /// A volume whose second partition's chunk is missing.
+        #[derive(Clone)]
+        struct Holed(Disk);
+        impl ReadAt for Holed {
+            fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+                if offset >= 8192 * 512 {
+                    return Err("chunk chunks/ab/abcd is missing from the repository".into());
+                }
+                self.0.read_at(offset, buf)
+            }
+            fn size(&self) -> u64 {
+                self.0.size()
+            }
+        }
+        let d = gpt_disk(
+            16 << 20,
+            &[(EFI, 2048, 4095, "EFI"), (LINUX, 8192, 16383, "root")],
+        );
+        let Err(e) = open_ext4(&Holed(Disk(d))) else {
+            panic!("a volume that cannot be read opened");
+        };
+        assert!(
+            e.contains("partition 2 of the restore point's volume cannot be read")
+                && e.contains("missing from the repository"),
+            "{e}"
+        );
     }
 
     #[test]
