@@ -98,8 +98,13 @@ impl WorkerJob for VerificationJob {
         // Its size, from the catalog when it has it, sizes the worker.
         let ns = self.namespace().unwrap_or_default();
         let api: Api<RestorePoint> = Api::namespaced(ctx.client.clone(), &ns);
+        // Only a size: a failed lookup launches the smallest worker
+        // rather than hold the job up.
         let listed = match object_name(&target.id) {
-            Some(name) => api.get_opt(&name).await?,
+            Some(name) => api.get_opt(&name).await.unwrap_or_else(|e| {
+                warn!(error = %e, restore_point = target.id, "no size from the catalog");
+                None
+            }),
             None => None,
         };
         let size_gib = listed.map_or(0, |p| {
