@@ -55,6 +55,37 @@ async fn restore_point(env: &TestEnv, name: &str) -> RestorePoint {
     .await
 }
 
+/// Creates VerificationJob `name` of `points` in the test's repository.
+async fn verify(env: &TestEnv, name: &str, repository: &str, points: &[&str]) {
+    let job: VerificationJob = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tender.dev/v1alpha1", "kind": "VerificationJob",
+        "metadata": {"name": name},
+        "spec": {
+            "repositoryRef": {"name": repository},
+            "region": common::REGION,
+            "restorePoints": points,
+            "backoffLimit": 2,
+        },
+    }))
+    .expect("a VerificationJob");
+    env.api::<VerificationJob>()
+        .create(&Default::default(), &job)
+        .await
+        .expect("create the VerificationJob");
+}
+
+/// VerificationJob `name`, once finished.
+async fn finished(env: &TestEnv, name: &str) -> VerificationJob {
+    eventually(TIMEOUT, || async {
+        let job = env.api::<VerificationJob>().get(name).await.ok()?;
+        job.status
+            .as_ref()
+            .is_some_and(|s| s.phase.is_finished())
+            .then_some(job)
+    })
+    .await
+}
+
 fn worker<'a>(job: &'a VerificationJob, id: &str) -> &'a VerificationWorkerStatus {
     let status = job.status.as_ref().expect("status");
     status
@@ -121,29 +152,9 @@ async fn a_verification_reads_every_chunk_back_and_says_what_is_damaged() {
     deleted.expect("delete a chunk");
 
     // Named either way: by ID or by RestorePoint name.
-    let job: VerificationJob = serde_json::from_value(serde_json::json!({
-        "apiVersion": "tender.dev/v1alpha1", "kind": "VerificationJob",
-        "metadata": {"name": "check"},
-        "spec": {
-            "repositoryRef": {"name": repository},
-            "region": common::REGION,
-            "restorePoints": ["daily-1/disk-1", "daily-1.disk-2", "daily-1/disk-3"],
-            "backoffLimit": 2,
-        },
-    }))
-    .unwrap();
-    env.api::<VerificationJob>()
-        .create(&Default::default(), &job)
-        .await
-        .expect("create the VerificationJob");
-    let job = eventually(TIMEOUT, || async {
-        let job = env.api::<VerificationJob>().get("check").await.ok()?;
-        job.status
-            .as_ref()
-            .is_some_and(|s| s.phase.is_finished())
-            .then_some(job)
-    })
-    .await;
+    let points = ["daily-1/disk-1", "daily-1.disk-2", "daily-1/disk-3"];
+    verify(&env, "check", &repository, &points).await;
+    let job = finished(&env, "check").await;
     let status = job.status.clone().unwrap();
     assert_eq!(status.phase, Phase::PartiallySucceeded, "{status:?}");
 
@@ -267,20 +278,7 @@ async fn a_verification_reads_every_chunk_back_and_says_what_is_damaged() {
         .send()
         .await;
     put.expect("put the chunk back");
-    let again: VerificationJob = serde_json::from_value(serde_json::json!({
-        "apiVersion": "tender.dev/v1alpha1", "kind": "VerificationJob",
-        "metadata": {"name": "check-again"},
-        "spec": {
-            "repositoryRef": {"name": repository},
-            "region": common::REGION,
-            "restorePoints": ["daily-1.disk-2"],
-        },
-    }))
-    .unwrap();
-    env.api::<VerificationJob>()
-        .create(&Default::default(), &again)
-        .await
-        .expect("create the second VerificationJob");
+    verify(&env, "check-again", &repository, &["daily-1.disk-2"]).await;
     let mended = eventually(TIMEOUT, || async {
         let p = env.api::<RestorePoint>().get("daily-1.disk-2").await.ok()?;
         p.status?
@@ -298,28 +296,8 @@ async fn a_verification_of_a_restore_point_that_is_not_there_fails_and_says_so()
     let env = TestEnv::new("verification-missing").await;
     env.default_configuration().await;
     let repository = env.repository().await;
-    let job: VerificationJob = serde_json::from_value(serde_json::json!({
-        "apiVersion": "tender.dev/v1alpha1", "kind": "VerificationJob",
-        "metadata": {"name": "nothing"},
-        "spec": {
-            "repositoryRef": {"name": repository},
-            "region": common::REGION,
-            "restorePoints": ["never-1/disk-9"],
-        },
-    }))
-    .unwrap();
-    env.api::<VerificationJob>()
-        .create(&Default::default(), &job)
-        .await
-        .expect("create the VerificationJob");
-    let job = eventually(TIMEOUT, || async {
-        let job = env.api::<VerificationJob>().get("nothing").await.ok()?;
-        job.status
-            .as_ref()
-            .is_some_and(|s| s.phase.is_finished())
-            .then_some(job)
-    })
-    .await;
+    verify(&env, "nothing", &repository, &["never-1/disk-9"]).await;
+    let job = finished(&env, "nothing").await;
     let w = worker(&job, "never-1/disk-9");
     assert_eq!(w.phase, Phase::Failed, "{w:?}");
     assert_eq!(w.reason.as_deref(), Some("RestorePointNotFound"));

@@ -215,7 +215,21 @@ impl Repository<'_> {
         loc: &RepositoryLocation,
         key: &str,
     ) -> Result<Option<Vec<u8>>, AwsError> {
-        let op = AwsOperation::GetObject;
+        let Some(out) = self.open_object(loc, key).await? else {
+            return Ok(None);
+        };
+        super::read_body(AwsOperation::GetObject, out.body)
+            .await
+            .map(Some)
+    }
+
+    /// GetObject of `key` of `loc`, its body not read yet; `None` when
+    /// there is no such key.
+    async fn open_object(
+        &self,
+        loc: &RepositoryLocation,
+        key: &str,
+    ) -> Result<Option<aws_sdk_s3::operation::get_object::GetObjectOutput>, AwsError> {
         let get = self
             .aws
             .s3(&loc.region)
@@ -224,12 +238,11 @@ impl Repository<'_> {
             .key(key)
             .set_expected_bucket_owner(loc.expected_owner.clone())
             .send();
-        let out = match self.aws.call(op, get).await {
-            Ok(out) => out,
-            Err(e) if is_missing(&e) => return Ok(None),
-            Err(e) => return Err(denied(e, loc, key, "s3:GetObject")),
-        };
-        super::read_body(op, out.body).await.map(Some)
+        match self.aws.call(AwsOperation::GetObject, get).await {
+            Ok(out) => Ok(Some(out)),
+            Err(e) if is_missing(&e) => Ok(None),
+            Err(e) => Err(denied(e, loc, key, "s3:GetObject")),
+        }
     }
 
     /// Reads the chunk object `key` of `loc`, at most
@@ -239,18 +252,8 @@ impl Repository<'_> {
     /// and said so).
     pub async fn get_chunk(&self, loc: &RepositoryLocation, key: &str) -> Result<Chunk, AwsError> {
         let op = AwsOperation::GetObject;
-        let get = self
-            .aws
-            .s3(&loc.region)
-            .get_object()
-            .bucket(&loc.bucket)
-            .key(key)
-            .set_expected_bucket_owner(loc.expected_owner.clone())
-            .send();
-        let mut out = match self.aws.call(op, get).await {
-            Ok(out) => out,
-            Err(e) if is_missing(&e) => return Ok(Chunk::Missing),
-            Err(e) => return Err(denied(e, loc, key, "s3:GetObject")),
+        let Some(mut out) = self.open_object(loc, key).await? else {
+            return Ok(Chunk::Missing);
         };
         let declared = out.content_length.unwrap_or(0).max(0) as u64;
         if declared > MAX_PACKED_CHUNK as u64 {
