@@ -11,9 +11,9 @@
 
 use std::io::{self, Write};
 
-use ext4_view::Ext4;
 use tar::{EntryType, Header};
 
+use super::filesystem::Filesystem;
 use super::selection::Selection;
 
 /// Permissions every folder gets in the archive.
@@ -22,7 +22,7 @@ const FOLDER_MODE: u32 = 0o755;
 /// Writes `selection` as a tar archive into `out`. On an error nothing
 /// more is written, not even the end-of-archive marker, so a cut-off
 /// archive never looks complete.
-pub(super) fn write(fs: &Ext4, selection: &Selection, out: impl Write) -> io::Result<()> {
+pub(super) fn write(fs: &dyn Filesystem, selection: &Selection, out: impl Write) -> io::Result<()> {
     let mut tar = tar::Builder::new(Fuse { out, blown: false });
     let written = append_all(&mut tar, fs, selection);
     if written.is_err() {
@@ -34,7 +34,7 @@ pub(super) fn write(fs: &Ext4, selection: &Selection, out: impl Write) -> io::Re
 
 fn append_all<W: Write>(
     tar: &mut tar::Builder<W>,
-    fs: &Ext4,
+    fs: &dyn Filesystem,
     selection: &Selection,
 ) -> io::Result<()> {
     for entry in &selection.entries {
@@ -102,7 +102,12 @@ mod tests {
     use super::super::selection::{ARCHIVE, select};
     use super::*;
 
-    fn write_folder(fs: &Ext4, dir: &str, base: &str, out: &mut Vec<u8>) -> io::Result<()> {
+    fn write_folder(
+        fs: &dyn Filesystem,
+        dir: &str,
+        base: &str,
+        out: &mut Vec<u8>,
+    ) -> io::Result<()> {
         let selection = select(fs, &[(dir.into(), base.into())], &ARCHIVE)
             .map_err(|e| io::Error::other(format!("{e:?}")))?;
         write(fs, &selection, out)

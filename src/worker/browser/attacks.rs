@@ -365,8 +365,8 @@ async fn a_folder_archive_carries_no_special_bits_and_no_owner() {
     let server = start().await;
     let fs = server.volume.open().unwrap();
     let on_disk = fs.metadata("/docs/run.sh").unwrap();
-    assert_eq!(on_disk.mode() & 0o4000, 0o4000, "set-user-ID on the disk");
-    assert_ne!(on_disk.uid(), 0, "not root's on the disk");
+    assert_eq!(on_disk.mode & 0o4000, 0o4000, "set-user-ID on the disk");
+    assert_ne!(on_disk.uid, 0, "not root's on the disk");
 
     let reply = get(&server, "/archive/docs", &bearer()).await;
     assert_eq!(reply.status, 200);

@@ -1,17 +1,19 @@
 //! Disk access: the restore point's volume as a byte device read from the
-//! repository's chunks, its partitions (`super::partitions`), the ext2/3/4
-//! filesystem on one of them, and the paths people ask for in it.
+//! repository's chunks, what is on it (`super::volume`), and the paths
+//! people ask for in it.
 //!
-//! `ext4_view::Ext4` is not `Send`: every use opens it on the blocking
-//! thread that does the work (the chunk cache makes opening cheap).
+//! A filesystem is not `Send` (`ext4_view::Ext4` is not): every use opens
+//! it on the blocking thread that does the work (the chunk cache makes
+//! opening cheap).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use ext4_view::{Ext4, Ext4Read, Metadata};
 use sha2::{Digest, Sha256};
 
-use super::partitions::{self, Partition, ReadAt, Scheme};
+use super::filesystem::{Filesystem, Meta};
+use super::partitions::ReadAt;
+use super::volume::{Survey, open_volume, survey};
 use crate::aws::AwsClients;
 use crate::aws::ebs::BLOCK_SIZE;
 use crate::aws::repository::Chunk;
@@ -23,8 +25,9 @@ const CACHE_CHUNKS: usize = 64;
 /// Something a session can open the filesystem of: the restore point's
 /// volume, or an image in memory in tests.
 pub(super) trait Volume: Send + Sync + 'static {
-    /// Opens the filesystem. Blocking: every read may wait on S3.
-    fn open(&self) -> Result<Ext4, String>;
+    /// Opens what the session browses: the volume's filesystem, or its
+    /// partitions. Blocking: every read may wait on S3.
+    fn open(&self) -> Result<Box<dyn Filesystem>, String>;
 }
 
 /// The restore point's volume as a byte device: blocks come from the
@@ -42,8 +45,8 @@ struct DiskInner {
     size: u64,
     cache: Mutex<VecDeque<(i32, Arc<Vec<u8>>)>>,
     runtime: tokio::runtime::Handle,
-    /// The partition that holds its ext2/3/4 filesystem, once found.
-    ext4: OnceLock<Partition>,
+    /// Its partitions and what they hold, once read.
+    survey: OnceLock<Arc<Survey>>,
 }
 
 impl RepositoryDisk {
@@ -60,7 +63,7 @@ impl RepositoryDisk {
                 size: volume.size_gib.max(0) as u64 * (1 << 30),
                 cache: Mutex::new(VecDeque::new()),
                 runtime: tokio::runtime::Handle::current(),
-                ext4: OnceLock::new(),
+                survey: OnceLock::new(),
             }),
         }
     }
@@ -124,10 +127,6 @@ impl RepositoryDisk {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct DiskError(String);
-
 impl ReadAt for RepositoryDisk {
     fn read_at(&self, start_byte: u64, dst: &mut [u8]) -> Result<(), String> {
         let end = start_byte.saturating_add(dst.len() as u64);
@@ -156,144 +155,21 @@ impl ReadAt for RepositoryDisk {
 }
 
 impl Volume for RepositoryDisk {
-    /// Its partition is found once (a session opens the filesystem at
-    /// every request); a failure to find it (a read that failed) is not
+    /// Its partitions are surveyed once (a session opens the filesystem at
+    /// every request); a survey that failed (a read that failed) is not
     /// kept, so the next request looks again.
-    fn open(&self) -> Result<Ext4, String> {
-        let known = self.inner.ext4.get().cloned();
-        let p = match known {
-            Some(p) => p,
+    fn open(&self) -> Result<Box<dyn Filesystem>, String> {
+        let known = self.inner.survey.get().cloned();
+        let survey = match known {
+            Some(s) => s,
             None => {
-                let p = find_ext4(self)?;
-                let _ = self.inner.ext4.set(p.clone());
-                p
+                let s = Arc::new(survey(self)?);
+                let _ = self.inner.survey.set(s.clone());
+                s
             }
         };
-        load_ext4(self, &p)
+        open_volume(self, &survey)
     }
-}
-
-/// One partition of a volume as a byte device of its own.
-struct Slice<D> {
-    disk: D,
-    start: u64,
-    size: u64,
-}
-
-impl<D: ReadAt + 'static> Ext4Read for Slice<D> {
-    fn read(
-        &mut self,
-        start_byte: u64,
-        dst: &mut [u8],
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
-        let end = start_byte.saturating_add(dst.len() as u64);
-        if end > self.size {
-            return Err(Box::new(DiskError(format!(
-                "read past the end of the partition ({end} > {})",
-                self.size
-            ))));
-        }
-        self.disk
-            .read_at(self.start + start_byte, dst)
-            .map_err(|e| Box::new(DiskError(e)) as Box<dyn std::error::Error + Send + Sync>)
-    }
-}
-
-/// What a partition holds, by the magic numbers at the start of the
-/// filesystems an EC2 volume has; `Err` when its start cannot be read (a
-/// chunk missing, S3 failing).
-pub(super) fn filesystem_of(disk: &dyn ReadAt, p: &Partition) -> Result<&'static str, String> {
-    let mut head = vec![0u8; 4096.min(p.size) as usize];
-    disk.read_at(p.start, &mut head)?;
-    Ok(filesystem_in(&head))
-}
-
-/// The filesystem whose magic numbers `head` (a partition's first 4 KiB)
-/// holds.
-fn filesystem_in(head: &[u8]) -> &'static str {
-    let at = |offset: usize, magic: &[u8]| head.get(offset..offset + magic.len()) == Some(magic);
-    if at(1080, &[0x53, 0xEF]) {
-        "ext2/3/4"
-    } else if at(0, b"XFSB") {
-        "XFS"
-    } else if at(3, b"NTFS    ") {
-        "NTFS"
-    } else if at(82, b"FAT32   ") || at(54, b"FAT12   ") || at(54, b"FAT16   ") {
-        "FAT"
-    } else if at(3, b"EXFAT   ") {
-        "exFAT"
-    } else if at(512, b"LABELONE") || at(24, b"LVM2 001") {
-        "LVM physical volume"
-    } else if at(4086, b"SWAPSPACE2") {
-        "Linux swap"
-    } else if head.iter().all(|b| *b == 0) {
-        "no filesystem"
-    } else {
-        "unknown"
-    }
-}
-
-/// The ext2/3/4 filesystem of a volume: the whole volume's, or that of its
-/// largest ext partition (a Linux root volume's root). When there is none,
-/// an error that names each partition and what it holds.
-#[cfg(test)]
-pub(super) fn open_ext4<D: ReadAt + Clone + 'static>(disk: &D) -> Result<Ext4, String> {
-    load_ext4(disk, &find_ext4(disk)?)
-}
-
-/// Where the volume's ext2/3/4 filesystem is: its partition (number,
-/// first byte, size), or why there is none.
-fn find_ext4(disk: &dyn ReadAt) -> Result<Partition, String> {
-    let layout = partitions::read(disk)
-        .map_err(|e| format!("the restore point's volume cannot be read: {e}"))?;
-    let mut found: Vec<(&Partition, &'static str)> = Vec::new();
-    for p in &layout.partitions {
-        let fs = filesystem_of(disk, p).map_err(|e| {
-            format!(
-                "partition {} of the restore point's volume cannot be read: {e}",
-                p.number
-            )
-        })?;
-        found.push((p, fs));
-    }
-    let ext = found
-        .iter()
-        .filter(|(_, fs)| *fs == "ext2/3/4")
-        .max_by_key(|(p, _)| p.size);
-    let Some((p, _)) = ext else {
-        let what: Vec<String> = found
-            .iter()
-            .map(|(p, fs)| match layout.scheme {
-                Scheme::Whole => format!("the whole volume holds {fs}"),
-                _ => format!(
-                    "partition {} ({}, {} MiB) holds {fs}",
-                    p.number,
-                    p.kind,
-                    p.size >> 20
-                ),
-            })
-            .collect();
-        return Err(format!(
-            "the restore point's volume holds no ext2/3/4 filesystem, the only kind file-level recovery reads so far: {}",
-            what.join("; ")
-        ));
-    };
-    Ok((*p).clone())
-}
-
-/// The ext2/3/4 filesystem on partition `p` of `disk`.
-fn load_ext4<D: ReadAt + Clone + 'static>(disk: &D, p: &Partition) -> Result<Ext4, String> {
-    let slice = Slice {
-        disk: disk.clone(),
-        start: p.start,
-        size: p.size,
-    };
-    Ext4::load(Box::new(slice)).map_err(|e| {
-        format!(
-            "partition {} of the restore point's volume is not a readable ext2/3/4 filesystem: {e}",
-            p.number
-        )
-    })
 }
 
 /// Checks, before the session starts, that the volume holds a filesystem.
@@ -341,17 +217,8 @@ pub(super) fn file_name(path: &str) -> String {
 }
 
 /// A folder's entries without `.` and `..`: folders first, then by name.
-pub(super) fn entries(fs: &Ext4, dir: &str) -> Result<Vec<(String, Metadata)>, String> {
-    let mut out = Vec::new();
-    for entry in fs.read_dir(dir).map_err(|e| e.to_string())? {
-        let entry = entry.map_err(|e| e.to_string())?;
-        let name = entry.file_name().display().to_string();
-        if name == "." || name == ".." {
-            continue;
-        }
-        let meta = entry.metadata().map_err(|e| e.to_string())?;
-        out.push((name, meta));
-    }
+pub(super) fn entries(fs: &dyn Filesystem, dir: &str) -> Result<Vec<(String, Meta)>, String> {
+    let mut out = fs.read_dir(dir)?;
     out.sort_by(|a, b| (!a.1.is_dir(), &a.0).cmp(&(!b.1.is_dir(), &b.0)));
     Ok(out)
 }
@@ -362,7 +229,7 @@ const SEARCH_RESULTS: usize = 500;
 
 /// Paths (and whether each is a folder) whose name contains `needle`,
 /// ignoring case, sorted; bounded by the limits above.
-pub(super) fn search(fs: &Ext4, needle: &str) -> Vec<(String, bool)> {
+pub(super) fn search(fs: &dyn Filesystem, needle: &str) -> Vec<(String, bool)> {
     let needle = needle.to_lowercase();
     let mut found = Vec::new();
     let mut scanned = 0usize;
@@ -401,13 +268,16 @@ pub(super) mod testing {
     use ext4_view::Ext4;
 
     use super::Volume;
+    use crate::worker::browser::filesystem::{Ext4Fs, Filesystem};
 
     /// An ext4 image in memory.
     pub struct Image(pub Vec<u8>);
 
     impl Volume for Image {
-        fn open(&self) -> Result<Ext4, String> {
-            Ext4::load(Box::new(self.0.clone())).map_err(|e| e.to_string())
+        fn open(&self) -> Result<Box<dyn Filesystem>, String> {
+            Ext4::load(Box::new(self.0.clone()))
+                .map(|fs| Box::new(Ext4Fs(fs)) as Box<dyn Filesystem>)
+                .map_err(|e| e.to_string())
         }
     }
 
@@ -473,41 +343,95 @@ mod tests {
         assert_eq!(file_name("/a/say \"hi\""), "say _hi_");
     }
 
+    /// What a session on `disk` browses.
+    fn open_disk<D: ReadAt + Clone + 'static>(disk: &D) -> Result<Box<dyn Filesystem>, String> {
+        open_volume(disk, &survey(disk)?)
+    }
+
     #[test]
-    fn the_ext4_partition_of_a_partitioned_volume_is_found() {
+    fn a_partitioned_volume_is_shown_as_its_partitions() {
+        use super::super::filesystem::Kind;
         use super::super::partitions::tests::{EFI, Image as Disk, LINUX, gpt_disk};
         let fs = image(&[("etc/hostname", b"web-1\n", 0o644)]);
-        // An Ubuntu-like layout: EFI first, the ext4 root after it.
+        // An Ubuntu-like layout: EFI first (empty here), the ext4 root after it.
         let mut d = gpt_disk(
             16 << 20,
             &[(EFI, 2048, 4095, "EFI"), (LINUX, 8192, 16383, "root")],
         );
         d[8192 * 512..8192 * 512 + fs.0.len()].copy_from_slice(&fs.0);
-        let found = open_ext4(&Disk(d)).expect("the root partition's filesystem");
-        assert_eq!(found.read("/etc/hostname").unwrap(), b"web-1\n");
+        let found = open_disk(&Disk(d)).expect("the volume's partitions");
+        let rows = entries(found.as_ref(), "/").unwrap();
+        let names: Vec<(&str, Kind, Option<&str>)> = rows
+            .iter()
+            .map(|(n, m)| (n.as_str(), m.kind, m.note.as_deref()))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                // Folders first.
+                ("partition-2", Kind::Dir, Some("ext2/3/4 · root · 4 MiB")),
+                (
+                    "partition-1",
+                    Kind::Other,
+                    Some(
+                        "no filesystem · EFI · 1 MiB · it holds no filesystem (a BIOS boot partition, or unused)"
+                    )
+                ),
+            ]
+        );
+        assert_eq!(
+            found.read_file("/partition-2/etc/hostname", 100).unwrap(),
+            b"web-1\n"
+        );
+        assert!(found.metadata("/partition-2").unwrap().is_dir());
+        let e = found.read_dir("/partition-1").unwrap_err();
+        assert!(
+            e.contains("partition 1 of the restore point's volume is not readable: no filesystem"),
+            "{e}"
+        );
+        assert!(found.read_dir("/partition-3").is_err());
     }
 
     #[test]
-    fn a_volume_without_ext4_says_what_each_partition_holds() {
+    fn a_volume_nothing_on_which_is_readable_says_what_each_partition_holds() {
         use super::super::partitions::tests::{EFI, Image as Disk, LINUX, gpt_disk};
         let mut d = gpt_disk(
             16 << 20,
             &[(EFI, 2048, 4095, "EFI"), (LINUX, 8192, 16383, "root")],
         );
-        d[2048 * 512 + 82..2048 * 512 + 90].copy_from_slice(b"FAT32   ");
-        d[8192 * 512..8192 * 512 + 4].copy_from_slice(b"XFSB");
-        let Err(e) = open_ext4(&Disk(d)) else {
-            panic!("no ext4 anywhere, yet one was opened");
+        d[2048 * 512 + 3..2048 * 512 + 11].copy_from_slice(b"EXFAT   ");
+        d[8192 * 512 + 512..8192 * 512 + 520].copy_from_slice(b"LABELONE");
+        let Err(e) = open_disk(&Disk(d)) else {
+            panic!("nothing readable, yet the volume opened");
         };
         assert!(
-            e.contains("partition 1 (EFI system, 1 MiB) holds FAT")
-                && e.contains("partition 2 (Linux filesystem, 4 MiB) holds XFS"),
+            e.contains("partition 1 (EFI system, 1 MiB) holds exFAT")
+                && e.contains("partition 2 (Linux filesystem, 4 MiB) holds LVM physical volume"),
             "{e}"
         );
-        let Err(e) = open_ext4(&Disk(vec![0u8; 1 << 20])) else {
+        let Err(e) = open_disk(&Disk(vec![0u8; 1 << 20])) else {
             panic!("an empty volume opened");
         };
-        assert!(e.contains("the whole volume holds no filesystem"), "{e}");
+        assert!(
+            e.contains("the restore point's volume is not readable: no filesystem"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_damaged_filesystem_is_said_so_when_browsed() {
+        use super::super::partitions::tests::{EFI, Image as Disk, LINUX, gpt_disk};
+        let mut d = gpt_disk(
+            16 << 20,
+            &[(EFI, 2048, 4095, "EFI"), (LINUX, 8192, 16383, "root")],
+        );
+        d[8192 * 512..8192 * 512 + 4].copy_from_slice(b"XFSB");
+        let found = open_disk(&Disk(d)).expect("an XFS partition is worth showing");
+        let e = found.read_dir("/partition-2").unwrap_err();
+        assert!(
+            e.contains("partition 2 of the restore point's volume is not readable: XFS version 0 is not supported"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -531,7 +455,7 @@ mod tests {
             16 << 20,
             &[(EFI, 2048, 4095, "EFI"), (LINUX, 8192, 16383, "root")],
         );
-        let Err(e) = open_ext4(&Holed(Disk(d))) else {
+        let Err(e) = open_disk(&Holed(Disk(d))) else {
             panic!("a volume that cannot be read opened");
         };
         assert!(
@@ -550,7 +474,7 @@ mod tests {
         ])
         .open()
         .unwrap();
-        let found = search(&fs, "TODO");
+        let found = search(fs.as_ref(), "TODO");
         assert_eq!(found, vec![("/docs/notes/todo.txt".to_string(), false)]);
     }
 }

@@ -1,13 +1,17 @@
 //! The file-level recovery browser: HTTPS on the worker, with a self-signed
 //! certificate made when the session starts, reading the restore point's
-//! ext2/3/4 filesystem straight from the repository's chunks (no restore to
-//! a volume, no mount, no root). People browse folders, search by name, and
+//! filesystems (ext2/3/4, XFS; on the whole volume or on its GPT or MBR
+//! partitions) straight from the repository's chunks (no restore to a
+//! volume, no mount, no root). People browse folders, search by name, and
 //! download a file or a folder (as a tar archive). Every request needs the
 //! session token the controller keeps in a Secret next to the RestoreJob;
 //! the worker knows only its SHA-256. The session ends after its idle
 //! timeout.
 //!
-//! - `disk`: the volume read from the repository, the filesystem on it
+//! - `disk`: the volume read from the repository, and paths in it
+//! - `partitions`: GPT and MBR tables; `volume`: the partitions as folders
+//! - `filesystem`: the trait every reader implements, and ext2/3/4's
+//! - `xfs`: Tender's own read-only XFS reader
 //! - `session`: TLS, token, the accept loop, idle timeout and maximum life
 //! - `certificate`: the session's certificate, valid for its life only
 //! - `connections`: how many connections, and which yet to show the token
@@ -29,6 +33,7 @@ mod attacks;
 mod certificate;
 mod connections;
 mod disk;
+mod filesystem;
 mod guard;
 mod pages;
 pub mod partitions;
@@ -37,6 +42,8 @@ mod routes;
 mod selection;
 mod session;
 mod stream;
+mod volume;
+mod xfs;
 
 pub use certificate::{MAX_SESSION_LIFE, session_life};
 pub use disk::{RepositoryDisk, check_filesystem};

@@ -6,10 +6,10 @@ use askama::Template;
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{Html, IntoResponse, Response};
-use ext4_view::Metadata;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::disk::{join, normalize};
+use super::filesystem::{Kind, Meta};
 use crate::mover::manifest::RepositoryLocation;
 
 /// What stays as it is in a path inside a link; everything else is
@@ -82,9 +82,12 @@ fn html(page: &impl Template) -> Response {
 struct Row {
     name: String,
     path: String,
-    href: String,
+    /// Where its name links to: none for what cannot be opened (a
+    /// symbolic link, a device, a partition Tender cannot read).
+    href: Option<String>,
     kind: &'static str,
     is_dir: bool,
+    /// Its size, or what it is.
     size: String,
 }
 
@@ -102,29 +105,33 @@ struct BrowsePage<'a> {
 /// the job allows restores, a checkbox per entry.
 pub(super) fn browse(
     dir: &str,
-    list: &[(String, Metadata)],
+    list: &[(String, Meta)],
     restore_to: Option<&RepositoryLocation>,
 ) -> Response {
     let entries = list
         .iter()
         .map(|(name, meta)| {
             let path = join(dir, name);
-            let is_dir = meta.is_dir();
+            let (href, kind) = match meta.kind {
+                Kind::Dir => (Some(format!("/browse{}", link_path(&path))), "dir"),
+                Kind::File => (Some(format!("/file{}", link_path(&path))), "file"),
+                Kind::Symlink => (None, "link"),
+                Kind::Other => (None, "other"),
+            };
+            let size = match (&meta.note, meta.kind) {
+                (Some(note), _) => note.clone(),
+                (None, Kind::File) => format!("{} bytes", meta.size),
+                (None, Kind::Symlink) => "symbolic link".into(),
+                (None, Kind::Other) => "not a file".into(),
+                (None, Kind::Dir) => String::new(),
+            };
             Row {
-                href: format!(
-                    "/{}{}",
-                    if is_dir { "browse" } else { "file" },
-                    link_path(&path)
-                ),
+                href,
                 name: name.clone(),
                 path,
-                kind: if is_dir { "dir" } else { "file" },
-                is_dir,
-                size: if is_dir {
-                    String::new()
-                } else {
-                    format!("{} bytes", meta.len())
-                },
+                kind,
+                is_dir: meta.is_dir(),
+                size,
             }
         })
         .collect();
@@ -215,7 +222,7 @@ mod tests {
         ])
         .open()
         .unwrap();
-        let list = entries(&fs, "/docs").unwrap();
+        let list = entries(fs.as_ref(), "/docs").unwrap();
         let target = RepositoryLocation::new("bucket", "restored/", "us-east-1");
         let page = body(browse("/docs", &list, Some(&target))).await;
         for expected in [
@@ -232,7 +239,7 @@ mod tests {
         ] {
             assert!(page.contains(expected), "{expected} not in {page}");
         }
-        let page = body(browse("/", &entries(&fs, "/").unwrap(), None)).await;
+        let page = body(browse("/", &entries(fs.as_ref(), "/").unwrap(), None)).await;
         assert!(!page.contains("class=\"up\""), "{page}");
         assert!(!page.contains("<form method=\"post\""), "{page}");
         assert!(!page.contains("checkbox"), "{page}");

@@ -40,7 +40,10 @@ pub(super) async fn restore(
     }
     let files = on_fs(&browser.volume, move |fs| {
         let selection = select(fs, &selected, &selection::RESTORE).map_err(refused)?;
-        Ok(selection.files().map(|(e, _)| e.path.clone()).collect())
+        Ok(selection
+            .files()
+            .map(|(e, f)| (e.path.clone(), f.size))
+            .collect())
     })
     .await?;
     let done = copy_to_s3(&browser.volume, &target, files).await?;
@@ -57,7 +60,7 @@ pub(super) async fn restore(
 async fn copy_to_s3(
     volume: &Arc<dyn Volume>,
     target: &RestoreTarget,
-    files: Vec<String>,
+    files: Vec<(String, u64)>,
 ) -> Result<Vec<String>, Problem> {
     let total = files.len();
     let (tx, mut rx) = mpsc::channel::<Result<(String, Vec<u8>), Problem>>(1);
@@ -70,9 +73,9 @@ async fn copy_to_s3(
                 return;
             }
         };
-        for path in files {
+        for (path, size) in files {
             let read = fs
-                .read(path.as_str())
+                .read_file(path.as_str(), size)
                 .map_err(|e| Problem::new(StatusCode::NOT_FOUND, format!("{path}: {e}")));
             if tx.blocking_send(read.map(|data| (path, data))).is_err() {
                 return;

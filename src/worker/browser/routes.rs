@@ -24,9 +24,9 @@ use axum::http::header::{
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use ext4_view::Ext4;
 
 use super::disk::{self, Volume, file_name, normalize};
+use super::filesystem::Filesystem;
 use super::guard::{MAX_BODY, guard};
 use super::pages::{self, Problem};
 use super::restore::restore;
@@ -78,10 +78,10 @@ pub(super) fn router(browser: Browser) -> Router {
 /// Runs `job` on the filesystem, on a blocking thread.
 pub(super) async fn on_fs<T: Send + 'static>(
     volume: &Arc<dyn Volume>,
-    job: impl FnOnce(&Ext4) -> Result<T, Problem> + Send + 'static,
+    job: impl FnOnce(&dyn Filesystem) -> Result<T, Problem> + Send + 'static,
 ) -> Result<T, Problem> {
     let volume = volume.clone();
-    tokio::task::spawn_blocking(move || job(&volume.open().map_err(server_error)?))
+    tokio::task::spawn_blocking(move || job(volume.open().map_err(server_error)?.as_ref()))
         .await
         .map_err(|e| server_error(e.to_string()))?
 }
@@ -157,10 +157,21 @@ async fn download(State(browser): State<Browser>, Path(path): Path<String>) -> A
         browser.activity.clone(),
         move || {
             let fs = volume.open().map_err(server_error)?;
-            let file = fs.open(path.as_str()).map_err(|e| not_found(&path, e))?;
-            Ok((file.metadata().len(), file))
+            let meta = fs.metadata(&path).map_err(|e| not_found(&path, e))?;
+            if !meta.is_file() {
+                return Err(not_found(&path, "not a regular file"));
+            }
+            Ok((meta.size, (fs, path, meta.size)))
         },
-        |mut file, out| std::io::copy(&mut file, out).map(|_| ()),
+        |(fs, path, size), out| {
+            let file = fs.open(&path).map_err(std::io::Error::other)?;
+            // Exactly the length the header promised.
+            let copied = std::io::copy(&mut std::io::Read::take(file, size), out)?;
+            if copied < size {
+                return Err(std::io::Error::other(format!("{path} ended early")));
+            }
+            Ok(())
+        },
     )
     .await?;
     let headers = [
@@ -193,10 +204,10 @@ async fn archive_folder(browser: Browser, dir: String) -> Answer {
             if !fs.metadata(root.0.as_str()).is_ok_and(|m| m.is_dir()) {
                 return Err(not_found(&root.0, "not a folder"));
             }
-            let selection = select(&fs, &[root], &selection::ARCHIVE).map_err(refused)?;
+            let selection = select(fs.as_ref(), &[root], &selection::ARCHIVE).map_err(refused)?;
             Ok(((), (fs, selection)))
         },
-        |(fs, selection), out| archive::write(&fs, &selection, out),
+        |(fs, selection), out| archive::write(fs.as_ref(), &selection, out),
     )
     .await?;
     let headers = [

@@ -3,9 +3,8 @@
 //! is sent or copied, within limits, so a request for too much gets a
 //! clear refusal rather than an answer cut off part way.
 
-use ext4_view::{Ext4, Metadata};
-
 use super::disk::{entries, join};
+use super::filesystem::{Filesystem, Meta};
 
 /// How much one request may select.
 #[derive(Clone, Copy, Debug)]
@@ -79,7 +78,7 @@ pub(super) enum Refusal {
 /// it; symbolic links, devices and the like are left out. A root inside
 /// another counts once.
 pub(super) fn select(
-    fs: &Ext4,
+    fs: &dyn Filesystem,
     roots: &[(String, String)],
     limits: &Limits,
 ) -> Result<Selection, Refusal> {
@@ -104,7 +103,7 @@ pub(super) fn select(
                     let child_name = format!("{name}/{child}");
                     todo.push((join(&path, &child), child_name, child_meta, depth + 1));
                 }
-            } else if meta.file_type().is_regular_file() {
+            } else if meta.is_file() {
                 let file = file_info(&meta);
                 if file.size > limits.file_bytes {
                     return Err(too_much(format!(
@@ -146,10 +145,10 @@ impl Selection {
     }
 }
 
-fn file_info(meta: &Metadata) -> FileInfo {
+fn file_info(meta: &Meta) -> FileInfo {
     FileInfo {
-        size: meta.len(),
-        mode: u32::from(meta.mode()),
+        size: meta.size,
+        mode: meta.mode,
     }
 }
 

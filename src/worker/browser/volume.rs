@@ -1,0 +1,285 @@
+//! A volume as the browser presents it: when it has no partition table,
+//! its filesystem; when it has one, a root folder with a row per
+//! partition (`partition-<N>`, as `lsblk` numbers them), each showing its
+//! filesystem, label and size, and opening into that filesystem. A
+//! partition whose filesystem Tender cannot read is shown with its type
+//! and why, never as an empty folder.
+
+use std::cell::OnceCell;
+use std::io::Read;
+
+use super::filesystem::{Ext4Fs, Filesystem, Kind, Meta, Slice};
+use super::partitions::{self, Partition, ReadAt, Scheme};
+use super::xfs::Xfs;
+
+/// A partition and what it holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Found {
+    pub partition: Partition,
+    /// The filesystem its magic numbers name ([`filesystem_in`]).
+    pub fs: &'static str,
+    /// The filesystem's label, else the GPT partition's name.
+    pub label: Option<String>,
+}
+
+impl Found {
+    /// Why Tender cannot show its files, when it cannot.
+    pub(super) fn unreadable(&self) -> Option<&'static str> {
+        match self.fs {
+            "ext2/3/4" | "XFS" => None,
+            "NTFS" | "FAT" | "exFAT" => {
+                Some("file-level recovery does not read this filesystem yet")
+            }
+            "LVM physical volume" => Some(
+                "file-level recovery does not read LVM: restore the volume with a RestoreJob and attach it to an instance",
+            ),
+            "Linux swap" => Some("swap space holds no files"),
+            "no filesystem" => Some("it holds no filesystem (a BIOS boot partition, or unused)"),
+            _ => Some("it holds no filesystem Tender recognizes"),
+        }
+    }
+
+    /// The row's note: filesystem, label, size, and why it cannot be read.
+    fn note(&self) -> String {
+        let mut note = self.fs.to_string();
+        if let Some(label) = &self.label {
+            note.push_str(&format!(" · {label}"));
+        }
+        note.push_str(&format!(" · {}", size(self.partition.size)));
+        if let Some(why) = self.unreadable() {
+            note.push_str(&format!(" · {why}"));
+        }
+        note
+    }
+}
+
+/// `bytes` as people read it.
+fn size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / f64::from(1u32 << 30)),
+        b => format!("{} MiB", b >> 20),
+    }
+}
+
+/// A volume's layout and what each partition holds.
+#[derive(Clone, Debug)]
+pub(super) struct Survey {
+    pub scheme: Scheme,
+    pub parts: Vec<Found>,
+}
+
+/// Reads the partition table and the start of every partition.
+pub(super) fn survey(disk: &dyn ReadAt) -> Result<Survey, String> {
+    let layout = partitions::read(disk)
+        .map_err(|e| format!("the restore point's volume cannot be read: {e}"))?;
+    let mut parts = Vec::new();
+    for p in layout.partitions {
+        let mut head = vec![0u8; 4096.min(p.size) as usize];
+        disk.read_at(p.start, &mut head).map_err(|e| {
+            format!(
+                "partition {} of the restore point's volume cannot be read: {e}",
+                p.number
+            )
+        })?;
+        let fs = filesystem_in(&head);
+        let label = label_in(&head, fs).or_else(|| p.name.clone().filter(|n| !n.is_empty()));
+        parts.push(Found {
+            partition: p,
+            fs,
+            label,
+        });
+    }
+    Ok(Survey {
+        scheme: layout.scheme,
+        parts,
+    })
+}
+
+/// The filesystem whose magic numbers `head` (a partition's first 4 KiB)
+/// holds.
+pub(super) fn filesystem_in(head: &[u8]) -> &'static str {
+    let at = |offset: usize, magic: &[u8]| head.get(offset..offset + magic.len()) == Some(magic);
+    if at(1080, &[0x53, 0xEF]) {
+        "ext2/3/4"
+    } else if at(0, b"XFSB") {
+        "XFS"
+    } else if at(3, b"NTFS    ") {
+        "NTFS"
+    } else if at(82, b"FAT32   ") || at(54, b"FAT12   ") || at(54, b"FAT16   ") {
+        "FAT"
+    } else if at(3, b"EXFAT   ") {
+        "exFAT"
+    } else if at(512, b"LABELONE") || at(24, b"LVM2 001") {
+        "LVM physical volume"
+    } else if at(4086, b"SWAPSPACE2") {
+        "Linux swap"
+    } else if head.iter().all(|b| *b == 0) {
+        "no filesystem"
+    } else {
+        "unknown"
+    }
+}
+
+/// The label a filesystem keeps in its first 4 KiB, if it has one.
+fn label_in(head: &[u8], fs: &str) -> Option<String> {
+    let (at, len) = match fs {
+        "ext2/3/4" => (1024 + 120, 16),
+        "XFS" => (108, 12),
+        "FAT" if head.get(82..87) == Some(b"FAT32") => (71, 11),
+        "FAT" => (43, 11),
+        _ => return None,
+    };
+    let raw = head.get(at..at + len)?;
+    let end = raw.iter().position(|b| *b == 0).unwrap_or(len);
+    let label: String = String::from_utf8_lossy(&raw[..end])
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    let label = label.trim();
+    (!label.is_empty() && label != "NO NAME").then(|| label.to_string())
+}
+
+/// The filesystem on one partition, when Tender reads it.
+fn open_partition<D: ReadAt + Clone + 'static>(
+    disk: &D,
+    found: &Found,
+) -> Result<Box<dyn Filesystem>, String> {
+    let p = &found.partition;
+    let slice = Slice::new(disk.clone(), p);
+    let opened: Result<Box<dyn Filesystem>, String> = match found.fs {
+        "ext2/3/4" => Ext4Fs::load(slice).map(|f| Box::new(f) as Box<dyn Filesystem>),
+        "XFS" => Xfs::load(slice).map(|f| Box::new(f) as Box<dyn Filesystem>),
+        fs => Err(format!(
+            "{fs}: {}",
+            found.unreadable().unwrap_or("not readable")
+        )),
+    };
+    opened.map_err(|e| match p.kind.as_str() {
+        "whole volume" => format!("the restore point's volume is not readable: {e}"),
+        _ => format!(
+            "partition {} of the restore point's volume is not readable: {e}",
+            p.number
+        ),
+    })
+}
+
+/// What a session browses on `disk`: its filesystem, or its partitions.
+/// An error when nothing on it can be read, naming what each partition
+/// holds.
+pub(super) fn open_volume<D: ReadAt + Clone + 'static>(
+    disk: &D,
+    survey: &Survey,
+) -> Result<Box<dyn Filesystem>, String> {
+    if survey.scheme == Scheme::Whole
+        && let Some(found) = survey.parts.first()
+    {
+        return open_partition(disk, found);
+    }
+    if survey.parts.iter().all(|f| f.unreadable().is_some()) {
+        let what: Vec<String> = survey
+            .parts
+            .iter()
+            .map(|f| {
+                format!(
+                    "partition {} ({}, {} MiB) holds {}",
+                    f.partition.number,
+                    f.partition.kind,
+                    f.partition.size >> 20,
+                    f.fs
+                )
+            })
+            .collect();
+        return Err(format!(
+            "the restore point's volume holds no filesystem file-level recovery reads (ext2/3/4, XFS): {}",
+            what.join("; ")
+        ));
+    }
+    Ok(Box::new(Partitioned {
+        disk: disk.clone(),
+        parts: survey.parts.clone(),
+        opened: survey.parts.iter().map(|_| OnceCell::new()).collect(),
+    }))
+}
+
+/// A partitioned volume: `/partition-<N>/...` is partition N's
+/// filesystem.
+struct Partitioned<D> {
+    disk: D,
+    parts: Vec<Found>,
+    /// Each partition's filesystem, opened at its first use.
+    opened: Vec<OnceCell<Result<Box<dyn Filesystem>, String>>>,
+}
+
+impl<D: ReadAt + Clone + 'static> Partitioned<D> {
+    fn row(found: &Found) -> (String, Meta) {
+        let readable = found.unreadable().is_none();
+        (
+            format!("partition-{}", found.partition.number),
+            Meta {
+                kind: if readable { Kind::Dir } else { Kind::Other },
+                size: found.partition.size,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                mtime: 0,
+                note: Some(found.note()),
+            },
+        )
+    }
+
+    /// The partition `path` is in, and the path inside it; `None` for
+    /// the root.
+    fn route(&self, path: &str) -> Result<Option<(usize, String)>, String> {
+        let rest = path.trim_start_matches('/');
+        if rest.is_empty() {
+            return Ok(None);
+        }
+        let (first, inner) = rest.split_once('/').unwrap_or((rest, ""));
+        let i = self
+            .parts
+            .iter()
+            .position(|f| format!("partition-{}", f.partition.number) == first)
+            .ok_or_else(|| format!("{path}: not found"))?;
+        Ok(Some((i, format!("/{inner}"))))
+    }
+
+    fn fs(&self, i: usize) -> Result<&dyn Filesystem, String> {
+        self.opened[i]
+            .get_or_init(|| open_partition(&self.disk, &self.parts[i]))
+            .as_ref()
+            .map(|f| f.as_ref())
+            .map_err(Clone::clone)
+    }
+}
+
+impl<D: ReadAt + Clone + 'static> Filesystem for Partitioned<D> {
+    fn metadata(&self, path: &str) -> Result<Meta, String> {
+        match self.route(path)? {
+            None => Ok(Meta {
+                kind: Kind::Dir,
+                size: 0,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                mtime: 0,
+                note: None,
+            }),
+            Some((i, inner)) if inner == "/" => Ok(Self::row(&self.parts[i]).1),
+            Some((i, inner)) => self.fs(i)?.metadata(&inner),
+        }
+    }
+
+    fn read_dir(&self, path: &str) -> Result<Vec<(String, Meta)>, String> {
+        match self.route(path)? {
+            None => Ok(self.parts.iter().map(Self::row).collect()),
+            Some((i, inner)) => self.fs(i)?.read_dir(&inner),
+        }
+    }
+
+    fn open(&self, path: &str) -> Result<Box<dyn Read + '_>, String> {
+        match self.route(path)? {
+            None => Err(format!("{path} is not a regular file")),
+            Some((i, inner)) => self.fs(i)?.open(&inner),
+        }
+    }
+}
