@@ -393,6 +393,57 @@ mod tests {
     }
 
     #[test]
+    fn an_amazon_linux_like_volume_shows_its_efi_and_xfs_partitions() {
+        use super::super::partitions::tests::{EFI, Image as Disk, LINUX, gpt_disk};
+        let esp = super::super::fat::tests::image(16, &["-F", "16"]);
+        let root = super::super::xfs::tests::image(&[]);
+        let mut d = gpt_disk(
+            64 << 20,
+            &[
+                (LINUX, 36864, 36864 + 65535, "Linux"),
+                (
+                    "21686148-6449-6E6F-744E-656564454649",
+                    2048,
+                    4095,
+                    "BIOS Boot Partition",
+                ),
+                (EFI, 4096, 36863, "EFI System Partition"),
+            ],
+        );
+        d[4096 * 512..4096 * 512 + esp.0.len()].copy_from_slice(&esp.0);
+        d[36864 * 512..36864 * 512 + root.0.len()].copy_from_slice(&root.0);
+        let found = open_disk(&Disk(d)).expect("the volume's partitions");
+        let rows: Vec<(String, Option<String>)> = entries(found.as_ref(), "/")
+            .unwrap()
+            .into_iter()
+            .map(|(n, m)| (n, m.note))
+            .collect();
+        let note = |n: &str| {
+            rows.iter()
+                .find(|r| r.0 == n)
+                .and_then(|r| r.1.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(note("partition-1"), "XFS · Linux · 32 MiB");
+        assert_eq!(note("partition-3"), "FAT · ESP · 16 MiB");
+        assert!(note("partition-2").starts_with("no filesystem · BIOS Boot Partition"));
+        assert_eq!(
+            found.read_file("/partition-1/etc/hostname", 100).unwrap(),
+            b"web-1\n"
+        );
+        assert_eq!(
+            found
+                .read_file("/partition-3/EFI/BOOT/BOOTX64.EFI", 100)
+                .unwrap(),
+            b"MZ boot"
+        );
+        assert_eq!(
+            search(found.as_ref(), "grub.cfg"),
+            [("/partition-3/EFI/amzn/grub.cfg".to_string(), false)]
+        );
+    }
+
+    #[test]
     fn a_volume_nothing_on_which_is_readable_says_what_each_partition_holds() {
         use super::super::partitions::tests::{EFI, Image as Disk, LINUX, gpt_disk};
         let mut d = gpt_disk(

@@ -11,7 +11,7 @@
 //! - `disk`: the volume read from the repository, and paths in it
 //! - `partitions`: GPT and MBR tables; `volume`: the partitions as folders
 //! - `filesystem`: the trait every reader implements, and ext2/3/4's
-//! - `xfs`: Tender's own read-only XFS reader
+//! - `xfs`, `fat`: Tender's own read-only XFS and FAT12/16/32 readers
 //! - `session`: TLS, token, the accept loop, idle timeout and maximum life
 //! - `certificate`: the session's certificate, valid for its life only
 //! - `connections`: how many connections, and which yet to show the token
@@ -33,6 +33,7 @@ mod attacks;
 mod certificate;
 mod connections;
 mod disk;
+mod fat;
 mod filesystem;
 mod guard;
 mod pages;

@@ -8,6 +8,7 @@
 use std::cell::OnceCell;
 use std::io::Read;
 
+use super::fat::Fat;
 use super::filesystem::{Ext4Fs, Filesystem, Kind, Meta, Slice};
 use super::partitions::{self, Partition, ReadAt, Scheme};
 use super::xfs::Xfs;
@@ -26,10 +27,8 @@ impl Found {
     /// Why Tender cannot show its files, when it cannot.
     pub(super) fn unreadable(&self) -> Option<&'static str> {
         match self.fs {
-            "ext2/3/4" | "XFS" => None,
-            "NTFS" | "FAT" | "exFAT" => {
-                Some("file-level recovery does not read this filesystem yet")
-            }
+            "ext2/3/4" | "XFS" | "FAT" => None,
+            "NTFS" | "exFAT" => Some("file-level recovery does not read this filesystem yet"),
             "LVM physical volume" => Some(
                 "file-level recovery does not read LVM: restore the volume with a RestoreJob and attach it to an instance",
             ),
@@ -149,6 +148,7 @@ fn open_partition<D: ReadAt + Clone + 'static>(
     let opened: Result<Box<dyn Filesystem>, String> = match found.fs {
         "ext2/3/4" => Ext4Fs::load(slice).map(|f| Box::new(f) as Box<dyn Filesystem>),
         "XFS" => Xfs::load(slice).map(|f| Box::new(f) as Box<dyn Filesystem>),
+        "FAT" => Fat::load(slice).map(|f| Box::new(f) as Box<dyn Filesystem>),
         fs => Err(format!(
             "{fs}: {}",
             found.unreadable().unwrap_or("not readable")
@@ -190,7 +190,7 @@ pub(super) fn open_volume<D: ReadAt + Clone + 'static>(
             })
             .collect();
         return Err(format!(
-            "the restore point's volume holds no filesystem file-level recovery reads (ext2/3/4, XFS): {}",
+            "the restore point's volume holds no filesystem file-level recovery reads (ext2/3/4, XFS, FAT): {}",
             what.join("; ")
         ));
     }

@@ -10,15 +10,33 @@ pub(in crate::worker::browser) struct Image(pub Vec<u8>);
 
 impl ReadAt for Image {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
-        let end = offset
-            .checked_add(buf.len() as u64)
-            .filter(|end| *end <= self.0.len() as u64)
-            .ok_or("read past the end")?;
-        buf.copy_from_slice(&self.0[offset as usize..end as usize]);
-        Ok(())
+        Self::read_slice(&self.0, offset, buf)
     }
     fn size(&self) -> u64 {
         self.0.len() as u64
+    }
+}
+
+/// A volume borrowed, so that damaging it in place needs no copy.
+pub(in crate::worker::browser) struct Borrowed<'a>(pub &'a [u8]);
+
+impl ReadAt for Borrowed<'_> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+        Image::read_slice(self.0, offset, buf)
+    }
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+}
+
+impl Image {
+    fn read_slice(data: &[u8], offset: u64, buf: &mut [u8]) -> Result<(), String> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|end| *end <= data.len() as u64)
+            .ok_or("read past the end")?;
+        buf.copy_from_slice(&data[offset as usize..end as usize]);
+        Ok(())
     }
 }
 

@@ -15,7 +15,7 @@
 
 mod dir;
 #[cfg(test)]
-mod tests;
+pub(in crate::worker::browser) mod tests;
 
 use std::io::Read;
 

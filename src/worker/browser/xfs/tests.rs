@@ -6,7 +6,7 @@
 use std::process::Command;
 
 use super::*;
-use crate::worker::browser::partitions::tests::Image;
+use crate::worker::browser::partitions::tests::{Borrowed, Image};
 
 /// A proto file's line for a regular file: mode as mkfs.xfs spells it
 /// (type, set-user-ID, set-group-ID, permissions in octal).
@@ -80,7 +80,7 @@ fn tree() -> Tree {
 }
 
 /// An XFS image of [`tree`], made with `options`.
-fn image(options: &[&str]) -> Image {
+pub(in crate::worker::browser) fn image(options: &[&str]) -> Image {
     let t = tree();
     let proto = t.dir.join("proto");
     std::fs::write(&proto, &t.proto).expect("proto file");
@@ -251,23 +251,6 @@ fn metadata_blocks(d: &[u8]) -> Vec<usize> {
         })
         .map(|(i, _)| i * 512)
         .collect()
-}
-
-/// An image borrowed, so that damaging it in place needs no copy.
-struct Borrowed<'a>(&'a [u8]);
-
-impl ReadAt for Borrowed<'_> {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
-        let end = offset
-            .checked_add(buf.len() as u64)
-            .filter(|end| *end <= self.0.len() as u64)
-            .ok_or("read past the end")?;
-        buf.copy_from_slice(&self.0[offset as usize..end as usize]);
-        Ok(())
-    }
-    fn size(&self) -> u64 {
-        self.0.len() as u64
-    }
 }
 
 /// Lists every folder reachable and reads the first files of each, up to
