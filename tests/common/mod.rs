@@ -39,6 +39,7 @@ pub mod keys;
 pub mod proxy;
 pub mod realism;
 pub mod reports;
+pub mod stock_disks;
 pub mod strict;
 pub mod throttle;
 pub mod workers;

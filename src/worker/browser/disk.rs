@@ -78,9 +78,13 @@ impl RepositoryDisk {
     fn block(&self, index: i32) -> Result<Arc<Vec<u8>>, String> {
         let inner = &self.inner;
         {
-            let cache = inner.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((_, data)) = cache.iter().find(|(i, _)| *i == index) {
-                return Ok(data.clone());
+            let mut cache = inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+            let at = cache.iter().position(|(i, _)| *i == index);
+            // Least recently used goes first: a hit moves to the back.
+            if let Some(hit) = at.and_then(|at| cache.remove(at)) {
+                let data = hit.1.clone();
+                cache.push_back(hit);
+                return Ok(data);
             }
         }
         let data = match inner.blocks.get(&index) {
@@ -223,9 +227,12 @@ pub(super) fn entries(fs: &dyn Filesystem, dir: &str) -> Result<Vec<(String, Met
     Ok(out)
 }
 
-/// Search stops after this many entries or results.
+/// Search stops after this many entries or results, and goes no deeper
+/// than this many folders (a damaged filesystem can hold a folder inside
+/// itself).
 const SEARCH_SCAN_LIMIT: usize = 200_000;
 const SEARCH_RESULTS: usize = 500;
+const SEARCH_DEPTH: usize = 128;
 
 /// Paths (and whether each is a folder) whose name contains `needle`,
 /// ignoring case, sorted; bounded by the limits above.
@@ -233,8 +240,8 @@ pub(super) fn search(fs: &dyn Filesystem, needle: &str) -> Vec<(String, bool)> {
     let needle = needle.to_lowercase();
     let mut found = Vec::new();
     let mut scanned = 0usize;
-    let mut todo = vec!["/".to_string()];
-    while let Some(dir) = todo.pop() {
+    let mut todo = vec![("/".to_string(), 0usize)];
+    while let Some((dir, depth)) = todo.pop() {
         let Ok(list) = entries(fs, &dir) else {
             continue;
         };
@@ -244,8 +251,8 @@ pub(super) fn search(fs: &dyn Filesystem, needle: &str) -> Vec<(String, bool)> {
             if name.to_lowercase().contains(&needle) {
                 found.push((path.clone(), meta.is_dir()));
             }
-            if meta.is_dir() {
-                todo.push(path);
+            if meta.is_dir() && depth < SEARCH_DEPTH {
+                todo.push((path, depth + 1));
             }
         }
         if scanned >= SEARCH_SCAN_LIMIT || found.len() >= SEARCH_RESULTS {

@@ -11,6 +11,11 @@ use crate::worker::browser::partitions::ReadAt;
 const LEAF_OFFSET: u64 = 32 << 30;
 /// The most entries a directory may have before the reader gives up.
 const MAX_ENTRIES: usize = 1 << 20;
+/// The most bytes of names a directory may have (a million entries of
+/// 64 bytes; 255-byte names in every entry would be four times that).
+const MAX_NAME_BYTES: usize = 64 << 20;
+/// Inode numbers have 56 bits.
+const MAX_INO: u64 = (1 << 56) - 1;
 
 /// One name in a directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,7 +33,11 @@ impl<D: ReadAt> Xfs<D> {
             2 | 3 => self.blocks(dir, &mut out)?,
             f => return Err(format!("directory inode {} has format {f}", dir.ino)),
         }
-        out.retain(|e| e.name != b"." && e.name != b"..");
+        // The kernel refuses names with '/' or NUL; so does Tender, so that
+        // no name becomes two path components or climbs out of a folder.
+        out.retain(|e| {
+            e.name != b"." && e.name != b".." && !e.name.iter().any(|c| *c == b'/' || *c == 0)
+        });
         Ok(out)
     }
 
@@ -52,7 +61,7 @@ impl<D: ReadAt> Xfs<D> {
                 return Err(damaged());
             }
             let ino = if wide {
-                be64(f, ino_at)
+                be64(f, ino_at) & MAX_INO
             } else {
                 u64::from(be32(f, ino_at))
             };
@@ -87,10 +96,14 @@ impl<D: ReadAt> Xfs<D> {
             }
         }
         let mut buf = vec![0u8; sb.dir_block];
+        let mut name_bytes = 0usize;
         for b in blocks {
+            self.spend(buf.len())?;
             self.read_mapped(&extents, b * db, &mut buf)?;
+            let before = out.len();
             self.data_block(dir.ino, &buf, out)?;
-            if out.len() > MAX_ENTRIES {
+            name_bytes += out[before..].iter().map(|e| e.name.len()).sum::<usize>();
+            if out.len() > MAX_ENTRIES || name_bytes > MAX_NAME_BYTES {
                 return Err(format!(
                     "directory inode {} has too many entries to read",
                     dir.ino

@@ -17,19 +17,33 @@ mod dir;
 #[cfg(test)]
 pub(in crate::worker::browser) mod tests;
 
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
+use std::rc::Rc;
 
 use super::filesystem::{Filesystem, Kind, Meta};
 use super::partitions::ReadAt;
 
 /// The most extents one file's map may have before the reader gives up.
 const MAX_EXTENTS: usize = 1 << 20;
-/// The most bmap btree blocks one file's map may take.
-const MAX_BTREE_BLOCKS: usize = 1 << 16;
+/// The most bmap btree blocks one file's map may take: a real tree holds
+/// at least 16 extents in each of its leaves.
+const MAX_BTREE_BLOCKS: usize = MAX_EXTENTS / 16 + 64;
 /// The deepest a bmap btree is (the kernel's limit is below this).
 const MAX_BTREE_LEVEL: u16 = 9;
 /// Bytes read from a file at a time.
 const READ_CHUNK: usize = 1 << 20;
+/// Metadata (inodes, btree and directory blocks) one opened filesystem
+/// may read: one request's worth. Enough to list a folder of a million
+/// entries; a crafted image that loops runs out of it instead of running
+/// for hours.
+const METADATA_BUDGET: u64 = 2 << 30;
+/// The error once the budget is spent.
+const BUDGET_SPENT: &str =
+    "the filesystem's metadata is too large or loops: this request read more than 2 GiB of it";
+/// Directory entries kept parsed (per opened filesystem, so per request).
+const CACHED_ENTRIES: usize = 1 << 18;
 
 const SB_VERSION_DIRV2: u16 = 0x2000;
 const SB_VERSION2_FTYPE: u32 = 0x200;
@@ -158,10 +172,16 @@ impl Super {
     fn block_at(&self, fsb: u64, count: u64) -> Result<u64, String> {
         let ag = fsb >> self.ag_blk_log;
         let agbno = fsb & ((1u64 << self.ag_blk_log) - 1);
+        let outside = || format!("block {fsb} is outside the filesystem");
         if ag >= self.ag_count || agbno.saturating_add(count) > self.ag_blocks {
-            return Err(format!("block {fsb} is outside the filesystem"));
+            return Err(outside());
         }
-        Ok((ag * self.ag_blocks + agbno) << self.block_log)
+        // Below 2^63 bytes, so that offsets added to it cannot overflow.
+        ag.checked_mul(self.ag_blocks)
+            .and_then(|b| b.checked_add(agbno))
+            .filter(|b| b.leading_zeros() > self.block_log)
+            .map(|b| b << self.block_log)
+            .ok_or_else(outside)
     }
 
     /// The byte where inode `ino` starts.
@@ -240,10 +260,18 @@ impl Inode {
     }
 }
 
+/// A folder's entries, parsed.
+type Folder = Rc<Vec<dir::Entry>>;
+
 /// An XFS filesystem on `dev`.
 pub(super) struct Xfs<D> {
     dev: D,
     sb: Super,
+    /// Metadata bytes it may still read.
+    budget: Cell<u64>,
+    /// Folders' entries by inode, as parsed (a path is looked up from the
+    /// root at every call), and how many entries that is.
+    folders: RefCell<(HashMap<u64, Folder>, usize)>,
 }
 
 impl<D: ReadAt> Xfs<D> {
@@ -251,10 +279,27 @@ impl<D: ReadAt> Xfs<D> {
         let mut b = vec![0u8; 512];
         dev.read_at(0, &mut b)?;
         let sb = Super::parse(&b)?;
-        Ok(Self { dev, sb })
+        Ok(Self {
+            dev,
+            sb,
+            budget: Cell::new(METADATA_BUDGET),
+            folders: RefCell::new((HashMap::new(), 0)),
+        })
     }
 
+    /// Counts `len` bytes of metadata against the budget.
+    fn spend(&self, len: usize) -> Result<(), String> {
+        let left = self.budget.get();
+        if left < len as u64 {
+            return Err(BUDGET_SPENT.into());
+        }
+        self.budget.set(left - len as u64);
+        Ok(())
+    }
+
+    /// Metadata: counted against the budget.
     fn read(&self, at: u64, len: usize) -> Result<Vec<u8>, String> {
+        self.spend(len)?;
         let mut b = vec![0u8; len];
         self.dev.read_at(at, &mut b)?;
         Ok(b)
@@ -269,7 +314,7 @@ impl<D: ReadAt> Xfs<D> {
         }
         let version = b[4];
         let core = match version {
-            3 => 176,
+            3 if sb.v5 => 176,
             1 | 2 if !sb.v5 => 100,
             _ => return damaged("unknown inode version"),
         };
@@ -331,10 +376,10 @@ impl<D: ReadAt> Xfs<D> {
                 if level == 0 || level > MAX_BTREE_LEVEL || n > max {
                     return Err(format!("inode {} is damaged: btree root", inode.ino));
                 }
-                let mut budget = MAX_BTREE_BLOCKS;
+                let mut seen = HashSet::new();
                 for i in 0..n {
                     let child = be64(f, 4 + max * 8 + i * 8);
-                    self.btree(child, level - 1, &mut budget, &mut out)?;
+                    self.btree(child, level - 1, &mut seen, &mut out)?;
                 }
             }
             _ => {
@@ -373,14 +418,18 @@ impl<D: ReadAt> Xfs<D> {
         &self,
         fsb: u64,
         level: u16,
-        budget: &mut usize,
+        seen: &mut HashSet<u64>,
         out: &mut Vec<Extent>,
     ) -> Result<(), String> {
         let damaged = |what: &str| Err(format!("bmap btree block {fsb} is damaged: {what}"));
-        if *budget == 0 {
+        // Each block once: a tree whose pointers repeat would be read over
+        // and over.
+        if !seen.insert(fsb) {
+            return damaged("it is pointed to twice");
+        }
+        if seen.len() > MAX_BTREE_BLOCKS {
             return Err("the file's block map is too large to read".into());
         }
-        *budget -= 1;
         let bs = self.sb.block_size();
         let b = self.read(self.sb.block_at(fsb, 1)?, bs)?;
         let (magic, header) = if self.sb.v5 {
@@ -396,8 +445,8 @@ impl<D: ReadAt> Xfs<D> {
         }
         let n = usize::from(be16(&b, 6));
         let max = (bs - header) / 16;
-        if n > max {
-            return damaged("more records than fit");
+        if n == 0 || n > max {
+            return damaged("record count");
         }
         if level == 0 {
             if out.len() + n > MAX_EXTENTS {
@@ -412,7 +461,7 @@ impl<D: ReadAt> Xfs<D> {
         }
         for i in 0..n {
             let child = be64(&b, header + max * 8 + i * 8);
-            self.btree(child, level - 1, budget, out)?;
+            self.btree(child, level - 1, seen, out)?;
         }
         Ok(())
     }
@@ -451,6 +500,21 @@ impl<D: ReadAt> Xfs<D> {
         Ok(())
     }
 
+    /// A folder's entries, parsed once per opened filesystem while the
+    /// cache has room.
+    fn folder(&self, dir: &Inode) -> Result<Folder, String> {
+        if let Some(found) = self.folders.borrow().0.get(&dir.ino) {
+            return Ok(found.clone());
+        }
+        let entries = Rc::new(self.entries(dir)?);
+        let mut cache = self.folders.borrow_mut();
+        if cache.1 + entries.len() <= CACHED_ENTRIES {
+            cache.1 += entries.len();
+            cache.0.insert(dir.ino, entries.clone());
+        }
+        Ok(entries)
+    }
+
     /// The inode `path` names, not following symbolic links.
     fn lookup(&self, path: &str) -> Result<Inode, String> {
         let mut inode = self.inode(self.sb.root)?;
@@ -458,8 +522,18 @@ impl<D: ReadAt> Xfs<D> {
             if inode.kind() != Kind::Dir {
                 return Err(format!("{path}: not found"));
             }
-            let entries = self.entries(&inode)?;
-            let Some(entry) = entries.iter().find(|e| e.name == name.as_bytes()) else {
+            let entries = self.folder(&inode)?;
+            // As `read_dir` shows names: a name that is not UTF-8 is found
+            // by what the page showed.
+            let Some(entry) = entries
+                .iter()
+                .find(|e| e.name == name.as_bytes())
+                .or_else(|| {
+                    entries
+                        .iter()
+                        .find(|e| String::from_utf8_lossy(&e.name) == name)
+                })
+            else {
                 return Err(format!("{path}: not found"));
             };
             inode = self.inode(entry.ino)?;
@@ -478,13 +552,26 @@ impl<D: ReadAt> Filesystem for Xfs<D> {
         if dir.kind() != Kind::Dir {
             return Err(format!("{path} is not a folder"));
         }
-        let mut out = Vec::new();
-        for entry in self.entries(&dir)? {
-            let inode = self.inode(entry.ino)?;
-            out.push((
-                String::from_utf8_lossy(&entry.name).into_owned(),
-                inode.meta(),
-            ));
+        let mut entries: Vec<dir::Entry> = self.folder(&dir)?.as_ref().clone();
+        // In inode order: inodes of one folder sit together on disk.
+        entries.sort_by_key(|e| e.ino);
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let meta = match self.inode(entry.ino) {
+                Ok(inode) => inode.meta(),
+                // One damaged inode does not hide its folder.
+                Err(e) if e != BUDGET_SPENT => Meta {
+                    kind: Kind::Other,
+                    size: 0,
+                    mode: 0,
+                    uid: 0,
+                    gid: 0,
+                    mtime: 0,
+                    note: Some(format!("cannot be read: {e}")),
+                },
+                Err(e) => return Err(e),
+            };
+            out.push((String::from_utf8_lossy(&entry.name).into_owned(), meta));
         }
         Ok(out)
     }

@@ -311,3 +311,72 @@ fn random_damage_where_the_reader_looks_never_panics() {
         }
     }
 }
+
+#[test]
+fn a_btree_whose_pointers_repeat_a_block_is_refused_at_once() {
+    let mut d = mounted().0;
+    let fs = Xfs::load(Borrowed(&d)).expect("the fixture");
+    let frag = fs.lookup("/frag.bin").unwrap();
+    let at = fs.sb.inode_at(frag.ino).unwrap() as usize + 176;
+    let (level, n) = (be16(&d, at), usize::from(be16(&d, at + 2)));
+    assert!(level >= 1 && n >= 1, "the fixture's file has a btree root");
+    // A second root pointer naming the first's block.
+    let max = (frag.fork.len() - 4) / 16;
+    let first = at + 4 + max * 8;
+    let ptr: [u8; 8] = d[first..first + 8].try_into().unwrap();
+    d[first + n * 8..first + n * 8 + 8].copy_from_slice(&ptr);
+    d[at + 2..at + 4].copy_from_slice(&(n as u16 + 1).to_be_bytes());
+    let fs = Xfs::load(Borrowed(&d)).expect("the fixture");
+    let e = fs.open("/frag.bin").err().expect("a repeated block");
+    assert!(e.contains("pointed to twice"), "{e}");
+}
+
+#[test]
+fn a_damaged_inode_shows_in_its_folder_instead_of_hiding_it() {
+    let mut d = mounted().0;
+    let fs = Xfs::load(Borrowed(&d)).expect("the fixture");
+    let ino = fs.lookup("/few/a").unwrap().ino;
+    let at = fs.sb.inode_at(ino).unwrap() as usize;
+    d[at..at + 2].copy_from_slice(b"XX");
+    let fs = Xfs::load(Borrowed(&d)).expect("the fixture");
+    let list = fs.read_dir("/few").expect("the folder still lists");
+    let a = list.iter().find(|(n, _)| n == "a").expect("a is listed");
+    assert_eq!(a.1.kind, Kind::Other);
+    assert!(
+        a.1.note
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no inode magic"),
+        "{a:?}"
+    );
+    assert_eq!(fs.read_file("/few/b", 10).unwrap(), b"b\n");
+}
+
+#[test]
+fn a_folder_inside_itself_runs_out_of_budget_not_forever() {
+    let mut d = mounted().0;
+    let fs = Xfs::load(Borrowed(&d)).expect("the fixture");
+    let few = fs.lookup("/few").unwrap();
+    assert_eq!(few.format, 1, "short form");
+    let a = fs.lookup("/few/a").unwrap().ino;
+    // /few/a now names /few itself.
+    let at = fs.sb.inode_at(few.ino).unwrap() as usize + 176;
+    let f = &few.fork;
+    let wide = f[1] != 0;
+    let ino_len = if wide { 8 } else { 4 };
+    let mut p = 2 + ino_len;
+    for _ in 0..f[0] {
+        let len = usize::from(f[p]);
+        let ino_at = p + 3 + len + 1;
+        if &f[p + 3..p + 3 + len] == b"a" {
+            assert_eq!(u64::from(be32(f, ino_at)), a);
+            d[at + ino_at..at + ino_at + 4].copy_from_slice(&(few.ino as u32).to_be_bytes());
+        }
+        p = ino_at + ino_len;
+    }
+    let fs = Xfs::load(Borrowed(&d)).expect("the fixture");
+    assert!(fs.metadata("/few/a/a/a/b").is_ok(), "the loop is there");
+    let found = crate::worker::browser::disk::search(&fs, "b");
+    assert!(found.len() <= 500, "search is bounded");
+    assert!(found.iter().any(|(p, _)| p == "/few/b"), "{found:?}");
+}
