@@ -249,3 +249,126 @@ async fn a_browser_downloads_a_file_from_a_file_level_recovery_session() {
     assert_eq!(workers.len(), 1);
     common::assert_terminating(&workers[0]);
 }
+
+/// A stock Amazon Linux 2023 root volume (GPT; XFS root as partition 1,
+/// BIOS boot as 127, the FAT EFI system partition as 128), browsed in
+/// Chromium: the root page lists the partitions with their filesystem,
+/// label and size, the XFS root opens, a file downloads; the EFI
+/// partition lists through its folder page.
+#[tokio::test]
+async fn a_stock_amazon_linux_volume_is_browsed_by_partition() {
+    let env = TestEnv::new("filelevelxfs").await;
+    env.default_configuration().await;
+    let aws = tender::aws::AwsClients::from_env().await;
+    let release = b"NAME=\"Amazon Linux\"\nVERSION=\"2023\"\n".to_vec();
+    let journal = disks::random_bytes(200_000, 7);
+    let disk = common::stock_disks::amazon_linux(
+        &[
+            ("etc/os-release", release.clone()),
+            ("var/log/journal/system.journal", journal.clone()),
+        ],
+        &[("EFI/amzn/grubx64.efi", b"MZ grub".to_vec())],
+    );
+    let disk = disks::write_snapshot(&aws, &disk, 1).await;
+    env.back_up("nightly", &disk, TIMEOUT).await;
+    let restore = env
+        .create_restore(
+            "browse",
+            "fileLevel",
+            &format!("nightly/{disk}"),
+            serde_json::json!({"idleTimeoutMinutes": 1}),
+        )
+        .await;
+    let up = env
+        .wait_restore("browse", TIMEOUT, |j| {
+            j.status
+                .as_ref()
+                .and_then(|s| s.workers.first())
+                .is_some_and(|w| w.browser_url.is_some())
+        })
+        .await;
+    let worker = up.status.as_ref().unwrap().workers[0].clone();
+    let url = worker.browser_url.clone().unwrap();
+    let pin = worker.public_key_sha256.clone().unwrap();
+    let secret: kube::Api<Secret> = env.api();
+    let secret = secret
+        .get(worker.session_secret.as_deref().unwrap())
+        .await
+        .unwrap();
+    let token = String::from_utf8(secret.data.as_ref().unwrap()["token"].0.clone()).unwrap();
+
+    let work =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(common::unique("chromium"));
+    let downloads = work.join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let steps = serde_json::json!([
+        {"navigate": format!("{url}?token={token}")},
+        {"click": "a[href='/browse/partition-1']"},
+        {"click": "a[href='/browse/partition-1/etc']"},
+        {"download": "a[href='/file/partition-1/etc/os-release']"},
+        {"navigate": format!("{url}browse/partition-128/EFI/amzn")},
+    ]);
+    let driver = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/drive.py");
+    let out = Command::new("python3")
+        .arg(driver)
+        .arg(steps.to_string())
+        .arg(chromium())
+        .arg(&pin)
+        .arg(&downloads)
+        .arg(work.join("profile"))
+        .output()
+        .expect("run the Chromium driver");
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "driver output is not JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(seen.get("error").is_none(), "{seen}");
+    let pages: Vec<&str> = seen["pages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    // The partitions, each with what it holds.
+    for row in [
+        "partition-1/\tXFS · / · 45 MiB",
+        "partition-128/\tFAT · ESP · 16 MiB",
+        "partition-127\tno filesystem · BIOS Boot Partition · 1 MiB · it holds no filesystem",
+    ] {
+        assert!(pages[0].contains(row), "{row:?} not in {:?}", pages[0]);
+    }
+    assert!(
+        pages[1].contains("etc/") && pages[1].contains("var/"),
+        "{seen}"
+    );
+    assert!(pages[2].contains("os-release"), "{seen}");
+    assert!(pages[3].contains("grubx64.efi"), "{seen}");
+    let file = seen["downloads"][0].as_str().unwrap();
+    assert_eq!(std::fs::read(file).unwrap(), release);
+
+    // A larger file from the XFS root, with the token, pinned by the key.
+    let got = Command::new("curl")
+        .args(["-sSk", "--pinnedpubkey", &format!("sha256//{pin}"), "-H"])
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg(format!(
+            "{url}file/partition-1/var/log/journal/system.journal"
+        ))
+        .output()
+        .unwrap()
+        .stdout;
+    assert_eq!(got, journal);
+
+    let done = env
+        .wait_restore("browse", Duration::from_secs(150), |j: &RestoreJob| {
+            j.status.as_ref().is_some_and(|s| s.phase.is_finished())
+        })
+        .await;
+    let status = done.status.clone().unwrap();
+    assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
+    let workers = env.workers_of(&restore.uid().unwrap()).await;
+    assert_eq!(workers.len(), 1);
+    common::assert_terminating(&workers[0]);
+}
