@@ -451,6 +451,26 @@ mod tests {
     }
 
     #[test]
+    fn an_xfs_caught_with_changes_in_its_log_is_shown_with_a_warning() {
+        use super::super::partitions::tests::{Image as Disk, LINUX, gpt_disk};
+        use super::super::volume::XFS_LOG_PENDING;
+        let xfs = super::super::xfs::tests::dirty();
+        // On the whole volume: every page carries the notice.
+        let whole = open_disk(&xfs).expect("an XFS volume");
+        assert_eq!(whole.notice().as_deref(), Some(XFS_LOG_PENDING));
+        // On a partition: its row says so too.
+        let mut d = gpt_disk(64 << 20, &[(LINUX, 2048, 2048 + 65535, "root")]);
+        d[2048 * 512..2048 * 512 + xfs.0.len()].copy_from_slice(&xfs.0);
+        let found = open_disk(&Disk(d)).expect("the volume's partitions");
+        let rows = entries(found.as_ref(), "/").unwrap();
+        let note = rows[0].1.note.clone().unwrap_or_default();
+        assert!(note.ends_with(XFS_LOG_PENDING), "{note}");
+        // A clean one has none.
+        let clean = open_disk(&super::super::xfs::tests::image(&[])).expect("an XFS volume");
+        assert_eq!(clean.notice(), None);
+    }
+
+    #[test]
     fn a_volume_nothing_on_which_is_readable_says_what_each_partition_holds() {
         use super::super::partitions::tests::{EFI, Image as Disk, LINUX, gpt_disk};
         let mut d = gpt_disk(

@@ -63,6 +63,12 @@ pub(super) trait Filesystem {
     /// A regular file's contents.
     fn open(&self, path: &str) -> Result<Box<dyn Read + '_>, String>;
 
+    /// What people should know before trusting what they see (an XFS log
+    /// with changes not yet in place), shown on every page.
+    fn notice(&self) -> Option<String> {
+        None
+    }
+
     /// A regular file's contents, whole; no more than `limit` bytes.
     fn read_file(&self, path: &str, limit: u64) -> Result<Vec<u8>, String> {
         let mut data = Vec::new();
@@ -204,5 +210,9 @@ impl<F: Filesystem + ?Sized> Filesystem for Box<F> {
 
     fn open(&self, path: &str) -> Result<Box<dyn Read + '_>, String> {
         self.as_ref().open(path)
+    }
+
+    fn notice(&self) -> Option<String> {
+        self.as_ref().notice()
     }
 }

@@ -95,6 +95,7 @@ struct Row {
 #[template(path = "browser/browse.html")]
 struct BrowsePage<'a> {
     title: String,
+    notice: Option<String>,
     up: Option<String>,
     archive: String,
     restore_to: Option<&'a RepositoryLocation>,
@@ -107,6 +108,7 @@ pub(super) fn browse(
     dir: &str,
     list: &[(String, Meta)],
     restore_to: Option<&RepositoryLocation>,
+    notice: Option<String>,
 ) -> Response {
     let entries = list
         .iter()
@@ -137,6 +139,7 @@ pub(super) fn browse(
         .collect();
     html(&BrowsePage {
         title: format!("Restore point: {dir}"),
+        notice,
         up: (dir != "/").then(|| link_path(&normalize(&format!("{dir}/..")))),
         archive: link_path(dir),
         restore_to,
@@ -224,7 +227,7 @@ mod tests {
         .unwrap();
         let list = entries(fs.as_ref(), "/docs").unwrap();
         let target = RepositoryLocation::new("bucket", "restored/", "us-east-1");
-        let page = body(browse("/docs", &list, Some(&target))).await;
+        let page = body(browse("/docs", &list, Some(&target), None)).await;
         for expected in [
             "<title>Restore point: /docs</title>",
             "<a class=\"up\" href=\"/browse/\">",
@@ -239,8 +242,18 @@ mod tests {
         ] {
             assert!(page.contains(expected), "{expected} not in {page}");
         }
-        let page = body(browse("/", &entries(fs.as_ref(), "/").unwrap(), None)).await;
+        let page = body(browse(
+            "/",
+            &entries(fs.as_ref(), "/").unwrap(),
+            None,
+            Some("look <out>".into()),
+        ))
+        .await;
         assert!(!page.contains("class=\"up\""), "{page}");
+        assert!(
+            page.contains("<p class=\"notice\">look &#60;out&#62;</p>"),
+            "{page}"
+        );
         assert!(!page.contains("<form method=\"post\""), "{page}");
         assert!(!page.contains("checkbox"), "{page}");
     }

@@ -27,6 +27,15 @@ pub trait ReadAt {
     fn size(&self) -> u64;
 }
 
+impl<T: ReadAt + ?Sized> ReadAt for &T {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+        (**self).read_at(offset, buf)
+    }
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+}
+
 /// How a volume is laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scheme {

@@ -123,7 +123,7 @@ async fn browse_folder(browser: Browser, dir: String) -> Answer {
     let restore_to = browser.restore_to.as_ref().map(|t| t.location.clone());
     on_fs(&browser.volume, move |fs| {
         let list = disk::entries(fs, &dir).map_err(|e| not_found(&dir, e))?;
-        Ok(pages::browse(&dir, &list, restore_to.as_ref()))
+        Ok(pages::browse(&dir, &list, restore_to.as_ref(), fs.notice()))
     })
     .await
 }

@@ -21,7 +21,12 @@ pub(super) struct Found {
     pub fs: &'static str,
     /// The filesystem's label, else the GPT partition's name.
     pub label: Option<String>,
+    /// What people should know before trusting what they see in it.
+    pub warning: Option<String>,
 }
+
+/// The warning for an XFS whose log holds changes not yet in place.
+pub(super) const XFS_LOG_PENDING: &str = "the snapshot caught this XFS with changes still only in its log, which file-level recovery does not replay: the newest files and changes may be missing or older here (a full volume restore, mounted, has them)";
 
 impl Found {
     /// Why Tender cannot show its files, when it cannot.
@@ -47,6 +52,9 @@ impl Found {
         note.push_str(&format!(" · {}", size(self.partition.size)));
         if let Some(why) = self.unreadable() {
             note.push_str(&format!(" · {why}"));
+        }
+        if let Some(warning) = &self.warning {
+            note.push_str(&format!(" · {warning}"));
         }
         note
     }
@@ -82,16 +90,35 @@ pub(super) fn survey(disk: &dyn ReadAt) -> Result<Survey, String> {
         })?;
         let fs = filesystem_in(&head);
         let label = label_in(&head, fs).or_else(|| p.name.clone().filter(|n| !n.is_empty()));
+        let warning = match fs {
+            "XFS" => xfs_warning(disk, &p),
+            _ => None,
+        };
         parts.push(Found {
             partition: p,
             fs,
             label,
+            warning,
         });
     }
     Ok(Survey {
         scheme: layout.scheme,
         parts,
     })
+}
+
+/// Whether partition `p`'s XFS has changes only in its log; a log that
+/// cannot be read is left for opening the filesystem to report.
+fn xfs_warning(disk: &dyn ReadAt, p: &Partition) -> Option<String> {
+    let xfs = Xfs::load(Slice::new(disk, p)).ok()?;
+    match xfs.log_pending() {
+        Ok(true) => Some(XFS_LOG_PENDING.to_string()),
+        Ok(false) => None,
+        Err(e) => {
+            tracing::warn!(partition = p.number, error = %e, "cannot tell whether the XFS log is clean");
+            None
+        }
+    }
 }
 
 /// The filesystem whose magic numbers `head` (a partition's first 4 KiB)
@@ -147,7 +174,8 @@ fn open_partition<D: ReadAt + Clone + 'static>(
     let slice = Slice::new(disk.clone(), p);
     let opened: Result<Box<dyn Filesystem>, String> = match found.fs {
         "ext2/3/4" => Ext4Fs::load(slice).map(|f| Box::new(f) as Box<dyn Filesystem>),
-        "XFS" => Xfs::load(slice).map(|f| Box::new(f) as Box<dyn Filesystem>),
+        "XFS" => Xfs::load(slice)
+            .map(|f| Box::new(f.with_notice(found.warning.clone())) as Box<dyn Filesystem>),
         "FAT" => Fat::load(slice).map(|f| Box::new(f) as Box<dyn Filesystem>),
         fs => Err(format!(
             "{fs}: {}",

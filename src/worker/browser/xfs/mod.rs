@@ -14,6 +14,7 @@
 //! `xfs_da_format.h`; all integers are big-endian.
 
 mod dir;
+mod log;
 #[cfg(test)]
 pub(in crate::worker::browser) mod tests;
 
@@ -84,6 +85,9 @@ struct Super {
     inode_size: usize,
     inop_log: u32,
     root: u64,
+    /// The internal log: first filesystem block and length in blocks.
+    log_start: u64,
+    log_blocks: u64,
     v5: bool,
     ftype: bool,
     dir_block: usize,
@@ -153,6 +157,8 @@ impl Super {
             inode_size: usize::from(inode_size),
             inop_log: u32::from(inop_log),
             root: be64(b, 56),
+            log_start: be64(b, 48),
+            log_blocks: u64::from(be32(b, 96)),
             v5,
             ftype,
             dir_block: 1 << (block_log + dir_blk_log),
@@ -272,6 +278,8 @@ pub(super) struct Xfs<D> {
     /// Folders' entries by inode, as parsed (a path is looked up from the
     /// root at every call), and how many entries that is.
     folders: RefCell<(HashMap<u64, Folder>, usize)>,
+    /// Shown on every page ([`Filesystem::notice`]).
+    notice: Option<String>,
 }
 
 impl<D: ReadAt> Xfs<D> {
@@ -284,7 +292,14 @@ impl<D: ReadAt> Xfs<D> {
             sb,
             budget: Cell::new(METADATA_BUDGET),
             folders: RefCell::new((HashMap::new(), 0)),
+            notice: None,
         })
+    }
+
+    /// The same filesystem, with `notice` on every page.
+    pub(super) fn with_notice(mut self, notice: Option<String>) -> Self {
+        self.notice = notice;
+        self
     }
 
     /// Counts `len` bytes of metadata against the budget.
@@ -543,6 +558,10 @@ impl<D: ReadAt> Xfs<D> {
 }
 
 impl<D: ReadAt> Filesystem for Xfs<D> {
+    fn notice(&self) -> Option<String> {
+        self.notice.clone()
+    }
+
     fn metadata(&self, path: &str) -> Result<Meta, String> {
         Ok(self.lookup(path)?.meta())
     }

@@ -380,3 +380,24 @@ fn a_folder_inside_itself_runs_out_of_budget_not_forever() {
     assert!(found.len() <= 500, "search is bounded");
     assert!(found.iter().any(|(p, _)| p == "/few/b"), "{found:?}");
 }
+
+/// The image `fixtures/make.sh` shut down with changes only in its log.
+pub(in crate::worker::browser) fn dirty() -> Image {
+    let packed = include_bytes!("fixtures/dirty.img.zst");
+    Image(zstd::stream::decode_all(&packed[..]).expect("the fixture decompresses"))
+}
+
+#[test]
+fn a_log_with_changes_not_yet_in_place_is_told_from_a_clean_one() {
+    let dirty = dirty().0;
+    let fs = Xfs::load(Borrowed(&dirty)).expect("the fixture");
+    assert_eq!(fs.log_pending(), Ok(true));
+    // What the log holds is not shown: the reader does not replay it.
+    assert!(fs.metadata("/late.txt").is_err());
+    let fs = Xfs::load(mounted()).expect("the fixture");
+    assert_eq!(fs.log_pending(), Ok(false), "unmounted cleanly");
+    let fs = Xfs::load(image(&[])).expect("an XFS");
+    assert_eq!(fs.log_pending(), Ok(false), "as mkfs.xfs leaves it");
+    let fs = Xfs::load(image(&["-m", "crc=0", "-n", "ftype=0"])).expect("a v4 XFS");
+    assert_eq!(fs.log_pending(), Ok(false), "as mkfs.xfs leaves it");
+}
