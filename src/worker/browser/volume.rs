@@ -26,7 +26,7 @@ pub(super) struct Found {
 }
 
 /// The warning for an XFS whose log holds changes not yet in place.
-pub(super) const XFS_LOG_PENDING: &str = "the snapshot caught this XFS with changes still only in its log, which file-level recovery does not replay: the newest files and changes may be missing or older here (a full volume restore, mounted, has them)";
+pub(super) const XFS_LOG_PENDING: &str = "this XFS's log was not empty when the snapshot was taken (the instance was busy), and file-level recovery does not replay it: changes made in the moments before the snapshot may be missing or older here; a volume restore, once mounted, has them";
 
 impl Found {
     /// Why Tender cannot show its files, when it cannot.
