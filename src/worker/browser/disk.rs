@@ -7,6 +7,7 @@
 //! opening cheap).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use sha2::{Digest, Sha256};
@@ -19,8 +20,11 @@ use crate::aws::ebs::BLOCK_SIZE;
 use crate::aws::repository::Chunk;
 use crate::mover::manifest::{RepositoryLocation, VolumeImage};
 
-/// Decompressed chunks kept in memory (512 KiB each).
-const CACHE_CHUNKS: usize = 64;
+/// Decompressed chunks kept in memory (512 KiB each): 64 MiB. Listing a
+/// folder reads its directory blocks, then its inodes, and XFS puts both
+/// in the same stretch of disk: 100 000 entries span some 110 chunks,
+/// which a smaller cache would read twice (`benches/browser.rs`).
+const CACHE_CHUNKS: usize = 128;
 
 /// Something a session can open the filesystem of: the restore point's
 /// volume, or an image in memory in tests.
@@ -44,6 +48,8 @@ struct DiskInner {
     blocks: BTreeMap<i32, String>,
     size: u64,
     cache: Mutex<VecDeque<(i32, Arc<Vec<u8>>)>>,
+    /// Chunks fetched from the repository (cache misses).
+    fetched: AtomicU64,
     runtime: tokio::runtime::Handle,
     /// Its partitions and what they hold, once read.
     survey: OnceLock<Arc<Survey>>,
@@ -62,10 +68,16 @@ impl RepositoryDisk {
                     .collect(),
                 size: volume.size_gib.max(0) as u64 * (1 << 30),
                 cache: Mutex::new(VecDeque::new()),
+                fetched: AtomicU64::new(0),
                 runtime: tokio::runtime::Handle::current(),
                 survey: OnceLock::new(),
             }),
         }
+    }
+
+    /// Chunks fetched from the repository so far (the cache's misses).
+    pub fn chunks_fetched(&self) -> u64 {
+        self.inner.fetched.load(Ordering::Relaxed)
     }
 
     /// The clients the disk reads with (restores write with them too).
@@ -89,7 +101,10 @@ impl RepositoryDisk {
         }
         let data = match inner.blocks.get(&index) {
             None => vec![0u8; BLOCK_SIZE],
-            Some(hash) => self.fetch_chunk(hash)?,
+            Some(hash) => {
+                inner.fetched.fetch_add(1, Ordering::Relaxed);
+                self.fetch_chunk(hash)?
+            }
         };
         let data = Arc::new(data);
         let mut cache = inner.cache.lock().unwrap_or_else(|p| p.into_inner());

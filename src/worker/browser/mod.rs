@@ -47,5 +47,45 @@ mod volume;
 mod xfs;
 
 pub use certificate::{MAX_SESSION_LIFE, session_life};
+
+use partitions::ReadAt;
+
+/// What a folder page costs on `disk`, end to end as a request pays it
+/// (partitions surveyed, the filesystem opened, the folder read and
+/// sorted, its page rendered): the entries listed and the page's bytes.
+/// For `benches/browser.rs` and tools.
+pub async fn render_folder<D: ReadAt + Clone + Send + Sync + 'static>(
+    disk: D,
+    path: String,
+) -> Result<(usize, usize), String> {
+    let page = tokio::task::spawn_blocking(move || {
+        let fs = volume::open_volume(&disk, &volume::survey(&disk)?)?;
+        let list = disk::entries(fs.as_ref(), &disk::normalize(&path))?;
+        Ok::<_, String>((list.len(), pages::browse(&path, &list, None, fs.notice())))
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    let body = axum::body::to_bytes(page.1.into_body(), usize::MAX)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((page.0, body.len()))
+}
+
+/// Paths whose name contains `needle`, as the search page finds them.
+/// For `benches/browser.rs` and tools.
+pub async fn search_volume<D: ReadAt + Clone + Send + Sync + 'static>(
+    disk: D,
+    needle: String,
+) -> Result<Vec<String>, String> {
+    tokio::task::spawn_blocking(move || {
+        let fs = volume::open_volume(&disk, &volume::survey(&disk)?)?;
+        Ok(disk::search(fs.as_ref(), &needle)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
 pub use disk::{RepositoryDisk, check_filesystem};
 pub use session::{Ended, EndedBy, Session, SessionConfig, serve};

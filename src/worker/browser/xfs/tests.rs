@@ -396,8 +396,49 @@ fn a_log_with_changes_not_yet_in_place_is_told_from_a_clean_one() {
     assert!(fs.metadata("/late.txt").is_err());
     let fs = Xfs::load(mounted()).expect("the fixture");
     assert_eq!(fs.log_pending(), Ok(false), "unmounted cleanly");
+    // Mounted and idle: no unmount record, but only the superblock logged.
+    let packed = include_bytes!("fixtures/covered.img.zst");
+    let covered = zstd::stream::decode_all(&packed[..]).expect("the fixture decompresses");
+    let fs = Xfs::load(Borrowed(&covered)).expect("the fixture");
+    assert_eq!(fs.log_pending(), Ok(false), "covered");
+    assert_eq!(fs.read_file("/a.txt", 10).unwrap(), b"a\n");
     let fs = Xfs::load(image(&[])).expect("an XFS");
     assert_eq!(fs.log_pending(), Ok(false), "as mkfs.xfs leaves it");
     let fs = Xfs::load(image(&["-m", "crc=0", "-n", "ftype=0"])).expect("a v4 XFS");
     assert_eq!(fs.log_pending(), Ok(false), "as mkfs.xfs leaves it");
+}
+
+#[test]
+fn random_damage_to_the_log_never_panics() {
+    let mut d = dirty().0;
+    let fs = Xfs::load(Borrowed(&d)).expect("the fixture");
+    let log = fs.sb.block_at(fs.sb.log_start, fs.sb.log_blocks).unwrap() as usize;
+    let mut x = 0x51_7cc1_b727_220au64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut told = [0usize; 3];
+    for _ in 0..1000 {
+        let mut saved = Vec::new();
+        for _ in 0..1 + next() % 4 {
+            // The records sit in the log's first 8 KiB.
+            let at = log + next() as usize % 8192;
+            saved.push((at, d[at]));
+            d[at] = next() as u8;
+        }
+        if let Ok(fs) = Xfs::load(Borrowed(&d)) {
+            told[match fs.log_pending() {
+                Ok(true) => 0,
+                Ok(false) => 1,
+                Err(_) => 2,
+            }] += 1;
+        }
+        for (at, b) in saved.into_iter().rev() {
+            d[at] = b;
+        }
+    }
+    assert!(told[0] > 0, "{told:?}");
 }
