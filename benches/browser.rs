@@ -28,6 +28,7 @@ use tender::worker::browser::{RepositoryDisk, render_folder, search_volume};
 const REGION: &str = "us-east-1";
 const ENTRIES: usize = 100_000;
 const SIZE_GIB: u64 = 20;
+const LARGE_GIB: u64 = 1;
 
 fn main() {
     // `cargo test --all-targets` runs this binary without `--bench`.
@@ -60,18 +61,33 @@ impl ReadAt for LocalDisk {
 }
 
 /// A 20 GiB XFS image: `/big` holds the 100 000 entries, `/deep/a/b` the
-/// file the search looks for.
+/// file the search looks for, `/data/large.bin` 1 GiB that a listing must
+/// not read (one repeated block, so that the emulator's S3 holds one
+/// chunk of it).
 fn make_image(dir: &std::path::Path) -> std::path::PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let needle = dir.join("needle");
     std::fs::write(&needle, b"found\n").unwrap();
+    let large = dir.join("large");
+    {
+        use std::io::Write;
+        let block: Vec<u8> = (0..BLOCK_SIZE).map(|i| (i % 251) as u8 + 1).collect();
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&large).unwrap());
+        for _ in 0..(LARGE_GIB << 30) / BLOCK_SIZE as u64 {
+            f.write_all(&block).unwrap();
+        }
+    }
     let mut proto = String::from("/dev/null\n0 0\nd--755 0 0\nbig d--755 0 0\n");
     for i in 0..ENTRIES {
         proto.push_str(&format!("file-{i:06}.log ---644 0 0 /dev/null\n"));
     }
     proto.push_str(&format!(
-        "$\ndeep d--755 0 0\na d--755 0 0\nb d--755 0 0\nneedle.txt ---644 0 0 {}\n$\n$\n$\n$\n",
+        "$\ndeep d--755 0 0\na d--755 0 0\nb d--755 0 0\nneedle.txt ---644 0 0 {}\n$\n$\n$\n",
         needle.display()
+    ));
+    proto.push_str(&format!(
+        "data d--755 0 0\nlarge.bin ---644 0 0 {}\n$\n$\n",
+        large.display()
     ));
     std::fs::write(dir.join("proto"), proto).unwrap();
     let image = dir.join("volume.img");
@@ -150,7 +166,7 @@ async fn bench() {
     let started = Instant::now();
     let image = make_image(&dir);
     println!(
-        "image: {SIZE_GIB} GiB XFS, {ENTRIES} entries in /big, made in {:.1} s",
+        "image: {SIZE_GIB} GiB XFS, {ENTRIES} entries in /big, a {LARGE_GIB} GiB file, made in {:.1} s",
         started.elapsed().as_secs_f64()
     );
 

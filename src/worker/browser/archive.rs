@@ -48,13 +48,42 @@ fn append_all<W: Write>(
                     .open(entry.path.as_str())
                     .map_err(|e| io::Error::other(format!("{}: {e}", entry.path)))?;
                 let mut h = header(EntryType::Regular, file.mode, file.size);
-                // Exactly the size the header promised, even if the file
-                // says otherwise now.
-                tar.append_data(&mut h, &entry.name, io::Read::take(data, file.size))?;
+                // Exactly the size the header promised: a file that says
+                // otherwise now (a damaged or crafted filesystem) fails
+                // the archive rather than put it out of step with its
+                // headers.
+                let exact = Exact {
+                    inner: io::Read::take(data, file.size),
+                    left: file.size,
+                    path: &entry.path,
+                };
+                tar.append_data(&mut h, &entry.name, exact)?;
             }
         }
     }
     Ok(())
+}
+
+/// A file's contents that must be `left` bytes long: ending early is an
+/// error.
+struct Exact<'p, R> {
+    inner: R,
+    left: u64,
+    path: &'p str,
+}
+
+impl<R: io::Read> io::Read for Exact<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && self.left > 0 && !buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} ended {} bytes early", self.path, self.left),
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
 }
 
 /// A header with nothing of the owner in it.
@@ -180,6 +209,29 @@ mod tests {
             assert_eq!((e.4.as_str(), e.5.as_str()), ("", ""), "{}: no names", e.0);
         }
         assert!(!entries.iter().any(|e| e.0.contains("elsewhere")));
+    }
+
+    #[test]
+    fn a_file_shorter_than_its_header_says_fails_the_archive() {
+        // A crafted filesystem can list a size its file does not have; the
+        // archive must not go out of step with its headers.
+        let mut short = Exact {
+            inner: io::Read::take(&b"abc"[..], 5),
+            left: 5,
+            path: "/a",
+        };
+        let mut out = Vec::new();
+        let e = io::Read::read_to_end(&mut short, &mut out).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(e.to_string().contains("/a ended 2 bytes early"), "{e}");
+        let mut whole = Exact {
+            inner: io::Read::take(&b"abcdef"[..], 5),
+            left: 5,
+            path: "/a",
+        };
+        out.clear();
+        io::Read::read_to_end(&mut whole, &mut out).unwrap();
+        assert_eq!(out, b"abcde");
     }
 
     #[test]

@@ -472,7 +472,7 @@ mod tests {
         let xfs = super::super::xfs::tests::dirty();
         // On the whole volume: every page carries the notice.
         let whole = open_disk(&xfs).expect("an XFS volume");
-        assert_eq!(whole.notice().as_deref(), Some(XFS_LOG_PENDING));
+        assert_eq!(whole.notice("/").as_deref(), Some(XFS_LOG_PENDING));
         // On a partition: its row says so too.
         let mut d = gpt_disk(64 << 20, &[(LINUX, 2048, 2048 + 65535, "root")]);
         d[2048 * 512..2048 * 512 + xfs.0.len()].copy_from_slice(&xfs.0);
@@ -480,9 +480,15 @@ mod tests {
         let rows = entries(found.as_ref(), "/").unwrap();
         let note = rows[0].1.note.clone().unwrap_or_default();
         assert!(note.ends_with(XFS_LOG_PENDING), "{note}");
+        assert_eq!(
+            found.notice("/partition-1/etc").as_deref(),
+            Some(XFS_LOG_PENDING),
+            "and on its pages"
+        );
+        assert_eq!(found.notice("/"), None);
         // A clean one has none.
         let clean = open_disk(&super::super::xfs::tests::image(&[])).expect("an XFS volume");
-        assert_eq!(clean.notice(), None);
+        assert_eq!(clean.notice("/"), None);
     }
 
     #[test]

@@ -63,9 +63,9 @@ pub(super) trait Filesystem {
     /// A regular file's contents.
     fn open(&self, path: &str) -> Result<Box<dyn Read + '_>, String>;
 
-    /// What people should know before trusting what they see (an XFS log
-    /// with changes not yet in place), shown on every page.
-    fn notice(&self) -> Option<String> {
+    /// What people should know before trusting what they see at `path`
+    /// (an XFS log with changes not yet in place), shown on its page.
+    fn notice(&self, _path: &str) -> Option<String> {
         None
     }
 
@@ -212,7 +212,7 @@ impl<F: Filesystem + ?Sized> Filesystem for Box<F> {
         self.as_ref().open(path)
     }
 
-    fn notice(&self) -> Option<String> {
-        self.as_ref().notice()
+    fn notice(&self, path: &str) -> Option<String> {
+        self.as_ref().notice(path)
     }
 }

@@ -61,7 +61,10 @@ pub async fn render_folder<D: ReadAt + Clone + Send + Sync + 'static>(
     let page = tokio::task::spawn_blocking(move || {
         let fs = volume::open_volume(&disk, &volume::survey(&disk)?)?;
         let list = disk::entries(fs.as_ref(), &disk::normalize(&path))?;
-        Ok::<_, String>((list.len(), pages::browse(&path, &list, None, fs.notice())))
+        Ok::<_, String>((
+            list.len(),
+            pages::browse(&path, &list, None, fs.notice(&path)),
+        ))
     })
     .await
     .map_err(|e| e.to_string())??;

@@ -40,10 +40,17 @@ pub(super) async fn restore(
     }
     let files = on_fs(&browser.volume, move |fs| {
         let selection = select(fs, &selected, &selection::RESTORE).map_err(refused)?;
-        Ok(selection
+        let files: Vec<(String, u64)> = selection
             .files()
             .map(|(e, f)| (e.path.clone(), f.size))
-            .collect())
+            .collect();
+        if files.is_empty() {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "the selection holds no regular file (symbolic links, devices and partitions Tender cannot read are left out): select files or folders that hold some",
+            ));
+        }
+        Ok(files)
     })
     .await?;
     let done = copy_to_s3(&browser.volume, &target, files).await?;

@@ -123,7 +123,12 @@ async fn browse_folder(browser: Browser, dir: String) -> Answer {
     let restore_to = browser.restore_to.as_ref().map(|t| t.location.clone());
     on_fs(&browser.volume, move |fs| {
         let list = disk::entries(fs, &dir).map_err(|e| not_found(&dir, e))?;
-        Ok(pages::browse(&dir, &list, restore_to.as_ref(), fs.notice()))
+        Ok(pages::browse(
+            &dir,
+            &list,
+            restore_to.as_ref(),
+            fs.notice(&dir),
+        ))
     })
     .await
 }
@@ -161,6 +166,9 @@ async fn download(State(browser): State<Browser>, Path(path): Path<String>) -> A
             if !meta.is_file() {
                 return Err(not_found(&path, "not a regular file"));
             }
+            // Opened once here, so that a file that cannot be read is an
+            // error page, not a download cut off after its headers.
+            fs.open(&path).map_err(|e| not_found(&path, e))?;
             Ok((meta.size, (fs, path, meta.size)))
         },
         |(fs, path, size), out| {

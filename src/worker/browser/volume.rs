@@ -6,6 +6,7 @@
 //! and why, never as an empty folder.
 
 use std::cell::OnceCell;
+use std::collections::HashMap;
 use std::io::Read;
 
 use super::fat::Fat;
@@ -24,6 +25,12 @@ pub(super) struct Found {
     /// What people should know before trusting what they see in it.
     pub warning: Option<String>,
 }
+
+/// XFS logs checked on one volume at most.
+const MAX_LOGS_CHECKED: usize = 16;
+
+/// The warning for an XFS whose log could not be told clean.
+pub(super) const XFS_LOG_UNKNOWN: &str = "Tender could not tell whether this XFS's log held changes not yet in place when the snapshot was taken, and file-level recovery does not replay it: the newest changes may be missing or older here";
 
 /// The warning for an XFS whose log holds changes not yet in place.
 pub(super) const XFS_LOG_PENDING: &str = "this XFS's log was not empty when the snapshot was taken (the instance was busy), and file-level recovery does not replay it: changes made in the moments before the snapshot may be missing or older here; a volume restore, once mounted, has them";
@@ -80,6 +87,9 @@ pub(super) fn survey(disk: &dyn ReadAt) -> Result<Survey, String> {
     let layout = partitions::read(disk)
         .map_err(|e| format!("the restore point's volume cannot be read: {e}"))?;
     let mut parts = Vec::new();
+    // Logs checked, by where their XFS is (a crafted table can name one
+    // filesystem thousands of times).
+    let mut logs: HashMap<(u64, u64), Option<String>> = HashMap::new();
     for p in layout.partitions {
         let mut head = vec![0u8; 4096.min(p.size) as usize];
         disk.read_at(p.start, &mut head).map_err(|e| {
@@ -91,7 +101,11 @@ pub(super) fn survey(disk: &dyn ReadAt) -> Result<Survey, String> {
         let fs = filesystem_in(&head);
         let label = label_in(&head, fs).or_else(|| p.name.clone().filter(|n| !n.is_empty()));
         let warning = match fs {
-            "XFS" => xfs_warning(disk, &p),
+            "XFS" if logs.len() < MAX_LOGS_CHECKED || logs.contains_key(&(p.start, p.size)) => logs
+                .entry((p.start, p.size))
+                .or_insert_with(|| xfs_warning(disk, &p))
+                .clone(),
+            "XFS" => Some(XFS_LOG_UNKNOWN.to_string()),
             _ => None,
         };
         parts.push(Found {
@@ -116,7 +130,7 @@ fn xfs_warning(disk: &dyn ReadAt, p: &Partition) -> Option<String> {
         Ok(false) => None,
         Err(e) => {
             tracing::warn!(partition = p.number, error = %e, "cannot tell whether the XFS log is clean");
-            None
+            Some(format!("{XFS_LOG_UNKNOWN} ({e})"))
         }
     }
 }
@@ -239,8 +253,20 @@ struct Partitioned<D> {
 }
 
 impl<D: ReadAt + Clone + 'static> Partitioned<D> {
-    fn row(found: &Found) -> (String, Meta) {
-        let readable = found.unreadable().is_none();
+    /// A partition's row: a folder when its filesystem opens, else what
+    /// it holds and why it cannot be read (so that a folder archive of the
+    /// root leaves it out instead of failing).
+    fn row(&self, i: usize) -> (String, Meta) {
+        let found = &self.parts[i];
+        let mut note = found.note();
+        let readable = found.unreadable().is_none()
+            && match self.fs(i) {
+                Ok(_) => true,
+                Err(e) => {
+                    note.push_str(&format!(" · {e}"));
+                    false
+                }
+            };
         (
             format!("partition-{}", found.partition.number),
             Meta {
@@ -250,7 +276,7 @@ impl<D: ReadAt + Clone + 'static> Partitioned<D> {
                 uid: 0,
                 gid: 0,
                 mtime: 0,
-                note: Some(found.note()),
+                note: Some(note),
             },
         )
     }
@@ -292,14 +318,14 @@ impl<D: ReadAt + Clone + 'static> Filesystem for Partitioned<D> {
                 mtime: 0,
                 note: None,
             }),
-            Some((i, inner)) if inner == "/" => Ok(Self::row(&self.parts[i]).1),
+            Some((i, inner)) if inner == "/" => Ok(self.row(i).1),
             Some((i, inner)) => self.fs(i)?.metadata(&inner),
         }
     }
 
     fn read_dir(&self, path: &str) -> Result<Vec<(String, Meta)>, String> {
         match self.route(path)? {
-            None => Ok(self.parts.iter().map(Self::row).collect()),
+            None => Ok((0..self.parts.len()).map(|i| self.row(i)).collect()),
             Some((i, inner)) => self.fs(i)?.read_dir(&inner),
         }
     }
@@ -309,5 +335,10 @@ impl<D: ReadAt + Clone + 'static> Filesystem for Partitioned<D> {
             None => Err(format!("{path} is not a regular file")),
             Some((i, inner)) => self.fs(i)?.open(&inner),
         }
+    }
+
+    fn notice(&self, path: &str) -> Option<String> {
+        let (i, _) = self.route(path).ok()??;
+        self.parts[i].warning.clone()
     }
 }

@@ -13,14 +13,24 @@
 #[cfg(test)]
 pub(in crate::worker::browser) mod tests;
 
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
+use std::rc::Rc;
 
 use super::filesystem::{Filesystem, Kind, Meta};
 use super::partitions::ReadAt;
 
-/// The most clusters a folder may have (at 512-byte clusters, 1 << 16 of
-/// them hold a million entries).
-const MAX_DIR_CLUSTERS: u64 = 1 << 16;
+/// The most bytes a folder may have: 65 536 entries, as Linux allows
+/// (`FAT_MAX_DIR_SIZE`).
+const MAX_DIR_BYTES: u64 = 2 << 20;
+/// Metadata (FAT entries, folders) one opened filesystem may read: one
+/// request's worth. A crafted image that loops runs out of it instead of
+/// running for days.
+const METADATA_BUDGET: u64 = 2 << 30;
+/// The error once the budget is spent.
+const BUDGET_SPENT: &str =
+    "the filesystem's metadata is too large or loops: this request read more than 2 GiB of it";
 /// Bytes read from a file at a time.
 const READ_CHUNK: usize = 1 << 20;
 
@@ -45,7 +55,7 @@ enum Width {
 }
 
 /// Where a folder's entries are.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Place {
     /// FAT12/16's root: a fixed run of sectors.
     FixedRoot,
@@ -96,6 +106,11 @@ pub(super) struct Fat<D> {
     /// Clusters in the data area; valid numbers are 2..clusters + 2.
     clusters: u32,
     root_cluster: u32,
+    /// Metadata bytes it may still read.
+    budget: Cell<u64>,
+    /// Folders' entries by place, as parsed (a path is looked up from the
+    /// root at every call).
+    folders: RefCell<HashMap<Place, Rc<Vec<Entry>>>>,
 }
 
 impl<D: ReadAt> Fat<D> {
@@ -149,6 +164,16 @@ impl<D: ReadAt> Fat<D> {
             return bad("the FAT is smaller than the volume");
         }
         let root_cluster = le32(&b, 44);
+        // FAT32 may mirror one FAT only: the active one (flags bits 0-3).
+        let ext_flags = le16(&b, 40);
+        let active = if width == Width::Fat32 && ext_flags & 0x80 != 0 {
+            u64::from(ext_flags & 0xf)
+        } else {
+            0
+        };
+        if active >= fats {
+            return bad("active FAT");
+        }
         if width == Width::Fat32 && (root_entries != 0 || root_cluster < 2) {
             return bad("FAT32 root folder");
         }
@@ -159,13 +184,25 @@ impl<D: ReadAt> Fat<D> {
             dev,
             width,
             cluster_size: bps * spc,
-            fat_at: reserved * bps,
+            fat_at: (reserved + active * fat_size) * bps,
             root_at: (reserved + fats * fat_size) * bps,
             root_entries,
             data_at: meta * bps,
             clusters: clusters as u32,
             root_cluster,
+            budget: Cell::new(METADATA_BUDGET),
+            folders: RefCell::new(HashMap::new()),
         })
+    }
+
+    /// Counts `len` bytes of metadata against the budget.
+    fn spend(&self, len: u64) -> Result<(), String> {
+        let left = self.budget.get();
+        if left < len {
+            return Err(BUDGET_SPENT.into());
+        }
+        self.budget.set(left - len);
+        Ok(())
     }
 
     /// The FAT's entry for cluster `n`: the next cluster, or `None` at the
@@ -178,6 +215,7 @@ impl<D: ReadAt> Fat<D> {
             Width::Fat32 => (n64 * 4, 4),
         };
         let mut b = [0u8; 4];
+        self.spend(len as u64)?;
         self.dev.read_at(self.fat_at + at, &mut b[..len])?;
         let v = match self.width {
             Width::Fat12 => {
@@ -194,17 +232,42 @@ impl<D: ReadAt> Fat<D> {
         cluster >= 2 && cluster - 2 < self.clusters
     }
 
-    /// The clusters of a chain from `first`, at most `max` of them. A
-    /// chain longer than that (a cycle, or a file larger than it says) is
-    /// cut there.
+    /// The clusters of a folder's chain from `first`, at most `max` of
+    /// them; a chain that comes back to a cluster is damaged.
     fn chain(&self, first: u32, max: u64) -> Result<Vec<u32>, String> {
         let mut out = Vec::new();
+        let mut seen = HashSet::new();
         let mut at = self.valid(first).then_some(first);
         while let Some(c) = at {
             if out.len() as u64 >= max {
                 break;
             }
+            if !seen.insert(c) {
+                return Err("a folder's cluster chain is damaged: it loops".into());
+            }
             out.push(c);
+            at = self.next(c)?;
+        }
+        Ok(out)
+    }
+
+    /// The first `need` clusters of a file's chain (no more than the
+    /// volume has, checked by the caller); a chain that comes back to a
+    /// cluster is damaged.
+    fn file_chain(&self, first: u32, need: u64) -> Result<Vec<u32>, String> {
+        let mut out = Vec::new();
+        let mut seen = vec![0u64; (self.clusters as usize + 2).div_ceil(64)];
+        let mut at = (need > 0 && self.valid(first)).then_some(first);
+        while let Some(c) = at {
+            let (word, bit) = (c as usize / 64, 1u64 << (c % 64));
+            if seen[word] & bit != 0 {
+                return Err("a file's cluster chain is damaged: it loops".into());
+            }
+            seen[word] |= bit;
+            out.push(c);
+            if out.len() as u64 == need {
+                break;
+            }
             at = self.next(c)?;
         }
         Ok(out)
@@ -219,16 +282,18 @@ impl<D: ReadAt> Fat<D> {
         match place {
             Place::FixedRoot => {
                 let mut b = vec![0u8; (self.root_entries * 32) as usize];
+                self.spend(b.len() as u64)?;
                 self.dev.read_at(self.root_at, &mut b)?;
                 Ok(b)
             }
             Place::Chain(first) => {
-                let chain = self.chain(first, MAX_DIR_CLUSTERS)?;
+                let chain = self.chain(first, MAX_DIR_BYTES.div_ceil(self.cluster_size))?;
                 if chain.is_empty() {
                     return Err("a folder's cluster chain is damaged".into());
                 }
                 let cs = self.cluster_size as usize;
                 let mut b = vec![0u8; chain.len() * cs];
+                self.spend(b.len() as u64)?;
                 for (i, c) in chain.iter().enumerate() {
                     self.dev
                         .read_at(self.cluster_at(*c), &mut b[i * cs..(i + 1) * cs])?;
@@ -238,11 +303,23 @@ impl<D: ReadAt> Fat<D> {
         }
     }
 
-    /// A folder's entries without `.`, `..`, volume labels and deleted
-    /// ones.
+    /// A folder's entries, parsed once per opened filesystem.
+    fn folder(&self, place: Place) -> Result<Rc<Vec<Entry>>, String> {
+        if let Some(found) = self.folders.borrow().get(&place) {
+            return Ok(found.clone());
+        }
+        let entries = Rc::new(self.entries(place)?);
+        self.folders.borrow_mut().insert(place, entries.clone());
+        Ok(entries)
+    }
+
+    /// A folder's entries without `.`, `..`, volume labels, deleted ones
+    /// and a second entry of a name already listed (the one a lookup finds
+    /// is the first).
     fn entries(&self, place: Place) -> Result<Vec<Entry>, String> {
         let raw = self.raw_dir(place)?;
         let mut out = Vec::new();
+        let mut names = HashSet::new();
         let mut long = LongName::default();
         for e in raw.chunks_exact(32) {
             match e[0] {
@@ -266,7 +343,14 @@ impl<D: ReadAt> Fat<D> {
             let name = taken
                 .name_for(&short)
                 .unwrap_or_else(|| short_name(&short, e[12]));
-            if name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+            if name.is_empty()
+                || short[0] == b' '
+                || name == "."
+                || name == ".."
+                || name.contains('/')
+                || name.contains('\0')
+                || !names.insert(name.to_lowercase())
+            {
                 continue;
             }
             let hi = if self.width == Width::Fat32 {
@@ -303,7 +387,7 @@ impl<D: ReadAt> Fat<D> {
             {
                 return Err(format!("{path}: not found"));
             }
-            let entries = self.entries(place)?;
+            let entries = self.folder(place)?;
             // FAT names are case-insensitive; an exact match first.
             let entry = entries
                 .iter()
@@ -334,6 +418,9 @@ impl LongName {
         let order = e[0];
         if order & 0x40 != 0 {
             self.parts.clear();
+        } else if self.parts.is_empty() {
+            // A part without the first (last-numbered) one: an orphan.
+            return;
         }
         let mut units = [0u16; 13];
         let offsets = [1, 3, 5, 7, 9, 14, 16, 18, 20, 22, 24, 28, 30];
@@ -379,12 +466,16 @@ const CP437_HIGH: &str = "ÇüéâäàåçêëèïîìÄÅÉæÆôöòûùÿÖÜ
 /// so (`flags` bit 3: the base, bit 4: the extension).
 fn short_name(raw: &[u8; 11], flags: u8) -> String {
     let high: Vec<char> = CP437_HIGH.chars().collect();
+    // 0x05 first stands for 0xE5 there (0xE5 first marks a deleted entry).
+    let mut raw = *raw;
+    if raw[0] == 0x05 {
+        raw[0] = 0xe5;
+    }
     let part = |b: &[u8], lower: bool| -> String {
         let s: String = b
             .iter()
-            .map(|c| if *c == 0x05 { 0xe5 } else { *c })
-            .map(|c| match c {
-                0..0x80 => char::from(c),
+            .map(|c| match *c {
+                c @ 0..0x80 => char::from(c),
                 _ => high.get(usize::from(c - 0x80)).copied().unwrap_or('_'),
             })
             .collect::<String>()
@@ -443,12 +534,9 @@ impl<D: ReadAt> Filesystem for Fat<D> {
             Some(_) => return Err(format!("{path} is not a folder")),
         };
         Ok(self
-            .entries(place)?
-            .into_iter()
-            .map(|e| {
-                let meta = e.meta();
-                (e.name, meta)
-            })
+            .folder(place)?
+            .iter()
+            .map(|e| (e.name.clone(), e.meta()))
             .collect())
     }
 
@@ -461,11 +549,12 @@ impl<D: ReadAt> Filesystem for Fat<D> {
         }
         let size = u64::from(e.size);
         let need = size.div_ceil(self.cluster_size);
-        let chain = if size == 0 {
-            Vec::new()
-        } else {
-            self.chain(e.cluster, need)?
-        };
+        if need > u64::from(self.clusters) {
+            return Err(format!(
+                "{path} is damaged: its {size} bytes are more than the volume holds"
+            ));
+        }
+        let chain = self.file_chain(e.cluster, need)?;
         if (chain.len() as u64) < need {
             return Err(format!(
                 "{path} is damaged: its cluster chain ends before its {size} bytes"

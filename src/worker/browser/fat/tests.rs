@@ -176,7 +176,7 @@ fn fat12_reads_back() {
 }
 
 #[test]
-fn a_cyclic_chain_is_cut_and_a_short_one_refused() {
+fn a_looping_chain_and_a_short_one_are_refused() {
     let mut d = image(16, &["-F", "16"]).0;
     let fs = Fat::load(Image(d.clone())).expect("FAT16");
     let first = fs.lookup("/data.bin").unwrap().expect("an entry").cluster;
@@ -189,11 +189,8 @@ fn a_cyclic_chain_is_cut_and_a_short_one_refused() {
     }
     let fs = Fat::load(Image(d.clone())).expect("FAT16");
     // 300 000 bytes need many clusters; the cycle gives two over and over.
-    // Cut at the file's length, the chain reads wrong data but ends.
-    let read = fs
-        .read_file("/data.bin", 1 << 20)
-        .expect("a chain cut at its length");
-    assert_eq!(read.len(), 300_000);
+    let e = fs.open("/data.bin").err().expect("a looping chain");
+    assert!(e.contains("it loops"), "{e}");
     // A chain that ends early is refused.
     for copy in 0..u64::from(d[16]) {
         let at = (fs.fat_at + copy * fat_size) as usize + second as usize * 2;
@@ -202,6 +199,64 @@ fn a_cyclic_chain_is_cut_and_a_short_one_refused() {
     let fs = Fat::load(Image(d)).expect("FAT16");
     let e = fs.open("/data.bin").err().expect("a short chain");
     assert!(e.contains("cluster chain ends before"), "{e}");
+}
+
+#[test]
+fn a_folder_inside_itself_is_searched_within_bounds() {
+    let mut d = image(16, &["-F", "16"]).0;
+    let fs = Fat::load(Image(d.clone())).expect("FAT16");
+    let efi = fs.lookup("/EFI").unwrap().expect("EFI");
+    // /EFI's entry for its folder BOOT now names /EFI itself.
+    let boot = fs.lookup("/EFI/BOOT").unwrap().expect("BOOT").cluster;
+    let at = fs.cluster_at(efi.cluster) as usize;
+    let mut patched = 0;
+    for e in d[at..at + fs.cluster_size as usize].chunks_exact_mut(32) {
+        if e[11] & ATTR_DIRECTORY != 0 && u32::from(le16(e, 26)) == boot && e[0] != b'.' {
+            e[26..28].copy_from_slice(&(efi.cluster as u16).to_le_bytes());
+            patched += 1;
+        }
+    }
+    assert_eq!(patched, 1);
+    let fs = Fat::load(Image(d)).expect("FAT16");
+    assert!(
+        fs.metadata("/EFI/BOOT/BOOT/BOOT/amzn").is_ok(),
+        "the loop is there"
+    );
+    let found = crate::worker::browser::disk::search(&fs, "grub");
+    assert!(found.len() <= 500, "search is bounded");
+    assert!(
+        found.iter().any(|(p, _)| p == "/EFI/amzn/grub.cfg"),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn a_name_listed_twice_is_listed_once() {
+    let mut d = image(16, &["-F", "16"]).0;
+    let fs = Fat::load(Image(d.clone())).expect("FAT16");
+    let efi = fs.lookup("/EFI").unwrap().expect("EFI");
+    let at = fs.cluster_at(efi.cluster) as usize;
+    // The entry of BOOT renamed AMZN, the name of the folder after it.
+    for e in d[at..at + fs.cluster_size as usize].chunks_exact_mut(32) {
+        if &e[0..11] == b"BOOT       " {
+            e[0..11].copy_from_slice(b"AMZN       ");
+        }
+    }
+    let fs = Fat::load(Image(d)).expect("FAT16");
+    let names: Vec<String> = fs
+        .read_dir("/EFI")
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(
+        names
+            .iter()
+            .filter(|n| n.eq_ignore_ascii_case("amzn"))
+            .count(),
+        1,
+        "{names:?}"
+    );
 }
 
 #[test]

@@ -35,8 +35,14 @@ impl<D: ReadAt> Xfs<D> {
         }
         // The kernel refuses names with '/' or NUL; so does Tender, so that
         // no name becomes two path components or climbs out of a folder.
+        // A name shown twice (a crafted directory, or two names that are
+        // not UTF-8 and show alike) is listed once: the one a lookup finds.
+        let mut shown = std::collections::HashSet::new();
         out.retain(|e| {
-            e.name != b"." && e.name != b".." && !e.name.iter().any(|c| *c == b'/' || *c == 0)
+            e.name != b"."
+                && e.name != b".."
+                && !e.name.iter().any(|c| *c == b'/' || *c == 0)
+                && shown.insert(String::from_utf8_lossy(&e.name).into_owned())
         });
         Ok(out)
     }

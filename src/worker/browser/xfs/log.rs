@@ -84,7 +84,8 @@ impl<D: ReadAt> Xfs<D> {
             let b = self.log_block(start, at)?;
             if be32(&b, 0) == LOG_MAGIC {
                 let record = Record::parse(&b);
-                if record.ops == 1 {
+                let ends = (at + record.header_blocks + u64::from(record.len.div_ceil(512))) % n;
+                if record.ops == 1 && ends == head {
                     let op = self.log_block(start, (at + record.header_blocks) % n)?;
                     if op[9] & UNMOUNT_TRANS != 0 {
                         return Ok(false);
@@ -111,10 +112,12 @@ impl<D: ReadAt> Xfs<D> {
         let mut at = tail;
         let mut state: HashMap<u32, Expect> = HashMap::new();
         let mut records = 0;
+        let mut walked = 0u64;
         while at != head {
             records += 1;
-            if records > MAX_RECORDS {
-                return Ok(true);
+            // One lap at most: a head never landed on is a damaged log.
+            if records > MAX_RECORDS || walked > n {
+                return Err("the log's records do not lead to its head".into());
             }
             let b = self.log_block(start, at)?;
             if be32(&b, 0) != LOG_MAGIC {
@@ -122,8 +125,18 @@ impl<D: ReadAt> Xfs<D> {
             }
             let record = Record::parse(&b);
             let data_blocks = u64::from(record.len.div_ceil(512));
-            if data_blocks > 512 || record.header_blocks > 8 {
+            if data_blocks > 512
+                || record.header_blocks > 8
+                || data_blocks > 64 * record.header_blocks
+            {
                 return Err("a log record is larger than the log allows".into());
+            }
+            walked += record.header_blocks + data_blocks;
+            // Extended headers (records over 32 KiB) hold the first words
+            // of the blocks past the 64th.
+            let mut extended = Vec::new();
+            for h in 1..record.header_blocks {
+                extended.push(self.log_block(start, (at + h) % n)?);
             }
             // The record's data, with the first word of each block put
             // back from the headers' cycle data.
@@ -131,11 +144,9 @@ impl<D: ReadAt> Xfs<D> {
             for i in 0..data_blocks {
                 let mut block = self.log_block(start, (at + record.header_blocks + i) % n)?;
                 let (h, k) = (i / 64, (i % 64) as usize);
-                let word = if h == 0 {
-                    b[44 + 4 * k..48 + 4 * k].to_vec()
-                } else {
-                    let ext = self.log_block(start, (at + h) % n)?;
-                    ext[4 + 4 * k..8 + 4 * k].to_vec()
+                let word = match h {
+                    0 => b[44 + 4 * k..48 + 4 * k].to_vec(),
+                    h => extended[h as usize - 1][4 + 4 * k..8 + 4 * k].to_vec(),
                 };
                 block[0..4].copy_from_slice(&word);
                 data.extend_from_slice(&block);

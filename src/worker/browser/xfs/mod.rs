@@ -558,7 +558,7 @@ impl<D: ReadAt> Xfs<D> {
 }
 
 impl<D: ReadAt> Filesystem for Xfs<D> {
-    fn notice(&self) -> Option<String> {
+    fn notice(&self, _path: &str) -> Option<String> {
         self.notice.clone()
     }
 
