@@ -121,8 +121,9 @@ pub(super) fn survey(disk: &dyn ReadAt) -> Result<Survey, String> {
     })
 }
 
-/// Whether partition `p`'s XFS has changes only in its log; a log that
-/// cannot be read is left for opening the filesystem to report.
+/// The warning for partition `p`'s XFS: changes only in its log, or a log
+/// that cannot be told clean (kept for the session, like the survey). A
+/// filesystem that does not load is left for opening it to report.
 fn xfs_warning(disk: &dyn ReadAt, p: &Partition) -> Option<String> {
     let xfs = Xfs::load(Slice::new(disk, p)).ok()?;
     match xfs.log_pending() {
