@@ -31,6 +31,49 @@ fn curl(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The worker of RestoreJob `name` once its browser is up.
+async fn session_up(env: &TestEnv, name: &str) -> tender::api::RestoreWorkerStatus {
+    let up = env
+        .wait_restore(name, TIMEOUT, |j| {
+            j.status
+                .as_ref()
+                .and_then(|s| s.workers.first())
+                .is_some_and(|w| w.browser_url.is_some())
+        })
+        .await;
+    up.status.as_ref().expect("a status").workers[0].clone()
+}
+
+/// Runs `steps` in headless Chromium (`tests/browser/drive.py`), which
+/// accepts the session's certificate by the key's `pin`; what it saw:
+/// `pages` (each page's text) and `downloads` (files saved).
+fn drive(steps: &serde_json::Value, pin: &str) -> serde_json::Value {
+    let work =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(common::unique("chromium"));
+    let downloads = work.join("downloads");
+    std::fs::create_dir_all(&downloads).expect("a downloads folder");
+    let driver = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/drive.py");
+    let out = Command::new("python3")
+        .arg(driver)
+        .arg(steps.to_string())
+        .arg(chromium())
+        .arg(pin)
+        .arg(&downloads)
+        .arg(work.join("profile"))
+        .output()
+        .expect("run the Chromium driver");
+    let parsed: Result<serde_json::Value, _> = serde_json::from_slice(&out.stdout);
+    assert!(
+        parsed.is_ok(),
+        "the driver's output is not JSON: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = parsed.expect("JSON, as just checked");
+    assert!(seen.get("error").is_none(), "{seen}");
+    seen
+}
+
 fn chromium() -> String {
     ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .into_iter()
@@ -68,15 +111,7 @@ async fn a_browser_downloads_a_file_from_a_file_level_recovery_session() {
             }),
         )
         .await;
-    let up = env
-        .wait_restore("browse", TIMEOUT, |j| {
-            j.status
-                .as_ref()
-                .and_then(|s| s.workers.first())
-                .is_some_and(|w| w.browser_url.is_some())
-        })
-        .await;
-    let worker = up.status.as_ref().unwrap().workers[0].clone();
+    let worker = session_up(&env, "browse").await;
     assert_eq!(worker.phase, Phase::Running, "{worker:?}");
     let url = worker.browser_url.clone().unwrap();
     let fingerprint = worker.certificate_sha256.clone().unwrap();
@@ -166,10 +201,6 @@ async fn a_browser_downloads_a_file_from_a_file_level_recovery_session() {
     );
 
     // Chromium: the pin accepts the certificate; browse, then download.
-    let work =
-        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(common::unique("chromium"));
-    let downloads = work.join("downloads");
-    std::fs::create_dir_all(&downloads).unwrap();
     let steps = serde_json::json!([
         {"navigate": format!("{url}?token={token}")},
         {"click": "a[href='/browse/docs']"},
@@ -177,24 +208,7 @@ async fn a_browser_downloads_a_file_from_a_file_level_recovery_session() {
         {"check": "input[value='/docs/notes']"},
         {"click": "form[action='/restore'] button"},
     ]);
-    let driver = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/drive.py");
-    let out = Command::new("python3")
-        .arg(driver)
-        .arg(steps.to_string())
-        .arg(chromium())
-        .arg(&pin)
-        .arg(&downloads)
-        .arg(work.join("profile"))
-        .output()
-        .expect("run the Chromium driver");
-    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "driver output is not JSON ({e}): {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    assert!(seen.get("error").is_none(), "{seen}");
+    let seen = drive(&steps, &pin);
     let pages = seen["pages"].as_array().unwrap();
     assert!(pages[0].as_str().unwrap().contains("docs/"), "{seen}");
     assert!(pages[1].as_str().unwrap().contains("report.bin"), "{seen}");
@@ -279,15 +293,7 @@ async fn a_stock_amazon_linux_volume_is_browsed_by_partition() {
             serde_json::json!({"idleTimeoutMinutes": 1}),
         )
         .await;
-    let up = env
-        .wait_restore("browse", TIMEOUT, |j| {
-            j.status
-                .as_ref()
-                .and_then(|s| s.workers.first())
-                .is_some_and(|w| w.browser_url.is_some())
-        })
-        .await;
-    let worker = up.status.as_ref().unwrap().workers[0].clone();
+    let worker = session_up(&env, "browse").await;
     let url = worker.browser_url.clone().unwrap();
     let pin = worker.public_key_sha256.clone().unwrap();
     let secret: kube::Api<Secret> = env.api();
@@ -297,10 +303,6 @@ async fn a_stock_amazon_linux_volume_is_browsed_by_partition() {
         .unwrap();
     let token = String::from_utf8(secret.data.as_ref().unwrap()["token"].0.clone()).unwrap();
 
-    let work =
-        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(common::unique("chromium"));
-    let downloads = work.join("downloads");
-    std::fs::create_dir_all(&downloads).unwrap();
     let steps = serde_json::json!([
         {"navigate": format!("{url}?token={token}")},
         {"click": "a[href='/browse/partition-1']"},
@@ -308,24 +310,7 @@ async fn a_stock_amazon_linux_volume_is_browsed_by_partition() {
         {"download": "a[href='/file/partition-1/etc/os-release']"},
         {"navigate": format!("{url}browse/partition-128/EFI/amzn")},
     ]);
-    let driver = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/drive.py");
-    let out = Command::new("python3")
-        .arg(driver)
-        .arg(steps.to_string())
-        .arg(chromium())
-        .arg(&pin)
-        .arg(&downloads)
-        .arg(work.join("profile"))
-        .output()
-        .expect("run the Chromium driver");
-    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "driver output is not JSON ({e}): {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    assert!(seen.get("error").is_none(), "{seen}");
+    let seen = drive(&steps, &pin);
     let pages: Vec<&str> = seen["pages"]
         .as_array()
         .unwrap()

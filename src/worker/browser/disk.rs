@@ -303,6 +303,38 @@ pub(super) mod testing {
         }
     }
 
+    /// A new folder of its own under the system's temporary folder, for
+    /// one test's files (`what`: which kind of test).
+    pub fn scratch(what: &str) -> std::path::PathBuf {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("tender-{what}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary folder");
+        dir
+    }
+
+    /// Where a Debian system tool is: `/usr/sbin` or `/sbin` are not on
+    /// every PATH.
+    pub fn sbin(name: &str) -> String {
+        ["/usr/sbin/", "/sbin/"]
+            .iter()
+            .map(|d| format!("{d}{name}"))
+            .find(|p| Path::new(p).exists())
+            .unwrap_or_else(|| name.to_string())
+    }
+
+    /// A folder's names, sorted.
+    pub fn sorted_names(fs: &dyn Filesystem, dir: &str) -> Vec<String> {
+        let mut names: Vec<String> = fs
+            .read_dir(dir)
+            .expect("a folder")
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        names.sort();
+        names
+    }
+
     /// An image holding `files` (path, contents, mode).
     pub fn image(files: &[(&str, &[u8], u32)]) -> Image {
         image_owned(files, None)
@@ -311,9 +343,7 @@ pub(super) mod testing {
     /// [`image`], its files owned by `owner` (uid, gid) when this process
     /// may give them away (as root), else by whoever runs the tests.
     pub fn image_owned(files: &[(&str, &[u8], u32)], owner: Option<(u32, u32)>) -> Image {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("tender-browser-{}-{n}", std::process::id()));
+        let dir = scratch("browser");
         let root = dir.join("root");
         std::fs::create_dir_all(&root).unwrap();
         for (path, data, mode) in files {
@@ -330,11 +360,7 @@ pub(super) mod testing {
         std::fs::File::create(&img)
             .and_then(|f| f.set_len(4 << 20))
             .unwrap();
-        let mkfs = ["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .unwrap_or("mkfs.ext4");
-        let status = Command::new(mkfs)
+        let status = Command::new(sbin("mkfs.ext4"))
             .args(["-q", "-F", "-b", "4096", "-O", "^has_journal"])
             .args(["-E", "root_owner=0:0", "-d"])
             .arg(&root)

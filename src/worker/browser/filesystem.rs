@@ -9,6 +9,7 @@
 //! before use, loops are bounded, and nothing panics or allocates by a
 //! size read from disk without a cap.
 
+use std::cell::Cell;
 use std::io::Read;
 
 use ext4_view::{Ext4, Ext4Read};
@@ -44,6 +45,21 @@ pub(super) struct Meta {
 }
 
 impl Meta {
+    /// Something that has no inode of its own (the root of a volume's
+    /// partitions or of a FAT, a partition's row, an entry that cannot be
+    /// read): root's, no time, `note` for people.
+    pub(super) fn synthetic(kind: Kind, size: u64, note: Option<String>) -> Self {
+        Self {
+            kind,
+            size,
+            mode: if kind == Kind::Dir { 0o755 } else { 0 },
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            note,
+        }
+    }
+
     pub(super) fn is_dir(&self) -> bool {
         self.kind == Kind::Dir
     }
@@ -80,6 +96,33 @@ pub(super) trait Filesystem {
             return Err(format!("{path} is larger than {limit} bytes"));
         }
         Ok(data)
+    }
+}
+
+/// Metadata (inodes, FAT entries, folders, btree and log blocks) one
+/// opened filesystem may read: one request's worth, since each request
+/// opens it anew. Enough to list a folder of a million entries; a crafted
+/// image that loops runs out of it instead of running for days.
+pub(super) struct Budget(Cell<u64>);
+
+impl Budget {
+    const BYTES: u64 = 2 << 30;
+    /// The error once it is spent.
+    pub(super) const SPENT: &str =
+        "the filesystem's metadata is too large or loops: this request read more than 2 GiB of it";
+
+    pub(super) fn new() -> Self {
+        Self(Cell::new(Self::BYTES))
+    }
+
+    /// Counts `len` bytes against it.
+    pub(super) fn spend(&self, len: u64) -> Result<(), String> {
+        let left = self.0.get();
+        if left < len {
+            return Err(Self::SPENT.into());
+        }
+        self.0.set(left - len);
+        Ok(())
     }
 }
 

@@ -270,15 +270,11 @@ impl<D: ReadAt + Clone + 'static> Partitioned<D> {
             };
         (
             format!("partition-{}", found.partition.number),
-            Meta {
-                kind: if readable { Kind::Dir } else { Kind::Other },
-                size: found.partition.size,
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-                mtime: 0,
-                note: Some(note),
-            },
+            Meta::synthetic(
+                if readable { Kind::Dir } else { Kind::Other },
+                found.partition.size,
+                Some(note),
+            ),
         )
     }
 
@@ -310,15 +306,7 @@ impl<D: ReadAt + Clone + 'static> Partitioned<D> {
 impl<D: ReadAt + Clone + 'static> Filesystem for Partitioned<D> {
     fn metadata(&self, path: &str) -> Result<Meta, String> {
         match self.route(path)? {
-            None => Ok(Meta {
-                kind: Kind::Dir,
-                size: 0,
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-                mtime: 0,
-                note: None,
-            }),
+            None => Ok(Meta::synthetic(Kind::Dir, 0, None)),
             Some((i, inner)) if inner == "/" => Ok(self.row(i).1),
             Some((i, inner)) => self.fs(i)?.metadata(&inner),
         }

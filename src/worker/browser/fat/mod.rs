@@ -13,24 +13,17 @@
 #[cfg(test)]
 pub(in crate::worker::browser) mod tests;
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::rc::Rc;
 
-use super::filesystem::{Filesystem, Kind, Meta};
+use super::filesystem::{Budget, Filesystem, Kind, Meta};
 use super::partitions::ReadAt;
 
 /// The most bytes a folder may have: 65 536 entries, as Linux allows
 /// (`FAT_MAX_DIR_SIZE`).
 const MAX_DIR_BYTES: u64 = 2 << 20;
-/// Metadata (FAT entries, folders) one opened filesystem may read: one
-/// request's worth. A crafted image that loops runs out of it instead of
-/// running for days.
-const METADATA_BUDGET: u64 = 2 << 30;
-/// The error once the budget is spent.
-const BUDGET_SPENT: &str =
-    "the filesystem's metadata is too large or loops: this request read more than 2 GiB of it";
 /// Bytes read from a file at a time.
 const READ_CHUNK: usize = 1 << 20;
 
@@ -107,7 +100,7 @@ pub(super) struct Fat<D> {
     clusters: u32,
     root_cluster: u32,
     /// Metadata bytes it may still read.
-    budget: Cell<u64>,
+    budget: Budget,
     /// Folders' entries by place, as parsed (a path is looked up from the
     /// root at every call).
     folders: RefCell<HashMap<Place, Rc<Vec<Entry>>>>,
@@ -190,19 +183,13 @@ impl<D: ReadAt> Fat<D> {
             data_at: meta * bps,
             clusters: clusters as u32,
             root_cluster,
-            budget: Cell::new(METADATA_BUDGET),
+            budget: Budget::new(),
             folders: RefCell::new(HashMap::new()),
         })
     }
 
-    /// Counts `len` bytes of metadata against the budget.
     fn spend(&self, len: u64) -> Result<(), String> {
-        let left = self.budget.get();
-        if left < len {
-            return Err(BUDGET_SPENT.into());
-        }
-        self.budget.set(left - len);
-        Ok(())
+        self.budget.spend(len)
     }
 
     /// The FAT's entry for cluster `n`: the next cluster, or `None` at the
@@ -515,15 +502,7 @@ impl<D: ReadAt> Filesystem for Fat<D> {
     fn metadata(&self, path: &str) -> Result<Meta, String> {
         Ok(match self.lookup(path)? {
             Some(e) => e.meta(),
-            None => Meta {
-                kind: Kind::Dir,
-                size: 0,
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-                mtime: 0,
-                note: None,
-            },
+            None => Meta::synthetic(Kind::Dir, 0, None),
         })
     }
 

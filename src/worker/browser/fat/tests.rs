@@ -4,6 +4,7 @@
 use std::process::Command;
 
 use super::*;
+use crate::worker::browser::disk::testing::{sbin, scratch, sorted_names};
 use crate::worker::browser::partitions::tests::{Borrowed, Image};
 
 fn data(len: usize) -> Vec<u8> {
@@ -30,9 +31,7 @@ fn run(cmd: &mut Command) {
 /// system partition's usual files, long and non-ASCII names, a folder of
 /// 600 files and a file of many clusters.
 pub(in crate::worker::browser) fn image(size_mib: u64, mkfs_args: &[&str]) -> Image {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let dir = std::env::temp_dir().join(format!("tender-fat-{}-{n}", std::process::id()));
+    let dir = scratch("fat");
     let src = dir.join("src");
     let file = |path: &str, contents: &[u8]| {
         let at = src.join(path);
@@ -61,13 +60,6 @@ pub(in crate::worker::browser) fn image(size_mib: u64, mkfs_args: &[&str]) -> Im
     std::fs::File::create(&img)
         .and_then(|f| f.set_len(size_mib << 20))
         .expect("image file");
-    let sbin = |name: &str| {
-        ["/usr/sbin/", "/sbin/"]
-            .iter()
-            .map(|d| format!("{d}{name}"))
-            .find(|p| std::path::Path::new(p).exists())
-            .unwrap_or_else(|| name.to_string())
-    };
     run(Command::new(sbin("mkfs.vfat"))
         .args(mkfs_args)
         .args(["-n", "ESP"])
@@ -86,14 +78,7 @@ pub(in crate::worker::browser) fn image(size_mib: u64, mkfs_args: &[&str]) -> Im
 }
 
 fn names(fs: &Fat<Image>, dir: &str) -> Vec<String> {
-    let mut names: Vec<String> = fs
-        .read_dir(dir)
-        .expect("a folder")
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
-    names.sort();
-    names
+    sorted_names(fs, dir)
 }
 
 fn check(fs: &Fat<Image>) {

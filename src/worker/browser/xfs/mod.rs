@@ -18,12 +18,12 @@ mod log;
 #[cfg(test)]
 pub(in crate::worker::browser) mod tests;
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::rc::Rc;
 
-use super::filesystem::{Filesystem, Kind, Meta};
+use super::filesystem::{Budget, Filesystem, Kind, Meta};
 use super::partitions::ReadAt;
 
 /// The most extents one file's map may have before the reader gives up.
@@ -35,14 +35,6 @@ const MAX_BTREE_BLOCKS: usize = MAX_EXTENTS / 16 + 64;
 const MAX_BTREE_LEVEL: u16 = 9;
 /// Bytes read from a file at a time.
 const READ_CHUNK: usize = 1 << 20;
-/// Metadata (inodes, btree and directory blocks) one opened filesystem
-/// may read: one request's worth. Enough to list a folder of a million
-/// entries; a crafted image that loops runs out of it instead of running
-/// for hours.
-const METADATA_BUDGET: u64 = 2 << 30;
-/// The error once the budget is spent.
-const BUDGET_SPENT: &str =
-    "the filesystem's metadata is too large or loops: this request read more than 2 GiB of it";
 /// Directory entries kept parsed (per opened filesystem, so per request).
 const CACHED_ENTRIES: usize = 1 << 18;
 
@@ -274,7 +266,7 @@ pub(super) struct Xfs<D> {
     dev: D,
     sb: Super,
     /// Metadata bytes it may still read.
-    budget: Cell<u64>,
+    budget: Budget,
     /// Folders' entries by inode, as parsed (a path is looked up from the
     /// root at every call), and how many entries that is.
     folders: RefCell<(HashMap<u64, Folder>, usize)>,
@@ -290,7 +282,7 @@ impl<D: ReadAt> Xfs<D> {
         Ok(Self {
             dev,
             sb,
-            budget: Cell::new(METADATA_BUDGET),
+            budget: Budget::new(),
             folders: RefCell::new((HashMap::new(), 0)),
             notice: None,
         })
@@ -304,12 +296,7 @@ impl<D: ReadAt> Xfs<D> {
 
     /// Counts `len` bytes of metadata against the budget.
     fn spend(&self, len: usize) -> Result<(), String> {
-        let left = self.budget.get();
-        if left < len as u64 {
-            return Err(BUDGET_SPENT.into());
-        }
-        self.budget.set(left - len as u64);
-        Ok(())
+        self.budget.spend(len as u64)
     }
 
     /// Metadata: counted against the budget.
@@ -579,15 +566,9 @@ impl<D: ReadAt> Filesystem for Xfs<D> {
             let meta = match self.inode(entry.ino) {
                 Ok(inode) => inode.meta(),
                 // One damaged inode does not hide its folder.
-                Err(e) if e != BUDGET_SPENT => Meta {
-                    kind: Kind::Other,
-                    size: 0,
-                    mode: 0,
-                    uid: 0,
-                    gid: 0,
-                    mtime: 0,
-                    note: Some(format!("cannot be read: {e}")),
-                },
+                Err(e) if e != Budget::SPENT => {
+                    Meta::synthetic(Kind::Other, 0, Some(format!("cannot be read: {e}")))
+                }
                 Err(e) => return Err(e),
             };
             out.push((String::from_utf8_lossy(&entry.name).into_owned(), meta));

@@ -6,6 +6,7 @@
 use std::process::Command;
 
 use super::*;
+use crate::worker::browser::disk::testing::{sbin, scratch, sorted_names};
 use crate::worker::browser::partitions::tests::{Borrowed, Image};
 
 /// A proto file's line for a regular file: mode as mkfs.xfs spells it
@@ -39,10 +40,7 @@ fn data(len: usize) -> Vec<u8> {
 }
 
 fn tree() -> Tree {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let dir = std::env::temp_dir().join(format!("tender-xfs-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temporary folder");
+    let dir = scratch("xfs");
     let file = |name: &str, contents: &[u8]| {
         let at = dir.join(name);
         std::fs::write(&at, contents).expect("source file");
@@ -88,11 +86,7 @@ pub(in crate::worker::browser) fn image(options: &[&str]) -> Image {
     std::fs::File::create(&img)
         .and_then(|f| f.set_len(32 << 20))
         .expect("image file");
-    let mkfs = ["/usr/sbin/mkfs.xfs", "/sbin/mkfs.xfs"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .unwrap_or("mkfs.xfs");
-    let out = Command::new(mkfs)
+    let out = Command::new(sbin("mkfs.xfs"))
         .args(["-q", "-f"])
         .args(options)
         .arg("-p")
@@ -113,14 +107,7 @@ pub(in crate::worker::browser) fn image(options: &[&str]) -> Image {
 }
 
 fn names(fs: &Xfs<Image>, dir: &str) -> Vec<String> {
-    let mut names: Vec<String> = fs
-        .read_dir(dir)
-        .expect("a folder")
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
-    names.sort();
-    names
+    sorted_names(fs, dir)
 }
 
 fn check_tree(fs: &Xfs<Image>) {
