@@ -44,6 +44,20 @@ async fn session_up(env: &TestEnv, name: &str) -> tender::api::RestoreWorkerStat
     up.status.as_ref().expect("a status").workers[0].clone()
 }
 
+/// The session's Secret and the token in it.
+async fn session_token(
+    env: &TestEnv,
+    worker: &tender::api::RestoreWorkerStatus,
+) -> (Secret, String) {
+    let secrets: kube::Api<Secret> = env.api();
+    let secret = secrets
+        .get(worker.session_secret.as_deref().expect("a session Secret"))
+        .await
+        .expect("the session Secret");
+    let token = secret.data.as_ref().expect("data")["token"].0.clone();
+    (secret, String::from_utf8(token).expect("a UTF-8 token"))
+}
+
 /// Runs `steps` in headless Chromium (`tests/browser/drive.py`), which
 /// accepts the session's certificate by the key's `pin`; what it saw:
 /// `pages` (each page's text) and `downloads` (files saved).
@@ -116,17 +130,12 @@ async fn a_browser_downloads_a_file_from_a_file_level_recovery_session() {
     let url = worker.browser_url.clone().unwrap();
     let fingerprint = worker.certificate_sha256.clone().unwrap();
     let pin = worker.public_key_sha256.clone().unwrap();
-    let secret: kube::Api<Secret> = env.api();
-    let secret = secret
-        .get(worker.session_secret.as_deref().unwrap())
-        .await
-        .unwrap();
+    let (secret, token) = session_token(&env, &worker).await;
     assert_eq!(
         secret.owner_references()[0].uid,
         restore.uid().unwrap(),
         "the Secret goes with its RestoreJob"
     );
-    let token = String::from_utf8(secret.data.as_ref().unwrap()["token"].0.clone()).unwrap();
 
     // Without the token: refused.
     let code = curl(&[
@@ -296,12 +305,7 @@ async fn a_stock_amazon_linux_volume_is_browsed_by_partition() {
     let worker = session_up(&env, "browse").await;
     let url = worker.browser_url.clone().unwrap();
     let pin = worker.public_key_sha256.clone().unwrap();
-    let secret: kube::Api<Secret> = env.api();
-    let secret = secret
-        .get(worker.session_secret.as_deref().unwrap())
-        .await
-        .unwrap();
-    let token = String::from_utf8(secret.data.as_ref().unwrap()["token"].0.clone()).unwrap();
+    let token = session_token(&env, &worker).await.1;
 
     let steps = serde_json::json!([
         {"navigate": format!("{url}?token={token}")},

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use super::*;
 use crate::worker::browser::disk::testing::{sbin, scratch, sorted_names};
-use crate::worker::browser::partitions::tests::{Borrowed, Image};
+use crate::worker::browser::partitions::tests::{Borrowed, Image, xorshift};
 
 fn data(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 31 % 251) as u8).collect()
@@ -249,17 +249,11 @@ fn random_damage_never_panics() {
     let mut d = image(16, &["-F", "16"]).0;
     // The boot sector, the FATs, the root folder and the first clusters.
     let hot = 0..(200usize << 10);
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut next = xorshift(0x2545_f491_4f6c_dd1d);
     for _ in 0..1000 {
         let mut saved = Vec::new();
         for _ in 0..1 + next() % 4 {
-            let at = if next() % 4 == 0 {
+            let at = if next().is_multiple_of(4) {
                 next() as usize % 512
             } else {
                 hot.start + next() as usize % hot.len()

@@ -17,6 +17,17 @@ impl ReadAt for Image {
     }
 }
 
+/// A seeded xorshift generator: the same "random" damage every run.
+pub(in crate::worker::browser) fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut state = seed;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}
+
 /// A volume borrowed, so that damaging it in place needs no copy.
 pub(in crate::worker::browser) struct Borrowed<'a>(pub &'a [u8]);
 
@@ -304,19 +315,13 @@ fn a_volume_without_a_table_is_one_partition() {
 fn random_tables_never_panic() {
     // Seeded: every table byte random, signatures set so that both parsers
     // run.
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut next = xorshift(0x2545_F491_4F6C_DD1D);
     let base = gpt_disk(MIB, &[(LINUX, 40, 1000, "x")]);
     for round in 0..3000 {
         let mut d = base.clone();
         let span = if round % 2 == 0 { 446..1024 } else { 446..2048 };
         for i in span {
-            if next() % 4 == 0 {
+            if next().is_multiple_of(4) {
                 d[i] = next() as u8;
             }
         }

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use super::*;
 use crate::worker::browser::disk::testing::{sbin, scratch, sorted_names};
-use crate::worker::browser::partitions::tests::{Borrowed, Image};
+use crate::worker::browser::partitions::tests::{Borrowed, Image, xorshift};
 
 /// A proto file's line for a regular file: mode as mkfs.xfs spells it
 /// (type, set-user-ID, set-group-ID, permissions in octal).
@@ -28,15 +28,8 @@ struct Tree {
 
 /// The pattern of `/srv/data.bin`: not compressible, not repetitive.
 fn data(len: usize) -> Vec<u8> {
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    let mut next = xorshift(0x2545_f491_4f6c_dd1d);
+    (0..len).map(|_| next() as u8).collect()
 }
 
 fn tree() -> Tree {
@@ -271,13 +264,7 @@ fn random_damage_where_the_reader_looks_never_panics() {
     let mut d = mounted().0;
     let targets = metadata_blocks(&d);
     assert!(targets.len() > 10, "the fixture has metadata to damage");
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
     for _ in 0..1000 {
         let mut saved = Vec::new();
         for _ in 0..1 + next() % 4 {
@@ -400,13 +387,7 @@ fn random_damage_to_the_log_never_panics() {
     let mut d = dirty().0;
     let fs = Xfs::load(Borrowed(&d)).expect("the fixture");
     let log = fs.sb.block_at(fs.sb.log_start, fs.sb.log_blocks).unwrap() as usize;
-    let mut x = 0x51_7cc1_b727_220au64;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut next = xorshift(0x51_7cc1_b727_220a);
     let mut told = [0usize; 3];
     for _ in 0..1000 {
         let mut saved = Vec::new();
