@@ -273,26 +273,32 @@ async fn a_browser_downloads_a_file_from_a_file_level_recovery_session() {
     common::assert_terminating(&workers[0]);
 }
 
-/// A stock Amazon Linux 2023 root volume (GPT; XFS root as partition 1,
-/// BIOS boot as 127, the FAT EFI system partition as 128), browsed in
-/// Chromium: the root page lists the partitions with their filesystem,
-/// label and size, the XFS root opens, a file downloads; the EFI
-/// partition lists through its folder page.
-#[tokio::test]
-async fn a_stock_amazon_linux_volume_is_browsed_by_partition() {
-    let env = TestEnv::new("filelevelxfs").await;
+/// What a test expects of a stock volume in the browser.
+struct Stock<'a> {
+    /// The test environment's name.
+    name: &'a str,
+    disk: Vec<u8>,
+    /// Rows of the root page (the partitions).
+    rows: &'a [&'a str],
+    /// A folder to open and a name its page lists.
+    folder: (&'a str, &'a str),
+    /// A file to download from its folder's page, and its contents.
+    file: (&'a str, Vec<u8>),
+    /// A name to search for, and a path the results list.
+    search: (&'a str, &'a str),
+    /// A folder to download as tar, and paths the archive holds.
+    archive: (&'a str, &'a [&'a str]),
+}
+
+/// Backs up `stock.disk`, opens a file-level session on it and browses it
+/// in Chromium: the root page's partitions, a folder, a download, a
+/// search, a folder as tar; then the session ends and its worker is
+/// terminated.
+async fn browse_stock_disk(stock: Stock<'_>) {
+    let env = TestEnv::new(stock.name).await;
     env.default_configuration().await;
     let aws = tender::aws::AwsClients::from_env().await;
-    let release = b"NAME=\"Amazon Linux\"\nVERSION=\"2023\"\n".to_vec();
-    let journal = disks::random_bytes(200_000, 7);
-    let disk = common::stock_disks::amazon_linux(
-        &[
-            ("etc/os-release", release.clone()),
-            ("var/log/journal/system.journal", journal.clone()),
-        ],
-        &[("EFI/amzn/grubx64.efi", b"MZ grub".to_vec())],
-    );
-    let disk = disks::write_snapshot(&aws, &disk, 1).await;
+    let disk = disks::write_snapshot(&aws, &stock.disk, 1).await;
     env.back_up("nightly", &disk, TIMEOUT).await;
     let restore = env
         .create_restore(
@@ -303,61 +309,151 @@ async fn a_stock_amazon_linux_volume_is_browsed_by_partition() {
         )
         .await;
     let worker = session_up(&env, "browse").await;
-    let url = worker.browser_url.clone().unwrap();
-    let pin = worker.public_key_sha256.clone().unwrap();
+    let url = worker.browser_url.clone().expect("a browser URL");
+    let pin = worker.public_key_sha256.clone().expect("a key pin");
     let token = session_token(&env, &worker).await.1;
 
+    let (file, contents) = &stock.file;
+    let (parent, _) = file.rsplit_once('/').expect("a file in a folder");
     let steps = serde_json::json!([
         {"navigate": format!("{url}?token={token}")},
-        {"click": "a[href='/browse/partition-1']"},
-        {"click": "a[href='/browse/partition-1/etc']"},
-        {"download": "a[href='/file/partition-1/etc/os-release']"},
-        {"navigate": format!("{url}browse/partition-128/EFI/amzn")},
+        {"navigate": format!("{url}browse/{}", stock.folder.0)},
+        {"navigate": format!("{url}browse/{parent}")},
+        {"download": format!("a[href='/file/{file}']")},
+        {"navigate": format!("{url}search?q={}", stock.search.0)},
+        {"navigate": format!("{url}browse/{}", stock.archive.0)},
+        {"download": format!("a.archive[href='/archive/{}']", stock.archive.0)},
     ]);
     let seen = drive(&steps, &pin);
     let pages: Vec<&str> = seen["pages"]
         .as_array()
-        .unwrap()
+        .expect("pages")
         .iter()
-        .map(|p| p.as_str().unwrap())
+        .map(|p| p.as_str().expect("a page's text"))
         .collect();
-    // The partitions, each with what it holds.
-    for row in [
-        "partition-1/\tXFS · / · 45 MiB",
-        "partition-128/\tFAT · ESP · 16 MiB",
-        "partition-127\tno filesystem · BIOS Boot Partition · 1 MiB · it holds no filesystem",
-    ] {
+    for row in stock.rows {
         assert!(pages[0].contains(row), "{row:?} not in {:?}", pages[0]);
     }
-    assert!(
-        pages[1].contains("etc/") && pages[1].contains("var/"),
-        "{seen}"
-    );
-    assert!(pages[2].contains("os-release"), "{seen}");
-    assert!(pages[3].contains("grubx64.efi"), "{seen}");
-    let file = seen["downloads"][0].as_str().unwrap();
-    assert_eq!(std::fs::read(file).unwrap(), release);
-
-    // A larger file from the XFS root, with the token, pinned by the key.
-    let got = Command::new("curl")
-        .args(["-sSk", "--pinnedpubkey", &format!("sha256//{pin}"), "-H"])
-        .arg(format!("Authorization: Bearer {token}"))
-        .arg(format!(
-            "{url}file/partition-1/var/log/journal/system.journal"
-        ))
+    assert!(pages[1].contains(stock.folder.1), "{seen}");
+    let got =
+        std::fs::read(seen["downloads"][0].as_str().expect("a download")).expect("the download");
+    assert!(&got == contents, "{file} downloads byte for byte");
+    assert!(pages[3].contains(stock.search.1), "{seen}");
+    let tar = seen["downloads"][1].as_str().expect("an archive");
+    let listing = Command::new("tar")
+        .arg("-tf")
+        .arg(tar)
         .output()
-        .unwrap()
-        .stdout;
-    assert_eq!(got, journal);
+        .expect("run tar");
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for member in stock.archive.1 {
+        assert!(
+            listing.lines().any(|l| l == *member),
+            "{member} not in {listing}"
+        );
+    }
 
     let done = env
         .wait_restore("browse", Duration::from_secs(150), |j: &RestoreJob| {
             j.status.as_ref().is_some_and(|s| s.phase.is_finished())
         })
         .await;
-    let status = done.status.clone().unwrap();
+    let status = done.status.clone().expect("a status");
     assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
-    let workers = env.workers_of(&restore.uid().unwrap()).await;
+    let workers = env.workers_of(&restore.uid().expect("a uid")).await;
     assert_eq!(workers.len(), 1);
     common::assert_terminating(&workers[0]);
+}
+
+/// A stock Amazon Linux 2023 root volume: GPT; XFS root as partition 1,
+/// BIOS boot as 127, the FAT EFI system partition as 128.
+#[tokio::test]
+async fn a_stock_amazon_linux_volume_is_browsed_by_partition() {
+    let journal = disks::random_bytes(200_000, 7);
+    let disk = common::stock_disks::amazon_linux(
+        &[
+            ("etc/os-release", b"NAME=\"Amazon Linux\"\n".to_vec()),
+            ("var/log/journal/system.journal", journal.clone()),
+        ],
+        &[("EFI/amzn/grubx64.efi", b"MZ grub".to_vec())],
+    );
+    browse_stock_disk(Stock {
+        name: "filelevelxfs",
+        disk,
+        rows: &[
+            "partition-1/\tXFS · / · 45 MiB",
+            "partition-128/\tFAT · ESP · 16 MiB",
+            "partition-127\tno filesystem · BIOS Boot Partition · 1 MiB · it holds no filesystem",
+        ],
+        folder: ("partition-128/EFI/amzn", "grubx64.efi"),
+        file: ("partition-1/var/log/journal/system.journal", journal),
+        search: ("os-rel", "/partition-1/etc/os-release"),
+        archive: ("partition-1/etc", &["etc/os-release"]),
+    })
+    .await;
+}
+
+/// A stock Ubuntu root volume: GPT; ext4 root as partition 1, BIOS boot
+/// as 14, the EFI system partition as 15.
+#[tokio::test]
+async fn a_stock_ubuntu_volume_is_browsed_by_partition() {
+    let syslog = disks::random_bytes(150_000, 9);
+    let disk = common::stock_disks::ubuntu(
+        &[
+            ("etc/hostname", b"ip-10-0-0-1\n".to_vec()),
+            ("var/log/syslog", syslog.clone()),
+        ],
+        &[("EFI/ubuntu/shimx64.efi", b"MZ shim".to_vec())],
+    );
+    browse_stock_disk(Stock {
+        name: "filelevelext4",
+        disk,
+        rows: &[
+            "partition-1/\text2/3/4 · cloudimg-rootfs",
+            "partition-15/\tFAT · UEFI · 10 MiB",
+            "partition-14\tno filesystem",
+        ],
+        folder: ("partition-15/EFI/ubuntu", "shimx64.efi"),
+        file: ("partition-1/var/log/syslog", syslog),
+        search: ("hostn", "/partition-1/etc/hostname"),
+        archive: ("partition-1/etc", &["etc/hostname"]),
+    })
+    .await;
+}
+
+/// A stock Windows Server root volume: MBR; "System Reserved" NTFS as
+/// partition 1, C: (NTFS) as 2.
+#[tokio::test]
+async fn a_stock_windows_volume_is_browsed_by_partition() {
+    let report = disks::random_bytes(300_000, 11);
+    let disk = common::stock_disks::windows(&[
+        (
+            "Windows/System32/drivers/etc/hosts",
+            b"127.0.0.1 localhost\r\n".to_vec(),
+        ),
+        ("Users/Administrator/Documents/report.docx", report.clone()),
+        ("Users/Administrator/Desktop/notes.txt", b"notes".to_vec()),
+    ]);
+    browse_stock_disk(Stock {
+        name: "filelevelntfs",
+        disk,
+        rows: &[
+            "partition-1/\tNTFS · System Reserved · 16 MiB",
+            "partition-2/\tNTFS · Windows · 46 MiB",
+        ],
+        folder: ("partition-1/Boot", "BCD"),
+        file: (
+            "partition-2/Users/Administrator/Documents/report.docx",
+            report,
+        ),
+        search: ("hosts", "/partition-2/Windows/System32/drivers/etc/hosts"),
+        archive: (
+            "partition-2/Users/Administrator",
+            &[
+                "Administrator/Desktop/notes.txt",
+                "Administrator/Documents/report.docx",
+            ],
+        ),
+    })
+    .await;
 }

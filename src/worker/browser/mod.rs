@@ -36,6 +36,7 @@ mod disk;
 mod fat;
 mod filesystem;
 mod guard;
+mod ntfs;
 mod pages;
 pub mod partitions;
 mod restore;

@@ -11,6 +11,7 @@ use std::io::Read;
 
 use super::fat::Fat;
 use super::filesystem::{Ext4Fs, Filesystem, Kind, Meta, Slice};
+use super::ntfs::Ntfs;
 use super::partitions::{self, Partition, ReadAt, Scheme};
 use super::xfs::Xfs;
 
@@ -39,8 +40,8 @@ impl Found {
     /// Why Tender cannot show its files, when it cannot.
     pub(super) fn unreadable(&self) -> Option<&'static str> {
         match self.fs {
-            "ext2/3/4" | "XFS" | "FAT" => None,
-            "NTFS" | "exFAT" => Some("file-level recovery does not read this filesystem yet"),
+            "ext2/3/4" | "XFS" | "FAT" | "NTFS" => None,
+            "exFAT" => Some("file-level recovery does not read this filesystem yet"),
             "LVM physical volume" => Some(
                 "file-level recovery does not read LVM: restore the volume with a RestoreJob and attach it to an instance",
             ),
@@ -99,7 +100,13 @@ pub(super) fn survey(disk: &dyn ReadAt) -> Result<Survey, String> {
             )
         })?;
         let fs = filesystem_in(&head);
-        let label = label_in(&head, fs).or_else(|| p.name.clone().filter(|n| !n.is_empty()));
+        let label = label_in(&head, fs)
+            .or_else(|| match fs {
+                // NTFS keeps its label in a file of its own.
+                "NTFS" => Ntfs::load(Slice::new(disk, &p)).ok()?.label(),
+                _ => None,
+            })
+            .or_else(|| p.name.clone().filter(|n| !n.is_empty()));
         let warning = match fs {
             "XFS" if logs.len() < MAX_LOGS_CHECKED || logs.contains_key(&(p.start, p.size)) => logs
                 .entry((p.start, p.size))
@@ -192,6 +199,7 @@ fn open_partition<D: ReadAt + Clone + 'static>(
         "XFS" => Xfs::load(slice)
             .map(|f| Box::new(f.with_notice(found.warning.clone())) as Box<dyn Filesystem>),
         "FAT" => Fat::load(slice).map(|f| Box::new(f) as Box<dyn Filesystem>),
+        "NTFS" => Ntfs::load(slice).map(|f| Box::new(f) as Box<dyn Filesystem>),
         fs => Err(format!(
             "{fs}: {}",
             found.unreadable().unwrap_or("not readable")
@@ -233,7 +241,7 @@ pub(super) fn open_volume<D: ReadAt + Clone + 'static>(
             })
             .collect();
         return Err(format!(
-            "the restore point's volume holds no filesystem file-level recovery reads (ext2/3/4, XFS, FAT): {}",
+            "the restore point's volume holds no filesystem file-level recovery reads (ext2/3/4, XFS, NTFS, FAT): {}",
             what.join("; ")
         ));
     }
