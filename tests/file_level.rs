@@ -439,7 +439,7 @@ async fn a_stock_windows_volume_is_browsed_by_partition() {
         disk,
         rows: &[
             "partition-1/\tNTFS · System Reserved · 16 MiB",
-            "partition-2/\tNTFS · Windows · 46 MiB",
+            "partition-2/\tNTFS · Windows · 47 MiB",
         ],
         folder: ("partition-1/Boot", "BCD"),
         file: (

@@ -229,7 +229,7 @@ pub fn windows(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
     let mut parts = Vec::new();
     for (name, label, mib, sector) in [
         ("reserved.img", "System Reserved", 16, 2048usize),
-        ("c.img", "Windows", 46, 34816),
+        ("c.img", "Windows", 47, 34816),
     ] {
         let image = dir.join(name);
         blank(&image, mib);
