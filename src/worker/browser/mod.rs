@@ -36,6 +36,8 @@ mod disk;
 mod fat;
 mod filesystem;
 mod guard;
+#[cfg(test)]
+mod hostile;
 mod ntfs;
 mod pages;
 pub mod partitions;

@@ -226,7 +226,7 @@ async fn archive_folder(browser: Browser, dir: String) -> Answer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
 
     use axum::body::Body;
     use axum::http::header::{
@@ -239,16 +239,21 @@ mod tests {
     use super::super::disk::testing::image;
     use super::*;
 
-    const TOKEN: &str = "let-me-in";
+    pub(in crate::worker::browser) const TOKEN: &str = "let-me-in";
 
     fn app() -> Router {
+        app_over(Arc::new(image(&[
+            ("docs/notes/todo.txt", b"water the plants\n", 0o644),
+            ("docs/report.bin", b"0123456789", 0o600),
+            ("a b/\u{fc}.txt", b"umlaut", 0o644),
+            ("hello.txt", b"hi\n", 0o644),
+        ])))
+    }
+
+    /// The browser over `volume`, downloads only, with [`TOKEN`].
+    pub(in crate::worker::browser) fn app_over(volume: Arc<dyn Volume>) -> Router {
         router(Browser {
-            volume: Arc::new(image(&[
-                ("docs/notes/todo.txt", b"water the plants\n", 0o644),
-                ("docs/report.bin", b"0123456789", 0o600),
-                ("a b/\u{fc}.txt", b"umlaut", 0o644),
-                ("hello.txt", b"hi\n", 0o644),
-            ])),
+            volume,
             restore_to: None,
             token: Arc::new(SessionToken::from_sha256_hex(&hex::encode(Sha256::digest(
                 TOKEN,
@@ -257,7 +262,12 @@ mod tests {
         })
     }
 
-    async fn call(app: &Router, method: &str, uri: &str, auth: Option<&str>) -> Response {
+    pub(in crate::worker::browser) async fn call(
+        app: &Router,
+        method: &str,
+        uri: &str,
+        auth: Option<&str>,
+    ) -> Response {
         let mut request = axum::http::Request::builder().method(method).uri(uri);
         if let Some(auth) = auth {
             request = request.header("authorization", format!("Bearer {auth}"));
@@ -268,7 +278,7 @@ mod tests {
             .unwrap()
     }
 
-    async fn text_of(response: Response) -> String {
+    pub(in crate::worker::browser) async fn text_of(response: Response) -> String {
         let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
             .unwrap();

@@ -275,6 +275,13 @@ fn check(fs: &Ntfs<Image>) {
     assert!(fs.read_dir("/empty.txt").is_err());
 }
 
+impl Ntfs<Image> {
+    /// The record `path` names.
+    pub(in crate::worker::browser) fn record_of(&self, path: &str) -> u64 {
+        self.lookup(path).expect("the path").0
+    }
+}
+
 #[test]
 fn ntfs_with_4k_clusters_reads_back() {
     let fs = Ntfs::load(image(48, 4096)).expect("NTFS");
@@ -306,7 +313,7 @@ fn ntfs_with_512_byte_clusters_reads_back() {
 }
 
 /// Where record `n` is in the image, when the MFT is in one piece there.
-fn record_at(fs: &Ntfs<Image>, n: u64) -> usize {
+pub(in crate::worker::browser) fn record_at(fs: &Ntfs<Image>, n: u64) -> usize {
     let Stream::NonResident { runs, .. } = &fs.mft else {
         panic!("the MFT is non-resident");
     };
@@ -317,7 +324,12 @@ fn record_at(fs: &Ntfs<Image>, n: u64) -> usize {
 
 /// Changes record `n` of image `d` as `change` does to it with its
 /// fixups applied, and protects it again.
-fn patch_record(fs: &Ntfs<Image>, d: &mut [u8], n: u64, change: impl FnOnce(&mut [u8])) {
+pub(in crate::worker::browser) fn patch_record(
+    fs: &Ntfs<Image>,
+    d: &mut [u8],
+    n: u64,
+    change: impl FnOnce(&mut [u8]),
+) {
     let at = record_at(fs, n);
     let raw = &mut d[at..at + fs.record_size as usize];
     let mut rec = raw.to_vec();

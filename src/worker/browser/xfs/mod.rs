@@ -279,6 +279,15 @@ impl<D: ReadAt> Xfs<D> {
         let mut b = vec![0u8; 512];
         dev.read_at(0, &mut b)?;
         let sb = Super::parse(&b)?;
+        // sb_dblocks: a filesystem larger than its partition was cut short
+        // (a partition table or a copy that lost its end).
+        let size = be64(&b, 8).saturating_mul(sb.block_size() as u64);
+        if size > dev.size() {
+            return Err(format!(
+                "the XFS is larger than its partition ({size} > {} bytes): the volume is truncated",
+                dev.size()
+            ));
+        }
         Ok(Self {
             dev,
             sb,
