@@ -148,6 +148,70 @@ def allowed(policies, action, resource, context=None, absent=()):
     return allow
 
 
+def caller_arn(headers):
+    """The ARN of the caller's IAM identity, or its access key when the
+    emulator cannot name one (for AccessDenied messages)."""
+    key = access_key(headers)
+    try:
+        return create_access_key(
+            account_id=get_account_id_from(key), partition="aws", access_key_id=key, headers=dict(headers)
+        ).arn
+    except Exception:
+        return key
+
+
+class _TagKeys:
+    """The `ssm:resourceTag/<key>` condition keys: a resource's tags are
+    known, so a key not among them is absent (see _conditions_hold)."""
+
+    def __contains__(self, key):
+        return key.lower().startswith("ssm:resourcetag/")
+
+
+def ssm_resources(action, params, account, region):
+    """What SSM authorizes `action` on: (resource ARN, condition keys)
+    pairs, or None for an action matched on the action only (the reads).
+    SendCommand is authorized on its document and on each instance, with
+    the instance's tags as `ssm:resourceTag/<key>` ("Restricting Run
+    Command access based on tags", SSM User Guide); AWS's own documents
+    have no account in their ARN."""
+    if action != "ssm:SendCommand":
+        return None
+    name = params.get("DocumentName") or ""
+    if name.startswith("arn:"):
+        document = name
+    elif name.startswith("AWS-"):
+        document = f"arn:aws:ssm:{region}::document/{name}"
+    else:
+        document = f"arn:aws:ssm:{region}:{account}:document/{name}"
+    out = [(document, {})]
+    from moto.ec2.models import ec2_backends
+
+    tags = ec2_backends[account][region].tags
+    for instance_id in params.get("InstanceIds") or []:
+        context = {f"ssm:resourceTag/{k}": v for k, v in tags.get(instance_id, {}).items()}
+        out.append((f"arn:aws:ec2:{region}:{account}:instance/{instance_id}", context))
+    return out
+
+
+def ssm_denied(policies, action, params, account, region):
+    """The resource on which `policies` refuse SSM `action` with `params`
+    (the request's JSON), `*` for an action refused as such, or None when
+    the call is allowed."""
+    resources = ssm_resources(action, params, account, region)
+    if resources is None:
+        return None if allowed(policies, action, None) else "*"
+    for resource, context in resources:
+        if not allowed(policies, action, resource, context, _TagKeys()):
+            return resource
+    return None
+
+
+def ssm_denial_message(headers, action, resource):
+    where = "" if resource in (None, "*") else f" on resource: {resource}"
+    return f"User: {caller_arn(headers)} is not authorized to perform: {action}{where}"
+
+
 def bucket_owner(bucket):
     from moto.s3.models import s3_backends
 
@@ -197,7 +261,8 @@ def install(world):
     administrator. moto's own enforcement (INITIAL_NO_AUTH_ACTION_COUNT)
     would need every caller to be an IAM identity and matches every
     non-S3 request against the resource `*`; here S3 requests are matched
-    against their bucket and key, every other request on its action."""
+    against their bucket and key, SSM's SendCommand against its document
+    and instances (ssm_resources), every other request on its action."""
     from moto.core.authorization import ActionAuthenticatorMixin
 
     def authorize(self, iam_request_cls, resource="*"):
@@ -217,6 +282,10 @@ def install(world):
         if service == "s3":
             context, absent = _s3_context(self, resource)
             ok = allowed(policies, name, resource, context, absent)
+        elif service == "ssm":
+            params = {k: self._get_param(k) for k in ("DocumentName", "InstanceIds")}
+            denied = ssm_denied(policies, name, params, account_of(headers), _region or "us-east-1")
+            ok, resource = denied is None, denied or resource
         else:
             ok = allowed(policies, name, None)
         if ok:
@@ -227,6 +296,11 @@ def install(world):
             from moto.s3.exceptions import S3AccessDeniedError
 
             raise S3AccessDeniedError()
+        if service == "ssm":
+            # A JSON service: AWS answers AccessDeniedException in its JSON.
+            from moto.core.exceptions import JsonRESTError
+
+            raise JsonRESTError("AccessDeniedException", ssm_denial_message(headers, name, resource))
         from moto.core.exceptions import AccessDeniedError
 
         raise AccessDeniedError(user_arn=access_key(headers), action=name)

@@ -16,12 +16,16 @@ ebs.py) or applied to requests here:
 - a presigned URL acts as its signer (IAM is evaluated for the identity in
   its X-Amz-Credential) and is refused once X-Amz-Expires has passed
   (403 "Request has expired", S3 User Guide, "Sharing objects with
-  presigned URLs").
+  presigned URLs");
+- Systems Manager Run Command has managed nodes, refuses what AWS refuses
+  and runs a command only when the test harness, playing SSM Agent,
+  fetches it and reports its outcome (ssm.py).
 
 GET /realism/ answers the settings in force and counters of what the layer
 did (refusals, throttles), so tests can check that the world is strict.
 POST /realism/roles and GET /realism/instance-credentials/<id> are the
-tests' IAM plumbing (identities.py).
+tests' IAM plumbing (identities.py); /realism/ssm/... is the SSM Agent's
+side (ssm.control).
 Settings come from the environment (world.Settings). README.md, "Test
 environment", lists what this world reproduces and what it cannot.
 """
@@ -48,6 +52,7 @@ import access  # noqa: E402
 import ebs  # noqa: E402
 import ec2  # noqa: E402
 import identities  # noqa: E402
+import ssm  # noqa: E402
 from world import Settings, World  # noqa: E402
 
 # Describe action -> (id parameter, error code, message format).
@@ -114,7 +119,7 @@ def _presigned(environ):
 
 
 def _status_line(code):
-    return {400: "400 Bad Request", 403: "403 Forbidden", 404: "404 Not Found", 200: "200 OK"}.get(
+    return {400: "400 Bad Request", 403: "403 Forbidden", 404: "404 Not Found", 409: "409 Conflict", 200: "200 OK"}.get(
         code, f"{code} Error"
     )
 
@@ -145,6 +150,8 @@ class Realism:
             refusal = ebs.check(method, environ.get("PATH_INFO", ""), access.account_of(headers), region, query)
             if refusal is not None:
                 answer = ebs.refusal_response(refusal)
+        elif service == "ssm" and method == "POST":
+            answer = ssm.check(environ, headers, region)
         elif service == "s3" and method in ("GET", "HEAD"):
             return self._s3(environ, start_response, headers, method == "HEAD")
         if answer is not None:
@@ -199,6 +206,13 @@ class Realism:
     def _control(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
         try:
+            if path.startswith("/realism/ssm/"):
+                method = environ.get("REQUEST_METHOD", "GET")
+                query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+                length = int(environ.get("CONTENT_LENGTH") or 0)
+                body = json.loads(environ["wsgi.input"].read(length) or b"{}") if length else {}
+                code, answer = ssm.control(method, path, query, body)
+                return _json(start_response, _status_line(code), answer)
             if path.startswith("/realism/roles") and environ.get("REQUEST_METHOD") == "POST":
                 length = int(environ.get("CONTENT_LENGTH") or 0)
                 spec = json.loads(environ["wsgi.input"].read(length) or b"{}")
@@ -258,6 +272,7 @@ def main():
     ebs.install(world)
     access.install(world)
     identities.install(world)
+    ssm.install(world)
     world.start_ticker()
     app = Realism(DomainDispatcherApplication(create_backend_app), world)
     print(f"realism: serving moto on {args.host}:{args.port} with {world.settings.as_dict()}", flush=True)

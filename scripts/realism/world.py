@@ -25,6 +25,11 @@ class Settings:
     REALISM_VOLUME_CREATING_SECONDS     CreateVolume -> `creating`
     REALISM_IMAGE_PENDING_SECONDS       RegisterImage / CreateImage -> `pending`
     REALISM_NOT_FOUND_SECONDS           Describe-by-id answers NotFound after a create
+    REALISM_SSM_NOT_FOUND_SECONDS       GetCommandInvocation answers InvocationDoesNotExist
+                                        (ListCommandInvocations: nothing) after SendCommand
+    REALISM_SSM_DELIVERY_TIMEOUT_SCALE  a command not delivered within TimeoutSeconds times
+                                        this is Delivery Timed Out (SendCommand refuses
+                                        TimeoutSeconds under 30: tests shrink the wait here)
     REALISM_EBS_BLOCK_RPS               GetSnapshotBlock / PutSnapshotBlock per snapshot per second
     REALISM_EBS_ACCOUNT_BLOCK_RPS       GetSnapshotBlock / PutSnapshotBlock per account per second
     REALISM_EBS_LIST_RPS                ListSnapshotBlocks / ListChangedBlocks per account per second
@@ -38,6 +43,11 @@ class Settings:
         self.volume_creating = _seconds("REALISM_VOLUME_CREATING_SECONDS", 1)
         self.image_pending = _seconds("REALISM_IMAGE_PENDING_SECONDS", 2)
         self.not_found = _seconds("REALISM_NOT_FOUND_SECONDS", 1)
+        # "The Run Command API follows an eventual consistency model"
+        # (GetCommandInvocation, SSM API Reference): right after SendCommand
+        # the invocation is not there yet (aws/aws-sdk#86, boto/boto3#2701).
+        self.ssm_not_found = _seconds("REALISM_SSM_NOT_FOUND_SECONDS", 1)
+        self.ssm_delivery_timeout_scale = _seconds("REALISM_SSM_DELIVERY_TIMEOUT_SCALE", 1)
         # The EBS direct APIs' quotas, per account and Region ("Quotas for
         # Amazon EBS", EBS User Guide; "Amazon EBS endpoints and quotas",
         # AWS General Reference). CompleteSnapshot's 10 per second was read
@@ -92,11 +102,13 @@ class World:
         with self.lock:
             self._created[resource_id] = self.now()
 
-    def fresh(self, resource_id):
-        """Whether a Describe by this id still misses it (eventual consistency)."""
+    def fresh(self, resource_id, seconds=None):
+        """Whether a Describe by this id still misses it (eventual consistency):
+        for `seconds` after its creation (default: REALISM_NOT_FOUND_SECONDS)."""
+        seconds = self.settings.not_found if seconds is None else seconds
         with self.lock:
             at = self._created.get(resource_id)
-        return at is not None and self.now() - at < self.settings.not_found
+        return at is not None and self.now() - at < seconds
 
     def advance(self):
         with self.lock:
@@ -106,7 +118,7 @@ class World:
                 del self._changes[k]
             # Old creation records no longer hide anything.
             if len(self._created) > 10000:
-                horizon = now - self.settings.not_found
+                horizon = now - max(self.settings.not_found, self.settings.ssm_not_found)
                 self._created = {k: t for k, t in self._created.items() if t > horizon}
         for _, cb in due:
             try:

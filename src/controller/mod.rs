@@ -22,6 +22,7 @@ pub mod garbage_collector;
 pub mod index;
 pub mod job;
 pub mod leader;
+pub mod original_location;
 pub mod queue_access;
 pub mod reach;
 pub mod reports;
