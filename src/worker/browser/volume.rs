@@ -25,6 +25,9 @@ pub(super) struct Found {
     pub label: Option<String>,
     /// What people should know before trusting what they see in it.
     pub warning: Option<String>,
+    /// The filesystem's UUID as `blkid` prints it (what finds it where the
+    /// source instance mounts it).
+    pub uuid: Option<String>,
 }
 
 /// XFS logs checked on one volume at most.
@@ -120,6 +123,7 @@ pub(super) fn survey(disk: &dyn ReadAt) -> Result<Survey, String> {
             fs,
             label,
             warning,
+            uuid: uuid_in(&head, fs),
         });
     }
     Ok(Survey {
@@ -185,6 +189,47 @@ fn label_in(head: &[u8], fs: &str) -> Option<String> {
         .collect();
     let label = label.trim();
     (!label.is_empty() && label != "NO NAME").then(|| label.to_string())
+}
+
+/// The UUID a filesystem keeps in its first 4 KiB, formatted as `blkid`
+/// prints it (and `findmnt -S UUID=` finds it): ext4 and XFS as 8-4-4-4-12
+/// lower-case hex, FAT's serial as `ABCD-1234`, NTFS's as 16 upper-case hex
+/// digits.
+pub(super) fn uuid_in(head: &[u8], fs: &str) -> Option<String> {
+    let bytes = |at: usize, len: usize| head.get(at..at + len);
+    let rfc4122 = |b: &[u8]| {
+        let h = hex::encode(b);
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        )
+    };
+    let serial = |b: &[u8]| {
+        b.iter()
+            .rev()
+            .map(|x| format!("{x:02X}"))
+            .collect::<String>()
+    };
+    let uuid = match fs {
+        "ext2/3/4" => rfc4122(bytes(1024 + 104, 16)?),
+        "XFS" => rfc4122(bytes(32, 16)?),
+        "NTFS" => serial(bytes(0x48, 8)?),
+        "FAT" => {
+            let at = if head.get(82..87) == Some(b"FAT32") {
+                67
+            } else {
+                39
+            };
+            let s = serial(bytes(at, 4)?);
+            format!("{}-{}", &s[0..4], &s[4..8])
+        }
+        _ => return None,
+    };
+    (!uuid.chars().all(|c| c == '0' || c == '-')).then_some(uuid)
 }
 
 /// The filesystem on one partition, when Tender reads it.
@@ -337,5 +382,53 @@ impl<D: ReadAt + Clone + 'static> Filesystem for Partitioned<D> {
     fn notice(&self, path: &str) -> Option<String> {
         let (i, _) = self.route(path).ok()??;
         self.parts[i].warning.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `blkid`'s UUID for `image`.
+    fn blkid(image: &[u8]) -> String {
+        let dir = super::super::disk::testing::scratch("blkid");
+        let at = dir.join("fs.img");
+        std::fs::write(&at, image).expect("the image");
+        let out = std::process::Command::new(super::super::disk::testing::sbin("blkid"))
+            .args(["-p", "-o", "value", "-s", "UUID"])
+            .arg(&at)
+            .output()
+            .expect("run blkid (Debian package util-linux)");
+        std::fs::remove_dir_all(&dir).expect("remove the scratch folder");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    #[test]
+    fn filesystem_uuids_are_read_as_blkid_prints_them() {
+        let images = [
+            (
+                "ext2/3/4",
+                super::super::disk::testing::image(&[("a", b"a", 0o644)]).0,
+            ),
+            ("XFS", super::super::xfs::tests::image(&[]).0),
+            ("FAT", super::super::fat::tests::image(40, &["-F", "32"]).0),
+            ("FAT", super::super::fat::tests::image(16, &["-F", "16"]).0),
+            ("NTFS", super::super::ntfs::tests::image(48, 4096).0),
+        ];
+        for (fs, image) in images {
+            assert_eq!(filesystem_in(&image[..4096]), fs);
+            let expected = blkid(&image);
+            assert!(
+                !expected.is_empty(),
+                "blkid found no UUID on the {fs} image"
+            );
+            assert_eq!(
+                uuid_in(&image[..4096], fs).as_deref(),
+                Some(expected.as_str()),
+                "{fs}"
+            );
+        }
+        assert_eq!(uuid_in(&[0u8; 4096], "XFS"), None);
+        assert_eq!(uuid_in(&[0u8; 100], "ext2/3/4"), None);
     }
 }
