@@ -28,6 +28,7 @@ pub mod network;
 pub mod operation;
 pub mod queues;
 pub mod repository;
+pub mod run_command;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

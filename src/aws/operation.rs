@@ -200,6 +200,11 @@ operations! {
     AssumeRole => Sts, Both [Backup];
     GetCallerIdentity => Sts, Controller;
     GetParameter => Ssm, Controller;
+    // Restoring files to the original location: the controller checks the
+    // source instance's SSM Agent, sends the command and follows it.
+    DescribeInstanceInformation => Ssm, Controller;
+    SendCommand => Ssm, Controller;
+    GetCommandInvocation => Ssm, Controller;
     // `tender doctor`, run by a person with their own credentials.
     GetBucketVersioning => S3, Operator;
     GetBucketEncryption => S3, Operator;

@@ -124,3 +124,41 @@ fn fill(text: &str) -> serde_json::Value {
         .replace("INTEGRITY_KEY_ID", "*");
     serde_json::from_str(&text).expect("a shipped policy is JSON")
 }
+
+/// Registers (or changes) the SSM Agent of instance `id`: `platform`
+/// `Linux` or `Windows`, `ping` `Online`, `ConnectionLost` or `Gone`
+/// (unregistered).
+pub async fn ssm_agent(id: &str, platform: &str, ping: &str) {
+    let spec = serde_json::json!({
+        "account": ACCOUNT, "region": REGION, "instanceId": id,
+        "platform": platform, "ping": ping,
+    });
+    let (code, body) = call("POST", "/realism/ssm/agents", Some(&spec.to_string())).await;
+    assert_eq!(code, 200, "register the SSM Agent of {id}: {body}");
+}
+
+/// What the agent of instance `id` picks up: each pending invocation's
+/// `commandId`, `documentName` and `parameters`, now in progress.
+pub async fn ssm_deliver(id: &str) -> Vec<serde_json::Value> {
+    let path = format!("/realism/ssm/deliver?account={ACCOUNT}&region={REGION}&instanceId={id}");
+    let (code, body) = call("GET", &path, None).await;
+    assert_eq!(code, 200, "deliver commands to {id}: {body}");
+    serde_json::from_str(&body).expect("a list of invocations")
+}
+
+/// Ends the invocation of `command` on `id` as its agent would report it.
+pub async fn ssm_finish(
+    command: &str,
+    id: &str,
+    status: &str,
+    code: i32,
+    stdout: &str,
+    stderr: &str,
+) {
+    let result = serde_json::json!({
+        "status": status, "responseCode": code, "stdout": stdout, "stderr": stderr,
+    });
+    let path = format!("/realism/ssm/invocations/{command}/{id}");
+    let (answer, body) = call("POST", &path, Some(&result.to_string())).await;
+    assert_eq!(answer, 200, "finish {command} on {id}: {body}");
+}
