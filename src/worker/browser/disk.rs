@@ -357,15 +357,18 @@ pub(super) mod testing {
             std::fs::set_permissions(&at, std::fs::Permissions::from_mode(*mode)).unwrap();
         }
         let img = dir.join("disk.img");
+        // Room for every file's block and inode.
+        let size = (4 << 20) + files.len() as u64 * (8 << 10);
         std::fs::File::create(&img)
-            .and_then(|f| f.set_len(4 << 20))
+            .and_then(|f| f.set_len(size))
             .unwrap();
         let status = Command::new(sbin("mkfs.ext4"))
             .args(["-q", "-F", "-b", "4096", "-O", "^has_journal"])
+            .args(["-N", &(files.len() + 128).max(1024).to_string()])
             .args(["-E", "root_owner=0:0", "-d"])
             .arg(&root)
             .arg(&img)
-            .arg("4M")
+            .arg(format!("{}k", size >> 10))
             .status()
             .expect("run mkfs.ext4 (Debian package e2fsprogs)");
         assert!(status.success(), "mkfs.ext4 failed");

@@ -66,7 +66,7 @@ pub async fn render_folder<D: ReadAt + Clone + Send + Sync + 'static>(
         let list = disk::entries(fs.as_ref(), &disk::normalize(&path))?;
         Ok::<_, String>((
             list.len(),
-            pages::browse(&path, &list, None, fs.notice(&path)),
+            pages::browse(&path, &list, 1, None, fs.notice(&path)),
         ))
     })
     .await

@@ -99,18 +99,65 @@ struct BrowsePage<'a> {
     up: Option<String>,
     archive: String,
     restore_to: Option<&'a RepositoryLocation>,
+    paging: Option<Paging>,
     entries: Vec<Row>,
 }
 
-/// A folder: its entries, links to go up and to download it, and, when
-/// the job allows restores, a checkbox per entry.
+/// Where a page of a large folder is among its pages.
+struct Paging {
+    /// "entries 1 001 to 2 000 of 100 000".
+    shown: String,
+    previous: Option<String>,
+    next: Option<String>,
+}
+
+/// Entries a folder page shows at most; a larger folder is shown a page
+/// at a time (`?page=2`).
+pub(super) const PAGE_ENTRIES: usize = 1000;
+
+/// `n` with a space between thousands, as people read it.
+fn grouped(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push('\u{a0}');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The pages a folder of `len` entries has.
+pub(super) fn page_count(len: usize) -> usize {
+    len.div_ceil(PAGE_ENTRIES).max(1)
+}
+
+/// A folder's page `page` (1 = the first): its entries, links to go up,
+/// to the other pages and to download it, and, when the job allows
+/// restores, a checkbox per entry. `page` is within [`page_count`].
 pub(super) fn browse(
     dir: &str,
     list: &[(String, Meta)],
+    page: usize,
     restore_to: Option<&RepositoryLocation>,
     notice: Option<String>,
 ) -> Response {
-    let entries = list
+    let pages = page_count(list.len());
+    let first = (page.clamp(1, pages) - 1) * PAGE_ENTRIES;
+    let shown = &list[first..(first + PAGE_ENTRIES).min(list.len())];
+    let href = |n: usize| format!("/browse{}?page={n}", link_path(dir));
+    let paging = (pages > 1).then(|| Paging {
+        shown: format!(
+            "entries {} to {} of {}",
+            grouped(first + 1),
+            grouped(first + shown.len()),
+            grouped(list.len())
+        ),
+        previous: (page > 1).then(|| href(page - 1)),
+        next: (page < pages).then(|| href(page + 1)),
+    });
+    let entries = shown
         .iter()
         .map(|(name, meta)| {
             let path = join(dir, name);
@@ -143,6 +190,7 @@ pub(super) fn browse(
         up: (dir != "/").then(|| link_path(&normalize(&format!("{dir}/..")))),
         archive: link_path(dir),
         restore_to,
+        paging,
         entries,
     })
 }
@@ -227,7 +275,7 @@ mod tests {
         .unwrap();
         let list = entries(fs.as_ref(), "/docs").unwrap();
         let target = RepositoryLocation::new("bucket", "restored/", "us-east-1");
-        let page = body(browse("/docs", &list, Some(&target), None)).await;
+        let page = body(browse("/docs", &list, 1, Some(&target), None)).await;
         for expected in [
             "<title>Restore point: /docs</title>",
             "<a class=\"up\" href=\"/browse/\">",
@@ -245,6 +293,7 @@ mod tests {
         let page = body(browse(
             "/",
             &entries(fs.as_ref(), "/").unwrap(),
+            1,
             None,
             Some("look <out>".into()),
         ))

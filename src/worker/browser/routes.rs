@@ -111,21 +111,52 @@ fn attachment(name: &str) -> HeaderValue {
 
 pub(super) type Answer = Result<Response, Problem>;
 
-async fn browse_root(State(browser): State<Browser>) -> Answer {
-    browse_folder(browser, "/".into()).await
+async fn browse_root(
+    State(browser): State<Browser>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Answer {
+    browse_folder(browser, "/".into(), page_of(&query)?).await
 }
 
-async fn browse(State(browser): State<Browser>, Path(path): Path<String>) -> Answer {
-    browse_folder(browser, normalize(&path)).await
+/// The page a folder's address asks for (`?page=N`, 1 when none).
+fn page_of(query: &[(String, String)]) -> Result<usize, Problem> {
+    match query.iter().find(|(k, _)| k == "page") {
+        None => Ok(1),
+        Some((_, v)) => v.parse::<usize>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                format!("page {v:?} is not a page number: ?page=1 is the first"),
+            )
+        }),
+    }
 }
 
-async fn browse_folder(browser: Browser, dir: String) -> Answer {
+async fn browse(
+    State(browser): State<Browser>,
+    Path(path): Path<String>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Answer {
+    browse_folder(browser, normalize(&path), page_of(&query)?).await
+}
+
+async fn browse_folder(browser: Browser, dir: String, page: usize) -> Answer {
     let restore_to = browser.restore_to.as_ref().map(|t| t.location.clone());
     on_fs(&browser.volume, move |fs| {
         let list = disk::entries(fs, &dir).map_err(|e| not_found(&dir, e))?;
+        let pages = pages::page_count(list.len());
+        if page > pages {
+            return Err(not_found(
+                &dir,
+                format!(
+                    "no page {page}: the folder's {} entries fill {pages}",
+                    list.len()
+                ),
+            ));
+        }
         Ok(pages::browse(
             &dir,
             &list,
+            page,
             restore_to.as_ref(),
             fs.notice(&dir),
         ))
@@ -473,5 +504,53 @@ pub(super) mod tests {
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         let response = call(&app, "GET", "/elsewhere", Some(TOKEN)).await;
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn a_large_folder_is_shown_a_page_at_a_time() {
+        let names: Vec<String> = (0..2500).map(|i| format!("big/f{i:04}")).collect();
+        let files: Vec<(&str, &[u8], u32)> = names
+            .iter()
+            .map(|n| (n.as_str(), &b"x"[..], 0o644))
+            .collect();
+        let app = app_over(Arc::new(image(&files)));
+        let page = |uri: &'static str| {
+            let app = app.clone();
+            async move {
+                let response = call(&app, "GET", uri, Some(TOKEN)).await;
+                (response.status(), text_of(response).await)
+            }
+        };
+        let rows = |page: &str| page.matches("<tr class=\"file\">").count();
+        let (status, first) = page("/browse/big").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(rows(&first), 1000);
+        assert!(
+            first.contains("entries 1 to 1\u{a0}000 of 2\u{a0}500"),
+            "{first}"
+        );
+        assert!(
+            first.contains("href=\"/browse/big?page=2\">next"),
+            "{first}"
+        );
+        assert!(first.contains("f0999") && !first.contains("f1000"));
+        let (status, last) = page("/browse/big?page=3").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(rows(&last), 500);
+        assert!(last.contains("f2499") && last.contains("f2000") && !last.contains("f1999"));
+        assert!(
+            last.contains("href=\"/browse/big?page=2\">← previous"),
+            "{last}"
+        );
+        assert!(!last.contains("next →"));
+        let (status, beyond) = page("/browse/big?page=4").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(beyond.contains("no page 4"), "{beyond}");
+        for uri in ["/browse/big?page=0", "/browse/big?page=two"] {
+            assert_eq!(page(uri).await.0, StatusCode::BAD_REQUEST, "{uri}");
+        }
+        // A small folder has one page and no paging line.
+        let (_, root) = page("/browse/").await;
+        assert!(!root.contains("class=\"paging\""), "{root}");
     }
 }
