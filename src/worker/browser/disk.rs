@@ -248,6 +248,11 @@ pub(super) fn entries(fs: &dyn Filesystem, dir: &str) -> Result<Vec<(String, Met
 const SEARCH_SCAN_LIMIT: usize = 200_000;
 const SEARCH_RESULTS: usize = 500;
 const SEARCH_DEPTH: usize = 128;
+/// A folder whose path is longer is not searched (Linux's `PATH_MAX`), and
+/// the folders waiting to be searched hold no more than this many bytes of
+/// paths: a crafted tree of long names that link back cannot fill memory.
+const SEARCH_PATH_BYTES: usize = 4096;
+const SEARCH_QUEUE_BYTES: usize = 64 << 20;
 
 /// Paths (and whether each is a folder) whose name contains `needle`,
 /// ignoring case, sorted; bounded by the limits above.
@@ -256,17 +261,24 @@ pub(super) fn search(fs: &dyn Filesystem, needle: &str) -> Vec<(String, bool)> {
     let mut found = Vec::new();
     let mut scanned = 0usize;
     let mut todo = vec![("/".to_string(), 0usize)];
+    let mut queued = 0usize;
     while let Some((dir, depth)) = todo.pop() {
+        queued -= dir.len().min(queued);
         let Ok(list) = entries(fs, &dir) else {
             continue;
         };
         for (name, meta) in list {
             scanned += 1;
             let path = join(&dir, &name);
-            if name.to_lowercase().contains(&needle) {
+            if name.to_lowercase().contains(&needle) && found.len() < SEARCH_RESULTS {
                 found.push((path.clone(), meta.is_dir()));
             }
-            if meta.is_dir() && depth < SEARCH_DEPTH {
+            if meta.is_dir()
+                && depth < SEARCH_DEPTH
+                && path.len() <= SEARCH_PATH_BYTES
+                && queued + path.len() <= SEARCH_QUEUE_BYTES
+            {
+                queued += path.len();
                 todo.push((path, depth + 1));
             }
         }

@@ -27,13 +27,18 @@ const NAMESPACE_DOS: u8 = 2;
 #[derive(Clone, Debug)]
 pub(super) struct Entry {
     pub name: String,
-    pub record: u64,
     pub meta: Meta,
 }
 
 /// A name an index node holds: the name, the record and the sequence
 /// number it expects there.
-type Named = (String, u64, u16);
+pub(super) type Named = (String, u64, u16);
+
+/// The most names one folder may list (Windows has no limit; ten million
+/// is more than any real folder and bounds a crafted one's memory).
+const MAX_FOLDER_NAMES: usize = 10_000_000;
+/// Bytes of budget a name costs beyond its own (what it takes in memory).
+const NAME_COST: u64 = 48;
 
 /// The entries of one index node (its header first), and the index
 /// blocks below it.
@@ -98,7 +103,20 @@ impl<D: ReadAt> Ntfs<D> {
         Ok(entries)
     }
 
-    /// The names in folder `n`'s index, in no particular order.
+    /// The names folder `n` lists, found once per opened filesystem:
+    /// without NTFS's own files, the folder itself (`.` in the root), DOS
+    /// aliases and a second entry of a name already listed.
+    pub(super) fn folder_names(&self, n: u64) -> Result<Rc<Vec<Named>>, String> {
+        if let Some(found) = self.names.borrow().get(&n) {
+            return Ok(found.clone());
+        }
+        let names = Rc::new(self.names(n)?);
+        self.names.borrow_mut().insert(n, names.clone());
+        Ok(names)
+    }
+
+    /// The names in folder `n`'s index, in no particular order, each
+    /// once.
     fn names(&self, n: u64) -> Result<Vec<Named>, String> {
         let rec = self.record(n)?;
         let damaged = |what: &str| format!("an NTFS folder's index is damaged: {what}");
@@ -118,11 +136,36 @@ impl<D: ReadAt> Ntfs<D> {
             return Err(damaged("it does not index names"));
         }
         let block_size = u64::from(le32(&root, 8));
-        let mut names = Vec::new();
+        let mut out = Vec::new();
+        let mut listed = HashSet::new();
+        let mut keep = |found: Vec<Named>| -> Result<(), String> {
+            for (name, record, sequence) in found {
+                if record < FIRST_USER_RECORD
+                    || record == n
+                    || name.is_empty()
+                    || name == "."
+                    || name == ".."
+                    || name.contains('/')
+                    || name.contains('\0')
+                    || listed.contains(&name)
+                {
+                    continue;
+                }
+                self.spend(name.len() as u64 + NAME_COST)?;
+                if out.len() >= MAX_FOLDER_NAMES {
+                    return Err(damaged("it lists more than ten million names"));
+                }
+                listed.insert(name.clone());
+                out.push((name, record, sequence));
+            }
+            Ok(())
+        };
+        let mut found = Vec::new();
         let mut children = Vec::new();
-        node_entries(&root[16..], &mut names, &mut children)?;
+        node_entries(&root[16..], &mut found, &mut children)?;
+        keep(std::mem::take(&mut found))?;
         if children.is_empty() {
-            return Ok(names);
+            return Ok(out);
         }
         if !(512..=65536).contains(&block_size) || !block_size.is_power_of_two() {
             return Err(damaged("its block size"));
@@ -140,41 +183,34 @@ impl<D: ReadAt> Ntfs<D> {
         } else {
             512
         };
-        let mut seen = HashSet::new();
+        let mut seen: HashSet<u64> = children.iter().copied().collect();
+        let mut todo = children;
         let mut buf = vec![0u8; block_size as usize];
-        while let Some(vcn) = children.pop() {
-            if !seen.insert(vcn) {
-                continue;
-            }
+        while let Some(vcn) = todo.pop() {
             let at = vcn
                 .checked_mul(unit)
+                .filter(|at| at % block_size == 0)
                 .ok_or_else(|| damaged("a block number"))?;
             self.spend(block_size)?;
             self.read_stream(&blocks, at, &mut buf)?;
             fixup(&mut buf, b"INDX")?;
-            node_entries(&buf[24..], &mut names, &mut children)?;
+            if le64(&buf, 16) != vcn {
+                return Err(damaged("a block is not the one its parent names"));
+            }
+            let mut below = Vec::new();
+            node_entries(&buf[24..], &mut found, &mut below)?;
+            keep(std::mem::take(&mut found))?;
+            todo.extend(below.into_iter().filter(|c| seen.insert(*c)));
         }
-        Ok(names)
+        Ok(out)
     }
 
-    /// Folder `n`'s entries: without NTFS's own files, the folder itself
-    /// (`.` in the root) and a second entry of a name already listed; an
+    /// Folder `n`'s entries, each with what its own record says; an
     /// entry whose record cannot be read is listed with why.
     fn list(&self, n: u64) -> Result<Vec<Entry>, String> {
-        let mut listed = HashSet::new();
         let mut out = Vec::new();
-        for (name, record, sequence) in self.names(n)? {
-            if record < FIRST_USER_RECORD
-                || record == n
-                || name.is_empty()
-                || name == "."
-                || name == ".."
-                || name.contains('/')
-                || name.contains('\0')
-                || !listed.insert(name.clone())
-            {
-                continue;
-            }
+        for (name, record, sequence) in self.folder_names(n)?.iter() {
+            let (name, record, sequence) = (name.clone(), *record, *sequence);
             let meta = match self.record(record) {
                 Ok(rec) if sequence != 0 && rec.sequence != sequence => Meta::synthetic(
                     Kind::Other,
@@ -192,7 +228,7 @@ impl<D: ReadAt> Ntfs<D> {
                 Err(e) if e == super::Budget::SPENT => return Err(e),
                 Err(e) => Meta::synthetic(Kind::Other, 0, Some(e)),
             };
-            out.push(Entry { name, record, meta });
+            out.push(Entry { name, meta });
         }
         Ok(out)
     }

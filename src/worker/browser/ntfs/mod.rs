@@ -37,6 +37,11 @@ const READ_CHUNK: usize = 1 << 20;
 const MAX_EXTENSIONS: usize = 4096;
 /// The largest attribute list read.
 const MAX_ATTRIBUTE_LIST: u64 = 4 << 20;
+/// Clusters a stream may map: with 2 MiB clusters (the largest), no byte
+/// offset in it overflows.
+const MAX_STREAM_CLUSTERS: u64 = 1 << 41;
+/// Bytes of budget a decoded run costs (what it takes in memory).
+const RUN_COST: u64 = 32;
 
 /// The MFT's own record, and the root folder's.
 const MFT_RECORD: u64 = 0;
@@ -56,7 +61,10 @@ const AT_END: u32 = 0xffff_ffff;
 const RECORD_IN_USE: u16 = 0x1;
 const RECORD_IS_DIRECTORY: u16 = 0x2;
 
+#[cfg(test)]
 const ATTR_COMPRESSED: u16 = 0x0001;
+const ATTR_COMPRESSION_MASK: u16 = 0x00ff;
+const ATTR_SPARSE: u16 = 0x8000;
 const ATTR_ENCRYPTED: u16 = 0x4000;
 
 const FILE_READ_ONLY: u32 = 0x1;
@@ -65,6 +73,8 @@ const FILE_REPARSE_POINT: u32 = 0x400;
 const REPARSE_MOUNT_POINT: u32 = 0xa000_0003;
 const REPARSE_SYMLINK: u32 = 0xa000_000c;
 const REPARSE_WOF: u32 = 0x8000_0017;
+/// A tag with this bit names another file (a link).
+const REPARSE_NAME_SURROGATE: u32 = 0x2000_0000;
 
 /// Seconds from 1601-01-01 (NTFS's epoch) to 1970-01-01.
 const EPOCH_DELTA: i64 = 11_644_473_600;
@@ -145,10 +155,11 @@ enum Body {
         start: u64,
         count: u64,
         runs: Vec<Run>,
-        /// Only in the first piece: the value's size, and how much of it
-        /// was written (the rest reads as zeros).
+        /// Only in the first piece: the value's size, how much of it was
+        /// written (the rest reads as zeros) and its compression unit.
         size: u64,
         initialized: u64,
+        compression: u16,
     },
 }
 
@@ -177,6 +188,9 @@ impl Stream {
 struct Record {
     sequence: u16,
     flags: u16,
+    /// For an extension record, the record it extends; 0 for a base
+    /// record.
+    base: u64,
     attrs: Vec<Attr>,
 }
 
@@ -292,10 +306,14 @@ fn attributes(buf: &[u8], clusters: u64) -> Result<Vec<Attr>, String> {
                 return Err(bad("a non-resident attribute's header"));
             }
             let (start, last) = (le64(a, 16), le64(a, 24));
-            // An empty attribute maps clusters 0 to -1.
+            // An empty attribute maps clusters 0 to -1. A sparse one may
+            // map more clusters than the volume has, within a stream's
+            // largest size (2^63 bytes at 2 MiB clusters).
             let count = last.wrapping_sub(start).wrapping_add(1);
-            if count > clusters {
-                return Err(bad("an attribute maps more clusters than the volume has"));
+            if count > MAX_STREAM_CLUSTERS || start > MAX_STREAM_CLUSTERS {
+                return Err(bad(
+                    "an attribute maps more clusters than a stream can have",
+                ));
             }
             let runs_at = usize::from(le16(a, 32));
             let runs = a.get(runs_at..).ok_or_else(|| bad("a run list"))?;
@@ -305,6 +323,7 @@ fn attributes(buf: &[u8], clusters: u64) -> Result<Vec<Attr>, String> {
                 runs: decode_runs(runs, start, count, clusters)?,
                 size: le64(a, 48),
                 initialized: le64(a, 56),
+                compression: le16(a, 34),
             }
         };
         out.push(Attr {
@@ -334,6 +353,8 @@ pub(super) struct Ntfs<D> {
     budget: Budget,
     /// Folders' entries by record, as listed.
     folders: RefCell<HashMap<u64, Rc<Vec<Entry>>>>,
+    /// Folders' names by record, as their indexes hold them.
+    names: RefCell<HashMap<u64, Rc<Vec<dir::Named>>>>,
 }
 
 impl<D: ReadAt> Ntfs<D> {
@@ -351,7 +372,7 @@ impl<D: ReadAt> Ntfs<D> {
         // Sectors per cluster; above 0x80, a negative power of two.
         let cluster_size = match b[13] {
             n @ 1..=0x80 if n.is_power_of_two() => sector * u64::from(n),
-            n @ 0xf4..=0xff => 1 << (256 - u32::from(n)),
+            n @ 0xf4..=0xff => sector << (256 - u32::from(n)),
             _ => return bad("sectors per cluster"),
         };
         if cluster_size > 2 << 20 || cluster_size < sector {
@@ -390,11 +411,12 @@ impl<D: ReadAt> Ntfs<D> {
             },
             budget: Budget::new(),
             folders: RefCell::new(HashMap::new()),
+            names: RefCell::new(HashMap::new()),
         };
         // Its own record maps the start of the MFT; an attribute list may
         // map the rest, from extension records in that start.
         let own = ntfs.base_record(MFT_RECORD)?;
-        let first: Vec<Attr> = own.attrs.iter().filter(|a| is_data(a)).cloned().collect();
+        let first: Vec<&Attr> = own.attrs.iter().filter(|a| is_data(a)).collect();
         ntfs.mft = ntfs.stream(&first, "the MFT", true)?;
         let whole = ntfs.with_extensions(MFT_RECORD, own)?;
         ntfs.mft = ntfs.stream_of(&whole.attrs, AT_DATA, "", "the MFT")?;
@@ -447,7 +469,7 @@ impl<D: ReadAt> Ntfs<D> {
                 .get(i)
                 .filter(|r| r.vcn <= vcn)
                 .ok_or("an NTFS attribute's run list ends before its size")?;
-            let run_end = (run.vcn + run.len) * cs;
+            let run_end = (run.vcn + run.len).saturating_mul(cs);
             let n = ((run_end - pos) as usize).min(buf.len() - done);
             let part = &mut buf[done..done + n];
             match run.lcn {
@@ -466,6 +488,8 @@ impl<D: ReadAt> Ntfs<D> {
 
     /// File record `n` as written, without its extension records.
     fn base_record(&self, n: u64) -> Result<Record, String> {
+        // Spent first: a reference past the MFT costs as much as one in it.
+        self.spend(self.record_size)?;
         let at = n
             .checked_mul(self.record_size)
             .ok_or("an NTFS file record number is out of range")?;
@@ -473,17 +497,26 @@ impl<D: ReadAt> Ntfs<D> {
             return Err(format!("NTFS file record {n} is past the end of the MFT"));
         }
         let mut buf = vec![0u8; self.record_size as usize];
-        self.spend(self.record_size)?;
         self.read_stream(&self.mft, at, &mut buf)?;
         fixup(&mut buf, b"FILE")?;
         let flags = le16(&buf, 22);
         if flags & RECORD_IN_USE == 0 {
             return Err(format!("NTFS file record {n} is not in use (deleted)"));
         }
+        let attrs = attributes(&buf, self.clusters)?;
+        let runs: usize = attrs
+            .iter()
+            .map(|a| match &a.body {
+                Body::NonResident { runs, .. } => runs.len(),
+                Body::Resident(_) => 0,
+            })
+            .sum();
+        self.spend(runs as u64 * RUN_COST)?;
         Ok(Record {
             sequence: le16(&buf, 16),
             flags,
-            attrs: attributes(&buf, self.clusters)?,
+            base: le64(&buf, 32) & 0xffff_ffff_ffff,
+            attrs,
         })
     }
 
@@ -491,6 +524,11 @@ impl<D: ReadAt> Ntfs<D> {
     /// extension records.
     fn record(&self, n: u64) -> Result<Record, String> {
         let base = self.base_record(n)?;
+        if base.base != 0 {
+            return Err(format!(
+                "NTFS file record {n} holds part of another file's attributes, not a file"
+            ));
+        }
         self.with_extensions(n, base)
     }
 
@@ -498,7 +536,11 @@ impl<D: ReadAt> Ntfs<D> {
         let Some(list) = base.attrs.iter().find(|a| a.ty == AT_ATTRIBUTE_LIST) else {
             return Ok(base);
         };
-        let stream = self.stream(std::slice::from_ref(list), "an attribute list", false)?;
+        // Windows leaves junk in an attribute list's flags (ntfs-3g ignores
+        // them too).
+        let mut list = list.clone();
+        list.flags = 0;
+        let stream = self.stream(&[&list], "an attribute list", false)?;
         if stream.len() > MAX_ATTRIBUTE_LIST {
             return Err(format!(
                 "NTFS file record {n}'s attribute list is too large"
@@ -530,7 +572,7 @@ impl<D: ReadAt> Ntfs<D> {
         base.attrs.retain(|a| a.ty != AT_ATTRIBUTE_LIST);
         for (record, sequence) in segments {
             let ext = self.base_record(record)?;
-            if ext.sequence != sequence {
+            if ext.sequence != sequence || ext.base != n {
                 return Err(format!(
                     "NTFS file record {n}'s attribute list names a stale record"
                 ));
@@ -542,10 +584,9 @@ impl<D: ReadAt> Ntfs<D> {
 
     /// The value of attribute `ty` named `name`, joined from its pieces.
     fn stream_of(&self, attrs: &[Attr], ty: u32, name: &str, what: &str) -> Result<Stream, String> {
-        let pieces: Vec<Attr> = attrs
+        let pieces: Vec<&Attr> = attrs
             .iter()
             .filter(|a| a.ty == ty && a.name == name)
-            .cloned()
             .collect();
         if pieces.is_empty() {
             return Err(format!("{what} has no data attribute"));
@@ -556,7 +597,7 @@ impl<D: ReadAt> Ntfs<D> {
     /// Joins an attribute's pieces (one unless an attribute list split
     /// it) into one stream; `partial`: as far as the pieces go (the MFT
     /// before its extension records are read).
-    fn stream(&self, pieces: &[Attr], what: &str, partial: bool) -> Result<Stream, String> {
+    fn stream(&self, pieces: &[&Attr], what: &str, partial: bool) -> Result<Stream, String> {
         let damaged = || format!("{what} is damaged: its NTFS attribute's pieces do not join");
         if pieces.iter().any(|a| a.flags & ATTR_ENCRYPTED != 0) {
             return Err(format!("{what} is encrypted (EFS)"));
@@ -566,7 +607,7 @@ impl<D: ReadAt> Ntfs<D> {
         {
             return Ok(Stream::Resident(v.clone()));
         }
-        let mut parts: Vec<&Attr> = pieces.iter().collect();
+        let mut parts: Vec<&Attr> = pieces.to_vec();
         parts.sort_by_key(|a| match a.body {
             Body::NonResident { start, .. } => start,
             Body::Resident(_) => 0,
@@ -581,6 +622,7 @@ impl<D: ReadAt> Ntfs<D> {
                 runs: r,
                 size: s,
                 initialized: init,
+                compression,
             } = &a.body
             else {
                 return Err(damaged());
@@ -590,8 +632,9 @@ impl<D: ReadAt> Ntfs<D> {
             }
             if i == 0 {
                 // Sparse attributes have a compression unit too: the
-                // flag tells them apart.
-                if a.flags & ATTR_COMPRESSED != 0 {
+                // flags tell them apart.
+                let unit_without_sparse = *compression != 0 && a.flags & ATTR_SPARSE == 0;
+                if a.flags & ATTR_COMPRESSION_MASK != 0 || unit_without_sparse {
                     return Err(format!("{what} is compressed by NTFS"));
                 }
                 (size, initialized) = (*s, (*init).min(*s));
@@ -600,7 +643,7 @@ impl<D: ReadAt> Ntfs<D> {
             next = start + count;
         }
         if partial {
-            size = size.min(next * self.cluster_size);
+            size = size.min(next.saturating_mul(self.cluster_size));
             initialized = initialized.min(size);
         }
         if size.div_ceil(self.cluster_size) > next {
@@ -643,6 +686,7 @@ impl<D: ReadAt> Ntfs<D> {
             mtime,
             note,
         };
+        let is_dir = rec.flags & RECORD_IS_DIRECTORY != 0;
         if attributes & FILE_REPARSE_POINT != 0 {
             let tag = rec
                 .attrs
@@ -652,30 +696,39 @@ impl<D: ReadAt> Ntfs<D> {
                     Body::Resident(v) if v.len() >= 4 => Some(le32(v, 0)),
                     _ => None,
                 });
-            return Ok(match tag {
-                Some(REPARSE_SYMLINK | REPARSE_MOUNT_POINT) => (meta(Kind::Symlink, 0, None), None),
-                Some(REPARSE_WOF) => (
-                    meta(
-                        Kind::Other,
-                        0,
-                        Some("compacted by Windows (CompactOS/WOF): file-level recovery does not read it yet; restore the volume".into()),
-                    ),
-                    None,
-                ),
-                _ => (
-                    meta(
-                        Kind::Other,
-                        0,
-                        Some(format!(
-                            "a Windows reparse point (tag {:#x}): file-level recovery does not follow it",
-                            tag.unwrap_or(0)
-                        )),
-                    ),
-                    None,
-                ),
-            });
+            match tag {
+                Some(REPARSE_SYMLINK | REPARSE_MOUNT_POINT) => {
+                    return Ok((meta(Kind::Symlink, 0, None), None));
+                }
+                Some(REPARSE_WOF) => {
+                    return Ok((
+                        meta(
+                            Kind::Other,
+                            0,
+                            Some("compacted by Windows (CompactOS/WOF): file-level recovery does not read it yet; restore the volume".into()),
+                        ),
+                        None,
+                    ));
+                }
+                // A folder whose tag is no link (cloud files, containers):
+                // its entries are its own.
+                Some(tag) if is_dir && tag & REPARSE_NAME_SURROGATE == 0 => {}
+                _ => {
+                    return Ok((
+                        meta(
+                            Kind::Other,
+                            0,
+                            Some(format!(
+                                "a Windows reparse point (tag {:#x}): file-level recovery does not follow it",
+                                tag.unwrap_or(0)
+                            )),
+                        ),
+                        None,
+                    ));
+                }
+            }
         }
-        if rec.flags & RECORD_IS_DIRECTORY != 0 {
+        if is_dir {
             return Ok((meta(Kind::Dir, 0, None), None));
         }
         match self.stream_of(&rec.attrs, AT_DATA, "", "this file") {
@@ -693,7 +746,8 @@ impl<D: ReadAt> Ntfs<D> {
         }
     }
 
-    /// The record `path` names and what it is.
+    /// The record `path` names and what it is: each folder on the way is
+    /// looked up in its index, and only the record found is read.
     fn lookup(&self, path: &str) -> Result<(u64, Meta), String> {
         let mut at = ROOT_RECORD;
         let mut meta = None;
@@ -701,18 +755,24 @@ impl<D: ReadAt> Ntfs<D> {
             if meta.as_ref().is_some_and(|m: &Meta| !m.is_dir()) {
                 return Err(format!("{path}: not found"));
             }
-            let entries = self.folder(at)?;
+            let names = self.folder_names(at)?;
             // Windows names are case-insensitive; an exact match first.
-            let entry = entries
+            let (_, record, sequence) = names
                 .iter()
-                .find(|e| e.name == name)
+                .find(|(n, _, _)| n == name)
                 .or_else(|| {
                     let lower = name.to_lowercase();
-                    entries.iter().find(|e| e.name.to_lowercase() == lower)
+                    names.iter().find(|(n, _, _)| n.to_lowercase() == lower)
                 })
                 .ok_or_else(|| format!("{path}: not found"))?;
-            at = entry.record;
-            meta = Some(entry.meta.clone());
+            let rec = self.record(*record)?;
+            if *sequence != 0 && rec.sequence != *sequence {
+                return Err(format!(
+                    "{path}: the folder's entry names a file that was deleted (the index is damaged)"
+                ));
+            }
+            meta = Some(self.describe_record(*record, &rec)?.0);
+            at = *record;
         }
         match meta {
             Some(m) => Ok((at, m)),

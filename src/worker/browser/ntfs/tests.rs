@@ -502,3 +502,55 @@ fn random_damage_never_panics() {
         }
     }
 }
+
+#[test]
+fn an_entry_naming_a_record_past_the_mft_is_listed_with_why() {
+    let mut d = image(48, 4096).0;
+    let fs = Ntfs::load(Image(d.clone())).expect("NTFS");
+    let desktop = fs.record_of("/Users/Administrator/Desktop");
+    patch_record(&fs, &mut d, desktop, |rec| {
+        let name: Vec<u8> = "small.txt"
+            .encode_utf16()
+            .flat_map(|u| u.to_le_bytes())
+            .collect();
+        let found = rec
+            .windows(name.len())
+            .position(|w| w == name.as_slice())
+            .expect("small.txt's index entry");
+        let entry = found - 66 - 16;
+        rec[entry..entry + 8].copy_from_slice(&((1u64 << 48) | (1 << 30)).to_le_bytes());
+    });
+    let fs = Ntfs::load(Image(d)).expect("NTFS");
+    let list = fs.read_dir("/Users/Administrator/Desktop").unwrap();
+    let (_, small) = list.iter().find(|(n, _)| n == "small.txt").expect("listed");
+    assert_eq!(small.kind, Kind::Other);
+    assert!(
+        small
+            .note
+            .as_deref()
+            .unwrap_or("")
+            .contains("past the end of the MFT"),
+        "{small:?}"
+    );
+    let e = fs
+        .metadata("/Users/Administrator/Desktop/small.txt")
+        .unwrap_err();
+    assert!(e.contains("past the end of the MFT"), "{e}");
+}
+
+#[test]
+fn clusters_above_64_kib_are_counted_in_sectors() {
+    // A boot sector of a volume with 128 KiB clusters: 0xF8 is 2^8 sectors.
+    let mut b = vec![0u8; 4 << 20];
+    b[3..11].copy_from_slice(b"NTFS    ");
+    b[11..13].copy_from_slice(&512u16.to_le_bytes());
+    b[13] = 0xf8;
+    b[0x28..0x30].copy_from_slice(&8192u64.to_le_bytes());
+    b[0x30..0x38].copy_from_slice(&4u64.to_le_bytes());
+    b[0x40] = 0xf6; // 1 KiB records
+    b[510] = 0x55;
+    b[511] = 0xaa;
+    let e = Ntfs::load(Image(b)).err().expect("no MFT there");
+    // The geometry is accepted; what fails is the (missing) MFT at 512 KiB.
+    assert!(e.contains("record is damaged: no signature"), "{e}");
+}
