@@ -22,6 +22,9 @@ use tender::mover::manifest::RepositoryLocation;
 
 const UUID: &str = "6a1f0c2e-7d4b-4e3a-9c5f-0b8d2e1a4c77";
 const MTIME: i64 = 1_614_834_367;
+/// A user every Debian system has (`nobody`, group `nogroup`): the
+/// script writes a user's files as that user, whom it must know.
+const NOBODY: u32 = 65534;
 
 /// A running instance (the source of a backup), tagged to accept restores
 /// when `accepts`.
@@ -93,10 +96,13 @@ async fn a_restore_command_runs_on_the_source_instance_and_restores_the_files() 
     let staging = RepositoryLocation::new(&bucket, "_staging/team-a/job-uid/0f1e/", REGION);
     let files: [(&str, &[u8], u32, u32); 3] = [
         ("etc/app.conf", b"from the backup\n", 0o640, 0),
-        ("srv/data/report.bin", &[9u8; 300_000], 0o600, 1000),
-        ("srv/name with spaces & $(x)", b"odd", 0o644, 1000),
+        ("srv/data/report.bin", &[9u8; 300_000], 0o600, NOBODY),
+        ("srv/name with spaces & $(x)", b"odd", 0o644, NOBODY),
     ];
-    let mut entries = vec![folder("srv", 0o755, 1000), folder("srv/data", 0o750, 1000)];
+    let mut entries = vec![
+        folder("srv", 0o755, NOBODY),
+        folder("srv/data", 0o750, NOBODY),
+    ];
     for (i, (path, data, mode, uid)) in files.iter().enumerate() {
         let key = format!("{}files/{i}", staging.prefix);
         s3.put_object()
@@ -200,7 +206,7 @@ async fn a_restore_command_runs_on_the_source_instance_and_restores_the_files() 
     std::fs::write(
         bin.join("findmnt"),
         format!(
-            "#!/bin/sh\nfor a; do [ \"$a\" = UUID={UUID} ] && {{ echo '{}'; exit 0; }}; done\nexit 1\n",
+            "#!/bin/sh\nfor a; do [ \"$a\" = UUID={UUID} ] && {{ echo '{} /'; exit 0; }}; done\nexit 1\n",
             disk.display()
         ),
     )
@@ -280,7 +286,7 @@ async fn a_restore_command_runs_on_the_source_instance_and_restores_the_files() 
     let m = std::fs::metadata(disk.join("srv/data")).unwrap();
     assert_eq!(
         (m.uid(), m.mode() & 0o7777, m.mtime()),
-        (1000, 0o750, MTIME)
+        (NOBODY, 0o750, MTIME)
     );
     std::fs::remove_dir_all(&machine).unwrap();
 }

@@ -14,6 +14,9 @@ use super::*;
 const UUID: &str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
 const SUFFIX: &str = ".restored-nightly";
 const MTIME: i64 = 1_614_834_367;
+/// A user every Debian system has (`nobody`, group `nogroup`): the
+/// script writes a user's files as that user, whom it must know.
+const NOBODY: u32 = 65534;
 
 /// A scratch "instance": its filesystem (`disk`), a `findmnt` that
 /// finds it, and staged files.
@@ -34,7 +37,7 @@ impl Instance {
         std::fs::write(
             &findmnt,
             format!(
-                "#!/bin/sh\nfor a; do [ \"$a\" = UUID={UUID} ] && {{ echo '{}'; exit 0; }}; done\nexit 1\n",
+                "#!/bin/sh\nfor a; do [ \"$a\" = UUID={UUID} ] && {{ echo '{} /'; exit 0; }}; done\nexit 1\n",
                 base.join("disk").display()
             ),
         )
@@ -150,13 +153,13 @@ fn files_are_restored_with_owner_mode_and_time_and_nothing_is_overwritten() {
     // Were it run, the name would write to stderr (which must stay empty).
     let hostile = "srv/$(echo pwned >&2)\n-rf *.txt";
     let entries = vec![
-        folder("srv", 0o750, 1000),
-        folder("srv/data", 0o755, 1000),
+        folder("srv", 0o750, NOBODY),
+        folder("srv/data", 0o755, NOBODY),
         folder("opt", 0o755, 0),
         vm.file("etc/app.conf", b"from the backup", 0o640, 0),
-        vm.file("srv/data/report.bin", &[7u8; 100_000], 0o600, 1000),
+        vm.file("srv/data/report.bin", &[7u8; 100_000], 0o600, NOBODY),
         vm.file("opt/tool", b"#!/bin/sh\n", 0o4755, 0),
-        vm.file(hostile, b"odd", 0o644, 1000),
+        vm.file(hostile, b"odd", 0o644, NOBODY),
     ];
     let (out, paths, status) = vm.restore(entries.clone(), false);
     assert_eq!(status, 0, "{out:?}");
@@ -179,7 +182,7 @@ fn files_are_restored_with_owner_mode_and_time_and_nothing_is_overwritten() {
     assert_eq!(owner_mode_mtime(&beside), (0, 0, 0o640, MTIME));
     assert_eq!(
         owner_mode_mtime(&vm.disk("srv/data/report.bin")),
-        (1000, 1000, 0o600, MTIME)
+        (NOBODY, NOBODY, 0o600, MTIME)
     );
     assert_eq!(
         std::fs::read(vm.disk("srv/data/report.bin")).unwrap(),
@@ -191,7 +194,7 @@ fn files_are_restored_with_owner_mode_and_time_and_nothing_is_overwritten() {
     );
     assert_eq!(
         owner_mode_mtime(&vm.disk("srv")),
-        (1000, 1000, 0o750, MTIME)
+        (NOBODY, NOBODY, 0o750, MTIME)
     );
     assert_eq!(std::fs::read(vm.disk(hostile)).unwrap(), b"odd");
     let leftovers: Vec<_> = std::fs::read_dir(vm.disk("etc"))
@@ -258,13 +261,13 @@ fn links_on_the_way_and_other_users_folders_are_refused() {
     // user's file is not written there.
     let home = vm.disk("home/alice");
     std::fs::create_dir_all(&home).expect("home");
-    std::os::unix::fs::chown(&home, Some(1000), Some(1000)).expect("chown");
+    std::os::unix::fs::chown(&home, Some(NOBODY), Some(NOBODY)).expect("chown");
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).expect("mode");
     let (out, paths, status) = vm.restore(
         vec![
             folder("var/lib", 0o755, 0),
             vm.file("var/data.txt", b"x", 0o644, 0),
-            vm.file("home/alice/notes.txt", b"alice's", 0o600, 1000),
+            vm.file("home/alice/notes.txt", b"alice's", 0o600, NOBODY),
             vm.file("home/alice/.bashrc", b"root's", 0o644, 0),
         ],
         false,
@@ -273,7 +276,7 @@ fn links_on_the_way_and_other_users_folders_are_refused() {
     for path in ["var/lib", "var/data.txt"] {
         assert_eq!(
             outcome_of(&out, &paths, path).as_deref(),
-            Some("refused-link-or-mount"),
+            Some("refused-link-or-shared"),
             "{path}"
         );
     }
@@ -286,7 +289,7 @@ fn links_on_the_way_and_other_users_folders_are_refused() {
     assert_eq!(std::fs::read(home.join("notes.txt")).unwrap(), b"alice's");
     assert_eq!(
         owner_mode_mtime(&home.join("notes.txt")),
-        (1000, 1000, 0o600, MTIME)
+        (NOBODY, NOBODY, 0o600, MTIME)
     );
 }
 
@@ -382,4 +385,66 @@ fn an_output_cut_short_says_so() {
         ),
         (5, 1, 2, 13, 12, None)
     );
+}
+
+#[test]
+fn shared_folders_are_refused_and_copies_beside_lose_set_id_bits() {
+    let vm = Instance::new();
+    // Group-writable, not sticky: anyone in the group could swap names.
+    std::fs::create_dir_all(vm.disk("var/mail")).unwrap();
+    std::fs::set_permissions(vm.disk("var/mail"), std::fs::Permissions::from_mode(0o2775)).unwrap();
+    // Root's folder inside a user's: the user could move it.
+    std::fs::create_dir_all(vm.disk("home/nobody/.cache/pip")).unwrap();
+    std::os::unix::fs::chown(vm.disk("home/nobody"), Some(NOBODY), Some(NOBODY)).unwrap();
+    // Sticky and world-writable, as /tmp: root writes there.
+    std::fs::create_dir_all(vm.disk("tmp")).unwrap();
+    std::fs::set_permissions(vm.disk("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    // A file where the restored one goes: a sparse terabyte, which must
+    // not be read whole.
+    std::fs::create_dir_all(vm.disk("opt")).unwrap();
+    std::fs::File::create(vm.disk("opt/tool"))
+        .and_then(|f| f.set_len(1 << 40))
+        .unwrap();
+    let tool = vm.file("opt/tool", b"#!/bin/sh\n", 0o4755, 0);
+    let (out, paths, status) = vm.restore(
+        vec![
+            vm.file("var/mail/root", b"mail", 0o600, 0),
+            vm.file("home/nobody/.cache/pip/x", b"x", 0o644, 0),
+            vm.file("tmp/scratch", b"scratch", 0o644, NOBODY),
+            tool.clone(),
+        ],
+        false,
+    );
+    assert_eq!(status, 1, "{out:?}");
+    for path in ["var/mail/root", "home/nobody/.cache/pip/x"] {
+        assert_eq!(
+            outcome_of(&out, &paths, path).as_deref(),
+            Some("refused-link-or-shared"),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        owner_mode_mtime(&vm.disk("tmp/scratch")),
+        (NOBODY, NOBODY, 0o644, MTIME)
+    );
+    let beside = vm.disk(&format!("opt/tool{SUFFIX}"));
+    assert_eq!(
+        owner_mode_mtime(&beside),
+        (0, 0, 0o755, MTIME),
+        "no set-user-ID beside"
+    );
+    assert_eq!(
+        std::fs::metadata(vm.disk("opt/tool")).unwrap().len(),
+        1 << 40
+    );
+
+    // Overwriting after a copy was put beside: the file itself is replaced.
+    let (out, _, status) = vm.restore(vec![tool], true);
+    assert_eq!(status, 0, "{out:?}");
+    assert_eq!(out.overwritten, 1, "{out:?}");
+    assert_eq!(
+        owner_mode_mtime(&vm.disk("opt/tool")),
+        (0, 0, 0o4755, MTIME)
+    );
+    assert_eq!(std::fs::read(vm.disk("opt/tool")).unwrap(), b"#!/bin/sh\n");
 }
