@@ -196,7 +196,10 @@ async fn a_restore_command_runs_on_the_source_instance_and_restores_the_files() 
     let sent = delivered[0]["parameters"]["commands"][0]
         .as_str()
         .expect("the command's script");
-    let machine = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique("instance"));
+    // Under the system's temporary folder: the script writes a user's
+    // files as that user, who must be able to reach them (the build's own
+    // folder may be under root's home, which nobody else may enter).
+    let machine = std::env::temp_dir().join(unique("tender-instance"));
     let disk = machine.join("disk");
     std::fs::create_dir_all(disk.join("etc")).unwrap();
     std::fs::write(disk.join("etc/app.conf"), b"changed since\n").unwrap();

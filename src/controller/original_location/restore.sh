@@ -103,7 +103,8 @@ printf "url = \"%s\"\n" "$url" | curl -q -fsS --retry 3 --max-time 3600 -o f -K 
 if [ "$(stat -c %s f)" != "$size" ] || [ "$(sha256sum <f | cut -d" " -f1)" != "$sha" ]; then
   echo failed-digest; exit 0
 fi
-if [ "$as_root" = 1 ]; then chown -h -- "+$uid:+$gid" f || { echo failed-owner; exit 0; }; fi
+if [ "$as_root" = 1 ]; then chown -h -- "+$uid:+$gid" f; else chgrp -h -- "+$gid" f; fi ||
+  { echo failed-owner; exit 0; }
 { chmod -- "$mode" f && touch -m -d "@$mtime" f; } || { echo failed-owner; exit 0; }
 regular_or_none() { { [ -f "$1" ] || [ ! -e "$1" ]; } && [ ! -L "$1" ]; }
 if [ "$overwrite" = 1 ] && regular_or_none "$dest"; then
@@ -224,7 +225,8 @@ umask 077
 mkdir -m 700 -- "$1" 2>/dev/null || { echo failed-write; exit 0; }
 # Mode first: once it is given away, its owner could replace it.
 chmod -- "$2" "$1" || { echo failed-owner; exit 0; }
-if [ "$5" = 1 ]; then chown -h -- "+$3:+$4" "$1" || { echo failed-owner; exit 0; }; fi
+if [ "$5" = 1 ]; then chown -h -- "+$3:+$4" "$1"; else chgrp -h -- "+$4" "$1"; fi ||
+  { echo failed-owner; exit 0; }
 echo made
 '
 
