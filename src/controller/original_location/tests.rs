@@ -137,12 +137,17 @@ fn owner_mode_mtime(path: &Path) -> (u32, u32, u32, i64) {
     (m.uid(), m.gid(), m.mode() & 0o7777, m.mtime())
 }
 
-fn outcome_of(out: &Outcome, paths: &[String], path: &str) -> Option<String> {
-    let index = paths.iter().position(|p| p == path)?;
-    out.listed
-        .iter()
-        .find(|(i, _)| *i == index)
-        .map(|(_, what)| what.clone())
+/// Asserts what the output says of each (path, outcome).
+fn assert_outcomes(out: &Outcome, paths: &[String], expected: &[(&str, &str)]) {
+    for (path, outcome) in expected {
+        let index = paths.iter().position(|p| p == path);
+        let said = out
+            .listed
+            .iter()
+            .find(|(i, _)| Some(*i) == index)
+            .map(|(_, what)| what.as_str());
+        assert_eq!(said, Some(*outcome), "{path}: {out:?}");
+    }
 }
 
 #[test]
@@ -168,10 +173,7 @@ fn files_are_restored_with_owner_mode_and_time_and_nothing_is_overwritten() {
         (3, 1, 0, 0),
         "{out:?}"
     );
-    assert_eq!(
-        outcome_of(&out, &paths, "etc/app.conf").as_deref(),
-        Some("beside")
-    );
+    assert_outcomes(&out, &paths, &[("etc/app.conf", "beside")]);
     // Kept, and the restored one beside it.
     assert_eq!(
         std::fs::read(vm.disk("etc/app.conf")).unwrap(),
@@ -243,10 +245,7 @@ fn a_file_that_does_not_match_its_digest_is_not_written() {
     let (out, paths, status) = vm.restore(vec![entry, vm.file("ok.txt", b"ok", 0o644, 0)], false);
     assert_eq!(status, 1, "{out:?}");
     assert_eq!((out.failed, out.restored), (1, 1), "{out:?}");
-    assert_eq!(
-        outcome_of(&out, &paths, "notes.txt").as_deref(),
-        Some("failed-digest")
-    );
+    assert_outcomes(&out, &paths, &[("notes.txt", "failed-digest")]);
     assert!(!vm.disk("notes.txt").exists());
 }
 
@@ -273,16 +272,14 @@ fn links_on_the_way_and_other_users_folders_are_refused() {
         false,
     );
     assert_eq!(status, 1, "{out:?}");
-    for path in ["var/lib", "var/data.txt"] {
-        assert_eq!(
-            outcome_of(&out, &paths, path).as_deref(),
-            Some("refused-link-or-shared"),
-            "{path}"
-        );
-    }
-    assert_eq!(
-        outcome_of(&out, &paths, "home/alice/.bashrc").as_deref(),
-        Some("refused-another-users-folder")
+    assert_outcomes(
+        &out,
+        &paths,
+        &[
+            ("var/lib", "refused-link-or-shared"),
+            ("var/data.txt", "refused-link-or-shared"),
+            ("home/alice/.bashrc", "refused-another-users-folder"),
+        ],
     );
     assert!(std::fs::read_dir(&outside).unwrap().next().is_none());
     assert!(!home.join(".bashrc").exists());
@@ -416,13 +413,14 @@ fn shared_folders_are_refused_and_copies_beside_lose_set_id_bits() {
         false,
     );
     assert_eq!(status, 1, "{out:?}");
-    for path in ["var/mail/root", "home/nobody/.cache/pip/x"] {
-        assert_eq!(
-            outcome_of(&out, &paths, path).as_deref(),
-            Some("refused-link-or-shared"),
-            "{path}"
-        );
-    }
+    assert_outcomes(
+        &out,
+        &paths,
+        &[
+            ("var/mail/root", "refused-link-or-shared"),
+            ("home/nobody/.cache/pip/x", "refused-link-or-shared"),
+        ],
+    );
     assert_eq!(
         owner_mode_mtime(&vm.disk("tmp/scratch")),
         (NOBODY, NOBODY, 0o644, MTIME)

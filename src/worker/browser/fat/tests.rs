@@ -5,7 +5,9 @@ use std::process::Command;
 
 use super::*;
 use crate::worker::browser::disk::testing::{sbin, scratch, sorted_names};
-use crate::worker::browser::partitions::tests::{Borrowed, Image, xorshift};
+use crate::worker::browser::partitions::tests::{
+    Borrowed, Image, boot_or, browse_a_little, damage_rounds,
+};
 
 fn data(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 31 % 251) as u8).collect()
@@ -248,34 +250,15 @@ fn a_name_listed_twice_is_listed_once() {
 fn random_damage_never_panics() {
     let mut d = image(16, &["-F", "16"]).0;
     // The boot sector, the FATs, the root folder and the first clusters.
-    let hot = 0..(200usize << 10);
-    let mut next = xorshift(0x2545_f491_4f6c_dd1d);
-    for _ in 0..1000 {
-        let mut saved = Vec::new();
-        for _ in 0..1 + next() % 4 {
-            let at = if next().is_multiple_of(4) {
-                next() as usize % 512
-            } else {
-                hot.start + next() as usize % hot.len()
-            };
-            saved.push((at, d[at]));
-            d[at] = next() as u8;
-        }
-        if let Ok(fs) = Fat::load(Borrowed(&d))
-            && let Ok(list) = fs.read_dir("/")
-        {
-            for (name, meta) in list.into_iter().take(6) {
-                let path = format!("/{name}");
-                if meta.is_dir() {
-                    let _ = fs.read_dir(&path);
-                } else if let Ok(mut f) = fs.open(&path) {
-                    let mut buf = vec![0u8; 64 << 10];
-                    let _ = f.read(&mut buf);
-                }
+    damage_rounds(
+        &mut d,
+        0x2545_f491_4f6c_dd1d,
+        1000,
+        boot_or(0..200 << 10),
+        |d| {
+            if let Ok(fs) = Fat::load(Borrowed(d)) {
+                browse_a_little(&fs);
             }
-        }
-        for (at, b) in saved.into_iter().rev() {
-            d[at] = b;
-        }
-    }
+        },
+    );
 }

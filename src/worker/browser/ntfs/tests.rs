@@ -6,7 +6,9 @@ use std::process::{Child, Command};
 
 use super::*;
 use crate::worker::browser::disk::testing::{sbin, scratch, sorted_names};
-use crate::worker::browser::partitions::tests::{Borrowed, Image, xorshift};
+use crate::worker::browser::partitions::tests::{
+    Borrowed, Image, boot_or, browse_a_little, damage_rounds,
+};
 
 fn data(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 31 % 251) as u8).collect()
@@ -346,6 +348,21 @@ pub(in crate::worker::browser) fn patch_record(
     raw.copy_from_slice(&rec);
 }
 
+/// Points the entry for `name` in the resident index of folder record
+/// `folder` at `reference` (record number and sequence).
+fn set_reference(fs: &Ntfs<Image>, d: &mut [u8], folder: u64, name: &str, reference: u64) {
+    patch_record(fs, d, folder, |rec| {
+        let name: Vec<u8> = name.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
+        let found = rec
+            .windows(name.len())
+            .position(|w| w == name.as_slice())
+            .expect("the name's index entry");
+        // The name is 66 bytes into the key, the key 16 into the entry.
+        let entry = found - 66 - 16;
+        rec[entry..entry + 8].copy_from_slice(&reference.to_le_bytes());
+    });
+}
+
 #[test]
 fn a_folder_inside_itself_is_searched_within_bounds() {
     let mut d = image(48, 4096).0;
@@ -354,19 +371,8 @@ fn a_folder_inside_itself_is_searched_within_bounds() {
     let (users, _) = fs.lookup("/Users").unwrap();
     let users_seq = fs.base_record(users).unwrap().sequence;
     // Desktop's entry for small.txt now names /Users.
-    patch_record(&fs, &mut d, desktop, |rec| {
-        let name: Vec<u8> = "small.txt"
-            .encode_utf16()
-            .flat_map(|u| u.to_le_bytes())
-            .collect();
-        let found = rec
-            .windows(name.len())
-            .position(|w| w == name.as_slice())
-            .expect("small.txt's index entry");
-        let entry = found - 66 - 16;
-        let reference = users | (u64::from(users_seq) << 48);
-        rec[entry..entry + 8].copy_from_slice(&reference.to_le_bytes());
-    });
+    let reference = users | (u64::from(users_seq) << 48);
+    set_reference(&fs, &mut d, desktop, "small.txt", reference);
     let fs = Ntfs::load(Image(d)).expect("NTFS");
     assert!(
         fs.metadata("/Users/Administrator/Desktop/small.txt/Administrator/Desktop/small.txt")
@@ -470,37 +476,13 @@ fn random_damage_never_panics() {
     // above) and the index blocks and files right after them.
     let start = record_at(&fs, 0);
     let hot = start..start + (256 << 10);
-    let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
-    for _ in 0..1000 {
-        let mut saved = Vec::new();
-        for _ in 0..1 + next() % 4 {
-            let at = if next().is_multiple_of(4) {
-                next() as usize % 512
-            } else {
-                hot.start + next() as usize % hot.len()
-            };
-            saved.push((at, d[at]));
-            d[at] = next() as u8;
-        }
-        if let Ok(fs) = Ntfs::load(Borrowed(&d))
-            && let Ok(list) = fs.read_dir("/")
-        {
-            for (name, meta) in list.into_iter().take(6) {
-                let path = format!("/{name}");
-                if meta.is_dir() {
-                    let _ = fs.read_dir(&path);
-                } else if let Ok(mut f) = fs.open(&path) {
-                    let mut buf = vec![0u8; 64 << 10];
-                    let _ = f.read(&mut buf);
-                }
-            }
+    damage_rounds(&mut d, 0x9e37_79b9_7f4a_7c15, 1000, boot_or(hot), |d| {
+        if let Ok(fs) = Ntfs::load(Borrowed(d)) {
+            browse_a_little(&fs);
             let _ = fs.read_dir("/Users/Administrator/Desktop");
             let _ = fs.read_file("/Users/Administrator/Desktop/small.txt", 100);
         }
-        for (at, b) in saved.into_iter().rev() {
-            d[at] = b;
-        }
-    }
+    });
 }
 
 #[test]
@@ -508,18 +490,7 @@ fn an_entry_naming_a_record_past_the_mft_is_listed_with_why() {
     let mut d = image(48, 4096).0;
     let fs = Ntfs::load(Image(d.clone())).expect("NTFS");
     let desktop = fs.record_of("/Users/Administrator/Desktop");
-    patch_record(&fs, &mut d, desktop, |rec| {
-        let name: Vec<u8> = "small.txt"
-            .encode_utf16()
-            .flat_map(|u| u.to_le_bytes())
-            .collect();
-        let found = rec
-            .windows(name.len())
-            .position(|w| w == name.as_slice())
-            .expect("small.txt's index entry");
-        let entry = found - 66 - 16;
-        rec[entry..entry + 8].copy_from_slice(&((1u64 << 48) | (1 << 30)).to_le_bytes());
-    });
+    set_reference(&fs, &mut d, desktop, "small.txt", (1u64 << 48) | (1 << 30));
     let fs = Ntfs::load(Image(d)).expect("NTFS");
     let list = fs.read_dir("/Users/Administrator/Desktop").unwrap();
     let (_, small) = list.iter().find(|(n, _)| n == "small.txt").expect("listed");

@@ -3,6 +3,7 @@
 //! then damaged and made hostile.
 
 use super::*;
+use crate::worker::browser::filesystem::Filesystem;
 
 /// A volume in memory.
 #[derive(Clone)]
@@ -25,6 +26,63 @@ pub(in crate::worker::browser) fn xorshift(seed: u64) -> impl FnMut() -> u64 {
         state ^= state >> 7;
         state ^= state << 17;
         state
+    }
+}
+
+/// `rounds` rounds of seeded damage to `d`: each changes 1 to 4 bytes, at
+/// the offset and to the value `damage` draws with the generator, lets
+/// `look` read the damaged volume, and puts the bytes back.
+pub(in crate::worker::browser) fn damage_rounds(
+    d: &mut [u8],
+    seed: u64,
+    rounds: usize,
+    mut damage: impl FnMut(&mut dyn FnMut() -> u64) -> (usize, u8),
+    mut look: impl FnMut(&[u8]),
+) {
+    let mut next = xorshift(seed);
+    for _ in 0..rounds {
+        let mut saved = Vec::new();
+        for _ in 0..1 + next() % 4 {
+            let (at, value) = damage(&mut next);
+            saved.push((at, d[at]));
+            d[at] = value;
+        }
+        look(d);
+        for (at, b) in saved.into_iter().rev() {
+            d[at] = b;
+        }
+    }
+}
+
+/// Damage to the first 512 bytes a quarter of the time, else within
+/// `hot`, to any value.
+pub(in crate::worker::browser) fn boot_or(
+    hot: std::ops::Range<usize>,
+) -> impl FnMut(&mut dyn FnMut() -> u64) -> (usize, u8) {
+    move |next| {
+        let at = if next().is_multiple_of(4) {
+            next() as usize % 512
+        } else {
+            hot.start + next() as usize % hot.len()
+        };
+        (at, next() as u8)
+    }
+}
+
+/// What a person does first with a volume: its root folder, and the first
+/// six entries in it opened or read a little; errors are fine, panics not.
+pub(in crate::worker::browser) fn browse_a_little(fs: &dyn Filesystem) {
+    let Ok(list) = fs.read_dir("/") else {
+        return;
+    };
+    for (name, meta) in list.into_iter().take(6) {
+        let path = format!("/{name}");
+        if meta.is_dir() {
+            let _ = fs.read_dir(&path);
+        } else if let Ok(mut f) = fs.open(&path) {
+            let mut buf = vec![0u8; 64 << 10];
+            let _ = std::io::Read::read(&mut f, &mut buf);
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use super::*;
 use crate::worker::browser::disk::testing::{sbin, scratch, sorted_names};
-use crate::worker::browser::partitions::tests::{Borrowed, Image, xorshift};
+use crate::worker::browser::partitions::tests::{Borrowed, Image, damage_rounds, xorshift};
 
 /// A proto file's line for a regular file: mode as mkfs.xfs spells it
 /// (type, set-user-ID, set-group-ID, permissions in octal).
@@ -264,26 +264,21 @@ fn random_damage_where_the_reader_looks_never_panics() {
     let mut d = mounted().0;
     let targets = metadata_blocks(&d);
     assert!(targets.len() > 10, "the fixture has metadata to damage");
-    let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
-    for _ in 0..1000 {
-        let mut saved = Vec::new();
-        for _ in 0..1 + next() % 4 {
-            let at = targets[next() as usize % targets.len()] + next() as usize % 512;
-            saved.push((at, d[at]));
-            d[at] = match next() % 3 {
-                0 => 0xff,
-                1 => 0,
-                _ => next() as u8,
-            };
-        }
-        if let Ok(fs) = Xfs::load(Borrowed(&d)) {
+    let damage = |next: &mut dyn FnMut() -> u64| {
+        let at = targets[next() as usize % targets.len()] + next() as usize % 512;
+        let value = match next() % 3 {
+            0 => 0xff,
+            1 => 0,
+            _ => next() as u8,
+        };
+        (at, value)
+    };
+    damage_rounds(&mut d, 0x9e37_79b9_7f4a_7c15, 1000, damage, |d| {
+        if let Ok(fs) = Xfs::load(Borrowed(d)) {
             let mut budget = 30;
             walk(&fs, "/", &mut budget);
         }
-        for (at, b) in saved.into_iter().rev() {
-            d[at] = b;
-        }
-    }
+    });
 }
 
 #[test]
@@ -387,26 +382,17 @@ fn random_damage_to_the_log_never_panics() {
     let mut d = dirty().0;
     let fs = Xfs::load(Borrowed(&d)).expect("the fixture");
     let log = fs.sb.block_at(fs.sb.log_start, fs.sb.log_blocks).unwrap() as usize;
-    let mut next = xorshift(0x51_7cc1_b727_220a);
     let mut told = [0usize; 3];
-    for _ in 0..1000 {
-        let mut saved = Vec::new();
-        for _ in 0..1 + next() % 4 {
-            // The records sit in the log's first 8 KiB.
-            let at = log + next() as usize % 8192;
-            saved.push((at, d[at]));
-            d[at] = next() as u8;
-        }
-        if let Ok(fs) = Xfs::load(Borrowed(&d)) {
+    // The records sit in the log's first 8 KiB.
+    let damage = |next: &mut dyn FnMut() -> u64| (log + next() as usize % 8192, next() as u8);
+    damage_rounds(&mut d, 0x51_7cc1_b727_220a, 1000, damage, |d| {
+        if let Ok(fs) = Xfs::load(Borrowed(d)) {
             told[match fs.log_pending() {
                 Ok(true) => 0,
                 Ok(false) => 1,
                 Err(_) => 2,
             }] += 1;
         }
-        for (at, b) in saved.into_iter().rev() {
-            d[at] = b;
-        }
-    }
+    });
     assert!(told[0] > 0, "{told:?}");
 }
