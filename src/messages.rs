@@ -110,6 +110,77 @@ pub struct FileLevelTask {
     /// Where "Restore selected" copies files, if the job allows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_to: Option<crate::mover::manifest::RepositoryLocation>,
+    /// Restoring selected files onto the source instance, when the job
+    /// asks for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_location: Option<OriginalLocationTask>,
+}
+
+/// What a session needs to restore files onto the source instance: the
+/// worker stages them under `staging`; the controller sends the command.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OriginalLocationTask {
+    pub instance_id: String,
+    /// `<repository prefix>_staging/<namespace>/<job UID>/`: each request
+    /// is a folder under it, named by its ID. `None` when unavailable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staging: Option<crate::mover::manifest::RepositoryLocation>,
+    /// Why the session cannot restore there (shown in its pages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+    /// Appended to a restored file's name when the name is taken and not
+    /// overwritten (`.restored-<backup job>`).
+    pub suffix: String,
+}
+
+/// A request, staged by the worker, to restore files onto the source
+/// instance (a session reports its last one with every report).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OriginalRequest {
+    /// 16 lower-case hex digits, chosen by the worker: the folder under the
+    /// task's staging location.
+    pub request: String,
+    /// SHA-256 (hex) of the request's `manifest.json`.
+    pub manifest_sha256: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub overwrite: bool,
+}
+
+/// `manifest.json` of a staged request: what to restore, onto which
+/// filesystem; file `index` is staged as `files/<index>`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StagedManifest {
+    pub request: String,
+    /// The filesystem's UUID as `blkid` prints it.
+    pub filesystem_uuid: String,
+    pub overwrite: bool,
+    pub entries: Vec<StagedEntry>,
+}
+
+/// A folder (no `file`) or file of a staged request.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StagedEntry {
+    /// Relative to the filesystem's root, `/`-separated.
+    pub path: String,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<StagedFile>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StagedFile {
+    pub index: usize,
+    pub size: u64,
+    pub sha256: String,
 }
 
 /// Where a file-level recovery session is, and how to trust it.
@@ -119,6 +190,9 @@ pub struct SessionInfo {
     pub url: String,
     pub certificate_sha256: String,
     pub public_key_sha256: String,
+    /// The last request to restore files onto the source instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_location: Option<OriginalRequest>,
 }
 
 /// A backup task for unit tests.
@@ -396,6 +470,11 @@ impl WorkerMessage {
                     fields.push(("session.url", s.url.len(), URL_BYTES));
                     let pins = [&s.certificate_sha256, &s.public_key_sha256];
                     fields.extend(pins.map(|p| ("session pin", p.len(), ID_BYTES)));
+                    if let Some(o) = &s.original_location {
+                        fields.push(("session.originalLocation.request", o.request.len(), 16));
+                        let digest = o.manifest_sha256.len();
+                        fields.push(("session.originalLocation.manifestSha256", digest, 64));
+                    }
                 }
             }
             WorkerEvent::Completed {
@@ -556,6 +635,7 @@ mod tests {
                 idle_timeout_seconds: 60,
                 max_life_seconds: None,
                 restore_to: None,
+                original_location: None,
             }),
             ..restore
         };

@@ -457,3 +457,296 @@ async fn a_stock_windows_volume_is_browsed_by_partition() {
     })
     .await;
 }
+
+/// The first bytes' UUID of the ext4 filesystem at byte `at` of `disk`, as
+/// `blkid` prints it.
+fn ext4_uuid(disk: &[u8], at: usize) -> String {
+    let raw = hex::encode(&disk[at + 1024 + 104..at + 1024 + 120]);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &raw[..8],
+        &raw[8..12],
+        &raw[12..16],
+        &raw[16..20],
+        &raw[20..]
+    )
+}
+
+/// The keys under the test repository's staging folders.
+async fn staged_keys(env: &TestEnv) -> Vec<String> {
+    let listed = disks::s3()
+        .await
+        .list_objects_v2()
+        .bucket(env.bucket().await)
+        .send()
+        .await
+        .expect("list the repository");
+    listed
+        .contents()
+        .iter()
+        .filter_map(|o| o.key())
+        .filter(|k| k.contains("_staging/"))
+        .map(String::from)
+        .collect()
+}
+
+/// Files chosen in the browser are restored onto the running instance the
+/// backup was taken of, through Run Command (the realism layer's SSM; the
+/// test plays the instance's agent over a scratch folder standing for its
+/// root filesystem): first without overwriting (the kept file's restored
+/// copy goes beside it), then replacing it when the page is told to. The
+/// RestoreJob's status and the page say what the command did; staged
+/// files go once it finished, and the rest once the session ended.
+#[tokio::test]
+async fn files_chosen_in_the_browser_are_restored_onto_the_source_instance() {
+    if !common::realism::enabled() {
+        eprintln!("skipped: the environment runs plain moto (TENDER_REALISM=0)");
+        return;
+    }
+    use common::realism;
+    let env = TestEnv::new("original").await;
+    env.default_configuration().await;
+    let aws = tender::aws::AwsClients::from_env().await;
+    let report = disks::random_bytes(200_000, 5);
+    let conf = b"listen 8080\n".to_vec();
+    let disk = common::stock_disks::ubuntu(
+        &[
+            ("etc/app.conf", conf.clone()),
+            ("etc/hostname", b"web-1\n".to_vec()),
+            ("srv/data/report.bin", report.clone()),
+        ],
+        &[("EFI/BOOT/BOOTX64.EFI", b"MZ shim".to_vec())],
+    );
+    let uuid = ext4_uuid(&disk, 30720 * 512);
+    let snapshot = disks::write_snapshot(&aws, &disk, 1).await;
+
+    // The source instance: its root volume made from that disk, tagged by
+    // its owner to accept restores, its SSM Agent online.
+    let (subnet, _) = env.default_subnet().await;
+    let launched = common::ec2()
+        .await
+        .run_instances()
+        .image_id("ami-0123456789abcdef0")
+        .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+        .min_count(1)
+        .max_count(1)
+        .subnet_id(&subnet)
+        .block_device_mappings(
+            aws_sdk_ec2::types::BlockDeviceMapping::builder()
+                .device_name("/dev/xvda")
+                .ebs(
+                    aws_sdk_ec2::types::EbsBlockDevice::builder()
+                        .snapshot_id(&snapshot)
+                        .volume_size(1)
+                        .build(),
+                )
+                .build(),
+        )
+        .tag_specifications(
+            aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
+                .tags(
+                    aws_sdk_ec2::types::Tag::builder()
+                        .key("tender.dev/restore-to-original-location")
+                        .value("allowed")
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .expect("run the source instance");
+    let instance = launched.instances()[0]
+        .instance_id()
+        .expect("an instance ID")
+        .to_string();
+    realism::ssm_agent(&instance, "Linux", "Online").await;
+    env.back_up("nightly", &instance, TIMEOUT).await;
+
+    // The instance's root filesystem, changed since the backup.
+    let machine = std::env::temp_dir().join(common::unique("tender-instance"));
+    let root = machine.join("disk");
+    std::fs::create_dir_all(root.join("etc")).expect("the instance's /etc");
+    std::fs::write(root.join("etc/app.conf"), b"listen 9090\n").expect("a changed file");
+
+    // Its agent: runs what Run Command delivers, until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let agent = {
+        let (instance, root, uuid, stop) =
+            (instance.clone(), root.clone(), uuid.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut ran = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for delivered in realism::ssm_deliver(&instance).await {
+                    let script = delivered["parameters"]["commands"][0]
+                        .as_str()
+                        .expect("a script")
+                        .to_string();
+                    let (root, uuid) = (root.clone(), uuid.clone());
+                    let (status, code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+                        realism::run_as_agent(&script, &root, &uuid)
+                    })
+                    .await
+                    .expect("the agent's run");
+                    let id = delivered["commandId"].as_str().expect("a command ID");
+                    realism::ssm_finish(id, &instance, &status, code, &stdout, &stderr).await;
+                    ran.push(delivered);
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            ran
+        })
+    };
+
+    env.create_restore(
+        "onto",
+        "fileLevel",
+        &format!("nightly/{instance}"),
+        serde_json::json!({"restoreToOriginalLocation": true}),
+    )
+    .await;
+    let worker = session_up(&env, "onto").await;
+    let offered = worker.original_location.clone().expect("the offer");
+    assert_eq!(
+        (offered.phase, offered.instance_id.as_str()),
+        (
+            tender::api::OriginalLocationPhase::Available,
+            instance.as_str()
+        ),
+        "{offered:?}"
+    );
+    let url = worker.browser_url.clone().expect("a browser URL");
+    let pin = worker.public_key_sha256.clone().expect("a key pin");
+    let token = session_token(&env, &worker).await.1;
+    let steps = serde_json::json!([
+        {"navigate": format!("{url}?token={token}")},
+        {"navigate": format!("{url}browse/partition-1")},
+        {"check": "input[value='/partition-1/etc']"},
+        {"check": "input[value='/partition-1/srv']"},
+        {"click": "button.original"},
+        {"until": "Succeeded", "timeout": 90},
+        {"navigate": format!("{url}browse/partition-1/etc")},
+        {"check": "input[value='/partition-1/etc/app.conf']"},
+        {"check": "input[name='overwrite']"},
+        {"click": "button.original"},
+        {"until": "Succeeded", "timeout": 90},
+    ]);
+    let seen = tokio::task::spawn_blocking(move || drive(&steps, &pin))
+        .await
+        .expect("the browser's run");
+    let pages: Vec<String> = seen["pages"]
+        .as_array()
+        .expect("pages")
+        .iter()
+        .map(|p| p.as_str().expect("a page's text").to_string())
+        .collect();
+    assert!(
+        pages[1].contains("Restore selected to their original location on"),
+        "{}",
+        pages[1]
+    );
+    // Kept by default: the restored copy beside it.
+    assert!(
+        pages[3].contains("restored: 2 · kept beside: 1 · replaced: 0"),
+        "{}",
+        pages[3]
+    );
+    assert!(pages[6].contains("replaced: 1"), "{}", pages[6]);
+    let read = |p: &str| std::fs::read(root.join(p)).unwrap_or_default();
+    assert_eq!(read("etc/app.conf"), conf, "replaced in the second request");
+    assert_eq!(read("etc/app.conf.restored-nightly"), conf);
+    assert_eq!(read("etc/hostname"), b"web-1\n");
+    assert!(read("srv/data/report.bin") == report, "report.bin restored");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(root.join("etc/hostname"))
+        .expect("hostname")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o644);
+
+    // The status says what the last command did; only the answers stay
+    // staged while the session lasts.
+    let job = env
+        .wait_restore("onto", TIMEOUT, |j| {
+            j.status.as_ref().is_some_and(|s| {
+                s.workers[0]
+                    .original_location
+                    .as_ref()
+                    .is_some_and(|o| o.phase.is_finished())
+            })
+        })
+        .await;
+    let done = job.status.as_ref().expect("a status").workers[0]
+        .original_location
+        .clone()
+        .expect("the restore");
+    assert_eq!(
+        (done.phase, done.overwrite, done.overwritten, done.failed),
+        (
+            tender::api::OriginalLocationPhase::Succeeded,
+            true,
+            Some(1),
+            Some(0)
+        ),
+        "{done:?}"
+    );
+    assert_eq!(done.filesystem_uuid.as_deref(), Some(uuid.as_str()));
+    let staged = staged_keys(&env).await;
+    assert!(
+        staged.len() == 2 && staged.iter().all(|k| k.ends_with("/answer.json")),
+        "{staged:?}"
+    );
+
+    let restores: kube::Api<RestoreJob> = env.api();
+    restores
+        .patch(
+            "onto",
+            &Default::default(),
+            &kube::api::Patch::Merge(serde_json::json!({
+                "metadata": {"annotations": {"tender.dev/finish-session": "true"}}
+            })),
+        )
+        .await
+        .expect("finish the session");
+    env.wait_restore("onto", TIMEOUT, |j| {
+        j.status.as_ref().is_some_and(|s| s.phase.is_finished())
+    })
+    .await;
+    assert_eq!(staged_keys(&env).await, Vec::<String>::new());
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let ran = agent.await.expect("the agent");
+    assert_eq!(ran.len(), 2, "{ran:?}");
+    assert!(
+        ran.iter()
+            .all(|c| c["documentName"] == "AWS-RunShellScript"),
+        "{ran:?}"
+    );
+
+    // An instance whose agent lost its connection: the session says so
+    // and nothing is staged or sent.
+    realism::ssm_agent(&instance, "Linux", "ConnectionLost").await;
+    env.create_restore(
+        "offline",
+        "fileLevel",
+        &format!("nightly/{instance}"),
+        serde_json::json!({"restoreToOriginalLocation": true}),
+    )
+    .await;
+    let worker = session_up(&env, "offline").await;
+    let refused = worker.original_location.clone().expect("the refusal");
+    assert_eq!(
+        refused.phase,
+        tender::api::OriginalLocationPhase::Unavailable,
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("ConnectionLost")),
+        "{refused:?}"
+    );
+    assert!(realism::ssm_deliver(&instance).await.is_empty());
+    assert_eq!(staged_keys(&env).await, Vec::<String>::new());
+    std::fs::remove_dir_all(&machine).expect("remove the scratch instance");
+}

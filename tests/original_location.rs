@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
@@ -203,37 +203,8 @@ async fn a_restore_command_runs_on_the_source_instance_and_restores_the_files() 
     let disk = machine.join("disk");
     std::fs::create_dir_all(disk.join("etc")).unwrap();
     std::fs::write(disk.join("etc/app.conf"), b"changed since\n").unwrap();
-    let bin = machine.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    // `findmnt` on the instance finds the filesystem by its UUID.
-    std::fs::write(
-        bin.join("findmnt"),
-        format!(
-            "#!/bin/sh\nfor a; do [ \"$a\" = UUID={UUID} ] && {{ echo '{} /'; exit 0; }}; done\nexit 1\n",
-            disk.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(bin.join("findmnt"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&machine, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::write(machine.join("script.sh"), sent).unwrap();
-    let ran = std::process::Command::new("sh")
-        .arg(machine.join("script.sh"))
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                bin.display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
-        .current_dir("/")
-        .output()
-        .expect("run the command");
-    let stdout = String::from_utf8_lossy(&ran.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&ran.stderr).into_owned();
-    let code = ran.status.code().unwrap_or(-1);
-    let status = if code == 0 { "Success" } else { "Failed" };
+    let (status, code, stdout, stderr) = realism::run_as_agent(sent, &disk, UUID);
+    let status = status.as_str();
     realism::ssm_finish(&command_id, &source, status, code, &stdout, &stderr).await;
 
     let done = run.invocation(REGION, &command_id, &source).await.unwrap();

@@ -392,6 +392,7 @@ async fn a_session_announced_at_a_foreign_host_is_not_recorded() {
             url: url.into(),
             certificate_sha256: pin.into(),
             public_key_sha256: pin.into(),
+            original_location: None,
         }),
     };
     reports::send(&queue, reports::message(&job, &w, 1, WorkerEvent::Started)).await;

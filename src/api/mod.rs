@@ -29,8 +29,8 @@ pub use backup_repository::{
 };
 pub use job::{JobLimits, JobStatus, JobWorker, Phase, WorkerStatus};
 pub use restore_job::{
-    MachineImage, RestoreFilesTo, RestoreJob, RestoreJobSpec, RestoreJobStatus, RestoreMode,
-    RestoreWorkerStatus, RestoredSnapshot,
+    MachineImage, OriginalLocationPhase, OriginalLocationStatus, RestoreFilesTo, RestoreJob,
+    RestoreJobSpec, RestoreJobStatus, RestoreMode, RestoreWorkerStatus, RestoredSnapshot,
 };
 pub use restore_point::{RestorePoint, RestorePointSpec};
 pub use retention_job::{

@@ -57,6 +57,8 @@ pub const RESTORE_POINT_PATTERN: &str = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?[/.][a-
      "message": "mode full needs instanceType: the type of the restored instance"},
     {"rule": "self.mode == 'fileLevel' || !has(self.restoreFilesTo)",
      "message": "restoreFilesTo applies only to mode fileLevel"},
+    {"rule": "self.mode == 'fileLevel' || !has(self.restoreToOriginalLocation) || !self.restoreToOriginalLocation",
+     "message": "restoreToOriginalLocation applies only to mode fileLevel"},
     {"rule": "has(self.repositoryRef)",
      "message": "spec.repositoryRef is required: the BackupRepository that holds the restore point"}
 ]))]
@@ -113,6 +115,15 @@ pub struct RestoreJobSpec {
     /// namespace is admitted to. Unset: the browser offers downloads only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_files_to: Option<RestoreFilesTo>,
+    /// Whether the file-level recovery browser may restore selected files
+    /// onto the running instance the restore point was taken of, through
+    /// AWS Systems Manager Run Command (mode `fileLevel`). The instance must
+    /// run an SSM Agent and carry the tag
+    /// `tender.dev/restore-to-original-location: allowed` (its owner's
+    /// consent: the command runs as root there). Nothing is overwritten
+    /// unless the page is told to.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restore_to_original_location: bool,
     /// Minutes a file-level recovery session may stay idle before its worker
     /// is terminated (default 30).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -221,6 +232,98 @@ pub struct RestoreWorkerStatus {
     /// `fileLevel`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_secret: Option<String>,
+    /// The last restore of files onto the source instance requested in the
+    /// session (`spec.restoreToOriginalLocation`), or why none can be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_location: Option<OriginalLocationStatus>,
+}
+
+/// Where a restore of files onto the source instance is.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum OriginalLocationPhase {
+    /// The session offers it; nothing was requested yet.
+    Available,
+    /// The session cannot restore there (`message` says why).
+    Unavailable,
+    /// The worker staged the files; the command is being sent.
+    Staged,
+    /// Sent; Run Command has not started it yet.
+    Pending,
+    InProgress,
+    /// Run Command could not deliver it yet and tries again.
+    Delayed,
+    /// Every file was restored.
+    Succeeded,
+    /// Some or all files were not restored (`message`, and the counts).
+    Failed,
+    /// Not delivered or not finished in time.
+    TimedOut,
+    Cancelled,
+}
+
+impl OriginalLocationPhase {
+    /// Whether it will not change any more.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            Self::Unavailable | Self::Succeeded | Self::Failed | Self::TimedOut | Self::Cancelled
+        )
+    }
+}
+
+/// A restore of files onto the source instance, as Run Command ran it.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OriginalLocationStatus {
+    pub phase: OriginalLocationPhase,
+    /// The instance files are restored onto.
+    pub instance_id: String,
+    /// The session's request (16 hex digits); none while unavailable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// What happened, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Whether existing files are replaced (else the restored copy is
+    /// written beside, with the suffix `.restored-<backup job>`).
+    #[serde(default)]
+    pub overwrite: bool,
+    /// The filesystem's UUID, as the instance's `blkid` prints it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filesystem_uuid: Option<String>,
+    /// SHA-256 of the staged request's list, as the worker reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_sha256: Option<String>,
+    /// Files staged, and their bytes.
+    #[serde(default)]
+    pub files: i64,
+    #[serde(default)]
+    pub bytes: i64,
+    /// The Run Command command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_id: Option<String>,
+    /// What the command did, once it finished: written where nothing was,
+    /// written beside a file that was kept, replaced, already there,
+    /// not restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_beside: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overwritten: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unchanged: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// Whether the staged files (or the request's answer) are still in
+    /// the repository's `_staging/` folder; removed when the command
+    /// finished, and the answer when the session ends.
+    #[serde(default)]
+    pub staged: bool,
 }
 
 super::job::job_worker!(RestoreWorkerStatus);

@@ -180,7 +180,7 @@ operations! {
     HeadBucket => S3, Controller;
     ListObjectsV2 => S3, Both [Backup, Retention];
     DeleteObject => S3, Controller;
-    DeleteObjects => S3, Worker [Retention];
+    DeleteObjects => S3, Both [Retention];
     // KMS: the repository's integrity key authenticates manifests and
     // `latest` pointers.
     GenerateMac => Kms, Worker [Backup];

@@ -26,6 +26,10 @@ pub const LAUNCH_FAILED: &str = "LaunchFailed";
 // Restores.
 pub const VOLUME_RESTORED: &str = "VolumeRestored";
 pub const INSTANCE_RESTORED: &str = "InstanceRestored";
+pub const ORIGINAL_LOCATION_UNAVAILABLE: &str = "OriginalLocationUnavailable";
+pub const ORIGINAL_LOCATION_COMMAND_SENT: &str = "OriginalLocationCommandSent";
+pub const FILES_RESTORED_TO_ORIGINAL_LOCATION: &str = "FilesRestoredToOriginalLocation";
+pub const ORIGINAL_LOCATION_RESTORE_FAILED: &str = "OriginalLocationRestoreFailed";
 
 // Worker configurations.
 pub const QUEUE_READY: &str = "QueueReady";

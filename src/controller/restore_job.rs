@@ -22,6 +22,7 @@ use crate::api::{
 };
 use crate::aws::AwsError;
 use crate::controller::events;
+use crate::controller::original_location;
 use crate::messages::{FileLevelTask, Operation, WorkerEvent, WorkerProfile};
 use crate::mover::manifest::RepositoryLocation;
 use crate::names::tags;
@@ -127,6 +128,11 @@ impl WorkerJob for RestoreJob {
                 worker.browser_url = Some(s.url.clone());
                 worker.certificate_sha256 = Some(s.certificate_sha256.clone());
                 worker.public_key_sha256 = Some(s.public_key_sha256.clone());
+                if let Some(request) = &s.original_location
+                    && let Some(staged) = original_location::staged(worker, request)
+                {
+                    worker.original_location = Some(staged);
+                }
             }
             WorkerEvent::Completed {
                 snapshot_id,
@@ -158,7 +164,10 @@ impl WorkerJob for RestoreJob {
         match self.spec.mode {
             RestoreMode::Volume => restore_volumes(self, config, status, ctx, now).await?,
             RestoreMode::Full => restore_instances(self, config, status, ctx, now).await?,
-            RestoreMode::FileLevel => end_finished_session(self, status, now),
+            RestoreMode::FileLevel => {
+                end_finished_session(self, status, now);
+                original_location::advance(self, &mut status.workers, ctx, now).await?;
+            }
         }
         Ok(())
     }
@@ -167,6 +176,17 @@ impl WorkerJob for RestoreJob {
     /// its volume or instance exists (EBS may still be sealing the
     /// snapshots, or the AMI still be pending).
     fn settling(&self, status: &RestoreJobStatus) -> Option<Settling> {
+        if let Some(o) = status
+            .workers
+            .iter()
+            .filter(|w| original_location::in_flight(w))
+            .find_map(|w| w.original_location.as_ref())
+        {
+            return Some(Settling {
+                note: format!("restoring files onto {}: {:?}", o.instance_id, o.phase),
+                recheck: original_location::RECHECK,
+            });
+        }
         let now = Timestamp::now();
         let waiting: Vec<&RestoreWorkerStatus> = status
             .workers
@@ -192,13 +212,14 @@ impl WorkerJob for RestoreJob {
     async fn task_details(
         &self,
         worker: &mut RestoreWorkerStatus,
-        _config: &WorkerConfiguration,
+        config: &WorkerConfiguration,
         ctx: &Context,
     ) -> Result<TaskDetails> {
         let file_level = match self.spec.mode {
             RestoreMode::FileLevel => {
-                let (secret, task) = ensure_session(self, ctx).await?;
+                let (secret, mut task) = ensure_session(self, ctx).await?;
                 worker.session_secret = Some(secret);
+                task.original_location = original_location::task(self, config, worker, ctx).await?;
                 Some(task)
             }
             _ => None,
@@ -601,6 +622,7 @@ async fn ensure_session(job: &RestoreJob, ctx: &Context) -> Result<(String, File
                 .active_deadline_seconds
                 .and_then(|s| u64::try_from(s).ok()),
             restore_to: restored_files_location(job, ctx)?,
+            original_location: None,
         },
     ))
 }

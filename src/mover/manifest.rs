@@ -110,6 +110,24 @@ impl RepositoryLocation {
         .owned_by(repository)
     }
 
+    /// Where a file-level session stages files for a restore onto the
+    /// source instance: `<prefix>_staging/<namespace>/<job UID>/`, apart
+    /// from every namespace's restore points (which garbage collection and
+    /// retention list) as `_restored/` is.
+    pub fn staging(
+        repository: &crate::api::BackupRepositorySpec,
+        namespace: &str,
+        job_uid: &str,
+    ) -> Self {
+        let base = repository.prefix.trim_end_matches('/');
+        Self::new(
+            &repository.bucket,
+            &format!("{base}/_staging/{namespace}/{job_uid}/"),
+            &repository.region,
+        )
+        .owned_by(repository)
+    }
+
     pub fn owned_by(mut self, repository: &crate::api::BackupRepositorySpec) -> Self {
         self.expected_owner = Some(repository.expected_bucket_owner.clone());
         self.kms_key_id = repository.encryption.kms_key().map(String::from);

@@ -1,7 +1,10 @@
 //! A `fileLevel` restore: the recovery browser over one volume of a
 //! restore point, served until the session has been idle for its timeout.
 
+use std::sync::Mutex;
 use std::time::Duration;
+
+use tokio::sync::mpsc;
 
 use tracing::warn;
 
@@ -61,10 +64,44 @@ pub(super) async fn serve(
         idle_timeout: idle,
         max_life,
         restore_to: session.restore_to.clone(),
+        original_location: None,
     };
-    let ended = browser::serve(disk, config, |s| report_session(reporter, id, s))
-        .await
-        .map_err(|e| failure(FailureReason::SessionFailed, e))?;
+    let (requests, mut requested) = mpsc::unbounded_channel();
+    let config = browser::SessionConfig {
+        original_location: session.original_location.clone().map(|t| (t, requests)),
+        ..config
+    };
+    let up: Mutex<Option<SessionInfo>> = Mutex::new(None);
+    let served = browser::serve(disk, config, |s| {
+        let info = SessionInfo {
+            url: s.url,
+            certificate_sha256: s.certificate_sha256,
+            public_key_sha256: s.public_key_sha256,
+            original_location: None,
+        };
+        *up.lock().unwrap_or_else(|p| p.into_inner()) = Some(info.clone());
+        report_session(reporter, id, info)
+    });
+    // Each staged request is reported with the session (its last request
+    // rides on every later report), while the session serves.
+    let forward = async {
+        while let Some(request) = requested.recv().await {
+            let known = up.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Some(info) = known {
+                let info = SessionInfo {
+                    original_location: Some(request),
+                    ..info
+                };
+                report_session(reporter, id, info).await;
+            }
+        }
+    };
+    tokio::pin!(served, forward);
+    let ended = tokio::select! {
+        ended = &mut served => ended,
+        () = &mut forward => served.await,
+    }
+    .map_err(|e| failure(FailureReason::SessionFailed, e))?;
     let why = match ended.by {
         browser::EndedBy::Idle => format!("after {} s idle", idle.as_secs()),
         browser::EndedBy::MaxLife => format!("at its maximum life of {} s", max_life.as_secs()),
@@ -106,17 +143,21 @@ fn volume_to_browse<'a>(
     })
 }
 
-/// Tells the controller where the session is and how to trust it.
-async fn report_session(reporter: &Reporter, id: &str, s: browser::Session) {
+/// Tells the controller where the session is and how to trust it, and
+/// its last request to restore files onto the source instance.
+async fn report_session(reporter: &Reporter, id: &str, s: SessionInfo) {
+    let detail = match &s.original_location {
+        Some(o) => format!(
+            "file-level recovery session of {id} at {}: {} file(s) staged for the original location (request {})",
+            s.url, o.files, o.request
+        ),
+        None => format!("file-level recovery session of {id} is up at {}", s.url),
+    };
     let event = WorkerEvent::Progress {
         percent: 100,
-        detail: format!("file-level recovery session of {id} is up at {}", s.url),
+        detail,
         bytes: None,
-        session: Some(SessionInfo {
-            url: s.url,
-            certificate_sha256: s.certificate_sha256,
-            public_key_sha256: s.public_key_sha256,
-        }),
+        session: Some(s),
     };
     if let Err(e) = reporter.send(event).await {
         warn!(error = %e, "could not report the session");

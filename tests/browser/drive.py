@@ -7,9 +7,12 @@ object with what each step saw.
 usage: drive.py STEPS_JSON CHROMIUM SPKI_PIN DOWNLOAD_DIR PROFILE_DIR
 
 Steps: {"navigate": url} | {"click": css} | {"check": css} | {"download": css}
+| {"until": text, "timeout": seconds}
 After navigate and click (which must load a page), the page's text is
 recorded; after download, the downloaded file's path. check ticks a
-checkbox.
+checkbox. until waits for the page (which may reload itself) to show
+text, then records the page's text; past the timeout it fails with what
+the page showed.
 """
 import json
 import os
@@ -114,6 +117,20 @@ try:
         elif "check" in step:
             call("Runtime.evaluate",
                  {"expression": f"document.querySelector({json.dumps(step['check'])}).checked = true"}, session)
+        elif "until" in step:
+            deadline = time.time() + step.get("timeout", 60)
+            seen = ""
+            while True:
+                try:
+                    seen = page_text(session)
+                except RuntimeError:  # the page is reloading
+                    seen = seen
+                if step["until"] in seen:
+                    out["pages"].append(seen)
+                    break
+                if time.time() > deadline:
+                    raise TimeoutError(f"the page never showed {step['until']!r}: {seen!r}")
+                time.sleep(0.5)
         elif "download" in step:
             call("Runtime.evaluate",
                  {"expression": f"document.querySelector({json.dumps(step['download'])}).click()"}, session)

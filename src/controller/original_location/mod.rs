@@ -11,8 +11,11 @@
 //! the plan is fetched by URL and checked against its SHA-256, so the
 //! command stays small whatever is restored.
 
+mod flow;
 #[cfg(test)]
 mod tests;
+
+pub use flow::{ACCEPTS_TAG, RECHECK, advance, in_flight, staged, task};
 
 use base64::Engine;
 

@@ -236,7 +236,7 @@ mod tests {
 
     #[test]
     fn a_failed_archive_is_not_finished() {
-        use super::super::selection::{Entry, FileInfo};
+        use super::super::selection::{Entry, FileInfo, Owner};
         let fs = image(&[("a/b.txt", b"b", 0o644)]).open().unwrap();
         let gone = Selection {
             entries: vec![
@@ -244,6 +244,7 @@ mod tests {
                     path: "/a".into(),
                     name: "a".into(),
                     file: None,
+                    owner: Owner::default(),
                 },
                 Entry {
                     path: "/a/gone.txt".into(),
@@ -252,6 +253,7 @@ mod tests {
                         size: 1,
                         mode: 0o644,
                     }),
+                    owner: Owner::default(),
                 },
             ],
             bytes: 1,

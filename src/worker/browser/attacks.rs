@@ -57,6 +57,7 @@ async fn start() -> Server {
         idle_timeout: Duration::from_secs(600),
         max_life: MAX_SESSION_LIFE,
         restore_to: None,
+        original_location: None,
     };
     let (up_tx, up_rx) = tokio::sync::oneshot::channel();
     let served: Arc<dyn Volume> = volume.clone();
@@ -64,7 +65,9 @@ async fn start() -> Server {
         let ready = |session| async move {
             let _ = up_tx.send(session);
         };
-        serve_volume(served, None, config, ready).await.unwrap();
+        serve_volume(served, (None, None), config, ready)
+            .await
+            .unwrap();
     });
     let session = up_rx.await.unwrap();
     let port = session

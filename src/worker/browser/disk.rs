@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::filesystem::{Filesystem, Meta};
 use super::partitions::ReadAt;
-use super::volume::{Survey, open_volume, survey};
+use super::volume::{Found, Survey, filesystem_of, open_volume, survey};
 use crate::aws::AwsClients;
 use crate::aws::ebs::BLOCK_SIZE;
 use crate::aws::repository::Chunk;
@@ -32,6 +32,13 @@ pub(super) trait Volume: Send + Sync + 'static {
     /// Opens what the session browses: the volume's filesystem, or its
     /// partitions. Blocking: every read may wait on S3.
     fn open(&self) -> Result<Box<dyn Filesystem>, String>;
+
+    /// The filesystem `path` is in: where its root is shown, its type
+    /// and UUID. Blocking, as [`Volume::open`].
+    fn filesystem_of(&self, path: &str) -> Result<(String, Found), String> {
+        let _ = path;
+        Err("this volume does not tell its filesystems apart".into())
+    }
 }
 
 /// The restore point's volume as a byte device: blocks come from the
@@ -188,6 +195,16 @@ impl Volume for RepositoryDisk {
             }
         };
         open_volume(self, &survey)
+    }
+
+    fn filesystem_of(&self, path: &str) -> Result<(String, Found), String> {
+        self.open()?;
+        let survey = self
+            .inner
+            .survey
+            .get()
+            .ok_or("the volume's partitions could not be read")?;
+        filesystem_of(survey, path).map(|(root, found)| (root, found.clone()))
     }
 }
 

@@ -39,6 +39,7 @@ mod guard;
 #[cfg(test)]
 mod hostile;
 mod ntfs;
+mod original;
 mod pages;
 pub mod partitions;
 mod restore;
@@ -66,7 +67,13 @@ pub async fn render_folder<D: ReadAt + Clone + Send + Sync + 'static>(
         let list = disk::entries(fs.as_ref(), &disk::normalize(&path))?;
         Ok::<_, String>((
             list.len(),
-            pages::browse(&path, &list, 1, None, fs.notice(&path)),
+            pages::browse(
+                &path,
+                &list,
+                1,
+                &pages::Actions::default(),
+                fs.notice(&path),
+            ),
         ))
     })
     .await

@@ -99,6 +99,9 @@ struct BrowsePage<'a> {
     up: Option<String>,
     archive: String,
     restore_to: Option<&'a RepositoryLocation>,
+    original: Option<&'a OriginalOffer>,
+    /// Whether rows have a checkbox (some restore is offered).
+    selectable: bool,
     paging: Option<Paging>,
     entries: Vec<Row>,
 }
@@ -133,6 +136,25 @@ pub(super) fn page_count(len: usize) -> usize {
     len.div_ceil(PAGE_ENTRIES).max(1)
 }
 
+/// What a folder's page offers to do with the selected entries.
+#[derive(Default)]
+pub(super) struct Actions {
+    /// "Restore selected" to this S3 location.
+    pub restore_to: Option<RepositoryLocation>,
+    /// "Restore selected to their original location".
+    pub original: Option<OriginalOffer>,
+}
+
+/// Restoring onto the source instance, as a page offers it.
+#[derive(Clone, Debug)]
+pub(super) struct OriginalOffer {
+    pub instance_id: String,
+    /// Why it cannot be done, when it cannot.
+    pub unavailable: Option<String>,
+    /// What a kept file's restored copy ends in.
+    pub suffix: String,
+}
+
 /// A folder's page `page` (1 = the first): its entries, links to go up,
 /// to the other pages and to download it, and, when the job allows
 /// restores, a checkbox per entry. `page` is within [`page_count`].
@@ -140,7 +162,7 @@ pub(super) fn browse(
     dir: &str,
     list: &[(String, Meta)],
     page: usize,
-    restore_to: Option<&RepositoryLocation>,
+    actions: &Actions,
     notice: Option<String>,
 ) -> Response {
     let pages = page_count(list.len());
@@ -189,7 +211,13 @@ pub(super) fn browse(
         notice,
         up: (dir != "/").then(|| link_path(&normalize(&format!("{dir}/..")))),
         archive: link_path(dir),
-        restore_to,
+        restore_to: actions.restore_to.as_ref(),
+        original: actions.original.as_ref(),
+        selectable: actions.restore_to.is_some()
+            || actions
+                .original
+                .as_ref()
+                .is_some_and(|o| o.unavailable.is_none()),
         paging,
         entries,
     })
@@ -244,6 +272,33 @@ pub(super) fn restored(restored: &[String]) -> Response {
     })
 }
 
+/// Where a restore onto the source instance is, for its page.
+pub(super) struct OriginalView {
+    /// `Staging: 3 of 10 files staged`, `Pending`, `Succeeded`, ...
+    pub state: String,
+    pub lines: Vec<String>,
+    /// Whether it will not change any more (the page stops reloading).
+    pub finished: bool,
+}
+
+#[derive(Template)]
+#[template(path = "browser/original.html")]
+struct OriginalPage<'a> {
+    title: String,
+    request: &'a str,
+    view: OriginalView,
+}
+
+/// The page of request `request`: reloads itself every 3 s until it
+/// finished.
+pub(super) fn original(instance_id: &str, request: &str, view: OriginalView) -> Response {
+    html(&OriginalPage {
+        title: format!("Restore onto {instance_id}"),
+        request,
+        view,
+    })
+}
+
 #[cfg(test)]
 mod tests {
 
@@ -275,7 +330,11 @@ mod tests {
         .unwrap();
         let list = entries(fs.as_ref(), "/docs").unwrap();
         let target = RepositoryLocation::new("bucket", "restored/", "us-east-1");
-        let page = body(browse("/docs", &list, 1, Some(&target), None)).await;
+        let actions = Actions {
+            restore_to: Some(target),
+            original: None,
+        };
+        let page = body(browse("/docs", &list, 1, &actions, None)).await;
         for expected in [
             "<title>Restore point: /docs</title>",
             "<a class=\"up\" href=\"/browse/\">",
@@ -294,17 +353,44 @@ mod tests {
             "/",
             &entries(fs.as_ref(), "/").unwrap(),
             1,
-            None,
+            &Actions::default(),
             Some("look <out>".into()),
         ))
         .await;
         assert!(!page.contains("class=\"up\""), "{page}");
+
         assert!(
             page.contains("<p class=\"notice\">look &#60;out&#62;</p>"),
             "{page}"
         );
         assert!(!page.contains("<form method=\"post\""), "{page}");
         assert!(!page.contains("checkbox"), "{page}");
+        // Restoring onto the source instance: a button and the choice to
+        // replace files, or why it cannot be done (and no checkboxes).
+        let offer = |unavailable: Option<&str>| Actions {
+            restore_to: None,
+            original: Some(OriginalOffer {
+                instance_id: "i-0abc".into(),
+                unavailable: unavailable.map(String::from),
+                suffix: ".restored-nightly".into(),
+            }),
+        };
+        let offered = body(browse("/docs", &list, 1, &offer(None), None)).await;
+        for expected in [
+            "<button type=\"submit\" class=\"original\" formaction=\"/original\">Restore selected to their original location on i-0abc</button>",
+            "<input type=\"checkbox\" name=\"overwrite\" value=\"on\">",
+            "ending in .restored-nightly",
+            "<input type=\"checkbox\" name=\"path\" value=\"/docs/notes\">",
+        ] {
+            assert!(offered.contains(expected), "{expected} not in {offered}");
+        }
+        assert!(!offered.contains("s3://"), "{offered}");
+        let offered = body(browse("/docs", &list, 1, &offer(Some("no <agent>")), None)).await;
+        assert!(
+            offered.contains("Files cannot be restored onto i-0abc: no &#60;agent&#62;"),
+            "{offered}"
+        );
+        assert!(!offered.contains("type=\"checkbox\""), "{offered}");
     }
 
     #[tokio::test]

@@ -8,6 +8,8 @@
 //! | `GET /file/<file>` | the file, as an attachment |
 //! | `GET /archive/<folder>` | the folder as a `.tar` attachment |
 //! | `POST /restore` (form fields `path`) | copies them to the job's S3 location |
+//! | `POST /original` (fields `path`, `overwrite`) | stages them for the source instance; 303 to its page |
+//! | `GET /original/<id>` | where that restore is |
 //! | `GET /style.css` | the pages' stylesheet |
 //!
 //! Every request first passes [`guard`]: the session token, before any
@@ -28,6 +30,7 @@ use axum::routing::{get, post};
 use super::disk::{self, Volume, file_name, normalize};
 use super::filesystem::Filesystem;
 use super::guard::{MAX_BODY, guard};
+use super::original::{self, OriginalTarget};
 use super::pages::{self, Problem};
 use super::restore::restore;
 use super::selection::{self, Refusal, select};
@@ -42,6 +45,8 @@ pub(super) struct Browser {
     pub volume: Arc<dyn Volume>,
     /// Where "Restore selected" copies files; `None`: downloads only.
     pub restore_to: Option<Arc<RestoreTarget>>,
+    /// Restores onto the source instance, when the job allows them.
+    pub original: Option<Arc<OriginalTarget>>,
     pub token: Arc<SessionToken>,
     pub activity: Activity,
 }
@@ -67,6 +72,8 @@ pub(super) fn router(browser: Browser) -> Router {
         .route("/archive/{*path}", get(archive))
         .route("/search", get(search))
         .route("/restore", post(restore))
+        .route("/original", post(original::request))
+        .route("/original/{id}", get(original::follow))
         .route("/style.css", get(pages::stylesheet))
         .fallback(|| async { pages::text(StatusCode::NOT_FOUND, "no such page") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -140,7 +147,10 @@ async fn browse(
 }
 
 async fn browse_folder(browser: Browser, dir: String, page: usize) -> Answer {
-    let restore_to = browser.restore_to.as_ref().map(|t| t.location.clone());
+    let actions = pages::Actions {
+        restore_to: browser.restore_to.as_ref().map(|t| t.location.clone()),
+        original: browser.original.as_ref().map(|o| o.offer()),
+    };
     on_fs(&browser.volume, move |fs| {
         let list = disk::entries(fs, &dir).map_err(|e| not_found(&dir, e))?;
         let pages = pages::page_count(list.len());
@@ -153,13 +163,7 @@ async fn browse_folder(browser: Browser, dir: String, page: usize) -> Answer {
                 ),
             ));
         }
-        Ok(pages::browse(
-            &dir,
-            &list,
-            page,
-            restore_to.as_ref(),
-            fs.notice(&dir),
-        ))
+        Ok(pages::browse(&dir, &list, page, &actions, fs.notice(&dir)))
     })
     .await
 }
@@ -286,6 +290,7 @@ pub(super) mod tests {
         router(Browser {
             volume,
             restore_to: None,
+            original: None,
             token: Arc::new(SessionToken::from_sha256_hex(&hex::encode(Sha256::digest(
                 TOKEN,
             )))),

@@ -44,6 +44,29 @@ pub(super) struct Entry {
     pub name: String,
     /// `None` for a folder.
     pub file: Option<FileInfo>,
+    /// Who owns it, its permission bits and its time, as the filesystem has
+    /// them (what a restore onto the source instance gives it back).
+    pub owner: Owner,
+}
+
+/// An entry's owner, permission bits and last change.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+    pub mtime: i64,
+}
+
+impl Owner {
+    pub(super) fn of(meta: &Meta) -> Self {
+        Self {
+            uid: meta.uid,
+            gid: meta.gid,
+            mode: meta.mode,
+            mtime: meta.mtime,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -98,7 +121,7 @@ pub(super) fn select(
                         limits.depth
                     )));
                 }
-                out.add(path.clone(), name.clone(), None, limits)?;
+                out.add(path.clone(), name.clone(), None, Owner::of(&meta), limits)?;
                 for (child, child_meta) in list.into_iter().rev() {
                     let child_name = format!("{name}/{child}");
                     todo.push((join(&path, &child), child_name, child_meta, depth + 1));
@@ -112,7 +135,7 @@ pub(super) fn select(
                         size(limits.file_bytes)
                     )));
                 }
-                out.add(path, name, Some(file), limits)?;
+                out.add(path, name, Some(file), Owner::of(&meta), limits)?;
             }
         }
     }
@@ -125,6 +148,7 @@ impl Selection {
         path: String,
         name: String,
         file: Option<FileInfo>,
+        owner: Owner,
         limits: &Limits,
     ) -> Result<(), Refusal> {
         if self.entries.len() >= limits.entries {
@@ -140,7 +164,12 @@ impl Selection {
                 size(limits.bytes)
             )));
         }
-        self.entries.push(Entry { path, name, file });
+        self.entries.push(Entry {
+            path,
+            name,
+            file,
+            owner,
+        });
         Ok(())
     }
 }

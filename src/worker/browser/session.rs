@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 use super::certificate::SessionCertificate;
 use super::connections::{Admission, Connections, Slot};
 use super::disk::{RepositoryDisk, Volume};
+use super::original::OriginalTarget;
 use super::routes::{self, Browser, RestoreTarget};
 use crate::mover::manifest::RepositoryLocation;
 
@@ -55,6 +56,12 @@ pub struct SessionConfig {
     pub max_life: Duration,
     /// Where "Restore selected" copies files; `None`: downloads only.
     pub restore_to: Option<RepositoryLocation>,
+    /// Restores onto the source instance, and where staged requests are
+    /// reported; `None`: the job does not ask for them.
+    pub original_location: Option<(
+        crate::messages::OriginalLocationTask,
+        tokio::sync::mpsc::UnboundedSender<crate::messages::OriginalRequest>,
+    )>,
 }
 
 /// The session token, known only by its SHA-256.
@@ -145,13 +152,26 @@ where
         aws: disk.aws().clone(),
         location,
     });
-    serve_volume(Arc::new(disk), restore_to.map(Arc::new), config, ready).await
+    let original = config
+        .original_location
+        .clone()
+        .map(|(task, report)| Arc::new(OriginalTarget::new(disk.aws().clone(), task, report)));
+    serve_volume(
+        Arc::new(disk),
+        (restore_to.map(Arc::new), original),
+        config,
+        ready,
+    )
+    .await
 }
+
+/// What a session may restore to: an S3 location, the source instance.
+pub(super) type Targets = (Option<Arc<RestoreTarget>>, Option<Arc<OriginalTarget>>);
 
 /// [`serve`] over any volume (tests serve an image in memory).
 pub(super) async fn serve_volume<F, Fut>(
     volume: Arc<dyn Volume>,
-    restore_to: Option<Arc<RestoreTarget>>,
+    (restore_to, original): Targets,
     config: SessionConfig,
     ready: F,
 ) -> Result<Ended, String>
@@ -184,6 +204,7 @@ where
     let app = routes::router(Browser {
         volume,
         restore_to,
+        original,
         token: Arc::new(SessionToken::from_sha256_hex(&config.token_sha256)),
         activity: activity.clone(),
     });

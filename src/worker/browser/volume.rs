@@ -259,6 +259,29 @@ fn open_partition<D: ReadAt + Clone + 'static>(
     })
 }
 
+/// The filesystem `path` (as the session shows it) is in: the folder its
+/// root is shown at (`/`, or `/partition-<N>` on a partitioned volume) and
+/// what the survey found there.
+pub(super) fn filesystem_of<'a>(
+    survey: &'a Survey,
+    path: &str,
+) -> Result<(String, &'a Found), String> {
+    if survey.scheme == Scheme::Whole {
+        let found = survey
+            .parts
+            .first()
+            .ok_or("the volume holds no filesystem")?;
+        return Ok(("/".into(), found));
+    }
+    let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    let found = first
+        .strip_prefix("partition-")
+        .and_then(|n| n.parse::<u32>().ok())
+        .and_then(|n| survey.parts.iter().find(|f| f.partition.number == n))
+        .ok_or_else(|| format!("{path} is in no partition: select files inside one"))?;
+    Ok((format!("/{first}"), found))
+}
+
 /// What a session browses on `disk`: its filesystem, or its partitions.
 /// An error when nothing on it can be read, naming what each partition
 /// holds.

@@ -234,6 +234,7 @@ fn session(url: &str) -> WorkerEvent {
             url: url.into(),
             certificate_sha256: "AB:CD".into(),
             public_key_sha256: "pin".into(),
+            original_location: None,
         }),
     }
 }
