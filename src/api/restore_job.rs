@@ -294,29 +294,34 @@ pub struct OriginalLocationStatus {
     /// SHA-256 of the staged request's list, as the worker reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest_sha256: Option<String>,
-    /// Files staged, and their bytes.
+    /// Files staged.
     #[serde(default)]
     pub files: i64,
+    /// Bytes of the files staged.
     #[serde(default)]
     pub bytes: i64,
     /// The Run Command command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command_id: Option<String>,
-    /// What the command did, once it finished: written where nothing was,
-    /// written beside a file that was kept, replaced, already there,
-    /// not restored.
+    /// Files the command wrote where nothing was (once it finished).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored: Option<i64>,
+    /// Files the command wrote beside a file it kept, with the suffix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept_beside: Option<i64>,
+    /// Files the command replaced (when told to overwrite).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overwritten: Option<i64>,
+    /// Files already there as restored (a command run again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unchanged: Option<i64>,
+    /// Files the command could not restore (the message names some).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed: Option<i64>,
+    /// When the command was sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sent_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// When the command finished (or the request failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     /// Whether the staged files (or the request's answer) are still in

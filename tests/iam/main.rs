@@ -553,10 +553,18 @@ fn controller_reaches_only_its_probe_in_the_repository() {
         assert!(policy.may("s3:ListBucket", &bucket));
         assert!(policy.may("s3:PutObject", &probe));
         assert!(policy.may("s3:DeleteObject", &probe));
-        // Restoring to the original location: the request's staged files.
-        let staged = sample.object(&format!("{}_staging/team-a/uid/0f/files/0", base.prefix));
-        for action in ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"] {
-            assert!(policy.may(action, &staged), "{action} on {staged}");
+        // Restoring to the original location: the request's staged files,
+        // list, plan and answer.
+        for key in [
+            &keys.staged_file,
+            &keys.staged_manifest,
+            &keys.staged_plan,
+            &keys.staged_answer,
+        ] {
+            let staged = sample.object(key);
+            for action in ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"] {
+                assert!(policy.may(action, &staged), "{action} on {staged}");
+            }
         }
         for key in [&keys.chunk, &keys.manifest, &keys.latest, &keys.restored] {
             for action in ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"] {

@@ -60,16 +60,27 @@ pub struct Keys {
     pub restored: String,
     /// A garbage collection run's marker.
     pub marker: String,
+    /// A request staged for the original location: a file, its list, the
+    /// controller's plan and answer.
+    pub staged_file: String,
+    pub staged_manifest: String,
+    pub staged_plan: String,
+    pub staged_answer: String,
 }
 
 pub fn keys(sample: &Sample) -> Keys {
     let ns = RepositoryLocation::of(&sample.spec, "team-a");
     let restored = RepositoryLocation::restored_files(&sample.spec, "team-a", "restore-1", "etc");
+    let staging = RepositoryLocation::staging(&sample.spec, "team-a", "6f1c2d3e-uid");
     Keys {
         chunk: ns.chunk_key(&"ab".repeat(32)),
         manifest: ns.manifest_key("weekly/i-0123456789abcdef0"),
         latest: ns.latest_key(REGION, "i-0123456789abcdef0"),
         restored: format!("{}passwd", restored.prefix),
         marker: format!("{}20261201T000000Z-0123/marker", ns.condemned_prefix()),
+        staged_file: format!("{}0123456789abcdef/files/0", staging.prefix),
+        staged_manifest: format!("{}0123456789abcdef/manifest.json", staging.prefix),
+        staged_plan: format!("{}0123456789abcdef/plan", staging.prefix),
+        staged_answer: format!("{}0123456789abcdef/answer.json", staging.prefix),
     }
 }

@@ -314,6 +314,31 @@ fn each_operation_reaches_exactly_its_keys() {
                 policy.file,
                 k.restored
             );
+            // Only a file-level session stages files for the original
+            // location, and reads only the controller's answer there; the
+            // plan (what runs as root on the instance) is the controller's.
+            for key in [&k.staged_file, &k.staged_manifest] {
+                assert_eq!(
+                    may("s3:PutObject", key),
+                    profile == FileLevel,
+                    "{}: stage {key}",
+                    policy.file
+                );
+            }
+            assert!(!may("s3:PutObject", &k.staged_plan), "{}", policy.file);
+            assert!(!may("s3:PutObject", &k.staged_answer), "{}", policy.file);
+            // (A backup reads anything under the prefix, as it reads
+            // restore points.)
+            if profile != Backup {
+                assert_eq!(
+                    may("s3:GetObject", &k.staged_answer),
+                    profile == FileLevel,
+                    "{}: read {}",
+                    policy.file,
+                    k.staged_answer
+                );
+                assert!(!may("s3:GetObject", &k.staged_plan), "{}", policy.file);
+            }
             // Only a backup looks for the parent of its next incremental.
             assert_eq!(
                 may("s3:GetObject", &k.latest),
@@ -349,6 +374,7 @@ fn a_missing_key_is_a_404_for_every_key_a_worker_reads() {
             let reads: Vec<&String> = match profile {
                 WorkerProfile::Backup => vec![&k.chunk, &k.manifest, &k.latest],
                 WorkerProfile::Retention => vec![&k.manifest, &k.marker],
+                WorkerProfile::FileLevel => vec![&k.chunk, &k.manifest, &k.staged_answer],
                 _ => vec![&k.chunk, &k.manifest],
             };
             let listing: Vec<&Statement> = policy

@@ -670,3 +670,117 @@ async fn clear(
         }
     }
 }
+
+#[cfg(test)]
+mod flow_tests {
+    use super::*;
+
+    fn worker(phase: Phase, request: Option<&str>) -> RestoreWorkerStatus {
+        let mut w = RestoreWorkerStatus::default();
+        w.original_location = Some(OriginalLocationStatus {
+            phase,
+            request: request.map(String::from),
+            ..base_of("i-0abc")
+        });
+        w
+    }
+
+    fn base_of(instance: &str) -> OriginalLocationStatus {
+        serde_json::from_value(serde_json::json!({"phase": "Available", "instanceId": instance}))
+            .expect("a status")
+    }
+
+    fn request(id: &str, digest: &str) -> OriginalRequest {
+        OriginalRequest {
+            request: id.into(),
+            manifest_sha256: digest.into(),
+            files: 3,
+            bytes: 10,
+            overwrite: true,
+        }
+    }
+
+    #[test]
+    fn a_reported_request_is_followed_once_and_only_when_well_formed() {
+        let digest = "a".repeat(64);
+        let id = "0123456789abcdef";
+        let got = staged(&worker(Phase::Available, None), &request(id, &digest))
+            .expect("a new request is followed");
+        assert_eq!(
+            (
+                got.phase,
+                got.request.as_deref(),
+                got.files,
+                got.overwrite,
+                got.staged
+            ),
+            (Phase::Staged, Some(id), 3, true, true)
+        );
+        assert_eq!(got.instance_id, "i-0abc");
+        // The same request again (a later report): already followed.
+        assert_eq!(
+            staged(&worker(Phase::Pending, Some(id)), &request(id, &digest)),
+            None
+        );
+        // A new one after the last finished.
+        assert!(
+            staged(
+                &worker(Phase::Succeeded, Some("fedcba9876543210")),
+                &request(id, &digest)
+            )
+            .is_some()
+        );
+        // Never where the session was told restores are unavailable, nor
+        // for a worker without the offer.
+        assert_eq!(
+            staged(&worker(Phase::Unavailable, None), &request(id, &digest)),
+            None
+        );
+        assert_eq!(
+            staged(&RestoreWorkerStatus::default(), &request(id, &digest)),
+            None
+        );
+        for (bad_id, bad_digest) in [
+            ("0123456789ABCDEF", digest.as_str()),
+            ("../../x", digest.as_str()),
+            ("0123456789abcde", digest.as_str()),
+            (id, "zz"),
+        ] {
+            assert_eq!(
+                staged(
+                    &worker(Phase::Available, None),
+                    &request(bad_id, bad_digest)
+                ),
+                None,
+                "{bad_id} {bad_digest}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_job_waits_while_a_command_is_under_way_or_its_files_are_staged() {
+        for (phase, finished_worker, waits) in [
+            (Phase::Available, false, false),
+            (Phase::Staged, false, true),
+            (Phase::Pending, false, true),
+            (Phase::InProgress, true, true),
+            (Phase::Delayed, false, true),
+            (Phase::Succeeded, false, false),
+            (Phase::Failed, false, false),
+        ] {
+            let mut w = worker(phase, Some("0123456789abcdef"));
+            if finished_worker {
+                w.phase = crate::api::Phase::Succeeded;
+            }
+            assert_eq!(in_flight(&w), waits, "{phase:?}");
+        }
+        // The session ended with answers still staged: cleared first.
+        let mut w = worker(Phase::Succeeded, Some("0123456789abcdef"));
+        if let Some(o) = w.original_location.as_mut() {
+            o.staged = true;
+        }
+        assert!(!in_flight(&w));
+        w.phase = crate::api::Phase::Succeeded;
+        assert!(in_flight(&w));
+    }
+}

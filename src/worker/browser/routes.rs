@@ -392,6 +392,26 @@ pub(super) mod tests {
     }
 
     #[tokio::test]
+    async fn restoring_onto_the_instance_needs_a_job_that_asks_for_it() {
+        let post = axum::http::Request::post("/original")
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("host", "10.0.0.5")
+            .header("origin", "https://10.0.0.5")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from("path=%2Fhello.txt"))
+            .unwrap();
+        let response = app().oneshot(post).await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert!(
+            text_of(response)
+                .await
+                .contains("spec.restoreToOriginalLocation: true")
+        );
+        let response = call(&app(), "GET", "/original/0123456789abcdef", Some(TOKEN)).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
     async fn forms_from_elsewhere_or_too_large_are_refused_unread() {
         let post = |origin: &str, length: usize| {
             axum::http::Request::post("/restore")
