@@ -490,6 +490,32 @@ async fn staged_keys(env: &TestEnv) -> Vec<String> {
         .collect()
 }
 
+/// Overwrites every staged file in `bucket` (as someone with write
+/// access to the repository could).
+async fn tamper_staged_files(bucket: &str) {
+    let s3 = disks::s3().await;
+    let listed = s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .send()
+        .await
+        .expect("list the repository");
+    for key in listed
+        .contents()
+        .iter()
+        .filter_map(|o| o.key())
+        .filter(|k| k.contains("_staging/") && k.contains("/files/"))
+    {
+        s3.put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(b"tampered\n".to_vec().into())
+            .send()
+            .await
+            .expect("tamper with a staged file");
+    }
+}
+
 /// Files chosen in the browser are restored onto the running instance the
 /// backup was taken of, through Run Command (the realism layer's SSM; the
 /// test plays the instance's agent over a scratch folder standing for its
@@ -568,9 +594,11 @@ async fn files_chosen_in_the_browser_are_restored_onto_the_source_instance() {
     let root = machine.join("disk");
     std::fs::create_dir_all(root.join("etc")).expect("the instance's /etc");
     std::fs::write(root.join("etc/app.conf"), b"listen 9090\n").expect("a changed file");
+    std::fs::write(root.join("etc/hostname"), b"web-2\n").expect("a changed file");
 
     // Its agent: runs what Run Command delivers, until told to stop.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let bucket = env.bucket().await;
     let agent = {
         let (instance, root, uuid, stop) =
             (instance.clone(), root.clone(), uuid.clone(), stop.clone());
@@ -578,6 +606,11 @@ async fn files_chosen_in_the_browser_are_restored_onto_the_source_instance() {
             let mut ran = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 for delivered in realism::ssm_deliver(&instance).await {
+                    // The third request's staged files are changed after
+                    // the controller planned them.
+                    if ran.len() == 2 {
+                        tamper_staged_files(&bucket).await;
+                    }
                     let script = delivered["parameters"]["commands"][0]
                         .as_str()
                         .expect("a script")
@@ -630,6 +663,11 @@ async fn files_chosen_in_the_browser_are_restored_onto_the_source_instance() {
         {"check": "input[name='overwrite']"},
         {"click": "button.original"},
         {"until": "Succeeded", "timeout": 90},
+        {"navigate": format!("{url}browse/partition-1/etc")},
+        {"check": "input[value='/partition-1/etc/hostname']"},
+        {"check": "input[name='overwrite']"},
+        {"click": "button.original"},
+        {"until": "Failed", "timeout": 90},
     ]);
     let seen = tokio::task::spawn_blocking(move || drive(&steps, &pin))
         .await
@@ -645,20 +683,32 @@ async fn files_chosen_in_the_browser_are_restored_onto_the_source_instance() {
         "{}",
         pages[1]
     );
-    // Kept by default: the restored copy beside it.
+    // Kept by default: the restored copies beside them.
     assert!(
-        pages[3].contains("restored: 2 · kept beside: 1 · replaced: 0"),
+        pages[3].contains("restored: 1 · kept beside: 2 · replaced: 0"),
         "{}",
         pages[3]
     );
     assert!(pages[6].contains("replaced: 1"), "{}", pages[6]);
+    // A staged file changed after it was planned is not written, and the
+    // page says so, naming it.
+    assert!(
+        pages[9].contains("not restored: 1") && pages[9].contains("etc/hostname: failed-digest"),
+        "{}",
+        pages[9]
+    );
     let read = |p: &str| std::fs::read(root.join(p)).unwrap_or_default();
     assert_eq!(read("etc/app.conf"), conf, "replaced in the second request");
     assert_eq!(read("etc/app.conf.restored-nightly"), conf);
-    assert_eq!(read("etc/hostname"), b"web-1\n");
+    assert_eq!(
+        read("etc/hostname"),
+        b"web-2\n",
+        "not replaced by what was tampered with"
+    );
+    assert_eq!(read("etc/hostname.restored-nightly"), b"web-1\n");
     assert!(read("srv/data/report.bin") == report, "report.bin restored");
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(root.join("etc/hostname"))
+    let mode = std::fs::metadata(root.join("etc/hostname.restored-nightly"))
         .expect("hostname")
         .permissions()
         .mode();
@@ -683,17 +733,41 @@ async fn files_chosen_in_the_browser_are_restored_onto_the_source_instance() {
     assert_eq!(
         (done.phase, done.overwrite, done.overwritten, done.failed),
         (
-            tender::api::OriginalLocationPhase::Succeeded,
+            tender::api::OriginalLocationPhase::Failed,
             true,
-            Some(1),
-            Some(0)
+            Some(0),
+            Some(1)
         ),
         "{done:?}"
     );
+    assert!(
+        done.message
+            .as_deref()
+            .is_some_and(|m| m.contains("etc/hostname: failed-digest")),
+        "{done:?}"
+    );
     assert_eq!(done.filesystem_uuid.as_deref(), Some(uuid.as_str()));
+    let events = env.events().await;
+    // (Repeats of one reason are counted in the first's series.)
+    for reason in [
+        "OriginalLocationCommandSent",
+        "FilesRestoredToOriginalLocation",
+        "OriginalLocationRestoreFailed",
+    ] {
+        assert!(
+            events.iter().any(|(r, _)| r == reason),
+            "{reason}: {events:?}"
+        );
+    }
+    assert!(
+        events
+            .iter()
+            .any(|(r, note)| r == "OriginalLocationRestoreFailed" && note.contains("failed-digest")),
+        "{events:?}"
+    );
     let staged = staged_keys(&env).await;
     assert!(
-        staged.len() == 2 && staged.iter().all(|k| k.ends_with("/answer.json")),
+        staged.len() == 3 && staged.iter().all(|k| k.ends_with("/answer.json")),
         "{staged:?}"
     );
 
@@ -715,7 +789,7 @@ async fn files_chosen_in_the_browser_are_restored_onto_the_source_instance() {
     assert_eq!(staged_keys(&env).await, Vec::<String>::new());
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let ran = agent.await.expect("the agent");
-    assert_eq!(ran.len(), 2, "{ran:?}");
+    assert_eq!(ran.len(), 3, "{ran:?}");
     assert!(
         ran.iter()
             .all(|c| c["documentName"] == "AWS-RunShellScript"),
@@ -747,6 +821,13 @@ async fn files_chosen_in_the_browser_are_restored_onto_the_source_instance() {
         "{refused:?}"
     );
     assert!(realism::ssm_deliver(&instance).await.is_empty());
+    assert!(
+        env.events()
+            .await
+            .iter()
+            .any(|(r, note)| r == "OriginalLocationUnavailable" && note.contains("ConnectionLost")),
+        "the refusal is an Event"
+    );
     assert_eq!(staged_keys(&env).await, Vec::<String>::new());
     std::fs::remove_dir_all(&machine).expect("remove the scratch instance");
 }

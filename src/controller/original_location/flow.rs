@@ -210,7 +210,15 @@ pub fn staged(
         return None;
     }
     let known = worker.original_location.as_ref()?;
+    // One request at a time: a new one while the last is staged or sent
+    // is not followed (the session refuses it; only a worker that does
+    // not would send it).
+    let busy = matches!(
+        known.phase,
+        Phase::Staged | Phase::Pending | Phase::InProgress | Phase::Delayed
+    );
     if known.phase == Phase::Unavailable
+        || busy
         || known.request.as_deref() == Some(request.request.as_str())
     {
         return None;
@@ -278,6 +286,9 @@ pub async fn advance(
         let Some(o) = w.original_location.clone() else {
             continue;
         };
+        if !in_flight(w) {
+            continue;
+        }
         let folder = staging(job, ctx)?;
         let aws = ctx.aws.scoped(&job_access(job, w.access.as_ref())).await;
         let next = match o.phase {
@@ -538,6 +549,18 @@ async fn staged_manifest(
     Ok(manifest)
 }
 
+/// The paths of a staged request's plan by index, in the order
+/// [`Plan::render`] gives them: folders, then files, each by path.
+fn plan_paths(manifest: &StagedManifest) -> Vec<String> {
+    let mut entries: Vec<(bool, &str)> = manifest
+        .entries
+        .iter()
+        .map(|e| (e.file.is_some(), e.path.as_str()))
+        .collect();
+    entries.sort();
+    entries.into_iter().map(|(_, p)| p.to_string()).collect()
+}
+
 /// Follows a sent command.
 async fn follow(
     job: &RestoreJob,
@@ -595,6 +618,13 @@ async fn follow(
         };
     }
     let outcome = Outcome::parse(&stdout);
+    let request = o.request.clone().unwrap_or_default();
+    let prefix = format!("{}{request}/", folder.prefix);
+    // The plan's entries by index, to name what was not restored.
+    let paths = match staged_manifest(ctx, folder, &prefix, o).await {
+        Ok(manifest) => plan_paths(&manifest),
+        Err(_) => Vec::new(),
+    };
     let count = |n: u64| Some(n.min(i64::MAX as u64) as i64);
     let mut message = format!(
         "{status} ({details}): {} restored, {} kept beside, {} replaced, {} already there, {} not restored",
@@ -606,9 +636,12 @@ async fn follow(
     let problems: Vec<String> = outcome
         .listed
         .iter()
-        .filter(|(_, what)| !matches!(what.as_str(), "beside" | "overwritten" | "unchanged"))
+        .filter(|(_, what)| what.starts_with("failed") || what.starts_with("refused"))
         .take(5)
-        .map(|(index, what)| format!("entry {index}: {what}"))
+        .map(|(index, what)| match paths.get(*index) {
+            Some(path) => format!("{path}: {what}"),
+            None => format!("entry {index}: {what}"),
+        })
         .collect();
     if !problems.is_empty() {
         message.push_str(&format!("; {}", problems.join(", ")));
@@ -626,8 +659,6 @@ async fn follow(
     } else {
         phase
     };
-    let request = o.request.clone().unwrap_or_default();
-    let prefix = format!("{}{request}/", folder.prefix);
     if let Err(e) = clear(ctx, folder, &prefix, Some("answer.json")).await {
         warn!(request, error = %e, "could not remove the staged files");
     }
@@ -722,6 +753,14 @@ mod flow_tests {
             staged(&worker(Phase::Pending, Some(id)), &request(id, &digest)),
             None
         );
+        // Nor a second one while the first is under way.
+        assert_eq!(
+            staged(
+                &worker(Phase::Pending, Some("fedcba9876543210")),
+                &request(id, &digest)
+            ),
+            None
+        );
         // A new one after the last finished.
         assert!(
             staged(
@@ -755,6 +794,61 @@ mod flow_tests {
                 "{bad_id} {bad_digest}"
             );
         }
+    }
+
+    #[test]
+    fn what_was_not_restored_is_named_by_the_plans_order() {
+        use crate::messages::{StagedEntry, StagedFile};
+        let entry = |path: &str, file: Option<usize>| StagedEntry {
+            path: path.into(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 1,
+            file: file.map(|index| StagedFile {
+                index,
+                size: 1,
+                sha256: "a".repeat(64),
+            }),
+        };
+        let manifest = StagedManifest {
+            request: "0123456789abcdef".into(),
+            filesystem_uuid: "6a1f0c2e-7d4b-4e3a-9c5f-0b8d2e1a4c77".into(),
+            overwrite: false,
+            entries: vec![
+                entry("srv", None),
+                entry("srv/b", Some(0)),
+                entry("etc/a", Some(1)),
+                entry("etc", None),
+                entry("srv/a", Some(2)),
+            ],
+        };
+        let plan = Plan {
+            filesystem_uuid: manifest.filesystem_uuid.clone(),
+            suffix: ".restored-nightly".into(),
+            overwrite: false,
+            entries: manifest
+                .entries
+                .iter()
+                .map(|e| Entry {
+                    path: e.path.clone(),
+                    mode: e.mode,
+                    uid: e.uid,
+                    gid: e.gid,
+                    mtime: e.mtime,
+                    what: match &e.file {
+                        None => What::Folder,
+                        Some(f) => What::File {
+                            sha256: f.sha256.clone(),
+                            size: f.size,
+                            url: "https://bucket.s3.amazonaws.com/k?X-Amz-Signature=ab".into(),
+                        },
+                    },
+                })
+                .collect(),
+        };
+        let (_, by_index) = plan.render().expect("a plan");
+        assert_eq!(plan_paths(&manifest), by_index);
     }
 
     #[test]
