@@ -707,13 +707,14 @@ mod flow_tests {
     use super::*;
 
     fn worker(phase: Phase, request: Option<&str>) -> RestoreWorkerStatus {
-        let mut w = RestoreWorkerStatus::default();
-        w.original_location = Some(OriginalLocationStatus {
-            phase,
-            request: request.map(String::from),
-            ..base_of("i-0abc")
-        });
-        w
+        RestoreWorkerStatus {
+            original_location: Some(OriginalLocationStatus {
+                phase,
+                request: request.map(String::from),
+                ..base_of("i-0abc")
+            }),
+            ..RestoreWorkerStatus::default()
+        }
     }
 
     fn base_of(instance: &str) -> OriginalLocationStatus {
