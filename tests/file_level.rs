@@ -588,6 +588,14 @@ async fn files_chosen_in_the_browser_are_restored_onto_the_source_instance() {
         .to_string();
     realism::ssm_agent(&instance, "Linux", "Online").await;
     env.back_up("nightly", &instance, TIMEOUT).await;
+    // Its root volume, which the instance names in its NVMe disk's serial.
+    let described = common::describe_instance(&common::ec2().await, &instance).await;
+    let volume = described
+        .block_device_mappings()
+        .iter()
+        .find_map(|m| m.ebs().and_then(|e| e.volume_id()))
+        .expect("the root volume")
+        .to_string();
 
     // The instance's root filesystem, changed since the backup.
     let machine = std::env::temp_dir().join(common::unique("tender-instance"));
@@ -600,8 +608,13 @@ async fn files_chosen_in_the_browser_are_restored_onto_the_source_instance() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let bucket = env.bucket().await;
     let agent = {
-        let (instance, root, uuid, stop) =
-            (instance.clone(), root.clone(), uuid.clone(), stop.clone());
+        let (instance, root, uuid, volume, stop) = (
+            instance.clone(),
+            root.clone(),
+            uuid.clone(),
+            volume.clone(),
+            stop.clone(),
+        );
         tokio::spawn(async move {
             let mut ran = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
@@ -615,9 +628,9 @@ async fn files_chosen_in_the_browser_are_restored_onto_the_source_instance() {
                         .as_str()
                         .expect("a script")
                         .to_string();
-                    let (root, uuid) = (root.clone(), uuid.clone());
+                    let (root, uuid, volume) = (root.clone(), uuid.clone(), volume.clone());
                     let (status, code, stdout, stderr) = tokio::task::spawn_blocking(move || {
-                        realism::run_as_agent(&script, &root, &uuid)
+                        realism::run_as_agent(&script, &root, &uuid, &volume)
                     })
                     .await
                     .expect("the agent's run");
@@ -699,16 +712,16 @@ async fn files_chosen_in_the_browser_are_restored_onto_the_source_instance() {
     );
     let read = |p: &str| std::fs::read(root.join(p)).unwrap_or_default();
     assert_eq!(read("etc/app.conf"), conf, "replaced in the second request");
-    assert_eq!(read("etc/app.conf.restored-nightly"), conf);
+    assert_eq!(read("etc/app.conf.restored-nightly~"), conf);
     assert_eq!(
         read("etc/hostname"),
         b"web-2\n",
         "not replaced by what was tampered with"
     );
-    assert_eq!(read("etc/hostname.restored-nightly"), b"web-1\n");
+    assert_eq!(read("etc/hostname.restored-nightly~"), b"web-1\n");
     assert!(read("srv/data/report.bin") == report, "report.bin restored");
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(root.join("etc/hostname.restored-nightly"))
+    let mode = std::fs::metadata(root.join("etc/hostname.restored-nightly~"))
         .expect("hostname")
         .permissions()
         .mode();
@@ -747,6 +760,7 @@ async fn files_chosen_in_the_browser_are_restored_onto_the_source_instance() {
         "{done:?}"
     );
     assert_eq!(done.filesystem_uuid.as_deref(), Some(uuid.as_str()));
+    assert_eq!(done.volume_id.as_deref(), Some(volume.as_str()));
     let events = env.events().await;
     // (Repeats of one reason are counted in the first's series.)
     for reason in [

@@ -21,6 +21,7 @@ use tender::controller::original_location::{Entry, Outcome, Plan, What, command}
 use tender::mover::manifest::RepositoryLocation;
 
 const UUID: &str = "6a1f0c2e-7d4b-4e3a-9c5f-0b8d2e1a4c77";
+const VOLUME: &str = "vol-0123456789abcdef0";
 const MTIME: i64 = 1_614_834_367;
 /// A user every Debian system has (`nobody`, group `nogroup`): the
 /// script writes a user's files as that user, whom it must know.
@@ -132,6 +133,7 @@ async fn a_restore_command_runs_on_the_source_instance_and_restores_the_files() 
     }
     let plan = Plan {
         filesystem_uuid: UUID.into(),
+        volume_id: VOLUME.into(),
         suffix: ".restored-nightly".into(),
         overwrite: false,
         entries,
@@ -203,7 +205,7 @@ async fn a_restore_command_runs_on_the_source_instance_and_restores_the_files() 
     let disk = machine.join("disk");
     std::fs::create_dir_all(disk.join("etc")).unwrap();
     std::fs::write(disk.join("etc/app.conf"), b"changed since\n").unwrap();
-    let (status, code, stdout, stderr) = realism::run_as_agent(sent, &disk, UUID);
+    let (status, code, stdout, stderr) = realism::run_as_agent(sent, &disk, UUID, VOLUME);
     let status = status.as_str();
     realism::ssm_finish(&command_id, &source, status, code, &stdout, &stderr).await;
 
@@ -241,12 +243,12 @@ async fn a_restore_command_runs_on_the_source_instance_and_restores_the_files() 
         b"changed since\n"
     );
     assert_eq!(
-        std::fs::read(disk.join("etc/app.conf.restored-nightly")).unwrap(),
+        std::fs::read(disk.join("etc/app.conf.restored-nightly~")).unwrap(),
         b"from the backup\n"
     );
     for (path, data, mode, uid) in files {
         let at = match path {
-            "etc/app.conf" => disk.join("etc/app.conf.restored-nightly"),
+            "etc/app.conf" => disk.join("etc/app.conf.restored-nightly~"),
             _ => disk.join(path),
         };
         assert_eq!(std::fs::read(&at).unwrap(), data, "{path}");

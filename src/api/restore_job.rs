@@ -278,6 +278,10 @@ pub struct OriginalLocationStatus {
     pub phase: OriginalLocationPhase,
     /// The instance files are restored onto.
     pub instance_id: String,
+    /// The EBS volume of the instance whose filesystem the session
+    /// browses: the command writes onto that volume only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_id: Option<String>,
     /// The session's request (16 hex digits); none while unavailable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<String>,

@@ -161,6 +161,13 @@ impl RunCommand<'_> {
                     )
                     .timeout_seconds(command.delivery_timeout_seconds)
                     .comment(command.comment)
+                    // SendCommand has no idempotency token: a retry after
+                    // an answer that was lost would run it twice.
+                    .customize()
+                    .config_override(
+                        aws_sdk_ssm::config::Builder::default()
+                            .retry_config(aws_sdk_ssm::config::retry::RetryConfig::disabled()),
+                    )
                     .send(),
             )
             .await?;

@@ -166,7 +166,7 @@ impl WorkerJob for RestoreJob {
             RestoreMode::Full => restore_instances(self, config, status, ctx, now).await?,
             RestoreMode::FileLevel => {
                 end_finished_session(self, status, now);
-                original_location::advance(self, &mut status.workers, ctx, now).await?;
+                original_location::advance(self, config, &mut status.workers, ctx, now).await?;
             }
         }
         Ok(())

@@ -14,6 +14,10 @@ use crate::messages::{SessionInfo, WorkerEvent, WorkerTask};
 use crate::mover::{self, manifest::Manifest, manifest::VolumeImage};
 use crate::reasons::FailureReason;
 
+/// How often a session reports its last request to restore files onto the
+/// source instance again.
+const REPORT_AGAIN: Duration = Duration::from_secs(30);
+
 /// Serves the file-level recovery browser over a restore point's volume
 /// until the session has been idle for its timeout.
 pub(super) async fn serve(
@@ -82,12 +86,23 @@ pub(super) async fn serve(
         *up.lock().unwrap_or_else(|p| p.into_inner()) = Some(info.clone());
         report_session(reporter, id, info)
     });
-    // Each staged request is reported with the session (its last request
-    // rides on every later report), while the session serves.
+    // Each staged request is reported with the session, and reported again
+    // every REPORT_AGAIN while the session serves (a report can be lost;
+    // the controller follows a request once).
     let forward = async {
-        while let Some(request) = requested.recv().await {
+        let mut last: Option<crate::messages::OriginalRequest> = None;
+        let mut again = tokio::time::interval(REPORT_AGAIN);
+        again.tick().await;
+        loop {
+            tokio::select! {
+                request = requested.recv() => match request {
+                    Some(request) => last = Some(request),
+                    None => return,
+                },
+                _ = again.tick() => {}
+            }
             let known = up.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            if let Some(info) = known {
+            if let (Some(info), Some(request)) = (known, last.clone()) {
                 let info = SessionInfo {
                     original_location: Some(request),
                     ..info

@@ -165,29 +165,21 @@ pub async fn ssm_finish(
 
 /// Runs `script` (a Run Command `commands` value) with `sh` as the SSM
 /// Agent of an instance would, where `disk` stands for the filesystem
-/// with UUID `uuid` (`findmnt` there finds it at `disk`); what the agent
-/// reports: status, exit code, output, errors.
+/// with UUID `uuid` on EBS volume `volume` (`findmnt` and `lsblk` there
+/// say so); what the agent reports: status, exit code, output, errors.
 pub fn run_as_agent(
     script: &str,
     disk: &std::path::Path,
     uuid: &str,
+    volume: &str,
 ) -> (String, i32, String, String) {
     use std::os::unix::fs::PermissionsExt;
     let machine = disk
         .parent()
         .expect("the disk's folder is in the instance's");
     let bin = machine.join("bin");
-    std::fs::create_dir_all(&bin).expect("the instance's bin folder");
-    std::fs::write(
-        bin.join("findmnt"),
-        format!(
-            "#!/bin/sh\nfor a; do [ \"$a\" = UUID={uuid} ] && {{ echo '{} /'; exit 0; }}; done\nexit 1\n",
-            disk.display()
-        ),
-    )
-    .expect("write findmnt");
-    std::fs::set_permissions(bin.join("findmnt"), std::fs::Permissions::from_mode(0o755))
-        .expect("make findmnt runnable");
+    tender::controller::original_location::stand_ins(&bin, disk, uuid, volume)
+        .expect("findmnt and lsblk");
     std::fs::set_permissions(machine, std::fs::Permissions::from_mode(0o755))
         .expect("open the instance's folder to its users");
     std::fs::write(machine.join("script.sh"), script).expect("write the script");

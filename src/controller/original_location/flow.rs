@@ -21,10 +21,11 @@ use crate::api::{
     WorkerConfiguration,
 };
 use crate::aws::AwsClients;
+use crate::aws::accounts::Access;
 use crate::aws::run_command::{Command, Invocation};
 use crate::controller::job::job_access;
 use crate::controller::{Context, Error, Result, events};
-use crate::messages::{OriginalLocationTask, OriginalRequest, StagedManifest};
+use crate::messages::{OriginalLocationTask, OriginalRequest, StagedFile, StagedManifest};
 use crate::mover::manifest::RepositoryLocation;
 
 /// The tag an instance's owner sets to let restores onto it (the command
@@ -42,8 +43,18 @@ fn source_instance(job: &RestoreJob) -> Option<String> {
     resource.starts_with("i-").then(|| resource.to_string())
 }
 
-/// The job's staging folder in its repository.
-fn staging(job: &RestoreJob, ctx: &Context) -> Result<RepositoryLocation> {
+/// The clients and places one job's restores use: the production
+/// account's (the instance, Run Command), the repository's (its access
+/// role: staging, presigning), and the job's staging folder.
+struct Clients {
+    production: AwsClients,
+    repository: AwsClients,
+    folder: RepositoryLocation,
+    /// The job's namespace's part of the repository (its restore points).
+    restore_points: RepositoryLocation,
+}
+
+async fn clients(job: &RestoreJob, config: &WorkerConfiguration, ctx: &Context) -> Result<Clients> {
     let name = job
         .spec
         .repository_ref
@@ -55,15 +66,30 @@ fn staging(job: &RestoreJob, ctx: &Context) -> Result<RepositoryLocation> {
             .ok_or(Error::MissingObjectKey(
                 "the BackupRepository of spec.repositoryRef",
             ))?;
-    Ok(RepositoryLocation::staging(
-        &repository.spec,
-        &job.namespace().unwrap_or_default(),
-        &job.uid().unwrap_or_default(),
-    ))
+    let namespace = job.namespace().unwrap_or_default();
+    let access = Access::new(
+        repository.spec.access.as_ref(),
+        &["repository", &repository.name_any()],
+    );
+    Ok(Clients {
+        production: ctx
+            .aws
+            .scoped(&job_access(job, config.spec.production_account.as_ref()))
+            .await,
+        repository: ctx.aws.scoped(&access).await,
+        folder: RepositoryLocation::staging(
+            &repository.spec,
+            &namespace,
+            &job.uid().unwrap_or_default(),
+        ),
+        restore_points: RepositoryLocation::of(&repository.spec, &namespace),
+    })
 }
 
 /// What a restored file's name gets when the name is taken and kept:
-/// `.restored-<backup job>`.
+/// `.restored-<backup job>`, the job's name without dots (so that it never
+/// ends like a configuration file; the command adds `~`, which loaders of
+/// `*.d` folders skip).
 fn suffix(job: &RestoreJob) -> String {
     let id = job.spec.restore_point_id();
     let backup: String = id
@@ -71,18 +97,20 @@ fn suffix(job: &RestoreJob) -> String {
         .next()
         .unwrap_or_default()
         .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
         .take(80)
         .collect();
     format!(".restored-{backup}")
 }
 
 /// The session's task, when the job asks for restores onto the source
-/// instance: where to stage, or why it cannot (no SSM Agent, not tagged,
-/// not running, not an instance's restore point). Checked before the
-/// session starts, so that nothing is staged for an instance that cannot
-/// run the command; an unavailable restore is an Event and the worker's
-/// status too.
+/// instance: where to stage, or why it cannot (not an instance's restore
+/// point, not running, not admitted by the configuration's
+/// `allowedSources`, not tagged, no SSM Agent online, Windows). Checked
+/// before the session starts, so that nothing is staged for an instance
+/// that cannot run the command; an unavailable restore is an Event and the
+/// worker's status too. A worker launched again while a request is staged
+/// or sent keeps following it.
 pub async fn task(
     job: &RestoreJob,
     config: &WorkerConfiguration,
@@ -93,44 +121,41 @@ pub async fn task(
         return Ok(None);
     }
     let instance = source_instance(job);
+    let clients = clients(job, config, ctx).await?;
+    let mut volume = None;
     let unavailable = match &instance {
         None => Some(format!(
             "restore point {} is not of an instance: there is no instance to restore files onto",
             job.spec.restore_point_id()
         )),
-        Some(id) => {
-            let access = worker
-                .access
-                .as_ref()
-                .or(config.spec.production_account.as_ref());
-            let aws = ctx.aws.scoped(&job_access(job, access)).await;
-            why_not(&aws, &job.spec.region, id).await
-        }
+        Some(id) => match why_not(&clients.production, config, &job.spec.region, id).await {
+            Some(why) => Some(why),
+            None => match browsed_volume(job, &clients).await {
+                Ok(found) => {
+                    volume = Some(found);
+                    None
+                }
+                Err(why) => Some(why),
+            },
+        },
     };
     let instance_id = instance.unwrap_or_default();
-    let mut status = OriginalLocationStatus {
-        phase: Phase::Available,
-        instance_id: instance_id.clone(),
-        request: None,
-        message: None,
-        overwrite: false,
-        filesystem_uuid: None,
-        manifest_sha256: None,
-        files: 0,
-        bytes: 0,
-        command_id: None,
-        restored: None,
-        kept_beside: None,
-        overwritten: None,
-        unchanged: None,
-        failed: None,
-        sent_time: None,
-        completion_time: None,
-        staged: false,
+    let earlier = worker
+        .original_location
+        .take()
+        .filter(|o| o.instance_id == instance_id && (o.staged || is_under_way(o.phase)));
+    let mut status = match earlier {
+        Some(kept) => kept,
+        None => OriginalLocationStatus {
+            volume_id: volume.clone(),
+            ..fresh(&instance_id)
+        },
     };
     if let Some(why) = &unavailable {
-        status.phase = Phase::Unavailable;
-        status.message = Some(why.clone());
+        if !is_under_way(status.phase) {
+            status.phase = Phase::Unavailable;
+            status.message = Some(why.clone());
+        }
         ctx.event(
             job,
             EventType::Warning,
@@ -143,17 +168,46 @@ pub async fn task(
     worker.original_location = Some(status);
     Ok(Some(OriginalLocationTask {
         instance_id,
-        staging: unavailable
-            .is_none()
-            .then(|| staging(job, ctx))
-            .transpose()?,
+        staging: unavailable.is_none().then_some(clients.folder),
         unavailable,
-        suffix: suffix(job),
+        suffix: format!("{}~", suffix(job)),
     }))
 }
 
+/// The EBS volume whose restore point the session browses (the job's
+/// `device`, else the first), from the restore point's manifest, verified
+/// with the repository's integrity key: the command writes only onto the
+/// filesystem of that volume.
+async fn browsed_volume(
+    job: &RestoreJob,
+    clients: &Clients,
+) -> std::result::Result<String, String> {
+    let id = job.spec.restore_point_id();
+    let manifest = crate::mover::load_manifest(&clients.repository, &clients.restore_points, &id)
+        .await
+        .map_err(|e| format!("restore point {id} could not be read: {e}"))?;
+    let volume = match job.spec.device.as_deref() {
+        Some(device) => manifest
+            .volumes
+            .iter()
+            .find(|v| v.device.as_deref() == Some(device)),
+        None => manifest.volumes.first(),
+    };
+    volume
+        .and_then(|v| v.volume_id.clone())
+        .filter(|v| v.starts_with("vol-") && v[4..].chars().all(|c| c.is_ascii_hexdigit()))
+        .ok_or_else(|| {
+            format!("restore point {id} does not record which EBS volume it was taken of, which is how the instance finds where to write")
+        })
+}
+
 /// Why `instance_id` cannot take a restore now, if it cannot.
-async fn why_not(aws: &AwsClients, region: &str, instance_id: &str) -> Option<String> {
+async fn why_not(
+    aws: &AwsClients,
+    config: &WorkerConfiguration,
+    region: &str,
+    instance_id: &str,
+) -> Option<String> {
     let described = aws
         .instances()
         .describe_source_instance(region, instance_id)
@@ -166,6 +220,12 @@ async fn why_not(aws: &AwsClients, region: &str, instance_id: &str) -> Option<St
             ));
         }
         Ok(Some(found)) => {
+            if let Err(tag) = config.spec.allowed_sources.admits_tags(&found.tags) {
+                return Some(format!(
+                    "WorkerConfiguration {:?} does not admit it any more (spec.allowedSources: it does not carry tag {tag})",
+                    config.name_any()
+                ));
+            }
             let (key, value) = ACCEPTS_TAG;
             if found.tags.get(key).map(String::as_str) != Some(value) {
                 return Some(format!(
@@ -191,6 +251,14 @@ async fn why_not(aws: &AwsClients, region: &str, instance_id: &str) -> Option<St
     }
 }
 
+/// Whether a request is staged or sent and not finished.
+fn is_under_way(phase: Phase) -> bool {
+    matches!(
+        phase,
+        Phase::Staged | Phase::Pending | Phase::InProgress | Phase::Delayed
+    )
+}
+
 /// A staged request the worker reported, as the status records it; `None`
 /// when it is not well formed (the request is then not followed).
 pub fn staged(
@@ -213,12 +281,8 @@ pub fn staged(
     // One request at a time: a new one while the last is staged or sent
     // is not followed (the session refuses it; only a worker that does
     // not would send it).
-    let busy = matches!(
-        known.phase,
-        Phase::Staged | Phase::Pending | Phase::InProgress | Phase::Delayed
-    );
     if known.phase == Phase::Unavailable
-        || busy
+        || is_under_way(known.phase)
         || known.request.as_deref() == Some(request.request.as_str())
     {
         return None;
@@ -235,15 +299,17 @@ pub fn staged(
         files: request.files.min(i64::MAX as u64) as i64,
         bytes: request.bytes.min(i64::MAX as u64) as i64,
         staged: true,
-        ..base(known)
+        volume_id: known.volume_id.clone(),
+        ..fresh(&known.instance_id)
     })
 }
 
-/// A fresh status for the instance of `known`.
-fn base(known: &OriginalLocationStatus) -> OriginalLocationStatus {
+/// A status with nothing requested yet, for `instance_id`.
+fn fresh(instance_id: &str) -> OriginalLocationStatus {
     OriginalLocationStatus {
         phase: Phase::Available,
-        instance_id: known.instance_id.clone(),
+        instance_id: instance_id.to_string(),
+        volume_id: None,
         request: None,
         message: None,
         overwrite: false,
@@ -266,39 +332,37 @@ fn base(known: &OriginalLocationStatus) -> OriginalLocationStatus {
 /// Whether a worker's restore still needs the controller to look again
 /// soon (sent and not finished, or staged and not sent).
 pub fn in_flight(worker: &RestoreWorkerStatus) -> bool {
-    worker.original_location.as_ref().is_some_and(|o| {
-        matches!(
-            o.phase,
-            Phase::Staged | Phase::Pending | Phase::InProgress | Phase::Delayed
-        ) || (o.staged && worker.phase.is_finished())
-    })
+    worker
+        .original_location
+        .as_ref()
+        .is_some_and(|o| is_under_way(o.phase) || (o.staged && worker.phase.is_finished()))
 }
 
 /// Moves every worker's restore on: sends what was staged, follows what
-/// was sent, clears the staging folder once the session ended.
+/// was sent, clears the staging folder once the session ended. The page's
+/// answer is written before a finished request's files are removed; when
+/// it cannot be, the reconcile fails and the next one looks again.
 pub async fn advance(
     job: &RestoreJob,
+    config: &WorkerConfiguration,
     workers: &mut [RestoreWorkerStatus],
     ctx: &Context,
     now: Timestamp,
 ) -> Result<()> {
     for w in workers.iter_mut() {
-        let Some(o) = w.original_location.clone() else {
-            continue;
-        };
         if !in_flight(w) {
             continue;
         }
-        let folder = staging(job, ctx)?;
-        let aws = ctx.aws.scoped(&job_access(job, w.access.as_ref())).await;
+        let Some(o) = w.original_location.clone() else {
+            continue;
+        };
+        let c = clients(job, config, ctx).await?;
         let next = match o.phase {
-            Phase::Staged => send(job, &o, &folder, &aws, ctx, now).await,
-            Phase::Pending | Phase::InProgress | Phase::Delayed => {
-                follow(job, &o, &folder, &aws, ctx, now).await
-            }
-            _ if o.staged && w.phase.is_finished() => {
+            Phase::Staged => send(job, &o, &c, now).await,
+            Phase::Pending | Phase::InProgress | Phase::Delayed => follow(job, &o, &c, now).await,
+            _ => {
                 // The session ended: its requests' answers go too.
-                match clear(ctx, &folder, &folder.prefix, None).await {
+                match clear(&c, &c.folder.prefix, None).await {
                     Ok(()) => OriginalLocationStatus {
                         staged: false,
                         ..o.clone()
@@ -309,27 +373,58 @@ pub async fn advance(
                     }
                 }
             }
-            _ => o.clone(),
         };
-        if next != o {
-            if next.phase != o.phase {
-                tell(job, &next, &folder, ctx).await;
+        if next.phase != o.phase {
+            tell(job, &next, &c, ctx).await?;
+            // Not when Run Command did not answer whether it took the
+            // command (sent, no command ID): it may yet run, and fetch them.
+            let maybe_running = next.command_id.is_none() && next.sent_time.is_some();
+            if next.phase.is_finished() && next.staged && !maybe_running {
+                let prefix = request_prefix(&c, &next);
+                if let Err(e) = clear(&c, &prefix, Some("answer.json")).await {
+                    warn!(error = %e, "could not remove the staged files; they go when the session ends");
+                }
             }
-            w.original_location = Some(next);
         }
+        w.original_location = Some(next);
     }
     Ok(())
 }
 
-/// Writes `answer.json` for the session's page and, for the ends, an
-/// Event.
+/// The request's folder under the job's staging folder.
+fn request_prefix(c: &Clients, o: &OriginalLocationStatus) -> String {
+    format!(
+        "{}{}/",
+        c.folder.prefix,
+        o.request.as_deref().unwrap_or_default()
+    )
+}
+
+/// Writes `answer.json` for the session's page and, for the ends and the
+/// sending, an Event. An answer that cannot be written is an error, except
+/// for a sent command's (the next change writes it).
 async fn tell(
     job: &RestoreJob,
     o: &OriginalLocationStatus,
-    folder: &RepositoryLocation,
+    c: &Clients,
     ctx: &Context,
-) {
+) -> Result<()> {
     let request = o.request.clone().unwrap_or_default();
+    let body =
+        serde_json::to_vec(o).map_err(|_| Error::MissingObjectKey("a serializable status"))?;
+    let key = format!("{}answer.json", request_prefix(c, o));
+    let put = c
+        .repository
+        .repository()
+        .put_object(&c.folder, &key, body, "application/json")
+        .await;
+    match put {
+        Ok(()) => {}
+        Err(e) if o.phase == Phase::Pending => {
+            warn!(request, error = %e, "could not write the answer for the session's page");
+        }
+        Err(e) => return Err(e.into()),
+    }
     let message = o.message.clone().unwrap_or_default();
     let event = match o.phase {
         Phase::Pending => Some((EventType::Normal, events::ORIGINAL_LOCATION_COMMAND_SENT)),
@@ -347,34 +442,11 @@ async fn tell(
         ctx.event(job, type_, reason, "RestoreToOriginalLocation", note)
             .await;
     }
-    let Ok(body) = serde_json::to_vec(o) else {
-        return;
-    };
-    let key = format!("{}{request}/answer.json", folder.prefix);
-    let put = ctx
-        .aws
-        .repository()
-        .put_object(folder, &key, body, "application/json")
-        .await;
-    if let Err(e) = put {
-        warn!(request, error = %e, "could not write the answer for the session's page");
-    }
+    Ok(())
 }
 
-/// The request `o`, failed with `message`; its staged files removed.
-async fn failed(
-    o: &OriginalLocationStatus,
-    folder: &RepositoryLocation,
-    ctx: &Context,
-    now: Timestamp,
-    message: String,
-) -> OriginalLocationStatus {
-    let request = o.request.clone().unwrap_or_default();
-    let prefix = format!("{}{request}/", folder.prefix);
-    let kept = clear(ctx, folder, &prefix, Some("answer.json")).await;
-    if let Err(e) = kept {
-        warn!(request, error = %e, "could not remove the staged files");
-    }
+/// The request `o`, failed with `message` before anything ran.
+fn failed(o: &OriginalLocationStatus, now: Timestamp, message: String) -> OriginalLocationStatus {
     OriginalLocationStatus {
         phase: Phase::Failed,
         message: Some(message),
@@ -383,47 +455,67 @@ async fn failed(
     }
 }
 
+/// The most a request may hold (as the browser's selection allows).
+const MAX_ENTRIES: usize = 20_000;
+const MAX_FILES: usize = 10_000;
+const MAX_BYTES: u64 = 8 << 30;
+const MAX_FILE_BYTES: u64 = 256 << 20;
+/// The largest `manifest.json` read.
+const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+
+/// How long the command may run: a minute, plus 5 MiB/s, plus 2 s a file
+/// (each is fetched, checked and placed by its own processes); at most 6 h.
+fn execution_timeout(o: &OriginalLocationStatus) -> Duration {
+    let seconds = 60 + o.bytes.max(0) as u64 / (5 << 20) + 2 * o.files.max(0) as u64;
+    Duration::from_secs(seconds.min(6 * 3600))
+}
+
 /// Sends the command for a staged request.
 async fn send(
     job: &RestoreJob,
     o: &OriginalLocationStatus,
-    folder: &RepositoryLocation,
-    aws: &AwsClients,
-    ctx: &Context,
+    c: &Clients,
     now: Timestamp,
 ) -> OriginalLocationStatus {
     let request = o.request.clone().unwrap_or_default();
-    let prefix = format!("{}{request}/", folder.prefix);
-    let manifest = match staged_manifest(ctx, folder, &prefix, o).await {
+    let prefix = request_prefix(c, o);
+    let manifest = match staged_manifest(c, &prefix, o).await {
         Ok(m) => m,
-        Err(why) => return failed(o, folder, ctx, now, why).await,
+        Err(why) => return failed(o, now, why),
     };
-    let execution = 60 + o.bytes.max(0) as u64 / (5 << 20);
-    let execution = Duration::from_secs(execution.min(3600));
+    let Some(volume) = o.volume_id.clone() else {
+        return failed(
+            o,
+            now,
+            "the session does not know which EBS volume it browses".into(),
+        );
+    };
+    // What is sent follows the list, never the report.
+    let files: Vec<&StagedFile> = manifest
+        .entries
+        .iter()
+        .filter_map(|e| e.file.as_ref())
+        .collect();
+    let o = &OriginalLocationStatus {
+        overwrite: manifest.overwrite,
+        files: files.len() as i64,
+        bytes: files.iter().map(|f| f.size).sum::<u64>() as i64,
+        filesystem_uuid: Some(manifest.filesystem_uuid.clone()),
+        ..o.clone()
+    };
+    let execution = execution_timeout(o);
     let lifetime = DELIVERY_TIMEOUT + execution;
+    let repository = c.repository.repository();
     let mut entries = Vec::new();
+    let mut set_id = 0;
     for e in &manifest.entries {
         let what = match &e.file {
             None => What::Folder,
             Some(f) => {
                 let key = format!("{prefix}files/{}", f.index);
-                let url = match ctx
-                    .aws
-                    .repository()
-                    .presigned_get(folder, &key, lifetime)
-                    .await
-                {
+                let url = match repository.presigned_get(&c.folder, &key, lifetime).await {
                     Ok(url) => url,
-                    Err(e) => {
-                        return failed(
-                            o,
-                            folder,
-                            ctx,
-                            now,
-                            format!("could not presign {key}: {e}"),
-                        )
-                        .await;
-                    }
+                    Err(e) => return failed(o, now, format!("could not presign {key}: {e}")),
                 };
                 What::File {
                     sha256: f.sha256.clone(),
@@ -432,9 +524,14 @@ async fn send(
                 }
             }
         };
+        if e.mode & 0o6000 != 0 {
+            set_id += 1;
+        }
         entries.push(Entry {
             path: e.path.clone(),
-            mode: e.mode,
+            // Never set-user-ID or set-group-ID: what a restore point
+            // holds is not trusted to run as its owner.
+            mode: e.mode & 0o1777,
             uid: e.uid,
             gid: e.gid,
             mtime: e.mtime,
@@ -443,6 +540,7 @@ async fn send(
     }
     let plan = Plan {
         filesystem_uuid: manifest.filesystem_uuid.clone(),
+        volume_id: volume,
         suffix: suffix(job),
         overwrite: manifest.overwrite,
         entries,
@@ -450,18 +548,30 @@ async fn send(
     let text = match plan.render() {
         Ok((text, _)) => text,
         Err(why) => {
-            let why = format!("the staged request cannot be restored: {why}");
-            return failed(o, folder, ctx, now, why).await;
+            return failed(
+                o,
+                now,
+                format!("the staged request cannot be restored: {why}"),
+            );
         }
     };
     let plan_sha256 = hex::encode(Sha256::digest(text.as_bytes()));
     let plan_key = format!("{prefix}plan");
-    let repository = ctx.aws.repository();
     let put = repository
-        .put_object(folder, &plan_key, text.into_bytes(), "text/plain")
+        .put_object(&c.folder, &plan_key, text.into_bytes(), "text/plain")
         .await;
+    // The plan is fetched first thing; its URL (which Run Command keeps
+    // with the command) lives no longer than the delivery can take.
     let plan_url = match put {
-        Ok(()) => repository.presigned_get(folder, &plan_key, lifetime).await,
+        Ok(()) => {
+            repository
+                .presigned_get(
+                    &c.folder,
+                    &plan_key,
+                    DELIVERY_TIMEOUT + Duration::from_secs(120),
+                )
+                .await
+        }
         Err(e) => Err(e),
     };
     let script = plan_url
@@ -469,7 +579,7 @@ async fn send(
         .and_then(|url| command(&request, &url, &plan_sha256));
     let script = match script {
         Ok(s) => s,
-        Err(why) => return failed(o, folder, ctx, now, why).await,
+        Err(why) => return failed(o, now, why),
     };
     let comment: String = format!(
         "tender {}/{} {request}",
@@ -479,7 +589,8 @@ async fn send(
     .chars()
     .take(100)
     .collect();
-    let sent = aws
+    let sent = c
+        .production
         .run_command()
         .send(
             &job.spec.region,
@@ -493,45 +604,77 @@ async fn send(
             },
         )
         .await;
+    let mut note = String::new();
+    if set_id > 0 {
+        note = format!(
+            "; {set_id} set-user-ID or set-group-ID bit(s) are not restored: set them again by hand where they belong"
+        );
+    }
     match sent {
         Ok(command_id) => OriginalLocationStatus {
             phase: Phase::Pending,
             message: Some(format!(
-                "sent to {} as Run Command command {command_id}; waiting for its SSM Agent",
+                "sent to {} as Run Command command {command_id}; waiting for its SSM Agent{note}",
                 o.instance_id
             )),
-            filesystem_uuid: Some(manifest.filesystem_uuid),
             command_id: Some(command_id),
             sent_time: Some(Time(now)),
             ..o.clone()
         },
         Err(e) => {
-            let why = match e.code() {
+            // A server error or no answer at all: it may have been taken.
+            let ambiguous = matches!(
+                e.code(),
+                None | Some("InternalServerError" | "InternalFailure" | "ServiceUnavailable")
+            );
+            let why = match e.code().filter(|_| !ambiguous) {
                 Some("InvalidInstanceId") => format!(
                     "Run Command refused {}: its SSM Agent is no longer reachable ({e})",
                     o.instance_id
                 ),
                 Some("AccessDeniedException") => format!(
-                    "Tender may not run commands on {}: the instance must carry the tag {}={} and the controller's role the SSM statements of iam/controller-policy.json ({e})",
+                    "Tender may not run commands on {}: the instance must carry the tag {}={} and the production account's role the SSM statements of iam/controller-policy.json ({e})",
                     o.instance_id, ACCEPTS_TAG.0, ACCEPTS_TAG.1
                 ),
-                _ => format!("could not send the command: {e}"),
+                Some(_) => format!("Run Command refused the command: {e}"),
+                // It may have been sent. It is not sent again (it runs as
+                // root); its files stay staged until the session ends.
+                None => format!(
+                    "Run Command did not answer ({e}): the command may or may not run on {}; Tender does not send it again: look for \"{comment}\" in Run Command's history, and restore again if it is not there",
+                    o.instance_id
+                ),
             };
-            failed(o, folder, ctx, now, why).await
+            OriginalLocationStatus {
+                sent_time: ambiguous.then_some(Time(now)),
+                ..failed(o, now, why)
+            }
         }
     }
 }
 
 /// The request's `manifest.json`, checked against the digest the worker
-/// reported.
+/// reported and against the limits a request has.
 async fn staged_manifest(
-    ctx: &Context,
-    folder: &RepositoryLocation,
+    c: &Clients,
     prefix: &str,
     o: &OriginalLocationStatus,
 ) -> std::result::Result<StagedManifest, String> {
     let key = format!("{prefix}manifest.json");
-    let body = match ctx.aws.repository().get_object(folder, &key).await {
+    let repository = c.repository.repository();
+    let listed = repository
+        .list_page(&c.folder, &key, None)
+        .await
+        .map_err(|e| format!("could not look for {key}: {e}"))?;
+    match listed.0.iter().find(|(k, _, _)| *k == key) {
+        None => return Err(format!("the staged request's list {key} is missing")),
+        Some((_, size, _)) if *size > MAX_MANIFEST_BYTES => {
+            return Err(format!(
+                "{key} is {size} bytes, more than a request's list may be ({MAX_MANIFEST_BYTES})"
+            ));
+        }
+        Some(_) => {}
+    }
+    let body = match repository.get_object(&c.folder, &key).await {
         Ok(Some(body)) => body,
         Ok(None) => return Err(format!("the staged request's list {key} is missing")),
         Err(e) => return Err(format!("could not read {key}: {e}")),
@@ -545,6 +688,21 @@ async fn staged_manifest(
         serde_json::from_slice(&body).map_err(|e| format!("{key} cannot be read: {e}"))?;
     if Some(manifest.request.as_str()) != o.request.as_deref() {
         return Err(format!("{key} is of another request"));
+    }
+    let files: Vec<&StagedFile> = manifest
+        .entries
+        .iter()
+        .filter_map(|e| e.file.as_ref())
+        .collect();
+    let bytes: u64 = files.iter().map(|f| f.size).fold(0, u64::saturating_add);
+    if manifest.entries.len() > MAX_ENTRIES
+        || files.len() > MAX_FILES
+        || bytes > MAX_BYTES
+        || files.iter().any(|f| f.size > MAX_FILE_BYTES)
+    {
+        return Err(format!(
+            "the request holds more than one may ({MAX_FILES} files, {MAX_ENTRIES} entries, {MAX_BYTES} bytes, {MAX_FILE_BYTES} bytes a file)"
+        ));
     }
     Ok(manifest)
 }
@@ -561,38 +719,41 @@ fn plan_paths(manifest: &StagedManifest) -> Vec<String> {
     entries.into_iter().map(|(_, p)| p.to_string()).collect()
 }
 
-/// Follows a sent command.
+/// Follows a sent command; gives up once it is past its delivery and
+/// execution time.
 async fn follow(
     job: &RestoreJob,
     o: &OriginalLocationStatus,
-    folder: &RepositoryLocation,
-    aws: &AwsClients,
-    ctx: &Context,
+    c: &Clients,
     now: Timestamp,
 ) -> OriginalLocationStatus {
     let (Some(command_id), Some(sent)) = (&o.command_id, &o.sent_time) else {
-        return failed(o, folder, ctx, now, "the command was not recorded".into()).await;
+        return failed(o, now, "the command was not recorded".into());
     };
-    let seen = aws
+    let seen = c
+        .production
         .run_command()
         .invocation(&job.spec.region, command_id, &o.instance_id)
         .await;
     let waited = Duration::try_from(now.duration_since(sent.0)).unwrap_or_default();
+    let deadline = DELIVERY_TIMEOUT + execution_timeout(o) + Duration::from_secs(120);
+    let given_up = || OriginalLocationStatus {
+        phase: Phase::TimedOut,
+        message: Some(format!(
+            "Run Command said nothing of command {command_id} on {} within {} s: Tender stopped following it",
+            o.instance_id,
+            deadline.as_secs()
+        )),
+        completion_time: Some(Time(now)),
+        ..o.clone()
+    };
     let (status, details, stdout, stderr) = match seen {
+        Err(_) | Ok(Invocation::NotYet) if waited > deadline => return given_up(),
         Err(e) => {
             warn!(command_id, error = %e, "could not look at the command");
             return o.clone();
         }
-        Ok(Invocation::NotYet) if waited < DELIVERY_TIMEOUT + Duration::from_secs(60) => {
-            return o.clone();
-        }
-        Ok(Invocation::NotYet) => {
-            let why = format!(
-                "Run Command never showed command {command_id} on {}",
-                o.instance_id
-            );
-            return failed(o, folder, ctx, now, why).await;
-        }
+        Ok(Invocation::NotYet) => return o.clone(),
         Ok(Invocation::Seen {
             status,
             details,
@@ -611,6 +772,9 @@ async fn follow(
         _ => Phase::Failed,
     };
     if !phase.is_finished() {
+        if waited > deadline {
+            return given_up();
+        }
         return OriginalLocationStatus {
             phase,
             message: Some(format!("Run Command: {status} ({details})")),
@@ -618,10 +782,8 @@ async fn follow(
         };
     }
     let outcome = Outcome::parse(&stdout);
-    let request = o.request.clone().unwrap_or_default();
-    let prefix = format!("{}{request}/", folder.prefix);
     // The plan's entries by index, to name what was not restored.
-    let paths = match staged_manifest(ctx, folder, &prefix, o).await {
+    let paths = match staged_manifest(c, &request_prefix(c, o), o).await {
         Ok(manifest) => plan_paths(&manifest),
         Err(_) => Vec::new(),
     };
@@ -659,9 +821,6 @@ async fn follow(
     } else {
         phase
     };
-    if let Err(e) = clear(ctx, folder, &prefix, Some("answer.json")).await {
-        warn!(request, error = %e, "could not remove the staged files");
-    }
     OriginalLocationStatus {
         phase,
         message: Some(message),
@@ -675,26 +834,25 @@ async fn follow(
     }
 }
 
-/// Deletes every object under `prefix` of `folder`, but the one named
-/// `keep` (directly under it).
+/// Deletes every object under `prefix` of the staging folder, but the one
+/// named `keep` (directly under it).
 async fn clear(
-    ctx: &Context,
-    folder: &RepositoryLocation,
+    c: &Clients,
     prefix: &str,
     keep: Option<&str>,
 ) -> std::result::Result<(), crate::aws::AwsError> {
-    let repository = ctx.aws.repository();
+    let repository = c.repository.repository();
     let mut after: Option<String> = None;
     loop {
         let (objects, more) = repository
-            .list_page(folder, prefix, after.as_deref())
+            .list_page(&c.folder, prefix, after.as_deref())
             .await?;
         let keys: Vec<String> = objects
             .iter()
             .map(|(k, _, _)| k.clone())
             .filter(|k| keep.is_none_or(|name| k.strip_prefix(prefix) != Some(name)))
             .collect();
-        repository.delete_objects(folder, &keys).await?;
+        repository.delete_objects(&c.folder, &keys).await?;
         after = objects.last().map(|(k, _, _)| k.clone());
         if !more || after.is_none() {
             return Ok(());
@@ -826,6 +984,7 @@ mod flow_tests {
         };
         let plan = Plan {
             filesystem_uuid: manifest.filesystem_uuid.clone(),
+            volume_id: "vol-0123456789abcdef0".into(),
             suffix: ".restored-nightly".into(),
             overwrite: false,
             entries: manifest

@@ -60,6 +60,10 @@ pub struct Plan {
     /// The filesystem's UUID as `blkid` prints it (where the instance has
     /// it mounted is looked up there).
     pub filesystem_uuid: String,
+    /// The EBS volume that filesystem must be on (`vol-…`; the instance
+    /// names it in the NVMe disk's serial): another volume attached with
+    /// the same UUID is never written to.
+    pub volume_id: String,
     /// Appended to a file's name when the name is taken and not
     /// overwritten (`.restored-<job>`).
     pub suffix: String,
@@ -118,6 +122,13 @@ impl Plan {
             |c| c.is_ascii_hexdigit() || c == '-',
             64,
         )?;
+        let volume_ok = self
+            .volume_id
+            .strip_prefix("vol-")
+            .is_some_and(|v| !v.is_empty() && v.len() <= 32 && v.chars().all(hex));
+        if !volume_ok {
+            return Err(format!("{:?} is not an EBS volume ID", self.volume_id));
+        }
         only(
             &self.suffix,
             "the suffix",
@@ -130,8 +141,9 @@ impl Plan {
             (file(a), &a.path).cmp(&(file(b), &b.path))
         });
         let mut out = format!(
-            "TENDER-PLAN 1\nfs {}\nsuffix {}\noverwrite {}\n",
+            "TENDER-PLAN 1\nfs {}\nvolume {}\nsuffix {}\noverwrite {}\n",
             self.filesystem_uuid,
+            self.volume_id,
             self.suffix,
             u8::from(self.overwrite)
         );
@@ -184,6 +196,42 @@ pub fn command(request: &str, plan_url: &str, plan_sha256: &str) -> Result<Strin
         ));
     }
     Ok(command)
+}
+
+/// Stand-ins for an instance's `findmnt` and `lsblk` (tests): the
+/// filesystem with UUID `uuid` is mounted at `root` from partition 1 of
+/// an NVMe disk whose serial names EBS volume `volume_id`. Written into
+/// `bin`, which goes first on the command's PATH.
+#[doc(hidden)]
+pub fn stand_ins(
+    bin: &std::path::Path,
+    root: &std::path::Path,
+    uuid: &str,
+    volume_id: &str,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let serial = volume_id.replace('-', "");
+    let tools = [
+        (
+            "findmnt",
+            format!(
+                "#!/bin/sh\nfor a; do [ \"$a\" = UUID={uuid} ] && {{ echo '{} / /dev/nvme0n1p1'; exit 0; }}; done\nexit 1\n",
+                root.display()
+            ),
+        ),
+        (
+            "lsblk",
+            format!(
+                "#!/bin/sh\ncase \"$*\" in\n*PKNAME*/dev/nvme0n1p1) echo nvme0n1 ;;\n*SERIAL*/dev/nvme0n1) echo '{serial}' ;;\nesac\n"
+            ),
+        ),
+    ];
+    std::fs::create_dir_all(bin)?;
+    for (name, text) in tools {
+        std::fs::write(bin.join(name), text)?;
+        std::fs::set_permissions(bin.join(name), std::fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(())
 }
 
 /// What a command did, from its output.

@@ -7,8 +7,11 @@
 # into a private folder, and put in place only once its size and SHA-256
 # match. Nothing is overwritten unless the plan says so: an existing file
 # is kept and the restored one written beside it, named with the plan's
-# suffix (without set-user-ID or set-group-ID bits). URLs never appear on
-# a command line (other users can read those).
+# suffix and "~" (without set-user-ID or set-group-ID bits). The
+# filesystem is found by its UUID, and must be on the EBS volume the plan
+# names. URLs never appear on a command line here (other users can read
+# those); the plan's own URL is in the command Run Command keeps, so it
+# lives only as long as delivering the command may take.
 #
 # Who writes: every folder on the way from the filesystem's root to a
 # file's folder is checked once, before anything is written there. A
@@ -32,7 +35,7 @@ PLAN_SHA256='@PLAN_SHA256@'
 say() { printf '%s\n' "$*"; }
 fail() { say "TENDER-ERROR $*"; exit 3; }
 
-for tool in curl sha256sum base64 findmnt stat mktemp chown chmod touch ln mv mkdir rm setpriv timeout cut id grep tail; do
+for tool in curl sha256sum base64 findmnt lsblk tr stat mktemp chown chmod touch ln mv mkdir rm setpriv timeout cut id grep tail; do
   command -v "$tool" >/dev/null 2>&1 || fail "missing-tool $tool"
 done
 
@@ -44,28 +47,37 @@ printf 'url = "%s"\n' "$PLAN_URL" |
   fail "plan-download $(head -c 300 "$WORK/curl" | tr '\n' ' ')"
 [ "$(sha256sum <"$WORK/plan" | cut -d' ' -f1)" = "$PLAN_SHA256" ] || fail "plan-digest"
 
-UUID= SUFFIX= OVERWRITE= RECORDS=
+UUID= VOLUME= SUFFIX= OVERWRITE= RECORDS=
 while read -r kind value rest; do
   case $kind in
     TENDER-PLAN) [ "$value" = 1 ] || fail "plan-version $value" ;;
     fs) UUID=$value ;;
+    volume) VOLUME=$value ;;
     suffix) SUFFIX=$value ;;
     overwrite) OVERWRITE=$value ;;
     end) RECORDS=$value ;;
   esac
 done <"$WORK/plan"
 [ -n "$RECORDS" ] || fail "plan-truncated"
-[ -n "$UUID" ] && [ -n "$SUFFIX" ] && [ -n "$OVERWRITE" ] || fail "plan-incomplete"
+[ -n "$UUID" ] && [ -n "$VOLUME" ] && [ -n "$SUFFIX" ] && [ -n "$OVERWRITE" ] || fail "plan-incomplete"
 
 # Where the filesystem itself is mounted (not a bind mount of a folder of
 # it): the first mount whose root is the filesystem's.
-findmnt -rn -o TARGET,FSROOT -S "UUID=$UUID" >"$WORK/mounts" 2>/dev/null
-ROOT=
-while read -r target fsroot; do
+findmnt -rn -o TARGET,FSROOT,SOURCE -S "UUID=$UUID" >"$WORK/mounts" 2>/dev/null
+ROOT= SOURCE=
+while read -r target fsroot source; do
   case $target in *\\*) continue ;; esac
-  [ "$fsroot" = / ] && { ROOT=$target; break; }
+  [ "$fsroot" = / ] && { ROOT=$target SOURCE=$source; break; }
 done <"$WORK/mounts"
 [ -n "$ROOT" ] && [ -d "$ROOT" ] || fail "not-mounted $UUID"
+# On the volume the restore point was taken of, not on another that
+# carries the same UUID: EBS names the volume in the NVMe disk's serial
+# (vol0123..., without the dash).
+DISK=$(lsblk -ndo PKNAME -- "$SOURCE" 2>/dev/null)
+[ -n "$DISK" ] || DISK=${SOURCE##*/}
+SERIAL=$(lsblk -ndo SERIAL -- "/dev/$DISK" 2>/dev/null | tr -d ' ')
+[ "$SERIAL" = "$(printf %s "$VOLUME" | tr -d -)" ] ||
+  fail "not-the-volume $VOLUME: $UUID is mounted from $SOURCE (serial ${SERIAL:-none})"
 [ "$ROOT" = / ] && ROOT=
 DEVICE=$(stat -c %d -- "$ROOT/") || fail "not-mounted $UUID"
 
@@ -89,7 +101,7 @@ same() {
 if [ "$overwrite" = 1 ]; then
   same "$dest" && { echo unchanged; exit 0; }
 else
-  for c in "$dest" "$dest$suffix" "$dest$suffix-2" "$dest$suffix-3" "$dest$suffix-4" "$dest$suffix-5"; do
+  for c in "$dest" "$dest$suffix~" "$dest$suffix-2~" "$dest$suffix-3~" "$dest$suffix-4~" "$dest$suffix-5~"; do
     same "$c" && { echo unchanged; exit 0; }
   done
 fi
@@ -123,9 +135,11 @@ put() {
   [ ! -e f ]
 }
 if put "$dest"; then echo restored; exit 0; fi
-# Beside a kept file: no set-user-ID or set-group-ID bits.
+# Beside a kept file: no set-user-ID or set-group-ID bits, and a name
+# ending in "~", which the loaders of *.d folders (cron, logrotate,
+# systemd, sshd) skip.
 chmod ug-s f || { echo failed-owner; exit 0; }
-for c in "$dest$suffix" "$dest$suffix-2" "$dest$suffix-3" "$dest$suffix-4" "$dest$suffix-5"; do
+for c in "$dest$suffix~" "$dest$suffix-2~" "$dest$suffix-3~" "$dest$suffix-4~" "$dest$suffix-5~"; do
   if put "$c"; then echo beside; exit 0; fi
 done
 echo failed-exists

@@ -13,6 +13,8 @@ use super::*;
 
 const UUID: &str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
 const SUFFIX: &str = ".restored-nightly";
+/// The EBS volume the scratch filesystem is on.
+const VOLUME: &str = "vol-0123456789abcdef0";
 const MTIME: i64 = 1_614_834_367;
 /// A user every Debian system has (`nobody`, group `nogroup`): the
 /// script writes a user's files as that user, whom it must know.
@@ -33,16 +35,8 @@ impl Instance {
             std::fs::create_dir_all(base.join(dir)).expect("a scratch folder");
         }
         std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).expect("mode");
-        let findmnt = base.join("bin/findmnt");
-        std::fs::write(
-            &findmnt,
-            format!(
-                "#!/bin/sh\nfor a; do [ \"$a\" = UUID={UUID} ] && {{ echo '{} /'; exit 0; }}; done\nexit 1\n",
-                base.join("disk").display()
-            ),
-        )
-        .expect("findmnt");
-        std::fs::set_permissions(&findmnt, std::fs::Permissions::from_mode(0o755)).expect("mode");
+        super::stand_ins(&base.join("bin"), &base.join("disk"), UUID, VOLUME)
+            .expect("findmnt and lsblk");
         Self { base }
     }
 
@@ -76,6 +70,7 @@ impl Instance {
     fn restore(&self, entries: Vec<Entry>, overwrite: bool) -> (Outcome, Vec<String>, i32) {
         let plan = Plan {
             filesystem_uuid: UUID.into(),
+            volume_id: VOLUME.into(),
             suffix: SUFFIX.into(),
             overwrite,
             entries,
@@ -179,7 +174,7 @@ fn files_are_restored_with_owner_mode_and_time_and_nothing_is_overwritten() {
         std::fs::read(vm.disk("etc/app.conf")).unwrap(),
         b"changed since"
     );
-    let beside = vm.disk(&format!("etc/app.conf{SUFFIX}"));
+    let beside = vm.disk(&format!("etc/app.conf{SUFFIX}~"));
     assert_eq!(std::fs::read(&beside).unwrap(), b"from the backup");
     assert_eq!(owner_mode_mtime(&beside), (0, 0, 0o640, MTIME));
     assert_eq!(
@@ -214,7 +209,7 @@ fn files_are_restored_with_owner_mode_and_time_and_nothing_is_overwritten() {
         (4, 0, 0),
         "{out:?}"
     );
-    assert!(!vm.disk(&format!("etc/app.conf{SUFFIX}-2")).exists());
+    assert!(!vm.disk(&format!("etc/app.conf{SUFFIX}-2~")).exists());
 }
 
 #[test]
@@ -232,7 +227,7 @@ fn overwriting_is_a_choice() {
         std::fs::read(vm.disk("etc/app.conf")).unwrap(),
         b"from the backup"
     );
-    assert!(!vm.disk(&format!("etc/app.conf{SUFFIX}")).exists());
+    assert!(!vm.disk(&format!("etc/app.conf{SUFFIX}~")).exists());
 }
 
 #[test]
@@ -295,6 +290,7 @@ fn a_filesystem_that_is_not_mounted_is_said_so() {
     let vm = Instance::new();
     let plan = Plan {
         filesystem_uuid: "aaaa-bbbb".into(),
+        volume_id: VOLUME.into(),
         suffix: SUFFIX.into(),
         overwrite: false,
         entries: vec![vm.file("a.txt", b"a", 0o644, 0)],
@@ -323,6 +319,46 @@ fn a_filesystem_that_is_not_mounted_is_said_so() {
     assert_eq!(out.status.code(), Some(3));
     let outcome = Outcome::parse(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(outcome.error.as_deref(), Some("not-mounted aaaa-bbbb"));
+    // The filesystem with the plan's UUID, on another volume than the
+    // plan's (a volume carrying a copy of the UUID): nothing is written.
+    let plan = Plan {
+        filesystem_uuid: UUID.into(),
+        volume_id: "vol-0fedcba9876543210".into(),
+        suffix: SUFFIX.into(),
+        overwrite: false,
+        entries: vec![vm.file("a.txt", b"a", 0o644, 0)],
+    };
+    let (other, _) = plan.render().unwrap();
+    let other_at = vm.base.join("other-plan");
+    std::fs::write(&other_at, &other).unwrap();
+    let cmd = command(
+        "00ff",
+        &format!("file://{}", other_at.display()),
+        &hex::encode(Sha256::digest(&other)),
+    )
+    .unwrap();
+    let out = Command::new("sh")
+        .args(["-c", &cmd])
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                vm.base.join("bin").display(),
+                std::env::var("PATH").unwrap()
+            ),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let outcome = Outcome::parse(&String::from_utf8_lossy(&out.stdout));
+    assert!(
+        outcome
+            .error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("not-the-volume vol-0fedcba9876543210")),
+        "{outcome:?}"
+    );
+    assert!(!vm.disk("a.txt").exists());
     // A plan whose digest does not match is not followed.
     let cmd = command("00ff", &format!("file://{}", at.display()), &"0".repeat(64)).unwrap();
     let out = Command::new("sh").args(["-c", &cmd]).output().unwrap();
@@ -346,6 +382,7 @@ fn values_that_could_leave_their_quotes_are_refused() {
     let plan = |path: &str, suffix: &str, uuid: &str| {
         Plan {
             filesystem_uuid: uuid.into(),
+            volume_id: VOLUME.into(),
             suffix: suffix.into(),
             overwrite: false,
             entries: vec![folder(path, 0o755, 0)],
@@ -425,7 +462,7 @@ fn shared_folders_are_refused_and_copies_beside_lose_set_id_bits() {
         owner_mode_mtime(&vm.disk("tmp/scratch")),
         (NOBODY, NOBODY, 0o644, MTIME)
     );
-    let beside = vm.disk(&format!("opt/tool{SUFFIX}"));
+    let beside = vm.disk(&format!("opt/tool{SUFFIX}~"));
     assert_eq!(
         owner_mode_mtime(&beside),
         (0, 0, 0o755, MTIME),
