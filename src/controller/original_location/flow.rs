@@ -358,7 +358,17 @@ pub async fn advance(
         };
         let c = clients(job, config, ctx).await?;
         let next = match o.phase {
-            Phase::Staged => send(job, &o, &c, now).await,
+            Phase::Staged => {
+                match why_not(&c.production, config, &job.spec.region, &o.instance_id).await {
+                    // What held when the session started may not any more.
+                    Some(why) => failed(
+                        &o,
+                        now,
+                        format!("files cannot be restored onto {}: {why}", o.instance_id),
+                    ),
+                    None => send(job, &o, &c, now).await,
+                }
+            }
             Phase::Pending | Phase::InProgress | Phase::Delayed => follow(job, &o, &c, now).await,
             _ => {
                 // The session ended: its requests' answers go too.

@@ -105,6 +105,11 @@ else
     same "$c" && { echo unchanged; exit 0; }
   done
 fi
+# Room for it, leaving a twentieth of the filesystem free.
+set -- $(stat -f -c "%a %b %S" -- "$dir" 2>/dev/null) ||
+  { echo failed-write; exit 0; }
+[ $# = 3 ] && [ "$size" -le $(( ($1 - $2 / 20) * $3 )) ] ||
+  { echo failed-no-space; exit 0; }
 # A private folder beside the file (same filesystem), its own: nobody
 # else can rename or replace what is in it.
 work=$(mktemp -d -p "$dir" ".tender-XXXXXXXX") || { echo failed-write; exit 0; }
@@ -217,7 +222,7 @@ decode() {
 # Runs shell text $1 with the other arguments as RUN_AS (set by `reach`),
 # for at most an hour, with $STDIN as its input; prints its last word when
 # it is one of OUTCOMES, else failed-write.
-OUTCOMES=" restored beside overwritten unchanged made failed-download failed-digest failed-owner failed-write failed-exists "
+OUTCOMES=" restored beside overwritten unchanged made failed-download failed-digest failed-owner failed-write failed-exists failed-no-space "
 run_as() {
   text=$1
   shift

@@ -245,6 +245,20 @@ fn a_file_that_does_not_match_its_digest_is_not_written() {
 }
 
 #[test]
+fn a_file_larger_than_the_room_left_is_not_fetched() {
+    let vm = Instance::new();
+    let mut entry = vm.file("huge.bin", b"small really", 0o644, 0);
+    if let What::File { size, .. } = &mut entry.what {
+        *size = 1 << 50;
+    }
+    let (out, paths, status) = vm.restore(vec![entry, vm.file("ok.txt", b"ok", 0o644, 0)], false);
+    assert_eq!(status, 1, "{out:?}");
+    assert_eq!((out.failed, out.restored), (1, 1), "{out:?}");
+    assert_outcomes(&out, &paths, &[("huge.bin", "failed-no-space")]);
+    assert!(!vm.disk("huge.bin").exists());
+}
+
+#[test]
 fn links_on_the_way_and_other_users_folders_are_refused() {
     let vm = Instance::new();
     // A folder on the way is a symbolic link out of the filesystem.
