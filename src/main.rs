@@ -171,7 +171,9 @@ struct SweepFlags {
     sweep_grace_seconds: u64,
     /// Seconds an orphaned intermediate snapshot (what a restore wrote
     /// on the way, tagged `tender.dev/intermediate`) must have existed,
-    /// and been owned by no job, before the sweep deletes it.
+    /// and been owned by no job, before the sweep deletes it; also how
+    /// long a staging folder of a restore to the original location whose
+    /// job is gone or finished must have been unchanged.
     #[arg(
         long,
         default_value_t = 3600,

@@ -462,9 +462,54 @@ async fn the_sweep_deletes_what_failed_restores_left_and_nothing_else() {
     .await;
     // Someone else's, untagged: kept.
     let untagged = plant(Vec::new()).await;
+    // Files staged for restores onto source instances: of a job that is
+    // gone, of one that finished (both deleted), of another cluster's job
+    // (kept).
+    let repo: BackupRepository = env
+        .cluster_api()
+        .get(&env.repository().await)
+        .await
+        .unwrap();
+    let s3 = disks::s3().await;
+    let staged = |cluster: &str, uid: &str| {
+        let folder = RepositoryLocation::staging(&repo.spec, cluster, &ns, uid);
+        format!("{}0123456789abcdef/files/0", folder.prefix)
+    };
+    let staged_keys = [
+        staged(&cluster, "uid-of-a-deleted-job"),
+        staged(&cluster, &failed_uid),
+        staged("another-cluster", "uid-of-a-deleted-job"),
+    ];
+    for key in &staged_keys {
+        s3.put_object()
+            .bucket(&repo.spec.bucket)
+            .key(key)
+            .body(b"a production file".to_vec().into())
+            .send()
+            .await
+            .unwrap();
+    }
+    let staged_exists = |key: String| {
+        let (s3, bucket) = (s3.clone(), repo.spec.bucket.clone());
+        async move {
+            s3.list_objects_v2()
+                .bucket(bucket)
+                .prefix(&key)
+                .send()
+                .await
+                .unwrap()
+                .key_count()
+                .unwrap_or(0)
+                > 0
+        }
+    };
 
     let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while exists(&env, &orphan).await || exists(&env, &earlier).await {
+    while exists(&env, &orphan).await
+        || exists(&env, &earlier).await
+        || staged_exists(staged_keys[0].clone()).await
+        || staged_exists(staged_keys[1].clone()).await
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the sweep did not delete the leftovers"
@@ -481,4 +526,8 @@ async fn the_sweep_deletes_what_failed_restores_left_and_nothing_else() {
     ] {
         assert!(exists(&env, id).await, "{what} snapshot {id} was deleted");
     }
+    assert!(
+        staged_exists(staged_keys[2].clone()).await,
+        "another cluster's staged file was deleted"
+    );
 }

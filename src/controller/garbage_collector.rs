@@ -2,10 +2,13 @@
 //! refreshes the shared instance cache of every region in use, terminates
 //! worker instances of this cluster whose owner job is gone, finished, or
 //! does not know them (after a grace period), deletes worker queues whose
-//! configuration is gone, and deletes restores' intermediate snapshots that
-//! no job owns any more (`intermediates`).
+//! configuration is gone, deletes restores' intermediate snapshots that
+//! no job owns any more (`intermediates`), and the staging folders of
+//! restores to the original location whose job is gone or finished
+//! (`staging`).
 
 mod intermediates;
+mod staging;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -179,6 +182,13 @@ fn accounts_in_use(ctx: &Context) -> Vec<RegionAccount> {
 }
 
 async fn sweep(ctx: &Context, config: SweepConfig) {
+    let staged = staging::sweep(ctx, config.intermediate_grace).await;
+    if staged > 0 {
+        info!(
+            objects = staged,
+            "garbage collection: deleted leftover staged files"
+        );
+    }
     let now = Timestamp::now();
     for (region, role) in accounts_in_use(ctx) {
         let access = Access::new(role.as_ref(), &["garbage-collector"]);

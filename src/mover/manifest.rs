@@ -111,18 +111,35 @@ impl RepositoryLocation {
     }
 
     /// Where a file-level session stages files for a restore onto the
-    /// source instance: `<prefix>_staging/<namespace>/<job UID>/`, apart
-    /// from every namespace's restore points (which garbage collection and
-    /// retention list) as `_restored/` is.
+    /// source instance: `<prefix>_staging/<cluster>/<namespace>/<job
+    /// UID>/`, apart from every namespace's restore points (which garbage
+    /// collection and retention list) as `_restored/` is; by cluster, so
+    /// that each cluster's sweep judges only its own jobs' folders.
     pub fn staging(
         repository: &crate::api::BackupRepositorySpec,
+        cluster_id: &str,
         namespace: &str,
         job_uid: &str,
     ) -> Self {
+        let root = Self::staging_root(repository, cluster_id);
+        Self {
+            prefix: format!("{}{namespace}/{job_uid}/", root.prefix),
+            ..root
+        }
+    }
+
+    /// Where one cluster's jobs stage files: `<prefix>_staging/<cluster>/`
+    /// (the cluster ID kept to letters, digits and `-`).
+    pub fn staging_root(repository: &crate::api::BackupRepositorySpec, cluster_id: &str) -> Self {
         let base = repository.prefix.trim_end_matches('/');
+        let cluster: String = cluster_id
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .take(64)
+            .collect();
         Self::new(
             &repository.bucket,
-            &format!("{base}/_staging/{namespace}/{job_uid}/"),
+            &format!("{base}/_staging/{cluster}/"),
             &repository.region,
         )
         .owned_by(repository)

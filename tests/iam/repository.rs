@@ -71,7 +71,7 @@ pub struct Keys {
 pub fn keys(sample: &Sample) -> Keys {
     let ns = RepositoryLocation::of(&sample.spec, "team-a");
     let restored = RepositoryLocation::restored_files(&sample.spec, "team-a", "restore-1", "etc");
-    let staging = RepositoryLocation::staging(&sample.spec, "team-a", "6f1c2d3e-uid");
+    let staging = RepositoryLocation::staging(&sample.spec, "cluster-1", "team-a", "6f1c2d3e-uid");
     Keys {
         chunk: ns.chunk_key(&"ab".repeat(32)),
         manifest: ns.manifest_key("weekly/i-0123456789abcdef0"),

@@ -79,6 +79,7 @@ async fn clients(job: &RestoreJob, config: &WorkerConfiguration, ctx: &Context) 
         repository: ctx.aws.scoped(&access).await,
         folder: RepositoryLocation::staging(
             &repository.spec,
+            &ctx.cluster_id,
             &namespace,
             &job.uid().unwrap_or_default(),
         ),
