@@ -378,6 +378,15 @@ pub async fn advance(
                         staged: false,
                         ..o.clone()
                     },
+                    // Not for ever: the garbage collector's sweep deletes
+                    // what a finished job left.
+                    Err(e) if ended_long_ago(w, now) => {
+                        warn!(error = %e, "could not clear the staging folder; the sweep will");
+                        OriginalLocationStatus {
+                            staged: false,
+                            ..o.clone()
+                        }
+                    }
                     Err(e) => {
                         warn!(error = %e, "could not clear the staging folder; trying again");
                         o.clone()
@@ -400,6 +409,13 @@ pub async fn advance(
         w.original_location = Some(next);
     }
     Ok(())
+}
+
+/// Whether the worker finished more than 10 minutes ago.
+fn ended_long_ago(w: &RestoreWorkerStatus, now: Timestamp) -> bool {
+    w.finished_time
+        .as_ref()
+        .is_some_and(|t| now.duration_since(t.0).as_secs() > 600)
 }
 
 /// The request's folder under the job's staging folder.
