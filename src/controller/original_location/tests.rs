@@ -110,6 +110,39 @@ impl Instance {
     }
 }
 
+impl Instance {
+    /// Writes `plan` as `name` and runs its command under `sh` with the
+    /// stand-ins first on PATH (no stderr check: refusals may say why
+    /// there); the exit status and what it printed.
+    fn run_plan(&self, plan: &Plan, name: &str) -> (Option<i32>, Outcome) {
+        let (text, _) = plan.render().expect("a plan");
+        let at = self.base.join(name);
+        std::fs::write(&at, &text).expect("the plan");
+        let cmd = command(
+            "00ff",
+            &format!("file://{}", at.display()),
+            &hex::encode(Sha256::digest(&text)),
+        )
+        .expect("a command");
+        let out = Command::new("sh")
+            .args(["-c", &cmd])
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    self.base.join("bin").display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            )
+            .output()
+            .expect("run sh");
+        (
+            out.status.code(),
+            Outcome::parse(&String::from_utf8_lossy(&out.stdout)),
+        )
+    }
+}
+
 impl Drop for Instance {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.base);
@@ -309,29 +342,8 @@ fn a_filesystem_that_is_not_mounted_is_said_so() {
         overwrite: false,
         entries: vec![vm.file("a.txt", b"a", 0o644, 0)],
     };
-    let (text, _) = plan.render().unwrap();
-    let at = vm.base.join("plan");
-    std::fs::write(&at, &text).unwrap();
-    let cmd = command(
-        "00ff",
-        &format!("file://{}", at.display()),
-        &hex::encode(Sha256::digest(&text)),
-    )
-    .unwrap();
-    let out = Command::new("sh")
-        .args(["-c", &cmd])
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                vm.base.join("bin").display(),
-                std::env::var("PATH").unwrap()
-            ),
-        )
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(3));
-    let outcome = Outcome::parse(&String::from_utf8_lossy(&out.stdout));
+    let (code, outcome) = vm.run_plan(&plan, "plan");
+    assert_eq!(code, Some(3));
     assert_eq!(outcome.error.as_deref(), Some("not-mounted aaaa-bbbb"));
     // The filesystem with the plan's UUID, on another volume than the
     // plan's (a volume carrying a copy of the UUID): nothing is written.
@@ -342,29 +354,8 @@ fn a_filesystem_that_is_not_mounted_is_said_so() {
         overwrite: false,
         entries: vec![vm.file("a.txt", b"a", 0o644, 0)],
     };
-    let (other, _) = plan.render().unwrap();
-    let other_at = vm.base.join("other-plan");
-    std::fs::write(&other_at, &other).unwrap();
-    let cmd = command(
-        "00ff",
-        &format!("file://{}", other_at.display()),
-        &hex::encode(Sha256::digest(&other)),
-    )
-    .unwrap();
-    let out = Command::new("sh")
-        .args(["-c", &cmd])
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                vm.base.join("bin").display(),
-                std::env::var("PATH").unwrap()
-            ),
-        )
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(3));
-    let outcome = Outcome::parse(&String::from_utf8_lossy(&out.stdout));
+    let (code, outcome) = vm.run_plan(&plan, "other-plan");
+    assert_eq!(code, Some(3));
     assert!(
         outcome
             .error
@@ -374,6 +365,7 @@ fn a_filesystem_that_is_not_mounted_is_said_so() {
     );
     assert!(!vm.disk("a.txt").exists());
     // A plan whose digest does not match is not followed.
+    let at = vm.base.join("plan");
     let cmd = command("00ff", &format!("file://{}", at.display()), &"0".repeat(64)).unwrap();
     let out = Command::new("sh").args(["-c", &cmd]).output().unwrap();
     let outcome = Outcome::parse(&String::from_utf8_lossy(&out.stdout));

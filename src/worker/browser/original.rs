@@ -20,8 +20,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::disk::{Volume, normalize};
+use super::disk::Volume;
 use super::pages::{self, Problem};
+use super::restore::selected_paths;
 use super::routes::{Answer, Browser, on_fs, refused, server_error};
 use super::selection::{self, Owner, select};
 use super::session::Activity;
@@ -126,20 +127,7 @@ pub(super) async fn request(
         }
     };
     let overwrite = fields.iter().any(|(k, v)| k == "overwrite" && v == "on");
-    let selected: Vec<(String, String)> = fields
-        .into_iter()
-        .filter(|(k, _)| k == "path")
-        .map(|(_, v)| {
-            let path = normalize(&v);
-            (path.clone(), path)
-        })
-        .collect();
-    if selected.is_empty() {
-        return Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "select at least one file or folder",
-        ));
-    }
+    let selected = selected_paths(fields)?;
     if let Some(active) = target.requests().active.clone() {
         return Err(Problem::new(
             StatusCode::CONFLICT,

@@ -24,20 +24,7 @@ pub(super) async fn restore(
             "this RestoreJob allows downloads only: set spec.restoreFilesTo to restore files to S3",
         ));
     };
-    let selected: Vec<(String, String)> = fields
-        .into_iter()
-        .filter(|(k, _)| k == "path")
-        .map(|(_, v)| {
-            let path = normalize(&v);
-            (path.clone(), path)
-        })
-        .collect();
-    if selected.is_empty() {
-        return Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "select at least one file or folder",
-        ));
-    }
+    let selected = selected_paths(fields)?;
     let files = on_fs(&browser.volume, move |fs| {
         let selection = select(fs, &selected, &selection::RESTORE).map_err(refused)?;
         let files: Vec<(String, u64)> = selection
@@ -60,6 +47,28 @@ pub(super) async fn restore(
         "restored selected files"
     );
     Ok(pages::restored(&done))
+}
+
+/// The paths a form selects (fields `path`), each as (path, its name in
+/// the selection); at least one.
+pub(super) fn selected_paths(
+    fields: Vec<(String, String)>,
+) -> Result<Vec<(String, String)>, Problem> {
+    let selected: Vec<(String, String)> = fields
+        .into_iter()
+        .filter(|(k, _)| k == "path")
+        .map(|(_, v)| {
+            let path = normalize(&v);
+            (path.clone(), path)
+        })
+        .collect();
+    if selected.is_empty() {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "select at least one file or folder",
+        ));
+    }
+    Ok(selected)
 }
 
 /// Reads the files one after the other on a blocking thread while the
