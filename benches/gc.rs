@@ -91,6 +91,7 @@ fn manifest(id: &str, chunks: Vec<String>) -> Vec<u8> {
         stats: BackupStats::default(),
         machine: None,
         policy: None,
+        database: None,
     };
     serde_json::to_vec(&m).unwrap()
 }

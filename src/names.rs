@@ -45,6 +45,9 @@ pub mod tags {
     pub const JOB_UID: &str = "tender.dev/job-uid";
     pub const RESOURCE: &str = "tender.dev/resource";
     pub const ATTEMPT: &str = "tender.dev/attempt";
+    /// The BackupRepository a database's restore point is in (on its DB
+    /// snapshot: the sweep reads the restore point there).
+    pub const REPOSITORY: &str = "tender.dev/repository";
     pub const LAUNCH_TOKEN: &str = "tender.dev/launch-token";
     pub const OPERATION: &str = "tender.dev/operation";
     pub const CONFIGURATION: &str = "tender.dev/worker-configuration";

@@ -98,6 +98,25 @@ failure_reasons! {
         /// A restored snapshot (or the AMI) was still not usable when the
         /// controller's `--restored-snapshot-timeout-seconds` ran out.
         RestoredSnapshotTimedOut,
+        /// The RDS DB instance a job names does not exist.
+        SourceDatabaseNotFound,
+        /// The DB instance is in a state RDS cannot snapshot and that does
+        /// not end by itself (stopped, failed, storage full, …).
+        SourceDatabaseUnavailable,
+        /// The Region's manual DB snapshot quota is used up.
+        DatabaseSnapshotQuotaExceeded,
+        /// A RestoreJob's new DB instance identifier is taken.
+        DatabaseAlreadyExists,
+        /// A restore point's DB snapshot is gone.
+        DatabaseSnapshotMissing,
+        /// RDS refused the restore's parameters (class, subnet group,
+        /// security groups, parameter group, quota).
+        DatabaseRestoreRefused,
+        /// RDS failed the DB instance a restore created.
+        DatabaseRestoreFailed,
+        /// A RestoreJob's mode does not fit its restore point (a database
+        /// restored as a volume, an instance as a database).
+        RestoreModeMismatch,
         DeadlineExceeded,
         LaunchFailed,
         WorkerConfigurationDeleted,
@@ -119,6 +138,8 @@ failure_reasons! {
         /// A backup copied for longer than garbage collection's grace
         /// period and stored no restore point (a retry starts over).
         BackupOutlivedGracePeriod,
+        /// RDS failed the DB snapshot, or it disappeared while being taken.
+        DatabaseSnapshotFailed,
         // AWS errors, by category (see `AwsError::category`).
         AwsThrottled,
         AwsPermissionDenied,

@@ -76,6 +76,9 @@ fn drive(steps: &serde_json::Value, pin: &str) -> serde_json::Value {
         .arg(work.join("profile"))
         .output()
         .expect("run the Chromium driver");
+    // Chromium's profile is tens of MiB; the downloads stay for the test
+    // to read.
+    let _ = std::fs::remove_dir_all(work.join("profile"));
     let parsed: Result<serde_json::Value, _> = serde_json::from_slice(&out.stdout);
     assert!(
         parsed.is_ok(),

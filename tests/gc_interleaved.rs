@@ -119,6 +119,7 @@ fn manifest_bytes(id: &str, resource: usize, chunks: &[String]) -> Vec<u8> {
         stats: BackupStats::default(),
         machine: None,
         policy: None,
+        database: None,
     };
     serde_json::to_vec(&m).unwrap()
 }

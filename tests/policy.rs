@@ -247,7 +247,7 @@ async fn a_tag_selector_protects_an_instance_tagged_after_the_policy_was_made() 
     let runs = wait_runs(&env, "tagged", 1, Duration::from_secs(75)).await;
     on_time(&runs);
     let job = &runs[0].2;
-    let ids: Vec<&str> = job.spec.resources.iter().map(|r| r.id()).collect();
+    let ids: Vec<String> = job.spec.resources.iter().map(|r| r.id()).collect();
     assert_eq!(
         ids,
         [instance.as_str()],

@@ -379,3 +379,51 @@ async fn iam_identities_act_with_their_policies_and_s3_hides_missing_keys_withou
     );
     assert!(realism::counter("s3:403-for-missing-key").await >= 3);
 }
+
+/// RDS as AWS documents it (`scripts/realism/rds.py`): DB and cluster
+/// snapshots `creating` / `copying` with a rising `PercentProgress` and the
+/// instance `backing-up` meanwhile; InvalidDBSnapshotState,
+/// InvalidDBInstanceState and InvalidDBClusterSnapshotStateFault where a
+/// state forbids a call (deleting a `copying` copy cancels it); 100 manual
+/// snapshots per account and Region, automated ones not counted; a
+/// snapshot ARN of another account only when shared with the caller; no
+/// encrypted copy across Regions or accounts without a KmsKeyId; no cluster
+/// silently replaced; a DbiResourceId per instance; and instances backed by
+/// a database the tests started (`POST /realism/rds/backing`: endpoint and
+/// managed master secret). `scripts/realism/check_rds.py` asserts each with
+/// boto3; it runs here with the test world's own Python (the virtualenv
+/// `scripts/testenv` installed moto in) against the same endpoint, and a
+/// check that fails fails this test.
+#[test]
+fn rds_snapshots_states_quotas_accounts_and_backed_instances_are_as_aws_documents() {
+    if !strict() {
+        return;
+    }
+    let moto = include_str!("../scripts/versions.env")
+        .lines()
+        .find_map(|line| line.strip_prefix("MOTO_VERSION="))
+        .expect("MOTO_VERSION in scripts/versions.env")
+        .trim();
+    // Where scripts/testenv keeps the virtualenv: $TENDER_CACHE, else
+    // ~/.cache/tender.
+    let cache = std::env::var("TENDER_CACHE")
+        .ok()
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| format!("{}/.cache/tender", std::env::var("HOME").expect("HOME")));
+    let python = format!("{cache}/venv-moto-{moto}/bin/python");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/realism/check_rds.py");
+    let endpoint =
+        std::env::var("AWS_ENDPOINT_URL").expect("AWS_ENDPOINT_URL from scripts/testenv");
+    let out = std::process::Command::new(&python)
+        .arg(script)
+        .arg(&endpoint)
+        .output()
+        .unwrap_or_else(|e| panic!("run {python} {script}: {e}"));
+    assert!(
+        out.status.success(),
+        "check_rds.py against {endpoint} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -19,13 +19,21 @@ ebs.py) or applied to requests here:
   presigned URLs");
 - Systems Manager Run Command has managed nodes, refuses what AWS refuses
   and runs a command only when the test harness, playing SSM Agent,
-  fetches it and reports its outcome (ssm.py).
+  fetches it and reports its outcome (ssm.py);
+- RDS snapshots are `creating` / `copying` with a moving PercentProgress
+  before `available` (the DB instance `backing-up` meanwhile), states and
+  the 100 manual snapshots per Region are enforced, a snapshot ARN
+  resolves in its own account and only when shared with the caller, an
+  encrypted copy across Regions or accounts needs a KmsKeyId, clusters are
+  not silently replaced, DbiResourceIds are unique, and a DB instance can
+  be backed by a real database server the tests started (rds.py).
 
 GET /realism/ answers the settings in force and counters of what the layer
 did (refusals, throttles), so tests can check that the world is strict.
 POST /realism/roles and GET /realism/instance-credentials/<id> are the
 tests' IAM plumbing (identities.py); /realism/ssm/... is the SSM Agent's
-side (ssm.control).
+side (ssm.control); POST /realism/rds/backing points a DB instance's
+endpoint and managed master secret at a real database (rds.control).
 Settings come from the environment (world.Settings). README.md, "Test
 environment", lists what this world reproduces and what it cannot.
 """
@@ -52,6 +60,7 @@ import access  # noqa: E402
 import ebs  # noqa: E402
 import ec2  # noqa: E402
 import identities  # noqa: E402
+import rds  # noqa: E402
 import ssm  # noqa: E402
 from world import Settings, World  # noqa: E402
 
@@ -213,6 +222,13 @@ class Realism:
                 body = json.loads(environ["wsgi.input"].read(length) or b"{}") if length else {}
                 code, answer = ssm.control(method, path, query, body)
                 return _json(start_response, _status_line(code), answer)
+            if path.startswith("/realism/rds/"):
+                method = environ.get("REQUEST_METHOD", "GET")
+                query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+                length = int(environ.get("CONTENT_LENGTH") or 0)
+                body = json.loads(environ["wsgi.input"].read(length) or b"{}") if length else {}
+                code, answer = rds.control(method, path, body, query)
+                return _json(start_response, _status_line(code), answer)
             if path.startswith("/realism/roles") and environ.get("REQUEST_METHOD") == "POST":
                 length = int(environ.get("CONTENT_LENGTH") or 0)
                 spec = json.loads(environ["wsgi.input"].read(length) or b"{}")
@@ -273,6 +289,7 @@ def main():
     access.install(world)
     identities.install(world)
     ssm.install(world)
+    rds.install(world)
     world.start_ticker()
     app = Realism(DomainDispatcherApplication(create_backend_app), world)
     print(f"realism: serving moto on {args.host}:{args.port} with {world.settings.as_dict()}", flush=True)

@@ -34,6 +34,11 @@ class Settings:
     REALISM_EBS_ACCOUNT_BLOCK_RPS       GetSnapshotBlock / PutSnapshotBlock per account per second
     REALISM_EBS_LIST_RPS                ListSnapshotBlocks / ListChangedBlocks per account per second
     REALISM_EBS_START_RPS               StartSnapshot / CompleteSnapshot per account per second
+    REALISM_RDS_SNAPSHOT_SECONDS        CreateDBSnapshot / CreateDBClusterSnapshot -> `creating`
+                                        (and the DB instance `backing-up`)
+    REALISM_RDS_COPY_SECONDS            CopyDBSnapshot / CopyDBClusterSnapshot -> `copying`
+    REALISM_RDS_MANUAL_SNAPSHOT_QUOTA   manual DB snapshots per account and Region (manual
+                                        DB cluster snapshots: as many again, counted apart)
     """
 
     def __init__(self):
@@ -60,6 +65,13 @@ class Settings:
         self.ebs_account_block_rps = _seconds("REALISM_EBS_ACCOUNT_BLOCK_RPS", 5000)
         self.ebs_list_rps = _seconds("REALISM_EBS_LIST_RPS", 50)
         self.ebs_start_rps = _seconds("REALISM_EBS_START_RPS", 10)
+        # RDS snapshots take minutes on AWS; PercentProgress moves meanwhile.
+        self.rds_snapshot = _seconds("REALISM_RDS_SNAPSHOT_SECONDS", 3)
+        self.rds_copy = _seconds("REALISM_RDS_COPY_SECONDS", 4)
+        # "Manual DB instance snapshots: 100" and "Manual DB cluster
+        # snapshots: 100" per Region, adjustable ("Quotas in Amazon RDS",
+        # RDS User Guide); automated snapshots do not count.
+        self.rds_manual_snapshot_quota = int(os.environ.get("REALISM_RDS_MANUAL_SNAPSHOT_QUOTA", 100))
 
     def as_dict(self):
         return dict(self.__dict__)

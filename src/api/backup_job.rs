@@ -7,7 +7,10 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{INSTANCE_ID_PATTERN, LocalObjectReference, REGION_PATTERN, SNAPSHOT_ID_PATTERN};
+use super::{
+    DB_IDENTIFIER_PATTERN, DB_INSTANCE_RESOURCE_PREFIX, INSTANCE_ID_PATTERN, LocalObjectReference,
+    REGION_PATTERN, SNAPSHOT_ID_PATTERN,
+};
 
 /// Back up AWS resources. Tender launches one short-lived worker instance per
 /// resource, follows it over SQS and terminates it as soon as it is done.
@@ -43,7 +46,7 @@ use super::{INSTANCE_ID_PATTERN, LocalObjectReference, REGION_PATTERN, SNAPSHOT_
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "self.resources == oldSelf.resources && has(self.repositoryRef) == has(oldSelf.repositoryRef) && (!has(self.repositoryRef) || self.repositoryRef.name == oldSelf.repositoryRef.name) && has(self.workerConfigurationRef) == has(oldSelf.workerConfigurationRef) && (!has(self.workerConfigurationRef) || self.workerConfigurationRef.name == oldSelf.workerConfigurationRef.name)",
      "message": "resources, repositoryRef and workerConfigurationRef of a BackupJob are immutable; create a new BackupJob instead"},
-    {"rule": "self.resources.all(r, self.resources.filter(o, (has(o.instanceId) && has(r.instanceId) && o.instanceId == r.instanceId) || (has(o.snapshotId) && has(r.snapshotId) && o.snapshotId == r.snapshotId)).size() == 1)",
+    {"rule": "self.resources.all(r, self.resources.filter(o, (has(o.instanceId) && has(r.instanceId) && o.instanceId == r.instanceId) || (has(o.snapshotId) && has(r.snapshotId) && o.snapshotId == r.snapshotId) || (has(o.dbInstanceId) && has(r.dbInstanceId) && o.dbInstanceId == r.dbInstanceId)).size() == 1)",
      "message": "each resource may be listed once"},
     {"rule": "has(self.repositoryRef)",
      "message": "spec.repositoryRef is required: the BackupRepository the restore points go to"}
@@ -84,11 +87,14 @@ pub struct BackupJobSpec {
 }
 
 /// One protected resource: an EC2 instance (all its EBS volumes, snapshotted
-/// together) or an existing EBS snapshot.
+/// together), an existing EBS snapshot, or an RDS DB instance (a manual DB
+/// snapshot, taken and kept by Tender).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "has(self.instanceId) != has(self.snapshotId)",
-     "message": "set exactly one of instanceId and snapshotId"}
+    {"rule": "[has(self.instanceId), has(self.snapshotId), has(self.dbInstanceId)].filter(x, x).size() == 1",
+     "message": "set exactly one of instanceId, snapshotId and dbInstanceId"},
+    {"rule": "!has(self.dbInstanceId) || !self.dbInstanceId.contains('--')",
+     "message": "an RDS DB instance identifier has no two hyphens in a row"}
 ]))]
 #[serde(rename_all = "camelCase")]
 pub struct BackupResource {
@@ -101,18 +107,32 @@ pub struct BackupResource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(SNAPSHOT_ID_PATTERN), length(max = 22))]
     pub snapshot_id: Option<String>,
+    /// Identifier of an RDS DB instance (any engine) to back up, for example
+    /// `orders-db`: Tender takes a manual DB snapshot of it, tagged as its
+    /// own, waits until it is available, and records it in a restore point
+    /// (resource `rds-db-<identifier>`). The snapshot is deleted once its
+    /// restore point is (by retention or by hand).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(DB_IDENTIFIER_PATTERN), length(max = 63))]
+    pub db_instance_id: Option<String>,
     /// Region of the resource, for example `eu-west-1`.
     #[schemars(pattern(REGION_PATTERN), length(max = 32))]
     pub region: String,
 }
 
 impl BackupResource {
-    /// The resource's ID, whichever kind it is.
-    pub fn id(&self) -> &str {
-        self.instance_id
-            .as_deref()
-            .or(self.snapshot_id.as_deref())
-            .unwrap_or_default()
+    /// The resource's ID, whichever kind it is, as `status.workers[]` and
+    /// its restore point name it (`rds-db-<identifier>` for a DB instance).
+    pub fn id(&self) -> String {
+        match &self.db_instance_id {
+            Some(db) => format!("{DB_INSTANCE_RESOURCE_PREFIX}{db}"),
+            None => self
+                .instance_id
+                .as_deref()
+                .or(self.snapshot_id.as_deref())
+                .unwrap_or_default()
+                .to_string(),
+        }
     }
 }
 
@@ -129,6 +149,24 @@ pub struct BackupWorkerStatus {
     /// a RestoreJob's `restorePoint` takes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_point: Option<String>,
+    /// The DB snapshot of a DB instance's backup, once Tender started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_snapshot: Option<DatabaseSnapshotStatus>,
+}
+
+/// A DB snapshot Tender takes for a BackupJob.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSnapshotStatus {
+    /// Its identifier (the attempt's launch token).
+    pub snapshot_id: String,
+    /// Its ARN, as RDS gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_arn: Option<String>,
+    /// Its RDS status when last looked at (`creating`, `available`, …).
+    pub state: String,
+    /// When Tender asked RDS for it.
+    pub requested_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
 }
 
 super::job::job_worker!(BackupWorkerStatus);

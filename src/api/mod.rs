@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use backup_job::{
     BackupJob, BackupJobSpec, BackupJobStatus, BackupResource, BackupWorkerStatus,
+    DatabaseSnapshotStatus,
 };
 pub use backup_policy::{
     BackupPolicy, BackupPolicySpec, BackupPolicyStatus, InstanceSelector, LastRetention,
@@ -29,8 +30,9 @@ pub use backup_repository::{
 };
 pub use job::{JobLimits, JobStatus, JobWorker, Phase, WorkerStatus};
 pub use restore_job::{
-    MachineImage, OriginalLocationPhase, OriginalLocationStatus, RestoreFilesTo, RestoreJob,
-    RestoreJobSpec, RestoreJobStatus, RestoreMode, RestoreWorkerStatus, RestoredSnapshot,
+    DatabaseRestore, MachineImage, OriginalLocationPhase, OriginalLocationStatus, RestoreFilesTo,
+    RestoreJob, RestoreJobSpec, RestoreJobStatus, RestoreMode, RestoreWorkerStatus,
+    RestoredDatabase, RestoredSnapshot,
 };
 pub use restore_point::{RestorePoint, RestorePointSpec};
 pub use retention_job::{
@@ -53,6 +55,14 @@ pub const INSTANCE_ID_PATTERN: &str = r"^i-[0-9a-f]{8,17}$";
 /// EBS snapshot IDs such as `snap-0123456789abcdef0`.
 pub const SNAPSHOT_ID_PATTERN: &str = r"^snap-[0-9a-f]{8,17}$";
 /// S3 bucket names (DNS-style: lowercase letters, digits, dots, hyphens).
+/// An RDS DB instance identifier: 1 to 63 lowercase letters, digits and
+/// hyphens, starting with a letter (RDS stores identifiers in lowercase);
+/// the schema also refuses two hyphens in a row and a trailing hyphen.
+pub const DB_IDENTIFIER_PATTERN: &str = r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$";
+/// The prefix of a DB instance's resource ID in a job's status and its
+/// restore point (`rds-db-<identifier>`): an RDS identifier may look like
+/// an instance or snapshot ID, so it is told apart.
+pub const DB_INSTANCE_RESOURCE_PREFIX: &str = "rds-db-";
 pub const BUCKET_PATTERN: &str = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$";
 /// Key prefixes inside a bucket: no leading slash, no `..`, printable.
 pub const PREFIX_PATTERN: &str = r"^[A-Za-z0-9!_.*'()/-]*$";

@@ -8,8 +8,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    DEVICE_PATTERN, INSTANCE_TYPE_PATTERN, LocalObjectReference, PREFIX_PATTERN, REGION_PATTERN,
-    SECURITY_GROUP_PATTERN, ZONE_PATTERN,
+    DB_IDENTIFIER_PATTERN, DEVICE_PATTERN, INSTANCE_TYPE_PATTERN, LocalObjectReference,
+    PREFIX_PATTERN, REGION_PATTERN, SECURITY_GROUP_PATTERN, ZONE_PATTERN,
 };
 
 /// `<BackupJob name>/<resource ID>`, or the name of its RestorePoint
@@ -60,7 +60,9 @@ pub const RESTORE_POINT_PATTERN: &str = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?[/.][a-
     {"rule": "self.mode == 'fileLevel' || !has(self.restoreToOriginalLocation) || !self.restoreToOriginalLocation",
      "message": "restoreToOriginalLocation applies only to mode fileLevel"},
     {"rule": "has(self.repositoryRef)",
-     "message": "spec.repositoryRef is required: the BackupRepository that holds the restore point"}
+     "message": "spec.repositoryRef is required: the BackupRepository that holds the restore point"},
+    {"rule": "(self.mode == 'database') == has(self.database)",
+     "message": "mode database needs spec.database (the new DB instance), and only it takes one"}
 ]))]
 #[serde(rename_all = "camelCase")]
 pub struct RestoreJobSpec {
@@ -124,6 +126,9 @@ pub struct RestoreJobSpec {
     /// unless the page is told to.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub restore_to_original_location: bool,
+    /// The new DB instance (mode `database`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseRestore>,
     /// Minutes a file-level recovery session may stay idle before its worker
     /// is terminated (default 30).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -180,6 +185,42 @@ pub enum RestoreMode {
     Volume,
     /// A worker serving the file-level recovery browser.
     FileLevel,
+    /// A new RDS DB instance from a database's restore point (see
+    /// `spec.database`); no worker.
+    Database,
+}
+
+/// The new DB instance a database's restore point is restored into. Unset
+/// fields take what the snapshot holds (or RDS's default: the default VPC's
+/// subnet group and security group, the engine's default parameter group).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!self.dbInstanceId.contains('--')",
+     "message": "an RDS DB instance identifier has no two hyphens in a row"}
+]))]
+pub struct DatabaseRestore {
+    /// Identifier of the new DB instance. It must not exist: a restore never
+    /// overwrites a database.
+    #[schemars(pattern(DB_IDENTIFIER_PATTERN), length(max = 63))]
+    pub db_instance_id: String,
+    /// Its instance class, for example `db.t3.micro` (default: the
+    /// snapshot's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), pattern(r"^db\.[a-z0-9]+\.[a-z0-9]+$"))]
+    pub db_instance_class: Option<String>,
+    /// Its DB subnet group: where in which VPC it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 255))]
+    pub db_subnet_group_name: Option<String>,
+    /// Its VPC security groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 5), inner(pattern(SECURITY_GROUP_PATTERN)))]
+    pub vpc_security_group_ids: Option<Vec<String>>,
+    /// Its DB parameter group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 255))]
+    pub db_parameter_group_name: Option<String>,
 }
 
 /// What the controller observed of a RestoreJob: one worker, whose entry
@@ -236,6 +277,30 @@ pub struct RestoreWorkerStatus {
     /// session (`spec.restoreToOriginalLocation`), or why none can be.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original_location: Option<OriginalLocationStatus>,
+    /// The DB instance a restore of a database created (mode `database`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_database: Option<RestoredDatabase>,
+}
+
+/// A DB instance a RestoreJob created.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoredDatabase {
+    /// Its identifier (`spec.database.dbInstanceId`).
+    pub db_instance_id: String,
+    /// Its ARN, as RDS gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_instance_arn: Option<String>,
+    /// Its RDS status when last looked at (`creating`, `available`, …).
+    pub state: String,
+    /// The host name clients connect to, once RDS says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_address: Option<String>,
+    /// The port clients connect to, once RDS says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_port: Option<i32>,
+    /// When Tender asked RDS for it.
+    pub requested_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
 }
 
 /// Where a restore of files onto the source instance is.

@@ -111,8 +111,9 @@ pub struct RestorePointSpec {
     /// `restorePoint` takes.
     #[schemars(length(max = 512))]
     pub id: String,
-    /// The protected resource (an EC2 instance or EBS snapshot ID).
-    #[schemars(length(max = 64))]
+    /// The protected resource (an EC2 instance or EBS snapshot ID, or
+    /// `rds-db-<identifier>` for an RDS DB instance).
+    #[schemars(length(max = 80))]
     pub resource: String,
     /// The resource's region.
     #[schemars(length(max = 32))]
@@ -137,6 +138,16 @@ pub struct RestorePointSpec {
     pub logical_bytes: i64,
     /// Bytes its backup stored new (compressed); the rest it shares.
     pub stored_bytes: i64,
+    /// A database's restore point: its engine (`postgres`, `mysql`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub engine: Option<String>,
+    /// A database's restore point: the ARNs of the DB snapshots that hold
+    /// it (RDS keeps the data; the repository keeps this record).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub database_snapshots: Vec<String>,
 }
 
 /// The name of the RestorePoint object of restore point `<job>/<resource>`

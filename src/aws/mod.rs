@@ -27,6 +27,7 @@ pub mod metadata;
 pub mod network;
 pub mod operation;
 pub mod queues;
+pub mod rds;
 pub mod repository;
 pub mod run_command;
 
@@ -173,6 +174,11 @@ impl AwsClients {
         account_checks::AccountChecks { aws: self }
     }
 
+    /// RDS DB instances and the snapshots Tender takes of them.
+    pub fn databases(&self) -> rds::Databases<'_> {
+        rds::Databases { aws: self }
+    }
+
     /// HMACs by the repository's integrity key, in KMS.
     pub fn macs(&self) -> kms::Macs<'_> {
         kms::Macs { aws: self }
@@ -293,6 +299,12 @@ impl AwsClients {
         /// An SSM client (built for each use: the controller rarely asks).
         ssm,
         aws_sdk_ssm
+    );
+    client_per_use!(
+        /// An RDS client (built for each use: a database job makes a call
+        /// every few seconds at most).
+        rds,
+        aws_sdk_rds
     );
     client_per_use!(
         /// An IAM client (`tender doctor` only).

@@ -22,6 +22,7 @@ pub enum AwsService {
     Ssm,
     Kms,
     Iam,
+    Rds,
 }
 
 impl AwsService {
@@ -36,6 +37,7 @@ impl AwsService {
             AwsService::Ssm => "ssm",
             AwsService::Kms => "kms",
             AwsService::Iam => "iam",
+            AwsService::Rds => "rds",
         }
     }
 
@@ -50,6 +52,7 @@ impl AwsService {
             AwsService::Ssm => "SSM",
             AwsService::Kms => "KMS",
             AwsService::Iam => "IAM",
+            AwsService::Rds => "RDS",
         }
     }
 
@@ -183,9 +186,18 @@ operations! {
     DeleteObjects => S3, Both [Retention];
     // KMS: the repository's integrity key authenticates manifests and
     // `latest` pointers.
-    GenerateMac => Kms, Worker [Backup];
+    // The controller seals the manifests of database restore points.
+    GenerateMac => Kms, Both [Backup];
     // The controller verifies the manifests it lists as RestorePoints.
     VerifyMac => Kms, Both [Backup, Restore, FileLevel, Retention, Verification];
+    // RDS: the controller snapshots DB instances (BackupJob), restores
+    // snapshots into new DB instances (RestoreJob), and its sweep deletes
+    // its own snapshots whose restore point is gone.
+    DescribeDBInstances => Rds, Controller;
+    CreateDBSnapshot => Rds, Controller;
+    DescribeDBSnapshots => Rds, Controller;
+    DeleteDBSnapshot => Rds, Controller;
+    RestoreDBInstanceFromDBSnapshot => Rds, Controller;
     // SQS: worker reports.
     CreateQueue => Sqs, Controller;
     DeleteQueue => Sqs, Controller;
@@ -272,6 +284,13 @@ impl AwsOperation {
             AwsOperation::RunInstances => out.push("iam:PassRole"),
             AwsOperation::CreateQueue => out.push("sqs:TagQueue"),
             AwsOperation::GetObject | AwsOperation::HeadObject => out.push("s3:ListBucket"),
+            // "If tags are specified in the create action, RDS performs
+            // additional authorization on the rds:AddTagsToResource action"
+            // (Amazon RDS User Guide, "Grant permission to tag resources on
+            // creation").
+            AwsOperation::CreateDBSnapshot | AwsOperation::RestoreDBInstanceFromDBSnapshot => {
+                out.push("rds:AddTagsToResource");
+            }
             // An encrypted snapshot's blocks: EBS uses its KMS key on the
             // caller's behalf ("To access an encrypted snapshot, the user
             // must have access to the KMS key used to encrypt the snapshot,

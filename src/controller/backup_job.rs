@@ -7,7 +7,10 @@ use std::sync::Arc;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
-use super::job::kind::{Located, NotLocated, Target, TaskDetails, WorkerJob};
+use super::database_backup;
+use super::job::kind::{
+    Advance, ControllerStep, Located, NotLocated, Target, TaskDetails, WorkerJob,
+};
 use super::job::{self, job_access};
 use super::{Context, Result};
 use crate::api::{
@@ -108,6 +111,31 @@ async fn locate_snapshot(
     }))
 }
 
+/// A DB instance's zone and allocated storage, if it exists and carries
+/// the tags the configuration requires.
+async fn locate_database(
+    config: &WorkerConfiguration,
+    production: &AwsClients,
+    target: &Target,
+    db: &str,
+) -> Result<Result<Located, NotLocated>> {
+    let region = &target.region;
+    let Some(found) = production.databases().describe_instance(region, db).await? else {
+        return Ok(Err(NotLocated {
+            reason: FailureReason::SourceDatabaseNotFound,
+            message: format!("DB instance {db} does not exist in {region}; check spec.resources"),
+        }));
+    };
+    if let Err(tag) = config.spec.allowed_sources.admits_tags(&found.tags) {
+        let why = format!("it does not carry tag {tag}");
+        return Ok(Err(refused(config, "DB instance", db, why)));
+    }
+    Ok(Ok(Located {
+        zone: found.availability_zone,
+        size_gib: found.allocated_gib,
+    }))
+}
+
 /// The account Tender reads sources in: the production role's, else its
 /// own.
 async fn reading_account(
@@ -131,7 +159,7 @@ async fn reading_account(
 /// its controlling owner, as a policy's runs are. A label alone (anyone who
 /// may create a BackupJob can set one) puts no restore point under a
 /// policy's retention rules.
-fn made_by_policy(job: &BackupJob) -> Option<String> {
+pub(crate) fn made_by_policy(job: &BackupJob) -> Option<String> {
     let label = job.labels().get(crate::names::POLICY_LABEL)?;
     job.owner_references()
         .iter()
@@ -160,7 +188,7 @@ impl WorkerJob for BackupJob {
             .resources
             .iter()
             .map(|r| Target {
-                id: r.id().to_string(),
+                id: r.id(),
                 region: r.region.clone(),
             })
             .collect()
@@ -191,6 +219,9 @@ impl WorkerJob for BackupJob {
     ) -> Result<Result<Located, NotLocated>> {
         let access = job_access(self, config.spec.production_account.as_ref());
         let production = ctx.aws.scoped(&access).await;
+        if let Some(db) = database_backup::db_instance_of(&target.id) {
+            return locate_database(config, &production, target, db).await;
+        }
         let is_instance = self
             .spec
             .resources
@@ -209,6 +240,20 @@ impl WorkerJob for BackupJob {
             spec.architecture,
             located.size_gib,
         )
+    }
+
+    /// A DB instance: RDS takes the snapshot, the controller follows it.
+    fn runs_on_controller(&self, resource: &str) -> bool {
+        database_backup::db_instance_of(resource).is_some()
+    }
+
+    async fn advance(
+        &self,
+        worker: &mut BackupWorkerStatus,
+        step: &ControllerStep<'_>,
+        ctx: &Context,
+    ) -> Result<Advance> {
+        database_backup::advance(self, worker, step, ctx).await
     }
 
     fn record(worker: &mut BackupWorkerStatus, event: &WorkerEvent) {

@@ -560,6 +560,7 @@ fn job_for(policy: &BackupPolicy, name: &str, due: Timestamp, ids: &[String]) ->
                 .map(|id| BackupResource {
                     instance_id: Some(id.clone()),
                     snapshot_id: None,
+                    db_instance_id: None,
                     region: policy.spec.region.clone(),
                 })
                 .collect(),

@@ -7,6 +7,7 @@
 //! restores to the original location whose job is gone or finished
 //! (`staging`).
 
+mod database_snapshots;
 mod intermediates;
 mod staging;
 
@@ -181,6 +182,31 @@ fn accounts_in_use(ctx: &Context) -> Vec<RegionAccount> {
     out
 }
 
+/// The regions and production accounts databases are backed up in: each
+/// configuration's, and each database backup's (whose configuration may
+/// be gone).
+fn database_accounts(ctx: &Context) -> Vec<RegionAccount> {
+    let mut out: Vec<RegionAccount> = Vec::new();
+    let mut add = |key: RegionAccount| {
+        if !out.contains(&key) {
+            out.push(key);
+        }
+    };
+    for c in ctx.configurations.state() {
+        add((c.spec.region.clone(), c.spec.production_account.clone()));
+    }
+    for job in ctx.jobs.state() {
+        if let Some(s) = &job.status {
+            for w in s.workers.iter().filter(|w| {
+                crate::controller::database_backup::db_instance_of(&w.resource).is_some()
+            }) {
+                add((w.region.clone(), w.access.clone()));
+            }
+        }
+    }
+    out
+}
+
 async fn sweep(ctx: &Context, config: SweepConfig) {
     let staged = staging::sweep(ctx, config.intermediate_grace).await;
     if staged > 0 {
@@ -189,6 +215,7 @@ async fn sweep(ctx: &Context, config: SweepConfig) {
             "garbage collection: deleted leftover staged files"
         );
     }
+    sweep_database_snapshots(ctx, config.intermediate_grace).await;
     let now = Timestamp::now();
     for (region, role) in accounts_in_use(ctx) {
         let access = Access::new(role.as_ref(), &["garbage-collector"]);
@@ -264,6 +291,22 @@ async fn sweep(ctx: &Context, config: SweepConfig) {
             intermediates_deleted = intermediates,
             "garbage collection sweep"
         );
+    }
+}
+
+/// Deletes this cluster's DB snapshots whose restore point is gone, in
+/// every region and production account in use.
+async fn sweep_database_snapshots(ctx: &Context, grace: std::time::Duration) {
+    for (region, role) in database_accounts(ctx) {
+        let access = Access::new(role.as_ref(), &["garbage-collector"]);
+        let aws = ctx.aws.scoped(&access).await;
+        let deleted = database_snapshots::sweep(ctx, &aws, &region, grace).await;
+        if deleted > 0 {
+            info!(
+                region,
+                deleted, "garbage collection: deleted DB snapshots whose restore point is gone"
+            );
+        }
     }
 }
 

@@ -12,8 +12,11 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use sha2::Digest;
 
+use super::database_restore;
 use super::job::core::mark_failed;
-use super::job::kind::{Located, NotLocated, Settling, Target, TaskDetails, WorkerJob};
+use super::job::kind::{
+    Advance, ControllerStep, Located, NotLocated, Settling, Target, TaskDetails, WorkerJob,
+};
 use super::job::{self, job_access};
 use super::{Context, Error, Result};
 use crate::api::{
@@ -46,7 +49,9 @@ impl WorkerJob for RestoreJob {
     fn profile(&self) -> WorkerProfile {
         match self.spec.mode {
             RestoreMode::FileLevel => WorkerProfile::FileLevel,
-            RestoreMode::Volume | RestoreMode::Full => WorkerProfile::Restore,
+            RestoreMode::Volume | RestoreMode::Full | RestoreMode::Database => {
+                WorkerProfile::Restore
+            }
         }
     }
     fn targets(&self) -> Vec<Target> {
@@ -97,6 +102,23 @@ impl WorkerJob for RestoreJob {
                 ),
             }));
         }
+        let database_point = database_restore::is_database_point(&self.spec.restore_point_id());
+        if database_point != (self.spec.mode == RestoreMode::Database) {
+            return Ok(Err(NotLocated {
+                reason: FailureReason::RestoreModeMismatch,
+                message: if database_point {
+                    format!(
+                        "restore point {} is a database's: restore it with mode database and spec.database",
+                        self.spec.restore_point_id()
+                    )
+                } else {
+                    format!(
+                        "restore point {} is not a database's: mode database restores only restore points of RDS DB instances",
+                        self.spec.restore_point_id()
+                    )
+                },
+            }));
+        }
         if let Some(problem) = preflight::check(self, config, ctx).await? {
             return Ok(Err(problem));
         }
@@ -118,6 +140,20 @@ impl WorkerJob for RestoreJob {
                 .and_then(|t| t.restore.clone())
                 .unwrap_or_else(|| defaults.restore())
         }
+    }
+
+    /// A database: RDS creates the DB instance, the controller follows it.
+    fn runs_on_controller(&self, _resource: &str) -> bool {
+        self.spec.mode == RestoreMode::Database
+    }
+
+    async fn advance(
+        &self,
+        worker: &mut RestoreWorkerStatus,
+        step: &ControllerStep<'_>,
+        ctx: &Context,
+    ) -> Result<Advance> {
+        database_restore::advance(self, worker, step, ctx).await
     }
 
     fn record(worker: &mut RestoreWorkerStatus, event: &WorkerEvent) {
@@ -168,6 +204,8 @@ impl WorkerJob for RestoreJob {
                 end_finished_session(self, status, now);
                 original_location::advance(self, config, &mut status.workers, ctx, now).await?;
             }
+            // The controller's own steps (`database_restore`).
+            RestoreMode::Database => {}
         }
         Ok(())
     }
@@ -539,7 +577,7 @@ fn result_pending(mode: RestoreMode, w: &RestoreWorkerStatus) -> bool {
     match mode {
         RestoreMode::Volume => w.restored_volume_id.is_none(),
         RestoreMode::Full => w.restored_instance_id.is_none(),
-        RestoreMode::FileLevel => false,
+        RestoreMode::FileLevel | RestoreMode::Database => false,
     }
 }
 

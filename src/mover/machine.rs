@@ -66,6 +66,7 @@ mod tests {
             stats: BackupStats::default(),
             machine: None,
             policy: None,
+            database: None,
         }
     }
 

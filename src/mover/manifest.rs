@@ -18,8 +18,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::aws::ebs::{ChangedBlock, SnapshotBlocks};
 
-/// Version of the manifest format this build writes and reads.
+/// Version of the manifest format this build writes for volumes (and
+/// reads).
 pub const MANIFEST_VERSION: u32 = 1;
+/// Version of the manifest of a database's restore point (a
+/// [`DatabaseImage`], no volumes). A build that reads only version 1
+/// refuses it, so its garbage collection stops instead of mistaking it for
+/// a restore point that references nothing.
+pub const DATABASE_MANIFEST_VERSION: u32 = 2;
 
 /// The device of a volume whose restore point names none (a snapshot's):
 /// restored as the boot disk.
@@ -284,6 +290,52 @@ pub struct Manifest {
     /// apply to it; `None` for a BackupJob made by hand.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// A database's restore point: the DB snapshot that holds it and what
+    /// a restore needs of the DB instance (version 2 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseImage>,
+}
+
+/// What a database's restore point holds: the DB snapshot RDS keeps, and
+/// the DB instance it was taken of, as it was.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseImage {
+    /// The DB instance identifier.
+    pub identifier: String,
+    pub engine: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_class: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i32>,
+    pub allocated_gib: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_group: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vpc_security_group_ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameter_group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_username: Option<String>,
+    pub storage_encrypted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<String>,
+    /// The DB snapshots that hold it; the first is the one taken in the
+    /// DB instance's account and Region.
+    pub snapshots: Vec<DatabaseSnapshotRef>,
+}
+
+/// One DB snapshot of a database's restore point.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSnapshotRef {
+    pub identifier: String,
+    pub arn: String,
+    pub region: String,
+    /// The account that owns it.
+    pub account: String,
 }
 
 impl Manifest {
@@ -519,11 +571,29 @@ pub fn chunk_users(volumes: &[VolumeImage]) -> BTreeMap<String, Vec<i32>> {
 /// with it otherwise.
 pub fn parse_manifest(text: &[u8]) -> Result<Manifest, String> {
     let manifest: Manifest = serde_json::from_slice(text).map_err(|e| e.to_string())?;
-    if manifest.version != MANIFEST_VERSION {
-        return Err(format!(
-            "manifest version {} (this build reads {MANIFEST_VERSION})",
-            manifest.version
-        ));
+    match (manifest.version, &manifest.database) {
+        (MANIFEST_VERSION, None) => {}
+        (DATABASE_MANIFEST_VERSION, Some(db)) if manifest.volumes.is_empty() => {
+            if db.snapshots.is_empty() {
+                return Err("the database's restore point names no DB snapshot".into());
+            }
+        }
+        (MANIFEST_VERSION | DATABASE_MANIFEST_VERSION, _) => {
+            return Err(format!(
+                "manifest version {} with{} a database",
+                manifest.version,
+                if manifest.database.is_some() {
+                    ""
+                } else {
+                    "out"
+                }
+            ));
+        }
+        (other, _) => {
+            return Err(format!(
+                "manifest version {other} (this build reads {MANIFEST_VERSION} and {DATABASE_MANIFEST_VERSION})"
+            ));
+        }
     }
     for v in &manifest.volumes {
         if v.blocks.iter().any(|b| !is_chunk_name(&b.chunk)) {

@@ -442,6 +442,7 @@ async fn copy(
         stats,
         machine: request.machine.cloned(),
         policy: request.policy.map(String::from),
+        database: None,
     })
 }
 

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use policy::{Policy, Statement, glob, is_read_only, load, root};
 use tender::aws::AwsOperation;
 use tender::messages::WorkerProfile;
+use tender::mover::manifest::RepositoryLocation;
 use tender::names::tags;
 
 /// A sample account and region for ARNs the policies' patterns must match.
@@ -312,6 +313,8 @@ fn controller_changes_and_deletes_only_tender_tagged_resources() {
                         && !matches!(name, "RunInstances" | "RegisterImage")
                         && !name.starts_with("Create")
                 }
+                // Only its own DB snapshots: never a database.
+                "rds" => name.starts_with("Delete") || name.starts_with("Modify"),
                 "sqs" => matches!(
                     name,
                     "DeleteQueue"
@@ -566,9 +569,17 @@ fn controller_reaches_only_its_probe_in_the_repository() {
                 assert!(policy.may(action, &staged), "{action} on {staged}");
             }
         }
+        // A database's restore point is the controller's to write (RDS
+        // took the snapshot; no worker ran), and no other.
+        let database_manifest = sample.object(
+            &RepositoryLocation::of(&sample.spec, "team-a").manifest_key("nightly/rds-db-orders"),
+        );
+        assert!(policy.may("s3:PutObject", &database_manifest));
+        assert!(!policy.may("s3:DeleteObject", &database_manifest));
         for key in [&keys.chunk, &keys.manifest, &keys.latest, &keys.restored] {
             for action in ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"] {
-                // It reads manifests (only) for the RestorePoint catalog.
+                // It reads manifests for the RestorePoint catalog, and
+                // writes only databases' (above).
                 let reads_manifest = action == "s3:GetObject" && key == &keys.manifest;
                 assert_eq!(
                     policy.may(action, &sample.object(key)),

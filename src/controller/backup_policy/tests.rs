@@ -113,6 +113,8 @@ fn the_preview_names_what_the_next_run_expires() {
                 volumes: 1,
                 logical_bytes: 0,
                 stored_bytes: 0,
+                engine: None,
+                database_snapshots: Vec::new(),
             },
         );
         if let Some(name) = policy {

@@ -239,6 +239,12 @@ fn object_of(repo: &BackupRepository, ns: &str, name: &str, m: &Manifest) -> Res
             volumes: i32::try_from(m.volumes.len()).unwrap_or(i32::MAX),
             logical_bytes: i64::try_from(m.stats.bytes_total).unwrap_or(i64::MAX),
             stored_bytes: i64::try_from(m.stats.bytes_uploaded).unwrap_or(i64::MAX),
+            engine: m.database.as_ref().map(|d| d.engine.clone()),
+            database_snapshots: m
+                .database
+                .iter()
+                .flat_map(|d| d.snapshots.iter().map(|s| s.arn.clone()))
+                .collect(),
         },
     }
 }

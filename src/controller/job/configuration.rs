@@ -261,6 +261,7 @@ mod tests {
                     .map(|(i, r)| BackupResource {
                         instance_id: Some(format!("i-0000000{i}")),
                         snapshot_id: None,
+                        db_instance_id: None,
                         region: (*r).into(),
                     })
                     .collect(),

@@ -58,6 +58,16 @@ pub struct TaskDetails {
     pub retention: Option<RetentionTask>,
 }
 
+/// What a step of a controller-run target works with.
+#[derive(Clone, Copy, Debug)]
+pub struct ControllerStep<'a> {
+    pub config: &'a WorkerConfiguration,
+    /// Where the job's restore points are; `None` while the job's
+    /// repository cannot be used (the step then waits).
+    pub repository: Option<&'a crate::mover::manifest::RepositoryLocation>,
+    pub now: Timestamp,
+}
+
 /// What a finished worker's job still waits for (see
 /// [`WorkerJob::settling`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +75,22 @@ pub struct Settling {
     /// For people, in the job's conditions.
     pub note: String,
     pub recheck: std::time::Duration,
+}
+
+/// Where a target the controller works on itself stands after one step
+/// (see [`WorkerJob::advance`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Advance {
+    /// Still going (RDS still copying, say): look again after `recheck`.
+    Wait { recheck: std::time::Duration },
+    /// Done: the target succeeded.
+    Done,
+    /// It cannot succeed in this attempt; retried within `backoffLimit`
+    /// unless `reason` is permanent.
+    Failed {
+        reason: FailureReason,
+        message: String,
+    },
 }
 
 /// A job kind the lifecycle runs.
@@ -141,6 +167,35 @@ pub trait WorkerJob:
     /// `recheck`.
     fn settling(&self, _status: &JobStatus<Self::Worker>) -> Option<Settling> {
         None
+    }
+
+    /// Whether the controller works on `resource` itself, with no worker
+    /// instance (an RDS snapshot: RDS does the copying). Such an entry of
+    /// `status.workers` is never launched, never judged by its instance or
+    /// its silence, and moves on through [`WorkerJob::advance`]; the
+    /// deadline, suspension, retries and TTL apply to it as to any other.
+    fn runs_on_controller(&self, _resource: &str) -> bool {
+        false
+    }
+
+    /// One step of a target the controller works on itself (see
+    /// [`WorkerJob::runs_on_controller`]): each step is idempotent, so a
+    /// restarted controller goes on where the status says it was. `Err`
+    /// is a failed call, worth retrying.
+    fn advance(
+        &self,
+        worker: &mut Self::Worker,
+        step: &ControllerStep<'_>,
+        ctx: &Context,
+    ) -> impl Future<Output = Result<Advance>> + Send {
+        // Never called: `runs_on_controller` is false for such a kind.
+        let _ = (worker, step, ctx);
+        async {
+            Ok(Advance::Failed {
+                reason: FailureReason::LaunchFailed,
+                message: format!("a {} has no target the controller works on", Self::KIND),
+            })
+        }
     }
 
     /// What this worker's task says beyond the shared fields, prepared

@@ -70,6 +70,12 @@ pub async fn plan_workers<K: WorkerJob>(
                 )
                 .await;
             }
+            Ok(_) if job.runs_on_controller(&target.id) => {
+                // Nothing to launch: the controller works on it with the
+                // production account's role (see `controller_run`).
+                worker.phase = Phase::Provisioning;
+                worker.access = config.spec.production_account.clone();
+            }
             Ok(located) => {
                 let subnets = config
                     .status

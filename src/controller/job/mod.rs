@@ -15,6 +15,7 @@
 
 pub mod admission;
 pub mod configuration;
+mod controller_run;
 pub mod core;
 pub mod kind;
 mod launch;
@@ -181,6 +182,13 @@ async fn apply<K: WorkerJob>(job: &K, api: &Api<K>, ctx: &Context) -> Result<Act
     }
     status.start_time.get_or_insert(Time(now));
     let settled = messages::apply_messages(&pass, &resolved.config, &mut status, now).await?;
+    controller_run::start(job, &mut status, now);
+    let step = kind::ControllerStep {
+        config: &resolved.config,
+        repository: resolved.repository.as_ref().map(|(loc, _)| loc),
+        now,
+    };
+    let controller_wake = controller_run::advance_all(job, &step, &mut status, ctx).await?;
     job.follow_up(&resolved.config, &mut status, ctx, now)
         .await?;
     let spec = &resolved.config.spec;
@@ -191,6 +199,9 @@ async fn apply<K: WorkerJob>(job: &K, api: &Api<K>, ctx: &Context) -> Result<Act
     judge_workers(&pass, &mut status, timeout).await?;
     termination::terminate_finished(job, &mut status, ctx).await?;
     retry_workers(&pass, &mut status).await;
+    // Retried or resumed entries the controller works on itself start at
+    // once: they have nothing to launch.
+    controller_run::start(job, &mut status, Timestamp::now());
     // After the retries: they launch too.
     let agent = deliver_agent(&pass, &mut resolved, &status).await;
 
@@ -214,6 +225,9 @@ async fn apply<K: WorkerJob>(job: &K, api: &Api<K>, ctx: &Context) -> Result<Act
     let mut wake = next_wakeup(&pass, &status, timeout);
     if let Some(settling) = job.settling(&status) {
         wake = wake.min(settling.recheck);
+    }
+    if let Some(recheck) = controller_wake {
+        wake = wake.min(recheck);
     }
     Ok(Action::requeue(wake))
 }

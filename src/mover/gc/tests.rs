@@ -46,6 +46,7 @@ pub(crate) fn manifest_bytes(id: &str, chunks: &[String]) -> Vec<u8> {
         stats: BackupStats::default(),
         machine: None,
         policy: None,
+        database: None,
     };
     serde_json::to_vec(&m).expect("json")
 }

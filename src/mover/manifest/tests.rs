@@ -141,6 +141,7 @@ fn a_manifest_of_another_version_is_refused() {
         stats: BackupStats::default(),
         machine: None,
         policy: None,
+        database: None,
     };
     let text = serde_json::to_vec(&m).unwrap_or_default();
     assert!(matches!(parse_manifest(&text), Err(e) if e.contains("version 2")));
@@ -166,6 +167,7 @@ fn a_document_copied_to_another_place_is_refused() {
         stats: BackupStats::default(),
         machine: None,
         policy: None,
+        database: None,
     };
     assert_eq!(m.placed("nightly/i-1", Some("team-a")), Ok(()));
     assert_eq!(m.placed("nightly/i-1", None), Ok(()));

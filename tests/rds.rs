@@ -1,0 +1,410 @@
+//! RDS DB instances against the real kube-apiserver and the AWS emulator
+//! (made as strict as RDS by scripts/realism/rds.py: snapshots are
+//! `creating` for a while with a rising `PercentProgress`): a BackupJob
+//! takes a Tender-tagged manual DB snapshot without launching any worker,
+//! follows it to `available` and records a restore point; a RestoreJob of
+//! mode `database` creates a new DB instance from it and never overwrites
+//! one; a controller killed while RDS works goes on with the same snapshot;
+//! and the sweep deletes the snapshots whose restore point is gone.
+
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aws_sdk_rds::types::Tag;
+use common::{REGION, TestEnv, eventually};
+use kube::ResourceExt;
+use kube::api::DeleteParams;
+use serde_json::json;
+use tender::api::{BackupJob, BackupRepository, Phase, RestorePoint};
+use tender::mover::manifest::RepositoryLocation;
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+async fn rds() -> aws_sdk_rds::Client {
+    aws_sdk_rds::Client::new(&common::config_as(None).await)
+}
+
+/// A PostgreSQL DB instance in the emulator, tagged `team=shop`.
+async fn database(rds: &aws_sdk_rds::Client, id: &str) {
+    rds.create_db_instance()
+        .db_instance_identifier(id)
+        .engine("postgres")
+        .engine_version("15.4")
+        .db_instance_class("db.t3.micro")
+        .allocated_storage(20)
+        .master_username("shop")
+        .master_user_password("not-a-real-password")
+        .tags(Tag::builder().key("team").value("shop").build())
+        .send()
+        .await
+        .expect("create a DB instance");
+}
+
+async fn snapshot(rds: &aws_sdk_rds::Client, id: &str) -> Option<aws_sdk_rds::types::DbSnapshot> {
+    match rds
+        .describe_db_snapshots()
+        .db_snapshot_identifier(id)
+        .send()
+        .await
+    {
+        Ok(out) => out.db_snapshots().first().cloned(),
+        Err(e) if format!("{e:?}").contains("DBSnapshotNotFound") => None,
+        Err(e) => panic!("describe DB snapshot {id}: {e:?}"),
+    }
+}
+
+/// The manual DB snapshots tagged with `job_uid`.
+async fn snapshots_of(
+    rds: &aws_sdk_rds::Client,
+    job_uid: &str,
+) -> Vec<aws_sdk_rds::types::DbSnapshot> {
+    rds.describe_db_snapshots()
+        .snapshot_type("manual")
+        .send()
+        .await
+        .expect("list DB snapshots")
+        .db_snapshots()
+        .iter()
+        .filter(|s| {
+            s.tag_list()
+                .iter()
+                .any(|t| t.key() == Some("tender.dev/job-uid") && t.value() == Some(job_uid))
+        })
+        .cloned()
+        .collect()
+}
+
+fn tags(list: &[Tag]) -> BTreeMap<String, String> {
+    list.iter()
+        .map(|t| {
+            (
+                t.key().unwrap_or_default().to_string(),
+                t.value().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+async fn back_up_database(env: &TestEnv, name: &str, db: &str) -> BackupJob {
+    env.create_job_spec(
+        name,
+        json!({
+            "resources": [{"dbInstanceId": db, "region": REGION}],
+            "repositoryRef": {"name": env.repository().await},
+            "backoffLimit": 0,
+        }),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_database_is_snapshotted_by_the_controller_and_restored_into_a_new_instance() {
+    let env = TestEnv::new("rds-backup").await;
+    env.default_configuration().await;
+    let rds = rds().await;
+    let db = common::unique("orders");
+    database(&rds, &db).await;
+
+    let job = back_up_database(&env, "nightly", &db).await;
+    let uid = job.uid().unwrap();
+    // RDS takes a while: the job shows the snapshot creating, with its
+    // progress, before it is done.
+    let running = env
+        .wait_job("nightly", TIMEOUT, |j| {
+            j.status.as_ref().is_some_and(|s| {
+                s.workers.first().is_some_and(|w| {
+                    w.phase == Phase::Running
+                        && w.database_snapshot
+                            .as_ref()
+                            .is_some_and(|d| d.state == "creating")
+                })
+            })
+        })
+        .await;
+    let w = &running.status.unwrap().workers[0];
+    assert!(
+        w.progress_percent.is_some_and(|p| (0..100).contains(&p)),
+        "{w:?}"
+    );
+    assert_eq!(w.instance_id, None, "no worker instance for a database");
+
+    let done = env.wait_job_finished("nightly", TIMEOUT).await;
+    let status = done.status.unwrap();
+    assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
+    let w = &status.workers[0];
+    let point = format!("nightly/rds-db-{db}");
+    assert_eq!(w.resource, format!("rds-db-{db}"));
+    assert_eq!(w.restore_point.as_deref(), Some(point.as_str()));
+    assert_eq!(w.progress_percent, Some(100));
+    let recorded = w
+        .database_snapshot
+        .clone()
+        .expect("the snapshot is recorded");
+    assert_eq!(recorded.state, "available");
+
+    // RDS's side: one manual snapshot, Tender's, available; no worker.
+    let taken = snapshots_of(&rds, &uid).await;
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    let s = &taken[0];
+    assert_eq!(
+        s.db_snapshot_identifier(),
+        Some(recorded.snapshot_id.as_str())
+    );
+    assert_eq!(s.db_instance_identifier(), Some(db.as_str()));
+    assert_eq!(s.status(), Some("available"));
+    let t = tags(s.tag_list());
+    assert_eq!(t["tender.dev/managed-by"], "tender");
+    assert_eq!(t["tender.dev/cluster-id"], env.cluster_id);
+    assert_eq!(t["tender.dev/namespace"], env.namespace);
+    assert_eq!(t["tender.dev/resource"], format!("rds-db-{db}"));
+    assert_eq!(t["tender.dev/repository"], env.repository().await);
+    assert!(
+        env.workers_of(&uid).await.is_empty(),
+        "no EC2 worker was launched"
+    );
+    let events = env.events().await;
+    assert!(
+        events
+            .iter()
+            .any(|(r, n)| r == "DatabaseSnapshotStarted" && n.contains(&db)),
+        "{events:?}"
+    );
+
+    // The catalog lists it with the snapshot's ARN.
+    let name = format!("nightly.rds-db-{db}");
+    let listed: RestorePoint = eventually(TIMEOUT, || async {
+        env.api::<RestorePoint>()
+            .get_opt(&name)
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    assert_eq!(listed.spec.engine.as_deref(), Some("postgres"));
+    assert_eq!(listed.spec.volumes, 0);
+    assert_eq!(listed.spec.logical_bytes, 20 << 30);
+    assert_eq!(
+        listed.spec.database_snapshots,
+        vec![s.db_snapshot_arn().unwrap().to_string()]
+    );
+
+    // Restored into a new DB instance of another class.
+    let restored_id = common::unique("orders-copy");
+    env.create_restore(
+        "orders-back",
+        "database",
+        &name,
+        json!({"database": {"dbInstanceId": restored_id, "dbInstanceClass": "db.t3.small"}}),
+    )
+    .await;
+    let restore = env.wait_restore_finished("orders-back", TIMEOUT).await;
+    let restore_uid = restore.uid().unwrap();
+    let status = restore.status.unwrap();
+    assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
+    let made = status.workers[0]
+        .restored_database
+        .clone()
+        .expect("the new DB instance is recorded");
+    assert_eq!(made.db_instance_id, restored_id);
+    assert_eq!(made.state, "available");
+    assert!(
+        made.endpoint_address.is_some() && made.endpoint_port.is_some(),
+        "{made:?}"
+    );
+    assert_eq!(status.workers[0].instance_id, None);
+    let described = rds
+        .describe_db_instances()
+        .db_instance_identifier(&restored_id)
+        .send()
+        .await
+        .expect("the restored DB instance");
+    let instance = &described.db_instances()[0];
+    assert_eq!(instance.db_instance_class(), Some("db.t3.small"));
+    assert_eq!(
+        tags(instance.tag_list()).get("tender.dev/job-uid"),
+        Some(&restore_uid)
+    );
+
+    // A second restore to the same identifier never touches it.
+    env.create_restore(
+        "orders-again",
+        "database",
+        &name,
+        json!({"database": {"dbInstanceId": restored_id}}),
+    )
+    .await;
+    let again = env.wait_restore_finished("orders-again", TIMEOUT).await;
+    let s = again.status.unwrap();
+    assert_eq!(s.phase, Phase::Failed);
+    assert_eq!(
+        s.workers[0].reason.as_deref(),
+        Some("DatabaseAlreadyExists"),
+        "{s:?}"
+    );
+    let still = rds
+        .describe_db_instances()
+        .db_instance_identifier(&restored_id)
+        .send()
+        .await
+        .expect("still there");
+    assert_eq!(
+        tags(still.db_instances()[0].tag_list()).get("tender.dev/job-uid"),
+        Some(&restore_uid),
+        "the existing DB instance is left as it was"
+    );
+
+    // A database's restore point is not a volume, and an instance's is
+    // not a database.
+    env.create_restore("as-volume", "volume", &name, json!({}))
+        .await;
+    let s = env
+        .wait_restore_finished("as-volume", TIMEOUT)
+        .await
+        .status
+        .unwrap();
+    assert_eq!(
+        s.workers[0].reason.as_deref(),
+        Some("RestoreModeMismatch"),
+        "{s:?}"
+    );
+    assert!(
+        s.workers[0].instance_id.is_none(),
+        "no worker launched for it"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_database_fails_the_job_with_its_reason() {
+    let env = TestEnv::new("rds-missing").await;
+    env.default_configuration().await;
+    back_up_database(&env, "nothing", "no-such-db").await;
+    let job = env.wait_job_finished("nothing", TIMEOUT).await;
+    let status = job.status.unwrap();
+    assert_eq!(status.phase, Phase::Failed);
+    let w = &status.workers[0];
+    assert_eq!(w.reason.as_deref(), Some("SourceDatabaseNotFound"), "{w:?}");
+    assert!(
+        w.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no-such-db")
+    );
+    let events = env.events().await;
+    assert!(
+        events.iter().any(|(r, _)| r == "SourceDatabaseNotFound"),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_controller_killed_while_rds_works_goes_on_with_the_same_snapshot() {
+    let env = TestEnv::new("rds-restart").await;
+    env.default_configuration().await;
+    let rds = rds().await;
+    let db = common::unique("ledger");
+    database(&rds, &db).await;
+    let job = back_up_database(&env, "ledger", &db).await;
+    let uid = job.uid().unwrap();
+    env.wait_job("ledger", TIMEOUT, |j| {
+        j.status.as_ref().is_some_and(|s| {
+            s.workers
+                .first()
+                .is_some_and(|w| w.database_snapshot.is_some())
+        })
+    })
+    .await;
+    env.kill_controller();
+    env.start_controller();
+    let done = env.wait_job_finished("ledger", TIMEOUT).await;
+    assert_eq!(done.status.unwrap().phase, Phase::Succeeded);
+    assert_eq!(
+        snapshots_of(&rds, &uid).await.len(),
+        1,
+        "the restarted controller followed the snapshot it had started"
+    );
+}
+
+#[tokio::test]
+async fn the_sweep_deletes_database_snapshots_whose_restore_point_is_gone() {
+    let env = TestEnv::without_controller("rds-sweep").await;
+    env.start_controller_with(&["--intermediate-grace-seconds", "2"], &[]);
+    env.default_configuration().await;
+    let rds = rds().await;
+    let db = common::unique("billing");
+    database(&rds, &db).await;
+    for name in ["kept", "expired"] {
+        back_up_database(&env, name, &db).await;
+    }
+    let mut taken = BTreeMap::new();
+    for name in ["kept", "expired"] {
+        let job = env.wait_job_finished(name, TIMEOUT).await;
+        let status = job.status.unwrap();
+        assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
+        let snap = status.workers[0].database_snapshot.clone().unwrap();
+        taken.insert(name, snap.snapshot_id);
+    }
+    // Both jobs are deleted; one restore point expires (its manifest goes,
+    // as retention deletes it).
+    for name in ["kept", "expired"] {
+        env.api::<BackupJob>()
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    let repo: BackupRepository = env
+        .cluster_api()
+        .get(&env.repository().await)
+        .await
+        .unwrap();
+    let loc = RepositoryLocation::of(&repo.spec, &env.namespace);
+    common::disks::s3()
+        .await
+        .delete_object()
+        .bucket(&repo.spec.bucket)
+        .key(loc.manifest_key(&format!("expired/rds-db-{db}")))
+        .send()
+        .await
+        .unwrap();
+    // Another cluster's snapshot of a deleted job, with no restore point:
+    // not this controller's to judge.
+    let foreign = common::unique("tender-foreign");
+    rds.create_db_snapshot()
+        .db_snapshot_identifier(&foreign)
+        .db_instance_identifier(&db)
+        .set_tags(Some(
+            [
+                ("tender.dev/managed-by", "tender"),
+                ("tender.dev/cluster-id", "another-cluster"),
+                ("tender.dev/job-kind", "BackupJob"),
+                ("tender.dev/job-name", "expired"),
+                ("tender.dev/job-uid", "uid-of-another-cluster"),
+                ("tender.dev/namespace", env.namespace.as_str()),
+            ]
+            .into_iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect(),
+        ))
+        .send()
+        .await
+        .expect("another cluster's snapshot");
+
+    let expired = taken["expired"].clone();
+    eventually(TIMEOUT, || async {
+        snapshot(&rds, &expired).await.is_none().then_some(())
+    })
+    .await;
+    // A few more sweeps: the others stay.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(
+        snapshot(&rds, &taken["kept"]).await.is_some(),
+        "the snapshot of a restore point that exists was deleted"
+    );
+    assert!(
+        snapshot(&rds, &foreign).await.is_some(),
+        "another cluster's snapshot was deleted"
+    );
+}
