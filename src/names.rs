@@ -48,6 +48,12 @@ pub mod tags {
     /// The BackupRepository a database's restore point is in (on its DB
     /// snapshot: the sweep reads the restore point there).
     pub const REPOSITORY: &str = "tender.dev/repository";
+    /// That BackupRepository's UID: one deleted and made again under the
+    /// same name is another repository.
+    pub const REPOSITORY_UID: &str = "tender.dev/repository-uid";
+    /// When Tender asked for what carries it (RFC 3339): the sweep's clock
+    /// for a snapshot RDS gives no creation time.
+    pub const REQUESTED_AT: &str = "tender.dev/requested-at";
     pub const LAUNCH_TOKEN: &str = "tender.dev/launch-token";
     pub const OPERATION: &str = "tender.dev/operation";
     pub const CONFIGURATION: &str = "tender.dev/worker-configuration";

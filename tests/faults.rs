@@ -363,6 +363,100 @@ async fn throttled_aws(tally: &mut Tally) {
     check_no_leaks(&env, &names, tally).await;
 }
 
+/// A database's backup under faults: the controller killed right after
+/// CreateDBSnapshot (before its status names the snapshot), then every
+/// fifth AWS request failed by a proxy. The job succeeds with exactly one
+/// DB snapshot, no worker instance is launched, and nothing is left.
+async fn database_under_faults(tally: &mut Tally) {
+    let env = TestEnv::without_controller("rdsfaults").await;
+    let upstream = std::env::var("AWS_ENDPOINT_URL")
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    let injected = Arc::new(AtomicUsize::new(0));
+    let port = fault_proxy(upstream, 5, injected.clone()).await;
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let conf = common::config_as(None).await;
+    let rds = aws_sdk_rds::Client::new(&conf);
+    let names = ["db1", "db2"];
+    let mut ids = Vec::new();
+    for n in names {
+        let id = common::unique(&format!("faults-{n}"));
+        rds.create_db_instance()
+            .db_instance_identifier(&id)
+            .engine("mysql")
+            .db_instance_class("db.t3.micro")
+            .allocated_storage(20)
+            .master_username("admin")
+            .master_user_password("not-a-real-password")
+            .send()
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    env.start_controller_with(
+        &[],
+        &[
+            ("TENDER_CRASH_AT", "after-create-db-snapshot"),
+            ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ],
+    );
+    env.default_configuration().await;
+    let repository = env.repository().await;
+    for (n, id) in names.iter().zip(&ids) {
+        env.create_job_spec(
+            n,
+            serde_json::json!({
+                "resources": [{"dbInstanceId": id, "region": REGION}],
+                "repositoryRef": {"name": repository},
+            }),
+        )
+        .await;
+    }
+    common::eventually(TIMEOUT, || async {
+        (!env.exited_controllers().is_empty()).then_some(())
+    })
+    .await;
+    tally.faults += 1;
+    env.kill_controller();
+    env.start_controller_with(&[], &[("AWS_ENDPOINT_URL", endpoint.as_str())]);
+    for n in names {
+        let job = env.wait_job(n, TIMEOUT, finished).await;
+        let uid = job.uid().unwrap();
+        let status = job.status.unwrap();
+        assert_eq!(status.phase, Phase::Succeeded, "{n}: {status:?}");
+        assert!(
+            env.workers_of(&uid).await.is_empty(),
+            "{n}: no worker instance"
+        );
+        let named = status.workers[0].database_snapshot.clone().unwrap();
+        let taken: Vec<String> = rds
+            .describe_db_snapshots()
+            .snapshot_type("manual")
+            .send()
+            .await
+            .unwrap()
+            .db_snapshots()
+            .iter()
+            .filter(|s| {
+                s.tag_list()
+                    .iter()
+                    .any(|t| t.key() == Some("tender.dev/job-uid") && t.value() == Some(&uid))
+            })
+            .filter_map(|s| s.db_snapshot_identifier().map(String::from))
+            .collect();
+        if taken != [named.snapshot_id.clone()] {
+            eprintln!(
+                "{n}: DB snapshots {taken:?}, the job names {}",
+                named.snapshot_id
+            );
+            tally.leaked += taken.len().saturating_sub(1).max(1);
+        }
+    }
+    tally.faults += injected.load(Ordering::SeqCst);
+    check_no_leaks(&env, &names, tally).await;
+}
+
 async fn late_message_after_retry(tally: &mut Tally) {
     let env = TestEnv::new("late").await;
     env.boot_workers.store(false, Ordering::SeqCst);
@@ -915,11 +1009,12 @@ async fn fault_injection_suite() {
     }
     late_message_after_retry(&mut tally).await;
     throttled_aws(&mut tally).await;
+    database_under_faults(&mut tally).await;
     api_server_restart(&mut tally).await;
     aws_emulator_restart(&mut tally).await;
     bad_input(&mut tally).await;
     let summary = format!(
-        "fault-injection summary: {} cases run, {} faults injected, {} leaked instances, {} lost restore points (of {} checked)",
+        "fault-injection summary: {} cases run, {} faults injected, {} leaked instances or DB snapshots, {} lost restore points (of {} checked)",
         tally.cases, tally.faults, tally.leaked, tally.lost, tally.restore_points
     );
     println!("{summary}");

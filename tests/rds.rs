@@ -19,7 +19,7 @@ use common::{REGION, TestEnv, eventually};
 use kube::ResourceExt;
 use kube::api::DeleteParams;
 use serde_json::json;
-use tender::api::{BackupJob, BackupRepository, Phase, RestorePoint};
+use tender::api::{BackupJob, BackupRepository, Phase, RestorePoint, VerificationJob};
 use tender::mover::manifest::RepositoryLocation;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -275,6 +275,31 @@ async fn a_database_is_snapshotted_by_the_controller_and_restored_into_a_new_ins
         s.workers[0].instance_id.is_none(),
         "no worker launched for it"
     );
+
+    // Nor does a VerificationJob pretend to verify it: its data is in RDS.
+    let verification: VerificationJob = serde_json::from_value(json!({
+        "apiVersion": "tender.dev/v1alpha1", "kind": "VerificationJob",
+        "metadata": {"name": "check"},
+        "spec": {"repositoryRef": {"name": env.repository().await}, "region": REGION,
+                 "restorePoints": [name], "backoffLimit": 0},
+    }))
+    .unwrap();
+    env.api::<VerificationJob>()
+        .create(&Default::default(), &verification)
+        .await
+        .unwrap();
+    let checked = eventually(TIMEOUT, || async {
+        let job = env.api::<VerificationJob>().get("check").await.ok()?;
+        job.status.clone().filter(|s| s.phase.is_finished())
+    })
+    .await;
+    assert_eq!(checked.phase, Phase::Failed, "{checked:?}");
+    assert_eq!(
+        checked.workers[0].reason.as_deref(),
+        Some("RestoreModeMismatch"),
+        "{checked:?}"
+    );
+    assert!(checked.workers[0].instance_id.is_none());
 }
 
 #[tokio::test]
@@ -406,5 +431,74 @@ async fn the_sweep_deletes_database_snapshots_whose_restore_point_is_gone() {
     assert!(
         snapshot(&rds, &foreign).await.is_some(),
         "another cluster's snapshot was deleted"
+    );
+}
+
+#[tokio::test]
+async fn a_full_snapshot_quota_fails_the_job_and_says_which_quota() {
+    let env = TestEnv::new("rds-quota").await;
+    // Its own production account: the quota filled here is no other
+    // test's.
+    let account = format!("5{:011}", std::process::id());
+    let role = format!("arn:aws:iam::{account}:role/tender-production");
+    env.configured("quota", json!({"productionAccount": {"roleArn": role}}))
+        .await;
+    let rds = aws_sdk_rds::Client::new(&common::config_as(Some(&role)).await);
+    let db = common::unique("full");
+    database(&rds, &db).await;
+    // The Region's 100 manual snapshots: one taken, 99 copies of it.
+    let first = common::unique("filler");
+    rds.create_db_snapshot()
+        .db_snapshot_identifier(&first)
+        .db_instance_identifier(&db)
+        .send()
+        .await
+        .expect("a snapshot");
+    eventually(TIMEOUT, || async {
+        (snapshot(&rds, &first).await?.status() == Some("available")).then_some(())
+    })
+    .await;
+    for i in 1..100 {
+        rds.copy_db_snapshot()
+            .source_db_snapshot_identifier(&first)
+            .target_db_snapshot_identifier(format!("{first}-{i}"))
+            .send()
+            .await
+            .expect("a copy within the quota");
+    }
+    let job = env
+        .create_job_spec(
+            "over",
+            json!({
+                "resources": [{"dbInstanceId": db, "region": REGION}],
+                "repositoryRef": {"name": env.repository().await},
+                "workerConfigurationRef": {"name": env.cluster_name("quota")},
+            }),
+        )
+        .await;
+    let done = env.wait_job_finished("over", TIMEOUT).await;
+    let status = done.status.unwrap();
+    assert_eq!(status.phase, Phase::Failed);
+    let w = &status.workers[0];
+    assert_eq!(
+        w.reason.as_deref(),
+        Some("DatabaseSnapshotQuotaExceeded"),
+        "{w:?}"
+    );
+    let message = w.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("Manual DB instance snapshots"),
+        "{message}"
+    );
+    assert!(
+        snapshots_of(&rds, &job.uid().unwrap()).await.is_empty(),
+        "no snapshot was made"
+    );
+    let events = env.events().await;
+    assert!(
+        events
+            .iter()
+            .any(|(r, _)| r == "DatabaseSnapshotQuotaExceeded"),
+        "{events:?}"
     );
 }

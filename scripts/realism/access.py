@@ -17,6 +17,7 @@ grant narrowed by `s3:prefix` answers 404 for missing keys it covers and
 """
 
 import fnmatch
+import warnings
 
 from moto.iam.access_control import CreateAccessKeyFailure, IAMPolicy, create_access_key
 from moto.iam.models import get_account_id_from
@@ -97,33 +98,72 @@ def _resource_matches(statement, resource):
     return any(fnmatch.fnmatchcase(resource, p) for p in pats)
 
 
+_NEGATED = ("StringNotEquals", "StringNotLike", "ArnNotEquals", "ArnNotLike", "StringNotEqualsIgnoreCase")
+
+
+def _value_matches(op, actual, expected):
+    """Whether one value of a condition key satisfies `op` (the operator
+    without its set or IfExists part) against the policy's values."""
+    if op in ("StringEquals", "ArnEquals", "StringNotEquals", "ArnNotEquals"):
+        return actual in expected
+    if op in ("StringEqualsIgnoreCase", "StringNotEqualsIgnoreCase"):
+        return actual.lower() in [e.lower() for e in expected]
+    if op in ("StringLike", "ArnLike", "StringNotLike", "ArnNotLike"):
+        return any(fnmatch.fnmatchcase(actual, e) for e in expected)
+    if op == "Bool":
+        return str(actual).lower() in [str(e).lower() for e in expected]
+    return True  # an operator the test world does not evaluate
+
+
 def _conditions_hold(statement, context, absent):
     """Whether a statement's conditions hold. Keys in `context` are checked;
     keys in `absent` are known to be missing from the request (the
-    condition fails unless it is ...IfExists); any other key is one the
-    test world cannot know, and is taken to hold (actions are enforced here,
-    conditions are proven by tests/iam)."""
+    condition fails unless it is ...IfExists, a negated operator or
+    `Null: true`); any other key is one the test world cannot know, and is
+    taken to hold (actions are enforced here, conditions are proven by
+    tests/iam). Condition key names are matched case-insensitively, as
+    IAM does; a list value is a multivalued key (aws:TagKeys), for
+    ForAllValues: / ForAnyValue:."""
+    known = {k.lower(): v for k, v in context.items()}
     for operator, block in (statement.get("Condition") or {}).items():
+        quantifier, _, op = operator.rpartition(":")
+        if_exists = op.endswith("IfExists")
+        op = op[: -len("IfExists")] if if_exists else op
         for key, expected in block.items():
-            if key not in context:
-                if key in absent and not operator.endswith("IfExists"):
+            expected = [expected] if isinstance(expected, (str, bool)) else expected
+            expected = [str(e).lower() if isinstance(e, bool) else e for e in expected]
+            present = key.lower() in known
+            if op == "Null":
+                is_absent = not present and (key in absent or key.lower() in absent)
+                if not present and not is_absent:
+                    continue  # cannot know
+                if ("true" in expected) != (not present):
                     return False
                 continue
-            expected = [expected] if isinstance(expected, str) else expected
-            actual = context[key]
-            op = operator.replace("IfExists", "")
-            if op in ("StringEquals", "ArnEquals") and actual not in expected:
-                return False
-            if op in ("StringLike", "ArnLike") and not any(
-                fnmatch.fnmatchcase(actual, e) for e in expected
-            ):
+            if not present:
+                if key in absent or key.lower() in absent:
+                    if not (if_exists or op in _NEGATED or quantifier == "ForAllValues"):
+                        return False
+                continue
+            actual = known[key.lower()]
+            values = actual if isinstance(actual, list) else [actual]
+            matches = [_value_matches(op, v, expected) for v in values]
+            negated = op in _NEGATED
+            if quantifier == "ForAllValues":
+                ok = all((not m) if negated else m for m in matches)
+            elif quantifier == "ForAnyValue" or isinstance(actual, list):
+                ok = any((not m) if negated else m for m in matches)
+            else:
+                ok = (not matches[0]) if negated else matches[0]
+            if not ok:
                 return False
     return True
 
 
-def allowed(policies, action, resource, context=None, absent=()):
-    """Whether identity `policies` allow `action` on `resource` (None: any
-    resource, when the test world cannot name the one a request acts on)."""
+def decision(policies, action, resource, context=None, absent=()):
+    """AWS's verdict for identity `policies` on `action` on `resource`
+    (None: any resource, when the test world cannot name the one a request
+    acts on): "allow", "deny" (an explicit Deny) or "implicit" (no Allow)."""
     context = context or {}
     allow = False
     for doc in policies:
@@ -143,9 +183,15 @@ def allowed(policies, action, resource, context=None, absent=()):
             if not _conditions_hold(st, context, absent):
                 continue
             if st.get("Effect") == "Deny":
-                return False
+                return "deny"
             allow = True
-    return allow
+    return "allow" if allow else "implicit"
+
+
+def allowed(policies, action, resource, context=None, absent=()):
+    """Whether identity `policies` allow `action` on `resource` (None: any
+    resource, when the test world cannot name the one a request acts on)."""
+    return decision(policies, action, resource, context, absent) == "allow"
 
 
 def caller_arn(headers):
@@ -212,6 +258,238 @@ def ssm_denial_message(headers, action, resource):
     return f"User: {caller_arn(headers)} is not authorized to perform: {action}{where}"
 
 
+class _Known:
+    """Condition keys the test world knows every value of (a request's
+    tags, an existing resource's tags): one of them that is not in the
+    context is absent (see _conditions_hold). Prefixes end with `/`."""
+
+    def __init__(self, prefixes=(), keys=()):
+        self.prefixes = tuple(p.lower() for p in prefixes)
+        self.keys = {k.lower() for k in keys}
+
+    def __contains__(self, key):
+        key = key.lower()
+        return key in self.keys or (bool(self.prefixes) and key.startswith(self.prefixes))
+
+
+# RDS resource types and the condition key of their tags (Service
+# Authorization Reference, "Resource types defined by Amazon RDS").
+_RDS_TAG_KEYS = {
+    "db": "rds:db-tag/",
+    "snapshot": "rds:snapshot-tag/",
+    "cluster": "rds:cluster-tag/",
+    "cluster-snapshot": "rds:cluster-snapshot-tag/",
+    "og": "rds:og-tag/",
+    "pg": "rds:pg-tag/",
+    "cluster-pg": "rds:cluster-pg-tag/",
+    "subgrp": "rds:subgrp-tag/",
+    "secgrp": "rds:secgrp-tag/",
+    "es": "rds:es-tag/",
+    "ri": "rds:ri-tag/",
+}
+
+
+def _rds_arn(kind, name, account, region):
+    """The ARN RDS authorizes for resource `name` (an identifier, stored in
+    lower case by RDS, or already an ARN) of type `kind`."""
+    if name.startswith("arn:"):
+        return name
+    return f"arn:aws:rds:{region}:{account}:{kind}:{name.lower()}"
+
+
+def _rds_resource(arn):
+    """The emulator's RDS resource that `arn` names, or None."""
+    try:
+        from moto.rds.models import rds_backends
+
+        _, _, _, region, account, kind, name = arn.split(":", 6)
+        if "*" in name:
+            return None
+        return rds_backends[account][region]._find_resource(kind, name)
+    except Exception:
+        return None
+
+
+def _rds_resource_context(arn, new):
+    """The condition keys of the resource `arn` names: aws:ResourceTag/<key>
+    and rds:<type>-tag/<key> from the tags of a resource that exists, whose
+    other tag keys are then absent; nothing is known of a resource the
+    request creates or of one the emulator does not have (moto answers
+    for those: not found, already exists)."""
+    found = None if new else _rds_resource(arn)
+    if found is None:
+        return {}, ()
+    kind = arn.split(":", 6)[5]
+    context = {}
+    for tag in found.get_tags() or []:
+        context[f"aws:ResourceTag/{tag['Key']}"] = tag["Value"]
+        if kind in _RDS_TAG_KEYS:
+            context[f"{_RDS_TAG_KEYS[kind]}{tag['Key']}"] = tag["Value"]
+    return context, ("aws:ResourceTag/",) + tuple(_RDS_TAG_KEYS.values())
+
+
+def _rds_request_context(tags):
+    """The request's tags as aws:RequestTag/<key>, rds:req-tag/<key> and
+    aws:TagKeys; the request is all there is, so any other is absent."""
+    context = {}
+    for tag in tags:
+        context[f"aws:RequestTag/{tag['Key']}"] = tag.get("Value", "")
+        context[f"rds:req-tag/{tag['Key']}"] = tag.get("Value", "")
+    if tags:
+        context["aws:TagKeys"] = [t["Key"] for t in tags]
+    return context, ("aws:RequestTag/", "rds:req-tag/"), ("aws:TagKeys",)
+
+
+def _restored_groups(params, snapshot_arn):
+    """The option group, parameter group and subnet group a restored DB
+    instance gets: those the request names, else the ones RDS would use
+    (the snapshot's subnet group and option group in its own account, the
+    engine's defaults otherwise). Those it cannot tell are left out."""
+    groups = {
+        "og": params.get("OptionGroupName"),
+        "pg": params.get("DBParameterGroupName"),
+        "subgrp": params.get("DBSubnetGroupName"),
+    }
+    snapshot = _rds_resource(snapshot_arn) if snapshot_arn else None
+    source = getattr(snapshot, "database", None)
+    if source is not None:
+        try:
+            own = snapshot.account_id == source.account_id
+            version = str(source.engine_version).split(".")
+            suffix = version[0] + (f"-{version[1]}" if len(version) > 1 else "")
+            default_og = f"default:{source.engine}-{suffix}"
+            if not groups["og"]:
+                supplied = getattr(source, "option_group_supplied", False)
+                groups["og"] = source.option_group_name if (own and supplied) else default_og
+            if not groups["pg"]:
+                groups["pg"] = source.default_db_parameter_group_details()[1]
+            if not groups["subgrp"]:
+                groups["subgrp"] = (getattr(source, "db_subnet_group_name", None) if own else None) or "default"
+        except Exception:
+            pass
+    return {kind: name for kind, name in groups.items() if name}
+
+
+def rds_checks(action, params, account, region):
+    """What IAM evaluates for RDS API `action` (rds:<operation>) with
+    `params`: (IAM action, resource ARN, condition keys, known keys)
+    tuples, each of which must be allowed, or None for an action matched on
+    the action alone. From the Service Authorization Reference for Amazon
+    RDS (list_amazonrds): CreateDBSnapshot on db* and snapshot*,
+    DeleteDBSnapshot on snapshot*, RestoreDBInstanceFromDBSnapshot on db*,
+    og*, pg*, subgrp* and the snapshot (or cluster-snapshot) it names,
+    DescribeDBInstances on db, DescribeDBSnapshots on db and snapshot
+    (none named: every one, `...:db:*` / `...:snapshot:*`), AddTagsToResource
+    on the resource it tags; aws:RequestTag, aws:TagKeys and rds:req-tag
+    from the request, aws:ResourceTag and rds:<type>-tag from the resource.
+    "If tags are specified in the create action, RDS performs additional
+    authorization on the rds:AddTagsToResource action" (RDS User Guide,
+    "Grant permission to tag Amazon RDS resources during creation"): on the
+    new snapshot or DB instance."""
+    tags = params.get("Tags") or []
+    request, request_prefixes, request_keys = _rds_request_context(tags)
+
+    def arn(kind, name):
+        return _rds_arn(kind, str(name), account, region)
+
+    def check(resource, iam_action=action, new=False, extra=None):
+        context, prefixes = _rds_resource_context(resource, new)
+        context = {**request, **context, **(extra or {})}
+        return iam_action, resource, context, _Known(request_prefixes + prefixes, request_keys)
+
+    def tagging(resource):
+        return [check(resource, "rds:AddTagsToResource", new=True, extra={"rds:TagsFromRequest": "true"})] if tags else []
+
+    if action == "rds:CreateDBSnapshot":
+        snapshot = arn("snapshot", params.get("DBSnapshotIdentifier") or "")
+        db = arn("db", params.get("DBInstanceIdentifier") or "")
+        return [check(db), check(snapshot, new=True)] + tagging(snapshot)
+    if action == "rds:DeleteDBSnapshot":
+        return [check(arn("snapshot", params.get("DBSnapshotIdentifier") or ""))]
+    if action == "rds:DescribeDBInstances":
+        name = params.get("DBInstanceIdentifier")
+        return [check(arn("db", name) if name else f"arn:aws:rds:{region}:{account}:db:*")]
+    if action == "rds:DescribeDBSnapshots":
+        out = []
+        if params.get("DBSnapshotIdentifier"):
+            out.append(check(arn("snapshot", params["DBSnapshotIdentifier"])))
+        if params.get("DBInstanceIdentifier"):
+            out.append(check(arn("db", params["DBInstanceIdentifier"])))
+        return out or [check(f"arn:aws:rds:{region}:{account}:snapshot:*")]
+    if action == "rds:RestoreDBInstanceFromDBSnapshot":
+        db = arn("db", params.get("DBInstanceIdentifier") or "")
+        out = [check(db, new=True)]
+        snapshot = None
+        if params.get("DBSnapshotIdentifier"):
+            snapshot = arn("snapshot", params["DBSnapshotIdentifier"])
+            out.append(check(snapshot))
+        if params.get("DBClusterSnapshotIdentifier"):
+            out.append(check(arn("cluster-snapshot", params["DBClusterSnapshotIdentifier"])))
+        for kind, name in _restored_groups(params, snapshot).items():
+            out.append(check(arn(kind, name)))
+        return out + tagging(db)
+    if action == "rds:AddTagsToResource":
+        resource = params.get("ResourceName") or ""
+        return [check(resource, extra={"rds:TagsFromRequest": "true"})]
+    return None
+
+
+def rds_denied(policies, action, params, account, region):
+    """The first of rds_checks that `policies` refuse, as (IAM action,
+    resource, verdict), `(action, "*", verdict)` for an action refused as
+    such, or None when the call is allowed."""
+    checks = rds_checks(action, params, account, region)
+    if checks is None:
+        verdict = decision(policies, action, None)
+        return None if verdict == "allow" else (action, "*", verdict)
+    for iam_action, resource, context, known in checks:
+        verdict = decision(policies, iam_action, resource, context, known)
+        if verdict != "allow":
+            return iam_action, resource, verdict
+    return None
+
+
+def rds_denial_message(headers, action, resource, verdict):
+    """AWS's AccessDenied message for an RDS call (the identity-based
+    policy wording of "Troubleshoot access denied error messages", IAM User
+    Guide)."""
+    where = "" if resource in (None, "*") else f" on resource: {resource}"
+    why = (
+        "with an explicit deny in an identity-based policy"
+        if verdict == "deny"
+        else f"because no identity-based policy allows the {action} action"
+    )
+    return f"User: {caller_arn(headers)} is not authorized to perform: {action}{where} {why}"
+
+
+def rds_access_denied(response, message):
+    """RDS's AccessDenied as its query API answers it: HTTP 403 and
+    <ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code>...
+    serialized by moto's own RDS serializer, like its other RDS errors."""
+    from moto.core.responses import ActionResult
+    from moto.rds.exceptions import RDSClientError
+    from werkzeug.exceptions import HTTPException
+
+    error = RDSClientError("AccessDenied", message)
+    with warnings.catch_warnings():
+        # AccessDenied is a common error, not one of the RDS model's shapes.
+        warnings.simplefilter("ignore")
+        _status, headers, body = response.serialized(ActionResult(error))
+    content_type = "text/xml"
+    for key, value in dict(headers).items():
+        if key.lower() == "content-type":
+            content_type = value
+    response.response_headers["Content-Type"] = content_type
+
+    class RdsAccessDenied(HTTPException):
+        code = 403
+
+        def __init__(self):
+            super().__init__(description=body)
+
+    return RdsAccessDenied()
+
+
 def bucket_owner(bucket):
     from moto.s3.models import s3_backends
 
@@ -262,7 +540,9 @@ def install(world):
     would need every caller to be an IAM identity and matches every
     non-S3 request against the resource `*`; here S3 requests are matched
     against their bucket and key, SSM's SendCommand against its document
-    and instances (ssm_resources), every other request on its action."""
+    and instances (ssm_resources), the RDS operations Tender calls against
+    their resources with their tag condition keys (rds_checks), every other
+    request on its action."""
     from moto.core.authorization import ActionAuthenticatorMixin
 
     def authorize(self, iam_request_cls, resource="*"):
@@ -286,6 +566,19 @@ def install(world):
             params = {k: self._get_param(k) for k in ("DocumentName", "InstanceIds")}
             denied = ssm_denied(policies, name, params, account_of(headers), _region or "us-east-1")
             ok, resource = denied is None, denied or resource
+        elif service == "rds":
+            params = getattr(self, "params", None) or {}
+            region = _region or getattr(self, "region", None) or "us-east-1"
+            refused = rds_denied(policies, name, params, account_of(headers), region)
+            if refused is None:
+                return
+            denied_action, resource, verdict = refused
+            world.count(f"denied:{denied_action}")
+            print(
+                f"realism: denied {denied_action} on {resource} ({name}) to {access_key(headers)}",
+                flush=True,
+            )
+            raise rds_access_denied(self, rds_denial_message(headers, denied_action, resource, verdict))
         else:
             ok = allowed(policies, name, None)
         if ok:

@@ -11,6 +11,12 @@ works in the emulator's account and, for sharing and quotas, in accounts
 of its own (role sessions of accounts no other test uses), with names of
 its own, and leaves what it made there (a test world is thrown away
 whole). Prints one line per check; exits non-zero at the first that fails.
+
+IAM (check_iam): a role made through POST /realism/roles holds the RDS
+statements of iam/controller-policy.json; its session's CreateDBSnapshot,
+DeleteDBSnapshot, Describe* and RestoreDBInstanceFromDBSnapshot calls are
+allowed or refused (AccessDenied, HTTP 403) as IAM evaluates them for RDS:
+each resource of the action, tag-on-create as rds:AddTagsToResource.
 """
 
 import json
@@ -30,6 +36,8 @@ ENDPOINT = (sys.argv[1] if len(sys.argv) > 1 else os.environ.get("AWS_ENDPOINT_U
 ADMIN = boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test", region_name=REGION)
 RUN = f"chk{int(time.time() * 1000) % 10**10:x}{random.randrange(16**3):03x}"
 NOT_FOUND = {"DBSnapshotNotFound", "DBClusterSnapshotNotFoundFault", "DBInstanceNotFound"}
+POLICY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "iam", "controller-policy.json")
+MANAGED = {"Key": "tender.dev/managed-by", "Value": "tender"}
 
 
 def ok(what):
@@ -422,6 +430,164 @@ def check_quota(settings):
     ok(f"cluster snapshots counted apart: {quota} manual ones, the next refused (SnapshotQuotaExceeded)")
 
 
+def rds_statements():
+    """The statements of the shipped controller policy that grant RDS
+    actions."""
+    with open(POLICY) as f:
+        policy = json.load(f)
+    out = []
+    for statement in policy["Statement"]:
+        actions = statement["Action"]
+        actions = [actions] if isinstance(actions, str) else actions
+        if any(a.startswith("rds:") for a in actions):
+            out.append(statement)
+    sids = {st.get("Sid") for st in out}
+    expected = {
+        "DescribeDatabasesAndTheirSnapshots",
+        "SnapshotDatabasesUnderTenderNames",
+        "RestoreDatabasesFromSnapshots",
+        "TagOnlyAsTenderWhatTenderCreatesInRds",
+        "DeleteOnlyDatabaseSnapshotsOfThisTender",
+    }
+    assert expected <= sids, sids
+    return out
+
+
+def role_session(role_name, statements):
+    """A session of a role the layer makes (POST /realism/roles) with
+    `statements` as its policy, in the emulator's account."""
+    code, role = control("POST", "/realism/roles", {"name": role_name, "policy": {"Version": "2012-10-17", "Statement": statements}})
+    assert code == 200, role
+    sts = ADMIN.client("sts", endpoint_url=ENDPOINT)
+    creds = sts.assume_role(RoleArn=role["roleArn"], RoleSessionName="check-iam")["Credentials"]
+    return boto3.session.Session(
+        aws_access_key_id=creds["AccessKeyId"],
+        aws_secret_access_key=creds["SecretAccessKey"],
+        aws_session_token=creds["SessionToken"],
+        region_name=REGION,
+    )
+
+
+def denied(call, action, resource, **kwargs):
+    """Asserts that `call(**kwargs)` is refused as RDS refuses it for IAM:
+    AccessDenied, HTTP 403, naming the IAM action and the resource."""
+    try:
+        call(**kwargs)
+    except ClientError as e:
+        error = e.response["Error"]
+        status = e.response["ResponseMetadata"]["HTTPStatusCode"]
+        assert error["Code"] == "AccessDenied" and status == 403, (call.__name__, error, status)
+        message = error["Message"]
+        assert f"is not authorized to perform: {action} on resource: {resource}" in message, message
+        return message
+    raise AssertionError(f"{call.__name__} {kwargs} was accepted, expected AccessDenied for {action} on {resource}")
+
+
+def check_iam(rds, settings):
+    """The controller's RDS statements, evaluated as IAM does for RDS."""
+    statements = rds_statements()
+    mine = role_session(f"{RUN}-rds-controller", statements).client("rds", endpoint_url=ENDPOINT)
+    ok(f"role {RUN}-rds-controller holds the {len(statements)} RDS statements of iam/controller-policy.json")
+    arn = lambda kind, name: f"arn:aws:rds:{REGION}:{ACCOUNT}:{kind}:{name}"  # noqa: E731
+    tender = lambda what: f"tender-{RUN}-{what}"  # noqa: E731
+    cluster_id = {"Key": "tender.dev/cluster-id", "Value": f"cluster-{RUN}"}
+    db, spare = name("iam-db"), name("iam-spare")
+    instance(rds, db)
+    instance(rds, spare)
+    before = counters()
+
+    made = mine.create_db_snapshot(DBInstanceIdentifier=db, DBSnapshotIdentifier=tender("a"), Tags=[MANAGED, cluster_id])
+    assert made["DBSnapshot"]["Status"] == "creating", made
+    ok(f"CreateDBSnapshot {tender('a')} tagged tender.dev/managed-by=tender: allowed")
+    other = f"other-{RUN}-a"
+    message = denied(
+        mine.create_db_snapshot,
+        "rds:CreateDBSnapshot",
+        arn("snapshot", other),
+        DBInstanceIdentifier=spare,
+        DBSnapshotIdentifier=other,
+        Tags=[MANAGED, cluster_id],
+    )
+    refused(rds.describe_db_snapshots, "DBSnapshotNotFound", DBSnapshotIdentifier=other)
+    ok(f"CreateDBSnapshot {other}: AccessDenied, 403 ({message}); nothing made")
+    for what, tags in (("untagged", [cluster_id]), ("foreign", [{"Key": MANAGED["Key"], "Value": "someone-else"}, cluster_id])):
+        denied(
+            mine.create_db_snapshot,
+            "rds:AddTagsToResource",
+            arn("snapshot", tender(what)),
+            DBInstanceIdentifier=spare,
+            DBSnapshotIdentifier=tender(what),
+            Tags=tags,
+        )
+        refused(rds.describe_db_snapshots, "DBSnapshotNotFound", DBSnapshotIdentifier=tender(what))
+    assert status(rds, spare) == "available", "a refused CreateDBSnapshot backs nothing up"
+    ok("CreateDBSnapshot of a tender- name without managed-by=tender (missing, other value): AccessDenied on rds:AddTagsToResource")
+
+    assert mine.describe_db_instances(DBInstanceIdentifier=db)["DBInstances"][0]["DBInstanceIdentifier"] == db
+    assert db in [d["DBInstanceIdentifier"] for d in mine.describe_db_instances()["DBInstances"]]
+    assert mine.describe_db_snapshots(DBSnapshotIdentifier=tender("a"))["DBSnapshots"][0]["Status"] == "creating"
+    manual = mine.describe_db_snapshots(SnapshotType="manual")["DBSnapshots"]
+    assert tender("a") in [x["DBSnapshotIdentifier"] for x in manual], manual
+    assert mine.describe_db_snapshots(DBInstanceIdentifier=db)["DBSnapshots"]
+    refused(mine.describe_db_snapshots, "DBSnapshotNotFound", DBSnapshotIdentifier=tender("none"))
+    ok("DescribeDBInstances and DescribeDBSnapshots (by identifier, by instance, all): allowed; a missing one: DBSnapshotNotFound")
+
+    # Snapshots to delete, made by the account's administrator.
+    doomed = {
+        "d-both": [MANAGED, cluster_id],
+        "d-nocluster": [MANAGED],
+        "d-unmanaged": [cluster_id],
+    }
+    sources = {}
+    for what, tags in doomed.items():
+        sources[what] = name(f"iam-{what}")
+        instance(rds, sources[what])
+        rds.create_db_snapshot(DBInstanceIdentifier=sources[what], DBSnapshotIdentifier=tender(what), Tags=tags)
+    foreign = f"other-{RUN}-d"
+    rds.create_db_snapshot(DBInstanceIdentifier=spare, DBSnapshotIdentifier=foreign, Tags=[MANAGED, cluster_id])
+    for snap in [tender(what) for what in doomed] + [foreign]:
+        wait_available(lambda snap=snap: snapshot(rds, snap), settings["rds_snapshot"])
+    deleted = mine.delete_db_snapshot(DBSnapshotIdentifier=tender("d-both"))["DBSnapshot"]
+    assert deleted["Status"] == "deleted", deleted
+    ok(f"DeleteDBSnapshot {tender('d-both')} tagged managed-by=tender and cluster-id: allowed")
+    for what, why in (("d-nocluster", "without tender.dev/cluster-id"), ("d-unmanaged", "without managed-by=tender")):
+        message = denied(mine.delete_db_snapshot, "rds:DeleteDBSnapshot", arn("snapshot", tender(what)), DBSnapshotIdentifier=tender(what))
+        assert snapshot(rds, tender(what))["Status"] == "available"
+        ok(f"DeleteDBSnapshot {tender(what)} {why}: AccessDenied ({message}); kept")
+    denied(mine.delete_db_snapshot, "rds:DeleteDBSnapshot", arn("snapshot", foreign), DBSnapshotIdentifier=foreign)
+    assert snapshot(rds, foreign)["Status"] == "available"
+    ok(f"DeleteDBSnapshot {foreign} (not a tender- name, tagged as Tender's): AccessDenied; kept")
+    refused(mine.delete_db_snapshot, "DBSnapshotNotFound", DBSnapshotIdentifier=tender("gone"))
+    ok("DeleteDBSnapshot of a tender- snapshot that does not exist: DBSnapshotNotFound (its tags unknown, not absent)")
+
+    wait_available(lambda: snapshot(rds, tender("a")), settings["rds_snapshot"])
+    restored_id = tender("restored")
+    restored = mine.restore_db_instance_from_db_snapshot(
+        DBSnapshotIdentifier=tender("a"), DBInstanceIdentifier=restored_id, Tags=[MANAGED, cluster_id]
+    )["DBInstance"]
+    assert restored["DBInstanceIdentifier"] == restored_id, restored
+    tags = {t["Key"]: t["Value"] for t in rds.list_tags_for_resource(ResourceName=restored["DBInstanceArn"])["TagList"]}
+    assert tags.get(MANAGED["Key"]) == "tender", tags
+    ok(f"RestoreDBInstanceFromDBSnapshot {tender('a')} -> {restored_id} tagged managed-by=tender: allowed")
+    unmanaged = tender("restored-untagged")
+    denied(
+        mine.restore_db_instance_from_db_snapshot,
+        "rds:AddTagsToResource",
+        arn("db", unmanaged),
+        DBSnapshotIdentifier=tender("a"),
+        DBInstanceIdentifier=unmanaged,
+        Tags=[cluster_id],
+    )
+    refused(rds.describe_db_instances, "DBInstanceNotFound", DBInstanceIdentifier=unmanaged)
+    ok("RestoreDBInstanceFromDBSnapshot tagged without managed-by=tender: AccessDenied on rds:AddTagsToResource for the new db")
+
+    after = counters()
+    for action, times in (("rds:CreateDBSnapshot", 1), ("rds:AddTagsToResource", 3), ("rds:DeleteDBSnapshot", 3)):
+        key = f"denied:{action}"
+        assert after.get(key, 0) >= before.get(key, 0) + times, (key, before.get(key), after.get(key))
+    ok("counted: denied:rds:CreateDBSnapshot, denied:rds:AddTagsToResource, denied:rds:DeleteDBSnapshot")
+
+
 def secret_of(secrets, arn):
     return json.loads(secrets.get_secret_value(SecretId=arn)["SecretString"])
 
@@ -494,6 +660,7 @@ def main():
     rds = ADMIN.client("rds", endpoint_url=ENDPOINT)
     west = ADMIN.client("rds", endpoint_url=ENDPOINT, region_name=OTHER_REGION)
     print(f"run {RUN} against {ENDPOINT}", flush=True)
+    check_iam(rds, settings)
     ids = check_identity(rds)
     db, snap = check_db_snapshot_states(rds, settings)
     restored_id = check_db_copies(rds, settings, db, snap)
@@ -504,7 +671,7 @@ def main():
     check_accounts(rds, settings, snap, encrypted_arn, cluster_arn)
     check_quota(settings)
     check_backing(rds, settings)
-    print(f"counters: {json.dumps({k: v for k, v in counters().items() if k.startswith('rds:')})}")
+    print(f"counters: {json.dumps({k: v for k, v in counters().items() if 'rds:' in k})}")
     print("all RDS checks passed")
 
 

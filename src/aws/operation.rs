@@ -288,9 +288,15 @@ impl AwsOperation {
             // additional authorization on the rds:AddTagsToResource action"
             // (Amazon RDS User Guide, "Grant permission to tag resources on
             // creation").
-            AwsOperation::CreateDBSnapshot | AwsOperation::RestoreDBInstanceFromDBSnapshot => {
-                out.push("rds:AddTagsToResource");
-            }
+            AwsOperation::CreateDBSnapshot => out.push("rds:AddTagsToResource"),
+            // A DB instance encrypted with a customer managed key: RDS
+            // makes a grant on it for the caller ("Amazon RDS KMS key
+            // management": kms:CreateGrant and kms:DescribeKey).
+            AwsOperation::RestoreDBInstanceFromDBSnapshot => out.extend([
+                "rds:AddTagsToResource",
+                "kms:CreateGrant",
+                "kms:DescribeKey",
+            ]),
             // An encrypted snapshot's blocks: EBS uses its KMS key on the
             // caller's behalf ("To access an encrypted snapshot, the user
             // must have access to the KMS key used to encrypt the snapshot,

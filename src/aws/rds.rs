@@ -60,6 +60,8 @@ pub struct DbSnapshotInfo {
     pub instance_identifier: Option<String>,
     /// `manual`, `automated`, `shared`, … .
     pub snapshot_type: Option<String>,
+    /// The DbiResourceId of the DB instance it was taken of.
+    pub dbi_resource_id: Option<String>,
     pub engine: Option<String>,
     pub engine_version: Option<String>,
     pub allocated_gib: i64,
@@ -161,6 +163,7 @@ fn snapshot_info(s: &aws_sdk_rds::types::DbSnapshot) -> Option<DbSnapshotInfo> {
         percent_progress: s.percent_progress(),
         instance_identifier: s.db_instance_identifier().map(str::to_string),
         snapshot_type: s.snapshot_type().map(str::to_string),
+        dbi_resource_id: s.dbi_resource_id().map(str::to_string),
         engine: s.engine().map(str::to_string),
         engine_version: s.engine_version().map(str::to_string),
         allocated_gib: i64::from(s.allocated_storage().unwrap_or_default()),
@@ -330,6 +333,9 @@ impl Databases<'_> {
                     .then(|| request.security_group_ids.to_vec()),
             )
             .set_db_parameter_group_name(request.parameter_group.map(str::to_string))
+            // RDS's default is public without a subnet group, or with the
+            // default one: a restored copy of a database never is.
+            .publicly_accessible(false)
             .set_tags(Some(rds_tags(request.tags)))
             .send();
         let out = self

@@ -14,6 +14,7 @@
 //! (`garbage_collector::database_snapshots`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -26,7 +27,8 @@ use super::job::job_access;
 use super::job::kind::{Advance, ControllerStep};
 use super::{Context, Error, Result};
 use crate::api::{
-    BackupJob, BackupWorkerStatus, DB_INSTANCE_RESOURCE_PREFIX, DatabaseSnapshotStatus,
+    BackupJob, BackupRepository, BackupWorkerStatus, DB_INSTANCE_RESOURCE_PREFIX,
+    DatabaseSnapshotStatus,
 };
 use crate::aws::AwsClients;
 use crate::aws::accounts::Access;
@@ -40,6 +42,7 @@ use crate::mover::manifest::{
 };
 use crate::names::tags;
 use crate::reasons::FailureReason;
+use sha2::{Digest, Sha256};
 
 /// How often a snapshot RDS is taking is looked at: often at first (a
 /// small database's snapshot takes a minute or two), then every 30 s.
@@ -62,12 +65,16 @@ pub fn db_instance_of(resource: &str) -> Option<&str> {
 }
 
 /// The tags of a DB snapshot Tender takes: its ownership (what the IAM
-/// policy's conditions and the sweep go by) and where its restore point is.
+/// policy's conditions and the sweep go by) and where its restore point is
+/// (the repository's name and UID: one recreated under the same name is
+/// another repository).
 pub fn snapshot_tags(
     job: &BackupJob,
     resource: &str,
     attempt: i32,
     cluster_id: &str,
+    repository_uid: &str,
+    now: Timestamp,
 ) -> BTreeMap<String, String> {
     let repository = job
         .spec
@@ -85,7 +92,34 @@ pub fn snapshot_tags(
         (tags::RESOURCE.into(), resource.into()),
         (tags::ATTEMPT.into(), attempt.to_string()),
         (tags::REPOSITORY.into(), repository),
+        (tags::REPOSITORY_UID.into(), repository_uid.into()),
+        (tags::REQUESTED_AT.into(), now.to_string()),
     ])
+}
+
+/// The tags the snapshot's name is made of: everything that says whose it
+/// is and where its restore point is.
+const NAMED_BY: [&str; 8] = [
+    tags::CLUSTER_ID,
+    tags::NAMESPACE,
+    tags::JOB_NAME,
+    tags::JOB_UID,
+    tags::RESOURCE,
+    tags::ATTEMPT,
+    tags::REPOSITORY,
+    tags::REPOSITORY_UID,
+];
+
+/// The name of the DB snapshot that carries `tags`: `tender-` and 40 hex
+/// digits of their SHA-256. A snapshot whose tags were changed after it
+/// was taken no longer matches its name, and the sweep leaves it alone.
+pub fn snapshot_name(tags: &BTreeMap<String, String>) -> Option<String> {
+    let mut hasher = Sha256::new();
+    for key in NAMED_BY {
+        hasher.update(tags.get(key)?.as_bytes());
+        hasher.update([0u8]);
+    }
+    Some(format!("tender-{}", hex::encode(&hasher.finalize()[..20])))
 }
 
 /// One step of the backup of a DB instance (see the module's doc).
@@ -104,58 +138,145 @@ pub async fn advance(
         .scoped(&job_access(job, worker.access.as_ref()))
         .await;
     let rds = production.databases();
-    let snapshot_id = worker.launch_token.clone();
-    let ours = |s: &DbSnapshotInfo| s.tags.get(tags::JOB_UID) == job.uid().as_ref();
+    let Some(repository) = repository_of(job, ctx) else {
+        worker.message = Some("waiting for the job's BackupRepository".into());
+        return Ok(Advance::Wait {
+            recheck: Duration::from_secs(30),
+        });
+    };
+    let tags = snapshot_tags(
+        job,
+        &worker.resource,
+        worker.attempt,
+        &ctx.cluster_id,
+        &repository.uid().unwrap_or_default(),
+        step.now,
+    );
+    let Some(snapshot_id) = snapshot_name(&tags) else {
+        return Err(Error::MissingObjectKey("the DB snapshot's tags"));
+    };
 
-    let recorded = worker
-        .database_snapshot
-        .as_ref()
-        .filter(|s| s.snapshot_id == snapshot_id)
-        .cloned();
-    let Some(recorded) = recorded else {
-        // Not started by this attempt, as far as the status says: a
-        // snapshot of this name is one an earlier reconcile started.
-        if let Some(found) = rds.describe_snapshot(&region, &snapshot_id).await? {
-            if !ours(&found) {
+    // The snapshot this attempt or an earlier one started is followed as
+    // long as RDS may still make it available: a retry, a resume or a
+    // restarted controller never starts a second one beside it.
+    if let Some(recorded) = worker.database_snapshot.clone() {
+        let found = rds
+            .describe_snapshot(&region, &recorded.snapshot_id)
+            .await?;
+        let age = step.now.duration_since(recorded.requested_time.0).as_secs();
+        match found {
+            Some(found) if !found.is_failed() => {
+                return follow(job, worker, &found, &recorded, step, ctx, &db).await;
+            }
+            None if age < VISIBILITY_GRACE_SECONDS => {
+                return Ok(Advance::Wait {
+                    recheck: Duration::from_secs(3),
+                });
+            }
+            found if recorded.snapshot_id == snapshot_id => {
+                let what = found.map_or("is gone".to_string(), |f| format!("is {}", f.status));
                 return Ok(Advance::Failed {
-                    reason: FailureReason::SnapshotNotOwned,
+                    reason: FailureReason::DatabaseSnapshotFailed,
                     message: format!(
-                        "DB snapshot {snapshot_id} exists in {region} and was not taken for this job"
+                        "DB snapshot {snapshot_id} of {db} {what} in {region}; the next attempt takes a new one (the garbage collector deletes this one)"
                     ),
                 });
             }
-            record(worker, &found, step.now);
-            return Ok(Advance::Wait {
-                recheck: Duration::from_secs(1),
-            });
+            // An earlier attempt's, failed or gone: this attempt takes its
+            // own.
+            _ => worker.database_snapshot = None,
         }
-        return start(job, worker, &production, &db, step, ctx).await;
-    };
+    }
 
-    let Some(found) = rds.describe_snapshot(&region, &snapshot_id).await? else {
-        let age = step.now.duration_since(recorded.requested_time.0).as_secs();
-        if age < VISIBILITY_GRACE_SECONDS {
-            return Ok(Advance::Wait {
-                recheck: Duration::from_secs(3),
+    // Not recorded: a snapshot of this attempt's name is one a reconcile
+    // started before it could record it (a crash), if it is genuinely a
+    // snapshot of this DB instance taken for this job.
+    if let Some(found) = rds.describe_snapshot(&region, &snapshot_id).await? {
+        if let Err(why) = genuine(&rds, &region, &found, &db, &tags).await? {
+            return Ok(Advance::Failed {
+                reason: FailureReason::SnapshotNotOwned,
+                message: format!(
+                    "DB snapshot {snapshot_id} exists in {region} and is not this job's: {why}"
+                ),
             });
         }
-        return Ok(Advance::Failed {
-            reason: FailureReason::DatabaseSnapshotFailed,
-            message: format!(
-                "DB snapshot {snapshot_id} of {db} is gone from {region} (deleted while it was being taken?); the next attempt takes a new one"
-            ),
-        });
-    };
-    record(worker, &found, recorded.requested_time.0);
-    if found.is_failed() {
-        return Ok(Advance::Failed {
-            reason: FailureReason::DatabaseSnapshotFailed,
-            message: format!(
-                "RDS put DB snapshot {snapshot_id} of {db} in state {}; the next attempt takes a new one (the garbage collector deletes this one)",
-                found.status
-            ),
+        record(worker, &found, step.now);
+        return Ok(Advance::Wait {
+            recheck: Duration::from_secs(2),
         });
     }
+    start(
+        job,
+        worker,
+        &production,
+        (&db, &snapshot_id, &tags),
+        step,
+        ctx,
+    )
+    .await
+}
+
+/// The job's BackupRepository object.
+fn repository_of(job: &BackupJob, ctx: &Context) -> Option<Arc<BackupRepository>> {
+    let name = job.spec.repository_ref.as_ref()?;
+    ctx.repositories.get(&ObjectRef::new(&name.name))
+}
+
+/// Whether a snapshot found under this attempt's name is the one it took:
+/// of this DB instance (by identifier and by its DbiResourceId, which a DB
+/// instance of the same name made later does not share), manual, and
+/// tagged as this attempt's (tags anyone may set: the name and the
+/// instance are what RDS vouches for).
+async fn genuine(
+    rds: &crate::aws::rds::Databases<'_>,
+    region: &str,
+    found: &DbSnapshotInfo,
+    db: &str,
+    wanted: &BTreeMap<String, String>,
+) -> Result<std::result::Result<(), String>> {
+    if found.instance_identifier.as_deref() != Some(db) {
+        return Ok(Err(format!(
+            "it is a snapshot of {:?}",
+            found.instance_identifier
+        )));
+    }
+    if found.snapshot_type.as_deref() != Some("manual") {
+        return Ok(Err(format!("it is a {:?} snapshot", found.snapshot_type)));
+    }
+    for key in [tags::JOB_UID, tags::RESOURCE, tags::ATTEMPT] {
+        if found.tags.get(key) != wanted.get(key) {
+            return Ok(Err(format!("its tag {key} is {:?}", found.tags.get(key))));
+        }
+    }
+    let instance = rds.describe_instance(region, db).await?;
+    let same = match (
+        &found.dbi_resource_id,
+        instance.and_then(|i| i.dbi_resource_id),
+    ) {
+        (Some(a), Some(b)) => a == &b,
+        // RDS did not say: the identifier and the tags have to do.
+        _ => true,
+    };
+    Ok(if same {
+        Ok(())
+    } else {
+        Err(format!("it was taken of another DB instance named {db}"))
+    })
+}
+
+/// Follows a snapshot RDS accepted: progress while RDS takes it, then the
+/// restore point.
+async fn follow(
+    job: &BackupJob,
+    worker: &mut BackupWorkerStatus,
+    found: &DbSnapshotInfo,
+    recorded: &DatabaseSnapshotStatus,
+    step: &ControllerStep<'_>,
+    ctx: &Context,
+    db: &str,
+) -> Result<Advance> {
+    let snapshot_id = found.identifier.clone();
+    record(worker, found, recorded.requested_time.0);
     if found.status != "available" {
         worker.progress_percent = found.percent_progress;
         worker.message = Some(format!(
@@ -175,21 +296,45 @@ pub async fn advance(
             recheck: Duration::from_secs(30),
         });
     };
-    let instance = rds.describe_instance(&region, &db).await?;
+    let production = ctx
+        .aws
+        .scoped(&job_access(job, worker.access.as_ref()))
+        .await;
+    let instance = production
+        .databases()
+        .describe_instance(&worker.region, db)
+        .await?;
     let account = account_of(found.arn.as_deref())
         .map(str::to_string)
         .unwrap_or_default();
-    let manifest = manifest(job, worker, &found, instance.as_ref(), &account, step.now);
+    let manifest = manifest(job, worker, found, instance.as_ref(), &account, step.now);
     match write_manifest(job, repository, &manifest, ctx).await? {
-        Ok(()) => {
-            worker.restore_point = Some(manifest.id.clone());
+        Written::Ours(stored) => {
+            // A manifest this job wrote earlier (a crash, an answer lost)
+            // names the snapshot of its restore point: that one is kept,
+            // whichever attempt took it, and the sweep takes the other.
+            if let Some(first) = stored.database.as_ref().and_then(|d| d.snapshots.first())
+                && first.identifier != snapshot_id
+            {
+                worker.database_snapshot = Some(DatabaseSnapshotStatus {
+                    snapshot_id: first.identifier.clone(),
+                    snapshot_arn: Some(first.arn.clone()),
+                    state: "available".into(),
+                    requested_time: recorded.requested_time.clone(),
+                });
+            }
+            worker.restore_point = Some(stored.id.clone());
             worker.message = Some(format!(
-                "DB snapshot {snapshot_id} of {db} is available; restore point {} recorded",
-                manifest.id
+                "DB snapshot {} of {db} is available; restore point {} recorded",
+                worker
+                    .database_snapshot
+                    .as_ref()
+                    .map_or(snapshot_id.as_str(), |s| s.snapshot_id.as_str()),
+                stored.id
             ));
             Ok(Advance::Done)
         }
-        Err((reason, message)) => Ok(Advance::Failed { reason, message }),
+        Written::Refused(reason, message) => Ok(Advance::Failed { reason, message }),
     }
 }
 
@@ -212,16 +357,17 @@ async fn start(
     job: &BackupJob,
     worker: &mut BackupWorkerStatus,
     production: &AwsClients,
-    db: &str,
+    (db, snapshot_id, tags): (&str, &str, &BTreeMap<String, String>),
     step: &ControllerStep<'_>,
     ctx: &Context,
 ) -> Result<Advance> {
     let region = worker.region.clone();
-    let snapshot_id = worker.launch_token.clone();
-    let tags = snapshot_tags(job, &worker.resource, worker.attempt, &ctx.cluster_id);
     let rds = production.databases();
-    let refused = match rds.create_snapshot(&region, &snapshot_id, db, &tags).await {
+    let refused = match rds.create_snapshot(&region, snapshot_id, db, tags).await {
         Ok(created) => {
+            // A crash here leaves a snapshot the status does not name yet:
+            // the next reconcile finds it by its name and job-UID tag.
+            crate::faults::crash_point("after-create-db-snapshot");
             record(worker, &created, step.now);
             worker.progress_percent = Some(created.percent_progress.unwrap_or(0));
             worker.message = Some(format!("taking DB snapshot {snapshot_id} of {db}"));
@@ -243,7 +389,7 @@ async fn start(
     Ok(match refused.code() {
         // Taken by a call whose answer was lost: the next step finds it.
         Some("DBSnapshotAlreadyExists") => Advance::Wait {
-            recheck: Duration::from_secs(1),
+            recheck: Duration::from_secs(5),
         },
         Some("DBInstanceNotFound") => Advance::Failed {
             reason: FailureReason::SourceDatabaseNotFound,
@@ -346,25 +492,26 @@ fn manifest(
     }
 }
 
+/// What writing the manifest came to.
+enum Written {
+    /// The manifest of the restore point is this job's: the one just
+    /// written, or one it wrote before (which may name an earlier
+    /// attempt's snapshot).
+    Ours(Box<Manifest>),
+    Refused(FailureReason, String),
+}
+
 /// Writes the manifest once (`If-None-Match`), sealed; one already there
-/// is fine only if this job wrote it (a crash after the write).
+/// is fine only if this job wrote it (a crash after the write), and then
+/// it is the restore point.
 async fn write_manifest(
     job: &BackupJob,
     location: &RepositoryLocation,
     manifest: &Manifest,
     ctx: &Context,
-) -> Result<std::result::Result<(), (FailureReason, String)>> {
-    let name = job
-        .spec
-        .repository_ref
-        .as_ref()
-        .ok_or(Error::MissingObjectKey("spec.repositoryRef"))?;
+) -> Result<Written> {
     let repository =
-        ctx.repositories
-            .get(&ObjectRef::new(&name.name))
-            .ok_or(Error::MissingObjectKey(
-                "the BackupRepository of spec.repositoryRef",
-            ))?;
+        repository_of(job, ctx).ok_or(Error::MissingObjectKey("the job's BackupRepository"))?;
     let access = Access::new(
         repository.spec.access.as_ref(),
         &["repository", &repository.name_any()],
@@ -374,7 +521,12 @@ async fn write_manifest(
     let sealed = match integrity::authenticate(&aws, location, &text).await {
         Ok(sealed) => sealed,
         Err(MoverError::Aws(e)) => return Err(e.into()),
-        Err(e) => return Ok(Err((FailureReason::RestorePointUnverified, e.to_string()))),
+        Err(e) => {
+            return Ok(Written::Refused(
+                FailureReason::RestorePointUnverified,
+                e.to_string(),
+            ));
+        }
     };
     let key = location.manifest_key(&manifest.id);
     let repo = aws.repository();
@@ -383,7 +535,7 @@ async fn write_manifest(
         .await?
         == Created::Written
     {
-        return Ok(Ok(()));
+        return Ok(Written::Ours(Box::new(manifest.clone())));
     }
     let stored = repo.get_object(location, &key).await?.unwrap_or_default();
     let theirs = match integrity::verified(&aws, location, &key, &stored).await {
@@ -391,14 +543,68 @@ async fn write_manifest(
         Err(MoverError::Aws(e)) => return Err(e.into()),
         Err(_) => None,
     };
-    match theirs {
-        Some(m) if m.job_uid == manifest.job_uid => Ok(Ok(())),
-        _ => Ok(Err((
+    Ok(match theirs {
+        Some(m) if m.job_uid == manifest.job_uid && m.database.is_some() => {
+            Written::Ours(Box::new(m))
+        }
+        _ => Written::Refused(
             FailureReason::RestorePointExists,
             format!(
                 "restore point {} already exists in the repository and was not written by this job; delete its RestorePoint or name the BackupJob differently",
                 manifest.id
             ),
-        ))),
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> BackupJob {
+        let mut job: BackupJob = serde_json::from_value(serde_json::json!({
+            "apiVersion": "tender.dev/v1alpha1", "kind": "BackupJob",
+            "metadata": {"name": "nightly", "namespace": "shop", "uid": "6f1c"},
+            "spec": {"resources": [{"dbInstanceId": "orders", "region": "eu-west-1"}],
+                     "repositoryRef": {"name": "main"}}
+        }))
+        .expect("a job");
+        job.metadata.uid = Some("6f1c".into());
+        job
+    }
+
+    #[test]
+    fn a_snapshots_name_follows_from_its_tags_and_no_longer_matches_once_they_change() {
+        let t = |attempt, at: i64| {
+            let now = Timestamp::from_second(at).expect("a time");
+            snapshot_tags(
+                &job(),
+                "rds-db-orders",
+                attempt,
+                "cluster-1",
+                "repo-uid",
+                now,
+            )
+        };
+        let name = snapshot_name(&t(1, 1_800_000_000)).expect("a name");
+        assert!(name.starts_with("tender-") && name.len() == 47, "{name}");
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+            "an RDS identifier: {name}"
+        );
+        assert_eq!(
+            snapshot_name(&t(1, 1_900_000_000)),
+            Some(name.clone()),
+            "the time asked is not part of it"
+        );
+        assert_ne!(snapshot_name(&t(2, 1_800_000_000)), Some(name.clone()));
+        for key in NAMED_BY {
+            let mut edited = t(1, 1_800_000_000);
+            edited.insert(key.to_string(), "someone-else".into());
+            assert_ne!(snapshot_name(&edited), Some(name.clone()), "{key}");
+            edited.remove(key);
+            assert_eq!(snapshot_name(&edited), None, "{key}");
+        }
     }
 }

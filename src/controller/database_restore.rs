@@ -53,6 +53,7 @@ fn is_failed_state(status: &str) -> bool {
             | "incompatible-network"
             | "incompatible-option-group"
             | "inaccessible-encryption-credentials"
+            | "inaccessible-encryption-credentials-recoverable"
             | "restore-error"
             | "storage-full"
             | "deleting"
@@ -167,6 +168,18 @@ pub async fn advance(
         });
     };
     match rds.describe_snapshot(&region, &snapshot.identifier).await? {
+        // The restore point names its snapshot by ARN: one of the same name
+        // in another account (another configuration's production account)
+        // is not it.
+        Some(s) if s.arn.as_deref() != Some(snapshot.arn.as_str()) => {
+            return Ok(Advance::Failed {
+                reason: FailureReason::DatabaseSnapshotMissing,
+                message: format!(
+                    "restore point {} is in DB snapshot {}, and the configuration's production account has {:?} under that name; restore with the WorkerConfiguration of the account that took it",
+                    worker.resource, snapshot.arn, s.arn
+                ),
+            });
+        }
         Some(s) if s.status == "available" => {}
         Some(s) if !s.is_failed() => {
             worker.message = Some(format!(
@@ -217,7 +230,7 @@ pub async fn advance(
         // Created by a call whose answer was lost, or by someone else at
         // the same moment: the next step tells which by the tags.
         Err(e) if e.code() == Some("DBInstanceAlreadyExists") => Ok(Advance::Wait {
-            recheck: Duration::from_secs(1),
+            recheck: Duration::from_secs(5),
         }),
         Err(e) if e.code() == Some("InvalidDBSnapshotState") => {
             worker.message = Some(format!("{e}; trying again"));

@@ -92,12 +92,22 @@ impl WorkerJob for RestoreJob {
         config: &WorkerConfiguration,
         ctx: &Context,
     ) -> Result<Result<Located, NotLocated>> {
-        let requested = self.spec.security_group_ids.as_deref().unwrap_or_default();
+        let database_groups = self
+            .spec
+            .database
+            .as_ref()
+            .and_then(|d| d.vpc_security_group_ids.as_deref());
+        let requested = self
+            .spec
+            .security_group_ids
+            .as_deref()
+            .or(database_groups)
+            .unwrap_or_default();
         if let Some(group) = group_not_allowed(requested, &config.spec.restore_security_group_ids) {
             return Ok(Err(NotLocated {
                 reason: FailureReason::SecurityGroupNotAllowed,
                 message: format!(
-                    "security group {group} is not one WorkerConfiguration {:?} lets restores attach (spec.restoreSecurityGroupIds); ask an admin to add it, or leave spec.securityGroupIds unset for the VPC's default group",
+                    "security group {group} is not one WorkerConfiguration {:?} lets restores attach (spec.restoreSecurityGroupIds); ask an admin to add it, or leave spec.securityGroupIds (spec.database.vpcSecurityGroupIds) unset for the VPC's default group",
                     config.name_any()
                 ),
             }));

@@ -79,6 +79,15 @@ impl WorkerJob for VerificationJob {
         _config: &WorkerConfiguration,
         ctx: &Context,
     ) -> Result<Result<Located, NotLocated>> {
+        if super::database_restore::is_database_point(&target.id) {
+            return Ok(Err(NotLocated {
+                reason: FailureReason::RestoreModeMismatch,
+                message: format!(
+                    "restore point {} is a database's: its data is a DB snapshot RDS keeps, not chunks in the repository; a VerificationJob reads chunks (restore it with a RestoreJob of mode database to check it)",
+                    target.id
+                ),
+            }));
+        }
         let repository = self
             .repository_ref()
             .and_then(|r| ctx.repositories.get(&ObjectRef::new(&r.name)));

@@ -286,7 +286,10 @@ async fn reference_set<S: Store>(
             };
             let manifest = read_manifest(&object.key, &stored)?;
             report.manifests += 1;
-            report.logical_bytes += manifest.stats.bytes_total;
+            // A database's restore point holds no chunk: its data is in RDS.
+            if manifest.database.is_none() {
+                report.logical_bytes += manifest.stats.bytes_total;
+            }
             for block in manifest.volumes.iter().flat_map(|v| v.blocks.iter()) {
                 let hash =
                     chunk_identity(&block.chunk).ok_or_else(|| MoverError::ManifestInvalid {

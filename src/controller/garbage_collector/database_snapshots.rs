@@ -13,6 +13,8 @@
 //! cluster, the bucket unreachable): deleting is the one thing never done
 //! on doubt.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
@@ -25,6 +27,7 @@ use crate::aws::AwsClients;
 use crate::aws::accounts::Access;
 use crate::aws::rds::DbSnapshotInfo;
 use crate::controller::Context;
+use crate::controller::database_backup::snapshot_name;
 use crate::controller::job::status::baseline;
 use crate::mover::integrity::unseal;
 use crate::mover::manifest::{RepositoryLocation, parse_manifest, restore_point_id};
@@ -33,42 +36,43 @@ use crate::names::tags;
 /// Why a database snapshot is deleted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SnapshotVerdict {
-    /// Its job runs, RDS is taking it, or its restore point names it (or
-    /// cannot be read).
+    /// Its job runs, its restore point names it, or what it says cannot be
+    /// known for sure.
     Keep,
-    /// Its job finished without naming it (a failed or earlier attempt).
-    NotNamedByOwner,
-    /// Its restore point is gone (retention, a deletion) or never written.
+    /// Its restore point names another snapshot (an earlier attempt's).
+    NotNamedByRestorePoint,
+    /// Its restore point has been gone (retention, a deletion) or was never
+    /// written, for longer than the grace period.
     RestorePointGone,
 }
 
-/// What the owner job says about snapshot `id`: `Some(verdict)` when the
-/// job decides alone, `None` when the restore point must be read.
-pub fn judge_by_owner(id: &str, owner: Option<&BackupJobStatus>) -> Option<SnapshotVerdict> {
-    let Some(status) = owner else {
-        return None; // the job is gone: its restore point decides
-    };
-    if !status.phase.is_finished() {
-        return Some(SnapshotVerdict::Keep);
-    }
-    let named = status.workers.iter().any(|w| {
-        w.restore_point.is_some()
-            && w.database_snapshot
-                .as_ref()
-                .is_some_and(|s| s.snapshot_id == id)
-    });
-    if named {
-        None
-    } else {
-        Some(SnapshotVerdict::NotNamedByOwner)
-    }
+/// Whether the owner job still needs the snapshot: while it runs, it may
+/// be taking or recording it. `None` (the job is gone, or finished): its
+/// restore point decides.
+pub fn owner_keeps(owner: Option<&BackupJobStatus>) -> bool {
+    owner.is_some_and(|status| !status.phase.is_finished())
 }
 
 /// The verdict on a snapshot from its restore point's stored manifest
-/// (`None`: no such object).
-pub fn judge_by_manifest(id: &str, stored: Option<&[u8]>) -> SnapshotVerdict {
+/// (`None`: no such object), and since when the restore point has been
+/// seen missing (`absent_since`, this process's memory: a key that goes
+/// missing is deleted only once it stayed missing for `grace`, so a
+/// listing that is wrong once, or a manifest restored from a versioned
+/// bucket in time, costs no snapshot).
+pub fn judge_by_manifest(
+    id: &str,
+    stored: Option<&[u8]>,
+    absent_since: Option<Timestamp>,
+    now: Timestamp,
+    grace: Duration,
+) -> SnapshotVerdict {
     let Some(stored) = stored else {
-        return SnapshotVerdict::RestorePointGone;
+        let long_enough = super::intermediates::past_grace(absent_since, now, grace);
+        return if long_enough {
+            SnapshotVerdict::RestorePointGone
+        } else {
+            SnapshotVerdict::Keep
+        };
     };
     // Read, not verified: whoever could forge it could delete it as well,
     // and a manifest that does not parse keeps the snapshot.
@@ -85,11 +89,18 @@ pub fn judge_by_manifest(id: &str, stored: Option<&[u8]>) -> SnapshotVerdict {
             if named {
                 SnapshotVerdict::Keep
             } else {
-                SnapshotVerdict::RestorePointGone
+                SnapshotVerdict::NotNamedByRestorePoint
             }
         }
         None => SnapshotVerdict::Keep,
     }
+}
+
+/// Where the snapshots' restore points were first seen missing, by
+/// snapshot ARN (or region and name).
+fn absences() -> &'static Mutex<HashMap<String, Timestamp>> {
+    static ABSENT: OnceLock<Mutex<HashMap<String, Timestamp>>> = OnceLock::new();
+    ABSENT.get_or_init(Mutex::default)
 }
 
 /// The owner's latest status (`Ok(None)`: gone); `Err` when the tags do
@@ -110,19 +121,27 @@ fn owner_status(ctx: &Context, s: &DbSnapshotInfo) -> Result<Option<BackupJobSta
 }
 
 /// The stored manifest of the snapshot's restore point; `Err` when it
-/// cannot be read (then nothing is deleted).
+/// cannot be read for sure (then nothing is deleted): the repository is
+/// not in the cluster, or is another one than the snapshot was taken for
+/// (deleted and made again under its name), or S3 did not answer.
 async fn stored_manifest(ctx: &Context, s: &DbSnapshotInfo) -> Result<Option<Vec<u8>>, String> {
     let tag = |k: &str| s.tags.get(k).cloned().ok_or(format!("no tag {k}"));
-    let (ns, job, resource, repo) = (
+    let (ns, job, resource, repo, repo_uid) = (
         tag(tags::NAMESPACE)?,
         tag(tags::JOB_NAME)?,
         tag(tags::RESOURCE)?,
         tag(tags::REPOSITORY)?,
+        tag(tags::REPOSITORY_UID)?,
     );
     let repository = ctx
         .repositories
         .get(&ObjectRef::new(&repo))
         .ok_or(format!("BackupRepository {repo:?} is not in the cluster"))?;
+    if repository.uid().as_deref() != Some(repo_uid.as_str()) {
+        return Err(format!(
+            "BackupRepository {repo:?} is not the one the snapshot was taken for (its UID changed)"
+        ));
+    }
     let location = RepositoryLocation::of(&repository.spec, &ns);
     let access = Access::new(
         repository.spec.access.as_ref(),
@@ -134,6 +153,14 @@ async fn stored_manifest(ctx: &Context, s: &DbSnapshotInfo) -> Result<Option<Vec
         .get_object(&location, &key)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// When RDS took the snapshot, else when Tender asked for it.
+fn taken_at(s: &DbSnapshotInfo) -> Option<Timestamp> {
+    s.created
+        .as_deref()
+        .or(s.tags.get(tags::REQUESTED_AT).map(String::as_str))
+        .and_then(|t| t.parse::<Timestamp>().ok())
 }
 
 /// Deletes this cluster's database snapshots that outlived their restore
@@ -149,39 +176,58 @@ pub(super) async fn sweep(ctx: &Context, aws: &AwsClients, region: &str, grace: 
     let now = Timestamp::now();
     let mut deleted = 0;
     for s in all.iter().filter(|s| is_ours(ctx, s)) {
-        if s.status != "available" && !s.is_failed() {
-            continue; // RDS is taking or copying it
+        // RDS deletes only what it has finished with (and `deleting` is on
+        // its way).
+        if !matches!(
+            s.status.as_str(),
+            "available" | "failed" | "incompatible-restore" | "incompatible-parameters"
+        ) {
+            continue;
         }
-        let created = s
-            .created
-            .as_deref()
-            .and_then(|t| t.parse::<Timestamp>().ok());
-        if !super::intermediates::past_grace(created, now, grace) {
+        if !super::intermediates::past_grace(taken_at(s), now, grace) {
             continue;
         }
         let Ok(owner) = owner_status(ctx, s) else {
             continue;
         };
-        let verdict = match judge_by_owner(&s.identifier, owner.as_ref()) {
-            Some(v) => v,
-            None => match stored_manifest(ctx, s).await {
-                Ok(stored) => judge_by_manifest(&s.identifier, stored.as_deref()),
-                Err(why) => {
-                    warn!(
-                        region,
-                        snapshot = s.identifier,
-                        why,
-                        "garbage collection: cannot read the restore point of a DB snapshot; kept"
-                    );
-                    SnapshotVerdict::Keep
-                }
-            },
+        if owner_keeps(owner.as_ref()) {
+            continue;
+        }
+        let key = s
+            .arn
+            .clone()
+            .unwrap_or_else(|| format!("{region}/{}", s.identifier));
+        let verdict = match stored_manifest(ctx, s).await {
+            Ok(stored) => {
+                let mut absent = absences().lock().unwrap_or_else(|p| p.into_inner());
+                let since = match stored {
+                    Some(_) => {
+                        absent.remove(&key);
+                        None
+                    }
+                    None => Some(*absent.entry(key.clone()).or_insert(now)),
+                };
+                judge_by_manifest(&s.identifier, stored.as_deref(), since, now, grace)
+            }
+            Err(why) => {
+                warn!(
+                    region,
+                    snapshot = s.identifier,
+                    why,
+                    "garbage collection: cannot read the restore point of a DB snapshot; kept"
+                );
+                SnapshotVerdict::Keep
+            }
         };
         if verdict == SnapshotVerdict::Keep {
             continue;
         }
         match aws.databases().delete_snapshot(region, &s.identifier).await {
             Ok(_) => {
+                absences()
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&key);
                 info!(region, snapshot = s.identifier, reason = ?verdict, "deleted a DB snapshot whose restore point is gone");
                 deleted += 1;
             }
@@ -194,7 +240,8 @@ pub(super) async fn sweep(ctx: &Context, aws: &AwsClients, region: &str, grace: 
 }
 
 /// Tender's, this cluster's (and, for a namespaced controller, this
-/// namespace's), and a BackupJob's.
+/// namespace's), a BackupJob's, and still named after its tags: one whose
+/// tags were changed after it was taken is nobody's to judge.
 fn is_ours(ctx: &Context, s: &DbSnapshotInfo) -> bool {
     let tag = |k: &str| s.tags.get(k).map(String::as_str);
     tag(tags::MANAGED_BY) == Some(tags::MANAGED_BY_VALUE)
@@ -204,62 +251,30 @@ fn is_ours(ctx: &Context, s: &DbSnapshotInfo) -> bool {
             .namespace
             .as_deref()
             .is_none_or(|ns| tag(tags::NAMESPACE) == Some(ns))
+        && snapshot_name(&s.tags).as_deref() == Some(s.identifier.as_str())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{BackupWorkerStatus, DatabaseSnapshotStatus, Phase, WorkerStatus};
+    use crate::api::Phase;
     use crate::mover::integrity::seal;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-    fn status(phase: Phase, snapshot: &str, restore_point: bool) -> BackupJobStatus {
-        BackupJobStatus {
+    #[test]
+    fn a_running_owner_keeps_its_snapshots_and_a_finished_one_leaves_it_to_the_restore_point() {
+        let status = |phase| BackupJobStatus {
             phase,
-            workers: vec![BackupWorkerStatus {
-                worker: WorkerStatus {
-                    resource: "rds-db-orders".into(),
-                    ..Default::default()
-                },
-                restore_point: restore_point.then(|| "nightly/rds-db-orders".into()),
-                database_snapshot: Some(DatabaseSnapshotStatus {
-                    snapshot_id: snapshot.into(),
-                    snapshot_arn: None,
-                    state: "available".into(),
-                    requested_time: Time(Timestamp::UNIX_EPOCH),
-                }),
-            }],
             ..Default::default()
-        }
+        };
+        assert!(owner_keeps(Some(&status(Phase::Running))));
+        assert!(owner_keeps(Some(&status(Phase::Pending))));
+        assert!(!owner_keeps(Some(&status(Phase::Succeeded))));
+        assert!(!owner_keeps(Some(&status(Phase::Failed))));
+        assert!(!owner_keeps(None));
     }
 
     #[test]
-    fn the_owner_keeps_what_it_may_still_use_and_drops_what_it_never_named() {
-        let running = status(Phase::Running, "tender-a", false);
-        assert_eq!(
-            judge_by_owner("tender-b", Some(&running)),
-            Some(SnapshotVerdict::Keep)
-        );
-        let done = status(Phase::Succeeded, "tender-a", true);
-        assert_eq!(
-            judge_by_owner("tender-a", Some(&done)),
-            None,
-            "its restore point decides"
-        );
-        assert_eq!(
-            judge_by_owner("tender-old-attempt", Some(&done)),
-            Some(SnapshotVerdict::NotNamedByOwner)
-        );
-        let failed = status(Phase::Failed, "tender-a", false);
-        assert_eq!(
-            judge_by_owner("tender-a", Some(&failed)),
-            Some(SnapshotVerdict::NotNamedByOwner)
-        );
-        assert_eq!(judge_by_owner("tender-a", None), None);
-    }
-
-    #[test]
-    fn a_manifest_keeps_only_the_snapshots_it_names() {
+    fn a_manifest_keeps_only_the_snapshots_it_names_and_a_missing_one_only_after_the_grace() {
         let manifest = serde_json::json!({
             "version": 2, "id": "nightly/rds-db-orders", "resource": "rds-db-orders",
             "region": "eu-west-1", "namespace": "shop", "jobName": "nightly", "jobUid": "u",
@@ -272,20 +287,32 @@ mod tests {
                                         "region": "eu-west-1", "account": "123456789012"}]}
         });
         let stored = seal(&serde_json::to_vec(&manifest).expect("json"), "key", b"mac");
+        let now = Timestamp::from_second(2_000_000_000).expect("a time");
+        let grace = Duration::from_secs(600);
+        let judge = |id: &str, stored: Option<&[u8]>, since: Option<i64>| {
+            let since = since.map(|s| Timestamp::from_second(2_000_000_000 - s).expect("a time"));
+            judge_by_manifest(id, stored, since, now, grace)
+        };
         assert_eq!(
-            judge_by_manifest("tender-a", Some(&stored)),
+            judge("tender-a", Some(&stored), None),
             SnapshotVerdict::Keep
         );
         assert_eq!(
-            judge_by_manifest("tender-b", Some(&stored)),
+            judge("tender-b", Some(&stored), None),
+            SnapshotVerdict::NotNamedByRestorePoint
+        );
+        assert_eq!(
+            judge("tender-a", None, Some(0)),
+            SnapshotVerdict::Keep,
+            "just seen missing"
+        );
+        assert_eq!(judge("tender-a", None, Some(599)), SnapshotVerdict::Keep);
+        assert_eq!(
+            judge("tender-a", None, Some(600)),
             SnapshotVerdict::RestorePointGone
         );
         assert_eq!(
-            judge_by_manifest("tender-a", None),
-            SnapshotVerdict::RestorePointGone
-        );
-        assert_eq!(
-            judge_by_manifest("tender-a", Some(b"not a manifest")),
+            judge("tender-a", Some(b"not a manifest"), None),
             SnapshotVerdict::Keep,
             "what cannot be read is kept"
         );

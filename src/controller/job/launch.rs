@@ -113,7 +113,9 @@ pub const SOURCE_VISIBILITY_GRACE_SECONDS: i64 = 60;
 fn not_visible_yet<K: WorkerJob>(job: &K, reason: &FailureReason, now: Timestamp) -> bool {
     let not_found = matches!(
         reason,
-        FailureReason::SourceInstanceNotFound | FailureReason::SourceSnapshotNotFound
+        FailureReason::SourceInstanceNotFound
+            | FailureReason::SourceSnapshotNotFound
+            | FailureReason::SourceDatabaseNotFound
     );
     let created = job.meta().creation_timestamp.as_ref().map(|t| t.0);
     not_found
