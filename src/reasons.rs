@@ -114,6 +114,10 @@ failure_reasons! {
         DatabaseRestoreRefused,
         /// RDS failed the DB instance a restore created.
         DatabaseRestoreFailed,
+        /// A copy of a DB snapshot to another Region cannot be made as
+        /// asked (an encrypted snapshot and no key of that Region, a key
+        /// RDS cannot use there).
+        DatabaseCopyRefused,
         /// A RestoreJob's mode does not fit its restore point (a database
         /// restored as a volume, an instance as a database).
         RestoreModeMismatch,

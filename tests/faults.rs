@@ -639,7 +639,61 @@ async fn bad_input(tally: &mut Tally) {
                 "resources",
                 serde_json::json!([{"instanceId": "i-0123abcd", "snapshotId": "snap-0123abcd", "region": "us-east-1"}]),
             ),
-            "exactly one of instanceId and snapshotId",
+            "exactly one of instanceId, snapshotId and dbInstanceId",
+        ),
+        (
+            "BackupJob",
+            with(
+                &job,
+                "resources",
+                serde_json::json!([{"instanceId": "i-0123abcd", "dbInstanceId": "orders", "region": "us-east-1"}]),
+            ),
+            "exactly one of instanceId, snapshotId and dbInstanceId",
+        ),
+        (
+            "BackupJob",
+            with(
+                &job,
+                "resources",
+                serde_json::json!([{"dbInstanceId": "Orders", "region": "us-east-1"}]),
+            ),
+            "dbInstanceId",
+        ),
+        (
+            "BackupJob",
+            with(
+                &job,
+                "resources",
+                serde_json::json!([{"dbInstanceId": "orders-", "region": "us-east-1"}]),
+            ),
+            "dbInstanceId",
+        ),
+        (
+            "BackupJob",
+            with(
+                &job,
+                "resources",
+                serde_json::json!([{"dbInstanceId": "orders--db", "region": "us-east-1"}]),
+            ),
+            "no two hyphens in a row",
+        ),
+        (
+            "BackupJob",
+            with(
+                &job,
+                "resources",
+                serde_json::json!([{"dbInstanceId": "1orders", "region": "us-east-1"}]),
+            ),
+            "dbInstanceId",
+        ),
+        (
+            "BackupJob",
+            with(
+                &job,
+                "resources",
+                serde_json::json!([{"dbInstanceId": "o".repeat(64), "region": "us-east-1"}]),
+            ),
+            "dbInstanceId",
         ),
         (
             "BackupJob",
@@ -887,6 +941,29 @@ async fn bad_input(tally: &mut Tally) {
             "RestoreJob",
             with(&restore, "mode", serde_json::json!("partial")),
             "mode",
+        ),
+        (
+            "RestoreJob",
+            with(&restore, "mode", serde_json::json!("database")),
+            "mode database needs spec.database",
+        ),
+        (
+            "RestoreJob",
+            with(
+                &restore,
+                "database",
+                serde_json::json!({"dbInstanceId": "orders-copy"}),
+            ),
+            "mode database needs spec.database",
+        ),
+        (
+            "RestoreJob",
+            with(
+                &with(&restore, "mode", serde_json::json!("database")),
+                "database",
+                serde_json::json!({"dbInstanceId": "Orders"}),
+            ),
+            "dbInstanceId",
         ),
         (
             "RestoreJob",

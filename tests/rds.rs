@@ -89,6 +89,37 @@ fn tags(list: &[Tag]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// RestorePoint `name` of the test's namespace, once the catalog lists it.
+async fn listed(env: &TestEnv, name: &str) -> RestorePoint {
+    eventually(TIMEOUT, || async {
+        env.api::<RestorePoint>().get_opt(name).await.ok().flatten()
+    })
+    .await
+}
+
+/// The emulator's RDS in us-west-2, where `copyTo` copies go.
+async fn west() -> aws_sdk_rds::Client {
+    aws_sdk_rds::Client::from_conf(
+        aws_sdk_rds::config::Builder::from(&common::config_as(None).await)
+            .region(aws_sdk_rds::config::Region::new("us-west-2"))
+            .build(),
+    )
+}
+
+/// A BackupJob of DB instance `db` with a copy in us-west-2.
+async fn back_up_with_copy(env: &TestEnv, name: &str, db: &str) -> BackupJob {
+    env.create_job_spec(
+        name,
+        json!({
+            "resources": [{"dbInstanceId": db, "region": REGION}],
+            "repositoryRef": {"name": env.repository().await},
+            "copyTo": [{"region": "us-west-2"}],
+            "backoffLimit": 0,
+        }),
+    )
+    .await
+}
+
 async fn back_up_database(env: &TestEnv, name: &str, db: &str) -> BackupJob {
     env.create_job_spec(
         name,
@@ -176,14 +207,7 @@ async fn a_database_is_snapshotted_by_the_controller_and_restored_into_a_new_ins
 
     // The catalog lists it with the snapshot's ARN.
     let name = format!("nightly.rds-db-{db}");
-    let listed: RestorePoint = eventually(TIMEOUT, || async {
-        env.api::<RestorePoint>()
-            .get_opt(&name)
-            .await
-            .ok()
-            .flatten()
-    })
-    .await;
+    let listed = listed(&env, &name).await;
     assert_eq!(listed.spec.engine.as_deref(), Some("postgres"));
     assert_eq!(listed.spec.volumes, 0);
     assert_eq!(listed.spec.logical_bytes, 20 << 30);
@@ -361,9 +385,9 @@ async fn the_sweep_deletes_database_snapshots_whose_restore_point_is_gone() {
     let rds = rds().await;
     let db = common::unique("billing");
     database(&rds, &db).await;
-    for name in ["kept", "expired"] {
-        back_up_database(&env, name, &db).await;
-    }
+    back_up_database(&env, "kept", &db).await;
+    // This one with a copy in us-west-2: it goes with its restore point.
+    back_up_with_copy(&env, "expired", &db).await;
     let mut taken = BTreeMap::new();
     for name in ["kept", "expired"] {
         let job = env.wait_job_finished(name, TIMEOUT).await;
@@ -418,8 +442,15 @@ async fn the_sweep_deletes_database_snapshots_whose_restore_point_is_gone() {
         .expect("another cluster's snapshot");
 
     let expired = taken["expired"].clone();
+    let west = west().await;
+    assert!(
+        snapshot(&west, &expired).await.is_some(),
+        "the copy was made"
+    );
     eventually(TIMEOUT, || async {
-        snapshot(&rds, &expired).await.is_none().then_some(())
+        let gone =
+            snapshot(&rds, &expired).await.is_none() && snapshot(&west, &expired).await.is_none();
+        gone.then_some(())
     })
     .await;
     // A few more sweeps: the others stay.
@@ -500,5 +531,76 @@ async fn a_full_snapshot_quota_fails_the_job_and_says_which_quota() {
             .iter()
             .any(|(r, _)| r == "DatabaseSnapshotQuotaExceeded"),
         "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn copy_to_puts_a_copy_in_another_region_and_refuses_an_encrypted_one_without_its_key() {
+    let env = TestEnv::new("rds-copy").await;
+    env.default_configuration().await;
+    let rds = rds().await;
+    let west = west().await;
+    let db = common::unique("catalog");
+    database(&rds, &db).await;
+    back_up_with_copy(&env, "copied", &db).await;
+    let done = env.wait_job_finished("copied", TIMEOUT).await;
+    let status = done.status.unwrap();
+    assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
+    let snap = status.workers[0].database_snapshot.clone().unwrap();
+    assert_eq!(snap.copies.len(), 1, "{snap:?}");
+    let copy = &snap.copies[0];
+    assert_eq!(
+        (copy.region.as_str(), copy.state.as_str()),
+        ("us-west-2", "available")
+    );
+    // RDS's side: the copy in us-west-2, same name, Tender's tags.
+    let there = snapshot(&west, &snap.snapshot_id)
+        .await
+        .expect("the copy in us-west-2");
+    assert_eq!(there.status(), Some("available"));
+    assert_eq!(there.db_snapshot_arn(), copy.snapshot_arn.as_deref());
+    let t = tags(there.tag_list());
+    assert_eq!(t["tender.dev/job-uid"], done.metadata.uid.clone().unwrap());
+    assert_eq!(t["tender.dev/cluster-id"], env.cluster_id);
+    // The restore point names both.
+    let name = format!("copied.rds-db-{db}");
+    let listed = listed(&env, &name).await;
+    assert_eq!(
+        listed.spec.database_snapshots,
+        vec![
+            snap.snapshot_arn.clone().unwrap(),
+            copy.snapshot_arn.clone().unwrap()
+        ]
+    );
+
+    // An encrypted DB instance's copy needs a key of the other Region.
+    let secret = common::unique("vault");
+    rds.create_db_instance()
+        .db_instance_identifier(&secret)
+        .engine("postgres")
+        .db_instance_class("db.t3.micro")
+        .allocated_storage(20)
+        .master_username("vault")
+        .master_user_password("not-a-real-password")
+        .storage_encrypted(true)
+        .send()
+        .await
+        .expect("an encrypted DB instance");
+    let job = back_up_with_copy(&env, "unkeyed", &secret).await;
+    let failed = env.wait_job_finished("unkeyed", TIMEOUT).await;
+    let status = failed.status.unwrap();
+    assert_eq!(status.phase, Phase::Failed, "{status:?}");
+    let w = &status.workers[0];
+    assert_eq!(w.reason.as_deref(), Some("DatabaseCopyRefused"), "{w:?}");
+    assert!(
+        w.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("kmsKeyId"),
+        "{w:?}"
+    );
+    assert!(
+        snapshots_of(&west, &job.uid().unwrap()).await.is_empty(),
+        "no copy was made"
     );
 }

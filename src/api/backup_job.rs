@@ -8,8 +8,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    DB_IDENTIFIER_PATTERN, DB_INSTANCE_RESOURCE_PREFIX, INSTANCE_ID_PATTERN, LocalObjectReference,
-    REGION_PATTERN, SNAPSHOT_ID_PATTERN,
+    DB_IDENTIFIER_PATTERN, DB_INSTANCE_RESOURCE_PREFIX, INSTANCE_ID_PATTERN, KMS_KEY_PATTERN,
+    LocalObjectReference, REGION_PATTERN, SNAPSHOT_ID_PATTERN,
 };
 
 /// Back up AWS resources. Tender launches one short-lived worker instance per
@@ -49,7 +49,11 @@ use super::{
     {"rule": "self.resources.all(r, self.resources.filter(o, (has(o.instanceId) && has(r.instanceId) && o.instanceId == r.instanceId) || (has(o.snapshotId) && has(r.snapshotId) && o.snapshotId == r.snapshotId) || (has(o.dbInstanceId) && has(r.dbInstanceId) && o.dbInstanceId == r.dbInstanceId)).size() == 1)",
      "message": "each resource may be listed once"},
     {"rule": "has(self.repositoryRef)",
-     "message": "spec.repositoryRef is required: the BackupRepository the restore points go to"}
+     "message": "spec.repositoryRef is required: the BackupRepository the restore points go to"},
+    {"rule": "!has(self.copyTo) || self.resources.all(r, has(r.dbInstanceId))",
+     "message": "copyTo applies to RDS DB instances (dbInstanceId) only"},
+    {"rule": "!has(self.copyTo) || self.resources.all(r, self.copyTo.all(c, c.region != r.region))",
+     "message": "copyTo names another Region than the DB instance's"}
 ]))]
 #[serde(rename_all = "camelCase")]
 pub struct BackupJobSpec {
@@ -74,6 +78,15 @@ pub struct BackupJobSpec {
     // instead of breaking the watch of every job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository_ref: Option<LocalObjectReference>,
+
+    /// Copies of each DB instance's snapshot into other Regions, made once
+    /// it is available and recorded in the same restore point (which can
+    /// then be restored in any of them); each copy is deleted with it.
+    /// RDS DB instances only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 5))]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub copy_to: Option<Vec<SnapshotCopyTarget>>,
 
     /// Retries, deadline and TTL, as a `batch/v1` Job has them.
     #[serde(flatten)]
@@ -118,6 +131,21 @@ pub struct BackupResource {
     /// Region of the resource, for example `eu-west-1`.
     #[schemars(pattern(REGION_PATTERN), length(max = 32))]
     pub region: String,
+}
+
+/// Where a copy of a DB snapshot goes.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotCopyTarget {
+    /// The Region of the copy, for example `eu-central-1`.
+    #[schemars(pattern(REGION_PATTERN), length(max = 32))]
+    pub region: String,
+    /// A KMS key of that Region to encrypt the copy with: required when the
+    /// DB instance is encrypted (RDS cannot use a key of another Region),
+    /// else the copy is left unencrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(KMS_KEY_PATTERN), length(max = 2048))]
+    pub kms_key_id: Option<String>,
 }
 
 impl BackupResource {
@@ -167,6 +195,27 @@ pub struct DatabaseSnapshotStatus {
     pub state: String,
     /// When Tender asked RDS for it.
     pub requested_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    /// Its copies in other Regions (`spec.copyTo`), once started.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<DatabaseSnapshotCopy>,
+}
+
+/// A copy of a DB snapshot in another Region.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSnapshotCopy {
+    /// Its Region.
+    pub region: String,
+    /// Its identifier there (the same as the source's).
+    pub snapshot_id: String,
+    /// Its ARN, as RDS gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_arn: Option<String>,
+    /// Its RDS status when last looked at (`copying`, `available`, …).
+    pub state: String,
+    /// RDS's progress of the copy, 0 to 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_percent: Option<i32>,
 }
 
 super::job::job_worker!(BackupWorkerStatus);

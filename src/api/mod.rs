@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use backup_job::{
     BackupJob, BackupJobSpec, BackupJobStatus, BackupResource, BackupWorkerStatus,
-    DatabaseSnapshotStatus,
+    DatabaseSnapshotCopy, DatabaseSnapshotStatus, SnapshotCopyTarget,
 };
 pub use backup_policy::{
     BackupPolicy, BackupPolicySpec, BackupPolicyStatus, InstanceSelector, LastRetention,

@@ -196,6 +196,8 @@ operations! {
     DescribeDBInstances => Rds, Controller;
     CreateDBSnapshot => Rds, Controller;
     DescribeDBSnapshots => Rds, Controller;
+    // `copyTo`: a copy in another Region, started in that Region.
+    CopyDBSnapshot => Rds, Controller;
     DeleteDBSnapshot => Rds, Controller;
     RestoreDBInstanceFromDBSnapshot => Rds, Controller;
     // SQS: worker reports.
@@ -289,6 +291,12 @@ impl AwsOperation {
             // (Amazon RDS User Guide, "Grant permission to tag resources on
             // creation").
             AwsOperation::CreateDBSnapshot => out.push("rds:AddTagsToResource"),
+            // A copy encrypted with a customer managed key of its Region.
+            AwsOperation::CopyDBSnapshot => out.extend([
+                "rds:AddTagsToResource",
+                "kms:CreateGrant",
+                "kms:DescribeKey",
+            ]),
             // A DB instance encrypted with a customer managed key: RDS
             // makes a grant on it for the caller ("Amazon RDS KMS key
             // management": kms:CreateGrant and kms:DescribeKey).

@@ -297,6 +297,33 @@ impl Databases<'_> {
         Ok(out)
     }
 
+    /// Starts a copy `target_id`, in `region`, of the DB snapshot `source_arn`
+    /// (another Region's: RDS wants its ARN), tagged, encrypted with
+    /// `kms_key_id` (a key of `region`: required when the source is
+    /// encrypted); it is `copying` when this returns.
+    pub async fn copy_snapshot(
+        &self,
+        region: &str,
+        source_arn: &str,
+        target_id: &str,
+        kms_key_id: Option<&str>,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<DbSnapshotInfo, AwsError> {
+        let copy = self
+            .aws
+            .rds(region)
+            .copy_db_snapshot()
+            .source_db_snapshot_identifier(source_arn)
+            .target_db_snapshot_identifier(target_id)
+            .set_kms_key_id(kms_key_id.map(str::to_string))
+            .set_tags(Some(rds_tags(tags)))
+            .send();
+        let out = self.aws.call(AwsOperation::CopyDBSnapshot, copy).await?;
+        out.db_snapshot()
+            .and_then(snapshot_info)
+            .ok_or_else(|| missing(AwsOperation::CopyDBSnapshot, "snapshot"))
+    }
+
     /// Deletes DB snapshot `id`; `false` when it was already gone.
     pub async fn delete_snapshot(&self, region: &str, id: &str) -> Result<bool, AwsError> {
         let delete = self

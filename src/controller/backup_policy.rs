@@ -565,6 +565,7 @@ fn job_for(policy: &BackupPolicy, name: &str, due: Timestamp, ids: &[String]) ->
                 })
                 .collect(),
             repository_ref: Some(policy.spec.repository_ref.clone()),
+            copy_to: None,
             limits: JobLimits {
                 backoff_limit: limits.backoff_limit.unwrap_or(defaults.backoff_limit),
                 active_deadline_seconds: limits.active_deadline_seconds,

@@ -28,7 +28,7 @@ use super::job::kind::{Advance, ControllerStep};
 use super::{Context, Error, Result};
 use crate::api::{
     BackupJob, BackupRepository, BackupWorkerStatus, DB_INSTANCE_RESOURCE_PREFIX,
-    DatabaseSnapshotStatus,
+    DatabaseSnapshotCopy, DatabaseSnapshotStatus,
 };
 use crate::aws::AwsClients;
 use crate::aws::accounts::Access;
@@ -278,7 +278,9 @@ async fn follow(
     let snapshot_id = found.identifier.clone();
     record(worker, found, recorded.requested_time.0);
     if found.status != "available" {
-        worker.progress_percent = found.percent_progress;
+        // With copies to make, taking the snapshot is half the work.
+        let half = job.spec.copy_to.is_some();
+        worker.progress_percent = found.percent_progress.map(|p| if half { p / 2 } else { p });
         worker.message = Some(format!(
             "DB snapshot {snapshot_id} of {db} is {} ({}%)",
             found.status,
@@ -300,6 +302,9 @@ async fn follow(
         .aws
         .scoped(&job_access(job, worker.access.as_ref()))
         .await;
+    if let Some(wait_or_fail) = copies(job, worker, found, &production, ctx).await? {
+        return Ok(wait_or_fail);
+    }
     let instance = production
         .databases()
         .describe_instance(&worker.region, db)
@@ -321,6 +326,7 @@ async fn follow(
                     snapshot_arn: Some(first.arn.clone()),
                     state: "available".into(),
                     requested_time: recorded.requested_time.clone(),
+                    copies: Vec::new(),
                 });
             }
             worker.restore_point = Some(stored.id.clone());
@@ -344,12 +350,193 @@ fn account_of(arn: Option<&str>) -> Option<&str> {
 }
 
 fn record(worker: &mut BackupWorkerStatus, found: &DbSnapshotInfo, requested: Timestamp) {
+    let copies = worker
+        .database_snapshot
+        .take()
+        .filter(|s| s.snapshot_id == found.identifier)
+        .map(|s| s.copies)
+        .unwrap_or_default();
     worker.database_snapshot = Some(DatabaseSnapshotStatus {
         snapshot_id: found.identifier.clone(),
         snapshot_arn: found.arn.clone(),
         state: found.status.clone(),
         requested_time: Time(requested),
+        copies,
     });
+}
+
+/// The copies of `spec.copyTo`, started or followed: `None` once all are
+/// available, else what the job waits for or why it failed.
+async fn copies(
+    job: &BackupJob,
+    worker: &mut BackupWorkerStatus,
+    source: &DbSnapshotInfo,
+    production: &AwsClients,
+    ctx: &Context,
+) -> Result<Option<Advance>> {
+    let Some(targets) = job.spec.copy_to.clone() else {
+        return Ok(None);
+    };
+    let rds = production.databases();
+    let id = source.identifier.clone();
+    let Some(source_arn) = source.arn.clone() else {
+        return Err(Error::MissingObjectKey("the DB snapshot's ARN"));
+    };
+    // The copy carries the source's ownership tags, so it has the same
+    // name and the sweep judges it alike.
+    let tags: BTreeMap<String, String> = source
+        .tags
+        .iter()
+        .filter(|(k, _)| k.starts_with(tags::PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut waiting = Vec::new();
+    for target in &targets {
+        let region = target.region.as_str();
+        let recorded = worker
+            .database_snapshot
+            .as_ref()
+            .and_then(|s| s.copies.iter().find(|c| c.region == region))
+            .cloned();
+        let found = rds.describe_snapshot(region, &id).await?;
+        let found = match (recorded, found) {
+            (_, Some(found)) if found.tags.get(tags::JOB_UID) != tags.get(tags::JOB_UID) => {
+                return Ok(Some(Advance::Failed {
+                    reason: FailureReason::SnapshotNotOwned,
+                    message: format!(
+                        "DB snapshot {id} exists in {region} and is not this job's copy"
+                    ),
+                }));
+            }
+            (_, Some(found)) if found.is_failed() => {
+                // Gone for good: deleted so that the next attempt copies
+                // again under the same name.
+                let _ = rds.delete_snapshot(region, &id).await;
+                forget_copy(worker, region);
+                return Ok(Some(Advance::Failed {
+                    reason: FailureReason::DatabaseSnapshotFailed,
+                    message: format!(
+                        "RDS put the copy of DB snapshot {id} in {region} in state {}; the next attempt copies again",
+                        found.status
+                    ),
+                }));
+            }
+            (_, Some(found)) => found,
+            (Some(_), None) => {
+                forget_copy(worker, region);
+                waiting.push(format!("{region}: the copy is gone, copying again"));
+                continue;
+            }
+            (None, None) => {
+                if source.encrypted && target.kms_key_id.is_none() {
+                    return Ok(Some(Advance::Failed {
+                        reason: FailureReason::DatabaseCopyRefused,
+                        message: format!(
+                            "DB snapshot {id} is encrypted, and a copy to {region} needs a KMS key of {region}: set spec.copyTo[].kmsKeyId for {region} in a new BackupJob"
+                        ),
+                    }));
+                }
+                match rds
+                    .copy_snapshot(
+                        region,
+                        &source_arn,
+                        &id,
+                        target.kms_key_id.as_deref(),
+                        &tags,
+                    )
+                    .await
+                {
+                    Ok(started) => {
+                        ctx.event(
+                            job,
+                            EventType::Normal,
+                            "DatabaseSnapshotCopyStarted",
+                            "BackupDatabase",
+                            format!("copying DB snapshot {id} to {region}"),
+                        )
+                        .await;
+                        started
+                    }
+                    Err(e) if e.code() == Some("DBSnapshotAlreadyExists") => {
+                        waiting.push(format!("{region}: looking for the copy"));
+                        continue;
+                    }
+                    Err(e) => {
+                        let reason = match e.code() {
+                            Some("SnapshotQuotaExceeded") => {
+                                FailureReason::DatabaseSnapshotQuotaExceeded
+                            }
+                            Some(
+                                "KMSKeyNotAccessibleFault"
+                                | "InvalidParameterCombination"
+                                | "InvalidParameterValue",
+                            ) => FailureReason::DatabaseCopyRefused,
+                            _ => return Err(e.into()),
+                        };
+                        return Ok(Some(Advance::Failed {
+                            reason,
+                            message: format!(
+                                "RDS refused to copy DB snapshot {id} to {region}: {e}; check spec.copyTo (the key must be a key of {region} the controller may use) and the quota \"Manual DB instance snapshots\" of {region}"
+                            ),
+                        }));
+                    }
+                }
+            }
+        };
+        if let Some(s) = worker.database_snapshot.as_mut() {
+            let copy = DatabaseSnapshotCopy {
+                region: region.to_string(),
+                snapshot_id: found.identifier.clone(),
+                snapshot_arn: found.arn.clone(),
+                state: found.status.clone(),
+                progress_percent: found.percent_progress,
+            };
+            match s.copies.iter_mut().find(|c| c.region == region) {
+                Some(c) => *c = copy,
+                None => s.copies.push(copy),
+            }
+        }
+        if found.status != "available" {
+            waiting.push(format!(
+                "{region}: {} ({}%)",
+                found.status,
+                found.percent_progress.unwrap_or(0)
+            ));
+        }
+    }
+    if waiting.is_empty() {
+        return Ok(None);
+    }
+    let copies = worker
+        .database_snapshot
+        .as_ref()
+        .map(|s| s.copies.as_slice())
+        .unwrap_or_default();
+    let done: i32 = copies
+        .iter()
+        .map(|c| {
+            if c.state == "available" {
+                100
+            } else {
+                c.progress_percent.unwrap_or(0)
+            }
+        })
+        .sum();
+    // The source counts as half the work, the copies as the other half.
+    worker.progress_percent = Some(50 + done / (2 * targets.len().max(1) as i32));
+    worker.message = Some(format!(
+        "DB snapshot {id} is available; copying it: {}",
+        waiting.join(", ")
+    ));
+    Ok(Some(Advance::Wait {
+        recheck: Duration::from_secs(5),
+    }))
+}
+
+fn forget_copy(worker: &mut BackupWorkerStatus, region: &str) {
+    if let Some(s) = worker.database_snapshot.as_mut() {
+        s.copies.retain(|c| c.region != region);
+    }
 }
 
 /// CreateDBSnapshot, with what RDS's refusals mean for the job.
@@ -462,12 +649,27 @@ fn manifest(
         master_username: instance.and_then(|i| i.master_username.clone()),
         storage_encrypted: snapshot.encrypted,
         kms_key_id: snapshot.kms_key_id.clone(),
-        snapshots: vec![DatabaseSnapshotRef {
+        snapshots: std::iter::once(DatabaseSnapshotRef {
             identifier: snapshot.identifier.clone(),
             arn: snapshot.arn.clone().unwrap_or_default(),
             region: worker.region.clone(),
             account: account.to_string(),
-        }],
+        })
+        .chain(
+            worker
+                .database_snapshot
+                .iter()
+                .flat_map(|s| s.copies.iter())
+                .map(|c| DatabaseSnapshotRef {
+                    identifier: c.snapshot_id.clone(),
+                    arn: c.snapshot_arn.clone().unwrap_or_default(),
+                    region: c.region.clone(),
+                    account: account_of(c.snapshot_arn.as_deref())
+                        .unwrap_or(account)
+                        .to_string(),
+                }),
+        )
+        .collect(),
     };
     let bytes_total = u64::try_from(allocated_gib.max(0)).unwrap_or_default() << 30;
     Manifest {

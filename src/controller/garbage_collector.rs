@@ -183,10 +183,16 @@ fn accounts_in_use(ctx: &Context) -> Vec<RegionAccount> {
 }
 
 /// The regions and production accounts databases are backed up in: each
-/// configuration's, and each database backup's (whose configuration may
-/// be gone).
+/// configuration's, and each database backup's and its copies' (whose
+/// configuration may be gone), remembered for as long as this process
+/// runs, so that a copy's Region is still swept once its job is deleted.
 fn database_accounts(ctx: &Context) -> Vec<RegionAccount> {
-    let mut out: Vec<RegionAccount> = Vec::new();
+    static SEEN: std::sync::OnceLock<std::sync::Mutex<Vec<RegionAccount>>> =
+        std::sync::OnceLock::new();
+    let mut out = SEEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     let mut add = |key: RegionAccount| {
         if !out.contains(&key) {
             out.push(key);
@@ -201,10 +207,14 @@ fn database_accounts(ctx: &Context) -> Vec<RegionAccount> {
                 crate::controller::database_backup::db_instance_of(&w.resource).is_some()
             }) {
                 add((w.region.clone(), w.access.clone()));
+                // And the Regions its copies went to.
+                for copy in job.spec.copy_to.iter().flatten() {
+                    add((copy.region.clone(), w.access.clone()));
+                }
             }
         }
     }
-    out
+    out.clone()
 }
 
 async fn sweep(ctx: &Context, config: SweepConfig) {

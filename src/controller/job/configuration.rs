@@ -268,6 +268,7 @@ mod tests {
                 repository_ref: Some(LocalObjectReference {
                     name: "backups".into(),
                 }),
+                copy_to: None,
                 limits: Default::default(),
                 suspend: false,
             },

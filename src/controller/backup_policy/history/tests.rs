@@ -12,6 +12,7 @@ fn job(name: &str, phase: Phase, done: Option<&str>, points: &[(&str, Phase)]) -
             worker_configuration_ref: None,
             resources: Vec::new(),
             repository_ref: None,
+            copy_to: None,
             limits: JobLimits::default(),
             suspend: false,
         },
