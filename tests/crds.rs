@@ -90,6 +90,23 @@ async fn a_backup_job_spec_is_immutable() {
     // No controller runs for "default" in this test; remove the object
     // directly (it carries no finalizer).
     api.delete(&name, &Default::default()).await.unwrap();
+
+    // Nor do a database's copies change once asked for.
+    let name = format!("immutable-copies-{}", std::process::id());
+    let job: BackupJob = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tender.dev/v1alpha1", "kind": "BackupJob", "metadata": {"name": name},
+        "spec": {"resources": [{"dbInstanceId": "orders", "region": "us-east-1"}],
+                 "copyTo": [{"region": "us-west-2"}],
+                 "repositoryRef": {"name": "acme-backups"}}
+    }))
+    .unwrap();
+    let mut changed = api.create(&PostParams::default(), &job).await.unwrap();
+    changed.spec.copy_to = None;
+    match api.replace(&name, &PostParams::default(), &changed).await {
+        Err(kube::Error::Api(s)) => assert!(s.message.contains("copyTo"), "{}", s.message),
+        other => panic!("unexpected {other:?}"),
+    }
+    api.delete(&name, &Default::default()).await.unwrap();
 }
 
 #[tokio::test]

@@ -347,7 +347,19 @@ fn invalid_manifests() -> Vec<Case> {
         case(
             "BackupJob",
             json!({"resources": [{"instanceId": "i-0123456789abcdef0", "snapshotId": "snap-0123456789abcdef0", "region": "us-east-1"}]}),
-            "set exactly one of instanceId and snapshotId",
+            "set exactly one of instanceId, snapshotId and dbInstanceId",
+        ),
+        case(
+            "BackupJob",
+            json!({"resources": [{"instanceId": "i-0123456789abcdef0", "region": "us-east-1"}],
+                   "copyTo": [{"region": "us-west-2"}]}),
+            "copyTo applies to RDS DB instances (dbInstanceId) only",
+        ),
+        case(
+            "BackupJob",
+            json!({"resources": [{"dbInstanceId": "orders", "region": "us-east-1"}],
+                   "copyTo": [{"region": "us-east-1"}]}),
+            "copyTo names another Region than the DB instance's",
         ),
         case(
             "BackupJob",

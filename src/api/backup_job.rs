@@ -44,8 +44,8 @@ use super::{
     )
 )]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "self.resources == oldSelf.resources && has(self.repositoryRef) == has(oldSelf.repositoryRef) && (!has(self.repositoryRef) || self.repositoryRef.name == oldSelf.repositoryRef.name) && has(self.workerConfigurationRef) == has(oldSelf.workerConfigurationRef) && (!has(self.workerConfigurationRef) || self.workerConfigurationRef.name == oldSelf.workerConfigurationRef.name)",
-     "message": "resources, repositoryRef and workerConfigurationRef of a BackupJob are immutable; create a new BackupJob instead"},
+    {"rule": "self.resources == oldSelf.resources && has(self.copyTo) == has(oldSelf.copyTo) && (!has(self.copyTo) || self.copyTo == oldSelf.copyTo) && has(self.repositoryRef) == has(oldSelf.repositoryRef) && (!has(self.repositoryRef) || self.repositoryRef.name == oldSelf.repositoryRef.name) && has(self.workerConfigurationRef) == has(oldSelf.workerConfigurationRef) && (!has(self.workerConfigurationRef) || self.workerConfigurationRef.name == oldSelf.workerConfigurationRef.name)",
+     "message": "resources, copyTo, repositoryRef and workerConfigurationRef of a BackupJob are immutable; create a new BackupJob instead"},
     {"rule": "self.resources.all(r, self.resources.filter(o, (has(o.instanceId) && has(r.instanceId) && o.instanceId == r.instanceId) || (has(o.snapshotId) && has(r.snapshotId) && o.snapshotId == r.snapshotId) || (has(o.dbInstanceId) && has(r.dbInstanceId) && o.dbInstanceId == r.dbInstanceId)).size() == 1)",
      "message": "each resource may be listed once"},
     {"rule": "has(self.repositoryRef)",
@@ -85,7 +85,7 @@ pub struct BackupJobSpec {
     /// RDS DB instances only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 5))]
-    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["region"]))]
     pub copy_to: Option<Vec<SnapshotCopyTarget>>,
 
     /// Retries, deadline and TTL, as a `batch/v1` Job has them.

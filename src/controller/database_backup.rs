@@ -321,12 +321,24 @@ async fn follow(
             if let Some(first) = stored.database.as_ref().and_then(|d| d.snapshots.first())
                 && first.identifier != snapshot_id
             {
+                let copies = stored
+                    .database
+                    .iter()
+                    .flat_map(|d| d.snapshots.iter().skip(1))
+                    .map(|c| DatabaseSnapshotCopy {
+                        region: c.region.clone(),
+                        snapshot_id: c.identifier.clone(),
+                        snapshot_arn: Some(c.arn.clone()),
+                        state: "available".into(),
+                        progress_percent: None,
+                    })
+                    .collect();
                 worker.database_snapshot = Some(DatabaseSnapshotStatus {
                     snapshot_id: first.identifier.clone(),
                     snapshot_arn: Some(first.arn.clone()),
                     state: "available".into(),
                     requested_time: recorded.requested_time.clone(),
-                    copies: Vec::new(),
+                    copies,
                 });
             }
             worker.restore_point = Some(stored.id.clone());
@@ -390,6 +402,19 @@ async fn copies(
         .filter(|(k, _)| k.starts_with(tags::PREFIX))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    // Every copy must be possible before any is started (a copy to
+    // another Region is billed).
+    if source.encrypted
+        && let Some(target) = targets.iter().find(|t| t.kms_key_id.is_none())
+    {
+        let region = &target.region;
+        return Ok(Some(Advance::Failed {
+            reason: FailureReason::DatabaseCopyRefused,
+            message: format!(
+                "DB snapshot {id} is encrypted, and a copy to {region} needs a KMS key of {region}: set spec.copyTo[].kmsKeyId for {region} in a new BackupJob"
+            ),
+        }));
+    }
     let mut waiting = Vec::new();
     for target in &targets {
         let region = target.region.as_str();
@@ -408,18 +433,29 @@ async fn copies(
                     ),
                 }));
             }
-            (_, Some(found)) if found.is_failed() => {
-                // Gone for good: deleted so that the next attempt copies
-                // again under the same name.
-                let _ = rds.delete_snapshot(region, &id).await;
+            (_, Some(found)) if matches!(found.status.as_str(), "deleting" | "deleted") => {
                 forget_copy(worker, region);
-                return Ok(Some(Advance::Failed {
-                    reason: FailureReason::DatabaseSnapshotFailed,
-                    message: format!(
-                        "RDS put the copy of DB snapshot {id} in {region} in state {}; the next attempt copies again",
-                        found.status
-                    ),
-                }));
+                waiting.push(format!("{region}: a failed copy is being deleted"));
+                continue;
+            }
+            (_, Some(found)) if found.is_failed() => {
+                // Gone for good: deleted, and copied again under the same
+                // name once RDS has let it go.
+                forget_copy(worker, region);
+                if let Err(e) = rds.delete_snapshot(region, &id).await {
+                    return Ok(Some(Advance::Failed {
+                        reason: FailureReason::DatabaseSnapshotFailed,
+                        message: format!(
+                            "RDS put the copy of DB snapshot {id} in {region} in state {}, and refused to delete it ({e}); delete it by hand",
+                            found.status
+                        ),
+                    }));
+                }
+                waiting.push(format!(
+                    "{region}: the copy was {}, copying again",
+                    found.status
+                ));
+                continue;
             }
             (_, Some(found)) => found,
             (Some(_), None) => {
@@ -428,14 +464,6 @@ async fn copies(
                 continue;
             }
             (None, None) => {
-                if source.encrypted && target.kms_key_id.is_none() {
-                    return Ok(Some(Advance::Failed {
-                        reason: FailureReason::DatabaseCopyRefused,
-                        message: format!(
-                            "DB snapshot {id} is encrypted, and a copy to {region} needs a KMS key of {region}: set spec.copyTo[].kmsKeyId for {region} in a new BackupJob"
-                        ),
-                    }));
-                }
                 match rds
                     .copy_snapshot(
                         region,
@@ -660,6 +688,7 @@ fn manifest(
                 .database_snapshot
                 .iter()
                 .flat_map(|s| s.copies.iter())
+                .filter(|c| c.state == "available")
                 .map(|c| DatabaseSnapshotRef {
                     identifier: c.snapshot_id.clone(),
                     arn: c.snapshot_arn.clone().unwrap_or_default(),

@@ -72,6 +72,15 @@ impl Ext4Image {
     }
 }
 
+/// The image's folder goes with it: tests build hundreds.
+impl Drop for Ext4Image {
+    fn drop(&mut self) {
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 fn tool(name: &str) -> String {
     for dir in ["/usr/sbin", "/sbin", "/usr/bin"] {
         let p = Path::new(dir).join(name);

@@ -456,10 +456,13 @@ pub fn next_wakeup<W: Deref<Target = WorkerStatus>>(
         // Queued behind maxConcurrentWorkers, or no subnet had room.
         wake = QUEUED_RECHECK;
     }
+    // Only launched workers can go silent: an entry the controller works
+    // on itself (a database's) has no instance and is never heard from.
     for w in status
         .workers
         .iter()
         .filter(|w| matches!(w.phase, Phase::Provisioning | Phase::Running))
+        .filter(|w| w.instance_id.is_some())
     {
         let silent = Duration::try_from(inputs.now.duration_since(heard(w))).unwrap_or_default();
         wake = wake.min(inputs.timeouts.of(w).saturating_sub(silent));

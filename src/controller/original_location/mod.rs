@@ -198,7 +198,7 @@ pub fn command(request: &str, plan_url: &str, plan_sha256: &str) -> Result<Strin
     Ok(command)
 }
 
-/// Stand-ins for an instance's `findmnt` and `lsblk` (tests): the
+/// Stand-ins for an instance's `findmnt`, `lsblk` and `stat -f` (tests): the
 /// filesystem with UUID `uuid` is mounted at `root` from partition 1 of
 /// an NVMe disk whose serial names EBS volume `volume_id`. Written into
 /// `bin`, which goes first on the command's PATH.
@@ -224,6 +224,12 @@ pub fn stand_ins(
             format!(
                 "#!/bin/sh\ncase \"$*\" in\n*PKNAME*/dev/nvme0n1p1) echo nvme0n1 ;;\n*SERIAL*/dev/nvme0n1) echo '{serial}' ;;\nesac\n"
             ),
+        ),
+        // The instance's filesystem has room (4 GB free of 4 GB), whatever
+        // the disk of the machine the test runs on has left.
+        (
+            "stat",
+            "#!/bin/sh\n[ \"$1\" = -f ] && { echo '1000000 1000000 4096'; exit 0; }\nexec /usr/bin/stat \"$@\"\n".to_string(),
         ),
     ];
     std::fs::create_dir_all(bin)?;

@@ -300,6 +300,14 @@ fn wake_up_table() {
         wake(&status(vec![running()], None), None, 0, 900),
         Duration::from_secs(200)
     );
+    // An entry the controller works on itself (no instance) is never
+    // heard from: its silence sets no wake-up (it would be 0.5 s forever).
+    let mut database = running();
+    database.instance_id = None;
+    assert_eq!(
+        wake(&status(vec![database], None), None, 0, 0),
+        SAFETY_REQUEUE
+    );
     // The deadline comes first.
     assert_eq!(
         wake(&status(vec![running()], Some(950)), Some(60), 0, 1000),
