@@ -118,6 +118,9 @@ failure_reasons! {
         /// asked (an encrypted snapshot and no key of that Region, a key
         /// RDS cannot use there).
         DatabaseCopyRefused,
+        /// A dump is restored only into databases that hold nothing yet,
+        /// and one on the target holds tables.
+        DatabaseRestoreTargetNotEmpty,
         /// A RestoreJob's mode does not fit its restore point (a database
         /// restored as a volume, an instance as a database).
         RestoreModeMismatch,
@@ -144,6 +147,11 @@ failure_reasons! {
         BackupOutlivedGracePeriod,
         /// RDS failed the DB snapshot, or it disappeared while being taken.
         DatabaseSnapshotFailed,
+        /// The PostgreSQL tools could not dump the database (connection,
+        /// authentication, permission, a table changed under them).
+        DatabaseDumpFailed,
+        /// The PostgreSQL tools could not load a dump into the target.
+        DatabaseLoadFailed,
         // AWS errors, by category (see `AwsError::category`).
         AwsThrottled,
         AwsPermissionDenied,

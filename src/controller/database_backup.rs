@@ -699,6 +699,7 @@ fn manifest(
                 }),
         )
         .collect(),
+        dump: None,
     };
     let bytes_total = u64::try_from(allocated_gib.max(0)).unwrap_or_default() << 30;
     Manifest {

@@ -80,7 +80,7 @@ impl BlockCopy<'_, '_> {
             .fetch_add(BLOCK_SIZE as u64, Ordering::Relaxed);
         let mut chunk = hash;
         if !zero {
-            let (name, r) = self.store_chunk(&chunk, packed).await?;
+            let (name, r) = self.store_chunk(&chunk, packed, u64::from(length)).await?;
             (chunk, retried) = (name, retried | r);
         }
         if retried {
@@ -98,24 +98,55 @@ impl BlockCopy<'_, '_> {
         }))
     }
 
+    /// Stores one chunk of a stream (a database dump), compressed, unless
+    /// the repository has it already.
+    pub(super) async fn stream_chunk(
+        &self,
+        data: Vec<u8>,
+    ) -> Result<super::manifest::StreamChunk, MoverError> {
+        let length = data.len() as u32;
+        let (hash, packed) = super::pack(data).await?;
+        let (chunk, retried) = self.store_chunk(&hash, packed, u64::from(length)).await?;
+        let mut stats = lock(&self.stats);
+        stats.blocks_read += 1;
+        if retried {
+            self.progress.retried.blocks.fetch_add(1, Ordering::Relaxed);
+            stats.blocks_retried += 1;
+        }
+        self.progress
+            .done
+            .fetch_add(u64::from(length), Ordering::Relaxed);
+        Ok(super::manifest::StreamChunk { chunk, length })
+    }
+
     /// Stores a chunk unless the repository has it already (a chunk an
     /// earlier attempt stored, too: a retried backup re-reads its blocks
     /// but uploads only what is not there). Returns the name it is stored
     /// under (its hash, or a rescue name when garbage collection condemned
     /// it: `manifest::rescue_name`) and whether a call needed a retry.
-    async fn store_chunk(&self, hash: &str, packed: Vec<u8>) -> Result<(String, bool), MoverError> {
+    async fn store_chunk(
+        &self,
+        hash: &str,
+        packed: Vec<u8>,
+        length: u64,
+    ) -> Result<(String, bool), MoverError> {
         let name = manifest::rescue_name(hash, &self.rescue_tag, &self.condemned);
         let claimed = lock(&self.known).insert(name.clone());
         if !claimed {
             lock(&self.stats).chunks_deduplicated += 1;
             return Ok((name, false));
         }
-        let retried = self.store_named(&name, packed).await?;
+        let retried = self.store_named(&name, packed, length).await?;
         Ok((name, retried))
     }
 
     /// Stores the chunk `name` unless it is stored, intact, already.
-    async fn store_named(&self, name: &str, packed: Vec<u8>) -> Result<bool, MoverError> {
+    async fn store_named(
+        &self,
+        name: &str,
+        packed: Vec<u8>,
+        length: u64,
+    ) -> Result<bool, MoverError> {
         let hash = name;
         let (loc, repo) = (self.request.location, self.request.repository);
         let key = loc.chunk_key(hash);
@@ -170,7 +201,7 @@ impl BlockCopy<'_, '_> {
                 }
             }
         }
-        Ok(retried | self.upload_chunk(hash, &key, packed).await?)
+        Ok(retried | self.upload_chunk(hash, &key, packed, length).await?)
     }
 
     /// Writes a chunk (replacing any stored under its name).
@@ -179,6 +210,7 @@ impl BlockCopy<'_, '_> {
         hash: &str,
         key: &str,
         packed: Vec<u8>,
+        length: u64,
     ) -> Result<bool, MoverError> {
         let (loc, repo) = (self.request.location, self.request.repository);
         let retries = &self.progress.retried;
@@ -211,6 +243,7 @@ impl BlockCopy<'_, '_> {
         let mut s = lock(&self.stats);
         s.chunks_uploaded += 1;
         s.bytes_uploaded += size;
+        s.bytes_new += length;
         Ok(retried)
     }
 }

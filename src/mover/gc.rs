@@ -286,16 +286,16 @@ async fn reference_set<S: Store>(
             };
             let manifest = read_manifest(&object.key, &stored)?;
             report.manifests += 1;
-            // A database's restore point holds no chunk: its data is in RDS.
-            if manifest.database.is_none() {
+            // A DB snapshot's restore point holds no chunk: its data is in
+            // RDS. A dump's chunks are the repository's like a volume's.
+            if manifest.database.as_ref().is_none_or(|d| d.dump.is_some()) {
                 report.logical_bytes += manifest.stats.bytes_total;
             }
-            for block in manifest.volumes.iter().flat_map(|v| v.blocks.iter()) {
-                let hash =
-                    chunk_identity(&block.chunk).ok_or_else(|| MoverError::ManifestInvalid {
-                        key: object.key.clone(),
-                        detail: format!("chunk name {:?} is not a SHA-256", block.chunk),
-                    })?;
+            for (chunk, _) in manifest.chunk_refs() {
+                let hash = chunk_identity(chunk).ok_or_else(|| MoverError::ManifestInvalid {
+                    key: object.key.clone(),
+                    detail: format!("chunk name {chunk:?} is not a SHA-256"),
+                })?;
                 spill.push(Tag::Referenced, &hash)?;
             }
         }

@@ -323,8 +323,114 @@ pub struct DatabaseImage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kms_key_id: Option<String>,
     /// The DB snapshots that hold it; the first is the one taken in the
-    /// DB instance's account and Region.
+    /// DB instance's account and Region. Empty for a dump.
+    #[serde(default)]
     pub snapshots: Vec<DatabaseSnapshotRef>,
+    /// A logical dump in the repository's chunks instead of a DB snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dump: Option<DatabaseDump>,
+}
+
+/// A PostgreSQL server's logical dump: its roles, then for each database
+/// the schema before the data, each table's rows, and the schema after
+/// the data (indexes, constraints, triggers), each a stream of chunks cut
+/// by content (`super::dump`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseDump {
+    /// `server_version` of the dumped server (`15.18`).
+    pub server_version: String,
+    /// `pg_dump --version` of the tools that dumped it; a restore needs
+    /// tools at least as new.
+    pub tools_version: String,
+    /// How the streams were cut (the chunker and its sizes).
+    pub chunking: String,
+    /// `pg_dumpall --globals-only --no-role-passwords`.
+    pub globals: DumpStream,
+    pub databases: Vec<DumpedDatabase>,
+}
+
+/// One database of a dump, all of it read in one snapshot.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DumpedDatabase {
+    pub name: String,
+    /// Its encoding: the rows' bytes are in it.
+    pub encoding: String,
+    /// `pg_dump --section=pre-data`.
+    pub pre_data: DumpStream,
+    pub tables: Vec<DumpedTable>,
+    /// `pg_dump --section=post-data`.
+    pub post_data: DumpStream,
+}
+
+/// One table's rows, in `COPY` text format.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DumpedTable {
+    /// Schema-qualified and quoted (`public."Order"`).
+    pub name: String,
+    /// The copied columns, quoted and comma-separated (generated ones
+    /// are not copied).
+    pub columns: String,
+    /// The primary key's columns the rows are ordered by, so that a
+    /// changed row changes only the chunks around it; empty for a table
+    /// without one (its rows in storage order).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub order_by: String,
+    pub data: DumpStream,
+}
+
+/// A byte stream stored as chunks, in order.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DumpStream {
+    pub bytes: u64,
+    /// SHA-256 of the whole stream.
+    pub sha256: String,
+    pub chunks: Vec<StreamChunk>,
+}
+
+/// One chunk of a stream.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamChunk {
+    pub chunk: String,
+    pub length: u32,
+}
+
+impl DatabaseDump {
+    /// Every stream, named for messages, in restore order.
+    pub fn streams(&self) -> Vec<(String, &DumpStream)> {
+        let mut all = vec![("roles".to_string(), &self.globals)];
+        for db in &self.databases {
+            all.push((format!("{}: schema before data", db.name), &db.pre_data));
+            for t in &db.tables {
+                all.push((format!("{}: {}", db.name, t.name), &t.data));
+            }
+            all.push((format!("{}: schema after data", db.name), &db.post_data));
+        }
+        all
+    }
+}
+
+impl Manifest {
+    /// Every chunk the restore point names, with its length: the volumes'
+    /// blocks and a dump's streams.
+    pub fn chunk_refs(&self) -> impl Iterator<Item = (&str, u32)> {
+        let blocks = self
+            .volumes
+            .iter()
+            .flat_map(|v| v.blocks.iter().map(|b| (b.chunk.as_str(), b.length)));
+        let streams = self
+            .database
+            .iter()
+            .filter_map(|d| d.dump.as_ref())
+            .flat_map(|d| d.streams().into_iter().map(|(_, s)| s))
+            .flat_map(|s| s.chunks.iter().map(|c| (c.chunk.as_str(), c.length)))
+            .collect::<Vec<_>>();
+        blocks.chain(streams)
+    }
 }
 
 /// One DB snapshot of a database's restore point.
@@ -459,6 +565,9 @@ pub struct BackupStats {
     /// Chunks uploaded, and their compressed bytes.
     pub chunks_uploaded: u64,
     pub bytes_uploaded: u64,
+    /// Uncompressed bytes of the chunks uploaded: what was new.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bytes_new: u64,
     /// Chunks the repository already held.
     pub chunks_deduplicated: u64,
     /// Logical bytes of the restore point.
@@ -574,8 +683,25 @@ pub fn parse_manifest(text: &[u8]) -> Result<Manifest, String> {
     match (manifest.version, &manifest.database) {
         (MANIFEST_VERSION, None) => {}
         (DATABASE_MANIFEST_VERSION, Some(db)) if manifest.volumes.is_empty() => {
-            if db.snapshots.is_empty() {
-                return Err("the database's restore point names no DB snapshot".into());
+            match (db.snapshots.is_empty(), &db.dump) {
+                (true, None) => {
+                    return Err("the database's restore point names no DB snapshot".into());
+                }
+                (false, Some(_)) => {
+                    return Err(
+                        "the database's restore point names both DB snapshots and a dump".into(),
+                    );
+                }
+                (true, Some(dump)) => {
+                    for (name, stream) in dump.streams() {
+                        if stream.chunks.iter().any(|c| !is_chunk_name(&c.chunk)) {
+                            return Err(format!(
+                                "the dump's stream {name} names a malformed chunk"
+                            ));
+                        }
+                    }
+                }
+                (false, None) => {}
             }
         }
         (MANIFEST_VERSION | DATABASE_MANIFEST_VERSION, _) => {

@@ -18,6 +18,7 @@
 //! none is (`If-None-Match: *`), so no restore point is ever replaced.
 
 mod chunks;
+pub mod dump;
 pub mod gc;
 pub mod integrity;
 pub mod machine;
@@ -105,6 +106,18 @@ pub enum MoverError {
     /// hashes.
     #[error("the worker's local disk: {0}")]
     Spill(String),
+    /// A PostgreSQL tool (or the server through it) failed a step of a
+    /// dump or of its restore.
+    #[error("{step}: {detail}")]
+    Database {
+        step: String,
+        detail: String,
+        restore: bool,
+    },
+    #[error(
+        "database {database:?} on the target already holds {relations} tables, views or sequences; a dump is restored only into a database that holds none (drop it, or restore under another name)"
+    )]
+    TargetNotEmpty { database: String, relations: u64 },
     #[error("snapshot {snapshot_id} block {index} is {length} bytes, more than an EBS block")]
     OversizedBlock {
         snapshot_id: String,
@@ -126,6 +139,9 @@ impl MoverError {
             MoverError::NoIntegrityKey => FailureReason::RepositoryMissing,
             MoverError::RestorePointExists { .. } => FailureReason::RestorePointExists,
             MoverError::OversizedBlock { .. } => FailureReason::SnapshotUnreadable,
+            MoverError::Database { restore: false, .. } => FailureReason::DatabaseDumpFailed,
+            MoverError::Database { restore: true, .. } => FailureReason::DatabaseLoadFailed,
+            MoverError::TargetNotEmpty { .. } => FailureReason::DatabaseRestoreTargetNotEmpty,
             MoverError::Spill(_) => FailureReason::WorkerDiskFailed,
             MoverError::InvalidTask(_) => FailureReason::RetentionInvalid,
             MoverError::OutlivedGrace { .. } => FailureReason::BackupOutlivedGracePeriod,
@@ -230,6 +246,21 @@ async fn seal(data: Vec<u8>) -> Result<(String, Vec<u8>, bool), AwsError> {
     })
 }
 
+/// Hash and compress a chunk of a stream off the async threads (zeros
+/// too: a stream's chunks are all stored).
+async fn pack(data: Vec<u8>) -> Result<(String, Vec<u8>), AwsError> {
+    tokio::task::spawn_blocking(move || {
+        let hash = sha256_hex(&data);
+        let packed = zstd::bulk::compress(&data, ZSTD_LEVEL).unwrap_or_default();
+        (hash, packed)
+    })
+    .await
+    .map_err(|e| AwsError::Unreachable {
+        operation: "CompressChunk",
+        detail: e.to_string(),
+    })
+}
+
 /// Reads the restore point `id`'s manifest, once it verifies with the
 /// repository's integrity key and names itself `id` of this namespace.
 pub async fn load_manifest(
@@ -323,12 +354,24 @@ pub async fn backup(
     request: BackupRequest<'_>,
     progress: &Progress,
 ) -> Result<Manifest, MoverError> {
+    finish(&request, |id| copy(&request, id, progress)).await
+}
+
+/// The steps of every backup around its copy: an earlier attempt's stored
+/// restore point is returned as it is; else `copy` makes the manifest,
+/// which is stored unless the copy outlived garbage collection's grace,
+/// and made the lineage's latest.
+async fn finish<F, Fut>(request: &BackupRequest<'_>, copy: F) -> Result<Manifest, MoverError>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = Result<Manifest, MoverError>>,
+{
     let id = manifest::restore_point_id(request.job_name, request.resource);
-    let manifest = match stored_by_this_job(&request, &id).await? {
+    let manifest = match stored_by_this_job(request, &id).await? {
         Some(done) => done,
         None => {
             let started = jiff::Timestamp::now();
-            let manifest = copy(&request, id, progress).await?;
+            let manifest = copy(id).await?;
             // Garbage collection deletes a chunk condemned after this
             // backup read the condemned lists a grace period after the
             // list was written: a backup still running then must not
@@ -350,10 +393,10 @@ pub async fn backup(
                     ran: now.duration_since(started).as_secs(),
                 });
             }
-            store_manifest(&request, manifest).await?
+            store_manifest(request, manifest).await?
         }
     };
-    point_latest(&request, &manifest).await?;
+    point_latest(request, &manifest).await?;
     Ok(manifest)
 }
 

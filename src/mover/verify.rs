@@ -60,12 +60,27 @@ pub async fn run(
             entry.1 |= bit;
         }
     }
+    // A database's dump counts as one more volume.
+    if let Some(dump) = manifest.database.as_ref().and_then(|d| d.dump.as_ref()) {
+        let bit = 1u64 << manifest.volumes.len().min(63);
+        for (_, stream) in dump.streams() {
+            for c in &stream.chunks {
+                let entry = chunks
+                    .entry(c.chunk.clone())
+                    .or_insert_with(|| (u64::from(c.length), 0));
+                entry.1 |= bit;
+            }
+        }
+    }
     // A volume backed up from a bare snapshot has no device.
-    let names: Vec<String> = manifest
+    let mut names: Vec<String> = manifest
         .volumes
         .iter()
         .map(|v| v.device.clone().unwrap_or_else(|| v.snapshot_id.clone()))
         .collect();
+    if manifest.database.as_ref().is_some_and(|d| d.dump.is_some()) {
+        names.push("database dump".to_string());
+    }
     outcome.chunks = chunks.len() as u64;
     outcome.logical_bytes = chunks.values().map(|(length, _)| length).sum();
     progress

@@ -36,6 +36,7 @@ use tender::api::{
 pub mod commands;
 pub mod disks;
 pub mod keys;
+pub mod postgres;
 pub mod proxy;
 pub mod realism;
 pub mod reports;

@@ -1,0 +1,327 @@
+//! PostgreSQL dumps into the repository and back, with the data mover a
+//! database worker runs, against the test environment's real PostgreSQL
+//! server and the emulator's S3 and KMS: a full dump, 1 % of the rows
+//! changed, an incremental dump that stores about that much, both restored
+//! into fresh databases and compared table by table; a target that holds
+//! tables, a damaged chunk and a wrong password are refused with what to
+//! fix.
+
+mod common;
+
+use common::REGION;
+use common::disks;
+use common::postgres::{self, contents, psql, schema};
+use tender::aws::AwsClients;
+use tender::mover::dump::{self, DumpRequest, LoadTarget};
+use tender::mover::manifest::{DatabaseImage, Manifest, RepositoryLocation};
+use tender::mover::{BackupRequest, MoverError, Progress};
+use tender::reasons::FailureReason;
+
+const ROWS: u64 = 200_000;
+
+/// A shop's database: orders keyed by id (with a generated column and a
+/// foreign key), customers, an append-only table without a primary key,
+/// a view, a sequence, an index, a role granted to read it.
+fn create_shop(db: &str, reader: &str) {
+    psql("postgres", &format!("CREATE DATABASE {db}"));
+    psql(
+        db,
+        &format!(
+            "CREATE ROLE {reader} NOLOGIN;
+             CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL);
+             INSERT INTO customers SELECT g, 'customer ' || g FROM generate_series(1, 500) g;
+             CREATE TABLE orders (
+               id bigint PRIMARY KEY,
+               customer int NOT NULL REFERENCES customers(id),
+               cents int NOT NULL,
+               placed_at timestamptz NOT NULL,
+               note text,
+               dollars numeric GENERATED ALWAYS AS (cents / 100.0) STORED);
+             INSERT INTO orders (id, customer, cents, placed_at, note)
+               SELECT g, 1 + g % 500, (g * 7919) % 100000,
+                      timestamptz '2026-01-01' + g * interval '1 minute',
+                      md5(g::text) || repeat(' note', 1 + g % 9)
+               FROM generate_series(1, {ROWS}) g;
+             CREATE INDEX orders_by_customer ON orders (customer, placed_at);
+             CREATE TABLE events (kind text, at int);
+             INSERT INTO events SELECT 'e' || g % 7, g FROM generate_series(1, 2000) g;
+             CREATE SEQUENCE invoice_numbers START 1000;
+             SELECT nextval('invoice_numbers');
+             CREATE VIEW big_orders AS SELECT * FROM orders WHERE cents > 90000;
+             GRANT SELECT ON orders, customers TO {reader};"
+        ),
+    );
+}
+
+fn request<'a>(
+    aws: &'a AwsClients,
+    loc: &'a RepositoryLocation,
+    (job, uid): (&'a str, &'a str),
+    lineage: &'a str,
+) -> BackupRequest<'a> {
+    BackupRequest {
+        source: aws,
+        repository: aws,
+        location: loc,
+        region: REGION,
+        resource: lineage,
+        lineage,
+        job_name: job,
+        job_uid: uid,
+        volumes: &[],
+        machine: None,
+        policy: None,
+        grace: None,
+    }
+}
+
+async fn back_up(
+    aws: &AwsClients,
+    loc: &RepositoryLocation,
+    job: &str,
+    lineage: &str,
+    db: &str,
+) -> Result<Manifest, MoverError> {
+    let uid = format!("uid-{job}");
+    let server = postgres::server();
+    let only = [db.to_string()];
+    let progress = Progress::default();
+    let m = dump::backup(
+        DumpRequest {
+            backup: request(aws, loc, (job, &uid), lineage),
+            server: &server,
+            database: DatabaseImage {
+                identifier: "shop".into(),
+                engine: "postgres".into(),
+                ..DatabaseImage::default()
+            },
+            only: &only,
+        },
+        &progress,
+    )
+    .await?;
+    let (done, total) = progress.snapshot();
+    assert_eq!(done, total, "progress ends at its total");
+    Ok(m)
+}
+
+async fn restore(
+    aws: &AwsClients,
+    loc: &RepositoryLocation,
+    id: &str,
+    suffix: &str,
+) -> Result<dump::LoadOutcome, MoverError> {
+    let m = tender::mover::load_manifest(aws, loc, id).await?;
+    let server = postgres::server();
+    let rename = |name: &str| format!("{name}_{suffix}");
+    let progress = Progress::default();
+    let outcome = dump::restore(
+        aws,
+        loc,
+        &m,
+        &LoadTarget {
+            server: &server,
+            rename: &rename,
+            only: &[],
+        },
+        &progress,
+    )
+    .await?;
+    let (done, total) = progress.snapshot();
+    assert_eq!(
+        done, total,
+        "a restore's progress ends at its total, in bytes"
+    );
+    assert_eq!(total, outcome.bytes);
+    Ok(outcome)
+}
+
+#[tokio::test]
+async fn a_dump_with_one_percent_changed_stores_about_that_much_and_both_restore_table_by_table() {
+    let aws = AwsClients::from_env().await;
+    let s3 = disks::s3().await;
+    let bucket = disks::create_bucket(&s3).await;
+    let loc = RepositoryLocation::new(&bucket, "team-a/", REGION)
+        .with_mac_key(&common::hmac_key(None).await);
+    let db = postgres::unique_database("shop");
+    let reader = postgres::unique_database("reader");
+    create_shop(&db, &reader);
+    let before = contents(&db);
+    let lineage = format!("rds-pg-{}", db.replace('_', "-"));
+
+    let first = back_up(&aws, &loc, "dump-1", &lineage, &db).await.unwrap();
+    let image = first.database.as_ref().unwrap();
+    let dumped = image.dump.as_ref().unwrap();
+    assert!(image.snapshots.is_empty());
+    assert_eq!(dumped.databases.len(), 1);
+    assert_eq!(dumped.databases[0].name, db);
+    let tables: Vec<(&str, &str)> = dumped.databases[0]
+        .tables
+        .iter()
+        .map(|t| (t.name.as_str(), t.order_by.as_str()))
+        .collect();
+    assert_eq!(
+        tables,
+        [
+            ("public.customers", "id"),
+            ("public.events", ""),
+            ("public.orders", "id")
+        ]
+    );
+    assert!(
+        dumped.globals.bytes > 0 && dumped.databases[0].post_data.bytes > 0,
+        "roles and the schema after the data are dumped"
+    );
+    let chunks_after_first = disks::keys(&s3, &bucket, "team-a/chunks/").await.len() as u64;
+    assert_eq!(chunks_after_first, first.stats.chunks_uploaded);
+    assert!(first.stats.bytes_total > 5 << 20, "{:?}", first.stats);
+
+    // 1 % of the orders change, in one range of ids (a day's orders, say).
+    psql(
+        &db,
+        &format!(
+            "UPDATE orders SET note = note || ' (refunded)', cents = 0 WHERE id > {} AND id <= {}",
+            ROWS / 2,
+            ROWS / 2 + ROWS / 100
+        ),
+    );
+    psql(&db, "VACUUM orders");
+    let after = contents(&db);
+    assert_ne!(before, after);
+
+    let second = back_up(&aws, &loc, "dump-2", &lineage, &db).await.unwrap();
+    assert_eq!(second.parent, Some(format!("dump-1/{lineage}")));
+    let new = second.stats.bytes_new as f64 / second.stats.bytes_total as f64;
+    eprintln!(
+        "incremental dump: {} of {} bytes new ({:.2} %), {} chunks uploaded",
+        second.stats.bytes_new,
+        second.stats.bytes_total,
+        new * 100.0,
+        second.stats.chunks_uploaded
+    );
+    assert!(
+        new < 0.05,
+        "1 % of rows changed, {:.1} % stored anew",
+        new * 100.0
+    );
+    let chunks_after_second = disks::keys(&s3, &bucket, "team-a/chunks/").await.len() as u64;
+    assert_eq!(
+        chunks_after_second,
+        chunks_after_first + second.stats.chunks_uploaded
+    );
+
+    // Both restore points, into fresh databases: every table's rows and
+    // the whole schema as they were.
+    let outcome = restore(&aws, &loc, &second.id, "r2").await.unwrap();
+    let r2 = format!("{db}_r2");
+    assert_eq!(outcome.created, [r2.clone()]);
+    assert_eq!(outcome.tables, 3);
+    assert_eq!(contents(&r2), after);
+    assert_eq!(schema(&r2), schema(&db));
+    restore(&aws, &loc, &first.id, "r1").await.unwrap();
+    let r1 = format!("{db}_r1");
+    assert_eq!(contents(&r1), before);
+    // The sequence's position, the view and the grant came back too.
+    assert_eq!(psql(&r1, "SELECT last_value FROM invoice_numbers"), "1000");
+    assert_eq!(
+        psql(&r1, "SELECT count(*) FROM big_orders"),
+        psql(&r1, "SELECT count(*) FROM orders WHERE cents > 90000")
+    );
+    assert_eq!(
+        psql(
+            &r1,
+            &format!("SELECT has_table_privilege('{reader}', 'orders', 'SELECT')")
+        ),
+        "t"
+    );
+
+    // A target that holds tables is refused before anything is written.
+    let err = restore(&aws, &loc, &first.id, "r2").await.unwrap_err();
+    assert!(
+        matches!(&err, MoverError::TargetNotEmpty { database, .. } if *database == r2),
+        "{err}"
+    );
+    assert_eq!(err.reason(), FailureReason::DatabaseRestoreTargetNotEmpty);
+    assert_eq!(contents(&r2), after, "the target is unchanged");
+
+    for name in [&db, &r1, &r2] {
+        postgres::drop_database(name);
+    }
+    psql("postgres", &format!("DROP ROLE {reader}"));
+}
+
+#[tokio::test]
+async fn a_damaged_chunk_fails_the_restore_before_any_database_is_created() {
+    let aws = AwsClients::from_env().await;
+    let s3 = disks::s3().await;
+    let bucket = disks::create_bucket(&s3).await;
+    let loc =
+        RepositoryLocation::new(&bucket, "", REGION).with_mac_key(&common::hmac_key(None).await);
+    let db = postgres::unique_database("ledger");
+    psql("postgres", &format!("CREATE DATABASE {db}"));
+    psql(
+        &db,
+        "CREATE TABLE entries (id int PRIMARY KEY, memo text);
+         INSERT INTO entries SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 20000) g;",
+    );
+    let m = back_up(&aws, &loc, "ledger-1", "rds-pg-ledger", &db)
+        .await
+        .unwrap();
+    let table = &m
+        .database
+        .as_ref()
+        .unwrap()
+        .dump
+        .as_ref()
+        .unwrap()
+        .databases[0]
+        .tables[0];
+    let victim = table.data.chunks.last().unwrap().chunk.clone();
+    s3.put_object()
+        .bucket(&bucket)
+        .key(loc.chunk_key(&victim))
+        .body(zstd::bulk::compress(b"not the rows", 3).unwrap().into())
+        .send()
+        .await
+        .unwrap();
+
+    let err = restore(&aws, &loc, &m.id, "r").await.unwrap_err();
+    assert!(matches!(err, MoverError::ChunkCorrupt { .. }), "{err}");
+    assert_eq!(
+        psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_database WHERE datname = '{db}_r'")
+        ),
+        "0",
+        "nothing was created"
+    );
+    postgres::drop_database(&db);
+}
+
+#[tokio::test]
+async fn a_wrong_password_fails_the_dump_with_what_the_server_said_and_stores_nothing() {
+    let aws = AwsClients::from_env().await;
+    let s3 = disks::s3().await;
+    let bucket = disks::create_bucket(&s3).await;
+    let loc =
+        RepositoryLocation::new(&bucket, "", REGION).with_mac_key(&common::hmac_key(None).await);
+    let mut server = postgres::server();
+    server.password = "not-the-password".into();
+    let err = dump::backup(
+        DumpRequest {
+            backup: request(&aws, &loc, ("bad-1", "uid-bad-1"), "rds-pg-bad"),
+            server: &server,
+            database: DatabaseImage::default(),
+            only: &[],
+        },
+        &Progress::default(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.reason(), FailureReason::DatabaseDumpFailed);
+    assert!(
+        err.to_string().contains("password authentication failed"),
+        "{err}"
+    );
+    assert!(disks::keys(&s3, &bucket, "").await.is_empty());
+}
