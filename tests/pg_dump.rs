@@ -46,7 +46,8 @@ fn create_shop(db: &str, reader: &str) {
              CREATE TABLE events (kind text, at int);
              INSERT INTO events SELECT 'e' || g % 7, g FROM generate_series(1, 2000) g;
              CREATE SEQUENCE invoice_numbers START 1000;
-             SELECT nextval('invoice_numbers');
+             SELECT setval('invoice_numbers', 4242);
+             SELECT lo_from_bytea(0, 'a large object');
              CREATE VIEW big_orders AS SELECT * FROM orders WHERE cents > 90000;
              GRANT SELECT ON orders, customers TO {reader};"
         ),
@@ -123,6 +124,7 @@ async fn restore(
             server: &server,
             rename: &rename,
             only: &[],
+            tag: &format!("uid-restore-{suffix}"),
         },
         &progress,
     )
@@ -221,8 +223,16 @@ async fn a_dump_with_one_percent_changed_stores_about_that_much_and_both_restore
     restore(&aws, &loc, &first.id, "r1").await.unwrap();
     let r1 = format!("{db}_r1");
     assert_eq!(contents(&r1), before);
-    // The sequence's position, the view and the grant came back too.
-    assert_eq!(psql(&r1, "SELECT last_value FROM invoice_numbers"), "1000");
+    // The sequence's position, the large object, the view and the grant
+    // came back too.
+    assert_eq!(psql(&r1, "SELECT last_value FROM invoice_numbers"), "4242");
+    assert_eq!(
+        psql(
+            &r1,
+            "SELECT convert_from(lo_get(oid), 'UTF8') FROM pg_largeobject_metadata"
+        ),
+        "a large object"
+    );
     assert_eq!(
         psql(&r1, "SELECT count(*) FROM big_orders"),
         psql(&r1, "SELECT count(*) FROM orders WHERE cents > 90000")
@@ -247,6 +257,121 @@ async fn a_dump_with_one_percent_changed_stores_about_that_much_and_both_restore
     for name in [&db, &r1, &r2] {
         postgres::drop_database(name);
     }
+    psql("postgres", &format!("DROP ROLE {reader}"));
+}
+
+/// PostgreSQL tools this process still has running.
+fn tools_running() -> Vec<String> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for pid in children.split_whitespace() {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // A zombie has exited; only a live tool counts.
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
+            if ["psql", "pg_dump", "pg_dumpall"].contains(&comm.trim()) && state != Some("Z") {
+                found.push(format!("{pid} {}", comm.trim()));
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_dump_cut_off_midway_leaves_no_restore_point_and_its_retry_restores() {
+    let aws = AwsClients::from_env().await;
+    let s3 = disks::s3().await;
+    let bucket = disks::create_bucket(&s3).await;
+    let loc =
+        RepositoryLocation::new(&bucket, "", REGION).with_mac_key(&common::hmac_key(None).await);
+    let db = postgres::unique_database("cut");
+    let reader = postgres::unique_database("cut_reader");
+    create_shop(&db, &reader);
+    let expected = contents(&db);
+
+    // The first attempt stops (its worker dies) once a few chunks are in.
+    let server = postgres::server();
+    let only = [db.clone()];
+    let progress = Progress::default();
+    let attempt = dump::backup(
+        DumpRequest {
+            backup: request(&aws, &loc, ("cut-1", "uid-cut-1"), "rds-pg-cut"),
+            server: &server,
+            database: DatabaseImage::default(),
+            only: &only,
+        },
+        &progress,
+    );
+    let cut = async {
+        while progress.done.load(std::sync::atomic::Ordering::Relaxed) < 1 << 20 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
+    tokio::select! {
+        done = attempt => panic!("the dump ended before it was cut: {:?}", done.map(|m| m.id)),
+        () = cut => {}
+    }
+    assert!(
+        !disks::keys(&s3, &bucket, "chunks/").await.is_empty(),
+        "the attempt had stored chunks"
+    );
+    assert!(
+        disks::keys(&s3, &bucket, "restore-points/")
+            .await
+            .is_empty()
+    );
+    // No tool outlives its dump.
+    let mut left = tools_running();
+    for _ in 0..100 {
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        left = tools_running();
+    }
+    assert!(left.is_empty(), "tools still running: {left:?}");
+
+    // The retry (same job) stores the restore point, which restores.
+    let m = back_up(&aws, &loc, "cut-1", "rds-pg-cut", &db)
+        .await
+        .unwrap();
+    assert!(m.stats.chunks_deduplicated > 0, "{:?}", m.stats);
+    // A restore's worker died half-way: the database it created holds
+    // part of the data, and its comment says whose it is. Another
+    // restore's refuses it; the same restore's retry makes it again.
+    let target = format!("{db}_r");
+    psql("postgres", &format!("CREATE DATABASE {target}"));
+    psql(
+        &target,
+        &format!(
+            "CREATE TABLE customers (id int); COMMENT ON DATABASE {target} IS 'tender.dev: restore uid-restore-r in progress'"
+        ),
+    );
+    let server = postgres::server();
+    let rename = |name: &str| format!("{name}_r");
+    let err = dump::restore(
+        &aws,
+        &loc,
+        &m,
+        &LoadTarget {
+            server: &server,
+            rename: &rename,
+            only: &[],
+            tag: "uid-another-restore",
+        },
+        &Progress::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, MoverError::TargetNotEmpty { .. }), "{err}");
+    restore(&aws, &loc, &m.id, "r").await.unwrap();
+    assert_eq!(contents(&format!("{db}_r")), expected);
+    postgres::drop_database(&db);
+    postgres::drop_database(&format!("{db}_r"));
     psql("postgres", &format!("DROP ROLE {reader}"));
 }
 

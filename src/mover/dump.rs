@@ -263,10 +263,39 @@ async fn dump_database(
         .rows("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .await?;
     let snapshot = session.value("SELECT pg_export_snapshot()").await?;
-    let encoding = session
-        .value("SELECT pg_encoding_to_char(encoding) FROM pg_database WHERE datname = current_database()")
+    if snapshot.is_empty() || !snapshot.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return Err(failed(
+            format!("{name}: exporting a snapshot"),
+            format!("the server answered {snapshot:?}, not a snapshot ID"),
+        ));
+    }
+    let settings = session
+        .hex_rows(&format!(
+            "SELECT {}, {}, {} FROM pg_database WHERE datname = current_database()",
+            hex("pg_encoding_to_char(encoding)"),
+            hex("datcollate"),
+            hex("datctype")
+        ))
         .await?;
+    let Some([encoding, collate, ctype]) = settings
+        .into_iter()
+        .next()
+        .and_then(|r| <[String; 3]>::try_from(r).ok())
+    else {
+        return Err(failed(format!("{name}: reading its encoding"), "no answer"));
+    };
     let tables = session.hex_rows(&tables_query()).await?;
+    // As pg_dump does: a table cannot be truncated, rewritten or dropped
+    // while it waits to be copied (the snapshot would then see it empty).
+    if !tables.is_empty() {
+        let names: Vec<&str> = tables.iter().map(|t| t[0].as_str()).collect();
+        session
+            .rows(&format!(
+                "LOCK TABLE {} IN ACCESS SHARE MODE",
+                names.join(", ")
+            ))
+            .await?;
+    }
     let snapshot_arg = format!("--snapshot={snapshot}");
     let pre_data = stream(
         copy,
@@ -290,7 +319,9 @@ async fn dump_database(
             format!(" ORDER BY {order_by}")
         };
         let select = format!("COPY (SELECT {columns} FROM ONLY {table}{order}) TO STDOUT");
-        let mut command = tools.command("psql", name, Some(&encoding), &PSQL_FLAGS);
+        // Names and rows in UTF-8 whatever the database's encoding: the
+        // server converts, and a restore converts back.
+        let mut command = tools.command("psql", name, Some("UTF8"), &PSQL_FLAGS);
         command.args([
             "-c",
             "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
@@ -312,6 +343,26 @@ async fn dump_database(
             data,
         });
     }
+    // The data section without the rows copied above: sequences'
+    // positions, large objects, extensions' configuration rows.
+    let mut args = vec![
+        "--section=data".to_string(),
+        snapshot_arg.clone(),
+        "--no-password".to_string(),
+    ];
+    args.extend(
+        dumped
+            .iter()
+            .map(|t| format!("--exclude-table-data={}", t.name)),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let other_data = stream(
+        copy,
+        tools.command("pg_dump", name, None, &args),
+        &format!("{name}: pg_dump --section=data (sequences, large objects)"),
+        tools,
+    )
+    .await?;
     let post_data = stream(
         copy,
         tools.command(
@@ -331,7 +382,10 @@ async fn dump_database(
         encoding,
         pre_data,
         tables: dumped,
+        other_data,
         post_data,
+        collate,
+        ctype,
     })
 }
 
@@ -389,23 +443,33 @@ async fn stream(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(CONCURRENCY);
     let waiter = Arc::clone(&child);
     let reader = tokio::task::spawn_blocking(move || -> Result<(u64, String), String> {
-        let stdout = stdout.ok_or("no output pipe")?;
-        let mut whole = Sha256::new();
-        let mut bytes = 0u64;
-        for chunk in fastcdc::v2020::StreamCDC::new(stdout, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
-            let chunk = chunk.map_err(|e| format!("reading the output: {e}"))?;
-            whole.update(&chunk.data);
-            bytes += chunk.length as u64;
-            if tx.blocking_send(chunk.data).is_err() {
-                return Err("stopped".into());
+        let read = || -> Result<(u64, String), String> {
+            let stdout = stdout.ok_or("no output pipe")?;
+            let mut whole = Sha256::new();
+            let mut bytes = 0u64;
+            for chunk in fastcdc::v2020::StreamCDC::new(stdout, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
+                let chunk = chunk.map_err(|e| format!("reading the output: {e}"))?;
+                whole.update(&chunk.data);
+                bytes += chunk.length as u64;
+                if tx.blocking_send(chunk.data).is_err() {
+                    return Err("stopped".into());
+                }
             }
+            Ok((bytes, hex::encode(whole.finalize())))
+        };
+        let read = read();
+        // The tool is always waited for, and killed first when the dump
+        // stops early (an error, or the dump dropped): no tool outlives it.
+        let mut child = lock(&waiter);
+        if read.is_err() {
+            let _ = child.kill();
         }
-        drop(tx);
-        let status = lock(&waiter).wait().map_err(|e| e.to_string())?;
+        let status = child.wait().map_err(|e| e.to_string())?;
+        let read = read?;
         if !status.success() {
             return Err(format!("exited with {status}"));
         }
-        Ok((bytes, hex::encode(whole.finalize())))
+        Ok(read)
     });
     let chunks = futures::stream::poll_fn(|cx| rx.poll_recv(cx))
         .map(|data| copy.stream_chunk(data))
@@ -564,6 +628,16 @@ impl ErrorFile {
         if let Ok(mut f) = std::fs::File::open(&self.0) {
             let _ = f.read_to_string(&mut text);
         }
+        // PostgreSQL's CONTEXT and DETAIL lines can quote rows (a COPY's
+        // line, a duplicate key): what reaches a status names no data.
+        let text: String = text
+            .lines()
+            .filter(|l| {
+                let l = l.trim_start();
+                !l.starts_with("CONTEXT:") && !l.starts_with("DETAIL:")
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
         let text = text.trim();
         let start = text.len().saturating_sub(1500);
         let start = (start..text.len())
@@ -741,12 +815,45 @@ pub struct LoadOutcome {
 }
 
 /// Where a dump is restored: the server, and the name each dumped
-/// database gets there (`None`: the dumped name).
+/// database gets there.
 pub struct LoadTarget<'a> {
     pub server: &'a PgServer,
     pub rename: &'a dyn Fn(&str) -> String,
     /// Only these databases (by dumped name); empty: all.
     pub only: &'a [String],
+    /// What marks the databases this restore creates (the RestoreJob's
+    /// UID): a database it created and did not finish, left by a worker
+    /// that died, is dropped and made again by its retry; any other
+    /// database that holds something is refused.
+    pub tag: &'a str,
+}
+
+/// The comment on a database a restore is still filling.
+fn restoring_comment(tag: &str) -> String {
+    format!("tender.dev: restore {tag} in progress")
+}
+
+/// Every stream a restore of `databases` loads, in order.
+fn restore_streams<'a>(
+    dump: &'a DatabaseDump,
+    databases: &'a [&'a DumpedDatabase],
+) -> impl Iterator<Item = &'a DumpStream> {
+    std::iter::once(&dump.globals).chain(databases.iter().flat_map(|d| {
+        std::iter::once(&d.pre_data)
+            .chain(d.tables.iter().map(|t| &t.data))
+            .chain([&d.other_data, &d.post_data])
+    }))
+}
+
+/// The major version in a tool's `--version` line (`psql (PostgreSQL)
+/// 15.18` → 15).
+fn major_version(line: &str) -> Option<u32> {
+    let version = line
+        .split_whitespace()
+        .skip_while(|w| *w != "(PostgreSQL)")
+        .nth(1)?;
+    let digits: String = version.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }
 
 /// Restores the dump of restore point `manifest` into `target`.
@@ -763,11 +870,6 @@ pub async fn restore(
             detail: "the restore point holds no dump (a DB snapshot's is restored by RDS)".into(),
         });
     };
-    let databases: Vec<&DumpedDatabase> = dump
-        .databases
-        .iter()
-        .filter(|d| target.only.is_empty() || target.only.contains(&d.name))
-        .collect();
     if let Some(missing) = target
         .only
         .iter()
@@ -782,66 +884,83 @@ pub async fn restore(
             ),
         ));
     }
+    let databases: Vec<&DumpedDatabase> = dump
+        .databases
+        .iter()
+        .filter(|d| target.only.is_empty() || target.only.contains(&d.name))
+        .collect();
     let tools =
         Tools::new(target.server).map_err(|e| load_failed("preparing the PostgreSQL tools", e))?;
-    let total: u64 = std::iter::once(&dump.globals)
-        .chain(databases.iter().flat_map(|d| {
-            std::iter::once(&d.pre_data)
-                .chain(d.tables.iter().map(|t| &t.data))
-                .chain(std::iter::once(&d.post_data))
-        }))
-        .map(|s| s.bytes)
-        .sum();
+    // The scripts pg_dump wrote need a psql at least as new.
+    let psql = tools
+        .version("psql")
+        .await
+        .map_err(|e| load_failed("psql", e))?;
+    if let (Some(have), Some(need)) = (major_version(&psql), major_version(&dump.tools_version))
+        && have < need
+    {
+        return Err(load_failed(
+            "checking the PostgreSQL tools",
+            format!(
+                "the dump was made by {:?} and this worker has {psql:?}: its scripts need a psql of version {need} or later",
+                dump.tools_version
+            ),
+        ));
+    }
+    let total: u64 = restore_streams(dump, &databases).map(|s| s.bytes).sum();
     progress.total.store(total, Ordering::Relaxed);
 
     // Every target database is checked before anything is written.
     let mut control =
         Session::open(&tools, &target.server.maintenance_database, None, true).await?;
+    let marker = restoring_comment(target.tag);
     let mut plan = Vec::new();
     for db in &databases {
         let name = (target.rename)(&db.name);
-        let exists = control
-            .value(&format!(
-                "SELECT count(*) FROM pg_database WHERE datname = {}",
+        let found = control
+            .hex_rows(&format!(
+                "SELECT {} FROM pg_database WHERE datname = {}",
+                hex("coalesce(shobj_description(oid, 'pg_database'), '')"),
                 literal(&name)
             ))
-            .await?
-            == "1";
-        if exists {
-            let mut session = Session::open(&tools, &name, None, true).await?;
-            let relations: u64 = session
-                .value(
-                    "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                     WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') \
-                     AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-                     AND n.nspname !~ '^pg_(toast|temp_)'",
-                )
-                .await?
-                .parse()
-                .unwrap_or(u64::MAX);
-            session.close().await;
-            if relations > 0 {
-                return Err(MoverError::TargetNotEmpty {
-                    database: name,
-                    relations,
-                });
+            .await?;
+        let exists = match found.first().and_then(|r| r.first()) {
+            None => Existing::No,
+            Some(comment) if *comment == marker => Existing::Unfinished,
+            Some(_) => {
+                let mut session = Session::open(&tools, &name, None, true).await?;
+                let objects: u64 = session
+                    .value(USER_OBJECTS)
+                    .await?
+                    .parse()
+                    .unwrap_or(u64::MAX);
+                session.close().await;
+                if objects > 0 {
+                    return Err(MoverError::TargetNotEmpty {
+                        database: name,
+                        relations: objects,
+                    });
+                }
+                Existing::Empty
             }
-        }
+        };
         plan.push((*db, name, exists));
     }
-    let users = BTreeMap::new();
+    let loader = Loader {
+        aws,
+        loc,
+        manifest,
+        progress,
+        users: BTreeMap::new(),
+        tools: &tools,
+    };
     // Every chunk is fetched and checked before anything is written, so
     // a damaged restore point fails here, with the targets untouched.
-    let needed: HashSet<&str> = std::iter::once(&dump.globals)
-        .chain(databases.iter().flat_map(|d| {
-            std::iter::once(&d.pre_data)
-                .chain(d.tables.iter().map(|t| &t.data))
-                .chain(std::iter::once(&d.post_data))
-        }))
+    let needed: HashSet<&str> = restore_streams(dump, &databases)
         .flat_map(|s| s.chunks.iter().map(|c| c.chunk.as_str()))
         .collect();
     futures::stream::iter(needed)
-        .map(|hash| fetch_chunk(aws, loc, (manifest, progress), hash, &users))
+        .map(|hash| fetch_chunk(aws, loc, (manifest, progress), hash, &loader.users))
         .buffer_unordered(CONCURRENCY)
         .try_for_each(|_| async { Ok(()) })
         .await?;
@@ -854,17 +973,7 @@ pub async fn restore(
         None,
         &["-X", "-q", "--no-password"],
     );
-    let errors = load(
-        aws,
-        loc,
-        (manifest, progress),
-        &users,
-        script,
-        &dump.globals,
-        &tools,
-        "roles",
-    )
-    .await?;
+    let errors = loader.feed(script, &dump.globals, "roles").await?;
     outcome.role_warnings = errors
         .lines()
         .filter(|l| l.contains("ERROR:"))
@@ -872,68 +981,142 @@ pub async fn restore(
         .collect();
 
     for (db, name, exists) in plan {
-        if !exists {
+        if exists == Existing::Unfinished {
+            // This restore's own, left unfinished by a worker that died.
+            control
+                .rows(&format!("DROP DATABASE {} WITH (FORCE)", ident(&name)))
+                .await?;
+        }
+        if exists != Existing::Empty {
+            let mut create = format!(
+                "CREATE DATABASE {} TEMPLATE template0 ENCODING {}",
+                ident(&name),
+                literal(&db.encoding)
+            );
+            if !db.collate.is_empty() && !db.ctype.is_empty() {
+                create.push_str(&format!(
+                    " LC_COLLATE {} LC_CTYPE {}",
+                    literal(&db.collate),
+                    literal(&db.ctype)
+                ));
+            }
+            control.rows(&create).await?;
             control
                 .rows(&format!(
-                    "CREATE DATABASE {} TEMPLATE template0 ENCODING {}",
+                    "COMMENT ON DATABASE {} IS {}",
                     ident(&name),
-                    literal(&db.encoding)
+                    literal(&marker)
                 ))
                 .await?;
             outcome.created.push(name.clone());
         }
-        let script = tools.command("psql", &name, None, &PSQL_FLAGS);
-        load(
-            aws,
-            loc,
-            (manifest, progress),
-            &users,
-            script,
-            &db.pre_data,
-            &tools,
-            &format!("{name}: schema before data"),
-        )
-        .await?;
-        for table in &db.tables {
-            let mut command = tools.command("psql", &name, Some(&db.encoding), &PSQL_FLAGS);
-            let copy = if table.columns.is_empty() {
-                format!("COPY {} FROM STDIN", table.name)
-            } else {
-                format!("COPY {} ({}) FROM STDIN", table.name, table.columns)
-            };
-            command.args(["-c", &copy]);
-            load(
-                aws,
-                loc,
-                (manifest, progress),
-                &users,
-                command,
-                &table.data,
-                &tools,
-                &format!("{name}: {}", table.name),
-            )
-            .await?;
-            outcome.tables += 1;
+        let loaded = load_database(&loader, &tools, db, &name).await;
+        if let Err(e) = loaded {
+            if exists != Existing::Empty {
+                // Half a database helps no one, and would stop the retry.
+                let _ = control
+                    .rows(&format!("DROP DATABASE {} WITH (FORCE)", ident(&name)))
+                    .await;
+            }
+            control.close().await;
+            return Err(e);
         }
-        let script = tools.command("psql", &name, None, &PSQL_FLAGS);
-        load(
-            aws,
-            loc,
-            (manifest, progress),
-            &users,
-            script,
-            &db.post_data,
-            &tools,
-            &format!("{name}: schema after data"),
-        )
-        .await?;
-        let mut analyze = tools.command("psql", &name, None, &PSQL_FLAGS);
-        analyze.args(["-c", "ANALYZE"]);
-        run(analyze, &tools, &format!("{name}: ANALYZE")).await?;
+        outcome.tables += db.tables.len() as u64;
+        if exists != Existing::Empty {
+            control
+                .rows(&format!(
+                    "COMMENT ON DATABASE {} IS {}",
+                    ident(&name),
+                    literal(&format!("restored by tender.dev from {}", manifest.id))
+                ))
+                .await?;
+        }
     }
     control.close().await;
     outcome.bytes = total;
     Ok(outcome)
+}
+
+/// What a restore found under a database's name on the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Existing {
+    No,
+    /// There, holding nothing of its own.
+    Empty,
+    /// Created by this restore (its comment says so) and not finished.
+    Unfinished,
+}
+
+/// Counts what a database holds of its own: relations, functions, types
+/// and schemas outside the system's.
+const USER_OBJECTS: &str = "SELECT     (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp_)')   + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema'))   + (SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp_)'        AND t.typrelid = 0 AND t.typelem = 0)   + (SELECT count(*) FROM pg_namespace n        WHERE n.nspname NOT IN ('public', 'information_schema') AND n.nspname !~ '^pg_')";
+
+/// One database's schema, rows, other data, indexes and constraints.
+async fn load_database(
+    loader: &Loader<'_>,
+    tools: &Tools,
+    db: &DumpedDatabase,
+    name: &str,
+) -> Result<(), MoverError> {
+    let script = tools.command("psql", name, None, &PSQL_FLAGS);
+    loader
+        .feed(script, &db.pre_data, &format!("{name}: schema before data"))
+        .await?;
+    for table in &db.tables {
+        // Rows were dumped in UTF-8; the server converts them back.
+        let mut command = tools.command("psql", name, Some("UTF8"), &PSQL_FLAGS);
+        let copy = if table.columns.is_empty() {
+            format!("COPY {} FROM STDIN", table.name)
+        } else {
+            format!("COPY {} ({}) FROM STDIN", table.name, table.columns)
+        };
+        command.args(["-c", &copy]);
+        loader
+            .feed(command, &table.data, &format!("{name}: {}", table.name))
+            .await?;
+    }
+    let script = tools.command("psql", name, None, &PSQL_FLAGS);
+    loader
+        .feed(script, &db.other_data, &format!("{name}: other data"))
+        .await?;
+    let script = tools.command("psql", name, None, &PSQL_FLAGS);
+    loader
+        .feed(script, &db.post_data, &format!("{name}: schema after data"))
+        .await?;
+    let mut analyze = tools.command("psql", name, None, &PSQL_FLAGS);
+    analyze.args(["-c", "ANALYZE"]);
+    run(analyze, tools, &format!("{name}: ANALYZE")).await
+}
+
+/// What every stream of one restore is loaded with.
+struct Loader<'a> {
+    aws: &'a AwsClients,
+    loc: &'a super::manifest::RepositoryLocation,
+    manifest: &'a Manifest,
+    progress: &'a Progress,
+    users: BTreeMap<String, Vec<i32>>,
+    tools: &'a Tools,
+}
+
+impl Loader<'_> {
+    async fn feed(
+        &self,
+        command: Command,
+        stream: &DumpStream,
+        step: &str,
+    ) -> Result<String, MoverError> {
+        load(
+            self.aws,
+            self.loc,
+            (self.manifest, self.progress),
+            &self.users,
+            command,
+            stream,
+            self.tools,
+            step,
+        )
+        .await
+    }
 }
 
 /// Feeds `stream`'s chunks, fetched and checked, to `command`'s input.
@@ -981,6 +1164,7 @@ async fn load(
         .buffered(CONCURRENCY);
     let mut whole = Sha256::new();
     let mut fed = Ok(());
+    let mut stopped_reading = false;
     while let Some(data) = chunks.next().await {
         let data = match data {
             Ok(data) => data,
@@ -993,13 +1177,14 @@ async fn load(
         if let Err(e) = stdin.write_all(&data).await {
             // The tool stopped reading: it failed, and says why below.
             tracing::debug!(step, error = %e, "the tool stopped reading its input");
+            stopped_reading = true;
             break;
         }
         progress
             .done
             .fetch_add(data.len() as u64, Ordering::Relaxed);
     }
-    if fed.is_ok() && hex::encode(whole.finalize()) != stream.sha256 {
+    if fed.is_ok() && !stopped_reading && hex::encode(whole.finalize()) != stream.sha256 {
         fed = Err(MoverError::ManifestInvalid {
             key: loc.manifest_key(&manifest.id),
             detail: format!("the stream {step} does not hash to what the manifest says"),
@@ -1019,6 +1204,12 @@ async fn load(
     let text = errors.tail();
     if !status.success() {
         return Err(load_failed(step, text));
+    }
+    if stopped_reading {
+        return Err(load_failed(
+            step,
+            format!("psql stopped reading before the end of its input: {text}"),
+        ));
     }
     Ok(text)
 }
@@ -1048,9 +1239,10 @@ fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// An SQL string literal.
+/// An SQL string literal, read the same whatever
+/// `standard_conforming_strings` is (an escape string).
 fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
+    format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 /// The folder a worker's tools are in, when they are not on `PATH`:
@@ -1083,9 +1275,22 @@ mod tests {
     }
 
     #[test]
+    fn major_versions_are_read_from_version_lines() {
+        assert_eq!(major_version("psql (PostgreSQL) 15.18"), Some(15));
+        assert_eq!(
+            major_version("pg_dump (PostgreSQL) 17.2 (Debian 17.2-1)"),
+            Some(17)
+        );
+        assert_eq!(major_version("something else"), None);
+        assert_eq!(major_version("pg_dump (PostgreSQL) 18beta1"), Some(18));
+        assert_eq!(major_version("pg_dump (PostgreSQL) 16.4"), Some(16));
+    }
+
+    #[test]
     fn names_and_literals_are_quoted() {
         assert_eq!(ident("a\"b"), "\"a\"\"b\"");
-        assert_eq!(literal("it's"), "'it''s'");
+        assert_eq!(literal("it's"), "E'it''s'");
+        assert_eq!(literal("a\\b"), "E'a\\\\b'");
     }
 
     #[test]

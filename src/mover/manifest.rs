@@ -360,8 +360,17 @@ pub struct DumpedDatabase {
     /// `pg_dump --section=pre-data`.
     pub pre_data: DumpStream,
     pub tables: Vec<DumpedTable>,
+    /// `pg_dump --section=data` without the tables' rows: sequences'
+    /// positions, large objects, extensions' configuration rows.
+    #[serde(default)]
+    pub other_data: DumpStream,
     /// `pg_dump --section=post-data`.
     pub post_data: DumpStream,
+    /// The database's collation and character type.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub collate: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ctype: String,
 }
 
 /// One table's rows, in `COPY` text format.
@@ -408,6 +417,7 @@ impl DatabaseDump {
             for t in &db.tables {
                 all.push((format!("{}: {}", db.name, t.name), &t.data));
             }
+            all.push((format!("{}: other data", db.name), &db.other_data));
             all.push((format!("{}: schema after data", db.name), &db.post_data));
         }
         all
