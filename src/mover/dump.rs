@@ -834,18 +834,6 @@ fn restoring_comment(tag: &str) -> String {
     format!("tender.dev: restore {tag} in progress")
 }
 
-/// Every stream a restore of `databases` loads, in order.
-fn restore_streams<'a>(
-    dump: &'a DatabaseDump,
-    databases: &'a [&'a DumpedDatabase],
-) -> impl Iterator<Item = &'a DumpStream> {
-    std::iter::once(&dump.globals).chain(databases.iter().flat_map(|d| {
-        std::iter::once(&d.pre_data)
-            .chain(d.tables.iter().map(|t| &t.data))
-            .chain([&d.other_data, &d.post_data])
-    }))
-}
-
 /// The major version in a tool's `--version` line (`psql (PostgreSQL)
 /// 15.18` → 15).
 fn major_version(line: &str) -> Option<u32> {
@@ -885,11 +873,8 @@ pub async fn restore(
             ),
         ));
     }
-    let databases: Vec<&DumpedDatabase> = dump
-        .databases
-        .iter()
-        .filter(|d| target.only.is_empty() || target.only.contains(&d.name))
-        .collect();
+    let chosen = |d: &DumpedDatabase| target.only.is_empty() || target.only.contains(&d.name);
+    let databases: Vec<&DumpedDatabase> = dump.databases.iter().filter(|d| chosen(d)).collect();
     let tools =
         Tools::new(target.server).map_err(|e| load_failed("preparing the PostgreSQL tools", e))?;
     // The scripts pg_dump wrote need a psql at least as new.
@@ -908,7 +893,11 @@ pub async fn restore(
             ),
         ));
     }
-    let total: u64 = restore_streams(dump, &databases).map(|s| s.bytes).sum();
+    let total: u64 = dump
+        .streams_where(chosen)
+        .iter()
+        .map(|(_, s)| s.bytes)
+        .sum();
     progress.total.store(total, Ordering::Relaxed);
 
     // Every target database is checked before anything is written.
@@ -957,8 +946,10 @@ pub async fn restore(
     };
     // Every chunk is fetched and checked before anything is written, so
     // a damaged restore point fails here, with the targets untouched.
-    let needed: HashSet<&str> = restore_streams(dump, &databases)
-        .flat_map(|s| s.chunks.iter().map(|c| c.chunk.as_str()))
+    let streams = dump.streams_where(chosen);
+    let needed: HashSet<&str> = streams
+        .iter()
+        .flat_map(|(_, s)| s.chunks.iter().map(|c| c.chunk.as_str()))
         .collect();
     futures::stream::iter(needed)
         .map(|hash| fetch_chunk(aws, loc, (manifest, progress), hash, &loader.users))
@@ -1100,119 +1091,104 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
+    /// Feeds `stream`'s chunks, fetched and checked, to `command`'s
+    /// input. Returns what the command wrote to its error output. The
+    /// input is cut off, so the command fails, when a chunk is missing or
+    /// corrupt or the stream does not hash to what the manifest says.
     async fn feed(
         &self,
         command: Command,
         stream: &DumpStream,
         step: &str,
     ) -> Result<String, MoverError> {
-        load(
+        let (aws, loc, manifest, progress, users, tools) = (
             self.aws,
             self.loc,
-            (self.manifest, self.progress),
+            self.manifest,
+            self.progress,
             &self.users,
-            command,
-            stream,
             self.tools,
-            step,
-        )
-        .await
-    }
-}
-
-/// Feeds `stream`'s chunks, fetched and checked, to `command`'s input.
-/// Returns what the command wrote to its error output. The input is cut
-/// off, so the command fails, when a chunk is missing or corrupt or the
-/// stream does not hash to what the manifest says.
-#[allow(clippy::too_many_arguments)]
-async fn load(
-    aws: &AwsClients,
-    loc: &super::manifest::RepositoryLocation,
-    (manifest, progress): (&Manifest, &Progress),
-    users: &BTreeMap<String, Vec<i32>>,
-    command: Command,
-    stream: &DumpStream,
-    tools: &Tools,
-    step: &str,
-) -> Result<String, MoverError> {
-    use tokio::io::AsyncWriteExt;
-    let errors = tools.error_file();
-    let mut command = tokio::process::Command::from(command);
-    command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(errors.file().map_err(|e| load_failed(step, e))?)
-        .kill_on_drop(true);
-    let mut child = command
-        .spawn()
-        .map_err(|e| load_failed(step, format!("cannot run psql: {e}")))?;
-    let Some(mut stdin) = child.stdin.take() else {
-        return Err(load_failed(step, "psql has no input pipe"));
-    };
-    let mut chunks = futures::stream::iter(stream.chunks.iter())
-        .map(|c| async move {
-            let (data, _) = fetch_chunk(aws, loc, (manifest, progress), &c.chunk, users).await?;
-            if data.len() != c.length as usize {
-                return Err(MoverError::ChunkCorrupt {
-                    restore_point: manifest.id.clone(),
-                    key: loc.chunk_key(&c.chunk),
-                    blocks: Vec::new(),
-                    detail: format!("it holds {} bytes, the stream {}", data.len(), c.length),
-                });
-            }
-            Ok(data)
-        })
-        .buffered(CONCURRENCY);
-    let mut whole = Sha256::new();
-    let mut fed = Ok(());
-    let mut stopped_reading = false;
-    while let Some(data) = chunks.next().await {
-        let data = match data {
-            Ok(data) => data,
-            Err(e) => {
-                fed = Err(e);
+        );
+        use tokio::io::AsyncWriteExt;
+        let errors = tools.error_file();
+        let mut command = tokio::process::Command::from(command);
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(errors.file().map_err(|e| load_failed(step, e))?)
+            .kill_on_drop(true);
+        let mut child = command
+            .spawn()
+            .map_err(|e| load_failed(step, format!("cannot run psql: {e}")))?;
+        let Some(mut stdin) = child.stdin.take() else {
+            return Err(load_failed(step, "psql has no input pipe"));
+        };
+        let mut chunks = futures::stream::iter(stream.chunks.iter())
+            .map(|c| async move {
+                let (data, _) =
+                    fetch_chunk(aws, loc, (manifest, progress), &c.chunk, users).await?;
+                if data.len() != c.length as usize {
+                    return Err(MoverError::ChunkCorrupt {
+                        restore_point: manifest.id.clone(),
+                        key: loc.chunk_key(&c.chunk),
+                        blocks: Vec::new(),
+                        detail: format!("it holds {} bytes, the stream {}", data.len(), c.length),
+                    });
+                }
+                Ok(data)
+            })
+            .buffered(CONCURRENCY);
+        let mut whole = Sha256::new();
+        let mut fed = Ok(());
+        let mut stopped_reading = false;
+        while let Some(data) = chunks.next().await {
+            let data = match data {
+                Ok(data) => data,
+                Err(e) => {
+                    fed = Err(e);
+                    break;
+                }
+            };
+            whole.update(&data);
+            if let Err(e) = stdin.write_all(&data).await {
+                // The tool stopped reading: it failed, and says why below.
+                tracing::debug!(step, error = %e, "the tool stopped reading its input");
+                stopped_reading = true;
                 break;
             }
-        };
-        whole.update(&data);
-        if let Err(e) = stdin.write_all(&data).await {
-            // The tool stopped reading: it failed, and says why below.
-            tracing::debug!(step, error = %e, "the tool stopped reading its input");
-            stopped_reading = true;
-            break;
+            progress
+                .done
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
         }
-        progress
-            .done
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        if fed.is_ok() && !stopped_reading && hex::encode(whole.finalize()) != stream.sha256 {
+            fed = Err(MoverError::ManifestInvalid {
+                key: loc.manifest_key(&manifest.id),
+                detail: format!("the stream {step} does not hash to what the manifest says"),
+            });
+        }
+        if let Err(e) = fed {
+            // Killed before its input ends: a COPY or script stops unfinished
+            // (and a COPY's transaction is rolled back).
+            let _ = child.kill().await;
+            return Err(e);
+        }
+        drop(stdin);
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| load_failed(step, e.to_string()))?;
+        let text = errors.tail();
+        if !status.success() {
+            return Err(load_failed(step, text));
+        }
+        if stopped_reading {
+            return Err(load_failed(
+                step,
+                format!("psql stopped reading before the end of its input: {text}"),
+            ));
+        }
+        Ok(text)
     }
-    if fed.is_ok() && !stopped_reading && hex::encode(whole.finalize()) != stream.sha256 {
-        fed = Err(MoverError::ManifestInvalid {
-            key: loc.manifest_key(&manifest.id),
-            detail: format!("the stream {step} does not hash to what the manifest says"),
-        });
-    }
-    if let Err(e) = fed {
-        // Killed before its input ends: a COPY or script stops unfinished
-        // (and a COPY's transaction is rolled back).
-        let _ = child.kill().await;
-        return Err(e);
-    }
-    drop(stdin);
-    let status = child
-        .wait()
-        .await
-        .map_err(|e| load_failed(step, e.to_string()))?;
-    let text = errors.tail();
-    if !status.success() {
-        return Err(load_failed(step, text));
-    }
-    if stopped_reading {
-        return Err(load_failed(
-            step,
-            format!("psql stopped reading before the end of its input: {text}"),
-        ));
-    }
-    Ok(text)
 }
 
 /// Runs a command that reads nothing.

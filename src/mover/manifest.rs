@@ -411,8 +411,17 @@ pub struct StreamChunk {
 impl DatabaseDump {
     /// Every stream, named for messages, in restore order.
     pub fn streams(&self) -> Vec<(String, &DumpStream)> {
+        self.streams_where(|_| true)
+    }
+
+    /// The roles, and the streams of the databases `keep` picks, named
+    /// for messages, in restore order.
+    pub fn streams_where(
+        &self,
+        keep: impl Fn(&DumpedDatabase) -> bool,
+    ) -> Vec<(String, &DumpStream)> {
         let mut all = vec![("roles".to_string(), &self.globals)];
-        for db in &self.databases {
+        for db in self.databases.iter().filter(|d| keep(d)) {
             all.push((format!("{}: schema before data", db.name), &db.pre_data));
             for t in &db.tables {
                 all.push((format!("{}: {}", db.name, t.name), &t.data));
@@ -437,8 +446,7 @@ impl Manifest {
             .iter()
             .filter_map(|d| d.dump.as_ref())
             .flat_map(|d| d.streams().into_iter().map(|(_, s)| s))
-            .flat_map(|s| s.chunks.iter().map(|c| (c.chunk.as_str(), c.length)))
-            .collect::<Vec<_>>();
+            .flat_map(|s| s.chunks.iter().map(|c| (c.chunk.as_str(), c.length)));
         blocks.chain(streams)
     }
 }

@@ -37,15 +37,8 @@ pub fn unique_database(prefix: &str) -> String {
 /// Runs `sql` in `database` with psql and returns what it printed
 /// (unaligned, tuples only); panics when psql fails.
 pub fn psql(database: &str, sql: &str) -> String {
-    let server = server();
-    let bin = server.tools.unwrap();
-    let out = Command::new(bin.join("psql"))
+    let out = tool("psql", database)
         .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .env("PGHOST", &server.host)
-        .env("PGPORT", server.port.to_string())
-        .env("PGUSER", &server.user)
-        .env("PGPASSWORD", &server.password)
-        .env("PGDATABASE", database)
         .output()
         .unwrap();
     assert!(
@@ -56,18 +49,24 @@ pub fn psql(database: &str, sql: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-/// `pg_dump --schema-only` of `database`, without the lines that differ
-/// between two dumps of the same schema (psql's `\restrict` key).
-pub fn schema(database: &str) -> String {
+/// One of the server's tools, connecting to `database` as the master user.
+fn tool(name: &str, database: &str) -> Command {
     let server = server();
-    let bin = server.tools.unwrap();
-    let out = Command::new(bin.join("pg_dump"))
-        .args(["--schema-only", "--no-password"])
+    let mut command = Command::new(server.tools.unwrap().join(name));
+    command
         .env("PGHOST", &server.host)
         .env("PGPORT", server.port.to_string())
         .env("PGUSER", &server.user)
         .env("PGPASSWORD", &server.password)
-        .env("PGDATABASE", database)
+        .env("PGDATABASE", database);
+    command
+}
+
+/// `pg_dump --schema-only` of `database`, without the lines that differ
+/// between two dumps of the same schema (psql's `\restrict` key).
+pub fn schema(database: &str) -> String {
+    let out = tool("pg_dump", database)
+        .args(["--schema-only", "--no-password"])
         .output()
         .unwrap();
     assert!(
