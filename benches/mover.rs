@@ -221,6 +221,7 @@ async fn bench(mib: usize) {
         policy: None,
         gc_grace_seconds: None,
         retention: None,
+        database: None,
     };
     let (backup_time, backup_rss) = run_agent(&bin, &task(Operation::Backup, 1));
     let manifest = tender::mover::load_manifest(&aws, &repository, &format!("bench/{source}"))

@@ -64,6 +64,39 @@ pub struct WorkerTask {
     /// For a retention run: what to expire and how to collect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<RetentionTask>,
+    /// For a dump of an RDS for PostgreSQL DB instance: where it is and
+    /// where its password is (never the password itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseTask>,
+}
+
+/// The PostgreSQL server a dump worker signs in to.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseTask {
+    /// The DB instance's identifier (recorded in the restore point).
+    pub db_instance_id: String,
+    /// Its endpoint's host name and port.
+    pub host: String,
+    pub port: u16,
+    /// The master user.
+    pub user: String,
+    /// ARN of the RDS-managed secret holding the master user's password
+    /// (`{"username": …, "password": …}`); the worker reads it itself.
+    pub secret_arn: String,
+    /// The engine version (`16.4`): the user data installs a PostgreSQL
+    /// client of that major version where the image has none.
+    pub engine_version: String,
+    /// libpq's `sslmode`: `verify-full`.
+    pub sslmode: String,
+    /// Where the user data fetches the certificate authorities that sign
+    /// the DB instance's certificate (AWS's RDS trust store for its Region).
+    pub ca_bundle_url: String,
+    /// Only these databases; empty: every one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<String>,
+    /// The DB instance's own description, recorded in the restore point.
+    pub image: crate::mover::manifest::DatabaseImage,
 }
 
 /// What a retention worker does in its repository's namespace part.
@@ -225,6 +258,7 @@ impl WorkerTask {
             policy: None,
             gc_grace_seconds: None,
             retention: None,
+            database: None,
         }
     }
 }
@@ -651,6 +685,7 @@ mod tests {
             bytes: None,
             machine: None,
             retention: None,
+            database: None,
             verification: None,
         })
     }

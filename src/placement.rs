@@ -228,6 +228,12 @@ impl DefaultTypes {
         ["large", "xlarge", "2xlarge"].map(|s| format!("{}.{s}", self.compute))
     }
 
+    /// A PostgreSQL dump's: pg_dump, COPY text and zstd keep a core or
+    /// two busy; the disk does nothing.
+    pub fn dump(self) -> String {
+        format!("{}.large", self.compute)
+    }
+
     pub fn restore(self) -> String {
         format!("{}.large", self.compute)
     }
@@ -280,6 +286,14 @@ pub fn backup_instance_type(
     configured
         .and_then(|t| t.backup.clone())
         .unwrap_or_else(|| DefaultTypes::of(arch).backup(total_ebs_gib))
+}
+
+/// The instance type of a PostgreSQL dump's worker: the configuration's
+/// backup profile when set, else a `large` compute type.
+pub fn dump_instance_type(configured: Option<&InstanceTypes>, arch: Architecture) -> String {
+    configured
+        .and_then(|t| t.backup.clone())
+        .unwrap_or_else(|| DefaultTypes::of(arch).dump())
 }
 
 /// Who owns a worker; becomes Tender's ownership tags.

@@ -121,6 +121,12 @@ failure_reasons! {
         /// A dump is restored only into databases that hold nothing yet,
         /// and one on the target holds tables.
         DatabaseRestoreTargetNotEmpty,
+        /// A PostgreSQL dump cannot reach or sign in to the DB instance as
+        /// it is set up: not RDS for PostgreSQL, no RDS-managed master
+        /// password, another VPC than the configuration's, a worker that
+        /// would run in another account, no room for one more security
+        /// group on the DB instance.
+        DatabaseDumpNotPossible,
         /// A RestoreJob's mode does not fit its restore point (a database
         /// restored as a volume, an instance as a database).
         RestoreModeMismatch,

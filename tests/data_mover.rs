@@ -277,6 +277,7 @@ async fn the_agent_restores_a_restore_point_into_a_snapshot_and_reports_it() {
         policy: None,
         gc_grace_seconds: None,
         retention: None,
+        database: None,
     };
 
     tender::worker::run(aws.clone(), task(1), "i-00000000000000001".into())

@@ -8,7 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    DB_IDENTIFIER_PATTERN, DB_INSTANCE_RESOURCE_PREFIX, INSTANCE_ID_PATTERN, KMS_KEY_PATTERN,
+    DB_DUMP_RESOURCE_PREFIX, DB_IDENTIFIER_PATTERN, DB_INSTANCE_RESOURCE_PREFIX, INSTANCE_ID_PATTERN, KMS_KEY_PATTERN,
     LocalObjectReference, REGION_PATTERN, SNAPSHOT_ID_PATTERN,
 };
 
@@ -46,7 +46,7 @@ use super::{
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "self.resources == oldSelf.resources && has(self.copyTo) == has(oldSelf.copyTo) && (!has(self.copyTo) || self.copyTo == oldSelf.copyTo) && has(self.repositoryRef) == has(oldSelf.repositoryRef) && (!has(self.repositoryRef) || self.repositoryRef.name == oldSelf.repositoryRef.name) && has(self.workerConfigurationRef) == has(oldSelf.workerConfigurationRef) && (!has(self.workerConfigurationRef) || self.workerConfigurationRef.name == oldSelf.workerConfigurationRef.name)",
      "message": "resources, copyTo, repositoryRef and workerConfigurationRef of a BackupJob are immutable; create a new BackupJob instead"},
-    {"rule": "self.resources.all(r, self.resources.filter(o, (has(o.instanceId) && has(r.instanceId) && o.instanceId == r.instanceId) || (has(o.snapshotId) && has(r.snapshotId) && o.snapshotId == r.snapshotId) || (has(o.dbInstanceId) && has(r.dbInstanceId) && o.dbInstanceId == r.dbInstanceId)).size() == 1)",
+    {"rule": "self.resources.all(r, self.resources.filter(o, (has(o.instanceId) && has(r.instanceId) && o.instanceId == r.instanceId) || (has(o.snapshotId) && has(r.snapshotId) && o.snapshotId == r.snapshotId) || (has(o.dbInstanceId) && has(r.dbInstanceId) && o.dbInstanceId == r.dbInstanceId) || (has(o.postgres) && has(r.postgres) && o.postgres.dbInstanceId == r.postgres.dbInstanceId)).size() == 1)",
      "message": "each resource may be listed once"},
     {"rule": "has(self.repositoryRef)",
      "message": "spec.repositoryRef is required: the BackupRepository the restore points go to"},
@@ -100,12 +100,13 @@ pub struct BackupJobSpec {
 }
 
 /// One protected resource: an EC2 instance (all its EBS volumes, snapshotted
-/// together), an existing EBS snapshot, or an RDS DB instance (a manual DB
-/// snapshot, taken and kept by Tender).
+/// together), an existing EBS snapshot, an RDS DB instance (a manual DB
+/// snapshot, taken and kept by Tender), or the databases of an RDS for
+/// PostgreSQL instance (a logical dump into the repository, by a worker).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "[has(self.instanceId), has(self.snapshotId), has(self.dbInstanceId)].filter(x, x).size() == 1",
-     "message": "set exactly one of instanceId, snapshotId and dbInstanceId"},
+    {"rule": "[has(self.instanceId), has(self.snapshotId), has(self.dbInstanceId), has(self.postgres)].filter(x, x).size() == 1",
+     "message": "set exactly one of instanceId, snapshotId, dbInstanceId and postgres"},
     {"rule": "!has(self.dbInstanceId) || !self.dbInstanceId.contains('--')",
      "message": "an RDS DB instance identifier has no two hyphens in a row"}
 ]))]
@@ -128,9 +129,47 @@ pub struct BackupResource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(DB_IDENTIFIER_PATTERN), length(max = 63))]
     pub db_instance_id: Option<String>,
+    /// An RDS for PostgreSQL DB instance whose databases a worker dumps
+    /// into the repository (resource `rds-pg-<identifier>`): roles without
+    /// their passwords, then each database in one consistent snapshot, cut
+    /// into content-defined chunks so that a daily dump stores only what
+    /// changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresSource>,
     /// Region of the resource, for example `eu-west-1`.
     #[schemars(pattern(REGION_PATTERN), length(max = 32))]
     pub region: String,
+}
+
+/// The PostgreSQL databases of an RDS DB instance, dumped by a worker.
+///
+/// The worker runs in the WorkerConfiguration's VPC (which must be the DB
+/// instance's), in the DB instance's zone when a configured subnet is
+/// there. For the job, Tender creates a pair of security groups that lets
+/// only this worker reach the DB instance on its port, adds one to the DB
+/// instance (ModifyDBInstance) and removes both when the worker is gone.
+/// The worker signs in as the master user, with the password RDS manages
+/// in Secrets Manager (`ManageMasterUserPassword`), over TLS verified
+/// against the RDS certificate authorities.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!self.dbInstanceId.contains('--')",
+     "message": "an RDS DB instance identifier has no two hyphens in a row"},
+    {"rule": "!has(self.databases) || self.databases.all(d, size(d) >= 1 && size(d) <= 63)",
+     "message": "a PostgreSQL database name has 1 to 63 characters"}
+]))]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresSource {
+    /// Identifier of the RDS for PostgreSQL DB instance, for example
+    /// `orders-db`.
+    #[schemars(pattern(DB_IDENTIFIER_PATTERN), length(max = 63))]
+    pub db_instance_id: String,
+    /// Only these databases; empty or unset: every database but RDS's own
+    /// (`rdsadmin`) and the templates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub databases: Vec<String>,
 }
 
 /// Where a copy of a DB snapshot goes.
@@ -152,6 +191,9 @@ impl BackupResource {
     /// The resource's ID, whichever kind it is, as `status.workers[]` and
     /// its restore point name it (`rds-db-<identifier>` for a DB instance).
     pub fn id(&self) -> String {
+        if let Some(pg) = &self.postgres {
+            return format!("{DB_DUMP_RESOURCE_PREFIX}{}", pg.db_instance_id);
+        }
         match &self.db_instance_id {
             Some(db) => format!("{DB_INSTANCE_RESOURCE_PREFIX}{db}"),
             None => self
@@ -180,6 +222,21 @@ pub struct BackupWorkerStatus {
     /// The DB snapshot of a DB instance's backup, once Tender started it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database_snapshot: Option<DatabaseSnapshotStatus>,
+    /// A PostgreSQL dump's security group pair while it exists: Tender
+    /// removes the database group from the DB instance and deletes both
+    /// once the resource's worker is gone, and the job finishes only then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_access: Option<DatabaseAccessStatus>,
+}
+
+/// The security groups that let a dump's worker reach its DB instance.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseAccessStatus {
+    /// The worker's group (egress to the database group on the port).
+    pub worker_security_group_id: String,
+    /// The group added to the DB instance (ingress from the worker group).
+    pub database_security_group_id: String,
 }
 
 /// A DB snapshot Tender takes for a BackupJob.

@@ -16,7 +16,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use backup_job::{
-    BackupJob, BackupJobSpec, BackupJobStatus, BackupResource, BackupWorkerStatus,
+    BackupJob, BackupJobSpec, BackupJobStatus, BackupResource, BackupWorkerStatus, DatabaseAccessStatus, PostgresSource,
     DatabaseSnapshotCopy, DatabaseSnapshotStatus, SnapshotCopyTarget,
 };
 pub use backup_policy::{
@@ -63,6 +63,10 @@ pub const DB_IDENTIFIER_PATTERN: &str = r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$";
 /// restore point (`rds-db-<identifier>`): an RDS identifier may look like
 /// an instance or snapshot ID, so it is told apart.
 pub const DB_INSTANCE_RESOURCE_PREFIX: &str = "rds-db-";
+/// The prefix of a PostgreSQL dump's resource ID (`rds-pg-<identifier>`):
+/// its restore points form a lineage of their own, apart from the DB
+/// instance's snapshots.
+pub const DB_DUMP_RESOURCE_PREFIX: &str = "rds-pg-";
 pub const BUCKET_PATTERN: &str = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$";
 /// Key prefixes inside a bucket: no leading slash, no `..`, printable.
 pub const PREFIX_PATTERN: &str = r"^[A-Za-z0-9!_.*'()/-]*$";

@@ -16,6 +16,7 @@ pub mod accounts;
 pub mod agent_objects;
 pub mod batch;
 pub mod consistency;
+pub mod group_pairs;
 pub mod console;
 pub mod ebs;
 pub mod images;
@@ -305,6 +306,11 @@ impl AwsClients {
         /// every few seconds at most).
         rds,
         aws_sdk_rds
+    );
+    client_per_use!(
+        /// A Secrets Manager client (a dump worker reads one secret).
+        secretsmanager,
+        aws_sdk_secretsmanager
     );
     client_per_use!(
         /// An IAM client (`tender doctor` only).

@@ -23,6 +23,7 @@ pub enum AwsService {
     Kms,
     Iam,
     Rds,
+    SecretsManager,
 }
 
 impl AwsService {
@@ -38,6 +39,7 @@ impl AwsService {
             AwsService::Kms => "kms",
             AwsService::Iam => "iam",
             AwsService::Rds => "rds",
+            AwsService::SecretsManager => "secretsmanager",
         }
     }
 
@@ -53,6 +55,7 @@ impl AwsService {
             AwsService::Kms => "KMS",
             AwsService::Iam => "IAM",
             AwsService::Rds => "RDS",
+            AwsService::SecretsManager => "Secrets Manager",
         }
     }
 
@@ -200,6 +203,11 @@ operations! {
     CopyDBSnapshot => Rds, Controller;
     DeleteDBSnapshot => Rds, Controller;
     RestoreDBInstanceFromDBSnapshot => Rds, Controller;
+    // A PostgreSQL dump: the controller adds the job's security group to
+    // the DB instance and removes it; the worker reads the master
+    // password RDS keeps in Secrets Manager.
+    ModifyDBInstance => Rds, Controller;
+    GetSecretValue => SecretsManager, Worker [Backup];
     // SQS: worker reports.
     CreateQueue => Sqs, Controller;
     DeleteQueue => Sqs, Controller;

@@ -37,7 +37,12 @@ pub struct DbInstanceInfo {
     pub port: Option<i32>,
     pub allocated_gib: i64,
     pub subnet_group: Option<String>,
+    /// The VPC of its subnet group.
+    pub vpc_id: Option<String>,
     pub vpc_security_group_ids: Vec<String>,
+    /// Those of its groups whose membership is not `active` yet (RDS
+    /// reports `adding`, `removing`, … while a modification applies).
+    pub pending_security_group_ids: Vec<String>,
     pub parameter_group: Option<String>,
     pub storage_encrypted: bool,
     pub kms_key_id: Option<String>,
@@ -132,9 +137,19 @@ fn instance_info(d: &aws_sdk_rds::types::DbInstance) -> Option<DbInstanceInfo> {
             .db_subnet_group()
             .and_then(|g| g.db_subnet_group_name())
             .map(str::to_string),
+        vpc_id: d
+            .db_subnet_group()
+            .and_then(|g| g.vpc_id())
+            .map(str::to_string),
         vpc_security_group_ids: d
             .vpc_security_groups()
             .iter()
+            .filter_map(|g| g.vpc_security_group_id().map(str::to_string))
+            .collect(),
+        pending_security_group_ids: d
+            .vpc_security_groups()
+            .iter()
+            .filter(|g| g.status().is_some_and(|s| s != "active"))
             .filter_map(|g| g.vpc_security_group_id().map(str::to_string))
             .collect(),
         parameter_group: d
@@ -221,6 +236,31 @@ impl Databases<'_> {
             Err(e) if e.code() == Some("DBInstanceNotFound") => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Makes `groups` DB instance `id`'s VPC security groups, at once
+    /// (`ApplyImmediately`; a change of security groups needs no reboot).
+    /// RDS refuses with `InvalidDBInstanceState` while the instance is not
+    /// `available` (another modification, a backup window, stopped): the
+    /// caller tries again later.
+    pub async fn set_security_groups(
+        &self,
+        region: &str,
+        id: &str,
+        groups: &[String],
+    ) -> Result<(), AwsError> {
+        let modify = self
+            .aws
+            .rds(region)
+            .modify_db_instance()
+            .db_instance_identifier(id)
+            .set_vpc_security_group_ids(Some(groups.to_vec()))
+            .apply_immediately(true)
+            .send();
+        self.aws
+            .call(AwsOperation::ModifyDBInstance, modify)
+            .await
+            .map(|_| ())
     }
 
     /// Starts a manual snapshot `snapshot_id` of DB instance `instance_id`,

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
-use super::database_backup;
+use super::{database_backup, database_dump};
 use super::job::kind::{
-    Advance, ControllerStep, Located, NotLocated, Target, TaskDetails, WorkerJob,
+    Advance, ControllerStep, Located, NotLocated, Settling, Target, TaskDetails, WorkerJob,
 };
 use super::job::{self, job_access};
 use super::{Context, Result};
@@ -62,6 +62,7 @@ async fn locate_instance(
     Ok(Ok(Located {
         zone: found.availability_zone,
         size_gib: found.total_ebs_gib,
+        dump: false,
     }))
 }
 
@@ -108,6 +109,7 @@ async fn locate_snapshot(
     Ok(Ok(Located {
         zone: None,
         size_gib: found.volume_size_gib,
+        dump: false,
     }))
 }
 
@@ -133,6 +135,7 @@ async fn locate_database(
     Ok(Ok(Located {
         zone: found.availability_zone,
         size_gib: found.allocated_gib,
+        dump: false,
     }))
 }
 
@@ -222,6 +225,9 @@ impl WorkerJob for BackupJob {
         if let Some(db) = database_backup::db_instance_of(&target.id) {
             return locate_database(config, &production, target, db).await;
         }
+        if let Some(db) = database_dump::dump_instance_of(&target.id) {
+            return database_dump::locate(config, &production, target, db).await;
+        }
         let is_instance = self
             .spec
             .resources
@@ -235,6 +241,9 @@ impl WorkerJob for BackupJob {
     }
 
     fn instance_type(&self, spec: &WorkerConfigurationSpec, located: &Located) -> String {
+        if located.dump {
+            return placement::dump_instance_type(spec.instance_types.as_ref(), spec.architecture);
+        }
         placement::backup_instance_type(
             spec.instance_types.as_ref(),
             spec.architecture,
@@ -256,6 +265,21 @@ impl WorkerJob for BackupJob {
         database_backup::advance(self, worker, step, ctx).await
     }
 
+    /// Dumps whose worker is gone: their security groups are removed.
+    async fn follow_up(
+        &self,
+        _config: &WorkerConfiguration,
+        status: &mut BackupJobStatus,
+        ctx: &Context,
+        _now: k8s_openapi::jiff::Timestamp,
+    ) -> Result<()> {
+        database_dump::release(self, status, ctx).await
+    }
+
+    fn settling(&self, status: &BackupJobStatus) -> Option<Settling> {
+        database_dump::settling(status)
+    }
+
     fn record(worker: &mut BackupWorkerStatus, event: &WorkerEvent) {
         if let WorkerEvent::Completed {
             restore_point: Some(point),
@@ -268,12 +292,16 @@ impl WorkerJob for BackupJob {
 
     /// The policy that made the job: its restore point then falls under
     /// the policy's retention rules.
+    /// A PostgreSQL dump's: its server, and the path to it opened.
     async fn task_details(
         &self,
-        _worker: &mut BackupWorkerStatus,
-        _config: &WorkerConfiguration,
-        _ctx: &Context,
+        worker: &mut BackupWorkerStatus,
+        config: &WorkerConfiguration,
+        ctx: &Context,
     ) -> Result<TaskDetails> {
+        if database_dump::dump_instance_of(&worker.resource).is_some() {
+            return database_dump::prepare(self, worker, config, ctx).await;
+        }
         Ok(TaskDetails {
             policy: made_by_policy(self),
             ..TaskDetails::default()

@@ -561,6 +561,7 @@ fn job_for(policy: &BackupPolicy, name: &str, due: Timestamp, ids: &[String]) ->
                     instance_id: Some(id.clone()),
                     snapshot_id: None,
                     db_instance_id: None,
+                    postgres: None,
                     region: policy.spec.region.clone(),
                 })
                 .collect(),

@@ -317,6 +317,13 @@ async fn sweep_database_snapshots(ctx: &Context, grace: std::time::Duration) {
                 deleted, "garbage collection: deleted DB snapshots whose restore point is gone"
             );
         }
+        let pairs = super::database_dump::sweep(ctx, &aws, &region, grace).await;
+        if pairs > 0 {
+            info!(
+                region,
+                pairs, "garbage collection: deleted dumps' security groups whose job is gone"
+            );
+        }
     }
 }
 

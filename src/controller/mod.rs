@@ -18,6 +18,7 @@ pub mod backup_policy;
 pub mod backup_repository;
 pub mod configuration_checks;
 pub mod database_backup;
+pub mod database_dump;
 pub mod database_restore;
 pub mod events;
 pub mod garbage_collector;

@@ -135,6 +135,7 @@ impl WorkerJob for RestoreJob {
         Ok(Ok(Located {
             zone: self.spec.availability_zone.clone(),
             size_gib: 0,
+            dump: false,
         }))
     }
 

@@ -142,6 +142,7 @@ impl WorkerJob for RetentionJob {
         Ok(Ok(Located {
             zone: None,
             size_gib: 0,
+            dump: false,
         }))
     }
 

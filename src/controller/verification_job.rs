@@ -122,6 +122,7 @@ impl WorkerJob for VerificationJob {
         Ok(Ok(Located {
             zone: None,
             size_gib,
+            dump: false,
         }))
     }
 

@@ -105,6 +105,7 @@ fn task(w: &World, n: usize, i: usize, queue_url: &str) -> WorkerTask {
         policy: None,
         gc_grace_seconds: None,
         retention: None,
+        database: None,
     }
 }
 

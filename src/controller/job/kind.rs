@@ -36,6 +36,8 @@ pub struct Located {
     pub zone: Option<String>,
     /// GiB of data the worker moves (0 when unknown).
     pub size_gib: i64,
+    /// A database dump (sized by CPU, not by disk).
+    pub dump: bool,
 }
 
 /// Why a target cannot be planned: a CamelCase reason and what is missing.
@@ -56,6 +58,14 @@ pub struct TaskDetails {
     /// The BackupPolicy a backup runs for (recorded in its restore point).
     pub policy: Option<String>,
     pub retention: Option<RetentionTask>,
+    /// A dump's server (see [`crate::messages::DatabaseTask`]).
+    pub database: Option<crate::messages::DatabaseTask>,
+    /// Security groups the worker gets besides the configuration's (a
+    /// dump's group that the DB instance admits).
+    pub security_groups: Vec<String>,
+    /// Not launchable yet (its DB instance is still being modified, say):
+    /// why, for the worker's message; tried again at the next reconcile.
+    pub wait: Option<String>,
 }
 
 /// What a step of a controller-run target works with.

@@ -182,6 +182,14 @@ pub async fn launch_workers<K: WorkerJob>(
             }
         }
         let details = job.task_details(worker, config, ctx).await?;
+        if worker.phase.is_finished() {
+            // Found unlaunchable right before the launch.
+            continue;
+        }
+        if let Some(note) = &details.wait {
+            worker.message = Some(note.clone());
+            continue;
+        }
         let launch = Launch {
             config,
             queue_url,
@@ -495,6 +503,7 @@ fn worker_launch<K: WorkerJob>(
         policy: details.policy,
         gc_grace_seconds: Some(ctx.gc_grace.as_secs()),
         retention: details.retention,
+        database: details.database,
     };
     Ok(WorkerLaunch {
         region: config.spec.region.clone(),
@@ -507,7 +516,10 @@ fn worker_launch<K: WorkerJob>(
             ))?,
         instance_type: worker.instance_type.clone().unwrap_or_default(),
         subnet_id: worker.subnet_id.clone().unwrap_or_default(),
-        security_group_ids: security_groups(config),
+        security_group_ids: security_groups(config)
+            .into_iter()
+            .chain(launch.details.security_groups.iter().cloned())
+            .collect(),
         assign_public_ip: public_ip(config, worker.subnet_id.as_deref()),
         // Each operation's own profile, with only its permissions.
         iam_instance_profile: config
