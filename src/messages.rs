@@ -685,7 +685,6 @@ mod tests {
             bytes: None,
             machine: None,
             retention: None,
-            database: None,
             verification: None,
         })
     }

@@ -24,10 +24,14 @@ pub fn worker_services(profile: WorkerProfile) -> Vec<AwsService> {
 }
 
 /// The VPC endpoints (`com.amazonaws.<region>.<name>`) a worker of
-/// `profile` needs when it has no other way out.
+/// `profile` needs when it has no other way out. Secrets Manager is left
+/// out: only a PostgreSQL dump's backup worker calls it, and a private
+/// network without its endpoint must not hold every other backup (the
+/// README's private-network section lists it for dumps).
 pub fn required_endpoints(profile: WorkerProfile) -> Vec<&'static str> {
     worker_services(profile)
         .into_iter()
+        .filter(|s| *s != AwsService::SecretsManager)
         .map(AwsService::endpoint_name)
         .collect()
 }

@@ -106,7 +106,7 @@ else
   mv /var/lib/tender/tender.new /var/lib/tender/tender
   AGENT=/var/lib/tender/tender
 fi
-RUNS=$("$AGENT" --version 2>&1) || fail "the worker agent does not run on this image ($(uname -m)): $RUNS"
+@DATABASE@RUNS=$("$AGENT" --version 2>&1) || fail "the worker agent does not run on this image ($(uname -m)): $RUNS"
 say "starting $RUNS"
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
   cat >/run/systemd/system/tender-worker.service <<TENDER_UNIT
@@ -121,6 +121,35 @@ else
 fi
 "#;
 
+/// What a PostgreSQL dump's worker needs before its agent starts; `@MAJOR@`
+/// and `@CA_URL@` are filled in by [`render`]: a client at least as new as
+/// the server (`pg_dump` refuses a newer server), installed with dnf on a
+/// stock Amazon Linux image (its `postgresql<major>` packages), and the
+/// certificate authorities that sign RDS's certificates, which the agent
+/// verifies the server against (`sslmode=verify-full`).
+const DATABASE: &str = r#"PG_MAJOR='@MAJOR@'
+CA_URL='@CA_URL@'
+pg_major() { pg_dump --version 2>/dev/null | sed -n 's/^pg_dump (PostgreSQL) \([0-9]*\).*/\1/p'; }
+HAVE=$(pg_major || true)
+if [ -z "$HAVE" ] || [ "$HAVE" -lt "$PG_MAJOR" ]; then
+  if command -v dnf >/dev/null 2>&1; then
+    say "installing the PostgreSQL $PG_MAJOR client with dnf"
+    dnf install -y -q "postgresql$PG_MAJOR" >/dev/null 2>&1 || fail "cannot install postgresql$PG_MAJOR with dnf: check that the workers' subnets reach the image's package repository, or use an image that carries pg_dump $PG_MAJOR or newer"
+    HAVE=$(pg_major || true)
+  fi
+  [ -n "$HAVE" ] && [ "$HAVE" -ge "$PG_MAJOR" ] || fail "this image has no pg_dump $PG_MAJOR or newer (found: ${HAVE:-none}) and dnf could not install one: use an image that carries the PostgreSQL $PG_MAJOR client"
+fi
+say "PostgreSQL client: $(pg_dump --version)"
+mkdir -p -m 0755 /var/lib/tender
+curl -fsS --retry 3 --retry-connrefused --connect-timeout 10 --max-time 120 -o /var/lib/tender/rds-ca.pem.new "$CA_URL" || fail "cannot download the RDS certificate authorities from $CA_URL (curl exit $?): check that the workers' subnets reach it, or set the controller's TENDER_RDS_CA_BUNDLE_URL to a copy they can reach"
+grep -q 'BEGIN CERTIFICATE' /var/lib/tender/rds-ca.pem.new || fail "$CA_URL served no PEM certificates"
+chmod 0644 /var/lib/tender/rds-ca.pem.new
+mv /var/lib/tender/rds-ca.pem.new /var/lib/tender/rds-ca.pem
+"#;
+
+/// Where the user data puts the RDS certificate authorities for the agent.
+pub const RDS_CA_FILE: &str = "/var/lib/tender/rds-ca.pem";
+
 /// Why a user data could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum UserDataError {
@@ -128,6 +157,10 @@ pub enum UserDataError {
     Task(#[from] serde_json::Error),
     #[error("the agent URL or digest would break the user data script")]
     UnsafeDownload,
+    #[error(
+        "the database's engine version {0:?} or CA bundle URL would break the user data script"
+    )]
+    UnsafeDatabase(String),
     #[error("the user data is {0} bytes, more than EC2's 16 KiB")]
     TooLarge(usize),
 }
@@ -143,12 +176,30 @@ pub fn render(task: &WorkerTask, agent: Option<&AgentDownload>) -> Result<String
     if !safe(url) || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(UserDataError::UnsafeDownload);
     }
+    let database = match &task.database {
+        Some(db) => {
+            let major = db.engine_version.split('.').next().unwrap_or_default();
+            let digits =
+                !major.is_empty() && major.len() <= 3 && major.chars().all(|c| c.is_ascii_digit());
+            if !digits || !safe(&db.ca_bundle_url) || db.ca_bundle_url.contains('$') {
+                return Err(UserDataError::UnsafeDatabase(format!(
+                    "{} / {}",
+                    db.engine_version, db.ca_bundle_url
+                )));
+            }
+            DATABASE
+                .replace("@MAJOR@", major)
+                .replace("@CA_URL@", &db.ca_bundle_url)
+        }
+        None => String::new(),
+    };
     // The task last: nothing in it is taken for a placeholder.
     let script = SCRIPT
         .replace("@VERSION@", env!("CARGO_PKG_VERSION"))
         .replace("@SHA256@", sha256)
         .replace("@URL@", url)
         .replace("@UNIT@", WORKER_UNIT)
+        .replace("@DATABASE@", &database)
         .replace("@TASK@", &format!("{TASK_BEGIN}{json}{TASK_END}"));
     if script.len() > USER_DATA_LIMIT {
         return Err(UserDataError::TooLarge(script.len()));

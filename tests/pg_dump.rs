@@ -451,3 +451,51 @@ async fn a_wrong_password_fails_the_dump_with_what_the_server_said_and_stores_no
     );
     assert!(disks::keys(&s3, &bucket, "").await.is_empty());
 }
+
+/// `verify-full` against a CA that did not sign the server's certificate
+/// (the RDS CA bundle of another Region, say) fails before a password is
+/// sent; against the one that did, the dump goes on (`tests/rds_dump.rs`
+/// dumps that way end to end).
+#[tokio::test]
+async fn a_server_whose_certificate_the_ca_bundle_does_not_sign_is_refused() {
+    let aws = AwsClients::from_env().await;
+    let s3 = disks::s3().await;
+    let bucket = disks::create_bucket(&s3).await;
+    let loc =
+        RepositoryLocation::new(&bucket, "", REGION).with_mac_key(&common::hmac_key(None).await);
+    let dir = std::env::temp_dir().join(common::unique("other-ca"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let other_ca = dir.join("other-ca.pem");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=not-the-rds-ca", "-keyout"])
+        .arg(dir.join("other-ca.key"))
+        .arg("-out")
+        .arg(&other_ca)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let mut server = postgres::server();
+    server.sslmode = "verify-full".into();
+    server.root_cert = Some(other_ca);
+    let err = dump::backup(
+        DumpRequest {
+            backup: request(&aws, &loc, ("tls-1", "uid-tls-1"), "rds-pg-tls"),
+            server: &server,
+            database: DatabaseImage::default(),
+            only: &[],
+        },
+        &Progress::default(),
+    )
+    .await
+    .unwrap_err();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(err.reason(), FailureReason::DatabaseDumpFailed);
+    assert!(
+        err.to_string().contains("certificate verify failed"),
+        "{err}"
+    );
+    assert!(disks::keys(&s3, &bucket, "").await.is_empty());
+}

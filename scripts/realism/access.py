@@ -378,7 +378,7 @@ def rds_checks(action, params, account, region):
     RDS (list_amazonrds): CreateDBSnapshot on db* and snapshot*,
     DeleteDBSnapshot on snapshot*, RestoreDBInstanceFromDBSnapshot on db*,
     og*, pg*, subgrp* and the snapshot (or cluster-snapshot) it names,
-    DescribeDBInstances on db, DescribeDBSnapshots on db and snapshot
+    ModifyDBInstance on db, DescribeDBInstances on db, DescribeDBSnapshots on db and snapshot
     (none named: every one, `...:db:*` / `...:snapshot:*`), AddTagsToResource
     on the resource it tags; aws:RequestTag, aws:TagKeys and rds:req-tag
     from the request, aws:ResourceTag and rds:<type>-tag from the resource.
@@ -428,6 +428,8 @@ def rds_checks(action, params, account, region):
         for kind, name in _restored_groups(params, snapshot).items():
             out.append(check(arn(kind, name)))
         return out + tagging(db)
+    if action == "rds:ModifyDBInstance":
+        return [check(arn("db", params.get("DBInstanceIdentifier") or ""))]
     if action == "rds:AddTagsToResource":
         resource = params.get("ResourceName") or ""
         return [check(resource, extra={"rds:TagsFromRequest": "true"})]

@@ -291,6 +291,52 @@ def _patch_security_groups():
         return group
 
     EC2Backend.create_security_group = create_security_group
+    delete = EC2Backend.delete_security_group
+
+    def delete_security_group(self, name=None, group_id=None):
+        """DeleteSecurityGroup refuses with DependencyViolation while a
+        network interface is in the group (an instance until it is
+        terminated, not while it is shutting down; a DB instance until
+        ModifyDBInstance removed it) or another group's rule names it (EC2
+        API Reference, DeleteSecurityGroup; "Delete a security group", VPC
+        User Guide)."""
+        from moto.ec2.exceptions import DependencyViolationError
+
+        if group_id:
+            user = _group_user(self, group_id)
+            if user:
+                _world.count("ec2:DependencyViolation")
+                raise DependencyViolationError(f"resource {group_id} has a dependent object ({user})")
+        return delete(self, name=name, group_id=group_id)
+
+    EC2Backend.delete_security_group = delete_security_group
+
+
+def _group_user(backend, group_id):
+    """What still uses security group `group_id`, or None."""
+    for instance in backend.all_instances():
+        if instance._state.name == "terminated":
+            continue
+        for nic in instance.nics.values():
+            if any(getattr(g, "id", None) == group_id for g in nic.group_set):
+                return f"instance {instance.id}"
+    for groups in backend.groups.values():
+        for group in groups.values():
+            if group.id == group_id:
+                continue
+            for rule in list(group.ingress_rules) + list(group.egress_rules):
+                if (rule.source_group or {}).get("GroupId") == group_id:
+                    return f"a rule of {group.id}"
+    try:
+        from moto.rds.models import rds_backends
+
+        rds = rds_backends[backend.account_id][backend.region_name]
+        for db in rds.databases.values():
+            if group_id in (db.vpc_security_group_ids or []):
+                return f"DB instance {db.db_instance_identifier}"
+    except KeyError:
+        pass
+    return None
 
 
 def _patch_default_vpc():

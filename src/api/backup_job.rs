@@ -8,8 +8,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    DB_DUMP_RESOURCE_PREFIX, DB_IDENTIFIER_PATTERN, DB_INSTANCE_RESOURCE_PREFIX, INSTANCE_ID_PATTERN, KMS_KEY_PATTERN,
-    LocalObjectReference, REGION_PATTERN, SNAPSHOT_ID_PATTERN,
+    DB_DUMP_RESOURCE_PREFIX, DB_IDENTIFIER_PATTERN, DB_INSTANCE_RESOURCE_PREFIX,
+    INSTANCE_ID_PATTERN, KMS_KEY_PATTERN, LocalObjectReference, REGION_PATTERN,
+    SNAPSHOT_ID_PATTERN,
 };
 
 /// Back up AWS resources. Tender launches one short-lived worker instance per

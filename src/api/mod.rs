@@ -16,8 +16,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use backup_job::{
-    BackupJob, BackupJobSpec, BackupJobStatus, BackupResource, BackupWorkerStatus, DatabaseAccessStatus, PostgresSource,
-    DatabaseSnapshotCopy, DatabaseSnapshotStatus, SnapshotCopyTarget,
+    BackupJob, BackupJobSpec, BackupJobStatus, BackupResource, BackupWorkerStatus,
+    DatabaseAccessStatus, DatabaseSnapshotCopy, DatabaseSnapshotStatus, PostgresSource,
+    SnapshotCopyTarget,
 };
 pub use backup_policy::{
     BackupPolicy, BackupPolicySpec, BackupPolicyStatus, InstanceSelector, LastRetention,

@@ -260,8 +260,7 @@ impl Network<'_> {
                 && p.ipv6_ranges().is_empty()
                 && p.prefix_list_ids().is_empty()
                 && p.user_id_group_pairs().len() == 1
-                && p.user_id_group_pairs()[0].group_id()
-                    == rule.user_id_group_pairs()[0].group_id()
+                && p.user_id_group_pairs()[0].group_id() == rule.user_id_group_pairs()[0].group_id()
         };
         let have = wanted.len() == 1 && matches(&wanted[0]);
         let stale_wanted: Vec<IpPermission> = if have { Vec::new() } else { wanted.to_vec() };

@@ -238,6 +238,22 @@ impl Databases<'_> {
         }
     }
 
+    /// The value of a DB instance's RDS-managed master secret (a JSON
+    /// object with `username` and `password`), by its ARN. Not kept, not
+    /// logged: the SDK marks the answer sensitive.
+    pub async fn master_secret(&self, region: &str, arn: &str) -> Result<String, AwsError> {
+        let get = self
+            .aws
+            .secretsmanager(region)
+            .get_secret_value()
+            .secret_id(arn)
+            .send();
+        let out = self.aws.call(AwsOperation::GetSecretValue, get).await?;
+        out.secret_string()
+            .map(str::to_string)
+            .ok_or_else(|| missing(AwsOperation::GetSecretValue, "SecretString"))
+    }
+
     /// Makes `groups` DB instance `id`'s VPC security groups, at once
     /// (`ApplyImmediately`; a change of security groups needs no reboot).
     /// RDS refuses with `InvalidDBInstanceState` while the instance is not

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
-use super::{database_backup, database_dump};
 use super::job::kind::{
     Advance, ControllerStep, Located, NotLocated, Settling, Target, TaskDetails, WorkerJob,
 };
 use super::job::{self, job_access};
 use super::{Context, Result};
+use super::{database_backup, database_dump};
 use crate::api::{
     BackupJob, BackupJobStatus, BackupWorkerStatus, JobLimits, LocalObjectReference,
     WorkerConfiguration, WorkerConfigurationSpec,
@@ -273,7 +273,7 @@ impl WorkerJob for BackupJob {
         ctx: &Context,
         _now: k8s_openapi::jiff::Timestamp,
     ) -> Result<()> {
-        database_dump::release(self, status, ctx).await
+        Box::pin(database_dump::release(self, status, ctx)).await
     }
 
     fn settling(&self, status: &BackupJobStatus) -> Option<Settling> {
@@ -300,7 +300,8 @@ impl WorkerJob for BackupJob {
         ctx: &Context,
     ) -> Result<TaskDetails> {
         if database_dump::dump_instance_of(&worker.resource).is_some() {
-            return database_dump::prepare(self, worker, config, ctx).await;
+            // Boxed: its calls would swell every reconcile's future.
+            return Box::pin(database_dump::prepare(self, worker, config, ctx)).await;
         }
         Ok(TaskDetails {
             policy: made_by_policy(self),

@@ -32,8 +32,8 @@ use super::job::job_access;
 use super::job::kind::{Located, NotLocated, Settling, Target, TaskDetails};
 use super::{Context, Result};
 use crate::api::{
-    BackupJob, BackupJobStatus, BackupWorkerStatus, DB_DUMP_RESOURCE_PREFIX,
-    DatabaseAccessStatus, WorkerAccount, WorkerConfiguration,
+    BackupJob, BackupJobStatus, BackupWorkerStatus, DB_DUMP_RESOURCE_PREFIX, DatabaseAccessStatus,
+    WorkerConfiguration,
 };
 use crate::aws::AwsClients;
 use crate::aws::rds::DbInstanceInfo;
@@ -52,7 +52,8 @@ const RELEASE_RECHECK: Duration = Duration::from_secs(5);
 /// in a Region (`{region}` is filled in): AWS's trust store. Overridden
 /// with `TENDER_RDS_CA_BUNDLE_URL` (any URL curl reads, a `file://` one
 /// for an image that carries the bundle).
-pub const RDS_CA_BUNDLE_URL: &str = "https://truststore.pki.rds.amazonaws.com/{region}/{region}-bundle.pem";
+pub const RDS_CA_BUNDLE_URL: &str =
+    "https://truststore.pki.rds.amazonaws.com/{region}/{region}-bundle.pem";
 
 /// The DB instance of a dump's resource ID (`rds-pg-<identifier>`).
 pub fn dump_instance_of(resource: &str) -> Option<&str> {
@@ -84,9 +85,11 @@ fn not_possible(config: &WorkerConfiguration, found: &DbInstanceInfo) -> Option<
             "DB instance {db} has no master password managed by RDS in Secrets Manager, which the dump's worker signs in with; turn on ManageMasterUserPassword (aws rds modify-db-instance --manage-master-user-password)"
         ));
     }
-    if config.spec.account == WorkerAccount::Backup {
+    // Workers run where the DB instance is unless the configuration puts
+    // them in a backup account of their own.
+    if config.spec.worker_access() != config.spec.production_account.as_ref() {
         return Some(format!(
-            "WorkerConfiguration {:?} launches workers in the backup account, but a dump's worker must run in DB instance {db}'s VPC; use a configuration with account: production",
+            "WorkerConfiguration {:?} launches workers in the backup account, but a dump's worker must run in DB instance {db}'s account and VPC; use a configuration with account: production",
             config.name_any()
         ));
     }
@@ -191,7 +194,12 @@ pub async fn prepare(
         return Ok(TaskDetails::default());
     };
     if let Some(message) = not_possible(config, &found) {
-        mark_failed(worker, FailureReason::DatabaseDumpNotPossible, &message, now);
+        mark_failed(
+            worker,
+            FailureReason::DatabaseDumpNotPossible,
+            &message,
+            now,
+        );
         return Ok(TaskDetails::default());
     }
     let uid = job.uid().unwrap_or_default();
@@ -216,7 +224,12 @@ pub async fn prepare(
                 "DB instance {db} has {} VPC security groups, RDS's quota per DB instance, and the dump needs to add one that admits its worker; remove a group from the DB instance or raise the quota",
                 found.vpc_security_group_ids.len()
             );
-            mark_failed(worker, FailureReason::DatabaseDumpNotPossible, &message, now);
+            mark_failed(
+                worker,
+                FailureReason::DatabaseDumpNotPossible,
+                &message,
+                now,
+            );
             return Ok(TaskDetails::default());
         }
         if found.status != "available" {
@@ -240,7 +253,11 @@ pub async fn prepare(
             }
             Err(e) => return Err(e.into()),
         }
-        info!(db, group = pair.database, "added the dump's security group to the DB instance");
+        info!(
+            db,
+            group = pair.database,
+            "added the dump's security group to the DB instance"
+        );
         return Ok(wait(format!(
             "added security group {} to DB instance {db}; waiting for RDS to apply it",
             pair.database
@@ -328,10 +345,17 @@ async fn release_pair(
             if rest.is_empty() {
                 // RDS keeps at least one group; the VPC's default group
                 // is what an instance has without any.
-                warn!(db, "the dump's group is the DB instance's only one; left on it");
+                warn!(
+                    db,
+                    "the dump's group is the DB instance's only one; left on it"
+                );
             } else {
                 match aws.databases().set_security_groups(region, db, &rest).await {
-                    Ok(()) => info!(db, group = ours, "removed the dump's security group from the DB instance"),
+                    Ok(()) => info!(
+                        db,
+                        group = ours,
+                        "removed the dump's security group from the DB instance"
+                    ),
                     Err(e) if e.code() == Some("InvalidDBInstanceState") => return Ok(false),
                     Err(e) => return Err(e.into()),
                 }
@@ -392,7 +416,10 @@ pub fn settling(status: &BackupJobStatus) -> Option<Settling> {
 /// write lost); returns how many pairs went.
 pub(super) async fn sweep(ctx: &Context, aws: &AwsClients, region: &str, grace: Duration) -> usize {
     let ours = BTreeMap::from([
-        (tags::MANAGED_BY.to_string(), tags::MANAGED_BY_VALUE.to_string()),
+        (
+            tags::MANAGED_BY.to_string(),
+            tags::MANAGED_BY_VALUE.to_string(),
+        ),
         (tags::CLUSTER_ID.to_string(), ctx.cluster_id.clone()),
         (tags::JOB_KIND.to_string(), "BackupJob".to_string()),
     ]);
@@ -450,7 +477,12 @@ pub(super) async fn sweep(ctx: &Context, aws: &AwsClients, region: &str, grace: 
         let find = |role: &str| {
             members
                 .iter()
-                .find(|g| g.tags.get(crate::aws::group_pairs::GROUP_ROLE_TAG).map(String::as_str) == Some(role))
+                .find(|g| {
+                    g.tags
+                        .get(crate::aws::group_pairs::GROUP_ROLE_TAG)
+                        .map(String::as_str)
+                        == Some(role)
+                })
                 .map(|g| g.group_id.clone())
                 .unwrap_or_default()
         };
@@ -462,11 +494,18 @@ pub(super) async fn sweep(ctx: &Context, aws: &AwsClients, region: &str, grace: 
         // refuses, and the next sweep tries again.
         match release_pair(aws, region, db, &access).await {
             Ok(true) => {
-                info!(region, db, job = name, "garbage collection: deleted a dump's security groups whose job is gone");
+                info!(
+                    region,
+                    db,
+                    job = name,
+                    "garbage collection: deleted a dump's security groups whose job is gone"
+                );
                 deleted += 1;
             }
             Ok(false) => {}
-            Err(e) => warn!(region, db, error = %e, "garbage collection: could not delete a dump's security groups"),
+            Err(e) => {
+                warn!(region, db, error = %e, "garbage collection: could not delete a dump's security groups")
+            }
         }
     }
     deleted
@@ -475,18 +514,19 @@ pub(super) async fn sweep(ctx: &Context, aws: &AwsClients, region: &str, grace: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{Phase, WorkerStatus};
+    use crate::api::{Phase, WorkerAccount, WorkerStatus};
 
     #[test]
     fn a_pair_goes_once_its_resource_is_done_and_its_worker_gone() {
-        let entry = |phase, instance: Option<&str>, terminated: bool, access: bool| {
-            BackupWorkerStatus {
+        let entry =
+            |phase, instance: Option<&str>, terminated: bool, access: bool| BackupWorkerStatus {
                 worker: WorkerStatus {
                     resource: "rds-pg-orders".into(),
                     phase,
                     instance_id: instance.map(String::from),
-                    terminated_time: terminated
-                        .then(|| k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now())),
+                    terminated_time: terminated.then(|| {
+                        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now())
+                    }),
                     ..Default::default()
                 },
                 database_access: access.then(|| DatabaseAccessStatus {
@@ -494,13 +534,29 @@ mod tests {
                     database_security_group_id: "sg-2".into(),
                 }),
                 ..Default::default()
-            }
-        };
-        assert!(releasable(&entry(Phase::Succeeded, Some("i-1"), true, true)));
-        assert!(releasable(&entry(Phase::Failed, None, false, true)), "never launched");
-        assert!(!releasable(&entry(Phase::Succeeded, Some("i-1"), false, true)), "worker still running");
-        assert!(!releasable(&entry(Phase::Running, Some("i-1"), true, true)), "a retry may come");
-        assert!(!releasable(&entry(Phase::Succeeded, Some("i-1"), true, false)), "nothing to remove");
+            };
+        assert!(releasable(&entry(
+            Phase::Succeeded,
+            Some("i-1"),
+            true,
+            true
+        )));
+        assert!(
+            releasable(&entry(Phase::Failed, None, false, true)),
+            "never launched"
+        );
+        assert!(
+            !releasable(&entry(Phase::Succeeded, Some("i-1"), false, true)),
+            "worker still running"
+        );
+        assert!(
+            !releasable(&entry(Phase::Running, Some("i-1"), true, true)),
+            "a retry may come"
+        );
+        assert!(
+            !releasable(&entry(Phase::Succeeded, Some("i-1"), true, false)),
+            "nothing to remove"
+        );
         let status = BackupJobStatus {
             workers: vec![entry(Phase::Succeeded, Some("i-1"), true, true)],
             ..Default::default()
@@ -523,15 +579,45 @@ mod tests {
             engine: "postgres".into(),
             vpc_id: Some("vpc-1".into()),
             address: Some("orders.example".into()),
-            master_user_secret_arn: Some("arn:aws:secretsmanager:eu-west-1:1:secret:rds!db-1".into()),
+            master_user_secret_arn: Some(
+                "arn:aws:secretsmanager:eu-west-1:1:secret:rds!db-1".into(),
+            ),
             ..Default::default()
         };
         assert_eq!(not_possible(&config, &good), None);
         let cases = [
-            ("mysql", DbInstanceInfo { engine: "mysql".into(), ..good.clone() }, "engine"),
-            ("no secret", DbInstanceInfo { master_user_secret_arn: None, ..good.clone() }, "ManageMasterUserPassword"),
-            ("another VPC", DbInstanceInfo { vpc_id: Some("vpc-2".into()), ..good.clone() }, "VPC vpc-2"),
-            ("no endpoint", DbInstanceInfo { address: None, ..good.clone() }, "no endpoint"),
+            (
+                "mysql",
+                DbInstanceInfo {
+                    engine: "mysql".into(),
+                    ..good.clone()
+                },
+                "engine",
+            ),
+            (
+                "no secret",
+                DbInstanceInfo {
+                    master_user_secret_arn: None,
+                    ..good.clone()
+                },
+                "ManageMasterUserPassword",
+            ),
+            (
+                "another VPC",
+                DbInstanceInfo {
+                    vpc_id: Some("vpc-2".into()),
+                    ..good.clone()
+                },
+                "VPC vpc-2",
+            ),
+            (
+                "no endpoint",
+                DbInstanceInfo {
+                    address: None,
+                    ..good.clone()
+                },
+                "no endpoint",
+            ),
         ];
         for (name, found, says) in cases {
             let why = not_possible(&config, &found).unwrap_or_default();
@@ -539,6 +625,10 @@ mod tests {
         }
         let mut backup = config.clone();
         backup.spec.account = WorkerAccount::Backup;
+        backup.spec.backup_account = Some(crate::api::AccountAccess {
+            role_arn: "arn:aws:iam::222222222222:role/tender-backup".into(),
+            external_id: None,
+        });
         assert!(not_possible(&backup, &good).is_some_and(|w| w.contains("account: production")));
     }
 }

@@ -10,6 +10,7 @@
 //! (`crate::mover`) writes one restore point to the job's repository.
 
 pub mod browser;
+mod database;
 mod file_level;
 mod snapshots;
 mod verification;
@@ -248,6 +249,9 @@ fn mover_failure(e: MoverError, repository: &RepositoryLocation) -> Failure {
 }
 
 async fn backup(aws: &AwsClients, task: &WorkerTask, progress: &Progress) -> Result<Done, Failure> {
+    if let Some(db) = &task.database {
+        return database::dump(aws, task, db, progress).await;
+    }
     let Some(repository) = &task.repository else {
         return Err(failure(
             FailureReason::RepositoryMissing,

@@ -65,6 +65,26 @@ pub async fn counter(name: &str) -> u64 {
     status().await["counters"][name].as_u64().unwrap_or(0)
 }
 
+/// Makes DB instance `identifier` (existing, or created later) of the
+/// emulator's account a stand-in for a real server: its Endpoint becomes
+/// `host:port` and its RDS-managed master secret holds `password`
+/// (`POST /realism/rds/backing`). Returns the layer's answer.
+#[allow(dead_code)]
+pub async fn rds_backing(
+    identifier: &str,
+    host: &str,
+    port: u16,
+    password: &str,
+) -> serde_json::Value {
+    let spec = serde_json::json!({
+        "account": ACCOUNT, "region": REGION, "dbInstanceIdentifier": identifier,
+        "host": host, "port": port, "password": password,
+    });
+    let (code, body) = call("POST", "/realism/rds/backing", Some(&spec.to_string())).await;
+    assert_eq!(code, 200, "back DB instance {identifier}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
 /// Creates (or updates) role `name` of the emulator's account with
 /// `policy` inline and an instance profile of the same name holding it, as
 /// an administrator would for Tender's workers.

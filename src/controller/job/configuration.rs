@@ -262,7 +262,7 @@ mod tests {
                         instance_id: Some(format!("i-0000000{i}")),
                         snapshot_id: None,
                         db_instance_id: None,
-                    postgres: None,
+                        postgres: None,
                         region: (*r).into(),
                     })
                     .collect(),

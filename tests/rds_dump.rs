@@ -1,0 +1,310 @@
+//! PostgreSQL dumps of RDS DB instances through a worker, against the real
+//! kube-apiserver, the AWS emulator (made as strict as AWS by
+//! scripts/realism: IAM per role, RDS states) and a real PostgreSQL server:
+//! the emulated DB instance's endpoint and RDS-managed master secret point
+//! at `scripts/testenv`'s server (`POST /realism/rds/backing`), which
+//! speaks TLS with a certificate of the environment's CA, given to the
+//! controller as the "RDS CA bundle". The worker is booted from its user
+//! data like any other (tests/common/workers.rs): the script checks its
+//! PostgreSQL client and fetches the CA bundle, the agent reads the secret
+//! with its own role and dumps into the repository.
+
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use aws_sdk_ec2::types::Filter;
+use common::postgres::{contents, drop_database, psql, server, unique_database};
+use common::{REGION, TestEnv};
+use kube::ResourceExt;
+use serde_json::json;
+use tender::api::{BackupRepository, Phase};
+use tender::mover::Progress;
+use tender::mover::dump::{self, LoadTarget};
+use tender::mover::manifest::RepositoryLocation;
+
+const TIMEOUT: Duration = Duration::from_secs(180);
+
+async fn rds() -> aws_sdk_rds::Client {
+    aws_sdk_rds::Client::new(&common::config_as(None).await)
+}
+
+async fn ec2() -> aws_sdk_ec2::Client {
+    aws_sdk_ec2::Client::new(&common::config_as(None).await)
+}
+
+/// An RDS for PostgreSQL DB instance in the default VPC whose endpoint and
+/// managed master secret are the test environment's server; returns its
+/// VPC security groups.
+async fn backed_database(
+    rds: &aws_sdk_rds::Client,
+    ec2: &aws_sdk_ec2::Client,
+    id: &str,
+) -> Vec<String> {
+    let vpcs = ec2
+        .describe_vpcs()
+        .filters(Filter::builder().name("is-default").values("true").build())
+        .send()
+        .await
+        .unwrap();
+    let vpc = vpcs.vpcs()[0].vpc_id().unwrap().to_string();
+    let subnets = ec2
+        .describe_subnets()
+        .filters(Filter::builder().name("vpc-id").values(&vpc).build())
+        .send()
+        .await
+        .unwrap();
+    let subnet_ids: Vec<String> = subnets
+        .subnets()
+        .iter()
+        .filter_map(|s| s.subnet_id().map(String::from))
+        .collect();
+    let group_name = format!("{id}-subnets");
+    rds.create_db_subnet_group()
+        .db_subnet_group_name(&group_name)
+        .db_subnet_group_description("the default VPC's subnets")
+        .set_subnet_ids(Some(subnet_ids))
+        .send()
+        .await
+        .unwrap();
+    let owners = ec2
+        .create_security_group()
+        .group_name(format!("{id}-owners"))
+        .description("the DB instance's own group")
+        .vpc_id(&vpc)
+        .send()
+        .await
+        .unwrap();
+    let own_group = owners.group_id().unwrap().to_string();
+    let pg = server();
+    let answer = common::realism::rds_backing(id, &pg.host, pg.port, &pg.password).await;
+    assert!(!answer["applied"].as_bool().unwrap_or(true), "{answer}");
+    rds.create_db_instance()
+        .db_instance_identifier(id)
+        .engine("postgres")
+        .engine_version("15.8")
+        .db_instance_class("db.t4g.micro")
+        .allocated_storage(20)
+        .master_username(&pg.user)
+        .manage_master_user_password(true)
+        .db_subnet_group_name(&group_name)
+        .vpc_security_group_ids(&own_group)
+        .send()
+        .await
+        .expect("create a DB instance");
+    vec![own_group]
+}
+
+async fn db_groups(rds: &aws_sdk_rds::Client, id: &str) -> Vec<String> {
+    let out = rds
+        .describe_db_instances()
+        .db_instance_identifier(id)
+        .send()
+        .await
+        .unwrap();
+    out.db_instances()[0]
+        .vpc_security_groups()
+        .iter()
+        .filter_map(|g| g.vpc_security_group_id().map(String::from))
+        .collect()
+}
+
+/// Tender's security groups tagged with `job_uid`.
+async fn pair_of(ec2: &aws_sdk_ec2::Client, job_uid: &str) -> Vec<String> {
+    ec2.describe_security_groups()
+        .filters(
+            Filter::builder()
+                .name("tag:tender.dev/job-uid")
+                .values(job_uid)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .security_groups()
+        .iter()
+        .filter_map(|g| g.group_id().map(String::from))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_postgres_instance_is_dumped_by_a_worker_that_alone_may_reach_it() {
+    let env = TestEnv::without_controller("rds-dump").await;
+    let ca = std::env::var("TENDER_PG_CA").expect("TENDER_PG_CA from scripts/testenv");
+    env.start_controller_with(
+        &[],
+        &[("TENDER_RDS_CA_BUNDLE_URL", &format!("file://{ca}"))],
+    );
+    env.default_configuration().await;
+    let (rds, ec2) = (rds().await, ec2().await);
+    let db = common::unique("shop");
+    let own_groups = backed_database(&rds, &ec2, &db).await;
+
+    // A database of the server with some rows, and one the job leaves out.
+    let name = unique_database("orders");
+    let other = unique_database("other");
+    for d in [&name, &other] {
+        psql("postgres", &format!("CREATE DATABASE \"{d}\""));
+    }
+    psql(
+        &name,
+        "CREATE TABLE orders (id bigint PRIMARY KEY, customer text NOT NULL, total numeric(12,2)); \
+         INSERT INTO orders SELECT g, 'customer ' || (g % 97), g * 1.25 FROM generate_series(1, 20000) g",
+    );
+    let before = contents(&name);
+
+    env.create_job_spec(
+        "nightly",
+        json!({
+            "resources": [{"postgres": {"dbInstanceId": db, "databases": [name]}, "region": REGION}],
+            "repositoryRef": {"name": env.repository().await},
+            "backoffLimit": 0,
+        }),
+    )
+    .await;
+    // While the worker runs, the DB instance admits the job's database
+    // group, and the worker is in the worker group.
+    let running = env
+        .wait_job("nightly", TIMEOUT, |j| {
+            j.status.as_ref().is_some_and(|s| {
+                s.workers
+                    .first()
+                    .is_some_and(|w| w.instance_id.is_some() && w.database_access.is_some())
+            })
+        })
+        .await;
+    let uid = running.uid().unwrap();
+    let access = running.status.unwrap().workers[0]
+        .database_access
+        .clone()
+        .unwrap();
+    let groups_while = db_groups(&rds, &db).await;
+    assert!(
+        groups_while.contains(&access.database_security_group_id)
+            && own_groups.iter().all(|g| groups_while.contains(g)),
+        "{groups_while:?}"
+    );
+    let worker = env.workers_of(&uid).await;
+    // Launched with one network interface that carries the groups.
+    let worker_groups: Vec<String> = worker[0]
+        .network_interfaces()
+        .iter()
+        .flat_map(|n| n.groups())
+        .chain(worker[0].security_groups())
+        .filter_map(|g| g.group_id().map(String::from))
+        .collect();
+    assert!(
+        worker_groups.contains(&access.worker_security_group_id),
+        "{worker_groups:?}"
+    );
+    // The pair's rules: worker → database group on the port, nothing else.
+    let described = ec2
+        .describe_security_groups()
+        .group_ids(&access.worker_security_group_id)
+        .group_ids(&access.database_security_group_id)
+        .send()
+        .await
+        .unwrap();
+    for g in described.security_groups() {
+        let is_worker = g.group_id() == Some(access.worker_security_group_id.as_str());
+        let (open, closed) = if is_worker {
+            (g.ip_permissions_egress(), g.ip_permissions())
+        } else {
+            (g.ip_permissions(), g.ip_permissions_egress())
+        };
+        assert!(closed.is_empty(), "{g:?}");
+        assert_eq!(open.len(), 1, "{g:?}");
+        let rule = &open[0];
+        assert_eq!(rule.from_port(), Some(i32::from(server().port)));
+        assert!(rule.ip_ranges().is_empty(), "{g:?}");
+        let peer = if is_worker {
+            &access.database_security_group_id
+        } else {
+            &access.worker_security_group_id
+        };
+        assert_eq!(
+            rule.user_id_group_pairs()[0].group_id(),
+            Some(peer.as_str())
+        );
+    }
+
+    let done = env.wait_job_finished("nightly", TIMEOUT).await;
+    let status = done.status.unwrap();
+    assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
+    let w = &status.workers[0];
+    let point = format!("nightly/rds-pg-{db}");
+    assert_eq!(w.resource, format!("rds-pg-{db}"));
+    assert_eq!(w.restore_point.as_deref(), Some(point.as_str()));
+    assert!(
+        w.message.as_deref().is_some_and(|m| m.contains(&name)),
+        "{w:?}"
+    );
+    assert!(w.terminated_time.is_some(), "{w:?}");
+    // The pair is gone, from the DB instance and from EC2, before the job
+    // finished.
+    assert_eq!(w.database_access, None);
+    assert_eq!(db_groups(&rds, &db).await, own_groups);
+    assert!(pair_of(&ec2, &uid).await.is_empty());
+    if common::realism::enabled() {
+        // The pair was deleted only once the worker was terminated: EC2
+        // refused while it was shutting down.
+        assert!(common::realism::counter("ec2:DependencyViolation").await >= 1);
+    }
+    let instances = env.workers_of(&uid).await;
+    assert!(
+        instances
+            .iter()
+            .all(|i| i.state().and_then(|s| s.name()).map(|n| n.as_str()) == Some("terminated")),
+        "{instances:?}"
+    );
+
+    // The restore point holds the named database only, and restores.
+    let repo: BackupRepository = env
+        .cluster_api()
+        .get(&env.repository().await)
+        .await
+        .unwrap();
+    let loc = RepositoryLocation::of(&repo.spec, &env.namespace);
+    let aws = tender::aws::AwsClients::from_env().await;
+    let manifest = tender::mover::load_manifest(&aws, &loc, &point)
+        .await
+        .unwrap();
+    let dumped = manifest.database.as_ref().unwrap();
+    assert_eq!(dumped.identifier, db);
+    assert_eq!(
+        dumped.vpc_security_group_ids, own_groups,
+        "the DB instance's own groups"
+    );
+    let names: Vec<&str> = dumped
+        .dump
+        .as_ref()
+        .unwrap()
+        .databases
+        .iter()
+        .map(|d| d.name.as_str())
+        .collect();
+    assert_eq!(names, [name.as_str()]);
+    let rename = |n: &str| format!("{n}_back");
+    let outcome = dump::restore(
+        &aws,
+        &loc,
+        &manifest,
+        &LoadTarget {
+            server: &server(),
+            rename: &rename,
+            only: &[],
+            tag: "rds-dump-test",
+        },
+        &Progress::default(),
+    )
+    .await
+    .unwrap();
+    let back = format!("{name}_back");
+    assert_eq!(outcome.created, [back.as_str()]);
+    assert_eq!(contents(&back), before);
+    for d in [&name, &other, &back] {
+        drop_database(d);
+    }
+}
