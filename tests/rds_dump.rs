@@ -91,6 +91,13 @@ async fn backed_database(
         .manage_master_user_password(true)
         .db_subnet_group_name(&group_name)
         .vpc_security_group_ids(&own_group)
+        // Its owner lets Tender add the dump's security group.
+        .tags(
+            aws_sdk_rds::types::Tag::builder()
+                .key("tender.dev/dump-access")
+                .value("allowed")
+                .build(),
+        )
         .send()
         .await
         .expect("create a DB instance");

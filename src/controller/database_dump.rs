@@ -85,6 +85,13 @@ fn not_possible(config: &WorkerConfiguration, found: &DbInstanceInfo) -> Option<
             "DB instance {db} has no master password managed by RDS in Secrets Manager, which the dump's worker signs in with; turn on ManageMasterUserPassword (aws rds modify-db-instance --manage-master-user-password)"
         ));
     }
+    if found.tags.get(tags::DUMP_ACCESS).map(String::as_str) != Some(tags::DUMP_ACCESS_VALUE) {
+        return Some(format!(
+            "DB instance {db} does not carry tag {}={}, with which its owner lets Tender add the dump's security group to it for the length of the job (the shipped controller policy allows ModifyDBInstance on such DB instances only); tag it",
+            tags::DUMP_ACCESS,
+            tags::DUMP_ACCESS_VALUE
+        ));
+    }
     // Workers run where the DB instance is unless the configuration puts
     // them in a backup account of their own.
     if config.spec.worker_access() != config.spec.production_account.as_ref() {
@@ -250,6 +257,15 @@ pub async fn prepare(
                 return Ok(wait(format!(
                     "RDS cannot modify DB instance {db} now ({e}); adding the dump's security group later"
                 )));
+            }
+            Err(e) if e.failure_reason() == FailureReason::AwsPermissionDenied => {
+                let message = format!(
+                    "Tender may not add the dump's security group to DB instance {db}: {e}; the controller's role needs rds:ModifyDBInstance on it (iam/controller-policy.json grants it on DB instances tagged {}={})",
+                    tags::DUMP_ACCESS,
+                    tags::DUMP_ACCESS_VALUE
+                );
+                mark_failed(worker, FailureReason::AwsPermissionDenied, &message, now);
+                return Ok(TaskDetails::default());
             }
             Err(e) => return Err(e.into()),
         }
@@ -582,6 +598,7 @@ mod tests {
             master_user_secret_arn: Some(
                 "arn:aws:secretsmanager:eu-west-1:1:secret:rds!db-1".into(),
             ),
+            tags: BTreeMap::from([(tags::DUMP_ACCESS.into(), tags::DUMP_ACCESS_VALUE.into())]),
             ..Default::default()
         };
         assert_eq!(not_possible(&config, &good), None);
@@ -617,6 +634,14 @@ mod tests {
                     ..good.clone()
                 },
                 "no endpoint",
+            ),
+            (
+                "not opted in",
+                DbInstanceInfo {
+                    tags: BTreeMap::new(),
+                    ..good.clone()
+                },
+                "tender.dev/dump-access=allowed",
             ),
         ];
         for (name, found, says) in cases {

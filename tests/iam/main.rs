@@ -313,7 +313,8 @@ fn controller_changes_and_deletes_only_tender_tagged_resources() {
                         && !matches!(name, "RunInstances" | "RegisterImage")
                         && !name.starts_with("Create")
                 }
-                // Only its own DB snapshots: never a database.
+                // Only its own DB snapshots: never a database (but for
+                // ModifyDBInstance, below).
                 "rds" => name.starts_with("Delete") || name.starts_with("Modify"),
                 "sqs" => matches!(
                     name,
@@ -331,6 +332,20 @@ fn controller_changes_and_deletes_only_tender_tagged_resources() {
         .collect();
     protected.insert("ec2:TerminateInstances".into());
     protected.insert("ec2:DeleteSecurityGroup".into());
+    // The one change to a DB instance (a dump's security group, added and
+    // removed): only on those their owner tagged for it.
+    assert!(protected.remove("rds:ModifyDBInstance"));
+    let opt_in = format!("aws:ResourceTag/{}", tags::DUMP_ACCESS);
+    let granting = policy.granting("rds:ModifyDBInstance");
+    assert!(!granting.is_empty());
+    for s in granting {
+        assert!(
+            s.requires(&opt_in, tags::DUMP_ACCESS_VALUE),
+            "iam/controller-policy.json {}: rds:ModifyDBInstance must be conditioned on StringEquals {opt_in} = {}",
+            s.sid,
+            tags::DUMP_ACCESS_VALUE
+        );
+    }
     for action in &protected {
         for s in policy.granting(action) {
             assert!(
