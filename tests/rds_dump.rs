@@ -315,3 +315,112 @@ async fn a_postgres_instance_is_dumped_by_a_worker_that_alone_may_reach_it() {
         drop_database(d);
     }
 }
+
+/// A worker killed in the middle of a dump (its instance terminated, as a
+/// Spot interruption or a person would): the attempt is lost, the next
+/// one dumps again with the same security groups, and the restore point
+/// is the retry's, whole; the dead attempt left no session on the server.
+#[tokio::test]
+async fn a_dump_whose_worker_dies_is_retried_and_leaves_only_the_retrys_restore_point() {
+    let env = TestEnv::without_controller("rds-dump-kill").await;
+    let ca = std::env::var("TENDER_PG_CA").expect("TENDER_PG_CA from scripts/testenv");
+    env.start_controller_with(
+        &[],
+        &[("TENDER_RDS_CA_BUNDLE_URL", &format!("file://{ca}"))],
+    );
+    env.default_configuration().await;
+    let (rds, ec2) = (rds().await, ec2().await);
+    let db = common::unique("big");
+    let own_groups = backed_database(&rds, &ec2, &db).await;
+    let name = unique_database("ledger");
+    psql("postgres", &format!("CREATE DATABASE \"{name}\""));
+    // Large enough to take seconds with a debug build's agent.
+    psql(
+        &name,
+        "CREATE TABLE entries (id bigint PRIMARY KEY, account text NOT NULL, note text); \
+         INSERT INTO entries SELECT g, 'account ' || (g % 1013), repeat(md5(g::text), 2) FROM generate_series(1, 400000) g",
+    );
+    let before = contents(&name);
+
+    env.create_job_spec(
+        "nightly",
+        json!({
+            "resources": [{"postgres": {"dbInstanceId": db, "databases": [name]}, "region": REGION}],
+            "repositoryRef": {"name": env.repository().await},
+            "backoffLimit": 1,
+        }),
+    )
+    .await;
+    let moving = env
+        .wait_job("nightly", TIMEOUT, |j| {
+            j.status.as_ref().is_some_and(|s| {
+                s.workers.first().is_some_and(|w| {
+                    w.attempt == 1 && w.phase == Phase::Running && w.bytes_done.unwrap_or(0) > 0
+                })
+            })
+        })
+        .await;
+    let first = moving.status.unwrap().workers[0].clone();
+    let killed_at = k8s_openapi::jiff::Timestamp::now();
+    ec2.terminate_instances()
+        .instance_ids(first.instance_id.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+
+    let done = env.wait_job_finished("nightly", TIMEOUT).await;
+    let uid = done.uid().unwrap();
+    let status = done.status.unwrap();
+    assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
+    let w = &status.workers[0];
+    assert_eq!((w.attempt, w.failures), (2, 1), "{w:?}");
+    assert_ne!(w.instance_id, first.instance_id);
+    assert_eq!(w.database_access, None);
+    assert_eq!(db_groups(&rds, &db).await, own_groups);
+    assert!(pair_of(&ec2, &uid).await.is_empty());
+    // No session of the dead worker lingers on the server.
+    assert_eq!(
+        psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{name}'")
+        ),
+        "0"
+    );
+
+    let repo: BackupRepository = env
+        .cluster_api()
+        .get(&env.repository().await)
+        .await
+        .unwrap();
+    let loc = RepositoryLocation::of(&repo.spec, &env.namespace);
+    let aws = tender::aws::AwsClients::from_env().await;
+    let point = format!("nightly/rds-pg-{db}");
+    let manifest = tender::mover::load_manifest(&aws, &loc, &point)
+        .await
+        .unwrap();
+    let created: k8s_openapi::jiff::Timestamp = manifest.created_at.parse().unwrap();
+    assert!(
+        created > killed_at,
+        "the retry's: {created} after {killed_at}"
+    );
+    let rename = |n: &str| format!("{n}_back");
+    dump::restore(
+        &aws,
+        &loc,
+        &manifest,
+        &LoadTarget {
+            server: &server(),
+            rename: &rename,
+            only: &[],
+            tag: "rds-dump-kill-test",
+        },
+        &Progress::default(),
+    )
+    .await
+    .unwrap();
+    let back = format!("{name}_back");
+    assert_eq!(contents(&back), before);
+    for d in [&name, &back] {
+        drop_database(d);
+    }
+}

@@ -194,12 +194,29 @@ async fn dump(
             format!("the server has no database {missing:?} that can be dumped"),
         ));
     }
-    // What the progress starts from: the last dump's size, if any.
-    let estimate = parent
+    // What the progress starts from: the last dump's size, else what the
+    // databases take on disk (tables and indexes; a dump is usually
+    // smaller, and the total is corrected at the end).
+    let last = parent
         .manifest
         .as_ref()
         .filter(|p| p.database.as_ref().is_some_and(|d| d.dump.is_some()))
-        .map_or(0, |p| p.stats.bytes_total);
+        .map(|p| p.stats.bytes_total);
+    let estimate = match last {
+        Some(bytes) => bytes,
+        None if names.is_empty() => 0,
+        None => {
+            let list: Vec<String> = names.iter().map(|n| literal(n)).collect();
+            control
+                .value(&format!(
+                    "SELECT coalesce(sum(pg_database_size(datname)), 0) FROM pg_database WHERE datname IN ({})",
+                    list.join(", ")
+                ))
+                .await?
+                .parse()
+                .unwrap_or(0)
+        }
+    };
     progress.total.store(estimate, Ordering::Relaxed);
     control.close().await;
 

@@ -8,7 +8,7 @@
 //! agents in its own process, reading their tasks with [`user_data_task`]:
 //! it measures orchestration, not boot.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -84,22 +84,67 @@ impl Launcher {
     /// Polls the emulator every 200 ms in a task of its own.
     pub fn start(self) {
         tokio::spawn(async move {
-            let mut booted: HashSet<String> = HashSet::new();
+            let mut booted: HashMap<String, Option<u32>> = HashMap::new();
             while !self.stop.load(Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_millis(200)).await;
+                let known: Vec<Account> = self.accounts.lock().unwrap().clone();
+                for account in &known {
+                    self.halt_stopped(account, &mut booted).await;
+                }
                 if !self.boot.load(Ordering::SeqCst) {
                     continue;
                 }
-                let known: Vec<Account> = self.accounts.lock().unwrap().clone();
-                for account in known {
-                    self.boot_running(&account, &mut booted).await;
+                for account in &known {
+                    self.boot_running(account, &mut booted).await;
                 }
             }
         });
     }
 
+    /// Kills the agents of instances EC2 is stopping or terminating, as
+    /// EC2 does: what ran on them stops with them.
+    async fn halt_stopped(&self, account: &Account, booted: &mut HashMap<String, Option<u32>>) {
+        if booted.values().all(Option::is_none) {
+            return;
+        }
+        let Ok(out) = account
+            .ec2
+            .describe_instances()
+            .filters(
+                Filter::builder()
+                    .name("tag:tender.dev/cluster-id")
+                    .values(&self.cluster_id)
+                    .build(),
+            )
+            .filters(
+                Filter::builder()
+                    .name("instance-state-name")
+                    .values("shutting-down")
+                    .values("terminated")
+                    .values("stopping")
+                    .values("stopped")
+                    .build(),
+            )
+            .send()
+            .await
+        else {
+            return;
+        };
+        for instance in out.reservations().iter().flat_map(|r| r.instances()) {
+            let id = instance.instance_id().unwrap_or_default();
+            if let Some(pid) = booted.get_mut(id).and_then(Option::take) {
+                // The namespace's first process: the whole instance goes
+                // with it (`unshare --kill-child`).
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+
     /// Boots the running instances of `account` not booted yet.
-    async fn boot_running(&self, account: &Account, booted: &mut HashSet<String>) {
+    async fn boot_running(&self, account: &Account, booted: &mut HashMap<String, Option<u32>>) {
         let ec2 = &account.ec2;
         let Ok(out) = ec2
             .describe_instances()
@@ -122,7 +167,7 @@ impl Launcher {
         };
         for instance in out.reservations().iter().flat_map(|r| r.instances()) {
             let id = instance.instance_id().unwrap_or_default().to_string();
-            if booted.contains(&id) {
+            if booted.contains_key(&id) {
                 continue;
             }
             let Ok(Some(script)) = user_data(ec2, &id).await else {
@@ -154,8 +199,9 @@ impl Launcher {
                 continue;
             }
             let agent = self.spawn_agent(account, &id, &script, profile);
+            let pid = agent.id();
             self.workers.lock().unwrap().push(agent);
-            booted.insert(id);
+            booted.insert(id, Some(pid));
         }
     }
 
