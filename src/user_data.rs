@@ -339,4 +339,59 @@ mod tests {
             );
         }
     }
+
+    fn dump_task(engine_version: &str, ca: &str) -> WorkerTask {
+        WorkerTask {
+            resource: "rds-pg-orders".into(),
+            database: Some(crate::messages::DatabaseTask {
+                db_instance_id: "orders".into(),
+                host: "orders.abc.eu-west-1.rds.amazonaws.com".into(),
+                port: 5432,
+                user: "master".into(),
+                secret_arn: "arn:aws:secretsmanager:eu-west-1:1:secret:rds!db-1".into(),
+                engine_version: engine_version.into(),
+                sslmode: "verify-full".into(),
+                ca_bundle_url: ca.into(),
+                databases: Vec::new(),
+                image: Default::default(),
+            }),
+            ..WorkerTask::sample()
+        }
+    }
+
+    #[test]
+    fn a_dumps_script_gets_a_new_enough_client_and_the_ca_bundle_before_the_agent() {
+        let ca = "https://truststore.pki.rds.amazonaws.com/eu-west-1/eu-west-1-bundle.pem";
+        let script = render(&dump_task("16.4", ca), Some(&download())).unwrap();
+        assert!(script.contains("\nPG_MAJOR='16'\n"), "{script}");
+        assert!(script.contains(&format!("\nCA_URL='{ca}'\n")));
+        assert!(script.contains("dnf install -y -q \"postgresql$PG_MAJOR\""));
+        assert!(script.contains("mv /var/lib/tender/rds-ca.pem.new /var/lib/tender/rds-ca.pem"));
+        assert!(!script.contains("@MAJOR@") && !script.contains("@DATABASE@"));
+        let client = script.find("PG_MAJOR=").unwrap();
+        assert!(
+            client < script.find("RUNS=").unwrap(),
+            "before the agent runs"
+        );
+        // The secret's password is never in it: only the secret's ARN.
+        assert!(script.contains("rds!db-1") && !script.contains("password"));
+        // No database, no block.
+        let plain = render(&WorkerTask::sample(), Some(&download())).unwrap();
+        assert!(!plain.contains("PG_MAJOR"));
+        // What would break out of the quotes is refused.
+        for (version, url) in [
+            ("16'; reboot; '", ca),
+            ("", ca),
+            ("16.4", "https://example.com/x' ; reboot"),
+            ("16.4", "https://example.com/$(reboot)"),
+        ] {
+            assert!(
+                matches!(
+                    render(&dump_task(version, url), None),
+                    Err(UserDataError::UnsafeDatabase(_))
+                ),
+                "{version} {url}"
+            );
+        }
+    }
 }

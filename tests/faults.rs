@@ -457,6 +457,101 @@ async fn database_under_faults(tally: &mut Tally) {
     check_no_leaks(&env, &names, tally).await;
 }
 
+/// A PostgreSQL dump under faults: the controller killed right after it
+/// added the dump's security group to the DB instance (before its status
+/// names the pair), then every fifth of its AWS requests failed by a
+/// proxy. The job succeeds through one worker; afterwards no worker, no
+/// security group of the job, and the DB instance's own groups only.
+async fn dump_under_faults(tally: &mut Tally) {
+    let env = TestEnv::without_controller("dumpfaults").await;
+    let upstream = std::env::var("AWS_ENDPOINT_URL")
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    let injected = Arc::new(AtomicUsize::new(0));
+    let port = fault_proxy(upstream, 5, injected.clone()).await;
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let conf = common::config_as(None).await;
+    let rds = aws_sdk_rds::Client::new(&conf);
+    let ec2 = aws_sdk_ec2::Client::new(&conf);
+    let id = common::unique("faults-pg");
+    let own_groups = common::postgres::backed_instance(&rds, &ec2, &id).await;
+    let database = common::postgres::unique_database("faults");
+    common::postgres::psql("postgres", &format!("CREATE DATABASE \"{database}\""));
+    common::postgres::psql(
+        &database,
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 1000)",
+    );
+    let ca = format!("file://{}", std::env::var("TENDER_PG_CA").unwrap());
+    let ca_env = ("TENDER_RDS_CA_BUNDLE_URL", ca.as_str());
+    env.start_controller_with(
+        &[],
+        &[
+            ("TENDER_CRASH_AT", "after-modify-db-instance"),
+            ("AWS_ENDPOINT_URL", endpoint.as_str()),
+            ca_env,
+        ],
+    );
+    env.default_configuration().await;
+    env.create_job_spec(
+        "dump",
+        serde_json::json!({
+            "resources": [{"postgres": {"dbInstanceId": id, "databases": [database]}, "region": REGION}],
+            "repositoryRef": {"name": env.repository().await},
+        }),
+    )
+    .await;
+    common::eventually(TIMEOUT, || async {
+        (!env.exited_controllers().is_empty()).then_some(())
+    })
+    .await;
+    tally.faults += 1;
+    env.kill_controller();
+    env.start_controller_with(&[], &[("AWS_ENDPOINT_URL", endpoint.as_str()), ca_env]);
+    let job = env.wait_job("dump", TIMEOUT, finished).await;
+    let uid = job.uid().unwrap();
+    let status = job.status.unwrap();
+    assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
+    assert_eq!(status.workers[0].database_access, None);
+    let groups: Vec<String> = ec2
+        .describe_security_groups()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:tender.dev/job-uid")
+                .values(&uid)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .security_groups()
+        .iter()
+        .filter_map(|g| g.group_id().map(String::from))
+        .collect();
+    if !groups.is_empty() {
+        eprintln!("dump: security groups left: {groups:?}");
+        tally.leaked += groups.len();
+    }
+    let on_db: Vec<String> = rds
+        .describe_db_instances()
+        .db_instance_identifier(&id)
+        .send()
+        .await
+        .unwrap()
+        .db_instances()[0]
+        .vpc_security_groups()
+        .iter()
+        .filter_map(|g| g.vpc_security_group_id().map(String::from))
+        .collect();
+    if on_db != own_groups {
+        eprintln!("dump: the DB instance's groups are {on_db:?}, were {own_groups:?}");
+        tally.leaked += 1;
+    }
+    common::postgres::drop_database(&database);
+    tally.faults += injected.load(Ordering::SeqCst);
+    check_no_leaks(&env, &["dump"], tally).await;
+}
+
 async fn late_message_after_retry(tally: &mut Tally) {
     let env = TestEnv::new("late").await;
     env.boot_workers.store(false, Ordering::SeqCst);
@@ -1087,6 +1182,7 @@ async fn fault_injection_suite() {
     late_message_after_retry(&mut tally).await;
     throttled_aws(&mut tally).await;
     database_under_faults(&mut tally).await;
+    dump_under_faults(&mut tally).await;
     api_server_restart(&mut tally).await;
     aws_emulator_restart(&mut tally).await;
     bad_input(&mut tally).await;

@@ -35,75 +35,6 @@ async fn ec2() -> aws_sdk_ec2::Client {
     aws_sdk_ec2::Client::new(&common::config_as(None).await)
 }
 
-/// An RDS for PostgreSQL DB instance in the default VPC whose endpoint and
-/// managed master secret are the test environment's server; returns its
-/// VPC security groups.
-async fn backed_database(
-    rds: &aws_sdk_rds::Client,
-    ec2: &aws_sdk_ec2::Client,
-    id: &str,
-) -> Vec<String> {
-    let vpcs = ec2
-        .describe_vpcs()
-        .filters(Filter::builder().name("is-default").values("true").build())
-        .send()
-        .await
-        .unwrap();
-    let vpc = vpcs.vpcs()[0].vpc_id().unwrap().to_string();
-    let subnets = ec2
-        .describe_subnets()
-        .filters(Filter::builder().name("vpc-id").values(&vpc).build())
-        .send()
-        .await
-        .unwrap();
-    let subnet_ids: Vec<String> = subnets
-        .subnets()
-        .iter()
-        .filter_map(|s| s.subnet_id().map(String::from))
-        .collect();
-    let group_name = format!("{id}-subnets");
-    rds.create_db_subnet_group()
-        .db_subnet_group_name(&group_name)
-        .db_subnet_group_description("the default VPC's subnets")
-        .set_subnet_ids(Some(subnet_ids))
-        .send()
-        .await
-        .unwrap();
-    let owners = ec2
-        .create_security_group()
-        .group_name(format!("{id}-owners"))
-        .description("the DB instance's own group")
-        .vpc_id(&vpc)
-        .send()
-        .await
-        .unwrap();
-    let own_group = owners.group_id().unwrap().to_string();
-    let pg = server();
-    let answer = common::realism::rds_backing(id, &pg.host, pg.port, &pg.password).await;
-    assert!(!answer["applied"].as_bool().unwrap_or(true), "{answer}");
-    rds.create_db_instance()
-        .db_instance_identifier(id)
-        .engine("postgres")
-        .engine_version("15.8")
-        .db_instance_class("db.t4g.micro")
-        .allocated_storage(20)
-        .master_username(&pg.user)
-        .manage_master_user_password(true)
-        .db_subnet_group_name(&group_name)
-        .vpc_security_group_ids(&own_group)
-        // Its owner lets Tender add the dump's security group.
-        .tags(
-            aws_sdk_rds::types::Tag::builder()
-                .key("tender.dev/dump-access")
-                .value("allowed")
-                .build(),
-        )
-        .send()
-        .await
-        .expect("create a DB instance");
-    vec![own_group]
-}
-
 async fn db_groups(rds: &aws_sdk_rds::Client, id: &str) -> Vec<String> {
     let out = rds
         .describe_db_instances()
@@ -147,7 +78,7 @@ async fn a_postgres_instance_is_dumped_by_a_worker_that_alone_may_reach_it() {
     env.default_configuration().await;
     let (rds, ec2) = (rds().await, ec2().await);
     let db = common::unique("shop");
-    let own_groups = backed_database(&rds, &ec2, &db).await;
+    let own_groups = common::postgres::backed_instance(&rds, &ec2, &db).await;
 
     // A database of the server with some rows, and one the job leaves out.
     let name = unique_database("orders");
@@ -331,7 +262,7 @@ async fn a_dump_whose_worker_dies_is_retried_and_leaves_only_the_retrys_restore_
     env.default_configuration().await;
     let (rds, ec2) = (rds().await, ec2().await);
     let db = common::unique("big");
-    let own_groups = backed_database(&rds, &ec2, &db).await;
+    let own_groups = common::postgres::backed_instance(&rds, &ec2, &db).await;
     let name = unique_database("ledger");
     psql("postgres", &format!("CREATE DATABASE \"{name}\""));
     // Large enough to take seconds with a debug build's agent.

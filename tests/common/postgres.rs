@@ -110,3 +110,83 @@ pub fn drop_database(name: &str) {
         &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
     );
 }
+
+/// An RDS for PostgreSQL DB instance in the default VPC whose endpoint and
+/// managed master secret are the test environment's server; returns its
+/// VPC security groups.
+#[allow(dead_code)]
+pub async fn backed_instance(
+    rds: &aws_sdk_rds::Client,
+    ec2: &aws_sdk_ec2::Client,
+    id: &str,
+) -> Vec<String> {
+    let vpcs = ec2
+        .describe_vpcs()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("is-default")
+                .values("true")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let vpc = vpcs.vpcs()[0].vpc_id().unwrap().to_string();
+    let subnets = ec2
+        .describe_subnets()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("vpc-id")
+                .values(&vpc)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let subnet_ids: Vec<String> = subnets
+        .subnets()
+        .iter()
+        .filter_map(|s| s.subnet_id().map(String::from))
+        .collect();
+    let group_name = format!("{id}-subnets");
+    rds.create_db_subnet_group()
+        .db_subnet_group_name(&group_name)
+        .db_subnet_group_description("the default VPC's subnets")
+        .set_subnet_ids(Some(subnet_ids))
+        .send()
+        .await
+        .unwrap();
+    let owners = ec2
+        .create_security_group()
+        .group_name(format!("{id}-owners"))
+        .description("the DB instance's own group")
+        .vpc_id(&vpc)
+        .send()
+        .await
+        .unwrap();
+    let own_group = owners.group_id().unwrap().to_string();
+    let pg = server();
+    let answer = super::realism::rds_backing(id, &pg.host, pg.port, &pg.password).await;
+    assert!(!answer["applied"].as_bool().unwrap_or(true), "{answer}");
+    rds.create_db_instance()
+        .db_instance_identifier(id)
+        .engine("postgres")
+        .engine_version("15.8")
+        .db_instance_class("db.t4g.micro")
+        .allocated_storage(20)
+        .master_username(&pg.user)
+        .manage_master_user_password(true)
+        .db_subnet_group_name(&group_name)
+        .vpc_security_group_ids(&own_group)
+        // Its owner lets Tender add the dump's security group.
+        .tags(
+            aws_sdk_rds::types::Tag::builder()
+                .key("tender.dev/dump-access")
+                .value("allowed")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("create a DB instance");
+    vec![own_group]
+}
