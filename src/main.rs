@@ -374,7 +374,13 @@ fn run_async<F>(fut: F) -> ExitCode
 where
     F: std::future::Future<Output = controller::anyhow_like::Result>,
 {
-    let runtime = match tokio::runtime::Runtime::new() {
+    // A reconcile's futures nest deep (job lifecycle, kind, AWS calls):
+    // 8 MiB stacks instead of 2 leave room in unoptimized builds too.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(8 << 20)
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -133,11 +133,16 @@ pg_major() { pg_dump --version 2>/dev/null | sed -n 's/^pg_dump (PostgreSQL) \([
 HAVE=$(pg_major || true)
 if [ -z "$HAVE" ] || [ "$HAVE" -lt "$PG_MAJOR" ]; then
   if command -v dnf >/dev/null 2>&1; then
-    say "installing the PostgreSQL $PG_MAJOR client with dnf"
-    dnf install -y -q "postgresql$PG_MAJOR" >/dev/null 2>&1 || fail "cannot install postgresql$PG_MAJOR with dnf: check that the workers' subnets reach the image's package repository, or use an image that carries pg_dump $PG_MAJOR or newer"
+    # The newest client first: pg_dump reads older servers, and Amazon
+    # Linux 2023 packages only recent majors (postgresql15 and up).
+    for v in 17 16 15 "$PG_MAJOR"; do
+      [ "$v" -ge "$PG_MAJOR" ] || continue
+      say "installing the PostgreSQL $v client with dnf"
+      dnf install -y -q --allowerasing "postgresql$v" >/dev/null 2>&1 && break
+    done
     HAVE=$(pg_major || true)
   fi
-  [ -n "$HAVE" ] && [ "$HAVE" -ge "$PG_MAJOR" ] || fail "this image has no pg_dump $PG_MAJOR or newer (found: ${HAVE:-none}) and dnf could not install one: use an image that carries the PostgreSQL $PG_MAJOR client"
+  [ -n "$HAVE" ] && [ "$HAVE" -ge "$PG_MAJOR" ] || fail "this image has no pg_dump $PG_MAJOR or newer (found: ${HAVE:-none}) and dnf could not install one: check that the workers' subnets reach the image's package repository, or use an image that carries the PostgreSQL $PG_MAJOR client or newer"
 fi
 say "PostgreSQL client: $(pg_dump --version)"
 mkdir -p -m 0755 /var/lib/tender
@@ -181,7 +186,15 @@ pub fn render(task: &WorkerTask, agent: Option<&AgentDownload>) -> Result<String
             let major = db.engine_version.split('.').next().unwrap_or_default();
             let digits =
                 !major.is_empty() && major.len() <= 3 && major.chars().all(|c| c.is_ascii_digit());
-            if !digits || !safe(&db.ca_bundle_url) || db.ca_bundle_url.contains('$') {
+            // The bundle decides whom the worker gives the master
+            // password to: fetched over TLS (or from the image) only.
+            let trusted_scheme = db.ca_bundle_url.starts_with("https://")
+                || db.ca_bundle_url.starts_with("file:///");
+            if !digits
+                || !trusted_scheme
+                || !safe(&db.ca_bundle_url)
+                || db.ca_bundle_url.contains('$')
+            {
                 return Err(UserDataError::UnsafeDatabase(format!(
                     "{} / {}",
                     db.engine_version, db.ca_bundle_url
@@ -365,7 +378,7 @@ mod tests {
         let script = render(&dump_task("16.4", ca), Some(&download())).unwrap();
         assert!(script.contains("\nPG_MAJOR='16'\n"), "{script}");
         assert!(script.contains(&format!("\nCA_URL='{ca}'\n")));
-        assert!(script.contains("dnf install -y -q \"postgresql$PG_MAJOR\""));
+        assert!(script.contains("dnf install -y -q --allowerasing \"postgresql$v\""));
         assert!(script.contains("mv /var/lib/tender/rds-ca.pem.new /var/lib/tender/rds-ca.pem"));
         assert!(!script.contains("@MAJOR@") && !script.contains("@DATABASE@"));
         let client = script.find("PG_MAJOR=").unwrap();
@@ -384,6 +397,7 @@ mod tests {
             ("", ca),
             ("16.4", "https://example.com/x' ; reboot"),
             ("16.4", "https://example.com/$(reboot)"),
+            ("16.4", "http://truststore.pki.rds.amazonaws.com/x.pem"),
         ] {
             assert!(
                 matches!(

@@ -296,7 +296,7 @@ def _patch_security_groups():
     def delete_security_group(self, name=None, group_id=None):
         """DeleteSecurityGroup refuses with DependencyViolation while a
         network interface is in the group (an instance until it is
-        terminated, not while it is shutting down; a DB instance until
+        terminated, so also while it is shutting down; a DB instance until
         ModifyDBInstance removed it) or another group's rule names it (EC2
         API Reference, DeleteSecurityGroup; "Delete a security group", VPC
         User Guide)."""

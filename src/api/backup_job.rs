@@ -238,6 +238,10 @@ pub struct DatabaseAccessStatus {
     pub worker_security_group_id: String,
     /// The group added to the DB instance (ingress from the worker group).
     pub database_security_group_id: String,
+    /// Why the groups are not removed yet, once the worker is gone (the DB
+    /// instance not available, a refused call, a group still in use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_waiting: Option<String>,
 }
 
 /// A DB snapshot Tender takes for a BackupJob.

@@ -39,6 +39,8 @@ pub struct DbInstanceInfo {
     pub subnet_group: Option<String>,
     /// The VPC of its subnet group.
     pub vpc_id: Option<String>,
+    /// The DB cluster it belongs to (Aurora, Multi-AZ DB clusters).
+    pub db_cluster_identifier: Option<String>,
     pub vpc_security_group_ids: Vec<String>,
     /// Those of its groups whose membership is not `active` yet (RDS
     /// reports `adding`, `removing`, … while a modification applies).
@@ -137,6 +139,7 @@ fn instance_info(d: &aws_sdk_rds::types::DbInstance) -> Option<DbInstanceInfo> {
             .db_subnet_group()
             .and_then(|g| g.db_subnet_group_name())
             .map(str::to_string),
+        db_cluster_identifier: d.db_cluster_identifier().map(str::to_string),
         vpc_id: d
             .db_subnet_group()
             .and_then(|g| g.vpc_id())
@@ -254,8 +257,12 @@ impl Databases<'_> {
             .ok_or_else(|| missing(AwsOperation::GetSecretValue, "SecretString"))
     }
 
-    /// Makes `groups` DB instance `id`'s VPC security groups, at once
-    /// (`ApplyImmediately`; a change of security groups needs no reboot).
+    /// Makes `groups` DB instance `id`'s VPC security groups. Without
+    /// `ApplyImmediately`: RDS applies a change of security groups as soon
+    /// as possible whatever that flag says ("Settings for DB instances",
+    /// RDS User Guide), while the flag would also apply every change the
+    /// owner queued for the maintenance window (a class change, an engine
+    /// upgrade) at once.
     /// RDS refuses with `InvalidDBInstanceState` while the instance is not
     /// `available` (another modification, a backup window, stopped): the
     /// caller tries again later.
@@ -271,7 +278,7 @@ impl Databases<'_> {
             .modify_db_instance()
             .db_instance_identifier(id)
             .set_vpc_security_group_ids(Some(groups.to_vec()))
-            .apply_immediately(true)
+            .apply_immediately(false)
             .send();
         self.aws
             .call(AwsOperation::ModifyDBInstance, modify)

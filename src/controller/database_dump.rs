@@ -80,6 +80,11 @@ fn not_possible(config: &WorkerConfiguration, found: &DbInstanceInfo) -> Option<
             found.engine
         ));
     }
+    if let Some(cluster) = &found.db_cluster_identifier {
+        return Some(format!(
+            "DB instance {db} belongs to DB cluster {cluster}, whose security groups RDS changes only at the cluster level; dumps of DB clusters are not supported yet"
+        ));
+    }
     if found.master_user_secret_arn.is_none() {
         return Some(format!(
             "DB instance {db} has no master password managed by RDS in Secrets Manager, which the dump's worker signs in with; turn on ManageMasterUserPassword (aws rds modify-db-instance --manage-master-user-password)"
@@ -186,6 +191,23 @@ pub async fn prepare(
     config: &WorkerConfiguration,
     ctx: &Context,
 ) -> Result<TaskDetails> {
+    match Box::pin(prepare_once(job, worker, config, ctx)).await {
+        Ok(details) => Ok(details),
+        // A failed call waits with what AWS said (the job's other workers
+        // still launch); the next reconcile tries again.
+        Err(e) => Ok(wait(format!(
+            "preparing the path to DB instance {}: {e}; retrying",
+            dump_instance_of(&worker.resource).unwrap_or_default()
+        ))),
+    }
+}
+
+async fn prepare_once(
+    job: &BackupJob,
+    worker: &mut BackupWorkerStatus,
+    config: &WorkerConfiguration,
+    ctx: &Context,
+) -> Result<TaskDetails> {
     let Some(db) = dump_instance_of(&worker.resource).map(str::to_string) else {
         return Ok(TaskDetails::default());
     };
@@ -200,10 +222,36 @@ pub async fn prepare(
         mark_failed(worker, FailureReason::SourceDatabaseNotFound, &message, now);
         return Ok(TaskDetails::default());
     };
+    if let Err(tag) = config.spec.allowed_sources.admits_tags(&found.tags) {
+        let message = format!(
+            "DB instance {db} no longer carries tag {tag}, which WorkerConfiguration {:?} requires of its sources",
+            config.name_any()
+        );
+        mark_failed(worker, FailureReason::SourceNotAllowed, &message, now);
+        return Ok(TaskDetails::default());
+    }
     if let Some(message) = not_possible(config, &found) {
         mark_failed(
             worker,
             FailureReason::DatabaseDumpNotPossible,
+            &message,
+            now,
+        );
+        return Ok(TaskDetails::default());
+    }
+    if matches!(
+        found.status.as_str(),
+        "stopped" | "stopping" | "failed" | "storage-full"
+    ) || found.status.starts_with("incompatible-")
+        || found.status.starts_with("inaccessible-")
+    {
+        let message = format!(
+            "DB instance {db} is {}: it cannot be dumped until it is available again",
+            found.status
+        );
+        mark_failed(
+            worker,
+            FailureReason::SourceDatabaseUnavailable,
             &message,
             now,
         );
@@ -224,11 +272,12 @@ pub async fn prepare(
     worker.database_access = Some(DatabaseAccessStatus {
         worker_security_group_id: pair.worker.clone(),
         database_security_group_id: pair.database.clone(),
+        release_waiting: None,
     });
     if !found.vpc_security_group_ids.contains(&pair.database) {
         if found.vpc_security_group_ids.len() >= SECURITY_GROUPS_PER_INSTANCE {
             let message = format!(
-                "DB instance {db} has {} VPC security groups, RDS's quota per DB instance, and the dump needs to add one that admits its worker; remove a group from the DB instance or raise the quota",
+                "DB instance {db} has {} VPC security groups, RDS's quota per DB instance, and the dump needs to add one that admits its worker; remove one of the DB instance's groups (RDS does not raise this quota)",
                 found.vpc_security_group_ids.len()
             );
             mark_failed(
@@ -269,6 +318,7 @@ pub async fn prepare(
             }
             Err(e) => return Err(e.into()),
         }
+        crate::faults::crash_point("after-modify-db-instance");
         info!(
             db,
             group = pair.database,
@@ -333,62 +383,97 @@ pub async fn prepare(
 }
 
 /// Whether a dump entry's pair may go: its resource is done (succeeded or
-/// failed for good) and its worker is terminated or was never launched.
+/// failed for good) or suspended, and its worker is terminated or was
+/// never launched. (A suspended job's next attempt makes the pair again.)
 fn releasable(w: &BackupWorkerStatus) -> bool {
-    w.database_access.is_some() && w.phase.is_finished() && !w.is_active()
+    w.database_access.is_some()
+        && (w.phase.is_finished() || w.phase == crate::api::Phase::Suspended)
+        && !w.is_active()
+}
+
+/// Where removing a pair stands.
+#[derive(Debug, PartialEq, Eq)]
+enum Released {
+    Gone,
+    /// Not yet, and why (for the job's conditions).
+    Waiting(String),
 }
 
 /// Removes the database group from the DB instance (once RDS can modify
-/// it) and deletes the pair; `true` once both groups are gone.
+/// it) and deletes the pair.
 async fn release_pair(
     aws: &AwsClients,
     region: &str,
     db: &str,
     access: &DatabaseAccessStatus,
-) -> Result<bool> {
-    if let Some(found) = aws.databases().describe_instance(region, db).await? {
-        let ours = &access.database_security_group_id;
-        if found.vpc_security_group_ids.contains(ours) {
-            if found.status != "available" {
-                return Ok(false);
+) -> Result<Released> {
+    let ours = &access.database_security_group_id;
+    if let Some(found) = aws.databases().describe_instance(region, db).await?
+        && found.vpc_security_group_ids.contains(ours)
+    {
+        if found.status != "available" {
+            return Ok(Released::Waiting(format!(
+                "DB instance {db} is {}; its security group {ours} is removed once it is available",
+                found.status
+            )));
+        }
+        let rest: Vec<String> = found
+            .vpc_security_group_ids
+            .iter()
+            .filter(|g| *g != ours)
+            .cloned()
+            .collect();
+        if rest.is_empty() {
+            return Ok(Released::Waiting(format!(
+                "security group {ours} is DB instance {db}'s only one (its other groups were removed meanwhile), and RDS keeps at least one; give the DB instance its own group back"
+            )));
+        }
+        match aws.databases().set_security_groups(region, db, &rest).await {
+            Ok(()) => info!(
+                db,
+                group = ours.as_str(),
+                "removed the dump's security group from the DB instance"
+            ),
+            Err(e) if e.code() == Some("InvalidDBInstanceState") => {
+                return Ok(Released::Waiting(format!(
+                    "RDS cannot modify DB instance {db} now ({e})"
+                )));
             }
-            let rest: Vec<String> = found
-                .vpc_security_group_ids
-                .iter()
-                .filter(|g| *g != ours)
-                .cloned()
-                .collect();
-            if rest.is_empty() {
-                // RDS keeps at least one group; the VPC's default group
-                // is what an instance has without any.
-                warn!(
-                    db,
-                    "the dump's group is the DB instance's only one; left on it"
-                );
-            } else {
-                match aws.databases().set_security_groups(region, db, &rest).await {
-                    Ok(()) => info!(
-                        db,
-                        group = ours,
-                        "removed the dump's security group from the DB instance"
-                    ),
-                    Err(e) if e.code() == Some("InvalidDBInstanceState") => return Ok(false),
-                    Err(e) => return Err(e.into()),
-                }
-                // Deleted once RDS has let go of it (DependencyViolation
-                // until then).
+            Err(e) => {
+                return Ok(Released::Waiting(format!(
+                    "could not remove security group {ours} from DB instance {db}: {e}; the controller's role needs rds:ModifyDBInstance on it (tag {}={})",
+                    tags::DUMP_ACCESS,
+                    tags::DUMP_ACCESS_VALUE
+                )));
             }
         }
+        // Deleted once RDS has let go of it (DependencyViolation until then).
     }
-    let groups = [
+    // A half-made pair (a crash between its two groups) has one group.
+    let groups: Vec<String> = [
         access.worker_security_group_id.clone(),
         access.database_security_group_id.clone(),
-    ];
-    Ok(aws.network().delete_pair_groups(region, &groups).await?)
+    ]
+    .into_iter()
+    .filter(|g| !g.is_empty())
+    .collect();
+    Ok(
+        match aws.network().delete_pair_groups(region, &groups).await {
+            Ok(true) => Released::Gone,
+            Ok(false) => Released::Waiting(format!(
+                "security groups {} are still in use (the worker shutting down, or RDS applying the change)",
+                groups.join(", ")
+            )),
+            Err(e) => Released::Waiting(format!(
+                "could not delete security groups {}: {e}",
+                groups.join(", ")
+            )),
+        },
+    )
 }
 
 /// After the workers' messages: the pairs of finished dump entries whose
-/// worker is gone are removed.
+/// worker is gone are removed; what holds one back is recorded.
 pub async fn release(job: &BackupJob, status: &mut BackupJobStatus, ctx: &Context) -> Result<()> {
     for w in status.workers.iter_mut().filter(|w| releasable(w)) {
         let (Some(db), Some(access)) = (
@@ -398,13 +483,22 @@ pub async fn release(job: &BackupJob, status: &mut BackupJobStatus, ctx: &Contex
             continue;
         };
         let aws = ctx.aws.scoped(&job_access(job, w.access.as_ref())).await;
-        match release_pair(&aws, &w.region, &db, &access).await {
-            Ok(true) => {
+        match Box::pin(release_pair(&aws, &w.region, &db, &access)).await {
+            Ok(Released::Gone) => {
                 info!(db, "deleted the dump's security groups");
                 w.database_access = None;
             }
-            Ok(false) => {}
-            Err(e) => warn!(db, error = %e, "could not remove the dump's security groups yet"),
+            Ok(Released::Waiting(why)) => {
+                if let Some(a) = w.database_access.as_mut() {
+                    a.release_waiting = Some(why);
+                }
+            }
+            Err(e) => {
+                warn!(db, error = %e, "could not remove the dump's security groups yet");
+                if let Some(a) = w.database_access.as_mut() {
+                    a.release_waiting = Some(e.to_string());
+                }
+            }
         }
     }
     Ok(())
@@ -418,10 +512,21 @@ pub fn settling(status: &BackupJobStatus) -> Option<Settling> {
         .filter(|w| releasable(w))
         .map(|w| w.resource.as_str())
         .collect();
+    let why: Vec<&str> = status
+        .workers
+        .iter()
+        .filter(|w| releasable(w))
+        .filter_map(|w| w.database_access.as_ref()?.release_waiting.as_deref())
+        .collect();
     (!waiting.is_empty()).then(|| Settling {
         note: format!(
-            "removing the security groups that let the dump's worker reach {}",
-            waiting.join(", ")
+            "removing the security groups that let the dump's worker reach {}{}",
+            waiting.join(", "),
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", why.join("; "))
+            }
         ),
         recheck: RELEASE_RECHECK,
     })
@@ -505,11 +610,12 @@ pub(super) async fn sweep(ctx: &Context, aws: &AwsClients, region: &str, grace: 
         let access = DatabaseAccessStatus {
             worker_security_group_id: find("worker"),
             database_security_group_id: find("database"),
+            release_waiting: None,
         };
         // A worker of a deleted job may still be shutting down: EC2 then
         // refuses, and the next sweep tries again.
-        match release_pair(aws, region, db, &access).await {
-            Ok(true) => {
+        match Box::pin(release_pair(aws, region, db, &access)).await {
+            Ok(Released::Gone) => {
                 info!(
                     region,
                     db,
@@ -518,7 +624,12 @@ pub(super) async fn sweep(ctx: &Context, aws: &AwsClients, region: &str, grace: 
                 );
                 deleted += 1;
             }
-            Ok(false) => {}
+            Ok(Released::Waiting(why)) => {
+                info!(
+                    region,
+                    db, why, "garbage collection: a dump's security groups stay for now"
+                )
+            }
             Err(e) => {
                 warn!(region, db, error = %e, "garbage collection: could not delete a dump's security groups")
             }
@@ -548,6 +659,7 @@ mod tests {
                 database_access: access.then(|| DatabaseAccessStatus {
                     worker_security_group_id: "sg-1".into(),
                     database_security_group_id: "sg-2".into(),
+                    release_waiting: None,
                 }),
                 ..Default::default()
             };

@@ -346,6 +346,21 @@ fn controller_changes_and_deletes_only_tender_tagged_resources() {
             tags::DUMP_ACCESS_VALUE
         );
     }
+    // ...and never the tag that opts a DB instance in: that is its owner's.
+    for s in policy.granting("rds:AddTagsToResource") {
+        let excluded = s
+            .condition
+            .get("ForAllValues:StringNotEquals")
+            .and_then(|c| c.get("aws:TagKeys"))
+            .and_then(|v| v.as_str());
+        assert_eq!(
+            excluded,
+            Some(tags::DUMP_ACCESS),
+            "iam/controller-policy.json {}: rds:AddTagsToResource must exclude tag key {}",
+            s.sid,
+            tags::DUMP_ACCESS
+        );
+    }
     for action in &protected {
         for s in policy.granting(action) {
             assert!(
