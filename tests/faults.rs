@@ -733,7 +733,7 @@ async fn bad_input(tally: &mut Tally) {
                 "resources",
                 serde_json::json!([{"instanceId": "i-0123abcd", "snapshotId": "snap-0123abcd", "region": "us-east-1"}]),
             ),
-            "exactly one of instanceId, snapshotId and dbInstanceId",
+            "exactly one of instanceId, snapshotId, dbInstanceId and postgres",
         ),
         (
             "BackupJob",
@@ -742,7 +742,7 @@ async fn bad_input(tally: &mut Tally) {
                 "resources",
                 serde_json::json!([{"instanceId": "i-0123abcd", "dbInstanceId": "orders", "region": "us-east-1"}]),
             ),
-            "exactly one of instanceId, snapshotId and dbInstanceId",
+            "exactly one of instanceId, snapshotId, dbInstanceId and postgres",
         ),
         (
             "BackupJob",
@@ -770,6 +770,42 @@ async fn bad_input(tally: &mut Tally) {
                 serde_json::json!([{"dbInstanceId": "orders--db", "region": "us-east-1"}]),
             ),
             "no two hyphens in a row",
+        ),
+        (
+            "BackupJob",
+            with(
+                &job,
+                "resources",
+                serde_json::json!([{"postgres": {"dbInstanceId": "orders--db"}, "region": "us-east-1"}]),
+            ),
+            "no two hyphens in a row",
+        ),
+        (
+            "BackupJob",
+            with(
+                &job,
+                "resources",
+                serde_json::json!([{"postgres": {"dbInstanceId": "orders", "databases": [""]}, "region": "us-east-1"}]),
+            ),
+            "a PostgreSQL database name has 1 to 63 characters",
+        ),
+        (
+            "BackupJob",
+            with(
+                &job,
+                "resources",
+                serde_json::json!([{"postgres": {"dbInstanceId": "orders"}, "dbInstanceId": "orders", "region": "us-east-1"}]),
+            ),
+            "exactly one of instanceId, snapshotId, dbInstanceId and postgres",
+        ),
+        (
+            "BackupJob",
+            with(
+                &with(&job, "copyTo", serde_json::json!([{"region": "us-west-2"}])),
+                "resources",
+                serde_json::json!([{"postgres": {"dbInstanceId": "orders"}, "region": "us-east-1"}]),
+            ),
+            "copyTo applies to RDS DB instances (dbInstanceId) only",
         ),
         (
             "BackupJob",

@@ -189,6 +189,9 @@ async fn a_postgres_instance_is_dumped_by_a_worker_that_alone_may_reach_it() {
         // The pair was deleted only once the worker was terminated: EC2
         // refused while it was shutting down.
         assert!(common::realism::counter("ec2:DependencyViolation").await >= 1);
+        // RDS took its time to add and to remove the group (`modifying`,
+        // memberships `adding` / `removing`), and Tender waited for it.
+        assert!(common::realism::counter("rds:security-groups-modifying").await >= 2);
     }
     let instances = env.workers_of(&uid).await;
     assert!(

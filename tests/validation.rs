@@ -347,7 +347,7 @@ fn invalid_manifests() -> Vec<Case> {
         case(
             "BackupJob",
             json!({"resources": [{"instanceId": "i-0123456789abcdef0", "snapshotId": "snap-0123456789abcdef0", "region": "us-east-1"}]}),
-            "set exactly one of instanceId, snapshotId and dbInstanceId",
+            "set exactly one of instanceId, snapshotId, dbInstanceId and postgres",
         ),
         case(
             "BackupJob",

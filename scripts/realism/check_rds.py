@@ -653,6 +653,39 @@ def check_backing(rds, settings):
     ok(f"a backing without port or password is refused: {code}")
 
 
+def check_security_group_changes(rds, settings):
+    ec2 = ADMIN.client("ec2", endpoint_url=ENDPOINT)
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    first = ec2.create_security_group(GroupName=name("sg-own"), Description="own", VpcId=vpc)["GroupId"]
+    extra = ec2.create_security_group(GroupName=name("sg-extra"), Description="extra", VpcId=vpc)["GroupId"]
+    db = name("sgdb")
+    instance(rds, db, VpcSecurityGroupIds=[first])
+    rds.modify_db_instance(DBInstanceIdentifier=db, VpcSecurityGroupIds=[first, extra], ApplyImmediately=False)
+    described = rds.describe_db_instances(DBInstanceIdentifier=db)["DBInstances"][0]
+    memberships = {g["VpcSecurityGroupId"]: g["Status"] for g in described["VpcSecurityGroups"]}
+    assert described["DBInstanceStatus"] == "modifying", described["DBInstanceStatus"]
+    assert memberships == {first: "active", extra: "adding"}, memberships
+    ok("ModifyDBInstance VpcSecurityGroupIds: the instance modifying, the new group adding")
+    message = refused(rds.modify_db_instance, "InvalidDBInstanceState", DBInstanceIdentifier=db, VpcSecurityGroupIds=[first])
+    ok(f"a second change while modifying: InvalidDBInstanceState ({message})")
+    deadline = time.monotonic() + settings["rds_modify"] + 3
+    while status(rds, db) != "available":
+        assert time.monotonic() < deadline, status(rds, db)
+        time.sleep(0.25)
+    rds.modify_db_instance(DBInstanceIdentifier=db, VpcSecurityGroupIds=[first])
+    described = rds.describe_db_instances(DBInstanceIdentifier=db)["DBInstances"][0]
+    memberships = {g["VpcSecurityGroupId"]: g["Status"] for g in described["VpcSecurityGroups"]}
+    assert memberships == {first: "active", extra: "removing"}, memberships
+    refused(ec2.delete_security_group, "DependencyViolation", GroupId=extra)
+    ok("a group being removed is listed removing, and EC2 refuses to delete it (DependencyViolation)")
+    while status(rds, db) != "available":
+        assert time.monotonic() < deadline + settings["rds_modify"] + 3, status(rds, db)
+        time.sleep(0.25)
+    ec2.delete_security_group(GroupId=extra)
+    ok(f"after {settings['rds_modify']} s: available, only the DB instance's own group; the other one deletable")
+    rds.delete_db_instance(DBInstanceIdentifier=db, SkipFinalSnapshot=True)
+
+
 def main():
     assert ENDPOINT, "usage: check_rds.py ENDPOINT (or AWS_ENDPOINT_URL)"
     settings = control("GET", "/realism/")[1]["settings"]
@@ -671,6 +704,7 @@ def main():
     check_accounts(rds, settings, snap, encrypted_arn, cluster_arn)
     check_quota(settings)
     check_backing(rds, settings)
+    check_security_group_changes(rds, settings)
     print(f"counters: {json.dumps({k: v for k, v in counters().items() if 'rds:' in k})}")
     print("all RDS checks passed")
 

@@ -331,8 +331,10 @@ def _group_user(backend, group_id):
         from moto.rds.models import rds_backends
 
         rds = rds_backends[backend.account_id][backend.region_name]
+        from rds import attached_groups
+
         for db in rds.databases.values():
-            if group_id in (db.vpc_security_group_ids or []):
+            if any(g == group_id for g, _ in attached_groups(db)):
                 return f"DB instance {db.db_instance_identifier}"
     except KeyError:
         pass

@@ -253,6 +253,63 @@ def _patch_instances():
 
     RDSBackend.create_db_instance_read_replica = create_db_instance_read_replica
     RDSBackend.delete_db_instance = delete_db_instance
+    _patch_security_group_changes()
+
+
+def attached_groups(instance):
+    """The security groups a DB instance's network interfaces are in, with
+    their membership status: its list, and those being removed."""
+    states = instance.__dict__.get("_realism_memberships", {})
+    listed = [(g, states.get(g, "active")) for g in instance.vpc_security_group_ids]
+    return listed + [(g, s) for g, s in states.items() if s == "removing"]
+
+
+def _patch_security_group_changes():
+    """ModifyDBInstance with VpcSecurityGroupIds, as RDS does it: refused
+    with InvalidDBInstanceState unless the instance is available (or being
+    backed up); otherwise the instance is `modifying` for a while, a group
+    being added is listed `adding` and one being removed `removing` (and
+    still holds the instance's network interface, so EC2 refuses to delete
+    it), then the list is the new one, all `active` ("Modifying an Amazon
+    RDS DB instance"; VpcSecurityGroupMembership in the API Reference)."""
+    modify = RDSBackend.modify_db_instance
+    from moto.rds.exceptions import RDSClientError
+
+    def modify_db_instance(self, db_instance_identifier, db_kwargs):
+        database = self.describe_db_instances(db_instance_identifier)[0]
+        wanted = db_kwargs.get("vpc_security_group_ids")
+        if wanted is not None and database.status not in ("available", "backing-up"):
+            _world.count("rds:refused:InvalidDBInstanceState")
+            raise RDSClientError(
+                "InvalidDBInstanceState",
+                f"Database instance is not in available state (it is {database.status}).",
+            )
+        before = list(database.vpc_security_group_ids)
+        result = modify(self, db_instance_identifier, db_kwargs)
+        if wanted is None or list(wanted) == before:
+            return result
+        after = list(database.vpc_security_group_ids)
+        removing = [g for g in before if g not in after]
+        database.__dict__["_realism_memberships"] = {
+            **{g: "adding" for g in after if g not in before},
+            **{g: "removing" for g in removing},
+        }
+        database.status = "modifying"
+        _world.count("rds:security-groups-modifying")
+
+        def done(instance=database):
+            instance.__dict__.pop("_realism_memberships", None)
+            if instance.status == "modifying":
+                instance.status = "available"
+
+        _world.later(("rds-modify", database.arn), _world.settings.rds_modify, done)
+        return result
+
+    def vpc_security_groups(self):
+        return [{"VpcSecurityGroupId": g, "Status": s} for g, s in attached_groups(self)]
+
+    RDSBackend.modify_db_instance = modify_db_instance
+    DBInstance.vpc_security_group_membership_list = property(vpc_security_groups)
 
 
 # --- DB snapshots ---------------------------------------------------------

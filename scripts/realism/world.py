@@ -68,6 +68,9 @@ class Settings:
         # RDS snapshots take minutes on AWS; PercentProgress moves meanwhile.
         self.rds_snapshot = _seconds("REALISM_RDS_SNAPSHOT_SECONDS", 3)
         self.rds_copy = _seconds("REALISM_RDS_COPY_SECONDS", 4)
+        # A change of a DB instance's security groups applies within
+        # seconds to minutes; meanwhile the instance is `modifying`.
+        self.rds_modify = _seconds("REALISM_RDS_MODIFY_SECONDS", 2)
         # "Manual DB instance snapshots: 100" and "Manual DB cluster
         # snapshots: 100" per Region, adjustable ("Quotas in Amazon RDS",
         # RDS User Guide); automated snapshots do not count.
