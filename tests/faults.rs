@@ -1222,7 +1222,7 @@ async fn fault_injection_suite() {
     aws_emulator_restart(&mut tally).await;
     bad_input(&mut tally).await;
     let summary = format!(
-        "fault-injection summary: {} cases run, {} faults injected, {} leaked instances or DB snapshots, {} lost restore points (of {} checked)",
+        "fault-injection summary: {} cases run, {} faults injected, {} leaked instances, security groups or DB snapshots, {} lost restore points (of {} checked)",
         tally.cases, tally.faults, tally.leaked, tally.lost, tally.restore_points
     );
     println!("{summary}");
