@@ -21,9 +21,10 @@ use common::{REGION, TestEnv};
 use kube::ResourceExt;
 use serde_json::json;
 use tender::api::{BackupRepository, Phase};
+use tender::aws::AwsClients;
 use tender::mover::Progress;
 use tender::mover::dump::{self, LoadTarget};
-use tender::mover::manifest::RepositoryLocation;
+use tender::mover::manifest::{Manifest, RepositoryLocation};
 
 const TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -65,6 +66,45 @@ async fn pair_of(ec2: &aws_sdk_ec2::Client, job_uid: &str) -> Vec<String> {
         .iter()
         .filter_map(|g| g.group_id().map(String::from))
         .collect()
+}
+
+/// Restore point `point` of the test's repository, as stored.
+async fn stored(env: &TestEnv, point: &str) -> (AwsClients, RepositoryLocation, Manifest) {
+    let repo: BackupRepository = env
+        .cluster_api()
+        .get(&env.repository().await)
+        .await
+        .unwrap();
+    let loc = RepositoryLocation::of(&repo.spec, &env.namespace);
+    let aws = AwsClients::from_env().await;
+    let manifest = tender::mover::load_manifest(&aws, &loc, point)
+        .await
+        .unwrap();
+    (aws, loc, manifest)
+}
+
+/// Restores a dump's databases into new ones named `<name>_back`.
+async fn restore_back(
+    aws: &AwsClients,
+    loc: &RepositoryLocation,
+    manifest: &Manifest,
+    tag: &str,
+) -> dump::LoadOutcome {
+    let rename = |n: &str| format!("{n}_back");
+    dump::restore(
+        aws,
+        loc,
+        manifest,
+        &LoadTarget {
+            server: &server(),
+            rename: &rename,
+            only: &[],
+            tag,
+        },
+        &Progress::default(),
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -202,16 +242,7 @@ async fn a_postgres_instance_is_dumped_by_a_worker_that_alone_may_reach_it() {
     );
 
     // The restore point holds the named database only, and restores.
-    let repo: BackupRepository = env
-        .cluster_api()
-        .get(&env.repository().await)
-        .await
-        .unwrap();
-    let loc = RepositoryLocation::of(&repo.spec, &env.namespace);
-    let aws = tender::aws::AwsClients::from_env().await;
-    let manifest = tender::mover::load_manifest(&aws, &loc, &point)
-        .await
-        .unwrap();
+    let (aws, loc, manifest) = stored(&env, &point).await;
     let dumped = manifest.database.as_ref().unwrap();
     assert_eq!(dumped.identifier, db);
     assert_eq!(
@@ -227,21 +258,7 @@ async fn a_postgres_instance_is_dumped_by_a_worker_that_alone_may_reach_it() {
         .map(|d| d.name.as_str())
         .collect();
     assert_eq!(names, [name.as_str()]);
-    let rename = |n: &str| format!("{n}_back");
-    let outcome = dump::restore(
-        &aws,
-        &loc,
-        &manifest,
-        &LoadTarget {
-            server: &server(),
-            rename: &rename,
-            only: &[],
-            tag: "rds-dump-test",
-        },
-        &Progress::default(),
-    )
-    .await
-    .unwrap();
+    let outcome = restore_back(&aws, &loc, &manifest, "rds-dump-test").await;
     let back = format!("{name}_back");
     assert_eq!(outcome.created, [back.as_str()]);
     assert_eq!(contents(&back), before);
@@ -321,37 +338,14 @@ async fn a_dump_whose_worker_dies_is_retried_and_leaves_only_the_retrys_restore_
         "0"
     );
 
-    let repo: BackupRepository = env
-        .cluster_api()
-        .get(&env.repository().await)
-        .await
-        .unwrap();
-    let loc = RepositoryLocation::of(&repo.spec, &env.namespace);
-    let aws = tender::aws::AwsClients::from_env().await;
     let point = format!("nightly/rds-pg-{db}");
-    let manifest = tender::mover::load_manifest(&aws, &loc, &point)
-        .await
-        .unwrap();
+    let (aws, loc, manifest) = stored(&env, &point).await;
     let created: k8s_openapi::jiff::Timestamp = manifest.created_at.parse().unwrap();
     assert!(
         created > killed_at,
         "the retry's: {created} after {killed_at}"
     );
-    let rename = |n: &str| format!("{n}_back");
-    dump::restore(
-        &aws,
-        &loc,
-        &manifest,
-        &LoadTarget {
-            server: &server(),
-            rename: &rename,
-            only: &[],
-            tag: "rds-dump-kill-test",
-        },
-        &Progress::default(),
-    )
-    .await
-    .unwrap();
+    restore_back(&aws, &loc, &manifest, "rds-dump-kill-test").await;
     let back = format!("{name}_back");
     assert_eq!(contents(&back), before);
     for d in [&name, &back] {

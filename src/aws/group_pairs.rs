@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 
 use aws_sdk_ec2::types::{Filter, IpPermission, ResourceType, Tag, UserIdGroupPair};
 
-use super::network::Network;
+use super::network::{Network, filter, is_group_unknown};
 use super::{AwsError, AwsOperation};
 
 /// Tag telling a pair's two groups apart (`worker` or `database`).
@@ -45,10 +45,6 @@ pub struct PairGroup {
     pub tags: BTreeMap<String, String>,
 }
 
-fn filter(name: &str, value: &str) -> Filter {
-    Filter::builder().name(name).values(value).build()
-}
-
 /// TCP on `port` to or from `group`.
 fn group_rule(port: i32, group: &str) -> IpPermission {
     IpPermission::builder()
@@ -57,10 +53,6 @@ fn group_rule(port: i32, group: &str) -> IpPermission {
         .to_port(port)
         .user_id_group_pairs(UserIdGroupPair::builder().group_id(group).build())
         .build()
-}
-
-fn is_group_unknown(e: &AwsError) -> bool {
-    e.code() == Some("InvalidGroup.NotFound")
 }
 
 impl Network<'_> {
@@ -73,10 +65,10 @@ impl Network<'_> {
     ) -> Result<Vec<aws_sdk_ec2::types::SecurityGroup>, AwsError> {
         let mut filters: Vec<Filter> = owner_tags
             .iter()
-            .map(|(k, v)| filter(&format!("tag:{k}"), v))
+            .map(|(k, v)| filter(&format!("tag:{k}"), &[v.as_str()]))
             .collect();
         if let Some(vpc) = vpc_id {
-            filters.push(filter("vpc-id", vpc));
+            filters.push(filter("vpc-id", &[vpc]));
         }
         let mut out = Vec::new();
         let mut token: Option<String> = None;
@@ -154,8 +146,8 @@ impl Network<'_> {
                     .aws
                     .ec2(region)
                     .describe_security_groups()
-                    .filters(filter("vpc-id", vpc_id))
-                    .filters(filter("group-name", name))
+                    .filters(filter("vpc-id", &[vpc_id]))
+                    .filters(filter("group-name", &[name]))
                     .send();
                 let out = self
                     .aws

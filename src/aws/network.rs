@@ -34,7 +34,7 @@ pub enum RegionState {
     Unknown,
 }
 
-fn filter(name: &str, values: &[&str]) -> Filter {
+pub(super) fn filter(name: &str, values: &[&str]) -> Filter {
     Filter::builder()
         .name(name)
         .set_values(Some(values.iter().map(|v| v.to_string()).collect()))
@@ -87,7 +87,7 @@ pub struct Network<'a> {
 }
 
 /// EC2 does not know the group (`InvalidGroup.NotFound`).
-fn is_group_unknown(e: &AwsError) -> bool {
+pub(super) fn is_group_unknown(e: &AwsError) -> bool {
     e.code() == Some("InvalidGroup.NotFound")
 }
 

@@ -114,12 +114,13 @@ async fn locate_snapshot(
 }
 
 /// A DB instance's zone and allocated storage, if it exists and carries
-/// the tags the configuration requires.
+/// the tags the configuration requires; for a dump (`dump`), also if a
+/// worker of this configuration can reach and sign in to it.
 async fn locate_database(
     config: &WorkerConfiguration,
     production: &AwsClients,
     target: &Target,
-    db: &str,
+    (db, dump): (&str, bool),
 ) -> Result<Result<Located, NotLocated>> {
     let region = &target.region;
     let Some(found) = production.databases().describe_instance(region, db).await? else {
@@ -132,10 +133,19 @@ async fn locate_database(
         let why = format!("it does not carry tag {tag}");
         return Ok(Err(refused(config, "DB instance", db, why)));
     }
+    if let Some(message) = dump
+        .then(|| database_dump::not_possible(config, &found))
+        .flatten()
+    {
+        return Ok(Err(NotLocated {
+            reason: FailureReason::DatabaseDumpNotPossible,
+            message,
+        }));
+    }
     Ok(Ok(Located {
         zone: found.availability_zone,
         size_gib: found.allocated_gib,
-        dump: false,
+        dump,
     }))
 }
 
@@ -223,10 +233,10 @@ impl WorkerJob for BackupJob {
         let access = job_access(self, config.spec.production_account.as_ref());
         let production = ctx.aws.scoped(&access).await;
         if let Some(db) = database_backup::db_instance_of(&target.id) {
-            return locate_database(config, &production, target, db).await;
+            return locate_database(config, &production, target, (db, false)).await;
         }
         if let Some(db) = database_dump::dump_instance_of(&target.id) {
-            return database_dump::locate(config, &production, target, db).await;
+            return locate_database(config, &production, target, (db, true)).await;
         }
         let is_instance = self
             .spec

@@ -29,7 +29,7 @@ use tracing::{info, warn};
 
 use super::job::core::mark_failed;
 use super::job::job_access;
-use super::job::kind::{Located, NotLocated, Settling, Target, TaskDetails};
+use super::job::kind::{Settling, TaskDetails};
 use super::{Context, Result};
 use crate::api::{
     BackupJob, BackupJobStatus, BackupWorkerStatus, DB_DUMP_RESOURCE_PREFIX, DatabaseAccessStatus,
@@ -72,7 +72,7 @@ fn databases_of(job: &BackupJob, resource: &str) -> Vec<String> {
 }
 
 /// Why a dump of `found` cannot be made with `config`, for people.
-fn not_possible(config: &WorkerConfiguration, found: &DbInstanceInfo) -> Option<String> {
+pub(super) fn not_possible(config: &WorkerConfiguration, found: &DbInstanceInfo) -> Option<String> {
     let db = &found.identifier;
     if found.engine != "postgres" {
         return Some(format!(
@@ -121,43 +121,6 @@ fn not_possible(config: &WorkerConfiguration, found: &DbInstanceInfo) -> Option<
         ));
     }
     None
-}
-
-/// The DB instance's zone (the worker's, when a configured subnet is
-/// there) and size, if it can be dumped with this configuration.
-pub async fn locate(
-    config: &WorkerConfiguration,
-    production: &AwsClients,
-    target: &Target,
-    db: &str,
-) -> Result<Result<Located, NotLocated>> {
-    let region = &target.region;
-    let Some(found) = production.databases().describe_instance(region, db).await? else {
-        return Ok(Err(NotLocated {
-            reason: FailureReason::SourceDatabaseNotFound,
-            message: format!("DB instance {db} does not exist in {region}; check spec.resources"),
-        }));
-    };
-    if let Err(tag) = config.spec.allowed_sources.admits_tags(&found.tags) {
-        return Ok(Err(NotLocated {
-            reason: FailureReason::SourceNotAllowed,
-            message: format!(
-                "DB instance {db} is not a source WorkerConfiguration {:?} admits: it does not carry tag {tag}; ask an admin to change its spec.allowedSources, or use another configuration",
-                config.name_any()
-            ),
-        }));
-    }
-    if let Some(message) = not_possible(config, &found) {
-        return Ok(Err(NotLocated {
-            reason: FailureReason::DatabaseDumpNotPossible,
-            message,
-        }));
-    }
-    Ok(Ok(Located {
-        zone: found.availability_zone,
-        size_gib: found.allocated_gib,
-        dump: true,
-    }))
 }
 
 /// The tags of a job's pair for `resource`.

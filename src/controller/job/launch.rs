@@ -183,7 +183,12 @@ pub async fn launch_workers<K: WorkerJob>(
         }
         let details = job.task_details(worker, config, ctx).await?;
         if worker.phase.is_finished() {
-            // Found unlaunchable right before the launch.
+            // Found unlaunchable right before the launch: said as a
+            // planning failure is.
+            let reason = worker.reason.clone().unwrap_or_default();
+            let message = worker.message.clone().unwrap_or_default();
+            ctx.event(job, EventType::Warning, &reason, "LaunchWorker", message)
+                .await;
             continue;
         }
         if let Some(note) = &details.wait {
