@@ -64,10 +64,13 @@ pub mod tags {
     pub const INTERMEDIATE_VALUE: &str = "true";
     /// Conventional EC2 `Name` tag, so the console shows what a worker is for.
     pub const NAME: &str = "Name";
-    /// On an RDS DB instance, set by its owner: Tender may add a dump's
-    /// security group to it and remove it (the only change Tender makes
-    /// to a DB instance; the shipped controller policy allows
-    /// ModifyDBInstance on such instances only).
+    /// On an RDS DB instance, set by its owner: Tender may add the
+    /// security group of a worker that dumps it or loads a dump into it,
+    /// and remove it (the only change Tender makes to a DB instance; the
+    /// shipped controller policy allows ModifyDBInstance on such instances
+    /// only).
     pub const DUMP_ACCESS: &str = "tender.dev/dump-access";
     pub const DUMP_ACCESS_VALUE: &str = "allowed";
+    /// On a worker's security group pair: the DB instance it opens.
+    pub const DB_INSTANCE: &str = "tender.dev/db-instance";
 }

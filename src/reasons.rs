@@ -121,8 +121,11 @@ failure_reasons! {
         /// A dump is restored only into databases that hold nothing yet,
         /// and one on the target holds tables.
         DatabaseRestoreTargetNotEmpty,
-        /// A PostgreSQL dump cannot reach or sign in to the DB instance as
-        /// it is set up: not RDS for PostgreSQL, no RDS-managed master
+        /// The DB instance a dump is to be loaded into does not exist (a
+        /// dump is loaded into an existing DB instance only).
+        DatabaseRestoreTargetNotFound,
+        /// A PostgreSQL dump (or the load of one) cannot reach or sign in
+        /// to the DB instance as it is set up: not RDS for PostgreSQL, no RDS-managed master
         /// password, another VPC than the configuration's, a worker that
         /// would run in another account, no room for one more security
         /// group on the DB instance.

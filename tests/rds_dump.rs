@@ -352,3 +352,169 @@ async fn a_dump_whose_worker_dies_is_retried_and_leaves_only_the_retrys_restore_
         drop_database(d);
     }
 }
+
+/// A dump restored through a worker into an existing, empty DB instance
+/// (RestoreJob of mode `database`): the same kind of security group pair
+/// opens the worker's path to that DB instance and closes it afterwards;
+/// the database lost on the server comes back table for table, with the
+/// progress in bytes; loading it a second time is refused, because the
+/// database now holds tables, and changes nothing.
+#[tokio::test]
+async fn a_dump_is_loaded_by_a_worker_into_an_existing_empty_db_instance() {
+    let env = TestEnv::without_controller("rds-dump-load").await;
+    let ca = std::env::var("TENDER_PG_CA").expect("TENDER_PG_CA from scripts/testenv");
+    env.start_controller_with(
+        &[],
+        &[("TENDER_RDS_CA_BUNDLE_URL", &format!("file://{ca}"))],
+    );
+    env.default_configuration().await;
+    let (rds, ec2) = (rds().await, ec2().await);
+    let db = common::unique("shop");
+    common::postgres::backed_instance(&rds, &ec2, &db).await;
+    // Another DB instance to load into (the emulator's endpoints of both
+    // lead to the test's server).
+    let spare = common::unique("spare");
+    let spare_groups = common::postgres::backed_instance(&rds, &ec2, &spare).await;
+
+    let name = unique_database("orders");
+    psql("postgres", &format!("CREATE DATABASE \"{name}\""));
+    psql(
+        &name,
+        "CREATE TABLE orders (id bigint PRIMARY KEY, customer text NOT NULL, total numeric(12,2)); \
+         INSERT INTO orders SELECT g, 'customer ' || (g % 97), g * 1.25 FROM generate_series(1, 20000) g; \
+         CREATE VIEW big_orders AS SELECT * FROM orders WHERE total > 100",
+    );
+    let before = contents(&name);
+    env.create_job_spec(
+        "nightly",
+        json!({
+            "resources": [{"postgres": {"dbInstanceId": db, "databases": [name]}, "region": REGION}],
+            "repositoryRef": {"name": env.repository().await},
+            "backoffLimit": 0,
+        }),
+    )
+    .await;
+    let backup = env.wait_job_finished("nightly", TIMEOUT).await;
+    assert_eq!(backup.status.unwrap().phase, Phase::Succeeded);
+    let point = format!("nightly/rds-pg-{db}");
+    // The database is lost.
+    drop_database(&name);
+
+    // Refused before any worker: a DB instance that does not exist (a
+    // dump is loaded into an existing one), and a new DB instance's
+    // settings.
+    let missing = common::unique("nowhere");
+    env.create_restore(
+        "to-nowhere",
+        "database",
+        &point,
+        json!({"database": {"dbInstanceId": missing}}),
+    )
+    .await;
+    env.create_restore(
+        "as-new",
+        "database",
+        &point,
+        json!({"database": {"dbInstanceId": spare, "dbInstanceClass": "db.t3.small"}}),
+    )
+    .await;
+    for (job, reason) in [
+        ("to-nowhere", "DatabaseRestoreTargetNotFound"),
+        ("as-new", "RestoreModeMismatch"),
+    ] {
+        let s = env
+            .wait_restore_finished(job, TIMEOUT)
+            .await
+            .status
+            .unwrap();
+        assert_eq!(s.phase, Phase::Failed, "{job}: {s:?}");
+        assert_eq!(s.workers[0].reason.as_deref(), Some(reason), "{job}: {s:?}");
+        assert!(s.workers[0].instance_id.is_none(), "{job}: no worker");
+    }
+
+    env.create_restore(
+        "orders-back",
+        "database",
+        &point,
+        json!({"database": {"dbInstanceId": spare, "databases": [name]}, "backoffLimit": 0}),
+    )
+    .await;
+    // While the worker runs, the DB instance loaded into admits the job's
+    // database group.
+    let running = env
+        .wait_restore("orders-back", TIMEOUT, |j| {
+            j.status.as_ref().is_some_and(|s| {
+                s.workers
+                    .first()
+                    .is_some_and(|w| w.instance_id.is_some() && w.database_access.is_some())
+            })
+        })
+        .await;
+    let uid = running.uid().unwrap();
+    let access = running.status.unwrap().workers[0]
+        .database_access
+        .clone()
+        .unwrap();
+    let groups_while = db_groups(&rds, &spare).await;
+    assert!(
+        groups_while.contains(&access.database_security_group_id),
+        "{groups_while:?}"
+    );
+    assert_eq!(pair_of(&ec2, &uid).await.len(), 2);
+
+    let done = env.wait_restore_finished("orders-back", TIMEOUT).await;
+    let status = done.status.unwrap();
+    assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
+    let w = &status.workers[0];
+    assert!(
+        w.message
+            .as_deref()
+            .is_some_and(|m| m.contains(&name) && m.contains(&spare)),
+        "{w:?}"
+    );
+    let loaded = w
+        .restored_database
+        .clone()
+        .expect("the DB instance loaded into");
+    assert_eq!(loaded.db_instance_id, spare);
+    assert!(loaded.endpoint_address.is_some(), "{loaded:?}");
+    // Progress in bytes, to the end.
+    assert!(
+        w.bytes_total.unwrap_or(0) > 0 && w.bytes_done == w.bytes_total,
+        "{w:?}"
+    );
+    // The path is closed: no pair in EC2, the DB instance's own groups.
+    assert!(w.terminated_time.is_some(), "{w:?}");
+    assert_eq!(w.database_access, None);
+    assert_eq!(db_groups(&rds, &spare).await, spare_groups);
+    assert!(pair_of(&ec2, &uid).await.is_empty());
+    assert_eq!(contents(&name), before, "every table as it was backed up");
+    assert_eq!(
+        psql(&name, "SELECT count(*) FROM big_orders"),
+        psql(&name, "SELECT count(*) FROM orders WHERE total > 100")
+    );
+
+    // Loaded again into the same DB instance: the database holds tables
+    // now, so the worker refuses before writing anything.
+    env.create_restore(
+        "orders-again",
+        "database",
+        &point,
+        json!({"database": {"dbInstanceId": spare, "databases": [name]}}),
+    )
+    .await;
+    let again = env.wait_restore_finished("orders-again", TIMEOUT).await;
+    let again_uid = again.uid().unwrap();
+    let s = again.status.unwrap();
+    assert_eq!(s.phase, Phase::Failed, "{s:?}");
+    assert_eq!(
+        s.workers[0].reason.as_deref(),
+        Some("DatabaseRestoreTargetNotEmpty"),
+        "{s:?}"
+    );
+    assert_eq!(s.workers[0].database_access, None);
+    assert!(pair_of(&ec2, &again_uid).await.is_empty());
+    assert_eq!(db_groups(&rds, &spare).await, spare_groups);
+    assert_eq!(contents(&name), before, "left as it was");
+    drop_database(&name);
+}

@@ -185,25 +185,47 @@ pub enum RestoreMode {
     Volume,
     /// A worker serving the file-level recovery browser.
     FileLevel,
-    /// A new RDS DB instance from a database's restore point (see
-    /// `spec.database`); no worker.
+    /// A database's restore point (see `spec.database`): a DB snapshot's
+    /// into a new RDS DB instance (RDS restores it; no worker), a
+    /// PostgreSQL dump's into an existing, empty RDS for PostgreSQL DB
+    /// instance (a worker loads it).
     Database,
 }
 
-/// The new DB instance a database's restore point is restored into. Unset
-/// fields take what the snapshot holds (or RDS's default: the default VPC's
+/// The DB instance a database's restore point is restored into.
+///
+/// A DB snapshot's restore point makes a **new** DB instance: unset fields
+/// take what the snapshot holds (or RDS's default: the default VPC's
 /// subnet group and security group, the engine's default parameter group).
+///
+/// A PostgreSQL dump's restore point is loaded by a worker into an
+/// **existing** RDS for PostgreSQL DB instance, as a dump is taken (its
+/// owner's tag `tender.dev/dump-access: allowed`, a master password
+/// managed by RDS, the configuration's VPC): each database is created
+/// there, or filled if it exists empty; one that holds tables is refused
+/// and left as it is. The fields that describe a new DB instance do not
+/// apply.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "!self.dbInstanceId.contains('--')",
-     "message": "an RDS DB instance identifier has no two hyphens in a row"}
+     "message": "an RDS DB instance identifier has no two hyphens in a row"},
+    {"rule": "!has(self.databases) || self.databases.all(d, size(d) >= 1 && size(d) <= 63)",
+     "message": "a PostgreSQL database name has 1 to 63 characters"}
 ]))]
 pub struct DatabaseRestore {
-    /// Identifier of the new DB instance. It must not exist: a restore never
-    /// overwrites a database.
+    /// Identifier of the DB instance. From a DB snapshot: the new DB
+    /// instance, which must not exist (a restore never overwrites a
+    /// database). From a PostgreSQL dump: the DB instance to load into,
+    /// which must exist.
     #[schemars(pattern(DB_IDENTIFIER_PATTERN), length(max = 63))]
     pub db_instance_id: String,
+    /// From a PostgreSQL dump: only these of its databases (default: every
+    /// one it holds).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub databases: Vec<String>,
     /// Its instance class, for example `db.t3.micro` (default: the
     /// snapshot's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -277,9 +299,16 @@ pub struct RestoreWorkerStatus {
     /// session (`spec.restoreToOriginalLocation`), or why none can be.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original_location: Option<OriginalLocationStatus>,
-    /// The DB instance a restore of a database created (mode `database`).
+    /// The DB instance a restore of a database created or loaded into
+    /// (mode `database`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restored_database: Option<RestoredDatabase>,
+    /// The security groups that let the worker loading a PostgreSQL dump
+    /// reach its DB instance, as for a dump (see the BackupJob's
+    /// `databaseAccess`): removed once the worker is gone, and the job
+    /// finishes only then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_access: Option<super::DatabaseAccessStatus>,
 }
 
 /// A DB instance a RestoreJob created.

@@ -203,11 +203,11 @@ operations! {
     CopyDBSnapshot => Rds, Controller;
     DeleteDBSnapshot => Rds, Controller;
     RestoreDBInstanceFromDBSnapshot => Rds, Controller;
-    // A PostgreSQL dump: the controller adds the job's security group to
-    // the DB instance and removes it; the worker reads the master
-    // password RDS keeps in Secrets Manager.
+    // A PostgreSQL dump, or the load of one: the controller adds the
+    // job's security group to the DB instance and removes it; the worker
+    // reads the master password RDS keeps in Secrets Manager.
     ModifyDBInstance => Rds, Controller;
-    GetSecretValue => SecretsManager, Worker [Backup];
+    GetSecretValue => SecretsManager, Worker [Backup, Restore];
     // SQS: worker reports.
     CreateQueue => Sqs, Controller;
     DeleteQueue => Sqs, Controller;

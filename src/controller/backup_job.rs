@@ -283,11 +283,11 @@ impl WorkerJob for BackupJob {
         ctx: &Context,
         _now: k8s_openapi::jiff::Timestamp,
     ) -> Result<()> {
-        Box::pin(database_dump::release(self, status, ctx)).await
+        Box::pin(database_dump::release_dumps(self, status, ctx)).await
     }
 
     fn settling(&self, status: &BackupJobStatus) -> Option<Settling> {
-        database_dump::settling(status)
+        database_dump::dumps_settling(status)
     }
 
     fn record(worker: &mut BackupWorkerStatus, event: &WorkerEvent) {

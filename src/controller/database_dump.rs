@@ -29,11 +29,12 @@ use tracing::{info, warn};
 
 use super::job::core::mark_failed;
 use super::job::job_access;
-use super::job::kind::{Settling, TaskDetails};
+use super::job::kind::{Settling, TaskDetails, WorkerJob};
 use super::{Context, Result};
 use crate::api::{
     BackupJob, BackupJobStatus, BackupWorkerStatus, DB_DUMP_RESOURCE_PREFIX, DatabaseAccessStatus,
-    WorkerConfiguration,
+    RestoreJob, RestoreJobStatus, RestoreWorkerStatus, RestoredDatabase, WorkerConfiguration,
+    WorkerStatus,
 };
 use crate::aws::AwsClients;
 use crate::aws::rds::DbInstanceInfo;
@@ -123,16 +124,23 @@ pub(super) fn not_possible(config: &WorkerConfiguration, found: &DbInstanceInfo)
     None
 }
 
-/// The tags of a job's pair for `resource`.
-fn pair_tags(ctx: &Context, job: &BackupJob, resource: &str) -> BTreeMap<String, String> {
+/// The tags of the pair a `K` job makes for `resource`, to reach DB
+/// instance `db`.
+fn pair_tags<K: WorkerJob>(
+    ctx: &Context,
+    job: &K,
+    resource: &str,
+    db: &str,
+) -> BTreeMap<String, String> {
     BTreeMap::from([
         (tags::MANAGED_BY.into(), tags::MANAGED_BY_VALUE.into()),
         (tags::CLUSTER_ID.into(), ctx.cluster_id.clone()),
         (tags::NAMESPACE.into(), job.namespace().unwrap_or_default()),
-        (tags::JOB_KIND.into(), "BackupJob".into()),
+        (tags::JOB_KIND.into(), K::KIND.into()),
         (tags::JOB_NAME.into(), job.name_any()),
         (tags::JOB_UID.into(), job.uid().unwrap_or_default()),
         (tags::RESOURCE.into(), resource.into()),
+        (tags::DB_INSTANCE.into(), db.into()),
     ])
 }
 
@@ -141,6 +149,205 @@ fn wait(note: String) -> TaskDetails {
     TaskDetails {
         wait: Some(note),
         ..TaskDetails::default()
+    }
+}
+
+/// Where opening a worker's path to a DB instance stands.
+pub(super) enum Path {
+    /// Open: the DB instance as it is now, and the group the worker is
+    /// launched in.
+    Open {
+        found: Box<DbInstanceInfo>,
+        worker_group: String,
+    },
+    /// Not yet (RDS applying the change, say): why.
+    Wait(String),
+    /// Never in this attempt: why.
+    Failed(FailureReason, String),
+}
+
+/// Extra checks of the DB instance a path is opened to (the
+/// configuration's `allowedSources` for a dump's source).
+type Check<'a> = &'a (dyn Fn(&DbInstanceInfo) -> Option<(FailureReason, String)> + Sync);
+
+/// Opens the path from a worker of `job` to DB instance `db`: the pair
+/// made (recorded in `slot` at once, so that it is removed whatever
+/// happens next) and its database group on the DB instance, once RDS has
+/// applied it. `missing` is the reason when the DB instance is gone.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn open_path<K: WorkerJob>(
+    (job, ctx, config): (&K, &Context, &WorkerConfiguration),
+    aws: &AwsClients,
+    (region, db, resource): (&str, &str, &str),
+    missing: FailureReason,
+    check: Check<'_>,
+    slot: &mut Option<DatabaseAccessStatus>,
+) -> Result<Path> {
+    let Some(found) = aws.databases().describe_instance(region, db).await? else {
+        return Ok(Path::Failed(
+            missing,
+            format!("DB instance {db} does not exist in {region} any more"),
+        ));
+    };
+    if let Some((reason, message)) = check(&found) {
+        return Ok(Path::Failed(reason, message));
+    }
+    if let Some(message) = not_possible(config, &found) {
+        return Ok(Path::Failed(
+            FailureReason::DatabaseDumpNotPossible,
+            message,
+        ));
+    }
+    if matches!(
+        found.status.as_str(),
+        "stopped" | "stopping" | "failed" | "storage-full"
+    ) || found.status.starts_with("incompatible-")
+        || found.status.starts_with("inaccessible-")
+    {
+        return Ok(Path::Failed(
+            FailureReason::SourceDatabaseUnavailable,
+            format!(
+                "DB instance {db} is {}: a worker cannot reach it until it is available again",
+                found.status
+            ),
+        ));
+    }
+    let uid = job.uid().unwrap_or_default();
+    let port = found.port.unwrap_or(5432);
+    let purpose = if K::KIND == "BackupJob" {
+        "dump"
+    } else {
+        "load"
+    };
+    let pair = aws
+        .network()
+        .ensure_group_pair(
+            region,
+            found.vpc_id.as_deref().unwrap_or_default(),
+            &format!("tender-{purpose}-{uid}-{db}"),
+            &pair_tags(ctx, job, resource, db),
+            port,
+        )
+        .await?;
+    *slot = Some(DatabaseAccessStatus {
+        worker_security_group_id: pair.worker.clone(),
+        database_security_group_id: pair.database.clone(),
+        release_waiting: None,
+    });
+    if !found.vpc_security_group_ids.contains(&pair.database) {
+        if found.vpc_security_group_ids.len() >= SECURITY_GROUPS_PER_INSTANCE {
+            return Ok(Path::Failed(
+                FailureReason::DatabaseDumpNotPossible,
+                format!(
+                    "DB instance {db} has {} VPC security groups, RDS's quota per DB instance, and the {purpose} needs to add one that admits its worker; remove one of the DB instance's groups (RDS does not raise this quota)",
+                    found.vpc_security_group_ids.len()
+                ),
+            ));
+        }
+        if found.status != "available" {
+            return Ok(Path::Wait(format!(
+                "waiting for DB instance {db} to be available (it is {}) to add security group {} that admits the {purpose}'s worker",
+                found.status, pair.database
+            )));
+        }
+        let mut groups = found.vpc_security_group_ids.clone();
+        groups.push(pair.database.clone());
+        match aws
+            .databases()
+            .set_security_groups(region, db, &groups)
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.code() == Some("InvalidDBInstanceState") => {
+                return Ok(Path::Wait(format!(
+                    "RDS cannot modify DB instance {db} now ({e}); adding the {purpose}'s security group later"
+                )));
+            }
+            Err(e) if e.failure_reason() == FailureReason::AwsPermissionDenied => {
+                return Ok(Path::Failed(
+                    FailureReason::AwsPermissionDenied,
+                    format!(
+                        "Tender may not add the {purpose}'s security group to DB instance {db}: {e}; the controller's role needs rds:ModifyDBInstance on it (iam/controller-policy.json grants it on DB instances tagged {}={})",
+                        tags::DUMP_ACCESS,
+                        tags::DUMP_ACCESS_VALUE
+                    ),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        crate::faults::crash_point("after-modify-db-instance");
+        info!(
+            db,
+            group = pair.database,
+            "added a worker's security group to the DB instance"
+        );
+        return Ok(Path::Wait(format!(
+            "added security group {} to DB instance {db}; waiting for RDS to apply it",
+            pair.database
+        )));
+    }
+    if found.pending_security_group_ids.contains(&pair.database) {
+        return Ok(Path::Wait(format!(
+            "waiting for RDS to apply security group {} to DB instance {db}",
+            pair.database
+        )));
+    }
+    Ok(Path::Open {
+        found: Box::new(found),
+        worker_group: pair.worker,
+    })
+}
+
+/// The task's server: DB instance `found`, reached over TLS verified
+/// against the RDS certificate authorities of `region`.
+pub(super) fn database_task(
+    found: &DbInstanceInfo,
+    region: &str,
+    databases: Vec<String>,
+    image: DatabaseImage,
+) -> DatabaseTask {
+    let ca_bundle_url = std::env::var("TENDER_RDS_CA_BUNDLE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| RDS_CA_BUNDLE_URL.to_string())
+        .replace("{region}", region);
+    DatabaseTask {
+        db_instance_id: found.identifier.clone(),
+        host: found.address.clone().unwrap_or_default(),
+        port: u16::try_from(found.port.unwrap_or(5432)).unwrap_or(5432),
+        user: found.master_username.clone().unwrap_or_default(),
+        secret_arn: found.master_user_secret_arn.clone().unwrap_or_default(),
+        engine_version: found.engine_version.clone().unwrap_or_default(),
+        sslmode: "verify-full".into(),
+        ca_bundle_url,
+        databases,
+        image,
+    }
+}
+
+/// What a restore point records of DB instance `found`: its settings as
+/// the owner set them (the worker's own group is not the DB instance's).
+pub(super) fn image_of(found: &DbInstanceInfo, worker_group_on_db: Option<&str>) -> DatabaseImage {
+    DatabaseImage {
+        identifier: found.identifier.clone(),
+        engine: found.engine.clone(),
+        engine_version: found.engine_version.clone(),
+        instance_class: found.instance_class.clone(),
+        port: found.port,
+        allocated_gib: found.allocated_gib,
+        subnet_group: found.subnet_group.clone(),
+        vpc_security_group_ids: found
+            .vpc_security_group_ids
+            .iter()
+            .filter(|g| Some(g.as_str()) != worker_group_on_db)
+            .cloned()
+            .collect(),
+        parameter_group: found.parameter_group.clone(),
+        master_username: found.master_username.clone(),
+        storage_encrypted: found.storage_encrypted,
+        kms_key_id: found.kms_key_id.clone(),
+        snapshots: Vec::new(),
+        dump: None,
     }
 }
 
@@ -154,202 +361,186 @@ pub async fn prepare(
     config: &WorkerConfiguration,
     ctx: &Context,
 ) -> Result<TaskDetails> {
-    match Box::pin(prepare_once(job, worker, config, ctx)).await {
-        Ok(details) => Ok(details),
-        // A failed call waits with what AWS said (the job's other workers
-        // still launch); the next reconcile tries again.
-        Err(e) => Ok(wait(format!(
-            "preparing the path to DB instance {}: {e}; retrying",
-            dump_instance_of(&worker.resource).unwrap_or_default()
-        ))),
-    }
-}
-
-async fn prepare_once(
-    job: &BackupJob,
-    worker: &mut BackupWorkerStatus,
-    config: &WorkerConfiguration,
-    ctx: &Context,
-) -> Result<TaskDetails> {
     let Some(db) = dump_instance_of(&worker.resource).map(str::to_string) else {
         return Ok(TaskDetails::default());
     };
     let region = worker.region.clone();
+    let resource = worker.resource.clone();
     let aws = ctx
         .aws
         .scoped(&job_access(job, worker.access.as_ref()))
         .await;
-    let now = Timestamp::now();
-    let Some(found) = aws.databases().describe_instance(&region, &db).await? else {
-        let message = format!("DB instance {db} does not exist in {region} any more");
-        mark_failed(worker, FailureReason::SourceDatabaseNotFound, &message, now);
-        return Ok(TaskDetails::default());
+    let admitted = |found: &DbInstanceInfo| {
+        let tag = config.spec.allowed_sources.admits_tags(&found.tags).err()?;
+        Some((
+            FailureReason::SourceNotAllowed,
+            format!(
+                "DB instance {} no longer carries tag {tag}, which WorkerConfiguration {:?} requires of its sources",
+                found.identifier,
+                config.name_any()
+            ),
+        ))
     };
-    if let Err(tag) = config.spec.allowed_sources.admits_tags(&found.tags) {
-        let message = format!(
-            "DB instance {db} no longer carries tag {tag}, which WorkerConfiguration {:?} requires of its sources",
-            config.name_any()
-        );
-        mark_failed(worker, FailureReason::SourceNotAllowed, &message, now);
-        return Ok(TaskDetails::default());
-    }
-    if let Some(message) = not_possible(config, &found) {
-        mark_failed(
-            worker,
-            FailureReason::DatabaseDumpNotPossible,
-            &message,
-            now,
-        );
-        return Ok(TaskDetails::default());
-    }
-    if matches!(
-        found.status.as_str(),
-        "stopped" | "stopping" | "failed" | "storage-full"
-    ) || found.status.starts_with("incompatible-")
-        || found.status.starts_with("inaccessible-")
-    {
-        let message = format!(
-            "DB instance {db} is {}: it cannot be dumped until it is available again",
-            found.status
-        );
-        mark_failed(
-            worker,
-            FailureReason::SourceDatabaseUnavailable,
-            &message,
-            now,
-        );
-        return Ok(TaskDetails::default());
-    }
-    let uid = job.uid().unwrap_or_default();
-    let port = found.port.unwrap_or(5432);
-    let pair = aws
-        .network()
-        .ensure_group_pair(
-            &region,
-            found.vpc_id.as_deref().unwrap_or_default(),
-            &format!("tender-dump-{uid}-{db}"),
-            &pair_tags(ctx, job, &worker.resource),
-            port,
-        )
-        .await?;
-    worker.database_access = Some(DatabaseAccessStatus {
-        worker_security_group_id: pair.worker.clone(),
-        database_security_group_id: pair.database.clone(),
-        release_waiting: None,
-    });
-    if !found.vpc_security_group_ids.contains(&pair.database) {
-        if found.vpc_security_group_ids.len() >= SECURITY_GROUPS_PER_INSTANCE {
-            let message = format!(
-                "DB instance {db} has {} VPC security groups, RDS's quota per DB instance, and the dump needs to add one that admits its worker; remove one of the DB instance's groups (RDS does not raise this quota)",
-                found.vpc_security_group_ids.len()
-            );
-            mark_failed(
-                worker,
-                FailureReason::DatabaseDumpNotPossible,
-                &message,
-                now,
-            );
+    let opened = Box::pin(open_path(
+        (job, ctx, config),
+        &aws,
+        (&region, &db, &resource),
+        FailureReason::SourceDatabaseNotFound,
+        &admitted,
+        &mut worker.database_access,
+    ))
+    .await;
+    let (found, worker_group) = match opened {
+        Ok(Path::Open {
+            found,
+            worker_group,
+        }) => (found, worker_group),
+        Ok(Path::Wait(note)) => return Ok(wait(note)),
+        Ok(Path::Failed(reason, message)) => {
+            mark_failed(worker, reason, &message, Timestamp::now());
             return Ok(TaskDetails::default());
         }
-        if found.status != "available" {
+        // A failed call waits with what AWS said (the job's other workers
+        // still launch); the next reconcile tries again.
+        Err(e) => {
             return Ok(wait(format!(
-                "waiting for DB instance {db} to be available (it is {}) to add security group {} that admits the dump's worker",
-                found.status, pair.database
+                "preparing the path to DB instance {db}: {e}; retrying"
             )));
         }
-        let mut groups = found.vpc_security_group_ids.clone();
-        groups.push(pair.database.clone());
-        match aws
-            .databases()
-            .set_security_groups(&region, &db, &groups)
-            .await
-        {
-            Ok(()) => {}
-            Err(e) if e.code() == Some("InvalidDBInstanceState") => {
-                return Ok(wait(format!(
-                    "RDS cannot modify DB instance {db} now ({e}); adding the dump's security group later"
-                )));
-            }
-            Err(e) if e.failure_reason() == FailureReason::AwsPermissionDenied => {
-                let message = format!(
-                    "Tender may not add the dump's security group to DB instance {db}: {e}; the controller's role needs rds:ModifyDBInstance on it (iam/controller-policy.json grants it on DB instances tagged {}={})",
-                    tags::DUMP_ACCESS,
-                    tags::DUMP_ACCESS_VALUE
-                );
-                mark_failed(worker, FailureReason::AwsPermissionDenied, &message, now);
-                return Ok(TaskDetails::default());
-            }
-            Err(e) => return Err(e.into()),
-        }
-        crate::faults::crash_point("after-modify-db-instance");
-        info!(
-            db,
-            group = pair.database,
-            "added the dump's security group to the DB instance"
-        );
-        return Ok(wait(format!(
-            "added security group {} to DB instance {db}; waiting for RDS to apply it",
-            pair.database
-        )));
-    }
-    if found.pending_security_group_ids.contains(&pair.database) {
-        return Ok(wait(format!(
-            "waiting for RDS to apply security group {} to DB instance {db}",
-            pair.database
-        )));
-    }
-    let ca_bundle_url = std::env::var("TENDER_RDS_CA_BUNDLE_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| RDS_CA_BUNDLE_URL.to_string())
-        .replace("{region}", &region);
-    let image = DatabaseImage {
-        identifier: db.clone(),
-        engine: found.engine.clone(),
-        engine_version: found.engine_version.clone(),
-        instance_class: found.instance_class.clone(),
-        port: found.port,
-        allocated_gib: found.allocated_gib,
-        subnet_group: found.subnet_group.clone(),
-        // As the owner set them: the dump's own group is not the DB
-        // instance's.
-        vpc_security_group_ids: found
-            .vpc_security_group_ids
-            .iter()
-            .filter(|g| **g != pair.database)
-            .cloned()
-            .collect(),
-        parameter_group: found.parameter_group.clone(),
-        master_username: found.master_username.clone(),
-        storage_encrypted: found.storage_encrypted,
-        kms_key_id: found.kms_key_id.clone(),
-        snapshots: Vec::new(),
-        dump: None,
     };
+    let on_db = worker
+        .database_access
+        .as_ref()
+        .map(|a| a.database_security_group_id.as_str());
+    let image = image_of(&found, on_db);
     Ok(TaskDetails {
         policy: super::backup_job::made_by_policy(job),
-        database: Some(DatabaseTask {
-            db_instance_id: db.clone(),
-            host: found.address.clone().unwrap_or_default(),
-            port: u16::try_from(port).unwrap_or(5432),
-            user: found.master_username.clone().unwrap_or_default(),
-            secret_arn: found.master_user_secret_arn.clone().unwrap_or_default(),
-            engine_version: found.engine_version.clone().unwrap_or_default(),
-            sslmode: "verify-full".into(),
-            ca_bundle_url,
-            databases: databases_of(job, &worker.resource),
+        database: Some(database_task(
+            &found,
+            &region,
+            databases_of(job, &resource),
             image,
-        }),
-        security_groups: vec![pair.worker],
+        )),
+        security_groups: vec![worker_group],
         ..TaskDetails::default()
     })
 }
 
-/// Whether a dump entry's pair may go: its resource is done (succeeded or
+/// Whether restore point `id` (`<job>/<resource>`) is a PostgreSQL
+/// dump's.
+pub fn is_dump_point(id: &str) -> bool {
+    id.split_once('/')
+        .is_some_and(|(_, resource)| dump_instance_of(resource).is_some())
+}
+
+/// Right before the worker that loads a dump into an existing DB instance
+/// is launched (a RestoreJob of mode `database` from a dump's restore
+/// point): as [`prepare`], the path to the DB instance of
+/// `spec.database`; the worker checks that each database it loads is
+/// absent or empty.
+pub async fn prepare_load(
+    job: &RestoreJob,
+    worker: &mut RestoreWorkerStatus,
+    config: &WorkerConfiguration,
+    ctx: &Context,
+) -> Result<TaskDetails> {
+    let Some(target) = job.spec.database.clone() else {
+        return Ok(TaskDetails::default());
+    };
+    let db = target.db_instance_id.clone();
+    let region = worker.region.clone();
+    let resource = worker.resource.clone();
+    let aws = ctx
+        .aws
+        .scoped(&job_access(job, worker.access.as_ref()))
+        .await;
+    let opened = Box::pin(open_path(
+        (job, ctx, config),
+        &aws,
+        (&region, &db, &resource),
+        FailureReason::DatabaseRestoreTargetNotFound,
+        &|_| None,
+        &mut worker.database_access,
+    ))
+    .await;
+    let (found, worker_group) = match opened {
+        Ok(Path::Open {
+            found,
+            worker_group,
+        }) => (found, worker_group),
+        Ok(Path::Wait(note)) => return Ok(wait(note)),
+        Ok(Path::Failed(reason, message)) => {
+            mark_failed(worker, reason, &message, Timestamp::now());
+            return Ok(TaskDetails::default());
+        }
+        Err(e) => {
+            return Ok(wait(format!(
+                "preparing the path to DB instance {db}: {e}; retrying"
+            )));
+        }
+    };
+    worker.restored_database = Some(RestoredDatabase {
+        db_instance_id: db.clone(),
+        db_instance_arn: found.arn.clone(),
+        state: found.status.clone(),
+        endpoint_address: found.address.clone(),
+        endpoint_port: found.port,
+        requested_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
+    });
+    let on_db = worker
+        .database_access
+        .as_ref()
+        .map(|a| a.database_security_group_id.as_str());
+    let image = image_of(&found, on_db);
+    Ok(TaskDetails {
+        restore_point: Some(resource),
+        database: Some(database_task(
+            &found,
+            &region,
+            target.databases.clone(),
+            image,
+        )),
+        security_groups: vec![worker_group],
+        ..TaskDetails::default()
+    })
+}
+
+/// The pair of a RestoreJob's load (see [`release`]).
+pub async fn release_load(
+    job: &RestoreJob,
+    status: &mut RestoreJobStatus,
+    ctx: &Context,
+) -> Result<()> {
+    let Some(db) = job.spec.database.as_ref().map(|d| d.db_instance_id.clone()) else {
+        return Ok(());
+    };
+    let mut entries: Vec<Entry<'_>> = Vec::new();
+    for w in status.workers.iter_mut() {
+        let RestoreWorkerStatus {
+            worker,
+            database_access,
+            ..
+        } = w;
+        entries.push((worker, db.clone(), database_access));
+    }
+    release(job, entries, ctx).await
+}
+
+/// [`settling`] of a RestoreJob's load.
+pub fn load_settling(status: &RestoreJobStatus) -> Option<Settling> {
+    settling(
+        status
+            .workers
+            .iter()
+            .map(|w| (&w.worker, w.database_access.as_ref())),
+    )
+}
+
+/// Whether an entry's pair may go: its resource is done (succeeded or
 /// failed for good) or suspended, and its worker is terminated or was
 /// never launched. (A suspended job's next attempt makes the pair again.)
-fn releasable(w: &BackupWorkerStatus) -> bool {
-    w.database_access.is_some()
+fn releasable(w: &WorkerStatus, access: Option<&DatabaseAccessStatus>) -> bool {
+    access.is_some()
         && (w.phase.is_finished() || w.phase == crate::api::Phase::Suspended)
         && !w.is_active()
 }
@@ -435,30 +626,41 @@ async fn release_pair(
     )
 }
 
-/// After the workers' messages: the pairs of finished dump entries whose
-/// worker is gone are removed; what holds one back is recorded.
-pub async fn release(job: &BackupJob, status: &mut BackupJobStatus, ctx: &Context) -> Result<()> {
-    for w in status.workers.iter_mut().filter(|w| releasable(w)) {
-        let (Some(db), Some(access)) = (
-            dump_instance_of(&w.resource).map(str::to_string),
-            w.database_access.clone(),
-        ) else {
+/// A job's entry as [`release`] takes it: the worker, its DB instance,
+/// and its pair.
+pub(super) type Entry<'a> = (
+    &'a mut WorkerStatus,
+    String,
+    &'a mut Option<DatabaseAccessStatus>,
+);
+
+/// After the workers' messages: the pairs of a job's finished entries
+/// whose worker is gone are removed; what holds one back is recorded.
+/// `entries` are the job's entries, each with its DB instance and its
+/// pair.
+pub(super) async fn release<K: WorkerJob>(
+    job: &K,
+    entries: Vec<Entry<'_>>,
+    ctx: &Context,
+) -> Result<()> {
+    for (w, db, slot) in entries {
+        let Some(access) = slot.clone().filter(|a| releasable(w, Some(a))) else {
             continue;
         };
         let aws = ctx.aws.scoped(&job_access(job, w.access.as_ref())).await;
         match Box::pin(release_pair(&aws, &w.region, &db, &access)).await {
             Ok(Released::Gone) => {
-                info!(db, "deleted the dump's security groups");
-                w.database_access = None;
+                info!(db, "deleted a worker's security groups to its DB instance");
+                *slot = None;
             }
             Ok(Released::Waiting(why)) => {
-                if let Some(a) = w.database_access.as_mut() {
+                if let Some(a) = slot.as_mut() {
                     a.release_waiting = Some(why);
                 }
             }
             Err(e) => {
-                warn!(db, error = %e, "could not remove the dump's security groups yet");
-                if let Some(a) = w.database_access.as_mut() {
+                warn!(db, error = %e, "could not remove a worker's security groups yet");
+                if let Some(a) = slot.as_mut() {
                     a.release_waiting = Some(e.to_string());
                 }
             }
@@ -467,24 +669,45 @@ pub async fn release(job: &BackupJob, status: &mut BackupJobStatus, ctx: &Contex
     Ok(())
 }
 
-/// A job whose dump pairs are still there is not finished.
-pub fn settling(status: &BackupJobStatus) -> Option<Settling> {
-    let waiting: Vec<&str> = status
-        .workers
-        .iter()
-        .filter(|w| releasable(w))
-        .map(|w| w.resource.as_str())
+/// The pairs of a BackupJob's dumps (see [`release`]).
+pub async fn release_dumps(
+    job: &BackupJob,
+    status: &mut BackupJobStatus,
+    ctx: &Context,
+) -> Result<()> {
+    let mut entries: Vec<Entry<'_>> = Vec::new();
+    for w in status.workers.iter_mut() {
+        let Some(db) = dump_instance_of(&w.resource).map(str::to_string) else {
+            continue;
+        };
+        let BackupWorkerStatus {
+            worker,
+            database_access,
+            ..
+        } = w;
+        entries.push((worker, db, database_access));
+    }
+    release(job, entries, ctx).await
+}
+
+/// A job whose workers' pairs are still there is not finished.
+pub(super) fn settling<'a>(
+    entries: impl IntoIterator<Item = (&'a WorkerStatus, Option<&'a DatabaseAccessStatus>)>,
+) -> Option<Settling> {
+    let waiting: Vec<(&WorkerStatus, &DatabaseAccessStatus)> = entries
+        .into_iter()
+        .filter(|(w, a)| releasable(w, *a))
+        .filter_map(|(w, a)| Some((w, a?)))
         .collect();
-    let why: Vec<&str> = status
-        .workers
+    let names: Vec<&str> = waiting.iter().map(|(w, _)| w.resource.as_str()).collect();
+    let why: Vec<&str> = waiting
         .iter()
-        .filter(|w| releasable(w))
-        .filter_map(|w| w.database_access.as_ref()?.release_waiting.as_deref())
+        .filter_map(|(_, a)| a.release_waiting.as_deref())
         .collect();
     (!waiting.is_empty()).then(|| Settling {
         note: format!(
-            "removing the security groups that let the dump's worker reach {}{}",
-            waiting.join(", "),
+            "removing the security groups that let the worker of {} reach its DB instance{}",
+            names.join(", "),
             if why.is_empty() {
                 String::new()
             } else {
@@ -495,9 +718,19 @@ pub fn settling(status: &BackupJobStatus) -> Option<Settling> {
     })
 }
 
-/// Deletes this cluster's dump pairs in one region and account whose job
-/// is gone, or finished without one of its entries naming them (a status
-/// write lost); returns how many pairs went.
+/// [`settling`] of a BackupJob's dumps.
+pub fn dumps_settling(status: &BackupJobStatus) -> Option<Settling> {
+    settling(
+        status
+            .workers
+            .iter()
+            .map(|w| (&w.worker, w.database_access.as_ref())),
+    )
+}
+
+/// Deletes this cluster's pairs (of dumps and of loads) in one region
+/// and account whose job is gone, or finished without one of its entries
+/// naming them (a status write lost); returns how many pairs went.
 pub(super) async fn sweep(ctx: &Context, aws: &AwsClients, region: &str, grace: Duration) -> usize {
     let ours = BTreeMap::from([
         (
@@ -505,7 +738,6 @@ pub(super) async fn sweep(ctx: &Context, aws: &AwsClients, region: &str, grace: 
             tags::MANAGED_BY_VALUE.to_string(),
         ),
         (tags::CLUSTER_ID.to_string(), ctx.cluster_id.clone()),
-        (tags::JOB_KIND.to_string(), "BackupJob".to_string()),
     ]);
     let groups = match aws.network().pair_groups(region, &ours).await {
         Ok(g) => g,
@@ -542,21 +774,41 @@ pub(super) async fn sweep(ctx: &Context, aws: &AwsClients, region: &str, grace: 
     for ((uid, resource), members) in pairs {
         let tag = |k: &str| members[0].tags.get(k).cloned().unwrap_or_default();
         let (ns, name) = (tag(tags::NAMESPACE), tag(tags::JOB_NAME));
-        let owner = ctx
-            .jobs
-            .get(&ObjectRef::<BackupJob>::new(&name).within(&ns))
-            .filter(|job| job.uid().as_deref() == Some(uid.as_str()));
-        if let Some(job) = &owner {
-            let status = super::job::status::baseline(&**job, ctx).unwrap_or_default();
-            let entry = status.workers.iter().find(|w| w.resource == resource);
-            // The job's own reconcile removes what its status names, and
-            // an unfinished job may still launch with it.
-            if !status.phase.is_finished() || entry.is_some_and(|w| w.database_access.is_some()) {
-                continue;
-            }
-        }
-        let Some(db) = dump_instance_of(&resource) else {
+        // The job's own reconcile removes what its status names, and an
+        // unfinished job may still launch with it.
+        let owned = match tag(tags::JOB_KIND).as_str() {
+            "BackupJob" => still_owned(
+                ctx,
+                ctx.jobs.get(&ObjectRef::new(&name).within(&ns)),
+                &uid,
+                |s: &BackupJobStatus| {
+                    s.workers
+                        .iter()
+                        .any(|w| w.resource == resource && w.database_access.is_some())
+                },
+            ),
+            "RestoreJob" => still_owned(
+                ctx,
+                ctx.restores.get(&ObjectRef::new(&name).within(&ns)),
+                &uid,
+                |s: &RestoreJobStatus| {
+                    s.workers
+                        .iter()
+                        .any(|w| w.resource == resource && w.database_access.is_some())
+                },
+            ),
+            _ => true,
+        };
+        if owned {
             continue;
+        }
+        // Pairs made before they named their DB instance were dumps'.
+        let db = match members[0].tags.get(tags::DB_INSTANCE) {
+            Some(db) => db.as_str(),
+            None => match dump_instance_of(&resource) {
+                Some(db) => db,
+                None => continue,
+            },
         };
         let find = |role: &str| {
             members
@@ -583,28 +835,49 @@ pub(super) async fn sweep(ctx: &Context, aws: &AwsClients, region: &str, grace: 
                     region,
                     db,
                     job = name,
-                    "garbage collection: deleted a dump's security groups whose job is gone"
+                    "garbage collection: deleted a worker's security groups to its DB instance whose job is gone"
                 );
                 deleted += 1;
             }
             Ok(Released::Waiting(why)) => {
                 info!(
                     region,
-                    db, why, "garbage collection: a dump's security groups stay for now"
+                    db,
+                    why,
+                    "garbage collection: a worker's security groups to its DB instance stay for now"
                 )
             }
             Err(e) => {
-                warn!(region, db, error = %e, "garbage collection: could not delete a dump's security groups")
+                warn!(region, db, error = %e, "garbage collection: could not delete a worker's security groups to its DB instance")
             }
         }
     }
     deleted
 }
 
+/// Whether `job` (if it is the one of UID `uid`) still answers for a
+/// pair: it is unfinished, or its status names the pair.
+fn still_owned<K: WorkerJob>(
+    ctx: &Context,
+    job: Option<std::sync::Arc<K>>,
+    uid: &str,
+    names_it: impl Fn(&crate::api::JobStatus<K::Worker>) -> bool,
+) -> bool {
+    let Some(job) = job.filter(|j| j.uid().as_deref() == Some(uid)) else {
+        return false;
+    };
+    let status = super::job::status::baseline(&*job, ctx).unwrap_or_default();
+    !status.phase.is_finished() || names_it(&status)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::{Phase, WorkerAccount, WorkerStatus};
+
+    fn gone(w: &BackupWorkerStatus) -> bool {
+        releasable(w, w.database_access.as_ref())
+    }
 
     #[test]
     fn a_pair_goes_once_its_resource_is_done_and_its_worker_gone() {
@@ -626,34 +899,29 @@ mod tests {
                 }),
                 ..Default::default()
             };
-        assert!(releasable(&entry(
-            Phase::Succeeded,
-            Some("i-1"),
-            true,
-            true
-        )));
+        assert!(gone(&entry(Phase::Succeeded, Some("i-1"), true, true)));
         assert!(
-            releasable(&entry(Phase::Failed, None, false, true)),
+            gone(&entry(Phase::Failed, None, false, true)),
             "never launched"
         );
         assert!(
-            !releasable(&entry(Phase::Succeeded, Some("i-1"), false, true)),
+            !gone(&entry(Phase::Succeeded, Some("i-1"), false, true)),
             "worker still running"
         );
         assert!(
-            !releasable(&entry(Phase::Running, Some("i-1"), true, true)),
+            !gone(&entry(Phase::Running, Some("i-1"), true, true)),
             "a retry may come"
         );
         assert!(
-            !releasable(&entry(Phase::Succeeded, Some("i-1"), true, false)),
+            !gone(&entry(Phase::Succeeded, Some("i-1"), true, false)),
             "nothing to remove"
         );
         let status = BackupJobStatus {
             workers: vec![entry(Phase::Succeeded, Some("i-1"), true, true)],
             ..Default::default()
         };
-        assert!(settling(&status).is_some_and(|s| s.note.contains("rds-pg-orders")));
-        assert!(settling(&BackupJobStatus::default()).is_none());
+        assert!(dumps_settling(&status).is_some_and(|s| s.note.contains("rds-pg-orders")));
+        assert!(dumps_settling(&BackupJobStatus::default()).is_none());
     }
 
     #[test]

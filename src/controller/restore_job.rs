@@ -12,6 +12,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use sha2::Digest;
 
+use super::database_dump;
 use super::database_restore;
 use super::job::core::mark_failed;
 use super::job::kind::{
@@ -112,7 +113,9 @@ impl WorkerJob for RestoreJob {
                 ),
             }));
         }
-        let database_point = database_restore::is_database_point(&self.spec.restore_point_id());
+        let point = self.spec.restore_point_id();
+        let dump_point = database_dump::is_dump_point(&point);
+        let database_point = database_restore::is_database_point(&point) || dump_point;
         if database_point != (self.spec.mode == RestoreMode::Database) {
             return Ok(Err(NotLocated {
                 reason: FailureReason::RestoreModeMismatch,
@@ -132,6 +135,9 @@ impl WorkerJob for RestoreJob {
         if let Some(problem) = preflight::check(self, config, ctx).await? {
             return Ok(Err(problem));
         }
+        if dump_point && let Some(target) = &self.spec.database {
+            return Box::pin(locate_load_target(self, target, config, ctx)).await;
+        }
         Ok(Ok(Located {
             zone: self.spec.availability_zone.clone(),
             size_gib: 0,
@@ -139,7 +145,10 @@ impl WorkerJob for RestoreJob {
         }))
     }
 
-    fn instance_type(&self, spec: &WorkerConfigurationSpec, _located: &Located) -> String {
+    fn instance_type(&self, spec: &WorkerConfigurationSpec, located: &Located) -> String {
+        if located.dump {
+            return placement::dump_instance_type(spec.instance_types.as_ref(), spec.architecture);
+        }
         let types = spec.instance_types.as_ref();
         let defaults = placement::DefaultTypes::of(spec.architecture);
         if self.spec.mode == RestoreMode::FileLevel {
@@ -153,9 +162,10 @@ impl WorkerJob for RestoreJob {
         }
     }
 
-    /// A database: RDS creates the DB instance, the controller follows it.
-    fn runs_on_controller(&self, _resource: &str) -> bool {
-        self.spec.mode == RestoreMode::Database
+    /// A DB snapshot's restore point: RDS creates the DB instance, the
+    /// controller follows it. (A dump's is loaded by a worker.)
+    fn runs_on_controller(&self, resource: &str) -> bool {
+        self.spec.mode == RestoreMode::Database && !database_dump::is_dump_point(resource)
     }
 
     async fn advance(
@@ -215,8 +225,11 @@ impl WorkerJob for RestoreJob {
                 end_finished_session(self, status, now);
                 original_location::advance(self, config, &mut status.workers, ctx, now).await?;
             }
-            // The controller's own steps (`database_restore`).
-            RestoreMode::Database => {}
+            // A snapshot's: the controller's own steps (`database_restore`);
+            // a dump's: the worker's path closed once it is gone.
+            RestoreMode::Database => {
+                Box::pin(database_dump::release_load(self, status, ctx)).await?;
+            }
         }
         Ok(())
     }
@@ -225,6 +238,9 @@ impl WorkerJob for RestoreJob {
     /// its volume or instance exists (EBS may still be sealing the
     /// snapshots, or the AMI still be pending).
     fn settling(&self, status: &RestoreJobStatus) -> Option<Settling> {
+        if let Some(settling) = database_dump::load_settling(status) {
+            return Some(settling);
+        }
         if let Some(o) = status
             .workers
             .iter()
@@ -264,6 +280,10 @@ impl WorkerJob for RestoreJob {
         config: &WorkerConfiguration,
         ctx: &Context,
     ) -> Result<TaskDetails> {
+        if database_dump::is_dump_point(&worker.resource) {
+            // Boxed: its calls would swell every reconcile's future.
+            return Box::pin(database_dump::prepare_load(self, worker, config, ctx)).await;
+        }
         let file_level = match self.spec.mode {
             RestoreMode::FileLevel => {
                 let (secret, mut task) = ensure_session(self, ctx).await?;
@@ -281,6 +301,62 @@ impl WorkerJob for RestoreJob {
             ..TaskDetails::default()
         })
     }
+}
+
+/// The DB instance a dump is loaded into: it must exist, be one a worker
+/// of `config` can reach and sign in to as for a dump, and not be asked
+/// to change (the fields that describe a new DB instance are a DB
+/// snapshot's). Its worker runs in its zone.
+async fn locate_load_target(
+    job: &RestoreJob,
+    target: &crate::api::DatabaseRestore,
+    config: &WorkerConfiguration,
+    ctx: &Context,
+) -> Result<Result<Located, NotLocated>> {
+    let db = &target.db_instance_id;
+    let region = &job.spec.region;
+    let for_new = [
+        ("dbInstanceClass", target.db_instance_class.is_some()),
+        ("dbSubnetGroupName", target.db_subnet_group_name.is_some()),
+        (
+            "vpcSecurityGroupIds",
+            target.vpc_security_group_ids.is_some(),
+        ),
+        (
+            "dbParameterGroupName",
+            target.db_parameter_group_name.is_some(),
+        ),
+    ];
+    if let Some((field, _)) = for_new.iter().find(|(_, set)| *set) {
+        return Ok(Err(NotLocated {
+            reason: FailureReason::RestoreModeMismatch,
+            message: format!(
+                "restore point {} is a PostgreSQL dump's, which is loaded into the existing DB instance {db}; spec.database.{field} describes a new DB instance (a DB snapshot's restore): remove it",
+                job.spec.restore_point_id()
+            ),
+        }));
+    }
+    let access = job_access(job, config.spec.production_account.as_ref());
+    let production = ctx.aws.scoped(&access).await;
+    let Some(found) = production.databases().describe_instance(region, db).await? else {
+        return Ok(Err(NotLocated {
+            reason: FailureReason::DatabaseRestoreTargetNotFound,
+            message: format!(
+                "DB instance {db} does not exist in {region}: a PostgreSQL dump is loaded into an existing RDS for PostgreSQL DB instance (create it, or restore a DB snapshot's restore point to get a new one)"
+            ),
+        }));
+    };
+    if let Some(message) = database_dump::not_possible(config, &found) {
+        return Ok(Err(NotLocated {
+            reason: FailureReason::DatabaseDumpNotPossible,
+            message,
+        }));
+    }
+    Ok(Ok(Located {
+        zone: found.availability_zone,
+        size_gib: found.allocated_gib,
+        dump: true,
+    }))
 }
 
 /// A file-level session the user marked finished (annotation

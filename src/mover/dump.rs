@@ -836,7 +836,7 @@ pub struct LoadOutcome {
 /// database gets there.
 pub struct LoadTarget<'a> {
     pub server: &'a PgServer,
-    pub rename: &'a dyn Fn(&str) -> String,
+    pub rename: &'a (dyn Fn(&str) -> String + Sync),
     /// Only these databases (by dumped name); empty: all.
     pub only: &'a [String],
     /// What marks the databases this restore creates (the RestoreJob's
@@ -964,12 +964,16 @@ pub async fn restore(
     // Every chunk is fetched and checked before anything is written, so
     // a damaged restore point fails here, with the targets untouched.
     let streams = dump.streams_where(chosen);
-    let needed: HashSet<&str> = streams
+    let needed: HashSet<String> = streams
         .iter()
-        .flat_map(|(_, s)| s.chunks.iter().map(|c| c.chunk.as_str()))
+        .flat_map(|(_, s)| s.chunks.iter().map(|c| c.chunk.clone()))
         .collect();
+    // Owned items and `async move`: a closure over borrowed items makes
+    // the future `Send` for one lifetime only, which a spawned task (the
+    // worker's agent) does not accept.
+    let users = &loader.users;
     futures::stream::iter(needed)
-        .map(|hash| fetch_chunk(aws, loc, (manifest, progress), hash, &loader.users))
+        .map(|hash| async move { fetch_chunk(aws, loc, (manifest, progress), &hash, users).await })
         .buffer_unordered(CONCURRENCY)
         .try_for_each(|_| async { Ok(()) })
         .await?;
@@ -1140,7 +1144,7 @@ impl Loader<'_> {
         let Some(mut stdin) = child.stdin.take() else {
             return Err(load_failed(step, "psql has no input pipe"));
         };
-        let mut chunks = futures::stream::iter(stream.chunks.iter())
+        let mut chunks = futures::stream::iter(stream.chunks.iter().cloned())
             .map(|c| async move {
                 let (data, _) =
                     fetch_chunk(aws, loc, (manifest, progress), &c.chunk, users).await?;

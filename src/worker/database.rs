@@ -1,15 +1,15 @@
-//! A PostgreSQL dump on a worker: the master password read from the DB
+//! A PostgreSQL dump on a worker, or the load of one: the master password read from the DB
 //! instance's RDS-managed secret (GetSecretValue, by this worker's role;
 //! never in user data, logs or the tools' arguments), the server verified
 //! against the RDS certificate authorities the user data fetched, and the
-//! dump written by the data mover (`mover::dump`).
+//! dump written or loaded by the data mover (`mover::dump`).
 
 use tracing::info;
 
 use super::{Done, Failure, failure, mib, mover_failure};
 use crate::aws::AwsClients;
 use crate::messages::{DatabaseTask, WorkerTask};
-use crate::mover::dump::{DumpRequest, PgServer};
+use crate::mover::dump::{DumpRequest, LoadTarget, PgServer};
 use crate::mover::manifest::Manifest;
 use crate::mover::{self, BackupRequest, Progress};
 use crate::reasons::FailureReason;
@@ -45,7 +45,7 @@ async fn read_secret(
         .map_err(|e| {
             let reason = e.failure_reason();
             let hint = if reason == FailureReason::AwsPermissionDenied {
-                "; the backup workers' role needs secretsmanager:GetSecretValue on it (and kms:Decrypt on its key when that is a customer managed key), see iam/worker-backup-policy.json"
+                "; the worker's role needs secretsmanager:GetSecretValue on it (and kms:Decrypt on its key when that is a customer managed key), see iam/worker-backup-policy.json and iam/worker-restore-policy.json"
             } else {
                 ""
             };
@@ -69,6 +69,108 @@ async fn read_secret(
     Ok((user.unwrap_or_else(|| db.user.clone()), password))
 }
 
+/// The task's server, signed in to as its master user.
+async fn server(
+    aws: &AwsClients,
+    task: &WorkerTask,
+    db: &DatabaseTask,
+) -> Result<PgServer, Failure> {
+    let (user, password) = read_secret(aws, db, &task.resource_region).await?;
+    Ok(PgServer {
+        host: db.host.clone(),
+        port: db.port,
+        user,
+        password,
+        sslmode: db.sslmode.clone(),
+        root_cert: Some(crate::user_data::RDS_CA_FILE.into()),
+        // The user data made sure the tools on the PATH are new enough.
+        tools: None,
+        maintenance_database: "postgres".into(),
+    })
+}
+
+/// Loads the dump of the task's restore point into the task's server:
+/// each database created there, or filled if it exists empty (one that
+/// holds anything is refused before anything is written).
+pub(super) async fn load(
+    aws: &AwsClients,
+    task: &WorkerTask,
+    db: &DatabaseTask,
+    progress: &Progress,
+) -> Result<Done, Failure> {
+    let (Some(repository), Some(id)) = (&task.repository, &task.restore_point) else {
+        return Err(failure(
+            FailureReason::RestorePointMissing,
+            "the task names no repository or restore point",
+        ));
+    };
+    let manifest = mover::load_manifest(aws, repository, id)
+        .await
+        .map_err(|e| mover_failure(e, repository))?;
+    let server = server(aws, task, db).await?;
+    info!(
+        db = db.db_instance_id,
+        host = db.host,
+        port = db.port,
+        restore_point = id,
+        "loading a PostgreSQL dump"
+    );
+    let same = |name: &str| name.to_string();
+    let target = LoadTarget {
+        server: &server,
+        rename: &same,
+        only: &db.databases,
+        // A database this job's dead worker left half-loaded is dropped
+        // and loaded again by its retry.
+        tag: &task.job_uid,
+    };
+    let outcome = mover::dump::restore(aws, repository, &manifest, &target, progress)
+        .await
+        .map_err(|e| mover_failure(e, repository))?;
+    let loaded: Vec<String> = manifest
+        .database
+        .as_ref()
+        .and_then(|d| d.dump.as_ref())
+        .map(|d| {
+            d.databases
+                .iter()
+                .filter(|x| db.databases.is_empty() || db.databases.contains(&x.name))
+                .map(|x| x.name.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let warnings = match outcome.role_warnings.len() {
+        0 => String::new(),
+        n => format!(
+            "; {n} statement(s) of the roles script refused (roles are the server's: {})",
+            outcome
+                .role_warnings
+                .first()
+                .map(String::as_str)
+                .unwrap_or_default()
+        ),
+    };
+    Ok(Done {
+        detail: format!(
+            "loaded {} of restore point {id} into DB instance {} ({} table(s), {}; created {}){warnings}",
+            loaded.join(", "),
+            db.db_instance_id,
+            outcome.tables,
+            mib(outcome.bytes),
+            if outcome.created.is_empty() {
+                "none: every database existed empty".to_string()
+            } else {
+                outcome.created.join(", ")
+            }
+        ),
+        restore_point: Some(id.clone()),
+        snapshots: Vec::new(),
+        machine: None,
+        retention: None,
+        verification: None,
+    })
+}
+
 /// Dumps the task's server into one restore point.
 pub(super) async fn dump(
     aws: &AwsClients,
@@ -82,18 +184,7 @@ pub(super) async fn dump(
             "the task names no repository; the controller that launched this worker is older than the agent",
         ));
     };
-    let (user, password) = read_secret(aws, db, &task.resource_region).await?;
-    let server = PgServer {
-        host: db.host.clone(),
-        port: db.port,
-        user,
-        password,
-        sslmode: db.sslmode.clone(),
-        root_cert: Some(crate::user_data::RDS_CA_FILE.into()),
-        // The user data made sure `pg_dump` on the PATH is new enough.
-        tools: None,
-        maintenance_database: "postgres".into(),
-    };
+    let server = server(aws, task, db).await?;
     info!(
         db = db.db_instance_id,
         host = db.host,

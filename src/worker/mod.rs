@@ -425,6 +425,9 @@ async fn restore(
     task: &WorkerTask,
     progress: &Progress,
 ) -> Result<Done, Failure> {
+    if let Some(db) = &task.database {
+        return database::load(aws, task, db, progress).await;
+    }
     let (Some(repository), Some(id)) = (&task.repository, &task.restore_point) else {
         return Err(failure(
             FailureReason::RestorePointMissing,
