@@ -226,9 +226,10 @@ async fn a_postgres_instance_is_dumped_by_a_worker_that_alone_may_reach_it() {
     assert_eq!(db_groups(&rds, &db).await, own_groups);
     assert!(pair_of(&ec2, &uid).await.is_empty());
     if common::realism::enabled() {
-        // The pair was deleted only once the worker was terminated: EC2
-        // refused while it was shutting down.
-        assert!(common::realism::counter("ec2:DependencyViolation").await >= 1);
+        // Whether a DeleteSecurityGroup met a DependencyViolation on the
+        // way depends on how fast the emulator answers (RDS's removal lasts
+        // 2 s), so it is not asserted; the pair being gone above while
+        // realism refuses to delete a group still in use is the proof.
         // RDS took its time to add and to remove the group (`modifying`,
         // memberships `adding` / `removing`), and Tender waited for it.
         assert!(common::realism::counter("rds:security-groups-modifying").await >= 2);
