@@ -604,3 +604,126 @@ async fn copy_to_puts_a_copy_in_another_region_and_refuses_an_encrypted_one_with
         "no copy was made"
     );
 }
+
+#[tokio::test]
+async fn a_policy_snapshots_the_db_instances_its_selectors_match_and_reports_a_named_one_missing() {
+    let env = TestEnv::new("rds-policy").await;
+    env.default_configuration().await;
+    let rds = rds().await;
+    // Tags of this test's own: other tests' DB instances never match.
+    let key = format!("backup-{}", env.namespace);
+    let create = |id: String, value: &'static str| {
+        let rds = rds.clone();
+        let key = key.clone();
+        async move {
+            rds.create_db_instance()
+                .db_instance_identifier(&id)
+                .engine("postgres")
+                .engine_version("15.4")
+                .db_instance_class("db.t3.micro")
+                .allocated_storage(20)
+                .master_username("shop")
+                .master_user_password("not-a-real-password")
+                .tags(Tag::builder().key(&key).value(value).build())
+                .send()
+                .await
+                .expect("create a DB instance");
+            id
+        }
+    };
+    let daily = create(common::unique("ledger"), "daily-db").await;
+    let other = create(common::unique("scratch"), "never").await;
+    let gone = common::unique("gone");
+    let policy: tender::api::BackupPolicy = serde_json::from_value(json!({
+        "apiVersion": "tender.dev/v1alpha1", "kind": "BackupPolicy",
+        "metadata": {"name": "databases"},
+        "spec": env.with_cluster_names(json!({
+            "schedule": "* * * * *",
+            "region": REGION,
+            "resources": [{"dbInstanceId": gone}],
+            "databaseSelectors": [{"matchTags": {key.clone(): "daily-*"}}],
+            "repositoryRef": {"name": env.repository().await},
+            "workerConfigurationRef": {"name": "default"},
+        })),
+    }))
+    .unwrap();
+    env.api::<tender::api::BackupPolicy>()
+        .create(&Default::default(), &policy)
+        .await
+        .expect("create the policy");
+
+    // The first run backs up the tagged DB instance alone, as a DB
+    // snapshot; the named one that does not exist is reported.
+    let job = eventually(Duration::from_secs(90), || async {
+        env.api::<BackupJob>()
+            .list(
+                &kube::api::ListParams::default()
+                    .labels(&format!("{}=databases", tender::names::POLICY_LABEL)),
+            )
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .next()
+    })
+    .await;
+    let ids: Vec<String> = job.spec.resources.iter().map(|r| r.id()).collect();
+    assert_eq!(ids, [format!("rds-db-{daily}")]);
+    assert_eq!(
+        job.spec.resources[0].db_instance_id.as_deref(),
+        Some(daily.as_str())
+    );
+    let done = env.wait_job_finished(&job.name_any(), TIMEOUT).await;
+    let status = done.status.unwrap();
+    assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
+    assert_eq!(status.workers[0].instance_id, None, "no worker instance");
+
+    // The emulator's side: one snapshot, of that DB instance, no manual
+    // one of the other (RDS's automated backups are not Tender's).
+    let taken = snapshots_of(&rds, &job.uid().unwrap()).await;
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    assert_eq!(taken[0].db_instance_identifier(), Some(daily.as_str()));
+    assert_eq!(taken[0].status(), Some("available"));
+    let of_other = rds
+        .describe_db_snapshots()
+        .db_instance_identifier(&other)
+        .snapshot_type("manual")
+        .send()
+        .await
+        .unwrap();
+    assert!(of_other.db_snapshots().is_empty(), "{of_other:?}");
+
+    // The policy's side: where it came from, its restore point, and the
+    // missing one with a condition and an Event.
+    let policy = eventually(TIMEOUT, || async {
+        let p = env
+            .api::<tender::api::BackupPolicy>()
+            .get("databases")
+            .await
+            .ok()?;
+        let s = p.status.clone()?;
+        s.resources
+            .iter()
+            .any(|r| r.newest_restore_point.is_some())
+            .then_some(s)
+    })
+    .await;
+    let protected = &policy.resources[0];
+    assert_eq!(protected.id, format!("rds-db-{daily}"));
+    assert_eq!(protected.source, "databaseSelectors");
+    assert_eq!(policy.missing_resources.len(), 1, "{policy:?}");
+    assert_eq!(policy.missing_resources[0].id, format!("rds-db-{gone}"));
+    let missing = common::condition_of(&policy.conditions, "ResourcesMissing").expect("condition");
+    assert!(missing.message.contains(&gone), "{missing:?}");
+    let events = env.events().await;
+    assert!(
+        events
+            .iter()
+            .any(|(r, n)| r == "ResourcesMissing" && n.contains(&gone)),
+        "{events:?}"
+    );
+    env.api::<tender::api::BackupPolicy>()
+        .delete("databases", &DeleteParams::default())
+        .await
+        .unwrap();
+}

@@ -51,6 +51,12 @@ fn valid_spec(kind: &str) -> Value {
             "repositoryRef": {"name": "acme-backups"},
             "region": "us-east-1",
         }),
+        "BackupPolicy" => json!({
+            "schedule": "@daily",
+            "region": "us-east-1",
+            "resources": [{"instanceId": "i-0123456789abcdef0"}],
+            "repositoryRef": {"name": "acme-backups"},
+        }),
         "VerificationJob" => json!({
             "restorePoints": ["nightly/i-0123456789abcdef0"],
             "repositoryRef": {"name": "acme-backups"},
@@ -78,6 +84,47 @@ fn merge(target: &mut Value, patch: &Value) {
 fn invalid_manifests() -> Vec<Case> {
     let long = "x".repeat(300);
     vec![
+        // BackupPolicy: what it protects
+        case(
+            "BackupPolicy",
+            json!({"resources": null}),
+            "name what to protect",
+        ),
+        case(
+            "BackupPolicy",
+            json!({"resources": [{}]}),
+            "set exactly one of instanceId, dbInstanceId and postgres",
+        ),
+        case(
+            "BackupPolicy",
+            json!({"resources": [{"instanceId": "i-0123456789abcdef0", "dbInstanceId": "orders"}]}),
+            "set exactly one of instanceId, dbInstanceId and postgres",
+        ),
+        case(
+            "BackupPolicy",
+            json!({"resources": [{"dbInstanceId": "orders--eu"}]}),
+            "no two hyphens in a row",
+        ),
+        case(
+            "BackupPolicy",
+            json!({"resources": [{"dbInstanceId": "1orders"}]}),
+            "spec.resources[0].dbInstanceId",
+        ),
+        case(
+            "BackupPolicy",
+            json!({"databaseSelectors": [{"matchTags": {}}]}),
+            "spec.databaseSelectors[0].matchTags",
+        ),
+        case(
+            "BackupPolicy",
+            json!({"instanceSelectors": [{"matchTags": {}}]}),
+            "spec.instanceSelectors[0].matchTags",
+        ),
+        case(
+            "BackupPolicy",
+            json!({"databaseSelectors": [{"matchTags": {"team": "shop"}, "method": "copy"}]}),
+            "spec.databaseSelectors[0].method",
+        ),
         // WorkerConfiguration
         case(
             "WorkerConfiguration",
@@ -517,6 +564,14 @@ fn valid_manifests() -> Vec<(&'static str, Value)> {
             json!({"mode": "fileLevel", "idleTimeoutMinutes": 10, "restoreFilesTo": {"repositoryRef": {"name": "acme-backups"}, "prefix": "incident-42/"}}),
         ),
         (
+            "BackupPolicy",
+            json!({"resources": [{"dbInstanceId": "orders"}, {"postgres": {"dbInstanceId": "ledger", "databases": ["ledger"]}}]}),
+        ),
+        (
+            "BackupPolicy",
+            json!({"resources": null, "databaseSelectors": [{"matchTags": {"team": "shop-*"}, "method": "dump"}, {"matchTags": {"backup": "*"}}]}),
+        ),
+        (
             "VerificationJob",
             json!({"restorePoints": ["nightly.i-0123456789abcdef0", "nightly/snap-0123456789abcdef0"], "backoffLimit": 0}),
         ),
@@ -526,7 +581,9 @@ fn valid_manifests() -> Vec<(&'static str, Value)> {
 fn api(client: &kube::Client, kind: &str, namespace: &str) -> Api<DynamicObject> {
     let gvk = GroupVersionKind::gvk("tender.dev", "v1alpha1", kind);
     let plural = format!("{}s", kind.to_ascii_lowercase());
-    let plural = plural.replace("repositorys", "repositories");
+    let plural = plural
+        .replace("repositorys", "repositories")
+        .replace("policys", "policies");
     let resource = ApiResource::from_gvk_with_plural(&gvk, &plural);
     match kind {
         "WorkerConfiguration" | "BackupRepository" => Api::all_with(client.clone(), &resource),

@@ -12,12 +12,12 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{INSTANCE_ID_PATTERN, LocalObjectReference, REGION_PATTERN};
+use super::{DB_IDENTIFIER_PATTERN, INSTANCE_ID_PATTERN, LocalObjectReference, REGION_PATTERN};
 pub use crate::policy::runs::ConcurrencyPolicy;
 
-/// Back up a set of EC2 instances on a schedule. Like a CronJob: each run creates a
-/// BackupJob (named `<policy>-<scheduled minute>`, owned by the policy), so
-/// a policy's name is at most 52 characters, as a CronJob's.
+/// Back up a set of EC2 instances and RDS DB instances on a schedule. Like
+/// a CronJob: each run creates a BackupJob (named `<policy>-<scheduled
+/// minute>`, owned by the policy), so a policy's name is at most 52 characters, as a CronJob's.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "tender.dev",
@@ -61,8 +61,8 @@ pub use crate::policy::runs::ConcurrencyPolicy;
     )
 )]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "has(self.resources) || has(self.instanceSelectors)",
-     "message": "name what to protect: spec.resources, spec.instanceSelectors, or both"}
+    {"rule": "has(self.resources) || has(self.instanceSelectors) || has(self.databaseSelectors)",
+     "message": "name what to protect: spec.resources, spec.instanceSelectors, spec.databaseSelectors, or several"}
 ]))]
 #[serde(rename_all = "camelCase")]
 pub struct BackupPolicySpec {
@@ -96,8 +96,9 @@ pub struct BackupPolicySpec {
     /// are regional too.
     #[schemars(pattern(REGION_PATTERN), length(max = 32))]
     pub region: String,
-    /// Instances protected by ID. One that no longer exists is reported in
-    /// `status.missingResources` and left out of the run.
+    /// Instances and RDS DB instances protected by ID. One that no longer
+    /// exists is reported in `status.missingResources` and left out of the
+    /// run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100))]
     pub resources: Vec<PolicyResource>,
@@ -107,6 +108,14 @@ pub struct BackupPolicySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
     pub instance_selectors: Vec<InstanceSelector>,
+    /// RDS DB instances protected by their tags, looked up at every run
+    /// (DB instances being deleted, or members of a DB cluster, never
+    /// match). A DB instance that matches a `dump` selector is dumped by a
+    /// worker (as a BackupJob's `postgres`, every database), else it gets
+    /// a DB snapshot (as `dbInstanceId`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub database_selectors: Vec<DatabaseSelector>,
     /// The BackupRepository the restore points go to (it must admit this
     /// namespace).
     pub repository_ref: LocalObjectReference,
@@ -183,13 +192,72 @@ fn one() -> i32 {
     1
 }
 
-/// An instance protected by ID.
+/// A resource protected by ID: set exactly one field.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "[has(self.instanceId), has(self.dbInstanceId), has(self.postgres)].filter(x, x).size() == 1",
+     "message": "set exactly one of instanceId, dbInstanceId and postgres"},
+    {"rule": "!has(self.dbInstanceId) || !self.dbInstanceId.contains('--')",
+     "message": "an RDS DB instance identifier has no two hyphens in a row"}
+]))]
+pub struct PolicyResource {
+    /// ID of an EC2 instance, for example `i-0123456789abcdef0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(INSTANCE_ID_PATTERN), length(max = 19))]
+    pub instance_id: Option<String>,
+    /// Identifier of an RDS DB instance (any engine), backed up as a DB
+    /// snapshot, as a BackupJob's `dbInstanceId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(DB_IDENTIFIER_PATTERN), length(max = 63))]
+    pub db_instance_id: Option<String>,
+    /// An RDS for PostgreSQL DB instance dumped by a worker, as a
+    /// BackupJob's `postgres`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<super::PostgresSource>,
+}
+
+impl PolicyResource {
+    /// The ID of the BackupJob resource it becomes (`i-…`, `rds-db-<id>`,
+    /// `rds-pg-<id>`).
+    pub fn id(&self) -> String {
+        if let Some(id) = &self.instance_id {
+            return id.clone();
+        }
+        if let Some(db) = &self.db_instance_id {
+            return format!("{}{db}", super::DB_INSTANCE_RESOURCE_PREFIX);
+        }
+        match &self.postgres {
+            Some(pg) => format!("{}{}", super::DB_DUMP_RESOURCE_PREFIX, pg.db_instance_id),
+            None => String::new(),
+        }
+    }
+}
+
+/// How a policy backs up the DB instances a selector matches.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum DatabaseBackupMethod {
+    /// A DB snapshot (any engine).
+    #[default]
+    Snapshot,
+    /// A PostgreSQL dump into the repository by a worker (RDS for
+    /// PostgreSQL with the dump's requirements; see BackupJob `postgres`).
+    Dump,
+}
+
+/// RDS DB instances by tags.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct PolicyResource {
-    /// ID of the EC2 instance, for example `i-0123456789abcdef0`.
-    #[schemars(pattern(INSTANCE_ID_PATTERN), length(max = 19))]
-    pub instance_id: String,
+pub struct DatabaseSelector {
+    /// Tags a DB instance must all carry, as `key: value`; a value may use
+    /// `*` (any characters) and `?` (one), as EC2's filters do, so `"*"`
+    /// matches any value.
+    #[schemars(extend("minProperties" = 1, "maxProperties" = 10))]
+    pub match_tags: BTreeMap<String, String>,
+    /// `snapshot` (default) or `dump`.
+    #[serde(default)]
+    pub method: DatabaseBackupMethod,
 }
 
 /// EC2 instances by tags.
@@ -199,7 +267,7 @@ pub struct InstanceSelector {
     /// Tags an instance must all carry, as `key: value`; a value may use
     /// EC2's filter wildcards (`*` any characters, `?` one), so `"*"`
     /// matches any value. Terminated instances never match.
-    #[schemars(length(min = 1, max = 10))]
+    #[schemars(extend("minProperties" = 1, "maxProperties" = 10))]
     pub match_tags: BTreeMap<String, String>,
 }
 
@@ -231,7 +299,7 @@ pub struct BackupPolicyStatus {
     /// `Ready` (the policy is valid and its runs start), `Stalled` (it is
     /// invalid; the message says what to fix), `RunsMissed` (runs that
     /// never started, and why), `ResourcesMissing` (protected instances
-    /// that no longer exist).
+    /// and DB instances that no longer exist).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The scheduled time of the last run started.
@@ -361,9 +429,11 @@ pub struct LastRetention {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProtectedResource {
-    /// The instance ID.
+    /// The resource's ID as its BackupJob has it: an instance ID,
+    /// `rds-db-<DB instance>` (DB snapshots) or `rds-pg-<DB instance>`
+    /// (dumps).
     pub id: String,
-    /// `resources` or `instanceSelectors`.
+    /// `resources`, `instanceSelectors` or `databaseSelectors`.
     pub source: String,
     /// Its newest restore point made by this policy (`<job>/<resource>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -21,9 +21,9 @@ pub use backup_job::{
     SnapshotCopyTarget,
 };
 pub use backup_policy::{
-    BackupPolicy, BackupPolicySpec, BackupPolicyStatus, InstanceSelector, LastRetention,
-    LastVerificationRun, MissingResource, PolicyJobLimits, PolicyResource, PolicyRetention,
-    PolicyVerification, ProtectedResource, RetentionPreview,
+    BackupPolicy, BackupPolicySpec, BackupPolicyStatus, DatabaseBackupMethod, DatabaseSelector,
+    InstanceSelector, LastRetention, LastVerificationRun, MissingResource, PolicyJobLimits,
+    PolicyResource, PolicyRetention, PolicyVerification, ProtectedResource, RetentionPreview,
 };
 pub use backup_repository::{
     BackupRepository, BackupRepositorySpec, BackupRepositoryStatus, EncryptionKind,

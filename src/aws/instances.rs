@@ -211,7 +211,9 @@ impl Instances<'_> {
                 ]
             })
             .collect();
-        for tags in selectors {
+        // An empty selector (the schema refuses one) would be every
+        // instance of the account: it matches nothing.
+        for tags in selectors.iter().filter(|t| !t.is_empty()) {
             let mut filters = vec![alive.clone()];
             filters.extend(
                 tags.iter()

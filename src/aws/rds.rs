@@ -336,6 +336,26 @@ impl Databases<'_> {
         }
     }
 
+    /// Every DB instance of this account in the Region, with its tags
+    /// (DescribeDBInstances answers them; its filters take no tags).
+    pub async fn list_instances(&self, region: &str) -> Result<Vec<DbInstanceInfo>, AwsError> {
+        let mut pages = self
+            .aws
+            .rds(region)
+            .describe_db_instances()
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = self
+            .aws
+            .page(AwsOperation::DescribeDBInstances, pages.next())
+            .await?
+        {
+            out.extend(page.db_instances().iter().filter_map(instance_info));
+        }
+        Ok(out)
+    }
+
     /// Every manual DB snapshot of this account in the Region (RDS has no
     /// tag filter on DescribeDBSnapshots: the caller reads `tags`).
     pub async fn list_manual_snapshots(

@@ -34,7 +34,8 @@ use tracing::{info, instrument};
 use super::{Context, Error, Result, apply_status};
 use crate::api::conditions::{self, DesiredCondition, READY, STALLED};
 use crate::api::{
-    BackupJob, BackupJobSpec, BackupPolicy, BackupPolicyStatus, BackupResource, JobLimits, Phase,
+    BackupJob, BackupJobSpec, BackupPolicy, BackupPolicyStatus, BackupResource,
+    DB_DUMP_RESOURCE_PREFIX, DB_INSTANCE_RESOURCE_PREFIX, JobLimits, Phase, PostgresSource,
 };
 use crate::names::{POLICY_LABEL, SCHEDULED_TIME_ANNOTATION};
 use crate::policy::runs::{self, Decision, Observed, Skipped};
@@ -451,7 +452,7 @@ async fn carry_out(
     status.last_schedule_time_local = Some(due.to_zoned(parsed.zone.clone()).to_string());
     if found.ids.is_empty() {
         let message = format!(
-            "the run of {} found nothing to back up: no instance of spec.resources exists and no instance in {} matches spec.instanceSelectors",
+            "the run of {} found nothing to back up: nothing in spec.resources exists, and no instance or DB instance in {} matches spec.instanceSelectors or spec.databaseSelectors",
             due.to_zoned(parsed.zone.clone()),
             policy.spec.region
         );
@@ -475,7 +476,7 @@ async fn carry_out(
     if found.ids.len() > MAX_RESOURCES {
         let left_out = &found.ids[MAX_RESOURCES..];
         let message = format!(
-            "{} instances are protected but a run backs up at most {MAX_RESOURCES}; left out of the run of {}: {}; split the policy (narrower instanceSelectors)",
+            "{} resources are protected but a run backs up at most {MAX_RESOURCES}; left out of the run of {}: {}; split the policy (narrower instanceSelectors or databaseSelectors)",
             found.ids.len(),
             due.to_zoned(parsed.zone.clone()),
             left_out.join(", ")
@@ -546,6 +547,35 @@ fn skip_already_said(status: &BackupPolicyStatus, message: &str) -> bool {
         .any(|c| c.type_ == RUNS_MISSED && c.message == message)
 }
 
+/// The BackupJob resource of ID `id` (as `FoundResources` has it): an
+/// instance, a DB snapshot's DB instance (`rds-db-`), or a dump's
+/// (`rds-pg-`, with the databases `spec.resources` names for it).
+fn resource_of(policy: &BackupPolicy, id: &str) -> BackupResource {
+    let mut resource = BackupResource {
+        instance_id: None,
+        snapshot_id: None,
+        db_instance_id: None,
+        postgres: None,
+        region: policy.spec.region.clone(),
+    };
+    if let Some(db) = id.strip_prefix(DB_INSTANCE_RESOURCE_PREFIX) {
+        resource.db_instance_id = Some(db.to_string());
+    } else if let Some(db) = id.strip_prefix(DB_DUMP_RESOURCE_PREFIX) {
+        let named = policy
+            .spec
+            .resources
+            .iter()
+            .find_map(|r| r.postgres.as_ref().filter(|p| p.db_instance_id == db));
+        resource.postgres = Some(named.cloned().unwrap_or(PostgresSource {
+            db_instance_id: db.to_string(),
+            databases: Vec::new(),
+        }));
+    } else {
+        resource.instance_id = Some(id.to_string());
+    }
+    resource
+}
+
 /// The BackupJob of one run.
 fn job_for(policy: &BackupPolicy, name: &str, due: Timestamp, ids: &[String]) -> Result<BackupJob> {
     let limits = policy.spec.job_limits.clone().unwrap_or_default();
@@ -557,13 +587,7 @@ fn job_for(policy: &BackupPolicy, name: &str, due: Timestamp, ids: &[String]) ->
             resources: ids
                 .iter()
                 .take(MAX_RESOURCES)
-                .map(|id| BackupResource {
-                    instance_id: Some(id.clone()),
-                    snapshot_id: None,
-                    db_instance_id: None,
-                    postgres: None,
-                    region: policy.spec.region.clone(),
-                })
+                .map(|id| resource_of(policy, id))
                 .collect(),
             repository_ref: Some(policy.spec.repository_ref.clone()),
             copy_to: None,

@@ -162,7 +162,7 @@ pub fn missing_resources(
         .filter(|id| !found.contains(*id))
         .map(|id| MissingResource {
             id: id.clone(),
-            reason: "not found, or terminated: it is left out of the runs until it exists again"
+            reason: "not found, terminated or being deleted: it is left out of the runs until it exists again"
                 .into(),
             since: since(id),
         })
@@ -170,10 +170,19 @@ pub fn missing_resources(
     missing.extend(
         before_protected
             .iter()
-            .filter(|r| r.source == SELECTED && !found.contains(&r.id) && !named.contains(&r.id))
+            .filter(|r| {
+                (r.source == SELECTED || r.source == DATABASE_SELECTED)
+                    && !found.contains(&r.id)
+                    && !named.contains(&r.id)
+            })
             .map(|r| MissingResource {
                 id: r.id.clone(),
-                reason: "no longer matches any instanceSelector (untagged, or terminated)".into(),
+                reason: if r.source == SELECTED {
+                    "no longer matches any instanceSelector (untagged, or terminated)".into()
+                } else {
+                    "no longer matches any databaseSelector (untagged, being deleted, or deleted)"
+                        .into()
+                },
                 since: since(&r.id),
             }),
     );
@@ -184,6 +193,7 @@ pub fn missing_resources(
 /// Where a protected resource came from.
 pub const NAMED: &str = "resources";
 pub const SELECTED: &str = "instanceSelectors";
+pub const DATABASE_SELECTED: &str = "databaseSelectors";
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,5 @@
-//! The instances a policy's run protects, looked up at the run, and the
-//! ones it protected before and cannot find any more.
+//! The instances and RDS DB instances a policy's run protects, looked up
+//! at the run, and the ones it protected before and cannot find any more.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -9,13 +9,18 @@ use kube::ResourceExt;
 use kube::runtime::events::EventType;
 
 use super::{history, reasons};
-use crate::api::{BackupPolicy, BackupPolicyStatus, WorkerConfiguration};
+use crate::api::{
+    BackupPolicy, BackupPolicyStatus, DB_DUMP_RESOURCE_PREFIX, DB_INSTANCE_RESOURCE_PREFIX,
+    DatabaseBackupMethod, WorkerConfiguration,
+};
 use crate::aws::accounts::Access;
+use crate::aws::rds::DbInstanceInfo;
 use crate::controller::{Context, Error, Result};
 
 /// The resources a run protects, found now.
 pub(super) struct FoundResources {
-    /// Instance IDs to back up, sorted.
+    /// BackupJob resource IDs to back up (instance IDs, `rds-db-<id>`,
+    /// `rds-pg-<id>`), sorted.
     pub ids: Vec<String>,
     /// Each with where it came from.
     pub sources: BTreeMap<String, &'static str>,
@@ -40,15 +45,17 @@ pub(super) async fn find_resources(
         &[&policy.namespace().unwrap_or_default(), &policy.name_any()],
     );
     let aws = ctx.aws.scoped(&access).await;
-    let named: Vec<String> = policy
+    let region = &policy.spec.region;
+    let named: Vec<String> = policy.spec.resources.iter().map(|r| r.id()).collect();
+    let named_instances: Vec<String> = policy
         .spec
         .resources
         .iter()
-        .map(|r| r.instance_id.clone())
+        .filter_map(|r| r.instance_id.clone())
         .collect();
     let found_named = aws
         .instances()
-        .find_protected_instances(&policy.spec.region, &named, &[])
+        .find_protected_instances(region, &named_instances, &[])
         .await
         .map_err(|e| Found::Failed(e.into()))?;
     let selectors: Vec<BTreeMap<String, String>> = policy
@@ -61,7 +68,7 @@ pub(super) async fn find_resources(
         Vec::new()
     } else {
         aws.instances()
-            .find_protected_instances(&policy.spec.region, &[], &selectors)
+            .find_protected_instances(region, &[], &selectors)
             .await
             .map_err(|e| Found::Failed(e.into()))?
     };
@@ -72,11 +79,129 @@ pub(super) async fn find_resources(
     for id in found_named {
         sources.insert(id, history::NAMED);
     }
+    // RDS DB instances: one listing serves the named ones and the
+    // selectors.
+    let wants_databases = !policy.spec.database_selectors.is_empty()
+        || policy
+            .spec
+            .resources
+            .iter()
+            .any(|r| r.instance_id.is_none());
+    if wants_databases {
+        let databases = aws
+            .databases()
+            .list_instances(region)
+            .await
+            .map_err(|e| Found::Failed(e.into()))?;
+        for (id, source) in protected_databases(policy, &databases) {
+            sources.insert(id, source);
+        }
+    }
     Ok(FoundResources {
         ids: sources.keys().cloned().collect(),
         sources,
         named,
     })
+}
+
+/// The BackupJob resource IDs of the policy's DB instances among
+/// `databases` (`rds-db-<id>` for a snapshot, `rds-pg-<id>` for a dump),
+/// with where each came from. A DB instance being deleted is left out, as
+/// is a member of a DB cluster matched by a selector (RDS snapshots and
+/// dumps DB clusters as a whole); a DB instance that both a snapshot and
+/// a dump selector match gets both.
+fn protected_databases(
+    policy: &BackupPolicy,
+    databases: &[DbInstanceInfo],
+) -> BTreeMap<String, &'static str> {
+    let alive = |d: &&DbInstanceInfo| !matches!(d.status.as_str(), "deleting" | "deleted");
+    let mut out = BTreeMap::new();
+    for d in databases.iter().filter(alive) {
+        if d.db_cluster_identifier.is_some() {
+            continue;
+        }
+        for selector in &policy.spec.database_selectors {
+            // An empty selector (the schema refuses one) matches nothing.
+            let matches = !selector.match_tags.is_empty()
+                && selector.match_tags.iter().all(|(key, pattern)| {
+                    d.tags
+                        .get(key)
+                        .is_some_and(|value| matches_pattern(pattern, value))
+                });
+            if matches {
+                let prefix = match selector.method {
+                    DatabaseBackupMethod::Snapshot => DB_INSTANCE_RESOURCE_PREFIX,
+                    DatabaseBackupMethod::Dump => DB_DUMP_RESOURCE_PREFIX,
+                };
+                out.insert(
+                    format!("{prefix}{}", d.identifier),
+                    history::DATABASE_SELECTED,
+                );
+            }
+        }
+    }
+    for r in policy
+        .spec
+        .resources
+        .iter()
+        .filter(|r| r.instance_id.is_none())
+    {
+        let db = r
+            .db_instance_id
+            .as_deref()
+            .or(r.postgres.as_ref().map(|p| p.db_instance_id.as_str()));
+        if databases
+            .iter()
+            .filter(alive)
+            .any(|d| Some(d.identifier.as_str()) == db)
+        {
+            out.insert(r.id(), history::NAMED);
+        }
+    }
+    out
+}
+
+/// Whether `value` matches `pattern`, where `*` is any characters, `?` one
+/// character and `\` makes the next character literal, as in EC2's tag
+/// filters.
+fn matches_pattern(pattern: &str, value: &str) -> bool {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Token {
+        Any,
+        One,
+        Char(char),
+    }
+    let mut tokens = Vec::new();
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        tokens.push(match c {
+            '*' => Token::Any,
+            '?' => Token::One,
+            '\\' => Token::Char(chars.next().unwrap_or('\\')),
+            c => Token::Char(c),
+        });
+    }
+    let value: Vec<char> = value.chars().collect();
+    // Positions of `value` reachable after each token (a set, so `*`s do
+    // not backtrack exponentially).
+    let mut reach = vec![false; value.len() + 1];
+    reach[0] = true;
+    for token in tokens {
+        let mut next = vec![false; value.len() + 1];
+        for i in 0..=value.len() {
+            if !reach[i] {
+                continue;
+            }
+            match token {
+                Token::Any => next[i..].iter_mut().for_each(|r| *r = true),
+                Token::One if i < value.len() => next[i + 1] = true,
+                Token::Char(c) if value.get(i) == Some(&c) => next[i + 1] = true,
+                _ => {}
+            }
+        }
+        reach = next;
+    }
+    reach[value.len()]
 }
 
 /// The configuration the policy's jobs will use: the one it names, else
@@ -142,7 +267,7 @@ pub(super) async fn record_missing(
             reasons::RESOURCES_MISSING,
             "Schedule",
             format!(
-                "protected instances not found in {}: {}",
+                "protected resources not found in {}: {}",
                 policy.spec.region,
                 list.join("; ")
             ),
@@ -152,4 +277,87 @@ pub(super) async fn record_missing(
     // A missing resource stays in `resources` with its newest restore
     // point: it is still restorable, only no longer backed up.
     status.missing_resources = missing;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{DatabaseSelector, PolicyResource};
+
+    #[test]
+    fn patterns_match_as_ec2_filters_do() {
+        for (pattern, value, expected) in [
+            ("*", "", true),
+            ("*", "anything", true),
+            ("shop", "shop", true),
+            ("shop", "shops", false),
+            ("sh?p", "ship", true),
+            ("sh?p", "shp", false),
+            ("prod-*-db", "prod-eu-db", true),
+            ("prod-*-db", "prod-eu-db2", false),
+            ("a*b*c", "aXbYbZc", true),
+            ("\\*", "*", true),
+            ("\\*", "x", false),
+        ] {
+            assert_eq!(
+                matches_pattern(pattern, value),
+                expected,
+                "{pattern} ~ {value}"
+            );
+        }
+        // No exponential backtracking.
+        let long = "a".repeat(200);
+        assert!(!matches_pattern(
+            &"*a".repeat(30).replace("a", "a*b"),
+            &long
+        ));
+    }
+
+    #[test]
+    fn selected_and_named_db_instances_become_snapshots_or_dumps() {
+        let db = |id: &str, team: &str, status: &str, cluster: Option<&str>| DbInstanceInfo {
+            identifier: id.into(),
+            status: status.into(),
+            db_cluster_identifier: cluster.map(String::from),
+            tags: BTreeMap::from([("team".into(), team.into())]),
+            ..Default::default()
+        };
+        let databases = [
+            db("orders", "shop", "available", None),
+            db("ledger", "finance", "available", None),
+            db("old", "shop", "deleting", None),
+            db("aurora-1", "shop", "available", Some("aurora")),
+            db("named", "other", "backing-up", None),
+        ];
+        let mut policy = BackupPolicy::new(
+            "p",
+            serde_json::from_value(serde_json::json!({
+                "schedule": "@daily", "region": "eu-west-1", "repositoryRef": {"name": "main"},
+                "databaseSelectors": [
+                    {"matchTags": {"team": "shop"}},
+                    {"matchTags": {"team": "sh*"}, "method": "dump"}
+                ]
+            }))
+            .expect("a spec"),
+        );
+        policy.spec.resources = vec![
+            PolicyResource {
+                db_instance_id: Some("named".into()),
+                ..Default::default()
+            },
+            PolicyResource {
+                db_instance_id: Some("gone".into()),
+                ..Default::default()
+            },
+        ];
+        let found = protected_databases(&policy, &databases);
+        let ids: Vec<&str> = found.keys().map(String::as_str).collect();
+        assert_eq!(ids, ["rds-db-named", "rds-db-orders", "rds-pg-orders"]);
+        assert_eq!(found["rds-db-named"], history::NAMED);
+        assert_eq!(found["rds-pg-orders"], history::DATABASE_SELECTED);
+        let _ = DatabaseSelector {
+            match_tags: BTreeMap::new(),
+            method: DatabaseBackupMethod::Snapshot,
+        };
+    }
 }

@@ -12,9 +12,11 @@ fn policy(schedule: &str, zone: &str) -> BackupPolicy {
             suspend: false,
             region: "eu-west-1".into(),
             resources: vec![PolicyResource {
-                instance_id: "i-0123456789abcdef0".into(),
+                instance_id: Some("i-0123456789abcdef0".into()),
+                ..Default::default()
             }],
             instance_selectors: Vec::new(),
+            database_selectors: Vec::new(),
             repository_ref: LocalObjectReference {
                 name: "main".into(),
             },
@@ -149,4 +151,34 @@ fn the_preview_names_what_the_next_run_expires() {
     // not this policy's to expire; the one asked for goes.
     assert_eq!(p.expires, ["b/i-1", "manual/i-1"]);
     assert_eq!((p.expires_count, p.restore_points), (2, 3));
+}
+
+#[test]
+fn a_run_backs_up_each_kind_of_resource_as_its_job_resource() {
+    let mut p = policy("@daily", "UTC");
+    p.spec.resources.push(PolicyResource {
+        postgres: Some(PostgresSource {
+            db_instance_id: "orders".into(),
+            databases: vec!["shop".into()],
+        }),
+        ..Default::default()
+    });
+    let ids = [
+        "i-0123456789abcdef0".to_string(),
+        "rds-db-ledger".to_string(),
+        "rds-pg-orders".to_string(),
+        "rds-pg-other".to_string(),
+    ];
+    let job = job_for(&p, "nightly-1", Timestamp::UNIX_EPOCH, &ids).expect("a job");
+    let ids_back: Vec<String> = job.spec.resources.iter().map(|r| r.id()).collect();
+    assert_eq!(ids_back, ids, "each resource keeps its ID");
+    let r = &job.spec.resources;
+    assert_eq!(r[1].db_instance_id.as_deref(), Some("ledger"));
+    // The databases named for a dump in spec.resources; a selected DB
+    // instance's every database.
+    assert_eq!(
+        r[2].postgres.as_ref().map(|p| p.databases.clone()),
+        Some(vec!["shop".into()])
+    );
+    assert_eq!(r[3].postgres.as_ref().map(|p| p.databases.len()), Some(0));
 }

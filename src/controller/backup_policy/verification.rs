@@ -2,7 +2,7 @@
 //! `spec.verification.schedule` (CronJob's rules, `Forbid`), named like
 //! the policy's other runs and owned by it. A run reads back the newest
 //! restore point of each of the policy's resources as the catalog lists
-//! them, those verified longest ago first (at most 50 a run: with more
+//! them (but DB snapshots', which RDS keeps), those verified longest ago first (at most 50 a run: with more
 //! resources, the next runs take the rest).
 
 use std::collections::BTreeMap;
@@ -235,7 +235,11 @@ async fn newest_restore_points(
         .await?
         .items
     {
-        if point.spec.policy != own {
+        // A DB snapshot's restore point has no chunks to read back (RDS
+        // keeps its data); a dump's has.
+        if point.spec.policy != own
+            || crate::controller::database_restore::is_database_point(&point.spec.id)
+        {
             continue;
         }
         let key = (point.spec.region.clone(), point.spec.resource.clone());
