@@ -234,7 +234,9 @@ impl PolicyResource {
     }
 }
 
-/// How a policy backs up the DB instances a selector matches.
+/// How a policy backs up the DB instances a selector matches: `snapshot`
+/// (a DB snapshot, any engine; the default when unset) or `dump` (a
+/// PostgreSQL dump into the repository by a worker).
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum DatabaseBackupMethod {
@@ -255,9 +257,11 @@ pub struct DatabaseSelector {
     /// matches any value.
     #[schemars(extend("minProperties" = 1, "maxProperties" = 10))]
     pub match_tags: BTreeMap<String, String>,
-    /// `snapshot` (default) or `dump`.
-    #[serde(default)]
-    pub method: DatabaseBackupMethod,
+    /// `snapshot` (unset: the default) or `dump`. Not defaulted by the API
+    /// server, so a manifest applied again (kubectl, Argo CD, Flux) shows
+    /// no change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<DatabaseBackupMethod>,
 }
 
 /// EC2 instances by tags.

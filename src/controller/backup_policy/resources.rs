@@ -129,7 +129,7 @@ fn protected_databases(
                         .is_some_and(|value| matches_pattern(pattern, value))
                 });
             if matches {
-                let prefix = match selector.method {
+                let prefix = match selector.method.unwrap_or_default() {
                     DatabaseBackupMethod::Snapshot => DB_INSTANCE_RESOURCE_PREFIX,
                     DatabaseBackupMethod::Dump => DB_DUMP_RESOURCE_PREFIX,
                 };
@@ -282,7 +282,7 @@ pub(super) async fn record_missing(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{DatabaseSelector, PolicyResource};
+    use crate::api::PolicyResource;
 
     #[test]
     fn patterns_match_as_ec2_filters_do() {
@@ -355,9 +355,5 @@ mod tests {
         assert_eq!(ids, ["rds-db-named", "rds-db-orders", "rds-pg-orders"]);
         assert_eq!(found["rds-db-named"], history::NAMED);
         assert_eq!(found["rds-pg-orders"], history::DATABASE_SELECTED);
-        let _ = DatabaseSelector {
-            match_tags: BTreeMap::new(),
-            method: DatabaseBackupMethod::Snapshot,
-        };
     }
 }
