@@ -281,3 +281,65 @@ async fn a_tag_selector_protects_an_instance_tagged_after_the_policy_was_made() 
         "{events:?}"
     );
 }
+
+#[tokio::test]
+async fn a_policy_naming_a_configuration_that_does_not_admit_its_namespace_lists_nothing() {
+    let env = TestEnv::new("policy-closed").await;
+    let net = env.network().await;
+    // Another team's configuration: it admits no namespace of this test.
+    env.create_configuration(
+        "closed",
+        &net,
+        json!({"namespaceSelector": {"matchLabels": {"team": "someone-else"}}}),
+    )
+    .await;
+    env.wait_configuration_ready("closed").await;
+    let tag = format!("backup-{}", env.namespace);
+    let instance = env.protected_instance(&net.subnet).await;
+    env.ec2
+        .create_tags()
+        .resources(&instance)
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key(&tag)
+                .value("daily")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("tag the instance");
+    let spec = env.with_cluster_names(json!({
+        "schedule": "* * * * *",
+        "region": REGION,
+        "instanceSelectors": [{"matchTags": {tag.clone(): "*"}}],
+        "repositoryRef": {"name": env.repository().await},
+        "workerConfigurationRef": {"name": "closed"},
+    }));
+    create_policy(&env, "closed", spec).await;
+
+    // The run is missed and says why; nothing of that configuration's
+    // account was listed into the status, and no job was made.
+    let missed = eventually(Duration::from_secs(90), || async {
+        let p = env.api::<BackupPolicy>().get("closed").await.ok()?;
+        let status = p.status?;
+        common::condition_of(&status.conditions, "RunsMissed")
+            .filter(|c| c.status == "True")
+            .cloned()
+            .map(|c| (c, status.clone()))
+    })
+    .await;
+    let (condition, status) = missed;
+    assert_eq!(condition.reason, "NamespaceNotAdmitted", "{condition:?}");
+    assert!(
+        condition.message.contains(&env.cluster_name("closed")),
+        "{condition:?}"
+    );
+    assert!(status.resources.is_empty(), "{status:?}");
+    assert_eq!(status.protected_resources, 0, "{status:?}");
+    assert!(runs_of(&env, "closed").await.is_empty());
+    let events = env.events().await;
+    assert!(
+        events.iter().any(|(r, _)| r == "NamespaceNotAdmitted"),
+        "{events:?}"
+    );
+}

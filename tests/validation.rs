@@ -122,6 +122,16 @@ fn invalid_manifests() -> Vec<Case> {
         ),
         case(
             "BackupPolicy",
+            json!({"databaseSelectors": [{"matchTags": {"team": "x".repeat(257)}}]}),
+            "tag keys must be 1-128 characters and values at most 256",
+        ),
+        case(
+            "BackupPolicy",
+            json!({"instanceSelectors": [{"matchTags": {"k".repeat(129): "*"}}]}),
+            "tag keys must be 1-128 characters and values at most 256",
+        ),
+        case(
+            "BackupPolicy",
             json!({"databaseSelectors": [{"matchTags": {"team": "shop"}, "method": "copy"}]}),
             "spec.databaseSelectors[0].method",
         ),

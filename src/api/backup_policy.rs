@@ -109,10 +109,12 @@ pub struct BackupPolicySpec {
     #[schemars(length(max = 10))]
     pub instance_selectors: Vec<InstanceSelector>,
     /// RDS DB instances protected by their tags, looked up at every run
-    /// (DB instances being deleted, or members of a DB cluster, never
-    /// match). A DB instance that matches a `dump` selector is dumped by a
-    /// worker (as a BackupJob's `postgres`, every database), else it gets
-    /// a DB snapshot (as `dbInstanceId`).
+    /// (DB instances being deleted, members of a DB cluster, and those the
+    /// configuration's `allowedSources.tags` refuse never match). A DB
+    /// instance that matches a `snapshot` selector gets a DB snapshot (as a
+    /// BackupJob's `dbInstanceId`); an RDS for PostgreSQL one that matches a
+    /// `dump` selector is dumped by a worker (as `postgres`, every
+    /// database); one that matches both gets both.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
     pub database_selectors: Vec<DatabaseSelector>,
@@ -255,7 +257,14 @@ pub struct DatabaseSelector {
     /// Tags a DB instance must all carry, as `key: value`; a value may use
     /// `*` (any characters) and `?` (one), as EC2's filters do, so `"*"`
     /// matches any value.
-    #[schemars(extend("minProperties" = 1, "maxProperties" = 10))]
+    #[schemars(extend(
+        "minProperties" = 1,
+        "maxProperties" = 10,
+        "x-kubernetes-validations" = [
+            {"rule": "self.all(k, size(k) >= 1 && size(k) <= 128 && size(self[k]) <= 256)",
+             "message": "tag keys must be 1-128 characters and values at most 256 (AWS's limits)"}
+        ]
+    ))]
     pub match_tags: BTreeMap<String, String>,
     /// `snapshot` (unset: the default) or `dump`. Not defaulted by the API
     /// server, so a manifest applied again (kubectl, Argo CD, Flux) shows
@@ -271,7 +280,14 @@ pub struct InstanceSelector {
     /// Tags an instance must all carry, as `key: value`; a value may use
     /// EC2's filter wildcards (`*` any characters, `?` one), so `"*"`
     /// matches any value. Terminated instances never match.
-    #[schemars(extend("minProperties" = 1, "maxProperties" = 10))]
+    #[schemars(extend(
+        "minProperties" = 1,
+        "maxProperties" = 10,
+        "x-kubernetes-validations" = [
+            {"rule": "self.all(k, size(k) >= 1 && size(k) <= 128 && size(self[k]) <= 256)",
+             "message": "tag keys must be 1-128 characters and values at most 256 (AWS's limits)"}
+        ]
+    ))]
     pub match_tags: BTreeMap<String, String>,
 }
 

@@ -51,6 +51,7 @@ pub mod reasons {
     pub const RESOURCES_MISSING: &str = "ResourcesMissing";
     pub const INVALID_POLICY: &str = "InvalidPolicy";
     pub const NO_CONFIGURATION: &str = "WorkerConfigurationNotFound";
+    pub const NAMESPACE_NOT_ADMITTED: &str = "NamespaceNotAdmitted";
     pub const TOO_MANY_RESOURCES: &str = "TooManyResources";
 }
 
@@ -405,21 +406,10 @@ async fn carry_out(
     }
     let found = match find_resources(ctx, policy).await {
         Ok(found) => found,
-        Err(Found::NoConfiguration(message)) => {
-            run_conditions.push(DesiredCondition::new(
-                RUNS_MISSED,
-                true,
-                reasons::NO_CONFIGURATION,
-                &message,
-            ));
-            ctx.event(
-                policy,
-                EventType::Warning,
-                reasons::NO_CONFIGURATION,
-                "Schedule",
-                message,
-            )
-            .await;
+        Err(Found::NoConfiguration(reason, message)) => {
+            run_conditions.push(DesiredCondition::new(RUNS_MISSED, true, reason, &message));
+            ctx.event(policy, EventType::Warning, reason, "Schedule", message)
+                .await;
             return Ok(());
         }
         Err(Found::Failed(e)) => return Err(e),
@@ -499,10 +489,14 @@ async fn carry_out(
     let job = job_for(policy, &name, due, &found.ids)?;
     match jobs_api.create(&PostParams::default(), &job).await {
         Ok(_) => {
-            info!(job = name, resources = found.ids.len(), "run started");
+            info!(
+                job = name,
+                resources = job.spec.resources.len(),
+                "run started"
+            );
             let note = format!(
-                "BackupJob {name} backs up {} instance(s) for the run of {}",
-                found.ids.len(),
+                "BackupJob {name} backs up {} resource(s) for the run of {}",
+                job.spec.resources.len(),
                 due.to_zoned(parsed.zone.clone())
             );
             ctx.event(

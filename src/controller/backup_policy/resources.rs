@@ -29,7 +29,8 @@ pub(super) struct FoundResources {
 }
 
 pub(super) enum Found {
-    NoConfiguration(String),
+    /// No configuration to use, with the reason and the message.
+    NoConfiguration(&'static str, String),
     Failed(Error),
 }
 
@@ -39,7 +40,8 @@ pub(super) async fn find_resources(
     ctx: &Context,
     policy: &BackupPolicy,
 ) -> Result<FoundResources, Found> {
-    let config = configuration_of(ctx, policy).map_err(Found::NoConfiguration)?;
+    let config = configuration_of(ctx, policy)
+        .map_err(|(reason, message)| Found::NoConfiguration(reason, message))?;
     let access = Access::new(
         config.spec.production_account.as_ref(),
         &[&policy.namespace().unwrap_or_default(), &policy.name_any()],
@@ -93,7 +95,7 @@ pub(super) async fn find_resources(
             .list_instances(region)
             .await
             .map_err(|e| Found::Failed(e.into()))?;
-        for (id, source) in protected_databases(policy, &databases) {
+        for (id, source) in protected_databases(policy, &config, &databases) {
             sources.insert(id, source);
         }
     }
@@ -112,12 +114,17 @@ pub(super) async fn find_resources(
 /// a dump selector match gets both.
 fn protected_databases(
     policy: &BackupPolicy,
+    config: &WorkerConfiguration,
     databases: &[DbInstanceInfo],
 ) -> BTreeMap<String, &'static str> {
     let alive = |d: &&DbInstanceInfo| !matches!(d.status.as_str(), "deleting" | "deleted");
     let mut out = BTreeMap::new();
     for d in databases.iter().filter(alive) {
-        if d.db_cluster_identifier.is_some() {
+        // A source the configuration refuses is no candidate (its jobs
+        // would fail); a named one still goes to the job, which says why.
+        if d.db_cluster_identifier.is_some()
+            || config.spec.allowed_sources.admits_tags(&d.tags).is_err()
+        {
             continue;
         }
         for selector in &policy.spec.database_selectors {
@@ -131,7 +138,9 @@ fn protected_databases(
             if matches {
                 let prefix = match selector.method.unwrap_or_default() {
                     DatabaseBackupMethod::Snapshot => DB_INSTANCE_RESOURCE_PREFIX,
-                    DatabaseBackupMethod::Dump => DB_DUMP_RESOURCE_PREFIX,
+                    // Only PostgreSQL is dumped.
+                    DatabaseBackupMethod::Dump if d.engine == "postgres" => DB_DUMP_RESOURCE_PREFIX,
+                    DatabaseBackupMethod::Dump => continue,
                 };
                 out.insert(
                     format!("{prefix}{}", d.identifier),
@@ -193,7 +202,12 @@ fn matches_pattern(pattern: &str, value: &str) -> bool {
                 continue;
             }
             match token {
-                Token::Any => next[i..].iter_mut().for_each(|r| *r = true),
+                // Everything from the first reachable position on: once
+                // set, the rest of this token's pass adds nothing (linear).
+                Token::Any => {
+                    next[i..].iter_mut().for_each(|r| *r = true);
+                    break;
+                }
                 Token::One if i < value.len() => next[i + 1] = true,
                 Token::Char(c) if value.get(i) == Some(&c) => next[i + 1] = true,
                 _ => {}
@@ -205,8 +219,34 @@ fn matches_pattern(pattern: &str, value: &str) -> bool {
 }
 
 /// The configuration the policy's jobs will use: the one it names, else
-/// the default of its region.
+/// the default of its region; either way one that admits the policy's
+/// namespace (else its role would list another team's resources into the
+/// policy's status).
 pub(super) fn configuration_of(
+    ctx: &Context,
+    policy: &BackupPolicy,
+) -> Result<Arc<WorkerConfiguration>, (&'static str, String)> {
+    let chosen = chosen_configuration(ctx, policy).map_err(|m| (reasons::NO_CONFIGURATION, m))?;
+    let ns = policy.namespace().unwrap_or_default();
+    let labels = ctx
+        .namespaces
+        .get(&kube::runtime::reflector::ObjectRef::new(&ns))
+        .map(|n| n.labels().clone())
+        .unwrap_or_default();
+    crate::controller::job::configuration::admits(chosen.spec.namespace_selector.as_ref(), &labels)
+        .map_err(|why| {
+            (
+                reasons::NAMESPACE_NOT_ADMITTED,
+                format!(
+                    "WorkerConfiguration {:?} does not admit this namespace: {why}; ask an admin to admit it or name another in spec.workerConfigurationRef",
+                    chosen.name_any()
+                ),
+            )
+        })?;
+    Ok(chosen)
+}
+
+fn chosen_configuration(
     ctx: &Context,
     policy: &BackupPolicy,
 ) -> Result<Arc<WorkerConfiguration>, String> {
@@ -305,12 +345,14 @@ mod tests {
                 "{pattern} ~ {value}"
             );
         }
-        // No exponential backtracking.
+        // No exponential backtracking (a `*` is one pass over the value).
         let long = "a".repeat(200);
         assert!(!matches_pattern(
             &"*a".repeat(30).replace("a", "a*b"),
             &long
         ));
+        assert!(!matches_pattern(&("*".repeat(255) + "b"), &"a".repeat(256)));
+        assert!(matches_pattern(&("*".repeat(255) + "a"), &"a".repeat(256)));
     }
 
     #[test]
@@ -318,9 +360,14 @@ mod tests {
         let db = |id: &str, team: &str, status: &str, cluster: Option<&str>| DbInstanceInfo {
             identifier: id.into(),
             status: status.into(),
+            engine: "postgres".into(),
             db_cluster_identifier: cluster.map(String::from),
             tags: BTreeMap::from([("team".into(), team.into())]),
             ..Default::default()
+        };
+        let mysql = DbInstanceInfo {
+            engine: "mysql".into(),
+            ..db("shop-mysql", "shop", "available", None)
         };
         let databases = [
             db("orders", "shop", "available", None),
@@ -328,7 +375,18 @@ mod tests {
             db("old", "shop", "deleting", None),
             db("aurora-1", "shop", "available", Some("aurora")),
             db("named", "other", "backing-up", None),
+            mysql,
         ];
+        let config = |extra: serde_json::Value| {
+            let mut spec = serde_json::json!({
+                "region": "eu-west-1", "imageId": "ami-0123456789abcdef0", "namespaceSelector": {},
+            });
+            spec.as_object_mut()
+                .expect("an object")
+                .extend(extra.as_object().expect("an object").clone());
+            WorkerConfiguration::new("c", serde_json::from_value(spec).expect("a spec"))
+        };
+        let open = config(serde_json::json!({}));
         let mut policy = BackupPolicy::new(
             "p",
             serde_json::from_value(serde_json::json!({
@@ -350,10 +408,26 @@ mod tests {
                 ..Default::default()
             },
         ];
-        let found = protected_databases(&policy, &databases);
+        let found = protected_databases(&policy, &open, &databases);
         let ids: Vec<&str> = found.keys().map(String::as_str).collect();
-        assert_eq!(ids, ["rds-db-named", "rds-db-orders", "rds-pg-orders"]);
+        // MySQL gets its snapshot, not a dump.
+        assert_eq!(
+            ids,
+            [
+                "rds-db-named",
+                "rds-db-orders",
+                "rds-db-shop-mysql",
+                "rds-pg-orders"
+            ]
+        );
         assert_eq!(found["rds-db-named"], history::NAMED);
         assert_eq!(found["rds-pg-orders"], history::DATABASE_SELECTED);
+        // A configuration that allows only sources tagged team=finance:
+        // the selectors find none of the shop's DB instances; the named
+        // one still goes to the job, whose check says why it is refused.
+        let finance = config(serde_json::json!({"allowedSources": {"tags": {"team": "finance"}}}));
+        let found = protected_databases(&policy, &finance, &databases);
+        let ids: Vec<&str> = found.keys().map(String::as_str).collect();
+        assert_eq!(ids, ["rds-db-named"]);
     }
 }

@@ -124,7 +124,7 @@ pub async fn reconcile(
                     waiting = Some((
                         "NothingToVerify",
                         format!(
-                            "the verification run of {local} found no restore point of this policy in the catalog yet"
+                            "the verification run of {local} found no restore point of this policy in the catalog to read back (DB snapshots' restore points are not: RDS keeps their data)"
                         ),
                     ));
                 } else {
