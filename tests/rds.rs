@@ -30,6 +30,11 @@ async fn rds() -> aws_sdk_rds::Client {
 
 /// A PostgreSQL DB instance in the emulator, tagged `team=shop`.
 async fn database(rds: &aws_sdk_rds::Client, id: &str) {
+    tagged_database(rds, id, "team", "shop").await;
+}
+
+/// A PostgreSQL DB instance in the emulator, tagged `key=value`.
+async fn tagged_database(rds: &aws_sdk_rds::Client, id: &str, key: &str, value: &str) {
     rds.create_db_instance()
         .db_instance_identifier(id)
         .engine("postgres")
@@ -38,7 +43,7 @@ async fn database(rds: &aws_sdk_rds::Client, id: &str) {
         .allocated_storage(20)
         .master_username("shop")
         .master_user_password("not-a-real-password")
-        .tags(Tag::builder().key("team").value("shop").build())
+        .tags(Tag::builder().key(key).value(value).build())
         .send()
         .await
         .expect("create a DB instance");
@@ -612,27 +617,10 @@ async fn a_policy_snapshots_the_db_instances_its_selectors_match_and_reports_a_n
     let rds = rds().await;
     // Tags of this test's own: other tests' DB instances never match.
     let key = format!("backup-{}", env.namespace);
-    let create = |id: String, value: &'static str| {
-        let rds = rds.clone();
-        let key = key.clone();
-        async move {
-            rds.create_db_instance()
-                .db_instance_identifier(&id)
-                .engine("postgres")
-                .engine_version("15.4")
-                .db_instance_class("db.t3.micro")
-                .allocated_storage(20)
-                .master_username("shop")
-                .master_user_password("not-a-real-password")
-                .tags(Tag::builder().key(&key).value(value).build())
-                .send()
-                .await
-                .expect("create a DB instance");
-            id
-        }
-    };
-    let daily = create(common::unique("ledger"), "daily-db").await;
-    let other = create(common::unique("scratch"), "never").await;
+    let daily = common::unique("ledger");
+    tagged_database(&rds, &daily, &key, "daily-db").await;
+    let other = common::unique("scratch");
+    tagged_database(&rds, &other, &key, "never").await;
     let gone = common::unique("gone");
     let policy: tender::api::BackupPolicy = serde_json::from_value(json!({
         "apiVersion": "tender.dev/v1alpha1", "kind": "BackupPolicy",

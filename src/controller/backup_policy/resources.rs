@@ -227,12 +227,8 @@ pub(super) fn configuration_of(
     policy: &BackupPolicy,
 ) -> Result<Arc<WorkerConfiguration>, (&'static str, String)> {
     let chosen = chosen_configuration(ctx, policy).map_err(|m| (reasons::NO_CONFIGURATION, m))?;
-    let ns = policy.namespace().unwrap_or_default();
-    let labels = ctx
-        .namespaces
-        .get(&kube::runtime::reflector::ObjectRef::new(&ns))
-        .map(|n| n.labels().clone())
-        .unwrap_or_default();
+    let labels =
+        crate::controller::job::namespace_labels(ctx, &policy.namespace().unwrap_or_default());
     crate::controller::job::configuration::admits(chosen.spec.namespace_selector.as_ref(), &labels)
         .map_err(|why| {
             (

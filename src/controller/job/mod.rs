@@ -267,7 +267,7 @@ async fn resolve<K: WorkerJob>(
         .worker_configuration
         .as_ref()
         .and_then(|name| configs.iter().find(|c| c.name_any() == *name).cloned());
-    let labels = namespace_labels(ctx, job);
+    let labels = namespace_labels(ctx, &job.namespace().unwrap_or_default());
     let repositories = ctx.repositories.state();
     let chosen = choose_configuration(job, &configs, &labels).and_then(|c| {
         let repository = job_repository(job, &repositories, &labels)?;
@@ -321,12 +321,11 @@ async fn resolve<K: WorkerJob>(
     }))
 }
 
-/// The labels of the job's namespace, for the classes' `namespaceSelector`
-/// (the namespace watch is complete before any job reconciles).
-fn namespace_labels<K: WorkerJob>(ctx: &Context, job: &K) -> BTreeMap<String, String> {
-    let ns = job.namespace().unwrap_or_default();
+/// The labels of namespace `ns`, for the classes' `namespaceSelector` (the
+/// namespace watch is complete before anything reconciles).
+pub(crate) fn namespace_labels(ctx: &Context, ns: &str) -> BTreeMap<String, String> {
     ctx.namespaces
-        .get(&ObjectRef::new(&ns))
+        .get(&ObjectRef::new(ns))
         .map(|n| n.labels().clone())
         .unwrap_or_default()
 }
