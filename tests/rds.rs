@@ -715,3 +715,310 @@ async fn a_policy_snapshots_the_db_instances_its_selectors_match_and_reports_a_n
         .await
         .unwrap();
 }
+
+/// An Aurora PostgreSQL DB cluster with its writer DB instance, tagged
+/// `team=shop`.
+async fn aurora_cluster(rds: &aws_sdk_rds::Client, id: &str, writer: &str) {
+    rds.create_db_cluster()
+        .db_cluster_identifier(id)
+        .engine("aurora-postgresql")
+        .engine_version("15.4")
+        .master_username("shop")
+        .master_user_password("not-a-real-password")
+        .tags(Tag::builder().key("team").value("shop").build())
+        .send()
+        .await
+        .expect("create a DB cluster");
+    rds.create_db_instance()
+        .db_instance_identifier(writer)
+        .db_cluster_identifier(id)
+        .engine("aurora-postgresql")
+        .db_instance_class("db.r6g.large")
+        .send()
+        .await
+        .expect("create the cluster's writer");
+}
+
+/// The manual DB cluster snapshots tagged with `job_uid`.
+async fn cluster_snapshots_of(
+    rds: &aws_sdk_rds::Client,
+    job_uid: &str,
+) -> Vec<aws_sdk_rds::types::DbClusterSnapshot> {
+    rds.describe_db_cluster_snapshots()
+        .snapshot_type("manual")
+        .send()
+        .await
+        .expect("list DB cluster snapshots")
+        .db_cluster_snapshots()
+        .iter()
+        .filter(|s| {
+            tags(s.tag_list())
+                .get("tender.dev/job-uid")
+                .map(String::as_str)
+                == Some(job_uid)
+        })
+        .cloned()
+        .collect()
+}
+
+async fn cluster(rds: &aws_sdk_rds::Client, id: &str) -> Option<aws_sdk_rds::types::DbCluster> {
+    match rds
+        .describe_db_clusters()
+        .db_cluster_identifier(id)
+        .send()
+        .await
+    {
+        Ok(out) => out.db_clusters().first().cloned(),
+        Err(e) if format!("{e:?}").contains("DBClusterNotFoundFault") => None,
+        Err(e) => panic!("describe DB cluster {id}: {e:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_aurora_cluster_is_snapshotted_copied_restored_with_its_writer_and_swept() {
+    let env = TestEnv::without_controller("rds-cluster").await;
+    env.start_controller_with(&["--intermediate-grace-seconds", "2"], &[]);
+    env.default_configuration().await;
+    let rds = rds().await;
+    let west = west().await;
+    let id = common::unique("ledger");
+    let writer = format!("{id}-writer");
+    aurora_cluster(&rds, &id, &writer).await;
+
+    // A member DB instance is not snapshotted on its own: RDS snapshots
+    // the cluster's storage as a whole.
+    env.create_job_spec(
+        "member",
+        json!({
+            "resources": [{"dbInstanceId": writer, "region": REGION}],
+            "repositoryRef": {"name": env.repository().await},
+            "backoffLimit": 0,
+        }),
+    )
+    .await;
+    let member = env.wait_job_finished("member", TIMEOUT).await;
+    let s = member.status.unwrap();
+    assert_eq!(s.phase, Phase::Failed);
+    let message = s.workers[0].message.clone().unwrap_or_default();
+    assert_eq!(
+        s.workers[0].reason.as_deref(),
+        Some("SourceDatabaseUnavailable"),
+        "{s:?}"
+    );
+    assert!(message.contains(&format!("dbClusterId: {id}")), "{message}");
+    assert!(
+        snapshots_of(&rds, &member.metadata.uid.unwrap())
+            .await
+            .is_empty()
+    );
+
+    let job = env
+        .create_job_spec(
+            "nightly",
+            json!({
+                "resources": [{"dbClusterId": id, "region": REGION}],
+                "repositoryRef": {"name": env.repository().await},
+                "copyTo": [{"region": "us-west-2"}],
+                "backoffLimit": 0,
+            }),
+        )
+        .await;
+    let uid = job.uid().unwrap();
+    env.wait_job("nightly", TIMEOUT, |j| {
+        j.status.as_ref().is_some_and(|s| {
+            s.workers.first().is_some_and(|w| {
+                w.phase == Phase::Running
+                    && w.database_snapshot
+                        .as_ref()
+                        .is_some_and(|d| d.state == "creating")
+            })
+        })
+    })
+    .await;
+    let done = env.wait_job_finished("nightly", TIMEOUT).await;
+    let status = done.status.unwrap();
+    assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
+    let w = &status.workers[0];
+    assert_eq!(w.resource, format!("rds-cluster-{id}"));
+    assert_eq!(w.instance_id, None, "no worker instance for a DB cluster");
+    let recorded = w
+        .database_snapshot
+        .clone()
+        .expect("the snapshot is recorded");
+    assert_eq!(recorded.state, "available");
+    assert_eq!(recorded.copies.len(), 1, "{recorded:?}");
+
+    // RDS's side: one manual DB cluster snapshot, Tender's, and its copy.
+    let taken = cluster_snapshots_of(&rds, &uid).await;
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    let s = &taken[0];
+    assert_eq!(
+        s.db_cluster_snapshot_identifier(),
+        Some(recorded.snapshot_id.as_str())
+    );
+    assert_eq!(s.db_cluster_identifier(), Some(id.as_str()));
+    assert_eq!(s.status(), Some("available"));
+    let t = tags(s.tag_list());
+    assert_eq!(t["tender.dev/cluster-id"], env.cluster_id);
+    assert_eq!(t["tender.dev/resource"], format!("rds-cluster-{id}"));
+    assert!(snapshots_of(&rds, &uid).await.is_empty(), "no DB snapshot");
+    let copies = cluster_snapshots_of(&west, &uid).await;
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert_eq!(copies[0].status(), Some("available"));
+    assert!(env.workers_of(&uid).await.is_empty());
+    let events = env.events().await;
+    assert!(
+        events.iter().any(|(r, n)| r == "DatabaseSnapshotStarted"
+            && n.contains(&format!("DB cluster snapshot {}", recorded.snapshot_id))
+            && n.contains(&format!("DB cluster {id}"))),
+        "{events:?}"
+    );
+
+    // The catalog lists it with both ARNs.
+    let name = format!("nightly.rds-cluster-{id}");
+    let point = listed(&env, &name).await;
+    assert_eq!(point.spec.engine.as_deref(), Some("aurora-postgresql"));
+    assert_eq!(
+        point.spec.database_snapshots,
+        vec![
+            s.db_cluster_snapshot_arn().unwrap().to_string(),
+            copies[0].db_cluster_snapshot_arn().unwrap().to_string()
+        ]
+    );
+
+    // Restored without dbClusterId: refused before anything is made.
+    let restored = common::unique("ledger-copy");
+    let restored_writer = format!("{restored}-1");
+    env.create_restore(
+        "no-cluster",
+        "database",
+        &name,
+        json!({"database": {"dbInstanceId": restored_writer}}),
+    )
+    .await;
+    let s = env
+        .wait_restore_finished("no-cluster", TIMEOUT)
+        .await
+        .status
+        .unwrap();
+    assert_eq!(
+        s.workers[0].reason.as_deref(),
+        Some("RestoreModeMismatch"),
+        "{s:?}"
+    );
+    assert!(cluster(&rds, &restored).await.is_none());
+
+    // Restored into a new cluster with its writer, of the backed-up
+    // writer's class.
+    env.create_restore(
+        "ledger-back",
+        "database",
+        &name,
+        json!({"database": {"dbClusterId": restored, "dbInstanceId": restored_writer}}),
+    )
+    .await;
+    let restore = env.wait_restore_finished("ledger-back", TIMEOUT).await;
+    let restore_uid = restore.uid().unwrap();
+    let status = restore.status.unwrap();
+    assert_eq!(status.phase, Phase::Succeeded, "{status:?}");
+    let made = status.workers[0]
+        .restored_database
+        .clone()
+        .expect("the new DB cluster is recorded");
+    assert_eq!(made.db_cluster_id.as_deref(), Some(restored.as_str()));
+    assert_eq!(made.db_instance_id, restored_writer);
+    assert_eq!(made.cluster_state.as_deref(), Some("available"));
+    assert_eq!(made.state, "available");
+    assert!(made.endpoint_address.is_some(), "{made:?}");
+    let described = cluster(&rds, &restored)
+        .await
+        .expect("the restored cluster");
+    assert_eq!(
+        tags(described.tag_list()).get("tender.dev/job-uid"),
+        Some(&restore_uid)
+    );
+    let members: Vec<(Option<&str>, Option<bool>)> = described
+        .db_cluster_members()
+        .iter()
+        .map(|m| (m.db_instance_identifier(), m.is_cluster_writer()))
+        .collect();
+    assert_eq!(members, [(Some(restored_writer.as_str()), Some(true))]);
+    let instance = rds
+        .describe_db_instances()
+        .db_instance_identifier(&restored_writer)
+        .send()
+        .await
+        .expect("the restored writer");
+    let instance = &instance.db_instances()[0];
+    assert_eq!(instance.db_instance_class(), Some("db.r6g.large"));
+    assert_eq!(
+        tags(instance.tag_list()).get("tender.dev/job-uid"),
+        Some(&restore_uid)
+    );
+    let events = env.events().await;
+    assert!(
+        events
+            .iter()
+            .any(|(r, n)| r == "DatabaseWriterStarted" && n.contains(&restored_writer)),
+        "{events:?}"
+    );
+
+    // A second restore onto the same cluster never touches it.
+    env.create_restore(
+        "ledger-again",
+        "database",
+        &name,
+        json!({"database": {"dbClusterId": restored, "dbInstanceId": common::unique("w")}}),
+    )
+    .await;
+    let s = env
+        .wait_restore_finished("ledger-again", TIMEOUT)
+        .await
+        .status
+        .unwrap();
+    assert_eq!(
+        s.workers[0].reason.as_deref(),
+        Some("DatabaseAlreadyExists"),
+        "{s:?}"
+    );
+    assert_eq!(
+        cluster(&rds, &restored)
+            .await
+            .unwrap()
+            .db_cluster_members()
+            .len(),
+        1,
+        "no second writer"
+    );
+
+    // The restore point expires: the sweep deletes the cluster snapshot
+    // and its copy.
+    env.api::<BackupJob>()
+        .delete("nightly", &DeleteParams::default())
+        .await
+        .unwrap();
+    let repo: BackupRepository = env
+        .cluster_api()
+        .get(&env.repository().await)
+        .await
+        .unwrap();
+    let loc = RepositoryLocation::of(&repo.spec, &env.namespace);
+    common::disks::s3()
+        .await
+        .delete_object()
+        .bucket(&repo.spec.bucket)
+        .key(loc.manifest_key(&format!("nightly/rds-cluster-{id}")))
+        .send()
+        .await
+        .unwrap();
+    eventually(TIMEOUT, || async {
+        let gone = cluster_snapshots_of(&rds, &uid).await.is_empty()
+            && cluster_snapshots_of(&west, &uid).await.is_empty();
+        gone.then_some(())
+    })
+    .await;
+    assert!(
+        cluster(&rds, &id).await.is_some(),
+        "the source cluster stays"
+    );
+}

@@ -379,7 +379,13 @@ def rds_checks(action, params, account, region):
     DeleteDBSnapshot on snapshot*, RestoreDBInstanceFromDBSnapshot on db*,
     og*, pg*, subgrp* and the snapshot (or cluster-snapshot) it names,
     ModifyDBInstance on db, DescribeDBInstances on db, DescribeDBSnapshots on db and snapshot
-    (none named: every one, `...:db:*` / `...:snapshot:*`), AddTagsToResource
+    (none named: every one, `...:db:*` / `...:snapshot:*`); for clusters
+    CreateDBClusterSnapshot on cluster* and cluster-snapshot*,
+    DeleteDBClusterSnapshot on cluster-snapshot*, DescribeDBClusters on
+    cluster, DescribeDBClusterSnapshots on cluster and cluster-snapshot,
+    RestoreDBClusterFromSnapshot on cluster*, cluster-snapshot*, subgrp,
+    cluster-pg and og, CreateDBInstance on db*, cluster, subgrp, pg and og;
+    AddTagsToResource
     on the resource it tags; aws:RequestTag, aws:TagKeys and rds:req-tag
     from the request, aws:ResourceTag and rds:<type>-tag from the resource.
     "If tags are specified in the create action, RDS performs additional
@@ -427,6 +433,41 @@ def rds_checks(action, params, account, region):
             out.append(check(arn("cluster-snapshot", params["DBClusterSnapshotIdentifier"])))
         for kind, name in _restored_groups(params, snapshot).items():
             out.append(check(arn(kind, name)))
+        return out + tagging(db)
+    if action == "rds:CreateDBClusterSnapshot":
+        snapshot = arn("cluster-snapshot", params.get("DBClusterSnapshotIdentifier") or "")
+        cluster = arn("cluster", params.get("DBClusterIdentifier") or "")
+        return [check(cluster), check(snapshot, new=True)] + tagging(snapshot)
+    if action == "rds:DeleteDBClusterSnapshot":
+        return [check(arn("cluster-snapshot", params.get("DBClusterSnapshotIdentifier") or ""))]
+    if action == "rds:DescribeDBClusters":
+        name = params.get("DBClusterIdentifier")
+        return [check(arn("cluster", name) if name else f"arn:aws:rds:{region}:{account}:cluster:*")]
+    if action == "rds:DescribeDBClusterSnapshots":
+        out = []
+        if params.get("DBClusterSnapshotIdentifier"):
+            out.append(check(arn("cluster-snapshot", params["DBClusterSnapshotIdentifier"])))
+        if params.get("DBClusterIdentifier"):
+            out.append(check(arn("cluster", params["DBClusterIdentifier"])))
+        return out or [check(f"arn:aws:rds:{region}:{account}:cluster-snapshot:*")]
+    if action == "rds:RestoreDBClusterFromSnapshot":
+        cluster = arn("cluster", params.get("DBClusterIdentifier") or "")
+        out = [check(cluster, new=True), check(arn("cluster-snapshot", params.get("SnapshotIdentifier") or ""))]
+        if params.get("DBSubnetGroupName"):
+            out.append(check(arn("subgrp", params["DBSubnetGroupName"])))
+        if params.get("DBClusterParameterGroupName"):
+            out.append(check(arn("cluster-pg", params["DBClusterParameterGroupName"])))
+        if params.get("OptionGroupName"):
+            out.append(check(arn("og", params["OptionGroupName"])))
+        return out + tagging(cluster)
+    if action == "rds:CreateDBInstance":
+        db = arn("db", params.get("DBInstanceIdentifier") or "")
+        out = [check(db, new=True)]
+        if params.get("DBClusterIdentifier"):
+            out.append(check(arn("cluster", params["DBClusterIdentifier"])))
+        for kind, key in (("subgrp", "DBSubnetGroupName"), ("pg", "DBParameterGroupName"), ("og", "OptionGroupName")):
+            if params.get(key):
+                out.append(check(arn(kind, params[key])))
         return out + tagging(db)
     if action == "rds:ModifyDBInstance":
         return [check(arn("db", params.get("DBInstanceIdentifier") or ""))]

@@ -8,9 +8,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    DB_DUMP_RESOURCE_PREFIX, DB_IDENTIFIER_PATTERN, DB_INSTANCE_RESOURCE_PREFIX,
-    INSTANCE_ID_PATTERN, KMS_KEY_PATTERN, LocalObjectReference, REGION_PATTERN,
-    SNAPSHOT_ID_PATTERN,
+    DB_CLUSTER_RESOURCE_PREFIX, DB_DUMP_RESOURCE_PREFIX, DB_IDENTIFIER_PATTERN,
+    DB_INSTANCE_RESOURCE_PREFIX, INSTANCE_ID_PATTERN, KMS_KEY_PATTERN, LocalObjectReference,
+    REGION_PATTERN, SNAPSHOT_ID_PATTERN,
 };
 
 /// Back up AWS resources. Tender launches one short-lived worker instance per
@@ -47,14 +47,14 @@ use super::{
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "self.resources == oldSelf.resources && has(self.copyTo) == has(oldSelf.copyTo) && (!has(self.copyTo) || self.copyTo == oldSelf.copyTo) && has(self.repositoryRef) == has(oldSelf.repositoryRef) && (!has(self.repositoryRef) || self.repositoryRef.name == oldSelf.repositoryRef.name) && has(self.workerConfigurationRef) == has(oldSelf.workerConfigurationRef) && (!has(self.workerConfigurationRef) || self.workerConfigurationRef.name == oldSelf.workerConfigurationRef.name)",
      "message": "resources, copyTo, repositoryRef and workerConfigurationRef of a BackupJob are immutable; create a new BackupJob instead"},
-    {"rule": "self.resources.all(r, self.resources.filter(o, (has(o.instanceId) && has(r.instanceId) && o.instanceId == r.instanceId) || (has(o.snapshotId) && has(r.snapshotId) && o.snapshotId == r.snapshotId) || (has(o.dbInstanceId) && has(r.dbInstanceId) && o.dbInstanceId == r.dbInstanceId) || (has(o.postgres) && has(r.postgres) && o.postgres.dbInstanceId == r.postgres.dbInstanceId)).size() == 1)",
+    {"rule": "self.resources.all(r, self.resources.filter(o, (has(o.instanceId) && has(r.instanceId) && o.instanceId == r.instanceId) || (has(o.snapshotId) && has(r.snapshotId) && o.snapshotId == r.snapshotId) || (has(o.dbInstanceId) && has(r.dbInstanceId) && o.dbInstanceId == r.dbInstanceId) || (has(o.dbClusterId) && has(r.dbClusterId) && o.dbClusterId == r.dbClusterId) || (has(o.postgres) && has(r.postgres) && o.postgres.dbInstanceId == r.postgres.dbInstanceId)).size() == 1)",
      "message": "each resource may be listed once"},
     {"rule": "has(self.repositoryRef)",
      "message": "spec.repositoryRef is required: the BackupRepository the restore points go to"},
-    {"rule": "!has(self.copyTo) || self.resources.all(r, has(r.dbInstanceId))",
-     "message": "copyTo applies to RDS DB instances (dbInstanceId) only"},
+    {"rule": "!has(self.copyTo) || self.resources.all(r, has(r.dbInstanceId) || has(r.dbClusterId))",
+     "message": "copyTo applies to RDS DB instances (dbInstanceId) and DB clusters (dbClusterId) only"},
     {"rule": "!has(self.copyTo) || self.resources.all(r, self.copyTo.all(c, c.region != r.region))",
-     "message": "copyTo names another Region than the DB instance's"}
+     "message": "copyTo names another Region than the database's"}
 ]))]
 #[serde(rename_all = "camelCase")]
 pub struct BackupJobSpec {
@@ -80,10 +80,10 @@ pub struct BackupJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository_ref: Option<LocalObjectReference>,
 
-    /// Copies of each DB instance's snapshot into other Regions, made once
-    /// it is available and recorded in the same restore point (which can
-    /// then be restored in any of them); each copy is deleted with it.
-    /// RDS DB instances only.
+    /// Copies of each DB instance's (or DB cluster's) snapshot into other
+    /// Regions, made once it is available and recorded in the same restore
+    /// point (which can then be restored in any of them); each copy is
+    /// deleted with it. RDS DB instances and DB clusters only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 5))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["region"]))]
@@ -102,14 +102,17 @@ pub struct BackupJobSpec {
 
 /// One protected resource: an EC2 instance (all its EBS volumes, snapshotted
 /// together), an existing EBS snapshot, an RDS DB instance (a manual DB
-/// snapshot, taken and kept by Tender), or the databases of an RDS for
+/// snapshot, taken and kept by Tender), an Aurora or Multi-AZ DB cluster
+/// (a manual DB cluster snapshot, the same way), or the databases of an RDS for
 /// PostgreSQL instance (a logical dump into the repository, by a worker).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "[has(self.instanceId), has(self.snapshotId), has(self.dbInstanceId), has(self.postgres)].filter(x, x).size() == 1",
-     "message": "set exactly one of instanceId, snapshotId, dbInstanceId and postgres"},
+    {"rule": "[has(self.instanceId), has(self.snapshotId), has(self.dbInstanceId), has(self.dbClusterId), has(self.postgres)].filter(x, x).size() == 1",
+     "message": "set exactly one of instanceId, snapshotId, dbInstanceId, dbClusterId and postgres"},
     {"rule": "!has(self.dbInstanceId) || !self.dbInstanceId.contains('--')",
-     "message": "an RDS DB instance identifier has no two hyphens in a row"}
+     "message": "an RDS DB instance identifier has no two hyphens in a row"},
+    {"rule": "!has(self.dbClusterId) || !self.dbClusterId.contains('--')",
+     "message": "an RDS DB cluster identifier has no two hyphens in a row"}
 ]))]
 #[serde(rename_all = "camelCase")]
 pub struct BackupResource {
@@ -130,6 +133,14 @@ pub struct BackupResource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(DB_IDENTIFIER_PATTERN), length(max = 63))]
     pub db_instance_id: Option<String>,
+    /// Identifier of an RDS DB cluster (Aurora, or a Multi-AZ DB cluster)
+    /// to back up, for example `orders-cluster`: Tender takes a manual DB
+    /// cluster snapshot of it, as for a DB instance (resource
+    /// `rds-cluster-<identifier>`). Its member instances cannot be named
+    /// with `dbInstanceId`: RDS snapshots a cluster as a whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(DB_IDENTIFIER_PATTERN), length(max = 63))]
+    pub db_cluster_id: Option<String>,
     /// An RDS for PostgreSQL DB instance whose databases a worker dumps
     /// into the repository (resource `rds-pg-<identifier>`): roles without
     /// their passwords, then each database in one consistent snapshot, cut
@@ -190,10 +201,14 @@ pub struct SnapshotCopyTarget {
 
 impl BackupResource {
     /// The resource's ID, whichever kind it is, as `status.workers[]` and
-    /// its restore point name it (`rds-db-<identifier>` for a DB instance).
+    /// its restore point name it (`rds-db-<identifier>` for a DB instance,
+    /// `rds-cluster-<identifier>` for a DB cluster).
     pub fn id(&self) -> String {
         if let Some(pg) = &self.postgres {
             return format!("{DB_DUMP_RESOURCE_PREFIX}{}", pg.db_instance_id);
+        }
+        if let Some(cluster) = &self.db_cluster_id {
+            return format!("{DB_CLUSTER_RESOURCE_PREFIX}{cluster}");
         }
         match &self.db_instance_id {
             Some(db) => format!("{DB_INSTANCE_RESOURCE_PREFIX}{db}"),

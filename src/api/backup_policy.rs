@@ -198,10 +198,12 @@ fn one() -> i32 {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "[has(self.instanceId), has(self.dbInstanceId), has(self.postgres)].filter(x, x).size() == 1",
-     "message": "set exactly one of instanceId, dbInstanceId and postgres"},
+    {"rule": "[has(self.instanceId), has(self.dbInstanceId), has(self.dbClusterId), has(self.postgres)].filter(x, x).size() == 1",
+     "message": "set exactly one of instanceId, dbInstanceId, dbClusterId and postgres"},
     {"rule": "!has(self.dbInstanceId) || !self.dbInstanceId.contains('--')",
-     "message": "an RDS DB instance identifier has no two hyphens in a row"}
+     "message": "an RDS DB instance identifier has no two hyphens in a row"},
+    {"rule": "!has(self.dbClusterId) || !self.dbClusterId.contains('--')",
+     "message": "an RDS DB cluster identifier has no two hyphens in a row"}
 ]))]
 pub struct PolicyResource {
     /// ID of an EC2 instance, for example `i-0123456789abcdef0`.
@@ -213,6 +215,11 @@ pub struct PolicyResource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(DB_IDENTIFIER_PATTERN), length(max = 63))]
     pub db_instance_id: Option<String>,
+    /// Identifier of an RDS DB cluster (Aurora, or a Multi-AZ DB cluster),
+    /// backed up as a DB cluster snapshot, as a BackupJob's `dbClusterId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(DB_IDENTIFIER_PATTERN), length(max = 63))]
+    pub db_cluster_id: Option<String>,
     /// An RDS for PostgreSQL DB instance dumped by a worker, as a
     /// BackupJob's `postgres`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -221,10 +228,13 @@ pub struct PolicyResource {
 
 impl PolicyResource {
     /// The ID of the BackupJob resource it becomes (`i-…`, `rds-db-<id>`,
-    /// `rds-pg-<id>`).
+    /// `rds-cluster-<id>`, `rds-pg-<id>`).
     pub fn id(&self) -> String {
         if let Some(id) = &self.instance_id {
             return id.clone();
+        }
+        if let Some(cluster) = &self.db_cluster_id {
+            return format!("{}{cluster}", super::DB_CLUSTER_RESOURCE_PREFIX);
         }
         if let Some(db) = &self.db_instance_id {
             return format!("{}{db}", super::DB_INSTANCE_RESOURCE_PREFIX);
@@ -237,7 +247,8 @@ impl PolicyResource {
 }
 
 /// How a policy backs up the DB instances a selector matches: `snapshot`
-/// (a DB snapshot, any engine; the default when unset) or `dump` (a
+/// (a DB snapshot, any engine; the default when unset; it matches DB
+/// clusters too, each taken as a DB cluster snapshot) or `dump` (a
 /// PostgreSQL dump into the repository by a worker).
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

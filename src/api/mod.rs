@@ -64,6 +64,9 @@ pub const DB_IDENTIFIER_PATTERN: &str = r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$";
 /// restore point (`rds-db-<identifier>`): an RDS identifier may look like
 /// an instance or snapshot ID, so it is told apart.
 pub const DB_INSTANCE_RESOURCE_PREFIX: &str = "rds-db-";
+/// The prefix of a DB cluster's resource ID (`rds-cluster-<identifier>`):
+/// Aurora and Multi-AZ DB clusters are snapshotted as a whole.
+pub const DB_CLUSTER_RESOURCE_PREFIX: &str = "rds-cluster-";
 /// The prefix of a PostgreSQL dump's resource ID (`rds-pg-<identifier>`):
 /// its restore points form a lineage of their own, apart from the DB
 /// instance's snapshots.

@@ -186,7 +186,8 @@ pub enum RestoreMode {
     /// A worker serving the file-level recovery browser.
     FileLevel,
     /// A database's restore point (see `spec.database`): a DB snapshot's
-    /// into a new RDS DB instance (RDS restores it; no worker), a
+    /// into a new RDS DB instance, a DB cluster snapshot's into a new DB
+    /// cluster (RDS restores them; no worker), a
     /// PostgreSQL dump's into an existing, empty RDS for PostgreSQL DB
     /// instance (a worker loads it).
     Database,
@@ -197,6 +198,12 @@ pub enum RestoreMode {
 /// A DB snapshot's restore point makes a **new** DB instance: unset fields
 /// take what the snapshot holds (or RDS's default: the default VPC's
 /// subnet group and security group, the engine's default parameter group).
+///
+/// A DB cluster snapshot's restore point makes a **new** DB cluster
+/// (`dbClusterId`) and, for Aurora, its writer DB instance
+/// (`dbInstanceId`, of class `dbInstanceClass`: default the class of the
+/// backed-up cluster's writer); `dbParameterGroupName` is then the DB
+/// cluster parameter group.
 ///
 /// A PostgreSQL dump's restore point is loaded by a worker into an
 /// **existing** RDS for PostgreSQL DB instance, as a dump is taken (its
@@ -210,6 +217,10 @@ pub enum RestoreMode {
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "!self.dbInstanceId.contains('--')",
      "message": "an RDS DB instance identifier has no two hyphens in a row"},
+    {"rule": "!has(self.dbClusterId) || !self.dbClusterId.contains('--')",
+     "message": "an RDS DB cluster identifier has no two hyphens in a row"},
+    {"rule": "!has(self.dbClusterId) || !has(self.databases)",
+     "message": "databases applies to a PostgreSQL dump's restore point, dbClusterId to a DB cluster snapshot's"},
     {"rule": "!has(self.databases) || self.databases.all(d, size(d) >= 1 && size(d) <= 63)",
      "message": "a PostgreSQL database name has 1 to 63 characters"}
 ]))]
@@ -220,6 +231,12 @@ pub struct DatabaseRestore {
     /// which must exist.
     #[schemars(pattern(DB_IDENTIFIER_PATTERN), length(max = 63))]
     pub db_instance_id: String,
+    /// From a DB cluster snapshot: identifier of the new DB cluster, which
+    /// must not exist (required for such a restore point, refused for
+    /// others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(DB_IDENTIFIER_PATTERN), length(max = 63))]
+    pub db_cluster_id: Option<String>,
     /// From a PostgreSQL dump: only these of its databases (default: every
     /// one it holds).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -239,7 +256,8 @@ pub struct DatabaseRestore {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 5), inner(pattern(SECURITY_GROUP_PATTERN)))]
     pub vpc_security_group_ids: Option<Vec<String>>,
-    /// Its DB parameter group.
+    /// Its DB parameter group (a DB cluster's: its DB cluster parameter
+    /// group).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 255))]
     pub db_parameter_group_name: Option<String>,
@@ -315,14 +333,29 @@ pub struct RestoreWorkerStatus {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RestoredDatabase {
-    /// Its identifier (`spec.database.dbInstanceId`).
+    /// Its identifier (`spec.database.dbInstanceId`; of a DB cluster, its
+    /// writer).
     pub db_instance_id: String,
+    /// The DB cluster created (`spec.database.dbClusterId`), from a DB
+    /// cluster snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_cluster_id: Option<String>,
+    /// The DB cluster's ARN, as RDS gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_cluster_arn: Option<String>,
+    /// The DB cluster's RDS status when last looked at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_state: Option<String>,
+    /// The DB cluster's reader endpoint, once RDS says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reader_endpoint_address: Option<String>,
     /// Its ARN, as RDS gave it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub db_instance_arn: Option<String>,
     /// Its RDS status when last looked at (`creating`, `available`, …).
     pub state: String,
-    /// The host name clients connect to, once RDS says.
+    /// The host name clients connect to (a DB cluster's: its writer
+    /// endpoint), once RDS says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint_address: Option<String>,
     /// The port clients connect to, once RDS says.

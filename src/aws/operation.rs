@@ -203,6 +203,15 @@ operations! {
     CopyDBSnapshot => Rds, Controller;
     DeleteDBSnapshot => Rds, Controller;
     RestoreDBInstanceFromDBSnapshot => Rds, Controller;
+    // The same for Aurora and Multi-AZ DB clusters: cluster snapshots,
+    // their copies, restores into a new cluster and its writer instance.
+    DescribeDBClusters => Rds, Controller;
+    CreateDBClusterSnapshot => Rds, Controller;
+    DescribeDBClusterSnapshots => Rds, Controller;
+    CopyDBClusterSnapshot => Rds, Controller;
+    DeleteDBClusterSnapshot => Rds, Controller;
+    RestoreDBClusterFromSnapshot => Rds, Controller;
+    CreateDBInstance => Rds, Controller;
     // A PostgreSQL dump, or the load of one: the controller adds the
     // job's security group to the DB instance and removes it; the worker
     // reads the master password RDS keeps in Secrets Manager.
@@ -298,9 +307,11 @@ impl AwsOperation {
             // additional authorization on the rds:AddTagsToResource action"
             // (Amazon RDS User Guide, "Grant permission to tag resources on
             // creation").
-            AwsOperation::CreateDBSnapshot => out.push("rds:AddTagsToResource"),
+            AwsOperation::CreateDBSnapshot | AwsOperation::CreateDBClusterSnapshot => {
+                out.push("rds:AddTagsToResource");
+            }
             // A copy encrypted with a customer managed key of its Region.
-            AwsOperation::CopyDBSnapshot => out.extend([
+            AwsOperation::CopyDBSnapshot | AwsOperation::CopyDBClusterSnapshot => out.extend([
                 "rds:AddTagsToResource",
                 "kms:CreateGrant",
                 "kms:DescribeKey",
@@ -308,11 +319,15 @@ impl AwsOperation {
             // A DB instance encrypted with a customer managed key: RDS
             // makes a grant on it for the caller ("Amazon RDS KMS key
             // management": kms:CreateGrant and kms:DescribeKey).
-            AwsOperation::RestoreDBInstanceFromDBSnapshot => out.extend([
+            AwsOperation::RestoreDBInstanceFromDBSnapshot
+            | AwsOperation::RestoreDBClusterFromSnapshot => out.extend([
                 "rds:AddTagsToResource",
                 "kms:CreateGrant",
                 "kms:DescribeKey",
             ]),
+            // An Aurora cluster's writer: tagged at creation; the cluster
+            // holds the storage and its key.
+            AwsOperation::CreateDBInstance => out.push("rds:AddTagsToResource"),
             // An encrypted snapshot's blocks: EBS uses its KMS key on the
             // caller's behalf ("To access an encrypted snapshot, the user
             // must have access to the KMS key used to encrypt the snapshot,

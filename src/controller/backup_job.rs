@@ -133,6 +133,16 @@ async fn locate_database(
         let why = format!("it does not carry tag {tag}");
         return Ok(Err(refused(config, "DB instance", db, why)));
     }
+    // RDS refuses CreateDBSnapshot for a cluster's member: the cluster is
+    // snapshotted as a whole.
+    if let (false, Some(cluster)) = (dump, &found.db_cluster_identifier) {
+        return Ok(Err(NotLocated {
+            reason: FailureReason::SourceDatabaseUnavailable,
+            message: format!(
+                "DB instance {db} is a member of DB cluster {cluster}, whose storage RDS snapshots as a whole: back up the cluster with spec.resources[].dbClusterId: {cluster}"
+            ),
+        }));
+    }
     if let Some(message) = dump
         .then(|| database_dump::not_possible(config, &found))
         .flatten()
@@ -146,6 +156,38 @@ async fn locate_database(
         zone: found.availability_zone,
         size_gib: found.allocated_gib,
         dump,
+    }))
+}
+
+/// A DB cluster: it exists and the configuration admits it. Regional (its
+/// instances span zones) and snapshotted by RDS: no zone, no size.
+async fn locate_cluster(
+    config: &WorkerConfiguration,
+    production: &AwsClients,
+    target: &Target,
+    cluster: &str,
+) -> Result<Result<Located, NotLocated>> {
+    let region = &target.region;
+    let Some(found) = production
+        .databases()
+        .describe_cluster(region, cluster)
+        .await?
+    else {
+        return Ok(Err(NotLocated {
+            reason: FailureReason::SourceDatabaseNotFound,
+            message: format!(
+                "DB cluster {cluster} does not exist in {region}; check spec.resources"
+            ),
+        }));
+    };
+    if let Err(tag) = config.spec.allowed_sources.admits_tags(&found.tags) {
+        let why = format!("it does not carry tag {tag}");
+        return Ok(Err(refused(config, "DB cluster", cluster, why)));
+    }
+    Ok(Ok(Located {
+        zone: None,
+        size_gib: 0,
+        dump: false,
     }))
 }
 
@@ -232,6 +274,9 @@ impl WorkerJob for BackupJob {
     ) -> Result<Result<Located, NotLocated>> {
         let access = job_access(self, config.spec.production_account.as_ref());
         let production = ctx.aws.scoped(&access).await;
+        if let Some(cluster) = database_backup::db_cluster_of(&target.id) {
+            return locate_cluster(config, &production, target, cluster).await;
+        }
         if let Some(db) = database_backup::db_instance_of(&target.id) {
             return locate_database(config, &production, target, (db, false)).await;
         }
@@ -261,9 +306,10 @@ impl WorkerJob for BackupJob {
         )
     }
 
-    /// A DB instance: RDS takes the snapshot, the controller follows it.
+    /// A DB instance or cluster: RDS takes the snapshot, the controller
+    /// follows it.
     fn runs_on_controller(&self, resource: &str) -> bool {
-        database_backup::db_instance_of(resource).is_some()
+        database_backup::database_of(resource).is_some()
     }
 
     async fn advance(

@@ -35,7 +35,8 @@ use super::{Context, Error, Result, apply_status};
 use crate::api::conditions::{self, DesiredCondition, READY, STALLED};
 use crate::api::{
     BackupJob, BackupJobSpec, BackupPolicy, BackupPolicyStatus, BackupResource,
-    DB_DUMP_RESOURCE_PREFIX, DB_INSTANCE_RESOURCE_PREFIX, JobLimits, Phase, PostgresSource,
+    DB_CLUSTER_RESOURCE_PREFIX, DB_DUMP_RESOURCE_PREFIX, DB_INSTANCE_RESOURCE_PREFIX, JobLimits,
+    Phase, PostgresSource,
 };
 use crate::names::{POLICY_LABEL, SCHEDULED_TIME_ANNOTATION};
 use crate::policy::runs::{self, Decision, Observed, Skipped};
@@ -549,10 +550,13 @@ fn resource_of(policy: &BackupPolicy, id: &str) -> BackupResource {
         instance_id: None,
         snapshot_id: None,
         db_instance_id: None,
+        db_cluster_id: None,
         postgres: None,
         region: policy.spec.region.clone(),
     };
-    if let Some(db) = id.strip_prefix(DB_INSTANCE_RESOURCE_PREFIX) {
+    if let Some(cluster) = id.strip_prefix(DB_CLUSTER_RESOURCE_PREFIX) {
+        resource.db_cluster_id = Some(cluster.to_string());
+    } else if let Some(db) = id.strip_prefix(DB_INSTANCE_RESOURCE_PREFIX) {
         resource.db_instance_id = Some(db.to_string());
     } else if let Some(db) = id.strip_prefix(DB_DUMP_RESOURCE_PREFIX) {
         let named = policy

@@ -1,5 +1,6 @@
-//! A BackupJob's RDS DB instance: the controller takes a manual DB
-//! snapshot, tagged as Tender's, waits until RDS has it `available`
+//! A BackupJob's RDS DB instance or DB cluster: the controller takes a
+//! manual DB snapshot (DB cluster snapshot), tagged as Tender's, waits
+//! until RDS has it `available`
 //! (following `PercentProgress`), then writes the restore point's manifest
 //! (version 2: the snapshot and the DB instance as it was) to the
 //! repository, sealed with the repository's integrity key. No worker: RDS
@@ -27,12 +28,12 @@ use super::job::job_access;
 use super::job::kind::{Advance, ControllerStep};
 use super::{Context, Error, Result};
 use crate::api::{
-    BackupJob, BackupRepository, BackupWorkerStatus, DB_INSTANCE_RESOURCE_PREFIX,
-    DatabaseSnapshotCopy, DatabaseSnapshotStatus,
+    BackupJob, BackupRepository, BackupWorkerStatus, DB_CLUSTER_RESOURCE_PREFIX,
+    DB_INSTANCE_RESOURCE_PREFIX, DatabaseSnapshotCopy, DatabaseSnapshotStatus,
 };
 use crate::aws::AwsClients;
 use crate::aws::accounts::Access;
-use crate::aws::rds::{self, DbInstanceInfo, DbSnapshotInfo};
+use crate::aws::rds::{self, DbClusterInfo, DbInstanceInfo, DbSnapshotInfo, SnapshotKind};
 use crate::aws::repository::Created;
 use crate::mover::MoverError;
 use crate::mover::integrity;
@@ -62,6 +63,19 @@ const VISIBILITY_GRACE_SECONDS: i64 = 60;
 /// The DB instance identifier of a BackupJob resource ID, if it names one.
 pub fn db_instance_of(resource: &str) -> Option<&str> {
     resource.strip_prefix(DB_INSTANCE_RESOURCE_PREFIX)
+}
+
+/// The DB cluster identifier of a BackupJob resource ID, if it names one.
+pub fn db_cluster_of(resource: &str) -> Option<&str> {
+    resource.strip_prefix(DB_CLUSTER_RESOURCE_PREFIX)
+}
+
+/// What a resource ID's snapshot is of, and its identifier, if RDS takes
+/// it (a DB instance or a DB cluster).
+pub fn database_of(resource: &str) -> Option<(SnapshotKind, &str)> {
+    db_cluster_of(resource)
+        .map(|c| (SnapshotKind::Cluster, c))
+        .or_else(|| db_instance_of(resource).map(|d| (SnapshotKind::Instance, d)))
 }
 
 /// The tags of a DB snapshot Tender takes: its ownership (what the IAM
@@ -129,9 +143,10 @@ pub async fn advance(
     step: &ControllerStep<'_>,
     ctx: &Context,
 ) -> Result<Advance> {
-    let Some(db) = db_instance_of(&worker.resource).map(str::to_string) else {
+    let Some((kind, db)) = database_of(&worker.resource).map(|(k, d)| (k, d.to_string())) else {
         return Err(Error::MissingObjectKey("a DB instance in the resource ID"));
     };
+    let noun = kind.noun();
     let region = worker.region.clone();
     let production = ctx
         .aws
@@ -161,12 +176,12 @@ pub async fn advance(
     // restarted controller never starts a second one beside it.
     if let Some(recorded) = worker.database_snapshot.clone() {
         let found = rds
-            .describe_snapshot(&region, &recorded.snapshot_id)
+            .describe_snapshot(kind, &region, &recorded.snapshot_id)
             .await?;
         let age = step.now.duration_since(recorded.requested_time.0).as_secs();
         match found {
             Some(found) if !found.is_failed() => {
-                return follow(job, worker, &found, &recorded, step, ctx, &db).await;
+                return follow(job, worker, (&found, &recorded), step, ctx, (kind, &db)).await;
             }
             None if age < VISIBILITY_GRACE_SECONDS => {
                 return Ok(Advance::Wait {
@@ -178,7 +193,7 @@ pub async fn advance(
                 return Ok(Advance::Failed {
                     reason: FailureReason::DatabaseSnapshotFailed,
                     message: format!(
-                        "DB snapshot {snapshot_id} of {db} {what} in {region}; the next attempt takes a new one (the garbage collector deletes this one)"
+                        "{noun} {snapshot_id} of {db} {what} in {region}; the next attempt takes a new one (the garbage collector deletes this one)"
                     ),
                 });
             }
@@ -191,12 +206,12 @@ pub async fn advance(
     // Not recorded: a snapshot of this attempt's name is one a reconcile
     // started before it could record it (a crash), if it is genuinely a
     // snapshot of this DB instance taken for this job.
-    if let Some(found) = rds.describe_snapshot(&region, &snapshot_id).await? {
-        if let Err(why) = genuine(&rds, &region, &found, &db, &tags).await? {
+    if let Some(found) = rds.describe_snapshot(kind, &region, &snapshot_id).await? {
+        if let Err(why) = genuine(&rds, &region, &found, (kind, &db), &tags).await? {
             return Ok(Advance::Failed {
                 reason: FailureReason::SnapshotNotOwned,
                 message: format!(
-                    "DB snapshot {snapshot_id} exists in {region} and is not this job's: {why}"
+                    "{noun} {snapshot_id} exists in {region} and is not this job's: {why}"
                 ),
             });
         }
@@ -209,7 +224,7 @@ pub async fn advance(
         job,
         worker,
         &production,
-        (&db, &snapshot_id, &tags),
+        (kind, &db, &snapshot_id, &tags),
         step,
         ctx,
     )
@@ -223,21 +238,22 @@ fn repository_of(job: &BackupJob, ctx: &Context) -> Option<Arc<BackupRepository>
 }
 
 /// Whether a snapshot found under this attempt's name is the one it took:
-/// of this DB instance (by identifier and by its DbiResourceId, which a DB
-/// instance of the same name made later does not share), manual, and
+/// of this DB instance or cluster (by identifier and by its DbiResourceId
+/// or DbClusterResourceId, which one of the same name made later does not
+/// share), manual, and
 /// tagged as this attempt's (tags anyone may set: the name and the
 /// instance are what RDS vouches for).
 async fn genuine(
     rds: &crate::aws::rds::Databases<'_>,
     region: &str,
     found: &DbSnapshotInfo,
-    db: &str,
+    (kind, db): (SnapshotKind, &str),
     wanted: &BTreeMap<String, String>,
 ) -> Result<std::result::Result<(), String>> {
-    if found.instance_identifier.as_deref() != Some(db) {
+    if found.source_identifier.as_deref() != Some(db) {
         return Ok(Err(format!(
             "it is a snapshot of {:?}",
-            found.instance_identifier
+            found.source_identifier
         )));
     }
     if found.snapshot_type.as_deref() != Some("manual") {
@@ -248,11 +264,17 @@ async fn genuine(
             return Ok(Err(format!("its tag {key} is {:?}", found.tags.get(key))));
         }
     }
-    let instance = rds.describe_instance(region, db).await?;
-    let same = match (
-        &found.dbi_resource_id,
-        instance.and_then(|i| i.dbi_resource_id),
-    ) {
+    let resource_id = match kind {
+        SnapshotKind::Instance => rds
+            .describe_instance(region, db)
+            .await?
+            .and_then(|i| i.dbi_resource_id),
+        SnapshotKind::Cluster => rds
+            .describe_cluster(region, db)
+            .await?
+            .and_then(|c| c.resource_id),
+    };
+    let same = match (&found.dbi_resource_id, resource_id) {
         (Some(a), Some(b)) => a == &b,
         // RDS did not say: the identifier and the tags have to do.
         _ => true,
@@ -260,7 +282,10 @@ async fn genuine(
     Ok(if same {
         Ok(())
     } else {
-        Err(format!("it was taken of another DB instance named {db}"))
+        Err(format!(
+            "it was taken of another {} named {db}",
+            kind.source_noun()
+        ))
     })
 }
 
@@ -269,12 +294,12 @@ async fn genuine(
 async fn follow(
     job: &BackupJob,
     worker: &mut BackupWorkerStatus,
-    found: &DbSnapshotInfo,
-    recorded: &DatabaseSnapshotStatus,
+    (found, recorded): (&DbSnapshotInfo, &DatabaseSnapshotStatus),
     step: &ControllerStep<'_>,
     ctx: &Context,
-    db: &str,
+    (kind, db): (SnapshotKind, &str),
 ) -> Result<Advance> {
+    let noun = kind.noun();
     let snapshot_id = found.identifier.clone();
     record(worker, found, recorded.requested_time.0);
     if found.status != "available" {
@@ -282,7 +307,7 @@ async fn follow(
         let half = job.spec.copy_to.is_some();
         worker.progress_percent = found.percent_progress.map(|p| if half { p / 2 } else { p });
         worker.message = Some(format!(
-            "DB snapshot {snapshot_id} of {db} is {} ({}%)",
+            "{noun} {snapshot_id} of {db} is {} ({}%)",
             found.status,
             found.percent_progress.unwrap_or(0)
         ));
@@ -292,7 +317,7 @@ async fn follow(
     }
     let Some(repository) = step.repository else {
         worker.message = Some(format!(
-            "DB snapshot {snapshot_id} of {db} is available; waiting for the job's BackupRepository to record it"
+            "{noun} {snapshot_id} of {db} is available; waiting for the job's BackupRepository to record it"
         ));
         return Ok(Advance::Wait {
             recheck: Duration::from_secs(30),
@@ -302,13 +327,31 @@ async fn follow(
         .aws
         .scoped(&job_access(job, worker.access.as_ref()))
         .await;
-    if let Some(wait_or_fail) = copies(job, worker, found, &production, ctx).await? {
+    if let Some(wait_or_fail) = copies(job, worker, (kind, found), &production, ctx).await? {
         return Ok(wait_or_fail);
     }
-    let instance = production
-        .databases()
-        .describe_instance(&worker.region, db)
-        .await?;
+    let instance = match kind {
+        SnapshotKind::Instance => {
+            production
+                .databases()
+                .describe_instance(&worker.region, db)
+                .await?
+        }
+        SnapshotKind::Cluster => {
+            let rds = production.databases();
+            match rds.describe_cluster(&worker.region, db).await? {
+                Some(cluster) => {
+                    // An Aurora cluster's class is its writer's.
+                    let writer = match (cluster.is_aurora(), cluster.members.first()) {
+                        (true, Some(w)) => rds.describe_instance(&worker.region, w).await?,
+                        _ => None,
+                    };
+                    Some(as_instance(&cluster, writer.as_ref()))
+                }
+                None => None,
+            }
+        }
+    };
     let account = account_of(found.arn.as_deref())
         .map(str::to_string)
         .unwrap_or_default();
@@ -343,7 +386,7 @@ async fn follow(
             }
             worker.restore_point = Some(stored.id.clone());
             worker.message = Some(format!(
-                "DB snapshot {} of {db} is available; restore point {} recorded",
+                "{noun} {} of {db} is available; restore point {} recorded",
                 worker
                     .database_snapshot
                     .as_ref()
@@ -359,6 +402,33 @@ async fn follow(
 /// The account in an RDS ARN (`arn:aws:rds:<region>:<account>:…`).
 fn account_of(arn: Option<&str>) -> Option<&str> {
     arn?.split(':').nth(4).filter(|a| !a.is_empty())
+}
+
+/// What the manifest records of a DB cluster, in a DB instance's terms:
+/// the instance class is its writer's (Aurora) or the cluster's (Multi-AZ
+/// DB clusters), the parameter group the DB cluster parameter group.
+fn as_instance(cluster: &DbClusterInfo, writer: Option<&DbInstanceInfo>) -> DbInstanceInfo {
+    DbInstanceInfo {
+        identifier: cluster.identifier.clone(),
+        arn: cluster.arn.clone(),
+        status: cluster.status.clone(),
+        engine: cluster.engine.clone(),
+        engine_version: cluster.engine_version.clone(),
+        instance_class: cluster
+            .cluster_instance_class
+            .clone()
+            .or_else(|| writer.and_then(|w| w.instance_class.clone())),
+        address: cluster.endpoint.clone(),
+        port: cluster.port,
+        subnet_group: cluster.subnet_group.clone(),
+        vpc_security_group_ids: cluster.vpc_security_group_ids.clone(),
+        parameter_group: cluster.parameter_group.clone(),
+        storage_encrypted: cluster.storage_encrypted,
+        kms_key_id: cluster.kms_key_id.clone(),
+        master_username: cluster.master_username.clone(),
+        tags: cluster.tags.clone(),
+        ..DbInstanceInfo::default()
+    }
 }
 
 fn record(worker: &mut BackupWorkerStatus, found: &DbSnapshotInfo, requested: Timestamp) {
@@ -382,10 +452,11 @@ fn record(worker: &mut BackupWorkerStatus, found: &DbSnapshotInfo, requested: Ti
 async fn copies(
     job: &BackupJob,
     worker: &mut BackupWorkerStatus,
-    source: &DbSnapshotInfo,
+    (kind, source): (SnapshotKind, &DbSnapshotInfo),
     production: &AwsClients,
     ctx: &Context,
 ) -> Result<Option<Advance>> {
+    let noun = kind.noun();
     let Some(targets) = job.spec.copy_to.clone() else {
         return Ok(None);
     };
@@ -411,7 +482,7 @@ async fn copies(
         return Ok(Some(Advance::Failed {
             reason: FailureReason::DatabaseCopyRefused,
             message: format!(
-                "DB snapshot {id} is encrypted, and a copy to {region} needs a KMS key of {region}: set spec.copyTo[].kmsKeyId for {region} in a new BackupJob"
+                "{noun} {id} is encrypted, and a copy to {region} needs a KMS key of {region}: set spec.copyTo[].kmsKeyId for {region} in a new BackupJob"
             ),
         }));
     }
@@ -423,14 +494,12 @@ async fn copies(
             .as_ref()
             .and_then(|s| s.copies.iter().find(|c| c.region == region))
             .cloned();
-        let found = rds.describe_snapshot(region, &id).await?;
+        let found = rds.describe_snapshot(kind, region, &id).await?;
         let found = match (recorded, found) {
             (_, Some(found)) if found.tags.get(tags::JOB_UID) != tags.get(tags::JOB_UID) => {
                 return Ok(Some(Advance::Failed {
                     reason: FailureReason::SnapshotNotOwned,
-                    message: format!(
-                        "DB snapshot {id} exists in {region} and is not this job's copy"
-                    ),
+                    message: format!("{noun} {id} exists in {region} and is not this job's copy"),
                 }));
             }
             (_, Some(found)) if matches!(found.status.as_str(), "deleting" | "deleted") => {
@@ -442,11 +511,11 @@ async fn copies(
                 // Gone for good: deleted, and copied again under the same
                 // name once RDS has let it go.
                 forget_copy(worker, region);
-                if let Err(e) = rds.delete_snapshot(region, &id).await {
+                if let Err(e) = rds.delete_snapshot(kind, region, &id).await {
                     return Ok(Some(Advance::Failed {
                         reason: FailureReason::DatabaseSnapshotFailed,
                         message: format!(
-                            "RDS put the copy of DB snapshot {id} in {region} in state {}, and refused to delete it ({e}); delete it by hand",
+                            "RDS put the copy of {noun} {id} in {region} in state {}, and refused to delete it ({e}); delete it by hand",
                             found.status
                         ),
                     }));
@@ -466,6 +535,7 @@ async fn copies(
             (None, None) => {
                 match rds
                     .copy_snapshot(
+                        kind,
                         region,
                         &source_arn,
                         &id,
@@ -480,12 +550,12 @@ async fn copies(
                             EventType::Normal,
                             "DatabaseSnapshotCopyStarted",
                             "BackupDatabase",
-                            format!("copying DB snapshot {id} to {region}"),
+                            format!("copying {noun} {id} to {region}"),
                         )
                         .await;
                         started
                     }
-                    Err(e) if e.code() == Some("DBSnapshotAlreadyExists") => {
+                    Err(e) if e.code() == Some(kind.snapshot_exists()) => {
                         waiting.push(format!("{region}: looking for the copy"));
                         continue;
                     }
@@ -504,7 +574,8 @@ async fn copies(
                         return Ok(Some(Advance::Failed {
                             reason,
                             message: format!(
-                                "RDS refused to copy DB snapshot {id} to {region}: {e}; check spec.copyTo (the key must be a key of {region} the controller may use) and the quota \"Manual DB instance snapshots\" of {region}"
+                                "RDS refused to copy {noun} {id} to {region}: {e}; check spec.copyTo (the key must be a key of {region} the controller may use) and the quota \"{}\" of {region}",
+                                kind.quota_name()
                             ),
                         }));
                     }
@@ -553,7 +624,7 @@ async fn copies(
     // The source counts as half the work, the copies as the other half.
     worker.progress_percent = Some(50 + done / (2 * targets.len().max(1) as i32));
     worker.message = Some(format!(
-        "DB snapshot {id} is available; copying it: {}",
+        "{noun} {id} is available; copying it: {}",
         waiting.join(", ")
     ));
     Ok(Some(Advance::Wait {
@@ -572,26 +643,30 @@ async fn start(
     job: &BackupJob,
     worker: &mut BackupWorkerStatus,
     production: &AwsClients,
-    (db, snapshot_id, tags): (&str, &str, &BTreeMap<String, String>),
+    (kind, db, snapshot_id, tags): (SnapshotKind, &str, &str, &BTreeMap<String, String>),
     step: &ControllerStep<'_>,
     ctx: &Context,
 ) -> Result<Advance> {
     let region = worker.region.clone();
     let rds = production.databases();
-    let refused = match rds.create_snapshot(&region, snapshot_id, db, tags).await {
+    let (noun, source) = (kind.noun(), kind.source_noun());
+    let refused = match rds
+        .create_snapshot(kind, &region, snapshot_id, db, tags)
+        .await
+    {
         Ok(created) => {
             // A crash here leaves a snapshot the status does not name yet:
             // the next reconcile finds it by its name and job-UID tag.
             crate::faults::crash_point("after-create-db-snapshot");
             record(worker, &created, step.now);
             worker.progress_percent = Some(created.percent_progress.unwrap_or(0));
-            worker.message = Some(format!("taking DB snapshot {snapshot_id} of {db}"));
+            worker.message = Some(format!("taking {noun} {snapshot_id} of {db}"));
             ctx.event(
                 job,
                 EventType::Normal,
                 "DatabaseSnapshotStarted",
                 "BackupDatabase",
-                format!("taking DB snapshot {snapshot_id} of DB instance {db} in {region}"),
+                format!("taking {noun} {snapshot_id} of {source} {db} in {region}"),
             )
             .await;
             return Ok(Advance::Wait {
@@ -601,44 +676,54 @@ async fn start(
         Err(e) => e,
     };
     let message = refused.to_string();
-    Ok(match refused.code() {
-        // Taken by a call whose answer was lost: the next step finds it.
-        Some("DBSnapshotAlreadyExists") => Advance::Wait {
+    let code = refused.code();
+    // Taken by a call whose answer was lost: the next step finds it.
+    if code == Some(kind.snapshot_exists()) {
+        return Ok(Advance::Wait {
             recheck: Duration::from_secs(5),
-        },
-        Some("DBInstanceNotFound") => Advance::Failed {
+        });
+    }
+    if code == Some(kind.source_not_found()) {
+        return Ok(Advance::Failed {
             reason: FailureReason::SourceDatabaseNotFound,
-            message: format!("DB instance {db} does not exist in {region}; check spec.resources"),
-        },
-        Some("SnapshotQuotaExceeded") => Advance::Failed {
+            message: format!("{source} {db} does not exist in {region}; check spec.resources"),
+        });
+    }
+    if code == Some("SnapshotQuotaExceeded") {
+        return Ok(Advance::Failed {
             reason: FailureReason::DatabaseSnapshotQuotaExceeded,
             message: format!(
-                "RDS refused a snapshot of {db}: the account's manual DB snapshot quota in {region} is used up ({message}); delete manual snapshots nobody needs (expired restore points' snapshots go once the garbage collector runs), or raise the quota \"Manual DB instance snapshots\" in Service Quotas"
+                "RDS refused a snapshot of {db}: the account's manual {noun} quota in {region} is used up ({message}); delete manual snapshots nobody needs (expired restore points' snapshots go once the garbage collector runs), or raise the quota \"{}\" in Service Quotas",
+                kind.quota_name()
+            ),
+        });
+    }
+    if code != Some(kind.source_invalid_state()) {
+        return Err(refused.into());
+    }
+    let status = match kind {
+        SnapshotKind::Instance => rds.describe_instance(&region, db).await?.map(|i| i.status),
+        SnapshotKind::Cluster => rds.describe_cluster(&region, db).await?.map(|c| c.status),
+    };
+    Ok(match status {
+        None => Advance::Failed {
+            reason: FailureReason::SourceDatabaseNotFound,
+            message: format!("{source} {db} does not exist in {region} any more"),
+        },
+        Some(status) if rds::is_passing_state(&status) => {
+            worker.message = Some(format!(
+                "{source} {db} is {status}; RDS takes a snapshot once that ends"
+            ));
+            Advance::Wait {
+                recheck: Duration::from_secs(30),
+            }
+        }
+        Some(status) => Advance::Failed {
+            reason: FailureReason::SourceDatabaseUnavailable,
+            message: format!(
+                "RDS cannot snapshot {source} {db}: it is {status} ({message}); bring it back to available (start it, or fix its storage or KMS key) and create a new BackupJob"
             ),
         },
-        Some("InvalidDBInstanceState") => match rds.describe_instance(&region, db).await? {
-            None => Advance::Failed {
-                reason: FailureReason::SourceDatabaseNotFound,
-                message: format!("DB instance {db} does not exist in {region} any more"),
-            },
-            Some(i) if rds::is_passing_state(&i.status) => {
-                worker.message = Some(format!(
-                    "DB instance {db} is {}; RDS takes a snapshot once that ends",
-                    i.status
-                ));
-                Advance::Wait {
-                    recheck: Duration::from_secs(30),
-                }
-            }
-            Some(i) => Advance::Failed {
-                reason: FailureReason::SourceDatabaseUnavailable,
-                message: format!(
-                    "RDS cannot snapshot DB instance {db}: it is {} ({message}); bring it back to available (start it, or fix its storage or KMS key) and create a new BackupJob",
-                    i.status
-                ),
-            },
-        },
-        _ => return Err(refused.into()),
     })
 }
 
@@ -652,7 +737,8 @@ fn manifest(
     account: &str,
     now: Timestamp,
 ) -> Manifest {
-    let identifier = db_instance_of(&worker.resource)
+    let identifier = database_of(&worker.resource)
+        .map(|(_, id)| id)
         .unwrap_or_default()
         .to_string();
     let allocated_gib = instance.map_or(snapshot.allocated_gib, |i| i.allocated_gib);

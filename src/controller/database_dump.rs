@@ -486,6 +486,10 @@ pub async fn prepare_load(
         endpoint_address: found.address.clone(),
         endpoint_port: found.port,
         requested_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
+        db_cluster_id: None,
+        db_cluster_arn: None,
+        cluster_state: None,
+        reader_endpoint_address: None,
     });
     let on_db = worker
         .database_access

@@ -204,7 +204,7 @@ fn database_accounts(ctx: &Context) -> Vec<RegionAccount> {
     for job in ctx.jobs.state() {
         if let Some(s) = &job.status {
             for w in s.workers.iter().filter(|w| {
-                crate::controller::database_backup::db_instance_of(&w.resource).is_some()
+                crate::controller::database_backup::database_of(&w.resource).is_some()
                     || crate::controller::database_dump::dump_instance_of(&w.resource).is_some()
             }) {
                 add((w.region.clone(), w.access.clone()));

@@ -126,10 +126,25 @@ impl WorkerJob for RestoreJob {
                     )
                 } else {
                     format!(
-                        "restore point {} is not a database's: mode database restores only restore points of RDS DB instances",
+                        "restore point {} is not a database's: mode database restores only restore points of RDS DB instances and DB clusters",
                         self.spec.restore_point_id()
                     )
                 },
+            }));
+        }
+        if dump_point
+            && self
+                .spec
+                .database
+                .as_ref()
+                .is_some_and(|d| d.db_cluster_id.is_some())
+        {
+            return Ok(Err(NotLocated {
+                reason: FailureReason::RestoreModeMismatch,
+                message: format!(
+                    "restore point {} is a PostgreSQL dump, loaded into an existing DB instance: spec.database.dbClusterId does not apply; leave it out in a new RestoreJob",
+                    self.spec.restore_point_id()
+                ),
             }));
         }
         if let Some(problem) = preflight::check(self, config, ctx).await? {

@@ -1,4 +1,4 @@
-//! The instances and RDS DB instances a policy's run protects, looked up
+//! The instances, RDS DB instances and DB clusters a policy's run protects, looked up
 //! at the run, and the ones it protected before and cannot find any more.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -10,17 +10,17 @@ use kube::runtime::events::EventType;
 
 use super::{history, reasons};
 use crate::api::{
-    BackupPolicy, BackupPolicyStatus, DB_DUMP_RESOURCE_PREFIX, DB_INSTANCE_RESOURCE_PREFIX,
-    DatabaseBackupMethod, WorkerConfiguration,
+    BackupPolicy, BackupPolicyStatus, DB_CLUSTER_RESOURCE_PREFIX, DB_DUMP_RESOURCE_PREFIX,
+    DB_INSTANCE_RESOURCE_PREFIX, DatabaseBackupMethod, WorkerConfiguration,
 };
 use crate::aws::accounts::Access;
-use crate::aws::rds::DbInstanceInfo;
+use crate::aws::rds::{DbClusterInfo, DbInstanceInfo};
 use crate::controller::{Context, Error, Result};
 
 /// The resources a run protects, found now.
 pub(super) struct FoundResources {
     /// BackupJob resource IDs to back up (instance IDs, `rds-db-<id>`,
-    /// `rds-pg-<id>`), sorted.
+    /// `rds-cluster-<id>`, `rds-pg-<id>`), sorted.
     pub ids: Vec<String>,
     /// Each with where it came from.
     pub sources: BTreeMap<String, &'static str>,
@@ -95,7 +95,26 @@ pub(super) async fn find_resources(
             .list_instances(region)
             .await
             .map_err(|e| Found::Failed(e.into()))?;
-        for (id, source) in protected_databases(policy, &config, &databases) {
+        // DB clusters, only when something may name or select one.
+        let wants_clusters = policy
+            .spec
+            .database_selectors
+            .iter()
+            .any(|s| s.method.unwrap_or_default() == DatabaseBackupMethod::Snapshot)
+            || policy
+                .spec
+                .resources
+                .iter()
+                .any(|r| r.db_cluster_id.is_some());
+        let clusters = if wants_clusters {
+            aws.databases()
+                .list_clusters(region)
+                .await
+                .map_err(|e| Found::Failed(e.into()))?
+        } else {
+            Vec::new()
+        };
+        for (id, source) in protected_databases(policy, &config, &databases, &clusters) {
             sources.insert(id, source);
         }
     }
@@ -106,19 +125,48 @@ pub(super) async fn find_resources(
     })
 }
 
+/// Whether every tag of a selector is on `tags` (an empty selector, which
+/// the schema refuses, matches nothing).
+fn selects(match_tags: &BTreeMap<String, String>, tags: &BTreeMap<String, String>) -> bool {
+    !match_tags.is_empty()
+        && match_tags.iter().all(|(key, pattern)| {
+            tags.get(key)
+                .is_some_and(|value| matches_pattern(pattern, value))
+        })
+}
+
 /// The BackupJob resource IDs of the policy's DB instances among
-/// `databases` (`rds-db-<id>` for a snapshot, `rds-pg-<id>` for a dump),
-/// with where each came from. A DB instance being deleted is left out, as
-/// is a member of a DB cluster matched by a selector (RDS snapshots and
-/// dumps DB clusters as a whole); a DB instance that both a snapshot and
+/// `databases` (`rds-db-<id>` for a snapshot, `rds-pg-<id>` for a dump)
+/// and DB clusters among `clusters` (`rds-cluster-<id>`, matched by
+/// snapshot selectors), with where each came from. A DB instance or
+/// cluster being deleted is left out, as is a member of a DB cluster
+/// matched by a selector (RDS snapshots DB clusters as a whole: the
+/// cluster's own tags select it); a DB instance that both a snapshot and
 /// a dump selector match gets both.
 fn protected_databases(
     policy: &BackupPolicy,
     config: &WorkerConfiguration,
     databases: &[DbInstanceInfo],
+    clusters: &[DbClusterInfo],
 ) -> BTreeMap<String, &'static str> {
     let alive = |d: &&DbInstanceInfo| !matches!(d.status.as_str(), "deleting" | "deleted");
+    let cluster_alive = |c: &&DbClusterInfo| !matches!(c.status.as_str(), "deleting" | "deleted");
     let mut out = BTreeMap::new();
+    for c in clusters.iter().filter(cluster_alive) {
+        if config.spec.allowed_sources.admits_tags(&c.tags).is_err() {
+            continue;
+        }
+        let selected = policy.spec.database_selectors.iter().any(|s| {
+            s.method.unwrap_or_default() == DatabaseBackupMethod::Snapshot
+                && selects(&s.match_tags, &c.tags)
+        });
+        if selected {
+            out.insert(
+                format!("{DB_CLUSTER_RESOURCE_PREFIX}{}", c.identifier),
+                history::DATABASE_SELECTED,
+            );
+        }
+    }
     for d in databases.iter().filter(alive) {
         // A source the configuration refuses is no candidate (its jobs
         // would fail); a named one still goes to the job, which says why.
@@ -128,14 +176,7 @@ fn protected_databases(
             continue;
         }
         for selector in &policy.spec.database_selectors {
-            // An empty selector (the schema refuses one) matches nothing.
-            let matches = !selector.match_tags.is_empty()
-                && selector.match_tags.iter().all(|(key, pattern)| {
-                    d.tags
-                        .get(key)
-                        .is_some_and(|value| matches_pattern(pattern, value))
-                });
-            if matches {
+            if selects(&selector.match_tags, &d.tags) {
                 let prefix = match selector.method.unwrap_or_default() {
                     DatabaseBackupMethod::Snapshot => DB_INSTANCE_RESOURCE_PREFIX,
                     // Only PostgreSQL is dumped.
@@ -149,12 +190,20 @@ fn protected_databases(
             }
         }
     }
-    for r in policy
-        .spec
-        .resources
-        .iter()
-        .filter(|r| r.instance_id.is_none())
-    {
+    for r in &policy.spec.resources {
+        if let Some(cluster) = &r.db_cluster_id {
+            if clusters
+                .iter()
+                .filter(cluster_alive)
+                .any(|c| &c.identifier == cluster)
+            {
+                out.insert(r.id(), history::NAMED);
+            }
+            continue;
+        }
+        if r.instance_id.is_some() {
+            continue;
+        }
         let db = r
             .db_instance_id
             .as_deref()
@@ -404,26 +453,53 @@ mod tests {
                 ..Default::default()
             },
         ];
-        let found = protected_databases(&policy, &open, &databases);
+        let cluster = |id: &str, team: &str, status: &str| DbClusterInfo {
+            identifier: id.into(),
+            status: status.into(),
+            engine: "aurora-postgresql".into(),
+            tags: BTreeMap::from([("team".into(), team.into())]),
+            ..Default::default()
+        };
+        let clusters = [
+            cluster("aurora", "shop", "available"),
+            cluster("books", "finance", "available"),
+            cluster("going", "shop", "deleting"),
+            cluster("reports", "other", "available"),
+        ];
+        policy.spec.resources.push(PolicyResource {
+            db_cluster_id: Some("reports".into()),
+            ..Default::default()
+        });
+        policy.spec.resources.push(PolicyResource {
+            db_cluster_id: Some("gone".into()),
+            ..Default::default()
+        });
+        let found = protected_databases(&policy, &open, &databases, &clusters);
         let ids: Vec<&str> = found.keys().map(String::as_str).collect();
-        // MySQL gets its snapshot, not a dump.
+        // MySQL gets its snapshot, not a dump; the cluster member aurora-1
+        // nothing (its cluster is snapshotted), the cluster a snapshot
+        // only (a dump selector does not take clusters).
         assert_eq!(
             ids,
             [
+                "rds-cluster-aurora",
+                "rds-cluster-reports",
                 "rds-db-named",
                 "rds-db-orders",
                 "rds-db-shop-mysql",
                 "rds-pg-orders"
             ]
         );
+        assert_eq!(found["rds-cluster-aurora"], history::DATABASE_SELECTED);
+        assert_eq!(found["rds-cluster-reports"], history::NAMED);
         assert_eq!(found["rds-db-named"], history::NAMED);
         assert_eq!(found["rds-pg-orders"], history::DATABASE_SELECTED);
         // A configuration that allows only sources tagged team=finance:
         // the selectors find none of the shop's DB instances; the named
         // one still goes to the job, whose check says why it is refused.
         let finance = config(serde_json::json!({"allowedSources": {"tags": {"team": "finance"}}}));
-        let found = protected_databases(&policy, &finance, &databases);
+        let found = protected_databases(&policy, &finance, &databases, &clusters);
         let ids: Vec<&str> = found.keys().map(String::as_str).collect();
-        assert_eq!(ids, ["rds-db-named"]);
+        assert_eq!(ids, ["rds-cluster-reports", "rds-db-named"]);
     }
 }

@@ -1,5 +1,5 @@
-//! The sweep of database snapshots: the manual DB snapshots a BackupJob
-//! took (tagged with this cluster's ID and the job) whose restore point is
+//! The sweep of database snapshots: the manual DB snapshots and DB cluster
+//! snapshots a BackupJob took (tagged with this cluster's ID and the job) whose restore point is
 //! gone (expired by retention, deleted by hand) or never came to be (a
 //! failed attempt, a job deleted while RDS was taking it). RDS keeps a
 //! manual snapshot until someone deletes it, and each costs storage and
@@ -25,7 +25,7 @@ use tracing::{info, warn};
 use crate::api::{BackupJob, BackupJobStatus};
 use crate::aws::AwsClients;
 use crate::aws::accounts::Access;
-use crate::aws::rds::DbSnapshotInfo;
+use crate::aws::rds::{DbSnapshotInfo, SnapshotKind};
 use crate::controller::Context;
 use crate::controller::database_backup::snapshot_name;
 use crate::controller::job::status::baseline;
@@ -163,13 +163,29 @@ fn taken_at(s: &DbSnapshotInfo) -> Option<Timestamp> {
         .and_then(|t| t.parse::<Timestamp>().ok())
 }
 
-/// Deletes this cluster's database snapshots that outlived their restore
-/// point in one region and account; returns how many.
+/// Deletes this cluster's database snapshots (of DB instances and of DB
+/// clusters) that outlived their restore point in one region and account;
+/// returns how many.
 pub(super) async fn sweep(ctx: &Context, aws: &AwsClients, region: &str, grace: Duration) -> usize {
-    let all = match aws.databases().list_manual_snapshots(region).await {
+    let mut deleted = 0;
+    for kind in [SnapshotKind::Instance, SnapshotKind::Cluster] {
+        deleted += sweep_kind(ctx, aws, region, grace, kind).await;
+    }
+    deleted
+}
+
+async fn sweep_kind(
+    ctx: &Context,
+    aws: &AwsClients,
+    region: &str,
+    grace: Duration,
+    kind: SnapshotKind,
+) -> usize {
+    let noun = kind.noun();
+    let all = match aws.databases().list_manual_snapshots(kind, region).await {
         Ok(found) => found,
         Err(e) => {
-            warn!(region, error = %e, "garbage collection: could not list DB snapshots");
+            warn!(region, error = %e, "garbage collection: could not list {noun}s");
             return 0;
         }
     };
@@ -214,7 +230,7 @@ pub(super) async fn sweep(ctx: &Context, aws: &AwsClients, region: &str, grace: 
                     region,
                     snapshot = s.identifier,
                     why,
-                    "garbage collection: cannot read the restore point of a DB snapshot; kept"
+                    "garbage collection: cannot read the restore point of a {noun}; kept"
                 );
                 SnapshotVerdict::Keep
             }
@@ -222,17 +238,21 @@ pub(super) async fn sweep(ctx: &Context, aws: &AwsClients, region: &str, grace: 
         if verdict == SnapshotVerdict::Keep {
             continue;
         }
-        match aws.databases().delete_snapshot(region, &s.identifier).await {
+        match aws
+            .databases()
+            .delete_snapshot(kind, region, &s.identifier)
+            .await
+        {
             Ok(_) => {
                 absences()
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&key);
-                info!(region, snapshot = s.identifier, reason = ?verdict, "deleted a DB snapshot whose restore point is gone");
+                info!(region, snapshot = s.identifier, reason = ?verdict, "deleted a {noun} whose restore point is gone");
                 deleted += 1;
             }
             Err(e) => {
-                warn!(region, snapshot = s.identifier, error = %e, "garbage collection: could not delete a DB snapshot")
+                warn!(region, snapshot = s.identifier, error = %e, "garbage collection: could not delete a {noun}")
             }
         }
     }

@@ -262,6 +262,7 @@ mod tests {
                         instance_id: Some(format!("i-0000000{i}")),
                         snapshot_id: None,
                         db_instance_id: None,
+                        db_cluster_id: None,
                         postgres: None,
                         region: (*r).into(),
                     })
