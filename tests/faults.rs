@@ -805,7 +805,7 @@ async fn bad_input(tally: &mut Tally) {
                 "resources",
                 serde_json::json!([{"postgres": {"dbInstanceId": "orders"}, "region": "us-east-1"}]),
             ),
-            "copyTo applies to RDS DB instances (dbInstanceId) only",
+            "copyTo applies to RDS DB instances (dbInstanceId) and DB clusters (dbClusterId) only",
         ),
         (
             "BackupJob",

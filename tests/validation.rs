@@ -93,17 +93,54 @@ fn invalid_manifests() -> Vec<Case> {
         case(
             "BackupPolicy",
             json!({"resources": [{}]}),
-            "set exactly one of instanceId, dbInstanceId and postgres",
+            "set exactly one of instanceId, dbInstanceId, dbClusterId and postgres",
         ),
         case(
             "BackupPolicy",
             json!({"resources": [{"instanceId": "i-0123456789abcdef0", "dbInstanceId": "orders"}]}),
-            "set exactly one of instanceId, dbInstanceId and postgres",
+            "set exactly one of instanceId, dbInstanceId, dbClusterId and postgres",
         ),
         case(
             "BackupPolicy",
             json!({"resources": [{"dbInstanceId": "orders--eu"}]}),
             "no two hyphens in a row",
+        ),
+        case(
+            "BackupPolicy",
+            json!({"resources": [{"dbClusterId": "ledger", "dbInstanceId": "ledger-1"}]}),
+            "set exactly one of instanceId, dbInstanceId, dbClusterId and postgres",
+        ),
+        case(
+            "BackupPolicy",
+            json!({"resources": [{"dbClusterId": "ledger--eu"}]}),
+            "an RDS DB cluster identifier has no two hyphens in a row",
+        ),
+        case(
+            "BackupJob",
+            json!({"resources": [{"dbClusterId": "ledger", "dbInstanceId": "ledger-1", "region": "us-east-1"}]}),
+            "set exactly one of instanceId, snapshotId, dbInstanceId, dbClusterId and postgres",
+        ),
+        case(
+            "BackupJob",
+            json!({"resources": [{"dbClusterId": "Ledger", "region": "us-east-1"}]}),
+            "spec.resources[0].dbClusterId",
+        ),
+        case(
+            "BackupJob",
+            json!({"resources": [{"dbClusterId": "ledger", "region": "us-east-1"}, {"dbClusterId": "ledger", "region": "us-east-1"}]}),
+            "each resource may be listed once",
+        ),
+        case(
+            "RestoreJob",
+            json!({"mode": "database", "restorePoint": "nightly/rds-cluster-ledger",
+                   "database": {"dbInstanceId": "ledger-1", "dbClusterId": "ledger-copy", "databases": ["ledger"]}}),
+            "databases applies to a PostgreSQL dump's restore point, dbClusterId to a DB cluster snapshot's",
+        ),
+        case(
+            "RestoreJob",
+            json!({"mode": "database", "restorePoint": "nightly/rds-cluster-ledger",
+                   "database": {"dbInstanceId": "ledger-1", "dbClusterId": "ledger--copy"}}),
+            "an RDS DB cluster identifier has no two hyphens in a row",
         ),
         case(
             "BackupPolicy",
@@ -404,19 +441,19 @@ fn invalid_manifests() -> Vec<Case> {
         case(
             "BackupJob",
             json!({"resources": [{"instanceId": "i-0123456789abcdef0", "snapshotId": "snap-0123456789abcdef0", "region": "us-east-1"}]}),
-            "set exactly one of instanceId, snapshotId, dbInstanceId and postgres",
+            "set exactly one of instanceId, snapshotId, dbInstanceId, dbClusterId and postgres",
         ),
         case(
             "BackupJob",
             json!({"resources": [{"instanceId": "i-0123456789abcdef0", "region": "us-east-1"}],
                    "copyTo": [{"region": "us-west-2"}]}),
-            "copyTo applies to RDS DB instances (dbInstanceId) only",
+            "copyTo applies to RDS DB instances (dbInstanceId) and DB clusters (dbClusterId) only",
         ),
         case(
             "BackupJob",
             json!({"resources": [{"dbInstanceId": "orders", "region": "us-east-1"}],
                    "copyTo": [{"region": "us-east-1"}]}),
-            "copyTo names another Region than the DB instance's",
+            "copyTo names another Region than the database's",
         ),
         case(
             "BackupJob",
@@ -575,7 +612,17 @@ fn valid_manifests() -> Vec<(&'static str, Value)> {
         ),
         (
             "BackupPolicy",
-            json!({"resources": [{"dbInstanceId": "orders"}, {"postgres": {"dbInstanceId": "ledger", "databases": ["ledger"]}}]}),
+            json!({"resources": [{"dbInstanceId": "orders"}, {"dbClusterId": "orders"}, {"postgres": {"dbInstanceId": "ledger", "databases": ["ledger"]}}]}),
+        ),
+        (
+            "RestoreJob",
+            json!({"mode": "database", "restorePoint": "nightly.rds-cluster-ledger",
+                   "database": {"dbInstanceId": "ledger-1", "dbClusterId": "ledger-copy", "dbInstanceClass": "db.r6g.large"}}),
+        ),
+        (
+            "BackupJob",
+            json!({"resources": [{"dbClusterId": "ledger", "region": "us-east-1"}, {"dbInstanceId": "ledger", "region": "us-east-1"}],
+                   "copyTo": [{"region": "us-west-2"}]}),
         ),
         (
             "BackupPolicy",
