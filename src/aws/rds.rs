@@ -691,10 +691,11 @@ impl Databases<'_> {
     /// Starts a copy `target_id`, in `region`, of the snapshot `source_arn`
     /// (another Region's: RDS wants its ARN), tagged, encrypted with
     /// `kms_key_id` (a key of `region`: required when the source is
-    /// encrypted); it is `copying` when this returns. A cross-Region copy
-    /// of a DB cluster snapshot gets no `SourceRegion`: the SDK would
-    /// presign a URL in it only for an encrypted source, and RDS accepts
-    /// the ARN alone from callers in the destination Region.
+    /// encrypted); it is `copying` when this returns. No `PreSignedUrl`:
+    /// "This setting applies only to Amazon Web Services GovCloud (US)
+    /// Regions. It's ignored in other Amazon Web Services Regions"
+    /// (CopyDBSnapshot and CopyDBClusterSnapshot, RDS API Reference), and
+    /// Tender does not presign for GovCloud yet.
     pub async fn copy_snapshot(
         &self,
         kind: SnapshotKind,
