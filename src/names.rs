@@ -54,6 +54,11 @@ pub mod tags {
     /// When Tender asked for what carries it (RFC 3339): the sweep's clock
     /// for a snapshot RDS gives no creation time.
     pub const REQUESTED_AT: &str = "tender.dev/requested-at";
+    /// On a DB (cluster) snapshot: the Regions `spec.copyTo` copies it to,
+    /// space-separated. The sweep deletes those copies before the snapshot,
+    /// so a copy is found even once its job is gone and no configuration
+    /// is in its Region.
+    pub const COPY_REGIONS: &str = "tender.dev/copy-regions";
     pub const LAUNCH_TOKEN: &str = "tender.dev/launch-token";
     pub const OPERATION: &str = "tender.dev/operation";
     pub const CONFIGURATION: &str = "tender.dev/worker-configuration";

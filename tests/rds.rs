@@ -402,13 +402,23 @@ async fn the_sweep_deletes_database_snapshots_whose_restore_point_is_gone() {
         taken.insert(name, snap.snapshot_id);
     }
     // Both jobs are deleted; one restore point expires (its manifest goes,
-    // as retention deletes it).
+    // as retention deletes it) while no controller runs: the next one never
+    // saw the job, and no configuration is in us-west-2, so only the
+    // source snapshot's tag tells it where the copy is.
     for name in ["kept", "expired"] {
         env.api::<BackupJob>()
             .delete(name, &DeleteParams::default())
             .await
             .unwrap();
     }
+    for name in ["kept", "expired"] {
+        eventually(TIMEOUT, || async {
+            let gone = env.api::<BackupJob>().get_opt(name).await.ok()?.is_none();
+            gone.then_some(())
+        })
+        .await;
+    }
+    env.kill_controller();
     let repo: BackupRepository = env
         .cluster_api()
         .get(&env.repository().await)
@@ -452,6 +462,14 @@ async fn the_sweep_deletes_database_snapshots_whose_restore_point_is_gone() {
         snapshot(&west, &expired).await.is_some(),
         "the copy was made"
     );
+    let source = snapshot(&rds, &expired).await.unwrap();
+    assert_eq!(
+        tags(source.tag_list())
+            .get("tender.dev/copy-regions")
+            .map(String::as_str),
+        Some("us-west-2")
+    );
+    env.start_controller_with(&["--intermediate-grace-seconds", "2"], &[]);
     eventually(TIMEOUT, || async {
         let gone =
             snapshot(&rds, &expired).await.is_none() && snapshot(&west, &expired).await.is_none();

@@ -96,7 +96,7 @@ pub fn snapshot_tags(
         .as_ref()
         .map(|r| r.name.clone())
         .unwrap_or_default();
-    BTreeMap::from([
+    let mut out = BTreeMap::from([
         (tags::MANAGED_BY.into(), tags::MANAGED_BY_VALUE.into()),
         (tags::CLUSTER_ID.into(), cluster_id.into()),
         (tags::NAMESPACE.into(), job.namespace().unwrap_or_default()),
@@ -108,7 +108,12 @@ pub fn snapshot_tags(
         (tags::REPOSITORY.into(), repository),
         (tags::REPOSITORY_UID.into(), repository_uid.into()),
         (tags::REQUESTED_AT.into(), now.to_string()),
-    ])
+    ]);
+    if let Some(targets) = &job.spec.copy_to {
+        let regions: Vec<&str> = targets.iter().map(|t| t.region.as_str()).collect();
+        out.insert(tags::COPY_REGIONS.into(), regions.join(" "));
+    }
+    out
 }
 
 /// The tags the snapshot's name is made of: everything that says whose it
@@ -466,11 +471,12 @@ async fn copies(
         return Err(Error::MissingObjectKey("the DB snapshot's ARN"));
     };
     // The copy carries the source's ownership tags, so it has the same
-    // name and the sweep judges it alike.
+    // name and the sweep judges it alike (not the list of copies: that is
+    // the source's to keep).
     let tags: BTreeMap<String, String> = source
         .tags
         .iter()
-        .filter(|(k, _)| k.starts_with(tags::PREFIX))
+        .filter(|(k, _)| k.starts_with(tags::PREFIX) && k.as_str() != tags::COPY_REGIONS)
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     // Every copy must be possible before any is started (a copy to

@@ -238,6 +238,15 @@ async fn sweep_kind(
         if verdict == SnapshotVerdict::Keep {
             continue;
         }
+        if let Err(why) = delete_copies(ctx, aws, (kind, region), s).await {
+            warn!(
+                region,
+                snapshot = s.identifier,
+                why,
+                "garbage collection: could not delete the copies of a {noun}; it is kept until they are gone"
+            );
+            continue;
+        }
         match aws
             .databases()
             .delete_snapshot(kind, region, &s.identifier)
@@ -257,6 +266,64 @@ async fn sweep_kind(
         }
     }
     deleted
+}
+
+/// The Regions a snapshot's tag says its copies are in (only well-formed
+/// Region names: the tag is read from AWS, and a name goes into an
+/// endpoint's host name), without its own.
+pub fn copy_regions<'a>(s: &'a DbSnapshotInfo, own: &str) -> Vec<&'a str> {
+    let well_formed = |r: &&str| {
+        (4..=32).contains(&r.len())
+            && r.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && r.contains('-')
+    };
+    s.tags
+        .get(tags::COPY_REGIONS)
+        .map(|v| {
+            v.split_whitespace()
+                .filter(well_formed)
+                .filter(|r| *r != own)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Deletes the copies `spec.copyTo` made of snapshot `s` (the Regions its
+/// tag names; same account, same name), before `s` goes: the tag is what
+/// still knows where they are once the job is gone and no configuration
+/// is in their Region. A copy that is not this job's (other tags) is left
+/// alone; one still `copying` is deleted, which cancels it.
+async fn delete_copies(
+    ctx: &Context,
+    aws: &AwsClients,
+    (kind, region): (SnapshotKind, &str),
+    s: &DbSnapshotInfo,
+) -> Result<(), String> {
+    for copy_region in copy_regions(s, region) {
+        let rds = aws.databases();
+        let found = rds
+            .describe_snapshot(kind, copy_region, &s.identifier)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(copy) = found else { continue };
+        if !is_ours(ctx, &copy) || copy.tags.get(tags::JOB_UID) != s.tags.get(tags::JOB_UID) {
+            continue;
+        }
+        if rds
+            .delete_snapshot(kind, copy_region, &copy.identifier)
+            .await
+            .map_err(|e| format!("{copy_region}: {e}"))?
+        {
+            info!(
+                region = copy_region,
+                snapshot = copy.identifier,
+                "deleted the copy of a {} whose restore point is gone",
+                kind.noun()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Tender's, this cluster's (and, for a namespaced controller, this
@@ -279,6 +346,28 @@ mod tests {
     use super::*;
     use crate::api::Phase;
     use crate::mover::integrity::seal;
+
+    #[test]
+    fn copy_regions_are_read_from_the_tag_and_only_well_formed_ones_are_used() {
+        let with = |value: &str| DbSnapshotInfo {
+            tags: [(tags::COPY_REGIONS.to_string(), value.to_string())].into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            copy_regions(&with("us-west-2 eu-central-1"), "us-east-1"),
+            ["us-west-2", "eu-central-1"]
+        );
+        assert_eq!(
+            copy_regions(&with("us-east-1 us-west-2"), "us-east-1"),
+            ["us-west-2"],
+            "never its own Region"
+        );
+        assert!(
+            copy_regions(&with("evil.example.com/x US-WEST-2 a"), "us-east-1").is_empty(),
+            "no host names, paths or odd names"
+        );
+        assert!(copy_regions(&DbSnapshotInfo::default(), "us-east-1").is_empty());
+    }
 
     #[test]
     fn a_running_owner_keeps_its_snapshots_and_a_finished_one_leaves_it_to_the_restore_point() {
