@@ -733,7 +733,7 @@ async fn bad_input(tally: &mut Tally) {
                 "resources",
                 serde_json::json!([{"instanceId": "i-0123abcd", "snapshotId": "snap-0123abcd", "region": "us-east-1"}]),
             ),
-            "exactly one of instanceId, snapshotId, dbInstanceId and postgres",
+            "exactly one of instanceId, snapshotId, dbInstanceId, dbClusterId and postgres",
         ),
         (
             "BackupJob",
@@ -742,7 +742,7 @@ async fn bad_input(tally: &mut Tally) {
                 "resources",
                 serde_json::json!([{"instanceId": "i-0123abcd", "dbInstanceId": "orders", "region": "us-east-1"}]),
             ),
-            "exactly one of instanceId, snapshotId, dbInstanceId and postgres",
+            "exactly one of instanceId, snapshotId, dbInstanceId, dbClusterId and postgres",
         ),
         (
             "BackupJob",
@@ -796,7 +796,7 @@ async fn bad_input(tally: &mut Tally) {
                 "resources",
                 serde_json::json!([{"postgres": {"dbInstanceId": "orders"}, "dbInstanceId": "orders", "region": "us-east-1"}]),
             ),
-            "exactly one of instanceId, snapshotId, dbInstanceId and postgres",
+            "exactly one of instanceId, snapshotId, dbInstanceId, dbClusterId and postgres",
         ),
         (
             "BackupJob",
