@@ -1040,3 +1040,87 @@ async fn an_aurora_cluster_is_snapshotted_copied_restored_with_its_writer_and_sw
         "the source cluster stays"
     );
 }
+
+/// DescribeDBClusters also answers Neptune (and DocumentDB) clusters, and
+/// RDS cannot copy a Multi-AZ DB cluster's snapshots: both are refused
+/// with what to do, before any snapshot is made.
+#[tokio::test]
+async fn a_neptune_cluster_and_a_copied_multi_az_cluster_are_refused_before_any_snapshot() {
+    let env = TestEnv::without_controller("rds-cluster-refused").await;
+    env.start_controller();
+    env.default_configuration().await;
+    let rds = rds().await;
+    let graph = common::unique("graph");
+    rds.create_db_cluster()
+        .db_cluster_identifier(&graph)
+        .engine("neptune")
+        .send()
+        .await
+        .expect("create a Neptune cluster");
+    let multi_az = common::unique("orders-maz");
+    rds.create_db_cluster()
+        .db_cluster_identifier(&multi_az)
+        .engine("postgres")
+        .engine_version("15.4")
+        .db_cluster_instance_class("db.m6gd.large")
+        .allocated_storage(100)
+        .storage_type("io1")
+        .iops(1000)
+        .master_username("shop")
+        .master_user_password("not-a-real-password")
+        .send()
+        .await
+        .expect("create a Multi-AZ DB cluster");
+    let repository = env.repository().await;
+    for (name, cluster_id, reason, says) in [
+        ("graph", &graph, "SourceDatabaseUnavailable", "runs neptune"),
+        (
+            "maz",
+            &multi_az,
+            "DatabaseCopyRefused",
+            "cannot copy a Multi-AZ DB cluster's snapshots",
+        ),
+    ] {
+        let job = env
+            .create_job_spec(
+                name,
+                json!({
+                    "resources": [{"dbClusterId": cluster_id, "region": REGION}],
+                    "repositoryRef": {"name": repository},
+                    "copyTo": [{"region": "us-west-2"}],
+                    "backoffLimit": 0,
+                }),
+            )
+            .await;
+        let done = env.wait_job_finished(name, TIMEOUT).await;
+        let s = done.status.unwrap();
+        assert_eq!(s.phase, Phase::Failed, "{s:?}");
+        assert_eq!(s.workers[0].reason.as_deref(), Some(reason), "{s:?}");
+        let message = s.workers[0].message.clone().unwrap_or_default();
+        assert!(message.contains(says), "{message}");
+        assert!(
+            cluster_snapshots_of(&rds, &job.uid().unwrap())
+                .await
+                .is_empty(),
+            "no snapshot of {cluster_id}"
+        );
+    }
+    // Without copyTo the Multi-AZ DB cluster is snapshotted.
+    let job = env
+        .create_job_spec(
+            "maz-local",
+            json!({
+                "resources": [{"dbClusterId": multi_az, "region": REGION}],
+                "repositoryRef": {"name": repository},
+                "backoffLimit": 0,
+            }),
+        )
+        .await;
+    let done = env.wait_job_finished("maz-local", TIMEOUT).await;
+    let s = done.status.unwrap();
+    assert_eq!(s.phase, Phase::Succeeded, "{s:?}");
+    assert_eq!(
+        cluster_snapshots_of(&rds, &job.uid().unwrap()).await.len(),
+        1
+    );
+}

@@ -384,7 +384,9 @@ def rds_checks(action, params, account, region):
     DeleteDBClusterSnapshot on cluster-snapshot*, DescribeDBClusters on
     cluster, DescribeDBClusterSnapshots on cluster and cluster-snapshot,
     RestoreDBClusterFromSnapshot on cluster*, cluster-snapshot*, subgrp,
-    cluster-pg and og, CreateDBInstance on db*, cluster, subgrp, pg and og;
+    cluster-pg and og, CreateDBInstance on db* (with rds:DatabaseEngine),
+    cluster, subgrp, pg and og (a cluster's instance that names none gets
+    the cluster's subnet group and the engine's defaults);
     AddTagsToResource
     on the resource it tags; aws:RequestTag, aws:TagKeys and rds:req-tag
     from the request, aws:ResourceTag and rds:<type>-tag from the resource.
@@ -462,12 +464,30 @@ def rds_checks(action, params, account, region):
         return out + tagging(cluster)
     if action == "rds:CreateDBInstance":
         db = arn("db", params.get("DBInstanceIdentifier") or "")
-        out = [check(db, new=True)]
+        # rds:DatabaseEngine is a condition key of the db resource type.
+        out = [check(db, new=True, extra={"rds:DatabaseEngine": params.get("Engine") or ""})]
+        groups = {
+            "subgrp": params.get("DBSubnetGroupName"),
+            "pg": params.get("DBParameterGroupName"),
+            "og": params.get("OptionGroupName"),
+        }
         if params.get("DBClusterIdentifier"):
-            out.append(check(arn("cluster", params["DBClusterIdentifier"])))
-        for kind, key in (("subgrp", "DBSubnetGroupName"), ("pg", "DBParameterGroupName"), ("og", "OptionGroupName")):
-            if params.get(key):
-                out.append(check(arn(kind, params[key])))
+            cluster = arn("cluster", params["DBClusterIdentifier"])
+            out.append(check(cluster))
+            # What RDS gives a cluster's instance that names none: the
+            # cluster's subnet group and the engine's default parameter
+            # and option groups, which IAM authorizes as if named.
+            found = _rds_resource(cluster)
+            if found is not None:
+                engine = str(getattr(found, "engine", ""))
+                version = str(getattr(found, "engine_version", "")).split(".")
+                family = version[0] if "postgres" in engine else ".".join(version[:2])
+                groups["subgrp"] = groups["subgrp"] or getattr(found, "db_subnet_group_name", None) or "default"
+                groups["pg"] = groups["pg"] or f"default.{engine}{family}"
+                groups["og"] = groups["og"] or f"default:{engine}-{'-'.join(version[:2])}"
+        for kind, name in groups.items():
+            if name:
+                out.append(check(arn(kind, name)))
         return out + tagging(db)
     if action == "rds:ModifyDBInstance":
         return [check(arn("db", params.get("DBInstanceIdentifier") or ""))]

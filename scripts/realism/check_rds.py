@@ -448,6 +448,9 @@ def rds_statements():
         "RestoreDatabasesFromSnapshots",
         "TagOnlyAsTenderWhatTenderCreatesInRds",
         "DeleteOnlyDatabaseSnapshotsOfThisTender",
+        "CreateWriterInstancesTaggedAsTenders",
+        "WritersTakeTheirClustersGroups",
+        "OnlyInDatabaseClustersTenderRestored",
     }
     assert expected <= sids, sids
     return out
@@ -581,11 +584,48 @@ def check_iam(rds, settings):
     refused(rds.describe_db_instances, "DBInstanceNotFound", DBInstanceIdentifier=unmanaged)
     ok("RestoreDBInstanceFromDBSnapshot tagged without managed-by=tender: AccessDenied on rds:AddTagsToResource for the new db")
 
+    # CreateDBInstance: only an Aurora writer, only into a cluster a
+    # RestoreJob made (the cluster's subnet group and the engine's default
+    # parameter and option groups authorized as RDS does).
+    restore_job = {"Key": "tender.dev/job-kind", "Value": "RestoreJob"}
+    ours_cl, yours_cl = name("iam-cl-ours"), name("iam-cl-yours")
+    cluster(rds, ours_cl, Tags=[MANAGED, restore_job])
+    cluster(rds, yours_cl)
+    writer = dict(DBInstanceClass="db.r6g.large", Engine="aurora-postgresql", Tags=[MANAGED, cluster_id])
+    made = mine.create_db_instance(DBInstanceIdentifier=name("iam-w-ours"), DBClusterIdentifier=ours_cl, **writer)
+    assert made["DBInstance"]["DBClusterIdentifier"] == ours_cl, made
+    ok("CreateDBInstance of an Aurora writer tagged managed-by=tender into a cluster tagged as a RestoreJob's: allowed")
+    denied(
+        mine.create_db_instance,
+        "rds:CreateDBInstance",
+        arn("cluster", yours_cl),
+        DBInstanceIdentifier=name("iam-w-yours"),
+        DBClusterIdentifier=yours_cl,
+        **writer,
+    )
+    refused(rds.describe_db_instances, "DBInstanceNotFound", DBInstanceIdentifier=name("iam-w-yours"))
+    ok("... into a cluster not tagged as a RestoreJob's: AccessDenied on the cluster; nothing made")
+    standalone = name("iam-standalone")
+    denied(
+        mine.create_db_instance,
+        "rds:CreateDBInstance",
+        arn("db", standalone),
+        DBInstanceIdentifier=standalone,
+        DBInstanceClass="db.t3.micro",
+        Engine="postgres",
+        MasterUsername="x",
+        MasterUserPassword="not-the-secret-3",
+        AllocatedStorage=20,
+        Tags=[MANAGED, cluster_id],
+    )
+    refused(rds.describe_db_instances, "DBInstanceNotFound", DBInstanceIdentifier=standalone)
+    ok("... a standalone (non-Aurora) DB instance, even tagged managed-by=tender: AccessDenied on rds:DatabaseEngine")
+
     after = counters()
-    for action, times in (("rds:CreateDBSnapshot", 1), ("rds:AddTagsToResource", 3), ("rds:DeleteDBSnapshot", 3)):
+    for action, times in (("rds:CreateDBSnapshot", 1), ("rds:AddTagsToResource", 3), ("rds:DeleteDBSnapshot", 3), ("rds:CreateDBInstance", 2)):
         key = f"denied:{action}"
         assert after.get(key, 0) >= before.get(key, 0) + times, (key, before.get(key), after.get(key))
-    ok("counted: denied:rds:CreateDBSnapshot, denied:rds:AddTagsToResource, denied:rds:DeleteDBSnapshot")
+    ok("counted: denied:rds:CreateDBSnapshot, denied:rds:AddTagsToResource, denied:rds:DeleteDBSnapshot, denied:rds:CreateDBInstance")
 
 
 def secret_of(secrets, arn):

@@ -393,6 +393,16 @@ impl AwsError {
         }
     }
 
+    /// True when AWS refused the call for want of a permission (the
+    /// caller's policies do not allow it).
+    pub fn is_permission_denied(&self) -> bool {
+        match self {
+            AwsError::Service { code, .. } => is_permission(code),
+            AwsError::Unreachable { .. } => false,
+            AwsError::RepositoryAccessDenied { .. } => true,
+        }
+    }
+
     /// A low-cardinality category for Event reasons and metric labels.
     pub fn category(&self) -> &'static str {
         match self {

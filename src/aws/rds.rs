@@ -97,6 +97,14 @@ impl DbClusterInfo {
     pub fn is_aurora(&self) -> bool {
         is_aurora(&self.engine)
     }
+
+    /// Whether it is an RDS DB cluster (Aurora, or a Multi-AZ DB cluster
+    /// of MySQL or PostgreSQL). DescribeDBClusters also answers Amazon
+    /// DocumentDB (`docdb`) and Neptune (`neptune`) clusters, which share
+    /// RDS's API but not its snapshots' restore rules.
+    pub fn is_rds(&self) -> bool {
+        self.is_aurora() || matches!(self.engine.as_str(), "mysql" | "postgres")
+    }
 }
 
 /// Whether `engine` is an Aurora engine (`aurora-mysql`,
@@ -602,7 +610,9 @@ impl Databases<'_> {
         }
     }
 
-    /// Every DB cluster of this account in the Region, with its tags.
+    /// Every RDS DB cluster of this account in the Region, with its tags
+    /// (DocumentDB and Neptune clusters left out: see
+    /// [`DbClusterInfo::is_rds`]).
     pub async fn list_clusters(&self, region: &str) -> Result<Vec<DbClusterInfo>, AwsError> {
         let mut pages = self
             .aws
@@ -616,7 +626,12 @@ impl Databases<'_> {
             .page(AwsOperation::DescribeDBClusters, pages.next())
             .await?
         {
-            out.extend(page.db_clusters().iter().filter_map(cluster_info));
+            out.extend(
+                page.db_clusters()
+                    .iter()
+                    .filter_map(cluster_info)
+                    .filter(DbClusterInfo::is_rds),
+            );
         }
         Ok(out)
     }

@@ -159,13 +159,15 @@ async fn locate_database(
     }))
 }
 
-/// A DB cluster: it exists and the configuration admits it. Regional (its
-/// instances span zones) and snapshotted by RDS: no zone, no size.
+/// A DB cluster: it exists, is an RDS one, the configuration admits it,
+/// and, when the job copies its snapshot (`copies`), RDS can copy it.
+/// Regional (its instances span zones) and snapshotted by RDS: no zone, no
+/// size.
 async fn locate_cluster(
     config: &WorkerConfiguration,
     production: &AwsClients,
     target: &Target,
-    cluster: &str,
+    (cluster, copies): (&str, bool),
 ) -> Result<Result<Located, NotLocated>> {
     let region = &target.region;
     let Some(found) = production
@@ -183,6 +185,26 @@ async fn locate_cluster(
     if let Err(tag) = config.spec.allowed_sources.admits_tags(&found.tags) {
         let why = format!("it does not carry tag {tag}");
         return Ok(Err(refused(config, "DB cluster", cluster, why)));
+    }
+    if !found.is_rds() {
+        return Ok(Err(NotLocated {
+            reason: FailureReason::SourceDatabaseUnavailable,
+            message: format!(
+                "DB cluster {cluster} runs {}, not an RDS engine (DescribeDBClusters also answers DocumentDB and Neptune clusters): Tender backs up Aurora DB clusters and Multi-AZ DB clusters of MySQL or PostgreSQL",
+                found.engine
+            ),
+        }));
+    }
+    // "Copying a snapshot of a Multi-AZ DB cluster" is among what RDS's
+    // Multi-AZ DB clusters do not support.
+    if copies && !found.is_aurora() {
+        return Ok(Err(NotLocated {
+            reason: FailureReason::DatabaseCopyRefused,
+            message: format!(
+                "DB cluster {cluster} is a Multi-AZ DB cluster ({}), and RDS cannot copy a Multi-AZ DB cluster's snapshots: back it up in a BackupJob without copyTo",
+                found.engine
+            ),
+        }));
     }
     Ok(Ok(Located {
         zone: None,
@@ -275,7 +297,8 @@ impl WorkerJob for BackupJob {
         let access = job_access(self, config.spec.production_account.as_ref());
         let production = ctx.aws.scoped(&access).await;
         if let Some(cluster) = database_backup::db_cluster_of(&target.id) {
-            return locate_cluster(config, &production, target, cluster).await;
+            let copies = self.spec.copy_to.as_ref().is_some_and(|c| !c.is_empty());
+            return locate_cluster(config, &production, target, (cluster, copies)).await;
         }
         if let Some(db) = database_backup::db_instance_of(&target.id) {
             return locate_database(config, &production, target, (db, false)).await;

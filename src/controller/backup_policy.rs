@@ -54,6 +54,7 @@ pub mod reasons {
     pub const NO_CONFIGURATION: &str = "WorkerConfigurationNotFound";
     pub const NAMESPACE_NOT_ADMITTED: &str = "NamespaceNotAdmitted";
     pub const TOO_MANY_RESOURCES: &str = "TooManyResources";
+    pub const DB_CLUSTERS_NOT_LISTED: &str = "DBClustersNotListed";
 }
 
 /// The most resources one BackupJob takes (its `spec.resources` limit).
@@ -416,6 +417,16 @@ async fn carry_out(
         Err(Found::Failed(e)) => return Err(e),
     };
     record_missing(ctx, policy, status, &found).await;
+    for (reason, message) in &found.warnings {
+        ctx.event(
+            policy,
+            EventType::Warning,
+            reason,
+            "Schedule",
+            message.clone(),
+        )
+        .await;
+    }
     let name = runs::job_name(&policy.name_any(), due);
     status.missed_runs = status.missed_runs.saturating_add(decision.missed as i64);
     if decision.missed > 0 {

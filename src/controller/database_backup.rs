@@ -747,7 +747,12 @@ fn manifest(
         .map(|(_, id)| id)
         .unwrap_or_default()
         .to_string();
-    let allocated_gib = instance.map_or(snapshot.allocated_gib, |i| i.allocated_gib);
+    // A DB cluster has no allocated storage of its own (its stand-in
+    // instance says 0): the snapshot's then.
+    let allocated_gib = instance
+        .map(|i| i.allocated_gib)
+        .filter(|gib| *gib > 0)
+        .unwrap_or(snapshot.allocated_gib);
     let database = DatabaseImage {
         identifier,
         engine: instance

@@ -357,9 +357,19 @@ fn record_cluster(
                 .map(|r| r.db_instance_id.clone())
         })
         .unwrap_or_default();
+    // Without the writer at hand, what the last step saw of it is kept.
+    let writer_arn = writer.map_or_else(
+        || {
+            worker
+                .restored_database
+                .as_ref()
+                .and_then(|r| r.db_instance_arn.clone())
+        },
+        |w| w.arn.clone(),
+    );
     worker.restored_database = Some(RestoredDatabase {
         db_instance_id: writer_id,
-        db_instance_arn: writer.and_then(|w| w.arn.clone()),
+        db_instance_arn: writer_arn,
         // The writer's, once it exists; the cluster's until then.
         state: writer.map_or(cluster.status.clone(), |w| w.status.clone()),
         endpoint_address: cluster.endpoint.clone(),
@@ -419,12 +429,21 @@ async fn advance_cluster(
         (None, Some(c)) if !ours(&c.tags) => {
             return Ok(exists("DB cluster", &cluster_id, "dbClusterId"));
         }
+        // The cluster this restore made is gone and another of its name
+        // took its place: that one is not followed, let alone given a
+        // writer.
+        (Some(r), Some(c))
+            if !ours(&c.tags) || (r.db_cluster_arn.is_some() && c.arn != r.db_cluster_arn) =>
+        {
+            return Ok(Advance::Failed {
+                reason: FailureReason::DatabaseRestoreFailed,
+                message: format!(
+                    "DB cluster {cluster_id} in {region} is no longer the one this restore created ({}): it was deleted and another was made under its name, which is left alone",
+                    r.db_cluster_arn.as_deref().unwrap_or("no ARN recorded")
+                ),
+            });
+        }
         (None, None) => {
-            if let Some(i) = rds.describe_instance(&region, &writer_id).await?
-                && !ours(&i.tags)
-            {
-                return Ok(exists("DB instance", &writer_id, "dbInstanceId"));
-            }
             return start_cluster(job, worker, wanted, (rds, step), ctx).await;
         }
         (_, Some(c)) => c,
@@ -515,10 +534,40 @@ async fn start_cluster(
         Err((reason, message)) => return Ok(Advance::Failed { reason, message }),
     };
     let aurora = crate::aws::rds::is_aurora(&image.engine);
+    // An Aurora cluster's writer is made once the cluster is available:
+    // its name must be free before the cluster is made, so that a refusal
+    // leaves nothing behind. RDS names a Multi-AZ DB cluster's instances
+    // itself.
+    if aurora
+        && let Some(i) = rds
+            .describe_instance(&region, &wanted.db_instance_id)
+            .await?
+        && i.tags.get(tags::JOB_UID) != job.uid().as_ref()
+    {
+        return Ok(Advance::Failed {
+            reason: FailureReason::DatabaseAlreadyExists,
+            message: format!(
+                "DB instance {} already exists in {region}; a restore never overwrites a database: set spec.database.dbInstanceId to a new identifier in a new RestoreJob",
+                wanted.db_instance_id
+            ),
+        });
+    }
     let class = wanted
         .db_instance_class
         .clone()
         .or(image.instance_class.clone());
+    // Aurora Serverless v2: RDS makes a db.serverless instance only in a
+    // cluster given a ServerlessV2ScalingConfiguration, which restore
+    // points do not record yet. Refused before anything is made.
+    if aurora && class.as_deref() == Some("db.serverless") {
+        return Ok(Advance::Failed {
+            reason: FailureReason::DatabaseRestoreRefused,
+            message: format!(
+                "the writer of restore point {} would be an Aurora Serverless v2 instance (db.serverless), whose DB cluster needs a capacity range Tender does not record or set yet: set spec.database.dbInstanceClass to a provisioned class (for example db.r6g.large) in a new RestoreJob",
+                worker.resource
+            ),
+        });
+    }
     if class.is_none() {
         return Ok(Advance::Failed {
             reason: FailureReason::DatabaseRestoreRefused,

@@ -13,6 +13,7 @@ use crate::api::{
     BackupPolicy, BackupPolicyStatus, DB_CLUSTER_RESOURCE_PREFIX, DB_DUMP_RESOURCE_PREFIX,
     DB_INSTANCE_RESOURCE_PREFIX, DatabaseBackupMethod, WorkerConfiguration,
 };
+use crate::aws::AwsError;
 use crate::aws::accounts::Access;
 use crate::aws::rds::{DbClusterInfo, DbInstanceInfo};
 use crate::controller::{Context, Error, Result};
@@ -26,6 +27,9 @@ pub(super) struct FoundResources {
     pub sources: BTreeMap<String, &'static str>,
     /// IDs named in spec.resources.
     pub named: Vec<String>,
+    /// What the run could not look at and why (each a Warning Event);
+    /// the run goes on with what was found.
+    pub warnings: Vec<(&'static str, String)>,
 }
 
 pub(super) enum Found {
@@ -81,6 +85,7 @@ pub(super) async fn find_resources(
     for id in found_named {
         sources.insert(id, history::NAMED);
     }
+    let mut warnings = Vec::new();
     // RDS DB instances: one listing serves the named ones and the
     // selectors.
     let wants_databases = !policy.spec.database_selectors.is_empty()
@@ -96,20 +101,20 @@ pub(super) async fn find_resources(
             .await
             .map_err(|e| Found::Failed(e.into()))?;
         // DB clusters, only when something may name or select one.
+        let names_cluster = policy
+            .spec
+            .resources
+            .iter()
+            .any(|r| r.db_cluster_id.is_some());
         let wants_clusters = policy
             .spec
             .database_selectors
             .iter()
             .any(|s| s.method.unwrap_or_default() == DatabaseBackupMethod::Snapshot)
-            || policy
-                .spec
-                .resources
-                .iter()
-                .any(|r| r.db_cluster_id.is_some());
+            || names_cluster;
         let clusters = if wants_clusters {
-            aws.databases()
-                .list_clusters(region)
-                .await
+            let listed = aws.databases().list_clusters(region).await;
+            clusters_or_warning(listed, (region, names_cluster), &mut warnings)
                 .map_err(|e| Found::Failed(e.into()))?
         } else {
             Vec::new()
@@ -122,7 +127,31 @@ pub(super) async fn find_resources(
         ids: sources.keys().cloned().collect(),
         sources,
         named,
+        warnings,
     })
+}
+
+/// The DB clusters a run listed. A role made before DB clusters were
+/// backed up lacks rds:DescribeDBClusters: its selectors go on matching DB
+/// instances, and the run says what it could not see (a warning). A named
+/// cluster cannot be looked for without it: the run fails as before.
+fn clusters_or_warning(
+    listed: std::result::Result<Vec<DbClusterInfo>, AwsError>,
+    (region, names_cluster): (&str, bool),
+    warnings: &mut Vec<(&'static str, String)>,
+) -> std::result::Result<Vec<DbClusterInfo>, AwsError> {
+    match listed {
+        Err(e) if e.is_permission_denied() && !names_cluster => {
+            warnings.push((
+                reasons::DB_CLUSTERS_NOT_LISTED,
+                format!(
+                    "DB clusters in {region} were not looked at for spec.databaseSelectors: {e}; add rds:DescribeDBClusters to the role that reads the production account (iam/controller-policy.json has it)"
+                ),
+            ));
+            Ok(Vec::new())
+        }
+        other => other,
+    }
 }
 
 /// Whether every tag of a selector is on `tags` (an empty selector, which
@@ -368,6 +397,36 @@ pub(super) async fn record_missing(
 mod tests {
     use super::*;
     use crate::api::PolicyResource;
+
+    #[test]
+    fn a_role_without_describe_db_clusters_warns_unless_a_cluster_is_named() {
+        let denied = || {
+            Err(AwsError::Service {
+                operation: "DescribeDBClusters",
+                code: "AccessDenied".into(),
+                message: "not authorized to perform: rds:DescribeDBClusters".into(),
+            })
+        };
+        let mut warnings = Vec::new();
+        let found = clusters_or_warning(denied(), ("us-east-1", false), &mut warnings);
+        assert!(found.is_ok_and(|c| c.is_empty()));
+        assert_eq!(warnings.len(), 1);
+        assert_eq!(warnings[0].0, reasons::DB_CLUSTERS_NOT_LISTED);
+        assert!(
+            warnings[0].1.contains("rds:DescribeDBClusters"),
+            "{warnings:?}"
+        );
+        let mut warnings = Vec::new();
+        assert!(clusters_or_warning(denied(), ("us-east-1", true), &mut warnings).is_err());
+        assert!(warnings.is_empty());
+        let throttled = Err(AwsError::Service {
+            operation: "DescribeDBClusters",
+            code: "Throttling".into(),
+            message: "Rate exceeded".into(),
+        });
+        assert!(clusters_or_warning(throttled, ("us-east-1", false), &mut warnings).is_err());
+        assert!(warnings.is_empty());
+    }
 
     #[test]
     fn patterns_match_as_ec2_filters_do() {
